@@ -1,0 +1,24 @@
+# The one interface for people and CI. `make help` lists the targets.
+UV ?= $(shell command -v uv 2>/dev/null || echo .venv-uv/bin/uv)
+PYTEST_ARGS ?=
+
+.PHONY: help install run test lint typecheck bench chaos
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(UV):
+	python3 -m venv .venv-uv && .venv-uv/bin/pip install -q uv
+
+install: $(UV) ## install every package of the workspace into .venv (uv installs uv if missing)
+	$(UV) sync --all-packages --frozen
+
+test: install ## run the whole test suite
+	.venv/bin/pytest $(PYTEST_ARGS)
+
+lint: install ## ruff check and format check
+	.venv/bin/ruff check packages tests
+	.venv/bin/ruff format --check packages tests
+
+typecheck: install ## mypy --strict on every package's source
+	.venv/bin/mypy packages/*/src

@@ -1,0 +1,42 @@
+"""asynctask: a background task queue with one contract on every backend.
+
+The public API is what this module exports; everything else is internal.
+"""
+
+from __future__ import annotations
+
+from asynctask.api import get_transport
+from asynctask.errors import (
+    AsynctaskError,
+    ConfigurationError,
+    InvalidTaskError,
+    InvalidURIError,
+    PluginError,
+    TransportClosed,
+    TransportError,
+    TransportUnavailable,
+    UnknownWorkerError,
+)
+from asynctask.hookspecs import hookimpl
+from asynctask.transport import Consumer, Delivery, FailedTask, QueueStats, Transport
+from asynctask.worker import AsyncTaskWorker
+
+__all__ = [
+    "AsyncTaskWorker",
+    "AsynctaskError",
+    "ConfigurationError",
+    "Consumer",
+    "Delivery",
+    "FailedTask",
+    "InvalidTaskError",
+    "InvalidURIError",
+    "PluginError",
+    "QueueStats",
+    "Transport",
+    "TransportClosed",
+    "TransportError",
+    "TransportUnavailable",
+    "UnknownWorkerError",
+    "get_transport",
+    "hookimpl",
+]

@@ -1,0 +1,254 @@
+"""Loading plugins and the registries they fill.
+
+``load_plugins()`` is called lazily (never at import time) and only once per process. It
+reads the entry-point groups ``asynctask`` (pluggy plugins: transports, workers) and
+``asynctask.workers`` (one worker class per entry point), skips the names listed in
+``ASYNCTASK_DISABLE_PLUGINS``, and fails loudly, naming the entry point, when a plugin
+cannot be imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import os
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pluggy
+
+from asynctask import hookspecs
+from asynctask.errors import InvalidURIError, PluginError, UnknownWorkerError
+from asynctask.uri import redact, uri_scheme
+
+if TYPE_CHECKING:
+    from asynctask.transport import Transport
+    from asynctask.worker import AsyncTaskWorker
+
+DISABLE_VARIABLE = "ASYNCTASK_DISABLE_PLUGINS"
+WORKERS_GROUP = "asynctask.workers"
+
+#: Where to find the transports we know of, for the error on an unknown scheme.
+KNOWN_DISTRIBUTIONS = {
+    "filesys": "asynctask-filesys",
+    "pgsql": "asynctask-pgsql",
+    "postgresql": "asynctask-pgsql",
+    "postgres": "asynctask-pgsql",
+    "redis": "asynctask-redis",
+    "rediss": "asynctask-redis",
+    "unix": "asynctask-redis",
+    "amqp": "asynctask-amqp",
+    "amqps": "asynctask-amqp",
+}
+
+
+@dataclass(frozen=True)
+class TransportEntry:
+    """A registered transport: its schemes, its loader and the plugin it came from."""
+
+    schemes: tuple[str, ...]
+    load: Callable[[], type[Transport]]
+    plugin: str
+
+
+@dataclass(frozen=True)
+class WorkerEntry:
+    """A registered worker class and where it came from."""
+
+    cls: type[AsyncTaskWorker]
+    source: str
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """An installed plugin, for ``asynctask plugins``."""
+
+    name: str
+    distribution: str
+    version: str
+    group: str
+
+
+class Registry:
+    """The transports and workers known to this process."""
+
+    def __init__(self) -> None:
+        self.transports: dict[str, TransportEntry] = {}
+        self.workers: dict[str, WorkerEntry] = {}
+        self.plugins: list[PluginInfo] = []
+        self.manager = pluggy.PluginManager(hookspecs.PROJECT)
+        self.manager.add_hookspecs(hookspecs)
+
+    # -- filling ----------------------------------------------------------------------
+
+    def add_transport(
+        self, schemes: Iterable[str], load: Callable[[], type[Transport]], plugin: str
+    ) -> None:
+        """Register a transport loader under its schemes; a taken scheme is an error."""
+        entry = TransportEntry(tuple(s.lower() for s in schemes), load, plugin)
+        for scheme in entry.schemes:
+            if scheme in self.transports and self.transports[scheme].plugin != plugin:
+                raise PluginError(
+                    f"plugins {self.transports[scheme].plugin!r} and {plugin!r} both register "
+                    f"the URI scheme {scheme!r}; uninstall one or disable it with "
+                    f"{DISABLE_VARIABLE}"
+                )
+            self.transports[scheme] = entry
+
+    def add_worker(self, cls: type[AsyncTaskWorker], source: str) -> None:
+        """Register a worker class by its ``name``; two classes with one name are an error."""
+        from asynctask.worker import AsyncTaskWorker
+
+        if not (isinstance(cls, type) and issubclass(cls, AsyncTaskWorker)):
+            raise PluginError(f"{source} registered {cls!r}, which is not an AsyncTaskWorker")
+        name = cls.name
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"{source} registered {cls.__qualname__} without a `name`")
+        known = self.workers.get(name)
+        if known is not None and known.cls is not cls:
+            raise PluginError(
+                f"two workers are named {name!r}: {_qualname(known.cls)} (from {known.source}) "
+                f"and {_qualname(cls)} (from {source}); rename one"
+            )
+        self.workers[name] = WorkerEntry(cls, source)
+
+    def register_plugin(self, plugin: object, name: str) -> None:
+        """Register a pluggy plugin module and call its hooks."""
+        self.manager.register(plugin, name=name)
+        self.manager.check_pending()
+        hook = self.manager.subset_hook_caller(
+            "asynctask_register_transports",
+            remove_plugins=[p for p in self.manager.get_plugins() if p is not plugin],
+        )
+        hook(register=lambda schemes, load: self.add_transport(schemes, load, name))
+        whook = self.manager.subset_hook_caller(
+            "asynctask_register_workers",
+            remove_plugins=[p for p in self.manager.get_plugins() if p is not plugin],
+        )
+        whook(register=lambda cls: self.add_worker(cls, f"plugin {name!r}"))
+
+    # -- looking up -------------------------------------------------------------------
+
+    def transport_class(self, uri: str) -> type[Transport]:
+        """The transport class for ``uri``'s scheme, or a clear ``InvalidURIError``."""
+        scheme = uri_scheme(uri)
+        entry = self.transports.get(scheme)
+        if entry is None:
+            installed = ", ".join(sorted(self.transports)) or "none"
+            hint = ""
+            if scheme in KNOWN_DISTRIBUTIONS:
+                dist = KNOWN_DISTRIBUTIONS[scheme]
+                hint = f'; install it with: pip install "{dist}"'
+            raise InvalidURIError(
+                f"{redact(uri)!r} does not resolve to a known transport; "
+                f"installed: {installed}{hint}"
+            )
+        try:
+            return entry.load()
+        except ImportError as exc:
+            raise PluginError(
+                f"the transport plugin {entry.plugin!r} for {scheme!r} failed to import: {exc}"
+            ) from exc
+
+    def worker_class(self, name: str) -> type[AsyncTaskWorker]:
+        """The worker class named ``name``, or an error listing the known ones."""
+        entry = self.workers.get(name)
+        if entry is None:
+            known = ", ".join(sorted(self.workers)) or "none"
+            raise UnknownWorkerError(
+                f"worker {name!r} does not exist; known workers: {known} "
+                "(register workers through the entry-point group 'asynctask.workers', "
+                "a plugin, or --import MODULE)"
+            )
+        return entry.cls
+
+    # -- imports ----------------------------------------------------------------------
+
+    def import_workers(self, module_name: str) -> None:
+        """Import ``module_name`` and register every worker class it defines."""
+        from asynctask.worker import AsyncTaskWorker
+
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise PluginError(f"cannot import module {module_name!r}: {exc}") from exc
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, AsyncTaskWorker)
+                and value is not AsyncTaskWorker
+                and value.__module__ == module.__name__
+                and getattr(value, "name", None)
+            ):
+                self.add_worker(value, f"module {module_name!r}")
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def disabled_plugins() -> set[str]:
+    """Names listed in ``ASYNCTASK_DISABLE_PLUGINS``."""
+    raw = os.environ.get(DISABLE_VARIABLE, "")
+    return {name.strip() for name in raw.split(",") if name.strip()}
+
+
+def _distribution(ep: md.EntryPoint) -> tuple[str, str]:
+    dist = ep.dist
+    if dist is None:
+        return "?", "?"
+    return dist.metadata["Name"], dist.version
+
+
+_registry: Registry | None = None
+_lock = threading.Lock()
+
+
+def load_plugins(imports: Iterable[str] = ()) -> Registry:
+    """Load every installed plugin once per process, then import ``imports`` modules."""
+    global _registry
+    with _lock:
+        if _registry is None:
+            registry = Registry()
+            off = disabled_plugins()
+            for ep in sorted(md.entry_points(group=hookspecs.PROJECT), key=lambda e: e.name):
+                if ep.name in off:
+                    continue
+                try:
+                    plugin = ep.load()
+                except Exception as exc:
+                    raise PluginError(
+                        f"the plugin {ep.name!r} ({ep.value}) failed to load: "
+                        f"{type(exc).__name__}: {exc}; uninstall it or add it to "
+                        f"{DISABLE_VARIABLE}"
+                    ) from exc
+                registry.register_plugin(plugin, ep.name)
+                dist, version = _distribution(ep)
+                registry.plugins.append(PluginInfo(ep.name, dist, version, hookspecs.PROJECT))
+            for ep in sorted(md.entry_points(group=WORKERS_GROUP), key=lambda e: e.name):
+                if ep.name in off:
+                    continue
+                try:
+                    cls = ep.load()
+                except Exception as exc:
+                    raise PluginError(
+                        f"the worker entry point {ep.name!r} ({ep.value}) failed to load: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                registry.add_worker(cls, f"entry point {ep.name!r}")
+                dist, version = _distribution(ep)
+                registry.plugins.append(PluginInfo(ep.name, dist, version, WORKERS_GROUP))
+            _registry = registry
+        registry = _registry
+    for module_name in imports:
+        registry.import_workers(module_name)
+    return registry
+
+
+def reset_plugins() -> None:
+    """Forget loaded plugins (for tests that change what is installed)."""
+    global _registry
+    with _lock:
+        _registry = None

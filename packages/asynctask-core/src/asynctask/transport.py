@@ -1,0 +1,403 @@
+"""The Transport base class: the contract every backend keeps (DESIGN.md sections 1-2).
+
+A transport is one object per URI, safe to share between the threads of a process. The
+public methods here validate input, encode payloads and retry while the backend is
+unreachable; a backend implements only the underscored primitives and a ``Consumer``.
+
+Two ways to take a task:
+
+* ``get_task(queue)`` is the original's at-most-once call: the task is removed and
+  returned. Scripts use it; workers do not.
+* ``consumer(queue).reserve(timeout)`` is at-least-once: the task stays stored, invisible
+  to other consumers, until ``ack`` removes it, ``retry`` puts it back after a delay,
+  ``fail`` moves it to the failed store or ``release`` hands it back untouched. A
+  consumer whose process dies leaves its reserved tasks to come back within the
+  transport's ``features.recovery_seconds``; that delivery counts as an attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, ClassVar, TypeVar
+
+from asynctask.errors import InvalidTaskError, TransportClosed, TransportUnavailable
+from asynctask.uri import Option, read_options, redact, split_query
+from asynctask.validation import Payload, check_queue_name, encode_payload
+
+logger = logging.getLogger("asynctask.transport")
+
+T = TypeVar("T")
+
+#: Every count a transport can report; ``features.counts`` names the ones it gives.
+COUNT_NAMES = ("ready", "delayed", "retrying", "in_flight", "failed")
+
+
+@dataclass(frozen=True)
+class TransportFeatures:
+    """Facts a transport declares about itself; the contract suite reads them."""
+
+    #: which ``QueueStats`` counts are given (the others are ``None``)
+    counts: frozenset[str]
+    #: whether several processes can share the backend (``localmem`` cannot)
+    multiprocess: bool
+    #: seconds within which a dead consumer's reserved tasks are delivered again
+    recovery_seconds: float
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Counts of one queue; a count the backend cannot give is ``None``."""
+
+    name: str
+    ready: int | None
+    delayed: int | None = 0
+    retrying: int | None = 0
+    in_flight: int | None = 0
+    failed: int | None = 0
+
+
+@dataclass(frozen=True)
+class FailedTask:
+    """A task in a queue's failed store, for a person to inspect and requeue."""
+
+    id: str
+    queue: str
+    payload: Payload | None  # None when the message could not be decoded
+    raw: str | None  # the undecodable text, else None
+    error: str
+    attempts: int
+    submitted_at: float | None
+    failed_at: float
+
+
+@dataclass
+class Delivery:
+    """A reserved task: its payload and what the transport needs to settle it."""
+
+    id: str
+    queue: str
+    payload: Payload
+    #: 1 for the first delivery; every earlier failure or dead worker adds one
+    attempt: int
+    submitted_at: float | None = None
+    #: the transport's own handle (a row id, a raw message, a file path)
+    receipt: Any = field(default=None, repr=False)
+
+
+def new_task_id() -> str:
+    """Return a new task id: 32 hex digits, unique without coordination."""
+    return uuid.uuid4().hex
+
+
+def format_error(error: BaseException | str) -> str:
+    """Return an error's text as stored in the failed store."""
+    if isinstance(error, BaseException):
+        return f"{type(error).__name__}: {error}"
+    return error
+
+
+class Consumer(ABC):
+    """At-least-once access to one queue, owned by one worker (thread or process).
+
+    A consumer may reserve up to ``prefetch`` tasks ahead. It is used from one thread.
+    """
+
+    def __init__(self, transport: Transport, queue: str, prefetch: int) -> None:
+        self.transport = transport
+        self.queue = check_queue_name(queue)
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch!r}")
+        self.prefetch = prefetch
+        self.closed = False
+
+    @abstractmethod
+    def reserve(self, timeout: float) -> Delivery | None:
+        """Wait up to ``timeout`` seconds for a ready task and reserve it.
+
+        Blocks on the backend (never a sleep loop). An undecodable message met on the way
+        goes to the failed store and the wait goes on. Returns ``None`` on timeout.
+        """
+
+    @abstractmethod
+    def ack(self, delivery: Delivery) -> None:
+        """The task is done: remove it for good."""
+
+    @abstractmethod
+    def retry(self, delivery: Delivery, delay: float, error: str) -> None:
+        """The attempt failed: make the task ready again after ``delay`` seconds."""
+
+    @abstractmethod
+    def fail(self, delivery: Delivery, error: str) -> None:
+        """Give up: move the task to the queue's failed store with ``error``."""
+
+    @abstractmethod
+    def release(self, delivery: Delivery) -> None:
+        """Hand the task back untouched (not counted as an attempt)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release every task still reserved and free the consumer's resources."""
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Transport(ABC):
+    """The base of every transport; see the module docstring for the contract."""
+
+    #: URI schemes this transport serves (the first is its name)
+    schemes: ClassVar[tuple[str, ...]] = ()
+    #: URI query options this transport accepts, beyond ``COMMON_OPTIONS``
+    options_accepted: ClassVar[Mapping[str, Option]] = {}
+    #: facts about this transport; an instance may refine them from its URI options
+    features: TransportFeatures
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.safe_uri = redact(uri)
+        self.location, pairs = split_query(uri)
+        self.options, self.driver_options = read_options(
+            uri, pairs, self.options_accepted, self.accepts_driver_option
+        )
+        self.retry_timeout: float = self.options["retry_timeout"]
+        self._closed = False
+        self._outage_lock = threading.Lock()
+        self._in_outage = False
+
+    # -- what a subclass may override -------------------------------------------------
+
+    def accepts_driver_option(self, name: str) -> bool:
+        """Whether a query option unknown to us is passed through to the driver."""
+        return False
+
+    # -- the primitives a subclass implements -------------------------------------------
+
+    @abstractmethod
+    def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
+        """Store ``(task_id, payload_json)`` pairs at the tail of ``queue``, in order."""
+
+    @abstractmethod
+    def _take(self, queue: str) -> Payload | None:
+        """Remove and return the head ready task, or ``None`` (never creating the queue)."""
+
+    @abstractmethod
+    def _stats(self, queue: str) -> QueueStats:
+        """Counts of one queue (zeros for a queue never used)."""
+
+    @abstractmethod
+    def _queue_names(self) -> list[str]:
+        """Names of every queue with anything stored (ready, delayed, in flight or failed)."""
+
+    @abstractmethod
+    def _purge(self, queue: str) -> int:
+        """Remove every ready, delayed and retrying task; return how many."""
+
+    @abstractmethod
+    def _failed(self, queue: str, limit: int) -> list[FailedTask]:
+        """The first ``limit`` tasks of the failed store, oldest first."""
+
+    @abstractmethod
+    def _requeue_failed(self, queue: str, ids: Sequence[str] | None) -> int:
+        """Move failed tasks (all, or those ids) back to ready, attempts reset."""
+
+    @abstractmethod
+    def _purge_failed(self, queue: str, ids: Sequence[str] | None) -> int:
+        """Delete failed tasks (all, or those ids); return how many."""
+
+    @abstractmethod
+    def _claim(self, key: str, ttl: float) -> bool:
+        """Atomically take ``key`` for ``ttl`` seconds; False if somebody holds it."""
+
+    @abstractmethod
+    def _consumer(self, queue: str, prefetch: int) -> Consumer:
+        """A new consumer of ``queue``."""
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Free connections, threads and files."""
+
+    # -- the public API ---------------------------------------------------------------
+
+    def submit_task(
+        self, queue_name: str, payload: Payload | None = None, *, delay: float = 0
+    ) -> str:
+        """Add a task at the tail of a queue; return its id.
+
+        ``delay`` (seconds) keeps it invisible until then. The payload must be a JSON
+        object (``None`` means ``{}``); anything else is refused before anything is written.
+        """
+        return self.submit_tasks(queue_name, [payload], delay=delay)[0]
+
+    def submit_tasks(
+        self, queue_name: str, payloads: Iterable[Payload | None], *, delay: float = 0
+    ) -> list[str]:
+        """Add many tasks in order, in as few round trips as the backend allows.
+
+        Every payload is checked first: one bad payload and none is written.
+        """
+        check_queue_name(queue_name)
+        delay = _check_delay(delay)
+        tasks: list[tuple[str, str]] = []
+        for index, payload in enumerate(payloads):
+            try:
+                tasks.append((new_task_id(), encode_payload(payload)))
+            except InvalidTaskError as exc:
+                if index == 0:
+                    raise
+                raise InvalidTaskError(f"payload #{index}: {exc}") from exc
+        if tasks:
+            self._call(self._put, queue_name, tasks, delay)
+        return [task_id for task_id, _ in tasks]
+
+    def get_task(self, queue_name: str) -> Payload | None:
+        """Remove the head task of a queue and return its payload (at most once).
+
+        Returns ``None`` when nothing is ready. Workers use ``consumer()`` instead.
+        """
+        return self._call(self._take, check_queue_name(queue_name))
+
+    def poll_queue(self, queue_name: str) -> int:
+        """How many tasks are ready to be taken now (0 for a queue never used)."""
+        ready = self.queue_stats(queue_name).ready
+        return ready or 0
+
+    def queue_stats(self, queue_name: str) -> QueueStats:
+        """The counts of one queue (ready, delayed, retrying, in flight, failed)."""
+        return self._call(self._stats, check_queue_name(queue_name))
+
+    def queues(self) -> list[QueueStats]:
+        """Every queue with anything stored, with its counts, sorted by name."""
+        names = self._call(self._queue_names)
+        return [self.queue_stats(name) for name in sorted(set(names))]
+
+    def purge(self, queue_name: str) -> int:
+        """Delete every task of a queue that is not in flight or failed; return how many."""
+        return self._call(self._purge, check_queue_name(queue_name))
+
+    def failed_tasks(self, queue_name: str, limit: int = 100) -> list[FailedTask]:
+        """The queue's failed store, oldest first (at most ``limit``)."""
+        return self._call(self._failed, check_queue_name(queue_name), limit)
+
+    def requeue_failed(self, queue_name: str, ids: Sequence[str] | None = None) -> int:
+        """Move failed tasks back to the queue (all, or the given ids); return how many."""
+        return self._call(self._requeue_failed, check_queue_name(queue_name), _ids(ids))
+
+    def purge_failed(self, queue_name: str, ids: Sequence[str] | None = None) -> int:
+        """Delete failed tasks (all, or the given ids); return how many."""
+        return self._call(self._purge_failed, check_queue_name(queue_name), _ids(ids))
+
+    def claim(self, key: str, ttl: float) -> bool:
+        """Take ``key`` for ``ttl`` seconds if nobody holds it: True for the one winner.
+
+        The scheduler uses it so that N schedulers submit each firing once.
+        """
+        if not key or len(key) > 200:
+            raise InvalidTaskError(f"a claim key must be 1-200 characters, got {key!r}")
+        if not ttl > 0:
+            raise InvalidTaskError(f"a claim ttl must be > 0 seconds, got {ttl!r}")
+        return self._call(self._claim, key, float(ttl))
+
+    def consumer(self, queue_name: str, prefetch: int = 1) -> Consumer:
+        """An at-least-once consumer of one queue, for one worker; see ``Consumer``."""
+        self._check_open()
+        return self._consumer(check_queue_name(queue_name), prefetch)
+
+    def close(self) -> None:
+        """Free the transport's connections; later calls raise ``TransportClosed``."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+        return self._closed
+
+    def __enter__(self: TT) -> TT:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.safe_uri!r})"
+
+    # -- retrying while the backend is away -------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportClosed(f"{self!r} is closed; get a new one with get_transport()")
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a primitive, retrying with back-off while it raises ``TransportUnavailable``.
+
+        Gives up after ``retry_timeout`` seconds with the last error. Logs once per outage.
+        """
+        self._check_open()
+        deadline = time.monotonic() + self.retry_timeout
+        pause = 0.05
+        while True:
+            try:
+                result = fn(*args)
+            except TransportUnavailable as exc:
+                self._note_outage(exc)
+                if time.monotonic() + pause > deadline or self._closed:
+                    raise TransportUnavailable(
+                        f"{exc} (gave up after retrying for {self.retry_timeout:g} s; "
+                        "set the URI option retry_timeout to wait longer)"
+                    ) from exc
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+                continue
+            self._note_recovery()
+            return result
+
+    def _note_outage(self, exc: BaseException) -> None:
+        with self._outage_lock:
+            if not self._in_outage:
+                self._in_outage = True
+                logger.warning("%r: backend unreachable (%s); retrying", self, exc)
+
+    def _note_recovery(self) -> None:
+        if self._in_outage:
+            with self._outage_lock:
+                if self._in_outage:
+                    self._in_outage = False
+                    logger.warning("%r: backend reachable again", self)
+
+
+TT = TypeVar("TT", bound=Transport)
+
+
+def _check_delay(delay: object) -> float:
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
+        raise InvalidTaskError(f"delay must be a number of seconds >= 0, got {delay!r}")
+    return float(delay)
+
+
+def _ids(ids: Sequence[str] | None) -> Sequence[str] | None:
+    if ids is None:
+        return None
+    if isinstance(ids, str):
+        return [ids]
+    return list(ids)

@@ -1,0 +1,1 @@
+"""Transports that ship with the core: only ``localmem``, the in-process reference."""

@@ -1,0 +1,332 @@
+"""``localmem:``: the in-process reference transport, and the test double.
+
+Features
+    Every count; the whole delivery contract, within one process only. A consumer
+    belongs to the thread that reserves with it; when that thread ends without settling
+    its tasks, they come back (counted as an attempt) within ``recovery_seconds``.
+URI
+    ``localmem:`` or ``localmem://`` (anything after the colon names a separate store).
+Options
+    ``retry_timeout`` only (nothing here can be unreachable).
+Storage
+    Python objects in the transport instance; nothing survives the process. The
+    ``asynctask workers`` command refuses it, since its children are other processes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from asynctask.transport import (
+    Consumer,
+    Delivery,
+    FailedTask,
+    QueueStats,
+    Transport,
+    TransportFeatures,
+)
+from asynctask.validation import Payload, decode_payload
+
+_RECOVERY_SECONDS = 1.0
+
+
+@dataclass
+class _Task:
+    id: str
+    text: str
+    submitted_at: float
+    attempts: int = 0  # deliveries that ended without success
+    due: float = 0.0
+    retrying: bool = False
+    owner: threading.Thread | None = None
+
+
+@dataclass
+class _Queue:
+    ready: deque[_Task] = field(default_factory=deque)
+    # (due, sequence, task): delayed and retrying tasks, soonest first
+    waiting: list[tuple[float, int, _Task]] = field(default_factory=list)
+    in_flight: dict[str, _Task] = field(default_factory=dict)
+    failed: dict[str, FailedTask] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        return not (self.ready or self.waiting or self.in_flight or self.failed)
+
+
+class LocalMemTransport(Transport):
+    """Tasks held in this process's memory; see the module docstring."""
+
+    schemes = ("localmem",)
+    features = TransportFeatures(
+        counts=frozenset({"ready", "delayed", "retrying", "in_flight", "failed"}),
+        multiprocess=False,
+        recovery_seconds=_RECOVERY_SECONDS,
+    )
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        self._queues: dict[str, _Queue] = {}
+        self._claims: dict[str, float] = {}
+        self._cond = threading.Condition()
+        self._sequence = itertools.count()
+
+    # -- for tests: what another program would write ------------------------------------
+
+    def inject(self, queue: str, text: str) -> None:
+        """Store raw ``text`` as a task, as a foreign producer would (may be garbage)."""
+        with self._cond:
+            self._queue(queue).ready.append(
+                _Task("raw-" + str(next(self._sequence)), text, time.time())
+            )
+            self._cond.notify_all()
+
+    def stored(self, queue: str) -> int:
+        """Tasks stored for ``queue`` in any state but failed (read past the API)."""
+        with self._cond:
+            q = self._queues.get(queue)
+            return 0 if q is None else len(q.ready) + len(q.waiting) + len(q.in_flight)
+
+    # -- primitives ---------------------------------------------------------------------
+
+    def _queue(self, name: str) -> _Queue:
+        q = self._queues.get(name)
+        if q is None:
+            q = self._queues[name] = _Queue()
+        return q
+
+    def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
+        now = time.time()
+        with self._cond:
+            q = self._queue(queue)
+            for task_id, text in tasks:
+                task = _Task(task_id, text, now)
+                if delay > 0:
+                    task.due = time.monotonic() + delay
+                    heapq.heappush(q.waiting, (task.due, next(self._sequence), task))
+                else:
+                    q.ready.append(task)
+            self._cond.notify_all()
+
+    def _maintain(self, q: _Queue) -> float | None:
+        """Promote due tasks, recover dead owners' tasks; return seconds to the next due."""
+        now = time.monotonic()
+        while q.waiting and q.waiting[0][0] <= now:
+            task = heapq.heappop(q.waiting)[2]
+            task.retrying = False
+            q.ready.append(task)
+        for task_id, task in list(q.in_flight.items()):
+            if task.owner is not None and not task.owner.is_alive():
+                del q.in_flight[task_id]
+                task.owner = None
+                task.attempts += 1
+                q.ready.append(task)
+        return q.waiting[0][0] - now if q.waiting else None
+
+    def _pop_ready(self, queue: str, q: _Queue, owner: threading.Thread | None) -> Delivery | None:
+        """Take the head ready task; an undecodable one goes to the failed store."""
+        while q.ready:
+            task = q.ready.popleft()
+            try:
+                payload = decode_payload(task.text)
+            except ValueError as exc:
+                self._to_failed(queue, q, task, f"undecodable message: {exc}", raw=True)
+                continue
+            if owner is not None:
+                task.owner = owner
+                q.in_flight[task.id] = task
+            return Delivery(task.id, queue, payload, task.attempts + 1, task.submitted_at, task)
+        return None
+
+    def _to_failed(self, queue: str, q: _Queue, task: _Task, error: str, raw: bool = False) -> None:
+        payload = None if raw else decode_payload(task.text)
+        q.failed[task.id] = FailedTask(
+            id=task.id,
+            queue=queue,
+            payload=payload,
+            raw=task.text if raw else None,
+            error=error,
+            attempts=task.attempts + (0 if raw else 1),
+            submitted_at=task.submitted_at,
+            failed_at=time.time(),
+        )
+
+    def _take(self, queue: str) -> Payload | None:
+        with self._cond:
+            q = self._queues.get(queue)
+            if q is None:
+                return None
+            self._maintain(q)
+            delivery = self._pop_ready(queue, q, owner=None)
+            return None if delivery is None else delivery.payload
+
+    def _stats(self, queue: str) -> QueueStats:
+        with self._cond:
+            q = self._queues.get(queue)
+            if q is None:
+                return QueueStats(queue, 0, 0, 0, 0, 0)
+            self._maintain(q)
+            retrying = sum(1 for _, _, t in q.waiting if t.retrying)
+            return QueueStats(
+                queue,
+                ready=len(q.ready),
+                delayed=len(q.waiting) - retrying,
+                retrying=retrying,
+                in_flight=len(q.in_flight),
+                failed=len(q.failed),
+            )
+
+    def _queue_names(self) -> list[str]:
+        with self._cond:
+            return [name for name, q in self._queues.items() if not q.is_empty()]
+
+    def _purge(self, queue: str) -> int:
+        with self._cond:
+            q = self._queues.get(queue)
+            if q is None:
+                return 0
+            count = len(q.ready) + len(q.waiting)
+            q.ready.clear()
+            q.waiting.clear()
+            return count
+
+    def _failed(self, queue: str, limit: int) -> list[FailedTask]:
+        with self._cond:
+            q = self._queues.get(queue)
+            return [] if q is None else list(q.failed.values())[:limit]
+
+    def _requeue_failed(self, queue: str, ids: Sequence[str] | None) -> int:
+        with self._cond:
+            q = self._queues.get(queue)
+            if q is None:
+                return 0
+            chosen = [i for i in q.failed if ids is None or i in ids]
+            for task_id in chosen:
+                failed = q.failed.pop(task_id)
+                text = failed.raw if failed.raw is not None else _json(failed.payload)
+                q.ready.append(_Task(task_id, text, failed.submitted_at or time.time()))
+            self._cond.notify_all()
+            return len(chosen)
+
+    def _purge_failed(self, queue: str, ids: Sequence[str] | None) -> int:
+        with self._cond:
+            q = self._queues.get(queue)
+            if q is None:
+                return 0
+            chosen = [i for i in q.failed if ids is None or i in ids]
+            for task_id in chosen:
+                del q.failed[task_id]
+            return len(chosen)
+
+    def _claim(self, key: str, ttl: float) -> bool:
+        now = time.monotonic()
+        with self._cond:
+            expiry = self._claims.get(key)
+            if expiry is not None and expiry > now:
+                return False
+            self._claims[key] = now + ttl
+            return True
+
+    def _consumer(self, queue: str, prefetch: int) -> Consumer:
+        return LocalMemConsumer(self, queue, prefetch)
+
+    def _close(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+def _json(payload: Payload | None) -> str:
+    import json
+
+    return json.dumps(payload if payload is not None else {}, separators=(",", ":"))
+
+
+class LocalMemConsumer(Consumer):
+    """A consumer owned by the thread that reserves with it."""
+
+    transport: LocalMemTransport
+
+    def __init__(self, transport: LocalMemTransport, queue: str, prefetch: int) -> None:
+        super().__init__(transport, queue, prefetch)
+        self._held: dict[str, _Task] = {}
+
+    def reserve(self, timeout: float) -> Delivery | None:
+        t = self.transport
+        t._check_open()
+        deadline = time.monotonic() + max(0.0, timeout)
+        with t._cond:
+            q = t._queue(self.queue)
+            while True:
+                next_due = t._maintain(q)
+                delivery = t._pop_ready(self.queue, q, owner=threading.current_thread())
+                if delivery is not None:
+                    self._held[delivery.id] = delivery.receipt
+                    return delivery
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or t.closed:
+                    return None
+                wait = remaining
+                if next_due is not None:
+                    wait = min(wait, next_due)
+                if q.in_flight:
+                    # another thread may die holding tasks: look again soon
+                    wait = min(wait, _RECOVERY_SECONDS / 4)
+                t._cond.wait(wait)
+
+    def _settle(self, delivery: Delivery) -> tuple[_Queue, _Task] | None:
+        task = self._held.pop(delivery.id, None)
+        q = self.transport._queues.get(self.queue)
+        if task is None or q is None or q.in_flight.pop(delivery.id, None) is None:
+            return None  # already recovered by somebody else: nothing to settle
+        task.owner = None
+        return q, task
+
+    def ack(self, delivery: Delivery) -> None:
+        with self.transport._cond:
+            self._settle(delivery)
+
+    def retry(self, delivery: Delivery, delay: float, error: str) -> None:
+        t = self.transport
+        with t._cond:
+            settled = self._settle(delivery)
+            if settled is None:
+                return
+            q, task = settled
+            task.attempts += 1
+            task.retrying = True
+            task.due = time.monotonic() + max(0.0, delay)
+            heapq.heappush(q.waiting, (task.due, next(t._sequence), task))
+            t._cond.notify_all()
+
+    def fail(self, delivery: Delivery, error: str) -> None:
+        t = self.transport
+        with t._cond:
+            settled = self._settle(delivery)
+            if settled is not None:
+                q, task = settled
+                t._to_failed(self.queue, q, task, error)
+
+    def release(self, delivery: Delivery) -> None:
+        t = self.transport
+        with t._cond:
+            settled = self._settle(delivery)
+            if settled is not None:
+                q, task = settled
+                q.ready.appendleft(task)
+                t._cond.notify_all()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with self.transport._cond:
+            for task_id in list(self._held):
+                task = self._held[task_id]
+                self.release(
+                    Delivery(task_id, self.queue, {}, task.attempts + 1, task.submitted_at, task)
+                )

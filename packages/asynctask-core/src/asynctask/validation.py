@@ -1,0 +1,95 @@
+"""Queue-name and payload rules, checked before anything is written.
+
+The rules are the original's (``rex.asynctask``), with clearer errors: a queue name is
+two or more lower-case letters, digits and single underscores, starting with a letter
+and ending with a letter or digit; a payload is a JSON object that travels as JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from asynctask.errors import InvalidTaskError
+
+QUEUE_NAME_RULE = (
+    "2 or more characters: lower-case letters, digits and single underscores, "
+    "starting with a letter and ending with a letter or digit (e.g. 'foo', 'a1', 'rex_job_0')"
+)
+_QUEUE_NAME = re.compile(r"^[a-z](?:[a-z0-9]|_(?!_))*[a-z0-9]$")
+
+Payload = dict[str, Any]
+
+
+def is_valid_queue_name(name: object) -> bool:
+    """Tell whether ``name`` follows the queue-name rule."""
+    return isinstance(name, str) and _QUEUE_NAME.match(name) is not None
+
+
+def check_queue_name(name: object) -> str:
+    """Return ``name`` if it is a valid queue name, else raise ``InvalidTaskError``."""
+    if not is_valid_queue_name(name):
+        raise InvalidTaskError(f"{name!r} is not a valid queue name: use {QUEUE_NAME_RULE}")
+    assert isinstance(name, str)
+    return name
+
+
+def _check_json_value(value: object, where: str, depth: int) -> None:
+    # Walk the value ourselves so the error names the offending key; json.dumps would
+    # only say "Object of type X is not JSON serializable".
+    if depth > 500:
+        raise InvalidTaskError(f"payload is nested too deeply at {where} (limit 500 levels)")
+    if value is None or isinstance(value, bool | int | str):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidTaskError(
+                f"payload value at {where} is {value!r}; JSON allows only finite numbers"
+            )
+        return
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_json_value(item, f"{where}[{index}]", depth + 1)
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidTaskError(
+                    f"payload key {key!r} at {where} is a {type(key).__name__}; "
+                    "JSON object keys must be str"
+                )
+            _check_json_value(item, f"{where}[{key!r}]", depth + 1)
+        return
+    raise InvalidTaskError(
+        f"payload value at {where} is a {type(value).__name__} ({value!r:.60}); "
+        "use JSON types only: dict, list, str, int, float, bool, None"
+    )
+
+
+def check_payload(payload: object) -> Payload:
+    """Return the payload as a dict (``None`` becomes ``{}``), or raise ``InvalidTaskError``."""
+    if payload is None:
+        return {}
+    if not isinstance(payload, Mapping):
+        raise InvalidTaskError(
+            f"a payload must be a JSON object (a dict with str keys), not a "
+            f"{type(payload).__name__}: {payload!r:.80}"
+        )
+    _check_json_value(payload, "payload", 0)
+    return dict(payload)
+
+
+def encode_payload(payload: object) -> str:
+    """Check a payload and return its JSON text (compact, UTF-8 safe)."""
+    return json.dumps(check_payload(payload), separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_payload(text: str | bytes) -> Payload:
+    """Read a payload from JSON text; raise ``ValueError`` when it is not a JSON object."""
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got a JSON {type(value).__name__}")
+    return value

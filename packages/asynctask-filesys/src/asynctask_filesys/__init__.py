@@ -1,0 +1,1 @@
+"""The ``filesys:`` transport of asynctask: one folder per queue, one file per task."""

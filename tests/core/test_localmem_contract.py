@@ -1,0 +1,28 @@
+"""The contract suite on the in-process reference transport (threads stand for processes)."""
+
+from __future__ import annotations
+
+import pytest
+from asynctask.testing import TransportContract
+from asynctask.transports.localmem import LocalMemTransport
+
+
+class LocalMemProbe:
+    def __init__(self, transport: LocalMemTransport) -> None:
+        self.transport = transport
+
+    def stored(self, queue: str) -> int:
+        return self.transport.stored(queue)
+
+    def inject(self, queue: str, text: str) -> None:
+        self.transport.inject(queue, text)
+
+
+class TestLocalMemTransport(TransportContract):
+    @pytest.fixture
+    def transport_uri(self) -> str:
+        return "localmem:"
+
+    @pytest.fixture
+    def probe(self, transport) -> LocalMemProbe:
+        return LocalMemProbe(transport)
