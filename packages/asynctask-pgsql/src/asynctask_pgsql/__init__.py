@@ -1,0 +1,1 @@
+"""The ``pgsql`` transport of asynctask (PostgreSQL through psycopg 3)."""

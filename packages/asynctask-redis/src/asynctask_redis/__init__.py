@@ -1,0 +1,1 @@
+"""The ``redis`` transport of asynctask (Redis through redis-py)."""
