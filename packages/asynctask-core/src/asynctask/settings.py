@@ -321,6 +321,17 @@ def load_settings(
     return settings
 
 
+def settings_from_raw(raw: Mapping[str, Any], sources: Mapping[str, str]) -> Settings:
+    """Rebuild checked settings from ``Settings.raw`` (how a child gets its parent's)."""
+    settings = Settings()
+    for name in SETTINGS:
+        value, source = raw[name], sources.get(name, "parent process")
+        settings.values[name] = _check(name, value, source)
+        settings.sources[name] = source
+        settings.raw[name] = value
+    return settings
+
+
 _active: Settings | None = None
 _active_lock = threading.Lock()
 

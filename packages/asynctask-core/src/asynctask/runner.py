@@ -1,0 +1,284 @@
+"""The run loop: reserve a task, process it, settle it; and the in-process helpers.
+
+This is the one place where the delivery contract meets a worker: success acknowledges,
+an exception retries with back-off until ``max_retries`` is spent, then the task goes to
+the failed store with its traceback. A delivery past its last attempt (its worker kept
+dying) goes to the failed store without running again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from asynctask.api import get_transport
+from asynctask.errors import ConfigurationError
+from asynctask.plugins import load_plugins
+from asynctask.ratelimit import RateLimit
+from asynctask.settings import get_settings
+from asynctask.transport import Consumer, Delivery, Transport
+from asynctask.worker import AsyncTaskWorker
+
+#: A child exits with this code when it stops on purpose and should be started again at
+#: once: it reached ``max_tasks_per_child``.
+EXIT_RECYCLE = 75
+#: A child exits with this code after a task ran past its worker's ``timeout``.
+EXIT_TASK_TIMEOUT = 76
+
+
+@dataclass
+class LoopOptions:
+    """How a run loop behaves; the supervisor fills it from the settings."""
+
+    halt_when_empty: bool = False
+    #: seconds a reserve waits before the loop looks at its stop flag again
+    wait: float = 0.5
+    rate: RateLimit | None = None
+    prefetch: int = 1
+    #: set from another thread (a signal handler) to stop after the current task
+    stop: threading.Event = field(default_factory=threading.Event)
+    #: called (from a watchdog thread) when a task runs past the worker's timeout
+    on_timeout: Callable[[], None] | None = None
+
+
+@dataclass
+class LoopResult:
+    """What a run loop did."""
+
+    processed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    recycled: bool = False
+
+
+def _error_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)).strip()
+
+
+def settle(
+    worker: AsyncTaskWorker, consumer: Consumer, delivery: Delivery, exc: BaseException | None
+) -> bool:
+    """Acknowledge, retry or fail a delivery after ``process()``; True if it succeeded."""
+    log = worker.logger
+    if exc is None:
+        consumer.ack(delivery)
+        log.debug("Processing complete")
+        return True
+    error = _error_text(exc)
+    attempts_left = worker.max_retries + 1 - delivery.attempt
+    if isinstance(exc, worker.dont_retry) or attempts_left <= 0:
+        why = "not retried" if isinstance(exc, worker.dont_retry) else "no retries left"
+        log.error(
+            "Task %s failed on attempt %d (%s); moved to the failed store of %s",
+            delivery.id,
+            delivery.attempt,
+            why,
+            delivery.queue,
+            exc_info=exc,
+        )
+        consumer.fail(delivery, error)
+        return False
+    delay = worker.backoff(delivery.attempt)
+    log.error(
+        "An unhandled exception occurred while processing the payload "
+        "(task %s, attempt %d of %d); retrying in %g s",
+        delivery.id,
+        delivery.attempt,
+        worker.max_retries + 1,
+        delay,
+        exc_info=exc,
+    )
+    consumer.retry(delivery, delay, error)
+    return False
+
+
+class _Watchdog:
+    """Stops a task that runs past its worker's ``timeout``.
+
+    Python cannot stop a thread, so the watchdog settles the task as a failed attempt and
+    ends the whole child process; the supervisor starts a new one.
+    """
+
+    def __init__(
+        self, worker: AsyncTaskWorker, consumer: Consumer, on_timeout: Callable[[], None] | None
+    ) -> None:
+        self.worker = worker
+        self.consumer = consumer
+        self.on_timeout = on_timeout
+        self._timer: threading.Timer | None = None
+
+    def start(self, delivery: Delivery) -> None:
+        timeout = self.worker.timeout
+        if timeout is None or self.on_timeout is None:
+            return
+        self._timer = threading.Timer(timeout, self._expire, args=(delivery,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self, delivery: Delivery) -> None:
+        exc = TimeoutError(f"task ran past its worker's timeout of {self.worker.timeout:g} s")
+        try:
+            settle(self.worker, self.consumer, delivery, exc)
+        finally:
+            assert self.on_timeout is not None
+            self.on_timeout()
+
+
+def queue_is_drained(transport: Transport, queue: str) -> bool:
+    """Nothing ready, nothing in back-off, nothing in flight on any worker."""
+    stats = transport.queue_stats(queue)
+    busy = (stats.ready or 0) + (stats.retrying or 0) + (stats.in_flight or 0)
+    return busy == 0
+
+
+def run_loop(
+    worker: AsyncTaskWorker, transport: Transport, queue: str, options: LoopOptions
+) -> LoopResult:
+    """Take tasks off ``queue`` until stopped, recycled, or (with halt) drained."""
+    result = LoopResult()
+    worker._transport, worker._queue_name = transport, queue
+    limit = worker.max_tasks_per_child
+    consumer = transport.consumer(queue, prefetch=options.prefetch)
+    watchdog = _Watchdog(worker, consumer, options.on_timeout)
+    try:
+        while not options.stop.is_set():
+            delivery = consumer.reserve(timeout=options.wait)
+            if delivery is None:
+                if options.halt_when_empty and queue_is_drained(transport, queue):
+                    _report_delayed(worker, transport, queue)
+                    worker.logger.info("No tasks found in queue")
+                    break
+                continue
+            if options.rate is not None:
+                options.rate.wait(options.stop)
+                if options.stop.is_set():
+                    consumer.release(delivery)
+                    break
+            result.processed += 1
+            if _run_one(worker, consumer, delivery, watchdog):
+                result.succeeded += 1
+            else:
+                result.failed += 1
+            if limit is not None and result.processed >= limit:
+                result.recycled = True
+                break
+    finally:
+        consumer.close()
+        worker._transport = worker._queue_name = None
+    return result
+
+
+def _run_one(
+    worker: AsyncTaskWorker, consumer: Consumer, delivery: Delivery, watchdog: _Watchdog
+) -> bool:
+    if delivery.attempt > worker.max_retries + 1:
+        # Its earlier deliveries ended with their worker dead: do not run it again.
+        error = (
+            f"gave up after {delivery.attempt - 1} attempts; the last ones ended without a "
+            "result (the worker process died or was killed while running it)"
+        )
+        worker.logger.error("Task %s: %s; moved to the failed store", delivery.id, error)
+        consumer.fail(delivery, error)
+        return False
+    worker.logger.debug("Got payload: %r", delivery.payload)
+    watchdog.start(delivery)
+    try:
+        worker.process(delivery.payload)
+    except Exception as exc:
+        watchdog.cancel()
+        return settle(worker, consumer, delivery, exc)
+    watchdog.cancel()
+    return settle(worker, consumer, delivery, None)
+
+
+def _report_delayed(worker: AsyncTaskWorker, transport: Transport, queue: str) -> None:
+    delayed = transport.queue_stats(queue).delayed
+    if delayed:
+        worker.logger.info(
+            "%d delayed tasks in queue %s are not due yet; not waiting for them", delayed, queue
+        )
+
+
+# -- helpers for scripts and tests -----------------------------------------------------
+
+
+def _drain(worker_name: str, queue_name: str, quiet: bool) -> int:
+    registry = load_plugins(get_settings().imports)
+    transport = get_transport()
+    worker = registry.worker_class(worker_name)()
+    root = logging.getLogger()
+    level = root.level
+    if quiet:
+        root.setLevel(logging.ERROR)
+    try:
+        worker.setup()
+        try:
+            options = LoopOptions(halt_when_empty=True, wait=0.05)
+            return _drain_ready(worker, transport, queue_name, options)
+        finally:
+            worker.teardown()
+    finally:
+        root.setLevel(level)
+
+
+def _drain_ready(
+    worker: AsyncTaskWorker, transport: Transport, queue: str, options: LoopOptions
+) -> int:
+    # Like run_loop, but stops as soon as nothing is ready now: a script does not wait
+    # out back-off delays.
+    processed = 0
+    worker._transport, worker._queue_name = transport, queue
+    watchdog = _Watchdog(worker, transport.consumer(queue), None)
+    consumer = watchdog.consumer
+    try:
+        while (delivery := consumer.reserve(timeout=options.wait)) is not None:
+            processed += 1
+            _run_one(worker, consumer, delivery, watchdog)
+    finally:
+        consumer.close()
+        worker._transport = worker._queue_name = None
+    return processed
+
+
+def process_queue(queue_name: str, worker_name: str | None = None, quiet: bool = False) -> int:
+    """Process the ready tasks of ``queue_name`` in this process; return how many.
+
+    The worker defaults to the one ``asynctask_workers`` names for the queue. Failures are
+    retried and sent to the failed store exactly as the workers do; tasks in back-off are
+    left for later.
+    """
+    if worker_name is None:
+        config = get_settings().workers.get(queue_name)
+        if config is None:
+            raise ConfigurationError(
+                f'Cannot identify worker for queue "{queue_name}": it is not in '
+                "asynctask_workers; pass worker_name"
+            )
+        worker_name = config.worker
+    return _drain(worker_name, queue_name, quiet)
+
+
+def run_worker(worker_name: str, queue_name: str | None = None, quiet: bool = False) -> int:
+    """Process the ready tasks of the queue ``worker_name`` serves; return how many.
+
+    The queue defaults to the first one ``asynctask_workers`` maps to the worker.
+    """
+    if queue_name is None:
+        for queue, config in get_settings().workers.items():
+            if config is not None and config.worker == worker_name:
+                queue_name = queue
+                break
+        else:
+            raise ConfigurationError(
+                f'Cannot identify queue for worker "{worker_name}": no queue in '
+                "asynctask_workers uses it; pass queue_name"
+            )
+    return _drain(worker_name, queue_name, quiet)

@@ -1,0 +1,266 @@
+"""The supervisor of ``asynctask workers``: one child process per queue slot.
+
+It starts every child, restarts one that dies (with back-off, so a child that keeps
+dying at start-up does not spin the CPU), and stops them all on SIGTERM or SIGINT: the
+first signal lets each child finish its current task within the grace period, the
+second (or the end of the grace period) kills them. Signal handlers only set flags; the
+work happens in the loop, which wakes on a child's exit or a signal at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+from asynctask.child import EXIT_FORCED, ChildSpec
+from asynctask.runner import EXIT_RECYCLE, EXIT_TASK_TIMEOUT
+
+logger = logging.getLogger("asynctask.supervisor")
+
+#: exit codes of the ``asynctask workers`` command
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_FORCED_STOP = 4
+
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+#: a child that ran this long before it died starts again without back-off
+HEALTHY_RUN = 30.0
+
+
+@dataclass
+class Slot:
+    """One child to keep running: a queue, its worker, and the state of its process."""
+
+    spec: ChildSpec
+    label: str
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
+    done: bool = False
+    pidfd: int | None = field(default=None, repr=False)
+
+
+class Supervisor:
+    """Runs the slots until they halt (``halt_when_empty``) or a signal stops them."""
+
+    def __init__(
+        self,
+        specs: list[ChildSpec],
+        check_interval: float = 1.0,
+        grace: float = 30.0,
+        halt_when_empty: bool = False,
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:
+        self.slots = [Slot(spec, f"{spec.worker} on queue {spec.queue}") for spec in specs]
+        self.check_interval = check_interval
+        self.grace = grace
+        self.halt_when_empty = halt_when_empty
+        self.on_stop = on_stop
+        self._signals = 0
+        self._stop_deadline: float | None = None
+        self._forced = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+
+    # -- children ---------------------------------------------------------------------
+
+    def _start(self, slot: Slot) -> None:
+        logger.info("Launching %s", slot.label)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "asynctask.child"],
+            stdin=subprocess.PIPE,
+            close_fds=True,
+        )
+        assert process.stdin is not None
+        process.stdin.write(slot.spec.to_json().encode())
+        process.stdin.close()
+        slot.process = process
+        slot.started = time.monotonic()
+        slot.restart_at = None
+        slot.pidfd = _pidfd(process.pid)
+
+    def _reap(self, slot: Slot) -> int | None:
+        """The exit code of the slot's process if it has ended, else None."""
+        if slot.process is None:
+            return None
+        code = slot.process.poll()
+        if code is None:
+            return None
+        if slot.pidfd is not None:
+            os.close(slot.pidfd)
+            slot.pidfd = None
+        slot.process = None
+        return code
+
+    def _after_exit(self, slot: Slot, code: int, now: float) -> None:
+        if self._stop_deadline is not None:
+            slot.done = True
+            return
+        if code == 0 and self.halt_when_empty:
+            slot.done = True
+            logger.info("%s halted: its queue is empty", slot.label)
+            return
+        if code in (EXIT_RECYCLE, EXIT_TASK_TIMEOUT):
+            why = (
+                "recycled after max_tasks_per_child"
+                if code == EXIT_RECYCLE
+                else "stopped a task past its timeout"
+            )
+            logger.info("%s %s; starting a new one", slot.label, why)
+            slot.restart_at = now
+            return
+        ran = now - slot.started
+        slot.failures = 1 if ran >= HEALTHY_RUN else slot.failures + 1
+        delay = min(BACKOFF_FIRST * 2 ** (slot.failures - 1), BACKOFF_MAX)
+        logger.error(
+            "Worker for queue %s died (%s); restarting in %.1f s",
+            slot.spec.queue,
+            _describe_exit(code),
+            delay,
+        )
+        slot.restart_at = now + delay
+
+    # -- signals ----------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"s")
+
+    def _handle_signals(self, now: float) -> None:
+        if self._signals == 0:
+            return
+        if self._stop_deadline is None:
+            logger.info(
+                "Termination received; children finish their current task (grace %g s)", self.grace
+            )
+            self._stop_deadline = now + self.grace
+            if self.on_stop is not None:
+                self.on_stop()
+            for slot in self.slots:
+                slot.restart_at = None
+                self._send(slot, signal.SIGTERM)
+        if self._signals >= 2 and not self._forced:
+            logger.warning("Second termination signal; stopping children at once")
+            self._kill_all()
+
+    def _kill_all(self) -> None:
+        self._forced = True
+        for slot in self.slots:
+            self._send(slot, signal.SIGKILL)
+
+    @staticmethod
+    def _send(slot: Slot, signum: int) -> None:
+        if slot.process is not None and slot.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                slot.process.send_signal(signum)
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Supervise until every child is done; return the command's exit code."""
+        previous = {
+            signum: signal.signal(signum, self._on_signal)
+            for signum in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            for slot in self.slots:
+                self._start(slot)
+            while True:
+                now = time.monotonic()
+                self._handle_signals(now)
+                for slot in self.slots:
+                    code = self._reap(slot)
+                    if code is not None:
+                        self._after_exit(slot, code, now)
+                    if (
+                        slot.process is None
+                        and not slot.done
+                        and slot.restart_at is not None
+                        and slot.restart_at <= now
+                        and self._stop_deadline is None
+                    ):
+                        self._start(slot)
+                    if slot.process is None and self._stop_deadline is not None:
+                        slot.done = True
+                if all(slot.done for slot in self.slots):
+                    break
+                if (
+                    self._stop_deadline is not None
+                    and now >= self._stop_deadline
+                    and not self._forced
+                ):
+                    logger.warning(
+                        "Grace period of %g s is over; stopping children at once", self.grace
+                    )
+                    self._kill_all()
+                self._wait(now)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self._kill_all()
+            for slot in self.slots:
+                if slot.process is not None:
+                    slot.process.wait()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+        if self._stop_deadline is None:
+            logger.info("All workers halted; closing down...")
+        logger.info("Complete")
+        return EXIT_FORCED_STOP if self._forced and self._signals >= 2 else EXIT_OK
+
+    def _wait(self, now: float) -> None:
+        """Sleep until a child exits, a signal arrives, a restart is due or a check is."""
+        timeout = self.check_interval
+        for slot in self.slots:
+            if slot.restart_at is not None and slot.process is None:
+                timeout = min(timeout, max(0.0, slot.restart_at - now))
+        if self._stop_deadline is not None:
+            timeout = min(timeout, max(0.0, self._stop_deadline - now))
+        fds = [self._wake_r] + [s.pidfd for s in self.slots if s.pidfd is not None]
+        try:
+            ready, _, _ = select.select(fds, [], [], timeout)
+        except InterruptedError:
+            return
+        if self._wake_r in ready:
+            try:
+                while os.read(self._wake_r, 64):
+                    pass
+            except BlockingIOError:
+                pass
+
+
+def _pidfd(pid: int) -> int | None:
+    # A pidfd becomes readable when the process exits: we wake at once, without polling.
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        fd: int = pidfd_open(pid)
+        return fd
+    except OSError:
+        return None
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    if code == EXIT_FORCED:
+        return "stopped at once"
+    return f"exit code {code}"

@@ -1,0 +1,1 @@
+"""Demo workers for the asynctask quick start."""
