@@ -18,6 +18,7 @@ from asynctask.errors import (
     UnknownWorkerError,
 )
 from asynctask.hookspecs import hookimpl
+from asynctask.runner import process_queue, run_worker
 from asynctask.transport import Consumer, Delivery, FailedTask, QueueStats, Transport
 from asynctask.worker import AsyncTaskWorker
 
@@ -39,4 +40,6 @@ __all__ = [
     "UnknownWorkerError",
     "get_transport",
     "hookimpl",
+    "process_queue",
+    "run_worker",
 ]

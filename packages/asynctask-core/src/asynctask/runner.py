@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from asynctask.api import get_transport
-from asynctask.errors import ConfigurationError
+from asynctask.errors import AsynctaskError, ConfigurationError, TransportUnavailable
 from asynctask.plugins import load_plugins
 from asynctask.ratelimit import RateLimit
 from asynctask.settings import get_settings
@@ -148,9 +148,19 @@ def run_loop(
     limit = worker.max_tasks_per_child
     consumer = transport.consumer(queue, prefetch=options.prefetch)
     watchdog = _Watchdog(worker, consumer, options.on_timeout)
+    outage = _Outage(worker.logger, options.stop)
     try:
         while not options.stop.is_set():
-            delivery = consumer.reserve(timeout=options.wait)
+            try:
+                delivery = consumer.reserve(timeout=options.wait)
+            except TransportUnavailable as exc:
+                # The backend is away: wait, then start over with a new consumer. What
+                # this consumer held comes back to the queue by the transport's recovery.
+                outage.failed(exc)
+                consumer = _renew(transport, consumer, queue, options)
+                watchdog.consumer = consumer
+                continue
+            outage.ok()
             if delivery is None:
                 if options.halt_when_empty and queue_is_drained(transport, queue):
                     _report_delayed(worker, transport, queue)
@@ -163,7 +173,14 @@ def run_loop(
                     consumer.release(delivery)
                     break
             result.processed += 1
-            if _run_one(worker, consumer, delivery, watchdog):
+            try:
+                succeeded = _run_one(worker, consumer, delivery, watchdog)
+            except TransportUnavailable as exc:
+                outage.failed(exc)  # not settled: the task comes back and runs again
+                consumer = _renew(transport, consumer, queue, options)
+                watchdog.consumer = consumer
+                continue
+            if succeeded:
                 result.succeeded += 1
             else:
                 result.failed += 1
@@ -174,6 +191,39 @@ def run_loop(
         consumer.close()
         worker._transport = worker._queue_name = None
     return result
+
+
+class _Outage:
+    """Back-off while the backend is away, logged once per outage."""
+
+    def __init__(self, log: logging.Logger, stop: threading.Event) -> None:
+        self.log = log
+        self.stop = stop
+        self.pause = 0.0
+
+    def failed(self, exc: BaseException) -> None:
+        if self.pause == 0.0:
+            self.log.warning("Lost the backend (%s); reconnecting with back-off", exc)
+        self.pause = min(max(self.pause * 2, 0.2), 5.0)
+        self.stop.wait(self.pause)
+
+    def ok(self) -> None:
+        if self.pause:
+            self.log.warning("Backend reachable again; carrying on")
+            self.pause = 0.0
+
+
+def _renew(transport: Transport, consumer: Consumer, queue: str, options: LoopOptions) -> Consumer:
+    try:
+        consumer.close()
+    except AsynctaskError as exc:
+        logging.getLogger("asynctask.runner").debug("closing a broken consumer: %s", exc)
+    while True:
+        try:
+            return transport.consumer(queue, prefetch=options.prefetch)
+        except TransportUnavailable:
+            if options.stop.wait(1.0):
+                return transport.consumer(queue, prefetch=options.prefetch)
 
 
 def _run_one(
