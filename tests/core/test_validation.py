@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 from asynctask import InvalidURIError, get_transport
 from asynctask.uri import redact
@@ -27,10 +29,9 @@ def test_bad_queue_names_quote_the_name_and_the_rule(name):
 def test_payload_errors_name_the_type_or_the_key():
     with pytest.raises(ValueError, match="not a list"):
         check_payload([1])
+    when = datetime.datetime.now()
     with pytest.raises(ValueError, match=r"payload\['when'\].*datetime"):
-        import datetime
-
-        check_payload({"when": datetime.datetime.now()})
+        check_payload({"when": when})
     with pytest.raises(ValueError, match="key 1"):
         check_payload({"a": {1: 2}})
     assert check_payload(None) == {}
