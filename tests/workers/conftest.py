@@ -1,0 +1,118 @@
+"""Fixtures for tests that run real ``asynctask workers`` processes on every transport."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asynctask.testing import require_service, unique_queue
+from backends import BACKENDS
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend_uri(request, tmp_path) -> str:
+    """A transport URI, once per installed transport."""
+    make, check = BACKENDS[request.param]
+    if check is not None:
+        require_service(request.param, check)
+    return make(tmp_path)
+
+
+@pytest.fixture
+def filesys_uri(tmp_path) -> str:
+    """The embedded transport, for tests that are about the command, not the backend."""
+    return f"filesys:{tmp_path / 'queues'}"
+
+
+@pytest.fixture
+def queue() -> str:
+    return unique_queue("w")
+
+
+@pytest.fixture
+def ledger(tmp_path) -> Path:
+    return tmp_path / "ledger.jsonl"
+
+
+class Workers:
+    """A running ``asynctask workers`` command."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+
+    def wait(self, timeout: float = 60) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+    def output(self) -> str:
+        assert self.process.stderr is not None
+        return self.process.stderr.read()
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def children(self) -> list[int]:
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        try:
+            return [int(p) for p in path.read_text().split()]
+        except FileNotFoundError:
+            return []
+
+
+@pytest.fixture
+def start_workers(tmp_path) -> Iterator[Callable[..., Workers]]:
+    """Start ``asynctask workers`` with a transport and ``asynctask_workers``."""
+    started: list[Workers] = []
+
+    def start(
+        uri: str, workers: dict[str, Any], *args: str, settings: dict[str, Any] | None = None
+    ) -> Workers:
+        command = [
+            sys.executable,
+            "-m",
+            "asynctask",
+            "workers",
+            "--set",
+            f"asynctask_transport={uri}",
+            "--set",
+            "asynctask_workers=" + json.dumps(workers),
+            "--set",
+            "asynctask_workers_poll_interval=200",
+            "--set",
+            "asynctask_workers_check_child_interval=200",
+            *args,
+        ]
+        for name, value in (settings or {}).items():
+            command += ["--set", f"{name}={json.dumps(value)}"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASK_")}
+        process = subprocess.Popen(
+            command, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env
+        )
+        handle = Workers(process)
+        started.append(handle)
+        return handle
+
+    yield start
+    for handle in started:
+        if handle.process.poll() is None:
+            for pid in handle.children():
+                _kill(pid)
+            handle.process.kill()
+            handle.process.wait()
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
