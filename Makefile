@@ -2,7 +2,7 @@
 UV ?= $(shell command -v uv 2>/dev/null || echo .venv-uv/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help install run test lint typecheck bench chaos
+.PHONY: help install run test lint typecheck
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -12,6 +12,9 @@ $(UV):
 
 install: $(UV) ## install every package of the workspace into .venv (uv installs uv if missing)
 	$(UV) sync --all-packages --frozen
+
+run: install ## the main job: submit demo tasks and run workers on the embedded filesys transport
+	.venv/bin/asynctask-demo
 
 test: install ## run the whole test suite
 	.venv/bin/pytest $(PYTEST_ARGS)
