@@ -8,6 +8,8 @@ import pytest
 from asynctask.api import close_transports
 from asynctask.settings import configure
 
+pytest_plugins = ["process_fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def _clean_process_state() -> Iterator[None]:

@@ -452,6 +452,31 @@ def show_settings(
     )
 
 
+@app.command()
+def schedule(
+    sets: SetOption = None, config: ConfigOption = None, as_json: JsonOption = False
+) -> None:
+    """List the entries of asynctask_scheduled_workers with their next fire times.
+
+    Example: asynctask schedule --set asynctask_scheduled_workers='[{"worker": "w", "minute": "*/5"}]'
+    """
+    from asynctask.scheduler import next_fire_times
+
+    with _errors():
+        rows = next_fire_times(_settings(sets, config))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        typer.echo("No schedules configured.")
+        return
+    table = [
+        [r["name"], str(r["runs"]), r["queue"], json.dumps(r["schedule"]), r["next"] or "never"]
+        for r in rows
+    ]
+    typer.echo(_table(table, ["name", "runs", "queue", "schedule", "next"]))
+
+
 def _run(command: Callable[[], None]) -> None:
     try:
         command()

@@ -119,9 +119,12 @@ def _workers(value: Any) -> dict[str, WorkerConfig | None]:
 def _schedules(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
         raise _Invalid("expected a list of schedule objects")
-    from asynctask.schedules import check_schedules
+    from asynctask.schedules import ScheduleError, check_schedules
 
-    return check_schedules([dict(v) for v in value])
+    try:
+        return check_schedules([dict(v) for v in value])
+    except ScheduleError as exc:
+        raise _Invalid(str(exc)) from exc
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,73 @@
+"""Three ``asynctask workers --scheduler`` at once: each firing submitted exactly once."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+
+from asynctask import get_transport
+from support import events, wait_for
+
+
+def test_three_schedulers_submit_each_firing_exactly_once(
+    backend_uri, ledger, start_workers, queue
+):
+    # Given one every-second entry and three schedulers started at once
+    name = queue[2:]
+    entries = [
+        {"worker": "test_record", "name": name, "second": "*/1", "payload": {"ledger": str(ledger)}}
+    ]
+    settings = {"asynctask_scheduled_workers": entries}
+    schedulers = [
+        start_workers(backend_uri, {}, "--scheduler", settings=settings) for _ in range(3)
+    ]
+    # When they run for about 5 s
+    time.sleep(5.5)
+    for scheduler in schedulers:
+        scheduler.signal(signal.SIGTERM)
+    outputs = []
+    for scheduler in schedulers:
+        assert scheduler.wait(60) == 0
+        outputs.append(scheduler.output())
+    # Then every firing was submitted by exactly one of them
+    submitted = [k for out in outputs for k in re.findall(r"Submitted firing (\S+) as task", out)]
+    assert len(submitted) == len(set(submitted)), submitted
+    assert 4 <= len(submitted) <= 7, submitted
+    # And the tasks processed are exactly those firings (count them once the queue drains)
+    transport = get_transport(backend_uri)
+    queue_name = f"scheduled_{name}"
+    leftover = transport.queue_stats(queue_name)
+    done = len(events(ledger, "done"))
+    assert done + (leftover.ready or 0) + (leftover.in_flight or 0) >= len(submitted) - 0
+    assert done <= len(submitted)
+
+
+def test_a_command_entry_output_reaches_the_log(filesys_uri, start_workers):
+    entries = [{"command": ["echo", "cron says hi"], "name": "greeting", "second": "*/1"}]
+    workers = start_workers(
+        filesys_uri, {}, "--scheduler", settings={"asynctask_scheduled_workers": entries}
+    )
+    time.sleep(2.5)
+    workers.signal(signal.SIGTERM)
+    assert workers.wait(30) == 0
+    assert "cron says hi" in workers.output()
+
+
+def test_scheduled_queue_child_that_dies_is_restarted(filesys_uri, start_workers, tmp_path):
+    marker = tmp_path / "crashed"
+    ledger = tmp_path / "ledger.jsonl"
+    entries = [
+        {
+            "worker": "test_crash_once",
+            "second": "*/1",
+            "payload": {"ledger": str(ledger), "marker": str(marker)},
+        }
+    ]
+    workers = start_workers(
+        filesys_uri, {}, "--scheduler", settings={"asynctask_scheduled_workers": entries}
+    )
+    wait_for(lambda: events(ledger, "done"), 40, "a scheduled task done after the crash")
+    workers.signal(signal.SIGTERM)
+    assert workers.wait(30) == 0
+    assert "died (exit code 1); restarting" in workers.output()
