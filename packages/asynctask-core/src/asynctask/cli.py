@@ -458,7 +458,7 @@ def schedule(
 ) -> None:
     """List the entries of asynctask_scheduled_workers with their next fire times.
 
-    Example: asynctask schedule --set asynctask_scheduled_workers='[{"worker": "w", "minute": "*/5"}]'
+    Example: asynctask schedule --config /etc/asynctask.toml
     """
     from asynctask.scheduler import next_fire_times
 

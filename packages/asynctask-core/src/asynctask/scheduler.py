@@ -12,6 +12,7 @@ trigger: the latest fire time not after now. Every scheduler computes the same o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -125,10 +126,8 @@ class ScheduleRunner:
         if self._scheduler is not None:
             from apscheduler.schedulers import SchedulerNotRunningError
 
-            try:
+            with contextlib.suppress(SchedulerNotRunningError):
                 self._scheduler.shutdown(wait=False)
-            except SchedulerNotRunningError:
-                pass
             self._scheduler = None
 
 
