@@ -2,7 +2,7 @@
 UV ?= $(shell command -v uv 2>/dev/null || echo .venv-uv/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help install run test lint typecheck
+.PHONY: help install run test bench lint typecheck
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -18,6 +18,9 @@ run: install ## the main job: submit demo tasks and run workers on the embedded 
 
 test: install ## run the whole test suite
 	.venv/bin/pytest $(PYTEST_ARGS)
+
+bench: install ## speed beside the raw clients: docs/benchmarks.md (QUICK=1: a smoke run)
+	.venv/bin/python -m bench $(if $(QUICK),--quick,)
 
 lint: install ## ruff check and format check
 	.venv/bin/ruff check packages tests
