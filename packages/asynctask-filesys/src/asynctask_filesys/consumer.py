@@ -1,0 +1,237 @@
+"""Taking tasks from a queue's folders: the view every taker keeps, and the consumer.
+
+Reserving is one rename, ``ready/<name>`` to ``claimed/<owner>/<name>``: atomic, so of
+several processes after one file exactly one gets it, and the others move on to their
+next name. Settling is one more: unlink (ack), rename to ``delayed/`` with a new due
+stamp and one more attempt (retry), to ``failed/`` (fail) or back to ``ready/`` (release).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from asynctask.errors import TransportClosed
+from asynctask.transport import Consumer, Delivery
+from asynctask.validation import decode_payload
+
+from asynctask_filesys.layout import QueuePaths, TaskName, read_file
+from asynctask_filesys.oserrors import os_errors
+from asynctask_filesys.owners import OwnerFolder, recover_dead
+from asynctask_filesys.watch import Folder, Watcher
+
+if TYPE_CHECKING:
+    from asynctask_filesys.transport import FilesysTransport
+
+
+class QueueView:
+    """One taker's picture of a queue: its ready and delayed names, smallest first, and
+    when to look next for dead consumers. Used from one thread at a time."""
+
+    def __init__(self, paths: QueuePaths, watcher: Watcher, lease: float, scan: float) -> None:
+        self.paths = paths
+        self.ready = Folder(paths.ready, watcher)
+        self.delayed = Folder(paths.delayed, watcher)
+        self._lease = lease
+        self._scan = scan
+        self._next_scan = 0.0
+
+    def next_name(self, owner: str | None) -> str | None:
+        """The smallest ready name after promoting due tasks and recovering dead owners'."""
+        self._promote_due()
+        now = time.monotonic()
+        if now >= self._next_scan:
+            self._next_scan = now + self._scan
+            p = self.paths
+            for name in recover_dead(p.claimed, p.ready, self._lease, owner):
+                self.ready.push(name)
+        return self.ready.pop()
+
+    def _promote_due(self) -> None:
+        now = time.time_ns()
+        while (name := self.delayed.peek()) is not None:
+            stamp = TaskName.parse(name).stamp
+            if stamp is not None and stamp > now:
+                return
+            self.delayed.pop()
+            with contextlib.suppress(FileNotFoundError):  # another taker promoted it
+                os.rename(
+                    os.path.join(self.paths.delayed, name), os.path.join(self.paths.ready, name)
+                )
+                self.ready.push(name)
+
+    def idle_wait(self) -> float:
+        """Seconds an idle taker may block before something is due to be looked at."""
+        waits = [self._next_scan - time.monotonic(), self.ready.idle_wait()]
+        waits.append(self.delayed.idle_wait())
+        name = self.delayed.peek()
+        stamp = None if name is None else TaskName.parse(name).stamp
+        if stamp is not None:
+            waits.append((stamp - time.time_ns()) / 1e9)
+        return max(0.001, min(waits))
+
+
+class FilesysConsumer(Consumer):
+    """Reserves by renaming into its own ``claimed/`` folder, kept alive by a heartbeat.
+
+    ``prefetch`` is accepted; each ``reserve`` claims one task, since taking is local.
+    """
+
+    transport: FilesysTransport
+
+    def __init__(self, transport: FilesysTransport, queue: str, prefetch: int) -> None:
+        super().__init__(transport, queue, prefetch)
+        self._paths = transport.paths(queue)
+        self._watcher = Watcher(transport.use_inotify, transport.poll)
+        self._view = QueueView(self._paths, self._watcher, transport.lease, transport.scan)
+        self._owner: OwnerFolder | None = None
+        self._owner_lost = False
+        self._held: dict[str, str] = {}  # task id -> its path in our claimed folder
+        self._busy = threading.Lock()  # held while reserving
+        self._state = threading.RLock()  # guards the owner between us and the heartbeat
+
+    # -- taking --------------------------------------------------------------------------
+
+    @os_errors
+    def reserve(self, timeout: float) -> Delivery | None:
+        """Wait up to ``timeout`` seconds for a ready task and claim it (inotify wakes us)."""
+        t = self.transport
+        t._check_open()
+        if self.closed:
+            raise TransportClosed(f"the consumer of {self.queue!r} is closed")
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._busy:
+            if self._owner is None:
+                t.ensure_queue(self.queue)
+                self._new_owner()
+            while not t.closed:
+                self._watcher.wait(0)
+                delivery = self._take_one()
+                if delivery is not None:
+                    return delivery
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._watcher.wait(min(left, self._view.idle_wait()))
+        self.close()  # the transport closed while we waited
+        return None
+
+    def _new_owner(self) -> None:
+        with self._state:
+            if self._owner is not None:
+                self._owner.close()
+            self._owner = OwnerFolder(self._paths.claimed, self.transport.mode)
+            self._owner_lost = False
+        self.transport.heartbeats.add(self)
+
+    def _take_one(self) -> Delivery | None:
+        assert self._owner is not None
+        while (name := self._view.next_name(self._owner.name)) is not None:
+            if self._owner_lost:  # somebody took us for dead: start a new folder
+                self._new_owner()
+            target = os.path.join(self._owner.path, name)
+            try:
+                os.rename(os.path.join(self._paths.ready, name), target)
+            except FileNotFoundError:
+                if not os.path.isdir(self._owner.path):
+                    self.transport.ensure_queue(self.queue, again=True)
+                    self._new_owner()
+                    self._view.ready.push(name)
+                continue  # another taker was first
+            delivery = self._open(name, target)
+            if delivery is not None:
+                return delivery
+        return None
+
+    def _open(self, name: str, path: str) -> Delivery | None:
+        """The delivery of a claimed file, or None after moving a bad one to failed."""
+        task = TaskName.parse(name)
+        fail = self.transport.to_failed
+        if not task.is_json:
+            fail(self.queue, path, name, "not a task file (task files end in .json)", 0)
+            return None
+        try:
+            data, mtime = read_file(path)
+        except OSError as exc:
+            fail(self.queue, path, name, f"unreadable task file: {exc}", task.attempts)
+            return None
+        try:
+            payload = decode_payload(data)
+        except ValueError as exc:
+            fail(self.queue, path, name, f"undecodable message: {exc}", task.attempts)
+            return None
+        self._held[task.id] = path
+        return Delivery(task.id, self.queue, payload, task.attempts + 1, mtime, name)
+
+    # -- settling ------------------------------------------------------------------------
+
+    def _settle(self, delivery: Delivery) -> tuple[str, TaskName] | None:
+        path = self._held.pop(delivery.id, None)
+        if path is None:
+            return None
+        return path, TaskName.parse(os.path.basename(path))
+
+    @os_errors
+    def ack(self, delivery: Delivery) -> None:
+        """Delete the task's file."""
+        settled = self._settle(delivery)
+        if settled is not None:
+            with contextlib.suppress(FileNotFoundError):  # recovered meanwhile: nothing to do
+                os.unlink(settled[0])
+
+    @os_errors
+    def retry(self, delivery: Delivery, delay: float, error: str) -> None:
+        """Move the task to ``delayed/``, due in ``delay`` seconds, with one more attempt."""
+        settled = self._settle(delivery)
+        if settled is not None:
+            path, task = settled
+            due = time.time_ns() + int(max(0.0, delay) * 1e9)
+            name = task.format(stamp=due, attempts=task.attempts + 1)
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(path, os.path.join(self._paths.delayed, name))
+                self._view.delayed.push(name)
+
+    @os_errors
+    def fail(self, delivery: Delivery, error: str) -> None:
+        """Move the task to the failed store with ``error``."""
+        settled = self._settle(delivery)
+        if settled is not None:
+            path, task = settled
+            self.transport.to_failed(
+                self.queue, path, os.path.basename(path), error, task.attempts + 1
+            )
+
+    @os_errors
+    def release(self, delivery: Delivery) -> None:
+        """Put the task back in ``ready/`` under its old name: at the head, no attempt."""
+        settled = self._settle(delivery)
+        if settled is not None:
+            path, _ = settled
+            name = os.path.basename(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(path, os.path.join(self._paths.ready, name))
+                self._view.ready.push(name)
+
+    def beat(self) -> None:
+        """Called by the transport's heartbeat thread."""
+        with self._state:
+            if self._owner is not None and not self._owner.beat():
+                self._owner_lost = True
+
+    @os_errors
+    def close(self) -> None:
+        """Release what we hold, remove our claimed folder, stop watching."""
+        with self._state:
+            if self.closed:
+                return
+            self.closed = True
+            for task_id, path in list(self._held.items()):
+                self.release(Delivery(task_id, self.queue, {}, 1, None, os.path.basename(path)))
+            if self._owner is not None:
+                self._owner.close()
+                self._owner = None
+        self.transport.heartbeats.discard(self)
+        self._watcher.close()

@@ -1,0 +1,180 @@
+"""The folder format of ``filesys:``: task file names, a queue's folders, atomic writes.
+
+Under the root, each queue is a folder::
+
+    <queue>/tmp/              files being written; never tasks (renamed away when complete)
+    <queue>/ready/            tasks ready now, taken in name order
+    <queue>/delayed/          tasks not yet due: their name's stamp is their due time
+    <queue>/claimed/<owner>/  tasks a consumer holds; it keeps <owner>/.lock flocked
+    <queue>/failed/           <failed stamp>~<task name>, each with a .meta JSON sidecar
+
+A task file holds one JSON object (UTF-8) and is named ``STAMP-ID[.ATTEMPTS].json``:
+``STAMP`` is 19 digits of nanoseconds since the epoch (ready time, or due time in
+``delayed/``), ``ID`` is letters, digits, ``_`` and ``-``, ``ATTEMPTS`` counts earlier
+deliveries that failed or whose consumer died (absent means 0). Another ``*.json`` name
+is still a task (its id is its name); a file not ending in ``.json`` goes to the failed
+store. Names starting with ``.`` are ignored everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+
+_TASK_NAME = re.compile(r"^(\d{19})-([A-Za-z0-9_-]{1,128})(?:\.(\d{1,9}))?\.json$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+META_SUFFIX = ".meta"
+
+
+@dataclass(frozen=True)
+class TaskName:
+    """What a task file's name says: its stamp, its id and its earlier attempts."""
+
+    stamp: int | None  # ns since the epoch; None for a foreign name
+    id: str
+    attempts: int
+    is_json: bool  # False for a foreign file that cannot be a task
+
+    @classmethod
+    def parse(cls, name: str) -> TaskName:
+        """Read a file name; a name outside the pattern still gets a usable id."""
+        match = _TASK_NAME.match(name)
+        if match:
+            stamp, task_id, attempts = match.groups()
+            return cls(int(stamp), task_id, int(attempts or 0), True)
+        stem = name[:-5] if name.endswith(".json") else name
+        return cls(None, _UNSAFE.sub("_", stem)[:128] or "task", 0, name.endswith(".json"))
+
+    def format(self, stamp: int | None = None, attempts: int | None = None) -> str:
+        """The file name with a new stamp and/or attempt count."""
+        stamp = self.stamp if stamp is None else stamp
+        attempts = self.attempts if attempts is None else attempts
+        suffix = f".{attempts}" if attempts else ""
+        return f"{stamp or 0:019d}-{self.id}{suffix}.json"
+
+
+def bumped(name: str) -> str:
+    """The name of a task whose delivery ended with a dead consumer: one more attempt."""
+    task = TaskName.parse(name)
+    return task.format(attempts=task.attempts + 1) if task.is_json else name
+
+
+def failed_name(name: str, failed_ns: int) -> str:
+    """The name of a task in the failed store: its failure stamp, then its task name."""
+    if len(name) > 200:  # keep the whole under the usual 255-byte limit
+        name = TaskName.parse(name).format()
+    return f"{failed_ns:019d}~{name}"
+
+
+def original_name(name: str) -> str:
+    """The task name inside a failed-store name (a file dropped there keeps its own)."""
+    head, sep, rest = name.partition("~")
+    return rest if sep and head.isdigit() else name
+
+
+class StampClock:
+    """Stamps for new task names: strictly increasing within the process, so that the
+    tasks of one batch, and of one producer, keep their order."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = 0
+
+    def ready(self, count: int) -> list[int]:
+        """Stamps for ``count`` tasks ready now."""
+        with self._lock:
+            first = max(time.time_ns(), self._last + 1)
+            self._last = first + count - 1
+        return list(range(first, first + count))
+
+    def due(self, count: int, delay: float) -> list[int]:
+        """Stamps for ``count`` tasks due ``delay`` seconds from now."""
+        first = time.time_ns() + int(delay * 1e9)
+        return list(range(first, first + count))
+
+
+class QueuePaths:
+    """The folders of one queue."""
+
+    def __init__(self, root: str, queue: str) -> None:
+        self.base = os.path.join(root, queue)
+        self.tmp = os.path.join(self.base, "tmp")
+        self.ready = os.path.join(self.base, "ready")
+        self.delayed = os.path.join(self.base, "delayed")
+        self.claimed = os.path.join(self.base, "claimed")
+        self.failed = os.path.join(self.base, "failed")
+
+    def all(self) -> tuple[str, ...]:
+        """Every folder, parents first."""
+        return (self.base, self.tmp, self.ready, self.delayed, self.claimed, self.failed)
+
+
+def dir_mode(file_mode: int) -> int:
+    """A folder's mode for a file mode: searchable wherever it is readable."""
+    return file_mode | ((file_mode & 0o444) >> 2)
+
+
+def make_dirs(paths: tuple[str, ...], file_mode: int) -> None:
+    """Create missing folders with the mode of the ``mode`` option (umask aside)."""
+    mode = dir_mode(file_mode)
+    for path in paths:
+        if not os.path.isdir(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                os.mkdir(path, mode)
+            except FileExistsError:
+                continue
+            os.chmod(path, mode)
+
+
+def write_file(path: str, data: bytes, mode: int, sync: bool) -> None:
+    """Write a new file completely (and to disk when ``sync``); it must not exist."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask must not narrow a shared folder's mode
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if sync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    os.close(fd)
+
+
+def sync_dir(path: str) -> None:
+    """Make the renames into a folder durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_file(path: str) -> tuple[bytes, float]:
+    """A file's bytes and its modification time (the task's submission time)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd)
+        chunks = []
+        while chunk := os.read(fd, max(size.st_size, 65536)):
+            chunks.append(chunk)
+        return b"".join(chunks), size.st_mtime
+    finally:
+        os.close(fd)
+
+
+def task_names(folder: str) -> list[str]:
+    """Names in a folder that may be tasks (not starting with ``.``); [] if it is missing."""
+    try:
+        with os.scandir(folder) as entries:
+            return [entry.name for entry in entries if not entry.name.startswith(".")]
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,174 @@
+"""Who holds a claimed task, and getting a dead holder's tasks back.
+
+Each consumer owns a folder ``claimed/<pid>-<random>/`` holding the tasks it reserved and
+a ``.lock`` file it keeps locked with ``flock`` and touches every ``heartbeat`` seconds.
+The owner is dead when its lock can be taken (the kernel drops it the moment the process
+dies, however it dies) or when its heartbeat is older than ``lease`` (a frozen process, or
+a fork that inherited the lock). A flock needs no pid, so it works across PID namespaces
+and cannot be fooled by pid reuse; the lease covers file systems without flock.
+
+Its tasks then go back to ``ready/`` under their old stamp (so at the head) with one more
+attempt in their name. Renames are atomic, so two processes recovering the same owner
+move each task once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import threading
+import time
+import uuid
+import weakref
+from typing import Protocol
+
+from asynctask_filesys.layout import bumped, dir_mode, task_names
+
+LOCK = ".lock"
+_NEW = ".new-"
+
+
+class OwnerFolder:
+    """A consumer's folder in ``claimed/``, locked for as long as the consumer lives."""
+
+    def __init__(self, claimed: str, file_mode: int) -> None:
+        self.name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.path = os.path.join(claimed, self.name)
+        # Built under a dot-name and renamed into place already locked, so nobody ever
+        # sees it without a held lock and takes it for dead.
+        building = os.path.join(claimed, _NEW + self.name)
+        os.mkdir(building, dir_mode(file_mode))
+        lock = os.path.join(building, LOCK)
+        self._fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, file_mode)
+        with contextlib.suppress(OSError):  # no flock here: the lease alone tells
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(building, self.path)
+
+    def beat(self) -> bool:
+        """Refresh the heartbeat; False once somebody took our folder for dead."""
+        try:
+            os.utime(self._fd)
+            return os.fstat(self._fd).st_nlink > 0
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        """Remove the folder (it must be empty of tasks by now) and drop the lock."""
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self.path, LOCK))
+        with contextlib.suppress(OSError):
+            os.rmdir(self.path)
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+def _dead(folder: str, lease: float) -> tuple[bool, int | None]:
+    """Whether the owner of ``folder`` is dead; the fd holding its lock, if we took it."""
+    try:
+        fd = os.open(os.path.join(folder, LOCK), os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True, None  # being cleaned up by someone else, or left half-removed
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True, fd
+    except BlockingIOError:
+        pass
+    except OSError:
+        pass  # no flock on this file system: the heartbeat decides
+    try:
+        stale = time.time() - os.fstat(fd).st_mtime > lease
+    finally:
+        os.close(fd)
+    return stale, None
+
+
+def recover_dead(claimed: str, ready: str, lease: float, skip: str | None) -> list[str]:
+    """Move the tasks of every dead owner back to ``ready``; return their new names."""
+    moved: list[str] = []
+    try:
+        entries = list(os.scandir(claimed))
+    except FileNotFoundError:
+        return moved
+    for entry in entries:
+        if entry.name == skip or not entry.is_dir(follow_symlinks=False):
+            continue
+        if entry.name.startswith(_NEW):
+            # a consumer that died while building its folder: it held no task
+            if time.time() - entry.stat().st_mtime > lease:
+                shutil.rmtree(entry.path, ignore_errors=True)
+            continue
+        if entry.name.startswith("."):
+            continue
+        dead, fd = _dead(entry.path, lease)
+        if not dead:
+            continue
+        try:
+            for name in task_names(entry.path):
+                new = bumped(name)
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(os.path.join(entry.path, name), os.path.join(ready, new))
+                    moved.append(new)
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(entry.path, LOCK))
+            with contextlib.suppress(OSError):
+                os.rmdir(entry.path)
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return moved
+
+
+class Beating(Protocol):
+    """Something that proves it lives by being called regularly."""
+
+    def beat(self) -> None:
+        """Refresh the heartbeat."""
+
+
+class Heartbeats:
+    """One daemon thread that calls ``beat()`` on every live consumer of a transport.
+
+    Consumers are held weakly: one dropped without ``close()`` stops beating, so its
+    tasks come back after the lease. A task's run time never delays a beat.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._members: weakref.WeakSet[Beating] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, member: Beating) -> None:
+        """Start beating for ``member`` (and start the thread if needed)."""
+        with self._lock:
+            self._members.add(member)
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name="asynctask-filesys-heartbeat", daemon=True
+                )
+                self._thread.start()
+
+    def discard(self, member: Beating) -> None:
+        """Stop beating for ``member``."""
+        with self._lock:
+            self._members.discard(member)
+
+    def members(self) -> list[Beating]:
+        """The members still alive."""
+        with self._lock:
+            return list(self._members)
+
+    def stop(self) -> None:
+        """Stop the thread."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for member in self.members():
+                member.beat()

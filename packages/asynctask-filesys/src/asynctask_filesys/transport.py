@@ -1,0 +1,404 @@
+"""``filesys:``: tasks as files in local folders; the embedded default, no server needed.
+
+Features
+    Every count (ready, delayed, retrying, in flight, failed) and the whole delivery
+    contract, between any processes of one host, with no global lock. Taking a task costs
+    the same at any queue depth: each taker lists a folder once, keeps the names in a
+    heap and follows new files through inotify. An idle consumer wakes within
+    milliseconds of a new file (inotify; a ``poll`` of 50 ms where inotify is missing).
+    A killed consumer's tasks come back at the next look for dead consumers (every
+    ``min(1, lease/2)`` s); a frozen one's once its heartbeat is ``lease`` s old:
+    ``features.recovery_seconds`` = lease + that look (9 s by default).
+URI
+    ``filesys:/abs/path``, ``filesys:///abs/path``, ``filesys:relative/path`` (to the
+    working folder when the transport is made), ``filesys:~/path``; ``%xx`` escapes
+    are decoded. The folder is created when first needed.
+Options
+    ``lease`` (8 s), ``heartbeat`` (lease/4), ``mode`` (0600), ``fsync`` (true),
+    ``notify`` (inotify|poll), ``poll`` (0.05 s), and ``retry_timeout``; see ``OPTIONS``.
+Storage
+    One folder per queue: ``tmp/``, ``ready/``, ``delayed/``, ``claimed/<owner>/``,
+    ``failed/``; a task is one JSON file named ``STAMP-ID[.ATTEMPTS].json``, written
+    under ``tmp/``, fsynced, then renamed into place (see ``asynctask_filesys.layout``).
+    Claims live in ``<root>/.claims/``. The package README shows how another program
+    drops a task in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+from urllib.parse import unquote
+
+from asynctask.errors import InvalidURIError
+from asynctask.transport import (
+    Consumer,
+    FailedTask,
+    QueueStats,
+    Transport,
+    TransportFeatures,
+)
+from asynctask.uri import Option, positive_float
+from asynctask.validation import Payload, decode_payload, is_valid_queue_name
+
+from asynctask_filesys import claims
+from asynctask_filesys.consumer import FilesysConsumer, QueueView
+from asynctask_filesys.layout import (
+    META_SUFFIX,
+    QueuePaths,
+    StampClock,
+    TaskName,
+    failed_name,
+    make_dirs,
+    original_name,
+    read_file,
+    sync_dir,
+    task_names,
+    write_file,
+)
+from asynctask_filesys.oserrors import os_errors
+from asynctask_filesys.owners import Heartbeats
+from asynctask_filesys.watch import Watcher
+
+_COUNTS = frozenset({"ready", "delayed", "retrying", "in_flight", "failed"})
+
+
+def _file_mode(text: str) -> int:
+    value = int(text, 8)
+    if not 0 <= value <= 0o777 or value & 0o600 != 0o600:
+        raise ValueError("expected an octal mode that lets the owner read and write, e.g. 0660")
+    return value
+
+
+def _flag(text: str) -> bool:
+    word = text.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _notify(text: str) -> str:
+    if text not in ("inotify", "poll"):
+        raise ValueError("expected 'inotify' or 'poll'")
+    return text
+
+
+OPTIONS: dict[str, Option] = {
+    "lease": Option(
+        positive_float,
+        8.0,
+        "seconds without a heartbeat after which a consumer counts as dead and its tasks "
+        "come back (a killed process is seen at once, by its released lock)",
+    ),
+    "heartbeat": Option(positive_float, None, "seconds between heartbeats; <= lease/2"),
+    "mode": Option(_file_mode, 0o600, "octal mode of task files (folders add x), e.g. 0660"),
+    "fsync": Option(_flag, True, "fsync each task file and its folder before it is visible"),
+    "notify": Option(_notify, "inotify", "how idle takers learn of new files: inotify or poll"),
+    "poll": Option(positive_float, 0.05, "seconds between folder checks without inotify"),
+}
+
+
+def root_folder(location: str) -> str:
+    """The absolute folder a ``filesys:`` URI (without its query) names."""
+    rest = location.split(":", 1)[1]
+    if rest.startswith("//"):
+        host, slash, path = rest[2:].partition("/")
+        if host not in ("", "localhost"):
+            raise InvalidURIError(
+                f"{location!r}: filesys: names a folder on this host, not on {host!r}; "
+                "use filesys:/abs/path or filesys:relative/path"
+            )
+        rest = slash + path
+    rest = unquote(rest)
+    if not rest:
+        raise InvalidURIError(
+            f"{location!r} names no folder; use e.g. filesys:/var/lib/asynctask or "
+            "filesys:queues (relative to the working folder)"
+        )
+    return os.path.abspath(os.path.expanduser(rest))
+
+
+class FilesysTransport(Transport):
+    """Queues as folders of task files; see the module docstring."""
+
+    schemes = ("filesys",)
+    options_accepted: ClassVar[dict[str, Option]] = OPTIONS
+    features = TransportFeatures(counts=_COUNTS, multiprocess=True, recovery_seconds=9.0)
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        self.root = root_folder(self.location)
+        options = self.options
+        self.lease: float = options["lease"]
+        self.heartbeat: float = options["heartbeat"] or self.lease / 4
+        if self.heartbeat > self.lease / 2:
+            raise InvalidURIError(
+                f"{self.safe_uri!r}: heartbeat={self.heartbeat:g} must be at most half of "
+                f"lease={self.lease:g}, or a live consumer may be taken for dead"
+            )
+        self.scan = min(1.0, self.lease / 2)  # seconds between looks for dead consumers
+        self.mode: int = options["mode"]
+        self.fsync: bool = options["fsync"]
+        self.use_inotify = options["notify"] == "inotify"
+        self.poll: float = options["poll"]
+        self.features = TransportFeatures(_COUNTS, True, self.lease + self.scan)
+        self.heartbeats = Heartbeats(self.heartbeat)
+        self._clock = StampClock()
+        self._made: set[str] = set()
+        self._take_lock = threading.Lock()
+        self._take_watcher: Watcher | None = None
+        self._take_views: dict[str, QueueView] = {}
+        self._next_sweep = 0.0
+
+    # -- folders -------------------------------------------------------------------------
+
+    def paths(self, queue: str) -> QueuePaths:
+        """The folders of ``queue``."""
+        return QueuePaths(self.root, queue)
+
+    def ensure_queue(self, queue: str, again: bool = False) -> QueuePaths:
+        """The folders of ``queue``, created if missing (``again``: check once more)."""
+        paths = self.paths(queue)
+        if again or queue not in self._made:
+            make_dirs((self.root, *paths.all()), self.mode)
+            self._made.add(queue)
+        return paths
+
+    def to_failed(self, queue: str, path: str, name: str, error: str, attempts: int) -> None:
+        """Move the task file at ``path`` to the failed store, with a ``.meta`` sidecar
+        written first, so a crash between the two leaves the task where it was."""
+        paths = self.ensure_queue(queue)
+        stored = failed_name(name, time.time_ns())
+        meta = {"error": error, "attempts": attempts, "failed_at": time.time()}
+        tmp = os.path.join(paths.tmp, stored + META_SUFFIX)
+        write_file(tmp, json.dumps(meta).encode(), self.mode, sync=False)
+        os.rename(tmp, os.path.join(paths.failed, stored + META_SUFFIX))
+        try:
+            os.rename(path, os.path.join(paths.failed, stored))
+        except FileNotFoundError:  # another taker got there first
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(paths.failed, stored + META_SUFFIX))
+
+    # -- primitives ----------------------------------------------------------------------
+
+    @os_errors
+    def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
+        try:
+            self._write(queue, tasks, delay)
+        except FileNotFoundError:  # somebody removed the queue's folders: make them again
+            self._made.discard(queue)
+            self._write(queue, tasks, delay)
+
+    def _write(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
+        paths = self.ensure_queue(queue)
+        target = paths.delayed if delay > 0 else paths.ready
+        stamps = self._clock.due(len(tasks), delay) if delay > 0 else self._clock.ready(len(tasks))
+        names = [
+            TaskName(stamp, task_id, 0, True).format()
+            for stamp, (task_id, _) in zip(stamps, tasks, strict=True)
+        ]
+        written: list[str] = []
+        try:
+            for name, (_, text) in zip(names, tasks, strict=True):
+                write_file(os.path.join(paths.tmp, name), text.encode(), self.mode, self.fsync)
+                written.append(name)
+            while written:  # in order, so takers see them in order
+                os.rename(os.path.join(paths.tmp, written[0]), os.path.join(target, written[0]))
+                written.pop(0)
+        finally:
+            for name in written:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(paths.tmp, name))
+        if self.fsync:
+            sync_dir(target)
+
+    @os_errors
+    def _take(self, queue: str) -> Payload | None:
+        paths = self.paths(queue)
+        if not os.path.isdir(paths.ready):
+            return None  # never create a queue here
+        with self._take_lock:
+            if self._take_watcher is None:
+                self._take_watcher = Watcher(self.use_inotify, self.poll)
+            view = self._take_views.get(queue)
+            if view is None:
+                view = QueueView(paths, self._take_watcher, self.lease, self.scan)
+                self._take_views[queue] = view
+            self._take_watcher.wait(0)
+            while (name := view.next_name(None)) is not None:
+                payload = self._take_file(queue, paths, name)
+                if payload is not None:
+                    return payload
+            return None
+
+    def _take_file(self, queue: str, paths: QueuePaths, name: str) -> Payload | None:
+        # At most once: read, then unlink; whoever unlinks it owns it.
+        path = os.path.join(paths.ready, name)
+        task = TaskName.parse(name)
+        if not task.is_json:
+            self.to_failed(queue, path, name, "not a task file (task files end in .json)", 0)
+            return None
+        try:
+            data, _ = read_file(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self.to_failed(queue, path, name, f"unreadable task file: {exc}", task.attempts)
+            return None
+        try:
+            payload = decode_payload(data)
+        except ValueError as exc:
+            self.to_failed(queue, path, name, f"undecodable message: {exc}", task.attempts)
+            return None
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return None
+        return payload
+
+    @os_errors
+    def _stats(self, queue: str) -> QueueStats:
+        p = self.paths(queue)
+        ready, delayed, retrying = len(task_names(p.ready)), 0, 0
+        now = time.time_ns()
+        for name in task_names(p.delayed):
+            task = TaskName.parse(name)
+            if task.stamp is None or task.stamp <= now:
+                ready += 1  # due: the next taker promotes it
+            elif task.attempts:
+                retrying += 1
+            else:
+                delayed += 1
+        in_flight = sum(len(task_names(os.path.join(p.claimed, o))) for o in task_names(p.claimed))
+        return QueueStats(queue, ready, delayed, retrying, in_flight, len(self._failed_names(p)))
+
+    @os_errors
+    def _queue_names(self) -> list[str]:
+        names = []
+        for queue in task_names(self.root):
+            p = self.paths(queue)
+            if not is_valid_queue_name(queue):
+                continue
+            claimed = task_names(p.claimed)
+            if (
+                task_names(p.ready)
+                or task_names(p.delayed)
+                or self._failed_names(p)
+                or any(task_names(os.path.join(p.claimed, o)) for o in claimed)
+            ):
+                names.append(queue)
+        return names
+
+    @os_errors
+    def _purge(self, queue: str) -> int:
+        p = self.paths(queue)
+        count = 0
+        for folder in (p.ready, p.delayed):
+            for name in task_names(folder):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+                    count += 1
+        return count
+
+    # -- the failed store ----------------------------------------------------------------
+
+    @staticmethod
+    def _failed_names(p: QueuePaths) -> list[str]:
+        return sorted(n for n in task_names(p.failed) if not n.endswith(META_SUFFIX))
+
+    @os_errors
+    def _failed(self, queue: str, limit: int) -> list[FailedTask]:
+        p = self.paths(queue)
+        found = []
+        for stored in self._failed_names(p)[:limit]:
+            with contextlib.suppress(FileNotFoundError):
+                found.append(self._read_failed(queue, p, stored))
+        return found
+
+    def _read_failed(self, queue: str, p: QueuePaths, stored: str) -> FailedTask:
+        data, mtime = read_file(os.path.join(p.failed, stored))
+        meta: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            meta = json.loads(read_file(os.path.join(p.failed, stored + META_SUFFIX))[0])
+        task = TaskName.parse(original_name(stored))
+        payload: Payload | None = None
+        raw: str | None = None
+        try:
+            payload = decode_payload(data)
+        except ValueError:
+            raw = data.decode("utf-8", errors="replace")
+        return FailedTask(
+            id=task.id,
+            queue=queue,
+            payload=payload,
+            raw=raw,
+            error=str(meta.get("error", "unknown (no .meta file beside the task)")),
+            attempts=int(meta.get("attempts", task.attempts)),
+            submitted_at=mtime,
+            failed_at=float(meta.get("failed_at", mtime)),
+        )
+
+    def _chosen_failed(self, p: QueuePaths, ids: Sequence[str] | None) -> list[tuple[str, str]]:
+        stored = self._failed_names(p)
+        pairs = [(s, TaskName.parse(original_name(s)).id) for s in stored]
+        return [(s, task_id) for s, task_id in pairs if ids is None or task_id in ids]
+
+    @os_errors
+    def _requeue_failed(self, queue: str, ids: Sequence[str] | None) -> int:
+        p = self.paths(queue)
+        chosen = self._chosen_failed(p, ids)
+        stamps = self._clock.ready(len(chosen))
+        count = 0
+        for (stored, task_id), stamp in zip(chosen, stamps, strict=True):
+            name = TaskName(stamp, task_id, 0, True).format()
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(os.path.join(p.failed, stored), os.path.join(p.ready, name))
+                count += 1
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(p.failed, stored + META_SUFFIX))
+        return count
+
+    @os_errors
+    def _purge_failed(self, queue: str, ids: Sequence[str] | None) -> int:
+        p = self.paths(queue)
+        count = 0
+        for stored, _ in self._chosen_failed(p, ids):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(p.failed, stored))
+                count += 1
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(p.failed, stored + META_SUFFIX))
+        return count
+
+    # -- claims, consumers, closing ------------------------------------------------------
+
+    @os_errors
+    def _claim(self, key: str, ttl: float) -> bool:
+        taken = claims.claim(self.root, key, ttl, self.mode)
+        if time.monotonic() >= self._next_sweep:  # each firing has its own key: clean up
+            self._next_sweep = time.monotonic() + 60
+            claims.sweep(self.root)
+        return taken
+
+    def _consumer(self, queue: str, prefetch: int) -> Consumer:
+        return FilesysConsumer(self, queue, prefetch)
+
+    def _close(self) -> None:
+        self.heartbeats.stop()
+        for member in self.heartbeats.members():
+            if isinstance(member, FilesysConsumer) and member._busy.acquire(blocking=False):
+                try:  # a consumer waiting in reserve closes itself when it sees us closed
+                    member.close()
+                finally:
+                    member._busy.release()
+        with self._take_lock:
+            if self._take_watcher is not None:
+                self._take_watcher.close()
+            self._take_views.clear()

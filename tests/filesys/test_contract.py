@@ -1,0 +1,19 @@
+"""The shared transport contract on ``filesys:``, in a fresh folder per test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from asynctask.testing import TransportContract
+
+
+class TestFilesysTransport(TransportContract):
+    @pytest.fixture
+    def transport_uri(self, tmp_path: Path) -> str:
+        # A 2 s lease keeps the recovery tests short (recovery_seconds = 2 + 1).
+        return f"filesys:{tmp_path / 'queues'}?lease=2"
+
+    @pytest.fixture
+    def probe(self, tmp_path: Path, make_probe):
+        return make_probe(tmp_path / "queues")
