@@ -1,0 +1,266 @@
+"""The pgsql consumer: one held connection that is at once its liveness, its wake-up and its
+way to take and settle tasks.
+
+On connecting, a consumer takes a number from the sequence ``asynctask_consumer_id`` and
+holds the session advisory lock ``(class, number)``; the rows it reserves carry the number
+in ``owner``. A consumer whose process dies, or whose connection is cut, loses the lock at
+once, and any live consumer's periodic sweep puts its rows back, counting an attempt. A
+slow task keeps its row for as long as its consumer's connection lives, however long it
+runs. TCP keepalives on both ends bound how long a vanished host keeps its lock.
+
+Every call is at most one round trip: ``reserve`` takes up to ``prefetch`` rows with
+``FOR UPDATE SKIP LOCKED`` and, in the same statement, deletes the rows acknowledged since
+the previous statement, so ``ack`` itself sends nothing. An acknowledged task therefore
+stays stored until the consumer's next call (its next ``reserve``, settle or ``close``);
+a process killed in that instant runs the task again (at least once, never lost).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, LiteralString
+
+import psycopg
+from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
+from asynctask.transport import Consumer, Delivery
+from asynctask.validation import decode_payload
+from psycopg import sql
+
+from asynctask_pgsql.schema import channel, consumer_lock_class
+
+if TYPE_CHECKING:
+    from asynctask_pgsql.transport import PgsqlTransport
+
+logger = logging.getLogger("asynctask.pgsql")
+
+#: a wait never spins faster than this when a due row is locked by somebody else
+_MIN_WAIT = 0.05
+
+
+class PgsqlConsumer(Consumer):
+    """At-least-once access to one queue over one dedicated connection."""
+
+    transport: PgsqlTransport
+
+    def __init__(self, transport: PgsqlTransport, queue: str, prefetch: int) -> None:
+        super().__init__(transport, queue, prefetch)
+        self._sql = transport.sql
+        self._channel = channel(transport.schema, queue)
+        self._lock_class = consumer_lock_class(transport.schema)
+        # The runner's watchdog may settle from a timer thread while the owner waits.
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._owner: int | None = None  # the number whose advisory lock we hold
+        self._owners: list[int] = []  # every number this consumer has held
+        self._buffer: deque[Delivery] = deque()  # prefetched, not yet handed out
+        self._held: dict[int, int] = {}  # row id -> owner number, reserved and not settled
+        self._acks: list[int] = []  # acknowledged rows, deleted by the next statement
+        self._next_sweep = 0.0
+        self._outage_since: float | None = None
+        self._pause = 0.05
+
+    # -- the Consumer API ---------------------------------------------------------------
+
+    def reserve(self, timeout: float) -> Delivery | None:
+        """Take the next task, waiting on LISTEN/NOTIFY up to ``timeout`` seconds."""
+        self.transport._check_open()
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._lock:
+            self._check_open()
+            while True:
+                if self._buffer and not self._acks:
+                    return self._buffer.popleft()
+                if time.monotonic() >= self._next_sweep:
+                    self._run(self._sql.sweep, {"lock_class": self._lock_class})
+                    self._next_sweep = time.monotonic() + self.transport.sweep_interval
+                limit = self.prefetch - len(self._buffer)
+                rows = self._run(self._sql.reserve, {"queue": self.queue, "limit": limit})
+                self._acks.clear()
+                self._keep(rows)
+                if self._buffer:
+                    return self._buffer.popleft()
+                if rows:
+                    continue  # only undecodable messages, now in the failed store
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    return None
+                [(due,)] = self._run(self._sql.next_due, (self.queue,))
+                if due is not None:
+                    wait = min(wait, max(due, _MIN_WAIT))
+                self._wait(min(wait, max(self._next_sweep - time.monotonic(), _MIN_WAIT)))
+
+    def ack(self, delivery: Delivery) -> None:
+        """Done: the row is deleted by this consumer's next statement (no round trip now)."""
+        with self._lock:
+            if self._held.pop(delivery.receipt, None) is not None:
+                self._acks.append(delivery.receipt)
+
+    def retry(self, delivery: Delivery, delay: float, error: str) -> None:
+        """Back to the queue after ``delay`` seconds, one attempt more."""
+        self._settle(delivery, "queued", 1, error, max(0.0, delay))
+
+    def fail(self, delivery: Delivery, error: str) -> None:
+        """To the failed store with ``error``, one attempt more."""
+        self._settle(delivery, "failed", 1, error, None)
+
+    def release(self, delivery: Delivery) -> None:
+        """Back at the head of the queue, untouched."""
+        self._settle(delivery, "queued", 0, None, None)
+
+    def close(self) -> None:
+        """Send pending acknowledgements, hand back every held task, drop the connection."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            try:
+                if self._held or self._acks:
+                    self._run(self._sql.settle, _settle_params(list(self._held), "queued"))
+            except TransportError as exc:
+                logger.warning("%r: could not hand back tasks on close (%s)", self, exc)
+            finally:
+                self._held.clear()
+                self._buffer.clear()
+                self._drop_connection()
+
+    def __repr__(self) -> str:
+        return f"PgsqlConsumer({self.transport.safe_uri!r}, {self.queue!r})"
+
+    # -- inside -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise TransportClosed(f"{self!r} is closed; get a new one with consumer()")
+
+    def _settle(
+        self, delivery: Delivery, state: str, attempt: int, error: str | None, delay: float | None
+    ) -> None:
+        with self._lock:
+            if self._held.pop(delivery.receipt, None) is None:
+                return  # settled already, or taken back after our connection was lost
+            params = _settle_params([delivery.receipt], state, attempt, error, delay)
+            self._run(self._sql.settle, params)
+
+    def _keep(self, rows: list[tuple[Any, ...]]) -> None:
+        """Turn reserved rows into deliveries, in queue order; undecodable text fails."""
+        rows.sort(key=lambda row: (row[7], row[1]))
+        for bad, row_id, task_id, payload, text, attempts, submitted, _ in rows:
+            if bad:
+                continue
+            if text is not None:
+                try:
+                    payload = decode_payload(text)
+                except ValueError as exc:
+                    error = f"undecodable message: {exc}"
+                    self._run(self._sql.settle, _settle_params([row_id], "failed", 0, error))
+                    continue
+            assert self._owner is not None
+            self._held[row_id] = self._owner
+            self._buffer.append(
+                Delivery(task_id.hex, self.queue, payload, attempts + 1, submitted, row_id)
+            )
+
+    def _run(self, query: LiteralString, params: Any) -> list[tuple[Any, ...]]:
+        """Run one statement on our connection, reconnecting through an outage."""
+        while True:
+            try:
+                conn = self._connect()
+                if isinstance(params, dict):
+                    params = {**params, "owner": self._owner}
+                    params.update(owners=self._owners, acks=self._acks)
+                cursor = conn.execute(query, params)
+                rows = cursor.fetchall() if cursor.description else []
+            except psycopg.OperationalError as exc:
+                self._lost(exc)
+                continue
+            except psycopg.Error as exc:
+                raise TransportError(f"{self!r}: {self.transport.server.scrub(str(exc))}") from exc
+            if self._outage_since is not None:
+                self._outage_since = None
+                self.transport._note_recovery()
+            return rows
+
+    def _wait(self, seconds: float) -> None:
+        """Block until a notification on our channel (or one already received) or timeout."""
+        try:
+            for _ in self._connect().notifies(timeout=seconds, stop_after=1):
+                pass
+        except psycopg.OperationalError as exc:
+            self._lost(exc)
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        """Our connection; a new one holds our advisory lock and listens before use."""
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        t = self.transport
+        conn = t.server.connect(**t.consumer_connect_kwargs)
+        try:
+            held_before = self._owner
+            number, locked = self._enlist(conn, held_before)
+            while not locked:  # our old number is still held by a lingering session
+                number, locked = self._enlist(conn, None)
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+            if number == held_before:
+                # A reserve whose answer the lost connection never delivered left rows
+                # reserved under our number that we do not know of: hand them back.
+                params = {"owner": number, "held": list(self._held)}
+                conn.execute(self._sql.orphans, params).fetchall()
+        except BaseException:
+            conn.close()
+            raise
+        self._owner = number
+        if number not in self._owners:
+            self._owners.append(number)
+        self._conn = conn
+        # Look for dead consumers' tasks soon: our own may be among them.
+        self._next_sweep = min(self._next_sweep, time.monotonic() + t.sweep_interval / 2)
+        return conn
+
+    def _enlist(self, conn: psycopg.Connection[Any], number: int | None) -> tuple[int, bool]:
+        t = self.transport
+        params = {
+            "lock_class": self._lock_class,
+            "id": number,
+            "idle": str(t.consumer_connect_kwargs.get("keepalives_idle", 1)),
+            "user_timeout": str(int(t.features.recovery_seconds * 1000)),
+        }
+        row = conn.execute(self._sql.enlist, params).fetchone()
+        assert row is not None
+        return int(row[0]), bool(row[1])
+
+    def _lost(self, exc: psycopg.OperationalError) -> None:
+        """The connection failed: drop it, pause with back-off, give up after retry_timeout."""
+        self._drop_connection()
+        t = self.transport
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since, self._pause = now, 0.05
+            t._note_outage(exc)
+        if now - self._outage_since > t.retry_timeout or t.closed:
+            self._outage_since = None
+            raise TransportUnavailable(
+                f"{t.server.describe()} is not reachable: {t.server.scrub(str(exc).strip())} "
+                f"(gave up after retrying for {t.retry_timeout:g} s)"
+            ) from exc
+        time.sleep(self._pause)
+        self._pause = min(self._pause * 2, 1.0)
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):  # a broken one has nothing to report
+                conn.close()
+
+
+def _settle_params(
+    ids: list[int],
+    state: str,
+    attempt: int = 0,
+    error: str | None = None,
+    delay: float | None = None,
+) -> dict[str, Any]:
+    return {"ids": ids, "state": state, "attempt": attempt, "error": error, "delay": delay}

@@ -1,0 +1,187 @@
+"""The tables of the pgsql transport and the one migration that makes them.
+
+Version 1 is the original ``rex.asynctask`` layout: ``asynctask.asynctask_queue (id
+BIGSERIAL, queue_name TEXT, payload JSON, date_submitted TIMESTAMP)``, the version kept as
+the schema's comment ``'version: 1'`` (before rex.asynctask 0.6.0 the table sat in
+``public``). Version 2 is ours. A new database gets the version-1 table first and then the
+same upgrade an adopted table gets, so both paths are one path.
+
+The migration runs in one transaction under an advisory lock, so many processes starting
+at once on an empty database create the schema exactly once; a process that finds the
+version current takes no lock at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, LiteralString
+
+import psycopg
+
+#: the version this package writes and understands (kept as the schema's comment)
+SCHEMA_VERSION = 2
+
+_VERSION = re.compile(r"^version: (\d+)$")
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class SchemaVersionError(psycopg.ProgrammingError):
+    """The schema belongs to a newer asynctask-pgsql (mapped by the transport)."""
+
+
+def check_schema_name(text: str) -> str:
+    """Parse the ``schema`` URI option: a plain lower-case SQL identifier."""
+    if not _SCHEMA_NAME.match(text):
+        raise ValueError("use lower-case letters, digits and underscores, at most 63")
+    return text
+
+
+def sql(template: str, schema: str) -> LiteralString:
+    """``template`` with ``{s}`` replaced by the (checked, plain) schema name."""
+    # mypy reads LiteralString as str; the schema name is checked, so this text is safe SQL.
+    return template.replace("{s}", check_schema_name(schema))
+
+
+def channel(schema: str, queue: str) -> str:
+    """The LISTEN/NOTIFY channel of a queue; the same as SQL ``{s}.asynctask_channel()``."""
+    name = f"{schema}.{queue}"
+    return name if len(name.encode()) <= 63 else hashlib.md5(name.encode()).hexdigest()
+
+
+def _key(text: str, bits: int) -> int:
+    value = int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big")
+    return value & ((1 << (bits - 1)) - 1)
+
+
+def migration_lock_key(schema: str) -> int:
+    """The advisory lock (one bigint) held while the schema is migrated."""
+    return _key(f"asynctask migrate {schema}", 64)
+
+
+def consumer_lock_class(schema: str) -> int:
+    """The first key of each consumer's session advisory lock ``(class, consumer id)``."""
+    return _key(f"asynctask consumer {schema}", 32)
+
+
+_CREATE_V1 = """
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE {s}.asynctask_queue (
+    id BIGSERIAL PRIMARY KEY,
+    queue_name TEXT NOT NULL,
+    payload JSON NOT NULL,
+    date_submitted TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+);
+"""
+
+_UPGRADE_V1 = """
+DROP INDEX IF EXISTS {s}.idx_asynctask_queue_name;
+ALTER TABLE {s}.asynctask_queue
+    ALTER COLUMN payload TYPE JSONB USING payload::jsonb,
+    ALTER COLUMN payload SET DEFAULT '{}',
+    ALTER COLUMN date_submitted TYPE TIMESTAMPTZ,
+    ALTER COLUMN date_submitted SET DEFAULT now(),
+    ADD COLUMN task_id UUID NOT NULL DEFAULT gen_random_uuid(),
+    ADD COLUMN payload_text TEXT,
+    ADD COLUMN state TEXT NOT NULL DEFAULT 'queued'
+        CONSTRAINT asynctask_queue_state CHECK (state IN ('queued', 'reserved', 'failed')),
+    ADD COLUMN date_available TIMESTAMPTZ NOT NULL DEFAULT now(),
+    ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0,
+    ADD COLUMN owner INTEGER,
+    ADD COLUMN error TEXT,
+    ADD COLUMN date_failed TIMESTAMPTZ,
+    SET (autovacuum_vacuum_scale_factor = 0.01, autovacuum_analyze_scale_factor = 0.02);
+UPDATE {s}.asynctask_queue SET date_submitted = now() WHERE date_submitted IS NULL;
+ALTER TABLE {s}.asynctask_queue ALTER COLUMN date_submitted SET NOT NULL;
+"""
+
+# Everything below is idempotent and re-run by every migration.
+_ENSURE_V2 = """
+CREATE INDEX IF NOT EXISTS asynctask_queue_ready
+    ON {s}.asynctask_queue (queue_name, date_available, id) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS asynctask_queue_reserved
+    ON {s}.asynctask_queue (queue_name) WHERE state = 'reserved';
+CREATE INDEX IF NOT EXISTS asynctask_queue_failed
+    ON {s}.asynctask_queue (queue_name, date_failed, id) WHERE state = 'failed';
+CREATE TABLE IF NOT EXISTS {s}.asynctask_claim (
+    key TEXT PRIMARY KEY,
+    date_expires TIMESTAMPTZ NOT NULL
+);
+CREATE SEQUENCE IF NOT EXISTS {s}.asynctask_consumer_id AS INTEGER CYCLE;
+CREATE OR REPLACE FUNCTION {s}.asynctask_channel(queue TEXT) RETURNS TEXT
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN octet_length('{s}.' || queue) <= 63 THEN '{s}.' || queue
+                ELSE md5('{s}.' || queue) END
+$$;
+CREATE OR REPLACE FUNCTION {s}.asynctask_notify() RETURNS TRIGGER
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify({s}.asynctask_channel(NEW.queue_name), '');
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS asynctask_notify ON {s}.asynctask_queue;
+CREATE TRIGGER asynctask_notify AFTER INSERT ON {s}.asynctask_queue
+    FOR EACH ROW WHEN (NEW.state = 'queued') EXECUTE FUNCTION {s}.asynctask_notify();
+COMMENT ON SCHEMA {s} IS 'version: 2';
+"""
+
+_READ_VERSION = """
+SELECT obj_description(n.oid, 'pg_namespace'), to_regclass(%s)::text,
+       (SELECT count(*) FROM pg_attribute
+        WHERE attrelid = to_regclass(%s) AND attname = 'state' AND NOT attisdropped)
+FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %s
+"""
+
+
+def _read(conn: psycopg.Connection[Any], schema: str) -> tuple[int | None, bool, bool]:
+    """(version from the comment or None, whether the table exists, whether it is v2)."""
+    table = f"{schema}.asynctask_queue"
+    row = conn.execute(_READ_VERSION, (table, table, schema)).fetchone()
+    assert row is not None
+    comment, found, v2 = row
+    match = _VERSION.match(comment or "")
+    return (int(match.group(1)) if match else None), found is not None, bool(v2)
+
+
+def migrate(conn: psycopg.Connection[Any], schema: str) -> str:
+    """Bring ``schema`` to ``SCHEMA_VERSION``; return what was done, for logs and tests.
+
+    ``conn`` is an autocommit connection. Raises ``SchemaVersionError`` for a schema
+    written by a newer version, and psycopg errors (a missing privilege) as they come.
+    """
+    version, _, _ = _read(conn, schema)
+    if version == SCHEMA_VERSION:
+        return "current"
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (migration_lock_key(schema),))
+        version, found, v2 = _read(conn, schema)
+        if version is not None and version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"schema {schema!r} is at version {version}, newer than this asynctask-pgsql "
+                f"(version {SCHEMA_VERSION}); upgrade the asynctask-pgsql package"
+            )
+        if version == SCHEMA_VERSION:
+            return "current"
+        action = "upgraded"
+        if not found and schema == "asynctask" and _original_in_public(conn):
+            conn.execute("CREATE SCHEMA IF NOT EXISTS asynctask")
+            conn.execute("ALTER TABLE public.asynctask_queue SET SCHEMA asynctask")
+            action, found = "adopted public.asynctask_queue", True
+        elif not found:
+            conn.execute(sql(_CREATE_V1, schema))
+            action = "created"
+        elif not v2:
+            action = f"adopted {schema}.asynctask_queue"
+        if not v2:
+            conn.execute(sql(_UPGRADE_V1, schema))
+        conn.execute(sql(_ENSURE_V2, schema))
+        return action
+
+
+def _original_in_public(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass('public.asynctask_queue')"
+        " AND attname IN ('queue_name', 'payload', 'date_submitted') AND NOT attisdropped"
+    ).fetchone()
+    return row is not None and row[0] == 3

@@ -1,0 +1,226 @@
+"""Every statement the pgsql transport sends, each one round trip, for one schema.
+
+Rows are ``state = 'queued'`` (ready once ``date_available`` has passed), ``'reserved'``
+(``owner`` is the consumer holding it) or ``'failed'`` (the failed store). A row is taken
+in ``(date_available, id)`` order through the partial index ``asynctask_queue_ready``, so
+taking one costs the same at 10 or 1,000,000 waiting rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import LiteralString
+
+from asynctask_pgsql.schema import sql
+
+# A consumer's acknowledgements ride along with its next statement ("done").
+_DONE = """done AS (
+    DELETE FROM {s}.asynctask_queue
+    WHERE id = ANY(%(acks)s::bigint[]) AND owner = ANY(%(owners)s::int[]) AND state = 'reserved'
+)"""
+
+_NOTIFY = """SELECT pg_notify({s}.asynctask_channel(queue_name), '')
+FROM (SELECT DISTINCT queue_name FROM moved) AS m"""
+
+_BAD = "(payload_text IS NULL AND jsonb_typeof(payload) <> 'object')"
+
+_UNDECODABLE = (
+    "'undecodable message: expected a JSON object, got a JSON ' || jsonb_typeof(t.payload)"
+)
+
+PUT = """
+INSERT INTO {s}.asynctask_queue (task_id, queue_name, payload, payload_text, date_available)
+SELECT t.id::uuid, %(queue)s, coalesce(t.payload::jsonb, '{}'), t.text,
+       now() + make_interval(secs => %(delay)s)
+FROM unnest(%(ids)s::text[], %(payloads)s::text[], %(texts)s::text[])
+    WITH ORDINALITY AS t(id, payload, text, n)
+ORDER BY t.n
+"""
+
+RESERVE = f"""
+WITH {_DONE}, head AS (
+    SELECT id, {_BAD} AS bad FROM {{s}}.asynctask_queue
+    WHERE queue_name = %(queue)s AND state = 'queued' AND date_available <= now()
+    ORDER BY date_available, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {{s}}.asynctask_queue AS t
+SET state = CASE WHEN head.bad THEN 'failed' ELSE 'reserved' END,
+    owner = CASE WHEN head.bad THEN NULL ELSE %(owner)s END,
+    error = CASE WHEN head.bad
+        THEN {_UNDECODABLE} ELSE t.error END,
+    date_failed = CASE WHEN head.bad THEN now() END
+FROM head WHERE t.id = head.id
+RETURNING head.bad, t.id, t.task_id, CASE WHEN head.bad THEN NULL ELSE t.payload END,
+    t.payload_text, t.attempts, extract(epoch FROM t.date_submitted)::float8, t.date_available
+"""
+
+NEXT_DUE = """
+SELECT extract(epoch FROM min(date_available) - now())::float8 FROM {s}.asynctask_queue
+WHERE queue_name = %s AND state = 'queued'
+"""
+
+SETTLE = f"""
+WITH {_DONE}, moved AS (
+    UPDATE {{s}}.asynctask_queue
+    SET state = %(state)s, owner = NULL,
+        attempts = attempts + %(attempt)s,
+        error = coalesce(%(error)s, error),
+        date_available = CASE WHEN %(delay)s::float8 IS NULL THEN date_available
+                              ELSE now() + make_interval(secs => %(delay)s) END,
+        date_failed = CASE WHEN %(state)s = 'failed' THEN now() END
+    WHERE id = ANY(%(ids)s::bigint[]) AND owner = ANY(%(owners)s::int[]) AND state = 'reserved'
+    RETURNING queue_name
+)
+{_NOTIFY}
+"""
+
+SWEEP = f"""
+WITH dead AS (
+    SELECT id FROM {{s}}.asynctask_queue AS t
+    WHERE state = 'reserved' AND NOT EXISTS (
+        SELECT 1 FROM pg_locks AS l
+        WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND l.classid = %(lock_class)s::bigint::oid AND l.objid = t.owner::oid)
+    FOR UPDATE SKIP LOCKED
+), moved AS (
+    UPDATE {{s}}.asynctask_queue AS t
+    SET state = 'queued', owner = NULL, attempts = t.attempts + 1
+    FROM dead WHERE t.id = dead.id
+    RETURNING t.queue_name
+)
+{_NOTIFY}
+"""
+
+ORPHANS = f"""
+WITH moved AS (
+    UPDATE {{s}}.asynctask_queue SET state = 'queued', owner = NULL
+    WHERE owner = %(owner)s AND state = 'reserved' AND NOT (id = ANY(%(held)s::bigint[]))
+    RETURNING queue_name
+)
+{_NOTIFY}
+"""
+
+ENLIST = """
+SELECT id, pg_try_advisory_lock(%(lock_class)s::int, id),
+    set_config('tcp_keepalives_idle', %(idle)s, false),
+    set_config('tcp_keepalives_interval', '1', false),
+    set_config('tcp_keepalives_count', '2', false),
+    set_config('tcp_user_timeout', %(user_timeout)s, false)
+FROM (SELECT coalesce(%(id)s, nextval('{s}.asynctask_consumer_id')::int) AS id) AS c
+"""
+
+TAKE = f"""
+WITH head AS (
+    SELECT id, {_BAD} AS bad FROM {{s}}.asynctask_queue
+    WHERE queue_name = %s AND state = 'queued' AND date_available <= now()
+    ORDER BY date_available, id LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM {{s}}.asynctask_queue AS t USING head WHERE t.id = head.id AND NOT head.bad
+    RETURNING t.task_id, t.payload, t.payload_text, t.attempts, t.date_submitted
+), bad AS (
+    UPDATE {{s}}.asynctask_queue AS t
+    SET state = 'failed', date_failed = now(),
+        error = {_UNDECODABLE}
+    FROM head WHERE t.id = head.id AND head.bad
+    RETURNING t.id
+)
+SELECT false, task_id, payload, payload_text, attempts, date_submitted FROM gone
+UNION ALL SELECT true, NULL, NULL, NULL, NULL, NULL FROM bad
+"""
+
+# A text message deleted by TAKE that turned out not to be a task goes to the failed store.
+KEEP_FAILED = """
+INSERT INTO {s}.asynctask_queue
+    (task_id, queue_name, payload_text, attempts, date_submitted, state, error, date_failed)
+VALUES (%s, %s, %s, %s, %s, 'failed', %s, now())
+"""
+
+STATS = """
+SELECT
+    (SELECT count(*) FROM {s}.asynctask_queue
+     WHERE queue_name = %(q)s AND state = 'queued' AND date_available <= now()),
+    (SELECT count(*) FROM {s}.asynctask_queue
+     WHERE queue_name = %(q)s AND state = 'queued' AND date_available > now() AND attempts = 0),
+    (SELECT count(*) FROM {s}.asynctask_queue
+     WHERE queue_name = %(q)s AND state = 'queued' AND date_available > now() AND attempts > 0),
+    (SELECT count(*) FROM {s}.asynctask_queue WHERE queue_name = %(q)s AND state = 'reserved'),
+    (SELECT count(*) FROM {s}.asynctask_queue WHERE queue_name = %(q)s AND state = 'failed')
+"""
+
+QUEUE_NAMES = """
+SELECT DISTINCT queue_name FROM {s}.asynctask_queue WHERE state = 'queued'
+UNION SELECT DISTINCT queue_name FROM {s}.asynctask_queue WHERE state = 'reserved'
+UNION SELECT DISTINCT queue_name FROM {s}.asynctask_queue WHERE state = 'failed'
+"""
+
+PURGE = "DELETE FROM {s}.asynctask_queue WHERE queue_name = %s AND state = 'queued'"
+
+FAILED = """
+SELECT task_id, payload::text, payload_text, error, attempts,
+       extract(epoch FROM date_submitted)::float8, extract(epoch FROM date_failed)::float8
+FROM {s}.asynctask_queue WHERE queue_name = %s AND state = 'failed'
+ORDER BY date_failed, id LIMIT %s
+"""
+
+# ``%(all)s`` is true to act on every failed task of the queue, else only on ``ids``.
+REQUEUE_FAILED = """
+WITH moved AS (
+    UPDATE {s}.asynctask_queue
+    SET state = 'queued', attempts = 0, error = NULL, date_failed = NULL,
+        date_available = now()
+    WHERE queue_name = %(queue)s AND state = 'failed'
+      AND (%(all)s OR task_id = ANY(%(ids)s::uuid[]))
+    RETURNING queue_name
+)
+SELECT c.n FROM (SELECT count(*) AS n FROM moved) AS c
+LEFT JOIN LATERAL (
+    SELECT pg_notify({s}.asynctask_channel(%(queue)s), '') WHERE c.n > 0) AS x ON true
+"""
+
+PURGE_FAILED = """
+DELETE FROM {s}.asynctask_queue WHERE queue_name = %(queue)s AND state = 'failed'
+  AND (%(all)s OR task_id = ANY(%(ids)s::uuid[]))
+"""
+
+CLAIM = """
+WITH expired AS (
+    DELETE FROM {s}.asynctask_claim WHERE date_expires < now() AND key <> %(key)s
+)
+INSERT INTO {s}.asynctask_claim AS c (key, date_expires)
+VALUES (%(key)s, now() + make_interval(secs => %(ttl)s))
+ON CONFLICT (key) DO UPDATE SET date_expires = EXCLUDED.date_expires
+    WHERE c.date_expires <= now()
+RETURNING 1
+"""
+
+
+@dataclass(frozen=True)
+class Statements:
+    """The statements above with the schema name filled in."""
+
+    put: LiteralString
+    reserve: LiteralString
+    next_due: LiteralString
+    settle: LiteralString
+    sweep: LiteralString
+    orphans: LiteralString
+    enlist: LiteralString
+    take: LiteralString
+    keep_failed: LiteralString
+    stats: LiteralString
+    queue_names: LiteralString
+    purge: LiteralString
+    failed: LiteralString
+    requeue_failed: LiteralString
+    purge_failed: LiteralString
+    claim: LiteralString
+
+    @classmethod
+    def for_schema(cls, schema: str) -> Statements:
+        """Fill every statement in for ``schema``."""
+        texts = {name: globals()[name.upper()] for name in cls.__dataclass_fields__}
+        return cls(**{name: sql(text, schema) for name, text in texts.items()})

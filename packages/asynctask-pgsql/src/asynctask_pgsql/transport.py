@@ -1,0 +1,317 @@
+"""``pgsql:``: tasks in a PostgreSQL table, through psycopg 3.
+
+Features
+    Every count (ready, delayed, retrying, in flight, failed); the whole delivery
+    contract across processes and hosts. Consumers take rows with ``FOR UPDATE SKIP
+    LOCKED`` and wait on LISTEN/NOTIFY, so an idle worker starts a new task within
+    milliseconds of its commit. A consumer's liveness is its held connection (a session
+    advisory lock), apart from how long its task runs: a killed worker's tasks come back
+    within ``recovery_seconds``, a slow task of a live worker never runs twice.
+    ``submit_task(..., connection=conn)`` writes inside the caller's own transaction.
+URI
+    ``pgsql:dbname``, ``pgsql://host/dbname``, ``pgsql://user:password@host:port/dbname``,
+    and libpq's own ``postgresql://...`` / ``postgres://...`` (multi-host lists too).
+    Without a host, libpq's defaults and ``PG*`` variables apply.
+Options
+    ``schema`` (default ``asynctask``): where the tables live. ``pool_size`` (default 4):
+    connections shared by the transport's calls (each consumer holds one more of its
+    own). ``recovery_seconds`` (default 5): bound on how soon a dead consumer's tasks come
+    back. ``retry_timeout`` as everywhere. Any libpq keyword (``sslmode``,
+    ``connect_timeout``, ``application_name``...) is passed to libpq.
+Storage
+    One table, ``<schema>.asynctask_queue`` (the original's name), migrated in place from
+    the original's layout; the failed store is its rows with ``state = 'failed'``.
+    ``INSERT INTO asynctask.asynctask_queue (queue_name, payload) VALUES ('q', '{"a": 1}')``
+    submits a task: every other column has a default, and a trigger sends the NOTIFY. See
+    the package README for every column.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar, LiteralString
+
+import psycopg
+from asynctask.errors import TransportError, TransportUnavailable
+from asynctask.transport import (
+    COUNT_NAMES,
+    Consumer,
+    FailedTask,
+    QueueStats,
+    Transport,
+    TransportFeatures,
+)
+from asynctask.uri import Option, positive_float, positive_int
+from asynctask.validation import Payload, decode_payload
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from asynctask_pgsql.conninfo import LIBPQ_KEYWORDS, read_server
+from asynctask_pgsql.consumer import PgsqlConsumer
+from asynctask_pgsql.schema import check_schema_name, migrate
+from asynctask_pgsql.statements import Statements
+
+logger = logging.getLogger("asynctask.pgsql")
+
+_DEFAULT_RECOVERY = 5.0
+
+# The caller's connection for a transactional submit, seen by ``_put`` in this context only.
+_caller_connection: contextvars.ContextVar[psycopg.Connection[Any] | None] = contextvars.ContextVar(
+    "asynctask_pgsql_caller_connection", default=None
+)
+
+
+class PgsqlTransport(Transport):
+    """Tasks in PostgreSQL; see the module docstring."""
+
+    schemes = ("pgsql", "postgresql", "postgres")
+    options_accepted: ClassVar[dict[str, Option]] = {
+        "schema": Option(check_schema_name, "asynctask", "the schema that holds the tables"),
+        "pool_size": Option(positive_int, 4, "connections the transport's pool may open"),
+        "recovery_seconds": Option(
+            positive_float,
+            _DEFAULT_RECOVERY,
+            "seconds within which a dead consumer's reserved tasks are delivered again",
+        ),
+    }
+    features = TransportFeatures(
+        counts=frozenset(COUNT_NAMES), multiprocess=True, recovery_seconds=_DEFAULT_RECOVERY
+    )
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        self.schema: str = self.options["schema"]
+        self.server = read_server(uri, self.location, self.driver_options, self.retry_timeout)
+        self.sql = Statements.for_schema(self.schema)
+        recovery: float = self.options["recovery_seconds"]
+        self.features = TransportFeatures(
+            counts=frozenset(COUNT_NAMES), multiprocess=True, recovery_seconds=recovery
+        )
+        #: how often a consumer looks for dead consumers' tasks
+        self.sweep_interval = max(0.1, recovery / 3)
+        self.consumer_connect_kwargs = _keepalive_kwargs(recovery, self.driver_options)
+        #: what the first call did to the schema ("created", "current", "adopted ...")
+        self.schema_action: str | None = None
+        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._ready_lock = threading.Lock()
+
+    def accepts_driver_option(self, name: str) -> bool:
+        """Every libpq keyword is passed through to libpq."""
+        return name in LIBPQ_KEYWORDS
+
+    # -- connections --------------------------------------------------------------------
+
+    def _ready_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+        """The pool, after the first call has migrated the schema on a direct connection."""
+        if self._pool is not None:
+            return self._pool
+        with self._ready_lock:
+            if self._pool is None:
+                # A direct first connection reports the real reason a server is unreachable
+                # (refused, unknown database, password); the pool would only time out.
+                with self._mapped_errors(), self.server.connect() as conn:
+                    self.schema_action = migrate(conn, self.schema)
+                if self.schema_action != "current":
+                    logger.info("%r: schema %s: %s", self, self.schema, self.schema_action)
+                pool = ConnectionPool(
+                    self.server.conninfo,
+                    kwargs={"autocommit": True},
+                    min_size=0,
+                    max_size=self.options["pool_size"],
+                    open=False,
+                    name=f"asynctask-pgsql-{id(self):x}",
+                    reconnect_timeout=max(30.0, self.retry_timeout),
+                )
+                pool.open(wait=False)
+                self._pool = pool
+            return self._pool
+
+    @contextmanager
+    def _mapped_errors(self) -> Iterator[None]:
+        """Map psycopg's errors to ours, naming the server and never the password."""
+        try:
+            yield
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            if self._pool is not None and isinstance(exc, psycopg.OperationalError):
+                self._pool.check()  # drop every idle connection that broke with this one
+            raise TransportUnavailable(
+                f"{self.server.describe()} is not reachable: {self.server.scrub(str(exc).strip())}"
+            ) from exc
+        except psycopg.Error as exc:
+            raise TransportError(
+                f"{self.server.describe()}: {self.server.scrub(str(exc).strip())}"
+            ) from exc
+
+    def _query(self, query: LiteralString, params: Any) -> list[tuple[Any, ...]]:
+        """Run one statement on a pooled autocommit connection; return its rows."""
+        pool = self._ready_pool()
+        with self._mapped_errors(), pool.connection(timeout=self.retry_timeout) as conn:
+            cursor = conn.execute(query, params)
+            return cursor.fetchall() if cursor.description else [(cursor.rowcount,)]
+
+    # -- transactional submit -----------------------------------------------------------
+
+    def submit_task(
+        self,
+        queue_name: str,
+        payload: Payload | None = None,
+        *,
+        delay: float = 0,
+        connection: psycopg.Connection[Any] | None = None,
+    ) -> str:
+        """Add a task; with ``connection``, inside that connection's open transaction.
+
+        The task then exists only if the caller commits, and nothing is retried here.
+        """
+        return self.submit_tasks(queue_name, [payload], delay=delay, connection=connection)[0]
+
+    def submit_tasks(
+        self,
+        queue_name: str,
+        payloads: Iterable[Payload | None],
+        *,
+        delay: float = 0,
+        connection: psycopg.Connection[Any] | None = None,
+    ) -> list[str]:
+        """Add many tasks in one statement; ``connection`` as for ``submit_task``."""
+        if connection is None:
+            return super().submit_tasks(queue_name, payloads, delay=delay)
+        if not isinstance(connection, psycopg.Connection):
+            raise TypeError(f"connection must be a psycopg.Connection, not {connection!r}")
+        self._ready_pool()  # the schema must exist before the caller's transaction uses it
+        token = _caller_connection.set(connection)
+        try:
+            return super().submit_tasks(queue_name, payloads, delay=delay)
+        finally:
+            _caller_connection.reset(token)
+
+    # -- primitives ---------------------------------------------------------------------
+
+    def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
+        ids = [task_id for task_id, _ in tasks]
+        # jsonb cannot hold a NUL character (\u0000): such a payload travels as text.
+        texts = [text if "\\u0000" in text else None for _, text in tasks]
+        payloads = [None if "\\u0000" in text else text for _, text in tasks]
+        params = {"queue": queue, "delay": delay, "ids": ids, "payloads": payloads, "texts": texts}
+        caller = _caller_connection.get()
+        if caller is None:
+            self._query(self.sql.put, params)
+            return
+        try:
+            caller.execute(self.sql.put, params)
+        except psycopg.Error as exc:
+            # Not TransportUnavailable: the caller's transaction is broken, a retry is theirs.
+            raise TransportError(
+                f"{self.server.describe()}: submit in the caller's transaction failed: "
+                f"{self.server.scrub(str(exc).strip())}"
+            ) from exc
+
+    def _take(self, queue: str) -> Payload | None:
+        while True:
+            rows = self._query(self.sql.take, (queue,))
+            if not rows:
+                return None
+            bad, task_id, payload, text, attempts, submitted = rows[0]
+            if bad:
+                continue  # a JSON value that is not an object: now in the failed store
+            if text is None:
+                return dict(payload)
+            try:
+                return decode_payload(text)
+            except ValueError as exc:
+                error = f"undecodable message: {exc}"
+                row = (task_id, queue, text, attempts, submitted, error)
+                self._query(self.sql.keep_failed, row)
+
+    def _stats(self, queue: str) -> QueueStats:
+        [(ready, delayed, retrying, in_flight, failed)] = self._query(self.sql.stats, {"q": queue})
+        return QueueStats(queue, ready, delayed, retrying, in_flight, failed)
+
+    def _queue_names(self) -> list[str]:
+        return [name for (name,) in self._query(self.sql.queue_names, ())]
+
+    def _purge(self, queue: str) -> int:
+        [(count,)] = self._query(self.sql.purge, (queue,))
+        return int(count)
+
+    def _failed(self, queue: str, limit: int) -> list[FailedTask]:
+        rows = self._query(self.sql.failed, (queue, limit))
+        return [_failed_task(queue, *row) for row in rows]
+
+    def _requeue_failed(self, queue: str, ids: Sequence[str] | None) -> int:
+        [(count,)] = self._query(self.sql.requeue_failed, _id_params(queue, ids))
+        return int(count)
+
+    def _purge_failed(self, queue: str, ids: Sequence[str] | None) -> int:
+        [(count,)] = self._query(self.sql.purge_failed, _id_params(queue, ids))
+        return int(count)
+
+    def _claim(self, key: str, ttl: float) -> bool:
+        return bool(self._query(self.sql.claim, {"key": key, "ttl": ttl}))
+
+    def _consumer(self, queue: str, prefetch: int) -> Consumer:
+        self._ready_pool()
+        return PgsqlConsumer(self, queue, prefetch)
+
+    def _close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close(timeout=1.0)
+
+
+def _failed_task(
+    queue: str,
+    task_id: uuid.UUID,
+    payload_json: str,
+    text: str | None,
+    error: str | None,
+    attempts: int,
+    submitted: float | None,
+    failed: float | None,
+) -> FailedTask:
+    raw = payload_json if text is None else text
+    try:
+        payload: Payload | None = decode_payload(raw)
+        raw_kept = None
+    except ValueError:
+        payload, raw_kept = None, raw
+    return FailedTask(
+        id=task_id.hex,
+        queue=queue,
+        payload=payload,
+        raw=raw_kept,
+        error=error or "",
+        attempts=attempts,
+        submitted_at=submitted,
+        failed_at=failed or 0.0,
+    )
+
+
+def _id_params(queue: str, ids: Sequence[str] | None) -> dict[str, Any]:
+    """Ids that are not uuids cannot name a task: they are left out, not an error."""
+    chosen: list[uuid.UUID] = []
+    for task_id in ids or ():
+        try:
+            chosen.append(uuid.UUID(task_id))
+        except ValueError:
+            continue
+    return {"queue": queue, "all": ids is None, "ids": chosen}
+
+
+def _keepalive_kwargs(recovery: float, driver_options: dict[str, str]) -> dict[str, Any]:
+    """libpq settings for a consumer's connection: a vanished peer is noticed within
+    about ``recovery`` seconds on both ends (server-side keepalives are set on enlisting)."""
+    idle = max(1, int(recovery / 3))
+    wanted = {
+        "keepalives": 1,
+        "keepalives_idle": idle,
+        "keepalives_interval": 1,
+        "keepalives_count": 2,
+        "tcp_user_timeout": int(recovery * 1000),
+        "application_name": "asynctask consumer",
+    }
+    return {k: v for k, v in wanted.items() if k not in driver_options}

@@ -1,0 +1,76 @@
+"""Fixtures of the pgsql tests: the server check, a probe that reads the table with plain
+psycopg, and throw-away databases for tests that need an empty one."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from asynctask.testing import require_service
+
+HOST = "127.0.0.1"
+DATABASE = "test"
+CONNINFO = f"host={HOST} dbname={DATABASE}"
+
+
+def _check_server() -> None:
+    psycopg.connect(CONNINFO, connect_timeout=3).close()
+
+
+@pytest.fixture
+def pg_server() -> None:
+    """Skip (or fail under ASYNCTASK_REQUIRE_SERVICES=1) when PostgreSQL is down."""
+    require_service("PostgreSQL", _check_server)
+
+
+class PgsqlProbe:
+    """Reads and writes the queue table past the transport, as psql would."""
+
+    def __init__(self, conninfo: str = CONNINFO, schema: str = "asynctask") -> None:
+        self.conninfo = conninfo
+        self.table = f"{schema}.asynctask_queue"
+
+    def _conn(self) -> psycopg.Connection:
+        return psycopg.connect(self.conninfo, autocommit=True)
+
+    def stored(self, queue: str) -> int:
+        """Rows of ``queue`` in any state but failed."""
+        with self._conn() as conn:
+            if conn.execute("SELECT to_regclass(%s)", (self.table,)).fetchone()[0] is None:
+                return 0
+            row = conn.execute(
+                f"SELECT count(*) FROM {self.table} WHERE queue_name = %s AND state <> 'failed'",
+                (queue,),
+            ).fetchone()
+            return row[0]
+
+    def inject(self, queue: str, text: str) -> None:
+        """The documented INSERT; text that jsonb refuses goes to the documented text column.
+
+        PostgreSQL text cannot hold a NUL character at all, so no producer can store one;
+        the probe writes it escaped as the six characters ``\\u0000`` (still not JSON).
+        """
+        with self._conn() as conn:
+            try:
+                conn.execute(
+                    f"INSERT INTO {self.table} (queue_name, payload) VALUES (%s, %s)",
+                    (queue, text),
+                )
+            except psycopg.DataError:
+                conn.execute(
+                    f"INSERT INTO {self.table} (queue_name, payload_text) VALUES (%s, %s)",
+                    (queue, text.replace("\x00", "\\u0000")),
+                )
+
+
+@pytest.fixture
+def fresh_database(pg_server: None) -> Iterator[str]:
+    """The name of a new, empty database, dropped after the test."""
+    name = f"asynctask_t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(CONNINFO, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield name
+    with psycopg.connect(CONNINFO, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
