@@ -1,0 +1,195 @@
+"""Connections to Redis: the URI read as redis-py reads it, one pool, driver errors mapped.
+
+Commands go straight to a pooled ``Connection`` (``send_command`` / ``read_response``)
+rather than through ``redis.Redis``: on a 2-core host that halves the client's cost per
+round trip, which is most of the cost of a task. redis-py's own retries are off (a
+retried script could run twice); the transport retries, and a consumer resynchronises
+its processing list after any error (see ``asynctask_redis.consumer``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import unquote, urlencode, urlsplit
+
+import redis
+from asynctask.errors import InvalidURIError, TransportError, TransportUnavailable
+from asynctask.uri import Option, positive_float, positive_int, redact
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    MaxConnectionsError,
+    NoPermissionError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
+from redis.retry import Retry
+
+from asynctask_redis.scripts import Script
+
+#: Query options passed through to redis-py as they are (``db`` and TLS settings).
+DRIVER_OPTIONS = frozenset(
+    {
+        "db",
+        "client_name",
+        "health_check_interval",
+        "socket_keepalive",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_ca_path",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_check_hostname",
+        "ssl_min_version",
+    }
+)
+
+_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}")
+
+
+def parse_prefix(text: str) -> str:
+    """A key prefix: letters, digits, '-' and '.'; never '_' (nor ':')."""
+    if "_" in text:
+        raise ValueError(
+            "a key prefix may not contain '_': queue keys are '<prefix>_<queue>', so "
+            "prefix 'a_b' with queue 'c' would share the key 'a_b_c' with prefix 'a' and "
+            "queue 'b_c'; use letters, digits, '-' or '.'"
+        )
+    if not _PREFIX.fullmatch(text):
+        raise ValueError("use 1-64 letters, digits, '-' or '.', starting with a letter or digit")
+    return text
+
+
+def _socket_timeout(text: str) -> float:
+    value = positive_float(text)
+    if value < 2:
+        raise ValueError("must be >= 2 (blocking waits last up to 1 s)")
+    return value
+
+
+def _recovery(text: str) -> float:
+    value = positive_float(text)
+    if value < 0.5:
+        raise ValueError("must be >= 0.5")
+    return value
+
+
+OPTIONS: Mapping[str, Option] = {
+    "key_prefix": Option(
+        parse_prefix, "asynctask", "first part of every key (no '_'); default asynctask"
+    ),
+    "pool_size": Option(positive_int, 50, "most connections this transport opens; default 50"),
+    "socket_timeout": Option(
+        _socket_timeout, 10.0, "seconds a reply may take before the server counts as gone"
+    ),
+    "connect_timeout": Option(positive_float, 5.0, "seconds to open a connection; default 5"),
+    "recovery_seconds": Option(
+        _recovery, 8.0, "seconds within which a dead consumer's tasks come back; default 8"
+    ),
+    "heartbeat_seconds": Option(
+        positive_float,
+        None,
+        "seconds between a live consumer's heartbeats; default recovery_seconds / 8",
+    ),
+}
+
+
+class Server:
+    """One Redis server as a URI names it: its connection pool and how errors read."""
+
+    def __init__(self, location: str, driver_options: Mapping[str, str], options: Any) -> None:
+        scheme = location.split(":", 1)[0].lower()
+        try:
+            parts = urlsplit(location)
+            port = parts.port
+        except ValueError as exc:
+            raise InvalidURIError(f"{redact(location)!r} is not a valid Redis URI: {exc}") from exc
+        if scheme == "unix":
+            if not parts.path:
+                raise InvalidURIError(
+                    f"{redact(location)!r} names no socket: use unix:///path/to/redis.sock?db=N"
+                )
+            self.where = f"unix socket {unquote(parts.path)}"
+        else:
+            if parts.path not in ("", "/") and not re.fullmatch(r"/[0-9]+", parts.path):
+                raise InvalidURIError(
+                    f"{redact(location)!r}: the path of a {scheme}:// URI is the database "
+                    "number (redis://host:6379/2); for a Unix socket use "
+                    "unix:///path/to/redis.sock?db=N"
+                )
+            self.where = f"{parts.hostname or 'localhost'}:{port or 6379}"
+        self.secret = unquote(parts.password) if parts.password else None
+        self.pool_size: int = options["pool_size"]
+        url = location + ("?" + urlencode(dict(driver_options)) if driver_options else "")
+        try:
+            self.pool = redis.ConnectionPool.from_url(
+                url,
+                max_connections=self.pool_size,
+                socket_timeout=options["socket_timeout"],
+                socket_connect_timeout=options["connect_timeout"],
+                retry=Retry(NoBackoff(), 0),
+            )
+        except (ValueError, TypeError, RedisError) as exc:
+            raise InvalidURIError(
+                f"{redact(location)!r} is not a valid Redis URI: {self.scrub(str(exc))}"
+            ) from exc
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the password, if any, replaced by ``***``."""
+        return text.replace(self.secret, "***") if self.secret else text
+
+    def error(self, exc: BaseException) -> TransportError:
+        """Our exception for a driver error; ``TransportUnavailable`` is worth retrying."""
+        text = self.scrub(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, AuthenticationError | AuthorizationError | NoPermissionError):
+            return TransportError(
+                f"Redis at {self.where} refused the credentials ({text}); "
+                "check the user name and password in the URI"
+            )
+        if isinstance(exc, MaxConnectionsError):
+            return TransportError(
+                f"all {self.pool_size} connections to Redis at {self.where} are in use; "
+                "raise the URI option pool_size"
+            )
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
+            return TransportUnavailable(f"Redis at {self.where} is unreachable ({text})")
+        if isinstance(exc, BusyLoadingError | ReadOnlyError):
+            return TransportUnavailable(f"Redis at {self.where} cannot serve yet ({text})")
+        return TransportError(f"Redis at {self.where} answered with an error ({text})")
+
+
+def call(conn: Any, *args: Any) -> Any:
+    """Send one command on ``conn`` and return its reply."""
+    conn.send_command(*args)
+    return conn.read_response()
+
+
+def run(conn: Any, script: Script, *args: Any) -> Any:
+    """Run a script by its SHA1, loading it first if the server does not know it."""
+    try:
+        return call(conn, "EVALSHA", script.sha, 0, *args)
+    except NoScriptError:
+        call(conn, "SCRIPT", "LOAD", script.text)
+        return call(conn, "EVALSHA", script.sha, 0, *args)
+
+
+def pipeline(conn: Any, commands: Sequence[Iterable[Any]]) -> list[Any]:
+    """Send several commands in one write and read every reply; raise the first error."""
+    conn.send_packed_command(conn.pack_commands(commands))
+    replies: list[Any] = []
+    first: ResponseError | None = None
+    for _ in commands:
+        try:
+            replies.append(conn.read_response())
+        except ResponseError as exc:  # the connection stays in step: read on
+            first = first or exc
+            replies.append(exc)
+    if first is not None:
+        raise first
+    return replies

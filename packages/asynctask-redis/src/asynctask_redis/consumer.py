@@ -1,0 +1,245 @@
+"""The redis consumer: tasks moved into a processing list of its own, under a heartbeat.
+
+One ``reserve`` is one round trip while tasks are ready: the ``TAKE`` script
+acknowledges what was acked since the last call, promotes due tasks, recovers dead
+consumers' tasks (at most once per ``recovery_seconds / 4`` for all consumers
+together) and moves up to ``prefetch`` tasks into ``P:Q:processing:<id>``. When nothing
+is ready it blocks in ``BLMOVE`` for no longer than the time to the next due task or
+recovery check (at most ``RedisTransport.idle_wait``), so it wakes on a push within
+milliseconds and never polls.
+
+An ``ack`` is sent with the consumer's next call (the next ``reserve``, usually at once,
+or ``retry``/``fail``/``release``/``close``): that is what makes a task cost one round
+trip. A process killed between ``ack`` and that call leaves the acked task to run again,
+which at-least-once allows; at most ``prefetch`` tasks are in that state.
+
+Each consumer keeps one connection of the pool for itself. After any error on the way
+in (a lost reply may hide a move that happened), the next ``TAKE`` puts back everything
+in the processing list that was not handed out, so nothing is stranded there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import weakref
+from collections import Counter, deque
+from typing import TYPE_CHECKING, Any
+
+from asynctask.errors import TransportClosed, TransportError
+from asynctask.transport import Consumer, Delivery, new_task_id
+from redis.exceptions import RedisError
+
+from asynctask_redis import scripts
+from asynctask_redis.connection import call, run
+from asynctask_redis.messages import Message, canonical_text, failed_record, read_message
+
+if TYPE_CHECKING:
+    from asynctask_redis.transport import RedisTransport
+
+logger = logging.getLogger("asynctask.redis")
+
+
+class RedisConsumer(Consumer):
+    """At-least-once access to one queue; see the module docstring."""
+
+    transport: RedisTransport
+
+    def __init__(self, transport: RedisTransport, queue: str, prefetch: int) -> None:
+        super().__init__(transport, queue, prefetch)
+        self.id = new_task_id()
+        self.heartbeat_key = transport.key(queue, f"heartbeat:{self.id}")
+        self.processing_key = transport.key(queue, f"processing:{self.id}")
+        #: whether the server knows this consumer (heartbeat set, in the consumers set)
+        self.registered = False
+        self._resync = False
+        self._conn: Any = None
+        self._release_conn: weakref.finalize | None = None  # type: ignore[type-arg]
+        self._buffer: deque[bytes] = deque()  # taken, not yet handed out
+        self._held: Counter[bytes] = Counter()  # handed out, not yet settled
+        self._acks: list[bytes] = []  # acked, not yet sent
+
+    def __repr__(self) -> str:
+        return f"RedisConsumer({self.transport!r}, {self.queue!r}, id={self.id})"
+
+    # -- the connection -----------------------------------------------------------------
+
+    def _execute(self, fn: Any, *args: Any, resync: bool = False) -> Any:
+        server = self.transport.server
+        if self._conn is None:
+            try:
+                self._conn = server.pool.get_connection()
+            except (RedisError, OSError) as exc:
+                raise server.error(exc) from exc
+            self._release_conn = weakref.finalize(self, server.pool.release, self._conn)
+        try:
+            return fn(self._conn, *args)
+        except (RedisError, OSError) as exc:
+            self._conn.disconnect()  # the next command reconnects
+            if resync:
+                self._resync = True
+            raise server.error(exc) from exc
+
+    def _run(self, script: scripts.Script, *args: Any, resync: bool = False) -> Any:
+        t = self.transport
+        return self._execute(run, script, t.prefix, self.queue, self.id, *args, resync=resync)
+
+    # -- taking -------------------------------------------------------------------------
+
+    def reserve(self, timeout: float) -> Delivery | None:
+        """Wait up to ``timeout`` seconds for a ready task; see ``Consumer.reserve``."""
+        if self.closed:
+            raise TransportClosed(f"{self!r} is closed")
+        t = self.transport
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            while self._buffer:
+                delivery = self._deliver(self._buffer.popleft())
+                if delivery is not None:
+                    return delivery
+            wait = t._call(self._take)
+            if self._buffer:
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            block = min(remaining, t.idle_wait, remaining if wait is None else wait)
+            if block >= 0.001:
+                raw = t._call(self._block, block)
+                if raw is not None:
+                    self._buffer.append(raw)
+
+    def _take(self) -> float | None:
+        """One TAKE: send acks, maintain, move tasks; return seconds worth waiting."""
+        t = self.transport
+        flags = 2 if self._resync else 0 if self.registered else 1
+        held = list(self._held.elements()) if self._resync else []
+        acks = self._acks
+        want = max(1, self.prefetch - self._held.total())
+        reply = self._run(
+            scripts.TAKE,
+            want,
+            t.recheck_ms,
+            t.heartbeat_ttl_ms,
+            flags,
+            len(acks),
+            *acks,
+            *held,
+            resync=True,
+        )
+        self._acks = []
+        self.registered, self._resync = True, False
+        self._buffer.extend(reply[1:])
+        return None if reply[0] < 0 else reply[0] / 1000
+
+    def _block(self, seconds: float) -> bytes | None:
+        t = self.transport
+        command = ("BLMOVE", t.ready_key(self.queue), self.processing_key, "LEFT", "RIGHT")
+        raw: bytes | None = self._execute(call, *command, f"{seconds:.3f}", resync=True)
+        return raw
+
+    def _deliver(self, raw: bytes) -> Delivery | None:
+        """A Delivery for a taken message; an undecodable one goes to the failed store."""
+        try:
+            message = read_message(raw)
+        except ValueError as exc:
+            logger.warning("%r: undecodable message moved to the failed store: %s", self, exc)
+            error = f"undecodable message: {exc}"
+            self._send("fail", raw, failed_record(None, raw, error, 0, time.time()))
+            return None
+        if message.rewrite:
+            text = canonical_text(message)
+            if not self._send("canon", raw, text):
+                return None
+            message = dataclasses.replace(message, raw=text.encode(), rewrite=False)
+        self._held[message.raw] += 1
+        return Delivery(
+            message.id,
+            self.queue,
+            message.payload,
+            message.attempts + 1,
+            message.submitted_at,
+            receipt=message,
+        )
+
+    # -- settling -----------------------------------------------------------------------
+
+    def _send(self, op: str, raw: bytes, argument: str = "", delay_ms: str = "0") -> bool:
+        """Run one SETTLE (with the pending acks), retrying while Redis is away."""
+        acks = self._acks
+
+        def step() -> Any:
+            return self._run(scripts.SETTLE, op, raw, argument, delay_ms, len(acks), *acks)
+
+        done = self.transport._call(step)
+        self._acks = []
+        return bool(done)
+
+    def _settle(self, delivery: Delivery, op: str, argument: str = "", delay_ms: str = "0") -> None:
+        message = delivery.receipt
+        if not isinstance(message, Message) or self._held[message.raw] <= 0:
+            return  # settled already, or not ours
+        self._held[message.raw] -= 1
+        try:
+            done = self._send(op, message.raw, argument, delay_ms)
+        except BaseException:
+            self._held[message.raw] += 1
+            raise
+        if not done:
+            logger.warning(
+                "%r: task %s was handed to another consumer meanwhile (this one's heartbeat "
+                "lapsed); it runs again there",
+                self,
+                message.id,
+            )
+
+    def ack(self, delivery: Delivery) -> None:
+        """Done: the task is removed with this consumer's next call to Redis."""
+        message = delivery.receipt
+        if isinstance(message, Message) and self._held[message.raw] > 0:
+            self._held[message.raw] -= 1
+            self._acks.append(message.raw)
+
+    def retry(self, delivery: Delivery, delay: float, error: str) -> None:
+        """Back to the queue after ``delay`` seconds, one more attempt counted."""
+        message = delivery.receipt
+        if isinstance(message, Message):
+            again = canonical_text(message, attempts=message.attempts + 1)
+            self._settle(delivery, "retry", again, f"{max(0.0, delay) * 1000:.3f}")
+
+    def fail(self, delivery: Delivery, error: str) -> None:
+        """To the queue's failed store, with ``error``."""
+        message = delivery.receipt
+        if isinstance(message, Message):
+            record = failed_record(message, None, error, message.attempts + 1, time.time())
+            self._settle(delivery, "fail", record)
+
+    def release(self, delivery: Delivery) -> None:
+        """Back at the head of the queue, untouched."""
+        self._settle(delivery, "release")
+
+    def close(self) -> None:
+        """Hand back everything this consumer holds, in order, and free its connection."""
+        if self.closed:
+            return
+        self.closed = True
+        self.transport.forget(self)
+        self._buffer.clear()
+        self._held.clear()
+        try:
+            if self.registered or self._acks:
+                if self.transport.closed:
+                    self._run(scripts.SETTLE, "close", "", "", "0", len(self._acks), *self._acks)
+                else:
+                    self._send("close", b"")
+        except TransportError as exc:
+            logger.warning(
+                "%r: could not hand back its tasks (%s); they come back within %g s",
+                self,
+                exc,
+                self.transport.features.recovery_seconds,
+            )
+        finally:
+            if self._release_conn is not None:
+                self._release_conn()

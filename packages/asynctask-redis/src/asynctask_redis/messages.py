@@ -1,0 +1,174 @@
+"""The texts the redis transport stores: task envelopes and failed records.
+
+An envelope is one JSON object, written by us always in this exact form (the header
+order is fixed so that a Lua script can raise ``attempts`` without re-encoding the
+payload)::
+
+    {"__asynctask__":1,"id":"<id>","attempts":<n>,"submitted_at":<s>,"payload":<object>}
+
+(``<s>``: seconds since the epoch, or ``null``).
+
+Any other JSON object in a queue is a task whose payload is that object as it is, so
+``RPUSH asynctask_some_queue '{"foo": 1}'`` submits ``{"foo": 1}``. The key
+``__asynctask__`` is reserved: an object that has it is read as an envelope.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from asynctask.transport import FailedTask, new_task_id
+from asynctask.validation import Payload, decode_payload
+
+MARKER = "__asynctask__"
+_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
+_HEAD = re.compile(
+    rb'\{"__asynctask__":1,"id":"([0-9A-Za-z-]{1,64})","attempts":([0-9]{1,9}),'
+    rb'"submitted_at":(null|-?[0-9][0-9.eE+-]{0,30}),"payload":'
+)
+
+
+@dataclass(frozen=True)
+class Message:
+    """A task as read from a queue; ``raw`` is the exact stored text (the receipt)."""
+
+    raw: bytes
+    id: str
+    attempts: int
+    submitted_at: float | None
+    payload: Payload
+    payload_text: bytes
+    #: an envelope another program wrote in another layout: rewrite it before use
+    rewrite: bool
+
+
+def envelope(task_id: str, attempts: int, submitted_at: float | None, payload_text: str) -> str:
+    """Our envelope text around an already encoded payload."""
+    when = "null" if submitted_at is None else repr(float(submitted_at))
+    return (
+        f'{{"{MARKER}":1,"id":"{task_id}","attempts":{attempts},'
+        f'"submitted_at":{when},"payload":{payload_text}}}'
+    )
+
+
+def read_message(raw: bytes) -> Message:
+    """Read a stored message; ``ValueError`` when it is not a task we can run."""
+    head = _HEAD.match(raw)
+    if head is not None and raw.endswith(b"}"):
+        text = raw[head.end() : -1]
+        stamp = head.group(3)
+        return Message(
+            raw=raw,
+            id=head.group(1).decode(),
+            attempts=int(head.group(2)),
+            submitted_at=None if stamp == b"null" else float(stamp),
+            payload=_decode(text),
+            payload_text=text,
+            rewrite=False,
+        )
+    value = _loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got a JSON {type(value).__name__}")
+    if MARKER not in value:
+        # a foreign producer's plain object: the payload as it is, a fresh id
+        return Message(raw, new_task_id(), 0, None, value, raw.strip(), rewrite=False)
+    return _foreign_envelope(raw, value)
+
+
+def _foreign_envelope(raw: bytes, value: dict[str, Any]) -> Message:
+    task_id, attempts = value.get("id", new_task_id()), value.get("attempts", 0)
+    payload, submitted_at = value.get("payload"), value.get("submitted_at")
+    if not isinstance(task_id, str) or not _ID.fullmatch(task_id):
+        raise ValueError(f"envelope id must be 1-64 letters, digits or '-', got {task_id!r}")
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+        raise ValueError(f"envelope attempts must be an integer >= 0, got {attempts!r}")
+    if not isinstance(payload, dict):
+        raise ValueError(f"envelope payload must be a JSON object, got {payload!r:.60}")
+    if submitted_at is not None and (
+        isinstance(submitted_at, bool) or not isinstance(submitted_at, int | float)
+    ):
+        raise ValueError(f"envelope submitted_at must be a number, got {submitted_at!r}")
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    stamp = None if submitted_at is None else float(submitted_at)
+    return Message(raw, task_id, attempts, stamp, payload, text, rewrite=True)
+
+
+def canonical_text(message: Message, attempts: int | None = None) -> str:
+    """The message as our envelope, optionally with another attempt count."""
+    return envelope(
+        message.id,
+        message.attempts if attempts is None else attempts,
+        message.submitted_at,
+        message.payload_text.decode(),
+    )
+
+
+def failed_record(
+    message: Message | None, raw: bytes | None, error: str, attempts: int, failed_at: float
+) -> str:
+    """A failed store entry: JSON with the task's id, error, counts, times, and payload
+    (verbatim) or, for an undecodable message, its raw text."""
+    meta: dict[str, Any] = {
+        "id": message.id if message else new_task_id(),
+        "error": error,
+        "attempts": attempts,
+        "submitted_at": message.submitted_at if message else None,
+        "failed_at": failed_at,
+        "raw": None if raw is None else raw.decode("utf-8", "replace"),
+    }
+    head = json.dumps(meta, separators=(",", ":"), ensure_ascii=False)[:-1]
+    payload = message.payload_text.decode() if message else "null"
+    return f'{head},"payload":{payload}}}'
+
+
+def read_failed(queue: str, raw: bytes) -> FailedTask:
+    """A failed store entry as a ``FailedTask`` (a damaged entry is shown as raw text)."""
+    try:
+        value = _loads(raw)
+        payload = value["payload"]
+        return FailedTask(
+            id=str(value["id"]),
+            queue=queue,
+            payload=payload if isinstance(payload, dict) else None,
+            raw=value.get("raw"),
+            error=str(value["error"]),
+            attempts=int(value["attempts"]),
+            submitted_at=value.get("submitted_at"),
+            failed_at=float(value["failed_at"]),
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        text = raw.decode("utf-8", "replace")
+        error = f"unreadable failed-store entry: {exc}"
+        return FailedTask(_record_id(raw), queue, None, text, error, 0, None, 0.0)
+
+
+def requeue_text(task: FailedTask) -> str:
+    """What goes back to the queue for a failed task: its envelope with attempts reset,
+    or the raw text it had."""
+    if task.payload is None:
+        return task.raw or ""
+    text = json.dumps(task.payload, separators=(",", ":"), ensure_ascii=False)
+    return envelope(task.id, 0, task.submitted_at, text)
+
+
+def _record_id(raw: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha1(raw).hexdigest()[:32]
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
+
+
+def _decode(text: bytes) -> Payload:
+    try:
+        return decode_payload(text)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc

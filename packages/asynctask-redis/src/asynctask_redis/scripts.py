@@ -1,0 +1,284 @@
+"""The Lua scripts of the redis transport: every step that must be atomic.
+
+Each script is one ``EVALSHA`` with no declared keys: ``ARGV[1]`` is the key prefix and
+``ARGV[2]`` the queue, and the keys are built here exactly as the module docstring of
+``asynctask_redis.transport`` lists them (so the transport needs a single Redis server,
+not a cluster). Times are the server's clock (``TIME``), so producers and consumers on
+hosts with skewed clocks agree on when a delayed task is due.
+
+A dead consumer's task comes back through ``bump``: the attempt count of our envelope is
+raised by editing its fixed header as text, so the payload is never re-encoded by Lua's
+cjson (which would turn ``[]`` into ``{}`` and round large integers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script and its SHA1, for ``EVALSHA`` with a ``SCRIPT LOAD`` fallback."""
+
+    name: str
+    text: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.text.encode()).hexdigest())
+
+
+_PRELUDE = r"""
+local prefix, queue = ARGV[1], ARGV[2]
+local ready = prefix .. '_' .. queue
+local base = prefix .. ':' .. queue .. ':'
+local delayed, retrying, failed = base .. 'delayed', base .. 'retrying', base .. 'failed'
+local consumers, recovery = base .. 'consumers', base .. 'recovery'
+local known = prefix .. ':queues'
+local function processing(cid) return base .. 'processing:' .. cid end
+local function heartbeat(cid) return base .. 'heartbeat:' .. cid end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local HEAD = '{"__asynctask__":1,"id":"'
+
+-- One more attempt on a message whose consumer died: our envelope gets its count
+-- raised in place; a foreign JSON object is wrapped in an envelope with attempts 1.
+local function bump(m, seed)
+  if string.sub(m, 1, #HEAD) == HEAD then
+    local id, n, rest = string.match(m, '^{"__asynctask__":1,"id":"([%w%-]+)","attempts":(%d+)()')
+    if id then
+      return HEAD .. id .. '","attempts":' .. string.format('%d', tonumber(n) + 1)
+        .. string.sub(m, rest)
+    end
+    return m
+  end
+  local ok, value = pcall(cjson.decode, m)
+  if ok and type(value) == 'table' and value['__asynctask__'] == nil
+      and string.match(m, '^%s*{') then
+    local id = string.sub(redis.sha1hex(seed .. m), 1, 32)
+    return HEAD .. id .. '","attempts":1,"submitted_at":null,"payload":' .. m .. '}'
+  end
+  return m
+end
+
+-- Move due members of a sorted set to the tail of the ready list; return the ms until
+-- the next one is due, or nil.
+local function promote(zkey, now)
+  local due = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, 500)
+  if #due > 0 then
+    redis.call('RPUSH', ready, unpack(due))
+    redis.call('ZREM', zkey, unpack(due))
+  end
+  local first = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
+  if first[2] then return math.max(0, tonumber(first[2]) - now) end
+  return nil
+end
+
+-- Hand back, at the head of the queue, what consumers without a heartbeat held.
+local function recover(self_cid, now)
+  for _, cid in ipairs(redis.call('SMEMBERS', consumers)) do
+    if cid ~= self_cid and redis.call('EXISTS', heartbeat(cid)) == 0 then
+      local proc = processing(cid)
+      local items = redis.call('LRANGE', proc, 0, -1)
+      for i = #items, 1, -1 do
+        redis.call('LPUSH', ready, bump(items[i], cid .. ':' .. i .. ':' .. now .. ':'))
+      end
+      redis.call('DEL', proc)
+      redis.call('SREM', consumers, cid)
+    end
+  end
+end
+
+-- Promote due tasks; at most once per recheck_ms (for all callers together) look for
+-- dead consumers. Returns the ms to wait before the next call is useful, or nil.
+local function maintain(self_cid, recheck_ms)
+  local now = now_ms()
+  local wait = promote(delayed, now)
+  local w = promote(retrying, now)
+  if w and (not wait or w < wait) then wait = w end
+  local others = redis.call('SCARD', consumers)
+  if others > 0 and self_cid ~= '' and redis.call('SISMEMBER', consumers, self_cid) == 1 then
+    others = others - 1
+  end
+  if others > 0 then
+    if redis.call('SET', recovery, '1', 'NX', 'PX', recheck_ms) then
+      recover(self_cid, now)
+    end
+    local left = math.max(0, redis.call('PTTL', recovery))
+    if not wait or left < wait then wait = left end
+  end
+  return wait
+end
+"""
+
+
+def _script(name: str, body: str) -> Script:
+    return Script(name, _PRELUDE + body)
+
+
+#: ARGV: prefix, queue, consumer id, want, recheck_ms, heartbeat_ttl_ms, flags
+#: (1 register, 2 register and resync), n_acks, acks..., held... (with resync).
+#: Acknowledges, maintains, then moves up to ``want`` ready tasks to the consumer's
+#: processing list. Returns {wait_ms or -1, message...}.
+TAKE = _script(
+    "take",
+    r"""
+local cid, want, flags, nacks = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local proc = processing(cid)
+for i = 9, 8 + nacks do redis.call('LREM', proc, 1, ARGV[i]) end
+if flags >= 1 then
+  redis.call('SET', heartbeat(cid), '1', 'PX', ARGV[6])
+  redis.call('SADD', consumers, cid)
+  redis.call('SADD', known, queue)
+end
+if flags >= 2 then
+  -- after a lost reply: keep what the consumer handed out, give back the rest
+  local keep = {}
+  for i = 9 + nacks, #ARGV do keep[ARGV[i]] = (keep[ARGV[i]] or 0) + 1 end
+  local items = redis.call('LRANGE', proc, 0, -1)
+  local kept, back = {}, {}
+  for _, m in ipairs(items) do
+    if (keep[m] or 0) > 0 then
+      keep[m] = keep[m] - 1
+      kept[#kept + 1] = m
+    else
+      back[#back + 1] = m
+    end
+  end
+  redis.call('DEL', proc)
+  for _, m in ipairs(kept) do redis.call('RPUSH', proc, m) end
+  for i = #back, 1, -1 do redis.call('LPUSH', ready, back[i]) end
+end
+local wait = maintain(cid, ARGV[5])
+local out = {wait or -1}
+for _ = 1, want do
+  local m = redis.call('LMOVE', ready, proc, 'LEFT', 'RIGHT')
+  if not m then break end
+  out[#out + 1] = m
+end
+return out
+""",
+)
+
+#: ARGV: prefix, queue, consumer id, op, message, argument, delay_ms, n_acks, acks...
+#: Acknowledges, then settles one message of the consumer's processing list:
+#: retry (argument = new envelope), fail (argument = failed record), release,
+#: canon (argument = canonical envelope), ack (nothing more) or close (everything back).
+#: Returns 1, or 0 when the message was no longer held (recovered by another consumer).
+SETTLE = _script(
+    "settle",
+    r"""
+local cid, op, m, nacks = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[8])
+local proc = processing(cid)
+for i = 9, 8 + nacks do redis.call('LREM', proc, 1, ARGV[i]) end
+if op == 'close' then
+  while redis.call('LMOVE', proc, ready, 'RIGHT', 'LEFT') do end
+  redis.call('DEL', heartbeat(cid))
+  redis.call('SREM', consumers, cid)
+  return 1
+end
+if op == 'ack' then return 1 end
+if redis.call('LREM', proc, 1, m) == 0 then return 0 end
+if op == 'retry' then
+  redis.call('ZADD', retrying, now_ms() + tonumber(ARGV[7]), ARGV[6])
+elseif op == 'fail' then
+  redis.call('RPUSH', failed, ARGV[6])
+  redis.call('SADD', known, queue)
+elseif op == 'release' then
+  redis.call('LPUSH', ready, m)
+elseif op == 'canon' then
+  redis.call('RPUSH', proc, ARGV[6])
+end
+return 1
+""",
+)
+
+#: ARGV: prefix, queue, recheck_ms. Maintains, then pops the head ready message.
+GET = _script(
+    "get",
+    r"""
+maintain('', ARGV[3])
+return redis.call('LPOP', ready)
+""",
+)
+
+#: ARGV: prefix, queue, recheck_ms. Returns {ready, delayed, retrying, in_flight, failed}.
+STATS = _script(
+    "stats",
+    r"""
+maintain('', ARGV[3])
+local in_flight = 0
+for _, cid in ipairs(redis.call('SMEMBERS', consumers)) do
+  in_flight = in_flight + redis.call('LLEN', processing(cid))
+end
+return {redis.call('LLEN', ready), redis.call('ZCARD', delayed),
+        redis.call('ZCARD', retrying), in_flight, redis.call('LLEN', failed)}
+""",
+)
+
+#: ARGV: prefix, queue, delay_ms, envelope... Stores delayed tasks, in order.
+PUT_DELAYED = _script(
+    "put_delayed",
+    r"""
+local due = now_ms() + tonumber(ARGV[3])
+for i = 4, #ARGV do
+  -- a thousandth of a ms apart, so a batch comes out in submission order
+  redis.call('ZADD', delayed, due + (i - 4) * 0.001, ARGV[i])
+end
+redis.call('SADD', known, queue)
+return #ARGV - 3
+""",
+)
+
+#: ARGV: prefix, queue. Deletes ready, delayed and retrying tasks; returns how many.
+PURGE = _script(
+    "purge",
+    r"""
+local n = redis.call('LLEN', ready) + redis.call('ZCARD', delayed) + redis.call('ZCARD', retrying)
+redis.call('DEL', ready, delayed, retrying)
+return n
+""",
+)
+
+#: ARGV: prefix, queue, (failed record, replacement or ''), ... Removes each record from
+#: the failed store; pushes its replacement (if any) to the ready list. Returns how many.
+TAKE_FAILED = _script(
+    "take_failed",
+    r"""
+local n = 0
+for i = 3, #ARGV, 2 do
+  if redis.call('LREM', failed, 1, ARGV[i]) == 1 then
+    n = n + 1
+    if ARGV[i + 1] ~= '' then redis.call('RPUSH', ready, ARGV[i + 1]) end
+  end
+end
+if n > 0 then redis.call('SADD', known, queue) end
+return n
+""",
+)
+
+#: ARGV: prefix, '' . Returns the known queues with anything stored; forgets the others.
+QUEUES = _script(
+    "queues",
+    r"""
+local names = {}
+for _, q in ipairs(redis.call('SMEMBERS', known)) do
+  local b = prefix .. ':' .. q .. ':'
+  local n = redis.call('LLEN', prefix .. '_' .. q) + redis.call('ZCARD', b .. 'delayed')
+    + redis.call('ZCARD', b .. 'retrying') + redis.call('LLEN', b .. 'failed')
+  local members = redis.call('SMEMBERS', b .. 'consumers')
+  for _, cid in ipairs(members) do n = n + redis.call('LLEN', b .. 'processing:' .. cid) end
+  if n > 0 then
+    names[#names + 1] = q
+  elseif #members == 0 then
+    redis.call('SREM', known, q)
+  end
+end
+return names
+""",
+)

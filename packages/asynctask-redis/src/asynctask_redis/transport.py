@@ -1,0 +1,286 @@
+"""``redis://``: tasks in Redis lists, taken with a blocking move, at least once.
+
+Features
+    Every count (ready, delayed, retrying, in flight, failed); the whole delivery
+    contract across processes and hosts. An idle consumer blocks in ``BLMOVE`` and wakes
+    on the push; a consumer proves it lives with a heartbeat key, refreshed by a thread,
+    so a slow task is never taken twice, and a dead consumer's tasks come back within
+    ``recovery_seconds`` (counted as an attempt). Delays, retries, recovery, ack and
+    failure are Lua scripts, atomic on the server, run by whichever consumer is waiting
+    (no polling loop, no extra process). A batch submit is one ``RPUSH``.
+URI
+    As redis-py reads it (``redis.ConnectionPool.from_url``): ``redis://host``,
+    ``redis://host:port``, ``redis://host:port?db=2``, ``redis://:password@host:port/2``
+    (the path is the database number), ``redis://user:password@host``, ``rediss://...``
+    (TLS), ``unix:///path/to/redis.sock?db=1``.
+Options
+    ``key_prefix`` (``asynctask``; no ``_``), ``pool_size`` (50), ``socket_timeout``
+    (10 s), ``connect_timeout`` (5 s), ``recovery_seconds`` (8), ``heartbeat_seconds``
+    (``recovery_seconds / 8``), ``retry_timeout`` (15 s). Passed on to redis-py: ``db``,
+    ``client_name``, ``health_check_interval``, ``socket_keepalive``, ``ssl_*``.
+Storage
+    With prefix ``P`` and queue ``Q``: ``P_Q`` is the list of ready tasks (head first).
+    Each is our envelope ``{"__asynctask__":1,"id":..,"attempts":..,"submitted_at":..,
+    "payload":{..}}``, or any JSON object another program pushed, which is the payload
+    itself: ``RPUSH asynctask_Q '{"foo": 1}'`` submits a task. Beside it: ``P:Q:delayed``
+    and ``P:Q:retrying`` (sorted sets of envelopes, scored by due time in ms),
+    ``P:Q:failed`` (list of JSON records), ``P:Q:consumers`` (set of consumer ids),
+    ``P:Q:processing:<id>`` (list, what a consumer holds), ``P:Q:heartbeat:<id>``
+    (expiring key), ``P:Q:recovery`` (throttles dead-consumer checks), ``P:queues`` (set
+    of queue names), ``P:claim:<key>`` (scheduler claims). See README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from asynctask.errors import InvalidURIError
+from asynctask.transport import (
+    Consumer,
+    FailedTask,
+    QueueStats,
+    Transport,
+    TransportFeatures,
+)
+from asynctask.validation import Payload
+from redis.exceptions import RedisError
+
+from asynctask_redis import scripts
+from asynctask_redis.connection import DRIVER_OPTIONS, OPTIONS, Server, call, pipeline, run
+from asynctask_redis.messages import (
+    envelope,
+    failed_record,
+    read_failed,
+    read_message,
+    requeue_text,
+)
+
+if TYPE_CHECKING:
+    from asynctask_redis.consumer import RedisConsumer
+
+logger = logging.getLogger("asynctask.redis")
+
+#: values per RPUSH in a batch submit (Redis takes more, but replies stay small)
+_CHUNK = 10_000
+
+
+class RedisTransport(Transport):
+    """Tasks in Redis; see the module docstring."""
+
+    schemes = ("redis", "rediss", "unix")
+    options_accepted = OPTIONS
+    features = TransportFeatures(
+        counts=frozenset({"ready", "delayed", "retrying", "in_flight", "failed"}),
+        multiprocess=True,
+        recovery_seconds=8.0,
+    )
+    #: the longest a consumer blocks in one BLMOVE before it looks at the sorted sets
+    #: and dead consumers again (a delayed task submitted during a wait is that late)
+    idle_wait: ClassVar[float] = 1.0
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        self.prefix: str = self.options["key_prefix"]
+        recovery: float = self.options["recovery_seconds"]
+        beat = self.options["heartbeat_seconds"] or recovery / 8
+        if beat > recovery / 4:
+            raise InvalidURIError(
+                f"{self.safe_uri!r}: heartbeat_seconds={beat:g} must be at most "
+                f"recovery_seconds / 4 ({recovery / 4:g}), so a live consumer never "
+                "looks dead"
+            )
+        self.features = TransportFeatures(
+            counts=type(self).features.counts, multiprocess=True, recovery_seconds=recovery
+        )
+        # A dead consumer's heartbeat expires within ttl; some waiting consumer looks
+        # within recheck after that: recovery takes at most 0.75 * recovery_seconds.
+        self.heartbeat_seconds = beat
+        self.heartbeat_ttl_ms = int(recovery * 500)
+        self.recheck_ms = int(recovery * 250)
+        self.server = Server(self.location, self.driver_options, self.options)
+        self._consumers: weakref.WeakSet[RedisConsumer] = weakref.WeakSet()
+        self._beat_lock = threading.Lock()
+        self._beat_stop = threading.Event()
+        self._beat_thread: threading.Thread | None = None
+
+    def accepts_driver_option(self, name: str) -> bool:
+        """``db``, TLS and socket settings go on to redis-py."""
+        return name in DRIVER_OPTIONS
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def ready_key(self, queue: str) -> str:
+        """The list of ready tasks of ``queue``: ``<prefix>_<queue>``."""
+        return f"{self.prefix}_{queue}"
+
+    def key(self, queue: str, kind: str) -> str:
+        """Any other key of ``queue``: ``<prefix>:<queue>:<kind>``."""
+        return f"{self.prefix}:{queue}:{kind}"
+
+    # -- connections --------------------------------------------------------------------
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        """A pooled connection; a driver error leaves as our error (``from`` it)."""
+        pool = self.server.pool
+        try:
+            conn: Any = pool.get_connection()
+        except (RedisError, OSError) as exc:
+            raise self.server.error(exc) from exc
+        try:
+            yield conn
+        except (RedisError, OSError) as exc:
+            conn.disconnect()  # its replies may be out of step now
+            raise self.server.error(exc) from exc
+        finally:
+            pool.release(conn)
+
+    def _script(self, script: scripts.Script, queue: str, *args: Any) -> Any:
+        with self.connection() as conn:
+            return run(conn, script, self.prefix, queue, *args)
+
+    # -- primitives ---------------------------------------------------------------------
+
+    def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
+        now = time.time()
+        texts = [envelope(task_id, 0, now, text) for task_id, text in tasks]
+        if delay > 0:
+            self._script(scripts.PUT_DELAYED, queue, f"{delay * 1000:.3f}", *texts)
+            return
+        key = self.ready_key(queue)
+        commands: list[tuple[Any, ...]] = [
+            ("RPUSH", key, *texts[i : i + _CHUNK]) for i in range(0, len(texts), _CHUNK)
+        ]
+        # after the push, so a concurrent ``queues()`` never forgets a queue with tasks
+        commands.append(("SADD", f"{self.prefix}:queues", queue))
+        with self.connection() as conn:
+            if len(texts) <= _CHUNK:
+                pipeline(conn, commands)
+            else:  # all or nothing: a retry after a lost reply must not half-duplicate
+                replies = pipeline(conn, [("MULTI",), *commands, ("EXEC",)])
+                for reply in replies[-1] or []:
+                    if isinstance(reply, Exception):
+                        raise reply
+
+    def _take(self, queue: str) -> Payload | None:
+        while True:
+            raw = self._script(scripts.GET, queue, self.recheck_ms)
+            if raw is None:
+                return None
+            try:
+                return read_message(raw).payload
+            except ValueError as exc:
+                self._store_undecodable(queue, raw, exc)
+
+    def _store_undecodable(self, queue: str, raw: bytes, exc: ValueError) -> None:
+        record = failed_record(None, raw, f"undecodable message: {exc}", 0, time.time())
+        logger.warning("%r: undecodable message in %r moved to its failed store", self, queue)
+        with self.connection() as conn:
+            pipeline(
+                conn,
+                [
+                    ("RPUSH", self.key(queue, "failed"), record),
+                    ("SADD", f"{self.prefix}:queues", queue),
+                ],
+            )
+
+    def _stats(self, queue: str) -> QueueStats:
+        counts = self._script(scripts.STATS, queue, self.recheck_ms)
+        ready, delayed, retrying, in_flight, failed = (int(n) for n in counts)
+        return QueueStats(queue, ready, delayed, retrying, in_flight, failed)
+
+    def _queue_names(self) -> list[str]:
+        return [name.decode() for name in self._script(scripts.QUEUES, "")]
+
+    def _purge(self, queue: str) -> int:
+        return int(self._script(scripts.PURGE, queue))
+
+    def _failed_entries(self, queue: str, limit: int = -1) -> list[tuple[bytes, FailedTask]]:
+        with self.connection() as conn:
+            raws = call(conn, "LRANGE", self.key(queue, "failed"), 0, limit)
+        return [(raw, read_failed(queue, raw)) for raw in raws]
+
+    def _failed(self, queue: str, limit: int) -> list[FailedTask]:
+        if limit <= 0:
+            return []
+        return [task for _, task in self._failed_entries(queue, limit - 1)]
+
+    def _requeue_failed(self, queue: str, ids: Sequence[str] | None) -> int:
+        args: list[Any] = []
+        for raw, task in self._failed_entries(queue):
+            if ids is None or task.id in ids:
+                args += [raw, requeue_text(task)]
+        return int(self._script(scripts.TAKE_FAILED, queue, *args)) if args else 0
+
+    def _purge_failed(self, queue: str, ids: Sequence[str] | None) -> int:
+        args: list[Any] = []
+        for raw, task in self._failed_entries(queue):
+            if ids is None or task.id in ids:
+                args += [raw, ""]
+        return int(self._script(scripts.TAKE_FAILED, queue, *args)) if args else 0
+
+    def _claim(self, key: str, ttl: float) -> bool:
+        claim = f"{self.prefix}:claim:{key}"
+        with self.connection() as conn:
+            reply = call(conn, "SET", claim, "1", "NX", "PX", int(ttl * 1000))
+        return reply is not None
+
+    def _consumer(self, queue: str, prefetch: int) -> Consumer:
+        from asynctask_redis.consumer import RedisConsumer
+
+        consumer = RedisConsumer(self, queue, prefetch)
+        with self._beat_lock:
+            self._consumers.add(consumer)
+            if self._beat_thread is None:
+                self._beat_thread = threading.Thread(
+                    target=self._beat, name=f"asynctask-redis-heartbeat-{id(self):x}", daemon=True
+                )
+                self._beat_thread.start()
+        return consumer
+
+    def _close(self) -> None:
+        self._beat_stop.set()
+        if self._beat_thread is not None and self._beat_thread is not threading.current_thread():
+            self._beat_thread.join(5)
+        # A consumer still open is left to the recovery of the others: it may be in a
+        # blocking wait on another thread, and this unblocks it (TransportClosed).
+        self.server.pool.disconnect()
+
+    # -- heartbeats ---------------------------------------------------------------------
+
+    def forget(self, consumer: RedisConsumer) -> None:
+        """Stop beating for ``consumer`` (it is closing)."""
+        with self._beat_lock:
+            self._consumers.discard(consumer)
+
+    def _beat(self) -> None:
+        """Refresh the heartbeat of every live consumer of this transport, until close."""
+        conn: Any = None
+        while not self._beat_stop.wait(self.heartbeat_seconds):
+            with self._beat_lock:
+                live = [c for c in self._consumers if c.registered and not c.closed]
+            if not live:
+                continue
+            commands: list[tuple[Any, ...]] = []
+            for consumer in live:
+                commands.append(("SET", consumer.heartbeat_key, "1", "PX", self.heartbeat_ttl_ms))
+                commands.append(("SADD", self.key(consumer.queue, "consumers"), consumer.id))
+            try:
+                if conn is None:
+                    conn = self.server.pool.get_connection()
+                pipeline(conn, commands)
+            except (RedisError, OSError) as exc:
+                if conn is not None:
+                    conn.disconnect()
+                if not self._beat_stop.is_set():
+                    self._note_outage(self.server.error(exc))
+                continue
+            self._note_recovery()
+        if conn is not None:
+            self.server.pool.release(conn)
