@@ -18,7 +18,7 @@ from asynctask.errors import TransportClosed
 from asynctask.transport import Consumer, Delivery
 from asynctask.validation import decode_payload
 
-from asynctask_filesys.layout import QueuePaths, TaskName, read_file
+from asynctask_filesys.layout import QueuePaths, TaskName, read_file, sweep_tmp
 from asynctask_filesys.oserrors import os_errors
 from asynctask_filesys.owners import OwnerFolder, recover_dead
 from asynctask_filesys.watch import Folder, Watcher
@@ -106,6 +106,7 @@ class FilesysConsumer(Consumer):
         with self._busy:
             if self._owner is None:
                 t.ensure_queue(self.queue)
+                sweep_tmp(self._paths.tmp)
                 self._new_owner()
             while not t.closed:
                 self._watcher.wait(0)
@@ -220,6 +221,15 @@ class FilesysConsumer(Consumer):
         with self._state:
             if self._owner is not None and not self._owner.beat():
                 self._owner_lost = True
+
+    def close_if_idle(self) -> None:
+        """Close unless a ``reserve`` is under way (that one closes itself when it sees
+        the transport closed); called by the transport's ``close()``."""
+        if self._busy.acquire(blocking=False):
+            try:
+                self.close()
+            finally:
+                self._busy.release()
 
     @os_errors
     def close(self) -> None:

@@ -178,3 +178,13 @@ def task_names(folder: str) -> list[str]:
             return [entry.name for entry in entries if not entry.name.startswith(".")]
     except FileNotFoundError:
         return []
+
+
+def sweep_tmp(folder: str, age: float = 3600.0) -> None:
+    """Remove files a crashed writer left in ``tmp/`` (they never were tasks)."""
+    limit = time.time() - age
+    for name in task_names(folder):
+        path = os.path.join(folder, name)
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_mtime < limit:
+                os.unlink(path)

@@ -31,6 +31,7 @@ import json
 import os
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any, ClassVar
 from urllib.parse import unquote
@@ -156,6 +157,7 @@ class FilesysTransport(Transport):
         self._take_watcher: Watcher | None = None
         self._take_views: dict[str, QueueView] = {}
         self._next_sweep = 0.0
+        self._consumers: weakref.WeakSet[FilesysConsumer] = weakref.WeakSet()
 
     # -- folders -------------------------------------------------------------------------
 
@@ -388,16 +390,14 @@ class FilesysTransport(Transport):
         return taken
 
     def _consumer(self, queue: str, prefetch: int) -> Consumer:
-        return FilesysConsumer(self, queue, prefetch)
+        consumer = FilesysConsumer(self, queue, prefetch)
+        self._consumers.add(consumer)
+        return consumer
 
     def _close(self) -> None:
         self.heartbeats.stop()
-        for member in self.heartbeats.members():
-            if isinstance(member, FilesysConsumer) and member._busy.acquire(blocking=False):
-                try:  # a consumer waiting in reserve closes itself when it sees us closed
-                    member.close()
-                finally:
-                    member._busy.release()
+        for consumer in list(self._consumers):
+            consumer.close_if_idle()
         with self._take_lock:
             if self._take_watcher is not None:
                 self._take_watcher.close()
