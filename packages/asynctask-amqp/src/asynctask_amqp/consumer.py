@@ -1,0 +1,287 @@
+"""``AmqpConsumer``: one connection subscribed to one queue, with manual acknowledgement.
+
+Attempts. ``x-asynctask-attempts`` counts the deliveries of a task that ended in failure
+or with a dead worker; a delivery's ``attempt`` is that plus one. The broker marks a
+message it gives back ``redelivered``, whatever the reason, so:
+
+* a consumer that hands a task back untouched (``release``, ``close``) first leaves a
+  marker queue ``asynctask.released.<queue>.<id>`` holding one message;
+* a consumer that receives a redelivered message deletes that marker (one round trip,
+  atomic: only one deleter sees its message). Found: the task was released, and is
+  delivered as it is. Not found: its last consumer died or lost its connection, which
+  counts as an attempt; the consumer publishes a copy with the count bumped to the tail
+  of the queue (confirmed) and acks the original, so a task that kills every worker
+  still ends in the failed store. The copy waits its turn, as a retry would.
+
+Connections. The consumer's link is pumped by the transport's heartbeat thread while the
+worker runs a task, and by ``reserve`` itself while it waits. When the connection is
+lost, ``reserve`` reconnects with back-off (within its timeout) and a settle call on a
+task the broker already took back does nothing: the broker gives that task again, and
+the redelivery counts the attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import amqp
+from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
+from asynctask.transport import Consumer, Delivery
+
+from asynctask_amqp.link import Link
+from asynctask_amqp.params import map_error
+from asynctask_amqp.topology import (
+    MAX_DELAY,
+    RELEASE_MARKER_EXPIRY_MS,
+    Received,
+    read_message,
+    release_marker,
+)
+from asynctask_amqp.transport import DRIVER_ERRORS
+
+if TYPE_CHECKING:
+    from asynctask_amqp.transport import AmqpTransport
+
+logger = logging.getLogger("asynctask.amqp")
+
+#: a delivery's receipt: (link generation, delivery tag, the message read)
+Receipt = tuple[int, int, Received]
+
+
+class AmqpConsumer(Consumer):
+    """At-least-once consumer of one queue; see the module docstring."""
+
+    transport: AmqpTransport
+
+    def __init__(self, transport: AmqpTransport, queue: str, prefetch: int) -> None:
+        super().__init__(transport, queue, prefetch)
+        self._link = Link(transport.params)
+        self._generation = 0  # the link generation we set up (0: none)
+        self._buffer: deque[Any] = deque()  # delivered, not reserved yet
+        self._held: dict[int, Received] = {}  # reserved, not settled, by delivery tag
+        self._tag = ""  # our consumer tag while subscribed
+
+    # -- taking -----------------------------------------------------------------------------
+
+    def reserve(self, timeout: float) -> Delivery | None:
+        """Wait up to ``timeout`` s for a task (reconnecting while the broker is away)."""
+        self._check_open()
+        deadline = time.monotonic() + max(0.0, timeout)
+        pause = 0.05
+        while True:
+            with self._link.lock:
+                try:
+                    if not self._connected():
+                        self._connect()
+                        self.transport._note_recovery()
+                    while True:
+                        delivery = self._next()
+                        if delivery is not None:
+                            return delivery
+                        if not self._tag:
+                            self._subscribe()
+                            continue
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            return None
+                        self._link.wait(min(left, self.transport._heartbeats.interval))
+                except DRIVER_ERRORS as exc:
+                    error = self._lost(exc)
+                    if not isinstance(error, TransportUnavailable):
+                        raise error from exc
+                    self.transport._note_outage(error)
+            left = deadline - time.monotonic()
+            if left <= 0 or self.closed:
+                return None
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 2.0)
+
+    def _connected(self) -> bool:
+        return self._link.is_open and self._generation == self._link.generation
+
+    def _connect(self) -> None:
+        link = self._link
+        link.open()
+        self.transport._heartbeats.add(link)
+        self._buffer.clear()
+        self._held.clear()
+        self._tag = ""
+        self.transport._ensure_queue(link, self.queue)
+        link.channel.basic_qos(0, self.prefetch, False)
+        self._generation = link.generation
+
+    def _subscribe(self) -> None:
+        self._tag = self._link.channel.basic_consume(
+            self.queue, no_ack=False, callback=self._buffer.append
+        )
+
+    def _unsubscribe(self) -> list[Received]:
+        """Stop deliveries; return the prefetched messages to hand back with the held ones.
+
+        A prefetched message that was already redelivered keeps its story untold: the next
+        consumer sorts it out as we would have (so it is not marked released).
+        """
+        if self._tag:
+            self._link.channel.basic_cancel(self._tag)  # what arrived before cancel-ok is buffered
+            self._tag = ""
+        prefetched = [read_message(m) for m in self._buffer if not m.delivery_info["redelivered"]]
+        return prefetched
+
+    def _next(self) -> Delivery | None:
+        """The next deliverable message of the buffer, after sorting out the others."""
+        link = self._link
+        while self._buffer:
+            message = self._buffer.popleft()
+            tag = message.delivery_info["delivery_tag"]
+            received = read_message(message)
+            if received.payload is None:
+                error = received.error or "undecodable message"
+                self.transport._store_failed(link, self.queue, received, error, received.attempts)
+                link.channel.basic_ack(tag)
+                continue
+            if message.delivery_info["redelivered"] and not self._was_released(message):
+                # its last consumer died: count the attempt, durably, and let it come round
+                link.publish(
+                    self.queue, self.queue, [received.copy(attempts=received.attempts + 1)]
+                )
+                link.channel.basic_ack(tag)
+                continue
+            self._held[tag] = received
+            return Delivery(
+                id=received.id,
+                queue=self.queue,
+                payload=received.payload,
+                attempt=received.attempts + 1,
+                submitted_at=received.submitted_at,
+                receipt=(self._generation, tag, received),
+            )
+        return None
+
+    def _was_released(self, message: Any) -> bool:
+        task_id = message.properties.get("message_id")
+        if not task_id:
+            return False
+        marker = release_marker(self.queue, str(task_id))
+        return bool(self._link.channel.queue_delete(marker))
+
+    def _mark_released(self, received: Received) -> None:
+        marker = release_marker(self.queue, received.id)
+        arguments = {"x-expires": RELEASE_MARKER_EXPIRY_MS}
+        self._link.channel.queue_declare(
+            marker, durable=True, auto_delete=False, arguments=arguments
+        )
+        self._link.publish("", marker, [amqp.Message(b"released", delivery_mode=2)])
+
+    def _lost(self, exc: BaseException) -> TransportError:
+        """The connection (or channel) failed: drop it; the broker takes back our tasks."""
+        self._link.discard()
+        self._generation = 0
+        self._tag = ""
+        self._buffer.clear()
+        self._held.clear()
+        cause = getattr(exc, "cause", exc)
+        return map_error(cause, self.transport.params)
+
+    # -- settling ---------------------------------------------------------------------------
+
+    def _settle(self, delivery: Delivery, action: Callable[[int, Received], None]) -> None:
+        generation, tag, _ = delivery.receipt
+        with self._link.lock:
+            received = self._held.pop(tag, None) if generation == self._generation else None
+            if received is None or not self._connected():
+                logger.info(
+                    "%r: task %s of %r was already given back by the broker (connection "
+                    "lost); its next delivery counts the attempt",
+                    self.transport,
+                    delivery.id,
+                    self.queue,
+                )
+                return
+            try:
+                action(tag, received)
+            except DRIVER_ERRORS as exc:
+                error = self._lost(exc)
+                logger.warning(
+                    "%r: could not settle task %s of %r (%s); the broker will deliver it again",
+                    self.transport,
+                    delivery.id,
+                    self.queue,
+                    error,
+                )
+
+    def ack(self, delivery: Delivery) -> None:
+        """The task is done: the broker forgets it."""
+        self._settle(delivery, lambda tag, _: self._link.channel.basic_ack(tag))
+
+    def retry(self, delivery: Delivery, delay: float, error: str) -> None:
+        """Publish a copy (attempts + 1) to the retry ladder, then ack the original."""
+
+        def action(tag: int, received: Received) -> None:
+            copy = received.copy(attempts=delivery.attempt)
+            if delay > 0:
+                name = self.transport._declare_rung(
+                    self._link, self.queue, "retry", min(delay, MAX_DELAY)
+                )
+                self._link.publish("", name, [copy])
+            else:
+                self._link.publish(self.queue, self.queue, [copy])
+            self._link.channel.basic_ack(tag)
+
+        self._settle(delivery, action)
+
+    def fail(self, delivery: Delivery, error: str) -> None:
+        """Publish a copy to the failed store, then ack the original."""
+
+        def action(tag: int, received: Received) -> None:
+            self.transport._store_failed(self._link, self.queue, received, error, delivery.attempt)
+            self._link.channel.basic_ack(tag)
+
+        self._settle(delivery, action)
+
+    def release(self, delivery: Delivery) -> None:
+        """Back to the head of the queue, untouched (marked released, then requeued).
+
+        Deliveries pause until the next ``reserve``, so that the task waits in the queue
+        (for any consumer) rather than coming straight back to this one; what was
+        prefetched behind it goes back too, keeping the queue's order.
+        """
+
+        def action(tag: int, received: Received) -> None:
+            channel = self._link.channel
+            prefetched = self._unsubscribe()
+            for message in [received, *prefetched]:
+                self._mark_released(message)
+            for message in self._buffer:
+                channel.basic_reject(message.delivery_info["delivery_tag"], requeue=True)
+            self._buffer.clear()
+            channel.basic_reject(tag, requeue=True)
+
+        self._settle(delivery, action)
+
+    def close(self) -> None:
+        """Hand back what is held and prefetched (marked released), and disconnect."""
+        if self.closed:
+            return
+        self.closed = True
+        self.transport._heartbeats.discard(self._link)
+        with self._link.lock:
+            if self._connected():
+                try:
+                    for received in [*self._held.values(), *self._unsubscribe()]:
+                        self._mark_released(received)
+                except DRIVER_ERRORS as exc:
+                    logger.debug("%r: closing consumer of %r: %s", self.transport, self.queue, exc)
+            self._buffer.clear()
+            self._held.clear()
+            self._generation = 0
+            # closing the channel requeues every unacked message, in order
+            self._link.close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise TransportClosed(f"this consumer of {self.queue!r} is closed")
+        self.transport._check_open()

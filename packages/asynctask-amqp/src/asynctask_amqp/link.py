@@ -1,0 +1,303 @@
+"""Connections: a ``Link`` (one connection, one channel with publisher confirms), the
+thread that keeps idle links' heartbeats going, and the pool of producer links.
+
+py-amqp connections are not thread-safe, so each link has a lock: the thread using a link
+holds it for the whole operation, and the heartbeat thread only *tries* the lock. A
+thread blocked on a link (a consumer in ``reserve``) reads the socket itself and keeps
+the heartbeats going in its own loop; the heartbeat thread serves the links nobody is
+using (pooled producer links, and a consumer's link while its worker runs a task).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import kombu.connection
+
+from asynctask_amqp.params import ConnectionParams
+
+logger = logging.getLogger("asynctask.amqp")
+
+#: kombu's connection class (untyped: kombu ships no annotations for it)
+KombuConnection: Any = kombu.connection.Connection
+
+
+class Unroutable(Exception):
+    """The broker returned published messages: their queue does not exist (any more)."""
+
+
+class ConfirmsLost(Exception):
+    """The connection failed before the broker confirmed everything published.
+
+    ``confirmed`` counts the leading messages the broker did confirm.
+    """
+
+    def __init__(self, confirmed: int, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.confirmed = confirmed
+        self.cause = cause
+
+
+class Nacked(Exception):
+    """The broker refused (nack) some of the published messages."""
+
+
+class Link:
+    """One connection with one channel in confirm mode; see the module docstring."""
+
+    def __init__(self, params: ConnectionParams) -> None:
+        self.params = params
+        self.lock = threading.Lock()
+        #: bumped on every (re)connection: a delivery tag is only good on its generation
+        self.generation = 0
+        self.broken = False
+        self.channel: Any = None
+        self._kombu: Any = None
+        self._unconfirmed: dict[int, None] = {}  # delivery tags, oldest first
+        self._nacked: set[int] = set()
+        self._returned = 0
+        self._next_tag = 1
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the link has a connection it believes alive."""
+        return self._kombu is not None and not self.broken
+
+    def open(self) -> None:
+        """Connect and open the channel (driver errors propagate)."""
+        self.discard()
+        conn = KombuConnection(**self.params.kombu_kwargs())
+        try:
+            conn.ensure_connection(max_retries=0, reraise_as_library_errors=False)
+            channel = conn.connection.channel()
+            channel.events["basic_ack"].add(self._on_ack)
+            channel.events["basic_nack"].add(self._on_nack)
+            channel.events["basic_return"].add(self._on_return)
+        except BaseException:
+            _collect(conn)
+            raise
+        self._kombu, self.channel, self.broken = conn, channel, False
+        self.generation += 1
+        self.select_confirms()
+
+    def select_confirms(self) -> None:
+        """Put the channel in confirm mode; also after py-amqp reopened it on a channel
+        error (the broker closes a channel on 404 or 406, and its state goes with it)."""
+        self.channel.confirm_select()
+        self._unconfirmed.clear()
+        self._nacked.clear()
+        self._returned = 0
+        self._next_tag = 1
+
+    def close(self) -> None:
+        """Close politely (queued acks and rejects reach the broker first)."""
+        conn, self._kombu, self.channel = self._kombu, None, None
+        if conn is not None:
+            try:
+                conn.connection.transport.sock.settimeout(self.params.connect_timeout)
+                conn.close()
+            except Exception:
+                _collect(conn)
+
+    def discard(self) -> None:
+        """Drop the connection without a word to the broker (it is dead, or not ours)."""
+        conn, self._kombu, self.channel = self._kombu, None, None
+        if conn is not None:
+            _collect(conn)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def wait(self, timeout: float) -> None:
+        """Read what the broker sends for up to ``timeout`` seconds (returns after the
+        first frame), then keep the heartbeats going."""
+        raw = self._kombu.connection
+        with suppress(TimeoutError):
+            raw.drain_events(timeout=max(timeout, 0.0))
+        raw.heartbeat_tick()
+
+    def pump(self) -> None:
+        """Read everything already received, without waiting; keep heartbeats going."""
+        raw = self._kombu.connection
+        for _ in range(1000):
+            try:
+                raw.drain_events(timeout=0)
+            except TimeoutError:
+                break
+        raw.heartbeat_tick()
+
+    def tick(self) -> None:
+        """From the heartbeat thread: pump the link if nobody is using it."""
+        if not self.lock.acquire(blocking=False):
+            return
+        try:
+            if self.is_open:
+                self.pump()
+        except Exception as exc:
+            logger.debug("%s: connection lost while idle: %s", self.params.describe(), exc)
+            self.broken = True
+        finally:
+            self.lock.release()
+
+    # -- publishing with confirms ---------------------------------------------------------
+
+    def publish(self, exchange: str, routing_key: str, messages: Sequence[Any]) -> None:
+        """Publish in order (mandatory) and wait until the broker confirms them all.
+
+        Raises ``ConfirmsLost`` if the connection fails on the way, ``Unroutable`` if the
+        broker returned any, ``Nacked`` if it refused any.
+        """
+        first = self._next_tag
+        returned = self._returned
+        try:
+            for message in messages:
+                self.channel.basic_publish(
+                    message, exchange=exchange, routing_key=routing_key, mandatory=True
+                )
+                self._unconfirmed[self._next_tag] = None
+                self._next_tag += 1
+            last = self._next_tag - 1
+            deadline = time.monotonic() + self.params.confirm_timeout
+            while self._unconfirmed and next(iter(self._unconfirmed)) <= last:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(
+                        f"no publisher confirm within {self.params.confirm_timeout:g} s"
+                    )
+                self.wait(min(left, 1.0))
+        except Exception as exc:
+            pending = next(iter(self._unconfirmed), self._next_tag)
+            raise ConfirmsLost(max(0, min(pending, self._next_tag) - first), exc) from exc
+        if self._returned != returned:
+            raise Unroutable(f"{exchange!r}/{routing_key!r}: no queue took the message")
+        nacked = [tag for tag in self._nacked if first <= tag <= last]
+        if nacked:
+            self._nacked.difference_update(nacked)
+            raise Nacked(f"the broker refused {len(nacked)} of {len(messages)} messages")
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        self._settle(tag, multiple)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        self._nacked.update(self._settle(tag, multiple))
+
+    def _settle(self, tag: int, multiple: bool) -> list[int]:
+        if not multiple:
+            return [tag] if self._unconfirmed.pop(tag, 0) is None else []
+        done = []
+        while self._unconfirmed and (oldest := next(iter(self._unconfirmed))) <= tag:
+            del self._unconfirmed[oldest]
+            done.append(oldest)
+        return done
+
+    def _on_return(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
+        self._returned += 1
+
+
+def _collect(conn: Any) -> None:
+    """Free a kombu connection's socket without talking to the broker."""
+    try:
+        conn.collect()
+    except Exception as exc:  # nothing more can be done about a dead socket
+        logger.debug("closing a dead connection: %s", exc)
+
+
+class Heartbeats:
+    """One daemon thread per transport that pumps every idle link about once a second."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._links: weakref.WeakSet[Link] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, link: Link) -> None:
+        """Keep ``link``'s heartbeats going while it lives."""
+        with self._lock:
+            self._links.add(link)
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name="asynctask-amqp-heartbeats", daemon=True
+                )
+                self._thread.start()
+
+    def discard(self, link: Link) -> None:
+        """Forget ``link``."""
+        with self._lock:
+            self._links.discard(link)
+
+    def stop(self) -> None:
+        """End the thread (at transport close)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.interval * 4)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                links = list(self._links)
+            for link in links:
+                link.tick()
+
+
+class LinkPool:
+    """Idle producer links, last used first; a thread takes one for each operation."""
+
+    def __init__(self, params: ConnectionParams, heartbeats: Heartbeats, size: int = 8) -> None:
+        self.params = params
+        self.heartbeats = heartbeats
+        self.size = size
+        self._idle: list[Link] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    @contextmanager
+    def use(self) -> Iterator[Link]:
+        """A link of our own, open, locked for the caller; returned to the pool after."""
+        link = self._checkout()
+        try:
+            with link.lock:
+                if not link.is_open:
+                    link.open()
+                    self.heartbeats.add(link)
+                yield link
+        finally:
+            self._checkin(link)
+
+    def _checkout(self) -> Link:
+        with self._lock:
+            if os.getpid() != self._pid:
+                # forked: the sockets belong to the parent; forget them unclosed
+                self._idle.clear()
+                self._pid = os.getpid()
+            while self._idle:
+                link = self._idle.pop()
+                if link.is_open:
+                    return link
+                link.discard()
+        return Link(self.params)
+
+    def _checkin(self, link: Link) -> None:
+        with self._lock:
+            if link.is_open and len(self._idle) < self.size:
+                self._idle.append(link)
+                return
+        self.heartbeats.discard(link)
+        link.close() if link.is_open else link.discard()
+
+    def close(self) -> None:
+        """Close every idle link."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for link in idle:
+            self.heartbeats.discard(link)
+            with link.lock:
+                link.close()

@@ -1,0 +1,204 @@
+"""From an ``amqp://`` URI to kombu's connection arguments, and from driver errors to ours.
+
+Every message names the broker as ``host:port (vhost '/', user 'guest')``; the password
+is never part of one (py-amqp never quotes it, and ``scrub`` removes it should a driver
+message ever carry it).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import amqp.exceptions
+from asynctask.errors import InvalidURIError, TransportError, TransportUnavailable
+from asynctask.uri import Option, positive_float, positive_int, redact
+
+DEFAULT_PORT = {"amqp": 5672, "amqps": 5671}
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+#: URI options (beside ``retry_timeout``); see the transport module's docstring.
+OPTIONS: dict[str, Option] = {
+    "heartbeat": Option(
+        positive_int,
+        3,
+        "AMQP heartbeat in whole seconds; the broker gives a silently dead consumer's "
+        "tasks back within 3 heartbeats",
+    ),
+    "connect_timeout": Option(positive_float, 5.0, "seconds to open a connection"),
+    "confirm_timeout": Option(
+        positive_float,
+        30.0,
+        "seconds to wait for the broker's publisher confirm before the connection counts as lost",
+    ),
+    "ssl_ca_certs": Option(str, None, "amqps: CA bundle to verify the broker with"),
+    "ssl_certfile": Option(str, None, "amqps: client certificate (PEM)"),
+    "ssl_keyfile": Option(str, None, "amqps: client certificate's key (PEM)"),
+    "ssl_verify": Option(_flag, True, "amqps: verify the broker's certificate and name"),
+}
+
+#: kombu / py-amqp connection options passed through as they are (``transport_options``).
+DRIVER_OPTIONS: dict[str, Any] = {
+    "read_timeout": float,
+    "write_timeout": float,
+    "frame_max": int,
+    "channel_max": int,
+    "locale": str,
+    "login_method": str,
+}
+
+
+@dataclass(frozen=True)
+class ConnectionParams:
+    """Where and how to connect; ``describe()`` is what error messages show."""
+
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)
+    vhost: str
+    heartbeat: int
+    connect_timeout: float
+    confirm_timeout: float
+    ssl: dict[str, Any] | None = None
+    driver: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """``host:port (vhost '/', user 'guest')``: safe for logs and errors."""
+        return f"{self.host}:{self.port} (vhost {self.vhost!r}, user {self.user!r})"
+
+    def kombu_kwargs(self) -> dict[str, Any]:
+        """Arguments of ``kombu.Connection`` for these parameters."""
+        driver = dict(self.driver)
+        login_method = driver.pop("login_method", None)
+        return {
+            "hostname": self.host,
+            "port": self.port,
+            "userid": self.user,
+            "password": self.password,
+            "virtual_host": self.vhost,
+            "transport": "pyamqp",
+            "ssl": self.ssl or False,
+            "heartbeat": self.heartbeat,
+            "connect_timeout": self.connect_timeout,
+            "login_method": login_method,
+            "transport_options": driver,
+        }
+
+    def scrub(self, text: str) -> str:
+        """``text`` without the password, should a driver message ever carry it."""
+        if self.password and self.password != self.user:
+            text = text.replace(self.password, "***")
+        return text
+
+
+def read_params(uri: str, options: dict[str, Any], driver: dict[str, str]) -> ConnectionParams:
+    """Read ``amqp[s]://user:password@host:port/vhost`` and the parsed query options.
+
+    Empty user or password: kombu's defaults (``guest``). No path, ``/`` or ``//``:
+    vhost ``/``; any other path is the vhost, percent-decoded (``/%2F`` is ``/`` too).
+    """
+    safe = redact(uri)
+    try:
+        parts = urlsplit(uri.partition("?")[0])
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidURIError(f"{safe!r} is not a valid AMQP URI: {exc}") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORT or not uri.lower().startswith(f"{scheme}://"):
+        raise InvalidURIError(
+            f"{safe!r} is not an AMQP URI: expected amqp://user:password@host:port/vhost "
+            "or amqps://..."
+        )
+    if parts.fragment:
+        raise InvalidURIError(f"{safe!r}: an AMQP URI has no '#fragment'")
+    path = parts.path
+    vhost = "/" if path in ("", "/") else unquote(path[1:])
+    ssl_keys = [name for name in OPTIONS if name.startswith("ssl_")]
+    if scheme == "amqp" and any(options[k] != OPTIONS[k].default for k in ssl_keys):
+        raise InvalidURIError(f"{safe!r}: ssl_* options need an amqps:// URI")
+    extra: dict[str, Any] = {}
+    for name, text in driver.items():
+        try:
+            extra[name] = DRIVER_OPTIONS[name](text)
+        except ValueError as exc:
+            raise InvalidURIError(f"{safe!r}: option {name}={text!r} is not valid") from exc
+    host = parts.hostname or "localhost"
+    return ConnectionParams(
+        host=host,
+        port=port or DEFAULT_PORT[scheme],
+        user=unquote(parts.username or "") or "guest",
+        password=unquote(parts.password or "") or "guest",
+        vhost=vhost,
+        heartbeat=options["heartbeat"],
+        connect_timeout=options["connect_timeout"],
+        confirm_timeout=options["confirm_timeout"],
+        ssl=_ssl_options(host, options) if scheme == "amqps" else None,
+        driver=extra,
+    )
+
+
+def _ssl_options(host: str, options: dict[str, Any]) -> dict[str, Any]:
+    """py-amqp's ``ssl`` argument: verify the broker unless ``ssl_verify=false``."""
+    ca, cert, key = options["ssl_ca_certs"], options["ssl_certfile"], options["ssl_keyfile"]
+    if not options["ssl_verify"]:
+        return {"cert_reqs": ssl.CERT_NONE, "certfile": cert, "keyfile": key}
+    if cert is None:
+        # the system's CA store (or ssl_ca_certs), with host-name checking
+        return {"context": {"cafile": ca, "check_hostname": True}, "server_hostname": host}
+    return {
+        "ca_certs": ca or ssl.get_default_verify_paths().cafile,
+        "certfile": cert,
+        "keyfile": key,
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "server_hostname": host,
+    }
+
+
+# -- driver errors -> ours --------------------------------------------------------------
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection is gone (as opposed to one refused operation)."""
+    if isinstance(exc, amqp.exceptions.ChannelError):
+        return False
+    return isinstance(exc, OSError | socket.timeout | amqp.exceptions.ConnectionError | EOFError)
+
+
+def reply_code(exc: BaseException) -> int | None:
+    """The AMQP reply code of a driver error (404, 406, ...), if it has one."""
+    code = getattr(exc, "reply_code", None) or getattr(exc, "code", None)
+    return code if isinstance(code, int) else None
+
+
+def map_error(exc: BaseException, params: ConnectionParams) -> TransportError:
+    """Our error for a driver error: connection problems are ``TransportUnavailable``
+    (the base class retries those); a refused login or vhost is a ``TransportError``."""
+    text = params.scrub(f"{type(exc).__name__}: {exc}")
+    where = params.describe()
+    code = reply_code(exc)
+    if code == 403:
+        return TransportError(
+            f"the AMQP broker at {where} refused access ({text}); check the user, its "
+            "password and its permissions on the vhost"
+        )
+    if code == 530:
+        return TransportError(
+            f"the AMQP broker at {where} does not allow this ({text}); check that the "
+            "vhost exists and the user may use it"
+        )
+    if is_connection_error(exc):
+        return TransportUnavailable(f"the AMQP broker at {where} is unreachable: {text}")
+    return TransportError(f"the AMQP broker at {where} refused an operation: {text}")

@@ -1,0 +1,210 @@
+"""What asynctask keeps on the broker: names, the delay ladder and the message format.
+
+Task queue names follow asynctask's rule (lower-case letters, digits, ``_``), so every
+name with a ``.`` below is ours and cannot clash with a task queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import amqp
+from asynctask.transport import FailedTask, new_task_id
+from asynctask.validation import Payload, decode_payload
+
+#: a durable queue of task queue names, one message each (``queues()`` reads it)
+REGISTRY = "asynctask.registry"
+
+#: Rungs of the delay ladder, in seconds: a delay is rounded up to the next rung.
+RUNGS: tuple[float, ...] = (
+    0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800,
+    43200, 86400, 172800, 345600, 604800,
+)  # fmt: skip
+MAX_DELAY = RUNGS[-1]
+#: the two ladders: tasks submitted with a delay, and tasks waiting to be retried
+LADDERS = ("delay", "retry")
+#: an idle rung queue outlives its last message's TTL by this much, then goes away
+RUNG_EXPIRY_MARGIN_MS = 15 * 60 * 1000
+#: how long a release marker waits for its task to be delivered again
+RELEASE_MARKER_EXPIRY_MS = 7 * 24 * 3600 * 1000
+
+# Message headers (AMQP table entries) asynctask writes; all optional on input.
+ATTEMPTS = "x-asynctask-attempts"
+SUBMITTED_AT = "x-asynctask-submitted-at"
+ERROR = "x-asynctask-error"
+FAILED_AT = "x-asynctask-failed-at"
+RAW = "x-asynctask-raw"
+
+
+def failed_name(queue: str) -> str:
+    """The durable queue that is ``queue``'s failed store."""
+    return f"{queue}.failed"
+
+
+def rung_name(queue: str, ladder: str, rung: float) -> str:
+    """``<queue>.delay.<ms>`` or ``<queue>.retry.<ms>``: one rung of a delay ladder."""
+    return f"{queue}.{ladder}.{round(rung * 1000)}"
+
+
+def rung_names(queue: str, ladder: str) -> list[str]:
+    """Every rung queue name of one ladder of ``queue``, shortest first."""
+    return [rung_name(queue, ladder, rung) for rung in RUNGS]
+
+
+def rung_for(delay: float) -> float:
+    """The rung a delay waits on: the shortest rung not shorter than ``delay``."""
+    for rung in RUNGS:
+        if rung >= delay:
+            return rung
+    return MAX_DELAY
+
+
+def rung_arguments(queue: str, rung: float) -> dict[str, Any]:
+    """A rung queue's arguments: TTL, dead-lettering into ``queue``, expiry when idle."""
+    ttl = round(rung * 1000)
+    return {
+        "x-message-ttl": ttl,
+        # the default exchange routes by queue name and cannot be deleted, so a task
+        # whose wait is over always reaches its queue while that queue exists
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": queue,
+        "x-expires": ttl + RUNG_EXPIRY_MARGIN_MS,
+    }
+
+
+def claim_name(key: str) -> str:
+    """The queue that stands for a scheduler claim (names are limited to 255 bytes)."""
+    if len(key.encode()) > 200:
+        key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    return f"asynctask.claim.{key}"
+
+
+def release_marker(queue: str, task_id: str) -> str:
+    """The queue that says "released, not failed" about a task handed back."""
+    return f"asynctask.released.{queue}.{task_id}"
+
+
+def claim_ttl_ms(ttl: float) -> int:
+    """A claim's ``x-expires``: whole milliseconds, at least 1."""
+    return max(1, math.ceil(ttl * 1000))
+
+
+# -- messages ---------------------------------------------------------------------------
+
+
+def task_message(
+    task_id: str,
+    body: str | bytes,
+    *,
+    attempts: int = 0,
+    submitted_at: float | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Any:
+    """A persistent ``application/json`` message carrying one task."""
+    headers: dict[str, Any] = {ATTEMPTS: attempts}
+    if submitted_at is not None:
+        headers[SUBMITTED_AT] = float(submitted_at)
+    headers.update(extra or {})
+    return amqp.Message(
+        body.encode() if isinstance(body, str) else body,
+        content_type="application/json",
+        content_encoding="utf-8",
+        delivery_mode=2,
+        message_id=task_id,
+        timestamp=int(submitted_at or time.time()),
+        application_headers=headers,
+    )
+
+
+@dataclass
+class Received:
+    """A message read back: what asynctask needs of it."""
+
+    id: str
+    body: bytes
+    payload: Payload | None  # None: undecodable
+    error: str | None  # why it could not be decoded
+    attempts: int
+    submitted_at: float | None
+    headers: dict[str, Any]
+
+    @property
+    def text(self) -> str:
+        """The body as text (undecodable bytes replaced)."""
+        return self.body.decode("utf-8", errors="replace")
+
+    def copy(self, *, attempts: int, extra: dict[str, Any] | None = None) -> Any:
+        """A new message with the same id, body and submit time, and new headers."""
+        return task_message(
+            self.id, self.body, attempts=attempts, submitted_at=self.submitted_at, extra=extra
+        )
+
+
+def read_message(message: Any) -> Received:
+    """Read a delivered message, written by asynctask or by any other AMQP client.
+
+    A message without ``message_id`` (a foreign one) gets a new id; a body that is not a
+    UTF-8 JSON object is kept, with ``payload=None`` and the reason in ``error``.
+    """
+    body = message.body
+    raw = body.encode() if isinstance(body, str) else bytes(body)
+    headers = dict(message.properties.get("application_headers") or {})
+    payload: Payload | None = None
+    error: str | None = None
+    try:
+        payload = decode_payload(raw.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+        error = f"undecodable message: {exc}"
+    return Received(
+        id=str(message.properties.get("message_id") or new_task_id()),
+        body=raw,
+        payload=payload,
+        error=error,
+        attempts=_number(headers.get(ATTEMPTS), int) or 0,
+        submitted_at=_number(headers.get(SUBMITTED_AT), float)
+        or _number(message.properties.get("timestamp"), float),
+        headers=headers,
+    )
+
+
+def failed_message(received: Received, error: str, attempts: int) -> Any:
+    """The copy of a task that goes to the failed store."""
+    extra = {ERROR: error, FAILED_AT: time.time(), RAW: received.payload is None}
+    return received.copy(attempts=attempts, extra=extra)
+
+
+def read_failed(queue: str, message: Any) -> FailedTask:
+    """A failed-store message as a ``FailedTask``."""
+    received = read_message(message)
+    raw = bool(received.headers.get(RAW)) or received.payload is None
+    return FailedTask(
+        id=received.id,
+        queue=queue,
+        payload=None if raw else received.payload,
+        raw=received.text if raw else None,
+        error=str(received.headers.get(ERROR) or received.error or "unknown error"),
+        attempts=received.attempts,
+        submitted_at=received.submitted_at,
+        failed_at=_number(received.headers.get(FAILED_AT), float) or 0.0,
+    )
+
+
+def registry_entry(queue: str) -> Any:
+    """The registry message that names ``queue``."""
+    return amqp.Message(queue.encode(), content_type="text/plain", delivery_mode=2)
+
+
+def _number(value: Any, kind: type[int] | type[float]) -> Any:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, datetime):  # py-amqp reads table timestamps as naive UTC
+        value = value.replace(tzinfo=UTC).timestamp()
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,394 @@
+"""``amqp://``: tasks in durable RabbitMQ queues, consumed with manual acks (kombu, py-amqp).
+
+Features
+    Counts: ready, delayed, retrying, failed (AMQP cannot count unacknowledged messages,
+    so ``in_flight`` is ``None``). The whole delivery contract across processes: a submit
+    returns once the broker confirms it holds the tasks (publisher confirms, persistent
+    messages); a consumer subscribes (``basic.consume``, prefetch = the consumer's
+    ``prefetch``) and wakes on the delivery; the broker gives a dead consumer's tasks back
+    when its connection closes or misses 3 heartbeats (``recovery_seconds`` = 3 x
+    ``heartbeat``), and such a delivery counts as an attempt. A heartbeat thread keeps a
+    consumer's connection alive while its worker runs a task, so a slow task is never
+    given to another consumer while its worker lives; RabbitMQ's ``consumer_timeout``
+    (30 min by default) is the ceiling on one task's run time. Delays and retry back-off
+    use per-queue ladders of TTL queues (no broker plugin). Lost connections are
+    reopened with back-off; a broker restart costs time, not tasks.
+URI
+    ``amqp://user:password@host:port/vhost`` (``amqps://`` for TLS, port 5671). Default
+    host ``localhost``, port 5672, user and password ``guest`` (kombu's defaults). The
+    vhost is the percent-decoded path; no path, ``/`` or ``//`` mean vhost ``/``.
+Options
+    ``heartbeat`` (3 s, whole seconds), ``connect_timeout`` (5 s), ``confirm_timeout``
+    (30 s), ``retry_timeout`` (15 s); with ``amqps``: ``ssl_ca_certs``, ``ssl_certfile``,
+    ``ssl_keyfile``, ``ssl_verify`` (true). Passed on to kombu / py-amqp as transport
+    options: ``read_timeout``, ``write_timeout``, ``frame_max``, ``channel_max``,
+    ``locale``, ``login_method``.
+Storage
+    Queue ``Q`` is a durable queue ``Q`` bound to a durable direct exchange ``Q`` with
+    routing key ``Q`` (what ``kombu.SimpleQueue("Q")`` declares). A message is a task:
+    its body the payload's JSON (``application/json``, UTF-8), persistent; asynctask
+    keeps its id in ``message_id`` and ``x-asynctask-attempts`` / ``-submitted-at`` in
+    headers, all optional, so publishing ``{"foo": 1}`` to exchange ``Q`` (routing key
+    ``Q``) from any AMQP client submits a task. Beside it: ``Q.failed`` (the failed store,
+    a plain durable queue), ``Q.delay.<ms>`` and ``Q.retry.<ms>`` (rungs of the two delay
+    ladders: ``x-message-ttl`` ms, dead-lettered into ``Q``, expiring 15 min after their
+    last use), ``asynctask.registry`` (one message per queue asynctask created, read by
+    ``queues()``), ``asynctask.claim.<key>`` (scheduler claims) and
+    ``asynctask.released.Q.<id>`` (markers of tasks handed back untouched). See README.md.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import amqp.exceptions
+from asynctask.errors import InvalidTaskError, TransportError
+from asynctask.transport import Consumer, FailedTask, QueueStats, Transport, TransportFeatures
+from asynctask.validation import Payload, is_valid_queue_name
+
+from asynctask_amqp.link import ConfirmsLost, Heartbeats, Link, LinkPool, Nacked, Unroutable
+from asynctask_amqp.params import (
+    DRIVER_OPTIONS,
+    OPTIONS,
+    is_connection_error,
+    map_error,
+    read_params,
+    reply_code,
+)
+from asynctask_amqp.topology import (
+    LADDERS,
+    MAX_DELAY,
+    REGISTRY,
+    Received,
+    claim_name,
+    claim_ttl_ms,
+    failed_message,
+    failed_name,
+    read_failed,
+    read_message,
+    registry_entry,
+    rung_arguments,
+    rung_for,
+    rung_name,
+    rung_names,
+    task_message,
+)
+
+if TYPE_CHECKING:
+    from asynctask_amqp.consumer import AmqpConsumer
+
+#: what the driver raises (and our wrappers of it): mapped to our errors at the boundary
+DRIVER_ERRORS = (amqp.exceptions.AMQPError, OSError, EOFError, ConfirmsLost, Unroutable, Nacked)
+
+
+class AmqpTransport(Transport):
+    """Tasks in RabbitMQ; see the module docstring."""
+
+    schemes: ClassVar[tuple[str, ...]] = ("amqp", "amqps")
+    options_accepted = OPTIONS
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        self.params = read_params(uri, self.options, self.driver_options)
+        self.features = TransportFeatures(
+            counts=frozenset({"ready", "delayed", "retrying", "failed"}),
+            multiprocess=True,
+            recovery_seconds=3.0 * self.params.heartbeat,
+        )
+        self._heartbeats = Heartbeats(min(1.0, self.params.heartbeat / 4))
+        self._pool = LinkPool(self.params, self._heartbeats)
+        self._lock = threading.Lock()
+        self._declared: set[str] = set()  # queues this object declared (or knows exist)
+        self._resume: dict[str, int] = {}  # batch (by first task id) -> tasks confirmed
+        self._claim_tokens: dict[str, int] = {}
+        self._consumers: weakref.WeakSet[AmqpConsumer] = weakref.WeakSet()
+
+    def accepts_driver_option(self, name: str) -> bool:
+        """kombu / py-amqp connection options that pass through (see the docstring)."""
+        return name in DRIVER_OPTIONS
+
+    # -- the boundary: a pooled link, driver errors mapped ----------------------------------
+
+    @contextmanager
+    def _session(self) -> Iterator[Link]:
+        try:
+            with self._pool.use() as link:
+                try:
+                    yield link
+                except BaseException as exc:
+                    recover(link, exc)
+                    raise
+        except DRIVER_ERRORS as exc:
+            cause = exc.cause if isinstance(exc, ConfirmsLost) else exc
+            raise map_error(cause, self.params) from exc
+
+    def _passive(self, link: Link, name: str) -> int | None:
+        """Ready messages of queue ``name``, or ``None`` if it does not exist."""
+        try:
+            return int(link.channel.queue_declare(name, passive=True).message_count)
+        except amqp.exceptions.ChannelError as exc:
+            if reply_code(exc) != 404:
+                raise
+            link.select_confirms()  # py-amqp reopened the channel the broker closed
+            return None
+
+    def _ensure_queue(self, link: Link, queue: str) -> None:
+        """Declare ``queue``'s exchange, queue and binding; register a new queue."""
+        if queue in self._declared:
+            return
+        existed = self._passive(link, queue) is not None
+        channel = link.channel
+        channel.exchange_declare(queue, "direct", durable=True, auto_delete=False)
+        channel.queue_declare(queue, durable=True, auto_delete=False)
+        channel.queue_bind(queue, exchange=queue, routing_key=queue)
+        if not existed:
+            # one entry per creation; queues() folds duplicates from racing creators
+            if REGISTRY not in self._declared:
+                channel.queue_declare(REGISTRY, durable=True, auto_delete=False)
+            link.publish("", REGISTRY, [registry_entry(queue)])
+        with self._lock:
+            self._declared.update((queue, REGISTRY))
+
+    def _forget(self, queue: str) -> None:
+        with self._lock:
+            self._declared.discard(queue)
+            self._declared.discard(failed_name(queue))
+
+    def _declare_rung(self, link: Link, queue: str, ladder: str, delay: float) -> str:
+        """Declare (and so keep alive) the rung a delay waits on; return its name."""
+        rung = rung_for(delay)
+        name = rung_name(queue, ladder, rung)
+        link.channel.queue_declare(
+            name, durable=True, auto_delete=False, arguments=rung_arguments(queue, rung)
+        )
+        return name
+
+    def _store_failed(self, link: Link, queue: str, received: Received, error: str, n: int) -> None:
+        """Put a copy of a task in the failed store (the caller then acks the original)."""
+        name = failed_name(queue)
+        if name not in self._declared:
+            link.channel.queue_declare(name, durable=True, auto_delete=False)
+            with self._lock:
+                self._declared.add(name)
+        link.publish("", name, [failed_message(received, error, n)])
+
+    # -- primitives -----------------------------------------------------------------------
+
+    def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
+        if delay > MAX_DELAY:
+            raise InvalidTaskError(
+                f"delay={delay:g} s is longer than the amqp transport's longest delay "
+                f"({MAX_DELAY:g} s, 7 days); use a schedule for later runs"
+            )
+        batch = tasks[0][0]
+        with self._lock:
+            done = self._resume.pop(batch, 0)
+        now = time.time()
+        messages = [task_message(task_id, text, submitted_at=now) for task_id, text in tasks]
+        with self._session() as link:
+            for last_try in (False, True):
+                self._ensure_queue(link, queue)
+                exchange, key = queue, queue
+                if delay > 0:
+                    exchange, key = "", self._declare_rung(link, queue, "delay", delay)
+                try:
+                    link.publish(exchange, key, messages[done:])
+                    return
+                except Unroutable:
+                    if last_try:
+                        raise TransportError(f"queue {queue!r} vanished while submitting") from None
+                    self._forget(queue)  # somebody deleted it: declare it again
+                except ConfirmsLost as exc:
+                    with self._lock:
+                        if len(self._resume) > 1000:
+                            self._resume.clear()
+                        self._resume[batch] = done + exc.confirmed
+                    raise
+
+    def _take(self, queue: str) -> Payload | None:
+        with self._session() as link:
+            while True:
+                try:
+                    message = link.channel.basic_get(queue, no_ack=False)
+                except amqp.exceptions.ChannelError as exc:
+                    if reply_code(exc) != 404:
+                        raise
+                    link.select_confirms()
+                    return None
+                if message is None:
+                    return None
+                received = read_message(message)
+                if received.payload is None:
+                    error = received.error or "undecodable message"
+                    self._store_failed(link, queue, received, error, received.attempts)
+                link.channel.basic_ack(message.delivery_info["delivery_tag"])
+                if received.payload is not None:
+                    return received.payload
+
+    def _stats(self, queue: str) -> QueueStats:
+        with self._session() as link:
+            ready = self._passive(link, queue)
+            if ready is None:  # rungs and failed store are created with their queue
+                return QueueStats(queue, 0, 0, 0, None, 0)
+            waiting = [
+                sum(self._passive(link, name) or 0 for name in rung_names(queue, ladder))
+                for ladder in LADDERS
+            ]
+            failed = self._passive(link, failed_name(queue)) or 0
+            return QueueStats(queue, ready, waiting[0], waiting[1], None, failed)
+
+    def _queue_names(self) -> list[str]:
+        with self._session() as link:
+            if self._passive(link, REGISTRY) is None:
+                return []
+            names: dict[str, Any] = {}
+            with side_channel(link) as side:
+                for message in browse(side, REGISTRY):
+                    name = read_message(message).text
+                    tag = message.delivery_info["delivery_tag"]
+                    if name in names or not is_valid_queue_name(name):
+                        side.basic_ack(tag)  # a duplicate, or not ours
+                    else:
+                        names[name] = tag
+                for name, tag in list(names.items()):
+                    if self._passive(link, name) is None:
+                        side.basic_ack(tag)  # deleted since: forget it
+                        del names[name]
+            # closing the side channel put the entries kept back into the registry
+            return list(names)
+
+    def _purge(self, queue: str) -> int:
+        with self._session() as link:
+            if self._passive(link, queue) is None:
+                return 0
+            total = int(link.channel.queue_purge(queue) or 0)
+            for ladder in LADDERS:
+                for name in rung_names(queue, ladder):
+                    if self._passive(link, name):
+                        total += int(link.channel.queue_purge(name) or 0)
+            return total
+
+    def _failed(self, queue: str, limit: int) -> list[FailedTask]:
+        with self._session() as link:
+            name = failed_name(queue)
+            if self._passive(link, name) is None:
+                return []
+            with side_channel(link) as side:
+                return [read_failed(queue, message) for message in browse(side, name, limit)]
+
+    def _requeue_failed(self, queue: str, ids: Sequence[str] | None) -> int:
+        with self._session() as link:
+            name = failed_name(queue)
+            if self._passive(link, name) is None:
+                return 0
+            self._ensure_queue(link, queue)
+            with side_channel(link) as side:
+                chosen = chosen_from(browse(side, name), ids)
+                if chosen:
+                    copies = [read_message(message).copy(attempts=0) for message in chosen]
+                    link.publish(queue, queue, copies)
+                for message in chosen:
+                    side.basic_ack(message.delivery_info["delivery_tag"])
+            return len(chosen)
+
+    def _purge_failed(self, queue: str, ids: Sequence[str] | None) -> int:
+        with self._session() as link:
+            name = failed_name(queue)
+            if self._passive(link, name) is None:
+                return 0
+            if ids is None:
+                return int(link.channel.queue_purge(name) or 0)
+            with side_channel(link) as side:
+                chosen = chosen_from(browse(side, name), ids)
+                for message in chosen:
+                    side.basic_ack(message.delivery_info["delivery_tag"])
+            return len(chosen)
+
+    def _claim(self, key: str, ttl: float) -> bool:
+        # A durable queue named after the key, expiring after ttl (x-expires), stands for
+        # the claim. Declaring is create-if-absent, and the broker refuses (406) a declare
+        # whose arguments differ from the existing queue's, so a random x-max-length
+        # (meaningless on a queue that never holds a message) is the claimer's token:
+        # only the declare that created the queue succeeds. A retried call after a lost
+        # connection reuses its token, so a claim that did reach the broker is still won.
+        with self._lock:
+            token = self._claim_tokens.setdefault(key, secrets.randbits(62))
+        arguments = {"x-expires": claim_ttl_ms(ttl), "x-max-length": token}
+        with self._session() as link:
+            try:
+                link.channel.queue_declare(
+                    claim_name(key), durable=True, auto_delete=False, arguments=arguments
+                )
+                won = True
+            except amqp.exceptions.ChannelError as exc:
+                if reply_code(exc) != 406:
+                    raise
+                link.select_confirms()
+                won = False
+        with self._lock:
+            self._claim_tokens.pop(key, None)
+        return won
+
+    def _consumer(self, queue: str, prefetch: int) -> Consumer:
+        from asynctask_amqp.consumer import AmqpConsumer
+
+        consumer = AmqpConsumer(self, queue, prefetch)
+        self._consumers.add(consumer)
+        return consumer
+
+    def _close(self) -> None:
+        for consumer in list(self._consumers):
+            consumer.close()
+        self._pool.close()
+        self._heartbeats.stop()
+
+
+# -- helpers shared with the consumer -----------------------------------------------------
+
+
+def recover(link: Link, exc: BaseException) -> None:
+    """After ``exc`` on ``link``: drop a dead connection, or reopen a closed channel."""
+    cause = exc.cause if isinstance(exc, ConfirmsLost) else exc
+    if is_connection_error(cause):
+        link.broken = True
+    elif isinstance(cause, amqp.exceptions.ChannelError) and link.is_open:
+        try:
+            link.select_confirms()
+        except Exception:
+            link.broken = True
+
+
+@contextmanager
+def side_channel(link: Link) -> Iterator[Any]:
+    """A second channel for browsing: closing it gives back what it did not ack, in order."""
+    channel = link.channel.connection.channel()
+    try:
+        yield channel
+    finally:
+        if link.is_open and channel.is_open:
+            channel.close()
+
+
+def browse(channel: Any, queue: str, limit: int | None = None) -> list[Any]:
+    """Take up to ``limit`` messages from the head of ``queue`` without acking them."""
+    messages: list[Any] = []
+    while limit is None or len(messages) < limit:
+        message = channel.basic_get(queue, no_ack=False)
+        if message is None:
+            break
+        messages.append(message)
+    return messages
+
+
+def chosen_from(messages: list[Any], ids: Sequence[str] | None) -> list[Any]:
+    """The messages whose task id is in ``ids`` (all when ``ids`` is None)."""
+    if ids is None:
+        return messages
+    wanted = set(ids)
+    return [m for m in messages if str(m.properties.get("message_id")) in wanted]
