@@ -1,0 +1,272 @@
+"""Measure one transport: submit, drain, latency and depth, ours beside the raw client.
+
+Ours and raw alternate measure by measure, on the same server in the same run; every
+measure uses its own queue (key, table, folder) and removes it afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from asynctask.plugins import load_plugins
+from asynctask.transport import Transport
+
+from bench import ours
+from bench.ledger import Follower
+from bench.plan import BACKENDS, PEERS, Sizes, unavailable, unique_name
+from bench.raw import RAW, RawClient
+from bench.results import TransportResult
+
+Say = Callable[[str], None]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The nearest-rank percentile (``fraction`` 0.5 is the median)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+class Session:
+    """One transport's measures; ``run()`` fills a ``TransportResult``."""
+
+    def __init__(self, name: str, sizes: Sizes, scratch: Path, say: Say) -> None:
+        self.name = name
+        self.sizes = sizes
+        self.folder = scratch / name
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.say = say
+        self.backend = BACKENDS[name]
+        self.uri = self.backend.uri(self.folder)
+        self.raw_class = RAW[name]
+        self.result = TransportResult(name)
+        self.transport: Transport
+        self.filler: Transport
+
+    def run(self) -> TransportResult:
+        """Measure everything; a step that fails is noted and the others go on."""
+        reason = unavailable(self.name)
+        if reason is not None:
+            self.result.skipped = reason
+            self.say(f"[{self.name}] skipped: {reason}")
+            return self.result
+        cls = load_plugins().transport_class(self.uri)
+        fill_uri = self.backend.fill_uri(self.folder)
+        began = time.monotonic()
+        self.transport = cls(self.uri)
+        # localmem keeps its tasks in the transport object: it must fill itself
+        self.filler = self.transport if fill_uri == self.uri else cls(fill_uri)
+        try:
+            for step in (self.submit, self.drain, self.latency, self.depth):
+                try:
+                    step()
+                except Exception as exc:
+                    message = f"{step.__name__}: {type(exc).__name__}: {exc}"
+                    self.result.errors.append(message)
+                    self.say(f"[{self.name}] FAILED {message}")
+        finally:
+            self.filler.close()
+            self.transport.close()
+        self.result.seconds = time.monotonic() - began
+        return self.result
+
+    # -- helpers ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def raw(self) -> Iterator[RawClient]:
+        """A raw client on a new target (key, table, queue, folder), removed afterwards."""
+        target = unique_name("bench_raw")
+        if self.name == "filesys":
+            target = str(self.folder / target)
+        client = self.raw_class(target)
+        client.create()
+        try:
+            yield client
+        finally:
+            client.destroy()
+
+    def add(
+        self,
+        key: str,
+        ours: float,
+        reference: float | None,
+        label: str,
+        note: str = "",
+        target: bool = True,
+    ) -> None:
+        """Record a row; localmem's rows carry no target (it has no raw client to match)."""
+        target = target and self.name != "localmem"
+        self.result.add(key, ours, reference, label, note, target)
+
+    def queue(self, what: str) -> str:
+        return unique_name(f"bench_{what}")
+
+    def label(self, measure: str) -> str:
+        return self.raw_class.labels[measure]
+
+    # -- the measures -----------------------------------------------------------------
+
+    def submit(self) -> None:
+        """1. Tasks/s from one process: one by one, then in batches."""
+        sizes, transport = self.sizes, self.transport
+        n, batch, budget = sizes.submit_one, sizes.batch, sizes.submit_budget
+        queue = self.queue("submit")
+        ours_one = ours.rate(lambda items: ours.submit_one(transport, queue, items), n, 50, budget)
+        transport.purge(queue)
+        with self.raw() as raw:
+            raw_one = ours.rate(raw.submit_one, n, 50, budget)
+        self.add("submit_one", ours_one, raw_one, self.label("submit_one"))
+
+        n = sizes.submit_batch
+        ours_batch = ours.rate(
+            lambda items: ours.submit_batch(transport, queue, items, batch), n, batch, budget
+        )
+        transport.purge(queue)
+        with self.raw() as raw:
+            raw_batch = ours.rate(lambda items: raw.submit_bulk(items, batch), n, batch, budget)
+        self.add("submit_batch", ours_batch, raw_batch, f"{self.label('submit_batch')} ({batch:,})")
+        self.say(
+            f"[{self.name}] submit: one {ours_one:,.0f}/s (raw {raw_one:,.0f}/s), "
+            f"batch {ours_batch:,.0f}/s (raw {raw_batch:,.0f}/s)"
+        )
+
+    def drain(self) -> None:
+        """2. ``asynctask workers`` with 1 then 2 children on a full queue; raw loop."""
+        n = self.sizes.drain
+        drains = {}
+        for children in (1, 2):
+            queue = self.queue("drain")
+            ours.fill(self.filler, queue, n)
+            if self.backend.multiprocess:
+                drains[children] = ours.drain(self.uri, queue, n, children, self.folder)
+            else:
+                drains[children] = ours.drain_in_process(
+                    self.transport, queue, children, self.folder
+                )
+            self.transport.purge(queue)
+        with self.raw() as raw:
+            raw.fill(ours.payloads(n), self.sizes.batch)
+            start = time.perf_counter()
+            raw.drain(n)
+            raw_rate = n / (time.perf_counter() - start)
+        how = "" if self.backend.multiprocess else "run loops in threads (localmem is in-process)"
+        for children, result in drains.items():
+            note = how
+            if result.done < n:
+                note = f"stopped after {result.done:,} of {n:,} tasks; " + note
+            self.add(
+                f"drain_{children}",
+                result.rate,
+                raw_rate,
+                self.label("drain"),
+                note.strip("; "),
+                target=self.name in ("pgsql", "redis", "amqp"),
+            )
+            self.add(f"startup_{children}", result.startup, None, "", how)
+        if self.name in PEERS:
+            peer, rate = PEERS[self.name]
+            self.add("peer", drains[1].rate, rate, f"{peer} ({rate:,.0f}/s)")
+        self.say(
+            f"[{self.name}] drain: 1 child {drains[1].rate:,.0f}/s "
+            f"(start-up {drains[1].startup:.2f} s), 2 children {drains[2].rate:,.0f}/s "
+            f"(start-up {drains[2].startup:.2f} s), raw {raw_rate:,.0f}/s"
+        )
+
+    def latency(self) -> None:
+        """3. Submit to ``process()`` start on an idle worker; raw: the client's wake-up."""
+        n, gap = self.sizes.latency, self.sizes.latency_gap
+        queue = self.queue("latency")
+        if self.backend.multiprocess:
+            mine = ours.latency(self.uri, self.transport, queue, n, gap, self.folder)
+        else:
+            mine = ours.latency_in_process(self.transport, queue, n, gap, self.folder)
+        self.transport.purge(queue)
+        with self.raw() as raw:
+            theirs = self._raw_latency(raw, n, gap)
+        label = self.label("latency")
+        for key, fraction in (("latency_p50", 0.5), ("latency_p99", 0.99)):
+            self.add(key, percentile(mine, fraction), percentile(theirs, fraction), label)
+        self.say(
+            f"[{self.name}] latency: p50 {percentile(mine, 0.5):.2f} ms "
+            f"(raw {percentile(theirs, 0.5):.2f}), p99 {percentile(mine, 0.99):.2f} ms "
+            f"(raw {percentile(theirs, 0.99):.2f})"
+        )
+
+    def _raw_latency(self, raw: RawClient, n: int, gap: float) -> list[float]:
+        path = str(self.folder / f"latency-{raw.name}-raw.ledger")
+        follower = Follower(path)
+        ready = threading.Event()
+        if raw.in_process:
+            thread = threading.Thread(target=raw.listen, args=(path, n + 1, ready.set))
+            thread.start()
+            ready.wait(10)
+            alive: Callable[[], bool] = thread.is_alive
+            process = None
+        else:
+            command = [sys.executable, "-m", "bench.wake", raw.name, raw.target, path, str(n + 1)]
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ours.ROOT)
+            assert process.stdout is not None
+            if process.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the raw listener of {raw.name} did not start")
+            alive = lambda: process.poll() is None  # noqa: E731
+        try:
+            raw.send({"n": -1, "sent": time.time()})
+            follower.wait(1, 30, alive)
+            ours.send_spaced(raw.send, n, gap)
+            follower.wait(n + 1, 60, alive)
+        finally:
+            if process is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(10)
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+            else:
+                thread.join(10)
+        return ours.latencies(path, 1)
+
+    def depth(self) -> None:
+        """4. One consumer's reserve+ack rate with 100 waiting against 100,000 waiting."""
+        small, rounds = self.sizes.depth_small, self.sizes.depth_rounds
+        big, take = self.sizes.depth_big, self.sizes.depth_take
+        queue = self.queue("depth")
+
+        def fill_small() -> int:
+            ours.fill(self.filler, queue, small)
+            return small
+
+        rate_small = ours.consume(self.transport, queue, [fill_small] * rounds)
+        self.transport.purge(queue)
+
+        deep = self.queue("deep")
+
+        def fill_big() -> int:
+            ours.fill(self.filler, deep, big, batch=5000)
+            return take
+
+        try:
+            rate_big = ours.consume(self.transport, deep, [fill_big])
+        finally:
+            self.transport.purge(deep)
+        self.add(
+            "depth",
+            rate_big,
+            rate_small,
+            f"depth {small:,}",
+            f"{take:,} tasks taken at depth {big:,}",
+        )
+        self.say(
+            f"[{self.name}] depth: {rate_small:,.0f}/s with {small:,} waiting, "
+            f"{rate_big:,.0f}/s with {big:,} waiting"
+        )
+
+
+def measure(name: str, sizes: Sizes, scratch: Path, say: Say) -> TransportResult:
+    """Every measure of one transport (or why it was skipped)."""
+    return Session(name, sizes, scratch, say).run()

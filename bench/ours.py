@@ -1,0 +1,297 @@
+"""Our side of each measure: the Transport API, and ``asynctask workers`` as users run it.
+
+Drains and latencies run the real command (a supervisor and its child processes) with the
+``bench_noop`` worker, which notes when each ``process()`` starts in a ledger; the
+harness reads the ledger afterwards, so watching costs the workers nothing. ``localmem``
+lives in one process, so its workers are threads running the same run loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from asynctask.runner import LoopOptions, run_loop
+from asynctask.transport import Transport
+
+from bench import ledger
+from bench.workers import BenchNoopWorker
+
+ROOT = Path(__file__).resolve().parent.parent
+Payload = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Drain:
+    """How a drain went: start-up apart from the rate once tasks flow."""
+
+    #: seconds from launching the command to the first task's ``process()``
+    startup: float
+    #: tasks per second from the first task's start to the last's
+    rate: float
+    #: tasks started (fewer than asked when the drain ran out of time)
+    done: int
+
+
+def payloads(count: int, sent: float = 0.0) -> list[Payload]:
+    """``count`` small payloads, numbered: ``{"n": i, "sent": sent}``."""
+    return [{"n": n, "sent": sent} for n in range(count)]
+
+
+def submit_one(transport: Transport, queue: str, items: Sequence[Payload]) -> None:
+    """Submit each payload with its own call."""
+    submit = transport.submit_task
+    for payload in items:
+        submit(queue, payload)
+
+
+def submit_batch(transport: Transport, queue: str, items: Sequence[Payload], batch: int) -> None:
+    """Submit payloads ``batch`` per ``submit_tasks`` call."""
+    for i in range(0, len(items), batch):
+        transport.submit_tasks(queue, items[i : i + batch])
+
+
+def rate(
+    send: Callable[[Sequence[Payload]], object], count: int, chunk: int, budget: float
+) -> float:
+    """Tasks per second of ``send`` over ``count`` payloads, ``chunk`` per call.
+
+    Stops early once ``budget`` seconds are spent, so that a backend that fsyncs every
+    task (about 150/s on this disk) does not hold the run for minutes.
+    """
+    items = payloads(count)
+    done = 0
+    start = time.perf_counter()
+    while done < count:
+        part = items[done : done + chunk]
+        send(part)
+        done += len(part)
+        if time.perf_counter() - start > budget:
+            break
+    return done / (time.perf_counter() - start)
+
+
+def fill(transport: Transport, queue: str, count: int, batch: int = 1000) -> None:
+    """Put ``count`` tasks in a queue before a drain (not timed)."""
+    items = payloads(count)
+    for i in range(0, count, batch):
+        transport.submit_tasks(queue, items[i : i + batch])
+
+
+def send_spaced(send: Callable[[Payload], object], count: int, gap: float) -> None:
+    """Send ``count`` payloads ``gap`` seconds apart, each stamped with its send time."""
+    begin = time.monotonic()
+    for n in range(count):
+        pause = begin + n * gap - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        send({"n": n, "sent": time.time()})
+
+
+def latencies(path: str, skip: int) -> list[float]:
+    """Milliseconds from send to ``process()`` start of each ledger line after ``skip``."""
+    return [(e.started - e.sent) * 1000 for e in ledger.read(path)[skip:]]
+
+
+def drain_rate(path: str, launched: float) -> Drain:
+    """The drain a ledger shows for a command launched at ``launched`` (``time.time()``)."""
+    starts = sorted(e.started for e in ledger.read(path))
+    if len(starts) < 2:
+        raise RuntimeError(f"only {len(starts)} task(s) ran")
+    return Drain(starts[0] - launched, (len(starts) - 1) / (starts[-1] - starts[0]), len(starts))
+
+
+def consume(transport: Transport, queue: str, rounds: list[Callable[[], int]]) -> float:
+    """Tasks per second of one consumer's reserve+ack, over rounds (each fills, untimed).
+
+    Each round's callable fills the queue and returns how many to take.
+    """
+    taken, elapsed = 0, 0.0
+    with transport.consumer(queue) as consumer:
+        for fill_round in rounds:
+            count = fill_round()
+            start = time.perf_counter()
+            for _ in range(count):
+                delivery = consumer.reserve(timeout=10.0)
+                if delivery is None:
+                    raise RuntimeError(f"reserve found nothing after {taken} tasks")
+                consumer.ack(delivery)
+            elapsed += time.perf_counter() - start
+            taken += count
+    return taken / elapsed
+
+
+# -- the workers command ---------------------------------------------------------------
+
+
+class WorkersCommand:
+    """``asynctask workers`` with ``bench_noop`` on one queue, its log in ``folder``."""
+
+    def __init__(
+        self, uri: str, queue: str, concurrency: int, ledger_path: str, folder: Path, halt: bool
+    ) -> None:
+        workers = {queue: {"worker": "bench_noop", "concurrency": concurrency}}
+        self.command = [
+            sys.executable,
+            "-m",
+            "asynctask",
+            "workers",
+            "--set",
+            f"asynctask_transport={uri}",
+            "--set",
+            f"asynctask_workers={json.dumps(workers)}",
+            "--import",
+            "bench.workers",
+            "-q",
+            *(["--halt-when-empty"] if halt else []),
+        ]
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASK_")}
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
+        )
+        self.env[ledger.LEDGER_VARIABLE] = ledger_path
+        self.folder = folder
+        self.log = folder / f"workers-{queue}-{concurrency}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.launched = 0.0
+
+    def __enter__(self) -> WorkersCommand:
+        with open(self.log, "wb") as log:
+            self.launched = time.time()
+            self.process = subprocess.Popen(
+                self.command, cwd=self.folder, env=self.env, stdout=log, stderr=log
+            )
+        return self
+
+    def alive(self) -> bool:
+        """Whether the command is still running."""
+        return self.process is not None and self.process.poll() is None
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the command to exit; its exit code. Raises ``TimeoutError``."""
+        assert self.process is not None
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise TimeoutError(f"asynctask workers still running after {timeout:g} s") from exc
+        if code != 0:
+            raise RuntimeError(f"asynctask workers exited {code}: {self.tail()}")
+        return code
+
+    def stop(self) -> None:
+        """SIGTERM: children finish their task and stop."""
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(60)
+
+    def tail(self) -> str:
+        """The end of the command's log, for an error message."""
+        return self.log.read_text(errors="replace")[-1500:]
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.alive():
+            assert self.process is not None
+            self.process.kill()  # its children die with it (PR_SET_PDEATHSIG)
+            self.process.wait()
+
+
+def drain(uri: str, queue: str, count: int, concurrency: int, folder: Path) -> Drain:
+    """Run ``asynctask workers --halt-when-empty`` on a filled queue until it exits."""
+    path = str(folder / f"drain-{queue}-{concurrency}.ledger")
+    with WorkersCommand(uri, queue, concurrency, path, folder, halt=True) as workers:
+        try:
+            workers.wait(timeout=max(120.0, count / 50))
+        except TimeoutError:
+            workers.stop()  # report the rate of what was done
+    return drain_rate(path, workers.launched)
+
+
+def latency(
+    uri: str, transport: Transport, queue: str, count: int, gap: float, folder: Path
+) -> list[float]:
+    """Send-to-start milliseconds on an idle ``asynctask workers`` with one child."""
+    path = str(folder / f"latency-{queue}.ledger")
+    follower = ledger.Follower(path)
+    with WorkersCommand(uri, queue, 1, path, folder, halt=False) as workers:
+        # Warm up: the first task waits for the child to start; it is not counted.
+        transport.submit_task(queue, {"n": -1, "sent": time.time()})
+        follower.wait(1, 60, workers.alive)
+        send_spaced(lambda payload: transport.submit_task(queue, payload), count, gap)
+        follower.wait(1 + count, 60, workers.alive)
+        workers.stop()
+    return latencies(path, 1)
+
+
+# -- localmem: the run loop in threads -------------------------------------------------
+
+
+@contextmanager
+def _threads(
+    transport: Transport, queue: str, count: int, ledger_path: str, halt: bool
+) -> Iterator[threading.Event]:
+    """Run loops in threads; leaving waits for them (halting ones stop when drained)."""
+    os.environ[ledger.LEDGER_VARIABLE] = ledger_path
+    stop = threading.Event()
+
+    def run() -> None:
+        worker = BenchNoopWorker()
+        worker.setup()
+        try:
+            run_loop(worker, transport, queue, LoopOptions(halt_when_empty=halt, stop=stop))
+        finally:
+            worker.teardown()
+
+    threads = [threading.Thread(target=run, name=f"bench-{i}") for i in range(count)]
+    try:
+        for thread in threads:
+            thread.start()
+        yield stop
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        if not halt:
+            stop.set()
+        for thread in threads:
+            thread.join()
+        del os.environ[ledger.LEDGER_VARIABLE]
+
+
+def drain_in_process(transport: Transport, queue: str, threads: int, folder: Path) -> Drain:
+    """Drain with ``threads`` run loops in this process (for ``localmem``)."""
+    path = str(folder / f"drain-{queue}-{threads}.ledger")
+    launched = time.time()
+    with _threads(transport, queue, threads, path, halt=True):
+        pass  # the threads halt when the queue is drained; leaving joins them
+    return drain_rate(path, launched)
+
+
+def latency_in_process(
+    transport: Transport, queue: str, count: int, gap: float, folder: Path
+) -> list[float]:
+    """Send-to-start milliseconds on an idle run loop in a thread (for ``localmem``)."""
+    path = str(folder / f"latency-{queue}.ledger")
+    follower = ledger.Follower(path)
+    with _threads(transport, queue, 1, path, halt=False):
+        transport.submit_task(queue, {"n": -1, "sent": time.time()})
+        follower.wait(1, 60)
+        send_spaced(lambda payload: transport.submit_task(queue, payload), count, gap)
+        follower.wait(1 + count, 60)
+    return latencies(path, 1)

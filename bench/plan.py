@@ -1,0 +1,159 @@
+"""What the benchmark measures, how much, and where: sizes, transports, targets.
+
+The servers are the ones the tests use (PostgreSQL db ``test``, Redis db 15, RabbitMQ
+guest/guest on vhost ``/``); a ``BENCH_<NAME>_URI`` environment variable points a
+transport elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+#: the order of the table: the in-process reference first, then the embedded default
+TRANSPORTS = ("localmem", "filesys", "pgsql", "redis", "amqp")
+
+#: drain rates (tasks/s, 1 worker process) of the fastest Python peer on each backend,
+#: measured by hand on this kind of machine (see docs/benchmarks.md)
+PEERS: dict[str, tuple[str, float]] = {
+    "redis": ("Dramatiq", 1300.0),
+    "amqp": ("Dramatiq", 1700.0),
+    "pgsql": ("PgQueuer", 1400.0),
+    "filesys": ("Huey", 550.0),
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How many tasks each measure uses."""
+
+    submit_one: int
+    submit_batch: int
+    batch: int
+    #: seconds each side of a submit measure may take at most (fsync costs ~6 ms here)
+    submit_budget: float
+    drain: int
+    latency: int
+    latency_gap: float
+    depth_small: int
+    depth_rounds: int
+    depth_big: int
+    depth_take: int
+
+
+FULL = Sizes(
+    submit_one=5000,
+    submit_batch=10_000,
+    batch=1000,
+    submit_budget=5.0,
+    drain=20_000,
+    latency=500,
+    latency_gap=0.005,
+    depth_small=100,
+    depth_rounds=20,
+    depth_big=100_000,
+    depth_take=2000,
+)
+QUICK = Sizes(
+    submit_one=100,
+    submit_batch=200,
+    batch=100,
+    submit_budget=1.0,
+    drain=500,
+    latency=50,
+    latency_gap=0.005,
+    depth_small=100,
+    depth_rounds=2,
+    depth_big=2000,
+    depth_take=200,
+)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One transport: its URI, a faster URI for filling queues, and its server check."""
+
+    name: str
+    #: the transport URI, given a scratch folder
+    uri: Callable[[Path], str]
+    #: the URI used to fill a queue before a drain (not timed); same storage, same queue
+    fill_uri: Callable[[Path], str]
+    #: raises when the server is unreachable
+    check: Callable[[], None] | None
+    #: whether ``asynctask workers`` can run it (localmem lives in one process)
+    multiprocess: bool = True
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"BENCH_{name.upper()}_URI", default)
+
+
+PGSQL = _env("pgsql", "pgsql://127.0.0.1:5432/test")
+REDIS = _env("redis", "redis://127.0.0.1:6379/15")
+AMQP = _env("amqp", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def _check_pgsql() -> None:
+    import psycopg
+
+    from bench.raw import pg_conninfo
+
+    psycopg.connect(pg_conninfo(), connect_timeout=3).close()
+
+
+def _check_redis() -> None:
+    from bench.raw import redis_client
+
+    redis_client().ping()
+
+
+def _check_amqp() -> None:
+    from bench.raw import amqp_connection
+
+    with amqp_connection() as conn:
+        conn.connect()
+
+
+def _filesys(tmp: Path) -> str:
+    return f"filesys:{tmp / 'queues'}"
+
+
+BACKENDS: dict[str, Backend] = {
+    "localmem": Backend(
+        "localmem", lambda tmp: "localmem:bench", lambda tmp: "localmem:bench", None, False
+    ),
+    # Filling 100,000 files with an fsync each takes minutes; the fill is not what is
+    # measured, so it skips the fsyncs (the files are the same).
+    "filesys": Backend("filesys", _filesys, lambda tmp: _filesys(tmp) + "?fsync=false", None),
+    "pgsql": Backend("pgsql", lambda tmp: PGSQL, lambda tmp: PGSQL, _check_pgsql),
+    "redis": Backend("redis", lambda tmp: REDIS, lambda tmp: REDIS, _check_redis),
+    "amqp": Backend("amqp", lambda tmp: AMQP, lambda tmp: AMQP, _check_amqp),
+}
+
+
+def unavailable(name: str) -> str | None:
+    """Why a transport cannot be measured now (not installed, server down), else None."""
+    if name != "localmem":
+        module = f"asynctask_{name}.transport"
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            return f"not installed yet ({module} is missing)"
+    check = BACKENDS[name].check
+    if check is not None:
+        try:
+            check()
+        except Exception as exc:
+            return f"server unreachable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def unique_name(prefix: str) -> str:
+    """A queue (or key, table) name no other run uses."""
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"

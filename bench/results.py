@@ -1,0 +1,122 @@
+"""Results: one row per measure per transport, with its target and whether it is met."""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Target:
+    """A bound on the ratio ours/reference: ``>= 0.8`` or ``<= 1.5``."""
+
+    op: str
+    value: float
+
+    def met(self, ratio: float) -> bool:
+        """Whether ``ratio`` is within the bound."""
+        compare = operator.ge if self.op == ">=" else operator.le
+        return bool(compare(ratio, self.value))
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.value:g}x"
+
+
+#: measure key -> (what it is, unit, the target on ours/reference or None)
+MEASURES: dict[str, tuple[str, str, Target | None]] = {
+    "submit_one": ("submit, one by one", "tasks/s", Target(">=", 0.8)),
+    "submit_batch": ("submit, batches", "tasks/s", Target(">=", 0.5)),
+    "drain_1": ("drain, 1 child", "tasks/s", Target(">=", 1.0)),
+    "drain_2": ("drain, 2 children", "tasks/s", None),
+    "startup_1": ("start-up, 1 child", "s", None),
+    "startup_2": ("start-up, 2 children", "s", None),
+    "peer": ("drain, 1 child vs peer", "tasks/s", Target(">=", 3.0)),
+    "latency_p50": ("latency p50", "ms", Target("<=", 1.5)),
+    "latency_p99": ("latency p99", "ms", None),
+    "depth": ("drain at depth 100,000 vs 100", "tasks/s", Target(">=", 0.5)),
+}
+
+#: the measures every measured transport has (``peer`` only where a peer was measured)
+REQUIRED = tuple(key for key in MEASURES if key != "peer")
+
+
+@dataclass
+class Row:
+    """One measure on one transport: ours beside the reference (raw client, peer, depth 100)."""
+
+    key: str
+    ours: float
+    reference: float | None
+    #: what the reference is ("BRPOP loop", "Dramatiq", "depth 100")
+    reference_label: str
+    target: Target | None
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return MEASURES[self.key][0]
+
+    @property
+    def unit(self) -> str:
+        return MEASURES[self.key][1]
+
+    @property
+    def ratio(self) -> float | None:
+        if self.reference is None or self.reference == 0:
+            return None
+        return self.ours / self.reference
+
+    @property
+    def met(self) -> bool | None:
+        ratio = self.ratio
+        if self.target is None or ratio is None:
+            return None
+        return self.target.met(ratio)
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as plain JSON values."""
+        return {
+            "label": self.label,
+            "unit": self.unit,
+            "ours": self.ours,
+            "reference": self.reference,
+            "reference_label": self.reference_label,
+            "ratio": self.ratio,
+            "target": None if self.target is None else asdict(self.target),
+            "met": self.met,
+            "note": self.note,
+        }
+
+
+@dataclass
+class TransportResult:
+    """Every row of one transport, or why it was skipped."""
+
+    name: str
+    skipped: str | None = None
+    seconds: float = 0.0
+    rows: dict[str, Row] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def add(
+        self,
+        key: str,
+        ours: float,
+        reference: float | None,
+        reference_label: str,
+        note: str = "",
+        target: bool = True,
+    ) -> None:
+        """Record a measure; ``target=False`` shows it without its target."""
+        bound = MEASURES[key][2] if target else None
+        self.rows[key] = Row(key, ours, reference, reference_label, bound, note)
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as plain JSON values."""
+        return {
+            "skipped": self.skipped,
+            "seconds": self.seconds,
+            "errors": self.errors,
+            "measures": {key: row.to_json() for key, row in self.rows.items()},
+        }

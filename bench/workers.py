@@ -1,0 +1,43 @@
+"""The benchmark's no-op worker: notes when ``process()`` starts, and nothing else.
+
+Registered with ``--import bench.workers``. With ``BENCH_LEDGER`` set (the supervisor's
+children inherit the environment), each task appends one line to that file: see
+``bench.ledger``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from asynctask import AsyncTaskWorker
+
+from bench.ledger import LEDGER_VARIABLE, format_line
+
+
+class BenchNoopWorker(AsyncTaskWorker):
+    """Does nothing with a task but note the time its ``process()`` started."""
+
+    name = "bench_noop"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._fd: int | None = None
+
+    def setup(self) -> None:
+        """Open the ledger once per child (O_APPEND: one write per line, never interleaved)."""
+        path = os.environ.get(LEDGER_VARIABLE)
+        self._fd = None if not path else os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+    def process(self, payload: dict[str, Any]) -> None:
+        """Note the start time beside the payload's ``n`` and ``sent``."""
+        started = time.time()
+        if self._fd is not None:
+            os.write(self._fd, format_line(payload, started))
+
+    def teardown(self) -> None:
+        """Close the ledger."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
