@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import stat
 import subprocess
@@ -248,6 +249,23 @@ def test_a_frozen_consumer_loses_its_tasks_after_the_lease(tmp_path):
             # And the frozen consumer's late ack changes nothing
             consumer.ack(delivery)
             assert transport.queue_stats("frozen").ready == 0
+
+
+def test_a_consumer_dropped_without_close_gives_its_task_back(tmp_path):
+    # Given a consumer that reserved a task and was then dropped without close()
+    with open_transport(f"filesys:{tmp_path}?lease=2") as transport:
+        transport.submit_task("dropped", {"n": 1})
+        consumer = transport.consumer("dropped")
+        assert consumer.reserve(timeout=5) is not None
+        del consumer
+        gc.collect()
+        # Then its lock went with it, and the next consumer gets the task at once
+        with transport.consumer("dropped") as next_one:
+            start = time.monotonic()
+            again = next_one.reserve(timeout=5)
+            assert again is not None and again.attempt == 2
+            assert time.monotonic() - start < 1.0
+            next_one.ack(again)
 
 
 def test_a_live_consumer_holds_its_lock_and_leaves_no_folder_behind(tmp_path):

@@ -45,6 +45,8 @@ class OwnerFolder:
         with contextlib.suppress(OSError):  # no flock here: the lease alone tells
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.rename(building, self.path)
+        # Dropped without close(), the lock goes with the object: its tasks come back.
+        self._release = weakref.finalize(self, _close_fd, self._fd)
 
     def beat(self) -> bool:
         """Refresh the heartbeat; False once somebody took our folder for dead."""
@@ -60,8 +62,12 @@ class OwnerFolder:
             os.unlink(os.path.join(self.path, LOCK))
         with contextlib.suppress(OSError):
             os.rmdir(self.path)
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        self._release()
+
+
+def _close_fd(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def _dead(folder: str, lease: float) -> tuple[bool, int | None]:

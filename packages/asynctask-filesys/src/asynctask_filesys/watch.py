@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
+import weakref
 from typing import Any
 
 from asynctask_filesys.layout import task_names
@@ -91,6 +92,8 @@ class Watcher:
             except OSError as exc:  # e.g. too many inotify instances for this user
                 logger.warning("inotify unavailable (%s); polling every %g s", exc, poll)
                 return
+            # dropped without close(), close quietly (no ResourceWarning from the file)
+            weakref.finalize(self, self._inotify.close)
             self._mask = flags.MOVED_TO | flags.CLOSE_WRITE | flags.ONLYDIR
             self._overflow = flags.Q_OVERFLOW
             self._ignored = flags.IGNORED
