@@ -1,0 +1,396 @@
+"""What the pgsql transport promises beyond the shared contract: its storage format for
+other programs, transactional submit, a safe first start, adopting the original's table,
+and riding out dropped connections and a server restart without losing a task."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import psycopg
+import pytest
+from asynctask.errors import InvalidURIError, TransportUnavailable
+from asynctask.testing import unique_queue
+from asynctask.testing.contract import open_transport
+
+from .conftest import CONNINFO, DATABASE, HOST, PgsqlProbe
+
+URI = f"pgsql://{HOST}/{DATABASE}?recovery_seconds=1"
+
+
+@pytest.fixture
+def transport(pg_server: None) -> Any:
+    transport = open_transport(URI)
+    yield transport
+    transport.close()
+
+
+# -- the storage format is an interface ------------------------------------------------
+
+
+def test_a_psql_insert_is_a_task_and_wakes_a_waiting_consumer(transport):
+    # Given a consumer already waiting on an empty queue
+    queue = unique_queue()
+    transport.poll_queue(queue)  # the first call creates the schema
+    got: list[Any] = []
+
+    def wait() -> None:
+        with transport.consumer(queue) as consumer:
+            delivery = consumer.reserve(timeout=10)
+            got.append((time.monotonic(), delivery))
+            if delivery is not None:
+                consumer.ack(delivery)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.3)
+    # When another program submits with the documented INSERT, every other column defaulted
+    insert = (
+        f"INSERT INTO asynctask.asynctask_queue (queue_name, payload) "
+        f"VALUES ('{queue}', '{{\"foo\": 1}}')"
+    )
+    sent = time.monotonic()
+    if shutil.which("psql"):
+        subprocess.run(["psql", "-h", HOST, "-d", DATABASE, "-qc", insert], check=True)
+    else:
+        with psycopg.connect(CONNINFO, autocommit=True) as conn:
+            conn.execute(insert)
+    thread.join(15)
+    # Then the waiting consumer had it at once, as a task like any other
+    [(woke, delivery)] = got
+    assert delivery is not None and delivery.payload == {"foo": 1} and delivery.attempt == 1
+    assert len(delivery.id) == 32
+    assert woke - sent < 1.0  # psql itself takes most of this
+    assert PgsqlProbe().stored(queue) == 0
+
+
+def test_a_payload_jsonb_cannot_hold_travels_as_text(transport):
+    # jsonb refuses the NUL character; such a payload is kept in payload_text instead
+    queue = unique_queue()
+    payload = {"nul": "a\x00b", "n": 1}
+    transport.submit_tasks(queue, [payload, {"n": 2}])
+    assert transport.get_task(queue) == payload
+    with transport.consumer(queue) as consumer:
+        delivery = consumer.reserve(timeout=2)
+        assert delivery is not None and delivery.payload == {"n": 2}
+        consumer.ack(delivery)
+
+
+def test_taking_a_task_uses_the_ready_index(transport):
+    # A take walks the partial index of queued rows: its cost does not grow with the queue
+    queue = unique_queue()
+    transport.submit_tasks(queue, [{"n": n} for n in range(10)])
+    with psycopg.connect(CONNINFO, autocommit=True) as conn:
+        conn.execute("ANALYZE asynctask.asynctask_queue")
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                "EXPLAIN SELECT id FROM asynctask.asynctask_queue WHERE queue_name = %s"
+                " AND state = 'queued' AND date_available <= now()"
+                " ORDER BY date_available, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                (queue,),
+            )
+        )
+    assert "asynctask_queue_ready" in plan, plan
+    assert transport.purge(queue) == 10
+
+
+# -- transactional submit --------------------------------------------------------------
+
+
+def test_a_task_submitted_in_a_rolled_back_transaction_does_not_exist(transport):
+    queue = unique_queue()
+    transport.poll_queue(queue)
+    with psycopg.connect(CONNINFO) as conn:
+        # Given tasks submitted inside the caller's transaction
+        transport.submit_task(queue, {"n": 1}, connection=conn)
+        transport.submit_tasks(queue, [{"n": 2}, {"n": 3}], connection=conn)
+        # Then nobody else sees them before the commit
+        assert transport.poll_queue(queue) == 0
+        # When the caller rolls back, they never existed
+        conn.rollback()
+    assert transport.poll_queue(queue) == 0 and transport.get_task(queue) is None
+
+
+def test_a_task_submitted_in_a_committed_transaction_exists(transport):
+    queue = unique_queue()
+    with psycopg.connect(CONNINFO) as conn:
+        conn.execute("SELECT 1")  # the caller's own work, in the same transaction
+        task_id = transport.submit_task(queue, {"n": 1}, connection=conn)
+        conn.commit()
+    assert transport.poll_queue(queue) == 1
+    with transport.consumer(queue) as consumer:
+        delivery = consumer.reserve(timeout=2)
+        assert delivery is not None and delivery.id == task_id
+        consumer.ack(delivery)
+
+
+# -- first start and the original's table ----------------------------------------------
+
+
+# A child is a fresh interpreter (tests are not importable by spawned processes): it says
+# "ready", waits for "go" on stdin, submits one task and prints what it did to the schema.
+CHILD = """
+import sys
+from asynctask_pgsql.transport import PgsqlTransport
+transport = PgsqlTransport(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+transport.submit_task("first_start", {})
+print(transport.schema_action, flush=True)
+transport.close()
+"""
+
+
+def test_twenty_processes_starting_at_once_create_the_schema_once(fresh_database):
+    # Given 20 processes, each ready to make its first call, on an empty database
+    uri = f"pgsql://{HOST}/{fresh_database}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, uri],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(20)
+    ]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    # When they are all released at once
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    outputs = [proc.communicate(timeout=60) for proc in procs]
+    # Then every one succeeded, exactly one created the schema, and all 20 tasks are there
+    assert [proc.returncode for proc in procs] == [0] * 20, [err for _, err in outputs]
+    actions = Counter(out.strip() for out, _ in outputs)
+    assert actions == {"created": 1, "current": 19}, actions
+    probe = PgsqlProbe(f"host={HOST} dbname={fresh_database}")
+    assert probe.stored("first_start") == 20
+
+
+ORIGINAL_TABLE = """
+CREATE TABLE {table} (id BIGSERIAL, queue_name TEXT NOT NULL, payload JSON NOT NULL,
+    date_submitted TIMESTAMP DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (id));
+CREATE INDEX idx_asynctask_queue_name ON {table} (queue_name);
+"""
+
+
+@pytest.mark.parametrize("where", ["asynctask", "public"])
+def test_the_original_table_is_adopted_with_its_tasks(fresh_database, where):
+    # Given the table rex.asynctask left (in schema asynctask since 0.6.0, in public before)
+    conninfo = f"host={HOST} dbname={fresh_database}"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        if where == "asynctask":
+            conn.execute("CREATE SCHEMA asynctask")
+            conn.execute("COMMENT ON SCHEMA asynctask IS 'version: 1'")
+        conn.execute(ORIGINAL_TABLE.format(table=f"{where}.asynctask_queue"))
+        for n in range(3):
+            conn.execute(
+                f"INSERT INTO {where}.asynctask_queue (queue_name, payload) VALUES (%s, %s)",
+                ("legacy", f'{{"n": {n}}}'),
+            )
+    # When the transport first uses the database
+    with open_transport(f"pgsql://{HOST}/{fresh_database}") as transport:
+        transport.submit_task("legacy", {"n": 3})
+        assert transport.schema_action == f"adopted {where}.asynctask_queue"
+        # Then the original's tasks come first, in order, then ours
+        assert [transport.get_task("legacy") for _ in range(5)] == [
+            {"n": 0},
+            {"n": 1},
+            {"n": 2},
+            {"n": 3},
+            None,
+        ]
+    with psycopg.connect(conninfo) as conn:
+        comment, payload_type, public = conn.execute(
+            "SELECT obj_description('asynctask'::regnamespace, 'pg_namespace'),"
+            " (SELECT data_type FROM information_schema.columns WHERE table_schema ="
+            "  'asynctask' AND table_name = 'asynctask_queue' AND column_name = 'payload'),"
+            " to_regclass('public.asynctask_queue')"
+        ).fetchone()
+    assert (comment, payload_type, public) == ("version: 2", "jsonb", None)
+
+
+def test_a_schema_from_a_newer_version_is_refused(fresh_database):
+    with psycopg.connect(f"host={HOST} dbname={fresh_database}", autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA asynctask")
+        conn.execute("COMMENT ON SCHEMA asynctask IS 'version: 9'")
+    with open_transport(f"pgsql://{HOST}/{fresh_database}") as transport:
+        with pytest.raises(Exception, match="version 9, newer than this asynctask-pgsql"):
+            transport.poll_queue("any_queue")
+
+
+# -- dropped connections and a restarting server cost time, not tasks ------------------
+
+
+def _run_through(disruption: Any, uri: str, count: int) -> Counter[int]:
+    """Submit ``count`` tasks one by one while 3 consumers drain; disrupt midway.
+
+    Returns how often each task was processed.
+    """
+    queue = unique_queue()
+    producer, workers = open_transport(uri), open_transport(uri)
+    done: Counter[int] = Counter()
+    lock = threading.Lock()
+    submitted = threading.Event()
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for n in range(count):
+                producer.submit_task(queue, {"n": n})
+                if n == count // 3:
+                    disruption()
+                time.sleep(0.002)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            submitted.set()
+
+    def consume() -> None:
+        try:
+            with workers.consumer(queue) as consumer:
+                while True:
+                    delivery = consumer.reserve(timeout=0.5)
+                    if delivery is None:
+                        if submitted.is_set() and sum(done.values()) >= count:
+                            return
+                        if submitted.is_set() and workers.queue_stats(queue).ready == 0:
+                            stats = workers.queue_stats(queue)
+                            if not (stats.in_flight or stats.retrying):
+                                return
+                        continue
+                    with lock:
+                        done[delivery.payload["n"]] += 1
+                    consumer.ack(delivery)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=produce)] + [
+        threading.Thread(target=consume) for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    leftover = PgsqlProbe().stored(queue)
+    producer.close()
+    workers.close()
+    assert not errors, errors
+    assert leftover == 0
+    return done
+
+
+def _terminate_our_backends() -> None:
+    with psycopg.connect(CONNINFO, autocommit=True) as conn:
+        killed = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name LIKE 'asynctask%' AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
+    assert killed >= 4  # three consumers and at least one pooled connection
+
+
+def test_terminating_every_connection_mid_run_loses_no_task(pg_server):
+    # Given a producer and three consumers at work, when every one of their connections is
+    # terminated by the server, then they reconnect and every task is processed
+    done = _run_through(_terminate_our_backends, URI + "&retry_timeout=20", 300)
+    assert sorted(done) == list(range(300))
+
+
+def _restart_server() -> None:
+    [version] = [v for v in __import__("os").listdir("/etc/postgresql")]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.slow
+def test_a_server_restart_mid_run_loses_no_task(pg_server):
+    if shutil.which("pg_ctlcluster") is None:
+        pytest.skip("pg_ctlcluster is not installed: cannot restart the server")
+    try:
+        done = _run_through(_restart_server, URI + "&retry_timeout=30", 200)
+    finally:
+        _wait_for_server()
+    assert sorted(done) == list(range(200))
+
+
+def _wait_for_server() -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            psycopg.connect(CONNINFO, connect_timeout=2).close()
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+# -- URIs ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        f"pgsql:{DATABASE}",
+        f"pgsql://{HOST}/{DATABASE}",
+        f"pgsql://root:any_password@{HOST}:5432/{DATABASE}",
+        f"postgresql://{HOST}/{DATABASE}?sslmode=disable",
+        f"postgres://{HOST}:5432/{DATABASE}?application_name=mine&connect_timeout=3",
+        f"pgsql://{HOST}/{DATABASE}?schema=asynctask&pool_size=2&recovery_seconds=3",
+    ],
+)
+def test_every_uri_form_reaches_the_server(pg_server, uri):
+    queue = unique_queue()
+    with open_transport(uri) as transport:
+        transport.submit_task(queue, {"uri": uri})
+        assert transport.get_task(queue) == {"uri": uri}
+        assert "any_password" not in repr(transport)
+
+
+@pytest.mark.parametrize(
+    ("uri", "words"),
+    [
+        (f"pgsql://{HOST}/{DATABASE}?bogus=1", ["unknown option 'bogus'", "pool_size"]),
+        (f"pgsql://{HOST}/{DATABASE}?schema=Bad-Name", ["schema", "lower-case"]),
+        (f"pgsql://{HOST}/{DATABASE}?pool_size=0", ["pool_size"]),
+        ("pgsql://u:s3cret@host:99999/db", ["port '99999'"]),
+        ("pgsql://u:s3cret@[::1/db", ["not a PostgreSQL URI"]),
+    ],
+)
+def test_a_bad_uri_is_refused_with_the_reason_and_no_password(uri, words):
+    with pytest.raises(InvalidURIError) as info:
+        open_transport(uri)
+    for word in words:
+        assert word in str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("uri", "words"),
+    [
+        ("pgsql://u:s3cret@127.0.0.1:1/nodb?retry_timeout=0.3", ["127.0.0.1:1", "'nodb'"]),
+        (f"pgsql://root:s3cret@{HOST}/no_such_db?retry_timeout=0.3", ["no_such_db", "5432"]),
+    ],
+)
+def test_an_unreachable_server_names_host_port_and_database(pg_server, uri, words):
+    with open_transport(uri) as transport:
+        start = time.monotonic()
+        with pytest.raises(TransportUnavailable) as info:
+            transport.submit_task("some_queue", {})
+        assert time.monotonic() - start < 5
+    for word in words:
+        assert word in str(info.value)
+    assert "s3cret" not in str(info.value)
