@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import gc
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -161,6 +162,15 @@ def test_a_half_written_file_is_never_a_task(tmp_path):
         assert transport.get_task("crashy") == {"n": 1}
         assert transport.get_task("crashy") is None
         assert transport.failed_tasks("crashy") == []
+
+
+def test_a_queue_folder_removed_by_hand_is_made_again(tmp_path):
+    root = tmp_path / "queues"
+    with open_transport(f"filesys:{root}") as transport:
+        transport.submit_task("wiped", {"n": 1})
+        shutil.rmtree(root / "wiped")
+        transport.submit_task("wiped", {"n": 2})
+        assert transport.get_task("wiped") == {"n": 2}
 
 
 def test_the_readme_shell_recipe_submits_a_task(tmp_path):

@@ -192,13 +192,6 @@ class FilesysTransport(Transport):
 
     @os_errors
     def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
-        try:
-            self._write(queue, tasks, delay)
-        except FileNotFoundError:  # somebody removed the queue's folders: make them again
-            self._made.discard(queue)
-            self._write(queue, tasks, delay)
-
-    def _write(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
         paths = self.ensure_queue(queue)
         target = paths.delayed if delay > 0 else paths.ready
         stamps = self._clock.due(len(tasks), delay) if delay > 0 else self._clock.ready(len(tasks))
@@ -206,20 +199,28 @@ class FilesysTransport(Transport):
             TaskName(stamp, task_id, 0, True).format()
             for stamp, (task_id, _) in zip(stamps, tasks, strict=True)
         ]
-        written: list[str] = []
+        moved = 0
         try:
-            for name, (_, text) in zip(names, tasks, strict=True):
-                write_file(os.path.join(paths.tmp, name), text.encode(), self.mode, self.fsync)
-                written.append(name)
-            while written:  # in order, so takers see them in order
-                os.rename(os.path.join(paths.tmp, written[0]), os.path.join(target, written[0]))
-                written.pop(0)
+            try:
+                self._write_tmp(paths, names, tasks)
+            except FileNotFoundError:  # somebody removed the queue's folders: once more
+                self.ensure_queue(queue, again=True)
+                self._write_tmp(paths, names, tasks)
+            for name in names:  # in order, so that takers see them in order
+                os.rename(os.path.join(paths.tmp, name), os.path.join(target, name))
+                moved += 1
         finally:
-            for name in written:
+            for name in names[moved:]:
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(paths.tmp, name))
         if self.fsync:
             sync_dir(target)
+
+    def _write_tmp(
+        self, paths: QueuePaths, names: list[str], tasks: Sequence[tuple[str, str]]
+    ) -> None:
+        for name, (_, text) in zip(names, tasks, strict=True):
+            write_file(os.path.join(paths.tmp, name), text.encode(), self.mode, self.fsync)
 
     @os_errors
     def _take(self, queue: str) -> Payload | None:
