@@ -27,12 +27,13 @@ import weakref
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
-from asynctask.errors import TransportClosed, TransportError
+import redis
+from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
 from asynctask.transport import Consumer, Delivery, new_task_id
 from redis.exceptions import RedisError
 
 from asynctask_redis import scripts
-from asynctask_redis.connection import call, run
+from asynctask_redis.connection import call, pipeline, run
 from asynctask_redis.messages import Message, canonical_text, failed_record, read_message
 
 if TYPE_CHECKING:
@@ -55,10 +56,14 @@ class RedisConsumer(Consumer):
         self.registered = False
         self._resync = False
         self._conn: Any = None
+        self._proven = False  # the connection has served a command since it opened
+        self._stale = False
         self._release_conn: weakref.finalize | None = None  # type: ignore[type-arg]
         self._buffer: deque[bytes] = deque()  # taken, not yet handed out
         self._held: Counter[bytes] = Counter()  # handed out, not yet settled
+        self._held_count = 0
         self._acks: list[bytes] = []  # acked, not yet sent
+        self._maintain_at = 0.0  # when the TAKE script must run again
 
     def __repr__(self) -> str:
         return f"RedisConsumer({self.transport!r}, {self.queue!r}, id={self.id})"
@@ -74,12 +79,28 @@ class RedisConsumer(Consumer):
                 raise server.error(exc) from exc
             self._release_conn = weakref.finalize(self, server.pool.release, self._conn)
         try:
-            return fn(self._conn, *args)
+            result = fn(self._conn, *args)
         except (RedisError, OSError) as exc:
             self._conn.disconnect()  # the next command reconnects
             if resync:
                 self._resync = True
+            # a connection that worked before and is now closed: the server restarted or
+            # dropped it; the caller may try once more at once, on a new connection
+            self._stale = self._proven and isinstance(exc, redis.ConnectionError | OSError)
+            self._proven = False
             raise server.error(exc) from exc
+        self._proven = True
+        return result
+
+    def _once_more(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)``, run again at once if it failed on a stale connection only."""
+        try:
+            return fn(*args)
+        except TransportUnavailable:
+            if not self._stale:
+                raise
+            self._stale = False
+            return fn(*args)
 
     def _run(self, script: scripts.Script, *args: Any, resync: bool = False) -> Any:
         t = self.transport
@@ -111,15 +132,26 @@ class RedisConsumer(Consumer):
                     self._buffer.append(raw)
 
     def _take(self) -> float | None:
-        """One TAKE: send acks, maintain, move tasks; return seconds worth waiting."""
+        wait: float | None = self._once_more(self._take_once)  # the second time, resyncing
+        return wait
+
+    def _take_once(self) -> float | None:
+        """Send the acks and take up to ``prefetch`` tasks; return seconds worth waiting.
+
+        Between maintenance calls (at most ``maintain_interval`` apart, sooner when a task
+        falls due) this is a plain pipeline of LREMs and LMOVEs; the TAKE script runs
+        when that finds nothing, when it is due, and to register or resynchronise.
+        """
         t = self.transport
+        fast = self.registered and not self._resync and time.monotonic() < self._maintain_at
+        if fast and self._execute(self._move, resync=True):
+            return 0.0
         flags = 2 if self._resync else 0 if self.registered else 1
         held = list(self._held.elements()) if self._resync else []
         acks = self._acks
-        want = max(1, self.prefetch - self._held.total())
         reply = self._run(
             scripts.TAKE,
-            want,
+            self._want(),
             t.recheck_ms,
             t.heartbeat_ttl_ms,
             flags,
@@ -131,12 +163,38 @@ class RedisConsumer(Consumer):
         self._acks = []
         self.registered, self._resync = True, False
         self._buffer.extend(reply[1:])
-        return None if reply[0] < 0 else reply[0] / 1000
+        wait = None if reply[0] < 0 else reply[0] / 1000
+        self._maintain_at = time.monotonic() + min(
+            t.maintain_interval, t.maintain_interval if wait is None else wait
+        )
+        return wait
+
+    def _want(self) -> int:
+        # prefetch bounds what is taken at once; a caller holding more still gets one
+        return max(1, self.prefetch - self._held_count)
+
+    def _move(self, conn: Any) -> bool:
+        """Acks and non-blocking moves in one round trip; whether anything came."""
+        t = self.transport
+        acks = self._acks
+        move = ("LMOVE", t.ready_key(self.queue), self.processing_key, "LEFT", "RIGHT")
+        commands = [("LREM", self.processing_key, 1, raw) for raw in acks]
+        replies = pipeline(conn, [*commands, *[move] * self._want()])
+        self._acks = []
+        taken = [raw for raw in replies[len(acks) :] if raw is not None]
+        self._buffer.extend(taken)
+        return bool(taken)
 
     def _block(self, seconds: float) -> bytes | None:
         t = self.transport
         command = ("BLMOVE", t.ready_key(self.queue), self.processing_key, "LEFT", "RIGHT")
-        raw: bytes | None = self._execute(call, *command, f"{seconds:.3f}", resync=True)
+        try:
+            raw: bytes | None = self._execute(call, *command, f"{seconds:.3f}", resync=True)
+        except TransportUnavailable:
+            if not self._stale:
+                raise
+            self._stale = False
+            return None  # the next TAKE resynchronises, on a new connection
         return raw
 
     def _deliver(self, raw: bytes) -> Delivery | None:
@@ -153,7 +211,7 @@ class RedisConsumer(Consumer):
             if not self._send("canon", raw, text):
                 return None
             message = dataclasses.replace(message, raw=text.encode(), rewrite=False)
-        self._held[message.raw] += 1
+        self._hold(message.raw)
         return Delivery(
             message.id,
             self.queue,
@@ -169,37 +227,51 @@ class RedisConsumer(Consumer):
         """Run one SETTLE (with the pending acks), retrying while Redis is away."""
         acks = self._acks
 
-        def step() -> Any:
+        def step() -> Any:  # SETTLE is idempotent: safe to run again
             return self._run(scripts.SETTLE, op, raw, argument, delay_ms, len(acks), *acks)
 
-        done = self.transport._call(step)
+        done = self.transport._call(self._once_more, step)
         self._acks = []
         return bool(done)
 
-    def _settle(self, delivery: Delivery, op: str, argument: str = "", delay_ms: str = "0") -> None:
+    def _hold(self, raw: bytes) -> None:
+        self._held[raw] += 1
+        self._held_count += 1
+
+    def _unhold(self, delivery: Delivery) -> bytes | None:
+        """The receipt of a delivery this consumer holds, no longer held; else None."""
         message = delivery.receipt
-        if not isinstance(message, Message) or self._held[message.raw] <= 0:
-            return  # settled already, or not ours
-        self._held[message.raw] -= 1
+        if not isinstance(message, Message) or message.raw not in self._held:
+            return None  # settled already, or not ours
+        raw = message.raw
+        self._held[raw] -= 1
+        if not self._held[raw]:
+            del self._held[raw]
+        self._held_count -= 1
+        return raw
+
+    def _settle(self, delivery: Delivery, op: str, argument: str = "", delay_ms: str = "0") -> None:
+        raw = self._unhold(delivery)
+        if raw is None:
+            return
         try:
-            done = self._send(op, message.raw, argument, delay_ms)
+            done = self._send(op, raw, argument, delay_ms)
         except BaseException:
-            self._held[message.raw] += 1
+            self._hold(raw)
             raise
         if not done:
             logger.warning(
                 "%r: task %s was handed to another consumer meanwhile (this one's heartbeat "
                 "lapsed); it runs again there",
                 self,
-                message.id,
+                delivery.id,
             )
 
     def ack(self, delivery: Delivery) -> None:
         """Done: the task is removed with this consumer's next call to Redis."""
-        message = delivery.receipt
-        if isinstance(message, Message) and self._held[message.raw] > 0:
-            self._held[message.raw] -= 1
-            self._acks.append(message.raw)
+        raw = self._unhold(delivery)
+        if raw is not None:
+            self._acks.append(raw)
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Back to the queue after ``delay`` seconds, one more attempt counted."""
@@ -227,6 +299,7 @@ class RedisConsumer(Consumer):
         self.transport.forget(self)
         self._buffer.clear()
         self._held.clear()
+        self._held_count = 0
         try:
             if self.registered or self._acks:
                 if self.transport.closed:

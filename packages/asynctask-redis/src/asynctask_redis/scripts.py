@@ -262,7 +262,8 @@ return n
 """,
 )
 
-#: ARGV: prefix, '' . Returns the known queues with anything stored; forgets the others.
+#: ARGV: prefix, ''. Returns the known queues with anything stored. The set is never
+#: pruned, so that a producer may skip the SADD for a queue it added recently.
 QUEUES = _script(
     "queues",
     r"""
@@ -273,11 +274,7 @@ for _, q in ipairs(redis.call('SMEMBERS', known)) do
     + redis.call('ZCARD', b .. 'retrying') + redis.call('LLEN', b .. 'failed')
   local members = redis.call('SMEMBERS', b .. 'consumers')
   for _, cid in ipairs(members) do n = n + redis.call('LLEN', b .. 'processing:' .. cid) end
-  if n > 0 then
-    names[#names + 1] = q
-  elseif #members == 0 then
-    redis.call('SREM', known, q)
-  end
+  if n > 0 then names[#names + 1] = q end
 end
 return names
 """,

@@ -68,6 +68,8 @@ logger = logging.getLogger("asynctask.redis")
 
 #: values per RPUSH in a batch submit (Redis takes more, but replies stay small)
 _CHUNK = 10_000
+#: seconds a transport trusts that a queue it named is in ``P:queues`` (saves an SADD)
+_REMEMBER = 60.0
 
 
 class RedisTransport(Transport):
@@ -83,6 +85,9 @@ class RedisTransport(Transport):
     #: the longest a consumer blocks in one BLMOVE before it looks at the sorted sets
     #: and dead consumers again (a delayed task submitted during a wait is that late)
     idle_wait: ClassVar[float] = 1.0
+    #: the longest a busy consumer goes without the maintenance script (promoting due
+    #: tasks, recovering dead consumers' ones); between, it takes with plain LMOVEs
+    maintain_interval: ClassVar[float] = 0.05
 
     def __init__(self, uri: str) -> None:
         super().__init__(uri)
@@ -104,6 +109,7 @@ class RedisTransport(Transport):
         self.heartbeat_ttl_ms = int(recovery * 500)
         self.recheck_ms = int(recovery * 250)
         self.server = Server(self.location, self.driver_options, self.options)
+        self._known: dict[str, float] = {}
         self._consumers: weakref.WeakSet[RedisConsumer] = weakref.WeakSet()
         self._beat_lock = threading.Lock()
         self._beat_stop = threading.Event()
@@ -157,16 +163,21 @@ class RedisTransport(Transport):
         commands: list[tuple[Any, ...]] = [
             ("RPUSH", key, *texts[i : i + _CHUNK]) for i in range(0, len(texts), _CHUNK)
         ]
-        # after the push, so a concurrent ``queues()`` never forgets a queue with tasks
-        commands.append(("SADD", f"{self.prefix}:queues", queue))
+        fresh = time.monotonic() - self._known.get(queue, -_REMEMBER) >= _REMEMBER
+        if fresh:  # after the push; the set is never pruned, so the cache stays true
+            commands.append(("SADD", f"{self.prefix}:queues", queue))
         with self.connection() as conn:
-            if len(texts) <= _CHUNK:
+            if len(commands) == 1:
+                call(conn, *commands[0])
+            elif len(texts) <= _CHUNK:
                 pipeline(conn, commands)
             else:  # all or nothing: a retry after a lost reply must not half-duplicate
                 replies = pipeline(conn, [("MULTI",), *commands, ("EXEC",)])
                 for reply in replies[-1] or []:
                     if isinstance(reply, Exception):
                         raise reply
+        if fresh:
+            self._known[queue] = time.monotonic()
 
     def _take(self, queue: str) -> Payload | None:
         while True:
@@ -262,6 +273,7 @@ class RedisTransport(Transport):
     def _beat(self) -> None:
         """Refresh the heartbeat of every live consumer of this transport, until close."""
         conn: Any = None
+        proven = False
         while not self._beat_stop.wait(self.heartbeat_seconds):
             with self._beat_lock:
                 live = [c for c in self._consumers if c.registered and not c.closed]
@@ -271,16 +283,21 @@ class RedisTransport(Transport):
             for consumer in live:
                 commands.append(("SET", consumer.heartbeat_key, "1", "PX", self.heartbeat_ttl_ms))
                 commands.append(("SADD", self.key(consumer.queue, "consumers"), consumer.id))
-            try:
-                if conn is None:
-                    conn = self.server.pool.get_connection()
-                pipeline(conn, commands)
-            except (RedisError, OSError) as exc:
-                if conn is not None:
-                    conn.disconnect()
-                if not self._beat_stop.is_set():
-                    self._note_outage(self.server.error(exc))
-                continue
-            self._note_recovery()
+            for last in (False, True):
+                try:
+                    if conn is None:
+                        conn = self.server.pool.get_connection()
+                    pipeline(conn, commands)
+                    proven = True
+                    self._note_recovery()
+                    break
+                except (RedisError, OSError) as exc:
+                    if conn is not None:
+                        conn.disconnect()
+                    if last or not proven:  # else: a stale connection, try a new one
+                        if not self._beat_stop.is_set():
+                            self._note_outage(self.server.error(exc))
+                        break
+                    proven = False
         if conn is not None:
             self.server.pool.release(conn)
