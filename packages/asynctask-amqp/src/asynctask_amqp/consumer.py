@@ -74,6 +74,7 @@ class AmqpConsumer(Consumer):
         pause = 0.05
         while True:
             with self._link.lock:
+                self._check_open()  # the transport may close us from another thread
                 try:
                     if not self._connected():
                         self._connect()
@@ -143,7 +144,7 @@ class AmqpConsumer(Consumer):
                 self.transport._store_failed(link, self.queue, received, error, received.attempts)
                 link.channel.basic_ack(tag)
                 continue
-            if message.delivery_info["redelivered"] and not self._was_released(message):
+            if message.delivery_info["redelivered"] and not self._was_released(received):
                 # its last consumer died: count the attempt, durably, and let it come round
                 link.publish(
                     self.queue, self.queue, [received.copy(attempts=received.attempts + 1)]
@@ -161,15 +162,12 @@ class AmqpConsumer(Consumer):
             )
         return None
 
-    def _was_released(self, message: Any) -> bool:
-        task_id = message.properties.get("message_id")
-        if not task_id:
-            return False
-        marker = release_marker(self.queue, str(task_id))
+    def _was_released(self, received: Received) -> bool:
+        marker = release_marker(self.queue, received.key)
         return bool(self._link.channel.queue_delete(marker))
 
     def _mark_released(self, received: Received) -> None:
-        marker = release_marker(self.queue, received.id)
+        marker = release_marker(self.queue, received.key)
         arguments = {"x-expires": RELEASE_MARKER_EXPIRY_MS}
         self._link.channel.queue_declare(
             marker, durable=True, auto_delete=False, arguments=arguments
@@ -181,6 +179,7 @@ class AmqpConsumer(Consumer):
         self._link.discard()
         self._generation = 0
         self._tag = ""
+        self.transport._forget(self.queue)  # declare again: it may have been deleted
         self._buffer.clear()
         self._held.clear()
         cause = getattr(exc, "cause", exc)

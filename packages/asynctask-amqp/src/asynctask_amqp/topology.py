@@ -41,14 +41,21 @@ FAILED_AT = "x-asynctask-failed-at"
 RAW = "x-asynctask-raw"
 
 
+def fit(name: str) -> str:
+    """``name``, shortened with a digest if it passes AMQP's 255-byte limit."""
+    if len(name.encode()) <= 255:
+        return name
+    return name.encode()[:200].decode(errors="ignore") + "~" + _sha(name.encode())[:32]
+
+
 def failed_name(queue: str) -> str:
     """The durable queue that is ``queue``'s failed store."""
-    return f"{queue}.failed"
+    return fit(f"{queue}.failed")
 
 
 def rung_name(queue: str, ladder: str, rung: float) -> str:
     """``<queue>.delay.<ms>`` or ``<queue>.retry.<ms>``: one rung of a delay ladder."""
-    return f"{queue}.{ladder}.{round(rung * 1000)}"
+    return fit(f"{queue}.{ladder}.{round(rung * 1000)}")
 
 
 def rung_names(queue: str, ladder: str) -> list[str]:
@@ -79,14 +86,12 @@ def rung_arguments(queue: str, rung: float) -> dict[str, Any]:
 
 def claim_name(key: str) -> str:
     """The queue that stands for a scheduler claim (names are limited to 255 bytes)."""
-    if len(key.encode()) > 200:
-        key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
-    return f"asynctask.claim.{key}"
+    return fit(f"asynctask.claim.{key}")
 
 
 def release_marker(queue: str, task_id: str) -> str:
     """The queue that says "released, not failed" about a task handed back."""
-    return f"asynctask.released.{queue}.{task_id}"
+    return fit(f"asynctask.released.{queue}.{task_id}")
 
 
 def claim_ttl_ms(ttl: float) -> int:
@@ -126,6 +131,8 @@ class Received:
     """A message read back: what asynctask needs of it."""
 
     id: str
+    #: what a release marker names: the message id, else a digest of the message
+    key: str
     body: bytes
     payload: Payload | None  # None: undecodable
     error: str | None  # why it could not be decoded
@@ -160,8 +167,10 @@ def read_message(message: Any) -> Received:
         payload = decode_payload(raw.decode("utf-8"))
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
         error = f"undecodable message: {exc}"
+    message_id = message.properties.get("message_id")
     return Received(
-        id=str(message.properties.get("message_id") or new_task_id()),
+        id=str(message_id or new_task_id()),
+        key=str(message_id or _digest(raw, message.properties)),
         body=raw,
         payload=payload,
         error=error,
@@ -170,6 +179,16 @@ def read_message(message: Any) -> Received:
         or _number(message.properties.get("timestamp"), float),
         headers=headers,
     )
+
+
+def _digest(body: bytes, properties: dict[str, Any]) -> str:
+    """A name for a message that has no id: the same for its every delivery."""
+    described = repr(sorted((k, repr(v)) for k, v in properties.items())).encode()
+    return "sha256-" + _sha(body + b"\0" + described)[:32]
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def failed_message(received: Received, error: str, attempts: int) -> Any:

@@ -73,6 +73,7 @@ from asynctask_amqp.topology import (
     read_failed,
     read_message,
     registry_entry,
+    release_marker,
     rung_arguments,
     rung_for,
     rung_name,
@@ -227,6 +228,8 @@ class AmqpTransport(Transport):
                 if received.payload is None:
                     error = received.error or "undecodable message"
                     self._store_failed(link, queue, received, error, received.attempts)
+                if message.delivery_info["redelivered"]:  # tidy: its release marker, if any
+                    link.channel.queue_delete(release_marker(queue, received.key))
                 link.channel.basic_ack(message.delivery_info["delivery_tag"])
                 if received.payload is not None:
                     return received.payload

@@ -1,0 +1,400 @@
+"""What only the amqp transport does: foreign producers, URIs, errors without passwords,
+outages (dropped connections, a broker restart, a silent consumer), attempts counted
+across processes, the delay ladders, the registry and claims."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import amqp
+import kombu
+import pytest
+from asynctask.errors import InvalidTaskError, InvalidURIError, TransportError, TransportUnavailable
+from asynctask.testing import unique_queue
+from asynctask.testing.contract import _child_reserve_and_hang, open_transport
+from asynctask.transport import Transport
+from asynctask_amqp.topology import REGISTRY, rung_for
+from asynctask_amqp.transport import AmqpTransport
+
+from tests.amqp.conftest import PASSWORD, USER, VHOST, rabbitmqctl
+
+# -- fixtures and helpers ---------------------------------------------------------------
+
+
+@pytest.fixture
+def uri(amqp_uri: str) -> str:
+    return f"{amqp_uri}?heartbeat=1&retry_timeout=30"
+
+
+@pytest.fixture
+def transport(uri: str) -> Iterator[Transport]:
+    transport = open_transport(uri)
+    yield transport
+    transport.close()
+
+
+@pytest.fixture
+def queue() -> str:
+    return unique_queue("amqp")
+
+
+@pytest.fixture
+def channel(amqp_uri: str) -> Iterator[Any]:
+    """A plain py-amqp channel on the test vhost, as another program would have."""
+    with kombu.Connection(amqp_uri) as connection:
+        yield connection.default_channel
+
+
+class Worker:
+    """A worker loop in a thread: reserve, 'process' (note the payload), ack."""
+
+    def __init__(self, transport: Transport, queue: str, pause: float = 0.0) -> None:
+        self.transport, self.queue, self.pause = transport, queue, pause
+        self.seen: list[int] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        with self.transport.consumer(self.queue) as consumer:
+            while not self.stop.is_set():
+                delivery = consumer.reserve(timeout=0.5)
+                if delivery is not None:
+                    time.sleep(self.pause)
+                    self.seen.append(delivery.payload["n"])
+                    consumer.ack(delivery)
+
+    def wait_for(self, expected: set[int], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not expected <= set(self.seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.stop.set()
+        self.thread.join(10)
+        assert set(self.seen) == expected, sorted(expected - set(self.seen))
+
+
+def taken_one(transport: Transport, queue: str, timeout: float = 5) -> Any:
+    with transport.consumer(queue) as consumer:
+        delivery = consumer.reserve(timeout=timeout)
+        assert delivery is not None
+        consumer.ack(delivery)
+        return delivery
+
+
+# -- storage: another program's tasks -----------------------------------------------------
+
+
+def test_a_task_published_by_plain_kombu_is_processed(transport, queue, amqp_uri):
+    # Given a producer that knows nothing of asynctask: kombu's SimpleQueue (the format
+    # of the original transport) and a bare publish to the default exchange
+    transport.submit_task(queue, {"n": 0})  # the queue exists, as a worker would declare
+    with kombu.Connection(amqp_uri) as connection:
+        connection.SimpleQueue(queue).put({"n": 1})
+        connection.default_channel.basic_publish(
+            amqp.Message(b'{"n": 2}', content_type="application/json"), "", queue
+        )
+    # When a consumer takes them, each is a first attempt with an id of its own
+    # (two channels published them: their relative order is the broker's choice)
+    deliveries = [taken_one(transport, queue) for _ in range(3)]
+    assert sorted(d.payload["n"] for d in deliveries) == [0, 1, 2]
+    assert [d.attempt for d in deliveries] == [1, 1, 1]
+    assert len({d.id for d in deliveries}) == 3
+
+
+def test_submitted_messages_are_documented_json_with_headers(transport, queue, channel):
+    # When asynctask submits a task, another client reads plain JSON and our headers
+    task_id = transport.submit_task(queue, {"héllo": "wörld"})
+    message = channel.basic_get(queue, no_ack=True)
+    # (py-amqp decodes the body since content_encoding says utf-8)
+    assert message.body == '{"héllo":"wörld"}'
+    assert message.properties["content_encoding"] == "utf-8"
+    assert message.properties["content_type"] == "application/json"
+    assert message.properties["delivery_mode"] == 2
+    assert message.properties["message_id"] == task_id
+    assert message.headers["x-asynctask-attempts"] == 0
+    assert message.headers["x-asynctask-submitted-at"] > 0
+
+
+# -- URIs and errors --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "where"),
+    [
+        ("amqp://", ("localhost", 5672, "guest", "/")),
+        ("amqp://h", ("h", 5672, "guest", "/")),
+        ("amqp://u:p@h:1234/", ("h", 1234, "u", "/")),
+        ("amqp://u:p@h//", ("h", 5672, "u", "/")),
+        ("amqp://u:p@h/%2F", ("h", 5672, "u", "/")),
+        ("amqp://u:p%40ss@h/my%20vhost", ("h", 5672, "u", "my vhost")),
+        ("amqps://u:p@h/v", ("h", 5671, "u", "v")),
+    ],
+)
+def test_uri_forms(uri, where):
+    transport = AmqpTransport(uri)  # connects lazily: no broker needed
+    params = transport.params
+    assert (params.host, params.port, params.user, params.vhost) == where
+    assert (params.ssl is not None) == uri.startswith("amqps")
+    transport.close()
+
+
+def test_uri_options_reach_kombu():
+    transport = AmqpTransport(
+        "amqps://u:p@h/v?heartbeat=7&connect_timeout=2&read_timeout=9&frame_max=65536"
+        "&ssl_ca_certs=/etc/ca.pem"
+    )
+    kwargs = transport.params.kombu_kwargs()
+    assert kwargs["heartbeat"] == 7 and kwargs["connect_timeout"] == 2.0
+    assert kwargs["transport_options"] == {"read_timeout": 9.0, "frame_max": 65536}
+    assert kwargs["ssl"]["context"] == {"cafile": "/etc/ca.pem", "check_hostname": True}
+    assert transport.features.recovery_seconds == 21.0
+    transport.close()
+
+
+@pytest.mark.parametrize(
+    ("uri", "match"),
+    [
+        ("amqp://u:pw@h:notaport/v", "not a valid AMQP URI"),
+        ("amqp://u:pw@h/v?heartbeet=1", "unknown option 'heartbeet'"),
+        ("amqp://u:pw@h/v?heartbeat=0", "heartbeat"),
+        ("amqp://u:pw@h/v?ssl_certfile=/c.pem", "need an amqps"),
+        ("amqp://u:pw@h/v?frame_max=big", "frame_max"),
+        ("amqp:h/v", "not an AMQP URI"),
+    ],
+)
+def test_bad_uris_are_refused_without_the_password(uri, match):
+    with pytest.raises(InvalidURIError, match=match) as info:
+        AmqpTransport(uri)
+    assert "pw@" not in str(info.value)
+    if "@" in uri:
+        assert ":***@" in str(info.value)
+
+
+def test_an_unreachable_broker_is_reported_without_the_password(caplog):
+    # Given a URI to a port nobody listens on, and a short retry_timeout
+    transport = AmqpTransport("amqp://someone:topsecret@127.0.0.1:1/far?retry_timeout=0.6")
+    caplog.set_level(logging.DEBUG)
+    # When a task is submitted, the transport retries, then gives up with a clear error
+    start = time.monotonic()
+    with pytest.raises(TransportUnavailable) as info:
+        transport.submit_task("some_queue", {})
+    assert time.monotonic() - start < 3
+    message = str(info.value)
+    assert "127.0.0.1:1" in message and "vhost 'far'" in message and "retry_timeout" in message
+    # And the password is nowhere: error, repr, logs
+    assert "topsecret" not in message + repr(transport) + caplog.text
+    assert "backend unreachable" in caplog.text
+    transport.close()
+
+
+def test_a_wrong_password_or_vhost_fails_at_once(amqp_uri):
+    # A refused login is not an outage: no retrying, and the message says what to check
+    wrong = amqp_uri.replace(PASSWORD, "not-the-Password")
+    for uri, match in [(wrong, "refused access"), (amqp_uri + "_nope", "vhost exists")]:
+        with AmqpTransport(uri + "?retry_timeout=30") as transport:
+            start = time.monotonic()
+            with pytest.raises(TransportError, match=match) as info:
+                transport.submit_task("some_queue", {})
+            assert not isinstance(info.value, TransportUnavailable)
+            assert time.monotonic() - start < 5
+            assert "not-the-Password" not in str(info.value)
+            assert PASSWORD not in str(info.value)
+
+
+# -- outages ----------------------------------------------------------------------------
+
+
+def test_closing_every_connection_mid_run_loses_no_task(transport, queue, caplog):
+    # Given a worker busy with a queue of tasks
+    transport.submit_tasks(queue, [{"n": n} for n in range(30)])
+    worker = Worker(open_transport(transport.uri), queue, pause=0.02)
+    while len(worker.seen) < 10:
+        time.sleep(0.01)
+    # When the broker drops every connection, and a producer goes on submitting
+    rabbitmqctl("close_all_connections", "--vhost", VHOST, "test: dropping connections")
+    transport.submit_tasks(queue, [{"n": n} for n in range(30, 40)])
+    # Then every task is processed (the one in flight maybe twice), and nothing is left
+    worker.wait_for(set(range(40)), timeout=30)
+    assert len(worker.seen) <= 41
+    assert transport.queue_stats(queue).ready == 0
+    assert PASSWORD not in caplog.text
+    worker.transport.close()
+
+
+def test_a_broker_restart_mid_run_loses_no_task(transport, queue, amqp_uri):
+    # Given ready tasks, a delayed one, a failed one, and a worker busy with them
+    transport.submit_tasks(queue, [{"n": n} for n in range(20)])
+    transport.submit_task(queue, {"n": 100}, delay=2)
+    transport.submit_task(queue + "_failed", {"n": -1})
+    with transport.consumer(queue + "_failed") as consumer:
+        delivery = consumer.reserve(timeout=5)
+        assert delivery is not None
+        consumer.fail(delivery, "RuntimeError: kept across the restart")
+    worker = Worker(open_transport(transport.uri), queue, pause=0.02)
+    while len(worker.seen) < 5:
+        time.sleep(0.01)
+    impatient = AmqpTransport(amqp_uri + "?retry_timeout=1")
+    try:
+        # When the broker stops, a producer's submit waits for it...
+        rabbitmqctl("stop_app")
+        late = threading.Thread(
+            target=transport.submit_tasks, args=(queue, [{"n": n} for n in range(20, 25)])
+        )
+        late.start()
+        # ... and one with a short retry_timeout gives up with a clear error
+        with pytest.raises(TransportUnavailable, match="127.0.0.1:5672"):
+            impatient.submit_task(queue, {"n": -2})
+    finally:
+        rabbitmqctl("start_app")
+        impatient.close()
+    late.join(30)
+    # Then, once it is back, every task is processed, the delayed one too
+    worker.wait_for({*range(25), 100}, timeout=30)
+    assert [f.error for f in transport.failed_tasks(queue + "_failed")] == [
+        "RuntimeError: kept across the restart"
+    ]
+    worker.transport.close()
+
+
+def test_a_silent_consumer_loses_its_task_within_the_recovery_bound(transport, queue):
+    # Given a consumer in another process that reserved the task
+    transport.submit_task(queue, {"n": 1})
+    ctx = multiprocessing.get_context("spawn")
+    report = ctx.Queue()
+    child = ctx.Process(target=_child_reserve_and_hang, args=(transport.uri, queue, report))
+    child.start()
+    try:
+        assert report.get(timeout=30) == {"n": 1}
+        # When it stops answering (no heartbeats, connection still open)
+        os.kill(child.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        # Then the broker gives the task back within the recovery bound, as an attempt
+        delivery = taken_one(transport, queue, timeout=15)
+        waited = time.monotonic() - stopped
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+    assert delivery.payload == {"n": 1} and delivery.attempt == 2
+    assert waited <= transport.features.recovery_seconds + 1.0, waited
+
+
+# -- attempts -------------------------------------------------------------------------
+
+
+def test_every_death_counts_so_a_killer_task_ends_its_run(transport, queue):
+    # Given a task whose worker dies, twice
+    transport.submit_task(queue, {"n": 1})
+    ctx = multiprocessing.get_context("spawn")
+    for _ in range(2):
+        report = ctx.Queue()
+        child = ctx.Process(target=_child_reserve_and_hang, args=(transport.uri, queue, report))
+        child.start()
+        assert report.get(timeout=30) == {"n": 1}
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+    # Then its next delivery is its third attempt
+    assert taken_one(transport, queue).attempt == 3
+
+
+def test_handing_tasks_back_is_not_an_attempt_in_another_process(transport, queue):
+    # Given a worker that reserved one task (and has the next one prefetched)
+    transport.submit_tasks(queue, [{"n": 1}, {"n": 2}, {"n": 3}])
+    first = open_transport(transport.uri)
+    consumer = first.consumer(queue)
+    one = consumer.reserve(timeout=5)
+    assert one is not None
+    consumer.ack(one)
+    two = consumer.reserve(timeout=5)
+    assert two is not None
+    # When it releases its task and stops gracefully
+    consumer.release(two)
+    consumer.close()
+    first.close()
+    # Then another worker gets both remaining tasks as first attempts, in order
+    taken = [taken_one(transport, queue) for _ in range(2)]
+    assert [(d.payload["n"], d.attempt) for d in taken] == [(2, 1), (3, 1)]
+
+
+# -- delays, counts, registry, claims -----------------------------------------------------
+
+
+def test_a_delay_is_rounded_up_to_the_next_rung():
+    assert [rung_for(d) for d in (0.1, 1, 1.5, 16, 300, 301, 604800)] == [
+        0.5,
+        1,
+        2,
+        30,
+        300,
+        600,
+        604800,
+    ]
+
+
+def test_delayed_and_retrying_tasks_are_counted_apart(transport, queue):
+    transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+    transport.submit_task(queue, {"n": 3}, delay=30)
+    with transport.consumer(queue) as consumer:
+        delivery = consumer.reserve(timeout=5)
+        assert delivery is not None
+        consumer.retry(delivery, delay=30, error="ValueError: later")
+    stats = transport.queue_stats(queue)
+    assert (stats.ready, stats.delayed, stats.retrying, stats.in_flight) == (1, 1, 1, None)
+    assert transport.purge(queue) == 3
+
+
+def test_a_delay_past_the_top_rung_is_refused(transport, queue):
+    with pytest.raises(InvalidTaskError, match="7 days"):
+        transport.submit_task(queue, {}, delay=8 * 24 * 3600)
+    assert transport.poll_queue(queue) == 0
+
+
+def test_queues_folds_duplicate_registrations_and_forgets_deleted_queues(transport, queue, channel):
+    # Given a queue registered twice (two creators raced) and one deleted since
+    transport.submit_task(queue, {})
+    transport.submit_task(queue + "_gone", {})
+    channel.basic_publish(amqp.Message(queue.encode(), delivery_mode=2), "", REGISTRY)
+    channel.queue_delete(queue + "_gone")
+    channel.exchange_delete(queue + "_gone")
+    # When queues are listed, each is there once and the deleted one is not
+    names = [q.name for q in transport.queues()]
+    assert names.count(queue) == 1 and queue + "_gone" not in names
+    # And the registry keeps one entry per live queue
+    entries = []
+    while (message := channel.basic_get(REGISTRY, no_ack=False)) is not None:
+        entries.append(message.body.decode())
+    channel.basic_recover(requeue=True)
+    assert entries.count(queue) == 1 and queue + "_gone" not in entries
+
+
+def test_a_claim_outlives_its_claimer_until_it_expires(transport, uri):
+    key = "scheduler:" + unique_queue()
+    with open_transport(uri) as claimer:
+        assert claimer.claim(key, ttl=1.5) is True
+    # the claimer is gone, its claim is not
+    assert transport.claim(key, ttl=1.5) is False
+    time.sleep(1.7)
+    assert transport.claim(key, ttl=1.5) is True
+
+
+def test_repr_and_errors_carry_no_password(transport):
+    assert PASSWORD not in repr(transport) and USER in repr(transport)
+    assert PASSWORD not in repr(transport.params)
+
+
+def test_a_long_queue_name_keeps_its_siblings_within_amqp_limits(transport):
+    # Given a queue name near AMQP's 255-byte limit, its siblings get shortened names
+    queue = "q" + "x" * 249
+    transport.submit_task(queue, {"n": 1}, delay=0.4)
+    with transport.consumer(queue) as consumer:
+        delivery = consumer.reserve(timeout=5)
+        assert delivery is not None
+        consumer.fail(delivery, "boom")
+    assert [f.payload for f in transport.failed_tasks(queue)] == [{"n": 1}]
+    assert transport.purge_failed(queue) == 1
