@@ -164,9 +164,27 @@ class Server:
         return TransportError(f"Redis at {self.where} answered with an error ({text})")
 
 
-def call(conn: Any, *args: Any) -> Any:
+def pack(commands: Iterable[Sequence[bytes | str | int]]) -> bytes:
+    """Commands in the Redis protocol (RESP). Arguments are bytes, str or int only:
+    redis-py's general encoder costs a fifth of a task's time on the hot path."""
+    parts: list[bytes] = []
+    for command in commands:
+        parts.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            data = (
+                arg.encode()
+                if isinstance(arg, str)
+                else b"%d" % arg
+                if isinstance(arg, int)
+                else arg
+            )
+            parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+    return b"".join(parts)
+
+
+def call(conn: Any, *args: bytes | str | int) -> Any:
     """Send one command on ``conn`` and return its reply."""
-    conn.send_command(*args)
+    conn.send_packed_command([pack((args,))])
     return conn.read_response()
 
 
@@ -179,9 +197,9 @@ def run(conn: Any, script: Script, *args: Any) -> Any:
         return call(conn, "EVALSHA", script.sha, 0, *args)
 
 
-def pipeline(conn: Any, commands: Sequence[Iterable[Any]]) -> list[Any]:
+def pipeline(conn: Any, commands: Sequence[Sequence[bytes | str | int]]) -> list[Any]:
     """Send several commands in one write and read every reply; raise the first error."""
-    conn.send_packed_command(conn.pack_commands(commands))
+    conn.send_packed_command([pack(commands)])
     replies: list[Any] = []
     first: ResponseError | None = None
     for _ in commands:

@@ -176,12 +176,17 @@ class RedisConsumer(Consumer):
     def _move(self, conn: Any) -> bool:
         """Acks and non-blocking moves in one round trip; whether anything came."""
         t = self.transport
-        acks = self._acks
-        move = ("LMOVE", t.ready_key(self.queue), self.processing_key, "LEFT", "RIGHT")
-        commands = [("LREM", self.processing_key, 1, raw) for raw in acks]
-        replies = pipeline(conn, [*commands, *[move] * self._want()])
+        acks, want = self._acks, self._want()
+        ready = t.ready_key(self.queue)
+        if want == 1 and len(acks) <= 1:  # two plain commands cost Redis less than Lua
+            commands: list[tuple[Any, ...]] = [
+                ("LREM", self.processing_key, 1, raw) for raw in acks
+            ]
+            commands.append(("LMOVE", ready, self.processing_key, "LEFT", "RIGHT"))
+            taken = [raw for raw in pipeline(conn, commands)[len(acks) :] if raw is not None]
+        else:
+            taken = run(conn, scripts.MOVE, ready, self.processing_key, want, *acks)
         self._acks = []
-        taken = [raw for raw in replies[len(acks) :] if raw is not None]
         self._buffer.extend(taken)
         return bool(taken)
 

@@ -165,6 +165,22 @@ return out
 """,
 )
 
+#: ARGV: ready key, processing key, want, acks... The hot path between TAKEs: no
+#: maintenance, so no prelude. Returns the messages moved.
+MOVE = Script(
+    "move",
+    r"""
+for i = 4, #ARGV do redis.call('LREM', ARGV[2], 1, ARGV[i]) end
+local out = {}
+for _ = 1, tonumber(ARGV[3]) do
+  local m = redis.call('LMOVE', ARGV[1], ARGV[2], 'LEFT', 'RIGHT')
+  if not m then break end
+  out[#out + 1] = m
+end
+return out
+""",
+)
+
 #: ARGV: prefix, queue, consumer id, op, message, argument, delay_ms, n_acks, acks...
 #: Acknowledges, then settles one message of the consumer's processing list:
 #: retry (argument = new envelope), fail (argument = failed record), release,

@@ -33,13 +33,14 @@ Storage
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+import redis
 from asynctask.errors import InvalidURIError
 from asynctask.transport import (
     Consumer,
@@ -65,6 +66,8 @@ if TYPE_CHECKING:
     from asynctask_redis.consumer import RedisConsumer
 
 logger = logging.getLogger("asynctask.redis")
+
+T = TypeVar("T")
 
 #: values per RPUSH in a batch submit (Redis takes more, but replies stay small)
 _CHUNK = 10_000
@@ -109,7 +112,10 @@ class RedisTransport(Transport):
         self.heartbeat_ttl_ms = int(recovery * 500)
         self.recheck_ms = int(recovery * 250)
         self.server = Server(self.location, self.driver_options, self.options)
+        self.key_queues = f"{self.prefix}:queues"
         self._known: dict[str, float] = {}
+        self._idle: list[Any] = []  # connections that served a call, last in first out
+        self._pid = os.getpid()
         self._consumers: weakref.WeakSet[RedisConsumer] = weakref.WeakSet()
         self._beat_lock = threading.Lock()
         self._beat_stop = threading.Event()
@@ -131,25 +137,43 @@ class RedisTransport(Transport):
 
     # -- connections --------------------------------------------------------------------
 
-    @contextmanager
-    def connection(self) -> Iterator[Any]:
-        """A pooled connection; a driver error leaves as our error (``from`` it)."""
+    def execute(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)`` on a connection of this transport, errors mapped.
+
+        A connection that served a call waits on a stack for the next one, skipping
+        redis-py's health check at every checkout (two system calls). One found closed
+        (a server restart, ``CLIENT KILL``) is replaced and the call made again at once,
+        so a stale connection is not an outage.
+        """
         pool = self.server.pool
+        if self._pid != os.getpid():  # forked: those sockets belong to the parent
+            self._idle, self._pid = [], os.getpid()
         try:
-            conn: Any = pool.get_connection()
-        except (RedisError, OSError) as exc:
-            raise self.server.error(exc) from exc
-        try:
-            yield conn
-        except (RedisError, OSError) as exc:
-            conn.disconnect()  # its replies may be out of step now
-            raise self.server.error(exc) from exc
-        finally:
-            pool.release(conn)
+            conn: Any = self._idle.pop()
+        except IndexError:
+            conn = None
+        stale_ok = conn is not None
+        while True:
+            if conn is None:
+                try:
+                    conn = pool.get_connection()
+                except (RedisError, OSError) as exc:
+                    raise self.server.error(exc) from exc
+            try:
+                result = fn(conn, *args)
+            except (RedisError, OSError) as exc:
+                conn.disconnect()  # its replies may be out of step now
+                pool.release(conn)
+                dropped = isinstance(exc, redis.ConnectionError | OSError)
+                if stale_ok and dropped and not isinstance(exc, TimeoutError):
+                    stale_ok, conn = False, None
+                    continue
+                raise self.server.error(exc) from exc
+            self._idle.append(conn)
+            return result
 
     def _script(self, script: scripts.Script, queue: str, *args: Any) -> Any:
-        with self.connection() as conn:
-            return run(conn, script, self.prefix, queue, *args)
+        return self.execute(run, script, self.prefix, queue, *args)
 
     # -- primitives ---------------------------------------------------------------------
 
@@ -165,17 +189,16 @@ class RedisTransport(Transport):
         ]
         fresh = time.monotonic() - self._known.get(queue, -_REMEMBER) >= _REMEMBER
         if fresh:  # after the push; the set is never pruned, so the cache stays true
-            commands.append(("SADD", f"{self.prefix}:queues", queue))
-        with self.connection() as conn:
-            if len(commands) == 1:
-                call(conn, *commands[0])
-            elif len(texts) <= _CHUNK:
-                pipeline(conn, commands)
-            else:  # all or nothing: a retry after a lost reply must not half-duplicate
-                replies = pipeline(conn, [("MULTI",), *commands, ("EXEC",)])
-                for reply in replies[-1] or []:
-                    if isinstance(reply, Exception):
-                        raise reply
+            commands.append(("SADD", self.key_queues, queue))
+        if len(commands) == 1:
+            self.execute(call, *commands[0])
+        elif len(texts) <= _CHUNK:
+            self.execute(pipeline, commands)
+        else:  # all or nothing: a retry after a lost reply must not half-duplicate
+            replies = self.execute(pipeline, [("MULTI",), *commands, ("EXEC",)])
+            for reply in replies[-1] or []:
+                if isinstance(reply, Exception):
+                    raise self.server.error(reply)
         if fresh:
             self._known[queue] = time.monotonic()
 
@@ -192,14 +215,8 @@ class RedisTransport(Transport):
     def _store_undecodable(self, queue: str, raw: bytes, exc: ValueError) -> None:
         record = failed_record(None, raw, f"undecodable message: {exc}", 0, time.time())
         logger.warning("%r: undecodable message in %r moved to its failed store", self, queue)
-        with self.connection() as conn:
-            pipeline(
-                conn,
-                [
-                    ("RPUSH", self.key(queue, "failed"), record),
-                    ("SADD", f"{self.prefix}:queues", queue),
-                ],
-            )
+        commands = [("RPUSH", self.key(queue, "failed"), record), ("SADD", self.key_queues, queue)]
+        self.execute(pipeline, commands)
 
     def _stats(self, queue: str) -> QueueStats:
         counts = self._script(scripts.STATS, queue, self.recheck_ms)
@@ -213,8 +230,7 @@ class RedisTransport(Transport):
         return int(self._script(scripts.PURGE, queue))
 
     def _failed_entries(self, queue: str, limit: int = -1) -> list[tuple[bytes, FailedTask]]:
-        with self.connection() as conn:
-            raws = call(conn, "LRANGE", self.key(queue, "failed"), 0, limit)
+        raws = self.execute(call, "LRANGE", self.key(queue, "failed"), 0, limit)
         return [(raw, read_failed(queue, raw)) for raw in raws]
 
     def _failed(self, queue: str, limit: int) -> list[FailedTask]:
@@ -238,8 +254,7 @@ class RedisTransport(Transport):
 
     def _claim(self, key: str, ttl: float) -> bool:
         claim = f"{self.prefix}:claim:{key}"
-        with self.connection() as conn:
-            reply = call(conn, "SET", claim, "1", "NX", "PX", int(ttl * 1000))
+        reply = self.execute(call, "SET", claim, "1", "NX", "PX", int(ttl * 1000))
         return reply is not None
 
     def _consumer(self, queue: str, prefetch: int) -> Consumer:
@@ -261,6 +276,9 @@ class RedisTransport(Transport):
             self._beat_thread.join(5)
         # A consumer still open is left to the recovery of the others: it may be in a
         # blocking wait on another thread, and this unblocks it (TransportClosed).
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self.server.pool.release(conn)
         self.server.pool.disconnect()
 
     # -- heartbeats ---------------------------------------------------------------------
