@@ -110,6 +110,8 @@ def start_workers(tmp_path) -> Iterator[Callable[..., Workers]]:
                 _kill(pid)
             handle.process.kill()
             handle.process.wait()
+        if handle.process.stderr is not None:
+            handle.process.stderr.close()
 
 
 def _kill(pid: int) -> None:
