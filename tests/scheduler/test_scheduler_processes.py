@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
 import signal
 import time
+from datetime import datetime, timedelta
 
 from asynctask import get_transport
 from support import events, wait_for
