@@ -13,10 +13,11 @@ from typing import LiteralString
 
 from asynctask_pgsql.schema import sql
 
-# A consumer's acknowledgements ride along with its next statement ("done").
+# A consumer's acknowledgements ride along with its next statement ("done"). A row has an
+# owner exactly while it is reserved; leaving ``state`` out keeps the plan on the primary key.
 _DONE = """done AS (
     DELETE FROM {s}.asynctask_queue
-    WHERE id = ANY(%(acks)s::bigint[]) AND owner = ANY(%(owners)s::int[]) AND state = 'reserved'
+    WHERE id = ANY(%(acks)s::bigint[]) AND owner = ANY(%(owners)s::int[])
 )"""
 
 _NOTIFY = """SELECT pg_notify({s}.asynctask_channel(queue_name), '')
@@ -44,16 +45,19 @@ WITH {_DONE}, head AS (
     ORDER BY date_available, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), taken AS (
+    UPDATE {{s}}.asynctask_queue AS t
+    SET state = CASE WHEN head.bad THEN 'failed' ELSE 'reserved' END,
+        owner = CASE WHEN head.bad THEN NULL ELSE %(owner)s END,
+        error = CASE WHEN head.bad THEN {_UNDECODABLE} ELSE t.error END,
+        date_failed = CASE WHEN head.bad THEN now() END
+    FROM head WHERE t.id = head.id
+    RETURNING head.bad, t.id, t.task_id, CASE WHEN head.bad THEN NULL ELSE t.payload END AS p,
+        t.payload_text, t.attempts, extract(epoch FROM t.date_submitted)::float8 AS submitted,
+        t.date_available
 )
-UPDATE {{s}}.asynctask_queue AS t
-SET state = CASE WHEN head.bad THEN 'failed' ELSE 'reserved' END,
-    owner = CASE WHEN head.bad THEN NULL ELSE %(owner)s END,
-    error = CASE WHEN head.bad
-        THEN {_UNDECODABLE} ELSE t.error END,
-    date_failed = CASE WHEN head.bad THEN now() END
-FROM head WHERE t.id = head.id
-RETURNING head.bad, t.id, t.task_id, CASE WHEN head.bad THEN NULL ELSE t.payload END,
-    t.payload_text, t.attempts, extract(epoch FROM t.date_submitted)::float8, t.date_available
+SELECT bad, id, task_id, p, payload_text, attempts, submitted FROM taken
+ORDER BY date_available, id
 """
 
 NEXT_DUE = """
@@ -70,7 +74,7 @@ WITH {_DONE}, moved AS (
         date_available = CASE WHEN %(delay)s::float8 IS NULL THEN date_available
                               ELSE now() + make_interval(secs => %(delay)s) END,
         date_failed = CASE WHEN %(state)s = 'failed' THEN now() END
-    WHERE id = ANY(%(ids)s::bigint[]) AND owner = ANY(%(owners)s::int[]) AND state = 'reserved'
+    WHERE id = ANY(%(ids)s::bigint[]) AND owner = ANY(%(owners)s::int[])
     RETURNING queue_name
 )
 {_NOTIFY}
@@ -108,7 +112,8 @@ SELECT id, pg_try_advisory_lock(%(lock_class)s::int, id),
     set_config('tcp_keepalives_idle', %(idle)s, false),
     set_config('tcp_keepalives_interval', '1', false),
     set_config('tcp_keepalives_count', '2', false),
-    set_config('tcp_user_timeout', %(user_timeout)s, false)
+    set_config('tcp_user_timeout', %(user_timeout)s, false),
+    set_config('plan_cache_mode', 'force_generic_plan', false)
 FROM (SELECT coalesce(%(id)s, nextval('{s}.asynctask_consumer_id')::int) AS id) AS c
 """
 
