@@ -40,6 +40,7 @@ class RedisServer:
     def __init__(self, port: int, *args: str) -> None:
         self.port, self.args = port, args
         self.process: subprocess.Popen[bytes] | None = None
+        self.socket: Path | None = None
 
     def start(self) -> None:
         command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
@@ -80,9 +81,12 @@ def start_server(*args: str) -> RedisServer:
 
 
 @pytest.fixture(scope="module")
-def secured() -> Iterator[RedisServer]:
-    """A second server that wants a password and keeps nothing on disk."""
-    server = start_server("--save", "", "--appendonly", "no")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A second server that wants a password, keeps nothing on disk, and listens on a
+    Unix socket too (``server.socket``)."""
+    socket_path = tmp_path_factory.mktemp("redis") / "redis.sock"
+    server = start_server("--save", "", "--appendonly", "no", "--unixsocket", str(socket_path))
+    server.socket = socket_path
     yield server
     server.stop()
 
@@ -236,6 +240,7 @@ def test_a_password_protected_server_works_and_the_password_is_never_shown(secur
     for uri in (
         f"redis://:{PASSWORD}@127.0.0.1:{secured.port}/0",
         f"redis://default:{PASSWORD}@127.0.0.1:{secured.port}?db=1",
+        f"unix://:{PASSWORD}@{secured.socket}?db=2",
     ):
         # Given the password in the URI, the server takes tasks
         with open_transport(uri) as transport:
