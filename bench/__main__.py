@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -71,10 +72,16 @@ def main(argv: list[str]) -> int:
         print(line, file=sys.stderr, flush=True)
 
     began = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="asynctask-bench-") as scratch:
-        for name in names:
-            run.results.append(measure(name, run.sizes, Path(scratch), say))
+    scratch = Path(tempfile.mkdtemp(prefix="asynctask-bench-"))
+    for name in names:
+        run.results.append(measure(name, run.sizes, scratch, say))
     run.seconds = time.monotonic() - began
+    run.machine["load_after"] = machine.load()
+    failed = any(r.errors for r in run.results)
+    if failed:
+        say(f"kept the logs and ledgers in {scratch}")
+    else:
+        shutil.rmtree(scratch, ignore_errors=True)
     print(report.table(run.results))
     print(f"\n{run.seconds:.0f} s in all")
     if args.json is not None:
@@ -86,7 +93,7 @@ def main(argv: list[str]) -> int:
             report.markdown(run, "benchmarks.png"), encoding="utf-8"
         )
         print(f"wrote {docs / 'benchmarks.md'} and {docs / 'benchmarks.png'}")
-    return 1 if any(r.errors for r in run.results) else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -42,7 +42,16 @@ def machine() -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "filesystem": _filesystem(),
+        "load": load(),
     }
+
+
+def load() -> str:
+    """The load averages over 1, 5 and 15 minutes (other work disturbs the numbers)."""
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
 
 
 def _filesystem() -> str:

@@ -186,7 +186,7 @@ class WorkersCommand:
         except subprocess.TimeoutExpired as exc:
             raise TimeoutError(f"asynctask workers still running after {timeout:g} s") from exc
         if code != 0:
-            raise RuntimeError(f"asynctask workers exited {code}: {self.tail()}")
+            raise RuntimeError(f"asynctask workers exited {code}: {self.last_line()}")
         return code
 
     def stop(self) -> None:
@@ -196,9 +196,10 @@ class WorkersCommand:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(60)
 
-    def tail(self) -> str:
-        """The end of the command's log, for an error message."""
-        return self.log.read_text(errors="replace")[-1500:]
+    def last_line(self) -> str:
+        """The last line of the command's log (the error, when it failed)."""
+        lines = self.log.read_text(errors="replace").strip().splitlines()
+        return (lines[-1] if lines else "no output") + f" (log: {self.log})"
 
     def __exit__(
         self,

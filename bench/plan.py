@@ -46,10 +46,10 @@ class Sizes:
 
 
 FULL = Sizes(
-    submit_one=5000,
-    submit_batch=10_000,
+    submit_one=6000,
+    submit_batch=15_000,
     batch=1000,
-    submit_budget=5.0,
+    submit_budget=6.0,
     drain=20_000,
     latency=500,
     latency_gap=0.005,
@@ -59,8 +59,8 @@ FULL = Sizes(
     depth_take=2000,
 )
 QUICK = Sizes(
-    submit_one=100,
-    submit_batch=200,
+    submit_one=150,
+    submit_batch=300,
     batch=100,
     submit_budget=1.0,
     drain=500,

@@ -119,7 +119,8 @@ def markdown(run: Run, chart_name: str | None) -> str:
         + (" (quick mode: tiny counts, numbers are not meaningful)" if run.quick else ""),
         f"- Date: {run.date}; commit {run.commit}",
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory']} memory, {m['os']}, "
-        f"{m['filesystem']}, Python {m['python']}",
+        f"{m['filesystem']}, Python {m['python']}; load average (1/5/15 min) "
+        f"{m['load']} before, {m.get('load_after', '?')} after",
         "- Servers: " + (", ".join(f"{k} {v}" for k, v in run.servers.items()) or "none reachable"),
         "- Packages: " + ", ".join(f"{k} {v}" for k, v in run.packages.items()),
         "",
@@ -127,7 +128,8 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "",
         f"1. **submit**: tasks/s from one process, {run.sizes.submit_one:,} one by one "
         f"(`submit_task`) and {run.sizes.submit_batch:,} in batches of {run.sizes.batch:,} "
-        "(`submit_tasks`).",
+        "(`submit_tasks`), ours and raw alternating in 3 rounds, the best round of each "
+        f"kept (each side stops early after {run.sizes.submit_budget:g} s in all).",
         f"2. **drain**: `asynctask workers --halt-when-empty` with the no-op worker, 1 child and "
         f"2 children, on {run.sizes.drain:,} waiting tasks. The rate counts from the first "
         "task's `process()` to the last's; start-up (launch to the first task) is apart. "
