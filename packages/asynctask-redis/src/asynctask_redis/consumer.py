@@ -52,6 +52,7 @@ class RedisConsumer(Consumer):
         self.id = new_task_id()
         self.heartbeat_key = transport.key(queue, f"heartbeat:{self.id}")
         self.processing_key = transport.key(queue, f"processing:{self.id}")
+        self.consumers_key = transport.key(queue, "consumers")
         #: whether the server knows this consumer (heartbeat set, in the consumers set)
         self.registered = False
         self._resync = False
@@ -175,17 +176,16 @@ class RedisConsumer(Consumer):
 
     def _move(self, conn: Any) -> bool:
         """Acks and non-blocking moves in one round trip; whether anything came."""
-        t = self.transport
         acks, want = self._acks, self._want()
-        ready = t.ready_key(self.queue)
-        if want == 1 and len(acks) <= 1:  # two plain commands cost Redis less than Lua
-            commands: list[tuple[Any, ...]] = [
-                ("LREM", self.processing_key, 1, raw) for raw in acks
-            ]
-            commands.append(("LMOVE", ready, self.processing_key, "LEFT", "RIGHT"))
-            taken = [raw for raw in pipeline(conn, commands)[len(acks) :] if raw is not None]
+        ready, proc = self.transport.ready_key(self.queue), self.processing_key
+        if want == 1 and len(acks) <= 1:  # plain commands cost Redis less than Lua
+            commands: list[tuple[Any, ...]] = [("LREM", proc, 1, raw) for raw in acks]
+            commands.append(("LMOVE", ready, proc, "LEFT", "RIGHT"))
+            commands.append(("SADD", self.consumers_key, self.id))  # see scripts.MOVE
+            moved = pipeline(conn, commands)[len(acks)]
+            taken = [] if moved is None else [moved]
         else:
-            taken = run(conn, scripts.MOVE, ready, self.processing_key, want, *acks)
+            taken = run(conn, scripts.MOVE, ready, proc, self.consumers_key, self.id, want, *acks)
         self._acks = []
         self._buffer.extend(taken)
         return bool(taken)

@@ -131,9 +131,10 @@ TAKE = _script(
 local cid, want, flags, nacks = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local proc = processing(cid)
 for i = 9, 8 + nacks do redis.call('LREM', proc, 1, ARGV[i]) end
+-- always a member: a consumer wrongly found dead (heartbeat late) stays findable
+redis.call('SADD', consumers, cid)
 if flags >= 1 then
   redis.call('SET', heartbeat(cid), '1', 'PX', ARGV[6])
-  redis.call('SADD', consumers, cid)
   redis.call('SADD', known, queue)
 end
 if flags >= 2 then
@@ -165,18 +166,21 @@ return out
 """,
 )
 
-#: ARGV: ready key, processing key, want, acks... The hot path between TAKEs: no
-#: maintenance, so no prelude. Returns the messages moved.
+#: ARGV: ready key, processing key, consumers key, consumer id, want, acks... The hot
+#: path between TAKEs: no maintenance, so no prelude. The SADD keeps a consumer that was
+#: wrongly found dead (its heartbeat late) findable from its first new task on.
+#: Returns the messages moved.
 MOVE = Script(
     "move",
     r"""
-for i = 4, #ARGV do redis.call('LREM', ARGV[2], 1, ARGV[i]) end
+for i = 6, #ARGV do redis.call('LREM', ARGV[2], 1, ARGV[i]) end
 local out = {}
-for _ = 1, tonumber(ARGV[3]) do
+for _ = 1, tonumber(ARGV[5]) do
   local m = redis.call('LMOVE', ARGV[1], ARGV[2], 'LEFT', 'RIGHT')
   if not m then break end
   out[#out + 1] = m
 end
+if #out > 0 then redis.call('SADD', ARGV[3], ARGV[4]) end
 return out
 """,
 )
