@@ -35,6 +35,8 @@ def _first(path: str, prefix: str) -> str | None:
 def machine() -> dict[str, Any]:
     """CPU, cores, memory, OS and Python of this machine."""
     memory = _first("/proc/meminfo", "MemTotal")
+    if memory and memory.endswith(" kB"):
+        memory = f"{int(memory[:-3]) / 2**20:.0f} GB"
     return {
         "cpu": _first("/proc/cpuinfo", "model name") or platform.processor() or "?",
         "cores": os.cpu_count(),

@@ -54,9 +54,9 @@ FULL = Sizes(
     latency=500,
     latency_gap=0.005,
     depth_small=100,
-    depth_rounds=20,
+    depth_rounds=50,
     depth_big=100_000,
-    depth_take=2000,
+    depth_take=10_000,
 )
 QUICK = Sizes(
     submit_one=150,

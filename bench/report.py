@@ -156,11 +156,37 @@ def markdown(run: Run, chart_name: str | None) -> str:
             out += [f"Skipped: {result.skipped}.", ""]
             continue
         out += _md_table(HEADER, [_cells(row) for row in result.rows.values()])
+        out.append("")
         out += [f"- {note}" for note in _notes(result)]
         out += [f"- error: {error}" for error in result.errors]
         out.append("")
     out += ["## Targets", ""]
     out += _targets(run.results)
+    out += [
+        "",
+        "## Reading and reproducing these numbers",
+        "",
+        "- Durability is equal on both sides: files and their folder are fsynced (the filesys",
+        "  transport's default `fsync=true`); PostgreSQL commits every statement with",
+        "  `synchronous_commit` as the server has it; RabbitMQ messages are persistent on a",
+        "  durable queue with publisher confirms; Redis writes are as durable as the server's",
+        "  own configuration makes them, for both. Queues filled before a drain are filled",
+        "  without fsync on filesys (the fill is not measured; the files are the same).",
+        "- The raw Redis, PostgreSQL and file loops take a task in one step (BRPOP, DELETE,",
+        "  rename) and nothing brings it back if the taker dies; asynctask keeps a task until",
+        "  `process()` has finished (at least once), so ours also pays for that",
+        "  acknowledgement. The raw RabbitMQ consumer acknowledges as ours does.",
+        "- On 2 cores, anything else running (the load averages above) moves every number;",
+        "  submit measures keep the best of 3 alternating rounds to damp that, drains and",
+        "  latencies are single runs. Compare runs with `python -m bench --json PATH`.",
+        "- Profile a drain's worker child or a submit loop with py-spy, kept out of the",
+        "  project: `uv venv /tmp/pyspy && uv pip install --python /tmp/pyspy py-spy`, then",
+        "  `python -m bench.profile pgsql --py-spy /tmp/pyspy/bin/py-spy` (add",
+        "  `--measure submit` for the submit loop). It prints the shares of the main thread's",
+        "  samples, waiting included (`--idle`).",
+        "- `make bench QUICK=1` (or `python -m bench --quick`) is a smoke test of the",
+        "  harness with tiny counts; it writes no docs unless given `--docs DIR`.",
+    ]
     return "\n".join(out) + "\n"
 
 
@@ -169,22 +195,26 @@ def _notes(result: TransportResult) -> list[str]:
 
 
 def _targets(results: list[TransportResult]) -> list[str]:
-    met, missed = [], []
+    rows, missed = [], []
     for result in results:
         for row in result.rows.values():
             if row.met is None:
                 continue
-            line = f"{result.name}, {row.label}: {_ratio(row)} (target {row.target})"
-            if row.met:
-                met.append(line)
-            else:
+            verdict = "met" if row.met else "**missed**"
+            rows.append([result.name, row.label, str(row.target), _ratio(row), verdict])
+            if not row.met:
                 why = FINDINGS.get((result.name, row.key), "not profiled yet")
-                missed.append(f"- **{line}**. {why}")
-    out = [f"Met ({len(met)}): " + ("; ".join(met) if met else "none") + ".", ""]
+                missed.append(
+                    f"- **{result.name}, {row.label}: {_ratio(row)}** (target {row.target}). {why}"
+                )
+    skipped = [f"{r.name} ({r.skipped})" for r in results if r.skipped]
+    met = sum(1 for r in rows if r[-1] == "met")
+    out = [f"{met} of {len(rows)} targets met."]
+    if skipped:
+        out[0] += " Not measured: " + "; ".join(skipped) + "."
+    out += ["", *_md_table(["transport", "measure", "target", "ratio", ""], rows), ""]
     if missed:
-        out += [f"Missed ({len(missed)}), with what the profile showed:", "", *missed]
-    else:
-        out.append("Missed: none.")
+        out += ["### Missed targets: what the profile showed", "", *missed]
     return out
 
 
