@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from asynctask.testing import TransportContract
 
-from .conftest import HOST, DATABASE, PgsqlProbe
+from .conftest import DATABASE, HOST, PgsqlProbe
 
 
 class TestPgsqlTransport(TransportContract):

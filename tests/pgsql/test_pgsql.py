@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from asynctask.errors import InvalidURIError, TransportUnavailable
+from asynctask.errors import InvalidURIError, TransportError, TransportUnavailable
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
 
@@ -223,9 +223,11 @@ def test_a_schema_from_a_newer_version_is_refused(fresh_database):
     with psycopg.connect(f"host={HOST} dbname={fresh_database}", autocommit=True) as conn:
         conn.execute("CREATE SCHEMA asynctask")
         conn.execute("COMMENT ON SCHEMA asynctask IS 'version: 9'")
-    with open_transport(f"pgsql://{HOST}/{fresh_database}") as transport:
-        with pytest.raises(Exception, match="version 9, newer than this asynctask-pgsql"):
-            transport.poll_queue("any_queue")
+    with (
+        open_transport(f"pgsql://{HOST}/{fresh_database}") as transport,
+        pytest.raises(TransportError, match="version 9, newer than this asynctask-pgsql"),
+    ):
+        transport.poll_queue("any_queue")
 
 
 # -- dropped connections and a restarting server cost time, not tasks ------------------
@@ -393,4 +395,16 @@ def test_an_unreachable_server_names_host_port_and_database(pg_server, uri, word
         assert time.monotonic() - start < 5
     for word in words:
         assert word in str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
+def test_a_consumer_of_an_unreachable_server_gives_up_after_retry_timeout():
+    # A worker's reserve never returns "empty" because the server is away: it raises
+    with open_transport("pgsql://u:s3cret@127.0.0.1:1/nodb?retry_timeout=0.5") as transport:
+        consumer = transport.consumer("some_queue")
+        start = time.monotonic()
+        with pytest.raises(TransportUnavailable, match="127.0.0.1:1") as info:
+            consumer.reserve(timeout=0.1)
+        assert 0.4 < time.monotonic() - start < 5
+        consumer.close()
     assert "s3cret" not in str(info.value)

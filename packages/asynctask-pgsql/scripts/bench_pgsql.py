@@ -19,7 +19,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import psycopg
 from asynctask_pgsql.transport import PgsqlTransport
@@ -151,12 +150,25 @@ def main() -> None:
         results.setdefault(name, []).append(value)
 
     try:
+        batch = [{"n": i} for i in range(BATCH)]
+
+        def ours_one() -> None:
+            for i in range(ONE):
+                transport.submit_task(queue, {"n": i})
+
+        def ours_batch() -> None:
+            for _ in range(BATCHES):
+                transport.submit_tasks(queue, batch)
+
+        def raw_batch() -> None:
+            for _ in range(BATCHES):
+                raw.batch(BATCH)
+
         for _ in range(args.rounds):
-            payloads = [{"n": i} for i in range(BATCH)]
-            note("submit one: ours", _rate(lambda: [transport.submit_task(queue, {"n": i}) for i in range(ONE)], ONE))  # noqa: E501
+            note("submit one: ours", _rate(ours_one, ONE))
             note("submit one: raw", _rate(lambda: raw.one(ONE), ONE))
-            note("submit batch: ours", _rate(lambda: [transport.submit_tasks(queue, payloads) for _ in range(BATCHES)], BATCH * BATCHES))  # noqa: E501
-            note("submit batch: raw", _rate(lambda: [raw.batch(BATCH) for _ in range(BATCHES)], BATCH * BATCHES))  # noqa: E501
+            note("submit batch: ours", _rate(ours_batch, BATCH * BATCHES))
+            note("submit batch: raw", _rate(raw_batch, BATCH * BATCHES))
             transport.purge(queue)
             raw.conn.execute(f"TRUNCATE {raw.table}")
             transport.submit_tasks(queue, [{"n": i} for i in range(DRAIN)])
@@ -177,15 +189,18 @@ def main() -> None:
                     count = min(10_000, depth + DRAIN - start)
                     transport.submit_tasks(queue, [{"n": i} for i in range(count)])
                 raw.conn.execute("ANALYZE asynctask.asynctask_queue")
-                note(f"drain at depth {depth}", _rate(lambda: _drain(transport, queue, DRAIN), DRAIN))  # noqa: E501
+                rate = _rate(lambda: _drain(transport, queue, DRAIN), DRAIN)
+                note(f"drain at depth {depth:,}", rate)
     finally:
         transport.purge(queue)
         raw.close()
         transport.close()
     for name, values in results.items():
         unit = "" if "ms" in name else "/s"
-        print(f"{name:28} {statistics.median(values):10,.1f}{unit}   rounds: "
-              + ", ".join(f"{v:,.0f}" if v > 10 else f"{v:.2f}" for v in values))
+        print(
+            f"{name:28} {statistics.median(values):10,.1f}{unit}   rounds: "
+            + ", ".join(f"{v:,.0f}" if v > 10 else f"{v:.2f}" for v in values)
+        )
 
 
 if __name__ == "__main__":

@@ -174,7 +174,7 @@ class PgsqlConsumer(Consumer):
                     if "ids" in params:
                         params["ids"] = _array(params["ids"])
                 rows = conn.execute(query, params, prepare=True).fetchall()
-            except psycopg.OperationalError as exc:
+            except (psycopg.OperationalError, TransportUnavailable) as exc:
                 self._lost(exc)
                 continue
             except psycopg.Error as exc:
@@ -189,7 +189,7 @@ class PgsqlConsumer(Consumer):
         try:
             for _ in self._connect().notifies(timeout=seconds, stop_after=1):
                 pass
-        except psycopg.OperationalError as exc:
+        except (psycopg.OperationalError, TransportUnavailable) as exc:
             self._lost(exc)
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -197,6 +197,7 @@ class PgsqlConsumer(Consumer):
         if self._conn is not None and not self._conn.closed:
             return self._conn
         t = self.transport
+        t._ready_pool()  # the first call of a worker may be its consumer's: migrate first
         conn = t.server.connect(**t.consumer_connect_kwargs)
         try:
             held_before = self._owner
@@ -232,7 +233,7 @@ class PgsqlConsumer(Consumer):
         assert row is not None
         return int(row[0]), bool(row[1])
 
-    def _lost(self, exc: psycopg.OperationalError) -> None:
+    def _lost(self, exc: psycopg.OperationalError | TransportUnavailable) -> None:
         """The connection failed: drop it, pause with back-off, give up after retry_timeout."""
         self._drop_connection()
         t = self.transport
@@ -242,9 +243,11 @@ class PgsqlConsumer(Consumer):
             t._note_outage(exc)
         if now - self._outage_since > t.retry_timeout or t.closed:
             self._outage_since = None
+            reason = str(exc).strip()
+            if not isinstance(exc, TransportUnavailable):
+                reason = f"{t.server.describe()} is not reachable: {t.server.scrub(reason)}"
             raise TransportUnavailable(
-                f"{t.server.describe()} is not reachable: {t.server.scrub(str(exc).strip())} "
-                f"(gave up after retrying for {t.retry_timeout:g} s)"
+                f"{reason} (gave up after retrying for {t.retry_timeout:g} s)"
             ) from exc
         time.sleep(self._pause)
         self._pause = min(self._pause * 2, 1.0)

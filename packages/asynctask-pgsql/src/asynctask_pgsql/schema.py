@@ -116,13 +116,15 @@ $$;
 CREATE OR REPLACE FUNCTION {s}.asynctask_notify() RETURNS TRIGGER
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify({s}.asynctask_channel(NEW.queue_name), '');
+    PERFORM pg_notify({s}.asynctask_channel(queue_name), '')
+    FROM (SELECT DISTINCT queue_name FROM inserted WHERE state = 'queued') AS q;
     RETURN NULL;
 END
 $$;
 DROP TRIGGER IF EXISTS asynctask_notify ON {s}.asynctask_queue;
 CREATE TRIGGER asynctask_notify AFTER INSERT ON {s}.asynctask_queue
-    FOR EACH ROW WHEN (NEW.state = 'queued') EXECUTE FUNCTION {s}.asynctask_notify();
+    REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION {s}.asynctask_notify();
 COMMENT ON SCHEMA {s} IS 'version: 2';
 """
 

@@ -29,13 +29,12 @@ _UNDECODABLE = (
     "'undecodable message: expected a JSON object, got a JSON ' || jsonb_typeof(t.payload)"
 )
 
+# unnest yields its rows in order, and the insert numbers them (``id``) in that order.
 PUT = """
 INSERT INTO {s}.asynctask_queue (task_id, queue_name, payload, payload_text, date_available)
-SELECT t.id::uuid, %(queue)s, coalesce(t.payload::jsonb, '{}'), t.text,
-       now() + make_interval(secs => %(delay)s)
-FROM unnest(%(ids)s::text[], %(payloads)s::text[], %(texts)s::text[])
-    WITH ORDINALITY AS t(id, payload, text, n)
-ORDER BY t.n
+SELECT t.id, %(queue)s, coalesce(t.payload::jsonb, '{}'), t.text,
+       (SELECT now() + make_interval(secs => %(delay)s))
+FROM unnest(%(ids)s::uuid[], %(payloads)s::text[], %(texts)s::text[]) AS t(id, payload, text)
 """
 
 RESERVE = f"""

@@ -115,8 +115,16 @@ class PgsqlTransport(Transport):
                 # (refused, unknown database, password); the pool would only time out.
                 with self._mapped_errors(), self.server.connect() as conn:
                     self.schema_action = migrate(conn, self.schema)
+                    [(autovacuum,)] = conn.execute("SHOW autovacuum").fetchall()
                 if self.schema_action != "current":
                     logger.info("%r: schema %s: %s", self, self.schema, self.schema_action)
+                if autovacuum != "on":
+                    logger.warning(
+                        "%r: autovacuum is off on this server: the queue table bloats and "
+                        "slows down; run VACUUM %s.asynctask_queue regularly",
+                        self,
+                        self.schema,
+                    )
                 pool = ConnectionPool(
                     self.server.conninfo,
                     kwargs={"autocommit": True},
@@ -255,8 +263,7 @@ class PgsqlTransport(Transport):
         return bool(self._query(self.sql.claim, {"key": key, "ttl": ttl}))
 
     def _consumer(self, queue: str, prefetch: int) -> Consumer:
-        self._ready_pool()
-        return PgsqlConsumer(self, queue, prefetch)
+        return PgsqlConsumer(self, queue, prefetch)  # it connects on its first call
 
     def _close(self) -> None:
         pool, self._pool = self._pool, None
