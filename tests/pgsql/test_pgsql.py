@@ -4,11 +4,14 @@ and riding out dropped connections and a server restart without losing a task.""
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from typing import Any
 
@@ -408,3 +411,26 @@ def test_a_consumer_of_an_unreachable_server_gives_up_after_retry_timeout():
         assert 0.4 < time.monotonic() - start < 5
         consumer.close()
     assert "s3cret" not in str(info.value)
+
+
+def test_a_forked_child_opens_its_own_connections(transport, caplog):
+    # Given a transport in use, when the process forks (a pre-fork web server, say) and
+    # the child uses the transport and closes it
+    queue = unique_queue()
+    transport.submit_task(queue, {"from": "parent"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() of a threaded process
+        pid = os.fork()
+    if pid == 0:
+        try:
+            transport.submit_task(queue, {"from": "child"})
+            transport.close()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    # Then the parent's connections were not closed by the child: no outage, no reconnect
+    with caplog.at_level(logging.WARNING, logger="asynctask"):
+        transport.submit_task(queue, {"from": "parent again"})
+    assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
+    taken = [transport.get_task(queue) for _ in range(3)]
+    assert sorted(t["from"] for t in taken) == ["child", "parent", "parent again"]

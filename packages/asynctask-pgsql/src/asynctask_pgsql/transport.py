@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -65,6 +66,11 @@ _caller_connection: contextvars.ContextVar[psycopg.Connection[Any] | None] = con
 )
 
 
+# Pools inherited through fork(): kept referenced so that collecting them never closes the
+# parent's connections from the child.
+_forked_away: list[ConnectionPool[psycopg.Connection[Any]]] = []
+
+
 class PgsqlTransport(Transport):
     """Tasks in PostgreSQL; see the module docstring."""
 
@@ -97,6 +103,7 @@ class PgsqlTransport(Transport):
         #: what the first call did to the schema ("created", "current", "adopted ...")
         self.schema_action: str | None = None
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._pid = os.getpid()
         self._ready_lock = threading.Lock()
 
     def accepts_driver_option(self, name: str) -> bool:
@@ -107,9 +114,13 @@ class PgsqlTransport(Transport):
 
     def _ready_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
         """The pool, after the first call has migrated the schema on a direct connection."""
-        if self._pool is not None:
+        if self._pool is not None and self._pid == os.getpid():
             return self._pool
         with self._ready_lock:
+            if self._pool is not None and self._pid != os.getpid():
+                # A forked child must not touch (or close) its parent's connections.
+                _forked_away.append(self._pool)
+                self._pool = None
             if self._pool is None:
                 # A direct first connection reports the real reason a server is unreachable
                 # (refused, unknown database, password); the pool would only time out.
@@ -136,7 +147,7 @@ class PgsqlTransport(Transport):
                     reconnect_timeout=max(30.0, self.retry_timeout),
                 )
                 pool.open(wait=False)
-                self._pool = pool
+                self._pool, self._pid = pool, os.getpid()
             return self._pool
 
     @contextmanager
