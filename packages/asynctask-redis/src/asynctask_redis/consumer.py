@@ -1,12 +1,14 @@
 """The redis consumer: tasks moved into a processing list of its own, under a heartbeat.
 
-One ``reserve`` is one round trip while tasks are ready: the ``TAKE`` script
-acknowledges what was acked since the last call, promotes due tasks, recovers dead
+One ``reserve`` is one round trip while tasks are ready: the acks since the last call
+and the move of up to ``prefetch`` tasks into ``P:Q:processing:<id>`` go together (a
+pipelined ``LREM`` + ``LMOVE``, or the ``MOVE`` script). At least every
+``RedisTransport.maintain_interval`` (and whenever the queue looks empty) the ``TAKE``
+script runs instead: it also promotes due delayed and retrying tasks and recovers dead
 consumers' tasks (at most once per ``recovery_seconds / 4`` for all consumers
-together) and moves up to ``prefetch`` tasks into ``P:Q:processing:<id>``. When nothing
-is ready it blocks in ``BLMOVE`` for no longer than the time to the next due task or
-recovery check (at most ``RedisTransport.idle_wait``), so it wakes on a push within
-milliseconds and never polls.
+together). When nothing is ready the consumer blocks in ``BLMOVE`` no longer than the
+time to the next due task or recovery check (at most ``RedisTransport.idle_wait``), so
+it wakes on a push within a millisecond and never polls.
 
 An ``ack`` is sent with the consumer's next call (the next ``reserve``, usually at once,
 or ``retry``/``fail``/``release``/``close``): that is what makes a task cost one round

@@ -5,9 +5,10 @@ Features
     contract across processes and hosts. An idle consumer blocks in ``BLMOVE`` and wakes
     on the push; a consumer proves it lives with a heartbeat key, refreshed by a thread,
     so a slow task is never taken twice, and a dead consumer's tasks come back within
-    ``recovery_seconds`` (counted as an attempt). Delays, retries, recovery, ack and
-    failure are Lua scripts, atomic on the server, run by whichever consumer is waiting
-    (no polling loop, no extra process). A batch submit is one ``RPUSH``.
+    ``recovery_seconds`` (counted as an attempt). Promotion of due tasks, recovery,
+    retry, failure and release are Lua scripts, atomic on the server, run by whichever
+    consumer is waiting (no polling loop, no extra process). A task costs one round
+    trip (its ack rides with the next move); a batch submit is one ``RPUSH``.
 URI
     As redis-py reads it (``redis.ConnectionPool.from_url``): ``redis://host``,
     ``redis://host:port``, ``redis://host:port?db=2``, ``redis://:password@host:port/2``
