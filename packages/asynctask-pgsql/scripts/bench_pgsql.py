@@ -2,6 +2,8 @@
 
     .venv/bin/python packages/asynctask-pgsql/scripts/bench_pgsql.py [URI] [--rounds N] [--deep N]
 
+The transport works in a schema of its own (``bench_<random>``), dropped at the end.
+
 Each measure alternates ours and raw for several rounds and reports medians, since a
 shared machine's commit latency drifts. Raw is psycopg on a plain ``(id BIGSERIAL,
 payload JSONB)`` table, autocommit: INSERT one by one, multi-row INSERT, the ``DELETE ...
@@ -112,8 +114,8 @@ def _rate(fn: Callable[[], object], count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def _drain(transport: PgsqlTransport, queue: str, n: int) -> None:
-    with transport.consumer(queue) as consumer:
+def _drain(transport: PgsqlTransport, queue: str, n: int, prefetch: int = 1) -> None:
+    with transport.consumer(queue, prefetch=prefetch) as consumer:
         for _ in range(n):
             delivery = consumer.reserve(timeout=5)
             assert delivery is not None
@@ -140,7 +142,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--deep", type=int, default=0)
     args = parser.parse_args()
-    transport = PgsqlTransport(args.uri)
+    # A schema of its own, dropped afterwards: a fresh table, as the raw side has.
+    schema = "bench_" + uuid.uuid4().hex[:8]
+    uri = args.uri + ("&" if "?" in args.uri else "?") + f"schema={schema}"
+    transport = PgsqlTransport(uri)
     raw = Raw(transport.server.conninfo)
     queue = "bench_" + uuid.uuid4().hex[:8]
     transport.purge(queue)  # migrates, opens the pool
@@ -175,6 +180,9 @@ def main() -> None:
             raw.batch(DRAIN)
             note("drain: ours", _rate(lambda: _drain(transport, queue, DRAIN), DRAIN))
             note("drain: raw", _rate(lambda: raw.drain(DRAIN), DRAIN))
+            transport.submit_tasks(queue, [{"n": i} for i in range(DRAIN)])
+            rate = _rate(lambda: _drain(transport, queue, DRAIN, 8), DRAIN)
+            note("drain, prefetch 8: ours", rate)
         note_all = {
             "wake-up ms p50: ours": _our_wakes(transport, queue, WAKES),
             "wake-up ms p50: raw": raw.wake(transport.server.conninfo, WAKES),
@@ -188,13 +196,13 @@ def main() -> None:
                 for start in range(0, depth + DRAIN, 10_000):
                     count = min(10_000, depth + DRAIN - start)
                     transport.submit_tasks(queue, [{"n": i} for i in range(count)])
-                raw.conn.execute("ANALYZE asynctask.asynctask_queue")
+                raw.conn.execute(f"ANALYZE {schema}.asynctask_queue")
                 rate = _rate(lambda: _drain(transport, queue, DRAIN), DRAIN)
                 note(f"drain at depth {depth:,}", rate)
     finally:
-        transport.purge(queue)
-        raw.close()
         transport.close()
+        raw.conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        raw.close()
     for name, values in results.items():
         unit = "" if "ms" in name else "/s"
         print(

@@ -11,8 +11,10 @@ runs. TCP keepalives on both ends bound how long a vanished host keeps its lock.
 Every call is at most one round trip: ``reserve`` takes up to ``prefetch`` rows with
 ``FOR UPDATE SKIP LOCKED`` and, in the same statement, deletes the rows acknowledged since
 the previous statement, so ``ack`` itself sends nothing. An acknowledged task therefore
-stays stored until the consumer's next call (its next ``reserve``, settle or ``close``);
-a process killed in that instant runs the task again (at least once, never lost).
+stays stored until the consumer's next statement: its next ``reserve`` with ``prefetch``
+1 (the default), once its prefetched tasks are used up otherwise, or a settle or
+``close``. A process killed before that runs the task again (at least once, never lost):
+with ``prefetch`` N, at most N tasks run twice, as the reserved ones of any transport.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class PgsqlConsumer(Consumer):
         with self._lock:
             self._check_open()
             while True:
-                if self._buffer and not self._acks:
+                if self._buffer:
                     return self._buffer.popleft()
                 if time.monotonic() >= self._next_sweep:
                     self._run(self._sql.sweep, {"lock_class": self._lock_class})
