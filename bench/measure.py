@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,13 +69,15 @@ class Session:
         # localmem keeps its tasks in the transport object: it must fill itself
         self.filler = self.transport if fill_uri == self.uri else cls(fill_uri)
         try:
-            for step in (self.submit, self.drain, self.latency, self.depth):
+            for step in (self.submit, self.drain, self.latency, self.depth, self.depth_raw):
                 try:
                     step()
                 except Exception as exc:
                     message = f"{step.__name__}: {type(exc).__name__}: {exc}"
                     self.result.errors.append(message)
                     self.say(f"[{self.name}] FAILED {message}")
+                    with open(self.folder / "errors.log", "a", encoding="utf-8") as log:
+                        log.write(traceback.format_exc() + "\n")
         finally:
             self.filler.close()
             self.transport.close()
@@ -294,6 +297,35 @@ class Session:
         )
         self.say(
             f"[{self.name}] depth: {rate_small:,.0f}/s with {small:,} waiting, "
+            f"{rate_big:,.0f}/s with {big:,} waiting"
+        )
+
+    def depth_raw(self) -> None:
+        """4b. The raw client's drain loop at the same two depths: what the server adds."""
+        small, rounds = self.sizes.depth_small, self.sizes.depth_rounds
+        big, take = self.sizes.depth_big, self.sizes.depth_take
+        elapsed = 0.0
+        with self.raw() as raw:
+            for _ in range(rounds):
+                raw.fill(ours.payloads(small), self.sizes.batch)
+                start = time.perf_counter()
+                raw.drain(small)
+                elapsed += time.perf_counter() - start
+        rate_small = small * rounds / elapsed
+        with self.raw() as raw:
+            raw.fill(ours.payloads(big), 5000)
+            start = time.perf_counter()
+            raw.drain(take)
+            rate_big = take / (time.perf_counter() - start)
+        self.add(
+            "depth_raw",
+            rate_big,
+            rate_small,
+            f"raw at depth {small:,}",
+            f"the raw client ({self.label('drain')}), {take:,} tasks taken at depth {big:,}",
+        )
+        self.say(
+            f"[{self.name}] raw depth: {rate_small:,.0f}/s with {small:,} waiting, "
             f"{rate_big:,.0f}/s with {big:,} waiting"
         )
 

@@ -20,6 +20,7 @@ REQUIRED = (
     "latency_p50",
     "latency_p99",
     "depth",
+    "depth_raw",
 )
 
 
