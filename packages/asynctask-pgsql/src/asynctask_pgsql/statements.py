@@ -29,6 +29,12 @@ _UNDECODABLE = (
     "'undecodable message: expected a JSON object, got a JSON ' || jsonb_typeof(t.payload)"
 )
 
+PUT_ONE = """
+INSERT INTO {s}.asynctask_queue (task_id, queue_name, payload, payload_text, date_available)
+VALUES (%(id)s::uuid, %(queue)s, coalesce(%(payload)s::jsonb, '{}'), %(text)s,
+        now() + make_interval(secs => %(delay)s))
+"""
+
 # unnest yields its rows in order, and the insert numbers them (``id``) in that order.
 PUT = """
 INSERT INTO {s}.asynctask_queue (task_id, queue_name, payload, payload_text, date_available)
@@ -207,6 +213,7 @@ class Statements:
     """The statements above with the schema name filled in."""
 
     put: LiteralString
+    put_one: LiteralString
     reserve: LiteralString
     next_due: LiteralString
     settle: LiteralString

@@ -212,17 +212,22 @@ class PgsqlTransport(Transport):
     # -- primitives ---------------------------------------------------------------------
 
     def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
-        ids = [task_id for task_id, _ in tasks]
         # jsonb cannot hold a NUL character (\u0000): such a payload travels as text.
         texts = [text if "\\u0000" in text else None for _, text in tasks]
         payloads = [None if "\\u0000" in text else text for _, text in tasks]
-        params = {"queue": queue, "delay": delay, "ids": ids, "payloads": payloads, "texts": texts}
+        params: dict[str, Any] = {"queue": queue, "delay": delay}
+        if len(tasks) == 1:
+            query = self.sql.put_one
+            params.update(id=tasks[0][0], payload=payloads[0], text=texts[0])
+        else:
+            query = self.sql.put
+            params.update(ids=[task_id for task_id, _ in tasks], payloads=payloads, texts=texts)
         caller = _caller_connection.get()
         if caller is None:
-            self._query(self.sql.put, params)
+            self._query(query, params)
             return
         try:
-            caller.execute(self.sql.put, params)
+            caller.execute(query, params)
         except psycopg.Error as exc:
             # Not TransportUnavailable: the caller's transaction is broken, a retry is theirs.
             raise TransportError(
