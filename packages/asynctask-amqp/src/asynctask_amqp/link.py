@@ -29,6 +29,11 @@ logger = logging.getLogger("asynctask.amqp")
 KombuConnection: Any = kombu.connection.Connection
 
 
+def tick_interval(params: ConnectionParams) -> float:
+    """Seconds between heartbeat checks: a quarter heartbeat, at most one second."""
+    return min(1.0, params.heartbeat / 4)
+
+
 class Unroutable(Exception):
     """The broker returned published messages: their queue does not exist (any more)."""
 
@@ -59,31 +64,41 @@ class Link:
         self.generation = 0
         self.broken = False
         self.channel: Any = None
-        self._kombu: Any = None
+        self._raw: Any = None  # py-amqp's Connection
         self._unconfirmed: dict[int, None] = {}  # delivery tags, oldest first
         self._nacked: set[int] = set()
         self._returned = 0
         self._next_tag = 1
+        #: py-amqp wants heartbeat_tick() about once a second: not on every frame
+        self.tick_every = tick_interval(params)
+        self._next_tick = 0.0
 
     @property
     def is_open(self) -> bool:
         """Whether the link has a connection it believes alive."""
-        return self._kombu is not None and not self.broken
+        return self._raw is not None and not self.broken
 
     def open(self) -> None:
-        """Connect and open the channel (driver errors propagate)."""
+        """Connect and open the channel (driver errors propagate).
+
+        kombu establishes the connection (its URI defaults, transport options); after
+        that the link holds py-amqp's connection itself: kombu's ``connection`` attribute
+        reconnects behind our back when the connection is gone, which we must not let
+        happen (the channel, its consumer and its delivery tags would be lost unseen).
+        """
         self.discard()
         conn = KombuConnection(**self.params.kombu_kwargs())
+        conn.ensure_connection(max_retries=0, reraise_as_library_errors=False)
+        raw = conn.connection
         try:
-            conn.ensure_connection(max_retries=0, reraise_as_library_errors=False)
-            channel = conn.connection.channel()
+            channel = raw.channel()
             channel.events["basic_ack"].add(self._on_ack)
             channel.events["basic_nack"].add(self._on_nack)
             channel.events["basic_return"].add(self._on_return)
         except BaseException:
-            _collect(conn)
+            _collect(raw)
             raise
-        self._kombu, self.channel, self.broken = conn, channel, False
+        self._raw, self.channel, self.broken = raw, channel, False
         self.generation += 1
         self.select_confirms()
 
@@ -98,39 +113,51 @@ class Link:
 
     def close(self) -> None:
         """Close politely (queued acks and rejects reach the broker first)."""
-        conn, self._kombu, self.channel = self._kombu, None, None
-        if conn is not None:
-            try:
-                conn.connection.transport.sock.settimeout(self.params.connect_timeout)
-                conn.close()
-            except Exception:
-                _collect(conn)
+        raw, self._raw, self.channel = self._raw, None, None
+        if raw is None:
+            return
+        try:
+            raw.transport.sock.settimeout(self.params.connect_timeout)
+            raw.close()
+        except Exception as exc:
+            logger.debug("%s: closing: %s", self.params.describe(), exc)
+        finally:
+            _collect(raw)  # a no-op after a clean close
 
     def discard(self) -> None:
         """Drop the connection without a word to the broker (it is dead, or not ours)."""
-        conn, self._kombu, self.channel = self._kombu, None, None
-        if conn is not None:
-            _collect(conn)
+        raw, self._raw, self.channel = self._raw, None, None
+        if raw is not None:
+            _collect(raw)
+
+    @property
+    def connection(self) -> Any:
+        """py-amqp's connection (for a second channel)."""
+        return self._raw
 
     # -- reading --------------------------------------------------------------------------
 
     def wait(self, timeout: float) -> None:
         """Read what the broker sends for up to ``timeout`` seconds (returns after the
         first frame), then keep the heartbeats going."""
-        raw = self._kombu.connection
         with suppress(TimeoutError):
-            raw.drain_events(timeout=max(timeout, 0.0))
-        raw.heartbeat_tick()
+            self._raw.drain_events(timeout=max(timeout, 0.0))
+        self._heartbeat()
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_tick:
+            self._next_tick = now + self.tick_every
+            self._raw.heartbeat_tick()
 
     def pump(self) -> None:
         """Read everything already received, without waiting; keep heartbeats going."""
-        raw = self._kombu.connection
         for _ in range(1000):
             try:
-                raw.drain_events(timeout=0)
+                self._raw.drain_events(timeout=0)
             except TimeoutError:
                 break
-        raw.heartbeat_tick()
+        self._heartbeat()
 
     def tick(self) -> None:
         """From the heartbeat thread: pump the link if nobody is using it."""
@@ -200,10 +227,10 @@ class Link:
         self._returned += 1
 
 
-def _collect(conn: Any) -> None:
-    """Free a kombu connection's socket without talking to the broker."""
+def _collect(raw: Any) -> None:
+    """Free a py-amqp connection's socket without talking to the broker."""
     try:
-        conn.collect()
+        raw.collect()
     except Exception as exc:  # nothing more can be done about a dead socket
         logger.debug("closing a dead connection: %s", exc)
 

@@ -28,8 +28,12 @@ RUNGS: tuple[float, ...] = (
 MAX_DELAY = RUNGS[-1]
 #: the two ladders: tasks submitted with a delay, and tasks waiting to be retried
 LADDERS = ("delay", "retry")
-#: an idle rung queue outlives its last message's TTL by this much, then goes away
-RUNG_EXPIRY_MARGIN_MS = 15 * 60 * 1000
+#: A ladder's rungs are declared together, again at most every LADDER_RENEW seconds
+#: while in use, and all expire together (x-expires) this long after the last declare:
+#: longer than any rung's TTL plus LADDER_RENEW, so a rung never expires holding a task.
+#: So the first rung tells whether the whole ladder exists.
+LADDER_RENEW = 3600.0
+LADDER_EXPIRY_MS = round((MAX_DELAY + 2 * LADDER_RENEW) * 1000)
 #: how long a release marker waits for its task to be delivered again
 RELEASE_MARKER_EXPIRY_MS = 7 * 24 * 3600 * 1000
 
@@ -73,14 +77,13 @@ def rung_for(delay: float) -> float:
 
 def rung_arguments(queue: str, rung: float) -> dict[str, Any]:
     """A rung queue's arguments: TTL, dead-lettering into ``queue``, expiry when idle."""
-    ttl = round(rung * 1000)
     return {
-        "x-message-ttl": ttl,
+        "x-message-ttl": round(rung * 1000),
         # the default exchange routes by queue name and cannot be deleted, so a task
         # whose wait is over always reaches its queue while that queue exists
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": queue,
-        "x-expires": ttl + RUNG_EXPIRY_MARGIN_MS,
+        "x-expires": LADDER_EXPIRY_MS,
     }
 
 

@@ -31,14 +31,16 @@ Storage
     headers, all optional, so publishing ``{"foo": 1}`` to exchange ``Q`` (routing key
     ``Q``) from any AMQP client submits a task. Beside it: ``Q.failed`` (the failed store,
     a plain durable queue), ``Q.delay.<ms>`` and ``Q.retry.<ms>`` (rungs of the two delay
-    ladders: ``x-message-ttl`` ms, dead-lettered into ``Q``, expiring 15 min after their
-    last use), ``asynctask.registry`` (one message per queue asynctask created, read by
-    ``queues()``), ``asynctask.claim.<key>`` (scheduler claims) and
-    ``asynctask.released.Q.<id>`` (markers of tasks handed back untouched). See README.md.
+    ladders: ``x-message-ttl`` ms, dead-lettered into ``Q``; a ladder is declared, and
+    expires, as a whole, a week after its last use), ``asynctask.registry`` (one message
+    per queue asynctask created, read by ``queues()``), ``asynctask.claim.<key>``
+    (scheduler claims) and ``asynctask.released.Q.<id>`` (markers of tasks handed back
+    untouched). See README.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import threading
 import time
@@ -52,7 +54,15 @@ from asynctask.errors import InvalidTaskError, TransportError
 from asynctask.transport import Consumer, FailedTask, QueueStats, Transport, TransportFeatures
 from asynctask.validation import Payload, is_valid_queue_name
 
-from asynctask_amqp.link import ConfirmsLost, Heartbeats, Link, LinkPool, Nacked, Unroutable
+from asynctask_amqp.link import (
+    ConfirmsLost,
+    Heartbeats,
+    Link,
+    LinkPool,
+    Nacked,
+    Unroutable,
+    tick_interval,
+)
 from asynctask_amqp.params import (
     DRIVER_OPTIONS,
     OPTIONS,
@@ -62,9 +72,11 @@ from asynctask_amqp.params import (
     reply_code,
 )
 from asynctask_amqp.topology import (
+    LADDER_RENEW,
     LADDERS,
     MAX_DELAY,
     REGISTRY,
+    RUNGS,
     Received,
     claim_name,
     claim_ttl_ms,
@@ -93,21 +105,26 @@ class AmqpTransport(Transport):
 
     schemes: ClassVar[tuple[str, ...]] = ("amqp", "amqps")
     options_accepted = OPTIONS
+    #: with the default heartbeat; an instance derives recovery_seconds from its own
+    features = TransportFeatures(
+        counts=frozenset({"ready", "delayed", "retrying", "failed"}),
+        multiprocess=True,
+        recovery_seconds=3.0 * OPTIONS["heartbeat"].default,
+    )
 
     def __init__(self, uri: str) -> None:
         super().__init__(uri)
         self.params = read_params(uri, self.options, self.driver_options)
-        self.features = TransportFeatures(
-            counts=frozenset({"ready", "delayed", "retrying", "failed"}),
-            multiprocess=True,
-            recovery_seconds=3.0 * self.params.heartbeat,
+        self.features = dataclasses.replace(
+            type(self).features, recovery_seconds=3.0 * self.params.heartbeat
         )
-        self._heartbeats = Heartbeats(min(1.0, self.params.heartbeat / 4))
+        self._heartbeats = Heartbeats(tick_interval(self.params))
         self._pool = LinkPool(self.params, self._heartbeats)
         self._lock = threading.Lock()
         self._declared: set[str] = set()  # queues this object declared (or knows exist)
         self._resume: dict[str, int] = {}  # batch (by first task id) -> tasks confirmed
         self._claim_tokens: dict[str, int] = {}
+        self._ladders: dict[tuple[str, str], float] = {}  # (queue, ladder) -> declared at
         self._consumers: weakref.WeakSet[AmqpConsumer] = weakref.WeakSet()
 
     def accepts_driver_option(self, name: str) -> bool:
@@ -160,15 +177,31 @@ class AmqpTransport(Transport):
         with self._lock:
             self._declared.discard(queue)
             self._declared.discard(failed_name(queue))
+            for ladder in LADDERS:
+                self._ladders.pop((queue, ladder), None)
 
     def _declare_rung(self, link: Link, queue: str, ladder: str, delay: float) -> str:
-        """Declare (and so keep alive) the rung a delay waits on; return its name."""
-        rung = rung_for(delay)
-        name = rung_name(queue, ladder, rung)
-        link.channel.queue_declare(
-            name, durable=True, auto_delete=False, arguments=rung_arguments(queue, rung)
-        )
-        return name
+        """The rung a delay waits on; its ladder is declared (renewed) if due."""
+        now = time.monotonic()
+        if now - self._ladders.get((queue, ladder), -LADDER_RENEW) >= LADDER_RENEW:
+            for rung in RUNGS:
+                link.channel.queue_declare(
+                    rung_name(queue, ladder, rung),
+                    durable=True,
+                    auto_delete=False,
+                    arguments=rung_arguments(queue, rung),
+                )
+            with self._lock:
+                self._ladders[(queue, ladder)] = now
+        return rung_name(queue, ladder, rung_for(delay))
+
+    def _ladder_counts(self, link: Link, queue: str, ladder: str) -> list[tuple[str, int]]:
+        """Ready messages of each rung of a ladder; empty if the ladder does not exist."""
+        names = rung_names(queue, ladder)
+        first = self._passive(link, names[0])
+        if first is None:  # rungs are declared and expire together (see topology)
+            return []
+        return [(names[0], first)] + [(n, self._passive(link, n) or 0) for n in names[1:]]
 
     def _store_failed(self, link: Link, queue: str, received: Received, error: str, n: int) -> None:
         """Put a copy of a task in the failed store (the caller then acks the original)."""
@@ -240,7 +273,7 @@ class AmqpTransport(Transport):
             if ready is None:  # rungs and failed store are created with their queue
                 return QueueStats(queue, 0, 0, 0, None, 0)
             waiting = [
-                sum(self._passive(link, name) or 0 for name in rung_names(queue, ladder))
+                sum(count for _, count in self._ladder_counts(link, queue, ladder))
                 for ladder in LADDERS
             ]
             failed = self._passive(link, failed_name(queue)) or 0
@@ -272,8 +305,8 @@ class AmqpTransport(Transport):
                 return 0
             total = int(link.channel.queue_purge(queue) or 0)
             for ladder in LADDERS:
-                for name in rung_names(queue, ladder):
-                    if self._passive(link, name):
+                for name, count in self._ladder_counts(link, queue, ladder):
+                    if count:
                         total += int(link.channel.queue_purge(name) or 0)
             return total
 
@@ -370,7 +403,7 @@ def recover(link: Link, exc: BaseException) -> None:
 @contextmanager
 def side_channel(link: Link) -> Iterator[Any]:
     """A second channel for browsing: closing it gives back what it did not ack, in order."""
-    channel = link.channel.connection.channel()
+    channel = link.connection.channel()
     try:
         yield channel
     finally:
