@@ -195,10 +195,10 @@ def test_the_original_table_is_adopted_with_its_tasks(fresh_database, where):
             conn.execute("CREATE SCHEMA asynctask")
             conn.execute("COMMENT ON SCHEMA asynctask IS 'version: 1'")
         conn.execute(ORIGINAL_TABLE.format(table=f"{where}.asynctask_queue"))
-        for n in range(3):
+        for payload in ['{"n": 0}', '{"n": 1, "nul": "\\u0000"}', '{"n": 2}']:
             conn.execute(
                 f"INSERT INTO {where}.asynctask_queue (queue_name, payload) VALUES (%s, %s)",
-                ("legacy", f'{{"n": {n}}}'),
+                ("legacy", payload),
             )
     # When the transport first uses the database
     with open_transport(f"pgsql://{HOST}/{fresh_database}") as transport:
@@ -207,7 +207,7 @@ def test_the_original_table_is_adopted_with_its_tasks(fresh_database, where):
         # Then the original's tasks come first, in order, then ours
         assert [transport.get_task("legacy") for _ in range(5)] == [
             {"n": 0},
-            {"n": 1},
+            {"n": 1, "nul": "\x00"},  # json held it; jsonb cannot: kept as payload_text
             {"n": 2},
             {"n": 3},
             None,

@@ -74,15 +74,19 @@ CREATE TABLE {s}.asynctask_queue (
 );
 """
 
+# jsonb cannot hold the escape \u0000 that json can: such payloads move to payload_text.
 _UPGRADE_V1 = """
 DROP INDEX IF EXISTS {s}.idx_asynctask_queue_name;
+ALTER TABLE {s}.asynctask_queue ADD COLUMN payload_text TEXT;
+UPDATE {s}.asynctask_queue SET payload_text = payload::text
+    WHERE strpos(payload::text, '\\u0000') > 0;
 ALTER TABLE {s}.asynctask_queue
-    ALTER COLUMN payload TYPE JSONB USING payload::jsonb,
+    ALTER COLUMN payload TYPE JSONB
+        USING CASE WHEN payload_text IS NULL THEN payload::jsonb ELSE '{}' END,
     ALTER COLUMN payload SET DEFAULT '{}',
     ALTER COLUMN date_submitted TYPE TIMESTAMPTZ,
     ALTER COLUMN date_submitted SET DEFAULT now(),
     ADD COLUMN task_id UUID NOT NULL DEFAULT gen_random_uuid(),
-    ADD COLUMN payload_text TEXT,
     ADD COLUMN state TEXT NOT NULL DEFAULT 'queued'
         CONSTRAINT asynctask_queue_state CHECK (state IN ('queued', 'reserved', 'failed')),
     ADD COLUMN date_available TIMESTAMPTZ NOT NULL DEFAULT now(),
