@@ -1,0 +1,158 @@
+"""``python -m chaos`` (``make chaos``): every scenario on every transport.
+
+Examples::
+
+    python -m chaos                                   # all: prints the table, writes docs/
+    python -m chaos --only filesys,redis              # some transports
+    python -m chaos --only redis --scenarios kills --tasks 200 --kills 5 \\
+        --uri redis=redis://127.0.0.1:6379/0 --json /tmp/chaos.json   # the CI scenario
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import logging
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from asynctask.api import close_transports
+from asynctask.uri import redact
+
+from bench import machine
+from chaos import report
+from chaos.scenarios import SCENARIOS, Plan, Result, Say, run_scenario
+from chaos.servers import BACKENDS, Backend
+from chaos.supervisor import ROOT
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = Plan()
+    parser = argparse.ArgumentParser(
+        prog="python -m chaos",
+        description="asynctask's delivery promise under faults, on every transport.",
+    )
+    parser.add_argument(
+        "--only", metavar="NAMES", help=f"transports, comma-separated ({','.join(BACKENDS)})"
+    )
+    parser.add_argument(
+        "--scenarios", metavar="NAMES", help=f"scenarios, comma-separated ({','.join(SCENARIOS)})"
+    )
+    parser.add_argument("--tasks", type=int, default=defaults.tasks, help="tasks per scenario")
+    parser.add_argument("--kills", type=int, default=defaults.kills, help="child kills")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=defaults.feed_seconds,
+        help="seconds over which each scenario's tasks are fed (and its faults spread)",
+    )
+    parser.add_argument(
+        "--uri",
+        action="append",
+        default=[],
+        metavar="NAME=URI",
+        help="run NAME on this server as it is (no restart, no connection kills)",
+    )
+    parser.add_argument("--json", metavar="PATH", type=Path, help="also write the results as JSON")
+    parser.add_argument(
+        "--docs",
+        metavar="DIR",
+        type=Path,
+        help="write reliability.md here (default: docs/ on a full run only)",
+    )
+    return parser
+
+
+def _names(text: str | None, known: tuple[str, ...]) -> tuple[str, ...]:
+    names = known if not text else tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown: {', '.join(unknown)}; known: {', '.join(known)}")
+    return names
+
+
+def main(argv: list[str]) -> int:
+    """Run the suite; 0 when every scenario that ran kept the promise."""
+    args = _parser().parse_args(argv)
+    transports = _names(args.only, tuple(BACKENDS))
+    scenarios = _names(args.scenarios, SCENARIOS)
+    given = dict(pair.split("=", 1) for pair in args.uri)
+    plan = Plan(tasks=args.tasks, kills=args.kills, feed_seconds=args.seconds)
+    full = not (args.scenarios or args.uri or plan != Plan())
+    docs = args.docs if args.docs is not None else (ROOT / "docs" if full else None)
+    logging.basicConfig(level=logging.WARNING, format="    %(name)s: %(message)s")
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    run = report.Run(
+        command="make chaos" if not argv else "python -m chaos " + shlex.join(argv),
+        date=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        plan=plan,
+        machine=machine.machine(),
+        servers={},
+        uris={},
+        commit=machine.commit(ROOT),
+    )
+    scratch = Path(tempfile.mkdtemp(prefix="asynctask-chaos-"))
+    began = time.monotonic()
+    for name in transports:
+        backend = BACKENDS[name](scratch, given.get(name))
+        run.results += _run_transport(backend, scenarios, plan, scratch, run, say)
+    run.seconds = time.monotonic() - began
+    run.machine["load_after"] = machine.load()
+    print(report.table(run.results))
+    for line in report.problems(run.results):
+        print(line.replace("**", ""))
+    print(f"\n{run.seconds:.0f} s in all")
+    if not run.ok:
+        say(f"kept the ledgers and worker logs in {scratch}")
+    else:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if args.json is not None:
+        report.write_json(run, args.json)
+    if docs is not None:
+        docs.mkdir(parents=True, exist_ok=True)
+        (docs / "reliability.md").write_text(report.markdown(run), encoding="utf-8")
+        print(f"wrote {docs / 'reliability.md'}")
+    return 0 if run.ok else 1
+
+
+def _run_transport(
+    backend: Backend,
+    scenarios: tuple[str, ...],
+    plan: Plan,
+    scratch: Path,
+    run: report.Run,
+    say: Say,
+) -> list[Result]:
+    say(f"{backend.name}:")
+    try:
+        backend.start()
+    except Exception as exc:
+        say(f"  skipped: {type(exc).__name__}: {exc}")
+        return [Result(backend.name, s, skipped=f"not available: {exc}") for s in scenarios]
+    results = []
+    try:
+        with contextlib.suppress(Exception):
+            run.servers[backend.name] = backend.version()
+        run.uris[backend.name] = redact(backend.uri)
+        for scenario in scenarios:
+            say(f"  {scenario}...")
+            result = run_scenario(backend, scenario, plan, scratch, say)
+            state = result.skipped or ("ok" if result.ok else "FAILED")
+            say(f"  {scenario}: {state} in {result.seconds:.0f} s")
+            results.append(result)
+    finally:
+        close_transports()
+        backend.stop()
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

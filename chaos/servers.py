@@ -1,0 +1,437 @@
+"""Each backend the suite runs on: its URI, and the faults it can suffer.
+
+A ``Backend`` gives the transport URI (with its short recovery option, so a killed
+worker's task comes back in seconds), and knows how to restart its server, drop every
+connection of the suite, and write undecodable messages by hand in the transport's
+documented storage format. Everything is on loopback:
+
+* filesys: a folder in the scratch space; no server, so no restart nor connection kill.
+* pgsql: the shared PostgreSQL on 127.0.0.1:5432 (database ``test``), in a schema of the
+  run's own, dropped at the end. Restarted with ``pg_ctlcluster``; the suite's connections
+  carry ``application_name=asynctask_chaos``, so only they are terminated.
+* redis: a ``redis-server`` of the suite's own on a free port (``appendonly yes``,
+  ``appendfsync always`` from its start), shut down and started again on the same files,
+  and shut down for good at the end. The shared server is never touched.
+* amqp: the shared RabbitMQ on 127.0.0.1:5672, in a vhost of the run's own (deleted at the
+  end); ``rabbitmqctl stop_app``/``start_app`` restarts it and
+  ``close_all_connections --vhost`` drops the suite's connections only.
+
+A backend made with a given URI (``--uri``, as the CI test does) uses that server as it is
+and cannot restart it nor drop its connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import psycopg
+import redis
+
+#: the texts written by hand as messages: two are not JSON, three are JSON but not objects
+UNDECODABLE = ("this is not JSON", '{"unclosed": ', "[1, 2, 3]", '"just a string"', "null")
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+PG_CONNINFO = "host=127.0.0.1 port=5432 dbname=test"
+AMQP_BASE = "amqp://guest:guest@127.0.0.1:5672"
+APPLICATION_NAME = "asynctask_chaos"
+
+
+class Unsupported(Exception):
+    """This backend cannot suffer this fault (filesys has no server to restart)."""
+
+
+def with_options(uri: str, options: dict[str, str]) -> str:
+    """``uri`` with query options added, unless it sets them already."""
+    present = {pair.split("=", 1)[0] for pair in uri.partition("?")[2].split("&") if pair}
+    extra = "&".join(f"{k}={v}" for k, v in options.items() if k not in present)
+    if not extra:
+        return uri
+    return uri + ("&" if "?" in uri else "?") + extra
+
+
+def check_loopback(uri: str) -> None:
+    """Refuse a URI whose server is not on this machine's loopback."""
+    if uri.startswith(("filesys:", "unix:")):
+        return
+    host = urlsplit(uri.partition("?")[0]).hostname
+    if host not in LOOPBACK:
+        raise ValueError(f"the chaos suite talks to loopback only, not to {host!r} ({uri})")
+
+
+def wait_until(ready: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait (bounded) until ``ready()`` is true; raise ``TimeoutError`` naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not within {timeout:g} s")
+        time.sleep(0.1)
+
+
+def _run(*command: str, timeout: float = 60) -> str:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {(done.stderr or done.stdout).strip()}")
+    return done.stdout
+
+
+class Backend:
+    """A transport's server as the suite uses it; see the module docstring."""
+
+    name = ""
+    #: URI options that make a dead worker's task come back within ~2 s
+    short_recovery: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, scratch: Path, given_uri: str | None = None) -> None:
+        self.scratch = scratch
+        self.given_uri = given_uri
+        self.uri = ""
+
+    @property
+    def controls_server(self) -> bool:
+        """Whether the suite may restart this server and drop its connections."""
+        return self.given_uri is None
+
+    def start(self) -> None:
+        """Make the URI ready (a schema, a server, a vhost of the run's own)."""
+        if self.given_uri is not None:
+            check_loopback(self.given_uri)
+            self.uri = with_options(self.given_uri, self.short_recovery)
+        else:
+            self.uri = self._own_uri()
+        check_loopback(self.uri)
+
+    def stop(self) -> None:
+        """Remove what ``start`` made; the server is left as it was found."""
+
+    def version(self) -> str:
+        """The server's name and version, for the report."""
+        return "-"
+
+    def restart(self) -> None:
+        """Stop the server and start it again; return once it answers."""
+        raise Unsupported(f"{self.name} has no server to restart")
+
+    def kill_connections(self) -> int:
+        """Drop every connection of the suite's processes; return how many."""
+        raise Unsupported(f"{self.name} has no connections to drop")
+
+    def write_undecodable(self, queue: str, texts: tuple[str, ...]) -> None:
+        """Store ``texts`` as messages of ``queue``, by hand, as another program would."""
+        raise NotImplementedError
+
+    def _own_uri(self) -> str:
+        raise NotImplementedError
+
+
+class FilesysBackend(Backend):
+    """Queues in a folder of the scratch space."""
+
+    name = "filesys"
+    short_recovery: ClassVar[dict[str, str]] = {"lease": "2"}
+
+    def _own_uri(self) -> str:
+        return with_options(f"filesys:{self.scratch / 'queues'}", self.short_recovery)
+
+    def version(self) -> str:
+        return "no server"
+
+    def write_undecodable(self, queue: str, texts: tuple[str, ...]) -> None:
+        # The README's recipe: write under tmp/, then rename into ready/.
+        root = Path(self.uri.partition("?")[0].split(":", 1)[1])
+        for index, text in enumerate(texts):
+            name = f"{time.time_ns():019d}-chaos-bad-{index}.json"
+            (root / queue / "tmp").mkdir(parents=True, exist_ok=True)
+            (root / queue / "ready").mkdir(parents=True, exist_ok=True)
+            (root / queue / "tmp" / name).write_text(text, encoding="utf-8")
+            os.rename(root / queue / "tmp" / name, root / queue / "ready" / name)
+
+
+class PgsqlBackend(Backend):
+    """The shared PostgreSQL, in a schema of the run's own."""
+
+    name = "pgsql"
+    short_recovery: ClassVar[dict[str, str]] = {"recovery_seconds": "2", "retry_timeout": "30"}
+
+    def __init__(self, scratch: Path, given_uri: str | None = None) -> None:
+        super().__init__(scratch, given_uri)
+        self.schema = f"chaos_{uuid.uuid4().hex[:8]}"
+
+    def _own_uri(self) -> str:
+        options = {"schema": self.schema, "application_name": APPLICATION_NAME}
+        return with_options("pgsql://127.0.0.1:5432/test", options | self.short_recovery)
+
+    def stop(self) -> None:
+        if self.controls_server:
+            self._wait_ready(60)
+            with psycopg.connect(PG_CONNINFO, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+
+    def version(self) -> str:
+        with psycopg.connect(PG_CONNINFO, connect_timeout=3) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        return f"PostgreSQL {row[0] if row else '?'}"
+
+    def restart(self) -> None:
+        # the cluster on port 5432: "15 main 5432 online postgres ..."
+        clusters = [line.split() for line in _run("pg_lsclusters", "-h").splitlines()]
+        [(version, cluster)] = [(c[0], c[1]) for c in clusters if len(c) > 2 and c[2] == "5432"]
+        command = ["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster]
+        try:
+            _run(*command, "restart", timeout=120)
+        finally:
+            # never leave it stopped: start it if the restart did not
+            if not self._ready():
+                with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                    _run(*command, "start", timeout=120)
+            self._wait_ready(120)
+
+    def kill_connections(self) -> int:
+        with psycopg.connect(PG_CONNINFO, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = %s AND pid <> pg_backend_pid()",
+                (APPLICATION_NAME,),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def write_undecodable(self, queue: str, texts: tuple[str, ...]) -> None:
+        # JSON that is not an object goes in the jsonb column; text that does not parse
+        # in payload_text, as the README says a bridge would write it.
+        schema = self.schema if self.controls_server else _option(self.uri, "schema", "asynctask")
+        table = f"{schema}.asynctask_queue"
+        with psycopg.connect(PG_CONNINFO, autocommit=True) as conn:
+            for text in texts:
+                column = "payload" if _is_json(text) else "payload_text"
+                conn.execute(
+                    f"INSERT INTO {table} (queue_name, {column}) VALUES (%s, %s)",
+                    (queue, text),
+                )
+
+    @staticmethod
+    def _ready() -> bool:
+        return (
+            subprocess.run(
+                ["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432", "-t", "2"], check=False
+            ).returncode
+            == 0
+        )
+
+    def _wait_ready(self, timeout: float) -> None:
+        wait_until(self._ready, timeout, "PostgreSQL ready (pg_isready)")
+
+
+class RedisBackend(Backend):
+    """A ``redis-server`` of the suite's own, persisting every write (AOF, fsync always)."""
+
+    name = "redis"
+    short_recovery: ClassVar[dict[str, str]] = {"recovery_seconds": "2", "retry_timeout": "30"}
+
+    def __init__(self, scratch: Path, given_uri: str | None = None) -> None:
+        super().__init__(scratch, given_uri)
+        self.port = 0
+        self.folder = scratch / "redis"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _own_uri(self) -> str:
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not installed: cannot run a server of our own")
+        self.port = _free_port()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._launch()
+        return with_options(f"redis://127.0.0.1:{self.port}/0", self.short_recovery)
+
+    def _launch(self) -> None:
+        command = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.folder),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--logfile",
+            str(self.folder / "redis.log"),
+        ]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        wait_until(self._answers, 30, f"redis-server on port {self.port} answering")
+
+    def _client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.uri.partition("?")[0], socket_timeout=5)
+
+    def _answers(self) -> bool:
+        try:
+            client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+            with contextlib.closing(client):
+                return client.info("persistence").get("loading") == 0
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            with contextlib.suppress(redis.RedisError):
+                self._shutdown()
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+    def version(self) -> str:
+        with contextlib.closing(self._client()) as client:
+            info: dict[str, Any] = client.info("server")
+        return f"Redis {info['redis_version']}" + (" (own server)" if self.process else "")
+
+    def restart(self) -> None:
+        if self.process is None:
+            raise Unsupported("redis: the suite restarts only a server of its own")
+        try:
+            self._shutdown()
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            self._launch()  # the same port, folder and append-only file
+
+    def _shutdown(self) -> None:
+        assert self.process is not None
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10)
+        with contextlib.suppress(redis.ConnectionError), contextlib.closing(client):
+            client.shutdown()  # the reply is the connection closing
+        self.process.wait(30)
+
+    def kill_connections(self) -> int:
+        if self.process is None:
+            raise Unsupported("redis: the suite drops connections only on a server of its own")
+        with contextlib.closing(self._client()) as client:
+            return int(client.client_kill_filter(_type="normal", skipme=True))
+
+    def write_undecodable(self, queue: str, texts: tuple[str, ...]) -> None:
+        prefix = _option(self.uri, "key_prefix", "asynctask")
+        with contextlib.closing(self._client()) as client:
+            client.rpush(f"{prefix}_{queue}", *texts)
+
+
+class AmqpBackend(Backend):
+    """The shared RabbitMQ, in a vhost of the run's own."""
+
+    name = "amqp"
+    short_recovery: ClassVar[dict[str, str]] = {"heartbeat": "2", "retry_timeout": "30"}
+
+    def __init__(self, scratch: Path, given_uri: str | None = None) -> None:
+        super().__init__(scratch, given_uri)
+        self.vhost = f"asynctask_chaos_{uuid.uuid4().hex[:8]}"
+
+    def _own_uri(self) -> str:
+        _run("rabbitmqctl", "add_vhost", self.vhost)
+        _run("rabbitmqctl", "set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+        return with_options(f"{AMQP_BASE}/{self.vhost}", self.short_recovery)
+
+    def stop(self) -> None:
+        if self.controls_server:
+            _run("rabbitmqctl", "await_startup", timeout=120)
+            _run("rabbitmqctl", "delete_vhost", self.vhost)
+
+    def version(self) -> str:
+        return "RabbitMQ " + _run("rabbitmqctl", "version").strip()
+
+    def restart(self) -> None:
+        try:
+            _run("rabbitmqctl", "stop_app", timeout=120)
+        finally:
+            _run("rabbitmqctl", "start_app", timeout=120)  # always, even after a failed stop
+            _run("rabbitmqctl", "await_startup", timeout=120)
+
+    def kill_connections(self) -> int:
+        listed = _run("rabbitmqctl", "list_connections", "-q", "--no-table-headers", "vhost")
+        count = sum(1 for line in listed.splitlines() if line.strip() == self.vhost)
+        _run("rabbitmqctl", "close_all_connections", "--vhost", self.vhost, "asynctask chaos")
+        return count
+
+    def write_undecodable(self, queue: str, texts: tuple[str, ...]) -> None:
+        kombu: Any = importlib.import_module("kombu")  # untyped
+        with kombu.Connection(self.uri.partition("?")[0], connect_timeout=5) as conn:
+            producer = conn.Producer()
+            for text in texts:
+                # content type given, so kombu sends the text as it is (no serializer)
+                producer.publish(
+                    text,
+                    exchange=queue,
+                    routing_key=queue,
+                    content_type="application/json",
+                    content_encoding="utf-8",
+                    delivery_mode=2,
+                )
+
+
+BACKENDS: dict[str, type[Backend]] = {
+    "filesys": FilesysBackend,
+    "pgsql": PgsqlBackend,
+    "redis": RedisBackend,
+    "amqp": AmqpBackend,
+}
+
+
+def other_test_runs() -> list[str]:
+    """Command lines of pytest runs on this machine (they share PostgreSQL and RabbitMQ)."""
+    mine = {os.getpid(), os.getppid()}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        with contextlib.suppress(OSError):
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+            if any(w.endswith(b"pytest") or w == b"pytest" for w in words[:3]):
+                found.append(" ".join(w.decode(errors="replace") for w in words if w))
+    return found
+
+
+def wait_for_quiet(say: Callable[[str], None], timeout: float) -> None:
+    """Before restarting a shared server: wait (bounded) until no pytest run is using it."""
+    deadline = time.monotonic() + timeout
+    noted = False
+    while (runs := other_test_runs()) and time.monotonic() < deadline:
+        if not noted:
+            say(f"  waiting up to {timeout:g} s for other test runs to end: {runs[0][:100]}")
+            noted = True
+        time.sleep(2)
+    if runs:
+        say("  other test runs go on; restarting the shared server anyway")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _option(uri: str, name: str, default: str) -> str:
+    for pair in uri.partition("?")[2].split("&"):
+        key, _, value = pair.partition("=")
+        if key == name:
+            return value
+    return default
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
