@@ -18,9 +18,9 @@ Two ways to take a task:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -92,8 +92,8 @@ class Delivery:
 
 
 def new_task_id() -> str:
-    """Return a new task id: 32 hex digits, unique without coordination."""
-    return uuid.uuid4().hex
+    """Return a new task id: 32 random hex digits, unique without coordination."""
+    return os.urandom(16).hex()
 
 
 def format_error(error: BaseException | str) -> str:
@@ -127,7 +127,11 @@ class Consumer(ABC):
 
     @abstractmethod
     def ack(self, delivery: Delivery) -> None:
-        """The task is done: remove it for good."""
+        """The task is done: remove it for good.
+
+        A transport may send the acknowledgement with the consumer's next call (``reserve``
+        or ``close``), saving a round trip; callers make that next call at once.
+        """
 
     @abstractmethod
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:

@@ -82,8 +82,42 @@ def check_payload(payload: object) -> Payload:
     return dict(payload)
 
 
+def _refuse(value: object) -> object:
+    raise TypeError(type(value).__name__)
+
+
+def _str_keys_only(value: object, depth: int = 0) -> bool:
+    # json.dumps turns int, float, bool and None keys into strings without a word; we
+    # refuse them, so check the keys of every object (values were checked by dumps).
+    if depth > 500:
+        return False
+    if isinstance(value, dict):
+        return all(isinstance(k, str) for k in value) and all(
+            _str_keys_only(v, depth + 1) for v in value.values() if isinstance(v, dict | list)
+        )
+    if isinstance(value, list):
+        return all(_str_keys_only(v, depth + 1) for v in value if isinstance(v, dict | list))
+    return True
+
+
 def encode_payload(payload: object) -> str:
-    """Check a payload and return its JSON text (compact, UTF-8 safe)."""
+    """Check a payload and return its JSON text (compact, UTF-8 safe).
+
+    The common case costs one C-level ``json.dumps`` and a walk over the keys; only a
+    payload that fails it is walked again to name the offending key in the error.
+    """
+    if payload is None:
+        return "{}"
+    if type(payload) is dict:
+        try:
+            text = json.dumps(
+                payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_refuse
+            )
+        except (TypeError, ValueError, RecursionError):
+            pass
+        else:
+            if _str_keys_only(payload):
+                return text
     return json.dumps(check_payload(payload), separators=(",", ":"), ensure_ascii=False)
 
 
