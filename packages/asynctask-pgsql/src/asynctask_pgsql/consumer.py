@@ -199,7 +199,8 @@ class PgsqlConsumer(Consumer):
         if self._conn is not None and not self._conn.closed:
             return self._conn
         t = self.transport
-        t._ready_pool()  # the first call of a worker may be its consumer's: migrate first
+        if self._owner is None:
+            t._ready_pool()  # a worker's first call may be its consumer's: migrate first
         conn = t.server.connect(**t.consumer_connect_kwargs)
         try:
             held_before = self._owner

@@ -116,6 +116,7 @@ class PgsqlTransport(Transport):
         """The pool, after the first call has migrated the schema on a direct connection."""
         if self._pool is not None and self._pid == os.getpid():
             return self._pool
+        self._check_open()  # a closed transport opens nothing again
         with self._ready_lock:
             if self._pool is not None and self._pid != os.getpid():
                 # A forked child must not touch (or close) its parent's connections.
@@ -156,8 +157,9 @@ class PgsqlTransport(Transport):
         try:
             yield
         except (psycopg.OperationalError, PoolTimeout) as exc:
-            if self._pool is not None and isinstance(exc, psycopg.OperationalError):
-                self._pool.check()  # drop every idle connection that broke with this one
+            pool = self._pool
+            if pool is not None and not self.closed and isinstance(exc, psycopg.OperationalError):
+                pool.check()  # drop every idle connection that broke with this one
             raise TransportUnavailable(
                 f"{self.server.describe()} is not reachable: {self.server.scrub(str(exc).strip())}"
             ) from exc
