@@ -70,19 +70,32 @@ class Session:
         self.filler = self.transport if fill_uri == self.uri else cls(fill_uri)
         try:
             for step in (self.submit, self.drain, self.latency, self.depth, self.depth_raw):
-                try:
-                    step()
-                except Exception as exc:
-                    message = f"{step.__name__}: {type(exc).__name__}: {exc}"
-                    self.result.errors.append(message)
-                    self.say(f"[{self.name}] FAILED {message}")
-                    with open(self.folder / "errors.log", "a", encoding="utf-8") as log:
-                        log.write(traceback.format_exc() + "\n")
+                self._attempt(step)
         finally:
             self.filler.close()
             self.transport.close()
         self.result.seconds = time.monotonic() - began
         return self.result
+
+    def _attempt(self, step: Callable[[], None]) -> None:
+        """Run a step; once more if it fails (a server restarted by other work, say).
+
+        Its tracebacks go to ``errors.log`` beside the workers' logs.
+        """
+        for attempt in (1, 2):
+            try:
+                step()
+                return
+            except Exception as exc:
+                message = f"{step.__name__}: {type(exc).__name__}: {exc}"
+                with open(self.folder / "errors.log", "a", encoding="utf-8") as log:
+                    log.write(f"attempt {attempt}: " + traceback.format_exc() + "\n")
+                if attempt == 2:
+                    self.result.errors.append(message)
+                    self.say(f"[{self.name}] FAILED {message}")
+                else:
+                    self.say(f"[{self.name}] {message}; trying {step.__name__} again")
+                    time.sleep(2)
 
     # -- helpers ----------------------------------------------------------------------
 
