@@ -327,4 +327,4 @@ class LinkPool:
         for link in idle:
             self.heartbeats.discard(link)
             with link.lock:
-                link.close()
+                link.close() if link.is_open else link.discard()
