@@ -434,3 +434,22 @@ def test_a_forked_child_opens_its_own_connections(transport, caplog):
     assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
     taken = [transport.get_task(queue) for _ in range(3)]
     assert sorted(t["from"] for t in taken) == ["child", "parent", "parent again"]
+
+
+def test_a_task_acknowledged_just_before_the_connection_drops_is_not_run_again(transport):
+    # Given a consumer that has acknowledged a task (its delete rides on the next statement)
+    queue = unique_queue()
+    transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+    with transport.consumer(queue) as consumer:
+        first = consumer.reserve(timeout=5)
+        assert first is not None and first.payload == {"n": 1}
+        consumer.ack(first)
+        # When the server drops its connection before that statement is sent
+        with psycopg.connect(CONNINFO, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (consumer._conn.info.backend_pid,))
+        # Then, reconnected, it takes the next task, and the acknowledged one is gone for good
+        second = consumer.reserve(timeout=5)
+        assert second is not None and second.payload == {"n": 2}
+        consumer.ack(second)
+        assert consumer.reserve(timeout=0.3) is None
+    assert PgsqlProbe().stored(queue) == 0

@@ -210,8 +210,9 @@ class PgsqlConsumer(Consumer):
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
             if number == held_before:
                 # A reserve whose answer the lost connection never delivered left rows
-                # reserved under our number that we do not know of: hand them back.
-                params = {"owner": number, "held": list(self._held)}
+                # reserved under our number that we do not know of: hand them back. Rows
+                # acknowledged but not yet deleted stay ours: our next statement deletes them.
+                params = {"owner": number, "held": [*self._held, *self._acks]}
                 conn.execute(self._sql.orphans, params).fetchall()
         except BaseException:
             conn.close()
