@@ -398,3 +398,14 @@ def test_a_long_queue_name_keeps_its_siblings_within_amqp_limits(transport):
         consumer.fail(delivery, "boom")
     assert [f.payload for f in transport.failed_tasks(queue)] == [{"n": 1}]
     assert transport.purge_failed(queue) == 1
+
+
+def test_a_queue_declared_by_an_operator_is_used_as_it_is(transport, queue, channel):
+    # Given an operator who made the queue a quorum queue before asynctask came
+    channel.queue_declare(
+        queue, durable=True, auto_delete=False, arguments={"x-queue-type": "quorum"}
+    )
+    # When tasks are submitted and worked on, asynctask uses it as it is
+    transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+    assert transport.poll_queue(queue) == 2
+    assert [taken_one(transport, queue).payload["n"] for _ in range(2)] == [1, 2]

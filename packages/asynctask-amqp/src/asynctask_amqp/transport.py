@@ -163,7 +163,10 @@ class AmqpTransport(Transport):
         existed = self._passive(link, queue) is not None
         channel = link.channel
         channel.exchange_declare(queue, "direct", durable=True, auto_delete=False)
-        channel.queue_declare(queue, durable=True, auto_delete=False)
+        if not existed:
+            # an existing queue is used as it is: an operator may have declared it with
+            # arguments of their own (a quorum queue, a length limit...)
+            channel.queue_declare(queue, durable=True, auto_delete=False)
         channel.queue_bind(queue, exchange=queue, routing_key=queue)
         if not existed:
             # one entry per creation; queues() folds duplicates from racing creators
