@@ -67,12 +67,15 @@ def _short(frame: str) -> str:
     return f"{match['name']} ({where})"
 
 
-def submit_loop(uri: str, count: int) -> None:
-    """Submit ``count`` tasks one by one (the loop ``--measure submit`` profiles)."""
+def submit_loop(uri: str, count: int, batch: int) -> None:
+    """Submit ``count`` tasks one by one, or ``batch`` at a time (what is profiled)."""
     transport = load_plugins().transport_class(uri)(uri)
     queue = unique_name("bench_profile")
     with transport:
-        ours.submit_one(transport, queue, ours.payloads(count))
+        if batch > 1:
+            ours.submit_batch(transport, queue, ours.payloads(count), batch)
+        else:
+            ours.submit_one(transport, queue, ours.payloads(count))
         transport.purge(queue)
 
 
@@ -80,7 +83,8 @@ def main(argv: list[str]) -> int:
     """Profile one drain (or submit loop); print the summary."""
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     parser.add_argument("transport", choices=[n for n, b in BACKENDS.items() if b.multiprocess])
-    parser.add_argument("--measure", choices=["drain", "submit"], default="drain")
+    parser.add_argument("--measure", choices=["drain", "submit", "batch"], default="drain")
+    parser.add_argument("--batch", type=int, default=1000, help="tasks per batch (1000)")
     parser.add_argument("--count", type=int, default=5000, help="tasks (5000)")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
     parser.add_argument("--top", type=int, default=25)
@@ -88,7 +92,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--loop", metavar="URI", help=argparse.SUPPRESS)  # the profiled side
     args = parser.parse_args(argv)
     if args.loop:
-        submit_loop(args.loop, args.count)
+        submit_loop(args.loop, args.count, args.batch)
         return 0
     backend = BACKENDS[args.transport]
     folder = Path(tempfile.mkdtemp(prefix="asynctask-profile-"))
@@ -96,12 +100,15 @@ def main(argv: list[str]) -> int:
     out = folder / "profile.txt"
     spy = [args.py_spy, "record", "--subprocesses", "--idle", "--format", "raw"]
     spy += ["--rate", str(args.rate), "-o", str(out), "--"]
-    if args.measure == "submit":
+    if args.measure in ("submit", "batch"):
+        batch = args.batch if args.measure == "batch" else 1
         loop = [sys.executable, "-m", "bench.profile", args.transport, "--loop", uri]
+        loop += ["--count", str(args.count), "--batch", str(batch)]
         began = time.monotonic()
-        subprocess.run([*spy, *loop, "--count", str(args.count)], check=True, capture_output=True)
+        subprocess.run([*spy, *loop], check=True, capture_output=True)
         seconds = time.monotonic() - began
-        print(f"{args.transport}: {args.count} submits one by one under py-spy ({seconds:.1f} s)")
+        how = "one by one" if batch == 1 else f"in batches of {batch}"
+        print(f"{args.transport}: {args.count} submits {how} under py-spy ({seconds:.1f} s)")
         print(f"(raw profile in {out})\n")
         print(summarize(out.read_text(), args.top, "submit_loop (bench/profile.py"))
         return 0

@@ -208,6 +208,7 @@ def _targets(results: list[TransportResult]) -> list[str]:
                     f"- **{result.name}, {row.label}: {_ratio(row)}** (target {row.target}). {why}"
                 )
     skipped = [f"{r.name} ({r.skipped})" for r in results if r.skipped]
+    skipped += [f"{r.name} {e.split(':')[0]} (failed: {e})" for r in results for e in r.errors]
     met = sum(1 for r in rows if r[-1] == "met")
     out = [f"{met} of {len(rows)} targets met."]
     if skipped:
