@@ -128,7 +128,9 @@ $$;
 DROP TRIGGER IF EXISTS asynctask_notify ON {s}.asynctask_queue;
 CREATE TRIGGER asynctask_notify AFTER INSERT ON {s}.asynctask_queue
     REFERENCING NEW TABLE AS inserted
-    FOR EACH STATEMENT EXECUTE FUNCTION {s}.asynctask_notify();
+    FOR EACH STATEMENT
+    WHEN (current_setting('asynctask.notify', true) IS DISTINCT FROM 'off')
+    EXECUTE FUNCTION {s}.asynctask_notify();
 COMMENT ON SCHEMA {s} IS 'version: 2';
 """
 

@@ -29,19 +29,33 @@ _UNDECODABLE = (
     "'undecodable message: expected a JSON object, got a JSON ' || jsonb_typeof(t.payload)"
 )
 
-PUT_ONE = """
+# Our own connections set asynctask.notify = off, which silences the insert trigger: one
+# pg_notify per statement is cheaper than the trigger's transition table.
+_NOTIFY_PUT = """
+SELECT pg_notify({s}.asynctask_channel(%(queue)s), '') FROM (SELECT 1 FROM put LIMIT 1) AS one
+"""
+
+PUT_ONE = (
+    """WITH put AS (
 INSERT INTO {s}.asynctask_queue (task_id, queue_name, payload, payload_text, date_available)
 VALUES (%(id)s::uuid, %(queue)s, coalesce(%(payload)s::jsonb, '{}'), %(text)s,
         now() + make_interval(secs => %(delay)s))
-"""
+RETURNING 1
+)"""
+    + _NOTIFY_PUT
+)
 
 # unnest yields its rows in order, and the insert numbers them (``id``) in that order.
-PUT = """
+PUT = (
+    """WITH put AS (
 INSERT INTO {s}.asynctask_queue (task_id, queue_name, payload, payload_text, date_available)
 SELECT t.id, %(queue)s, coalesce(t.payload::jsonb, '{}'), t.text,
        (SELECT now() + make_interval(secs => %(delay)s))
 FROM unnest(%(ids)s::uuid[], %(payloads)s::text[], %(texts)s::text[]) AS t(id, payload, text)
-"""
+RETURNING 1
+)"""
+    + _NOTIFY_PUT
+)
 
 RESERVE = f"""
 WITH {_DONE}, head AS (
