@@ -244,10 +244,15 @@ class Heartbeats:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
 
     def add(self, link: Link) -> None:
         """Keep ``link``'s heartbeats going while it lives."""
         with self._lock:
+            if self._pid != os.getpid():
+                # forked: the parent's thread is not ours, nor are its links' sockets
+                self._pid, self._thread = os.getpid(), None
+                self._links = weakref.WeakSet()
             self._links.add(link)
             if self._thread is None and not self._stop.is_set():
                 self._thread = threading.Thread(
