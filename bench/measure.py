@@ -31,6 +31,8 @@ Payload = dict[str, Any]
 
 #: submit measures alternate ours and raw this many times, keeping each side's best
 ROUNDS = 3
+#: the prefetch the informational ``prefetch`` measure tries
+PREFETCH = 10
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -69,7 +71,15 @@ class Session:
         # localmem keeps its tasks in the transport object: it must fill itself
         self.filler = self.transport if fill_uri == self.uri else cls(fill_uri)
         try:
-            for step in (self.submit, self.drain, self.latency, self.depth, self.depth_raw):
+            steps = (
+                self.submit,
+                self.drain,
+                self.latency,
+                self.depth,
+                self.depth_raw,
+                self.prefetch,
+            )
+            for step in steps:
                 self._attempt(step)
         finally:
             self.filler.close()
@@ -311,6 +321,34 @@ class Session:
         self.say(
             f"[{self.name}] depth: {rate_small:,.0f}/s with {small:,} waiting, "
             f"{rate_big:,.0f}/s with {big:,} waiting"
+        )
+
+    def prefetch(self) -> None:
+        """5. What a prefetch of 10 would give one consumer (workers use 1 today)."""
+        count = self.sizes.depth_small * self.sizes.depth_rounds
+        rates = {}
+        for prefetch in (1, PREFETCH):
+            queue = self.queue("prefetch")
+
+            def fill_all(queue: str = queue) -> int:
+                ours.fill(self.filler, queue, count)
+                return count
+
+            try:
+                rates[prefetch] = ours.consume(self.transport, queue, [fill_all], prefetch)
+            finally:
+                self.transport.purge(queue)
+        self.add(
+            "prefetch",
+            rates[PREFETCH],
+            rates[1],
+            "prefetch 1",
+            f"one consumer's reserve+ack on {count:,} waiting tasks; asynctask workers "
+            "children reserve with prefetch 1",
+        )
+        self.say(
+            f"[{self.name}] prefetch: {rates[1]:,.0f}/s with 1, {rates[PREFETCH]:,.0f}/s "
+            f"with {PREFETCH}"
         )
 
     def depth_raw(self) -> None:

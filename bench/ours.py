@@ -112,13 +112,15 @@ def drain_rate(path: str, launched: float) -> Drain:
     return Drain(starts[0] - launched, (len(starts) - 1) / (starts[-1] - starts[0]), len(starts))
 
 
-def consume(transport: Transport, queue: str, rounds: list[Callable[[], int]]) -> float:
+def consume(
+    transport: Transport, queue: str, rounds: list[Callable[[], int]], prefetch: int = 1
+) -> float:
     """Tasks per second of one consumer's reserve+ack, over rounds (each fills, untimed).
 
     Each round's callable fills the queue and returns how many to take.
     """
     taken, elapsed = 0, 0.0
-    with transport.consumer(queue) as consumer:
+    with transport.consumer(queue, prefetch=prefetch) as consumer:
         for fill_round in rounds:
             count = fill_round()
             start = time.perf_counter()

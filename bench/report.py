@@ -139,7 +139,10 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "client's wake-up (its blocking pop, LISTEN, consume, or inotify) in its own process.",
         f"4. **depth**: one consumer's `reserve`+`ack` rate with {run.sizes.depth_small:,} "
         f"waiting ({run.sizes.depth_rounds} rounds) against {run.sizes.depth_take:,} tasks taken "
-        f"from {run.sizes.depth_big:,} waiting.",
+        f"from {run.sizes.depth_big:,} waiting; the raw client's drain loop the same way.",
+        f"5. **prefetch** (no target): one consumer's `reserve`+`ack` rate on "
+        f"{run.sizes.depth_small * run.sizes.depth_rounds:,} waiting tasks with `prefetch=10` "
+        "against `prefetch=1`, which is what `asynctask workers` children use today.",
         "",
         "Ratios are ours / reference: higher is better for rates, lower for latencies. Peer",
         "rates are Python task queues measured by hand on the same kind of machine: Dramatiq",

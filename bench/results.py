@@ -36,6 +36,7 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
     "latency_p99": ("latency p99", "ms", None),
     "depth": ("drain at depth 100,000 vs 100", "tasks/s", Target(">=", 0.5)),
     "depth_raw": ("raw drain at depth 100,000 vs 100", "tasks/s", None),
+    "prefetch": ("one consumer, prefetch 10 vs 1", "tasks/s", None),
 }
 
 #: the measures every measured transport has (``peer`` only where a peer was measured)

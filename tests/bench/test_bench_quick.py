@@ -21,6 +21,7 @@ REQUIRED = (
     "latency_p99",
     "depth",
     "depth_raw",
+    "prefetch",
 )
 
 
