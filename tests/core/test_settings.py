@@ -38,6 +38,11 @@ def test_later_sources_win_and_replace_whole_values(tmp_path):
     )
 
 
+def test_prefetch_per_queue(tmp_path):
+    settings = load(tmp_path, ['asynctask_workers={"foo": {"worker": "w", "prefetch": 8}}'])
+    assert settings.workers["foo"] == WorkerConfig("w", prefetch=8)
+
+
 def test_set_takes_a_plain_string_when_not_json(tmp_path):
     settings = load(tmp_path, ["asynctask_transport=redis://127.0.0.1:6379"])
     assert settings.transport == "redis://127.0.0.1:6379"
@@ -63,6 +68,10 @@ def test_disabled_queues_stay_disabled(tmp_path):
         ('{"foo": {"worker": "w", "concurrency": 0}}', "concurrency must be a whole number >= 1"),
         ('{"foo": {"worker": "w", "colour": 1}}', "unknown keys ['colour']"),
         ('{"foo": 3}', "expected a worker name"),
+        (
+            '{"foo": {"worker": "w", "prefetch": 0}}',
+            "prefetch must be a whole number from 1 to 1000, got 0",
+        ),
         ('["foo"]', "expected an object mapping queue names"),
     ],
 )

@@ -44,7 +44,8 @@ class ChildSpec:
     quiet: bool = False
     rate_max_calls: int | None = None
     rate_period: float | None = None
-    prefetch: int = 1
+    #: None: the worker class's own ``prefetch``
+    prefetch: int | None = None
 
     def to_json(self) -> str:
         """The spec as JSON text."""
@@ -106,7 +107,7 @@ def main() -> int:
         halt_when_empty=spec.halt_when_empty,
         wait=settings.poll_interval,
         rate=rate,
-        prefetch=spec.prefetch,
+        prefetch=spec.prefetch or worker.prefetch,
         stop=stop,
         on_timeout=lambda: os._exit(EXIT_TASK_TIMEOUT),
     )

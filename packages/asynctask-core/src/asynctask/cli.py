@@ -183,6 +183,7 @@ def workers(
                         quiet=quiet,
                         rate_max_calls=per_child,
                         rate_period=worker_config.rate_period,
+                        prefetch=worker_config.prefetch,
                     )
                 )
         schedule_runner = None

@@ -286,7 +286,7 @@ def _drain_ready(
     # out back-off delays.
     processed = 0
     worker._transport, worker._queue_name = transport, queue
-    watchdog = _Watchdog(worker, transport.consumer(queue), None)
+    watchdog = _Watchdog(worker, transport.consumer(queue, prefetch=worker.prefetch), None)
     consumer = watchdog.consumer
     try:
         while (delivery := consumer.reserve(timeout=options.wait)) is not None:

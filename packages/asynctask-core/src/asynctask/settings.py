@@ -36,6 +36,8 @@ class WorkerConfig:
     concurrency: int = 1
     rate_max_calls: int | None = None
     rate_period: float | None = None
+    #: tasks a child reserves ahead; None means the worker's own ``prefetch``
+    prefetch: int | None = None
 
 
 def default_transport_uri() -> str:
@@ -82,7 +84,7 @@ def _worker_config(queue: str, value: Any) -> WorkerConfig | None:
             f"{where}: expected a worker name, an object {{worker, concurrency, "
             f"rate_max_calls, rate_period}}, or null/false to disable, got {value!r}"
         )
-    allowed = {"worker", "concurrency", "rate_max_calls", "rate_period"}
+    allowed = {"worker", "concurrency", "rate_max_calls", "rate_period", "prefetch"}
     unknown = set(value) - allowed
     if unknown:
         raise _Invalid(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -102,7 +104,14 @@ def _worker_config(queue: str, value: Any) -> WorkerConfig | None:
         isinstance(period, bool) or not isinstance(period, int | float) or not period > 0
     ):
         raise _Invalid(f"{where}: rate_period must be a number of seconds > 0, got {period!r}")
-    return WorkerConfig(worker, concurrency, calls, None if period is None else float(period))
+    prefetch = value.get("prefetch")
+    if prefetch is not None and (
+        isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 1 <= prefetch <= 1000
+    ):
+        raise _Invalid(f"{where}: prefetch must be a whole number from 1 to 1000, got {prefetch!r}")
+    return WorkerConfig(
+        worker, concurrency, calls, None if period is None else float(period), prefetch
+    )
 
 
 def _workers(value: Any) -> dict[str, WorkerConfig | None]:
@@ -150,7 +159,8 @@ SETTINGS: dict[str, Setting] = {
             "asynctask_workers",
             dict,
             _workers,
-            "queue -> worker name, or {worker, concurrency, rate_max_calls, rate_period}, "
+            "queue -> worker name, or {worker, concurrency, rate_max_calls, rate_period, "
+            "prefetch}, "
             "or null/false",
         ),
         Setting("asynctask_imports", list, _imports, "modules to import for their workers"),

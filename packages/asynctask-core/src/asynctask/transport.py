@@ -106,7 +106,10 @@ def format_error(error: BaseException | str) -> str:
 class Consumer(ABC):
     """At-least-once access to one queue, owned by one worker (thread or process).
 
-    A consumer may reserve up to ``prefetch`` tasks ahead. It is used from one thread.
+    A consumer may reserve up to ``prefetch`` tasks ahead. It is used from one thread,
+    except that a worker's timeout watchdog may settle the running task (``retry`` or
+    ``fail``) from a timer thread while that thread is inside ``process()``; the process
+    ends right after, so a consumer needs only to make that one call safe.
     """
 
     def __init__(self, transport: Transport, queue: str, prefetch: int) -> None:
