@@ -171,3 +171,42 @@ def test_submit_queues_and_settings_commands(filesys_uri, tmp_path):
         "source": "--set asynctask_transport",
     } in shown
     assert cli("purge", "w_cli").stdout.strip() == "Purged 3 tasks from w_cli."
+
+
+def test_a_child_killed_before_it_reads_its_spec_is_restarted(filesys_uri, ledger, monkeypatch):
+    # Given a supervisor (in this process) whose first child is SIGKILLed the moment it is
+    # launched, before the supervisor has written the child's spec to its stdin
+    from asynctask import supervisor
+    from asynctask.child import ChildSpec
+    from asynctask.settings import load_settings
+
+    get_transport(filesys_uri).submit_task("w_birth", {"ledger": str(ledger)})
+    settings = load_settings(overrides=[f"asynctask_transport={filesys_uri}"])
+    spec = ChildSpec(
+        queue="w_birth",
+        worker="test_record",
+        settings=settings.raw,
+        sources=settings.sources,
+        imports=[],
+        parent_pid=os.getpid(),
+        halt_when_empty=True,
+    )
+    launched: list[int] = []
+    real_popen = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        process = real_popen(*args, **kwargs)
+        launched.append(process.pid)
+        if len(launched) == 1:
+            process.kill()
+            process.wait()
+        return process
+
+    monkeypatch.setattr(supervisor.subprocess, "Popen", popen)
+    # When it runs
+    code = supervisor.Supervisor([spec], check_interval=0.2, halt_when_empty=True).run()
+    # Then it replaced the dead child (it did not crash on the broken pipe), and the
+    # replacement did the task and halted
+    assert code == 0
+    assert len(launched) == 2
+    assert len(events(ledger, "done")) == 1

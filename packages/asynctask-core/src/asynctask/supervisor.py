@@ -85,8 +85,14 @@ class Supervisor:
             close_fds=True,
         )
         assert process.stdin is not None
-        process.stdin.write(slot.spec.to_json().encode())
-        process.stdin.close()
+        try:
+            process.stdin.write(slot.spec.to_json().encode())
+            process.stdin.close()
+        except BrokenPipeError:
+            # It died before reading its spec (killed at birth): reaped and restarted
+            # like any child that dies, instead of ending the supervisor.
+            with contextlib.suppress(OSError):
+                process.stdin.close()
         slot.process = process
         slot.started = time.monotonic()
         slot.restart_at = None
