@@ -2,7 +2,7 @@
 UV ?= $(shell command -v uv 2>/dev/null || echo .venv-uv/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help install run test bench lint typecheck
+.PHONY: help install run test bench chaos lint typecheck
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -21,6 +21,9 @@ test: install ## run the whole test suite
 
 bench: install ## speed beside the raw clients: docs/benchmarks.md (QUICK=1: a smoke run)
 	.venv/bin/python -m bench $(if $(QUICK),--quick,)
+
+chaos: install ## reliability under faults: docs/reliability.md (minutes; not part of make test)
+	.venv/bin/python -m chaos $(if $(ONLY),--only $(ONLY),)
 
 lint: install ## ruff check and format check
 	.venv/bin/ruff check packages tests
