@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib.util
 import logging
 import shlex
 import shutil
@@ -63,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         "--docs",
         metavar="DIR",
         type=Path,
-        help="write reliability.md here (default: docs/ on a full run only)",
+        help="write reliability.md here (default: docs/, on a run of everything only)",
     )
     return parser
 
@@ -83,7 +84,8 @@ def main(argv: list[str]) -> int:
     scenarios = _names(args.scenarios, SCENARIOS)
     given = dict(pair.split("=", 1) for pair in args.uri)
     plan = Plan(tasks=args.tasks, kills=args.kills, feed_seconds=args.seconds)
-    full = not (args.scenarios or args.uri or plan != Plan())
+    # only a full run replaces docs/reliability.md
+    full = not (args.only or args.scenarios or args.uri or plan != Plan())
     docs = args.docs if args.docs is not None else (ROOT / "docs" if full else None)
     logging.basicConfig(level=logging.WARNING, format="    %(name)s: %(message)s")
 
@@ -132,6 +134,9 @@ def _run_transport(
     say: Say,
 ) -> list[Result]:
     say(f"{backend.name}:")
+    if importlib.util.find_spec(f"asynctask_{backend.name}") is None:
+        say("  skipped: not installed")
+        return [Result(backend.name, s, skipped="not installed") for s in scenarios]
     try:
         backend.start()
     except Exception as exc:

@@ -107,7 +107,7 @@ def run_scenario(backend: Backend, scenario: str, plan: Plan, scratch: Path, say
             result.skipped = "no server"
         return result
     if scenario in ("restart", "connections") and backend.name in ("pgsql", "amqp"):
-        wait_for_quiet(say, plan.quiet_timeout)
+        wait_for_quiet(backend.name, say, plan.quiet_timeout)
     folder = scratch / backend.name / scenario
     folder.mkdir(parents=True, exist_ok=True)
     run = _Run(backend, get_transport(backend.uri), scenario, plan, folder, say, result)
@@ -238,8 +238,18 @@ class _Run:
             events.append((index * step + step / 2, self._submit_poison))
         for index in range(len(UNDECODABLE)):
             events.append(((2 * index + 1.25) * step, partial(self._write_bad, index)))
-        events.append((self.plan.feed_seconds * 0.3, partial(self._submit_extra, blob="x" * BIG)))
-        events.append((self.plan.feed_seconds * 0.5, partial(self._submit_extra, deep=_nest(DEEP))))
+        events.append(
+            (
+                self.plan.feed_seconds * 0.3,
+                partial(self._submit_extra, "a 1 MB payload", blob="x" * BIG),
+            )
+        )
+        events.append(
+            (
+                self.plan.feed_seconds * 0.5,
+                partial(self._submit_extra, f"a payload nested {DEEP} deep", deep=_nest(DEEP)),
+            )
+        )
         events.append((self.plan.feed_seconds * 0.6, self._submit_too_deep))
         return events
 
@@ -248,22 +258,30 @@ class _Run:
         self.poison.add(payload["n"])
         self.transport.submit_task(self.queue, payload)
 
-    def _submit_extra(self, **extra: Any) -> None:
+    def _submit_extra(self, what: str, **extra: Any) -> None:
         payload = self._payload(**extra)
+        try:
+            self.transport.submit_task(self.queue, payload)
+        except Exception as exc:  # the run goes on: the table shows the failure
+            self.result.errors.append(f"submitting {what} raised {type(exc).__name__}: {exc}")
+            return
         self.expected.add(payload["n"])
-        self.transport.submit_task(self.queue, payload)
 
     def _write_bad(self, index: int) -> None:
         self.backend.write_undecodable(self.queue, (UNDECODABLE[index],))
         self.undecodable += 1
 
     def _submit_too_deep(self) -> None:
+        what = f"a payload nested {TOO_DEEP} deep"
         try:
             self.transport.submit_task(self.queue, {"n": -1, "deep": _nest(TOO_DEEP)})
         except InvalidTaskError:
-            self.result.notes.append(f"a payload nested {TOO_DEEP} deep was refused at submit")
+            self.result.notes.append(f"{what} was refused at submit")
             return
-        self.result.errors.append(f"a payload nested {TOO_DEEP} deep was accepted")
+        except Exception as exc:
+            self.result.errors.append(f"{what} raised {type(exc).__name__}, not InvalidTaskError")
+            return
+        self.result.errors.append(f"{what} was accepted")
 
     # -- the end ----------------------------------------------------------------------
 

@@ -387,31 +387,40 @@ BACKENDS: dict[str, type[Backend]] = {
 }
 
 
-def other_test_runs() -> list[str]:
-    """Command lines of pytest runs on this machine (they share PostgreSQL and RabbitMQ)."""
+def other_test_runs(name: str) -> list[str]:
+    """Command lines of pytest runs on this machine that may use ``name``'s shared server."""
     mine = {os.getpid(), os.getppid()}
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) in mine:
             continue
         with contextlib.suppress(OSError):
-            words = (entry / "cmdline").read_bytes().split(b"\0")
-            if any(w.endswith(b"pytest") or w == b"pytest" for w in words[:3]):
-                found.append(" ".join(w.decode(errors="replace") for w in words if w))
+            words = [
+                w.decode(errors="replace") for w in (entry / "cmdline").read_bytes().split(b"\0")
+            ]
+            if any(w.endswith("pytest") for w in words[:3]) and _may_use(words, name):
+                found.append(" ".join(w for w in words if w))
     return found
 
 
-def wait_for_quiet(say: Callable[[str], None], timeout: float) -> None:
-    """Before restarting a shared server: wait (bounded) until no pytest run is using it."""
+def _may_use(words: list[str], name: str) -> bool:
+    # a run limited to other transports' folders leaves this server alone
+    paths = [w.rstrip("/") for w in words if w.startswith("tests")]
+    shared = ("tests/workers", "tests/scheduler", "tests/chaos", f"tests/{name}")
+    return not paths or any(p == "tests" or p.startswith(shared) for p in paths)
+
+
+def wait_for_quiet(name: str, say: Callable[[str], None], timeout: float) -> None:
+    """Before restarting a shared server: wait (bounded) until no pytest run may be using it."""
     deadline = time.monotonic() + timeout
     noted = False
-    while (runs := other_test_runs()) and time.monotonic() < deadline:
+    while (runs := other_test_runs(name)) and time.monotonic() < deadline:
         if not noted:
-            say(f"  waiting up to {timeout:g} s for other test runs to end: {runs[0][:100]}")
+            say(f"    waiting up to {timeout:g} s for other test runs to end: {runs[0][:100]}")
             noted = True
         time.sleep(2)
     if runs:
-        say("  other test runs go on; restarting the shared server anyway")
+        say("    other test runs go on; disturbing the shared server anyway")
 
 
 def _free_port() -> int:
