@@ -12,7 +12,7 @@ from pathlib import Path
 
 PGSQL_URI = os.environ.get("ASYNCTASK_TEST_PGSQL", "pgsql://127.0.0.1:5432/test")
 REDIS_URI = os.environ.get("ASYNCTASK_TEST_REDIS", "redis://127.0.0.1:6379/0")
-AMQP_URI = os.environ.get("ASYNCTASK_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
+AMQP_URI = os.environ.get("ASYNCTASK_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//?heartbeat=1")
 
 
 def _check_pgsql() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,11 +133,31 @@ class _Watchdog:
             self.on_timeout()
 
 
-def queue_is_drained(transport: Transport, queue: str) -> bool:
-    """Nothing ready, nothing in back-off, nothing in flight on any worker."""
-    stats = transport.queue_stats(queue)
-    busy = (stats.ready or 0) + (stats.retrying or 0) + (stats.in_flight or 0)
-    return busy == 0
+class DrainCheck:
+    """Tells when a queue is drained: nothing ready, in back-off or in flight anywhere.
+
+    A transport that cannot count tasks in flight (AMQP) gets them back only when their
+    dead worker is noticed, so there the queue must look empty for the transport's whole
+    recovery time before it counts as drained.
+    """
+
+    def __init__(self, transport: Transport, queue: str) -> None:
+        self.transport = transport
+        self.queue = queue
+        self._empty_since: float | None = None
+
+    def drained(self) -> bool:
+        stats = self.transport.queue_stats(self.queue)
+        busy = (stats.ready or 0) + (stats.retrying or 0) + (stats.in_flight or 0)
+        if busy:
+            self._empty_since = None
+            return False
+        if stats.in_flight is not None:
+            return True
+        now = time.monotonic()
+        if self._empty_since is None:
+            self._empty_since = now
+        return now - self._empty_since >= self.transport.features.recovery_seconds
 
 
 def run_loop(
@@ -149,6 +170,7 @@ def run_loop(
     consumer = transport.consumer(queue, prefetch=options.prefetch)
     watchdog = _Watchdog(worker, consumer, options.on_timeout)
     outage = _Outage(worker.logger, options.stop)
+    drain_check = DrainCheck(transport, queue)
     try:
         while not options.stop.is_set():
             try:
@@ -162,7 +184,7 @@ def run_loop(
                 continue
             outage.ok()
             if delivery is None:
-                if options.halt_when_empty and queue_is_drained(transport, queue):
+                if options.halt_when_empty and drain_check.drained():
                     _report_delayed(worker, transport, queue)
                     worker.logger.info("No tasks found in queue")
                     break
