@@ -6,7 +6,6 @@ import ast
 from pathlib import Path
 
 import pytest
-
 from asynctask import ConfigurationError, get_transport
 from asynctask.plugins import load_plugins
 from asynctask.settings import configure, load_settings
