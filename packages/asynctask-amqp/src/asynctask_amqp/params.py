@@ -15,18 +15,9 @@ from urllib.parse import unquote, urlsplit
 
 import amqp.exceptions
 from asynctask.errors import InvalidURIError, TransportError, TransportUnavailable
-from asynctask.uri import Option, positive_float, positive_int, redact
+from asynctask.uri import Option, boolean, positive_float, positive_int, redact
 
 DEFAULT_PORT = {"amqp": 5672, "amqps": 5671}
-
-
-def _flag(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("must be true or false")
 
 
 #: URI options (beside ``retry_timeout``); see the transport module's docstring.
@@ -46,7 +37,7 @@ OPTIONS: dict[str, Option] = {
     "ssl_ca_certs": Option(str, None, "amqps: CA bundle to verify the broker with"),
     "ssl_certfile": Option(str, None, "amqps: client certificate (PEM)"),
     "ssl_keyfile": Option(str, None, "amqps: client certificate's key (PEM)"),
-    "ssl_verify": Option(_flag, True, "amqps: verify the broker's certificate and name"),
+    "ssl_verify": Option(boolean, True, "amqps: verify the broker's certificate and name"),
 }
 
 #: kombu / py-amqp connection options passed through as they are (``transport_options``).

@@ -63,6 +63,28 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def float_at_least(minimum: float, why: str = "") -> Callable[[str], float]:
+    """A parser of numbers >= ``minimum`` (``why`` is added to the error)."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not value >= minimum:
+            raise ValueError(f"must be >= {minimum:g}" + (f" ({why})" if why else ""))
+        return value
+
+    return parse
+
+
+def boolean(text: str) -> bool:
+    """Parse true/false, yes/no, on/off, 1/0 (any case)."""
+    word = text.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
 def positive_int(text: str) -> int:
     """Parse a whole number >= 1."""
     value = int(text)

@@ -44,7 +44,7 @@ from asynctask.transport import (
     Transport,
     TransportFeatures,
 )
-from asynctask.uri import Option, positive_float
+from asynctask.uri import Option, boolean, positive_float
 from asynctask.validation import Payload, decode_payload, is_valid_queue_name
 
 from asynctask_filesys import claims
@@ -76,15 +76,6 @@ def _file_mode(text: str) -> int:
     return value
 
 
-def _flag(text: str) -> bool:
-    word = text.strip().lower()
-    if word in ("1", "true", "yes", "on"):
-        return True
-    if word in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
-
-
 def _notify(text: str) -> str:
     if text not in ("inotify", "poll"):
         raise ValueError("expected 'inotify' or 'poll'")
@@ -100,7 +91,7 @@ OPTIONS: dict[str, Option] = {
     ),
     "heartbeat": Option(positive_float, None, "seconds between heartbeats; <= lease/2"),
     "mode": Option(_file_mode, 0o600, "octal mode of task files (folders add x), e.g. 0660"),
-    "fsync": Option(_flag, True, "fsync each task file and its folder before it is visible"),
+    "fsync": Option(boolean, True, "fsync each task file and its folder before it is visible"),
     "notify": Option(_notify, "inotify", "how idle takers learn of new files: inotify or poll"),
     "poll": Option(positive_float, 0.05, "seconds between folder checks without inotify"),
 }

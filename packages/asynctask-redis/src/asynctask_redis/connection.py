@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlencode, urlsplit
 
 import redis
 from asynctask.errors import InvalidURIError, TransportError, TransportUnavailable
-from asynctask.uri import Option, positive_float, positive_int, redact
+from asynctask.uri import Option, float_at_least, positive_float, positive_int, redact
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
@@ -66,31 +66,21 @@ def parse_prefix(text: str) -> str:
     return text
 
 
-def _socket_timeout(text: str) -> float:
-    value = positive_float(text)
-    if value < 2:
-        raise ValueError("must be >= 2 (blocking waits last up to 1 s)")
-    return value
-
-
-def _recovery(text: str) -> float:
-    value = positive_float(text)
-    if value < 0.5:
-        raise ValueError("must be >= 0.5")
-    return value
-
-
 OPTIONS: Mapping[str, Option] = {
     "key_prefix": Option(
         parse_prefix, "asynctask", "first part of every key (no '_'); default asynctask"
     ),
     "pool_size": Option(positive_int, 50, "most connections this transport opens; default 50"),
     "socket_timeout": Option(
-        _socket_timeout, 10.0, "seconds a reply may take before the server counts as gone"
+        float_at_least(2, "blocking waits last up to 1 s"),
+        10.0,
+        "seconds a reply may take before the server counts as gone",
     ),
     "connect_timeout": Option(positive_float, 5.0, "seconds to open a connection; default 5"),
     "recovery_seconds": Option(
-        _recovery, 8.0, "seconds within which a dead consumer's tasks come back; default 8"
+        float_at_least(0.5),
+        8.0,
+        "seconds within which a dead consumer's tasks come back; default 8",
     ),
     "heartbeat_seconds": Option(
         positive_float,
