@@ -1,0 +1,252 @@
+"""Commands for people and scripts: submit, queues, purge, failed, plugins, settings, schedule."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+
+from asynctask.cli.common import (
+    ConfigOption,
+    ImportOption,
+    JsonOption,
+    SetOption,
+    count_text,
+    fail,
+    open_transport,
+    reported_errors,
+    shorten,
+    table,
+    use_settings,
+)
+from asynctask.settings import SETTINGS
+
+
+def submit(
+    queue: Annotated[str, typer.Argument(help="Queue name, e.g. emails.")],
+    payload: Annotated[
+        str | None,
+        typer.Argument(
+            help="A JSON object. Without it (or with -), one JSON object per line of stdin."
+        ),
+    ] = None,
+    delay: Annotated[
+        float, typer.Option("--delay", help="Seconds before the task may run.", min=0)
+    ] = 0.0,
+    sets: SetOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Submit tasks and print their ids.
+
+    Example: asynctask submit emails '{"to": "ann@example.org"}'
+    """
+    with reported_errors():
+        if payload is None or payload == "-":
+            texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+        else:
+            texts = [payload]
+        payloads = []
+        for number, text in enumerate(texts, 1):
+            try:
+                payloads.append(json.loads(text))
+            except ValueError as exc:
+                raise fail(f"payload #{number} is not JSON ({exc}): {text[:80]!r}", 2) from exc
+        transport = open_transport(sets, config)
+        for task_id in transport.submit_tasks(queue, payloads, delay=delay):
+            typer.echo(task_id)
+
+
+def queues(
+    sets: SetOption = None, config: ConfigOption = None, as_json: JsonOption = False
+) -> None:
+    """Show every queue with its counts (ready, delayed, retrying, in flight, failed).
+
+    Example: asynctask queues --json
+    """
+    with reported_errors():
+        stats = open_transport(sets, config).queues()
+    if as_json:
+        typer.echo(json.dumps([asdict(s) for s in stats], indent=2))
+        return
+    header = ["queue", "ready", "delayed", "retrying", "in_flight", "failed"]
+    rows = [[s.name, *(count_text(getattr(s, h)) for h in header[1:])] for s in stats]
+    typer.echo(table(rows, header) if rows else "No queues.")
+
+
+def purge(
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    sets: SetOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Delete every waiting task of a queue (not those in flight or failed).
+
+    Example: asynctask purge emails
+    """
+    with reported_errors():
+        count = open_transport(sets, config).purge(queue)
+    typer.echo(f"Purged {count} tasks from {queue}.")
+
+
+def failed_list(
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    limit: Annotated[int, typer.Option(help="At most this many.", min=1)] = 100,
+    sets: SetOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List a queue's failed tasks, oldest first.
+
+    Example: asynctask failed list emails
+    """
+    with reported_errors():
+        tasks = open_transport(sets, config).failed_tasks(queue, limit)
+    if as_json:
+        typer.echo(json.dumps([asdict(t) for t in tasks], indent=2))
+        return
+    if not tasks:
+        typer.echo(f"No failed tasks in {queue}.")
+        return
+    rows = [
+        [
+            t.id,
+            str(t.attempts),
+            shorten(json.dumps(t.payload) if t.payload is not None else f"raw: {t.raw!r}"),
+            shorten(t.error.strip().splitlines()[-1] if t.error.strip() else ""),
+        ]
+        for t in tasks
+    ]
+    typer.echo(table(rows, ["id", "attempts", "payload", "error"]))
+
+
+def failed_requeue(
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    ids: Annotated[list[str] | None, typer.Argument(help="Task ids; all when none.")] = None,
+    sets: SetOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Put failed tasks back in their queue, attempts reset.
+
+    Example: asynctask failed requeue emails 3f2a...
+    """
+    with reported_errors():
+        count = open_transport(sets, config).requeue_failed(queue, ids or None)
+    typer.echo(f"Requeued {count} tasks to {queue}.")
+
+
+def failed_purge(
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    ids: Annotated[list[str] | None, typer.Argument(help="Task ids; all when none.")] = None,
+    sets: SetOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Delete failed tasks for good.
+
+    Example: asynctask failed purge emails
+    """
+    with reported_errors():
+        count = open_transport(sets, config).purge_failed(queue, ids or None)
+    typer.echo(f"Purged {count} failed tasks from {queue}.")
+
+
+def plugins(imports: ImportOption = None, as_json: JsonOption = False) -> None:
+    """List installed transports and workers with their distributions and versions.
+
+    Example: asynctask plugins
+    """
+    from asynctask.plugins import load_plugins
+
+    with reported_errors():
+        registry = load_plugins(imports or [])
+    transports = {
+        entry.plugin: sorted(s for s, e in registry.transports.items() if e is entry)
+        for entry in registry.transports.values()
+    }
+    rows = []
+    for info in registry.plugins:
+        kind = "transport" if info.name in transports else "worker"
+        detail = ", ".join(f"{s}:" for s in transports.get(info.name, []))
+        if info.group == "asynctask":
+            workers_of = [
+                n for n, w in registry.workers.items() if w.source == f"plugin {info.name!r}"
+            ]
+            if workers_of and not detail:
+                kind, detail = "workers", ", ".join(sorted(workers_of))
+        else:
+            detail = info.name
+        rows.append(
+            {
+                "name": info.name,
+                "kind": kind,
+                "distribution": info.distribution,
+                "version": info.version,
+                "provides": detail,
+            }
+        )
+    for name, entry in sorted(registry.workers.items()):
+        if entry.source.startswith("module"):
+            rows.append(
+                {
+                    "name": name,
+                    "kind": "worker",
+                    "distribution": "-",
+                    "version": "-",
+                    "provides": entry.source,
+                }
+            )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    header = ["name", "kind", "distribution", "version", "provides"]
+    typer.echo(table([[r[h] for h in header] for r in rows], header))
+
+
+def show_settings(
+    sets: SetOption = None, config: ConfigOption = None, as_json: JsonOption = False
+) -> None:
+    """Show the effective settings and where each value came from (passwords hidden).
+
+    Example: asynctask settings --set asynctask_workers_poll_interval=250
+    """
+    with reported_errors():
+        settings = use_settings(sets, config)
+    rows = []
+    for name in SETTINGS:
+        shown = settings.describe(name)
+        if name == "asynctask_transport" and settings.values[name] is None:
+            from asynctask.uri import redact
+
+            shown = redact(settings.transport) + " (embedded default)"
+        rows.append({"name": name, "value": shown, "source": settings.sources[name]})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(
+        table([[r["name"], r["value"], r["source"]] for r in rows], ["setting", "value", "source"])
+    )
+
+
+def schedule(
+    sets: SetOption = None, config: ConfigOption = None, as_json: JsonOption = False
+) -> None:
+    """List the entries of asynctask_scheduled_workers with their next fire times.
+
+    Example: asynctask schedule --config /etc/asynctask.toml
+    """
+    from asynctask.scheduler import next_fire_times
+
+    with reported_errors():
+        rows = next_fire_times(use_settings(sets, config))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        typer.echo("No schedules configured.")
+        return
+    cells = [
+        [r["name"], str(r["runs"]), r["queue"], json.dumps(r["schedule"]), r["next"] or "never"]
+        for r in rows
+    ]
+    typer.echo(table(cells, ["name", "runs", "queue", "schedule", "next"]))

@@ -1,0 +1,133 @@
+"""``asynctask workers``: the supervised worker processes (and the scheduler)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Annotated
+
+import typer
+
+from asynctask.cli.common import (
+    ConfigOption,
+    ImportOption,
+    SetOption,
+    fail,
+    reported_errors,
+    use_settings,
+)
+from asynctask.logs import setup_logging
+
+
+def workers(
+    sets: SetOption = None,
+    config: ConfigOption = None,
+    imports: ImportOption = None,
+    scheduler: Annotated[
+        bool,
+        typer.Option(
+            "--scheduler", help="Also run the cron scheduler of asynctask_scheduled_workers."
+        ),
+    ] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Log errors only.")] = False,
+    halt_when_empty: Annotated[
+        bool,
+        typer.Option(
+            "--halt-when-empty",
+            "--halt_when_empty",
+            help="Stop each worker once its queue has nothing ready, in back-off or in flight; "
+            "exit 0 when all have.",
+        ),
+    ] = False,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace", help="Seconds children get to finish their task on SIGTERM.", min=0
+        ),
+    ] = 30.0,
+) -> None:
+    """Run one supervised child process per configured queue (and per scheduled queue).
+
+    Example: asynctask workers --set asynctask_workers='{"emails": "send_email"}'
+    """
+    from asynctask.child import ChildSpec
+    from asynctask.plugins import load_plugins
+    from asynctask.supervisor import Supervisor
+
+    setup_logging(quiet)
+    log = logging.getLogger("asynctask.workers")
+    with reported_errors():
+        if scheduler and halt_when_empty:
+            raise fail(
+                "--scheduler and --halt-when-empty do not go together: scheduled queues never halt",
+                2,
+            )
+        settings = use_settings(sets, config)
+        registry = load_plugins([*settings.imports, *(imports or [])])
+        settings.check_workers(registry.workers)
+        specs: list[ChildSpec] = []
+        for queue, worker_config in settings.workers.items():
+            if worker_config is None:
+                continue
+            calls = worker_config.rate_max_calls
+            per_child = None if calls is None else math.ceil(calls / worker_config.concurrency)
+            for _ in range(worker_config.concurrency):
+                specs.append(
+                    ChildSpec(
+                        queue=queue,
+                        worker=worker_config.worker,
+                        settings=settings.raw,
+                        sources=settings.sources,
+                        imports=list(imports or []),
+                        parent_pid=os.getpid(),
+                        halt_when_empty=halt_when_empty,
+                        quiet=quiet,
+                        rate_max_calls=per_child,
+                        rate_period=worker_config.rate_period,
+                        prefetch=worker_config.prefetch,
+                    )
+                )
+        schedule_runner = None
+        if settings.schedules:
+            from asynctask.scheduler import scheduled_specs
+
+            specs.extend(scheduled_specs(settings, list(imports or []), quiet))
+            if scheduler:
+                from asynctask.scheduler import ScheduleRunner
+
+                schedule_runner = ScheduleRunner(settings, registry)
+        elif scheduler:
+            log.info("No schedules configured -- not starting scheduler")
+    if not specs:
+        log.info("No workers configured; terminating.")
+        raise typer.Exit(0)
+    with reported_errors():
+        uri = settings.transport
+        cls = registry.transport_class(uri)
+        if not cls.features.multiprocess:
+            raise fail(
+                f"the transport {uri!r} lives in one process only, but asynctask workers runs "
+                "workers in child processes; set asynctask_transport to filesys:, pgsql:, "
+                "redis:// or amqp://",
+                2,
+            )
+        cls(uri).close()  # refuses bad options now, before any child starts
+    supervisor = Supervisor(
+        specs,
+        check_interval=settings.check_child_interval,
+        grace=grace,
+        halt_when_empty=halt_when_empty,
+        on_stop=None if schedule_runner is None else schedule_runner.stop,
+    )
+    if schedule_runner is not None:
+        schedule_runner.start()
+    try:
+        code = supervisor.run()
+    finally:
+        if schedule_runner is not None:
+            schedule_runner.stop()
+    raise typer.Exit(code)
+
+
+# -- submit and inspect ----------------------------------------------------------------
