@@ -79,7 +79,7 @@ class Workers:
             return []
         return [int(p) for p in text.split()]
 
-    def kill_random_child(self, rng: random.Random, wait: float = 3.0) -> int | None:
+    def kill_random_child(self, rng: random.Random, wait: float = 5.0) -> int | None:
         """SIGKILL one live child, picked at random; wait (bounded) for one if none is up."""
         deadline = time.monotonic() + wait
         while not (pids := self.children()):

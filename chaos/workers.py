@@ -25,6 +25,8 @@ class ChaosTask(AsyncTaskWorker):
     """Sleeps ``ms`` milliseconds; records start and completion with the attempt number."""
 
     name = "chaos_task"
+    #: one task reserved at a time: the duplicate bound of ``chaos.counts`` assumes it
+    prefetch = 1
     max_retries = 3
     # quick retries: poison reaches the failed store within a second or two
     retry_backoff = 0.1
