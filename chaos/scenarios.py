@@ -214,8 +214,7 @@ class _Run:
     def _drop(self) -> None:
         began = time.time()
         count = self.backend.kill_connections()
-        self.faults.append(Fault("connections", began, time.time(), detail=f"{count} dropped"))
-        self.result.notes.append(f"dropped {count} connections")
+        self.faults.append(Fault("connections", began, time.time(), detail=str(count)))
 
     def _stop_supervisor(self) -> None:
         assert self.workers is not None
@@ -334,6 +333,9 @@ class _Run:
             result.errors.append(f"left in the queue after the run: {leftover}")
         if self.scenario == "poison":
             self._count_failed()
+        if self.scenario == "connections":
+            counts = ", ".join(f.detail for f in self.faults)
+            result.notes.append(f"dropped {counts} connections")
         if self.scenario == "kills" and result.faults < plan.kills:
             result.notes.append(f"{result.faults} of {plan.kills} kills found a child")
 
