@@ -1,10 +1,88 @@
 """What profiling showed where a target is missed: (transport, measure) -> the reason.
 
-Written by hand after profiling a drain child with py-spy (see docs/benchmarks.md for how);
-the report prints the entry beside each missed target. Keep each entry to what the profile
-showed and the measured numbers, and update it when the transport changes.
+Written by hand from ``python -m bench.profile`` (py-spy, ``--idle``, the main thread of
+the worker child or the submitting process) and side measurements on the same machine;
+the report prints the entry beside each missed target. Profiled at commit b426961
+(2026-11-29). Update an entry when its transport changes.
 """
 
 from __future__ import annotations
 
-FINDINGS: dict[tuple[str, str], str] = {}
+_PG_DRAIN = (
+    "py-spy on the worker child: 60% of its main thread waits in psycopg "
+    "`Connection.wait` and 17% sends (`_send_query_prepared`), all for the one statement "
+    "per task (RESERVE: `UPDATE ... FOR UPDATE SKIP LOCKED` that also deletes the previous "
+    "task's ack) and its commit; asynctask's own Python is under 10%. That statement writes "
+    "two row versions per task (reserved, then deleted: 4 WAL records) where the raw "
+    "`DELETE ... RETURNING` writes one, and it stays 1.5x the raw loop's cost with "
+    "`synchronous_commit=off` on both (2,600 against 4,000/s in a side run), so it is server "
+    "work, not the WAL flush. The round trip per task is the limit: the same consumer with "
+    "prefetch 10 does 10,000-16,000/s (the prefetch row), but `asynctask workers` children "
+    "reserve with prefetch 1 (core: `ChildSpec.prefetch` is never set from the settings)."
+)
+
+_AMQP_DRAIN = (
+    "py-spy on the worker child: 80% of its main thread is blocked in py-amqp "
+    "`TCPTransport._read` waiting for RabbitMQ's next delivery and 8% writes the "
+    "`basic.ack`; asynctask's run loop and decoding are about 10%. With prefetch 1 the "
+    "broker sends the next message only once the ack has arrived, so every task costs a "
+    "round trip through the broker; the raw consumer (also prefetch 1) waits the same way, "
+    "which is why the two are within a few percent and swap places from run to run. The "
+    "peer target needs prefetch: the same consumer with prefetch 10 does 5,000-8,000/s (the "
+    "prefetch row), 3-5x Dramatiq, but `asynctask workers` children reserve with prefetch 1."
+)
+
+_REDIS_DRAIN = (
+    "py-spy on the worker child: about 70% of its main thread is in the socket (50% "
+    "waiting for Redis's reply, 20% sending) for the one pipelined round trip per task "
+    "(`LREM` of the previous ack + `LMOVE` into the consumer's processing list); "
+    "asynctask's run loop is about 12%. The raw loop is one `BRPOP` with no ack to send, "
+    "and the two trade places from run to run on this machine (0.6x-1.6x). Prefetch 10 "
+    "triples the rate (the prefetch row)."
+)
+
+FINDINGS: dict[tuple[str, str], str] = {
+    ("filesys", "submit_one"): (
+        "py-spy (`--measure submit`): 68% of the time is the task file's write+fsync and "
+        "14% the folder's fsync, the same two fsyncs as the raw client; Python is under 5%. "
+        "Both sides are the disk's fsync latency, which other work on the machine moves."
+    ),
+    ("redis", "submit_one"): (
+        "py-spy (`--measure submit`): 85% of a `submit_task` is the one `RPUSH` round "
+        "trip, the same command the raw client sends; the rest is asynctask's Python "
+        "(`uuid4` id, payload check, the envelope), about 14%."
+    ),
+    ("redis", "drain_1"): _REDIS_DRAIN,
+    ("amqp", "submit_one"): (
+        "py-spy (`--measure submit`): 67% of a `submit_task` waits for the publisher "
+        "confirm and 7% writes, as the raw publish does; asynctask's Python is under 10%."
+    ),
+    ("pgsql", "submit_one"): (
+        "py-spy on the submitting process (`--measure submit`): 81% of each `submit_task` "
+        "waits for PostgreSQL (`Connection.wait`), 14% sends; asynctask's Python (ids, "
+        "validation, pool) is about 5%. The server does more than the raw INSERT: the "
+        "statement trigger sends a NOTIFY at commit (the wake-up of idle workers) and the "
+        "row enters two indexes (primary key, ready). In a side run the raw INSERT with a "
+        "`pg_notify` in the same statement did 2,100-2,900/s against 3,400-3,500/s without: "
+        "ours is at the level of the raw client that also wakes a listener."
+    ),
+    ("pgsql", "submit_batch"): (
+        "py-spy (`--measure batch`): 35-46% waits for the server; 22-31% is psycopg adapting "
+        "the three text arrays of `INSERT ... SELECT FROM unnest(...)` in Python "
+        "(`ListDumper._dump_list`, with a regex escape per element), 10-13% is `uuid4()` "
+        "task ids. The raw multi-row INSERT passes 1,000 plain text parameters and makes no "
+        "ids. A binary array dumper or COPY would remove most of the adaptation."
+    ),
+    ("pgsql", "drain_1"): _PG_DRAIN,
+    ("pgsql", "peer"): _PG_DRAIN,
+    ("pgsql", "latency_p50"): (
+        "A timed trace of the consumer (each statement and wait): the path is the submit's "
+        "commit (0.6 ms), the NOTIFY wake-up, then RESERVE with its commit (0.7 ms); the "
+        "raw listener's path is the same but ends with a plain DELETE (about 0.4 ms). The "
+        "difference is RESERVE's heavier write (see the drain entry); when the worker is "
+        "still busy with the previous cycle (the ack riding on an empty RESERVE, then "
+        "`next_due`), a task waits for it too."
+    ),
+    ("amqp", "drain_1"): _AMQP_DRAIN,
+    ("amqp", "peer"): _AMQP_DRAIN,
+}

@@ -212,20 +212,19 @@ class Session:
             start = time.perf_counter()
             raw.drain(n)
             raw_rate = n / (time.perf_counter() - start)
-        how = "" if self.backend.multiprocess else "run loops in threads (localmem is in-process)"
         for children, result in drains.items():
-            note = how
+            note = f"{result.done:,} tasks in {result.total:.1f} s from launch to the last start"
             if result.done < n:
-                note = f"stopped after {result.done:,} of {n:,} tasks; " + note
+                note = f"stopped after {result.done:,} of {n:,} tasks (out of time)"
             self.add(
                 f"drain_{children}",
                 result.rate,
                 raw_rate,
                 self.label("drain"),
-                note.strip("; "),
+                note,
                 target=self.name in ("pgsql", "redis", "amqp"),
             )
-            self.add(f"startup_{children}", result.startup, None, "", how)
+            self.add(f"startup_{children}", result.startup, None, "")
         if self.name in PEERS:
             peer, rate = PEERS[self.name]
             self.add("peer", drains[1].rate, rate, f"{peer} ({rate:,.0f}/s)")
@@ -316,7 +315,6 @@ class Session:
             rate_big,
             rate_small,
             f"depth {small:,}",
-            f"{take:,} tasks taken at depth {big:,}",
         )
         self.say(
             f"[{self.name}] depth: {rate_small:,.0f}/s with {small:,} waiting, "
@@ -343,8 +341,6 @@ class Session:
             rates[PREFETCH],
             rates[1],
             "prefetch 1",
-            f"one consumer's reserve+ack on {count:,} waiting tasks; asynctask workers "
-            "children reserve with prefetch 1",
         )
         self.say(
             f"[{self.name}] prefetch: {rates[1]:,.0f}/s with 1, {rates[PREFETCH]:,.0f}/s "
@@ -373,7 +369,6 @@ class Session:
             rate_big,
             rate_small,
             f"raw at depth {small:,}",
-            f"the raw client ({self.label('drain')}), {take:,} tasks taken at depth {big:,}",
         )
         self.say(
             f"[{self.name}] raw depth: {rate_small:,.0f}/s with {small:,} waiting, "

@@ -42,6 +42,8 @@ class Drain:
     rate: float
     #: tasks started (fewer than asked when the drain ran out of time)
     done: int
+    #: seconds from launching the command to the last task's ``process()``
+    total: float
 
 
 def payloads(count: int, sent: float = 0.0) -> list[Payload]:
@@ -109,7 +111,8 @@ def drain_rate(path: str, launched: float) -> Drain:
     starts = sorted(e.started for e in ledger.read(path))
     if len(starts) < 2:
         raise RuntimeError(f"only {len(starts)} task(s) ran")
-    return Drain(starts[0] - launched, (len(starts) - 1) / (starts[-1] - starts[0]), len(starts))
+    rate = (len(starts) - 1) / (starts[-1] - starts[0])
+    return Drain(starts[0] - launched, rate, len(starts), starts[-1] - launched)
 
 
 def consume(

@@ -11,6 +11,14 @@ from bench.findings import FINDINGS
 from bench.plan import Sizes
 from bench.results import MEASURES, Row, TransportResult
 
+#: a word on a transport, above its table
+ABOUT = {
+    "localmem": "The in-process test double: the issue names no raw client for it, so the "
+    "baseline is a deque under a `threading.Condition`, shown for scale with no targets; "
+    "`asynctask workers` refuses localmem, so its drains are run loops in threads.",
+    "filesys": "Not a server transport: its drain has the peer target but not the raw-loop one.",
+}
+
 #: the ratios the chart shows, in order
 CHARTED = ("submit_one", "submit_batch", "drain_1", "peer", "latency_p50", "depth")
 
@@ -158,6 +166,8 @@ def markdown(run: Run, chart_name: str | None) -> str:
         if result.skipped:
             out += [f"Skipped: {result.skipped}.", ""]
             continue
+        if result.name in ABOUT:
+            out += [ABOUT[result.name], ""]
         out += _md_table(HEADER, [_cells(row) for row in result.rows.values()])
         out.append("")
         out += [f"- {note}" for note in _notes(result)]
