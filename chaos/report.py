@@ -20,7 +20,7 @@ HEADER = [
     "recovery",
     "redelivery",
     "time",
-    "",
+    "result",
 ]
 
 
