@@ -8,7 +8,6 @@ true`` raises every time, so it must end in the failed store.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Any
 
@@ -43,7 +42,8 @@ class ChaosTask(AsyncTaskWorker):
     def process(self, payload: dict[str, Any]) -> None:
         """Sleep, then record that the task completed (or raise, for poison)."""
         assert self._fd is not None
-        n, attempt = int(payload["n"]), _attempt()
+        assert self.delivery is not None
+        n, attempt = int(payload["n"]), self.delivery.attempt
         ledger.append(self._fd, "start", n, attempt, time.time())
         if payload.get("poison"):
             ledger.append(self._fd, "raise", n, attempt, time.time())
@@ -56,12 +56,3 @@ class ChaosTask(AsyncTaskWorker):
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-
-def _attempt() -> int | None:
-    # process() receives the payload only; the run loop's frame holds the Delivery, whose
-    # attempt tells a redelivery (2+) from a task stored twice (1 and 1). None if the run
-    # loop ever stops naming it ``delivery``: the counts do not depend on it.
-    delivery = sys._getframe(2).f_locals.get("delivery")
-    attempt = getattr(delivery, "attempt", None)
-    return attempt if isinstance(attempt, int) else None

@@ -138,6 +138,27 @@ def test_requeue_submits_to_the_tail_of_the_same_queue(transport):
     assert Requeuer.seen == [{"n": 0}, {"n": 1}, {"n": 2}]
 
 
+def test_the_worker_sees_its_delivery_while_processing(transport):
+    queue = unique_queue()
+
+    class Watcher(AsyncTaskWorker):
+        name = "watcher_inline"
+        seen: list[tuple[str, int]] = []
+
+        def process(self, payload):
+            assert self.delivery is not None
+            self.seen.append((self.delivery.queue, self.delivery.attempt))
+            if self.delivery.attempt == 1:
+                raise ValueError("once")
+
+    Watcher.retry_backoff = 0.05
+    transport.submit_task(queue, {})
+    worker = Watcher()
+    drain(worker, transport, queue)
+    assert Watcher.seen == [(queue, 1), (queue, 2)]
+    assert worker.delivery is None
+
+
 def test_requeue_outside_a_run_says_why():
     with pytest.raises(RuntimeError, match="only while the worker is processing"):
         Flaky().requeue({})

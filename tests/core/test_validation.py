@@ -79,3 +79,21 @@ def test_unknown_option_is_refused_with_the_allowed_ones():
 )
 def test_redact_hides_passwords(uri, shown):
     assert redact(uri) == shown
+
+
+def nested(depth):
+    payload: dict = {}
+    inner = payload
+    for _ in range(depth):
+        inner["a"] = {}
+        inner = inner["a"]
+    return payload
+
+
+def test_deep_payloads_up_to_the_limit_travel_and_deeper_ones_are_refused():
+    from asynctask.validation import decode_payload, encode_payload
+
+    assert decode_payload(encode_payload(nested(499))) == nested(499)
+    for depth in (600, 5000):
+        with pytest.raises(ValueError, match="nested too deeply"):
+            encode_payload(nested(depth))

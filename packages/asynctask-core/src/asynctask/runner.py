@@ -262,11 +262,14 @@ def _run_one(
         return False
     worker.logger.debug("Got payload: %r", delivery.payload)
     watchdog.start(delivery)
+    worker.delivery = delivery
     try:
         worker.process(delivery.payload)
     except Exception as exc:
         watchdog.cancel()
         return settle(worker, consumer, delivery, exc)
+    finally:
+        worker.delivery = None
     watchdog.cancel()
     return settle(worker, consumer, delivery, None)
 

@@ -32,9 +32,9 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_FORCED_STOP = 4
 
-BACKOFF_FIRST = 0.5
+BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 30.0
-#: a child that ran this long before it died starts again without back-off
+#: a child that ran this long before it died starts again after the first back-off
 HEALTHY_RUN = 30.0
 
 
@@ -129,7 +129,12 @@ class Supervisor:
             slot.restart_at = now
             return
         ran = now - slot.started
-        slot.failures = 1 if ran >= HEALTHY_RUN else slot.failures + 1
+        if ran >= HEALTHY_RUN or code < 0:
+            # A child killed by a signal from outside (an operator, the OOM killer) is not
+            # a crash loop: it starts again after the first, short back-off.
+            slot.failures = 1
+        else:
+            slot.failures += 1
         delay = min(BACKOFF_FIRST * 2 ** (slot.failures - 1), BACKOFF_MAX)
         logger.error(
             "Worker for queue %s died (%s); restarting in %.1f s",

@@ -22,6 +22,8 @@ QUEUE_NAME_RULE = (
 _QUEUE_NAME = re.compile(r"^[a-z](?:[a-z0-9]|_(?!_))*[a-z0-9]$")
 
 Payload = dict[str, Any]
+#: how deep a payload may nest (JSON parsers in other languages have limits too)
+MAX_DEPTH = 500
 
 
 def is_valid_queue_name(name: object) -> bool:
@@ -40,8 +42,10 @@ def check_queue_name(name: object) -> str:
 def _check_json_value(value: object, where: str, depth: int) -> None:
     # Walk the value ourselves so the error names the offending key; json.dumps would
     # only say "Object of type X is not JSON serializable".
-    if depth > 500:
-        raise InvalidTaskError(f"payload is nested too deeply at {where} (limit 500 levels)")
+    if depth > MAX_DEPTH:
+        raise InvalidTaskError(
+            f"payload is nested too deeply at {where[:80]}... (limit {MAX_DEPTH} levels)"
+        )
     if value is None or isinstance(value, bool | int | str):
         return
     if isinstance(value, float):
@@ -86,17 +90,24 @@ def _refuse(value: object) -> object:
     raise TypeError(type(value).__name__)
 
 
-def _str_keys_only(value: object, depth: int = 0) -> bool:
-    # json.dumps turns int, float, bool and None keys into strings without a word; we
-    # refuse them, so check the keys of every object (values were checked by dumps).
-    if depth > 500:
-        return False
-    if isinstance(value, dict):
-        return all(isinstance(k, str) for k in value) and all(
-            _str_keys_only(v, depth + 1) for v in value.values() if isinstance(v, dict | list)
-        )
-    if isinstance(value, list):
-        return all(_str_keys_only(v, depth + 1) for v in value if isinstance(v, dict | list))
+def _str_keys_only(value: object) -> bool:
+    """Whether every object key is a str, nesting at most ``MAX_DEPTH`` levels.
+
+    json.dumps turns int, float, bool and None keys into strings without a word; we refuse
+    them, so the keys of every object are checked (values were checked by dumps). A loop,
+    not recursion, so a deep payload costs no stack.
+    """
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return False
+        if isinstance(item, dict):
+            if not all(isinstance(k, str) for k in item):
+                return False
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
     return True
 
 

@@ -10,7 +10,7 @@ import logging
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from asynctask.transport import Transport
+    from asynctask.transport import Delivery, Transport
     from asynctask.validation import Payload
 
 
@@ -30,11 +30,11 @@ class AsyncTaskWorker:
         replaced) and the attempt counts as failed.
     ``max_tasks_per_child`` (``None``)
         recycle the child process after this many tasks.
-    ``prefetch`` (1)
-        tasks a child reserves ahead. More makes short tasks faster (fewer round trips);
-        a killed child's reserved tasks come back, so up to this many may run twice, and
-        a long task holds the ones reserved behind it. The setting ``asynctask_workers``
-        can override it per queue.
+    ``prefetch`` (4)
+        tasks a child reserves at a time. More makes short tasks faster (fewer round
+        trips); a killed child's reserved tasks come back, so up to this many may run
+        twice, and a long task holds the ones reserved behind it: set 1 for long tasks.
+        The setting ``asynctask_workers`` can override it per queue.
     """
 
     name: ClassVar[str | None] = None
@@ -44,12 +44,14 @@ class AsyncTaskWorker:
     dont_retry: ClassVar[tuple[type[BaseException], ...]] = ()
     timeout: ClassVar[float | None] = None
     max_tasks_per_child: ClassVar[int | None] = None
-    prefetch: ClassVar[int] = 1
+    prefetch: ClassVar[int] = 4
 
     def __init__(self) -> None:
         self.logger = logging.getLogger(f"asynctask.worker.{self.name or type(self).__name__}")
         self._transport: Transport | None = None
         self._queue_name: str | None = None
+        #: the task being processed (its id, queue, attempt), while ``process()`` runs
+        self.delivery: Delivery | None = None
 
     def setup(self) -> None:
         """Called once per child process before the first task (open connections here)."""
