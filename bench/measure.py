@@ -196,22 +196,20 @@ class Session:
     def drain(self) -> None:
         """2. ``asynctask workers`` with 1 then 2 children on a full queue; raw loop."""
         n = self.sizes.drain
-        drains = {}
-        for children in (1, 2):
-            queue = self.queue("drain")
-            ours.fill(self.filler, queue, n)
-            if self.backend.multiprocess:
-                drains[children] = ours.drain(self.uri, queue, n, children, self.folder)
-            else:
-                drains[children] = ours.drain_in_process(
-                    self.transport, queue, children, self.folder
-                )
-            self.transport.purge(queue)
-        with self.raw() as raw:
-            raw.fill(ours.payloads(n), self.sizes.batch)
-            start = time.perf_counter()
-            raw.drain(n)
-            raw_rate = n / (time.perf_counter() - start)
+        drains: dict[int, ours.Drain] = {}
+        raw_rate = 0.0
+        # Alternating rounds, the best of each kept: a drain is one run, and other work
+        # on 2 cores can halve a single one.
+        for _ in range(self.sizes.drain_rounds):
+            for children in (1, 2):
+                result = self._drain_once(children)
+                if children not in drains or result.rate > drains[children].rate:
+                    drains[children] = result
+            with self.raw() as raw:
+                raw.fill(ours.payloads(n), self.sizes.batch)
+                start = time.perf_counter()
+                raw.drain(n)
+                raw_rate = max(raw_rate, n / (time.perf_counter() - start))
         for children, result in drains.items():
             note = f"{result.done:,} tasks in {result.total:.1f} s from launch to the last start"
             if result.done < n:
@@ -233,6 +231,17 @@ class Session:
             f"(start-up {drains[1].startup:.2f} s), 2 children {drains[2].rate:,.0f}/s "
             f"(start-up {drains[2].startup:.2f} s), raw {raw_rate:,.0f}/s"
         )
+
+    def _drain_once(self, children: int) -> ours.Drain:
+        n = self.sizes.drain
+        queue = self.queue("drain")
+        ours.fill(self.filler, queue, n)
+        try:
+            if self.backend.multiprocess:
+                return ours.drain(self.uri, queue, n, children, self.folder)
+            return ours.drain_in_process(self.transport, queue, children, self.folder)
+        finally:
+            self.transport.purge(queue)
 
     def latency(self) -> None:
         """3. Submit to ``process()`` start on an idle worker; raw: the client's wake-up."""

@@ -37,6 +37,8 @@ class Sizes:
     #: seconds each side of a submit measure may take at most (fsync costs ~6 ms here)
     submit_budget: float
     drain: int
+    #: drains run this many times (ours and raw alternating), the best of each kept
+    drain_rounds: int
     latency: int
     latency_gap: float
     depth_small: int
@@ -51,6 +53,7 @@ FULL = Sizes(
     batch=1000,
     submit_budget=6.0,
     drain=20_000,
+    drain_rounds=2,
     latency=500,
     latency_gap=0.005,
     depth_small=100,
@@ -64,6 +67,7 @@ QUICK = Sizes(
     batch=100,
     submit_budget=1.0,
     drain=500,
+    drain_rounds=1,
     latency=50,
     latency_gap=0.005,
     depth_small=100,

@@ -139,7 +139,8 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "(`submit_tasks`), ours and raw alternating in 3 rounds, the best round of each "
         f"kept (each side stops early after {run.sizes.submit_budget:g} s in all).",
         f"2. **drain**: `asynctask workers --halt-when-empty` with the no-op worker, 1 child and "
-        f"2 children, on {run.sizes.drain:,} waiting tasks. The rate counts from the first "
+        f"2 children, on {run.sizes.drain:,} waiting tasks, the best of "
+        f"{run.sizes.drain_rounds} alternating rounds. The rate counts from the first "
         "task's `process()` to the last's; start-up (launch to the first task) is apart. "
         "The raw loop is one process taking one task at a time.",
         f"3. **latency**: submit to `process()` start on an idle worker (1 child), "
@@ -190,8 +191,9 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "  `process()` has finished (at least once), so ours also pays for that",
         "  acknowledgement. The raw RabbitMQ consumer acknowledges as ours does.",
         "- On 2 cores, anything else running (the load averages above) moves every number;",
-        "  submit measures keep the best of 3 alternating rounds to damp that, drains and",
-        "  latencies are single runs. Compare runs with `python -m bench --json PATH`.",
+        "  submits and drains keep the best of alternating rounds to damp that; latencies,",
+        "  depth and prefetch are single runs, and from run to run a ratio near its target",
+        "  can fall either side. Compare runs with `python -m bench --json PATH`.",
         "- Profile a drain's worker child or a submit loop with py-spy, kept out of the",
         "  project: `uv venv /tmp/pyspy && uv pip install --python /tmp/pyspy py-spy`, then",
         "  `python -m bench.profile pgsql --py-spy /tmp/pyspy/bin/py-spy` (add",
