@@ -73,3 +73,40 @@ def test_scheduled_queue_child_that_dies_is_restarted(filesys_uri, start_workers
     workers.signal(signal.SIGTERM)
     assert workers.wait(30) == 0
     assert "died (exit code 1); restarting" in workers.output()
+
+
+def test_a_command_text_written_into_a_scheduled_queue_runs_nothing(
+    filesys_uri, start_workers, tmp_path
+):
+    # Given a command entry, and a task written by hand into its queue naming another command
+    pwned = tmp_path / "pwned"
+    entries = [{"command": ["true"], "name": "nightly", "hour": 3}]
+    transport = get_transport(filesys_uri)
+    transport.submit_task(
+        "scheduled_nightly", {"schedule": "evil", "command": ["touch", str(pwned)]}
+    )
+    # When the workers serve the scheduled queue
+    workers = start_workers(filesys_uri, {}, settings={"asynctask_scheduled_workers": entries})
+    wait_for(
+        lambda: transport.failed_tasks("scheduled_nightly"), 30, "the task in the failed store"
+    )
+    workers.signal(signal.SIGTERM)
+    assert workers.wait(30) == 0
+    # Then nothing ran, and the task waits in the failed store saying why
+    assert not pwned.exists()
+    [failed] = transport.failed_tasks("scheduled_nightly")
+    assert "commands are never taken from a task's payload" in failed.error
+
+
+def test_a_bad_schedule_entry_exits_2_naming_position_field_and_value(filesys_uri, start_workers):
+    entries = [
+        {"worker": "test_record", "second": 5},
+        {"worker": "test_record", "name": "b", "minute": "*/x"},
+    ]
+    workers = start_workers(
+        filesys_uri, {}, "--scheduler", settings={"asynctask_scheduled_workers": entries}
+    )
+    assert workers.wait(30) == 2
+    output = workers.output()
+    assert "entry #2: field 'minute' = '*/x' is not valid" in output
+    assert "Launching" not in output
