@@ -25,6 +25,7 @@ from bench.ledger import Follower
 from bench.plan import BACKENDS, PEERS, Sizes, unavailable, unique_name
 from bench.raw import RAW, RawClient
 from bench.results import TransportResult
+from bench.workers import BenchNoopWorker
 
 Say = Callable[[str], None]
 Payload = dict[str, Any]
@@ -93,8 +94,10 @@ class Session:
         Its tracebacks go to ``errors.log`` beside the workers' logs.
         """
         for attempt in (1, 2):
+            began = time.monotonic()
             try:
                 step()
+                self.result.steps[step.__name__] = round(time.monotonic() - began, 1)
                 return
             except Exception as exc:
                 message = f"{step.__name__}: {type(exc).__name__}: {exc}"
@@ -306,7 +309,9 @@ class Session:
             ours.fill(self.filler, queue, small)
             return small
 
-        rate_small = ours.consume(self.transport, queue, [fill_small] * rounds)
+        rate_small = ours.consume(
+            self.transport, queue, [fill_small] * rounds, BenchNoopWorker.prefetch
+        )
         self.transport.purge(queue)
 
         deep = self.queue("deep")
@@ -316,7 +321,7 @@ class Session:
             return take
 
         try:
-            rate_big = ours.consume(self.transport, deep, [fill_big])
+            rate_big = ours.consume(self.transport, deep, [fill_big], BenchNoopWorker.prefetch)
         finally:
             self.transport.purge(deep)
         self.add(

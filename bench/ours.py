@@ -260,7 +260,8 @@ def _threads(
         worker = BenchNoopWorker()
         worker.setup()
         try:
-            run_loop(worker, transport, queue, LoopOptions(halt_when_empty=halt, stop=stop))
+            options = LoopOptions(halt_when_empty=halt, stop=stop, prefetch=worker.prefetch)
+            run_loop(worker, transport, queue, options)
         finally:
             worker.teardown()
 

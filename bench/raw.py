@@ -8,8 +8,8 @@ backend    one by one             bulk                         drain / wake-up
 redis      RPUSH                  pipelined RPUSH              BRPOP loop
 pgsql      committed INSERT       multi-row INSERT             DELETE ... SKIP LOCKED RETURNING;
                                                                LISTEN for the wake-up
-amqp       publish, persistent,   publish, persistent, the     consume (prefetch 1) with ack
-           publisher confirm      confirms pipelined
+amqp       publish, persistent,   publish, persistent, the     consume with ack, the prefetch
+           publisher confirm      confirms pipelined           of our worker (4 by default)
 files      write+fsync+rename,    write+fsync each, rename     rename loop (rename, read,
            fsync of the folder    each, one folder fsync       unlink); inotify for the wake-up
 localmem   deque under a lock     deque.extend                 Condition.wait + popleft
@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from bench.ledger import format_line
+from bench.workers import BenchNoopWorker
 
 if TYPE_CHECKING:
     import redis
@@ -359,7 +360,7 @@ class AmqpRaw(RawClient):
     labels: ClassVar[dict[str, str]] = {
         "submit_one": "publish, confirmed",
         "submit_batch": "publish, confirms pipelined",
-        "drain": "consume+ack, prefetch 1",
+        "drain": f"consume+ack, prefetch {BenchNoopWorker.prefetch}",
         "latency": "consume wake-up",
     }
 
@@ -427,7 +428,8 @@ class AmqpRaw(RawClient):
 
         channel = self.conn.channel()
         consumer = self.kombu.Consumer(channel, [self.queue], on_message=on_message)
-        consumer.qos(prefetch_count=1)
+        # the same window of unacknowledged messages as our workers' children
+        consumer.qos(prefetch_count=BenchNoopWorker.prefetch)
         with consumer:
             while taken[0] < count:
                 self.conn.drain_events(timeout=wait)

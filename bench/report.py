@@ -142,16 +142,20 @@ def markdown(run: Run, chart_name: str | None) -> str:
         f"2 children, on {run.sizes.drain:,} waiting tasks, the best of "
         f"{run.sizes.drain_rounds} alternating rounds. The rate counts from the first "
         "task's `process()` to the last's; start-up (launch to the first task) is apart. "
-        "The raw loop is one process taking one task at a time.",
+        "Children reserve the worker's `prefetch` tasks ahead (4 by default); the raw loop "
+        "is one process taking one task at a time (BRPOP, one-row DELETE, one rename), "
+        "except on RabbitMQ, where the raw consumer gets the same prefetch as ours.",
         f"3. **latency**: submit to `process()` start on an idle worker (1 child), "
         f"{run.sizes.latency} tasks sent {run.sizes.latency_gap * 1000:g} ms apart; the raw "
         "client's wake-up (its blocking pop, LISTEN, consume, or inotify) in its own process.",
-        f"4. **depth**: one consumer's `reserve`+`ack` rate with {run.sizes.depth_small:,} "
+        f"4. **depth**: one consumer's `reserve`+`ack` rate (the worker's prefetch) with "
+        f"{run.sizes.depth_small:,} "
         f"waiting ({run.sizes.depth_rounds} rounds) against {run.sizes.depth_take:,} tasks taken "
         f"from {run.sizes.depth_big:,} waiting; the raw client's drain loop the same way.",
         f"5. **prefetch** (no target): one consumer's `reserve`+`ack` rate on "
         f"{run.sizes.depth_small * run.sizes.depth_rounds:,} waiting tasks with `prefetch=10` "
-        "against `prefetch=1`, which is what `asynctask workers` children use today.",
+        "against `prefetch=1` (the workers' children use the worker's `prefetch`, 4 by "
+        "default): how much of a drain is the round trip per task.",
         "",
         "Ratios are ours / reference: higher is better for rates, lower for latencies. Peer",
         "rates are Python task queues measured by hand on the same kind of machine: Dramatiq",
@@ -173,6 +177,8 @@ def markdown(run: Run, chart_name: str | None) -> str:
         out.append("")
         out += [f"- {note}" for note in _notes(result)]
         out += [f"- error: {error}" for error in result.errors]
+        steps = ", ".join(f"{name} {seconds:g} s" for name, seconds in result.steps.items())
+        out.append(f"- {result.seconds:.0f} s in all: {steps}")
         out.append("")
     out += ["## Targets", ""]
     out += _targets(run.results)

@@ -100,6 +100,8 @@ class TransportResult:
     seconds: float = 0.0
     rows: dict[str, Row] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    #: seconds each step took (submit, drain, latency, depth, depth_raw, prefetch)
+    steps: dict[str, float] = field(default_factory=dict)
 
     def add(
         self,
@@ -120,5 +122,6 @@ class TransportResult:
             "skipped": self.skipped,
             "seconds": self.seconds,
             "errors": self.errors,
+            "steps": self.steps,
             "measures": {key: row.to_json() for key, row in self.rows.items()},
         }
