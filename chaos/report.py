@@ -138,11 +138,10 @@ queue is empty, and counts from the ledger:
 - **redelivery** (kills): the longest from a kill to the completion, by another child, of
   the task the killed child was running (the transport's recovery bound at work).
 
-Worker kills strike faster than the supervisor restarts children: it restarts a child
-that died within 30 s of its start after a back-off (0.5 s, doubling), so after a dozen
-kills in a few seconds no child runs for seconds at a time. That, not the transport, is
-most of the recovery and redelivery times of that scenario; the transport gives a killed
-child's task back within its recovery bound (about 2 s as run here).
+The supervisor starts a child killed by a signal again after 0.2 s (a child that keeps
+exiting on its own within 30 s of its start backs off, doubling, up to 30 s), and a new
+child needs about half a second to start, so kills every 0.5 s leave fewer than 4
+children running. The redelivery time is the transport's recovery bound at work.
 
 ## Results
 
