@@ -77,10 +77,11 @@ FINDINGS: dict[tuple[str, str], str] = {
     ("pgsql", "latency_p50"): (
         "A timed trace of the consumer (each statement and wait): the path is the submit's "
         "commit (0.6 ms), the NOTIFY wake-up, then RESERVE with its commit (0.7 ms); the "
-        "raw listener's path is the same but ends with a plain DELETE (about 0.4 ms). The "
-        "difference is RESERVE's heavier write (see the drain entry); when the worker is "
-        "still busy with the previous cycle (the ack riding on an empty RESERVE, then "
-        "`next_due`), a task waits for it too."
+        "raw listener's path is the same but ends with a plain DELETE (about 0.4 ms). "
+        "RESERVE writes more: an UPDATE marking the row reserved plus the delete of the "
+        "previous acks, two row versions per task against the raw DELETE's one. When the "
+        "worker is still busy with its previous cycle (the ack riding on an empty RESERVE, "
+        "then `next_due`), a task waits for that too."
     ),
     ("amqp", "drain_1"): _AMQP_DRAIN,
     ("amqp", "peer"): _AMQP_DRAIN,

@@ -158,8 +158,9 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "default): how much of a drain is the round trip per task.",
         "",
         "Ratios are ours / reference: higher is better for rates, lower for latencies. Peer",
-        "rates are Python task queues measured by hand on the same kind of machine: Dramatiq",
-        "(Redis, RabbitMQ), PgQueuer (PostgreSQL), Huey (files).",
+        "rates are the fastest Python task queue on each backend, 1 worker process, as the",
+        "issue gives them (measured here by hand, not by this harness): Dramatiq (Redis,",
+        "RabbitMQ), PgQueuer (PostgreSQL), Huey (files).",
         "",
     ]
     if chart_name:
@@ -203,8 +204,8 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "- Profile a drain's worker child or a submit loop with py-spy, kept out of the",
         "  project: `uv venv /tmp/pyspy && uv pip install --python /tmp/pyspy py-spy`, then",
         "  `python -m bench.profile pgsql --py-spy /tmp/pyspy/bin/py-spy` (add",
-        "  `--measure submit` for the submit loop). It prints the shares of the main thread's",
-        "  samples, waiting included (`--idle`).",
+        "  `--measure submit` or `--measure batch` for a submit loop). It prints the shares",
+        "  of the main thread's samples, waiting included (`--idle`).",
         "- `make bench QUICK=1` (or `python -m bench --quick`) is a smoke test of the",
         "  harness with tiny counts; it writes no docs unless given `--docs DIR`.",
     ]
