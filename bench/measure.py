@@ -23,7 +23,7 @@ from asynctask.transport import Transport
 from bench import ours
 from bench.ledger import Follower
 from bench.plan import BACKENDS, PEERS, Sizes, unavailable, unique_name
-from bench.raw import RAW, RawClient
+from bench.raw import RAW, RawClient, delete_amqp_queues
 from bench.results import TransportResult
 from bench.workers import BenchNoopWorker
 
@@ -55,6 +55,7 @@ class Session:
         self.uri = self.backend.uri(self.folder)
         self.raw_class = RAW[name]
         self.result = TransportResult(name)
+        self.queues: list[str] = []  # every queue used, removed at the end where it lingers
         self.transport: Transport
         self.filler: Transport
 
@@ -85,6 +86,9 @@ class Session:
         finally:
             self.filler.close()
             self.transport.close()
+            if self.name == "amqp":
+                # purged RabbitMQ queues stay declared; leave the broker as we found it
+                delete_amqp_queues(self.queues)
         self.result.seconds = time.monotonic() - began
         return self.result
 
@@ -139,7 +143,9 @@ class Session:
         self.result.add(key, ours, reference, label, note, target)
 
     def queue(self, what: str) -> str:
-        return unique_name(f"bench_{what}")
+        name = unique_name(f"bench_{what}")
+        self.queues.append(name)
+        return name
 
     def label(self, measure: str) -> str:
         return self.raw_class.labels[measure]

@@ -21,6 +21,7 @@ in-process localmem one, and notes each task in the ledger as our workers do.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -74,6 +75,20 @@ def amqp_connection(confirm_publish: bool = False) -> Any:
 
     options = {"confirm_publish": True} if confirm_publish else {}
     return kombu_module().Connection(AMQP, connect_timeout=3, transport_options=options)
+
+
+def delete_amqp_queues(names: Sequence[str]) -> None:
+    """Delete these RabbitMQ queues where they exist and are empty (best effort)."""
+    with contextlib.suppress(Exception), amqp_connection() as conn:
+        for name in names:
+            channel = conn.channel()
+            try:
+                channel.queue_delete(name, if_empty=True)
+            except Exception:
+                pass  # absent (the channel is closed by the broker) or not empty
+            finally:
+                with contextlib.suppress(Exception):
+                    channel.close()
 
 
 def _chunks(items: Sequence[Payload], size: int) -> list[Sequence[Payload]]:
