@@ -26,8 +26,8 @@ chaos: install ## reliability under faults: docs/reliability.md (minutes; not pa
 	.venv/bin/python -m chaos $(if $(ONLY),--only $(ONLY),)
 
 lint: install ## ruff check and format check
-	.venv/bin/ruff check packages tests
-	.venv/bin/ruff format --check packages tests
+	.venv/bin/ruff check packages tests bench chaos
+	.venv/bin/ruff format --check packages tests bench chaos
 
 typecheck: install ## mypy --strict on every package's source
-	.venv/bin/mypy packages/*/src
+	.venv/bin/mypy packages/*/src bench chaos

@@ -19,7 +19,6 @@ from typing import Any
 
 from asynctask.plugins import load_plugins
 from asynctask.transport import Transport
-
 from bench import ours
 from bench.ledger import Follower
 from bench.plan import BACKENDS, PEERS, Sizes, unavailable, unique_name

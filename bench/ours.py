@@ -8,11 +8,9 @@ lives in one process, so its workers are threads running the same run loop.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,8 +21,8 @@ from types import TracebackType
 from typing import Any
 
 from asynctask.runner import LoopOptions, run_loop
+from asynctask.testing import clean_environment, workers_command
 from asynctask.transport import Transport
-
 from bench import ledger
 from bench.workers import BenchNoopWorker
 
@@ -147,25 +145,12 @@ class WorkersCommand:
         self, uri: str, queue: str, concurrency: int, ledger_path: str, folder: Path, halt: bool
     ) -> None:
         workers = {queue: {"worker": "bench_noop", "concurrency": concurrency}}
-        self.command = [
-            sys.executable,
-            "-m",
-            "asynctask",
-            "workers",
-            "--set",
-            f"asynctask_transport={uri}",
-            "--set",
-            f"asynctask_workers={json.dumps(workers)}",
-            "--import",
-            "bench.workers",
-            "-q",
-            *(["--halt-when-empty"] if halt else []),
-        ]
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASK_")}
+        halting = ["--halt-when-empty"] if halt else []
+        self.command = workers_command(uri, workers, "--import", "bench.workers", "-q", *halting)
+        self.env = clean_environment(**{ledger.LEDGER_VARIABLE: ledger_path})
         self.env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
         )
-        self.env[ledger.LEDGER_VARIABLE] = ledger_path
         self.folder = folder
         self.log = folder / f"workers-{queue}-{concurrency}.log"
         self.process: subprocess.Popen[bytes] | None = None

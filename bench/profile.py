@@ -23,7 +23,6 @@ from collections import Counter
 from pathlib import Path
 
 from asynctask.plugins import load_plugins
-
 from bench import ours
 from bench.plan import BACKENDS, unique_name
 

@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 from asynctask import AsyncTaskWorker
-
 from bench.ledger import LEDGER_VARIABLE, format_line
 
 

@@ -24,7 +24,6 @@ from pathlib import Path
 
 from asynctask.api import close_transports
 from asynctask.uri import redact
-
 from bench import machine
 from chaos import report
 from chaos.scenarios import SCENARIOS, Plan, Result, Say, run_scenario

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from asynctask import InvalidTaskError, Transport, get_transport
-
 from chaos import ledger
 from chaos.counts import Fault, bound, tally
 from chaos.servers import UNDECODABLE, Backend, wait_for_quiet

@@ -7,16 +7,15 @@ ledger through ``$CHAOS_LEDGER``. Its log (stderr) goes to a file kept with the 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import IO
 
+from asynctask.testing import FAST_CHECKS, clean_environment, workers_command
 from chaos.ledger import LEDGER_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,28 +30,14 @@ class Workers:
     """One ``asynctask workers`` process; ``stop()`` always leaves no process behind."""
 
     def __init__(self, uri: str, queue: str, ledger: Path, log: Path) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "asynctask",
-            "workers",
-            "--set",
-            f"asynctask_transport={uri}",
-            "--set",
-            "asynctask_workers="
-            + json.dumps({queue: {"worker": WORKER, "concurrency": CONCURRENCY}}),
-            "--set",
-            "asynctask_workers_poll_interval=200",
-            "--set",
-            "asynctask_workers_check_child_interval=200",
-            "--import",
-            "chaos.workers",
-            "--grace",
-            str(GRACE),
-        ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASK_")}
+        command = workers_command(
+            uri,
+            {queue: {"worker": WORKER, "concurrency": CONCURRENCY}},
+            "--import", "chaos.workers", "--grace", str(GRACE),
+            settings=FAST_CHECKS,
+        )  # fmt: skip
+        env = clean_environment(**{LEDGER_VARIABLE: str(ledger)})
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-        env[LEDGER_VARIABLE] = str(ledger)
         self.log = log
         self._log: IO[bytes] = open(log, "ab")  # noqa: SIM115 -- closed in stop()
         self.process = subprocess.Popen(

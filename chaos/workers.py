@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 from asynctask import AsyncTaskWorker
-
 from chaos import ledger
 
 

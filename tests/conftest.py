@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from asynctask.api import close_transports
 from asynctask.settings import configure
 

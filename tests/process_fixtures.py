@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from asynctask.testing import require_service, unique_queue
+
+from asynctask.testing import (
+    FAST_CHECKS,
+    clean_environment,
+    require_service,
+    unique_queue,
+    workers_command,
+)
 from backends import BACKENDS
 
 
@@ -78,24 +83,8 @@ def start_workers(tmp_path) -> Iterator[Callable[..., Workers]]:
     def start(
         uri: str, workers: dict[str, Any], *args: str, settings: dict[str, Any] | None = None
     ) -> Workers:
-        command = [
-            sys.executable,
-            "-m",
-            "asynctask",
-            "workers",
-            "--set",
-            f"asynctask_transport={uri}",
-            "--set",
-            "asynctask_workers=" + json.dumps(workers),
-            "--set",
-            "asynctask_workers_poll_interval=200",
-            "--set",
-            "asynctask_workers_check_child_interval=200",
-            *args,
-        ]
-        for name, value in (settings or {}).items():
-            command += ["--set", f"{name}={json.dumps(value)}"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTASK_")}
+        command = workers_command(uri, workers, *args, settings={**FAST_CHECKS, **(settings or {})})
+        env = clean_environment()
         process = subprocess.Popen(
             command, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env
         )

@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import pytest
+
 from asynctask import ConfigurationError, get_transport
 from asynctask.plugins import load_plugins
 from asynctask.settings import configure, load_settings
@@ -31,12 +32,17 @@ def test_every_installed_transport_runs_the_contract():
     classes = contract_classes()
     for plugin in {entry.plugin for entry in registry.transports.values()}:
         folder = "core" if plugin == "builtin" else plugin
-        assert classes.get(folder), f"transport plugin {plugin!r} has no TransportContract run in tests/{folder}/"
+        assert classes.get(folder), (
+            f"transport plugin {plugin!r} has no TransportContract run in tests/{folder}/"
+        )
 
 
 def test_missing_default_transport_says_to_install_it_or_configure_one(tmp_path, monkeypatch):
     registry = load_plugins()
     monkeypatch.delitem(registry.transports, "filesys")
     configure(load_settings(environ={}, cwd=tmp_path))
-    with pytest.raises(ConfigurationError, match=r'pip install "asynctask-core\[filesys\]", or set asynctask_transport'):
+    with pytest.raises(
+        ConfigurationError,
+        match=r'pip install "asynctask-core\[filesys\]", or set asynctask_transport',
+    ):
         get_transport()

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import kombu
 import pytest
+
 from asynctask.testing import require_service
 
 VHOST = "asynctask_test"

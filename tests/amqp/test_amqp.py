@@ -16,13 +16,13 @@ from typing import Any
 import amqp
 import kombu
 import pytest
+
 from asynctask.errors import InvalidTaskError, InvalidURIError, TransportError, TransportUnavailable
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import _child_reserve_and_hang, open_transport
 from asynctask.transport import Transport
 from asynctask_amqp.topology import REGISTRY, rung_for
 from asynctask_amqp.transport import AmqpTransport
-
 from tests.amqp.conftest import PASSWORD, USER, VHOST, rabbitmqctl
 
 # -- fixtures and helpers ---------------------------------------------------------------

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import amqp
 import kombu
 import pytest
+
 from asynctask.testing import TransportContract
 from asynctask_amqp.topology import LADDERS, rung_names
-
 from tests.amqp.conftest import rabbitmqctl, vhost_of
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from asynctask.testing import TransportContract
 from asynctask.transports.localmem import LocalMemTransport
 

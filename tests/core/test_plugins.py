@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from asynctask import AsyncTaskWorker, PluginError
 from asynctask.plugins import Registry, load_plugins
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from asynctask import ConfigurationError
 from asynctask.settings import WorkerConfig, load_settings
 

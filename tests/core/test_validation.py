@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 
 import pytest
+
 from asynctask import InvalidURIError, get_transport
 from asynctask.uri import redact
 from asynctask.validation import check_payload, check_queue_name, is_valid_queue_name

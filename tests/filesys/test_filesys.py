@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from asynctask.errors import InvalidURIError
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport

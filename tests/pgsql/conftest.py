@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+
 from asynctask.testing import require_service
 
 HOST = "127.0.0.1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from asynctask.testing import TransportContract
 
 from .conftest import DATABASE, HOST, PgsqlProbe

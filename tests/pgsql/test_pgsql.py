@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+
 from asynctask.errors import InvalidURIError, TransportError, TransportUnavailable
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+
 from asynctask.testing import require_service
 
 SERVER = "redis://127.0.0.1:6379/9"

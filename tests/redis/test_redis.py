@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from asynctask.errors import InvalidURIError, TransportError, TransportUnavailable
 from asynctask.testing import require_service, unique_queue
 from asynctask.testing.contract import open_transport

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+
 from asynctask import ConfigurationError, get_transport
 from asynctask.command import CommandWorker
 from asynctask.plugins import load_plugins

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+
 from asynctask import get_transport
 from support import events, wait_for
 

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable
 
 import psycopg
+
 from asynctask_pgsql.transport import PgsqlTransport
 
 ONE, BATCH, BATCHES, DRAIN, WAKES = 300, 1000, 5, 2000, 100

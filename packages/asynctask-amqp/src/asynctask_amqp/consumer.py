@@ -29,9 +29,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import amqp
+
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
 from asynctask.transport import Consumer, Delivery
-
 from asynctask_amqp.link import Link
 from asynctask_amqp.params import map_error
 from asynctask_amqp.topology import (

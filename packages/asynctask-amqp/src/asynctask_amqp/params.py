@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import amqp.exceptions
+
 from asynctask.errors import InvalidURIError, TransportError, TransportUnavailable
 from asynctask.uri import Option, boolean, positive_float, positive_int, redact
 

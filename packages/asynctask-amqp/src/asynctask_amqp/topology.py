@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import amqp
+
 from asynctask.transport import FailedTask, new_task_id
 from asynctask.validation import Payload, decode_payload
 

@@ -50,10 +50,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import amqp.exceptions
+
 from asynctask.errors import InvalidTaskError, TransportError
 from asynctask.transport import Consumer, FailedTask, QueueStats, Transport, TransportFeatures
 from asynctask.validation import Payload, is_valid_queue_name
-
 from asynctask_amqp.link import (
     ConfirmsLost,
     Heartbeats,

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 from asynctask.errors import TransportClosed
 from asynctask.transport import Consumer, Delivery
 from asynctask.validation import decode_payload
-
 from asynctask_filesys.layout import QueuePaths, TaskName, read_file, sweep_tmp
 from asynctask_filesys.oserrors import os_errors
 from asynctask_filesys.owners import OwnerFolder, recover_dead

@@ -46,7 +46,6 @@ from asynctask.transport import (
 )
 from asynctask.uri import Option, boolean, positive_float
 from asynctask.validation import Payload, decode_payload, is_valid_queue_name
-
 from asynctask_filesys import claims
 from asynctask_filesys.consumer import FilesysConsumer, QueueView
 from asynctask_filesys.layout import (

@@ -16,9 +16,10 @@ from typing import Any
 from urllib.parse import unquote
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 from asynctask.errors import InvalidURIError
 from asynctask.uri import redact
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 #: every keyword libpq accepts, so that a typo in a URI option is refused, not ignored
 LIBPQ_KEYWORDS = frozenset(o.keyword.decode() for o in psycopg.pq.Conninfo.get_defaults())

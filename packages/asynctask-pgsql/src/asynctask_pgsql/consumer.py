@@ -27,11 +27,11 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, LiteralString
 
 import psycopg
+from psycopg import sql
+
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
 from asynctask.transport import Consumer, Delivery
 from asynctask.validation import decode_payload
-from psycopg import sql
-
 from asynctask_pgsql.schema import channel, consumer_lock_class
 
 if TYPE_CHECKING:

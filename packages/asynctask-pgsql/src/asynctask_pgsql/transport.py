@@ -38,6 +38,8 @@ from contextlib import contextmanager
 from typing import Any, ClassVar, LiteralString
 
 import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
 from asynctask.errors import TransportError, TransportUnavailable
 from asynctask.transport import (
     COUNT_NAMES,
@@ -49,8 +51,6 @@ from asynctask.transport import (
 )
 from asynctask.uri import Option, positive_float, positive_int
 from asynctask.validation import Payload, decode_payload
-from psycopg_pool import ConnectionPool, PoolTimeout
-
 from asynctask_pgsql.conninfo import LIBPQ_KEYWORDS, read_server
 from asynctask_pgsql.consumer import PgsqlConsumer
 from asynctask_pgsql.schema import check_schema_name, migrate

@@ -15,8 +15,6 @@ from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
 
 import redis
-from asynctask.errors import InvalidURIError, TransportError, TransportUnavailable
-from asynctask.uri import Option, float_at_least, positive_float, positive_int, redact
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
@@ -31,6 +29,8 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
+from asynctask.errors import InvalidURIError, TransportError, TransportUnavailable
+from asynctask.uri import Option, float_at_least, positive_float, positive_int, redact
 from asynctask_redis.scripts import Script
 
 #: Query options passed through to redis-py as they are (``db`` and TLS settings).

@@ -30,10 +30,10 @@ from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 import redis
-from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
-from asynctask.transport import Consumer, Delivery, new_task_id
 from redis.exceptions import RedisError
 
+from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
+from asynctask.transport import Consumer, Delivery, new_task_id
 from asynctask_redis import scripts
 from asynctask_redis.connection import call, pipeline, run
 from asynctask_redis.messages import Message, canonical_text, failed_record, read_message

@@ -42,6 +42,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import redis
+from redis.exceptions import RedisError
+
 from asynctask.errors import InvalidURIError
 from asynctask.transport import (
     Consumer,
@@ -51,8 +53,6 @@ from asynctask.transport import (
     TransportFeatures,
 )
 from asynctask.validation import Payload
-from redis.exceptions import RedisError
-
 from asynctask_redis import scripts
 from asynctask_redis.connection import DRIVER_OPTIONS, OPTIONS, Server, call, pipeline, run
 from asynctask_redis.messages import (

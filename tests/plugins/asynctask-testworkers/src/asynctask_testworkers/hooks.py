@@ -6,7 +6,6 @@ from typing import Any
 
 from asynctask import AsyncTaskWorker, hookimpl
 from asynctask.hookspecs import RegisterWorker
-
 from asynctask_testworkers.workers import record
 
 

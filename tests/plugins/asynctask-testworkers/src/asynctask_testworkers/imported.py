@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from asynctask import AsyncTaskWorker
-
 from asynctask_testworkers.workers import record
 
 
