@@ -114,11 +114,16 @@ def test_three_runners_submit_a_firing_once(tmp_path):
     runners = [ScheduleRunner(settings, load_plugins()) for _ in range(3)]
     entry = settings.schedules[0]
     trigger = build_trigger(entry)
-    # When each one fires
-    won = [runner.fire(entry, trigger) for runner in runners]
+    now = dt.datetime.now(trigger.timezone)
+    # When each one fires for the same moment
+    won = [runner.fire(entry, trigger, now) for runner in runners]
     # Then exactly one submitted the task
-    assert sum(won) == 1 or sum(won) == 2  # two only if the second ticked over in between
-    assert get_transport("localmem:").poll_queue(entry["queue"]) == sum(won)
+    assert won.count(True) == 1
+    assert get_transport("localmem:").poll_queue(entry["queue"]) == 1
+    # And the next second's firing is a new one, again won once
+    later = now + dt.timedelta(seconds=1)
+    assert [runner.fire(entry, trigger, later) for runner in runners].count(True) == 1
+    assert get_transport("localmem:").poll_queue(entry["queue"]) == 2
 
 
 def test_skip_if_pending_skips_while_the_previous_task_waits(tmp_path):
@@ -145,12 +150,15 @@ def test_future_start_and_past_end_fire_nothing(tmp_path):
         ],
     )
     runner = ScheduleRunner(settings, load_plugins())
-    for entry in settings.schedules:
+    later, over = settings.schedules
+    now = dt.datetime.now(dt.UTC)
+    for entry in (later, over):
         assert runner.fire(entry, build_trigger(entry)) is False
-        assert (
-            build_trigger(entry).get_next_fire_time(None, dt.datetime.now(dt.UTC)) is None
-            or entry["name"] == "later"
-        )
+        assert get_transport("localmem:").poll_queue(entry["queue"]) == 0
+    # The future one first fires at its start date; the past one never fires again
+    first = build_trigger(later).get_next_fire_time(None, now)
+    assert first >= dt.datetime.fromisoformat(future)
+    assert build_trigger(over).get_next_fire_time(None, now) is None
 
 
 def test_command_worker_runs_only_commands_from_its_own_settings(tmp_path, caplog):

@@ -108,6 +108,7 @@ def main() -> int:
         wait=settings.poll_interval,
         rate=rate,
         prefetch=spec.prefetch or worker.prefetch,
+        max_tasks=worker.max_tasks_per_child,
         stop=stop,
         on_timeout=lambda: os._exit(EXIT_TASK_TIMEOUT),
     )

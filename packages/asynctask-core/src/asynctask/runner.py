@@ -35,6 +35,10 @@ class LoopOptions:
     """How a run loop behaves; the supervisor fills it from the settings."""
 
     halt_when_empty: bool = False
+    #: stop as soon as nothing is ready (scripts do not wait out back-off delays)
+    stop_when_idle: bool = False
+    #: stop after this many tasks (a child's ``max_tasks_per_child``)
+    max_tasks: int | None = None
     #: seconds a reserve waits before the loop looks at its stop flag again
     wait: float = 0.5
     rate: RateLimit | None = None
@@ -166,7 +170,7 @@ def run_loop(
     """Take tasks off ``queue`` until stopped, recycled, or (with halt) drained."""
     result = LoopResult()
     worker._transport, worker._queue_name = transport, queue
-    limit = worker.max_tasks_per_child
+    limit = options.max_tasks
     consumer = transport.consumer(queue, prefetch=options.prefetch)
     watchdog = _Watchdog(worker, consumer, options.on_timeout)
     outage = _Outage(worker.logger, options.stop)
@@ -184,6 +188,8 @@ def run_loop(
                 continue
             outage.ok()
             if delivery is None:
+                if options.stop_when_idle:
+                    break
                 if options.halt_when_empty and drain_check.drained():
                     _report_delayed(worker, transport, queue)
                     worker.logger.info("No tasks found in queue")
@@ -296,31 +302,12 @@ def _drain(worker_name: str, queue_name: str, quiet: bool) -> int:
     try:
         worker.setup()
         try:
-            options = LoopOptions(halt_when_empty=True, wait=0.05)
-            return _drain_ready(worker, transport, queue_name, options)
+            options = LoopOptions(stop_when_idle=True, wait=0.05, prefetch=worker.prefetch)
+            return run_loop(worker, transport, queue_name, options).processed
         finally:
             worker.teardown()
     finally:
         root.setLevel(level)
-
-
-def _drain_ready(
-    worker: AsyncTaskWorker, transport: Transport, queue: str, options: LoopOptions
-) -> int:
-    # Like run_loop, but stops as soon as nothing is ready now: a script does not wait
-    # out back-off delays.
-    processed = 0
-    worker._transport, worker._queue_name = transport, queue
-    watchdog = _Watchdog(worker, transport.consumer(queue, prefetch=worker.prefetch), None)
-    consumer = watchdog.consumer
-    try:
-        while (delivery := consumer.reserve(timeout=options.wait)) is not None:
-            processed += 1
-            _run_one(worker, consumer, delivery, watchdog)
-    finally:
-        consumer.close()
-        worker._transport = worker._queue_name = None
-    return processed
 
 
 def process_queue(queue_name: str, worker_name: str | None = None, quiet: bool = False) -> int:

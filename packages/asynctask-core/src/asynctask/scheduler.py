@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,8 +35,6 @@ CLAIM_TTL = 3600.0
 
 def scheduled_specs(settings: Settings, imports: list[str], quiet: bool) -> list[ChildSpec]:
     """One child per schedule entry, on its scheduled queue."""
-    import os
-
     return [
         ChildSpec(
             queue=entry["queue"],
@@ -75,11 +74,11 @@ class ScheduleRunner:
         self.registry = registry
         self._scheduler: Any = None
 
-    def fire(self, entry: dict[str, Any], trigger: Any) -> bool:
-        """Submit one firing of ``entry`` if this scheduler wins its claim."""
+    def fire(self, entry: dict[str, Any], trigger: Any, now: datetime | None = None) -> bool:
+        """Submit the firing of ``entry`` due at ``now`` if this scheduler wins its claim."""
         from asynctask.api import get_transport
 
-        fire_time = latest_fire_time(trigger, datetime.now(trigger.timezone))
+        fire_time = latest_fire_time(trigger, now or datetime.now(trigger.timezone))
         if fire_time is None:
             return False
         transport = get_transport(self.settings.transport)
