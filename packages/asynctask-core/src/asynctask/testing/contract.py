@@ -67,28 +67,33 @@ def open_transport(uri: str) -> Transport:
 # -- code that runs in child processes (module level, so ``spawn`` can import it) -------
 
 
-def _child_reserve_and_hang(uri: str, queue: str, report: Any) -> None:
-    transport = open_transport(uri)
-    consumer = transport.consumer(queue)
-    delivery = consumer.reserve(timeout=20)
+def _reserve_one(transport: Transport, queue: str, report: Any) -> None:
+    """Reserve a task, report its payload and return still holding it."""
+    delivery = transport.consumer(queue).reserve(timeout=20)
     report.put(None if delivery is None else delivery.payload)
-    time.sleep(120)  # the parent kills us here, mid-task
 
 
-def _child_drain(uri: str, queue: str, report: Any) -> None:
-    transport = open_transport(uri)
+def _drain_all(transport: Transport, queue: str, report: Any) -> None:
+    """Take and acknowledge tasks until none comes for 1.5 s; report their numbers."""
     taken: list[int] = []
     with transport.consumer(queue) as consumer:
         while (delivery := consumer.reserve(timeout=1.5)) is not None:
             taken.append(delivery.payload["n"])
             consumer.ack(delivery)
-    transport.close()
     report.put(taken)
 
 
-def _child_submit(uri: str, queue: str, payload: dict[str, Any]) -> None:
-    with open_transport(uri) as transport:
-        transport.submit_task(queue, payload)
+def _submit_one(transport: Transport, queue: str, payload: dict[str, Any]) -> None:
+    transport.submit_task(queue, payload)
+
+
+def _in_child(uri: str, job: Callable[..., None], hang: bool, *args: Any) -> None:
+    """Run ``job`` on a transport of this child process; with ``hang``, wait to be killed."""
+    transport = open_transport(uri)
+    job(transport, *args)
+    if hang:
+        time.sleep(120)  # the parent kills us here, mid-task
+    transport.close()
 
 
 class TransportContract:
@@ -117,17 +122,23 @@ class TransportContract:
         return transport
 
     @staticmethod
-    def _run_apart(transport: Transport, target: Callable[..., None], *args: Any) -> Any:
-        """Start ``target(uri, *args)`` in a child process (a thread for in-process stores).
+    def _run_apart(
+        transport: Transport, job: Callable[..., None], *args: Any, hang: bool = False
+    ) -> Any:
+        """Run ``job(transport, *args)`` in a child process with its own transport object.
 
-        Returns a handle with ``join``/``pid``/``is_alive``.
+        With ``hang`` the child then waits to be killed. For an in-process store the job
+        runs in a thread on ``transport`` and the thread's end is the "death". Returns a
+        handle with ``join``/``pid``/``is_alive``.
         """
         if transport.features.multiprocess:
             ctx = multiprocessing.get_context("spawn")
-            process = ctx.Process(target=target, args=(transport.uri, *args), daemon=True)
+            process = ctx.Process(
+                target=_in_child, args=(transport.uri, job, hang, *args), daemon=True
+            )
             process.start()
             return process
-        thread = threading.Thread(target=_in_process(transport, target), args=args, daemon=True)
+        thread = threading.Thread(target=job, args=(transport, *args), daemon=True)
         thread.start()
         return thread
 
@@ -164,7 +175,7 @@ class TransportContract:
         assert transport.get_task(queue) == payload
 
     def test_a_second_process_sees_what_the_first_submitted(self, transport, queue):
-        handle = self._run_apart(transport, _child_submit, queue, {"from": "child"})
+        handle = self._run_apart(transport, _submit_one, queue, {"from": "child"})
         handle.join(30)
         assert transport.get_task(queue) == {"from": "child"}
 
@@ -466,7 +477,7 @@ class TransportContract:
         # Given a consumer in another process that reserved the task
         transport.submit_task(queue, {"n": 1})
         report = self._report_queue(transport)
-        handle = self._run_apart(transport, _child_reserve_and_hang, queue, report)
+        handle = self._run_apart(transport, _reserve_one, queue, report, hang=True)
         assert report.get(timeout=30) == {"n": 1}
         # When it is killed mid-task (a thread simply ends, for in-process stores)
         killed = time.monotonic()
@@ -503,7 +514,7 @@ class TransportContract:
     def test_several_consumers_take_every_task_exactly_once(self, transport, queue, probe):
         transport.submit_tasks(queue, [{"n": n} for n in range(200)])
         report = self._report_queue(transport)
-        handles = [self._run_apart(transport, _child_drain, queue, report) for _ in range(4)]
+        handles = [self._run_apart(transport, _drain_all, queue, report) for _ in range(4)]
         taken: list[int] = []
         for _ in handles:
             taken.extend(report.get(timeout=60))
@@ -524,31 +535,3 @@ class TransportContract:
         assert other.claim(key, ttl=1.0) is True
         if other is not transport:
             other.close()
-
-
-def _in_process(transport: Transport, target: Callable[..., None]) -> Callable[..., None]:
-    """Adapt a child-process target to a thread sharing ``transport``'s store."""
-
-    def run(*args: Any) -> None:
-        if target is _child_reserve_and_hang:
-            queue, report = args
-            consumer = transport.consumer(queue)
-            delivery = consumer.reserve(timeout=20)
-            report.put(None if delivery is None else delivery.payload)
-            return  # the thread ends holding the task: its "death"
-        if target is _child_drain:
-            queue, report = args
-            taken: list[int] = []
-            consumer = transport.consumer(queue)
-            while (delivery := consumer.reserve(timeout=0.5)) is not None:
-                taken.append(delivery.payload["n"])
-                consumer.ack(delivery)
-            report.put(taken)
-            return
-        if target is _child_submit:
-            queue, payload = args
-            transport.submit_task(queue, payload)
-            return
-        raise AssertionError(f"no in-process form of {target.__name__}")
-
-    return run
