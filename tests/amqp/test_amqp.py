@@ -19,7 +19,7 @@ import pytest
 
 from asynctask.errors import InvalidTaskError, InvalidURIError, TransportError, TransportUnavailable
 from asynctask.testing import unique_queue
-from asynctask.testing.contract import _child_reserve_and_hang, open_transport
+from asynctask.testing.contract import hold_task_in_child, open_transport
 from asynctask.transport import Transport
 from asynctask_amqp.topology import REGISTRY, rung_for
 from asynctask_amqp.transport import AmqpTransport
@@ -268,7 +268,7 @@ def test_a_silent_consumer_loses_its_task_within_the_recovery_bound(transport, q
     transport.submit_task(queue, {"n": 1})
     ctx = multiprocessing.get_context("spawn")
     report = ctx.Queue()
-    child = ctx.Process(target=_child_reserve_and_hang, args=(transport.uri, queue, report))
+    child = ctx.Process(target=hold_task_in_child, args=(transport.uri, queue, report))
     child.start()
     try:
         assert report.get(timeout=30) == {"n": 1}
@@ -294,7 +294,7 @@ def test_every_death_counts_so_a_killer_task_ends_its_run(transport, queue):
     ctx = multiprocessing.get_context("spawn")
     for _ in range(2):
         report = ctx.Queue()
-        child = ctx.Process(target=_child_reserve_and_hang, args=(transport.uri, queue, report))
+        child = ctx.Process(target=hold_task_in_child, args=(transport.uri, queue, report))
         child.start()
         assert report.get(timeout=30) == {"n": 1}
         os.kill(child.pid, signal.SIGKILL)

@@ -78,7 +78,7 @@ class AmqpConsumer(Consumer):
                 try:
                     if not self._connected():
                         self._connect()
-                        self.transport._note_recovery()
+                        self.transport.note_recovery()
                     while True:
                         delivery = self._next()
                         if delivery is not None:
@@ -94,7 +94,7 @@ class AmqpConsumer(Consumer):
                     error = self._lost(exc)
                     if not isinstance(error, TransportUnavailable):
                         raise error from exc
-                    self.transport._note_outage(error)
+                    self.transport.note_outage(error)
             left = deadline - time.monotonic()
             if left <= 0 or self.closed:
                 return None

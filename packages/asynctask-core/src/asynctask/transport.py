@@ -367,7 +367,7 @@ class Transport(ABC):
             try:
                 result = fn(*args)
             except TransportUnavailable as exc:
-                self._note_outage(exc)
+                self.note_outage(exc)
                 if time.monotonic() + pause > deadline or self._closed:
                     raise TransportUnavailable(
                         f"{exc} (gave up after retrying for {self.retry_timeout:g} s; "
@@ -376,16 +376,18 @@ class Transport(ABC):
                 time.sleep(pause)
                 pause = min(pause * 2, 2.0)
                 continue
-            self._note_recovery()
+            self.note_recovery()
             return result
 
-    def _note_outage(self, exc: BaseException) -> None:
+    def note_outage(self, exc: BaseException) -> None:
+        """Log that the backend is unreachable, once per outage (consumers call it too)."""
         with self._outage_lock:
             if not self._in_outage:
                 self._in_outage = True
                 logger.warning("%r: backend unreachable (%s); retrying", self, exc)
 
-    def _note_recovery(self) -> None:
+    def note_recovery(self) -> None:
+        """Log that the backend is back, once, if an outage was logged."""
         if self._in_outage:
             with self._outage_lock:
                 if self._in_outage:

@@ -183,7 +183,7 @@ class PgsqlConsumer(Consumer):
                 raise TransportError(f"{self!r}: {self.transport.server.scrub(str(exc))}") from exc
             if self._outage_since is not None:
                 self._outage_since = None
-                self.transport._note_recovery()
+                self.transport.note_recovery()
             return rows
 
     def _wait(self, seconds: float) -> None:
@@ -244,7 +244,7 @@ class PgsqlConsumer(Consumer):
         now = time.monotonic()
         if self._outage_since is None:
             self._outage_since, self._pause = now, 0.05
-            t._note_outage(exc)
+            t.note_outage(exc)
         if now - self._outage_since > t.retry_timeout or t.closed:
             self._outage_since = None
             reason = str(exc).strip()

@@ -308,14 +308,14 @@ class RedisTransport(Transport):
                         conn = self.server.pool.get_connection()
                     pipeline(conn, commands)
                     proven = True
-                    self._note_recovery()
+                    self.note_recovery()
                     break
                 except (RedisError, OSError) as exc:
                     if conn is not None:
                         conn.disconnect()
                     if last or not proven:  # else: a stale connection, try a new one
                         if not self._beat_stop.is_set():
-                            self._note_outage(self.server.error(exc))
+                            self.note_outage(self.server.error(exc))
                         break
                     proven = False
         if conn is not None:

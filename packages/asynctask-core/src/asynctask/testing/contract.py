@@ -96,6 +96,11 @@ def _in_child(uri: str, job: Callable[..., None], hang: bool, *args: Any) -> Non
     transport.close()
 
 
+def hold_task_in_child(uri: str, queue: str, report: Any) -> None:
+    """A child-process target: reserve a task, report its payload, wait to be killed."""
+    _in_child(uri, _reserve_one, True, queue, report)
+
+
 class TransportContract:
     """The shared suite; see the module docstring. Fixtures ``transport_uri`` and ``probe``
     come from the subclass."""
