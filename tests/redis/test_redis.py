@@ -162,22 +162,20 @@ def test_an_envelope_written_by_another_program_is_honoured(redis_uri, client, k
 # -- dropped connections and restarts -------------------------------------------------------
 
 
-def kill_connections(client: redis.Redis, name: str) -> int:
-    """``CLIENT KILL`` every connection named ``name``; return how many.
-
-    Other suites (workers, chaos) use this Redis too, so only our own connections are
-    killed rather than ``CLIENT KILL TYPE normal``; for the transport it is the same."""
-    killed = 0
-    for info in client.client_list():
-        if info.get("name") == name:
-            killed += int(client.execute_command("CLIENT", "KILL", "ID", info["id"]) or 0)
-    return killed
+@pytest.fixture(scope="module")
+def private() -> Iterator[RedisServer]:
+    """A server of this module's own, so ``CLIENT KILL TYPE normal`` touches no other test."""
+    server = start_server("--save", "", "--appendonly", "no")
+    yield server
+    server.stop()
 
 
-def test_killing_every_connection_mid_run_loses_no_task(redis_uri, client, queue):
+def test_killing_every_connection_mid_run_loses_no_task(private, queue):
     # Given 500 tasks and a consumer draining them in a thread
-    total, kills, name = 500, 4, f"kill-{queue}"
-    transport = open_transport(f"{redis_uri}&client_name={name}")
+    total, kills = 500, 4
+    uri = f"redis://:{PASSWORD}@127.0.0.1:{private.port}/0?recovery_seconds=3"
+    transport = open_transport(uri)
+    admin = redis.Redis(port=private.port, password=PASSWORD)
     transport.submit_tasks(queue, [{"n": n} for n in range(total)])
     taken: list[int] = []
 
@@ -190,13 +188,13 @@ def test_killing_every_connection_mid_run_loses_no_task(redis_uri, client, queue
 
     thread = threading.Thread(target=drain)
     thread.start()
-    # When all of its connections are killed, a few times, while it works
+    # When CLIENT KILL TYPE normal drops every client connection, a few times, mid-run
     killed = 0
     for k in range(1, kills + 1):
         deadline = time.monotonic() + 20
         while len(taken) < k * total // (kills + 1) and time.monotonic() < deadline:
             time.sleep(0.005)
-        killed += kill_connections(client, name)
+        killed += int(admin.execute_command("CLIENT", "KILL", "TYPE", "normal") or 0)
     thread.join(60)
     assert killed >= kills  # the consumer's connection at least, each time
     # Then every task was processed, none twice beyond one per kill, and nothing is left
@@ -206,6 +204,7 @@ def test_killing_every_connection_mid_run_loses_no_task(redis_uri, client, queue
     stats = transport.queue_stats(queue)
     assert (stats.ready, stats.in_flight, stats.failed) == (0, 0, 0)
     transport.close()
+    admin.close()
 
 
 def test_a_restarted_server_costs_time_not_tasks(tmp_path: Path, queue, caplog):
