@@ -18,9 +18,11 @@ import pytest
 
 from asynctask.testing import require_service
 
-VHOST = "asynctask_test"
-#: a user of our own, whose password is not its name (so a leak shows in any text)
-USER, PASSWORD = "asynctask_test", "s3cret-Pw0rd"
+#: a vhost and a user of this test session's own: several sessions share one broker, and
+#: a test that closes every connection of its vhost must close only its own
+VHOST = f"asynctask_test_{os.getpid()}"
+#: whose password is not its name (so a leak shows in any text)
+USER, PASSWORD = f"asynctask_test_{os.getpid()}", "s3cret-Pw0rd"
 BASE_URI = "amqp://guest:guest@127.0.0.1:5672"
 
 

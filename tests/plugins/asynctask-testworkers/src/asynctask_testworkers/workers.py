@@ -6,6 +6,7 @@ written with O_APPEND in one write, so lines from many processes never interleav
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import time
@@ -96,6 +97,21 @@ class SlowWorker(AsyncTaskWorker):
     def process(self, payload: dict[str, Any]) -> None:
         record(payload, "start")
         time.sleep(float(payload.get("seconds", 2)))
+        record(payload, "done")
+
+
+class HoldGilWorker(AsyncTaskWorker):
+    """Holds the GIL for ``seconds`` in C (as a catastrophic regex or a C extension does):
+    no other thread of its process runs meanwhile. ``max_retries`` 2."""
+
+    name = "test_hold_gil"
+    max_retries = 2
+    retry_backoff = 0.2
+
+    def process(self, payload: dict[str, Any]) -> None:
+        record(payload, "start")
+        # a PyDLL call keeps the GIL for its whole duration (ctypes.CDLL would release it)
+        ctypes.PyDLL(None).sleep(int(payload.get("seconds", 9)))
         record(payload, "done")
 
 

@@ -1,0 +1,97 @@
+"""The relay: a worker's AMQP connection lives in a helper process of its own, so a task
+that holds the GIL, or a worker that freezes, cannot make the broker drop the connection
+and give the task to a rival; a worker that dies still has its tasks back at once; a
+connection closed by an operator duplicates at most the tasks in flight."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+from asynctask.testing import unique_queue
+from asynctask.testing.contract import open_transport
+from support import events, wait_for
+from tests.amqp.conftest import rabbitmqctl
+
+
+def connections_named(prefix: str) -> list[str]:
+    """The broker's ids (Erlang pids) of the connections whose client-provided name starts
+    with ``prefix``: ours only, found by the name our process gave them."""
+    listed = rabbitmqctl("list_connections", "pid", "client_properties", "--formatter", "json")
+    found = []
+    for connection in json.loads(listed or "[]"):
+        for key, _, value in connection["client_properties"]:
+            if key == "connection_name" and str(value).startswith(prefix):
+                found.append(connection["pid"])
+    return found
+
+
+def test_a_task_holding_the_gil_runs_once_while_a_rival_waits(amqp_uri, ledger, start_workers):
+    # Given two children on one queue, heartbeat=1 (recovery bound 3 s), and a task that
+    # holds the GIL in C for 9 s (3x the bound) in a worker with max_retries=2
+    uri = f"{amqp_uri}?heartbeat=1"
+    queue = unique_queue("gil")
+    transport = open_transport(uri)
+    transport.submit_task(queue, {"ledger": str(ledger), "seconds": 9})
+    workers = start_workers(uri, {queue: {"worker": "test_hold_gil", "concurrency": 2}})
+    # When the task runs to its end
+    wait_for(lambda: events(ledger, "done"), 40, "the task to finish")
+    time.sleep(1.0)  # a settle that failed would show as a redelivery by now
+    workers.signal(signal.SIGTERM)
+    assert workers.wait(30) == 0, workers.output()
+    # Then it started exactly once, and is neither waiting nor failed
+    assert len(events(ledger, "start")) == 1, events(ledger, "start")
+    stats = transport.queue_stats(queue)
+    assert (stats.ready, stats.retrying, stats.failed) == (0, 0, 0)
+    transport.close()
+
+
+def test_a_frozen_worker_keeps_its_task_and_a_dead_one_gives_it_back_at_once(
+    amqp_uri, ledger, start_workers
+):
+    # Given a child running a long task, and a rival child on the same queue
+    uri = f"{amqp_uri}?heartbeat=1"
+    queue = unique_queue("frozen")
+    transport = open_transport(uri)
+    transport.submit_task(queue, {"ledger": str(ledger), "seconds": 30})
+    workers = start_workers(uri, {queue: {"worker": "test_slow", "concurrency": 2}})
+    [started] = wait_for(lambda: events(ledger, "start"), 60, "the task to start")
+    # When that child is frozen (SIGSTOP) for 3x the recovery bound
+    os.kill(started["pid"], signal.SIGSTOP)
+    time.sleep(9)
+    # Then nobody else started the task
+    assert len(events(ledger, "start")) == 1
+    # When it is killed instead
+    os.kill(started["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    # Then the rival starts it at once (the relay saw its worker die and closed the connection)
+    wait_for(lambda: len(events(ledger, "start")) == 2, 10, "the task to come back")
+    assert time.monotonic() - killed < 2.0
+    second = events(ledger, "start")[1]
+    assert second["pid"] != started["pid"]
+    workers.signal(signal.SIGKILL)
+    transport.close()
+
+
+def test_an_operator_closing_a_workers_connection_duplicates_only_the_task_in_flight(
+    amqp_uri, ledger, start_workers
+):
+    # Given one child working through 12 tasks of 0.3 s each
+    uri = f"{amqp_uri}?heartbeat=1"
+    queue = unique_queue("closed")
+    transport = open_transport(uri)
+    transport.submit_tasks(queue, [{"ledger": str(ledger), "n": n, "seconds": 0.3} for n in range(12)])
+    workers = start_workers(uri, {queue: "test_record"}, "--halt-when-empty")
+    wait_for(lambda: len(events(ledger, "done")) >= 3, 60, "three tasks done")
+    # When an operator closes that worker's connection (ours, found by its name)
+    [connection] = wait_for(lambda: connections_named(f"asynctask consumer {queue}"), 10, "it")
+    rabbitmqctl("close_connection", connection, "test: an operator closes it")
+    # Then every task is done, and only the one in flight may have started twice
+    assert workers.wait(90) == 0, workers.output()
+    done = [e["payload"]["n"] for e in events(ledger, "done")]
+    assert sorted(set(done)) == list(range(12))
+    assert len(events(ledger, "start")) <= 13
+    transport.close()
