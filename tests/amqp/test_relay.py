@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 
 from asynctask.testing import unique_queue
@@ -83,7 +82,9 @@ def test_an_operator_closing_a_workers_connection_duplicates_only_the_task_in_fl
     uri = f"{amqp_uri}?heartbeat=1"
     queue = unique_queue("closed")
     transport = open_transport(uri)
-    transport.submit_tasks(queue, [{"ledger": str(ledger), "n": n, "seconds": 0.3} for n in range(12)])
+    transport.submit_tasks(
+        queue, [{"ledger": str(ledger), "n": n, "seconds": 0.3} for n in range(12)]
+    )
     workers = start_workers(uri, {queue: "test_record"}, "--halt-when-empty")
     wait_for(lambda: len(events(ledger, "done")) >= 3, 60, "three tasks done")
     # When an operator closes that worker's connection (ours, found by its name)

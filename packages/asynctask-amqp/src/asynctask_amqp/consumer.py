@@ -17,23 +17,28 @@ Connections. The consumer's link is pumped by the transport's heartbeat thread w
 worker runs a task, and by ``reserve`` itself while it waits. When the connection is
 lost, ``reserve`` reconnects with back-off (within its timeout) and a settle call on a
 task the broker already took back does nothing: the broker gives that task again, and
-the redelivery counts the attempt.
+the redelivery counts the attempt. A worker's consumer runs in a relay process (see
+``asynctask_amqp.relay``), so that its heartbeats go on while the task holds the GIL.
+
+Imports run one way: the transport module imports this one, and gives each consumer what
+it needs of the transport (``Declarations``) through the constructor.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import amqp
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
-from asynctask.transport import Consumer, Delivery
-from asynctask_amqp.link import Link
-from asynctask_amqp.params import map_error
+from asynctask.transport import Consumer, Delivery, Transport
+from asynctask_amqp.link import DRIVER_ERRORS, Heartbeats, Link
+from asynctask_amqp.params import ConnectionParams, map_error
 from asynctask_amqp.topology import (
     MAX_DELAY,
     RELEASE_MARKER_EXPIRY_MS,
@@ -41,10 +46,6 @@ from asynctask_amqp.topology import (
     read_message,
     release_marker,
 )
-from asynctask_amqp.transport import DRIVER_ERRORS
-
-if TYPE_CHECKING:
-    from asynctask_amqp.transport import AmqpTransport
 
 logger = logging.getLogger("asynctask.amqp")
 
@@ -52,14 +53,41 @@ logger = logging.getLogger("asynctask.amqp")
 Receipt = tuple[int, int, Received]
 
 
+class Declarations(Protocol):
+    """What a consumer asks of its transport, which remembers what it declared (queues,
+    ladders, failed stores) for its producers and consumers alike."""
+
+    params: ConnectionParams
+    _heartbeats: Heartbeats
+
+    def _ensure_queue(self, link: Link, queue: str) -> None: ...
+
+    def _forget(self, queue: str) -> None: ...
+
+    def _store_failed(
+        self, link: Link, queue: str, received: Received, error: str, n: int
+    ) -> None: ...
+
+    def _declare_rung(self, link: Link, queue: str, ladder: str, delay: float) -> str: ...
+
+
 class AmqpConsumer(Consumer):
     """At-least-once consumer of one queue; see the module docstring."""
 
-    transport: AmqpTransport
-
-    def __init__(self, transport: AmqpTransport, queue: str, prefetch: int) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        declarations: Declarations,
+        queue: str,
+        prefetch: int,
+        owner: int | None = None,
+    ) -> None:
+        """``declarations`` is the transport itself; ``owner`` the pid of the worker this
+        consumer serves (this process's by default), named in the connection's name."""
         super().__init__(transport, queue, prefetch)
-        self._link = Link(transport.params)
+        self._declarations = declarations
+        owner = os.getpid() if owner is None else owner
+        self._link = Link(declarations.params, f"asynctask consumer {queue} (pid {owner})")
         self._generation = 0  # the link generation we set up (0: none)
         self._buffer: deque[Any] = deque()  # delivered, not reserved yet
         self._held: dict[int, Received] = {}  # reserved, not settled, by delivery tag
@@ -89,7 +117,7 @@ class AmqpConsumer(Consumer):
                         left = deadline - time.monotonic()
                         if left <= 0:
                             return None
-                        self._link.wait(min(left, self.transport._heartbeats.interval))
+                        self._link.wait(min(left, self._declarations._heartbeats.interval))
                 except DRIVER_ERRORS as exc:
                     error = self._lost(exc)
                     if not isinstance(error, TransportUnavailable):
@@ -107,11 +135,11 @@ class AmqpConsumer(Consumer):
     def _connect(self) -> None:
         link = self._link
         link.open()
-        self.transport._heartbeats.add(link)
+        self._declarations._heartbeats.add(link)
         self._buffer.clear()
         self._held.clear()
         self._tag = ""
-        self.transport._ensure_queue(link, self.queue)
+        self._declarations._ensure_queue(link, self.queue)
         link.channel.basic_qos(0, self.prefetch, False)
         self._generation = link.generation
 
@@ -141,7 +169,9 @@ class AmqpConsumer(Consumer):
             received = read_message(message)
             if received.payload is None:
                 error = received.error or "undecodable message"
-                self.transport._store_failed(link, self.queue, received, error, received.attempts)
+                self._declarations._store_failed(
+                    link, self.queue, received, error, received.attempts
+                )
                 link.channel.basic_ack(tag)
                 continue
             if message.delivery_info["redelivered"] and not self._was_released(received):
@@ -179,11 +209,11 @@ class AmqpConsumer(Consumer):
         self._link.discard()
         self._generation = 0
         self._tag = ""
-        self.transport._forget(self.queue)  # declare again: it may have been deleted
+        self._declarations._forget(self.queue)  # declare again: it may have been deleted
         self._buffer.clear()
         self._held.clear()
         cause = getattr(exc, "cause", exc)
-        return map_error(cause, self.transport.params)
+        return map_error(cause, self._declarations.params)
 
     # -- settling ---------------------------------------------------------------------------
 
@@ -222,7 +252,7 @@ class AmqpConsumer(Consumer):
         def action(tag: int, received: Received) -> None:
             copy = received.copy(attempts=delivery.attempt)
             if delay > 0:
-                name = self.transport._declare_rung(
+                name = self._declarations._declare_rung(
                     self._link, self.queue, "retry", min(delay, MAX_DELAY)
                 )
                 self._link.publish("", name, [copy])
@@ -236,7 +266,9 @@ class AmqpConsumer(Consumer):
         """Publish a copy to the failed store, then ack the original."""
 
         def action(tag: int, received: Received) -> None:
-            self.transport._store_failed(self._link, self.queue, received, error, delivery.attempt)
+            self._declarations._store_failed(
+                self._link, self.queue, received, error, delivery.attempt
+            )
             self._link.channel.basic_ack(tag)
 
         self._settle(delivery, action)
@@ -263,14 +295,24 @@ class AmqpConsumer(Consumer):
 
     def close(self) -> None:
         """Hand back what is held and prefetched (marked released), and disconnect."""
+        self._disconnect(held_count=False)
+
+    def abandon(self) -> None:
+        """The worker died: hand back what it never saw (prefetched, marked released: no
+        attempt), then drop the connection. The broker gives the tasks the worker held to
+        other consumers at once, and their redelivery counts an attempt."""
+        self._disconnect(held_count=True)
+
+    def _disconnect(self, held_count: bool) -> None:
         if self.closed:
             return
         self.closed = True
-        self.transport._heartbeats.discard(self._link)
+        self._declarations._heartbeats.discard(self._link)
         with self._link.lock:
             if self._connected():
+                held = [] if held_count else list(self._held.values())
                 try:
-                    for received in [*self._held.values(), *self._unsubscribe()]:
+                    for received in [*held, *self._unsubscribe()]:
                         self._mark_released(received)
                 except DRIVER_ERRORS as exc:
                     logger.debug("%r: closing consumer of %r: %s", self.transport, self.queue, exc)

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
+import amqp.exceptions
 import kombu.connection
 
 from asynctask_amqp.params import ConnectionParams
@@ -54,11 +55,21 @@ class Nacked(Exception):
     """The broker refused (nack) some of the published messages."""
 
 
-class Link:
-    """One connection with one channel in confirm mode; see the module docstring."""
+#: what the driver raises (and our wrappers of it): mapped to our errors at the boundary
+DRIVER_ERRORS = (amqp.exceptions.AMQPError, OSError, EOFError, ConfirmsLost, Unroutable, Nacked)
 
-    def __init__(self, params: ConnectionParams) -> None:
+
+class Link:
+    """One connection with one channel in confirm mode; see the module docstring.
+
+    ``name`` is the connection's client-provided name, which the broker shows
+    (``rabbitmqctl list_connections client_properties``, the management UI): an operator
+    sees which process and queue a connection serves, and can close exactly that one.
+    """
+
+    def __init__(self, params: ConnectionParams, name: str = "") -> None:
         self.params = params
+        self.name = name or f"asynctask producer (pid {os.getpid()})"
         self.lock = threading.Lock()
         #: bumped on every (re)connection: a delivery tag is only good on its generation
         self.generation = 0
@@ -87,7 +98,12 @@ class Link:
         happen (the channel, its consumer and its delivery tags would be lost unseen).
         """
         self.discard()
-        conn = KombuConnection(**self.params.kombu_kwargs())
+        kwargs = self.params.kombu_kwargs()
+        kwargs["transport_options"] = {
+            **kwargs["transport_options"],
+            "client_properties": {"connection_name": self.name},
+        }
+        conn = KombuConnection(**kwargs)
         conn.ensure_connection(max_retries=0, reraise_as_library_errors=False)
         raw = conn.connection
         try:

@@ -35,6 +35,12 @@ OPTIONS: dict[str, Option] = {
         30.0,
         "seconds to wait for the broker's publisher confirm before the connection counts as lost",
     ),
+    "relay": Option(
+        boolean,
+        True,
+        "consumers keep their connection in a relay process of their own, so that a task "
+        "holding the GIL cannot lose it (false: in the worker's process)",
+    ),
     "ssl_ca_certs": Option(str, None, "amqps: CA bundle to verify the broker with"),
     "ssl_certfile": Option(str, None, "amqps: client certificate (PEM)"),
     "ssl_keyfile": Option(str, None, "amqps: client certificate's key (PEM)"),
@@ -66,6 +72,8 @@ class ConnectionParams:
     confirm_timeout: float
     ssl: dict[str, Any] | None = None
     driver: dict[str, Any] = field(default_factory=dict)
+    #: consumers connect from a relay process (see ``asynctask_amqp.relay``)
+    relay: bool = True
 
     def describe(self) -> str:
         """``host:port (vhost '/', user 'guest')``: safe for logs and errors."""
@@ -139,6 +147,7 @@ def read_params(uri: str, options: dict[str, Any], driver: dict[str, str]) -> Co
         confirm_timeout=options["confirm_timeout"],
         ssl=_ssl_options(host, options) if scheme == "amqps" else None,
         driver=extra,
+        relay=options["relay"],
     )
 
 

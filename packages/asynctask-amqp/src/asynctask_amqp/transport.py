@@ -47,19 +47,20 @@ import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import amqp.exceptions
 
 from asynctask.errors import InvalidTaskError, TransportError
 from asynctask.transport import Consumer, FailedTask, QueueStats, Transport, TransportFeatures
 from asynctask.validation import Payload, is_valid_queue_name
+from asynctask_amqp.consumer import AmqpConsumer
 from asynctask_amqp.link import (
+    DRIVER_ERRORS,
     ConfirmsLost,
     Heartbeats,
     Link,
     LinkPool,
-    Nacked,
     Unroutable,
     tick_interval,
 )
@@ -71,6 +72,7 @@ from asynctask_amqp.params import (
     read_params,
     reply_code,
 )
+from asynctask_amqp.remote import RemoteConsumer
 from asynctask_amqp.topology import (
     LADDER_RENEW,
     LADDERS,
@@ -92,12 +94,6 @@ from asynctask_amqp.topology import (
     rung_names,
     task_message,
 )
-
-if TYPE_CHECKING:
-    from asynctask_amqp.consumer import AmqpConsumer
-
-#: what the driver raises (and our wrappers of it): mapped to our errors at the boundary
-DRIVER_ERRORS = (amqp.exceptions.AMQPError, OSError, EOFError, ConfirmsLost, Unroutable, Nacked)
 
 
 class AmqpTransport(Transport):
@@ -125,7 +121,7 @@ class AmqpTransport(Transport):
         self._resume: dict[str, int] = {}  # batch (by first task id) -> tasks confirmed
         self._claim_tokens: dict[str, int] = {}
         self._ladders: dict[tuple[str, str], float] = {}  # (queue, ladder) -> declared at
-        self._consumers: weakref.WeakSet[AmqpConsumer] = weakref.WeakSet()
+        self._consumers: weakref.WeakSet[Consumer] = weakref.WeakSet()
 
     def accepts_driver_option(self, name: str) -> bool:
         """kombu / py-amqp connection options that pass through (see the docstring)."""
@@ -375,9 +371,12 @@ class AmqpTransport(Transport):
         return won
 
     def _consumer(self, queue: str, prefetch: int) -> Consumer:
-        from asynctask_amqp.consumer import AmqpConsumer
-
-        consumer = AmqpConsumer(self, queue, prefetch)
+        """A consumer whose connection lives in a relay process (``relay=false``: here)."""
+        consumer: Consumer
+        if self.params.relay:
+            consumer = RemoteConsumer(self, queue, prefetch)
+        else:
+            consumer = AmqpConsumer(self, self, queue, prefetch)
         self._consumers.add(consumer)
         return consumer
 

@@ -1,0 +1,190 @@
+"""The relay: a worker's AMQP connection, kept in a small process of its own.
+
+Why. RabbitMQ gives a connection's unacknowledged tasks to other consumers as soon as the
+connection closes, and closes a connection that misses two heartbeats. A task that holds
+the GIL (a catastrophic regex, a C call that does not release it) stops every thread of
+its process, the heartbeat thread too; so the connection must live in another process.
+``RemoteConsumer`` (``asynctask_amqp.remote``) starts one relay per consumer, as
+``python -P -m asynctask_amqp.relay <fd>``: a fresh interpreter that holds the connection,
+consumes with the prefetch, answers heartbeats (the transport's heartbeat thread, which
+nothing here ever blocks), and serves the consumer's calls over a socketpair (frames of
+``asynctask_amqp.wire``).
+
+The conversation, worker first::
+
+    {"uri", "queue", "prefetch", "worker": pid, "log_level"}      once, at start
+    {"op": "reserve", "timeout": s}   -> {"delivery": {"n", "id", "payload", "attempt",
+                                           "submitted_at"} | null} or {"error": {...}}
+    {"op": "ack" | "release", "n"}, {"op": "retry", "n", "delay", "error"},
+    {"op": "fail", "n", "error"}      -> no answer: the relay settles in order, so the next
+                                         answer (or the socket's end) follows the settle
+    {"op": "close"}                   -> {"closed": true}, then the relay exits
+
+A worker that dies closes its end of the socket (the kernel does it, however it died);
+the relay notices at once, even in the middle of a ``reserve`` (it waits in slices), hands
+back what the worker never saw (no attempt), closes the connection so the broker gives
+the worker's tasks to others at once (each counts an attempt), and exits. It also exits
+if its parent process is gone (the socket may have leaked into a grandchild), checked
+with each slice. It ignores SIGTERM and SIGINT: a process-group stop lets the worker
+finish its task, and the worker's ``close`` ends the relay. ``PR_SET_PDEATHSIG`` is not
+used: it fires when the *thread* that started the relay ends, and a worker may create
+its consumer in a thread that ends before the consumer does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from asynctask.errors import AsynctaskError, TransportClosed, TransportUnavailable
+from asynctask.logs import setup_logging
+from asynctask.transport import Delivery
+from asynctask_amqp.consumer import AmqpConsumer
+from asynctask_amqp.transport import AmqpTransport
+from asynctask_amqp.wire import PeerGone, receive, send
+
+logger = logging.getLogger("asynctask.amqp.relay")
+
+#: seconds between checks that the worker is still there while the relay waits
+SLICE = 0.25
+
+
+class WorkerGone(Exception):
+    """The worker closed its end of the socket, or its process is gone."""
+
+
+class Relay:
+    """Serves one consumer to one worker process; see the module docstring."""
+
+    def __init__(self, sock: socket.socket, consumer: AmqpConsumer, worker: int) -> None:
+        self.sock = sock
+        self.consumer = consumer
+        self.worker = worker
+        #: what the worker holds (handed over, not settled), by number
+        self.handed: dict[int, Delivery] = {}
+        self._next = 1
+
+    def serve(self) -> None:
+        """Answer the worker until it closes the consumer or goes away."""
+        try:
+            while True:
+                self._wait_for_worker()
+                request = receive(self.sock)
+                if request is None:
+                    raise WorkerGone("the worker closed the socket")
+                if request.get("op") == "close":
+                    self.consumer.close()
+                    send(self.sock, {"closed": True})
+                    return
+                answer = self._handle(request)
+                if answer is not None:
+                    send(self.sock, answer)
+        except (WorkerGone, PeerGone, OSError) as exc:
+            logger.debug("relay of %r: worker %d gone (%s)", self.consumer.queue, self.worker, exc)
+            self.consumer.abandon()
+
+    def _wait_for_worker(self) -> None:
+        """Block until the worker writes (or closes); check it lives meanwhile."""
+        while not select.select([self.sock], [], [], SLICE)[0]:
+            self._check_parent()
+
+    def _check_parent(self) -> None:
+        if os.getppid() != self.worker:
+            raise WorkerGone(f"the worker process {self.worker} is gone")
+
+    def _check_socket(self) -> None:
+        """Between reserve slices: the worker only writes after our answer, so anything
+        readable now is the end of its socket."""
+        self._check_parent()
+        readable = select.select([self.sock], [], [], 0)[0]
+        if readable and not self.sock.recv(1, socket.MSG_PEEK):
+            raise WorkerGone("the worker closed the socket")
+
+    def _handle(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        op = request.get("op")
+        try:
+            if op == "reserve":
+                return {"delivery": self._reserve(float(request["timeout"]))}
+            delivery = self.handed.pop(int(request["n"]), None)
+            if delivery is None:
+                logger.warning(
+                    "relay of %r: %s of a task that is not held (settled twice?); ignored",
+                    self.consumer.queue,
+                    op,
+                )
+            elif op == "ack":
+                self.consumer.ack(delivery)
+            elif op == "retry":
+                self.consumer.retry(delivery, float(request["delay"]), str(request["error"]))
+            elif op == "fail":
+                self.consumer.fail(delivery, str(request["error"]))
+            elif op == "release":
+                self.consumer.release(delivery)
+            else:
+                raise PeerGone(f"unknown request {op!r}")
+        except AsynctaskError as exc:
+            if op != "reserve":  # settle calls do not answer; the consumer logged it
+                logger.warning("relay of %r: %s failed: %s", self.consumer.queue, op, exc)
+                return None
+            return {"error": {"kind": error_kind(exc), "message": str(exc)}}
+        return None
+
+    def _reserve(self, timeout: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            delivery = self.consumer.reserve(min(max(left, 0.0), SLICE))
+            if delivery is not None:
+                n, self._next = self._next, self._next + 1
+                self.handed[n] = delivery
+                return {
+                    "n": n,
+                    "id": delivery.id,
+                    "payload": delivery.payload,
+                    "attempt": delivery.attempt,
+                    "submitted_at": delivery.submitted_at,
+                }
+            if left <= SLICE:
+                return None
+            self._check_socket()
+
+
+def error_kind(exc: AsynctaskError) -> str:
+    """How an error crosses the socket: ``RemoteConsumer`` raises the same kind again."""
+    if isinstance(exc, TransportUnavailable):
+        return "unavailable"
+    if isinstance(exc, TransportClosed):
+        return "closed"
+    return "error"
+
+
+def main() -> int:
+    """Run a relay on the socket whose descriptor is the one argument."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    spec = receive(sock)
+    if spec is None:
+        return 0  # the worker went away before it said anything
+    setup_logging(level=int(spec.get("log_level", logging.INFO)))
+    worker = int(spec["worker"])
+    if os.getppid() != worker:
+        return 0
+    transport = AmqpTransport(str(spec["uri"]))
+    consumer = AmqpConsumer(transport, transport, str(spec["queue"]), int(spec["prefetch"]), worker)
+    try:
+        Relay(sock, consumer, worker).serve()
+    finally:
+        transport.close()
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""``RemoteConsumer``: the worker's side of a relay (see ``asynctask_amqp.relay``).
+
+The same ``Consumer`` as ``AmqpConsumer``, but its connection lives in a relay process
+that it starts and talks to over a socketpair, so a task that holds the GIL in this
+process cannot stop the connection's heartbeats. ``reserve`` and ``close`` wait for the
+relay's answer; settle calls (``ack``, ``retry``, ``fail``, ``release``) are written to
+the socket and not waited for: the relay settles in order, before it answers the next
+call, and a settle written just before this process dies is still read and done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
+from asynctask.transport import Consumer, Delivery, Transport
+from asynctask_amqp.wire import PeerGone, receive, send
+
+logger = logging.getLogger("asynctask.amqp")
+
+#: seconds, beyond a call's own timeout, that the relay may take to answer (a reconnect,
+#: a publisher confirm) before it counts as hung
+ANSWER_SLACK = 60.0
+
+#: relays started by this process and not reaped yet: a relay whose consumer was dropped
+#: without ``close`` exits when its socket closes, and is reaped here later (a ``Popen``
+#: collected while its process runs would warn)
+_relays: set[subprocess.Popen[bytes]] = set()
+_relays_lock = threading.Lock()
+
+
+def start_relay() -> tuple[socket.socket, subprocess.Popen[bytes]]:
+    """Start ``python -P -m asynctask_amqp.relay`` on one end of a new socketpair."""
+    ours, theirs = socket.socketpair()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-P", "-m", "asynctask_amqp.relay", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    with _relays_lock:
+        for done in [p for p in _relays if p.poll() is not None]:
+            _relays.discard(done)
+        _relays.add(process)
+    return ours, process
+
+
+class RemoteConsumer(Consumer):
+    """A consumer whose AMQP connection lives in a relay process; see the module docstring."""
+
+    def __init__(self, transport: Transport, queue: str, prefetch: int) -> None:
+        super().__init__(transport, queue, prefetch)
+        self._lock = threading.Lock()
+        self._sock, self._process = start_relay()
+        self._broken = ""  # why the relay cannot be used any more
+        spec = {
+            "uri": transport.uri,
+            "queue": queue,
+            "prefetch": prefetch,
+            "worker": os.getpid(),
+            "log_level": logging.getLogger().getEffectiveLevel(),
+        }
+        try:
+            send(self._sock, spec)
+        except OSError as exc:
+            self._fail(f"could not reach it: {exc}")
+
+    @property
+    def relay_pid(self) -> int:
+        """The relay process's pid (for tests and operators)."""
+        return self._process.pid
+
+    # -- the calls that wait for an answer --------------------------------------------------
+
+    def reserve(self, timeout: float) -> Delivery | None:
+        """Wait up to ``timeout`` s for a task (the relay reconnects while the broker is away)."""
+        self._check_open()
+        answer = self._ask({"op": "reserve", "timeout": max(0.0, timeout)}, timeout)
+        error = answer.get("error")
+        if error is not None:
+            kind = {"unavailable": TransportUnavailable, "closed": TransportClosed}
+            raise kind.get(error.get("kind"), TransportError)(str(error.get("message")))
+        found = answer.get("delivery")
+        if found is None:
+            return None
+        return Delivery(
+            id=found["id"],
+            queue=self.queue,
+            payload=found["payload"],
+            attempt=int(found["attempt"]),
+            submitted_at=found["submitted_at"],
+            receipt=int(found["n"]),
+        )
+
+    def close(self) -> None:
+        """Hand back what is held and prefetched (not counted), and end the relay."""
+        if self.closed:
+            return
+        self.closed = True
+        with self._lock:
+            if not self._broken:
+                try:
+                    self._sock.settimeout(ANSWER_SLACK)
+                    send(self._sock, {"op": "close"})
+                    receive(self._sock)
+                except (OSError, PeerGone) as exc:
+                    logger.debug("%r: closing the relay of %r: %s", self.transport, self.queue, exc)
+            self._sock.close()
+        try:
+            self._process.wait(ANSWER_SLACK)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        with _relays_lock:
+            _relays.discard(self._process)
+
+    def _ask(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        with self._lock:
+            if self._broken:
+                raise TransportUnavailable(self._broken)
+            try:
+                self._sock.settimeout(timeout + ANSWER_SLACK)
+                send(self._sock, request)
+                answer = receive(self._sock)
+            except (OSError, PeerGone) as exc:
+                self._fail(f"{type(exc).__name__}: {exc}")
+                raise TransportUnavailable(self._broken) from exc
+            if answer is None:
+                self._fail("it exited")
+                raise TransportUnavailable(self._broken)
+            return answer
+
+    def _fail(self, why: str) -> None:
+        """The relay is unusable: end it (the broker then gives its tasks to others)."""
+        self._process.kill()
+        code = self._process.wait()
+        self._broken = (
+            f"the AMQP relay process of this consumer of {self.queue!r} (pid "
+            f"{self._process.pid}) failed ({why}; exit code {code}); its tasks go back to "
+            "the queue; a new consumer starts a new relay (see its error output above)"
+        )
+
+    # -- settling: written, not waited for ---------------------------------------------------
+
+    def _settle(self, op: str, delivery: Delivery, **fields: Any) -> None:
+        with self._lock:
+            try:
+                if self._broken:
+                    raise OSError(self._broken)
+                send(self._sock, {"op": op, "n": delivery.receipt, **fields})
+            except OSError as exc:
+                logger.warning(
+                    "%r: could not %s task %s of %r (%s); the broker will deliver it again",
+                    self.transport,
+                    op,
+                    delivery.id,
+                    self.queue,
+                    exc,
+                )
+
+    def ack(self, delivery: Delivery) -> None:
+        """The task is done: the broker forgets it."""
+        self._settle("ack", delivery)
+
+    def retry(self, delivery: Delivery, delay: float, error: str) -> None:
+        """Back to the queue after ``delay`` s, as the next attempt."""
+        self._settle("retry", delivery, delay=delay, error=error)
+
+    def fail(self, delivery: Delivery, error: str) -> None:
+        """To the failed store, with ``error``."""
+        self._settle("fail", delivery, error=error)
+
+    def release(self, delivery: Delivery) -> None:
+        """Back to the head of the queue, untouched (not counted)."""
+        self._settle("release", delivery)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise TransportClosed(f"this consumer of {self.queue!r} is closed")
+        if self.transport.closed:
+            raise TransportClosed(f"{self.transport!r} is closed; get a new one")
