@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import amqp
@@ -270,16 +271,23 @@ def test_a_silent_consumer_loses_its_task_within_the_recovery_bound(transport, q
     report = ctx.Queue()
     child = ctx.Process(target=hold_task_in_child, args=(transport.uri, queue, report))
     child.start()
+    frozen = [child.pid]
     try:
         assert report.get(timeout=30) == {"n": 1}
-        # When it stops answering (no heartbeats, connection still open)
-        os.kill(child.pid, signal.SIGSTOP)
+        # When it stops answering, with its relay, as a frozen host would (no heartbeats,
+        # connection still open)
+        relays = Path(f"/proc/{child.pid}/task/{child.pid}/children").read_text().split()
+        assert len(relays) == 1
+        frozen = [child.pid, int(relays[0])]
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
         stopped = time.monotonic()
         # Then the broker gives the task back within the recovery bound, as an attempt
         delivery = taken_one(transport, queue, timeout=15)
         waited = time.monotonic() - stopped
     finally:
-        os.kill(child.pid, signal.SIGKILL)
+        for pid in frozen:
+            os.kill(pid, signal.SIGKILL)
         child.join(10)
     assert delivery.payload == {"n": 1} and delivery.attempt == 2
     assert waited <= transport.features.recovery_seconds + 1.0, waited

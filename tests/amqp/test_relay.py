@@ -5,7 +5,6 @@ connection closed by an operator duplicates at most the tasks in flight."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -13,19 +12,21 @@ import time
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
 from support import events, wait_for
-from tests.amqp.conftest import rabbitmqctl
+from tests.amqp.conftest import rabbitmqctl, vhost_of
 
 
-def connections_named(prefix: str) -> list[str]:
-    """The broker's ids (Erlang pids) of the connections whose client-provided name starts
-    with ``prefix``: ours only, found by the name our process gave them."""
-    listed = rabbitmqctl("list_connections", "pid", "client_properties", "--formatter", "json")
-    found = []
-    for connection in json.loads(listed or "[]"):
-        for key, _, value in connection["client_properties"]:
-            if key == "connection_name" and str(value).startswith(prefix):
-                found.append(connection["pid"])
-    return found
+def connections_named(prefix: str, vhost: str) -> list[str]:
+    """The broker's ids (Erlang pids) of the connections of ``vhost`` whose client-provided
+    name starts with ``prefix``: ours only, found by the name our process gave them."""
+    listed = rabbitmqctl(
+        "list_connections", "-q", "--no-table-headers", "pid", "vhost", "client_properties"
+    )
+    marker = '{"connection_name","' + prefix
+    return [
+        line.split("\t")[0]
+        for line in listed.splitlines()
+        if line.count("\t") >= 2 and line.split("\t")[1] == vhost and marker in line
+    ]
 
 
 def test_a_task_holding_the_gil_runs_once_while_a_rival_waits(amqp_uri, ledger, start_workers):
@@ -88,7 +89,8 @@ def test_an_operator_closing_a_workers_connection_duplicates_only_the_task_in_fl
     workers = start_workers(uri, {queue: "test_record"}, "--halt-when-empty")
     wait_for(lambda: len(events(ledger, "done")) >= 3, 60, "three tasks done")
     # When an operator closes that worker's connection (ours, found by its name)
-    [connection] = wait_for(lambda: connections_named(f"asynctask consumer {queue}"), 10, "it")
+    name = f"asynctask consumer {queue} "
+    [connection] = wait_for(lambda: connections_named(name, vhost_of(uri)), 10, "its connection")
     rabbitmqctl("close_connection", connection, "test: an operator closes it")
     # Then every task is done, and only the one in flight may have started twice
     assert workers.wait(90) == 0, workers.output()

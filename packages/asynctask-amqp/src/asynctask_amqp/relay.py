@@ -15,9 +15,11 @@ The conversation, worker first::
     {"uri", "queue", "prefetch", "worker": pid, "log_level"}      once, at start
     {"op": "reserve", "timeout": s}   -> {"delivery": {"n", "id", "payload", "attempt",
                                            "submitted_at"} | null} or {"error": {...}}
-    {"op": "ack" | "release", "n"}, {"op": "retry", "n", "delay", "error"},
-    {"op": "fail", "n", "error"}      -> no answer: the relay settles in order, so the next
-                                         answer (or the socket's end) follows the settle
+    {"op": "ack", "n"}                -> no answer: the relay works in order, so the next
+                                         answer follows the ack, and an ack written just
+                                         before the worker died is still read and done
+    {"op": "release", "n"}, {"op": "retry", "n", "delay", "error"},
+    {"op": "fail", "n", "error"}      -> {"done": true} once settled (read-your-writes)
     {"op": "close"}                   -> {"closed": true}, then the relay exits
 
 A worker that dies closes its end of the socket (the kernel does it, however it died);
@@ -108,10 +110,13 @@ class Relay:
 
     def _handle(self, request: dict[str, Any]) -> dict[str, Any] | None:
         op = request.get("op")
-        try:
-            if op == "reserve":
+        if op == "reserve":
+            try:
                 return {"delivery": self._reserve(float(request["timeout"]))}
-            delivery = self.handed.pop(int(request["n"]), None)
+            except AsynctaskError as exc:
+                return {"error": {"kind": error_kind(exc), "message": str(exc)}}
+        delivery = self.handed.pop(int(request["n"]), None)
+        try:
             if delivery is None:
                 logger.warning(
                     "relay of %r: %s of a task that is not held (settled twice?); ignored",
@@ -128,12 +133,9 @@ class Relay:
                 self.consumer.release(delivery)
             else:
                 raise PeerGone(f"unknown request {op!r}")
-        except AsynctaskError as exc:
-            if op != "reserve":  # settle calls do not answer; the consumer logged it
-                logger.warning("relay of %r: %s failed: %s", self.consumer.queue, op, exc)
-                return None
-            return {"error": {"kind": error_kind(exc), "message": str(exc)}}
-        return None
+        except AsynctaskError as exc:  # the consumer logged what the broker will do
+            logger.warning("relay of %r: %s failed: %s", self.consumer.queue, op, exc)
+        return None if op == "ack" else {"done": True}
 
     def _reserve(self, timeout: float) -> dict[str, Any] | None:
         deadline = time.monotonic() + timeout

@@ -2,10 +2,10 @@
 
 The same ``Consumer`` as ``AmqpConsumer``, but its connection lives in a relay process
 that it starts and talks to over a socketpair, so a task that holds the GIL in this
-process cannot stop the connection's heartbeats. ``reserve`` and ``close`` wait for the
-relay's answer; settle calls (``ack``, ``retry``, ``fail``, ``release``) are written to
-the socket and not waited for: the relay settles in order, before it answers the next
-call, and a settle written just before this process dies is still read and done.
+process cannot stop the connection's heartbeats. Every call waits for the relay's answer
+but ``ack``, which is written and not waited for (as ``Consumer.ack`` allows): the relay
+works in order, so it acks before it answers the next call, and an ack written just
+before this process dies is still read and done. That saves a round trip per task.
 """
 
 from __future__ import annotations
@@ -152,26 +152,31 @@ class RemoteConsumer(Consumer):
             "the queue; a new consumer starts a new relay (see its error output above)"
         )
 
-    # -- settling: written, not waited for ---------------------------------------------------
+    # -- settling --------------------------------------------------------------------------
 
     def _settle(self, op: str, delivery: Delivery, **fields: Any) -> None:
-        with self._lock:
-            try:
-                if self._broken:
-                    raise OSError(self._broken)
-                send(self._sock, {"op": op, "n": delivery.receipt, **fields})
-            except OSError as exc:
-                logger.warning(
-                    "%r: could not %s task %s of %r (%s); the broker will deliver it again",
-                    self.transport,
-                    op,
-                    delivery.id,
-                    self.queue,
-                    exc,
-                )
+        """Send a settle call; wait until it is done, except for ``ack``."""
+        request = {"op": op, "n": delivery.receipt, **fields}
+        try:
+            if op == "ack":
+                with self._lock:
+                    if self._broken:
+                        raise TransportUnavailable(self._broken)
+                    send(self._sock, request)
+            else:
+                self._ask(request, 0.0)
+        except (OSError, TransportUnavailable) as exc:
+            logger.warning(
+                "%r: could not %s task %s of %r (%s); the broker will deliver it again",
+                self.transport,
+                op,
+                delivery.id,
+                self.queue,
+                exc,
+            )
 
     def ack(self, delivery: Delivery) -> None:
-        """The task is done: the broker forgets it."""
+        """The task is done: the broker forgets it (sent with the next call, see above)."""
         self._settle("ack", delivery)
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:

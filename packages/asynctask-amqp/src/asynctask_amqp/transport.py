@@ -44,7 +44,6 @@ import dataclasses
 import secrets
 import threading
 import time
-import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -121,7 +120,10 @@ class AmqpTransport(Transport):
         self._resume: dict[str, int] = {}  # batch (by first task id) -> tasks confirmed
         self._claim_tokens: dict[str, int] = {}
         self._ladders: dict[tuple[str, str], float] = {}  # (queue, ladder) -> declared at
-        self._consumers: weakref.WeakSet[Consumer] = weakref.WeakSet()
+        #: consumers not closed yet; held here, so that a consumer dropped unclosed keeps
+        #: its tasks (and its relay) until the transport closes, as a worker that holds
+        #: them would
+        self._consumers: set[Consumer] = set()
 
     def accepts_driver_option(self, name: str) -> bool:
         """kombu / py-amqp connection options that pass through (see the docstring)."""
@@ -377,11 +379,15 @@ class AmqpTransport(Transport):
             consumer = RemoteConsumer(self, queue, prefetch)
         else:
             consumer = AmqpConsumer(self, self, queue, prefetch)
-        self._consumers.add(consumer)
+        with self._lock:
+            self._consumers = {c for c in self._consumers if not c.closed}
+            self._consumers.add(consumer)
         return consumer
 
     def _close(self) -> None:
-        for consumer in list(self._consumers):
+        with self._lock:
+            consumers, self._consumers = self._consumers, set()
+        for consumer in consumers:
             consumer.close()
         self._pool.close()
         self._heartbeats.stop()
