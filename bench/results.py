@@ -37,10 +37,12 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
     "depth": ("drain at depth 100,000 vs 100", "tasks/s", Target(">=", 0.5)),
     "depth_raw": ("raw drain at depth 100,000 vs 100", "tasks/s", None),
     "prefetch": ("one consumer, prefetch 10 vs 1", "tasks/s", None),
+    "relay": ("drain, 1 child, relay vs connection in the child", "tasks/s", None),
 }
 
-#: the measures every measured transport has (``peer`` only where a peer was measured)
-REQUIRED = tuple(key for key in MEASURES if key != "peer")
+#: the measures every measured transport has (``peer`` only where a peer was measured,
+#: ``relay`` only on amqp)
+REQUIRED = tuple(key for key in MEASURES if key not in ("peer", "relay"))
 
 
 @dataclass

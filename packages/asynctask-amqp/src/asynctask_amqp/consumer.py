@@ -290,6 +290,8 @@ class AmqpConsumer(Consumer):
                 channel.basic_reject(message.delivery_info["delivery_tag"], requeue=True)
             self._buffer.clear()
             channel.basic_reject(tag, requeue=True)
+            # a round trip, so that the task is back in the queue when release returns
+            channel.basic_qos(0, self.prefetch, False)
 
         self._settle(delivery, action)
 
@@ -310,9 +312,15 @@ class AmqpConsumer(Consumer):
         self._declarations._heartbeats.discard(self._link)
         with self._link.lock:
             if self._connected():
-                held = [] if held_count else list(self._held.values())
                 try:
-                    for received in [*held, *self._unsubscribe()]:
+                    if held_count:
+                        # no basic.cancel here: until the connection closes, the broker
+                        # must go on counting the held tasks as delivered to a consumer
+                        unseen = [m for m in self._buffer if not m.delivery_info["redelivered"]]
+                        handed_back = [read_message(m) for m in unseen]
+                    else:
+                        handed_back = [*self._held.values(), *self._unsubscribe()]
+                    for received in handed_back:
                         self._mark_released(received)
                 except DRIVER_ERRORS as exc:
                     logger.debug("%r: closing consumer of %r: %s", self.transport, self.queue, exc)

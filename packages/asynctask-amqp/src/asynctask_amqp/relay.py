@@ -49,7 +49,7 @@ from asynctask.logs import setup_logging
 from asynctask.transport import Delivery
 from asynctask_amqp.consumer import AmqpConsumer
 from asynctask_amqp.transport import AmqpTransport
-from asynctask_amqp.wire import PeerGone, receive, send
+from asynctask_amqp.wire import PeerGone, Reader, send
 
 logger = logging.getLogger("asynctask.amqp.relay")
 
@@ -64,8 +64,9 @@ class WorkerGone(Exception):
 class Relay:
     """Serves one consumer to one worker process; see the module docstring."""
 
-    def __init__(self, sock: socket.socket, consumer: AmqpConsumer, worker: int) -> None:
-        self.sock = sock
+    def __init__(self, reader: Reader, consumer: AmqpConsumer, worker: int) -> None:
+        self.sock = reader.sock
+        self.reader = reader
         self.consumer = consumer
         self.worker = worker
         #: what the worker holds (handed over, not settled), by number
@@ -77,7 +78,7 @@ class Relay:
         try:
             while True:
                 self._wait_for_worker()
-                request = receive(self.sock)
+                request = self.reader.receive()
                 if request is None:
                     raise WorkerGone("the worker closed the socket")
                 if request.get("op") == "close":
@@ -93,7 +94,7 @@ class Relay:
 
     def _wait_for_worker(self) -> None:
         """Block until the worker writes (or closes); check it lives meanwhile."""
-        while not select.select([self.sock], [], [], SLICE)[0]:
+        while not self.reader.ready() and not select.select([self.sock], [], [], SLICE)[0]:
             self._check_parent()
 
     def _check_parent(self) -> None:
@@ -171,7 +172,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(sys.argv[1]))
-    spec = receive(sock)
+    reader = Reader(sock)
+    spec = reader.receive()
     if spec is None:
         return 0  # the worker went away before it said anything
     setup_logging(level=int(spec.get("log_level", logging.INFO)))
@@ -181,7 +183,7 @@ def main() -> int:
     transport = AmqpTransport(str(spec["uri"]))
     consumer = AmqpConsumer(transport, transport, str(spec["queue"]), int(spec["prefetch"]), worker)
     try:
-        Relay(sock, consumer, worker).serve()
+        Relay(reader, consumer, worker).serve()
     finally:
         transport.close()
         sock.close()

@@ -20,7 +20,7 @@ from typing import Any
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
 from asynctask.transport import Consumer, Delivery, Transport
-from asynctask_amqp.wire import PeerGone, receive, send
+from asynctask_amqp.wire import PeerGone, Reader, send
 
 logger = logging.getLogger("asynctask.amqp")
 
@@ -64,6 +64,7 @@ class RemoteConsumer(Consumer):
         super().__init__(transport, queue, prefetch)
         self._lock = threading.Lock()
         self._sock, self._process = start_relay()
+        self._reader = Reader(self._sock)
         self._broken = ""  # why the relay cannot be used any more
         spec = {
             "uri": transport.uri,
@@ -114,7 +115,7 @@ class RemoteConsumer(Consumer):
                 try:
                     self._sock.settimeout(ANSWER_SLACK)
                     send(self._sock, {"op": "close"})
-                    receive(self._sock)
+                    self._reader.receive()
                 except (OSError, PeerGone) as exc:
                     logger.debug("%r: closing the relay of %r: %s", self.transport, self.queue, exc)
             self._sock.close()
@@ -133,7 +134,7 @@ class RemoteConsumer(Consumer):
             try:
                 self._sock.settimeout(timeout + ANSWER_SLACK)
                 send(self._sock, request)
-                answer = receive(self._sock)
+                answer = self._reader.receive()
             except (OSError, PeerGone) as exc:
                 self._fail(f"{type(exc).__name__}: {exc}")
                 raise TransportUnavailable(self._broken) from exc
