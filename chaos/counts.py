@@ -4,8 +4,9 @@
 * **duplicates**: completions beyond the first of one task. Each must be explained by a
   fault: the earlier completion was by a child killed afterwards (its acknowledgement
   never reached the backend), or it happened around a server or connection fault or a
-  stop. The bound: one per kill (a child holds its prefetch, 1), and 4 children times
-  the prefetch per other fault.
+  stop. The bound: one per kill (a child holds its prefetch, 1) and per closed worker
+  connection (what that one child held), and 4 children times the prefetch per other
+  fault.
 * **recovery**: for each fault, the time from its start to the first completion of a task
   that began after the fault was over (the server answers again, the new supervisor
   runs); the table shows the largest.
@@ -32,7 +33,7 @@ FAULT_MARGIN = 1.0
 class Fault:
     """One fault the suite caused: what, when (``time.time()``), and whom."""
 
-    kind: str  # kill, restart, connections, stop
+    kind: str  # kill, restart, connections, close (one worker's connection), stop
     began: float
     ended: float
     pid: int | None = None
@@ -55,8 +56,9 @@ class Tally:
 def bound(faults: list[Fault], children: int) -> int:
     """The most duplicates the faults can explain."""
     kills = sum(1 for f in faults if f.kind == "kill" and f.pid is not None)
-    others = sum(1 for f in faults if f.kind != "kill")
-    return kills * PREFETCH + others * children * PREFETCH
+    closes = sum(1 for f in faults if f.kind == "close")
+    others = sum(1 for f in faults if f.kind not in ("kill", "close"))
+    return (kills + closes) * PREFETCH + others * children * PREFETCH
 
 
 def tally(entries: list[Entry], expected: set[int], poison: set[int], faults: list[Fault]) -> Tally:

@@ -118,8 +118,13 @@ number, attempt, pid and time in a ledger file outside the transport) through
    on the same files; RabbitMQ `rabbitmqctl stop_app` / `start_app` (filesys has no server);
 3. **connection kills**, {plan.connection_kills} times: `pg_terminate_backend` of every
    connection of the suite, `CLIENT KILL TYPE normal`, `rabbitmqctl close_all_connections`;
-4. **supervisor stop**: SIGTERM to `asynctask workers` mid-run, then a new one finishes;
-5. **poison and bad input**: {plan.poison} tasks that always raise, 5 undecodable messages
+4. **a worker's connection closed** (amqp only), {plan.connection_kills} times: an operator's
+   `rabbitmqctl close_connection` on one worker's connection, found by its client-provided
+   name (`asynctask consumer <queue> (pid N)`) in the suite's vhost; the broker hands that
+   connection's unacknowledged task to another consumer at once, so at most the task in
+   flight (prefetch 1) repeats per close, as with a worker kill;
+5. **supervisor stop**: SIGTERM to `asynctask workers` mid-run, then a new one finishes;
+6. **poison and bad input**: {plan.poison} tasks that always raise, 5 undecodable messages
    written into the backend by hand (its documented storage format), a 1 MB payload, a
    payload nested 400 deep (and one nested 600 deep, which submit must refuse).
 

@@ -14,6 +14,11 @@ and the queue is empty, stops the workers and counts (``chaos.counts``).
     every connection of the suite dropped by the server, ``connection_kills`` times.
 ``supervisor``
     SIGTERM to ``asynctask workers`` mid-run, then a new one finishes the queue.
+``operator``
+    (amqp) one worker's connection closed by an operator (``rabbitmqctl close_connection``,
+    found by its client-provided name), ``connection_kills`` times: the broker hands that
+    connection's unacknowledged task to another consumer at once, so at most the task in
+    flight (the prefetch, 1) repeats per close.
 ``poison``
     tasks that always raise, undecodable messages written by hand, a 1 MB payload, a
     deeply nested one (and one nested past the limit, which submit must refuse).
@@ -36,11 +41,12 @@ from chaos.counts import Fault, bound, tally
 from chaos.servers import UNDECODABLE, Backend, wait_for_quiet
 from chaos.supervisor import CONCURRENCY, Workers
 
-SCENARIOS = ("kills", "restart", "connections", "supervisor", "poison")
+SCENARIOS = ("kills", "restart", "connections", "operator", "supervisor", "poison")
 TITLES = {
     "kills": "worker kills",
     "restart": "server restart",
     "connections": "connection kills",
+    "operator": "a worker's connection closed",
     "supervisor": "supervisor stop",
     "poison": "poison and bad input",
 }
@@ -100,6 +106,12 @@ def run_scenario(backend: Backend, scenario: str, plan: Plan, scratch: Path, say
     result = Result(backend.name, scenario)
     if scenario in ("restart", "connections") and not backend.controls_server:
         result.skipped = "no server" if not backend.has_server else "a server given as it is"
+        return result
+    if scenario == "operator" and backend.name != "amqp":
+        result.skipped = "amqp only (connections named per consumer)"
+        return result
+    if scenario == "operator" and not backend.controls_server:
+        result.skipped = "a server given as it is"
         return result
     if scenario in ("restart", "connections") and backend.name in ("pgsql", "amqp"):
         wait_for_quiet(backend.name, say, plan.quiet_timeout)
@@ -178,6 +190,9 @@ class _Run:
         elif self.scenario == "connections":
             every = plan.feed_seconds / plan.connection_kills
             events += [((i + 0.5) * every, self._drop) for i in range(plan.connection_kills)]
+        elif self.scenario == "operator":
+            every = plan.feed_seconds / plan.connection_kills
+            events += [((i + 0.5) * every, self._close_one) for i in range(plan.connection_kills)]
         elif self.scenario == "supervisor":
             events.append((middle, self._stop_supervisor))
         elif self.scenario == "poison":
@@ -214,6 +229,14 @@ class _Run:
         began = time.time()
         count = self.backend.kill_connections()
         self.faults.append(Fault("connections", began, time.time(), detail=str(count)))
+
+    def _close_one(self) -> None:
+        began = time.time()
+        name = self.backend.close_worker_connection(self.queue, self.rng)
+        if name is None:
+            self.result.notes.append("a close found no worker connection")
+            return
+        self.faults.append(Fault("close", began, time.time(), detail=name))
 
     def _stop_supervisor(self) -> None:
         assert self.workers is not None
@@ -335,6 +358,8 @@ class _Run:
         if self.scenario == "connections":
             counts = ", ".join(f.detail for f in self.faults)
             result.notes.append(f"dropped {counts} connections")
+        if self.scenario == "operator":
+            result.notes.append(f"closed {len(self.faults)} worker connections, one at a time")
         if self.scenario == "kills" and result.faults < plan.kills:
             result.notes.append(f"{result.faults} of {plan.kills} kills found a child")
 

@@ -13,8 +13,10 @@ documented storage format. Everything is on loopback:
   ``appendfsync always`` from its start), shut down and started again on the same files,
   and shut down for good at the end. The shared server is never touched.
 * amqp: the shared RabbitMQ on 127.0.0.1:5672, in a vhost of the run's own (deleted at the
-  end); ``rabbitmqctl stop_app``/``start_app`` restarts it and
-  ``close_all_connections --vhost`` drops the suite's connections only.
+  end); ``rabbitmqctl stop_app``/``start_app`` restarts it,
+  ``close_all_connections --vhost`` drops the suite's connections only, and
+  ``close_connection`` closes one worker's connection, found by its client-provided name
+  in the run's vhost (as an operator would).
 
 A backend made with a given URI (``--uri``, as the CI test does) uses that server as it is
 and cannot restart it nor drop its connections.
@@ -26,6 +28,7 @@ import contextlib
 import importlib
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -127,6 +130,11 @@ class Backend:
     def kill_connections(self) -> int:
         """Drop every connection of the suite's processes; return how many."""
         raise Unsupported(f"{self.name} has no connections to drop")
+
+    def close_worker_connection(self, queue: str, rng: random.Random) -> str | None:
+        """Close one consumer connection of ``queue``, as an operator would; return its
+        name, or None if there was none."""
+        raise Unsupported(f"{self.name} has no named connections")
 
     def write_undecodable(self, queue: str, texts: tuple[str, ...]) -> None:
         """Store ``texts`` as messages of ``queue``, by hand, as another program would."""
@@ -366,6 +374,25 @@ class AmqpBackend(Backend):
         count = sum(1 for line in listed.splitlines() if line.strip() == self.vhost)
         _run("rabbitmqctl", "close_all_connections", "--vhost", self.vhost, "asynctask chaos")
         return count
+
+    def close_worker_connection(self, queue: str, rng: random.Random) -> str | None:
+        # asynctask names each consumer's connection "asynctask consumer <queue> (pid N)"
+        listed = _run(
+            "rabbitmqctl", "list_connections", "-q", "--no-table-headers",
+            "pid", "vhost", "client_properties",
+        )  # fmt: skip
+        marker = '{"connection_name","asynctask consumer ' + queue + " "
+        found = []
+        for line in listed.splitlines():
+            fields = line.split("\t")
+            if len(fields) >= 3 and fields[1] == self.vhost and marker in fields[2]:
+                name = fields[2].split('{"connection_name","', 1)[1].split('"', 1)[0]
+                found.append((fields[0], name))
+        if not found:
+            return None
+        pid, name = rng.choice(found)
+        _run("rabbitmqctl", "close_connection", pid, "asynctask chaos: an operator closes it")
+        return name
 
     def write_undecodable(self, queue: str, texts: tuple[str, ...]) -> None:
         kombu: Any = importlib.import_module("kombu")  # untyped
