@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 from asynctask.testing import unique_queue
@@ -98,3 +100,43 @@ def test_an_operator_closing_a_workers_connection_duplicates_only_the_task_in_fl
     assert sorted(set(done)) == list(range(12))
     assert len(events(ledger, "start")) <= 13
     transport.close()
+
+
+HOLD_ONE = """
+import sys, time
+from asynctask.testing.contract import open_transport
+consumer = open_transport(sys.argv[1]).consumer(sys.argv[2], prefetch=3)
+delivery = consumer.reserve(timeout=20)
+print(delivery.payload["n"], flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_dead_workers_unreserved_prefetch_comes_back_uncounted(amqp_uri):
+    # Given a worker process whose consumer has 3 tasks prefetched and reserved the first
+    uri = f"{amqp_uri}?heartbeat=1"
+    queue = unique_queue("prefetched")
+    transport = open_transport(uri)
+    transport.submit_tasks(queue, [{"n": n} for n in range(3)])
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_ONE, uri, queue], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "0"
+        # When it is killed
+        child.kill()
+        child.wait(10)
+        # Then the task it had reserved comes back as a second attempt, the two it never
+        # reserved as first attempts, none lost
+        with transport.consumer(queue, prefetch=3) as consumer:
+            taken = []
+            while len(taken) < 3 and (delivery := consumer.reserve(timeout=10)) is not None:
+                taken.append((delivery.payload["n"], delivery.attempt))
+                consumer.ack(delivery)
+        assert sorted(taken) == [(0, 2), (1, 1), (2, 1)]
+    finally:
+        child.kill()
+        child.wait(10)
+        if child.stdout is not None:
+            child.stdout.close()
+        transport.close()

@@ -314,8 +314,11 @@ class AmqpConsumer(Consumer):
             if self._connected():
                 try:
                     if held_count:
-                        # no basic.cancel here: until the connection closes, the broker
-                        # must go on counting the held tasks as delivered to a consumer
+                        # a round trip: the deliveries the broker sent before its answer
+                        # are in the buffer after it. No basic.cancel: until the
+                        # connection closes, the broker must go on counting the held
+                        # tasks as delivered to a consumer.
+                        self._link.channel.basic_qos(0, self.prefetch, False)
                         unseen = [m for m in self._buffer if not m.delivery_info["redelivered"]]
                         handed_back = [read_message(m) for m in unseen]
                     else:
