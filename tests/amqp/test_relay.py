@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
 from support import events, wait_for
@@ -140,3 +142,37 @@ def test_a_dead_workers_unreserved_prefetch_comes_back_uncounted(amqp_uri):
         if child.stdout is not None:
             child.stdout.close()
         transport.close()
+
+
+@pytest.mark.parametrize("settle", ["ack", "retry", "fail", "release", "close"])
+def test_every_settle_call_survives_a_reconnect(amqp_uri, settle):
+    # Given a consumer holding a task
+    uri = f"{amqp_uri}?heartbeat=1"
+    queue = unique_queue("resettle")
+    transport = open_transport(uri)
+    transport.submit_task(queue, {"n": 1})
+    consumer = transport.consumer(queue)
+    delivery = consumer.reserve(timeout=10)
+    assert delivery is not None and delivery.attempt == 1
+    # When an operator closes its connection, and then the worker settles the task
+    [connection] = connections_named(f"asynctask consumer {queue} ", vhost_of(uri))
+    rabbitmqctl("close_connection", connection, "test: settle after a reconnect")
+    if settle == "retry":
+        consumer.retry(delivery, 0.0, "ValueError: boom")
+    elif settle == "fail":
+        consumer.fail(delivery, "ValueError: boom")
+    elif settle == "close":
+        consumer.close()
+    else:
+        getattr(consumer, settle)(delivery)
+    # Then nothing raised, nothing is lost: the broker took the task back when the
+    # connection closed, and its next delivery (after the reconnect) counts the attempt
+    if consumer.closed:
+        consumer = transport.consumer(queue)
+    again = consumer.reserve(timeout=15)
+    assert again is not None and again.id == delivery.id and again.attempt == 2
+    consumer.ack(again)
+    consumer.close()
+    stats = transport.queue_stats(queue)
+    assert (stats.ready, stats.retrying, stats.failed) == (0, 0, 0)
+    transport.close()

@@ -7,10 +7,12 @@ Features
     messages); a consumer subscribes (``basic.consume``, prefetch = the consumer's
     ``prefetch``) and wakes on the delivery; the broker gives a dead consumer's tasks back
     when its connection closes or misses 3 heartbeats (``recovery_seconds`` = 3 x
-    ``heartbeat``), and such a delivery counts as an attempt. A heartbeat thread keeps a
-    consumer's connection alive while its worker runs a task, so a slow task is never
-    given to another consumer while its worker lives; RabbitMQ's ``consumer_timeout``
-    (30 min by default) is the ceiling on one task's run time. Delays and retry back-off
+    ``heartbeat``), and such a delivery counts as an attempt. A consumer keeps its
+    connection in a relay process of its own (``asynctask_amqp.relay``), which answers
+    the heartbeats whatever the worker's process does (a task holding the GIL), so a
+    task is never given to another consumer while its worker lives, and closes the
+    connection as soon as the worker dies. RabbitMQ's ``consumer_timeout`` (30 min by
+    default) is the ceiling on one task's run time. Delays and retry back-off
     use per-queue ladders of TTL queues (no broker plugin). Lost connections are
     reopened with back-off; a broker restart costs time, not tasks.
 URI
@@ -19,7 +21,8 @@ URI
     vhost is the percent-decoded path; no path, ``/`` or ``//`` mean vhost ``/``.
 Options
     ``heartbeat`` (3 s, whole seconds), ``connect_timeout`` (5 s), ``confirm_timeout``
-    (30 s), ``retry_timeout`` (15 s); with ``amqps``: ``ssl_ca_certs``, ``ssl_certfile``,
+    (30 s), ``retry_timeout`` (15 s), ``relay`` (true: consumers connect from a relay
+    process; false: from the worker's own process); with ``amqps``: ``ssl_ca_certs``, ``ssl_certfile``,
     ``ssl_keyfile``, ``ssl_verify`` (true). Passed on to kombu / py-amqp as transport
     options: ``read_timeout``, ``write_timeout``, ``frame_max``, ``channel_max``,
     ``locale``, ``login_method``.
