@@ -23,9 +23,9 @@ Options
     ``heartbeat`` (3 s, whole seconds), ``connect_timeout`` (5 s), ``confirm_timeout``
     (30 s), ``retry_timeout`` (15 s), ``relay`` (true: consumers connect from a relay
     process; false: from the worker's own process); with ``amqps``: ``ssl_ca_certs``,
-    ``ssl_certfile``, ``ssl_keyfile``, ``ssl_verify`` (true). Passed on to kombu / py-amqp as transport
-    options: ``read_timeout``, ``write_timeout``, ``frame_max``, ``channel_max``,
-    ``locale``, ``login_method``.
+    ``ssl_certfile``, ``ssl_keyfile``, ``ssl_verify`` (true). Passed on to kombu /
+    py-amqp as transport options: ``read_timeout``, ``write_timeout``, ``frame_max``,
+    ``channel_max``, ``locale``, ``login_method``.
 Storage
     Queue ``Q`` is a durable queue ``Q`` bound to a durable direct exchange ``Q`` with
     routing key ``Q`` (what ``kombu.SimpleQueue("Q")`` declares). A message is a task:
