@@ -45,9 +45,13 @@ def start_relay() -> tuple[socket.socket, subprocess.Popen[bytes]]:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
         )
-    except BaseException:
+    except OSError as exc:
         ours.close()
-        raise
+        raise TransportError(
+            f"could not start the AMQP relay process ({sys.executable} -P -m "
+            f"asynctask_amqp.relay): {exc}; check the process and file limits (ulimit), "
+            "or set relay=false in the transport URI"
+        ) from exc
     finally:
         theirs.close()
     with _relays_lock:
