@@ -30,7 +30,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import amqp
@@ -107,6 +107,7 @@ class AmqpConsumer(Consumer):
                     if not self._connected():
                         self._connect()
                         self.transport.note_recovery()
+                    pumped = False
                     while True:
                         delivery = self._next()
                         if delivery is not None:
@@ -116,7 +117,12 @@ class AmqpConsumer(Consumer):
                             continue
                         left = deadline - time.monotonic()
                         if left <= 0:
-                            return None
+                            if pumped:
+                                return None
+                            # read what has arrived: reserve(0) finds every prefetched task
+                            self._link.pump()
+                            pumped = True
+                            continue
                         self._link.wait(min(left, self._declarations._heartbeats.interval))
                 except DRIVER_ERRORS as exc:
                     error = self._lost(exc)
@@ -297,33 +303,37 @@ class AmqpConsumer(Consumer):
 
     def close(self) -> None:
         """Hand back what is held and prefetched (marked released), and disconnect."""
-        self._disconnect(held_count=False)
-
-    def abandon(self) -> None:
-        """The worker died: hand back what it never saw (prefetched, marked released: no
-        attempt), then drop the connection. The broker gives the tasks the worker held to
-        other consumers at once, and their redelivery counts an attempt."""
-        self._disconnect(held_count=True)
-
-    def _disconnect(self, held_count: bool) -> None:
         if self.closed:
             return
+        self._disconnect(lambda: [*self._held.values(), *self._unsubscribe()])
+
+    def abandon(self, unstarted: Sequence[Delivery] = ()) -> None:
+        """The worker died: hand back what it never started (``unstarted``, and what is
+        prefetched: marked released, no attempt), then drop the connection. The broker
+        gives the tasks the worker had started to other consumers at once, and their
+        redelivery counts an attempt."""
+        if self.closed:
+            return
+
+        def unseen() -> list[Received]:
+            # a round trip: the deliveries the broker sent before its answer are in the
+            # buffer after it. No basic.cancel: until the connection closes, the broker
+            # must go on counting the started tasks as delivered to a consumer.
+            self._link.channel.basic_qos(0, self.prefetch, False)
+            mine = [d.receipt for d in unstarted if d.receipt[0] == self._generation]
+            held = [self._held[tag] for _, tag, _ in mine if tag in self._held]
+            fresh = [m for m in self._buffer if not m.delivery_info["redelivered"]]
+            return [*held, *(read_message(m) for m in fresh)]
+
+        self._disconnect(unseen)
+
+    def _disconnect(self, handed_back: Callable[[], list[Received]]) -> None:
         self.closed = True
         self._declarations._heartbeats.discard(self._link)
         with self._link.lock:
             if self._connected():
                 try:
-                    if held_count:
-                        # a round trip: the deliveries the broker sent before its answer
-                        # are in the buffer after it. No basic.cancel: until the
-                        # connection closes, the broker must go on counting the held
-                        # tasks as delivered to a consumer.
-                        self._link.channel.basic_qos(0, self.prefetch, False)
-                        unseen = [m for m in self._buffer if not m.delivery_info["redelivered"]]
-                        handed_back = [read_message(m) for m in unseen]
-                    else:
-                        handed_back = [*self._held.values(), *self._unsubscribe()]
-                    for received in handed_back:
+                    for received in handed_back():
                         self._mark_released(received)
                 except DRIVER_ERRORS as exc:
                     logger.debug("%r: closing consumer of %r: %s", self.transport, self.queue, exc)

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections import deque
 from typing import Any
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
@@ -70,6 +71,8 @@ class RemoteConsumer(Consumer):
         self._sock, self._process = start_relay()
         self._reader = Reader(self._sock)
         self._broken = ""  # why the relay cannot be used any more
+        #: deliveries handed over by the relay, not reserved yet (the prefetch)
+        self._local: deque[dict[str, Any]] = deque()
         spec = {
             "uri": transport.uri,
             "queue": queue,
@@ -90,16 +93,33 @@ class RemoteConsumer(Consumer):
     # -- the calls that wait for an answer --------------------------------------------------
 
     def reserve(self, timeout: float) -> Delivery | None:
-        """Wait up to ``timeout`` s for a task (the relay reconnects while the broker is away)."""
+        """Wait up to ``timeout`` s for a task (the relay reconnects while the broker is away).
+
+        The relay hands over with a delivery the others it had prefetched; they are taken
+        from here, the relay told which (one write, no waiting).
+        """
         self._check_open()
+        if self._local:
+            found = self._local.popleft()
+            with self._lock:
+                try:
+                    if self._broken:
+                        raise OSError(self._broken)
+                    send(self._sock, {"op": "take", "n": found["n"]})
+                except OSError as exc:
+                    self._local.clear()  # the relay is gone: so is what it held
+                    raise TransportUnavailable(str(exc)) from exc
+            return self._delivery(found)
         answer = self._ask({"op": "reserve", "timeout": max(0.0, timeout)}, timeout)
         error = answer.get("error")
         if error is not None:
             kind = {"unavailable": TransportUnavailable, "closed": TransportClosed}
             raise kind.get(error.get("kind"), TransportError)(str(error.get("message")))
-        found = answer.get("delivery")
-        if found is None:
-            return None
+        found, *behind = answer.get("deliveries") or [None]
+        self._local.extend(behind)
+        return None if found is None else self._delivery(found)
+
+    def _delivery(self, found: dict[str, Any]) -> Delivery:
         return Delivery(
             id=found["id"],
             queue=self.queue,
@@ -114,6 +134,7 @@ class RemoteConsumer(Consumer):
         if self.closed:
             return
         self.closed = True
+        self._local.clear()  # the relay hands them back with the rest
         with self._lock:
             if not self._broken:
                 try:
@@ -193,8 +214,11 @@ class RemoteConsumer(Consumer):
         self._settle("fail", delivery, error=error)
 
     def release(self, delivery: Delivery) -> None:
-        """Back to the head of the queue, untouched (not counted)."""
-        self._settle("release", delivery)
+        """Back to the head of the queue, untouched (not counted), with what was handed
+        over behind it (the relay pauses deliveries until the next ``reserve``)."""
+        behind = [found["n"] for found in self._local]
+        self._local.clear()
+        self._settle("release", delivery, also=behind)
 
     def _check_open(self) -> None:
         if self.closed:
