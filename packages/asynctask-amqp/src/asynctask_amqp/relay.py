@@ -16,18 +16,18 @@ The conversation, worker first::
     {"op": "reserve", "timeout": s}   -> {"deliveries": [{"n", "id", "payload", "attempt",
                                            "submitted_at"}, ...]} or {"error": {...}}
     {"op": "take", "n"}               -> no answer
-    {"op": "ack", "n"}                -> no answer
     {"op": "release", "n", "also": [n, ...]}, {"op": "retry", "n", "delay", "error"},
     {"op": "fail", "n", "error"}      -> {"done": true} once settled (read-your-writes)
     {"op": "close"}                   -> {"closed": true}, then the relay exits
 
-A ``reserve`` waits for one delivery, then hands over with it every other one already
-prefetched (none when ``prefetch`` is 1), so that a worker with a prefetch takes its next
-tasks without a round trip; it tells the relay which one it starts (``take``, written and
-not waited for). ``ack`` is not waited for either: the relay works in order, so the ack
-is done before the next answer, and an ack written just before the worker died is still
-read and done. ``release`` hands back the task and, in order, those handed over behind
-it (``also``).
+Every request may carry ``"acks": [n, ...]``, done first: the worker acknowledges with
+its next call, which its run loop makes at once (a worker that dies between its ``ack``
+and its next call has that finished task run again, as if it had died a moment
+earlier). A ``reserve`` waits for one delivery, then hands over with it every other one
+already prefetched (none when ``prefetch`` is 1), so that a worker with a prefetch takes
+its next tasks without a round trip; it tells the relay which one it starts (``take``,
+written and not waited for: a worker that dies has only those counted). ``release``
+hands back the task and, in order, those handed over behind it (``also``).
 
 A worker that dies closes its end of the socket (the kernel does it, however it died);
 the relay notices at once, even in the middle of a ``reserve`` (it waits in slices), hands
@@ -90,6 +90,8 @@ class Relay:
                 request = self.reader.receive()
                 if request is None:
                     raise WorkerGone("the worker closed the socket")
+                for n in request.get("acks", ()):
+                    self._handle({"op": "ack", "n": n})
                 if request.get("op") == "close":
                     self.consumer.close()
                     send(self.sock, {"closed": True})

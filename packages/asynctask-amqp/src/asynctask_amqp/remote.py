@@ -2,10 +2,10 @@
 
 The same ``Consumer`` as ``AmqpConsumer``, but its connection lives in a relay process
 that it starts and talks to over a socketpair, so a task that holds the GIL in this
-process cannot stop the connection's heartbeats. Every call waits for the relay's answer
-but ``ack``, which is written and not waited for (as ``Consumer.ack`` allows): the relay
-works in order, so it acks before it answers the next call, and an ack written just
-before this process dies is still read and done. That saves a round trip per task.
+process cannot stop the connection's heartbeats. ``ack`` is sent with the next call (as
+``Consumer.ack`` allows: the run loop reserves right after), and a ``reserve`` takes the
+tasks handed over ahead without a round trip; the other calls wait for the relay's
+answer. See ``asynctask_amqp.relay`` for the conversation.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ class RemoteConsumer(Consumer):
         self._sock, self._process = start_relay()
         self._reader = Reader(self._sock)
         self._broken = ""  # why the relay cannot be used any more
+        #: receipts acknowledged, sent with the next request
+        self._acks: list[int] = []
         #: deliveries handed over by the relay, not reserved yet (the prefetch)
         self._local: deque[dict[str, Any]] = deque()
         spec = {
@@ -105,7 +107,7 @@ class RemoteConsumer(Consumer):
                 try:
                     if self._broken:
                         raise OSError(self._broken)
-                    send(self._sock, {"op": "take", "n": found["n"]})
+                    self._send({"op": "take", "n": found["n"]})
                 except OSError as exc:
                     self._local.clear()  # the relay is gone: so is what it held
                     raise TransportUnavailable(str(exc)) from exc
@@ -139,7 +141,7 @@ class RemoteConsumer(Consumer):
             if not self._broken:
                 try:
                     self._sock.settimeout(ANSWER_SLACK)
-                    send(self._sock, {"op": "close"})
+                    self._send({"op": "close"})
                     self._reader.receive()
                 except (OSError, PeerGone) as exc:
                     logger.debug("%r: closing the relay of %r: %s", self.transport, self.queue, exc)
@@ -158,7 +160,7 @@ class RemoteConsumer(Consumer):
                 raise TransportUnavailable(self._broken)
             try:
                 self._sock.settimeout(timeout + ANSWER_SLACK)
-                send(self._sock, request)
+                self._send(request)
                 answer = self._reader.receive()
             except (OSError, PeerGone) as exc:
                 self._fail(f"{type(exc).__name__}: {exc}")
@@ -180,18 +182,17 @@ class RemoteConsumer(Consumer):
 
     # -- settling --------------------------------------------------------------------------
 
+    def _send(self, request: dict[str, Any]) -> None:
+        """Write a request (the lock held), carrying the acks not sent yet."""
+        if self._acks:
+            request["acks"], self._acks = self._acks, []
+        send(self._sock, request)
+
     def _settle(self, op: str, delivery: Delivery, **fields: Any) -> None:
-        """Send a settle call; wait until it is done, except for ``ack``."""
-        request = {"op": op, "n": delivery.receipt, **fields}
+        """Send a settle call and wait until it is done."""
         try:
-            if op == "ack":
-                with self._lock:
-                    if self._broken:
-                        raise TransportUnavailable(self._broken)
-                    send(self._sock, request)
-            else:
-                self._ask(request, 0.0)
-        except (OSError, TransportUnavailable) as exc:
+            self._ask({"op": op, "n": delivery.receipt, **fields}, 0.0)
+        except TransportUnavailable as exc:
             logger.warning(
                 "%r: could not %s task %s of %r (%s); the broker will deliver it again",
                 self.transport,
@@ -202,8 +203,11 @@ class RemoteConsumer(Consumer):
             )
 
     def ack(self, delivery: Delivery) -> None:
-        """The task is done: the broker forgets it (sent with the next call, see above)."""
-        self._settle("ack", delivery)
+        """The task is done: the broker forgets it. Sent with the consumer's next call
+        (as ``Consumer.ack`` allows), which the run loop makes at once: no write of its
+        own, no waiting."""
+        with self._lock:
+            self._acks.append(int(delivery.receipt))
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Back to the queue after ``delay`` s, as the next attempt."""
