@@ -105,6 +105,8 @@ def _stopped(workers: Workers) -> Callable[[], None]:
         if workers.process.poll() is None:
             os.killpg(workers.process.pid, signal.SIGKILL)
             workers.process.wait()
+        if workers.process.stderr is not None:
+            workers.process.stderr.close()
 
     return stop
 
@@ -116,7 +118,9 @@ def test_sigterm_to_the_process_group_lets_every_task_finish(
     # own (systemd's KillMode=control-group signals the whole group)
     transport = get_transport(filesys_uri)
     transport.submit_tasks(queue, [{"ledger": str(ledger), "seconds": 3, "n": n} for n in (1, 2)])
-    workers = _start_in_own_group(filesys_uri, {queue: {"worker": "test_slow", "concurrency": 2}}, tmp_path)
+    workers = _start_in_own_group(
+        filesys_uri, {queue: {"worker": "test_slow", "concurrency": 2}}, tmp_path
+    )
     request.addfinalizer(_stopped(workers))
     wait_for(lambda: len(events(ledger, "start")) == 2, 30, "both tasks to start")
     # When the whole group gets SIGTERM (each child from the group, then from the supervisor)
