@@ -8,6 +8,12 @@ once, and any live consumer's periodic sweep puts its rows back, counting an att
 slow task keeps its row for as long as its consumer's connection lives, however long it
 runs. TCP keepalives on both ends bound how long a vanished host keeps its lock.
 
+A consumer made with an ``owner`` (``asynctask.liveness``: a child of ``asynctask
+workers``) takes no lock: its number is ``-id`` of the owner's row in
+``asynctask_owner``, which the supervisor beats. Its connection may then be cut, by a
+server that aborts it (a LISTEN socket left unread through a long task fills up), by
+``pg_terminate_backend`` or a failover: it reconnects and its rows are still its own.
+
 Every call is at most one round trip: ``reserve`` takes up to ``prefetch`` rows with
 ``FOR UPDATE SKIP LOCKED`` and, in the same statement, deletes the rows acknowledged since
 the previous statement, so ``ack`` itself sends nothing. An acknowledged task therefore
@@ -48,8 +54,12 @@ class PgsqlConsumer(Consumer):
 
     transport: PgsqlTransport
 
-    def __init__(self, transport: PgsqlTransport, queue: str, prefetch: int) -> None:
+    def __init__(
+        self, transport: PgsqlTransport, queue: str, prefetch: int, owner: str | None = None
+    ) -> None:
         super().__init__(transport, queue, prefetch)
+        #: the owner whose keeper keeps this consumer alive; None: its advisory lock
+        self.keeper_owner = owner
         self._sql = transport.sql
         self._channel = channel(transport.schema, queue)
         self._lock_class = consumer_lock_class(transport.schema)
@@ -77,7 +87,8 @@ class PgsqlConsumer(Consumer):
                 if self._buffer:
                     return self._buffer.popleft()
                 if time.monotonic() >= self._next_sweep:
-                    self._run(self._sql.sweep, {"lock_class": self._lock_class})
+                    sweep = {"lock_class": self._lock_class, "lease": self.transport.owner_lease}
+                    self._run(self._sql.sweep, sweep)
                     self._next_sweep = time.monotonic() + self.transport.sweep_interval
                 limit = self.prefetch - len(self._buffer)
                 rows = self._run(self._sql.reserve, {"queue": self.queue, "limit": limit})
@@ -232,8 +243,10 @@ class PgsqlConsumer(Consumer):
             "id": number,
             "idle": str(t.consumer_connect_kwargs.get("keepalives_idle", 1)),
             "user_timeout": str(int(t.features.recovery_seconds * 1000)),
+            "owner_name": self.keeper_owner,
         }
-        row = conn.execute(self._sql.enlist, params).fetchone()
+        statement = self._sql.enlist if self.keeper_owner is None else self._sql.own
+        row = conn.execute(statement, params).fetchone()
         assert row is not None
         return int(row[0]), bool(row[1])
 

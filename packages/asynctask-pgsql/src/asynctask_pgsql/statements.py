@@ -101,14 +101,20 @@ WITH {_DONE}, moved AS (
 {_NOTIFY}
 """
 
+# A row reserved by a consumer of its own (owner >= 0) lives while that consumer's session
+# holds its advisory lock; one whose liveness a supervisor keeps (owner = -id of its
+# asynctask_owner row, see asynctask.liveness) while that row was beaten within the lease.
 SWEEP = f"""
 WITH dead AS (
     SELECT id FROM {{s}}.asynctask_queue AS t
-    WHERE state = 'reserved' AND NOT EXISTS (
+    WHERE state = 'reserved' AND CASE WHEN t.owner < 0 THEN NOT EXISTS (
+        SELECT 1 FROM {{s}}.asynctask_owner AS o
+        WHERE o.id = -t.owner AND o.date_beat > now() - make_interval(secs => %(lease)s))
+    ELSE NOT EXISTS (
         SELECT 1 FROM pg_locks AS l
         WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-          AND l.classid = %(lock_class)s::bigint::oid AND l.objid = t.owner::oid)
+          AND l.classid = %(lock_class)s::bigint::oid AND l.objid = t.owner::oid) END
     FOR UPDATE SKIP LOCKED
 ), moved AS (
     UPDATE {{s}}.asynctask_queue AS t
@@ -136,6 +142,52 @@ SELECT id, pg_try_advisory_lock(%(lock_class)s::int, id),
     set_config('tcp_user_timeout', %(user_timeout)s, false),
     set_config('plan_cache_mode', 'force_generic_plan', false)
 FROM (SELECT coalesce(%(id)s, nextval('{s}.asynctask_consumer_id')::int) AS id) AS c
+"""
+
+_SESSION = """
+    set_config('tcp_keepalives_idle', %(idle)s, false),
+    set_config('tcp_keepalives_interval', '1', false),
+    set_config('tcp_keepalives_count', '2', false),
+    set_config('tcp_user_timeout', %(user_timeout)s, false),
+    set_config('plan_cache_mode', 'force_generic_plan', false)"""
+
+# A consumer kept alive by its owner's keeper: its number is -id of the owner's row,
+# created here if the keeper has not beaten yet (alive from its first reserve on).
+OWN = (
+    """
+WITH o AS (
+    INSERT INTO {s}.asynctask_owner AS o (owner) VALUES (%(owner_name)s)
+    ON CONFLICT (owner) DO UPDATE SET date_beat = now()
+    RETURNING o.id
+)
+SELECT -o.id, true,"""
+    + _SESSION
+    + """
+FROM o
+"""
+)
+
+BEAT = """
+INSERT INTO {s}.asynctask_owner AS o (owner) VALUES (%s)
+ON CONFLICT (owner) DO UPDATE SET date_beat = now()
+"""
+
+# The owner's worker is gone: its rows go back (their old date_available keeps them at
+# the head), one attempt more for those it had started (all when %(all)s).
+END_OWNER = """
+WITH gone AS (
+    DELETE FROM {s}.asynctask_owner WHERE owner = %(owner_name)s RETURNING id
+), moved AS (
+    UPDATE {s}.asynctask_queue AS t
+    SET state = 'queued', owner = NULL,
+        attempts = t.attempts
+            + CASE WHEN %(all)s OR t.task_id = ANY(%(started)s::uuid[]) THEN 1 ELSE 0 END
+    FROM gone WHERE t.owner = -gone.id AND t.state = 'reserved'
+    RETURNING t.queue_name
+)
+SELECT (SELECT count(*) FROM moved),
+       (SELECT count(pg_notify({s}.asynctask_channel(m.queue_name), ''))
+        FROM (SELECT DISTINCT queue_name FROM moved) AS m)
 """
 
 TAKE = f"""
@@ -236,6 +288,9 @@ class Statements:
     sweep: LiteralString
     orphans: LiteralString
     enlist: LiteralString
+    own: LiteralString
+    beat: LiteralString
+    end_owner: LiteralString
     take: LiteralString
     keep_failed: LiteralString
     stats: LiteralString
