@@ -11,16 +11,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from process_fixtures import Workers
 
 from asynctask import get_transport
 from asynctask.testing import FAST_CHECKS, clean_environment, require_service, workers_command
 from backends import BACKENDS
-from process_fixtures import Workers
 from support import events, wait_for
 
 #: the recovery bound of these tests, in seconds
