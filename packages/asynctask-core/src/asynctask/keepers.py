@@ -29,6 +29,7 @@ END_TRIES = 20
 class _End:
     liveness: Liveness
     started: frozenset[str] | None
+    finished: frozenset[str] = frozenset()
     tries: int = 0
 
 
@@ -50,11 +51,14 @@ class Keepers:
             self._beating[id(liveness)] = (liveness, 0.0)
         self._wake.set()
 
-    def end(self, liveness: Liveness, started: Collection[str] | None) -> None:
+    def end(
+        self, liveness: Liveness, started: Collection[str] | None, finished: Collection[str] = ()
+    ) -> None:
         """Stop beating for ``liveness`` and hand its tasks back (``Liveness.end``)."""
+        begun = None if started is None else frozenset(started)
         with self._lock:
             self._beating.pop(id(liveness), None)
-            self._ends.append(_End(liveness, None if started is None else frozenset(started)))
+            self._ends.append(_End(liveness, begun, frozenset(finished)))
         self._wake.set()
 
     def close(self, timeout: float = 10.0) -> None:
@@ -99,7 +103,7 @@ class Keepers:
         retry: list[_End] = []
         for item in ends:
             try:
-                handed = item.liveness.end(item.started)
+                handed = item.liveness.end(item.started, item.finished)
             except AsynctaskError as exc:
                 item.tries += 1
                 if item.tries < END_TRIES and not self._stop.is_set():

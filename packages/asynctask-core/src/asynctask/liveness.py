@@ -13,8 +13,10 @@ task code, and refreshes each child's liveness from a thread of its own:
   such a consumer runs no heartbeat of its own, its tasks live as long as the owner's;
 * the supervisor holds ``transport.liveness(queue, owner)`` and calls ``beat()`` every
   ``interval`` seconds while the child lives; when the child exits it calls
-  ``end(started)``: the owner's tasks go back to the queue at once, counting an attempt
-  only for those the child had started (the others were prefetched, never run).
+  ``end(started, finished)``: the owner's tasks go back to the queue at once, counting an
+  attempt only for those the child had started (the others were prefetched, never run),
+  and those it had finished are removed (an acknowledgement a transport sends with the
+  consumer's next call never left the dead child).
 
 A supervisor that dies (or a host that is cut off) stops beating: its owners' tasks come
 back within the transport's ``recovery_seconds``, every one counted, as for any death.
@@ -70,12 +72,14 @@ class Liveness(ABC):
         """The owner lives: refresh its liveness."""
 
     @abstractmethod
-    def end(self, started: Collection[str] | None) -> int:
-        """The owner is gone: hand its reserved tasks back now; return how many.
+    def end(self, started: Collection[str] | None, finished: Collection[str] = ()) -> int:
+        """The owner is gone: hand its reserved tasks back now; return how many went back.
 
         A task whose id is in ``started`` counts an attempt (it was running when its
-        worker died); the others go back untouched, at the head of the queue. ``None``
-        means "not known": every one counts. Calling it again hands back nothing.
+        worker died); one in ``finished`` was settled by the worker (``ack`` may still be
+        pending in the consumer) and is removed; the others go back untouched, at the
+        head of the queue. ``started=None`` means "not known": every one counts. Calling
+        it again hands back nothing.
         """
 
     def __repr__(self) -> str:
@@ -88,6 +92,6 @@ class NoLiveness(Liveness):
     def beat(self) -> None:
         """Nothing to refresh."""
 
-    def end(self, started: Collection[str] | None) -> int:
+    def end(self, started: Collection[str] | None, finished: Collection[str] = ()) -> int:
         """Nothing to hand back: the transport recovers the consumer's tasks itself."""
         return 0

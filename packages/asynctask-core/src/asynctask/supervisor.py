@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from types import FrameType
@@ -45,6 +46,9 @@ BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 30.0
 #: a child that ran this long before it died starts again after the first back-off
 HEALTHY_RUN = 30.0
+#: settled task ids remembered per child: acknowledgements a consumer has not sent yet
+#: (at most its prefetch, times the tasks it runs at once) are among the last ones
+FINISHED_KEPT = 1024
 
 
 @dataclass
@@ -66,6 +70,8 @@ class Slot:
     report_text: bytes = field(default=b"", repr=False)
     #: ids of the tasks the running child started and has not settled
     running: set[str] = field(default_factory=set, repr=False)
+    #: ids of the last tasks it settled (an ack may wait for the consumer's next call)
+    finished: deque[str] = field(default_factory=lambda: deque(maxlen=FINISHED_KEPT), repr=False)
 
 
 class Supervisor:
@@ -140,6 +146,7 @@ class Supervisor:
         report_r, report_w = os.pipe()
         os.set_blocking(report_r, False)
         slot.report, slot.report_text, slot.running = report_r, b"", set()
+        slot.finished.clear()
         return replace(slot.spec, owner=owner, report_fd=report_w), report_w
 
     def _read_report(self, slot: Slot) -> None:
@@ -159,6 +166,7 @@ class Supervisor:
                 slot.running.add(task_id)
             elif kind == "D":
                 slot.running.discard(task_id)
+                slot.finished.append(task_id)
 
     def _reap(self, slot: Slot) -> int | None:
         """The exit code of the slot's process if it has ended, else None."""
@@ -181,9 +189,10 @@ class Supervisor:
             os.close(slot.report)
             slot.report = None
         if slot.liveness is not None and self._keepers is not None:
-            self._keepers.end(slot.liveness, set(slot.running))
+            self._keepers.end(slot.liveness, set(slot.running), set(slot.finished))
         slot.liveness = None
         slot.running = set()
+        slot.finished.clear()
 
     def _after_exit(self, slot: Slot, code: int, now: float) -> None:
         if self._stop_deadline is not None:

@@ -43,6 +43,7 @@ class FilesysLiveness(Liveness):
             touch_live(self._paths.claimed, self.owner, self._mode)
 
     @os_errors
-    def end(self, started: Collection[str] | None) -> int:
+    def end(self, started: Collection[str] | None, finished: Collection[str] = ()) -> int:
         """Move the owner's tasks back to ``ready/`` and remove its liveness file."""
-        return end_owner(self._paths.claimed, self._paths.ready, self.owner, started)
+        p = self._paths
+        return end_owner(p.claimed, p.ready, self.owner, started, finished)

@@ -159,13 +159,20 @@ def recover_dead(claimed: str, ready: str, lease: float, skip: str | None) -> li
     return moved
 
 
-def _hand_back(folder: str, ready: str, started: Collection[str] | None) -> list[str]:
+def _hand_back(
+    folder: str, ready: str, started: Collection[str] | None, finished: Collection[str] = ()
+) -> list[str]:
     """Move a dead owner's tasks to ``ready``, one attempt more for the started ones
     (all when ``started`` is None), and remove its folder; return the new names."""
     moved: list[str] = []
     for name in task_names(folder):
         new = name
-        if started is None or TaskName.parse(name).id in started:
+        task_id = TaskName.parse(name).id
+        if task_id in finished:  # an ack unlinks at once; nothing should be left, but
+            with contextlib.suppress(FileNotFoundError):  # a finished task never runs again
+                os.unlink(os.path.join(folder, name))
+            continue
+        if started is None or task_id in started:
             new = bumped(name)
         with contextlib.suppress(FileNotFoundError):
             os.rename(os.path.join(folder, name), os.path.join(ready, new))
@@ -177,7 +184,13 @@ def _hand_back(folder: str, ready: str, started: Collection[str] | None) -> list
     return moved
 
 
-def end_owner(claimed: str, ready: str, owner: str, started: Collection[str] | None) -> int:
+def end_owner(
+    claimed: str,
+    ready: str,
+    owner: str,
+    started: Collection[str] | None,
+    finished: Collection[str] = (),
+) -> int:
     """``owner``'s worker is gone: hand back its tasks now, counting only ``started``."""
     moved = 0
     prefix = owner + OWNED
@@ -186,7 +199,7 @@ def end_owner(claimed: str, ready: str, owner: str, started: Collection[str] | N
     except FileNotFoundError:
         entries = []
     for entry in entries:
-        moved += len(_hand_back(entry.path, ready, started))
+        moved += len(_hand_back(entry.path, ready, started, finished))
     with contextlib.suppress(FileNotFoundError):
         os.unlink(live_path(claimed, owner))
     return moved

@@ -32,17 +32,23 @@ class PgsqlLiveness(Liveness):
         """Upsert the owner's row with the server's ``now()``."""
         self.transport._query(self.transport.sql.beat, (self.owner,))
 
-    def end(self, started: Collection[str] | None) -> int:
+    def end(self, started: Collection[str] | None, finished: Collection[str] = ()) -> int:
         """Delete the owner's row and hand its tasks back (``END_OWNER``)."""
-        ids = [] if started is None else [uuid.UUID(hex=i) for i in started if _is_hex(i)]
-        params = {"owner_name": self.owner, "all": started is None, "started": ids}
+        params = {
+            "owner_name": self.owner,
+            "all": started is None,
+            "started": _uuids(started or ()),
+            "finished": _uuids(finished),
+        }
         [(moved, _)] = self.transport._query(self.transport.sql.end_owner, params)
         return int(moved)
 
 
-def _is_hex(text: str) -> bool:
-    try:
-        uuid.UUID(hex=text)
-    except ValueError:
-        return False
-    return True
+def _uuids(ids: Collection[str]) -> list[uuid.UUID]:
+    out = []
+    for text in ids:
+        try:
+            out.append(uuid.UUID(hex=text))
+        except ValueError:
+            continue  # not one of ours: no row has it
+    return out

@@ -172,17 +172,22 @@ INSERT INTO {s}.asynctask_owner AS o (owner) VALUES (%s)
 ON CONFLICT (owner) DO UPDATE SET date_beat = now()
 """
 
-# The owner's worker is gone: its rows go back (their old date_available keeps them at
-# the head), one attempt more for those it had started (all when %(all)s).
+# The owner's worker is gone: the rows it had finished (an ack still waiting for its
+# consumer's next statement) are deleted; the others go back (their old date_available
+# keeps them at the head), one attempt more for those it had started (all when %(all)s).
 END_OWNER = """
 WITH gone AS (
     DELETE FROM {s}.asynctask_owner WHERE owner = %(owner_name)s RETURNING id
+), acked AS (
+    DELETE FROM {s}.asynctask_queue AS t USING gone
+    WHERE t.owner = -gone.id AND t.state = 'reserved' AND t.task_id = ANY(%(finished)s::uuid[])
 ), moved AS (
     UPDATE {s}.asynctask_queue AS t
     SET state = 'queued', owner = NULL,
         attempts = t.attempts
             + CASE WHEN %(all)s OR t.task_id = ANY(%(started)s::uuid[]) THEN 1 ELSE 0 END
     FROM gone WHERE t.owner = -gone.id AND t.state = 'reserved'
+        AND NOT (t.task_id = ANY(%(finished)s::uuid[]))
     RETURNING t.queue_name
 )
 SELECT (SELECT count(*) FROM moved),

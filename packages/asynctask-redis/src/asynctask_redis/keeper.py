@@ -34,11 +34,11 @@ class RedisLiveness(Liveness):
         t = self.transport
         t.execute(call, "SET", self.key, "1", "PX", t.heartbeat_ttl_ms)
 
-    def end(self, started: Collection[str] | None) -> int:
+    def end(self, started: Collection[str] | None, finished: Collection[str] = ()) -> int:
         """Hand the owner's tasks back (see ``scripts.END``) and delete its key."""
-        ids = sorted(started) if started is not None else None
-        if ids is None:
-            # unknown: count every one, as the recovery of a dead consumer would
-            ids = ["*"]
-        moved: int = self.transport._script(scripts.END, self.queue, self.owner, *ids)
+        # "*": not known, count every one, as the recovery of a dead consumer would
+        begun = ["*"] if started is None else sorted(started)
+        done = sorted(finished)
+        args = [len(done), *done, *begun]
+        moved: int = self.transport._script(scripts.END, self.queue, self.owner, *args)
         return int(moved)

@@ -232,16 +232,19 @@ return 1
 """,
 )
 
-#: ARGV: prefix, queue, owner, started ids... (or ``*``: all). The owner's worker is gone:
-#: every message its consumers hold goes back to the head of the queue in order, one
-#: attempt more for the started ones only, and its liveness key is deleted. Returns how
-#: many went back.
+#: ARGV: prefix, queue, owner, n_finished, finished ids..., started ids... (or ``*``:
+#: all). The owner's worker is gone: every message its consumers hold goes back to the
+#: head of the queue in order, one attempt more for the started ones only, except the
+#: finished ones (an ack the dead consumer had not sent yet), which are dropped; its
+#: liveness key is deleted. Returns how many went back.
 END = _script(
     "end",
     r"""
-local owner, all = ARGV[3], ARGV[4] == '*'
-local started = {}
-for i = 4, #ARGV do started[ARGV[i]] = true end
+local owner, nfinished = ARGV[3], tonumber(ARGV[4])
+local finished, started = {}, {}
+for i = 5, 4 + nfinished do finished[ARGV[i]] = true end
+local all = ARGV[5 + nfinished] == '*'
+for i = 5 + nfinished, #ARGV do started[ARGV[i]] = true end
 local now = now_ms()
 local moved = 0
 for _, cid in ipairs(redis.call('SMEMBERS', consumers)) do
@@ -251,9 +254,11 @@ for _, cid in ipairs(redis.call('SMEMBERS', consumers)) do
     for i = #items, 1, -1 do
       local m = items[i]
       local id = string.match(m, '^{"__asynctask__":1,"id":"([%w%-]+)"')
-      if all or (id and started[id]) then m = bump(m, cid .. ':' .. i .. ':' .. now .. ':') end
-      redis.call('LPUSH', ready, m)
-      moved = moved + 1
+      if not (id and finished[id]) then
+        if all or (id and started[id]) then m = bump(m, cid .. ':' .. i .. ':' .. now .. ':') end
+        redis.call('LPUSH', ready, m)
+        moved = moved + 1
+      end
     end
     redis.call('DEL', proc, heartbeat(cid))
     redis.call('SREM', consumers, cid)

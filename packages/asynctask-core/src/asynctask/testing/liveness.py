@@ -129,6 +129,35 @@ class LivenessContract:
         assert liveness.end(None) == 0
         owned.close()
 
+    def test_end_drops_a_finished_task_whose_ack_was_not_sent(
+        self, transport: Transport, rival: Transport, queue: str
+    ) -> None:
+        """Fails if ``end()`` hands back a task its worker had acknowledged when the
+        acknowledgement still waited for the consumer's next call (checked against a
+        pgsql END_OWNER that ignored ``finished``: the task ran again)."""
+        # Given two tasks reserved together (prefetch 2) by an owned consumer, the first
+        # acknowledged (redis and pgsql send an ack with the consumer's next call), the
+        # second started
+        ids = transport.submit_tasks(queue, [{"n": 0}, {"n": 1}])
+        owner = new_owner()
+        liveness = transport.liveness(queue, owner)
+        liveness.beat()
+        owned = transport.consumer(queue, prefetch=2, owner=owner)
+        first = owned.reserve(timeout=5)
+        assert first is not None
+        owned.ack(first)
+        second = owned.reserve(timeout=5)
+        assert second is not None and [first.id, second.id] == ids
+        # When the worker dies then, and its keeper ends its liveness
+        liveness.end({second.id}, {first.id})
+        # Then only the started task comes back (counted); the finished one is gone
+        with rival.consumer(queue) as other:
+            again = other.reserve(timeout=1)
+            assert again is not None and (again.id, again.attempt) == (second.id, 2)
+            other.ack(again)
+            assert other.reserve(timeout=0.5) is None
+        owned.close()
+
     def test_owner_ids_are_checked(self, transport: Transport, queue: str) -> None:
         """An owner id that could break a key or a file name is refused up front."""
         for bad in ["", "a/b", "a+b", "x" * 101, "../etc", " a"]:
