@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 
 from asynctask import get_transport
+from asynctask.liveness import new_owner
 from asynctask_pgsql.schema import channel
 from support import events, wait_for
 
@@ -91,3 +92,34 @@ def test_a_notify_flood_on_a_busy_worker_starts_nothing_twice(
     assert workers.wait(60) == 0, workers.output()
     assert len(events(ledger, "start")) == 1
     assert len(events(ledger, "done")) == 1
+
+
+def test_a_reconnecting_consumer_leaves_its_siblings_tasks_alone(pg_server: None, queue: str):
+    # Given two consumers of one owner in one process (a child running tasks in threads),
+    # each holding a task
+    app = f"liveness_{uuid.uuid4().hex[:8]}"
+    transport = get_transport(_uri(app))
+    transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+    owner = new_owner()
+    liveness = transport.liveness(queue, owner)
+    liveness.beat()
+    first = transport.consumer(queue, owner=owner)
+    second = transport.consumer(queue, owner=owner)
+    mine, theirs = first.reserve(timeout=5), second.reserve(timeout=5)
+    assert mine is not None and theirs is not None
+    # When the first one's connection is terminated and it reconnects
+    with psycopg.connect(CONNINFO, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (first._conn.info.backend_pid,))
+    first.ack(mine)
+    assert first.reserve(timeout=0.2) is None
+    # Then the second one's task is still its own (no rival gets it), and it settles it
+    rival = get_transport(_uri(app + "r"))
+    with rival.consumer(queue) as other:
+        liveness.beat()
+        assert other.reserve(timeout=0.5) is None
+    second.ack(theirs)
+    first.close()
+    second.close()
+    assert transport.queue_stats(queue).in_flight == 0
+    assert transport.queue_stats(queue).ready == 0
+    liveness.end(set())

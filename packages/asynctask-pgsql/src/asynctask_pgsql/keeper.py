@@ -3,7 +3,7 @@
 The keeper of an owner upserts ``asynctask_owner (owner, date_beat)`` every
 ``owner_lease / 4`` seconds, on a pooled connection (any one: a cut connection costs
 nothing, the next beat takes another). Rows reserved by the owner's consumers carry
-``owner = -id`` of that row, and the sweep leaves them alone while ``date_beat`` is
+``keeper = id`` of that row, and the sweep leaves them alone while ``date_beat`` is
 younger than ``owner_lease`` (server clock), whatever the consumers' own connections go
 through. ``end`` deletes the row and hands the rows back in one statement, counting only
 the started ones.

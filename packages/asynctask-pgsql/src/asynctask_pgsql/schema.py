@@ -117,6 +117,7 @@ CREATE TABLE IF NOT EXISTS {s}.asynctask_owner (
     owner TEXT NOT NULL UNIQUE,
     date_beat TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+ALTER TABLE {s}.asynctask_queue ADD COLUMN IF NOT EXISTS keeper INTEGER;
 CREATE OR REPLACE FUNCTION {s}.asynctask_channel(queue TEXT) RETURNS TEXT
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN octet_length('{s}.' || queue) <= 63 THEN '{s}.' || queue
@@ -139,13 +140,15 @@ CREATE TRIGGER asynctask_notify AFTER INSERT ON {s}.asynctask_queue
 COMMENT ON SCHEMA {s} IS 'version: 2';
 """
 
-# The owner table (asynctask.liveness) came after version 2 shipped: additive, so a
-# version-2 schema without it is completed in place rather than called a new version.
+# The owner table and the ``keeper`` column (asynctask.liveness) came after version 2
+# shipped: additive, so a version-2 schema without them is completed in place rather
+# than called a new version.
 _READ_VERSION = """
 SELECT obj_description(n.oid, 'pg_namespace'), to_regclass(%s)::text,
        (SELECT count(*) FROM pg_attribute
         WHERE attrelid = to_regclass(%s) AND attname = 'state' AND NOT attisdropped),
-       to_regclass(%s) IS NOT NULL
+       to_regclass(%s) IS NOT NULL AND EXISTS (SELECT 1 FROM pg_attribute
+        WHERE attrelid = to_regclass(%s) AND attname = 'keeper' AND NOT attisdropped)
 FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %s
 """
 
@@ -157,7 +160,7 @@ def _read(conn: psycopg.Connection[Any], schema: str) -> tuple[int | None, bool,
     """
     table = f"{schema}.asynctask_queue"
     owners = f"{schema}.asynctask_owner"
-    row = conn.execute(_READ_VERSION, (table, table, owners, schema)).fetchone()
+    row = conn.execute(_READ_VERSION, (table, table, owners, table, schema)).fetchone()
     assert row is not None
     comment, found, v2, complete = row
     match = _VERSION.match(comment or "")
