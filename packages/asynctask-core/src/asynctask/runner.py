@@ -282,15 +282,15 @@ def _run_one(
         options.on_start(delivery)
     watchdog.start(delivery)
     worker.delivery = delivery
-    error: Exception | None = None
+    raised: Exception | None = None
     try:
         worker.process(delivery.payload)
     except Exception as exc:
-        error = exc
+        raised = exc
     finally:
         worker.delivery = None
         watchdog.cancel()
-    succeeded = settle(worker, consumer, delivery, error)
+    succeeded = settle(worker, consumer, delivery, raised)
     if options.on_settled is not None:
         options.on_settled(delivery)
     return succeeded
