@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,6 +83,27 @@ def test_a_poison_task_does_not_charge_its_innocent_neighbours(
     assert [f.payload["n"] for f in failed if f.payload] == [0]
     assert [e["payload"]["n"] for e in events(ledger, "start")].count(0) == 4
     assert sorted(e["payload"]["n"] for e in events(ledger, "done")) == [1, 2, 3]
+
+
+def test_a_dead_hosts_task_comes_back_within_the_bound(short_uri, queue, ledger, start_workers):
+    # Given a supervisor whose child runs a 30 s task
+    transport = get_transport(short_uri)
+    transport.submit_task(queue, {"ledger": str(ledger), "seconds": 30})
+    workers = start_workers(short_uri, {queue: "test_slow"})
+    wait_for(lambda: events(ledger, "start"), 30, "the task to start")
+    # When the supervisor is SIGKILLed (its child dies with it: as if the host went down)
+    workers.process.kill()
+    workers.process.wait()
+    began = time.monotonic()
+    # Then another worker gets the task within the bound, one attempt counted
+    with get_transport(short_uri).consumer(queue) as rival:
+        delivery = rival.reserve(timeout=BOUND + 5)
+        waited = time.monotonic() - began
+        assert delivery is not None, "the dead host's task did not come back"
+        assert delivery.attempt == 2
+        rival.ack(delivery)
+    bound = transport.features.recovery_seconds
+    assert waited <= bound + 1.5, f"back after {waited:.1f} s; bound {bound:g} s"
 
 
 # -- stopping ------------------------------------------------------------------------

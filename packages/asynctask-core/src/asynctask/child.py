@@ -94,6 +94,8 @@ class _Report:
 
     def __init__(self, fd: int | None) -> None:
         self.fd = fd
+        if fd is not None:
+            os.set_inheritable(fd, False)  # not for the processes a task may start
 
     def _send(self, line: str) -> None:
         if self.fd is None:

@@ -42,6 +42,7 @@ class Keepers:
         self._stop = threading.Event()
         self._beating: dict[int, tuple[Liveness, float]] = {}  # id -> (liveness, next beat)
         self._ends: list[_End] = []
+        self._failing: set[int] = set()  # liveness ids whose last beat failed (logged once)
         self._thread = threading.Thread(target=self._run, name="asynctask-keepers", daemon=True)
         self._thread.start()
 
@@ -58,6 +59,7 @@ class Keepers:
         begun = None if started is None else frozenset(started)
         with self._lock:
             self._beating.pop(id(liveness), None)
+            self._failing.discard(id(liveness))
             self._ends.append(_End(liveness, begun, frozenset(finished)))
         self._wake.set()
 
@@ -90,7 +92,17 @@ class Keepers:
             failed = False
         except AsynctaskError as exc:
             failed = True
-            logger.warning("Could not refresh the liveness of %r: %s", liveness, exc)
+            if key not in self._failing:
+                self._failing.add(key)
+                logger.warning(
+                    "Could not refresh the liveness of %r (%s); trying again every %g s",
+                    liveness,
+                    exc,
+                    liveness.interval / 4,
+                )
+        if not failed and key in self._failing:
+            self._failing.discard(key)
+            logger.warning("Refreshed the liveness of %r again", liveness)
         # After a failure, try again sooner: a restarted server is back within the bound.
         pause = liveness.interval / (4 if failed else 1)
         with self._lock:

@@ -154,11 +154,19 @@ class Supervisor:
         if slot.report is None:
             return
         chunks = [slot.report_text]
+        ended = False
         try:
-            while chunk := os.read(slot.report, 65536):
+            while True:
+                chunk = os.read(slot.report, 65536)
+                if not chunk:
+                    ended = True  # every writer is gone: nothing more will come
+                    break
                 chunks.append(chunk)
         except BlockingIOError:
             pass
+        if ended:
+            os.close(slot.report)
+            slot.report = None
         *lines, slot.report_text = b"".join(chunks).split(b"\n")
         for line in lines:
             kind, _, task_id = line.decode("ascii", "replace").partition(" ")
