@@ -40,7 +40,7 @@ def test_a_task_holding_the_gil_runs_once_while_a_rival_waits(amqp_uri, ledger, 
     queue = unique_queue("gil")
     transport = open_transport(uri)
     transport.submit_task(queue, {"ledger": str(ledger), "seconds": 9})
-    workers = start_workers(uri, {queue: {"worker": "test_hold_gil", "concurrency": 2}})
+    workers = start_workers(uri, {queue: {"worker": "test_gil_hog", "concurrency": 2}})
     # When the task runs to its end
     wait_for(lambda: events(ledger, "done"), 40, "the task to finish")
     time.sleep(1.0)  # a settle that failed would show as a redelivery by now

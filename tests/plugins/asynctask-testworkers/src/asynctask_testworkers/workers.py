@@ -6,7 +6,6 @@ written with O_APPEND in one write, so lines from many processes never interleav
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import time
@@ -100,21 +99,6 @@ class SlowWorker(AsyncTaskWorker):
         record(payload, "done")
 
 
-class HoldGilWorker(AsyncTaskWorker):
-    """Holds the GIL for ``seconds`` in C (as a catastrophic regex or a C extension does):
-    no other thread of its process runs meanwhile. ``max_retries`` 2."""
-
-    name = "test_hold_gil"
-    max_retries = 2
-    retry_backoff = 0.2
-
-    def process(self, payload: dict[str, Any]) -> None:
-        record(payload, "start")
-        # a PyDLL call keeps the GIL for its whole duration (ctypes.CDLL would release it)
-        ctypes.PyDLL(None).sleep(int(payload.get("seconds", 9)))
-        record(payload, "done")
-
-
 class TimeoutWorker(AsyncTaskWorker):
     """Sleeps far past its one-second timeout."""
 
@@ -136,4 +120,50 @@ class RecycleWorker(AsyncTaskWorker):
     max_tasks_per_child = 2
 
     def process(self, payload: dict[str, Any]) -> None:
+        record(payload, "done")
+
+
+def hold_gil(seconds: float) -> None:
+    """Sleep ``seconds`` in C *without* releasing the GIL (``ctypes.PyDLL`` keeps it).
+
+    No other thread of the process runs meanwhile, and Python signal handlers wait: what
+    a long regex, a numpy call or a C extension that forgets to release the GIL does.
+    """
+    import ctypes
+
+    ctypes.PyDLL(None).sleep(int(seconds))
+
+
+class GilHogWorker(AsyncTaskWorker):
+    """Holds the GIL for ``seconds`` (default 6) in one C call, then records it finished."""
+
+    name = "test_gil_hog"
+    max_retries = 2
+    retry_backoff = 0.1
+    prefetch = 1
+
+    def process(self, payload: dict[str, Any]) -> None:
+        record(payload, "start")
+        hold_gil(float(payload.get("seconds", 6)))
+        record(payload, "done")
+
+
+class PoisonWorker(AsyncTaskWorker):
+    """Kills its own process (SIGKILL) on a payload with ``poison``; records the others.
+
+    Its prefetch of 4 makes the innocent tasks behind a poison one ride in the same child.
+    """
+
+    name = "test_poison"
+    retry_backoff = 0.1
+    prefetch = 4
+
+    def process(self, payload: dict[str, Any]) -> None:
+        record(payload, "start")
+        if payload.get("poison"):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        if payload.get("seconds"):
+            time.sleep(float(payload["seconds"]))
         record(payload, "done")
