@@ -121,11 +121,17 @@ class _Run:
     def _wait_drained(self) -> None:
         deadline = time.monotonic() + self.plan.drain_timeout
         while True:
-            done = {e.n for e in self._entries() if e.event == "done"}
+            entries = self._entries()
+            done = {e.n for e in entries if e.event == "done"}
+            # a repeated run still going (AMQP hands a dropped connection's tasks to
+            # others while their first worker runs them) must end before the count
+            started = Counter(e.n for e in entries if e.event == "start" and e.n in self.expected)
+            finished = Counter(e.n for e in entries if e.event == "done")
+            running = sum(max(0, started[n] - finished[n]) for n in started)
             stats = self.transport.queue_stats(self.queue)
             busy = (stats.ready or 0) + (stats.retrying or 0) + (stats.in_flight or 0)
             failed_ok = (stats.failed or 0) >= len(self.deadly)
-            if self.expected <= done and not busy and failed_ok:
+            if self.expected <= done and not busy and not running and failed_ok:
                 time.sleep(1.0)  # a task that came back late would show as a duplicate
                 return
             if time.monotonic() > deadline:
