@@ -21,20 +21,9 @@ SCENARIOS = ("gil", "group", "deadly")
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_liveness_scenarios_run_nothing_twice_and_lose_nothing(backend_uri, tmp_path, request):
+def test_liveness_scenarios_run_nothing_twice_and_lose_nothing(backend_uri, tmp_path):
     # Given a transport on its short recovery bound
     name = backend_uri.split(":", 1)[0]
-    if name == "amqp":
-        # Measured on this branch: GIL hog 4 duplicates, 2 innocent tasks in the failed
-        # store. AMQP's liveness is its connection, in the child until the relay of issue
-        # 12 (another branch) moves it out of the process that runs process(); only the
-        # relay sees which prefetched deliveries a dead child never started.
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="AMQP liveness needs the connection relay (issue 12, amqp part)",
-            )
-        )
     if name == "pgsql":
         # A schema of its own, as make chaos uses: a sweep of an asynctask-pgsql without
         # owner rows (another checkout sharing the default schema) would take the
