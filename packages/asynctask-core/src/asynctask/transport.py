@@ -18,6 +18,7 @@ Two ways to take a task:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -138,7 +139,11 @@ class Consumer(ABC):
 
     @abstractmethod
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
-        """The attempt failed: make the task ready again after ``delay`` seconds."""
+        """The attempt failed: make the task ready again after ``delay`` seconds.
+
+        ``delay`` is checked with ``check_delay`` first (a ``ValueError`` for infinity,
+        NaN or a negative number), before anything is written.
+        """
 
     @abstractmethod
     def fail(self, delivery: Delivery, error: str) -> None:
@@ -258,7 +263,7 @@ class Transport(ABC):
         Every payload is checked first: one bad payload and none is written.
         """
         check_queue_name(queue_name)
-        delay = _check_delay(delay)
+        delay = check_delay(delay)
         tasks: list[tuple[str, str]] = []
         for index, payload in enumerate(payloads):
             try:
@@ -398,9 +403,20 @@ class Transport(ABC):
 TT = TypeVar("TT", bound=Transport)
 
 
-def _check_delay(delay: object) -> float:
-    if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
-        raise InvalidTaskError(f"delay must be a number of seconds >= 0, got {delay!r}")
+def check_delay(delay: object) -> float:
+    """``delay`` as float seconds, or ``InvalidTaskError`` (a ``ValueError``).
+
+    A delay must be a finite number >= 0: infinity would park a task forever (or overflow
+    a backend's timestamp), NaN compares false with everything, and a negative delay is
+    a mistake. Submits and every consumer's ``retry`` check it before writing anything.
+    """
+    if (
+        isinstance(delay, bool)
+        or not isinstance(delay, int | float)
+        or not math.isfinite(delay)
+        or delay < 0
+    ):
+        raise InvalidTaskError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
     return float(delay)
 
 

@@ -30,7 +30,7 @@ import psycopg
 from psycopg import sql
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
-from asynctask.transport import Consumer, Delivery
+from asynctask.transport import Consumer, Delivery, check_delay
 from asynctask.validation import decode_payload
 from asynctask_pgsql.schema import channel, consumer_lock_class
 
@@ -103,7 +103,7 @@ class PgsqlConsumer(Consumer):
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Back to the queue after ``delay`` seconds, one attempt more."""
-        self._settle(delivery, "queued", 1, error, max(0.0, delay))
+        self._settle(delivery, "queued", 1, error, check_delay(delay))
 
     def fail(self, delivery: Delivery, error: str) -> None:
         """To the failed store with ``error``, one attempt more."""
@@ -170,12 +170,18 @@ class PgsqlConsumer(Consumer):
         while True:
             try:
                 conn = self._connect()
+                # Bound afresh on every try: the owner may change with a reconnect, and the
+                # caller's params stay as given (encoding them in place once sent a
+                # twice-encoded array after a reconnect). psycopg adapts the lists.
+                bound = params
                 if isinstance(params, dict):
-                    params = {**params, "owner": self._owner}
-                    params.update(owners=_array(self._owners), acks=_array(self._acks))
-                    if "ids" in params:
-                        params["ids"] = _array(params["ids"])
-                rows = conn.execute(query, params, prepare=True).fetchall()
+                    bound = {
+                        **params,
+                        "owner": self._owner,
+                        "owners": list(self._owners),
+                        "acks": list(self._acks),
+                    }
+                rows = conn.execute(query, bound, prepare=True).fetchall()
             except (psycopg.OperationalError, TransportUnavailable) as exc:
                 self._lost(exc)
                 continue
@@ -261,11 +267,6 @@ class PgsqlConsumer(Consumer):
         if conn is not None:
             with contextlib.suppress(psycopg.Error):  # a broken one has nothing to report
                 conn.close()
-
-
-def _array(numbers: list[int]) -> str:
-    """An integer array as PostgreSQL's text form (cheaper to send than a bound list)."""
-    return "{" + ",".join(map(str, numbers)) + "}"
 
 
 def _settle_params(

@@ -33,7 +33,7 @@ import redis
 from redis.exceptions import RedisError
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
-from asynctask.transport import Consumer, Delivery, new_task_id
+from asynctask.transport import Consumer, Delivery, check_delay, new_task_id
 from asynctask_redis import scripts
 from asynctask_redis.connection import call, pipeline, run
 from asynctask_redis.messages import Message, canonical_text, failed_record, read_message
@@ -282,10 +282,11 @@ class RedisConsumer(Consumer):
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Back to the queue after ``delay`` seconds, one more attempt counted."""
+        delay = check_delay(delay)
         message = delivery.receipt
         if isinstance(message, Message):
             again = canonical_text(message, attempts=message.attempts + 1)
-            self._settle(delivery, "retry", again, f"{max(0.0, delay) * 1000:.3f}")
+            self._settle(delivery, "retry", again, f"{delay * 1000:.3f}")
 
     def fail(self, delivery: Delivery, error: str) -> None:
         """To the queue's failed store, with ``error``."""

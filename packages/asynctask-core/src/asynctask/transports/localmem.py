@@ -30,6 +30,7 @@ from asynctask.transport import (
     QueueStats,
     Transport,
     TransportFeatures,
+    check_delay,
 )
 from asynctask.validation import Payload, decode_payload
 
@@ -291,6 +292,7 @@ class LocalMemConsumer(Consumer):
             self._settle(delivery)
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
+        delay = check_delay(delay)
         t = self.transport
         with t._cond:
             settled = self._settle(delivery)
@@ -299,7 +301,7 @@ class LocalMemConsumer(Consumer):
             q, task = settled
             task.attempts += 1
             task.retrying = True
-            task.due = time.monotonic() + max(0.0, delay)
+            task.due = time.monotonic() + delay
             heapq.heappush(q.waiting, (task.due, next(t._sequence), task))
             t._cond.notify_all()
 
@@ -325,7 +327,8 @@ class LocalMemConsumer(Consumer):
             return
         self.closed = True
         with self.transport._cond:
-            for task_id in list(self._held):
+            # each release goes to the head: the last held first keeps the queue's order
+            for task_id in reversed(list(self._held)):
                 task = self._held[task_id]
                 self.release(
                     Delivery(task_id, self.queue, {}, task.attempts + 1, task.submitted_at, task)
