@@ -246,6 +246,39 @@ def test_a_restarted_server_costs_time_not_tasks(tmp_path: Path, queue, caplog):
         server.stop()
 
 
+def test_every_settle_call_survives_a_server_restart(tmp_path: Path, queue):
+    """Each settle call made while the server is away (restarted with its append-only
+    file) does its work once the server is back; the ack rides on close."""
+    server = start_server("--save", "", "--appendonly", "yes", "--dir", str(tmp_path))
+    try:
+        uri = f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0?retry_timeout=20"
+        transport = open_transport(uri)
+        transport.submit_tasks(queue, [{"n": n} for n in range(5)])
+        consumer = transport.consumer(queue, prefetch=4)
+        held = [consumer.reserve(timeout=5) for _ in range(4)]
+        assert [d.payload["n"] for d in held if d] == [0, 1, 2, 3]
+        # When the server restarts before each settle call
+        for settle in (
+            lambda d: consumer.retry(d, delay=60, error="later"),
+            lambda d: consumer.fail(d, "never"),
+            consumer.release,
+        ):
+            server.stop()
+            threading.Timer(0.3, server.start).start()
+            settle(held.pop(0))
+        consumer.ack(held.pop(0))  # sent with the close, after one more restart
+        server.stop()
+        threading.Timer(0.3, server.start).start()
+        consumer.close()
+        # Then each did its work: one retrying, one failed, 2 (released) and 4 ready
+        stats = transport.queue_stats(queue)
+        assert (stats.ready, stats.retrying, stats.in_flight, stats.failed) == (2, 1, 0, 1)
+        assert [transport.get_task(queue) for _ in range(2)] == [{"n": 2}, {"n": 4}]
+        transport.close()
+    finally:
+        server.stop()
+
+
 # -- passwords ----------------------------------------------------------------------------
 
 

@@ -142,10 +142,13 @@ class PgsqlConsumer(Consumer):
         self, delivery: Delivery, state: str, attempt: int, error: str | None, delay: float | None
     ) -> None:
         with self._lock:
-            if self._held.pop(delivery.receipt, None) is None:
+            if delivery.receipt not in self._held:
                 return  # settled already, or taken back after our connection was lost
             params = _settle_params([delivery.receipt], state, attempt, error, delay)
+            # Still held while the statement runs: a reconnect on the way hands back
+            # (``orphans``) only the rows we do not hold, so this one stays ours to settle.
             self._run(self._sql.settle, params)
+            del self._held[delivery.receipt]
 
     def _keep(self, rows: list[tuple[Any, ...]]) -> None:
         """Turn reserved rows (in queue order) into deliveries; undecodable text fails."""
