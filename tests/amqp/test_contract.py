@@ -61,13 +61,12 @@ class AmqpProbe:
         """``rabbitmqctl close_connection`` on every connection this test process (and its
         children, such as a relay) has open to the broker, and on no other."""
         ours = {port for port in _local_ports_to(5672) if port != self._own_port()}
-        for line in rabbitmqctl("list_connections", "-q", "--no-table-headers", "name").split(
-            "\n"
-        ):
-            name = line.strip()
-            host, _, port = name.partition(" -> ")[0].rpartition(":")
+        listing = rabbitmqctl("list_connections", "-q", "--no-table-headers", "pid", "name")
+        for line in listing.splitlines():
+            pid, _, name = line.strip().partition("\t")
+            port = name.partition(" -> ")[0].rpartition(":")[2]
             if port.isdigit() and int(port) in ours:
-                rabbitmqctl("close_connection", name, "asynctask contract test")
+                rabbitmqctl("close_connection", pid, "asynctask contract test")
 
     def _own_port(self) -> int:
         sock = self.connection.connection.sock
@@ -109,6 +108,22 @@ def _local_ports_to(remote_port: int) -> set[int]:
 
 
 class TestAmqpTransport(TransportContract):
+    @pytest.mark.xfail(
+        strict=True,
+        reason="AMQP's bound (README): a publish whose confirm was lost is published again "
+        "by the retry, so the task is stored twice",
+    )
+    def test_a_submit_retried_after_a_lost_reply_is_stored_once(self, transport, queue, probe):
+        super().test_a_submit_retried_after_a_lost_reply_is_stored_once(transport, queue, probe)
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="reported to the lead (issue 12, settle): after the broker drops the "
+        "connection, a release comes back counted as an attempt",
+    )
+    def test_every_settle_call_survives_a_dropped_connection(self, transport, queue, probe):
+        super().test_every_settle_call_survives_a_dropped_connection(transport, queue, probe)
+
     @pytest.fixture
     def transport_uri(self, amqp_uri: str) -> str:
         # heartbeat=1: a silently dead consumer's tasks come back within 3 s

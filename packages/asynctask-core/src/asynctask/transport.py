@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -90,6 +91,40 @@ class Delivery:
     submitted_at: float | None = None
     #: the transport's own handle (a row id, a raw message, a file path)
     receipt: Any = field(default=None, repr=False)
+
+
+class PutProgress:
+    """How many tasks of each recent ``_put`` call are stored, by the call's first task id.
+
+    The base class retries a ``_put`` that raised ``TransportUnavailable`` with the same
+    tasks (and ids), for up to ``retry_timeout`` seconds. A backend with no unique index
+    to lean on (files, memory) records here how far each call got, and a retry resumes
+    there: tasks already stored are not stored twice. Entries are forgotten once no
+    retry can come (``window`` seconds).
+    """
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._lock = threading.Lock()
+        self._done: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def done(self, key: str) -> int:
+        """How many tasks of the call keyed ``key`` are stored already (0 for a new one)."""
+        with self._lock:
+            entry = self._done.get(key)
+        return 0 if entry is None else entry[1]
+
+    def record(self, key: str, count: int) -> None:
+        """``count`` tasks of the call keyed ``key`` are stored."""
+        now = time.monotonic()
+        with self._lock:
+            self._done[key] = (now, count)
+            self._done.move_to_end(key)
+            while self._done:
+                first = next(iter(self._done.values()))
+                if now - first[0] <= self.window:
+                    break
+                self._done.popitem(last=False)
 
 
 def new_task_id() -> str:

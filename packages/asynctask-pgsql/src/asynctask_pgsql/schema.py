@@ -99,8 +99,11 @@ UPDATE {s}.asynctask_queue SET date_submitted = now() WHERE date_submitted IS NU
 ALTER TABLE {s}.asynctask_queue ALTER COLUMN date_submitted SET NOT NULL;
 """
 
-# Everything below is idempotent and re-run by every migration.
+# Everything below is idempotent and re-run by every migration. The last object it
+# creates is ``_NEWEST``: a version-2 schema without it is brought up to date in place
+# (added indexes never change the version, so older processes keep working beside it).
 _ENSURE_V2 = """
+CREATE UNIQUE INDEX IF NOT EXISTS asynctask_queue_task_id ON {s}.asynctask_queue (task_id);
 CREATE INDEX IF NOT EXISTS asynctask_queue_ready
     ON {s}.asynctask_queue (queue_name, date_available, id) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS asynctask_queue_reserved
@@ -134,22 +137,32 @@ CREATE TRIGGER asynctask_notify AFTER INSERT ON {s}.asynctask_queue
 COMMENT ON SCHEMA {s} IS 'version: 2';
 """
 
+#: the object ``_ENSURE_V2`` added last: its absence means the schema needs ``_ENSURE_V2``
+_NEWEST = "asynctask_queue_task_id"
+
 _READ_VERSION = """
 SELECT obj_description(n.oid, 'pg_namespace'), to_regclass(%s)::text,
        (SELECT count(*) FROM pg_attribute
-        WHERE attrelid = to_regclass(%s) AND attname = 'state' AND NOT attisdropped)
+        WHERE attrelid = to_regclass(%s) AND attname = 'state' AND NOT attisdropped),
+       to_regclass(%s) IS NOT NULL
 FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %s
 """
 
 
 def _read(conn: psycopg.Connection[Any], schema: str) -> tuple[int | None, bool, bool]:
-    """(version from the comment or None, whether the table exists, whether it is v2)."""
+    """(version from the comment or None, whether the table exists, whether it is v2).
+
+    A version-2 schema that lacks ``_NEWEST`` reads as version None: not yet current.
+    """
     table = f"{schema}.asynctask_queue"
-    row = conn.execute(_READ_VERSION, (table, table, schema)).fetchone()
+    row = conn.execute(_READ_VERSION, (table, table, f"{schema}.{_NEWEST}", schema)).fetchone()
     assert row is not None
-    comment, found, v2 = row
+    comment, found, v2, newest = row
     match = _VERSION.match(comment or "")
-    return (int(match.group(1)) if match else None), found is not None, bool(v2)
+    version = int(match.group(1)) if match else None
+    if version == SCHEMA_VERSION and not newest:
+        version = None
+    return version, found is not None, bool(v2)
 
 
 def migrate(conn: psycopg.Connection[Any], schema: str) -> str:

@@ -40,11 +40,14 @@ PUT_ONE = (
 INSERT INTO {s}.asynctask_queue (task_id, queue_name, payload, payload_text, date_available)
 VALUES (%(id)s::uuid, %(queue)s, coalesce(%(payload)s::jsonb, '{}'), %(text)s,
         now() + make_interval(secs => %(delay)s))
+ON CONFLICT (task_id) DO NOTHING
 RETURNING 1
 )"""
     + _NOTIFY_PUT
 )
 
+# A task id is unique in the table (index asynctask_queue_task_id): a submit retried after
+# a lost reply writes nothing the second time (ON CONFLICT DO NOTHING).
 # unnest yields its rows in order, and the insert numbers them (``id``) in that order.
 # The arrays travel in binary (%b): text arrays would be escaped element by element in
 # Python, which cost more than the server's work (batch submit 1.5x faster).
@@ -54,6 +57,7 @@ INSERT INTO {s}.asynctask_queue (task_id, queue_name, payload, payload_text, dat
 SELECT t.id, %(queue)s, coalesce(t.payload::jsonb, '{}'), t.text,
        (SELECT now() + make_interval(secs => %(delay)s))
 FROM unnest(%(ids)b::uuid[], %(payloads)b::text[], %(texts)b::text[]) AS t(id, payload, text)
+ON CONFLICT (task_id) DO NOTHING
 RETURNING 1
 )"""
     + _NOTIFY_PUT

@@ -241,17 +241,30 @@ return {redis.call('LLEN', ready), redis.call('ZCARD', delayed),
 """,
 )
 
-#: ARGV: prefix, queue, delay_ms, envelope... Stores delayed tasks, in order.
-PUT_DELAYED = _script(
-    "put_delayed",
+#: ARGV: prefix, queue, first task id, guard_ms, delay_ms, envelope... Stores tasks in
+#: order: ready (delay_ms 0) or delayed. The key ``P:Q:put:<first id>`` (kept guard_ms,
+#: longer than any retry of the submit) makes a submit retried after a lost reply write
+#: nothing the second time. Returns how many were stored (0 for such a retry).
+PUT = _script(
+    "put",
     r"""
-local due = now_ms() + tonumber(ARGV[3])
-for i = 4, #ARGV do
-  -- a thousandth of a ms apart, so a batch comes out in submission order
-  redis.call('ZADD', delayed, due + (i - 4) * 0.001, ARGV[i])
+if not redis.call('SET', base .. 'put:' .. ARGV[3], '1', 'NX', 'PX', ARGV[4]) then
+  return 0
+end
+local delay = tonumber(ARGV[5])
+if delay > 0 then
+  local due = now_ms() + delay
+  for i = 6, #ARGV do
+    -- a thousandth of a ms apart, so a batch comes out in submission order
+    redis.call('ZADD', delayed, due + (i - 6) * 0.001, ARGV[i])
+  end
+else
+  for i = 6, #ARGV, 4000 do  -- unpack() takes a few thousand values at most
+    redis.call('RPUSH', ready, unpack(ARGV, i, math.min(i + 3999, #ARGV)))
+  end
 end
 redis.call('SADD', known, queue)
-return #ARGV - 3
+return #ARGV - 5
 """,
 )
 

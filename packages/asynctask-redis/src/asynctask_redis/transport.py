@@ -70,11 +70,6 @@ logger = logging.getLogger("asynctask.redis")
 
 T = TypeVar("T")
 
-#: values per RPUSH in a batch submit (Redis takes more, but replies stay small)
-_CHUNK = 10_000
-#: seconds a transport trusts that a queue it named is in ``P:queues`` (saves an SADD)
-_REMEMBER = 60.0
-
 
 class RedisTransport(Transport):
     """Tasks in Redis; see the module docstring."""
@@ -114,7 +109,6 @@ class RedisTransport(Transport):
         self.recheck_ms = int(recovery * 250)
         self.server = Server(self.location, self.driver_options, self.options)
         self.key_queues = f"{self.prefix}:queues"
-        self._known: dict[str, float] = {}
         self._idle: list[Any] = []  # connections that served a call, last in first out
         self._pid = os.getpid()
         self._consumers: weakref.WeakSet[RedisConsumer] = weakref.WeakSet()
@@ -181,27 +175,11 @@ class RedisTransport(Transport):
     def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
         now = time.time()
         texts = [envelope(task_id, 0, now, text) for task_id, text in tasks]
-        if delay > 0:
-            self._script(scripts.PUT_DELAYED, queue, f"{delay * 1000:.3f}", *texts)
-            return
-        key = self.ready_key(queue)
-        commands: list[tuple[Any, ...]] = [
-            ("RPUSH", key, *texts[i : i + _CHUNK]) for i in range(0, len(texts), _CHUNK)
-        ]
-        fresh = time.monotonic() - self._known.get(queue, -_REMEMBER) >= _REMEMBER
-        if fresh:  # after the push; the set is never pruned, so the cache stays true
-            commands.append(("SADD", self.key_queues, queue))
-        if len(commands) == 1:
-            self.execute(call, *commands[0])
-        elif len(texts) <= _CHUNK:
-            self.execute(pipeline, commands)
-        else:  # all or nothing: a retry after a lost reply must not half-duplicate
-            replies = self.execute(pipeline, [("MULTI",), *commands, ("EXEC",)])
-            for reply in replies[-1] or []:
-                if isinstance(reply, Exception):
-                    raise self.server.error(reply)
-        if fresh:
-            self._known[queue] = time.monotonic()
+        # One script, atomic: the tasks, the queue's name in P:queues (so that pruning
+        # that set never hides a queue) and a guard that makes a retry write nothing.
+        guard_ms = int((self.retry_timeout + 5) * 1000)
+        delay_ms = f"{delay * 1000:.3f}" if delay > 0 else "0"
+        self._script(scripts.PUT, queue, tasks[0][0], guard_ms, delay_ms, *texts)
 
     def _take(self, queue: str) -> Payload | None:
         while True:

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from asynctask.errors import InvalidTaskError, TransportClosed
+from asynctask.errors import InvalidTaskError, TransportClosed, TransportUnavailable
 from asynctask.plugins import load_plugins
 from asynctask.testing.services import unique_queue
 from asynctask.transport import COUNT_NAMES, Transport
@@ -219,6 +219,31 @@ class TransportContract:
         taken = [transport.get_task(queue) for _ in range(30)]
         assert [t["n"] for t in taken if t] == list(range(30))
 
+    def test_a_submit_retried_after_a_lost_reply_is_stored_once(self, transport, queue, probe):
+        """The first try of each submit is stored but its reply lost (an error instead),
+        and the transport's retry must store nothing more, ready or delayed. Failed
+        against pgsql without its unique task id and redis without its guard key."""
+        primitive = transport._put
+        lost: list[int] = []
+
+        def reply_lost(*args: Any) -> None:
+            primitive(*args)
+            if len(lost) < 2:
+                lost.append(1)
+                raise TransportUnavailable("the reply was lost (a test)")
+
+        transport._put = reply_lost
+        try:
+            ids = transport.submit_tasks(queue, [{"n": n} for n in range(3)])
+            ids.append(transport.submit_task(queue, {"n": 3}, delay=60))
+        finally:
+            del transport._put
+        assert len(lost) == 2 and len(set(ids)) == 4
+        assert probe.stored(queue) == 4
+        assert [transport.get_task(queue) for _ in range(4)] == [{"n": n} for n in range(3)] + [
+            None
+        ]
+
     def test_batch_submit_returns_one_id_per_task(self, transport, queue, probe):
         ids = transport.submit_tasks(queue, [{"n": n} for n in range(50)])
         assert len(ids) == len(set(ids)) == 50
@@ -241,11 +266,18 @@ class TransportContract:
         assert {"ready", "failed"} <= transport.features.counts
         transport.submit_tasks(queue, [{"n": n} for n in range(5)])
         transport.submit_task(queue, {"late": True}, delay=60)
-        with transport.consumer(queue, prefetch=3) as consumer:
-            deliveries = [consumer.reserve(timeout=5) for _ in range(3)]
-            assert all(d is not None for d in deliveries)
-            consumer.retry(deliveries[0], delay=60, error="boom")
-            consumer.fail(deliveries[1], "boom")
+        # (each settling consumer is closed: a broker may push it the next task meanwhile)
+        for settle in ("retry", "fail"):
+            with transport.consumer(queue) as settling:
+                delivery = settling.reserve(timeout=5)
+                assert delivery is not None
+                if settle == "retry":
+                    settling.retry(delivery, delay=60, error="boom")
+                else:
+                    settling.fail(delivery, "boom")
+        with transport.consumer(queue) as consumer:
+            held = consumer.reserve(timeout=5)
+            assert held is not None
             # Then every declared count is exactly that, in queues() and queue_stats()
             expected = {"ready": 2, "delayed": 1, "retrying": 1, "in_flight": 1, "failed": 1}
             listed = {q.name: q for q in transport.queues()}[queue]
@@ -256,7 +288,7 @@ class TransportContract:
                         assert value == expected[name] and type(value) is int, (name, value)
                     else:
                         assert value is None, name
-            consumer.ack(deliveries[2])
+            consumer.ack(held)
 
     def test_purge_removes_ready_and_delayed_tasks(self, transport, queue, probe):
         """Purge leaves the task in flight and the failed one. Fails against a purge that
@@ -264,10 +296,13 @@ class TransportContract:
         # Given a task in flight, a failed one, 3 ready and 1 delayed
         transport.submit_tasks(queue, [{"n": n} for n in range(5)])
         transport.submit_task(queue, {}, delay=60)
-        with transport.consumer(queue, prefetch=2) as consumer:
-            held, failing = consumer.reserve(timeout=5), consumer.reserve(timeout=5)
-            assert held is not None and failing is not None
-            consumer.fail(failing, "boom")
+        with transport.consumer(queue) as settling:
+            failing = settling.reserve(timeout=5)
+            assert failing is not None
+            settling.fail(failing, "boom")
+        with transport.consumer(queue) as consumer:
+            held = consumer.reserve(timeout=5)
+            assert held is not None
             # When the queue is purged, only the 3 ready and the delayed one go
             assert transport.purge(queue) == 4
             assert transport.poll_queue(queue) == 0
@@ -639,19 +674,23 @@ class TransportContract:
         task is the next one taken by anybody. Fails against a release to the tail."""
         transport.submit_tasks(queue, [{"n": n} for n in range(6)])
         other = self._other(transport)
-        with transport.consumer(queue) as one, other.consumer(queue) as two:
-            a, b = one.reserve(timeout=5), two.reserve(timeout=5)
-            assert a is not None and b is not None
-            assert (a.payload["n"], b.payload["n"]) == (0, 1)
-            one.release(a)
-            seen = [b.payload["n"]]
-            two.ack(b)
-            for consumer in (two, one, two, one, two):
-                delivery = consumer.reserve(timeout=5)
-                assert delivery is not None
-                seen.append(delivery.payload["n"])
-                consumer.ack(delivery)
-        assert seen == [1, 0, 2, 3, 4, 5], seen
+        # Given two consumers that took the first two tasks, in order
+        one, two = transport.consumer(queue), other.consumer(queue)
+        a, b = one.reserve(timeout=5), two.reserve(timeout=5)
+        assert a is not None and b is not None
+        assert (a.payload["n"], b.payload["n"]) == (0, 1)
+        # When the first releases its task and the second acknowledges
+        one.release(a)
+        two.ack(b)
+        one.close()  # (a broker may have pushed them the next tasks meanwhile)
+        two.close()
+        # Then the released task comes first, the others after it in order
+        seen = []
+        with transport.consumer(queue) as three:
+            while len(seen) < 5 and (delivery := three.reserve(timeout=5)) is not None:
+                seen.append((delivery.payload["n"], delivery.attempt))
+                three.ack(delivery)
+        assert seen == [(0, 1), (2, 1), (3, 1), (4, 1), (5, 1)], seen
         if other is not transport:
             other.close()
 

@@ -27,6 +27,7 @@ from asynctask.transport import (
     Consumer,
     Delivery,
     FailedTask,
+    PutProgress,
     QueueStats,
     Transport,
     TransportFeatures,
@@ -76,6 +77,7 @@ class LocalMemTransport(Transport):
         self._claims: dict[str, float] = {}
         self._cond = threading.Condition()
         self._sequence = itertools.count()
+        self._progress = PutProgress(self.retry_timeout + 5)
 
     # -- for tests: what another program would write ------------------------------------
 
@@ -105,7 +107,10 @@ class LocalMemTransport(Transport):
         now = time.time()
         with self._cond:
             q = self._queue(queue)
-            for task_id, text in tasks:
+            # a retried call (after an error) does not store its tasks twice
+            stored = self._progress.done(tasks[0][0])
+            self._progress.record(tasks[0][0], len(tasks))
+            for task_id, text in tasks[stored:]:
                 task = _Task(task_id, text, now)
                 if delay > 0:
                     task.due = time.monotonic() + delay
