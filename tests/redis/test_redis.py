@@ -388,3 +388,47 @@ def test_bad_uris_are_refused_clearly_and_without_the_password(uri, words):
     with pytest.raises(InvalidURIError, match=words) as info:
         open_transport(uri)
     assert PASSWORD not in str(info.value)
+
+
+# -- costs that grow with the store -------------------------------------------------------
+
+
+def test_failed_tasks_by_id_are_found_through_the_index_and_without_it(
+    redis_uri, client, key_prefix, queue
+):
+    """Requeue and purge by id read the index ``P:Q:failed:ids``, not the whole list; a
+    record written without it (an older version) is still found, by a one-time rebuild."""
+    transport = open_transport(redis_uri)
+    transport.submit_tasks(queue, [{"n": n} for n in range(3)])
+    with transport.consumer(queue, prefetch=3) as consumer:
+        for _ in range(3):
+            delivery = consumer.reserve(timeout=5)
+            assert delivery is not None
+            consumer.fail(delivery, "boom")
+    index = f"{key_prefix}:{queue}:failed:ids"
+    first, second, third = transport.failed_tasks(queue)
+    assert client.hlen(index) == 3
+    # Given an index that lost an entry, as a record written by an older version has none
+    client.hdel(index, third.id)
+    # Then ids are found all the same, and the index is whole again
+    assert transport.requeue_failed(queue, ids=[third.id, "not-an-id"]) == 1
+    assert transport.purge_failed(queue, ids=[first.id]) == 1
+    assert client.hkeys(index) == [second.id.encode()]
+    assert [f.id for f in transport.failed_tasks(queue)] == [second.id]
+    assert transport.purge_failed(queue) == 1
+    assert not client.exists(index, f"{key_prefix}:{queue}:failed")
+    transport.close()
+
+
+def test_the_set_of_queue_names_forgets_empty_queues(redis_uri, client, key_prefix, queue):
+    transport = open_transport(redis_uri)
+    transport.submit_task(queue, {})
+    assert queue in [q.name for q in transport.queues()]
+    assert transport.get_task(queue) == {}
+    # When the queue holds nothing, listing the queues prunes its name
+    assert queue not in [q.name for q in transport.queues()]
+    assert not client.sismember(f"{key_prefix}:queues", queue)
+    # And a new task brings it back at once (the submit adds the name itself)
+    transport.submit_task(queue, {})
+    assert queue in [q.name for q in transport.queues()]
+    transport.close()

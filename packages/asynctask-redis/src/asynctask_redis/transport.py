@@ -208,27 +208,32 @@ class RedisTransport(Transport):
     def _purge(self, queue: str) -> int:
         return int(self._script(scripts.PURGE, queue))
 
-    def _failed_entries(self, queue: str, limit: int = -1) -> list[tuple[bytes, FailedTask]]:
-        raws = self.execute(call, "LRANGE", self.key(queue, "failed"), 0, limit)
-        return [(raw, read_failed(queue, raw)) for raw in raws]
-
     def _failed(self, queue: str, limit: int) -> list[FailedTask]:
         if limit <= 0:
             return []
-        return [task for _, task in self._failed_entries(queue, limit - 1)]
+        raws = self.execute(call, "LRANGE", self.key(queue, "failed"), 0, limit - 1)
+        return [read_failed(queue, raw) for raw in raws]
+
+    def _chosen_failed(self, queue: str, ids: Sequence[str] | None) -> list[bytes]:
+        """The failed records to act on: every one, or those of ``ids`` (from the index
+        by id, so that a few ids cost a few lookups at any size of the store)."""
+        if ids is None:
+            return list(self.execute(call, "LRANGE", self.key(queue, "failed"), 0, -1))
+        found = self._script(scripts.FIND_FAILED, queue, *dict.fromkeys(ids))
+        return [record for record in found if record]
 
     def _requeue_failed(self, queue: str, ids: Sequence[str] | None) -> int:
         args: list[Any] = []
-        for raw, task in self._failed_entries(queue):
-            if ids is None or task.id in ids:
-                args += [raw, requeue_text(task)]
+        for raw in self._chosen_failed(queue, ids):
+            args += [raw, requeue_text(read_failed(queue, raw))]
         return int(self._script(scripts.TAKE_FAILED, queue, *args)) if args else 0
 
     def _purge_failed(self, queue: str, ids: Sequence[str] | None) -> int:
+        if ids is None:
+            return int(self._script(scripts.PURGE_ALL_FAILED, queue))
         args: list[Any] = []
-        for raw, task in self._failed_entries(queue):
-            if ids is None or task.id in ids:
-                args += [raw, ""]
+        for raw in self._chosen_failed(queue, ids):
+            args += [raw, ""]
         return int(self._script(scripts.TAKE_FAILED, queue, *args)) if args else 0
 
     def _claim(self, key: str, ttl: float) -> bool:
