@@ -4,7 +4,7 @@ way to take and settle tasks.
 On connecting, a consumer takes a number from the sequence ``asynctask_consumer_id`` and
 holds the session advisory lock ``(class, number)``; the rows it reserves carry the number
 in ``owner``. A consumer whose process dies, or whose connection is cut, loses the lock at
-once, and any live consumer's periodic sweep puts its rows back, counting an attempt. A
+once, and the periodic sweep of a live consumer of the same queue puts its rows back, counting an attempt (one sweeper per queue at a time). A
 slow task keeps its row for as long as its consumer's connection lives, however long it
 runs. TCP keepalives on both ends bound how long a vanished host keeps its lock.
 
@@ -32,7 +32,7 @@ from psycopg import sql
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
 from asynctask.transport import Consumer, Delivery, check_delay
 from asynctask.validation import decode_payload
-from asynctask_pgsql.schema import channel, consumer_lock_class
+from asynctask_pgsql.schema import channel, consumer_lock_class, sweep_lock_class
 
 if TYPE_CHECKING:
     from asynctask_pgsql.transport import PgsqlTransport
@@ -53,6 +53,7 @@ class PgsqlConsumer(Consumer):
         self._sql = transport.sql
         self._channel = channel(transport.schema, queue)
         self._lock_class = consumer_lock_class(transport.schema)
+        self._sweep_class = sweep_lock_class(transport.schema)
         # The runner's watchdog may settle from a timer thread while the owner waits.
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
@@ -77,7 +78,8 @@ class PgsqlConsumer(Consumer):
                 if self._buffer:
                     return self._buffer.popleft()
                 if time.monotonic() >= self._next_sweep:
-                    self._run(self._sql.sweep, {"lock_class": self._lock_class})
+                    sweep = {"lock_class": self._lock_class, "sweep_class": self._sweep_class}
+                    self._run(self._sql.sweep, {**sweep, "queue": self.queue})
                     self._next_sweep = time.monotonic() + self.transport.sweep_interval
                 limit = self.prefetch - len(self._buffer)
                 rows = self._run(self._sql.reserve, {"queue": self.queue, "limit": limit})

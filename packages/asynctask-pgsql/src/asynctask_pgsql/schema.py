@@ -59,6 +59,12 @@ def migration_lock_key(schema: str) -> int:
     return _key(f"asynctask migrate {schema}", 64)
 
 
+def sweep_lock_class(schema: str) -> int:
+    """The first key of the transaction lock ``(class, hashtext(queue))`` that lets one
+    consumer at a time sweep a queue for dead consumers' rows."""
+    return _key(f"asynctask sweep {schema}", 32)
+
+
 def consumer_lock_class(schema: str) -> int:
     """The first key of each consumer's session advisory lock ``(class, consumer id)``."""
     return _key(f"asynctask consumer {schema}", 32)

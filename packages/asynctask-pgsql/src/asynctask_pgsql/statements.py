@@ -105,19 +105,28 @@ WITH {_DONE}, moved AS (
 {_NOTIFY}
 """
 
+# A consumer's sweep of its own queue: rows reserved by consumers other than this one
+# whose advisory lock nobody holds (their session is gone) go back, one attempt more. It
+# reads only this queue's reserved rows (index asynctask_queue_reserved), never pg_locks,
+# and one sweeper at a time per queue does it (the others' gate lock fails: they skip).
+# A dead owner is one whose lock this transaction can take; it is released at commit.
 SWEEP = f"""
-WITH dead AS (
-    SELECT id FROM {{s}}.asynctask_queue AS t
-    WHERE state = 'reserved' AND NOT EXISTS (
-        SELECT 1 FROM pg_locks AS l
-        WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
-          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-          AND l.classid = %(lock_class)s::bigint::oid AND l.objid = t.owner::oid)
-    FOR UPDATE SKIP LOCKED
+WITH gate AS (
+    SELECT pg_try_advisory_xact_lock(%(sweep_class)s::int, hashtext(%(queue)s)) AS open
+), owners AS (
+    SELECT DISTINCT t.owner FROM {{s}}.asynctask_queue AS t, gate
+    WHERE gate.open AND t.queue_name = %(queue)s AND t.state = 'reserved'
+      AND t.owner <> ALL(%(owners)s::int[])
+), dead AS (
+    SELECT owner FROM owners WHERE pg_try_advisory_xact_lock(%(lock_class)s::int, owner)
+), taken AS (
+    SELECT t.id FROM {{s}}.asynctask_queue AS t JOIN dead ON t.owner = dead.owner
+    WHERE t.queue_name = %(queue)s AND t.state = 'reserved'
+    FOR UPDATE OF t SKIP LOCKED
 ), moved AS (
     UPDATE {{s}}.asynctask_queue AS t
     SET state = 'queued', owner = NULL, attempts = t.attempts + 1
-    FROM dead WHERE t.id = dead.id
+    FROM taken WHERE t.id = taken.id
     RETURNING t.queue_name
 )
 {_NOTIFY}
