@@ -250,6 +250,12 @@ class Transport(ABC):
     def _queue_names(self) -> list[str]:
         """Names of every queue with anything stored (ready, delayed, in flight or failed)."""
 
+    def _all_stats(self) -> list[QueueStats]:
+        """Counts of every queue with anything stored. A backend that can count them all
+        in one round trip overrides this (``queues()`` on 1,000 queues: one call, not
+        1,001)."""
+        return [self._stats(name) for name in sorted(set(self._queue_names()))]
+
     @abstractmethod
     def _purge(self, queue: str) -> int:
         """Remove every ready, delayed and retrying task; return how many."""
@@ -329,8 +335,7 @@ class Transport(ABC):
 
     def queues(self) -> list[QueueStats]:
         """Every queue with anything stored, with its counts, sorted by name."""
-        names = self._call(self._queue_names)
-        return [self.queue_stats(name) for name in sorted(set(names))]
+        return sorted(self._call(self._all_stats), key=lambda stats: stats.name)
 
     def purge(self, queue_name: str) -> int:
         """Delete every task of a queue that is not in flight or failed; return how many."""

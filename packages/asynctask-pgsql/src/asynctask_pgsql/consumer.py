@@ -4,9 +4,10 @@ way to take and settle tasks.
 On connecting, a consumer takes a number from the sequence ``asynctask_consumer_id`` and
 holds the session advisory lock ``(class, number)``; the rows it reserves carry the number
 in ``owner``. A consumer whose process dies, or whose connection is cut, loses the lock at
-once, and the periodic sweep of a live consumer of the same queue puts its rows back, counting an attempt (one sweeper per queue at a time). A
-slow task keeps its row for as long as its consumer's connection lives, however long it
-runs. TCP keepalives on both ends bound how long a vanished host keeps its lock.
+once, and the periodic sweep of a live consumer of the same queue (one at a time per
+queue) puts its rows back, counting an attempt. A slow task keeps its row for as long as
+its consumer's connection lives, however long it runs. TCP keepalives on both ends bound
+how long a vanished host keeps its lock.
 
 Every call is at most one round trip: ``reserve`` takes up to ``prefetch`` rows with
 ``FOR UPDATE SKIP LOCKED`` and, in the same statement, deletes the rows acknowledged since

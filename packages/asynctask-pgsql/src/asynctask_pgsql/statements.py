@@ -178,8 +178,10 @@ INSERT INTO {s}.asynctask_queue
 VALUES (%s, %s, %s, %s, %s, 'failed', %s, now())
 """
 
-STATS = """
-SELECT
+# The counts of one queue (in ``%(q)s``), each from its partial index: ready ones are
+# counted in the index alone; only tasks not yet due are read from the table. A count
+# costs in proportion to that queue's tasks in that state, never to the whole table.
+_COUNTS = """
     (SELECT count(*) FROM {s}.asynctask_queue
      WHERE queue_name = %(q)s AND state = 'queued' AND date_available <= now()),
     (SELECT count(*) FROM {s}.asynctask_queue
@@ -190,11 +192,37 @@ SELECT
     (SELECT count(*) FROM {s}.asynctask_queue WHERE queue_name = %(q)s AND state = 'failed')
 """
 
-QUEUE_NAMES = """
-SELECT DISTINCT queue_name FROM {s}.asynctask_queue WHERE state = 'queued'
-UNION SELECT DISTINCT queue_name FROM {s}.asynctask_queue WHERE state = 'reserved'
-UNION SELECT DISTINCT queue_name FROM {s}.asynctask_queue WHERE state = 'failed'
+STATS = "SELECT" + _COUNTS
+
+
+def _names_in(state: str) -> str:
+    """The distinct queue names of one state, by a skip scan of that state's partial
+    index (one index probe per name; DISTINCT would read every row)."""
+    return f"""names_{state} AS (
+    (SELECT queue_name AS q FROM {{s}}.asynctask_queue
+     WHERE state = '{state}' ORDER BY queue_name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT queue_name FROM {{s}}.asynctask_queue
+            WHERE state = '{state}' AND queue_name > n.q ORDER BY queue_name LIMIT 1)
+    FROM names_{state} AS n WHERE n.q IS NOT NULL
+)"""
+
+
+_NAMES = (
+    "WITH RECURSIVE "
+    + ", ".join(_names_in(state) for state in ("queued", "reserved", "failed"))
+    + """, names AS (
+    SELECT q FROM names_queued WHERE q IS NOT NULL
+    UNION SELECT q FROM names_reserved WHERE q IS NOT NULL
+    UNION SELECT q FROM names_failed WHERE q IS NOT NULL
+)
 """
+)
+
+QUEUE_NAMES = _NAMES + "SELECT q FROM names"
+
+# Every queue with its counts in one round trip.
+ALL_STATS = _NAMES + "SELECT n.q," + _COUNTS.replace("%(q)s", "n.q") + "FROM names AS n"
 
 PURGE = "DELETE FROM {s}.asynctask_queue WHERE queue_name = %s AND state = 'queued'"
 
@@ -253,6 +281,7 @@ class Statements:
     keep_failed: LiteralString
     stats: LiteralString
     queue_names: LiteralString
+    all_stats: LiteralString
     purge: LiteralString
     failed: LiteralString
     requeue_failed: LiteralString

@@ -261,6 +261,10 @@ class PgsqlTransport(Transport):
     def _queue_names(self) -> list[str]:
         return [name for (name,) in self._query(self.sql.queue_names, ())]
 
+    def _all_stats(self) -> list[QueueStats]:
+        rows = self._query(self.sql.all_stats, ())
+        return [QueueStats(*row) for row in rows]
+
     def _purge(self, queue: str) -> int:
         [(count,)] = self._query(self.sql.purge, (queue,))
         return int(count)

@@ -367,3 +367,37 @@ end
 return names
 """,
 )
+
+#: ARGV: prefix, ''. Every known queue with anything stored, with its counts: a flat
+#: list of name, ready, delayed, retrying, in_flight, failed, ... (one round trip for
+#: any number of queues). Tasks already due in the sorted sets count as ready, as STATS
+#: (which promotes them first) would say. Prunes empty names as QUEUES does.
+ALL_STATS = Script(
+    "all_stats",
+    r"""
+local prefix = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local known = prefix .. ':queues'
+local out = {}
+for _, q in ipairs(redis.call('SMEMBERS', known)) do
+  local b = prefix .. ':' .. q .. ':'
+  local due_d = redis.call('ZCOUNT', b .. 'delayed', '-inf', now)
+  local due_r = redis.call('ZCOUNT', b .. 'retrying', '-inf', now)
+  local ready = redis.call('LLEN', prefix .. '_' .. q) + due_d + due_r
+  local delayed = redis.call('ZCARD', b .. 'delayed') - due_d
+  local retrying = redis.call('ZCARD', b .. 'retrying') - due_r
+  local in_flight = 0
+  for _, cid in ipairs(redis.call('SMEMBERS', b .. 'consumers')) do
+    in_flight = in_flight + redis.call('LLEN', b .. 'processing:' .. cid)
+  end
+  local failed = redis.call('LLEN', b .. 'failed')
+  if ready + delayed + retrying + in_flight + failed > 0 then
+    for _, v in ipairs({q, ready, delayed, retrying, in_flight, failed}) do out[#out + 1] = v end
+  else
+    redis.call('SREM', known, q)
+  end
+end
+return out
+""",
+)

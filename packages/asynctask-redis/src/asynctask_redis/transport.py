@@ -205,6 +205,13 @@ class RedisTransport(Transport):
     def _queue_names(self) -> list[str]:
         return [name.decode() for name in self._script(scripts.QUEUES, "")]
 
+    def _all_stats(self) -> list[QueueStats]:
+        flat = self.execute(run, scripts.ALL_STATS, self.prefix, "")
+        return [
+            QueueStats(flat[i].decode(), *(int(n) for n in flat[i + 1 : i + 6]))
+            for i in range(0, len(flat), 6)
+        ]
+
     def _purge(self, queue: str) -> int:
         return int(self._script(scripts.PURGE, queue))
 

@@ -648,7 +648,7 @@ class TransportContract:
             assert delivery is not None and delivery.payload == {"n": 0}
             consumer.release(delivery)
             assert transport.poll_queue(queue) == 3
-            seen = []
+            seen: list[tuple[int, int]] = []
             while len(seen) < 3 and (again := consumer.reserve(timeout=5)) is not None:
                 seen.append((again.payload["n"], again.attempt))
                 consumer.ack(again)
@@ -662,7 +662,7 @@ class TransportContract:
         held = [consumer.reserve(timeout=5) for _ in range(3)]
         assert [d.payload["n"] for d in held if d] == [0, 1, 2]
         consumer.close()
-        seen = []
+        seen: list[tuple[int, int]] = []
         with transport.consumer(queue) as again:
             while len(seen) < 5 and (delivery := again.reserve(timeout=5)) is not None:
                 seen.append((delivery.payload["n"], delivery.attempt))
@@ -685,7 +685,7 @@ class TransportContract:
         one.close()  # (a broker may have pushed them the next tasks meanwhile)
         two.close()
         # Then the released task comes first, the others after it in order
-        seen = []
+        seen: list[tuple[int, int]] = []
         with transport.consumer(queue) as three:
             while len(seen) < 5 and (delivery := three.reserve(timeout=5)) is not None:
                 seen.append((delivery.payload["n"], delivery.attempt))
@@ -696,7 +696,7 @@ class TransportContract:
 
     def test_prefetching_consumer_keeps_order(self, transport, queue):
         transport.submit_tasks(queue, [{"n": n} for n in range(10)])
-        seen = []
+        seen: list[tuple[int, int]] = []
         with transport.consumer(queue, prefetch=4) as consumer:
             while (delivery := consumer.reserve(timeout=0.5)) is not None:
                 seen.append(delivery.payload["n"])
