@@ -696,7 +696,7 @@ class TransportContract:
 
     def test_prefetching_consumer_keeps_order(self, transport, queue):
         transport.submit_tasks(queue, [{"n": n} for n in range(10)])
-        seen: list[tuple[int, int]] = []
+        seen: list[int] = []
         with transport.consumer(queue, prefetch=4) as consumer:
             while (delivery := consumer.reserve(timeout=0.5)) is not None:
                 seen.append(delivery.payload["n"])
