@@ -25,18 +25,35 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, LiteralString
+from typing import Any, LiteralString, Protocol
 
 import psycopg
 from psycopg import sql
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
-from asynctask.transport import Consumer, Delivery, check_delay
+from asynctask.transport import Consumer, Delivery, Transport, check_delay
 from asynctask.validation import decode_payload
+from asynctask_pgsql.conninfo import Server
 from asynctask_pgsql.schema import channel, consumer_lock_class, sweep_lock_class
+from asynctask_pgsql.statements import Statements
 
-if TYPE_CHECKING:
-    from asynctask_pgsql.transport import PgsqlTransport
+
+class ConsumerHost(Protocol):
+    """What a consumer needs of its transport beyond ``Transport``: the transport passes
+    itself as this, so this module never imports the transport module (which imports it)."""
+
+    sql: Statements
+    schema: str
+    server: Server
+    #: seconds between a consumer's sweeps for dead consumers' rows
+    sweep_interval: float
+    #: libpq settings of a consumer's own connection (keepalives, application name)
+    consumer_connect_kwargs: dict[str, Any]
+
+    def _ready_pool(self) -> object:
+        """Migrate the schema if this is the transport's first call."""
+        ...
+
 
 logger = logging.getLogger("asynctask.pgsql")
 
@@ -47,14 +64,13 @@ _MIN_WAIT = 0.05
 class PgsqlConsumer(Consumer):
     """At-least-once access to one queue over one dedicated connection."""
 
-    transport: PgsqlTransport
-
-    def __init__(self, transport: PgsqlTransport, queue: str, prefetch: int) -> None:
+    def __init__(self, transport: Transport, host: ConsumerHost, queue: str, prefetch: int) -> None:
         super().__init__(transport, queue, prefetch)
-        self._sql = transport.sql
-        self._channel = channel(transport.schema, queue)
-        self._lock_class = consumer_lock_class(transport.schema)
-        self._sweep_class = sweep_lock_class(transport.schema)
+        self._host = host
+        self._sql = host.sql
+        self._channel = channel(host.schema, queue)
+        self._lock_class = consumer_lock_class(host.schema)
+        self._sweep_class = sweep_lock_class(host.schema)
         # The runner's watchdog may settle from a timer thread while the owner waits.
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
@@ -81,7 +97,7 @@ class PgsqlConsumer(Consumer):
                 if time.monotonic() >= self._next_sweep:
                     sweep = {"lock_class": self._lock_class, "sweep_class": self._sweep_class}
                     self._run(self._sql.sweep, {**sweep, "queue": self.queue})
-                    self._next_sweep = time.monotonic() + self.transport.sweep_interval
+                    self._next_sweep = time.monotonic() + self._host.sweep_interval
                 limit = self.prefetch - len(self._buffer)
                 rows = self._run(self._sql.reserve, {"queue": self.queue, "limit": limit})
                 self._acks.clear()
@@ -192,7 +208,7 @@ class PgsqlConsumer(Consumer):
                 self._lost(exc)
                 continue
             except psycopg.Error as exc:
-                raise TransportError(f"{self!r}: {self.transport.server.scrub(str(exc))}") from exc
+                raise TransportError(f"{self!r}: {self._host.server.scrub(str(exc))}") from exc
             if self._outage_since is not None:
                 self._outage_since = None
                 self.transport.note_recovery()
@@ -210,7 +226,7 @@ class PgsqlConsumer(Consumer):
         """Our connection; a new one holds our advisory lock and listens before use."""
         if self._conn is not None and not self._conn.closed:
             return self._conn
-        t = self.transport
+        t = self._host
         if self._owner is None:
             t._ready_pool()  # a worker's first call may be its consumer's: migrate first
         conn = t.server.connect(**t.consumer_connect_kwargs)
@@ -238,12 +254,12 @@ class PgsqlConsumer(Consumer):
         return conn
 
     def _enlist(self, conn: psycopg.Connection[Any], number: int | None) -> tuple[int, bool]:
-        t = self.transport
+        recovery = self.transport.features.recovery_seconds
         params = {
             "lock_class": self._lock_class,
             "id": number,
-            "idle": str(t.consumer_connect_kwargs.get("keepalives_idle", 1)),
-            "user_timeout": str(int(t.features.recovery_seconds * 1000)),
+            "idle": str(self._host.consumer_connect_kwargs.get("keepalives_idle", 1)),
+            "user_timeout": str(int(recovery * 1000)),
         }
         row = conn.execute(self._sql.enlist, params).fetchone()
         assert row is not None
@@ -261,7 +277,8 @@ class PgsqlConsumer(Consumer):
             self._outage_since = None
             reason = str(exc).strip()
             if not isinstance(exc, TransportUnavailable):
-                reason = f"{t.server.describe()} is not reachable: {t.server.scrub(reason)}"
+                server = self._host.server
+                reason = f"{server.describe()} is not reachable: {server.scrub(reason)}"
             raise TransportUnavailable(
                 f"{reason} (gave up after retrying for {t.retry_timeout:g} s)"
             ) from exc

@@ -285,7 +285,7 @@ class PgsqlTransport(Transport):
         return bool(self._query(self.sql.claim, {"key": key, "ttl": ttl}))
 
     def _consumer(self, queue: str, prefetch: int) -> Consumer:
-        return PgsqlConsumer(self, queue, prefetch)  # it connects on its first call
+        return PgsqlConsumer(self, self, queue, prefetch)  # it connects on its first call
 
     def _close(self) -> None:
         pool, self._pool = self._pool, None

@@ -39,7 +39,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import redis
 from redis.exceptions import RedisError
@@ -55,6 +55,7 @@ from asynctask.transport import (
 from asynctask.validation import Payload
 from asynctask_redis import scripts
 from asynctask_redis.connection import DRIVER_OPTIONS, OPTIONS, Server, call, pipeline, run
+from asynctask_redis.consumer import RedisConsumer
 from asynctask_redis.messages import (
     envelope,
     failed_record,
@@ -62,9 +63,6 @@ from asynctask_redis.messages import (
     read_message,
     requeue_text,
 )
-
-if TYPE_CHECKING:
-    from asynctask_redis.consumer import RedisConsumer
 
 logger = logging.getLogger("asynctask.redis")
 
@@ -249,9 +247,7 @@ class RedisTransport(Transport):
         return reply is not None
 
     def _consumer(self, queue: str, prefetch: int) -> Consumer:
-        from asynctask_redis.consumer import RedisConsumer
-
-        consumer = RedisConsumer(self, queue, prefetch)
+        consumer = RedisConsumer(self, self, queue, prefetch)
         with self._beat_lock:
             self._consumers.add(consumer)
             if self._beat_thread is None:
