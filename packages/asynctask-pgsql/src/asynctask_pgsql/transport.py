@@ -159,7 +159,11 @@ class PgsqlTransport(Transport):
         except (psycopg.OperationalError, PoolTimeout) as exc:
             pool = self._pool
             if pool is not None and not self.closed and isinstance(exc, psycopg.OperationalError):
-                pool.check()  # drop every idle connection that broke with this one
+                # Drop every idle connection that broke with this one. psycopg_pool's own
+                # check= would test each connection at every checkout instead: a round
+                # trip per call, 4,455 pooled calls/s against 8,875/s without it
+                # (python -m bench.drivers, same run, 2 cores): so only after an error.
+                pool.check()
             raise TransportUnavailable(
                 f"{self.server.describe()} is not reachable: {self.server.scrub(str(exc).strip())}"
             ) from exc

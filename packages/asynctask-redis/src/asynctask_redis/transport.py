@@ -134,9 +134,11 @@ class RedisTransport(Transport):
         """``fn(connection, *args)`` on a connection of this transport, errors mapped.
 
         A connection that served a call waits on a stack for the next one, skipping
-        redis-py's health check at every checkout (two system calls). One found closed
-        (a server restart, ``CLIENT KILL``) is replaced and the call made again at once,
-        so a stale connection is not an outage.
+        redis-py's health check at every checkout: 17,724 calls/s against 12,995/s
+        with a pool checkout per call (``python -m bench.drivers``, same run). One found
+        closed (a server restart, ``CLIENT KILL``) is replaced and the call made again
+        at once, so a stale connection is not an outage; ``health_check_interval`` in
+        the URI still applies to new connections.
         """
         pool = self.server.pool
         if self._pid != os.getpid():  # forked: those sockets belong to the parent
