@@ -137,8 +137,8 @@ class RedisTransport(Transport):
         redis-py's health check at every checkout: 17,724 calls/s against 12,995/s
         with a pool checkout per call (``python -m bench.drivers``, same run). One found
         closed (a server restart, ``CLIENT KILL``) is replaced and the call made again
-        at once, so a stale connection is not an outage; ``health_check_interval`` in
-        the URI still applies to new connections.
+        at once, so a stale connection is not an outage. ``health_check_interval`` in
+        the URI still applies: redis-py's ``send_packed_command`` runs that check.
         """
         pool = self.server.pool
         if self._pid != os.getpid():  # forked: those sockets belong to the parent
