@@ -96,6 +96,23 @@ def _reserve_attempt(transport: Transport, queue: str, report: Any) -> None:
     report.put(None if delivery is None else delivery.attempt)
 
 
+def _reserve_then_ack_late(transport: Transport, queue: str, report: Any, go: Any) -> None:
+    """Reserve a task and report its attempt; once told (``go``), acknowledge it and
+    close, then report "done". (In-process stores: report the consumer and delivery and
+    end the thread, which is this consumer's death; the caller acknowledges late.)"""
+    consumer = transport.consumer(queue)
+    delivery = consumer.reserve(timeout=30)
+    assert delivery is not None
+    if go is None:
+        report.put((consumer, delivery))
+        return
+    report.put(delivery.attempt)
+    go.wait(120)
+    consumer.ack(delivery)
+    consumer.close()
+    report.put("done")
+
+
 def _drain_all(transport: Transport, queue: str, report: Any) -> None:
     """Say "ready" once waiting, then take tasks, each taking 5 ms of work, until none
     comes for 1.5 s; report their numbers."""
@@ -750,6 +767,47 @@ class TransportContract:
         assert attempts == [1, 2, 3], attempts
         [failed] = transport.failed_tasks(queue)
         assert failed.attempts == 3 and failed.payload == {"n": 1}
+        assert probe.stored(queue) == 0
+
+    def test_a_late_ack_leaves_the_task_delivered_again_to_another(self, transport, queue, probe):
+        """A consumer that looked dead (stopped, its connections dropped) while its task
+        went to another consumer acknowledges it late: the other's delivery stays until
+        that one settles it. Fails against an ack that deletes by task id alone."""
+        transport.submit_task(queue, {"n": 1})
+        report = self._report_queue(transport)
+        multi = transport.features.multiprocess
+        go = multiprocessing.get_context("spawn").Event() if multi else None
+        handle = self._run_apart(transport, _reserve_then_ack_late, queue, report, go)
+        first = report.get(timeout=60)
+        # Given the first consumer frozen and cut off (a thread simply ends in-process)
+        if multi:
+            assert first == 1
+            os.kill(handle.pid, signal.SIGSTOP)
+            probe.drop_connections()
+        else:
+            handle.join()
+        try:
+            # When the task is delivered again to another consumer
+            bound = transport.features.recovery_seconds
+            with transport.consumer(queue) as rival:
+                again = rival.reserve(timeout=bound + 10)
+                assert again is not None and again.attempt == 2
+                # And the first one wakes up and acknowledges its old delivery
+                if multi:
+                    os.kill(handle.pid, signal.SIGCONT)
+                    go.set()
+                    assert report.get(timeout=60) == "done"
+                else:
+                    dead_consumer, delivery = first
+                    dead_consumer.ack(delivery)
+                    dead_consumer.close()
+                # Then the new delivery is still stored, the rival's to settle
+                assert probe.stored(queue) == 1
+                rival.ack(again)
+        finally:
+            if multi:
+                os.kill(handle.pid, signal.SIGCONT)
+                handle.join(30)
         assert probe.stored(queue) == 0
 
     def test_every_settle_call_survives_a_dropped_connection(self, transport, queue, probe):

@@ -287,8 +287,13 @@ class LocalMemConsumer(Consumer):
     def _settle(self, delivery: Delivery) -> tuple[_Queue, _Task] | None:
         task = self._held.pop(delivery.id, None)
         q = self.transport._queues.get(self.queue)
-        if task is None or q is None or q.in_flight.pop(delivery.id, None) is None:
-            return None  # already recovered by somebody else: nothing to settle
+        # Recovered meanwhile (its attempts went up) and maybe delivered to another
+        # consumer: that delivery is not ours to settle.
+        if task is None or q is None or task.attempts + 1 != delivery.attempt:
+            return None
+        if q.in_flight.get(delivery.id) is not task:
+            return None
+        del q.in_flight[delivery.id]
         task.owner = None
         return q, task
 
