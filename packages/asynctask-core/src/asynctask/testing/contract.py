@@ -241,12 +241,12 @@ class TransportContract:
         and the transport's retry must store nothing more, ready or delayed. Failed
         against pgsql without its unique task id and redis without its guard key."""
         primitive = transport._put
-        lost: list[int] = []
+        lost: list[str] = []
 
-        def reply_lost(*args: Any) -> None:
-            primitive(*args)
-            if len(lost) < 2:
-                lost.append(1)
+        def reply_lost(queue: str, tasks: Any, delay: float) -> None:
+            primitive(queue, tasks, delay)
+            if tasks[0][0] not in lost:  # the first try of each submit
+                lost.append(tasks[0][0])
                 raise TransportUnavailable("the reply was lost (a test)")
 
         transport._put = reply_lost
