@@ -299,8 +299,10 @@ return n
 
 #: ARGV: prefix, queue, (failed record, replacement or ''), ... Removes each record from
 #: the failed store and its index; pushes its replacement (if any) to the ready list.
-#: Returns how many. (LREM finds a record by a scan in C: a memcmp per entry, about
-#: 0.1 ms for 20,000; the Python side fetched only the records it names.)
+#: Returns how many. (LREM finds a record by a scan in C, from the oldest: the newest of
+#: 20,000 takes about 7 ms; the Python side fetched only the records it names. With 20,000
+#: failed, requeue by one id took 0.35 s reading the whole list, 0.8 ms now; 999 ids
+#: 0.29 s, 35 ms now.)
 TAKE_FAILED = _script(
     "take_failed",
     r"""
