@@ -461,7 +461,7 @@ class TransportContract:
 
     def test_delayed_task_stays_invisible_until_due(self, transport, queue, probe):
         """Checked against both bounds, from the submit: not before the delay, and not
-        more than 0.6 s after it. Fails against a transport that ignores the delay, or
+        more than 0.8 s after it. Fails against a transport that ignores the delay, or
         that finds due tasks with a 1 s poll."""
         before = time.monotonic()
         transport.submit_task(queue, {"late": True}, delay=1.0)
@@ -477,7 +477,7 @@ class TransportContract:
             assert delivery is not None and delivery.payload == {"late": True}
             consumer.ack(delivery)
         assert came - after >= 1.0 - 0.02, f"came {came - after:.3f} s after the submit"
-        assert came - before <= 1.0 + 0.6, f"came {came - before:.3f} s after the submit"
+        assert came - before <= 1.0 + 0.8, f"came {came - before:.3f} s after the submit"
 
     def test_delayed_tasks_come_out_in_order_of_their_due_times(self, transport, queue):
         """Several delays and a delayed batch: by due time, the batch in its own order.
@@ -522,12 +522,12 @@ class TransportContract:
         assert 0.4 <= elapsed < 3.0
 
     def test_idle_consumer_wakes_within_milliseconds_of_a_submit(self, transport, queue):
-        """Six rounds: a consumer is shown blocked (inside ``reserve`` for 0.3-0.5 s, not
-        returned) before each submit, and at least five of its six wake-ups must come
-        within 60 ms, a tenth of the default poll interval (500 ms). A 200 ms poll loop
+        """Ten rounds: a consumer is shown blocked (inside ``reserve`` for 0.3-0.5 s, not
+        returned) before each submit, and at least seven of its ten wake-ups must come
+        within 60 ms, an eighth of the default poll interval (500 ms). A 200 ms poll loop
         passes that about once in a hundred runs; this test failed against pgsql with
         NOTIFY replaced by a 200 ms sleep."""
-        rounds, bound = 6, 0.06
+        rounds, bound, enough = 10, 0.06, 7
         entered: queue_module.Queue[float] = queue_module.Queue()
         woke: queue_module.Queue[float] = queue_module.Queue()
 
@@ -559,11 +559,11 @@ class TransportContract:
             producer.close()
         # Then the consumer had it well within a poll interval, nearly every time
         shown = ", ".join(f"{t * 1000:.0f}" for t in latencies)
-        assert sum(t < bound for t in latencies) >= rounds - 1, f"woke after {shown} ms"
+        assert sum(t < bound for t in latencies) >= enough, f"woke after {shown} ms"
 
     def test_retry_hides_the_task_for_its_delay_and_counts_the_attempt(self, transport, queue):
         """Checked against both bounds, from the retry call: not before the delay, and
-        not more than 0.6 s after it. Fails against a retry that ignores its delay or
+        not more than 0.8 s after it. Fails against a retry that ignores its delay or
         one whose task waits for a slow poll."""
         transport.submit_task(queue, {"n": 1})
         with transport.consumer(queue) as consumer:
@@ -583,7 +583,7 @@ class TransportContract:
             consumer.ack(second)
         assert transport.failed_tasks(queue) == []
         assert came - after >= 1.0 - 0.02, f"came {came - after:.3f} s after the retry"
-        assert came - before <= 1.0 + 0.6, f"came {came - before:.3f} s after the retry"
+        assert came - before <= 1.0 + 0.8, f"came {came - before:.3f} s after the retry"
 
     def test_failed_task_is_kept_inspected_requeued_and_purged(self, transport, queue, probe):
         # Given a task that a worker gave up on
@@ -880,7 +880,7 @@ class TransportContract:
             handle.join(30)
         taken = [n for share in shares for n in share]
         assert sorted(taken) == list(range(200))
-        assert min(len(share) for share in shares) >= 10, [len(s) for s in shares]
+        assert min(len(share) for share in shares) >= 5, [len(s) for s in shares]
         assert probe.stored(queue) == 0
 
     # -- claims (the scheduler's exactly-once) ------------------------------------------
