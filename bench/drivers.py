@@ -38,9 +38,9 @@ def pgsql_ways() -> dict[str, dict[str, Step]]:
     call with and without psycopg_pool's ``check=``."""
     import psycopg_pool
 
-    from asynctask.plugins import load_plugins
+    from asynctask_pgsql.transport import PgsqlTransport
 
-    transport = load_plugins().transport_class(PGSQL)(PGSQL)
+    transport = PgsqlTransport(PGSQL)
     transport.queue_stats("bench_warm")  # migrate, open the pool
     conn = transport.server.connect()
     sql = transport.sql.reserve
@@ -67,7 +67,7 @@ def pgsql_ways() -> dict[str, dict[str, Step]]:
     checked.wait()
     unchecked.wait()
 
-    def pooled(pool: psycopg_pool.ConnectionPool) -> Step:  # type: ignore[type-arg]
+    def pooled(pool: psycopg_pool.ConnectionPool) -> Step:
         def step() -> None:
             with pool.connection() as c:
                 c.execute("SELECT 1").fetchall()
