@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import redis
 from redis.exceptions import RedisError
 
-from asynctask.errors import InvalidURIError
+from asynctask.errors import InvalidURIError, TransportError
 from asynctask.liveness import Liveness
 from asynctask.transport import (
     Consumer,
@@ -123,6 +123,9 @@ class RedisTransport(Transport):
         self._beat_lock = threading.Lock()
         self._beat_stop = threading.Event()
         self._beat_thread: threading.Thread | None = None
+        #: (queue, consumer id, pending acks) of owned consumers whose close could not
+        #: reach Redis: their tasks would stay theirs while their owner lives
+        self.leftovers: list[tuple[str, str, list[bytes]]] = []
 
     def accepts_driver_option(self, name: str) -> bool:
         """``db``, TLS and socket settings go on to redis-py."""
@@ -291,6 +294,17 @@ class RedisTransport(Transport):
         for conn in idle:
             self.server.pool.release(conn)
         self.server.pool.disconnect()
+
+    def hand_back_leftovers(self) -> None:
+        """Finish the close of consumers that could not reach Redis (see ``leftovers``)."""
+        while self.leftovers:
+            queue, cid, acks = self.leftovers[0]
+            try:
+                self._script(scripts.SETTLE, queue, cid, "close", "", "", "0", len(acks), *acks)
+            except TransportError as exc:
+                logger.debug("handing back a closed consumer's tasks: %s", exc)
+                return
+            self.leftovers.pop(0)
 
     # -- heartbeats ---------------------------------------------------------------------
 
