@@ -137,6 +137,11 @@ class PgsqlConsumer(Consumer):
                 if self._held or self._acks:
                     self._run(self._sql.settle, _settle_params(list(self._held), "queued"))
             except TransportError as exc:
+                if self.keeper_owner is not None:
+                    # Its owner lives on (the supervisor beats for it): nobody would sweep
+                    # these, so the transport's next consumer statement hands them back.
+                    leftover = (list(self._owners), list(self._held), list(self._acks))
+                    self.transport.leftovers.append(leftover)
                 logger.warning("%r: could not hand back tasks on close (%s)", self, exc)
             finally:
                 self._held.clear()
@@ -198,7 +203,23 @@ class PgsqlConsumer(Consumer):
             if self._outage_since is not None:
                 self._outage_since = None
                 self.transport.note_recovery()
+            if self.transport.leftovers:
+                self._hand_back_leftovers(conn)
             return rows
+
+    def _hand_back_leftovers(self, conn: psycopg.Connection[Any]) -> None:
+        """Finish the close of owned consumers that could not reach the server."""
+        leftovers = self.transport.leftovers
+        while leftovers:
+            owners, held, acks = leftovers[0]
+            params = _settle_params(held, "queued")
+            params.update(ids=_array(held), owners=_array(owners), acks=_array(acks))
+            try:
+                conn.execute(self._sql.settle, params).fetchall()
+            except psycopg.Error as exc:
+                logger.debug("handing back a closed consumer's tasks: %s", exc)
+                return
+            leftovers.pop(0)
 
     def _wait(self, seconds: float) -> None:
         """Block until a notification on our channel (or one already received) or timeout."""

@@ -101,6 +101,9 @@ class PgsqlTransport(Transport):
         )
         #: how often a consumer looks for dead consumers' tasks
         self.sweep_interval = max(0.1, recovery / 3)
+        #: (numbers, held row ids, pending acks) of owned consumers whose close could not
+        #: reach the server: their rows would stay theirs while their owner lives
+        self.leftovers: list[tuple[list[int], list[int], list[int]]] = []
         #: seconds an owner's row stays alive after its last beat (asynctask.liveness):
         #: a sweep within ``sweep_interval`` after that keeps the bound
         self.owner_lease = max(0.1, recovery - self.sweep_interval)
