@@ -104,13 +104,17 @@ WITH {_DONE}, moved AS (
 
 # A reserved row whose liveness a supervisor keeps (``keeper``: the id of its owner's
 # asynctask_owner row, see asynctask.liveness) lives while that row was beaten within the
-# lease; any other while its consumer's session holds its advisory lock.
+# lease, or the server started within the lease (a restart gives every keeper a lease to
+# reconnect, however long it was down); any other while its consumer's session holds its
+# advisory lock.
 SWEEP = f"""
 WITH dead AS (
     SELECT id FROM {{s}}.asynctask_queue AS t
     WHERE state = 'reserved' AND CASE WHEN t.keeper IS NOT NULL THEN NOT EXISTS (
         SELECT 1 FROM {{s}}.asynctask_owner AS o
-        WHERE o.id = t.keeper AND o.date_beat > now() - make_interval(secs => %(lease)s))
+        WHERE o.id = t.keeper
+          AND greatest(o.date_beat, pg_postmaster_start_time())
+              > now() - make_interval(secs => %(lease)s))
     ELSE NOT EXISTS (
         SELECT 1 FROM pg_locks AS l
         WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
