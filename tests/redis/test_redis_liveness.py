@@ -37,12 +37,14 @@ def test_gil_holding_tasks_keep_their_leases_through_connection_kills_and_a_rest
             uri, {queue: {"worker": "test_gil_hog", "concurrency": 3}}, "--halt-when-empty"
         )
         wait_for(lambda: len(events(ledger, "start")) == 2, 30, "both tasks to start")
-        # When every client connection is dropped twice, then the server restarts
+        # When every client connection is dropped twice, then the server restarts, down
+        # for longer than a liveness key lives
         for _ in range(2):
             client.execute_command("CLIENT", "KILL", "TYPE", "normal")
             time.sleep(1.0)
         client.close()
         server.stop()
+        time.sleep(1.5)  # down longer than the owner keys' expiry (recovery_seconds / 2)
         server.start()
         # Then each task started once and finished once, and the command halts with 0
         assert workers.wait(60) == 0, workers.output()
