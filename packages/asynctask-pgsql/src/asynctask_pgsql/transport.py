@@ -40,7 +40,7 @@ from typing import Any, ClassVar, LiteralString
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from asynctask.errors import TransportError, TransportUnavailable
+from asynctask.errors import TransportError, TransportRefused, TransportUnavailable
 from asynctask.transport import (
     COUNT_NAMES,
     Consumer,
@@ -51,7 +51,7 @@ from asynctask.transport import (
 )
 from asynctask.uri import Option, positive_float, positive_int
 from asynctask.validation import Payload, decode_payload
-from asynctask_pgsql.conninfo import LIBPQ_KEYWORDS, read_server
+from asynctask_pgsql.conninfo import LIBPQ_KEYWORDS, is_refusal, read_server
 from asynctask_pgsql.consumer import PgsqlConsumer
 from asynctask_pgsql.schema import check_schema_name, migrate
 from asynctask_pgsql.statements import Statements
@@ -157,6 +157,13 @@ class PgsqlTransport(Transport):
         try:
             yield
         except (psycopg.OperationalError, PoolTimeout) as exc:
+            text = str(exc).strip()
+            if is_refusal(text):
+                raise TransportRefused(
+                    f"{self.server.describe()} refused the connection: "
+                    f"{self.server.scrub(text)}; check the user, password, database and "
+                    "TLS options (sslmode) of the URI"
+                ) from exc
             pool = self._pool
             if pool is not None and not self.closed and isinstance(exc, psycopg.OperationalError):
                 pool.check()  # drop every idle connection that broke with this one

@@ -9,10 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-from asynctask.errors import AsynctaskError, TransportUnavailable
+from asynctask import exitcodes
+from asynctask.errors import AsynctaskError
 from asynctask.settings import Settings, configure, load_settings
-
-EXIT_UNAVAILABLE = 3
 
 app = typer.Typer(
     name="asynctask",
@@ -60,19 +59,20 @@ JsonOption = Annotated[
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"asynctask: error: {message}", err=True)
+    """Print ``message`` as one line on stderr; return the ``typer.Exit`` to raise."""
+    # One line: a driver's multi-line text (libpq's) reads as one error in a log.
+    line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    typer.echo(f"asynctask: error: {line}", err=True)
     return typer.Exit(code)
 
 
 @contextmanager
 def reported_errors() -> Iterator[None]:
-    """Turn our errors into a message and an exit code (2 bad input, 3 unreachable)."""
+    """Turn our errors into one line and an exit code (see ``asynctask.exitcodes``)."""
     try:
         yield
-    except TransportUnavailable as exc:
-        raise fail(str(exc), EXIT_UNAVAILABLE) from exc
     except AsynctaskError as exc:
-        raise fail(str(exc), 2) from exc
+        raise fail(str(exc), exitcodes.for_error(exc)) from exc
 
 
 def use_settings(sets: list[str] | None, config: Path | None) -> Settings:
