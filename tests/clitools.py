@@ -106,3 +106,30 @@ def own_redis() -> Iterator[OwnRedis]:
     server.start()
     yield server
     server.stop()
+
+
+def fake_distribution(
+    folder: Path,
+    name: str,
+    entry_points: dict[str, dict[str, str]],
+    modules: dict[str, str] | None = None,
+    version: str = "0.1",
+) -> Path:
+    """A distribution installed by hand: a dist-info with entry points, plus modules.
+
+    Put ``folder`` on PYTHONPATH of a subprocess and importlib.metadata finds it as if
+    pip had installed it; nothing is installed in the test's own environment.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    info = folder / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    lines = []
+    for group, entries in entry_points.items():
+        lines.append(f"[{group}]")
+        lines += [f"{key} = {value}" for key, value in entries.items()]
+        lines.append("")
+    (info / "entry_points.txt").write_text("\n".join(lines))
+    for module, text in (modules or {}).items():
+        (folder / f"{module}.py").write_text(text)
+    return folder

@@ -15,27 +15,45 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from asynctask.errors import AsynctaskError, TransportUnavailable
-from asynctask.outage import LOGGER_NAME
+from asynctask.outage import OutageReport
 
 if TYPE_CHECKING:
     from asynctask.child import ChildSpec
     from asynctask.transport import Transport
-
-outage_log = logging.getLogger(LOGGER_NAME)
 
 
 class RunReport:
     """The report file the children write to, and the failed counts before the run."""
 
     def __init__(self) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="asynctask-run-", suffix=".jsonl")
-        os.close(fd)
+        # Created by the first child that appends to it; removed by close().
+        name = f"asynctask-run-{os.getpid()}-{os.urandom(4).hex()}.jsonl"
+        self.path = os.path.join(tempfile.gettempdir(), name)
         self.queues: list[str] = []
         self.failed_before: dict[str, int | None] = {}
+        self.outage = OutageReport("asynctask workers")
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def _watch(self, cls: type[Transport], uri: str) -> None:
+        """Ask the backend every second until it answers: an outage at start is told when
+        it starts, once a minute and when it ends, whatever the children say."""
+        with cls(uri) as transport:
+            while not self._stop.wait(1.0):
+                try:
+                    transport.check()
+                except TransportUnavailable as exc:
+                    self.outage.failed(exc)
+                    continue
+                except AsynctaskError:
+                    return  # a refusal: the children meet it and stop the run
+                self.outage.ok()
+                return
 
     def start(self, transport: Transport, specs: Sequence[ChildSpec]) -> None:
         """Reach the backend once; note each queue's failed count.
@@ -47,15 +65,24 @@ class RunReport:
         try:
             transport.check()
         except TransportUnavailable as exc:
-            outage_log.error(
-                "asynctask workers: backend unreachable at start (%s); the workers wait for it", exc
+            self.outage.failed(exc)
+            self._watcher = threading.Thread(
+                target=self._watch, args=(type(transport), transport.uri), daemon=True
             )
+            self._watcher.start()
             return
         for queue in self.queues:
             self.failed_before[queue] = transport.queue_stats(queue).failed
 
+    def stop_watching(self) -> None:
+        """Stop watching an outage at start (the run is over)."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(5)
+
     def close(self) -> None:
-        """Remove the report file."""
+        """Stop watching; remove the report file."""
+        self.stop_watching()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
 

@@ -147,11 +147,13 @@ def workers(
     finally:
         if schedule_runner is not None:
             schedule_runner.stop()
-        report.close()
+        report.stop_watching()
     if halt_when_empty and code == exitcodes.OK:
         summary = report.summary(registry.transport_class(uri), uri)
+        report.close()
         typer.echo(json.dumps(summary, indent=2) if as_json else summary_table(summary))
         if fail_on_failed and any(row["failed"] for row in summary):
             log.error("Tasks reached the failed store during the run (--fail-on-failed)")
             code = exitcodes.NOT_OBTAINED
+    report.close()
     raise typer.Exit(code)
