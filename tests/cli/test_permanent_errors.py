@@ -12,7 +12,6 @@ import time
 
 import pytest
 import redis
-from clitools import PASSWORD, OwnRedis, run_asynctask
 
 from asynctask.testing import (
     FAST_CHECKS,
@@ -22,6 +21,7 @@ from asynctask.testing import (
     workers_command,
 )
 from backends import BACKENDS
+from clitools import PASSWORD, OwnRedis, run_asynctask
 
 PG = "pgsql://{}127.0.0.1:5432/{}"
 REFUSED = {
