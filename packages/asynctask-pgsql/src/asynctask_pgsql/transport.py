@@ -175,6 +175,21 @@ class PgsqlTransport(Transport):
                 f"{self.server.describe()}: {self.server.scrub(str(exc).strip())}"
             ) from exc
 
+    def _stored(self) -> bool:
+        """Whether the schema exists, asked without creating it.
+
+        Reads (counts, listings, takes, purges) call it until the pool is ready: on a
+        schema nobody made (a typo in ``?schema=``) they answer "nothing" and create
+        nothing, so looking never changes anything. Writes and consumers migrate.
+        """
+        if self._pool is not None and self._pid == os.getpid():
+            return True
+        self._check_open()
+        with self._mapped_errors(), self.server.connect() as conn:
+            query = "SELECT to_regnamespace(%s) IS NOT NULL"
+            [(found,)] = conn.execute(query, (self.schema,)).fetchall()
+        return bool(found)
+
     def _query(self, query: LiteralString, params: Any) -> list[tuple[Any, ...]]:
         """Run one statement on a pooled autocommit connection; return its rows."""
         pool = self._ready_pool()
@@ -245,6 +260,8 @@ class PgsqlTransport(Transport):
             ) from exc
 
     def _take(self, queue: str) -> Payload | None:
+        if not self._stored():
+            return None
         while True:
             rows = self._query(self.sql.take, (queue,))
             if not rows:
@@ -262,25 +279,37 @@ class PgsqlTransport(Transport):
                 self._query(self.sql.keep_failed, row)
 
     def _stats(self, queue: str) -> QueueStats:
+        if not self._stored():
+            return QueueStats(queue, 0, 0, 0, 0, 0)
         [(ready, delayed, retrying, in_flight, failed)] = self._query(self.sql.stats, {"q": queue})
         return QueueStats(queue, ready, delayed, retrying, in_flight, failed)
 
     def _queue_names(self) -> list[str]:
+        if not self._stored():
+            return []
         return [name for (name,) in self._query(self.sql.queue_names, ())]
 
     def _purge(self, queue: str) -> int:
+        if not self._stored():
+            return 0
         [(count,)] = self._query(self.sql.purge, (queue,))
         return int(count)
 
     def _failed(self, queue: str, limit: int) -> list[FailedTask]:
+        if not self._stored():
+            return []
         rows = self._query(self.sql.failed, (queue, limit))
         return [_failed_task(queue, *row) for row in rows]
 
     def _requeue_failed(self, queue: str, ids: Sequence[str] | None) -> int:
+        if not self._stored():
+            return 0
         [(count,)] = self._query(self.sql.requeue_failed, _id_params(queue, ids))
         return int(count)
 
     def _purge_failed(self, queue: str, ids: Sequence[str] | None) -> int:
+        if not self._stored():
+            return 0
         [(count,)] = self._query(self.sql.purge_failed, _id_params(queue, ids))
         return int(count)
 

@@ -151,7 +151,12 @@ def failed_purge(
     typer.echo(f"Purged {count} failed tasks from {queue}.")
 
 
-def plugins(imports: ImportOption = None, as_json: JsonOption = False) -> None:
+def plugins(
+    imports: ImportOption = None,
+    sets: SetOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """List installed transports and workers with their distributions and versions.
 
     Example: asynctask plugins
@@ -159,7 +164,8 @@ def plugins(imports: ImportOption = None, as_json: JsonOption = False) -> None:
     from asynctask.plugins import load_plugins
 
     with reported_errors():
-        registry = load_plugins(imports or [])
+        settings = use_settings(sets, config)
+        registry = load_plugins([*settings.imports, *(imports or [])])
     transports = {
         entry.plugin: sorted(s for s, e in registry.transports.items() if e is entry)
         for entry in registry.transports.values()
