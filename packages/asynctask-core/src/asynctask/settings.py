@@ -251,11 +251,20 @@ class Settings:
         return redact(text)
 
 
-def _parse_text(text: str) -> Any:
-    """A value from an environment variable or ``--set``: JSON, or else a plain string."""
+def _parse_text(text: str, source: str) -> Any:
+    """A value from an environment variable or ``--set``: JSON, or else a plain string.
+
+    A value that starts like a JSON object or list (``{``, ``[``) but is not valid JSON
+    is an error that says where the JSON breaks, not a string read as a bad value.
+    """
     try:
         return json.loads(text)
-    except ValueError:
+    except json.JSONDecodeError as exc:
+        if text.lstrip()[:1] in ("{", "["):
+            raise ConfigurationError(
+                f"{source}: the value is not valid JSON: {exc.msg} at line {exc.lineno} "
+                f"column {exc.colno} (character {exc.pos}): {redact(text)[:120]!r}"
+            ) from exc
         return text
 
 
@@ -315,7 +324,8 @@ def load_settings(
     for name in SETTINGS:
         variable = name.upper()
         if variable in environ:
-            raw[name] = (_parse_text(environ[variable]), f"environment variable {variable}")
+            where = f"environment variable {variable}"
+            raw[name] = (_parse_text(environ[variable], where), where)
 
     for item in overrides:
         name, sep, text = item.partition("=")
@@ -324,7 +334,7 @@ def load_settings(
             raise ConfigurationError(f"--set {item!r}: expected NAME=VALUE")
         if name not in SETTINGS:
             raise _unknown(name, f"--set {name}")
-        raw[name] = (_parse_text(text), f"--set {name}")
+        raw[name] = (_parse_text(text, f"--set {name}"), f"--set {name}")
 
     settings = Settings()
     for name, (value, source) in raw.items():

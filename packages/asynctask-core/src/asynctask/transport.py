@@ -289,9 +289,15 @@ class Transport(ABC):
         return self._call(self._stats, check_queue_name(queue_name))
 
     def queues(self) -> list[QueueStats]:
-        """Every queue with anything stored, with its counts, sorted by name."""
+        """Every queue holding a task in any state, with its counts, sorted by name.
+
+        The same on every transport: a queue a backend still knows but that holds
+        nothing (emptied, or declared and never used) is not listed. A count a backend
+        cannot give (``None``: AMQP's in flight) cannot show a queue.
+        """
         names = self._call(self._queue_names)
-        return [self.queue_stats(name) for name in sorted(set(names))]
+        stats = [self.queue_stats(name) for name in sorted(set(names))]
+        return [s for s in stats if any(getattr(s, count) for count in COUNT_NAMES)]
 
     def purge(self, queue_name: str) -> int:
         """Delete every task of a queue that is not in flight or failed; return how many."""

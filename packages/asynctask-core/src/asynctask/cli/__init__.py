@@ -14,7 +14,7 @@ from collections.abc import Callable
 import typer
 
 from asynctask import exitcodes
-from asynctask.cli import inspect
+from asynctask.cli import changes, inspect
 from asynctask.cli.common import app, failed_app
 from asynctask.cli.workers import workers
 
@@ -24,10 +24,10 @@ __all__ = ["app", "main", "workers_main"]
 app.command()(workers)
 app.command()(inspect.submit)
 app.command()(inspect.queues)
-app.command()(inspect.purge)
+app.command()(changes.purge)
 failed_app.command("list")(inspect.failed_list)
-failed_app.command("requeue")(inspect.failed_requeue)
-failed_app.command("purge")(inspect.failed_purge)
+failed_app.command("requeue")(changes.failed_requeue)
+failed_app.command("purge")(changes.failed_purge)
 app.command()(inspect.schedule)
 app.command()(inspect.plugins)
 app.command("settings")(inspect.show_settings)

@@ -21,6 +21,42 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
+
+
+def installed_distributions() -> list[tuple[str, str]]:
+    """Every installed distribution named asynctask or asynctask-*, with its version."""
+    from importlib.metadata import distributions
+
+    found = {}
+    for dist in distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name == "asynctask" or name.startswith("asynctask-"):
+            found[name] = dist.version
+    return sorted(found.items())
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        for name, version in installed_distributions():
+            typer.echo(f"{name} {version}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="List every installed asynctask distribution with its version, and exit.",
+            callback=_show_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Background task queue: run workers, submit tasks, inspect queues and failures."""
+
+
 failed_app = typer.Typer(
     help="The failed store: list, requeue or purge tasks whose retries are spent.",
     no_args_is_help=True,
