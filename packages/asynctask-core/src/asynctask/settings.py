@@ -224,23 +224,30 @@ class Settings:
         """Seconds between supervisor checks."""
         return float(self.values["asynctask_workers_check_child_interval"]) / 1000
 
-    def check_workers(self, known: Mapping[str, object]) -> None:
-        """Refuse worker names that nobody registered, listing the known ones."""
+    def check_workers(
+        self, known: Mapping[str, object], explain: Callable[[str], str] | None = None
+    ) -> None:
+        """Refuse worker names that nobody registered, listing the known ones.
+
+        ``explain(name)`` may add why a name is unknown (a plugin that failed to load).
+        """
         names = sorted(known) or ["none"]
         for queue, config in self.workers.items():
             if config is not None and config.worker not in known:
+                why = explain(config.worker) if explain else ""
                 raise ConfigurationError(
                     f"setting asynctask_workers (from {self.sources['asynctask_workers']}): "
                     f"queue {queue!r} names the worker {config.worker!r}, which does not "
-                    f"exist; known workers: {', '.join(names)}"
+                    f"exist{why}; known workers: {', '.join(names)}"
                 )
         for index, entry in enumerate(self.schedules, 1):
             worker = entry.get("worker")
             if worker is not None and worker not in known:
+                why = explain(worker) if explain else ""
                 raise ConfigurationError(
                     f"setting asynctask_scheduled_workers (from "
                     f"{self.sources['asynctask_scheduled_workers']}): entry #{index} names "
-                    f"the worker {worker!r}, which does not exist; known workers: "
+                    f"the worker {worker!r}, which does not exist{why}; known workers: "
                     f"{', '.join(names)}"
                 )
 

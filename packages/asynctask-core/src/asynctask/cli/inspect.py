@@ -121,56 +121,28 @@ def plugins(
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List installed transports and workers with their distributions and versions.
+    """List what you can use: transports (by URI scheme) and workers (by the name you put
+    in asynctask_workers), with the distribution and entry point that provide each, and
+    the plugins that failed to load, with their error.
 
     Example: asynctask plugins
     """
+    from asynctask.cli.pluginlist import plugin_rows, plugin_warnings
     from asynctask.plugins import load_plugins
 
     with reported_errors():
         settings = use_settings(sets, config)
         registry = load_plugins([*settings.imports, *(imports or [])])
-    transports = {
-        entry.plugin: sorted(s for s, e in registry.transports.items() if e is entry)
-        for entry in registry.transports.values()
-    }
-    rows = []
-    for info in registry.plugins:
-        kind = "transport" if info.name in transports else "worker"
-        detail = ", ".join(f"{s}:" for s in transports.get(info.name, []))
-        if info.group == "asynctask":
-            workers_of = [
-                n for n, w in registry.workers.items() if w.source == f"plugin {info.name!r}"
-            ]
-            if workers_of and not detail:
-                kind, detail = "workers", ", ".join(sorted(workers_of))
-        else:
-            detail = info.name
-        rows.append(
-            {
-                "name": info.name,
-                "kind": kind,
-                "distribution": info.distribution,
-                "version": info.version,
-                "provides": detail,
-            }
-        )
-    for name, entry in sorted(registry.workers.items()):
-        if entry.source.startswith("module"):
-            rows.append(
-                {
-                    "name": name,
-                    "kind": "worker",
-                    "distribution": "-",
-                    "version": "-",
-                    "provides": entry.source,
-                }
-            )
+    rows = plugin_rows(registry)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    header = ["name", "kind", "distribution", "version", "provides"]
-    typer.echo(table([[r[h] for h in header] for r in rows], header))
+    header = ["name", "kind", "distribution", "version", "entry point"]
+    keys = ["name", "kind", "distribution", "version", "entry_point"]
+    listed = [r for r in rows if r["kind"] != "broken"]
+    typer.echo(table([[r[k] or "-" for k in keys] for r in listed], header))
+    for line in plugin_warnings(rows):
+        typer.echo(line, err=True)
 
 
 def show_settings(

@@ -80,7 +80,7 @@ def workers(
         settings = use_settings(sets, config)
         report = RunReport()
         registry = load_plugins([*settings.imports, *(imports or [])])
-        settings.check_workers(registry.workers)
+        settings.check_workers(registry.user_workers(), registry.unknown_worker_hint)
         specs: list[ChildSpec] = []
         for queue, worker_config in settings.workers.items():
             if worker_config is None:
