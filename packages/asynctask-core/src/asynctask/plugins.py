@@ -50,6 +50,14 @@ KNOWN_DISTRIBUTIONS = {
 }
 
 
+def install_hint(distribution: str) -> str:
+    """How to install one of our distributions, from the index or from a checkout."""
+    return (
+        f'pip install "{distribution}" (from a checkout of asynctask: '
+        f"pip install ./packages/{distribution})"
+    )
+
+
 @dataclass(frozen=True)
 class TransportEntry:
     """A registered transport: its schemes, its loader and the plugin it came from."""
@@ -181,7 +189,7 @@ class Registry:
             hint = ""
             if scheme in KNOWN_DISTRIBUTIONS:
                 dist = KNOWN_DISTRIBUTIONS[scheme]
-                hint = f'; install it with: pip install "{dist}"'
+                hint = f"; install it: {install_hint(dist)}"
             raise InvalidURIError(
                 f"{redact(uri)!r} does not resolve to a known transport; "
                 f"installed: {installed}{hint}{self._broken_hint(hookspecs.PROJECT)}"
