@@ -96,3 +96,15 @@ def test_a_fresh_virtualenv_with_core_and_redis_runs_every_readme_command(tmp_pa
     missing = run("queues")
     assert missing.returncode == 2
     assert "pip install ./packages/asynctask-filesys" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    "package", ["asynctask-core", "asynctask-filesys", "asynctask-pgsql", "asynctask-redis",
+                "asynctask-amqp"],
+)  # fmt: skip
+def test_each_package_readme_says_what_it_is_and_how_to_install_it(package):
+    readme = (ROOT / "packages" / package / "README.md").read_text()
+    assert len(readme.splitlines()) > 20, "a title is not a README"
+    assert "## Installing" in readme
+    assert f"./packages/{package}" in readme  # from a checkout
+    assert "pip install" in readme and "published" in readme  # from the index, once published
