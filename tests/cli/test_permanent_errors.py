@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+import uuid
 
 import pytest
 import redis
@@ -123,3 +124,49 @@ def test_a_bad_option_ends_every_command_with_exit_2(tmp_path):
         assert "no_such_option" in result.err
     command = workers_command(uri, {"abc": "test_record"})
     assert run_asynctask(*command[3:], cwd=tmp_path).code == 2
+
+
+def test_a_pgsql_role_refused_mid_run_stops_every_worker_with_exit_2(tmp_path):
+    import psycopg
+
+    check = BACKENDS["pgsql"][1]
+    assert check is not None
+    require_service("pgsql", check)
+    # Given a login role of our own, and workers running as it in a schema of its own
+    role = f"op_{uuid.uuid4().hex[:10]}"
+    admin = psycopg.connect("host=127.0.0.1 port=5432 dbname=test", autocommit=True)
+    admin.execute(f"CREATE ROLE {role} LOGIN")
+    admin.execute(f"GRANT CREATE ON DATABASE test TO {role}")
+    uri = f"pgsql://{role}@127.0.0.1:5432/test?schema={role}&application_name={role}"
+    command = workers_command(uri, {unique_queue(): "test_record"}, settings=FAST_CHECKS)
+    process = subprocess.Popen(
+        command, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=clean_environment()
+    )
+    try:
+        count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+        deadline = time.monotonic() + 30
+        while admin.execute(count, (role,)).fetchone()[0] == 0:  # type: ignore[index]
+            assert time.monotonic() < deadline, "the worker never connected"
+            time.sleep(0.1)
+        # When the role may no longer log in and its connections are ended
+        admin.execute(f"ALTER ROLE {role} NOLOGIN")
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (role,),
+        )
+        # Then the child's reconnect is refused and the supervisor stops all with exit 2
+        code = process.wait(30)
+        err = process.stderr.read() if process.stderr else ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+        admin.execute(f"DROP SCHEMA IF EXISTS {role} CASCADE")
+        admin.execute(f"REVOKE CREATE ON DATABASE test FROM {role}")
+        admin.execute(f"DROP ROLE {role}")
+        admin.close()
+    assert code == 2, err
+    assert "not permitted to log in" in err and "Traceback" not in err, err
+    assert "restarting" not in err, err

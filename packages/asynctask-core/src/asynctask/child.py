@@ -133,8 +133,12 @@ def main() -> int:
     try:
         result = run_loop(worker, transport, spec.queue, options)
     except (TransportRefused, TransportUnavailable) as exc:
-        # One line, not a traceback: the supervisor stops every child and says why.
+        # One line, not a traceback. A refusal (or, under --halt-when-empty, an outage
+        # past retry_timeout) makes the supervisor stop every child; an outage otherwise
+        # is a death like another: the child is restarted with back-off.
         log.error("Worker %s on queue %s stopped: %s", spec.worker, spec.queue, exc)
+        if isinstance(exc, TransportUnavailable) and not spec.halt_when_empty:
+            return 1
         return exitcodes.child_code_for(exc)
     finally:
         worker.teardown()
