@@ -101,7 +101,7 @@ def workers(
                         rate_max_calls=per_child,
                         rate_period=worker_config.rate_period,
                         prefetch=worker_config.prefetch,
-                        report_path=report.path if halt_when_empty else None,
+                        summary_path=report.path if halt_when_empty else None,
                     )
                 )
         schedule_runner = None
@@ -128,17 +128,21 @@ def workers(
                 "redis:// or amqp://",
                 2,
             )
-        probe = cls(uri)  # refuses bad options now, before any child starts
+        # Made now, it refuses bad options before any child starts; the supervisor keeps
+        # its children's liveness through it (asynctask.liveness).
+        transport = cls(uri)
         try:
-            report.start(probe, specs)
-        finally:
-            probe.close()
+            report.start(transport, specs)  # a backend that refuses us ends the run here
+        except BaseException:
+            transport.close()
+            raise
     supervisor = Supervisor(
         specs,
         check_interval=settings.check_child_interval,
         grace=grace,
         halt_when_empty=halt_when_empty,
         on_stop=None if schedule_runner is None else schedule_runner.stop,
+        transport=transport,
     )
     if schedule_runner is not None:
         schedule_runner.start()
@@ -147,6 +151,7 @@ def workers(
     finally:
         if schedule_runner is not None:
             schedule_runner.stop()
+        transport.close()
         report.stop_watching()
     if halt_when_empty and code == exitcodes.OK:
         summary = report.summary(registry.transport_class(uri), uri)
