@@ -38,10 +38,15 @@ from typing import Any, LiteralString, Protocol
 import psycopg
 from psycopg import sql
 
-from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
+from asynctask.errors import (
+    TransportClosed,
+    TransportError,
+    TransportRefused,
+    TransportUnavailable,
+)
 from asynctask.transport import Consumer, Delivery, Transport, check_delay
 from asynctask.validation import decode_payload
-from asynctask_pgsql.conninfo import Server
+from asynctask_pgsql.conninfo import Server, is_refusal
 from asynctask_pgsql.schema import channel, consumer_lock_class, sweep_lock_class
 from asynctask_pgsql.statements import Statements
 
@@ -299,9 +304,17 @@ class PgsqlConsumer(Consumer):
         return int(row[0]), bool(row[1])
 
     def _lost(self, exc: psycopg.OperationalError | TransportUnavailable) -> None:
-        """The connection failed: drop it, pause with back-off, give up after retry_timeout."""
+        """The connection failed: drop it, pause with back-off, give up after retry_timeout.
+
+        A server that answers and refuses us (a dropped role, a changed password) is not an
+        outage: ``TransportRefused`` at once."""
         self._drop_connection()
         t = self.transport
+        if isinstance(exc, psycopg.OperationalError) and is_refusal(str(exc)):
+            server = self._host.server
+            raise TransportRefused(
+                f"{server.describe()} refused the connection: {server.scrub(str(exc))}"
+            ) from exc
         now = time.monotonic()
         if self._outage_since is None:
             self._outage_since, self._pause = now, 0.05
