@@ -113,6 +113,7 @@ def place(request, tmp_path) -> Iterator[tuple[str, Snapshot]]:
     yield from PLACES[name](tmp_path)
 
 
+@pytest.mark.timeout(300)  # rabbitmqctl takes seconds a call on a busy machine
 def test_looking_creates_nothing(place, tmp_path):
     uri, snapshot = place
     # Given a place nothing was ever stored in
