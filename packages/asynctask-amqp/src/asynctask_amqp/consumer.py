@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import amqp
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
-from asynctask.transport import Consumer, Delivery
+from asynctask.transport import Consumer, Delivery, check_delay
 from asynctask_amqp.link import Link
 from asynctask_amqp.params import map_error
 from asynctask_amqp.topology import (
@@ -221,6 +221,7 @@ class AmqpConsumer(Consumer):
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Publish a copy (attempts + 1) to the retry ladder, then ack the original."""
+        delay = check_delay(delay)
 
         def action(tag: int, received: Received) -> None:
             copy = received.copy(attempts=delivery.attempt)

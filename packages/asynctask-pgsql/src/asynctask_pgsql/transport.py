@@ -171,7 +171,11 @@ class PgsqlTransport(Transport):
                 ) from exc
             pool = self._pool
             if pool is not None and not self.closed and isinstance(exc, psycopg.OperationalError):
-                pool.check()  # drop every idle connection that broke with this one
+                # Drop every idle connection that broke with this one. psycopg_pool's own
+                # check= would test each connection at every checkout instead: a round
+                # trip per call, 4,455 pooled calls/s against 8,875/s without it
+                # (python -m bench.drivers, same run, 2 cores): so only after an error.
+                pool.check()
             raise TransportUnavailable(
                 f"{self.server.describe()} is not reachable: {self.server.scrub(str(exc).strip())}"
             ) from exc
@@ -294,6 +298,12 @@ class PgsqlTransport(Transport):
             return []
         return [name for (name,) in self._query(self.sql.queue_names, ())]
 
+    def _all_stats(self) -> list[QueueStats]:
+        if not self._stored():
+            return []
+        rows = self._query(self.sql.all_stats, ())
+        return [QueueStats(*row) for row in rows]
+
     def _purge(self, queue: str) -> int:
         if not self._stored():
             return 0
@@ -322,10 +332,10 @@ class PgsqlTransport(Transport):
         return bool(self._query(self.sql.claim, {"key": key, "ttl": ttl}))
 
     def _consumer(self, queue: str, prefetch: int) -> Consumer:
-        return PgsqlConsumer(self, queue, prefetch)  # it connects on its first call
+        return PgsqlConsumer(self, self, queue, prefetch)  # it connects on its first call
 
     def _owned_consumer(self, queue: str, prefetch: int, owner: str) -> Consumer:
-        return PgsqlConsumer(self, queue, prefetch, owner)
+        return PgsqlConsumer(self, self, queue, prefetch, owner)
 
     def _liveness(self, queue: str, owner: str) -> Liveness:
         return PgsqlLiveness(self, queue, owner)

@@ -170,8 +170,13 @@ class Server:
 
 
 def pack(commands: Iterable[Sequence[bytes | str | int]]) -> bytes:
-    """Commands in the Redis protocol (RESP). Arguments are bytes, str or int only:
-    redis-py's general encoder costs a fifth of a task's time on the hot path."""
+    """Commands in the Redis protocol (RESP). Arguments are bytes, str or int only.
+
+    Kept rather than redis-py's client, pipelines and ``Script`` because they cost more
+    than the server's work: on one held connection, a command 17,724/s against
+    8,397/s through ``redis.Redis``, a 3-command pipeline 20,640/s against 8,020/s, a
+    script 18,389/s against 7,418/s (``python -m bench.drivers``, same run, 2 cores).
+    """
     parts: list[bytes] = []
     for command in commands:
         parts.append(b"*%d\r\n" % len(command))
