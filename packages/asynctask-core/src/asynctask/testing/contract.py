@@ -793,7 +793,7 @@ class TransportContract:
                 again = rival.reserve(timeout=bound + 10)
                 assert again is not None and again.attempt == 2
                 # And the first one wakes up and acknowledges its old delivery
-                if multi:
+                if go is not None:
                     os.kill(handle.pid, signal.SIGCONT)
                     assert go is not None
                     go.set()
