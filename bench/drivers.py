@@ -15,7 +15,6 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 from bench.plan import PGSQL, REDIS, unique_name
 
