@@ -47,11 +47,25 @@ def pgsql_ways() -> dict[str, dict[str, Step]]:
     queue = unique_name("bench_drv")
 
     def listed() -> None:
-        params = {"queue": queue, "limit": 1, "owner": 7, "owners": [7], "acks": [12345]}
+        params = {
+            "queue": queue,
+            "limit": 1,
+            "owner": 7,
+            "keeper": None,
+            "owners": [7],
+            "acks": [12345],
+        }
         conn.execute(sql, params, prepare=True).fetchall()
 
     def literal() -> None:
-        params = {"queue": queue, "limit": 1, "owner": 7, "owners": "{7}", "acks": "{12345}"}
+        params = {
+            "queue": queue,
+            "limit": 1,
+            "owner": 7,
+            "keeper": None,
+            "owners": "{7}",
+            "acks": "{12345}",
+        }
         conn.execute(sql, params, prepare=True).fetchall()
 
     checked = psycopg_pool.ConnectionPool(

@@ -139,6 +139,9 @@ class AmqpConsumer(Consumer):
             message = self._buffer.popleft()
             tag = message.delivery_info["delivery_tag"]
             received = read_message(message)
+            if self.transport.send_round(link, self.queue, received):  # delayed past a week
+                link.channel.basic_ack(tag)
+                continue
             if received.payload is None:
                 error = received.error or "undecodable message"
                 self.transport._store_failed(link, self.queue, received, error, received.attempts)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from asynctask.api import get_transport
 from asynctask.errors import AsynctaskError, ConfigurationError, TransportUnavailable
+from asynctask.outage import OutageReport
 from asynctask.plugins import load_plugins
 from asynctask.ratelimit import RateLimit
 from asynctask.settings import get_settings
@@ -47,6 +48,13 @@ class LoopOptions:
     stop: threading.Event = field(default_factory=threading.Event)
     #: called (from a watchdog thread) when a task runs past the worker's timeout
     on_timeout: Callable[[], None] | None = None
+    #: called right before a task's ``process()`` starts (a child tells its supervisor)
+    on_start: Callable[[Delivery], None] | None = None
+    #: called once a started task is settled (acknowledged, retried or failed)
+    on_settled: Callable[[Delivery], None] | None = None
+    #: the owner id whose liveness another process keeps (``asynctask.liveness``);
+    #: None: the consumer keeps its own (a heartbeat thread, a held connection)
+    owner: str | None = None
 
 
 @dataclass
@@ -171,9 +179,10 @@ def run_loop(
     result = LoopResult()
     worker._transport, worker._queue_name = transport, queue
     limit = options.max_tasks
-    consumer = transport.consumer(queue, prefetch=options.prefetch)
+    consumer = transport.consumer(queue, prefetch=options.prefetch, owner=options.owner)
     watchdog = _Watchdog(worker, consumer, options.on_timeout)
-    outage = _Outage(worker.logger, options.stop)
+    give_up = transport.retry_timeout if options.halt_when_empty else None
+    outage = _Outage(worker.logger, options.stop, give_up)
     drain_check = DrainCheck(transport, queue)
     try:
         while not options.stop.is_set():
@@ -202,7 +211,7 @@ def run_loop(
                     break
             result.processed += 1
             try:
-                succeeded = _run_one(worker, consumer, delivery, watchdog)
+                succeeded = _run_one(worker, consumer, delivery, watchdog, options)
             except TransportUnavailable as exc:
                 outage.failed(exc)  # not settled: the task comes back and runs again
                 consumer = _renew(transport, consumer, queue, options)
@@ -222,22 +231,31 @@ def run_loop(
 
 
 class _Outage:
-    """Back-off while the backend is away, logged once per outage."""
+    """Back-off while the backend is away, told by an ``OutageReport``; with
+    ``give_up_after`` (``--halt-when-empty``: the transport's retry_timeout) an outage
+    that lasts longer raises ``TransportUnavailable`` instead of waiting forever."""
 
-    def __init__(self, log: logging.Logger, stop: threading.Event) -> None:
-        self.log = log
+    def __init__(
+        self, log: logging.Logger, stop: threading.Event, give_up_after: float | None = None
+    ) -> None:
+        self.report = OutageReport(f"worker {log.name}")
         self.stop = stop
         self.pause = 0.0
+        self.give_up_after = give_up_after
 
     def failed(self, exc: BaseException) -> None:
-        if self.pause == 0.0:
-            self.log.warning("Lost the backend (%s); reconnecting with back-off", exc)
+        self.report.failed(exc)
+        if self.give_up_after is not None and self.report.lasted() > self.give_up_after:
+            raise TransportUnavailable(
+                f"{exc} (gave up after waiting {self.give_up_after:g} s with "
+                "--halt-when-empty; set the URI option retry_timeout to wait longer)"
+            ) from exc
         self.pause = min(max(self.pause * 2, 0.2), 5.0)
         self.stop.wait(self.pause)
 
     def ok(self) -> None:
         if self.pause:
-            self.log.warning("Backend reachable again; carrying on")
+            self.report.ok()
             self.pause = 0.0
 
 
@@ -248,14 +266,18 @@ def _renew(transport: Transport, consumer: Consumer, queue: str, options: LoopOp
         logging.getLogger("asynctask.runner").debug("closing a broken consumer: %s", exc)
     while True:
         try:
-            return transport.consumer(queue, prefetch=options.prefetch)
+            return transport.consumer(queue, prefetch=options.prefetch, owner=options.owner)
         except TransportUnavailable:
             if options.stop.wait(1.0):
-                return transport.consumer(queue, prefetch=options.prefetch)
+                return transport.consumer(queue, prefetch=options.prefetch, owner=options.owner)
 
 
 def _run_one(
-    worker: AsyncTaskWorker, consumer: Consumer, delivery: Delivery, watchdog: _Watchdog
+    worker: AsyncTaskWorker,
+    consumer: Consumer,
+    delivery: Delivery,
+    watchdog: _Watchdog,
+    options: LoopOptions,
 ) -> bool:
     if delivery.attempt > worker.max_retries + 1:
         # Its earlier deliveries ended with their worker dead: do not run it again.
@@ -267,17 +289,22 @@ def _run_one(
         consumer.fail(delivery, error)
         return False
     worker.logger.debug("Got payload: %r", delivery.payload)
+    if options.on_start is not None:
+        options.on_start(delivery)
     watchdog.start(delivery)
     worker.delivery = delivery
+    raised: Exception | None = None
     try:
         worker.process(delivery.payload)
     except Exception as exc:
-        watchdog.cancel()
-        return settle(worker, consumer, delivery, exc)
+        raised = exc
     finally:
         worker.delivery = None
-    watchdog.cancel()
-    return settle(worker, consumer, delivery, None)
+        watchdog.cancel()
+    succeeded = settle(worker, consumer, delivery, raised)
+    if options.on_settled is not None:
+        options.on_settled(delivery)
+    return succeeded
 
 
 def _report_delayed(worker: AsyncTaskWorker, transport: Transport, queue: str) -> None:

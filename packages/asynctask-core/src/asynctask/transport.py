@@ -30,6 +30,8 @@ from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
 from asynctask.errors import InvalidTaskError, TransportClosed, TransportUnavailable
+from asynctask.liveness import Liveness, NoLiveness, check_owner
+from asynctask.outage import OutageReport
 from asynctask.uri import Option, read_options, redact, split_query
 from asynctask.validation import Payload, check_queue_name, encode_payload
 
@@ -39,6 +41,8 @@ T = TypeVar("T")
 
 #: Every count a transport can report; ``features.counts`` names the ones it gives.
 COUNT_NAMES = ("ready", "delayed", "retrying", "in_flight", "failed")
+#: the queue ``check()`` asks about (any valid name: it is only read)
+PROBE_QUEUE = "asynctask_probe"
 
 
 @dataclass(frozen=True)
@@ -223,8 +227,7 @@ class Transport(ABC):
         )
         self.retry_timeout: float = self.options["retry_timeout"]
         self._closed = False
-        self._outage_lock = threading.Lock()
-        self._in_outage = False
+        self._outage = OutageReport(repr(self))
 
     # -- what a subclass may override -------------------------------------------------
 
@@ -284,6 +287,18 @@ class Transport(ABC):
     def _close(self) -> None:
         """Free connections, threads and files."""
 
+    def _owned_consumer(self, queue: str, prefetch: int, owner: str) -> Consumer:
+        """A consumer whose liveness ``self.liveness(queue, owner)`` keeps elsewhere.
+
+        The default ignores the owner: for transports whose consumers keep their own
+        liveness in a way a busy thread cannot lose (a broker-watched connection).
+        """
+        return self._consumer(queue, prefetch)
+
+    def _liveness(self, queue: str, owner: str) -> Liveness:
+        """The keeper of ``owner``'s liveness on ``queue``; see ``asynctask.liveness``."""
+        return NoLiveness(queue, owner, self.features.recovery_seconds / 4)
+
     # -- the public API ---------------------------------------------------------------
 
     def submit_task(
@@ -334,8 +349,14 @@ class Transport(ABC):
         return self._call(self._stats, check_queue_name(queue_name))
 
     def queues(self) -> list[QueueStats]:
-        """Every queue with anything stored, with its counts, sorted by name."""
-        return sorted(self._call(self._all_stats), key=lambda stats: stats.name)
+        """Every queue holding a task in any state, with its counts, sorted by name.
+
+        The same on every transport: a queue a backend still knows but that holds
+        nothing (emptied, or declared and never used) is not listed. A count a backend
+        cannot give (``None``: AMQP's in flight) cannot show a queue.
+        """
+        stats = sorted(self._call(self._all_stats), key=lambda stats: stats.name)
+        return [s for s in stats if any(getattr(s, count) for count in COUNT_NAMES)]
 
     def purge(self, queue_name: str) -> int:
         """Delete every task of a queue that is not in flight or failed; return how many."""
@@ -364,10 +385,38 @@ class Transport(ABC):
             raise InvalidTaskError(f"a claim ttl must be > 0 seconds, got {ttl!r}")
         return self._call(self._claim, key, float(ttl))
 
-    def consumer(self, queue_name: str, prefetch: int = 1) -> Consumer:
-        """An at-least-once consumer of one queue, for one worker; see ``Consumer``."""
+    def check(self) -> None:
+        """Reach the backend once, without retrying and creating nothing.
+
+        Returns when it answers; raises ``TransportRefused`` when it refuses us for good
+        (credentials, database, vhost, TLS) and ``TransportUnavailable`` when it is away.
+        ``asynctask workers`` calls it before starting any child.
+        """
         self._check_open()
-        return self._consumer(check_queue_name(queue_name), prefetch)
+        self._stats(PROBE_QUEUE)
+
+    def consumer(self, queue_name: str, prefetch: int = 1, *, owner: str | None = None) -> Consumer:
+        """An at-least-once consumer of one queue, for one worker; see ``Consumer``.
+
+        With ``owner``, the consumer runs no heartbeat of its own: its tasks stay its own
+        for as long as ``liveness(queue_name, owner)``, kept by another process (the
+        supervisor of ``asynctask workers``), says so. See ``asynctask.liveness``.
+        """
+        self._check_open()
+        queue = check_queue_name(queue_name)
+        if owner is None:
+            return self._consumer(queue, prefetch)
+        return self._owned_consumer(queue, prefetch, check_owner(owner))
+
+    def liveness(self, queue_name: str, owner: str) -> Liveness:
+        """The liveness of ``owner``'s consumers of a queue, for the process that keeps it.
+
+        Call ``beat()`` every ``interval`` seconds while the owner's worker lives and
+        ``end(started)`` once it has exited. Transports whose consumers keep their own
+        liveness return a ``NoLiveness``. See ``asynctask.liveness``.
+        """
+        self._check_open()
+        return self._liveness(check_queue_name(queue_name), check_owner(owner))
 
     def close(self) -> None:
         """Free the transport's connections; later calls raise ``TransportClosed``."""
@@ -425,19 +474,13 @@ class Transport(ABC):
             return result
 
     def note_outage(self, exc: BaseException) -> None:
-        """Log that the backend is unreachable, once per outage (consumers call it too)."""
-        with self._outage_lock:
-            if not self._in_outage:
-                self._in_outage = True
-                logger.warning("%r: backend unreachable (%s); retrying", self, exc)
+        """Log that the backend is unreachable: when it starts, then once a minute
+        (consumers call it too)."""
+        self._outage.failed(exc)
 
     def note_recovery(self) -> None:
         """Log that the backend is back, once, if an outage was logged."""
-        if self._in_outage:
-            with self._outage_lock:
-                if self._in_outage:
-                    self._in_outage = False
-                    logger.warning("%r: backend reachable again", self)
+        self._outage.ok()
 
 
 TT = TypeVar("TT", bound=Transport)

@@ -9,6 +9,14 @@ queue) puts its rows back, counting an attempt. A slow task keeps its row for as
 its consumer's connection lives, however long it runs. TCP keepalives on both ends bound
 how long a vanished host keeps its lock.
 
+A consumer made with an ``owner`` (``asynctask.liveness``: a child of ``asynctask
+workers``) also marks its rows with ``keeper``, the id of the owner's row in
+``asynctask_owner``, which the supervisor beats; the sweep then reads that row, not the
+lock. Its connection may be cut, by a server that aborts it (a LISTEN socket left unread
+through a long task fills up), by ``pg_terminate_backend`` or a failover: it reconnects
+and its rows are still its own (it takes back those it does not know of, see
+``_connect``).
+
 Every call is at most one round trip: ``reserve`` takes up to ``prefetch`` rows with
 ``FOR UPDATE SKIP LOCKED`` and, in the same statement, deletes the rows acknowledged since
 the previous statement, so ``ack`` itself sends nothing. An acknowledged task therefore
@@ -30,10 +38,15 @@ from typing import Any, LiteralString, Protocol
 import psycopg
 from psycopg import sql
 
-from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
+from asynctask.errors import (
+    TransportClosed,
+    TransportError,
+    TransportRefused,
+    TransportUnavailable,
+)
 from asynctask.transport import Consumer, Delivery, Transport, check_delay
 from asynctask.validation import decode_payload
-from asynctask_pgsql.conninfo import Server
+from asynctask_pgsql.conninfo import Server, is_refusal
 from asynctask_pgsql.schema import channel, consumer_lock_class, sweep_lock_class
 from asynctask_pgsql.statements import Statements
 
@@ -47,8 +60,12 @@ class ConsumerHost(Protocol):
     server: Server
     #: seconds between a consumer's sweeps for dead consumers' rows
     sweep_interval: float
+    #: seconds an owner's row stays alive after its last beat (asynctask.liveness)
+    owner_lease: float
     #: libpq settings of a consumer's own connection (keepalives, application name)
     consumer_connect_kwargs: dict[str, Any]
+    #: (numbers, held row ids, pending acks) of owned consumers whose close failed
+    leftovers: list[tuple[list[int], list[int], list[int]]]
 
     def _ready_pool(self) -> object:
         """Migrate the schema if this is the transport's first call."""
@@ -64,8 +81,18 @@ _MIN_WAIT = 0.05
 class PgsqlConsumer(Consumer):
     """At-least-once access to one queue over one dedicated connection."""
 
-    def __init__(self, transport: Transport, host: ConsumerHost, queue: str, prefetch: int) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        host: ConsumerHost,
+        queue: str,
+        prefetch: int,
+        owner: str | None = None,
+    ) -> None:
         super().__init__(transport, queue, prefetch)
+        #: the owner whose keeper keeps this consumer alive; None: its advisory lock
+        self.keeper_owner = owner
+        self._keeper: int | None = None  # the id of the owner's row
         self._host = host
         self._sql = host.sql
         self._channel = channel(host.schema, queue)
@@ -95,7 +122,11 @@ class PgsqlConsumer(Consumer):
                 if self._buffer:
                     return self._buffer.popleft()
                 if time.monotonic() >= self._next_sweep:
-                    sweep = {"lock_class": self._lock_class, "sweep_class": self._sweep_class}
+                    sweep = {
+                        "lock_class": self._lock_class,
+                        "sweep_class": self._sweep_class,
+                        "lease": self._host.owner_lease,
+                    }
                     self._run(self._sql.sweep, {**sweep, "queue": self.queue})
                     self._next_sweep = time.monotonic() + self._host.sweep_interval
                 limit = self.prefetch - len(self._buffer)
@@ -142,6 +173,11 @@ class PgsqlConsumer(Consumer):
                 if self._held or self._acks:
                     self._run(self._sql.settle, _settle_params(list(self._held), "queued"))
             except TransportError as exc:
+                if self.keeper_owner is not None:
+                    # Its owner lives on (the supervisor beats for it): nobody would sweep
+                    # these, so the transport's next consumer statement hands them back.
+                    leftover = (list(self._owners), list(self._held), list(self._acks))
+                    self._host.leftovers.append(leftover)
                 logger.warning("%r: could not hand back tasks on close (%s)", self, exc)
             finally:
                 self._held.clear()
@@ -202,6 +238,7 @@ class PgsqlConsumer(Consumer):
                     bound = {
                         **params,
                         "owner": self._owner,
+                        "keeper": self._keeper,
                         "owners": list(self._owners),
                         "acks": list(self._acks),
                     }
@@ -214,7 +251,23 @@ class PgsqlConsumer(Consumer):
             if self._outage_since is not None:
                 self._outage_since = None
                 self.transport.note_recovery()
+            if self._host.leftovers:
+                self._hand_back_leftovers(conn)
             return rows
+
+    def _hand_back_leftovers(self, conn: psycopg.Connection[Any]) -> None:
+        """Finish the close of owned consumers that could not reach the server."""
+        leftovers = self._host.leftovers
+        while leftovers:
+            owners, held, acks = leftovers[0]
+            params = _settle_params(held, "queued")
+            params.update(owners=owners, acks=acks)
+            try:
+                conn.execute(self._sql.settle, params).fetchall()
+            except psycopg.Error as exc:
+                logger.debug("handing back a closed consumer's tasks: %s", exc)
+                return
+            leftovers.pop(0)
 
     def _wait(self, seconds: float) -> None:
         """Block until a notification on our channel (or one already received) or timeout."""
@@ -238,11 +291,17 @@ class PgsqlConsumer(Consumer):
             while not locked:  # our old number is still held by a lingering session
                 number, locked = self._enlist(conn, None)
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-            if number == held_before:
+            orphaned = [number] if number == held_before else []
+            if self.keeper_owner is not None:
+                # Our rows outlive our sessions: every number we held may have some.
+                [(keeper,)] = conn.execute(self._sql.own, (self.keeper_owner,)).fetchall()
+                self._keeper = int(keeper)
+                orphaned = sorted({number, *self._owners})
+            for held_number in orphaned:
                 # A reserve whose answer the lost connection never delivered left rows
                 # reserved under our number that we do not know of: hand them back. Rows
                 # acknowledged but not yet deleted stay ours: our next statement deletes them.
-                params = {"owner": number, "held": [*self._held, *self._acks]}
+                params = {"owner": held_number, "held": [*self._held, *self._acks]}
                 conn.execute(self._sql.orphans, params).fetchall()
         except BaseException:
             conn.close()
@@ -268,9 +327,17 @@ class PgsqlConsumer(Consumer):
         return int(row[0]), bool(row[1])
 
     def _lost(self, exc: psycopg.OperationalError | TransportUnavailable) -> None:
-        """The connection failed: drop it, pause with back-off, give up after retry_timeout."""
+        """The connection failed: drop it, pause with back-off, give up after retry_timeout.
+
+        A server that answers and refuses us (a dropped role, a changed password) is not an
+        outage: ``TransportRefused`` at once."""
         self._drop_connection()
         t = self.transport
+        if isinstance(exc, psycopg.OperationalError) and is_refusal(str(exc)):
+            server = self._host.server
+            raise TransportRefused(
+                f"{server.describe()} refused the connection: {server.scrub(str(exc))}"
+            ) from exc
         now = time.monotonic()
         if self._outage_since is None:
             self._outage_since, self._pause = now, 0.05

@@ -29,7 +29,12 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from asynctask.errors import InvalidURIError, TransportError, TransportUnavailable
+from asynctask.errors import (
+    InvalidURIError,
+    TransportError,
+    TransportRefused,
+    TransportUnavailable,
+)
 from asynctask.uri import Option, float_at_least, positive_float, positive_int, redact
 from asynctask_redis.scripts import Script
 
@@ -138,9 +143,19 @@ class Server:
         """Our exception for a driver error; ``TransportUnavailable`` is worth retrying."""
         text = self.scrub(f"{type(exc).__name__}: {exc}")
         if isinstance(exc, AuthenticationError | AuthorizationError | NoPermissionError):
-            return TransportError(
+            return TransportRefused(
                 f"Redis at {self.where} refused the credentials ({text}); "
                 "check the user name and password in the URI"
+            )
+        if isinstance(exc, ResponseError) and "DB index is out of range" in str(exc):
+            return TransportRefused(
+                f"Redis at {self.where} has no such database ({text}); use a database "
+                "number the server has (redis://host:6379/0; see its `databases` setting)"
+            )
+        if isinstance(exc, redis.ConnectionError) and "SSL" in str(exc):
+            return TransportRefused(
+                f"Redis at {self.where} refused the TLS set-up ({text}); check rediss:// "
+                "against redis://, the port and the ssl_* options"
             )
         if isinstance(exc, MaxConnectionsError):
             return TransportError(

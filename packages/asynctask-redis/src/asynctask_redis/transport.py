@@ -44,7 +44,8 @@ from typing import Any, ClassVar, TypeVar
 import redis
 from redis.exceptions import RedisError
 
-from asynctask.errors import InvalidURIError
+from asynctask.errors import InvalidURIError, TransportError
+from asynctask.liveness import Liveness
 from asynctask.transport import (
     Consumer,
     FailedTask,
@@ -56,6 +57,7 @@ from asynctask.validation import Payload
 from asynctask_redis import scripts
 from asynctask_redis.connection import DRIVER_OPTIONS, OPTIONS, Server, call, pipeline, run
 from asynctask_redis.consumer import RedisConsumer
+from asynctask_redis.keeper import RedisLiveness
 from asynctask_redis.messages import (
     envelope,
     failed_record,
@@ -113,6 +115,9 @@ class RedisTransport(Transport):
         self._beat_lock = threading.Lock()
         self._beat_stop = threading.Event()
         self._beat_thread: threading.Thread | None = None
+        #: (queue, consumer id, pending acks) of owned consumers whose close could not
+        #: reach Redis: their tasks would stay theirs while their owner lives
+        self.leftovers: list[tuple[str, str, list[bytes]]] = []
 
     def accepts_driver_option(self, name: str) -> bool:
         """``db``, TLS and socket settings go on to redis-py."""
@@ -259,6 +264,12 @@ class RedisTransport(Transport):
                 self._beat_thread.start()
         return consumer
 
+    def _owned_consumer(self, queue: str, prefetch: int, owner: str) -> Consumer:
+        return RedisConsumer(self, self, queue, prefetch, owner)  # its keeper beats, not us
+
+    def _liveness(self, queue: str, owner: str) -> Liveness:
+        return RedisLiveness(self, queue, owner)
+
     def _close(self) -> None:
         self._beat_stop.set()
         if self._beat_thread is not None and self._beat_thread is not threading.current_thread():
@@ -269,6 +280,17 @@ class RedisTransport(Transport):
         for conn in idle:
             self.server.pool.release(conn)
         self.server.pool.disconnect()
+
+    def hand_back_leftovers(self) -> None:
+        """Finish the close of consumers that could not reach Redis (see ``leftovers``)."""
+        while self.leftovers:
+            queue, cid, acks = self.leftovers[0]
+            try:
+                self._script(scripts.SETTLE, queue, cid, "close", "", "", "0", len(acks), *acks)
+            except TransportError as exc:
+                logger.debug("handing back a closed consumer's tasks: %s", exc)
+                return
+            self.leftovers.pop(0)
 
     # -- heartbeats ---------------------------------------------------------------------
 

@@ -795,6 +795,7 @@ class TransportContract:
                 # And the first one wakes up and acknowledges its old delivery
                 if go is not None:
                     os.kill(handle.pid, signal.SIGCONT)
+                    assert go is not None
                     go.set()
                     assert report.get(timeout=60) == "done"
                 else:
