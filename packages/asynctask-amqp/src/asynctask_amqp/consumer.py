@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import amqp
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
-from asynctask.transport import Consumer, Delivery, Transport
+from asynctask.transport import Consumer, Delivery, Transport, check_delay
 from asynctask_amqp.link import DRIVER_ERRORS, Heartbeats, Link
 from asynctask_amqp.params import ConnectionParams, map_error
 from asynctask_amqp.topology import (
@@ -69,6 +69,8 @@ class Declarations(Protocol):
     ) -> None: ...
 
     def _declare_rung(self, link: Link, queue: str, ladder: str, delay: float) -> str: ...
+
+    def send_round(self, link: Link, queue: str, received: Received) -> bool: ...
 
 
 class AmqpConsumer(Consumer):
@@ -173,6 +175,9 @@ class AmqpConsumer(Consumer):
             message = self._buffer.popleft()
             tag = message.delivery_info["delivery_tag"]
             received = read_message(message)
+            if self._declarations.send_round(link, self.queue, received):  # delayed past a week
+                link.channel.basic_ack(tag)
+                continue
             if received.payload is None:
                 error = received.error or "undecodable message"
                 self._declarations._store_failed(
@@ -254,6 +259,7 @@ class AmqpConsumer(Consumer):
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Publish a copy (attempts + 1) to the retry ladder, then ack the original."""
+        delay = check_delay(delay)
 
         def action(tag: int, received: Received) -> None:
             copy = received.copy(attempts=delivery.attempt)
