@@ -30,7 +30,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import amqp
@@ -313,23 +313,20 @@ class AmqpConsumer(Consumer):
             return
         self._disconnect(lambda: [*self._held.values(), *self._unsubscribe()])
 
-    def abandon(self, unstarted: Sequence[Delivery] = ()) -> None:
-        """The worker died: hand back what it never started (``unstarted``, and what is
-        prefetched: marked released, no attempt), then drop the connection. The broker
-        gives the tasks the worker had started to other consumers at once, and their
-        redelivery counts an attempt."""
+    def abandon(self) -> None:
+        """The worker died: hand back what it never reserved (prefetched, marked
+        released: no attempt), then drop the connection. The broker gives the tasks the
+        worker held to other consumers at once, and their redelivery counts an attempt."""
         if self.closed:
             return
 
         def unseen() -> list[Received]:
             # a round trip: the deliveries the broker sent before its answer are in the
             # buffer after it. No basic.cancel: until the connection closes, the broker
-            # must go on counting the started tasks as delivered to a consumer.
+            # must go on counting the held tasks as delivered to a consumer.
             self._link.channel.basic_qos(0, self.prefetch, False)
-            mine = [d.receipt for d in unstarted if d.receipt[0] == self._generation]
-            held = [self._held[tag] for _, tag, _ in mine if tag in self._held]
             fresh = [m for m in self._buffer if not m.delivery_info["redelivered"]]
-            return [*held, *(read_message(m) for m in fresh)]
+            return [read_message(m) for m in fresh]
 
         self._disconnect(unseen)
 

@@ -13,21 +13,18 @@ nothing here ever blocks), and serves the consumer's calls over a socketpair (fr
 The conversation, worker first::
 
     {"uri", "queue", "prefetch", "worker": pid, "log_level"}      once, at start
-    {"op": "reserve", "timeout": s}   -> {"deliveries": [{"n", "id", "payload", "attempt",
-                                           "submitted_at"}, ...]} or {"error": {...}}
-    {"op": "take", "n"}               -> no answer
-    {"op": "release", "n", "also": [n, ...]}, {"op": "retry", "n", "delay", "error"},
+    {"op": "reserve", "timeout": s}   -> {"delivery": {"n", "id", "payload", "attempt",
+                                           "submitted_at"} | null} or {"error": {...}}
+    {"op": "release", "n"}, {"op": "retry", "n", "delay", "error"},
     {"op": "fail", "n", "error"}      -> {"done": true} once settled (read-your-writes)
     {"op": "close"}                   -> {"closed": true}, then the relay exits
 
 Every request may carry ``"acks": [n, ...]``, done first: the worker acknowledges with
 its next call, which its run loop makes at once (a worker that dies between its ``ack``
 and its next call has that finished task run again, as if it had died a moment
-earlier). A ``reserve`` waits for one delivery, then hands over with it every other one
-already prefetched (none when ``prefetch`` is 1), so that a worker with a prefetch takes
-its next tasks without a round trip; it tells the relay which one it starts (``take``,
-written and not waited for: a worker that dies has only those counted). ``release``
-hands back the task and, in order, those handed over behind it (``also``).
+earlier). A ``reserve`` hands over one task: the worker holds only what it reserved, so
+a connection lost meanwhile repeats at most that, and a dead worker's prefetched tasks
+(still here) go back uncounted.
 
 A worker that dies closes its end of the socket (the kernel does it, however it died);
 the relay notices at once, even in the middle of a ``reserve`` (it waits in slices), hands
@@ -76,10 +73,8 @@ class Relay:
         self.reader = reader
         self.consumer = consumer
         self.worker = worker
-        #: what the worker holds (handed over, not settled), by number
+        #: what the worker holds (reserved, not settled), by number
         self.handed: dict[int, Delivery] = {}
-        #: the numbers of those it started (the others go back uncounted if it dies)
-        self.taken: set[int] = set()
         self._next = 1
 
     def serve(self) -> None:
@@ -101,8 +96,7 @@ class Relay:
                     send(self.sock, answer)
         except (WorkerGone, PeerGone, OSError) as exc:
             logger.debug("relay of %r: worker %d gone (%s)", self.consumer.queue, self.worker, exc)
-            unstarted = [d for n, d in self.handed.items() if n not in self.taken]
-            self.consumer.abandon(unstarted)
+            self.consumer.abandon()
 
     def _wait_for_worker(self) -> None:
         """Block until the worker writes (or closes); check it lives meanwhile."""
@@ -125,15 +119,10 @@ class Relay:
         op = request.get("op")
         if op == "reserve":
             try:
-                return {"deliveries": self._reserve(float(request["timeout"]))}
+                return {"delivery": self._reserve(float(request["timeout"]))}
             except AsynctaskError as exc:
                 return {"error": {"kind": error_kind(exc), "message": str(exc)}}
-        n = int(request["n"])
-        if op == "take":
-            self.taken.add(n)
-            return None
-        self.taken.discard(n)
-        delivery = self.handed.pop(n, None)
+        delivery = self.handed.pop(int(request["n"]), None)
         try:
             if delivery is None:
                 logger.warning(
@@ -149,46 +138,32 @@ class Relay:
                 self.consumer.fail(delivery, str(request["error"]))
             elif op == "release":
                 self.consumer.release(delivery)
-                for also in request.get("also", []):
-                    behind = self.handed.pop(int(also), None)
-                    if behind is not None:
-                        self.consumer.release(behind)
             else:
                 raise PeerGone(f"unknown request {op!r}")
         except AsynctaskError as exc:  # the consumer logged what the broker will do
             logger.warning("relay of %r: %s failed: %s", self.consumer.queue, op, exc)
         return None if op == "ack" else {"done": True}
 
-    def _reserve(self, timeout: float) -> list[dict[str, Any]]:
-        """Wait for one delivery (checking the worker lives between slices); then take
-        every other one already prefetched, without waiting."""
+    def _reserve(self, timeout: float) -> dict[str, Any] | None:
+        """Wait for a delivery, checking between slices that the worker lives."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
-            first = self.consumer.reserve(min(max(left, 0.0), SLICE))
-            if first is not None:
+            delivery = self.consumer.reserve(min(max(left, 0.0), SLICE))
+            if delivery is not None:
                 break
             if left <= SLICE:
-                return []
+                return None
             self._check_socket()
-        found = [first]
-        while (more := self.consumer.reserve(0.0)) is not None:
-            found.append(more)
-        frames = []
-        self.taken.add(self._next)  # the first is the one the worker reserves now
-        for delivery in found:
-            n, self._next = self._next, self._next + 1
-            self.handed[n] = delivery
-            frames.append(
-                {
-                    "n": n,
-                    "id": delivery.id,
-                    "payload": delivery.payload,
-                    "attempt": delivery.attempt,
-                    "submitted_at": delivery.submitted_at,
-                }
-            )
-        return frames
+        n, self._next = self._next, self._next + 1
+        self.handed[n] = delivery
+        return {
+            "n": n,
+            "id": delivery.id,
+            "payload": delivery.payload,
+            "attempt": delivery.attempt,
+            "submitted_at": delivery.submitted_at,
+        }
 
 
 def error_kind(exc: AsynctaskError) -> str:

@@ -3,9 +3,8 @@
 The same ``Consumer`` as ``AmqpConsumer``, but its connection lives in a relay process
 that it starts and talks to over a socketpair, so a task that holds the GIL in this
 process cannot stop the connection's heartbeats. ``ack`` is sent with the next call (as
-``Consumer.ack`` allows: the run loop reserves right after), and a ``reserve`` takes the
-tasks handed over ahead without a round trip; the other calls wait for the relay's
-answer. See ``asynctask_amqp.relay`` for the conversation.
+``Consumer.ack`` allows: the run loop reserves right after); the other calls wait for
+the relay's answer. See ``asynctask_amqp.relay`` for the conversation.
 """
 
 from __future__ import annotations
@@ -16,11 +15,10 @@ import socket
 import subprocess
 import sys
 import threading
-from collections import deque
 from typing import Any
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
-from asynctask.transport import Consumer, Delivery, Transport
+from asynctask.transport import Consumer, Delivery, Transport, check_delay
 from asynctask_amqp.wire import PeerGone, Reader, send
 
 logger = logging.getLogger("asynctask.amqp")
@@ -73,8 +71,6 @@ class RemoteConsumer(Consumer):
         self._broken = ""  # why the relay cannot be used any more
         #: receipts acknowledged, sent with the next request
         self._acks: list[int] = []
-        #: deliveries handed over by the relay, not reserved yet (the prefetch)
-        self._local: deque[dict[str, Any]] = deque()
         spec = {
             "uri": transport.uri,
             "queue": queue,
@@ -97,28 +93,16 @@ class RemoteConsumer(Consumer):
     def reserve(self, timeout: float) -> Delivery | None:
         """Wait up to ``timeout`` s for a task (the relay reconnects while the broker is away).
 
-        The relay hands over with a delivery the others it had prefetched; they are taken
-        from here, the relay told which (one write, no waiting).
+        One task per call: a task handed over ahead could be taken back by the broker
+        with a lost connection, unseen here, and then run twice.
         """
         self._check_open()
-        if self._local:
-            found = self._local.popleft()
-            with self._lock:
-                try:
-                    if self._broken:
-                        raise OSError(self._broken)
-                    self._send({"op": "take", "n": found["n"]})
-                except OSError as exc:
-                    self._local.clear()  # the relay is gone: so is what it held
-                    raise TransportUnavailable(str(exc)) from exc
-            return self._delivery(found)
         answer = self._ask({"op": "reserve", "timeout": max(0.0, timeout)}, timeout)
         error = answer.get("error")
         if error is not None:
             kind = {"unavailable": TransportUnavailable, "closed": TransportClosed}
             raise kind.get(error.get("kind"), TransportError)(str(error.get("message")))
-        found, *behind = answer.get("deliveries") or [None]
-        self._local.extend(behind)
+        found = answer.get("delivery")
         return None if found is None else self._delivery(found)
 
     def _delivery(self, found: dict[str, Any]) -> Delivery:
@@ -136,7 +120,6 @@ class RemoteConsumer(Consumer):
         if self.closed:
             return
         self.closed = True
-        self._local.clear()  # the relay hands them back with the rest
         with self._lock:
             if not self._broken:
                 try:
@@ -210,19 +193,17 @@ class RemoteConsumer(Consumer):
             self._acks.append(int(delivery.receipt))
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
-        """Back to the queue after ``delay`` s, as the next attempt."""
-        self._settle("retry", delivery, delay=delay, error=error)
+        """Back to the queue after ``delay`` s, as the next attempt (a bad ``delay`` is an
+        ``InvalidTaskError`` here, before anything is sent)."""
+        self._settle("retry", delivery, delay=check_delay(delay), error=error)
 
     def fail(self, delivery: Delivery, error: str) -> None:
         """To the failed store, with ``error``."""
         self._settle("fail", delivery, error=error)
 
     def release(self, delivery: Delivery) -> None:
-        """Back to the head of the queue, untouched (not counted), with what was handed
-        over behind it (the relay pauses deliveries until the next ``reserve``)."""
-        behind = [found["n"] for found in self._local]
-        self._local.clear()
-        self._settle("release", delivery, also=behind)
+        """Back to the head of the queue, untouched (not counted)."""
+        self._settle("release", delivery)
 
     def _check_open(self) -> None:
         if self.closed:
