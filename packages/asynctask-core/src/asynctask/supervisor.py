@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
+from asynctask import events
 from asynctask.child import EXIT_FORCED, ChildSpec
 from asynctask.runner import EXIT_RECYCLE, EXIT_TASK_TIMEOUT
 
@@ -93,6 +94,9 @@ class Supervisor:
             # like any child that dies, instead of ending the supervisor.
             with contextlib.suppress(OSError):
                 process.stdin.close()
+        events.child_event(
+            slot.spec.queue, "restarted" if slot.started else "started", process.pid, None
+        )
         slot.process = process
         slot.started = time.monotonic()
         slot.restart_at = None
@@ -105,6 +109,7 @@ class Supervisor:
         code = slot.process.poll()
         if code is None:
             return None
+        events.child_event(slot.spec.queue, "exited", slot.process.pid, code)
         if slot.pidfd is not None:
             os.close(slot.pidfd)
             slot.pidfd = None

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
+from asynctask import events
 from asynctask.errors import InvalidTaskError, TransportClosed, TransportUnavailable
 from asynctask.uri import Option, read_options, redact, split_query
 from asynctask.validation import Payload, check_queue_name, encode_payload
@@ -269,7 +270,9 @@ class Transport(ABC):
                 raise InvalidTaskError(f"payload #{index}: {exc}") from exc
         if tasks:
             self._call(self._put, queue_name, tasks, delay)
-        return [task_id for task_id, _ in tasks]
+        ids = [task_id for task_id, _ in tasks]
+        events.task_submitted(queue_name, ids)
+        return ids
 
     def get_task(self, queue_name: str) -> Payload | None:
         """Remove the head task of a queue and return its payload (at most once).

@@ -22,7 +22,7 @@ from asynctask.cli import inspect
 from asynctask.cli.common import app, failed_app
 from asynctask.cli.workers import workers
 
-__all__ = ["app", "main", "workers_main"]
+__all__ = ["add_plugin_commands", "app", "main", "workers_main"]
 
 # The commands, in the order `asynctask --help` lists them.
 app.command()(workers)
@@ -37,6 +37,29 @@ app.command()(inspect.plugins)
 app.command("settings")(inspect.show_settings)
 
 
+_plugin_commands_added = False
+
+
+def add_plugin_commands() -> None:
+    """Let plugins add their subcommands (``asynctask_register_commands``), once.
+
+    A plugin that fails to load is not reported here: the command that needs plugins
+    reports it, and ``asynctask --help`` still works.
+    """
+    global _plugin_commands_added
+    if _plugin_commands_added:
+        return
+    _plugin_commands_added = True
+    from asynctask.errors import PluginError
+    from asynctask.plugins import load_plugins
+
+    try:
+        registry = load_plugins()
+    except PluginError:
+        return
+    registry.manager.hook.asynctask_register_commands(app=app)
+
+
 def _run(command: Callable[[], None]) -> None:
     try:
         command()
@@ -46,6 +69,7 @@ def _run(command: Callable[[], None]) -> None:
 
 def main() -> None:
     """Entry point of ``asynctask``."""
+    add_plugin_commands()
     _run(lambda: app())
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,6 +19,9 @@ from asynctask.cli.common import (
     use_settings,
 )
 from asynctask.logs import setup_logging
+
+if TYPE_CHECKING:
+    from asynctask.plugins import Registry
 
 
 def workers(
@@ -46,6 +50,16 @@ def workers(
             "--grace", help="Seconds children get to finish their task on SIGTERM.", min=0
         ),
     ] = 30.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            help="Serve Prometheus metrics on this port (needs asynctask-prometheus); "
+            "the same as the setting asynctask_metrics_port.",
+            min=1,
+            max=65535,
+        ),
+    ] = None,
 ) -> None:
     """Run one supervised child process per configured queue (and per scheduled queue).
 
@@ -113,6 +127,9 @@ def workers(
                 2,
             )
         cls(uri).close()  # refuses bad options now, before any child starts
+        stop_metrics = _start_metrics(
+            registry, metrics_port or settings.metrics_port, uri, [s.queue for s in specs]
+        )
     supervisor = Supervisor(
         specs,
         check_interval=settings.check_child_interval,
@@ -127,7 +144,29 @@ def workers(
     finally:
         if schedule_runner is not None:
             schedule_runner.stop()
+        if stop_metrics is not None:
+            stop_metrics()
     raise typer.Exit(code)
+
+
+def _start_metrics(
+    registry: Registry, port: int | None, uri: str, queues: list[str]
+) -> Callable[[], None] | None:
+    """Start the metrics plugin's server, or refuse a port nobody can serve."""
+    if port is None:
+        return None
+    from asynctask.api import get_transport
+
+    stop: Callable[[], None] | None = registry.manager.hook.asynctask_metrics_server(
+        port=port, transport=get_transport(uri), queues=sorted(set(queues))
+    )
+    if stop is None:
+        raise fail(
+            f"--metrics-port {port} (or asynctask_metrics_port) needs a metrics plugin: "
+            'pip install "asynctask-prometheus"',
+            2,
+        )
+    return stop
 
 
 # -- submit and inspect ----------------------------------------------------------------
