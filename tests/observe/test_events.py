@@ -102,7 +102,7 @@ def test_hooks_see_submit_every_attempt_and_its_outcome(plugin):
 def test_a_task_past_its_retries_ends_failed_with_its_error(plugin):
     recorder = plugin(Recorder(), "recorder")
     queue = unique_queue()
-    [tid] = get_transport("localmem:").submit_tasks(queue, [{"always": True}])
+    get_transport("localmem:").submit_tasks(queue, [{"always": True}])
     drain(FailsTwice(), queue)
     ends = [(e[4], e[5]) for e in recorder.seen if e[0] == "finished"]
     assert ends == [(1, "retried"), (2, "retried"), (3, "retried"), (4, "failed")]

@@ -231,6 +231,10 @@ class Transport(ABC):
     def _claim(self, key: str, ttl: float) -> bool:
         """Atomically take ``key`` for ``ttl`` seconds; False if somebody holds it."""
 
+    def _oldest_ready(self, queue: str) -> float | None:
+        """Submit time of the oldest ready task; override where the backend can tell."""
+        return None
+
     @abstractmethod
     def _consumer(self, queue: str, prefetch: int) -> Consumer:
         """A new consumer of ``queue``."""
@@ -294,6 +298,14 @@ class Transport(ABC):
         """Every queue with anything stored, with its counts, sorted by name."""
         names = self._call(self._queue_names)
         return [self.queue_stats(name) for name in sorted(set(names))]
+
+    def oldest_ready(self, queue_name: str) -> float | None:
+        """When the oldest ready task was submitted (Unix seconds).
+
+        ``None`` when nothing is ready, or when the backend cannot tell without taking a
+        task (AMQP). ``asynctask top`` shows its age.
+        """
+        return self._call(self._oldest_ready, check_queue_name(queue_name))
 
     def purge(self, queue_name: str) -> int:
         """Delete every task of a queue that is not in flight or failed; return how many."""

@@ -57,7 +57,16 @@ def add_plugin_commands() -> None:
         registry = load_plugins()
     except PluginError:
         return
-    registry.manager.hook.asynctask_register_commands(app=app)
+    for impl in registry.manager.hook.asynctask_register_commands.get_hookimpls():
+        try:
+            impl.function(app)
+        except Exception as exc:
+            # One plugin's broken command must not take the whole command line down.
+            print(
+                f"asynctask: warning: plugin {impl.plugin_name!r} failed to add its commands: "
+                f"{type(exc).__name__}: {exc}",
+                file=sys.stderr,
+            )
 
 
 def _run(command: Callable[[], None]) -> None:

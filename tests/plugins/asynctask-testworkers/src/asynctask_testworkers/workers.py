@@ -63,7 +63,7 @@ class FailWorker(AsyncTaskWorker):
 
 
 class MixedWorker(AsyncTaskWorker):
-    """Succeeds, or raises on every attempt when the payload says ``"fail": true``."""
+    """Sleeps ``seconds``, then succeeds, or raises on every attempt if ``"fail": true``."""
 
     name = "test_mixed"
     max_retries = 2
@@ -71,6 +71,8 @@ class MixedWorker(AsyncTaskWorker):
 
     def process(self, payload: dict[str, Any]) -> None:
         record(payload, "start")
+        if payload.get("seconds"):
+            time.sleep(float(payload["seconds"]))
         if payload.get("fail"):
             raise ValueError(f"failing on purpose: {payload.get('n')}")
         record(payload, "done")
