@@ -2,44 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import signal
-import socket
 import subprocess
-import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from asynctask import get_transport
 from asynctask.testing import FAST_CHECKS, clean_environment, workers_command
-from support import wait_for
+from support import free_port, scrape, total, wait_for
 
 MAX_RETRIES = 2  # test_mixed's
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    """Every sample as {(name, sorted labels): value}; {} while nothing listens yet."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-    except OSError:
-        return {}
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
-
-
-def total(samples, name, **labels) -> float:
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
 
 
 def test_scrapes_during_and_after_a_known_mix_count_exactly(
@@ -117,8 +90,6 @@ def test_a_restarted_child_keeps_its_counts_and_the_restart_is_counted(
     )
     # When its child is killed and the supervisor starts another, which runs 2 more
     [child] = workers.children()
-    import os
-
     os.kill(child, signal.SIGKILL)
     wait_for(lambda: workers.children() not in ([], [child]), 30, "a new child")
     transport.submit_tasks(queue, [{"ledger": str(ledger), "n": i} for i in range(2)])
@@ -157,3 +128,37 @@ def test_metrics_port_without_the_plugin_exits_2_naming_it(filesys_uri, queue, t
     )
     assert done.returncode == 2, done.stderr
     assert "asynctask-prometheus" in done.stderr
+
+
+def test_grafana_dashboard_reads_only_series_the_supervisor_serves(
+    filesys_uri, queue, start_workers
+):
+    # Given the dashboard shipped in the package
+    import json
+    import re
+    from importlib.resources import files
+
+    text = files("asynctask_prometheus").joinpath("dashboards/asynctask.json").read_text()
+    dashboard = json.loads(text)
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {
+        re.sub(r"_(bucket|count|sum)$", "", m)
+        for e in exprs
+        for m in re.findall(r"asynctask_\w+", e)
+    }
+    # When a supervisor with metrics has run one task
+    port = free_port()
+    get_transport(filesys_uri).submit_task(queue, {"n": 1})
+    workers = start_workers(filesys_uri, {queue: "test_mixed"}, "--metrics-port", str(port))
+    served = wait_for(
+        lambda: (s := scrape(port)) and total(s, "asynctask_tasks_total", queue=queue) == 1 and s,
+        30,
+        "one task counted",
+    )
+    names = {re.sub(r"_(bucket|count|sum)$", "", n) for n, _ in served}
+    # Then every series the dashboard asks for is served, and it is importable as is
+    assert used <= names, used - names
+    assert dashboard["__inputs"][0]["pluginId"] == "prometheus"
+    assert all(p["datasource"]["uid"] == "${DS_PROMETHEUS}" for p in dashboard["panels"])
+    workers.signal(signal.SIGTERM)
+    assert workers.wait(60) == 0
