@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from asynctask import hookimpl
+from asynctask_prometheus.recorder import record_finished
 
 if TYPE_CHECKING:
     import typer
@@ -26,8 +27,6 @@ def asynctask_metrics_server(
 @hookimpl
 def asynctask_task_finished(queue: str, worker: str, outcome: str, duration: float) -> None:
     """Count the attempt and its duration (in a worker child under ``--metrics-port``)."""
-    from asynctask_prometheus.recorder import record_finished
-
     record_finished(queue, worker, outcome, duration)
 
 
