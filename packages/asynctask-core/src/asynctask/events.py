@@ -47,10 +47,11 @@ class _Hook:
         #: replaced, never mutated, so a thread iterating an old list is never disturbed
         self.impls: list[HookImpl] = []
 
-    def call(self, **kwargs: Any) -> None:
+    def call(self, **kwargs: Any) -> list[Any]:
+        results = []
         for impl in self.impls:
             try:
-                impl.function(*[kwargs[arg] for arg in impl.argnames])
+                results.append(impl.function(*[kwargs[arg] for arg in impl.argnames]))
             except Exception:
                 self.impls = [other for other in self.impls if other is not impl]
                 logger.exception(
@@ -60,13 +61,15 @@ class _Hook:
                     impl.plugin_name,
                     os.getpid(),
                 )
+        return results
 
 
+_headers = _Hook("asynctask_submit_headers")
 _submitted = _Hook("asynctask_task_submitted")
 _started = _Hook("asynctask_task_started")
 _finished = _Hook("asynctask_task_finished")
 _child = _Hook("asynctask_child_event")
-_HOOKS = (_submitted, _started, _finished, _child)
+_HOOKS = (_headers, _submitted, _started, _finished, _child)
 
 #: monotonic start time of each running attempt, by (queue, task id), for ``duration``;
 #: kept only while some plugin implements ``asynctask_task_finished``
@@ -91,6 +94,17 @@ def bind(manager: pluggy.PluginManager | None) -> None:
         _started_at.clear()
 
 
+def submit_headers(queue: str) -> dict[str, str]:
+    """The headers plugins add to tasks about to be submitted to ``queue``."""
+    if not _headers.impls:
+        return {}
+    found: dict[str, str] = {}
+    for result in _headers.call(queue=queue):
+        if result:
+            found.update({str(k): str(v) for k, v in result.items()})
+    return found
+
+
 def task_submitted(queue: str, ids: Sequence[str]) -> None:
     """``ids`` were stored on ``queue``."""
     if _submitted.impls:
@@ -107,6 +121,7 @@ def task_started(worker: AsyncTaskWorker, delivery: Delivery) -> None:
             worker=worker.name or "",
             task_id=delivery.id,
             attempt=delivery.attempt,
+            headers=delivery.headers,
         )
 
 

@@ -8,7 +8,7 @@ rather than return values, so one plugin can register many things and the built-
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import pluggy
@@ -70,8 +70,23 @@ def asynctask_task_submitted(queue: str, ids: Sequence[str]) -> None:
 
 
 @hookspec
-def asynctask_task_started(queue: str, worker: str, task_id: str, attempt: int) -> None:
-    """A worker is about to run ``process()`` for attempt ``attempt`` (1 = first)."""
+def asynctask_submit_headers(queue: str) -> Mapping[str, str] | None:
+    """Headers to store with the tasks about to be submitted to ``queue`` (or None).
+
+    Called in the submitting process once per ``submit_task``/``submit_tasks``, before
+    anything is written; the returned mappings of every plugin are merged. Headers are
+    short strings (a W3C ``traceparent``, for one) and reach ``asynctask_task_started``.
+    """
+
+
+@hookspec
+def asynctask_task_started(
+    queue: str, worker: str, task_id: str, attempt: int, headers: Mapping[str, str]
+) -> None:
+    """A worker is about to run ``process()`` for attempt ``attempt`` (1 = first).
+
+    ``headers`` are the task's headers (those ``asynctask_submit_headers`` added).
+    """
 
 
 @hookspec

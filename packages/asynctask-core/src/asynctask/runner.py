@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from asynctask import events
+from asynctask import events, headers
 from asynctask.api import get_transport
 from asynctask.errors import AsynctaskError, ConfigurationError, TransportUnavailable
 from asynctask.plugins import load_plugins
@@ -273,6 +273,7 @@ def _run_one(
         return False
     worker.logger.debug("Got payload: %r", delivery.payload)
     watchdog.start(delivery)
+    headers.take(delivery)
     events.task_started(worker, delivery)
     worker.delivery = delivery
     try:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
-from asynctask import events
+from asynctask import events, headers
 from asynctask.errors import InvalidTaskError, TransportClosed, TransportUnavailable
 from asynctask.uri import Option, read_options, redact, split_query
 from asynctask.validation import Payload, check_queue_name, encode_payload
@@ -90,6 +90,8 @@ class Delivery:
     submitted_at: float | None = None
     #: the transport's own handle (a row id, a raw message, a file path)
     receipt: Any = field(default=None, repr=False)
+    #: string headers stored beside the payload (the signature, for one)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def new_task_id() -> str:
@@ -265,9 +267,12 @@ class Transport(ABC):
         check_queue_name(queue_name)
         delay = _check_delay(delay)
         tasks: list[tuple[str, str]] = []
+        extra = events.submit_headers(queue_name)
         for index, payload in enumerate(payloads):
             try:
-                tasks.append((new_task_id(), encode_payload(payload)))
+                headers.check_payload(payload)
+                text = encode_payload(payload)
+                tasks.append((new_task_id(), headers.attach(text, extra) if extra else text))
             except InvalidTaskError as exc:
                 if index == 0:
                     raise
@@ -283,7 +288,7 @@ class Transport(ABC):
 
         Returns ``None`` when nothing is ready. Workers use ``consumer()`` instead.
         """
-        return self._call(self._take, check_queue_name(queue_name))
+        return headers.strip(self._call(self._take, check_queue_name(queue_name)))
 
     def poll_queue(self, queue_name: str) -> int:
         """How many tasks are ready to be taken now (0 for a queue never used)."""
