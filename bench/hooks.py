@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -37,6 +38,8 @@ from bench.plan import BACKENDS, unavailable, unique_name
 #: plugins of the workspace that only tests use; never part of a measure
 TEST_PLUGINS = "testworkers_hooks,testworkers_lifecycle"
 ALL_PLUGINS = f"{TEST_PLUGINS},prometheus,otel"
+#: tasks of the short drain whose CPU time is taken off the long one's (the start-up)
+SMALL = 100
 
 
 @dataclass
@@ -56,10 +59,16 @@ class Row:
     transport: str
     label: str
     rates: list[float] = field(default_factory=list)
+    #: CPU microseconds per task of the supervisor and its child (load does not change it)
+    cpu: list[float] = field(default_factory=list)
 
     @property
     def best(self) -> float:
         return max(self.rates) if self.rates else 0.0
+
+    @property
+    def best_cpu(self) -> float:
+        return min(self.cpu) if self.cpu else 0.0
 
 
 def _free_port() -> int:
@@ -69,8 +78,12 @@ def _free_port() -> int:
         return port
 
 
-def drain_once(name: str, config: Config, tasks: int, folder: Path) -> float:
-    """Fill a queue, drain it with one child; tasks per second."""
+def drain_once(name: str, config: Config, tasks: int, folder: Path) -> tuple[float, float]:
+    """Fill a queue, drain it with one child; tasks per second and CPU seconds in all.
+
+    The CPU time is that of the supervisor and its child (``RUSAGE_CHILDREN`` counts every
+    reaped descendant): on a loaded machine it moves far less than the wall-clock rate.
+    """
     backend = BACKENDS[name]
     uri, fill_uri = backend.uri(folder), backend.fill_uri(folder)
     queue = unique_name("hooks")
@@ -85,12 +98,15 @@ def drain_once(name: str, config: Config, tasks: int, folder: Path) -> float:
     )
     paths = [str(ROOT)] + ([str(config.core)] if config.core else [])
     env["PYTHONPATH"] = os.pathsep.join(reversed(paths))
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     launched = time.time()
     with open(folder / f"{queue}.log", "wb") as log:
         done = subprocess.run(command, env=env, cwd=folder, stdout=log, stderr=log, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"{config.label}: workers exited {done.returncode} (see {log.name})")
-    return drain_rate(path, launched).rate
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime
+    return drain_rate(path, launched).rate, cpu
 
 
 def per_event(repeat: int = 200_000) -> dict[str, float]:
@@ -120,7 +136,7 @@ def per_event(repeat: int = 200_000) -> dict[str, float]:
     figures["no implementation (ns/task)"] = min(run(repeat) for _ in range(3))
     folder = tempfile.mkdtemp(prefix="bench-hooks-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
-    os.environ["ASYNCTASK_DISABLE_PLUGINS"] = TEST_PLUGINS
+    os.environ["ASYNCTASK_DISABLE_PLUGINS"] = f"{TEST_PLUGINS},otel"
     registry = load_plugins()
     figures["prometheus recording (ns/task)"] = min(run(repeat // 10) for _ in range(3))
     from prometheus_client import CollectorRegistry, generate_latest
@@ -134,8 +150,28 @@ def per_event(repeat: int = 200_000) -> dict[str, float]:
     figures["render a scrape of one child's files (us)"] = (
         (time.perf_counter_ns() - began) / 200 / 1000
     )
-    registry.manager.unregister(name="prometheus")
-    events.bind(None)
+    from asynctask.plugins import reset_plugins
+
+    del registry
+    reset_plugins()
+    del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.environ["ASYNCTASK_DISABLE_PLUGINS"] = f"{TEST_PLUGINS},prometheus"
+    load_plugins()
+    figures["otel, no SDK configured (ns/task)"] = min(run(repeat // 10) for _ in range(3))
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    figures["otel, SDK with in-memory exporter (ns/task)"] = min(
+        run(repeat // 20) for _ in range(3)
+    )
+    reset_plugins()
+    del os.environ["ASYNCTASK_DISABLE_PLUGINS"]
     return figures
 
 
@@ -156,14 +192,22 @@ def render(figures: Mapping[str, float], rows: list[Row], tasks: int, command: s
         "",
         f"## Drain of {tasks:,} no-op tasks, `asynctask workers --halt-when-empty`, one child",
         "",
-        "| transport | configuration | tasks/s | vs plugins off | rounds |",
-        "|---|---|---:|---:|---|",
+        "CPU is the supervisor's and its child's (user + system) per task, start-up left out "
+        f"(a drain of {SMALL} tasks is taken off), the least of the rounds: what a "
+        "configuration costs whatever else the machine is doing. The wall-clock rate (best "
+        "round) moves with the load of the shared machine.",
+        "",
+        "| transport | configuration | CPU us/task | vs plugins off | tasks/s | rounds (tasks/s) |",
+        "|---|---|---:|---:|---:|---|",
     ]
-    base: dict[str, float] = {r.transport: r.best for r in rows if r.label == "plugins off"}
+    base: dict[str, float] = {r.transport: r.best_cpu for r in rows if r.label == "plugins off"}
     for r in rows:
-        ratio = r.best / base[r.transport] if base.get(r.transport) else 0.0
+        extra = r.best_cpu - base.get(r.transport, r.best_cpu)
         rounds = ", ".join(f"{x:,.0f}" for x in r.rates)
-        lines.append(f"| {r.transport} | {r.label} | {r.best:,.0f} | {ratio:.1%} | {rounds} |")
+        lines.append(
+            f"| {r.transport} | {r.label} | {r.best_cpu:,.0f} | {extra:+,.0f} us | "
+            f"{r.best:,.0f} | {rounds} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -199,8 +243,13 @@ def main(argv: list[str]) -> int:
             if round_ % 2:
                 order.reverse()
             for config, row in order:
-                row.rates.append(drain_once(name, config, args.tasks, folder))
-                print(f"{name} {config.label}: {row.rates[-1]:,.0f}/s", file=sys.stderr)
+                # CPU per task is the difference between a long and a short drain, so
+                # the start-up (interpreters, imports) is left out
+                rate, cpu = drain_once(name, config, args.tasks, folder)
+                _, cpu_small = drain_once(name, config, SMALL, folder)
+                row.rates.append(rate)
+                row.cpu.append((cpu - cpu_small) / (args.tasks - SMALL) * 1e6)
+                print(f"{name} {config.label}: {rate:,.0f}/s, {cpu:,.0f} us CPU", file=sys.stderr)
         rows += mine
     command = "python -m bench.hooks " + " ".join(argv)
     text = render(figures, rows, args.tasks, command)
