@@ -40,3 +40,17 @@ class BenchNoopWorker(AsyncTaskWorker):
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class BenchDemoWorker(AsyncTaskWorker):
+    """Sleeps ``seconds``, then succeeds, or raises when ``fail`` (for the metrics chart)."""
+
+    name = "bench_demo"
+    max_retries = 2
+    retry_backoff = 0.2
+
+    def process(self, payload: dict[str, Any]) -> None:
+        """Sleep, then fail on purpose when asked."""
+        time.sleep(float(payload.get("seconds", 0.0)))
+        if payload.get("fail"):
+            raise RuntimeError("failing on purpose (bench_demo)")
