@@ -34,7 +34,7 @@ def attach(payload_text: str, headers: Mapping[str, str]) -> str:
 
 
 def check_payload(payload: Payload | None) -> None:
-    """Refuse a payload that uses the reserved key."""
+    """Refuse a payload that uses the reserved key (call it once the payload is checked)."""
     if payload and KEY in payload:
         raise InvalidTaskError(f"the payload key {KEY!r} is reserved for task headers")
 

@@ -270,8 +270,8 @@ class Transport(ABC):
         extra = events.submit_headers(queue_name)
         for index, payload in enumerate(payloads):
             try:
-                headers.check_payload(payload)
                 text = encode_payload(payload)
+                headers.check_payload(payload)
                 tasks.append((new_task_id(), headers.attach(text, extra) if extra else text))
             except InvalidTaskError as exc:
                 if index == 0:
