@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -38,8 +37,6 @@ from bench.plan import BACKENDS, unavailable, unique_name
 #: plugins of the workspace that only tests use; never part of a measure
 TEST_PLUGINS = "testworkers_hooks,testworkers_lifecycle"
 ALL_PLUGINS = f"{TEST_PLUGINS},prometheus,otel"
-#: tasks of the short drain whose CPU time is taken off the long one's (the start-up)
-SMALL = 100
 
 
 @dataclass
@@ -59,7 +56,7 @@ class Row:
     transport: str
     label: str
     rates: list[float] = field(default_factory=list)
-    #: CPU microseconds per task of the supervisor and its child (load does not change it)
+    #: CPU microseconds per task of the worker child (load changes it little)
     cpu: list[float] = field(default_factory=list)
 
     @property
@@ -79,10 +76,11 @@ def _free_port() -> int:
 
 
 def drain_once(name: str, config: Config, tasks: int, folder: Path) -> tuple[float, float]:
-    """Fill a queue, drain it with one child; tasks per second and CPU seconds in all.
+    """Fill a queue, drain it with one child; tasks per second and child CPU us per task.
 
-    The CPU time is that of the supervisor and its child (``RUSAGE_CHILDREN`` counts every
-    reaped descendant): on a loaded machine it moves far less than the wall-clock rate.
+    The CPU time is the child's from its first task's ``process()`` to its last one's
+    (``bench_cpu`` notes it): start-up and idle waits are left out, and a loaded machine
+    moves it far less than the wall-clock rate.
     """
     backend = BACKENDS[name]
     uri, fill_uri = backend.uri(folder), backend.fill_uri(folder)
@@ -92,20 +90,24 @@ def drain_once(name: str, config: Config, tasks: int, folder: Path) -> tuple[flo
     args = ["--import", "bench.workers", "-q", "--halt-when-empty"]
     if config.metrics:
         args += ["--metrics-port", str(_free_port())]
-    command = workers_command(uri, {queue: {"worker": "bench_noop"}}, *args)
+    command = workers_command(uri, {queue: {"worker": "bench_cpu"}}, *args)
+    cpu_path = folder / f"{queue}.cpu"
     env: dict[str, str] = clean_environment(
-        **{ledger.LEDGER_VARIABLE: path, "ASYNCTASK_DISABLE_PLUGINS": config.disable}
+        **{
+            ledger.LEDGER_VARIABLE: path,
+            "ASYNCTASK_DISABLE_PLUGINS": config.disable,
+            "BENCH_CPU": str(cpu_path),
+        }
     )
     paths = [str(ROOT)] + ([str(config.core)] if config.core else [])
     env["PYTHONPATH"] = os.pathsep.join(reversed(paths))
-    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     launched = time.time()
     with open(folder / f"{queue}.log", "wb") as log:
         done = subprocess.run(command, env=env, cwd=folder, stdout=log, stderr=log, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"{config.label}: workers exited {done.returncode} (see {log.name})")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime
+    count, first, last = cpu_path.read_text().split()
+    cpu = (float(last) - float(first)) / (int(count) - 1) * 1e6
     return drain_rate(path, launched).rate, cpu
 
 
@@ -192,10 +194,10 @@ def render(figures: Mapping[str, float], rows: list[Row], tasks: int, command: s
         "",
         f"## Drain of {tasks:,} no-op tasks, `asynctask workers --halt-when-empty`, one child",
         "",
-        "CPU is the supervisor's and its child's (user + system) per task, start-up left out "
-        f"(a drain of {SMALL} tasks is taken off), the least of the rounds: what a "
+        "CPU is the worker child's (user + system) per task, from its first task to its "
+        "last (start-up and idle waits left out), the least of the rounds: what a "
         "configuration costs whatever else the machine is doing. The wall-clock rate (best "
-        "round) moves with the load of the shared machine.",
+        "round, first to last task) moves with the load of the shared machine.",
         "",
         "| transport | configuration | CPU us/task | vs plugins off | tasks/s | rounds (tasks/s) |",
         "|---|---|---:|---:|---:|---|",
@@ -243,13 +245,12 @@ def main(argv: list[str]) -> int:
             if round_ % 2:
                 order.reverse()
             for config, row in order:
-                # CPU per task is the difference between a long and a short drain, so
-                # the start-up (interpreters, imports) is left out
                 rate, cpu = drain_once(name, config, args.tasks, folder)
-                _, cpu_small = drain_once(name, config, SMALL, folder)
                 row.rates.append(rate)
-                row.cpu.append((cpu - cpu_small) / (args.tasks - SMALL) * 1e6)
-                print(f"{name} {config.label}: {rate:,.0f}/s, {cpu:,.0f} us CPU", file=sys.stderr)
+                row.cpu.append(cpu)
+                print(
+                    f"{name} {config.label}: {rate:,.0f}/s, {cpu:,.1f} us CPU/task", file=sys.stderr
+                )
         rows += mine
     command = "python -m bench.hooks " + " ".join(argv)
     text = render(figures, rows, args.tasks, command)
