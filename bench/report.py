@@ -209,6 +209,9 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "  of the main thread's samples, waiting included (`--idle`).",
         "- `make bench QUICK=1` (or `python -m bench --quick`) is a smoke test of the",
         "  harness with tiny counts; it writes no docs unless given `--docs DIR`.",
+        "- What the lifecycle hooks and the Prometheus and OpenTelemetry plugins cost per",
+        "  task, and the drain with them off, installed and recording: `make bench-hooks`",
+        "  (`python -m bench.hooks`), in [observability-cost.md](observability-cost.md).",
     ]
     return "\n".join(out) + "\n"
 
