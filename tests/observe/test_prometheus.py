@@ -19,7 +19,7 @@ def test_scrapes_during_and_after_a_known_mix_count_exactly(
     backend_uri, queue, ledger, start_workers
 ):
     # Given N tasks that succeed and M that fail every attempt, on two children
-    n_ok, m_fail = 12, 3
+    n_ok, m_fail = 20, 3
     port = free_port()
     transport = get_transport(backend_uri)
     transport.submit_tasks(
@@ -34,9 +34,13 @@ def test_scrapes_during_and_after_a_known_mix_count_exactly(
         "--metrics-port",
         str(port),
     )
-    # Then a scrape during the run sees both children and work still to do
-    during = wait_for(lambda: scrape(port), 30, "the metrics endpoint")
-    assert total(during, "asynctask_children", queue=queue) == 2
+    # Then a scrape during the run sees both children and work still to do (the endpoint
+    # is up before the children start, so wait for them)
+    during = wait_for(
+        lambda: (s := scrape(port)) and total(s, "asynctask_children", queue=queue) == 2 and s,
+        30,
+        "both children in the metrics",
+    )
     ready_or_running = total(during, "asynctask_queue_tasks", queue=queue, state="ready") + total(
         during, "asynctask_queue_tasks", queue=queue, state="in_flight"
     )
