@@ -48,6 +48,13 @@ class LoopOptions:
     stop: threading.Event = field(default_factory=threading.Event)
     #: called (from a watchdog thread) when a task runs past the worker's timeout
     on_timeout: Callable[[], None] | None = None
+    #: called right before a task's ``process()`` starts (a child tells its supervisor)
+    on_start: Callable[[Delivery], None] | None = None
+    #: called once a started task is settled (acknowledged, retried or failed)
+    on_settled: Callable[[Delivery], None] | None = None
+    #: the owner id whose liveness another process keeps (``asynctask.liveness``);
+    #: None: the consumer keeps its own (a heartbeat thread, a held connection)
+    owner: str | None = None
 
 
 @dataclass
@@ -175,7 +182,7 @@ def run_loop(
     result = LoopResult()
     worker._transport, worker._queue_name = transport, queue
     limit = options.max_tasks
-    consumer = transport.consumer(queue, prefetch=options.prefetch)
+    consumer = transport.consumer(queue, prefetch=options.prefetch, owner=options.owner)
     watchdog = _Watchdog(worker, consumer, options.on_timeout)
     outage = _Outage(worker.logger, options.stop)
     drain_check = DrainCheck(transport, queue)
@@ -206,7 +213,7 @@ def run_loop(
                     break
             result.processed += 1
             try:
-                succeeded = _run_one(worker, consumer, delivery, watchdog)
+                succeeded = _run_one(worker, consumer, delivery, watchdog, options)
             except TransportUnavailable as exc:
                 outage.failed(exc)  # not settled: the task comes back and runs again
                 consumer = _renew(transport, consumer, queue, options)
@@ -252,14 +259,18 @@ def _renew(transport: Transport, consumer: Consumer, queue: str, options: LoopOp
         logging.getLogger("asynctask.runner").debug("closing a broken consumer: %s", exc)
     while True:
         try:
-            return transport.consumer(queue, prefetch=options.prefetch)
+            return transport.consumer(queue, prefetch=options.prefetch, owner=options.owner)
         except TransportUnavailable:
             if options.stop.wait(1.0):
-                return transport.consumer(queue, prefetch=options.prefetch)
+                return transport.consumer(queue, prefetch=options.prefetch, owner=options.owner)
 
 
 def _run_one(
-    worker: AsyncTaskWorker, consumer: Consumer, delivery: Delivery, watchdog: _Watchdog
+    worker: AsyncTaskWorker,
+    consumer: Consumer,
+    delivery: Delivery,
+    watchdog: _Watchdog,
+    options: LoopOptions,
 ) -> bool:
     if delivery.attempt > worker.max_retries + 1:
         # Its earlier deliveries ended with their worker dead: do not run it again.
@@ -272,19 +283,24 @@ def _run_one(
         events.task_finished(worker, delivery, "failed", None)
         return False
     worker.logger.debug("Got payload: %r", delivery.payload)
+    if options.on_start is not None:
+        options.on_start(delivery)
     watchdog.start(delivery)
     headers.take(delivery)
     events.task_started(worker, delivery)
     worker.delivery = delivery
+    raised: Exception | None = None
     try:
         worker.process(delivery.payload)
     except Exception as exc:
-        watchdog.cancel()
-        return settle(worker, consumer, delivery, exc)
+        raised = exc
     finally:
         worker.delivery = None
-    watchdog.cancel()
-    return settle(worker, consumer, delivery, None)
+        watchdog.cancel()
+    succeeded = settle(worker, consumer, delivery, raised)
+    if options.on_settled is not None:
+        options.on_settled(delivery)
+    return succeeded
 
 
 def _report_delayed(worker: AsyncTaskWorker, transport: Transport, queue: str) -> None:

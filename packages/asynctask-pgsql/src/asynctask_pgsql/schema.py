@@ -112,6 +112,12 @@ CREATE TABLE IF NOT EXISTS {s}.asynctask_claim (
     date_expires TIMESTAMPTZ NOT NULL
 );
 CREATE SEQUENCE IF NOT EXISTS {s}.asynctask_consumer_id AS INTEGER CYCLE;
+CREATE TABLE IF NOT EXISTS {s}.asynctask_owner (
+    id INTEGER GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    owner TEXT NOT NULL UNIQUE,
+    date_beat TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+ALTER TABLE {s}.asynctask_queue ADD COLUMN IF NOT EXISTS keeper INTEGER;
 CREATE OR REPLACE FUNCTION {s}.asynctask_channel(queue TEXT) RETURNS TEXT
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN octet_length('{s}.' || queue) <= 63 THEN '{s}.' || queue
@@ -134,22 +140,34 @@ CREATE TRIGGER asynctask_notify AFTER INSERT ON {s}.asynctask_queue
 COMMENT ON SCHEMA {s} IS 'version: 2';
 """
 
+# The owner table and the ``keeper`` column (asynctask.liveness) came after version 2
+# shipped: additive, so a version-2 schema without them is completed in place rather
+# than called a new version.
 _READ_VERSION = """
 SELECT obj_description(n.oid, 'pg_namespace'), to_regclass(%s)::text,
        (SELECT count(*) FROM pg_attribute
-        WHERE attrelid = to_regclass(%s) AND attname = 'state' AND NOT attisdropped)
+        WHERE attrelid = to_regclass(%s) AND attname = 'state' AND NOT attisdropped),
+       to_regclass(%s) IS NOT NULL AND EXISTS (SELECT 1 FROM pg_attribute
+        WHERE attrelid = to_regclass(%s) AND attname = 'keeper' AND NOT attisdropped)
 FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %s
 """
 
 
 def _read(conn: psycopg.Connection[Any], schema: str) -> tuple[int | None, bool, bool]:
-    """(version from the comment or None, whether the table exists, whether it is v2)."""
+    """(version from the comment or None, whether the table exists, whether it is v2).
+
+    A version-2 schema that lacks the owner table reads as not current (``None``).
+    """
     table = f"{schema}.asynctask_queue"
-    row = conn.execute(_READ_VERSION, (table, table, schema)).fetchone()
+    owners = f"{schema}.asynctask_owner"
+    row = conn.execute(_READ_VERSION, (table, table, owners, table, schema)).fetchone()
     assert row is not None
-    comment, found, v2 = row
+    comment, found, v2, complete = row
     match = _VERSION.match(comment or "")
-    return (int(match.group(1)) if match else None), found is not None, bool(v2)
+    version = int(match.group(1)) if match else None
+    if version == SCHEMA_VERSION and not complete:
+        version = None
+    return version, found is not None, bool(v2)
 
 
 def migrate(conn: psycopg.Connection[Any], schema: str) -> str:

@@ -126,7 +126,9 @@ def workers(
                 "redis:// or amqp://",
                 2,
             )
-        cls(uri).close()  # refuses bad options now, before any child starts
+        # Made now, it refuses bad options before any child starts; the supervisor keeps
+        # its children's liveness through it (asynctask.liveness).
+        transport = cls(uri)
         stop_metrics = _start_metrics(
             registry, metrics_port or settings.metrics_port, uri, [s.queue for s in specs]
         )
@@ -136,6 +138,7 @@ def workers(
         grace=grace,
         halt_when_empty=halt_when_empty,
         on_stop=None if schedule_runner is None else schedule_runner.stop,
+        transport=transport,
     )
     if schedule_runner is not None:
         schedule_runner.start()
@@ -146,6 +149,7 @@ def workers(
             schedule_runner.stop()
         if stop_metrics is not None:
             stop_metrics()
+        transport.close()
     raise typer.Exit(code)
 
 
