@@ -42,7 +42,7 @@ def test_once_shows_counts_age_and_rates_from_the_metrics(
     transport.submit_tasks(idle, [{"n": n} for n in range(3)])
     transport.submit_tasks(
         queue,
-        [{"ledger": str(ledger), "n": n, "seconds": 0.02} for n in range(150)]
+        [{"ledger": str(ledger), "n": n, "seconds": 0.02} for n in range(500)]
         + [{"ledger": str(ledger), "n": 1000, "fail": True}],
     )
     port = free_port()
@@ -72,6 +72,7 @@ def test_once_shows_counts_age_and_rates_from_the_metrics(
     assert float(cells[5]) > 0, shown.stdout
     assert "rates over the last minute from" in shown.stdout
     transport.purge(idle)
+    transport.purge(queue)
 
 
 def test_once_without_metrics_says_where_rates_come_from(filesys_uri, queue):
