@@ -57,7 +57,15 @@ def test_scrapes_during_and_after_a_known_mix_count_exactly(
             else None
         )
 
-    after = wait_for(settled, 60, f"{n_ok} successes and {m_fail} failures")
+    try:
+        after = wait_for(settled, 90, f"{n_ok} successes and {m_fail} failures")
+    except AssertionError:
+        last = scrape(port)
+        counts = {o: total(last, "asynctask_tasks_total", queue=queue, outcome=o)
+                  for o in ("succeeded", "retried", "failed")}  # fmt: skip
+        workers.signal(signal.SIGTERM)
+        workers.wait(60)
+        raise AssertionError(f"last counts {counts}; workers said:\n{workers.output()}") from None
     assert (
         total(after, "asynctask_tasks_total", queue=queue, outcome="retried")
         == m_fail * MAX_RETRIES
