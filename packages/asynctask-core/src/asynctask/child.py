@@ -10,12 +10,13 @@ supervisor). A child dies with its supervisor, even a SIGKILLed one.
 
 The supervisor keeps the child's liveness (``asynctask.liveness``): the spec carries the
 owner id, and the child tells the supervisor, over the pipe ``report_fd``, which tasks it
-starts (``S <id>``) and which it has settled (``D <id>``), so that when the child dies
-only the task it was running counts an attempt.
+starts and settles (``asynctask.reports``), so that when the child dies only the task it
+was running counts an attempt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -27,12 +28,13 @@ from dataclasses import asdict, dataclass
 from types import FrameType
 from typing import Any
 
-from asynctask.errors import AsynctaskError
+from asynctask import exitcodes
+from asynctask.errors import ConfigurationError, TransportRefused, TransportUnavailable
 from asynctask.logs import setup_logging
 from asynctask.ratelimit import RateLimit
-from asynctask.runner import EXIT_RECYCLE, EXIT_TASK_TIMEOUT, LoopOptions, run_loop
+from asynctask.reports import ReportWriter
+from asynctask.runner import EXIT_RECYCLE, EXIT_TASK_TIMEOUT, LoopOptions, LoopResult, run_loop
 from asynctask.settings import configure, settings_from_raw
-from asynctask.transport import Delivery
 
 #: exit code of a child that found its supervisor gone
 EXIT_FORCED = 70
@@ -55,6 +57,11 @@ class ChildSpec:
     rate_period: float | None = None
     #: None: the worker class's own ``prefetch``
     prefetch: int | None = None
+    #: how many times in a row this slot's child failed to start: after the first, a
+    #: start failure is one line (its traceback was logged the first time)
+    start_failures: int = 0
+    #: a file where the child writes what it did (for the --halt-when-empty summary)
+    summary_path: str | None = None
     #: the owner id whose liveness the supervisor keeps; None: the consumer keeps its own
     owner: str | None = None
     #: the write end of the pipe on which the child reports started and settled tasks
@@ -85,33 +92,6 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(EXIT_FORCED)
 
 
-class _Report:
-    """Tells the supervisor which tasks this child started and settled (one line each).
-
-    A line is far shorter than ``PIPE_BUF``, so each write is whole; one written just
-    before the child dies is still read by the supervisor after it reaps the child.
-    """
-
-    def __init__(self, fd: int | None) -> None:
-        self.fd = fd
-        if fd is not None:
-            os.set_inheritable(fd, False)  # not for the processes a task may start
-
-    def _send(self, line: str) -> None:
-        if self.fd is None:
-            return
-        try:
-            os.write(self.fd, line.encode())
-        except OSError:  # the supervisor is gone: we die with it anyway
-            self.fd = None
-
-    def started(self, delivery: Delivery) -> None:
-        self._send(f"S {delivery.id}\n")
-
-    def settled(self, delivery: Delivery) -> None:
-        self._send(f"D {delivery.id}\n")
-
-
 def main() -> int:
     """Run one worker on one queue until told to stop; return the exit code."""
     spec = ChildSpec(**json.loads(sys.stdin.read()))
@@ -125,7 +105,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    report = _Report(spec.report_fd)
+    report = ReportWriter(spec.report_fd)
 
     from asynctask.api import get_transport
     from asynctask.plugins import load_plugins
@@ -136,9 +116,13 @@ def main() -> int:
         registry = load_plugins([*settings.imports, *spec.imports])
         worker = registry.worker_class(spec.worker)()
         transport = get_transport()
-    except AsynctaskError as exc:
+    except (ConfigurationError, TransportRefused) as exc:
+        # Restarting cannot cure bad settings or a backend that refuses us.
         log.error("Cannot start worker %s on queue %s: %s", spec.worker, spec.queue, exc)
-        return 1
+        return exitcodes.CHILD_PERMANENT
+    except Exception as exc:
+        _start_failed(log, spec, "could not load", exc)
+        return exitcodes.CHILD_START_FAILED
     rate = None
     if spec.rate_max_calls is not None and spec.rate_period is not None:
         rate = RateLimit(spec.rate_max_calls, spec.rate_period, spec.queue)
@@ -155,14 +139,46 @@ def main() -> int:
         owner=spec.owner,
     )
     worker.logger.info("Starting; queue=%s", spec.queue)
-    worker.setup()
+    try:
+        worker.setup()
+    except Exception as exc:
+        _start_failed(log, spec, "setup() raised", exc)
+        transport.close()
+        return exitcodes.CHILD_START_FAILED
     try:
         result = run_loop(worker, transport, spec.queue, options)
+    except (TransportRefused, TransportUnavailable) as exc:
+        # One line, not a traceback. A refusal (or, under --halt-when-empty, an outage
+        # past retry_timeout) makes the supervisor stop every child; an outage otherwise
+        # is a death like another: the child is restarted with back-off.
+        log.error("Worker %s on queue %s stopped: %s", spec.worker, spec.queue, exc)
+        if isinstance(exc, TransportUnavailable) and not spec.halt_when_empty:
+            return 1
+        return exitcodes.child_code_for(exc)
     finally:
         worker.teardown()
         transport.close()
+    _write_summary(spec, result)
     worker.logger.info("Terminating")
     return EXIT_RECYCLE if result.recycled else 0
+
+
+def _start_failed(log: logging.Logger, spec: ChildSpec, what: str, exc: BaseException) -> None:
+    """The first start failure with its traceback; later ones (a crash loop) in one line."""
+    message = f"Worker {spec.worker} on queue {spec.queue} {what}: {type(exc).__name__}: {exc}"
+    if spec.start_failures == 0:
+        log.error("%s", message, exc_info=exc)
+    else:
+        log.error("%s (again; traceback above, at its first failure)", message)
+
+
+def _write_summary(spec: ChildSpec, result: LoopResult) -> None:
+    """Tell the supervisor what this child did (best effort: a summary, not a ledger)."""
+    if spec.summary_path is None:
+        return
+    report = {"queue": spec.queue, "processed": result.processed, "succeeded": result.succeeded}
+    with contextlib.suppress(OSError), open(spec.summary_path, "a") as file:
+        file.write(json.dumps(report) + "\n")
 
 
 if __name__ == "__main__":

@@ -23,15 +23,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from types import FrameType
 
-from asynctask import events
+from asynctask import events, exitcodes
 from asynctask.child import EXIT_FORCED, ChildSpec
 from asynctask.keepers import Keepers
 from asynctask.liveness import Liveness, new_owner
+from asynctask.reports import ReportReader
 from asynctask.runner import EXIT_RECYCLE, EXIT_TASK_TIMEOUT
 from asynctask.transport import Transport
 
@@ -47,9 +47,6 @@ BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 30.0
 #: a child that ran this long before it died starts again after the first back-off
 HEALTHY_RUN = 30.0
-#: settled task ids remembered per child: acknowledgements a consumer has not sent yet
-#: (at most its prefetch, times the tasks it runs at once) are among the last ones
-FINISHED_KEPT = 1024
 
 
 @dataclass
@@ -61,18 +58,15 @@ class Slot:
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     failures: int = 0
+    #: deaths in a row before finishing a task (the child could not start its worker)
+    start_failures: int = 0
     restart_at: float | None = None
     done: bool = False
     pidfd: int | None = field(default=None, repr=False)
     #: the liveness the supervisor keeps for the running child
     liveness: Liveness | None = field(default=None, repr=False)
-    #: the read end of the child's report pipe, and what it said so far
-    report: int | None = field(default=None, repr=False)
-    report_text: bytes = field(default=b"", repr=False)
-    #: ids of the tasks the running child started and has not settled
-    running: set[str] = field(default_factory=set, repr=False)
-    #: ids of the last tasks it settled (an ack may wait for the consumer's next call)
-    finished: deque[str] = field(default_factory=lambda: deque(maxlen=FINISHED_KEPT), repr=False)
+    #: what the running child reported about its tasks
+    report: ReportReader | None = field(default=None, repr=False)
 
 
 class Supervisor:
@@ -95,6 +89,8 @@ class Supervisor:
         self._signals = 0
         self._stop_deadline: float | None = None
         self._forced = False
+        #: set when a child's exit stops every child (a permanent error, a crash loop)
+        self._exit_code: int | None = None
         #: the children's transport, for their liveness; None: children keep their own
         self.transport = transport
         self._keepers: Keepers | None = None
@@ -106,17 +102,18 @@ class Supervisor:
 
     def _start(self, slot: Slot) -> None:
         logger.info("Launching %s", slot.label)
-        spec, report_w = self._keep_alive(slot)
+        slot.spec.start_failures = slot.start_failures
+        spec = self._keep_alive(slot)
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "asynctask.child"],
                 stdin=subprocess.PIPE,
                 close_fds=True,
-                pass_fds=() if report_w is None else (report_w,),
+                pass_fds=() if slot.report is None else (slot.report.write_fd,),
             )
         finally:
-            if report_w is not None:
-                os.close(report_w)
+            if slot.report is not None:
+                slot.report.close_write_end()
         assert process.stdin is not None
         try:
             process.stdin.write(spec.to_json().encode())
@@ -134,51 +131,21 @@ class Supervisor:
         slot.restart_at = None
         slot.pidfd = _pidfd(process.pid)
 
-    def _keep_alive(self, slot: Slot) -> tuple[ChildSpec, int | None]:
-        """The spec of a new child of ``slot``, and the write end of its report pipe.
+    def _keep_alive(self, slot: Slot) -> ChildSpec:
+        """The spec of a new child of ``slot``, its liveness kept and its report open.
 
         A new owner id per child start: a restarted child never inherits a dead one's
         tasks, which ``end()`` hands back when the dead one is reaped.
         """
         if self.transport is None:
-            return slot.spec, None
+            return slot.spec
         owner = new_owner()
         slot.liveness = self.transport.liveness(slot.spec.queue, owner)
         if self._keepers is None:
             self._keepers = Keepers()
         self._keepers.keep(slot.liveness)
-        report_r, report_w = os.pipe()
-        os.set_blocking(report_r, False)
-        slot.report, slot.report_text, slot.running = report_r, b"", set()
-        slot.finished.clear()
-        return replace(slot.spec, owner=owner, report_fd=report_w), report_w
-
-    def _read_report(self, slot: Slot) -> None:
-        """Take in what the child said: ``S <id>`` started, ``D <id>`` settled."""
-        if slot.report is None:
-            return
-        chunks = [slot.report_text]
-        ended = False
-        try:
-            while True:
-                chunk = os.read(slot.report, 65536)
-                if not chunk:
-                    ended = True  # every writer is gone: nothing more will come
-                    break
-                chunks.append(chunk)
-        except BlockingIOError:
-            pass
-        if ended:
-            os.close(slot.report)
-            slot.report = None
-        *lines, slot.report_text = b"".join(chunks).split(b"\n")
-        for line in lines:
-            kind, _, task_id = line.decode("ascii", "replace").partition(" ")
-            if kind == "S":
-                slot.running.add(task_id)
-            elif kind == "D":
-                slot.running.discard(task_id)
-                slot.finished.append(task_id)
+        slot.report = ReportReader()
+        return replace(slot.spec, owner=owner, report_fd=slot.report.write_fd)
 
     def _reap(self, slot: Slot) -> int | None:
         """The exit code of the slot's process if it has ended, else None."""
@@ -197,15 +164,16 @@ class Supervisor:
 
     def _end_liveness(self, slot: Slot) -> None:
         """The child is gone: its tasks go back now, only the started ones counted."""
-        self._read_report(slot)  # what it wrote before it died is still in the pipe
-        if slot.report is not None:
-            os.close(slot.report)
-            slot.report = None
+        report, slot.report = slot.report, None
+        running: set[str] = set()
+        finished: set[str] = set()
+        if report is not None:
+            report.read()  # what it wrote before it died is still in the pipe
+            report.close()
+            running, finished = report.running, set(report.finished)
         if slot.liveness is not None and self._keepers is not None:
-            self._keepers.end(slot.liveness, set(slot.running), set(slot.finished))
+            self._keepers.end(slot.liveness, running, finished)
         slot.liveness = None
-        slot.running = set()
-        slot.finished.clear()
 
     def _after_exit(self, slot: Slot, code: int, now: float) -> None:
         if self._stop_deadline is not None:
@@ -215,6 +183,28 @@ class Supervisor:
             slot.done = True
             logger.info("%s halted: its queue is empty", slot.label)
             return
+        if code in (exitcodes.CHILD_PERMANENT, exitcodes.CHILD_UNAVAILABLE):
+            slot.done = True
+            why = "a permanent error" if code == exitcodes.CHILD_PERMANENT else "an outage"
+            logger.error("%s stopped on %s (logged above); stopping every worker", slot.label, why)
+            self._give_up(
+                exitcodes.USAGE if code == exitcodes.CHILD_PERMANENT else exitcodes.UNAVAILABLE,
+                now,
+            )
+            return
+        if code == exitcodes.CHILD_START_FAILED:
+            slot.start_failures += 1
+            if self.halt_when_empty and slot.start_failures >= exitcodes.CRASH_LOOP_LIMIT:
+                slot.done = True
+                logger.error(
+                    "%s could not start %d times in a row; giving up (--halt-when-empty)",
+                    slot.label,
+                    slot.start_failures,
+                )
+                self._give_up(exitcodes.CRASH_LOOP, now)
+                return
+        else:
+            slot.start_failures = 0
         if code in (EXIT_RECYCLE, EXIT_TASK_TIMEOUT):
             why = (
                 "recycled after max_tasks_per_child"
@@ -232,6 +222,15 @@ class Supervisor:
         else:
             slot.failures += 1
         delay = min(BACKOFF_FIRST * 2 ** (slot.failures - 1), BACKOFF_MAX)
+        slot.restart_at = now + delay
+        if code == exitcodes.CHILD_START_FAILED:
+            logger.error(
+                "Worker for queue %s could not start (%d in a row); restarting in %.1f s",
+                slot.spec.queue,
+                slot.start_failures,
+                delay,
+            )
+            return
         logger.error(
             "Worker for queue %s died (%s); restarting in %.1f s",
             slot.spec.queue,
@@ -247,6 +246,22 @@ class Supervisor:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"s")
 
+    def _give_up(self, code: int, now: float) -> None:
+        """Stop every child as a first signal would, and end with exit code ``code``."""
+        if self._exit_code is None:
+            self._exit_code = code
+        self._begin_stop(now)
+
+    def _begin_stop(self, now: float) -> None:
+        if self._stop_deadline is not None:
+            return
+        self._stop_deadline = now + self.grace
+        if self.on_stop is not None:
+            self.on_stop()
+        for slot in self.slots:
+            slot.restart_at = None
+            self._send(slot, signal.SIGTERM)
+
     def _handle_signals(self, now: float) -> None:
         if self._signals == 0:
             return
@@ -254,12 +269,7 @@ class Supervisor:
             logger.info(
                 "Termination received; children finish their current task (grace %g s)", self.grace
             )
-            self._stop_deadline = now + self.grace
-            if self.on_stop is not None:
-                self.on_stop()
-            for slot in self.slots:
-                slot.restart_at = None
-                self._send(slot, signal.SIGTERM)
+            self._begin_stop(now)
         if self._signals >= 2 and not self._forced:
             logger.warning("Second termination signal; stopping children at once")
             self._kill_all()
@@ -337,6 +347,9 @@ class Supervisor:
             os.close(self._wake_w)
         if self._stop_deadline is None:
             logger.info("All workers halted; closing down...")
+        if self._exit_code is not None:  # a permanent error or a crash loop stopped all
+            logger.info("Complete")
+            return self._exit_code
         if self._forced:
             logger.warning("Children were stopped at once; their tasks come back to the queue")
             return EXIT_FORCED_STOP
@@ -352,14 +365,14 @@ class Supervisor:
         if self._stop_deadline is not None:
             timeout = min(timeout, max(0.0, self._stop_deadline - now))
         fds = [self._wake_r] + [s.pidfd for s in self.slots if s.pidfd is not None]
-        fds += [s.report for s in self.slots if s.report is not None]
+        fds += [s.report.fd for s in self.slots if s.report is not None and s.report.fd is not None]
         try:
             ready, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:
             return
         for slot in self.slots:
-            if slot.report is not None and slot.report in ready:
-                self._read_report(slot)
+            if slot.report is not None and slot.report.fd in ready:
+                slot.report.read()
         if self._wake_r in ready:
             try:
                 while os.read(self._wake_r, 64):

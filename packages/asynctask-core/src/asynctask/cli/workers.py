@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -10,14 +11,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from asynctask import exitcodes
 from asynctask.cli.common import (
     ConfigOption,
     ImportOption,
+    JsonOption,
     SetOption,
     fail,
     reported_errors,
     use_settings,
 )
+from asynctask.cli.runreport import RunReport, summary_table
 from asynctask.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -60,6 +64,14 @@ def workers(
             max=65535,
         ),
     ] = None,
+    fail_on_failed: Annotated[
+        bool,
+        typer.Option(
+            "--fail-on-failed",
+            help="With --halt-when-empty: exit 1 if tasks reached the failed store during the run.",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Run one supervised child process per configured queue (and per scheduled queue).
 
@@ -72,14 +84,17 @@ def workers(
     setup_logging(quiet)
     log = logging.getLogger("asynctask.workers")
     with reported_errors():
+        if fail_on_failed and not halt_when_empty:
+            raise fail("--fail-on-failed needs --halt-when-empty: only a batch run ends", 2)
         if scheduler and halt_when_empty:
             raise fail(
                 "--scheduler and --halt-when-empty do not go together: scheduled queues never halt",
                 2,
             )
         settings = use_settings(sets, config)
+        report = RunReport()
         registry = load_plugins([*settings.imports, *(imports or [])])
-        settings.check_workers(registry.workers)
+        settings.check_workers(registry.user_workers(), registry.unknown_worker_hint)
         specs: list[ChildSpec] = []
         for queue, worker_config in settings.workers.items():
             if worker_config is None:
@@ -100,6 +115,7 @@ def workers(
                         rate_max_calls=per_child,
                         rate_period=worker_config.rate_period,
                         prefetch=worker_config.prefetch,
+                        summary_path=report.path if halt_when_empty else None,
                     )
                 )
         schedule_runner = None
@@ -129,9 +145,14 @@ def workers(
         # Made now, it refuses bad options before any child starts; the supervisor keeps
         # its children's liveness through it (asynctask.liveness).
         transport = cls(uri)
-        stop_metrics = _start_metrics(
-            registry, metrics_port or settings.metrics_port, uri, [s.queue for s in specs]
-        )
+        try:
+            report.start(transport, specs)  # a backend that refuses us ends the run here
+            stop_metrics = _start_metrics(
+                registry, metrics_port or settings.metrics_port, uri, [s.queue for s in specs]
+            )
+        except BaseException:
+            transport.close()
+            raise
     supervisor = Supervisor(
         specs,
         check_interval=settings.check_child_interval,
@@ -150,6 +171,15 @@ def workers(
         if stop_metrics is not None:
             stop_metrics()
         transport.close()
+        report.stop_watching()
+    if halt_when_empty and code == exitcodes.OK:
+        summary = report.summary(registry.transport_class(uri), uri)
+        report.close()
+        typer.echo(json.dumps(summary, indent=2) if as_json else summary_table(summary))
+        if fail_on_failed and any(row["failed"] for row in summary):
+            log.error("Tasks reached the failed store during the run (--fail-on-failed)")
+            code = exitcodes.NOT_OBTAINED
+    report.close()
     raise typer.Exit(code)
 
 
@@ -168,9 +198,6 @@ def _start_metrics(
         raise fail(
             f"--metrics-port {port} (or asynctask_metrics_port) needs a metrics plugin: "
             'pip install "asynctask-prometheus"',
-            2,
+            exitcodes.USAGE,
         )
     return stop
-
-
-# -- submit and inspect ----------------------------------------------------------------
