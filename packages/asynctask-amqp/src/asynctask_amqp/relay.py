@@ -14,7 +14,7 @@ The conversation, worker first::
 
     {"uri", "queue", "prefetch", "worker": pid, "log_level"}      once, at start
     {"op": "reserve", "timeout": s}   -> {"delivery": {"n", "id", "payload", "attempt",
-                                           "submitted_at"} | null} or {"error": {...}}
+                                           "submitted_at", "headers"} | null} or {"error": {...}}
     {"op": "release", "n"}, {"op": "retry", "n", "delay", "error"},
     {"op": "fail", "n", "error"}      -> {"done": true} once settled (read-your-writes)
     {"op": "close"}                   -> {"closed": true}, then the relay exits
@@ -163,6 +163,7 @@ class Relay:
             "payload": delivery.payload,
             "attempt": delivery.attempt,
             "submitted_at": delivery.submitted_at,
+            "headers": delivery.headers,
         }
 
 

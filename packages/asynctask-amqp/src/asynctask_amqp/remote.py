@@ -113,6 +113,7 @@ class RemoteConsumer(Consumer):
             attempt=int(found["attempt"]),
             submitted_at=found["submitted_at"],
             receipt=int(found["n"]),
+            headers=dict(found.get("headers") or {}),
         )
 
     def close(self) -> None:
