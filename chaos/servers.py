@@ -130,6 +130,19 @@ class Backend:
 
     def write_undecodable(self, queue: str, texts: tuple[str, ...]) -> None:
         """Store ``texts`` as messages of ``queue``, by hand, as another program would."""
+        for text in texts:
+            self.write_raw(queue, text)
+
+    def write_raw(
+        self,
+        queue: str,
+        data: str | bytes,
+        attempts: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Store one message of ``queue`` by hand in the documented storage format: its
+        body as given, with an attempt count and headers where the format has them.
+        Raises ``Unsupported`` for what the format cannot hold."""
         raise NotImplementedError
 
     def _own_uri(self) -> str:
@@ -149,15 +162,41 @@ class FilesysBackend(Backend):
     def version(self) -> str:
         return "no server"
 
-    def write_undecodable(self, queue: str, texts: tuple[str, ...]) -> None:
-        # The README's recipe: write under tmp/, then rename into ready/.
-        root = Path(self.uri.partition("?")[0].split(":", 1)[1])
-        for index, text in enumerate(texts):
-            name = f"{time.time_ns():019d}-chaos-bad-{index}.json"
-            (root / queue / "tmp").mkdir(parents=True, exist_ok=True)
-            (root / queue / "ready").mkdir(parents=True, exist_ok=True)
-            (root / queue / "tmp" / name).write_text(text, encoding="utf-8")
-            os.rename(root / queue / "tmp" / name, root / queue / "ready" / name)
+    @property
+    def root(self) -> Path:
+        """The transport's folder."""
+        return Path(self.uri.partition("?")[0].split(":", 1)[1])
+
+    def ready_folder(self, queue: str) -> Path:
+        """``<root>/<queue>/ready``, made if missing (with ``tmp/``)."""
+        for folder in ("tmp", "ready"):
+            (self.root / queue / folder).mkdir(parents=True, exist_ok=True)
+        return self.root / queue / "ready"
+
+    def write_raw(
+        self,
+        queue: str,
+        data: str | bytes,
+        attempts: int | None = None,
+        headers: dict[str, str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        # The README's recipe: write under tmp/, then rename into ready/. Attempts live in
+        # the name (digits only: a negative count cannot be written); headers in an envelope.
+        if attempts is not None and attempts < 0:
+            raise Unsupported("a filesys task name holds digits only: no negative attempts")
+        ready = self.ready_folder(queue)
+        if name is None:
+            suffix = f".{attempts}" if attempts else ""
+            name = f"{time.time_ns():019d}-chaos-{uuid.uuid4().hex[:8]}{suffix}.json"
+        body = data.encode() if isinstance(data, str) else data
+        if headers is not None:
+            payload = body.decode()
+            body = f'{{"__asynctask__":1,"headers":{json.dumps(headers)},"payload":{payload}}}'
+            body = body.encode()
+        tmp = self.root / queue / "tmp" / name
+        tmp.write_bytes(body)
+        os.rename(tmp, ready / name)
 
 
 class PgsqlBackend(Backend):
@@ -208,18 +247,52 @@ class PgsqlBackend(Backend):
             ).fetchone()
         return int(row[0]) if row else 0
 
-    def write_undecodable(self, queue: str, texts: tuple[str, ...]) -> None:
-        # JSON that is not an object goes in the jsonb column; text that does not parse
-        # in payload_text, as the README says a bridge would write it.
+    def write_raw(
+        self,
+        queue: str,
+        data: str | bytes,
+        attempts: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        # JSON goes in the jsonb column (``::jsonb`` as psql would); text that does not
+        # parse in payload_text, as the README says a bridge would write it.
+        if isinstance(data, bytes):
+            try:
+                data = data.decode()
+            except UnicodeDecodeError:  # the database refuses it, as it would any client
+                with psycopg.connect(PG_CONNINFO, autocommit=True) as conn:
+                    conn.execute("SELECT convert_from(%s, 'UTF8')", (data,))
         schema = self.schema if self.controls_server else _option(self.uri, "schema", "asynctask")
         table = f"{schema}.asynctask_queue"
         with psycopg.connect(PG_CONNINFO, autocommit=True) as conn:
-            for text in texts:
-                column = "payload" if _is_json(text) else "payload_text"
-                conn.execute(
-                    f"INSERT INTO {table} (queue_name, {column}) VALUES (%s, %s)",
-                    (queue, text),
-                )
+            try:  # PostgreSQL decides what is JSON (jsonb takes what Python's json refuses)
+                self._insert(conn, table, "payload", "::jsonb", queue, data, attempts, headers)
+            except psycopg.errors.InvalidTextRepresentation:
+                self._insert(conn, table, "payload_text", "", queue, data, attempts, headers)
+
+    @staticmethod
+    def _insert(
+        conn: psycopg.Connection[Any],
+        table: str,
+        column: str,
+        cast: str,
+        queue: str,
+        data: str,
+        attempts: int | None,
+        headers: dict[str, str] | None,
+    ) -> None:
+        columns, values = ["queue_name", column], ["%s", f"%s{cast}"]
+        params: list[Any] = [queue, data]
+        if attempts is not None:
+            columns.append("attempts")
+            values.append("%s")
+            params.append(attempts)
+        if headers is not None:
+            columns.append("headers")
+            values.append("%s::jsonb")
+            params.append(json.dumps(headers))
+        statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(values)})"
+        conn.execute(statement.encode(), params)
 
     @staticmethod
     def _ready() -> bool:
@@ -325,10 +398,24 @@ class RedisBackend(Backend):
         with contextlib.closing(self._client()) as client:
             return int(client.client_kill_filter(_type="normal", skipme=True))
 
-    def write_undecodable(self, queue: str, texts: tuple[str, ...]) -> None:
+    def write_raw(
+        self,
+        queue: str,
+        data: str | bytes,
+        attempts: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        # RPUSH of the text; attempts and headers need the envelope of the README.
         prefix = _option(self.uri, "key_prefix", "asynctask")
+        if attempts is not None or headers is not None:
+            payload = data.decode() if isinstance(data, bytes) else data
+            envelope: dict[str, Any] = {"__asynctask__": 1, "id": uuid.uuid4().hex}
+            envelope["attempts"] = attempts or 0
+            if headers is not None:
+                envelope["headers"] = headers
+            data = json.dumps(envelope)[:-1] + f', "payload": {payload}}}'
         with contextlib.closing(self._client()) as client:
-            client.rpush(f"{prefix}_{queue}", *texts)
+            client.rpush(f"{prefix}_{queue}", data)
 
 
 class AmqpBackend(Backend):
@@ -367,20 +454,29 @@ class AmqpBackend(Backend):
         _run("rabbitmqctl", "close_all_connections", "--vhost", self.vhost, "asynctask chaos")
         return count
 
-    def write_undecodable(self, queue: str, texts: tuple[str, ...]) -> None:
+    def write_raw(
+        self,
+        queue: str,
+        data: str | bytes,
+        attempts: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         kombu: Any = importlib.import_module("kombu")  # untyped
+        table: dict[str, Any] = dict(headers or {})
+        if attempts is not None:
+            table["x-asynctask-attempts"] = attempts
         with kombu.Connection(self.uri.partition("?")[0], connect_timeout=5) as conn:
-            producer = conn.Producer()
-            for text in texts:
-                # content type given, so kombu sends the text as it is (no serializer)
-                producer.publish(
-                    text,
-                    exchange=queue,
-                    routing_key=queue,
-                    content_type="application/json",
-                    content_encoding="utf-8",
-                    delivery_mode=2,
-                )
+            # content type given, so kombu sends the body as it is (no serializer)
+            conn.Producer().publish(
+                data,
+                exchange=queue,
+                routing_key=queue,
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=2,
+                headers=table,
+                message_id=uuid.uuid4().hex,
+            )
 
 
 BACKENDS: dict[str, type[Backend]] = {
@@ -440,11 +536,3 @@ def _option(uri: str, name: str, default: str) -> str:
         if key == name:
             return value
     return default
-
-
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True

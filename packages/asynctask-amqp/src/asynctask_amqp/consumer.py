@@ -138,7 +138,7 @@ class AmqpConsumer(Consumer):
         while self._buffer:
             message = self._buffer.popleft()
             tag = message.delivery_info["delivery_tag"]
-            received = read_message(message)
+            received = read_message(message, self.transport.max_payload_bytes)
             if received.payload is None:
                 error = received.error or "undecodable message"
                 self.transport._store_failed(link, self.queue, received, error, received.attempts)

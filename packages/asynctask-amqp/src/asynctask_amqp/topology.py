@@ -16,7 +16,7 @@ from typing import Any
 import amqp
 
 from asynctask.transport import FailedTask, new_task_id
-from asynctask.validation import Payload, decode_payload
+from asynctask.validation import DEFAULT_MAX_PAYLOAD_BYTES, Payload, decode_message
 
 #: a durable queue of task queue names, one message each (``queues()`` reads it)
 REGISTRY = "asynctask.registry"
@@ -156,11 +156,13 @@ class Received:
         )
 
 
-def read_message(message: Any) -> Received:
+def read_message(message: Any, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Received:
     """Read a delivered message, written by asynctask or by any other AMQP client.
 
     A message without ``message_id`` (a foreign one) gets a new id; a body that is not a
-    UTF-8 JSON object is kept, with ``payload=None`` and the reason in ``error``.
+    UTF-8 JSON object, or is over ``limit`` bytes, is kept, with ``payload=None`` and the
+    reason in ``error``, whatever the parser raised. An attempt count below 0 (written by
+    another program) reads as 0, so no task runs more than ``max_retries + 1`` times.
     """
     body = message.body
     raw = body.encode() if isinstance(body, str) else bytes(body)
@@ -168,8 +170,8 @@ def read_message(message: Any) -> Received:
     payload: Payload | None = None
     error: str | None = None
     try:
-        payload = decode_payload(raw.decode("utf-8"))
-    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+        payload = decode_message(raw, limit)
+    except ValueError as exc:  # UndecodableMessage: every failure of the parser
         error = f"undecodable message: {exc}"
     message_id = message.properties.get("message_id")
     return Received(
@@ -178,7 +180,7 @@ def read_message(message: Any) -> Received:
         body=raw,
         payload=payload,
         error=error,
-        attempts=_number(headers.get(ATTEMPTS), int) or 0,
+        attempts=max(0, _number(headers.get(ATTEMPTS), int) or 0),
         submitted_at=_number(headers.get(SUBMITTED_AT), float)
         or _number(message.properties.get("timestamp"), float),
         headers=headers,
@@ -229,5 +231,5 @@ def _number(value: Any, kind: type[int] | type[float]) -> Any:
         value = value.replace(tzinfo=UTC).timestamp()
     try:
         return kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # int(inf) raises OverflowError
         return None

@@ -260,7 +260,7 @@ class AmqpTransport(Transport):
                     return None
                 if message is None:
                     return None
-                received = read_message(message)
+                received = read_message(message, self.max_payload_bytes)
                 if received.payload is None:
                     error = received.error or "undecodable message"
                     self._store_failed(link, queue, received, error, received.attempts)

@@ -22,7 +22,7 @@ from typing import Any
 
 from asynctask.errors import ConfigurationError
 from asynctask.uri import redact
-from asynctask.validation import QUEUE_NAME_RULE, is_valid_queue_name
+from asynctask.validation import DEFAULT_MAX_PAYLOAD_BYTES, QUEUE_NAME_RULE, is_valid_queue_name
 
 CONFIG_FILE = "asynctask.toml"
 CONFIG_VARIABLE = "ASYNCTASK_CONFIG"
@@ -63,6 +63,25 @@ def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _Invalid("expected a whole number >= 1")
     return value
+
+
+def _payload_limit(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 64:
+        raise _Invalid("expected a whole number of bytes >= 64 (default 1048576, 1 MiB)")
+    return value
+
+
+def _signing_key(value: Any) -> tuple[str, ...]:
+    # Shown only as *** (see SECRET_SETTINGS), so the message never repeats the value.
+    if value is None or value == "" or value == []:
+        return ()
+    keys = [value] if isinstance(value, str) else value
+    if not isinstance(keys, list) or not all(isinstance(k, str) and len(k) >= 16 for k in keys):
+        raise _Invalid(
+            "expected a key of at least 16 characters, or a list of them (the first signs, "
+            "all verify)"
+        )
+    return tuple(keys)
 
 
 def _imports(value: Any) -> list[str]:
@@ -177,8 +196,24 @@ SETTINGS: dict[str, Setting] = {
             _positive_int,
             "ms between supervisor checks of its children",
         ),
+        Setting(
+            "asynctask_max_payload_bytes",
+            lambda: DEFAULT_MAX_PAYLOAD_BYTES,
+            _payload_limit,
+            "largest payload, as JSON text; bigger ones are refused at submit and go to the "
+            "failed store when met in a queue",
+        ),
+        Setting(
+            "asynctask_signing_key",
+            lambda: None,
+            _signing_key,
+            "HMAC-SHA256 key, or a list of keys (the first signs, all verify); shown as ***",
+        ),
     ]
 }
+
+#: settings whose values are never shown, in any output
+SECRET_SETTINGS = frozenset({"asynctask_signing_key"})
 
 
 @dataclass
@@ -224,6 +259,17 @@ class Settings:
         """Seconds between supervisor checks."""
         return float(self.values["asynctask_workers_check_child_interval"]) / 1000
 
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest payload, as JSON text, in bytes."""
+        return int(self.values["asynctask_max_payload_bytes"])
+
+    @property
+    def signing_keys(self) -> tuple[str, ...]:
+        """The signing keys, the one that signs first; empty when tasks are not signed."""
+        keys: tuple[str, ...] = self.values["asynctask_signing_key"]
+        return keys
+
     def check_workers(self, known: Mapping[str, object]) -> None:
         """Refuse worker names that nobody registered, listing the known ones."""
         names = sorted(known) or ["none"]
@@ -247,6 +293,8 @@ class Settings:
     def describe(self, name: str) -> str:
         """A setting's value as text for people, with any password hidden."""
         value = self.raw.get(name, self.values[name])
+        if name in SECRET_SETTINGS:
+            return "***" if self.values[name] else "null"
         text = json.dumps(value, default=str) if not isinstance(value, str) else value
         return redact(text)
 
@@ -266,6 +314,8 @@ def _check(name: str, value: Any, source: str) -> Any:
         shown = (
             redact(json.dumps(value, default=str)) if not isinstance(value, str) else redact(value)
         )
+        if name in SECRET_SETTINGS:
+            shown = "***"
         raise ConfigurationError(
             f"setting {name} (from {source}) has a bad value {shown}: {exc}"
         ) from exc

@@ -29,7 +29,14 @@ from typing import Any, ClassVar, TypeVar
 
 from asynctask.errors import InvalidTaskError, TransportClosed, TransportUnavailable
 from asynctask.uri import Option, read_options, redact, split_query
-from asynctask.validation import Payload, check_queue_name, encode_payload
+from asynctask.validation import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    Payload,
+    check_payload_size,
+    check_queue_name,
+    decode_message,
+    encode_payload,
+)
 
 logger = logging.getLogger("asynctask.transport")
 
@@ -89,6 +96,8 @@ class Delivery:
     submitted_at: float | None = None
     #: the transport's own handle (a row id, a raw message, a file path)
     receipt: Any = field(default=None, repr=False)
+    #: string headers stored beside the payload (the signature, for one)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def new_task_id() -> str:
@@ -173,6 +182,9 @@ class Transport(ABC):
     options_accepted: ClassVar[Mapping[str, Option]] = {}
     #: facts about this transport; an instance may refine them from its URI options
     features: TransportFeatures
+    #: the largest payload as JSON text, in bytes (``get_transport`` sets it from the
+    #: setting ``asynctask_max_payload_bytes``); bigger messages met in a queue fail
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -262,7 +274,9 @@ class Transport(ABC):
         tasks: list[tuple[str, str]] = []
         for index, payload in enumerate(payloads):
             try:
-                tasks.append((new_task_id(), encode_payload(payload)))
+                text = encode_payload(payload)
+                check_payload_size(text, self.max_payload_bytes)
+                tasks.append((new_task_id(), text))
             except InvalidTaskError as exc:
                 if index == 0:
                     raise
@@ -348,6 +362,11 @@ class Transport(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.safe_uri!r})"
+
+    def decode(self, data: str | bytes) -> Payload:
+        """A stored message's payload; ``UndecodableMessage`` (a ``ValueError``) for any
+        failure, a message over ``max_payload_bytes`` included. Every decode path uses it."""
+        return decode_message(data, self.max_payload_bytes)
 
     # -- retrying while the backend is away -------------------------------------------
 

@@ -31,7 +31,7 @@ from psycopg import sql
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
 from asynctask.transport import Consumer, Delivery
-from asynctask.validation import decode_payload
+from asynctask_pgsql.decoding import load_json_as_text
 from asynctask_pgsql.schema import channel, consumer_lock_class
 
 if TYPE_CHECKING:
@@ -152,17 +152,19 @@ class PgsqlConsumer(Consumer):
         for bad, row_id, task_id, payload, text, attempts, submitted in rows:
             if bad:
                 continue
-            if text is not None:
-                try:
-                    payload = decode_payload(text)
-                except ValueError as exc:
-                    error = f"undecodable message: {exc}"
-                    self._run(self._sql.settle, _settle_params([row_id], "failed", 0, error))
-                    continue
+            try:  # jsonb comes as text (see asynctask_pgsql.decoding): one row at a time
+                payload = self.transport.decode(payload if text is None else text)
+            except ValueError as exc:  # UndecodableMessage, whatever the parser raised
+                # One statement moves it: the failed store, with the reason, uncharged.
+                error = f"undecodable message: {exc}"
+                self._run(self._sql.settle, _settle_params([row_id], "failed", 0, error))
+                continue
             assert self._owner is not None
             self._held[row_id] = self._owner
+            # A count another program stored may be negative: never more runs for that.
+            attempt = max(attempts, 0) + 1
             self._buffer.append(
-                Delivery(task_id.hex, self.queue, payload, attempts + 1, submitted, row_id)
+                Delivery(task_id.hex, self.queue, payload, attempt, submitted, row_id)
             )
 
     def _run(self, query: LiteralString, params: Any) -> list[tuple[Any, ...]]:
@@ -202,6 +204,7 @@ class PgsqlConsumer(Consumer):
         if self._owner is None:
             t._ready_pool()  # a worker's first call may be its consumer's: migrate first
         conn = t.server.connect(**t.consumer_connect_kwargs)
+        load_json_as_text(conn)
         try:
             held_before = self._owner
             number, locked = self._enlist(conn, held_before)

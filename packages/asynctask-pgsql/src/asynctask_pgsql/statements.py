@@ -90,7 +90,7 @@ SETTLE = f"""
 WITH {_DONE}, moved AS (
     UPDATE {{s}}.asynctask_queue
     SET state = %(state)s, owner = NULL,
-        attempts = attempts + %(attempt)s,
+        attempts = greatest(attempts, 0) + %(attempt)s,
         error = coalesce(%(error)s, error),
         date_available = CASE WHEN %(delay)s::float8 IS NULL THEN date_available
                               ELSE now() + make_interval(secs => %(delay)s) END,
@@ -112,7 +112,7 @@ WITH dead AS (
     FOR UPDATE SKIP LOCKED
 ), moved AS (
     UPDATE {{s}}.asynctask_queue AS t
-    SET state = 'queued', owner = NULL, attempts = t.attempts + 1
+    SET state = 'queued', owner = NULL, attempts = greatest(t.attempts, 0) + 1
     FROM dead WHERE t.id = dead.id
     RETURNING t.queue_name
 )

@@ -50,8 +50,9 @@ from asynctask.transport import (
     TransportFeatures,
 )
 from asynctask.uri import Option, positive_float, positive_int
-from asynctask.validation import Payload, decode_payload
+from asynctask.validation import Payload, decode_message
 from asynctask_pgsql.conninfo import LIBPQ_KEYWORDS, read_server
+from asynctask_pgsql.decoding import load_json_as_text
 from asynctask_pgsql.consumer import PgsqlConsumer
 from asynctask_pgsql.schema import check_schema_name, migrate
 from asynctask_pgsql.statements import Statements
@@ -245,13 +246,12 @@ class PgsqlTransport(Transport):
             bad, task_id, payload, text, attempts, submitted = rows[0]
             if bad:
                 continue  # a JSON value that is not an object: now in the failed store
-            if text is None:
-                return dict(payload)
+            raw = payload if text is None else text
             try:
-                return decode_payload(text)
-            except ValueError as exc:
+                return self.decode(raw)
+            except ValueError as exc:  # UndecodableMessage, whatever the parser raised
                 error = f"undecodable message: {exc}"
-                row = (task_id, queue, text, attempts, submitted, error)
+                row = (task_id, queue, raw, max(attempts, 0), submitted, error)
                 self._query(self.sql.keep_failed, row)
 
     def _stats(self, queue: str) -> QueueStats:
@@ -294,6 +294,7 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     more than running them (the planner probes index ends, slow over dead rows). Our
     inserts notify by themselves, so the insert trigger (for other programs) stays quiet."""
     conn.execute("SET plan_cache_mode = force_generic_plan; SET asynctask.notify = off")
+    load_json_as_text(conn)
 
 
 def _failed_task(
@@ -308,9 +309,9 @@ def _failed_task(
 ) -> FailedTask:
     raw = payload_json if text is None else text
     try:
-        payload: Payload | None = decode_payload(raw)
+        payload: Payload | None = decode_message(raw, len(raw.encode()))
         raw_kept = None
-    except ValueError:
+    except ValueError:  # UndecodableMessage: shown as its text
         payload, raw_kept = None, raw
     return FailedTask(
         id=task_id.hex,

@@ -21,7 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from asynctask.transport import FailedTask, new_task_id
-from asynctask.validation import Payload, decode_payload
+from asynctask.validation import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    Payload,
+    UndecodableMessage,
+    decode_message,
+)
 
 MARKER = "__asynctask__"
 _ID = re.compile(r"[0-9A-Za-z-]{1,64}")
@@ -54,8 +59,14 @@ def envelope(task_id: str, attempts: int, submitted_at: float | None, payload_te
     )
 
 
-def read_message(raw: bytes) -> Message:
-    """Read a stored message; ``ValueError`` when it is not a task we can run."""
+def read_message(raw: bytes, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Message:
+    """Read a stored message; ``ValueError`` when it is not a task we can run (whatever
+    the parser raised), or when it is over ``limit`` bytes."""
+    if len(raw) > limit:
+        raise UndecodableMessage(
+            f"message is {len(raw)} bytes, over the limit of {limit} bytes "
+            "(setting asynctask_max_payload_bytes)"
+        )
     head = _HEAD.match(raw)
     if head is not None and raw.endswith(b"}"):
         text = raw[head.end() : -1]
@@ -161,14 +172,14 @@ def _record_id(raw: bytes) -> str:
 
 
 def _loads(raw: bytes) -> Any:
+    # Another program wrote it: any failure of the parser is "undecodable", not a crash.
     try:
         return json.loads(raw)
-    except RecursionError as exc:
-        raise ValueError("JSON nested too deeply") from exc
+    except RecursionError:
+        raise UndecodableMessage("JSON nested too deeply to decode") from None
+    except Exception as exc:
+        raise UndecodableMessage(str(exc) or type(exc).__name__) from None
 
 
 def _decode(text: bytes) -> Payload:
-    try:
-        return decode_payload(text)
-    except RecursionError as exc:
-        raise ValueError("JSON nested too deeply") from exc
+    return decode_message(text, len(text))  # the size was checked on the whole message

@@ -209,8 +209,8 @@ class RedisTransport(Transport):
             if raw is None:
                 return None
             try:
-                return read_message(raw).payload
-            except ValueError as exc:
+                return read_message(raw, self.max_payload_bytes).payload
+            except ValueError as exc:  # read_message turns every parser failure into one
                 self._store_undecodable(queue, raw, exc)
 
     def _store_undecodable(self, queue: str, raw: bytes, exc: ValueError) -> None:
