@@ -148,7 +148,7 @@ def _symlink_to_dev_zero(backend: Backend, queue: str, scratch: Path) -> None:
 
 def _long_name(backend: Backend, queue: str, scratch: Path) -> None:
     # 120 two-byte characters: 240 bytes, a legal name (255 at most), and not ours
-    _filesys(backend).write_raw(queue, '{"n": "bad"}', name="é" * 120 + ".json")
+    _filesys(backend).write_raw(queue, "not JSON", name="é" * 120 + ".json")
 
 
 def _directory(backend: Backend, queue: str, scratch: Path) -> None:
@@ -182,7 +182,7 @@ CASES: tuple[Case, ...] = (
     Case("filesys: a symlink to a readable file", _symlink_to_secret, "not a regular file"),
     Case("filesys: a symlink to /dev/zero", _symlink_to_dev_zero, "not a regular file"),
     Case("filesys: a folder in ready/", _directory, "not a regular file"),
-    Case("filesys: a name of 120 two-byte characters", _long_name, ""),
+    Case("filesys: a name of 120 two-byte characters", _long_name, "undecodable"),
 )
 
 
@@ -214,7 +214,9 @@ def run_case(
 
     def loop() -> None:
         try:
-            run_loop(worker, transport, queue, LoopOptions(halt_when_empty=True, wait=0.3, prefetch=4))
+            run_loop(
+                worker, transport, queue, LoopOptions(halt_when_empty=True, wait=0.3, prefetch=4)
+            )
         except BaseException as exc:
             errors.append(exc)
 
@@ -257,7 +259,9 @@ def _judge(
     if len(failed) != 1:
         outcome.problems.append(f"{len(failed)} entries in the failed store, not 1")
     elif case.reason.lower() not in failed[0].error.lower():
-        outcome.problems.append(f"failed-store reason {failed[0].error[:120]!r} lacks {case.reason!r}")
+        outcome.problems.append(
+            f"failed-store reason {failed[0].error[:120]!r} lacks {case.reason!r}"
+        )
     if not outcome.outcome:
         outcome.outcome = "failed store"
     if failed and not outcome.detail:

@@ -45,6 +45,8 @@ def test_a_bad_message_goes_to_the_failed_store_and_the_worker_goes_on(
     # Given a bad message written by hand between two good tasks
     # When the workers' run loop takes the queue until it is idle
     outcome = run_case(case, backend, transport, tmp_path)
+    if outcome.outcome == "unsupported":
+        pytest.skip(outcome.detail)  # the storage format cannot hold it (the table says n/a)
     # Then it is in the failed store with its reason (or refused where it was written),
     # the neighbours ran once each on their first attempt, and nothing leaked
     assert outcome.ok, (outcome.outcome, outcome.detail, outcome.problems)

@@ -52,8 +52,8 @@ from asynctask.transport import (
 from asynctask.uri import Option, positive_float, positive_int
 from asynctask.validation import Payload, decode_message
 from asynctask_pgsql.conninfo import LIBPQ_KEYWORDS, read_server
-from asynctask_pgsql.decoding import load_json_as_text
 from asynctask_pgsql.consumer import PgsqlConsumer
+from asynctask_pgsql.decoding import load_json_as_text
 from asynctask_pgsql.schema import check_schema_name, migrate
 from asynctask_pgsql.statements import Statements
 
