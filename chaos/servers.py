@@ -139,6 +139,7 @@ class Backend:
         data: str | bytes,
         attempts: int | None = None,
         headers: dict[str, str] | None = None,
+        task_id: str | None = None,
     ) -> None:
         """Store one message of ``queue`` by hand in the documented storage format: its
         body as given, with an attempt count and headers where the format has them.
@@ -179,6 +180,7 @@ class FilesysBackend(Backend):
         data: str | bytes,
         attempts: int | None = None,
         headers: dict[str, str] | None = None,
+        task_id: str | None = None,
         name: str | None = None,
     ) -> None:
         # The README's recipe: write under tmp/, then rename into ready/. Attempts live in
@@ -188,12 +190,12 @@ class FilesysBackend(Backend):
         ready = self.ready_folder(queue)
         if name is None:
             suffix = f".{attempts}" if attempts else ""
-            name = f"{time.time_ns():019d}-chaos-{uuid.uuid4().hex[:8]}{suffix}.json"
+            task_id = task_id or f"chaos-{uuid.uuid4().hex[:8]}"
+            name = f"{time.time_ns():019d}-{task_id}{suffix}.json"
         body = data.encode() if isinstance(data, str) else data
         if headers is not None:
-            payload = body.decode()
-            body = f'{{"__asynctask__":1,"headers":{json.dumps(headers)},"payload":{payload}}}'
-            body = body.encode()
+            head = f'{{"__asynctask__":1,"headers":{json.dumps(headers)},"payload":'
+            body = head.encode() + body + b"}"
         tmp = self.root / queue / "tmp" / name
         tmp.write_bytes(body)
         os.rename(tmp, ready / name)
@@ -253,6 +255,7 @@ class PgsqlBackend(Backend):
         data: str | bytes,
         attempts: int | None = None,
         headers: dict[str, str] | None = None,
+        task_id: str | None = None,
     ) -> None:
         # JSON goes in the jsonb column (``::jsonb`` as psql would); text that does not
         # parse in payload_text, as the README says a bridge would write it.
@@ -262,6 +265,7 @@ class PgsqlBackend(Backend):
             except UnicodeDecodeError:  # the database refuses it, as it would any client
                 with psycopg.connect(PG_CONNINFO, autocommit=True) as conn:
                     conn.execute("SELECT convert_from(%s, 'UTF8')", (data,))
+                raise  # not reached: the database refused it above
         schema = self.schema if self.controls_server else _option(self.uri, "schema", "asynctask")
         table = f"{schema}.asynctask_queue"
         with psycopg.connect(PG_CONNINFO, autocommit=True) as conn:
@@ -269,6 +273,12 @@ class PgsqlBackend(Backend):
                 self._insert(conn, table, "payload", "::jsonb", queue, data, attempts, headers)
             except psycopg.errors.InvalidTextRepresentation:
                 self._insert(conn, table, "payload_text", "", queue, data, attempts, headers)
+            if task_id is not None:  # the row just written, by its unique payload
+                conn.execute(
+                    f"UPDATE {table} SET task_id = %s::uuid WHERE id = "
+                    f"(SELECT max(id) FROM {table} WHERE queue_name = %s)".encode(),
+                    (task_id, queue),
+                )
 
     @staticmethod
     def _insert(
@@ -404,12 +414,13 @@ class RedisBackend(Backend):
         data: str | bytes,
         attempts: int | None = None,
         headers: dict[str, str] | None = None,
+        task_id: str | None = None,
     ) -> None:
         # RPUSH of the text; attempts and headers need the envelope of the README.
         prefix = _option(self.uri, "key_prefix", "asynctask")
-        if attempts is not None or headers is not None:
+        if attempts is not None or headers is not None or task_id is not None:
             payload = data.decode() if isinstance(data, bytes) else data
-            envelope: dict[str, Any] = {"__asynctask__": 1, "id": uuid.uuid4().hex}
+            envelope: dict[str, Any] = {"__asynctask__": 1, "id": task_id or uuid.uuid4().hex}
             envelope["attempts"] = attempts or 0
             if headers is not None:
                 envelope["headers"] = headers
@@ -460,6 +471,7 @@ class AmqpBackend(Backend):
         data: str | bytes,
         attempts: int | None = None,
         headers: dict[str, str] | None = None,
+        task_id: str | None = None,
     ) -> None:
         kombu: Any = importlib.import_module("kombu")  # untyped
         table: dict[str, Any] = dict(headers or {})
@@ -475,7 +487,7 @@ class AmqpBackend(Backend):
                 content_encoding="utf-8",
                 delivery_mode=2,
                 headers=table,
-                message_id=uuid.uuid4().hex,
+                message_id=task_id or uuid.uuid4().hex,
             )
 
 

@@ -53,7 +53,9 @@ def test_a_bad_message_goes_to_the_failed_store_and_the_worker_goes_on(
     assert outcome.outcome in ("failed store", "refused") or outcome.outcome.startswith("ran ")
 
 
-@pytest.mark.parametrize("name,payload,queue", SUBMIT_CASES, ids=[c[0] for c in SUBMIT_CASES])
+@pytest.mark.parametrize(
+    ("name", "payload", "queue"), SUBMIT_CASES, ids=[c[0] for c in SUBMIT_CASES]
+)
 def test_submit_refuses_what_the_rules_refuse_with_the_same_error_everywhere(
     name, payload, queue, chaos_backend
 ):

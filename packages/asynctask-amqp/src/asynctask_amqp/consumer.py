@@ -159,6 +159,7 @@ class AmqpConsumer(Consumer):
                 attempt=received.attempts + 1,
                 submitted_at=received.submitted_at,
                 receipt=(self._generation, tag, received),
+                headers=received.task_headers,
             )
         return None
 

@@ -145,14 +145,28 @@ class Received:
     headers: dict[str, Any]
 
     @property
+    def task_headers(self) -> dict[str, str]:
+        """The task's own string headers (its signature), without asynctask's counters."""
+        return {
+            str(k): v
+            for k, v in self.headers.items()
+            if isinstance(v, str) and not str(k).startswith("x-asynctask-")
+        }
+
+    @property
     def text(self) -> str:
         """The body as text (undecodable bytes replaced)."""
         return self.body.decode("utf-8", errors="replace")
 
     def copy(self, *, attempts: int, extra: dict[str, Any] | None = None) -> Any:
-        """A new message with the same id, body and submit time, and new headers."""
+        """A new message with the same id, body, submit time and task headers (its
+        signature), and new counters."""
         return task_message(
-            self.id, self.body, attempts=attempts, submitted_at=self.submitted_at, extra=extra
+            self.id,
+            self.body,
+            attempts=attempts,
+            submitted_at=self.submitted_at,
+            extra={**self.task_headers, **(extra or {})},
         )
 
 

@@ -227,7 +227,12 @@ class AmqpTransport(Transport):
         with self._lock:
             done = self._resume.pop(batch, 0)
         now = time.time()
-        messages = [task_message(task_id, text, submitted_at=now) for task_id, text in tasks]
+        messages = [
+            task_message(
+                task_id, text, submitted_at=now, extra=self.task_headers(queue, task_id, text)
+            )
+            for task_id, text in tasks
+        ]
         with self._session() as link:
             for last_try in (False, True):
                 self._ensure_queue(link, queue)

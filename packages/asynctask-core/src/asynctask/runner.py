@@ -257,6 +257,11 @@ def _renew(transport: Transport, consumer: Consumer, queue: str, options: LoopOp
 def _run_one(
     worker: AsyncTaskWorker, consumer: Consumer, delivery: Delivery, watchdog: _Watchdog
 ) -> bool:
+    unsafe = consumer.transport.signature_problem(delivery)
+    if unsafe is not None:  # asynctask_signing_key is set and this task is not ours
+        worker.logger.error("Task %s: %s; moved to the failed store", delivery.id, unsafe)
+        consumer.fail(delivery, unsafe)
+        return False
     if delivery.attempt > worker.max_retries + 1:
         # Its earlier deliveries ended with their worker dead: do not run it again.
         error = (

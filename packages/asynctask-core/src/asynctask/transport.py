@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
+from asynctask import signing
 from asynctask.errors import InvalidTaskError, TransportClosed, TransportUnavailable
 from asynctask.uri import Option, read_options, redact, split_query
 from asynctask.validation import (
@@ -185,6 +186,8 @@ class Transport(ABC):
     #: the largest payload as JSON text, in bytes (``get_transport`` sets it from the
     #: setting ``asynctask_max_payload_bytes``); bigger messages met in a queue fail
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    #: ``asynctask_signing_key`` as a tuple (the first signs, all verify); empty: unsigned
+    signing_keys: tuple[str, ...] = ()
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -362,6 +365,24 @@ class Transport(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.safe_uri!r})"
+
+    def task_headers(self, queue: str, task_id: str, payload_json: str) -> dict[str, str]:
+        """The headers a transport stores beside a new task (its signature, when signing).
+
+        Every ``_put`` calls it; without signing keys it costs nothing.
+        """
+        if not self.signing_keys:
+            return {}
+        return signing.sign(self.signing_keys, queue, task_id, decode_message(payload_json))
+
+    def signature_problem(self, delivery: Delivery) -> str | None:
+        """Why a delivery must not run (unsigned or badly signed, when this process holds
+        signing keys), or None. The run loop sends such a task to the failed store."""
+        if not self.signing_keys:
+            return None
+        return signing.problem(
+            self.signing_keys, delivery.queue, delivery.id, delivery.payload, delivery.headers
+        )
 
     def decode(self, data: str | bytes) -> Payload:
         """A stored message's payload; ``UndecodableMessage`` (a ``ValueError``) for any

@@ -147,10 +147,12 @@ class FilesysConsumer(Consumer):
         read = self.transport.read_task(self.queue, path, name)
         if read is None:
             return None
-        payload, mtime = read
+        payload, mtime, headers = read
         task = TaskName.parse(name)
         self._held[task.id] = path
-        return Delivery(task.id, self.queue, payload, task.attempts + 1, mtime, name)
+        delivery = Delivery(task.id, self.queue, payload, task.attempts + 1, mtime, name)
+        delivery.headers = headers
+        return delivery
 
     # -- settling ------------------------------------------------------------------------
 

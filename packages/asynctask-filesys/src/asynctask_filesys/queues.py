@@ -19,7 +19,7 @@ import os
 import time
 
 from asynctask.transport import Transport
-from asynctask.validation import Payload
+from asynctask.validation import Payload, UndecodableMessage
 from asynctask_filesys.layout import (
     META_SUFFIX,
     NotATaskFile,
@@ -31,6 +31,10 @@ from asynctask_filesys.layout import (
     write_file,
 )
 from asynctask_filesys.owners import Heartbeats
+
+#: the key that makes a task file an envelope ``{"__asynctask__":1,"headers":{...},
+#: "payload":{...}}`` (written only for tasks with headers: a signature)
+MARKER = "__asynctask__"
 
 
 class FilesysBase(Transport):
@@ -73,9 +77,11 @@ class FilesysBase(Transport):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(paths.failed, stored + META_SUFFIX))
 
-    def read_task(self, queue: str, path: str, name: str) -> tuple[Payload, float] | None:
-        """The payload and submission time of the task file at ``path``, or None after
-        moving what is there to the failed store with the reason (or when it is gone).
+    def read_task(
+        self, queue: str, path: str, name: str
+    ) -> tuple[Payload, float, dict[str, str]] | None:
+        """The payload, submission time and headers of the task file at ``path``, or None
+        after moving what is there to the failed store with the reason (or when it is gone).
 
         Whatever the file holds or is, this returns or moves it: it never raises for the
         content, so one bad file cannot stop a worker.
@@ -95,7 +101,31 @@ class FilesysBase(Transport):
             self.to_failed(queue, path, name, f"unreadable task file: {exc}", task.attempts)
             return None
         try:
-            return self.decode(data), mtime
+            payload, headers = unwrap(self.decode(data))
         except ValueError as exc:  # UndecodableMessage: whatever the parser raised
             self.to_failed(queue, path, name, f"undecodable message: {exc}", task.attempts)
             return None
+        return payload, mtime, headers
+
+
+def wrap(payload_json: str, headers: dict[str, str]) -> str:
+    """A task file's text: the payload, or an envelope when the task has headers."""
+    if not headers:
+        return payload_json
+    head = json.dumps(headers, separators=(",", ":"))
+    return f'{{"{MARKER}":1,"headers":{head},"payload":{payload_json}}}'
+
+
+def unwrap(value: Payload) -> tuple[Payload, dict[str, str]]:
+    """The payload and headers of a decoded task file (``UndecodableMessage`` if it is an
+    envelope that is not well formed)."""
+    if MARKER not in value:
+        return value, {}
+    payload, headers = value.get("payload"), value.get("headers", {})
+    if not isinstance(payload, dict):
+        raise UndecodableMessage("envelope payload must be a JSON object")
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise UndecodableMessage("envelope headers must map strings to strings")
+    return payload, headers

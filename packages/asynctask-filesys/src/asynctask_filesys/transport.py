@@ -62,7 +62,7 @@ from asynctask_filesys.layout import (
 )
 from asynctask_filesys.oserrors import os_errors
 from asynctask_filesys.owners import Heartbeats
-from asynctask_filesys.queues import FilesysBase
+from asynctask_filesys.queues import FilesysBase, unwrap, wrap
 from asynctask_filesys.watch import Watcher
 
 _COUNTS = frozenset({"ready", "delayed", "retrying", "in_flight", "failed"})
@@ -163,10 +163,10 @@ class FilesysTransport(FilesysBase):
         moved = 0
         try:
             try:
-                self._write_tmp(paths, names, tasks)
+                self._write_tmp(queue, paths, names, tasks)
             except FileNotFoundError:  # somebody removed the queue's folders: once more
                 self.ensure_queue(queue, again=True)
-                self._write_tmp(paths, names, tasks)
+                self._write_tmp(queue, paths, names, tasks)
             for name in names:  # in order, so that takers see them in order
                 os.rename(os.path.join(paths.tmp, name), os.path.join(target, name))
                 moved += 1
@@ -178,10 +178,11 @@ class FilesysTransport(FilesysBase):
             sync_dir(target)
 
     def _write_tmp(
-        self, paths: QueuePaths, names: list[str], tasks: Sequence[tuple[str, str]]
+        self, queue: str, paths: QueuePaths, names: list[str], tasks: Sequence[tuple[str, str]]
     ) -> None:
-        for name, (_, text) in zip(names, tasks, strict=True):
-            write_file(os.path.join(paths.tmp, name), text.encode(), self.mode, self.fsync)
+        for name, (task_id, text) in zip(names, tasks, strict=True):
+            body = wrap(text, self.task_headers(queue, task_id, text))
+            write_file(os.path.join(paths.tmp, name), body.encode(), self.mode, self.fsync)
 
     @os_errors
     def _take(self, queue: str) -> Payload | None:
@@ -287,7 +288,7 @@ class FilesysTransport(FilesysBase):
         task = TaskName.parse(original_name(stored))
         if raw is None:
             try:
-                payload = decode_message(data, len(data))
+                payload = unwrap(decode_message(data, len(data)))[0]
             except ValueError:
                 raw = data.decode("utf-8", errors="replace")
         return FailedTask(

@@ -31,7 +31,7 @@ from psycopg import sql
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
 from asynctask.transport import Consumer, Delivery
-from asynctask_pgsql.decoding import load_json_as_text
+from asynctask_pgsql.decoding import load_json_as_text, read_headers
 from asynctask_pgsql.schema import channel, consumer_lock_class
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ class PgsqlConsumer(Consumer):
 
     def _keep(self, rows: list[tuple[Any, ...]]) -> None:
         """Turn reserved rows (in queue order) into deliveries; undecodable text fails."""
-        for bad, row_id, task_id, payload, text, attempts, submitted in rows:
+        for bad, row_id, task_id, payload, text, attempts, submitted, headers in rows:
             if bad:
                 continue
             try:  # jsonb comes as text (see asynctask_pgsql.decoding): one row at a time
@@ -163,9 +163,9 @@ class PgsqlConsumer(Consumer):
             self._held[row_id] = self._owner
             # A count another program stored may be negative: never more runs for that.
             attempt = max(attempts, 0) + 1
-            self._buffer.append(
-                Delivery(task_id.hex, self.queue, payload, attempt, submitted, row_id)
-            )
+            delivery = Delivery(task_id.hex, self.queue, payload, attempt, submitted, row_id)
+            delivery.headers = read_headers(headers)
+            self._buffer.append(delivery)
 
     def _run(self, query: LiteralString, params: Any) -> list[tuple[Any, ...]]:
         """Run one statement on our connection, reconnecting through an outage."""

@@ -10,6 +10,7 @@ store alone.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
@@ -23,3 +24,18 @@ def _text(data: Any) -> str:
 def load_json_as_text(conn: psycopg.Connection[Any]) -> None:
     """Make ``conn`` return ``json``/``jsonb`` values as their text, undecoded."""
     set_json_loads(_text, conn)
+
+
+def read_headers(text: str | None) -> dict[str, str]:
+    """A row's ``headers`` column (JSON text) as string headers; anything else, which
+    only another program could have written, reads as no headers (so a signed worker
+    refuses the task as unsigned, and nothing raises)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except Exception:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}

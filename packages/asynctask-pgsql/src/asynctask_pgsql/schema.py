@@ -134,22 +134,32 @@ CREATE TRIGGER asynctask_notify AFTER INSERT ON {s}.asynctask_queue
 COMMENT ON SCHEMA {s} IS 'version: 2';
 """
 
+# Added to version 2 in place (an extra column older code ignores, so worktrees and
+# versions sharing a schema keep working): the task's string headers (its signature).
+_ENSURE_HEADERS = """
+ALTER TABLE {s}.asynctask_queue ADD COLUMN IF NOT EXISTS headers JSONB;
+"""
+
 _READ_VERSION = """
 SELECT obj_description(n.oid, 'pg_namespace'), to_regclass(%s)::text,
        (SELECT count(*) FROM pg_attribute
-        WHERE attrelid = to_regclass(%s) AND attname = 'state' AND NOT attisdropped)
+        WHERE attrelid = to_regclass(%s) AND attname = 'state' AND NOT attisdropped),
+       (SELECT count(*) FROM pg_attribute
+        WHERE attrelid = to_regclass(%s) AND attname = 'headers' AND NOT attisdropped)
 FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %s
 """
 
 
-def _read(conn: psycopg.Connection[Any], schema: str) -> tuple[int | None, bool, bool]:
-    """(version from the comment or None, whether the table exists, whether it is v2)."""
+def _read(conn: psycopg.Connection[Any], schema: str) -> tuple[int | None, bool, bool, bool]:
+    """(version from the comment or None, whether the table exists, whether it is v2,
+    whether it has the ``headers`` column)."""
     table = f"{schema}.asynctask_queue"
-    row = conn.execute(_READ_VERSION, (table, table, schema)).fetchone()
+    row = conn.execute(_READ_VERSION, (table, table, table, schema)).fetchone()
     assert row is not None
-    comment, found, v2 = row
+    comment, found, v2, headers = row
     match = _VERSION.match(comment or "")
-    return (int(match.group(1)) if match else None), found is not None, bool(v2)
+    version = int(match.group(1)) if match else None
+    return version, found is not None, bool(v2), bool(headers)
 
 
 def migrate(conn: psycopg.Connection[Any], schema: str) -> str:
@@ -158,18 +168,21 @@ def migrate(conn: psycopg.Connection[Any], schema: str) -> str:
     ``conn`` is an autocommit connection. Raises ``SchemaVersionError`` for a schema
     written by a newer version, and psycopg errors (a missing privilege) as they come.
     """
-    version, _, _ = _read(conn, schema)
-    if version == SCHEMA_VERSION:
+    version, _, _, headers = _read(conn, schema)
+    if version == SCHEMA_VERSION and headers:
         return "current"
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (migration_lock_key(schema),))
-        version, found, v2 = _read(conn, schema)
+        version, found, v2, headers = _read(conn, schema)
         if version is not None and version > SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"schema {schema!r} is at version {version}, newer than this asynctask-pgsql "
                 f"(version {SCHEMA_VERSION}); upgrade the asynctask-pgsql package"
             )
         if version == SCHEMA_VERSION:
+            if not headers:
+                conn.execute(sql(_ENSURE_HEADERS, schema))
+                return "added the headers column"
             return "current"
         action = "upgraded"
         if not found and schema == "asynctask" and _original_in_public(conn):
@@ -184,6 +197,7 @@ def migrate(conn: psycopg.Connection[Any], schema: str) -> str:
         if not v2:
             conn.execute(sql(_UPGRADE_V1, schema))
         conn.execute(sql(_ENSURE_V2, schema))
+        conn.execute(sql(_ENSURE_HEADERS, schema))
         return action
 
 

@@ -37,9 +37,10 @@ SELECT pg_notify({s}.asynctask_channel(%(queue)s), '') FROM (SELECT 1 FROM put L
 
 PUT_ONE = (
     """WITH put AS (
-INSERT INTO {s}.asynctask_queue (task_id, queue_name, payload, payload_text, date_available)
+INSERT INTO {s}.asynctask_queue
+    (task_id, queue_name, payload, payload_text, date_available, headers)
 VALUES (%(id)s::uuid, %(queue)s, coalesce(%(payload)s::jsonb, '{}'), %(text)s,
-        now() + make_interval(secs => %(delay)s))
+        now() + make_interval(secs => %(delay)s), %(headers)s::jsonb)
 RETURNING 1
 )"""
     + _NOTIFY_PUT
@@ -50,10 +51,12 @@ RETURNING 1
 # Python, which cost more than the server's work (batch submit 1.5x faster).
 PUT = (
     """WITH put AS (
-INSERT INTO {s}.asynctask_queue (task_id, queue_name, payload, payload_text, date_available)
+INSERT INTO {s}.asynctask_queue
+    (task_id, queue_name, payload, payload_text, date_available, headers)
 SELECT t.id, %(queue)s, coalesce(t.payload::jsonb, '{}'), t.text,
-       (SELECT now() + make_interval(secs => %(delay)s))
-FROM unnest(%(ids)b::uuid[], %(payloads)b::text[], %(texts)b::text[]) AS t(id, payload, text)
+       (SELECT now() + make_interval(secs => %(delay)s)), t.headers::jsonb
+FROM unnest(%(ids)b::uuid[], %(payloads)b::text[], %(texts)b::text[], %(headers)b::text[])
+    AS t(id, payload, text, headers)
 RETURNING 1
 )"""
     + _NOTIFY_PUT
@@ -75,9 +78,9 @@ WITH {_DONE}, head AS (
     FROM head WHERE t.id = head.id
     RETURNING head.bad, t.id, t.task_id, CASE WHEN head.bad THEN NULL ELSE t.payload END AS p,
         t.payload_text, t.attempts, extract(epoch FROM t.date_submitted)::float8 AS submitted,
-        t.date_available
+        t.date_available, t.headers
 )
-SELECT bad, id, task_id, p, payload_text, attempts, submitted FROM taken
+SELECT bad, id, task_id, p, payload_text, attempts, submitted, headers FROM taken
 ORDER BY date_available, id
 """
 

@@ -29,6 +29,7 @@ Storage
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import os
 import threading
@@ -219,12 +220,16 @@ class PgsqlTransport(Transport):
         texts = [text if "\\u0000" in text else None for _, text in tasks]
         payloads = [None if "\\u0000" in text else text for _, text in tasks]
         params: dict[str, Any] = {"queue": queue, "delay": delay}
+        headers = [
+            _json_or_none(self.task_headers(queue, task_id, text)) for task_id, text in tasks
+        ]
         if len(tasks) == 1:
             query = self.sql.put_one
-            params.update(id=tasks[0][0], payload=payloads[0], text=texts[0])
+            params.update(id=tasks[0][0], payload=payloads[0], text=texts[0], headers=headers[0])
         else:
             query = self.sql.put
-            params.update(ids=[task_id for task_id, _ in tasks], payloads=payloads, texts=texts)
+            ids = [task_id for task_id, _ in tasks]
+            params.update(ids=ids, payloads=payloads, texts=texts, headers=headers)
         caller = _caller_connection.get()
         if caller is None:
             self._query(query, params)
@@ -287,6 +292,10 @@ class PgsqlTransport(Transport):
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close(timeout=1.0)
+
+
+def _json_or_none(headers: dict[str, str]) -> str | None:
+    return json.dumps(headers) if headers else None
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:

@@ -226,6 +226,7 @@ class RedisConsumer(Consumer):
             message.attempts + 1,
             message.submitted_at,
             receipt=message,
+            headers=message.headers,
         )
 
     # -- settling -----------------------------------------------------------------------

@@ -33,6 +33,7 @@ Storage
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -180,7 +181,10 @@ class RedisTransport(Transport):
 
     def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
         now = time.time()
-        texts = [envelope(task_id, 0, now, text) for task_id, text in tasks]
+        texts = [
+            envelope(task_id, 0, now, text, self.task_headers(queue, task_id, text))
+            for task_id, text in tasks
+        ]
         if delay > 0:
             self._script(scripts.PUT_DELAYED, queue, f"{delay * 1000:.3f}", *texts)
             return
@@ -243,7 +247,9 @@ class RedisTransport(Transport):
         args: list[Any] = []
         for raw, task in self._failed_entries(queue):
             if ids is None or task.id in ids:
-                args += [raw, requeue_text(task)]
+                # re-signed by whoever requeues: a requeue is theirs to vouch for
+                sign = functools.partial(self.task_headers, queue, task.id)
+                args += [raw, requeue_text(task, sign)]
         return int(self._script(scripts.TAKE_FAILED, queue, *args)) if args else 0
 
     def _purge_failed(self, queue: str, ids: Sequence[str] | None) -> int:
