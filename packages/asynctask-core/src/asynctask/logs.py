@@ -5,7 +5,18 @@ from __future__ import annotations
 import logging
 import sys
 
+from asynctask.uri import redact
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+
+
+class RedactingFormatter(logging.Formatter):
+    """Hides passwords in every line, tracebacks included: a driver's error, a command's
+    argument or a printed environment can hold a URI that no caller redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The line, with every password in it replaced by ``***``."""
+        return redact(super().format(record))
 
 
 def setup_logging(quiet: bool = False, level: int = logging.INFO) -> None:
@@ -14,7 +25,7 @@ def setup_logging(quiet: bool = False, level: int = logging.INFO) -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(RedactingFormatter(FORMAT))
     root.addHandler(handler)
     root.setLevel(logging.ERROR if quiet else level)
     for noisy in ("apscheduler", "amqp", "kombu", "psycopg", "psycopg.pool"):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from asynctask.errors import ConfigurationError
-from asynctask.uri import redact
+from asynctask.uri import redact, remember_secret
 from asynctask.validation import DEFAULT_MAX_PAYLOAD_BYTES, QUEUE_NAME_RULE, is_valid_queue_name
 
 CONFIG_FILE = "asynctask.toml"
@@ -56,6 +56,7 @@ def _transport(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or ":" not in value:
         raise _Invalid("expected a transport URI such as 'filesys:/path', 'redis://host'")
+    redact(value)  # learns its password, to hide it wherever a driver may quote it
     return value
 
 
@@ -81,6 +82,8 @@ def _signing_key(value: Any) -> tuple[str, ...]:
             "expected a key of at least 16 characters, or a list of them (the first signs, "
             "all verify)"
         )
+    for key in keys:
+        remember_secret(key)
     return tuple(keys)
 
 

@@ -60,7 +60,9 @@ JsonOption = Annotated[
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"asynctask: error: {message}", err=True)
+    from asynctask.uri import redact
+
+    typer.echo(f"asynctask: error: {redact(message)}", err=True)
     return typer.Exit(code)
 
 
