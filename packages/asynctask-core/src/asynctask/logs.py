@@ -30,3 +30,12 @@ def setup_logging(quiet: bool = False, level: int = logging.INFO) -> None:
     root.setLevel(logging.ERROR if quiet else level)
     for noisy in ("apscheduler", "amqp", "kombu", "psycopg", "psycopg.pool"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def redact_last_resort() -> None:
+    """Redact what Python prints when nothing set logging up (its "last resort" handler,
+    WARNING and above, message only): commands other than ``workers`` log that way."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(RedactingFormatter("%(message)s"))
+    logging.lastResort = handler

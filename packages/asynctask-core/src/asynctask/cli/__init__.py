@@ -21,6 +21,7 @@ import typer
 from asynctask.cli import inspect
 from asynctask.cli.common import app, failed_app
 from asynctask.cli.workers import workers
+from asynctask.logs import redact_last_resort
 from asynctask.proctitle import hide_passwords
 
 __all__ = ["app", "main", "workers_main"]
@@ -40,6 +41,7 @@ app.command("settings")(inspect.show_settings)
 
 def _run(command: Callable[[], None]) -> None:
     hide_passwords()  # first: a --set password is in this process's argv, seen by `ps`
+    redact_last_resort()
     try:
         command()
     except KeyboardInterrupt:
