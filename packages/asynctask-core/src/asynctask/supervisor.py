@@ -80,7 +80,8 @@ class Supervisor:
     def _start(self, slot: Slot) -> None:
         logger.info("Launching %s", slot.label)
         process = subprocess.Popen(
-            [sys.executable, "-m", "asynctask.child"],
+            # -P: nothing from the working folder shadows a module (asynctask.syspath)
+            [sys.executable, "-P", "-m", "asynctask.child"],
             stdin=subprocess.PIPE,
             close_fds=True,
         )

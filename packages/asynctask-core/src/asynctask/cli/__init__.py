@@ -23,6 +23,7 @@ from asynctask.cli.common import app, failed_app
 from asynctask.cli.workers import workers
 from asynctask.logs import redact_last_resort
 from asynctask.proctitle import hide_passwords
+from asynctask.syspath import working_folder_last
 
 __all__ = ["app", "main", "workers_main"]
 
@@ -42,6 +43,7 @@ app.command("settings")(inspect.show_settings)
 def _run(command: Callable[[], None]) -> None:
     hide_passwords()  # first: a --set password is in this process's argv, seen by `ps`
     redact_last_resort()
+    working_folder_last()  # --import finds the project's modules, after all others
     try:
         command()
     except KeyboardInterrupt:
