@@ -141,7 +141,17 @@ def next_fire_times(settings: Settings) -> list[dict[str, Any]]:
         fields = {
             k: entry[k]
             for k in entry
-            if k not in ("payload", "queue", "command", "worker", "name", "skip_if_pending")
+            if k
+            not in (
+                "payload",
+                "queue",
+                "command",
+                "worker",
+                "name",
+                "skip_if_pending",
+                "timeout",
+                "env",
+            )
         }
         rows.append(
             {

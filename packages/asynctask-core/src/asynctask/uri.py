@@ -55,6 +55,13 @@ def _hide(match: re.Match[str], tail: str = "") -> str:
     return match.group("head") + "***" + tail
 
 
+def _hide_userinfo(match: re.Match[str]) -> str:
+    user = re.sub(r"^[a-zA-Z][a-zA-Z0-9+.-]*:/*", "", match.group("head"))[:-1]
+    if match.group("pw") != user:  # "guest:guest": the name shows anyway, keep it readable
+        remember_secret(match.group("pw"))
+    return match.group("head") + "***@"
+
+
 def redact(text: str) -> str:
     """Return ``text`` with every password in it replaced by ``***``.
 
@@ -62,7 +69,7 @@ def redact(text: str) -> str:
     output): it finds URIs and ``name=value`` secrets anywhere in the text, not only at
     its start, and hides every password it has met before wherever it shows again.
     """
-    text = _USERINFO.sub(lambda m: _hide(m, "@"), text)
+    text = _USERINFO.sub(_hide_userinfo, text)
     text = _KEYWORD.sub(_hide, text)
     text = _JSON_KEY.sub(lambda m: m.group("head") + '"***"', text)
     for secret in sorted(_KNOWN, key=len, reverse=True):
