@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -67,7 +68,9 @@ class Outcome:
         """The outcome as a table cell."""
         if self.outcome == "unsupported":
             return "n/a"
-        text = self.outcome + (f": {self.detail[:70]}" if self.detail else "")
+        detail = re.sub(r"(.)\1{5,}", r"\1\1\1...", self.detail)  # 'qqqq...' of a long name
+        detail = detail.removeprefix("undecodable message: ")
+        text = self.outcome + (f": {detail[:90]}" if detail else "")
         return text.replace("|", "/").replace("\n", " ") + ("" if self.ok else " **FAILED**")
 
 
@@ -298,3 +301,30 @@ def run_submit_case(name: str, payload: Any, queue: str | None, transport: Trans
     outcome.outcome = "accepted"
     outcome.problems.append("accepted")
     return outcome
+
+
+def run_all(backend: Backend, scratch: Path, say: Callable[[str], None]) -> list[Outcome]:
+    """Every case on one (started) backend, with a transport of its own; then the submit
+    cases. The transport's limit and keys are the cases' own."""
+    from asynctask import get_transport
+
+    transport = type(get_transport(backend.uri))(backend.uri)
+    outcomes = []
+    try:
+        for case in CASES:
+            try:
+                outcome = run_case(case, backend, transport, scratch)
+            except Exception as exc:  # the table shows it; the next case runs
+                outcome = Outcome(case.name, backend.name, "error", f"{type(exc).__name__}: {exc}")
+                outcome.problems.append(outcome.detail)
+            outcome.transport = backend.name
+            say(f"    {case.name}: {outcome.cell()}")
+            outcomes.append(outcome)
+        for name, payload, queue in SUBMIT_CASES:
+            outcome = run_submit_case(name, payload, queue, transport)
+            outcome.transport = backend.name
+            say(f"    {name}: {outcome.cell()}")
+            outcomes.append(outcome)
+    finally:
+        transport.close()
+    return outcomes
