@@ -95,6 +95,51 @@ def problems(results: list[Result]) -> list[str]:
 
 BAD_INPUT_TITLE = "## Bad input"
 
+#: what else a local user or another program can do: (case, outcome, the test that holds it)
+OTHER_CASES = (
+    (
+        "filesys: a symlink planted where the scheduler writes a claim",
+        "the link is removed, never written through; the claim is taken",
+        "test_a_claim_never_writes_through_a_planted_symlink",
+    ),
+    (
+        "filesys: a claim's lock held by another process",
+        "unchanged: the claim is refused after 1 s; no firing stalls",
+        "test_a_held_claim_lock_does_not_stall_the_scheduler",
+    ),
+    (
+        "filesys: `?mode=0660` in a setgid folder, producer and worker as two users",
+        "unchanged: the folders keep the setgid bit; the worker runs the task",
+        "test_a_producer_and_a_worker_as_two_users_share_a_group_folder",
+    ),
+    (
+        "a `json.py` in the working folder of `asynctask workers`",
+        "unchanged: children start with `python -P`; the folder comes last",
+        "test_a_json_py_in_the_working_folder_never_runs_in_a_child",
+    ),
+    (
+        '`{"schedule": "backup"}` written to another scheduled queue',
+        "failed store: a queue runs only its own entry's command",
+        "test_a_task_on_another_scheduled_queue_cannot_run_the_backup_entry",
+    ),
+    (
+        "a command that runs past its `timeout`, or prints 20 MB",
+        "failed store with a tail of its output; the log keeps a tail",
+        "test_commands.py",
+    ),
+    (
+        "32 odd and malformed URIs through every command, the logs and `ps`",
+        "unchanged: no password shown anywhere",
+        "test_secrets.py",
+    ),
+)
+
+
+def _other_cases() -> str:
+    rows = [["case", "outcome", "test"], ["---"] * 3]
+    rows += [[case, outcome, f"`{test}`"] for case, outcome, test in OTHER_CASES]
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
 
 def bad_input_table(outcomes: list[Outcome]) -> str:
     """The bad-input cases as a markdown table: one row a case, one column a transport."""
@@ -133,6 +178,11 @@ with `asynctask_max_payload_bytes` = 65536 and, for the signing cases, a signing
 count; the file cases are filesys's own).
 
 {bad_input_table(outcomes)}
+
+Beside the messages, what else a local user or another program can do, with its outcome
+and the test that holds it (`tests/hostile/`, run by `make test`):
+
+{_other_cases()}
 """
 
 
