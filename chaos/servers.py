@@ -33,11 +33,13 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import psycopg
-import redis
+
+if TYPE_CHECKING:
+    import redis
 
 #: the texts written by hand as messages: two are not JSON, three are JSON but not objects
 UNDECODABLE = ("this is not JSON", '{"unclosed": ', "[1, 2, 3]", '"just a string"', "null")
@@ -359,14 +361,15 @@ class RedisBackend(Backend):
         wait_until(self._answers, 30, f"redis-server on port {self.port} answering")
 
     def _client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.uri.partition("?")[0], socket_timeout=5)
+        client: redis.Redis = _redis().Redis.from_url(self.uri.partition("?")[0], socket_timeout=5)
+        return client
 
     def _answers(self) -> bool:
         try:
-            client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+            client: redis.Redis = _redis().Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
             with contextlib.closing(client):
-                return client.info("persistence").get("loading") == 0
-        except redis.RedisError:
+                return bool(client.info("persistence").get("loading") == 0)
+        except _redis().RedisError:
             return False
 
     def stop(self) -> None:
@@ -533,6 +536,12 @@ def wait_for_quiet(name: str, say: Callable[[str], None], timeout: float) -> Non
         time.sleep(2)
     if runs:
         say("    other test runs go on; disturbing the shared server anyway")
+
+
+def _redis() -> Any:
+    # imported when a redis backend is used: the filesys cases run where redis-py cannot
+    # load (an older Python 3.11 without async_timeout), as another user's interpreter may be
+    return importlib.import_module("redis")
 
 
 def _free_port() -> int:
