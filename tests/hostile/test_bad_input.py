@@ -9,6 +9,8 @@ neighbours must run once, on their first attempt.
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from asynctask import get_transport
@@ -66,3 +68,22 @@ def test_submit_refuses_what_the_rules_refuse_with_the_same_error_everywhere(
         assert "not a valid queue name" in outcome.detail and "100" in outcome.detail
     elif "limit" in name:
         assert "asynctask_max_payload_bytes" in outcome.detail
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if "3,000" in c.name or "5,000" in c.name], ids=lambda c: c.name
+)
+def test_get_task_moves_a_bad_message_aside_and_returns_the_next(case, chaos_backend, tmp_path):
+    # Given a bad message between two good tasks
+    backend, transport = chaos_backend
+    queue = f"take_{uuid.uuid4().hex[:10]}"
+    transport.submit_task(queue, {"n": 1})
+    case.write(backend, queue, tmp_path)
+    transport.submit_task(queue, {"n": 2})
+    # When a script takes the tasks one by one (the at-most-once get_task)
+    taken = [transport.get_task(queue), transport.get_task(queue)]
+    # Then it gets both good ones, and the bad one waits in the failed store
+    assert taken == [{"n": 1}, {"n": 2}]
+    [failed] = transport.failed_tasks(queue)
+    assert case.reason.lower() in failed.error.lower()
+    transport.purge_failed(queue)

@@ -244,8 +244,19 @@ class PgsqlTransport(Transport):
             ) from exc
 
     def _take(self, queue: str) -> Payload | None:
+        # One transaction: a row deleted by TAKE that turns out undecodable is kept in the
+        # failed store by the same commit, or by neither (it is never lost in between).
+        pool = self._ready_pool()
+        with (
+            self._mapped_errors(),
+            pool.connection(timeout=self.retry_timeout) as conn,
+            conn.transaction(),
+        ):
+            return self._take_in(conn, queue)
+
+    def _take_in(self, conn: psycopg.Connection[Any], queue: str) -> Payload | None:
         while True:
-            rows = self._query(self.sql.take, (queue,))
+            rows = conn.execute(self.sql.take, (queue,)).fetchall()
             if not rows:
                 return None
             bad, task_id, payload, text, attempts, submitted = rows[0]
@@ -257,7 +268,7 @@ class PgsqlTransport(Transport):
             except ValueError as exc:  # UndecodableMessage, whatever the parser raised
                 error = f"undecodable message: {exc}"
                 row = (task_id, queue, raw, max(attempts, 0), submitted, error)
-                self._query(self.sql.keep_failed, row)
+                conn.execute(self.sql.keep_failed, row)
 
     def _stats(self, queue: str) -> QueueStats:
         [(ready, delayed, retrying, in_flight, failed)] = self._query(self.sql.stats, {"q": queue})
