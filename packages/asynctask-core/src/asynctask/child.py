@@ -1,9 +1,17 @@
 """A worker child process: ``python -P -m asynctask.child`` with its spec as JSON on stdin.
 
 The supervisor starts each child as a fresh interpreter (no inherited threads or
-connections). A child stops gracefully on its first SIGTERM (after the current task),
-at once on the second, ignores SIGINT (the supervisor decides what a Ctrl-C means), and
-dies with its supervisor, even a SIGKILLed one.
+connections). SIGTERM and SIGINT only ever ask a child to stop gracefully: it finishes
+its current task, hands back the ones it had reserved ahead, and exits. A second signal
+changes nothing, because ``kill -TERM -PGID`` (systemd's ``KillMode=control-group``)
+reaches each child twice, once from the group and once from the supervisor; a stop at
+once is the supervisor's SIGKILL (after the grace period, or on a second signal to the
+supervisor). A child dies with its supervisor, even a SIGKILLed one.
+
+The supervisor keeps the child's liveness (``asynctask.liveness``): the spec carries the
+owner id, and the child tells the supervisor, over the pipe ``report_fd``, which tasks it
+starts (``S <id>``) and which it has settled (``D <id>``), so that when the child dies
+only the task it was running counts an attempt.
 """
 
 from __future__ import annotations
@@ -25,8 +33,9 @@ from asynctask.ratelimit import RateLimit
 from asynctask.runner import EXIT_RECYCLE, EXIT_TASK_TIMEOUT, LoopOptions, run_loop
 from asynctask.settings import configure, settings_from_raw
 from asynctask.syspath import working_folder_last
+from asynctask.transport import Delivery
 
-#: exit code of a child stopped by a second SIGTERM
+#: exit code of a child that found its supervisor gone
 EXIT_FORCED = 70
 _PR_SET_PDEATHSIG = 1
 
@@ -47,6 +56,10 @@ class ChildSpec:
     rate_period: float | None = None
     #: None: the worker class's own ``prefetch``
     prefetch: int | None = None
+    #: the owner id whose liveness the supervisor keeps; None: the consumer keeps its own
+    owner: str | None = None
+    #: the write end of the pipe on which the child reports started and settled tasks
+    report_fd: int | None = None
 
     def to_json(self) -> str:
         """The spec as JSON text."""
@@ -73,6 +86,33 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(EXIT_FORCED)
 
 
+class _Report:
+    """Tells the supervisor which tasks this child started and settled (one line each).
+
+    A line is far shorter than ``PIPE_BUF``, so each write is whole; one written just
+    before the child dies is still read by the supervisor after it reaps the child.
+    """
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+        if fd is not None:
+            os.set_inheritable(fd, False)  # not for the processes a task may start
+
+    def _send(self, line: str) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, line.encode())
+        except OSError:  # the supervisor is gone: we die with it anyway
+            self.fd = None
+
+    def started(self, delivery: Delivery) -> None:
+        self._send(f"S {delivery.id}\n")
+
+    def settled(self, delivery: Delivery) -> None:
+        self._send(f"D {delivery.id}\n")
+
+
 def main() -> int:
     """Run one worker on one queue until told to stop; return the exit code."""
     working_folder_last()  # started with -P: the folder is searched, last
@@ -83,12 +123,11 @@ def main() -> int:
     stop = threading.Event()
 
     def on_term(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            os._exit(EXIT_FORCED)
-        stop.set()
+        stop.set()  # never "at once": that is the supervisor's SIGKILL
 
     signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, on_term)
+    report = _Report(spec.report_fd)
 
     from asynctask.api import get_transport
     from asynctask.plugins import load_plugins
@@ -113,6 +152,9 @@ def main() -> int:
         max_tasks=worker.max_tasks_per_child,
         stop=stop,
         on_timeout=lambda: os._exit(EXIT_TASK_TIMEOUT),
+        on_start=report.started,
+        on_settled=report.settled,
+        owner=spec.owner,
     )
     worker.logger.info("Starting; queue=%s", spec.queue)
     worker.setup()

@@ -47,6 +47,13 @@ class LoopOptions:
     stop: threading.Event = field(default_factory=threading.Event)
     #: called (from a watchdog thread) when a task runs past the worker's timeout
     on_timeout: Callable[[], None] | None = None
+    #: called right before a task's ``process()`` starts (a child tells its supervisor)
+    on_start: Callable[[Delivery], None] | None = None
+    #: called once a started task is settled (acknowledged, retried or failed)
+    on_settled: Callable[[Delivery], None] | None = None
+    #: the owner id whose liveness another process keeps (``asynctask.liveness``);
+    #: None: the consumer keeps its own (a heartbeat thread, a held connection)
+    owner: str | None = None
 
 
 @dataclass
@@ -171,7 +178,7 @@ def run_loop(
     result = LoopResult()
     worker._transport, worker._queue_name = transport, queue
     limit = options.max_tasks
-    consumer = transport.consumer(queue, prefetch=options.prefetch)
+    consumer = transport.consumer(queue, prefetch=options.prefetch, owner=options.owner)
     watchdog = _Watchdog(worker, consumer, options.on_timeout)
     outage = _Outage(worker.logger, options.stop)
     drain_check = DrainCheck(transport, queue)
@@ -202,7 +209,7 @@ def run_loop(
                     break
             result.processed += 1
             try:
-                succeeded = _run_one(worker, consumer, delivery, watchdog)
+                succeeded = _run_one(worker, consumer, delivery, watchdog, options)
             except TransportUnavailable as exc:
                 outage.failed(exc)  # not settled: the task comes back and runs again
                 consumer = _renew(transport, consumer, queue, options)
@@ -248,14 +255,18 @@ def _renew(transport: Transport, consumer: Consumer, queue: str, options: LoopOp
         logging.getLogger("asynctask.runner").debug("closing a broken consumer: %s", exc)
     while True:
         try:
-            return transport.consumer(queue, prefetch=options.prefetch)
+            return transport.consumer(queue, prefetch=options.prefetch, owner=options.owner)
         except TransportUnavailable:
             if options.stop.wait(1.0):
-                return transport.consumer(queue, prefetch=options.prefetch)
+                return transport.consumer(queue, prefetch=options.prefetch, owner=options.owner)
 
 
 def _run_one(
-    worker: AsyncTaskWorker, consumer: Consumer, delivery: Delivery, watchdog: _Watchdog
+    worker: AsyncTaskWorker,
+    consumer: Consumer,
+    delivery: Delivery,
+    watchdog: _Watchdog,
+    options: LoopOptions,
 ) -> bool:
     unsafe = consumer.transport.signature_problem(delivery)
     if unsafe is not None:  # asynctask_signing_key is set and this task is not ours
@@ -272,17 +283,22 @@ def _run_one(
         consumer.fail(delivery, error)
         return False
     worker.logger.debug("Got payload: %r", delivery.payload)
+    if options.on_start is not None:
+        options.on_start(delivery)
     watchdog.start(delivery)
     worker.delivery = delivery
+    raised: Exception | None = None
     try:
         worker.process(delivery.payload)
     except Exception as exc:
-        watchdog.cancel()
-        return settle(worker, consumer, delivery, exc)
+        raised = exc
     finally:
         worker.delivery = None
-    watchdog.cancel()
-    return settle(worker, consumer, delivery, None)
+        watchdog.cancel()
+    succeeded = settle(worker, consumer, delivery, raised)
+    if options.on_settled is not None:
+        options.on_settled(delivery)
+    return succeeded
 
 
 def _report_delayed(worker: AsyncTaskWorker, transport: Transport, queue: str) -> None:

@@ -3,8 +3,14 @@
 It starts every child, restarts one that dies (with back-off, so a child that keeps
 dying at start-up does not spin the CPU), and stops them all on SIGTERM or SIGINT: the
 first signal lets each child finish its current task within the grace period, the
-second (or the end of the grace period) kills them. Signal handlers only set flags; the
-work happens in the loop, which wakes on a child's exit or a signal at once.
+second (or the end of the grace period) kills them, and the command then exits 4, never
+0. Signal handlers only set flags; the work happens in the loop, which wakes on a child's
+exit or a signal at once.
+
+It also keeps its children's liveness (``asynctask.liveness``): each child start gets a
+new owner id, a keeper thread (``asynctask.keepers``) beats for it while the child's
+pidfd says it lives, and when the child exits its tasks go back at once, counting an
+attempt only for the one it had started (the child reports starts and settles on a pipe).
 """
 
 from __future__ import annotations
@@ -17,12 +23,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 
 from asynctask.child import EXIT_FORCED, ChildSpec
+from asynctask.keepers import Keepers
+from asynctask.liveness import Liveness, new_owner
 from asynctask.runner import EXIT_RECYCLE, EXIT_TASK_TIMEOUT
+from asynctask.transport import Transport
 
 logger = logging.getLogger("asynctask.supervisor")
 
@@ -36,6 +46,9 @@ BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 30.0
 #: a child that ran this long before it died starts again after the first back-off
 HEALTHY_RUN = 30.0
+#: settled task ids remembered per child: acknowledgements a consumer has not sent yet
+#: (at most its prefetch, times the tasks it runs at once) are among the last ones
+FINISHED_KEPT = 1024
 
 
 @dataclass
@@ -50,6 +63,15 @@ class Slot:
     restart_at: float | None = None
     done: bool = False
     pidfd: int | None = field(default=None, repr=False)
+    #: the liveness the supervisor keeps for the running child
+    liveness: Liveness | None = field(default=None, repr=False)
+    #: the read end of the child's report pipe, and what it said so far
+    report: int | None = field(default=None, repr=False)
+    report_text: bytes = field(default=b"", repr=False)
+    #: ids of the tasks the running child started and has not settled
+    running: set[str] = field(default_factory=set, repr=False)
+    #: ids of the last tasks it settled (an ack may wait for the consumer's next call)
+    finished: deque[str] = field(default_factory=lambda: deque(maxlen=FINISHED_KEPT), repr=False)
 
 
 class Supervisor:
@@ -62,6 +84,7 @@ class Supervisor:
         grace: float = 30.0,
         halt_when_empty: bool = False,
         on_stop: Callable[[], None] | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.slots = [Slot(spec, f"{spec.worker} on queue {spec.queue}") for spec in specs]
         self.check_interval = check_interval
@@ -71,6 +94,9 @@ class Supervisor:
         self._signals = 0
         self._stop_deadline: float | None = None
         self._forced = False
+        #: the children's transport, for their liveness; None: children keep their own
+        self.transport = transport
+        self._keepers: Keepers | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
@@ -79,15 +105,21 @@ class Supervisor:
 
     def _start(self, slot: Slot) -> None:
         logger.info("Launching %s", slot.label)
-        process = subprocess.Popen(
-            # -P: nothing from the working folder shadows a module (asynctask.syspath)
-            [sys.executable, "-P", "-m", "asynctask.child"],
-            stdin=subprocess.PIPE,
-            close_fds=True,
-        )
+        spec, report_w = self._keep_alive(slot)
+        try:
+            process = subprocess.Popen(
+                # -P: nothing from the working folder shadows a module (asynctask.syspath)
+                [sys.executable, "-P", "-m", "asynctask.child"],
+                stdin=subprocess.PIPE,
+                close_fds=True,
+                pass_fds=() if report_w is None else (report_w,),
+            )
+        finally:
+            if report_w is not None:
+                os.close(report_w)
         assert process.stdin is not None
         try:
-            process.stdin.write(slot.spec.to_json().encode())
+            process.stdin.write(spec.to_json().encode())
             process.stdin.close()
         except BrokenPipeError:
             # It died before reading its spec (killed at birth): reaped and restarted
@@ -98,6 +130,52 @@ class Supervisor:
         slot.started = time.monotonic()
         slot.restart_at = None
         slot.pidfd = _pidfd(process.pid)
+
+    def _keep_alive(self, slot: Slot) -> tuple[ChildSpec, int | None]:
+        """The spec of a new child of ``slot``, and the write end of its report pipe.
+
+        A new owner id per child start: a restarted child never inherits a dead one's
+        tasks, which ``end()`` hands back when the dead one is reaped.
+        """
+        if self.transport is None:
+            return slot.spec, None
+        owner = new_owner()
+        slot.liveness = self.transport.liveness(slot.spec.queue, owner)
+        if self._keepers is None:
+            self._keepers = Keepers()
+        self._keepers.keep(slot.liveness)
+        report_r, report_w = os.pipe()
+        os.set_blocking(report_r, False)
+        slot.report, slot.report_text, slot.running = report_r, b"", set()
+        slot.finished.clear()
+        return replace(slot.spec, owner=owner, report_fd=report_w), report_w
+
+    def _read_report(self, slot: Slot) -> None:
+        """Take in what the child said: ``S <id>`` started, ``D <id>`` settled."""
+        if slot.report is None:
+            return
+        chunks = [slot.report_text]
+        ended = False
+        try:
+            while True:
+                chunk = os.read(slot.report, 65536)
+                if not chunk:
+                    ended = True  # every writer is gone: nothing more will come
+                    break
+                chunks.append(chunk)
+        except BlockingIOError:
+            pass
+        if ended:
+            os.close(slot.report)
+            slot.report = None
+        *lines, slot.report_text = b"".join(chunks).split(b"\n")
+        for line in lines:
+            kind, _, task_id = line.decode("ascii", "replace").partition(" ")
+            if kind == "S":
+                slot.running.add(task_id)
+            elif kind == "D":
+                slot.running.discard(task_id)
+                slot.finished.append(task_id)
 
     def _reap(self, slot: Slot) -> int | None:
         """The exit code of the slot's process if it has ended, else None."""
@@ -110,7 +188,20 @@ class Supervisor:
             os.close(slot.pidfd)
             slot.pidfd = None
         slot.process = None
+        self._end_liveness(slot)
         return code
+
+    def _end_liveness(self, slot: Slot) -> None:
+        """The child is gone: its tasks go back now, only the started ones counted."""
+        self._read_report(slot)  # what it wrote before it died is still in the pipe
+        if slot.report is not None:
+            os.close(slot.report)
+            slot.report = None
+        if slot.liveness is not None and self._keepers is not None:
+            self._keepers.end(slot.liveness, set(slot.running), set(slot.finished))
+        slot.liveness = None
+        slot.running = set()
+        slot.finished.clear()
 
     def _after_exit(self, slot: Slot, code: int, now: float) -> None:
         if self._stop_deadline is not None:
@@ -168,17 +259,22 @@ class Supervisor:
         if self._signals >= 2 and not self._forced:
             logger.warning("Second termination signal; stopping children at once")
             self._kill_all()
+            self._forced = True
 
-    def _kill_all(self) -> None:
-        self._forced = True
+    def _kill_all(self) -> bool:
+        """SIGKILL every live child; whether there was one."""
+        killed = False
         for slot in self.slots:
-            self._send(slot, signal.SIGKILL)
+            killed = self._send(slot, signal.SIGKILL) or killed
+        return killed
 
     @staticmethod
-    def _send(slot: Slot, signum: int) -> None:
+    def _send(slot: Slot, signum: int) -> bool:
         if slot.process is not None and slot.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 slot.process.send_signal(signum)
+                return True
+        return False
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -218,7 +314,9 @@ class Supervisor:
                     logger.warning(
                         "Grace period of %g s is over; stopping children at once", self.grace
                     )
-                    self._kill_all()
+                    self._forced = self._kill_all()
+                    if not self._forced:  # all exited meanwhile: nothing was cut short
+                        self._stop_deadline = now + self.grace
                 self._wait(now)
         finally:
             for signum, handler in previous.items():
@@ -227,12 +325,19 @@ class Supervisor:
             for slot in self.slots:
                 if slot.process is not None:
                     slot.process.wait()
+                    slot.process = None
+                self._end_liveness(slot)
+            if self._keepers is not None:
+                self._keepers.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
         if self._stop_deadline is None:
             logger.info("All workers halted; closing down...")
+        if self._forced:
+            logger.warning("Children were stopped at once; their tasks come back to the queue")
+            return EXIT_FORCED_STOP
         logger.info("Complete")
-        return EXIT_FORCED_STOP if self._forced and self._signals >= 2 else EXIT_OK
+        return EXIT_OK
 
     def _wait(self, now: float) -> None:
         """Sleep until a child exits, a signal arrives, a restart is due or a check is."""
@@ -243,10 +348,14 @@ class Supervisor:
         if self._stop_deadline is not None:
             timeout = min(timeout, max(0.0, self._stop_deadline - now))
         fds = [self._wake_r] + [s.pidfd for s in self.slots if s.pidfd is not None]
+        fds += [s.report for s in self.slots if s.report is not None]
         try:
             ready, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:
             return
+        for slot in self.slots:
+            if slot.report is not None and slot.report in ready:
+                self._read_report(slot)
         if self._wake_r in ready:
             try:
                 while os.read(self._wake_r, 64):

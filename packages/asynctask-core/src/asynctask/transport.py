@@ -29,6 +29,7 @@ from typing import Any, ClassVar, TypeVar
 
 from asynctask import signing
 from asynctask.errors import InvalidTaskError, TransportClosed, TransportUnavailable
+from asynctask.liveness import Liveness, NoLiveness, check_owner
 from asynctask.uri import Option, read_options, redact, split_query
 from asynctask.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -253,6 +254,18 @@ class Transport(ABC):
     def _close(self) -> None:
         """Free connections, threads and files."""
 
+    def _owned_consumer(self, queue: str, prefetch: int, owner: str) -> Consumer:
+        """A consumer whose liveness ``self.liveness(queue, owner)`` keeps elsewhere.
+
+        The default ignores the owner: for transports whose consumers keep their own
+        liveness in a way a busy thread cannot lose (a broker-watched connection).
+        """
+        return self._consumer(queue, prefetch)
+
+    def _liveness(self, queue: str, owner: str) -> Liveness:
+        """The keeper of ``owner``'s liveness on ``queue``; see ``asynctask.liveness``."""
+        return NoLiveness(queue, owner, self.features.recovery_seconds / 4)
+
     # -- the public API ---------------------------------------------------------------
 
     def submit_task(
@@ -336,10 +349,28 @@ class Transport(ABC):
             raise InvalidTaskError(f"a claim ttl must be > 0 seconds, got {ttl!r}")
         return self._call(self._claim, key, float(ttl))
 
-    def consumer(self, queue_name: str, prefetch: int = 1) -> Consumer:
-        """An at-least-once consumer of one queue, for one worker; see ``Consumer``."""
+    def consumer(self, queue_name: str, prefetch: int = 1, *, owner: str | None = None) -> Consumer:
+        """An at-least-once consumer of one queue, for one worker; see ``Consumer``.
+
+        With ``owner``, the consumer runs no heartbeat of its own: its tasks stay its own
+        for as long as ``liveness(queue_name, owner)``, kept by another process (the
+        supervisor of ``asynctask workers``), says so. See ``asynctask.liveness``.
+        """
         self._check_open()
-        return self._consumer(check_queue_name(queue_name), prefetch)
+        queue = check_queue_name(queue_name)
+        if owner is None:
+            return self._consumer(queue, prefetch)
+        return self._owned_consumer(queue, prefetch, check_owner(owner))
+
+    def liveness(self, queue_name: str, owner: str) -> Liveness:
+        """The liveness of ``owner``'s consumers of a queue, for the process that keeps it.
+
+        Call ``beat()`` every ``interval`` seconds while the owner's worker lives and
+        ``end(started)`` once it has exited. Transports whose consumers keep their own
+        liveness return a ``NoLiveness``. See ``asynctask.liveness``.
+        """
+        self._check_open()
+        return self._liveness(check_queue_name(queue_name), check_owner(owner))
 
     def close(self) -> None:
         """Free the transport's connections; later calls raise ``TransportClosed``."""

@@ -17,7 +17,7 @@ from asynctask.errors import TransportClosed
 from asynctask.transport import Consumer, Delivery
 from asynctask_filesys.layout import QueuePaths, TaskName, sweep_tmp
 from asynctask_filesys.oserrors import os_errors
-from asynctask_filesys.owners import OwnerFolder, recover_dead
+from asynctask_filesys.owners import OwnerFolder, recover_dead, touch_live
 from asynctask_filesys.queues import FilesysBase
 from asynctask_filesys.watch import Folder, Watcher
 
@@ -77,8 +77,12 @@ class FilesysConsumer(Consumer):
 
     transport: FilesysBase
 
-    def __init__(self, transport: FilesysBase, queue: str, prefetch: int) -> None:
+    def __init__(
+        self, transport: FilesysBase, queue: str, prefetch: int, owner: str | None = None
+    ) -> None:
         super().__init__(transport, queue, prefetch)
+        #: the owner whose keeper keeps this consumer alive; None: its own heartbeat
+        self.keeper_owner = owner
         self._paths = transport.paths(queue)
         self._watcher = Watcher(transport.use_inotify, transport.poll)
         self._view = QueueView(self._paths, self._watcher, transport.lease, transport.scan)
@@ -116,12 +120,17 @@ class FilesysConsumer(Consumer):
         return None
 
     def _new_owner(self) -> None:
+        owner = self.keeper_owner
+        if owner is not None:
+            # Alive from the first claim on, even before the keeper's first beat.
+            touch_live(self._paths.claimed, owner, self.transport.mode)
         with self._state:
             if self._owner is not None:
                 self._owner.close()
-            self._owner = OwnerFolder(self._paths.claimed, self.transport.mode)
+            self._owner = OwnerFolder(self._paths.claimed, self.transport.mode, owner)
             self._owner_lost = False
-        self.transport.heartbeats.add(self)
+        if owner is None:
+            self.transport.heartbeats.add(self)
 
     def _take_one(self) -> Delivery | None:
         assert self._owner is not None

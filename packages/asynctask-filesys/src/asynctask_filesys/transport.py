@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 from urllib.parse import unquote
 
 from asynctask.errors import InvalidURIError
+from asynctask.liveness import Liveness
 from asynctask.transport import (
     Consumer,
     FailedTask,
@@ -47,6 +48,7 @@ from asynctask.uri import Option, boolean, positive_float
 from asynctask.validation import Payload, decode_message, is_valid_queue_name
 from asynctask_filesys import claims
 from asynctask_filesys.consumer import FilesysConsumer, QueueView
+from asynctask_filesys.keeper import FilesysLiveness
 from asynctask_filesys.layout import (
     META_SUFFIX,
     NotATaskFile,
@@ -348,6 +350,16 @@ class FilesysTransport(FilesysBase):
         consumer = FilesysConsumer(self, queue, prefetch)
         self._consumers.add(consumer)
         return consumer
+
+    def _owned_consumer(self, queue: str, prefetch: int, owner: str) -> Consumer:
+        consumer = FilesysConsumer(self, queue, prefetch, owner)
+        self._consumers.add(consumer)
+        return consumer
+
+    def _liveness(self, queue: str, owner: str) -> Liveness:
+        return FilesysLiveness(
+            queue, owner, self.heartbeat, self.paths(queue), self.mode, self.ensure_queue
+        )
 
     def _close(self) -> None:
         self.heartbeats.stop()

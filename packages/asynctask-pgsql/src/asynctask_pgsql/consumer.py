@@ -8,6 +8,14 @@ once, and any live consumer's periodic sweep puts its rows back, counting an att
 slow task keeps its row for as long as its consumer's connection lives, however long it
 runs. TCP keepalives on both ends bound how long a vanished host keeps its lock.
 
+A consumer made with an ``owner`` (``asynctask.liveness``: a child of ``asynctask
+workers``) also marks its rows with ``keeper``, the id of the owner's row in
+``asynctask_owner``, which the supervisor beats; the sweep then reads that row, not the
+lock. Its connection may be cut, by a server that aborts it (a LISTEN socket left unread
+through a long task fills up), by ``pg_terminate_backend`` or a failover: it reconnects
+and its rows are still its own (it takes back those it does not know of, see
+``_connect``).
+
 Every call is at most one round trip: ``reserve`` takes up to ``prefetch`` rows with
 ``FOR UPDATE SKIP LOCKED`` and, in the same statement, deletes the rows acknowledged since
 the previous statement, so ``ack`` itself sends nothing. An acknowledged task therefore
@@ -48,8 +56,13 @@ class PgsqlConsumer(Consumer):
 
     transport: PgsqlTransport
 
-    def __init__(self, transport: PgsqlTransport, queue: str, prefetch: int) -> None:
+    def __init__(
+        self, transport: PgsqlTransport, queue: str, prefetch: int, owner: str | None = None
+    ) -> None:
         super().__init__(transport, queue, prefetch)
+        #: the owner whose keeper keeps this consumer alive; None: its advisory lock
+        self.keeper_owner = owner
+        self._keeper: int | None = None  # the id of the owner's row
         self._sql = transport.sql
         self._channel = channel(transport.schema, queue)
         self._lock_class = consumer_lock_class(transport.schema)
@@ -77,7 +90,8 @@ class PgsqlConsumer(Consumer):
                 if self._buffer:
                     return self._buffer.popleft()
                 if time.monotonic() >= self._next_sweep:
-                    self._run(self._sql.sweep, {"lock_class": self._lock_class})
+                    sweep = {"lock_class": self._lock_class, "lease": self.transport.owner_lease}
+                    self._run(self._sql.sweep, sweep)
                     self._next_sweep = time.monotonic() + self.transport.sweep_interval
                 limit = self.prefetch - len(self._buffer)
                 rows = self._run(self._sql.reserve, {"queue": self.queue, "limit": limit})
@@ -173,7 +187,7 @@ class PgsqlConsumer(Consumer):
             try:
                 conn = self._connect()
                 if isinstance(params, dict):
-                    params = {**params, "owner": self._owner}
+                    params = {**params, "owner": self._owner, "keeper": self._keeper}
                     params.update(owners=_array(self._owners), acks=_array(self._acks))
                     if "ids" in params:
                         params["ids"] = _array(params["ids"])
@@ -211,11 +225,17 @@ class PgsqlConsumer(Consumer):
             while not locked:  # our old number is still held by a lingering session
                 number, locked = self._enlist(conn, None)
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-            if number == held_before:
+            orphaned = [number] if number == held_before else []
+            if self.keeper_owner is not None:
+                # Our rows outlive our sessions: every number we held may have some.
+                [(keeper,)] = conn.execute(self._sql.own, (self.keeper_owner,)).fetchall()
+                self._keeper = int(keeper)
+                orphaned = sorted({number, *self._owners})
+            for held_number in orphaned:
                 # A reserve whose answer the lost connection never delivered left rows
                 # reserved under our number that we do not know of: hand them back. Rows
                 # acknowledged but not yet deleted stay ours: our next statement deletes them.
-                params = {"owner": number, "held": [*self._held, *self._acks]}
+                params = {"owner": held_number, "held": [*self._held, *self._acks]}
                 conn.execute(self._sql.orphans, params).fetchall()
         except BaseException:
             conn.close()

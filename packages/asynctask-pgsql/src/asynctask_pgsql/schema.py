@@ -112,6 +112,14 @@ CREATE TABLE IF NOT EXISTS {s}.asynctask_claim (
     date_expires TIMESTAMPTZ NOT NULL
 );
 CREATE SEQUENCE IF NOT EXISTS {s}.asynctask_consumer_id AS INTEGER CYCLE;
+CREATE TABLE IF NOT EXISTS {s}.asynctask_owner (
+    id INTEGER GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    owner TEXT NOT NULL UNIQUE,
+    date_beat TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+ALTER TABLE {s}.asynctask_queue ADD COLUMN IF NOT EXISTS keeper INTEGER;
+-- the task's string headers (its signature): added in place, older code ignores it
+ALTER TABLE {s}.asynctask_queue ADD COLUMN IF NOT EXISTS headers JSONB;
 CREATE OR REPLACE FUNCTION {s}.asynctask_channel(queue TEXT) RETURNS TEXT
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN octet_length('{s}.' || queue) <= 63 THEN '{s}.' || queue
@@ -134,32 +142,37 @@ CREATE TRIGGER asynctask_notify AFTER INSERT ON {s}.asynctask_queue
 COMMENT ON SCHEMA {s} IS 'version: 2';
 """
 
-# Added to version 2 in place (an extra column older code ignores, so worktrees and
-# versions sharing a schema keep working): the task's string headers (its signature).
-_ENSURE_HEADERS = """
-ALTER TABLE {s}.asynctask_queue ADD COLUMN IF NOT EXISTS headers JSONB;
-"""
-
+# The owner table, the ``keeper`` column (asynctask.liveness) and the ``headers`` column
+# (signed tasks) came after version 2
+# shipped: additive, so a version-2 schema without them is completed in place rather
+# than called a new version.
 _READ_VERSION = """
 SELECT obj_description(n.oid, 'pg_namespace'), to_regclass(%s)::text,
        (SELECT count(*) FROM pg_attribute
         WHERE attrelid = to_regclass(%s) AND attname = 'state' AND NOT attisdropped),
-       (SELECT count(*) FROM pg_attribute
+       to_regclass(%s) IS NOT NULL AND EXISTS (SELECT 1 FROM pg_attribute
+        WHERE attrelid = to_regclass(%s) AND attname = 'keeper' AND NOT attisdropped)
+       AND EXISTS (SELECT 1 FROM pg_attribute
         WHERE attrelid = to_regclass(%s) AND attname = 'headers' AND NOT attisdropped)
 FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %s
 """
 
 
-def _read(conn: psycopg.Connection[Any], schema: str) -> tuple[int | None, bool, bool, bool]:
-    """(version from the comment or None, whether the table exists, whether it is v2,
-    whether it has the ``headers`` column)."""
+def _read(conn: psycopg.Connection[Any], schema: str) -> tuple[int | None, bool, bool]:
+    """(version from the comment or None, whether the table exists, whether it is v2).
+
+    A version-2 schema that lacks the owner table reads as not current (``None``).
+    """
     table = f"{schema}.asynctask_queue"
-    row = conn.execute(_READ_VERSION, (table, table, table, schema)).fetchone()
+    owners = f"{schema}.asynctask_owner"
+    row = conn.execute(_READ_VERSION, (table, table, owners, table, table, schema)).fetchone()
     assert row is not None
-    comment, found, v2, headers = row
+    comment, found, v2, complete = row
     match = _VERSION.match(comment or "")
     version = int(match.group(1)) if match else None
-    return version, found is not None, bool(v2), bool(headers)
+    if version == SCHEMA_VERSION and not complete:
+        version = None
+    return version, found is not None, bool(v2)
 
 
 def migrate(conn: psycopg.Connection[Any], schema: str) -> str:
@@ -168,21 +181,18 @@ def migrate(conn: psycopg.Connection[Any], schema: str) -> str:
     ``conn`` is an autocommit connection. Raises ``SchemaVersionError`` for a schema
     written by a newer version, and psycopg errors (a missing privilege) as they come.
     """
-    version, _, _, headers = _read(conn, schema)
-    if version == SCHEMA_VERSION and headers:
+    version, _, _ = _read(conn, schema)
+    if version == SCHEMA_VERSION:
         return "current"
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (migration_lock_key(schema),))
-        version, found, v2, headers = _read(conn, schema)
+        version, found, v2 = _read(conn, schema)
         if version is not None and version > SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"schema {schema!r} is at version {version}, newer than this asynctask-pgsql "
                 f"(version {SCHEMA_VERSION}); upgrade the asynctask-pgsql package"
             )
         if version == SCHEMA_VERSION:
-            if not headers:
-                conn.execute(sql(_ENSURE_HEADERS, schema))
-                return "added the headers column"
             return "current"
         action = "upgraded"
         if not found and schema == "asynctask" and _original_in_public(conn):
@@ -197,7 +207,6 @@ def migrate(conn: psycopg.Connection[Any], schema: str) -> str:
         if not v2:
             conn.execute(sql(_UPGRADE_V1, schema))
         conn.execute(sql(_ENSURE_V2, schema))
-        conn.execute(sql(_ENSURE_HEADERS, schema))
         return action
 
 

@@ -73,6 +73,7 @@ WITH {_DONE}, head AS (
     UPDATE {{s}}.asynctask_queue AS t
     SET state = CASE WHEN head.bad THEN 'failed' ELSE 'reserved' END,
         owner = CASE WHEN head.bad THEN NULL ELSE %(owner)s END,
+        keeper = CASE WHEN head.bad THEN NULL ELSE %(keeper)s::int END,
         error = CASE WHEN head.bad THEN {_UNDECODABLE} ELSE t.error END,
         date_failed = CASE WHEN head.bad THEN now() END
     FROM head WHERE t.id = head.id
@@ -92,7 +93,7 @@ WHERE queue_name = %s AND state = 'queued'
 SETTLE = f"""
 WITH {_DONE}, moved AS (
     UPDATE {{s}}.asynctask_queue
-    SET state = %(state)s, owner = NULL,
+    SET state = %(state)s, owner = NULL, keeper = NULL,
         attempts = greatest(attempts, 0) + %(attempt)s,
         error = coalesce(%(error)s, error),
         date_available = CASE WHEN %(delay)s::float8 IS NULL THEN date_available
@@ -104,18 +105,24 @@ WITH {_DONE}, moved AS (
 {_NOTIFY}
 """
 
+# A reserved row whose liveness a supervisor keeps (``keeper``: the id of its owner's
+# asynctask_owner row, see asynctask.liveness) lives while that row was beaten within the
+# lease; any other while its consumer's session holds its advisory lock.
 SWEEP = f"""
 WITH dead AS (
     SELECT id FROM {{s}}.asynctask_queue AS t
-    WHERE state = 'reserved' AND NOT EXISTS (
+    WHERE state = 'reserved' AND CASE WHEN t.keeper IS NOT NULL THEN NOT EXISTS (
+        SELECT 1 FROM {{s}}.asynctask_owner AS o
+        WHERE o.id = t.keeper AND o.date_beat > now() - make_interval(secs => %(lease)s))
+    ELSE NOT EXISTS (
         SELECT 1 FROM pg_locks AS l
         WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-          AND l.classid = %(lock_class)s::bigint::oid AND l.objid = t.owner::oid)
+          AND l.classid = %(lock_class)s::bigint::oid AND l.objid = t.owner::oid) END
     FOR UPDATE SKIP LOCKED
 ), moved AS (
     UPDATE {{s}}.asynctask_queue AS t
-    SET state = 'queued', owner = NULL, attempts = greatest(t.attempts, 0) + 1
+    SET state = 'queued', owner = NULL, keeper = NULL, attempts = greatest(t.attempts, 0) + 1
     FROM dead WHERE t.id = dead.id
     RETURNING t.queue_name
 )
@@ -124,7 +131,7 @@ WITH dead AS (
 
 ORPHANS = f"""
 WITH moved AS (
-    UPDATE {{s}}.asynctask_queue SET state = 'queued', owner = NULL
+    UPDATE {{s}}.asynctask_queue SET state = 'queued', owner = NULL, keeper = NULL
     WHERE owner = %(owner)s AND state = 'reserved' AND NOT (id = ANY(%(held)s::bigint[]))
     RETURNING queue_name
 )
@@ -139,6 +146,44 @@ SELECT id, pg_try_advisory_lock(%(lock_class)s::int, id),
     set_config('tcp_user_timeout', %(user_timeout)s, false),
     set_config('plan_cache_mode', 'force_generic_plan', false)
 FROM (SELECT coalesce(%(id)s, nextval('{s}.asynctask_consumer_id')::int) AS id) AS c
+"""
+
+# A consumer kept alive by its owner's keeper marks its rows with the id of the owner's
+# row (``keeper``), created here if the keeper has not beaten yet: alive from its first
+# reserve on. (It still holds its own number and advisory lock, which tell its rows apart
+# from those of other consumers of the same owner.)
+OWN = """
+INSERT INTO {s}.asynctask_owner AS o (owner) VALUES (%s)
+ON CONFLICT (owner) DO UPDATE SET date_beat = now()
+RETURNING o.id
+"""
+
+BEAT = """
+INSERT INTO {s}.asynctask_owner AS o (owner) VALUES (%s)
+ON CONFLICT (owner) DO UPDATE SET date_beat = now()
+"""
+
+# The owner's worker is gone: the rows it had finished (an ack still waiting for its
+# consumer's next statement) are deleted; the others go back (their old date_available
+# keeps them at the head), one attempt more for those it had started (all when %(all)s).
+END_OWNER = """
+WITH gone AS (
+    DELETE FROM {s}.asynctask_owner WHERE owner = %(owner_name)s RETURNING id
+), acked AS (
+    DELETE FROM {s}.asynctask_queue AS t USING gone
+    WHERE t.keeper = gone.id AND t.state = 'reserved' AND t.task_id = ANY(%(finished)s::uuid[])
+), moved AS (
+    UPDATE {s}.asynctask_queue AS t
+    SET state = 'queued', owner = NULL, keeper = NULL,
+        attempts = greatest(t.attempts, 0)
+            + CASE WHEN %(all)s OR t.task_id = ANY(%(started)s::uuid[]) THEN 1 ELSE 0 END
+    FROM gone WHERE t.keeper = gone.id AND t.state = 'reserved'
+        AND NOT (t.task_id = ANY(%(finished)s::uuid[]))
+    RETURNING t.queue_name
+)
+SELECT (SELECT count(*) FROM moved),
+       (SELECT count(pg_notify({s}.asynctask_channel(m.queue_name), ''))
+        FROM (SELECT DISTINCT queue_name FROM moved) AS m)
 """
 
 TAKE = f"""
@@ -239,6 +284,9 @@ class Statements:
     sweep: LiteralString
     orphans: LiteralString
     enlist: LiteralString
+    own: LiteralString
+    beat: LiteralString
+    end_owner: LiteralString
     take: LiteralString
     keep_failed: LiteralString
     stats: LiteralString

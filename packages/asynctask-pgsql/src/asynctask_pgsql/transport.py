@@ -42,6 +42,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from asynctask.errors import TransportError, TransportUnavailable
+from asynctask.liveness import Liveness
 from asynctask.transport import (
     COUNT_NAMES,
     Consumer,
@@ -55,6 +56,7 @@ from asynctask.validation import Payload, decode_message
 from asynctask_pgsql.conninfo import LIBPQ_KEYWORDS, read_server
 from asynctask_pgsql.consumer import PgsqlConsumer
 from asynctask_pgsql.decoding import load_json_as_text
+from asynctask_pgsql.keeper import PgsqlLiveness
 from asynctask_pgsql.schema import check_schema_name, migrate
 from asynctask_pgsql.statements import Statements
 
@@ -101,6 +103,9 @@ class PgsqlTransport(Transport):
         )
         #: how often a consumer looks for dead consumers' tasks
         self.sweep_interval = max(0.1, recovery / 3)
+        #: seconds an owner's row stays alive after its last beat (asynctask.liveness):
+        #: a sweep within ``sweep_interval`` after that keeps the bound
+        self.owner_lease = max(0.1, recovery - self.sweep_interval)
         self.consumer_connect_kwargs = _keepalive_kwargs(recovery, self.driver_options)
         #: what the first call did to the schema ("created", "current", "adopted ...")
         self.schema_action: str | None = None
@@ -298,6 +303,12 @@ class PgsqlTransport(Transport):
 
     def _consumer(self, queue: str, prefetch: int) -> Consumer:
         return PgsqlConsumer(self, queue, prefetch)  # it connects on its first call
+
+    def _owned_consumer(self, queue: str, prefetch: int, owner: str) -> Consumer:
+        return PgsqlConsumer(self, queue, prefetch, owner)
+
+    def _liveness(self, queue: str, owner: str) -> Liveness:
+        return PgsqlLiveness(self, queue, owner)
 
     def _close(self) -> None:
         pool, self._pool = self._pool, None

@@ -49,9 +49,13 @@ class RedisConsumer(Consumer):
 
     transport: RedisTransport
 
-    def __init__(self, transport: RedisTransport, queue: str, prefetch: int) -> None:
+    def __init__(
+        self, transport: RedisTransport, queue: str, prefetch: int, owner: str | None = None
+    ) -> None:
         super().__init__(transport, queue, prefetch)
-        self.id = new_task_id()
+        # ``<owner>/<random>``: the scripts read the owner off the id and take the owner's
+        # key (kept by the supervisor, see asynctask_redis.keeper) as this one's heartbeat.
+        self.id = new_task_id() if owner is None else f"{owner}/{new_task_id()[:16]}"
         self.heartbeat_key = transport.key(queue, f"heartbeat:{self.id}")
         self.processing_key = transport.key(queue, f"processing:{self.id}")
         self.consumers_key = transport.key(queue, "consumers")

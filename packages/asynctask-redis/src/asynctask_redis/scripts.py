@@ -38,6 +38,15 @@ local consumers, recovery = base .. 'consumers', base .. 'recovery'
 local known = prefix .. ':queues'
 local function processing(cid) return base .. 'processing:' .. cid end
 local function heartbeat(cid) return base .. 'heartbeat:' .. cid end
+-- A consumer id ``<owner>/<random>`` is kept alive by its owner's key (asynctask.liveness:
+-- the supervisor refreshes it); any other id by its own heartbeat key.
+local function owner_of(cid) return string.match(cid, '^(.+)/') end
+local function owner_key(owner) return base .. 'owner:' .. owner end
+local function alive(cid)
+  local owner = owner_of(cid)
+  if owner then return redis.call('EXISTS', owner_key(owner)) == 1 end
+  return redis.call('EXISTS', heartbeat(cid)) == 1
+end
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -82,7 +91,7 @@ end
 -- Hand back, at the head of the queue, what consumers without a heartbeat held.
 local function recover(self_cid, now)
   for _, cid in ipairs(redis.call('SMEMBERS', consumers)) do
-    if cid ~= self_cid and redis.call('EXISTS', heartbeat(cid)) == 0 then
+    if cid ~= self_cid and not alive(cid) then
       local proc = processing(cid)
       local items = redis.call('LRANGE', proc, 0, -1)
       for i = #items, 1, -1 do
@@ -134,7 +143,12 @@ for i = 9, 8 + nacks do redis.call('LREM', proc, 1, ARGV[i]) end
 -- always a member: a consumer wrongly found dead (heartbeat late) stays findable
 redis.call('SADD', consumers, cid)
 if flags >= 1 then
-  redis.call('SET', heartbeat(cid), '1', 'PX', ARGV[6])
+  local owner = owner_of(cid)
+  if owner then  -- alive from the first take on, even before its keeper's first beat
+    redis.call('SET', owner_key(owner), '1', 'PX', ARGV[6], 'NX')
+  else
+    redis.call('SET', heartbeat(cid), '1', 'PX', ARGV[6])
+  end
   redis.call('SADD', known, queue)
 end
 if flags >= 2 then
@@ -215,6 +229,43 @@ elseif op == 'canon' then
   redis.call('RPUSH', proc, ARGV[6])
 end
 return 1
+""",
+)
+
+#: ARGV: prefix, queue, owner, n_finished, finished ids..., started ids... (or ``*``:
+#: all). The owner's worker is gone: every message its consumers hold goes back to the
+#: head of the queue in order, one attempt more for the started ones only, except the
+#: finished ones (an ack the dead consumer had not sent yet), which are dropped; its
+#: liveness key is deleted. Returns how many went back.
+END = _script(
+    "end",
+    r"""
+local owner, nfinished = ARGV[3], tonumber(ARGV[4])
+local finished, started = {}, {}
+for i = 5, 4 + nfinished do finished[ARGV[i]] = true end
+local all = ARGV[5 + nfinished] == '*'
+for i = 5 + nfinished, #ARGV do started[ARGV[i]] = true end
+local now = now_ms()
+local moved = 0
+for _, cid in ipairs(redis.call('SMEMBERS', consumers)) do
+  if owner_of(cid) == owner then
+    local proc = processing(cid)
+    local items = redis.call('LRANGE', proc, 0, -1)
+    for i = #items, 1, -1 do
+      local m = items[i]
+      local id = string.match(m, '^{"__asynctask__":1,"id":"([%w%-]+)"')
+      if not (id and finished[id]) then
+        if all or (id and started[id]) then m = bump(m, cid .. ':' .. i .. ':' .. now .. ':') end
+        redis.call('LPUSH', ready, m)
+        moved = moved + 1
+      end
+    end
+    redis.call('DEL', proc, heartbeat(cid))
+    redis.call('SREM', consumers, cid)
+  end
+end
+redis.call('DEL', owner_key(owner))
+return moved
 """,
 )
 

@@ -46,6 +46,7 @@ import redis
 from redis.exceptions import RedisError
 
 from asynctask.errors import InvalidURIError
+from asynctask.liveness import Liveness
 from asynctask.transport import (
     Consumer,
     FailedTask,
@@ -56,6 +57,7 @@ from asynctask.transport import (
 from asynctask.validation import Payload
 from asynctask_redis import scripts
 from asynctask_redis.connection import DRIVER_OPTIONS, OPTIONS, Server, call, pipeline, run
+from asynctask_redis.keeper import RedisLiveness
 from asynctask_redis.messages import (
     envelope,
     failed_record,
@@ -276,6 +278,14 @@ class RedisTransport(Transport):
                 )
                 self._beat_thread.start()
         return consumer
+
+    def _owned_consumer(self, queue: str, prefetch: int, owner: str) -> Consumer:
+        from asynctask_redis.consumer import RedisConsumer
+
+        return RedisConsumer(self, queue, prefetch, owner)  # its keeper beats, not us
+
+    def _liveness(self, queue: str, owner: str) -> Liveness:
+        return RedisLiveness(self, queue, owner)
 
     def _close(self) -> None:
         self._beat_stop.set()

@@ -112,13 +112,16 @@ def workers(
                 "redis:// or amqp://",
                 2,
             )
-        cls(uri).close()  # refuses bad options now, before any child starts
+        # Made now, it refuses bad options before any child starts; the supervisor keeps
+        # its children's liveness through it (asynctask.liveness).
+        transport = cls(uri)
     supervisor = Supervisor(
         specs,
         check_interval=settings.check_child_interval,
         grace=grace,
         halt_when_empty=halt_when_empty,
         on_stop=None if schedule_runner is None else schedule_runner.stop,
+        transport=transport,
     )
     if schedule_runner is not None:
         schedule_runner.start()
@@ -127,6 +130,7 @@ def workers(
     finally:
         if schedule_runner is not None:
             schedule_runner.stop()
+        transport.close()
     raise typer.Exit(code)
 
 
