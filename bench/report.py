@@ -156,6 +156,13 @@ def markdown(run: Run, chart_name: str | None) -> str:
         f"{run.sizes.depth_small * run.sizes.depth_rounds:,} waiting tasks with `prefetch=10` "
         "against `prefetch=1` (the workers' children use the worker's `prefetch`, 4 by "
         "default): how much of a drain is the round trip per task.",
+        f"6. **scale** (no targets): the `queues()` call (best of 3) with "
+        f"{run.sizes.queues_few:,} queues against {run.sizes.queues_many:,} (one task "
+        f"each), and with {run.sizes.depth_small:,} tasks waiting in a queue against "
+        f"{run.sizes.deep:,}; one consumer's `reserve`+`ack` rate taking "
+        f"{run.sizes.depth_take:,} of those {run.sizes.deep:,} against "
+        f"{run.sizes.depth_small:,} waiting. filesys and amqp fill 200,000 (a million "
+        "files, or messages on a shared broker, take many minutes to fill and remove).",
         "",
         "Ratios are ours / reference: higher is better for rates, lower for latencies. Peer",
         "rates are the fastest Python task queue on each backend, 1 worker process, as the",

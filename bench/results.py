@@ -37,6 +37,9 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
     "depth": ("drain at depth 100,000 vs 100", "tasks/s", Target(">=", 0.5)),
     "depth_raw": ("raw drain at depth 100,000 vs 100", "tasks/s", None),
     "prefetch": ("one consumer, prefetch 10 vs 1", "tasks/s", None),
+    "queues_many": ("queues() at 1,000 queues vs 100", "ms", None),
+    "queues_deep": ("queues() at 1,000,000 waiting vs 100", "ms", None),
+    "drain_deep": ("drain at depth 1,000,000 vs 100", "tasks/s", None),
 }
 
 #: the measures every measured transport has (``peer`` only where a peer was measured)

@@ -16,6 +16,7 @@ only the task it was running counts an attempt.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -27,10 +28,11 @@ from dataclasses import asdict, dataclass
 from types import FrameType
 from typing import Any
 
-from asynctask.errors import AsynctaskError
+from asynctask import exitcodes
+from asynctask.errors import ConfigurationError, TransportRefused, TransportUnavailable
 from asynctask.logs import setup_logging
 from asynctask.ratelimit import RateLimit
-from asynctask.runner import EXIT_RECYCLE, EXIT_TASK_TIMEOUT, LoopOptions, run_loop
+from asynctask.runner import EXIT_RECYCLE, EXIT_TASK_TIMEOUT, LoopOptions, LoopResult, run_loop
 from asynctask.settings import configure, settings_from_raw
 from asynctask.syspath import working_folder_last
 from asynctask.transport import Delivery
@@ -56,6 +58,11 @@ class ChildSpec:
     rate_period: float | None = None
     #: None: the worker class's own ``prefetch``
     prefetch: int | None = None
+    #: how many times in a row this slot's child failed to start: after the first, a
+    #: start failure is one line (its traceback was logged the first time)
+    start_failures: int = 0
+    #: a file where the child writes what it did (for the --halt-when-empty summary)
+    summary_path: str | None = None
     #: the owner id whose liveness the supervisor keeps; None: the consumer keeps its own
     owner: str | None = None
     #: the write end of the pipe on which the child reports started and settled tasks
@@ -138,9 +145,13 @@ def main() -> int:
         registry = load_plugins([*settings.imports, *spec.imports])
         worker = registry.worker_class(spec.worker)()
         transport = get_transport()
-    except AsynctaskError as exc:
+    except (ConfigurationError, TransportRefused) as exc:
+        # Restarting cannot cure bad settings or a backend that refuses us.
         log.error("Cannot start worker %s on queue %s: %s", spec.worker, spec.queue, exc)
-        return 1
+        return exitcodes.CHILD_PERMANENT
+    except Exception as exc:
+        _start_failed(log, spec, "could not load", exc)
+        return exitcodes.CHILD_START_FAILED
     rate = None
     if spec.rate_max_calls is not None and spec.rate_period is not None:
         rate = RateLimit(spec.rate_max_calls, spec.rate_period, spec.queue)
@@ -157,14 +168,46 @@ def main() -> int:
         owner=spec.owner,
     )
     worker.logger.info("Starting; queue=%s", spec.queue)
-    worker.setup()
+    try:
+        worker.setup()
+    except Exception as exc:
+        _start_failed(log, spec, "setup() raised", exc)
+        transport.close()
+        return exitcodes.CHILD_START_FAILED
     try:
         result = run_loop(worker, transport, spec.queue, options)
+    except (TransportRefused, TransportUnavailable) as exc:
+        # One line, not a traceback. A refusal (or, under --halt-when-empty, an outage
+        # past retry_timeout) makes the supervisor stop every child; an outage otherwise
+        # is a death like another: the child is restarted with back-off.
+        log.error("Worker %s on queue %s stopped: %s", spec.worker, spec.queue, exc)
+        if isinstance(exc, TransportUnavailable) and not spec.halt_when_empty:
+            return 1
+        return exitcodes.child_code_for(exc)
     finally:
         worker.teardown()
         transport.close()
+    _write_summary(spec, result)
     worker.logger.info("Terminating")
     return EXIT_RECYCLE if result.recycled else 0
+
+
+def _start_failed(log: logging.Logger, spec: ChildSpec, what: str, exc: BaseException) -> None:
+    """The first start failure with its traceback; later ones (a crash loop) in one line."""
+    message = f"Worker {spec.worker} on queue {spec.queue} {what}: {type(exc).__name__}: {exc}"
+    if spec.start_failures == 0:
+        log.error("%s", message, exc_info=exc)
+    else:
+        log.error("%s (again; traceback above, at its first failure)", message)
+
+
+def _write_summary(spec: ChildSpec, result: LoopResult) -> None:
+    """Tell the supervisor what this child did (best effort: a summary, not a ledger)."""
+    if spec.summary_path is None:
+        return
+    report = {"queue": spec.queue, "processed": result.processed, "succeeded": result.succeeded}
+    with contextlib.suppress(OSError), open(spec.summary_path, "a") as file:
+        file.write(json.dumps(report) + "\n")
 
 
 if __name__ == "__main__":

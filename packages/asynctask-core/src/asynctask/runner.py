@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from asynctask.api import get_transport
 from asynctask.errors import AsynctaskError, ConfigurationError, TransportUnavailable
+from asynctask.outage import OutageReport
 from asynctask.plugins import load_plugins
 from asynctask.ratelimit import RateLimit
 from asynctask.settings import get_settings
@@ -180,7 +181,8 @@ def run_loop(
     limit = options.max_tasks
     consumer = transport.consumer(queue, prefetch=options.prefetch, owner=options.owner)
     watchdog = _Watchdog(worker, consumer, options.on_timeout)
-    outage = _Outage(worker.logger, options.stop)
+    give_up = transport.retry_timeout if options.halt_when_empty else None
+    outage = _Outage(worker.logger, options.stop, give_up)
     drain_check = DrainCheck(transport, queue)
     try:
         while not options.stop.is_set():
@@ -229,22 +231,31 @@ def run_loop(
 
 
 class _Outage:
-    """Back-off while the backend is away, logged once per outage."""
+    """Back-off while the backend is away, told by an ``OutageReport``; with
+    ``give_up_after`` (``--halt-when-empty``: the transport's retry_timeout) an outage
+    that lasts longer raises ``TransportUnavailable`` instead of waiting forever."""
 
-    def __init__(self, log: logging.Logger, stop: threading.Event) -> None:
-        self.log = log
+    def __init__(
+        self, log: logging.Logger, stop: threading.Event, give_up_after: float | None = None
+    ) -> None:
+        self.report = OutageReport(f"worker {log.name}")
         self.stop = stop
         self.pause = 0.0
+        self.give_up_after = give_up_after
 
     def failed(self, exc: BaseException) -> None:
-        if self.pause == 0.0:
-            self.log.warning("Lost the backend (%s); reconnecting with back-off", exc)
+        self.report.failed(exc)
+        if self.give_up_after is not None and self.report.lasted() > self.give_up_after:
+            raise TransportUnavailable(
+                f"{exc} (gave up after waiting {self.give_up_after:g} s with "
+                "--halt-when-empty; set the URI option retry_timeout to wait longer)"
+            ) from exc
         self.pause = min(max(self.pause * 2, 0.2), 5.0)
         self.stop.wait(self.pause)
 
     def ok(self) -> None:
         if self.pause:
-            self.log.warning("Backend reachable again; carrying on")
+            self.report.ok()
             self.pause = 0.0
 
 

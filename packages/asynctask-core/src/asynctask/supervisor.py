@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from types import FrameType
 
+from asynctask import exitcodes
 from asynctask.child import EXIT_FORCED, ChildSpec
 from asynctask.keepers import Keepers
 from asynctask.liveness import Liveness, new_owner
@@ -60,6 +61,8 @@ class Slot:
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     failures: int = 0
+    #: deaths in a row before finishing a task (the child could not start its worker)
+    start_failures: int = 0
     restart_at: float | None = None
     done: bool = False
     pidfd: int | None = field(default=None, repr=False)
@@ -94,6 +97,8 @@ class Supervisor:
         self._signals = 0
         self._stop_deadline: float | None = None
         self._forced = False
+        #: set when a child's exit stops every child (a permanent error, a crash loop)
+        self._exit_code: int | None = None
         #: the children's transport, for their liveness; None: children keep their own
         self.transport = transport
         self._keepers: Keepers | None = None
@@ -105,6 +110,7 @@ class Supervisor:
 
     def _start(self, slot: Slot) -> None:
         logger.info("Launching %s", slot.label)
+        slot.spec.start_failures = slot.start_failures
         spec, report_w = self._keep_alive(slot)
         try:
             process = subprocess.Popen(
@@ -211,6 +217,28 @@ class Supervisor:
             slot.done = True
             logger.info("%s halted: its queue is empty", slot.label)
             return
+        if code in (exitcodes.CHILD_PERMANENT, exitcodes.CHILD_UNAVAILABLE):
+            slot.done = True
+            why = "a permanent error" if code == exitcodes.CHILD_PERMANENT else "an outage"
+            logger.error("%s stopped on %s (logged above); stopping every worker", slot.label, why)
+            self._give_up(
+                exitcodes.USAGE if code == exitcodes.CHILD_PERMANENT else exitcodes.UNAVAILABLE,
+                now,
+            )
+            return
+        if code == exitcodes.CHILD_START_FAILED:
+            slot.start_failures += 1
+            if self.halt_when_empty and slot.start_failures >= exitcodes.CRASH_LOOP_LIMIT:
+                slot.done = True
+                logger.error(
+                    "%s could not start %d times in a row; giving up (--halt-when-empty)",
+                    slot.label,
+                    slot.start_failures,
+                )
+                self._give_up(exitcodes.CRASH_LOOP, now)
+                return
+        else:
+            slot.start_failures = 0
         if code in (EXIT_RECYCLE, EXIT_TASK_TIMEOUT):
             why = (
                 "recycled after max_tasks_per_child"
@@ -228,6 +256,15 @@ class Supervisor:
         else:
             slot.failures += 1
         delay = min(BACKOFF_FIRST * 2 ** (slot.failures - 1), BACKOFF_MAX)
+        slot.restart_at = now + delay
+        if code == exitcodes.CHILD_START_FAILED:
+            logger.error(
+                "Worker for queue %s could not start (%d in a row); restarting in %.1f s",
+                slot.spec.queue,
+                slot.start_failures,
+                delay,
+            )
+            return
         logger.error(
             "Worker for queue %s died (%s); restarting in %.1f s",
             slot.spec.queue,
@@ -243,6 +280,22 @@ class Supervisor:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"s")
 
+    def _give_up(self, code: int, now: float) -> None:
+        """Stop every child as a first signal would, and end with exit code ``code``."""
+        if self._exit_code is None:
+            self._exit_code = code
+        self._begin_stop(now)
+
+    def _begin_stop(self, now: float) -> None:
+        if self._stop_deadline is not None:
+            return
+        self._stop_deadline = now + self.grace
+        if self.on_stop is not None:
+            self.on_stop()
+        for slot in self.slots:
+            slot.restart_at = None
+            self._send(slot, signal.SIGTERM)
+
     def _handle_signals(self, now: float) -> None:
         if self._signals == 0:
             return
@@ -250,12 +303,7 @@ class Supervisor:
             logger.info(
                 "Termination received; children finish their current task (grace %g s)", self.grace
             )
-            self._stop_deadline = now + self.grace
-            if self.on_stop is not None:
-                self.on_stop()
-            for slot in self.slots:
-                slot.restart_at = None
-                self._send(slot, signal.SIGTERM)
+            self._begin_stop(now)
         if self._signals >= 2 and not self._forced:
             logger.warning("Second termination signal; stopping children at once")
             self._kill_all()
@@ -333,6 +381,9 @@ class Supervisor:
             os.close(self._wake_w)
         if self._stop_deadline is None:
             logger.info("All workers halted; closing down...")
+        if self._exit_code is not None:  # a permanent error or a crash loop stopped all
+            logger.info("Complete")
+            return self._exit_code
         if self._forced:
             logger.warning("Children were stopped at once; their tasks come back to the queue")
             return EXIT_FORCED_STOP

@@ -18,10 +18,12 @@ Two ways to take a task:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -30,6 +32,7 @@ from typing import Any, ClassVar, TypeVar
 from asynctask import signing
 from asynctask.errors import InvalidTaskError, TransportClosed, TransportUnavailable
 from asynctask.liveness import Liveness, NoLiveness, check_owner
+from asynctask.outage import OutageReport
 from asynctask.uri import Option, read_options, redact, split_query
 from asynctask.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -46,6 +49,8 @@ T = TypeVar("T")
 
 #: Every count a transport can report; ``features.counts`` names the ones it gives.
 COUNT_NAMES = ("ready", "delayed", "retrying", "in_flight", "failed")
+#: the queue ``check()`` asks about (any valid name: it is only read)
+PROBE_QUEUE = "asynctask_probe"
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,40 @@ class Delivery:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+class PutProgress:
+    """How many tasks of each recent ``_put`` call are stored, by the call's first task id.
+
+    The base class retries a ``_put`` that raised ``TransportUnavailable`` with the same
+    tasks (and ids), for up to ``retry_timeout`` seconds. A backend with no unique index
+    to lean on (files, memory) records here how far each call got, and a retry resumes
+    there: tasks already stored are not stored twice. Entries are forgotten once no
+    retry can come (``window`` seconds).
+    """
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._lock = threading.Lock()
+        self._done: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def done(self, key: str) -> int:
+        """How many tasks of the call keyed ``key`` are stored already (0 for a new one)."""
+        with self._lock:
+            entry = self._done.get(key)
+        return 0 if entry is None else entry[1]
+
+    def record(self, key: str, count: int) -> None:
+        """``count`` tasks of the call keyed ``key`` are stored."""
+        now = time.monotonic()
+        with self._lock:
+            self._done[key] = (now, count)
+            self._done.move_to_end(key)
+            while self._done:
+                first = next(iter(self._done.values()))
+                if now - first[0] <= self.window:
+                    break
+                self._done.popitem(last=False)
+
+
 def new_task_id() -> str:
     """Return a new task id: 32 random hex digits, unique without coordination."""
     return os.urandom(16).hex()
@@ -149,7 +188,11 @@ class Consumer(ABC):
 
     @abstractmethod
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
-        """The attempt failed: make the task ready again after ``delay`` seconds."""
+        """The attempt failed: make the task ready again after ``delay`` seconds.
+
+        ``delay`` is checked with ``check_delay`` first (a ``ValueError`` for infinity,
+        NaN or a negative number), before anything is written.
+        """
 
     @abstractmethod
     def fail(self, delivery: Delivery, error: str) -> None:
@@ -199,8 +242,7 @@ class Transport(ABC):
         )
         self.retry_timeout: float = self.options["retry_timeout"]
         self._closed = False
-        self._outage_lock = threading.Lock()
-        self._in_outage = False
+        self._outage = OutageReport(repr(self))
 
     # -- what a subclass may override -------------------------------------------------
 
@@ -225,6 +267,12 @@ class Transport(ABC):
     @abstractmethod
     def _queue_names(self) -> list[str]:
         """Names of every queue with anything stored (ready, delayed, in flight or failed)."""
+
+    def _all_stats(self) -> list[QueueStats]:
+        """Counts of every queue with anything stored. A backend that can count them all
+        in one round trip overrides this (``queues()`` on 1,000 queues: one call, not
+        1,001)."""
+        return [self._stats(name) for name in sorted(set(self._queue_names()))]
 
     @abstractmethod
     def _purge(self, queue: str) -> int:
@@ -286,7 +334,7 @@ class Transport(ABC):
         Every payload is checked first: one bad payload and none is written.
         """
         check_queue_name(queue_name)
-        delay = _check_delay(delay)
+        delay = check_delay(delay)
         tasks: list[tuple[str, str]] = []
         for index, payload in enumerate(payloads):
             try:
@@ -318,9 +366,14 @@ class Transport(ABC):
         return self._call(self._stats, check_queue_name(queue_name))
 
     def queues(self) -> list[QueueStats]:
-        """Every queue with anything stored, with its counts, sorted by name."""
-        names = self._call(self._queue_names)
-        return [self.queue_stats(name) for name in sorted(set(names))]
+        """Every queue holding a task in any state, with its counts, sorted by name.
+
+        The same on every transport: a queue a backend still knows but that holds
+        nothing (emptied, or declared and never used) is not listed. A count a backend
+        cannot give (``None``: AMQP's in flight) cannot show a queue.
+        """
+        stats = sorted(self._call(self._all_stats), key=lambda stats: stats.name)
+        return [s for s in stats if any(getattr(s, count) for count in COUNT_NAMES)]
 
     def purge(self, queue_name: str) -> int:
         """Delete every task of a queue that is not in flight or failed; return how many."""
@@ -348,6 +401,16 @@ class Transport(ABC):
         if not ttl > 0:
             raise InvalidTaskError(f"a claim ttl must be > 0 seconds, got {ttl!r}")
         return self._call(self._claim, key, float(ttl))
+
+    def check(self) -> None:
+        """Reach the backend once, without retrying and creating nothing.
+
+        Returns when it answers; raises ``TransportRefused`` when it refuses us for good
+        (credentials, database, vhost, TLS) and ``TransportUnavailable`` when it is away.
+        ``asynctask workers`` calls it before starting any child.
+        """
+        self._check_open()
+        self._stats(PROBE_QUEUE)
 
     def consumer(self, queue_name: str, prefetch: int = 1, *, owner: str | None = None) -> Consumer:
         """An at-least-once consumer of one queue, for one worker; see ``Consumer``.
@@ -451,27 +514,32 @@ class Transport(ABC):
             return result
 
     def note_outage(self, exc: BaseException) -> None:
-        """Log that the backend is unreachable, once per outage (consumers call it too)."""
-        with self._outage_lock:
-            if not self._in_outage:
-                self._in_outage = True
-                logger.warning("%r: backend unreachable (%s); retrying", self, exc)
+        """Log that the backend is unreachable: when it starts, then once a minute
+        (consumers call it too)."""
+        self._outage.failed(exc)
 
     def note_recovery(self) -> None:
         """Log that the backend is back, once, if an outage was logged."""
-        if self._in_outage:
-            with self._outage_lock:
-                if self._in_outage:
-                    self._in_outage = False
-                    logger.warning("%r: backend reachable again", self)
+        self._outage.ok()
 
 
 TT = TypeVar("TT", bound=Transport)
 
 
-def _check_delay(delay: object) -> float:
-    if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
-        raise InvalidTaskError(f"delay must be a number of seconds >= 0, got {delay!r}")
+def check_delay(delay: object) -> float:
+    """``delay`` as float seconds, or ``InvalidTaskError`` (a ``ValueError``).
+
+    A delay must be a finite number >= 0: infinity would park a task forever (or overflow
+    a backend's timestamp), NaN compares false with everything, and a negative delay is
+    a mistake. Submits and every consumer's ``retry`` check it before writing anything.
+    """
+    if (
+        isinstance(delay, bool)
+        or not isinstance(delay, int | float)
+        or not math.isfinite(delay)
+        or delay < 0
+    ):
+        raise InvalidTaskError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
     return float(delay)
 
 

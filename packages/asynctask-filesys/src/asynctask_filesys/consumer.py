@@ -14,7 +14,7 @@ import threading
 import time
 
 from asynctask.errors import TransportClosed
-from asynctask.transport import Consumer, Delivery
+from asynctask.transport import Consumer, Delivery, check_delay
 from asynctask_filesys.layout import QueuePaths, TaskName, sweep_tmp
 from asynctask_filesys.oserrors import os_errors
 from asynctask_filesys.owners import OwnerFolder, recover_dead, touch_live
@@ -182,10 +182,11 @@ class FilesysConsumer(Consumer):
     @os_errors
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Move the task to ``delayed/``, due in ``delay`` seconds, with one more attempt."""
+        delay = check_delay(delay)
         settled = self._settle(delivery)
         if settled is not None:
             path, task = settled
-            due = time.time_ns() + int(max(0.0, delay) * 1e9)
+            due = time.time_ns() + int(delay * 1e9)
             name = task.format(stamp=due, attempts=task.attempts + 1)
             with contextlib.suppress(FileNotFoundError):
                 os.rename(path, os.path.join(self._paths.delayed, name))

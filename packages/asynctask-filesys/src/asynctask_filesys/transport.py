@@ -41,6 +41,7 @@ from asynctask.liveness import Liveness
 from asynctask.transport import (
     Consumer,
     FailedTask,
+    PutProgress,
     QueueStats,
     TransportFeatures,
 )
@@ -129,6 +130,7 @@ class FilesysTransport(FilesysBase):
         super().__init__(uri)
         self.root = root_folder(self.location)
         options = self.options
+        self._progress = PutProgress(self.retry_timeout + 5)
         self.lease: float = options["lease"]
         self.heartbeat: float = options["heartbeat"] or self.lease / 4
         if self.heartbeat > self.lease / 2:
@@ -155,6 +157,11 @@ class FilesysTransport(FilesysBase):
 
     @os_errors
     def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
+        # A retried call (after an error half-way) stores only what it had not stored.
+        key, stored = tasks[0][0], self._progress.done(tasks[0][0])
+        tasks = tasks[stored:]
+        if not tasks:
+            return
         paths = self.ensure_queue(queue)
         target = paths.delayed if delay > 0 else paths.ready
         stamps = self._clock.due(len(tasks), delay) if delay > 0 else self._clock.ready(len(tasks))
@@ -173,6 +180,7 @@ class FilesysTransport(FilesysBase):
                 os.rename(os.path.join(paths.tmp, name), os.path.join(target, name))
                 moved += 1
         finally:
+            self._progress.record(key, stored + moved)
             for name in names[moved:]:
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(paths.tmp, name))

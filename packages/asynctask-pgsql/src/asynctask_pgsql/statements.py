@@ -41,11 +41,14 @@ INSERT INTO {s}.asynctask_queue
     (task_id, queue_name, payload, payload_text, date_available, headers)
 VALUES (%(id)s::uuid, %(queue)s, coalesce(%(payload)s::jsonb, '{}'), %(text)s,
         now() + make_interval(secs => %(delay)s), %(headers)s::jsonb)
+ON CONFLICT (task_id) DO NOTHING
 RETURNING 1
 )"""
     + _NOTIFY_PUT
 )
 
+# A task id is unique in the table (index asynctask_queue_task_id): a submit retried after
+# a lost reply writes nothing the second time (ON CONFLICT DO NOTHING).
 # unnest yields its rows in order, and the insert numbers them (``id``) in that order.
 # The arrays travel in binary (%b): text arrays would be escaped element by element in
 # Python, which cost more than the server's work (batch submit 1.5x faster).
@@ -57,6 +60,7 @@ SELECT t.id, %(queue)s, coalesce(t.payload::jsonb, '{}'), t.text,
        (SELECT now() + make_interval(secs => %(delay)s)), t.headers::jsonb
 FROM unnest(%(ids)b::uuid[], %(payloads)b::text[], %(texts)b::text[], %(headers)b::text[])
     AS t(id, payload, text, headers)
+ON CONFLICT (task_id) DO NOTHING
 RETURNING 1
 )"""
     + _NOTIFY_PUT
@@ -105,25 +109,41 @@ WITH {_DONE}, moved AS (
 {_NOTIFY}
 """
 
-# A reserved row whose liveness a supervisor keeps (``keeper``: the id of its owner's
-# asynctask_owner row, see asynctask.liveness) lives while that row was beaten within the
-# lease; any other while its consumer's session holds its advisory lock.
+# A consumer's sweep of its own queue, one sweeper at a time per queue (the others' gate
+# lock fails: they skip). It reads only this queue's reserved rows (index
+# asynctask_queue_reserved), never pg_locks. A dead row goes back, one attempt more:
+# - a row whose liveness a supervisor keeps (``keeper``: the id of its owner's
+#   asynctask_owner row, see asynctask.liveness) is dead once that row has not been
+#   beaten within the lease (its consumer's session may come and go meanwhile);
+# - any other row is dead when its consumer (not this one) holds no advisory lock: a
+#   dead owner is one whose lock this transaction can take; it is released at commit.
 SWEEP = f"""
-WITH dead AS (
-    SELECT id FROM {{s}}.asynctask_queue AS t
-    WHERE state = 'reserved' AND CASE WHEN t.keeper IS NOT NULL THEN NOT EXISTS (
+WITH gate AS (
+    SELECT pg_try_advisory_xact_lock(%(sweep_class)s::int, hashtext(%(queue)s)) AS open
+), owners AS (
+    SELECT DISTINCT t.owner FROM {{s}}.asynctask_queue AS t, gate
+    WHERE gate.open AND t.queue_name = %(queue)s AND t.state = 'reserved'
+      AND t.keeper IS NULL AND t.owner <> ALL(%(owners)s::int[])
+), dead AS (
+    SELECT owner FROM owners WHERE pg_try_advisory_xact_lock(%(lock_class)s::int, owner)
+), keepers AS (
+    SELECT DISTINCT t.keeper FROM {{s}}.asynctask_queue AS t, gate
+    WHERE gate.open AND t.queue_name = %(queue)s AND t.state = 'reserved'
+      AND t.keeper IS NOT NULL
+), dead_keepers AS (
+    SELECT k.keeper FROM keepers AS k WHERE NOT EXISTS (
         SELECT 1 FROM {{s}}.asynctask_owner AS o
-        WHERE o.id = t.keeper AND o.date_beat > now() - make_interval(secs => %(lease)s))
-    ELSE NOT EXISTS (
-        SELECT 1 FROM pg_locks AS l
-        WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
-          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-          AND l.classid = %(lock_class)s::bigint::oid AND l.objid = t.owner::oid) END
-    FOR UPDATE SKIP LOCKED
+        WHERE o.id = k.keeper AND o.date_beat > now() - make_interval(secs => %(lease)s))
+), taken AS (
+    SELECT t.id FROM {{s}}.asynctask_queue AS t
+    WHERE t.queue_name = %(queue)s AND t.state = 'reserved'
+      AND ((t.keeper IS NULL AND t.owner IN (SELECT owner FROM dead))
+           OR t.keeper IN (SELECT keeper FROM dead_keepers))
+    FOR UPDATE OF t SKIP LOCKED
 ), moved AS (
     UPDATE {{s}}.asynctask_queue AS t
     SET state = 'queued', owner = NULL, keeper = NULL, attempts = greatest(t.attempts, 0) + 1
-    FROM dead WHERE t.id = dead.id
+    FROM taken WHERE t.id = taken.id
     RETURNING t.queue_name
 )
 {_NOTIFY}
@@ -213,8 +233,10 @@ INSERT INTO {s}.asynctask_queue
 VALUES (%s, %s, %s, %s, %s, 'failed', %s, now())
 """
 
-STATS = """
-SELECT
+# The counts of one queue (in ``%(q)s``), each from its partial index: ready ones are
+# counted in the index alone; only tasks not yet due are read from the table. A count
+# costs in proportion to that queue's tasks in that state, never to the whole table.
+_COUNTS = """
     (SELECT count(*) FROM {s}.asynctask_queue
      WHERE queue_name = %(q)s AND state = 'queued' AND date_available <= now()),
     (SELECT count(*) FROM {s}.asynctask_queue
@@ -225,11 +247,37 @@ SELECT
     (SELECT count(*) FROM {s}.asynctask_queue WHERE queue_name = %(q)s AND state = 'failed')
 """
 
-QUEUE_NAMES = """
-SELECT DISTINCT queue_name FROM {s}.asynctask_queue WHERE state = 'queued'
-UNION SELECT DISTINCT queue_name FROM {s}.asynctask_queue WHERE state = 'reserved'
-UNION SELECT DISTINCT queue_name FROM {s}.asynctask_queue WHERE state = 'failed'
+STATS = "SELECT" + _COUNTS
+
+
+def _names_in(state: str) -> str:
+    """The distinct queue names of one state, by a skip scan of that state's partial
+    index (one index probe per name; DISTINCT would read every row)."""
+    return f"""names_{state} AS (
+    (SELECT queue_name AS q FROM {{s}}.asynctask_queue
+     WHERE state = '{state}' ORDER BY queue_name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT queue_name FROM {{s}}.asynctask_queue
+            WHERE state = '{state}' AND queue_name > n.q ORDER BY queue_name LIMIT 1)
+    FROM names_{state} AS n WHERE n.q IS NOT NULL
+)"""
+
+
+_NAMES = (
+    "WITH RECURSIVE "
+    + ", ".join(_names_in(state) for state in ("queued", "reserved", "failed"))
+    + """, names AS (
+    SELECT q FROM names_queued WHERE q IS NOT NULL
+    UNION SELECT q FROM names_reserved WHERE q IS NOT NULL
+    UNION SELECT q FROM names_failed WHERE q IS NOT NULL
+)
 """
+)
+
+QUEUE_NAMES = _NAMES + "SELECT q FROM names"
+
+# Every queue with its counts in one round trip.
+ALL_STATS = _NAMES + "SELECT n.q," + _COUNTS.replace("%(q)s", "n.q") + "FROM names AS n"
 
 PURGE = "DELETE FROM {s}.asynctask_queue WHERE queue_name = %s AND state = 'queued'"
 
@@ -291,6 +339,7 @@ class Statements:
     keep_failed: LiteralString
     stats: LiteralString
     queue_names: LiteralString
+    all_stats: LiteralString
     purge: LiteralString
     failed: LiteralString
     requeue_failed: LiteralString
