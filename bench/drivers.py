@@ -15,7 +15,6 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 from bench.plan import PGSQL, REDIS, unique_name
 
@@ -39,9 +38,9 @@ def pgsql_ways() -> dict[str, dict[str, Step]]:
     call with and without psycopg_pool's ``check=``."""
     import psycopg_pool
 
-    from asynctask.plugins import load_plugins
+    from asynctask_pgsql.transport import PgsqlTransport
 
-    transport: Any = load_plugins().transport_class(PGSQL)(PGSQL)  # a PgsqlTransport
+    transport = PgsqlTransport(PGSQL)
     transport.queue_stats("bench_warm")  # migrate, open the pool
     conn = transport.server.connect()
     sql = transport.sql.reserve

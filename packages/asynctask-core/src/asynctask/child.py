@@ -10,8 +10,8 @@ supervisor). A child dies with its supervisor, even a SIGKILLed one.
 
 The supervisor keeps the child's liveness (``asynctask.liveness``): the spec carries the
 owner id, and the child tells the supervisor, over the pipe ``report_fd``, which tasks it
-starts (``S <id>``) and which it has settled (``D <id>``), so that when the child dies
-only the task it was running counts an attempt.
+starts and settles (``asynctask.reports``), so that when the child dies only the task it
+was running counts an attempt.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from asynctask import exitcodes
 from asynctask.errors import ConfigurationError, TransportRefused, TransportUnavailable
 from asynctask.logs import setup_logging
 from asynctask.ratelimit import RateLimit
+from asynctask.reports import ReportWriter
 from asynctask.runner import EXIT_RECYCLE, EXIT_TASK_TIMEOUT, LoopOptions, LoopResult, run_loop
 from asynctask.settings import configure, settings_from_raw
 from asynctask.syspath import working_folder_last
-from asynctask.transport import Delivery
 
 #: exit code of a child that found its supervisor gone
 EXIT_FORCED = 70
@@ -93,33 +93,6 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(EXIT_FORCED)
 
 
-class _Report:
-    """Tells the supervisor which tasks this child started and settled (one line each).
-
-    A line is far shorter than ``PIPE_BUF``, so each write is whole; one written just
-    before the child dies is still read by the supervisor after it reaps the child.
-    """
-
-    def __init__(self, fd: int | None) -> None:
-        self.fd = fd
-        if fd is not None:
-            os.set_inheritable(fd, False)  # not for the processes a task may start
-
-    def _send(self, line: str) -> None:
-        if self.fd is None:
-            return
-        try:
-            os.write(self.fd, line.encode())
-        except OSError:  # the supervisor is gone: we die with it anyway
-            self.fd = None
-
-    def started(self, delivery: Delivery) -> None:
-        self._send(f"S {delivery.id}\n")
-
-    def settled(self, delivery: Delivery) -> None:
-        self._send(f"D {delivery.id}\n")
-
-
 def main() -> int:
     """Run one worker on one queue until told to stop; return the exit code."""
     working_folder_last()  # started with -P: the folder is searched, last
@@ -134,7 +107,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    report = _Report(spec.report_fd)
+    report = ReportWriter(spec.report_fd)
 
     from asynctask.api import get_transport
     from asynctask.plugins import load_plugins

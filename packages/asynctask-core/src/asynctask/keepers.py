@@ -71,6 +71,9 @@ class Keepers:
 
     def _run(self) -> None:
         while True:
+            # Cleared before the state is read: a keep() or end() from now on wakes the
+            # wait below at once (cleared after it, a first beat could wait 5 s).
+            self._wake.clear()
             self._run_ends()
             if self._stop.is_set():
                 return
@@ -84,7 +87,6 @@ class Keepers:
                 pending = bool(self._ends)
             timeout = 0.2 if pending else (min(waits) - time.monotonic() if waits else 5.0)
             self._wake.wait(max(0.0, timeout))
-            self._wake.clear()
 
     def _beat(self, key: int, liveness: Liveness) -> None:
         try:

@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from asynctask import events, headers
 from asynctask.api import get_transport
 from asynctask.errors import AsynctaskError, ConfigurationError, TransportUnavailable
 from asynctask.outage import OutageReport
@@ -78,6 +79,7 @@ def settle(
     log = worker.logger
     if exc is None:
         consumer.ack(delivery)
+        events.task_finished(worker, delivery, "succeeded", None)
         log.debug("Processing complete")
         return True
     error = _error_text(exc)
@@ -93,6 +95,7 @@ def settle(
             exc_info=exc,
         )
         consumer.fail(delivery, error)
+        events.task_finished(worker, delivery, "failed", exc)
         return False
     delay = worker.backoff(delivery.attempt)
     log.error(
@@ -105,6 +108,7 @@ def settle(
         exc_info=exc,
     )
     consumer.retry(delivery, delay, error)
+    events.task_finished(worker, delivery, "retried", exc)
     return False
 
 
@@ -292,11 +296,14 @@ def _run_one(
         )
         worker.logger.error("Task %s: %s; moved to the failed store", delivery.id, error)
         consumer.fail(delivery, error)
+        events.task_finished(worker, delivery, "failed", None)
         return False
     worker.logger.debug("Got payload: %r", delivery.payload)
     if options.on_start is not None:
         options.on_start(delivery)
     watchdog.start(delivery)
+    headers.take(delivery)
+    events.task_started(worker, delivery)
     worker.delivery = delivery
     raised: Exception | None = None
     try:

@@ -87,6 +87,14 @@ def _signing_key(value: Any) -> tuple[str, ...]:
     return tuple(keys)
 
 
+def _port(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise _Invalid("expected a TCP port number (1-65535) or null")
+    return value
+
+
 def _imports(value: Any) -> list[str]:
     if isinstance(value, str):
         value = [value]
@@ -212,6 +220,12 @@ SETTINGS: dict[str, Setting] = {
             _signing_key,
             "HMAC-SHA256 key, or a list of keys (the first signs, all verify); shown as ***",
         ),
+        Setting(
+            "asynctask_metrics_port",
+            lambda: None,
+            _port,
+            "Prometheus port of asynctask workers (needs asynctask-prometheus)",
+        ),
     ]
 }
 
@@ -272,6 +286,12 @@ class Settings:
         """The signing keys, the one that signs first; empty when tasks are not signed."""
         keys: tuple[str, ...] = self.values["asynctask_signing_key"]
         return keys
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port ``asynctask workers`` serves metrics on, if any."""
+        value: int | None = self.values["asynctask_metrics_port"]
+        return value
 
     def check_workers(
         self, known: Mapping[str, object], explain: Callable[[str], str] | None = None

@@ -23,15 +23,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from types import FrameType
 
-from asynctask import exitcodes
+from asynctask import events, exitcodes
 from asynctask.child import EXIT_FORCED, ChildSpec
 from asynctask.keepers import Keepers
 from asynctask.liveness import Liveness, new_owner
+from asynctask.reports import ReportReader
 from asynctask.runner import EXIT_RECYCLE, EXIT_TASK_TIMEOUT
 from asynctask.transport import Transport
 
@@ -47,9 +47,6 @@ BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 30.0
 #: a child that ran this long before it died starts again after the first back-off
 HEALTHY_RUN = 30.0
-#: settled task ids remembered per child: acknowledgements a consumer has not sent yet
-#: (at most its prefetch, times the tasks it runs at once) are among the last ones
-FINISHED_KEPT = 1024
 
 
 @dataclass
@@ -68,13 +65,8 @@ class Slot:
     pidfd: int | None = field(default=None, repr=False)
     #: the liveness the supervisor keeps for the running child
     liveness: Liveness | None = field(default=None, repr=False)
-    #: the read end of the child's report pipe, and what it said so far
-    report: int | None = field(default=None, repr=False)
-    report_text: bytes = field(default=b"", repr=False)
-    #: ids of the tasks the running child started and has not settled
-    running: set[str] = field(default_factory=set, repr=False)
-    #: ids of the last tasks it settled (an ack may wait for the consumer's next call)
-    finished: deque[str] = field(default_factory=lambda: deque(maxlen=FINISHED_KEPT), repr=False)
+    #: what the running child reported about its tasks
+    report: ReportReader | None = field(default=None, repr=False)
 
 
 class Supervisor:
@@ -111,18 +103,18 @@ class Supervisor:
     def _start(self, slot: Slot) -> None:
         logger.info("Launching %s", slot.label)
         slot.spec.start_failures = slot.start_failures
-        spec, report_w = self._keep_alive(slot)
+        spec = self._keep_alive(slot)
         try:
             process = subprocess.Popen(
                 # -P: nothing from the working folder shadows a module (asynctask.syspath)
                 [sys.executable, "-P", "-m", "asynctask.child"],
                 stdin=subprocess.PIPE,
                 close_fds=True,
-                pass_fds=() if report_w is None else (report_w,),
+                pass_fds=() if slot.report is None else (slot.report.write_fd,),
             )
         finally:
-            if report_w is not None:
-                os.close(report_w)
+            if slot.report is not None:
+                slot.report.close_write_end()
         assert process.stdin is not None
         try:
             process.stdin.write(spec.to_json().encode())
@@ -132,56 +124,29 @@ class Supervisor:
             # like any child that dies, instead of ending the supervisor.
             with contextlib.suppress(OSError):
                 process.stdin.close()
+        events.child_event(
+            slot.spec.queue, "restarted" if slot.started else "started", process.pid, None
+        )
         slot.process = process
         slot.started = time.monotonic()
         slot.restart_at = None
         slot.pidfd = _pidfd(process.pid)
 
-    def _keep_alive(self, slot: Slot) -> tuple[ChildSpec, int | None]:
-        """The spec of a new child of ``slot``, and the write end of its report pipe.
+    def _keep_alive(self, slot: Slot) -> ChildSpec:
+        """The spec of a new child of ``slot``, its liveness kept and its report open.
 
         A new owner id per child start: a restarted child never inherits a dead one's
         tasks, which ``end()`` hands back when the dead one is reaped.
         """
         if self.transport is None:
-            return slot.spec, None
+            return slot.spec
         owner = new_owner()
         slot.liveness = self.transport.liveness(slot.spec.queue, owner)
         if self._keepers is None:
             self._keepers = Keepers()
         self._keepers.keep(slot.liveness)
-        report_r, report_w = os.pipe()
-        os.set_blocking(report_r, False)
-        slot.report, slot.report_text, slot.running = report_r, b"", set()
-        slot.finished.clear()
-        return replace(slot.spec, owner=owner, report_fd=report_w), report_w
-
-    def _read_report(self, slot: Slot) -> None:
-        """Take in what the child said: ``S <id>`` started, ``D <id>`` settled."""
-        if slot.report is None:
-            return
-        chunks = [slot.report_text]
-        ended = False
-        try:
-            while True:
-                chunk = os.read(slot.report, 65536)
-                if not chunk:
-                    ended = True  # every writer is gone: nothing more will come
-                    break
-                chunks.append(chunk)
-        except BlockingIOError:
-            pass
-        if ended:
-            os.close(slot.report)
-            slot.report = None
-        *lines, slot.report_text = b"".join(chunks).split(b"\n")
-        for line in lines:
-            kind, _, task_id = line.decode("ascii", "replace").partition(" ")
-            if kind == "S":
-                slot.running.add(task_id)
-            elif kind == "D":
-                slot.running.discard(task_id)
-                slot.finished.append(task_id)
+        slot.report = ReportReader()
+        return replace(slot.spec, owner=owner, report_fd=slot.report.write_fd)
 
     def _reap(self, slot: Slot) -> int | None:
         """The exit code of the slot's process if it has ended, else None."""
@@ -190,6 +155,7 @@ class Supervisor:
         code = slot.process.poll()
         if code is None:
             return None
+        events.child_event(slot.spec.queue, "exited", slot.process.pid, code)
         if slot.pidfd is not None:
             os.close(slot.pidfd)
             slot.pidfd = None
@@ -199,15 +165,16 @@ class Supervisor:
 
     def _end_liveness(self, slot: Slot) -> None:
         """The child is gone: its tasks go back now, only the started ones counted."""
-        self._read_report(slot)  # what it wrote before it died is still in the pipe
-        if slot.report is not None:
-            os.close(slot.report)
-            slot.report = None
+        report, slot.report = slot.report, None
+        running: set[str] = set()
+        finished: set[str] = set()
+        if report is not None:
+            report.read()  # what it wrote before it died is still in the pipe
+            report.close()
+            running, finished = report.running, set(report.finished)
         if slot.liveness is not None and self._keepers is not None:
-            self._keepers.end(slot.liveness, set(slot.running), set(slot.finished))
+            self._keepers.end(slot.liveness, running, finished)
         slot.liveness = None
-        slot.running = set()
-        slot.finished.clear()
 
     def _after_exit(self, slot: Slot, code: int, now: float) -> None:
         if self._stop_deadline is not None:
@@ -399,14 +366,14 @@ class Supervisor:
         if self._stop_deadline is not None:
             timeout = min(timeout, max(0.0, self._stop_deadline - now))
         fds = [self._wake_r] + [s.pidfd for s in self.slots if s.pidfd is not None]
-        fds += [s.report for s in self.slots if s.report is not None]
+        fds += [s.report.fd for s in self.slots if s.report is not None and s.report.fd is not None]
         try:
             ready, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:
             return
         for slot in self.slots:
-            if slot.report is not None and slot.report in ready:
-                self._read_report(slot)
+            if slot.report is not None and slot.report.fd in ready:
+                slot.report.read()
         if self._wake_r in ready:
             try:
                 while os.read(self._wake_r, 64):

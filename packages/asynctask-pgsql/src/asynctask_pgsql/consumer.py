@@ -64,6 +64,8 @@ class ConsumerHost(Protocol):
     owner_lease: float
     #: libpq settings of a consumer's own connection (keepalives, application name)
     consumer_connect_kwargs: dict[str, Any]
+    #: (numbers, held row ids, pending acks) of owned consumers whose close failed
+    leftovers: list[tuple[list[int], list[int], list[int]]]
 
     def _ready_pool(self) -> object:
         """Migrate the schema if this is the transport's first call."""
@@ -171,6 +173,11 @@ class PgsqlConsumer(Consumer):
                 if self._held or self._acks:
                     self._run(self._sql.settle, _settle_params(list(self._held), "queued"))
             except TransportError as exc:
+                if self.keeper_owner is not None:
+                    # Its owner lives on (the supervisor beats for it): nobody would sweep
+                    # these, so the transport's next consumer statement hands them back.
+                    leftover = (list(self._owners), list(self._held), list(self._acks))
+                    self._host.leftovers.append(leftover)
                 logger.warning("%r: could not hand back tasks on close (%s)", self, exc)
             finally:
                 self._held.clear()
@@ -246,7 +253,23 @@ class PgsqlConsumer(Consumer):
             if self._outage_since is not None:
                 self._outage_since = None
                 self.transport.note_recovery()
+            if self._host.leftovers:
+                self._hand_back_leftovers(conn)
             return rows
+
+    def _hand_back_leftovers(self, conn: psycopg.Connection[Any]) -> None:
+        """Finish the close of owned consumers that could not reach the server."""
+        leftovers = self._host.leftovers
+        while leftovers:
+            owners, held, acks = leftovers[0]
+            params = _settle_params(held, "queued")
+            params.update(owners=owners, acks=acks)
+            try:
+                conn.execute(self._sql.settle, params).fetchall()
+            except psycopg.Error as exc:
+                logger.debug("handing back a closed consumer's tasks: %s", exc)
+                return
+            leftovers.pop(0)
 
     def _wait(self, seconds: float) -> None:
         """Block until a notification on our channel (or one already received) or timeout."""

@@ -114,7 +114,9 @@ WITH {_DONE}, moved AS (
 # asynctask_queue_reserved), never pg_locks. A dead row goes back, one attempt more:
 # - a row whose liveness a supervisor keeps (``keeper``: the id of its owner's
 #   asynctask_owner row, see asynctask.liveness) is dead once that row has not been
-#   beaten within the lease (its consumer's session may come and go meanwhile);
+#   beaten within the lease (its consumer's session may come and go meanwhile), counted
+#   from the server's start at the earliest (a restart gives every keeper a lease to
+#   beat again, however long the server was down);
 # - any other row is dead when its consumer (not this one) holds no advisory lock: a
 #   dead owner is one whose lock this transaction can take; it is released at commit.
 SWEEP = f"""
@@ -133,7 +135,9 @@ WITH gate AS (
 ), dead_keepers AS (
     SELECT k.keeper FROM keepers AS k WHERE NOT EXISTS (
         SELECT 1 FROM {{s}}.asynctask_owner AS o
-        WHERE o.id = k.keeper AND o.date_beat > now() - make_interval(secs => %(lease)s))
+        WHERE o.id = k.keeper
+          AND greatest(o.date_beat, pg_postmaster_start_time())
+              > now() - make_interval(secs => %(lease)s))
 ), taken AS (
     SELECT t.id FROM {{s}}.asynctask_queue AS t
     WHERE t.queue_name = %(queue)s AND t.state = 'reserved'
@@ -319,6 +323,13 @@ ON CONFLICT (key) DO UPDATE SET date_expires = EXCLUDED.date_expires
 RETURNING 1
 """
 
+# The head of the queue in the order workers take it (the ``asynctask_queue_ready`` index).
+OLDEST_READY = """
+SELECT extract(epoch FROM date_submitted)::float8 FROM {s}.asynctask_queue
+WHERE queue_name = %s AND state = 'queued' AND date_available <= now()
+ORDER BY date_available, id LIMIT 1
+"""
+
 
 @dataclass(frozen=True)
 class Statements:
@@ -345,6 +356,7 @@ class Statements:
     requeue_failed: LiteralString
     purge_failed: LiteralString
     claim: LiteralString
+    oldest_ready: LiteralString
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:

@@ -103,6 +103,9 @@ class PgsqlTransport(Transport):
         )
         #: how often a consumer looks for dead consumers' tasks
         self.sweep_interval = max(0.1, recovery / 3)
+        #: (numbers, held row ids, pending acks) of owned consumers whose close could not
+        #: reach the server: their rows would stay theirs while their owner lives
+        self.leftovers: list[tuple[list[int], list[int], list[int]]] = []
         #: seconds an owner's row stays alive after its last beat (asynctask.liveness):
         #: a sweep within ``sweep_interval`` after that keeps the bound
         self.owner_lease = max(0.1, recovery - self.sweep_interval)
@@ -308,6 +311,10 @@ class PgsqlTransport(Transport):
             return QueueStats(queue, 0, 0, 0, 0, 0)
         [(ready, delayed, retrying, in_flight, failed)] = self._query(self.sql.stats, {"q": queue})
         return QueueStats(queue, ready, delayed, retrying, in_flight, failed)
+
+    def _oldest_ready(self, queue: str) -> float | None:
+        rows = self._query(self.sql.oldest_ready, (queue,))
+        return None if not rows else rows[0][0]
 
     def _queue_names(self) -> list[str]:
         if not self._stored():

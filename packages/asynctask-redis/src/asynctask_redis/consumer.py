@@ -60,8 +60,15 @@ class ConsumerHost(Protocol):
         """``<prefix>_<queue>``."""
         ...
 
+    #: (queue, consumer id, pending acks) of owned consumers whose close failed
+    leftovers: list[tuple[str, str, list[bytes]]]
+
     def forget(self, consumer: RedisConsumer) -> None:
         """Stop keeping ``consumer``'s heartbeat (it is closing)."""
+        ...
+
+    def hand_back_leftovers(self) -> None:
+        """Finish the close of owned consumers that could not reach Redis."""
         ...
 
 
@@ -84,6 +91,8 @@ class RedisConsumer(Consumer):
         # ``<owner>/<random>``: the scripts read the owner off the id and take the owner's
         # key (kept by the supervisor, see asynctask_redis.keeper) as this one's heartbeat.
         self.id = new_task_id() if owner is None else f"{owner}/{new_task_id()[:16]}"
+        #: whether a keeper elsewhere keeps this consumer's liveness (asynctask.liveness)
+        self.owned = owner is not None
         self.heartbeat_key = host.key(queue, f"heartbeat:{self.id}")
         self.processing_key = host.key(queue, f"processing:{self.id}")
         self.consumers_key = host.key(queue, "consumers")
@@ -168,6 +177,8 @@ class RedisConsumer(Consumer):
 
     def _take(self) -> float | None:
         wait: float | None = self._once_more(self._take_once)  # the second time, resyncing
+        if self._host.leftovers:
+            self._host.hand_back_leftovers()
         return wait
 
     def _take_once(self) -> float | None:
@@ -348,11 +359,15 @@ class RedisConsumer(Consumer):
                 else:
                     self._send("close", b"")
         except TransportError as exc:
+            if self.owned:
+                # Its owner lives on (the supervisor beats for it): nobody would recover
+                # these, so the transport's next consumer to reach Redis hands them back.
+                self._host.leftovers.append((self.queue, self.id, list(self._acks)))
+                when = "when Redis answers again"
+            else:
+                when = f"within {self.transport.features.recovery_seconds:g} s"
             logger.warning(
-                "%r: could not hand back its tasks (%s); they come back within %g s",
-                self,
-                exc,
-                self.transport.features.recovery_seconds,
+                "%r: could not hand back its tasks (%s); they come back %s", self, exc, when
             )
         finally:
             if self._release_conn is not None:

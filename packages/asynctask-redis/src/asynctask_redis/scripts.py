@@ -42,9 +42,21 @@ local function heartbeat(cid) return base .. 'heartbeat:' .. cid end
 -- the supervisor refreshes it); any other id by its own heartbeat key.
 local function owner_of(cid) return string.match(cid, '^(.+)/') end
 local function owner_key(owner) return base .. 'owner:' .. owner end
-local function alive(cid)
+-- A server that restarted less than ``grace_ms`` ago gives owners that long to beat
+-- again: their keys may have expired while it was down, their workers still live.
+local uptime_ms
+local function restarted_within(grace_ms)
+  if not uptime_ms then
+    local info = redis.call('INFO', 'server')
+    uptime_ms = tonumber(string.match(info, 'uptime_in_seconds:(%d+)') or '0') * 1000
+  end
+  return uptime_ms < grace_ms
+end
+local function alive(cid, grace_ms)
   local owner = owner_of(cid)
-  if owner then return redis.call('EXISTS', owner_key(owner)) == 1 end
+  if owner then
+    return redis.call('EXISTS', owner_key(owner)) == 1 or restarted_within(grace_ms)
+  end
   return redis.call('EXISTS', heartbeat(cid)) == 1
 end
 local failed_ids = base .. 'failed:ids'
@@ -106,9 +118,9 @@ local function promote(zkey, now)
 end
 
 -- Hand back, at the head of the queue, what consumers without a heartbeat held.
-local function recover(self_cid, now)
+local function recover(self_cid, now, grace_ms)
   for _, cid in ipairs(redis.call('SMEMBERS', consumers)) do
-    if cid ~= self_cid and not alive(cid) then
+    if cid ~= self_cid and not alive(cid, grace_ms) then
       local proc = processing(cid)
       local items = redis.call('LRANGE', proc, 0, -1)
       for i = #items, 1, -1 do
@@ -133,7 +145,7 @@ local function maintain(self_cid, recheck_ms)
   end
   if others > 0 then
     if redis.call('SET', recovery, '1', 'NX', 'PX', recheck_ms) then
-      recover(self_cid, now)
+      recover(self_cid, now, 2 * tonumber(recheck_ms))  -- the keys' expiry
     end
     local left = math.max(0, redis.call('PTTL', recovery))
     if not wait or left < wait then wait = left end

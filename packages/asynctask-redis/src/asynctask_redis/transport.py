@@ -45,7 +45,7 @@ from typing import Any, ClassVar, TypeVar
 import redis
 from redis.exceptions import RedisError
 
-from asynctask.errors import InvalidURIError
+from asynctask.errors import InvalidURIError, TransportError
 from asynctask.liveness import Liveness
 from asynctask.transport import (
     Consumer,
@@ -116,6 +116,9 @@ class RedisTransport(Transport):
         self._beat_lock = threading.Lock()
         self._beat_stop = threading.Event()
         self._beat_thread: threading.Thread | None = None
+        #: (queue, consumer id, pending acks) of owned consumers whose close could not
+        #: reach Redis: their tasks would stay theirs while their owner lives
+        self.leftovers: list[tuple[str, str, list[bytes]]] = []
 
     def accepts_driver_option(self, name: str) -> bool:
         """``db``, TLS and socket settings go on to redis-py."""
@@ -208,6 +211,15 @@ class RedisTransport(Transport):
         ready, delayed, retrying, in_flight, failed = (int(n) for n in counts)
         return QueueStats(queue, ready, delayed, retrying, in_flight, failed)
 
+    def _oldest_ready(self, queue: str) -> float | None:
+        head = self.execute(call, "LINDEX", self.ready_key(queue), 0)
+        if head is None:
+            return None
+        try:
+            return read_message(head).submitted_at  # None for a foreign producer's task
+        except ValueError:
+            return None
+
     def _queue_names(self) -> list[str]:
         return [name.decode() for name in self._script(scripts.QUEUES, "")]
 
@@ -284,6 +296,17 @@ class RedisTransport(Transport):
         for conn in idle:
             self.server.pool.release(conn)
         self.server.pool.disconnect()
+
+    def hand_back_leftovers(self) -> None:
+        """Finish the close of consumers that could not reach Redis (see ``leftovers``)."""
+        while self.leftovers:
+            queue, cid, acks = self.leftovers[0]
+            try:
+                self._script(scripts.SETTLE, queue, cid, "close", "", "", "0", len(acks), *acks)
+            except TransportError as exc:
+                logger.debug("handing back a closed consumer's tasks: %s", exc)
+                return
+            self.leftovers.pop(0)
 
     # -- heartbeats ---------------------------------------------------------------------
 
