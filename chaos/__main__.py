@@ -25,7 +25,7 @@ from pathlib import Path
 from asynctask.api import close_transports
 from asynctask.uri import redact
 from bench import machine
-from chaos import liveness, report
+from chaos import badinput, liveness, report
 from chaos.scenarios import SCENARIOS, Plan, Result, Say, run_scenario
 from chaos.servers import BACKENDS, Backend
 from chaos.supervisor import ROOT
@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=URI",
         help="run NAME on this server as it is (no restart, no connection kills)",
     )
+    parser.add_argument(
+        "--bad-input-only",
+        action="store_true",
+        help="only write the bad-input cases (no scenario, no restart) and update the "
+        "bad-input table of docs/reliability.md",
+    )
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the results as JSON")
     parser.add_argument(
         "--docs",
@@ -82,7 +88,10 @@ def main(argv: list[str]) -> int:
     """Run the suite; 0 when every scenario that ran kept the promise."""
     args = _parser().parse_args(argv)
     transports = _names(args.only, tuple(BACKENDS))
-    scenarios = _names(args.scenarios, SCENARIOS + liveness.SCENARIOS)
+    scenarios = (
+        () if args.bad_input_only else _names(args.scenarios, SCENARIOS + liveness.SCENARIOS)
+    )
+    bad_input = args.bad_input_only or "poison" in scenarios
     given = dict(pair.split("=", 1) for pair in args.uri)
     plan = Plan(tasks=args.tasks, kills=args.kills, feed_seconds=args.seconds)
     # only a full run replaces docs/reliability.md
@@ -106,12 +115,15 @@ def main(argv: list[str]) -> int:
     began = time.monotonic()
     for name in transports:
         backend = BACKENDS[name](scratch, given.get(name))
-        run.results += _run_transport(backend, scenarios, plan, scratch, run, say)
+        run.results += _run_transport(backend, scenarios, bad_input, plan, scratch, run, say)
     run.seconds = time.monotonic() - began
     run.machine["load_after"] = machine.load()
-    print(report.table(run.results))
+    if run.results:
+        print(report.table(run.results))
     for line in report.problems(run.results):
         print(line.replace("**", ""))
+    if run.bad_input:
+        print(report.bad_input_table(run.bad_input).replace("**", ""))
     print(f"\n{run.seconds:.0f} s in all")
     if not run.ok:
         say(f"kept the ledgers and worker logs in {scratch}")
@@ -119,7 +131,13 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     if args.json is not None:
         report.write_json(run, args.json)
-    if docs is not None:
+    if args.bad_input_only:  # only the bad-input section of the page changes
+        page = (args.docs or ROOT / "docs") / "reliability.md"
+        section = report.bad_input_markdown(run.bad_input, run.command, run.date)
+        old = page.read_text(encoding="utf-8") if page.exists() else "# Reliability\n"
+        page.write_text(report.replace_bad_input(old, section), encoding="utf-8")
+        print(f"wrote the bad-input table of {page}")
+    elif docs is not None:
         docs.mkdir(parents=True, exist_ok=True)
         (docs / "reliability.md").write_text(report.markdown(run), encoding="utf-8")
         print(f"wrote {docs / 'reliability.md'}")
@@ -129,6 +147,7 @@ def main(argv: list[str]) -> int:
 def _run_transport(
     backend: Backend,
     scenarios: tuple[str, ...],
+    bad_input: bool,
     plan: Plan,
     scratch: Path,
     run: report.Run,
@@ -155,6 +174,9 @@ def _run_transport(
             state = result.skipped or ("ok" if result.ok else "FAILED")
             say(f"  {scenario}: {state} in {result.seconds:.0f} s")
             results.append(result)
+        if bad_input:
+            say("  bad input...")
+            run.bad_input += badinput.run_all(backend, scratch, say)
     finally:
         close_transports()
         backend.stop()

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chaos.badinput import Outcome
 from chaos.scenarios import TITLES, Plan, Result
 
 HEADER = [
@@ -37,11 +38,13 @@ class Run:
     commit: str
     seconds: float = 0.0
     results: list[Result] = field(default_factory=list)
+    bad_input: list[Outcome] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """Every scenario that ran kept the promise."""
-        return all(r.ok for r in self.results if r.skipped is None)
+        """Every scenario that ran kept the promise, and every bad-input case."""
+        scenarios = all(r.ok for r in self.results if r.skipped is None)
+        return scenarios and all(o.ok for o in self.bad_input)
 
 
 def _seconds(value: float | None) -> str:
@@ -88,6 +91,111 @@ def problems(results: list[Result]) -> list[str]:
         if said:
             lines.append(f"- {r.transport}, {TITLES[r.scenario]}: " + "; ".join(said))
     return lines
+
+
+BAD_INPUT_TITLE = "## Bad input"
+
+#: what else a local user or another program can do: (case, outcome, the test that holds it)
+OTHER_CASES = (
+    (
+        "filesys: a symlink planted where the scheduler writes a claim",
+        "the link is removed, never written through; the claim is taken",
+        "test_a_claim_never_writes_through_a_planted_symlink",
+    ),
+    (
+        "filesys: a claim's lock held by another process",
+        "unchanged: the claim is refused after 1 s; no firing stalls",
+        "test_a_held_claim_lock_does_not_stall_the_scheduler",
+    ),
+    (
+        "filesys: `?mode=0660` in a setgid folder, producer and worker as two users",
+        "unchanged: the folders keep the setgid bit; the worker runs the task",
+        "test_a_producer_and_a_worker_as_two_users_share_a_group_folder",
+    ),
+    (
+        "a `json.py` in the working folder of `asynctask workers`",
+        "unchanged: children start with `python -P`; the folder comes last",
+        "test_a_json_py_in_the_working_folder_never_runs_in_a_child",
+    ),
+    (
+        '`{"schedule": "backup"}` written to another scheduled queue',
+        "failed store: a queue runs only its own entry's command",
+        "test_a_task_on_another_scheduled_queue_cannot_run_the_backup_entry",
+    ),
+    (
+        "a command that runs past its `timeout`, or prints 20 MB",
+        "failed store with a tail of its output; the log keeps a tail",
+        "test_commands.py",
+    ),
+    (
+        "32 odd and malformed URIs through every command, the logs and `ps`",
+        "unchanged: no password shown anywhere",
+        "test_secrets.py",
+    ),
+)
+
+
+def _other_cases() -> str:
+    rows = [["case", "outcome", "test"], ["---"] * 3]
+    rows += [[case, outcome, f"`{test}`"] for case, outcome, test in OTHER_CASES]
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def bad_input_table(outcomes: list[Outcome]) -> str:
+    """The bad-input cases as a markdown table: one row a case, one column a transport."""
+    transports = list(dict.fromkeys(o.transport for o in outcomes))
+    cases = list(dict.fromkeys(o.case for o in outcomes))
+    cell = {(o.case, o.transport): o.cell() for o in outcomes}
+    rows = [["case", *transports], ["---"] * (len(transports) + 1)]
+    rows += [[c, *(cell.get((c, t), "-") for t in transports)] for c in cases]
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def bad_input_markdown(outcomes: list[Outcome], command: str, date: str) -> str:
+    """The bad-input section of docs/reliability.md."""
+    if not outcomes:
+        return ""
+    verdict = (
+        "Every case kept the promise."
+        if all(o.ok for o in outcomes)
+        else "**Some cases did not keep the promise (FAILED cells).**"
+    )
+    return f"""{BAD_INPUT_TITLE}
+
+Written by `{command}` on {date}. {verdict}
+
+What another program or local user can write into a backend (DESIGN.md section 10),
+each case by hand in the transport's documented storage format, into a fresh queue
+between two good tasks; then the run loop of the worker children takes the queue until
+it is empty (`chaos/badinput.py`; `tests/hostile/test_bad_input.py` asserts the same
+cases). A case keeps the promise when the bad message ends in the **failed store** with
+its reason, or is **refused** with a message where it was written, the worker goes on,
+both neighbours run once on their first attempt (nothing fetched beside a bad message
+is charged an attempt), a task with a forged attempt count runs at most
+`max_retries + 1` times, and nothing a symlink points at shows anywhere. The cases run
+with `asynctask_max_payload_bytes` = 65536 and, for the signing cases, a signing key.
+"n/a": the storage format cannot hold that case (a filesys task name has no negative
+count; the file cases are filesys's own).
+
+{bad_input_table(outcomes)}
+
+Beside the messages, what else a local user or another program can do, with its outcome
+and the test that holds it (`tests/hostile/`, run by `make test`):
+
+{_other_cases()}
+"""
+
+
+def replace_bad_input(document: str, section: str) -> str:
+    """``document`` with its bad-input section replaced by ``section`` (or added)."""
+    start = document.find(BAD_INPUT_TITLE)
+    if start < 0:
+        anchor = document.find("## The transports as run")
+        if anchor < 0:
+            return document.rstrip() + "\n\n" + section
+        return document[:anchor] + section + "\n" + document[anchor:]
+    end = document.find("\n## ", start + len(BAD_INPUT_TITLE))
+    return document[:start] + section + ("" if end < 0 else document[end:])
 
 
 def markdown(run: Run) -> str:
@@ -169,6 +277,7 @@ children running. The redelivery time is the transport's recovery bound at work.
 
 {chr(10).join(problems(run.results)) or "No errors, no notes."}
 
+{bad_input_markdown(run.bad_input, run.command, run.date)}
 ## The transports as run
 
 Short recovery options, so that a killed worker's task comes back within about 2 s:
@@ -198,5 +307,6 @@ def write_json(run: Run, path: Path) -> None:
         "commit": run.commit,
         "ok": run.ok,
         "results": [{**asdict(r), "ok": r.ok} for r in run.results],
+        "bad_input": [{**asdict(o), "ok": o.ok} for o in run.bad_input],
     }
     path.write_text(json.dumps(data, indent=2), encoding="utf-8")

@@ -36,11 +36,13 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import psycopg
-import redis
+
+if TYPE_CHECKING:
+    import redis
 
 #: the texts written by hand as messages: two are not JSON, three are JSON but not objects
 UNDECODABLE = ("this is not JSON", '{"unclosed": ', "[1, 2, 3]", '"just a string"', "null")
@@ -138,6 +140,20 @@ class Backend:
 
     def write_undecodable(self, queue: str, texts: tuple[str, ...]) -> None:
         """Store ``texts`` as messages of ``queue``, by hand, as another program would."""
+        for text in texts:
+            self.write_raw(queue, text)
+
+    def write_raw(
+        self,
+        queue: str,
+        data: str | bytes,
+        attempts: int | None = None,
+        headers: dict[str, str] | None = None,
+        task_id: str | None = None,
+    ) -> None:
+        """Store one message of ``queue`` by hand in the documented storage format: its
+        body as given, with an attempt count and headers where the format has them.
+        Raises ``Unsupported`` for what the format cannot hold."""
         raise NotImplementedError
 
     def _own_uri(self) -> str:
@@ -157,15 +173,42 @@ class FilesysBackend(Backend):
     def version(self) -> str:
         return "no server"
 
-    def write_undecodable(self, queue: str, texts: tuple[str, ...]) -> None:
-        # The README's recipe: write under tmp/, then rename into ready/.
-        root = Path(self.uri.partition("?")[0].split(":", 1)[1])
-        for index, text in enumerate(texts):
-            name = f"{time.time_ns():019d}-chaos-bad-{index}.json"
-            (root / queue / "tmp").mkdir(parents=True, exist_ok=True)
-            (root / queue / "ready").mkdir(parents=True, exist_ok=True)
-            (root / queue / "tmp" / name).write_text(text, encoding="utf-8")
-            os.rename(root / queue / "tmp" / name, root / queue / "ready" / name)
+    @property
+    def root(self) -> Path:
+        """The transport's folder."""
+        return Path(self.uri.partition("?")[0].split(":", 1)[1])
+
+    def ready_folder(self, queue: str) -> Path:
+        """``<root>/<queue>/ready``, made if missing (with ``tmp/``)."""
+        for folder in ("tmp", "ready"):
+            (self.root / queue / folder).mkdir(parents=True, exist_ok=True)
+        return self.root / queue / "ready"
+
+    def write_raw(
+        self,
+        queue: str,
+        data: str | bytes,
+        attempts: int | None = None,
+        headers: dict[str, str] | None = None,
+        task_id: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        # The README's recipe: write under tmp/, then rename into ready/. Attempts live in
+        # the name (digits only: a negative count cannot be written); headers in an envelope.
+        if attempts is not None and attempts < 0:
+            raise Unsupported("a filesys task name holds digits only: no negative attempts")
+        ready = self.ready_folder(queue)
+        if name is None:
+            suffix = f".{attempts}" if attempts else ""
+            task_id = task_id or f"chaos-{uuid.uuid4().hex[:8]}"
+            name = f"{time.time_ns():019d}-{task_id}{suffix}.json"
+        body = data.encode() if isinstance(data, str) else data
+        if headers is not None:
+            head = f'{{"__asynctask__":1,"headers":{json.dumps(headers)},"payload":'
+            body = head.encode() + body + b"}"
+        tmp = self.root / queue / "tmp" / name
+        tmp.write_bytes(body)
+        os.rename(tmp, ready / name)
 
 
 class PgsqlBackend(Backend):
@@ -216,18 +259,60 @@ class PgsqlBackend(Backend):
             ).fetchone()
         return int(row[0]) if row else 0
 
-    def write_undecodable(self, queue: str, texts: tuple[str, ...]) -> None:
-        # JSON that is not an object goes in the jsonb column; text that does not parse
-        # in payload_text, as the README says a bridge would write it.
+    def write_raw(
+        self,
+        queue: str,
+        data: str | bytes,
+        attempts: int | None = None,
+        headers: dict[str, str] | None = None,
+        task_id: str | None = None,
+    ) -> None:
+        # JSON goes in the jsonb column (``::jsonb`` as psql would); text that does not
+        # parse in payload_text, as the README says a bridge would write it.
+        if isinstance(data, bytes):
+            try:
+                data = data.decode()
+            except UnicodeDecodeError:  # the database refuses it, as it would any client
+                with psycopg.connect(PG_CONNINFO, autocommit=True) as conn:
+                    conn.execute("SELECT convert_from(%s, 'UTF8')", (data,))
+                raise  # not reached: the database refused it above
         schema = self.schema if self.controls_server else _option(self.uri, "schema", "asynctask")
         table = f"{schema}.asynctask_queue"
         with psycopg.connect(PG_CONNINFO, autocommit=True) as conn:
-            for text in texts:
-                column = "payload" if _is_json(text) else "payload_text"
+            try:  # PostgreSQL decides what is JSON (jsonb takes what Python's json refuses)
+                self._insert(conn, table, "payload", "::jsonb", queue, data, attempts, headers)
+            except psycopg.errors.InvalidTextRepresentation:
+                self._insert(conn, table, "payload_text", "", queue, data, attempts, headers)
+            if task_id is not None:  # the row just written, by its unique payload
                 conn.execute(
-                    f"INSERT INTO {table} (queue_name, {column}) VALUES (%s, %s)",
-                    (queue, text),
+                    f"UPDATE {table} SET task_id = %s::uuid WHERE id = "
+                    f"(SELECT max(id) FROM {table} WHERE queue_name = %s)".encode(),
+                    (task_id, queue),
                 )
+
+    @staticmethod
+    def _insert(
+        conn: psycopg.Connection[Any],
+        table: str,
+        column: str,
+        cast: str,
+        queue: str,
+        data: str,
+        attempts: int | None,
+        headers: dict[str, str] | None,
+    ) -> None:
+        columns, values = ["queue_name", column], ["%s", f"%s{cast}"]
+        params: list[Any] = [queue, data]
+        if attempts is not None:
+            columns.append("attempts")
+            values.append("%s")
+            params.append(attempts)
+        if headers is not None:
+            columns.append("headers")
+            values.append("%s::jsonb")
+            params.append(json.dumps(headers))
+        statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(values)})"
+        conn.execute(statement.encode(), params)
 
     @staticmethod
     def _ready() -> bool:
@@ -284,14 +369,15 @@ class RedisBackend(Backend):
         wait_until(self._answers, 30, f"redis-server on port {self.port} answering")
 
     def _client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.uri.partition("?")[0], socket_timeout=5)
+        client: redis.Redis = _redis().Redis.from_url(self.uri.partition("?")[0], socket_timeout=5)
+        return client
 
     def _answers(self) -> bool:
         try:
-            client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+            client: redis.Redis = _redis().Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
             with contextlib.closing(client):
-                return client.info("persistence").get("loading") == 0
-        except redis.RedisError:
+                return bool(client.info("persistence").get("loading") == 0)
+        except _redis().RedisError:
             return False
 
     def stop(self) -> None:
@@ -333,10 +419,25 @@ class RedisBackend(Backend):
         with contextlib.closing(self._client()) as client:
             return int(client.client_kill_filter(_type="normal", skipme=True))
 
-    def write_undecodable(self, queue: str, texts: tuple[str, ...]) -> None:
+    def write_raw(
+        self,
+        queue: str,
+        data: str | bytes,
+        attempts: int | None = None,
+        headers: dict[str, str] | None = None,
+        task_id: str | None = None,
+    ) -> None:
+        # RPUSH of the text; attempts and headers need the envelope of the README.
         prefix = _option(self.uri, "key_prefix", "asynctask")
+        if attempts is not None or headers is not None or task_id is not None:
+            payload = data.decode() if isinstance(data, bytes) else data
+            envelope: dict[str, Any] = {"__asynctask__": 1, "id": task_id or uuid.uuid4().hex}
+            envelope["attempts"] = attempts or 0
+            if headers is not None:
+                envelope["headers"] = headers
+            data = json.dumps(envelope)[:-1] + f', "payload": {payload}}}'
         with contextlib.closing(self._client()) as client:
-            client.rpush(f"{prefix}_{queue}", *texts)
+            client.rpush(f"{prefix}_{queue}", data)
 
 
 class AmqpBackend(Backend):
@@ -394,20 +495,30 @@ class AmqpBackend(Backend):
         _run("rabbitmqctl", "close_connection", pid, "asynctask chaos: an operator closes it")
         return name
 
-    def write_undecodable(self, queue: str, texts: tuple[str, ...]) -> None:
+    def write_raw(
+        self,
+        queue: str,
+        data: str | bytes,
+        attempts: int | None = None,
+        headers: dict[str, str] | None = None,
+        task_id: str | None = None,
+    ) -> None:
         kombu: Any = importlib.import_module("kombu")  # untyped
+        table: dict[str, Any] = dict(headers or {})
+        if attempts is not None:
+            table["x-asynctask-attempts"] = attempts
         with kombu.Connection(self.uri.partition("?")[0], connect_timeout=5) as conn:
-            producer = conn.Producer()
-            for text in texts:
-                # content type given, so kombu sends the text as it is (no serializer)
-                producer.publish(
-                    text,
-                    exchange=queue,
-                    routing_key=queue,
-                    content_type="application/json",
-                    content_encoding="utf-8",
-                    delivery_mode=2,
-                )
+            # content type given, so kombu sends the body as it is (no serializer)
+            conn.Producer().publish(
+                data,
+                exchange=queue,
+                routing_key=queue,
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=2,
+                headers=table,
+                message_id=task_id or uuid.uuid4().hex,
+            )
 
 
 BACKENDS: dict[str, type[Backend]] = {
@@ -454,6 +565,12 @@ def wait_for_quiet(name: str, say: Callable[[str], None], timeout: float) -> Non
         say("    other test runs go on; disturbing the shared server anyway")
 
 
+def _redis() -> Any:
+    # imported when a redis backend is used: the filesys cases run where redis-py cannot
+    # load (an older Python 3.11 without async_timeout), as another user's interpreter may be
+    return importlib.import_module("redis")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -467,11 +584,3 @@ def _option(uri: str, name: str, default: str) -> str:
         if key == name:
             return value
     return default
-
-
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True

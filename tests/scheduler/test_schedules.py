@@ -164,11 +164,12 @@ def test_command_worker_runs_only_commands_from_its_own_settings(tmp_path, caplo
         )
     )
     worker = CommandWorker()
+    worker._queue_name = "scheduled_hello"  # as the run loop sets it
     with caplog.at_level("INFO"):
         worker.process({"schedule": "hello"})
     assert "hello from cron" in caplog.text
     # A task written by hand with a command text in it runs nothing
-    with pytest.raises(ConfigurationError, match="no command schedule entry is named 'rm'"):
+    with pytest.raises(ConfigurationError, match="names the schedule 'rm'"):
         worker.process({"schedule": "rm", "command": ["touch", str(tmp_path / "pwned")]})
     with pytest.raises(ConfigurationError):
         worker.process({"command": ["touch", str(tmp_path / "pwned")]})
@@ -181,5 +182,7 @@ def test_failing_command_is_an_error_with_exit_code_and_output(tmp_path):
             tmp_path, [{"command": ["sh", "-c", "echo oops; exit 3"], "name": "bad", "second": 1}]
         )
     )
+    worker = CommandWorker()
+    worker._queue_name = "scheduled_bad"  # as the run loop sets it
     with pytest.raises(RuntimeError, match=r"exited with code 3; output ends: oops"):
-        CommandWorker().process({"schedule": "bad"})
+        worker.process({"schedule": "bad"})

@@ -174,7 +174,7 @@ class AmqpConsumer(Consumer):
         while self._buffer:
             message = self._buffer.popleft()
             tag = message.delivery_info["delivery_tag"]
-            received = read_message(message)
+            received = read_message(message, self.transport.max_payload_bytes)
             if self._declarations.send_round(link, self.queue, received):  # delayed past a week
                 link.channel.basic_ack(tag)
                 continue
@@ -200,6 +200,7 @@ class AmqpConsumer(Consumer):
                 attempt=received.attempts + 1,
                 submitted_at=received.submitted_at,
                 receipt=(self._generation, tag, received),
+                headers=received.task_headers,
             )
         return None
 

@@ -16,7 +16,7 @@ from typing import Any
 import amqp
 
 from asynctask.transport import FailedTask, new_task_id
-from asynctask.validation import Payload, decode_payload
+from asynctask.validation import DEFAULT_MAX_PAYLOAD_BYTES, Payload, decode_message
 
 #: a durable queue of task queue names, one message each (``queues()`` reads it)
 REGISTRY = "asynctask.registry"
@@ -162,22 +162,38 @@ class Received:
     headers: dict[str, Any]
 
     @property
+    def task_headers(self) -> dict[str, str]:
+        """The task's own string headers (its signature), without asynctask's counters."""
+        return {
+            str(k): v
+            for k, v in self.headers.items()
+            if isinstance(v, str) and not str(k).startswith("x-asynctask-")
+        }
+
+    @property
     def text(self) -> str:
         """The body as text (undecodable bytes replaced)."""
         return self.body.decode("utf-8", errors="replace")
 
     def copy(self, *, attempts: int, extra: dict[str, Any] | None = None) -> Any:
-        """A new message with the same id, body and submit time, and new headers."""
+        """A new message with the same id, body, submit time and task headers (its
+        signature), and new counters."""
         return task_message(
-            self.id, self.body, attempts=attempts, submitted_at=self.submitted_at, extra=extra
+            self.id,
+            self.body,
+            attempts=attempts,
+            submitted_at=self.submitted_at,
+            extra={**self.task_headers, **(extra or {})},
         )
 
 
-def read_message(message: Any) -> Received:
+def read_message(message: Any, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Received:
     """Read a delivered message, written by asynctask or by any other AMQP client.
 
     A message without ``message_id`` (a foreign one) gets a new id; a body that is not a
-    UTF-8 JSON object is kept, with ``payload=None`` and the reason in ``error``.
+    UTF-8 JSON object, or is over ``limit`` bytes, is kept, with ``payload=None`` and the
+    reason in ``error``, whatever the parser raised. An attempt count below 0 (written by
+    another program) reads as 0, so no task runs more than ``max_retries + 1`` times.
     """
     body = message.body
     raw = body.encode() if isinstance(body, str) else bytes(body)
@@ -185,8 +201,8 @@ def read_message(message: Any) -> Received:
     payload: Payload | None = None
     error: str | None = None
     try:
-        payload = decode_payload(raw.decode("utf-8"))
-    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+        payload = decode_message(raw, limit)
+    except ValueError as exc:  # UndecodableMessage: every failure of the parser
         error = f"undecodable message: {exc}"
     message_id = message.properties.get("message_id")
     return Received(
@@ -195,7 +211,7 @@ def read_message(message: Any) -> Received:
         body=raw,
         payload=payload,
         error=error,
-        attempts=_number(headers.get(ATTEMPTS), int) or 0,
+        attempts=max(0, _number(headers.get(ATTEMPTS), int) or 0),
         submitted_at=_number(headers.get(SUBMITTED_AT), float)
         or _number(message.properties.get("timestamp"), float),
         headers=headers,
@@ -246,5 +262,5 @@ def _number(value: Any, kind: type[int] | type[float]) -> Any:
         value = value.replace(tzinfo=UTC).timestamp()
     try:
         return kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # int(inf) raises OverflowError
         return None

@@ -243,9 +243,15 @@ class AmqpTransport(Transport):
             done = self._resume.pop(batch, 0)
         now = time.time()
         # past the longest rung, the task goes round the ladder until due (see DUE)
-        extra = {DUE: now + delay} if delay > MAX_DELAY else None
+        due = {DUE: now + delay} if delay > MAX_DELAY else {}
         messages = [
-            task_message(task_id, text, submitted_at=now, extra=extra) for task_id, text in tasks
+            task_message(
+                task_id,
+                text,
+                submitted_at=now,
+                extra={**due, **self.task_headers(queue, task_id, text)},
+            )
+            for task_id, text in tasks
         ]
         with self._session() as link:
             for last_try in (False, True):
@@ -279,7 +285,7 @@ class AmqpTransport(Transport):
                     return None
                 if message is None:
                     return None
-                received = read_message(message)
+                received = read_message(message, self.max_payload_bytes)
                 if self.send_round(link, queue, received):
                     link.channel.basic_ack(message.delivery_info["delivery_tag"])
                     continue

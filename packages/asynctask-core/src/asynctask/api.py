@@ -41,6 +41,9 @@ def get_transport(uri: str | None = None) -> Transport:
             cls = registry.transport_class(uri)
             transport = cls(uri)
             _transports[uri] = transport
+        limits = settings if settings is not None else get_settings()
+        transport.max_payload_bytes = limits.max_payload_bytes
+        transport.signing_keys = limits.signing_keys
         return transport
 
 

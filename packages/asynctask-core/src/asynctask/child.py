@@ -1,4 +1,4 @@
-"""A worker child process: ``python -m asynctask.child`` with its spec as JSON on stdin.
+"""A worker child process: ``python -P -m asynctask.child`` with its spec as JSON on stdin.
 
 The supervisor starts each child as a fresh interpreter (no inherited threads or
 connections). SIGTERM and SIGINT only ever ask a child to stop gracefully: it finishes
@@ -35,6 +35,7 @@ from asynctask.ratelimit import RateLimit
 from asynctask.reports import ReportWriter
 from asynctask.runner import EXIT_RECYCLE, EXIT_TASK_TIMEOUT, LoopOptions, LoopResult, run_loop
 from asynctask.settings import configure, settings_from_raw
+from asynctask.syspath import working_folder_last
 
 #: exit code of a child that found its supervisor gone
 EXIT_FORCED = 70
@@ -94,6 +95,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def main() -> int:
     """Run one worker on one queue until told to stop; return the exit code."""
+    working_folder_last()  # started with -P: the folder is searched, last
     spec = ChildSpec(**json.loads(sys.stdin.read()))
     _die_with_parent(spec.parent_pid)
     setup_logging(spec.quiet)

@@ -46,7 +46,11 @@ def take(delivery: Delivery) -> None:
         stored = payload.pop(KEY)
         delivery.payload = payload
         if isinstance(stored, dict):
-            delivery.headers = {str(k): str(v) for k, v in stored.items()}
+            # beside those the transport stored natively (a signature), not instead
+            delivery.headers = {
+                **delivery.headers,
+                **{str(k): str(v) for k, v in stored.items()},
+            }
 
 
 def strip(payload: Payload | None) -> Payload | None:

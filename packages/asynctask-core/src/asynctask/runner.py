@@ -283,6 +283,11 @@ def _run_one(
     watchdog: _Watchdog,
     options: LoopOptions,
 ) -> bool:
+    unsafe = consumer.transport.signature_problem(delivery)
+    if unsafe is not None:  # asynctask_signing_key is set and this task is not ours
+        worker.logger.error("Task %s: %s; moved to the failed store", delivery.id, unsafe)
+        consumer.fail(delivery, unsafe)
+        return False
     if delivery.attempt > worker.max_retries + 1:
         # Its earlier deliveries ended with their worker dead: do not run it again.
         error = (

@@ -23,6 +23,7 @@ from asynctask.command import CommandWorker
 from asynctask.plugins import Registry
 from asynctask.schedules import build_trigger
 from asynctask.settings import Settings
+from asynctask.uri import redact
 
 logger = logging.getLogger("asynctask.scheduler")
 
@@ -140,12 +141,22 @@ def next_fire_times(settings: Settings) -> list[dict[str, Any]]:
         fields = {
             k: entry[k]
             for k in entry
-            if k not in ("payload", "queue", "command", "worker", "name", "skip_if_pending")
+            if k
+            not in (
+                "payload",
+                "queue",
+                "command",
+                "worker",
+                "name",
+                "skip_if_pending",
+                "timeout",
+                "env",
+            )
         }
         rows.append(
             {
                 "name": entry["name"],
-                "runs": entry["worker"] or entry["command"],
+                "runs": entry["worker"] or [redact(arg) for arg in entry["command"]],
                 "queue": entry["queue"],
                 "schedule": fields,
                 "next": None if upcoming is None else upcoming.isoformat(),

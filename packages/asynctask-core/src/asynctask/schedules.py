@@ -17,7 +17,9 @@ from asynctask.validation import QUEUE_NAME_RULE, check_payload, is_valid_queue_
 
 CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
 DATE_FIELDS = ("start_date", "end_date", "timezone")
-OTHER_FIELDS = ("worker", "command", "name", "payload", "skip_if_pending")
+OTHER_FIELDS = ("worker", "command", "name", "payload", "skip_if_pending", "timeout", "env")
+#: seconds a ``command`` entry may run when it gives no ``timeout``
+DEFAULT_COMMAND_TIMEOUT = 3600.0
 ALLOWED = (*OTHER_FIELDS, *CRON_FIELDS, *DATE_FIELDS)
 #: the queue prefix of scheduled queues
 PREFIX = "scheduled_"
@@ -53,6 +55,17 @@ def _check_entry(position: int, raw: Mapping[str, Any]) -> dict[str, Any]:
             )
         if raw.get("name") is None:
             raise ScheduleError(f"{where}: a 'command' entry needs a 'name'")
+    timeout = raw.get("timeout", DEFAULT_COMMAND_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ScheduleError(f"{where}: timeout must be a number of seconds > 0, got {timeout!r}")
+    env = raw.get("env", [])
+    if not isinstance(env, list) or not all(isinstance(v, str) and v for v in env):
+        raise ScheduleError(
+            f"{where}: env must be a list of environment variable names to pass to the "
+            f"command (ASYNCTASK_* ones are not passed otherwise), got {env!r}"
+        )
+    if command is None and ("timeout" in raw or "env" in raw):
+        raise ScheduleError(f"{where}: 'timeout' and 'env' are for 'command' entries")
     name = raw.get("name", worker)
     if not isinstance(name, str) or not is_valid_queue_name(PREFIX + name):
         raise ScheduleError(
@@ -105,6 +118,8 @@ def _check_entry(position: int, raw: Mapping[str, Any]) -> dict[str, Any]:
         skip_if_pending=skip,
         queue=PREFIX + name,
     )
+    if command is not None:
+        entry.update(timeout=float(timeout), env=list(env))
     return entry
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from asynctask.errors import ConfigurationError
-from asynctask.uri import redact
-from asynctask.validation import QUEUE_NAME_RULE, is_valid_queue_name
+from asynctask.uri import redact, remember_secret
+from asynctask.validation import DEFAULT_MAX_PAYLOAD_BYTES, QUEUE_NAME_RULE, is_valid_queue_name
 
 CONFIG_FILE = "asynctask.toml"
 CONFIG_VARIABLE = "ASYNCTASK_CONFIG"
@@ -56,6 +56,7 @@ def _transport(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or ":" not in value:
         raise _Invalid("expected a transport URI such as 'filesys:/path', 'redis://host'")
+    redact(value)  # learns its password, to hide it wherever a driver may quote it
     return value
 
 
@@ -63,6 +64,27 @@ def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _Invalid("expected a whole number >= 1")
     return value
+
+
+def _payload_limit(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 64:
+        raise _Invalid("expected a whole number of bytes >= 64 (default 1048576, 1 MiB)")
+    return value
+
+
+def _signing_key(value: Any) -> tuple[str, ...]:
+    # Shown only as *** (see SECRET_SETTINGS), so the message never repeats the value.
+    if value is None or value == "" or value == []:
+        return ()
+    keys = [value] if isinstance(value, str) else value
+    if not isinstance(keys, list) or not all(isinstance(k, str) and len(k) >= 16 for k in keys):
+        raise _Invalid(
+            "expected a key of at least 16 characters, or a list of them (the first signs, "
+            "all verify)"
+        )
+    for key in keys:
+        remember_secret(key)
+    return tuple(keys)
 
 
 def _port(value: Any) -> int | None:
@@ -186,6 +208,19 @@ SETTINGS: dict[str, Setting] = {
             "ms between supervisor checks of its children",
         ),
         Setting(
+            "asynctask_max_payload_bytes",
+            lambda: DEFAULT_MAX_PAYLOAD_BYTES,
+            _payload_limit,
+            "largest payload, as JSON text; bigger ones are refused at submit and go to the "
+            "failed store when met in a queue",
+        ),
+        Setting(
+            "asynctask_signing_key",
+            lambda: None,
+            _signing_key,
+            "HMAC-SHA256 key, or a list of keys (the first signs, all verify); shown as ***",
+        ),
+        Setting(
             "asynctask_metrics_port",
             lambda: None,
             _port,
@@ -193,6 +228,9 @@ SETTINGS: dict[str, Setting] = {
         ),
     ]
 }
+
+#: settings whose values are never shown, in any output
+SECRET_SETTINGS = frozenset({"asynctask_signing_key"})
 
 
 @dataclass
@@ -239,6 +277,17 @@ class Settings:
         return float(self.values["asynctask_workers_check_child_interval"]) / 1000
 
     @property
+    def max_payload_bytes(self) -> int:
+        """The largest payload, as JSON text, in bytes."""
+        return int(self.values["asynctask_max_payload_bytes"])
+
+    @property
+    def signing_keys(self) -> tuple[str, ...]:
+        """The signing keys, the one that signs first; empty when tasks are not signed."""
+        keys: tuple[str, ...] = self.values["asynctask_signing_key"]
+        return keys
+
+    @property
     def metrics_port(self) -> int | None:
         """The port ``asynctask workers`` serves metrics on, if any."""
         value: int | None = self.values["asynctask_metrics_port"]
@@ -274,6 +323,8 @@ class Settings:
     def describe(self, name: str) -> str:
         """A setting's value as text for people, with any password hidden."""
         value = self.raw.get(name, self.values[name])
+        if name in SECRET_SETTINGS:
+            return "***" if self.values[name] else "null"
         text = json.dumps(value, default=str) if not isinstance(value, str) else value
         return redact(text)
 
@@ -302,6 +353,8 @@ def _check(name: str, value: Any, source: str) -> Any:
         shown = (
             redact(json.dumps(value, default=str)) if not isinstance(value, str) else redact(value)
         )
+        if name in SECRET_SETTINGS:
+            shown = "***"
         raise ConfigurationError(
             f"setting {name} (from {source}) has a bad value {shown}: {exc}"
         ) from exc

@@ -106,7 +106,8 @@ class Supervisor:
         spec = self._keep_alive(slot)
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "asynctask.child"],
+                # -P: nothing from the working folder shadows a module (asynctask.syspath)
+                [sys.executable, "-P", "-m", "asynctask.child"],
                 stdin=subprocess.PIPE,
                 close_fds=True,
                 pass_fds=() if slot.report is None else (slot.report.write_fd,),

@@ -17,6 +17,7 @@ Two ways to take a task:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -29,12 +30,19 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
-from asynctask import events, headers
+from asynctask import events, headers, signing
 from asynctask.errors import InvalidTaskError, TransportClosed, TransportUnavailable
 from asynctask.liveness import Liveness, NoLiveness, check_owner
 from asynctask.outage import OutageReport
 from asynctask.uri import Option, read_options, redact, split_query
-from asynctask.validation import Payload, check_queue_name, encode_payload
+from asynctask.validation import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    Payload,
+    check_payload_size,
+    check_queue_name,
+    decode_message,
+    encode_payload,
+)
 
 logger = logging.getLogger("asynctask.transport")
 
@@ -220,6 +228,11 @@ class Transport(ABC):
     options_accepted: ClassVar[Mapping[str, Option]] = {}
     #: facts about this transport; an instance may refine them from its URI options
     features: TransportFeatures
+    #: the largest payload as JSON text, in bytes (``get_transport`` sets it from the
+    #: setting ``asynctask_max_payload_bytes``); bigger messages met in a queue fail
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    #: ``asynctask_signing_key`` as a tuple (the first signs, all verify); empty: unsigned
+    signing_keys: tuple[str, ...] = ()
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -333,7 +346,9 @@ class Transport(ABC):
             try:
                 text = encode_payload(payload)
                 headers.check_payload(payload)
-                tasks.append((new_task_id(), headers.attach(text, extra) if extra else text))
+                text = headers.attach(text, extra) if extra else text
+                check_payload_size(text, self.max_payload_bytes)
+                tasks.append((new_task_id(), text))
             except InvalidTaskError as exc:
                 if index == 0:
                     raise
@@ -462,6 +477,30 @@ class Transport(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.safe_uri!r})"
+
+    def task_headers(self, queue: str, task_id: str, payload_json: str) -> dict[str, str]:
+        """The headers a transport stores beside a new task (its signature, when signing).
+
+        Every ``_put`` calls it; without signing keys it costs nothing.
+        """
+        if not self.signing_keys:
+            return {}
+        # our own text, checked at submit: no limit applies here
+        return signing.sign(self.signing_keys, queue, task_id, json.loads(payload_json))
+
+    def signature_problem(self, delivery: Delivery) -> str | None:
+        """Why a delivery must not run (unsigned or badly signed, when this process holds
+        signing keys), or None. The run loop sends such a task to the failed store."""
+        if not self.signing_keys:
+            return None
+        return signing.problem(
+            self.signing_keys, delivery.queue, delivery.id, delivery.payload, delivery.headers
+        )
+
+    def decode(self, data: str | bytes) -> Payload:
+        """A stored message's payload; ``UndecodableMessage`` (a ``ValueError``) for any
+        failure, a message over ``max_payload_bytes`` included. Every decode path uses it."""
+        return decode_message(data, self.max_payload_bytes)
 
     # -- retrying while the backend is away -------------------------------------------
 

@@ -15,14 +15,67 @@ from urllib.parse import parse_qsl, urlsplit
 
 from asynctask.errors import InvalidURIError
 
-_PASSWORD = re.compile(r"(?P<head>^[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@?#]*:)(?P<pw>[^@/?#]*)(?=@)")
-_QUERY_SECRET = re.compile(r"(?i)(?P<head>[?&](?:password|passwd|pwd)=)(?P<pw>[^&#]*)")
+# A password in a URI's user info, wherever the URI stands in a text (an error, a log
+# line, a command's argument, a JSON dump), and however malformed: ``amqp:/app:pw@h/``,
+# ``redis:/:pw@h/5``, ``scheme:user:pw@host``. The password runs to the LAST ``@`` of the
+# URI (so one holding ``@`` is hidden whole); more hidden than needed is safe, less is not.
+_USERINFO = re.compile(
+    r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*:/{0,3}[^\s:/@'\"<>(){}\[\],;]*:)"
+    r"(?P<pw>[^\s'\"<>]*)@"
+)
+# ``name=value`` secrets: URI query options (``?password=``, ``&sslpassword=``) and the
+# libpq keyword form (``host=h password=pw``, ``password='p w'``).
+_SECRET_NAMES = r"(?:ssl)?password|passwd|pwd|pass|secret|token|api_?key|signing_key"
+_KEYWORD = re.compile(
+    rf"(?i)(?P<head>(?<![\w.-])(?:[\w.-]*_)?(?:{_SECRET_NAMES})\s*=\s*)"
+    r"(?P<pw>'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|[^\s&#'\",;]*)"
+)
+# the same names as JSON keys: ``"password": "pw"``
+_JSON_KEY = re.compile(rf'(?i)(?P<head>"(?:{_SECRET_NAMES})"\s*:\s*)(?P<pw>"(?:[^"\\]|\\.)*")')
 
 
-def redact(uri: str) -> str:
-    """Return ``uri`` with any password replaced by ``***``: safe for logs, reprs, errors."""
-    uri = _PASSWORD.sub(lambda m: m.group("head") + "***", uri)
-    return _QUERY_SECRET.sub(lambda m: m.group("head") + "***", uri)
+#: every password ``redact`` has met in this process: a driver that reads a malformed URI
+#: its own way may quote the password in a form no pattern knows (libpq takes
+#: ``app:p@ss@host`` as user ``app:p`` at host ``ss@host``), so known ones go wherever
+_KNOWN: set[str] = set()
+#: shorter pieces are not remembered: hiding every "ab" in every text would garble it
+_MIN_KNOWN = 4
+
+
+def remember_secret(secret: str) -> None:
+    """Hide ``secret`` (and its longer pieces) in every text ``redact`` sees from now on."""
+    secret = secret.strip("'\"")
+    for piece in {secret, *re.split(r"[@:/]", secret)}:
+        if len(piece) >= _MIN_KNOWN and piece != "***":
+            _KNOWN.add(piece)
+
+
+def _hide(match: re.Match[str], tail: str = "") -> str:
+    remember_secret(match.group("pw"))
+    return match.group("head") + "***" + tail
+
+
+def _hide_userinfo(match: re.Match[str]) -> str:
+    user = re.sub(r"^[a-zA-Z][a-zA-Z0-9+.-]*:/*", "", match.group("head"))[:-1]
+    if match.group("pw") != user:  # "guest:guest": the name shows anyway, keep it readable
+        remember_secret(match.group("pw"))
+    return match.group("head") + "***@"
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with every password in it replaced by ``***``.
+
+    The one redaction for everything shown to people (errors, log lines, reprs, CLI
+    output): it finds URIs and ``name=value`` secrets anywhere in the text, not only at
+    its start, and hides every password it has met before wherever it shows again.
+    """
+    text = _USERINFO.sub(_hide_userinfo, text)
+    text = _KEYWORD.sub(_hide, text)
+    text = _JSON_KEY.sub(lambda m: m.group("head") + '"***"', text)
+    for secret in sorted(_KNOWN, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
 
 
 #: schemes whose URI names a server after ``//`` (``pgsql:dbname`` and ``filesys:path``

@@ -15,10 +15,15 @@ from typing import Any
 
 from asynctask.errors import InvalidTaskError
 
+#: the longest queue name, on every transport (AMQP's names stop at 255 bytes, and a
+#: queue's own names, like ``<queue>.failed``, need room beside it)
+MAX_QUEUE_NAME = 100
 QUEUE_NAME_RULE = (
-    "2 or more characters: lower-case letters, digits and single underscores, "
+    f"2 to {MAX_QUEUE_NAME} characters: lower-case letters, digits and single underscores, "
     "starting with a letter and ending with a letter or digit (e.g. 'foo', 'a1', 'rex_job_0')"
 )
+#: the default of ``asynctask_max_payload_bytes``: the largest payload, as JSON text
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 _QUEUE_NAME = re.compile(r"^[a-z](?:[a-z0-9]|_(?!_))*[a-z0-9]$")
 
 Payload = dict[str, Any]
@@ -28,13 +33,20 @@ MAX_DEPTH = 500
 
 def is_valid_queue_name(name: object) -> bool:
     """Tell whether ``name`` follows the queue-name rule."""
-    return isinstance(name, str) and _QUEUE_NAME.match(name) is not None
+    return (
+        isinstance(name, str)
+        and len(name) <= MAX_QUEUE_NAME
+        and _QUEUE_NAME.match(name) is not None
+    )
 
 
 def check_queue_name(name: object) -> str:
     """Return ``name`` if it is a valid queue name, else raise ``InvalidTaskError``."""
     if not is_valid_queue_name(name):
-        raise InvalidTaskError(f"{name!r} is not a valid queue name: use {QUEUE_NAME_RULE}")
+        shown = f"{name!r:.120}" + ("..." if len(repr(name)) > 120 else "")
+        if isinstance(name, str) and len(name) > MAX_QUEUE_NAME:
+            shown += f" ({len(name)} characters)"
+        raise InvalidTaskError(f"{shown} is not a valid queue name: use {QUEUE_NAME_RULE}")
     assert isinstance(name, str)
     return name
 
@@ -138,3 +150,51 @@ def decode_payload(text: str | bytes) -> Payload:
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object, got a JSON {type(value).__name__}")
     return value
+
+
+class UndecodableMessage(ValueError):
+    """A stored message that is not a task we can run: the text says why.
+
+    Raised for any failure to read a message (bad UTF-8 or JSON, nesting deeper than the
+    parser's stack, a number past Python's digit limit, a value that is not an object, a
+    size over the limit), so that a transport's decode path needs to catch only this one.
+    """
+
+
+def check_payload_size(text: str, limit: int) -> None:
+    """Refuse payload text over ``limit`` bytes, naming its size and the setting."""
+    # Characters first: a str of n characters is at least n bytes, and most payloads are far
+    # under the limit, so the common case costs no encoding.
+    if len(text) * 4 > limit and len(text.encode()) > limit:
+        raise InvalidTaskError(
+            f"payload is {len(text.encode())} bytes of JSON, over the limit of {limit} bytes "
+            "(setting asynctask_max_payload_bytes); store big data elsewhere and pass its "
+            "location"
+        )
+
+
+def decode_message(data: str | bytes, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Payload:
+    """Read a stored message's payload; raise ``UndecodableMessage`` whatever goes wrong.
+
+    Text over ``limit`` bytes is refused before it is parsed, so a huge message costs no
+    parse. Another program may have written anything, so every exception of the parser is
+    turned into the one error a transport catches (``RecursionError`` is not a
+    ``ValueError``, and the 4,300-digit limit on ints raises a bare ``ValueError``).
+    """
+    size = len(data)
+    if isinstance(data, str) and size * 4 > limit:
+        size = len(data.encode())
+    if size > limit:
+        raise UndecodableMessage(
+            f"message is {size} bytes, over the limit of {limit} bytes "
+            "(setting asynctask_max_payload_bytes)"
+        )
+    try:
+        # UTF-8 only: json.loads would guess UTF-16 or -32 from a byte string's start
+        return decode_payload(data.decode("utf-8") if isinstance(data, bytes) else data)
+    except RecursionError:
+        raise UndecodableMessage("JSON nested too deeply to decode") from None
+    except UnicodeDecodeError as exc:
+        raise UndecodableMessage(f"not UTF-8 text: {exc}") from None
+    except Exception as exc:
+        raise UndecodableMessage(str(exc) or type(exc).__name__) from None

@@ -12,18 +12,14 @@ import contextlib
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
 
 from asynctask.errors import TransportClosed
 from asynctask.transport import Consumer, Delivery, check_delay
-from asynctask.validation import decode_payload
-from asynctask_filesys.layout import QueuePaths, TaskName, read_file, sweep_tmp
+from asynctask_filesys.layout import QueuePaths, TaskName, sweep_tmp
 from asynctask_filesys.oserrors import os_errors
 from asynctask_filesys.owners import OwnerFolder, recover_dead, touch_live
+from asynctask_filesys.queues import FilesysBase
 from asynctask_filesys.watch import Folder, Watcher
-
-if TYPE_CHECKING:
-    from asynctask_filesys.transport import FilesysTransport
 
 
 class QueueView:
@@ -79,10 +75,10 @@ class FilesysConsumer(Consumer):
     ``prefetch`` is accepted; each ``reserve`` claims one task, since taking is local.
     """
 
-    transport: FilesysTransport
+    transport: FilesysBase
 
     def __init__(
-        self, transport: FilesysTransport, queue: str, prefetch: int, owner: str | None = None
+        self, transport: FilesysBase, queue: str, prefetch: int, owner: str | None = None
     ) -> None:
         super().__init__(transport, queue, prefetch)
         #: the owner whose keeper keeps this consumer alive; None: its own heartbeat
@@ -157,23 +153,15 @@ class FilesysConsumer(Consumer):
 
     def _open(self, name: str, path: str) -> Delivery | None:
         """The delivery of a claimed file, or None after moving a bad one to failed."""
+        read = self.transport.read_task(self.queue, path, name)
+        if read is None:
+            return None
+        payload, mtime, headers = read
         task = TaskName.parse(name)
-        fail = self.transport.to_failed
-        if not task.is_json:
-            fail(self.queue, path, name, "not a task file (task files end in .json)", 0)
-            return None
-        try:
-            data, mtime = read_file(path)
-        except OSError as exc:
-            fail(self.queue, path, name, f"unreadable task file: {exc}", task.attempts)
-            return None
-        try:
-            payload = decode_payload(data)
-        except ValueError as exc:
-            fail(self.queue, path, name, f"undecodable message: {exc}", task.attempts)
-            return None
         self._held[task.id] = path
-        return Delivery(task.id, self.queue, payload, task.attempts + 1, mtime, name)
+        delivery = Delivery(task.id, self.queue, payload, task.attempts + 1, mtime, name)
+        delivery.headers = headers
+        return delivery
 
     # -- settling ------------------------------------------------------------------------
 

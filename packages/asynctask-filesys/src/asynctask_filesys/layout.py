@@ -19,8 +19,10 @@ store. Names starting with ``.`` are ignored everywhere.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -65,7 +67,9 @@ def bumped(name: str) -> str:
 
 def failed_name(name: str, failed_ns: int) -> str:
     """The name of a task in the failed store: its failure stamp, then its task name."""
-    if len(name) > 200:  # keep the whole under the usual 255-byte limit
+    # File names are limited in bytes (255 on most file systems), not characters: 120
+    # two-byte characters are a legal name that, with the stamp and ".meta", is not.
+    if len(os.fsencode(name)) > 200:
         name = TaskName.parse(name).format()
     return f"{failed_ns:019d}~{name}"
 
@@ -119,7 +123,12 @@ def dir_mode(file_mode: int) -> int:
 
 
 def make_dirs(paths: tuple[str, ...], file_mode: int) -> None:
-    """Create missing folders with the mode of the ``mode`` option (umask aside)."""
+    """Create missing folders with the mode of the ``mode`` option (umask aside).
+
+    In a setgid folder (the group-shared setup) a new folder inherits the setgid bit, and
+    keeps it: a chmod to the bare mode would clear it, and files made further down would
+    then get the creator's group instead of the shared one.
+    """
     mode = dir_mode(file_mode)
     for path in paths:
         if not os.path.isdir(path):
@@ -128,7 +137,8 @@ def make_dirs(paths: tuple[str, ...], file_mode: int) -> None:
                 os.mkdir(path, mode)
             except FileExistsError:
                 continue
-            os.chmod(path, mode)
+            inherited = os.stat(path).st_mode & stat.S_ISGID
+            os.chmod(path, mode | inherited)
 
 
 def write_file(path: str, data: bytes, mode: int, sync: bool) -> None:
@@ -158,17 +168,71 @@ def sync_dir(path: str) -> None:
         os.close(fd)
 
 
-def read_file(path: str) -> tuple[bytes, float]:
-    """A file's bytes and its modification time (the task's submission time)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+class NotATaskFile(OSError):
+    """Something in a queue folder that must not be read: not a regular file, or too big.
+
+    The message says what it is, never what it holds (a symlink's target stays unread).
+    """
+
+
+#: how a file another user may have planted is opened: never through a symlink, never
+#: blocking (a FIFO with no writer would hang the open), never as a controlling terminal
+SAFE_OPEN = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+
+_KINDS = (
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a file")
+
+
+def read_task_file(path: str, limit: int) -> tuple[bytes, float]:
+    """A task file's bytes and modification time (its submission time), read safely.
+
+    Raises ``NotATaskFile`` for anything but a regular file of at most ``limit`` bytes,
+    before reading a byte of it: the folder may be shared with other users.
+    """
+    before = os.lstat(path)
+    if not stat.S_ISREG(before.st_mode):  # not even opened: opening a device can act
+        raise NotATaskFile(f"not a regular file ({_kind(before.st_mode)})")
     try:
-        size = os.fstat(fd)
+        fd = os.open(path, SAFE_OPEN)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # swapped for a symlink since the lstat
+            raise NotATaskFile("not a regular file (a symbolic link)") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotATaskFile(f"not a regular file ({_kind(info.st_mode)})")
+        if info.st_size > limit:
+            raise NotATaskFile(
+                f"task file is {info.st_size} bytes, over the limit of {limit} bytes "
+                "(setting asynctask_max_payload_bytes)",
+            )
         chunks = []
-        while chunk := os.read(fd, max(size.st_size, 65536)):
+        left = limit + 1  # a file that grows while we read is cut at the limit
+        while left > 0 and (chunk := os.read(fd, min(max(info.st_size, 65536), left))):
             chunks.append(chunk)
-        return b"".join(chunks), size.st_mtime
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > limit:
+            raise NotATaskFile(f"task file grew past the limit of {limit} bytes while read")
+        return data, info.st_mtime
     finally:
         os.close(fd)
+
+
+def read_file(path: str) -> tuple[bytes, float]:
+    """A small file of our own (a ``.meta`` sidecar), read as safely as a task file."""
+    return read_task_file(path, 1024 * 1024)
 
 
 def task_names(folder: str) -> list[str]:

@@ -43,29 +43,29 @@ from asynctask.transport import (
     FailedTask,
     PutProgress,
     QueueStats,
-    Transport,
     TransportFeatures,
 )
 from asynctask.uri import Option, boolean, positive_float
-from asynctask.validation import Payload, decode_payload, is_valid_queue_name
+from asynctask.validation import Payload, decode_message, is_valid_queue_name
 from asynctask_filesys import claims
 from asynctask_filesys.consumer import FilesysConsumer, QueueView
 from asynctask_filesys.keeper import FilesysLiveness
 from asynctask_filesys.layout import (
     META_SUFFIX,
+    NotATaskFile,
     QueuePaths,
     StampClock,
     TaskName,
-    failed_name,
-    make_dirs,
     original_name,
     read_file,
+    read_task_file,
     sync_dir,
     task_names,
     write_file,
 )
 from asynctask_filesys.oserrors import os_errors
 from asynctask_filesys.owners import Heartbeats
+from asynctask_filesys.queues import FilesysBase, unwrap, wrap
 from asynctask_filesys.watch import Watcher
 
 _COUNTS = frozenset({"ready", "delayed", "retrying", "in_flight", "failed"})
@@ -119,7 +119,7 @@ def root_folder(location: str) -> str:
     return os.path.abspath(os.path.expanduser(rest))
 
 
-class FilesysTransport(Transport):
+class FilesysTransport(FilesysBase):
     """Queues as folders of task files; see the module docstring."""
 
     schemes = ("filesys",)
@@ -153,35 +153,6 @@ class FilesysTransport(Transport):
         self._next_sweep = 0.0
         self._consumers: weakref.WeakSet[FilesysConsumer] = weakref.WeakSet()
 
-    # -- folders -------------------------------------------------------------------------
-
-    def paths(self, queue: str) -> QueuePaths:
-        """The folders of ``queue``."""
-        return QueuePaths(self.root, queue)
-
-    def ensure_queue(self, queue: str, again: bool = False) -> QueuePaths:
-        """The folders of ``queue``, created if missing (``again``: check once more)."""
-        paths = self.paths(queue)
-        if again or queue not in self._made:
-            make_dirs((self.root, *paths.all()), self.mode)
-            self._made.add(queue)
-        return paths
-
-    def to_failed(self, queue: str, path: str, name: str, error: str, attempts: int) -> None:
-        """Move the task file at ``path`` to the failed store, with a ``.meta`` sidecar
-        written first, so a crash between the two leaves the task where it was."""
-        paths = self.ensure_queue(queue)
-        stored = failed_name(name, time.time_ns())
-        meta = {"error": error, "attempts": attempts, "failed_at": time.time()}
-        tmp = os.path.join(paths.tmp, stored + META_SUFFIX)
-        write_file(tmp, json.dumps(meta).encode(), self.mode, sync=False)
-        os.rename(tmp, os.path.join(paths.failed, stored + META_SUFFIX))
-        try:
-            os.rename(path, os.path.join(paths.failed, stored))
-        except FileNotFoundError:  # another taker got there first
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(paths.failed, stored + META_SUFFIX))
-
     # -- primitives ----------------------------------------------------------------------
 
     @os_errors
@@ -201,10 +172,10 @@ class FilesysTransport(Transport):
         moved = 0
         try:
             try:
-                self._write_tmp(paths, names, tasks)
+                self._write_tmp(queue, paths, names, tasks)
             except FileNotFoundError:  # somebody removed the queue's folders: once more
                 self.ensure_queue(queue, again=True)
-                self._write_tmp(paths, names, tasks)
+                self._write_tmp(queue, paths, names, tasks)
             for name in names:  # in order, so that takers see them in order
                 os.rename(os.path.join(paths.tmp, name), os.path.join(target, name))
                 moved += 1
@@ -217,10 +188,11 @@ class FilesysTransport(Transport):
             sync_dir(target)
 
     def _write_tmp(
-        self, paths: QueuePaths, names: list[str], tasks: Sequence[tuple[str, str]]
+        self, queue: str, paths: QueuePaths, names: list[str], tasks: Sequence[tuple[str, str]]
     ) -> None:
-        for name, (_, text) in zip(names, tasks, strict=True):
-            write_file(os.path.join(paths.tmp, name), text.encode(), self.mode, self.fsync)
+        for name, (task_id, text) in zip(names, tasks, strict=True):
+            body = wrap(text, self.task_headers(queue, task_id, text))
+            write_file(os.path.join(paths.tmp, name), body.encode(), self.mode, self.fsync)
 
     @os_errors
     def _take(self, queue: str) -> Payload | None:
@@ -244,27 +216,14 @@ class FilesysTransport(Transport):
     def _take_file(self, queue: str, paths: QueuePaths, name: str) -> Payload | None:
         # At most once: read, then unlink; whoever unlinks it owns it.
         path = os.path.join(paths.ready, name)
-        task = TaskName.parse(name)
-        if not task.is_json:
-            self.to_failed(queue, path, name, "not a task file (task files end in .json)", 0)
-            return None
-        try:
-            data, _ = read_file(path)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            self.to_failed(queue, path, name, f"unreadable task file: {exc}", task.attempts)
-            return None
-        try:
-            payload = decode_payload(data)
-        except ValueError as exc:
-            self.to_failed(queue, path, name, f"undecodable message: {exc}", task.attempts)
+        read = self.read_task(queue, path, name)
+        if read is None:
             return None
         try:
             os.unlink(path)
         except FileNotFoundError:
             return None
-        return payload
+        return read[0]
 
     @os_errors
     def _stats(self, queue: str) -> QueueStats:
@@ -342,17 +301,22 @@ class FilesysTransport(Transport):
         return found
 
     def _read_failed(self, queue: str, p: QueuePaths, stored: str) -> FailedTask:
-        data, mtime = read_file(os.path.join(p.failed, stored))
+        path = os.path.join(p.failed, stored)
+        payload: Payload | None = None
+        raw: str | None = None
+        try:  # a FIFO or a symlink kept here is shown as what it is, never read
+            data, mtime = read_task_file(path, self.max_payload_bytes)
+        except NotATaskFile as exc:
+            data, mtime, raw = b"", os.lstat(path).st_mtime, f"({exc})"
         meta: dict[str, Any] = {}
         with contextlib.suppress(OSError, ValueError):
             meta = json.loads(read_file(os.path.join(p.failed, stored + META_SUFFIX))[0])
         task = TaskName.parse(original_name(stored))
-        payload: Payload | None = None
-        raw: str | None = None
-        try:
-            payload = decode_payload(data)
-        except ValueError:
-            raw = data.decode("utf-8", errors="replace")
+        if raw is None:
+            try:
+                payload = unwrap(decode_message(data, len(data)))[0]
+            except ValueError:
+                raw = data.decode("utf-8", errors="replace")
         return FailedTask(
             id=task.id,
             queue=queue,

@@ -45,8 +45,8 @@ from asynctask.errors import (
     TransportUnavailable,
 )
 from asynctask.transport import Consumer, Delivery, Transport, check_delay
-from asynctask.validation import decode_payload
 from asynctask_pgsql.conninfo import Server, is_refusal
+from asynctask_pgsql.decoding import load_json_as_text, read_headers
 from asynctask_pgsql.schema import channel, consumer_lock_class, sweep_lock_class
 from asynctask_pgsql.statements import Statements
 
@@ -207,21 +207,23 @@ class PgsqlConsumer(Consumer):
 
     def _keep(self, rows: list[tuple[Any, ...]]) -> None:
         """Turn reserved rows (in queue order) into deliveries; undecodable text fails."""
-        for bad, row_id, task_id, payload, text, attempts, submitted in rows:
+        for bad, row_id, task_id, payload, text, attempts, submitted, headers in rows:
             if bad:
                 continue
-            if text is not None:
-                try:
-                    payload = decode_payload(text)
-                except ValueError as exc:
-                    error = f"undecodable message: {exc}"
-                    self._run(self._sql.settle, _settle_params([row_id], "failed", 0, error))
-                    continue
+            try:  # jsonb comes as text (see asynctask_pgsql.decoding): one row at a time
+                payload = self.transport.decode(payload if text is None else text)
+            except ValueError as exc:  # UndecodableMessage, whatever the parser raised
+                # One statement moves it: the failed store, with the reason, uncharged.
+                error = f"undecodable message: {exc}"
+                self._run(self._sql.settle, _settle_params([row_id], "failed", 0, error))
+                continue
             assert self._owner is not None
             self._held[row_id] = self._owner
-            self._buffer.append(
-                Delivery(task_id.hex, self.queue, payload, attempts + 1, submitted, row_id)
-            )
+            # A count another program stored may be negative: never more runs for that.
+            attempt = max(attempts, 0) + 1
+            delivery = Delivery(task_id.hex, self.queue, payload, attempt, submitted, row_id)
+            delivery.headers = read_headers(headers)
+            self._buffer.append(delivery)
 
     def _run(self, query: LiteralString, params: Any) -> list[tuple[Any, ...]]:
         """Run one statement on our connection, reconnecting through an outage."""
@@ -285,6 +287,7 @@ class PgsqlConsumer(Consumer):
         if self._owner is None:
             t._ready_pool()  # a worker's first call may be its consumer's: migrate first
         conn = t.server.connect(**t.consumer_connect_kwargs)
+        load_json_as_text(conn)
         try:
             held_before = self._owner
             number, locked = self._enlist(conn, held_before)

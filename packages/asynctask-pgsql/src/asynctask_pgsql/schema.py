@@ -127,6 +127,8 @@ CREATE TABLE IF NOT EXISTS {s}.asynctask_owner (
     date_beat TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 ALTER TABLE {s}.asynctask_queue ADD COLUMN IF NOT EXISTS keeper INTEGER;
+-- the task's string headers (its signature): added in place, older code ignores it
+ALTER TABLE {s}.asynctask_queue ADD COLUMN IF NOT EXISTS headers JSONB;
 CREATE OR REPLACE FUNCTION {s}.asynctask_channel(queue TEXT) RETURNS TEXT
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN octet_length('{s}.' || queue) <= 63 THEN '{s}.' || queue
@@ -150,9 +152,10 @@ COMMENT ON SCHEMA {s} IS 'version: 2';
 """
 
 # Objects added to ``_ENSURE_V2`` after version 2 shipped: the owner table and the
-# ``keeper`` column (asynctask.liveness) and the unique task-id index ``_NEWEST``
-# (idempotent submit). All additive, so a version-2 schema lacking any of them is
-# completed in place rather than called a new version (older processes keep working).
+# ``keeper`` column (asynctask.liveness), the unique task-id index ``_NEWEST``
+# (idempotent submit) and the ``headers`` column (signed tasks). All additive, so a
+# version-2 schema lacking any of them is completed in place rather than called a new
+# version (older processes keep working).
 #: the newest index ``_ENSURE_V2`` adds: its absence means the schema needs ``_ENSURE_V2``
 _NEWEST = "asynctask_queue_task_id"
 
@@ -163,6 +166,8 @@ SELECT obj_description(n.oid, 'pg_namespace'), to_regclass(%(table)s)::text,
        to_regclass(%(owners)s) IS NOT NULL AND to_regclass(%(newest)s) IS NOT NULL
        AND EXISTS (SELECT 1 FROM pg_attribute
         WHERE attrelid = to_regclass(%(table)s) AND attname = 'keeper' AND NOT attisdropped)
+       AND EXISTS (SELECT 1 FROM pg_attribute
+        WHERE attrelid = to_regclass(%(table)s) AND attname = 'headers' AND NOT attisdropped)
 FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %(schema)s
 """
 

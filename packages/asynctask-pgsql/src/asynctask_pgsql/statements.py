@@ -37,9 +37,10 @@ SELECT pg_notify({s}.asynctask_channel(%(queue)s), '') FROM (SELECT 1 FROM put L
 
 PUT_ONE = (
     """WITH put AS (
-INSERT INTO {s}.asynctask_queue (task_id, queue_name, payload, payload_text, date_available)
+INSERT INTO {s}.asynctask_queue
+    (task_id, queue_name, payload, payload_text, date_available, headers)
 VALUES (%(id)s::uuid, %(queue)s, coalesce(%(payload)s::jsonb, '{}'), %(text)s,
-        now() + make_interval(secs => %(delay)s))
+        now() + make_interval(secs => %(delay)s), %(headers)s::jsonb)
 ON CONFLICT (task_id) DO NOTHING
 RETURNING 1
 )"""
@@ -53,10 +54,12 @@ RETURNING 1
 # Python, which cost more than the server's work (batch submit 1.5x faster).
 PUT = (
     """WITH put AS (
-INSERT INTO {s}.asynctask_queue (task_id, queue_name, payload, payload_text, date_available)
+INSERT INTO {s}.asynctask_queue
+    (task_id, queue_name, payload, payload_text, date_available, headers)
 SELECT t.id, %(queue)s, coalesce(t.payload::jsonb, '{}'), t.text,
-       (SELECT now() + make_interval(secs => %(delay)s))
-FROM unnest(%(ids)b::uuid[], %(payloads)b::text[], %(texts)b::text[]) AS t(id, payload, text)
+       (SELECT now() + make_interval(secs => %(delay)s)), t.headers::jsonb
+FROM unnest(%(ids)b::uuid[], %(payloads)b::text[], %(texts)b::text[], %(headers)b::text[])
+    AS t(id, payload, text, headers)
 ON CONFLICT (task_id) DO NOTHING
 RETURNING 1
 )"""
@@ -80,9 +83,9 @@ WITH {_DONE}, head AS (
     FROM head WHERE t.id = head.id
     RETURNING head.bad, t.id, t.task_id, CASE WHEN head.bad THEN NULL ELSE t.payload END AS p,
         t.payload_text, t.attempts, extract(epoch FROM t.date_submitted)::float8 AS submitted,
-        t.date_available
+        t.date_available, t.headers
 )
-SELECT bad, id, task_id, p, payload_text, attempts, submitted FROM taken
+SELECT bad, id, task_id, p, payload_text, attempts, submitted, headers FROM taken
 ORDER BY date_available, id
 """
 
@@ -95,7 +98,7 @@ SETTLE = f"""
 WITH {_DONE}, moved AS (
     UPDATE {{s}}.asynctask_queue
     SET state = %(state)s, owner = NULL, keeper = NULL,
-        attempts = attempts + %(attempt)s,
+        attempts = greatest(attempts, 0) + %(attempt)s,
         error = coalesce(%(error)s, error),
         date_available = CASE WHEN %(delay)s::float8 IS NULL THEN date_available
                               ELSE now() + make_interval(secs => %(delay)s) END,
@@ -143,7 +146,7 @@ WITH gate AS (
     FOR UPDATE OF t SKIP LOCKED
 ), moved AS (
     UPDATE {{s}}.asynctask_queue AS t
-    SET state = 'queued', owner = NULL, keeper = NULL, attempts = t.attempts + 1
+    SET state = 'queued', owner = NULL, keeper = NULL, attempts = greatest(t.attempts, 0) + 1
     FROM taken WHERE t.id = taken.id
     RETURNING t.queue_name
 )
@@ -196,7 +199,7 @@ WITH gone AS (
 ), moved AS (
     UPDATE {s}.asynctask_queue AS t
     SET state = 'queued', owner = NULL, keeper = NULL,
-        attempts = t.attempts
+        attempts = greatest(t.attempts, 0)
             + CASE WHEN %(all)s OR t.task_id = ANY(%(started)s::uuid[]) THEN 1 ELSE 0 END
     FROM gone WHERE t.keeper = gone.id AND t.state = 'reserved'
         AND NOT (t.task_id = ANY(%(finished)s::uuid[]))

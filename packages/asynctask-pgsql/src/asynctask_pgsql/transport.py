@@ -29,6 +29,7 @@ Storage
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import os
 import threading
@@ -51,9 +52,10 @@ from asynctask.transport import (
     TransportFeatures,
 )
 from asynctask.uri import Option, positive_float, positive_int
-from asynctask.validation import Payload, decode_payload
+from asynctask.validation import Payload, decode_message
 from asynctask_pgsql.conninfo import LIBPQ_KEYWORDS, is_refusal, read_server
 from asynctask_pgsql.consumer import PgsqlConsumer
+from asynctask_pgsql.decoding import load_json_as_text
 from asynctask_pgsql.keeper import PgsqlLiveness
 from asynctask_pgsql.schema import check_schema_name, migrate
 from asynctask_pgsql.statements import Statements
@@ -252,12 +254,16 @@ class PgsqlTransport(Transport):
         texts = [text if "\\u0000" in text else None for _, text in tasks]
         payloads = [None if "\\u0000" in text else text for _, text in tasks]
         params: dict[str, Any] = {"queue": queue, "delay": delay}
+        headers = [
+            _json_or_none(self.task_headers(queue, task_id, text)) for task_id, text in tasks
+        ]
         if len(tasks) == 1:
             query = self.sql.put_one
-            params.update(id=tasks[0][0], payload=payloads[0], text=texts[0])
+            params.update(id=tasks[0][0], payload=payloads[0], text=texts[0], headers=headers[0])
         else:
             query = self.sql.put
-            params.update(ids=[task_id for task_id, _ in tasks], payloads=payloads, texts=texts)
+            ids = [task_id for task_id, _ in tasks]
+            params.update(ids=ids, payloads=payloads, texts=texts, headers=headers)
         caller = _caller_connection.get()
         if caller is None:
             self._query(query, params)
@@ -274,21 +280,31 @@ class PgsqlTransport(Transport):
     def _take(self, queue: str) -> Payload | None:
         if not self._stored():
             return None
+        # One transaction: a row deleted by TAKE that turns out undecodable is kept in the
+        # failed store by the same commit, or by neither (it is never lost in between).
+        pool = self._ready_pool()
+        with (
+            self._mapped_errors(),
+            pool.connection(timeout=self.retry_timeout) as conn,
+            conn.transaction(),
+        ):
+            return self._take_in(conn, queue)
+
+    def _take_in(self, conn: psycopg.Connection[Any], queue: str) -> Payload | None:
         while True:
-            rows = self._query(self.sql.take, (queue,))
+            rows = conn.execute(self.sql.take, (queue,)).fetchall()
             if not rows:
                 return None
             bad, task_id, payload, text, attempts, submitted = rows[0]
             if bad:
                 continue  # a JSON value that is not an object: now in the failed store
-            if text is None:
-                return dict(payload)
+            raw = payload if text is None else text
             try:
-                return decode_payload(text)
-            except ValueError as exc:
+                return self.decode(raw)
+            except ValueError as exc:  # UndecodableMessage, whatever the parser raised
                 error = f"undecodable message: {exc}"
-                row = (task_id, queue, text, attempts, submitted, error)
-                self._query(self.sql.keep_failed, row)
+                row = (task_id, queue, raw, max(attempts, 0), submitted, error)
+                conn.execute(self.sql.keep_failed, row)
 
     def _stats(self, queue: str) -> QueueStats:
         if not self._stored():
@@ -353,11 +369,16 @@ class PgsqlTransport(Transport):
             pool.close(timeout=1.0)
 
 
+def _json_or_none(headers: dict[str, str]) -> str | None:
+    return json.dumps(headers) if headers else None
+
+
 def _configure(conn: psycopg.Connection[Any]) -> None:
     """Plan each statement once: they are index-driven, and re-planning on every call costs
     more than running them (the planner probes index ends, slow over dead rows). Our
     inserts notify by themselves, so the insert trigger (for other programs) stays quiet."""
     conn.execute("SET plan_cache_mode = force_generic_plan; SET asynctask.notify = off")
+    load_json_as_text(conn)
 
 
 def _failed_task(
@@ -372,9 +393,9 @@ def _failed_task(
 ) -> FailedTask:
     raw = payload_json if text is None else text
     try:
-        payload: Payload | None = decode_payload(raw)
+        payload: Payload | None = decode_message(raw, len(raw.encode()))
         raw_kept = None
-    except ValueError:
+    except ValueError:  # UndecodableMessage: shown as its text
         payload, raw_kept = None, raw
     return FailedTask(
         id=task_id.hex,

@@ -250,8 +250,8 @@ class RedisConsumer(Consumer):
     def _deliver(self, raw: bytes) -> Delivery | None:
         """A Delivery for a taken message; an undecodable one goes to the failed store."""
         try:
-            message = read_message(raw)
-        except ValueError as exc:
+            message = read_message(raw, self.transport.max_payload_bytes)
+        except Exception as exc:  # whatever it is, it must not stop the worker
             logger.warning("%r: undecodable message moved to the failed store: %s", self, exc)
             error = f"undecodable message: {exc}"
             self._send("fail", raw, failed_record(None, raw, error, 0, time.time()))
@@ -269,6 +269,7 @@ class RedisConsumer(Consumer):
             message.attempts + 1,
             message.submitted_at,
             receipt=message,
+            headers=message.headers,
         )
 
     # -- settling -----------------------------------------------------------------------

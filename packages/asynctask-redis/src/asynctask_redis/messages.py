@@ -6,7 +6,8 @@ payload)::
 
     {"__asynctask__":1,"id":"<id>","attempts":<n>,"submitted_at":<s>,"payload":<object>}
 
-(``<s>``: seconds since the epoch, or ``null``).
+(``<s>``: seconds since the epoch, or ``null``). A task with headers (its signature) has
+``"headers":{"<name>":"<value>",...},`` just before ``"payload"``.
 
 Any other JSON object in a queue is a task whose payload is that object as it is, so
 ``RPUSH asynctask_some_queue '{"foo": 1}'`` submits ``{"foo": 1}``. The key
@@ -17,17 +18,24 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from asynctask.transport import FailedTask, new_task_id
-from asynctask.validation import Payload, decode_payload
+from asynctask.validation import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    Payload,
+    UndecodableMessage,
+    decode_message,
+)
 
 MARKER = "__asynctask__"
 _ID = re.compile(r"[0-9A-Za-z-]{1,64}")
 _HEAD = re.compile(
     rb'\{"__asynctask__":1,"id":"([0-9A-Za-z-]{1,64})","attempts":([0-9]{1,9}),'
-    rb'"submitted_at":(null|-?[0-9][0-9.eE+-]{0,30}),"payload":'
+    rb'"submitted_at":(null|-?[0-9][0-9.eE+-]{0,30}),(?:"headers":(\{[^{}]{0,4096}\}),)?'
+    rb'"payload":'
 )
 
 
@@ -43,19 +51,46 @@ class Message:
     payload_text: bytes
     #: an envelope another program wrote in another layout: rewrite it before use
     rewrite: bool
+    #: string headers stored beside the payload (its signature)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
-def envelope(task_id: str, attempts: int, submitted_at: float | None, payload_text: str) -> str:
+def envelope(
+    task_id: str,
+    attempts: int,
+    submitted_at: float | None,
+    payload_text: str,
+    headers: dict[str, str] | None = None,
+) -> str:
     """Our envelope text around an already encoded payload."""
     when = "null" if submitted_at is None else repr(float(submitted_at))
+    extra = ""
+    if headers:
+        extra = '"headers":' + json.dumps(headers, separators=(",", ":")) + ","
     return (
         f'{{"{MARKER}":1,"id":"{task_id}","attempts":{attempts},'
-        f'"submitted_at":{when},"payload":{payload_text}}}'
+        f'"submitted_at":{when},{extra}"payload":{payload_text}}}'
     )
 
 
-def read_message(raw: bytes) -> Message:
-    """Read a stored message; ``ValueError`` when it is not a task we can run."""
+def _headers(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise UndecodableMessage(f"envelope headers must map strings to strings: {value!r:.80}")
+    return value
+
+
+def read_message(raw: bytes, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Message:
+    """Read a stored message; ``ValueError`` when it is not a task we can run (whatever
+    the parser raised), or when it is over ``limit`` bytes."""
+    if len(raw) > limit:
+        raise UndecodableMessage(
+            f"message is {len(raw)} bytes, over the limit of {limit} bytes "
+            "(setting asynctask_max_payload_bytes)"
+        )
     head = _HEAD.match(raw)
     if head is not None and raw.endswith(b"}"):
         text = raw[head.end() : -1]
@@ -68,6 +103,7 @@ def read_message(raw: bytes) -> Message:
             payload=_decode(text),
             payload_text=text,
             rewrite=False,
+            headers=_headers(_loads(head.group(4))) if head.group(4) else {},
         )
     value = _loads(raw)
     if not isinstance(value, dict):
@@ -93,7 +129,8 @@ def _foreign_envelope(raw: bytes, value: dict[str, Any]) -> Message:
         raise ValueError(f"envelope submitted_at must be a number, got {submitted_at!r}")
     text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
     stamp = None if submitted_at is None else float(submitted_at)
-    return Message(raw, task_id, attempts, stamp, payload, text, rewrite=True)
+    headers = _headers(value.get("headers"))
+    return Message(raw, task_id, attempts, stamp, payload, text, rewrite=True, headers=headers)
 
 
 def canonical_text(message: Message, attempts: int | None = None) -> str:
@@ -103,6 +140,7 @@ def canonical_text(message: Message, attempts: int | None = None) -> str:
         message.attempts if attempts is None else attempts,
         message.submitted_at,
         message.payload_text.decode(),
+        message.headers,
     )
 
 
@@ -145,13 +183,13 @@ def read_failed(queue: str, raw: bytes) -> FailedTask:
         return FailedTask(_record_id(raw), queue, None, text, error, 0, None, 0.0)
 
 
-def requeue_text(task: FailedTask) -> str:
-    """What goes back to the queue for a failed task: its envelope with attempts reset,
-    or the raw text it had."""
+def requeue_text(task: FailedTask, sign: Callable[[str], dict[str, str]]) -> str:
+    """What goes back to the queue for a failed task: its envelope with attempts reset
+    and the headers ``sign`` gives for its payload text, or the raw text it had."""
     if task.payload is None:
         return task.raw or ""
     text = json.dumps(task.payload, separators=(",", ":"), ensure_ascii=False)
-    return envelope(task.id, 0, task.submitted_at, text)
+    return envelope(task.id, 0, task.submitted_at, text, sign(text))
 
 
 def _record_id(raw: bytes) -> str:
@@ -161,14 +199,14 @@ def _record_id(raw: bytes) -> str:
 
 
 def _loads(raw: bytes) -> Any:
+    # Another program wrote it: any failure of the parser is "undecodable", not a crash.
     try:
         return json.loads(raw)
-    except RecursionError as exc:
-        raise ValueError("JSON nested too deeply") from exc
+    except RecursionError:
+        raise UndecodableMessage("JSON nested too deeply to decode") from None
+    except Exception as exc:
+        raise UndecodableMessage(str(exc) or type(exc).__name__) from None
 
 
 def _decode(text: bytes) -> Payload:
-    try:
-        return decode_payload(text)
-    except RecursionError as exc:
-        raise ValueError("JSON nested too deeply") from exc
+    return decode_message(text, len(text))  # the size was checked on the whole message

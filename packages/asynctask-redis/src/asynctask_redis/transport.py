@@ -33,6 +33,7 @@ Storage
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -179,7 +180,10 @@ class RedisTransport(Transport):
 
     def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
         now = time.time()
-        texts = [envelope(task_id, 0, now, text) for task_id, text in tasks]
+        texts = [
+            envelope(task_id, 0, now, text, self.task_headers(queue, task_id, text))
+            for task_id, text in tasks
+        ]
         # One script, atomic: the tasks, the queue's name in P:queues (so that pruning
         # that set never hides a queue) and a guard that makes a retry write nothing.
         guard_ms = int((self.retry_timeout + 5) * 1000)
@@ -192,8 +196,8 @@ class RedisTransport(Transport):
             if raw is None:
                 return None
             try:
-                return read_message(raw).payload
-            except ValueError as exc:
+                return read_message(raw, self.max_payload_bytes).payload
+            except ValueError as exc:  # read_message turns every parser failure into one
                 self._store_undecodable(queue, raw, exc)
 
     def _store_undecodable(self, queue: str, raw: bytes, exc: ValueError) -> None:
@@ -246,7 +250,10 @@ class RedisTransport(Transport):
     def _requeue_failed(self, queue: str, ids: Sequence[str] | None) -> int:
         args: list[Any] = []
         for raw in self._chosen_failed(queue, ids):
-            args += [raw, requeue_text(read_failed(queue, raw))]
+            task = read_failed(queue, raw)
+            # re-signed by whoever requeues: a requeue is theirs to vouch for
+            sign = functools.partial(self.task_headers, queue, task.id)
+            args += [raw, requeue_text(task, sign)]
         return int(self._script(scripts.TAKE_FAILED, queue, *args)) if args else 0
 
     def _purge_failed(self, queue: str, ids: Sequence[str] | None) -> int:

@@ -17,6 +17,9 @@ from asynctask import exitcodes
 from asynctask.cli import changes, inspect
 from asynctask.cli.common import app, failed_app
 from asynctask.cli.workers import workers
+from asynctask.logs import redact_last_resort
+from asynctask.proctitle import hide_passwords
+from asynctask.syspath import working_folder_last
 
 __all__ = ["add_plugin_commands", "app", "main", "workers_main"]
 
@@ -66,6 +69,9 @@ def add_plugin_commands() -> None:
 
 
 def _run(command: Callable[[], None]) -> None:
+    hide_passwords()  # first: a --set password is in this process's argv, seen by `ps`
+    redact_last_resort()
+    working_folder_last()  # --import finds the project's modules, after all others
     try:
         command()
     except KeyboardInterrupt:

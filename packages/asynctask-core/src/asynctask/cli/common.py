@@ -96,9 +96,11 @@ JsonOption = Annotated[
 
 def fail(message: str, code: int) -> typer.Exit:
     """Print ``message`` as one line on stderr; return the ``typer.Exit`` to raise."""
+    from asynctask.uri import redact
+
     # One line: a driver's multi-line text (libpq's) reads as one error in a log.
     line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
-    typer.echo(f"asynctask: error: {line}", err=True)
+    typer.echo(f"asynctask: error: {redact(line)}", err=True)
     return typer.Exit(code)
 
 

@@ -47,6 +47,7 @@ class _Task:
     due: float = 0.0
     retrying: bool = False
     owner: threading.Thread | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,6 +113,7 @@ class LocalMemTransport(Transport):
             self._progress.record(tasks[0][0], len(tasks))
             for task_id, text in tasks[stored:]:
                 task = _Task(task_id, text, now)
+                task.headers = self.task_headers(queue, task_id, text)
                 if delay > 0:
                     task.due = time.monotonic() + delay
                     heapq.heappush(q.waiting, (task.due, next(self._sequence), task))
@@ -139,14 +141,16 @@ class LocalMemTransport(Transport):
         while q.ready:
             task = q.ready.popleft()
             try:
-                payload = decode_payload(task.text)
-            except ValueError as exc:
+                payload = self.decode(task.text)
+            except ValueError as exc:  # UndecodableMessage: whatever the parser raised
                 self._to_failed(queue, q, task, f"undecodable message: {exc}", raw=True)
                 continue
             if owner is not None:
                 task.owner = owner
                 q.in_flight[task.id] = task
-            return Delivery(task.id, queue, payload, task.attempts + 1, task.submitted_at, task)
+            delivery = Delivery(task.id, queue, payload, task.attempts + 1, task.submitted_at, task)
+            delivery.headers = dict(task.headers)
+            return delivery
         return None
 
     def _to_failed(self, queue: str, q: _Queue, task: _Task, error: str, raw: bool = False) -> None:
