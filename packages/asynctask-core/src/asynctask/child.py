@@ -22,7 +22,7 @@ from typing import Any
 from asynctask.errors import AsynctaskError
 from asynctask.logs import setup_logging
 from asynctask.ratelimit import RateLimit
-from asynctask.runner import EXIT_RECYCLE, EXIT_TASK_TIMEOUT, LoopOptions, run_loop
+from asynctask.runner import EXIT_RECYCLE, EXIT_TASK_TIMEOUT, LoopOptions, serve
 from asynctask.settings import configure, settings_from_raw
 
 #: exit code of a child stopped by a second SIGTERM
@@ -46,6 +46,10 @@ class ChildSpec:
     rate_period: float | None = None
     #: None: the worker class's own ``prefetch``
     prefetch: int | None = None
+    #: tasks run at once; None: the worker class's own ``child_concurrency``
+    child_concurrency: int | None = None
+    #: the supervisor's grace period (seconds running tasks get when a child is replaced)
+    grace: float = 30.0
 
     def to_json(self) -> str:
         """The spec as JSON text."""
@@ -111,13 +115,13 @@ def main() -> int:
         max_tasks=worker.max_tasks_per_child,
         stop=stop,
         on_timeout=lambda: os._exit(EXIT_TASK_TIMEOUT),
+        child_concurrency=spec.child_concurrency,
+        grace=spec.grace,
     )
     worker.logger.info("Starting; queue=%s", spec.queue)
-    worker.setup()
     try:
-        result = run_loop(worker, transport, spec.queue, options)
+        result = serve(worker, transport, spec.queue, options)
     finally:
-        worker.teardown()
         transport.close()
     worker.logger.info("Terminating")
     return EXIT_RECYCLE if result.recycled else 0

@@ -86,6 +86,8 @@ def workers(
                         rate_max_calls=per_child,
                         rate_period=worker_config.rate_period,
                         prefetch=worker_config.prefetch,
+                        child_concurrency=worker_config.child_concurrency,
+                        grace=grace,
                     )
                 )
         schedule_runner = None

@@ -1,0 +1,91 @@
+"""How an attempt ends: acknowledged, retried with back-off, or sent to the failed store.
+
+Both run loops (``asynctask.runner``, one task at a time, and ``asynctask.eventloop``, many
+at once) settle every ended attempt here, so retries, ``dont_retry`` and the failed store
+behave the same whatever runs the task.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from asynctask.transport import Consumer, Delivery
+    from asynctask.worker import AsyncTaskWorker
+
+
+class TaskTimeout(TimeoutError):
+    """A task ran past its worker's ``timeout``: a failed attempt like any error."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"task ran past its worker's timeout of {timeout:g} s")
+
+
+@dataclass
+class LoopResult:
+    """What a run loop did."""
+
+    processed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    recycled: bool = False
+    #: a task could not be stopped at its timeout: the child must be replaced
+    replaced: bool = False
+
+
+def error_text(exc: BaseException) -> str:
+    """An exception with its traceback, as stored with a retried or failed task."""
+    return "".join(traceback.format_exception(exc)).strip()
+
+
+def settle(
+    worker: AsyncTaskWorker, consumer: Consumer, delivery: Delivery, exc: BaseException | None
+) -> bool:
+    """Acknowledge, retry or fail a delivery after ``process()``; True if it succeeded."""
+    log = worker.logger
+    if exc is None:
+        consumer.ack(delivery)
+        log.debug("Processing complete")
+        return True
+    error = error_text(exc)
+    attempts_left = worker.max_retries + 1 - delivery.attempt
+    if isinstance(exc, worker.dont_retry) or attempts_left <= 0:
+        why = "not retried" if isinstance(exc, worker.dont_retry) else "no retries left"
+        log.error(
+            "Task %s failed on attempt %d (%s); moved to the failed store of %s",
+            delivery.id,
+            delivery.attempt,
+            why,
+            delivery.queue,
+            exc_info=exc,
+        )
+        consumer.fail(delivery, error)
+        return False
+    delay = worker.backoff(delivery.attempt)
+    log.error(
+        "An unhandled exception occurred while processing the payload "
+        "(task %s, attempt %d of %d); retrying in %g s",
+        delivery.id,
+        delivery.attempt,
+        worker.max_retries + 1,
+        delay,
+        exc_info=exc,
+    )
+    consumer.retry(delivery, delay, error)
+    return False
+
+
+def give_up_if_spent(worker: AsyncTaskWorker, consumer: Consumer, delivery: Delivery) -> bool:
+    """Fail a delivery past its last attempt without running it; True if it was."""
+    if delivery.attempt <= worker.max_retries + 1:
+        return False
+    # Its earlier deliveries ended with their worker dead: do not run it again.
+    error = (
+        f"gave up after {delivery.attempt - 1} attempts; the last ones ended without a "
+        "result (the worker process died or was killed while running it)"
+    )
+    worker.logger.error("Task %s: %s; moved to the failed store", delivery.id, error)
+    consumer.fail(delivery, error)
+    return True
