@@ -17,6 +17,12 @@ from pathlib import Path
 #: the order of the table: the in-process reference first, then the embedded default
 TRANSPORTS = ("localmem", "filesys", "pgsql", "redis", "amqp")
 
+#: the async table: ``child_concurrency`` values tried with one child
+ASYNC_CONCURRENCY = (1, 10, 100, 500)
+#: the bench-only venv with arq, the async peer (``make bench`` makes it); never a
+#: dependency of the project
+ARQ_PYTHON = Path(__file__).resolve().parent.parent / ".venv-arq" / "bin" / "python"
+
 #: drain rates (tasks/s, 1 worker process) of the fastest Python peer on each backend,
 #: measured by hand on this kind of machine (see docs/benchmarks.md)
 PEERS: dict[str, tuple[str, float]] = {
@@ -45,6 +51,8 @@ class Sizes:
     depth_rounds: int
     depth_big: int
     depth_take: int
+    #: the async table: each of a child's slots runs this many tasks in a drain
+    async_rounds: int = 40
 
 
 FULL = Sizes(
@@ -74,6 +82,7 @@ QUICK = Sizes(
     depth_rounds=2,
     depth_big=2000,
     depth_take=200,
+    async_rounds=4,
 )
 
 

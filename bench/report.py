@@ -156,6 +156,12 @@ def markdown(run: Run, chart_name: str | None) -> str:
         f"{run.sizes.depth_small * run.sizes.depth_rounds:,} waiting tasks with `prefetch=10` "
         "against `prefetch=1` (the workers' children use the worker's `prefetch`, 4 by "
         "default): how much of a drain is the round trip per task.",
+        "6. **async I/O**: one child of an `async def process` that awaits "
+        "`asyncio.sleep(0.05)`, on a queue filled with "
+        f"{run.sizes.async_rounds} tasks per slot, at `child_concurrency` 1, 10, 100 and 500, "
+        "against the ideal `child_concurrency / 0.05 s` (target at 100: >= 0.8x on redis and "
+        "pgsql); on redis beside arq (its own venv, `.venv-arq`) with `max_jobs` 100 on the "
+        "same tasks in the same run.",
         "",
         "Ratios are ours / reference: higher is better for rates, lower for latencies. Peer",
         "rates are the fastest Python task queue on each backend, 1 worker process, as the",
