@@ -168,3 +168,24 @@ def test_child_concurrency_from_the_queue_entry(backend_uri, queue, ledger, star
         running += step
         peak = max(peak, running)
     assert peak == 5
+
+
+def test_sigterm_lets_running_coroutines_finish_and_hands_back_the_rest(
+    backend_uri, queue, ledger, start_workers
+):
+    # Given one child running 5 tasks of 2 s at once, 5 more waiting
+    transport = get_transport(backend_uri)
+    transport.submit_tasks(queue, _payloads(ledger, 10, seconds=2))
+    entry = {"worker": "test_async_sleep", "child_concurrency": 5, "prefetch": 10}
+    workers = start_workers(backend_uri, {queue: entry})
+    wait_for(lambda: len(events(ledger, "start")) >= 5, 60, "5 tasks to start")
+    # When the supervisor gets SIGTERM
+    workers.signal(signal.SIGTERM)
+    # Then the 5 running finish, nothing else starts, and the command exits 0
+    assert workers.wait(60) == 0, workers.output()
+    assert len(events(ledger, "start")) == 5 and len(events(ledger, "done")) == 5
+    # and the other 5 are back, their attempt not counted
+    wait_for(lambda: transport.queue_stats(queue).ready == 5, 30, "5 tasks back in the queue")
+    with transport.consumer(queue, prefetch=5) as consumer:
+        attempts = [consumer.reserve(timeout=5) for _ in range(5)]
+    assert [d.attempt for d in attempts if d is not None] == [1] * 5
