@@ -36,8 +36,9 @@ class AsyncTaskWorker:
     ``dont_retry`` (``()``)
         exception classes that go to the failed store at once.
     ``timeout`` (``None``)
-        seconds a task may run; past it the task is stopped (its child process is
-        replaced) and the attempt counts as failed.
+        seconds a task may run; past it the attempt counts as failed: a coroutine is
+        cancelled (it sees ``asyncio.CancelledError``), a plain ``process`` is stopped by
+        replacing its child process.
     ``max_tasks_per_child`` (``None``)
         recycle the child process after this many tasks.
     ``prefetch`` (4)
