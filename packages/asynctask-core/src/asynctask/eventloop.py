@@ -286,6 +286,8 @@ class _Engine:
         self.result.processed += 1
         if give_up_if_spent(self.worker, self.consumer, delivery):
             self.result.failed += 1
+            if self.options.on_settled is not None:
+                self.options.on_settled(delivery)
             return
         timeout = self.worker.timeout
         stuck_at = None if timeout is None else time.monotonic() + timeout + self._stuck_after
@@ -344,6 +346,13 @@ class _Engine:
                 if options.stop_when_idle:
                     idle = True
                 elif options.halt_when_empty and drain_check.drained():
+                    delayed = self.transport.queue_stats(self.queue).delayed
+                    if delayed:
+                        self.worker.logger.info(
+                            "%d delayed tasks in queue %s are not due yet; not waiting for them",
+                            delayed,
+                            self.queue,
+                        )
                     self.worker.logger.info("No tasks found in queue")
                     return self.result
                 continue

@@ -71,6 +71,9 @@ class AsyncTaskWorker:
         self.logger = logging.getLogger(f"asynctask.worker.{self.name or type(self).__name__}")
         self._transport: Transport | None = None
         self._queue_name: str | None = None
+        #: the one-at-a-time run loop's task (it sets no context variable: the cost of
+        #: one matters in a no-op drain)
+        self._delivery: Delivery | None = None
 
     @property
     def delivery(self) -> Delivery | None:
@@ -78,7 +81,8 @@ class AsyncTaskWorker:
 
         With ``child_concurrency > 1`` each coroutine or thread sees its own task.
         """
-        return CURRENT_DELIVERY.get()
+        current = CURRENT_DELIVERY.get()
+        return current if current is not None else self._delivery
 
     @classmethod
     def is_async(cls) -> bool:
