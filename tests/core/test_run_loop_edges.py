@@ -152,3 +152,16 @@ def test_an_async_process_is_awaited_and_its_error_reaches_the_failed_store(tran
     assert sorted(f.payload["n"] for f in failed) == [1, 3, 5]
     assert all("ValueError: odd" in f.error for f in failed)
     assert transport.queue_stats(queue).in_flight == 0
+
+
+def test_process_queue_runs_an_async_worker(tmp_path):
+    # Given tasks for an async worker registered by an entry point (test_async_raise)
+    _settings(tmp_path)
+    queue = unique_queue()
+    get_transport().submit_tasks(queue, [{"n": n} for n in range(3)])
+    # When process_queue takes them in this process
+    assert process_queue(queue, "test_async_raise", quiet=True) == 3
+    # Then each coroutine ran and its error is in the failed store
+    failed = get_transport().failed_tasks(queue)
+    assert sorted(f.payload["n"] for f in failed) == [0, 1, 2]
+    assert all("async failing on purpose" in f.error for f in failed)
