@@ -165,3 +165,25 @@ def test_process_queue_runs_an_async_worker(tmp_path):
     failed = get_transport().failed_tasks(queue)
     assert sorted(f.payload["n"] for f in failed) == [0, 1, 2]
     assert all("async failing on purpose" in f.error for f in failed)
+
+
+class Hidden(AsyncTaskWorker):
+    """A plain def process that returns a coroutine (as a decorator hiding async def would)."""
+
+    name = "hidden_inline"
+    max_retries = 0
+
+    def process(self, payload):
+        async def work():
+            raise AssertionError("never awaited, never acknowledged")
+
+        return work()
+
+
+def test_a_coroutine_returned_by_a_plain_process_is_never_acknowledged(transport):
+    queue = unique_queue()
+    transport.submit_task(queue, {"n": 1})
+    result = drain(Hidden(), transport, queue)
+    assert (result.succeeded, result.failed) == (0, 1)
+    [failed] = transport.failed_tasks(queue)
+    assert "returned an awaitable without running it" in failed.error

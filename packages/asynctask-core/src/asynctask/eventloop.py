@@ -41,7 +41,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from asynctask.attempts import LoopResult, TaskTimeout, give_up_if_spent, settle
+from asynctask.attempts import (
+    LoopResult,
+    TaskTimeout,
+    give_up_if_spent,
+    refuse_awaitable,
+    settle,
+)
 from asynctask.draining import DrainCheck, Outage, renew_consumer
 from asynctask.errors import TransportUnavailable
 from asynctask.worker import CURRENT_DELIVERY
@@ -162,9 +168,11 @@ class _Loop:
                 # A thread cannot be cancelled: the main thread replaces the child when
                 # one runs past its timeout.
                 context = contextvars.copy_context()
-                await self.loop.run_in_executor(
+                outcome = await self.loop.run_in_executor(
                     self.threads, context.run, worker.process, delivery.payload
                 )
+                if outcome is not None:
+                    refuse_awaitable(worker, outcome)
         except BaseException as exc:  # SystemExit from task code is its failure too
             error = exc
         finally:
@@ -245,7 +253,9 @@ class _Engine:
         self.outage = Outage(worker.logger, options.stop)
         self.consumer: Consumer = transport.consumer(queue, prefetch=self.prefetch)
         self.loop = _Loop(worker, concurrency, self.ended)
-        self._stuck_after = worker.cancel_grace if worker.is_async() else 0.0
+        # a thread is stuck at its timeout (it cannot be cancelled), give or take the
+        # moment its result takes to come back
+        self._stuck_after = worker.cancel_grace if worker.is_async() else _BUSY_WAIT
 
     # -- settling -----------------------------------------------------------------------
 

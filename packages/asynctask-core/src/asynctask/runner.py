@@ -26,7 +26,13 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from asynctask.api import get_transport
-from asynctask.attempts import LoopResult, TaskTimeout, give_up_if_spent, settle
+from asynctask.attempts import (
+    LoopResult,
+    TaskTimeout,
+    give_up_if_spent,
+    refuse_awaitable,
+    settle,
+)
 from asynctask.draining import DrainCheck, Outage, renew_consumer
 from asynctask.errors import ConfigurationError, TransportUnavailable
 from asynctask.eventloop import run_concurrent
@@ -233,7 +239,7 @@ def _run_one(
         if worker.timeout is None:
             outcome = worker.process(delivery.payload)
             if outcome is not None:
-                _refuse_awaitable(worker, outcome)
+                refuse_awaitable(worker, outcome)
         else:
             _process(worker, delivery, inline_timeout=watchdog.on_timeout is None)
     except (Exception, SystemExit) as exc:
@@ -271,21 +277,7 @@ def _process(worker: AsyncTaskWorker, delivery: Delivery, inline_timeout: bool) 
 def _call(worker: AsyncTaskWorker, delivery: Delivery) -> None:
     outcome = worker.process(delivery.payload)
     if outcome is not None:
-        _refuse_awaitable(worker, outcome)
-
-
-def _refuse_awaitable(worker: AsyncTaskWorker, outcome: object) -> None:
-    # (called only for a result that is not None: the ABC check costs about a microsecond,
-    # a tenth of a no-op task on localmem)
-    if inspect.isawaitable(outcome):
-        # A plain ``def process`` that returned a coroutine (a decorator hid the async
-        # def): never acknowledge work that did not run.
-        if inspect.iscoroutine(outcome):
-            outcome.close()
-        raise TypeError(
-            f"{type(worker).__qualname__}.process() returned an awaitable without running "
-            "it; declare process() with async def so that the worker awaits it"
-        )
+        refuse_awaitable(worker, outcome)
 
 
 @contextlib.contextmanager
