@@ -189,3 +189,22 @@ def test_sigterm_lets_running_coroutines_finish_and_hands_back_the_rest(
     with transport.consumer(queue, prefetch=5) as consumer:
         attempts = [consumer.reserve(timeout=5) for _ in range(5)]
     assert [d.attempt for d in attempts if d is not None] == [1] * 5
+
+
+def test_a_task_blocking_the_loop_costs_the_others_no_liveness(
+    backend_uri, queue, ledger, start_workers
+):
+    # Given one task that blocks its child's event loop past the recovery bound, beside
+    # five that await
+    transport = get_transport(backend_uri)
+    block = transport.features.recovery_seconds + 1
+    payloads = [{"ledger": str(ledger), "n": 0, "block": block}]
+    payloads += [{"ledger": str(ledger), "n": n, "seconds": 0.5} for n in range(1, 6)]
+    transport.submit_tasks(queue, payloads)
+    workers = start_workers(backend_uri, {queue: "test_async_block"}, "--halt-when-empty")
+    assert workers.wait(120) == 0, workers.output()
+    # Then nothing was delivered twice: the child's liveness held while its loop was stuck
+    starts = Counter(e["payload"]["n"] for e in events(ledger, "start"))
+    assert starts == Counter(range(6))
+    # and the child said which task blocked its loop
+    assert "has blocked the event loop" in workers.output()

@@ -112,3 +112,18 @@ class SysExitWorker(AsyncTaskWorker):
     def process(self, payload: dict[str, Any]) -> None:
         record(payload, "start")
         sys.exit(3)
+
+
+class AsyncBlockWorker(AsyncTaskWorker):
+    """Blocks its event loop with ``time.sleep(block)`` if asked, else awaits ``seconds``."""
+
+    name = "test_async_block"
+    child_concurrency = 8
+
+    async def process(self, payload: dict[str, Any]) -> None:
+        record(payload, "start")
+        if payload.get("block"):
+            time.sleep(float(payload["block"]))  # sync code in an async task
+        else:
+            await asyncio.sleep(float(payload.get("seconds", 1)))
+        record(payload, "done")
