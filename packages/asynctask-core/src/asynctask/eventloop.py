@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import heapq
 import inspect
 import logging
 import queue as queues
@@ -256,6 +257,8 @@ class _Engine:
         # a thread is stuck at its timeout (it cannot be cancelled), give or take the
         # moment its result takes to come back
         self._stuck_after = worker.cancel_grace if worker.is_async() else _BUSY_WAIT
+        #: (stuck time, running key): the next task to become stuck on top
+        self._deadlines: list[tuple[float, int]] = []
 
     # -- settling -----------------------------------------------------------------------
 
@@ -302,19 +305,30 @@ class _Engine:
         timeout = self.worker.timeout
         stuck_at = None if timeout is None else time.monotonic() + timeout + self._stuck_after
         self.running[id(delivery)] = _Running(delivery, stuck_at)
+        if stuck_at is not None:
+            heapq.heappush(self._deadlines, (stuck_at, id(delivery)))
         if self.options.on_start is not None:
             self.options.on_start(delivery)
         self.loop.start(delivery)
 
     def _stuck(self) -> list[_Running]:
-        now = time.monotonic()
-        return [r for r in self.running.values() if r.stuck_at is not None and r.stuck_at <= now]
+        """The running tasks past their stuck time (a heap: hundreds may run at once)."""
+        heap, now, stuck = self._deadlines, time.monotonic(), []
+        while heap and heap[0][0] <= now:
+            at, key = heapq.heappop(heap)
+            running = self.running.get(key)
+            if running is not None and running.stuck_at == at:
+                stuck.append(running)
+        return stuck
 
     def _next_check(self, longest: float) -> float:
         """Seconds until the next stuck check is due, at most ``longest``."""
-        now = time.monotonic()
-        due = [r.stuck_at - now for r in self.running.values() if r.stuck_at is not None]
-        return max(0.0, min([longest, *due]))
+        heap = self._deadlines
+        while heap and heap[0][1] not in self.running:
+            heapq.heappop(heap)  # ended meanwhile
+        if not heap:
+            return longest
+        return max(0.0, min(longest, heap[0][0] - time.monotonic()))
 
     # -- the loop -----------------------------------------------------------------------
 
