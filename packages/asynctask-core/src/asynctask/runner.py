@@ -35,7 +35,6 @@ from asynctask.attempts import (
 )
 from asynctask.draining import DrainCheck, Outage, renew_consumer
 from asynctask.errors import ConfigurationError, TransportUnavailable
-from asynctask.eventloop import run_concurrent
 from asynctask.plugins import load_plugins
 from asynctask.ratelimit import RateLimit
 from asynctask.settings import get_settings
@@ -143,7 +142,7 @@ def serve(
     An ``async def`` setup or teardown runs on the event loop the tasks run on.
     """
     if uses_event_loop(worker, options):
-        return run_concurrent(worker, transport, queue, options, with_setup=True)
+        return _run_concurrent(worker, transport, queue, options, with_setup=True)
     worker.setup()
     try:
         return run_loop(worker, transport, queue, options)
@@ -151,12 +150,26 @@ def serve(
         worker.teardown()
 
 
+def _run_concurrent(
+    worker: AsyncTaskWorker,
+    transport: Transport,
+    queue: str,
+    options: LoopOptions,
+    with_setup: bool,
+) -> LoopResult:
+    # Imported here, not at the top: asyncio costs every process that imports asynctask
+    # (the CLI, the supervisor, sync children) 60-130 ms of start-up on this machine.
+    from asynctask.eventloop import run_concurrent
+
+    return run_concurrent(worker, transport, queue, options, with_setup)
+
+
 def run_loop(
     worker: AsyncTaskWorker, transport: Transport, queue: str, options: LoopOptions
 ) -> LoopResult:
     """Take tasks off ``queue`` until stopped, recycled, or (with halt) drained."""
     if uses_event_loop(worker, options):
-        return run_concurrent(worker, transport, queue, options, with_setup=False)
+        return _run_concurrent(worker, transport, queue, options, with_setup=False)
     result = LoopResult()
     worker._transport, worker._queue_name = transport, queue
     limit = options.max_tasks
