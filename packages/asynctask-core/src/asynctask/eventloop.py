@@ -66,6 +66,8 @@ BLOCKING_AFTER = 1.0
 _BEAT = 0.1
 #: seconds a reserve waits while tasks run: their ends are settled at most this late
 _BUSY_WAIT = 0.05
+#: tasks started on the loop with one wake-up at most (fewer when the queue runs dry)
+_START_BATCH = 32
 
 
 class ChildReplaced(RuntimeError):
@@ -185,9 +187,13 @@ class _Loop:
 
     # -- from the main thread -----------------------------------------------------------
 
-    def start(self, delivery: Delivery) -> None:
-        """Start one attempt on the loop."""
-        self.loop.call_soon_threadsafe(self._spawn, delivery)
+    def start(self, deliveries: list[Delivery]) -> None:
+        """Start attempts on the loop: one wake-up of the loop thread for the batch."""
+        self.loop.call_soon_threadsafe(self._spawn_all, deliveries)
+
+    def _spawn_all(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            self._spawn(delivery)
 
     def call(self, fn: Callable[[], Any]) -> None:
         """Run ``fn`` on the loop (awaited if it returns an awaitable) and wait for it."""
@@ -259,6 +265,8 @@ class _Engine:
         self._stuck_after = worker.cancel_grace if worker.is_async() else _BUSY_WAIT
         #: (stuck time, running key): the next task to become stuck on top
         self._deadlines: list[tuple[float, int]] = []
+        #: reserved and counted as running, to be started on the loop together
+        self._to_start: list[Delivery] = []
 
     # -- settling -----------------------------------------------------------------------
 
@@ -278,6 +286,8 @@ class _Engine:
 
     def _take_ended(self, timeout: float) -> None:
         """Settle what has ended, waiting up to ``timeout`` seconds for the first one."""
+        if timeout > 0:
+            self._flush()  # never wait with tasks reserved but not started
         try:
             first = self.ended.get(timeout=timeout) if timeout > 0 else self.ended.get_nowait()
         except queues.Empty:
@@ -307,9 +317,27 @@ class _Engine:
         self.running[id(delivery)] = _Running(delivery, stuck_at)
         if stuck_at is not None:
             heapq.heappush(self._deadlines, (stuck_at, id(delivery)))
-        if self.options.on_start is not None:
-            self.options.on_start(delivery)
-        self.loop.start(delivery)
+        self._to_start.append(delivery)
+        if len(self._to_start) >= _START_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Start the tasks reserved since the last flush (the loop wakes once for them)."""
+        if self._to_start:
+            on_start = self.options.on_start
+            if on_start is not None:
+                for delivery in self._to_start:
+                    on_start(delivery)
+            self.loop.start(self._to_start)
+            self._to_start = []
+
+    def _hand_back_unstarted(self) -> None:
+        """Release the tasks reserved but not started yet: uncounted, for anyone to take."""
+        for delivery in self._to_start:
+            del self.running[id(delivery)]
+            self.result.processed -= 1
+            self.consumer.release(delivery)
+        self._to_start = []
 
     def _stuck(self) -> list[_Running]:
         """The running tasks past their stuck time (a heap: hundreds may run at once)."""
@@ -343,6 +371,8 @@ class _Engine:
             if stuck:
                 self._replace(stuck)
                 return self.result
+            if options.stop.is_set():
+                self._hand_back_unstarted()
             full = limit is not None and self.result.processed >= limit
             if options.stop.is_set() or full or idle:
                 if not self.running:
@@ -353,7 +383,12 @@ class _Engine:
             if len(self.running) >= self.concurrency:
                 self._take_ended(self._next_check(1.0))
                 continue
-            wait = options.wait if not self.running else self._next_check(_BUSY_WAIT)
+            if self._to_start:
+                wait = 0.0  # a look without waiting: what is ready joins the batch
+            elif self.running:
+                wait = self._next_check(_BUSY_WAIT)
+            else:
+                wait = options.wait
             try:
                 delivery = self.consumer.reserve(timeout=min(options.wait, wait))
             except TransportUnavailable as exc:
@@ -365,6 +400,7 @@ class _Engine:
                 continue
             self.outage.ok()
             if delivery is None:
+                self._flush()
                 if self.running:
                     continue
                 if options.stop_when_idle:
@@ -405,6 +441,7 @@ class _Engine:
         worker = self.worker
         timeout = worker.timeout
         assert timeout is not None
+        self._hand_back_unstarted()
         for running in stuck:
             what = (
                 f"ignored its cancellation for {worker.cancel_grace:g} s"
