@@ -92,6 +92,7 @@ class Session:
                 self.depth,
                 self.depth_raw,
                 self.prefetch,
+                self.scale,
                 self.asyncio,
             )
             for step in steps:
@@ -393,8 +394,63 @@ class Session:
             f"with {PREFETCH}"
         )
 
+    def scale(self) -> None:
+        """6. What grows with the store: the ``queues`` call at 100 and at 1,000 queues,
+        then at 100 and at 1,000,000 tasks waiting in one queue, and one consumer's drain
+        at those two depths (no targets: the ratios show what a bigger store costs)."""
+        sizes, transport = self.sizes, self.transport
+
+        def queues_time() -> float:  # the best of 3 calls, in seconds
+            best = math.inf
+            for _ in range(3):
+                start = time.perf_counter()
+                transport.queues()
+                best = min(best, time.perf_counter() - start)
+            return best
+
+        names = [self.queue("many") for _ in range(sizes.queues_many)]
+        for name in names[: sizes.queues_few]:
+            self.filler.submit_task(name, {"n": 0})
+        few = queues_time()
+        for name in names[sizes.queues_few :]:
+            self.filler.submit_task(name, {"n": 0})
+        many = queues_time()
+        for name in names:
+            transport.purge(name)
+        label = f"{sizes.queues_few:,} queues"
+        self.add("queues_many", many * 1000, few * 1000, label, target=False)
+
+        deep = self.queue("deep")
+        small, rounds, take = sizes.depth_small, sizes.depth_rounds, sizes.depth_take
+        count = min(sizes.deep, self.backend.deep_cap or sizes.deep)
+        ours.fill(self.filler, deep, small)
+        shallow = queues_time()
+
+        def fill_small() -> int:
+            ours.fill(self.filler, deep, small)
+            return small
+
+        try:
+            first: list[Callable[[], int]] = [lambda: small]  # the 100 already there
+            plan = first + [fill_small] * (rounds - 1)
+            rate_small = ours.consume(transport, deep, plan, BenchNoopWorker.prefetch)
+            ours.fill(self.filler, deep, count, batch=5000)
+            deep_time = queues_time()
+            rate_deep = ours.consume(transport, deep, [lambda: take], BenchNoopWorker.prefetch)
+        finally:
+            transport.purge(deep)
+        note = "" if count == sizes.deep else f"{count:,} waiting here, not {sizes.deep:,}"
+        self.add("queues_deep", deep_time * 1000, shallow * 1000, f"{small:,} waiting", note, False)
+        self.add("drain_deep", rate_deep, rate_small, f"depth {small:,}", note, False)
+        self.say(
+            f"[{self.name}] queues(): {few * 1000:.1f} ms at {sizes.queues_few:,} queues, "
+            f"{many * 1000:.1f} ms at {sizes.queues_many:,}; {shallow * 1000:.1f} ms at "
+            f"{small:,} waiting, {deep_time * 1000:.1f} ms at {count:,}; drain "
+            f"{rate_small:,.0f}/s at {small:,}, {rate_deep:,.0f}/s at {count:,}"
+        )
+
     def asyncio(self) -> None:
-        """6. I/O-bound async tasks with one child at each ``child_concurrency``; arq beside."""
+        """7. I/O-bound async tasks with one child at each ``child_concurrency``; arq beside."""
         if not self.backend.multiprocess:
             return  # the async table runs ``asynctask workers``, which refuses localmem
         rates: dict[int, float] = {}

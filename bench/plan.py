@@ -51,6 +51,11 @@ class Sizes:
     depth_rounds: int
     depth_big: int
     depth_take: int
+    #: queues for the ``queues`` call: a few, then many (each holds one task)
+    queues_few: int
+    queues_many: int
+    #: waiting tasks in one queue for the deepest drain and ``queues`` call
+    deep: int
     #: the async table: each of a child's slots runs this many tasks in a drain
     async_rounds: int = 40
 
@@ -68,6 +73,9 @@ FULL = Sizes(
     depth_rounds=50,
     depth_big=100_000,
     depth_take=10_000,
+    queues_few=100,
+    queues_many=1000,
+    deep=1_000_000,
 )
 QUICK = Sizes(
     submit_one=150,
@@ -82,6 +90,9 @@ QUICK = Sizes(
     depth_rounds=2,
     depth_big=2000,
     depth_take=200,
+    queues_few=10,
+    queues_many=40,
+    deep=4000,
     async_rounds=4,
 )
 
@@ -99,6 +110,9 @@ class Backend:
     check: Callable[[], None] | None
     #: whether ``asynctask workers`` can run it (localmem lives in one process)
     multiprocess: bool = True
+    #: the most tasks the deepest measure fills (files and a shared broker: filling a
+    #: million takes them many minutes), or None for ``Sizes.deep``
+    deep_cap: int | None = None
 
 
 def _env(name: str, default: str) -> str:
@@ -141,10 +155,12 @@ BACKENDS: dict[str, Backend] = {
     ),
     # Filling 100,000 files with an fsync each takes minutes; the fill is not what is
     # measured, so it skips the fsyncs (the files are the same).
-    "filesys": Backend("filesys", _filesys, lambda tmp: _filesys(tmp) + "?fsync=false", None),
+    "filesys": Backend(
+        "filesys", _filesys, lambda tmp: _filesys(tmp) + "?fsync=false", None, deep_cap=200_000
+    ),
     "pgsql": Backend("pgsql", lambda tmp: PGSQL, lambda tmp: PGSQL, _check_pgsql),
     "redis": Backend("redis", lambda tmp: REDIS, lambda tmp: REDIS, _check_redis),
-    "amqp": Backend("amqp", lambda tmp: AMQP, lambda tmp: AMQP, _check_amqp),
+    "amqp": Backend("amqp", lambda tmp: AMQP, lambda tmp: AMQP, _check_amqp, deep_cap=200_000),
 }
 
 

@@ -156,7 +156,14 @@ def markdown(run: Run, chart_name: str | None) -> str:
         f"{run.sizes.depth_small * run.sizes.depth_rounds:,} waiting tasks with `prefetch=10` "
         "against `prefetch=1` (the workers' children use the worker's `prefetch`, 4 by "
         "default): how much of a drain is the round trip per task.",
-        "6. **async I/O**: one child of an `async def process` that awaits "
+        f"6. **scale** (no targets): the `queues()` call (best of 3) with "
+        f"{run.sizes.queues_few:,} queues against {run.sizes.queues_many:,} (one task "
+        f"each), and with {run.sizes.depth_small:,} tasks waiting in a queue against "
+        f"{run.sizes.deep:,}; one consumer's `reserve`+`ack` rate taking "
+        f"{run.sizes.depth_take:,} of those {run.sizes.deep:,} against "
+        f"{run.sizes.depth_small:,} waiting. filesys and amqp fill 200,000 (a million "
+        "files, or messages on a shared broker, take many minutes to fill and remove).",
+        "7. **async I/O**: one child of an `async def process` that awaits "
         "`asyncio.sleep(0.05)`, on a queue filled with "
         f"{run.sizes.async_rounds} tasks per slot, at `child_concurrency` 1, 10, 100 and 500, "
         "against the ideal `child_concurrency / 0.05 s` (target at 100: >= 0.8x on redis and "

@@ -42,6 +42,9 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
     "async_100": ("async I/O, child_concurrency 100", "tasks/s", Target(">=", 0.8)),
     "async_500": ("async I/O, child_concurrency 500", "tasks/s", None),
     "async_peer": ("async I/O at 100 vs arq", "tasks/s", None),
+    "queues_many": ("queues() at 1,000 queues vs 100", "ms", None),
+    "queues_deep": ("queues() at 1,000,000 waiting vs 100", "ms", None),
+    "drain_deep": ("drain at depth 1,000,000 vs 100", "tasks/s", None),
 }
 
 #: measures only some transports have: a peer where one was measured, the async table

@@ -25,7 +25,7 @@ from pathlib import Path
 from asynctask.api import close_transports
 from asynctask.uri import redact
 from bench import machine
-from chaos import report
+from chaos import liveness, report
 from chaos.scenarios import SCENARIOS, Plan, Result, Say, run_scenario
 from chaos.servers import BACKENDS, Backend
 from chaos.supervisor import ROOT
@@ -41,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
         "--only", metavar="NAMES", help=f"transports, comma-separated ({','.join(BACKENDS)})"
     )
     parser.add_argument(
-        "--scenarios", metavar="NAMES", help=f"scenarios, comma-separated ({','.join(SCENARIOS)})"
+        "--scenarios",
+        metavar="NAMES",
+        help=f"scenarios, comma-separated ({','.join(SCENARIOS + liveness.SCENARIOS)})",
     )
     parser.add_argument("--tasks", type=int, default=defaults.tasks, help="tasks per scenario")
     parser.add_argument("--kills", type=int, default=defaults.kills, help="child kills")
@@ -80,7 +82,7 @@ def main(argv: list[str]) -> int:
     """Run the suite; 0 when every scenario that ran kept the promise."""
     args = _parser().parse_args(argv)
     transports = _names(args.only, tuple(BACKENDS))
-    scenarios = _names(args.scenarios, SCENARIOS)
+    scenarios = _names(args.scenarios, SCENARIOS + liveness.SCENARIOS)
     given = dict(pair.split("=", 1) for pair in args.uri)
     plan = Plan(tasks=args.tasks, kills=args.kills, feed_seconds=args.seconds)
     # only a full run replaces docs/reliability.md
@@ -148,7 +150,8 @@ def _run_transport(
         run.uris[backend.name] = redact(backend.uri)
         for scenario in scenarios:
             say(f"  {scenario}...")
-            result = run_scenario(backend, scenario, plan, scratch, say)
+            runner = liveness.run_scenario if scenario in liveness.SCENARIOS else run_scenario
+            result = runner(backend, scenario, plan, scratch, say)
             state = result.skipped or ("ok" if result.ok else "FAILED")
             say(f"  {scenario}: {state} in {result.seconds:.0f} s")
             results.append(result)

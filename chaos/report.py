@@ -123,6 +123,21 @@ number, attempt, pid and time in a ledger file outside the transport) through
    written into the backend by hand (its documented storage format), a 1 MB payload, a
    payload nested 400 deep (and one nested 600 deep, which submit must refuse).
 
+The liveness scenarios (`chaos.liveness`) run a few tasks each, on the same short
+recovery bound R (`features.recovery_seconds`), and expect 0 duplicates:
+
+6. **GIL hog**: two tasks hold the GIL for 3 R in one C call (no thread of their child
+   runs) while the other children wait, twenty short tasks beside them;
+7. **connection kills, long tasks**: three tasks of 3 R, a fourth child waiting, every
+   connection of the suite dropped three times meanwhile (on AMQP the broker hands a
+   closed connection's tasks to others: the bound is the tasks in flight per drop);
+8. **NOTIFY flood** (pgsql): 50,000 NOTIFYs on the channel of two GIL-holding tasks;
+9. **SIGTERM to the process group** (`kill -TERM -PGID`, systemd's
+   `KillMode=control-group`) while four 3 s tasks run: exit 0, no task cut short, then a
+   new supervisor finishes the queue;
+10. **child-killing task**: two tasks that SIGKILL their child among 40 innocent ones
+    (prefetch 4): the two reach the failed store, every innocent one runs once.
+
 Then it waits (at most {plan.drain_timeout:g} s) until every task is completed and the
 queue is empty, and counts from the ledger:
 

@@ -43,6 +43,12 @@ TITLES = {
     "connections": "connection kills",
     "supervisor": "supervisor stop",
     "poison": "poison and bad input",
+    # chaos.liveness
+    "gil": "GIL hog (3x the bound)",
+    "longconn": "connection kills, long tasks",
+    "flood": "NOTIFY flood, busy workers",
+    "group": "SIGTERM to the process group",
+    "deadly": "child-killing task, innocent ones",
 }
 #: nesting accepted (the payload rule allows 500 levels) and nesting submit must refuse
 DEEP, TOO_DEEP = 400, 600

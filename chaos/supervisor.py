@@ -29,10 +29,23 @@ STARTED = "Starting; queue="
 class Workers:
     """One ``asynctask workers`` process; ``stop()`` always leaves no process behind."""
 
-    def __init__(self, uri: str, queue: str, ledger: Path, log: Path) -> None:
+    def __init__(
+        self,
+        uri: str,
+        queue: str,
+        ledger: Path,
+        log: Path,
+        *,
+        concurrency: int = CONCURRENCY,
+        prefetch: int | None = None,
+        own_group: bool = False,
+    ) -> None:
+        entry: dict[str, object] = {"worker": WORKER, "concurrency": concurrency}
+        if prefetch is not None:
+            entry["prefetch"] = prefetch
         command = workers_command(
             uri,
-            {queue: {"worker": WORKER, "concurrency": CONCURRENCY}},
+            {queue: entry},
             "--import", "chaos.workers", "--grace", str(GRACE),
             settings=FAST_CHECKS,
         )  # fmt: skip
@@ -40,15 +53,22 @@ class Workers:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         self.log = log
         self._log: IO[bytes] = open(log, "ab")  # noqa: SIM115 -- closed in stop()
+        self.concurrency = concurrency
+        # own_group: the leader of a process group of its own, as systemd starts a service
         self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=self._log, cwd=ledger.parent, env=env
+            command,
+            stdout=self._log,
+            stderr=self._log,
+            cwd=ledger.parent,
+            env=env,
+            start_new_session=own_group,
         )
         self.started = time.time()
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait (bounded) until every child has started its worker (its log says so)."""
         deadline = time.monotonic() + timeout
-        while self.log.read_text(errors="replace").count(STARTED) < CONCURRENCY:
+        while self.log.read_text(errors="replace").count(STARTED) < self.concurrency:
             if not self.alive():
                 raise RuntimeError(f"asynctask workers exited ({self.process.returncode})")
             if time.monotonic() > deadline:

@@ -2,12 +2,16 @@
 
 ``chaos_task`` sleeps the payload's ``ms`` milliseconds and notes its start and its end in
 the ledger named by ``$CHAOS_LEDGER`` (see ``chaos.ledger``). A payload with ``"poison":
-true`` raises every time, so it must end in the failed store.
+true`` raises every time, so it must end in the failed store. The liveness scenarios
+(``chaos.liveness``) add ``"gil": S`` (hold the GIL for S seconds in one C call: no other
+thread of the child runs meanwhile) and ``"die": true`` (SIGKILL its own child, every time).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import time
 from typing import Any
 
@@ -47,6 +51,11 @@ class ChaosTask(AsyncTaskWorker):
         if payload.get("poison"):
             ledger.append(self._fd, "raise", n, attempt, time.time())
             raise PoisonError(f"poison task {n} fails every time")
+        if payload.get("die"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if payload.get("gil"):
+            # ctypes.PyDLL keeps the GIL through the call: a long regex or C extension
+            ctypes.PyDLL(None).sleep(int(payload["gil"]))
         time.sleep(float(payload.get("ms", 0)) / 1000)
         ledger.append(self._fd, "done", n, attempt, time.time())
 

@@ -43,6 +43,6 @@ def test_missing_default_transport_says_to_install_it_or_configure_one(tmp_path,
     configure(load_settings(environ={}, cwd=tmp_path))
     with pytest.raises(
         ConfigurationError,
-        match=r'pip install "asynctask-core\[filesys\]", or set asynctask_transport',
+        match=r'pip install "asynctask-filesys" .*packages/asynctask-filesys\), or set asynctask',
     ):
         get_transport()

@@ -21,7 +21,7 @@ from asynctask.errors import InvalidTaskError, InvalidURIError, TransportError, 
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import hold_task_in_child, open_transport
 from asynctask.transport import Transport
-from asynctask_amqp.topology import REGISTRY, rung_for
+from asynctask_amqp.topology import DUE, MAX_DELAY, REGISTRY, rung_for, rung_name
 from asynctask_amqp.transport import AmqpTransport
 from tests.amqp.conftest import PASSWORD, USER, VHOST, rabbitmqctl
 
@@ -349,10 +349,57 @@ def test_delayed_and_retrying_tasks_are_counted_apart(transport, queue):
     assert transport.purge(queue) == 3
 
 
-def test_a_delay_past_the_top_rung_is_refused(transport, queue):
-    with pytest.raises(InvalidTaskError, match="7 days"):
-        transport.submit_task(queue, {}, delay=8 * 24 * 3600)
+def test_a_delay_past_a_year_is_refused(transport, queue):
+    with pytest.raises(InvalidTaskError, match="longer than a year"):
+        transport.submit_task(queue, {}, delay=400 * 24 * 3600)
     assert transport.poll_queue(queue) == 0
+
+
+def test_a_30_day_delay_waits_on_the_top_rung_carrying_its_due_time(transport, queue, channel):
+    # Given a task delayed 30 days (longer than the longest rung, a week)
+    before = time.time()
+    transport.submit_task(queue, {"n": 1}, delay=30 * 24 * 3600)
+    # Then it is delayed, not ready, and waits on the week rung with its due time
+    stats = transport.queue_stats(queue)
+    assert (stats.ready, stats.delayed) == (0, 1)
+    message = channel.basic_get(rung_name(queue, "delay", MAX_DELAY), no_ack=False)
+    assert message is not None
+    due = message.properties["application_headers"][DUE]
+    assert before + 30 * 24 * 3600 - 1 < due < time.time() + 30 * 24 * 3600 + 1
+    channel.basic_reject(message.delivery_info["delivery_tag"], requeue=True)
+
+
+@pytest.mark.parametrize("take", ["reserve", "get_task"])
+def test_a_task_that_arrives_before_it_is_due_goes_round_again(transport, queue, channel, take):
+    # Given a task that reached its queue a week into a longer wait (as the week rung
+    # dead-letters it), due in an hour, and a task that is due
+    transport.submit_task(queue, {"n": 0})  # declares the queue
+    assert transport.get_task(queue) == {"n": 0}
+    early = amqp.Message(b'{"n": 1}', application_headers={DUE: time.time() + 3600})
+    due = amqp.Message(b'{"n": 2}', application_headers={DUE: time.time() - 5})
+    channel.basic_publish(early, exchange=queue, routing_key=queue)
+    channel.basic_publish(due, exchange=queue, routing_key=queue)
+    deadline = time.monotonic() + 10  # a plain publish is not confirmed: wait until routed
+    while channel.queue_declare(queue, passive=True).message_count < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # When a worker (or get_task) takes from the queue
+    if take == "reserve":
+        with transport.consumer(queue) as consumer:
+            delivery = consumer.reserve(timeout=5)
+            assert delivery is not None
+            payload = delivery.payload
+            consumer.ack(delivery)
+            assert consumer.reserve(timeout=0.5) is None
+    else:
+        payload = transport.get_task(queue)
+        assert transport.get_task(queue) is None
+    # Then only the due task is run; the early one waits on the ladder again
+    assert payload == {"n": 2}
+    stats = transport.queue_stats(queue)
+    assert (stats.ready, stats.delayed) == (0, 1)
+    assert channel.queue_declare(rung_name(queue, "delay", 3600), passive=True).message_count == 1
+    transport.purge(queue)
 
 
 def test_queues_folds_duplicate_registrations_and_forgets_deleted_queues(transport, queue, channel):

@@ -3,6 +3,7 @@ plain kombu, as the package README documents the storage."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import amqp
@@ -10,8 +11,9 @@ import kombu
 import pytest
 
 from asynctask.testing import TransportContract
+from asynctask.testing.contract import SECRET
 from asynctask_amqp.topology import LADDERS, rung_names
-from tests.amqp.conftest import rabbitmqctl, vhost_of
+from tests.amqp.conftest import USER, VHOST, rabbitmqctl, vhost_of
 
 
 class AmqpProbe:
@@ -55,15 +57,82 @@ class AmqpProbe:
             routing_key=queue,
         )
 
+    def drop_connections(self) -> None:
+        """``rabbitmqctl close_connection`` on every connection this test process (and its
+        children, such as a relay) has open to the broker, and on no other."""
+        ours = {port for port in _local_ports_to(5672) if port != self._own_port()}
+        listing = rabbitmqctl("list_connections", "-q", "--no-table-headers", "pid", "name")
+        for line in listing.splitlines():
+            pid, _, name = line.strip().partition("\t")
+            port = name.partition(" -> ")[0].rpartition(":")[2]
+            if port.isdigit() and int(port) in ours:
+                rabbitmqctl("close_connection", pid, "asynctask contract test")
+
+    def _own_port(self) -> int:
+        sock = self.connection.connection.sock
+        return int(sock.getsockname()[1]) if sock is not None else -1
+
     def close(self) -> None:
         self.connection.close()
 
 
+def _local_ports_to(remote_port: int) -> set[int]:
+    """Local ports of the TCP connections to ``remote_port`` held by this process tree."""
+    pids, i = [os.getpid()], 0
+    while i < len(pids):
+        for task in os.listdir(f"/proc/{pids[i]}/task"):
+            try:
+                with open(f"/proc/{pids[i]}/task/{task}/children") as f:
+                    pids += [int(p) for p in f.read().split()]
+            except OSError:
+                continue
+        i += 1
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for row in f.read().splitlines()[1:]:
+                fields = row.split()
+                local, remote, inode = fields[1], fields[2], fields[9]
+                if inode in inodes and int(remote.rsplit(":", 1)[1], 16) == remote_port:
+                    ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
 class TestAmqpTransport(TransportContract):
+    @pytest.mark.xfail(
+        strict=True,
+        reason="AMQP's bound (README): a publish whose confirm was lost is published again "
+        "by the retry, so the task is stored twice",
+    )
+    def test_a_submit_retried_after_a_lost_reply_is_stored_once(self, transport, queue, probe):
+        super().test_a_submit_retried_after_a_lost_reply_is_stored_once(transport, queue, probe)
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="reported to the lead (issue 12, settle): after the broker drops the "
+        "connection, a release comes back counted as an attempt",
+    )
+    def test_every_settle_call_survives_a_dropped_connection(self, transport, queue, probe):
+        super().test_every_settle_call_survives_a_dropped_connection(transport, queue, probe)
+
     @pytest.fixture
     def transport_uri(self, amqp_uri: str) -> str:
         # heartbeat=1: a silently dead consumer's tasks come back within 3 s
         return f"{amqp_uri}?heartbeat=1&retry_timeout=5"
+
+    @pytest.fixture
+    def secret_uri(self, amqp_uri: str) -> str:
+        # the test user's password is SECRET (see conftest.PASSWORD)
+        return f"amqp://{USER}:{SECRET}@127.0.0.1:5672/{VHOST}"
 
     @pytest.fixture
     def probe(self, transport_uri: str) -> Iterator[AmqpProbe]:

@@ -22,6 +22,9 @@ REQUIRED = (
     "depth",
     "depth_raw",
     "prefetch",
+    "queues_many",
+    "queues_deep",
+    "drain_deep",
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from asynctask.testing import TransportContract
+from asynctask.testing.contract import SECRET
 from asynctask.transports.localmem import LocalMemTransport
 
 
@@ -18,6 +19,9 @@ class LocalMemProbe:
     def inject(self, queue: str, text: str) -> None:
         self.transport.inject(queue, text)
 
+    def drop_connections(self) -> None:
+        """Memory has no connection to drop."""
+
 
 class TestLocalMemTransport(TransportContract):
     @pytest.fixture
@@ -27,3 +31,8 @@ class TestLocalMemTransport(TransportContract):
     @pytest.fixture
     def probe(self, transport) -> LocalMemProbe:
         return LocalMemProbe(transport)
+
+    @pytest.fixture
+    def secret_uri(self) -> str:
+        # localmem takes no password: the URI is refused, without showing it
+        return f"localmem:?password={SECRET}"

@@ -38,6 +38,9 @@ class FilesysProbe:
         (q / "tmp" / name).write_bytes(text.encode())
         os.rename(q / "tmp" / name, q / "ready" / name)
 
+    def drop_connections(self) -> None:
+        """Files have no connection to drop."""
+
 
 @pytest.fixture
 def make_probe() -> Callable[[Path], FilesysProbe]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from asynctask.testing import TransportContract
+from asynctask.testing.contract import SECRET
 
 
 class TestFilesysTransport(TransportContract):
@@ -18,3 +19,8 @@ class TestFilesysTransport(TransportContract):
     @pytest.fixture
     def probe(self, tmp_path: Path, make_probe):
         return make_probe(tmp_path / "queues")
+
+    @pytest.fixture
+    def secret_uri(self, tmp_path: Path) -> str:
+        # filesys takes no password: the URI is refused, without showing it
+        return f"filesys:{tmp_path / 'queues'}?password={SECRET}"

@@ -3,6 +3,7 @@ psycopg, and throw-away databases for tests that need an empty one."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -29,9 +30,31 @@ def pg_server() -> None:
 class PgsqlProbe:
     """Reads and writes the queue table past the transport, as psql would."""
 
-    def __init__(self, conninfo: str = CONNINFO, schema: str = "asynctask") -> None:
+    def __init__(
+        self, conninfo: str = CONNINFO, schema: str = "asynctask", application_name: str = ""
+    ) -> None:
         self.conninfo = conninfo
         self.table = f"{schema}.asynctask_queue"
+        self.application_name = application_name
+
+    def drop_connections(self) -> None:
+        """``pg_terminate_backend`` on every connection with the transport's own
+        application_name (never anybody else's), and wait until they are gone."""
+        assert self.application_name, "drop_connections needs the transport's application_name"
+        with self._conn() as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s AND pid <> pg_backend_pid()",
+                (self.application_name,),
+            )
+            for _ in range(200):
+                left = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                    (self.application_name,),
+                ).fetchone()[0]
+                if not left:
+                    return
+                time.sleep(0.01)
 
     def _conn(self) -> psycopg.Connection:
         return psycopg.connect(self.conninfo, autocommit=True)

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import time
+import uuid
+
 import pytest
 import redis
 
 from asynctask.testing import TransportContract
+from asynctask.testing.contract import SECRET
 
 
 class RedisProbe:
     """Counts what Redis holds for a queue and pushes text as another program would."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, client_name: str) -> None:
         self.client = client
         self.prefix = prefix
+        self.client_name = client_name
+
+    def drop_connections(self) -> None:
+        """``CLIENT KILL`` of every connection named with the transport's own client
+        name (nobody else's), as a failover or an operator would."""
+        for _ in range(2):  # a heartbeat may open a connection while we kill
+            for info in self.client.client_list():
+                if info.get("name") == self.client_name:
+                    self.client.client_kill_filter(_id=info["id"])
+            time.sleep(0.01)
 
     def stored(self, queue: str) -> int:
         # the ready list, the delayed and retrying sorted sets, every processing list
@@ -32,9 +46,18 @@ class RedisProbe:
 
 class TestRedisTransport(TransportContract):
     @pytest.fixture
-    def transport_uri(self, redis_uri: str) -> str:
-        return redis_uri
+    def client_name(self) -> str:
+        """A name for this test's connections only, so that it can drop them all."""
+        return f"asynctask-t-{uuid.uuid4().hex[:12]}"
 
     @pytest.fixture
-    def probe(self, client: redis.Redis, key_prefix: str) -> RedisProbe:
-        return RedisProbe(client, key_prefix)
+    def transport_uri(self, redis_uri: str, client_name: str) -> str:
+        return f"{redis_uri}&client_name={client_name}"
+
+    @pytest.fixture
+    def probe(self, client: redis.Redis, key_prefix: str, client_name: str) -> RedisProbe:
+        return RedisProbe(client, key_prefix, client_name)
+
+    @pytest.fixture
+    def secret_uri(self, redis_uri: str) -> str:
+        return redis_uri.replace("redis://", f"redis://:{SECRET}@", 1)

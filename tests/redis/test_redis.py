@@ -246,6 +246,39 @@ def test_a_restarted_server_costs_time_not_tasks(tmp_path: Path, queue, caplog):
         server.stop()
 
 
+def test_every_settle_call_survives_a_server_restart(tmp_path: Path, queue):
+    """Each settle call made while the server is away (restarted with its append-only
+    file) does its work once the server is back; the ack rides on close."""
+    server = start_server("--save", "", "--appendonly", "yes", "--dir", str(tmp_path))
+    try:
+        uri = f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0?retry_timeout=20"
+        transport = open_transport(uri)
+        transport.submit_tasks(queue, [{"n": n} for n in range(5)])
+        consumer = transport.consumer(queue, prefetch=4)
+        held = [consumer.reserve(timeout=5) for _ in range(4)]
+        assert [d.payload["n"] for d in held if d] == [0, 1, 2, 3]
+        # When the server restarts before each settle call
+        for settle in (
+            lambda d: consumer.retry(d, delay=60, error="later"),
+            lambda d: consumer.fail(d, "never"),
+            consumer.release,
+        ):
+            server.stop()
+            threading.Timer(0.3, server.start).start()
+            settle(held.pop(0))
+        consumer.ack(held.pop(0))  # sent with the close, after one more restart
+        server.stop()
+        threading.Timer(0.3, server.start).start()
+        consumer.close()
+        # Then each did its work: one retrying, one failed, 2 (released) and 4 ready
+        stats = transport.queue_stats(queue)
+        assert (stats.ready, stats.retrying, stats.in_flight, stats.failed) == (2, 1, 0, 1)
+        assert [transport.get_task(queue) for _ in range(2)] == [{"n": 2}, {"n": 4}]
+        transport.close()
+    finally:
+        server.stop()
+
+
 # -- passwords ----------------------------------------------------------------------------
 
 
@@ -355,3 +388,47 @@ def test_bad_uris_are_refused_clearly_and_without_the_password(uri, words):
     with pytest.raises(InvalidURIError, match=words) as info:
         open_transport(uri)
     assert PASSWORD not in str(info.value)
+
+
+# -- costs that grow with the store -------------------------------------------------------
+
+
+def test_failed_tasks_by_id_are_found_through_the_index_and_without_it(
+    redis_uri, client, key_prefix, queue
+):
+    """Requeue and purge by id read the index ``P:Q:failed:ids``, not the whole list; a
+    record written without it (an older version) is still found, by a one-time rebuild."""
+    transport = open_transport(redis_uri)
+    transport.submit_tasks(queue, [{"n": n} for n in range(3)])
+    with transport.consumer(queue, prefetch=3) as consumer:
+        for _ in range(3):
+            delivery = consumer.reserve(timeout=5)
+            assert delivery is not None
+            consumer.fail(delivery, "boom")
+    index = f"{key_prefix}:{queue}:failed:ids"
+    first, second, third = transport.failed_tasks(queue)
+    assert client.hlen(index) == 3
+    # Given an index that lost an entry, as a record written by an older version has none
+    client.hdel(index, third.id)
+    # Then ids are found all the same, and the index is whole again
+    assert transport.requeue_failed(queue, ids=[third.id, "not-an-id"]) == 1
+    assert transport.purge_failed(queue, ids=[first.id]) == 1
+    assert client.hkeys(index) == [second.id.encode()]
+    assert [f.id for f in transport.failed_tasks(queue)] == [second.id]
+    assert transport.purge_failed(queue) == 1
+    assert not client.exists(index, f"{key_prefix}:{queue}:failed")
+    transport.close()
+
+
+def test_the_set_of_queue_names_forgets_empty_queues(redis_uri, client, key_prefix, queue):
+    transport = open_transport(redis_uri)
+    transport.submit_task(queue, {})
+    assert queue in [q.name for q in transport.queues()]
+    assert transport.get_task(queue) == {}
+    # When the queue holds nothing, listing the queues prunes its name
+    assert queue not in [q.name for q in transport.queues()]
+    assert not client.sismember(f"{key_prefix}:queues", queue)
+    # And a new task brings it back at once (the submit adds the name itself)
+    transport.submit_task(queue, {})
+    assert queue in [q.name for q in transport.queues()]
+    transport.close()

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import amqp
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
-from asynctask.transport import Consumer, Delivery
+from asynctask.transport import Consumer, Delivery, check_delay
 from asynctask_amqp.link import Link
 from asynctask_amqp.params import map_error
 from asynctask_amqp.topology import (
@@ -139,6 +139,9 @@ class AmqpConsumer(Consumer):
             message = self._buffer.popleft()
             tag = message.delivery_info["delivery_tag"]
             received = read_message(message)
+            if self.transport.send_round(link, self.queue, received):  # delayed past a week
+                link.channel.basic_ack(tag)
+                continue
             if received.payload is None:
                 error = received.error or "undecodable message"
                 self.transport._store_failed(link, self.queue, received, error, received.attempts)
@@ -218,6 +221,7 @@ class AmqpConsumer(Consumer):
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Publish a copy (attempts + 1) to the retry ladder, then ack the original."""
+        delay = check_delay(delay)
 
         def action(tag: int, received: Received) -> None:
             copy = received.copy(attempts=delivery.attempt)

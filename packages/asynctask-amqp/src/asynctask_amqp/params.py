@@ -15,7 +15,12 @@ from urllib.parse import unquote, urlsplit
 
 import amqp.exceptions
 
-from asynctask.errors import InvalidURIError, TransportError, TransportUnavailable
+from asynctask.errors import (
+    InvalidURIError,
+    TransportError,
+    TransportRefused,
+    TransportUnavailable,
+)
 from asynctask.uri import Option, boolean, positive_float, positive_int, redact
 
 DEFAULT_PORT = {"amqp": 5672, "amqps": 5671}
@@ -175,21 +180,31 @@ def reply_code(exc: BaseException) -> int | None:
     return code if isinstance(code, int) else None
 
 
+#: TLS errors that mean a dropped connection, not a refused set-up
+_SSL_DROPPED = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
 def map_error(exc: BaseException, params: ConnectionParams) -> TransportError:
     """Our error for a driver error: connection problems are ``TransportUnavailable``
-    (the base class retries those); a refused login or vhost is a ``TransportError``."""
+    (the base class retries those); a refused login, vhost or TLS set-up is a
+    ``TransportRefused``, never retried."""
     text = params.scrub(f"{type(exc).__name__}: {exc}")
     where = params.describe()
     code = reply_code(exc)
     if code == 403:
-        return TransportError(
+        return TransportRefused(
             f"the AMQP broker at {where} refused access ({text}); check the user, its "
             "password and its permissions on the vhost"
         )
     if code == 530:
-        return TransportError(
+        return TransportRefused(
             f"the AMQP broker at {where} does not allow this ({text}); check that the "
             "vhost exists and the user may use it"
+        )
+    if isinstance(exc, ssl.SSLError) and not isinstance(exc, _SSL_DROPPED):
+        return TransportRefused(
+            f"the AMQP broker at {where} refused the TLS set-up ({text}); check amqps:// "
+            "against amqp://, the port and the ssl_* options"
         )
     if is_connection_error(exc):
         return TransportUnavailable(f"the AMQP broker at {where} is unreachable: {text}")

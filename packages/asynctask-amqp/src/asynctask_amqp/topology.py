@@ -26,7 +26,10 @@ RUNGS: tuple[float, ...] = (
     0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800,
     43200, 86400, 172800, 345600, 604800,
 )  # fmt: skip
+#: the longest rung; a longer delay waits on it, then goes round again (see ``DUE``)
 MAX_DELAY = RUNGS[-1]
+#: the longest delay asked for at all (a year): past it, a schedule is the tool
+LONGEST_DELAY = 366 * 24 * 3600.0
 #: the two ladders: tasks submitted with a delay, and tasks waiting to be retried
 LADDERS = ("delay", "retry")
 #: A ladder's rungs are declared together, again at most every LADDER_RENEW seconds
@@ -44,6 +47,20 @@ SUBMITTED_AT = "x-asynctask-submitted-at"
 ERROR = "x-asynctask-error"
 FAILED_AT = "x-asynctask-failed-at"
 RAW = "x-asynctask-raw"
+#: Unix time a task delayed past the longest rung is due. It reaches its queue after
+#: that rung's week, early; whoever receives it (a consumer, ``get_task``) sends it round
+#: the ladder again for the rest of its wait, so a 30-day delay works as on Redis.
+DUE = "x-asynctask-due"
+#: a task this close to its due time is run rather than sent round again
+DUE_SLACK = 1.0
+
+
+def remaining_wait(received: Received, now: float) -> float:
+    """Seconds a received task must still wait (0: it is due)."""
+    due = _number(received.headers.get(DUE), float)
+    if due is None or due - now <= DUE_SLACK:
+        return 0.0
+    return float(due - now)
 
 
 def fit(name: str) -> str:

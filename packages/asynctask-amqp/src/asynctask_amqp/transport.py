@@ -72,8 +72,10 @@ from asynctask_amqp.params import (
     reply_code,
 )
 from asynctask_amqp.topology import (
+    DUE,
     LADDER_RENEW,
     LADDERS,
+    LONGEST_DELAY,
     MAX_DELAY,
     REGISTRY,
     RUNGS,
@@ -86,6 +88,7 @@ from asynctask_amqp.topology import (
     read_message,
     registry_entry,
     release_marker,
+    remaining_wait,
     rung_arguments,
     rung_for,
     rung_name,
@@ -198,6 +201,17 @@ class AmqpTransport(Transport):
                 self._ladders[(queue, ladder)] = now
         return rung_name(queue, ladder, rung_for(delay))
 
+    def send_round(self, link: Link, queue: str, received: Received) -> bool:
+        """Send a task that reached its queue before it is due round the delay ladder
+        again; True if it was (the caller then acks the message it received)."""
+        wait = remaining_wait(received, time.time())
+        if not wait:
+            return False
+        rung = self._declare_rung(link, queue, "delay", min(wait, MAX_DELAY))
+        keep = {DUE: received.headers[DUE]}
+        link.publish("", rung, [received.copy(attempts=received.attempts, extra=keep)])
+        return True
+
     def _ladder_counts(self, link: Link, queue: str, ladder: str) -> list[tuple[str, int]]:
         """Ready messages of each rung of a ladder; empty if the ladder does not exist."""
         names = rung_names(queue, ladder)
@@ -218,16 +232,20 @@ class AmqpTransport(Transport):
     # -- primitives -----------------------------------------------------------------------
 
     def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
-        if delay > MAX_DELAY:
+        if delay > LONGEST_DELAY:
             raise InvalidTaskError(
-                f"delay={delay:g} s is longer than the amqp transport's longest delay "
-                f"({MAX_DELAY:g} s, 7 days); use a schedule for later runs"
+                f"delay={delay:g} s is longer than a year, the amqp transport's longest "
+                "delay; use a schedule for later runs"
             )
         batch = tasks[0][0]
         with self._lock:
             done = self._resume.pop(batch, 0)
         now = time.time()
-        messages = [task_message(task_id, text, submitted_at=now) for task_id, text in tasks]
+        # past the longest rung, the task goes round the ladder until due (see DUE)
+        extra = {DUE: now + delay} if delay > MAX_DELAY else None
+        messages = [
+            task_message(task_id, text, submitted_at=now, extra=extra) for task_id, text in tasks
+        ]
         with self._session() as link:
             for last_try in (False, True):
                 self._ensure_queue(link, queue)
@@ -261,6 +279,9 @@ class AmqpTransport(Transport):
                 if message is None:
                     return None
                 received = read_message(message)
+                if self.send_round(link, queue, received):
+                    link.channel.basic_ack(message.delivery_info["delivery_tag"])
+                    continue
                 if received.payload is None:
                     error = received.error or "undecodable message"
                     self._store_failed(link, queue, received, error, received.attempts)

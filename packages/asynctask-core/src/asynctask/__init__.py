@@ -14,6 +14,7 @@ from asynctask.errors import (
     PluginError,
     TransportClosed,
     TransportError,
+    TransportRefused,
     TransportUnavailable,
     UnknownWorkerError,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "Transport",
     "TransportClosed",
     "TransportError",
+    "TransportRefused",
     "TransportUnavailable",
     "UnknownWorkerError",
     "get_transport",

@@ -6,7 +6,7 @@ import logging
 import threading
 
 from asynctask.errors import ConfigurationError
-from asynctask.plugins import load_plugins
+from asynctask.plugins import install_hint, load_plugins
 from asynctask.settings import get_settings
 from asynctask.transport import Transport
 
@@ -35,7 +35,7 @@ def get_transport(uri: str | None = None) -> Transport:
             if default and "filesys" not in registry.transports:
                 raise ConfigurationError(
                     "no transport is configured and the default one, filesys, is not "
-                    'installed: pip install "asynctask-core[filesys]", or set '
+                    f"installed: {install_hint('asynctask-filesys')}, or set "
                     "asynctask_transport (e.g. ASYNCTASK_TRANSPORT=redis://127.0.0.1)"
                 )
             cls = registry.transport_class(uri)

@@ -17,6 +17,14 @@ if TYPE_CHECKING:
     from asynctask.worker import AsyncTaskWorker
 
 
+class SetupFailed(Exception):
+    """The worker's ``setup()`` raised ``error``: the child cannot start (no task ran)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(f"setup() raised {type(error).__name__}: {error}")
+        self.error = error
+
+
 class TaskTimeout(TimeoutError):
     """A task ran past its worker's ``timeout``: a failed attempt like any error."""
 

@@ -7,6 +7,7 @@ import threading
 import time
 
 from asynctask.errors import AsynctaskError, TransportUnavailable
+from asynctask.outage import OutageReport
 from asynctask.transport import Consumer, Transport
 
 
@@ -38,27 +39,41 @@ class DrainCheck:
 
 
 class Outage:
-    """Back-off while the backend is away, logged once per outage."""
+    """Back-off while the backend is away, told by an ``OutageReport``; with
+    ``give_up_after`` (``--halt-when-empty``: the transport's retry_timeout) an outage
+    that lasts longer raises ``TransportUnavailable`` instead of waiting forever."""
 
-    def __init__(self, log: logging.Logger, stop: threading.Event) -> None:
-        self.log = log
+    def __init__(
+        self, log: logging.Logger, stop: threading.Event, give_up_after: float | None = None
+    ) -> None:
+        self.report = OutageReport(f"worker {log.name}")
         self.stop = stop
         self.pause = 0.0
+        self.give_up_after = give_up_after
 
     def failed(self, exc: BaseException) -> None:
-        if self.pause == 0.0:
-            self.log.warning("Lost the backend (%s); reconnecting with back-off", exc)
+        self.report.failed(exc)
+        if self.give_up_after is not None and self.report.lasted() > self.give_up_after:
+            raise TransportUnavailable(
+                f"{exc} (gave up after waiting {self.give_up_after:g} s with "
+                "--halt-when-empty; set the URI option retry_timeout to wait longer)"
+            ) from exc
         self.pause = min(max(self.pause * 2, 0.2), 5.0)
         self.stop.wait(self.pause)
 
     def ok(self) -> None:
         if self.pause:
-            self.log.warning("Backend reachable again; carrying on")
+            self.report.ok()
             self.pause = 0.0
 
 
 def renew_consumer(
-    transport: Transport, consumer: Consumer, queue: str, prefetch: int, stop: threading.Event
+    transport: Transport,
+    consumer: Consumer,
+    queue: str,
+    prefetch: int,
+    stop: threading.Event,
+    owner: str | None = None,
 ) -> Consumer:
     """Close a consumer that lost its backend and open a new one, waiting while it is away."""
     try:
@@ -67,7 +82,7 @@ def renew_consumer(
         logging.getLogger("asynctask.runner").debug("closing a broken consumer: %s", exc)
     while True:
         try:
-            return transport.consumer(queue, prefetch=prefetch)
+            return transport.consumer(queue, prefetch=prefetch, owner=owner)
         except TransportUnavailable:
             if stop.wait(1.0):
-                return transport.consumer(queue, prefetch=prefetch)
+                return transport.consumer(queue, prefetch=prefetch, owner=owner)

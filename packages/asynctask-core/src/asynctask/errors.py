@@ -12,6 +12,8 @@ exceptions at the boundary and raise ours ``from`` the original::
     └── TransportError            anything a transport cannot do
         ├── InvalidURIError       (also ValueError) a URI no transport accepts
         ├── TransportUnavailable  the backend cannot be reached (after retrying)
+        ├── TransportRefused      the backend answered and refuses for good: wrong
+        │                         credentials, unknown database/vhost, refused TLS
         └── TransportClosed       the transport was closed by its owner
 
 Messages say what was wrong, with the value, and what to do about it. Passwords are
@@ -51,6 +53,15 @@ class InvalidURIError(TransportError, ValueError):
 
 class TransportUnavailable(TransportError):
     """The backend could not be reached, even after retrying for ``retry_timeout``."""
+
+
+class TransportRefused(TransportError):
+    """The backend answered and refused us for a reason retrying cannot cure.
+
+    A wrong user or password, an unknown database or vhost, a TLS set-up the server
+    refuses, a bad connection option. Unlike ``TransportUnavailable`` it is never waited
+    out: a command ends at once (exit code 2) and ``asynctask workers`` stops every child.
+    """
 
 
 class TransportClosed(TransportError):

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from asynctask.attempts import (
     LoopResult,
+    SetupFailed,
     TaskTimeout,
     give_up_if_spent,
     refuse_awaitable,
@@ -257,8 +258,11 @@ class _Engine:
         self.ended: queues.SimpleQueue[_Ended] = queues.SimpleQueue()
         self.running: dict[int, _Running] = {}
         self.result = LoopResult()
-        self.outage = Outage(worker.logger, options.stop)
-        self.consumer: Consumer = transport.consumer(queue, prefetch=self.prefetch)
+        give_up = transport.retry_timeout if options.halt_when_empty else None
+        self.outage = Outage(worker.logger, options.stop, give_up)
+        self.consumer: Consumer = transport.consumer(
+            queue, prefetch=self.prefetch, owner=options.owner
+        )
         self.loop = _Loop(worker, concurrency, self.ended)
         # a thread is stuck at its timeout (it cannot be cancelled), give or take the
         # moment its result takes to come back
@@ -395,7 +399,12 @@ class _Engine:
                 self.outage.failed(exc)
                 if not self.running:  # a new consumer would not hold the running ones
                     self.consumer = renew_consumer(
-                        self.transport, self.consumer, self.queue, self.prefetch, options.stop
+                        self.transport,
+                        self.consumer,
+                        self.queue,
+                        self.prefetch,
+                        options.stop,
+                        options.owner,
                     )
                 continue
             self.outage.ok()
@@ -502,7 +511,10 @@ def run_concurrent(
     engine = _Engine(worker, transport, queue, options, concurrency)
     try:
         if with_setup:
-            engine.loop.call(worker.setup)
+            try:
+                engine.loop.call(worker.setup)
+            except Exception as exc:
+                raise SetupFailed(exc) from exc
         try:
             result = engine.run()
         finally:

@@ -28,6 +28,7 @@ from types import FrameType
 from asynctask.api import get_transport
 from asynctask.attempts import (
     LoopResult,
+    SetupFailed,
     TaskTimeout,
     give_up_if_spent,
     refuse_awaitable,
@@ -47,6 +48,7 @@ __all__ = [
     "DrainCheck",
     "LoopOptions",
     "LoopResult",
+    "SetupFailed",
     "process_queue",
     "run_loop",
     "run_worker",
@@ -83,10 +85,14 @@ class LoopOptions:
     child_concurrency: int | None = None
     #: seconds running tasks get to finish when a child must be replaced
     grace: float = 30.0
-    #: called right before a task's ``process()`` starts (from the thread that starts it)
+    #: called right before a task's ``process()`` starts (a child tells its supervisor;
+    #: from the thread that starts it)
     on_start: Callable[[Delivery], None] | None = None
-    #: called after a task is settled (acknowledged, retried or failed)
+    #: called once a started task is settled (acknowledged, retried or failed)
     on_settled: Callable[[Delivery], None] | None = None
+    #: the owner id whose liveness another process keeps (``asynctask.liveness``);
+    #: None: the consumer keeps its own (a heartbeat thread, a held connection)
+    owner: str | None = None
 
 
 class _Watchdog:
@@ -139,11 +145,15 @@ def serve(
 ) -> LoopResult:
     """``setup()``, the run loop, ``teardown()``: what a child does with its worker.
 
-    An ``async def`` setup or teardown runs on the event loop the tasks run on.
+    An ``async def`` setup or teardown runs on the event loop the tasks run on. A setup
+    that raises ends it with ``SetupFailed`` (no task ran, teardown is not called).
     """
     if uses_event_loop(worker, options):
         return _run_concurrent(worker, transport, queue, options, with_setup=True)
-    worker.setup()
+    try:
+        worker.setup()
+    except Exception as exc:
+        raise SetupFailed(exc) from exc
     try:
         return run_loop(worker, transport, queue, options)
     finally:
@@ -173,9 +183,10 @@ def run_loop(
     result = LoopResult()
     worker._transport, worker._queue_name = transport, queue
     limit = options.max_tasks
-    consumer = transport.consumer(queue, prefetch=options.prefetch)
+    consumer = transport.consumer(queue, prefetch=options.prefetch, owner=options.owner)
     watchdog = _Watchdog(worker, consumer, options.on_timeout)
-    outage = Outage(worker.logger, options.stop)
+    give_up = transport.retry_timeout if options.halt_when_empty else None
+    outage = Outage(worker.logger, options.stop, give_up)
     drain_check = DrainCheck(transport, queue)
     try:
         while not options.stop.is_set():
@@ -228,7 +239,7 @@ def run_loop(
 
 
 def _renew(transport: Transport, consumer: Consumer, queue: str, options: LoopOptions) -> Consumer:
-    return renew_consumer(transport, consumer, queue, options.prefetch, options.stop)
+    return renew_consumer(transport, consumer, queue, options.prefetch, options.stop, options.owner)
 
 
 def _run_one(
@@ -330,7 +341,10 @@ def _drain(worker_name: str, queue_name: str, quiet: bool) -> int:
         root.setLevel(logging.ERROR)
     try:
         options = LoopOptions(stop_when_idle=True, wait=0.05, prefetch=worker.prefetch)
-        return serve(worker, transport, queue_name, options).processed
+        try:
+            return serve(worker, transport, queue_name, options).processed
+        except SetupFailed as exc:
+            raise exc.error from None  # a script sees its own setup's error
     finally:
         root.setLevel(level)
 

@@ -8,7 +8,9 @@ only when the scheduler started, and ignored ``start_date``/``end_date``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from asynctask.validation import QUEUE_NAME_RULE, check_payload, is_valid_queue_name
@@ -75,9 +77,18 @@ def _check_entry(position: int, raw: Mapping[str, Any]) -> dict[str, Any]:
         except Exception as exc:  # APScheduler raises ValueError, TypeError and others
             raise ScheduleError(f"{where}: field {key!r} = {value!r} is not valid: {exc}") from exc
     try:
-        build_trigger(raw)
+        trigger = build_trigger(raw)
+        never = trigger.get_next_fire_time(None, datetime.now(trigger.timezone)) is None
     except Exception as exc:
         raise ScheduleError(f"{where}: the schedule is not valid: {exc}") from exc
+    if never:
+        # An end_date in the past, or a date no calendar has (31 February): refusing it
+        # now beats a scheduler that silently never fires.
+        fields = {k: raw[k] for k in (*CRON_FIELDS, *DATE_FIELDS) if raw.get(k) is not None}
+        raise ScheduleError(
+            f"{where}: the schedule {json.dumps(fields, default=str)} can never fire "
+            "(an end_date in the past, or a date that does not exist); fix or remove it"
+        )
     try:
         payload = check_payload(raw.get("payload"))
     except ValueError as exc:

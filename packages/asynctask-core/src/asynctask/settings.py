@@ -248,23 +248,30 @@ class Settings:
         """Seconds between supervisor checks."""
         return float(self.values["asynctask_workers_check_child_interval"]) / 1000
 
-    def check_workers(self, known: Mapping[str, object]) -> None:
-        """Refuse worker names that nobody registered, listing the known ones."""
+    def check_workers(
+        self, known: Mapping[str, object], explain: Callable[[str], str] | None = None
+    ) -> None:
+        """Refuse worker names that nobody registered, listing the known ones.
+
+        ``explain(name)`` may add why a name is unknown (a plugin that failed to load).
+        """
         names = sorted(known) or ["none"]
         for queue, config in self.workers.items():
             if config is not None and config.worker not in known:
+                why = explain(config.worker) if explain else ""
                 raise ConfigurationError(
                     f"setting asynctask_workers (from {self.sources['asynctask_workers']}): "
                     f"queue {queue!r} names the worker {config.worker!r}, which does not "
-                    f"exist; known workers: {', '.join(names)}"
+                    f"exist{why}; known workers: {', '.join(names)}"
                 )
         for index, entry in enumerate(self.schedules, 1):
             worker = entry.get("worker")
             if worker is not None and worker not in known:
+                why = explain(worker) if explain else ""
                 raise ConfigurationError(
                     f"setting asynctask_scheduled_workers (from "
                     f"{self.sources['asynctask_scheduled_workers']}): entry #{index} names "
-                    f"the worker {worker!r}, which does not exist; known workers: "
+                    f"the worker {worker!r}, which does not exist{why}; known workers: "
                     f"{', '.join(names)}"
                 )
 
@@ -275,11 +282,20 @@ class Settings:
         return redact(text)
 
 
-def _parse_text(text: str) -> Any:
-    """A value from an environment variable or ``--set``: JSON, or else a plain string."""
+def _parse_text(text: str, source: str) -> Any:
+    """A value from an environment variable or ``--set``: JSON, or else a plain string.
+
+    A value that starts like a JSON object or list (``{``, ``[``) but is not valid JSON
+    is an error that says where the JSON breaks, not a string read as a bad value.
+    """
     try:
         return json.loads(text)
-    except ValueError:
+    except json.JSONDecodeError as exc:
+        if text.lstrip()[:1] in ("{", "["):
+            raise ConfigurationError(
+                f"{source}: the value is not valid JSON: {exc.msg} at line {exc.lineno} "
+                f"column {exc.colno} (character {exc.pos}): {redact(text)[:120]!r}"
+            ) from exc
         return text
 
 
@@ -339,7 +355,8 @@ def load_settings(
     for name in SETTINGS:
         variable = name.upper()
         if variable in environ:
-            raw[name] = (_parse_text(environ[variable]), f"environment variable {variable}")
+            where = f"environment variable {variable}"
+            raw[name] = (_parse_text(environ[variable], where), where)
 
     for item in overrides:
         name, sep, text = item.partition("=")
@@ -348,7 +365,7 @@ def load_settings(
             raise ConfigurationError(f"--set {item!r}: expected NAME=VALUE")
         if name not in SETTINGS:
             raise _unknown(name, f"--set {name}")
-        raw[name] = (_parse_text(text), f"--set {name}")
+        raw[name] = (_parse_text(text, f"--set {name}"), f"--set {name}")
 
     settings = Settings()
     for name, (value, source) in raw.items():

@@ -3,8 +3,14 @@
 It starts every child, restarts one that dies (with back-off, so a child that keeps
 dying at start-up does not spin the CPU), and stops them all on SIGTERM or SIGINT: the
 first signal lets each child finish its current task within the grace period, the
-second (or the end of the grace period) kills them. Signal handlers only set flags; the
-work happens in the loop, which wakes on a child's exit or a signal at once.
+second (or the end of the grace period) kills them, and the command then exits 4, never
+0. Signal handlers only set flags; the work happens in the loop, which wakes on a child's
+exit or a signal at once.
+
+It also keeps its children's liveness (``asynctask.liveness``): each child start gets a
+new owner id, a keeper thread (``asynctask.keepers``) beats for it while the child's
+pidfd says it lives, and when the child exits its tasks go back at once, counting an
+attempt only for the one it had started (the child reports starts and settles on a pipe).
 """
 
 from __future__ import annotations
@@ -18,11 +24,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 
+from asynctask import exitcodes
 from asynctask.child import EXIT_FORCED, ChildSpec
+from asynctask.keepers import Keepers
+from asynctask.liveness import Liveness, new_owner
+from asynctask.reports import ReportReader
 from asynctask.runner import EXIT_RECYCLE, EXIT_TASK_TIMEOUT
+from asynctask.transport import Transport
 
 logger = logging.getLogger("asynctask.supervisor")
 
@@ -47,9 +58,15 @@ class Slot:
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     failures: int = 0
+    #: deaths in a row before finishing a task (the child could not start its worker)
+    start_failures: int = 0
     restart_at: float | None = None
     done: bool = False
     pidfd: int | None = field(default=None, repr=False)
+    #: the liveness the supervisor keeps for the running child
+    liveness: Liveness | None = field(default=None, repr=False)
+    #: what the running child reported about its tasks
+    report: ReportReader | None = field(default=None, repr=False)
 
 
 class Supervisor:
@@ -62,6 +79,7 @@ class Supervisor:
         grace: float = 30.0,
         halt_when_empty: bool = False,
         on_stop: Callable[[], None] | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.slots = [Slot(spec, f"{spec.worker} on queue {spec.queue}") for spec in specs]
         self.check_interval = check_interval
@@ -71,6 +89,11 @@ class Supervisor:
         self._signals = 0
         self._stop_deadline: float | None = None
         self._forced = False
+        #: set when a child's exit stops every child (a permanent error, a crash loop)
+        self._exit_code: int | None = None
+        #: the children's transport, for their liveness; None: children keep their own
+        self.transport = transport
+        self._keepers: Keepers | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
@@ -79,14 +102,21 @@ class Supervisor:
 
     def _start(self, slot: Slot) -> None:
         logger.info("Launching %s", slot.label)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "asynctask.child"],
-            stdin=subprocess.PIPE,
-            close_fds=True,
-        )
+        slot.spec.start_failures = slot.start_failures
+        spec = self._keep_alive(slot)
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "asynctask.child"],
+                stdin=subprocess.PIPE,
+                close_fds=True,
+                pass_fds=() if slot.report is None else (slot.report.write_fd,),
+            )
+        finally:
+            if slot.report is not None:
+                slot.report.close_write_end()
         assert process.stdin is not None
         try:
-            process.stdin.write(slot.spec.to_json().encode())
+            process.stdin.write(spec.to_json().encode())
             process.stdin.close()
         except BrokenPipeError:
             # It died before reading its spec (killed at birth): reaped and restarted
@@ -97,6 +127,22 @@ class Supervisor:
         slot.started = time.monotonic()
         slot.restart_at = None
         slot.pidfd = _pidfd(process.pid)
+
+    def _keep_alive(self, slot: Slot) -> ChildSpec:
+        """The spec of a new child of ``slot``, its liveness kept and its report open.
+
+        A new owner id per child start: a restarted child never inherits a dead one's
+        tasks, which ``end()`` hands back when the dead one is reaped.
+        """
+        if self.transport is None:
+            return slot.spec
+        owner = new_owner()
+        slot.liveness = self.transport.liveness(slot.spec.queue, owner)
+        if self._keepers is None:
+            self._keepers = Keepers()
+        self._keepers.keep(slot.liveness)
+        slot.report = ReportReader()
+        return replace(slot.spec, owner=owner, report_fd=slot.report.write_fd)
 
     def _reap(self, slot: Slot) -> int | None:
         """The exit code of the slot's process if it has ended, else None."""
@@ -109,7 +155,21 @@ class Supervisor:
             os.close(slot.pidfd)
             slot.pidfd = None
         slot.process = None
+        self._end_liveness(slot)
         return code
+
+    def _end_liveness(self, slot: Slot) -> None:
+        """The child is gone: its tasks go back now, only the started ones counted."""
+        report, slot.report = slot.report, None
+        running: set[str] = set()
+        finished: set[str] = set()
+        if report is not None:
+            report.read()  # what it wrote before it died is still in the pipe
+            report.close()
+            running, finished = report.running, set(report.finished)
+        if slot.liveness is not None and self._keepers is not None:
+            self._keepers.end(slot.liveness, running, finished)
+        slot.liveness = None
 
     def _after_exit(self, slot: Slot, code: int, now: float) -> None:
         if self._stop_deadline is not None:
@@ -119,6 +179,28 @@ class Supervisor:
             slot.done = True
             logger.info("%s halted: its queue is empty", slot.label)
             return
+        if code in (exitcodes.CHILD_PERMANENT, exitcodes.CHILD_UNAVAILABLE):
+            slot.done = True
+            why = "a permanent error" if code == exitcodes.CHILD_PERMANENT else "an outage"
+            logger.error("%s stopped on %s (logged above); stopping every worker", slot.label, why)
+            self._give_up(
+                exitcodes.USAGE if code == exitcodes.CHILD_PERMANENT else exitcodes.UNAVAILABLE,
+                now,
+            )
+            return
+        if code == exitcodes.CHILD_START_FAILED:
+            slot.start_failures += 1
+            if self.halt_when_empty and slot.start_failures >= exitcodes.CRASH_LOOP_LIMIT:
+                slot.done = True
+                logger.error(
+                    "%s could not start %d times in a row; giving up (--halt-when-empty)",
+                    slot.label,
+                    slot.start_failures,
+                )
+                self._give_up(exitcodes.CRASH_LOOP, now)
+                return
+        else:
+            slot.start_failures = 0
         if code in (EXIT_RECYCLE, EXIT_TASK_TIMEOUT):
             why = (
                 "recycled after max_tasks_per_child"
@@ -136,6 +218,15 @@ class Supervisor:
         else:
             slot.failures += 1
         delay = min(BACKOFF_FIRST * 2 ** (slot.failures - 1), BACKOFF_MAX)
+        slot.restart_at = now + delay
+        if code == exitcodes.CHILD_START_FAILED:
+            logger.error(
+                "Worker for queue %s could not start (%d in a row); restarting in %.1f s",
+                slot.spec.queue,
+                slot.start_failures,
+                delay,
+            )
+            return
         logger.error(
             "Worker for queue %s died (%s); restarting in %.1f s",
             slot.spec.queue,
@@ -151,6 +242,22 @@ class Supervisor:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"s")
 
+    def _give_up(self, code: int, now: float) -> None:
+        """Stop every child as a first signal would, and end with exit code ``code``."""
+        if self._exit_code is None:
+            self._exit_code = code
+        self._begin_stop(now)
+
+    def _begin_stop(self, now: float) -> None:
+        if self._stop_deadline is not None:
+            return
+        self._stop_deadline = now + self.grace
+        if self.on_stop is not None:
+            self.on_stop()
+        for slot in self.slots:
+            slot.restart_at = None
+            self._send(slot, signal.SIGTERM)
+
     def _handle_signals(self, now: float) -> None:
         if self._signals == 0:
             return
@@ -158,26 +265,26 @@ class Supervisor:
             logger.info(
                 "Termination received; children finish their current task (grace %g s)", self.grace
             )
-            self._stop_deadline = now + self.grace
-            if self.on_stop is not None:
-                self.on_stop()
-            for slot in self.slots:
-                slot.restart_at = None
-                self._send(slot, signal.SIGTERM)
+            self._begin_stop(now)
         if self._signals >= 2 and not self._forced:
             logger.warning("Second termination signal; stopping children at once")
             self._kill_all()
+            self._forced = True
 
-    def _kill_all(self) -> None:
-        self._forced = True
+    def _kill_all(self) -> bool:
+        """SIGKILL every live child; whether there was one."""
+        killed = False
         for slot in self.slots:
-            self._send(slot, signal.SIGKILL)
+            killed = self._send(slot, signal.SIGKILL) or killed
+        return killed
 
     @staticmethod
-    def _send(slot: Slot, signum: int) -> None:
+    def _send(slot: Slot, signum: int) -> bool:
         if slot.process is not None and slot.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 slot.process.send_signal(signum)
+                return True
+        return False
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -217,7 +324,9 @@ class Supervisor:
                     logger.warning(
                         "Grace period of %g s is over; stopping children at once", self.grace
                     )
-                    self._kill_all()
+                    self._forced = self._kill_all()
+                    if not self._forced:  # all exited meanwhile: nothing was cut short
+                        self._stop_deadline = now + self.grace
                 self._wait(now)
         finally:
             for signum, handler in previous.items():
@@ -226,12 +335,22 @@ class Supervisor:
             for slot in self.slots:
                 if slot.process is not None:
                     slot.process.wait()
+                    slot.process = None
+                self._end_liveness(slot)
+            if self._keepers is not None:
+                self._keepers.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
         if self._stop_deadline is None:
             logger.info("All workers halted; closing down...")
+        if self._exit_code is not None:  # a permanent error or a crash loop stopped all
+            logger.info("Complete")
+            return self._exit_code
+        if self._forced:
+            logger.warning("Children were stopped at once; their tasks come back to the queue")
+            return EXIT_FORCED_STOP
         logger.info("Complete")
-        return EXIT_FORCED_STOP if self._forced and self._signals >= 2 else EXIT_OK
+        return EXIT_OK
 
     def _wait(self, now: float) -> None:
         """Sleep until a child exits, a signal arrives, a restart is due or a check is."""
@@ -242,10 +361,14 @@ class Supervisor:
         if self._stop_deadline is not None:
             timeout = min(timeout, max(0.0, self._stop_deadline - now))
         fds = [self._wake_r] + [s.pidfd for s in self.slots if s.pidfd is not None]
+        fds += [s.report.fd for s in self.slots if s.report is not None and s.report.fd is not None]
         try:
             ready, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:
             return
+        for slot in self.slots:
+            if slot.report is not None and slot.report.fd in ready:
+                slot.report.read()
         if self._wake_r in ready:
             try:
                 while os.read(self._wake_r, 64):

@@ -18,16 +18,20 @@ Two ways to take a task:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
 from asynctask.errors import InvalidTaskError, TransportClosed, TransportUnavailable
+from asynctask.liveness import Liveness, NoLiveness, check_owner
+from asynctask.outage import OutageReport
 from asynctask.uri import Option, read_options, redact, split_query
 from asynctask.validation import Payload, check_queue_name, encode_payload
 
@@ -37,6 +41,8 @@ T = TypeVar("T")
 
 #: Every count a transport can report; ``features.counts`` names the ones it gives.
 COUNT_NAMES = ("ready", "delayed", "retrying", "in_flight", "failed")
+#: the queue ``check()`` asks about (any valid name: it is only read)
+PROBE_QUEUE = "asynctask_probe"
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,40 @@ class Delivery:
     submitted_at: float | None = None
     #: the transport's own handle (a row id, a raw message, a file path)
     receipt: Any = field(default=None, repr=False)
+
+
+class PutProgress:
+    """How many tasks of each recent ``_put`` call are stored, by the call's first task id.
+
+    The base class retries a ``_put`` that raised ``TransportUnavailable`` with the same
+    tasks (and ids), for up to ``retry_timeout`` seconds. A backend with no unique index
+    to lean on (files, memory) records here how far each call got, and a retry resumes
+    there: tasks already stored are not stored twice. Entries are forgotten once no
+    retry can come (``window`` seconds).
+    """
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._lock = threading.Lock()
+        self._done: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def done(self, key: str) -> int:
+        """How many tasks of the call keyed ``key`` are stored already (0 for a new one)."""
+        with self._lock:
+            entry = self._done.get(key)
+        return 0 if entry is None else entry[1]
+
+    def record(self, key: str, count: int) -> None:
+        """``count`` tasks of the call keyed ``key`` are stored."""
+        now = time.monotonic()
+        with self._lock:
+            self._done[key] = (now, count)
+            self._done.move_to_end(key)
+            while self._done:
+                first = next(iter(self._done.values()))
+                if now - first[0] <= self.window:
+                    break
+                self._done.popitem(last=False)
 
 
 def new_task_id() -> str:
@@ -144,7 +184,11 @@ class Consumer(ABC):
 
     @abstractmethod
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
-        """The attempt failed: make the task ready again after ``delay`` seconds."""
+        """The attempt failed: make the task ready again after ``delay`` seconds.
+
+        ``delay`` is checked with ``check_delay`` first (a ``ValueError`` for infinity,
+        NaN or a negative number), before anything is written.
+        """
 
     @abstractmethod
     def fail(self, delivery: Delivery, error: str) -> None:
@@ -189,8 +233,7 @@ class Transport(ABC):
         )
         self.retry_timeout: float = self.options["retry_timeout"]
         self._closed = False
-        self._outage_lock = threading.Lock()
-        self._in_outage = False
+        self._outage = OutageReport(repr(self))
 
     # -- what a subclass may override -------------------------------------------------
 
@@ -215,6 +258,12 @@ class Transport(ABC):
     @abstractmethod
     def _queue_names(self) -> list[str]:
         """Names of every queue with anything stored (ready, delayed, in flight or failed)."""
+
+    def _all_stats(self) -> list[QueueStats]:
+        """Counts of every queue with anything stored. A backend that can count them all
+        in one round trip overrides this (``queues()`` on 1,000 queues: one call, not
+        1,001)."""
+        return [self._stats(name) for name in sorted(set(self._queue_names()))]
 
     @abstractmethod
     def _purge(self, queue: str) -> int:
@@ -244,6 +293,18 @@ class Transport(ABC):
     def _close(self) -> None:
         """Free connections, threads and files."""
 
+    def _owned_consumer(self, queue: str, prefetch: int, owner: str) -> Consumer:
+        """A consumer whose liveness ``self.liveness(queue, owner)`` keeps elsewhere.
+
+        The default ignores the owner: for transports whose consumers keep their own
+        liveness in a way a busy thread cannot lose (a broker-watched connection).
+        """
+        return self._consumer(queue, prefetch)
+
+    def _liveness(self, queue: str, owner: str) -> Liveness:
+        """The keeper of ``owner``'s liveness on ``queue``; see ``asynctask.liveness``."""
+        return NoLiveness(queue, owner, self.features.recovery_seconds / 4)
+
     # -- the public API ---------------------------------------------------------------
 
     def submit_task(
@@ -264,7 +325,7 @@ class Transport(ABC):
         Every payload is checked first: one bad payload and none is written.
         """
         check_queue_name(queue_name)
-        delay = _check_delay(delay)
+        delay = check_delay(delay)
         tasks: list[tuple[str, str]] = []
         for index, payload in enumerate(payloads):
             try:
@@ -294,9 +355,14 @@ class Transport(ABC):
         return self._call(self._stats, check_queue_name(queue_name))
 
     def queues(self) -> list[QueueStats]:
-        """Every queue with anything stored, with its counts, sorted by name."""
-        names = self._call(self._queue_names)
-        return [self.queue_stats(name) for name in sorted(set(names))]
+        """Every queue holding a task in any state, with its counts, sorted by name.
+
+        The same on every transport: a queue a backend still knows but that holds
+        nothing (emptied, or declared and never used) is not listed. A count a backend
+        cannot give (``None``: AMQP's in flight) cannot show a queue.
+        """
+        stats = sorted(self._call(self._all_stats), key=lambda stats: stats.name)
+        return [s for s in stats if any(getattr(s, count) for count in COUNT_NAMES)]
 
     def purge(self, queue_name: str) -> int:
         """Delete every task of a queue that is not in flight or failed; return how many."""
@@ -325,10 +391,38 @@ class Transport(ABC):
             raise InvalidTaskError(f"a claim ttl must be > 0 seconds, got {ttl!r}")
         return self._call(self._claim, key, float(ttl))
 
-    def consumer(self, queue_name: str, prefetch: int = 1) -> Consumer:
-        """An at-least-once consumer of one queue, for one worker; see ``Consumer``."""
+    def check(self) -> None:
+        """Reach the backend once, without retrying and creating nothing.
+
+        Returns when it answers; raises ``TransportRefused`` when it refuses us for good
+        (credentials, database, vhost, TLS) and ``TransportUnavailable`` when it is away.
+        ``asynctask workers`` calls it before starting any child.
+        """
         self._check_open()
-        return self._consumer(check_queue_name(queue_name), prefetch)
+        self._stats(PROBE_QUEUE)
+
+    def consumer(self, queue_name: str, prefetch: int = 1, *, owner: str | None = None) -> Consumer:
+        """An at-least-once consumer of one queue, for one worker; see ``Consumer``.
+
+        With ``owner``, the consumer runs no heartbeat of its own: its tasks stay its own
+        for as long as ``liveness(queue_name, owner)``, kept by another process (the
+        supervisor of ``asynctask workers``), says so. See ``asynctask.liveness``.
+        """
+        self._check_open()
+        queue = check_queue_name(queue_name)
+        if owner is None:
+            return self._consumer(queue, prefetch)
+        return self._owned_consumer(queue, prefetch, check_owner(owner))
+
+    def liveness(self, queue_name: str, owner: str) -> Liveness:
+        """The liveness of ``owner``'s consumers of a queue, for the process that keeps it.
+
+        Call ``beat()`` every ``interval`` seconds while the owner's worker lives and
+        ``end(started)`` once it has exited. Transports whose consumers keep their own
+        liveness return a ``NoLiveness``. See ``asynctask.liveness``.
+        """
+        self._check_open()
+        return self._liveness(check_queue_name(queue_name), check_owner(owner))
 
     def close(self) -> None:
         """Free the transport's connections; later calls raise ``TransportClosed``."""
@@ -386,27 +480,32 @@ class Transport(ABC):
             return result
 
     def note_outage(self, exc: BaseException) -> None:
-        """Log that the backend is unreachable, once per outage (consumers call it too)."""
-        with self._outage_lock:
-            if not self._in_outage:
-                self._in_outage = True
-                logger.warning("%r: backend unreachable (%s); retrying", self, exc)
+        """Log that the backend is unreachable: when it starts, then once a minute
+        (consumers call it too)."""
+        self._outage.failed(exc)
 
     def note_recovery(self) -> None:
         """Log that the backend is back, once, if an outage was logged."""
-        if self._in_outage:
-            with self._outage_lock:
-                if self._in_outage:
-                    self._in_outage = False
-                    logger.warning("%r: backend reachable again", self)
+        self._outage.ok()
 
 
 TT = TypeVar("TT", bound=Transport)
 
 
-def _check_delay(delay: object) -> float:
-    if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
-        raise InvalidTaskError(f"delay must be a number of seconds >= 0, got {delay!r}")
+def check_delay(delay: object) -> float:
+    """``delay`` as float seconds, or ``InvalidTaskError`` (a ``ValueError``).
+
+    A delay must be a finite number >= 0: infinity would park a task forever (or overflow
+    a backend's timestamp), NaN compares false with everything, and a negative delay is
+    a mistake. Submits and every consumer's ``retry`` check it before writing anything.
+    """
+    if (
+        isinstance(delay, bool)
+        or not isinstance(delay, int | float)
+        or not math.isfinite(delay)
+        or delay < 0
+    ):
+        raise InvalidTaskError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
     return float(delay)
 
 

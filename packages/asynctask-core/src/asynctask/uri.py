@@ -25,6 +25,11 @@ def redact(uri: str) -> str:
     return _QUERY_SECRET.sub(lambda m: m.group("head") + "***", uri)
 
 
+#: schemes whose URI names a server after ``//`` (``pgsql:dbname`` and ``filesys:path``
+#: have forms without it; ``unix:`` is ``unix:///path``)
+NETWORK_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "redis+cluster", "redis+sentinel"})
+
+
 def uri_scheme(uri: str) -> str:
     """Return the lower-cased scheme of ``uri``, or raise ``InvalidURIError``."""
     if not isinstance(uri, str) or ":" not in uri:
@@ -32,9 +37,17 @@ def uri_scheme(uri: str) -> str:
             f"{redact(str(uri))!r} is not a transport URI: expected 'scheme:...', e.g. "
             "'filesys:/var/lib/asynctask', 'redis://127.0.0.1:6379', 'pgsql:dbname'"
         )
-    scheme = uri.split(":", 1)[0].lower()
+    scheme, rest = uri.split(":", 1)
+    scheme = scheme.lower()
     if not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme):
         raise InvalidURIError(f"{redact(uri)!r} has no valid scheme before ':'")
+    if scheme in NETWORK_SCHEMES and not rest.startswith("//"):
+        # 'redis:/host:6379/5' reads as a path, not a host: say what was meant.
+        fixed = f"{scheme}://{rest.lstrip('/')}"
+        raise InvalidURIError(
+            f"{redact(uri)!r} has one slash after '{scheme}:'; a server is named with two: "
+            f"{redact(fixed)!r}"
+        )
     return scheme
 
 

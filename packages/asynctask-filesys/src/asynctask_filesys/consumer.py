@@ -15,11 +15,11 @@ import time
 from typing import TYPE_CHECKING
 
 from asynctask.errors import TransportClosed
-from asynctask.transport import Consumer, Delivery
+from asynctask.transport import Consumer, Delivery, check_delay
 from asynctask.validation import decode_payload
 from asynctask_filesys.layout import QueuePaths, TaskName, read_file, sweep_tmp
 from asynctask_filesys.oserrors import os_errors
-from asynctask_filesys.owners import OwnerFolder, recover_dead
+from asynctask_filesys.owners import OwnerFolder, recover_dead, touch_live
 from asynctask_filesys.watch import Folder, Watcher
 
 if TYPE_CHECKING:
@@ -81,8 +81,12 @@ class FilesysConsumer(Consumer):
 
     transport: FilesysTransport
 
-    def __init__(self, transport: FilesysTransport, queue: str, prefetch: int) -> None:
+    def __init__(
+        self, transport: FilesysTransport, queue: str, prefetch: int, owner: str | None = None
+    ) -> None:
         super().__init__(transport, queue, prefetch)
+        #: the owner whose keeper keeps this consumer alive; None: its own heartbeat
+        self.keeper_owner = owner
         self._paths = transport.paths(queue)
         self._watcher = Watcher(transport.use_inotify, transport.poll)
         self._view = QueueView(self._paths, self._watcher, transport.lease, transport.scan)
@@ -120,12 +124,17 @@ class FilesysConsumer(Consumer):
         return None
 
     def _new_owner(self) -> None:
+        owner = self.keeper_owner
+        if owner is not None:
+            # Alive from the first claim on, even before the keeper's first beat.
+            touch_live(self._paths.claimed, owner, self.transport.mode)
         with self._state:
             if self._owner is not None:
                 self._owner.close()
-            self._owner = OwnerFolder(self._paths.claimed, self.transport.mode)
+            self._owner = OwnerFolder(self._paths.claimed, self.transport.mode, owner)
             self._owner_lost = False
-        self.transport.heartbeats.add(self)
+        if owner is None:
+            self.transport.heartbeats.add(self)
 
     def _take_one(self) -> Delivery | None:
         assert self._owner is not None
@@ -185,10 +194,11 @@ class FilesysConsumer(Consumer):
     @os_errors
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Move the task to ``delayed/``, due in ``delay`` seconds, with one more attempt."""
+        delay = check_delay(delay)
         settled = self._settle(delivery)
         if settled is not None:
             path, task = settled
-            due = time.time_ns() + int(max(0.0, delay) * 1e9)
+            due = time.time_ns() + int(delay * 1e9)
             name = task.format(stamp=due, attempts=task.attempts + 1)
             with contextlib.suppress(FileNotFoundError):
                 os.rename(path, os.path.join(self._paths.delayed, name))

@@ -7,7 +7,7 @@ import functools
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
-from asynctask.errors import TransportError, TransportUnavailable
+from asynctask.errors import TransportError, TransportRefused, TransportUnavailable
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -33,7 +33,8 @@ def map_os_error(exc: OSError) -> TransportError:
     text = f"{exc.strerror or exc}{where}"
     if exc.errno in _PASSING:
         return TransportUnavailable(f"file system unavailable ({text})")
-    return TransportError(
+    # No permission, a read-only or missing folder: waiting will not cure it.
+    return TransportRefused(
         f"file system error ({text}); check that the folder exists and that this user "
         "may read and write it (see the URI option 'mode' for shared folders)"
     )

@@ -10,6 +10,12 @@ and cannot be fooled by pid reuse; the lease covers file systems without flock.
 Its tasks then go back to ``ready/`` under their old stamp (so at the head) with one more
 attempt in their name. Renames are atomic, so two processes recovering the same owner
 move each task once.
+
+A consumer whose liveness another process keeps (``asynctask.liveness``: the supervisor
+of ``asynctask workers``) names its folder ``<owner>+<random>`` and runs no heartbeat:
+the keeper touches ``claimed/.live-<owner>`` instead, and the folder is dead only when
+that file is missing or older than ``lease``, whatever its lock says (the keeper hands
+a dead child's tasks back itself, counting only the started one, see ``end_owner``).
 """
 
 from __future__ import annotations
@@ -22,19 +28,24 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Collection
 from typing import Protocol
 
-from asynctask_filesys.layout import bumped, dir_mode, task_names
+from asynctask_filesys.layout import TaskName, bumped, dir_mode, task_names
 
 LOCK = ".lock"
 _NEW = ".new-"
+LIVE = ".live-"
+#: between an owner id and the random part in the name of a kept consumer's folder
+OWNED = "+"
 
 
 class OwnerFolder:
     """A consumer's folder in ``claimed/``, locked for as long as the consumer lives."""
 
-    def __init__(self, claimed: str, file_mode: int) -> None:
-        self.name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    def __init__(self, claimed: str, file_mode: int, owner: str | None = None) -> None:
+        suffix = uuid.uuid4().hex[:12]
+        self.name = f"{os.getpid()}-{suffix}" if owner is None else f"{owner}{OWNED}{suffix}"
         self.path = os.path.join(claimed, self.name)
         # Built under a dot-name and renamed into place already locked, so nobody ever
         # sees it without a held lock and takes it for dead.
@@ -70,8 +81,32 @@ def _close_fd(fd: int) -> None:
         os.close(fd)
 
 
+def live_path(claimed: str, owner: str) -> str:
+    """The file whose age tells whether ``owner`` lives (kept by its keeper)."""
+    return os.path.join(claimed, LIVE + owner)
+
+
+def touch_live(claimed: str, owner: str, mode: int) -> None:
+    """Create or refresh ``owner``'s liveness file."""
+    fd = os.open(live_path(claimed, owner), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, mode)
+    try:
+        os.utime(fd)
+    finally:
+        os.close(fd)
+
+
+def _stale(path: str, lease: float) -> bool:
+    try:
+        return time.time() - os.stat(path).st_mtime > lease
+    except FileNotFoundError:
+        return True
+
+
 def _dead(folder: str, lease: float) -> tuple[bool, int | None]:
     """Whether the owner of ``folder`` is dead; the fd holding its lock, if we took it."""
+    owner, owned, _ = os.path.basename(folder).partition(OWNED)
+    if owned:  # its keeper alone tells: the lock of a dead child is free at once
+        return _stale(live_path(os.path.dirname(folder), owner), lease), None
     try:
         fd = os.open(os.path.join(folder, LOCK), os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -98,6 +133,12 @@ def recover_dead(claimed: str, ready: str, lease: float, skip: str | None) -> li
     except FileNotFoundError:
         return moved
     for entry in entries:
+        if entry.name.startswith(LIVE):
+            # a keeper gone for long (its host died): nobody refers to the file any more
+            if _stale(entry.path, max(60.0, 4 * lease)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+            continue
         if entry.name == skip or not entry.is_dir(follow_symlinks=False):
             continue
         if entry.name.startswith(_NEW):
@@ -111,18 +152,56 @@ def recover_dead(claimed: str, ready: str, lease: float, skip: str | None) -> li
         if not dead:
             continue
         try:
-            for name in task_names(entry.path):
-                new = bumped(name)
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(os.path.join(entry.path, name), os.path.join(ready, new))
-                    moved.append(new)
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(entry.path, LOCK))
-            with contextlib.suppress(OSError):
-                os.rmdir(entry.path)
+            moved += _hand_back(entry.path, ready, None)
         finally:
             if fd is not None:
                 os.close(fd)
+    return moved
+
+
+def _hand_back(
+    folder: str, ready: str, started: Collection[str] | None, finished: Collection[str] = ()
+) -> list[str]:
+    """Move a dead owner's tasks to ``ready``, one attempt more for the started ones
+    (all when ``started`` is None), and remove its folder; return the new names."""
+    moved: list[str] = []
+    for name in task_names(folder):
+        new = name
+        task_id = TaskName.parse(name).id
+        if task_id in finished:  # an ack unlinks at once; nothing should be left, but
+            with contextlib.suppress(FileNotFoundError):  # a finished task never runs again
+                os.unlink(os.path.join(folder, name))
+            continue
+        if started is None or task_id in started:
+            new = bumped(name)
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(os.path.join(folder, name), os.path.join(ready, new))
+            moved.append(new)
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(folder, LOCK))
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
+    return moved
+
+
+def end_owner(
+    claimed: str,
+    ready: str,
+    owner: str,
+    started: Collection[str] | None,
+    finished: Collection[str] = (),
+) -> int:
+    """``owner``'s worker is gone: hand back its tasks now, counting only ``started``."""
+    moved = 0
+    prefix = owner + OWNED
+    try:
+        entries = [e for e in os.scandir(claimed) if e.name.startswith(prefix)]
+    except FileNotFoundError:
+        entries = []
+    for entry in entries:
+        moved += len(_hand_back(entry.path, ready, started, finished))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(live_path(claimed, owner))
     return moved
 
 

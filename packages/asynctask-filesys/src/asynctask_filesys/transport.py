@@ -37,9 +37,11 @@ from typing import Any, ClassVar
 from urllib.parse import unquote
 
 from asynctask.errors import InvalidURIError
+from asynctask.liveness import Liveness
 from asynctask.transport import (
     Consumer,
     FailedTask,
+    PutProgress,
     QueueStats,
     Transport,
     TransportFeatures,
@@ -48,6 +50,7 @@ from asynctask.uri import Option, boolean, positive_float
 from asynctask.validation import Payload, decode_payload, is_valid_queue_name
 from asynctask_filesys import claims
 from asynctask_filesys.consumer import FilesysConsumer, QueueView
+from asynctask_filesys.keeper import FilesysLiveness
 from asynctask_filesys.layout import (
     META_SUFFIX,
     QueuePaths,
@@ -127,6 +130,7 @@ class FilesysTransport(Transport):
         super().__init__(uri)
         self.root = root_folder(self.location)
         options = self.options
+        self._progress = PutProgress(self.retry_timeout + 5)
         self.lease: float = options["lease"]
         self.heartbeat: float = options["heartbeat"] or self.lease / 4
         if self.heartbeat > self.lease / 2:
@@ -182,6 +186,11 @@ class FilesysTransport(Transport):
 
     @os_errors
     def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
+        # A retried call (after an error half-way) stores only what it had not stored.
+        key, stored = tasks[0][0], self._progress.done(tasks[0][0])
+        tasks = tasks[stored:]
+        if not tasks:
+            return
         paths = self.ensure_queue(queue)
         target = paths.delayed if delay > 0 else paths.ready
         stamps = self._clock.due(len(tasks), delay) if delay > 0 else self._clock.ready(len(tasks))
@@ -200,6 +209,7 @@ class FilesysTransport(Transport):
                 os.rename(os.path.join(paths.tmp, name), os.path.join(target, name))
                 moved += 1
         finally:
+            self._progress.record(key, stored + moved)
             for name in names[moved:]:
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(paths.tmp, name))
@@ -384,6 +394,16 @@ class FilesysTransport(Transport):
         consumer = FilesysConsumer(self, queue, prefetch)
         self._consumers.add(consumer)
         return consumer
+
+    def _owned_consumer(self, queue: str, prefetch: int, owner: str) -> Consumer:
+        consumer = FilesysConsumer(self, queue, prefetch, owner)
+        self._consumers.add(consumer)
+        return consumer
+
+    def _liveness(self, queue: str, owner: str) -> Liveness:
+        return FilesysLiveness(
+            queue, owner, self.heartbeat, self.paths(queue), self.mode, self.ensure_queue
+        )
 
     def _close(self) -> None:
         self.heartbeats.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -104,3 +105,21 @@ def _login() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "?"
+
+
+#: What libpq says when a server answered and refused us for good. libpq gives no
+#: SQLSTATE for a failed connection, so its (English, stable) texts are all there is.
+_REFUSALS = (
+    re.compile(r'(role|database) "[^"]*" does not exist'),
+    re.compile(r"password authentication failed|authentication failed for user"),
+    re.compile(r"no password supplied|password is required|fe_sendauth"),
+    re.compile(r"no pg_hba\.conf entry|pg_hba\.conf rejects"),
+    re.compile(r"does not support SSL|SSL was required|certificate|sslmode|SSL error: (?!.*EOF)"),
+    re.compile(r"permission denied for database|not permitted to log in|invalid \w+ value"),
+)
+
+
+def is_refusal(message: str) -> bool:
+    """Whether a connection error means the server refuses us (wrong role, database,
+    password, TLS set-up) rather than that it is away (refused, timed out, starting)."""
+    return any(pattern.search(message) for pattern in _REFUSALS)

@@ -59,6 +59,12 @@ def migration_lock_key(schema: str) -> int:
     return _key(f"asynctask migrate {schema}", 64)
 
 
+def sweep_lock_class(schema: str) -> int:
+    """The first key of the transaction lock ``(class, hashtext(queue))`` that lets one
+    consumer at a time sweep a queue for dead consumers' rows."""
+    return _key(f"asynctask sweep {schema}", 32)
+
+
 def consumer_lock_class(schema: str) -> int:
     """The first key of each consumer's session advisory lock ``(class, consumer id)``."""
     return _key(f"asynctask consumer {schema}", 32)
@@ -99,8 +105,11 @@ UPDATE {s}.asynctask_queue SET date_submitted = now() WHERE date_submitted IS NU
 ALTER TABLE {s}.asynctask_queue ALTER COLUMN date_submitted SET NOT NULL;
 """
 
-# Everything below is idempotent and re-run by every migration.
+# Everything below is idempotent and re-run by every migration. The last object it
+# creates is ``_NEWEST``: a version-2 schema without it is brought up to date in place
+# (added indexes never change the version, so older processes keep working beside it).
 _ENSURE_V2 = """
+CREATE UNIQUE INDEX IF NOT EXISTS asynctask_queue_task_id ON {s}.asynctask_queue (task_id);
 CREATE INDEX IF NOT EXISTS asynctask_queue_ready
     ON {s}.asynctask_queue (queue_name, date_available, id) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS asynctask_queue_reserved
@@ -112,6 +121,12 @@ CREATE TABLE IF NOT EXISTS {s}.asynctask_claim (
     date_expires TIMESTAMPTZ NOT NULL
 );
 CREATE SEQUENCE IF NOT EXISTS {s}.asynctask_consumer_id AS INTEGER CYCLE;
+CREATE TABLE IF NOT EXISTS {s}.asynctask_owner (
+    id INTEGER GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    owner TEXT NOT NULL UNIQUE,
+    date_beat TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+ALTER TABLE {s}.asynctask_queue ADD COLUMN IF NOT EXISTS keeper INTEGER;
 CREATE OR REPLACE FUNCTION {s}.asynctask_channel(queue TEXT) RETURNS TEXT
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN octet_length('{s}.' || queue) <= 63 THEN '{s}.' || queue
@@ -134,22 +149,44 @@ CREATE TRIGGER asynctask_notify AFTER INSERT ON {s}.asynctask_queue
 COMMENT ON SCHEMA {s} IS 'version: 2';
 """
 
+# Objects added to ``_ENSURE_V2`` after version 2 shipped: the owner table and the
+# ``keeper`` column (asynctask.liveness) and the unique task-id index ``_NEWEST``
+# (idempotent submit). All additive, so a version-2 schema lacking any of them is
+# completed in place rather than called a new version (older processes keep working).
+#: the newest index ``_ENSURE_V2`` adds: its absence means the schema needs ``_ENSURE_V2``
+_NEWEST = "asynctask_queue_task_id"
+
 _READ_VERSION = """
-SELECT obj_description(n.oid, 'pg_namespace'), to_regclass(%s)::text,
+SELECT obj_description(n.oid, 'pg_namespace'), to_regclass(%(table)s)::text,
        (SELECT count(*) FROM pg_attribute
-        WHERE attrelid = to_regclass(%s) AND attname = 'state' AND NOT attisdropped)
-FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %s
+        WHERE attrelid = to_regclass(%(table)s) AND attname = 'state' AND NOT attisdropped),
+       to_regclass(%(owners)s) IS NOT NULL AND to_regclass(%(newest)s) IS NOT NULL
+       AND EXISTS (SELECT 1 FROM pg_attribute
+        WHERE attrelid = to_regclass(%(table)s) AND attname = 'keeper' AND NOT attisdropped)
+FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %(schema)s
 """
 
 
 def _read(conn: psycopg.Connection[Any], schema: str) -> tuple[int | None, bool, bool]:
-    """(version from the comment or None, whether the table exists, whether it is v2)."""
-    table = f"{schema}.asynctask_queue"
-    row = conn.execute(_READ_VERSION, (table, table, schema)).fetchone()
+    """(version from the comment or None, whether the table exists, whether it is v2).
+
+    A version-2 schema that lacks the owner table, the ``keeper`` column or ``_NEWEST``
+    reads as version None: not yet current.
+    """
+    names = {
+        "table": f"{schema}.asynctask_queue",
+        "owners": f"{schema}.asynctask_owner",
+        "newest": f"{schema}.{_NEWEST}",
+        "schema": schema,
+    }
+    row = conn.execute(_READ_VERSION, names).fetchone()
     assert row is not None
-    comment, found, v2 = row
+    comment, found, v2, complete = row
     match = _VERSION.match(comment or "")
-    return (int(match.group(1)) if match else None), found is not None, bool(v2)
+    version = int(match.group(1)) if match else None
+    if version == SCHEMA_VERSION and not complete:
+        version = None
+    return version, found is not None, bool(v2)
 
 
 def migrate(conn: psycopg.Connection[Any], schema: str) -> str:

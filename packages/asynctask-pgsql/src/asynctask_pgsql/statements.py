@@ -40,11 +40,14 @@ PUT_ONE = (
 INSERT INTO {s}.asynctask_queue (task_id, queue_name, payload, payload_text, date_available)
 VALUES (%(id)s::uuid, %(queue)s, coalesce(%(payload)s::jsonb, '{}'), %(text)s,
         now() + make_interval(secs => %(delay)s))
+ON CONFLICT (task_id) DO NOTHING
 RETURNING 1
 )"""
     + _NOTIFY_PUT
 )
 
+# A task id is unique in the table (index asynctask_queue_task_id): a submit retried after
+# a lost reply writes nothing the second time (ON CONFLICT DO NOTHING).
 # unnest yields its rows in order, and the insert numbers them (``id``) in that order.
 # The arrays travel in binary (%b): text arrays would be escaped element by element in
 # Python, which cost more than the server's work (batch submit 1.5x faster).
@@ -54,6 +57,7 @@ INSERT INTO {s}.asynctask_queue (task_id, queue_name, payload, payload_text, dat
 SELECT t.id, %(queue)s, coalesce(t.payload::jsonb, '{}'), t.text,
        (SELECT now() + make_interval(secs => %(delay)s))
 FROM unnest(%(ids)b::uuid[], %(payloads)b::text[], %(texts)b::text[]) AS t(id, payload, text)
+ON CONFLICT (task_id) DO NOTHING
 RETURNING 1
 )"""
     + _NOTIFY_PUT
@@ -70,6 +74,7 @@ WITH {_DONE}, head AS (
     UPDATE {{s}}.asynctask_queue AS t
     SET state = CASE WHEN head.bad THEN 'failed' ELSE 'reserved' END,
         owner = CASE WHEN head.bad THEN NULL ELSE %(owner)s END,
+        keeper = CASE WHEN head.bad THEN NULL ELSE %(keeper)s::int END,
         error = CASE WHEN head.bad THEN {_UNDECODABLE} ELSE t.error END,
         date_failed = CASE WHEN head.bad THEN now() END
     FROM head WHERE t.id = head.id
@@ -89,7 +94,7 @@ WHERE queue_name = %s AND state = 'queued'
 SETTLE = f"""
 WITH {_DONE}, moved AS (
     UPDATE {{s}}.asynctask_queue
-    SET state = %(state)s, owner = NULL,
+    SET state = %(state)s, owner = NULL, keeper = NULL,
         attempts = attempts + %(attempt)s,
         error = coalesce(%(error)s, error),
         date_available = CASE WHEN %(delay)s::float8 IS NULL THEN date_available
@@ -101,19 +106,45 @@ WITH {_DONE}, moved AS (
 {_NOTIFY}
 """
 
+# A consumer's sweep of its own queue, one sweeper at a time per queue (the others' gate
+# lock fails: they skip). It reads only this queue's reserved rows (index
+# asynctask_queue_reserved), never pg_locks. A dead row goes back, one attempt more:
+# - a row whose liveness a supervisor keeps (``keeper``: the id of its owner's
+#   asynctask_owner row, see asynctask.liveness) is dead once that row has not been
+#   beaten within the lease (its consumer's session may come and go meanwhile), counted
+#   from the server's start at the earliest (a restart gives every keeper a lease to
+#   beat again, however long the server was down);
+# - any other row is dead when its consumer (not this one) holds no advisory lock: a
+#   dead owner is one whose lock this transaction can take; it is released at commit.
 SWEEP = f"""
-WITH dead AS (
-    SELECT id FROM {{s}}.asynctask_queue AS t
-    WHERE state = 'reserved' AND NOT EXISTS (
-        SELECT 1 FROM pg_locks AS l
-        WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
-          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-          AND l.classid = %(lock_class)s::bigint::oid AND l.objid = t.owner::oid)
-    FOR UPDATE SKIP LOCKED
+WITH gate AS (
+    SELECT pg_try_advisory_xact_lock(%(sweep_class)s::int, hashtext(%(queue)s)) AS open
+), owners AS (
+    SELECT DISTINCT t.owner FROM {{s}}.asynctask_queue AS t, gate
+    WHERE gate.open AND t.queue_name = %(queue)s AND t.state = 'reserved'
+      AND t.keeper IS NULL AND t.owner <> ALL(%(owners)s::int[])
+), dead AS (
+    SELECT owner FROM owners WHERE pg_try_advisory_xact_lock(%(lock_class)s::int, owner)
+), keepers AS (
+    SELECT DISTINCT t.keeper FROM {{s}}.asynctask_queue AS t, gate
+    WHERE gate.open AND t.queue_name = %(queue)s AND t.state = 'reserved'
+      AND t.keeper IS NOT NULL
+), dead_keepers AS (
+    SELECT k.keeper FROM keepers AS k WHERE NOT EXISTS (
+        SELECT 1 FROM {{s}}.asynctask_owner AS o
+        WHERE o.id = k.keeper
+          AND greatest(o.date_beat, pg_postmaster_start_time())
+              > now() - make_interval(secs => %(lease)s))
+), taken AS (
+    SELECT t.id FROM {{s}}.asynctask_queue AS t
+    WHERE t.queue_name = %(queue)s AND t.state = 'reserved'
+      AND ((t.keeper IS NULL AND t.owner IN (SELECT owner FROM dead))
+           OR t.keeper IN (SELECT keeper FROM dead_keepers))
+    FOR UPDATE OF t SKIP LOCKED
 ), moved AS (
     UPDATE {{s}}.asynctask_queue AS t
-    SET state = 'queued', owner = NULL, attempts = t.attempts + 1
-    FROM dead WHERE t.id = dead.id
+    SET state = 'queued', owner = NULL, keeper = NULL, attempts = t.attempts + 1
+    FROM taken WHERE t.id = taken.id
     RETURNING t.queue_name
 )
 {_NOTIFY}
@@ -121,7 +152,7 @@ WITH dead AS (
 
 ORPHANS = f"""
 WITH moved AS (
-    UPDATE {{s}}.asynctask_queue SET state = 'queued', owner = NULL
+    UPDATE {{s}}.asynctask_queue SET state = 'queued', owner = NULL, keeper = NULL
     WHERE owner = %(owner)s AND state = 'reserved' AND NOT (id = ANY(%(held)s::bigint[]))
     RETURNING queue_name
 )
@@ -136,6 +167,44 @@ SELECT id, pg_try_advisory_lock(%(lock_class)s::int, id),
     set_config('tcp_user_timeout', %(user_timeout)s, false),
     set_config('plan_cache_mode', 'force_generic_plan', false)
 FROM (SELECT coalesce(%(id)s, nextval('{s}.asynctask_consumer_id')::int) AS id) AS c
+"""
+
+# A consumer kept alive by its owner's keeper marks its rows with the id of the owner's
+# row (``keeper``), created here if the keeper has not beaten yet: alive from its first
+# reserve on. (It still holds its own number and advisory lock, which tell its rows apart
+# from those of other consumers of the same owner.)
+OWN = """
+INSERT INTO {s}.asynctask_owner AS o (owner) VALUES (%s)
+ON CONFLICT (owner) DO UPDATE SET date_beat = now()
+RETURNING o.id
+"""
+
+BEAT = """
+INSERT INTO {s}.asynctask_owner AS o (owner) VALUES (%s)
+ON CONFLICT (owner) DO UPDATE SET date_beat = now()
+"""
+
+# The owner's worker is gone: the rows it had finished (an ack still waiting for its
+# consumer's next statement) are deleted; the others go back (their old date_available
+# keeps them at the head), one attempt more for those it had started (all when %(all)s).
+END_OWNER = """
+WITH gone AS (
+    DELETE FROM {s}.asynctask_owner WHERE owner = %(owner_name)s RETURNING id
+), acked AS (
+    DELETE FROM {s}.asynctask_queue AS t USING gone
+    WHERE t.keeper = gone.id AND t.state = 'reserved' AND t.task_id = ANY(%(finished)s::uuid[])
+), moved AS (
+    UPDATE {s}.asynctask_queue AS t
+    SET state = 'queued', owner = NULL, keeper = NULL,
+        attempts = t.attempts
+            + CASE WHEN %(all)s OR t.task_id = ANY(%(started)s::uuid[]) THEN 1 ELSE 0 END
+    FROM gone WHERE t.keeper = gone.id AND t.state = 'reserved'
+        AND NOT (t.task_id = ANY(%(finished)s::uuid[]))
+    RETURNING t.queue_name
+)
+SELECT (SELECT count(*) FROM moved),
+       (SELECT count(pg_notify({s}.asynctask_channel(m.queue_name), ''))
+        FROM (SELECT DISTINCT queue_name FROM moved) AS m)
 """
 
 TAKE = f"""
@@ -165,8 +234,10 @@ INSERT INTO {s}.asynctask_queue
 VALUES (%s, %s, %s, %s, %s, 'failed', %s, now())
 """
 
-STATS = """
-SELECT
+# The counts of one queue (in ``%(q)s``), each from its partial index: ready ones are
+# counted in the index alone; only tasks not yet due are read from the table. A count
+# costs in proportion to that queue's tasks in that state, never to the whole table.
+_COUNTS = """
     (SELECT count(*) FROM {s}.asynctask_queue
      WHERE queue_name = %(q)s AND state = 'queued' AND date_available <= now()),
     (SELECT count(*) FROM {s}.asynctask_queue
@@ -177,11 +248,37 @@ SELECT
     (SELECT count(*) FROM {s}.asynctask_queue WHERE queue_name = %(q)s AND state = 'failed')
 """
 
-QUEUE_NAMES = """
-SELECT DISTINCT queue_name FROM {s}.asynctask_queue WHERE state = 'queued'
-UNION SELECT DISTINCT queue_name FROM {s}.asynctask_queue WHERE state = 'reserved'
-UNION SELECT DISTINCT queue_name FROM {s}.asynctask_queue WHERE state = 'failed'
+STATS = "SELECT" + _COUNTS
+
+
+def _names_in(state: str) -> str:
+    """The distinct queue names of one state, by a skip scan of that state's partial
+    index (one index probe per name; DISTINCT would read every row)."""
+    return f"""names_{state} AS (
+    (SELECT queue_name AS q FROM {{s}}.asynctask_queue
+     WHERE state = '{state}' ORDER BY queue_name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT queue_name FROM {{s}}.asynctask_queue
+            WHERE state = '{state}' AND queue_name > n.q ORDER BY queue_name LIMIT 1)
+    FROM names_{state} AS n WHERE n.q IS NOT NULL
+)"""
+
+
+_NAMES = (
+    "WITH RECURSIVE "
+    + ", ".join(_names_in(state) for state in ("queued", "reserved", "failed"))
+    + """, names AS (
+    SELECT q FROM names_queued WHERE q IS NOT NULL
+    UNION SELECT q FROM names_reserved WHERE q IS NOT NULL
+    UNION SELECT q FROM names_failed WHERE q IS NOT NULL
+)
 """
+)
+
+QUEUE_NAMES = _NAMES + "SELECT q FROM names"
+
+# Every queue with its counts in one round trip.
+ALL_STATS = _NAMES + "SELECT n.q," + _COUNTS.replace("%(q)s", "n.q") + "FROM names AS n"
 
 PURGE = "DELETE FROM {s}.asynctask_queue WHERE queue_name = %s AND state = 'queued'"
 
@@ -236,10 +333,14 @@ class Statements:
     sweep: LiteralString
     orphans: LiteralString
     enlist: LiteralString
+    own: LiteralString
+    beat: LiteralString
+    end_owner: LiteralString
     take: LiteralString
     keep_failed: LiteralString
     stats: LiteralString
     queue_names: LiteralString
+    all_stats: LiteralString
     purge: LiteralString
     failed: LiteralString
     requeue_failed: LiteralString

@@ -29,7 +29,12 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from asynctask.errors import InvalidURIError, TransportError, TransportUnavailable
+from asynctask.errors import (
+    InvalidURIError,
+    TransportError,
+    TransportRefused,
+    TransportUnavailable,
+)
 from asynctask.uri import Option, float_at_least, positive_float, positive_int, redact
 from asynctask_redis.scripts import Script
 
@@ -138,9 +143,19 @@ class Server:
         """Our exception for a driver error; ``TransportUnavailable`` is worth retrying."""
         text = self.scrub(f"{type(exc).__name__}: {exc}")
         if isinstance(exc, AuthenticationError | AuthorizationError | NoPermissionError):
-            return TransportError(
+            return TransportRefused(
                 f"Redis at {self.where} refused the credentials ({text}); "
                 "check the user name and password in the URI"
+            )
+        if isinstance(exc, ResponseError) and "DB index is out of range" in str(exc):
+            return TransportRefused(
+                f"Redis at {self.where} has no such database ({text}); use a database "
+                "number the server has (redis://host:6379/0; see its `databases` setting)"
+            )
+        if isinstance(exc, redis.ConnectionError) and "SSL" in str(exc):
+            return TransportRefused(
+                f"Redis at {self.where} refused the TLS set-up ({text}); check rediss:// "
+                "against redis://, the port and the ssl_* options"
             )
         if isinstance(exc, MaxConnectionsError):
             return TransportError(
@@ -155,8 +170,13 @@ class Server:
 
 
 def pack(commands: Iterable[Sequence[bytes | str | int]]) -> bytes:
-    """Commands in the Redis protocol (RESP). Arguments are bytes, str or int only:
-    redis-py's general encoder costs a fifth of a task's time on the hot path."""
+    """Commands in the Redis protocol (RESP). Arguments are bytes, str or int only.
+
+    Kept rather than redis-py's client, pipelines and ``Script`` because they cost more
+    than the server's work: on one held connection, a command 17,724/s against
+    8,397/s through ``redis.Redis``, a 3-command pipeline 20,640/s against 8,020/s, a
+    script 18,389/s against 7,418/s (``python -m bench.drivers``, same run, 2 cores).
+    """
     parts: list[bytes] = []
     for command in commands:
         parts.append(b"*%d\r\n" % len(command))

@@ -27,19 +27,50 @@ import logging
 import time
 import weakref
 from collections import Counter, deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Protocol
 
 import redis
 from redis.exceptions import RedisError
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
-from asynctask.transport import Consumer, Delivery, new_task_id
+from asynctask.transport import Consumer, Delivery, Transport, check_delay, new_task_id
 from asynctask_redis import scripts
-from asynctask_redis.connection import call, pipeline, run
+from asynctask_redis.connection import Server, call, pipeline, run
 from asynctask_redis.messages import Message, canonical_text, failed_record, read_message
 
-if TYPE_CHECKING:
-    from asynctask_redis.transport import RedisTransport
+
+class ConsumerHost(Protocol):
+    """What a consumer needs of its transport beyond ``Transport``: the transport passes
+    itself as this, so this module never imports the transport module (which imports it)."""
+
+    prefix: str
+    server: Server
+    recheck_ms: int
+    heartbeat_ttl_ms: int
+    #: the longest a busy consumer goes without the maintenance script
+    maintain_interval: ClassVar[float]
+    #: the longest one blocking wait lasts
+    idle_wait: ClassVar[float]
+
+    def key(self, queue: str, kind: str) -> str:
+        """``<prefix>:<queue>:<kind>``."""
+        ...
+
+    def ready_key(self, queue: str) -> str:
+        """``<prefix>_<queue>``."""
+        ...
+
+    #: (queue, consumer id, pending acks) of owned consumers whose close failed
+    leftovers: list[tuple[str, str, list[bytes]]]
+
+    def forget(self, consumer: RedisConsumer) -> None:
+        """Stop keeping ``consumer``'s heartbeat (it is closing)."""
+        ...
+
+    def hand_back_leftovers(self) -> None:
+        """Finish the close of owned consumers that could not reach Redis."""
+        ...
+
 
 logger = logging.getLogger("asynctask.redis")
 
@@ -47,14 +78,24 @@ logger = logging.getLogger("asynctask.redis")
 class RedisConsumer(Consumer):
     """At-least-once access to one queue; see the module docstring."""
 
-    transport: RedisTransport
-
-    def __init__(self, transport: RedisTransport, queue: str, prefetch: int) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        host: ConsumerHost,
+        queue: str,
+        prefetch: int,
+        owner: str | None = None,
+    ) -> None:
         super().__init__(transport, queue, prefetch)
-        self.id = new_task_id()
-        self.heartbeat_key = transport.key(queue, f"heartbeat:{self.id}")
-        self.processing_key = transport.key(queue, f"processing:{self.id}")
-        self.consumers_key = transport.key(queue, "consumers")
+        self._host = host
+        # ``<owner>/<random>``: the scripts read the owner off the id and take the owner's
+        # key (kept by the supervisor, see asynctask_redis.keeper) as this one's heartbeat.
+        self.id = new_task_id() if owner is None else f"{owner}/{new_task_id()[:16]}"
+        #: whether a keeper elsewhere keeps this consumer's liveness (asynctask.liveness)
+        self.owned = owner is not None
+        self.heartbeat_key = host.key(queue, f"heartbeat:{self.id}")
+        self.processing_key = host.key(queue, f"processing:{self.id}")
+        self.consumers_key = host.key(queue, "consumers")
         #: whether the server knows this consumer (heartbeat set, in the consumers set)
         self.registered = False
         self._resync = False
@@ -74,7 +115,7 @@ class RedisConsumer(Consumer):
     # -- the connection -----------------------------------------------------------------
 
     def _execute(self, fn: Any, *args: Any, resync: bool = False) -> Any:
-        server = self.transport.server
+        server = self._host.server
         if self._conn is None:
             try:
                 self._conn = server.pool.get_connection()
@@ -106,7 +147,7 @@ class RedisConsumer(Consumer):
             return fn(*args)
 
     def _run(self, script: scripts.Script, *args: Any, resync: bool = False) -> Any:
-        t = self.transport
+        t = self._host
         return self._execute(run, script, t.prefix, self.queue, self.id, *args, resync=resync)
 
     # -- taking -------------------------------------------------------------------------
@@ -128,7 +169,7 @@ class RedisConsumer(Consumer):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            block = min(remaining, t.idle_wait, remaining if wait is None else wait)
+            block = min(remaining, self._host.idle_wait, remaining if wait is None else wait)
             if block >= 0.001:
                 raw = t._call(self._block, block)
                 if raw is not None:
@@ -136,6 +177,8 @@ class RedisConsumer(Consumer):
 
     def _take(self) -> float | None:
         wait: float | None = self._once_more(self._take_once)  # the second time, resyncing
+        if self._host.leftovers:
+            self._host.hand_back_leftovers()
         return wait
 
     def _take_once(self) -> float | None:
@@ -145,7 +188,7 @@ class RedisConsumer(Consumer):
         falls due) this is a plain pipeline of LREMs and LMOVEs; the TAKE script runs
         when that finds nothing, when it is due, and to register or resynchronise.
         """
-        t = self.transport
+        t = self._host
         fast = self.registered and not self._resync and time.monotonic() < self._maintain_at
         if fast and self._execute(self._move, resync=True):
             return 0.0
@@ -179,7 +222,7 @@ class RedisConsumer(Consumer):
     def _move(self, conn: Any) -> bool:
         """Acks and non-blocking moves in one round trip; whether anything came."""
         acks, want = self._acks, self._want()
-        ready, proc = self.transport.ready_key(self.queue), self.processing_key
+        ready, proc = self._host.ready_key(self.queue), self.processing_key
         if want == 1 and len(acks) <= 1:  # plain commands cost Redis less than Lua
             commands: list[tuple[Any, ...]] = [("LREM", proc, 1, raw) for raw in acks]
             commands.append(("LMOVE", ready, proc, "LEFT", "RIGHT"))
@@ -193,7 +236,7 @@ class RedisConsumer(Consumer):
         return bool(taken)
 
     def _block(self, seconds: float) -> bytes | None:
-        t = self.transport
+        t = self._host
         command = ("BLMOVE", t.ready_key(self.queue), self.processing_key, "LEFT", "RIGHT")
         try:
             raw: bytes | None = self._execute(call, *command, f"{seconds:.3f}", resync=True)
@@ -282,10 +325,11 @@ class RedisConsumer(Consumer):
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Back to the queue after ``delay`` seconds, one more attempt counted."""
+        delay = check_delay(delay)
         message = delivery.receipt
         if isinstance(message, Message):
             again = canonical_text(message, attempts=message.attempts + 1)
-            self._settle(delivery, "retry", again, f"{max(0.0, delay) * 1000:.3f}")
+            self._settle(delivery, "retry", again, f"{delay * 1000:.3f}")
 
     def fail(self, delivery: Delivery, error: str) -> None:
         """To the queue's failed store, with ``error``."""
@@ -303,7 +347,7 @@ class RedisConsumer(Consumer):
         if self.closed:
             return
         self.closed = True
-        self.transport.forget(self)
+        self._host.forget(self)
         self._buffer.clear()
         self._held.clear()
         self._held_count = 0
@@ -314,11 +358,15 @@ class RedisConsumer(Consumer):
                 else:
                     self._send("close", b"")
         except TransportError as exc:
+            if self.owned:
+                # Its owner lives on (the supervisor beats for it): nobody would recover
+                # these, so the transport's next consumer to reach Redis hands them back.
+                self._host.leftovers.append((self.queue, self.id, list(self._acks)))
+                when = "when Redis answers again"
+            else:
+                when = f"within {self.transport.features.recovery_seconds:g} s"
             logger.warning(
-                "%r: could not hand back its tasks (%s); they come back within %g s",
-                self,
-                exc,
-                self.transport.features.recovery_seconds,
+                "%r: could not hand back its tasks (%s); they come back %s", self, exc, when
             )
         finally:
             if self._release_conn is not None:

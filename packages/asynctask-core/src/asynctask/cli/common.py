@@ -9,10 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-from asynctask.errors import AsynctaskError, TransportUnavailable
+from asynctask import exitcodes
+from asynctask.errors import AsynctaskError
 from asynctask.settings import Settings, configure, load_settings
-
-EXIT_UNAVAILABLE = 3
 
 app = typer.Typer(
     name="asynctask",
@@ -22,6 +21,42 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
+
+
+def installed_distributions() -> list[tuple[str, str]]:
+    """Every installed distribution named asynctask or asynctask-*, with its version."""
+    from importlib.metadata import distributions
+
+    found = {}
+    for dist in distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name == "asynctask" or name.startswith("asynctask-"):
+            found[name] = dist.version
+    return sorted(found.items())
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        for name, version in installed_distributions():
+            typer.echo(f"{name} {version}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="List every installed asynctask distribution with its version, and exit.",
+            callback=_show_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Background task queue: run workers, submit tasks, inspect queues and failures."""
+
+
 failed_app = typer.Typer(
     help="The failed store: list, requeue or purge tasks whose retries are spent.",
     no_args_is_help=True,
@@ -60,19 +95,20 @@ JsonOption = Annotated[
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"asynctask: error: {message}", err=True)
+    """Print ``message`` as one line on stderr; return the ``typer.Exit`` to raise."""
+    # One line: a driver's multi-line text (libpq's) reads as one error in a log.
+    line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    typer.echo(f"asynctask: error: {line}", err=True)
     return typer.Exit(code)
 
 
 @contextmanager
 def reported_errors() -> Iterator[None]:
-    """Turn our errors into a message and an exit code (2 bad input, 3 unreachable)."""
+    """Turn our errors into one line and an exit code (see ``asynctask.exitcodes``)."""
     try:
         yield
-    except TransportUnavailable as exc:
-        raise fail(str(exc), EXIT_UNAVAILABLE) from exc
     except AsynctaskError as exc:
-        raise fail(str(exc), 2) from exc
+        raise fail(str(exc), exitcodes.for_error(exc)) from exc
 
 
 def use_settings(sets: list[str] | None, config: Path | None) -> Settings:

@@ -38,6 +38,7 @@ def submit(
     ] = 0.0,
     sets: SetOption = None,
     config: ConfigOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Submit tasks and print their ids.
 
@@ -55,14 +56,21 @@ def submit(
             except ValueError as exc:
                 raise fail(f"payload #{number} is not JSON ({exc}): {text[:80]!r}", 2) from exc
         transport = open_transport(sets, config)
-        for task_id in transport.submit_tasks(queue, payloads, delay=delay):
-            typer.echo(task_id)
+        ids = transport.submit_tasks(queue, payloads, delay=delay)
+    if as_json:
+        typer.echo(json.dumps({"queue": queue, "ids": ids}, indent=2))
+        return
+    for task_id in ids:
+        typer.echo(task_id)
 
 
 def queues(
     sets: SetOption = None, config: ConfigOption = None, as_json: JsonOption = False
 ) -> None:
-    """Show every queue with its counts (ready, delayed, retrying, in flight, failed).
+    """Show every queue holding a task, with its counts; empty queues are not listed.
+
+    A task in any state counts: ready, delayed, retrying, in flight or failed. The same
+    on every transport.
 
     Example: asynctask queues --json
     """
@@ -74,20 +82,6 @@ def queues(
     header = ["queue", "ready", "delayed", "retrying", "in_flight", "failed"]
     rows = [[s.name, *(count_text(getattr(s, h)) for h in header[1:])] for s in stats]
     typer.echo(table(rows, header) if rows else "No queues.")
-
-
-def purge(
-    queue: Annotated[str, typer.Argument(help="Queue name.")],
-    sets: SetOption = None,
-    config: ConfigOption = None,
-) -> None:
-    """Delete every waiting task of a queue (not those in flight or failed).
-
-    Example: asynctask purge emails
-    """
-    with reported_errors():
-        count = open_transport(sets, config).purge(queue)
-    typer.echo(f"Purged {count} tasks from {queue}.")
 
 
 def failed_list(
@@ -121,86 +115,34 @@ def failed_list(
     typer.echo(table(rows, ["id", "attempts", "payload", "error"]))
 
 
-def failed_requeue(
-    queue: Annotated[str, typer.Argument(help="Queue name.")],
-    ids: Annotated[list[str] | None, typer.Argument(help="Task ids; all when none.")] = None,
+def plugins(
+    imports: ImportOption = None,
     sets: SetOption = None,
     config: ConfigOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Put failed tasks back in their queue, attempts reset.
-
-    Example: asynctask failed requeue emails 3f2a...
-    """
-    with reported_errors():
-        count = open_transport(sets, config).requeue_failed(queue, ids or None)
-    typer.echo(f"Requeued {count} tasks to {queue}.")
-
-
-def failed_purge(
-    queue: Annotated[str, typer.Argument(help="Queue name.")],
-    ids: Annotated[list[str] | None, typer.Argument(help="Task ids; all when none.")] = None,
-    sets: SetOption = None,
-    config: ConfigOption = None,
-) -> None:
-    """Delete failed tasks for good.
-
-    Example: asynctask failed purge emails
-    """
-    with reported_errors():
-        count = open_transport(sets, config).purge_failed(queue, ids or None)
-    typer.echo(f"Purged {count} failed tasks from {queue}.")
-
-
-def plugins(imports: ImportOption = None, as_json: JsonOption = False) -> None:
-    """List installed transports and workers with their distributions and versions.
+    """List what you can use: transports (by URI scheme) and workers (by the name you put
+    in asynctask_workers), with the distribution and entry point that provide each, and
+    the plugins that failed to load, with their error.
 
     Example: asynctask plugins
     """
+    from asynctask.cli.pluginlist import plugin_rows, plugin_warnings
     from asynctask.plugins import load_plugins
 
     with reported_errors():
-        registry = load_plugins(imports or [])
-    transports = {
-        entry.plugin: sorted(s for s, e in registry.transports.items() if e is entry)
-        for entry in registry.transports.values()
-    }
-    rows = []
-    for info in registry.plugins:
-        kind = "transport" if info.name in transports else "worker"
-        detail = ", ".join(f"{s}:" for s in transports.get(info.name, []))
-        if info.group == "asynctask":
-            workers_of = [
-                n for n, w in registry.workers.items() if w.source == f"plugin {info.name!r}"
-            ]
-            if workers_of and not detail:
-                kind, detail = "workers", ", ".join(sorted(workers_of))
-        else:
-            detail = info.name
-        rows.append(
-            {
-                "name": info.name,
-                "kind": kind,
-                "distribution": info.distribution,
-                "version": info.version,
-                "provides": detail,
-            }
-        )
-    for name, entry in sorted(registry.workers.items()):
-        if entry.source.startswith("module"):
-            rows.append(
-                {
-                    "name": name,
-                    "kind": "worker",
-                    "distribution": "-",
-                    "version": "-",
-                    "provides": entry.source,
-                }
-            )
+        settings = use_settings(sets, config)
+        registry = load_plugins([*settings.imports, *(imports or [])])
+    rows = plugin_rows(registry)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    header = ["name", "kind", "distribution", "version", "provides"]
-    typer.echo(table([[r[h] for h in header] for r in rows], header))
+    header = ["name", "kind", "distribution", "version", "entry point"]
+    keys = ["name", "kind", "distribution", "version", "entry_point"]
+    listed = [r for r in rows if r["kind"] != "broken"]
+    typer.echo(table([[r[k] or "-" for k in keys] for r in listed], header))
+    for line in plugin_warnings(rows):
+        typer.echo(line, err=True)
 
 
 def show_settings(
@@ -221,11 +163,31 @@ def show_settings(
             shown = redact(settings.transport) + " (embedded default)"
         rows.append({"name": name, "value": shown, "source": settings.sources[name]})
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        values = []
+        for row in rows:
+            name = row["name"]
+            value = settings.raw.get(name, settings.values[name])
+            if name == "asynctask_transport":
+                value = settings.transport  # the effective URI, the embedded default too
+            values.append({**row, "value": json_value(value)})
+        typer.echo(json.dumps(values, indent=2))
         return
     typer.echo(
         table([[r["name"], r["value"], r["source"]] for r in rows], ["setting", "value", "source"])
     )
+
+
+def json_value(value: object) -> object:
+    """A setting's value as a JSON value (not JSON text), any password hidden."""
+    from asynctask.uri import redact
+
+    if isinstance(value, str):
+        return redact(value)
+    text = json.dumps(value, default=str)
+    try:
+        return json.loads(redact(text))
+    except ValueError:
+        return redact(text)
 
 
 def schedule(

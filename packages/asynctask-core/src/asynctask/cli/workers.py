@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -9,14 +10,17 @@ from typing import Annotated
 
 import typer
 
+from asynctask import exitcodes
 from asynctask.cli.common import (
     ConfigOption,
     ImportOption,
+    JsonOption,
     SetOption,
     fail,
     reported_errors,
     use_settings,
 )
+from asynctask.cli.runreport import RunReport, summary_table
 from asynctask.logs import setup_logging
 
 
@@ -46,6 +50,14 @@ def workers(
             "--grace", help="Seconds children get to finish their task on SIGTERM.", min=0
         ),
     ] = 30.0,
+    fail_on_failed: Annotated[
+        bool,
+        typer.Option(
+            "--fail-on-failed",
+            help="With --halt-when-empty: exit 1 if tasks reached the failed store during the run.",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Run one supervised child process per configured queue (and per scheduled queue).
 
@@ -58,14 +70,17 @@ def workers(
     setup_logging(quiet)
     log = logging.getLogger("asynctask.workers")
     with reported_errors():
+        if fail_on_failed and not halt_when_empty:
+            raise fail("--fail-on-failed needs --halt-when-empty: only a batch run ends", 2)
         if scheduler and halt_when_empty:
             raise fail(
                 "--scheduler and --halt-when-empty do not go together: scheduled queues never halt",
                 2,
             )
         settings = use_settings(sets, config)
+        report = RunReport()
         registry = load_plugins([*settings.imports, *(imports or [])])
-        settings.check_workers(registry.workers)
+        settings.check_workers(registry.user_workers(), registry.unknown_worker_hint)
         specs: list[ChildSpec] = []
         for queue, worker_config in settings.workers.items():
             if worker_config is None:
@@ -88,6 +103,7 @@ def workers(
                         prefetch=worker_config.prefetch,
                         child_concurrency=worker_config.child_concurrency,
                         grace=grace,
+                        summary_path=report.path if halt_when_empty else None,
                     )
                 )
         schedule_runner = None
@@ -114,13 +130,21 @@ def workers(
                 "redis:// or amqp://",
                 2,
             )
-        cls(uri).close()  # refuses bad options now, before any child starts
+        # Made now, it refuses bad options before any child starts; the supervisor keeps
+        # its children's liveness through it (asynctask.liveness).
+        transport = cls(uri)
+        try:
+            report.start(transport, specs)  # a backend that refuses us ends the run here
+        except BaseException:
+            transport.close()
+            raise
     supervisor = Supervisor(
         specs,
         check_interval=settings.check_child_interval,
         grace=grace,
         halt_when_empty=halt_when_empty,
         on_stop=None if schedule_runner is None else schedule_runner.stop,
+        transport=transport,
     )
     if schedule_runner is not None:
         schedule_runner.start()
@@ -129,7 +153,14 @@ def workers(
     finally:
         if schedule_runner is not None:
             schedule_runner.stop()
+        transport.close()
+        report.stop_watching()
+    if halt_when_empty and code == exitcodes.OK:
+        summary = report.summary(registry.transport_class(uri), uri)
+        report.close()
+        typer.echo(json.dumps(summary, indent=2) if as_json else summary_table(summary))
+        if fail_on_failed and any(row["failed"] for row in summary):
+            log.error("Tasks reached the failed store during the run (--fail-on-failed)")
+            code = exitcodes.NOT_OBTAINED
+    report.close()
     raise typer.Exit(code)
-
-
-# -- submit and inspect ----------------------------------------------------------------

@@ -1,12 +1,19 @@
 """The transport contract: every behaviour of DESIGN.md section 2, as one test class.
 
-A transport's tests subclass ``TransportContract`` and supply two fixtures, nothing else::
+A transport's tests subclass ``TransportContract`` and supply three fixtures, nothing
+else::
 
     class TestRedisTransport(TransportContract):
         @pytest.fixture
         def transport_uri(self) -> str: ...        # a URI to a reachable backend
         @pytest.fixture
         def probe(self, transport_uri) -> Probe: ...  # reads and writes the backend directly
+        @pytest.fixture
+        def secret_uri(self) -> str: ...           # a URI of this transport holding SECRET
+
+``secret_uri`` carries ``SECRET`` where this transport's URIs keep a password (or, for a
+transport that takes none, where one would be refused): the redaction test then always
+has a password to look for.
 
 The probe checks state through the backend itself, not only through the API under test,
 and writes messages as a foreign producer (or a corrupting one) would. A test may be
@@ -22,16 +29,16 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue as queue_module
+import random
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import pytest
 
-from asynctask.errors import InvalidTaskError, TransportClosed
+from asynctask.errors import InvalidTaskError, TransportClosed, TransportUnavailable
 from asynctask.plugins import load_plugins
 from asynctask.testing.services import unique_queue
 from asynctask.transport import COUNT_NAMES, Transport
@@ -48,8 +55,18 @@ BAD_PAYLOADS: list[Any] = [
 ]
 
 
+#: the password every ``secret_uri`` fixture carries (not its user name, so a leak shows)
+SECRET = "s3cret-Pw0rd"
+
+
 class Probe(Protocol):
     """Direct access to a backend, past the API under test."""
+
+    def drop_connections(self) -> None:
+        """Close, from the server's side, every connection the transport under test has
+        open (and only those: a ``pg_terminate_backend`` on its own ``application_name``,
+        a ``CLIENT KILL`` of its own client name...), as a failover or an operator would.
+        A transport without connections (files, memory) has nothing to drop."""
 
     def stored(self, queue: str) -> int:
         """Tasks stored for ``queue`` in any state but failed (ready, delayed, in flight)."""
@@ -73,13 +90,41 @@ def _reserve_one(transport: Transport, queue: str, report: Any) -> None:
     report.put(None if delivery is None else delivery.payload)
 
 
+def _reserve_attempt(transport: Transport, queue: str, report: Any) -> None:
+    """Reserve a task and report its attempt number (then the caller kills us)."""
+    delivery = transport.consumer(queue).reserve(timeout=30)
+    report.put(None if delivery is None else delivery.attempt)
+
+
+def _reserve_then_ack_late(transport: Transport, queue: str, report: Any, go: Any) -> None:
+    """Reserve a task and report its attempt; once told (``go``), acknowledge it and
+    close, then report "done". (In-process stores: report the consumer and delivery and
+    end the thread, which is this consumer's death; the caller acknowledges late.)"""
+    consumer = transport.consumer(queue)
+    delivery = consumer.reserve(timeout=30)
+    assert delivery is not None
+    if go is None:
+        report.put((consumer, delivery))
+        return
+    report.put(delivery.attempt)
+    go.wait(120)
+    consumer.ack(delivery)
+    consumer.close()
+    report.put("done")
+
+
 def _drain_all(transport: Transport, queue: str, report: Any) -> None:
-    """Take and acknowledge tasks until none comes for 1.5 s; report their numbers."""
+    """Say "ready" once waiting, then take tasks, each taking 5 ms of work, until none
+    comes for 1.5 s; report their numbers."""
     taken: list[int] = []
     with transport.consumer(queue) as consumer:
-        while (delivery := consumer.reserve(timeout=1.5)) is not None:
+        report.put("ready")
+        delivery = consumer.reserve(timeout=30)
+        while delivery is not None:
+            time.sleep(0.005)  # a little work: the others get their turn meanwhile
             taken.append(delivery.payload["n"])
             consumer.ack(delivery)
+            delivery = consumer.reserve(timeout=1.5)
     report.put(taken)
 
 
@@ -191,6 +236,31 @@ class TransportContract:
         taken = [transport.get_task(queue) for _ in range(30)]
         assert [t["n"] for t in taken if t] == list(range(30))
 
+    def test_a_submit_retried_after_a_lost_reply_is_stored_once(self, transport, queue, probe):
+        """The first try of each submit is stored but its reply lost (an error instead),
+        and the transport's retry must store nothing more, ready or delayed. Failed
+        against pgsql without its unique task id and redis without its guard key."""
+        primitive = transport._put
+        lost: list[str] = []
+
+        def reply_lost(queue: str, tasks: Any, delay: float) -> None:
+            primitive(queue, tasks, delay)
+            if tasks[0][0] not in lost:  # the first try of each submit
+                lost.append(tasks[0][0])
+                raise TransportUnavailable("the reply was lost (a test)")
+
+        transport._put = reply_lost
+        try:
+            ids = transport.submit_tasks(queue, [{"n": n} for n in range(3)])
+            ids.append(transport.submit_task(queue, {"n": 3}, delay=60))
+        finally:
+            del transport._put
+        assert len(lost) == 2 and len(set(ids)) == 4
+        assert probe.stored(queue) == 4
+        assert [transport.get_task(queue) for _ in range(4)] == [{"n": n} for n in range(3)] + [
+            None
+        ]
+
     def test_batch_submit_returns_one_id_per_task(self, transport, queue, probe):
         ids = transport.submit_tasks(queue, [{"n": n} for n in range(50)])
         assert len(ids) == len(set(ids)) == 50
@@ -206,22 +276,61 @@ class TransportContract:
         assert transport.poll_queue(queue) == 3
 
     def test_queues_lists_counts_the_transport_declares(self, transport, queue):
-        transport.submit_tasks(queue, [{}, {}])
-        stats = {q.name: q for q in transport.queues()}
-        assert stats[queue].ready == 2
-        for name in COUNT_NAMES:
-            value = getattr(stats[queue], name)
-            if name in transport.features.counts:
-                assert isinstance(value, int), name
-            else:
-                assert value is None, name
+        """Each count is checked as the number it must be; a count left undeclared must
+        read None, and ready and failed may not be left out. Fails against a transport
+        whose in_flight count forgets the reserved tasks (it read ``int``, 0, before)."""
+        # Given 2 ready tasks, 1 delayed, 1 retrying, 1 in flight and 1 failed
+        assert {"ready", "failed"} <= transport.features.counts
+        transport.submit_tasks(queue, [{"n": n} for n in range(5)])
+        transport.submit_task(queue, {"late": True}, delay=60)
+        # (each settling consumer is closed: a broker may push it the next task meanwhile)
+        for settle in ("retry", "fail"):
+            with transport.consumer(queue) as settling:
+                delivery = settling.reserve(timeout=5)
+                assert delivery is not None
+                if settle == "retry":
+                    settling.retry(delivery, delay=60, error="boom")
+                else:
+                    settling.fail(delivery, "boom")
+        with transport.consumer(queue) as consumer:
+            held = consumer.reserve(timeout=5)
+            assert held is not None
+            # Then every declared count is exactly that, in queues() and queue_stats()
+            expected = {"ready": 2, "delayed": 1, "retrying": 1, "in_flight": 1, "failed": 1}
+            listed = {q.name: q for q in transport.queues()}[queue]
+            for stats in (listed, transport.queue_stats(queue)):
+                for name in COUNT_NAMES:
+                    value = getattr(stats, name)
+                    if name in transport.features.counts:
+                        assert value == expected[name] and type(value) is int, (name, value)
+                    else:
+                        assert value is None, name
+            consumer.ack(held)
 
     def test_purge_removes_ready_and_delayed_tasks(self, transport, queue, probe):
-        transport.submit_tasks(queue, [{}, {}, {}])
+        """Purge leaves the task in flight and the failed one. Fails against a purge that
+        also deletes what consumers hold or what failed."""
+        # Given a task in flight, a failed one, 3 ready and 1 delayed
+        transport.submit_tasks(queue, [{"n": n} for n in range(5)])
         transport.submit_task(queue, {}, delay=60)
-        assert transport.purge(queue) == 4
-        assert transport.poll_queue(queue) == 0
+        with transport.consumer(queue) as settling:
+            failing = settling.reserve(timeout=5)
+            assert failing is not None
+            settling.fail(failing, "boom")
+        with transport.consumer(queue) as consumer:
+            held = consumer.reserve(timeout=5)
+            assert held is not None
+            # When the queue is purged, only the 3 ready and the delayed one go
+            assert transport.purge(queue) == 4
+            assert transport.poll_queue(queue) == 0
+            assert probe.stored(queue) == 1
+            # Then the task in flight is still there to settle, and the failed one stays
+            consumer.retry(held, delay=0, error="again")
+            again = consumer.reserve(timeout=5)
+            assert again is not None and again.id == held.id and again.attempt == 2
+            consumer.ack(again)
         assert probe.stored(queue) == 0
+        assert [f.id for f in transport.failed_tasks(queue)] == [failing.id]
 
     def test_transport_is_safe_to_share_between_threads(self, transport, queue, probe):
         def submit() -> None:
@@ -266,10 +375,25 @@ class TransportContract:
         assert probe.stored(queue) == 0
 
     def test_bad_delay_is_refused(self, transport, queue, probe):
-        for delay in (-1, "5", None, float("nan")):
+        """Fails against a check that lets infinity through (``delay >= 0`` alone)."""
+        bad: list[Any] = [-1, -0.001, "5", None, float("nan"), float("inf"), -float("inf")]
+        for delay in bad:
             with pytest.raises(InvalidTaskError, match="delay"):
                 transport.submit_task(queue, {}, delay=delay)
+            with pytest.raises(ValueError, match="delay"):
+                transport.submit_tasks(queue, [{}, {}], delay=delay)
         assert probe.stored(queue) == 0
+        # nor does a retry take one: the task stays reserved, untouched
+        transport.submit_task(queue, {"n": 1})
+        with transport.consumer(queue) as consumer:
+            delivery = consumer.reserve(timeout=5)
+            assert delivery is not None
+            for delay in (float("inf"), float("nan"), -1.0):
+                with pytest.raises(ValueError, match="delay"):
+                    consumer.retry(delivery, delay=delay, error="boom")
+            assert transport.poll_queue(queue) == 0
+            consumer.release(delivery)
+        assert transport.get_task(queue) == {"n": 1}
 
     def test_closed_transport_refuses_calls(self, transport_uri, queue):
         transport = open_transport(transport_uri)
@@ -280,12 +404,26 @@ class TransportContract:
         with open_transport(transport_uri) as again:
             assert again.purge(queue) in (0, 1)
 
-    def test_repr_carries_no_password(self, transport):
+    def test_repr_carries_no_password(self, transport, secret_uri, queue):
+        """The fixture's URI always holds ``SECRET``, so the assertions always run. Fails
+        against a repr built from ``self.uri`` instead of ``self.safe_uri``."""
         assert repr(transport) == f"{type(transport).__name__}({transport.safe_uri!r})"
-        parts = urlsplit(transport.uri.split("?")[0])
-        # guest:guest@ would show the password as the user name, which is not a leak
-        if parts.password and parts.password != parts.username:
-            assert parts.password not in repr(transport)
+        assert SECRET in secret_uri
+        refusal = None
+        try:
+            secret = open_transport(secret_uri)
+        except ValueError as exc:  # a transport that takes no password refuses it
+            refusal = str(exc)
+        if refusal is not None:
+            assert SECRET not in refusal and "***" in refusal, refusal
+            return
+        try:
+            with secret.consumer(queue) as consumer:
+                for text in (repr(secret), secret.safe_uri, repr(consumer)):
+                    assert SECRET not in text
+            assert "***" in secret.safe_uri
+        finally:
+            secret.close()
 
     # -- foreign and corrupt messages --------------------------------------------------
 
@@ -322,18 +460,37 @@ class TransportContract:
     # -- delays ----------------------------------------------------------------------
 
     def test_delayed_task_stays_invisible_until_due(self, transport, queue, probe):
-        transport.submit_task(queue, {"late": True}, delay=1.5)
+        """Checked against both bounds, from the submit: not before the delay, and not
+        more than 0.8 s after it. Fails against a transport that ignores the delay, or
+        that finds due tasks with a 1 s poll."""
+        before = time.monotonic()
+        transport.submit_task(queue, {"late": True}, delay=1.0)
+        after = time.monotonic()
         assert probe.stored(queue) == 1
         assert transport.poll_queue(queue) == 0
         assert transport.get_task(queue) is None
         if "delayed" in transport.features.counts:
             assert transport.queue_stats(queue).delayed == 1
-        start = time.monotonic()
         with transport.consumer(queue) as consumer:
             delivery = consumer.reserve(timeout=6)
+            came = time.monotonic()
             assert delivery is not None and delivery.payload == {"late": True}
             consumer.ack(delivery)
-        assert time.monotonic() - start >= 1.0
+        assert came - after >= 1.0 - 0.02, f"came {came - after:.3f} s after the submit"
+        assert came - before <= 1.0 + 0.8, f"came {came - before:.3f} s after the submit"
+
+    def test_delayed_tasks_come_out_in_order_of_their_due_times(self, transport, queue):
+        """Several delays and a delayed batch: by due time, the batch in its own order.
+        Fails against a transport that keeps delayed tasks in submission order."""
+        transport.submit_task(queue, {"n": "last"}, delay=2.0)
+        transport.submit_tasks(queue, [{"n": b} for b in range(5)], delay=1.0)
+        transport.submit_task(queue, {"n": "first"}, delay=0.5)
+        seen: list[Any] = []
+        with transport.consumer(queue) as consumer:
+            while len(seen) < 7 and (delivery := consumer.reserve(timeout=5)) is not None:
+                seen.append(delivery.payload["n"])
+                consumer.ack(delivery)
+        assert seen == ["first", 0, 1, 2, 3, 4, "last"], seen
 
     # -- reserve and settle ------------------------------------------------------------
 
@@ -365,45 +522,68 @@ class TransportContract:
         assert 0.4 <= elapsed < 3.0
 
     def test_idle_consumer_wakes_within_milliseconds_of_a_submit(self, transport, queue):
-        # Given a consumer blocked in reserve on an empty queue
+        """Ten rounds: a consumer is shown blocked (inside ``reserve`` for 0.3-0.5 s, not
+        returned) before each submit, and at least seven of its ten wake-ups must come
+        within 60 ms, an eighth of the default poll interval (500 ms). A 200 ms poll loop
+        passes that about once in a hundred runs; this test failed against pgsql with
+        NOTIFY replaced by a 200 ms sleep."""
+        rounds, bound, enough = 10, 0.06, 7
+        entered: queue_module.Queue[float] = queue_module.Queue()
         woke: queue_module.Queue[float] = queue_module.Queue()
 
         def wait() -> None:
             with transport.consumer(queue) as consumer:
-                delivery = consumer.reserve(timeout=10)
-                woke.put(time.monotonic())
-                if delivery is not None:
-                    consumer.ack(delivery)
+                for _ in range(rounds):
+                    entered.put(time.monotonic())
+                    delivery = consumer.reserve(timeout=10)
+                    woke.put(time.monotonic())
+                    if delivery is not None:
+                        consumer.ack(delivery)
 
-        thread = threading.Thread(target=wait)
+        thread = threading.Thread(target=wait, daemon=True)
         thread.start()
-        time.sleep(0.5)
-        # When another producer submits
         producer = self._other(transport)
-        sent = time.monotonic()
-        producer.submit_task(queue, {"wake": 1})
-        # Then the consumer has it well before any poll interval would pass
-        latency = woke.get(timeout=10) - sent
-        thread.join()
+        producer.submit_task(unique_queue(), {})  # connected before the clock starts
+        latencies: list[float] = []
+        for n in range(rounds):
+            # Given the consumer blocked in reserve on the empty queue for a while
+            entered.get(timeout=10)
+            time.sleep(0.3 + 0.2 * random.random())
+            assert woke.empty(), "reserve returned with nothing submitted"
+            # When another producer submits
+            sent = time.monotonic()
+            producer.submit_task(queue, {"wake": n})
+            latencies.append(woke.get(timeout=10) - sent)
+        thread.join(10)
         if producer is not transport:
             producer.close()
-        assert latency < 0.25, f"woke {latency * 1000:.0f} ms after the submit"
+        # Then the consumer had it well within a poll interval, nearly every time
+        shown = ", ".join(f"{t * 1000:.0f}" for t in latencies)
+        assert sum(t < bound for t in latencies) >= enough, f"woke after {shown} ms"
 
     def test_retry_hides_the_task_for_its_delay_and_counts_the_attempt(self, transport, queue):
+        """Checked against both bounds, from the retry call: not before the delay, and
+        not more than 0.8 s after it. Fails against a retry that ignores its delay or
+        one whose task waits for a slow poll."""
         transport.submit_task(queue, {"n": 1})
         with transport.consumer(queue) as consumer:
             first = consumer.reserve(timeout=5)
             assert first is not None
+            before = time.monotonic()
             consumer.retry(first, delay=1.0, error="ValueError: boom")
+            after = time.monotonic()
             assert transport.poll_queue(queue) == 0
             if "retrying" in transport.features.counts:
                 assert transport.queue_stats(queue).retrying == 1
             assert consumer.reserve(timeout=0.2) is None
             second = consumer.reserve(timeout=6)
+            came = time.monotonic()
             assert second is not None and second.payload == {"n": 1}
             assert second.attempt == 2 and second.id == first.id
             consumer.ack(second)
         assert transport.failed_tasks(queue) == []
+        assert came - after >= 1.0 - 0.02, f"came {came - after:.3f} s after the retry"
+        assert came - before <= 1.0 + 0.8, f"came {came - before:.3f} s after the retry"
 
     def test_failed_task_is_kept_inspected_requeued_and_purged(self, transport, queue, probe):
         # Given a task that a worker gave up on
@@ -432,6 +612,37 @@ class TransportContract:
         assert transport.purge_failed(queue, ids=[again.id]) == 1
         assert transport.failed_tasks(queue) == []
 
+    def test_failed_records_keep_their_fields_oldest_first(self, transport, queue):
+        """``submitted_at`` and ``failed_at`` within the calls that set them, ``raw`` None
+        for a decodable task, oldest first, ``limit`` honoured. Fails against a store
+        that lists newest first or ignores ``limit``."""
+        submitted = time.time()
+        transport.submit_tasks(queue, [{"n": n} for n in range(3)])
+        after_submit = time.time()
+        with transport.consumer(queue) as consumer:
+            for n in range(3):
+                delivery = consumer.reserve(timeout=5)
+                assert delivery is not None and delivery.payload == {"n": n}
+                before_fail = time.time()
+                consumer.fail(delivery, f"RuntimeError: {n}")
+                time.sleep(0.01)  # distinct failure times
+        after = time.time()
+        failed = transport.failed_tasks(queue)
+        assert [f.payload for f in failed] == [{"n": n} for n in range(3)]
+        first = failed[0]
+        assert first.raw is None and first.queue == queue and first.attempts == 1
+        assert first.error == "RuntimeError: 0"
+        assert first.submitted_at is not None
+        assert submitted - 1 <= first.submitted_at <= after_submit + 1
+        assert submitted - 1 <= first.failed_at <= after + 1
+        assert failed[2].failed_at >= before_fail - 1
+        assert [f.failed_at for f in failed] == sorted(f.failed_at for f in failed)
+        assert [f.payload for f in transport.failed_tasks(queue, limit=2)] == [
+            {"n": 0},
+            {"n": 1},
+        ]
+        assert transport.failed_tasks(queue, limit=0) == []
+
     def test_requeue_failed_by_id_leaves_the_others(self, transport, queue):
         transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
         with transport.consumer(queue) as consumer:
@@ -446,28 +657,63 @@ class TransportContract:
         assert transport.purge_failed(queue) == 1
 
     def test_release_hands_the_task_back_without_an_attempt(self, transport, queue):
-        transport.submit_task(queue, {"n": 1})
+        """Back at the head of the queue, uncounted. Fails against a release that puts the
+        task at the tail (it came after 1 and 2) or counts an attempt."""
+        transport.submit_tasks(queue, [{"n": n} for n in range(3)])
         with transport.consumer(queue) as consumer:
             delivery = consumer.reserve(timeout=5)
-            assert delivery is not None
+            assert delivery is not None and delivery.payload == {"n": 0}
             consumer.release(delivery)
-            assert transport.poll_queue(queue) == 1
-            again = consumer.reserve(timeout=5)
-            assert again is not None and again.attempt == 1
-            consumer.ack(again)
+            assert transport.poll_queue(queue) == 3
+            seen: list[tuple[int, int]] = []
+            while len(seen) < 3 and (again := consumer.reserve(timeout=5)) is not None:
+                seen.append((again.payload["n"], again.attempt))
+                consumer.ack(again)
+        assert seen == [(0, 1), (1, 1), (2, 1)], seen
 
     def test_closing_a_consumer_hands_back_what_it_holds(self, transport, queue):
-        transport.submit_tasks(queue, [{"n": n} for n in range(3)])
+        """In order, at the head, with no attempt counted. Fails against a close that
+        hands the tasks back reversed or at the tail, or that counts an attempt."""
+        transport.submit_tasks(queue, [{"n": n} for n in range(5)])
         consumer = transport.consumer(queue, prefetch=3)
-        delivery = consumer.reserve(timeout=5)
-        assert delivery is not None and delivery.payload == {"n": 0}
+        held = [consumer.reserve(timeout=5) for _ in range(3)]
+        assert [d.payload["n"] for d in held if d] == [0, 1, 2]
         consumer.close()
-        taken = [transport.get_task(queue) for _ in range(3)]
-        assert sorted(t["n"] for t in taken if t) == [0, 1, 2]
+        seen: list[tuple[int, int]] = []
+        with transport.consumer(queue) as again:
+            while len(seen) < 5 and (delivery := again.reserve(timeout=5)) is not None:
+                seen.append((delivery.payload["n"], delivery.attempt))
+                again.ack(delivery)
+        assert seen == [(n, 1) for n in range(5)], seen
+
+    def test_several_consumers_and_a_release_keep_fifo_order(self, transport, queue):
+        """Two consumers taking in turn get the tasks in submission order, and a released
+        task is the next one taken by anybody. Fails against a release to the tail."""
+        transport.submit_tasks(queue, [{"n": n} for n in range(6)])
+        other = self._other(transport)
+        # Given two consumers that took the first two tasks, in order
+        one, two = transport.consumer(queue), other.consumer(queue)
+        a, b = one.reserve(timeout=5), two.reserve(timeout=5)
+        assert a is not None and b is not None
+        assert (a.payload["n"], b.payload["n"]) == (0, 1)
+        # When the first releases its task and the second acknowledges
+        one.release(a)
+        two.ack(b)
+        one.close()  # (a broker may have pushed them the next tasks meanwhile)
+        two.close()
+        # Then the released task comes first, the others after it in order
+        seen: list[tuple[int, int]] = []
+        with transport.consumer(queue) as three:
+            while len(seen) < 5 and (delivery := three.reserve(timeout=5)) is not None:
+                seen.append((delivery.payload["n"], delivery.attempt))
+                three.ack(delivery)
+        assert seen == [(0, 1), (2, 1), (3, 1), (4, 1), (5, 1)], seen
+        if other is not transport:
+            other.close()
 
     def test_prefetching_consumer_keeps_order(self, transport, queue):
         transport.submit_tasks(queue, [{"n": n} for n in range(10)])
-        seen = []
+        seen: list[int] = []
         with transport.consumer(queue, prefetch=4) as consumer:
             while (delivery := consumer.reserve(timeout=0.5)) is not None:
                 seen.append(delivery.payload["n"])
@@ -500,6 +746,110 @@ class TransportContract:
             consumer.ack(delivery)
         assert waited <= bound + 1.5, f"came back after {waited:.1f} s, bound {bound} s"
 
+    def test_attempts_count_every_death_through_to_the_failed_store(self, transport, queue, probe):
+        """Each killed consumer's delivery counts one attempt (1, 2, 3), and the failed
+        record keeps the total. Fails against a recovery that does not count."""
+        transport.submit_task(queue, {"n": 1})
+        attempts = []
+        for _ in range(2):
+            report = self._report_queue(transport)
+            handle = self._run_apart(transport, _reserve_attempt, queue, report, hang=True)
+            attempts.append(report.get(timeout=60))
+            if transport.features.multiprocess:
+                os.kill(handle.pid, signal.SIGKILL)
+            handle.join(10 if transport.features.multiprocess else None)
+        bound = transport.features.recovery_seconds
+        with transport.consumer(queue) as consumer:
+            last = consumer.reserve(timeout=bound + 10)
+            assert last is not None
+            attempts.append(last.attempt)
+            consumer.fail(last, "RuntimeError: the last straw")
+        assert attempts == [1, 2, 3], attempts
+        [failed] = transport.failed_tasks(queue)
+        assert failed.attempts == 3 and failed.payload == {"n": 1}
+        assert probe.stored(queue) == 0
+
+    def test_a_late_ack_leaves_the_task_delivered_again_to_another(self, transport, queue, probe):
+        """A consumer that looked dead (stopped, its connections dropped) while its task
+        went to another consumer acknowledges it late: the other's delivery stays until
+        that one settles it. Fails against an ack that deletes by task id alone."""
+        transport.submit_task(queue, {"n": 1})
+        report = self._report_queue(transport)
+        multi = transport.features.multiprocess
+        go = multiprocessing.get_context("spawn").Event() if multi else None
+        handle = self._run_apart(transport, _reserve_then_ack_late, queue, report, go)
+        first = report.get(timeout=60)
+        # Given the first consumer frozen and cut off (a thread simply ends in-process)
+        if multi:
+            assert first == 1
+            os.kill(handle.pid, signal.SIGSTOP)
+            probe.drop_connections()
+        else:
+            handle.join()
+        try:
+            # When the task is delivered again to another consumer
+            bound = transport.features.recovery_seconds
+            with transport.consumer(queue) as rival:
+                again = rival.reserve(timeout=bound + 10)
+                assert again is not None and again.attempt == 2
+                # And the first one wakes up and acknowledges its old delivery
+                if go is not None:
+                    os.kill(handle.pid, signal.SIGCONT)
+                    assert go is not None
+                    go.set()
+                    assert report.get(timeout=60) == "done"
+                else:
+                    dead_consumer, delivery = first
+                    dead_consumer.ack(delivery)
+                    dead_consumer.close()
+                # Then the new delivery is still stored, the rival's to settle
+                assert probe.stored(queue) == 1
+                rival.ack(again)
+        finally:
+            if multi:
+                os.kill(handle.pid, signal.SIGCONT)
+                handle.join(30)
+        assert probe.stored(queue) == 0
+
+    def test_every_settle_call_survives_a_dropped_connection(self, transport, queue, probe):
+        """The server closes every connection of the transport between reserve and each
+        settle call (``ack`` then ``close``, ``retry``, ``fail``, ``release``): each still
+        does what it says, and nothing runs twice. Failed against pgsql, whose settle
+        sent a twice-encoded array after reconnecting."""
+        transport.submit_tasks(queue, [{"n": n} for n in range(5)])
+        consumer = transport.consumer(queue, prefetch=1)
+        outcomes: dict[int, str] = {}
+        for n, settle in enumerate(("retry", "fail", "release", "ack")):
+            delivery = consumer.reserve(timeout=5)
+            assert delivery is not None and delivery.payload == {"n": n}, (n, delivery)
+            probe.drop_connections()
+            if settle == "retry":
+                consumer.retry(delivery, delay=60, error="ValueError: later")
+            elif settle == "fail":
+                consumer.fail(delivery, "RuntimeError: never")
+            elif settle == "release":
+                consumer.release(delivery)
+                again = consumer.reserve(timeout=5)
+                assert again is not None and again.payload == {"n": n}
+                assert again.attempt == 1
+                probe.drop_connections()
+                consumer.ack(again)
+            else:
+                consumer.ack(delivery)
+            outcomes[n] = settle
+        # the last ack rides on close, itself after a dropped connection
+        probe.drop_connections()
+        consumer.close()
+        # Then: one retrying, one failed, n=4 still ready, nothing else stored
+        assert [f.payload for f in transport.failed_tasks(queue)] == [{"n": 1}]
+        assert probe.stored(queue) == 2
+        assert transport.get_task(queue) == {"n": 4}
+        assert transport.get_task(queue) is None
+        if "retrying" in transport.features.counts:
+            assert transport.queue_stats(queue).retrying == 1
+        if "in_flight" in transport.features.counts:
+            assert transport.queue_stats(queue).in_flight == 0
+
     def test_a_slow_task_of_a_live_consumer_is_not_delivered_twice(self, transport, queue):
         transport.submit_task(queue, {"n": 1})
         other = self._other(transport)
@@ -517,26 +867,38 @@ class TransportContract:
             other.close()
 
     def test_several_consumers_take_every_task_exactly_once(self, transport, queue, probe):
-        transport.submit_tasks(queue, [{"n": n} for n in range(200)])
+        """Four consumers, all waiting before the 200 tasks come, each task taking a little
+        work: every consumer takes some (they truly contend), none is taken twice. Fails
+        against a transport where one consumer took all 200 (the others never woke)."""
         report = self._report_queue(transport)
         handles = [self._run_apart(transport, _drain_all, queue, report) for _ in range(4)]
-        taken: list[int] = []
         for _ in handles:
-            taken.extend(report.get(timeout=60))
+            assert report.get(timeout=60) == "ready"
+        time.sleep(0.3)  # each is now blocked in reserve
+        transport.submit_tasks(queue, [{"n": n} for n in range(200)])
+        shares: list[list[int]] = [report.get(timeout=60) for _ in handles]
         for handle in handles:
             handle.join(30)
+        taken = [n for share in shares for n in share]
         assert sorted(taken) == list(range(200))
+        assert min(len(share) for share in shares) >= 5, [len(s) for s in shares]
         assert probe.stored(queue) == 0
 
     # -- claims (the scheduler's exactly-once) ------------------------------------------
 
     def test_claim_has_one_winner_until_it_expires(self, transport):
+        """Checked both ways: still held just before its ttl, free soon after. Fails
+        against a claim that never expires, or one that expires at once."""
         key = "contract:" + unique_queue()
         other = self._other(transport)
+        taken = time.monotonic()
         assert transport.claim(key, ttl=1.0) is True
         assert transport.claim(key, ttl=1.0) is False
         assert other.claim(key, ttl=1.0) is False
-        time.sleep(1.6)
+        time.sleep(max(0.0, taken + 0.8 - time.monotonic()))
+        assert other.claim(key, ttl=1.0) is False  # 0.8 s into a 1 s claim
+        time.sleep(max(0.0, taken + 1.3 - time.monotonic()))
         assert other.claim(key, ttl=1.0) is True
+        assert transport.claim(key, ttl=1.0) is False
         if other is not transport:
             other.close()

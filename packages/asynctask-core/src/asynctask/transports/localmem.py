@@ -27,9 +27,11 @@ from asynctask.transport import (
     Consumer,
     Delivery,
     FailedTask,
+    PutProgress,
     QueueStats,
     Transport,
     TransportFeatures,
+    check_delay,
 )
 from asynctask.validation import Payload, decode_payload
 
@@ -75,6 +77,7 @@ class LocalMemTransport(Transport):
         self._claims: dict[str, float] = {}
         self._cond = threading.Condition()
         self._sequence = itertools.count()
+        self._progress = PutProgress(self.retry_timeout + 5)
 
     # -- for tests: what another program would write ------------------------------------
 
@@ -104,7 +107,10 @@ class LocalMemTransport(Transport):
         now = time.time()
         with self._cond:
             q = self._queue(queue)
-            for task_id, text in tasks:
+            # a retried call (after an error) does not store its tasks twice
+            stored = self._progress.done(tasks[0][0])
+            self._progress.record(tasks[0][0], len(tasks))
+            for task_id, text in tasks[stored:]:
                 task = _Task(task_id, text, now)
                 if delay > 0:
                     task.due = time.monotonic() + delay
@@ -281,8 +287,13 @@ class LocalMemConsumer(Consumer):
     def _settle(self, delivery: Delivery) -> tuple[_Queue, _Task] | None:
         task = self._held.pop(delivery.id, None)
         q = self.transport._queues.get(self.queue)
-        if task is None or q is None or q.in_flight.pop(delivery.id, None) is None:
-            return None  # already recovered by somebody else: nothing to settle
+        # Recovered meanwhile (its attempts went up) and maybe delivered to another
+        # consumer: that delivery is not ours to settle.
+        if task is None or q is None or task.attempts + 1 != delivery.attempt:
+            return None
+        if q.in_flight.get(delivery.id) is not task:
+            return None
+        del q.in_flight[delivery.id]
         task.owner = None
         return q, task
 
@@ -291,6 +302,7 @@ class LocalMemConsumer(Consumer):
             self._settle(delivery)
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
+        delay = check_delay(delay)
         t = self.transport
         with t._cond:
             settled = self._settle(delivery)
@@ -299,7 +311,7 @@ class LocalMemConsumer(Consumer):
             q, task = settled
             task.attempts += 1
             task.retrying = True
-            task.due = time.monotonic() + max(0.0, delay)
+            task.due = time.monotonic() + delay
             heapq.heappush(q.waiting, (task.due, next(t._sequence), task))
             t._cond.notify_all()
 
@@ -325,7 +337,8 @@ class LocalMemConsumer(Consumer):
             return
         self.closed = True
         with self.transport._cond:
-            for task_id in list(self._held):
+            # each release goes to the head: the last held first keeps the queue's order
+            for task_id in reversed(list(self._held)):
                 task = self._held[task_id]
                 self.release(
                     Delivery(task_id, self.queue, {}, task.attempts + 1, task.submitted_at, task)

@@ -121,3 +121,49 @@ class RecycleWorker(AsyncTaskWorker):
 
     def process(self, payload: dict[str, Any]) -> None:
         record(payload, "done")
+
+
+def hold_gil(seconds: float) -> None:
+    """Sleep ``seconds`` in C *without* releasing the GIL (``ctypes.PyDLL`` keeps it).
+
+    No other thread of the process runs meanwhile, and Python signal handlers wait: what
+    a long regex, a numpy call or a C extension that forgets to release the GIL does.
+    """
+    import ctypes
+
+    ctypes.PyDLL(None).sleep(int(seconds))
+
+
+class GilHogWorker(AsyncTaskWorker):
+    """Holds the GIL for ``seconds`` (default 6) in one C call, then records it finished."""
+
+    name = "test_gil_hog"
+    max_retries = 2
+    retry_backoff = 0.1
+    prefetch = 1
+
+    def process(self, payload: dict[str, Any]) -> None:
+        record(payload, "start")
+        hold_gil(float(payload.get("seconds", 6)))
+        record(payload, "done")
+
+
+class PoisonWorker(AsyncTaskWorker):
+    """Kills its own process (SIGKILL) on a payload with ``poison``; records the others.
+
+    Its prefetch of 4 makes the innocent tasks behind a poison one ride in the same child.
+    """
+
+    name = "test_poison"
+    retry_backoff = 0.1
+    prefetch = 4
+
+    def process(self, payload: dict[str, Any]) -> None:
+        record(payload, "start")
+        if payload.get("poison"):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        if payload.get("seconds"):
+            time.sleep(float(payload["seconds"]))
+        record(payload, "done")

@@ -1,0 +1,96 @@
+"""What a child tells its supervisor about its tasks: one pipe, one line per event.
+
+``S <id>`` right before a task's ``process()`` starts, ``D <id>`` once it is settled
+(acknowledged, retried or failed). The supervisor keeps the child's liveness
+(``asynctask.liveness``): when the child dies, the tasks it started and had not settled
+count an attempt, the ones it settled are gone (an acknowledgement may still have been
+waiting in its consumer), and every other task it held goes back uncounted. A line is far
+shorter than ``PIPE_BUF``, so each write is whole; lines written just before the child
+died are still read after it is reaped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+
+from asynctask.transport import Delivery
+
+#: settled task ids remembered per child: acknowledgements a consumer has not sent yet
+#: (at most its prefetch, times the tasks it runs at once) are among the last ones
+FINISHED_KEPT = 1024
+
+
+class ReportWriter:
+    """The child's end: ``started``/``settled`` are ``LoopOptions.on_start``/``on_settled``."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+        if fd is not None:
+            os.set_inheritable(fd, False)  # not for the processes a task may start
+
+    def _send(self, line: str) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, line.encode())
+        except OSError:  # the supervisor is gone: the child dies with it anyway
+            self.fd = None
+
+    def started(self, delivery: Delivery) -> None:
+        """A task is about to start."""
+        self._send(f"S {delivery.id}\n")
+
+    def settled(self, delivery: Delivery) -> None:
+        """A started task is settled."""
+        self._send(f"D {delivery.id}\n")
+
+
+class ReportReader:
+    """The supervisor's end, for one child start: what it started and settled."""
+
+    def __init__(self) -> None:
+        self.fd: int | None
+        self.fd, self.write_fd = os.pipe()
+        os.set_blocking(self.fd, False)
+        self._text = b""
+        #: ids of the tasks the child started and has not settled
+        self.running: set[str] = set()
+        #: ids of the last tasks it settled
+        self.finished: deque[str] = deque(maxlen=FINISHED_KEPT)
+
+    def close_write_end(self) -> None:
+        """Close our copy of the write end, once the child has its own."""
+        os.close(self.write_fd)
+
+    def read(self) -> None:
+        """Take in every complete line the child wrote so far."""
+        if self.fd is None:
+            return
+        chunks = [self._text]
+        ended = False
+        try:
+            while True:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    ended = True  # every writer is gone: nothing more will come
+                    break
+                chunks.append(chunk)
+        except BlockingIOError:
+            pass
+        *lines, self._text = b"".join(chunks).split(b"\n")
+        for line in lines:
+            kind, _, task_id = line.decode("ascii", "replace").partition(" ")
+            if kind == "S":
+                self.running.add(task_id)
+            elif kind == "D":
+                self.running.discard(task_id)
+                self.finished.append(task_id)
+        if ended:
+            self.close()
+
+    def close(self) -> None:
+        """Close the read end."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
