@@ -2,10 +2,10 @@
 UV ?= $(shell command -v uv 2>/dev/null || echo .venv-uv/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help install run test bench chaos lint typecheck
+.PHONY: help install run test bench bench-hooks chaos lint typecheck
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(UV):
 	python3 -m venv .venv-uv && .venv-uv/bin/pip install -q uv
@@ -26,6 +26,9 @@ bench: install .venv-arq/bin/python ## speed beside the raw clients: docs/benchm
 # Without it (no registry) the bench leaves out the arq row.
 .venv-arq/bin/python: $(UV)
 	-$(UV) venv -q .venv-arq && $(UV) pip install -q --python .venv-arq/bin/python arq==0.28.0
+
+bench-hooks: install ## what the lifecycle hooks and the metrics plugin cost: docs/observability-cost.md
+	.venv/bin/python -m bench.hooks --docs docs
 
 chaos: install ## reliability under faults: docs/reliability.md (minutes; not part of make test)
 	.venv/bin/python -m chaos $(if $(ONLY),--only $(ONLY),)

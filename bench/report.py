@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,9 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "  of the main thread's samples, waiting included (`--idle`).",
         "- `make bench QUICK=1` (or `python -m bench --quick`) is a smoke test of the",
         "  harness with tiny counts; it writes no docs unless given `--docs DIR`.",
+        "- What the lifecycle hooks and the Prometheus and OpenTelemetry plugins cost per",
+        "  task, and the drain with them off, installed and recording: `make bench-hooks`",
+        "  (`python -m bench.hooks`), in [observability-cost.md](observability-cost.md).",
     ]
     return "\n".join(out) + "\n"
 
@@ -288,6 +292,120 @@ def chart(results: list[TransportResult], path: Path) -> None:
     ax.grid(axis="y", which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _series(
+    samples: Sequence[tuple[float, Mapping[tuple[str, tuple[tuple[str, str], ...]], float]]],
+    name: str,
+    label: str | None,
+    **match: str,
+) -> dict[str, list[tuple[float, float]]]:
+    """Per value of ``label`` (or one line), the summed samples of ``name`` over time."""
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for at, sample in samples:
+        sums: dict[str, float] = {}
+        for (n, labels), v in sample.items():
+            found = dict(labels)
+            if n != name or any(found.get(k) != want for k, want in match.items()):
+                continue
+            key = found.get(label, "") if label else name
+            sums[key] = sums.get(key, 0.0) + v
+        for key, v in sums.items():
+            lines.setdefault(key, []).append((at, v))
+    return lines
+
+
+def _rate(points: list[tuple[float, float]], window: float = 2.0) -> list[tuple[float, float]]:
+    """Per-second increase over ``window`` seconds, as Prometheus's rate() would draw it."""
+    out = []
+    for i, (at, v) in enumerate(points):
+        j = i
+        while j > 0 and at - points[j - 1][0] <= window:
+            j -= 1
+        if j < i:
+            out.append((at, (v - points[j][1]) / (at - points[j][0])))
+    return out
+
+
+def _quantile(buckets: dict[float, float], q: float) -> float | None:
+    """histogram_quantile over cumulative bucket counts (upper bound -> count)."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]] if bounds else 0.0
+    if total <= 0:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = bound, count
+    return lower
+
+
+def scrape_chart(
+    samples: Sequence[tuple[float, Mapping[tuple[str, tuple[tuple[str, str], ...]], float]]],
+    path: Path,
+) -> None:
+    """Four panels from Prometheus scrapes of ``asynctask workers --metrics-port``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7), sharex=True)
+    ax = axes[0][0]
+    for outcome, points in sorted(_series(samples, "asynctask_tasks_total", "outcome").items()):
+        rated = _rate(points)
+        ax.plot([p[0] for p in rated], [p[1] for p in rated], label=outcome)
+    ax.set_title("attempts/s by outcome  rate(asynctask_tasks_total[2s])", fontsize=9)
+    ax.legend(fontsize=8)
+    ax = axes[0][1]
+    for state, points in sorted(_series(samples, "asynctask_queue_tasks", "state").items()):
+        ax.plot([p[0] for p in points], [p[1] for p in points], label=state)
+    ax.set_title("tasks by state  asynctask_queue_tasks", fontsize=9)
+    ax.legend(fontsize=8)
+    ax = axes[1][0]
+    window = 4.0
+    for q in (0.5, 0.95):
+        xs, ys = [], []
+        for i, (at, sample) in enumerate(samples):
+            j = i
+            while j > 0 and at - samples[j - 1][0] <= window:
+                j -= 1
+            if j == i:
+                continue
+            now_b: dict[float, float] = {}
+            then_b: dict[float, float] = {}
+            for target, src in ((now_b, sample), (then_b, samples[j][1])):
+                for (n, labels), v in src.items():
+                    if n == "asynctask_task_duration_seconds_bucket":
+                        le = float(dict(labels)["le"])
+                        target[le] = target.get(le, 0.0) + v
+            value = _quantile({le: now_b[le] - then_b.get(le, 0.0) for le in now_b}, q)
+            if value is not None:
+                xs.append(at)
+                ys.append(value * 1000)
+        ax.plot(xs, ys, label=f"p{int(q * 100)}")
+    ax.set_title("task duration (ms), histogram_quantile over 4 s", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.set_xlabel("seconds")
+    ax = axes[1][1]
+    for name, label in (("asynctask_children", "children"),
+                        ("asynctask_child_restarts_total", "restarts")):  # fmt: skip
+        for _, points in _series(samples, name, None).items():
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=label)
+    ax.set_title("asynctask_children, asynctask_child_restarts_total", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.set_xlabel("seconds")
+    for row in axes:
+        for a in row:
+            a.grid(alpha=0.3)
+    fig.suptitle("asynctask workers --metrics-port, scraped every 0.5 s (bench.scrape)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

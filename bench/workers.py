@@ -59,3 +59,52 @@ class BenchSleepWorker(BenchNoopWorker):
         if self._fd is not None:
             os.write(self._fd, format_line(payload, started))
         await asyncio.sleep(SLEEP)
+
+
+class BenchDemoWorker(AsyncTaskWorker):
+    """Sleeps ``seconds``, then succeeds, or raises when ``fail`` (for the metrics chart)."""
+
+    name = "bench_demo"
+    max_retries = 2
+    retry_backoff = 0.2
+
+    def process(self, payload: dict[str, Any]) -> None:
+        """Sleep, then fail on purpose when asked."""
+        time.sleep(float(payload.get("seconds", 0.0)))
+        if payload.get("fail"):
+            raise RuntimeError("failing on purpose (bench_demo)")
+
+
+class BenchCpuWorker(BenchNoopWorker):
+    """``bench_noop`` that also notes the child's CPU time from its first task to its last.
+
+    With ``BENCH_CPU`` set, ``teardown()`` appends ``tasks first_cpu last_cpu`` (seconds of
+    ``time.process_time()``) to that file: the CPU a task costs in the child, start-up
+    and idle waits left out, which a loaded machine changes far less than a rate.
+    """
+
+    name = "bench_cpu"
+
+    def setup(self) -> None:
+        """Open the ledger; start counting."""
+        super().setup()
+        self._first: float | None = None
+        self._last = 0.0
+        self._count = 0
+
+    def process(self, payload: dict[str, Any]) -> None:
+        """Note the start time, and the CPU time so far."""
+        super().process(payload)
+        now = time.process_time()
+        if self._first is None:
+            self._first = now
+        self._last = now
+        self._count += 1
+
+    def teardown(self) -> None:
+        """Write the CPU line, close the ledger."""
+        super().teardown()
+        path = os.environ.get("BENCH_CPU")
+        if path and self._first is not None:
+            with open(path, "a", encoding="ascii") as f:
+                f.write(f"{self._count} {self._first!r} {self._last!r}\n")

@@ -11,6 +11,9 @@ from asynctask.testing.contract import SECRET
 
 from .conftest import DATABASE, HOST, PgsqlProbe
 
+#: the schema of the contract's tables (created by the first test)
+SCHEMA = "asynctask_contract"
+
 
 class TestPgsqlTransport(TransportContract):
     @pytest.fixture
@@ -20,15 +23,17 @@ class TestPgsqlTransport(TransportContract):
 
     @pytest.fixture
     def transport_uri(self, pg_server: None, application_name: str) -> str:
-        # A short recovery bound keeps the dead-consumer tests quick.
+        # A short recovery bound keeps the dead-consumer tests quick. A schema of the
+        # suite's own: consumers of other programs on this server (whose sweeps may be
+        # older than ours) never look at these rows when a test drops a connection.
         return (
             f"pgsql://{HOST}/{DATABASE}?recovery_seconds=1&retry_timeout=5"
-            f"&application_name={application_name}"
+            f"&application_name={application_name}&schema={SCHEMA}"
         )
 
     @pytest.fixture
     def probe(self, application_name: str) -> PgsqlProbe:
-        return PgsqlProbe(application_name=application_name)
+        return PgsqlProbe(schema=SCHEMA, application_name=application_name)
 
     @pytest.fixture
     def secret_uri(self) -> str:

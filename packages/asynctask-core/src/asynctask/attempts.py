@@ -12,6 +12,8 @@ import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from asynctask import events
+
 if TYPE_CHECKING:
     from asynctask.transport import Consumer, Delivery
     from asynctask.worker import AsyncTaskWorker
@@ -56,6 +58,7 @@ def settle(
     log = worker.logger
     if exc is None:
         consumer.ack(delivery)
+        events.task_finished(worker, delivery, "succeeded", None)
         log.debug("Processing complete")
         return True
     error = error_text(exc)
@@ -71,6 +74,7 @@ def settle(
             exc_info=exc,
         )
         consumer.fail(delivery, error)
+        events.task_finished(worker, delivery, "failed", exc)
         return False
     delay = worker.backoff(delivery.attempt)
     log.error(
@@ -83,6 +87,7 @@ def settle(
         exc_info=exc,
     )
     consumer.retry(delivery, delay, error)
+    events.task_finished(worker, delivery, "retried", exc)
     return False
 
 
@@ -97,6 +102,7 @@ def give_up_if_spent(worker: AsyncTaskWorker, consumer: Consumer, delivery: Deli
     )
     worker.logger.error("Task %s: %s; moved to the failed store", delivery.id, error)
     consumer.fail(delivery, error)
+    events.task_finished(worker, delivery, "failed", None)
     return True
 
 

@@ -42,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from asynctask import events, headers
 from asynctask.attempts import (
     LoopResult,
     SetupFailed,
@@ -329,9 +330,11 @@ class _Engine:
         """Start the tasks reserved since the last flush (the loop wakes once for them)."""
         if self._to_start:
             on_start = self.options.on_start
-            if on_start is not None:
-                for delivery in self._to_start:
+            for delivery in self._to_start:
+                if on_start is not None:
                     on_start(delivery)
+                headers.take(delivery)  # before process() sees the payload
+                events.task_started(self.worker, delivery)
             self.loop.start(self._to_start)
             self._to_start = []
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import pluggy
 
-from asynctask import hookspecs
+from asynctask import events, hookspecs
 from asynctask.errors import InvalidURIError, PluginError, UnknownWorkerError
 from asynctask.uri import redact, uri_scheme
 
@@ -177,6 +177,8 @@ class Registry:
             remove_plugins=[p for p in self.manager.get_plugins() if p is not plugin],
         )
         whook(register=lambda cls: self.add_worker(cls, f"plugin {name!r}"))
+        if self is _registry:  # a plugin registered after loading sees events too
+            events.bind(self.manager)
 
     # -- looking up -------------------------------------------------------------------
 
@@ -306,6 +308,7 @@ def load_plugins(imports: Iterable[str] = ()) -> Registry:
                     broken.error,
                     DISABLE_VARIABLE,
                 )
+            events.bind(registry.manager)
             _registry = registry
         registry = _registry
     for module_name in imports:
@@ -353,3 +356,4 @@ def reset_plugins() -> None:
     global _registry
     with _lock:
         _registry = None
+        events.bind(None)

@@ -67,6 +67,14 @@ def _positive_int(value: Any) -> int:
     return value
 
 
+def _port(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise _Invalid("expected a TCP port number (1-65535) or null")
+    return value
+
+
 def _imports(value: Any) -> list[str]:
     if isinstance(value, str):
         value = [value]
@@ -201,6 +209,12 @@ SETTINGS: dict[str, Setting] = {
             _positive_int,
             "ms between supervisor checks of its children",
         ),
+        Setting(
+            "asynctask_metrics_port",
+            lambda: None,
+            _port,
+            "Prometheus port of asynctask workers (needs asynctask-prometheus)",
+        ),
     ]
 }
 
@@ -247,6 +261,12 @@ class Settings:
     def check_child_interval(self) -> float:
         """Seconds between supervisor checks."""
         return float(self.values["asynctask_workers_check_child_interval"]) / 1000
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port ``asynctask workers`` serves metrics on, if any."""
+        value: int | None = self.values["asynctask_metrics_port"]
+        return value
 
     def check_workers(
         self, known: Mapping[str, object], explain: Callable[[str], str] | None = None

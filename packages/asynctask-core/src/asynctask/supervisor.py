@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from types import FrameType
 
-from asynctask import exitcodes
+from asynctask import events, exitcodes
 from asynctask.child import EXIT_FORCED, ChildSpec
 from asynctask.keepers import Keepers
 from asynctask.liveness import Liveness, new_owner
@@ -123,6 +123,9 @@ class Supervisor:
             # like any child that dies, instead of ending the supervisor.
             with contextlib.suppress(OSError):
                 process.stdin.close()
+        events.child_event(
+            slot.spec.queue, "restarted" if slot.started else "started", process.pid, None
+        )
         slot.process = process
         slot.started = time.monotonic()
         slot.restart_at = None
@@ -151,6 +154,7 @@ class Supervisor:
         code = slot.process.poll()
         if code is None:
             return None
+        events.child_event(slot.spec.queue, "exited", slot.process.pid, code)
         if slot.pidfd is not None:
             os.close(slot.pidfd)
             slot.pidfd = None

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
+from asynctask import events, headers
 from asynctask.errors import InvalidTaskError, TransportClosed, TransportUnavailable
 from asynctask.liveness import Liveness, NoLiveness, check_owner
 from asynctask.outage import OutageReport
@@ -95,6 +96,8 @@ class Delivery:
     submitted_at: float | None = None
     #: the transport's own handle (a row id, a raw message, a file path)
     receipt: Any = field(default=None, repr=False)
+    #: string headers stored beside the payload (the signature, for one)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class PutProgress:
@@ -285,6 +288,10 @@ class Transport(ABC):
     def _claim(self, key: str, ttl: float) -> bool:
         """Atomically take ``key`` for ``ttl`` seconds; False if somebody holds it."""
 
+    def _oldest_ready(self, queue: str) -> float | None:
+        """Submit time of the oldest ready task; override where the backend can tell."""
+        return None
+
     @abstractmethod
     def _consumer(self, queue: str, prefetch: int) -> Consumer:
         """A new consumer of ``queue``."""
@@ -327,23 +334,28 @@ class Transport(ABC):
         check_queue_name(queue_name)
         delay = check_delay(delay)
         tasks: list[tuple[str, str]] = []
+        extra = events.submit_headers(queue_name)
         for index, payload in enumerate(payloads):
             try:
-                tasks.append((new_task_id(), encode_payload(payload)))
+                text = encode_payload(payload)
+                headers.check_payload(payload)
+                tasks.append((new_task_id(), headers.attach(text, extra) if extra else text))
             except InvalidTaskError as exc:
                 if index == 0:
                     raise
                 raise InvalidTaskError(f"payload #{index}: {exc}") from exc
         if tasks:
             self._call(self._put, queue_name, tasks, delay)
-        return [task_id for task_id, _ in tasks]
+        ids = [task_id for task_id, _ in tasks]
+        events.task_submitted(queue_name, ids)
+        return ids
 
     def get_task(self, queue_name: str) -> Payload | None:
         """Remove the head task of a queue and return its payload (at most once).
 
         Returns ``None`` when nothing is ready. Workers use ``consumer()`` instead.
         """
-        return self._call(self._take, check_queue_name(queue_name))
+        return headers.strip(self._call(self._take, check_queue_name(queue_name)))
 
     def poll_queue(self, queue_name: str) -> int:
         """How many tasks are ready to be taken now (0 for a queue never used)."""
@@ -363,6 +375,14 @@ class Transport(ABC):
         """
         stats = sorted(self._call(self._all_stats), key=lambda stats: stats.name)
         return [s for s in stats if any(getattr(s, count) for count in COUNT_NAMES)]
+
+    def oldest_ready(self, queue_name: str) -> float | None:
+        """When the oldest ready task was submitted (Unix seconds).
+
+        ``None`` when nothing is ready, or when the backend cannot tell without taking a
+        task (AMQP). ``asynctask top`` shows its age.
+        """
+        return self._call(self._oldest_ready, check_queue_name(queue_name))
 
     def purge(self, queue_name: str) -> int:
         """Delete every task of a queue that is not in flight or failed; return how many."""

@@ -283,6 +283,22 @@ class FilesysTransport(Transport):
         return QueueStats(queue, ready, delayed, retrying, in_flight, len(self._failed_names(p)))
 
     @os_errors
+    def _oldest_ready(self, queue: str) -> float | None:
+        # Names start with their nanosecond stamp: the smallest is the head of the queue.
+        folder = self.paths(queue).ready
+        names = task_names(folder)
+        if not names:
+            return None
+        head = min(names)
+        stamp = TaskName.parse(head).stamp
+        if stamp is not None:
+            return stamp / 1e9
+        try:
+            return os.stat(os.path.join(folder, head)).st_mtime  # a foreign file's
+        except FileNotFoundError:
+            return None
+
+    @os_errors
     def _queue_names(self) -> list[str]:
         names = []
         for queue in task_names(self.root):

@@ -320,6 +320,13 @@ ON CONFLICT (key) DO UPDATE SET date_expires = EXCLUDED.date_expires
 RETURNING 1
 """
 
+# The head of the queue in the order workers take it (the ``asynctask_queue_ready`` index).
+OLDEST_READY = """
+SELECT extract(epoch FROM date_submitted)::float8 FROM {s}.asynctask_queue
+WHERE queue_name = %s AND state = 'queued' AND date_available <= now()
+ORDER BY date_available, id LIMIT 1
+"""
+
 
 @dataclass(frozen=True)
 class Statements:
@@ -346,6 +353,7 @@ class Statements:
     requeue_failed: LiteralString
     purge_failed: LiteralString
     claim: LiteralString
+    oldest_ready: LiteralString
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:

@@ -296,6 +296,10 @@ class PgsqlTransport(Transport):
         [(ready, delayed, retrying, in_flight, failed)] = self._query(self.sql.stats, {"q": queue})
         return QueueStats(queue, ready, delayed, retrying, in_flight, failed)
 
+    def _oldest_ready(self, queue: str) -> float | None:
+        rows = self._query(self.sql.oldest_ready, (queue,))
+        return None if not rows else rows[0][0]
+
     def _queue_names(self) -> list[str]:
         if not self._stored():
             return []

@@ -207,6 +207,15 @@ class RedisTransport(Transport):
         ready, delayed, retrying, in_flight, failed = (int(n) for n in counts)
         return QueueStats(queue, ready, delayed, retrying, in_flight, failed)
 
+    def _oldest_ready(self, queue: str) -> float | None:
+        head = self.execute(call, "LINDEX", self.ready_key(queue), 0)
+        if head is None:
+            return None
+        try:
+            return read_message(head).submitted_at  # None for a foreign producer's task
+        except ValueError:
+            return None
+
     def _queue_names(self) -> list[str]:
         return [name.decode() for name in self._script(scripts.QUEUES, "")]
 

@@ -18,7 +18,7 @@ from asynctask.cli import changes, inspect
 from asynctask.cli.common import app, failed_app
 from asynctask.cli.workers import workers
 
-__all__ = ["app", "main", "workers_main"]
+__all__ = ["add_plugin_commands", "app", "main", "workers_main"]
 
 # The commands, in the order `asynctask --help` lists them.
 app.command()(workers)
@@ -31,6 +31,38 @@ failed_app.command("purge")(changes.failed_purge)
 app.command()(inspect.schedule)
 app.command()(inspect.plugins)
 app.command("settings")(inspect.show_settings)
+
+
+_plugin_commands_added = False
+
+
+def add_plugin_commands() -> None:
+    """Let plugins add their subcommands (``asynctask_register_commands``), once.
+
+    A plugin that fails to load is not reported here: the command that needs plugins
+    reports it, and ``asynctask --help`` still works.
+    """
+    global _plugin_commands_added
+    if _plugin_commands_added:
+        return
+    _plugin_commands_added = True
+    from asynctask.errors import PluginError
+    from asynctask.plugins import load_plugins
+
+    try:
+        registry = load_plugins()
+    except PluginError:
+        return
+    for impl in registry.manager.hook.asynctask_register_commands.get_hookimpls():
+        try:
+            impl.function(app)
+        except Exception as exc:
+            # One plugin's broken command must not take the whole command line down.
+            print(
+                f"asynctask: warning: plugin {impl.plugin_name!r} failed to add its commands: "
+                f"{type(exc).__name__}: {exc}",
+                file=sys.stderr,
+            )
 
 
 def _run(command: Callable[[], None]) -> None:
@@ -52,6 +84,7 @@ def _run(command: Callable[[], None]) -> None:
 
 def main() -> None:
     """Entry point of ``asynctask``."""
+    add_plugin_commands()
     _run(lambda: app())
 
 

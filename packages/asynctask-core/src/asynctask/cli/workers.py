@@ -6,7 +6,8 @@ import json
 import logging
 import math
 import os
-from typing import Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,6 +23,9 @@ from asynctask.cli.common import (
 )
 from asynctask.cli.runreport import RunReport, summary_table
 from asynctask.logs import setup_logging
+
+if TYPE_CHECKING:
+    from asynctask.plugins import Registry
 
 
 def workers(
@@ -50,6 +54,16 @@ def workers(
             "--grace", help="Seconds children get to finish their task on SIGTERM.", min=0
         ),
     ] = 30.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            help="Serve Prometheus metrics on this port (needs asynctask-prometheus); "
+            "the same as the setting asynctask_metrics_port.",
+            min=1,
+            max=65535,
+        ),
+    ] = None,
     fail_on_failed: Annotated[
         bool,
         typer.Option(
@@ -135,6 +149,9 @@ def workers(
         transport = cls(uri)
         try:
             report.start(transport, specs)  # a backend that refuses us ends the run here
+            stop_metrics = _start_metrics(
+                registry, metrics_port or settings.metrics_port, uri, [s.queue for s in specs]
+            )
         except BaseException:
             transport.close()
             raise
@@ -153,6 +170,8 @@ def workers(
     finally:
         if schedule_runner is not None:
             schedule_runner.stop()
+        if stop_metrics is not None:
+            stop_metrics()
         transport.close()
         report.stop_watching()
     if halt_when_empty and code == exitcodes.OK:
@@ -164,3 +183,23 @@ def workers(
             code = exitcodes.NOT_OBTAINED
     report.close()
     raise typer.Exit(code)
+
+
+def _start_metrics(
+    registry: Registry, port: int | None, uri: str, queues: list[str]
+) -> Callable[[], None] | None:
+    """Start the metrics plugin's server, or refuse a port nobody can serve."""
+    if port is None:
+        return None
+    from asynctask.api import get_transport
+
+    stop: Callable[[], None] | None = registry.manager.hook.asynctask_metrics_server(
+        port=port, transport=get_transport(uri), queues=sorted(set(queues))
+    )
+    if stop is None:
+        raise fail(
+            f"--metrics-port {port} (or asynctask_metrics_port) needs a metrics plugin: "
+            'pip install "asynctask-prometheus"',
+            exitcodes.USAGE,
+        )
+    return stop

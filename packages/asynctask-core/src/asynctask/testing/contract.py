@@ -818,28 +818,31 @@ class TransportContract:
         sent a twice-encoded array after reconnecting."""
         transport.submit_tasks(queue, [{"n": n} for n in range(5)])
         consumer = transport.consumer(queue, prefetch=1)
-        outcomes: dict[int, str] = {}
-        for n, settle in enumerate(("retry", "fail", "release", "ack")):
-            delivery = consumer.reserve(timeout=5)
-            assert delivery is not None and delivery.payload == {"n": n}, (n, delivery)
-            probe.drop_connections()
-            if settle == "retry":
-                consumer.retry(delivery, delay=60, error="ValueError: later")
-            elif settle == "fail":
-                consumer.fail(delivery, "RuntimeError: never")
-            elif settle == "release":
-                consumer.release(delivery)
-                again = consumer.reserve(timeout=5)
-                assert again is not None and again.payload == {"n": n}
-                assert again.attempt == 1
+        try:
+            outcomes: dict[int, str] = {}
+            for n, settle in enumerate(("retry", "fail", "release", "ack")):
+                delivery = consumer.reserve(timeout=5)
+                assert delivery is not None and delivery.payload == {"n": n}, (n, delivery)
                 probe.drop_connections()
-                consumer.ack(again)
-            else:
-                consumer.ack(delivery)
-            outcomes[n] = settle
-        # the last ack rides on close, itself after a dropped connection
-        probe.drop_connections()
-        consumer.close()
+                if settle == "retry":
+                    consumer.retry(delivery, delay=60, error="ValueError: later")
+                elif settle == "fail":
+                    consumer.fail(delivery, "RuntimeError: never")
+                elif settle == "release":
+                    consumer.release(delivery)
+                    again = consumer.reserve(timeout=5)
+                    assert again is not None and again.payload == {"n": n}
+                    assert again.attempt == 1
+                    probe.drop_connections()
+                    consumer.ack(again)
+                else:
+                    consumer.ack(delivery)
+                outcomes[n] = settle
+            # the last ack rides on close, itself after a dropped connection
+            probe.drop_connections()
+            consumer.close()
+        finally:
+            consumer.close()  # (closed already, unless an assertion failed)
         # Then: one retrying, one failed, n=4 still ready, nothing else stored
         assert [f.payload for f in transport.failed_tasks(queue)] == [{"n": 1}]
         assert probe.stored(queue) == 2

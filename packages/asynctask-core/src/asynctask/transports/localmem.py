@@ -187,6 +187,11 @@ class LocalMemTransport(Transport):
                 failed=len(q.failed),
             )
 
+    def _oldest_ready(self, queue: str) -> float | None:
+        with self._cond:
+            q = self._queues.get(queue)
+            return q.ready[0].submitted_at if q is not None and q.ready else None
+
     def _queue_names(self) -> list[str]:
         with self._cond:
             return [name for name, q in self._queues.items() if not q.is_empty()]

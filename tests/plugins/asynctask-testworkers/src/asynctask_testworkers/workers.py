@@ -62,6 +62,22 @@ class FailWorker(AsyncTaskWorker):
         raise RuntimeError(f"failing on purpose: {payload.get('n')}")
 
 
+class MixedWorker(AsyncTaskWorker):
+    """Sleeps ``seconds``, then succeeds, or raises on every attempt if ``"fail": true``."""
+
+    name = "test_mixed"
+    max_retries = 2
+    retry_backoff = 0.05
+
+    def process(self, payload: dict[str, Any]) -> None:
+        record(payload, "start")
+        if payload.get("seconds"):
+            time.sleep(float(payload["seconds"]))
+        if payload.get("fail"):
+            raise ValueError(f"failing on purpose: {payload.get('n')}")
+        record(payload, "done")
+
+
 class NoRetryWorker(AsyncTaskWorker):
     """Raises an exception it declares not worth retrying."""
 

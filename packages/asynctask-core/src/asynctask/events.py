@@ -1,0 +1,148 @@
+"""The lifecycle events of DESIGN.md section 8, as one typed function per event.
+
+The run loop, the supervisor and ``Transport.submit_tasks`` call these functions, one
+line per event; they call the plugins' ``asynctask_task_*`` / ``asynctask_child_event``
+hooks with keyword arguments. Three promises:
+
+* **Nearly free when unused.** ``bind()`` (called by ``load_plugins``) keeps, per hook,
+  the list of implementations; with none, an event is one truth test of an empty list
+  and returns. The bench measures the drain with and without a plugin.
+* **A hook never fails a task.** Implementations are called one by one; one that raises
+  is logged once, with its traceback, and switched off for the rest of this process.
+  The others still run.
+* **In the process where it happens.** Nothing is sent anywhere: a plugin that needs the
+  numbers elsewhere (metrics in the supervisor) carries them itself.
+
+Pluggy's hook wrappers are not called for these hooks (an event has no result to wrap).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from asynctask.hookspecs import ChildEvent, Outcome
+
+if TYPE_CHECKING:
+    import pluggy
+    from pluggy import HookImpl
+
+    from asynctask.transport import Delivery
+    from asynctask.worker import AsyncTaskWorker
+
+logger = logging.getLogger("asynctask.events")
+
+
+class _Hook:
+    """The live implementations of one hook in this process."""
+
+    __slots__ = ("impls", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        #: replaced, never mutated, so a thread iterating an old list is never disturbed
+        self.impls: list[HookImpl] = []
+
+    def call(self, **kwargs: Any) -> list[Any]:
+        results = []
+        for impl in self.impls:
+            try:
+                results.append(impl.function(*[kwargs[arg] for arg in impl.argnames]))
+            except Exception:
+                self.impls = [other for other in self.impls if other is not impl]
+                logger.exception(
+                    "The %s hook of plugin %r raised; it is switched off in this process "
+                    "(pid %d). Tasks are not affected. Report it to the plugin's authors.",
+                    self.name,
+                    impl.plugin_name,
+                    os.getpid(),
+                )
+        return results
+
+
+_headers = _Hook("asynctask_submit_headers")
+_submitted = _Hook("asynctask_task_submitted")
+_started = _Hook("asynctask_task_started")
+_finished = _Hook("asynctask_task_finished")
+_child = _Hook("asynctask_child_event")
+_HOOKS = (_headers, _submitted, _started, _finished, _child)
+
+#: monotonic start time of each running attempt, by (queue, task id), for ``duration``;
+#: kept only while some plugin implements ``asynctask_task_finished``
+_started_at: dict[tuple[str, str], float] = {}
+_lock = threading.Lock()
+
+
+def bind(manager: pluggy.PluginManager | None) -> None:
+    """Take the implementations of every lifecycle hook from ``manager`` (None: forget)."""
+    with _lock:
+        for hook in _HOOKS:
+            if manager is None:
+                hook.impls = []
+                continue
+            caller = getattr(manager.hook, hook.name)
+            # pluggy lists the last-registered first-called implementation last
+            hook.impls = [
+                impl
+                for impl in reversed(caller.get_hookimpls())
+                if not (impl.hookwrapper or impl.wrapper)
+            ]
+        _started_at.clear()
+
+
+def submit_headers(queue: str) -> dict[str, str]:
+    """The headers plugins add to tasks about to be submitted to ``queue``."""
+    if not _headers.impls:
+        return {}
+    found: dict[str, str] = {}
+    for result in _headers.call(queue=queue):
+        if result:
+            found.update({str(k): str(v) for k, v in result.items()})
+    return found
+
+
+def task_submitted(queue: str, ids: Sequence[str]) -> None:
+    """``ids`` were stored on ``queue``."""
+    if _submitted.impls:
+        _submitted.call(queue=queue, ids=ids)
+
+
+def task_started(worker: AsyncTaskWorker, delivery: Delivery) -> None:
+    """``worker`` is about to run ``delivery``."""
+    if _finished.impls:
+        _started_at[(delivery.queue, delivery.id)] = time.monotonic()
+    if _started.impls:
+        _started.call(
+            queue=delivery.queue,
+            worker=worker.name or "",
+            task_id=delivery.id,
+            attempt=delivery.attempt,
+            headers=delivery.headers,
+        )
+
+
+def task_finished(
+    worker: AsyncTaskWorker, delivery: Delivery, outcome: Outcome, error: BaseException | None
+) -> None:
+    """``delivery``'s attempt ended with ``outcome`` (called after it was settled)."""
+    if _finished.impls:
+        began = _started_at.pop((delivery.queue, delivery.id), None)
+        _finished.call(
+            queue=delivery.queue,
+            worker=worker.name or "",
+            task_id=delivery.id,
+            attempt=delivery.attempt,
+            outcome=outcome,
+            duration=0.0 if began is None else time.monotonic() - began,
+            error=error,
+        )
+
+
+def child_event(queue: str, event: ChildEvent, pid: int, exit_status: int | None) -> None:
+    """A supervised child of ``queue`` started, restarted or exited."""
+    if _child.impls:
+        _child.call(queue=queue, event=event, pid=pid, exit_status=exit_status)

@@ -1,0 +1,147 @@
+"""The lifecycle hooks in one process (localmem): what they receive, and a hook that raises."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from asynctask import AsyncTaskWorker, get_transport, hookimpl
+from asynctask import events as events_module
+from asynctask.plugins import load_plugins
+from asynctask.runner import LoopOptions, run_loop
+from asynctask.testing import unique_queue
+
+
+class FailsTwice(AsyncTaskWorker):
+    name = "fails_twice_inline"
+    max_retries = 3
+    retry_backoff = 0.01
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def process(self, payload):
+        self.calls += 1
+        if payload.get("always") or self.calls <= 2:
+            raise ValueError(f"failing {payload}")
+
+
+class Recorder:
+    """A plugin object that keeps every event."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple] = []
+
+    @hookimpl
+    def asynctask_task_submitted(self, queue, ids):
+        self.seen.append(("submitted", queue, tuple(ids)))
+
+    @hookimpl
+    def asynctask_task_started(self, queue, worker, task_id, attempt):
+        self.seen.append(("started", queue, worker, task_id, attempt))
+
+    @hookimpl
+    def asynctask_task_finished(self, queue, worker, task_id, attempt, outcome, duration, error):
+        self.seen.append(("finished", queue, worker, task_id, attempt, outcome, duration, error))
+
+
+class Raiser:
+    """A plugin whose hooks raise: it must be switched off, never failing a task."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl
+    def asynctask_task_started(self, task_id):
+        self.calls += 1
+        raise RuntimeError("broken plugin")
+
+
+@pytest.fixture
+def plugin() -> Iterator:
+    registry = load_plugins()
+    added: list[object] = []
+
+    def add(obj: object, name: str) -> object:
+        registry.register_plugin(obj, name)
+        added.append(obj)
+        return obj
+
+    yield add
+    for obj in added:
+        if registry.manager.is_registered(obj):
+            registry.manager.unregister(obj)
+    events_module.bind(registry.manager)
+
+
+def drain(worker, queue):
+    options = LoopOptions(halt_when_empty=True, wait=0.02)
+    return run_loop(worker, get_transport("localmem:"), queue, options)
+
+
+def test_hooks_see_submit_every_attempt_and_its_outcome(plugin):
+    # Given a plugin that records events, and a task that fails twice then succeeds
+    recorder = plugin(Recorder(), "recorder")
+    queue = unique_queue()
+    [tid] = get_transport("localmem:").submit_tasks(queue, [{"n": 1}])
+    # When a worker drains the queue
+    drain(FailsTwice(), queue)
+    # Then the plugin saw the submit, three starts and three ends: retried, retried, succeeded
+    assert recorder.seen[0] == ("submitted", queue, (tid,))
+    starts = [e for e in recorder.seen if e[0] == "started"]
+    assert starts == [("started", queue, "fails_twice_inline", tid, n) for n in (1, 2, 3)]
+    ends = [e for e in recorder.seen if e[0] == "finished"]
+    assert [(e[4], e[5]) for e in ends] == [(1, "retried"), (2, "retried"), (3, "succeeded")]
+    assert all(isinstance(e[7], ValueError) for e in ends[:2]) and ends[2][7] is None
+    assert all(e[6] >= 0 for e in ends)
+
+
+def test_a_task_past_its_retries_ends_failed_with_its_error(plugin):
+    recorder = plugin(Recorder(), "recorder")
+    queue = unique_queue()
+    get_transport("localmem:").submit_tasks(queue, [{"always": True}])
+    drain(FailsTwice(), queue)
+    ends = [(e[4], e[5]) for e in recorder.seen if e[0] == "finished"]
+    assert ends == [(1, "retried"), (2, "retried"), (3, "retried"), (4, "failed")]
+    assert get_transport("localmem:").queue_stats(queue).failed == 1
+
+
+def test_a_hook_that_raises_is_logged_once_and_switched_off(plugin, caplog):
+    # Given a broken plugin beside a working one
+    raiser = plugin(Raiser(), "raiser")
+    recorder = plugin(Recorder(), "recorder")
+    queue = unique_queue()
+    get_transport("localmem:").submit_tasks(queue, [{"n": n} for n in range(3)])
+
+    class Ok(AsyncTaskWorker):
+        name = "ok_inline"
+
+        def process(self, payload):
+            return None
+
+    # When three tasks run
+    with caplog.at_level(logging.ERROR, logger="asynctask.events"):
+        result = drain(Ok(), queue)
+    # Then every task succeeded, the broken hook ran once and was logged once
+    assert result.succeeded == 3 and result.failed == 0
+    assert raiser.calls == 1
+    logged = [r for r in caplog.records if "raiser" in r.getMessage()]
+    assert len(logged) == 1 and "switched off" in logged[0].getMessage()
+    # and the working plugin still saw every start
+    assert len([e for e in recorder.seen if e[0] == "started"]) == 3
+
+
+def test_with_no_implementation_an_event_is_skipped(plugin):
+    # The fast path: no implementation means an empty list, so the call returns at once
+    registry = load_plugins()
+    impls = registry.manager.hook.asynctask_task_finished.get_hookimpls()
+    if not impls:
+        assert events_module._finished.impls == []
+    recorder = plugin(Recorder(), "recorder")
+    assert events_module._finished.impls
+    registry.manager.unregister(recorder)
+    events_module.bind(registry.manager)
+    assert len(events_module._finished.impls) == len(impls)
