@@ -19,8 +19,13 @@ run: install ## the main job: submit demo tasks and run workers on the embedded 
 test: install ## run the whole test suite
 	.venv/bin/pytest $(PYTEST_ARGS)
 
-bench: install ## speed beside the raw clients: docs/benchmarks.md (QUICK=1: a smoke run)
+bench: install .venv-arq/bin/python ## speed beside the raw clients: docs/benchmarks.md (QUICK=1: a smoke run)
 	.venv/bin/python -m bench $(if $(QUICK),--quick,)
+
+# arq, the async table's peer, in a venv of its own: never one of the project's dependencies.
+# Without it (no registry) the bench leaves out the arq row.
+.venv-arq/bin/python: $(UV)
+	-$(UV) venv -q .venv-arq && $(UV) pip install -q --python .venv-arq/bin/python arq==0.28.0
 
 bench-hooks: install ## what the lifecycle hooks and the metrics plugin cost: docs/observability-cost.md
 	.venv/bin/python -m bench.hooks --docs docs

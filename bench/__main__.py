@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAMES",
         help=f"comma-separated transports (default: all of {','.join(TRANSPORTS)})",
     )
+    parser.add_argument(
+        "--steps",
+        metavar="NAMES",
+        help="comma-separated steps to run (default: all of submit,drain,latency,depth,"
+        "depth_raw,prefetch,asyncio)",
+    )
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the results as JSON")
     parser.add_argument(
         "--docs",
@@ -73,8 +79,9 @@ def main(argv: list[str]) -> int:
 
     began = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="asynctask-bench-"))
+    steps = None if not args.steps else {s.strip() for s in args.steps.split(",")}
     for name in names:
-        run.results.append(measure(name, run.sizes, scratch, say))
+        run.results.append(measure(name, run.sizes, scratch, say, steps))
     run.seconds = time.monotonic() - began
     run.machine["load_after"] = machine.load()
     failed = any(r.errors for r in run.results)

@@ -21,10 +21,19 @@ from asynctask.plugins import load_plugins
 from asynctask.transport import Transport
 from bench import ours
 from bench.ledger import Follower
-from bench.plan import BACKENDS, PEERS, Sizes, unavailable, unique_name
+from bench.plan import (
+    ARQ_PYTHON,
+    ASYNC_CONCURRENCY,
+    BACKENDS,
+    PEERS,
+    REDIS,
+    Sizes,
+    unavailable,
+    unique_name,
+)
 from bench.raw import RAW, RawClient, delete_amqp_queues
 from bench.results import TransportResult
-from bench.workers import BenchNoopWorker
+from bench.workers import SLEEP, BenchNoopWorker
 
 Say = Callable[[str], None]
 Payload = dict[str, Any]
@@ -44,8 +53,12 @@ def percentile(values: list[float], fraction: float) -> float:
 class Session:
     """One transport's measures; ``run()`` fills a ``TransportResult``."""
 
-    def __init__(self, name: str, sizes: Sizes, scratch: Path, say: Say) -> None:
+    def __init__(
+        self, name: str, sizes: Sizes, scratch: Path, say: Say, steps: set[str] | None = None
+    ) -> None:
         self.name = name
+        #: the steps to run (None: all)
+        self.steps = steps
         self.sizes = sizes
         self.folder = scratch / name
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -80,9 +93,11 @@ class Session:
                 self.depth_raw,
                 self.prefetch,
                 self.scale,
+                self.asyncio,
             )
             for step in steps:
-                self._attempt(step)
+                if self.steps is None or step.__name__ in self.steps:
+                    self._attempt(step)
         finally:
             self.filler.close()
             self.transport.close()
@@ -443,6 +458,37 @@ class Session:
             f"{rate_small:,.0f}/s at {small:,}, {rate_deep:,.0f}/s at {count:,}"
         )
 
+    def asyncio(self) -> None:
+        """7. I/O-bound async tasks with one child at each ``child_concurrency``; arq beside."""
+        if not self.backend.multiprocess:
+            return  # the async table runs ``asynctask workers``, which refuses localmem
+        rates: dict[int, float] = {}
+        for concurrency in ASYNC_CONCURRENCY:
+            count = concurrency * self.sizes.async_rounds
+            queue = self.queue(f"io{concurrency}")
+            ours.fill(self.filler, queue, count)
+            try:
+                result = ours.drain_io(self.uri, queue, count, concurrency, self.folder)
+            finally:
+                self.transport.purge(queue)
+            ideal = concurrency / SLEEP
+            rates[concurrency] = result.rate
+            self.add(
+                f"async_{concurrency}",
+                result.rate,
+                ideal,
+                f"ideal {concurrency}/{SLEEP:g} s",
+                f"{count:,} tasks of `await asyncio.sleep({SLEEP:g})`",
+                target=self.name in ("pgsql", "redis"),
+            )
+        line = ", ".join(f"{c}: {r:,.0f}/s" for c, r in rates.items())
+        if self.name == "redis" and ARQ_PYTHON.exists():
+            count = 100 * self.sizes.async_rounds
+            arq = ours.arq_io(ARQ_PYTHON, REDIS, 100, count, SLEEP)
+            self.add("async_peer", rates[100], arq, "arq, max_jobs 100, poll_delay 0.01 s")
+            line += f"; arq at 100: {arq:,.0f}/s"
+        self.say(f"[{self.name}] async I/O: {line}")
+
     def depth_raw(self) -> None:
         """4b. The raw client's drain loop at the same two depths: what the server adds."""
         small, rounds = self.sizes.depth_small, self.sizes.depth_rounds
@@ -472,6 +518,8 @@ class Session:
         )
 
 
-def measure(name: str, sizes: Sizes, scratch: Path, say: Say) -> TransportResult:
+def measure(
+    name: str, sizes: Sizes, scratch: Path, say: Say, steps: set[str] | None = None
+) -> TransportResult:
     """Every measure of one transport (or why it was skipped)."""
-    return Session(name, sizes, scratch, say).run()
+    return Session(name, sizes, scratch, say, steps).run()

@@ -8,6 +8,7 @@ lives in one process, so its workers are threads running the same run loop.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -142,9 +143,20 @@ class WorkersCommand:
     """``asynctask workers`` with ``bench_noop`` on one queue, its log in ``folder``."""
 
     def __init__(
-        self, uri: str, queue: str, concurrency: int, ledger_path: str, folder: Path, halt: bool
+        self,
+        uri: str,
+        queue: str,
+        concurrency: int,
+        ledger_path: str,
+        folder: Path,
+        halt: bool,
+        worker: str = "bench_noop",
+        child_concurrency: int | None = None,
     ) -> None:
-        workers = {queue: {"worker": "bench_noop", "concurrency": concurrency}}
+        entry: dict[str, Any] = {"worker": worker, "concurrency": concurrency}
+        if child_concurrency is not None:
+            entry["child_concurrency"] = child_concurrency
+        workers = {queue: entry}
         halting = ["--halt-when-empty"] if halt else []
         self.command = workers_command(uri, workers, "--import", "bench.workers", "-q", *halting)
         self.env = clean_environment(**{ledger.LEDGER_VARIABLE: ledger_path})
@@ -212,6 +224,34 @@ def drain(uri: str, queue: str, count: int, concurrency: int, folder: Path) -> D
         except TimeoutError:
             workers.stop()  # report the rate of what was done
     return drain_rate(path, workers.launched)
+
+
+def drain_io(uri: str, queue: str, count: int, child_concurrency: int, folder: Path) -> Drain:
+    """One child of ``bench_sleep`` (``await asyncio.sleep``) on a filled queue."""
+    path = str(folder / f"io-{queue}-{child_concurrency}.ledger")
+    with WorkersCommand(
+        uri, queue, 1, path, folder, halt=True, worker="bench_sleep",
+        child_concurrency=child_concurrency,
+    ) as workers:  # fmt: skip
+        try:
+            workers.wait(timeout=max(120.0, count / 50))
+        except TimeoutError:
+            workers.stop()
+    return drain_rate(path, workers.launched)
+
+
+def arq_io(python: Path, redis_url: str, concurrency: int, count: int, sleep: float) -> float:
+    """arq's rate on the same I/O-bound tasks, run by the bench-only venv's ``python``."""
+    script = ROOT / "bench" / "arq_peer.py"
+    done = subprocess.run(
+        [str(python), str(script), redis_url, str(concurrency), str(count), str(sleep)],
+        capture_output=True,
+        text=True,
+        timeout=max(120.0, count / 50),
+        check=True,
+    )
+    rate: float = json.loads(done.stdout.strip().splitlines()[-1])["rate"]
+    return rate
 
 
 def latency(

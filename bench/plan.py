@@ -17,6 +17,12 @@ from pathlib import Path
 #: the order of the table: the in-process reference first, then the embedded default
 TRANSPORTS = ("localmem", "filesys", "pgsql", "redis", "amqp")
 
+#: the async table: ``child_concurrency`` values tried with one child
+ASYNC_CONCURRENCY = (1, 10, 100, 500)
+#: the bench-only venv with arq, the async peer (``make bench`` makes it); never a
+#: dependency of the project
+ARQ_PYTHON = Path(__file__).resolve().parent.parent / ".venv-arq" / "bin" / "python"
+
 #: drain rates (tasks/s, 1 worker process) of the fastest Python peer on each backend,
 #: measured by hand on this kind of machine (see docs/benchmarks.md)
 PEERS: dict[str, tuple[str, float]] = {
@@ -50,6 +56,8 @@ class Sizes:
     queues_many: int
     #: waiting tasks in one queue for the deepest drain and ``queues`` call
     deep: int
+    #: the async table: each of a child's slots runs this many tasks in a drain
+    async_rounds: int = 40
 
 
 FULL = Sizes(
@@ -85,6 +93,7 @@ QUICK = Sizes(
     queues_few=10,
     queues_many=40,
     deep=4000,
+    async_rounds=4,
 )
 
 

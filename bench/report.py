@@ -164,6 +164,12 @@ def markdown(run: Run, chart_name: str | None) -> str:
         f"{run.sizes.depth_take:,} of those {run.sizes.deep:,} against "
         f"{run.sizes.depth_small:,} waiting. filesys and amqp fill 200,000 (a million "
         "files, or messages on a shared broker, take many minutes to fill and remove).",
+        "7. **async I/O**: one child of an `async def process` that awaits "
+        "`asyncio.sleep(0.05)`, on a queue filled with "
+        f"{run.sizes.async_rounds} tasks per slot, at `child_concurrency` 1, 10, 100 and 500, "
+        "against the ideal `child_concurrency / 0.05 s` (target at 100: >= 0.8x on redis and "
+        "pgsql); on redis beside arq (its own venv, `.venv-arq`) with `max_jobs` 100 on the "
+        "same tasks in the same run.",
         "",
         "Ratios are ours / reference: higher is better for rates, lower for latencies. Peer",
         "rates are the fastest Python task queue on each backend, 1 worker process, as the",

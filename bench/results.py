@@ -38,14 +38,23 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
     "depth_raw": ("raw drain at depth 100,000 vs 100", "tasks/s", None),
     "prefetch": ("one consumer, prefetch 10 vs 1", "tasks/s", None),
     "relay": ("drain, 1 child, relay vs connection in the child", "tasks/s", None),
+    "async_1": ("async I/O, child_concurrency 1", "tasks/s", None),
+    "async_10": ("async I/O, child_concurrency 10", "tasks/s", None),
+    "async_100": ("async I/O, child_concurrency 100", "tasks/s", Target(">=", 0.8)),
+    "async_500": ("async I/O, child_concurrency 500", "tasks/s", None),
+    "async_peer": ("async I/O at 100 vs arq", "tasks/s", None),
     "queues_many": ("queues() at 1,000 queues vs 100", "ms", None),
     "queues_deep": ("queues() at 1,000,000 waiting vs 100", "ms", None),
     "drain_deep": ("drain at depth 1,000,000 vs 100", "tasks/s", None),
 }
 
-#: the measures every measured transport has (``peer`` only where a peer was measured,
-#: ``relay`` only on amqp)
-REQUIRED = tuple(key for key in MEASURES if key not in ("peer", "relay"))
+#: measures only some transports have: a peer where one was measured, the relay on amqp,
+#: the async table where ``asynctask workers`` runs (not localmem) and the bench-only arq
+#: venv exists
+OPTIONAL = ("peer", "relay", "async_1", "async_10", "async_100", "async_500", "async_peer")
+
+#: the measures every measured transport has
+REQUIRED = tuple(key for key in MEASURES if key not in OPTIONAL)
 
 
 @dataclass

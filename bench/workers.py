@@ -1,18 +1,23 @@
 """The benchmark's no-op worker: notes when ``process()`` starts, and nothing else.
 
-Registered with ``--import bench.workers``. With ``BENCH_LEDGER`` set (the supervisor's
+Registered with ``--import bench.workers``; ``bench_sleep`` is the async table's
+I/O-bound worker. With ``BENCH_LEDGER`` set (the supervisor's
 children inherit the environment), each task appends one line to that file: see
 ``bench.ledger``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
 
 from asynctask import AsyncTaskWorker
 from bench.ledger import LEDGER_VARIABLE, format_line
+
+#: seconds each I/O-bound task of the async table waits
+SLEEP = 0.05
 
 
 class BenchNoopWorker(AsyncTaskWorker):
@@ -40,6 +45,20 @@ class BenchNoopWorker(AsyncTaskWorker):
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class BenchSleepWorker(BenchNoopWorker):
+    """I/O-bound: notes its start, then ``await asyncio.sleep(SLEEP)``; many at once."""
+
+    name = "bench_sleep"
+    child_concurrency = 100
+
+    async def process(self, payload: dict[str, Any]) -> None:  # type: ignore[override]
+        """Note the start time, then wait like a network call would."""
+        started = time.time()
+        if self._fd is not None:
+            os.write(self._fd, format_line(payload, started))
+        await asyncio.sleep(SLEEP)
 
 
 class BenchDemoWorker(AsyncTaskWorker):

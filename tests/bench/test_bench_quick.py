@@ -65,5 +65,9 @@ def test_quick_bench_measures_every_measure_on_the_embedded_transports(tmp_path)
             assert measures[key]["ours"] > 0, (name, key)
     # and filesys, with a measured peer, is compared with it
     assert results["transports"]["filesys"]["measures"]["peer"]["ratio"] > 0
+    # and its async table has a rate at each child_concurrency, beside the ideal
+    for concurrency in (1, 10, 100, 500):
+        row = results["transports"]["filesys"]["measures"][f"async_{concurrency}"]
+        assert row["ours"] > 0 and row["reference"] == concurrency / 0.05
     # and the table was printed
     assert "submit, one by one" in done.stdout

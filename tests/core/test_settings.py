@@ -44,6 +44,12 @@ def test_prefetch_per_queue(tmp_path):
     assert settings.workers["foo"] == WorkerConfig("w", prefetch=8)
 
 
+def test_child_concurrency_per_queue(tmp_path):
+    entry = '{"foo": {"worker": "w", "concurrency": 2, "child_concurrency": 100}}'
+    settings = load(tmp_path, [f"asynctask_workers={entry}"])
+    assert settings.workers["foo"] == WorkerConfig("w", concurrency=2, child_concurrency=100)
+
+
 def test_set_takes_a_plain_string_when_not_json(tmp_path):
     settings = load(tmp_path, ["asynctask_transport=redis://127.0.0.1:6379"])
     assert settings.transport == "redis://127.0.0.1:6379"
@@ -74,6 +80,10 @@ def test_disabled_queues_stay_disabled(tmp_path):
             "prefetch must be a whole number from 1 to 1000, got 0",
         ),
         ('["foo"]', "expected an object mapping queue names"),
+        (
+            '{"foo": {"worker": "w", "child_concurrency": true}}',
+            "child_concurrency must be a whole number from 1 to 10000, got True",
+        ),
     ],
 )
 def test_bad_workers_name_setting_source_value_and_rule(tmp_path, value, message):

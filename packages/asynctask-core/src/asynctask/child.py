@@ -33,7 +33,14 @@ from asynctask.errors import ConfigurationError, TransportRefused, TransportUnav
 from asynctask.logs import setup_logging
 from asynctask.ratelimit import RateLimit
 from asynctask.reports import ReportWriter
-from asynctask.runner import EXIT_RECYCLE, EXIT_TASK_TIMEOUT, LoopOptions, LoopResult, run_loop
+from asynctask.runner import (
+    EXIT_RECYCLE,
+    EXIT_TASK_TIMEOUT,
+    LoopOptions,
+    LoopResult,
+    SetupFailed,
+    serve,
+)
 from asynctask.settings import configure, settings_from_raw
 from asynctask.syspath import working_folder_last
 
@@ -67,6 +74,10 @@ class ChildSpec:
     owner: str | None = None
     #: the write end of the pipe on which the child reports started and settled tasks
     report_fd: int | None = None
+    #: tasks run at once; None: the worker class's own ``child_concurrency``
+    child_concurrency: int | None = None
+    #: the supervisor's grace period (seconds running tasks get when a child is replaced)
+    grace: float = 30.0
 
     def to_json(self) -> str:
         """The spec as JSON text."""
@@ -139,16 +150,16 @@ def main() -> int:
         on_start=report.started,
         on_settled=report.settled,
         owner=spec.owner,
+        child_concurrency=spec.child_concurrency,
+        grace=spec.grace,
     )
     worker.logger.info("Starting; queue=%s", spec.queue)
     try:
-        worker.setup()
-    except Exception as exc:
-        _start_failed(log, spec, "setup() raised", exc)
-        transport.close()
+        # setup(), the run loop, teardown(): on the event loop for an async worker
+        result = serve(worker, transport, spec.queue, options)
+    except SetupFailed as exc:
+        _start_failed(log, spec, "setup() raised", exc.error)
         return exitcodes.CHILD_START_FAILED
-    try:
-        result = run_loop(worker, transport, spec.queue, options)
     except (TransportRefused, TransportUnavailable) as exc:
         # One line, not a traceback. A refusal (or, under --halt-when-empty, an outage
         # past retry_timeout) makes the supervisor stop every child; an outage otherwise
@@ -158,7 +169,6 @@ def main() -> int:
             return 1
         return exitcodes.child_code_for(exc)
     finally:
-        worker.teardown()
         transport.close()
     _write_summary(spec, result)
     worker.logger.info("Terminating")

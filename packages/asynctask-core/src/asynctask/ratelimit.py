@@ -26,6 +26,19 @@ class RateLimit:
         self._starts: deque[float] = deque()
         self._logger = logging.getLogger("asynctask.ratelimit")
 
+    def try_start(self) -> float:
+        """Count one more task if it may start now (0.0); else the seconds until it may.
+
+        For a loop that must not block while it waits (it has tasks to settle meanwhile).
+        """
+        now = time.monotonic()
+        while self._starts and now - self._starts[0] >= self.period:
+            self._starts.popleft()
+        if len(self._starts) < self.max_calls:
+            self._starts.append(now)
+            return 0.0
+        return max(self.period - (now - self._starts[0]), 0.001)
+
     def wait(self, stop: threading.Event | None = None) -> None:
         """Block until one more task may start (or ``stop`` is set), then count it."""
         while True:

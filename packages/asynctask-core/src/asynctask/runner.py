@@ -1,29 +1,62 @@
 """The run loop: reserve a task, process it, settle it; and the in-process helpers.
 
 This is the one place where the delivery contract meets a worker: success acknowledges,
-an exception retries with back-off until ``max_retries`` is spent, then the task goes to
-the failed store with its traceback. A delivery past its last attempt (its worker kept
-dying) goes to the failed store without running again.
+an exception (``SystemExit`` from task code included) retries with back-off until
+``max_retries`` is spent, then the task goes to the failed store with its traceback. A
+delivery past its last attempt (its worker kept dying) goes to the failed store without
+running again. A worker with ``async def process`` or ``child_concurrency > 1`` runs in
+``asynctask.eventloop`` instead, many tasks at once, settled the same way.
+
+Timeouts: in a child, a watchdog thread settles a task past its ``timeout`` and ends the
+child (the supervisor starts a new one). ``process_queue``/``run_worker`` have no child to
+end: in the main thread a ``SIGALRM`` interrupts the task (as RQ's in-process worker
+does); in any other thread the task runs to its end and then counts as timed out.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
+import signal
 import threading
 import time
-import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import FrameType
 
 from asynctask import events, headers
 from asynctask.api import get_transport
-from asynctask.errors import AsynctaskError, ConfigurationError, TransportUnavailable
-from asynctask.outage import OutageReport
+from asynctask.attempts import (
+    LoopResult,
+    SetupFailed,
+    TaskTimeout,
+    give_up_if_spent,
+    refuse_awaitable,
+    refuse_unsigned,
+    settle,
+)
+from asynctask.draining import DrainCheck, Outage, renew_consumer
+from asynctask.errors import ConfigurationError, TransportUnavailable
 from asynctask.plugins import load_plugins
 from asynctask.ratelimit import RateLimit
 from asynctask.settings import get_settings
 from asynctask.transport import Consumer, Delivery, Transport
 from asynctask.worker import AsyncTaskWorker
+
+__all__ = [
+    "EXIT_RECYCLE",
+    "EXIT_TASK_TIMEOUT",
+    "DrainCheck",
+    "LoopOptions",
+    "LoopResult",
+    "SetupFailed",
+    "process_queue",
+    "run_loop",
+    "run_worker",
+    "serve",
+    "settle",
+]
 
 #: A child exits with this code when it stops on purpose and should be started again at
 #: once: it reached ``max_tasks_per_child``.
@@ -47,69 +80,21 @@ class LoopOptions:
     prefetch: int = 1
     #: set from another thread (a signal handler) to stop after the current task
     stop: threading.Event = field(default_factory=threading.Event)
-    #: called (from a watchdog thread) when a task runs past the worker's timeout
+    #: called (from a watchdog thread) when a task runs past the worker's timeout; it
+    #: ends the process. None (in-process helpers): see the module docstring.
     on_timeout: Callable[[], None] | None = None
-    #: called right before a task's ``process()`` starts (a child tells its supervisor)
+    #: tasks run at once; None: the worker's ``child_concurrency`` (16 async, 1 sync)
+    child_concurrency: int | None = None
+    #: seconds running tasks get to finish when a child must be replaced
+    grace: float = 30.0
+    #: called right before a task's ``process()`` starts (a child tells its supervisor;
+    #: from the thread that starts it)
     on_start: Callable[[Delivery], None] | None = None
     #: called once a started task is settled (acknowledged, retried or failed)
     on_settled: Callable[[Delivery], None] | None = None
     #: the owner id whose liveness another process keeps (``asynctask.liveness``);
     #: None: the consumer keeps its own (a heartbeat thread, a held connection)
     owner: str | None = None
-
-
-@dataclass
-class LoopResult:
-    """What a run loop did."""
-
-    processed: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    recycled: bool = False
-
-
-def _error_text(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc)).strip()
-
-
-def settle(
-    worker: AsyncTaskWorker, consumer: Consumer, delivery: Delivery, exc: BaseException | None
-) -> bool:
-    """Acknowledge, retry or fail a delivery after ``process()``; True if it succeeded."""
-    log = worker.logger
-    if exc is None:
-        consumer.ack(delivery)
-        events.task_finished(worker, delivery, "succeeded", None)
-        log.debug("Processing complete")
-        return True
-    error = _error_text(exc)
-    attempts_left = worker.max_retries + 1 - delivery.attempt
-    if isinstance(exc, worker.dont_retry) or attempts_left <= 0:
-        why = "not retried" if isinstance(exc, worker.dont_retry) else "no retries left"
-        log.error(
-            "Task %s failed on attempt %d (%s); moved to the failed store of %s",
-            delivery.id,
-            delivery.attempt,
-            why,
-            delivery.queue,
-            exc_info=exc,
-        )
-        consumer.fail(delivery, error)
-        events.task_finished(worker, delivery, "failed", exc)
-        return False
-    delay = worker.backoff(delivery.attempt)
-    log.error(
-        "An unhandled exception occurred while processing the payload "
-        "(task %s, attempt %d of %d); retrying in %g s",
-        delivery.id,
-        delivery.attempt,
-        worker.max_retries + 1,
-        delay,
-        exc_info=exc,
-    )
-    consumer.retry(delivery, delay, error)
-    events.task_finished(worker, delivery, "retried", exc)
-    return False
 
 
 class _Watchdog:
@@ -141,52 +126,69 @@ class _Watchdog:
             self._timer = None
 
     def _expire(self, delivery: Delivery) -> None:
-        exc = TimeoutError(f"task ran past its worker's timeout of {self.worker.timeout:g} s")
+        assert self.worker.timeout is not None
         try:
-            settle(self.worker, self.consumer, delivery, exc)
+            settle(self.worker, self.consumer, delivery, TaskTimeout(self.worker.timeout))
         finally:
             assert self.on_timeout is not None
             self.on_timeout()
 
 
-class DrainCheck:
-    """Tells when a queue is drained: nothing ready, in back-off or in flight anywhere.
+def uses_event_loop(worker: AsyncTaskWorker, options: LoopOptions) -> bool:
+    """Whether ``worker`` needs the event loop: anything ``async def``, or concurrency > 1."""
+    cls = type(worker)
+    concurrency = options.child_concurrency or cls.concurrency()
+    hooks = (cls.process, cls.setup, cls.teardown)
+    return concurrency > 1 or any(inspect.iscoroutinefunction(h) for h in hooks)
 
-    A transport that cannot count tasks in flight (AMQP) gets them back only when their
-    dead worker is noticed, so there the queue must look empty for the transport's whole
-    recovery time before it counts as drained.
+
+def serve(
+    worker: AsyncTaskWorker, transport: Transport, queue: str, options: LoopOptions
+) -> LoopResult:
+    """``setup()``, the run loop, ``teardown()``: what a child does with its worker.
+
+    An ``async def`` setup or teardown runs on the event loop the tasks run on. A setup
+    that raises ends it with ``SetupFailed`` (no task ran, teardown is not called).
     """
+    if uses_event_loop(worker, options):
+        return _run_concurrent(worker, transport, queue, options, with_setup=True)
+    try:
+        worker.setup()
+    except Exception as exc:
+        raise SetupFailed(exc) from exc
+    try:
+        return run_loop(worker, transport, queue, options)
+    finally:
+        worker.teardown()
 
-    def __init__(self, transport: Transport, queue: str) -> None:
-        self.transport = transport
-        self.queue = queue
-        self._empty_since: float | None = None
 
-    def drained(self) -> bool:
-        stats = self.transport.queue_stats(self.queue)
-        busy = (stats.ready or 0) + (stats.retrying or 0) + (stats.in_flight or 0)
-        if busy:
-            self._empty_since = None
-            return False
-        if stats.in_flight is not None:
-            return True
-        now = time.monotonic()
-        if self._empty_since is None:
-            self._empty_since = now
-        return now - self._empty_since >= self.transport.features.recovery_seconds
+def _run_concurrent(
+    worker: AsyncTaskWorker,
+    transport: Transport,
+    queue: str,
+    options: LoopOptions,
+    with_setup: bool,
+) -> LoopResult:
+    # Imported here, not at the top: asyncio costs every process that imports asynctask
+    # (the CLI, the supervisor, sync children) 60-130 ms of start-up on this machine.
+    from asynctask.eventloop import run_concurrent
+
+    return run_concurrent(worker, transport, queue, options, with_setup)
 
 
 def run_loop(
     worker: AsyncTaskWorker, transport: Transport, queue: str, options: LoopOptions
 ) -> LoopResult:
     """Take tasks off ``queue`` until stopped, recycled, or (with halt) drained."""
+    if uses_event_loop(worker, options):
+        return _run_concurrent(worker, transport, queue, options, with_setup=False)
     result = LoopResult()
     worker._transport, worker._queue_name = transport, queue
     limit = options.max_tasks
     consumer = transport.consumer(queue, prefetch=options.prefetch, owner=options.owner)
     watchdog = _Watchdog(worker, consumer, options.on_timeout)
     give_up = transport.retry_timeout if options.halt_when_empty else None
-    outage = _Outage(worker.logger, options.stop, give_up)
+    outage = Outage(worker.logger, options.stop, give_up)
     drain_check = DrainCheck(transport, queue)
     try:
         while not options.stop.is_set():
@@ -208,6 +210,10 @@ def run_loop(
                     worker.logger.info("No tasks found in queue")
                     break
                 continue
+            if options.stop.is_set():
+                # Reserved while the stop arrived: hand it back unstarted, uncounted.
+                consumer.release(delivery)
+                break
             if options.rate is not None:
                 options.rate.wait(options.stop)
                 if options.stop.is_set():
@@ -234,46 +240,8 @@ def run_loop(
     return result
 
 
-class _Outage:
-    """Back-off while the backend is away, told by an ``OutageReport``; with
-    ``give_up_after`` (``--halt-when-empty``: the transport's retry_timeout) an outage
-    that lasts longer raises ``TransportUnavailable`` instead of waiting forever."""
-
-    def __init__(
-        self, log: logging.Logger, stop: threading.Event, give_up_after: float | None = None
-    ) -> None:
-        self.report = OutageReport(f"worker {log.name}")
-        self.stop = stop
-        self.pause = 0.0
-        self.give_up_after = give_up_after
-
-    def failed(self, exc: BaseException) -> None:
-        self.report.failed(exc)
-        if self.give_up_after is not None and self.report.lasted() > self.give_up_after:
-            raise TransportUnavailable(
-                f"{exc} (gave up after waiting {self.give_up_after:g} s with "
-                "--halt-when-empty; set the URI option retry_timeout to wait longer)"
-            ) from exc
-        self.pause = min(max(self.pause * 2, 0.2), 5.0)
-        self.stop.wait(self.pause)
-
-    def ok(self) -> None:
-        if self.pause:
-            self.report.ok()
-            self.pause = 0.0
-
-
 def _renew(transport: Transport, consumer: Consumer, queue: str, options: LoopOptions) -> Consumer:
-    try:
-        consumer.close()
-    except AsynctaskError as exc:
-        logging.getLogger("asynctask.runner").debug("closing a broken consumer: %s", exc)
-    while True:
-        try:
-            return transport.consumer(queue, prefetch=options.prefetch, owner=options.owner)
-        except TransportUnavailable:
-            if options.stop.wait(1.0):
-                return transport.consumer(queue, prefetch=options.prefetch, owner=options.owner)
+    return renew_consumer(transport, consumer, queue, options.prefetch, options.stop, options.owner)
 
 
 def _run_one(
@@ -283,20 +251,12 @@ def _run_one(
     watchdog: _Watchdog,
     options: LoopOptions,
 ) -> bool:
-    unsafe = consumer.transport.signature_problem(delivery)
-    if unsafe is not None:  # asynctask_signing_key is set and this task is not ours
-        worker.logger.error("Task %s: %s; moved to the failed store", delivery.id, unsafe)
-        consumer.fail(delivery, unsafe)
-        return False
-    if delivery.attempt > worker.max_retries + 1:
-        # Its earlier deliveries ended with their worker dead: do not run it again.
-        error = (
-            f"gave up after {delivery.attempt - 1} attempts; the last ones ended without a "
-            "result (the worker process died or was killed while running it)"
-        )
-        worker.logger.error("Task %s: %s; moved to the failed store", delivery.id, error)
-        consumer.fail(delivery, error)
-        events.task_finished(worker, delivery, "failed", None)
+    # (the hot path of a no-op drain: a few checks inline, no call that is not needed)
+    if (consumer.transport.signing_keys and refuse_unsigned(worker, consumer, delivery)) or (
+        delivery.attempt > worker.max_retries + 1 and give_up_if_spent(worker, consumer, delivery)
+    ):
+        if options.on_settled is not None:
+            options.on_settled(delivery)
         return False
     worker.logger.debug("Got payload: %r", delivery.payload)
     if options.on_start is not None:
@@ -304,19 +264,66 @@ def _run_one(
     watchdog.start(delivery)
     headers.take(delivery)
     events.task_started(worker, delivery)
-    worker.delivery = delivery
-    raised: Exception | None = None
+    worker._delivery = delivery  # one loop per worker object here: no context variable
     try:
-        worker.process(delivery.payload)
-    except Exception as exc:
-        raised = exc
-    finally:
-        worker.delivery = None
+        if worker.timeout is None:
+            outcome = worker.process(delivery.payload)
+            if outcome is not None:
+                refuse_awaitable(worker, outcome)
+        else:
+            _process(worker, delivery, inline_timeout=watchdog.on_timeout is None)
+    except (Exception, SystemExit) as exc:
+        # SystemExit too: sys.exit() in task code is the task's failure, not the worker's
+        # wish to stop (unhandled, it would end the child and the task would come back
+        # uncounted, forever).
         watchdog.cancel()
-    succeeded = settle(worker, consumer, delivery, raised)
+        succeeded = settle(worker, consumer, delivery, exc)
+    else:
+        watchdog.cancel()
+        succeeded = settle(worker, consumer, delivery, None)
+    finally:
+        worker._delivery = None
     if options.on_settled is not None:
         options.on_settled(delivery)
     return succeeded
+
+
+def _process(worker: AsyncTaskWorker, delivery: Delivery, inline_timeout: bool) -> None:
+    """Run ``process()``, enforcing ``timeout`` here when no watchdog ends the process."""
+    timeout = worker.timeout
+    if timeout is None or not inline_timeout:
+        _call(worker, delivery)
+        return
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+        with _alarm(timeout):
+            _call(worker, delivery)
+        return
+    began = time.monotonic()
+    _call(worker, delivery)
+    if time.monotonic() - began > timeout:
+        raise TaskTimeout(timeout)
+
+
+def _call(worker: AsyncTaskWorker, delivery: Delivery) -> None:
+    outcome = worker.process(delivery.payload)
+    if outcome is not None:
+        refuse_awaitable(worker, outcome)
+
+
+@contextlib.contextmanager
+def _alarm(timeout: float) -> Iterator[None]:
+    """Raise ``TaskTimeout`` in the main thread after ``timeout`` seconds (SIGALRM)."""
+
+    def ring(signum: int, frame: FrameType | None) -> None:
+        raise TaskTimeout(timeout)
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _report_delayed(worker: AsyncTaskWorker, transport: Transport, queue: str) -> None:
@@ -339,12 +346,11 @@ def _drain(worker_name: str, queue_name: str, quiet: bool) -> int:
     if quiet:
         root.setLevel(logging.ERROR)
     try:
-        worker.setup()
+        options = LoopOptions(stop_when_idle=True, wait=0.05, prefetch=worker.prefetch)
         try:
-            options = LoopOptions(stop_when_idle=True, wait=0.05, prefetch=worker.prefetch)
-            return run_loop(worker, transport, queue_name, options).processed
-        finally:
-            worker.teardown()
+            return serve(worker, transport, queue_name, options).processed
+        except SetupFailed as exc:
+            raise exc.error from None  # a script sees its own setup's error
     finally:
         root.setLevel(level)
 
@@ -354,7 +360,8 @@ def process_queue(queue_name: str, worker_name: str | None = None, quiet: bool =
 
     The worker defaults to the one ``asynctask_workers`` names for the queue. Failures are
     retried and sent to the failed store exactly as the workers do; tasks in back-off are
-    left for later.
+    left for later. Async workers run on an event loop of their own, many tasks at once.
+    The worker's ``timeout`` holds: see the module docstring.
     """
     if worker_name is None:
         config = get_settings().workers.get(queue_name)

@@ -38,6 +38,8 @@ class WorkerConfig:
     rate_period: float | None = None
     #: tasks a child reserves ahead; None means the worker's own ``prefetch``
     prefetch: int | None = None
+    #: tasks a child runs at once; None means the worker's own ``child_concurrency``
+    child_concurrency: int | None = None
 
 
 def default_transport_uri() -> str:
@@ -114,7 +116,14 @@ def _worker_config(queue: str, value: Any) -> WorkerConfig | None:
             f"{where}: expected a worker name, an object {{worker, concurrency, "
             f"rate_max_calls, rate_period}}, or null/false to disable, got {value!r}"
         )
-    allowed = {"worker", "concurrency", "rate_max_calls", "rate_period", "prefetch"}
+    allowed = {
+        "worker",
+        "concurrency",
+        "rate_max_calls",
+        "rate_period",
+        "prefetch",
+        "child_concurrency",
+    }
     unknown = set(value) - allowed
     if unknown:
         raise _Invalid(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -139,8 +148,23 @@ def _worker_config(queue: str, value: Any) -> WorkerConfig | None:
         isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 1 <= prefetch <= 1000
     ):
         raise _Invalid(f"{where}: prefetch must be a whole number from 1 to 1000, got {prefetch!r}")
+    child_concurrency = value.get("child_concurrency")
+    if child_concurrency is not None and (
+        isinstance(child_concurrency, bool)
+        or not isinstance(child_concurrency, int)
+        or not 1 <= child_concurrency <= 10_000
+    ):
+        raise _Invalid(
+            f"{where}: child_concurrency must be a whole number from 1 to 10000, "
+            f"got {child_concurrency!r}"
+        )
     return WorkerConfig(
-        worker, concurrency, calls, None if period is None else float(period), prefetch
+        worker,
+        concurrency,
+        calls,
+        None if period is None else float(period),
+        prefetch,
+        child_concurrency,
     )
 
 
@@ -190,7 +214,7 @@ SETTINGS: dict[str, Setting] = {
             dict,
             _workers,
             "queue -> worker name, or {worker, concurrency, rate_max_calls, rate_period, "
-            "prefetch}, "
+            "prefetch, child_concurrency}, "
             "or null/false",
         ),
         Setting("asynctask_imports", list, _imports, "modules to import for their workers"),

@@ -161,6 +161,12 @@ class Consumer(ABC):
     except that a worker's timeout watchdog may settle the running task (``retry`` or
     ``fail``) from a timer thread while that thread is inside ``process()``; the process
     ends right after, so a consumer needs only to make that one call safe.
+
+    A child running many tasks at once (``child_concurrency``, ``asynctask.eventloop``)
+    still makes every consumer call from its main thread: the tasks run on an event loop
+    or in threads and hand their outcome back to it. So a consumer holds up to
+    ``prefetch`` reserved tasks at once and must accept their ``ack``/``retry``/``fail``/
+    ``release`` in any order, while more are reserved; it need not be thread-safe.
     """
 
     def __init__(self, transport: Transport, queue: str, prefetch: int) -> None:

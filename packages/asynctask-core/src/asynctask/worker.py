@@ -1,17 +1,27 @@
 """``AsyncTaskWorker``: the class users subclass to process tasks.
 
-A worker names itself (``name``), implements ``process(payload)`` and may set how failures
-are handled. The run loop that drives it lives in ``asynctask.runner``.
+A worker names itself (``name``), implements ``process(payload)`` (plain or ``async def``)
+and may set how failures are handled. The run loops that drive it live in
+``asynctask.runner`` (one task at a time) and ``asynctask.eventloop`` (many at once).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from asynctask.transport import Delivery, Transport
     from asynctask.validation import Payload
+
+#: the delivery being processed by the current thread or asyncio task: a context variable,
+#: so that each of a child's concurrent tasks sees its own
+CURRENT_DELIVERY: ContextVar[Delivery | None] = ContextVar("asynctask_delivery", default=None)
+
+#: ``child_concurrency`` when a worker does not set it
+DEFAULT_ASYNC_CONCURRENCY = 16
 
 
 class AsyncTaskWorker:
@@ -26,15 +36,24 @@ class AsyncTaskWorker:
     ``dont_retry`` (``()``)
         exception classes that go to the failed store at once.
     ``timeout`` (``None``)
-        seconds a task may run; past it the task is stopped (its child process is
-        replaced) and the attempt counts as failed.
+        seconds a task may run; past it the attempt counts as failed: a coroutine is
+        cancelled (it sees ``asyncio.CancelledError``), a plain ``process`` is stopped by
+        replacing its child process.
     ``max_tasks_per_child`` (``None``)
         recycle the child process after this many tasks.
     ``prefetch`` (4)
         tasks a child reserves at a time. More makes short tasks faster (fewer round
         trips); a killed child's reserved tasks come back, so up to this many may run
         twice, and a long task holds the ones reserved behind it: set 1 for long tasks.
-        The setting ``asynctask_workers`` can override it per queue.
+        The setting ``asynctask_workers`` can override it per queue. A child running
+        several tasks at once reserves at least ``child_concurrency``.
+    ``child_concurrency`` (``None``: 16 for ``async def process``, 1 otherwise)
+        tasks one child runs at once: coroutines on the child's event loop, or, for a
+        plain ``process``, that many threads. The queue entry's ``child_concurrency``
+        overrides it.
+    ``cancel_grace`` (2.0)
+        seconds a coroutine cancelled at its ``timeout`` has to end; one that ignores the
+        cancellation longer has its child replaced (see ``asynctask.eventloop``).
     """
 
     name: ClassVar[str | None] = None
@@ -45,22 +64,49 @@ class AsyncTaskWorker:
     timeout: ClassVar[float | None] = None
     max_tasks_per_child: ClassVar[int | None] = None
     prefetch: ClassVar[int] = 4
+    child_concurrency: ClassVar[int | None] = None
+    cancel_grace: ClassVar[float] = 2.0
 
     def __init__(self) -> None:
         self.logger = logging.getLogger(f"asynctask.worker.{self.name or type(self).__name__}")
         self._transport: Transport | None = None
         self._queue_name: str | None = None
-        #: the task being processed (its id, queue, attempt), while ``process()`` runs
-        self.delivery: Delivery | None = None
+        #: the one-at-a-time run loop's task (it sets no context variable: the cost of
+        #: one matters in a no-op drain)
+        self._delivery: Delivery | None = None
 
-    def setup(self) -> None:
-        """Called once per child process before the first task (open connections here)."""
+    @property
+    def delivery(self) -> Delivery | None:
+        """The task being processed (its id, queue, attempt), while ``process()`` runs.
 
-    def teardown(self) -> None:
-        """Called once per child process after the last task."""
+        With ``child_concurrency > 1`` each coroutine or thread sees its own task.
+        """
+        current = CURRENT_DELIVERY.get()
+        return current if current is not None else self._delivery
+
+    @classmethod
+    def is_async(cls) -> bool:
+        """Whether ``process`` is a coroutine function (``async def``)."""
+        return inspect.iscoroutinefunction(cls.process)
+
+    @classmethod
+    def concurrency(cls) -> int:
+        """Tasks a child runs at once: ``child_concurrency`` or its default."""
+        if cls.child_concurrency is not None:
+            return cls.child_concurrency
+        return DEFAULT_ASYNC_CONCURRENCY if cls.is_async() else 1
+
+    def setup(self) -> Any:
+        """Called once per child process before the first task (open connections here).
+
+        May be ``async def``: it then runs on the child's event loop, before any task.
+        """
+
+    def teardown(self) -> Any:
+        """Called once per child process after the last task (may be ``async def``)."""
 
     def process(self, payload: Payload) -> Any:
-        """Do the work of one task. Raise to have it retried."""
+        """Do the work of one task. Raise to have it retried. May be ``async def``."""
         raise NotImplementedError(f"{type(self).__qualname__}.process() is not implemented")
 
     def requeue(self, payload: Payload | None) -> str:

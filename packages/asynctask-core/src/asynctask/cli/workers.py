@@ -115,6 +115,8 @@ def workers(
                         rate_max_calls=per_child,
                         rate_period=worker_config.rate_period,
                         prefetch=worker_config.prefetch,
+                        child_concurrency=worker_config.child_concurrency,
+                        grace=grace,
                         summary_path=report.path if halt_when_empty else None,
                     )
                 )
