@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from asynctask import AsyncTaskWorker, InvalidTaskError, get_transport, hookimpl
+from asynctask import AsyncTaskWorker, get_transport, hookimpl
 from asynctask import events as events_module
 from asynctask.plugins import load_plugins
 from asynctask.runner import LoopOptions, run_loop
@@ -119,8 +118,3 @@ def test_headers_stay_out_of_the_payload_process_and_get_task_see(tmp_path):
     finally:
         registry.manager.unregister(plugin)
         events_module.bind(registry.manager)
-
-
-def test_a_payload_using_the_reserved_header_key_is_refused():
-    with pytest.raises(InvalidTaskError, match="__asynctask_headers__"):
-        get_transport("localmem:").submit_task("otel_plain", {"__asynctask_headers__": {}})

@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from asynctask import events, headers
+from asynctask import events
 from asynctask.attempts import (
     LoopResult,
     SetupFailed,
@@ -336,7 +336,6 @@ class _Engine:
             for delivery in self._to_start:
                 if on_start is not None:
                     on_start(delivery)
-                headers.take(delivery)  # before process() sees the payload
                 events.task_started(self.worker, delivery)
             self.loop.start(self._to_start)
             self._to_start = []

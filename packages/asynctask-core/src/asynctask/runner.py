@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 
-from asynctask import events, headers
+from asynctask import events
 from asynctask.api import get_transport
 from asynctask.attempts import (
     LoopResult,
@@ -262,7 +262,6 @@ def _run_one(
     if options.on_start is not None:
         options.on_start(delivery)
     watchdog.start(delivery)
-    headers.take(delivery)
     events.task_started(worker, delivery)
     worker._delivery = delivery  # one loop per worker object here: no context variable
     try:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
-from asynctask import events, headers, signing
+from asynctask import events, signing
 from asynctask.errors import InvalidTaskError, TransportClosed, TransportUnavailable
 from asynctask.liveness import Liveness, NoLiveness, check_owner
 from asynctask.outage import OutageReport
@@ -347,12 +347,9 @@ class Transport(ABC):
         check_queue_name(queue_name)
         delay = check_delay(delay)
         tasks: list[tuple[str, str]] = []
-        extra = events.submit_headers(queue_name)
         for index, payload in enumerate(payloads):
             try:
                 text = encode_payload(payload)
-                headers.check_payload(payload)
-                text = headers.attach(text, extra) if extra else text
                 check_payload_size(text, self.max_payload_bytes)
                 tasks.append((new_task_id(), text))
             except InvalidTaskError as exc:
@@ -370,7 +367,7 @@ class Transport(ABC):
 
         Returns ``None`` when nothing is ready. Workers use ``consumer()`` instead.
         """
-        return headers.strip(self._call(self._take, check_queue_name(queue_name)))
+        return self._call(self._take, check_queue_name(queue_name))
 
     def poll_queue(self, queue_name: str) -> int:
         """How many tasks are ready to be taken now (0 for a queue never used)."""
@@ -485,14 +482,18 @@ class Transport(ABC):
         return f"{type(self).__name__}({self.safe_uri!r})"
 
     def task_headers(self, queue: str, task_id: str, payload_json: str) -> dict[str, str]:
-        """The headers a transport stores beside a new task (its signature, when signing).
+        """The headers a transport stores beside a new task, natively (never inside the
+        payload): those plugins add (``asynctask_submit_headers``, e.g. a trace context)
+        and its signature, when signing.
 
-        Every ``_put`` calls it; without signing keys it costs nothing.
+        Every ``_put`` calls it; without plugins or signing keys it costs one list check.
         """
+        found = events.submit_headers(queue)
         if not self.signing_keys:
-            return {}
+            return found
         # our own text, checked at submit: no limit applies here
-        return signing.sign(self.signing_keys, queue, task_id, json.loads(payload_json))
+        signed = signing.sign(self.signing_keys, queue, task_id, json.loads(payload_json))
+        return {**found, **signed}
 
     def signature_problem(self, delivery: Delivery) -> str | None:
         """Why a delivery must not run (unsigned or badly signed, when this process holds
