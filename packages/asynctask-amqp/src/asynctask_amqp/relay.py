@@ -12,7 +12,7 @@ nothing here ever blocks), and serves the consumer's calls over a socketpair (fr
 
 The conversation, worker first::
 
-    {"uri", "queue", "prefetch", "worker": pid, "log_level"}      once, at start
+    {"uri", "queue", "prefetch", "max_payload_bytes", "worker": pid, "log_level"}   once
     {"op": "reserve", "timeout": s}   -> {"delivery": {"n", "id", "payload", "attempt",
                                            "submitted_at", "headers"} | null} or {"error": {...}}
     {"op": "release", "n"}, {"op": "retry", "n", "delay", "error"},
@@ -190,6 +190,8 @@ def main() -> int:
     if os.getppid() != worker:
         return 0
     transport = AmqpTransport(str(spec["uri"]))
+    if "max_payload_bytes" in spec:
+        transport.max_payload_bytes = int(spec["max_payload_bytes"])
     consumer = AmqpConsumer(transport, transport, str(spec["queue"]), int(spec["prefetch"]), worker)
     try:
         Relay(reader, consumer, worker).serve()

@@ -75,6 +75,8 @@ class RemoteConsumer(Consumer):
             "uri": transport.uri,
             "queue": queue,
             "prefetch": prefetch,
+            # the relay decodes: it must refuse what this process would refuse
+            "max_payload_bytes": transport.max_payload_bytes,
             "worker": os.getpid(),
             "log_level": logging.getLogger().getEffectiveLevel(),
         }
