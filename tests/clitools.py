@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from asynctask.testing import clean_environment, require_service
+from support import free_port, start_redis_server
 
 PASSWORD = "s3cret-pw"
 
@@ -48,12 +48,6 @@ def run_asynctask(
     return Result(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class OwnRedis:
     """A redis-server of this test's own (so a test may stop it or change its password)."""
@@ -66,25 +60,9 @@ class OwnRedis:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        import redis
-
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--requirepass", PASSWORD],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis(port=self.port, password=PASSWORD, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        client.close()
+        self.process = start_redis_server(
+            self.port, ["--save", "", "--appendonly", "no", "--requirepass", PASSWORD], PASSWORD
+        )
 
     def stop(self) -> None:
         if self.process is not None:

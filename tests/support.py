@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,41 @@ def events(ledger: Path, event: str) -> list[dict[str, Any]]:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
+
+
+def start_redis_server(
+    port: int, args: Sequence[str], password: str | None
+) -> subprocess.Popen[bytes]:
+    """Start a redis-server of a test's own on 127.0.0.1:``port`` and wait until it answers."""
+    import redis
+
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "no", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, password=password, socket_connect_timeout=0.2)
+    try:
+        wait_for(_answers(client), 10, f"redis-server on port {port}")
+    finally:
+        client.close()
+    return process
+
+
+def _answers(client: Any) -> Callable[[], bool]:
+    import redis
+
+    def ping() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    return ping
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -20,6 +19,7 @@ from asynctask.errors import InvalidURIError, TransportError, TransportUnavailab
 from asynctask.testing import require_service, unique_queue
 from asynctask.testing.contract import open_transport
 from asynctask_redis.transport import RedisTransport
+from support import free_port, start_redis_server
 
 PASSWORD = "s3cr3t-pw"
 
@@ -27,12 +27,6 @@ PASSWORD = "s3cr3t-pw"
 @pytest.fixture
 def queue() -> str:
     return unique_queue()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:
@@ -44,23 +38,7 @@ class RedisServer:
         self.socket: Path | None = None
 
     def start(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        self.process = subprocess.Popen(
-            [*command, "--daemonize", "no", *self.args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, password=PASSWORD, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        client.close()
+        self.process = start_redis_server(self.port, self.args, PASSWORD)
 
     def stop(self) -> None:
         if self.process is not None:
