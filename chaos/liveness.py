@@ -38,7 +38,7 @@ import psycopg
 
 from asynctask import Transport, get_transport
 from chaos import ledger
-from chaos.scenarios import Plan, Result, Say
+from chaos.scenarios import Plan, Result, Say, drive
 from chaos.servers import PG_CONNINFO, Backend
 from chaos.supervisor import GRACE, Workers
 
@@ -59,16 +59,7 @@ def run_scenario(backend: Backend, scenario: str, plan: Plan, scratch: Path, say
     folder = scratch / backend.name / scenario
     folder.mkdir(parents=True, exist_ok=True)
     run = _Run(backend, get_transport(backend.uri), scenario, plan, folder, say, result)
-    began = time.monotonic()
-    try:
-        getattr(run, f"_{scenario}")()
-    except Exception as exc:
-        result.errors.append(f"{type(exc).__name__}: {exc}")
-    finally:
-        run.stop_workers()
-    result.seconds = time.monotonic() - began
-    run.count()
-    return result
+    return drive(run, getattr(run, f"_{scenario}"), result)
 
 
 class _Run:

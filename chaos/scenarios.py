@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from asynctask import InvalidTaskError, Transport, get_transport
 from chaos import ledger
@@ -124,9 +124,26 @@ def run_scenario(backend: Backend, scenario: str, plan: Plan, scratch: Path, say
     folder = scratch / backend.name / scenario
     folder.mkdir(parents=True, exist_ok=True)
     run = _Run(backend, get_transport(backend.uri), scenario, plan, folder, say, result)
+    return drive(run, run.execute, result)
+
+
+class Driven(Protocol):
+    """A scenario's run, as ``drive`` needs it."""
+
+    def stop_workers(self) -> None: ...
+
+    def count(self) -> None: ...
+
+
+def drive(run: Driven, execute: Callable[[], None], result: Result) -> Result:
+    """Execute a scenario, always stop its workers, then time and count it.
+
+    An error of the scenario itself is recorded in the result instead of ending the run,
+    so the other scenarios and transports still run.
+    """
     began = time.monotonic()
     try:
-        run.execute()
+        execute()
     except Exception as exc:
         result.errors.append(f"{type(exc).__name__}: {exc}")
     finally:

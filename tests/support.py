@@ -85,3 +85,12 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
 def total(samples, name, **labels) -> float:
     want = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+def drain(worker: Any, transport: Any, queue: str, **options: Any) -> Any:
+    """Run ``worker`` on ``queue`` in this process until the queue is drained."""
+    from asynctask.runner import LoopOptions, run_loop
+
+    return run_loop(
+        worker, transport, queue, LoopOptions(halt_when_empty=True, wait=0.05, **options)
+    )

@@ -9,22 +9,11 @@ import logging
 import threading
 import time
 
-import pytest
-
-from asynctask import AsyncTaskWorker, get_transport
+from asynctask import AsyncTaskWorker
 from asynctask.ratelimit import RateLimit
 from asynctask.runner import LoopOptions, run_loop, serve
 from asynctask.testing import unique_queue
-
-
-@pytest.fixture
-def transport():
-    return get_transport("localmem:")
-
-
-def drain(worker, transport, queue, **kw):
-    options = LoopOptions(halt_when_empty=True, wait=0.05, **kw)
-    return run_loop(worker, transport, queue, options)
+from support import drain
 
 
 class Flaky(AsyncTaskWorker):

@@ -8,22 +8,11 @@ import sys
 import threading
 import time
 
-import pytest
-
 from asynctask import AsyncTaskWorker, get_transport, process_queue
 from asynctask.runner import LoopOptions, run_loop
 from asynctask.settings import configure, load_settings
 from asynctask.testing import unique_queue
-
-
-@pytest.fixture
-def transport():
-    return get_transport("localmem:")
-
-
-def drain(worker, transport, queue, **kw):
-    options = LoopOptions(halt_when_empty=True, wait=0.05, **kw)
-    return run_loop(worker, transport, queue, options)
+from support import drain
 
 
 class Exiter(AsyncTaskWorker):

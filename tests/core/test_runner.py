@@ -17,9 +17,9 @@ from asynctask import (
     run_worker,
 )
 from asynctask.ratelimit import RateLimit
-from asynctask.runner import LoopOptions, run_loop
 from asynctask.settings import configure, load_settings
 from asynctask.testing import unique_queue
+from support import drain
 
 
 class Flaky(AsyncTaskWorker):
@@ -44,16 +44,6 @@ class Picky(Flaky):
     def process(self, payload):
         self.calls.append(payload)
         raise KeyError("nope")
-
-
-@pytest.fixture
-def transport():
-    return get_transport("localmem:")
-
-
-def drain(worker, transport, queue, **kw):
-    options = LoopOptions(halt_when_empty=True, wait=0.05, **kw)
-    return run_loop(worker, transport, queue, options)
 
 
 def test_success_is_acknowledged(transport):
