@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -28,9 +29,6 @@ YesOption = Annotated[
 ]
 QueueArgument = Annotated[str, typer.Argument(help="Queue name.")]
 IdsArgument = Annotated[list[str] | None, typer.Argument(help="Task ids; all when none.")]
-
-#: the most failed tasks read to find which of the given ids are there
-ID_SCAN_LIMIT = 1_000_000
 
 
 def _confirmed(question: str, yes: bool) -> bool:
@@ -58,11 +56,19 @@ def _finish(result: dict[str, Any], text: str, as_json: bool) -> None:
         )
 
 
-def _present(transport: Any, queue: str, ids: list[str]) -> tuple[list[str], list[str]]:
-    """The given ids split into those in the failed store and those not."""
-    there = {task.id for task in transport.failed_tasks(queue, ID_SCAN_LIMIT)}
-    wanted = list(dict.fromkeys(ids))
-    return [i for i in wanted if i in there], [i for i in wanted if i not in there]
+def _each_id(
+    change: Callable[[str, list[str]], int], queue: str, ids: list[str]
+) -> tuple[int, list[str]]:
+    """Apply a by-id change to each id on its own: how many it changed, and the ids it
+    did not find. A call per id never reads the failed store whole (redis and pgsql find
+    an id through an index), so naming the missing ids costs nothing as the store grows."""
+    count, missing = 0, []
+    for task_id in dict.fromkeys(ids):
+        found = change(queue, [task_id])
+        count += found
+        if not found:
+            missing.append(task_id)
+    return count, missing
 
 
 def purge(
@@ -105,10 +111,10 @@ def failed_requeue(
     with reported_errors():
         transport = open_transport(sets, config)
         missing: list[str] = []
-        chosen: list[str] | None = None
         if ids:
-            chosen, missing = _present(transport, queue, ids)
-        count = transport.requeue_failed(queue, chosen) if chosen is None or chosen else 0
+            count, missing = _each_id(transport.requeue_failed, queue, ids)
+        else:
+            count = transport.requeue_failed(queue)
     result = {"queue": queue, "requeued": count, "missing": missing}
     _finish(result, f"Requeued {count} tasks to {queue}.", as_json)
 
@@ -128,14 +134,14 @@ def failed_purge(
     with reported_errors():
         transport = open_transport(sets, config)
         missing: list[str] = []
-        chosen: list[str] | None = None
-        if ids:
-            chosen, missing = _present(transport, queue, ids)
         if sys.stdin.isatty() and not yes:
-            n = len(chosen) if chosen is not None else transport.queue_stats(queue).failed
+            n = len(set(ids)) if ids else transport.queue_stats(queue).failed
             shown = "all" if n is None else str(n)
             if not _confirmed(f"Delete {shown} failed tasks of queue {queue} for good?", yes):
                 raise _declined(queue, as_json)
-        count = transport.purge_failed(queue, chosen) if chosen is None or chosen else 0
+        if ids:
+            count, missing = _each_id(transport.purge_failed, queue, ids)
+        else:
+            count = transport.purge_failed(queue)
     result = {"queue": queue, "purged": count, "missing": missing}
     _finish(result, f"Purged {count} failed tasks from {queue}.", as_json)
