@@ -14,11 +14,12 @@ import threading
 import time
 
 from asynctask.errors import TransportClosed
+from asynctask.status import StartVerdict
 from asynctask.transport import Consumer, Delivery, check_delay
-from asynctask_filesys.layout import QueuePaths, TaskName, sweep_tmp
+from asynctask_filesys.layout import QueuePaths, TaskName, due_order, sweep_tmp
 from asynctask_filesys.oserrors import os_errors
 from asynctask_filesys.owners import OwnerFolder, recover_dead, touch_live
-from asynctask_filesys.queues import FilesysBase
+from asynctask_filesys.queues import NO_OPTIONS, FilesysBase, TaskOptions
 from asynctask_filesys.watch import Folder, Watcher
 
 
@@ -29,7 +30,7 @@ class QueueView:
     def __init__(self, paths: QueuePaths, watcher: Watcher, lease: float, scan: float) -> None:
         self.paths = paths
         self.ready = Folder(paths.ready, watcher)
-        self.delayed = Folder(paths.delayed, watcher)
+        self.delayed = Folder(paths.delayed, watcher, due_order)
         self._lease = lease
         self._scan = scan
         self._next_scan = 0.0
@@ -89,6 +90,10 @@ class FilesysConsumer(Consumer):
         self._owner: OwnerFolder | None = None
         self._owner_lost = False
         self._held: dict[str, str] = {}  # task id -> its path in our claimed folder
+        self._options: dict[str, TaskOptions] = {}  # task id -> what its file says
+        self._started: dict[str, float] = {}  # task id -> when start() let it run
+        #: whether start/ack/retry/fail write statuses (the worker's ``track_status``)
+        self.tracking = True
         self._busy = threading.Lock()  # held while reserving
         self._state = threading.RLock()  # guards the owner between us and the heartbeat
 
@@ -156,9 +161,11 @@ class FilesysConsumer(Consumer):
         read = self.transport.read_task(self.queue, path, name)
         if read is None:
             return None
-        payload, mtime, headers = read
+        payload, mtime, headers, options = read
         task = TaskName.parse(name)
         self._held[task.id] = path
+        if options is not NO_OPTIONS:
+            self._options[task.id] = options
         delivery = Delivery(task.id, self.queue, payload, task.attempts + 1, mtime, name)
         delivery.headers = headers
         return delivery
@@ -172,12 +179,64 @@ class FilesysConsumer(Consumer):
         return path, TaskName.parse(os.path.basename(path))
 
     @os_errors
+    def start(self, delivery: Delivery) -> StartVerdict:
+        """Move the task's status record to ``run/`` (one rename, which fails for a task
+        cancelled meanwhile), or end it ``expired`` (its file says when); a task that
+        must not run is removed."""
+        own = self.transport.own_state()
+        if own is None:
+            return super().start(delivery) if self.tracking else "run"
+        options = self._options.get(delivery.id, NO_OPTIONS)
+        if not self.tracking:
+            expires = options.expires
+            if delivery.attempt == 1 and expires is not None and time.time() >= expires:
+                self._drop(delivery)  # never run, whatever tracking says
+                return "expired"
+            return "run"
+        verdict = own.begin(delivery.id, delivery.attempt, options.expires, options.unique_key)
+        if verdict == "run":
+            self._started[delivery.id] = time.time()
+        else:
+            self._drop(delivery)
+        return verdict
+
+    def _drop(self, delivery: Delivery) -> None:
+        """Remove a task that must not run, writing no status (``start`` wrote it)."""
+        settled = self._settle(delivery)
+        self._options.pop(delivery.id, None)
+        if settled is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(settled[0])
+
+    def _outcome(self, delivery: Delivery) -> tuple[float | None, TaskOptions] | None:
+        """When the settled task started and what its file said, if statuses are ours
+        to write; None otherwise (not tracking, or kept by ``asynctask_state``)."""
+        started = self._started.pop(delivery.id, None)
+        options = self._options.pop(delivery.id, NO_OPTIONS)
+        if not self.tracking or self.transport.own_state() is None:
+            return None
+        return started, options
+
+    @os_errors
     def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
-        """Delete the task's file."""
+        """Delete the task's file; ``succeeded`` (the hot path: a rename of its record)."""
         settled = self._settle(delivery)
         if settled is not None:
             with contextlib.suppress(FileNotFoundError):  # recovered meanwhile: nothing to do
                 os.unlink(settled[0])
+        outcome = self._outcome(delivery)
+        own = self.transport.own_state()
+        if outcome is not None and own is not None:
+            started, options = outcome
+            own.finish(
+                delivery.id,
+                "succeeded",
+                delivery.attempt,
+                started_at=started,
+                result_json=result_json,
+                unique_key=options.unique_key,
+                queue=self.queue,
+            )
 
     @os_errors
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
@@ -191,6 +250,9 @@ class FilesysConsumer(Consumer):
             with contextlib.suppress(FileNotFoundError):
                 os.rename(path, os.path.join(self._paths.delayed, name))
                 self._view.delayed.push(name)
+        own = self.transport.own_state()
+        if self._outcome(delivery) is not None and own is not None:
+            own.finish(delivery.id, "retrying", delivery.attempt, error=error)
 
     @os_errors
     def fail(self, delivery: Delivery, error: str) -> None:
@@ -201,6 +263,9 @@ class FilesysConsumer(Consumer):
             self.transport.to_failed(
                 self.queue, path, os.path.basename(path), error, task.attempts + 1
             )
+        own = self.transport.own_state()
+        if self._outcome(delivery) is not None and own is not None:
+            own.finish(delivery.id, "failed", delivery.attempt, error=error)
 
     @os_errors
     def release(self, delivery: Delivery) -> None:
@@ -212,6 +277,10 @@ class FilesysConsumer(Consumer):
             with contextlib.suppress(FileNotFoundError):
                 os.rename(path, os.path.join(self._paths.ready, name))
                 self._view.ready.push(name)
+        started = delivery.id in self._started
+        own = self.transport.own_state()
+        if self._outcome(delivery) is not None and own is not None and started:
+            own.finish(delivery.id, "queued", delivery.attempt - 1)  # not an attempt
 
     def beat(self) -> None:
         """Called by the transport's heartbeat thread."""

@@ -1,0 +1,512 @@
+"""The task statuses of ``filesys:`` (``asynctask.status``), kept as record files.
+
+``FilesysStateStore`` is both the generic ``StateStore`` (any transport may keep its
+state here through ``asynctask_state``, AMQP first) and what the filesys consumer calls
+on its hot path: ``begin`` (one rename) and ``finish`` (one rename and a ``utime`` for
+a plain success). The record files and their moves are described in
+``asynctask_filesys.records``; unique keys are exclusive creates (``link(2)``, which
+fails when the name exists) in ``.status/unique/<queue>/``. ``wait`` blocks on inotify
+(a record leaving ``live/`` or ``run/``), with a fallback poll only where inotify is
+missing, or every ``wait_poll`` seconds as a safety net.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from asynctask.errors import TransportError
+from asynctask.status import (
+    FINAL_STATES,
+    STATES,
+    StartVerdict,
+    State,
+    StateStore,
+    SubmitOptions,
+    TaskStatus,
+)
+from asynctask_filesys import records
+from asynctask_filesys.layout import make_dirs, write_file
+from asynctask_filesys.oserrors import os_errors
+from asynctask_filesys.records import Record, RecordPaths, valid_id
+
+logger = logging.getLogger("asynctask.filesys")
+
+#: ``begin``'s ``expires`` when the caller does not know it (the record is read)
+UNKNOWN: Any = object()
+_WAITING = ("queued", "delayed")
+
+
+@dataclass(frozen=True)
+class Found:
+    """Where a record is: its folder's role, its path, its content and its stat."""
+
+    where: str  # "live" | "run" | "failed" | "done"
+    path: str
+    record: Record
+    info: os.stat_result
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def forget_unstored(
+    store: StateStore, queue: str, ids: Sequence[str], options: SubmitOptions
+) -> None:
+    """Undo ``store.submitted`` for tasks a failed submit never stored. Our own store
+    removes their records; another one (``asynctask_state``) can only end them, as
+    ``cancelled``, which frees a unique key they took all the same."""
+    if isinstance(store, FilesysStateStore):
+        store.unsubmitted(queue, ids, options)
+    else:
+        for task_id in ids:
+            store.cancel(task_id)
+
+
+class FilesysStateStore(StateStore):
+    """Task statuses as files under ``<root>/.status/``; see the module docstring."""
+
+    def __init__(
+        self, root: str, mode: int, use_inotify: bool, poll: float, max_bytes: int
+    ) -> None:
+        self.root = root
+        self.paths = RecordPaths(root)
+        self.mode = mode
+        self.use_inotify = use_inotify
+        self.poll = poll
+        #: a record holds a result as big as a payload, plus its own fields
+        self.limit = max_bytes + 65536
+        #: seconds between status checks of a ``wait`` that inotify did not wake
+        self.wait_poll = 1.0
+        self._made = False
+        self._bucket_end = 0
+
+    # -- folders and buckets --------------------------------------------------------------
+
+    def _ensure(self, again: bool = False) -> RecordPaths:
+        if again or not self._made:
+            make_dirs((self.root, *self.paths.all()), self.mode)
+            self._made = True
+        return self.paths
+
+    def _bucket(self) -> str:
+        """The ``done/<END>`` folder for a record finished now, made if missing; opening
+        a new one removes those past the TTL (whole folders: no scan of history)."""
+        width = int(min(3600.0, max(1.0, self.status_ttl / 8)))
+        end = (int(time.time()) // width + 1) * width
+        folder = os.path.join(self.paths.done, str(end))
+        if end != self._bucket_end:
+            self._ensure()
+            make_dirs((folder,), self.mode)
+            self._bucket_end = end
+            self._forget_old()
+        return folder
+
+    def _forget_old(self) -> None:
+        limit = time.time() - self.status_ttl
+        for end in records.bucket_ends(self.paths.done):
+            if end < limit:
+                shutil.rmtree(os.path.join(self.paths.done, str(end)), ignore_errors=True)
+
+    def _to_done(self, source: str, task_id: str) -> str | None:
+        """Move a record into the current ``done/`` folder: its new path, or None if it
+        was not at ``source``."""
+        for again in (False, True):
+            target = os.path.join(self._bucket(), task_id)
+            try:
+                return target if records.move(source, target) else None
+            except FileNotFoundError:  # the folder was removed under us (a tiny TTL)
+                if again:
+                    raise
+                self._bucket_end = 0
+        return None
+
+    # -- finding records ------------------------------------------------------------------
+
+    def _locate(self, task_id: str) -> Found | None:
+        """The record of ``task_id`` wherever it is; None when there is none.
+
+        Looked for in the order records move (live, run, failed, done), so a record
+        moving forward while we look is found; one moving back (a retry) is looked for
+        once more."""
+        if not valid_id(task_id):
+            return None
+        p = self.paths
+        for _ in range(2):
+            for where, folder in (("live", p.live), ("run", p.run), ("failed", p.failed)):
+                path = os.path.join(folder, task_id)
+                read = records.read(path, self.limit)
+                if read is not None:
+                    return Found(where, path, *read)
+            for end in records.bucket_ends(p.done):
+                if end + self.status_ttl < time.time():
+                    break  # older ones are forgotten
+                path = os.path.join(p.done, str(end), task_id)
+                read = records.read(path, self.limit)
+                if read is not None:
+                    return Found("done", path, *read)
+        return None
+
+    def _status(self, task_id: str, found: Found) -> TaskStatus | None:
+        record, info, now = found.record, found.info, time.time()
+        queue = _text(record.get("queue")) or ""
+        raw = record.get("state")
+        state: State = raw if raw in STATES else "queued"
+        attempts = int(_number(record.get("attempts")) or 0)
+        started = _number(record.get("started_at"))
+        finished = _number(record.get("finished_at"))
+        if found.where == "run" and state not in FINAL_STATES:
+            if state != "running":  # moved by a start that wrote nothing (the hot path)
+                attempts, started = attempts + 1, info.st_ctime
+            state = "running"
+        elif found.where == "done" and state not in FINAL_STATES:
+            # the hot path's success: the start time kept as mtime, the move as ctime
+            state, attempts = "succeeded", attempts + 1
+            started, finished = info.st_mtime, info.st_ctime
+        elif found.where == "live" and state in _WAITING:
+            due, expires = _number(record.get("due_at")), _number(record.get("expires"))
+            if expires is not None and now >= expires:
+                state, finished = "expired", expires
+            elif state == "delayed" and (due is None or now >= due):
+                state = "queued"
+        if found.where == "done" and (finished or info.st_ctime) + self.status_ttl < now:
+            return None  # past its TTL, its folder not yet removed
+        return TaskStatus(
+            id=task_id,
+            queue=queue,
+            state=state,
+            attempts=attempts,
+            submitted_at=_number(record.get("submitted_at")),
+            started_at=started,
+            finished_at=finished,
+            error=_text(record.get("error")),
+            result=record.get("result"),
+        )
+
+    # -- the generic calls ----------------------------------------------------------------
+
+    @os_errors
+    def submitted(
+        self, queue: str, ids: Sequence[str], delay: float, options: SubmitOptions
+    ) -> list[str]:
+        """Write a ``live/`` record per task (before the task files: a consumer always
+        finds one); take the unique key after the record, so a holder always has one."""
+        p = self._ensure()
+        now = time.time()
+        record: Record = {"queue": queue, "state": "delayed" if delay > 0 else "queued"}
+        record.update(attempts=0, submitted_at=now)
+        if delay > 0:
+            record["due_at"] = now + delay
+        if options.expires is not None:
+            record["expires"] = now + options.expires
+        if options.unique_key is not None:
+            record["unique_key"] = options.unique_key
+        body = records.encode(record)
+        for task_id in ids:
+            records.create(os.path.join(p.live, task_id), body, self.mode)
+        if options.unique_key is None:
+            return list(ids)
+        holder = self._take_unique(queue, options.unique_key, ids[0])
+        if holder != ids[0]:
+            records.remove(os.path.join(p.live, ids[0]))
+        return [holder]
+
+    @os_errors
+    def unsubmitted(self, queue: str, ids: Sequence[str], options: SubmitOptions) -> None:
+        """Undo ``submitted`` for tasks that were never stored (the submit failed after
+        it): their records go, and a unique key they took is free again."""
+        for task_id in ids:
+            if valid_id(task_id):
+                records.remove(os.path.join(self.paths.live, task_id))
+        if options.unique_key is not None and ids:
+            path = self._unique_path(queue, options.unique_key)
+            if self._holder(path) == ids[0]:
+                records.remove(path)
+
+    def expires_at(self, task_id: str) -> float | None:
+        """The absolute expiry a ``live/`` record gives the task (``submitted`` makes it
+        from the relative ``expires``); the task file carries the same number."""
+        read = records.read(os.path.join(self.paths.live, task_id), self.limit)
+        return None if read is None else _number(read[0].get("expires"))
+
+    @os_errors
+    def started(self, queue: str, task_id: str, attempt: int) -> StartVerdict:
+        """``running`` unless cancelled or expired (see ``begin``)."""
+        return self.begin(task_id, attempt)
+
+    @os_errors
+    def settled(
+        self,
+        queue: str,
+        task_id: str,
+        state: State,
+        attempts: int,
+        *,
+        error: str | None = None,
+        result_json: str | None = None,
+    ) -> None:
+        """Record an outcome (see ``finish``)."""
+        self.finish(task_id, state, attempts, error=error, result_json=result_json, queue=queue)
+
+    @os_errors
+    def statuses(self, ids: Sequence[str]) -> list[TaskStatus | None]:
+        """Each id's status; None for one never known or forgotten."""
+        found = []
+        for task_id in ids:
+            where = self._locate(task_id)
+            found.append(None if where is None else self._status(task_id, where))
+        return found
+
+    @os_errors
+    def cancel(self, task_id: str) -> bool:
+        """Write ``cancelled`` into a record that is not final, then move it to ``done/``;
+        True if it was not final. A consumer's start then finds no ``live/`` record and
+        drops the task; a running one is stopped by its supervisor."""
+        now = time.time()
+
+        def cancelled(old: Record) -> tuple[Record, str | None] | None:
+            if old.get("state") in FINAL_STATES and old.get("state") != "cancelled":
+                return None
+            return {**old, "state": "cancelled", "finished_at": now}, None
+
+        for _ in range(5):  # each turn, somebody else moved the record meanwhile
+            found = self._locate(task_id)
+            if found is None:
+                return False
+            if found.where in ("failed", "done"):
+                return found.record.get("state") == "cancelled" and found.where == "done"
+            outcome = records.update(found.path, cancelled, self.limit)
+            if outcome is None:
+                continue
+            record, changed = outcome
+            if not changed:
+                return False
+            if self._to_done(found.path, task_id) is not None:
+                self._release_unique(record, task_id)
+                return True
+        return False
+
+    def wait(self, task_id: str, timeout: float | None) -> TaskStatus | None:
+        """Block until the task is final. Woken by inotify when its record leaves
+        ``live/`` or ``run/``; polled every ``poll`` s only where inotify is missing."""
+        from asynctask_filesys.waiting import RecordWatch  # inotify only when waiting
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with RecordWatch(self._ensure(), task_id, self.use_inotify) as watch:
+            while True:
+                status = self.statuses([task_id])[0]
+                if status is None or status.final:
+                    return status
+                pause = self.wait_poll if watch.active else self.poll
+                if status.state in _WAITING:
+                    expires = self.expires_at(task_id)
+                    if expires is not None:  # expiring needs no event: wake for it
+                        pause = min(pause, max(0.001, expires - time.time()))
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(f"task {task_id} is still {status.state}")
+                    pause = min(pause, left)
+                watch.wait(pause)
+
+    # -- the consumer's side (fused: no content written on the hot path) -------------------
+
+    def begin(
+        self, task_id: str, attempt: int, expires: Any = UNKNOWN, unique_key: Any = UNKNOWN
+    ) -> StartVerdict:
+        """A worker is about to run the task: move its record to ``run/`` (one rename),
+        unless it expired (then ``expired`` is written) or was cancelled (no record in
+        ``live/`` any more). A task with no record at all (dropped in by another
+        program) runs untracked."""
+        p = self.paths
+        live = os.path.join(p.live, task_id)
+        if expires is UNKNOWN:
+            read = records.read(live, self.limit)
+            expires = None if read is None else _number(read[0].get("expires"))
+        if attempt == 1 and expires is not None and time.time() >= expires:
+            # never started: it is never run (a retried task was started: not expired)
+            self._finish_at(live, task_id, "expired", 0, None, None, None)
+            return "expired"
+        if records.move(live, os.path.join(p.run, task_id)):
+            if attempt > 1:  # counts the hot path cannot tell: written
+                self._mark_running(os.path.join(p.run, task_id), attempt)
+            return "run"
+        found = self._locate(task_id)
+        if found is None:
+            return "run"
+        state = found.record.get("state")
+        if found.where == "done" and state in ("cancelled", "expired"):
+            return "cancelled" if state == "cancelled" else "expired"
+        if found.where == "live" and state == "cancelled":
+            return "cancelled"
+        if found.where == "run":  # a task whose consumer died: running again
+            self._mark_running(found.path, attempt)
+        return "run"
+
+    def _mark_running(self, path: str, attempt: int) -> None:
+        now = time.time()
+
+        def running(old: Record) -> tuple[Record, str | None] | None:
+            if old.get("state") in FINAL_STATES:
+                return None
+            return {**old, "state": "running", "attempts": attempt, "started_at": now}, None
+
+        records.update(path, running, self.limit)
+
+    def finish(
+        self,
+        task_id: str,
+        state: State,
+        attempts: int,
+        *,
+        started_at: float | None = None,
+        error: str | None = None,
+        result_json: str | None = None,
+        unique_key: Any = UNKNOWN,
+        queue: str | None = None,
+    ) -> None:
+        """Record an outcome of a started task (or ``queued``: requeued, handed back).
+
+        The hot path, a first attempt's success without a result whose start time the
+        caller knows, is one rename and a ``utime``. Anything else rewrites the record
+        first, then moves it. A record already ``cancelled`` stays so."""
+        if not valid_id(task_id):
+            return
+        hot = state == "succeeded" and result_json is None and attempts == 1
+        if hot and unique_key is not UNKNOWN:
+            # acked without a start (a consumer used directly): from live/, started now
+            folder = self.paths.live if started_at is None else self.paths.run
+            done = self._to_done(os.path.join(folder, task_id), task_id)
+            if done is not None:
+                when = time.time() if started_at is None else started_at
+                with contextlib.suppress(OSError):
+                    os.utime(done, (when, when))
+                if unique_key is not None:
+                    self._release_unique({"unique_key": unique_key, "queue": queue}, task_id)
+                return
+        found = self._locate(task_id)
+        if found is None or found.where == "done":
+            return  # untracked, or final already (cancelled while it ran)
+        if found.where == "failed" and state != "queued":
+            return
+        self._finish_at(found.path, task_id, state, attempts, started_at, error, result_json)
+
+    def _finish_at(
+        self,
+        path: str,
+        task_id: str,
+        state: State,
+        attempts: int,
+        started_at: float | None,
+        error: str | None,
+        result_json: str | None,
+    ) -> bool:
+        """Rewrite the record at ``path`` with ``state``, then move it where that state
+        lives; False if it was final already or moved away meanwhile."""
+        now = time.time()
+
+        def outcome(old: Record) -> tuple[Record, str | None] | None:
+            if old.get("state") in FINAL_STATES and old.get("state") != "failed":
+                return None  # cancelled (or expired) stays so: its result is discarded
+            new = {k: v for k, v in old.items() if k != "result"}
+            new.update(state=state, attempts=attempts)
+            if state == "queued":  # requeued from the failed store, or handed back
+                new.pop("started_at", None)
+                new.pop("finished_at", None)
+                return new, None
+            if started_at is not None:
+                new["started_at"] = started_at
+            elif "started_at" not in new and path.startswith(self.paths.run):
+                new["started_at"] = os.stat(path).st_ctime
+            if error is not None:
+                new["error"] = error
+            if state in FINAL_STATES:
+                new["finished_at"] = now
+            return new, result_json if state == "succeeded" else None
+
+        result = records.update(path, outcome, self.limit)
+        if result is None or not result[1]:
+            return False
+        record = result[0]
+        p = self.paths
+        if state in ("succeeded", "cancelled", "expired"):
+            moved = self._to_done(path, task_id) is not None
+        else:
+            target = {"failed": p.failed}.get(state, p.live)
+            moved = path == os.path.join(target, task_id) or records.move(
+                path, os.path.join(target, task_id)
+            )
+        if moved and state in FINAL_STATES:
+            self._release_unique(record, task_id)
+        return moved
+
+    def forget(self, task_ids: Sequence[str], where: str) -> None:
+        """Remove the records of purged tasks (``live`` or ``failed``)."""
+        folder = self.paths.live if where == "live" else self.paths.failed
+        for task_id in task_ids:
+            if valid_id(task_id):
+                records.remove(os.path.join(folder, task_id))
+
+    # -- unique keys ----------------------------------------------------------------------
+
+    def _unique_path(self, queue: str, key: str) -> str:
+        return os.path.join(self.paths.unique, queue, hashlib.sha256(key.encode()).hexdigest())
+
+    def _take_unique(self, queue: str, key: str, task_id: str) -> str:
+        """Take ``key`` for ``task_id`` (an exclusive create); the holder's id if a task
+        that is not final holds it. A holder whose task is final or gone (a crash before
+        its release) is removed first."""
+        path = self._unique_path(queue, key)
+        make_dirs((os.path.dirname(path),), self.mode)
+        tmp = os.path.join(self.paths.tmp, f"unique-{uuid.uuid4().hex}")
+        write_file(tmp, task_id.encode(), self.mode, sync=False)
+        try:
+            for _ in range(20):
+                try:
+                    os.link(tmp, path)  # fails when the name exists: like O_EXCL
+                    return task_id
+                except FileExistsError:
+                    pass
+                holder = self._holder(path)
+                if holder is None:
+                    continue  # released meanwhile: try again
+                status = self.statuses([holder])[0]
+                if status is not None and not status.final:
+                    return holder
+                if self._holder(path) == holder:  # stale: its task is final or gone
+                    records.remove(path)
+        finally:
+            os.unlink(tmp)
+        raise TransportError(f"unique key {key!r} of queue {queue!r} stayed contended")
+
+    def _holder(self, path: str) -> str | None:
+        read = records.read_bytes(path, 256)
+        if read is None:
+            return None
+        text = read.decode("ascii", errors="replace")
+        return text if valid_id(text) else None
+
+    def _release_unique(self, record: Record, task_id: str) -> None:
+        key, queue = _text(record.get("unique_key")), _text(record.get("queue"))
+        if key is None:
+            return
+        if queue is None:
+            return
+        path = self._unique_path(queue, key)
+        if self._holder(path) == task_id:
+            records.remove(path)
