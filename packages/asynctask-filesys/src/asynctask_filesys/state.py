@@ -284,15 +284,17 @@ class FilesysStateStore(StateStore):
                 return None
             return {**old, "state": "cancelled", "finished_at": now}, None
 
+        wrote = False  # a record we wrote "cancelled" into may be moved by somebody else
         for _ in range(5):  # each turn, somebody else moved the record meanwhile
             found = self._locate(task_id)
             if found is None:
                 return False
             if found.where in ("failed", "done"):
-                return found.record.get("state") == "cancelled" and found.where == "done"
+                return wrote and found.record.get("state") == "cancelled"
             outcome = records.update(found.path, cancelled, self.limit)
             if outcome is None:
                 continue
+            wrote = wrote or outcome[1]
             record, changed = outcome
             if not changed:
                 return False
