@@ -155,7 +155,7 @@ def test_priorities_come_out_highest_first_fifo_within(uri):
 def test_wait_is_woken_by_inotify_not_the_fallback_poll(uri):
     queue = unique_queue()
     with open_transport(uri) as t, t.consumer(queue) as consumer:
-        t.state().wait_poll = 10.0  # only a wake-up can make it in time
+        t.state().fallback_poll = 10.0  # only a wake-up can make it in time
         tid = t.submit_task(queue, {})
         delivery = consumer.reserve(timeout=5)
         consumer.start(delivery)
@@ -163,7 +163,7 @@ def test_wait_is_woken_by_inotify_not_the_fallback_poll(uri):
 
         def waiter() -> None:
             with open_transport(uri) as other:
-                other.state().wait_poll = 10.0
+                other.state().fallback_poll = 10.0
                 assert other.wait(tid, timeout=20).state == "succeeded"
                 woke.append(time.monotonic())
 
@@ -249,7 +249,12 @@ def test_a_planted_symlink_record_is_not_followed(uri, tmp_path):
 def test_with_tracking_off_the_consumer_writes_no_status(uri):
     queue = unique_queue()
     with open_transport(uri) as t, t.consumer(queue) as consumer:
+        # (the run loop calls no start() for a worker with track_status = False)
         consumer.tracking = False
         tid = t.submit_task(queue, {})
-        _run_one(consumer)
+        keyed = t.submit_task(queue, {}, unique_key="k")
+        for _ in range(2):
+            consumer.ack(consumer.reserve(timeout=5), '"ignored"')
         assert t.status(tid).state == "queued"
+        # a unique key is freed all the same (it would be held for good)
+        assert t.submit_task(queue, {}, unique_key="k") != keyed

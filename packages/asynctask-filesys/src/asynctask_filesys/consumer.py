@@ -20,6 +20,7 @@ from asynctask_filesys.layout import QueuePaths, TaskName, due_order, sweep_tmp
 from asynctask_filesys.oserrors import os_errors
 from asynctask_filesys.owners import OwnerFolder, recover_dead, touch_live
 from asynctask_filesys.queues import NO_OPTIONS, FilesysBase, TaskOptions
+from asynctask_filesys.state import FilesysStateStore
 from asynctask_filesys.watch import Folder, Watcher
 
 
@@ -92,7 +93,7 @@ class FilesysConsumer(Consumer):
         self._held: dict[str, str] = {}  # task id -> its path in our claimed folder
         self._options: dict[str, TaskOptions] = {}  # task id -> what its file says
         self._started: dict[str, float] = {}  # task id -> when start() let it run
-        #: whether start/ack/retry/fail write statuses (the worker's ``track_status``)
+        #: whether ack/retry/fail write statuses (the worker's ``track_status``)
         self.tracking = True
         self._busy = threading.Lock()  # held while reserving
         self._state = threading.RLock()  # guards the owner between us and the heartbeat
@@ -183,60 +184,61 @@ class FilesysConsumer(Consumer):
         """Move the task's status record to ``run/`` (one rename, which fails for a task
         cancelled meanwhile), or end it ``expired`` (its file says when); a task that
         must not run is removed."""
-        own = self.transport.own_state()
-        if own is None:
-            return super().start(delivery) if self.tracking else "run"
+        own = self.transport.own_store()
+        if own is None:  # asynctask_state keeps the statuses: the base class asks it
+            return super().start(delivery)
         options = self._options.get(delivery.id, NO_OPTIONS)
-        if not self.tracking:
-            expires = options.expires
-            if delivery.attempt == 1 and expires is not None and time.time() >= expires:
-                self._drop(delivery)  # never run, whatever tracking says
-                return "expired"
-            return "run"
         verdict = own.begin(delivery.id, delivery.attempt, options.expires, options.unique_key)
         if verdict == "run":
             self._started[delivery.id] = time.time()
-        else:
-            self._drop(delivery)
+        else:  # settled by begin(): removed, never run, not in the failed store
+            settled = self._settle(delivery)
+            self._options.pop(delivery.id, None)
+            if settled is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(settled[0])
         return verdict
 
-    def _drop(self, delivery: Delivery) -> None:
-        """Remove a task that must not run, writing no status (``start`` wrote it)."""
-        settled = self._settle(delivery)
-        self._options.pop(delivery.id, None)
-        if settled is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(settled[0])
-
-    def _outcome(self, delivery: Delivery) -> tuple[float | None, TaskOptions] | None:
-        """When the settled task started and what its file said, if statuses are ours
-        to write; None otherwise (not tracking, or kept by ``asynctask_state``)."""
+    def _outcome(
+        self, delivery: Delivery, final: bool
+    ) -> tuple[FilesysStateStore, float | None, TaskOptions] | None:
+        """Our store, when the settled task started and what its file said, if its
+        status is ours to write; None otherwise (kept by ``asynctask_state``, or not
+        tracking: then a final settle only frees the unique key the task holds, which
+        would otherwise stay held for good)."""
         started = self._started.pop(delivery.id, None)
         options = self._options.pop(delivery.id, NO_OPTIONS)
-        if not self.tracking or self.transport.own_state() is None:
+        own = self.transport.own_store()
+        if own is None:
             return None
-        return started, options
+        if not self.tracking:
+            if final and options.unique_key is not None:
+                own.drop(delivery.id, self.queue, options.unique_key)
+            return None
+        return own, started, options
 
     @os_errors
-    def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
-        """Delete the task's file; ``succeeded`` (the hot path: a rename of its record)."""
+    def ack(self, delivery: Delivery, result_json: str | None = None) -> bool | None:
+        """Delete the task's file; ``succeeded`` (the hot path: a rename of its record).
+        True when it had been cancelled while it ran (seen for free: its record was
+        moved away under us)."""
         settled = self._settle(delivery)
         if settled is not None:
             with contextlib.suppress(FileNotFoundError):  # recovered meanwhile: nothing to do
                 os.unlink(settled[0])
-        outcome = self._outcome(delivery)
-        own = self.transport.own_state()
-        if outcome is not None and own is not None:
-            started, options = outcome
-            own.finish(
-                delivery.id,
-                "succeeded",
-                delivery.attempt,
-                started_at=started,
-                result_json=result_json,
-                unique_key=options.unique_key,
-                queue=self.queue,
-            )
+        outcome = self._outcome(delivery, final=True)
+        if outcome is None:
+            return None
+        own, started, options = outcome
+        return own.finish(
+            delivery.id,
+            "succeeded",
+            delivery.attempt,
+            started_at=started,
+            result_json=result_json,
+            unique_key=options.unique_key,
+            queue=self.queue,
+        )
 
     @os_errors
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
@@ -250,9 +252,9 @@ class FilesysConsumer(Consumer):
             with contextlib.suppress(FileNotFoundError):
                 os.rename(path, os.path.join(self._paths.delayed, name))
                 self._view.delayed.push(name)
-        own = self.transport.own_state()
-        if self._outcome(delivery) is not None and own is not None:
-            own.finish(delivery.id, "retrying", delivery.attempt, error=error)
+        outcome = self._outcome(delivery, final=False)
+        if outcome is not None:
+            outcome[0].finish(delivery.id, "retrying", delivery.attempt, error=error)
 
     @os_errors
     def fail(self, delivery: Delivery, error: str) -> None:
@@ -263,9 +265,9 @@ class FilesysConsumer(Consumer):
             self.transport.to_failed(
                 self.queue, path, os.path.basename(path), error, task.attempts + 1
             )
-        own = self.transport.own_state()
-        if self._outcome(delivery) is not None and own is not None:
-            own.finish(delivery.id, "failed", delivery.attempt, error=error)
+        outcome = self._outcome(delivery, final=True)
+        if outcome is not None:
+            outcome[0].finish(delivery.id, "failed", delivery.attempt, error=error)
 
     @os_errors
     def release(self, delivery: Delivery) -> None:
@@ -277,10 +279,9 @@ class FilesysConsumer(Consumer):
             with contextlib.suppress(FileNotFoundError):
                 os.rename(path, os.path.join(self._paths.ready, name))
                 self._view.ready.push(name)
-        started = delivery.id in self._started
-        own = self.transport.own_state()
-        if self._outcome(delivery) is not None and own is not None and started:
-            own.finish(delivery.id, "queued", delivery.attempt - 1)  # not an attempt
+        outcome = self._outcome(delivery, final=False)
+        if outcome is not None and outcome[1] is not None:  # started: queued again
+            outcome[0].finish(delivery.id, "queued", delivery.attempt - 1)
 
     def beat(self) -> None:
         """Called by the transport's heartbeat thread."""

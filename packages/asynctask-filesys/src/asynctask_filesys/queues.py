@@ -65,7 +65,7 @@ class FilesysBase(Transport):
     heartbeats: Heartbeats
     _made: set[str]
 
-    def own_state(self) -> FilesysStateStore | None:
+    def own_store(self) -> FilesysStateStore | None:
         """The transport's own status records, or None when it keeps its statuses in the
         store named by ``asynctask_state`` (or a subclass keeps none)."""
         return None

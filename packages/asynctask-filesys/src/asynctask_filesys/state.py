@@ -7,7 +7,7 @@ a plain success). The record files and their moves are described in
 ``asynctask_filesys.records``; unique keys are exclusive creates (``link(2)``, which
 fails when the name exists) in ``.status/unique/<queue>/``. ``wait`` blocks on inotify
 (a record leaving ``live/`` or ``run/``), with a fallback poll only where inotify is
-missing, or every ``wait_poll`` seconds as a safety net.
+missing, or every ``fallback_poll`` seconds as a safety net.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,19 +65,6 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def forget_unstored(
-    store: StateStore, queue: str, ids: Sequence[str], options: SubmitOptions
-) -> None:
-    """Undo ``store.submitted`` for tasks a failed submit never stored. Our own store
-    removes their records; another one (``asynctask_state``) can only end them, as
-    ``cancelled``, which frees a unique key they took all the same."""
-    if isinstance(store, FilesysStateStore):
-        store.unsubmitted(queue, ids, options)
-    else:
-        for task_id in ids:
-            store.cancel(task_id)
-
-
 class FilesysStateStore(StateStore):
     """Task statuses as files under ``<root>/.status/``; see the module docstring."""
 
@@ -92,7 +79,7 @@ class FilesysStateStore(StateStore):
         #: a record holds a result as big as a payload, plus its own fields
         self.limit = max_bytes + 65536
         #: seconds between status checks of a ``wait`` that inotify did not wake
-        self.wait_poll = 1.0
+        self.fallback_poll = 1.0
         self._made = False
         self._bucket_end = 0
 
@@ -314,7 +301,7 @@ class FilesysStateStore(StateStore):
                 status = self.statuses([task_id])[0]
                 if status is None or status.final:
                     return status
-                pause = self.wait_poll if watch.active else self.poll
+                pause = self.fallback_poll if watch.active else self.poll
                 if status.state in _WAITING:
                     expires = self.expires_at(task_id)
                     if expires is not None:  # expiring needs no event: wake for it
@@ -381,14 +368,15 @@ class FilesysStateStore(StateStore):
         result_json: str | None = None,
         unique_key: Any = UNKNOWN,
         queue: str | None = None,
-    ) -> None:
+    ) -> bool | None:
         """Record an outcome of a started task (or ``queued``: requeued, handed back).
 
-        The hot path, a first attempt's success without a result whose start time the
-        caller knows, is one rename and a ``utime``. Anything else rewrites the record
-        first, then moves it. A record already ``cancelled`` stays so."""
+        The hot path, a first attempt's success without a result whose file told the
+        unique key, is one rename and a ``utime``. Anything else rewrites the record
+        first, then moves it. A record already ``cancelled`` stays so: then True (the
+        task was cancelled while it ran), else None."""
         if not valid_id(task_id):
-            return
+            return None
         hot = state == "succeeded" and result_json is None and attempts == 1
         if hot and unique_key is not UNKNOWN:
             # acked without a start (a consumer used directly): from live/, started now
@@ -400,13 +388,47 @@ class FilesysStateStore(StateStore):
                     os.utime(done, (when, when))
                 if unique_key is not None:
                     self._release_unique({"unique_key": unique_key, "queue": queue}, task_id)
-                return
+                return None
         found = self._locate(task_id)
-        if found is None or found.where == "done":
-            return  # untracked, or final already (cancelled while it ran)
+        if found is None:
+            return None  # untracked (no record: dropped in by another program)
         if found.where == "failed" and state != "queued":
+            return None
+        if found.where != "done" and self._finish_at(
+            found.path, task_id, state, attempts, started_at, error, result_json
+        ):
+            return None
+        final = found if found.where == "done" else self._locate(task_id)
+        return True if final is not None and final.record.get("state") == "cancelled" else None
+
+    def drop(self, task_id: str, queue: str, unique_key: str) -> None:
+        """A task settled by a worker that keeps no status (``track_status = False``):
+        its record goes, and the unique key it holds is freed."""
+        if valid_id(task_id):
+            for folder in (self.paths.live, self.paths.run):
+                records.remove(os.path.join(folder, task_id))
+            self._release_unique({"unique_key": unique_key, "queue": queue}, task_id)
+
+    # -- queues whose workers keep no status ----------------------------------------------
+
+    def _untracked_path(self, queue: str) -> str:
+        return os.path.join(self.paths.base, "untracked", queue)
+
+    @os_errors
+    def set_tracking(self, queue: str, tracked: bool) -> None:
+        """A file ``.status/untracked/<queue>`` while its workers keep no status."""
+        path = self._untracked_path(queue)
+        if tracked:
+            records.remove(path)
             return
-        self._finish_at(found.path, task_id, state, attempts, started_at, error, result_json)
+        self._ensure()
+        make_dirs((os.path.dirname(path),), self.mode)
+        records.create(path, b"", self.mode)
+
+    @os_errors
+    def untracked(self, queues: Collection[str]) -> set[str]:
+        """The queues among ``queues`` marked untracked."""
+        return {q for q in queues if os.path.lexists(self._untracked_path(q))}
 
     def _finish_at(
         self,

@@ -38,7 +38,7 @@ from urllib.parse import unquote
 
 from asynctask.errors import InvalidURIError
 from asynctask.liveness import Liveness
-from asynctask.status import StateStore, SubmitOptions
+from asynctask.status import SubmitOptions
 from asynctask.transport import (
     Consumer,
     FailedTask,
@@ -68,7 +68,7 @@ from asynctask_filesys.layout import (
 from asynctask_filesys.oserrors import os_errors
 from asynctask_filesys.owners import Heartbeats
 from asynctask_filesys.queues import FilesysBase, TaskOptions, unwrap, wrap
-from asynctask_filesys.state import FilesysStateStore, forget_unstored
+from asynctask_filesys.state import FilesysStateStore
 from asynctask_filesys.watch import Watcher
 
 _COUNTS = frozenset({"ready", "delayed", "retrying", "in_flight", "failed"})
@@ -173,7 +173,7 @@ class FilesysTransport(FilesysBase):
         if not tasks:
             return None
         ids = [task_id for task_id, _ in tasks]
-        store = self._submit_store()
+        store = self.own_store()  # with asynctask_state, the base class records them
         if store is not None:  # the records first: a consumer always finds one
             given = store.submitted(queue, ids, delay, options)
             if given != ids:
@@ -205,18 +205,11 @@ class FilesysTransport(FilesysBase):
             if store is not None and moved < len(names):
                 # never stored: no status, and the unique key is free again (a retry of
                 # the call takes both anew)
-                with contextlib.suppress(Exception):
-                    forget_unstored(store, queue, ids[moved:], options)
+                with contextlib.suppress(OSError):
+                    store.unsubmitted(queue, ids[moved:], options)
         if self.fsync:
             sync_dir(target)
         return None
-
-    def _submit_store(self) -> StateStore | None:
-        """Where a submit records its tasks: our own records, or the store named by
-        ``asynctask_state``."""
-        if self.state_uri is None or self.state_uri == self.uri:
-            return self._state_store()
-        return self.external_state()
 
     def _state_store(self) -> FilesysStateStore:
         store = self._store
@@ -227,7 +220,7 @@ class FilesysTransport(FilesysBase):
         store.status_ttl = self.status_ttl
         return store
 
-    def own_state(self) -> FilesysStateStore | None:
+    def own_store(self) -> FilesysStateStore | None:
         """Our own records when this transport keeps its statuses (not elsewhere)."""
         if self.state_uri is None or self.state_uri == self.uri:
             return self._state_store()
@@ -274,7 +267,7 @@ class FilesysTransport(FilesysBase):
             os.unlink(path)
         except FileNotFoundError:
             return None
-        own = self.own_state()
+        own = self.own_store()
         if own is not None:  # taken out of the queue for good: out of tracking too
             own.forget([TaskName.parse(name).id], "live")
         return read[0]
@@ -337,7 +330,7 @@ class FilesysTransport(FilesysBase):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(folder, name))
                     purged.append(TaskName.parse(name).id)
-        own = self.own_state()
+        own = self.own_store()
         if own is not None:  # a purged task's status is removed with it
             own.forget(purged, "live")
         return len(purged)
@@ -396,7 +389,7 @@ class FilesysTransport(FilesysBase):
         chosen = self._chosen_failed(p, ids)
         stamps = self._clock.ready(len(chosen))
         count = 0
-        own = self.own_state()
+        own = self.own_store()
         for (stored, task_id), stamp in zip(chosen, stamps, strict=True):
             priority = TaskName.parse(original_name(stored)).priority
             name = TaskName(stamp, task_id, 0, True, priority).format()
@@ -413,7 +406,7 @@ class FilesysTransport(FilesysBase):
     def _purge_failed(self, queue: str, ids: Sequence[str] | None) -> int:
         p = self.paths(queue)
         count = 0
-        own = self.own_state()
+        own = self.own_store()
         for stored, task_id in self._chosen_failed(p, ids):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(p.failed, stored))
