@@ -165,6 +165,12 @@ class LocalMemTransport(Transport):
         return q
 
     def _state_store(self) -> MemoryStateStore:
+        return self._store()
+
+    def _store(self) -> MemoryStateStore:
+        """The status store, with this transport's ``status_ttl`` (a setting that may
+        change after the transport was made)."""
+        self._statuses.status_ttl = self.status_ttl
         return self._statuses
 
     def _drop(self, queue: str, task_id: str) -> None:
@@ -191,7 +197,7 @@ class LocalMemTransport(Transport):
         with self._cond:
             if self.own_state:
                 # in the same critical section as the store: the unique key is atomic
-                known = self._statuses.submitted(queue, ids, delay, options)
+                known = self._store().submitted(queue, ids, delay, options)
                 if known != ids:
                     return known
             q = self._queue(queue)
@@ -270,8 +276,9 @@ class LocalMemTransport(Transport):
                 if not self.own_state:
                     return delivery.payload
                 # at most once: never a cancelled or expired task; handed over = done
-                if self._statuses.started(queue, delivery.id, delivery.attempt) == "run":
-                    self._statuses.settled(queue, delivery.id, "succeeded", delivery.attempt)
+                store = self._store()
+                if store.started(queue, delivery.id, delivery.attempt) == "run":
+                    store.settled(queue, delivery.id, "succeeded", delivery.attempt)
                     return delivery.payload
 
     def _stats(self, queue: str) -> QueueStats:
@@ -417,7 +424,7 @@ class LocalMemConsumer(Consumer):
         if not t.own_state:
             return super().start(delivery)
         with t._cond:
-            verdict = t._statuses.started(self.queue, delivery.id, delivery.attempt)
+            verdict = t._store().started(self.queue, delivery.id, delivery.attempt)
             if verdict != "run":
                 self._settle(delivery)  # removed, never run, not in the failed store
             return verdict
@@ -430,7 +437,7 @@ class LocalMemConsumer(Consumer):
             rec = t._statuses.record(delivery.id)
             if rec is None:
                 return None
-            state = t._statuses.finish(rec, "succeeded", delivery.attempt, None, result_json)
+            state = t._store().finish(rec, "succeeded", delivery.attempt, None, result_json)
             return state == "cancelled"
 
     def _cancelled(self, delivery: Delivery) -> bool:
@@ -452,7 +459,7 @@ class LocalMemConsumer(Consumer):
             if self._writes():
                 rec = t._statuses.record(delivery.id)
                 if rec is not None:
-                    t._statuses.finish(rec, "retrying", delivery.attempt, error)
+                    t._store().finish(rec, "retrying", delivery.attempt, error)
             task.attempts += 1
             task.retrying = True
             task.due = time.monotonic() + delay
@@ -468,7 +475,7 @@ class LocalMemConsumer(Consumer):
                 t._to_failed(self.queue, q, task, error)
                 rec = t._statuses.record(delivery.id) if self._writes() else None
                 if rec is not None:
-                    t._statuses.finish(rec, "failed", delivery.attempt, error)
+                    t._store().finish(rec, "failed", delivery.attempt, error)
 
     def release(self, delivery: Delivery) -> None:
         t = self.transport
