@@ -267,11 +267,18 @@ class FilesysStateStore(StateStore):
         now = time.time()
 
         def cancelled(old: Record) -> tuple[Record, str | None] | None:
-            if old.get("state") in FINAL_STATES and old.get("state") != "cancelled":
+            state = old.get("state")
+            if state in FINAL_STATES and state != "cancelled":
                 return None
-            return {**old, "state": "cancelled", "finished_at": now}, None
+            new = {**old, "state": "cancelled", "finished_at": now}
+            if found is not None and found.where == "run" and state not in ("running", None):
+                # started by the hot path, which wrote nothing: its attempt and start
+                new["attempts"] = int(_number(old.get("attempts")) or 0) + 1
+                new["started_at"] = found.info.st_ctime
+            return new, None
 
         wrote = False  # a record we wrote "cancelled" into may be moved by somebody else
+        found: Found | None = None
         for _ in range(5):  # each turn, somebody else moved the record meanwhile
             found = self._locate(task_id)
             if found is None:
