@@ -389,6 +389,10 @@ class AmqpTransport(Transport):
                 chosen = chosen_from(browse(side, name), ids)
                 if chosen:
                     copies = [read_message(message).copy(attempts=0) for message in chosen]
+                    store = self.external_state()
+                    if store is not None:  # queued again before a worker can start it
+                        for copy in copies:
+                            store.settled(queue, copy.properties["message_id"], "queued", 0)
                     link.publish(queue, queue, copies)
                 for message in chosen:
                     side.basic_ack(message.delivery_info["delivery_tag"])
