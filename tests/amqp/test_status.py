@@ -113,3 +113,18 @@ def test_start_asks_the_asynctask_state_store_in_the_workers_process(
         assert t.wait(kept, timeout=5).result == "ok"
         assert t.queue_stats(queue).ready == 0
         assert t.failed_tasks(queue) == []
+
+
+def test_a_refused_publish_leaves_no_status_and_frees_the_unique_key(amqp_uri, tmp_path):
+    # Given statuses kept in a folder, and a submit the broker side refuses after the
+    # store recorded it (a priority without max_priority)
+    queue = unique_queue()
+    with open_transport(amqp_uri) as t:
+        t.state_uri = f"filesys:{tmp_path / 'state'}"
+        with pytest.raises(InvalidTaskError, match="max_priority"):
+            t.submit_task(queue, {}, unique_key="k", priority=5)
+        # Then nothing of it is left: the key is free, and no status was kept
+        tid = t.submit_task(queue, {}, unique_key="k")
+        assert t.status(tid).state == "queued"
+        assert [p.name for p in (tmp_path / "state" / ".status" / "live").iterdir()] == [tid]
+        t.purge(queue)
