@@ -127,4 +127,5 @@ def test_a_refused_publish_leaves_no_status_and_frees_the_unique_key(amqp_uri, t
         tid = t.submit_task(queue, {}, unique_key="k")
         assert t.status(tid).state == "queued"
         assert [p.name for p in (tmp_path / "state" / ".status" / "live").iterdir()] == [tid]
+        assert t.queue_stats(queue).ready == 1  # a new task, not the refused one's id
         t.purge(queue)
