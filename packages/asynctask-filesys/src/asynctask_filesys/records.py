@@ -1,10 +1,10 @@
 """Task status records of ``filesys:``: one small JSON file per task, under the root::
 
-    .status/live/<id>          queued, delayed or retrying (made at submit)
-    .status/run/<id>           running: moved here by the consumer's start, one rename
+    .status/live/<id>          queued, delayed, running or retrying (made at submit)
     .status/failed/<id>        failed: kept as long as the task is in the failed store
     .status/done/<END>/<id>    succeeded, cancelled, expired, finished before second END
     .status/unique/<queue>/<sha256 of the key>   the id of the task holding the key
+    .status/untracked/<queue>  present while the queue's workers keep no status
 
 A record moves between folders by ``rename``, which is atomic: of two processes moving
 one record (an ack and a ``cancel``) exactly one succeeds and the other learns it from
@@ -12,10 +12,13 @@ one record (an ack and a ``cancel``) exactly one succeeds and the other learns i
 the move, so a record never sits in a final folder with content that says otherwise;
 a reader meeting a torn write (the file is rewritten while read) reads it again.
 
-The hot path writes no content at all: a start is the rename ``live`` -> ``run`` (its
-time is the file's ctime), and the success of a first attempt without a result is the
-rename ``run`` -> ``done/<END>`` plus a ``utime`` that keeps the start time as the
-mtime. A record in ``done/`` whose content is not final is such a success.
+The hot path writes no content: a worker's start appends one space to the record (a
+*mark*: JSON ignores trailing spaces; the append's time is the file's mtime, the start
+time), and the success of a first attempt without a result is the one rename
+``live`` -> ``done/<END>``, which keeps that mtime (the finish time is the ctime). So a
+record whose content still says ``queued`` reads ``running`` when marked, and
+``succeeded`` in ``done/``. An append needs only write permission, like every other
+step: several users may share the folder (``mode=0660``).
 
 Final records are forgotten by whole folders: ``done/<END>`` is removed once ``END``
 plus the status TTL has passed (by whichever process opens a new one), so forgetting
@@ -35,6 +38,7 @@ import re
 import stat
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from asynctask_filesys.layout import SAFE_OPEN, NotATaskFile
@@ -46,6 +50,8 @@ FOLDER = ".status"
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 #: how a record is opened for an update: never through a symlink, never created
 _UPDATE = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+#: how a mark is appended: never through a symlink, never created, never blocking
+_MARK = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
 #: how often a torn read (a record rewritten while read) is tried again
 _READ_TRIES = 5
 
@@ -62,14 +68,13 @@ class RecordPaths:
         self.base = os.path.join(root, FOLDER)
         self.tmp = os.path.join(self.base, "tmp")
         self.live = os.path.join(self.base, "live")
-        self.run = os.path.join(self.base, "run")
         self.failed = os.path.join(self.base, "failed")
         self.done = os.path.join(self.base, "done")
         self.unique = os.path.join(self.base, "unique")
 
     def all(self) -> tuple[str, ...]:
         """Every fixed folder, parents first."""
-        return (self.base, self.tmp, self.live, self.run, self.failed, self.done, self.unique)
+        return (self.base, self.tmp, self.live, self.failed, self.done, self.unique)
 
 
 def encode(record: Record, result_json: str | None = None) -> bytes:
@@ -100,8 +105,18 @@ def _parse(data: bytes) -> Record | None:
     return value if isinstance(value, dict) else None
 
 
-def read(path: str, limit: int) -> tuple[Record, os.stat_result] | None:
-    """A record and its file's stat, or None when there is none (or it is not one)."""
+@dataclass(frozen=True)
+class Read:
+    """A record as read: its content, its file's stat, and its marks (trailing spaces:
+    the starts the hot path appended since the content was written)."""
+
+    record: Record
+    info: os.stat_result
+    marks: int
+
+
+def read(path: str, limit: int) -> Read | None:
+    """A record, or None when there is none (or it is not one)."""
     for attempt in range(_READ_TRIES):
         try:
             fd = os.open(path, SAFE_OPEN)
@@ -119,10 +134,30 @@ def read(path: str, limit: int) -> tuple[Record, os.stat_result] | None:
             os.close(fd)
         record = _parse(data)
         if record is not None:
-            return record, info
+            return Read(record, info, len(data) - len(data.rstrip(b" ")))
         if attempt < _READ_TRIES - 1:
             time.sleep(0.001)  # torn: being rewritten in place right now
     return None
+
+
+def mark(path: str) -> bool:
+    """Append a mark (one space) to a record: a start on the hot path, one ``write``
+    and no move. False when there is no record there (moved away: cancelled)."""
+    try:
+        fd = os.open(path, _MARK)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a planted symlink or FIFO
+            return False
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        os.write(fd, b" ")
+        return True
+    finally:
+        os.close(fd)
 
 
 def read_bytes(path: str, limit: int) -> bytes | None:
@@ -157,9 +192,10 @@ def create(path: str, data: bytes, mode: int) -> bool:
     return True
 
 
-#: what an update does with a record: the new record (and a result's JSON text), or
-#: None to leave it as it is
-Change = Callable[[Record], tuple[Record, str | None] | None]
+#: what an update does with a record, given when the hot path marked it started (None:
+#: not marked since its content was written): the new record (and a result's JSON
+#: text), or None to leave it as it is
+Change = Callable[[Record, float | None], tuple[Record, str | None] | None]
 
 
 def update(path: str, change: Change, limit: int) -> tuple[Record, bool] | None:
@@ -176,11 +212,11 @@ def update(path: str, change: Change, limit: int) -> tuple[Record, bool] | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            data, _ = _read_fd(fd, limit)
+            data, info = _read_fd(fd, limit)
         except NotATaskFile:
             return None
         old = _parse(data) or {}
-        new = change(old)
+        new = change(old, info.st_mtime if data.endswith(b" ") else None)
         if new is None:
             return old, False
         record, result_json = new

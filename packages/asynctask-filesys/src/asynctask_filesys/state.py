@@ -2,17 +2,16 @@
 
 ``FilesysStateStore`` is both the generic ``StateStore`` (any transport may keep its
 state here through ``asynctask_state``, AMQP first) and what the filesys consumer calls
-on its hot path: ``begin`` (one rename) and ``finish`` (one rename and a ``utime`` for
-a plain success). The record files and their moves are described in
+on its hot path: ``begin`` (one appended byte) and ``finish`` (one rename, for a plain
+success). The record files and their moves are described in
 ``asynctask_filesys.records``; unique keys are exclusive creates (``link(2)``, which
 fails when the name exists) in ``.status/unique/<queue>/``. ``wait`` blocks on inotify
-(a record leaving ``live/`` or ``run/``), with a fallback poll only where inotify is
-missing, or every ``fallback_poll`` seconds as a safety net.
+(a record leaving ``live/``), with a fallback poll only where inotify is missing, or
+every ``fallback_poll`` seconds as a safety net.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -47,12 +46,13 @@ _WAITING = ("queued", "delayed")
 
 @dataclass(frozen=True)
 class Found:
-    """Where a record is: its folder's role, its path, its content and its stat."""
+    """Where a record is: its folder's role, its path, its content, stat and marks."""
 
-    where: str  # "live" | "run" | "failed" | "done"
+    where: str  # "live" | "failed" | "done"
     path: str
     record: Record
     info: os.stat_result
+    marks: int
 
 
 def _number(value: object) -> float | None:
@@ -128,25 +128,25 @@ class FilesysStateStore(StateStore):
     def _locate(self, task_id: str) -> Found | None:
         """The record of ``task_id`` wherever it is; None when there is none.
 
-        Looked for in the order records move (live, run, failed, done), so a record
-        moving forward while we look is found; one moving back (a retry) is looked for
-        once more."""
+        Looked for in the order records move (live, failed, done), so a record moving
+        forward while we look is found; one moving back (a requeue) is looked for once
+        more."""
         if not valid_id(task_id):
             return None
         p = self.paths
         for _ in range(2):
-            for where, folder in (("live", p.live), ("run", p.run), ("failed", p.failed)):
+            for where, folder in (("live", p.live), ("failed", p.failed)):
                 path = os.path.join(folder, task_id)
                 read = records.read(path, self.limit)
                 if read is not None:
-                    return Found(where, path, *read)
+                    return Found(where, path, read.record, read.info, read.marks)
             for end in records.bucket_ends(p.done):
                 if end + self.status_ttl < time.time():
                     break  # older ones are forgotten
                 path = os.path.join(p.done, str(end), task_id)
                 read = records.read(path, self.limit)
                 if read is not None:
-                    return Found("done", path, *read)
+                    return Found("done", path, read.record, read.info, read.marks)
         return None
 
     def _status(self, task_id: str, found: Found) -> TaskStatus | None:
@@ -157,13 +157,12 @@ class FilesysStateStore(StateStore):
         attempts = int(_number(record.get("attempts")) or 0)
         started = _number(record.get("started_at"))
         finished = _number(record.get("finished_at"))
-        if found.where == "run" and state not in FINAL_STATES:
-            if state != "running":  # moved by a start that wrote nothing (the hot path)
-                attempts, started = attempts + 1, info.st_ctime
-            state = "running"
+        if found.where == "live" and state in _WAITING and found.marks:
+            # started by the hot path: a mark appended, at the file's mtime
+            state, attempts, started = "running", attempts + found.marks, info.st_mtime
         elif found.where == "done" and state not in FINAL_STATES:
             # the hot path's success: the start time kept as mtime, the move as ctime
-            state, attempts = "succeeded", attempts + 1
+            state, attempts = "succeeded", attempts + max(1, found.marks)
             started, finished = info.st_mtime, info.st_ctime
         elif found.where == "live" and state in _WAITING:
             due, expires = _number(record.get("due_at")), _number(record.get("expires"))
@@ -229,7 +228,7 @@ class FilesysStateStore(StateStore):
         """The absolute expiry a ``live/`` record gives the task (``submitted`` makes it
         from the relative ``expires``); the task file carries the same number."""
         read = records.read(os.path.join(self.paths.live, task_id), self.limit)
-        return None if read is None else _number(read[0].get("expires"))
+        return None if read is None else _number(read.record.get("expires"))
 
     @os_errors
     def started(self, queue: str, task_id: str, attempt: int) -> StartVerdict:
@@ -266,15 +265,15 @@ class FilesysStateStore(StateStore):
         drops the task; a running one is stopped by its supervisor."""
         now = time.time()
 
-        def cancelled(old: Record) -> tuple[Record, str | None] | None:
+        def cancelled(old: Record, marked_at: float | None) -> tuple[Record, str | None] | None:
             state = old.get("state")
             if state in FINAL_STATES and state != "cancelled":
                 return None
             new = {**old, "state": "cancelled", "finished_at": now}
-            if found is not None and found.where == "run" and state not in ("running", None):
-                # started by the hot path, which wrote nothing: its attempt and start
+            if marked_at is not None and state in _WAITING:
+                # started by the hot path, which wrote no content: its attempt and start
                 new["attempts"] = int(_number(old.get("attempts")) or 0) + 1
-                new["started_at"] = found.info.st_ctime
+                new["started_at"] = marked_at
             return new, None
 
         wrote = False  # a record we wrote "cancelled" into may be moved by somebody else
@@ -325,44 +324,40 @@ class FilesysStateStore(StateStore):
     def begin(
         self, task_id: str, attempt: int, expires: Any = UNKNOWN, unique_key: Any = UNKNOWN
     ) -> StartVerdict:
-        """A worker is about to run the task: move its record to ``run/`` (one rename),
-        unless it expired (then ``expired`` is written) or was cancelled (no record in
-        ``live/`` any more). A task with no record at all (dropped in by another
-        program) runs untracked."""
-        p = self.paths
-        live = os.path.join(p.live, task_id)
+        """A worker is about to run the task: append a mark to its record (the hot path:
+        one write, no move), unless it expired (then ``expired`` is written) or was
+        cancelled (its record is no longer in ``live/``). A later attempt writes its
+        count. A task with no record at all (dropped in by another program) runs
+        untracked."""
+        live = os.path.join(self.paths.live, task_id)
         if expires is UNKNOWN:
             read = records.read(live, self.limit)
-            expires = None if read is None else _number(read[0].get("expires"))
+            expires = None if read is None else _number(read.record.get("expires"))
         if attempt == 1 and expires is not None and time.time() >= expires:
             # never started: it is never run (a retried task was started: not expired)
             self._finish_at(live, task_id, "expired", 0, None, None, None)
             return "expired"
-        if records.move(live, os.path.join(p.run, task_id)):
-            if attempt > 1:  # counts the hot path cannot tell: written
-                self._mark_running(os.path.join(p.run, task_id), attempt)
-            return "run"
+        if attempt == 1:
+            if records.mark(live):
+                return "run"
+        else:
+            now = time.time()
+
+            def running(old: Record, _: float | None) -> tuple[Record, str | None] | None:
+                if old.get("state") in FINAL_STATES:
+                    return None
+                return {**old, "state": "running", "attempts": attempt, "started_at": now}, None
+
+            outcome = records.update(live, running, self.limit)
+            if outcome is not None and outcome[1]:
+                return "run"
         found = self._locate(task_id)
-        if found is None:
-            return "run"
-        state = found.record.get("state")
-        if found.where == "done" and state in ("cancelled", "expired"):
-            return "cancelled" if state == "cancelled" else "expired"
-        if found.where == "live" and state == "cancelled":
+        state = None if found is None else found.record.get("state")
+        if state == "cancelled":
             return "cancelled"
-        if found.where == "run":  # a task whose consumer died: running again
-            self._mark_running(found.path, attempt)
+        if state == "expired" and found is not None and found.where == "done":
+            return "expired"
         return "run"
-
-    def _mark_running(self, path: str, attempt: int) -> None:
-        now = time.time()
-
-        def running(old: Record) -> tuple[Record, str | None] | None:
-            if old.get("state") in FINAL_STATES:
-                return None
-            return {**old, "state": "running", "attempts": attempt, "started_at": now}, None
-
-        records.update(path, running, self.limit)
 
     def finish(
         self,
@@ -386,13 +381,10 @@ class FilesysStateStore(StateStore):
             return None
         hot = state == "succeeded" and result_json is None and attempts == 1
         if hot and unique_key is not UNKNOWN:
-            # acked without a start (a consumer used directly): from live/, started now
-            folder = self.paths.live if started_at is None else self.paths.run
-            done = self._to_done(os.path.join(folder, task_id), task_id)
+            # the mark's mtime is the start time, which the rename keeps (acked without
+            # a start, by a consumer used directly: none, the submit time stands)
+            done = self._to_done(os.path.join(self.paths.live, task_id), task_id)
             if done is not None:
-                when = time.time() if started_at is None else started_at
-                with contextlib.suppress(OSError):
-                    os.utime(done, (when, when))
                 if unique_key is not None:
                     self._release_unique({"unique_key": unique_key, "queue": queue}, task_id)
                 return None
@@ -412,8 +404,7 @@ class FilesysStateStore(StateStore):
         """A task settled by a worker that keeps no status (``track_status = False``):
         its record goes, and the unique key it holds is freed."""
         if valid_id(task_id):
-            for folder in (self.paths.live, self.paths.run):
-                records.remove(os.path.join(folder, task_id))
+            records.remove(os.path.join(self.paths.live, task_id))
             self._release_unique({"unique_key": unique_key, "queue": queue}, task_id)
 
     # -- queues whose workers keep no status ----------------------------------------------
@@ -451,7 +442,7 @@ class FilesysStateStore(StateStore):
         lives; False if it was final already or moved away meanwhile."""
         now = time.time()
 
-        def outcome(old: Record) -> tuple[Record, str | None] | None:
+        def outcome(old: Record, marked_at: float | None) -> tuple[Record, str | None] | None:
             if old.get("state") in FINAL_STATES and old.get("state") != "failed":
                 return None  # cancelled (or expired) stays so: its result is discarded
             new = {k: v for k, v in old.items() if k != "result"}
@@ -460,10 +451,8 @@ class FilesysStateStore(StateStore):
                 new.pop("started_at", None)
                 new.pop("finished_at", None)
                 return new, None
-            if started_at is not None:
-                new["started_at"] = started_at
-            elif "started_at" not in new and path.startswith(self.paths.run):
-                new["started_at"] = os.stat(path).st_ctime
+            if started_at is not None or marked_at is not None:
+                new["started_at"] = started_at if started_at is not None else marked_at
             if error is not None:
                 new["error"] = error
             if state in FINAL_STATES:

@@ -1,9 +1,9 @@
-"""Waking a ``wait`` when a task's status record moves: inotify on ``live/`` and ``run/``.
+"""Waking a ``wait`` when a task's status record leaves ``live/``: inotify on that folder.
 
-A record leaves ``live/`` when its task starts or ends unstarted (cancelled, expired),
-and ``run/`` when it ends or is retried, so a watch on the record's name leaving either
-folder sees every change a waiter cares about, the final one included. Without inotify
-(not Linux, or ``notify=poll``) the waiter sleeps for its pause instead.
+A record leaves ``live/`` exactly when its task becomes final (moved to ``done/`` or
+``failed/``), so a watch on the record's name leaving that folder sees the change a
+waiter waits for. Without inotify (not Linux, or ``notify=poll``) the waiter sleeps for
+its pause instead.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ logger = logging.getLogger("asynctask.filesys")
 
 
 class RecordWatch:
-    """Watches one task's record leave ``live/`` or ``run/``; a context manager."""
+    """Watches one task's record leave ``live/``; a context manager."""
 
     def __init__(self, paths: RecordPaths, task_id: str, use_inotify: bool) -> None:
         self.task_id = task_id
@@ -32,9 +32,8 @@ class RecordWatch:
             return
         try:
             self._inotify = INotify()
-            mask = flags.MOVED_FROM | flags.DELETE | flags.MOVED_TO | flags.ONLYDIR
-            for folder in (paths.live, paths.run):
-                self._inotify.add_watch(folder, mask)
+            mask = flags.MOVED_FROM | flags.DELETE | flags.ONLYDIR
+            self._inotify.add_watch(paths.live, mask)
         except OSError as exc:  # too many inotify instances or watches for this user
             logger.warning("inotify unavailable for wait (%s); polling", exc)
             self.close()
