@@ -31,6 +31,7 @@ from asynctask.transport import (
     QueueStats,
     Transport,
     TransportFeatures,
+    WaitingTask,
     check_delay,
 )
 from asynctask.validation import Payload, decode_payload
@@ -195,6 +196,22 @@ class LocalMemTransport(Transport):
         with self._cond:
             q = self._queues.get(queue)
             return q.ready[0].submitted_at if q is not None and q.ready else None
+
+    def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
+        with self._cond:
+            q = self._queues.get(queue)
+            if q is None:
+                return []
+            self._maintain(q)
+            return [self._waiting(queue, task) for task in itertools.islice(q.ready, limit)]
+
+    def _waiting(self, queue: str, task: _Task) -> WaitingTask:
+        try:
+            payload: Payload | None = self.decode(task.text)
+            raw = None
+        except ValueError:  # UndecodableMessage: listed as its text
+            payload, raw = None, task.text
+        return WaitingTask(task.id, queue, payload, raw, task.attempts, task.submitted_at)
 
     def _queue_names(self) -> list[str]:
         with self._cond:
