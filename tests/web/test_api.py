@@ -1,0 +1,197 @@
+"""The dashboard through Starlette's test client, on every transport: the JSON under
+/api/, the pages' escaping, the CSRF check on every changing POST, pages of 100."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from starlette.testclient import TestClient
+
+from asynctask.settings import load_settings
+from asynctask.testing.contract import SECRET
+from asynctask_web import create_app
+
+XSS = "<script>window.xss = 1</script>"
+XSS_ERROR = "<img src=x onerror=alert(1)>"
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match, "no CSRF field on the page"
+    return match.group(1)
+
+
+def fail_one(transport, queue, error=XSS_ERROR) -> str:
+    with transport.consumer(queue) as consumer:
+        delivery = consumer.reserve(timeout=10)
+        assert delivery is not None
+        consumer.fail(delivery, error)
+    return delivery.id
+
+
+def test_queues_waiting_failed_requeue_and_purge(web_transport, queue):
+    transport = web_transport
+    client = TestClient(create_app(transport), follow_redirects=False)
+    # Given 3 tasks, the first of which failed (its payload and error hold markup)
+    ids = transport.submit_tasks(queue, [{"n": 0, "note": XSS}, {"n": 1}, {"n": 2}])
+    failed_id = fail_one(transport, queue)
+    assert failed_id == ids[0]
+
+    # Then /api/queues lists the queue with its counts
+    listed = {q["name"]: q for q in client.get("/api/queues").json()["queues"]}
+    assert listed[queue]["ready"] == 2 and listed[queue]["failed"] == 1
+
+    # And /api/queues/<name> its waiting tasks, head first (AMQP: counts only, and why)
+    detail = client.get(f"/api/queues/{queue}").json()
+    assert detail["queue"]["ready"] == 2
+    if transport.can_peek:
+        assert [w["payload"]["n"] for w in detail["waiting"]] == [1, 2]
+        assert [w["id"] for w in detail["waiting"]] == ids[1:]
+    else:
+        assert detail["waiting"] is None and "peek" in detail["waiting_unlisted"]
+
+    # And /api/queues/<name>/failed the failed one with its error and attempts
+    [failed] = client.get(f"/api/queues/{queue}/failed").json()["failed"]
+    assert failed["id"] == failed_id and failed["payload"]["note"] == XSS
+    assert failed["error"] == XSS_ERROR and failed["attempts"] == 1
+
+    # And the failed page shows payload and error as text, never as markup
+    page = client.get(f"/queues/{queue}/failed")
+    assert page.status_code == 200
+    assert "&lt;script&gt;window.xss = 1&lt;/script&gt;" in page.text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page.text
+    assert XSS not in page.text and XSS_ERROR not in page.text
+
+    # When a requeue is posted without the CSRF value, it is refused and nothing moves
+    refused = client.post(f"/queues/{queue}/failed/requeue", data={"ids": failed_id})
+    assert refused.status_code == 403 and "CSRF" in refused.text
+    forged = client.post(
+        f"/queues/{queue}/failed/requeue",
+        data={"ids": failed_id, "csrf": csrf_of(page.text)},
+        headers={"Origin": "http://evil.example"},
+    )
+    assert forged.status_code == 403
+    assert client.post(f"/queues/{queue}/failed/purge", data={"all": "1"}).status_code == 403
+    assert transport.queue_stats(queue).failed == 1
+
+    # When it is requeued with the page's CSRF value, it is ready again
+    done = client.post(
+        f"/queues/{queue}/failed/requeue", data={"ids": failed_id, "csrf": csrf_of(page.text)}
+    )
+    assert done.status_code == 303 and "requeued+1+task" in done.headers["location"]
+    assert transport.failed_tasks(queue) == []
+    assert transport.queue_stats(queue).ready == 3
+
+    # And a failed task purged by id is gone, the queue's waiting tasks purged too
+    second = fail_one(transport, queue, "boom")
+    purge = client.post(
+        f"/queues/{queue}/failed/purge", data={"ids": second, "csrf": csrf_of(page.text)}
+    )
+    assert purge.status_code == 303 and transport.failed_tasks(queue) == []
+    assert client.post(f"/queues/{queue}/purge", data={"csrf": csrf_of(page.text)}).status_code == 303
+    assert transport.queue_stats(queue).ready == 0
+
+
+def test_lists_are_pages_of_100(web_transport, queue):
+    # Given 150 waiting tasks
+    web_transport.submit_tasks(queue, [{"n": n} for n in range(150)])
+    client = TestClient(create_app(web_transport))
+    # Then the queue's page lists the first 100 and says of how many
+    detail = client.get(f"/api/queues/{queue}").json()
+    assert detail["queue"]["ready"] == 150
+    if web_transport.can_peek:
+        assert [w["payload"]["n"] for w in detail["waiting"]] == list(range(100))
+        assert "The first 100 ready task(s), head first, of 150" in client.get(
+            f"/queues/{queue}"
+        ).text
+    web_transport.purge(queue)
+
+
+def test_task_page_uses_task_status_where_the_transport_has_it(web_transport, queue):
+    client = TestClient(create_app(web_transport))
+    task_id = web_transport.submit_task(queue, {"n": 1})
+    response = client.get(f"/api/tasks/{task_id}")
+    if getattr(web_transport, "status", None) is None:
+        # an asynctask without task status (DESIGN.md section 6): said so, not a crash
+        assert response.status_code == 501 and "status" in response.json()["error"]
+        assert client.get(f"/tasks/{task_id}").status_code == 501
+    else:
+        assert response.status_code == 200
+        assert response.json()["task"]["state"] == "queued"
+        assert client.get("/api/tasks/" + "0" * 32).status_code == 404
+    web_transport.purge(queue)
+
+
+@pytest.fixture
+def localmem():
+    from asynctask.transports.localmem import LocalMemTransport
+
+    transport = LocalMemTransport("localmem:")
+    yield transport
+    transport.close()
+
+
+def test_bad_queue_name_is_a_400_naming_the_rule(localmem):
+    client = TestClient(create_app(localmem))
+    response = client.get("/api/queues/Not-A-Queue")
+    assert response.status_code == 400 and "Not-A-Queue" in response.json()["error"]
+
+
+def test_token_cookie_and_bearer(localmem):
+    token = "t0ken-for-the-web-test"
+    client = TestClient(create_app(localmem, token=token), follow_redirects=False)
+    # Without the token, nothing is shown
+    assert client.get("/").status_code == 401
+    assert client.get("/api/queues").status_code == 401
+    assert client.get("/?token=wrong-token-wrong").status_code == 401
+    # A browser gives it once: redirected to the page without it, holding a cookie
+    first = client.get("/queues/abc?token=" + token)
+    assert first.status_code == 303 and first.headers["location"] == "/queues/abc"
+    cookie = first.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and token not in cookie
+    assert client.get("/").status_code == 200
+    # An API client sends it as a bearer token (and needs no CSRF value)
+    api = TestClient(create_app(localmem, token=token))
+    assert api.get("/api/queues", headers={"Authorization": "Bearer nope"}).status_code == 401
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert api.get("/api/queues", headers=bearer).status_code == 200
+    posted = api.post("/queues/abc/failed/purge", data={"all": "1"}, headers=bearer)
+    assert posted.status_code == 200 and posted.json() == {"done": "purged 0 task(s)"}
+
+
+def test_security_headers_forbid_framing_and_foreign_scripts(localmem):
+    response = TestClient(create_app(localmem)).get("/")
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert response.headers["x-frame-options"] == "DENY"
+
+
+def test_settings_and_plugins_pages_hide_passwords(localmem):
+    settings = load_settings(
+        overrides=[
+            f"asynctask_transport=redis://:{SECRET}@127.0.0.1:6379/0",
+            "asynctask_web_token=web-token-that-is-secret",
+            "asynctask_signing_key=signing-key-that-is-secret",
+        ]
+    )
+    client = TestClient(create_app(localmem, settings=settings))
+    for path in ("/settings", "/api/settings"):
+        text = client.get(path).text
+        assert "asynctask_transport" in text and "redis://" in text
+        assert SECRET not in text and "that-is-secret" not in text
+    plugins = client.get("/api/plugins").json()["plugins"]
+    assert {"redis:, rediss:, unix:", "localmem:"} <= {p["name"] for p in plugins}
+    assert "redis:, rediss:, unix:" in client.get("/plugins").text
+
+
+def test_schedules_show_their_next_firing(localmem):
+    settings = load_settings(
+        overrides=['asynctask_scheduled_workers=[{"worker": "test_record", "minute": "*/5"}]']
+    )
+    client = TestClient(create_app(localmem, settings=settings))
+    [entry] = client.get("/api/schedules").json()["schedules"]
+    assert entry["name"] == "test_record" and entry["queue"] == "scheduled_test_record"
+    assert entry["next"] and entry["schedule"] == {"minute": "*/5"}
+    page = client.get("/schedules").text
+    assert entry["next"] in page and "scheduled_test_record" in page
