@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from asynctask.settings import load_settings
 from asynctask.testing.contract import SECRET
-from asynctask_web import create_app
+from asynctask_web.app import create_app
 
 XSS = "<script>window.xss = 1</script>"
 XSS_ERROR = "<img src=x onerror=alert(1)>"
@@ -89,7 +89,9 @@ def test_queues_waiting_failed_requeue_and_purge(web_transport, queue):
         f"/queues/{queue}/failed/purge", data={"ids": second, "csrf": csrf_of(page.text)}
     )
     assert purge.status_code == 303 and transport.failed_tasks(queue) == []
-    assert client.post(f"/queues/{queue}/purge", data={"csrf": csrf_of(page.text)}).status_code == 303
+    assert (
+        client.post(f"/queues/{queue}/purge", data={"csrf": csrf_of(page.text)}).status_code == 303
+    )
     assert transport.queue_stats(queue).ready == 0
 
 
@@ -102,9 +104,9 @@ def test_lists_are_pages_of_100(web_transport, queue):
     assert detail["queue"]["ready"] == 150
     if web_transport.can_peek:
         assert [w["payload"]["n"] for w in detail["waiting"]] == list(range(100))
-        assert "The first 100 ready task(s), head first, of 150" in client.get(
-            f"/queues/{queue}"
-        ).text
+        assert (
+            "The first 100 ready task(s), head first, of 150" in client.get(f"/queues/{queue}").text
+        )
     web_transport.purge(queue)
 
 

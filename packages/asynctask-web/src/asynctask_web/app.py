@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
 import jinja2
+import markupsafe
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -176,7 +177,9 @@ class Dashboard:
             name = request.path_params["name"]
             ids = None if form.get("all") == ["1"] else form.get("ids", [])
             call = (
-                self.transport.requeue_failed if action == "requeue" else self.transport.purge_failed
+                self.transport.requeue_failed
+                if action == "requeue"
+                else self.transport.purge_failed
             )
             try:
                 count = await run_in_threadpool(call, check_queue_name(name), ids)
@@ -250,7 +253,7 @@ def _after(request: Request, path: str, notice: str) -> Response:
 
 
 def _escape(text: str) -> str:
-    return str(jinja2.utils.markupsafe.escape(text))
+    return str(markupsafe.escape(text))
 
 
 # -- template filters --------------------------------------------------------------------

@@ -33,7 +33,7 @@ SECURITY_HEADERS = {
     ),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # (no-referrer makes a form POST send Origin: null)
     "Cache-Control": "no-store",
 }
 
@@ -108,10 +108,7 @@ def _bearer(request: Request) -> str | None:
 
 
 def _unauthorized(request: Request, why: str) -> Response:
-    text = (
-        f"{why}: open /?token=<token> once in a browser, or send "
-        "'Authorization: Bearer <token>'"
-    )
+    text = f"{why}: open /?token=<token> once in a browser, or send 'Authorization: Bearer <token>'"
     if request.url.path.startswith("/api/"):
         return JSONResponse({"error": text}, status_code=401)
     return PlainTextResponse(text, status_code=401)
