@@ -39,6 +39,15 @@ from asynctask.errors import (
 )
 from asynctask.liveness import Liveness, NoLiveness, check_owner
 from asynctask.outage import OutageReport
+from asynctask.status import (
+    DEFAULT_STATUS_TTL,
+    StartVerdict,
+    StateStore,
+    StatusNotKept,
+    SubmitOptions,
+    TaskStatus,
+    check_submit_options,
+)
 from asynctask.uri import Option, read_options, redact, split_query
 from asynctask.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -203,12 +212,31 @@ class Consumer(ABC):
         goes to the failed store and the wait goes on. Returns ``None`` on timeout.
         """
 
-    @abstractmethod
-    def ack(self, delivery: Delivery) -> None:
-        """The task is done: remove it for good.
+    def start(self, delivery: Delivery) -> StartVerdict:
+        """The worker is about to run ``delivery``: mark it ``running`` (status tracking,
+        ``asynctask.status``) unless it was cancelled or has expired.
 
-        A transport may send the acknowledgement with the consumer's next call (``reserve``
-        or ``close``), saving a round trip; callers make that next call at once.
+        Returns ``"run"``, or the final state the task was given instead; then the task
+        is already settled (removed from the queue, never run, not in the failed store).
+        A transport keeping its own state does this in one round trip; the default uses
+        the store named by ``asynctask_state``, if any, else runs every task.
+        """
+        store = self.transport.external_state()
+        if store is None:
+            return "run"
+        verdict = store.started(self.queue, delivery.id, delivery.attempt)
+        if verdict != "run":
+            self.ack(delivery)
+        return verdict
+
+    @abstractmethod
+    def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
+        """The task is done: remove it for good; ``succeeded`` with its result.
+
+        ``result_json`` is what ``process()`` returned, as JSON text (``None`` for no
+        result or one that could not be stored). A transport may send the
+        acknowledgement with the consumer's next call (``reserve`` or ``close``), saving
+        a round trip; callers make that next call at once.
         """
 
     @abstractmethod
@@ -257,6 +285,10 @@ class Transport(ABC):
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     #: ``asynctask_signing_key`` as a tuple (the first signs, all verify); empty: unsigned
     signing_keys: tuple[str, ...] = ()
+    #: the setting ``asynctask_state``: another transport's URI keeping task statuses
+    state_uri: str | None = None
+    #: the setting ``asynctask_status_ttl``: seconds a final status is kept
+    status_ttl: float = DEFAULT_STATUS_TTL
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -278,8 +310,22 @@ class Transport(ABC):
     # -- the primitives a subclass implements -------------------------------------------
 
     @abstractmethod
-    def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
-        """Store ``(task_id, payload_json)`` pairs at the tail of ``queue``, in order."""
+    def _put(
+        self,
+        queue: str,
+        tasks: Sequence[tuple[str, str]],
+        delay: float,
+        options: SubmitOptions,
+    ) -> Sequence[str] | None:
+        """Store ``(task_id, payload_json)`` pairs at the tail of ``queue``, in order.
+
+        ``options`` (``asynctask.status``): ``priority`` orders reserve (higher first,
+        FIFO within one); ``expires`` is kept with the task; ``unique_key`` (one task)
+        makes the put a no-op while a task holding that key on ``queue`` is not final.
+        A transport keeping its own state records ``queued``/``delayed`` here. Returns
+        the ids to give the caller when they differ from the given ones (the existing
+        task's id for a unique key already held), else ``None``.
+        """
 
     @abstractmethod
     def _take(self, queue: str) -> Payload | None:
@@ -340,6 +386,12 @@ class Transport(ABC):
     def _close(self) -> None:
         """Free connections, threads and files."""
 
+    def _state_store(self) -> StateStore | None:
+        """The store of this transport's own task statuses, or ``None`` if it keeps none
+        (then ``asynctask_state`` must name one). Fused transports return a store whose
+        generic calls match what their queue operations write."""
+        return None
+
     def _owned_consumer(self, queue: str, prefetch: int, owner: str) -> Consumer:
         """A consumer whose liveness ``self.liveness(queue, owner)`` keeps elsewhere.
 
@@ -355,17 +407,39 @@ class Transport(ABC):
     # -- the public API ---------------------------------------------------------------
 
     def submit_task(
-        self, queue_name: str, payload: Payload | None = None, *, delay: float = 0
+        self,
+        queue_name: str,
+        payload: Payload | None = None,
+        *,
+        delay: float = 0,
+        expires: float | None = None,
+        unique_key: str | None = None,
+        priority: int = 0,
     ) -> str:
         """Add a task at the tail of a queue; return its id.
 
         ``delay`` (seconds) keeps it invisible until then. The payload must be a JSON
         object (``None`` means ``{}``); anything else is refused before anything is written.
+        ``expires``, ``unique_key`` and ``priority``: see ``asynctask.status``.
         """
-        return self.submit_tasks(queue_name, [payload], delay=delay)[0]
+        return self.submit_tasks(
+            queue_name,
+            [payload],
+            delay=delay,
+            expires=expires,
+            unique_key=unique_key,
+            priority=priority,
+        )[0]
 
     def submit_tasks(
-        self, queue_name: str, payloads: Iterable[Payload | None], *, delay: float = 0
+        self,
+        queue_name: str,
+        payloads: Iterable[Payload | None],
+        *,
+        delay: float = 0,
+        expires: float | None = None,
+        unique_key: str | None = None,
+        priority: int = 0,
     ) -> list[str]:
         """Add many tasks in order, in as few round trips as the backend allows.
 
@@ -373,6 +447,8 @@ class Transport(ABC):
         """
         check_queue_name(queue_name)
         delay = check_delay(delay)
+        payloads = list(payloads)
+        options = check_submit_options(expires, unique_key, priority, len(payloads))
         tasks: list[tuple[str, str]] = []
         for index, payload in enumerate(payloads):
             try:
@@ -383,11 +459,73 @@ class Transport(ABC):
                 if index == 0:
                     raise
                 raise InvalidTaskError(f"payload #{index}: {exc}") from exc
-        if tasks:
-            self._call(self._put, queue_name, tasks, delay)
         ids = [task_id for task_id, _ in tasks]
+        if tasks:
+            stored = self._call(self._put, queue_name, tasks, delay, options)
+            if stored is not None:
+                ids = list(stored)
         events.task_submitted(queue_name, ids)
         return ids
+
+    # -- what happened to a task (DESIGN.md section 6, ``asynctask.status``) ----------
+
+    def status(self, task_id: str) -> TaskStatus | None:
+        """The task's status, or ``None`` for an id the store never had or has forgotten."""
+        return self.statuses([task_id])[0]
+
+    def statuses(self, task_ids: Sequence[str]) -> list[TaskStatus | None]:
+        """The status of each id, in one round trip where the backend allows."""
+        store = self.state()
+        return self._call(store.statuses, list(task_ids))
+
+    def wait(self, task_id: str, timeout: float | None = None) -> TaskStatus:
+        """Block until the task is final and return its status.
+
+        Woken by the backend, not a poll loop. Raises the built-in ``TimeoutError`` after
+        ``timeout`` seconds, ``LookupError`` for an id the store does not know.
+        """
+        if timeout is not None and (not math.isfinite(timeout) or timeout < 0):
+            raise ValueError(f"timeout must be a finite number >= 0 or None, got {timeout!r}")
+        found = self.state().wait(task_id, timeout)
+        if found is None:
+            raise LookupError(f"no task {task_id!r}: never submitted here, or forgotten")
+        return found
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a task that is not final: True if it was not final and now is
+        cancelled (or, running, is being stopped by its supervisor)."""
+        return self._call(self.state().cancel, task_id)
+
+    def state(self) -> StateStore:
+        """Where this transport's task statuses live (its own, or ``asynctask_state``'s).
+
+        Raises ``StatusNotKept`` naming the setting when there is none.
+        """
+        own = self._state_store()
+        if own is not None and self.state_uri is None:
+            return own
+        store = self.external_state()
+        if store is None:
+            raise StatusNotKept(
+                f"{self!r} keeps no task status: set asynctask_state to the URI of a "
+                "transport that does (e.g. ASYNCTASK_STATE=redis://127.0.0.1:6379/0)"
+            )
+        return store
+
+    def external_state(self) -> StateStore | None:
+        """The store named by ``asynctask_state`` when it is not this transport's own."""
+        if self.state_uri is None or self.state_uri == self.uri:
+            return None
+        from asynctask.api import get_transport  # the store is another transport
+
+        other = get_transport(self.state_uri)
+        store = other._state_store()
+        if store is None:
+            raise StatusNotKept(
+                f"asynctask_state names {other!r}, which keeps no task status itself"
+            )
+        store.status_ttl = self.status_ttl
+        return store
 
     def get_task(self, queue_name: str) -> Payload | None:
         """Remove the head task of a queue and return its payload (at most once).

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from asynctask.status import SubmitOptions
 from asynctask.transport import (
     Consumer,
     Delivery,
@@ -105,7 +106,14 @@ class LocalMemTransport(Transport):
             q = self._queues[name] = _Queue()
         return q
 
-    def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
+    def _put(
+        self,
+        queue: str,
+        tasks: Sequence[tuple[str, str]],
+        delay: float,
+        options: SubmitOptions,
+    ) -> Sequence[str] | None:
+        options.refuse_until_supported(self)
         now = time.time()
         with self._cond:
             q = self._queue(queue)
@@ -121,6 +129,7 @@ class LocalMemTransport(Transport):
                 else:
                     q.ready.append(task)
             self._cond.notify_all()
+        return None
 
     def _maintain(self, q: _Queue) -> float | None:
         """Promote due tasks, recover dead owners' tasks; return seconds to the next due."""
@@ -323,7 +332,7 @@ class LocalMemConsumer(Consumer):
         task.owner = None
         return q, task
 
-    def ack(self, delivery: Delivery) -> None:
+    def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
         with self.transport._cond:
             self._settle(delivery)
 
