@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from starlette.testclient import TestClient
 
 from asynctask.settings import load_settings
+from asynctask.status import StatusNotKept
 from asynctask.testing.contract import SECRET
 from asynctask_web.app import create_app
 
@@ -110,17 +112,22 @@ def test_lists_are_pages_of_100(web_transport, queue):
     web_transport.purge(queue)
 
 
-def test_task_page_uses_task_status_where_the_transport_has_it(web_transport, queue):
+def test_task_page_shows_the_task_status(web_transport, queue):
     client = TestClient(create_app(web_transport))
     task_id = web_transport.submit_task(queue, {"n": 1})
     response = client.get(f"/api/tasks/{task_id}")
-    if getattr(web_transport, "status", None) is None:
-        # an asynctask without task status (DESIGN.md section 6): said so, not a crash
-        assert response.status_code == 501 and "status" in response.json()["error"]
+    try:
+        web_transport.status(task_id)
+    except StatusNotKept:
+        # a transport that keeps no status yet: said so, naming the setting, not a crash
+        assert response.status_code == 501 and "asynctask_state" in response.json()["error"]
         assert client.get(f"/tasks/{task_id}").status_code == 501
     else:
-        assert response.status_code == 200
+        assert response.status_code == 200, response.text
         assert response.json()["task"]["state"] == "queued"
+        assert response.json()["task"]["queue"] == queue
+        page = client.get(f"/tasks/{task_id}")
+        assert page.status_code == 200 and "queued" in page.text
         assert client.get("/api/tasks/" + "0" * 32).status_code == 404
     web_transport.purge(queue)
 
@@ -197,3 +204,49 @@ def test_schedules_show_their_next_firing(localmem):
     assert entry["next"] and entry["schedule"] == {"minute": "*/5"}
     page = client.get("/schedules").text
     assert entry["next"] in page and "scheduled_test_record" in page
+
+
+def test_rates_come_from_the_workers_metrics(localmem):
+    """processed/s and failed/s per queue, read from a metrics endpoint as asynctask top
+    reads it; without one the page says where rates would come from."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    served = {"n": 0}
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self):
+            served["n"] += 1
+            done, failed = 100 * served["n"], 10 * served["n"]
+            body = (
+                "# HELP asynctask_tasks_total Attempts.\n# TYPE asynctask_tasks_total counter\n"
+                f'asynctask_tasks_total{{queue="mail",worker="w",outcome="succeeded"}} {done}\n'
+                f'asynctask_tasks_total{{queue="mail",worker="w",outcome="failed"}} {failed}\n'
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        localmem.submit_task("mail", {})
+        client = TestClient(create_app(localmem, metrics_urls=[url]))
+        first = client.get("/api/queues").json()
+        assert first["queues"][0]["processed_per_second"] is None  # one sample so far
+        assert url in first["rates"]
+        time.sleep(1.1)
+        [row] = client.get("/api/queues").json()["queues"]
+        # 110 attempts ended (10 of them failed) in about 1.1 s
+        assert 60 < row["processed_per_second"] < 115, (row, served)
+        assert 6 < row["failed_per_second"] < 11.5, row
+    finally:
+        server.shutdown()
+        server.server_close()
+    plain = TestClient(create_app(localmem)).get("/api/queues").json()
+    assert "--metrics-port" in plain["rates"]

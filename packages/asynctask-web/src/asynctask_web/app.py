@@ -35,6 +35,7 @@ from starlette.staticfiles import StaticFiles
 
 from asynctask.errors import AsynctaskError, InvalidTaskError, NotSupportedError
 from asynctask.settings import Settings, get_settings
+from asynctask.status import StatusNotKept
 from asynctask.transport import Transport
 from asynctask.validation import check_queue_name
 from asynctask_web import data
@@ -222,7 +223,7 @@ def _status(exc: BaseException) -> int:
         return 404
     if isinstance(exc, InvalidTaskError):
         return 400
-    if isinstance(exc, NotSupportedError):
+    if isinstance(exc, NotSupportedError | StatusNotKept):
         return 501
     return 503
 

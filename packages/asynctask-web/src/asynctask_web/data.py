@@ -72,21 +72,10 @@ def failed(transport: Transport, name: str, limit: int = PAGE) -> dict[str, Any]
 
 
 def task(transport: Transport, task_id: str) -> dict[str, Any] | None:
-    """A task's status by id, or None when the store does not know it.
-
-    Raises ``NotSupportedError`` where the installed asynctask has no task status yet
-    (``Transport.status``, DESIGN.md section 6).
-    """
-    status = getattr(transport, "status", None)
-    if status is None:
-        raise NotSupportedError(
-            f"{transport!r} has no task status (Transport.status): it needs an asynctask "
-            "release with task status (DESIGN.md section 6)"
-        )
-    found = status(task_id)
-    if found is None:
-        return None
-    return asdict(found) if hasattr(found, "__dataclass_fields__") else dict(vars(found))
+    """A task's status by id (DESIGN.md section 6), or None when the store does not know
+    it. Raises ``StatusNotKept`` (naming ``asynctask_state``) where no status is kept."""
+    found = transport.status(task_id)
+    return None if found is None else asdict(found)
 
 
 def schedules(settings: Settings) -> list[dict[str, Any]]:
