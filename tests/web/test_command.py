@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
+
+import pytest
 
 from asynctask.testing import clean_environment
-from support import free_port
+from support import free_port, wait_for
 from tests.web.server import WebServer
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_web(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -33,6 +40,8 @@ def get(url: str, token: str | None = None) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+    except OSError:  # nothing listens (yet)
+        return 0, ""
 
 
 def test_web_is_a_plugin_distribution_found_through_its_entry_point():
@@ -84,3 +93,46 @@ def test_beyond_loopback_with_a_token_it_serves_only_who_gives_it(tmp_path):
         assert status == 200 and token not in body and "***" in body
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_pip_install_then_asynctask_web_serves_the_configured_transport(tmp_path):
+    """The issue's "done when": ``pip install ./packages/asynctask-web`` (beside core, the
+    filesys transport and the metrics plugin it builds on), then ``asynctask web``."""
+    venv = tmp_path / "venv"
+    packages = [
+        str(ROOT / "packages" / name)
+        for name in ("asynctask-core", "asynctask-filesys", "asynctask-prometheus", "asynctask-web")
+    ]
+    # uv's pip installs the same as pip, from its cache: 15 s where pip takes 100 s
+    uv = shutil.which("uv") or str(ROOT / ".venv-uv" / "bin" / "uv")
+    if os.path.exists(uv):
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        installer = [uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python")]
+    else:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+        installer = [str(venv / "bin" / "pip"), "install", "-q"]
+    pip = subprocess.run([*installer, *packages], capture_output=True, text=True, timeout=600)
+    if pip.returncode != 0:
+        pytest.skip(f"could not install from the package index: {pip.stderr[-500:]}")
+    port = free_port()
+    (tmp_path / "asynctask.toml").write_text(
+        f'asynctask_transport = "filesys:{tmp_path / "queues"}"\n'
+    )
+    env = {k: v for k, v in clean_environment().items() if not k.startswith("PYTHON")}
+    server = subprocess.Popen(
+        [str(venv / "bin" / "asynctask"), "web", "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: get(url + "/api/queues")[0] == 200, 60, "asynctask web to answer")
+        status, body = get(url + "/api/queues")
+        assert json.loads(body)["transport"] == f"filesys:{tmp_path / 'queues'}"
+        status, page = get(url + "/")
+        assert status == 200 and "<h1>Queues</h1>" in page
+    finally:
+        server.terminate()
+        server.wait(10)
+        assert server.stdout is not None
+        server.stdout.close()
