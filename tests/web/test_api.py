@@ -192,6 +192,8 @@ def test_settings_and_plugins_pages_hide_passwords(localmem):
     plugins = client.get("/api/plugins").json()["plugins"]
     assert {"redis:, rediss:, unix:", "localmem:"} <= {p["name"] for p in plugins}
     assert "redis:, rediss:, unix:" in client.get("/plugins").text
+    distributions = client.get("/api/plugins").json()["distributions"]
+    assert {"asynctask-core", "asynctask-web"} <= {d["name"] for d in distributions}
 
 
 def test_schedules_show_their_next_firing(localmem):

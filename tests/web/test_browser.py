@@ -147,6 +147,19 @@ def test_queue_page_lists_waiting_tasks(web, uri, page, shots):
     assert page.locator("table.tasks tbody tr").count() == 5
     assert '"month": 1' in page.locator("table.tasks tbody tr").first.inner_text()
     page.screenshot(path=str(shots / "web-queue.png"), full_page=True)
+    # A purge asks first: dismissed, nothing goes; accepted, the waiting tasks go
+    answers: list[str] = []
+    page.on("dialog", lambda dialog: dialog.dismiss() if not answers else dialog.accept())
+    page.evaluate("window.stayed = true")
+    page.click("text=Purge the waiting tasks")
+    page.wait_for_timeout(500)  # a form sent anyway would have left the page by then
+    assert page.evaluate("window.stayed") is True
+    assert transport.queue_stats("reports").ready == 5
+    answers.append("yes")
+    page.click("text=Purge the waiting tasks")
+    page.wait_for_url("**/queues/reports?notice=*")
+    assert "purged 5 waiting task(s)" in page.inner_text(".notice")
+    assert transport.queue_stats("reports").ready == 0
     transport.close()
 
 

@@ -122,7 +122,7 @@ class Dashboard:
         return {"schedules": data.schedules(self.settings)}
 
     def plugins_data(self, request: Request) -> dict[str, Any]:
-        return {"plugins": data.plugins(self.settings)}
+        return data.plugins(self.settings)
 
     def settings_data(self, request: Request) -> dict[str, Any]:
         return {"settings": data.settings_rows(self.settings)}
@@ -136,7 +136,7 @@ class Dashboard:
             status = 200
             try:
                 context = await run_in_threadpool(read, request)
-            except (NotFound, InvalidTaskError, NotSupportedError, AsynctaskError) as exc:
+            except (NotFound, AsynctaskError) as exc:
                 status, context = _status(exc), {"error": str(exc)}
                 template_used = "error.html"
             else:
@@ -207,7 +207,8 @@ class Dashboard:
     async def find_task(self, request: Request) -> Response:
         """GET /tasks?id=...: the lookup form's target."""
         task_id = request.query_params.get("id", "").strip()
-        return RedirectResponse(f"/tasks/{quote(task_id, safe='')}", status_code=303)
+        target = f"/tasks/{quote(task_id, safe='')}" if task_id else "/"
+        return RedirectResponse(target, status_code=303)
 
 
 class NotFound(Exception):

@@ -31,7 +31,8 @@ def queues(transport: Transport, rates: Any) -> dict[str, Any]:
     now = time.time()
     rows = []
     for stats in transport.queues():
-        oldest = transport.oldest_ready(stats.name)
+        # one more call per queue, so only where something is ready
+        oldest = transport.oldest_ready(stats.name) if stats.ready else None
         per_second = rates.per_second(stats.name)
         rows.append(
             {
@@ -85,12 +86,19 @@ def schedules(settings: Settings) -> list[dict[str, Any]]:
     return next_fire_times(settings)
 
 
-def plugins(settings: Settings) -> list[dict[str, Any]]:
-    """Installed transports and workers with their distributions, and broken plugins."""
+def plugins(settings: Settings) -> dict[str, Any]:
+    """Installed transports and workers with their distributions, broken plugins, and
+    every installed asynctask distribution (plugins that only add hooks or commands)."""
+    from asynctask.cli.common import installed_distributions
     from asynctask.cli.pluginlist import plugin_rows
     from asynctask.plugins import load_plugins
 
-    return plugin_rows(load_plugins(settings.imports))
+    return {
+        "plugins": plugin_rows(load_plugins(settings.imports)),
+        "distributions": [
+            {"name": name, "version": version} for name, version in installed_distributions()
+        ],
+    }
 
 
 def settings_rows(settings: Settings) -> list[dict[str, Any]]:

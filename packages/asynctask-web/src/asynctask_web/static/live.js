@@ -1,6 +1,7 @@
 // asynctask web: live counts without a reload. A table with data-live="<api url>" is
 // refreshed every second from that JSON endpoint. Values go in with textContent only,
-// never as HTML, so a queue name or a count cannot inject markup.
+// never as HTML, so a queue name or a count cannot inject markup. A form with
+// data-confirm asks before it is sent.
 "use strict";
 
 (function () {
@@ -88,6 +89,12 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    // a form that deletes many tasks asks first (no inline script: the CSP forbids it)
+    document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+      form.addEventListener("submit", function (event) {
+        if (!window.confirm(form.dataset.confirm)) { event.preventDefault(); }
+      });
+    });
     document.querySelectorAll("table[data-live]").forEach(function (table) {
       setTimeout(function () { refresh(table); }, INTERVAL_MS);
     });
