@@ -104,8 +104,13 @@ def test_lists_are_pages_of_100(web_transport, queue):
     # Then the queue's page lists the first 100 and says of how many
     detail = client.get(f"/api/queues/{queue}").json()
     assert detail["queue"]["ready"] == 150
+    assert client.get(f"/api/queues/{queue}?limit=101").status_code == 400
     if web_transport.can_peek:
         assert [w["payload"]["n"] for w in detail["waiting"]] == list(range(100))
+        # the live refresh asks for counts only
+        assert client.get(f"/api/queues/{queue}?limit=0").json()["waiting"] == []
+        few = client.get(f"/api/queues/{queue}?limit=3").json()["waiting"]
+        assert [w["payload"]["n"] for w in few] == [0, 1, 2]
         assert (
             "The first 100 ready task(s), head first, of 150" in client.get(f"/queues/{queue}").text
         )

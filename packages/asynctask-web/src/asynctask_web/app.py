@@ -106,10 +106,10 @@ class Dashboard:
         return data.queues(self.transport, self.rates)
 
     def queue_data(self, request: Request) -> dict[str, Any]:
-        return data.queue(self.transport, _queue_name(request))
+        return data.queue(self.transport, _queue_name(request), _limit(request))
 
     def failed_data(self, request: Request) -> dict[str, Any]:
-        return data.failed(self.transport, _queue_name(request))
+        return data.failed(self.transport, _queue_name(request), _limit(request))
 
     def task_data(self, request: Request) -> dict[str, Any]:
         task_id = request.path_params["task_id"]
@@ -217,6 +217,16 @@ class NotFound(Exception):
 
 def _queue_name(request: Request) -> str:
     return check_queue_name(request.path_params["name"])
+
+
+def _limit(request: Request) -> int:
+    """``?limit=N`` (0 to ``data.PAGE``; the live refresh asks for 0: counts only)."""
+    text = request.query_params.get("limit")
+    if text is None:
+        return data.PAGE
+    if not text.isdigit() or int(text) > data.PAGE:
+        raise InvalidTaskError(f"limit must be a whole number from 0 to {data.PAGE}, got {text!r}")
+    return int(text)
 
 
 def _status(exc: BaseException) -> int:
