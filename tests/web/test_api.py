@@ -257,3 +257,18 @@ def test_rates_come_from_the_workers_metrics(localmem):
         server.server_close()
     plain = TestClient(create_app(localmem)).get("/api/queues").json()
     assert "--metrics-port" in plain["rates"]
+
+
+def test_a_backend_that_is_away_is_a_503_saying_so_and_the_dashboard_stays_up():
+    from asynctask.testing.contract import open_transport
+    from support import free_port
+
+    transport = open_transport(f"redis://127.0.0.1:{free_port()}/0?retry_timeout=0.3")
+    try:
+        client = TestClient(create_app(transport))
+        response = client.get("/api/queues")
+        assert response.status_code == 503 and "unreachable" in response.json()["error"]
+        page = client.get("/queues/some_queue/failed")
+        assert page.status_code == 503 and "unreachable" in page.text
+    finally:
+        transport.close()
