@@ -14,6 +14,8 @@ from asynctask.status import StatusNotKept
 from asynctask.testing.contract import SECRET
 from asynctask_web.app import create_app
 
+#: a dashboard without a token answers to loopback names only
+LOCAL = "http://127.0.0.1:8080"
 XSS = "<script>window.xss = 1</script>"
 XSS_ERROR = "<img src=x onerror=alert(1)>"
 
@@ -34,7 +36,7 @@ def fail_one(transport, queue, error=XSS_ERROR) -> str:
 
 def test_queues_waiting_failed_requeue_and_purge(web_transport, queue):
     transport = web_transport
-    client = TestClient(create_app(transport), follow_redirects=False)
+    client = TestClient(create_app(transport), base_url=LOCAL, follow_redirects=False)
     # Given 3 tasks, the first of which failed (its payload and error hold markup)
     ids = transport.submit_tasks(queue, [{"n": 0, "note": XSS}, {"n": 1}, {"n": 2}])
     failed_id = fail_one(transport, queue)
@@ -100,7 +102,7 @@ def test_queues_waiting_failed_requeue_and_purge(web_transport, queue):
 def test_lists_are_pages_of_100(web_transport, queue):
     # Given 150 waiting tasks
     web_transport.submit_tasks(queue, [{"n": n} for n in range(150)])
-    client = TestClient(create_app(web_transport))
+    client = TestClient(create_app(web_transport), base_url=LOCAL)
     # Then the queue's page lists the first 100 and says of how many
     detail = client.get(f"/api/queues/{queue}").json()
     assert detail["queue"]["ready"] == 150
@@ -118,7 +120,7 @@ def test_lists_are_pages_of_100(web_transport, queue):
 
 
 def test_task_page_shows_the_task_status(web_transport, queue):
-    client = TestClient(create_app(web_transport))
+    client = TestClient(create_app(web_transport), base_url=LOCAL)
     task_id = web_transport.submit_task(queue, {"n": 1})
     response = client.get(f"/api/tasks/{task_id}")
     try:
@@ -147,14 +149,14 @@ def localmem():
 
 
 def test_bad_queue_name_is_a_400_naming_the_rule(localmem):
-    client = TestClient(create_app(localmem))
+    client = TestClient(create_app(localmem), base_url=LOCAL)
     response = client.get("/api/queues/Not-A-Queue")
     assert response.status_code == 400 and "Not-A-Queue" in response.json()["error"]
 
 
 def test_token_cookie_and_bearer(localmem):
     token = "t0ken-for-the-web-test"
-    client = TestClient(create_app(localmem, token=token), follow_redirects=False)
+    client = TestClient(create_app(localmem, token=token), base_url=LOCAL, follow_redirects=False)
     # Without the token, nothing is shown
     assert client.get("/").status_code == 401
     assert client.get("/api/queues").status_code == 401
@@ -166,7 +168,7 @@ def test_token_cookie_and_bearer(localmem):
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and token not in cookie
     assert client.get("/").status_code == 200
     # An API client sends it as a bearer token (and needs no CSRF value)
-    api = TestClient(create_app(localmem, token=token))
+    api = TestClient(create_app(localmem, token=token))  # any host name, given the token
     assert api.get("/api/queues", headers={"Authorization": "Bearer nope"}).status_code == 401
     bearer = {"Authorization": f"Bearer {token}"}
     assert api.get("/api/queues", headers=bearer).status_code == 200
@@ -174,8 +176,20 @@ def test_token_cookie_and_bearer(localmem):
     assert posted.status_code == 200 and posted.json() == {"done": "purged 0 task(s)"}
 
 
+def test_without_a_token_only_loopback_names_are_answered(localmem):
+    """DNS rebinding: a page of evil.example whose name now points at 127.0.0.1 would be
+    same-origin with the dashboard; its requests carry Host: evil.example and are refused.
+    Fails against a dashboard that answers any Host."""
+    app = create_app(localmem)
+    for base in ("http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080"):
+        assert TestClient(app, base_url=base).get("/api/queues").status_code == 200
+    for base in ("http://evil.example:8080", "http://127.0.0.1.evil.example"):
+        refused = TestClient(app, base_url=base).get("/api/queues")
+        assert refused.status_code == 421 and "--token" in refused.text
+
+
 def test_security_headers_forbid_framing_and_foreign_scripts(localmem):
-    response = TestClient(create_app(localmem)).get("/")
+    response = TestClient(create_app(localmem), base_url=LOCAL).get("/")
     policy = response.headers["content-security-policy"]
     assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
     assert response.headers["x-frame-options"] == "DENY"
@@ -189,7 +203,7 @@ def test_settings_and_plugins_pages_hide_passwords(localmem):
             "asynctask_signing_key=signing-key-that-is-secret",
         ]
     )
-    client = TestClient(create_app(localmem, settings=settings))
+    client = TestClient(create_app(localmem, settings=settings), base_url=LOCAL)
     for path in ("/settings", "/api/settings"):
         text = client.get(path).text
         assert "asynctask_transport" in text and "redis://" in text
@@ -205,7 +219,7 @@ def test_schedules_show_their_next_firing(localmem):
     settings = load_settings(
         overrides=['asynctask_scheduled_workers=[{"worker": "test_record", "minute": "*/5"}]']
     )
-    client = TestClient(create_app(localmem, settings=settings))
+    client = TestClient(create_app(localmem, settings=settings), base_url=LOCAL)
     [entry] = client.get("/api/schedules").json()["schedules"]
     assert entry["name"] == "test_record" and entry["queue"] == "scheduled_test_record"
     assert entry["next"] and entry["schedule"] == {"minute": "*/5"}
@@ -243,7 +257,7 @@ def test_rates_come_from_the_workers_metrics(localmem):
     try:
         url = f"http://127.0.0.1:{server.server_port}/metrics"
         localmem.submit_task("mail", {})
-        client = TestClient(create_app(localmem, metrics_urls=[url]))
+        client = TestClient(create_app(localmem, metrics_urls=[url]), base_url=LOCAL)
         first = client.get("/api/queues").json()
         assert first["queues"][0]["processed_per_second"] is None  # one sample so far
         assert url in first["rates"]
@@ -255,7 +269,7 @@ def test_rates_come_from_the_workers_metrics(localmem):
     finally:
         server.shutdown()
         server.server_close()
-    plain = TestClient(create_app(localmem)).get("/api/queues").json()
+    plain = TestClient(create_app(localmem), base_url=LOCAL).get("/api/queues").json()
     assert "--metrics-port" in plain["rates"]
 
 
@@ -265,7 +279,7 @@ def test_a_backend_that_is_away_is_a_503_saying_so_and_the_dashboard_stays_up():
 
     transport = open_transport(f"redis://127.0.0.1:{free_port()}/0?retry_timeout=0.3")
     try:
-        client = TestClient(create_app(transport))
+        client = TestClient(create_app(transport), base_url=LOCAL)
         response = client.get("/api/queues")
         assert response.status_code == 503 and "unreachable" in response.json()["error"]
         page = client.get("/queues/some_queue/failed")

@@ -5,6 +5,10 @@ Bearer <token>``; a browser opens ``/?token=<token>`` once and is redirected to 
 page without it, holding a cookie (HttpOnly, SameSite=Strict) that carries a digest of
 the token, never the token. Every other request gets 401.
 
+Host (without a token): only a loopback name is answered (``127.0.0.1``, ``localhost``,
+``[::1]``), so a page of another site whose name an attacker rebinds to 127.0.0.1 (DNS
+rebinding) is refused instead of reading the dashboard as its own origin.
+
 CSRF: every changing action is a POST whose form carries ``csrf``, a random value made
 when the server starts and written into its pages. Another site cannot read our pages, so
 it cannot know the value; a POST without it (or with an ``Origin`` that is not ours) gets
@@ -25,6 +29,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 COOKIE = "asynctask_web"
+#: the names a dashboard without a token answers to
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 #: headers on every response: no framing (clickjacking), scripts and styles from us only
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -58,12 +64,28 @@ class Guard:
                 message = {**message, "headers": headers}
             await send(message)
 
-        refusal = self.refusal(Request(scope))
+        request = Request(scope)
+        refusal = self.host_refusal(request) or self.refusal(request)
         if refusal is not None:
             await refusal(scope, receive, send_with_headers)
             return
-        scope.setdefault("state", {})["bearer"] = _bearer(Request(scope)) is not None
+        scope.setdefault("state", {})["bearer"] = _bearer(request) is not None
         await self.app(scope, receive, send_with_headers)
+
+    def host_refusal(self, request: Request) -> Response | None:
+        """Without a token, a request naming any host but a loopback one is refused."""
+        if self.token is not None:
+            return None
+        host = request.headers.get("host", "")
+        name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:].split("]")[0]
+        if name in LOOPBACK_NAMES:
+            return None
+        return PlainTextResponse(
+            f"refused: this dashboard has no token, so it answers only to 127.0.0.1, "
+            f"localhost or [::1], not to {host!r}; start it with --token to reach it by "
+            "another name",
+            status_code=421,
+        )
 
     def refusal(self, request: Request) -> Response | None:
         """The response that stops ``request``, or None to let it through."""
