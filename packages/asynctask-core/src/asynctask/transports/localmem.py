@@ -28,7 +28,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from asynctask.status import MAX_PRIORITY, StartVerdict, SubmitOptions
@@ -71,6 +71,11 @@ class _Ready:
 
     def __len__(self) -> int:
         return self.count
+
+    def __iter__(self) -> Iterator[_Task]:
+        """In the order takers take them (``peek``): the highest lane first, FIFO within."""
+        for lane in reversed(self.lanes):
+            yield from lane
 
     def append(self, task: _Task) -> None:
         self.lanes[task.priority].append(task)
