@@ -298,7 +298,7 @@ class FilesysStateStore(StateStore):
 
     def wait(self, task_id: str, timeout: float | None) -> TaskStatus | None:
         """Block until the task is final. Woken by inotify when its record leaves
-        ``live/`` or ``run/``; polled every ``poll`` s only where inotify is missing."""
+        ``live/``; polled every ``poll`` s only where inotify is missing."""
         from asynctask_filesys.waiting import RecordWatch  # inotify only when waiting
 
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -374,8 +374,8 @@ class FilesysStateStore(StateStore):
         """Record an outcome of a started task (or ``queued``: requeued, handed back).
 
         The hot path, a first attempt's success without a result whose file told the
-        unique key, is one rename and a ``utime``. Anything else rewrites the record
-        first, then moves it. A record already ``cancelled`` stays so: then True (the
+        unique key, is one rename (the mark's mtime, the start time, moves with it).
+        Anything else rewrites the record first, then moves it. A record already ``cancelled`` stays so: then True (the
         task was cancelled while it ran), else None."""
         if not valid_id(task_id):
             return None
