@@ -79,7 +79,8 @@ def test_a_task_cancelled_while_running_has_its_child_replaced_and_is_not_retrie
     final = transport.status(long_id)
     assert final is not None and final.state == "cancelled", final
     assert transport.failed_tasks(queue) == []
-    assert transport.queue_stats(queue).in_flight in (0, None)  # None: AMQP cannot count it
+    if "in_flight" in transport.features.counts:  # AMQP cannot count it
+        assert transport.queue_stats(queue).in_flight == 0
     workers.signal(signal.SIGTERM)
     assert workers.wait(60) == 0
     output = workers.output()
