@@ -44,10 +44,12 @@ from asynctask.errors import (
     TransportRefused,
     TransportUnavailable,
 )
+from asynctask.status import StartVerdict
 from asynctask.transport import Consumer, Delivery, Transport, check_delay
 from asynctask_pgsql.conninfo import Server, is_refusal
 from asynctask_pgsql.decoding import load_json_as_text, read_headers
 from asynctask_pgsql.schema import channel, consumer_lock_class, sweep_lock_class
+from asynctask_pgsql.state import own_state
 from asynctask_pgsql.statements import Statements
 
 
@@ -76,10 +78,15 @@ logger = logging.getLogger("asynctask.pgsql")
 
 #: a wait never spins faster than this when a due row is locked by somebody else
 _MIN_WAIT = 0.05
+#: final statuses past their time a sweep deletes at most (asynctask_status_ttl)
+FORGET_PER_SWEEP = 1000
 
 
 class PgsqlConsumer(Consumer):
     """At-least-once access to one queue over one dedicated connection."""
+
+    #: whether this consumer writes task statuses (the worker's ``track_status``)
+    tracking: bool = True
 
     def __init__(
         self,
@@ -106,6 +113,9 @@ class PgsqlConsumer(Consumer):
         self._buffer: deque[Delivery] = deque()  # prefetched, not yet handed out
         self._held: dict[int, int] = {}  # row id -> owner number, reserved and not settled
         self._acks: list[int] = []  # acknowledged rows, deleted by the next statement
+        self._results: list[str | None] = []  # their results (JSON text), beside them
+        # rows a reserve marked running (the first it took), with what start() answers
+        self._verdicts: dict[int, StartVerdict] = {}
         self._next_sweep = 0.0
         self._outage_since: float | None = None
         self._pause = 0.05
@@ -126,12 +136,13 @@ class PgsqlConsumer(Consumer):
                         "lock_class": self._lock_class,
                         "sweep_class": self._sweep_class,
                         "lease": self._host.owner_lease,
+                        "forget_limit": FORGET_PER_SWEEP,
                     }
                     self._run(self._sql.sweep, {**sweep, "queue": self.queue})
                     self._next_sweep = time.monotonic() + self._host.sweep_interval
                 limit = self.prefetch - len(self._buffer)
                 rows = self._run(self._sql.reserve, {"queue": self.queue, "limit": limit})
-                self._acks.clear()
+                self._sent()
                 self._keep(rows)
                 if self._buffer:
                     return self._buffer.popleft()
@@ -145,11 +156,42 @@ class PgsqlConsumer(Consumer):
                     wait = min(wait, max(due, _MIN_WAIT))
                 self._wait(min(wait, max(self._next_sweep - time.monotonic(), _MIN_WAIT)))
 
-    def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
-        """Done: the row is deleted by this consumer's next statement (no round trip now)."""
+    def start(self, delivery: Delivery) -> StartVerdict:
+        """``running`` unless cancelled or expired (then its row is gone: never run).
+
+        The first task a reserve takes was marked by that reserve (no round trip); a
+        prefetched one is marked now, with the pending acknowledgements (``START``)."""
+        if not own_state(self.transport):
+            return super().start(delivery)
+        if not self.tracking:
+            return "run"
         with self._lock:
+            verdict = self._verdicts.pop(delivery.receipt, None)
+            if verdict is not None:
+                if verdict != "run" and self._held.pop(delivery.receipt, None) is not None:
+                    self._acks.append(delivery.receipt)  # deleted by the next statement
+                    self._results.append(None)
+                return verdict
+            if delivery.receipt not in self._held:
+                return "run"  # taken back after a lost connection: at least once
+            rows = self._run(self._sql.start, {"id": delivery.receipt})
+            self._sent()
+            if not rows:
+                return "run"
+            _, lapsed, was = rows[0]
+            verdict = "expired" if lapsed else "cancelled" if was == "cancelled" else "run"
+            if verdict != "run":
+                del self._held[delivery.receipt]  # the statement deleted its row
+            return verdict
+
+    def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
+        """Done: the row is deleted by this consumer's next statement (no round trip now),
+        and its status is ``succeeded`` with ``result_json`` by the same statement."""
+        with self._lock:
+            self._verdicts.pop(delivery.receipt, None)
             if self._held.pop(delivery.receipt, None) is not None:
                 self._acks.append(delivery.receipt)
+                self._results.append(result_json)
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Back to the queue after ``delay`` seconds, one attempt more."""
@@ -197,17 +239,25 @@ class PgsqlConsumer(Consumer):
         self, delivery: Delivery, state: str, attempt: int, error: str | None, delay: float | None
     ) -> None:
         with self._lock:
+            self._verdicts.pop(delivery.receipt, None)
             if delivery.receipt not in self._held:
                 return  # settled already, or taken back after our connection was lost
             params = _settle_params([delivery.receipt], state, attempt, error, delay)
             # Still held while the statement runs: a reconnect on the way hands back
             # (``orphans``) only the rows we do not hold, so this one stays ours to settle.
             self._run(self._sql.settle, params)
+            self._sent()
             del self._held[delivery.receipt]
+
+    def _sent(self) -> None:
+        """The pending acknowledgements went with the statement just run."""
+        self._acks.clear()
+        self._results.clear()
 
     def _keep(self, rows: list[tuple[Any, ...]]) -> None:
         """Turn reserved rows (in queue order) into deliveries; undecodable text fails."""
-        for bad, row_id, task_id, payload, text, attempts, submitted, headers in rows:
+        for row in rows:
+            bad, row_id, task_id, payload, text, attempts, submitted, headers, first, was = row
             if bad:
                 continue
             try:  # jsonb comes as text (see asynctask_pgsql.decoding): one row at a time
@@ -223,6 +273,8 @@ class PgsqlConsumer(Consumer):
             attempt = max(attempts, 0) + 1
             delivery = Delivery(task_id.hex, self.queue, payload, attempt, submitted, row_id)
             delivery.headers = read_headers(headers)
+            if first and self._tracked():
+                self._verdicts[row_id] = "cancelled" if was == "cancelled" else "run"
             self._buffer.append(delivery)
 
     def _run(self, query: LiteralString, params: Any) -> list[tuple[Any, ...]]:
@@ -243,6 +295,9 @@ class PgsqlConsumer(Consumer):
                         "keeper": self._keeper,
                         "owners": list(self._owners),
                         "acks": list(self._acks),
+                        "results": list(self._results),
+                        "track": self._tracked(),
+                        "ttl": self.transport.status_ttl,
                     }
                 rows = conn.execute(query, bound, prepare=True).fetchall()
             except (psycopg.OperationalError, TransportUnavailable) as exc:
@@ -257,13 +312,19 @@ class PgsqlConsumer(Consumer):
                 self._hand_back_leftovers(conn)
             return rows
 
+    def _tracked(self) -> bool:
+        """Whether this consumer's statements write statuses."""
+        return self.tracking and own_state(self.transport)
+
     def _hand_back_leftovers(self, conn: psycopg.Connection[Any]) -> None:
         """Finish the close of owned consumers that could not reach the server."""
         leftovers = self._host.leftovers
         while leftovers:
             owners, held, acks = leftovers[0]
             params = _settle_params(held, "queued")
-            params.update(owners=owners, acks=acks)
+            # Their results were lost with that consumer: succeeded, without them.
+            params.update(owners=owners, acks=acks, results=[None] * len(acks))
+            params.update(track=self._tracked(), ttl=self.transport.status_ttl)
             try:
                 conn.execute(self._sql.settle, params).fetchall()
             except psycopg.Error as exc:
