@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from typing import Any
 
 import psycopg
@@ -47,9 +48,7 @@ def status_row(task_id: str) -> tuple[Any, ...] | None:
 
 
 def queue_rows(queue: str) -> list[tuple[Any, ...]]:
-    return rows(
-        "SELECT task_id, state FROM asynctask.asynctask_queue WHERE queue_name = %s", queue
-    )
+    return rows("SELECT task_id, state FROM asynctask.asynctask_queue WHERE queue_name = %s", queue)
 
 
 def run_one(consumer: Any, result: object = None) -> Any:
@@ -366,25 +365,26 @@ def test_another_transport_keeps_its_statuses_here(transport):
     from asynctask.status import SubmitOptions
 
     store = transport._state_store()
+    a, b, c, d, e = (uuid.uuid4().hex for _ in range(5))
     store.fallback_poll = 10.0
     queue = unique_queue()
-    [a] = store.submitted(queue, ["a" * 32], 0, SubmitOptions(unique_key="k"))
-    assert store.submitted(queue, ["b" * 32], 0, SubmitOptions(unique_key="k")) == [a]
-    [c] = store.submitted(queue, ["c" * 32], 5, SubmitOptions(expires=0.2))
-    assert [s.state for s in store.statuses([a, c, "d" * 32])[:2]] == ["queued", "delayed"]
-    assert store.statuses(["d" * 32]) == [None]
+    assert store.submitted(queue, [a], 0, SubmitOptions(unique_key="k")) == [a]
+    assert store.submitted(queue, [b], 0, SubmitOptions(unique_key="k")) == [a]
+    assert store.submitted(queue, [c], 5, SubmitOptions(expires=0.2)) == [c]
+    assert [s.state for s in store.statuses([a, c, d])[:2]] == ["queued", "delayed"]
+    assert store.statuses([d]) == [None]
     assert store.started(queue, a, 1) == "run"
     threading.Timer(0.3, store.settled, (queue, a, "succeeded", 1), {"result_json": "7"}).start()
     started = time.monotonic()
     assert store.wait(a, 5).result == 7
     assert time.monotonic() - started < 1.3
-    assert store.submitted(queue, ["e" * 32], 0, SubmitOptions(unique_key="k")) == ["e" * 32]
+    assert store.submitted(queue, [e], 0, SubmitOptions(unique_key="k")) == [e]
     time.sleep(0.3)
     assert store.started(queue, c, 1) == "expired"
-    assert store.cancel("e" * 32) is True
-    assert store.started(queue, "e" * 32, 1) == "cancelled"
-    store.settled(queue, "e" * 32, "succeeded", 1, result_json="1")  # never over cancelled
-    assert store.statuses(["e" * 32])[0].state == "cancelled"
+    assert store.cancel(e) is True
+    assert store.started(queue, e, 1) == "cancelled"
+    store.settled(queue, e, "succeeded", 1, result_json="1")  # never over cancelled
+    assert store.statuses([e])[0].state == "cancelled"
 
 
 def test_a_consumer_that_keeps_no_status_writes_none_and_frees_the_unique_key(transport):

@@ -183,7 +183,8 @@ WITH {_DONE}, {_HEAD_ROWS}, taken AS (
     FROM head WHERE t.id = head.id AND (head.bad OR NOT head.lapsed)
     RETURNING head.bad, t.id, t.task_id, CASE WHEN head.bad THEN NULL ELSE t.payload END AS p,
         t.payload_text, t.attempts, extract(epoch FROM t.date_submitted)::float8 AS submitted,
-        t.date_available, t.headers, t.priority
+        t.date_available, t.headers, t.priority,
+        extract(epoch FROM t.date_expires)::float8 AS expires
 ), first AS (
     SELECT task_id, attempts FROM taken WHERE NOT bad
     ORDER BY priority DESC, date_available, id LIMIT 1
@@ -192,8 +193,9 @@ WITH {_DONE}, {_HEAD_ROWS}, taken AS (
     SET state = 'running', attempts = greatest(first.attempts, 0) + 1, date_started = now()
     FROM first WHERE %(track)s AND s.task_id = first.task_id AND s.date_finished IS NULL
 )
-SELECT bad, id, task_id, p, payload_text, attempts, submitted, headers, first, was FROM (
-    SELECT bad, id, task_id, p, payload_text, attempts, submitted, headers,
+SELECT bad, id, task_id, p, payload_text, attempts, submitted, headers, first, was, expires
+FROM (
+    SELECT bad, id, task_id, p, payload_text, attempts, submitted, headers, expires,
         task_id IN (SELECT task_id FROM first) AS first,
         CASE WHEN %(track)s THEN (
             SELECT st.state FROM {{s}}.asynctask_status AS st WHERE st.task_id = taken.task_id
@@ -201,7 +203,7 @@ SELECT bad, id, task_id, p, payload_text, attempts, submitted, headers, first, w
         priority, date_available
     FROM taken
     UNION ALL
-    SELECT true, NULL, task_id, NULL, NULL, NULL, NULL, NULL, false, NULL, NULL, NULL
+    SELECT true, NULL, task_id, NULL, NULL, NULL, NULL, NULL, NULL, false, NULL, NULL, NULL
     FROM lapsed
 ) AS rows
 ORDER BY priority DESC NULLS LAST, date_available, id
@@ -209,7 +211,8 @@ ORDER BY priority DESC NULLS LAST, date_available, id
 
 # A prefetched task is about to run: ``running``, unless its status is ``cancelled`` or
 # its ``date_expires`` has passed (then its row is deleted here, and it never runs).
-# Sends the pending acknowledgements too. Committed asynchronously (synchronous_commit
+# Sends the pending acknowledgements too. A consumer that knows the task may run sends
+# ``START_RUNNING`` instead, without waiting. Both are committed asynchronously Committed asynchronously (synchronous_commit
 # off for this transaction only): a server crash may lose the last fraction of a second
 # of these, which then read as the task not started yet, and a lost acknowledgement
 # makes its task run again, as after a killed worker (at least once). One fsync per
@@ -236,6 +239,38 @@ WITH quick AS (
     WHERE t.id = row.id AND (row.lapsed OR (SELECT state FROM was) = 'cancelled')
 )
 SELECT (SELECT count(done) FROM quick), row.lapsed, (SELECT state FROM was) FROM row
+"""
+
+# What a consumer sends, without waiting for the answer, when it knows a prefetched task
+# may run (no cancel announced, not expired): ``running``, with the pending
+# acknowledgements. A prepared statement of the consumer's session, run with libpq's
+# asynchronous send; its answer is read before the consumer's next statement. Lean on
+# purpose: no verdict, no queue row read. (A cancel that lands in between is not
+# overwritten: the task then runs as one cancelled while it runs.) Parameters: task id,
+# attempt, owners, acknowledged row ids, their results as a JSON array of texts, ttl.
+START_RUNNING = f"""
+PREPARE asynctask_start (uuid, int, int[], bigint[], text, float8) AS
+WITH quick AS (
+    SELECT set_config('synchronous_commit', 'off', true) AS done
+), done AS (
+    DELETE FROM {{s}}.asynctask_queue WHERE id = ANY($4) AND owner = ANY($3)
+    RETURNING id, task_id
+), results AS (
+    SELECT a.id, r.result
+    FROM unnest($4) WITH ORDINALITY AS a(id, n)
+    JOIN jsonb_array_elements_text($5::jsonb) WITH ORDINALITY AS r(result, n) USING (n)
+), succeeded AS (
+    UPDATE {{s}}.asynctask_status AS s
+    SET state = 'succeeded', result = results.result, date_finished = now(),
+        date_forget = now() + make_interval(secs => $6), unique_key = NULL
+    FROM done JOIN results ON results.id = done.id
+    WHERE s.task_id = done.task_id AND s.date_finished IS NULL
+    RETURNING {_TOLD}
+)
+UPDATE {{s}}.asynctask_status AS s
+SET state = 'running', attempts = $2, date_started = now()
+WHERE s.task_id = $1 AND s.date_finished IS NULL
+  AND EXISTS (SELECT 1 FROM quick WHERE done IS NOT NULL)
 """
 
 NEXT_DUE = """
@@ -552,6 +587,7 @@ class Statements:
     put_one: LiteralString
     reserve: LiteralString
     start: LiteralString
+    start_running: LiteralString
     next_due: LiteralString
     settle: LiteralString
     sweep: LiteralString
