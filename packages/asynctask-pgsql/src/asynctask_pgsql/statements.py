@@ -212,7 +212,7 @@ ORDER BY priority DESC NULLS LAST, date_available, id
 # A prefetched task is about to run: ``running``, unless its status is ``cancelled`` or
 # its ``date_expires`` has passed (then its row is deleted here, and it never runs).
 # Sends the pending acknowledgements too. A consumer that knows the task may run sends
-# ``START_RUNNING`` instead, without waiting. Both are committed asynchronously Committed asynchronously (synchronous_commit
+# ``START_RUNNING`` instead, without waiting. Both are committed asynchronously (synchronous_commit
 # off for this transaction only): a server crash may lose the last fraction of a second
 # of these, which then read as the task not started yet, and a lost acknowledgement
 # makes its task run again, as after a killed worker (at least once). One fsync per
