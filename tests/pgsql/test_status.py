@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from asynctask.status import StatusNotTracked
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
 from asynctask_pgsql.statements import Statements
@@ -387,7 +388,7 @@ def test_another_transport_keeps_its_statuses_here(transport):
     assert store.statuses([e])[0].state == "cancelled"
 
 
-def test_a_consumer_that_keeps_no_status_writes_none_and_frees_the_unique_key(transport):
+def test_a_consumer_that_keeps_no_status_writes_none_but_frees_the_unique_key(transport):
     queue = unique_queue()
     store = transport._state_store()
     store.set_tracking(queue, False)
@@ -395,8 +396,8 @@ def test_a_consumer_that_keeps_no_status_writes_none_and_frees_the_unique_key(tr
         assert store.untracked([queue, "other_queue"]) == {queue}
         plain = transport.submit_task(queue, {})
         keyed = transport.submit_task(queue, {}, unique_key="k")
-        assert status_row(plain) is None  # no status row for an untracked queue
-        assert status_row(keyed)[0] == "queued"  # but a key is held
+        assert status_row(plain)[5] is True  # forgotten after the TTL, never finished
+        assert status_row(keyed)[0] == "queued"  # a key is held
         with transport.consumer(queue, prefetch=2) as consumer:
             consumer.tracking = False
             for _ in range(2):
@@ -404,8 +405,10 @@ def test_a_consumer_that_keeps_no_status_writes_none_and_frees_the_unique_key(tr
                 assert consumer.start(delivery) == "run"
                 consumer.ack(delivery, json.dumps("ignored"))
             consumer.reserve(0)
-        assert status_row(keyed) is None  # dropped with the ack: the key is free
+        assert status_row(keyed)[:1] + status_row(keyed)[4:5] == ("queued", None)  # key freed
         assert transport.submit_task(queue, {}, unique_key="k") != keyed
+        with pytest.raises(StatusNotTracked, match="track_status"):
+            transport.status(plain)
     finally:
         store.set_tracking(queue, True)
         transport.purge(queue)

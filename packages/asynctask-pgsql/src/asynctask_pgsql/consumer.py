@@ -29,7 +29,6 @@ with ``prefetch`` N, at most N tasks run twice, as the reserved ones of any tran
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -37,8 +36,7 @@ from collections import deque
 from typing import Any, LiteralString, Protocol
 
 import psycopg
-from psycopg import pq, sql
-from psycopg.generators import fetch_many, send
+from psycopg import sql
 
 from asynctask.errors import (
     TransportClosed,
@@ -51,7 +49,6 @@ from asynctask.transport import Consumer, Delivery, Transport, check_delay
 from asynctask_pgsql.conninfo import Server, is_refusal
 from asynctask_pgsql.decoding import load_json_as_text, read_headers
 from asynctask_pgsql.schema import channel, consumer_lock_class, sweep_lock_class
-from asynctask_pgsql.state import own_state
 from asynctask_pgsql.statements import Statements
 
 
@@ -87,9 +84,6 @@ FORGET_PER_SWEEP = 1000
 class PgsqlConsumer(Consumer):
     """At-least-once access to one queue over one dedicated connection."""
 
-    #: whether this consumer writes task statuses (the worker's ``track_status``)
-    tracking: bool = True
-
     def __init__(
         self,
         transport: Transport,
@@ -116,12 +110,6 @@ class PgsqlConsumer(Consumer):
         self._held: dict[int, int] = {}  # row id -> owner number, reserved and not settled
         self._acks: list[int] = []  # acknowledged rows, deleted by the next statement
         self._results: list[str | None] = []  # their results (JSON text), beside them
-        # rows a reserve marked running (the first it took), with what start() answers
-        self._verdicts: dict[int, StartVerdict] = {}
-        self._expires: dict[int, float] = {}  # row id -> its date_expires (Unix seconds)
-        self._cancelled: set[str] = set()  # task ids announced cancelled on our channel
-        # the acknowledgements (row ids, results) riding on a START sent without waiting
-        self._in_flight: tuple[list[int], list[str | None]] | None = None
         self._next_sweep = 0.0
         self._outage_since: float | None = None
         self._pause = 0.05
@@ -165,101 +153,31 @@ class PgsqlConsumer(Consumer):
     def start(self, delivery: Delivery) -> StartVerdict:
         """``running`` unless cancelled or expired (then its row is gone: never run).
 
-        The first task a reserve takes was marked by that reserve (no round trip); a
-        prefetched one is marked now, with the pending acknowledgements (``START``)."""
-        if not own_state(self.transport):
+        One round trip (``START``), which also carries the pending acknowledgements, and
+        commits without waiting for the disk (see ``asynctask_pgsql.statements``)."""
+        if not self.transport.own_state:
             return super().start(delivery)
         if not self.tracking:
             return "run"
         with self._lock:
-            verdict = self._verdicts.pop(delivery.receipt, None)
-            if verdict is not None:
-                if verdict != "run" and self._held.pop(delivery.receipt, None) is not None:
-                    self._acks.append(delivery.receipt)  # deleted by the next statement
-                    self._results.append(None)
-                return verdict
             if delivery.receipt not in self._held:
                 return "run"  # taken back after a lost connection: at least once
-            expires = self._expires.pop(delivery.receipt, None)
-            if (expires is None or time.time() < expires) and self._send_start(delivery):
-                return "run"
-            # Expired or cancelled as far as we know: the server says, and drops the row.
             rows = self._run(self._sql.start, {"id": delivery.receipt})
             self._sent()
             if not rows:
                 return "run"
             _, lapsed, was = rows[0]
-            verdict = "expired" if lapsed else "cancelled" if was == "cancelled" else "run"
+            verdict: StartVerdict = (
+                "expired" if lapsed else "cancelled" if was == "cancelled" else "run"
+            )
             if verdict != "run":
                 del self._held[delivery.receipt]  # the statement deleted its row
             return verdict
-
-    def _send_start(self, delivery: Delivery) -> bool:
-        """Send ``START`` for a task that may run as far as this consumer knows, without
-        waiting for the answer (read before our next statement): ``running`` costs no
-        round trip. False (nothing sent) when its cancel was announced on our channel, or
-        the connection is not there: then the caller asks and waits.
-
-        A cancel committed in the last instant before this is seen by ``START`` itself,
-        which drops the row: the task then runs while its status reads ``cancelled``, as
-        for a task cancelled while it runs (its supervisor stops it; its result is
-        discarded).
-        """
-        conn = self._conn
-        if conn is None or conn.closed:
-            return False
-        try:
-            self._finish_start()
-            for note in conn.notifies(timeout=0):
-                if note.payload.startswith("cancel "):
-                    self._cancelled.add(note.payload[7:])
-            if self._cancelled and delivery.id in self._cancelled:
-                self._cancelled.discard(delivery.id)
-                return False
-            self._cancelled.clear()  # announcements of tasks we do not hold
-            values = [
-                delivery.id.encode(),
-                str(delivery.attempt).encode(),
-                _int_array(self._owners),
-                _int_array(self._acks),
-                json.dumps(self._results).encode(),
-                repr(float(self.transport.status_ttl)).encode(),
-            ]
-            conn.pgconn.send_query_prepared(b"asynctask_start", values)
-            conn.wait(send(conn.pgconn))
-        except (psycopg.Error, TransportUnavailable) as exc:
-            logger.debug("%r: sending a start without waiting failed (%s)", self, exc)
-            self._drop_connection()
-            return False
-        self._in_flight = (list(self._acks), list(self._results))
-        self._sent()
-        return True
-
-    def _finish_start(self) -> None:
-        """Read the answer of a ``START`` sent without waiting. Should it have failed,
-        its acknowledgements go again with the next statement."""
-        in_flight, self._in_flight = self._in_flight, None
-        conn = self._conn
-        if in_flight is None or conn is None:
-            return
-        try:
-            while results := conn.wait(fetch_many(conn.pgconn)):
-                for result in results:
-                    if result.status == pq.ExecStatus.FATAL_ERROR:
-                        message = (result.error_message or b"").decode(errors="replace")
-                        raise psycopg.DatabaseError(message)
-        except psycopg.Error as exc:
-            logger.warning("%r: marking a task running failed (%s)", self, exc)
-            self._acks[:0], self._results[:0] = in_flight
-            if isinstance(exc, psycopg.OperationalError):
-                self._drop_connection()
 
     def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
         """Done: the row is deleted by this consumer's next statement (no round trip now),
         and its status is ``succeeded`` with ``result_json`` by the same statement."""
         with self._lock:
-            self._verdicts.pop(delivery.receipt, None)
-            self._expires.pop(delivery.receipt, None)
             if self._held.pop(delivery.receipt, None) is not None:
                 self._acks.append(delivery.receipt)
                 self._results.append(result_json)
@@ -310,8 +228,6 @@ class PgsqlConsumer(Consumer):
         self, delivery: Delivery, state: str, attempt: int, error: str | None, delay: float | None
     ) -> None:
         with self._lock:
-            self._verdicts.pop(delivery.receipt, None)
-            self._expires.pop(delivery.receipt, None)
             if delivery.receipt not in self._held:
                 return  # settled already, or taken back after our connection was lost
             params = _settle_params([delivery.receipt], state, attempt, error, delay)
@@ -329,8 +245,7 @@ class PgsqlConsumer(Consumer):
     def _keep(self, rows: list[tuple[Any, ...]]) -> None:
         """Turn reserved rows (in queue order) into deliveries; undecodable text fails."""
         for row in rows:
-            bad, row_id, task_id, payload, text, attempts, submitted, headers = row[:8]
-            first, was, expires = row[8:]
+            bad, row_id, task_id, payload, text, attempts, submitted, headers, _ = row
             if bad:
                 continue
             try:  # jsonb comes as text (see asynctask_pgsql.decoding): one row at a time
@@ -346,17 +261,12 @@ class PgsqlConsumer(Consumer):
             attempt = max(attempts, 0) + 1
             delivery = Delivery(task_id.hex, self.queue, payload, attempt, submitted, row_id)
             delivery.headers = read_headers(headers)
-            if first and self._tracked():
-                self._verdicts[row_id] = "cancelled" if was == "cancelled" else "run"
-            elif expires is not None:
-                self._expires[row_id] = expires
             self._buffer.append(delivery)
 
     def _run(self, query: LiteralString, params: Any) -> list[tuple[Any, ...]]:
         """Run one statement on our connection, reconnecting through an outage."""
         while True:
             try:
-                self._finish_start()
                 conn = self._connect()
                 # Bound afresh on every try: the owner may change with a reconnect, and the
                 # caller's params stay as given (encoding them in place once sent a
@@ -392,7 +302,7 @@ class PgsqlConsumer(Consumer):
 
     def _tracked(self) -> bool:
         """Whether this consumer's statements write statuses."""
-        return self.tracking and own_state(self.transport)
+        return self.tracking and self.transport.own_state
 
     def _hand_back_leftovers(self, conn: psycopg.Connection[Any]) -> None:
         """Finish the close of owned consumers that could not reach the server."""
@@ -413,7 +323,6 @@ class PgsqlConsumer(Consumer):
     def _wait(self, seconds: float) -> None:
         """Block until a notification on our channel (or one already received) or timeout."""
         try:
-            self._finish_start()
             for _ in self._connect().notifies(timeout=seconds, stop_after=1):
                 pass
         except (psycopg.OperationalError, TransportUnavailable) as exc:
@@ -434,7 +343,6 @@ class PgsqlConsumer(Consumer):
             while not locked:  # our old number is still held by a lingering session
                 number, locked = self._enlist(conn, None)
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-            conn.execute(self._sql.start_running)
             orphaned = [number] if number == held_before else []
             if self.keeper_owner is not None:
                 # Our rows outlive our sessions: every number we held may have some.
@@ -499,9 +407,6 @@ class PgsqlConsumer(Consumer):
         self._pause = min(self._pause * 2, 1.0)
 
     def _drop_connection(self) -> None:
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is not None:  # unanswered: its acknowledgements go again
-            self._acks[:0], self._results[:0] = in_flight
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(psycopg.Error):  # a broken one has nothing to report
@@ -516,8 +421,3 @@ def _settle_params(
     delay: float | None = None,
 ) -> dict[str, Any]:
     return {"ids": ids, "state": state, "attempt": attempt, "error": error, "delay": delay}
-
-
-def _int_array(numbers: list[int]) -> bytes:
-    """A PostgreSQL array literal of integers, as libpq's text parameter format wants."""
-    return ("{" + ",".join(str(int(n)) for n in numbers) + "}").encode()

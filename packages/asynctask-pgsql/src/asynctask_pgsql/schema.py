@@ -175,9 +175,11 @@ CREATE TABLE IF NOT EXISTS {s}.asynctask_status (
     date_forget TIMESTAMPTZ,
     error TEXT,
     result TEXT,
-    unique_key TEXT
+    unique_key TEXT,
+    watched BOOLEAN NOT NULL DEFAULT false
 ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.01,
         autovacuum_analyze_scale_factor = 0.02);
+ALTER TABLE {s}.asynctask_status ADD COLUMN IF NOT EXISTS watched BOOLEAN NOT NULL DEFAULT false;
 CREATE UNIQUE INDEX IF NOT EXISTS asynctask_status_unique
     ON {s}.asynctask_status (queue_name, unique_key) WHERE unique_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {s}.asynctask_untracked (queue_name TEXT PRIMARY KEY);
@@ -205,6 +207,8 @@ SELECT obj_description(n.oid, 'pg_namespace'), to_regclass(%(table)s)::text,
         WHERE attrelid = to_regclass(%(table)s) AND attname = 'keeper' AND NOT attisdropped)
        AND EXISTS (SELECT 1 FROM pg_attribute
         WHERE attrelid = to_regclass(%(table)s) AND attname = 'headers' AND NOT attisdropped)
+       AND EXISTS (SELECT 1 FROM pg_attribute
+        WHERE attrelid = to_regclass(%(status)s) AND attname = 'watched' AND NOT attisdropped)
 FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %(schema)s
 """
 
@@ -219,6 +223,7 @@ def _read(conn: psycopg.Connection[Any], schema: str) -> tuple[int | None, bool,
         "table": f"{schema}.asynctask_queue",
         "owners": f"{schema}.asynctask_owner",
         "newest": f"{schema}.{_NEWEST}",
+        "status": f"{schema}.asynctask_status",
         "schema": schema,
     }
     row = conn.execute(_READ_VERSION, names).fetchone()

@@ -28,7 +28,6 @@ from asynctask.status import (
     SubmitOptions,
     TaskStatus,
 )
-from asynctask.transport import Transport
 from asynctask_pgsql.conninfo import Server
 from asynctask_pgsql.schema import status_channel
 from asynctask_pgsql.state_sql import StateStatements
@@ -60,9 +59,6 @@ class StoreHost(Protocol):
 class PgsqlStateStore(StateStore):
     """Statuses in ``asynctask_status``; see the module docstring."""
 
-    #: seconds between re-reads while ``wait`` blocks: only a fallback for a lost NOTIFY
-    fallback_poll: float = 5.0
-
     def __init__(self, host: StoreHost) -> None:
         self._host = host
         self.sql = StateStatements.for_schema(host.schema)
@@ -84,18 +80,19 @@ class PgsqlStateStore(StateStore):
         found = _uuid(task_id)
         if found is None:
             return False
-        [(count, _)] = self._host._query(self.sql.cancel, {"id": found, "ttl": self.status_ttl})
+        [(count,)] = self._host._query(self.sql.cancel, {"id": found, "ttl": self.status_ttl})
         return bool(count)
 
     def wait(self, task_id: str, timeout: float | None) -> TaskStatus | None:
-        """LISTEN on the status channel first, then read: a final state reached in
-        between is read, one reached later is notified."""
+        """LISTEN on the status channel, mark the task watched, then read: a final state
+        reached before is read, one reached after is notified (only watched tasks are)."""
         found = _uuid(task_id)
         if found is None:
             return None
         deadline = None if timeout is None else time.monotonic() + timeout
         self._host._ready_pool()
         with self._host._mapped_errors(), self._listening() as conn:
+            conn.execute(self.sql.watch, (found,))
             while True:
                 status = self._read(conn, found)
                 if status is None or status.final:
@@ -191,12 +188,6 @@ def held_by(written: int, holder: str | None, known: bool, ids: Sequence[str]) -
     if known:
         return list(ids)
     return None
-
-
-def own_state(transport: Transport) -> bool:
-    """Whether ``transport`` writes its statuses itself (``asynctask_state`` unset or its
-    own URI), else the base class and the run loop write through the other store."""
-    return transport.state_uri is None or transport.state_uri == transport.uri
 
 
 def unique_key_busy(key: str | None, queue: str) -> TransportUnavailable:

@@ -16,7 +16,7 @@ from asynctask_pgsql.schema import sql
 _FINAL = """date_finished = now(), date_forget = now() + make_interval(secs => %(ttl)s::float8),
         unique_key = NULL"""
 
-_TOLD = "pg_notify('{c}', replace(s.task_id::text, '-', ''))"
+_TOLD = "CASE WHEN s.watched THEN pg_notify('{c}', replace(s.task_id::text, '-', '')) END"
 
 # A queued task past its expiry reads ``expired`` (the next reserve makes it so); a
 # queued or delayed one reads from its queue row whether it is due yet.
@@ -39,8 +39,7 @@ WHERE s.task_id = ANY(%(ids)s::uuid[]) AND (s.date_forget IS NULL OR s.date_forg
 """
 
 # A waiting task's row goes at once (it never runs); a reserved one stays for its
-# consumer, whose ``start`` drops it, or whose supervisor stops it while it runs. The
-# consumer hears of it on its queue's channel (``cancel <task id>``) before the start.
+# consumer, whose ``start`` drops it, or whose supervisor stops it while it runs.
 CANCEL = f"""
 WITH hit AS (
     UPDATE {{s}}.asynctask_status AS s
@@ -51,13 +50,8 @@ WITH hit AS (
 ), gone AS (
     DELETE FROM {{s}}.asynctask_queue AS q USING hit
     WHERE q.task_id = hit.task_id AND q.state = 'queued'
-), told AS (
-    SELECT pg_notify({{s}}.asynctask_channel(q.queue_name),
-                     'cancel ' || replace(q.task_id::text, '-', ''))
-    FROM {{s}}.asynctask_queue AS q, hit
-    WHERE q.task_id = hit.task_id AND q.state = 'reserved'
 )
-SELECT (SELECT count(*) FROM hit), (SELECT count(*) FROM told)
+SELECT count(*) FROM hit
 """
 
 # The generic calls (``StateStore``), for tasks kept in another transport.
@@ -111,9 +105,13 @@ WHERE s.task_id = %(id)s::uuid
 RETURNING CASE WHEN %(final)s THEN {_TOLD} END
 """
 
+# ``wait`` marks the task watched (then reads it): its final state is announced.
+WATCH = "UPDATE {s}.asynctask_status SET watched = true WHERE task_id = %s AND NOT watched"
+
 TRACK = "DELETE FROM {s}.asynctask_untracked WHERE queue_name = %s"
 
 UNTRACK = "INSERT INTO {s}.asynctask_untracked VALUES (%s) ON CONFLICT DO NOTHING"
+
 
 UNTRACKED = "SELECT queue_name FROM {s}.asynctask_untracked WHERE queue_name = ANY(%s)"
 
@@ -127,6 +125,7 @@ class StateStatements:
     submitted: LiteralString
     started: LiteralString
     settled: LiteralString
+    watch: LiteralString
     track: LiteralString
     untrack: LiteralString
     untracked: LiteralString

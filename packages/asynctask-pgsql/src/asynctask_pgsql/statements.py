@@ -26,7 +26,7 @@ from asynctask_pgsql.schema import sql
 # owner exactly while it is reserved; leaving ``state`` out keeps the plan on the primary key.
 # With tracking, each becomes ``succeeded`` with its result (``%(results)s``, beside
 # ``%(acks)s``), never over a final state (a task cancelled while it ran stays cancelled);
-# without, its status row (if any: a unique key's) is dropped, which frees the key.
+# without, only a unique key it holds is freed (a write for keyed tasks alone).
 _DONE = """done AS (
     DELETE FROM {s}.asynctask_queue
     WHERE id = ANY(%(acks)s::bigint[]) AND owner = ANY(%(owners)s::int[])
@@ -38,10 +38,10 @@ _DONE = """done AS (
     FROM done JOIN unnest(%(acks)s::bigint[], %(results)s::text[]) AS r(id, result)
         ON r.id = done.id
     WHERE %(track)s AND s.task_id = done.task_id AND s.date_finished IS NULL
-    RETURNING pg_notify('{c}', replace(s.task_id::text, '-', ''))
-), dropped AS (
-    DELETE FROM {s}.asynctask_status AS s USING done
-    WHERE NOT %(track)s AND s.task_id = done.task_id AND s.date_finished IS NULL
+    RETURNING CASE WHEN s.watched THEN pg_notify('{c}', replace(s.task_id::text, '-', '')) END
+), freed AS (
+    UPDATE {s}.asynctask_status AS s SET unique_key = NULL FROM done
+    WHERE NOT %(track)s AND s.task_id = done.task_id AND s.unique_key IS NOT NULL
 )"""
 
 _LAPSED = "coalesce(date_expires <= now(), false)"
@@ -50,7 +50,10 @@ _LAPSED = "coalesce(date_expires <= now(), false)"
 _FINAL = """date_finished = now(), date_forget = now() + make_interval(secs => %(ttl)s::float8),
         unique_key = NULL"""
 
-_TOLD = "pg_notify('{c}', replace(s.task_id::text, '-', ''))"
+# Only a task somebody waits for (``watched``, set by ``wait``) is announced: a NOTIFY
+# wakes every listening session of the database, so one per finished task would cost
+# every worker on the server.
+_TOLD = "CASE WHEN s.watched THEN pg_notify('{c}', replace(s.task_id::text, '-', '')) END"
 
 # The head of a queue, up to ``%(limit)s`` rows, urgent ones first (see the docstring).
 _HEAD = """urgent AS (
@@ -97,15 +100,17 @@ _NOTIFY_PUT = """
 SELECT pg_notify({s}.asynctask_channel(%(queue)s), '') FROM (SELECT 1 FROM put LIMIT 1) AS one
 """
 
-# The status row of new tasks: none for a queue whose workers keep no status (a row in
-# asynctask_untracked) unless it holds a unique key (dropped by the ack, freeing the key).
+# The status row of new tasks. On a queue whose workers keep no status (a row in
+# asynctask_untracked) it is forgotten after the TTL like a final one: until then
+# ``status`` names the setting (StatusNotTracked), and the history does not grow.
 _STATUS_PUT = """INSERT INTO {s}.asynctask_status
-    (task_id, queue_name, state, date_expires, unique_key)
+    (task_id, queue_name, state, date_expires, unique_key, date_forget)
 SELECT t.id, %(queue)s, CASE WHEN %(delay)s::float8 > 0 THEN 'delayed' ELSE 'queued' END,
-       now() + make_interval(secs => %(expires)s::float8), %(unique_key)s::text
+       now() + make_interval(secs => %(expires)s::float8), %(unique_key)s::text,
+       (SELECT now() + make_interval(secs => %(ttl)s::float8)
+        FROM {s}.asynctask_untracked WHERE queue_name = %(queue)s)
 FROM unnest(%(ids)s::uuid[]) AS t(id)
-WHERE %(track)s AND (%(unique_key)s::text IS NOT NULL OR NOT EXISTS (
-    SELECT 1 FROM {s}.asynctask_untracked WHERE queue_name = %(queue)s))
+WHERE %(track)s
 ON CONFLICT DO NOTHING
 RETURNING task_id"""
 
@@ -167,11 +172,9 @@ RETURNING 1
 
 _HEAD_ROWS = _HEAD.format(bad=_BAD, lapsed=_LAPSED, final=_FINAL, told=_TOLD)
 
-# Takes the head and, with tracking, marks the first row ``running`` (the run loop starts
-# the delivery a reserve returns at once; the others wait in the consumer's buffer and
-# are marked by ``START``). Rows past their ``date_expires`` are deleted as ``expired``
-# and come back as ``bad`` rows (the consumer looks again). ``was``: the first row's
-# status before this statement (``cancelled``: it must not run).
+# Takes the head. Rows past their ``date_expires`` are deleted as ``expired`` and come
+# back as ``bad`` rows (the consumer looks again). A reserved task is not ``running``
+# yet: ``START`` marks it when the worker starts it.
 RESERVE = f"""
 WITH {_DONE}, {_HEAD_ROWS}, taken AS (
     UPDATE {{s}}.asynctask_queue AS t
@@ -185,34 +188,20 @@ WITH {_DONE}, {_HEAD_ROWS}, taken AS (
         t.payload_text, t.attempts, extract(epoch FROM t.date_submitted)::float8 AS submitted,
         t.date_available, t.headers, t.priority,
         extract(epoch FROM t.date_expires)::float8 AS expires
-), first AS (
-    SELECT task_id, attempts FROM taken WHERE NOT bad
-    ORDER BY priority DESC, date_available, id LIMIT 1
-), started AS (
-    UPDATE {{s}}.asynctask_status AS s
-    SET state = 'running', attempts = greatest(first.attempts, 0) + 1, date_started = now()
-    FROM first WHERE %(track)s AND s.task_id = first.task_id AND s.date_finished IS NULL
 )
-SELECT bad, id, task_id, p, payload_text, attempts, submitted, headers, first, was, expires
-FROM (
+SELECT bad, id, task_id, p, payload_text, attempts, submitted, headers, expires FROM (
     SELECT bad, id, task_id, p, payload_text, attempts, submitted, headers, expires,
-        task_id IN (SELECT task_id FROM first) AS first,
-        CASE WHEN %(track)s THEN (
-            SELECT st.state FROM {{s}}.asynctask_status AS st WHERE st.task_id = taken.task_id
-        ) END AS was,
         priority, date_available
     FROM taken
     UNION ALL
-    SELECT true, NULL, task_id, NULL, NULL, NULL, NULL, NULL, NULL, false, NULL, NULL, NULL
-    FROM lapsed
+    SELECT true, NULL, task_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM lapsed
 ) AS rows
 ORDER BY priority DESC NULLS LAST, date_available, id
 """
 
 # A prefetched task is about to run: ``running``, unless its status is ``cancelled`` or
 # its ``date_expires`` has passed (then its row is deleted here, and it never runs).
-# Sends the pending acknowledgements too. A consumer that knows the task may run sends
-# ``START_RUNNING`` instead, without waiting. Both are committed asynchronously (synchronous_commit
+# Sends the pending acknowledgements too. Committed asynchronously (synchronous_commit
 # off for this transaction only): a server crash may lose the last fraction of a second
 # of these, which then read as the task not started yet, and a lost acknowledgement
 # makes its task run again, as after a killed worker (at least once). One fsync per
@@ -239,38 +228,6 @@ WITH quick AS (
     WHERE t.id = row.id AND (row.lapsed OR (SELECT state FROM was) = 'cancelled')
 )
 SELECT (SELECT count(done) FROM quick), row.lapsed, (SELECT state FROM was) FROM row
-"""
-
-# What a consumer sends, without waiting for the answer, when it knows a prefetched task
-# may run (no cancel announced, not expired): ``running``, with the pending
-# acknowledgements. A prepared statement of the consumer's session, run with libpq's
-# asynchronous send; its answer is read before the consumer's next statement. Lean on
-# purpose: no verdict, no queue row read. (A cancel that lands in between is not
-# overwritten: the task then runs as one cancelled while it runs.) Parameters: task id,
-# attempt, owners, acknowledged row ids, their results as a JSON array of texts, ttl.
-START_RUNNING = f"""
-PREPARE asynctask_start (uuid, int, int[], bigint[], text, float8) AS
-WITH quick AS (
-    SELECT set_config('synchronous_commit', 'off', true) AS done
-), done AS (
-    DELETE FROM {{s}}.asynctask_queue WHERE id = ANY($4) AND owner = ANY($3)
-    RETURNING id, task_id
-), results AS (
-    SELECT a.id, r.result
-    FROM unnest($4) WITH ORDINALITY AS a(id, n)
-    JOIN jsonb_array_elements_text($5::jsonb) WITH ORDINALITY AS r(result, n) USING (n)
-), succeeded AS (
-    UPDATE {{s}}.asynctask_status AS s
-    SET state = 'succeeded', result = results.result, date_finished = now(),
-        date_forget = now() + make_interval(secs => $6), unique_key = NULL
-    FROM done JOIN results ON results.id = done.id
-    WHERE s.task_id = done.task_id AND s.date_finished IS NULL
-    RETURNING {_TOLD}
-)
-UPDATE {{s}}.asynctask_status AS s
-SET state = 'running', attempts = $2, date_started = now()
-WHERE s.task_id = $1 AND s.date_finished IS NULL
-  AND EXISTS (SELECT 1 FROM quick WHERE done IS NOT NULL)
 """
 
 NEXT_DUE = """
@@ -314,9 +271,9 @@ WITH {_DONE}, cancelled AS (
         AND (%(attempt)s > 0 OR %(state)s = 'failed' OR s.state = 'running')
     RETURNING CASE WHEN %(state)s = 'failed' THEN {_TOLD} END
 ), untracked_failed AS (
-    DELETE FROM {{s}}.asynctask_status AS s USING moved
+    UPDATE {{s}}.asynctask_status AS s SET unique_key = NULL FROM moved
     WHERE NOT %(track)s AND %(state)s = 'failed' AND s.task_id = moved.task_id
-      AND s.date_finished IS NULL
+      AND s.unique_key IS NOT NULL
 )
 {_NOTIFY}
 """
@@ -587,7 +544,6 @@ class Statements:
     put_one: LiteralString
     reserve: LiteralString
     start: LiteralString
-    start_running: LiteralString
     next_due: LiteralString
     settle: LiteralString
     sweep: LiteralString

@@ -63,7 +63,6 @@ from asynctask_pgsql.state import (
     UNIQUE_TRIES,
     PgsqlStateStore,
     held_by,
-    own_state,
     unique_key_busy,
 )
 from asynctask_pgsql.statements import Statements
@@ -295,7 +294,8 @@ class PgsqlTransport(Transport):
             "unique_key": options.unique_key,
             # Statuses are ours unless asynctask_state names another store (which the
             # base class has written to already).
-            "track": own_state(self),
+            "track": self.own_state,
+            "ttl": self.status_ttl,
         }
         headers = [
             _json_or_none(self.task_headers(queue, task_id, text)) for task_id, text in tasks
