@@ -140,7 +140,9 @@ def _tracking_cost(transport: PgsqlTransport, queue: str, prefetch: int) -> tupl
     for tracking in (True, False):
         store.set_tracking(queue, tracking)
         transport.submit_tasks(queue, [{"n": i} for i in range(DRAIN)])
-        rates.append(_rate(lambda: _drain(transport, queue, DRAIN, prefetch, tracking), DRAIN))
+        rates.append(
+            _rate(lambda on=tracking: _drain(transport, queue, DRAIN, prefetch, on), DRAIN)
+        )
     store.set_tracking(queue, True)
     return rates[0], rates[1]
 

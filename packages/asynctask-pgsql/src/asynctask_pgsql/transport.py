@@ -8,6 +8,9 @@ Features
     advisory lock), apart from how long its task runs: a killed worker's tasks come back
     within ``recovery_seconds``, a slow task of a live worker never runs twice.
     ``submit_task(..., connection=conn)`` writes inside the caller's own transaction.
+    Task status (``asynctask.status``): kept in ``<schema>.asynctask_status``, written by
+    the same statements as the tasks; ``wait`` on LISTEN/NOTIFY; ``priority``,
+    ``expires`` and ``unique_key`` (a unique index) honoured by every statement.
 URI
     ``pgsql:dbname``, ``pgsql://host/dbname``, ``pgsql://user:password@host:port/dbname``,
     and libpq's own ``postgresql://...`` / ``postgres://...`` (multi-host lists too).
@@ -21,6 +24,7 @@ Options
 Storage
     One table, ``<schema>.asynctask_queue`` (the original's name), migrated in place from
     the original's layout; the failed store is its rows with ``state = 'failed'``.
+    Statuses in ``<schema>.asynctask_status`` (see ``asynctask_pgsql.state``).
     ``INSERT INTO asynctask.asynctask_queue (queue_name, payload) VALUES ('q', '{"a": 1}')``
     submits a task: every other column has a default, and a trigger sends the NOTIFY. See
     the package README for every column.
