@@ -29,14 +29,17 @@ with ``prefetch`` N, at most N tasks run twice, as the reserved ones of any tran
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import select
 import threading
 import time
 from collections import deque
 from typing import Any, LiteralString, Protocol
 
 import psycopg
-from psycopg import sql
+from psycopg import Notify, pq, sql
+from psycopg.generators import fetch, send
 
 from asynctask.errors import (
     TransportClosed,
@@ -110,6 +113,13 @@ class PgsqlConsumer(Consumer):
         self._held: dict[int, int] = {}  # row id -> owner number, reserved and not settled
         self._acks: list[int] = []  # acknowledged rows, deleted by the next statement
         self._results: list[str | None] = []  # their results (JSON text), beside them
+        self._expires: dict[int, float] = {}  # row id -> its date_expires (Unix seconds)
+        # the acknowledgements riding on each START_RUNNING sent in pipeline mode and not
+        # answered yet (sent again should it fail)
+        self._pending: list[tuple[list[int], list[str | None]]] = []
+        self._start_failed = False
+        self._cancelled: set[str] = set()  # task ids announced cancelled on our channel
+        self._woken = False  # a notification other than a cancel came with a statement
         self._next_sweep = 0.0
         self._outage_since: float | None = None
         self._pause = 0.05
@@ -134,6 +144,7 @@ class PgsqlConsumer(Consumer):
                     }
                     self._run(self._sql.sweep, {**sweep, "queue": self.queue})
                     self._next_sweep = time.monotonic() + self._host.sweep_interval
+                self._cancelled.clear()  # of tasks we do not hold (we hold none now)
                 limit = self.prefetch - len(self._buffer)
                 rows = self._run(self._sql.reserve, {"queue": self.queue, "limit": limit})
                 self._sent()
@@ -154,7 +165,9 @@ class PgsqlConsumer(Consumer):
         """``running`` unless cancelled or expired (then its row is gone: never run).
 
         One round trip (``START``), which also carries the pending acknowledgements, and
-        commits without waiting for the disk (see ``asynctask_pgsql.statements``)."""
+        commits without waiting for the disk (see ``asynctask_pgsql.statements``). A
+        consumer with ``prefetch`` above 1 sends ``START_RUNNING`` without waiting when
+        it knows the task may run (``_send_start``)."""
         if not self.transport.own_state:
             return super().start(delivery)
         if not self.tracking:
@@ -162,6 +175,13 @@ class PgsqlConsumer(Consumer):
         with self._lock:
             if delivery.receipt not in self._held:
                 return "run"  # taken back after a lost connection: at least once
+            expires = self._expires.pop(delivery.receipt, None)
+            if (
+                self.prefetch > 1
+                and (expires is None or time.time() < expires)
+                and self._send_start(delivery)
+            ):
+                return "run"
             rows = self._run(self._sql.start, {"id": delivery.receipt})
             self._sent()
             if not rows:
@@ -174,10 +194,89 @@ class PgsqlConsumer(Consumer):
                 del self._held[delivery.receipt]  # the statement deleted its row
             return verdict
 
+    def _send_start(self, delivery: Delivery) -> bool:
+        """Send ``START_RUNNING`` in pipeline mode, unanswered; False (nothing sent) if
+        a cancel of the task was announced, or the connection is not there."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return False
+        pgconn = conn.pgconn
+        try:
+            pgconn.consume_input()
+            self._absorb(conn, block=False)
+            if delivery.id in self._cancelled:
+                self._cancelled.discard(delivery.id)
+                return False
+            if pgconn.pipeline_status == pq.PipelineStatus.OFF:
+                pgconn.enter_pipeline_mode()
+            values = [
+                delivery.id.encode(),
+                str(delivery.attempt).encode(),
+                _int_array(self._owners),
+                _int_array(self._acks),
+                json.dumps(self._results).encode(),
+                repr(float(self.transport.status_ttl)).encode(),
+            ]
+            pgconn.send_query_prepared(b"asynctask_start", values)
+            pgconn.pipeline_sync()
+            conn.wait(send(pgconn))
+        except psycopg.Error as exc:
+            logger.debug("%r: a start without waiting could not be sent (%s)", self, exc)
+            self._drop_connection()
+            return False
+        self._pending.append((list(self._acks), list(self._results)))
+        self._sent()
+        return True
+
+    def _absorb(self, conn: psycopg.Connection[Any], block: bool) -> None:
+        """Read the answers of the ``START_RUNNING`` sent (all of them with ``block``,
+        else those already here), then the notifications that came with them. A failed
+        one's acknowledgements go again with the next statement."""
+        pgconn = conn.pgconn
+        while self._pending:
+            if block:
+                result = conn.wait(fetch(pgconn))
+            elif pgconn.is_busy():
+                break
+            else:
+                result = pgconn.get_result()
+            if result is None:
+                continue  # the end of one statement's results
+            if result.status == pq.ExecStatus.PIPELINE_SYNC:
+                acks, results = self._pending.pop(0)
+                if self._start_failed:
+                    self._start_failed = False
+                    self._acks[:0], self._results[:0] = acks, results
+            elif result.status in (pq.ExecStatus.FATAL_ERROR, pq.ExecStatus.PIPELINE_ABORTED):
+                message = (result.error_message or b"").decode(errors="replace")
+                logger.warning("%r: marking a task running failed: %s", self, message.strip())
+                self._start_failed = True
+        while (note := pgconn.notifies()) is not None:
+            self._heard(Notify(note.relname.decode(), note.extra.decode(), note.be_pid))
+
+    def _finish_starts(self) -> None:
+        """Before any other statement: every answer read, out of pipeline mode."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        pgconn = conn.pgconn
+        if self._pending:
+            self._absorb(conn, block=True)
+        if pgconn.pipeline_status != pq.PipelineStatus.OFF:
+            pgconn.exit_pipeline_mode()
+
+    def _heard(self, note: Notify) -> None:
+        """A notification on our channel: a cancel (``cancel <id>``) or new tasks."""
+        if note.payload.startswith("cancel "):
+            self._cancelled.add(note.payload[7:])
+        else:
+            self._woken = True
+
     def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
         """Done: the row is deleted by this consumer's next statement (no round trip now),
         and its status is ``succeeded`` with ``result_json`` by the same statement."""
         with self._lock:
+            self._expires.pop(delivery.receipt, None)
             if self._held.pop(delivery.receipt, None) is not None:
                 self._acks.append(delivery.receipt)
                 self._results.append(result_json)
@@ -228,6 +327,7 @@ class PgsqlConsumer(Consumer):
         self, delivery: Delivery, state: str, attempt: int, error: str | None, delay: float | None
     ) -> None:
         with self._lock:
+            self._expires.pop(delivery.receipt, None)
             if delivery.receipt not in self._held:
                 return  # settled already, or taken back after our connection was lost
             params = _settle_params([delivery.receipt], state, attempt, error, delay)
@@ -245,7 +345,7 @@ class PgsqlConsumer(Consumer):
     def _keep(self, rows: list[tuple[Any, ...]]) -> None:
         """Turn reserved rows (in queue order) into deliveries; undecodable text fails."""
         for row in rows:
-            bad, row_id, task_id, payload, text, attempts, submitted, headers, _ = row
+            bad, row_id, task_id, payload, text, attempts, submitted, headers, expires = row
             if bad:
                 continue
             try:  # jsonb comes as text (see asynctask_pgsql.decoding): one row at a time
@@ -261,12 +361,15 @@ class PgsqlConsumer(Consumer):
             attempt = max(attempts, 0) + 1
             delivery = Delivery(task_id.hex, self.queue, payload, attempt, submitted, row_id)
             delivery.headers = read_headers(headers)
+            if expires is not None:
+                self._expires[row_id] = expires
             self._buffer.append(delivery)
 
     def _run(self, query: LiteralString, params: Any) -> list[tuple[Any, ...]]:
         """Run one statement on our connection, reconnecting through an outage."""
         while True:
             try:
+                self._finish_starts()
                 conn = self._connect()
                 # Bound afresh on every try: the owner may change with a reconnect, and the
                 # caller's params stay as given (encoding them in place once sent a
@@ -323,8 +426,14 @@ class PgsqlConsumer(Consumer):
     def _wait(self, seconds: float) -> None:
         """Block until a notification on our channel (or one already received) or timeout."""
         try:
-            for _ in self._connect().notifies(timeout=seconds, stop_after=1):
-                pass
+            self._finish_starts()
+            conn = self._connect()
+            if not self._woken:
+                ready, _, _ = select.select([conn.fileno()], [], [], seconds)
+                if ready:
+                    conn.pgconn.consume_input()
+                    self._absorb(conn, block=False)
+            self._woken = False
         except (psycopg.OperationalError, TransportUnavailable) as exc:
             self._lost(exc)
 
@@ -343,6 +452,8 @@ class PgsqlConsumer(Consumer):
             while not locked:  # our old number is still held by a lingering session
                 number, locked = self._enlist(conn, None)
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+            conn.add_notify_handler(self._heard)
+            conn.execute(self._sql.start_running)
             orphaned = [number] if number == held_before else []
             if self.keeper_owner is not None:
                 # Our rows outlive our sessions: every number we held may have some.
@@ -407,6 +518,10 @@ class PgsqlConsumer(Consumer):
         self._pause = min(self._pause * 2, 1.0)
 
     def _drop_connection(self) -> None:
+        for acks, results in reversed(self._pending):  # unanswered: sent again
+            self._acks[:0], self._results[:0] = acks, results
+        self._pending.clear()
+        self._start_failed = False
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(psycopg.Error):  # a broken one has nothing to report
@@ -421,3 +536,8 @@ def _settle_params(
     delay: float | None = None,
 ) -> dict[str, Any]:
     return {"ids": ids, "state": state, "attempt": attempt, "error": error, "delay": delay}
+
+
+def _int_array(numbers: list[int]) -> bytes:
+    """A PostgreSQL array literal of integers, as libpq's text parameters take it."""
+    return ("{" + ",".join(str(int(n)) for n in numbers) + "}").encode()

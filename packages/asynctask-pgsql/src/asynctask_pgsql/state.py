@@ -80,7 +80,7 @@ class PgsqlStateStore(StateStore):
         found = _uuid(task_id)
         if found is None:
             return False
-        [(count,)] = self._host._query(self.sql.cancel, {"id": found, "ttl": self.status_ttl})
+        [(count, _)] = self._host._query(self.sql.cancel, {"id": found, "ttl": self.status_ttl})
         return bool(count)
 
     def wait(self, task_id: str, timeout: float | None) -> TaskStatus | None:

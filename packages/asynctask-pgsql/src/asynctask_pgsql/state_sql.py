@@ -39,7 +39,9 @@ WHERE s.task_id = ANY(%(ids)s::uuid[]) AND (s.date_forget IS NULL OR s.date_forg
 """
 
 # A waiting task's row goes at once (it never runs); a reserved one stays for its
-# consumer, whose ``start`` drops it, or whose supervisor stops it while it runs.
+# consumer, whose ``start`` drops it, or whose supervisor stops it while it runs. Its
+# consumer hears of it on the queue's channel (``cancel <id>``): a consumer that starts
+# prefetched tasks without waiting (``statements.START_RUNNING``) asks first.
 CANCEL = f"""
 WITH hit AS (
     UPDATE {{s}}.asynctask_status AS s
@@ -50,8 +52,13 @@ WITH hit AS (
 ), gone AS (
     DELETE FROM {{s}}.asynctask_queue AS q USING hit
     WHERE q.task_id = hit.task_id AND q.state = 'queued'
+), told AS (
+    SELECT pg_notify({{s}}.asynctask_channel(q.queue_name),
+                     'cancel ' || replace(q.task_id::text, '-', ''))
+    FROM {{s}}.asynctask_queue AS q, hit
+    WHERE q.task_id = hit.task_id AND q.state = 'reserved'
 )
-SELECT count(*) FROM hit
+SELECT (SELECT count(*) FROM hit), (SELECT count(*) FROM told)
 """
 
 # The generic calls (``StateStore``), for tasks kept in another transport.

@@ -230,6 +230,41 @@ WITH quick AS (
 SELECT (SELECT count(done) FROM quick), row.lapsed, (SELECT state FROM was) FROM row
 """
 
+# A consumer with ``prefetch`` above 1 starts a task it took ahead without waiting: it
+# sends this in libpq's pipeline mode (each with its own Sync, so each commits at once)
+# and reads the answers before its next statement, so a drain of prefetched tasks costs
+# no round trip per start. Only when the consumer knows the task may run: not expired
+# (``date_expires`` came with the reserve) and no cancel announced on the queue's
+# channel (``cancel <id>``, see ``state_sql.CANCEL``); else it sends ``START`` and waits.
+# A cancel that lands in between is not overwritten (``date_finished IS NULL``): the task
+# then runs as one cancelled while it runs (its supervisor stops it). The rest as
+# ``START``: ``running``, the pending acknowledgements, async commit. Parameters: task
+# id, attempt, owners, acknowledged row ids, their results as a JSON array, ttl.
+START_RUNNING = f"""
+PREPARE asynctask_start (uuid, int, int[], bigint[], text, float8) AS
+WITH quick AS (
+    SELECT set_config('synchronous_commit', 'off', true) AS done
+), done AS (
+    DELETE FROM {{s}}.asynctask_queue WHERE id = ANY($4) AND owner = ANY($3)
+    RETURNING id, task_id
+), results AS (
+    SELECT a.id, r.result
+    FROM unnest($4) WITH ORDINALITY AS a(id, n)
+    JOIN jsonb_array_elements_text($5::jsonb) WITH ORDINALITY AS r(result, n) USING (n)
+), succeeded AS (
+    UPDATE {{s}}.asynctask_status AS s
+    SET state = 'succeeded', result = results.result, date_finished = now(),
+        date_forget = now() + make_interval(secs => $6), unique_key = NULL
+    FROM done JOIN results ON results.id = done.id
+    WHERE s.task_id = done.task_id AND s.date_finished IS NULL
+    RETURNING {_TOLD}
+)
+UPDATE {{s}}.asynctask_status AS s
+SET state = 'running', attempts = $2, date_started = now()
+WHERE s.task_id = $1 AND s.date_finished IS NULL
+  AND EXISTS (SELECT 1 FROM quick WHERE done IS NOT NULL)
+"""
+
 NEXT_DUE = """
 SELECT extract(epoch FROM min(date_available) - now())::float8 FROM {s}.asynctask_queue
 WHERE queue_name = %s AND state = 'queued'
@@ -544,6 +579,7 @@ class Statements:
     put_one: LiteralString
     reserve: LiteralString
     start: LiteralString
+    start_running: LiteralString
     next_due: LiteralString
     settle: LiteralString
     sweep: LiteralString
