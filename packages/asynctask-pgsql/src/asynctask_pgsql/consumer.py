@@ -82,6 +82,9 @@ logger = logging.getLogger("asynctask.pgsql")
 _MIN_WAIT = 0.05
 #: final statuses past their time a sweep deletes at most (asynctask_status_ttl)
 FORGET_PER_SWEEP = 1000
+#: starts of prefetched tasks sent without waiting are committed together, at the next
+#: statement or at the latest this many seconds after the first (see ``_send_start``)
+SYNC_WITHIN = 0.05
 
 
 class PgsqlConsumer(Consumer):
@@ -114,10 +117,15 @@ class PgsqlConsumer(Consumer):
         self._acks: list[int] = []  # acknowledged rows, deleted by the next statement
         self._results: list[str | None] = []  # their results (JSON text), beside them
         self._expires: dict[int, float] = {}  # row id -> its date_expires (Unix seconds)
-        # the acknowledgements riding on each START_RUNNING sent in pipeline mode and not
-        # answered yet (sent again should it fail)
-        self._pending: list[tuple[list[int], list[str | None]]] = []
+        # START_RUNNING sent in pipeline mode: the acknowledgements riding on them (sent
+        # again should their transaction fail), those not yet followed by a Sync, and
+        # one list per Sync not yet answered
+        self._unsynced: list[tuple[list[int], list[str | None]]] = []
+        self._pending: list[list[tuple[list[int], list[str | None]]]] = []
         self._start_failed = False
+        self._syncer: threading.Thread | None = None
+        self._sync_due: float | None = None  # when the unsynced starts must be committed
+        self._sync_wanted = threading.Condition(self._lock)
         self._cancelled: set[str] = set()  # task ids announced cancelled on our channel
         self._woken = False  # a notification other than a cancel came with a statement
         self._next_sweep = 0.0
@@ -196,7 +204,14 @@ class PgsqlConsumer(Consumer):
 
     def _send_start(self, delivery: Delivery) -> bool:
         """Send ``START_RUNNING`` in pipeline mode, unanswered; False (nothing sent) if
-        a cancel of the task was announced, or the connection is not there."""
+        a cancel of the task was announced, or the connection is not there.
+
+        The starts sent this way are committed together (one Sync) by this consumer's
+        next statement, or ``SYNC_WITHIN`` seconds after the first by the syncer thread:
+        a drain of short prefetched tasks pays one commit per batch, not one per task,
+        and a task that runs longer reads ``running`` within that bound. Until then its
+        status row is locked: a ``cancel`` waits for that commit (at most that long).
+        """
         conn = self._conn
         if conn is None or conn.closed:
             return False
@@ -218,15 +233,67 @@ class PgsqlConsumer(Consumer):
                 repr(float(self.transport.status_ttl)).encode(),
             ]
             pgconn.send_query_prepared(b"asynctask_start", values)
-            pgconn.pipeline_sync()
+            pgconn.send_flush_request()
             conn.wait(send(pgconn))
         except psycopg.Error as exc:
             logger.debug("%r: a start without waiting could not be sent (%s)", self, exc)
             self._drop_connection()
             return False
-        self._pending.append((list(self._acks), list(self._results)))
+        self._unsynced.append((list(self._acks), list(self._results)))
         self._sent()
+        if self._sync_due is None:
+            self._sync_due = time.monotonic() + SYNC_WITHIN
+            self._ensure_syncer()
+            self._sync_wanted.notify()
         return True
+
+    def _sync(self) -> None:
+        """Commit the starts sent so far (a Sync, unanswered); lock held."""
+        self._sync_due = None
+        if not self._unsynced:
+            return
+        conn = self._conn
+        group, self._unsynced = self._unsynced, []
+        if conn is None or conn.closed:
+            self._restore([group])
+            return
+        try:
+            conn.pgconn.pipeline_sync()
+            conn.wait(send(conn.pgconn))
+        except psycopg.Error as exc:
+            logger.debug("%r: committing starts failed (%s)", self, exc)
+            self._pending.append(group)
+            self._drop_connection()
+            return
+        self._pending.append(group)
+
+    def _ensure_syncer(self) -> None:
+        """The thread that commits starts still open ``SYNC_WITHIN`` seconds after the
+        first of them (a task that runs longer reads ``running`` by then); lock held."""
+        if self._syncer is None or not self._syncer.is_alive():
+            self._syncer = threading.Thread(
+                target=self._syncing, name=f"asynctask-pgsql-sync-{self.queue}", daemon=True
+            )
+            self._syncer.start()
+
+    def _syncing(self) -> None:
+        with self._lock:
+            while not self.closed:
+                due = self._sync_due
+                if due is None:
+                    self._sync_wanted.wait()
+                    continue
+                left = due - time.monotonic()
+                if left > 0:
+                    self._sync_wanted.wait(left)
+                    continue
+                self._sync()
+
+    def _restore(self, groups: list[list[tuple[list[int], list[str | None]]]]) -> None:
+        """Acknowledgements whose transaction did not commit: sent again, first."""
+        for group in reversed(groups):
+            for acks, results in reversed(group):
+                self._acks[:0], self._results[:0] = acks, results
 
     def _absorb(self, conn: psycopg.Connection[Any], block: bool) -> None:
         """Read the answers of the ``START_RUNNING`` sent (all of them with ``block``,
@@ -243,10 +310,10 @@ class PgsqlConsumer(Consumer):
             if result is None:
                 continue  # the end of one statement's results
             if result.status == pq.ExecStatus.PIPELINE_SYNC:
-                acks, results = self._pending.pop(0)
+                group = self._pending.pop(0)
                 if self._start_failed:
                     self._start_failed = False
-                    self._acks[:0], self._results[:0] = acks, results
+                    self._restore([group])
             elif result.status in (pq.ExecStatus.FATAL_ERROR, pq.ExecStatus.PIPELINE_ABORTED):
                 message = (result.error_message or b"").decode(errors="replace")
                 logger.warning("%r: marking a task running failed: %s", self, message.strip())
@@ -260,6 +327,7 @@ class PgsqlConsumer(Consumer):
         if conn is None or conn.closed:
             return
         pgconn = conn.pgconn
+        self._sync()
         if self._pending:
             self._absorb(conn, block=True)
         if pgconn.pipeline_status != pq.PipelineStatus.OFF:
@@ -299,6 +367,7 @@ class PgsqlConsumer(Consumer):
             if self.closed:
                 return
             self.closed = True
+            self._sync_wanted.notify_all()  # the syncer ends
             try:
                 if self._held or self._acks:
                     self._run(self._sql.settle, _settle_params(list(self._held), "queued"))
@@ -518,9 +587,10 @@ class PgsqlConsumer(Consumer):
         self._pause = min(self._pause * 2, 1.0)
 
     def _drop_connection(self) -> None:
-        for acks, results in reversed(self._pending):  # unanswered: sent again
-            self._acks[:0], self._results[:0] = acks, results
+        self._restore([*self._pending, self._unsynced])  # unanswered: sent again
         self._pending.clear()
+        self._unsynced = []
+        self._sync_due = None
         self._start_failed = False
         conn, self._conn = self._conn, None
         if conn is not None:
