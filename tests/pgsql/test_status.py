@@ -279,7 +279,7 @@ def test_reserve_walks_the_partial_indexes(transport):
     reserve = Statements.for_schema("asynctask").reserve
     params = {
         "queue": queue, "limit": 1, "owner": 0, "keeper": None, "owners": [0], "acks": [],
-        "results": [], "track": True, "ttl": 60.0,
+        "results": [], "started": [], "track": True, "ttl": 60.0,
     }  # fmt: skip
     with psycopg.connect(CONNINFO, autocommit=True) as conn:
         conn.execute("ANALYZE asynctask.asynctask_queue")
@@ -413,3 +413,30 @@ def test_a_consumer_that_keeps_no_status_writes_none_but_frees_the_unique_key(tr
         store.set_tracking(queue, True)
         transport.purge(queue)
     assert store.untracked([queue]) == set()
+
+
+def test_a_prefetched_task_reads_running_soon_and_a_short_one_keeps_its_start(transport):
+    # With prefetch above 1, running is written once a task has run 50 ms (a short one
+    # goes straight to succeeded, with its start time and attempt).
+    queue = unique_queue()
+    long, short = transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+    with transport.consumer(queue, prefetch=2) as consumer:
+        delivery = consumer.reserve(5)
+        began = time.time()
+        assert consumer.start(delivery) == "run"
+        deadline = time.monotonic() + 2
+        while transport.status(long).state != "running" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        running = transport.status(long)
+        assert running.state == "running" and running.attempts == 1
+        assert abs(running.started_at - began) < 0.5
+        consumer.ack(delivery)
+        delivery = consumer.reserve(5)
+        began = time.time()
+        assert consumer.start(delivery) == "run"
+        consumer.ack(delivery, "2")
+        consumer.reserve(0)
+    done = transport.status(short)
+    assert (done.state, done.result, done.attempts) == ("succeeded", 2, 1)
+    assert abs(done.started_at - began) < 0.5 and done.finished_at >= done.started_at
+    assert transport.status(long).state == "succeeded"

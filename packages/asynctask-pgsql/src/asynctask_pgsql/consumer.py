@@ -82,9 +82,12 @@ logger = logging.getLogger("asynctask.pgsql")
 _MIN_WAIT = 0.05
 #: final statuses past their time a sweep deletes at most (asynctask_status_ttl)
 FORGET_PER_SWEEP = 1000
-#: starts of prefetched tasks sent without waiting are committed together, at the next
-#: statement or at the latest this many seconds after the first (see ``_send_start``)
+#: a prefetched task still running this many seconds after its start is written
+#: ``running`` (one that ends sooner goes straight to its outcome, see ``_start_later``)
 SYNC_WITHIN = 0.05
+
+#: acknowledgements riding on one statement: row ids, results, start times
+_Acks = tuple[list[int], list[str | None], list[float | None]]
 
 
 class PgsqlConsumer(Consumer):
@@ -117,15 +120,16 @@ class PgsqlConsumer(Consumer):
         self._acks: list[int] = []  # acknowledged rows, deleted by the next statement
         self._results: list[str | None] = []  # their results (JSON text), beside them
         self._expires: dict[int, float] = {}  # row id -> its date_expires (Unix seconds)
-        # START_RUNNING sent in pipeline mode: the acknowledgements riding on them (sent
-        # again should their transaction fail), those not yet followed by a Sync, and
-        # one list per Sync not yet answered
-        self._unsynced: list[tuple[list[int], list[str | None]]] = []
-        self._pending: list[list[tuple[list[int], list[str | None]]]] = []
+        self._started: list[float | None] = []  # their start times, if not written yet
+        # prefetched tasks started and not yet written running: row id -> (it, when)
+        self._unmarked: dict[int, tuple[Delivery, float]] = {}
+        # START_RUNNING sent in pipeline mode, one list per Sync not yet answered: the
+        # acknowledgements riding on them (sent again should their transaction fail)
+        self._pending: list[list[_Acks]] = []
         self._start_failed = False
-        self._syncer: threading.Thread | None = None
-        self._sync_due: float | None = None  # when the unsynced starts must be committed
-        self._sync_wanted = threading.Condition(self._lock)
+        self._marker: threading.Thread | None = None
+        self._mark_due: float | None = None  # when the unmarked must be written running
+        self._mark_wanted = threading.Condition(self._lock)
         self._cancelled: set[str] = set()  # task ids announced cancelled on our channel
         self._woken = False  # a notification other than a cancel came with a statement
         self._next_sweep = 0.0
@@ -174,8 +178,9 @@ class PgsqlConsumer(Consumer):
 
         One round trip (``START``), which also carries the pending acknowledgements, and
         commits without waiting for the disk (see ``asynctask_pgsql.statements``). A
-        consumer with ``prefetch`` above 1 sends ``START_RUNNING`` without waiting when
-        it knows the task may run (``_send_start``)."""
+        consumer with ``prefetch`` above 1 answers at once for a task it knows may run,
+        and writes ``running`` only if the task runs ``SYNC_WITHIN`` (``_start_later``).
+        """
         if not self.transport.own_state:
             return super().start(delivery)
         if not self.tracking:
@@ -187,7 +192,7 @@ class PgsqlConsumer(Consumer):
             if (
                 self.prefetch > 1
                 and (expires is None or time.time() < expires)
-                and self._send_start(delivery)
+                and self._start_later(delivery)
             ):
                 return "run"
             rows = self._run(self._sql.start, {"id": delivery.receipt})
@@ -202,98 +207,99 @@ class PgsqlConsumer(Consumer):
                 del self._held[delivery.receipt]  # the statement deleted its row
             return verdict
 
-    def _send_start(self, delivery: Delivery) -> bool:
-        """Send ``START_RUNNING`` in pipeline mode, unanswered; False (nothing sent) if
-        a cancel of the task was announced, or the connection is not there.
+    def _start_later(self, delivery: Delivery) -> bool:
+        """Let a prefetched task run at once, its ``running`` written only if it runs
+        ``SYNC_WITHIN`` seconds (by the syncer thread, ``START_RUNNING`` in pipeline
+        mode); one that ends sooner gets ``succeeded``/``retrying``/``failed`` with its
+        start time from its settle. False (ask the server) when a cancel of it was
+        announced on our channel, or the connection is not there. Lock held.
 
-        The starts sent this way are committed together (one Sync) by this consumer's
-        next statement, or ``SYNC_WITHIN`` seconds after the first by the syncer thread:
-        a drain of short prefetched tasks pays one commit per batch, not one per task,
-        and a task that runs longer reads ``running`` within that bound. Until then its
-        status row is locked: a ``cancel`` waits for that commit (at most that long).
+        A drain of short prefetched tasks so pays no statement per start. A cancel
+        that lands after this is seen as the cancel of a running task: the status says
+        ``cancelled`` (never overwritten), the supervisor stops the task.
         """
         conn = self._conn
         if conn is None or conn.closed:
             return False
-        pgconn = conn.pgconn
         try:
-            pgconn.consume_input()
+            conn.pgconn.consume_input()
             self._absorb(conn, block=False)
-            if delivery.id in self._cancelled:
-                self._cancelled.discard(delivery.id)
-                return False
-            if pgconn.pipeline_status == pq.PipelineStatus.OFF:
-                pgconn.enter_pipeline_mode()
-            values = [
-                delivery.id.encode(),
-                str(delivery.attempt).encode(),
-                _int_array(self._owners),
-                _int_array(self._acks),
-                json.dumps(self._results).encode(),
-                repr(float(self.transport.status_ttl)).encode(),
-            ]
-            pgconn.send_query_prepared(b"asynctask_start", values)
-            pgconn.send_flush_request()
-            conn.wait(send(pgconn))
         except psycopg.Error as exc:
-            logger.debug("%r: a start without waiting could not be sent (%s)", self, exc)
+            logger.debug("%r: reading notifications failed (%s)", self, exc)
             self._drop_connection()
             return False
-        self._unsynced.append((list(self._acks), list(self._results)))
-        self._sent()
-        if self._sync_due is None:
-            self._sync_due = time.monotonic() + SYNC_WITHIN
-            self._ensure_syncer()
-            self._sync_wanted.notify()
+        if delivery.id in self._cancelled:
+            self._cancelled.discard(delivery.id)
+            return False
+        self._unmarked[delivery.receipt] = (delivery, time.time())
+        if self._mark_due is None:
+            self._mark_due = time.monotonic() + SYNC_WITHIN
+            self._ensure_marker()
+            self._mark_wanted.notify()
         return True
 
-    def _sync(self) -> None:
-        """Commit the starts sent so far (a Sync, unanswered); lock held."""
-        self._sync_due = None
-        if not self._unsynced:
-            return
+    def _mark_running(self) -> None:
+        """Write ``running`` for the tasks started ``SYNC_WITHIN`` ago and still running,
+        with the pending acknowledgements, in pipeline mode, unanswered; lock held."""
+        self._mark_due = None
         conn = self._conn
-        group, self._unsynced = self._unsynced, []
-        if conn is None or conn.closed:
-            self._restore([group])
+        if not self._unmarked or conn is None or conn.closed:
             return
+        pgconn = conn.pgconn
+        group: list[_Acks] = []
         try:
-            conn.pgconn.pipeline_sync()
-            conn.wait(send(conn.pgconn))
+            if pgconn.pipeline_status == pq.PipelineStatus.OFF:
+                pgconn.enter_pipeline_mode()
+            for delivery, started in self._unmarked.values():
+                values = [
+                    delivery.id.encode(),
+                    str(delivery.attempt).encode(),
+                    _int_array(self._owners),
+                    _int_array(self._acks),
+                    json.dumps(self._results).encode(),
+                    repr(float(self.transport.status_ttl)).encode(),
+                    _float_array(self._started),
+                    repr(started).encode(),
+                ]
+                pgconn.send_query_prepared(b"asynctask_start", values)
+                group.append((list(self._acks), list(self._results), list(self._started)))
+                self._sent()
+            pgconn.pipeline_sync()
+            conn.wait(send(pgconn))
         except psycopg.Error as exc:
-            logger.debug("%r: committing starts failed (%s)", self, exc)
+            logger.debug("%r: writing running failed (%s)", self, exc)
             self._pending.append(group)
             self._drop_connection()
             return
+        self._unmarked.clear()
         self._pending.append(group)
 
-    def _ensure_syncer(self) -> None:
-        """The thread that commits starts still open ``SYNC_WITHIN`` seconds after the
-        first of them (a task that runs longer reads ``running`` by then); lock held."""
-        if self._syncer is None or not self._syncer.is_alive():
-            self._syncer = threading.Thread(
-                target=self._syncing, name=f"asynctask-pgsql-sync-{self.queue}", daemon=True
+    def _ensure_marker(self) -> None:
+        """The thread that writes ``running`` for prefetched tasks; lock held."""
+        if self._marker is None or not self._marker.is_alive():
+            self._marker = threading.Thread(
+                target=self._marking, name=f"asynctask-pgsql-start-{self.queue}", daemon=True
             )
-            self._syncer.start()
+            self._marker.start()
 
-    def _syncing(self) -> None:
+    def _marking(self) -> None:
         with self._lock:
             while not self.closed:
-                due = self._sync_due
+                due = self._mark_due
                 if due is None:
-                    self._sync_wanted.wait()
+                    self._mark_wanted.wait()
                     continue
                 left = due - time.monotonic()
                 if left > 0:
-                    self._sync_wanted.wait(left)
+                    self._mark_wanted.wait(left)
                     continue
-                self._sync()
+                self._mark_running()
 
-    def _restore(self, groups: list[list[tuple[list[int], list[str | None]]]]) -> None:
+    def _restore(self, groups: list[list[_Acks]]) -> None:
         """Acknowledgements whose transaction did not commit: sent again, first."""
         for group in reversed(groups):
-            for acks, results in reversed(group):
-                self._acks[:0], self._results[:0] = acks, results
+            for acks, results, started in reversed(group):
+                self._acks[:0], self._results[:0], self._started[:0] = acks, results, started
 
     def _absorb(self, conn: psycopg.Connection[Any], block: bool) -> None:
         """Read the answers of the ``START_RUNNING`` sent (all of them with ``block``,
@@ -316,7 +322,7 @@ class PgsqlConsumer(Consumer):
                     self._restore([group])
             elif result.status in (pq.ExecStatus.FATAL_ERROR, pq.ExecStatus.PIPELINE_ABORTED):
                 message = (result.error_message or b"").decode(errors="replace")
-                logger.warning("%r: marking a task running failed: %s", self, message.strip())
+                logger.warning("%r: writing running failed: %s", self, message.strip())
                 self._start_failed = True
         while (note := pgconn.notifies()) is not None:
             self._heard(Notify(note.relname.decode(), note.extra.decode(), note.be_pid))
@@ -327,7 +333,6 @@ class PgsqlConsumer(Consumer):
         if conn is None or conn.closed:
             return
         pgconn = conn.pgconn
-        self._sync()
         if self._pending:
             self._absorb(conn, block=True)
         if pgconn.pipeline_status != pq.PipelineStatus.OFF:
@@ -345,9 +350,11 @@ class PgsqlConsumer(Consumer):
         and its status is ``succeeded`` with ``result_json`` by the same statement."""
         with self._lock:
             self._expires.pop(delivery.receipt, None)
+            unmarked = self._unmarked.pop(delivery.receipt, None)
             if self._held.pop(delivery.receipt, None) is not None:
                 self._acks.append(delivery.receipt)
                 self._results.append(result_json)
+                self._started.append(None if unmarked is None else unmarked[1])
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Back to the queue after ``delay`` seconds, one attempt more."""
@@ -367,7 +374,7 @@ class PgsqlConsumer(Consumer):
             if self.closed:
                 return
             self.closed = True
-            self._sync_wanted.notify_all()  # the syncer ends
+            self._mark_wanted.notify_all()  # the marker thread ends
             try:
                 if self._held or self._acks:
                     self._run(self._sql.settle, _settle_params(list(self._held), "queued"))
@@ -397,9 +404,11 @@ class PgsqlConsumer(Consumer):
     ) -> None:
         with self._lock:
             self._expires.pop(delivery.receipt, None)
+            unmarked = self._unmarked.pop(delivery.receipt, None)
             if delivery.receipt not in self._held:
                 return  # settled already, or taken back after our connection was lost
             params = _settle_params([delivery.receipt], state, attempt, error, delay)
+            params["started_at"] = None if unmarked is None else unmarked[1]
             # Still held while the statement runs: a reconnect on the way hands back
             # (``orphans``) only the rows we do not hold, so this one stays ours to settle.
             self._run(self._sql.settle, params)
@@ -410,6 +419,7 @@ class PgsqlConsumer(Consumer):
         """The pending acknowledgements went with the statement just run."""
         self._acks.clear()
         self._results.clear()
+        self._started.clear()
 
     def _keep(self, rows: list[tuple[Any, ...]]) -> None:
         """Turn reserved rows (in queue order) into deliveries; undecodable text fails."""
@@ -468,6 +478,7 @@ class PgsqlConsumer(Consumer):
             "owners": list(self._owners),
             "acks": list(self._acks),
             "results": list(self._results),
+            "started": list(self._started),
             "track": self._tracked(),
             "ttl": self.transport.status_ttl,
         }
@@ -484,6 +495,7 @@ class PgsqlConsumer(Consumer):
             params = _settle_params(held, "queued")
             # Their results were lost with that consumer: succeeded, without them.
             params.update(owners=owners, acks=acks, results=[None] * len(acks))
+            params.update(started=[None] * len(acks))
             params.update(track=self._tracked(), ttl=self.transport.status_ttl)
             try:
                 conn.execute(self._sql.settle, params).fetchall()
@@ -587,10 +599,8 @@ class PgsqlConsumer(Consumer):
         self._pause = min(self._pause * 2, 1.0)
 
     def _drop_connection(self) -> None:
-        self._restore([*self._pending, self._unsynced])  # unanswered: sent again
+        self._restore(self._pending)  # unanswered: sent again
         self._pending.clear()
-        self._unsynced = []
-        self._sync_due = None
         self._start_failed = False
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -605,9 +615,21 @@ def _settle_params(
     error: str | None = None,
     delay: float | None = None,
 ) -> dict[str, Any]:
-    return {"ids": ids, "state": state, "attempt": attempt, "error": error, "delay": delay}
+    return {
+        "ids": ids,
+        "state": state,
+        "attempt": attempt,
+        "error": error,
+        "delay": delay,
+        "started_at": None,
+    }
 
 
 def _int_array(numbers: list[int]) -> bytes:
     """A PostgreSQL array literal of integers, as libpq's text parameters take it."""
     return ("{" + ",".join(str(int(n)) for n in numbers) + "}").encode()
+
+
+def _float_array(numbers: list[float | None]) -> bytes:
+    """A PostgreSQL array literal of floats (NULL for None), for libpq's text parameters."""
+    return ("{" + ",".join("NULL" if n is None else repr(float(n)) for n in numbers) + "}").encode()

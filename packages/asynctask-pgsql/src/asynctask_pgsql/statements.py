@@ -27,16 +27,20 @@ from asynctask_pgsql.schema import sql
 # With tracking, each becomes ``succeeded`` with its result (``%(results)s``, beside
 # ``%(acks)s``), never over a final state (a task cancelled while it ran stays cancelled);
 # without, only a unique key it holds is freed (a write for keyed tasks alone).
+# ``%(started)s``: when each started, for a prefetched task that ended before its
+# consumer wrote ``running`` (see ``START_RUNNING``), else NULL.
 _DONE = """done AS (
     DELETE FROM {s}.asynctask_queue
     WHERE id = ANY(%(acks)s::bigint[]) AND owner = ANY(%(owners)s::int[])
-    RETURNING id, task_id
+    RETURNING id, task_id, attempts
 ), succeeded AS (
     UPDATE {s}.asynctask_status AS s
     SET state = 'succeeded', result = r.result, date_finished = now(),
-        date_forget = now() + make_interval(secs => %(ttl)s::float8), unique_key = NULL
-    FROM done JOIN unnest(%(acks)s::bigint[], %(results)s::text[]) AS r(id, result)
-        ON r.id = done.id
+        date_forget = now() + make_interval(secs => %(ttl)s::float8), unique_key = NULL,
+        date_started = coalesce(s.date_started, to_timestamp(r.started)),
+        attempts = greatest(s.attempts, greatest(done.attempts, 0) + 1)
+    FROM done JOIN unnest(%(acks)s::bigint[], %(results)s::text[], %(started)s::float8[])
+        AS r(id, result, started) ON r.id = done.id
     WHERE %(track)s AND s.task_id = done.task_id AND s.date_finished IS NULL
     RETURNING CASE WHEN s.watched THEN pg_notify('{c}', replace(s.task_id::text, '-', '')) END
 ), freed AS (
@@ -230,37 +234,43 @@ WITH quick AS (
 SELECT (SELECT count(done) FROM quick), row.lapsed, (SELECT state FROM was) FROM row
 """
 
-# A consumer with ``prefetch`` above 1 starts a task it took ahead without waiting: it
-# sends this in libpq's pipeline mode (each with its own Sync, so each commits at once)
-# and reads the answers before its next statement, so a drain of prefetched tasks costs
-# no round trip per start. Only when the consumer knows the task may run: not expired
-# (``date_expires`` came with the reserve) and no cancel announced on the queue's
-# channel (``cancel <id>``, see ``state_sql.CANCEL``); else it sends ``START`` and waits.
+# A consumer with ``prefetch`` above 1 starts a task it took ahead without waiting:
+# ``running`` is written by this, sent in libpq's pipeline mode (answers read before
+# the consumer's next statement) once the task has run ``SYNC_WITHIN`` (50 ms): a task
+# that ends sooner is written ``succeeded`` (or ``retrying``/``failed``) directly, with
+# its start time, by its acknowledgement. So a drain of short prefetched tasks costs no
+# statement per start, and a longer task reads ``running`` within 50 ms of its start.
+# Only when the consumer knows the task may run: not expired (``date_expires`` came
+# with the reserve) and no cancel announced on the queue's channel (``cancel <id>``,
+# see ``state_sql.CANCEL``); else it sends ``START`` and waits.
 # A cancel that lands in between is not overwritten (``date_finished IS NULL``): the task
 # then runs as one cancelled while it runs (its supervisor stops it). The rest as
 # ``START``: ``running``, the pending acknowledgements, async commit. Parameters: task
-# id, attempt, owners, acknowledged row ids, their results as a JSON array, ttl.
+# id, attempt, owners, acknowledged row ids, their results as a JSON array, ttl, their
+# start times, the task's start time.
 START_RUNNING = f"""
-PREPARE asynctask_start (uuid, int, int[], bigint[], text, float8) AS
+PREPARE asynctask_start (uuid, int, int[], bigint[], text, float8, float8[], float8) AS
 WITH quick AS (
     SELECT set_config('synchronous_commit', 'off', true) AS done
 ), done AS (
     DELETE FROM {{s}}.asynctask_queue WHERE id = ANY($4) AND owner = ANY($3)
-    RETURNING id, task_id
+    RETURNING id, task_id, attempts
 ), results AS (
-    SELECT a.id, r.result
-    FROM unnest($4) WITH ORDINALITY AS a(id, n)
+    SELECT a.id, r.result, a.started
+    FROM unnest($4, $7) WITH ORDINALITY AS a(id, started, n)
     JOIN jsonb_array_elements_text($5::jsonb) WITH ORDINALITY AS r(result, n) USING (n)
 ), succeeded AS (
     UPDATE {{s}}.asynctask_status AS s
     SET state = 'succeeded', result = results.result, date_finished = now(),
-        date_forget = now() + make_interval(secs => $6), unique_key = NULL
+        date_forget = now() + make_interval(secs => $6), unique_key = NULL,
+        date_started = coalesce(s.date_started, to_timestamp(results.started)),
+        attempts = greatest(s.attempts, greatest(done.attempts, 0) + 1)
     FROM done JOIN results ON results.id = done.id
     WHERE s.task_id = done.task_id AND s.date_finished IS NULL
     RETURNING {_TOLD}
 )
 UPDATE {{s}}.asynctask_status AS s
-SET state = 'running', attempts = $2, date_started = now()
+SET state = 'running', attempts = $2, date_started = to_timestamp($8)
 WHERE s.task_id = $1 AND s.date_finished IS NULL
   AND EXISTS (SELECT 1 FROM quick WHERE done IS NOT NULL)
 """
@@ -294,14 +304,17 @@ WITH {_DONE}, cancelled AS (
         date_expires = CASE WHEN %(attempt)s > 0 THEN NULL ELSE date_expires END
     WHERE id = ANY(%(ids)s::bigint[]) AND owner = ANY(%(owners)s::int[])
       AND id NOT IN (SELECT id FROM cancelled)
-    RETURNING queue_name, task_id
+    RETURNING queue_name, task_id, attempts
 ), marked AS (
     UPDATE {{s}}.asynctask_status AS s
     SET state = CASE WHEN %(state)s = 'failed' THEN 'failed'
                      WHEN %(attempt)s > 0 THEN 'retrying' ELSE 'queued' END,
         error = coalesce(%(error)s, s.error),
         date_finished = CASE WHEN %(state)s = 'failed' THEN now() END,
-        unique_key = CASE WHEN %(state)s = 'failed' THEN NULL ELSE s.unique_key END
+        unique_key = CASE WHEN %(state)s = 'failed' THEN NULL ELSE s.unique_key END,
+        date_started = coalesce(to_timestamp(%(started_at)s::float8), s.date_started),
+        attempts = CASE WHEN %(attempt)s > 0 THEN greatest(s.attempts, moved.attempts)
+                        ELSE s.attempts END
     FROM moved WHERE %(track)s AND s.task_id = moved.task_id AND s.date_finished IS NULL
         AND (%(attempt)s > 0 OR %(state)s = 'failed' OR s.state = 'running')
     RETURNING CASE WHEN %(state)s = 'failed' THEN {_TOLD} END
