@@ -583,13 +583,26 @@ WHERE queue_name = %s AND state = 'queued' AND date_available <= now()
 ORDER BY date_available, id LIMIT 1
 """
 
-# The first ready rows in the order workers take them, read only (no lock, no change).
+# The first ready rows in the order workers take them (urgent first, from their own
+# index, then the others), read only (no lock, no change).
 PEEK = """
-SELECT task_id, payload::text, payload_text, attempts,
-       extract(epoch FROM date_submitted)::float8
-FROM {s}.asynctask_queue
-WHERE queue_name = %s AND state = 'queued' AND date_available <= now()
-ORDER BY date_available, id LIMIT %s
+SELECT task_id, payload, payload_text, attempts, submitted FROM (
+    (SELECT task_id, payload::text AS payload, payload_text, attempts,
+            extract(epoch FROM date_submitted)::float8 AS submitted,
+            priority, date_available, id
+     FROM {s}.asynctask_queue
+     WHERE queue_name = %(queue)s AND state = 'queued' AND priority > 0
+       AND date_available <= now()
+     ORDER BY priority DESC, date_available, id LIMIT %(limit)s)
+    UNION ALL
+    (SELECT task_id, payload::text, payload_text, attempts,
+            extract(epoch FROM date_submitted)::float8, priority, date_available, id
+     FROM {s}.asynctask_queue
+     WHERE queue_name = %(queue)s AND state = 'queued' AND priority <= 0
+       AND date_available <= now()
+     ORDER BY date_available, id LIMIT %(limit)s)
+) AS head
+ORDER BY priority DESC, date_available, id LIMIT %(limit)s
 """
 
 

@@ -380,7 +380,7 @@ class PgsqlTransport(Transport):
     def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
         if not self._stored():
             return []
-        rows = self._query(self.sql.peek, (queue, limit))
+        rows = self._query(self.sql.peek, {"queue": queue, "limit": limit})
         return [self._waiting(queue, *row) for row in rows]
 
     def _waiting(
