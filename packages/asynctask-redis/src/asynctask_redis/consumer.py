@@ -1,8 +1,8 @@
 """The redis consumer: tasks moved into a processing list of its own, under a heartbeat.
 
 One ``reserve`` is one round trip while tasks are ready: the acks since the last call
-and the move of up to ``prefetch`` tasks into ``P:Q:processing:<id>`` go together (a
-pipelined ``LREM`` + ``LMOVE``, or the ``MOVE`` script). At least every
+and the move of up to ``prefetch`` tasks into ``P:Q:processing:<id>`` go together (the
+``NEXT`` script, which takes the most urgent task first). At least every
 ``RedisTransport.maintain_interval`` (and whenever the queue looks empty) the ``TAKE``
 script runs instead: it also promotes due delayed and retrying tasks and recovers dead
 consumers' tasks (at most once per ``recovery_seconds / 4`` for all consumers
@@ -14,6 +14,13 @@ An ``ack`` is sent with the consumer's next call (the next ``reserve``, usually 
 or ``retry``/``fail``/``release``/``close``): that is what makes a task cost one round
 trip. A process killed between ``ack`` and that call leaves the acked task to run again,
 which at-least-once allows; at most ``prefetch`` tasks are in that state.
+
+Task statuses (``asynctask.status``) ride on the same calls: the move marks the task it
+hands out ``running`` (or drops it, never run, when it was cancelled or has expired), so
+``start`` costs no round trip for it; an ack carries the result and writes ``succeeded``
+with the next move; ``retry``/``fail`` write their state in their own script. A task
+taken ahead (``prefetch`` > 1, or by the blocking ``BLMOVE``) is checked by ``start``
+in one ``SETTLE`` call. With ``tracking`` off none of this is written.
 
 Each consumer keeps one connection of the pool for itself. After any error on the way
 in (a lost reply may hide a move that happened), the next ``TAKE`` puts back everything
@@ -33,10 +40,15 @@ import redis
 from redis.exceptions import RedisError
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
+from asynctask.status import StartVerdict
 from asynctask.transport import Consumer, Delivery, Transport, check_delay, new_task_id
 from asynctask_redis import scripts
-from asynctask_redis.connection import Server, call, pipeline, run
+from asynctask_redis.connection import Server, call, run
 from asynctask_redis.messages import Message, canonical_text, failed_record, read_message
+
+#: what the scripts push to an empty ready list to wake a blocked consumer for an
+#: urgent task (``scripts._KEYS``); a consumer that takes it drops it
+NUDGE = b'{"__asynctask__":0}'
 
 
 class ConsumerHost(Protocol):
@@ -61,7 +73,17 @@ class ConsumerHost(Protocol):
         ...
 
     #: (queue, consumer id, pending acks) of owned consumers whose close failed
-    leftovers: list[tuple[str, str, list[bytes]]]
+    leftovers: list[tuple[str, str, list[bytes | str]]]
+
+    @property
+    def keeps_own_state(self) -> bool:
+        """Whether task statuses live in this Redis (else ``asynctask_state``'s store)."""
+        ...
+
+    @property
+    def status_ttl_ms(self) -> int:
+        """``asynctask_status_ttl`` in ms."""
+        ...
 
     def forget(self, consumer: RedisConsumer) -> None:
         """Stop keeping ``consumer``'s heartbeat (it is closing)."""
@@ -77,6 +99,10 @@ logger = logging.getLogger("asynctask.redis")
 
 class RedisConsumer(Consumer):
     """At-least-once access to one queue; see the module docstring."""
+
+    #: whether the worker keeps task statuses (``track_status``); the run loop sets it
+    #: before the first ``reserve``
+    tracking: bool = True
 
     def __init__(
         self,
@@ -106,7 +132,8 @@ class RedisConsumer(Consumer):
         self._buffer: deque[bytes] = deque()  # taken, not yet handed out
         self._held: Counter[bytes] = Counter()  # handed out, not yet settled
         self._held_count = 0
-        self._acks: list[bytes] = []  # acked, not yet sent
+        self._acks: list[bytes | str] = []  # acked, not yet sent: (message, result) pairs
+        self._started: bytes | None = None  # the message the last move marked running
         self._maintain_at = 0.0  # when the TAKE script must run again
 
     def __repr__(self) -> str:
@@ -181,16 +208,21 @@ class RedisConsumer(Consumer):
             self._host.hand_back_leftovers()
         return wait
 
+    @property
+    def fused(self) -> bool:
+        """Whether this consumer writes task statuses itself, with its own calls."""
+        return self.tracking and self._host.keeps_own_state
+
     def _take_once(self) -> float | None:
         """Send the acks and take up to ``prefetch`` tasks; return seconds worth waiting.
 
         Between maintenance calls (at most ``maintain_interval`` apart, sooner when a task
-        falls due) this is a plain pipeline of LREMs and LMOVEs; the TAKE script runs
-        when that finds nothing, when it is due, and to register or resynchronise.
+        falls due) this is the ``NEXT`` script; the TAKE script runs when that finds
+        nothing, when it is due, and to register or resynchronise.
         """
         t = self._host
         fast = self.registered and not self._resync and time.monotonic() < self._maintain_at
-        if fast and self._execute(self._move, resync=True):
+        if fast and self._execute(self._next, resync=True):
             return 0.0
         flags = 2 if self._resync else 0 if self.registered else 1
         held = list(self._held.elements()) if self._resync else []
@@ -201,14 +233,16 @@ class RedisConsumer(Consumer):
             t.recheck_ms,
             t.heartbeat_ttl_ms,
             flags,
-            len(acks),
+            "1" if self.fused else "0",
+            t.status_ttl_ms,
+            len(acks) // 2,
             *acks,
             *held,
             resync=True,
         )
         self._acks = []
         self.registered, self._resync = True, False
-        self._buffer.extend(reply[1:])
+        self._took(reply[1], reply[2:])
         wait = None if reply[0] < 0 else reply[0] / 1000
         self._maintain_at = time.monotonic() + min(
             t.maintain_interval, t.maintain_interval if wait is None else wait
@@ -219,21 +253,31 @@ class RedisConsumer(Consumer):
         # prefetch bounds what is taken at once; a caller holding more still gets one
         return max(1, self.prefetch - self._held_count)
 
-    def _move(self, conn: Any) -> bool:
+    def _next(self, conn: Any) -> bool:
         """Acks and non-blocking moves in one round trip; whether anything came."""
-        acks, want = self._acks, self._want()
-        ready, proc = self._host.ready_key(self.queue), self.processing_key
-        if want == 1 and len(acks) <= 1:  # plain commands cost Redis less than Lua
-            commands: list[tuple[Any, ...]] = [("LREM", proc, 1, raw) for raw in acks]
-            commands.append(("LMOVE", ready, proc, "LEFT", "RIGHT"))
-            commands.append(("SADD", self.consumers_key, self.id))  # see scripts.MOVE
-            moved = pipeline(conn, commands)[len(acks)]
-            taken = [] if moved is None else [moved]
-        else:
-            taken = run(conn, scripts.MOVE, ready, proc, self.consumers_key, self.id, want, *acks)
+        t, acks = self._host, self._acks
+        fused = "1" if self.fused else "0"
+        reply = run(
+            conn,
+            scripts.NEXT,
+            t.prefix,
+            self.queue,
+            self.id,
+            self._want(),
+            fused,
+            t.status_ttl_ms,
+            len(acks) // 2,
+            *acks,
+        )
         self._acks = []
-        self._buffer.extend(taken)
-        return bool(taken)
+        self._took(reply[0], reply[1:])
+        return len(reply) > 1
+
+    def _took(self, started: int, messages: list[bytes]) -> None:
+        """Buffer what a move took; the first is running already if ``started``."""
+        if messages and started:
+            self._started = messages[0]
+        self._buffer.extend(messages)
 
     def _block(self, seconds: float) -> bytes | None:
         t = self._host
@@ -249,6 +293,9 @@ class RedisConsumer(Consumer):
 
     def _deliver(self, raw: bytes) -> Delivery | None:
         """A Delivery for a taken message; an undecodable one goes to the failed store."""
+        if raw == NUDGE:  # taken by BLMOVE: dropped with the next call
+            self._acks += [raw, ""]
+            return None
         try:
             message = read_message(raw, self.transport.max_payload_bytes)
         except Exception as exc:  # whatever it is, it must not stop the worker
@@ -274,16 +321,27 @@ class RedisConsumer(Consumer):
 
     # -- settling -----------------------------------------------------------------------
 
-    def _send(self, op: str, raw: bytes, argument: str = "", delay_ms: str = "0") -> bool:
-        """Run one SETTLE (with the pending acks), retrying while Redis is away."""
+    def _settle_args(
+        self, op: str, raw: bytes, argument: str, delay_ms: str, error: str
+    ) -> list[Any]:
+        """The arguments of SETTLE after the consumer id, with the pending acks."""
+        fused = "1" if self.fused else "0"
         acks = self._acks
+        ttl = self._host.status_ttl_ms
+        return [op, raw, argument, delay_ms, fused, ttl, error, len(acks) // 2, *acks]
+
+    def _send(
+        self, op: str, raw: bytes, argument: str = "", delay_ms: str = "0", error: str = ""
+    ) -> Any:
+        """Run one SETTLE (with the pending acks), retrying while Redis is away."""
+        args = self._settle_args(op, raw, argument, delay_ms, error)
 
         def step() -> Any:  # SETTLE is idempotent: safe to run again
-            return self._run(scripts.SETTLE, op, raw, argument, delay_ms, len(acks), *acks)
+            return self._run(scripts.SETTLE, *args)
 
         done = self.transport._call(self._once_more, step)
         self._acks = []
-        return bool(done)
+        return done
 
     def _hold(self, raw: bytes) -> None:
         self._held[raw] += 1
@@ -301,12 +359,21 @@ class RedisConsumer(Consumer):
         self._held_count -= 1
         return raw
 
-    def _settle(self, delivery: Delivery, op: str, argument: str = "", delay_ms: str = "0") -> None:
+    def _settle(
+        self,
+        delivery: Delivery,
+        op: str,
+        argument: str = "",
+        delay_ms: str = "0",
+        error: str = "",
+    ) -> None:
         raw = self._unhold(delivery)
         if raw is None:
             return
+        if raw == self._started:
+            self._started = None
         try:
-            done = self._send(op, raw, argument, delay_ms)
+            done = self._send(op, raw, argument, delay_ms, error)
         except BaseException:
             self._hold(raw)
             raise
@@ -318,11 +385,34 @@ class RedisConsumer(Consumer):
                 delivery.id,
             )
 
+    def start(self, delivery: Delivery) -> StartVerdict:
+        """Mark the task ``running`` unless it was cancelled or has expired (then it is
+        gone, never run). The task the last move handed out was marked by that move."""
+        if not self.tracking:
+            return "run"
+        if not self._host.keeps_own_state:
+            return super().start(delivery)  # the store asynctask_state names
+        message = delivery.receipt
+        if not isinstance(message, Message) or message.raw not in self._held:
+            return "run"
+        if message.raw == self._started:
+            self._started = None
+            return "run"
+        verdict = self._send("start", message.raw)
+        text = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
+        if text in ("cancelled", "expired"):
+            self._unhold(delivery)
+            return "cancelled" if text == "cancelled" else "expired"
+        return "run"
+
     def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
-        """Done: the task is removed with this consumer's next call to Redis."""
+        """Done: the task is removed (``succeeded``, with its result) with this
+        consumer's next call to Redis."""
         raw = self._unhold(delivery)
         if raw is not None:
-            self._acks.append(raw)
+            if raw == self._started:
+                self._started = None
+            self._acks += [raw, (result_json or "") if self.fused else ""]
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Back to the queue after ``delay`` seconds, one more attempt counted."""
@@ -330,14 +420,14 @@ class RedisConsumer(Consumer):
         message = delivery.receipt
         if isinstance(message, Message):
             again = canonical_text(message, attempts=message.attempts + 1)
-            self._settle(delivery, "retry", again, f"{delay * 1000:.3f}")
+            self._settle(delivery, "retry", again, f"{delay * 1000:.3f}", error)
 
     def fail(self, delivery: Delivery, error: str) -> None:
         """To the queue's failed store, with ``error``."""
         message = delivery.receipt
         if isinstance(message, Message):
             record = failed_record(message, None, error, message.attempts + 1, time.time())
-            self._settle(delivery, "fail", record)
+            self._settle(delivery, "fail", record, error=error)
 
     def release(self, delivery: Delivery) -> None:
         """Back at the head of the queue, untouched."""
@@ -355,7 +445,7 @@ class RedisConsumer(Consumer):
         try:
             if self.registered or self._acks:
                 if self.transport.closed:
-                    self._run(scripts.SETTLE, "close", "", "", "0", len(self._acks), *self._acks)
+                    self._run(scripts.SETTLE, *self._settle_args("close", b"", "", "0", ""))
                 else:
                     self._send("close", b"")
         except TransportError as exc:

@@ -47,7 +47,7 @@ from redis.exceptions import RedisError
 
 from asynctask.errors import InvalidURIError, TransportError
 from asynctask.liveness import Liveness
-from asynctask.status import SubmitOptions
+from asynctask.status import StateStore, StatusNotTracked, SubmitOptions
 from asynctask.transport import (
     Consumer,
     FailedTask,
@@ -67,6 +67,7 @@ from asynctask_redis.messages import (
     read_message,
     requeue_text,
 )
+from asynctask_redis.statestore import RedisStateStore
 
 logger = logging.getLogger("asynctask.redis")
 
@@ -119,7 +120,7 @@ class RedisTransport(Transport):
         self._beat_thread: threading.Thread | None = None
         #: (queue, consumer id, pending acks) of owned consumers whose close could not
         #: reach Redis: their tasks would stay theirs while their owner lives
-        self.leftovers: list[tuple[str, str, list[bytes]]] = []
+        self.leftovers: list[tuple[str, str, list[bytes | str]]] = []
 
     def accepts_driver_option(self, name: str) -> bool:
         """``db``, TLS and socket settings go on to redis-py."""
@@ -186,22 +187,67 @@ class RedisTransport(Transport):
         delay: float,
         options: SubmitOptions,
     ) -> Sequence[str] | None:
-        options.refuse_until_supported(self)
         now = time.time()
         texts = [
-            envelope(task_id, 0, now, text, self.task_headers(queue, task_id, text))
+            envelope(task_id, 0, now, text, self._headers(queue, task_id, text, options))
             for task_id, text in tasks
         ]
-        # One script, atomic: the tasks, the queue's name in P:queues (so that pruning
-        # that set never hides a queue) and a guard that makes a retry write nothing.
+        # One script, atomic: the tasks, their statuses, the queue's name in P:queues (so
+        # that pruning that set never hides a queue) and a guard that makes a retry write
+        # nothing. A unique key held by a task that is not final writes nothing at all.
         guard_ms = int((self.retry_timeout + 5) * 1000)
         delay_ms = f"{delay * 1000:.3f}" if delay > 0 else "0"
-        self._script(scripts.PUT, queue, tasks[0][0], guard_ms, delay_ms, *texts)
+        own = self.keeps_own_state
+        expires = "" if options.expires is None or not own else f"{options.expires * 1000:.0f}"
+        unique = (options.unique_key or "") if own else ""
+        reply = self._script(
+            scripts.PUT,
+            queue,
+            tasks[0][0],
+            guard_ms,
+            delay_ms,
+            self.status_ttl_ms,
+            "1" if own else "0",
+            expires,
+            unique,
+            *texts,
+        )
+        if reply[0] == 2:
+            return [reply[1].decode()]
+        if reply[0] == 3:
+            raise StatusNotTracked(
+                f"queue {queue!r} runs its worker with track_status = False, so it keeps "
+                "no status: expires and unique_key need one; set track_status = True on "
+                "that worker, or submit without them"
+            )
         return None
+
+    def _headers(
+        self, queue: str, task_id: str, text: str, options: SubmitOptions
+    ) -> dict[str, str]:
+        """The envelope's headers: plugins' and the signature, and the priority (which
+        the scripts read to order reserve, also after a delay, a retry or a recovery)."""
+        found = self.task_headers(queue, task_id, text)
+        if options.priority:
+            return {"asynctask-priority": str(options.priority), **found}
+        return found
+
+    @property
+    def keeps_own_state(self) -> bool:
+        """Whether task statuses live here (not in the store ``asynctask_state`` names)."""
+        return self.state_uri is None or self.state_uri == self.uri
+
+    @property
+    def status_ttl_ms(self) -> int:
+        """``asynctask_status_ttl`` in ms, as the scripts take it."""
+        return max(1, int(self.status_ttl * 1000))
+
+    def _state_store(self) -> StateStore | None:
+        return RedisStateStore(self)
 
     def _take(self, queue: str) -> Payload | None:
         while True:
-            raw = self._script(scripts.GET, queue, self.recheck_ms)
+            raw = self._script(scripts.GET, queue, self.recheck_ms, self.status_ttl_ms)
             if raw is None:
                 return None
             try:
@@ -311,7 +357,20 @@ class RedisTransport(Transport):
         while self.leftovers:
             queue, cid, acks = self.leftovers[0]
             try:
-                self._script(scripts.SETTLE, queue, cid, "close", "", "", "0", len(acks), *acks)
+                self._script(
+                    scripts.SETTLE,
+                    queue,
+                    cid,
+                    "close",
+                    "",
+                    "",
+                    "0",
+                    "1",
+                    self.status_ttl_ms,
+                    "",
+                    len(acks) // 2,
+                    *acks,
+                )
             except TransportError as exc:
                 logger.debug("handing back a closed consumer's tasks: %s", exc)
                 return
