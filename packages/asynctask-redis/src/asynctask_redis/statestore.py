@@ -244,10 +244,12 @@ class RedisStateStore(StateStore):
 
 
 def _status(
-    task_id: str, queue: str, flat: list[bytes], now: float
+    task_id: str, queue: str, reply: Any, now: float
 ) -> tuple[TaskStatus, float | None]:
     """A status from its hash; a task waiting past its ``expires`` reads ``expired``."""
-    fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+    # HGETALL: a flat list in RESP2, a map in RESP3
+    pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
+    fields = {k.decode(): v.decode() for k, v in pairs}
     state: str = fields.get("state", "queued")
     if state not in STATES:
         state = "queued"
