@@ -43,7 +43,7 @@ from asynctask.errors import TransportClosed, TransportError, TransportUnavailab
 from asynctask.status import StartVerdict
 from asynctask.transport import Consumer, Delivery, Transport, check_delay, new_task_id
 from asynctask_redis import scripts
-from asynctask_redis.connection import Server, call, run
+from asynctask_redis.connection import Server, call, pipeline, run
 from asynctask_redis.messages import Message, canonical_text, failed_record, read_message
 
 #: what the scripts push to an empty ready list to wake a blocked consumer for an
@@ -255,17 +255,34 @@ class RedisConsumer(Consumer):
 
     def _next(self, conn: Any) -> bool:
         """Acks and non-blocking moves in one round trip; whether anything came."""
-        t, acks = self._host, self._acks
-        fused = "1" if self.fused else "0"
+        t, acks, want = self._host, self._acks, self._want()
+        give_back: bytes | str = ""
+        if not self.fused and want == 1 and len(acks) <= 2 and NUDGE not in acks:
+            # Plain commands cost Redis a fifth of the script (9 us a task against 45,
+            # server time, INFO commandstats): without tracking, take this way, and run
+            # the script only when urgent tasks wait (it takes those first).
+            proc = self.processing_key
+            commands: list[tuple[Any, ...]] = [("LREM", proc, 1, raw) for raw in acks[::2]]
+            commands.append(("LMOVE", t.ready_key(self.queue), proc, "LEFT", "RIGHT"))
+            commands.append(("SADD", self.consumers_key, self.id))  # see scripts.NEXT
+            commands.append(("EXISTS", t.key(self.queue, "urgent")))
+            replies = pipeline(conn, commands)
+            self._acks = acks = []
+            moved, urgent = replies[-3], replies[-1]
+            if not urgent:
+                self._buffer.extend([] if moved is None else [moved])
+                return moved is not None
+            give_back = moved or ""
         reply = run(
             conn,
             scripts.NEXT,
             t.prefix,
             self.queue,
             self.id,
-            self._want(),
-            fused,
+            want,
+            "1" if self.fused else "0",
             t.status_ttl_ms,
+            give_back,
             len(acks) // 2,
             *acks,
         )

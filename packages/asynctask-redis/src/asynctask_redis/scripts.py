@@ -50,9 +50,13 @@ local function unique_key(k) return base .. 'unique:' .. k end
 -- queue. (A cluster variant writes it with a command of its own, not in a script.)
 local function pointer(id) return prefix .. ':@id:' .. id end
 
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local clock
+local function now_ms()  -- one TIME per script: time stands still inside one anyway
+  if not clock then
+    local t = redis.call('TIME')
+    clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return clock
 end
 
 local HEAD = '{"__asynctask__":1,"id":"'
@@ -119,10 +123,9 @@ local function stamp(ms) return string.format('%.3f', ms / 1000) end
 
 -- The task is final: its fields, the signal for waiters, its unique key freed. It is
 -- forgotten ``ttl_ms`` later; a failed one lives as long as its failed record.
-local function finish(id, state, now, ttl_ms, ...)
+local function finish_held(id, u, state, now, ttl_ms, ...)
   local key = task_key(id)
   redis.call('HSET', key, 'state', state, 'finished_at', stamp(now), ...)
-  local u = redis.call('HGET', key, 'unique')
   if u and redis.call('GET', unique_key(u)) == id then redis.call('DEL', unique_key(u)) end
   local done = done_key(id)
   redis.call('RPUSH', done, state)
@@ -131,6 +134,11 @@ local function finish(id, state, now, ttl_ms, ...)
     redis.call('PEXPIRE', done, ttl_ms)
     redis.call('PEXPIRE', pointer(id), ttl_ms)
   end
+end
+
+-- ``finish_held`` for a caller that has not read the task's unique key
+local function finish(id, state, now, ttl_ms, ...)
+  finish_held(id, redis.call('HGET', task_key(id), 'unique'), state, now, ttl_ms, ...)
 end
 
 -- A new task's status (``queued`` or ``delayed``) and its id's pointer; ``expires``
@@ -179,12 +187,13 @@ end
 
 -- Done: succeeded with its result (JSON text, or '' for none), never over a cancel.
 local function succeed(id, now, ttl_ms, result)
-  local state = redis.call('HGET', task_key(id), 'state')
+  local f = redis.call('HMGET', task_key(id), 'state', 'unique')
+  local state = f[1]
   if not state or state == 'cancelled' or state == 'expired' then return end
   if result ~= '' then
-    finish(id, 'succeeded', now, ttl_ms, 'result', result)
+    finish_held(id, f[2], 'succeeded', now, ttl_ms, 'result', result)
   else
-    finish(id, 'succeeded', now, ttl_ms)
+    finish_held(id, f[2], 'succeeded', now, ttl_ms)
   end
 end
 
@@ -439,10 +448,11 @@ return out
 """,
 )
 
-#: ARGV: prefix, queue, consumer id, want, tracking (1/0), status ttl_ms, n_acks,
-#: acks (pairs)... The hot path between TAKEs: acks and moves, no maintenance. The SADD
-#: keeps a consumer that was wrongly found dead (its heartbeat late) findable from its
-#: first new task on. Returns {first started (1/0), message...}.
+#: ARGV: prefix, queue, consumer id, want, tracking (1/0), status ttl_ms, give back
+#: (a message the consumer moved from the ready list while urgent tasks wait, or ''),
+#: n_acks, acks (pairs)... The hot path between TAKEs: acks and moves, no maintenance.
+#: The SADD keeps a consumer that was wrongly found dead (its heartbeat late) findable
+#: from its first new task on. Returns {first started (1/0), message...}.
 NEXT = Script(
     "next",
     _KEYS
@@ -450,7 +460,10 @@ NEXT = Script(
     + r"""
 local cid, tracking, ttl_ms = ARGV[3], ARGV[5] == '1', ARGV[6]
 local proc = processing(cid)
-ack_all(proc, 8, tonumber(ARGV[7]), tracking, ttl_ms)
+if ARGV[7] ~= '' and redis.call('LREM', proc, -1, ARGV[7]) == 1 then
+  redis.call('LPUSH', ready, ARGV[7])  -- back where it was: the urgent go first
+end
+ack_all(proc, 9, tonumber(ARGV[8]), tracking, ttl_ms)
 local got, started = take(proc, tonumber(ARGV[4]), tracking, ttl_ms)
 if #got > 0 then redis.call('SADD', consumers, cid) end
 local out = {started}

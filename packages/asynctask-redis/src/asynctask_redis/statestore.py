@@ -243,9 +243,7 @@ class RedisStateStore(StateStore):
         return bool(self._run(CANCEL, queue, self.ttl_ms, task_id))
 
 
-def _status(
-    task_id: str, queue: str, reply: Any, now: float
-) -> tuple[TaskStatus, float | None]:
+def _status(task_id: str, queue: str, reply: Any, now: float) -> tuple[TaskStatus, float | None]:
     """A status from its hash; a task waiting past its ``expires`` reads ``expired``."""
     # HGETALL: a flat list in RESP2, a map in RESP3
     pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
