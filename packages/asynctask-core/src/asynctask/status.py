@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -159,6 +159,25 @@ class StateStore(ABC):
 
     #: seconds a final status is kept (the setting ``asynctask_status_ttl``)
     status_ttl: float = DEFAULT_STATUS_TTL
+    #: seconds between re-reads of a status while ``wait`` blocks: only a fallback for a
+    #: lost notification (the contract sets 10 s and still sees ``wait`` return within
+    #: 1 s). A transport's ``_state_store()`` returns the same object every time, so
+    #: that this can be set on it.
+    fallback_poll: float = 5.0
+
+    def set_tracking(self, queue: str, tracked: bool) -> None:  # noqa: B027 (optional)
+        """Record whether ``queue``'s workers keep statuses (``track_status``).
+
+        A worker with ``track_status = False`` calls it with ``False`` when it starts,
+        one with tracking on calls it with ``True``; ``untracked`` reads it. Kept until
+        changed (a key, a row, a file per queue: a few bytes). The default keeps nothing:
+        override it (the contract tests it).
+        """
+
+    def untracked(self, queues: Collection[str]) -> set[str]:
+        """Which of ``queues`` have workers with ``track_status = False``: their tasks'
+        statuses stop at ``queued``, so ``status``/``wait`` raise ``StatusNotTracked``."""
+        return set()
 
     @abstractmethod
     def submitted(

@@ -39,6 +39,7 @@ from asynctask.status import (
     StartVerdict,
     StateStore,
     StatusNotKept,
+    StatusNotTracked,
     SubmitOptions,
     TaskStatus,
     check_submit_options,
@@ -176,7 +177,16 @@ class Consumer(ABC):
     or in threads and hand their outcome back to it. So a consumer holds up to
     ``prefetch`` reserved tasks at once and must accept their ``ack``/``retry``/``fail``/
     ``release`` in any order, while more are reserved; it need not be thread-safe.
+
+    ``tracking`` (set by the run loop from the worker's ``track_status``): when False the
+    run loop never calls ``start``, and ``ack``/``retry``/``fail`` write no status (no
+    result, no ``running``/``retrying``/``succeeded``); a transport may still drop the
+    task's status record with the settle where that costs nothing (it frees a
+    ``unique_key``).
     """
+
+    #: whether this consumer writes task statuses (``asynctask.status``)
+    tracking: bool = True
 
     def __init__(self, transport: Transport, queue: str, prefetch: int) -> None:
         self.transport = transport
@@ -206,19 +216,25 @@ class Consumer(ABC):
         store = self.transport.external_state()
         if store is None:
             return "run"
-        verdict = store.started(self.queue, delivery.id, delivery.attempt)
+        verdict = self.transport._call(store.started, self.queue, delivery.id, delivery.attempt)
         if verdict != "run":
             self.ack(delivery)
         return verdict
 
     @abstractmethod
-    def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
+    def ack(self, delivery: Delivery, result_json: str | None = None) -> bool | None:
         """The task is done: remove it for good; ``succeeded`` with its result.
 
         ``result_json`` is what ``process()`` returned, as JSON text (``None`` for no
         result or one that could not be stored). A transport may send the
         acknowledgement with the consumer's next call (``reserve`` or ``close``), saving
         a round trip; callers make that next call at once.
+
+        Returns True when the task had been cancelled while it ran (it stays
+        ``cancelled``, its result discarded) if the transport can tell at no cost, else
+        ``None``; the run loop then logs it. With ``transport.own_state`` False (the
+        store of ``asynctask_state`` keeps the statuses) it writes no status: the run
+        loop writes through that store.
         """
 
     @abstractmethod
@@ -280,6 +296,8 @@ class Transport(ABC):
             uri, pairs, self.options_accepted, self.accepts_driver_option
         )
         self.retry_timeout: float = self.options["retry_timeout"]
+        #: (asynctask_state, its transport, its store), once looked up
+        self._external: tuple[str, Transport, StateStore] | None = None
         self._closed = False
         self._outage = OutageReport(repr(self))
 
@@ -434,6 +452,14 @@ class Transport(ABC):
                 raise InvalidTaskError(f"payload #{index}: {exc}") from exc
         ids = [task_id for task_id, _ in tasks]
         if tasks:
+            store = self.external_state()
+            if store is not None:
+                # Another transport keeps the statuses: it records them (and takes the
+                # unique key) first; a key already held means nothing is stored here.
+                known = self._call(store.submitted, queue_name, ids, delay, options)
+                if list(known) != ids:
+                    return list(known)
+                options = SubmitOptions(options.expires, None, options.priority)
             stored = self._call(self._put, queue_name, tasks, delay, options)
             if stored is not None:
                 ids = list(stored)
@@ -449,17 +475,38 @@ class Transport(ABC):
     def statuses(self, task_ids: Sequence[str]) -> list[TaskStatus | None]:
         """The status of each id, in one round trip where the backend allows."""
         store = self.state()
-        return self._call(store.statuses, list(task_ids))
+        found = self._call(store.statuses, list(task_ids))
+        self._refuse_untracked(store, found)
+        return found
+
+    def _refuse_untracked(self, store: StateStore, found: Sequence[TaskStatus | None]) -> None:
+        """``StatusNotTracked`` when a status belongs to a queue whose workers keep none
+        (it would read ``queued`` forever)."""
+        queues = {s.queue for s in found if s is not None and not s.final}
+        if not queues:
+            return
+        untracked = self._call(store.untracked, queues)
+        if untracked:
+            name = sorted(untracked)[0]
+            raise StatusNotTracked(
+                f"the workers of queue {name!r} run with track_status = False: its tasks "
+                "have no status; set track_status to true in the worker class or in its "
+                "asynctask_workers entry to follow them"
+            )
 
     def wait(self, task_id: str, timeout: float | None = None) -> TaskStatus:
         """Block until the task is final and return its status.
 
         Woken by the backend, not a poll loop. Raises the built-in ``TimeoutError`` after
-        ``timeout`` seconds, ``LookupError`` for an id the store does not know.
+        ``timeout`` seconds, ``LookupError`` for an id the store does not know, and
+        ``StatusNotTracked`` for a task of a queue whose workers keep no status.
         """
         if timeout is not None and (not math.isfinite(timeout) or timeout < 0):
             raise ValueError(f"timeout must be a finite number >= 0 or None, got {timeout!r}")
-        found = self.state().wait(task_id, timeout)
+        now = self.status(task_id)  # refuses an untracked queue's task at once
+        if now is None:
+            raise LookupError(f"no task {task_id!r}: never submitted here, or forgotten")
+        found = now if now.final else self.state().wait(task_id, timeout)
         if found is None:
             raise LookupError(f"no task {task_id!r}: never submitted here, or forgotten")
         return found
@@ -474,9 +521,11 @@ class Transport(ABC):
 
         Raises ``StatusNotKept`` naming the setting when there is none.
         """
-        own = self._state_store()
-        if own is not None and self.state_uri is None:
-            return own
+        if self.own_state:
+            own = self._state_store()
+            if own is not None:
+                own.status_ttl = self.status_ttl
+                return own
         store = self.external_state()
         if store is None:
             raise StatusNotKept(
@@ -485,18 +534,37 @@ class Transport(ABC):
             )
         return store
 
+    @property
+    def own_state(self) -> bool:
+        """Whether this transport writes task statuses itself, fused with its queue
+        operations; False when ``asynctask_state`` names another store (then the base
+        class and the run loop write through ``external_state()``, and ``_put`` and the
+        consumer write no status)."""
+        return self.state_uri is None or self.state_uri == self.uri
+
     def external_state(self) -> StateStore | None:
-        """The store named by ``asynctask_state`` when it is not this transport's own."""
+        """The store named by ``asynctask_state`` when it is not this transport's own.
+
+        Looked up once and kept (the run loop asks for every task): again only when the
+        setting changes or that transport was closed.
+        """
         if self.state_uri is None or self.state_uri == self.uri:
             return None
-        from asynctask.api import get_transport  # the store is another transport
+        cached = self._external
+        if cached is not None and cached[0] == self.state_uri and not cached[1].closed:
+            store = cached[2]
+        else:
+            from asynctask.api import get_transport  # the store is another transport
 
-        other = get_transport(self.state_uri)
-        store = other._state_store()
-        if store is None:
-            raise StatusNotKept(
-                f"asynctask_state names {other!r}, which keeps no task status itself"
-            )
+            other = get_transport(self.state_uri)
+            found = other._state_store()
+            if found is None:
+                raise StatusNotKept(
+                    f"asynctask_state names {other!r}, which keeps no task status itself; "
+                    "name a transport that does (filesys, pgsql, redis)"
+                )
+            store = found
+            self._external = (self.state_uri, other, store)
         store.status_ttl = self.status_ttl
         return store
 
