@@ -59,10 +59,10 @@ def test_a_task_goes_queued_running_succeeded_with_its_result(transport, queue, 
     st = transport.status(tid)
     assert st is not None and (st.state, st.attempts, st.queue) == ("queued", 0, queue)
     assert st.submitted_at is not None and abs(st.submitted_at - time.time()) < 5
-    # When a worker reserves and starts it: running, from the move itself
+    # When a worker reserves it: still queued; once it starts it: running
     consumer = transport.consumer(queue)
     delivery = take(consumer)
-    assert client.hget(task_key(transport, queue, tid), "state") == b"running"
+    assert client.hget(task_key(transport, queue, tid), "state") == b"queued"
     assert consumer.start(delivery) == "run"
     st = transport.status(tid)
     assert (st.state, st.attempts) == ("running", 1) and st.started_at is not None
@@ -110,8 +110,10 @@ def test_a_cancelled_waiting_task_never_runs(transport, queue):
     assert transport.cancel(first) is False  # final already
     assert transport.status(first).state == "cancelled"
     consumer = transport.consumer(queue)
+    doomed = take(consumer)
+    assert doomed.id == first and consumer.start(doomed) == "cancelled"  # dropped
     delivery = take(consumer)
-    assert delivery.id == second  # the cancelled one was dropped on the way
+    assert delivery.id == second and consumer.start(delivery) == "run"
     consumer.ack(delivery)
     assert consumer.reserve(timeout=0) is None
     assert transport.status(first).state == "cancelled"
@@ -166,8 +168,10 @@ def test_a_task_past_expires_reads_expired_and_never_runs(transport, queue, clie
     st = transport.status(tid)
     assert st.state == "expired" and st.final  # read so before any worker meets it
     consumer = transport.consumer(queue)
+    stale = take(consumer)
+    assert stale.id == tid and consumer.start(stale) == "expired"
     delivery = take(consumer)
-    assert delivery.id == keep
+    assert delivery.id == keep and consumer.start(delivery) == "run"
     consumer.ack(delivery)
     assert consumer.reserve(timeout=0) is None
     assert transport.status(tid).state == "expired"
@@ -180,10 +184,11 @@ def test_a_release_or_close_hands_a_running_task_back_as_queued(transport, queue
     tid = transport.submit_task(queue, {})
     consumer = transport.consumer(queue)
     delivery = take(consumer)
+    assert consumer.start(delivery) == "run"
     assert transport.status(tid).state == "running"
     consumer.release(delivery)
     assert transport.status(tid).state == "queued"
-    take(consumer)
+    assert consumer.start(take(consumer)) == "run"
     consumer.close()
     assert transport.status(tid).state == "queued"
 
@@ -366,9 +371,10 @@ def test_purge_deletes_the_statuses_of_purged_tasks(transport, queue):
 
 
 def test_a_worker_without_tracking_writes_no_status(transport, queue, client):
+    # as the run loop of a worker with track_status = False says when it starts
+    transport.state().set_tracking(queue, False)
     consumer = transport.consumer(queue)
     consumer.tracking = False
-    assert consumer.reserve(timeout=0) is None  # registering says so
     tid = transport.submit_task(queue, {})
     with pytest.raises(StatusNotTracked, match="track_status"):
         transport.status(tid)
@@ -378,7 +384,11 @@ def test_a_worker_without_tracking_writes_no_status(transport, queue, client):
     assert consumer.start(delivery) == "run"
     consumer.ack(delivery)
     consumer.close()
-    assert client.exists(task_key(transport, queue, tid)) == 0
+    # its status stays queued, forgotten by Redis after the ttl
+    assert 0 < client.pttl(task_key(transport, queue, tid)) <= transport.status_ttl * 1000
+    assert transport.state().untracked([queue, "other"]) == {queue}
+    transport.state().set_tracking(queue, True)
+    assert transport.state().untracked([queue]) == set()
 
 
 def test_the_generic_store_keeps_another_transports_state(transport):

@@ -15,12 +15,14 @@ or ``retry``/``fail``/``release``/``close``): that is what makes a task cost one
 trip. A process killed between ``ack`` and that call leaves the acked task to run again,
 which at-least-once allows; at most ``prefetch`` tasks are in that state.
 
-Task statuses (``asynctask.status``) ride on the same calls: the move marks the task it
-hands out ``running`` (or drops it, never run, when it was cancelled or has expired), so
-``start`` costs no round trip for it; an ack carries the result and writes ``succeeded``
-with the next move; ``retry``/``fail`` write their state in their own script. A task
-taken ahead (``prefetch`` > 1, or by the blocking ``BLMOVE``) is checked by ``start``
-in one ``SETTLE`` call. With ``tracking`` off none of this is written.
+Task statuses (``asynctask.status``): ``start`` is one ``SETTLE`` call that marks the
+task ``running``, or drops it (never run, not failed) when it was cancelled or has
+expired; it carries the pending acks. Nothing is started by the move itself: a task is
+``running`` only once the worker starts it, and a cancel between the reserve and the
+start still keeps it from running (so tracking costs one round trip a task). An ack
+carries the result and writes ``succeeded`` with the next move; ``retry``/``fail``
+write their state in their own script. With ``tracking`` off none of this is written,
+and the move is the plain pipeline it was before statuses.
 
 Each consumer keeps one connection of the pool for itself. After any error on the way
 in (a lost reply may hide a move that happened), the next ``TAKE`` puts back everything
@@ -76,7 +78,7 @@ class ConsumerHost(Protocol):
     leftovers: list[tuple[str, str, list[bytes | str]]]
 
     @property
-    def keeps_own_state(self) -> bool:
+    def own_state(self) -> bool:
         """Whether task statuses live in this Redis (else ``asynctask_state``'s store)."""
         ...
 
@@ -99,10 +101,6 @@ logger = logging.getLogger("asynctask.redis")
 
 class RedisConsumer(Consumer):
     """At-least-once access to one queue; see the module docstring."""
-
-    #: whether the worker keeps task statuses (``track_status``); the run loop sets it
-    #: before the first ``reserve``
-    tracking: bool = True
 
     def __init__(
         self,
@@ -133,7 +131,6 @@ class RedisConsumer(Consumer):
         self._held: Counter[bytes] = Counter()  # handed out, not yet settled
         self._held_count = 0
         self._acks: list[bytes | str] = []  # acked, not yet sent: (message, result) pairs
-        self._started: bytes | None = None  # the message the last move marked running
         self._maintain_at = 0.0  # when the TAKE script must run again
 
     def __repr__(self) -> str:
@@ -211,7 +208,7 @@ class RedisConsumer(Consumer):
     @property
     def fused(self) -> bool:
         """Whether this consumer writes task statuses itself, with its own calls."""
-        return self.tracking and self._host.keeps_own_state
+        return self.tracking and self._host.own_state
 
     def _take_once(self) -> float | None:
         """Send the acks and take up to ``prefetch`` tasks; return seconds worth waiting.
@@ -242,7 +239,7 @@ class RedisConsumer(Consumer):
         )
         self._acks = []
         self.registered, self._resync = True, False
-        self._took(reply[1], reply[2:])
+        self._buffer.extend(reply[1:])
         wait = None if reply[0] < 0 else reply[0] / 1000
         self._maintain_at = time.monotonic() + min(
             t.maintain_interval, t.maintain_interval if wait is None else wait
@@ -287,14 +284,8 @@ class RedisConsumer(Consumer):
             *acks,
         )
         self._acks = []
-        self._took(reply[0], reply[1:])
-        return len(reply) > 1
-
-    def _took(self, started: int, messages: list[bytes]) -> None:
-        """Buffer what a move took; the first is running already if ``started``."""
-        if messages and started:
-            self._started = messages[0]
-        self._buffer.extend(messages)
+        self._buffer.extend(reply)
+        return bool(reply)
 
     def _block(self, seconds: float) -> bytes | None:
         t = self._host
@@ -387,8 +378,6 @@ class RedisConsumer(Consumer):
         raw = self._unhold(delivery)
         if raw is None:
             return
-        if raw == self._started:
-            self._started = None
         try:
             done = self._send(op, raw, argument, delay_ms, error)
         except BaseException:
@@ -404,16 +393,13 @@ class RedisConsumer(Consumer):
 
     def start(self, delivery: Delivery) -> StartVerdict:
         """Mark the task ``running`` unless it was cancelled or has expired (then it is
-        gone, never run). The task the last move handed out was marked by that move."""
+        gone, never run): one ``SETTLE`` call, with the pending acks."""
         if not self.tracking:
             return "run"
-        if not self._host.keeps_own_state:
+        if not self._host.own_state:
             return super().start(delivery)  # the store asynctask_state names
         message = delivery.receipt
         if not isinstance(message, Message) or message.raw not in self._held:
-            return "run"
-        if message.raw == self._started:
-            self._started = None
             return "run"
         verdict = self._send("start", message.raw)
         text = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
@@ -422,14 +408,14 @@ class RedisConsumer(Consumer):
             return "cancelled" if text == "cancelled" else "expired"
         return "run"
 
-    def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
-        """Done: the task is removed (``succeeded``, with its result) with this
-        consumer's next call to Redis."""
+    def ack(self, delivery: Delivery, result_json: str | None = None) -> bool | None:
+        """Done: the task is removed (``succeeded``, with its result, unless it was
+        cancelled meanwhile) with this consumer's next call to Redis: whether it was
+        cancelled is not known here (None)."""
         raw = self._unhold(delivery)
         if raw is not None:
-            if raw == self._started:
-                self._started = None
             self._acks += [raw, (result_json or "") if self.fused else ""]
+        return None
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Back to the queue after ``delay`` seconds, one more attempt counted."""

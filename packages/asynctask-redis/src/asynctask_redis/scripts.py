@@ -230,30 +230,17 @@ local function ack_all(proc, from, n, tracking, ttl_ms)
   end
 end
 
--- Move up to ``want`` tasks into ``proc``. With tracking, the first is started at once
--- (the consumer hands it out now; the others wait in its buffer for their own start),
--- and a cancelled or expired one met first is dropped on the way, never run.
--- Returns the messages and whether the first was started.
-local function take(proc, want, tracking, ttl_ms)
-  local got, started, now = {}, 0, nil
+-- Move up to ``want`` tasks into ``proc``, the most urgent first. (Not started: a
+-- task is ``running`` once the worker's ``start`` says so, and a cancel in between
+-- still keeps it from running.)
+local function take(proc, want)
+  local got = {}
   while #got < want do
     local m = move_next(proc)
     if not m then break end
-    if #got == 0 and tracking then
-      local id, n = envelope_head(m)
-      if id then
-        now = now or now_ms()
-        if start_task(id, tonumber(n) + 1, now, ttl_ms) == 'run' then
-          started = 1
-        else
-          redis.call('RPOP', proc)
-          m = nil
-        end
-      end
-    end
-    if m then got[#got + 1] = m end
+    got[#got + 1] = m
   end
-  return got, started
+  return got
 end
 """
 
@@ -401,8 +388,7 @@ _script = with_prelude
 #: (1 register, 2 register and resync), tracking (1/0), status ttl_ms, n_acks, acks
 #: (pairs: message, result JSON or '')..., held... (with resync). Acknowledges,
 #: maintains, then moves up to ``want`` ready tasks to the consumer's processing list
-#: (see ``take``). Registering also says whether the queue's worker tracks statuses.
-#: Returns {wait_ms or -1, first started (1/0), message...}.
+#: (see ``take``). Returns {wait_ms or -1, message...}.
 TAKE = _script(
     "take",
     r"""
@@ -420,7 +406,6 @@ if flags >= 1 then
     redis.call('SET', heartbeat(cid), '1', 'PX', ARGV[6])
   end
   redis.call('SADD', known, queue)
-  if tracking then redis.call('DEL', untracked) else redis.call('SET', untracked, '1') end
 end
 if flags >= 2 then
   -- after a lost reply: keep what the consumer handed out, give back the rest
@@ -441,8 +426,8 @@ if flags >= 2 then
   for i = #back, 1, -1 do give_back(back[i]) end
 end
 local wait = maintain(cid, ARGV[5])
-local got, started = take(proc, want, tracking, ttl_ms)
-local out = {wait or -1, started}
+local got = take(proc, want)
+local out = {wait or -1}
 for _, m in ipairs(got) do out[#out + 1] = m end
 return out
 """,
@@ -452,7 +437,7 @@ return out
 #: (a message the consumer moved from the ready list while urgent tasks wait, or ''),
 #: n_acks, acks (pairs)... The hot path between TAKEs: acks and moves, no maintenance.
 #: The SADD keeps a consumer that was wrongly found dead (its heartbeat late) findable
-#: from its first new task on. Returns {first started (1/0), message...}.
+#: from its first new task on. Returns the messages.
 NEXT = Script(
     "next",
     _KEYS
@@ -464,11 +449,9 @@ if ARGV[7] ~= '' and redis.call('LREM', proc, -1, ARGV[7]) == 1 then
   redis.call('LPUSH', ready, ARGV[7])  -- back where it was: the urgent go first
 end
 ack_all(proc, 9, tonumber(ARGV[8]), tracking, ttl_ms)
-local got, started = take(proc, tonumber(ARGV[4]), tracking, ttl_ms)
+local got = take(proc, tonumber(ARGV[4]))
 if #got > 0 then redis.call('SADD', consumers, cid) end
-local out = {started}
-for _, m in ipairs(got) do out[#out + 1] = m end
-return out
+return got
 """,
 )
 
@@ -613,9 +596,10 @@ return {ready_n, redis.call('ZCARD', delayed),
 #: recorded here, 0: kept elsewhere), expires_ms (or ''), unique key (or ''),
 #: envelope... Stores tasks in order: ready (by priority, from the envelope's header
 #: ``asynctask-priority``) or delayed, each with its status (``queued``/``delayed``)
-#: and its id's pointer. The key ``P:Q:put:<first id>`` (kept guard_ms, longer than any
-#: retry of the submit) makes a submit retried after a lost reply write nothing the
-#: second time. Returns {1} stored, {0} such a retry, {2, id} the unique key is held by
+#: and its id's pointer (on a queue whose workers keep no status, expiring after
+#: ttl_ms: nothing else would end it). The key ``P:Q:put:<first id>`` (kept guard_ms,
+#: longer than any retry of the submit) makes a submit retried after a lost reply write
+#: nothing the second time. Returns {1} stored, {0} such a retry, {2, id} the unique key is held by
 #: that task (nothing written), {3} the queue's worker keeps no status and expires or a
 #: unique key needs one (nothing written).
 PUT = _script(
@@ -639,10 +623,11 @@ if here then
   local state = delay > 0 and 'delayed' or 'queued'
   for i = 10, #ARGV do
     local id = envelope_head(ARGV[i])
-    if tracked then
-      record(id, state, now, expires, unique)
-    else  -- kept only so that status(id) can name the queue's setting
-      redis.call('SET', pointer(id), queue, 'PX', ttl_ms)
+    record(id, state, now, expires, unique)
+    if not tracked then
+      -- its workers will write nothing more: Redis forgets it after the ttl
+      redis.call('PEXPIRE', task_key(id), ttl_ms)
+      redis.call('PEXPIRE', pointer(id), ttl_ms)
     end
   end
 end

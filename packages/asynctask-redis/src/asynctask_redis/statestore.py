@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from asynctask.status import (
@@ -117,6 +117,7 @@ class RedisStateStore(StateStore):
     def __init__(self, transport: RedisTransport) -> None:
         self.transport = transport
         self.status_ttl = transport.status_ttl
+        self.fallback_poll = 5.0
 
     def __repr__(self) -> str:
         return f"RedisStateStore({self.transport!r})"
@@ -169,6 +170,23 @@ class RedisStateStore(StateStore):
             result_json or "",
         )
 
+    def set_tracking(self, queue: str, tracked: bool) -> None:
+        """``P:Q:untracked`` exists while the queue's workers keep no status; a submit
+        then records ``queued`` expiring after the ttl (nothing else would end it) and
+        refuses ``expires`` and ``unique_key``, which need a worker that keeps one."""
+        t = self.transport
+        key = t.key(queue, "untracked")
+        t.execute(call, *(("DEL", key) if tracked else ("SET", key, "1")))
+
+    def untracked(self, queues: Collection[str]) -> set[str]:
+        """Which of ``queues`` have workers with ``track_status = False``."""
+        names = sorted(queues)
+        if not names:
+            return set()
+        t = self.transport
+        found = t.execute(pipeline, [("EXISTS", t.key(q, "untracked")) for q in names])
+        return {q for q, there in zip(names, found, strict=True) if there}
+
     # -- reading, waiting, cancelling ---------------------------------------------------
 
     def _queues(self, ids: Sequence[str]) -> list[str | None]:
@@ -218,8 +236,9 @@ class RedisStateStore(StateStore):
         script that makes it final (at most until it would expire unstarted)."""
         t = self.transport
         deadline = None if timeout is None else time.monotonic() + timeout
-        # a blocking read must end before the socket's reply timeout
-        longest = max(0.5, float(t.options["socket_timeout"]) - 1)
+        # re-read every fallback_poll (a lost signal); a blocking read must end before
+        # the socket's reply timeout
+        longest = max(0.05, min(self.fallback_poll, float(t.options["socket_timeout"]) - 1))
         while True:
             found, expires_in = t._call(self._read, [task_id])[0]
             if found is None or found.final:

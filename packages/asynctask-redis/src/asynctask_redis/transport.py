@@ -121,6 +121,9 @@ class RedisTransport(Transport):
         #: (queue, consumer id, pending acks) of owned consumers whose close could not
         #: reach Redis: their tasks would stay theirs while their owner lives
         self.leftovers: list[tuple[str, str, list[bytes | str]]] = []
+        #: the generic side of the statuses its scripts write (one object, so that its
+        #: ``fallback_poll`` can be set)
+        self._statuses = RedisStateStore(self)
 
     def accepts_driver_option(self, name: str) -> bool:
         """``db``, TLS and socket settings go on to redis-py."""
@@ -197,7 +200,7 @@ class RedisTransport(Transport):
         # nothing. A unique key held by a task that is not final writes nothing at all.
         guard_ms = int((self.retry_timeout + 5) * 1000)
         delay_ms = f"{delay * 1000:.3f}" if delay > 0 else "0"
-        own = self.keeps_own_state
+        own = self.own_state
         expires = "" if options.expires is None or not own else f"{options.expires * 1000:.0f}"
         unique = (options.unique_key or "") if own else ""
         reply = self._script(
@@ -233,17 +236,12 @@ class RedisTransport(Transport):
         return found
 
     @property
-    def keeps_own_state(self) -> bool:
-        """Whether task statuses live here (not in the store ``asynctask_state`` names)."""
-        return self.state_uri is None or self.state_uri == self.uri
-
-    @property
     def status_ttl_ms(self) -> int:
         """``asynctask_status_ttl`` in ms, as the scripts take it."""
         return max(1, int(self.status_ttl * 1000))
 
     def _state_store(self) -> StateStore | None:
-        return RedisStateStore(self)
+        return self._statuses
 
     def _take(self, queue: str) -> Payload | None:
         while True:
