@@ -131,6 +131,9 @@ class RedisConsumer(Consumer):
         self._held: Counter[bytes] = Counter()  # handed out, not yet settled
         self._held_count = 0
         self._acks: list[bytes | str] = []  # acked, not yet sent: (message, result) pairs
+        #: acked and removed by a plain move, their ``succeeded`` (and result) not yet
+        #: written: sent with the next script (``start``, mostly)
+        self._results: list[bytes | str] = []
         self._maintain_at = 0.0  # when the TAKE script must run again
 
     def __repr__(self) -> str:
@@ -223,7 +226,7 @@ class RedisConsumer(Consumer):
             return 0.0
         flags = 2 if self._resync else 0 if self.registered else 1
         held = list(self._held.elements()) if self._resync else []
-        acks = self._acks
+        acks = self._pending()
         reply = self._run(
             scripts.TAKE,
             self._want(),
@@ -237,7 +240,7 @@ class RedisConsumer(Consumer):
             *held,
             resync=True,
         )
-        self._acks = []
+        self._sent()
         self.registered, self._resync = True, False
         self._buffer.extend(reply[1:])
         wait = None if reply[0] < 0 else reply[0] / 1000
@@ -250,26 +253,39 @@ class RedisConsumer(Consumer):
         # prefetch bounds what is taken at once; a caller holding more still gets one
         return max(1, self.prefetch - self._held_count)
 
+    def _pending(self) -> list[bytes | str]:
+        """The acks (message, result pairs) a script sends now: those not sent yet and
+        those whose status a plain move left to write (removing them again is a no-op).
+        The caller clears them once the script ran (``_sent``)."""
+        return self._results + self._acks
+
+    def _sent(self) -> None:
+        self._acks, self._results = [], []
+
     def _next(self, conn: Any) -> bool:
         """Acks and non-blocking moves in one round trip; whether anything came."""
         t, acks, want = self._host, self._acks, self._want()
         give_back: bytes | str = ""
-        if not self.fused and want == 1 and len(acks) <= 2 and NUDGE not in acks:
+        if want == 1 and len(acks) <= 2 and NUDGE not in acks:
             # Plain commands cost Redis a fifth of the script (9 us a task against 45,
-            # server time, INFO commandstats): without tracking, take this way, and run
-            # the script only when urgent tasks wait (it takes those first).
+            # server time, INFO commandstats): take this way, and run the script only
+            # when urgent tasks wait (it takes those first). With tracking, the ack's
+            # status write goes with the next script: the start of the task taken now.
             proc = self.processing_key
             commands: list[tuple[Any, ...]] = [("LREM", proc, 1, raw) for raw in acks[::2]]
             commands.append(("LMOVE", t.ready_key(self.queue), proc, "LEFT", "RIGHT"))
             commands.append(("SADD", self.consumers_key, self.id))  # see scripts.NEXT
             commands.append(("EXISTS", t.key(self.queue, "urgent")))
             replies = pipeline(conn, commands)
+            if self.fused:
+                self._results += acks
             self._acks = acks = []
             moved, urgent = replies[-3], replies[-1]
             if not urgent:
                 self._buffer.extend([] if moved is None else [moved])
                 return moved is not None
             give_back = moved or ""
+        acks = self._results + acks
         reply = run(
             conn,
             scripts.NEXT,
@@ -283,7 +299,7 @@ class RedisConsumer(Consumer):
             len(acks) // 2,
             *acks,
         )
-        self._acks = []
+        self._sent()
         self._buffer.extend(reply)
         return bool(reply)
 
@@ -334,7 +350,7 @@ class RedisConsumer(Consumer):
     ) -> list[Any]:
         """The arguments of SETTLE after the consumer id, with the pending acks."""
         fused = "1" if self.fused else "0"
-        acks = self._acks
+        acks = self._pending()
         ttl = self._host.status_ttl_ms
         return [op, raw, argument, delay_ms, fused, ttl, error, len(acks) // 2, *acks]
 
@@ -348,7 +364,7 @@ class RedisConsumer(Consumer):
             return self._run(scripts.SETTLE, *args)
 
         done = self.transport._call(self._once_more, step)
-        self._acks = []
+        self._sent()
         return done
 
     def _hold(self, raw: bytes) -> None:
@@ -401,7 +417,13 @@ class RedisConsumer(Consumer):
         message = delivery.receipt
         if not isinstance(message, Message) or message.raw not in self._held:
             return "run"
-        verdict = self._send("start", message.raw)
+        t, acks = self._host, self._pending()
+
+        def step() -> Any:  # safe to run again: a second start finds it running
+            return self._run(scripts.START, message.raw, t.status_ttl_ms, len(acks) // 2, *acks)
+
+        verdict = self.transport._call(self._once_more, step)
+        self._sent()
         text = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
         if text in ("cancelled", "expired"):
             self._unhold(delivery)
@@ -446,7 +468,7 @@ class RedisConsumer(Consumer):
         self._held.clear()
         self._held_count = 0
         try:
-            if self.registered or self._acks:
+            if self.registered or self._acks or self._results:
                 if self.transport.closed:
                     self._run(scripts.SETTLE, *self._settle_args("close", b"", "", "0", ""))
                 else:
@@ -455,7 +477,7 @@ class RedisConsumer(Consumer):
             if self.owned:
                 # Its owner lives on (the supervisor beats for it): nobody would recover
                 # these, so the transport's next consumer to reach Redis hands them back.
-                self._host.leftovers.append((self.queue, self.id, list(self._acks)))
+                self._host.leftovers.append((self.queue, self.id, self._pending()))
                 when = "when Redis answers again"
             else:
                 when = f"within {self.transport.features.recovery_seconds:g} s"

@@ -455,14 +455,33 @@ return got
 """,
 )
 
+#: ARGV: prefix, queue, consumer id, message, status ttl_ms, n_acks, acks (pairs)...
+#: The worker is about to run a task it holds: ``running``, or dropped from its list
+#: when it was cancelled or has expired. Carries the acks (and their results) the
+#: consumer's last move left to send. Returns 'run', 'cancelled' or 'expired'.
+#: (No maintenance prelude: this runs once a task, beside the move.)
+START = Script(
+    "start",
+    _KEYS
+    + _STATUS
+    + r"""
+local proc, m, ttl_ms = processing(ARGV[3]), ARGV[4], ARGV[5]
+ack_all(proc, 7, tonumber(ARGV[6]), true, ttl_ms)
+local id, n = envelope_head(m)
+if not id then return 'run' end
+local verdict = start_task(id, tonumber(n) + 1, now_ms(), ttl_ms)
+if verdict ~= 'run' then redis.call('LREM', proc, 1, m) end
+return verdict
+""",
+)
+
 #: ARGV: prefix, queue, consumer id, op, message, argument, delay_ms, tracking (1/0),
 #: status ttl_ms, error, n_acks, acks (pairs)... Acknowledges, then settles one message
 #: of the consumer's processing list: retry (argument = new envelope), fail (argument =
-#: failed record), release, canon (argument = canonical envelope), start (the status
-#: check of a task taken ahead), ack (nothing more) or close (everything back).
-#: A task cancelled meanwhile is dropped by retry and fail (never retried, not failed).
-#: Returns 1, or 0 when the message was no longer held (recovered by another consumer);
-#: for start, 'run', 'cancelled' or 'expired' (then it is gone from the list).
+#: failed record), release, canon (argument = canonical envelope), ack (nothing more)
+#: or close (everything back). A task cancelled meanwhile is dropped by retry and fail
+#: (never retried, not failed). Returns 1, or 0 when the message was no longer held
+#: (recovered by another consumer).
 SETTLE = _script(
     "settle",
     r"""
@@ -478,13 +497,6 @@ if op == 'close' then
   return 1
 end
 if op == 'ack' then return 1 end
-if op == 'start' then
-  local id, n = envelope_head(m)
-  if not id then return 'run' end
-  local verdict = start_task(id, tonumber(n) + 1, now_ms(), ttl_ms)
-  if verdict ~= 'run' then redis.call('LREM', proc, 1, m) end
-  return verdict
-end
 if redis.call('LREM', proc, 1, m) == 0 then return 0 end
 if (op == 'retry' or op == 'fail') and tracking and cancelled(m) then return 1 end
 local id, n = envelope_head(m)
