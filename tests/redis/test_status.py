@@ -59,10 +59,10 @@ def test_a_task_goes_queued_running_succeeded_with_its_result(transport, queue, 
     st = transport.status(tid)
     assert st is not None and (st.state, st.attempts, st.queue) == ("queued", 0, queue)
     assert st.submitted_at is not None and abs(st.submitted_at - time.time()) < 5
-    # When a worker reserves it: still queued; once it starts it: running
+    # When a worker reserves it to start it now: the move marks it running
     consumer = transport.consumer(queue)
     delivery = take(consumer)
-    assert client.hget(task_key(transport, queue, tid), "state") == b"queued"
+    assert client.hget(task_key(transport, queue, tid), "state") == b"running"
     assert consumer.start(delivery) == "run"
     st = transport.status(tid)
     assert (st.state, st.attempts) == ("running", 1) and st.started_at is not None
@@ -110,10 +110,9 @@ def test_a_cancelled_waiting_task_never_runs(transport, queue):
     assert transport.cancel(first) is False  # final already
     assert transport.status(first).state == "cancelled"
     consumer = transport.consumer(queue)
-    doomed = take(consumer)
-    assert doomed.id == first and consumer.start(doomed) == "cancelled"  # dropped
     delivery = take(consumer)
-    assert delivery.id == second and consumer.start(delivery) == "run"
+    assert delivery.id == second  # the cancelled one was dropped on the way
+    assert consumer.start(delivery) == "run"
     consumer.ack(delivery)
     assert consumer.reserve(timeout=0) is None
     assert transport.status(first).state == "cancelled"
@@ -168,10 +167,9 @@ def test_a_task_past_expires_reads_expired_and_never_runs(transport, queue, clie
     st = transport.status(tid)
     assert st.state == "expired" and st.final  # read so before any worker meets it
     consumer = transport.consumer(queue)
-    stale = take(consumer)
-    assert stale.id == tid and consumer.start(stale) == "expired"
     delivery = take(consumer)
-    assert delivery.id == keep and consumer.start(delivery) == "run"
+    assert delivery.id == keep  # the expired one was dropped on the way
+    assert consumer.start(delivery) == "run"
     consumer.ack(delivery)
     assert consumer.reserve(timeout=0) is None
     assert transport.status(tid).state == "expired"
@@ -435,3 +433,21 @@ def test_the_storage_is_what_the_readme_says(transport, queue, client):
     (member,) = client.zrange(f"{p}:{queue}:urgent", 0, -1)
     assert b'"asynctask-priority":"2"' in member
     assert isinstance(redis.Redis, type)
+
+
+def test_a_cancel_between_reserve_and_start_is_seen_by_start(transport, queue):
+    # Given a task the move marked running (the one the consumer hands out now)
+    tid = transport.submit_task(queue, {})
+    other = transport.submit_task(queue, {})
+    consumer = transport.consumer(queue)
+    consumer.ack(take(consumer))  # times the connection's round trip
+    delivery = take(consumer)
+    assert delivery.id == other or delivery.id == tid
+    # When it is cancelled before the start (two round trips: always outside the
+    # window in which start trusts the move)
+    assert transport.cancel(delivery.id) is True
+    # Then start says so, and it is gone
+    assert consumer.start(delivery) == "cancelled"
+    assert consumer.reserve(timeout=0) is None
+    assert transport.queue_stats(queue).in_flight == 0
+    consumer.close()

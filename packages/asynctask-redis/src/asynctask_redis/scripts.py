@@ -230,17 +230,30 @@ local function ack_all(proc, from, n, tracking, ttl_ms)
   end
 end
 
--- Move up to ``want`` tasks into ``proc``, the most urgent first. (Not started: a
--- task is ``running`` once the worker's ``start`` says so, and a cancel in between
--- still keeps it from running.)
-local function take(proc, want)
-  local got = {}
+-- Move up to ``want`` tasks into ``proc``, the most urgent first. With tracking, the
+-- first (the one the consumer hands out now; the others wait in its buffer for their
+-- own start) is checked and marked ``running`` here, so that the worker's ``start``
+-- right after costs no round trip; a cancelled or expired one is dropped on the way.
+-- Returns the messages and whether the first was marked.
+local function take(proc, want, tracking, ttl_ms)
+  local got, started = {}, 0
   while #got < want do
     local m = move_next(proc)
     if not m then break end
-    got[#got + 1] = m
+    if #got == 0 and tracking then
+      local id, n = envelope_head(m)
+      if id then
+        if start_task(id, tonumber(n) + 1, now_ms(), ttl_ms) == 'run' then
+          started = 1
+        else
+          redis.call('RPOP', proc)
+          m = nil
+        end
+      end
+    end
+    if m then got[#got + 1] = m end
   end
-  return got
+  return got, started
 end
 """
 
@@ -388,7 +401,7 @@ _script = with_prelude
 #: (1 register, 2 register and resync), tracking (1/0), status ttl_ms, n_acks, acks
 #: (pairs: message, result JSON or '')..., held... (with resync). Acknowledges,
 #: maintains, then moves up to ``want`` ready tasks to the consumer's processing list
-#: (see ``take``). Returns {wait_ms or -1, message...}.
+#: (see ``take``). Returns {wait_ms or -1, first marked running (1/0), message...}.
 TAKE = _script(
     "take",
     r"""
@@ -426,8 +439,8 @@ if flags >= 2 then
   for i = #back, 1, -1 do give_back(back[i]) end
 end
 local wait = maintain(cid, ARGV[5])
-local got = take(proc, want)
-local out = {wait or -1}
+local got, started = take(proc, want, tracking, ttl_ms)
+local out = {wait or -1, started}
 for _, m in ipairs(got) do out[#out + 1] = m end
 return out
 """,
@@ -437,7 +450,7 @@ return out
 #: (a message the consumer moved from the ready list while urgent tasks wait, or ''),
 #: n_acks, acks (pairs)... The hot path between TAKEs: acks and moves, no maintenance.
 #: The SADD keeps a consumer that was wrongly found dead (its heartbeat late) findable
-#: from its first new task on. Returns the messages.
+#: from its first new task on. Returns {first marked running (1/0), message...}.
 NEXT = Script(
     "next",
     _KEYS
@@ -449,16 +462,18 @@ if ARGV[7] ~= '' and redis.call('LREM', proc, -1, ARGV[7]) == 1 then
   redis.call('LPUSH', ready, ARGV[7])  -- back where it was: the urgent go first
 end
 ack_all(proc, 9, tonumber(ARGV[8]), tracking, ttl_ms)
-local got = take(proc, tonumber(ARGV[4]))
+local got, started = take(proc, tonumber(ARGV[4]), tracking, ttl_ms)
 if #got > 0 then redis.call('SADD', consumers, cid) end
-return got
+local out = {started}
+for _, m in ipairs(got) do out[#out + 1] = m end
+return out
 """,
 )
 
 #: ARGV: prefix, queue, consumer id, message, status ttl_ms, n_acks, acks (pairs)...
 #: The worker is about to run a task it holds: ``running``, or dropped from its list
-#: when it was cancelled or has expired. Carries the acks (and their results) the
-#: consumer's last move left to send. Returns 'run', 'cancelled' or 'expired'.
+#: when it was cancelled or has expired. Carries the pending acks (and their results).
+#: Returns 'run', 'cancelled' or 'expired'.
 #: (No maintenance prelude: this runs once a task, beside the move.)
 START = Script(
     "start",
