@@ -31,7 +31,12 @@ from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
 from asynctask import events, signing
-from asynctask.errors import InvalidTaskError, TransportClosed, TransportUnavailable
+from asynctask.errors import (
+    InvalidTaskError,
+    NotSupportedError,
+    TransportClosed,
+    TransportUnavailable,
+)
 from asynctask.liveness import Liveness, NoLiveness, check_owner
 from asynctask.outage import OutageReport
 from asynctask.status import (
@@ -100,6 +105,19 @@ class FailedTask:
     attempts: int
     submitted_at: float | None
     failed_at: float
+
+
+@dataclass(frozen=True)
+class WaitingTask:
+    """A ready task as ``peek`` reads it: still in the queue, untouched."""
+
+    id: str
+    queue: str
+    payload: Payload | None  # None when the message cannot be decoded
+    raw: str | None  # the undecodable text, else None
+    #: earlier attempts that ended without success (0 for a task never delivered)
+    attempts: int
+    submitted_at: float | None  # None where the backend does not know (a foreign task)
 
 
 @dataclass
@@ -369,6 +387,15 @@ class Transport(ABC):
         """Submit time of the oldest ready task; override where the backend can tell."""
         return None
 
+    def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
+        """The first ``limit`` ready tasks in the order they would be taken, read without
+        taking, changing or moving any (an undecodable one is listed with its text).
+        Override where the backend can; ``can_peek`` tells whether a transport did."""
+        raise NotSupportedError(
+            f"{self!r} cannot list waiting tasks without taking them (peek); "
+            "queue_stats() gives their counts"
+        )
+
     @abstractmethod
     def _consumer(self, queue: str, prefetch: int) -> Consumer:
         """A new consumer of ``queue``."""
@@ -601,6 +628,25 @@ class Transport(ABC):
         task (AMQP). ``asynctask top`` shows its age.
         """
         return self._call(self._oldest_ready, check_queue_name(queue_name))
+
+    def peek(self, queue_name: str, limit: int = 100) -> list[WaitingTask]:
+        """The first ``limit`` ready tasks, head first, read without taking them.
+
+        Delayed, retrying, in-flight and failed tasks are not listed. Raises
+        ``NotSupportedError`` on a backend that cannot read a queue without taking from
+        it (AMQP; see ``can_peek``).
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidTaskError(f"limit must be an int >= 0, got {limit!r}")
+        queue = check_queue_name(queue_name)
+        if limit == 0 and self.can_peek:
+            return []
+        return self._call(self._peek, queue, limit)
+
+    @property
+    def can_peek(self) -> bool:
+        """Whether ``peek`` lists waiting tasks here (the transport implements ``_peek``)."""
+        return type(self)._peek is not Transport._peek
 
     def purge(self, queue_name: str) -> int:
         """Delete every task of a queue that is not in flight or failed; return how many."""

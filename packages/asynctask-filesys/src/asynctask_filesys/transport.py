@@ -27,6 +27,7 @@ Storage
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import os
 import threading
@@ -45,6 +46,7 @@ from asynctask.transport import (
     PutProgress,
     QueueStats,
     TransportFeatures,
+    WaitingTask,
 )
 from asynctask.uri import Option, boolean, positive_float
 from asynctask.validation import Payload, decode_message, is_valid_queue_name
@@ -265,6 +267,32 @@ class FilesysTransport(FilesysBase):
             return os.stat(os.path.join(folder, head)).st_mtime  # a foreign file's
         except FileNotFoundError:
             return None
+
+    @os_errors
+    def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
+        # The smallest names first, as takers take them; read as hostile, moved nowhere.
+        folder = self.paths(queue).ready
+        found = []
+        for name in heapq.nsmallest(limit, task_names(folder)):
+            with contextlib.suppress(FileNotFoundError):  # taken meanwhile
+                found.append(self._read_waiting(queue, os.path.join(folder, name), name))
+        return found
+
+    def _read_waiting(self, queue: str, path: str, name: str) -> WaitingTask:
+        task = TaskName.parse(name)
+        payload: Payload | None = None
+        raw: str | None = None
+        try:
+            data, mtime = read_task_file(path, self.max_payload_bytes)
+        except NotATaskFile as exc:
+            data, mtime, raw = b"", os.lstat(path).st_mtime, f"({exc})"
+        if raw is None:
+            try:
+                payload = unwrap(self.decode(data))[0]
+            except ValueError:  # UndecodableMessage: listed as its text
+                raw = data.decode("utf-8", errors="replace")
+        submitted = mtime if task.stamp is None else task.stamp / 1e9
+        return WaitingTask(task.id, queue, payload, raw, task.attempts, submitted)
 
     @os_errors
     def _queue_names(self) -> list[str]:

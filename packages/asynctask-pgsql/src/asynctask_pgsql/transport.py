@@ -51,6 +51,7 @@ from asynctask.transport import (
     QueueStats,
     Transport,
     TransportFeatures,
+    WaitingTask,
 )
 from asynctask.uri import Option, positive_float, positive_int
 from asynctask.validation import Payload, decode_message
@@ -343,6 +344,29 @@ class PgsqlTransport(Transport):
     def _oldest_ready(self, queue: str) -> float | None:
         rows = self._query(self.sql.oldest_ready, (queue,))
         return None if not rows else rows[0][0]
+
+    def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
+        if not self._stored():
+            return []
+        rows = self._query(self.sql.peek, (queue, limit))
+        return [self._waiting(queue, *row) for row in rows]
+
+    def _waiting(
+        self,
+        queue: str,
+        task_id: uuid.UUID,
+        payload_json: str,
+        text: str | None,
+        attempts: int,
+        submitted: float | None,
+    ) -> WaitingTask:
+        raw = payload_json if text is None else text
+        try:
+            payload: Payload | None = self.decode(raw)
+            raw_kept = None
+        except ValueError:  # UndecodableMessage: listed as its text
+            payload, raw_kept = None, raw
+        return WaitingTask(task_id.hex, queue, payload, raw_kept, max(attempts, 0), submitted)
 
     def _queue_names(self) -> list[str]:
         if not self._stored():

@@ -54,6 +54,7 @@ from asynctask.transport import (
     QueueStats,
     Transport,
     TransportFeatures,
+    WaitingTask,
 )
 from asynctask.validation import Payload
 from asynctask_redis import scripts
@@ -272,6 +273,25 @@ class RedisTransport(Transport):
             return read_message(head).submitted_at  # None for a foreign producer's task
         except ValueError:
             return None
+
+    def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
+        if limit <= 0:
+            return []
+        raws = self.execute(call, "LRANGE", self.ready_key(queue), 0, limit - 1)
+        found = []
+        for raw in raws:
+            try:
+                message = read_message(raw, self.max_payload_bytes)
+            except ValueError:  # listed as its text; the next taker moves it to failed
+                text = raw.decode("utf-8", errors="replace")
+                found.append(WaitingTask("", queue, None, text, 0, None))
+                continue
+            found.append(
+                WaitingTask(
+                    message.id, queue, message.payload, None, message.attempts, message.submitted_at
+                )
+            )
+        return found
 
     def _queue_names(self) -> list[str]:
         return [name.decode() for name in self._script(scripts.QUEUES, "")]

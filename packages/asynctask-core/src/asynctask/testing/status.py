@@ -444,6 +444,10 @@ class StatusContract:
                 transport.submit_task(queue, {"p": priority}, priority=priority)
             )
         expected[5] += transport.submit_tasks(queue, [{"p": 5}, {"p": 5}], priority=5)
+        # (peek lists them in the order they will be taken)
+        if transport.can_peek:
+            peeked = [w.id for w in transport.peek(queue)]
+            assert peeked == expected[9] + expected[5] + expected[0]
         # When a consumer takes them all
         taken: list[str] = []
         with transport.consumer(queue) as consumer:
