@@ -122,7 +122,7 @@ def test_a_cancelled_waiting_task_never_runs(transport, queue):
 
 def test_a_task_taken_ahead_is_checked_when_it_starts(transport, queue):
     # Given a consumer holding two tasks (prefetch 2), the second cancelled meanwhile
-    first, second = transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+    _first, second = transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
     consumer = transport.consumer(queue, prefetch=2)
     one = take(consumer)
     assert transport.status(second).state == "queued"  # prefetched, not started

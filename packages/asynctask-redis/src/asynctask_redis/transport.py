@@ -59,7 +59,7 @@ from asynctask.transport import (
 from asynctask.validation import Payload
 from asynctask_redis import scripts
 from asynctask_redis.connection import DRIVER_OPTIONS, OPTIONS, Server, call, pipeline, run
-from asynctask_redis.consumer import RedisConsumer
+from asynctask_redis.consumer import NUDGE, RedisConsumer
 from asynctask_redis.keeper import RedisLiveness
 from asynctask_redis.messages import (
     envelope,
@@ -277,7 +277,16 @@ class RedisTransport(Transport):
     def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
         if limit <= 0:
             return []
-        raws = self.execute(call, "LRANGE", self.ready_key(queue), 0, limit - 1)
+        # in the order reserve takes them: the urgent first (highest priority, FIFO
+        # within), then the ready list, less the nudges it may hold (not tasks)
+        urgent, ready = self.execute(
+            pipeline,
+            [
+                ("ZRANGE", self.key(queue, "urgent"), 0, limit - 1),
+                ("LRANGE", self.ready_key(queue), 0, limit),
+            ],
+        )
+        raws = [*urgent, *(raw for raw in ready if raw != NUDGE)][:limit]
         found = []
         for raw in raws:
             try:
