@@ -35,7 +35,7 @@ def drain(uri: str, tasks: int, tracking: bool) -> float:
             transport.submit_tasks(queue, [{"n": n} for n in range(i, min(i + 1000, tasks))])
         consumer = transport.consumer(queue)
         if not tracking:
-            consumer.tracking = False  # type: ignore[attr-defined]
+            consumer.tracking = False
         done = 0
         started = time.perf_counter()
         while done < tasks:
