@@ -45,6 +45,7 @@ local function processing(cid) return base .. 'processing:' .. cid end
 local function heartbeat(cid) return base .. 'heartbeat:' .. cid end
 local function task_key(id) return base .. 'task:' .. id end
 local function done_key(id) return base .. 'done:' .. id end
+local function waiting_key(id) return base .. 'waiting:' .. id end
 local function unique_key(k) return base .. 'unique:' .. k end
 -- The id -> queue pointer lives outside the queue's keys: status(id) does not know the
 -- queue. (A cluster variant writes it with a command of its own, not in a script.)
@@ -121,17 +122,20 @@ _STATUS = r"""
 local FINAL = {succeeded = true, failed = true, cancelled = true, expired = true}
 local function stamp(ms) return string.format('%.3f', ms / 1000) end
 
--- The task is final: its fields, the signal for waiters, its unique key freed. It is
--- forgotten ``ttl_ms`` later; a failed one lives as long as its failed record.
+-- The task is final: its fields, the signal for waiters (only when one waits: they
+-- mark ``waiting:<id>`` first), its unique key freed. It is forgotten ``ttl_ms`` later;
+-- a failed one lives as long as its failed record.
 local function finish_held(id, u, state, now, ttl_ms, ...)
   local key = task_key(id)
   redis.call('HSET', key, 'state', state, 'finished_at', stamp(now), ...)
   if u and redis.call('GET', unique_key(u)) == id then redis.call('DEL', unique_key(u)) end
-  local done = done_key(id)
-  redis.call('RPUSH', done, state)
+  if redis.call('EXISTS', waiting_key(id)) == 1 then
+    local done = done_key(id)
+    redis.call('RPUSH', done, state)
+    redis.call('PEXPIRE', done, ttl_ms)
+  end
   if state ~= 'failed' then
     redis.call('PEXPIRE', key, ttl_ms)
-    redis.call('PEXPIRE', done, ttl_ms)
     redis.call('PEXPIRE', pointer(id), ttl_ms)
   end
 end

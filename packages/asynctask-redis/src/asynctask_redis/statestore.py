@@ -239,6 +239,7 @@ class RedisStateStore(StateStore):
         # re-read every fallback_poll (a lost signal); a blocking read must end before
         # the socket's reply timeout
         longest = max(0.05, min(self.fallback_poll, float(t.options["socket_timeout"]) - 1))
+        marked_until = 0.0
         while True:
             found, expires_in = t._call(self._read, [task_id])[0]
             if found is None or found.final:
@@ -249,6 +250,15 @@ class RedisStateStore(StateStore):
                 if remaining <= 0:
                     raise TimeoutError(f"task {task_id} is still {found.state} after {timeout:g} s")
                 block = min(block, remaining)
+            if time.monotonic() + block > marked_until:
+                # Say a waiter is here (the final write pushes the signal only then),
+                # then read again: a state reached before the mark was seen by no one.
+                ms = int((block + 5) * 1000)
+                mark = t.key(found.queue, f"waiting:{task_id}")
+                commands = [("SET", mark, "1", "NX", "PX", ms), ("PEXPIRE", mark, ms, "GT")]
+                t._call(t.execute, pipeline, commands)
+                marked_until = time.monotonic() + block + 4
+                continue
             done = t.key(found.queue, f"done:{task_id}")
             t._call(
                 t.execute, call, "BLMOVE", done, done, "RIGHT", "LEFT", f"{max(block, 0.001):.3f}"
