@@ -6,6 +6,9 @@ Each script is one ``EVALSHA`` with no declared keys: ``ARGV[1]`` is the key pre
 not a cluster). Times are the server's clock (``TIME``), so producers and consumers on
 hosts with skewed clocks agree on when a delayed task is due.
 
+The task statuses (``asynctask.status``) are written by the same scripts, with the
+helpers of ``_STATUS``; ``asynctask_redis.statestore`` adds the generic calls.
+
 A dead consumer's task comes back through ``bump``: the attempt count of our envelope is
 raised by editing its fixed header as text, so the payload is never re-encoded by Lua's
 cjson (which would turn ``[]`` into ``{}`` and round large integers).

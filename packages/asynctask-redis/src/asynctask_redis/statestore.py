@@ -8,11 +8,12 @@ names this Redis (AMQP keeps its state here that way).
 
 With prefix ``P`` and queue ``Q`` a status is the hash ``P:Q:task:<id>`` (state,
 attempts, submitted_at, started_at, finished_at, error, result, expires_at in ms,
-unique), found by id through the pointer ``P:@id:<id>`` (the queue's name). A final
-state is pushed on the list ``P:Q:done:<id>``, on which ``wait`` blocks (``BLMOVE``
-from the list to itself, so every waiter wakes and the signal stays), and the three
-keys expire ``asynctask_status_ttl`` later (a failed task's when its failed record is
-purged). A unique key is held by ``P:Q:unique:<key>`` (the task's id).
+unique), found by id through the pointer ``P:@id:<id>`` (the queue's name). A waiter
+marks ``P:Q:waiting:<id>``; a final state reached while it is there is pushed on the
+list ``P:Q:done:<id>``, on which ``wait`` blocks (``BLMOVE`` from the list to itself,
+so every waiter wakes and the signal stays). The keys expire ``asynctask_status_ttl``
+after the final state (a failed task's when its failed record is requeued or purged).
+A unique key is held by ``P:Q:unique:<key>`` (the task's id).
 """
 
 from __future__ import annotations

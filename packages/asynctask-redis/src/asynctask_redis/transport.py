@@ -8,7 +8,10 @@ Features
     ``recovery_seconds`` (counted as an attempt). Promotion of due tasks, recovery,
     retry, failure and release are Lua scripts, atomic on the server, run by whichever
     consumer is waiting (no polling loop, no extra process). A task costs one round
-    trip (its ack rides with the next move); a batch submit is one ``RPUSH``.
+    trip (its ack rides with the next move); a batch submit is one ``RPUSH``. Task
+    statuses (``asynctask.status``), results, cancel, ``expires``, ``unique_key`` and
+    ``priority`` are kept beside the queue and written by the same scripts (see
+    ``asynctask_redis.statestore`` and README.md).
 URI
     As redis-py reads it (``redis.ConnectionPool.from_url``): ``redis://host``,
     ``redis://host:port``, ``redis://host:port?db=2``, ``redis://:password@host:port/2``
@@ -28,7 +31,10 @@ Storage
     ``P:Q:failed`` (list of JSON records), ``P:Q:consumers`` (set of consumer ids),
     ``P:Q:processing:<id>`` (list, what a consumer holds), ``P:Q:heartbeat:<id>``
     (expiring key), ``P:Q:recovery`` (throttles dead-consumer checks), ``P:queues`` (set
-    of queue names), ``P:claim:<key>`` (scheduler claims). See README.md.
+    of queue names), ``P:claim:<key>`` (scheduler claims). Task status:
+    ``P:Q:urgent`` (ready tasks of priority 1-9), ``P:Q:task:<id>`` (a status hash),
+    ``P:@id:<id>`` (the id's queue), ``P:Q:unique:<key>``, ``P:Q:waiting:<id>`` and
+    ``P:Q:done:<id>`` (``wait``), ``P:Q:untracked``. See README.md.
 """
 
 from __future__ import annotations
