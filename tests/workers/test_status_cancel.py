@@ -32,7 +32,7 @@ def _not_yet(name: str) -> pytest.MarkDecorator:
     params=[
         pytest.param("filesys", marks=_not_yet("filesys")),
         pytest.param("pgsql"),
-        pytest.param("redis", marks=_not_yet("redis")),
+        pytest.param("redis"),
         pytest.param("amqp", marks=_not_yet("amqp")),
     ]
 )
