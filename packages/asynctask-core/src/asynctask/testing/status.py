@@ -39,7 +39,7 @@ import pytest
 
 from asynctask.runner import LoopOptions, run_loop
 from asynctask.status import StatusNotTracked, TaskStatus
-from asynctask.testing.contract import _in_child
+from asynctask.testing.contract import open_transport
 from asynctask.testing.services import unique_queue
 from asynctask.transport import Transport
 from asynctask.validation import Payload
@@ -99,6 +99,17 @@ def _work(
     report.put(("done", None, 0))
 
 
+def _in_status_child(uri: str, state_uri: str | None, job: Callable[..., None], *args: Any) -> None:
+    """Run ``job`` on a transport of this child process, keeping its statuses where the
+    test's transport keeps them (``asynctask_state``), as a worker's settings would."""
+    transport = open_transport(uri)
+    transport.state_uri = state_uri
+    try:
+        job(transport, *args)
+    finally:
+        transport.close()
+
+
 def _submit_unique(transport: Transport, queue: str, key: str, go: Any, report: Any) -> None:
     """Say "ready"; once ``go`` is set, submit 100 tasks with one unique key; report the
     ids seen."""
@@ -139,7 +150,9 @@ class StatusContract:
             if transport.features.multiprocess:
                 ctx = multiprocessing.get_context("spawn")
                 handle: Any = ctx.Process(
-                    target=_in_child, args=(transport.uri, job, False, *args), daemon=True
+                    target=_in_status_child,
+                    args=(transport.uri, transport.state_uri, job, *args),
+                    daemon=True,
                 )
             else:
                 handle = threading.Thread(target=job, args=(transport, *args), daemon=True)
@@ -174,7 +187,11 @@ class StatusContract:
             delivery = consumer.reserve(timeout=10)
             assert delivery is not None, "no task to finish"
             assert consumer.start(delivery) == "run"
-            consumer.ack(delivery, None if result is None else _json(result))
+            result_json = None if result is None else _json(result)
+            consumer.ack(delivery, result_json)
+            store = transport.external_state()
+            if store is not None:  # as the run loop does: the outcome goes to that store
+                store.settled(queue, delivery.id, "succeeded", 1, result_json=result_json)
             return delivery.id
 
     # -- the states a task goes through ------------------------------------------------
