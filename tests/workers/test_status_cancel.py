@@ -22,12 +22,6 @@ from support import events, wait_for
 REPLACED_WITHIN = 1.0
 
 
-def _not_yet(name: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(
-        strict=True, reason=f"{name} keeps no task status yet (issue 16): remove once it does"
-    )
-
-
 @pytest.fixture(
     params=[
         pytest.param("filesys"),
