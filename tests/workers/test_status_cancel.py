@@ -22,17 +22,11 @@ from support import events, wait_for
 REPLACED_WITHIN = 1.0
 
 
-def _not_yet(name: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(
-        strict=True, reason=f"{name} keeps no task status yet (issue 16): remove once it does"
-    )
-
-
 @pytest.fixture(
     params=[
         pytest.param("filesys"),
-        pytest.param("pgsql", marks=_not_yet("pgsql")),
-        pytest.param("redis", marks=_not_yet("redis")),
+        pytest.param("pgsql"),
+        pytest.param("redis"),
         pytest.param("amqp"),
     ]
 )

@@ -100,14 +100,6 @@ class SubmitOptions:
         """Whether no option is set (a transport may take its fastest path)."""
         return self.expires is None and self.unique_key is None and self.priority == 0
 
-    def refuse_until_supported(self, transport: object) -> None:
-        """Refuse options a transport does not give yet (while issue 16 lands, transport
-        by transport): an error before anything is written, never a silent drop."""
-        if not self.plain:
-            raise InvalidTaskError(
-                f"{transport!r} does not support expires, unique_key or priority yet"
-            )
-
 
 def check_submit_options(
     expires: object, unique_key: object, priority: object, count: int

@@ -12,7 +12,7 @@ What the transport must give for these tests, beyond the API:
   expect ``wait`` to return within 1 s of the outcome, so ``wait`` must be woken by
   the backend);
 * the fused writes of its consumers use ``transport.status_ttl`` at the moment a status
-  becomes final (the TTL test sets 1 s on the transport object that settles the task);
+  becomes final (the TTL test sets 2 s on the transport object that settles the task);
 * with ``transport.state_uri`` naming another store (``asynctask_state``), ``_put``
   and the consumer write no status of their own (``transport.own_state`` is False).
   The fixture ``state_store_uri`` names that other store: by default an in-process
@@ -61,7 +61,8 @@ class StatusWorker(AsyncTaskWorker):
 
     name = "asynctask_status_contract"
     max_retries = 1
-    retry_backoff = 1.0
+    #: long enough for the test to read ``retrying`` on a loaded machine
+    retry_backoff = 2.0
     prefetch = 1
 
     report: Any = None
@@ -244,7 +245,7 @@ class StatusContract:
         """Fails if a retry is not ``retrying`` with its error, or the failure is not
         ``failed`` with both attempts (checked against a localmem whose retry wrote
         nothing: it read running during the back-off); a requeue makes it ``queued``."""
-        # Given a task that fails every time, on a worker with one retry (1 s back-off)
+        # Given a task that fails every time, on a worker with one retry (2 s back-off)
         tid = transport.submit_task(queue, {"gate": True, "fail": True})
         report, gate = self._channel(transport), self._channel(transport)
         apart(_work, queue, report, gate, 2)
@@ -300,13 +301,19 @@ class StatusContract:
         assert transport.failed_tasks(queue) == []
         assert probe.stored(queue) == 0
         assert transport.cancel(kept) is False  # final already
-        # And a task reserved ahead of its start is dropped by start(), not run
-        ahead = transport.submit_task(queue, {"n": 3})
-        with transport.consumer(queue) as consumer:
+        # And a task prefetched behind another (reserved, not started) is dropped by
+        # start(), not run. (The first task of a reserve may count as started by the
+        # reserve itself: the run loop starts it at once.)
+        first, ahead = transport.submit_tasks(queue, [{"n": 3}, {"n": 4}])
+        with transport.consumer(queue, prefetch=2) as consumer:
+            running = consumer.reserve(timeout=10)
+            assert running is not None and running.id == first
+            assert consumer.start(running) == "run"
             delivery = consumer.reserve(timeout=10)
             assert delivery is not None and delivery.id == ahead
             assert transport.cancel(ahead) is True
             assert consumer.start(delivery) == "cancelled"
+            consumer.ack(running)
         status = transport.status(ahead)
         assert status is not None and status.state == "cancelled"
         assert probe.stored(queue) == 0 and transport.failed_tasks(queue) == []
@@ -316,13 +323,13 @@ class StatusContract:
     ):
         """Fails if an expired task runs, or reads anything but ``expired`` once its time
         has passed (checked against a localmem that ignored expires: it ran)."""
-        # Given a task that expires in 0.5 s, and one with time to spare
-        stale = transport.submit_task(queue, {"n": 1}, expires=0.5)
+        # Given a task that expires in 1.5 s, and one with time to spare
+        stale = transport.submit_task(queue, {"n": 1}, expires=1.5)
         fresh = transport.submit_task(queue, {"n": 2}, expires=600)
         waiting = transport.status(stale)
         assert waiting is not None and waiting.state == "queued"
         # When no worker is free until it is past its time
-        time.sleep(0.8)
+        time.sleep(2.0)
         # Then it reads expired (final), and wait returns at once
         expired = transport.status(stale)
         assert expired is not None and expired.state == "expired" and expired.final
@@ -482,7 +489,7 @@ class StatusContract:
         """Fails if a final status is kept past its TTL, or forgotten before it (checked
         against a localmem that never purged: still there after 10 s)."""
         # Given a short status TTL, and tasks that succeed and are cancelled
-        transport.status_ttl = 1.0
+        transport.status_ttl = 2.0
         done = transport.submit_task(queue, {"n": 1})
         assert self._finish(transport, queue, result=[1]) == done
         cancelled = transport.submit_task(queue, {"n": 2})
@@ -497,7 +504,7 @@ class StatusContract:
         gone = _wait_until(
             lambda: transport.statuses([done, cancelled]), lambda s: s == [None, None], 10
         )
-        assert gone == [None, None], f"kept {time.monotonic() - ended:.1f} s past a 1 s TTL"
+        assert gone == [None, None], f"kept {time.monotonic() - ended:.1f} s; the TTL is 2 s"
 
     # -- switches and other stores ------------------------------------------------------
 
