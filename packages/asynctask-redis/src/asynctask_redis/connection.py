@@ -135,6 +135,14 @@ class Server:
                 f"{redact(location)!r} is not a valid Redis URI: {self.scrub(str(exc))}"
             ) from exc
 
+    def pool_for(self, key: str) -> Any:
+        """The pool of the server holding ``key``: this one (a cluster routes)."""
+        return self.pool
+
+    def moved(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says a key may live on another server now (cluster only)."""
+        return False
+
     def scrub(self, text: str) -> str:
         """``text`` with the password, if any, replaced by ``***``."""
         return text.replace(self.secret, "***") if self.secret else text

@@ -74,6 +74,10 @@ class ConsumerHost(Protocol):
         """``<prefix>_<queue>``."""
         ...
 
+    def script_queue(self, queue: str) -> str:
+        """The queue as the scripts take it (a hash tag on a cluster)."""
+        ...
+
     #: (queue, consumer id, pending acks) of owned consumers whose close failed
     leftovers: list[tuple[str, str, list[bytes | str]]]
 
@@ -150,15 +154,19 @@ class RedisConsumer(Consumer):
     def _execute(self, fn: Any, *args: Any, resync: bool = False) -> Any:
         server = self._host.server
         if self._conn is None:
+            pool = server.pool_for(self._host.key(self.queue, ""))
             try:
-                self._conn = server.pool.get_connection()
+                self._conn = pool.get_connection()
             except (RedisError, OSError) as exc:
                 raise server.error(exc) from exc
-            self._release_conn = weakref.finalize(self, server.pool.release, self._conn)
+            self._release_conn = weakref.finalize(self, pool.release, self._conn)
         try:
             result = fn(self._conn, *args)
         except (RedisError, OSError) as exc:
             self._conn.disconnect()  # the next command reconnects
+            if server.moved(exc) and self._release_conn is not None:
+                self._release_conn()  # a cluster failover: the slot is elsewhere now
+                self._conn = None
             if resync:
                 self._resync = True
             # a connection that worked before and is now closed: the server restarted or
@@ -181,7 +189,8 @@ class RedisConsumer(Consumer):
 
     def _run(self, script: scripts.Script, *args: Any, resync: bool = False) -> Any:
         t = self._host
-        return self._execute(run, script, t.prefix, self.queue, self.id, *args, resync=resync)
+        queue = t.script_queue(self.queue)
+        return self._execute(run, script, t.prefix, queue, self.id, *args, resync=resync)
 
     # -- taking -------------------------------------------------------------------------
 
@@ -298,7 +307,7 @@ class RedisConsumer(Consumer):
             conn,
             scripts.NEXT,
             t.prefix,
-            self.queue,
+            t.script_queue(self.queue),
             self.id,
             want,
             "1" if self.fused else "0",

@@ -21,3 +21,10 @@ def asynctask_register_transports(register: RegisterTransport) -> None:
         return RedisTransport
 
     register(("redis", "rediss", "unix"), load)
+
+    def load_cluster() -> type[Transport]:
+        from asynctask_redis.cluster import RedisClusterTransport
+
+        return RedisClusterTransport
+
+    register(("redis+cluster",), load_cluster)

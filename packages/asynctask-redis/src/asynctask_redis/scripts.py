@@ -42,7 +42,11 @@ local delayed, retrying, failed = base .. 'delayed', base .. 'retrying', base ..
 local consumers, recovery = base .. 'consumers', base .. 'recovery'
 local urgent, seq, nudges = base .. 'urgent', base .. 'seq', base .. 'nudges'
 local untracked = base .. 'untracked'
-local known = prefix .. ':queues'
+-- On a Redis Cluster the queue comes as '{name}' (a hash tag: every key above shares
+-- one slot), and the two keys outside the queue are kept by the client instead: these
+-- stand-ins stay in the slot (a script may touch one slot only).
+local clustered = string.sub(queue, 1, 1) == '{'
+local known = clustered and base .. 'known' or prefix .. ':queues'
 local failed_ids = base .. 'failed:ids'
 local function processing(cid) return base .. 'processing:' .. cid end
 local function heartbeat(cid) return base .. 'heartbeat:' .. cid end
@@ -52,7 +56,10 @@ local function waiting_key(id) return base .. 'waiting:' .. id end
 local function unique_key(k) return base .. 'unique:' .. k end
 -- The id -> queue pointer lives outside the queue's keys: status(id) does not know the
 -- queue. (A cluster variant writes it with a command of its own, not in a script.)
-local function pointer(id) return prefix .. ':@id:' .. id end
+local function pointer(id)
+  if clustered then return base .. 'at:' .. id end
+  return prefix .. ':@id:' .. id
+end
 
 local clock
 local function now_ms()  -- one TIME per script: time stands still inside one anyway

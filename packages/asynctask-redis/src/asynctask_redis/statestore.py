@@ -130,7 +130,7 @@ class RedisStateStore(StateStore):
 
     def _run(self, script: Script, queue: str, *args: Any) -> Any:
         t = self.transport
-        return t.execute(run, script, t.prefix, queue, *args)
+        return t.execute(run, script, t.prefix, t.script_queue(queue), *args)
 
     # -- the generic calls (a transport keeping its state here) -------------------------
 
@@ -191,11 +191,7 @@ class RedisStateStore(StateStore):
     # -- reading, waiting, cancelling ---------------------------------------------------
 
     def _queues(self, ids: Sequence[str]) -> list[str | None]:
-        if not ids:
-            return []
-        t = self.transport
-        found = t.execute(call, "MGET", *(f"{t.prefix}:@id:{task_id}" for task_id in ids))
-        return [None if q is None else q.decode() for q in found]
+        return self.transport.task_queues(ids)
 
     def statuses(self, ids: Sequence[str]) -> list[TaskStatus | None]:
         """Each id's status (two round trips for any number of ids)."""

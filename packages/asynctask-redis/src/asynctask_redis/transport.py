@@ -117,7 +117,7 @@ class RedisTransport(Transport):
         self.heartbeat_seconds = beat
         self.heartbeat_ttl_ms = int(recovery * 500)
         self.recheck_ms = int(recovery * 250)
-        self.server = Server(self.location, self.driver_options, self.options)
+        self.server = self._make_server()
         self.key_queues = f"{self.prefix}:queues"
         self._idle: list[Any] = []  # connections that served a call, last in first out
         self._pid = os.getpid()
@@ -131,6 +131,17 @@ class RedisTransport(Transport):
         #: the generic side of the statuses its scripts write (one object, so that its
         #: ``fallback_poll`` can be set)
         self._statuses = RedisStateStore(self)
+
+    def _make_server(self) -> Server:
+        """The server(s) the URI names (a cluster or Sentinel transport: its own)."""
+        return Server(self.location, self.driver_options, self.options)
+
+    def task_queues(self, ids: Sequence[str]) -> list[str | None]:
+        """Each id's queue, by its pointer ``P:@id:<id>`` (None: not known)."""
+        if not ids:
+            return []
+        found = self.execute(call, "MGET", *(f"{self.prefix}:@id:{task_id}" for task_id in ids))
+        return [None if q is None else q.decode() for q in found]
 
     def accepts_driver_option(self, name: str) -> bool:
         """``db``, TLS and socket settings go on to redis-py."""
@@ -185,8 +196,12 @@ class RedisTransport(Transport):
             self._idle.append(conn)
             return result
 
+    def script_queue(self, queue: str) -> str:
+        """The queue as the scripts take it (``ARGV[2]``); a cluster's is a hash tag."""
+        return queue
+
     def _script(self, script: scripts.Script, queue: str, *args: Any) -> Any:
-        return self.execute(run, script, self.prefix, queue, *args)
+        return self.execute(run, script, self.prefix, self.script_queue(queue), *args)
 
     # -- primitives ---------------------------------------------------------------------
 
