@@ -29,23 +29,40 @@ class LocalCluster:
         self.directory = tempfile.mkdtemp(prefix="asynctask-cluster-")
         self.ports = [self._port() for _ in range(nodes)]
         for port in self.ports:
-            self.processes[port] = start_redis_server(  # noqa: S604
+            self.processes[port] = start_redis_server(
                 port,
                 [
-                    "--cluster-enabled", "yes",
-                    "--cluster-config-file", f"{self.directory}/nodes-{port}.conf",
-                    "--cluster-node-timeout", "1000",
-                    "--dir", self.directory,
-                    "--dbfilename", f"dump-{port}.rdb",
-                    "--save", "",
-                    "--appendonly", "no",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    f"{self.directory}/nodes-{port}.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--dir",
+                    self.directory,
+                    "--dbfilename",
+                    f"dump-{port}.rdb",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
                 ],
                 None,
             )
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
-             "--cluster-replicas", "1", "--cluster-yes"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

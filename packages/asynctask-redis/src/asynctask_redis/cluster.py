@@ -36,6 +36,7 @@ from redis.exceptions import (
 from redis.retry import Retry
 
 from asynctask.errors import InvalidURIError, TransportError, TransportUnavailable
+from asynctask.status import SubmitOptions
 from asynctask.transport import QueueStats
 from asynctask.uri import redact
 from asynctask_redis import scripts
@@ -76,7 +77,7 @@ class ClusterServer(Server):
                     f"{redact(location)!r}: name each node as host:port, e.g. "
                     "redis+cluster://10.0.0.1:7000,10.0.0.2:7000"
                 )
-            nodes.append(ClusterNode(host, int(port)))
+            nodes.append(ClusterNode(host, int(port)))  # type: ignore[no-untyped-call]
         self.where = "cluster " + ",".join(f"{n.host}:{n.port}" for n in nodes)
         self.secret = unquote(parts.password) if parts.password else None
         self.pool_size = options["pool_size"]
@@ -97,10 +98,6 @@ class ClusterServer(Server):
         self._client: RedisCluster | None = None
         self._stale = False
         self._lock = threading.Lock()
-
-    @property
-    def pool(self) -> Any:  # the single-server code path must not be taken
-        raise TypeError("a cluster has one pool per node: use pool_for(key)")
 
     def slot_map(self) -> RedisCluster:
         """redis-py's cluster client (its slot map read again when marked stale)."""
@@ -153,7 +150,7 @@ class ClusterServer(Server):
 class RedisClusterTransport(RedisTransport):
     """Tasks in a Redis Cluster; see the module docstring."""
 
-    schemes = ("redis+cluster",)
+    schemes = ("redis+cluster",)  # type: ignore[assignment]
 
     server: ClusterServer
 
@@ -195,6 +192,7 @@ class RedisClusterTransport(RedisTransport):
                 key = str(command[1]) if len(command) > 1 else self.prefix
                 groups.setdefault(key_slot(key.encode()), []).append(i)
             replies: list[Any] = [None] * len(commands)
+            part: Any
             for indexes in groups.values():
                 first = commands[indexes[0]]
                 key = str(first[1]) if len(first) > 1 else self.prefix
@@ -232,7 +230,13 @@ class RedisClusterTransport(RedisTransport):
 
     # -- what spans queues: kept by the client ------------------------------------------------
 
-    def _put(self, queue, tasks, delay, options):  # type: ignore[no-untyped-def]
+    def _put(
+        self,
+        queue: str,
+        tasks: Sequence[tuple[str, str]],
+        delay: float,
+        options: SubmitOptions,
+    ) -> Sequence[str] | None:
         self.execute(call, "SADD", self.key_queues, queue)  # first: never a hidden task
         return super()._put(queue, tasks, delay, options)
 
@@ -254,13 +258,14 @@ class RedisClusterTransport(RedisTransport):
         return sorted(name.decode() for name in self.execute(call, "SMEMBERS", self.key_queues))
 
     def _queue_names(self) -> list[str]:
-        return [s.queue for s in self._all_stats()]
+        return [s.name for s in self._all_stats()]
 
     def _all_stats(self) -> list[QueueStats]:
         found = []
         for queue in self.known_queues():
             stats = self._stats(queue)
-            if stats.ready + stats.delayed + stats.retrying + stats.in_flight + stats.failed:
+            counts = (stats.ready, stats.delayed, stats.retrying, stats.in_flight, stats.failed)
+            if any(counts):
                 found.append(stats)
         return found
 
