@@ -229,3 +229,62 @@ def pipeline(conn: Any, commands: Sequence[Sequence[bytes | str | int]]) -> list
     if first is not None:
         raise first
     return replies
+
+
+class SentinelServer(Server):
+    """The master of a Sentinel service: ``redis+sentinel://host:port[,host:port]/name``.
+
+    redis-py's ``SentinelConnectionPool`` asks the Sentinels for the master at every new
+    connection and drops one that finds its server demoted (a failover), so the
+    transport's usual reconnect-and-retry follows the master.
+    """
+
+    def __init__(self, location: str, driver_options: Mapping[str, str], options: Any) -> None:
+        from redis.sentinel import Sentinel, SentinelConnectionPool
+
+        try:
+            parts = urlsplit(location)
+        except ValueError as exc:
+            raise InvalidURIError(f"{redact(location)!r} is not a valid URI: {exc}") from exc
+        service = parts.path.strip("/")
+        if not service or "/" in service:
+            raise InvalidURIError(
+                f"{redact(location)!r} names no service: use "
+                "redis+sentinel://host:26379[,host:26379]/service_name"
+            )
+        sentinels: list[tuple[str, int]] = []
+        for item in parts.netloc.rsplit("@", 1)[-1].split(","):
+            host, _, port = item.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise InvalidURIError(
+                    f"{redact(location)!r}: name each Sentinel as host:port, e.g. "
+                    "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster"
+                )
+            sentinels.append((host, int(port)))
+        self.where = (
+            f"Sentinel service {service!r} (" + ",".join(f"{h}:{p}" for h, p in sentinels) + ")"
+        )
+        self.secret = unquote(parts.password) if parts.password else None
+        self.pool_size = options["pool_size"]
+        extra: dict[str, Any] = {}
+        if "client_name" in driver_options:
+            extra["client_name"] = driver_options["client_name"]
+        if "db" in driver_options:
+            extra["db"] = int(driver_options["db"])
+        if parts.username:
+            extra["username"] = unquote(parts.username)
+        self.sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            sentinels,
+            socket_timeout=options["connect_timeout"],
+            socket_connect_timeout=options["connect_timeout"],
+        )
+        self.pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
+            service,
+            self.sentinel,
+            password=self.secret,
+            socket_timeout=options["socket_timeout"],
+            socket_connect_timeout=options["connect_timeout"],
+            max_connections=self.pool_size,
+            retry=Retry(NoBackoff(), 0),
+            **extra,
+        )

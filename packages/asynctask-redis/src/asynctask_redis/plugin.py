@@ -28,3 +28,10 @@ def asynctask_register_transports(register: RegisterTransport) -> None:
         return RedisClusterTransport
 
     register(("redis+cluster",), load_cluster)
+
+    def load_sentinel() -> type[Transport]:
+        from asynctask_redis.transport import RedisSentinelTransport
+
+        return RedisSentinelTransport
+
+    register(("redis+sentinel",), load_sentinel)

@@ -64,7 +64,15 @@ from asynctask.transport import (
 )
 from asynctask.validation import Payload
 from asynctask_redis import scripts
-from asynctask_redis.connection import DRIVER_OPTIONS, OPTIONS, Server, call, pipeline, run
+from asynctask_redis.connection import (
+    DRIVER_OPTIONS,
+    OPTIONS,
+    SentinelServer,
+    Server,
+    call,
+    pipeline,
+    run,
+)
 from asynctask_redis.consumer import NUDGE, RedisConsumer
 from asynctask_redis.keeper import RedisLiveness
 from asynctask_redis.messages import (
@@ -462,3 +470,17 @@ class RedisTransport(Transport):
                     proven = False
         if conn is not None:
             self.server.pool.release(conn)
+
+
+class RedisSentinelTransport(RedisTransport):
+    """Tasks on the master a Sentinel service names; follows it through a failover.
+
+    ``redis+sentinel://[:password@]host:port[,host:port]/service_name``: the password
+    is the master's (the Sentinels are asked without one). Everything else is the
+    single-server transport's.
+    """
+
+    schemes = ("redis+sentinel",)  # type: ignore[assignment]
+
+    def _make_server(self) -> Server:
+        return SentinelServer(self.location, self.driver_options, self.options)
