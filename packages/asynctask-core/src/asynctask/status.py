@@ -196,6 +196,14 @@ class StateStore(ABC):
         exclusive create) and freed when the task reaches a final state.
         """
 
+    def unsubmitted(self, queue: str, ids: Sequence[str], options: SubmitOptions) -> None:
+        """Undo ``submitted`` for tasks that a failed submit never stored (the other
+        transport's publish failed after the record): the caller got an error, not
+        these ids. The default ends them ``cancelled``, which frees a unique key they
+        took; a store that can drop records overrides it."""
+        for task_id in ids:
+            self.cancel(task_id)
+
     @abstractmethod
     def started(self, queue: str, task_id: str, attempt: int) -> StartVerdict:
         """A worker is about to run the task: ``running`` unless it was cancelled or
