@@ -411,14 +411,20 @@ def test_the_generic_store_keeps_another_transports_state(transport):
     assert queue not in [s.name for s in transport.queues()]  # no task of its own here
 
 
-def test_statuses_reads_many_ids_in_two_round_trips(transport, queue, client):
+def test_statuses_reads_many_ids_in_two_round_trips(transport, queue, monkeypatch):
     ids = transport.submit_tasks(queue, [{} for _ in range(50)])
-    before = int(client.info("stats")["total_commands_processed"])
+    calls: list[object] = []
+    execute = transport.execute
+
+    def counted(fn, *args):
+        calls.append(fn)
+        return execute(fn, *args)
+
+    monkeypatch.setattr(transport, "execute", counted)
     found = transport.statuses([*ids, "f" * 32])
-    after = int(client.info("stats")["total_commands_processed"])
     assert [s.state for s in found[:-1]] == ["queued"] * 50 and found[-1] is None
-    # MGET, then TIME + one HGETALL and one EXISTS per id (other clients add a few)
-    assert after - before < 2 + 1 + 100 + 30
+    # MGET of the pointers, then one pipeline; (core asks whether a queue is untracked)
+    assert len(calls) <= 3, calls
 
 
 def test_the_storage_is_what_the_readme_says(transport, queue, client):
