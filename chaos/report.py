@@ -211,6 +211,8 @@ def markdown(run: Run) -> str:
         if run.ok
         else "**Some scenarios did not keep the promise (FAILED rows).**"
     )
+    if "**no**" in figures(run):
+        verdict += " **Not every figure asked for is met (see The figures asked for).**"
     return f"""# Reliability under faults
 
 Written by `{run.command}` on {run.date}, in {run.seconds / 60:.1f} minutes. {verdict}
