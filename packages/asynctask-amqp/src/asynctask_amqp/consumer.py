@@ -315,7 +315,7 @@ class AmqpConsumer(Consumer):
             time.sleep(pause)
             pause = min(pause * 2, 2.0)
 
-    def ack(self, delivery: Delivery) -> None:
+    def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
         """The task is done: the broker forgets it."""
         self._settle(delivery, lambda tag, _: self._link.channel.basic_ack(tag), self._mark_settled)
 

@@ -27,6 +27,7 @@ Storage
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import os
 import threading
@@ -38,12 +39,14 @@ from urllib.parse import unquote
 
 from asynctask.errors import InvalidURIError
 from asynctask.liveness import Liveness
+from asynctask.status import SubmitOptions
 from asynctask.transport import (
     Consumer,
     FailedTask,
     PutProgress,
     QueueStats,
     TransportFeatures,
+    WaitingTask,
 )
 from asynctask.uri import Option, boolean, positive_float
 from asynctask.validation import Payload, decode_message, is_valid_queue_name
@@ -156,12 +159,19 @@ class FilesysTransport(FilesysBase):
     # -- primitives ----------------------------------------------------------------------
 
     @os_errors
-    def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
+    def _put(
+        self,
+        queue: str,
+        tasks: Sequence[tuple[str, str]],
+        delay: float,
+        options: SubmitOptions,
+    ) -> Sequence[str] | None:
+        options.refuse_until_supported(self)
         # A retried call (after an error half-way) stores only what it had not stored.
         key, stored = tasks[0][0], self._progress.done(tasks[0][0])
         tasks = tasks[stored:]
         if not tasks:
-            return
+            return None
         paths = self.ensure_queue(queue)
         target = paths.delayed if delay > 0 else paths.ready
         stamps = self._clock.due(len(tasks), delay) if delay > 0 else self._clock.ready(len(tasks))
@@ -186,6 +196,7 @@ class FilesysTransport(FilesysBase):
                     os.unlink(os.path.join(paths.tmp, name))
         if self.fsync:
             sync_dir(target)
+        return None
 
     def _write_tmp(
         self, queue: str, paths: QueuePaths, names: list[str], tasks: Sequence[tuple[str, str]]
@@ -256,6 +267,32 @@ class FilesysTransport(FilesysBase):
             return os.stat(os.path.join(folder, head)).st_mtime  # a foreign file's
         except FileNotFoundError:
             return None
+
+    @os_errors
+    def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
+        # The smallest names first, as takers take them; read as hostile, moved nowhere.
+        folder = self.paths(queue).ready
+        found = []
+        for name in heapq.nsmallest(limit, task_names(folder)):
+            with contextlib.suppress(FileNotFoundError):  # taken meanwhile
+                found.append(self._read_waiting(queue, os.path.join(folder, name), name))
+        return found
+
+    def _read_waiting(self, queue: str, path: str, name: str) -> WaitingTask:
+        task = TaskName.parse(name)
+        payload: Payload | None = None
+        raw: str | None = None
+        try:
+            data, mtime = read_task_file(path, self.max_payload_bytes)
+        except NotATaskFile as exc:
+            data, mtime, raw = b"", os.lstat(path).st_mtime, f"({exc})"
+        if raw is None:
+            try:
+                payload = unwrap(self.decode(data))[0]
+            except ValueError:  # UndecodableMessage: listed as its text
+                raw = data.decode("utf-8", errors="replace")
+        submitted = mtime if task.stamp is None else task.stamp / 1e9
+        return WaitingTask(task.id, queue, payload, raw, task.attempts, submitted)
 
     @os_errors
     def _queue_names(self) -> list[str]:

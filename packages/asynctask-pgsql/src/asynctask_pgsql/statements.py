@@ -330,6 +330,15 @@ WHERE queue_name = %s AND state = 'queued' AND date_available <= now()
 ORDER BY date_available, id LIMIT 1
 """
 
+# The first ready rows in the order workers take them, read only (no lock, no change).
+PEEK = """
+SELECT task_id, payload::text, payload_text, attempts,
+       extract(epoch FROM date_submitted)::float8
+FROM {s}.asynctask_queue
+WHERE queue_name = %s AND state = 'queued' AND date_available <= now()
+ORDER BY date_available, id LIMIT %s
+"""
+
 
 @dataclass(frozen=True)
 class Statements:
@@ -357,6 +366,7 @@ class Statements:
     purge_failed: LiteralString
     claim: LiteralString
     oldest_ready: LiteralString
+    peek: LiteralString
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:

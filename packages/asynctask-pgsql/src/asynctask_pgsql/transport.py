@@ -43,6 +43,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from asynctask.errors import TransportError, TransportRefused, TransportUnavailable
 from asynctask.liveness import Liveness
+from asynctask.status import SubmitOptions
 from asynctask.transport import (
     COUNT_NAMES,
     Consumer,
@@ -50,6 +51,7 @@ from asynctask.transport import (
     QueueStats,
     Transport,
     TransportFeatures,
+    WaitingTask,
 )
 from asynctask.uri import Option, positive_float, positive_int
 from asynctask.validation import Payload, decode_message
@@ -219,13 +221,24 @@ class PgsqlTransport(Transport):
         payload: Payload | None = None,
         *,
         delay: float = 0,
+        expires: float | None = None,
+        unique_key: str | None = None,
+        priority: int = 0,
         connection: psycopg.Connection[Any] | None = None,
     ) -> str:
         """Add a task; with ``connection``, inside that connection's open transaction.
 
         The task then exists only if the caller commits, and nothing is retried here.
         """
-        return self.submit_tasks(queue_name, [payload], delay=delay, connection=connection)[0]
+        return self.submit_tasks(
+            queue_name,
+            [payload],
+            delay=delay,
+            expires=expires,
+            unique_key=unique_key,
+            priority=priority,
+            connection=connection,
+        )[0]
 
     def submit_tasks(
         self,
@@ -233,23 +246,38 @@ class PgsqlTransport(Transport):
         payloads: Iterable[Payload | None],
         *,
         delay: float = 0,
+        expires: float | None = None,
+        unique_key: str | None = None,
+        priority: int = 0,
         connection: psycopg.Connection[Any] | None = None,
     ) -> list[str]:
         """Add many tasks in one statement; ``connection`` as for ``submit_task``."""
+        lifecycle: dict[str, Any] = {
+            "expires": expires,
+            "unique_key": unique_key,
+            "priority": priority,
+        }
         if connection is None:
-            return super().submit_tasks(queue_name, payloads, delay=delay)
+            return super().submit_tasks(queue_name, payloads, delay=delay, **lifecycle)
         if not isinstance(connection, psycopg.Connection):
             raise TypeError(f"connection must be a psycopg.Connection, not {connection!r}")
         self._ready_pool()  # the schema must exist before the caller's transaction uses it
         token = _caller_connection.set(connection)
         try:
-            return super().submit_tasks(queue_name, payloads, delay=delay)
+            return super().submit_tasks(queue_name, payloads, delay=delay, **lifecycle)
         finally:
             _caller_connection.reset(token)
 
     # -- primitives ---------------------------------------------------------------------
 
-    def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
+    def _put(
+        self,
+        queue: str,
+        tasks: Sequence[tuple[str, str]],
+        delay: float,
+        options: SubmitOptions,
+    ) -> Sequence[str] | None:
+        options.refuse_until_supported(self)
         # jsonb cannot hold a NUL character (\u0000): such a payload travels as text.
         texts = [text if "\\u0000" in text else None for _, text in tasks]
         payloads = [None if "\\u0000" in text else text for _, text in tasks]
@@ -267,7 +295,7 @@ class PgsqlTransport(Transport):
         caller = _caller_connection.get()
         if caller is None:
             self._query(query, params)
-            return
+            return None
         try:
             caller.execute(query, params)
         except psycopg.Error as exc:
@@ -276,6 +304,7 @@ class PgsqlTransport(Transport):
                 f"{self.server.describe()}: submit in the caller's transaction failed: "
                 f"{self.server.scrub(str(exc).strip())}"
             ) from exc
+        return None
 
     def _take(self, queue: str) -> Payload | None:
         if not self._stored():
@@ -315,6 +344,29 @@ class PgsqlTransport(Transport):
     def _oldest_ready(self, queue: str) -> float | None:
         rows = self._query(self.sql.oldest_ready, (queue,))
         return None if not rows else rows[0][0]
+
+    def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
+        if not self._stored():
+            return []
+        rows = self._query(self.sql.peek, (queue, limit))
+        return [self._waiting(queue, *row) for row in rows]
+
+    def _waiting(
+        self,
+        queue: str,
+        task_id: uuid.UUID,
+        payload_json: str,
+        text: str | None,
+        attempts: int,
+        submitted: float | None,
+    ) -> WaitingTask:
+        raw = payload_json if text is None else text
+        try:
+            payload: Payload | None = self.decode(raw)
+            raw_kept = None
+        except ValueError:  # UndecodableMessage: listed as its text
+            payload, raw_kept = None, raw
+        return WaitingTask(task_id.hex, queue, payload, raw_kept, max(attempts, 0), submitted)
 
     def _queue_names(self) -> list[str]:
         if not self._stored():

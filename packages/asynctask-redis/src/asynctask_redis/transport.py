@@ -47,12 +47,14 @@ from redis.exceptions import RedisError
 
 from asynctask.errors import InvalidURIError, TransportError
 from asynctask.liveness import Liveness
+from asynctask.status import SubmitOptions
 from asynctask.transport import (
     Consumer,
     FailedTask,
     QueueStats,
     Transport,
     TransportFeatures,
+    WaitingTask,
 )
 from asynctask.validation import Payload
 from asynctask_redis import scripts
@@ -178,7 +180,14 @@ class RedisTransport(Transport):
 
     # -- primitives ---------------------------------------------------------------------
 
-    def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
+    def _put(
+        self,
+        queue: str,
+        tasks: Sequence[tuple[str, str]],
+        delay: float,
+        options: SubmitOptions,
+    ) -> Sequence[str] | None:
+        options.refuse_until_supported(self)
         now = time.time()
         texts = [
             envelope(task_id, 0, now, text, self.task_headers(queue, task_id, text))
@@ -189,6 +198,7 @@ class RedisTransport(Transport):
         guard_ms = int((self.retry_timeout + 5) * 1000)
         delay_ms = f"{delay * 1000:.3f}" if delay > 0 else "0"
         self._script(scripts.PUT, queue, tasks[0][0], guard_ms, delay_ms, *texts)
+        return None
 
     def _take(self, queue: str) -> Payload | None:
         while True:
@@ -219,6 +229,25 @@ class RedisTransport(Transport):
             return read_message(head).submitted_at  # None for a foreign producer's task
         except ValueError:
             return None
+
+    def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
+        if limit <= 0:
+            return []
+        raws = self.execute(call, "LRANGE", self.ready_key(queue), 0, limit - 1)
+        found = []
+        for raw in raws:
+            try:
+                message = read_message(raw, self.max_payload_bytes)
+            except ValueError:  # listed as its text; the next taker moves it to failed
+                text = raw.decode("utf-8", errors="replace")
+                found.append(WaitingTask("", queue, None, text, 0, None))
+                continue
+            found.append(
+                WaitingTask(
+                    message.id, queue, message.payload, None, message.attempts, message.submitted_at
+                )
+            )
+        return found
 
     def _queue_names(self) -> list[str]:
         return [name.decode() for name in self._script(scripts.QUEUES, "")]
