@@ -317,7 +317,14 @@ class AmqpConsumer(Consumer):
 
     def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
         """The task is done: the broker forgets it."""
-        self._settle(delivery, lambda tag, _: self._link.channel.basic_ack(tag), self._mark_settled)
+
+        def action(tag: int, received: Received) -> None:
+            # basic.ack has no reply: read first what the broker sent (a connection it
+            # closed says so here), so that an ack is not written into a dead connection
+            self._link.pump()
+            self._link.channel.basic_ack(tag)
+
+        self._settle(delivery, action, self._mark_settled)
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Publish a copy (attempts + 1) to the retry ladder, then ack the original."""
