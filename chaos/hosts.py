@@ -38,9 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: the holder of a namespace: reaps orphans (pid 1 of a host), exits when stdin closes
-_HOLDER = (
-    "import signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); sys.stdin.read()"
-)
+_HOLDER = "import signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); sys.stdin.read()"
 _TOOLS = ("unshare", "nsenter", "ip")
 
 

@@ -116,9 +116,8 @@ class PrivatePostgres(PrivateServer):
         os.chown(self.folder, user.pw_uid, user.pw_gid)
         for parent in self.folder.parents:  # the postgres user must reach its folder
             mode = parent.stat().st_mode
-            if mode & 0o001:
-                break
-            parent.chmod(mode | 0o001)
+            if not mode & 0o001:
+                parent.chmod(mode | 0o001)
         data = self.folder / "data"
         bindir = _pg_bindir()
         as_postgres = ["runuser", "-u", "postgres", "--"]
