@@ -93,7 +93,7 @@ class _Partition:
         self.ledger = folder / "ledger.jsonl"
         self.workers: list[Workers] = []
         self.expected = set(range(plan.partition_tasks))
-        self.cut_at = self.healed_at = 0.0
+        self.cut_began = self.cut_at = self.healed_at = 0.0
 
     def run(self) -> None:
         transport = get_transport(self.uri)
@@ -141,7 +141,8 @@ class _Partition:
         index = 0
         while index < plan.batches or not self.healed_at:
             now = time.monotonic() - began
-            if not self.cut_at and now >= cut_time:
+            if not self.cut_at and now >= cut_time and self._busy(host.name, now - cut_time):
+                self.cut_began = time.time()
                 self.network.cut(host)
                 self.cut_at = time.time()
                 self.say(f"    cut {host.name} off for {hold:g} s")
@@ -152,11 +153,20 @@ class _Partition:
                 numbers = range(index * size, min(tasks, (index + 1) * size))
                 if numbers:
                     transport.submit_tasks(
-                        self.queue, [{"n": n, "ms": 5 + n % 11} for n in numbers]
+                        self.queue, [{"n": n, "ms": 100 + n % 201} for n in numbers]
                     )
                 index += 1
             else:
                 time.sleep(0.02)
+
+    def _busy(self, host: str, waited: float) -> bool:
+        """Whether a child of ``host`` runs a task now (the cut must catch one mid-task;
+        after 5 s of waiting, cut anyway)."""
+        last: dict[tuple[str, int], str] = {}
+        for entry in ledger.read(str(self.ledger)):
+            if entry.host == host:
+                last[entry.process] = entry.event
+        return "start" in last.values() or waited > 5
 
     def _wait_drained(self, transport: Transport) -> None:
         follower = ledger.Follower(str(self.ledger))
@@ -193,19 +203,29 @@ class _Partition:
             result.errors.append("the host was never cut off")
             return
         cut, healed = self.cut_at, self.healed_at or math.inf
-        # What the cut host held (running, or reserved with the reply still on its way)
-        # came back to the queue, one attempt more, and started on another host: nothing
-        # else raises an attempt here (no task fails).
-        recovered = {
-            n: min(
-                e.time
-                for e in begun
-                if e.host != cut_host and e.time > cut and (e.attempt or 1) > 1
-            )
+        # What the cut host was running when cut off (started there, not done by then):
+        # it must come back, one attempt more, and start on another host within the bound.
+        # (a task that ended while the link was being set down is left out: its
+        # acknowledgement may have gone through)
+        running = {
+            n
             for n, begun in starts.items()
-            if any(e.host != cut_host and e.time > cut and (e.attempt or 1) > 1 for e in begun)
+            if any(e.host == cut_host and e.time <= self.cut_began for e in begun)
+            and not any(e.host == cut_host and e.time <= cut for e in done.get(n, []))
         }
-        moved = [at - cut for at in recovered.values()]
+        # and what it had reserved (the reply still on its way) may come back too:
+        # nothing else raises an attempt here (no task fails)
+        again = {
+            n: min(at)
+            for n, begun in starts.items()
+            if (at := [e.time for e in begun if e.host != cut_host and e.time > cut
+                       and (e.attempt or 1) > 1])
+        }  # fmt: skip
+        if not running:
+            result.errors.append("the cut host ran no task when cut off: nothing was tested")
+        for n in sorted(running - set(again)):
+            result.errors.append(f"task {n}, running on the cut host, never started elsewhere")
+        moved = [again[n] - cut for n in again]
         result.recovery = max(moved) if moved else None
         if result.recovery is not None and result.recovery > bound + SLACK:
             result.errors.append(
@@ -224,13 +244,14 @@ class _Partition:
             result.errors.append(f"finished while cut off, never run again: {missing[:10]}")
         shared = _shared_pids(entries)
         result.notes.append(
-            f"cut off {hold:g} s (bound {bound:g} s); {len(recovered)} of its tasks came back "
-            f"and started elsewhere within {_s(result.recovery)}; {len(unacked)} finished while "
+            f"cut off {hold:g} s (bound {bound:g} s) while running {len(running)} tasks; "
+            f"{len(again)} of its tasks came back and started elsewhere within "
+            f"{_s(result.recovery)}; {len(unacked)} finished while "
             f"cut off, all run again elsewhere: {len(rerun) == len(unacked)}; "
             f"{shared} PIDs in use on more than one host"
         )
         result.redelivery = max(
-            (min(e.time for e in done[n] if e.host != cut_host) - cut for n in recovered
+            (min(e.time for e in done[n] if e.host != cut_host) - cut for n in again
              if any(e.host != cut_host for e in done.get(n, []))),
             default=None,
         )  # fmt: skip
