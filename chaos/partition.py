@@ -41,8 +41,10 @@ TRANSPORTS = ("redis", "pgsql", "amqp")
 #: children of ``asynctask workers`` on each host
 HOST_CHILDREN = 2
 #: seconds allowed past the recovery bound for a cut-off host's task to start elsewhere
-#: (the rival's next check, a busy machine)
+#: (the rival's next check; the server, the rivals and this process on a busy machine:
+#: CI shares 2 cores), and the share of the bound added to it
 SLACK = 3.0
+SLACK_SHARE = 0.5
 
 
 def run_partition(name: str, plan: Plan, scratch: Path, say: Say) -> Result:
@@ -227,10 +229,11 @@ class _Partition:
             result.errors.append(f"task {n}, running on the cut host, never started elsewhere")
         moved = [again[n] - cut for n in again]
         result.recovery = max(moved) if moved else None
-        if result.recovery is not None and result.recovery > bound + SLACK:
+        allowed = bound * (1 + SLACK_SHARE) + SLACK
+        if result.recovery is not None and result.recovery > allowed:
             result.errors.append(
                 f"a cut-off host's task started elsewhere after {result.recovery:.1f} s "
-                f"(bound {bound:g} s + {SLACK:g} s)"
+                f"(bound {bound:g} s, allowed {allowed:g} s)"
             )
         # finished while cut off: the acknowledgement could not reach the server
         unacked = [
