@@ -135,7 +135,7 @@ def main(argv: list[str]) -> int:
             run.results += _run_transport(backend, shared, bad_input, plan, scratch, run, say)
         if partition.SCENARIO in scenarios:  # on servers of its own, in namespaces
             say(f"{name}:\n  {partition.SCENARIO}...")
-            result = partition.run_partition(name, plan, scratch, say)
+            result = partition.run_partition(name, plan, scratch, say, run.servers)
             state = result.skipped or ("ok" if result.ok else "FAILED")
             say(f"  {partition.SCENARIO}: {state} in {result.seconds:.0f} s")
             run.results.append(result)
@@ -160,6 +160,15 @@ def main(argv: list[str]) -> int:
         old = page.read_text(encoding="utf-8") if page.exists() else "# Reliability\n"
         page.write_text(report.replace_bad_input(old, section), encoding="utf-8")
         print(f"wrote the bad-input table of {page}")
+    elif scenarios == (partition.SCENARIO,) and args.docs is not None:
+        # a run of the partition scenario alone replaces its own section only
+        page = args.docs / "reliability.md"
+        old = page.read_text(encoding="utf-8") if page.exists() else "# Reliability\n"
+        section = report.many_hosts_markdown(run)
+        page.write_text(
+            report.replace_section(old, report.MANY_HOSTS_TITLE, section), encoding="utf-8"
+        )
+        print(f"wrote the many-hosts section of {page}")
     elif docs is not None:
         docs.mkdir(parents=True, exist_ok=True)
         (docs / "reliability.md").write_text(report.markdown(run), encoding="utf-8")

@@ -47,8 +47,11 @@ SLACK = 3.0
 SLACK_SHARE = 0.5
 
 
-def run_partition(name: str, plan: Plan, scratch: Path, say: Say) -> Result:
-    """Run the partition scenario on transport ``name`` with a server of its own."""
+def run_partition(
+    name: str, plan: Plan, scratch: Path, say: Say, servers: dict[str, str] | None = None
+) -> Result:
+    """Run the partition scenario on transport ``name`` with a server of its own (its
+    version noted in ``servers``)."""
     result = Result(name, SCENARIO)
     if name not in TRANSPORTS:
         result.skipped = "redis, pgsql and amqp only (filesys is one host)"
@@ -64,7 +67,10 @@ def run_partition(name: str, plan: Plan, scratch: Path, say: Say) -> Result:
         assert network.server is not None
         server = start_server(name, network.server, network.server_address, folder)
         try:
-            say(f"    {server.version()} at {network.server_address}, {plan.hosts} hosts")
+            version = server.version()
+            if servers is not None:
+                servers[f"{name} (partition)"] = version
+            say(f"    {version} at {network.server_address}, {plan.hosts} hosts")
             _Partition(name, server, network, plan, folder, say, result).run()
         finally:
             server.stop()
@@ -172,7 +178,10 @@ class _Partition:
 
     def _wait_drained(self, transport: Transport) -> None:
         follower = ledger.Follower(str(self.ledger))
-        deadline = time.monotonic() + self.plan.drain_timeout
+        # the tasks' own time (0.2 s each on average, over every child), twice, on top
+        work = len(self.expected) * 0.2 / (len(self.workers) * HOST_CHILDREN)
+        timeout = self.plan.drain_timeout + 2 * work
+        deadline = time.monotonic() + timeout
         while True:
             if self.expected <= follower.poll():
                 stats = transport.queue_stats(self.queue)
@@ -181,7 +190,7 @@ class _Partition:
             if time.monotonic() > deadline:
                 missing = len(self.expected - follower.completed)
                 self.result.errors.append(
-                    f"not drained within {self.plan.drain_timeout:g} s: {missing} tasks not "
+                    f"not drained within {timeout:.0f} s: {missing} tasks not "
                     f"completed; {transport.queue_stats(self.queue)}"
                 )
                 return
