@@ -25,12 +25,14 @@ from pathlib import Path
 from asynctask.api import close_transports
 from asynctask.uri import redact
 from bench import machine
-from chaos import badinput, liveness, partition, report
+from chaos import badinput, limits, liveness, partition, report
 from chaos.scenarios import SCENARIOS, Plan, Result, Say, run_scenario
 from chaos.servers import BACKENDS, Backend
 from chaos.supervisor import ROOT
 
-_ALL = (*SCENARIOS, *liveness.SCENARIOS, partition.SCENARIO)
+_ALL = (*SCENARIOS, *liveness.SCENARIOS, partition.SCENARIO, limits.SCENARIO)
+#: scenarios on servers of their own, in namespaces (chaos.hosts)
+_HOSTED = {partition.SCENARIO: partition.run_partition, limits.SCENARIO: limits.run_limits}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -130,14 +132,14 @@ def main(argv: list[str]) -> int:
     began = time.monotonic()
     for name in transports:
         backend = BACKENDS[name](scratch, given.get(name))
-        shared = tuple(s for s in scenarios if s != partition.SCENARIO)
+        shared = tuple(s for s in scenarios if s not in _HOSTED)
         if shared or bad_input:
             run.results += _run_transport(backend, shared, bad_input, plan, scratch, run, say)
-        if partition.SCENARIO in scenarios:  # on servers of its own, in namespaces
-            say(f"{name}:\n  {partition.SCENARIO}...")
-            result = partition.run_partition(name, plan, scratch, say, run.servers)
+        for scenario in (s for s in scenarios if s in _HOSTED):
+            say(f"{name}:\n  {scenario}...")
+            result = _HOSTED[scenario](name, plan, scratch, say, run.servers)
             state = result.skipped or ("ok" if result.ok else "FAILED")
-            say(f"  {partition.SCENARIO}: {state} in {result.seconds:.0f} s")
+            say(f"  {scenario}: {state} in {result.seconds:.0f} s")
             run.results.append(result)
     run.seconds = time.monotonic() - began
     run.machine["load_after"] = machine.load()
@@ -160,8 +162,8 @@ def main(argv: list[str]) -> int:
         old = page.read_text(encoding="utf-8") if page.exists() else "# Reliability\n"
         page.write_text(report.replace_bad_input(old, section), encoding="utf-8")
         print(f"wrote the bad-input table of {page}")
-    elif scenarios == (partition.SCENARIO,) and args.docs is not None:
-        # a run of the partition scenario alone replaces its own section only
+    elif scenarios and set(scenarios) <= set(_HOSTED) and args.docs is not None:
+        # a run of the many-hosts scenarios alone replaces their own section only
         page = args.docs / "reliability.md"
         old = page.read_text(encoding="utf-8") if page.exists() else "# Reliability\n"
         section = report.many_hosts_markdown(run)

@@ -77,6 +77,8 @@ class Follower:
         self.path = path
         self.offset = 0
         self.completed: set[int] = set()
+        #: the entries read by the last ``poll``
+        self.recent: list[Entry] = []
 
     def poll(self) -> set[int]:
         """Read what is new; return every ``n`` completed at least once."""
@@ -88,7 +90,8 @@ class Follower:
             return self.completed
         end = chunk.rfind(b"\n") + 1
         self.offset += end
-        for entry in _parse(chunk[:end].decode().splitlines()):
+        self.recent = list(_parse(chunk[:end].decode().splitlines()))
+        for entry in self.recent:
             if entry.event == "done":
                 self.completed.add(entry.n)
         return self.completed

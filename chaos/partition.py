@@ -31,7 +31,7 @@ from pathlib import Path
 
 from asynctask import Transport, get_transport
 from chaos import hosts, ledger
-from chaos.private import PrivateServer, start_server
+from chaos.private import PrivateServer, hosts_with_server
 from chaos.scenarios import Plan, Result, Say
 from chaos.servers import APPLICATION_NAME, BACKENDS, with_options
 from chaos.supervisor import Workers
@@ -45,6 +45,9 @@ HOST_CHILDREN = 2
 #: CI shares 2 cores), and the share of the bound added to it
 SLACK = 3.0
 SLACK_SHARE = 0.5
+#: seconds since a start on the host to be cut within which the cut is made (its task
+#: runs 150 ms at least: setting the link down takes a few ms to a hundred)
+FRESH = 0.06
 
 
 def run_partition(
@@ -63,17 +66,12 @@ def run_partition(
     folder = scratch / name / SCENARIO
     folder.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
-    with hosts.Network(plan.hosts) as network:
-        assert network.server is not None
-        server = start_server(name, network.server, network.server_address, folder)
-        try:
-            version = server.version()
-            if servers is not None:
-                servers[f"{name} (partition)"] = version
-            say(f"    {version} at {network.server_address}, {plan.hosts} hosts")
-            _Partition(name, server, network, plan, folder, say, result).run()
-        finally:
-            server.stop()
+    with hosts_with_server(name, plan.hosts, folder) as (network, server):
+        version = server.version()
+        if servers is not None:
+            servers[f"{name} (partition)"] = version
+        say(f"    {version} at {network.server_address}, {plan.hosts} hosts")
+        _Partition(name, server, network, plan, folder, say, result).run()
     result.seconds = time.monotonic() - began
     return result
 
@@ -102,6 +100,7 @@ class _Partition:
         self.workers: list[Workers] = []
         self.expected = set(range(plan.partition_tasks))
         self.cut_began = self.cut_at = self.healed_at = 0.0
+        self._tail = ledger.Follower(str(self.ledger))
 
     def run(self) -> None:
         transport = get_transport(self.uri)
@@ -161,25 +160,29 @@ class _Partition:
                 numbers = range(index * size, min(tasks, (index + 1) * size))
                 if numbers:
                     transport.submit_tasks(
-                        self.queue, [{"n": n, "ms": 100 + n % 201} for n in numbers]
+                        self.queue, [{"n": n, "ms": 150 + n % 201} for n in numbers]
                     )
                 index += 1
             else:
                 time.sleep(0.02)
 
     def _busy(self, host: str, waited: float) -> bool:
-        """Whether a child of ``host`` runs a task now (the cut must catch one mid-task;
-        after 5 s of waiting, cut anyway)."""
-        last: dict[tuple[str, int], str] = {}
-        for entry in ledger.read(str(self.ledger)):
-            if entry.host == host:
-                last[entry.process] = entry.event
-        return "start" in last.values() or waited > 5
+        """Whether a child of ``host`` has just started a task (the cut must catch one
+        mid-task, and setting a link down takes a moment; after 10 s, cut anyway)."""
+        self._tail.poll()
+        now = time.time()
+        return (
+            any(
+                e.host == host and e.event == "start" and now - e.time < FRESH
+                for e in self._tail.recent
+            )
+            or waited > 10
+        )
 
     def _wait_drained(self, transport: Transport) -> None:
         follower = ledger.Follower(str(self.ledger))
-        # the tasks' own time (0.2 s each on average, over every child), twice, on top
-        work = len(self.expected) * 0.2 / (len(self.workers) * HOST_CHILDREN)
+        # the tasks' own time (0.25 s each on average, over every child), twice, on top
+        work = len(self.expected) * 0.25 / (len(self.workers) * HOST_CHILDREN)
         timeout = self.plan.drain_timeout + 2 * work
         deadline = time.monotonic() + timeout
         while True:

@@ -23,9 +23,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from chaos.hosts import Namespace
+from chaos.hosts import Namespace, Network
 
 #: the directory of PostgreSQL's server programs (initdb, pg_ctl)
 _PG_BIN = Path("/usr/lib/postgresql")
@@ -259,6 +260,21 @@ def start_server(name: str, namespace: Namespace, address: str, folder: Path) ->
         server.stop()
         raise
     return server
+
+
+@contextlib.contextmanager
+def hosts_with_server(
+    name: str, hosts: int, folder: Path
+) -> Iterator[tuple[Network, PrivateServer]]:
+    """``hosts`` host namespaces and a private server of transport ``name`` in the
+    server namespace; everything stopped and removed afterwards."""
+    with Network(hosts) as network:
+        assert network.server is not None
+        server = start_server(name, network.server, network.server_address, folder)
+        try:
+            yield network, server
+        finally:
+            server.stop()
 
 
 def _pg_bindir() -> Path:

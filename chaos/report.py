@@ -209,7 +209,7 @@ MANY_HOSTS_TITLE = "## Many hosts: one cut off"
 
 def many_hosts_markdown(run: Run) -> str:
     """The partition section of docs/reliability.md (empty without partition results)."""
-    results = [r for r in run.results if r.scenario == "partition"]
+    results = [r for r in run.results if r.scenario in ("partition", "limits")]
     if not results:
         return ""
     plan = run.plan
@@ -234,7 +234,7 @@ it, `tests/chaos/test_partition.py`). Each host is a set of Linux namespaces of 
 (network, hostname, PID space, `/proc`: its processes' PIDs overlap the other hosts')
 running `asynctask workers` with 2 children (prefetch 1); a server of the run's own
 listens in a server namespace, joined to the hosts by veth links on a bridge (never the
-shared servers: `chaos/hosts.py`, `chaos/private.py`). Tasks sleep 100-300 ms and are
+shared servers: `chaos/hosts.py`, `chaos/private.py`). Tasks sleep 150-350 ms and are
 fed in {plan.batches} batches over {plan.feed_seconds:g} s. At 30 % of the feed, once a
 child of `host1` is running a task, `host1`'s bridge port is set down (its packets are
 dropped; connections hang, nothing is refused) for twice the recovery bound R plus 2 s,

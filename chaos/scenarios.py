@@ -57,6 +57,8 @@ TITLES = {
     "deadly": "child-killing task, innocent ones",
     # chaos.partition
     "partition": "a host cut off (3 hosts)",
+    # chaos.limits
+    "limits": "global rate and cap (3 hosts)",
 }
 #: nesting accepted (the payload rule allows 500 levels) and nesting submit must refuse
 DEEP, TOO_DEEP = 400, 600

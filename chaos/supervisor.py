@@ -41,9 +41,11 @@ class Workers:
         prefetch: int | None = None,
         own_group: bool = False,
         host: Namespace | None = None,
+        options: dict[str, object] | None = None,
     ) -> None:
-        """``host``: run it inside that host's namespaces (``chaos.hosts``)."""
-        entry: dict[str, object] = {"worker": WORKER, "concurrency": concurrency}
+        """``host``: run it inside that host's namespaces (``chaos.hosts``); ``options``:
+        more keys of the queue's entry (``max_running``...)."""
+        entry: dict[str, object] = {"worker": WORKER, "concurrency": concurrency, **(options or {})}
         if prefetch is not None:
             entry["prefetch"] = prefetch
         command = workers_command(

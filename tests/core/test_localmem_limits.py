@@ -17,6 +17,8 @@ class TestLocalMemLimits(GlobalLimitContract):
         # localmem lives in one object: "another host" is the same store
         return transport
 
-    @pytest.mark.xfail(reason="one process: no owner liveness (a slot lives its lease)", strict=True)
+    @pytest.mark.xfail(
+        reason="one process: no owner liveness (a slot lives its lease)", strict=True
+    )
     def test_a_dead_owners_slot_comes_back(self, transport, rival, queue):
         super().test_a_dead_owners_slot_comes_back(transport, rival, queue)
