@@ -54,6 +54,7 @@ from typing import Any, ClassVar
 import amqp.exceptions
 
 from asynctask.errors import InvalidTaskError, TransportError
+from asynctask.status import SubmitOptions
 from asynctask.transport import Consumer, FailedTask, QueueStats, Transport, TransportFeatures
 from asynctask.validation import Payload, is_valid_queue_name
 from asynctask_amqp.consumer import AmqpConsumer
@@ -232,7 +233,14 @@ class AmqpTransport(Transport):
 
     # -- primitives -----------------------------------------------------------------------
 
-    def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
+    def _put(
+        self,
+        queue: str,
+        tasks: Sequence[tuple[str, str]],
+        delay: float,
+        options: SubmitOptions,
+    ) -> Sequence[str] | None:
+        options.refuse_until_supported(self)
         if delay > LONGEST_DELAY:
             raise InvalidTaskError(
                 f"delay={delay:g} s is longer than a year, the amqp transport's longest "
@@ -261,7 +269,7 @@ class AmqpTransport(Transport):
                     exchange, key = "", self._declare_rung(link, queue, "delay", delay)
                 try:
                     link.publish(exchange, key, messages[done:])
-                    return
+                    return None
                 except Unroutable:
                     if last_try:
                         raise TransportError(f"queue {queue!r} vanished while submitting") from None
@@ -272,6 +280,7 @@ class AmqpTransport(Transport):
                             self._resume.clear()
                         self._resume[batch] = done + exc.confirmed
                     raise
+        return None
 
     def _take(self, queue: str) -> Payload | None:
         with self._session() as link:

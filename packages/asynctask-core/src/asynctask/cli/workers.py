@@ -120,6 +120,11 @@ def workers(
                         max_running=worker_config.max_running,
                         prefetch=worker_config.prefetch,
                         child_concurrency=worker_config.child_concurrency,
+                        track_status=(
+                            registry.worker_class(worker_config.worker).track_status
+                            if worker_config.track_status is None
+                            else worker_config.track_status
+                        ),
                         grace=grace,
                         summary_path=report.path if halt_when_empty else None,
                     )
@@ -153,8 +158,8 @@ def workers(
             raise fail(
                 f"queue {limited[0]!r} has global limits (rate_scope 'global' or max_running), "
                 f"kept in the backend, but the {uri.split(':', 1)[0]} transport keeps no shared "
-                "state: use redis, pgsql or filesys for it (a separate state store, "
-                "asynctask_state, is not available yet), or drop those limits",
+                "state for them (keeping them in asynctask_state is not done yet): use redis, "
+                "pgsql or filesys as asynctask_transport for that queue, or drop those limits",
                 2,
             )
         # Made now, it refuses bad options before any child starts; the supervisor keeps
