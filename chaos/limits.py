@@ -28,9 +28,8 @@ from typing import Any
 
 from asynctask import Transport, get_transport
 from chaos import hosts, ledger
-from chaos.private import hosts_with_server
+from chaos.private import hosted_uri, hosts_with_server
 from chaos.scenarios import Plan, Result, Say
-from chaos.servers import APPLICATION_NAME, BACKENDS, with_options
 from chaos.supervisor import Workers
 
 SCENARIO = "limits"
@@ -70,10 +69,7 @@ def run_limits(
     with hosts_with_server(name, plan.hosts, folder) as (network, server):
         if servers is not None:
             servers[f"{name} (limits)"] = server.version()
-        options = dict(BACKENDS[name].short_recovery)
-        if name == "pgsql":
-            options["application_name"] = APPLICATION_NAME
-        uri = with_options(server.uri, options)
+        uri = hosted_uri(name, server)
         transport = get_transport(uri)
         try:
             run = _Limits(uri, transport, network, folder, say, result)

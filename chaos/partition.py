@@ -31,9 +31,8 @@ from pathlib import Path
 
 from asynctask import Transport, get_transport
 from chaos import hosts, ledger
-from chaos.private import PrivateServer, hosts_with_server
+from chaos.private import PrivateServer, hosted_uri, hosts_with_server
 from chaos.scenarios import Plan, Result, Say
-from chaos.servers import APPLICATION_NAME, BACKENDS, with_options
 from chaos.supervisor import Workers
 
 SCENARIO = "partition"
@@ -93,10 +92,7 @@ class _Partition:
         say: Say,
         result: Result,
     ) -> None:
-        options = dict(BACKENDS[name].short_recovery)
-        if name == "pgsql":
-            options["application_name"] = APPLICATION_NAME
-        self.uri = with_options(server.uri, options)
+        self.uri = hosted_uri(name, server)
         self.network, self.plan, self.folder = network, plan, folder
         self.say, self.result = say, result
         self.queue = f"chaos_partition_{uuid.uuid4().hex[:8]}"
