@@ -228,12 +228,13 @@ class _Partition:
             and not any(e.host == cut_host and e.time <= cut for e in done.get(n, []))
         }
         # and what it had reserved (the reply still on its way) may come back too:
-        # nothing else raises an attempt here (no task fails)
+        # nothing else raises an attempt here (no task fails). It may start on another
+        # host, or on the cut host itself once healed (amqp puts it at the tail).
         again = {
             n: min(at)
             for n, begun in starts.items()
-            if (at := [e.time for e in begun if e.host != cut_host and e.time > cut
-                       and (e.attempt or 1) > 1])
+            if (at := [e.time for e in begun if e.time > cut and (e.attempt or 1) > 1
+                       and (e.host != cut_host or e.time > healed)])
         }  # fmt: skip
         if not running:
             result.errors.append("the cut host ran no task when cut off: nothing was tested")
@@ -258,16 +259,16 @@ class _Partition:
             for n, ds in done.items()
             if any(e.host == cut_host and cut < e.time < healed for e in ds)
         ]
-        rerun = [n for n in unacked if any(e.host != cut_host and e.time > cut for e in starts[n])]
+        rerun = [n for n in unacked if n in again]
         if len(rerun) < len(unacked):
             missing = sorted(set(unacked) - set(rerun))
             result.errors.append(f"finished while cut off, never run again: {missing[:10]}")
         shared = _shared_pids(entries)
         result.notes.append(
             f"cut off {hold:g} s (bound {bound:g} s) while running {len(running)} tasks; "
-            f"{len(again)} of its tasks came back and started elsewhere within "
+            f"{len(again)} of its tasks came back and started again within "
             f"{_s(result.recovery)}; {len(unacked)} finished while "
-            f"cut off, all run again elsewhere: {len(rerun) == len(unacked)}; "
+            f"cut off, all run again: {len(rerun) == len(unacked)}; "
             f"{shared} PIDs in use on more than one host"
         )
         result.redelivery = max(
