@@ -11,6 +11,7 @@ from asynctask.errors import (
     ConfigurationError,
     InvalidTaskError,
     InvalidURIError,
+    NotSupportedError,
     PluginError,
     TransportClosed,
     TransportError,
@@ -20,7 +21,14 @@ from asynctask.errors import (
 )
 from asynctask.hookspecs import hookimpl
 from asynctask.runner import process_queue, run_worker
-from asynctask.transport import Consumer, Delivery, FailedTask, QueueStats, Transport
+from asynctask.transport import (
+    Consumer,
+    Delivery,
+    FailedTask,
+    QueueStats,
+    Transport,
+    WaitingTask,
+)
 from asynctask.worker import AsyncTaskWorker
 
 __all__ = [
@@ -32,6 +40,7 @@ __all__ = [
     "FailedTask",
     "InvalidTaskError",
     "InvalidURIError",
+    "NotSupportedError",
     "PluginError",
     "QueueStats",
     "Transport",
@@ -40,6 +49,7 @@ __all__ = [
     "TransportRefused",
     "TransportUnavailable",
     "UnknownWorkerError",
+    "WaitingTask",
     "get_transport",
     "hookimpl",
     "process_queue",

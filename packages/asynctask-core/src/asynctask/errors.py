@@ -14,7 +14,8 @@ exceptions at the boundary and raise ours ``from`` the original::
         ├── TransportUnavailable  the backend cannot be reached (after retrying)
         ├── TransportRefused      the backend answered and refuses for good: wrong
         │                         credentials, unknown database/vhost, refused TLS
-        └── TransportClosed       the transport was closed by its owner
+        ├── TransportClosed       the transport was closed by its owner
+        └── NotSupportedError     a call this transport's backend cannot serve (peek on AMQP)
 
 Messages say what was wrong, with the value, and what to do about it. Passwords are
 never part of a message (see ``asynctask.uri.redact``).
@@ -66,3 +67,11 @@ class TransportRefused(TransportError):
 
 class TransportClosed(TransportError):
     """The transport (or consumer) was closed and cannot be used any more."""
+
+
+class NotSupportedError(TransportError):
+    """A call the transport's backend cannot serve, such as ``peek`` on AMQP.
+
+    Callers that can do without (a dashboard showing counts instead of tasks) catch it;
+    the message names the transport and what it can do instead.
+    """

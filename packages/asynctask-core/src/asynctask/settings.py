@@ -114,6 +114,16 @@ def _port(value: Any) -> int | None:
     return value
 
 
+def _web_token(value: Any) -> str | None:
+    # Shown only as *** (see SECRET_SETTINGS), so the message never repeats the value.
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) < 16:
+        raise _Invalid("expected a token of at least 16 characters, or null")
+    remember_secret(value)
+    return value
+
+
 def _imports(value: Any) -> list[str]:
     if isinstance(value, str):
         value = [value]
@@ -303,11 +313,18 @@ SETTINGS: dict[str, Setting] = {
             _port,
             "Prometheus port of asynctask workers (needs asynctask-prometheus)",
         ),
+        Setting(
+            "asynctask_web_token",
+            lambda: None,
+            _web_token,
+            "token of asynctask web (needs asynctask-web) when it listens beyond loopback; "
+            "shown as ***",
+        ),
     ]
 }
 
 #: settings whose values are never shown, in any output
-SECRET_SETTINGS = frozenset({"asynctask_signing_key"})
+SECRET_SETTINGS = frozenset({"asynctask_signing_key", "asynctask_web_token"})
 
 
 @dataclass
@@ -379,6 +396,12 @@ class Settings:
     def metrics_port(self) -> int | None:
         """The port ``asynctask workers`` serves metrics on, if any."""
         value: int | None = self.values["asynctask_metrics_port"]
+        return value
+
+    @property
+    def web_token(self) -> str | None:
+        """The token ``asynctask web`` asks for, if any."""
+        value: str | None = self.values["asynctask_web_token"]
         return value
 
     def check_workers(

@@ -34,6 +34,7 @@ from asynctask import events, signing
 from asynctask.errors import (
     ConfigurationError,
     InvalidTaskError,
+    NotSupportedError,
     TransportClosed,
     TransportUnavailable,
 )
@@ -106,6 +107,19 @@ class FailedTask:
     attempts: int
     submitted_at: float | None
     failed_at: float
+
+
+@dataclass(frozen=True)
+class WaitingTask:
+    """A ready task as ``peek`` reads it: still in the queue, untouched."""
+
+    id: str
+    queue: str
+    payload: Payload | None  # None when the message cannot be decoded
+    raw: str | None  # the undecodable text, else None
+    #: earlier attempts that ended without success (0 for a task never delivered)
+    attempts: int
+    submitted_at: float | None  # None where the backend does not know (a foreign task)
 
 
 @dataclass
@@ -375,6 +389,15 @@ class Transport(ABC):
         """Submit time of the oldest ready task; override where the backend can tell."""
         return None
 
+    def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
+        """The first ``limit`` ready tasks in the order they would be taken, read without
+        taking, changing or moving any (an undecodable one is listed with its text).
+        Override where the backend can; ``can_peek`` tells whether a transport did."""
+        raise NotSupportedError(
+            f"{self!r} cannot list waiting tasks without taking them (peek); "
+            "queue_stats() gives their counts"
+        )
+
     @abstractmethod
     def _consumer(self, queue: str, prefetch: int) -> Consumer:
         """A new consumer of ``queue``."""
@@ -475,14 +498,24 @@ class Transport(ABC):
         ids = [task_id for task_id, _ in tasks]
         if tasks:
             store = self.external_state()
-            if store is not None:
+            if store is None:
+                stored = self._call(self._put, queue_name, tasks, delay, options)
+            else:
                 # Another transport keeps the statuses: it records them (and takes the
                 # unique key) first; a key already held means nothing is stored here.
                 known = self._call(store.submitted, queue_name, ids, delay, options)
                 if list(known) != ids:
                     return list(known)
-                options = SubmitOptions(options.expires, None, options.priority)
-            stored = self._call(self._put, queue_name, tasks, delay, options)
+                plain = SubmitOptions(options.expires, None, options.priority)
+                try:
+                    stored = self._call(self._put, queue_name, tasks, delay, plain)
+                except BaseException:
+                    # never stored (as far as we know): no status, the unique key free
+                    try:
+                        store.unsubmitted(queue_name, ids, options)
+                    except Exception as exc:  # the submit's own error is the one to see
+                        logger.warning("Could not undo the statuses of a failed submit: %s", exc)
+                    raise
             if stored is not None:
                 ids = list(stored)
         events.task_submitted(queue_name, ids)
@@ -623,6 +656,25 @@ class Transport(ABC):
         task (AMQP). ``asynctask top`` shows its age.
         """
         return self._call(self._oldest_ready, check_queue_name(queue_name))
+
+    def peek(self, queue_name: str, limit: int = 100) -> list[WaitingTask]:
+        """The first ``limit`` ready tasks, head first, read without taking them.
+
+        Delayed, retrying, in-flight and failed tasks are not listed. Raises
+        ``NotSupportedError`` on a backend that cannot read a queue without taking from
+        it (AMQP; see ``can_peek``).
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidTaskError(f"limit must be an int >= 0, got {limit!r}")
+        queue = check_queue_name(queue_name)
+        if limit == 0 and self.can_peek:
+            return []
+        return self._call(self._peek, queue, limit)
+
+    @property
+    def can_peek(self) -> bool:
+        """Whether ``peek`` lists waiting tasks here (the transport implements ``_peek``)."""
+        return type(self)._peek is not Transport._peek
 
     def purge(self, queue_name: str) -> int:
         """Delete every task of a queue that is not in flight or failed; return how many."""

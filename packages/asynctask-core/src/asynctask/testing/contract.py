@@ -38,7 +38,12 @@ from typing import Any, Protocol
 
 import pytest
 
-from asynctask.errors import InvalidTaskError, TransportClosed, TransportUnavailable
+from asynctask.errors import (
+    InvalidTaskError,
+    NotSupportedError,
+    TransportClosed,
+    TransportUnavailable,
+)
 from asynctask.plugins import load_plugins
 from asynctask.testing.services import unique_queue
 from asynctask.transport import COUNT_NAMES, Transport
@@ -332,6 +337,49 @@ class TransportContract:
             consumer.ack(again)
         assert probe.stored(queue) == 0
         assert [f.id for f in transport.failed_tasks(queue)] == [failing.id]
+
+    def test_peek_lists_ready_tasks_head_first_without_taking_them(self, transport, queue, probe):
+        """``peek`` reads the ready tasks in the order they would be taken, at most
+        ``limit``, and takes nothing; delayed and reserved tasks are not waiting there. A
+        transport that cannot read without taking (``can_peek`` false) says so. Fails
+        against a peek that takes, ignores ``limit``, lists newest first, or lists what a
+        consumer holds."""
+        if not transport.can_peek:
+            with pytest.raises(NotSupportedError, match="peek"):
+                transport.peek(queue)
+            return
+        # Given 5 ready tasks and a delayed one
+        assert transport.peek(queue) == []
+        before = time.time()
+        ids = transport.submit_tasks(queue, [{"n": n} for n in range(5)])
+        after = time.time()
+        transport.submit_task(queue, {"late": True}, delay=60)
+        # When peeked with a limit, the first ones come, head first, with their fields
+        peeked = transport.peek(queue, limit=3)
+        assert [(w.id, w.payload) for w in peeked] == [(ids[n], {"n": n}) for n in range(3)]
+        first = peeked[0]
+        assert first.queue == queue and first.raw is None and first.attempts == 0
+        assert first.submitted_at is not None and before - 1 <= first.submitted_at <= after + 1
+        assert [w.payload for w in transport.peek(queue)] == [{"n": n} for n in range(5)]
+        assert transport.peek(queue, limit=0) == []
+        # Then nothing was taken
+        assert probe.stored(queue) == 6 and transport.poll_queue(queue) == 5
+        # And a reserved task is no longer listed
+        with transport.consumer(queue) as consumer:
+            held = consumer.reserve(timeout=5)
+            assert held is not None and held.id == ids[0]
+            assert [w.id for w in transport.peek(queue)] == ids[1:]
+            consumer.ack(held)
+        # A foreign object and garbage are listed (the garbage as its text) and left there
+        assert transport.purge(queue) == 5
+        probe.inject(queue, "{not json")
+        probe.inject(queue, '{"foo": 1}')
+        garbage, foreign = transport.peek(queue)
+        assert garbage.payload is None and garbage.raw == "{not json"
+        assert foreign.payload == {"foo": 1} and foreign.raw is None
+        assert probe.stored(queue) == 2
+        with pytest.raises(ValueError, match="limit"):
+            transport.peek(queue, limit=-1)
 
     def test_transport_is_safe_to_share_between_threads(self, transport, queue, probe):
         def submit() -> None:

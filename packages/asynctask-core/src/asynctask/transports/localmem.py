@@ -28,7 +28,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from asynctask.limits import LimitBook, LimitSpec
@@ -41,6 +41,7 @@ from asynctask.transport import (
     QueueStats,
     Transport,
     TransportFeatures,
+    WaitingTask,
     check_delay,
 )
 from asynctask.transports.memstate import MemoryStateStore
@@ -71,6 +72,11 @@ class _Ready:
 
     def __len__(self) -> int:
         return self.count
+
+    def __iter__(self) -> Iterator[_Task]:
+        """In the order takers take them (``peek``): the highest lane first, FIFO within."""
+        for lane in reversed(self.lanes):
+            yield from lane
 
     def append(self, task: _Task) -> None:
         self.lanes[task.priority].append(task)
@@ -304,6 +310,22 @@ class LocalMemTransport(Transport):
         with self._cond:
             q = self._queues.get(queue)
             return None if q is None else q.ready.oldest()
+
+    def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
+        with self._cond:
+            q = self._queues.get(queue)
+            if q is None:
+                return []
+            self._maintain(q)
+            return [self._waiting(queue, task) for task in itertools.islice(q.ready, limit)]
+
+    def _waiting(self, queue: str, task: _Task) -> WaitingTask:
+        try:
+            payload: Payload | None = self.decode(task.text)
+            raw = None
+        except ValueError:  # UndecodableMessage: listed as its text
+            payload, raw = None, task.text
+        return WaitingTask(task.id, queue, payload, raw, task.attempts, task.submitted_at)
 
     def _queue_names(self) -> list[str]:
         with self._cond:
