@@ -3,7 +3,7 @@
 A ``Network`` makes (all as root, with ``unshare``, ``nsenter`` and ``ip``):
 
 * a **server namespace** (network and hostname of its own) with a bridge ``br0`` at
-  ``<net>.1``: the scenario's own servers listen there (``chaos.private``), never the
+  ``<net>.1``: the scenario's own servers listen there (``chaos.hosted``), never the
   shared ones, which listen on this machine's loopback and cannot be reached from it;
 * **hosts** ``host1``, ``host2``...: each a namespace with its own network, hostname,
   PID space and ``/proc`` (so two hosts' processes share PIDs, as on real machines), whose

@@ -28,7 +28,7 @@ from typing import Any
 
 from asynctask import Transport, get_transport
 from chaos import hosts, ledger
-from chaos.private import hosted_uri, hosts_with_server
+from chaos.hosted import hosted_uri, hosts_with_server
 from chaos.scenarios import Plan, Result, Say
 from chaos.supervisor import Workers
 

@@ -2,7 +2,7 @@
 
 Hosts are Linux namespaces (``chaos.hosts``), each running ``asynctask workers`` with
 ``HOST_CHILDREN`` children; the server is the scenario's own, inside the server namespace
-(``chaos.private``), on the backend's short recovery bound ``R``
+(``chaos.hosted``), on the backend's short recovery bound ``R``
 (``features.recovery_seconds``). The scenario feeds its tasks over ``Plan.feed_seconds``;
 at 30 % of it, ``host1``'s link goes down for ``2 R + 2`` s, then up again. It expects:
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from asynctask import Transport, get_transport
 from chaos import hosts, ledger
-from chaos.private import PrivateServer, hosted_uri, hosts_with_server
+from chaos.hosted import PrivateServer, hosted_uri, hosts_with_server
 from chaos.scenarios import Plan, Result, Say
 from chaos.supervisor import Workers
 

@@ -2,7 +2,7 @@
 
 Each host is a set of Linux namespaces (network, hostname, PID space) running ``asynctask
 workers`` with 2 children; the server is the scenario's own, in a server namespace the
-hosts reach over veth links (``chaos.hosts``, ``chaos.private``). While 200 tasks are fed,
+hosts reach over veth links (``chaos.hosts``, ``chaos.hosted``). While 200 tasks are fed,
 ``host1``'s link goes down for twice the recovery bound, then up again.
 
 Making namespaces needs root: elsewhere the test is skipped, saying so, unless

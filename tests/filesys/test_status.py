@@ -6,6 +6,7 @@ what is particular to the record files: the hot path, the folders, hostile recor
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 import os
 import threading
@@ -258,3 +259,20 @@ def test_with_tracking_off_the_consumer_writes_no_status(uri):
         assert t.status(tid).state == "queued"
         # a unique key is freed all the same (it would be held for good)
         assert t.submit_task(queue, {}, unique_key="k") != keyed
+
+
+def test_a_record_lock_held_by_somebody_else_delays_but_never_stalls(uri, tmp_path):
+    # Given another user of the shared folder holding the lock of a record for good
+    queue = unique_queue()
+    with open_transport(uri) as t:
+        tid = t.submit_task(queue, {})
+        fd = os.open(tmp_path / "q" / ".status" / "live" / tid, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # When the task is cancelled, then it still is, within the lock's wait
+            began = time.monotonic()
+            assert t.cancel(tid) is True
+            assert time.monotonic() - began < 5
+            assert t.status(tid).state == "cancelled"
+        finally:
+            os.close(fd)

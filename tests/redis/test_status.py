@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 
 from asynctask.status import StatusNotTracked, SubmitOptions
 from asynctask.testing import unique_queue
@@ -412,14 +411,20 @@ def test_the_generic_store_keeps_another_transports_state(transport):
     assert queue not in [s.name for s in transport.queues()]  # no task of its own here
 
 
-def test_statuses_reads_many_ids_in_two_round_trips(transport, queue, client):
+def test_statuses_reads_many_ids_in_two_round_trips(transport, queue, monkeypatch):
     ids = transport.submit_tasks(queue, [{} for _ in range(50)])
-    before = int(client.info("stats")["total_commands_processed"])
+    calls: list[object] = []
+    execute = transport.execute
+
+    def counted(fn, *args):
+        calls.append(fn)
+        return execute(fn, *args)
+
+    monkeypatch.setattr(transport, "execute", counted)
     found = transport.statuses([*ids, "f" * 32])
-    after = int(client.info("stats")["total_commands_processed"])
     assert [s.state for s in found[:-1]] == ["queued"] * 50 and found[-1] is None
-    # MGET, then TIME + one HGETALL and one EXISTS per id (other clients add a few)
-    assert after - before < 2 + 1 + 100 + 30
+    # MGET of the pointers, then one pipeline; (core asks whether a queue is untracked)
+    assert len(calls) <= 3, calls
 
 
 def test_the_storage_is_what_the_readme_says(transport, queue, client):
@@ -432,7 +437,6 @@ def test_the_storage_is_what_the_readme_says(transport, queue, client):
     assert client.get(f"{p}:{queue}:unique:x") == tid.encode()
     (member,) = client.zrange(f"{p}:{queue}:urgent", 0, -1)
     assert b'"asynctask-priority":"2"' in member
-    assert isinstance(redis.Redis, type)
 
 
 def test_a_cancel_between_reserve_and_start_is_seen_by_start(transport, queue):

@@ -115,6 +115,12 @@ def release_marker(queue: str, task_id: str) -> str:
     return fit(f"asynctask.released.{queue}.{task_id}")
 
 
+def settled_marker(queue: str, task_id: str, attempts: int) -> str:
+    """The queue that says "settled by its worker after its connection was lost" about
+    the delivery of a task at ``attempts``: its redelivery is dropped, not run again."""
+    return fit(f"asynctask.settled.{queue}.{task_id}.{attempts}")
+
+
 def claim_ttl_ms(ttl: float) -> int:
     """A claim's ``x-expires``: whole milliseconds, at least 1."""
     return max(1, math.ceil(ttl * 1000))

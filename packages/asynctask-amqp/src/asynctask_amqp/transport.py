@@ -98,6 +98,7 @@ from asynctask_amqp.topology import (
     rung_for,
     rung_name,
     rung_names,
+    settled_marker,
     task_message,
 )
 
@@ -322,9 +323,14 @@ class AmqpTransport(Transport):
                 if received.payload is None:
                     error = received.error or "undecodable message"
                     self._store_failed(link, queue, received, error, received.attempts)
+                tag = message.delivery_info["delivery_tag"]
                 if message.delivery_info["redelivered"]:  # tidy: its release marker, if any
-                    link.channel.queue_delete(release_marker(queue, received.key))
-                link.channel.basic_ack(message.delivery_info["delivery_tag"])
+                    released = link.channel.queue_delete(release_marker(queue, received.key))
+                    marker = settled_marker(queue, received.key, received.attempts)
+                    if not released and link.channel.queue_delete(marker):
+                        link.channel.basic_ack(tag)  # settled after its connection was lost
+                        continue
+                link.channel.basic_ack(tag)
                 if received.payload is not None:
                     return received.payload
 

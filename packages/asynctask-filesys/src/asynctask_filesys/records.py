@@ -33,6 +33,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import re
 import stat
@@ -45,6 +46,8 @@ from asynctask_filesys.layout import SAFE_OPEN, NotATaskFile
 
 Record = dict[str, Any]
 
+logger = logging.getLogger("asynctask.filesys")
+
 FOLDER = ".status"
 #: a task id as it may appear in a record's name (the ids of task file names)
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -52,6 +55,8 @@ _ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _UPDATE = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
 #: how a mark is appended: never through a symlink, never created, never blocking
 _MARK = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+#: seconds an update waits for a record's lock before it goes ahead without it
+LOCK_WAIT = 1.0
 #: how often a torn read (a record rewritten while read) is tried again
 _READ_TRIES = 5
 
@@ -210,7 +215,7 @@ def update(path: str, change: Change, limit: int) -> tuple[Record, bool] | None:
             return None
         raise
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _lock(fd)
         try:
             data, info = _read_fd(fd, limit)
         except NotATaskFile:
@@ -226,6 +231,22 @@ def update(path: str, change: Change, limit: int) -> tuple[Record, bool] | None:
         return record, True
     finally:
         os.close(fd)
+
+
+def _lock(fd: int) -> None:
+    """Take a record's lock without blocking, retried for at most ``LOCK_WAIT`` s: the
+    lock only orders our own short rewrites, so a lock somebody else keeps (another
+    user of a shared folder) delays an update but never stalls a worker."""
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                logger.warning("A status record's lock stayed held for %g s; updating", LOCK_WAIT)
+                return
+            time.sleep(0.001)
 
 
 def move(source: str, target: str) -> bool:

@@ -376,7 +376,8 @@ class FilesysStateStore(StateStore):
         The hot path, a first attempt's success without a result whose file told the
         unique key, is one rename (the mark's mtime, the start time, moves with it).
         Anything else rewrites the record first, then moves it. A record already
-        ``cancelled`` stays so: then True (the task was cancelled while it ran), else None."""
+        ``cancelled`` stays so: then True (the task was cancelled while it ran), else
+        None."""
         if not valid_id(task_id):
             return None
         hot = state == "succeeded" and result_json is None and attempts == 1

@@ -51,6 +51,10 @@ class StoreHost(Protocol):
         """Migrate the schema if this is the first call."""
         ...
 
+    def _stored(self) -> bool:
+        """Whether the schema exists, asked without creating it."""
+        ...
+
     def _mapped_errors(self) -> AbstractContextManager[None]:
         """Map psycopg's errors to ours."""
         ...
@@ -70,7 +74,8 @@ class PgsqlStateStore(StateStore):
         wanted = [_uuid(task_id) for task_id in ids]
         known = [u for u in wanted if u is not None]
         found: dict[str, TaskStatus] = {}
-        if known:
+        # Looking creates nothing: on a schema nobody made, no task is known.
+        if known and self._host._stored():
             for row in self._host._query(self.sql.statuses, {"ids": known}):
                 status = _status(row)
                 found[status.id] = status
@@ -78,7 +83,7 @@ class PgsqlStateStore(StateStore):
 
     def cancel(self, task_id: str) -> bool:
         found = _uuid(task_id)
-        if found is None:
+        if found is None or not self._host._stored():
             return False
         [(count, _)] = self._host._query(self.sql.cancel, {"id": found, "ttl": self.status_ttl})
         return bool(count)
@@ -87,8 +92,8 @@ class PgsqlStateStore(StateStore):
         """LISTEN on the status channel, mark the task watched, then read: a final state
         reached before is read, one reached after is notified (only watched tasks are)."""
         found = _uuid(task_id)
-        if found is None:
-            return None
+        if found is None or not self._host._stored():
+            return None  # looking creates nothing: no schema, no task
         deadline = None if timeout is None else time.monotonic() + timeout
         self._host._ready_pool()
         with self._host._mapped_errors(), self._listening() as conn:
