@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -103,7 +104,9 @@ class AmqpConsumer(Consumer):
         super().__init__(transport, queue, prefetch)
         self._declarations = declarations
         owner = os.getpid() if owner is None else owner
-        self._link = Link(declarations.params, f"asynctask consumer {queue} (pid {owner})")
+        # the host too: hosts' PID spaces overlap (every container's first process is 1)
+        name = f"asynctask consumer {queue} (pid {owner} on {socket.gethostname()})"
+        self._link = Link(declarations.params, name)
         self._generation = 0  # the link generation we set up (0: none)
         self._buffer: deque[Any] = deque()  # delivered, not reserved yet
         self._held: dict[int, Received] = {}  # reserved, not settled, by delivery tag

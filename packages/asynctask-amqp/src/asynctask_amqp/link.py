@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 import weakref
@@ -69,7 +70,7 @@ class Link:
 
     def __init__(self, params: ConnectionParams, name: str = "") -> None:
         self.params = params
-        self.name = name or f"asynctask producer (pid {os.getpid()})"
+        self.name = name or f"asynctask producer (pid {os.getpid()} on {socket.gethostname()})"
         self.lock = threading.Lock()
         #: bumped on every (re)connection: a delivery tag is only good on its generation
         self.generation = 0
