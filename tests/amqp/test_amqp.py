@@ -22,9 +22,9 @@ from asynctask.errors import InvalidTaskError, InvalidURIError, TransportError, 
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import hold_task_in_child, open_transport
 from asynctask.transport import Transport
-from asynctask_amqp.topology import DUE, MAX_DELAY, REGISTRY, rung_for, rung_name
+from asynctask_amqp.topology import DUE, MAX_DELAY, REGISTRY, rung_for
 from asynctask_amqp.transport import AmqpTransport
-from tests.amqp.conftest import PASSWORD, USER, VHOST, rabbitmqctl
+from tests.amqp.conftest import PASSWORD, USER, VHOST, on_shared_ladder, rabbitmqctl
 
 # -- fixtures and helpers ---------------------------------------------------------------
 
@@ -51,6 +51,14 @@ def channel(amqp_uri: str) -> Iterator[Any]:
     """A plain py-amqp channel on the test vhost, as another program would have."""
     with kombu.Connection(amqp_uri) as connection:
         yield connection.default_channel
+
+
+@pytest.fixture
+def connection(amqp_uri: str) -> Iterator[kombu.Connection]:
+    """A plain kombu connection to the test vhost."""
+    with kombu.Connection(amqp_uri) as connection:
+        connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
+        yield connection
 
 
 class Worker:
@@ -363,22 +371,26 @@ def test_a_delay_past_a_year_is_refused(transport, queue):
     assert transport.poll_queue(queue) == 0
 
 
-def test_a_30_day_delay_waits_on_the_top_rung_carrying_its_due_time(transport, queue, channel):
+def test_a_30_day_delay_waits_on_the_top_rung_carrying_its_due_time(transport, queue, connection):
     # Given a task delayed 30 days (longer than the longest rung, a week)
     before = time.time()
     transport.submit_task(queue, {"n": 1}, delay=30 * 24 * 3600)
     # Then it is delayed, not ready, and waits on the week rung with its due time
     stats = transport.queue_stats(queue)
     assert (stats.ready, stats.delayed) == (0, 1)
-    message = channel.basic_get(rung_name(queue, "delay", MAX_DELAY), no_ack=False)
-    assert message is not None
+    [message] = on_shared_ladder(connection, queue)
+    assert message.delivery_info["exchange"] == "asynctask.ladder"
+    assert message.properties["application_headers"]["asynctask-rung"] == str(
+        round(MAX_DELAY * 1000)
+    )
     due = message.properties["application_headers"][DUE]
     assert before + 30 * 24 * 3600 - 1 < due < time.time() + 30 * 24 * 3600 + 1
-    channel.basic_reject(message.delivery_info["delivery_tag"], requeue=True)
 
 
 @pytest.mark.parametrize("take", ["reserve", "get_task"])
-def test_a_task_that_arrives_before_it_is_due_goes_round_again(transport, queue, channel, take):
+def test_a_task_that_arrives_before_it_is_due_goes_round_again(
+    transport, queue, channel, connection, take
+):
     # Given a task that reached its queue a week into a longer wait (as the week rung
     # dead-letters it), due in an hour, and a task that is due
     transport.submit_task(queue, {"n": 0})  # declares the queue
@@ -406,7 +418,8 @@ def test_a_task_that_arrives_before_it_is_due_goes_round_again(transport, queue,
     assert payload == {"n": 2}
     stats = transport.queue_stats(queue)
     assert (stats.ready, stats.delayed) == (0, 1)
-    assert channel.queue_declare(rung_name(queue, "delay", 3600), passive=True).message_count == 1
+    [message] = on_shared_ladder(connection, queue)
+    assert message.properties["application_headers"]["asynctask-rung"] == "3600000"
     transport.purge(queue)
 
 

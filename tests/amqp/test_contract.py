@@ -13,7 +13,7 @@ import pytest
 from asynctask.testing import TransportContract
 from asynctask.testing.contract import SECRET
 from asynctask_amqp.topology import LADDERS, rung_names
-from tests.amqp.conftest import USER, VHOST, rabbitmqctl, vhost_of
+from tests.amqp.conftest import USER, VHOST, on_shared_ladder, rabbitmqctl, vhost_of
 
 
 class AmqpProbe:
@@ -42,8 +42,10 @@ class AmqpProbe:
                 name, _, count = line.partition("\t")
                 if name == queue:
                     ready = int(count)
-        for ladder in LADDERS:
+        for ladder in LADDERS:  # per-queue ladders of earlier versions
             ready += sum(self._count(name)[0] for name in rung_names(queue, ladder))
+        for kind in ("classic", "quorum"):  # the vhost's shared ladders
+            ready += len(on_shared_ladder(self.connection, queue, kind))
         return ready
 
     def inject(self, queue: str, text: str) -> None:
@@ -139,3 +141,16 @@ class TestAmqpTransport(TransportContract):
         probe = AmqpProbe(transport_uri)
         yield probe
         probe.close()
+
+
+class TestAmqpQuorumTransport(TestAmqpTransport):
+    """The same contract with ``?queue_type=quorum``: the task queues, their failed
+    stores and the vhost's ladder are quorum queues (issue 19 part 3)."""
+
+    @pytest.fixture
+    def transport_uri(self, amqp_uri: str) -> str:
+        return f"{amqp_uri}?heartbeat=1&retry_timeout=5&queue_type=quorum"
+
+    @pytest.fixture
+    def secret_uri(self, amqp_uri: str) -> str:
+        return f"amqp://{USER}:{SECRET}@127.0.0.1:5672/{VHOST}?queue_type=quorum"
