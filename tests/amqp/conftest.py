@@ -87,19 +87,22 @@ def vhost_of(uri: str) -> str:
 
 def on_shared_ladder(connection: kombu.Connection, queue: str, kind: str = "classic") -> list[Any]:
     """The messages of ``queue`` on the vhost's shared ladder, read with plain py-amqp as
-    the README says: each rung's messages taken unacked on a channel of their own and put
+    the README says: a rung's messages taken unacked on a channel of their own and put
     back, in place, when it closes; a message's task queue is its routing key."""
     prefix = "asynctask.ladder" if kind == "classic" else f"asynctask.ladder_{kind}"
     found = []
     channel = connection.connection.channel()
     try:
         for rung in RUNGS:
+            name = f"{prefix}.{round(rung * 1000)}"
             try:
-                while (message := channel.basic_get(f"{prefix}.{round(rung * 1000)}")) is not None:
-                    if message.delivery_info["routing_key"] == queue:
-                        found.append(message)
+                if not channel.queue_declare(name, passive=True).message_count:
+                    continue
             except amqp.exceptions.NotFound:
-                channel = connection.connection.channel()  # the broker closed the old one
+                break  # the rungs are declared together: no ladder
+            while (message := channel.basic_get(name)) is not None:
+                if message.delivery_info["routing_key"] == queue:
+                    found.append(message)
     finally:
         channel.close()
     return found

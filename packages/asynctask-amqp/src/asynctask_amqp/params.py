@@ -207,9 +207,11 @@ def _read_host(item: str, default_port: int, safe: str) -> tuple[str, int]:
         parts = urlsplit(f"//{item}")
         port = parts.port
     except ValueError as exc:
-        raise InvalidURIError(f"{safe!r}: {item!r} is not a valid host:port: {exc}") from exc
+        raise InvalidURIError(
+            f"{safe!r} is not a valid AMQP URI: {item!r} is not a valid host:port: {exc}"
+        ) from exc
     if item and not parts.hostname:
-        raise InvalidURIError(f"{safe!r}: {item!r} is not a valid host:port")
+        raise InvalidURIError(f"{safe!r} is not a valid AMQP URI: {item!r} is not a host:port")
     return parts.hostname or "localhost", port or default_port
 
 

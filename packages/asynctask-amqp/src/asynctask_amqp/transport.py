@@ -187,7 +187,17 @@ class AmqpTransport(Transport):
         declare with other arguments would be refused, 406)."""
         if name in self._declared:
             return
-        if self._passive(link, name) is None:
+        # asked on a channel of its own: a 404 closes the channel it is asked on, and
+        # ``link``'s may be a consumer's, holding deliveries
+        with side_channel(link) as side:
+            try:
+                side.queue_declare(name, passive=True)
+                exists = True
+            except amqp.exceptions.ChannelError as exc:
+                if reply_code(exc) != 404:
+                    raise
+                exists = False
+        if not exists:
             arguments = {"x-queue-type": "quorum"} if self.params.queue_type == "quorum" else None
             link.channel.queue_declare(name, durable=True, auto_delete=False, arguments=arguments)
         with self._lock:
