@@ -24,6 +24,7 @@ from asynctask.testing.contract import hold_task_in_child, open_transport
 from asynctask.transport import Transport
 from asynctask_amqp.topology import DUE, MAX_DELAY, REGISTRY, rung_for
 from asynctask_amqp.transport import AmqpTransport
+from support import free_port
 from tests.amqp.conftest import PASSWORD, USER, VHOST, on_shared_ladder, rabbitmqctl
 
 # -- fixtures and helpers ---------------------------------------------------------------
@@ -165,6 +166,42 @@ def test_uri_options_reach_kombu():
     assert kwargs["ssl"]["context"] == {"cafile": "/etc/ca.pem", "check_hostname": True}
     assert transport.features.recovery_seconds == 21.0
     transport.close()
+
+
+def test_a_uri_may_list_several_brokers():
+    # Given a URI naming a cluster's three nodes (IPv6 too), TLS and quorum queues
+    transport = AmqpTransport("amqps://u:pw@h1:5671,h2:5681,[::1]/v?queue_type=quorum")
+    params = transport.params
+    # Then each node is tried by its own name and port, all shown, none with the password
+    assert params.hosts == (("h1", 5671), ("h2", 5681), ("::1", 5671))
+    assert params.describe() == "h1:5671,h2:5681,[::1]:5671 (vhost 'v', user 'u')"
+    assert [params.kombu_kwargs(i)["hostname"] for i in range(3)] == ["h1", "h2", "::1"]
+    assert params.kombu_kwargs(1)["ssl"]["server_hostname"] == "h2"
+    assert params.queue_type == "quorum" and params.delivery_limit == 20
+    transport.close()
+
+
+def test_a_node_that_is_down_is_passed_over_for_the_next_one(amqp_uri, queue):
+    # Given a URI whose first broker is a port nobody listens on, the second the broker
+    dead = free_port()
+    uri = amqp_uri.replace("@127.0.0.1:5672/", f"@127.0.0.1:{dead},127.0.0.1:5672/")
+    with open_transport(uri + "?retry_timeout=5") as transport:
+        # When tasks are submitted and taken, they go through the second
+        started = time.monotonic()
+        transport.submit_task(queue, {"n": 1})
+        assert transport.get_task(queue) == {"n": 1}
+        with transport.consumer(queue) as consumer:
+            transport.submit_task(queue, {"n": 2})
+            delivery = consumer.reserve(timeout=10)
+            assert delivery is not None and delivery.payload == {"n": 2}
+            consumer.ack(delivery)
+        # at once, not after an outage's back-off
+        assert time.monotonic() - started < 5
+
+
+def test_an_unknown_queue_type_is_refused():
+    with pytest.raises(InvalidURIError, match="queue_type"):
+        AmqpTransport("amqp://h/v?queue_type=stream")
 
 
 @pytest.mark.parametrize(
@@ -477,3 +514,23 @@ def test_a_queue_declared_by_an_operator_is_used_as_it_is(transport, queue, chan
     transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
     assert transport.poll_queue(queue) == 2
     assert [taken_one(transport, queue).payload["n"] for _ in range(2)] == [1, 2]
+
+
+def test_a_quorum_queue_fails_a_task_past_the_broker_delivery_limit(amqp_uri, queue):
+    # Given a quorum queue whose broker delivery limit is 2
+    with open_transport(f"{amqp_uri}?queue_type=quorum&delivery_limit=2") as transport:
+        transport.submit_task(queue, {"n": 1})
+        # When its task is delivered and handed back three times (as dying relays would,
+        # and as the broker counts them: every return)
+        for _ in range(3):
+            with transport.consumer(queue) as consumer:
+                delivery = consumer.reserve(timeout=5)
+                assert delivery is not None
+                consumer.release(delivery)
+        # Then the broker itself moved it to the failed store, saying why
+        deadline = time.monotonic() + 10
+        while not (failed := transport.failed_tasks(queue)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [record] = failed
+        assert record.payload == {"n": 1} and "x-delivery-limit" in record.error
+        assert transport.poll_queue(queue) == 0

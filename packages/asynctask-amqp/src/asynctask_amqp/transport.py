@@ -19,10 +19,13 @@ URI
     ``amqp://user:password@host:port/vhost`` (``amqps://`` for TLS, port 5671). Default
     host ``localhost``, port 5672, user and password ``guest`` (kombu's defaults). The
     vhost is the percent-decoded path; no path, ``/`` or ``//`` mean vhost ``/``.
+    A cluster's nodes: ``amqp://u:p@h1:5672,h2,h3:5673/vhost``, tried in turn.
 Options
     ``heartbeat`` (3 s, whole seconds), ``connect_timeout`` (5 s), ``confirm_timeout``
     (30 s), ``retry_timeout`` (15 s), ``relay`` (true: consumers connect from a relay
-    process; false: from the worker's own process); with ``amqps``: ``ssl_ca_certs``,
+    process; false: from the worker's own process), ``queue_type`` (``classic``, or
+    ``quorum``: the queues asynctask declares), ``delivery_limit`` (20: a quorum task
+    queue's ``x-delivery-limit``); with ``amqps``: ``ssl_ca_certs``,
     ``ssl_certfile``, ``ssl_keyfile``, ``ssl_verify`` (true). Passed on to kombu /
     py-amqp as transport options: ``read_timeout``, ``write_timeout``, ``frame_max``,
     ``channel_max``, ``locale``, ``login_method``.
