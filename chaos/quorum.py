@@ -61,28 +61,37 @@ def run(tasks: int, stops: int, scratch: Path, say: Callable[[str], None] = prin
         uri = f"{cluster.uri()}?queue_type=quorum&heartbeat=2&retry_timeout=120"
         queue = unique_queue("quorum")
         path = scratch / "quorum-ledger.jsonl"
-        with open_transport(uri) as transport:
-            for start in range(0, tasks, 500):
-                batch = range(start, min(tasks, start + 500))
-                transport.submit_tasks(queue, [{"n": n, "ms": rng.randint(0, 20)} for n in batch])
         seen = ledger.Follower(str(path))
         workers = Workers(uri, queue, path, scratch / "quorum-workers.log")
         began = time.monotonic()
+        # Fed in one part per stop and one more: each stop strikes a drain under way,
+        # however long the stopped node takes to start again.
+        parts = [
+            range(p * tasks // (stops + 1), (p + 1) * tasks // (stops + 1))
+            for p in range(stops + 1)
+        ]
         try:
-            for stop in range(1, stops + 1):
-                goal = tasks * stop // (stops + 1)
-                _wait(_reached(seen, goal), 600, f"{goal} tasks done")
-                leader = cluster.leader(queue)
-                outcome.leaders.append(leader.name.partition("@")[0])
-                before = len(seen.poll())
-                stopped = time.monotonic()
-                cluster.stop_node(leader)
-                _wait(_reached(seen, before + 1), 600, "the drain to go on")
-                outcome.pauses.append(time.monotonic() - stopped)
-                pause = outcome.pauses[-1]
-                say(f"  stop {stop}: {leader.name} stopped; the drain went on after {pause:.1f} s")
-                cluster.start_node(leader)
-                cluster.await_node(leader)
+            with open_transport(uri) as transport:
+                for stop, part in enumerate(parts, 1):
+                    for start in range(part.start, part.stop, 500):
+                        batch = range(start, min(part.stop, start + 500))
+                        payloads = [{"n": n, "ms": rng.randint(0, 20)} for n in batch]
+                        transport.submit_tasks(queue, payloads)
+                    if stop > stops:
+                        break
+                    goal = part.start + len(part) // 3
+                    _wait(_reached(seen, goal), 600, f"{goal} tasks done")
+                    leader = cluster.leader(queue)
+                    outcome.leaders.append(leader.name.partition("@")[0])
+                    before = len(seen.poll())
+                    stopped = time.monotonic()
+                    cluster.stop_node(leader)
+                    _wait(_reached(seen, before + 1), 600, "the drain to go on")
+                    pause = time.monotonic() - stopped
+                    outcome.pauses.append(pause)
+                    say(f"  stop {stop}: {leader.name} stopped; drain went on after {pause:.1f} s")
+                    cluster.start_node(leader)
+                    cluster.await_node(leader)
             _wait(_reached(seen, tasks), 900, "every task done")
         except TimeoutError as exc:
             say(f"  {exc}")
@@ -125,8 +134,9 @@ Written by `{command}` on {time.strftime("%Y-%m-%d %H:%M %Z")}. {verdict}
 A cluster of three RabbitMQ nodes of the run's own on loopback (`chaos/cluster.py`:
 distinct node names and ports, one Erlang cookie, no plugin) holds one quorum queue
 (`?queue_type=quorum`; the URI lists the three nodes, `amqp://...@h1:p1,h2:p2,h3:p3/`).
-`asynctask workers` drains {outcome.tasks:,} tasks with 4 children while the node leading the
-queue is stopped (`rabbitmqctl stop`) {outcome.stops} times, started again between stops.
+`asynctask workers` drains {outcome.tasks:,} tasks with 4 children (fed in {outcome.stops + 1} parts, one
+before each stop) while the node leading the queue is stopped (`rabbitmqctl stop`) a
+third of the way through a part, {outcome.stops} times, and started again before the next.
 
 | tasks | done | lost | run twice | leader stops | drain resumed after (s) | seconds |
 |---|---|---|---|---|---|---|
