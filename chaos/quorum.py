@@ -123,6 +123,7 @@ def section(outcome: Outcome, command: str) -> str:
     pauses = ", ".join(f"{p:.1f}" for p in outcome.pauses) or "-"
     verdict = "0 lost." if outcome.ok else f"**{outcome.lost} LOST.**"
     leaders = ", ".join(outcome.leaders)
+    parts = outcome.stops + 1
     row = (
         f"| {outcome.tasks:,} | {outcome.done:,} | {outcome.lost} | {outcome.duplicates} "
         f"| {outcome.stops} ({leaders}) | {pauses} | {outcome.seconds:.0f} |"
@@ -134,7 +135,7 @@ Written by `{command}` on {time.strftime("%Y-%m-%d %H:%M %Z")}. {verdict}
 A cluster of three RabbitMQ nodes of the run's own on loopback (`chaos/cluster.py`:
 distinct node names and ports, one Erlang cookie, no plugin) holds one quorum queue
 (`?queue_type=quorum`; the URI lists the three nodes, `amqp://...@h1:p1,h2:p2,h3:p3/`).
-`asynctask workers` drains {outcome.tasks:,} tasks with 4 children (fed in {outcome.stops + 1} parts, one
+`asynctask workers` drains {outcome.tasks:,} tasks with 4 children (fed in {parts} parts, one
 before each stop) while the node leading the queue is stopped (`rabbitmqctl stop`) a
 third of the way through a part, {outcome.stops} times, and started again before the next.
 
