@@ -108,9 +108,9 @@ def take_unacked(link: Link, channel: Any, queue: str) -> list[Any]:
     A consumer without a prefetch limit, not one ``basic.get`` per message: the broker
     streams them instead of a round trip for each (measured on RabbitMQ 3.10, a 2-core
     machine at load 13: ``queue_stats`` of a queue with 10,000 tasks of other queues on
-    the ladder took 6.4 s with ``basic.get``, 2.9 s this way; 1,000: 0.67 s, 0.28 s). It stops once it holds what a passive declare
-    counted, or when nothing more has come for ``TAKE_IDLE`` seconds (a message that
-    expired meanwhile is not coming).
+    the ladder took 6.4 s with ``basic.get``, 2.9 s this way; 1,000: 0.67 s, 0.28 s).
+    It stops once it holds what a passive declare counted, or when nothing more has come
+    for ``TAKE_IDLE`` seconds (a message that expired meanwhile is not coming).
     """
     expected = int(channel.queue_declare(queue, passive=True).message_count)
     taken: list[Any] = []
