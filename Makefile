@@ -2,7 +2,7 @@
 UV ?= $(shell command -v uv 2>/dev/null || echo .venv-uv/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help install run test bench bench-hooks chaos lint typecheck
+.PHONY: help install run test bench bench-hooks chaos lint typecheck diagrams
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -40,3 +40,6 @@ lint: install ## ruff check and format check
 
 typecheck: install ## mypy --strict on every package's source
 	.venv/bin/mypy packages/*/src bench chaos
+
+diagrams: ## render docs/*.dot into PNG images (needs graphviz's dot)
+	for f in docs/*.dot; do dot -Tpng -Gdpi=110 "$$f" -o "$${f%.dot}.png"; done

@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         "--steps",
         metavar="NAMES",
         help="comma-separated steps to run (default: all of submit,drain,latency,depth,"
-        "depth_raw,prefetch,asyncio)",
+        "depth_raw,prefetch,scale,asyncio,status)",
     )
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the results as JSON")
     parser.add_argument(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from asynctask.plugins import load_plugins
+from asynctask.status import StatusNotKept
 from asynctask.transport import Transport
 from bench import ours
 from bench.ledger import Follower
@@ -94,6 +95,7 @@ class Session:
                 self.prefetch,
                 self.scale,
                 self.asyncio,
+                self.status,
             )
             for step in steps:
                 if self.steps is None or step.__name__ in self.steps:
@@ -515,6 +517,48 @@ class Session:
         self.say(
             f"[{self.name}] raw depth: {rate_small:,.0f}/s with {small:,} waiting, "
             f"{rate_big:,.0f}/s with {big:,} waiting"
+        )
+
+    def status(self) -> None:
+        """9. Task status: the drain with ``track_status`` on vs off, in alternating
+        rounds (the issue asks >= 0.7x); ``wait`` woken by an ack vs the raw client's
+        wake-up on a send (its notification: BRPOP, LISTEN, inotify...)."""
+        try:
+            self.transport.state()
+        except StatusNotKept as exc:
+            self.say(f"[{self.name}] status: not measured ({exc})")
+            return
+        n = self.sizes.drain
+        rates: dict[bool, float] = {True: 0.0, False: 0.0}
+        for round_number in range(self.sizes.drain_rounds):
+            order = (True, False) if round_number % 2 == 0 else (False, True)
+            for tracked in order:
+                queue = self.queue("track")
+                ours.fill(self.filler, queue, n)
+                try:
+                    if self.backend.multiprocess:
+                        got = ours.drain(self.uri, queue, n, 1, self.folder, tracked)
+                    else:
+                        got = ours.drain_in_process(self.transport, queue, 1, self.folder, tracked)
+                finally:
+                    self.transport.purge(queue)
+                rates[tracked] = max(rates[tracked], got.rate)
+        self.add("tracking", rates[True], rates[False], "track_status = False")
+        count = max(10, self.sizes.latency // 10)
+        queue = self.queue("wait")
+        waiter = self.transport if not self.backend.multiprocess else type(self.transport)(self.uri)
+        try:
+            mine = ours.wait_wakeups(self.transport, waiter, queue, count)
+        finally:
+            if waiter is not self.transport:
+                waiter.close()
+        with self.raw() as raw:
+            theirs = self._raw_latency(raw, count, self.sizes.latency_gap)
+        self.add("wait_p50", percentile(mine, 0.5), percentile(theirs, 0.5), self.label("latency"))
+        self.say(
+            f"[{self.name}] status: drain {rates[True]:,.0f}/s tracked, {rates[False]:,.0f}/s "
+            f"not ({rates[True] / max(rates[False], 1e-9):.2f}x); wait p50 "
+            f"{percentile(mine, 0.5):.2f} ms (raw wake-up {percentile(theirs, 0.5):.2f} ms)"
         )
 
 

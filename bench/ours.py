@@ -152,10 +152,13 @@ class WorkersCommand:
         halt: bool,
         worker: str = "bench_noop",
         child_concurrency: int | None = None,
+        track_status: bool | None = None,
     ) -> None:
         entry: dict[str, Any] = {"worker": worker, "concurrency": concurrency}
         if child_concurrency is not None:
             entry["child_concurrency"] = child_concurrency
+        if track_status is not None:
+            entry["track_status"] = track_status
         workers = {queue: entry}
         halting = ["--halt-when-empty"] if halt else []
         self.command = workers_command(uri, workers, "--import", "bench.workers", "-q", *halting)
@@ -215,10 +218,19 @@ class WorkersCommand:
             self.process.wait()
 
 
-def drain(uri: str, queue: str, count: int, concurrency: int, folder: Path) -> Drain:
+def drain(
+    uri: str,
+    queue: str,
+    count: int,
+    concurrency: int,
+    folder: Path,
+    track_status: bool | None = None,
+) -> Drain:
     """Run ``asynctask workers --halt-when-empty`` on a filled queue until it exits."""
     path = str(folder / f"drain-{queue}-{concurrency}.ledger")
-    with WorkersCommand(uri, queue, concurrency, path, folder, halt=True) as workers:
+    with WorkersCommand(
+        uri, queue, concurrency, path, folder, halt=True, track_status=track_status
+    ) as workers:
         try:
             workers.wait(timeout=max(120.0, count / 50))
         except TimeoutError:
@@ -275,7 +287,12 @@ def latency(
 
 @contextmanager
 def _threads(
-    transport: Transport, queue: str, count: int, ledger_path: str, halt: bool
+    transport: Transport,
+    queue: str,
+    count: int,
+    ledger_path: str,
+    halt: bool,
+    track_status: bool | None = None,
 ) -> Iterator[threading.Event]:
     """Run loops in threads; leaving waits for them (halting ones stop when drained)."""
     os.environ[ledger.LEDGER_VARIABLE] = ledger_path
@@ -285,7 +302,12 @@ def _threads(
         worker = BenchNoopWorker()
         worker.setup()
         try:
-            options = LoopOptions(halt_when_empty=halt, stop=stop, prefetch=worker.prefetch)
+            options = LoopOptions(
+                halt_when_empty=halt,
+                stop=stop,
+                prefetch=worker.prefetch,
+                track_status=track_status,
+            )
             run_loop(worker, transport, queue, options)
         finally:
             worker.teardown()
@@ -306,11 +328,17 @@ def _threads(
         del os.environ[ledger.LEDGER_VARIABLE]
 
 
-def drain_in_process(transport: Transport, queue: str, threads: int, folder: Path) -> Drain:
+def drain_in_process(
+    transport: Transport,
+    queue: str,
+    threads: int,
+    folder: Path,
+    track_status: bool | None = None,
+) -> Drain:
     """Drain with ``threads`` run loops in this process (for ``localmem``)."""
     path = str(folder / f"drain-{queue}-{threads}.ledger")
     launched = time.time()
-    with _threads(transport, queue, threads, path, halt=True):
+    with _threads(transport, queue, threads, path, halt=True, track_status=track_status):
         pass  # the threads halt when the queue is drained; leaving joins them
     return drain_rate(path, launched)
 
@@ -327,3 +355,36 @@ def latency_in_process(
         send_spaced(lambda payload: transport.submit_task(queue, payload), count, gap)
         follower.wait(1 + count, 60)
     return latencies(path, 1)
+
+
+def _wait_and_note(waiter: Transport, task_id: str, woke: list[float]) -> None:
+    waiter.wait(task_id, timeout=30)
+    woke.append(time.perf_counter())
+
+
+def wait_wakeups(transport: Transport, waiter: Transport, queue: str, count: int) -> list[float]:
+    """Milliseconds from a task's ``ack`` to the return of a ``wait`` blocked on it.
+
+    ``waiter`` (another transport object: another connection) waits in a thread; this
+    thread takes the task through a new consumer and acknowledges it, closing the
+    consumer at once (a transport may send the ack with the consumer's next call).
+    """
+    found: list[float] = []
+    for n in range(count):
+        task_id = transport.submit_task(queue, {"n": n})
+        woke: list[float] = []
+        thread = threading.Thread(target=_wait_and_note, args=(waiter, task_id, woke))
+        thread.start()
+        time.sleep(0.05)  # blocked by now
+        consumer = transport.consumer(queue)
+        delivery = consumer.reserve(timeout=10)
+        if delivery is None or consumer.start(delivery) != "run":
+            raise RuntimeError(f"task {task_id} did not come to be acknowledged")
+        began = time.perf_counter()
+        consumer.ack(delivery)
+        consumer.close()
+        thread.join(30)
+        if not woke:
+            raise RuntimeError(f"wait({task_id}) did not return")
+        found.append((woke[0] - began) * 1000)
+    return found

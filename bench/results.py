@@ -46,12 +46,25 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
     "queues_many": ("queues() at 1,000 queues vs 100", "ms", None),
     "queues_deep": ("queues() at 1,000,000 waiting vs 100", "ms", None),
     "drain_deep": ("drain at depth 1,000,000 vs 100", "tasks/s", None),
+    "tracking": ("drain, 1 child, track_status on vs off", "tasks/s", Target(">=", 0.7)),
+    "wait_p50": ("wait() wake-up p50 vs raw notification", "ms", None),
 }
 
 #: measures only some transports have: a peer where one was measured, the relay on amqp,
 #: the async table where ``asynctask workers`` runs (not localmem) and the bench-only arq
 #: venv exists
-OPTIONAL = ("peer", "relay", "async_1", "async_10", "async_100", "async_500", "async_peer")
+OPTIONAL = (
+    "peer",
+    "relay",
+    "async_1",
+    "async_10",
+    "async_100",
+    "async_500",
+    "async_peer",
+    # task status (issue 16): on the transports that keep it
+    "tracking",
+    "wait_p50",
+)
 
 #: the measures every measured transport has
 REQUIRED = tuple(key for key in MEASURES if key not in OPTIONAL)

@@ -6,6 +6,7 @@ import pytest
 
 from asynctask.testing import TransportContract
 from asynctask.testing.contract import SECRET
+from asynctask.testing.status import StatusContract
 from asynctask.transports.localmem import LocalMemTransport
 
 
@@ -23,7 +24,7 @@ class LocalMemProbe:
         """Memory has no connection to drop."""
 
 
-class TestLocalMemTransport(TransportContract):
+class TestLocalMemTransport(TransportContract, StatusContract):
     @pytest.fixture
     def transport_uri(self) -> str:
         return "localmem:"

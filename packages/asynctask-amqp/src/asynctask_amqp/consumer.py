@@ -255,7 +255,7 @@ class AmqpConsumer(Consumer):
                     error,
                 )
 
-    def ack(self, delivery: Delivery) -> None:
+    def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
         """The task is done: the broker forgets it."""
         self._settle(delivery, lambda tag, _: self._link.channel.basic_ack(tag))
 

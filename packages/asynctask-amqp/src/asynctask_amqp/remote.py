@@ -188,7 +188,7 @@ class RemoteConsumer(Consumer):
                 exc,
             )
 
-    def ack(self, delivery: Delivery) -> None:
+    def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
         """The task is done: the broker forgets it. Sent with the consumer's next call
         (as ``Consumer.ack`` allows), which the run loop makes at once: no write of its
         own, no waiting."""

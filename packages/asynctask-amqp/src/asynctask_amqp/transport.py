@@ -59,6 +59,7 @@ from typing import Any, ClassVar
 import amqp.exceptions
 
 from asynctask.errors import InvalidTaskError, TransportError
+from asynctask.status import SubmitOptions
 from asynctask.transport import Consumer, FailedTask, QueueStats, Transport, TransportFeatures
 from asynctask.validation import Payload, is_valid_queue_name
 from asynctask_amqp.consumer import AmqpConsumer
@@ -259,7 +260,14 @@ class AmqpTransport(Transport):
 
     # -- primitives -----------------------------------------------------------------------
 
-    def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
+    def _put(
+        self,
+        queue: str,
+        tasks: Sequence[tuple[str, str]],
+        delay: float,
+        options: SubmitOptions,
+    ) -> Sequence[str] | None:
+        options.refuse_until_supported(self)
         if delay > LONGEST_DELAY:
             raise InvalidTaskError(
                 f"delay={delay:g} s is longer than a year, the amqp transport's longest "
@@ -288,7 +296,7 @@ class AmqpTransport(Transport):
                         self.to_ladder(link, queue, "delay", delay, messages[done:])
                     else:
                         link.publish(queue, queue, messages[done:])
-                    return
+                    return None
                 except Unroutable:
                     if last_try:
                         raise TransportError(f"queue {queue!r} vanished while submitting") from None
@@ -299,6 +307,7 @@ class AmqpTransport(Transport):
                             self._resume.clear()
                         self._resume[batch] = done + exc.confirmed
                     raise
+        return None
 
     def _take(self, queue: str) -> Payload | None:
         with self._session() as link:

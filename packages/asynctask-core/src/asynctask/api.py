@@ -44,6 +44,8 @@ def get_transport(uri: str | None = None) -> Transport:
         limits = settings if settings is not None else get_settings()
         transport.max_payload_bytes = limits.max_payload_bytes
         transport.signing_keys = limits.signing_keys
+        transport.state_uri = limits.state
+        transport.status_ttl = limits.status_ttl
         return transport
 
 

@@ -7,15 +7,20 @@ behave the same whatever runs the task.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import json
 import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from asynctask import events
+from asynctask.errors import AsynctaskError
+from asynctask.status import StatusNotKept
 
 if TYPE_CHECKING:
-    from asynctask.transport import Consumer, Delivery
+    from asynctask.status import StartVerdict, State
+    from asynctask.transport import Consumer, Delivery, Transport
     from asynctask.worker import AsyncTaskWorker
 
 
@@ -51,13 +56,110 @@ def error_text(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc)).strip()
 
 
+def tracking(worker: AsyncTaskWorker, configured: bool | None) -> bool:
+    """Whether a run loop keeps statuses: the queue entry's ``track_status``, else the
+    worker class's."""
+    return type(worker).track_status if configured is None else configured
+
+
+def announce_tracking(worker: AsyncTaskWorker, transport: Transport, queue: str, on: bool) -> None:
+    """Tell the state store whether ``queue``'s workers keep statuses (once per run loop),
+    so that ``status`` can refuse the tasks of an untracked queue instead of reading
+    ``queued`` forever. A transport that keeps no status needs nothing."""
+    try:
+        store = transport.state()
+        transport._call(store.set_tracking, queue, on)
+    except StatusNotKept:
+        return
+    except AsynctaskError as exc:  # the run loop meets the outage itself, right after
+        worker.logger.warning("Could not record track_status=%s for queue %s: %s", on, queue, exc)
+
+
+def start(worker: AsyncTaskWorker, consumer: Consumer, delivery: Delivery) -> StartVerdict:
+    """Mark the task running, unless it was cancelled or expired meanwhile: then it is
+    settled already (never run, not in the failed store) and its outcome is reported."""
+    verdict = consumer.start(delivery)
+    if verdict != "run":
+        worker.logger.info("Task %s was %s before it started; not run", delivery.id, verdict)
+        events.task_finished(worker, delivery, verdict, None)
+    return verdict
+
+
+def encode_result(
+    worker: AsyncTaskWorker, delivery: Delivery, result: object, limit: int
+) -> str | None:
+    """``process()``'s return value as JSON text for the task's status, or None.
+
+    A value that is not JSON, or whose text is over ``limit`` bytes (the setting
+    ``asynctask_max_payload_bytes``), is not stored: the task still succeeds, and the
+    log says why.
+    """
+    if result is None:
+        return None
+    try:
+        text = json.dumps(result, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        worker.logger.warning(
+            "Task %s succeeded, but its result is not stored: it is not JSON (%s: %s)",
+            delivery.id,
+            type(exc).__name__,
+            exc,
+        )
+        return None
+    size = len(text.encode())
+    if size > limit:
+        worker.logger.warning(
+            "Task %s succeeded, but its result is not stored: %d bytes of JSON, over "
+            "asynctask_max_payload_bytes (%d)",
+            delivery.id,
+            size,
+            limit,
+        )
+        return None
+    return text
+
+
+def _record(
+    consumer: Consumer,
+    delivery: Delivery,
+    state: State,
+    error: str | None = None,
+    result_json: str | None = None,
+) -> None:
+    """Write an outcome to the store of ``asynctask_state``, when another transport keeps
+    this one's statuses (a transport keeping its own wrote it with the settle)."""
+    if not consumer.tracking:
+        return
+    store = consumer.transport.external_state()
+    if store is not None:
+        settled = functools.partial(store.settled, error=error, result_json=result_json)
+        consumer.transport._call(settled, delivery.queue, delivery.id, state, delivery.attempt)
+
+
 def settle(
-    worker: AsyncTaskWorker, consumer: Consumer, delivery: Delivery, exc: BaseException | None
+    worker: AsyncTaskWorker,
+    consumer: Consumer,
+    delivery: Delivery,
+    exc: BaseException | None,
+    result: object = None,
 ) -> bool:
-    """Acknowledge, retry or fail a delivery after ``process()``; True if it succeeded."""
+    """Acknowledge, retry or fail a delivery after ``process()``; True if it succeeded.
+
+    ``result`` is what ``process()`` returned: stored with the status as JSON.
+    """
     log = worker.logger
     if exc is None:
-        consumer.ack(delivery)
+        result_json = None
+        if result is not None and consumer.tracking:
+            limit = consumer.transport.max_payload_bytes
+            result_json = encode_result(worker, delivery, result, limit)
+        if consumer.ack(delivery, result_json):
+            log.warning(
+                "Task %s was cancelled while it ran; it stays cancelled and its result "
+                "is discarded",
+                delivery.id,
+            )
+        _record(consumer, delivery, "succeeded", result_json=result_json)
         events.task_finished(worker, delivery, "succeeded", None)
         log.debug("Processing complete")
         return True
@@ -74,6 +176,7 @@ def settle(
             exc_info=exc,
         )
         consumer.fail(delivery, error)
+        _record(consumer, delivery, "failed", error)
         events.task_finished(worker, delivery, "failed", exc)
         return False
     delay = worker.backoff(delivery.attempt)
@@ -87,6 +190,7 @@ def settle(
         exc_info=exc,
     )
     consumer.retry(delivery, delay, error)
+    _record(consumer, delivery, "retrying", error)
     events.task_finished(worker, delivery, "retried", exc)
     return False
 
@@ -102,6 +206,7 @@ def refuse_unsigned(worker: AsyncTaskWorker, consumer: Consumer, delivery: Deliv
         return False
     worker.logger.error("Task %s: %s; moved to the failed store", delivery.id, unsafe)
     consumer.fail(delivery, unsafe)
+    _record(consumer, delivery, "failed", unsafe)
     events.task_finished(worker, delivery, "failed", None)
     return True
 
@@ -117,6 +222,7 @@ def give_up_if_spent(worker: AsyncTaskWorker, consumer: Consumer, delivery: Deli
     )
     worker.logger.error("Task %s: %s; moved to the failed store", delivery.id, error)
     consumer.fail(delivery, error)
+    _record(consumer, delivery, "failed", error)
     events.task_finished(worker, delivery, "failed", None)
     return True
 

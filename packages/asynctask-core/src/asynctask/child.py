@@ -76,6 +76,8 @@ class ChildSpec:
     report_fd: int | None = None
     #: tasks run at once; None: the worker class's own ``child_concurrency``
     child_concurrency: int | None = None
+    #: keep task statuses; None: the worker class's own ``track_status``
+    track_status: bool | None = None
     #: the supervisor's grace period (seconds running tasks get when a child is replaced)
     grace: float = 30.0
 
@@ -151,6 +153,7 @@ def main() -> int:
         on_settled=report.settled,
         owner=spec.owner,
         child_concurrency=spec.child_concurrency,
+        track_status=spec.track_status,
         grace=spec.grace,
     )
     worker.logger.info("Starting; queue=%s", spec.queue)

@@ -82,7 +82,10 @@ def renew_consumer(
         logging.getLogger("asynctask.runner").debug("closing a broken consumer: %s", exc)
     while True:
         try:
-            return transport.consumer(queue, prefetch=prefetch, owner=owner)
+            renewed = transport.consumer(queue, prefetch=prefetch, owner=owner)
         except TransportUnavailable:
-            if stop.wait(1.0):
-                return transport.consumer(queue, prefetch=prefetch, owner=owner)
+            if not stop.wait(1.0):
+                continue
+            renewed = transport.consumer(queue, prefetch=prefetch, owner=owner)
+        renewed.tracking = consumer.tracking
+        return renewed

@@ -47,10 +47,13 @@ from asynctask.attempts import (
     LoopResult,
     SetupFailed,
     TaskTimeout,
+    announce_tracking,
     give_up_if_spent,
     refuse_awaitable,
     refuse_unsigned,
     settle,
+    start,
+    tracking,
 )
 from asynctask.draining import DrainCheck, Outage, renew_consumer
 from asynctask.errors import TransportUnavailable
@@ -83,6 +86,8 @@ class _Ended:
 
     delivery: Delivery
     error: BaseException | None
+    #: what ``process()`` returned (stored with the status)
+    result: object = None
 
 
 @dataclass
@@ -157,6 +162,7 @@ class _Loop:
         expired = False
         timer: asyncio.TimerHandle | None = None
         error: BaseException | None = None
+        outcome: object = None
         try:
             if self.threads is None:
                 if timeout is not None:
@@ -169,7 +175,7 @@ class _Loop:
                         task.cancel()
 
                     timer = self.loop.call_later(timeout, expire)
-                await worker.process(delivery.payload)
+                outcome = await worker.process(delivery.payload)
             else:
                 # A thread cannot be cancelled: the main thread replaces the child when
                 # one runs past its timeout.
@@ -186,7 +192,7 @@ class _Loop:
                 timer.cancel()
         if timeout is not None and (expired or time.monotonic() - began > timeout):
             error = TaskTimeout(timeout)  # even one that swallowed its cancellation
-        self.ended.put(_Ended(delivery, error))
+        self.ended.put(_Ended(delivery, error, None if error is not None else outcome))
 
     # -- from the main thread -----------------------------------------------------------
 
@@ -265,6 +271,8 @@ class _Engine:
         self.consumer: Consumer = transport.consumer(
             queue, prefetch=self.prefetch, owner=options.owner
         )
+        self.consumer.tracking = tracking(worker, options.track_status)
+        announce_tracking(worker, transport, queue, self.consumer.tracking)
         self.loop = _Loop(worker, concurrency, self.ended)
         # a thread is stuck at its timeout (it cannot be cancelled), give or take the
         # moment its result takes to come back
@@ -276,9 +284,11 @@ class _Engine:
 
     # -- settling -----------------------------------------------------------------------
 
-    def _settle(self, delivery: Delivery, error: BaseException | None) -> None:
+    def _settle(
+        self, delivery: Delivery, error: BaseException | None, result: object = None
+    ) -> None:
         try:
-            succeeded = settle(self.worker, self.consumer, delivery, error)
+            succeeded = settle(self.worker, self.consumer, delivery, error, result)
         except TransportUnavailable as exc:
             # Not settled: the task comes back by the transport's recovery and runs again.
             self.worker.logger.warning("Could not settle task %s: %s", delivery.id, exc)
@@ -306,7 +316,7 @@ class _Engine:
                 break
         for ended in batch:
             if self.running.pop(id(ended.delivery), None) is not None:
-                self._settle(ended.delivery, ended.error)
+                self._settle(ended.delivery, ended.error, ended.result)
             # else: settled already (stuck, then ended during the wind-down)
 
     # -- starting -----------------------------------------------------------------------
@@ -319,6 +329,10 @@ class _Engine:
             self.result.failed += 1
             if self.options.on_settled is not None:
                 self.options.on_settled(delivery)
+            return
+        if self.consumer.tracking and start(self.worker, self.consumer, delivery) != "run":
+            if self.options.on_settled is not None:
+                self.options.on_settled(delivery)  # cancelled or expired: never run
             return
         timeout = self.worker.timeout
         stuck_at = None if timeout is None else time.monotonic() + timeout + self._stuck_after

@@ -31,10 +31,13 @@ from asynctask.attempts import (
     LoopResult,
     SetupFailed,
     TaskTimeout,
+    announce_tracking,
     give_up_if_spent,
     refuse_awaitable,
     refuse_unsigned,
     settle,
+    start,
+    tracking,
 )
 from asynctask.draining import DrainCheck, Outage, renew_consumer
 from asynctask.errors import ConfigurationError, TransportUnavailable
@@ -95,6 +98,8 @@ class LoopOptions:
     #: the owner id whose liveness another process keeps (``asynctask.liveness``);
     #: None: the consumer keeps its own (a heartbeat thread, a held connection)
     owner: str | None = None
+    #: keep task statuses (``asynctask.status``); None: the worker's ``track_status``
+    track_status: bool | None = None
 
 
 class _Watchdog:
@@ -186,6 +191,8 @@ def run_loop(
     worker._transport, worker._queue_name = transport, queue
     limit = options.max_tasks
     consumer = transport.consumer(queue, prefetch=options.prefetch, owner=options.owner)
+    consumer.tracking = tracking(worker, options.track_status)
+    announce_tracking(worker, transport, queue, consumer.tracking)
     watchdog = _Watchdog(worker, consumer, options.on_timeout)
     give_up = transport.retry_timeout if options.halt_when_empty else None
     outage = Outage(worker.logger, options.stop, give_up)
@@ -229,7 +236,7 @@ def run_loop(
                 continue
             if succeeded:
                 result.succeeded += 1
-            else:
+            elif succeeded is not None:  # None: cancelled or expired, never run
                 result.failed += 1
             if limit is not None and result.processed >= limit:
                 result.recycled = True
@@ -250,7 +257,9 @@ def _run_one(
     delivery: Delivery,
     watchdog: _Watchdog,
     options: LoopOptions,
-) -> bool:
+) -> bool | None:
+    """Run one delivery; True if it succeeded, None if it was not run (cancelled or
+    expired before it started)."""
     # (the hot path of a no-op drain: a few checks inline, no call that is not needed)
     if (consumer.transport.signing_keys and refuse_unsigned(worker, consumer, delivery)) or (
         delivery.attempt > worker.max_retries + 1 and give_up_if_spent(worker, consumer, delivery)
@@ -258,6 +267,10 @@ def _run_one(
         if options.on_settled is not None:
             options.on_settled(delivery)
         return False
+    if consumer.tracking and start(worker, consumer, delivery) != "run":
+        if options.on_settled is not None:
+            options.on_settled(delivery)
+        return None
     worker.logger.debug("Got payload: %r", delivery.payload)
     if options.on_start is not None:
         options.on_start(delivery)
@@ -270,7 +283,7 @@ def _run_one(
             if outcome is not None:
                 refuse_awaitable(worker, outcome)
         else:
-            _process(worker, delivery, inline_timeout=watchdog.on_timeout is None)
+            outcome = _process(worker, delivery, inline_timeout=watchdog.on_timeout is None)
     except (Exception, SystemExit) as exc:
         # SystemExit too: sys.exit() in task code is the task's failure, not the worker's
         # wish to stop (unhandled, it would end the child and the task would come back
@@ -279,7 +292,7 @@ def _run_one(
         succeeded = settle(worker, consumer, delivery, exc)
     else:
         watchdog.cancel()
-        succeeded = settle(worker, consumer, delivery, None)
+        succeeded = settle(worker, consumer, delivery, None, outcome)
     finally:
         worker._delivery = None
     if options.on_settled is not None:
@@ -287,26 +300,27 @@ def _run_one(
     return succeeded
 
 
-def _process(worker: AsyncTaskWorker, delivery: Delivery, inline_timeout: bool) -> None:
-    """Run ``process()``, enforcing ``timeout`` here when no watchdog ends the process."""
+def _process(worker: AsyncTaskWorker, delivery: Delivery, inline_timeout: bool) -> object:
+    """Run ``process()``, enforcing ``timeout`` here when no watchdog ends the process;
+    return what it returned."""
     timeout = worker.timeout
     if timeout is None or not inline_timeout:
-        _call(worker, delivery)
-        return
+        return _call(worker, delivery)
     if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
         with _alarm(timeout):
-            _call(worker, delivery)
-        return
+            return _call(worker, delivery)
     began = time.monotonic()
-    _call(worker, delivery)
+    outcome = _call(worker, delivery)
     if time.monotonic() - began > timeout:
         raise TaskTimeout(timeout)
+    return outcome
 
 
-def _call(worker: AsyncTaskWorker, delivery: Delivery) -> None:
+def _call(worker: AsyncTaskWorker, delivery: Delivery) -> object:
     outcome = worker.process(delivery.payload)
     if outcome is not None:
         refuse_awaitable(worker, outcome)
+    return outcome
 
 
 @contextlib.contextmanager
@@ -345,7 +359,13 @@ def _drain(worker_name: str, queue_name: str, quiet: bool) -> int:
     if quiet:
         root.setLevel(logging.ERROR)
     try:
-        options = LoopOptions(stop_when_idle=True, wait=0.05, prefetch=worker.prefetch)
+        config = get_settings().workers.get(queue_name)
+        options = LoopOptions(
+            stop_when_idle=True,
+            wait=0.05,
+            prefetch=worker.prefetch,
+            track_status=None if config is None else config.track_status,
+        )
         try:
             return serve(worker, transport, queue_name, options).processed
         except SetupFailed as exc:

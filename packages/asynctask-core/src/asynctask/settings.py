@@ -40,6 +40,8 @@ class WorkerConfig:
     prefetch: int | None = None
     #: tasks a child runs at once; None means the worker's own ``child_concurrency``
     child_concurrency: int | None = None
+    #: keep task statuses (``asynctask.status``); None means the worker's own ``track_status``
+    track_status: bool | None = None
 
 
 def default_transport_uri() -> str:
@@ -60,6 +62,16 @@ def _transport(value: Any) -> str | None:
         raise _Invalid("expected a transport URI such as 'filesys:/path', 'redis://host'")
     redact(value)  # learns its password, to hide it wherever a driver may quote it
     return value
+
+
+def _status_ttl(value: Any) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 1 <= value <= 10 * 365 * 86400
+    ):
+        raise _Invalid("expected a number of seconds from 1 to 315360000 (default 86400, a day)")
+    return float(value)
 
 
 def _positive_int(value: Any) -> int:
@@ -123,6 +135,7 @@ def _worker_config(queue: str, value: Any) -> WorkerConfig | None:
         "rate_period",
         "prefetch",
         "child_concurrency",
+        "track_status",
     }
     unknown = set(value) - allowed
     if unknown:
@@ -158,6 +171,9 @@ def _worker_config(queue: str, value: Any) -> WorkerConfig | None:
             f"{where}: child_concurrency must be a whole number from 1 to 10000, "
             f"got {child_concurrency!r}"
         )
+    track_status = value.get("track_status")
+    if track_status is not None and not isinstance(track_status, bool):
+        raise _Invalid(f"{where}: track_status must be true or false, got {track_status!r}")
     return WorkerConfig(
         worker,
         concurrency,
@@ -165,6 +181,7 @@ def _worker_config(queue: str, value: Any) -> WorkerConfig | None:
         None if period is None else float(period),
         prefetch,
         child_concurrency,
+        track_status,
     )
 
 
@@ -214,7 +231,7 @@ SETTINGS: dict[str, Setting] = {
             dict,
             _workers,
             "queue -> worker name, or {worker, concurrency, rate_max_calls, rate_period, "
-            "prefetch, child_concurrency}, "
+            "prefetch, child_concurrency, track_status}, "
             "or null/false",
         ),
         Setting("asynctask_imports", list, _imports, "modules to import for their workers"),
@@ -230,6 +247,19 @@ SETTINGS: dict[str, Setting] = {
             lambda: 1000,
             _positive_int,
             "ms between supervisor checks of its children",
+        ),
+        Setting(
+            "asynctask_state",
+            lambda: None,
+            _transport,
+            "URI of the transport keeping task statuses, results and cancels (default: the "
+            "transport itself; required for AMQP's status calls)",
+        ),
+        Setting(
+            "asynctask_status_ttl",
+            lambda: 86400,
+            _status_ttl,
+            "seconds a final task status (and its result) is kept",
         ),
         Setting(
             "asynctask_max_payload_bytes",
@@ -299,6 +329,17 @@ class Settings:
     def check_child_interval(self) -> float:
         """Seconds between supervisor checks."""
         return float(self.values["asynctask_workers_check_child_interval"]) / 1000
+
+    @property
+    def state(self) -> str | None:
+        """The URI of the transport keeping task statuses, or None: the transport itself."""
+        value: str | None = self.values["asynctask_state"]
+        return value
+
+    @property
+    def status_ttl(self) -> float:
+        """Seconds a final task status is kept."""
+        return float(self.values["asynctask_status_ttl"])
 
     @property
     def max_payload_bytes(self) -> int:

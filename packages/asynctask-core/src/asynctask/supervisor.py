@@ -18,6 +18,14 @@ segfault, the OOM killer). The pipe tells the supervisor how many tasks a dead c
 settled; each death with none settled adds one to the slot's count, a child that settled
 one resets it, and under ``--halt-when-empty`` the fifth in a row ends the command with
 exit 5 instead of restarting forever.
+
+And it stops cancelled tasks (DESIGN.md section 6): a thread (``asynctask.cancels``) looks
+at the statuses of the tasks its children run; when one was cancelled, its child is
+asked to stop (SIGTERM: it starts nothing new) and killed ``CANCEL_GRACE`` seconds later
+if the task still runs, then replaced at once. The task is not retried: its reservation
+comes back, and the next ``start()`` drops it as cancelled. Other tasks the child ran at
+once (``child_concurrency``) and that did not end within the grace count an attempt, as
+when a timeout replaces a child.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from dataclasses import dataclass, field, replace
 from types import FrameType
 
 from asynctask import events, exitcodes
+from asynctask.cancels import CancelWatch
 from asynctask.child import EXIT_FORCED, ChildSpec
 from asynctask.keepers import Keepers
 from asynctask.liveness import Liveness, new_owner
@@ -54,6 +63,8 @@ BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 30.0
 #: a child that ran this long before it died starts again after the first back-off
 HEALTHY_RUN = 30.0
+#: seconds a child running a cancelled task gets before it is killed and replaced
+CANCEL_GRACE = 0.3
 
 
 @dataclass
@@ -79,6 +90,10 @@ class Slot:
     liveness: Liveness | None = field(default=None, repr=False)
     #: what the running child reported about its tasks
     report: ReportReader | None = field(default=None, repr=False)
+    #: when the child, running a cancelled task, is killed (None: it is not)
+    cancel_kill_at: float | None = None
+    #: the cancelled tasks it runs (for the log)
+    cancelled: frozenset[str] = frozenset()
 
 
 class Supervisor:
@@ -109,6 +124,9 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
+        self._cancels: CancelWatch | None = None
+        if transport is not None and any(s.track_status is not False for s in specs):
+            self._cancels = CancelWatch(transport, self._wake)
 
     # -- children ---------------------------------------------------------------------
 
@@ -191,8 +209,19 @@ class Supervisor:
         slot.liveness = None
 
     def _after_exit(self, slot: Slot, code: int, now: float) -> None:
+        replacing, slot.cancel_kill_at = slot.cancel_kill_at is not None, None
         if self._stop_deadline is not None:
             slot.done = True
+            return
+        if replacing:
+            logger.info(
+                "%s replaced: it ran the cancelled task %s (%s)",
+                slot.label,
+                ", ".join(sorted(slot.cancelled)),
+                _describe_exit(code),
+            )
+            slot.failures = 0
+            slot.restart_at = now
             return
         if code == 0 and self.halt_when_empty:
             slot.done = True
@@ -270,8 +299,44 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake the loop (from a signal handler or another thread)."""
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"s")
+
+    # -- cancelled tasks --------------------------------------------------------------
+
+    def _watch_cancels(self, now: float) -> None:
+        """Publish what runs; replace the children running a task found cancelled."""
+        watch = self._cancels
+        if watch is None:
+            return
+        found = watch.take()
+        running: dict[int, frozenset[str]] = {}
+        for index, slot in enumerate(self.slots):
+            report = slot.report
+            if report is None or slot.process is None or slot.spec.track_status is False:
+                continue
+            ids = frozenset(report.running)
+            running[index] = ids
+            hit = ids & found
+            if hit and slot.cancel_kill_at is None and self._stop_deadline is None:
+                logger.warning(
+                    "Task %s was cancelled while it ran; replacing its child (pid %d) of %s "
+                    "in %g s; the task is not retried",
+                    ", ".join(sorted(hit)),
+                    slot.process.pid,
+                    slot.label,
+                    CANCEL_GRACE,
+                )
+                slot.cancelled = hit
+                slot.cancel_kill_at = now + CANCEL_GRACE
+                self._send(slot, signal.SIGTERM)  # it starts nothing new meanwhile
+            if slot.cancel_kill_at is not None and now >= slot.cancel_kill_at:
+                self._send(slot, signal.SIGKILL)
+        watch.watch(running)
 
     def _give_up(self, code: int, now: float) -> None:
         """Stop every child as a first signal would, and end with exit code ``code``."""
@@ -347,6 +412,7 @@ class Supervisor:
                         slot.done = True
                 if all(slot.done for slot in self.slots):
                     break
+                self._watch_cancels(now)
                 if (
                     self._stop_deadline is not None
                     and now >= self._stop_deadline
@@ -370,6 +436,8 @@ class Supervisor:
                 self._end_liveness(slot)
             if self._keepers is not None:
                 self._keepers.close()
+            if self._cancels is not None:
+                self._cancels.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
         if self._stop_deadline is None:
@@ -391,6 +459,9 @@ class Supervisor:
                 timeout = min(timeout, max(0.0, slot.restart_at - now))
         if self._stop_deadline is not None:
             timeout = min(timeout, max(0.0, self._stop_deadline - now))
+        for slot in self.slots:
+            if slot.cancel_kill_at is not None:
+                timeout = min(timeout, max(0.0, slot.cancel_kill_at - now))
         fds = [self._wake_r] + [s.pidfd for s in self.slots if s.pidfd is not None]
         fds += [s.report.fd for s in self.slots if s.report is not None and s.report.fd is not None]
         try:

@@ -34,6 +34,16 @@ from asynctask import events, signing
 from asynctask.errors import InvalidTaskError, TransportClosed, TransportUnavailable
 from asynctask.liveness import Liveness, NoLiveness, check_owner
 from asynctask.outage import OutageReport
+from asynctask.status import (
+    DEFAULT_STATUS_TTL,
+    StartVerdict,
+    StateStore,
+    StatusNotKept,
+    StatusNotTracked,
+    SubmitOptions,
+    TaskStatus,
+    check_submit_options,
+)
 from asynctask.uri import Option, read_options, redact, split_query
 from asynctask.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -167,7 +177,16 @@ class Consumer(ABC):
     or in threads and hand their outcome back to it. So a consumer holds up to
     ``prefetch`` reserved tasks at once and must accept their ``ack``/``retry``/``fail``/
     ``release`` in any order, while more are reserved; it need not be thread-safe.
+
+    ``tracking`` (set by the run loop from the worker's ``track_status``): when False the
+    run loop never calls ``start``, and ``ack``/``retry``/``fail`` write no status (no
+    result, no ``running``/``retrying``/``succeeded``); a transport may still drop the
+    task's status record with the settle where that costs nothing (it frees a
+    ``unique_key``).
     """
+
+    #: whether this consumer writes task statuses (``asynctask.status``)
+    tracking: bool = True
 
     def __init__(self, transport: Transport, queue: str, prefetch: int) -> None:
         self.transport = transport
@@ -185,12 +204,37 @@ class Consumer(ABC):
         goes to the failed store and the wait goes on. Returns ``None`` on timeout.
         """
 
-    @abstractmethod
-    def ack(self, delivery: Delivery) -> None:
-        """The task is done: remove it for good.
+    def start(self, delivery: Delivery) -> StartVerdict:
+        """The worker is about to run ``delivery``: mark it ``running`` (status tracking,
+        ``asynctask.status``) unless it was cancelled or has expired.
 
-        A transport may send the acknowledgement with the consumer's next call (``reserve``
-        or ``close``), saving a round trip; callers make that next call at once.
+        Returns ``"run"``, or the final state the task was given instead; then the task
+        is already settled (removed from the queue, never run, not in the failed store).
+        A transport keeping its own state does this in one round trip; the default uses
+        the store named by ``asynctask_state``, if any, else runs every task.
+        """
+        store = self.transport.external_state()
+        if store is None:
+            return "run"
+        verdict = self.transport._call(store.started, self.queue, delivery.id, delivery.attempt)
+        if verdict != "run":
+            self.ack(delivery)
+        return verdict
+
+    @abstractmethod
+    def ack(self, delivery: Delivery, result_json: str | None = None) -> bool | None:
+        """The task is done: remove it for good; ``succeeded`` with its result.
+
+        ``result_json`` is what ``process()`` returned, as JSON text (``None`` for no
+        result or one that could not be stored). A transport may send the
+        acknowledgement with the consumer's next call (``reserve`` or ``close``), saving
+        a round trip; callers make that next call at once.
+
+        Returns True when the task had been cancelled while it ran (it stays
+        ``cancelled``, its result discarded) if the transport can tell at no cost, else
+        ``None``; the run loop then logs it. With ``transport.own_state`` False (the
+        store of ``asynctask_state`` keeps the statuses) it writes no status: the run
+        loop writes through that store.
         """
 
     @abstractmethod
@@ -239,6 +283,10 @@ class Transport(ABC):
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     #: ``asynctask_signing_key`` as a tuple (the first signs, all verify); empty: unsigned
     signing_keys: tuple[str, ...] = ()
+    #: the setting ``asynctask_state``: another transport's URI keeping task statuses
+    state_uri: str | None = None
+    #: the setting ``asynctask_status_ttl``: seconds a final status is kept
+    status_ttl: float = DEFAULT_STATUS_TTL
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -248,6 +296,8 @@ class Transport(ABC):
             uri, pairs, self.options_accepted, self.accepts_driver_option
         )
         self.retry_timeout: float = self.options["retry_timeout"]
+        #: (asynctask_state, its transport, its store), once looked up
+        self._external: tuple[str, Transport, StateStore] | None = None
         self._closed = False
         self._outage = OutageReport(repr(self))
 
@@ -260,8 +310,22 @@ class Transport(ABC):
     # -- the primitives a subclass implements -------------------------------------------
 
     @abstractmethod
-    def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
-        """Store ``(task_id, payload_json)`` pairs at the tail of ``queue``, in order."""
+    def _put(
+        self,
+        queue: str,
+        tasks: Sequence[tuple[str, str]],
+        delay: float,
+        options: SubmitOptions,
+    ) -> Sequence[str] | None:
+        """Store ``(task_id, payload_json)`` pairs at the tail of ``queue``, in order.
+
+        ``options`` (``asynctask.status``): ``priority`` orders reserve (higher first,
+        FIFO within one); ``expires`` is kept with the task; ``unique_key`` (one task)
+        makes the put a no-op while a task holding that key on ``queue`` is not final.
+        A transport keeping its own state records ``queued``/``delayed`` here. Returns
+        the ids to give the caller when they differ from the given ones (the existing
+        task's id for a unique key already held), else ``None``.
+        """
 
     @abstractmethod
     def _take(self, queue: str) -> Payload | None:
@@ -313,6 +377,12 @@ class Transport(ABC):
     def _close(self) -> None:
         """Free connections, threads and files."""
 
+    def _state_store(self) -> StateStore | None:
+        """The store of this transport's own task statuses, or ``None`` if it keeps none
+        (then ``asynctask_state`` must name one). Fused transports return a store whose
+        generic calls match what their queue operations write."""
+        return None
+
     def _owned_consumer(self, queue: str, prefetch: int, owner: str) -> Consumer:
         """A consumer whose liveness ``self.liveness(queue, owner)`` keeps elsewhere.
 
@@ -328,17 +398,39 @@ class Transport(ABC):
     # -- the public API ---------------------------------------------------------------
 
     def submit_task(
-        self, queue_name: str, payload: Payload | None = None, *, delay: float = 0
+        self,
+        queue_name: str,
+        payload: Payload | None = None,
+        *,
+        delay: float = 0,
+        expires: float | None = None,
+        unique_key: str | None = None,
+        priority: int = 0,
     ) -> str:
         """Add a task at the tail of a queue; return its id.
 
         ``delay`` (seconds) keeps it invisible until then. The payload must be a JSON
         object (``None`` means ``{}``); anything else is refused before anything is written.
+        ``expires``, ``unique_key`` and ``priority``: see ``asynctask.status``.
         """
-        return self.submit_tasks(queue_name, [payload], delay=delay)[0]
+        return self.submit_tasks(
+            queue_name,
+            [payload],
+            delay=delay,
+            expires=expires,
+            unique_key=unique_key,
+            priority=priority,
+        )[0]
 
     def submit_tasks(
-        self, queue_name: str, payloads: Iterable[Payload | None], *, delay: float = 0
+        self,
+        queue_name: str,
+        payloads: Iterable[Payload | None],
+        *,
+        delay: float = 0,
+        expires: float | None = None,
+        unique_key: str | None = None,
+        priority: int = 0,
     ) -> list[str]:
         """Add many tasks in order, in as few round trips as the backend allows.
 
@@ -346,6 +438,8 @@ class Transport(ABC):
         """
         check_queue_name(queue_name)
         delay = check_delay(delay)
+        payloads = list(payloads)
+        options = check_submit_options(expires, unique_key, priority, len(payloads))
         tasks: list[tuple[str, str]] = []
         for index, payload in enumerate(payloads):
             try:
@@ -356,11 +450,123 @@ class Transport(ABC):
                 if index == 0:
                     raise
                 raise InvalidTaskError(f"payload #{index}: {exc}") from exc
-        if tasks:
-            self._call(self._put, queue_name, tasks, delay)
         ids = [task_id for task_id, _ in tasks]
+        if tasks:
+            store = self.external_state()
+            if store is not None:
+                # Another transport keeps the statuses: it records them (and takes the
+                # unique key) first; a key already held means nothing is stored here.
+                known = self._call(store.submitted, queue_name, ids, delay, options)
+                if list(known) != ids:
+                    return list(known)
+                options = SubmitOptions(options.expires, None, options.priority)
+            stored = self._call(self._put, queue_name, tasks, delay, options)
+            if stored is not None:
+                ids = list(stored)
         events.task_submitted(queue_name, ids)
         return ids
+
+    # -- what happened to a task (DESIGN.md section 6, ``asynctask.status``) ----------
+
+    def status(self, task_id: str) -> TaskStatus | None:
+        """The task's status, or ``None`` for an id the store never had or has forgotten."""
+        return self.statuses([task_id])[0]
+
+    def statuses(self, task_ids: Sequence[str]) -> list[TaskStatus | None]:
+        """The status of each id, in one round trip where the backend allows."""
+        store = self.state()
+        found = self._call(store.statuses, list(task_ids))
+        self._refuse_untracked(store, found)
+        return found
+
+    def _refuse_untracked(self, store: StateStore, found: Sequence[TaskStatus | None]) -> None:
+        """``StatusNotTracked`` when a status belongs to a queue whose workers keep none
+        (it would read ``queued`` forever)."""
+        queues = {s.queue for s in found if s is not None and not s.final}
+        if not queues:
+            return
+        untracked = self._call(store.untracked, queues)
+        if untracked:
+            name = sorted(untracked)[0]
+            raise StatusNotTracked(
+                f"the workers of queue {name!r} run with track_status = False: its tasks "
+                "have no status; set track_status to true in the worker class or in its "
+                "asynctask_workers entry to follow them"
+            )
+
+    def wait(self, task_id: str, timeout: float | None = None) -> TaskStatus:
+        """Block until the task is final and return its status.
+
+        Woken by the backend, not a poll loop. Raises the built-in ``TimeoutError`` after
+        ``timeout`` seconds, ``LookupError`` for an id the store does not know, and
+        ``StatusNotTracked`` for a task of a queue whose workers keep no status.
+        """
+        if timeout is not None and (not math.isfinite(timeout) or timeout < 0):
+            raise ValueError(f"timeout must be a finite number >= 0 or None, got {timeout!r}")
+        now = self.status(task_id)  # refuses an untracked queue's task at once
+        if now is None:
+            raise LookupError(f"no task {task_id!r}: never submitted here, or forgotten")
+        found = now if now.final else self.state().wait(task_id, timeout)
+        if found is None:
+            raise LookupError(f"no task {task_id!r}: never submitted here, or forgotten")
+        return found
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a task that is not final: True if it was not final and now is
+        cancelled (or, running, is being stopped by its supervisor)."""
+        return self._call(self.state().cancel, task_id)
+
+    def state(self) -> StateStore:
+        """Where this transport's task statuses live (its own, or ``asynctask_state``'s).
+
+        Raises ``StatusNotKept`` naming the setting when there is none.
+        """
+        if self.own_state:
+            own = self._state_store()
+            if own is not None:
+                own.status_ttl = self.status_ttl
+                return own
+        store = self.external_state()
+        if store is None:
+            raise StatusNotKept(
+                f"{self!r} keeps no task status: set asynctask_state to the URI of a "
+                "transport that does (e.g. ASYNCTASK_STATE=redis://127.0.0.1:6379/0)"
+            )
+        return store
+
+    @property
+    def own_state(self) -> bool:
+        """Whether this transport writes task statuses itself, fused with its queue
+        operations; False when ``asynctask_state`` names another store (then the base
+        class and the run loop write through ``external_state()``, and ``_put`` and the
+        consumer write no status)."""
+        return self.state_uri is None or self.state_uri == self.uri
+
+    def external_state(self) -> StateStore | None:
+        """The store named by ``asynctask_state`` when it is not this transport's own.
+
+        Looked up once and kept (the run loop asks for every task): again only when the
+        setting changes or that transport was closed.
+        """
+        if self.state_uri is None or self.state_uri == self.uri:
+            return None
+        cached = self._external
+        if cached is not None and cached[0] == self.state_uri and not cached[1].closed:
+            store = cached[2]
+        else:
+            from asynctask.api import get_transport  # the store is another transport
+
+            other = get_transport(self.state_uri)
+            found = other._state_store()
+            if found is None:
+                raise StatusNotKept(
+                    f"asynctask_state names {other!r}, which keeps no task status itself; "
+                    "name a transport that does (filesys, pgsql, redis)"
+                )
+            store = found
+            self._external = (self.state_uri, other, store)
+        store.status_ttl = self.status_ttl
+        return store
 
     def get_task(self, queue_name: str) -> Payload | None:
         """Remove the head task of a queue and return its payload (at most once).

@@ -172,7 +172,7 @@ class FilesysConsumer(Consumer):
         return path, TaskName.parse(os.path.basename(path))
 
     @os_errors
-    def ack(self, delivery: Delivery) -> None:
+    def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
         """Delete the task's file."""
         settled = self._settle(delivery)
         if settled is not None:

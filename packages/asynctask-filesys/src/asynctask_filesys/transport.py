@@ -38,6 +38,7 @@ from urllib.parse import unquote
 
 from asynctask.errors import InvalidURIError
 from asynctask.liveness import Liveness
+from asynctask.status import SubmitOptions
 from asynctask.transport import (
     Consumer,
     FailedTask,
@@ -156,12 +157,19 @@ class FilesysTransport(FilesysBase):
     # -- primitives ----------------------------------------------------------------------
 
     @os_errors
-    def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
+    def _put(
+        self,
+        queue: str,
+        tasks: Sequence[tuple[str, str]],
+        delay: float,
+        options: SubmitOptions,
+    ) -> Sequence[str] | None:
+        options.refuse_until_supported(self)
         # A retried call (after an error half-way) stores only what it had not stored.
         key, stored = tasks[0][0], self._progress.done(tasks[0][0])
         tasks = tasks[stored:]
         if not tasks:
-            return
+            return None
         paths = self.ensure_queue(queue)
         target = paths.delayed if delay > 0 else paths.ready
         stamps = self._clock.due(len(tasks), delay) if delay > 0 else self._clock.ready(len(tasks))
@@ -186,6 +194,7 @@ class FilesysTransport(FilesysBase):
                     os.unlink(os.path.join(paths.tmp, name))
         if self.fsync:
             sync_dir(target)
+        return None
 
     def _write_tmp(
         self, queue: str, paths: QueuePaths, names: list[str], tasks: Sequence[tuple[str, str]]

@@ -145,7 +145,7 @@ class PgsqlConsumer(Consumer):
                     wait = min(wait, max(due, _MIN_WAIT))
                 self._wait(min(wait, max(self._next_sweep - time.monotonic(), _MIN_WAIT)))
 
-    def ack(self, delivery: Delivery) -> None:
+    def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
         """Done: the row is deleted by this consumer's next statement (no round trip now)."""
         with self._lock:
             if self._held.pop(delivery.receipt, None) is not None:

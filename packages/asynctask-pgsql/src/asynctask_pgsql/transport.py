@@ -43,6 +43,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from asynctask.errors import TransportError, TransportRefused, TransportUnavailable
 from asynctask.liveness import Liveness
+from asynctask.status import SubmitOptions
 from asynctask.transport import (
     COUNT_NAMES,
     Consumer,
@@ -219,13 +220,24 @@ class PgsqlTransport(Transport):
         payload: Payload | None = None,
         *,
         delay: float = 0,
+        expires: float | None = None,
+        unique_key: str | None = None,
+        priority: int = 0,
         connection: psycopg.Connection[Any] | None = None,
     ) -> str:
         """Add a task; with ``connection``, inside that connection's open transaction.
 
         The task then exists only if the caller commits, and nothing is retried here.
         """
-        return self.submit_tasks(queue_name, [payload], delay=delay, connection=connection)[0]
+        return self.submit_tasks(
+            queue_name,
+            [payload],
+            delay=delay,
+            expires=expires,
+            unique_key=unique_key,
+            priority=priority,
+            connection=connection,
+        )[0]
 
     def submit_tasks(
         self,
@@ -233,23 +245,38 @@ class PgsqlTransport(Transport):
         payloads: Iterable[Payload | None],
         *,
         delay: float = 0,
+        expires: float | None = None,
+        unique_key: str | None = None,
+        priority: int = 0,
         connection: psycopg.Connection[Any] | None = None,
     ) -> list[str]:
         """Add many tasks in one statement; ``connection`` as for ``submit_task``."""
+        lifecycle: dict[str, Any] = {
+            "expires": expires,
+            "unique_key": unique_key,
+            "priority": priority,
+        }
         if connection is None:
-            return super().submit_tasks(queue_name, payloads, delay=delay)
+            return super().submit_tasks(queue_name, payloads, delay=delay, **lifecycle)
         if not isinstance(connection, psycopg.Connection):
             raise TypeError(f"connection must be a psycopg.Connection, not {connection!r}")
         self._ready_pool()  # the schema must exist before the caller's transaction uses it
         token = _caller_connection.set(connection)
         try:
-            return super().submit_tasks(queue_name, payloads, delay=delay)
+            return super().submit_tasks(queue_name, payloads, delay=delay, **lifecycle)
         finally:
             _caller_connection.reset(token)
 
     # -- primitives ---------------------------------------------------------------------
 
-    def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
+    def _put(
+        self,
+        queue: str,
+        tasks: Sequence[tuple[str, str]],
+        delay: float,
+        options: SubmitOptions,
+    ) -> Sequence[str] | None:
+        options.refuse_until_supported(self)
         # jsonb cannot hold a NUL character (\u0000): such a payload travels as text.
         texts = [text if "\\u0000" in text else None for _, text in tasks]
         payloads = [None if "\\u0000" in text else text for _, text in tasks]
@@ -267,7 +294,7 @@ class PgsqlTransport(Transport):
         caller = _caller_connection.get()
         if caller is None:
             self._query(query, params)
-            return
+            return None
         try:
             caller.execute(query, params)
         except psycopg.Error as exc:
@@ -276,6 +303,7 @@ class PgsqlTransport(Transport):
                 f"{self.server.describe()}: submit in the caller's transaction failed: "
                 f"{self.server.scrub(str(exc).strip())}"
             ) from exc
+        return None
 
     def _take(self, queue: str) -> Payload | None:
         if not self._stored():

@@ -318,7 +318,7 @@ class RedisConsumer(Consumer):
                 delivery.id,
             )
 
-    def ack(self, delivery: Delivery) -> None:
+    def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
         """Done: the task is removed with this consumer's next call to Redis."""
         raw = self._unhold(delivery)
         if raw is not None:

@@ -47,6 +47,7 @@ from redis.exceptions import RedisError
 
 from asynctask.errors import InvalidURIError, TransportError
 from asynctask.liveness import Liveness
+from asynctask.status import SubmitOptions
 from asynctask.transport import (
     Consumer,
     FailedTask,
@@ -178,7 +179,14 @@ class RedisTransport(Transport):
 
     # -- primitives ---------------------------------------------------------------------
 
-    def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
+    def _put(
+        self,
+        queue: str,
+        tasks: Sequence[tuple[str, str]],
+        delay: float,
+        options: SubmitOptions,
+    ) -> Sequence[str] | None:
+        options.refuse_until_supported(self)
         now = time.time()
         texts = [
             envelope(task_id, 0, now, text, self.task_headers(queue, task_id, text))
@@ -189,6 +197,7 @@ class RedisTransport(Transport):
         guard_ms = int((self.retry_timeout + 5) * 1000)
         delay_ms = f"{delay * 1000:.3f}" if delay > 0 else "0"
         self._script(scripts.PUT, queue, tasks[0][0], guard_ms, delay_ms, *texts)
+        return None
 
     def _take(self, queue: str) -> Payload | None:
         while True:

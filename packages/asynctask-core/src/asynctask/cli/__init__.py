@@ -2,7 +2,7 @@
 
 Exit codes are the one table of ``asynctask.exitcodes`` (and of the README): 0 done,
 1 outcome not obtained, 2 bad usage/settings or a permanent backend error, 3 backend
-unreachable, 4 forced stop, 5 crash loop, 70 unexpected error.
+unreachable, 4 forced stop, 5 crash loop, 70 unexpected error, 124 ``wait`` timed out.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import typer
 
 from asynctask import exitcodes
-from asynctask.cli import changes, inspect
+from asynctask.cli import changes, inspect, tasks
 from asynctask.cli.common import app, failed_app
 from asynctask.cli.workers import workers
 from asynctask.logs import redact_last_resort
@@ -27,6 +27,9 @@ __all__ = ["add_plugin_commands", "app", "main", "workers_main"]
 app.command()(workers)
 app.command()(inspect.submit)
 app.command()(inspect.queues)
+app.command()(tasks.task)
+app.command()(tasks.wait)
+app.command()(tasks.cancel)
 app.command()(changes.purge)
 failed_app.command("list")(inspect.failed_list)
 failed_app.command("requeue")(changes.failed_requeue)

@@ -36,13 +36,31 @@ def submit(
     delay: Annotated[
         float, typer.Option("--delay", help="Seconds before the task may run.", min=0)
     ] = 0.0,
+    expires: Annotated[
+        float | None,
+        typer.Option(
+            "--expires", help="A task not started within S seconds never runs.", metavar="S"
+        ),
+    ] = None,
+    unique_key: Annotated[
+        str | None,
+        typer.Option(
+            "--unique-key",
+            help="While a task with this key on this queue is not final, print its id "
+            "instead of submitting (one payload only).",
+            metavar="KEY",
+        ),
+    ] = None,
+    priority: Annotated[
+        int, typer.Option("--priority", help="0-9; a higher one is taken first.", min=0, max=9)
+    ] = 0,
     sets: SetOption = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Submit tasks and print their ids.
 
-    Example: asynctask submit emails '{"to": "ann@example.org"}'
+    Example: asynctask submit emails '{"to": "ann@example.org"}' --priority 5
     """
     with reported_errors():
         if payload is None or payload == "-":
@@ -56,7 +74,14 @@ def submit(
             except ValueError as exc:
                 raise fail(f"payload #{number} is not JSON ({exc}): {text[:80]!r}", 2) from exc
         transport = open_transport(sets, config)
-        ids = transport.submit_tasks(queue, payloads, delay=delay)
+        ids = transport.submit_tasks(
+            queue,
+            payloads,
+            delay=delay,
+            expires=expires,
+            unique_key=unique_key,
+            priority=priority,
+        )
     if as_json:
         typer.echo(json.dumps({"queue": queue, "ids": ids}, indent=2))
         return

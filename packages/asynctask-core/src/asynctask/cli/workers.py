@@ -116,6 +116,11 @@ def workers(
                         rate_period=worker_config.rate_period,
                         prefetch=worker_config.prefetch,
                         child_concurrency=worker_config.child_concurrency,
+                        track_status=(
+                            registry.worker_class(worker_config.worker).track_status
+                            if worker_config.track_status is None
+                            else worker_config.track_status
+                        ),
                         grace=grace,
                         summary_path=report.path if halt_when_empty else None,
                     )

@@ -243,11 +243,12 @@ class TransportContract:
         primitive = transport._put
         lost: list[str] = []
 
-        def reply_lost(queue: str, tasks: Any, delay: float) -> None:
-            primitive(queue, tasks, delay)
+        def reply_lost(queue: str, tasks: Any, delay: float, options: Any) -> Any:
+            stored = primitive(queue, tasks, delay, options)
             if tasks[0][0] not in lost:  # the first try of each submit
                 lost.append(tasks[0][0])
                 raise TransportUnavailable("the reply was lost (a test)")
+            return stored
 
         transport._put = reply_lost
         try:

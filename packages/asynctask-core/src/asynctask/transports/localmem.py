@@ -4,6 +4,11 @@ Features
     Every count; the whole delivery contract, within one process only. A consumer
     belongs to the thread that reserves with it; when that thread ends without settling
     its tasks, they come back (counted as an attempt) within ``recovery_seconds``.
+    Task status (``asynctask.status``), kept in memory (``asynctask.transports.memstate``)
+    and written in the same critical section as each queue operation: priority lanes
+    0-9 (FIFO within each), ``expires``, ``unique_key``, results, ``cancel`` (a waiting
+    task is removed at once), ``wait`` woken by a condition variable, final statuses
+    forgotten after ``status_ttl`` by a bounded heap.
 URI
     ``localmem:`` or ``localmem://`` (anything after the colon names a separate store).
 Options
@@ -11,6 +16,9 @@ Options
 Storage
     Python objects in the transport instance; nothing survives the process. The
     ``asynctask workers`` command refuses it, since its children are other processes.
+    ``get_task`` (at most once) skips cancelled and expired tasks and leaves the task it
+    hands over ``succeeded``, without a result; ``purge`` forgets the purged tasks'
+    statuses.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from asynctask.status import MAX_PRIORITY, StartVerdict, SubmitOptions
 from asynctask.transport import (
     Consumer,
     Delivery,
@@ -33,6 +42,7 @@ from asynctask.transport import (
     TransportFeatures,
     check_delay,
 )
+from asynctask.transports.memstate import MemoryStateStore
 from asynctask.validation import Payload, decode_payload
 
 _RECOVERY_SECONDS = 1.0
@@ -48,11 +58,59 @@ class _Task:
     retrying: bool = False
     owner: threading.Thread | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    priority: int = 0
+
+
+class _Ready:
+    """Ready tasks: one FIFO lane per priority, the highest non-empty lane first."""
+
+    def __init__(self) -> None:
+        self.lanes = [deque[_Task]() for _ in range(MAX_PRIORITY + 1)]
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def append(self, task: _Task) -> None:
+        self.lanes[task.priority].append(task)
+        self.count += 1
+
+    def appendleft(self, task: _Task) -> None:
+        self.lanes[task.priority].appendleft(task)
+        self.count += 1
+
+    def popleft(self) -> _Task:
+        for lane in reversed(self.lanes):
+            if lane:
+                self.count -= 1
+                return lane.popleft()
+        raise IndexError("no ready task")
+
+    def remove(self, task_id: str) -> bool:
+        """Remove one task by id (a cancel: rare, so a scan of its queue is fine)."""
+        for lane in self.lanes:
+            for task in lane:
+                if task.id == task_id:
+                    lane.remove(task)
+                    self.count -= 1
+                    return True
+        return False
+
+    def oldest(self) -> float | None:
+        heads = [lane[0].submitted_at for lane in self.lanes if lane]
+        return min(heads) if heads else None
+
+    def clear(self) -> list[str]:
+        ids = [task.id for lane in self.lanes for task in lane]
+        for lane in self.lanes:
+            lane.clear()
+        self.count = 0
+        return ids
 
 
 @dataclass
 class _Queue:
-    ready: deque[_Task] = field(default_factory=deque)
+    ready: _Ready = field(default_factory=_Ready)
     # (due, sequence, task): delayed and retrying tasks, soonest first
     waiting: list[tuple[float, int, _Task]] = field(default_factory=list)
     in_flight: dict[str, _Task] = field(default_factory=dict)
@@ -76,9 +134,11 @@ class LocalMemTransport(Transport):
         super().__init__(uri)
         self._queues: dict[str, _Queue] = {}
         self._claims: dict[str, float] = {}
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._sequence = itertools.count()
         self._progress = PutProgress(self.retry_timeout + 5)
+        self._statuses = MemoryStateStore(self._lock, self._drop)
 
     # -- for tests: what another program would write ------------------------------------
 
@@ -104,15 +164,48 @@ class LocalMemTransport(Transport):
             q = self._queues[name] = _Queue()
         return q
 
-    def _put(self, queue: str, tasks: Sequence[tuple[str, str]], delay: float) -> None:
+    def _state_store(self) -> MemoryStateStore:
+        return self._store()
+
+    def _store(self) -> MemoryStateStore:
+        """The status store, with this transport's ``status_ttl`` (a setting that may
+        change after the transport was made)."""
+        self._statuses.status_ttl = self.status_ttl
+        return self._statuses
+
+    def _drop(self, queue: str, task_id: str) -> None:
+        """A waiting task was cancelled or expired: remove it from its queue (lock held)."""
+        q = self._queues.get(queue)
+        if q is None or q.ready.remove(task_id):
+            return
+        for index, entry in enumerate(q.waiting):
+            if entry[2].id == task_id:
+                q.waiting[index] = q.waiting[-1]
+                q.waiting.pop()
+                heapq.heapify(q.waiting)
+                return
+
+    def _put(
+        self,
+        queue: str,
+        tasks: Sequence[tuple[str, str]],
+        delay: float,
+        options: SubmitOptions,
+    ) -> Sequence[str] | None:
         now = time.time()
+        ids = [task_id for task_id, _ in tasks]
         with self._cond:
+            if self.own_state:
+                # in the same critical section as the store: the unique key is atomic
+                known = self._store().submitted(queue, ids, delay, options)
+                if known != ids:
+                    return known
             q = self._queue(queue)
             # a retried call (after an error) does not store its tasks twice
             stored = self._progress.done(tasks[0][0])
             self._progress.record(tasks[0][0], len(tasks))
             for task_id, text in tasks[stored:]:
-                task = _Task(task_id, text, now)
+                task = _Task(task_id, text, now, priority=options.priority)
                 task.headers = self.task_headers(queue, task_id, text)
                 if delay > 0:
                     task.due = time.monotonic() + delay
@@ -120,6 +213,7 @@ class LocalMemTransport(Transport):
                 else:
                     q.ready.append(task)
             self._cond.notify_all()
+        return None
 
     def _maintain(self, q: _Queue) -> float | None:
         """Promote due tasks, recover dead owners' tasks; return seconds to the next due."""
@@ -134,6 +228,9 @@ class LocalMemTransport(Transport):
                 task.owner = None
                 task.attempts += 1
                 q.ready.append(task)
+                rec = self._statuses.record(task_id)
+                if rec is not None and rec.state == "running":
+                    rec.state = "queued"  # its worker died: waiting for another start
         return q.waiting[0][0] - now if q.waiting else None
 
     def _pop_ready(self, queue: str, q: _Queue, owner: threading.Thread | None) -> Delivery | None:
@@ -172,8 +269,17 @@ class LocalMemTransport(Transport):
             if q is None:
                 return None
             self._maintain(q)
-            delivery = self._pop_ready(queue, q, owner=None)
-            return None if delivery is None else delivery.payload
+            while True:
+                delivery = self._pop_ready(queue, q, owner=None)
+                if delivery is None:
+                    return None
+                if not self.own_state:
+                    return delivery.payload
+                # at most once: never a cancelled or expired task; handed over = done
+                store = self._store()
+                if store.started(queue, delivery.id, delivery.attempt) == "run":
+                    store.settled(queue, delivery.id, "succeeded", delivery.attempt)
+                    return delivery.payload
 
     def _stats(self, queue: str) -> QueueStats:
         with self._cond:
@@ -194,7 +300,7 @@ class LocalMemTransport(Transport):
     def _oldest_ready(self, queue: str) -> float | None:
         with self._cond:
             q = self._queues.get(queue)
-            return q.ready[0].submitted_at if q is not None and q.ready else None
+            return None if q is None else q.ready.oldest()
 
     def _queue_names(self) -> list[str]:
         with self._cond:
@@ -205,10 +311,10 @@ class LocalMemTransport(Transport):
             q = self._queues.get(queue)
             if q is None:
                 return 0
-            count = len(q.ready) + len(q.waiting)
-            q.ready.clear()
+            purged = q.ready.clear() + [task.id for _, _, task in q.waiting]
             q.waiting.clear()
-            return count
+            self._statuses.forget(purged)
+            return len(purged)
 
     def _failed(self, queue: str, limit: int) -> list[FailedTask]:
         with self._cond:
@@ -225,6 +331,9 @@ class LocalMemTransport(Transport):
                 failed = q.failed.pop(task_id)
                 text = failed.raw if failed.raw is not None else _json(failed.payload)
                 q.ready.append(_Task(task_id, text, failed.submitted_at or time.time()))
+                rec = self._statuses.record(task_id)
+                if rec is not None:
+                    self._statuses.finish(rec, "queued", 0)
             self._cond.notify_all()
             return len(chosen)
 
@@ -236,6 +345,7 @@ class LocalMemTransport(Transport):
             chosen = [i for i in q.failed if ids is None or i in ids]
             for task_id in chosen:
                 del q.failed[task_id]
+            self._statuses.forget(chosen)  # a failed status lives as long as its record
             return len(chosen)
 
     def _claim(self, key: str, ttl: float) -> bool:
@@ -306,18 +416,50 @@ class LocalMemConsumer(Consumer):
         task.owner = None
         return q, task
 
-    def ack(self, delivery: Delivery) -> None:
-        with self.transport._cond:
-            self._settle(delivery)
+    def _writes(self) -> bool:
+        return self.tracking and self.transport.own_state
+
+    def start(self, delivery: Delivery) -> StartVerdict:
+        t = self.transport
+        if not t.own_state:
+            return super().start(delivery)
+        with t._cond:
+            verdict = t._store().started(self.queue, delivery.id, delivery.attempt)
+            if verdict != "run":
+                self._settle(delivery)  # removed, never run, not in the failed store
+            return verdict
+
+    def ack(self, delivery: Delivery, result_json: str | None = None) -> bool | None:
+        t = self.transport
+        with t._cond:
+            if self._settle(delivery) is None or not self._writes():
+                return None
+            rec = t._statuses.record(delivery.id)
+            if rec is None:
+                return None
+            state = t._store().finish(rec, "succeeded", delivery.attempt, None, result_json)
+            return state == "cancelled"
+
+    def _cancelled(self, delivery: Delivery) -> bool:
+        """Whether the task was cancelled while it ran: then it is neither retried nor
+        failed, only removed (lock held)."""
+        if not self._writes():
+            return False
+        rec = self.transport._statuses.record(delivery.id)
+        return rec is not None and rec.state == "cancelled"
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         delay = check_delay(delay)
         t = self.transport
         with t._cond:
             settled = self._settle(delivery)
-            if settled is None:
+            if settled is None or self._cancelled(delivery):
                 return
             q, task = settled
+            if self._writes():
+                rec = t._statuses.record(delivery.id)
+                if rec is not None:
+                    t._store().finish(rec, "retrying", delivery.attempt, error)
             task.attempts += 1
             task.retrying = True
             task.due = time.monotonic() + delay
@@ -328,9 +470,12 @@ class LocalMemConsumer(Consumer):
         t = self.transport
         with t._cond:
             settled = self._settle(delivery)
-            if settled is not None:
+            if settled is not None and not self._cancelled(delivery):
                 q, task = settled
                 t._to_failed(self.queue, q, task, error)
+                rec = t._statuses.record(delivery.id) if self._writes() else None
+                if rec is not None:
+                    t._store().finish(rec, "failed", delivery.attempt, error)
 
     def release(self, delivery: Delivery) -> None:
         t = self.transport

@@ -1,0 +1,128 @@
+"""``asynctask task``, ``wait`` and ``cancel``: what happened to one task (DESIGN.md 6).
+
+Exit codes (``asynctask.exitcodes``): ``task`` 0, or 1 for an id the store does not know;
+``wait`` 0 succeeded, 1 failed/cancelled/expired or unknown, 124 timed out; ``cancel`` 0
+cancelled, 1 already final or unknown. All three only read, except ``cancel``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+
+from asynctask import exitcodes
+from asynctask.cli.common import (
+    ConfigOption,
+    JsonOption,
+    SetOption,
+    fail,
+    open_transport,
+    reported_errors,
+)
+from asynctask.status import TaskStatus
+
+TaskId = Annotated[str, typer.Argument(help="The id submit printed, e.g. 3f2a...")]
+
+_TIMES = ("submitted_at", "started_at", "finished_at")
+
+
+def task(
+    task_id: TaskId,
+    sets: SetOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a task's status: state, attempts, times, last error and result.
+
+    Exit 1 when the store does not know the id (never submitted, or forgotten after
+    asynctask_status_ttl). Example: asynctask task 3f2a... --json
+    """
+    with reported_errors():
+        found = open_transport(sets, config).status(task_id)
+    if found is None:
+        raise fail(f"no task {task_id!r}: never submitted here, or forgotten", 1)
+    _show(found, as_json)
+
+
+def wait(
+    task_id: TaskId,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="Give up after S seconds (exit 124).", metavar="S", min=0),
+    ] = None,
+    sets: SetOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Wait until a task is final and show its status.
+
+    Exit 0 when it succeeded, 1 when it failed, was cancelled or expired (or the id is
+    unknown), 124 when --timeout passed first. Example: asynctask wait 3f2a... --timeout 30
+    """
+    with reported_errors():
+        transport = open_transport(sets, config)
+        try:
+            found = transport.wait(task_id, timeout=timeout)
+        except TimeoutError as exc:
+            raise fail(
+                f"task {task_id!r} is not final after {timeout:g} s", exitcodes.WAIT_TIMEOUT
+            ) from exc
+        except LookupError as exc:
+            raise fail(str(exc).strip("'\""), exitcodes.NOT_OBTAINED) from exc
+    _show(found, as_json)
+    if found.state != "succeeded":
+        raise typer.Exit(exitcodes.NOT_OBTAINED)
+
+
+def cancel(
+    task_id: TaskId,
+    sets: SetOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Cancel a task: a waiting one never runs; a running one is stopped by its worker.
+
+    Exit 1 when the task was already final or the id is unknown.
+    Example: asynctask cancel 3f2a...
+    """
+    with reported_errors():
+        cancelled = open_transport(sets, config).cancel(task_id)
+    if as_json:
+        typer.echo(json.dumps({"id": task_id, "cancelled": cancelled}, indent=2))
+    elif cancelled:
+        typer.echo(f"Cancelled task {task_id}.")
+    if not cancelled:
+        if not as_json:
+            typer.echo(
+                f"asynctask: task {task_id!r} was not cancelled: already final, or unknown",
+                err=True,
+            )
+        raise typer.Exit(exitcodes.NOT_OBTAINED)
+
+
+def _show(found: TaskStatus, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(asdict(found), indent=2))
+        return
+    lines = [
+        ("id", found.id),
+        ("queue", found.queue),
+        ("state", found.state),
+        ("attempts", str(found.attempts)),
+        *((name, _when(getattr(found, name))) for name in _TIMES),
+        ("error", found.error or "-"),
+        ("result", "-" if found.result is None else json.dumps(found.result)),
+    ]
+    width = max(len(name) for name, _ in lines)
+    for name, value in lines:
+        typer.echo(f"{name.ljust(width)}  {value}")
+
+
+def _when(stamp: float | None) -> str:
+    if stamp is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp)) + f" ({stamp:.3f})"

@@ -1,0 +1,237 @@
+"""What happened to a task: its status, its result, cancel, expiry, uniqueness, priority.
+
+DESIGN.md section 6. A task's status is kept by a ``StateStore``. Every transport that
+can keep state gives its own (``Transport._state_store``), usually fused with its queue
+operations so that tracking costs no extra round trip: the submit writes ``queued`` in
+the same statement or script as the task, the consumer's ``start`` marks it ``running``
+and says whether it may run, and ``ack``/``retry``/``fail`` write the outcome with the
+settle. A backend that cannot keep state (AMQP) names another transport's URI in the
+setting ``asynctask_state`` and uses that one's store through the generic calls below;
+any transport may do the same.
+
+The life of a task::
+
+    submit ──> queued ─────────────┐        (delayed: submitted with a delay)
+      │          │  start()         │ expires passes before a start
+      └> delayed ┴──> running ──> succeeded
+                         │  └───> failed <── requeue puts it back to queued
+                         └──> retrying ──> (start again) running
+    cancel(): queued / delayed / retrying / running ──> cancelled
+    expired: not started before ``expires``
+
+``succeeded``, ``failed``, ``cancelled`` and ``expired`` are final. A final status is
+forgotten ``asynctask_status_ttl`` seconds after it was reached, by the backend itself
+(a key expiry, a bounded delete), never by a scan that grows with history; a ``failed``
+status lives as long as its failed record.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from asynctask.errors import ConfigurationError, InvalidTaskError
+
+State = Literal[
+    "queued", "delayed", "running", "retrying", "succeeded", "failed", "cancelled", "expired"
+]
+#: every state, in the order a task can meet them
+STATES: tuple[State, ...] = (
+    "queued",
+    "delayed",
+    "running",
+    "retrying",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "expired",
+)
+#: states after which nothing happens to the task any more
+FINAL_STATES: frozenset[State] = frozenset({"succeeded", "failed", "cancelled", "expired"})
+#: what ``Consumer.start`` may answer: run it, or it was settled as cancelled/expired
+StartVerdict = Literal["run", "cancelled", "expired"]
+
+#: default of the setting ``asynctask_status_ttl``: a final status is kept a day
+DEFAULT_STATUS_TTL = 86400.0
+#: ``priority`` bounds (DESIGN.md section 6): 0 is the default, 9 the most urgent
+MIN_PRIORITY, MAX_PRIORITY = 0, 9
+#: a unique key is stored beside the queue name: the same bound as queue names' spirit
+MAX_UNIQUE_KEY_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    """What became of one task. Times are Unix seconds; ``None`` where not reached."""
+
+    id: str
+    queue: str
+    state: State
+    attempts: int
+    submitted_at: float | None
+    started_at: float | None = None
+    finished_at: float | None = None
+    #: the last error (a retry's or the failure's), else ``None``
+    error: str | None = None
+    #: the JSON value ``process()`` returned (``None`` when it returned ``None``)
+    result: object = None
+
+    @property
+    def final(self) -> bool:
+        """Whether nothing will happen to the task any more."""
+        return self.state in FINAL_STATES
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """The lifecycle options of one submit call (DESIGN.md section 6)."""
+
+    #: seconds after the submit; a task not started by then is never run
+    expires: float | None = None
+    #: while a task with this key on this queue is not final, a submit is a no-op
+    unique_key: str | None = None
+    #: 0-9, higher taken first, FIFO within one priority
+    priority: int = 0
+
+    @property
+    def plain(self) -> bool:
+        """Whether no option is set (a transport may take its fastest path)."""
+        return self.expires is None and self.unique_key is None and self.priority == 0
+
+    def refuse_until_supported(self, transport: object) -> None:
+        """Refuse options a transport does not give yet (while issue 16 lands, transport
+        by transport): an error before anything is written, never a silent drop."""
+        if not self.plain:
+            raise InvalidTaskError(
+                f"{transport!r} does not support expires, unique_key or priority yet"
+            )
+
+
+def check_submit_options(
+    expires: object, unique_key: object, priority: object, count: int
+) -> SubmitOptions:
+    """Validate the submit options before anything is written; ``count`` payloads."""
+    if expires is not None:
+        if isinstance(expires, bool) or not isinstance(expires, (int, float)):
+            raise InvalidTaskError(f"expires must be a number of seconds, got {expires!r}")
+        if not math.isfinite(expires) or expires <= 0:
+            raise InvalidTaskError(f"expires must be a positive number of seconds, got {expires!r}")
+    if unique_key is not None:
+        if not isinstance(unique_key, str) or not unique_key:
+            raise InvalidTaskError(f"unique_key must be a non-empty string, got {unique_key!r}")
+        if len(unique_key) > MAX_UNIQUE_KEY_LENGTH:
+            raise InvalidTaskError(
+                f"unique_key is {len(unique_key)} characters; at most {MAX_UNIQUE_KEY_LENGTH}"
+            )
+        if count > 1:
+            raise InvalidTaskError(
+                f"unique_key names one task, but {count} payloads were given: "
+                "submit them one by one, each with its own key"
+            )
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidTaskError(f"priority must be an integer 0-9, got {priority!r}")
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise InvalidTaskError(f"priority must be 0-9, got {priority}")
+    return SubmitOptions(
+        expires=None if expires is None else float(expires),
+        unique_key=unique_key,
+        priority=priority,
+    )
+
+
+class StatusNotKept(ConfigurationError):
+    """This transport keeps no task status: name a store in ``asynctask_state``."""
+
+
+class StatusNotTracked(ConfigurationError):
+    """The queue's worker runs with ``track_status = False``: its tasks have no status."""
+
+
+class StateStore(ABC):
+    """Where task statuses live: the generic calls, used by a transport with no state of
+    its own (``asynctask_state``) and by tests. A transport keeping its own state fuses
+    the same writes into its queue operations instead of calling these.
+
+    Every call may raise ``TransportUnavailable``; the caller retries as for any call.
+    """
+
+    #: seconds a final status is kept (the setting ``asynctask_status_ttl``)
+    status_ttl: float = DEFAULT_STATUS_TTL
+    #: seconds between re-reads of a status while ``wait`` blocks: only a fallback for a
+    #: lost notification (the contract sets 10 s and still sees ``wait`` return within
+    #: 1 s). A transport's ``_state_store()`` returns the same object every time, so
+    #: that this can be set on it.
+    fallback_poll: float = 5.0
+
+    def set_tracking(self, queue: str, tracked: bool) -> None:  # noqa: B027 (optional)
+        """Record whether ``queue``'s workers keep statuses (``track_status``).
+
+        A worker with ``track_status = False`` calls it with ``False`` when it starts,
+        one with tracking on calls it with ``True``; ``untracked`` reads it. Kept until
+        changed (a key, a row, a file per queue: a few bytes). The default keeps nothing:
+        override it (the contract tests it).
+        """
+
+    def untracked(self, queues: Collection[str]) -> set[str]:
+        """Which of ``queues`` have workers with ``track_status = False``: their tasks'
+        statuses stop at ``queued``, so ``status``/``wait`` raise ``StatusNotTracked``."""
+        return set()
+
+    @abstractmethod
+    def submitted(
+        self,
+        queue: str,
+        ids: Sequence[str],
+        delay: float,
+        options: SubmitOptions,
+    ) -> list[str]:
+        """Record new tasks as ``queued`` (``delayed`` with a delay) before they are
+        stored in the queue; return the ids to give the caller.
+
+        With ``options.unique_key`` (one id): if a task holding that key on ``queue`` is
+        not final, nothing is written and ``[its_id]`` is returned; the caller then
+        stores nothing. The key is taken atomically (a unique index, ``SET NX``, an
+        exclusive create) and freed when the task reaches a final state.
+        """
+
+    @abstractmethod
+    def started(self, queue: str, task_id: str, attempt: int) -> StartVerdict:
+        """A worker is about to run the task: ``running`` unless it was cancelled or
+        has expired, in which case that state is made final and returned."""
+
+    @abstractmethod
+    def settled(
+        self,
+        queue: str,
+        task_id: str,
+        state: State,
+        attempts: int,
+        *,
+        error: str | None = None,
+        result_json: str | None = None,
+    ) -> None:
+        """Record an outcome: ``retrying``, ``succeeded`` (with ``result_json``),
+        ``failed``, ``expired``, or ``queued`` (requeued from the failed store, or handed
+        back). A task already ``cancelled`` stays cancelled (its result is discarded)."""
+
+    @abstractmethod
+    def statuses(self, ids: Sequence[str]) -> list[TaskStatus | None]:
+        """The status of each id, ``None`` for one never known or forgotten.
+
+        A ``queued``/``delayed`` task past its ``expires`` reads ``expired``.
+        """
+
+    @abstractmethod
+    def wait(self, task_id: str, timeout: float | None) -> TaskStatus | None:
+        """Block until the task is final (woken by the backend, not a poll loop) and
+        return its status; ``None`` if the id is unknown. Raises the built-in
+        ``TimeoutError`` when ``timeout`` seconds pass first."""
+
+    @abstractmethod
+    def cancel(self, task_id: str) -> bool:
+        """Make a task that is not final ``cancelled``; True if it was not final.
+
+        A waiting task never runs (the consumer's ``start`` drops it, or the store
+        removes it at once); a running one is stopped by its supervisor."""

@@ -1,0 +1,117 @@
+"""``asynctask task``, ``wait``, ``cancel`` and the submit options, on every transport (issue 16).
+
+AMQP keeps no status itself: its runs name the shared Redis in ``asynctask_state``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from asynctask import get_transport
+from asynctask.testing import unique_queue
+from backends import REDIS_URI
+from clitools import Result, run_asynctask
+
+
+@pytest.fixture
+def cli(backend_uri, request):
+    """Run ``asynctask ARGS`` on the backend (with a state store for AMQP)."""
+    state = ["--set", f"asynctask_state={REDIS_URI}"] if backend_uri.startswith("amqp") else []
+
+    def run(*args: str, timeout: float = 60) -> Result:
+        return run_asynctask(*args, *state, uri=backend_uri, timeout=timeout)
+
+    return run
+
+
+def _submit(cli, queue: str, *options: str) -> str:
+    result = cli("submit", queue, '{"n": 1}', *options, "--json")
+    assert result.code == 0, result.err
+    [task_id] = json.loads(result.out)["ids"]
+    return task_id
+
+
+def test_task_shows_a_queued_task_and_cancel_makes_it_final(cli):
+    # Given a task submitted with every option
+    queue = unique_queue("clitask")
+    task_id = _submit(cli, queue, "--priority", "5", "--expires", "600")
+    # When `task --json` reads it
+    shown = cli("task", task_id, "--json")
+    assert shown.code == 0, shown.err
+    status = json.loads(shown.out)
+    # Then it is queued, with JSON values
+    assert status["id"] == task_id and status["queue"] == queue
+    assert status["state"] == "queued" and status["attempts"] == 0
+    assert isinstance(status["submitted_at"], float) and status["result"] is None
+    # And cancel ends it (exit 0), a second cancel finds it final (exit 1)
+    first = cli("cancel", task_id, "--json")
+    assert first.code == 0 and json.loads(first.out) == {"id": task_id, "cancelled": True}
+    again = cli("cancel", task_id)
+    assert again.code == 1 and "already final" in again.err
+    # And wait on a cancelled task returns at once with exit 1
+    waited = cli("wait", task_id, "--json", "--timeout", "10")
+    assert waited.code == 1 and json.loads(waited.out)["state"] == "cancelled"
+
+
+def test_wait_times_out_with_124_and_an_unknown_id_exits_1(cli):
+    queue = unique_queue("cliwait")
+    task_id = _submit(cli, queue)
+    try:
+        waited = cli("wait", task_id, "--timeout", "0.5")
+        assert waited.code == 124, (waited.code, waited.err)
+        assert "not final after 0.5 s" in waited.err
+        unknown = cli("task", "0" * 32)
+        assert unknown.code == 1 and "no task" in unknown.err
+        assert cli("wait", "0" * 32, "--timeout", "1").code == 1
+    finally:
+        cli("cancel", task_id)
+
+
+def test_wait_shows_the_result_of_a_task_that_succeeded(cli, backend_uri):
+    # Given a task run to success by a consumer, with a result
+    queue = unique_queue("cliresult")
+    task_id = _submit(cli, queue)
+    transport = get_transport(backend_uri)
+    if backend_uri.startswith("amqp"):
+        transport.state_uri = REDIS_URI
+    with transport.consumer(queue) as consumer:
+        delivery = None
+        deadline = time.monotonic() + 10
+        while delivery is None and time.monotonic() < deadline:
+            delivery = consumer.reserve(1.0)
+        assert delivery is not None and delivery.id == task_id
+        assert consumer.start(delivery) == "run"
+        consumer.ack(delivery, '{"sent": 3}')
+        store = transport.external_state()
+        if store is not None:  # the runner writes the outcome where state is kept apart
+            store.settled(queue, task_id, "succeeded", 1, result_json='{"sent": 3}')
+    # When `wait` reads it, Then exit 0 and the result as JSON
+    waited = cli("wait", task_id, "--json", "--timeout", "10")
+    assert waited.code == 0, waited.err
+    assert json.loads(waited.out)["result"] == {"sent": 3}
+    plain = cli("task", task_id)
+    assert plain.code == 0 and 'result        {"sent": 3}' in plain.out
+
+
+def test_submit_with_a_unique_key_twice_prints_the_same_id(cli):
+    queue = unique_queue("cliuniq")
+    first = _submit(cli, queue, "--unique-key", "welcome:42")
+    second = _submit(cli, queue, "--unique-key", "welcome:42")
+    try:
+        assert first == second
+    finally:
+        cli("cancel", first)
+
+
+def test_submit_refuses_bad_options_before_writing(cli):
+    queue = unique_queue("clibad")
+    assert cli("submit", queue, '{"n": 1}', "--priority", "10").code == 2
+    expired = cli("submit", queue, '{"n": 1}', "--expires", "-1")
+    assert expired.code == 2 and "expires" in expired.err
+    many = cli("submit", queue, "-", "--unique-key", "k")  # stdin is empty here
+    assert many.code == 0  # nothing to submit, nothing written
+    looked = cli("queues", "--json")
+    assert queue not in looked.out
