@@ -136,9 +136,10 @@ Written by `{command}` on {time.strftime("%Y-%m-%d %H:%M %Z")}. {verdict}
 A cluster of three RabbitMQ nodes of the run's own on loopback (`chaos/cluster.py`:
 distinct node names and ports, one Erlang cookie, no plugin) holds one quorum queue
 (`?queue_type=quorum`; the URI lists the three nodes, `amqp://...@h1:p1,h2:p2,h3:p3/`).
-`asynctask workers` drains {outcome.tasks:,} tasks (50-150 ms each) with 4 children (fed
-in {parts} parts, one before each stop) while the node leading the queue is stopped (`rabbitmqctl stop`) a
-third of the way through a part, {outcome.stops} times, and started again before the next.
+`asynctask workers` drains {outcome.tasks:,} tasks (50-150 ms each) with 4 children
+(fed in {parts} parts, one before each stop) while the node leading the queue is
+stopped (`rabbitmqctl stop`) a third of the way through a part, {outcome.stops} times,
+and started again before the next.
 
 | tasks | done | lost | run twice | leader stops | drain resumed after (s) | seconds |
 |---|---|---|---|---|---|---|
