@@ -36,7 +36,7 @@ def test_three_queues_with_delays_and_retries_share_one_ladder(amqp_uri):
             with transport.consumer(queue) as consumer:
                 delivery = consumer.reserve(timeout=5)
                 assert delivery is not None
-                consumer.retry(delivery, delay=5, error="later")
+                consumer.retry(delivery, delay=60, error="later")
         # Then the broker holds the three task queues and one ladder for the vhost (the
         # vhost is this test session's: other tests' queues are in it too)
         names = _broker_queues(vhost_of(amqp_uri))

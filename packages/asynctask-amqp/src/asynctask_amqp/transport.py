@@ -339,6 +339,10 @@ class AmqpTransport(Transport):
             return self._counts(link, queue, None)
 
     def _counts(self, link: Link, queue: str, census: dict[str, Counter[str]] | None) -> QueueStats:
+        if census is None:
+            # the ladder before the queue: a task moving from one to the other meanwhile
+            # is counted twice rather than missed (a drain check must not see it gone)
+            census = self._ladder.census(link, self._passive)
         ready = self._passive(link, queue)
         if ready is None:  # a queue is declared before anything of it is stored
             return QueueStats(queue, 0, 0, 0, None, 0)
