@@ -44,7 +44,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import amqp
@@ -54,7 +54,6 @@ from asynctask.transport import Consumer, Delivery, Transport, check_delay
 from asynctask_amqp.link import DRIVER_ERRORS, Heartbeats, Link
 from asynctask_amqp.params import ConnectionParams, map_error
 from asynctask_amqp.topology import (
-    MAX_DELAY,
     RELEASE_MARKER_EXPIRY_MS,
     Received,
     read_message,
@@ -83,7 +82,9 @@ class Declarations(Protocol):
         self, link: Link, queue: str, received: Received, error: str, n: int
     ) -> None: ...
 
-    def _declare_rung(self, link: Link, queue: str, ladder: str, delay: float) -> str: ...
+    def to_ladder(
+        self, link: Link, queue: str, kind: str, delay: float, messages: Sequence[Any]
+    ) -> None: ...
 
     def send_round(self, link: Link, queue: str, received: Received) -> bool: ...
 
@@ -336,10 +337,7 @@ class AmqpConsumer(Consumer):
         def publish(received: Received) -> None:
             copy = received.copy(attempts=delivery.attempt)
             if delay > 0:
-                name = self._declarations._declare_rung(
-                    self._link, self.queue, "retry", min(delay, MAX_DELAY)
-                )
-                self._link.publish("", name, [copy])
+                self._declarations.to_ladder(self._link, self.queue, "retry", delay, [copy])
             else:
                 self._link.publish(self.queue, self.queue, [copy])
 
