@@ -20,13 +20,12 @@ from typing import Any
 from asynctask.plugins import load_plugins
 from asynctask.status import StatusNotKept
 from asynctask.transport import Transport
-from bench import ours
+from bench import ours, peer
 from bench.ledger import Follower
 from bench.plan import (
     ARQ_PYTHON,
     ASYNC_CONCURRENCY,
     BACKENDS,
-    PEERS,
     REDIS,
     Sizes,
     unavailable,
@@ -55,9 +54,17 @@ class Session:
     """One transport's measures; ``run()`` fills a ``TransportResult``."""
 
     def __init__(
-        self, name: str, sizes: Sizes, scratch: Path, say: Say, steps: set[str] | None = None
+        self,
+        name: str,
+        sizes: Sizes,
+        scratch: Path,
+        say: Say,
+        steps: set[str] | None = None,
+        peers: bool = False,
     ) -> None:
         self.name = name
+        #: whether the peers run too (``--peers``: ``make bench PEERS=1``)
+        self.peers = peers
         #: the steps to run (None: all)
         self.steps = steps
         self.sizes = sizes
@@ -234,9 +241,12 @@ class Session:
         # amqp: also 1 child with its connection in the child (relay=false), what the
         # relay costs; in the same rounds, so both meet the same machine load
         no_relay = 0.0
+        peers = peer.PEERS.get(self.name, ()) if self.peers else ()
+        best_peer: dict[str, dict[str, object]] = {}
         for round_number in range(self.sizes.drain_rounds):
             if round_number % 2:
                 raw_rate = max(raw_rate, self._raw_drain_once())
+                self._peer_drains(peers, best_peer)
             for children in (1, 2):
                 result = self._drain_once(children)
                 if children not in drains or result.rate > drains[children].rate:
@@ -245,6 +255,7 @@ class Session:
                 no_relay = max(no_relay, self._drain_once(1, relay=False).rate)
             if not round_number % 2:
                 raw_rate = max(raw_rate, self._raw_drain_once())
+                self._peer_drains(peers, best_peer)
         if no_relay:
             self.add("relay", drains[1].rate, no_relay, "(relay=false)", target=False)
             self.say(f"[{self.name}] drain, 1 child, connection in the child: {no_relay:,.0f}/s")
@@ -261,14 +272,36 @@ class Session:
                 target=self.name in ("pgsql", "redis", "amqp"),
             )
             self.add(f"startup_{children}", result.startup, None, "")
-        if self.name in PEERS:
-            peer, rate = PEERS[self.name]
-            self.add("peer", drains[1].rate, rate, f"{peer} ({rate:,.0f}/s)")
+        self._add_peers(peers, best_peer, drains[1].rate)
         self.say(
             f"[{self.name}] drain: 1 child {drains[1].rate:,.0f}/s "
             f"(start-up {drains[1].startup:.2f} s), 2 children {drains[2].rate:,.0f}/s "
             f"(start-up {drains[2].startup:.2f} s), raw {raw_rate:,.0f}/s"
         )
+
+    def _peer_drains(self, peers: Sequence[peer.Peer], best: dict[str, dict[str, object]]) -> None:
+        """One drain by each peer (in the drain's rounds), the best of each kept."""
+        url = "file" if self.name == "filesys" else self.uri
+        for one in peers:
+            got = peer.drain(one, url, self.sizes.peer_drain, self.folder / "peers")
+            if one.key not in best or float(got["rate"]) > float(best[one.key]["rate"]):  # type: ignore[arg-type]
+                best[one.key] = got
+
+    def _add_peers(
+        self, peers: Sequence[peer.Peer], best: dict[str, dict[str, object]], ours_rate: float
+    ) -> None:
+        """A row per peer, and the ``peer`` row (target >= 3x) against the fastest."""
+        if not peers:
+            return
+        rates = {one.key: float(best[one.key]["rate"]) for one in peers}  # type: ignore[arg-type]
+        for one in peers:
+            got = best[one.key]
+            note = f"{got['done']:,} tasks; `{got['command']}`; {one.settings}"
+            self.add(one.key, ours_rate, rates[one.key], one.name, note, target=False)
+        fastest = max(peers, key=lambda one: rates[one.key])
+        self.add("peer", ours_rate, rates[fastest.key], fastest.name)
+        line = ", ".join(f"{one.name} {rates[one.key]:,.0f}/s" for one in peers)
+        self.say(f"[{self.name}] peers (1 worker process): {line}")
 
     def _raw_drain_once(self) -> float:
         n = self.sizes.drain
@@ -484,7 +517,7 @@ class Session:
                 target=self.name in ("pgsql", "redis"),
             )
         line = ", ".join(f"{c}: {r:,.0f}/s" for c, r in rates.items())
-        if self.name == "redis" and ARQ_PYTHON.exists():
+        if self.name == "redis" and self.peers and ARQ_PYTHON.exists():
             count = 100 * self.sizes.async_rounds
             arq = ours.arq_io(ARQ_PYTHON, REDIS, 100, count, SLEEP)
             self.add("async_peer", rates[100], arq, "arq, max_jobs 100, poll_delay 0.01 s")
@@ -563,7 +596,12 @@ class Session:
 
 
 def measure(
-    name: str, sizes: Sizes, scratch: Path, say: Say, steps: set[str] | None = None
+    name: str,
+    sizes: Sizes,
+    scratch: Path,
+    say: Say,
+    steps: set[str] | None = None,
+    peers: bool = False,
 ) -> TransportResult:
-    """Every measure of one transport (or why it was skipped)."""
-    return Session(name, sizes, scratch, say, steps).run()
+    """Every measure of one transport (or why it was skipped); ``peers``: theirs too."""
+    return Session(name, sizes, scratch, say, steps, peers).run()

@@ -31,7 +31,11 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
     "drain_2": ("drain, 2 children", "tasks/s", None),
     "startup_1": ("start-up, 1 child", "s", None),
     "startup_2": ("start-up, 2 children", "s", None),
-    "peer": ("drain, 1 child vs peer", "tasks/s", Target(">=", 3.0)),
+    "peer": ("drain, 1 child vs best peer", "tasks/s", Target(">=", 3.0)),
+    "peer_dramatiq": ("drain, 1 child vs Dramatiq", "tasks/s", None),
+    "peer_huey": ("drain, 1 child vs Huey", "tasks/s", None),
+    "peer_arq": ("drain, 1 child vs arq", "tasks/s", None),
+    "peer_pgqueuer": ("drain, 1 child vs PgQueuer", "tasks/s", None),
     "latency_p50": ("latency p50", "ms", Target("<=", 1.5)),
     "latency_p99": ("latency p99", "ms", None),
     "depth": ("drain at depth 100,000 vs 100", "tasks/s", Target(">=", 0.5)),
@@ -55,6 +59,10 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
 #: venv exists
 OPTIONAL = (
     "peer",
+    "peer_dramatiq",
+    "peer_huey",
+    "peer_arq",
+    "peer_pgqueuer",
     "relay",
     "async_1",
     "async_10",

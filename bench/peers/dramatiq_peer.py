@@ -20,6 +20,8 @@ import dramatiq  # type: ignore[import-not-found,unused-ignore]
 
 from bench.peers import common
 
+MODULE = "bench.peers.dramatiq_peer"
+
 
 def _broker(url: str) -> Any:
     if url.startswith("redis"):
@@ -62,7 +64,7 @@ def drain(url: str, count: int, folder: Path) -> dict[str, Any]:
     try:
         for payload in common.payloads(count):
             actor.send(payload["n"], payload["sent"])
-        command = [common.tool("dramatiq"), "bench.peers.dramatiq_peer", "--processes", "1", "--queues", queue]
+        command = [common.tool("dramatiq"), MODULE, "--processes", "1", "--queues", queue]
         result = common.run_worker(command, url, queue, count, folder)
     finally:
         if url.startswith("redis"):
