@@ -20,6 +20,7 @@ from typing import Any
 from asynctask.plugins import load_plugins
 from asynctask.status import StatusNotKept
 from asynctask.transport import Transport
+from bench import memory as memory_of
 from bench import ours, peer
 from bench.ledger import Follower
 from bench.plan import (
@@ -103,6 +104,7 @@ class Session:
                 self.scale,
                 self.asyncio,
                 self.status,
+                self.shapes,
             )
             for step in steps:
                 if self.steps is None or step.__name__ in self.steps:
@@ -592,6 +594,89 @@ class Session:
             f"[{self.name}] status: drain {rates[True]:,.0f}/s tracked, {rates[False]:,.0f}/s "
             f"not ({rates[True] / max(rates[False], 1e-9):.2f}x); wait p50 "
             f"{percentile(mine, 0.5):.2f} ms (raw wake-up {percentile(theirs, 0.5):.2f} ms)"
+        )
+
+    def shapes(self) -> None:
+        """10. Realistic shapes (issue 20): 1 KB payloads (batch submit and drain, ours
+        beside raw), 20 queues served at once by one ``asynctask workers``, and the memory
+        of the server and of a worker child at depth 1,000,000 against 100."""
+        if not self.backend.multiprocess:
+            return  # ``asynctask workers`` refuses localmem
+        sizes, n, pad = self.sizes, self.sizes.drain, 1000
+        queue = self.queue("kb")
+        with self.raw() as raw:
+            mine = ours.rate(
+                lambda items: ours.submit_batch(self.transport, queue, items, sizes.batch),
+                sizes.submit_batch // 3,
+                sizes.batch,
+                sizes.submit_budget / 3,
+                pad,
+            )
+            theirs = ours.rate(
+                lambda items: raw.submit_bulk(items, sizes.batch),
+                sizes.submit_batch // 3, sizes.batch, sizes.submit_budget / 3, pad,
+            )  # fmt: skip
+        self.transport.purge(queue)
+        label = self.label("submit_batch")
+        self.add("submit_batch_1kb", mine, theirs, f"{label} ({sizes.batch:,})", target=False)
+        kb_ours = kb_raw = 0.0
+        for _ in range(sizes.drain_rounds):
+            queue = self.queue("kb")
+            ours.fill(self.filler, queue, n, pad=pad)
+            try:
+                kb_ours = max(kb_ours, ours.drain(self.uri, queue, n, 1, self.folder).rate)
+            finally:
+                self.transport.purge(queue)
+            with self.raw() as raw:
+                raw.fill(ours.payloads(n, pad=pad), sizes.batch)
+                start = time.perf_counter()
+                raw.drain(n)
+                kb_raw = max(kb_raw, n / (time.perf_counter() - start))
+        self.add("drain_1kb", kb_ours, kb_raw, self.label("drain"), target=False)
+
+        names = [self.queue(f"q{i}") for i in range(20)]
+        for name in names:
+            ours.fill(self.filler, name, max(2, n // 20))
+        try:
+            many = ours.drain_queues(self.uri, names, n, self.folder)
+        finally:
+            for name in names:
+                self.transport.purge(name)
+        one = self.result.rows.get("drain_1")
+        single = one.ours if one is not None else self._drain_once(1).rate
+        note = f"{many.done:,} tasks, start-up {many.startup:.1f} s (20 children)"
+        self.add("queues_20", many.rate, single, "1 queue, 1 child", note, target=False)
+
+        small = sizes.depth_small
+        count = min(sizes.deep, self.backend.deep_cap or sizes.deep)
+        memory: dict[int, tuple[float | None, float]] = {}
+        for depth in (small, count):
+            queue = self.queue("mem")
+            ours.fill(self.filler, queue, depth, batch=5000)
+            try:
+                held = memory_of.server(self.name, self.folder)
+                child = ours.worker_memory(self.uri, queue, small // 2, self.folder)
+            finally:
+                self.transport.purge(queue)
+            memory[depth] = (held, child)
+        what = memory_of.WHAT[self.name]
+        mb = 1024 * 1024
+        deep_held, small_held = memory[count][0], memory[small][0]
+        if deep_held is not None and small_held is not None:
+            self.add(
+                "memory_server", deep_held / mb, small_held / mb, f"depth {small:,}",
+                f"{what}, {count:,} waiting", target=False,
+            )  # fmt: skip
+        self.add(
+            "memory_worker", memory[count][1] / mb, memory[small][1] / mb, f"depth {small:,}",
+            f"peak RSS of the child after {small // 2} tasks, {count:,} waiting", target=False,
+        )  # fmt: skip
+        self.say(
+            f"[{self.name}] shapes: 1 KB batch submit {mine:,.0f}/s (raw {theirs:,.0f}/s), "
+            f"drain {kb_ours:,.0f}/s (raw {kb_raw:,.0f}/s); 20 queues {many.rate:,.0f}/s "
+            f"(1 queue {single:,.0f}/s); memory at {count:,} vs {small:,}: {what} "
+            f"{(deep_held or 0) / mb:,.1f} MB vs {(small_held or 0) / mb:,.1f} MB, child "
+            f"{memory[count][1] / mb:,.1f} MB vs {memory[small][1] / mb:,.1f} MB"
         )
 
 

@@ -66,6 +66,8 @@ def value(number: float | None, unit: str) -> str:
         return f"{number:,.0f}/s"
     if unit == "ms":
         return f"{number:.2f} ms"
+    if unit == "MB":
+        return f"{number:,.1f} MB"
     return f"{number:.2f} s"
 
 
@@ -173,6 +175,16 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "against the ideal `child_concurrency / 0.05 s` (target at 100: >= 0.8x on redis and "
         "pgsql); on redis beside arq (`.venv-peers`, with `make bench PEERS=1`) with "
         "`max_jobs` 100 on the same tasks in the same run.",
+        f"8. **realistic shapes** (no targets; not localmem): 1 KB payloads (a `pad` string): "
+        f"batch submit and the 1-child drain of {run.sizes.drain:,}, ours beside the raw "
+        f"client; {run.sizes.drain // 20:,} tasks in each of 20 queues drained by one "
+        "`asynctask workers` (one child per queue) against one queue and one child, from the "
+        "first task's start to the last's (the children's staggered start-ups included); and "
+        "the memory at depth 1,000,000 (filesys and amqp 200,000) against "
+        f"{run.sizes.depth_small:,}: the server's (Redis `used_memory`, the PostgreSQL "
+        "queue table with its indexes, RabbitMQ's resident memory, the filesys folder on "
+        "disk; shared servers, so other work is in both figures) and a worker child's peak "
+        f"RSS after {run.sizes.depth_small // 2} tasks.",
         "",
         "Ratios are ours / reference: higher is better for rates, lower for latencies.",
         "",

@@ -52,6 +52,12 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
     "drain_deep": ("drain at depth 1,000,000 vs 100", "tasks/s", None),
     "tracking": ("drain, 1 child, track_status on vs off", "tasks/s", Target(">=", 0.7)),
     "wait_p50": ("wait() wake-up p50 vs raw notification", "ms", None),
+    # realistic shapes (issue 20)
+    "submit_batch_1kb": ("submit, batches, 1 KB payloads", "tasks/s", None),
+    "drain_1kb": ("drain, 1 child, 1 KB payloads", "tasks/s", None),
+    "queues_20": ("drain, 20 queues in one asynctask workers vs 1 queue", "tasks/s", None),
+    "memory_server": ("server memory at depth 1,000,000 vs 100", "MB", None),
+    "memory_worker": ("worker child memory at depth 1,000,000 vs 100", "MB", None),
 }
 
 #: measures only some transports have: a peer where one was measured, the relay on amqp,
@@ -72,6 +78,12 @@ OPTIONAL = (
     # task status (issue 16): on the transports that keep it
     "tracking",
     "wait_p50",
+    # realistic shapes: where ``asynctask workers`` runs (not localmem)
+    "submit_batch_1kb",
+    "drain_1kb",
+    "queues_20",
+    "memory_server",
+    "memory_worker",
 )
 
 #: the measures every measured transport has
