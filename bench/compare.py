@@ -2,11 +2,12 @@
 
 Issue 12's rule: no ``make bench`` figure falls more than 5% below the parent commit's,
 measured in the same run on both commits. BASE is checked out in a temporary git worktree
-with its own venv (``uv sync``); for each transport the two benches run back to back, who
-goes first alternating, so both meet the same machine load. It prints every figure of
-both, the change, and the ones more than 5% worse (``--out PATH`` also writes them as
-Markdown). Quick sizes unless ``--full``; a change of a few percent at quick sizes on a
-busy machine is noise: run ``--full`` (``make bench-compare BASE=... FULL=1``) to decide.
+with its own venv (``uv sync``); for each transport the two benches run back to back in
+``--rounds`` rounds (2: ABBA, who goes first alternating), each measure's best kept (as
+``make bench`` keeps the best of its rounds), so both meet the same machine load. It
+prints every figure of both, the change, and the ones more than 5% worse (``--out PATH``
+also as Markdown). ``make bench-compare BASE=00bd0fa`` uses quick sizes, where a change of
+tens of percent on a busy machine is noise; ``FULL=1`` (full sizes) decides.
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ def _bench(tree: Path, name: str, quick: bool, out: Path, steps: str | None) -> 
         return {}
     measures: dict[str, Any] = json.loads(out.read_text())["transports"][name]["measures"]
     return measures
+
+
+def best(kept: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Each measure's best of two runs: the higher rate, the shorter time."""
+    merged = dict(kept)
+    for key, row in new.items():
+        old = merged.get(key)
+        if old is None or change(old["ours"], row["ours"], row["unit"]) > 0:
+            merged[key] = row
+    return merged
 
 
 def change(base: float, head: float, unit: str) -> float:
@@ -91,6 +102,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="quick sizes (a smoke run)")
     parser.add_argument("--only", metavar="NAMES", help="comma-separated transports")
     parser.add_argument("--steps", metavar="NAMES", help="comma-separated steps (both benches)")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="runs of each side per transport, alternating "
+        "who goes first (ABBA), the best of each kept (default 2)",
+    )  # fmt: skip
     parser.add_argument("--out", metavar="PATH", type=Path, help="also write Markdown here")
     args = parser.parse_args(argv)
     names = TRANSPORTS if not args.only else tuple(n.strip() for n in args.only.split(","))
@@ -107,12 +122,14 @@ def main(argv: list[str]) -> int:
         )
         base: dict[str, dict[str, Any]] = {}
         head: dict[str, dict[str, Any]] = {}
-        for i, name in enumerate(names):
-            print(f"[{name}] {args.base} and this tree", file=sys.stderr, flush=True)
-            order = [(tree, base, "base"), (ROOT, head, "head")]
-            for where, into, tag in order if i % 2 == 0 else order[::-1]:
-                out = scratch / f"{tag}-{name}.json"
-                into[name] = _bench(where, name, args.quick, out, args.steps)
+        for name in names:
+            for turn in range(args.rounds):
+                print(f"[{name}] {args.base} and this tree, round {turn + 1}", file=sys.stderr)
+                order = [(tree, base, "base"), (ROOT, head, "head")]
+                for where, into, tag in order if turn % 2 == 0 else order[::-1]:
+                    out = scratch / f"{tag}-{name}-{turn}.json"
+                    got = _bench(where, name, args.quick, out, args.steps)
+                    into[name] = best(into.get(name, {}), got)
     finally:
         subprocess.run(
             ["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False,
