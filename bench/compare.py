@@ -59,6 +59,22 @@ def best(kept: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _probe(tree: Path, name: str, quick: bool) -> dict[str, Any]:
+    """``bench.probe`` (this tree's) run by ``tree``'s venv: that commit's packages."""
+    one, batch = (300, 3000) if quick else (3000, 15_000)
+    command = [str(tree / ".venv" / "bin" / "python"), "-m", "bench.probe", name]
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    done = subprocess.run(
+        [*command, str(one), str(batch)], cwd=ROOT, env=env, capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        print(f"  {tree.name} {name}: {done.stderr.strip()[-300:]}", file=sys.stderr)
+        return {}
+    measures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return measures
+
+
 def change(base: float, head: float, unit: str) -> float:
     """How much better head is than base (+0.10: 10% better); times are better lower."""
     if unit == "tasks/s":
@@ -106,6 +122,10 @@ def main(argv: list[str]) -> int:
         "--rounds", type=int, default=2, help="runs of each side per transport, alternating "
         "who goes first (ABBA), the best of each kept (default 2)",
     )  # fmt: skip
+    parser.add_argument(
+        "--probe", action="store_true", help="only the submit figures, by this tree's "
+        "bench.probe on both commits' packages (minutes, not the whole bench)",
+    )  # fmt: skip
     parser.add_argument("--out", metavar="PATH", type=Path, help="also write Markdown here")
     args = parser.parse_args(argv)
     names = TRANSPORTS if not args.only else tuple(n.strip() for n in args.only.split(","))
@@ -128,7 +148,10 @@ def main(argv: list[str]) -> int:
                 order = [(tree, base, "base"), (ROOT, head, "head")]
                 for where, into, tag in order if turn % 2 == 0 else order[::-1]:
                     out = scratch / f"{tag}-{name}-{turn}.json"
-                    got = _bench(where, name, args.quick, out, args.steps)
+                    if args.probe:
+                        got = _probe(where, name, args.quick)
+                    else:
+                        got = _bench(where, name, args.quick, out, args.steps)
                     into[name] = best(into.get(name, {}), got)
     finally:
         subprocess.run(

@@ -28,7 +28,12 @@ REQUIRED = (
 )
 
 
+#: every step but the realistic shapes, which have their own test (each launches workers)
+STEPS = "submit,drain,latency,depth,depth_raw,prefetch,scale,asyncio,status"
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_quick_bench_measures_every_measure_on_the_embedded_transports(tmp_path):
     # Given the two transports that need no server
     out = tmp_path / "bench.json"
@@ -42,6 +47,8 @@ def test_quick_bench_measures_every_measure_on_the_embedded_transports(tmp_path)
             "--quick",
             "--only",
             "localmem,filesys",
+            "--steps",
+            STEPS,
             "--json",
             str(out),
         ],
@@ -74,6 +81,31 @@ def test_quick_bench_measures_every_measure_on_the_embedded_transports(tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_quick_bench_measures_the_realistic_shapes_on_filesys(tmp_path):
+    # Given the embedded transport
+    out = tmp_path / "bench.json"
+
+    # When the quick bench runs its realistic shapes on it
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "filesys", "--steps", "shapes",
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+
+    # Then 1 KB payloads are submitted and drained beside the raw client, 20 queues are
+    # drained by one asynctask workers, and memory is read at both depths
+    assert done.returncode == 0, done.stdout + done.stderr
+    measures = json.loads(out.read_text())["transports"]["filesys"]["measures"]
+    for key in ("submit_batch_1kb", "drain_1kb", "queues_20", "memory_server", "memory_worker"):
+        assert measures[key]["ours"] > 0 and measures[key]["reference"] > 0, key
+    assert measures["queues_20"]["note"].startswith(f"{500 // 20 * 20:,} tasks")
+    # the folder holds more at depth 4,000 than at 100
+    assert measures["memory_server"]["ours"] > measures["memory_server"]["reference"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_quick_bench_with_peers_drains_huey_in_the_same_rounds(tmp_path):
     # Given the peers' own venv, made as `make bench PEERS=1` makes it
     made = subprocess.run(
