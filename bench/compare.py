@@ -153,6 +153,9 @@ def main(argv: list[str]) -> int:
                     else:
                         got = _bench(where, name, args.quick, out, args.steps)
                     into[name] = best(into.get(name, {}), got)
+            # each transport's figures as soon as they are in: a long run can be cut short
+            one = compare({name: base.get(name, {})}, {name: head.get(name, {})})
+            print(markdown(args.base, one), flush=True)
     finally:
         subprocess.run(
             ["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False,
