@@ -39,7 +39,7 @@ import psycopg
 from asynctask import Transport, get_transport
 from chaos import ledger
 from chaos.scenarios import Plan, Result, Say, drive
-from chaos.servers import PG_CONNINFO, Backend
+from chaos.servers import Backend, PgsqlBackend
 from chaos.supervisor import GRACE, Workers
 
 SCENARIOS = ("gil", "longconn", "flood", "group", "deadly")
@@ -166,7 +166,8 @@ class _Run:
         schema = _option(self.backend.uri, "schema", "asynctask")
         name = channel(schema, self.queue)
         began = time.monotonic()
-        with psycopg.connect(PG_CONNINFO, autocommit=True) as conn:
+        assert isinstance(self.backend, PgsqlBackend)
+        with psycopg.connect(self.backend.conninfo, autocommit=True) as conn:
             for _ in range(FLOOD // 1000):
                 conn.execute(
                     "SELECT count(pg_notify(%s, 'flood ' || g)) FROM generate_series(1, 1000) g",

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 from asynctask import InvalidTaskError, Transport, get_transport
 from chaos import ledger
 from chaos.counts import Fault, bound, tally
-from chaos.servers import UNDECODABLE, Backend, wait_for_quiet
+from chaos.servers import UNDECODABLE, Backend
 from chaos.supervisor import CONCURRENCY, Workers
 
 SCENARIOS = ("kills", "restart", "connections", "operator", "supervisor", "poison")
@@ -75,8 +75,6 @@ class Plan:
     feed_seconds: float = 10.0
     batches: int = 40
     drain_timeout: float = 120.0
-    #: seconds to wait for other pytest runs before restarting a shared server
-    quiet_timeout: float = 180.0
     seed: int = 1
 
 
@@ -119,8 +117,6 @@ def run_scenario(backend: Backend, scenario: str, plan: Plan, scratch: Path, say
     if scenario == "operator" and not backend.controls_server:
         result.skipped = "a server given as it is"
         return result
-    if scenario in ("restart", "connections") and backend.name in ("pgsql", "amqp"):
-        wait_for_quiet(backend.name, say, plan.quiet_timeout)
     folder = scratch / backend.name / scenario
     folder.mkdir(parents=True, exist_ok=True)
     run = _Run(backend, get_transport(backend.uri), scenario, plan, folder, say, result)

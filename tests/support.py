@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import urllib.request
@@ -11,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from asynctask_testworkers.workers import read_ledger
+from chaos.private import free_port, launch_redis
+
+__all__ = ["drain", "events", "free_port", "scrape", "start_redis_server", "total", "wait_for"]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -28,42 +30,12 @@ def events(ledger: Path, event: str) -> list[dict[str, Any]]:
     return [e for e in read_ledger(str(ledger)) if e["event"] == event]
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_redis_server(
     port: int, args: Sequence[str], password: str | None
 ) -> subprocess.Popen[bytes]:
-    """Start a redis-server of a test's own on 127.0.0.1:``port`` and wait until it answers."""
-    import redis
-
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "no", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port, password=password, socket_connect_timeout=0.2)
-    try:
-        wait_for(_answers(client), 10, f"redis-server on port {port}")
-    finally:
-        client.close()
-    return process
-
-
-def _answers(client: Any) -> Callable[[], bool]:
-    import redis
-
-    def ping() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    return ping
+    """Start a redis-server of a test's own on 127.0.0.1:``port`` and wait until it answers
+    (``chaos.private``, the one starter of the tests and ``make chaos``)."""
+    return launch_redis(port, args, password)
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:

@@ -1,4 +1,6 @@
-"""RabbitMQ for the amqp tests: a vhost of their own, and rabbitmqctl where it is at hand.
+"""RabbitMQ for the amqp tests: a vhost of their own, and rabbitmqctl where it is at hand;
+a RabbitMQ node of a test's own for the tests that stop the broker (``own_rabbitmq``: the
+shared broker is never stopped).
 
 ``ASYNCTASK_AMQP_URI`` names another broker (its vhost is then used as it is);
 ``ASYNCTASK_RABBITMQCTL`` another rabbitmqctl command (e.g. ``docker exec rabbit
@@ -17,6 +19,7 @@ import kombu
 import pytest
 
 from asynctask.testing import require_service
+from chaos.private import PrivateRabbitMQ
 
 #: a vhost and a user of this test session's own: several sessions share one broker, and
 #: a test that closes every connection of its vhost must close only its own
@@ -46,6 +49,25 @@ def rabbitmqctl(*args: str, timeout: float = 60) -> str:
     if done.returncode != 0:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr or done.stdout}")
     return done.stdout
+
+
+@pytest.fixture
+def own_rabbitmq() -> Iterator[PrivateRabbitMQ]:
+    """A RabbitMQ node of this test's own (``chaos.private``: its own node name, ports,
+    mnesia and cookie, no plugin), to stop at will; shut down and removed after the test.
+    Skipped (or failed under ASYNCTASK_REQUIRE_SERVICES=1) where it cannot start."""
+    nodes: list[PrivateRabbitMQ] = []
+
+    def start() -> None:
+        nodes.append(PrivateRabbitMQ())
+        nodes[0].start()
+
+    try:
+        require_service("a RabbitMQ node of the test's own (rabbitmq-server)", start)
+        yield nodes[0]
+    finally:
+        for node in nodes:
+            node.remove()
 
 
 def _check_broker(uri: str) -> None:

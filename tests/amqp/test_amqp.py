@@ -24,6 +24,7 @@ from asynctask.testing.contract import hold_task_in_child, open_transport
 from asynctask.transport import Transport
 from asynctask_amqp.topology import DUE, MAX_DELAY, REGISTRY, rung_for, rung_name
 from asynctask_amqp.transport import AmqpTransport
+from chaos.private import PrivateRabbitMQ
 from tests.amqp.conftest import PASSWORD, USER, VHOST, rabbitmqctl
 
 # -- fixtures and helpers ---------------------------------------------------------------
@@ -229,8 +230,10 @@ def test_closing_every_connection_mid_run_loses_no_task(transport, queue, caplog
     worker.transport.close()
 
 
-def test_a_broker_restart_mid_run_loses_no_task(transport, queue, amqp_uri):
-    # Given ready tasks, a delayed one, a failed one, and a worker busy with them
+def test_a_broker_restart_mid_run_loses_no_task(own_rabbitmq: PrivateRabbitMQ, queue):
+    # Given a broker of our own (the shared one is never stopped), with ready tasks, a
+    # delayed one, a failed one, and a worker busy with them
+    transport = open_transport(own_rabbitmq.uri(heartbeat="1", retry_timeout="30"))
     transport.submit_tasks(queue, [{"n": n} for n in range(20)])
     transport.submit_task(queue, {"n": 100}, delay=2)
     transport.submit_task(queue + "_failed", {"n": -1})
@@ -241,19 +244,19 @@ def test_a_broker_restart_mid_run_loses_no_task(transport, queue, amqp_uri):
     worker = Worker(open_transport(transport.uri), queue, pause=0.02)
     while len(worker.seen) < 5:
         time.sleep(0.01)
-    impatient = AmqpTransport(amqp_uri + "?retry_timeout=1")
+    impatient = AmqpTransport(own_rabbitmq.uri(retry_timeout="1"))
     try:
         # When the broker stops, a producer's submit waits for it...
-        rabbitmqctl("stop_app")
+        own_rabbitmq.ctl("stop_app")
         late = threading.Thread(
             target=transport.submit_tasks, args=(queue, [{"n": n} for n in range(20, 25)])
         )
         late.start()
         # ... and one with a short retry_timeout gives up with a clear error
-        with pytest.raises(TransportUnavailable, match="127.0.0.1:5672"):
+        with pytest.raises(TransportUnavailable, match=f"127.0.0.1:{own_rabbitmq.port}"):
             impatient.submit_task(queue, {"n": -2})
     finally:
-        rabbitmqctl("start_app")
+        own_rabbitmq.ctl("start_app")
         impatient.close()
     late.join(30)
     # Then, once it is back, every task is processed, the delayed one too
@@ -262,6 +265,7 @@ def test_a_broker_restart_mid_run_loses_no_task(transport, queue, amqp_uri):
         "RuntimeError: kept across the restart"
     ]
     worker.transport.close()
+    transport.close()
 
 
 def test_a_silent_consumer_loses_its_task_within_the_recovery_bound(transport, queue):

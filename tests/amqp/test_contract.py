@@ -10,8 +10,10 @@ import amqp
 import kombu
 import pytest
 
-from asynctask.testing import TransportContract
-from asynctask.testing.contract import SECRET
+from asynctask.testing import TransportContract, unique_queue
+from asynctask.testing.contract import SECRET, open_transport
+from asynctask.testing.status import StatusContract
+from asynctask.transport import Transport
 from asynctask_amqp.topology import LADDERS, rung_names
 from tests.amqp.conftest import USER, VHOST, rabbitmqctl, vhost_of
 
@@ -118,8 +120,10 @@ class TestAmqpTransport(TransportContract):
 
     @pytest.mark.xfail(
         strict=True,
-        reason="reported to the lead (issue 12, settle): after the broker drops the "
-        "connection, a release comes back counted as an attempt",
+        reason="AMQP's bound (README, Connections): a settle after the broker dropped the "
+        "connection is done on a new one (each step passes), but the task the broker took "
+        "back stays in the queue, counted ready, until a consumer passes it and drops it "
+        "(its settled marker): stored() is 3, not 2, right after close",
     )
     def test_every_settle_call_survives_a_dropped_connection(self, transport, queue, probe):
         super().test_every_settle_call_survives_a_dropped_connection(transport, queue, probe)
@@ -139,3 +143,30 @@ class TestAmqpTransport(TransportContract):
         probe = AmqpProbe(transport_uri)
         yield probe
         probe.close()
+
+
+class TestAmqpStatus(StatusContract):
+    """The status contract on RabbitMQ, whose statuses live in the store named by
+    ``asynctask_state``: here a filesys folder (any transport keeping statuses will do;
+    a folder needs no other server). Queues declared with ``max_priority=9``."""
+
+    @pytest.fixture
+    def transport(self, amqp_uri: str, tmp_path) -> Iterator[Transport]:
+        transport = open_transport(f"{amqp_uri}?heartbeat=1&retry_timeout=5&max_priority=9")
+        transport.state_uri = f"filesys:{tmp_path / 'state'}"
+        yield transport
+        transport.close()
+
+    @pytest.fixture
+    def queue(self) -> str:
+        return unique_queue()
+
+    @pytest.fixture
+    def probe(self, amqp_uri: str) -> Iterator[AmqpProbe]:
+        probe = AmqpProbe(amqp_uri)
+        yield probe
+        probe.close()
+
+    @pytest.fixture
+    def state_store_uri(self, tmp_path) -> str:
+        return f"filesys:{tmp_path / 'other-state'}"

@@ -146,6 +146,12 @@ def test_a_dead_workers_unreserved_prefetch_comes_back_uncounted(amqp_uri):
 
 @pytest.mark.parametrize("settle", ["ack", "retry", "fail", "release", "close"])
 def test_every_settle_call_survives_a_reconnect(amqp_uri, settle):
+    """A settle call on a task whose connection an operator closed (the broker took the
+    task back, redelivered) still does what it says, on a new connection: ``ack`` and
+    ``fail`` end it, ``retry`` counts the attempt, ``release`` does not; only ``close``
+    (not a settle call) leaves it to come back counted. Failed against the transport as
+    it was (a settle after a lost connection did nothing): the acked and the failed tasks
+    came back as second attempts, the released one too (3 of the 5 cases failed)."""
     # Given a consumer holding a task
     uri = f"{amqp_uri}?heartbeat=1"
     queue = unique_queue("resettle")
@@ -157,22 +163,64 @@ def test_every_settle_call_survives_a_reconnect(amqp_uri, settle):
     # When an operator closes its connection, and then the worker settles the task
     [connection] = connections_named(f"asynctask consumer {queue} ", vhost_of(uri))
     rabbitmqctl("close_connection", connection, "test: settle after a reconnect")
+    # (while the task runs: the relay's heartbeat thread reads the broker's close within
+    # a quarter heartbeat; an ack written in the very instant the broker closes is lost
+    # with the connection, and the task runs again, as the package README says)
+    time.sleep(1.5)
     if settle == "retry":
-        consumer.retry(delivery, 0.0, "ValueError: boom")
+        consumer.retry(delivery, 1.0, "ValueError: boom")
+        assert transport.queue_stats(queue).retrying == 1  # on the ladder, not back at once
     elif settle == "fail":
         consumer.fail(delivery, "ValueError: boom")
     elif settle == "close":
         consumer.close()
     else:
         getattr(consumer, settle)(delivery)
-    # Then nothing raised, nothing is lost: the broker took the task back when the
-    # connection closed, and its next delivery (after the reconnect) counts the attempt
+    # Then nothing raised, nothing is lost, and the settle did what it says
     if consumer.closed:
         consumer = transport.consumer(queue)
-    again = consumer.reserve(timeout=15)
-    assert again is not None and again.id == delivery.id and again.attempt == 2
-    consumer.ack(again)
+    again = consumer.reserve(timeout=5 if settle in ("ack", "fail") else 15)
+    if settle in ("ack", "fail"):
+        assert again is None, f"{settle}: the task came back as attempt {again.attempt}"
+    else:
+        expected = 1 if settle == "release" else 2
+        assert again is not None and again.id == delivery.id and again.attempt == expected
+        consumer.ack(again)
     consumer.close()
     stats = transport.queue_stats(queue)
-    assert (stats.ready, stats.retrying, stats.failed) == (0, 0, 0)
+    failed = 1 if settle == "fail" else 0
+    assert (stats.ready, stats.retrying, stats.failed) == (0, 0, failed)
     transport.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12's figure '0 duplicates while workers live' under connection kills is "
+    "not met on AMQP: the broker hands a closed connection's unacknowledged task to another "
+    "consumer at once, while its worker still runs it (make chaos: 'connection kills, long "
+    "tasks', 7 duplicates of 9 allowed). Needs a lease the live holder renews after its "
+    "reconnect, which a redelivery's consumer waits out before running the task",
+)
+def test_a_live_workers_task_is_not_run_by_a_rival_when_its_connection_is_closed(amqp_uri):
+    # Given a worker holding a task (its relay's connection is the queue's only one)
+    uri = f"{amqp_uri}?heartbeat=1"
+    queue = unique_queue("heldlive")
+    transport = open_transport(uri)
+    transport.submit_task(queue, {"n": 1})
+    holder = transport.consumer(queue)
+    delivery = holder.reserve(timeout=10)
+    assert delivery is not None
+    try:
+        # When an operator closes its connection while the worker (alive) runs the task
+        [connection] = connections_named(f"asynctask consumer {queue} ", vhost_of(uri))
+        rabbitmqctl("close_connection", connection, "test: a live worker's connection")
+        # Then a rival waiting on the queue does not get the task meanwhile
+        with transport.consumer(queue) as rival:
+            taken = rival.reserve(timeout=3)
+            if taken is not None:
+                rival.ack(taken)
+            assert taken is None, f"a rival ran the task (attempt {taken.attempt})"
+        holder.ack(delivery)
+    finally:
+        holder.close()
+        transport.close()

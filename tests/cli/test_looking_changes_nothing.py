@@ -28,6 +28,8 @@ LOOKS = (
     ["plugins"],
     ["schedule"],
 )
+#: an id no store ever had
+UNKNOWN_ID = "0" * 32
 Snapshot = Callable[[], object]
 
 
@@ -125,5 +127,13 @@ def test_looking_creates_nothing(place, tmp_path):
         result = run_asynctask(*args, uri=uri, cwd=tmp_path)
         # Then each one answers (an empty listing)
         assert result.code == 0, (args, result.err)
+    # And asking after a task the place never had answers "no task" (AMQP, keeping no
+    # status itself, names the setting that would)
+    for args in (["task", UNKNOWN_ID], ["wait", UNKNOWN_ID, "--timeout", "0"]):
+        result = run_asynctask(*args, uri=uri, cwd=tmp_path)
+        if uri.startswith("amqp"):
+            assert result.code == 2 and "asynctask_state" in result.err, (args, result.err)
+        else:
+            assert result.code == 1 and "no task" in result.err, (args, result.err)
     # And the backend holds nothing more than before
     assert snapshot() == before

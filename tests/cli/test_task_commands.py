@@ -1,6 +1,9 @@
-"""``asynctask task``, ``wait``, ``cancel`` and the submit options, on every transport (issue 16).
+"""``asynctask task``, ``wait``, ``cancel`` and the submit options (issue 16).
 
-AMQP keeps no status itself: its runs name the shared Redis in ``asynctask_state``.
+The commands are the same code on every transport (the status calls behind them are the
+contract suite's, run on all five), so they run here on the embedded filesys and on AMQP,
+the one that keeps its statuses elsewhere (the shared Redis, in ``asynctask_state``):
+each command is a new interpreter, seconds apiece on a loaded machine.
 """
 
 from __future__ import annotations
@@ -11,18 +14,33 @@ import time
 import pytest
 
 from asynctask import get_transport
-from asynctask.testing import unique_queue
-from backends import REDIS_URI
+from asynctask.testing import require_service, unique_queue
+from backends import BACKENDS, REDIS_URI
 from clitools import Result, run_asynctask
+
+
+@pytest.fixture(params=["filesys", "amqp"])
+def backend_uri(request, tmp_path) -> str:
+    make, check = BACKENDS[request.param]
+    if check is not None:
+        require_service(request.param, check)
+    return make(tmp_path)
 
 
 @pytest.fixture
 def cli(backend_uri, request):
     """Run ``asynctask ARGS`` on the backend (with a state store for AMQP)."""
-    state = ["--set", f"asynctask_state={REDIS_URI}"] if backend_uri.startswith("amqp") else []
+    amqp = backend_uri.startswith("amqp")
+    state = ["--set", f"asynctask_state={REDIS_URI}"] if amqp else []
+    # AMQP queues take priorities only when declared with x-max-priority
+    uri = (
+        backend_uri + ("&" if "?" in backend_uri else "?") + "max_priority=9"
+        if amqp
+        else backend_uri
+    )
 
     def run(*args: str, timeout: float = 60) -> Result:
-        return run_asynctask(*args, *state, uri=backend_uri, timeout=timeout)
+        return run_asynctask(*args, *state, uri=uri, timeout=timeout)
 
     return run
 

@@ -141,3 +141,49 @@ def test_password_never_shown(tmp_path):
     with pytest.raises(ConfigurationError) as info:
         load(tmp_path, ["asynctask_transport=3"])
     assert "3" in str(info.value)
+
+
+def test_status_settings_and_their_defaults(tmp_path):
+    settings = load(tmp_path)
+    assert settings.state is None and settings.status_ttl == 86400.0
+    entry = '{"foo": {"worker": "w", "track_status": false}}'
+    settings = load(
+        tmp_path,
+        [f"asynctask_workers={entry}", "asynctask_status_ttl=60"],
+        {"ASYNCTASK_STATE": "redis://127.0.0.1:6379/3"},
+    )
+    assert settings.workers["foo"] == WorkerConfig("w", track_status=False)
+    assert settings.status_ttl == 60.0
+    assert settings.state == "redis://127.0.0.1:6379/3"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("asynctask_status_ttl=0", "expected a number of seconds from 1 to 315360000"),
+        ('asynctask_status_ttl="day"', "expected a number of seconds"),
+        ("asynctask_state=3", "expected a transport URI"),
+        (
+            'asynctask_workers={"foo": {"worker": "w", "track_status": "no"}}',
+            "track_status must be true or false, got 'no'",
+        ),
+    ],
+)
+def test_bad_status_settings_are_refused(tmp_path, override, message):
+    with pytest.raises(ConfigurationError, match=message):
+        load(tmp_path, [override])
+
+
+def test_the_state_store_password_is_never_shown(tmp_path):
+    # Given asynctask_state naming a store with a password
+    settings = load(tmp_path, ["asynctask_state=redis://:hunter2@127.0.0.1:6379/1"])
+    # Then neither the settings nor a transport made from them show it
+    assert "hunter2" not in settings.describe("asynctask_state")
+    assert "***" in settings.describe("asynctask_state")
+    from asynctask.api import get_transport
+    from asynctask.settings import configure
+
+    configure(settings)
+    transport = get_transport("localmem:")
+    assert transport.state_uri == "redis://:hunter2@127.0.0.1:6379/1"
+    assert "hunter2" not in repr(transport)

@@ -67,3 +67,35 @@ def test_track_status_reaches_the_consumer_from_the_queue_entry(transport):
     # Then its status names the setting
     with pytest.raises(StatusNotTracked, match="track_status"):
         transport.status(tid)
+
+
+class AsyncResult(AsyncTaskWorker):
+    name = "test_async_result"
+
+    async def process(self, payload):
+        return {"doubled": payload["n"] * 2}
+
+
+class ThreadedResult(AsyncTaskWorker):
+    name = "test_threaded_result"
+    child_concurrency = 3
+
+    def process(self, payload):
+        return [payload["n"]]
+
+
+def test_async_and_threaded_workers_keep_their_results(transport):
+    # Given tasks for a worker on the event loop and one in threads
+    for worker, expected in (
+        (AsyncResult(), lambda n: {"doubled": 2 * n}),
+        (ThreadedResult(), lambda n: [n]),
+    ):
+        queue = unique_queue("results")
+        ids = transport.submit_tasks(queue, [{"n": n} for n in range(5)])
+        # When they run, many at once
+        run_loop(worker, transport, queue, LoopOptions(stop_when_idle=True, wait=0.05))
+        # Then each task's status holds what its process() returned
+        for n, task_id in enumerate(ids):
+            status = transport.status(task_id)
+            assert status is not None and status.state == "succeeded"
+            assert status.result == expected(n), (worker, status)

@@ -8,9 +8,10 @@ import pytest
 
 from asynctask.testing import TransportContract
 from asynctask.testing.contract import SECRET
+from asynctask.testing.status import StatusContract
 
 
-class TestFilesysTransport(TransportContract):
+class TestFilesysTransport(TransportContract, StatusContract):
     @pytest.fixture
     def transport_uri(self, tmp_path: Path) -> str:
         # A 2 s lease keeps the recovery tests short (recovery_seconds = 2 + 1).

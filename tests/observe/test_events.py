@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -107,6 +108,47 @@ def test_a_task_past_its_retries_ends_failed_with_its_error(plugin):
     ends = [(e[4], e[5]) for e in recorder.seen if e[0] == "finished"]
     assert ends == [(1, "retried"), (2, "retried"), (3, "retried"), (4, "failed")]
     assert get_transport("localmem:").queue_stats(queue).failed == 1
+
+
+@pytest.mark.parametrize("worker_class", ["SyncOk", "AsyncOk"])
+def test_cancelled_and_expired_tasks_end_with_their_outcome_and_never_start(plugin, worker_class):
+    # Given a cancelled task, an expired one and a plain one, their statuses kept in
+    # another store (so that the cancelled one is still in the queue when a worker
+    # comes: a transport keeping its own drops it at once)
+    recorder = plugin(Recorder(), "recorder")
+    transport = get_transport("localmem:" + unique_queue("events"))
+    transport.state_uri = "localmem:" + unique_queue("state")
+    queue = unique_queue()
+    cancelled = transport.submit_task(queue, {})
+    expired = transport.submit_task(queue, {}, expires=0.05)
+    plain = transport.submit_task(queue, {})
+    assert transport.cancel(cancelled) is True
+    time.sleep(0.1)
+    # When a worker (one at a time, or on the event loop) drains the queue
+    worker = {"SyncOk": SyncOk, "AsyncOk": AsyncOk}[worker_class]()
+    options = LoopOptions(halt_when_empty=True, wait=0.02)
+    result = run_loop(worker, transport, queue, options)
+    # Then only the plain one started; the others ended with their outcome, never run
+    assert result.succeeded == 1 and result.failed == 0
+    starts = [e[3] for e in recorder.seen if e[0] == "started"]
+    assert starts == [plain]
+    ends = {e[3]: e[5] for e in recorder.seen if e[0] == "finished"}
+    assert ends == {cancelled: "cancelled", expired: "expired", plain: "succeeded"}
+    assert transport.stored(queue) == 0 and transport.failed_tasks(queue) == []
+
+
+class SyncOk(AsyncTaskWorker):
+    name = "sync_ok_inline"
+
+    def process(self, payload):
+        return None
+
+
+class AsyncOk(AsyncTaskWorker):
+    name = "async_ok_inline"
+
+    async def process(self, payload):
+        return None
 
 
 def test_a_hook_that_raises_is_logged_once_and_switched_off(plugin, caplog):

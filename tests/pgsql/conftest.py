@@ -1,5 +1,6 @@
 """Fixtures of the pgsql tests: the server check, a probe that reads the table with plain
-psycopg, and throw-away databases for tests that need an empty one."""
+psycopg, throw-away databases for tests that need an empty one, and a PostgreSQL of a
+test's own for the tests that restart it (the shared server is never restarted)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import psycopg
 import pytest
 
 from asynctask.testing import require_service
+from chaos.private import PrivatePostgres
 
 HOST = "127.0.0.1"
 DATABASE = "test"
@@ -25,6 +27,25 @@ def _check_server() -> None:
 def pg_server() -> None:
     """Skip (or fail under ASYNCTASK_REQUIRE_SERVICES=1) when PostgreSQL is down."""
     require_service("PostgreSQL", _check_server)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL cluster of this test's own (``chaos.private``: initdb and pg_ctl, as the
+    ``postgres`` user when run as root), to restart at will; removed after the test.
+    Skipped (or failed under ASYNCTASK_REQUIRE_SERVICES=1) where it cannot start."""
+    servers: list[PrivatePostgres] = []
+
+    def start() -> None:
+        servers.append(PrivatePostgres())
+        servers[0].create()
+
+    try:
+        require_service("a PostgreSQL server of the test's own (initdb, pg_ctl)", start)
+        yield servers[0]
+    finally:
+        for server in servers:
+            server.remove()
 
 
 class PgsqlProbe:

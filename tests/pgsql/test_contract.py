@@ -8,6 +8,7 @@ import pytest
 
 from asynctask.testing import TransportContract
 from asynctask.testing.contract import SECRET
+from asynctask.testing.status import StatusContract
 
 from .conftest import DATABASE, HOST, PgsqlProbe
 
@@ -15,7 +16,7 @@ from .conftest import DATABASE, HOST, PgsqlProbe
 SCHEMA = "asynctask_contract"
 
 
-class TestPgsqlTransport(TransportContract):
+class TestPgsqlTransport(TransportContract, StatusContract):
     @pytest.fixture
     def application_name(self) -> str:
         """A name for this test's connections only, so that it can drop them all."""

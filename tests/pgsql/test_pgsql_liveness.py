@@ -1,8 +1,8 @@
 """Liveness through faults on PostgreSQL, with ``asynctask workers`` children.
 
 The connections killed are only this test's own (its ``application_name``); the schema is
-one of its own (see ``test_liveness.SCHEMA``). A restart of the shared server is left to
-``make chaos``.
+one of its own (see ``test_liveness.SCHEMA``). The restart test restarts a PostgreSQL of
+its own (``own_postgres``), never the shared server.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import psycopg
 from asynctask import get_transport
 from asynctask.liveness import new_owner
 from asynctask_pgsql.schema import channel
+from chaos.private import PrivatePostgres
 from support import events, wait_for
 
 from .conftest import CONNINFO, DATABASE, HOST
@@ -59,6 +60,37 @@ def test_gil_holding_tasks_keep_their_leases_when_every_connection_is_killed(
     assert workers.wait(60) == 0, workers.output()
     assert sorted(e["payload"]["n"] for e in events(ledger, "start")) == [1, 2]
     assert sorted(e["payload"]["n"] for e in events(ledger, "done")) == [1, 2]
+
+
+def test_a_server_restart_within_the_bound_costs_no_lease(
+    own_postgres: PrivatePostgres, queue: str, ledger: Path, start_workers
+):
+    """Fails if a restart lets a live worker's task go to a rival (checked against a
+    keeper that stopped beating after a beat failed while the server was away: the idle
+    child took a task still running, which started twice)."""
+    # Given a PostgreSQL of our own, a recovery bound of 2 s, and two tasks that hold the
+    # GIL for 6 s (3x the bound) with a third child idle beside them
+    uri = own_postgres.uri(recovery_seconds="2", retry_timeout="30")
+    transport = get_transport(uri)
+    transport.submit_tasks(queue, [{"ledger": str(ledger), "n": n, "seconds": 6} for n in (1, 2)])
+    workers = start_workers(
+        uri, {queue: {"worker": "test_gil_hog", "concurrency": 3}}, "--halt-when-empty"
+    )
+    wait_for(lambda: len(events(ledger, "start")) == 2, 60, "both tasks to start")
+    # When the server stops (every connection cut) and is back within the bound
+    began = time.monotonic()
+    own_postgres.restart(down=0.5)
+    down = time.monotonic() - began
+    # Then the workers reconnect and keep their leases: each task started once, finished
+    # once, settled (nothing left in flight, nothing failed), and the command halts with 0
+    assert workers.wait(90) == 0, workers.output()
+    assert sorted(e["payload"]["n"] for e in events(ledger, "start")) == [1, 2], (
+        f"down {down:.1f} s"
+    )
+    assert sorted(e["payload"]["n"] for e in events(ledger, "done")) == [1, 2]
+    stats = transport.queue_stats(queue)
+    assert (stats.ready, stats.in_flight, stats.failed) == (0, 0, 0), stats
+    transport.close()
 
 
 def test_a_notify_flood_on_a_busy_worker_starts_nothing_twice(

@@ -10,6 +10,7 @@ import redis
 
 from asynctask.testing import TransportContract
 from asynctask.testing.contract import SECRET
+from asynctask.testing.status import StatusContract
 
 
 class RedisProbe:
@@ -30,9 +31,12 @@ class RedisProbe:
             time.sleep(0.01)
 
     def stored(self, queue: str) -> int:
-        # the ready list, the delayed and retrying sorted sets, every processing list
+        # the ready list (less the nudges it may hold: not tasks), the urgent, delayed
+        # and retrying sorted sets, every processing list
         base = f"{self.prefix}:{queue}:"
         count = int(self.client.llen(f"{self.prefix}_{queue}"))
+        count -= int(self.client.get(base + "nudges") or 0)
+        count += int(self.client.zcard(base + "urgent"))
         count += int(self.client.zcard(base + "delayed"))
         count += int(self.client.zcard(base + "retrying"))
         for key in self.client.scan_iter(match=base + "processing:*", count=1000):
@@ -44,7 +48,7 @@ class RedisProbe:
         self.client.rpush(f"{self.prefix}_{queue}", text)
 
 
-class TestRedisTransport(TransportContract):
+class TestRedisTransport(TransportContract, StatusContract):
     @pytest.fixture
     def client_name(self) -> str:
         """A name for this test's connections only, so that it can drop them all."""

@@ -242,12 +242,16 @@ def test_every_settle_call_survives_a_server_restart(tmp_path: Path, queue):
             consumer.release,
         ):
             server.stop()
-            threading.Timer(0.3, server.start).start()
+            back = threading.Timer(0.3, server.start)
+            back.start()
             settle(held.pop(0))
+            back.join()  # started in full before the next stop (else that stop missed it)
         consumer.ack(held.pop(0))  # sent with the close, after one more restart
         server.stop()
-        threading.Timer(0.3, server.start).start()
+        back = threading.Timer(0.3, server.start)
+        back.start()
         consumer.close()
+        back.join()
         # Then each did its work: one retrying, one failed, 2 (released) and 4 ready
         stats = transport.queue_stats(queue)
         assert (stats.ready, stats.retrying, stats.in_flight, stats.failed) == (2, 1, 0, 1)

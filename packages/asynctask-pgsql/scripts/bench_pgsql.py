@@ -115,12 +115,36 @@ def _rate(fn: Callable[[], object], count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def _drain(transport: PgsqlTransport, queue: str, n: int, prefetch: int = 1) -> None:
+def _drain(
+    transport: PgsqlTransport, queue: str, n: int, prefetch: int = 1, tracking: bool = False
+) -> None:
+    """A run loop's calls: with ``tracking``, ``start`` each task and ack with a result."""
     with transport.consumer(queue, prefetch=prefetch) as consumer:
+        consumer.tracking = tracking
         for _ in range(n):
             delivery = consumer.reserve(timeout=5)
             assert delivery is not None
-            consumer.ack(delivery)
+            if tracking:
+                assert consumer.start(delivery) == "run"
+                consumer.ack(delivery, "null")
+            else:
+                consumer.ack(delivery)
+
+
+def _tracking_cost(transport: PgsqlTransport, queue: str, prefetch: int) -> tuple[float, float]:
+    """Drain rates (on, off) with status tracking on and off, same tasks, same run. Off
+    as a worker with ``track_status = False`` runs: its queue marked untracked, so the
+    submits write no status rows either."""
+    store = transport._state_store()
+    rates = []
+    for tracking in (True, False):
+        store.set_tracking(queue, tracking)
+        transport.submit_tasks(queue, [{"n": i} for i in range(DRAIN)])
+        rates.append(
+            _rate(lambda on=tracking: _drain(transport, queue, DRAIN, prefetch, on), DRAIN)
+        )
+    store.set_tracking(queue, True)
+    return rates[0], rates[1]
 
 
 def _our_wakes(transport: PgsqlTransport, queue: str, count: int) -> list[float]:
@@ -187,6 +211,11 @@ def main() -> None:
             transport.submit_tasks(queue, [{"n": i} for i in range(DRAIN)])
             rate = _rate(lambda: _drain(transport, queue, DRAIN, 8), DRAIN)
             note("drain, prefetch 8: ours", rate)
+            for prefetch in (1, 4):
+                on, off = _tracking_cost(transport, queue, prefetch)
+                note(f"drain p{prefetch}, tracking on", on)
+                note(f"drain p{prefetch}, tracking off", off)
+                note(f"drain p{prefetch}, on/off x", on / off)
         note_all = {
             "wake-up ms p50: ours": _our_wakes(transport, queue, WAKES),
             "wake-up ms p50: raw": raw.wake(transport.server.conninfo, WAKES),
@@ -209,8 +238,9 @@ def main() -> None:
         raw.close()
     for name, values in results.items():
         unit = "" if "ms" in name else "/s"
+        unit = "" if "ms" in name or " x" in name else unit
         print(
-            f"{name:28} {statistics.median(values):10,.1f}{unit}   rounds: "
+            f"{name:28} {statistics.median(values):10,.2f}{unit}   rounds: "
             + ", ".join(f"{v:,.0f}" if v > 10 else f"{v:.2f}" for v in values)
         )
 

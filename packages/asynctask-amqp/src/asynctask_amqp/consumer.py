@@ -15,10 +15,23 @@ message it gives back ``redelivered``, whatever the reason, so:
 
 Connections. The consumer's link is pumped by the transport's heartbeat thread while the
 worker runs a task, and by ``reserve`` itself while it waits. When the connection is
-lost, ``reserve`` reconnects with back-off (within its timeout) and a settle call on a
-task the broker already took back does nothing: the broker gives that task again, and
-the redelivery counts the attempt. A worker's consumer runs in a relay process (see
-``asynctask_amqp.relay``), so that its heartbeats go on while the task holds the GIL.
+lost, ``reserve`` reconnects with back-off (within its timeout). The broker takes back
+the tasks held on a lost connection and marks them redelivered; a settle call on such a
+task still does what it says, on a new connection (retrying up to ``retry_timeout``):
+
+* ``release`` leaves the release marker (the redelivery is delivered as it is);
+* ``ack`` leaves a marker queue ``asynctask.settled.<queue>.<id>.<attempts>`` holding
+  one message; ``retry`` and ``fail`` first publish their copy (retry ladder, failed
+  store), then leave that marker. A consumer that receives a redelivered message with no
+  release marker deletes the settled marker of its id and attempt count: found, the task
+  was settled, and the message is acknowledged and dropped.
+
+The markers name the attempt count, which only grows, so a marker left after another
+consumer had already taken the redelivery (and counted it: its copy has the next count)
+never matches a later delivery. Such a consumer runs the task again: the settle came
+too late, and that task runs twice (at most the tasks in flight on the lost connection).
+A worker's consumer runs in a relay process (see ``asynctask_amqp.relay``), so that its
+heartbeats go on while the task holds the GIL.
 
 Imports run one way: the transport module imports this one, and gives each consumer what
 it needs of the transport (``Declarations``) through the constructor.
@@ -45,6 +58,7 @@ from asynctask_amqp.topology import (
     Received,
     read_message,
     release_marker,
+    settled_marker,
 )
 
 logger = logging.getLogger("asynctask.amqp")
@@ -186,6 +200,10 @@ class AmqpConsumer(Consumer):
                 link.channel.basic_ack(tag)
                 continue
             if message.delivery_info["redelivered"] and not self._was_released(received):
+                if self._was_settled(received):
+                    # its worker settled it after losing the connection that held it
+                    link.channel.basic_ack(tag)
+                    continue
                 # its last consumer died: count the attempt, durably, and let it come round
                 link.publish(
                     self.queue, self.queue, [received.copy(attempts=received.attempts + 1)]
@@ -208,13 +226,23 @@ class AmqpConsumer(Consumer):
         marker = release_marker(self.queue, received.key)
         return bool(self._link.channel.queue_delete(marker))
 
+    def _was_settled(self, received: Received) -> bool:
+        marker = settled_marker(self.queue, received.key, received.attempts)
+        return bool(self._link.channel.queue_delete(marker))
+
     def _mark_released(self, received: Received) -> None:
-        marker = release_marker(self.queue, received.key)
+        self._leave_marker(release_marker(self.queue, received.key), b"released")
+
+    def _mark_settled(self, received: Received) -> None:
+        marker = settled_marker(self.queue, received.key, received.attempts)
+        self._leave_marker(marker, b"settled")
+
+    def _leave_marker(self, marker: str, body: bytes) -> None:
         arguments = {"x-expires": RELEASE_MARKER_EXPIRY_MS}
         self._link.channel.queue_declare(
             marker, durable=True, auto_delete=False, arguments=arguments
         )
-        self._link.publish("", marker, [amqp.Message(b"released", delivery_mode=2)])
+        self._link.publish("", marker, [amqp.Message(body, delivery_mode=2)])
 
     def _lost(self, exc: BaseException) -> TransportError:
         """The connection (or channel) failed: drop it; the broker takes back our tasks."""
@@ -229,40 +257,80 @@ class AmqpConsumer(Consumer):
 
     # -- settling ---------------------------------------------------------------------------
 
-    def _settle(self, delivery: Delivery, action: Callable[[int, Received], None]) -> None:
-        generation, tag, _ = delivery.receipt
+    def _settle(
+        self,
+        delivery: Delivery,
+        action: Callable[[int, Received], None],
+        after_loss: Callable[[Received], None],
+    ) -> None:
+        """Settle on the connection that holds the task, with ``action``; if that
+        connection is lost (before or during the call), with ``after_loss`` on a new one."""
+        generation, tag, sent = delivery.receipt
         with self._link.lock:
             received = self._held.pop(tag, None) if generation == self._generation else None
-            if received is None or not self._connected():
-                logger.info(
-                    "%r: task %s of %r was already given back by the broker (connection "
-                    "lost); its next delivery counts the attempt",
-                    self.transport,
-                    delivery.id,
-                    self.queue,
-                )
-                return
+            if received is not None and self._connected():
+                try:
+                    action(tag, received)
+                    return
+                except DRIVER_ERRORS as exc:
+                    error = self._lost(exc)
+                    logger.info(
+                        "%r: lost the connection while settling task %s of %r (%s); "
+                        "settling it on a new connection",
+                        self.transport,
+                        delivery.id,
+                        self.queue,
+                        error,
+                    )
+            self._settle_after_loss(delivery, received or sent, after_loss)
+
+    def _settle_after_loss(
+        self, delivery: Delivery, received: Received, after_loss: Callable[[Received], None]
+    ) -> None:
+        """The broker took the task back with the lost connection (it is in the queue,
+        redelivered): connect again, retrying up to ``retry_timeout``, and leave what
+        tells its next consumer that it was settled (see the module docstring)."""
+        deadline = time.monotonic() + self.transport.retry_timeout
+        pause = 0.05
+        while True:
             try:
-                action(tag, received)
+                if not self._connected():
+                    self._connect()
+                    self.transport.note_recovery()
+                after_loss(received)
+                return
             except DRIVER_ERRORS as exc:
                 error = self._lost(exc)
-                logger.warning(
-                    "%r: could not settle task %s of %r (%s); the broker will deliver it again",
-                    self.transport,
-                    delivery.id,
-                    self.queue,
-                    error,
-                )
+                if not isinstance(error, TransportUnavailable) or time.monotonic() > deadline:
+                    logger.warning(
+                        "%r: could not settle task %s of %r after its connection was "
+                        "lost (%s); the broker delivers it again, counted as an attempt",
+                        self.transport,
+                        delivery.id,
+                        self.queue,
+                        error,
+                    )
+                    return
+                self.transport.note_outage(error)
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
     def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
         """The task is done: the broker forgets it."""
-        self._settle(delivery, lambda tag, _: self._link.channel.basic_ack(tag))
+
+        def action(tag: int, received: Received) -> None:
+            # basic.ack has no reply: read first what the broker sent (a connection it
+            # closed says so here), so that an ack is not written into a dead connection
+            self._link.pump()
+            self._link.channel.basic_ack(tag)
+
+        self._settle(delivery, action, self._mark_settled)
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Publish a copy (attempts + 1) to the retry ladder, then ack the original."""
         delay = check_delay(delay)
 
-        def action(tag: int, received: Received) -> None:
+        def publish(received: Received) -> None:
             copy = received.copy(attempts=delivery.attempt)
             if delay > 0:
                 name = self._declarations._declare_rung(
@@ -271,20 +339,44 @@ class AmqpConsumer(Consumer):
                 self._link.publish("", name, [copy])
             else:
                 self._link.publish(self.queue, self.queue, [copy])
+
+        published: list[bool] = []
+
+        def action(tag: int, received: Received) -> None:
+            publish(received)
+            published.append(True)
             self._link.channel.basic_ack(tag)
 
-        self._settle(delivery, action)
+        def after_loss(received: Received) -> None:
+            if not published:  # first: a marker without its copy would lose the task
+                publish(received)
+                published.append(True)
+            self._mark_settled(received)
+
+        self._settle(delivery, action, after_loss)
 
     def fail(self, delivery: Delivery, error: str) -> None:
         """Publish a copy to the failed store, then ack the original."""
 
-        def action(tag: int, received: Received) -> None:
+        def store(received: Received) -> None:
             self._declarations._store_failed(
                 self._link, self.queue, received, error, delivery.attempt
             )
+
+        stored: list[bool] = []
+
+        def action(tag: int, received: Received) -> None:
+            store(received)
+            stored.append(True)
             self._link.channel.basic_ack(tag)
 
-        self._settle(delivery, action)
+        def after_loss(received: Received) -> None:
+            if not stored:  # first: a marker without its copy would lose the task
+                store(received)
+                stored.append(True)
+            self._mark_settled(received)
+
+        self._settle(delivery, action, after_loss)
 
     def release(self, delivery: Delivery) -> None:
         """Back to the head of the queue, untouched (marked released, then requeued).
@@ -306,7 +398,7 @@ class AmqpConsumer(Consumer):
             # a round trip, so that the task is back in the queue when release returns
             channel.basic_qos(0, self.prefetch, False)
 
-        self._settle(delivery, action)
+        self._settle(delivery, action, self._mark_released)
 
     def close(self) -> None:
         """Hand back what is held and prefetched (marked released), and disconnect."""

@@ -26,6 +26,13 @@ from asynctask.uri import Option, boolean, positive_float, positive_int, redact
 DEFAULT_PORT = {"amqp": 5672, "amqps": 5671}
 
 
+def _max_priority(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 9:
+        raise ValueError("expected 1-9 (task priorities are 0-9; RabbitMQ advises few levels)")
+    return value
+
+
 #: URI options (beside ``retry_timeout``); see the transport module's docstring.
 OPTIONS: dict[str, Option] = {
     "heartbeat": Option(
@@ -45,6 +52,12 @@ OPTIONS: dict[str, Option] = {
         True,
         "consumers keep their connection in a relay process of their own, so that a task "
         "holding the GIL cannot lose it (false: in the worker's process)",
+    ),
+    "max_priority": Option(
+        _max_priority,
+        None,
+        "declare new queues with x-max-priority (classic queues) so that submit_task's "
+        "priority is honoured, e.g. max_priority=9; without it a priority above 0 is refused",
     ),
     "ssl_ca_certs": Option(str, None, "amqps: CA bundle to verify the broker with"),
     "ssl_certfile": Option(str, None, "amqps: client certificate (PEM)"),

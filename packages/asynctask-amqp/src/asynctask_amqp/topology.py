@@ -115,6 +115,12 @@ def release_marker(queue: str, task_id: str) -> str:
     return fit(f"asynctask.released.{queue}.{task_id}")
 
 
+def settled_marker(queue: str, task_id: str, attempts: int) -> str:
+    """The queue that says "settled by its worker after its connection was lost" about
+    the delivery of a task at ``attempts``: its redelivery is dropped, not run again."""
+    return fit(f"asynctask.settled.{queue}.{task_id}.{attempts}")
+
+
 def claim_ttl_ms(ttl: float) -> int:
     """A claim's ``x-expires``: whole milliseconds, at least 1."""
     return max(1, math.ceil(ttl * 1000))
@@ -130,12 +136,15 @@ def task_message(
     attempts: int = 0,
     submitted_at: float | None = None,
     extra: dict[str, Any] | None = None,
+    priority: int = 0,
 ) -> Any:
-    """A persistent ``application/json`` message carrying one task."""
+    """A persistent ``application/json`` message carrying one task (with the AMQP
+    ``priority`` property above 0: queues declared with ``x-max-priority`` honour it)."""
     headers: dict[str, Any] = {ATTEMPTS: attempts}
     if submitted_at is not None:
         headers[SUBMITTED_AT] = float(submitted_at)
     headers.update(extra or {})
+    properties: dict[str, Any] = {"priority": priority} if priority else {}
     return amqp.Message(
         body.encode() if isinstance(body, str) else body,
         content_type="application/json",
@@ -144,6 +153,7 @@ def task_message(
         message_id=task_id,
         timestamp=int(submitted_at or time.time()),
         application_headers=headers,
+        **properties,
     )
 
 
@@ -160,6 +170,8 @@ class Received:
     attempts: int
     submitted_at: float | None
     headers: dict[str, Any]
+    #: the AMQP priority property (0 when absent), kept by retries and delays
+    priority: int = 0
 
     @property
     def task_headers(self) -> dict[str, str]:
@@ -184,6 +196,7 @@ class Received:
             attempts=attempts,
             submitted_at=self.submitted_at,
             extra={**self.task_headers, **(extra or {})},
+            priority=self.priority,
         )
 
 
@@ -215,6 +228,7 @@ def read_message(message: Any, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Receiv
         submitted_at=_number(headers.get(SUBMITTED_AT), float)
         or _number(message.properties.get("timestamp"), float),
         headers=headers,
+        priority=min(9, max(0, _number(message.properties.get("priority"), int) or 0)),
     )
 
 

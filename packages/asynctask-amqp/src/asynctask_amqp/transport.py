@@ -54,7 +54,7 @@ from typing import Any, ClassVar
 import amqp.exceptions
 
 from asynctask.errors import InvalidTaskError, TransportError
-from asynctask.status import SubmitOptions
+from asynctask.status import StatusNotKept, SubmitOptions
 from asynctask.transport import Consumer, FailedTask, QueueStats, Transport, TransportFeatures
 from asynctask.validation import Payload, is_valid_queue_name
 from asynctask_amqp.consumer import AmqpConsumer
@@ -98,6 +98,7 @@ from asynctask_amqp.topology import (
     rung_for,
     rung_name,
     rung_names,
+    settled_marker,
     task_message,
 )
 
@@ -171,7 +172,9 @@ class AmqpTransport(Transport):
         if not existed:
             # an existing queue is used as it is: an operator may have declared it with
             # arguments of their own (a quorum queue, a length limit...)
-            channel.queue_declare(queue, durable=True, auto_delete=False)
+            levels = self.options["max_priority"]
+            arguments = {"x-max-priority": levels} if levels else None
+            channel.queue_declare(queue, durable=True, auto_delete=False, arguments=arguments)
         channel.queue_bind(queue, exchange=queue, routing_key=queue)
         if not existed:
             # one entry per creation; queues() folds duplicates from racing creators
@@ -240,7 +243,7 @@ class AmqpTransport(Transport):
         delay: float,
         options: SubmitOptions,
     ) -> Sequence[str] | None:
-        options.refuse_until_supported(self)
+        self._check_options(options)
         if delay > LONGEST_DELAY:
             raise InvalidTaskError(
                 f"delay={delay:g} s is longer than a year, the amqp transport's longest "
@@ -258,6 +261,7 @@ class AmqpTransport(Transport):
                 text,
                 submitted_at=now,
                 extra={**due, **self.task_headers(queue, task_id, text)},
+                priority=options.priority,
             )
             for task_id, text in tasks
         ]
@@ -282,6 +286,24 @@ class AmqpTransport(Transport):
                     raise
         return None
 
+    def _check_options(self, options: SubmitOptions) -> None:
+        """Refuse what this transport cannot honour, before anything is sent: a priority
+        without ``max_priority``; ``expires`` or ``unique_key`` without a store of task
+        statuses (``asynctask_state``), which alone can keep them."""
+        if options.priority and not self.options["max_priority"]:
+            raise InvalidTaskError(
+                f"priority={options.priority} needs queues declared with x-max-priority: add "
+                "the URI option max_priority=9 (new queues only; classic queues on RabbitMQ)"
+            )
+        if (options.expires is not None or options.unique_key is not None) and (
+            self.external_state() is None
+        ):
+            raise StatusNotKept(
+                f"{self!r} keeps no task status, which expires and unique_key need: set "
+                "asynctask_state to the URI of a transport that does "
+                "(e.g. ASYNCTASK_STATE=redis://127.0.0.1:6379/0)"
+            )
+
     def _take(self, queue: str) -> Payload | None:
         with self._session() as link:
             while True:
@@ -301,9 +323,14 @@ class AmqpTransport(Transport):
                 if received.payload is None:
                     error = received.error or "undecodable message"
                     self._store_failed(link, queue, received, error, received.attempts)
+                tag = message.delivery_info["delivery_tag"]
                 if message.delivery_info["redelivered"]:  # tidy: its release marker, if any
-                    link.channel.queue_delete(release_marker(queue, received.key))
-                link.channel.basic_ack(message.delivery_info["delivery_tag"])
+                    released = link.channel.queue_delete(release_marker(queue, received.key))
+                    marker = settled_marker(queue, received.key, received.attempts)
+                    if not released and link.channel.queue_delete(marker):
+                        link.channel.basic_ack(tag)  # settled after its connection was lost
+                        continue
+                link.channel.basic_ack(tag)
                 if received.payload is not None:
                     return received.payload
 
@@ -368,6 +395,10 @@ class AmqpTransport(Transport):
                 chosen = chosen_from(browse(side, name), ids)
                 if chosen:
                     copies = [read_message(message).copy(attempts=0) for message in chosen]
+                    store = self.external_state()
+                    if store is not None:  # queued again before a worker can start it
+                        for copy in copies:
+                            store.settled(queue, copy.properties["message_id"], "queued", 0)
                     link.publish(queue, queue, copies)
                 for message in chosen:
                     side.basic_ack(message.delivery_info["delivery_tag"])

@@ -62,16 +62,22 @@ class CancelWatch:
         self._thread.join(5)
 
     def _run(self) -> None:
+        try:
+            # Found now, not at the first running task: the store of asynctask_state is
+            # another transport, whose first use (imports, a connection) takes seconds.
+            store = self.transport.state()
+        except StatusNotKept:
+            logger.debug("No task status kept: cancel of running tasks is not watched")
+            return
+        except AsynctaskError as exc:
+            logger.warning("Cannot watch running tasks for cancels: %s", exc)
+            return
         while not self._stop.wait(CANCEL_POLL):
             ids = sorted({i for ids in self._running.values() for i in ids})
             if not ids:
                 continue
             try:
-                store = self.transport.state()
                 statuses = self.transport._call(store.statuses, ids)
-            except StatusNotKept:
-                logger.debug("No task status kept: cancel of running tasks is not watched")
-                return
             except AsynctaskError as exc:
                 if not self._failing:
                     self._failing = True

@@ -100,14 +100,6 @@ class SubmitOptions:
         """Whether no option is set (a transport may take its fastest path)."""
         return self.expires is None and self.unique_key is None and self.priority == 0
 
-    def refuse_until_supported(self, transport: object) -> None:
-        """Refuse options a transport does not give yet (while issue 16 lands, transport
-        by transport): an error before anything is written, never a silent drop."""
-        if not self.plain:
-            raise InvalidTaskError(
-                f"{transport!r} does not support expires, unique_key or priority yet"
-            )
-
 
 def check_submit_options(
     expires: object, unique_key: object, priority: object, count: int
@@ -195,6 +187,14 @@ class StateStore(ABC):
         stores nothing. The key is taken atomically (a unique index, ``SET NX``, an
         exclusive create) and freed when the task reaches a final state.
         """
+
+    def unsubmitted(self, queue: str, ids: Sequence[str], options: SubmitOptions) -> None:
+        """Undo ``submitted`` for tasks that a failed submit never stored (the other
+        transport's publish failed after the record): the caller got an error, not
+        these ids. The default ends them ``cancelled``, which frees a unique key they
+        took; a store that can drop records overrides it."""
+        for task_id in ids:
+            self.cancel(task_id)
 
     @abstractmethod
     def started(self, queue: str, task_id: str, attempt: int) -> StartVerdict:

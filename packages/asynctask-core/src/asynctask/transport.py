@@ -480,14 +480,24 @@ class Transport(ABC):
         ids = [task_id for task_id, _ in tasks]
         if tasks:
             store = self.external_state()
-            if store is not None:
+            if store is None:
+                stored = self._call(self._put, queue_name, tasks, delay, options)
+            else:
                 # Another transport keeps the statuses: it records them (and takes the
                 # unique key) first; a key already held means nothing is stored here.
                 known = self._call(store.submitted, queue_name, ids, delay, options)
                 if list(known) != ids:
                     return list(known)
-                options = SubmitOptions(options.expires, None, options.priority)
-            stored = self._call(self._put, queue_name, tasks, delay, options)
+                plain = SubmitOptions(options.expires, None, options.priority)
+                try:
+                    stored = self._call(self._put, queue_name, tasks, delay, plain)
+                except BaseException:
+                    # never stored (as far as we know): no status, the unique key free
+                    try:
+                        store.unsubmitted(queue_name, ids, options)
+                    except Exception as exc:  # the submit's own error is the one to see
+                        logger.warning("Could not undo the statuses of a failed submit: %s", exc)
+                    raise
             if stored is not None:
                 ids = list(stored)
         events.task_submitted(queue_name, ids)

@@ -14,11 +14,13 @@ import threading
 import time
 
 from asynctask.errors import TransportClosed
+from asynctask.status import StartVerdict
 from asynctask.transport import Consumer, Delivery, check_delay
-from asynctask_filesys.layout import QueuePaths, TaskName, sweep_tmp
+from asynctask_filesys.layout import QueuePaths, TaskName, due_order, sweep_tmp
 from asynctask_filesys.oserrors import os_errors
 from asynctask_filesys.owners import OwnerFolder, recover_dead, touch_live
-from asynctask_filesys.queues import FilesysBase
+from asynctask_filesys.queues import NO_OPTIONS, FilesysBase, TaskOptions
+from asynctask_filesys.state import FilesysStateStore
 from asynctask_filesys.watch import Folder, Watcher
 
 
@@ -29,7 +31,7 @@ class QueueView:
     def __init__(self, paths: QueuePaths, watcher: Watcher, lease: float, scan: float) -> None:
         self.paths = paths
         self.ready = Folder(paths.ready, watcher)
-        self.delayed = Folder(paths.delayed, watcher)
+        self.delayed = Folder(paths.delayed, watcher, due_order)
         self._lease = lease
         self._scan = scan
         self._next_scan = 0.0
@@ -89,6 +91,10 @@ class FilesysConsumer(Consumer):
         self._owner: OwnerFolder | None = None
         self._owner_lost = False
         self._held: dict[str, str] = {}  # task id -> its path in our claimed folder
+        self._options: dict[str, TaskOptions] = {}  # task id -> what its file says
+        self._started: dict[str, float] = {}  # task id -> when start() let it run
+        #: whether ack/retry/fail write statuses (the worker's ``track_status``)
+        self.tracking = True
         self._busy = threading.Lock()  # held while reserving
         self._state = threading.RLock()  # guards the owner between us and the heartbeat
 
@@ -156,9 +162,11 @@ class FilesysConsumer(Consumer):
         read = self.transport.read_task(self.queue, path, name)
         if read is None:
             return None
-        payload, mtime, headers = read
+        payload, mtime, headers, options = read
         task = TaskName.parse(name)
         self._held[task.id] = path
+        if options is not NO_OPTIONS:
+            self._options[task.id] = options
         delivery = Delivery(task.id, self.queue, payload, task.attempts + 1, mtime, name)
         delivery.headers = headers
         return delivery
@@ -172,12 +180,65 @@ class FilesysConsumer(Consumer):
         return path, TaskName.parse(os.path.basename(path))
 
     @os_errors
-    def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
-        """Delete the task's file."""
+    def start(self, delivery: Delivery) -> StartVerdict:
+        """Move the task's status record to ``run/`` (one rename, which fails for a task
+        cancelled meanwhile), or end it ``expired`` (its file says when); a task that
+        must not run is removed."""
+        own = self.transport.own_store()
+        if own is None:  # asynctask_state keeps the statuses: the base class asks it
+            return super().start(delivery)
+        options = self._options.get(delivery.id, NO_OPTIONS)
+        verdict = own.begin(delivery.id, delivery.attempt, options.expires, options.unique_key)
+        if verdict == "run":
+            self._started[delivery.id] = time.time()
+        else:  # settled by begin(): removed, never run, not in the failed store
+            settled = self._settle(delivery)
+            self._options.pop(delivery.id, None)
+            if settled is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(settled[0])
+        return verdict
+
+    def _outcome(
+        self, delivery: Delivery, final: bool
+    ) -> tuple[FilesysStateStore, float | None, TaskOptions] | None:
+        """Our store, when the settled task started and what its file said, if its
+        status is ours to write; None otherwise (kept by ``asynctask_state``, or not
+        tracking: then a final settle only frees the unique key the task holds, which
+        would otherwise stay held for good)."""
+        started = self._started.pop(delivery.id, None)
+        options = self._options.pop(delivery.id, NO_OPTIONS)
+        own = self.transport.own_store()
+        if own is None:
+            return None
+        if not self.tracking:
+            if final and options.unique_key is not None:
+                own.drop(delivery.id, self.queue, options.unique_key)
+            return None
+        return own, started, options
+
+    @os_errors
+    def ack(self, delivery: Delivery, result_json: str | None = None) -> bool | None:
+        """Delete the task's file; ``succeeded`` (the hot path: a rename of its record).
+        True when it had been cancelled while it ran (seen for free: its record was
+        moved away under us)."""
         settled = self._settle(delivery)
         if settled is not None:
             with contextlib.suppress(FileNotFoundError):  # recovered meanwhile: nothing to do
                 os.unlink(settled[0])
+        outcome = self._outcome(delivery, final=True)
+        if outcome is None:
+            return None
+        own, started, options = outcome
+        return own.finish(
+            delivery.id,
+            "succeeded",
+            delivery.attempt,
+            started_at=started,
+            result_json=result_json,
+            unique_key=options.unique_key,
+            queue=self.queue,
+        )
 
     @os_errors
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
@@ -191,6 +252,9 @@ class FilesysConsumer(Consumer):
             with contextlib.suppress(FileNotFoundError):
                 os.rename(path, os.path.join(self._paths.delayed, name))
                 self._view.delayed.push(name)
+        outcome = self._outcome(delivery, final=False)
+        if outcome is not None:
+            outcome[0].finish(delivery.id, "retrying", delivery.attempt, error=error)
 
     @os_errors
     def fail(self, delivery: Delivery, error: str) -> None:
@@ -201,6 +265,9 @@ class FilesysConsumer(Consumer):
             self.transport.to_failed(
                 self.queue, path, os.path.basename(path), error, task.attempts + 1
             )
+        outcome = self._outcome(delivery, final=True)
+        if outcome is not None:
+            outcome[0].finish(delivery.id, "failed", delivery.attempt, error=error)
 
     @os_errors
     def release(self, delivery: Delivery) -> None:
@@ -212,6 +279,9 @@ class FilesysConsumer(Consumer):
             with contextlib.suppress(FileNotFoundError):
                 os.rename(path, os.path.join(self._paths.ready, name))
                 self._view.ready.push(name)
+        outcome = self._outcome(delivery, final=False)
+        if outcome is not None and outcome[1] is not None:  # started: queued again
+            outcome[0].finish(delivery.id, "queued", delivery.attempt - 1)
 
     def beat(self) -> None:
         """Called by the transport's heartbeat thread."""

@@ -8,10 +8,13 @@ Under the root, each queue is a folder::
     <queue>/claimed/<owner>/  tasks a consumer holds; it keeps <owner>/.lock flocked
     <queue>/failed/           <failed stamp>~<task name>, each with a .meta JSON sidecar
 
-A task file holds one JSON object (UTF-8) and is named ``STAMP-ID[.ATTEMPTS].json``:
+A task file holds one JSON object (UTF-8) and is named ``[+R]STAMP-ID[.ATTEMPTS].json``:
 ``STAMP`` is 19 digits of nanoseconds since the epoch (ready time, or due time in
 ``delayed/``), ``ID`` is letters, digits, ``_`` and ``-``, ``ATTEMPTS`` counts earlier
-deliveries that failed or whose consumer died (absent means 0). Another ``*.json`` name
+deliveries that failed or whose consumer died (absent means 0). ``+R`` marks a task of
+priority ``9 - R`` above 0 (``+0`` is priority 9, ``+8`` priority 1; none: priority 0):
+``+`` sorts before every digit, so names in ``ready/`` sort by priority, then by stamp.
+In ``delayed/`` the prefix is ignored for order (due time alone counts). Another ``*.json`` name
 is still a task (its id is its name); a file not ending in ``.json`` goes to the failed
 store. Names starting with ``.`` are ignored everywhere.
 """
@@ -27,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-_TASK_NAME = re.compile(r"^(\d{19})-([A-Za-z0-9_-]{1,128})(?:\.(\d{1,9}))?\.json$")
+_TASK_NAME = re.compile(r"^(?:\+([0-8]))?(\d{19})-([A-Za-z0-9_-]{1,128})(?:\.(\d{1,9}))?\.json$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 META_SUFFIX = ".meta"
 
@@ -40,14 +43,16 @@ class TaskName:
     id: str
     attempts: int
     is_json: bool  # False for a foreign file that cannot be a task
+    priority: int = 0  # 0-9, from the name's "+R" prefix
 
     @classmethod
     def parse(cls, name: str) -> TaskName:
         """Read a file name; a name outside the pattern still gets a usable id."""
         match = _TASK_NAME.match(name)
         if match:
-            stamp, task_id, attempts = match.groups()
-            return cls(int(stamp), task_id, int(attempts or 0), True)
+            rank, stamp, task_id, attempts = match.groups()
+            priority = 0 if rank is None else 9 - int(rank)
+            return cls(int(stamp), task_id, int(attempts or 0), True, priority)
         stem = name[:-5] if name.endswith(".json") else name
         return cls(None, _UNSAFE.sub("_", stem)[:128] or "task", 0, name.endswith(".json"))
 
@@ -56,7 +61,14 @@ class TaskName:
         stamp = self.stamp if stamp is None else stamp
         attempts = self.attempts if attempts is None else attempts
         suffix = f".{attempts}" if attempts else ""
-        return f"{stamp or 0:019d}-{self.id}{suffix}.json"
+        prefix = f"+{9 - self.priority}" if self.priority else ""
+        return f"{prefix}{stamp or 0:019d}-{self.id}{suffix}.json"
+
+
+def due_order(name: str) -> str:
+    """The order of names in ``delayed/``: the due stamp alone (the priority prefix is
+    left out, so that an urgent task not yet due never hides one that is)."""
+    return name[2:] if name.startswith("+") else name
 
 
 def bumped(name: str) -> str:

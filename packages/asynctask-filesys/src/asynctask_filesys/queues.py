@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
+from dataclasses import dataclass
 
 from asynctask.transport import Transport
 from asynctask.validation import Payload, UndecodableMessage
@@ -31,10 +33,24 @@ from asynctask_filesys.layout import (
     write_file,
 )
 from asynctask_filesys.owners import Heartbeats
+from asynctask_filesys.state import FilesysStateStore
 
 #: the key that makes a task file an envelope ``{"__asynctask__":1,"headers":{...},
-#: "payload":{...}}`` (written only for tasks with headers: a signature)
+#: "payload":{...}}`` (written only for tasks with headers or lifecycle options: a
+#: signature, ``"expires"`` in Unix seconds, ``"unique_key"``)
 MARKER = "__asynctask__"
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """What a task file says about its lifecycle (``asynctask.status``): when it expires
+    (Unix seconds) and the unique key it holds, so that a consumer needs no other read."""
+
+    expires: float | None = None
+    unique_key: str | None = None
+
+
+NO_OPTIONS = TaskOptions()
 
 
 class FilesysBase(Transport):
@@ -48,6 +64,11 @@ class FilesysBase(Transport):
     poll: float
     heartbeats: Heartbeats
     _made: set[str]
+
+    def own_store(self) -> FilesysStateStore | None:
+        """The transport's own status records, or None when it keeps its statuses in the
+        store named by ``asynctask_state`` (or a subclass keeps none)."""
+        return None
 
     def paths(self, queue: str) -> QueuePaths:
         """The folders of ``queue``."""
@@ -79,7 +100,7 @@ class FilesysBase(Transport):
 
     def read_task(
         self, queue: str, path: str, name: str
-    ) -> tuple[Payload, float, dict[str, str]] | None:
+    ) -> tuple[Payload, float, dict[str, str], TaskOptions] | None:
         """The payload, submission time and headers of the task file at ``path``, or None
         after moving what is there to the failed store with the reason (or when it is gone).
 
@@ -101,26 +122,39 @@ class FilesysBase(Transport):
             self.to_failed(queue, path, name, f"unreadable task file: {exc}", task.attempts)
             return None
         try:
-            payload, headers = unwrap(self.decode(data))
+            payload, headers, options = unwrap_all(self.decode(data))
         except ValueError as exc:  # UndecodableMessage: whatever the parser raised
             self.to_failed(queue, path, name, f"undecodable message: {exc}", task.attempts)
             return None
-        return payload, mtime, headers
+        return payload, mtime, headers, options
 
 
-def wrap(payload_json: str, headers: dict[str, str]) -> str:
-    """A task file's text: the payload, or an envelope when the task has headers."""
-    if not headers:
+def wrap(payload_json: str, headers: dict[str, str], options: TaskOptions = NO_OPTIONS) -> str:
+    """A task file's text: the payload, or an envelope when the task has headers or
+    lifecycle options."""
+    if not headers and options == NO_OPTIONS:
         return payload_json
     head = json.dumps(headers, separators=(",", ":"))
-    return f'{{"{MARKER}":1,"headers":{head},"payload":{payload_json}}}'
+    extra = ""
+    if options.expires is not None:
+        extra += f',"expires":{options.expires!r}'
+    if options.unique_key is not None:
+        extra += f',"unique_key":{json.dumps(options.unique_key)}'
+    return f'{{"{MARKER}":1,"headers":{head}{extra},"payload":{payload_json}}}'
 
 
 def unwrap(value: Payload) -> tuple[Payload, dict[str, str]]:
     """The payload and headers of a decoded task file (``UndecodableMessage`` if it is an
     envelope that is not well formed)."""
+    payload, headers, _ = unwrap_all(value)
+    return payload, headers
+
+
+def unwrap_all(value: Payload) -> tuple[Payload, dict[str, str], TaskOptions]:
+    """The payload, headers and lifecycle options of a decoded task file; an envelope
+    that is not well formed (another user may have written it) is ``UndecodableMessage``."""
     if MARKER not in value:
-        return value, {}
+        return value, {}, NO_OPTIONS
     payload, headers = value.get("payload"), value.get("headers", {})
     if not isinstance(payload, dict):
         raise UndecodableMessage("envelope payload must be a JSON object")
@@ -128,4 +162,15 @@ def unwrap(value: Payload) -> tuple[Payload, dict[str, str]]:
         isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
     ):
         raise UndecodableMessage("envelope headers must map strings to strings")
-    return payload, headers
+    expires, unique_key = value.get("expires"), value.get("unique_key")
+    if expires is not None and (
+        isinstance(expires, bool)
+        or not isinstance(expires, int | float)
+        or not math.isfinite(expires)
+    ):
+        raise UndecodableMessage("envelope expires must be a number of Unix seconds")
+    if unique_key is not None and (not isinstance(unique_key, str) or len(unique_key) > 200):
+        raise UndecodableMessage("envelope unique_key must be a string of at most 200")
+    if expires is None and unique_key is None:
+        return payload, headers, NO_OPTIONS
+    return payload, headers, TaskOptions(None if expires is None else float(expires), unique_key)

@@ -59,6 +59,7 @@ from asynctask_filesys.layout import (
     QueuePaths,
     StampClock,
     TaskName,
+    due_order,
     original_name,
     read_file,
     read_task_file,
@@ -68,7 +69,8 @@ from asynctask_filesys.layout import (
 )
 from asynctask_filesys.oserrors import os_errors
 from asynctask_filesys.owners import Heartbeats
-from asynctask_filesys.queues import FilesysBase, unwrap, wrap
+from asynctask_filesys.queues import FilesysBase, TaskOptions, unwrap, wrap
+from asynctask_filesys.state import FilesysStateStore
 from asynctask_filesys.watch import Watcher
 
 _COUNTS = frozenset({"ready", "delayed", "retrying", "in_flight", "failed"})
@@ -155,6 +157,7 @@ class FilesysTransport(FilesysBase):
         self._take_views: dict[str, QueueView] = {}
         self._next_sweep = 0.0
         self._consumers: weakref.WeakSet[FilesysConsumer] = weakref.WeakSet()
+        self._store: FilesysStateStore | None = None
 
     # -- primitives ----------------------------------------------------------------------
 
@@ -166,26 +169,33 @@ class FilesysTransport(FilesysBase):
         delay: float,
         options: SubmitOptions,
     ) -> Sequence[str] | None:
-        options.refuse_until_supported(self)
         # A retried call (after an error half-way) stores only what it had not stored.
         key, stored = tasks[0][0], self._progress.done(tasks[0][0])
         tasks = tasks[stored:]
         if not tasks:
             return None
+        ids = [task_id for task_id, _ in tasks]
+        store = self.own_store()  # with asynctask_state, the base class records them
+        if store is not None:  # the records first: a consumer always finds one
+            given = store.submitted(queue, ids, delay, options)
+            if given != ids:
+                return given  # the unique key is held by a task that is not final
         paths = self.ensure_queue(queue)
         target = paths.delayed if delay > 0 else paths.ready
         stamps = self._clock.due(len(tasks), delay) if delay > 0 else self._clock.ready(len(tasks))
         names = [
-            TaskName(stamp, task_id, 0, True).format()
+            TaskName(stamp, task_id, 0, True, options.priority).format()
             for stamp, (task_id, _) in zip(stamps, tasks, strict=True)
         ]
+        expires = None if options.expires is None else time.time() + options.expires
+        extra = TaskOptions(expires, options.unique_key)
         moved = 0
         try:
             try:
-                self._write_tmp(queue, paths, names, tasks)
+                self._write_tmp(queue, paths, names, tasks, extra)
             except FileNotFoundError:  # somebody removed the queue's folders: once more
                 self.ensure_queue(queue, again=True)
-                self._write_tmp(queue, paths, names, tasks)
+                self._write_tmp(queue, paths, names, tasks, extra)
             for name in names:  # in order, so that takers see them in order
                 os.rename(os.path.join(paths.tmp, name), os.path.join(target, name))
                 moved += 1
@@ -194,15 +204,40 @@ class FilesysTransport(FilesysBase):
             for name in names[moved:]:
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(paths.tmp, name))
+            if store is not None and moved < len(names):
+                # never stored: no status, and the unique key is free again (a retry of
+                # the call takes both anew)
+                with contextlib.suppress(OSError):
+                    store.unsubmitted(queue, ids[moved:], options)
         if self.fsync:
             sync_dir(target)
         return None
 
+    def _state_store(self) -> FilesysStateStore:
+        store = self._store
+        if store is None:
+            store = self._store = FilesysStateStore(
+                self.root, self.mode, self.use_inotify, self.poll, self.max_payload_bytes
+            )
+        store.status_ttl = self.status_ttl
+        return store
+
+    def own_store(self) -> FilesysStateStore | None:
+        """Our own records when this transport keeps its statuses (not elsewhere)."""
+        if self.state_uri is None or self.state_uri == self.uri:
+            return self._state_store()
+        return None
+
     def _write_tmp(
-        self, queue: str, paths: QueuePaths, names: list[str], tasks: Sequence[tuple[str, str]]
+        self,
+        queue: str,
+        paths: QueuePaths,
+        names: list[str],
+        tasks: Sequence[tuple[str, str]],
+        extra: TaskOptions,
     ) -> None:
         for name, (task_id, text) in zip(names, tasks, strict=True):
-            body = wrap(text, self.task_headers(queue, task_id, text))
+            body = wrap(text, self.task_headers(queue, task_id, text), extra)
             write_file(os.path.join(paths.tmp, name), body.encode(), self.mode, self.fsync)
 
     @os_errors
@@ -234,6 +269,9 @@ class FilesysTransport(FilesysBase):
             os.unlink(path)
         except FileNotFoundError:
             return None
+        own = self.own_store()
+        if own is not None:  # taken out of the queue for good: out of tracking too
+            own.forget([TaskName.parse(name).id], "live")
         return read[0]
 
     @os_errors
@@ -259,7 +297,7 @@ class FilesysTransport(FilesysBase):
         names = task_names(folder)
         if not names:
             return None
-        head = min(names)
+        head = min(names, key=due_order)  # the oldest, whatever its priority
         stamp = TaskName.parse(head).stamp
         if stamp is not None:
             return stamp / 1e9
@@ -314,13 +352,16 @@ class FilesysTransport(FilesysBase):
     @os_errors
     def _purge(self, queue: str) -> int:
         p = self.paths(queue)
-        count = 0
+        purged = []
         for folder in (p.ready, p.delayed):
             for name in task_names(folder):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(folder, name))
-                    count += 1
-        return count
+                    purged.append(TaskName.parse(name).id)
+        own = self.own_store()
+        if own is not None:  # a purged task's status is removed with it
+            own.forget(purged, "live")
+        return len(purged)
 
     # -- the failed store ----------------------------------------------------------------
 
@@ -376,9 +417,13 @@ class FilesysTransport(FilesysBase):
         chosen = self._chosen_failed(p, ids)
         stamps = self._clock.ready(len(chosen))
         count = 0
+        own = self.own_store()
         for (stored, task_id), stamp in zip(chosen, stamps, strict=True):
-            name = TaskName(stamp, task_id, 0, True).format()
+            priority = TaskName.parse(original_name(stored)).priority
+            name = TaskName(stamp, task_id, 0, True, priority).format()
             with contextlib.suppress(FileNotFoundError):
+                if own is not None:  # queued again, before a taker can start it
+                    own.finish(task_id, "queued", 0)
                 os.rename(os.path.join(p.failed, stored), os.path.join(p.ready, name))
                 count += 1
                 with contextlib.suppress(OSError):
@@ -389,12 +434,15 @@ class FilesysTransport(FilesysBase):
     def _purge_failed(self, queue: str, ids: Sequence[str] | None) -> int:
         p = self.paths(queue)
         count = 0
-        for stored, _ in self._chosen_failed(p, ids):
+        own = self.own_store()
+        for stored, task_id in self._chosen_failed(p, ids):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(p.failed, stored))
                 count += 1
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(p.failed, stored + META_SUFFIX))
+            if own is not None:  # its status lived as long as its failed record
+                own.forget([task_id], "failed")
         return count
 
     # -- claims, consumers, closing ------------------------------------------------------

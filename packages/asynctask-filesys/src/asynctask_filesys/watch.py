@@ -14,6 +14,7 @@ import heapq
 import logging
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from asynctask_filesys.layout import task_names
@@ -29,27 +30,34 @@ RESYNC = 1.0
 class Folder:
     """The names in one folder, smallest first; see the module docstring."""
 
-    def __init__(self, path: str, watcher: Watcher) -> None:
+    def __init__(
+        self, path: str, watcher: Watcher, order: Callable[[str], str] | None = None
+    ) -> None:
         self.path = path
         self.watcher = watcher
         self.wd: int | None = None
         self.stale = True
-        self._heap: list[str] = []
+        #: the sort key of a name (None: the name itself)
+        self._order = order
+        self._heap: list[tuple[str, str]] = []
         self._listed_at = -1e9
+
+    def _entry(self, name: str) -> tuple[str, str]:
+        return (name if self._order is None else self._order(name), name)
 
     def push(self, name: str) -> None:
         """A name that arrived (duplicates are harmless: the second take just fails)."""
-        heapq.heappush(self._heap, name)
+        heapq.heappush(self._heap, self._entry(name))
 
     def peek(self) -> str | None:
         """The smallest known name, left in place."""
         self.sync()
-        return self._heap[0] if self._heap else None
+        return self._heap[0][1] if self._heap else None
 
     def pop(self) -> str | None:
         """Remove and return the smallest known name."""
         self.sync()
-        return heapq.heappop(self._heap) if self._heap else None
+        return heapq.heappop(self._heap)[1] if self._heap else None
 
     def sync(self) -> None:
         """List the folder again if our picture of it may be out of date."""
@@ -62,7 +70,7 @@ class Folder:
         else:
             due = (not self._heap and age >= self.watcher.poll) or age >= RESYNC
         if due:
-            self._heap = task_names(self.path)
+            self._heap = [self._entry(name) for name in task_names(self.path)]
             heapq.heapify(self._heap)
             self.stale = False
             self._listed_at = now

@@ -29,14 +29,17 @@ with ``prefetch`` N, at most N tasks run twice, as the reserved ones of any tran
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import select
 import threading
 import time
 from collections import deque
 from typing import Any, LiteralString, Protocol
 
 import psycopg
-from psycopg import sql
+from psycopg import Notify, pq, sql
+from psycopg.generators import fetch, send
 
 from asynctask.errors import (
     TransportClosed,
@@ -44,6 +47,7 @@ from asynctask.errors import (
     TransportRefused,
     TransportUnavailable,
 )
+from asynctask.status import StartVerdict
 from asynctask.transport import Consumer, Delivery, Transport, check_delay
 from asynctask_pgsql.conninfo import Server, is_refusal
 from asynctask_pgsql.decoding import load_json_as_text, read_headers
@@ -76,6 +80,14 @@ logger = logging.getLogger("asynctask.pgsql")
 
 #: a wait never spins faster than this when a due row is locked by somebody else
 _MIN_WAIT = 0.05
+#: final statuses past their time a sweep deletes at most (asynctask_status_ttl)
+FORGET_PER_SWEEP = 1000
+#: a prefetched task still running this many seconds after its start is written
+#: ``running`` (one that ends sooner goes straight to its outcome, see ``_start_later``)
+SYNC_WITHIN = 0.05
+
+#: acknowledgements riding on one statement: row ids, results, start times
+_Acks = tuple[list[int], list[str | None], list[float | None]]
 
 
 class PgsqlConsumer(Consumer):
@@ -106,6 +118,20 @@ class PgsqlConsumer(Consumer):
         self._buffer: deque[Delivery] = deque()  # prefetched, not yet handed out
         self._held: dict[int, int] = {}  # row id -> owner number, reserved and not settled
         self._acks: list[int] = []  # acknowledged rows, deleted by the next statement
+        self._results: list[str | None] = []  # their results (JSON text), beside them
+        self._expires: dict[int, float] = {}  # row id -> its date_expires (Unix seconds)
+        self._started: list[float | None] = []  # their start times, if not written yet
+        # prefetched tasks started and not yet written running: row id -> (it, when)
+        self._unmarked: dict[int, tuple[Delivery, float]] = {}
+        # START_RUNNING sent in pipeline mode, one list per Sync not yet answered: the
+        # acknowledgements riding on them (sent again should their transaction fail)
+        self._pending: list[list[_Acks]] = []
+        self._start_failed = False
+        self._marker: threading.Thread | None = None
+        self._mark_due: float | None = None  # when the unmarked must be written running
+        self._mark_wanted = threading.Condition(self._lock)
+        self._cancelled: set[str] = set()  # task ids announced cancelled on our channel
+        self._woken = False  # a notification other than a cancel came with a statement
         self._next_sweep = 0.0
         self._outage_since: float | None = None
         self._pause = 0.05
@@ -126,12 +152,14 @@ class PgsqlConsumer(Consumer):
                         "lock_class": self._lock_class,
                         "sweep_class": self._sweep_class,
                         "lease": self._host.owner_lease,
+                        "forget_limit": FORGET_PER_SWEEP,
                     }
                     self._run(self._sql.sweep, {**sweep, "queue": self.queue})
                     self._next_sweep = time.monotonic() + self._host.sweep_interval
+                self._cancelled.clear()  # of tasks we do not hold (we hold none now)
                 limit = self.prefetch - len(self._buffer)
                 rows = self._run(self._sql.reserve, {"queue": self.queue, "limit": limit})
-                self._acks.clear()
+                self._sent()
                 self._keep(rows)
                 if self._buffer:
                     return self._buffer.popleft()
@@ -145,11 +173,188 @@ class PgsqlConsumer(Consumer):
                     wait = min(wait, max(due, _MIN_WAIT))
                 self._wait(min(wait, max(self._next_sweep - time.monotonic(), _MIN_WAIT)))
 
-    def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
-        """Done: the row is deleted by this consumer's next statement (no round trip now)."""
+    def start(self, delivery: Delivery) -> StartVerdict:
+        """``running`` unless cancelled or expired (then its row is gone: never run).
+
+        One round trip (``START``), which also carries the pending acknowledgements, and
+        commits without waiting for the disk (see ``asynctask_pgsql.statements``). A
+        consumer with ``prefetch`` above 1 answers at once for a task it knows may run,
+        and writes ``running`` only if the task runs ``SYNC_WITHIN`` (``_start_later``).
+        """
+        if not self.transport.own_state:
+            return super().start(delivery)
+        if not self.tracking:
+            return "run"
         with self._lock:
+            if delivery.receipt not in self._held:
+                return "run"  # taken back after a lost connection: at least once
+            expires = self._expires.pop(delivery.receipt, None)
+            if (
+                self.prefetch > 1
+                and (expires is None or time.time() < expires)
+                and self._start_later(delivery)
+            ):
+                return "run"
+            rows = self._run(self._sql.start, {"id": delivery.receipt})
+            self._sent()
+            if not rows:
+                return "run"
+            _, lapsed, was = rows[0]
+            verdict: StartVerdict = (
+                "expired" if lapsed else "cancelled" if was == "cancelled" else "run"
+            )
+            if verdict != "run":
+                del self._held[delivery.receipt]  # the statement deleted its row
+            return verdict
+
+    def _start_later(self, delivery: Delivery) -> bool:
+        """Let a prefetched task run at once, its ``running`` written only if it runs
+        ``SYNC_WITHIN`` seconds (by the syncer thread, ``START_RUNNING`` in pipeline
+        mode); one that ends sooner gets ``succeeded``/``retrying``/``failed`` with its
+        start time from its settle. False (ask the server) when a cancel of it was
+        announced on our channel, or the connection is not there. Lock held.
+
+        A drain of short prefetched tasks so pays no statement per start. A cancel
+        that lands after this is seen as the cancel of a running task: the status says
+        ``cancelled`` (never overwritten), the supervisor stops the task.
+        """
+        conn = self._conn
+        if conn is None or conn.closed:
+            return False
+        try:
+            conn.pgconn.consume_input()
+            self._absorb(conn, block=False)
+        except psycopg.Error as exc:
+            logger.debug("%r: reading notifications failed (%s)", self, exc)
+            self._drop_connection()
+            return False
+        if delivery.id in self._cancelled:
+            self._cancelled.discard(delivery.id)
+            return False
+        self._unmarked[delivery.receipt] = (delivery, time.time())
+        if self._mark_due is None:
+            self._mark_due = time.monotonic() + SYNC_WITHIN
+            self._ensure_marker()
+            self._mark_wanted.notify()
+        return True
+
+    def _mark_running(self) -> None:
+        """Write ``running`` for the tasks started ``SYNC_WITHIN`` ago and still running,
+        with the pending acknowledgements, in pipeline mode, unanswered; lock held."""
+        self._mark_due = None
+        conn = self._conn
+        if not self._unmarked or conn is None or conn.closed:
+            return
+        pgconn = conn.pgconn
+        group: list[_Acks] = []
+        try:
+            if pgconn.pipeline_status == pq.PipelineStatus.OFF:
+                pgconn.enter_pipeline_mode()
+            for delivery, started in self._unmarked.values():
+                values = [
+                    delivery.id.encode(),
+                    str(delivery.attempt).encode(),
+                    _int_array(self._owners),
+                    _int_array(self._acks),
+                    json.dumps(self._results).encode(),
+                    repr(float(self.transport.status_ttl)).encode(),
+                    _float_array(self._started),
+                    repr(started).encode(),
+                ]
+                pgconn.send_query_prepared(b"asynctask_start", values)
+                group.append((list(self._acks), list(self._results), list(self._started)))
+                self._sent()
+            pgconn.pipeline_sync()
+            conn.wait(send(pgconn))
+        except psycopg.Error as exc:
+            logger.debug("%r: writing running failed (%s)", self, exc)
+            self._pending.append(group)
+            self._drop_connection()
+            return
+        self._unmarked.clear()
+        self._pending.append(group)
+
+    def _ensure_marker(self) -> None:
+        """The thread that writes ``running`` for prefetched tasks; lock held."""
+        if self._marker is None or not self._marker.is_alive():
+            self._marker = threading.Thread(
+                target=self._marking, name=f"asynctask-pgsql-start-{self.queue}", daemon=True
+            )
+            self._marker.start()
+
+    def _marking(self) -> None:
+        with self._lock:
+            while not self.closed:
+                due = self._mark_due
+                if due is None:
+                    self._mark_wanted.wait()
+                    continue
+                left = due - time.monotonic()
+                if left > 0:
+                    self._mark_wanted.wait(left)
+                    continue
+                self._mark_running()
+
+    def _restore(self, groups: list[list[_Acks]]) -> None:
+        """Acknowledgements whose transaction did not commit: sent again, first."""
+        for group in reversed(groups):
+            for acks, results, started in reversed(group):
+                self._acks[:0], self._results[:0], self._started[:0] = acks, results, started
+
+    def _absorb(self, conn: psycopg.Connection[Any], block: bool) -> None:
+        """Read the answers of the ``START_RUNNING`` sent (all of them with ``block``,
+        else those already here), then the notifications that came with them. A failed
+        one's acknowledgements go again with the next statement."""
+        pgconn = conn.pgconn
+        while self._pending:
+            if block:
+                result = conn.wait(fetch(pgconn))
+            elif pgconn.is_busy():
+                break
+            else:
+                result = pgconn.get_result()
+            if result is None:
+                continue  # the end of one statement's results
+            if result.status == pq.ExecStatus.PIPELINE_SYNC:
+                group = self._pending.pop(0)
+                if self._start_failed:
+                    self._start_failed = False
+                    self._restore([group])
+            elif result.status in (pq.ExecStatus.FATAL_ERROR, pq.ExecStatus.PIPELINE_ABORTED):
+                message = (result.error_message or b"").decode(errors="replace")
+                logger.warning("%r: writing running failed: %s", self, message.strip())
+                self._start_failed = True
+        while (note := pgconn.notifies()) is not None:
+            self._heard(Notify(note.relname.decode(), note.extra.decode(), note.be_pid))
+
+    def _finish_starts(self) -> None:
+        """Before any other statement: every answer read, out of pipeline mode."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        pgconn = conn.pgconn
+        if self._pending:
+            self._absorb(conn, block=True)
+        if pgconn.pipeline_status != pq.PipelineStatus.OFF:
+            pgconn.exit_pipeline_mode()
+
+    def _heard(self, note: Notify) -> None:
+        """A notification on our channel: a cancel (``cancel <id>``) or new tasks."""
+        if note.payload.startswith("cancel "):
+            self._cancelled.add(note.payload[7:])
+        else:
+            self._woken = True
+
+    def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
+        """Done: the row is deleted by this consumer's next statement (no round trip now),
+        and its status is ``succeeded`` with ``result_json`` by the same statement."""
+        with self._lock:
+            self._expires.pop(delivery.receipt, None)
+            unmarked = self._unmarked.pop(delivery.receipt, None)
             if self._held.pop(delivery.receipt, None) is not None:
                 self._acks.append(delivery.receipt)
+                self._results.append(result_json)
+                self._started.append(None if unmarked is None else unmarked[1])
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Back to the queue after ``delay`` seconds, one attempt more."""
@@ -169,6 +374,7 @@ class PgsqlConsumer(Consumer):
             if self.closed:
                 return
             self.closed = True
+            self._mark_wanted.notify_all()  # the marker thread ends
             try:
                 if self._held or self._acks:
                     self._run(self._sql.settle, _settle_params(list(self._held), "queued"))
@@ -197,17 +403,28 @@ class PgsqlConsumer(Consumer):
         self, delivery: Delivery, state: str, attempt: int, error: str | None, delay: float | None
     ) -> None:
         with self._lock:
+            self._expires.pop(delivery.receipt, None)
+            unmarked = self._unmarked.pop(delivery.receipt, None)
             if delivery.receipt not in self._held:
                 return  # settled already, or taken back after our connection was lost
             params = _settle_params([delivery.receipt], state, attempt, error, delay)
+            params["started_at"] = None if unmarked is None else unmarked[1]
             # Still held while the statement runs: a reconnect on the way hands back
             # (``orphans``) only the rows we do not hold, so this one stays ours to settle.
             self._run(self._sql.settle, params)
+            self._sent()
             del self._held[delivery.receipt]
+
+    def _sent(self) -> None:
+        """The pending acknowledgements went with the statement just run."""
+        self._acks.clear()
+        self._results.clear()
+        self._started.clear()
 
     def _keep(self, rows: list[tuple[Any, ...]]) -> None:
         """Turn reserved rows (in queue order) into deliveries; undecodable text fails."""
-        for bad, row_id, task_id, payload, text, attempts, submitted, headers in rows:
+        for row in rows:
+            bad, row_id, task_id, payload, text, attempts, submitted, headers, expires = row
             if bad:
                 continue
             try:  # jsonb comes as text (see asynctask_pgsql.decoding): one row at a time
@@ -223,27 +440,22 @@ class PgsqlConsumer(Consumer):
             attempt = max(attempts, 0) + 1
             delivery = Delivery(task_id.hex, self.queue, payload, attempt, submitted, row_id)
             delivery.headers = read_headers(headers)
+            if expires is not None:
+                self._expires[row_id] = expires
             self._buffer.append(delivery)
 
     def _run(self, query: LiteralString, params: Any) -> list[tuple[Any, ...]]:
         """Run one statement on our connection, reconnecting through an outage."""
         while True:
             try:
+                self._finish_starts()
                 conn = self._connect()
                 # Bound afresh on every try: the owner may change with a reconnect, and the
                 # caller's params stay as given (encoding them in place once sent a
                 # twice-encoded array after a reconnect). psycopg adapts the lists: as fast
                 # as the hand-made text literal it replaces (1,693 against 1,454
                 # reserves/s, python -m bench.drivers, same run).
-                bound = params
-                if isinstance(params, dict):
-                    bound = {
-                        **params,
-                        "owner": self._owner,
-                        "keeper": self._keeper,
-                        "owners": list(self._owners),
-                        "acks": list(self._acks),
-                    }
+                bound = self._bound(params) if isinstance(params, dict) else params
                 rows = conn.execute(query, bound, prepare=True).fetchall()
             except (psycopg.OperationalError, TransportUnavailable) as exc:
                 self._lost(exc)
@@ -257,13 +469,34 @@ class PgsqlConsumer(Consumer):
                 self._hand_back_leftovers(conn)
             return rows
 
+    def _bound(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` with what every statement of ours may use."""
+        return {
+            **params,
+            "owner": self._owner,
+            "keeper": self._keeper,
+            "owners": list(self._owners),
+            "acks": list(self._acks),
+            "results": list(self._results),
+            "started": list(self._started),
+            "track": self._tracked(),
+            "ttl": self.transport.status_ttl,
+        }
+
+    def _tracked(self) -> bool:
+        """Whether this consumer's statements write statuses."""
+        return self.tracking and self.transport.own_state
+
     def _hand_back_leftovers(self, conn: psycopg.Connection[Any]) -> None:
         """Finish the close of owned consumers that could not reach the server."""
         leftovers = self._host.leftovers
         while leftovers:
             owners, held, acks = leftovers[0]
             params = _settle_params(held, "queued")
-            params.update(owners=owners, acks=acks)
+            # Their results were lost with that consumer: succeeded, without them.
+            params.update(owners=owners, acks=acks, results=[None] * len(acks))
+            params.update(started=[None] * len(acks))
+            params.update(track=self._tracked(), ttl=self.transport.status_ttl)
             try:
                 conn.execute(self._sql.settle, params).fetchall()
             except psycopg.Error as exc:
@@ -274,8 +507,14 @@ class PgsqlConsumer(Consumer):
     def _wait(self, seconds: float) -> None:
         """Block until a notification on our channel (or one already received) or timeout."""
         try:
-            for _ in self._connect().notifies(timeout=seconds, stop_after=1):
-                pass
+            self._finish_starts()
+            conn = self._connect()
+            if not self._woken:
+                ready, _, _ = select.select([conn.fileno()], [], [], seconds)
+                if ready:
+                    conn.pgconn.consume_input()
+                    self._absorb(conn, block=False)
+            self._woken = False
         except (psycopg.OperationalError, TransportUnavailable) as exc:
             self._lost(exc)
 
@@ -294,6 +533,8 @@ class PgsqlConsumer(Consumer):
             while not locked:  # our old number is still held by a lingering session
                 number, locked = self._enlist(conn, None)
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+            conn.add_notify_handler(self._heard)
+            conn.execute(self._sql.start_running)
             orphaned = [number] if number == held_before else []
             if self.keeper_owner is not None:
                 # Our rows outlive our sessions: every number we held may have some.
@@ -358,6 +599,9 @@ class PgsqlConsumer(Consumer):
         self._pause = min(self._pause * 2, 1.0)
 
     def _drop_connection(self) -> None:
+        self._restore(self._pending)  # unanswered: sent again
+        self._pending.clear()
+        self._start_failed = False
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(psycopg.Error):  # a broken one has nothing to report
@@ -371,4 +615,21 @@ def _settle_params(
     error: str | None = None,
     delay: float | None = None,
 ) -> dict[str, Any]:
-    return {"ids": ids, "state": state, "attempt": attempt, "error": error, "delay": delay}
+    return {
+        "ids": ids,
+        "state": state,
+        "attempt": attempt,
+        "error": error,
+        "delay": delay,
+        "started_at": None,
+    }
+
+
+def _int_array(numbers: list[int]) -> bytes:
+    """A PostgreSQL array literal of integers, as libpq's text parameters take it."""
+    return ("{" + ",".join(str(int(n)) for n in numbers) + "}").encode()
+
+
+def _float_array(numbers: list[float | None]) -> bytes:
+    """A PostgreSQL array literal of floats (NULL for None), for libpq's text parameters."""
+    return ("{" + ",".join("NULL" if n is None else repr(float(n)) for n in numbers) + "}").encode()

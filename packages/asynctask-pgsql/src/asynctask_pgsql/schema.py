@@ -40,12 +40,21 @@ def check_schema_name(text: str) -> str:
 def sql(template: str, schema: str) -> LiteralString:
     """``template`` with ``{s}`` replaced by the (checked, plain) schema name."""
     # mypy reads LiteralString as str; the schema name is checked, so this text is safe SQL.
-    return template.replace("{s}", check_schema_name(schema))
+    # ``{c}``: the status channel (letters, digits, ``_``, ``:`` or an md5: a safe literal).
+    checked = check_schema_name(schema)
+    return template.replace("{s}", checked).replace("{c}", status_channel(checked))
 
 
 def channel(schema: str, queue: str) -> str:
     """The LISTEN/NOTIFY channel of a queue; the same as SQL ``{s}.asynctask_channel()``."""
     name = f"{schema}.{queue}"
+    return name if len(name.encode()) <= 63 else hashlib.md5(name.encode()).hexdigest()
+
+
+def status_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel of final task states (payload: the task id, 32 hex
+    digits). A ``:`` never appears in a queue's channel, so the two never meet."""
+    name = f"{schema}:status"
     return name if len(name.encode()) <= 63 else hashlib.md5(name.encode()).hexdigest()
 
 
@@ -148,16 +157,46 @@ CREATE TRIGGER asynctask_notify AFTER INSERT ON {s}.asynctask_queue
     FOR EACH STATEMENT
     WHEN (current_setting('asynctask.notify', true) IS DISTINCT FROM 'off')
     EXECUTE FUNCTION {s}.asynctask_notify();
+-- task status (asynctask.status, issue 16): all added in place, older code ignores them
+ALTER TABLE {s}.asynctask_queue ADD COLUMN IF NOT EXISTS priority SMALLINT NOT NULL DEFAULT 0;
+ALTER TABLE {s}.asynctask_queue ADD COLUMN IF NOT EXISTS date_expires TIMESTAMPTZ;
+CREATE INDEX IF NOT EXISTS asynctask_queue_urgent
+    ON {s}.asynctask_queue (queue_name, priority DESC, date_available, id)
+    WHERE state = 'queued' AND priority > 0;
+CREATE TABLE IF NOT EXISTS {s}.asynctask_status (
+    task_id UUID PRIMARY KEY,
+    queue_name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    date_submitted TIMESTAMPTZ NOT NULL DEFAULT now(),
+    date_started TIMESTAMPTZ,
+    date_finished TIMESTAMPTZ,
+    date_expires TIMESTAMPTZ,
+    date_forget TIMESTAMPTZ,
+    error TEXT,
+    result TEXT,
+    unique_key TEXT,
+    watched BOOLEAN NOT NULL DEFAULT false
+) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.01,
+        autovacuum_analyze_scale_factor = 0.02);
+ALTER TABLE {s}.asynctask_status ADD COLUMN IF NOT EXISTS watched BOOLEAN NOT NULL DEFAULT false;
+CREATE UNIQUE INDEX IF NOT EXISTS asynctask_status_unique
+    ON {s}.asynctask_status (queue_name, unique_key) WHERE unique_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {s}.asynctask_untracked (queue_name TEXT PRIMARY KEY);
+CREATE INDEX IF NOT EXISTS asynctask_status_forget
+    ON {s}.asynctask_status (date_forget) WHERE date_forget IS NOT NULL;
 COMMENT ON SCHEMA {s} IS 'version: 2';
 """
 
 # Objects added to ``_ENSURE_V2`` after version 2 shipped: the owner table and the
-# ``keeper`` column (asynctask.liveness), the unique task-id index ``_NEWEST``
-# (idempotent submit) and the ``headers`` column (signed tasks). All additive, so a
+# ``keeper`` column (asynctask.liveness), the unique task-id index (idempotent submit),
+# the ``headers`` column (signed tasks), and the task status (``priority``,
+# ``date_expires``, the tables ``asynctask_status`` and ``asynctask_untracked``, whose
+# last index is ``_NEWEST``). All additive, so a
 # version-2 schema lacking any of them is completed in place rather than called a new
 # version (older processes keep working).
 #: the newest index ``_ENSURE_V2`` adds: its absence means the schema needs ``_ENSURE_V2``
-_NEWEST = "asynctask_queue_task_id"
+_NEWEST = "asynctask_status_forget"
 
 _READ_VERSION = """
 SELECT obj_description(n.oid, 'pg_namespace'), to_regclass(%(table)s)::text,
@@ -168,6 +207,8 @@ SELECT obj_description(n.oid, 'pg_namespace'), to_regclass(%(table)s)::text,
         WHERE attrelid = to_regclass(%(table)s) AND attname = 'keeper' AND NOT attisdropped)
        AND EXISTS (SELECT 1 FROM pg_attribute
         WHERE attrelid = to_regclass(%(table)s) AND attname = 'headers' AND NOT attisdropped)
+       AND EXISTS (SELECT 1 FROM pg_attribute
+        WHERE attrelid = to_regclass(%(status)s) AND attname = 'watched' AND NOT attisdropped)
 FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %(schema)s
 """
 
@@ -182,6 +223,7 @@ def _read(conn: psycopg.Connection[Any], schema: str) -> tuple[int | None, bool,
         "table": f"{schema}.asynctask_queue",
         "owners": f"{schema}.asynctask_owner",
         "newest": f"{schema}.{_NEWEST}",
+        "status": f"{schema}.asynctask_status",
         "schema": schema,
     }
     row = conn.execute(_READ_VERSION, names).fetchone()

@@ -2,8 +2,17 @@
 
 Rows are ``state = 'queued'`` (ready once ``date_available`` has passed), ``'reserved'``
 (``owner`` is the consumer holding it) or ``'failed'`` (the failed store). A row is taken
-in ``(date_available, id)`` order through the partial index ``asynctask_queue_ready``, so
-taking one costs the same at 10 or 1,000,000 waiting rows.
+in ``(priority DESC, date_available, id)`` order: first the urgent ones (``priority > 0``,
+partial index ``asynctask_queue_urgent``, empty and free when nobody uses priorities),
+then the others through the partial index ``asynctask_queue_ready``, so taking one costs
+the same at 10 or 1,000,000 waiting rows.
+
+Task statuses (``asynctask.status``) live in ``asynctask_status``, one row per task,
+written by the same statements as the queue rows (``%(track)s`` false: a consumer of a
+worker with ``track_status = False``, or a transport whose ``asynctask_state`` names
+another store). A final status gets ``date_forget`` (now + ``%(ttl)s``; none for
+``failed``, which lives as long as its failed record), ``unique_key`` NULL (the key is
+free again) and a NOTIFY on the status channel ``{c}`` with the task id.
 """
 
 from __future__ import annotations
@@ -15,9 +24,69 @@ from asynctask_pgsql.schema import sql
 
 # A consumer's acknowledgements ride along with its next statement ("done"). A row has an
 # owner exactly while it is reserved; leaving ``state`` out keeps the plan on the primary key.
+# With tracking, each becomes ``succeeded`` with its result (``%(results)s``, beside
+# ``%(acks)s``), never over a final state (a task cancelled while it ran stays cancelled);
+# without, only a unique key it holds is freed (a write for keyed tasks alone).
+# ``%(started)s``: when each started, for a prefetched task that ended before its
+# consumer wrote ``running`` (see ``START_RUNNING``), else NULL.
 _DONE = """done AS (
     DELETE FROM {s}.asynctask_queue
     WHERE id = ANY(%(acks)s::bigint[]) AND owner = ANY(%(owners)s::int[])
+    RETURNING id, task_id, attempts
+), succeeded AS (
+    UPDATE {s}.asynctask_status AS s
+    SET state = 'succeeded', result = r.result, date_finished = now(),
+        date_forget = now() + make_interval(secs => %(ttl)s::float8), unique_key = NULL,
+        date_started = coalesce(s.date_started, to_timestamp(r.started)),
+        attempts = greatest(s.attempts, greatest(done.attempts, 0) + 1)
+    FROM done JOIN unnest(%(acks)s::bigint[], %(results)s::text[], %(started)s::float8[])
+        AS r(id, result, started) ON r.id = done.id
+    WHERE %(track)s AND s.task_id = done.task_id AND s.date_finished IS NULL
+    RETURNING CASE WHEN s.watched THEN pg_notify('{c}', replace(s.task_id::text, '-', '')) END
+), freed AS (
+    UPDATE {s}.asynctask_status AS s SET unique_key = NULL FROM done
+    WHERE NOT %(track)s AND s.task_id = done.task_id AND s.unique_key IS NOT NULL
+)"""
+
+_LAPSED = "coalesce(date_expires <= now(), false)"
+
+# A final status (the columns after SET), for ``%(ttl)s`` seconds.
+_FINAL = """date_finished = now(), date_forget = now() + make_interval(secs => %(ttl)s::float8),
+        unique_key = NULL"""
+
+# Only a task somebody waits for (``watched``, set by ``wait``) is announced: a NOTIFY
+# wakes every listening session of the database, so one per finished task would cost
+# every worker on the server.
+_TOLD = "CASE WHEN s.watched THEN pg_notify('{c}', replace(s.task_id::text, '-', '')) END"
+
+# The head of a queue, up to ``%(limit)s`` rows, urgent ones first (see the docstring).
+_HEAD = """urgent AS (
+    SELECT id, priority, date_available, {bad} AS bad, {lapsed} AS lapsed
+    FROM {{s}}.asynctask_queue
+    WHERE queue_name = %(queue)s AND state = 'queued' AND priority > 0
+      AND date_available <= now()
+    ORDER BY priority DESC, date_available, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), plain AS (
+    SELECT id, priority, date_available, {bad} AS bad, {lapsed} AS lapsed
+    FROM {{s}}.asynctask_queue
+    WHERE queue_name = %(queue)s AND state = 'queued' AND date_available <= now()
+      AND priority <= 0
+    ORDER BY date_available, id
+    LIMIT greatest(%(limit)s - (SELECT count(*) FROM urgent), 0)
+    FOR UPDATE SKIP LOCKED
+), head AS (
+    SELECT * FROM urgent UNION ALL SELECT * FROM plain
+), lapsed AS (
+    DELETE FROM {{s}}.asynctask_queue AS t USING head
+    WHERE t.id = head.id AND head.lapsed AND NOT head.bad
+    RETURNING t.task_id
+), expired AS (
+    UPDATE {{s}}.asynctask_status AS s
+    SET state = 'expired', {final}
+    FROM lapsed WHERE s.task_id = lapsed.task_id AND s.date_finished IS NULL
+    RETURNING {told}
 )"""
 
 _NOTIFY = """SELECT pg_notify({s}.asynctask_channel(queue_name), '')
@@ -35,16 +104,49 @@ _NOTIFY_PUT = """
 SELECT pg_notify({s}.asynctask_channel(%(queue)s), '') FROM (SELECT 1 FROM put LIMIT 1) AS one
 """
 
+# The status row of new tasks. On a queue whose workers keep no status (a row in
+# asynctask_untracked) it is forgotten after the TTL like a final one: until then
+# ``status`` names the setting (StatusNotTracked), and the history does not grow.
+_STATUS_PUT = """INSERT INTO {s}.asynctask_status
+    (task_id, queue_name, state, date_expires, unique_key, date_forget)
+SELECT t.id, %(queue)s, CASE WHEN %(delay)s::float8 > 0 THEN 'delayed' ELSE 'queued' END,
+       now() + make_interval(secs => %(expires)s::float8), %(unique_key)s::text,
+       (SELECT now() + make_interval(secs => %(ttl)s::float8)
+        FROM {s}.asynctask_untracked WHERE queue_name = %(queue)s)
+FROM unnest(%(ids)s::uuid[]) AS t(id)
+WHERE %(track)s
+ON CONFLICT DO NOTHING
+RETURNING task_id"""
+
+# One task. With a unique key, the task row is written only if its status row was: the
+# partial unique index asynctask_status_unique (queue_name, unique_key) takes the key
+# atomically (ON CONFLICT waits for a concurrent holder's commit). The answer: whether
+# ours was written, the holder's id, and whether this id is known (a retried submit).
+# A holder that committed after this statement's snapshot reads as none: the caller runs
+# the statement again.
 PUT_ONE = (
-    """WITH put AS (
+    """WITH st AS (
+"""
+    + _STATUS_PUT
+    + """
+), put AS (
 INSERT INTO {s}.asynctask_queue
-    (task_id, queue_name, payload, payload_text, date_available, headers)
-VALUES (%(id)s::uuid, %(queue)s, coalesce(%(payload)s::jsonb, '{}'), %(text)s,
-        now() + make_interval(secs => %(delay)s), %(headers)s::jsonb)
+    (task_id, queue_name, payload, payload_text, date_available, headers, priority,
+     date_expires)
+SELECT %(id)s::uuid, %(queue)s, coalesce(%(payload)s::jsonb, '{}'), %(text)s,
+       now() + make_interval(secs => %(delay)s), %(headers)s::jsonb, %(priority)s,
+       now() + make_interval(secs => %(expires)s::float8)
+WHERE %(unique_key)s::text IS NULL OR EXISTS (SELECT 1 FROM st)
 ON CONFLICT (task_id) DO NOTHING
 RETURNING 1
-)"""
-    + _NOTIFY_PUT
+)
+SELECT (SELECT count(*) FROM st),
+    (SELECT replace(h.task_id::text, '-', '') FROM {s}.asynctask_status AS h
+     WHERE %(unique_key)s::text IS NOT NULL AND h.queue_name = %(queue)s
+       AND h.unique_key = %(unique_key)s::text),
+    EXISTS (SELECT 1 FROM {s}.asynctask_status WHERE task_id = %(id)s::uuid),
+    (SELECT count(pg_notify({s}.asynctask_channel(%(queue)s), '')) FROM put)
+"""
 )
 
 # A task id is unique in the table (index asynctask_queue_task_id): a submit retried after
@@ -53,11 +155,17 @@ RETURNING 1
 # The arrays travel in binary (%b): text arrays would be escaped element by element in
 # Python, which cost more than the server's work (batch submit 1.5x faster).
 PUT = (
-    """WITH put AS (
+    """WITH st AS (
+"""
+    + _STATUS_PUT.replace("%(ids)s", "%(ids)b")
+    + """
+), put AS (
 INSERT INTO {s}.asynctask_queue
-    (task_id, queue_name, payload, payload_text, date_available, headers)
+    (task_id, queue_name, payload, payload_text, date_available, headers, priority,
+     date_expires)
 SELECT t.id, %(queue)s, coalesce(t.payload::jsonb, '{}'), t.text,
-       (SELECT now() + make_interval(secs => %(delay)s)), t.headers::jsonb
+       (SELECT now() + make_interval(secs => %(delay)s)), t.headers::jsonb, %(priority)s,
+       (SELECT now() + make_interval(secs => %(expires)s::float8))
 FROM unnest(%(ids)b::uuid[], %(payloads)b::text[], %(texts)b::text[], %(headers)b::text[])
     AS t(id, payload, text, headers)
 ON CONFLICT (task_id) DO NOTHING
@@ -66,27 +174,105 @@ RETURNING 1
     + _NOTIFY_PUT
 )
 
+_HEAD_ROWS = _HEAD.format(bad=_BAD, lapsed=_LAPSED, final=_FINAL, told=_TOLD)
+
+# Takes the head. Rows past their ``date_expires`` are deleted as ``expired`` and come
+# back as ``bad`` rows (the consumer looks again). A reserved task is not ``running``
+# yet: ``START`` marks it when the worker starts it.
 RESERVE = f"""
-WITH {_DONE}, head AS (
-    SELECT id, {_BAD} AS bad FROM {{s}}.asynctask_queue
-    WHERE queue_name = %(queue)s AND state = 'queued' AND date_available <= now()
-    ORDER BY date_available, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), taken AS (
+WITH {_DONE}, {_HEAD_ROWS}, taken AS (
     UPDATE {{s}}.asynctask_queue AS t
     SET state = CASE WHEN head.bad THEN 'failed' ELSE 'reserved' END,
         owner = CASE WHEN head.bad THEN NULL ELSE %(owner)s END,
         keeper = CASE WHEN head.bad THEN NULL ELSE %(keeper)s::int END,
         error = CASE WHEN head.bad THEN {_UNDECODABLE} ELSE t.error END,
         date_failed = CASE WHEN head.bad THEN now() END
-    FROM head WHERE t.id = head.id
+    FROM head WHERE t.id = head.id AND (head.bad OR NOT head.lapsed)
     RETURNING head.bad, t.id, t.task_id, CASE WHEN head.bad THEN NULL ELSE t.payload END AS p,
         t.payload_text, t.attempts, extract(epoch FROM t.date_submitted)::float8 AS submitted,
-        t.date_available, t.headers
+        t.date_available, t.headers, t.priority,
+        extract(epoch FROM t.date_expires)::float8 AS expires
 )
-SELECT bad, id, task_id, p, payload_text, attempts, submitted, headers FROM taken
-ORDER BY date_available, id
+SELECT bad, id, task_id, p, payload_text, attempts, submitted, headers, expires FROM (
+    SELECT bad, id, task_id, p, payload_text, attempts, submitted, headers, expires,
+        priority, date_available
+    FROM taken
+    UNION ALL
+    SELECT true, NULL, task_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM lapsed
+) AS rows
+ORDER BY priority DESC NULLS LAST, date_available, id
+"""
+
+# A prefetched task is about to run: ``running``, unless its status is ``cancelled`` or
+# its ``date_expires`` has passed (then its row is deleted here, and it never runs).
+# Sends the pending acknowledgements too. Committed asynchronously (synchronous_commit
+# off for this transaction only): a server crash may lose the last fraction of a second
+# of these, which then read as the task not started yet, and a lost acknowledgement
+# makes its task run again, as after a killed worker (at least once). One fsync per
+# started task would cost most of a prefetching drain.
+START = f"""
+WITH quick AS (
+    SELECT set_config('synchronous_commit', 'off', true) AS done
+), {_DONE}, row AS (
+    SELECT id, task_id, attempts, {_LAPSED} AS lapsed FROM {{s}}.asynctask_queue
+    WHERE id = %(id)s AND owner = ANY(%(owners)s::int[])
+), was AS (
+    SELECT s.state FROM {{s}}.asynctask_status AS s, row WHERE s.task_id = row.task_id
+), started AS (
+    UPDATE {{s}}.asynctask_status AS s
+    SET state = 'running', attempts = greatest(row.attempts, 0) + 1, date_started = now()
+    FROM row WHERE s.task_id = row.task_id AND NOT row.lapsed AND s.date_finished IS NULL
+), expired AS (
+    UPDATE {{s}}.asynctask_status AS s
+    SET state = 'expired', {_FINAL}
+    FROM row WHERE s.task_id = row.task_id AND row.lapsed AND s.date_finished IS NULL
+    RETURNING {_TOLD}
+), gone AS (
+    DELETE FROM {{s}}.asynctask_queue AS t USING row
+    WHERE t.id = row.id AND (row.lapsed OR (SELECT state FROM was) = 'cancelled')
+)
+SELECT (SELECT count(done) FROM quick), row.lapsed, (SELECT state FROM was) FROM row
+"""
+
+# A consumer with ``prefetch`` above 1 starts a task it took ahead without waiting:
+# ``running`` is written by this, sent in libpq's pipeline mode (answers read before
+# the consumer's next statement) once the task has run ``SYNC_WITHIN`` (50 ms): a task
+# that ends sooner is written ``succeeded`` (or ``retrying``/``failed``) directly, with
+# its start time, by its acknowledgement. So a drain of short prefetched tasks costs no
+# statement per start, and a longer task reads ``running`` within 50 ms of its start.
+# Only when the consumer knows the task may run: not expired (``date_expires`` came
+# with the reserve) and no cancel announced on the queue's channel (``cancel <id>``,
+# see ``state_sql.CANCEL``); else it sends ``START`` and waits.
+# A cancel that lands in between is not overwritten (``date_finished IS NULL``): the task
+# then runs as one cancelled while it runs (its supervisor stops it). The rest as
+# ``START``: ``running``, the pending acknowledgements, async commit. Parameters: task
+# id, attempt, owners, acknowledged row ids, their results as a JSON array, ttl, their
+# start times, the task's start time.
+START_RUNNING = f"""
+PREPARE asynctask_start (uuid, int, int[], bigint[], text, float8, float8[], float8) AS
+WITH quick AS (
+    SELECT set_config('synchronous_commit', 'off', true) AS done
+), done AS (
+    DELETE FROM {{s}}.asynctask_queue WHERE id = ANY($4) AND owner = ANY($3)
+    RETURNING id, task_id, attempts
+), results AS (
+    SELECT a.id, r.result, a.started
+    FROM unnest($4, $7) WITH ORDINALITY AS a(id, started, n)
+    JOIN jsonb_array_elements_text($5::jsonb) WITH ORDINALITY AS r(result, n) USING (n)
+), succeeded AS (
+    UPDATE {{s}}.asynctask_status AS s
+    SET state = 'succeeded', result = results.result, date_finished = now(),
+        date_forget = now() + make_interval(secs => $6), unique_key = NULL,
+        date_started = coalesce(s.date_started, to_timestamp(results.started)),
+        attempts = greatest(s.attempts, greatest(done.attempts, 0) + 1)
+    FROM done JOIN results ON results.id = done.id
+    WHERE s.task_id = done.task_id AND s.date_finished IS NULL
+    RETURNING {_TOLD}
+)
+UPDATE {{s}}.asynctask_status AS s
+SET state = 'running', attempts = $2, date_started = to_timestamp($8)
+WHERE s.task_id = $1 AND s.date_finished IS NULL
+  AND EXISTS (SELECT 1 FROM quick WHERE done IS NOT NULL)
 """
 
 NEXT_DUE = """
@@ -94,23 +280,56 @@ SELECT extract(epoch FROM min(date_available) - now())::float8 FROM {s}.asynctas
 WHERE queue_name = %s AND state = 'queued'
 """
 
+# Retry (``queued`` with ``%(attempt)s`` 1), fail, or hand back (``queued``, attempt 0).
+# Statuses: ``retrying`` with the error, ``failed`` (final, kept with its failed record),
+# or back to ``queued`` for a started task handed back. A retried or failed task whose
+# status is ``cancelled`` (cancelled while it ran) is deleted instead: never run again,
+# not in the failed store. ``date_expires`` applies until a task first starts: a retry
+# clears it.
 SETTLE = f"""
-WITH {_DONE}, moved AS (
+WITH {_DONE}, cancelled AS (
+    DELETE FROM {{s}}.asynctask_queue AS t USING {{s}}.asynctask_status AS s
+    WHERE %(track)s AND %(attempt)s > 0 AND t.id = ANY(%(ids)s::bigint[])
+      AND t.owner = ANY(%(owners)s::int[]) AND s.task_id = t.task_id
+      AND s.state = 'cancelled'
+    RETURNING t.id
+), moved AS (
     UPDATE {{s}}.asynctask_queue
     SET state = %(state)s, owner = NULL, keeper = NULL,
         attempts = greatest(attempts, 0) + %(attempt)s,
         error = coalesce(%(error)s, error),
         date_available = CASE WHEN %(delay)s::float8 IS NULL THEN date_available
                               ELSE now() + make_interval(secs => %(delay)s) END,
-        date_failed = CASE WHEN %(state)s = 'failed' THEN now() END
+        date_failed = CASE WHEN %(state)s = 'failed' THEN now() END,
+        date_expires = CASE WHEN %(attempt)s > 0 THEN NULL ELSE date_expires END
     WHERE id = ANY(%(ids)s::bigint[]) AND owner = ANY(%(owners)s::int[])
-    RETURNING queue_name
+      AND id NOT IN (SELECT id FROM cancelled)
+    RETURNING queue_name, task_id, attempts
+), marked AS (
+    UPDATE {{s}}.asynctask_status AS s
+    SET state = CASE WHEN %(state)s = 'failed' THEN 'failed'
+                     WHEN %(attempt)s > 0 THEN 'retrying' ELSE 'queued' END,
+        error = coalesce(%(error)s, s.error),
+        date_finished = CASE WHEN %(state)s = 'failed' THEN now() END,
+        unique_key = CASE WHEN %(state)s = 'failed' THEN NULL ELSE s.unique_key END,
+        date_started = coalesce(to_timestamp(%(started_at)s::float8), s.date_started),
+        attempts = CASE WHEN %(attempt)s > 0 THEN greatest(s.attempts, moved.attempts)
+                        ELSE s.attempts END
+    FROM moved WHERE %(track)s AND s.task_id = moved.task_id AND s.date_finished IS NULL
+        AND (%(attempt)s > 0 OR %(state)s = 'failed' OR s.state = 'running')
+    RETURNING CASE WHEN %(state)s = 'failed' THEN {_TOLD} END
+), untracked_failed AS (
+    UPDATE {{s}}.asynctask_status AS s SET unique_key = NULL FROM moved
+    WHERE NOT %(track)s AND %(state)s = 'failed' AND s.task_id = moved.task_id
+      AND s.unique_key IS NOT NULL
 )
 {_NOTIFY}
 """
 
 # A consumer's sweep of its own queue, one sweeper at a time per queue (the others' gate
-# lock fails: they skip). It reads only this queue's reserved rows (index
+# lock fails: they skip). The sweeper also forgets up to ``%(forget_limit)s`` final
+# statuses past their ``date_forget`` (index asynctask_status_forget: the oldest first,
+# never a scan of the history). It reads only this queue's reserved rows (index
 # asynctask_queue_reserved), never pg_locks. A dead row goes back, one attempt more:
 # - a row whose liveness a supervisor keeps (``keeper``: the id of its owner's
 #   asynctask_owner row, see asynctask.liveness) is dead once that row has not been
@@ -146,9 +365,20 @@ WITH gate AS (
     FOR UPDATE OF t SKIP LOCKED
 ), moved AS (
     UPDATE {{s}}.asynctask_queue AS t
-    SET state = 'queued', owner = NULL, keeper = NULL, attempts = greatest(t.attempts, 0) + 1
+    SET state = 'queued', owner = NULL, keeper = NULL, attempts = greatest(t.attempts, 0) + 1,
+        date_expires = NULL
     FROM taken WHERE t.id = taken.id
-    RETURNING t.queue_name
+    RETURNING t.queue_name, t.task_id
+), requeued AS (
+    UPDATE {{s}}.asynctask_status AS s SET state = 'queued'
+    FROM moved WHERE s.task_id = moved.task_id AND s.state = 'running'
+), old AS (
+    SELECT task_id FROM {{s}}.asynctask_status, gate
+    WHERE gate.open AND date_forget < now()
+    ORDER BY date_forget LIMIT %(forget_limit)s
+    FOR UPDATE SKIP LOCKED
+), forgotten AS (
+    DELETE FROM {{s}}.asynctask_status AS s USING old WHERE s.task_id = old.task_id
 )
 {_NOTIFY}
 """
@@ -203,22 +433,24 @@ WITH gone AS (
             + CASE WHEN %(all)s OR t.task_id = ANY(%(started)s::uuid[]) THEN 1 ELSE 0 END
     FROM gone WHERE t.keeper = gone.id AND t.state = 'reserved'
         AND NOT (t.task_id = ANY(%(finished)s::uuid[]))
-    RETURNING t.queue_name
+    RETURNING t.queue_name, t.task_id
+), requeued AS (
+    UPDATE {s}.asynctask_status AS s SET state = 'queued'
+    FROM moved WHERE s.task_id = moved.task_id AND s.state = 'running'
 )
 SELECT (SELECT count(*) FROM moved),
        (SELECT count(pg_notify({s}.asynctask_channel(m.queue_name), ''))
         FROM (SELECT DISTINCT queue_name FROM moved) AS m)
 """
 
+# ``get_task``: the head, deleted; the caller has it now, so its status is forgotten.
 TAKE = f"""
-WITH head AS (
-    SELECT id, {_BAD} AS bad FROM {{s}}.asynctask_queue
-    WHERE queue_name = %s AND state = 'queued' AND date_available <= now()
-    ORDER BY date_available, id LIMIT 1
-    FOR UPDATE SKIP LOCKED
-), gone AS (
-    DELETE FROM {{s}}.asynctask_queue AS t USING head WHERE t.id = head.id AND NOT head.bad
+WITH {_HEAD_ROWS}, gone AS (
+    DELETE FROM {{s}}.asynctask_queue AS t USING head
+    WHERE t.id = head.id AND NOT head.bad AND NOT head.lapsed
     RETURNING t.task_id, t.payload, t.payload_text, t.attempts, t.date_submitted
+), forgot AS (
+    DELETE FROM {{s}}.asynctask_status AS s USING gone WHERE s.task_id = gone.task_id
 ), bad AS (
     UPDATE {{s}}.asynctask_queue AS t
     SET state = 'failed', date_failed = now(),
@@ -228,6 +460,7 @@ WITH head AS (
 )
 SELECT false, task_id, payload, payload_text, attempts, date_submitted FROM gone
 UNION ALL SELECT true, NULL, NULL, NULL, NULL, NULL FROM bad
+UNION ALL SELECT true, NULL, NULL, NULL, NULL, NULL FROM lapsed
 """
 
 # A text message deleted by TAKE that turned out not to be a task goes to the failed store.
@@ -283,7 +516,16 @@ QUEUE_NAMES = _NAMES + "SELECT q FROM names"
 # Every queue with its counts in one round trip.
 ALL_STATS = _NAMES + "SELECT n.q," + _COUNTS.replace("%(q)s", "n.q") + "FROM names AS n"
 
-PURGE = "DELETE FROM {s}.asynctask_queue WHERE queue_name = %s AND state = 'queued'"
+# Purged tasks' statuses go with them (a purge is not an outcome: no NOTIFY).
+PURGE = """
+WITH gone AS (
+    DELETE FROM {s}.asynctask_queue WHERE queue_name = %s AND state = 'queued'
+    RETURNING task_id
+), forgot AS (
+    DELETE FROM {s}.asynctask_status AS s USING gone WHERE s.task_id = gone.task_id
+)
+SELECT count(*) FROM gone
+"""
 
 FAILED = """
 SELECT task_id, payload::text, payload_text, error, attempts,
@@ -300,16 +542,27 @@ WITH moved AS (
         date_available = now()
     WHERE queue_name = %(queue)s AND state = 'failed'
       AND (%(all)s OR task_id = ANY(%(ids)s::uuid[]))
-    RETURNING queue_name
+    RETURNING queue_name, task_id
+), back AS (
+    UPDATE {s}.asynctask_status AS s
+    SET state = 'queued', date_finished = NULL, date_forget = NULL, error = NULL
+    FROM moved WHERE s.task_id = moved.task_id
 )
 SELECT c.n FROM (SELECT count(*) AS n FROM moved) AS c
 LEFT JOIN LATERAL (
     SELECT pg_notify({s}.asynctask_channel(%(queue)s), '') WHERE c.n > 0) AS x ON true
 """
 
+# A ``failed`` status lives as long as its failed record.
 PURGE_FAILED = """
-DELETE FROM {s}.asynctask_queue WHERE queue_name = %(queue)s AND state = 'failed'
-  AND (%(all)s OR task_id = ANY(%(ids)s::uuid[]))
+WITH gone AS (
+    DELETE FROM {s}.asynctask_queue WHERE queue_name = %(queue)s AND state = 'failed'
+      AND (%(all)s OR task_id = ANY(%(ids)s::uuid[]))
+    RETURNING task_id
+), forgot AS (
+    DELETE FROM {s}.asynctask_status AS s USING gone WHERE s.task_id = gone.task_id
+)
+SELECT count(*) FROM gone
 """
 
 CLAIM = """
@@ -330,13 +583,26 @@ WHERE queue_name = %s AND state = 'queued' AND date_available <= now()
 ORDER BY date_available, id LIMIT 1
 """
 
-# The first ready rows in the order workers take them, read only (no lock, no change).
+# The first ready rows in the order workers take them (urgent first, from their own
+# index, then the others), read only (no lock, no change).
 PEEK = """
-SELECT task_id, payload::text, payload_text, attempts,
-       extract(epoch FROM date_submitted)::float8
-FROM {s}.asynctask_queue
-WHERE queue_name = %s AND state = 'queued' AND date_available <= now()
-ORDER BY date_available, id LIMIT %s
+SELECT task_id, payload, payload_text, attempts, submitted FROM (
+    (SELECT task_id, payload::text AS payload, payload_text, attempts,
+            extract(epoch FROM date_submitted)::float8 AS submitted,
+            priority, date_available, id
+     FROM {s}.asynctask_queue
+     WHERE queue_name = %(queue)s AND state = 'queued' AND priority > 0
+       AND date_available <= now()
+     ORDER BY priority DESC, date_available, id LIMIT %(limit)s)
+    UNION ALL
+    (SELECT task_id, payload::text, payload_text, attempts,
+            extract(epoch FROM date_submitted)::float8, priority, date_available, id
+     FROM {s}.asynctask_queue
+     WHERE queue_name = %(queue)s AND state = 'queued' AND priority <= 0
+       AND date_available <= now()
+     ORDER BY date_available, id LIMIT %(limit)s)
+) AS head
+ORDER BY priority DESC, date_available, id LIMIT %(limit)s
 """
 
 
@@ -347,6 +613,8 @@ class Statements:
     put: LiteralString
     put_one: LiteralString
     reserve: LiteralString
+    start: LiteralString
+    start_running: LiteralString
     next_due: LiteralString
     settle: LiteralString
     sweep: LiteralString

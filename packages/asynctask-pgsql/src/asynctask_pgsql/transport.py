@@ -8,6 +8,9 @@ Features
     advisory lock), apart from how long its task runs: a killed worker's tasks come back
     within ``recovery_seconds``, a slow task of a live worker never runs twice.
     ``submit_task(..., connection=conn)`` writes inside the caller's own transaction.
+    Task status (``asynctask.status``): kept in ``<schema>.asynctask_status``, written by
+    the same statements as the tasks; ``wait`` on LISTEN/NOTIFY; ``priority``,
+    ``expires`` and ``unique_key`` (a unique index) honoured by every statement.
 URI
     ``pgsql:dbname``, ``pgsql://host/dbname``, ``pgsql://user:password@host:port/dbname``,
     and libpq's own ``postgresql://...`` / ``postgres://...`` (multi-host lists too).
@@ -21,6 +24,7 @@ Options
 Storage
     One table, ``<schema>.asynctask_queue`` (the original's name), migrated in place from
     the original's layout; the failed store is its rows with ``state = 'failed'``.
+    Statuses in ``<schema>.asynctask_status`` (see ``asynctask_pgsql.state``).
     ``INSERT INTO asynctask.asynctask_queue (queue_name, payload) VALUES ('q', '{"a": 1}')``
     submits a task: every other column has a default, and a trigger sends the NOTIFY. See
     the package README for every column.
@@ -60,6 +64,12 @@ from asynctask_pgsql.consumer import PgsqlConsumer
 from asynctask_pgsql.decoding import load_json_as_text
 from asynctask_pgsql.keeper import PgsqlLiveness
 from asynctask_pgsql.schema import check_schema_name, migrate
+from asynctask_pgsql.state import (
+    UNIQUE_TRIES,
+    PgsqlStateStore,
+    held_by,
+    unique_key_busy,
+)
 from asynctask_pgsql.statements import Statements
 
 logger = logging.getLogger("asynctask.pgsql")
@@ -117,6 +127,7 @@ class PgsqlTransport(Transport):
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._pid = os.getpid()
         self._ready_lock = threading.Lock()
+        self._store: PgsqlStateStore | None = None
 
     def accepts_driver_option(self, name: str) -> bool:
         """Every libpq keyword is passed through to libpq."""
@@ -277,34 +288,54 @@ class PgsqlTransport(Transport):
         delay: float,
         options: SubmitOptions,
     ) -> Sequence[str] | None:
-        options.refuse_until_supported(self)
         # jsonb cannot hold a NUL character (\u0000): such a payload travels as text.
         texts = [text if "\\u0000" in text else None for _, text in tasks]
         payloads = [None if "\\u0000" in text else text for _, text in tasks]
-        params: dict[str, Any] = {"queue": queue, "delay": delay}
+        params: dict[str, Any] = {
+            "queue": queue,
+            "delay": delay,
+            "priority": options.priority,
+            "expires": options.expires,
+            "unique_key": options.unique_key,
+            # Statuses are ours unless asynctask_state names another store (which the
+            # base class has written to already).
+            "track": self.own_state,
+            "ttl": self.status_ttl,
+        }
         headers = [
             _json_or_none(self.task_headers(queue, task_id, text)) for task_id, text in tasks
         ]
-        if len(tasks) == 1:
-            query = self.sql.put_one
-            params.update(id=tasks[0][0], payload=payloads[0], text=texts[0], headers=headers[0])
-        else:
-            query = self.sql.put
-            ids = [task_id for task_id, _ in tasks]
+        ids = [task_id for task_id, _ in tasks]
+        if len(tasks) > 1:
             params.update(ids=ids, payloads=payloads, texts=texts, headers=headers)
+            self._put_statement(self.sql.put, params)
+            return None
+        params.update(
+            id=ids[0], ids=[uuid.UUID(ids[0])], payload=payloads[0], text=texts[0],
+            headers=headers[0],
+        )  # fmt: skip
+        for _ in range(UNIQUE_TRIES):
+            [(written, holder, known, _)] = self._put_statement(self.sql.put_one, params)
+            if options.unique_key is None or not params["track"]:
+                return None
+            answer = held_by(written, holder, known, ids)
+            if answer is not None:
+                return None if answer == ids else answer
+        raise unique_key_busy(options.unique_key, queue)
+
+    def _put_statement(self, query: LiteralString, params: Any) -> list[tuple[Any, ...]]:
+        """Run a put on the pool, or in the caller's transaction (``connection=``)."""
         caller = _caller_connection.get()
         if caller is None:
-            self._query(query, params)
-            return None
+            return self._query(query, params)
         try:
-            caller.execute(query, params)
+            return caller.execute(query, params).fetchall()
         except psycopg.Error as exc:
             # Not TransportUnavailable: the caller's transaction is broken, a retry is theirs.
             raise TransportError(
                 f"{self.server.describe()}: submit in the caller's transaction failed: "
                 f"{self.server.scrub(str(exc).strip())}"
             ) from exc
-        return None
 
     def _take(self, queue: str) -> Payload | None:
         if not self._stored():
@@ -321,7 +352,8 @@ class PgsqlTransport(Transport):
 
     def _take_in(self, conn: psycopg.Connection[Any], queue: str) -> Payload | None:
         while True:
-            rows = conn.execute(self.sql.take, (queue,)).fetchall()
+            params = {"queue": queue, "limit": 1, "ttl": self.status_ttl}
+            rows = conn.execute(self.sql.take, params).fetchall()
             if not rows:
                 return None
             bad, task_id, payload, text, attempts, submitted = rows[0]
@@ -348,7 +380,7 @@ class PgsqlTransport(Transport):
     def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
         if not self._stored():
             return []
-        rows = self._query(self.sql.peek, (queue, limit))
+        rows = self._query(self.sql.peek, {"queue": queue, "limit": limit})
         return [self._waiting(queue, *row) for row in rows]
 
     def _waiting(
@@ -402,6 +434,14 @@ class PgsqlTransport(Transport):
             return 0
         [(count,)] = self._query(self.sql.purge_failed, _id_params(queue, ids))
         return int(count)
+
+    def _state_store(self) -> PgsqlStateStore:
+        """The statuses in ``asynctask_status``; the same object every time (its
+        ``fallback_poll`` may be set)."""
+        with self._ready_lock:
+            if self._store is None:
+                self._store = PgsqlStateStore(self)
+            return self._store
 
     def _claim(self, key: str, ttl: float) -> bool:
         return bool(self._query(self.sql.claim, {"key": key, "ttl": ttl}))

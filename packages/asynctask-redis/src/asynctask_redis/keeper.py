@@ -39,6 +39,6 @@ class RedisLiveness(Liveness):
         # "*": not known, count every one, as the recovery of a dead consumer would
         begun = ["*"] if started is None else sorted(started)
         done = sorted(finished)
-        args = [len(done), *done, *begun]
+        args = [self.transport.status_ttl_ms, len(done), *done, *begun]
         moved: int = self.transport._script(scripts.END, self.queue, self.owner, *args)
         return int(moved)

@@ -6,6 +6,9 @@ Each script is one ``EVALSHA`` with no declared keys: ``ARGV[1]`` is the key pre
 not a cluster). Times are the server's clock (``TIME``), so producers and consumers on
 hosts with skewed clocks agree on when a delayed task is due.
 
+The task statuses (``asynctask.status``) are written by the same scripts, with the
+helpers of ``_STATUS``; ``asynctask_redis.statestore`` adds the generic calls.
+
 A dead consumer's task comes back through ``bump``: the attempt count of our envelope is
 raised by editing its fixed header as text, so the payload is never re-encoded by Lua's
 cjson (which would turn ``[]`` into ``{}`` and round large integers).
@@ -29,15 +32,239 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.text.encode()).hexdigest())
 
 
-_PRELUDE = r"""
+_KEYS = r"""
 local prefix, queue = ARGV[1], ARGV[2]
 local ready = prefix .. '_' .. queue
+-- Every other key of the queue is built from ``base`` (a Redis Cluster variant puts the
+-- queue in a hash tag here, so that one script's keys share a slot).
 local base = prefix .. ':' .. queue .. ':'
 local delayed, retrying, failed = base .. 'delayed', base .. 'retrying', base .. 'failed'
 local consumers, recovery = base .. 'consumers', base .. 'recovery'
+local urgent, seq, nudges = base .. 'urgent', base .. 'seq', base .. 'nudges'
+local untracked = base .. 'untracked'
 local known = prefix .. ':queues'
+local failed_ids = base .. 'failed:ids'
 local function processing(cid) return base .. 'processing:' .. cid end
 local function heartbeat(cid) return base .. 'heartbeat:' .. cid end
+local function task_key(id) return base .. 'task:' .. id end
+local function done_key(id) return base .. 'done:' .. id end
+local function waiting_key(id) return base .. 'waiting:' .. id end
+local function unique_key(k) return base .. 'unique:' .. k end
+-- The id -> queue pointer lives outside the queue's keys: status(id) does not know the
+-- queue. (A cluster variant writes it with a command of its own, not in a script.)
+local function pointer(id) return prefix .. ':@id:' .. id end
+
+local clock
+local function now_ms()  -- one TIME per script: time stands still inside one anyway
+  if not clock then
+    local t = redis.call('TIME')
+    clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return clock
+end
+
+local HEAD = '{"__asynctask__":1,"id":"'
+-- Pushed to an empty ready list when an urgent task is stored, so that a consumer
+-- blocked on that list wakes; every taker drops it (``nudges`` counts those stored).
+local NUDGE = '{"__asynctask__":0}'
+-- Urgent tasks (priority 1-9) wait in one sorted set: a band of 2^41 scores per level,
+-- most urgent lowest; inside a band a counter keeps them FIFO (negative: at the head).
+local LEVEL = 2199023255552
+
+-- The id and attempt count of our envelope, or nil for another program's text.
+local function envelope_head(m)
+  return string.match(m, '^{"__asynctask__":1,"id":"([%w%-]+)","attempts":(%d+)')
+end
+
+local function priority_of(m)
+  local h = string.match(m,
+    '^{"__asynctask__":1,"id":"[%w%-]+","attempts":%d+,"submitted_at":[^,]+,"headers":(%b{})')
+  if h then return tonumber(string.match(h, '"asynctask%-priority":"(%d)"') or '0') end
+  return 0
+end
+
+-- Store a ready task: priority 0 in the ready list (the common path, as before), a
+-- higher one in ``urgent``; ``at_head`` puts it first of its priority (a hand-back).
+local function to_ready(m, at_head)
+  local p = priority_of(m)
+  if p == 0 then
+    if at_head then redis.call('LPUSH', ready, m) else redis.call('RPUSH', ready, m) end
+    return
+  end
+  local n = redis.call('INCR', seq)
+  redis.call('ZADD', urgent, (10 - p) * LEVEL + (at_head and -n or n), m)
+  if redis.call('LLEN', ready) == 0 then
+    redis.call('RPUSH', ready, NUDGE)
+    redis.call('INCR', nudges)
+  end
+end
+
+-- Move the next ready task, the most urgent first, to the tail of ``proc``; nil if none.
+local function move_next(proc)
+  while true do
+    local top = redis.call('ZPOPMIN', urgent)
+    local m = top[1]
+    if m then
+      redis.call('RPUSH', proc, m)
+    else
+      m = redis.call('LMOVE', ready, proc, 'LEFT', 'RIGHT')
+      if not m then return nil end
+    end
+    if m ~= NUDGE then return m end
+    redis.call('RPOP', proc)
+    redis.call('DECR', nudges)
+  end
+end
+"""
+
+#: The task statuses (``asynctask.status``), fused into the queue's scripts. A status is
+#: the hash ``task:<id>`` (state, attempts, submitted_at, started_at, finished_at, error,
+#: result, expires_at in ms, unique); a final state pushes it on the list ``done:<id>``
+#: (what ``wait`` blocks on) and sets the expiry of both and of the pointer.
+_STATUS = r"""
+local FINAL = {succeeded = true, failed = true, cancelled = true, expired = true}
+local function stamp(ms) return string.format('%.3f', ms / 1000) end
+
+-- The task is final: its fields, the signal for waiters (only when one waits: they
+-- mark ``waiting:<id>`` first), its unique key freed. It is forgotten ``ttl_ms`` later;
+-- a failed one lives as long as its failed record.
+local function finish_held(id, u, state, now, ttl_ms, ...)
+  local key = task_key(id)
+  redis.call('HSET', key, 'state', state, 'finished_at', stamp(now), ...)
+  if u and redis.call('GET', unique_key(u)) == id then redis.call('DEL', unique_key(u)) end
+  if redis.call('EXISTS', waiting_key(id)) == 1 then
+    local done = done_key(id)
+    redis.call('RPUSH', done, state)
+    redis.call('PEXPIRE', done, ttl_ms)
+  end
+  if state ~= 'failed' then
+    redis.call('PEXPIRE', key, ttl_ms)
+    redis.call('PEXPIRE', pointer(id), ttl_ms)
+  end
+end
+
+-- ``finish_held`` for a caller that has not read the task's unique key
+local function finish(id, state, now, ttl_ms, ...)
+  finish_held(id, redis.call('HGET', task_key(id), 'unique'), state, now, ttl_ms, ...)
+end
+
+-- A new task's status (``queued`` or ``delayed``) and its id's pointer; ``expires``
+-- (ms after now) and ``unique`` (its key) as the submit gave them, or ''.
+local function record(id, state, now, expires, unique)
+  redis.call('SET', pointer(id), queue)
+  local key = task_key(id)
+  redis.call('HSET', key, 'state', state, 'attempts', 0, 'submitted_at', stamp(now))
+  if expires ~= '' then redis.call('HSET', key, 'expires_at', now + tonumber(expires)) end
+  if unique ~= '' then
+    redis.call('HSET', key, 'unique', unique)
+    -- held until the task is final, or until it expires unstarted
+    if expires ~= '' then
+      redis.call('SET', unique_key(unique), id, 'PX', math.ceil(tonumber(expires)))
+    else
+      redis.call('SET', unique_key(unique), id)
+    end
+  end
+end
+
+-- The task holding ``unique`` on this queue while it is not final, or nil.
+local function holder_of(unique)
+  local holder = redis.call('GET', unique_key(unique))
+  if holder then
+    local state = redis.call('HGET', task_key(holder), 'state')
+    if state and not FINAL[state] then return holder end
+  end
+  return nil
+end
+
+-- A worker is about to run the task: 'run' (now running), or the final state it was
+-- given instead ('cancelled', 'expired'), when it must never run.
+local function start_task(id, attempts, now, ttl_ms)
+  local key = task_key(id)
+  local f = redis.call('HMGET', key, 'state', 'expires_at', 'started_at')
+  local state = f[1]
+  if not state then return 'run' end  -- no status kept (another program's task)
+  if state == 'cancelled' or state == 'expired' then return state end
+  if f[2] and not f[3] and now >= tonumber(f[2]) then
+    finish(id, 'expired', now, ttl_ms)
+    return 'expired'
+  end
+  redis.call('HSET', key, 'state', 'running', 'attempts', attempts, 'started_at', stamp(now))
+  return 'run'
+end
+
+-- Done: succeeded with its result (JSON text, or '' for none), never over a cancel.
+local function succeed(id, now, ttl_ms, result)
+  local f = redis.call('HMGET', task_key(id), 'state', 'unique')
+  local state = f[1]
+  if not state or state == 'cancelled' or state == 'expired' then return end
+  if result ~= '' then
+    finish_held(id, f[2], 'succeeded', now, ttl_ms, 'result', result)
+  else
+    finish_held(id, f[2], 'succeeded', now, ttl_ms)
+  end
+end
+
+-- Back in the queue without finishing (a release, a close, a dead consumer's task):
+-- a running task is queued again; any other state stays.
+local function handed_back(m)
+  local id = envelope_head(m)
+  if id and redis.call('HGET', task_key(id), 'state') == 'running' then
+    redis.call('HSET', task_key(id), 'state', 'queued')
+  end
+end
+
+-- Whether a cancel has made this held task final: then it is dropped, not settled.
+local function cancelled(m)
+  local id = envelope_head(m)
+  return id ~= nil and redis.call('HGET', task_key(id), 'state') == 'cancelled'
+end
+
+-- The acknowledgements ARGV[from ...]: ``n`` pairs (message, result JSON or '').
+local function ack_all(proc, from, n, tracking, ttl_ms)
+  local now
+  for i = from, from + 2 * n - 1, 2 do
+    local m = ARGV[i]
+    local removed = redis.call('LREM', proc, 1, m)
+    if m == NUDGE then
+      if removed == 1 then redis.call('DECR', nudges) end
+    elseif tracking then
+      local id = envelope_head(m)
+      if id then
+        now = now or now_ms()
+        succeed(id, now, ttl_ms, ARGV[i + 1])
+      end
+    end
+  end
+end
+
+-- Move up to ``want`` tasks into ``proc``, the most urgent first. With tracking, the
+-- first (the one the consumer hands out now; the others wait in its buffer for their
+-- own start) is checked and marked ``running`` here, so that the worker's ``start``
+-- right after costs no round trip; a cancelled or expired one is dropped on the way.
+-- Returns the messages and whether the first was marked.
+local function take(proc, want, tracking, ttl_ms)
+  local got, started = {}, 0
+  while #got < want do
+    local m = move_next(proc)
+    if not m then break end
+    if #got == 0 and tracking then
+      local id, n = envelope_head(m)
+      if id then
+        if start_task(id, tonumber(n) + 1, now_ms(), ttl_ms) == 'run' then
+          started = 1
+        else
+          redis.call('RPOP', proc)
+          m = nil
+        end
+      end
+    end
+    if m then got[#got + 1] = m end
+  end
+  return got, started
+end
+"""
+
+_MAINTAIN = r"""
 -- A consumer id ``<owner>/<random>`` is kept alive by its owner's key (asynctask.liveness:
 -- the supervisor refreshes it); any other id by its own heartbeat key.
 local function owner_of(cid) return string.match(cid, '^(.+)/') end
@@ -59,7 +286,6 @@ local function alive(cid, grace_ms)
   end
   return redis.call('EXISTS', heartbeat(cid)) == 1
 end
-local failed_ids = base .. 'failed:ids'
 
 -- The id of a failed record: ours start with it; any other entry is known by the first
 -- 32 hex digits of its SHA1 (as messages.read_failed names it).
@@ -76,13 +302,6 @@ local function keep_failed(rec)
   redis.call('HSET', failed_ids, failed_id(rec), rec)
   redis.call('SADD', known, queue)
 end
-
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
-local HEAD = '{"__asynctask__":1,"id":"'
 
 -- One more attempt on a message whose consumer died: our envelope gets its count
 -- raised in place; a foreign JSON object is wrapped in an envelope with attempts 1.
@@ -104,12 +323,32 @@ local function bump(m, seed)
   return m
 end
 
--- Move due members of a sorted set to the tail of the ready list; return the ms until
--- the next one is due, or nil.
-local function promote(zkey, now)
+-- Give back, at the head of its priority, a message of a consumer that let it go.
+local function give_back(m)
+  if m == NUDGE then
+    redis.call('DECR', nudges)
+    return
+  end
+  handed_back(m)
+  to_ready(m, true)
+end
+
+-- Move due members of a sorted set to the tail of the ready list (a due delayed task is
+-- queued now); return the ms until the next one is due, or nil.
+local function promote(zkey, now, is_delayed)
   local due = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, 500)
   if #due > 0 then
-    redis.call('RPUSH', ready, unpack(due))
+    local plain = {}
+    for _, m in ipairs(due) do
+      if is_delayed then
+        local id = envelope_head(m)
+        if id and redis.call('HGET', task_key(id), 'state') == 'delayed' then
+          redis.call('HSET', task_key(id), 'state', 'queued')
+        end
+      end
+      if priority_of(m) == 0 then plain[#plain + 1] = m else to_ready(m, false) end
+    end
+    if #plain > 0 then redis.call('RPUSH', ready, unpack(plain)) end
     redis.call('ZREM', zkey, unpack(due))
   end
   local first = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
@@ -124,7 +363,7 @@ local function recover(self_cid, now, grace_ms)
       local proc = processing(cid)
       local items = redis.call('LRANGE', proc, 0, -1)
       for i = #items, 1, -1 do
-        redis.call('LPUSH', ready, bump(items[i], cid .. ':' .. i .. ':' .. now .. ':'))
+        give_back(bump(items[i], cid .. ':' .. i .. ':' .. now .. ':'))
       end
       redis.call('DEL', proc)
       redis.call('SREM', consumers, cid)
@@ -136,8 +375,8 @@ end
 -- dead consumers. Returns the ms to wait before the next call is useful, or nil.
 local function maintain(self_cid, recheck_ms)
   local now = now_ms()
-  local wait = promote(delayed, now)
-  local w = promote(retrying, now)
+  local wait = promote(delayed, now, true)
+  local w = promote(retrying, now, false)
   if w and (not wait or w < wait) then wait = w end
   local others = redis.call('SCARD', consumers)
   if others > 0 and self_cid ~= '' and redis.call('SISMEMBER', consumers, self_cid) == 1 then
@@ -154,21 +393,29 @@ local function maintain(self_cid, recheck_ms)
 end
 """
 
+_PRELUDE = _KEYS + _STATUS + _MAINTAIN
 
-def _script(name: str, body: str) -> Script:
+
+def with_prelude(name: str, body: str) -> Script:
+    """A script of one queue (``ARGV[1]`` prefix, ``ARGV[2]`` queue) with every helper."""
     return Script(name, _PRELUDE + body)
 
 
+_script = with_prelude
+
+
 #: ARGV: prefix, queue, consumer id, want, recheck_ms, heartbeat_ttl_ms, flags
-#: (1 register, 2 register and resync), n_acks, acks..., held... (with resync).
-#: Acknowledges, maintains, then moves up to ``want`` ready tasks to the consumer's
-#: processing list. Returns {wait_ms or -1, message...}.
+#: (1 register, 2 register and resync), tracking (1/0), status ttl_ms, n_acks, acks
+#: (pairs: message, result JSON or '')..., held... (with resync). Acknowledges,
+#: maintains, then moves up to ``want`` ready tasks to the consumer's processing list
+#: (see ``take``). Returns {wait_ms or -1, first marked running (1/0), message...}.
 TAKE = _script(
     "take",
     r"""
-local cid, want, flags, nacks = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local cid, want, flags = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[7])
+local tracking, ttl_ms, nacks = ARGV[8] == '1', ARGV[9], tonumber(ARGV[10])
 local proc = processing(cid)
-for i = 9, 8 + nacks do redis.call('LREM', proc, 1, ARGV[i]) end
+ack_all(proc, 11, nacks, tracking, ttl_ms)
 -- always a member: a consumer wrongly found dead (heartbeat late) stays findable
 redis.call('SADD', consumers, cid)
 if flags >= 1 then
@@ -183,7 +430,7 @@ end
 if flags >= 2 then
   -- after a lost reply: keep what the consumer handed out, give back the rest
   local keep = {}
-  for i = 9 + nacks, #ARGV do keep[ARGV[i]] = (keep[ARGV[i]] or 0) + 1 end
+  for i = 11 + 2 * nacks, #ARGV do keep[ARGV[i]] = (keep[ARGV[i]] or 0) + 1 end
   local items = redis.call('LRANGE', proc, 0, -1)
   local kept, back = {}, {}
   for _, m in ipairs(items) do
@@ -196,65 +443,99 @@ if flags >= 2 then
   end
   redis.call('DEL', proc)
   for _, m in ipairs(kept) do redis.call('RPUSH', proc, m) end
-  for i = #back, 1, -1 do redis.call('LPUSH', ready, back[i]) end
+  for i = #back, 1, -1 do give_back(back[i]) end
 end
 local wait = maintain(cid, ARGV[5])
-local out = {wait or -1}
-for _ = 1, want do
-  local m = redis.call('LMOVE', ready, proc, 'LEFT', 'RIGHT')
-  if not m then break end
-  out[#out + 1] = m
-end
+local got, started = take(proc, want, tracking, ttl_ms)
+local out = {wait or -1, started}
+for _, m in ipairs(got) do out[#out + 1] = m end
 return out
 """,
 )
 
-#: ARGV: ready key, processing key, consumers key, consumer id, want, acks... The hot
-#: path between TAKEs: no maintenance, so no prelude. The SADD keeps a consumer that was
-#: wrongly found dead (its heartbeat late) findable from its first new task on.
-#: Returns the messages moved.
-MOVE = Script(
-    "move",
-    r"""
-for i = 6, #ARGV do redis.call('LREM', ARGV[2], 1, ARGV[i]) end
-local out = {}
-for _ = 1, tonumber(ARGV[5]) do
-  local m = redis.call('LMOVE', ARGV[1], ARGV[2], 'LEFT', 'RIGHT')
-  if not m then break end
-  out[#out + 1] = m
+#: ARGV: prefix, queue, consumer id, want, tracking (1/0), status ttl_ms, give back
+#: (a message the consumer moved from the ready list while urgent tasks wait, or ''),
+#: n_acks, acks (pairs)... The hot path between TAKEs: acks and moves, no maintenance.
+#: The SADD keeps a consumer that was wrongly found dead (its heartbeat late) findable
+#: from its first new task on. Returns {first marked running (1/0), message...}.
+NEXT = Script(
+    "next",
+    _KEYS
+    + _STATUS
+    + r"""
+local cid, tracking, ttl_ms = ARGV[3], ARGV[5] == '1', ARGV[6]
+local proc = processing(cid)
+if ARGV[7] ~= '' and redis.call('LREM', proc, -1, ARGV[7]) == 1 then
+  redis.call('LPUSH', ready, ARGV[7])  -- back where it was: the urgent go first
 end
-if #out > 0 then redis.call('SADD', ARGV[3], ARGV[4]) end
+ack_all(proc, 9, tonumber(ARGV[8]), tracking, ttl_ms)
+local got, started = take(proc, tonumber(ARGV[4]), tracking, ttl_ms)
+if #got > 0 then redis.call('SADD', consumers, cid) end
+local out = {started}
+for _, m in ipairs(got) do out[#out + 1] = m end
 return out
 """,
 )
 
-#: ARGV: prefix, queue, consumer id, op, message, argument, delay_ms, n_acks, acks...
-#: Acknowledges, then settles one message of the consumer's processing list:
-#: retry (argument = new envelope), fail (argument = failed record), release,
-#: canon (argument = canonical envelope), ack (nothing more) or close (everything back).
-#: Returns 1, or 0 when the message was no longer held (recovered by another consumer).
+#: ARGV: prefix, queue, consumer id, message, status ttl_ms, n_acks, acks (pairs)...
+#: The worker is about to run a task it holds: ``running``, or dropped from its list
+#: when it was cancelled or has expired. Carries the pending acks (and their results).
+#: Returns 'run', 'cancelled' or 'expired'.
+#: (No maintenance prelude: this runs once a task, beside the move.)
+START = Script(
+    "start",
+    _KEYS
+    + _STATUS
+    + r"""
+local proc, m, ttl_ms = processing(ARGV[3]), ARGV[4], ARGV[5]
+ack_all(proc, 7, tonumber(ARGV[6]), true, ttl_ms)
+local id, n = envelope_head(m)
+if not id then return 'run' end
+local verdict = start_task(id, tonumber(n) + 1, now_ms(), ttl_ms)
+if verdict ~= 'run' then redis.call('LREM', proc, 1, m) end
+return verdict
+""",
+)
+
+#: ARGV: prefix, queue, consumer id, op, message, argument, delay_ms, tracking (1/0),
+#: status ttl_ms, error, n_acks, acks (pairs)... Acknowledges, then settles one message
+#: of the consumer's processing list: retry (argument = new envelope), fail (argument =
+#: failed record), release, canon (argument = canonical envelope), ack (nothing more)
+#: or close (everything back). A task cancelled meanwhile is dropped by retry and fail
+#: (never retried, not failed). Returns 1, or 0 when the message was no longer held
+#: (recovered by another consumer).
 SETTLE = _script(
     "settle",
     r"""
-local cid, op, m, nacks = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[8])
+local cid, op, m, tracking, ttl_ms = ARGV[3], ARGV[4], ARGV[5], ARGV[8] == '1', ARGV[9]
 local proc = processing(cid)
-for i = 9, 8 + nacks do redis.call('LREM', proc, 1, ARGV[i]) end
+ack_all(proc, 12, tonumber(ARGV[11]), tracking, ttl_ms)
 if op == 'close' then
-  while redis.call('LMOVE', proc, ready, 'RIGHT', 'LEFT') do end
+  local items = redis.call('LRANGE', proc, 0, -1)
+  for i = #items, 1, -1 do give_back(items[i]) end
+  redis.call('DEL', proc, heartbeat(cid))
   redis.call('SADD', known, queue)
-  redis.call('DEL', heartbeat(cid))
   redis.call('SREM', consumers, cid)
   return 1
 end
 if op == 'ack' then return 1 end
 if redis.call('LREM', proc, 1, m) == 0 then return 0 end
+if (op == 'retry' or op == 'fail') and tracking and cancelled(m) then return 1 end
+local id, n = envelope_head(m)
 if op == 'retry' then
   redis.call('ZADD', retrying, now_ms() + tonumber(ARGV[7]), ARGV[6])
   redis.call('SADD', known, queue)
+  if tracking and id and redis.call('EXISTS', task_key(id)) == 1 then
+    redis.call('HSET', task_key(id), 'state', 'retrying', 'attempts', tonumber(n) + 1,
+      'error', ARGV[10])
+  end
 elseif op == 'fail' then
   keep_failed(ARGV[6])
+  if tracking and id and redis.call('EXISTS', task_key(id)) == 1 then
+    finish(id, 'failed', now_ms(), ttl_ms, 'attempts', tonumber(n) + 1, 'error', ARGV[10])
+  end
 elseif op == 'release' then
-  redis.call('LPUSH', ready, m)
+  give_back(m)
   redis.call('SADD', known, queue)
 elseif op == 'canon' then
   redis.call('RPUSH', proc, ARGV[6])
@@ -263,19 +544,19 @@ return 1
 """,
 )
 
-#: ARGV: prefix, queue, owner, n_finished, finished ids..., started ids... (or ``*``:
+#: ARGV: prefix, queue, owner, status ttl_ms, n_finished, finished ids..., started ids... (or ``*``:
 #: all). The owner's worker is gone: every message its consumers hold goes back to the
 #: head of the queue in order, one attempt more for the started ones only, except the
-#: finished ones (an ack the dead consumer had not sent yet), which are dropped; its
-#: liveness key is deleted. Returns how many went back.
+#: finished ones (an ack the dead consumer had not sent yet: succeeded, its result
+#: lost), which are dropped; its liveness key is deleted. Returns how many went back.
 END = _script(
     "end",
     r"""
-local owner, nfinished = ARGV[3], tonumber(ARGV[4])
+local owner, ttl_ms, nfinished = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local finished, started = {}, {}
-for i = 5, 4 + nfinished do finished[ARGV[i]] = true end
-local all = ARGV[5 + nfinished] == '*'
-for i = 5 + nfinished, #ARGV do started[ARGV[i]] = true end
+for i = 6, 5 + nfinished do finished[ARGV[i]] = true end
+local all = ARGV[6 + nfinished] == '*'
+for i = 6 + nfinished, #ARGV do started[ARGV[i]] = true end
 local now = now_ms()
 local moved = 0
 for _, cid in ipairs(redis.call('SMEMBERS', consumers)) do
@@ -284,11 +565,13 @@ for _, cid in ipairs(redis.call('SMEMBERS', consumers)) do
     local items = redis.call('LRANGE', proc, 0, -1)
     for i = #items, 1, -1 do
       local m = items[i]
-      local id = string.match(m, '^{"__asynctask__":1,"id":"([%w%-]+)"')
-      if not (id and finished[id]) then
+      local id = envelope_head(m)
+      if id and finished[id] then
+        succeed(id, now, ttl_ms, '')
+      else
         if all or (id and started[id]) then m = bump(m, cid .. ':' .. i .. ':' .. now .. ':') end
-        redis.call('LPUSH', ready, m)
-        moved = moved + 1
+        give_back(m)
+        if m ~= NUDGE then moved = moved + 1 end
       end
     end
     redis.call('DEL', proc, heartbeat(cid))
@@ -301,12 +584,29 @@ return moved
 """,
 )
 
-#: ARGV: prefix, queue, recheck_ms. Maintains, then pops the head ready message.
+#: ARGV: prefix, queue, recheck_ms, status ttl_ms. Maintains, then takes the next ready
+#: task for good (``get_task``: the most urgent first; a cancelled or expired one is
+#: dropped; a kept status reads succeeded, the caller having taken it).
 GET = _script(
     "get",
     r"""
 maintain('', ARGV[3])
-return redis.call('LPOP', ready)
+while true do
+  local top = redis.call('ZPOPMIN', urgent)
+  local m = top[1] or redis.call('LPOP', ready)
+  if not m then return nil end
+  if m == NUDGE then
+    redis.call('DECR', nudges)
+  else
+    local id, n = envelope_head(m)
+    if not id then return m end
+    local now = now_ms()
+    if start_task(id, tonumber(n) + 1, now, ARGV[4]) == 'run' then
+      succeed(id, now, ARGV[4], '')
+      return m
+    end
+  end
+end
 """,
 )
 
@@ -319,50 +619,106 @@ local in_flight = 0
 for _, cid in ipairs(redis.call('SMEMBERS', consumers)) do
   in_flight = in_flight + redis.call('LLEN', processing(cid))
 end
-return {redis.call('LLEN', ready), redis.call('ZCARD', delayed),
+local ready_n = redis.call('LLEN', ready) + redis.call('ZCARD', urgent)
+  - tonumber(redis.call('GET', nudges) or '0')
+return {ready_n, redis.call('ZCARD', delayed),
         redis.call('ZCARD', retrying), in_flight, redis.call('LLEN', failed)}
 """,
 )
 
-#: ARGV: prefix, queue, first task id, guard_ms, delay_ms, envelope... Stores tasks in
-#: order: ready (delay_ms 0) or delayed. The key ``P:Q:put:<first id>`` (kept guard_ms,
+#: ARGV: prefix, queue, first task id, guard_ms, delay_ms, status ttl_ms, status (1:
+#: recorded here, 0: kept elsewhere), expires_ms (or ''), unique key (or ''),
+#: envelope... Stores tasks in order: ready (by priority, from the envelope's header
+#: ``asynctask-priority``) or delayed, each with its status (``queued``/``delayed``)
+#: and its id's pointer (on a queue whose workers keep no status, expiring after
+#: ttl_ms: nothing else would end it). The key ``P:Q:put:<first id>`` (kept guard_ms,
 #: longer than any retry of the submit) makes a submit retried after a lost reply write
-#: nothing the second time. Returns how many were stored (0 for such a retry).
+#: nothing the second time. Returns {1} stored, {0} such a retry, {2, id} the unique key is held by
+#: that task (nothing written), {3} the queue's worker keeps no status and expires or a
+#: unique key needs one (nothing written).
 PUT = _script(
     "put",
     r"""
+local ttl_ms, here = ARGV[6], ARGV[7] == '1'
+local expires, unique = ARGV[8], ARGV[9]
+local tracked = here and redis.call('EXISTS', untracked) == 0
+if here and not tracked and (expires ~= '' or unique ~= '') then return {3} end
+if tracked and unique ~= '' then
+  -- checked before the guard: a retry after a lost reply finds its own task here
+  local holder = holder_of(unique)
+  if holder then return {2, holder} end
+end
 if not redis.call('SET', base .. 'put:' .. ARGV[3], '1', 'NX', 'PX', ARGV[4]) then
-  return 0
+  return {0}
 end
 local delay = tonumber(ARGV[5])
-if delay > 0 then
-  local due = now_ms() + delay
-  for i = 6, #ARGV do
-    -- a thousandth of a ms apart, so a batch comes out in submission order
-    redis.call('ZADD', delayed, due + (i - 6) * 0.001, ARGV[i])
+local now = now_ms()
+if here then
+  local state = delay > 0 and 'delayed' or 'queued'
+  for i = 10, #ARGV do
+    local id = envelope_head(ARGV[i])
+    record(id, state, now, expires, unique)
+    if not tracked then
+      -- its workers will write nothing more: Redis forgets it after the ttl
+      redis.call('PEXPIRE', task_key(id), ttl_ms)
+      redis.call('PEXPIRE', pointer(id), ttl_ms)
+    end
   end
+end
+if delay > 0 then
+  local due = now + delay
+  for i = 10, #ARGV do
+    -- a thousandth of a ms apart, so a batch comes out in submission order
+    redis.call('ZADD', delayed, due + (i - 10) * 0.001, ARGV[i])
+  end
+elseif priority_of(ARGV[10]) > 0 then
+  for i = 10, #ARGV do to_ready(ARGV[i], false) end
 else
-  for i = 6, #ARGV, 4000 do  -- unpack() takes a few thousand values at most
+  for i = 10, #ARGV, 4000 do  -- unpack() takes a few thousand values at most
     redis.call('RPUSH', ready, unpack(ARGV, i, math.min(i + 3999, #ARGV)))
   end
 end
 redis.call('SADD', known, queue)
-return #ARGV - 5
+return {1}
 """,
 )
 
-#: ARGV: prefix, queue. Deletes ready, delayed and retrying tasks; returns how many.
+#: ARGV: prefix, queue. Deletes ready, delayed and retrying tasks and their statuses
+#: (read a thousand at a time); returns how many tasks.
 PURGE = _script(
     "purge",
     r"""
-local n = redis.call('LLEN', ready) + redis.call('ZCARD', delayed) + redis.call('ZCARD', retrying)
-redis.call('UNLINK', ready, delayed, retrying)  -- freed in the background: no stall
+local n = redis.call('LLEN', ready) + redis.call('ZCARD', delayed)
+  + redis.call('ZCARD', retrying) + redis.call('ZCARD', urgent)
+  - tonumber(redis.call('GET', nudges) or '0')
+local function forget(items)
+  for _, m in ipairs(items) do
+    local id = envelope_head(m)
+    if id then
+      local u = redis.call('HGET', task_key(id), 'unique')
+      if u and redis.call('GET', unique_key(u)) == id then redis.call('DEL', unique_key(u)) end
+      redis.call('UNLINK', task_key(id), done_key(id), pointer(id))
+    end
+  end
+end
+if redis.call('EXISTS', untracked) == 0 then
+  for start = 0, redis.call('LLEN', ready) - 1, 1000 do
+    forget(redis.call('LRANGE', ready, start, start + 999))
+  end
+  for _, z in ipairs({delayed, retrying, urgent}) do
+    for start = 0, redis.call('ZCARD', z) - 1, 1000 do
+      forget(redis.call('ZRANGE', z, start, start + 999))
+    end
+  end
+end
+redis.call('UNLINK', ready, delayed, retrying, urgent, nudges)  -- freed in the background
 return n
 """,
 )
 
 #: ARGV: prefix, queue, (failed record, replacement or ''), ... Removes each record from
-#: the failed store and its index; pushes its replacement (if any) to the ready list.
+#: the failed store and its index; pushes its replacement (if any) to the ready list,
+#: its status ``queued`` again; without one, its status is deleted with it.
 #: Returns how many. (LREM finds a record by a scan in C, from the oldest: the newest of
 #: 20,000 takes about 7 ms; the Python side fetched only the records it names. With 20,000
 #: failed, requeue by one id took 0.35 s reading the whole list, 0.8 ms now; 999 ids
@@ -376,7 +732,16 @@ for i = 3, #ARGV, 2 do
     n = n + 1
     local id = failed_id(ARGV[i])
     if redis.call('HGET', failed_ids, id) == ARGV[i] then redis.call('HDEL', failed_ids, id) end
-    if ARGV[i + 1] ~= '' then redis.call('RPUSH', ready, ARGV[i + 1]) end
+    if ARGV[i + 1] ~= '' then
+      to_ready(ARGV[i + 1], false)
+      if redis.call('EXISTS', task_key(id)) == 1 then  -- queued again, waiters wait on
+        redis.call('HSET', task_key(id), 'state', 'queued')
+        redis.call('HDEL', task_key(id), 'finished_at')
+        redis.call('DEL', done_key(id))
+      end
+    else
+      redis.call('UNLINK', task_key(id), done_key(id), pointer(id))
+    end
   end
 end
 if n > 0 then redis.call('SADD', known, queue) end
@@ -405,11 +770,20 @@ return out
 """,
 )
 
-#: ARGV: prefix, queue. Empties the failed store; returns how many it held.
+#: ARGV: prefix, queue. Empties the failed store and deletes the statuses of its tasks
+#: (read a thousand at a time); returns how many it held.
 PURGE_ALL_FAILED = _script(
     "purge_all_failed",
     r"""
 local n = redis.call('LLEN', failed)
+if redis.call('EXISTS', untracked) == 0 then
+  for start = 0, n - 1, 1000 do
+    for _, rec in ipairs(redis.call('LRANGE', failed, start, start + 999)) do
+      local id = failed_id(rec)
+      redis.call('UNLINK', task_key(id), done_key(id), pointer(id))
+    end
+  end
+end
 redis.call('UNLINK', failed, failed_ids)
 return n
 """,
@@ -426,6 +800,7 @@ for _, q in ipairs(redis.call('SMEMBERS', known)) do
   local b = prefix .. ':' .. q .. ':'
   local n = redis.call('LLEN', prefix .. '_' .. q) + redis.call('ZCARD', b .. 'delayed')
     + redis.call('ZCARD', b .. 'retrying') + redis.call('LLEN', b .. 'failed')
+    + redis.call('ZCARD', b .. 'urgent') - tonumber(redis.call('GET', b .. 'nudges') or '0')
   local members = redis.call('SMEMBERS', b .. 'consumers')
   for _, cid in ipairs(members) do n = n + redis.call('LLEN', b .. 'processing:' .. cid) end
   if n > 0 then names[#names + 1] = q else redis.call('SREM', known, q) end
@@ -451,6 +826,7 @@ for _, q in ipairs(redis.call('SMEMBERS', known)) do
   local due_d = redis.call('ZCOUNT', b .. 'delayed', '-inf', now)
   local due_r = redis.call('ZCOUNT', b .. 'retrying', '-inf', now)
   local ready = redis.call('LLEN', prefix .. '_' .. q) + due_d + due_r
+    + redis.call('ZCARD', b .. 'urgent') - tonumber(redis.call('GET', b .. 'nudges') or '0')
   local delayed = redis.call('ZCARD', b .. 'delayed') - due_d
   local retrying = redis.call('ZCARD', b .. 'retrying') - due_r
   local in_flight = 0

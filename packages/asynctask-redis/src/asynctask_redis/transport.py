@@ -8,7 +8,10 @@ Features
     ``recovery_seconds`` (counted as an attempt). Promotion of due tasks, recovery,
     retry, failure and release are Lua scripts, atomic on the server, run by whichever
     consumer is waiting (no polling loop, no extra process). A task costs one round
-    trip (its ack rides with the next move); a batch submit is one ``RPUSH``.
+    trip (its ack rides with the next move); a batch submit is one ``RPUSH``. Task
+    statuses (``asynctask.status``), results, cancel, ``expires``, ``unique_key`` and
+    ``priority`` are kept beside the queue and written by the same scripts (see
+    ``asynctask_redis.statestore`` and README.md).
 URI
     As redis-py reads it (``redis.ConnectionPool.from_url``): ``redis://host``,
     ``redis://host:port``, ``redis://host:port?db=2``, ``redis://:password@host:port/2``
@@ -28,7 +31,10 @@ Storage
     ``P:Q:failed`` (list of JSON records), ``P:Q:consumers`` (set of consumer ids),
     ``P:Q:processing:<id>`` (list, what a consumer holds), ``P:Q:heartbeat:<id>``
     (expiring key), ``P:Q:recovery`` (throttles dead-consumer checks), ``P:queues`` (set
-    of queue names), ``P:claim:<key>`` (scheduler claims). See README.md.
+    of queue names), ``P:claim:<key>`` (scheduler claims). Task status:
+    ``P:Q:urgent`` (ready tasks of priority 1-9), ``P:Q:task:<id>`` (a status hash),
+    ``P:@id:<id>`` (the id's queue), ``P:Q:unique:<key>``, ``P:Q:waiting:<id>`` and
+    ``P:Q:done:<id>`` (``wait``), ``P:Q:untracked``. See README.md.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from redis.exceptions import RedisError
 
 from asynctask.errors import InvalidURIError, TransportError
 from asynctask.liveness import Liveness
-from asynctask.status import SubmitOptions
+from asynctask.status import StateStore, StatusNotTracked, SubmitOptions
 from asynctask.transport import (
     Consumer,
     FailedTask,
@@ -59,7 +65,7 @@ from asynctask.transport import (
 from asynctask.validation import Payload
 from asynctask_redis import scripts
 from asynctask_redis.connection import DRIVER_OPTIONS, OPTIONS, Server, call, pipeline, run
-from asynctask_redis.consumer import RedisConsumer
+from asynctask_redis.consumer import NUDGE, RedisConsumer
 from asynctask_redis.keeper import RedisLiveness
 from asynctask_redis.messages import (
     envelope,
@@ -68,6 +74,7 @@ from asynctask_redis.messages import (
     read_message,
     requeue_text,
 )
+from asynctask_redis.statestore import RedisStateStore
 
 logger = logging.getLogger("asynctask.redis")
 
@@ -120,7 +127,10 @@ class RedisTransport(Transport):
         self._beat_thread: threading.Thread | None = None
         #: (queue, consumer id, pending acks) of owned consumers whose close could not
         #: reach Redis: their tasks would stay theirs while their owner lives
-        self.leftovers: list[tuple[str, str, list[bytes]]] = []
+        self.leftovers: list[tuple[str, str, list[bytes | str]]] = []
+        #: the generic side of the statuses its scripts write (one object, so that its
+        #: ``fallback_poll`` can be set)
+        self._statuses = RedisStateStore(self)
 
     def accepts_driver_option(self, name: str) -> bool:
         """``db``, TLS and socket settings go on to redis-py."""
@@ -187,22 +197,62 @@ class RedisTransport(Transport):
         delay: float,
         options: SubmitOptions,
     ) -> Sequence[str] | None:
-        options.refuse_until_supported(self)
         now = time.time()
         texts = [
-            envelope(task_id, 0, now, text, self.task_headers(queue, task_id, text))
+            envelope(task_id, 0, now, text, self._headers(queue, task_id, text, options))
             for task_id, text in tasks
         ]
-        # One script, atomic: the tasks, the queue's name in P:queues (so that pruning
-        # that set never hides a queue) and a guard that makes a retry write nothing.
+        # One script, atomic: the tasks, their statuses, the queue's name in P:queues (so
+        # that pruning that set never hides a queue) and a guard that makes a retry write
+        # nothing. A unique key held by a task that is not final writes nothing at all.
         guard_ms = int((self.retry_timeout + 5) * 1000)
         delay_ms = f"{delay * 1000:.3f}" if delay > 0 else "0"
-        self._script(scripts.PUT, queue, tasks[0][0], guard_ms, delay_ms, *texts)
+        own = self.own_state
+        expires = "" if options.expires is None or not own else f"{options.expires * 1000:.0f}"
+        unique = (options.unique_key or "") if own else ""
+        reply = self._script(
+            scripts.PUT,
+            queue,
+            tasks[0][0],
+            guard_ms,
+            delay_ms,
+            self.status_ttl_ms,
+            "1" if own else "0",
+            expires,
+            unique,
+            *texts,
+        )
+        if reply[0] == 2:
+            return [reply[1].decode()]
+        if reply[0] == 3:
+            raise StatusNotTracked(
+                f"queue {queue!r} runs its worker with track_status = False, so it keeps "
+                "no status: expires and unique_key need one; set track_status = True on "
+                "that worker, or submit without them"
+            )
         return None
+
+    def _headers(
+        self, queue: str, task_id: str, text: str, options: SubmitOptions
+    ) -> dict[str, str]:
+        """The envelope's headers: plugins' and the signature, and the priority (which
+        the scripts read to order reserve, also after a delay, a retry or a recovery)."""
+        found = self.task_headers(queue, task_id, text)
+        if options.priority:
+            return {"asynctask-priority": str(options.priority), **found}
+        return found
+
+    @property
+    def status_ttl_ms(self) -> int:
+        """``asynctask_status_ttl`` in ms, as the scripts take it."""
+        return max(1, int(self.status_ttl * 1000))
+
+    def _state_store(self) -> StateStore | None:
+        return self._statuses
 
     def _take(self, queue: str) -> Payload | None:
         while True:
-            raw = self._script(scripts.GET, queue, self.recheck_ms)
+            raw = self._script(scripts.GET, queue, self.recheck_ms, self.status_ttl_ms)
             if raw is None:
                 return None
             try:
@@ -233,7 +283,16 @@ class RedisTransport(Transport):
     def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
         if limit <= 0:
             return []
-        raws = self.execute(call, "LRANGE", self.ready_key(queue), 0, limit - 1)
+        # in the order reserve takes them: the urgent first (highest priority, FIFO
+        # within), then the ready list, less the nudges it may hold (not tasks)
+        urgent, ready = self.execute(
+            pipeline,
+            [
+                ("ZRANGE", self.key(queue, "urgent"), 0, limit - 1),
+                ("LRANGE", self.ready_key(queue), 0, limit),
+            ],
+        )
+        raws = [*urgent, *(raw for raw in ready if raw != NUDGE)][:limit]
         found = []
         for raw in raws:
             try:
@@ -331,7 +390,20 @@ class RedisTransport(Transport):
         while self.leftovers:
             queue, cid, acks = self.leftovers[0]
             try:
-                self._script(scripts.SETTLE, queue, cid, "close", "", "", "0", len(acks), *acks)
+                self._script(
+                    scripts.SETTLE,
+                    queue,
+                    cid,
+                    "close",
+                    "",
+                    "",
+                    "0",
+                    "1",
+                    self.status_ttl_ms,
+                    "",
+                    len(acks) // 2,
+                    *acks,
+                )
             except TransportError as exc:
                 logger.debug("handing back a closed consumer's tasks: %s", exc)
                 return

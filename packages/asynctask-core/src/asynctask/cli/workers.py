@@ -152,6 +152,10 @@ def workers(
         # Made now, it refuses bad options before any child starts; the supervisor keeps
         # its children's liveness through it (asynctask.liveness).
         transport = cls(uri)
+        # its cancel watch reads the statuses where they are kept (asynctask_state:
+        # AMQP's always are elsewhere)
+        transport.state_uri = settings.state
+        transport.status_ttl = settings.status_ttl
         try:
             report.start(transport, specs)  # a backend that refuses us ends the run here
             stop_metrics = _start_metrics(

@@ -84,6 +84,9 @@ class MemoryStateStore(StateStore):
         self._unique: dict[tuple[str, str], str] = {}
         self._forget: list[tuple[float, str]] = []
         self._untracked: set[str] = set()
+        #: threads blocked in ``wait``: a final state notifies only when there is one
+        #: (a notify costs a no-op drain ~15 us a task otherwise)
+        self._waiters = 0
 
     # -- for the owner (lock held) and for tests --------------------------------------
 
@@ -93,10 +96,11 @@ class MemoryStateStore(StateStore):
             return len(self._records)
 
     def record(self, task_id: str) -> _Record | None:
-        """The live record of ``task_id`` (lock held by the caller), due forgets done."""
-        self._purge(time.time())
+        """The live record of ``task_id`` (lock held by the caller); one past its
+        ``expires`` is made ``expired`` first. (Due forgets are done by every final
+        state and every read: each pops a few.)"""
         rec = self._records.get(task_id)
-        if rec is not None:
+        if rec is not None and rec.expires_at is not None:
             self._expire_if_due(rec, time.time())
         return rec
 
@@ -199,6 +203,7 @@ class MemoryStateStore(StateStore):
 
     def statuses(self, ids: Sequence[str]) -> list[TaskStatus | None]:
         with self._lock:
+            self._purge(time.time())
             found: list[TaskStatus | None] = []
             for task_id in ids:
                 rec = self.record(task_id)
@@ -208,6 +213,7 @@ class MemoryStateStore(StateStore):
     def wait(self, task_id: str, timeout: float | None) -> TaskStatus | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
+            self._purge(time.time())
             while True:
                 rec = self.record(task_id)
                 if rec is None:
@@ -225,7 +231,11 @@ class MemoryStateStore(StateStore):
                             f"task {task_id} is still {rec.state} after {timeout:g} s"
                         )
                     pause = min(pause, left)
-                self._final.wait(pause)
+                self._waiters += 1
+                try:
+                    self._final.wait(pause)
+                finally:
+                    self._waiters -= 1
 
     def cancel(self, task_id: str) -> bool:
         with self._lock:
@@ -271,7 +281,9 @@ class MemoryStateStore(StateStore):
         if rec.state != "failed":  # a failed status lives as long as its failed record
             rec.forget_at = now + self.status_ttl
             heapq.heappush(self._forget, (rec.forget_at, rec.id))
-        self._final.notify_all()
+        self._purge(now)  # one pushed, up to a few popped: the heap stays bounded
+        if self._waiters:
+            self._final.notify_all()
 
     def _free_key(self, rec: _Record) -> None:
         if rec.unique_key is not None and self._unique.get((rec.queue, rec.unique_key)) == rec.id:

@@ -1,0 +1,275 @@
+"""Task status records of ``filesys:``: one small JSON file per task, under the root::
+
+    .status/live/<id>          queued, delayed, running or retrying (made at submit)
+    .status/failed/<id>        failed: kept as long as the task is in the failed store
+    .status/done/<END>/<id>    succeeded, cancelled, expired, finished before second END
+    .status/unique/<queue>/<sha256 of the key>   the id of the task holding the key
+    .status/untracked/<queue>  present while the queue's workers keep no status
+
+A record moves between folders by ``rename``, which is atomic: of two processes moving
+one record (an ack and a ``cancel``) exactly one succeeds and the other learns it from
+``ENOENT``. Where the content changes, it is rewritten in place, under ``flock``, BEFORE
+the move, so a record never sits in a final folder with content that says otherwise;
+a reader meeting a torn write (the file is rewritten while read) reads it again.
+
+The hot path writes no content: a worker's start appends one space to the record (a
+*mark*: JSON ignores trailing spaces; the append's time is the file's mtime, the start
+time), and the success of a first attempt without a result is the one rename
+``live`` -> ``done/<END>``, which keeps that mtime (the finish time is the ctime). So a
+record whose content still says ``queued`` reads ``running`` when marked, and
+``succeeded`` in ``done/``. An append needs only write permission, like every other
+step: several users may share the folder (``mode=0660``).
+
+Final records are forgotten by whole folders: ``done/<END>`` is removed once ``END``
+plus the status TTL has passed (by whichever process opens a new one), so forgetting
+never scans history; a reader ignores a record past its TTL that is still on disk.
+The folder may be shared with other users: records are read like task files
+(``O_NOFOLLOW``, regular files only, size-checked) and what they hold is checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from asynctask_filesys.layout import SAFE_OPEN, NotATaskFile
+
+Record = dict[str, Any]
+
+logger = logging.getLogger("asynctask.filesys")
+
+FOLDER = ".status"
+#: a task id as it may appear in a record's name (the ids of task file names)
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+#: how a record is opened for an update: never through a symlink, never created
+_UPDATE = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+#: how a mark is appended: never through a symlink, never created, never blocking
+_MARK = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+#: seconds an update waits for a record's lock before it goes ahead without it
+LOCK_WAIT = 1.0
+#: how often a torn read (a record rewritten while read) is tried again
+_READ_TRIES = 5
+
+
+def valid_id(task_id: str) -> bool:
+    """Whether ``task_id`` can name a record (never a path elsewhere)."""
+    return bool(_ID.match(task_id))
+
+
+class RecordPaths:
+    """The folders of the status records under one root."""
+
+    def __init__(self, root: str) -> None:
+        self.base = os.path.join(root, FOLDER)
+        self.tmp = os.path.join(self.base, "tmp")
+        self.live = os.path.join(self.base, "live")
+        self.failed = os.path.join(self.base, "failed")
+        self.done = os.path.join(self.base, "done")
+        self.unique = os.path.join(self.base, "unique")
+
+    def all(self) -> tuple[str, ...]:
+        """Every fixed folder, parents first."""
+        return (self.base, self.tmp, self.live, self.failed, self.done, self.unique)
+
+
+def encode(record: Record, result_json: str | None = None) -> bytes:
+    """A record's bytes; ``result_json`` (already JSON text) is spliced in as is."""
+    text = json.dumps(record, separators=(",", ":"))
+    if result_json is not None:
+        text = f'{text[:-1]},"result":{result_json}}}'
+    return text.encode()
+
+
+def _read_fd(fd: int, limit: int) -> tuple[bytes, os.stat_result]:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise NotATaskFile("a status record must be a regular file")
+    if info.st_size > limit:
+        raise NotATaskFile(f"a status record of {info.st_size} bytes is over {limit}")
+    data = os.pread(fd, limit + 1, 0)
+    if len(data) > limit:
+        raise NotATaskFile(f"a status record grew past {limit} bytes")
+    return data, info
+
+
+def _parse(data: bytes) -> Record | None:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True)
+class Read:
+    """A record as read: its content, its file's stat, and its marks (trailing spaces:
+    the starts the hot path appended since the content was written)."""
+
+    record: Record
+    info: os.stat_result
+    marks: int
+
+
+def read(path: str, limit: int) -> Read | None:
+    """A record, or None when there is none (or it is not one)."""
+    for attempt in range(_READ_TRIES):
+        try:
+            fd = os.open(path, SAFE_OPEN)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a planted symlink is no record
+                return None
+            raise
+        try:
+            data, info = _read_fd(fd, limit)
+        except NotATaskFile:
+            return None
+        finally:
+            os.close(fd)
+        record = _parse(data)
+        if record is not None:
+            return Read(record, info, len(data) - len(data.rstrip(b" ")))
+        if attempt < _READ_TRIES - 1:
+            time.sleep(0.001)  # torn: being rewritten in place right now
+    return None
+
+
+def mark(path: str) -> bool:
+    """Append a mark (one space) to a record: a start on the hot path, one ``write``
+    and no move. False when there is no record there (moved away: cancelled)."""
+    try:
+        fd = os.open(path, _MARK)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a planted symlink or FIFO
+            return False
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        os.write(fd, b" ")
+        return True
+    finally:
+        os.close(fd)
+
+
+def read_bytes(path: str, limit: int) -> bytes | None:
+    """A small file's bytes (a unique key's holder), read as safely as a record."""
+    try:
+        fd = os.open(path, SAFE_OPEN)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
+    try:
+        return _read_fd(fd, limit)[0]
+    except NotATaskFile:
+        return None
+    finally:
+        os.close(fd)
+
+
+def create(path: str, data: bytes, mode: int) -> bool:
+    """Write a new record; False if one is there already (a retried submit)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    except FileExistsError:
+        return False
+    try:
+        os.fchmod(fd, mode)  # the umask must not narrow a shared folder's mode
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    return True
+
+
+#: what an update does with a record, given when the hot path marked it started (None:
+#: not marked since its content was written): the new record (and a result's JSON
+#: text), or None to leave it as it is
+Change = Callable[[Record, float | None], tuple[Record, str | None] | None]
+
+
+def update(path: str, change: Change, limit: int) -> tuple[Record, bool] | None:
+    """Rewrite a record in place under ``flock``: None when there is none; else the
+    record now there and whether ``change`` changed it."""
+    try:
+        fd = os.open(path, _UPDATE)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
+    try:
+        _lock(fd)
+        try:
+            data, info = _read_fd(fd, limit)
+        except NotATaskFile:
+            return None
+        old = _parse(data) or {}
+        new = change(old, info.st_mtime if data.endswith(b" ") else None)
+        if new is None:
+            return old, False
+        record, result_json = new
+        body = encode(record, result_json)
+        os.pwrite(fd, body, 0)
+        os.ftruncate(fd, len(body))
+        return record, True
+    finally:
+        os.close(fd)
+
+
+def _lock(fd: int) -> None:
+    """Take a record's lock without blocking, retried for at most ``LOCK_WAIT`` s: the
+    lock only orders our own short rewrites, so a lock somebody else keeps (another
+    user of a shared folder) delays an update but never stalls a worker."""
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                logger.warning("A status record's lock stayed held for %g s; updating", LOCK_WAIT)
+                return
+            time.sleep(0.001)
+
+
+def move(source: str, target: str) -> bool:
+    """Move a record; False if it was not at ``source`` (somebody moved it first)."""
+    try:
+        os.rename(source, target)
+    except FileNotFoundError:
+        if os.path.lexists(source):
+            raise  # the target's folder is missing: the caller makes it
+        return False
+    return True
+
+
+def remove(path: str) -> None:
+    """Remove a record if it is there."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def bucket_ends(done: str) -> list[int]:
+    """The ends of the ``done/`` folders present, newest first."""
+    try:
+        names = os.listdir(done)
+    except FileNotFoundError:
+        return []
+    return sorted((int(name) for name in names if name.isdigit()), reverse=True)

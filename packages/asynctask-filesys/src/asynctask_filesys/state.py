@@ -1,0 +1,533 @@
+"""The task statuses of ``filesys:`` (``asynctask.status``), kept as record files.
+
+``FilesysStateStore`` is both the generic ``StateStore`` (any transport may keep its
+state here through ``asynctask_state``, AMQP first) and what the filesys consumer calls
+on its hot path: ``begin`` (one appended byte) and ``finish`` (one rename, for a plain
+success). The record files and their moves are described in
+``asynctask_filesys.records``; unique keys are exclusive creates (``link(2)``, which
+fails when the name exists) in ``.status/unique/<queue>/``. ``wait`` blocks on inotify
+(a record leaving ``live/``), with a fallback poll only where inotify is missing, or
+every ``fallback_poll`` seconds as a safety net.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from asynctask.errors import TransportError
+from asynctask.status import (
+    FINAL_STATES,
+    STATES,
+    StartVerdict,
+    State,
+    StateStore,
+    SubmitOptions,
+    TaskStatus,
+)
+from asynctask_filesys import records
+from asynctask_filesys.layout import make_dirs, write_file
+from asynctask_filesys.oserrors import os_errors
+from asynctask_filesys.records import Record, RecordPaths, valid_id
+
+logger = logging.getLogger("asynctask.filesys")
+
+#: ``begin``'s ``expires`` when the caller does not know it (the record is read)
+UNKNOWN: Any = object()
+_WAITING = ("queued", "delayed")
+
+
+@dataclass(frozen=True)
+class Found:
+    """Where a record is: its folder's role, its path, its content, stat and marks."""
+
+    where: str  # "live" | "failed" | "done"
+    path: str
+    record: Record
+    info: os.stat_result
+    marks: int
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+class FilesysStateStore(StateStore):
+    """Task statuses as files under ``<root>/.status/``; see the module docstring."""
+
+    def __init__(
+        self, root: str, mode: int, use_inotify: bool, poll: float, max_bytes: int
+    ) -> None:
+        self.root = root
+        self.paths = RecordPaths(root)
+        self.mode = mode
+        self.use_inotify = use_inotify
+        self.poll = poll
+        #: a record holds a result as big as a payload, plus its own fields
+        self.limit = max_bytes + 65536
+        #: seconds between status checks of a ``wait`` that inotify did not wake
+        self.fallback_poll = 1.0
+        self._made = False
+        self._bucket_end = 0
+
+    # -- folders and buckets --------------------------------------------------------------
+
+    def _ensure(self, again: bool = False) -> RecordPaths:
+        if again or not self._made:
+            make_dirs((self.root, *self.paths.all()), self.mode)
+            self._made = True
+        return self.paths
+
+    def _bucket(self) -> str:
+        """The ``done/<END>`` folder for a record finished now, made if missing; opening
+        a new one removes those past the TTL (whole folders: no scan of history)."""
+        width = int(min(3600.0, max(1.0, self.status_ttl / 8)))
+        end = (int(time.time()) // width + 1) * width
+        folder = os.path.join(self.paths.done, str(end))
+        if end != self._bucket_end:
+            self._ensure()
+            make_dirs((folder,), self.mode)
+            self._bucket_end = end
+            self._forget_old()
+        return folder
+
+    def _forget_old(self) -> None:
+        limit = time.time() - self.status_ttl
+        for end in records.bucket_ends(self.paths.done):
+            if end < limit:
+                shutil.rmtree(os.path.join(self.paths.done, str(end)), ignore_errors=True)
+
+    def _to_done(self, source: str, task_id: str) -> str | None:
+        """Move a record into the current ``done/`` folder: its new path, or None if it
+        was not at ``source``."""
+        for again in (False, True):
+            target = os.path.join(self._bucket(), task_id)
+            try:
+                return target if records.move(source, target) else None
+            except FileNotFoundError:  # the folder was removed under us (a tiny TTL)
+                if again:
+                    raise
+                self._bucket_end = 0
+        return None
+
+    # -- finding records ------------------------------------------------------------------
+
+    def _locate(self, task_id: str) -> Found | None:
+        """The record of ``task_id`` wherever it is; None when there is none.
+
+        Looked for in the order records move (live, failed, done), so a record moving
+        forward while we look is found; one moving back (a requeue) is looked for once
+        more."""
+        if not valid_id(task_id):
+            return None
+        p = self.paths
+        for _ in range(2):
+            for where, folder in (("live", p.live), ("failed", p.failed)):
+                path = os.path.join(folder, task_id)
+                read = records.read(path, self.limit)
+                if read is not None:
+                    return Found(where, path, read.record, read.info, read.marks)
+            for end in records.bucket_ends(p.done):
+                if end + self.status_ttl < time.time():
+                    break  # older ones are forgotten
+                path = os.path.join(p.done, str(end), task_id)
+                read = records.read(path, self.limit)
+                if read is not None:
+                    return Found("done", path, read.record, read.info, read.marks)
+        return None
+
+    def _status(self, task_id: str, found: Found) -> TaskStatus | None:
+        record, info, now = found.record, found.info, time.time()
+        queue = _text(record.get("queue")) or ""
+        raw = record.get("state")
+        state: State = raw if raw in STATES else "queued"
+        attempts = int(_number(record.get("attempts")) or 0)
+        started = _number(record.get("started_at"))
+        finished = _number(record.get("finished_at"))
+        if found.where == "live" and state in _WAITING and found.marks:
+            # started by the hot path: a mark appended, at the file's mtime
+            state, attempts, started = "running", attempts + found.marks, info.st_mtime
+        elif found.where == "done" and state not in FINAL_STATES:
+            # the hot path's success: the start time kept as mtime, the move as ctime
+            state, attempts = "succeeded", attempts + max(1, found.marks)
+            started, finished = info.st_mtime, info.st_ctime
+        elif found.where == "live" and state in _WAITING:
+            due, expires = _number(record.get("due_at")), _number(record.get("expires"))
+            if expires is not None and now >= expires:
+                state, finished = "expired", expires
+            elif state == "delayed" and (due is None or now >= due):
+                state = "queued"
+        if found.where == "done" and (finished or info.st_ctime) + self.status_ttl < now:
+            return None  # past its TTL, its folder not yet removed
+        return TaskStatus(
+            id=task_id,
+            queue=queue,
+            state=state,
+            attempts=attempts,
+            submitted_at=_number(record.get("submitted_at")),
+            started_at=started,
+            finished_at=finished,
+            error=_text(record.get("error")),
+            result=record.get("result"),
+        )
+
+    # -- the generic calls ----------------------------------------------------------------
+
+    @os_errors
+    def submitted(
+        self, queue: str, ids: Sequence[str], delay: float, options: SubmitOptions
+    ) -> list[str]:
+        """Write a ``live/`` record per task (before the task files: a consumer always
+        finds one); take the unique key after the record, so a holder always has one."""
+        p = self._ensure()
+        now = time.time()
+        record: Record = {"queue": queue, "state": "delayed" if delay > 0 else "queued"}
+        record.update(attempts=0, submitted_at=now)
+        if delay > 0:
+            record["due_at"] = now + delay
+        if options.expires is not None:
+            record["expires"] = now + options.expires
+        if options.unique_key is not None:
+            record["unique_key"] = options.unique_key
+        body = records.encode(record)
+        for task_id in ids:
+            records.create(os.path.join(p.live, task_id), body, self.mode)
+        if options.unique_key is None:
+            return list(ids)
+        holder = self._take_unique(queue, options.unique_key, ids[0])
+        if holder != ids[0]:
+            records.remove(os.path.join(p.live, ids[0]))
+        return [holder]
+
+    @os_errors
+    def unsubmitted(self, queue: str, ids: Sequence[str], options: SubmitOptions) -> None:
+        """Undo ``submitted`` for tasks that were never stored (the submit failed after
+        it): their records go, and a unique key they took is free again."""
+        for task_id in ids:
+            if valid_id(task_id):
+                records.remove(os.path.join(self.paths.live, task_id))
+        if options.unique_key is not None and ids:
+            path = self._unique_path(queue, options.unique_key)
+            if self._holder(path) == ids[0]:
+                records.remove(path)
+
+    def expires_at(self, task_id: str) -> float | None:
+        """The absolute expiry a ``live/`` record gives the task (``submitted`` makes it
+        from the relative ``expires``); the task file carries the same number."""
+        read = records.read(os.path.join(self.paths.live, task_id), self.limit)
+        return None if read is None else _number(read.record.get("expires"))
+
+    @os_errors
+    def started(self, queue: str, task_id: str, attempt: int) -> StartVerdict:
+        """``running`` unless cancelled or expired (see ``begin``)."""
+        return self.begin(task_id, attempt)
+
+    @os_errors
+    def settled(
+        self,
+        queue: str,
+        task_id: str,
+        state: State,
+        attempts: int,
+        *,
+        error: str | None = None,
+        result_json: str | None = None,
+    ) -> None:
+        """Record an outcome (see ``finish``)."""
+        self.finish(task_id, state, attempts, error=error, result_json=result_json, queue=queue)
+
+    @os_errors
+    def statuses(self, ids: Sequence[str]) -> list[TaskStatus | None]:
+        """Each id's status; None for one never known or forgotten."""
+        found = []
+        for task_id in ids:
+            where = self._locate(task_id)
+            found.append(None if where is None else self._status(task_id, where))
+        return found
+
+    @os_errors
+    def cancel(self, task_id: str) -> bool:
+        """Write ``cancelled`` into a record that is not final, then move it to ``done/``;
+        True if it was not final. A consumer's start then finds no ``live/`` record and
+        drops the task; a running one is stopped by its supervisor."""
+        now = time.time()
+
+        def cancelled(old: Record, marked_at: float | None) -> tuple[Record, str | None] | None:
+            state = old.get("state")
+            if state in FINAL_STATES and state != "cancelled":
+                return None
+            new = {**old, "state": "cancelled", "finished_at": now}
+            if marked_at is not None and state in _WAITING:
+                # started by the hot path, which wrote no content: its attempt and start
+                new["attempts"] = int(_number(old.get("attempts")) or 0) + 1
+                new["started_at"] = marked_at
+            return new, None
+
+        wrote = False  # a record we wrote "cancelled" into may be moved by somebody else
+        found: Found | None = None
+        for _ in range(5):  # each turn, somebody else moved the record meanwhile
+            found = self._locate(task_id)
+            if found is None:
+                return False
+            if found.where in ("failed", "done"):
+                return wrote and found.record.get("state") == "cancelled"
+            outcome = records.update(found.path, cancelled, self.limit)
+            if outcome is None:
+                continue
+            wrote = wrote or outcome[1]
+            record, changed = outcome
+            if not changed:
+                return False
+            if self._to_done(found.path, task_id) is not None:
+                self._release_unique(record, task_id)
+                return True
+        return False
+
+    def wait(self, task_id: str, timeout: float | None) -> TaskStatus | None:
+        """Block until the task is final. Woken by inotify when its record leaves
+        ``live/``; polled every ``poll`` s only where inotify is missing."""
+        from asynctask_filesys.waiting import RecordWatch  # inotify only when waiting
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with RecordWatch(self._ensure(), task_id, self.use_inotify) as watch:
+            while True:
+                status = self.statuses([task_id])[0]
+                if status is None or status.final:
+                    return status
+                pause = self.fallback_poll if watch.active else self.poll
+                if status.state in _WAITING:
+                    expires = self.expires_at(task_id)
+                    if expires is not None:  # expiring needs no event: wake for it
+                        pause = min(pause, max(0.001, expires - time.time()))
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(f"task {task_id} is still {status.state}")
+                    pause = min(pause, left)
+                watch.wait(pause)
+
+    # -- the consumer's side (fused: no content written on the hot path) -------------------
+
+    def begin(
+        self, task_id: str, attempt: int, expires: Any = UNKNOWN, unique_key: Any = UNKNOWN
+    ) -> StartVerdict:
+        """A worker is about to run the task: append a mark to its record (the hot path:
+        one write, no move), unless it expired (then ``expired`` is written) or was
+        cancelled (its record is no longer in ``live/``). A later attempt writes its
+        count. A task with no record at all (dropped in by another program) runs
+        untracked."""
+        live = os.path.join(self.paths.live, task_id)
+        if expires is UNKNOWN:
+            read = records.read(live, self.limit)
+            expires = None if read is None else _number(read.record.get("expires"))
+        if attempt == 1 and expires is not None and time.time() >= expires:
+            # never started: it is never run (a retried task was started: not expired)
+            self._finish_at(live, task_id, "expired", 0, None, None, None)
+            return "expired"
+        if attempt == 1:
+            if records.mark(live):
+                return "run"
+        else:
+            now = time.time()
+
+            def running(old: Record, _: float | None) -> tuple[Record, str | None] | None:
+                if old.get("state") in FINAL_STATES:
+                    return None
+                return {**old, "state": "running", "attempts": attempt, "started_at": now}, None
+
+            outcome = records.update(live, running, self.limit)
+            if outcome is not None and outcome[1]:
+                return "run"
+        found = self._locate(task_id)
+        state = None if found is None else found.record.get("state")
+        if state == "cancelled":
+            return "cancelled"
+        if state == "expired" and found is not None and found.where == "done":
+            return "expired"
+        return "run"
+
+    def finish(
+        self,
+        task_id: str,
+        state: State,
+        attempts: int,
+        *,
+        started_at: float | None = None,
+        error: str | None = None,
+        result_json: str | None = None,
+        unique_key: Any = UNKNOWN,
+        queue: str | None = None,
+    ) -> bool | None:
+        """Record an outcome of a started task (or ``queued``: requeued, handed back).
+
+        The hot path, a first attempt's success without a result whose file told the
+        unique key, is one rename (the mark's mtime, the start time, moves with it).
+        Anything else rewrites the record first, then moves it. A record already
+        ``cancelled`` stays so: then True (the task was cancelled while it ran), else
+        None."""
+        if not valid_id(task_id):
+            return None
+        hot = state == "succeeded" and result_json is None and attempts == 1
+        if hot and unique_key is not UNKNOWN:
+            # the mark's mtime is the start time, which the rename keeps (acked without
+            # a start, by a consumer used directly: none, the submit time stands)
+            done = self._to_done(os.path.join(self.paths.live, task_id), task_id)
+            if done is not None:
+                if unique_key is not None:
+                    self._release_unique({"unique_key": unique_key, "queue": queue}, task_id)
+                return None
+        found = self._locate(task_id)
+        if found is None:
+            return None  # untracked (no record: dropped in by another program)
+        if found.where == "failed" and state != "queued":
+            return None
+        if found.where != "done" and self._finish_at(
+            found.path, task_id, state, attempts, started_at, error, result_json
+        ):
+            return None
+        final = found if found.where == "done" else self._locate(task_id)
+        return True if final is not None and final.record.get("state") == "cancelled" else None
+
+    def drop(self, task_id: str, queue: str, unique_key: str) -> None:
+        """A task settled by a worker that keeps no status (``track_status = False``):
+        its record goes, and the unique key it holds is freed."""
+        if valid_id(task_id):
+            records.remove(os.path.join(self.paths.live, task_id))
+            self._release_unique({"unique_key": unique_key, "queue": queue}, task_id)
+
+    # -- queues whose workers keep no status ----------------------------------------------
+
+    def _untracked_path(self, queue: str) -> str:
+        return os.path.join(self.paths.base, "untracked", queue)
+
+    @os_errors
+    def set_tracking(self, queue: str, tracked: bool) -> None:
+        """A file ``.status/untracked/<queue>`` while its workers keep no status."""
+        path = self._untracked_path(queue)
+        if tracked:
+            records.remove(path)
+            return
+        self._ensure()
+        make_dirs((os.path.dirname(path),), self.mode)
+        records.create(path, b"", self.mode)
+
+    @os_errors
+    def untracked(self, queues: Collection[str]) -> set[str]:
+        """The queues among ``queues`` marked untracked."""
+        return {q for q in queues if os.path.lexists(self._untracked_path(q))}
+
+    def _finish_at(
+        self,
+        path: str,
+        task_id: str,
+        state: State,
+        attempts: int,
+        started_at: float | None,
+        error: str | None,
+        result_json: str | None,
+    ) -> bool:
+        """Rewrite the record at ``path`` with ``state``, then move it where that state
+        lives; False if it was final already or moved away meanwhile."""
+        now = time.time()
+
+        def outcome(old: Record, marked_at: float | None) -> tuple[Record, str | None] | None:
+            if old.get("state") in FINAL_STATES and old.get("state") != "failed":
+                return None  # cancelled (or expired) stays so: its result is discarded
+            new = {k: v for k, v in old.items() if k != "result"}
+            new.update(state=state, attempts=attempts)
+            if state == "queued":  # requeued from the failed store, or handed back
+                new.pop("started_at", None)
+                new.pop("finished_at", None)
+                return new, None
+            if started_at is not None or marked_at is not None:
+                new["started_at"] = started_at if started_at is not None else marked_at
+            if error is not None:
+                new["error"] = error
+            if state in FINAL_STATES:
+                new["finished_at"] = now
+            return new, result_json if state == "succeeded" else None
+
+        result = records.update(path, outcome, self.limit)
+        if result is None or not result[1]:
+            return False
+        record = result[0]
+        p = self.paths
+        if state in ("succeeded", "cancelled", "expired"):
+            moved = self._to_done(path, task_id) is not None
+        else:
+            target = {"failed": p.failed}.get(state, p.live)
+            moved = path == os.path.join(target, task_id) or records.move(
+                path, os.path.join(target, task_id)
+            )
+        if moved and state in FINAL_STATES:
+            self._release_unique(record, task_id)
+        return moved
+
+    def forget(self, task_ids: Sequence[str], where: str) -> None:
+        """Remove the records of purged tasks (``live`` or ``failed``)."""
+        folder = self.paths.live if where == "live" else self.paths.failed
+        for task_id in task_ids:
+            if valid_id(task_id):
+                records.remove(os.path.join(folder, task_id))
+
+    # -- unique keys ----------------------------------------------------------------------
+
+    def _unique_path(self, queue: str, key: str) -> str:
+        return os.path.join(self.paths.unique, queue, hashlib.sha256(key.encode()).hexdigest())
+
+    def _take_unique(self, queue: str, key: str, task_id: str) -> str:
+        """Take ``key`` for ``task_id`` (an exclusive create); the holder's id if a task
+        that is not final holds it. A holder whose task is final or gone (a crash before
+        its release) is removed first."""
+        path = self._unique_path(queue, key)
+        make_dirs((os.path.dirname(path),), self.mode)
+        tmp = os.path.join(self.paths.tmp, f"unique-{uuid.uuid4().hex}")
+        write_file(tmp, task_id.encode(), self.mode, sync=False)
+        try:
+            for _ in range(20):
+                try:
+                    os.link(tmp, path)  # fails when the name exists: like O_EXCL
+                    return task_id
+                except FileExistsError:
+                    pass
+                holder = self._holder(path)
+                if holder is None:
+                    continue  # released meanwhile: try again
+                status = self.statuses([holder])[0]
+                if status is not None and not status.final:
+                    return holder
+                if self._holder(path) == holder:  # stale: its task is final or gone
+                    records.remove(path)
+        finally:
+            os.unlink(tmp)
+        raise TransportError(f"unique key {key!r} of queue {queue!r} stayed contended")
+
+    def _holder(self, path: str) -> str | None:
+        read = records.read_bytes(path, 256)
+        if read is None:
+            return None
+        text = read.decode("ascii", errors="replace")
+        return text if valid_id(text) else None
+
+    def _release_unique(self, record: Record, task_id: str) -> None:
+        key, queue = _text(record.get("unique_key")), _text(record.get("queue"))
+        if key is None:
+            return
+        if queue is None:
+            return
+        path = self._unique_path(queue, key)
+        if self._holder(path) == task_id:
+            records.remove(path)

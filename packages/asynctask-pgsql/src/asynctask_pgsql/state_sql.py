@@ -1,0 +1,144 @@
+"""The statements of the task-status store (``asynctask_pgsql.state``), one round trip each.
+
+The queue's own statements (``asynctask_pgsql.statements``) write statuses fused with the
+tasks; these read them, cancel, and give the generic ``StateStore`` calls that another
+transport (``asynctask_state``) uses for tasks that are not in this database's queue
+table. Final states set ``date_forget`` (TTL), free the unique key and NOTIFY ``{c}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import LiteralString
+
+from asynctask_pgsql.schema import sql
+
+_FINAL = """date_finished = now(), date_forget = now() + make_interval(secs => %(ttl)s::float8),
+        unique_key = NULL"""
+
+_TOLD = "CASE WHEN s.watched THEN pg_notify('{c}', replace(s.task_id::text, '-', '')) END"
+
+# A queued task past its expiry reads ``expired`` (the next reserve makes it so); a
+# queued or delayed one reads from its queue row whether it is due yet.
+STATUSES = """
+SELECT replace(s.task_id::text, '-', ''), s.queue_name,
+    CASE WHEN s.state IN ('queued', 'delayed') AND s.date_expires <= now() THEN 'expired'
+         WHEN s.state IN ('queued', 'delayed') AND q.date_available IS NOT NULL THEN
+             CASE WHEN q.date_available > now() THEN 'delayed' ELSE 'queued' END
+         ELSE s.state END,
+    s.attempts,
+    extract(epoch FROM s.date_submitted)::float8,
+    extract(epoch FROM s.date_started)::float8,
+    extract(epoch FROM CASE WHEN s.state IN ('queued', 'delayed')
+                             AND s.date_expires <= now() THEN s.date_expires
+                            ELSE s.date_finished END)::float8,
+    s.error, s.result
+FROM {s}.asynctask_status AS s
+LEFT JOIN {s}.asynctask_queue AS q ON q.task_id = s.task_id AND q.state = 'queued'
+WHERE s.task_id = ANY(%(ids)s::uuid[]) AND (s.date_forget IS NULL OR s.date_forget > now())
+"""
+
+# A waiting task's row goes at once (it never runs); a reserved one stays for its
+# consumer, whose ``start`` drops it, or whose supervisor stops it while it runs. Its
+# consumer hears of it on the queue's channel (``cancel <id>``): a consumer that starts
+# prefetched tasks without waiting (``statements.START_RUNNING``) asks first.
+CANCEL = f"""
+WITH hit AS (
+    UPDATE {{s}}.asynctask_status AS s
+    SET state = 'cancelled', {_FINAL}
+    WHERE s.task_id = %(id)s::uuid AND s.date_finished IS NULL
+      AND NOT (s.state IN ('queued', 'delayed') AND coalesce(s.date_expires <= now(), false))
+    RETURNING s.task_id, {_TOLD}
+), gone AS (
+    DELETE FROM {{s}}.asynctask_queue AS q USING hit
+    WHERE q.task_id = hit.task_id AND q.state = 'queued'
+), told AS (
+    SELECT pg_notify({{s}}.asynctask_channel(q.queue_name),
+                     'cancel ' || replace(q.task_id::text, '-', ''))
+    FROM {{s}}.asynctask_queue AS q, hit
+    WHERE q.task_id = hit.task_id AND q.state = 'reserved'
+)
+SELECT (SELECT count(*) FROM hit), (SELECT count(*) FROM told)
+"""
+
+# The generic calls (``StateStore``), for tasks kept in another transport.
+SUBMITTED = """
+WITH st AS (
+    INSERT INTO {s}.asynctask_status (task_id, queue_name, state, date_expires, unique_key)
+    SELECT t.id, %(queue)s, CASE WHEN %(delay)s::float8 > 0 THEN 'delayed' ELSE 'queued' END,
+           now() + make_interval(secs => %(expires)s::float8), %(unique_key)s::text
+    FROM unnest(%(ids)s::uuid[]) AS t(id)
+    ON CONFLICT DO NOTHING
+    RETURNING task_id
+)
+SELECT (SELECT count(*) FROM st),
+    (SELECT replace(h.task_id::text, '-', '') FROM {s}.asynctask_status AS h
+     WHERE %(unique_key)s::text IS NOT NULL AND h.queue_name = %(queue)s
+       AND h.unique_key = %(unique_key)s::text),
+    EXISTS (SELECT 1 FROM {s}.asynctask_status WHERE task_id = (%(ids)s::uuid[])[1])
+"""
+
+STARTED = f"""
+WITH cur AS (
+    SELECT task_id, state, date_finished IS NULL AS open,
+        date_finished IS NULL AND state IN ('queued', 'delayed')
+            AND coalesce(date_expires <= now(), false) AS lapsed
+    FROM {{s}}.asynctask_status WHERE task_id = %(id)s::uuid
+    FOR UPDATE
+), run AS (
+    UPDATE {{s}}.asynctask_status AS s
+    SET state = 'running', attempts = %(attempt)s, date_started = now()
+    FROM cur WHERE s.task_id = cur.task_id AND cur.open AND NOT cur.lapsed
+), lapse AS (
+    UPDATE {{s}}.asynctask_status AS s
+    SET state = 'expired', {_FINAL}
+    FROM cur WHERE s.task_id = cur.task_id AND cur.lapsed
+    RETURNING {_TOLD}
+)
+SELECT state, open, lapsed, (SELECT count(*) FROM lapse) FROM cur
+"""
+
+# Requeued from the failed store (``queued``) is the one way out of a final state;
+# ``cancelled`` is never overwritten.
+SETTLED = f"""
+UPDATE {{s}}.asynctask_status AS s
+SET state = %(state)s, attempts = %(attempts)s, error = coalesce(%(error)s, s.error),
+    result = CASE WHEN %(state)s = 'succeeded' THEN %(result)s END,
+    date_finished = CASE WHEN %(final)s THEN now() END,
+    date_forget = CASE WHEN %(final)s THEN now() + make_interval(secs => %(ttl)s::float8) END,
+    unique_key = CASE WHEN %(final)s THEN NULL ELSE s.unique_key END
+WHERE s.task_id = %(id)s::uuid
+  AND (s.date_finished IS NULL OR (s.state = 'failed' AND %(state)s = 'queued'))
+RETURNING CASE WHEN %(final)s THEN {_TOLD} END
+"""
+
+# ``wait`` marks the task watched (then reads it): its final state is announced.
+WATCH = "UPDATE {s}.asynctask_status SET watched = true WHERE task_id = %s AND NOT watched"
+
+TRACK = "DELETE FROM {s}.asynctask_untracked WHERE queue_name = %s"
+
+UNTRACK = "INSERT INTO {s}.asynctask_untracked VALUES (%s) ON CONFLICT DO NOTHING"
+
+
+UNTRACKED = "SELECT queue_name FROM {s}.asynctask_untracked WHERE queue_name = ANY(%s)"
+
+
+@dataclass(frozen=True)
+class StateStatements:
+    """The statements above with the schema name filled in."""
+
+    statuses: LiteralString
+    cancel: LiteralString
+    submitted: LiteralString
+    started: LiteralString
+    settled: LiteralString
+    watch: LiteralString
+    track: LiteralString
+    untrack: LiteralString
+    untracked: LiteralString
+
+    @classmethod
+    def for_schema(cls, schema: str) -> StateStatements:
+        """Fill every statement in for ``schema``."""
+        texts = {name: globals()[name.upper()] for name in cls.__dataclass_fields__}
+        return cls(**{name: sql(text, schema) for name, text in texts.items()})

@@ -1,0 +1,309 @@
+"""The redis transport's task statuses as a ``StateStore`` (``asynctask.status``).
+
+The transport's own queue scripts write the same keys as part of their work (a submit
+records ``queued`` in the ``PUT`` script, a reserve marks ``running`` in its move, an ack
+writes ``succeeded`` with the next move): this class is the generic side, used by
+``status``/``wait``/``cancel`` and by any other transport whose ``asynctask_state``
+names this Redis (AMQP keeps its state here that way).
+
+With prefix ``P`` and queue ``Q`` a status is the hash ``P:Q:task:<id>`` (state,
+attempts, submitted_at, started_at, finished_at, error, result, expires_at in ms,
+unique), found by id through the pointer ``P:@id:<id>`` (the queue's name). A waiter
+marks ``P:Q:waiting:<id>``; a final state reached while it is there is pushed on the
+list ``P:Q:done:<id>``, on which ``wait`` blocks (``BLMOVE`` from the list to itself,
+so every waiter wakes and the signal stays). The keys expire ``asynctask_status_ttl``
+after the final state (a failed task's when its failed record is requeued or purged).
+A unique key is held by ``P:Q:unique:<key>`` (the task's id).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from asynctask.status import (
+    FINAL_STATES,
+    STATES,
+    StartVerdict,
+    State,
+    StateStore,
+    StatusNotTracked,
+    SubmitOptions,
+    TaskStatus,
+)
+from asynctask_redis.connection import call, pipeline, run
+from asynctask_redis.scripts import Script, with_prelude
+
+if TYPE_CHECKING:
+    from asynctask_redis.transport import RedisTransport
+
+#: ARGV: prefix, queue, delayed (1/0), expires_ms or '', unique key or '', id...
+#: Records new tasks; returns their ids, or {holder} when the unique key is held.
+SUBMITTED = with_prelude(
+    "submitted",
+    r"""
+local state, expires, unique = ARGV[3] == '1' and 'delayed' or 'queued', ARGV[4], ARGV[5]
+if unique ~= '' then
+  local holder = holder_of(unique)
+  if holder then return {holder} end
+end
+local now = now_ms()
+local out = {}
+for i = 6, #ARGV do
+  record(ARGV[i], state, now, expires, unique)
+  out[#out + 1] = ARGV[i]
+end
+return out
+""",
+)
+
+#: ARGV: prefix, queue, ttl_ms, id, attempt. Returns 'run', 'cancelled' or 'expired'.
+STARTED = with_prelude("started", "return start_task(ARGV[4], ARGV[5], now_ms(), ARGV[3])")
+
+#: ARGV: prefix, queue, ttl_ms, id, state, attempts (0: unchanged), error or '',
+#: result JSON or ''. A cancelled or expired task keeps its state. Returns 1 if written.
+SETTLED = with_prelude(
+    "settled",
+    r"""
+local ttl_ms, id, state, attempts, err = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local key = task_key(id)
+local current = redis.call('HGET', key, 'state')
+if not current or current == 'cancelled' or current == 'expired' then return 0 end
+local extra = {}
+if attempts > 0 then extra[#extra + 1] = 'attempts'; extra[#extra + 1] = attempts end
+if err ~= '' then extra[#extra + 1] = 'error'; extra[#extra + 1] = err end
+if state == 'succeeded' and ARGV[8] ~= '' then
+  extra[#extra + 1] = 'result'; extra[#extra + 1] = ARGV[8]
+end
+if FINAL[state] then
+  finish(id, state, now_ms(), ttl_ms, unpack(extra))
+elseif state == 'queued' then  -- handed back, or requeued from the failed store
+  redis.call('HSET', key, 'state', 'queued', unpack(extra))
+  redis.call('HDEL', key, 'finished_at')
+  redis.call('PERSIST', key)
+  redis.call('DEL', done_key(id))
+else
+  redis.call('HSET', key, 'state', state, unpack(extra))
+end
+return 1
+""",
+)
+
+#: ARGV: prefix, queue, ttl_ms, id. Returns 1 if the task was not final and now is
+#: cancelled (a waiting one is dropped by the next consumer to meet it).
+CANCEL = with_prelude(
+    "cancel",
+    r"""
+local ttl_ms, id = ARGV[3], ARGV[4]
+local f = redis.call('HMGET', task_key(id), 'state', 'expires_at', 'started_at')
+if not f[1] or FINAL[f[1]] then return 0 end
+local now = now_ms()
+if f[2] and not f[3] and now >= tonumber(f[2]) then
+  finish(id, 'expired', now, ttl_ms)
+  return 0
+end
+finish(id, 'cancelled', now, ttl_ms)
+return 1
+""",
+)
+
+_FLOATS = ("submitted_at", "started_at", "finished_at")
+
+
+class RedisStateStore(StateStore):
+    """Task statuses in the Redis of ``transport``; see the module docstring."""
+
+    def __init__(self, transport: RedisTransport) -> None:
+        self.transport = transport
+        self.status_ttl = transport.status_ttl
+        self.fallback_poll = 5.0
+
+    def __repr__(self) -> str:
+        return f"RedisStateStore({self.transport!r})"
+
+    @property
+    def ttl_ms(self) -> int:
+        """``status_ttl`` in ms, as the scripts take it (at least 1)."""
+        return max(1, int(self.status_ttl * 1000))
+
+    def _run(self, script: Script, queue: str, *args: Any) -> Any:
+        t = self.transport
+        return t.execute(run, script, t.prefix, queue, *args)
+
+    # -- the generic calls (a transport keeping its state here) -------------------------
+
+    def submitted(
+        self, queue: str, ids: Sequence[str], delay: float, options: SubmitOptions
+    ) -> list[str]:
+        """Record ``queued``/``delayed``; a held unique key returns its task's id."""
+        expires = "" if options.expires is None else f"{options.expires * 1000:.0f}"
+        unique = options.unique_key or ""
+        flag = "1" if delay > 0 else "0"
+        reply = self._run(SUBMITTED, queue, flag, expires, unique, *ids)
+        return [raw.decode() for raw in reply]
+
+    def started(self, queue: str, task_id: str, attempt: int) -> StartVerdict:
+        """``running``, unless cancelled or expired (then that, made final)."""
+        verdict = self._run(STARTED, queue, self.ttl_ms, task_id, attempt).decode()
+        return "run" if verdict == "run" else "cancelled" if verdict == "cancelled" else "expired"
+
+    def settled(
+        self,
+        queue: str,
+        task_id: str,
+        state: State,
+        attempts: int,
+        *,
+        error: str | None = None,
+        result_json: str | None = None,
+    ) -> None:
+        """Record an outcome; a cancelled task stays cancelled."""
+        self._run(
+            SETTLED,
+            queue,
+            self.ttl_ms,
+            task_id,
+            state,
+            attempts,
+            error or "",
+            result_json or "",
+        )
+
+    def set_tracking(self, queue: str, tracked: bool) -> None:
+        """``P:Q:untracked`` exists while the queue's workers keep no status; a submit
+        then records ``queued`` expiring after the ttl (nothing else would end it) and
+        refuses ``expires`` and ``unique_key``, which need a worker that keeps one."""
+        t = self.transport
+        key = t.key(queue, "untracked")
+        t.execute(call, *(("DEL", key) if tracked else ("SET", key, "1")))
+
+    def untracked(self, queues: Collection[str]) -> set[str]:
+        """Which of ``queues`` have workers with ``track_status = False``."""
+        names = sorted(queues)
+        if not names:
+            return set()
+        t = self.transport
+        found = t.execute(pipeline, [("EXISTS", t.key(q, "untracked")) for q in names])
+        return {q for q, there in zip(names, found, strict=True) if there}
+
+    # -- reading, waiting, cancelling ---------------------------------------------------
+
+    def _queues(self, ids: Sequence[str]) -> list[str | None]:
+        if not ids:
+            return []
+        t = self.transport
+        found = t.execute(call, "MGET", *(f"{t.prefix}:@id:{task_id}" for task_id in ids))
+        return [None if q is None else q.decode() for q in found]
+
+    def statuses(self, ids: Sequence[str]) -> list[TaskStatus | None]:
+        """Each id's status (two round trips for any number of ids)."""
+        return [found for found, _ in self._read(ids)]
+
+    def _read(self, ids: Sequence[str]) -> list[tuple[TaskStatus | None, float | None]]:
+        """Each id's status and, for one waiting with an ``expires``, when it expires."""
+        queues = self._queues(ids)
+        t = self.transport
+        commands: list[tuple[Any, ...]] = [("TIME",)]
+        for task_id, queue in zip(ids, queues, strict=True):
+            if queue is not None:
+                commands.append(("HGETALL", t.key(queue, f"task:{task_id}")))
+                commands.append(("EXISTS", t.key(queue, "untracked")))
+        replies = t.execute(pipeline, commands)
+        now = int(replies[0][0]) + int(replies[0][1]) / 1e6
+        out: list[tuple[TaskStatus | None, float | None]] = []
+        at = 1
+        for task_id, queue in zip(ids, queues, strict=True):
+            if queue is None:
+                out.append((None, None))
+                continue
+            flat, untracked = replies[at], replies[at + 1]
+            at += 2
+            if not flat:
+                if untracked:
+                    raise StatusNotTracked(
+                        f"queue {queue!r} runs its worker with track_status = False: its "
+                        "tasks have no status; set track_status = True on that worker "
+                        "to use status, wait and cancel"
+                    )
+                out.append((None, None))
+                continue
+            out.append(_status(task_id, queue, flat, now))
+        return out
+
+    def wait(self, task_id: str, timeout: float | None) -> TaskStatus | None:
+        """Block until final: ``BLMOVE`` on the task's ``done`` list, woken by the
+        script that makes it final (at most until it would expire unstarted)."""
+        t = self.transport
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # re-read every fallback_poll (a lost signal); a blocking read must end before
+        # the socket's reply timeout
+        longest = max(0.05, min(self.fallback_poll, float(t.options["socket_timeout"]) - 1))
+        marked_until = 0.0
+        while True:
+            found, expires_in = t._call(self._read, [task_id])[0]
+            if found is None or found.final:
+                return found
+            block = longest if expires_in is None else min(longest, expires_in + 0.002)
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"task {task_id} is still {found.state} after {timeout:g} s")
+                block = min(block, remaining)
+            if time.monotonic() + block > marked_until:
+                # Say a waiter is here (the final write pushes the signal only then),
+                # then read again: a state reached before the mark was seen by no one.
+                ms = int((block + 5) * 1000)
+                mark = t.key(found.queue, f"waiting:{task_id}")
+                commands = [("SET", mark, "1", "NX", "PX", ms), ("PEXPIRE", mark, ms, "GT")]
+                t._call(t.execute, pipeline, commands)
+                marked_until = time.monotonic() + block + 4
+                continue
+            done = t.key(found.queue, f"done:{task_id}")
+            t._call(
+                t.execute, call, "BLMOVE", done, done, "RIGHT", "LEFT", f"{max(block, 0.001):.3f}"
+            )
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a task that is not final; see ``StateStore.cancel``."""
+        queue = self._queues([task_id])[0]
+        if queue is None:
+            return False
+        return bool(self._run(CANCEL, queue, self.ttl_ms, task_id))
+
+
+def _status(task_id: str, queue: str, reply: Any, now: float) -> tuple[TaskStatus, float | None]:
+    """A status from its hash; a task waiting past its ``expires`` reads ``expired``."""
+    # HGETALL: a flat list in RESP2, a map in RESP3
+    pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
+    fields = {k.decode(): v.decode() for k, v in pairs}
+    state: str = fields.get("state", "queued")
+    if state not in STATES:
+        state = "queued"
+    times = {name: float(fields[name]) if name in fields else None for name in _FLOATS}
+    expires_in: float | None = None
+    if "expires_at" in fields and times["started_at"] is None and state not in FINAL_STATES:
+        expires_at = int(fields["expires_at"]) / 1000
+        if now >= expires_at:
+            state, times["finished_at"] = "expired", expires_at
+        else:
+            expires_in = expires_at - now
+    result: object = None
+    if "result" in fields:
+        try:
+            result = json.loads(fields["result"])
+        except ValueError:
+            result = None
+    status = TaskStatus(
+        id=task_id,
+        queue=queue,
+        state=cast(State, state),
+        attempts=int(fields.get("attempts", "0")),
+        submitted_at=times["submitted_at"],
+        started_at=times["started_at"],
+        finished_at=times["finished_at"],
+        error=fields.get("error"),
+        result=result,
+    )
+    return status, expires_in

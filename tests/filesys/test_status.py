@@ -1,0 +1,278 @@
+"""Task statuses on ``filesys:`` (DESIGN.md section 6), through its consumer directly.
+
+The shared ``StatusContract`` runs the same stories under a real worker; these tests pin
+what is particular to the record files: the hot path, the folders, hostile records.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import multiprocessing
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from asynctask.testing import unique_queue
+from asynctask.testing.contract import open_transport
+
+
+@pytest.fixture
+def uri(tmp_path: Path) -> str:
+    return f"filesys:{tmp_path / 'q'}?lease=2"
+
+
+def _run_one(consumer, result_json: str | None = None):
+    delivery = consumer.reserve(timeout=5)
+    assert delivery is not None
+    assert consumer.start(delivery) == "run"
+    consumer.ack(delivery, result_json)
+    return delivery
+
+
+def test_a_task_goes_queued_running_succeeded_with_its_result(uri):
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as consumer:
+        # Given a submitted task
+        tid = t.submit_task(queue, {"n": 1})
+        st = t.status(tid)
+        assert st is not None
+        assert (st.state, st.attempts, st.queue) == ("queued", 0, queue)
+        # When a worker starts it, then it is running
+        delivery = consumer.reserve(timeout=5)
+        assert consumer.start(delivery) == "run"
+        st = t.status(tid)
+        assert st.state == "running"
+        assert st.attempts == 1
+        assert st.started_at is not None
+        # And when it returns a value, that is its result
+        consumer.ack(delivery, '{"sum": [1, 2]}')
+        st = t.status(tid)
+        assert (st.state, st.result, st.attempts) == ("succeeded", {"sum": [1, 2]}, 1)
+        assert st.submitted_at <= st.started_at <= st.finished_at
+
+
+def test_the_hot_path_success_keeps_its_times_without_writing(uri):
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as consumer:
+        tid = t.submit_task(queue, {})
+        before = time.time()
+        _run_one(consumer)
+        st = t.status(tid)
+        assert (st.state, st.attempts, st.result) == ("succeeded", 1, None)
+        assert before - 0.1 <= st.started_at <= st.finished_at <= time.time() + 0.1
+
+
+def test_retry_then_fail_then_requeue(uri):
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as consumer:
+        tid = t.submit_task(queue, {})
+        delivery = consumer.reserve(timeout=5)
+        consumer.start(delivery)
+        consumer.retry(delivery, 0, "ValueError: first")
+        st = t.status(tid)
+        assert (st.state, st.attempts, st.error) == ("retrying", 1, "ValueError: first")
+        delivery = consumer.reserve(timeout=5)
+        assert consumer.start(delivery) == "run"
+        assert (t.status(tid).state, t.status(tid).attempts) == ("running", 2)
+        consumer.fail(delivery, "ValueError: second")
+        st = t.status(tid)
+        assert (st.state, st.attempts, st.error) == ("failed", 2, "ValueError: second")
+        # a failed status lives as long as its failed record; a requeue queues it again
+        assert t.requeue_failed(queue, [tid]) == 1
+        assert t.status(tid).state == "queued"
+        _run_one(consumer)
+        assert t.status(tid).state == "succeeded"
+
+
+def test_a_cancelled_waiting_task_never_runs_nor_fails(uri):
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as consumer:
+        tid = t.submit_task(queue, {}, unique_key="k")
+        assert t.cancel(tid) is True
+        assert t.cancel(tid) is False  # final already
+        assert t.status(tid).state == "cancelled"
+        delivery = consumer.reserve(timeout=5)
+        assert consumer.start(delivery) == "cancelled"
+        assert consumer.reserve(timeout=0) is None
+        assert t.failed_tasks(queue) == []
+        # the key was freed by the cancel
+        assert t.submit_task(queue, {}, unique_key="k") != tid
+
+
+def test_a_cancelled_running_task_keeps_cancelled_when_it_returns(uri):
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as consumer:
+        tid = t.submit_task(queue, {})
+        delivery = consumer.reserve(timeout=5)
+        consumer.start(delivery)
+        assert t.cancel(tid) is True
+        consumer.ack(delivery, '"late"')
+        st = t.status(tid)
+        assert (st.state, st.result) == ("cancelled", None)
+
+
+def test_a_task_not_started_before_it_expires_never_runs(uri):
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as consumer:
+        tid = t.submit_task(queue, {}, expires=0.2)
+        keep = t.submit_task(queue, {}, expires=60)
+        time.sleep(0.3)
+        assert t.status(tid).state == "expired"
+        delivery = consumer.reserve(timeout=5)
+        assert delivery.id == tid
+        assert consumer.start(delivery) == "expired"
+        assert t.status(tid).state == "expired"
+        assert t.failed_tasks(queue) == []
+        _run_one(consumer)
+        assert t.status(keep).state == "succeeded"
+
+
+def test_a_delayed_task_reads_delayed_until_due(uri):
+    queue = unique_queue()
+    with open_transport(uri) as t:
+        tid = t.submit_task(queue, {}, delay=0.3)
+        assert t.status(tid).state == "delayed"
+        time.sleep(0.35)
+        assert t.status(tid).state == "queued"
+
+
+def test_priorities_come_out_highest_first_fifo_within(uri):
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as consumer:
+        order = [0, 5, 9, 0, 9, 5, 0]
+        ids = [t.submit_task(queue, {"i": i}, priority=p) for i, p in enumerate(order)]
+        taken = []
+        for _ in order:
+            delivery = consumer.reserve(timeout=5)
+            taken.append(delivery.id)
+            consumer.ack(delivery)
+        want = [ids[i] for i in (2, 4, 1, 5, 0, 3, 6)]
+        assert taken == want
+
+
+def test_wait_is_woken_by_inotify_not_the_fallback_poll(uri):
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as consumer:
+        t.state().fallback_poll = 10.0  # only a wake-up can make it in time
+        tid = t.submit_task(queue, {})
+        delivery = consumer.reserve(timeout=5)
+        consumer.start(delivery)
+        woke: list[float] = []
+
+        def waiter() -> None:
+            with open_transport(uri) as other:
+                other.state().fallback_poll = 10.0
+                assert other.wait(tid, timeout=20).state == "succeeded"
+                woke.append(time.monotonic())
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        time.sleep(0.3)  # the waiter is blocked by now
+        acked = time.monotonic()
+        consumer.ack(delivery)
+        thread.join(20)
+        assert woke
+        assert woke[0] - acked < 1.0
+
+
+def test_wait_times_out_with_the_builtin_error(uri):
+    queue = unique_queue()
+    with open_transport(uri) as t:
+        tid = t.submit_task(queue, {})
+        began = time.monotonic()
+        with pytest.raises(TimeoutError):
+            t.wait(tid, timeout=0.2)
+        assert time.monotonic() - began < 1.5
+        with pytest.raises(LookupError):
+            t.wait("0" * 32, timeout=0.2)
+
+
+def _submit_unique(uri: str, queue: str, barrier, report) -> None:
+    with open_transport(uri) as t:
+        t.submit_task(unique_queue(), {})  # warm up: folders made, modules imported
+        barrier.wait(30)
+        report.put([t.submit_task(queue, {}, unique_key="only-one") for _ in range(100)])
+
+
+def test_a_unique_key_makes_one_task_across_processes(uri, tmp_path):
+    queue = unique_queue()
+    ctx = multiprocessing.get_context("spawn")
+    barrier, report = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_submit_unique, args=(uri, queue, barrier, report)) for _ in "ab"]
+    for proc in procs:
+        proc.start()
+    results = [report.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(10)
+    ids = {tid for batch in results for tid in batch}
+    assert len(ids) == 1
+    with open_transport(uri) as t, t.consumer(queue) as consumer:
+        assert t.queue_stats(queue).ready == 1
+        _run_one(consumer)
+        # final: the key is free again
+        again = t.submit_task(queue, {}, unique_key="only-one")
+        assert again not in ids
+        assert t.submit_task(queue, {}, unique_key="only-one") == again
+
+
+def test_a_final_status_is_forgotten_after_the_ttl_by_whole_folders(uri, tmp_path):
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as consumer:
+        t.status_ttl = 1.0
+        tid = t.submit_task(queue, {})
+        _run_one(consumer)
+        assert t.status(tid).state == "succeeded"
+        time.sleep(2.2)
+        assert t.status(tid) is None
+        # the next task to finish opens a new folder and removes the old ones
+        t.submit_task(queue, {})
+        _run_one(consumer)
+        done = tmp_path / "q" / ".status" / "done"
+        assert len(os.listdir(done)) == 1
+
+
+def test_a_planted_symlink_record_is_not_followed(uri, tmp_path):
+    queue = unique_queue()
+    with open_transport(uri) as t:
+        tid = t.submit_task(queue, {})
+        secret = tmp_path / "secret"
+        secret.write_text('{"state": "succeeded", "result": "secret"}')
+        live = tmp_path / "q" / ".status" / "live" / tid
+        live.unlink()
+        live.symlink_to(secret)
+        assert t.status(tid) is None
+        assert t.status("../../secret") is None
+
+
+def test_with_tracking_off_the_consumer_writes_no_status(uri):
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as consumer:
+        # (the run loop calls no start() for a worker with track_status = False)
+        consumer.tracking = False
+        tid = t.submit_task(queue, {})
+        keyed = t.submit_task(queue, {}, unique_key="k")
+        for _ in range(2):
+            consumer.ack(consumer.reserve(timeout=5), '"ignored"')
+        assert t.status(tid).state == "queued"
+        # a unique key is freed all the same (it would be held for good)
+        assert t.submit_task(queue, {}, unique_key="k") != keyed
+
+
+def test_a_record_lock_held_by_somebody_else_delays_but_never_stalls(uri, tmp_path):
+    # Given another user of the shared folder holding the lock of a record for good
+    queue = unique_queue()
+    with open_transport(uri) as t:
+        tid = t.submit_task(queue, {})
+        fd = os.open(tmp_path / "q" / ".status" / "live" / tid, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # When the task is cancelled, then it still is, within the lock's wait
+            began = time.monotonic()
+            assert t.cancel(tid) is True
+            assert time.monotonic() - began < 5
+            assert t.status(tid).state == "cancelled"
+        finally:
+            os.close(fd)

@@ -1,0 +1,442 @@
+"""Task status on pgsql (issue 16, DESIGN.md section 6) beyond the shared contract: what
+the tables hold (checked with plain psycopg), the unique key across processes, the
+indexes that serve reserve, the schema added in place, the store another transport
+uses (``asynctask_state``), and a consumer that keeps no status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from asynctask.status import StatusNotTracked
+from asynctask.testing import unique_queue
+from asynctask.testing.contract import open_transport
+from asynctask_pgsql.statements import Statements
+
+from .conftest import CONNINFO, DATABASE, HOST
+
+URI = f"pgsql://{HOST}/{DATABASE}?recovery_seconds=1"
+
+
+@pytest.fixture
+def transport(pg_server: None) -> Any:
+    transport = open_transport(URI)
+    yield transport
+    transport.close()
+
+
+def rows(query: str, *params: Any, conninfo: str = CONNINFO) -> list[tuple[Any, ...]]:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def status_row(task_id: str) -> tuple[Any, ...] | None:
+    """The stored status, read past the transport."""
+    found = rows(
+        "SELECT state, attempts, error, result, unique_key, date_forget IS NOT NULL"
+        " FROM asynctask.asynctask_status WHERE task_id = %s::uuid",
+        task_id,
+    )
+    return found[0] if found else None
+
+
+def queue_rows(queue: str) -> list[tuple[Any, ...]]:
+    return rows("SELECT task_id, state FROM asynctask.asynctask_queue WHERE queue_name = %s", queue)
+
+
+def run_one(consumer: Any, result: object = None) -> Any:
+    """Reserve, start and acknowledge one task; the acknowledgement is sent at once."""
+    delivery = consumer.reserve(5)
+    assert delivery is not None
+    assert consumer.start(delivery) == "run"
+    consumer.ack(delivery, None if result is None else json.dumps(result))
+    consumer.reserve(0)  # sends the acknowledgement
+    return delivery
+
+
+def test_a_task_that_succeeds_is_queued_running_then_succeeded_with_its_result(transport):
+    queue = unique_queue()
+    task_id = transport.submit_task(queue, {"n": 1})
+    assert transport.status(task_id).state == "queued"
+    assert status_row(task_id)[0] == "queued"
+    with transport.consumer(queue) as consumer:
+        delivery = consumer.reserve(5)
+        assert consumer.start(delivery) == "run"
+        running = transport.status(task_id)
+        assert (running.state, running.attempts) == ("running", 1)
+        assert running.started_at is not None
+        consumer.ack(delivery, json.dumps({"sum": 3}))
+        consumer.reserve(0)
+    done = transport.status(task_id)
+    assert (done.state, done.result, done.attempts) == ("succeeded", {"sum": 3}, 1)
+    assert done.finished_at >= done.started_at >= done.submitted_at
+    assert status_row(task_id)[3:] == ('{"sum": 3}', None, True)  # result, key freed, TTL
+    assert queue_rows(queue) == []
+
+
+def test_a_delayed_task_reads_delayed_until_due(transport):
+    queue = unique_queue()
+    task_id = transport.submit_task(queue, {}, delay=0.5)
+    assert transport.status(task_id).state == "delayed"
+    time.sleep(0.6)
+    assert transport.status(task_id).state == "queued"
+    transport.purge(queue)
+    assert transport.status(task_id) is None  # purged: its status goes with it
+
+
+def test_a_retried_then_failed_task_reads_retrying_failed_and_a_requeue_queues_it(transport):
+    queue = unique_queue()
+    task_id = transport.submit_task(queue, {})
+    with transport.consumer(queue) as consumer:
+        delivery = consumer.reserve(5)
+        consumer.start(delivery)
+        consumer.retry(delivery, 0, "first error")
+        retrying = transport.status(task_id)
+        assert (retrying.state, retrying.error, retrying.attempts) == ("retrying", "first error", 1)
+        delivery = consumer.reserve(5)
+        assert consumer.start(delivery) == "run"
+        assert transport.status(task_id).attempts == 2
+        consumer.fail(delivery, "second error")
+    failed = transport.status(task_id)
+    assert (failed.state, failed.error, failed.attempts) == ("failed", "second error", 2)
+    assert status_row(task_id)[5] is False  # kept as long as its failed record
+    assert transport.requeue_failed(queue, [task_id]) == 1
+    assert transport.status(task_id).state == "queued"
+    with transport.consumer(queue) as consumer:
+        run_one(consumer)
+    assert transport.status(task_id).state == "succeeded"
+
+
+def test_a_cancelled_waiting_task_never_runs_and_its_row_is_gone(transport):
+    queue = unique_queue()
+    task_id = transport.submit_task(queue, {}, delay=0.2)
+    assert transport.cancel(task_id) is True
+    assert transport.cancel(task_id) is False  # final already
+    assert transport.status(task_id).state == "cancelled"
+    assert queue_rows(queue) == []
+    with transport.consumer(queue) as consumer:
+        assert consumer.reserve(0.5) is None
+
+
+def test_a_prefetched_task_cancelled_before_its_start_is_dropped_by_start(transport):
+    queue = unique_queue()
+    first, second = transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+    with transport.consumer(queue, prefetch=2) as consumer:
+        one = consumer.reserve(5)
+        assert consumer.start(one) == "run"
+        two = consumer.reserve(5)  # prefetched: still waiting
+        assert transport.status(second).state == "queued"
+        assert transport.cancel(second) is True
+        assert consumer.start(two) == "cancelled"
+        consumer.ack(one)
+        assert consumer.reserve(0) is None
+    assert [s.state for s in transport.statuses([first, second])] == ["succeeded", "cancelled"]
+    assert queue_rows(queue) == []
+    assert transport.failed_tasks(queue) == []
+
+
+def test_a_task_cancelled_while_it_runs_stays_cancelled_and_is_never_retried(transport):
+    queue = unique_queue()
+    kept, retried = transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+    with transport.consumer(queue) as consumer:
+        delivery = consumer.reserve(5)
+        assert consumer.start(delivery) == "run"
+        assert transport.cancel(kept) is True
+        consumer.ack(delivery, json.dumps("discarded"))  # the result of a cancelled task
+        delivery = consumer.reserve(5)
+        assert consumer.start(delivery) == "run"
+        assert transport.cancel(retried) is True
+        consumer.retry(delivery, 0, "raised")  # a cancelled task is not retried
+        assert consumer.reserve(0.3) is None
+    assert [(s.state, s.result) for s in transport.statuses([kept, retried])] == [
+        ("cancelled", None),
+        ("cancelled", None),
+    ]
+    assert queue_rows(queue) == []
+
+
+def test_an_expired_task_never_runs_and_is_not_in_the_failed_store(transport):
+    queue = unique_queue()
+    task_id = transport.submit_task(queue, {}, expires=0.2)
+    later = transport.submit_task(queue, {}, expires=60)
+    time.sleep(0.3)
+    assert transport.status(task_id).state == "expired"  # no worker took it
+    with transport.consumer(queue) as consumer:
+        delivery = run_one(consumer)
+    assert delivery.id == later
+    assert status_row(task_id)[0] == "expired"
+    assert queue_rows(queue) == []
+    assert transport.failed_tasks(queue) == []
+
+
+def test_an_expiry_passing_while_prefetched_is_seen_by_start(transport):
+    queue = unique_queue()
+    transport.submit_task(queue, {})
+    task_id = transport.submit_task(queue, {}, expires=0.3)
+    with transport.consumer(queue, prefetch=2) as consumer:
+        one = consumer.reserve(5)
+        consumer.start(one)
+        two = consumer.reserve(5)
+        time.sleep(0.4)
+        assert consumer.start(two) == "expired"
+        consumer.ack(one)
+    assert transport.status(task_id).state == "expired"
+    assert queue_rows(queue) == []
+
+
+def test_an_expiry_applies_only_until_the_first_start(transport):
+    queue = unique_queue()
+    task_id = transport.submit_task(queue, {}, expires=0.3)
+    with transport.consumer(queue) as consumer:
+        delivery = consumer.reserve(5)
+        consumer.start(delivery)
+        consumer.retry(delivery, 0.4, "again")
+        time.sleep(0.5)
+        run_one(consumer)
+    assert transport.status(task_id).state == "succeeded"
+
+
+_SUBMITTER = """
+import sys, threading, time
+from asynctask.api import get_transport
+uri, queue, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+transport = get_transport(uri)
+ids = []
+def submit():
+    for _ in range(10):
+        ids.append(transport.submit_task(queue, {}, unique_key="only-one"))
+threads = [threading.Thread(target=submit) for _ in range(10)]
+transport.status("0" * 32)  # connected before the start
+time.sleep(max(0.0, start - time.time()))
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(" ".join(sorted(set(ids))))
+"""
+
+
+def test_a_unique_key_from_two_processes_100_times_at_once_is_one_task(transport):
+    queue = unique_queue()
+    start = time.time() + 3
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SUBMITTER, URI, queue, str(start)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    answers = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(answers) == 1, answers  # every submit returned the one id
+    [task_id] = answers
+    assert [row[0].hex for row in queue_rows(queue)] == [task_id]
+    with transport.consumer(queue) as consumer:
+        run_one(consumer)
+    again = transport.submit_task(queue, {}, unique_key="only-one")
+    assert again != task_id  # the key was freed when the task was final
+    assert transport.submit_task(queue, {}, unique_key="only-one") == again
+
+
+def test_priorities_come_out_highest_first_and_fifo_within_one(transport):
+    queue = unique_queue()
+    order = [(0, "a"), (5, "b"), (9, "c"), (0, "d"), (9, "e"), (5, "f"), (0, "g")]
+    for priority, name in order:
+        transport.submit_task(queue, {"name": name}, priority=priority)
+    taken = []
+    with transport.consumer(queue, prefetch=3) as consumer:
+        while (delivery := consumer.reserve(0.2)) is not None:
+            consumer.start(delivery)
+            taken.append(delivery.payload["name"])
+            consumer.ack(delivery)
+    assert taken == ["c", "e", "b", "f", "a", "d", "g"]
+    assert transport.get_task(queue) is None
+
+
+def test_get_task_takes_the_most_urgent_first(transport):
+    queue = unique_queue()
+    transport.submit_task(queue, {"n": 0})
+    transport.submit_task(queue, {"n": 1}, priority=1)
+    assert transport.get_task(queue) == {"n": 1}
+    assert transport.get_task(queue) == {"n": 0}
+
+
+def test_reserve_walks_the_partial_indexes(transport):
+    # The urgent rows come from asynctask_queue_urgent, the others from
+    # asynctask_queue_ready: the plan of the real statement names both.
+    queue = unique_queue()
+    transport.submit_tasks(queue, [{"n": n} for n in range(10)])
+    transport.submit_task(queue, {}, priority=3)
+    reserve = Statements.for_schema("asynctask").reserve
+    params = {
+        "queue": queue, "limit": 1, "owner": 0, "keeper": None, "owners": [0], "acks": [],
+        "results": [], "started": [], "track": True, "ttl": 60.0,
+    }  # fmt: skip
+    with psycopg.connect(CONNINFO, autocommit=True) as conn:
+        conn.execute("ANALYZE asynctask.asynctask_queue")
+        with conn.transaction(force_rollback=True):
+            plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + reserve, params))
+    assert "asynctask_queue_urgent" in plan, plan
+    assert "asynctask_queue_ready" in plan, plan
+    assert "Seq Scan on asynctask_queue" not in plan, plan
+    assert transport.purge(queue) == 11
+
+
+def test_wait_is_woken_by_the_notification_not_the_fallback_poll(transport):
+    queue = unique_queue()
+    transport._state_store().fallback_poll = 10.0
+    task_id = transport.submit_task(queue, {})
+    acked: list[float] = []
+
+    def work() -> None:
+        time.sleep(0.5)
+        with transport.consumer(queue) as consumer:
+            run_one(consumer, "done")
+            acked.append(time.monotonic())
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    try:
+        found = transport.wait(task_id, timeout=8)
+        woke = time.monotonic()
+    finally:
+        worker.join()
+    assert (found.state, found.result) == ("succeeded", "done")
+    assert woke - acked[0] < 1.0
+    with pytest.raises(TimeoutError):
+        transport.wait(transport.submit_task(queue, {}), timeout=0.3)
+    transport.purge(queue)
+
+
+def test_a_final_status_is_forgotten_after_the_ttl_by_the_sweep(transport):
+    queue = unique_queue()
+    transport.status_ttl = 0.5
+    task_id = transport.submit_task(queue, {})
+    with transport.consumer(queue) as consumer:
+        run_one(consumer)
+    assert transport.status(task_id).state == "succeeded"
+    time.sleep(0.6)
+    assert transport.status(task_id) is None  # read as forgotten at once
+    assert status_row(task_id) is not None
+    with transport.consumer(queue) as consumer:
+        consumer.reserve(0.1)  # its first reserve sweeps
+    assert status_row(task_id) is None  # deleted by the sweep
+
+
+def test_the_status_tables_are_added_in_place_to_an_existing_schema(fresh_database):
+    conninfo = f"host={HOST} dbname={fresh_database}"
+    uri = f"pgsql://{HOST}/{fresh_database}"
+    first = open_transport(uri)
+    old_id = first.submit_task("old_tasks", {"n": 1})
+    first.close()
+    # Back to the schema of the release before task status, with its task in it.
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(
+            "DROP TABLE asynctask.asynctask_status, asynctask.asynctask_untracked;"
+            "DROP INDEX asynctask.asynctask_queue_urgent;"
+            "ALTER TABLE asynctask.asynctask_queue DROP COLUMN priority,"
+            " DROP COLUMN date_expires"
+        )
+    transport = open_transport(uri)
+    try:
+        new_id = transport.submit_task("old_tasks", {"n": 2}, priority=1)
+        assert transport.schema_action == "current" or transport.schema_action is not None
+        assert transport.status(old_id) is None  # submitted before: no status
+        assert transport.status(new_id).state == "queued"
+        assert transport.get_task("old_tasks") == {"n": 2}
+        assert transport.get_task("old_tasks") == {"n": 1}
+        comment = rows("SELECT obj_description('asynctask'::regnamespace)", conninfo=conninfo)
+        assert comment == [("version: 2",)]
+    finally:
+        transport.close()
+
+
+def test_another_transport_keeps_its_statuses_here(transport):
+    # What AMQP does with asynctask_state = this URI: the generic calls, for tasks that
+    # are not in this database's queue table.
+    from asynctask.status import SubmitOptions
+
+    store = transport._state_store()
+    a, b, c, d, e = (uuid.uuid4().hex for _ in range(5))
+    store.fallback_poll = 10.0
+    queue = unique_queue()
+    assert store.submitted(queue, [a], 0, SubmitOptions(unique_key="k")) == [a]
+    assert store.submitted(queue, [b], 0, SubmitOptions(unique_key="k")) == [a]
+    assert store.submitted(queue, [c], 5, SubmitOptions(expires=0.2)) == [c]
+    assert [s.state for s in store.statuses([a, c, d])[:2]] == ["queued", "delayed"]
+    assert store.statuses([d]) == [None]
+    assert store.started(queue, a, 1) == "run"
+    threading.Timer(0.3, store.settled, (queue, a, "succeeded", 1), {"result_json": "7"}).start()
+    started = time.monotonic()
+    assert store.wait(a, 5).result == 7
+    assert time.monotonic() - started < 1.3
+    assert store.submitted(queue, [e], 0, SubmitOptions(unique_key="k")) == [e]
+    time.sleep(0.3)
+    assert store.started(queue, c, 1) == "expired"
+    assert store.cancel(e) is True
+    assert store.started(queue, e, 1) == "cancelled"
+    store.settled(queue, e, "succeeded", 1, result_json="1")  # never over cancelled
+    assert store.statuses([e])[0].state == "cancelled"
+
+
+def test_a_consumer_that_keeps_no_status_writes_none_but_frees_the_unique_key(transport):
+    queue = unique_queue()
+    store = transport._state_store()
+    store.set_tracking(queue, False)
+    try:
+        assert store.untracked([queue, "other_queue"]) == {queue}
+        plain = transport.submit_task(queue, {})
+        keyed = transport.submit_task(queue, {}, unique_key="k")
+        assert status_row(plain)[5] is True  # forgotten after the TTL, never finished
+        assert status_row(keyed)[0] == "queued"  # a key is held
+        with transport.consumer(queue, prefetch=2) as consumer:
+            consumer.tracking = False
+            for _ in range(2):
+                delivery = consumer.reserve(5)
+                assert consumer.start(delivery) == "run"
+                consumer.ack(delivery, json.dumps("ignored"))
+            consumer.reserve(0)
+        assert status_row(keyed)[:1] + status_row(keyed)[4:5] == ("queued", None)  # key freed
+        assert transport.submit_task(queue, {}, unique_key="k") != keyed
+        with pytest.raises(StatusNotTracked, match="track_status"):
+            transport.status(plain)
+    finally:
+        store.set_tracking(queue, True)
+        transport.purge(queue)
+    assert store.untracked([queue]) == set()
+
+
+def test_a_prefetched_task_reads_running_soon_and_a_short_one_keeps_its_start(transport):
+    # With prefetch above 1, running is written once a task has run 50 ms (a short one
+    # goes straight to succeeded, with its start time and attempt).
+    queue = unique_queue()
+    long, short = transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+    with transport.consumer(queue, prefetch=2) as consumer:
+        delivery = consumer.reserve(5)
+        began = time.time()
+        assert consumer.start(delivery) == "run"
+        deadline = time.monotonic() + 2
+        while transport.status(long).state != "running" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        running = transport.status(long)
+        assert running.state == "running" and running.attempts == 1
+        assert abs(running.started_at - began) < 0.5
+        consumer.ack(delivery)
+        delivery = consumer.reserve(5)
+        began = time.time()
+        assert consumer.start(delivery) == "run"
+        consumer.ack(delivery, "2")
+        consumer.reserve(0)
+    done = transport.status(short)
+    assert (done.state, done.result, done.attempts) == ("succeeded", 2, 1)
+    assert abs(done.started_at - began) < 0.5 and done.finished_at >= done.started_at
+    assert transport.status(long).state == "succeeded"

@@ -1,0 +1,457 @@
+"""Task statuses on the redis transport (DESIGN.md section 6): what its scripts write
+beside the queue, read back through the API and checked in Redis itself.
+
+The shared ``StatusContract`` runs the whole lifecycle through real workers; these tests
+hold the redis-specific promises: the states fused into the queue's own calls, priority
+through the ``urgent`` sorted set (and the nudge that wakes a blocked consumer), the
+unique key taken in the submit's script, expiry of final statuses by Redis itself, and
+the generic ``StateStore`` another transport uses through ``asynctask_state``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from asynctask.status import StatusNotTracked, SubmitOptions
+from asynctask.testing import unique_queue
+from asynctask.testing.contract import open_transport
+from asynctask.transport import Consumer, Delivery
+from asynctask_redis.transport import RedisTransport
+
+
+@pytest.fixture
+def queue() -> str:
+    return unique_queue()
+
+
+@pytest.fixture
+def transport(redis_uri: str) -> Iterator[RedisTransport]:
+    t = open_transport(redis_uri)
+    assert isinstance(t, RedisTransport)
+    yield t
+    t.close()
+
+
+def task_key(t: RedisTransport, queue: str, task_id: str) -> str:
+    return f"{t.prefix}:{queue}:task:{task_id}"
+
+
+def take(consumer: Consumer, timeout: float = 5) -> Delivery:
+    delivery = consumer.reserve(timeout=timeout)
+    assert delivery is not None, "no task came"
+    return delivery
+
+
+# -- the lifecycle, fused into the queue's calls ------------------------------------------
+
+
+def test_a_task_goes_queued_running_succeeded_with_its_result(transport, queue, client):
+    # Given a submitted task
+    tid = transport.submit_task(queue, {"n": 1})
+    st = transport.status(tid)
+    assert st is not None and (st.state, st.attempts, st.queue) == ("queued", 0, queue)
+    assert st.submitted_at is not None and abs(st.submitted_at - time.time()) < 5
+    # When a worker reserves it to start it now: the move marks it running
+    consumer = transport.consumer(queue)
+    delivery = take(consumer)
+    assert client.hget(task_key(transport, queue, tid), "state") == b"running"
+    assert consumer.start(delivery) == "run"
+    st = transport.status(tid)
+    assert (st.state, st.attempts) == ("running", 1) and st.started_at is not None
+    # When it is acked with a result (sent with the consumer's next call)
+    consumer.ack(delivery, json.dumps({"sum": [1, 2]}))
+    assert consumer.reserve(timeout=0) is None
+    # Then it succeeded with that result, and forgets it after the ttl
+    st = transport.status(tid)
+    assert st.state == "succeeded" and st.result == {"sum": [1, 2]} and st.final
+    assert st.finished_at is not None and st.finished_at >= st.started_at
+    assert 0 < client.pttl(task_key(transport, queue, tid)) <= transport.status_ttl * 1000
+    assert transport.wait(tid, timeout=0) == st
+    consumer.close()
+
+
+def test_retry_then_fail_records_attempts_and_errors(transport, queue, client):
+    tid = transport.submit_task(queue, {})
+    consumer = transport.consumer(queue)
+    first = take(consumer)
+    assert consumer.start(first) == "run"
+    consumer.retry(first, 0.01, "boom 1")
+    st = transport.status(tid)
+    assert (st.state, st.attempts, st.error) == ("retrying", 1, "boom 1")
+    second = take(consumer)
+    assert second.attempt == 2 and consumer.start(second) == "run"
+    assert transport.status(tid).state == "running"
+    consumer.fail(second, "boom 2")
+    st = transport.status(tid)
+    assert (st.state, st.attempts, st.error) == ("failed", 2, "boom 2")
+    # a failed status lives as long as its failed record: no expiry
+    assert client.pttl(task_key(transport, queue, tid)) == -1
+    # a requeue makes it queued again, and a purge of the failed store forgets it
+    assert transport.requeue_failed(queue, [tid]) == 1
+    assert transport.status(tid).state == "queued"
+    third = take(consumer)
+    consumer.fail(third, "boom 3")
+    assert transport.purge_failed(queue) == 1
+    assert transport.status(tid) is None
+    consumer.close()
+
+
+def test_a_cancelled_waiting_task_never_runs(transport, queue):
+    first, second = transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+    assert transport.cancel(first) is True
+    assert transport.cancel(first) is False  # final already
+    assert transport.status(first).state == "cancelled"
+    consumer = transport.consumer(queue)
+    delivery = take(consumer)
+    assert delivery.id == second  # the cancelled one was dropped on the way
+    assert consumer.start(delivery) == "run"
+    consumer.ack(delivery)
+    assert consumer.reserve(timeout=0) is None
+    assert transport.status(first).state == "cancelled"
+    assert transport.queue_stats(queue).ready == 0
+    consumer.close()
+
+
+def test_a_task_taken_ahead_is_checked_when_it_starts(transport, queue):
+    # Given a consumer holding two tasks (prefetch 2), the second cancelled meanwhile
+    _first, second = transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+    consumer = transport.consumer(queue, prefetch=2)
+    one = take(consumer)
+    assert transport.status(second).state == "queued"  # prefetched, not started
+    two = take(consumer)
+    assert transport.cancel(second) is True
+    # Then its start says so, and it is gone (not in flight, not failed)
+    assert consumer.start(one) == "run"
+    assert consumer.start(two) == "cancelled"
+    consumer.ack(one)
+    assert consumer.reserve(timeout=0) is None
+    stats = transport.queue_stats(queue)
+    assert (stats.ready, stats.in_flight, stats.failed) == (0, 0, 0)
+    consumer.close()
+
+
+def test_a_cancelled_running_task_keeps_cancelled_and_is_not_retried(transport, queue):
+    tid = transport.submit_task(queue, {})
+    consumer = transport.consumer(queue)
+    delivery = take(consumer)
+    assert consumer.start(delivery) == "run"
+    assert transport.cancel(tid) is True
+    consumer.retry(delivery, 0, "it raised while being cancelled")
+    assert consumer.reserve(timeout=0.2) is None  # not retried
+    st = transport.status(tid)
+    assert st.state == "cancelled" and st.result is None
+    consumer.close()
+    # and an ack's result is discarded
+    tid = transport.submit_task(queue, {})
+    consumer = transport.consumer(queue)
+    delivery = take(consumer)
+    transport.cancel(tid)
+    consumer.ack(delivery, "42")
+    consumer.close()
+    assert transport.status(tid).state == "cancelled"
+
+
+def test_a_task_past_expires_reads_expired_and_never_runs(transport, queue, client):
+    tid = transport.submit_task(queue, {"late": True}, expires=0.2)
+    keep = transport.submit_task(queue, {"late": False}, expires=60)
+    assert transport.status(tid).state == "queued"
+    time.sleep(0.3)
+    st = transport.status(tid)
+    assert st.state == "expired" and st.final  # read so before any worker meets it
+    consumer = transport.consumer(queue)
+    delivery = take(consumer)
+    assert delivery.id == keep  # the expired one was dropped on the way
+    assert consumer.start(delivery) == "run"
+    consumer.ack(delivery)
+    assert consumer.reserve(timeout=0) is None
+    assert transport.status(tid).state == "expired"
+    assert client.pttl(task_key(transport, queue, tid)) > 0  # forgotten by Redis later
+    assert transport.queue_stats(queue).failed == 0
+    consumer.close()
+
+
+def test_a_release_or_close_hands_a_running_task_back_as_queued(transport, queue):
+    tid = transport.submit_task(queue, {})
+    consumer = transport.consumer(queue)
+    delivery = take(consumer)
+    assert consumer.start(delivery) == "run"
+    assert transport.status(tid).state == "running"
+    consumer.release(delivery)
+    assert transport.status(tid).state == "queued"
+    assert consumer.start(take(consumer)) == "run"
+    consumer.close()
+    assert transport.status(tid).state == "queued"
+
+
+def test_a_delayed_task_is_delayed_then_queued(transport, queue):
+    tid = transport.submit_task(queue, {}, delay=0.2)
+    assert transport.status(tid).state == "delayed"
+    consumer = transport.consumer(queue)
+    delivery = take(consumer)
+    assert delivery.id == tid and consumer.start(delivery) == "run"
+    consumer.ack(delivery)
+    consumer.close()
+    assert transport.status(tid).state == "succeeded"
+
+
+# -- wait ---------------------------------------------------------------------------------
+
+
+def test_wait_is_woken_by_the_final_write_not_a_poll(transport, queue):
+    tid = transport.submit_task(queue, {})
+    woke: list[float] = []
+
+    def waiter() -> None:
+        st = transport.wait(tid, timeout=20)
+        woke.append(time.monotonic())
+        assert st.state == "succeeded"
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.3)  # the waiter is blocked now (its first read found "queued")
+    consumer = transport.consumer(queue)
+    delivery = take(consumer)
+    consumer.ack(delivery)
+    consumer.close()  # sends the ack
+    acked = time.monotonic()
+    thread.join(10)
+    assert woke and woke[0] - acked < 0.5, f"woke {woke[0] - acked:.3f} s after the ack"
+
+
+def test_wait_times_out_and_knows_unknown_ids(transport, queue):
+    tid = transport.submit_task(queue, {})
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        transport.wait(tid, timeout=0.3)
+    assert 0.25 < time.monotonic() - started < 2
+    with pytest.raises(LookupError):
+        transport.wait("0" * 32, timeout=1)
+    assert transport.status("0" * 32) is None
+
+
+def test_wait_returns_when_a_waiting_task_expires(transport, queue):
+    tid = transport.submit_task(queue, {}, expires=0.3)
+    started = time.monotonic()
+    assert transport.wait(tid, timeout=10).state == "expired"
+    assert time.monotonic() - started < 2
+
+
+# -- unique keys ----------------------------------------------------------------------------
+
+
+def _submit_unique(uri: str, queue: str, times: int, go: Any, out: Any) -> None:
+    t = open_transport(uri)
+    go.wait()
+    ids = {t.submit_task(queue, {}, unique_key="welcome:42") for _ in range(times)}
+    out.put(sorted(ids))
+    t.close()
+
+
+def test_a_unique_key_makes_one_task_across_processes_until_it_is_final(
+    transport, queue, redis_uri
+):
+    # Given two processes submitting the same unique key 100 times each, at once
+    ctx = multiprocessing.get_context("spawn")
+    go, out = ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=_submit_unique, args=(redis_uri, queue, 100, go, out)) for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    go.set()
+    seen = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    # Then exactly one task exists, and every submit returned its id
+    assert seen[0] == seen[1] and len(seen[0]) == 1
+    assert transport.poll_queue(queue) == 1
+    (tid,) = seen[0]
+    # When it finishes, the key is free again
+    consumer = transport.consumer(queue)
+    delivery = take(consumer)
+    consumer.ack(delivery)
+    assert consumer.reserve(timeout=0) is None
+    again = transport.submit_task(queue, {}, unique_key="welcome:42")
+    assert again != tid and transport.poll_queue(queue) == 1
+    # the same key on another queue is another key
+    other = transport.submit_task(unique_queue(), {}, unique_key="welcome:42")
+    assert other not in (tid, again)
+    consumer.close()
+
+
+def test_a_unique_key_is_freed_when_its_task_expires_unstarted(transport, queue):
+    first = transport.submit_task(queue, {}, unique_key="k", expires=0.2)
+    assert transport.submit_task(queue, {}, unique_key="k") == first
+    time.sleep(0.3)
+    assert transport.submit_task(queue, {}, unique_key="k") != first
+
+
+# -- priority -------------------------------------------------------------------------------
+
+
+def test_higher_priority_comes_out_first_fifo_within(transport, queue):
+    order = [(0, "a"), (5, "b"), (9, "c"), (0, "d"), (5, "e"), (9, "f"), (5, "g")]
+    for priority, name in order:
+        transport.submit_task(queue, {"name": name}, priority=priority)
+    assert transport.poll_queue(queue) == len(order)
+    consumer = transport.consumer(queue)
+    names = []
+    for _ in order:
+        delivery = take(consumer)
+        names.append(delivery.payload["name"])
+        consumer.ack(delivery)
+    assert names == ["c", "f", "b", "e", "g", "a", "d"]
+    assert consumer.reserve(timeout=0) is None
+    consumer.close()
+
+
+def test_an_urgent_task_wakes_a_blocked_consumer(transport, queue):
+    consumer = transport.consumer(queue)
+    assert consumer.reserve(timeout=0) is None  # registered; the queue is empty
+    got: list[tuple[float, Delivery | None]] = []
+    thread = threading.Thread(target=lambda: got.append((0, consumer.reserve(timeout=10))))
+    thread.start()
+    time.sleep(0.3)  # blocked in BLMOVE on the ready list
+    sent = time.monotonic()
+    tid = transport.submit_task(queue, {}, priority=7)
+    thread.join(10)
+    assert got and got[0][1] is not None and got[0][1].id == tid
+    assert time.monotonic() - sent < 0.5
+    consumer.ack(got[0][1])
+    assert consumer.reserve(timeout=0) is None
+    assert transport.poll_queue(queue) == 0  # the nudge is not counted, nor left behind
+    consumer.close()
+
+
+def test_a_delayed_or_recovered_task_keeps_its_priority(transport, queue):
+    transport.submit_task(queue, {"name": "plain"})
+    transport.submit_task(queue, {"name": "urgent"}, priority=3, delay=0.1)
+    time.sleep(0.2)
+    consumer = transport.consumer(queue)
+    assert take(consumer).payload["name"] == "urgent"
+    consumer.close()  # handed back at the head of its priority
+    consumer = transport.consumer(queue)
+    assert take(consumer).payload["name"] == "urgent"
+    consumer.close()
+
+
+# -- forgetting, tracking off, the generic store ---------------------------------------------
+
+
+def test_final_statuses_are_forgotten_by_redis_after_the_ttl(transport, queue, client):
+    transport.status_ttl = 0.5
+    tid = transport.submit_task(queue, {})
+    consumer = transport.consumer(queue)
+    consumer.ack(take(consumer))
+    consumer.close()
+    assert transport.status(tid).state == "succeeded"
+    time.sleep(0.7)
+    assert transport.status(tid) is None
+    keys = [task_key(transport, queue, tid), f"{transport.prefix}:@id:{tid}"]
+    keys.append(f"{transport.prefix}:{queue}:done:{tid}")
+    assert client.exists(*keys) == 0
+
+
+def test_purge_deletes_the_statuses_of_purged_tasks(transport, queue):
+    ids = transport.submit_tasks(queue, [{}, {}])
+    ids.append(transport.submit_task(queue, {}, priority=4, unique_key="u"))
+    assert transport.purge(queue) == 3
+    assert transport.statuses(ids) == [None, None, None]
+    assert transport.submit_task(queue, {}, unique_key="u") not in ids
+
+
+def test_a_worker_without_tracking_writes_no_status(transport, queue, client):
+    # as the run loop of a worker with track_status = False says when it starts
+    transport.state().set_tracking(queue, False)
+    consumer = transport.consumer(queue)
+    consumer.tracking = False
+    tid = transport.submit_task(queue, {})
+    with pytest.raises(StatusNotTracked, match="track_status"):
+        transport.status(tid)
+    with pytest.raises(StatusNotTracked, match="track_status"):
+        transport.submit_task(queue, {}, unique_key="k")
+    delivery = take(consumer)
+    assert consumer.start(delivery) == "run"
+    consumer.ack(delivery)
+    consumer.close()
+    # its status stays queued, forgotten by Redis after the ttl
+    assert 0 < client.pttl(task_key(transport, queue, tid)) <= transport.status_ttl * 1000
+    assert transport.state().untracked([queue, "other"]) == {queue}
+    transport.state().set_tracking(queue, True)
+    assert transport.state().untracked([queue]) == set()
+
+
+def test_the_generic_store_keeps_another_transports_state(transport):
+    # as AMQP uses it through asynctask_state: no task of its own in this Redis
+    store = transport._state_store()
+    queue = unique_queue()
+    a, b = "a" * 32, "b" * 32
+    assert store.submitted(queue, [a], 0, SubmitOptions(unique_key="k")) == [a]
+    assert store.submitted(queue, [b], 0, SubmitOptions(unique_key="k")) == [a]
+    assert store.started(queue, a, 1) == "run"
+    store.settled(queue, a, "retrying", 1, error="boom")
+    assert store.statuses([a])[0].state == "retrying"
+    assert store.started(queue, a, 2) == "run"
+    store.settled(queue, a, "succeeded", 2, result_json="[1]")
+    st = store.wait(a, 1)
+    assert (st.state, st.attempts, st.result) == ("succeeded", 2, [1])
+    assert store.submitted(queue, [b], 5, SubmitOptions(unique_key="k", expires=60)) == [b]
+    assert store.statuses([b])[0].state == "delayed"
+    assert store.cancel(b) is True
+    assert store.started(queue, b, 1) == "cancelled"
+    store.settled(queue, b, "succeeded", 1, result_json="1")
+    assert store.statuses([b])[0].state == "cancelled"
+    assert queue not in [s.name for s in transport.queues()]  # no task of its own here
+
+
+def test_statuses_reads_many_ids_in_two_round_trips(transport, queue, monkeypatch):
+    ids = transport.submit_tasks(queue, [{} for _ in range(50)])
+    calls: list[object] = []
+    execute = transport.execute
+
+    def counted(fn, *args):
+        calls.append(fn)
+        return execute(fn, *args)
+
+    monkeypatch.setattr(transport, "execute", counted)
+    found = transport.statuses([*ids, "f" * 32])
+    assert [s.state for s in found[:-1]] == ["queued"] * 50 and found[-1] is None
+    # MGET of the pointers, then one pipeline; (core asks whether a queue is untracked)
+    assert len(calls) <= 3, calls
+
+
+def test_the_storage_is_what_the_readme_says(transport, queue, client):
+    tid = transport.submit_task(queue, {}, priority=2, unique_key="x", expires=60)
+    p = transport.prefix
+    assert client.get(f"{p}:@id:{tid}") == queue.encode()
+    fields = client.hgetall(f"{p}:{queue}:task:{tid}")
+    assert fields[b"state"] == b"queued" and fields[b"unique"] == b"x"
+    assert int(fields[b"expires_at"]) > time.time() * 1000
+    assert client.get(f"{p}:{queue}:unique:x") == tid.encode()
+    (member,) = client.zrange(f"{p}:{queue}:urgent", 0, -1)
+    assert b'"asynctask-priority":"2"' in member
+
+
+def test_a_cancel_between_reserve_and_start_is_seen_by_start(transport, queue):
+    # Given a task the move marked running (the one the consumer hands out now)
+    tid = transport.submit_task(queue, {})
+    other = transport.submit_task(queue, {})
+    consumer = transport.consumer(queue)
+    consumer.ack(take(consumer))  # times the connection's round trip
+    delivery = take(consumer)
+    assert delivery.id == other or delivery.id == tid
+    # When it is cancelled before the start (two round trips: always outside the
+    # window in which start trusts the move)
+    assert transport.cancel(delivery.id) is True
+    # Then start says so, and it is gone
+    assert consumer.start(delivery) == "cancelled"
+    assert consumer.reserve(timeout=0) is None
+    assert transport.queue_stats(queue).in_flight == 0
+    consumer.close()
