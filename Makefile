@@ -2,7 +2,7 @@
 UV ?= $(shell command -v uv 2>/dev/null || echo .venv-uv/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help install run test bench bench-hooks chaos lint typecheck diagrams
+.PHONY: help install run test bench bench-compare bench-hooks chaos lint typecheck diagrams
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -19,19 +19,24 @@ run: install ## the main job: submit demo tasks and run workers on the embedded 
 test: install ## run the whole test suite
 	.venv/bin/pytest $(PYTEST_ARGS)
 
-bench: install .venv-arq/bin/python ## speed beside the raw clients: docs/benchmarks.md (QUICK=1: a smoke run)
-	.venv/bin/python -m bench $(if $(QUICK),--quick,)
+bench: install $(if $(PEERS),.venv-peers/bin/python,) ## speed beside the raw clients and (PEERS=1) the peers: docs/benchmarks.md (QUICK=1: a smoke run)
+	.venv/bin/python -m bench $(if $(QUICK),--quick,) $(if $(PEERS),--peers,)
 
-# arq, the async table's peer, in a venv of its own: never one of the project's dependencies.
-# Without it (no registry) the bench leaves out the arq row.
-.venv-arq/bin/python: $(UV)
-	-$(UV) venv -q .venv-arq && $(UV) pip install -q --python .venv-arq/bin/python arq==0.28.0
+# Dramatiq, Huey, PgQueuer and arq, pinned, in a venv of their own: never among the
+# project's dependencies. Only PEERS=1 makes it; without it the peer rows are absent.
+.venv-peers/bin/python: $(UV) bench/peers/requirements.txt
+	$(UV) venv -q --allow-existing .venv-peers
+	$(UV) pip install -q --python .venv-peers/bin/python -r bench/peers/requirements.txt
+
+bench-compare: install ## the bench of BASE (a commit) and of this tree in one run (quick unless FULL=1; PROBE=1: submit figures only)
+	.venv/bin/python -m bench.compare $(BASE) $(if $(FULL),,--quick) $(if $(ONLY),--only $(ONLY),) $(if $(PROBE),--probe,)
 
 bench-hooks: install ## what the lifecycle hooks and the metrics plugin cost: docs/observability-cost.md
 	.venv/bin/python -m bench.hooks --docs docs
 
 chaos: install ## reliability under faults: docs/reliability.md (minutes; not part of make test)
 	.venv/bin/python -m chaos $(if $(ONLY),--only $(ONLY),)
+	$(if $(ONLY),,.venv/bin/python -m chaos.quorum)  # quorum queues on a 3-node cluster of its own
 
 lint: install ## ruff check and format check
 	.venv/bin/ruff check packages tests bench chaos

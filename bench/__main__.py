@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import machine, report
+from bench import machine, peer, report
 from bench.measure import measure
 from bench.ours import ROOT
 from bench.plan import FULL, QUICK, TRANSPORTS
@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated steps to run (default: all of submit,drain,latency,depth,"
         "depth_raw,prefetch,scale,asyncio,status)",
     )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also drain with Dramatiq, Huey, PgQueuer and arq (needs .venv-peers: "
+        "make bench PEERS=1)",
+    )
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the results as JSON")
     parser.add_argument(
         "--docs",
@@ -61,11 +67,18 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown transport(s): {', '.join(unknown)}; known: {', '.join(TRANSPORTS)}")
         return 2
+    if args.peers and (why := peer.available()) is not None:
+        print(why)
+        return 2
     docs = args.docs if args.docs is not None else (None if args.quick else ROOT / "docs")
-    command = "make bench" if not argv else "python -m bench " + shlex.join(argv)
+    if argv == ["--peers"]:
+        command = "make bench PEERS=1"
+    else:
+        command = "make bench" if not argv else "python -m bench " + shlex.join(argv)
     run = report.Run(
         command=command,
         quick=args.quick,
+        peers=args.peers,
         date=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         sizes=QUICK if args.quick else FULL,
         machine=machine.machine(),
@@ -81,7 +94,7 @@ def main(argv: list[str]) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="asynctask-bench-"))
     steps = None if not args.steps else {s.strip() for s in args.steps.split(",")}
     for name in names:
-        run.results.append(measure(name, run.sizes, scratch, say, steps))
+        run.results.append(measure(name, run.sizes, scratch, say, steps, args.peers))
     run.seconds = time.monotonic() - began
     run.machine["load_after"] = machine.load()
     failed = any(r.errors for r in run.results)

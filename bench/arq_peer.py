@@ -5,7 +5,7 @@ queue of its own, runs one arq worker (``max_jobs`` = CONCURRENCY, ``burst``) wh
 notes its start and awaits ``asyncio.sleep(SLEEP)``, and prints JSON: the rate from the
 first start to the last, like ours. arq polls its queue every ``poll_delay`` seconds (0.5
 by default); 0.01 here, arq at its fastest. It lives in its own venv (``make bench``
-makes ``.venv-arq``): never one of the project's dependencies.
+PEERS=1`` makes ``.venv-peers``): never one of the project's dependencies.
 """
 
 from __future__ import annotations

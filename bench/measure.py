@@ -20,13 +20,13 @@ from typing import Any
 from asynctask.plugins import load_plugins
 from asynctask.status import StatusNotKept
 from asynctask.transport import Transport
-from bench import ours
+from bench import memory as memory_of
+from bench import ours, peer
 from bench.ledger import Follower
 from bench.plan import (
     ARQ_PYTHON,
     ASYNC_CONCURRENCY,
     BACKENDS,
-    PEERS,
     REDIS,
     Sizes,
     unavailable,
@@ -55,9 +55,17 @@ class Session:
     """One transport's measures; ``run()`` fills a ``TransportResult``."""
 
     def __init__(
-        self, name: str, sizes: Sizes, scratch: Path, say: Say, steps: set[str] | None = None
+        self,
+        name: str,
+        sizes: Sizes,
+        scratch: Path,
+        say: Say,
+        steps: set[str] | None = None,
+        peers: bool = False,
     ) -> None:
         self.name = name
+        #: whether the peers run too (``--peers``: ``make bench PEERS=1``)
+        self.peers = peers
         #: the steps to run (None: all)
         self.steps = steps
         self.sizes = sizes
@@ -96,6 +104,7 @@ class Session:
                 self.scale,
                 self.asyncio,
                 self.status,
+                self.shapes,
             )
             for step in steps:
                 if self.steps is None or step.__name__ in self.steps:
@@ -234,9 +243,12 @@ class Session:
         # amqp: also 1 child with its connection in the child (relay=false), what the
         # relay costs; in the same rounds, so both meet the same machine load
         no_relay = 0.0
+        peers = peer.PEERS.get(self.name, ()) if self.peers else ()
+        best_peer: dict[str, dict[str, object]] = {}
         for round_number in range(self.sizes.drain_rounds):
             if round_number % 2:
                 raw_rate = max(raw_rate, self._raw_drain_once())
+                self._peer_drains(peers, best_peer)
             for children in (1, 2):
                 result = self._drain_once(children)
                 if children not in drains or result.rate > drains[children].rate:
@@ -245,6 +257,7 @@ class Session:
                 no_relay = max(no_relay, self._drain_once(1, relay=False).rate)
             if not round_number % 2:
                 raw_rate = max(raw_rate, self._raw_drain_once())
+                self._peer_drains(peers, best_peer)
         if no_relay:
             self.add("relay", drains[1].rate, no_relay, "(relay=false)", target=False)
             self.say(f"[{self.name}] drain, 1 child, connection in the child: {no_relay:,.0f}/s")
@@ -261,14 +274,36 @@ class Session:
                 target=self.name in ("pgsql", "redis", "amqp"),
             )
             self.add(f"startup_{children}", result.startup, None, "")
-        if self.name in PEERS:
-            peer, rate = PEERS[self.name]
-            self.add("peer", drains[1].rate, rate, f"{peer} ({rate:,.0f}/s)")
+        self._add_peers(peers, best_peer, drains[1].rate)
         self.say(
             f"[{self.name}] drain: 1 child {drains[1].rate:,.0f}/s "
             f"(start-up {drains[1].startup:.2f} s), 2 children {drains[2].rate:,.0f}/s "
             f"(start-up {drains[2].startup:.2f} s), raw {raw_rate:,.0f}/s"
         )
+
+    def _peer_drains(self, peers: Sequence[peer.Peer], best: dict[str, dict[str, object]]) -> None:
+        """One drain by each peer (in the drain's rounds), the best of each kept."""
+        url = "file" if self.name == "filesys" else self.uri
+        for one in peers:
+            got = peer.drain(one, url, self.sizes.peer_drain, self.folder / "peers")
+            if one.key not in best or float(got["rate"]) > float(best[one.key]["rate"]):  # type: ignore[arg-type]
+                best[one.key] = got
+
+    def _add_peers(
+        self, peers: Sequence[peer.Peer], best: dict[str, dict[str, object]], ours_rate: float
+    ) -> None:
+        """A row per peer, and the ``peer`` row (target >= 3x) against the fastest."""
+        if not peers:
+            return
+        rates = {one.key: float(best[one.key]["rate"]) for one in peers}  # type: ignore[arg-type]
+        for one in peers:
+            got = best[one.key]
+            note = f"{got['done']:,} tasks; `{got['command']}`; {one.settings}"
+            self.add(one.key, ours_rate, rates[one.key], one.name, note, target=False)
+        fastest = max(peers, key=lambda one: rates[one.key])
+        self.add("peer", ours_rate, rates[fastest.key], fastest.name)
+        line = ", ".join(f"{one.name} {rates[one.key]:,.0f}/s" for one in peers)
+        self.say(f"[{self.name}] peers (1 worker process): {line}")
 
     def _raw_drain_once(self) -> float:
         n = self.sizes.drain
@@ -484,7 +519,7 @@ class Session:
                 target=self.name in ("pgsql", "redis"),
             )
         line = ", ".join(f"{c}: {r:,.0f}/s" for c, r in rates.items())
-        if self.name == "redis" and ARQ_PYTHON.exists():
+        if self.name == "redis" and self.peers and ARQ_PYTHON.exists():
             count = 100 * self.sizes.async_rounds
             arq = ours.arq_io(ARQ_PYTHON, REDIS, 100, count, SLEEP)
             self.add("async_peer", rates[100], arq, "arq, max_jobs 100, poll_delay 0.01 s")
@@ -561,9 +596,97 @@ class Session:
             f"{percentile(mine, 0.5):.2f} ms (raw wake-up {percentile(theirs, 0.5):.2f} ms)"
         )
 
+    def shapes(self) -> None:
+        """10. Realistic shapes (issue 20): 1 KB payloads (batch submit and drain, ours
+        beside raw), 20 queues served at once by one ``asynctask workers``, and the memory
+        of the server and of a worker child at depth 1,000,000 against 100."""
+        if not self.backend.multiprocess:
+            return  # ``asynctask workers`` refuses localmem
+        sizes, n, pad = self.sizes, self.sizes.drain, 1000
+        queue = self.queue("kb")
+        with self.raw() as raw:
+            mine = ours.rate(
+                lambda items: ours.submit_batch(self.transport, queue, items, sizes.batch),
+                sizes.submit_batch // 3,
+                sizes.batch,
+                sizes.submit_budget / 3,
+                pad,
+            )
+            theirs = ours.rate(
+                lambda items: raw.submit_bulk(items, sizes.batch),
+                sizes.submit_batch // 3, sizes.batch, sizes.submit_budget / 3, pad,
+            )  # fmt: skip
+        self.transport.purge(queue)
+        label = self.label("submit_batch")
+        self.add("submit_batch_1kb", mine, theirs, f"{label} ({sizes.batch:,})", target=False)
+        kb_ours = kb_raw = 0.0
+        for _ in range(sizes.drain_rounds):
+            queue = self.queue("kb")
+            ours.fill(self.filler, queue, n, pad=pad)
+            try:
+                kb_ours = max(kb_ours, ours.drain(self.uri, queue, n, 1, self.folder).rate)
+            finally:
+                self.transport.purge(queue)
+            with self.raw() as raw:
+                raw.fill(ours.payloads(n, pad=pad), sizes.batch)
+                start = time.perf_counter()
+                raw.drain(n)
+                kb_raw = max(kb_raw, n / (time.perf_counter() - start))
+        self.add("drain_1kb", kb_ours, kb_raw, self.label("drain"), target=False)
+
+        names = [self.queue(f"q{i}") for i in range(20)]
+        for name in names:
+            ours.fill(self.filler, name, max(2, n // 20))
+        try:
+            many = ours.drain_queues(self.uri, names, n, self.folder)
+        finally:
+            for name in names:
+                self.transport.purge(name)
+        one = self.result.rows.get("drain_1")
+        single = one.ours if one is not None else self._drain_once(1).rate
+        note = f"{many.done:,} tasks, start-up {many.startup:.1f} s (20 children)"
+        self.add("queues_20", many.rate, single, "1 queue, 1 child", note, target=False)
+
+        small = sizes.depth_small
+        count = min(sizes.deep, self.backend.deep_cap or sizes.deep)
+        memory: dict[int, tuple[float | None, float]] = {}
+        for depth in (small, count):
+            queue = self.queue("mem")
+            ours.fill(self.filler, queue, depth, batch=5000)
+            try:
+                held = memory_of.server(self.name, self.folder)
+                child = ours.worker_memory(self.uri, queue, small // 2, self.folder)
+            finally:
+                self.transport.purge(queue)
+            memory[depth] = (held, child)
+        what = memory_of.WHAT[self.name]
+        mb = 1024 * 1024
+        deep_held, small_held = memory[count][0], memory[small][0]
+        if deep_held is not None and small_held is not None:
+            self.add(
+                "memory_server", deep_held / mb, small_held / mb, f"depth {small:,}",
+                f"{what}, {count:,} waiting", target=False,
+            )  # fmt: skip
+        self.add(
+            "memory_worker", memory[count][1] / mb, memory[small][1] / mb, f"depth {small:,}",
+            f"peak RSS of the child after {small // 2} tasks, {count:,} waiting", target=False,
+        )  # fmt: skip
+        self.say(
+            f"[{self.name}] shapes: 1 KB batch submit {mine:,.0f}/s (raw {theirs:,.0f}/s), "
+            f"drain {kb_ours:,.0f}/s (raw {kb_raw:,.0f}/s); 20 queues {many.rate:,.0f}/s "
+            f"(1 queue {single:,.0f}/s); memory at {count:,} vs {small:,}: {what} "
+            f"{(deep_held or 0) / mb:,.1f} MB vs {(small_held or 0) / mb:,.1f} MB, child "
+            f"{memory[count][1] / mb:,.1f} MB vs {memory[small][1] / mb:,.1f} MB"
+        )
+
 
 def measure(
-    name: str, sizes: Sizes, scratch: Path, say: Say, steps: set[str] | None = None
+    name: str,
+    sizes: Sizes,
+    scratch: Path,
+    say: Say,
+    steps: set[str] | None = None,
+    peers: bool = False,
 ) -> TransportResult:
-    """Every measure of one transport (or why it was skipped)."""
-    return Session(name, sizes, scratch, say, steps).run()
+    """Every measure of one transport (or why it was skipped); ``peers``: theirs too."""
+    return Session(name, sizes, scratch, say, steps, peers).run()

@@ -45,8 +45,11 @@ class Drain:
     total: float
 
 
-def payloads(count: int, sent: float = 0.0) -> list[Payload]:
-    """``count`` small payloads, numbered: ``{"n": i, "sent": sent}``."""
+def payloads(count: int, sent: float = 0.0, pad: int = 0) -> list[Payload]:
+    """``count`` small payloads, numbered: ``{"n": i, "sent": sent}``; ``pad`` more bytes
+    in a ``"pad"`` string (the realistic 1 KB payload)."""
+    if pad:
+        return [{"n": n, "sent": sent, "pad": "x" * pad} for n in range(count)]
     return [{"n": n, "sent": sent} for n in range(count)]
 
 
@@ -64,14 +67,18 @@ def submit_batch(transport: Transport, queue: str, items: Sequence[Payload], bat
 
 
 def rate(
-    send: Callable[[Sequence[Payload]], object], count: int, chunk: int, budget: float
+    send: Callable[[Sequence[Payload]], object],
+    count: int,
+    chunk: int,
+    budget: float,
+    pad: int = 0,
 ) -> float:
     """Tasks per second of ``send`` over ``count`` payloads, ``chunk`` per call.
 
     Stops early once ``budget`` seconds are spent, so that a backend that fsyncs every
     task (about 150/s on this disk) does not hold the run for minutes.
     """
-    items = payloads(count)
+    items = payloads(count, pad=pad)
     done = 0
     start = time.perf_counter()
     while done < count:
@@ -83,9 +90,9 @@ def rate(
     return done / (time.perf_counter() - start)
 
 
-def fill(transport: Transport, queue: str, count: int, batch: int = 1000) -> None:
+def fill(transport: Transport, queue: str, count: int, batch: int = 1000, pad: int = 0) -> None:
     """Put ``count`` tasks in a queue before a drain (not timed)."""
-    items = payloads(count)
+    items = payloads(count, pad=pad)
     for i in range(0, count, batch):
         transport.submit_tasks(queue, items[i : i + batch])
 
@@ -153,13 +160,14 @@ class WorkersCommand:
         worker: str = "bench_noop",
         child_concurrency: int | None = None,
         track_status: bool | None = None,
+        more_queues: Sequence[str] = (),
     ) -> None:
         entry: dict[str, Any] = {"worker": worker, "concurrency": concurrency}
         if child_concurrency is not None:
             entry["child_concurrency"] = child_concurrency
         if track_status is not None:
             entry["track_status"] = track_status
-        workers = {queue: entry}
+        workers = {name: entry for name in (queue, *more_queues)}
         halting = ["--halt-when-empty"] if halt else []
         self.command = workers_command(uri, workers, "--import", "bench.workers", "-q", *halting)
         self.env = clean_environment(**{ledger.LEDGER_VARIABLE: ledger_path})
@@ -236,6 +244,33 @@ def drain(
         except TimeoutError:
             workers.stop()  # report the rate of what was done
     return drain_rate(path, workers.launched)
+
+
+def drain_queues(uri: str, queues: Sequence[str], count: int, folder: Path) -> Drain:
+    """One ``asynctask workers`` serving every queue (one child each) until all are empty."""
+    path = str(folder / f"queues-{queues[0]}.ledger")
+    with WorkersCommand(
+        uri, queues[0], 1, path, folder, halt=True, more_queues=queues[1:]
+    ) as workers:
+        try:
+            workers.wait(timeout=max(180.0, count / 50))
+        except TimeoutError:
+            workers.stop()
+    return drain_rate(path, workers.launched)
+
+
+def worker_memory(uri: str, queue: str, count: int, folder: Path) -> float:
+    """The peak resident bytes of an ``asynctask workers`` child once it started ``count``
+    tasks of a filled queue (it is stopped then: the rest stay)."""
+    from bench.memory import rss
+
+    path = str(folder / f"memory-{queue}.ledger")
+    follower = ledger.Follower(path)
+    with WorkersCommand(uri, queue, 1, path, folder, halt=False) as workers:
+        follower.wait(count, max(120.0, count / 20), workers.alive)
+        peak = max(rss(pid) for pid in {e.pid for e in ledger.read(path)})
+        workers.stop()
+    return peak
 
 
 def drain_io(uri: str, queue: str, count: int, child_concurrency: int, folder: Path) -> Drain:

@@ -19,18 +19,9 @@ TRANSPORTS = ("localmem", "filesys", "pgsql", "redis", "amqp")
 
 #: the async table: ``child_concurrency`` values tried with one child
 ASYNC_CONCURRENCY = (1, 10, 100, 500)
-#: the bench-only venv with arq, the async peer (``make bench`` makes it); never a
-#: dependency of the project
-ARQ_PYTHON = Path(__file__).resolve().parent.parent / ".venv-arq" / "bin" / "python"
-
-#: drain rates (tasks/s, 1 worker process) of the fastest Python peer on each backend,
-#: measured by hand on this kind of machine (see docs/benchmarks.md)
-PEERS: dict[str, tuple[str, float]] = {
-    "redis": ("Dramatiq", 1300.0),
-    "amqp": ("Dramatiq", 1700.0),
-    "pgsql": ("PgQueuer", 1400.0),
-    "filesys": ("Huey", 550.0),
-}
+#: the bench-only venv with the peers, arq among them (``make bench PEERS=1`` makes it);
+#: never a dependency of the project
+ARQ_PYTHON = Path(__file__).resolve().parent.parent / ".venv-peers" / "bin" / "python"
 
 
 @dataclass(frozen=True)
@@ -58,6 +49,8 @@ class Sizes:
     deep: int
     #: the async table: each of a child's slots runs this many tasks in a drain
     async_rounds: int = 40
+    #: tasks each peer drains (``--peers``), in the drain's rounds (some peers do 100/s)
+    peer_drain: int = 5000
 
 
 FULL = Sizes(
@@ -94,6 +87,7 @@ QUICK = Sizes(
     queues_many=40,
     deep=4000,
     async_rounds=4,
+    peer_drain=300,
 )
 
 

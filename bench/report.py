@@ -36,6 +36,8 @@ class Run:
     packages: dict[str, str]
     servers: dict[str, str]
     commit: str
+    #: whether the peers ran (``--peers``: ``make bench PEERS=1``)
+    peers: bool = False
     seconds: float = 0.0
     results: list[TransportResult] = field(default_factory=list)
 
@@ -51,6 +53,7 @@ class Run:
             "packages": self.packages,
             "servers": self.servers,
             "commit": self.commit,
+            "peers": self.peers,
             "transports": {r.name: r.to_json() for r in self.results},
         }
 
@@ -63,6 +66,8 @@ def value(number: float | None, unit: str) -> str:
         return f"{number:,.0f}/s"
     if unit == "ms":
         return f"{number:.2f} ms"
+    if unit == "MB":
+        return f"{number:,.1f} MB"
     return f"{number:.2f} s"
 
 
@@ -168,17 +173,26 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "`asyncio.sleep(0.05)`, on a queue filled with "
         f"{run.sizes.async_rounds} tasks per slot, at `child_concurrency` 1, 10, 100 and 500, "
         "against the ideal `child_concurrency / 0.05 s` (target at 100: >= 0.8x on redis and "
-        "pgsql); on redis beside arq (its own venv, `.venv-arq`) with `max_jobs` 100 on the "
-        "same tasks in the same run.",
+        "pgsql); on redis beside arq (`.venv-peers`, with `make bench PEERS=1`) with "
+        "`max_jobs` 100 on the same tasks in the same run.",
+        f"8. **realistic shapes** (no targets; not localmem): 1 KB payloads (a `pad` string): "
+        f"batch submit and the 1-child drain of {run.sizes.drain:,}, ours beside the raw "
+        f"client; {run.sizes.drain // 20:,} tasks in each of 20 queues drained by one "
+        "`asynctask workers` (one child per queue) against one queue and one child, from the "
+        "first task's start to the last's (the children's staggered start-ups included); and "
+        "the memory at depth 1,000,000 (filesys and amqp 200,000) against "
+        f"{run.sizes.depth_small:,}: the server's (Redis `used_memory`, the PostgreSQL "
+        "queue table with its indexes, RabbitMQ's resident memory, the filesys folder on "
+        "disk; shared servers, so other work is in both figures) and a worker child's peak "
+        f"RSS after {run.sizes.depth_small // 2} tasks.",
         "",
-        "Ratios are ours / reference: higher is better for rates, lower for latencies. Peer",
-        "rates are the fastest Python task queue on each backend, 1 worker process, as the",
-        "issue gives them (measured here by hand, not by this harness): Dramatiq (Redis,",
-        "RabbitMQ), PgQueuer (PostgreSQL), Huey (files).",
+        "Ratios are ours / reference: higher is better for rates, lower for latencies.",
         "",
+        *_peers_intro(run),
     ]
     if chart_name:
         out += [f"![ratios]({chart_name})", ""]
+    out += _peers_section(run)
     out += ["## Results", ""]
     for result in run.results:
         out.append(f"### {result.name}")
@@ -222,11 +236,65 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "  of the main thread's samples, waiting included (`--idle`).",
         "- `make bench QUICK=1` (or `python -m bench --quick`) is a smoke test of the",
         "  harness with tiny counts; it writes no docs unless given `--docs DIR`.",
+        "- `make bench-compare BASE=<commit>` (`python -m bench.compare`) runs the bench of",
+        "  BASE and of this tree in the same run, alternating (ABBA), and lists the figures",
+        "  more than 5% worse than BASE's; quick sizes unless `FULL=1`.",
         "- What the lifecycle hooks and the Prometheus and OpenTelemetry plugins cost per",
         "  task, and the drain with them off, installed and recording: `make bench-hooks`",
         "  (`python -m bench.hooks`), in [observability-cost.md](observability-cost.md).",
     ]
     return "\n".join(out) + "\n"
+
+
+def _peers_intro(run: Run) -> list[str]:
+    if not run.peers:
+        return [
+            "The peers (Dramatiq, Huey, PgQueuer, arq) did not run: `make bench PEERS=1`",
+            "measures them in the same run; without it their rows are absent, never quoted.",
+            "",
+        ]
+    return [
+        f"**Peers** (`make bench PEERS=1`): each peer drains {run.sizes.peer_drain:,} no-op",
+        "tasks filled by its own client, with its own worker command and one worker process,",
+        "on the same servers, in the drain's rounds (ours, raw and theirs alternating, the",
+        "best round of each kept); its rate counts from the first task's start to the last's,",
+        "as ours. They live in `.venv-peers` (`bench/peers/requirements.txt`, pinned), never",
+        "among the project's dependencies. Each one's settings are in the Peers section.",
+        "",
+    ]
+
+
+def _peers_section(run: Run) -> list[str]:
+    """Each backend's drain against its best peer and its raw client, and the peers' settings."""
+    from bench.peer import PEERS
+
+    if not run.peers:
+        return []
+    out = ["## Peers", ""]
+    rows = []
+    for result in run.results:
+        ours = result.rows.get("drain_1")
+        best = result.rows.get("peer")
+        if ours is None or best is None:
+            continue
+        each = [result.rows[p.key] for p in PEERS.get(result.name, ()) if p.key in result.rows]
+        rows.append(
+            [
+                result.name,
+                value(ours.ours, ours.unit),
+                f"{_ratio(best)} ({best.reference_label} {value(best.reference, best.unit)})",
+                "-" if ours.reference is None else f"{_ratio(ours)} ({ours.reference_label})",
+                ", ".join(f"{r.reference_label} {value(r.reference, r.unit)}" for r in each),
+            ]
+        )
+    header = ["backend", "ours, 1 child", "vs best peer", "vs raw client", "every peer"]
+    out += [*_md_table(header, rows), ""]
+    out += ["What each peer ran with (its docs' production settings for durability):", ""]
+    for result in run.results:
+        for one in PEERS.get(result.name, ()):
+            if one.key in result.rows:
+                out.append(f"- {result.name}, {one.name}: {one.settings}.")
+    return [*out, ""]
 
 
 def _notes(result: TransportResult) -> list[str]:

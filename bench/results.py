@@ -31,7 +31,11 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
     "drain_2": ("drain, 2 children", "tasks/s", None),
     "startup_1": ("start-up, 1 child", "s", None),
     "startup_2": ("start-up, 2 children", "s", None),
-    "peer": ("drain, 1 child vs peer", "tasks/s", Target(">=", 3.0)),
+    "peer": ("drain, 1 child vs best peer", "tasks/s", Target(">=", 3.0)),
+    "peer_dramatiq": ("drain, 1 child vs Dramatiq", "tasks/s", None),
+    "peer_huey": ("drain, 1 child vs Huey", "tasks/s", None),
+    "peer_arq": ("drain, 1 child vs arq", "tasks/s", None),
+    "peer_pgqueuer": ("drain, 1 child vs PgQueuer", "tasks/s", None),
     "latency_p50": ("latency p50", "ms", Target("<=", 1.5)),
     "latency_p99": ("latency p99", "ms", None),
     "depth": ("drain at depth 100,000 vs 100", "tasks/s", Target(">=", 0.5)),
@@ -48,6 +52,12 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
     "drain_deep": ("drain at depth 1,000,000 vs 100", "tasks/s", None),
     "tracking": ("drain, 1 child, track_status on vs off", "tasks/s", Target(">=", 0.7)),
     "wait_p50": ("wait() wake-up p50 vs raw notification", "ms", None),
+    # realistic shapes (issue 20)
+    "submit_batch_1kb": ("submit, batches, 1 KB payloads", "tasks/s", None),
+    "drain_1kb": ("drain, 1 child, 1 KB payloads", "tasks/s", None),
+    "queues_20": ("drain, 20 queues in one asynctask workers vs 1 queue", "tasks/s", None),
+    "memory_server": ("server memory at depth 1,000,000 vs 100", "MB", None),
+    "memory_worker": ("worker child memory at depth 1,000,000 vs 100", "MB", None),
 }
 
 #: measures only some transports have: a peer where one was measured, the relay on amqp,
@@ -55,6 +65,10 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
 #: venv exists
 OPTIONAL = (
     "peer",
+    "peer_dramatiq",
+    "peer_huey",
+    "peer_arq",
+    "peer_pgqueuer",
     "relay",
     "async_1",
     "async_10",
@@ -64,6 +78,12 @@ OPTIONAL = (
     # task status (issue 16): on the transports that keep it
     "tracking",
     "wait_p50",
+    # realistic shapes: where ``asynctask workers`` runs (not localmem)
+    "submit_batch_1kb",
+    "drain_1kb",
+    "queues_20",
+    "memory_server",
+    "memory_worker",
 )
 
 #: the measures every measured transport has

@@ -25,10 +25,14 @@ from pathlib import Path
 from asynctask.api import close_transports
 from asynctask.uri import redact
 from bench import machine
-from chaos import badinput, liveness, report
+from chaos import badinput, limits, liveness, partition, report
 from chaos.scenarios import SCENARIOS, Plan, Result, Say, run_scenario
 from chaos.servers import BACKENDS, Backend
 from chaos.supervisor import ROOT
+
+_ALL = (*SCENARIOS, *liveness.SCENARIOS, partition.SCENARIO, limits.SCENARIO)
+#: scenarios on servers of their own, in namespaces (chaos.hosts)
+_HOSTED = {partition.SCENARIO: partition.run_partition, limits.SCENARIO: limits.run_limits}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,10 +47,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--scenarios",
         metavar="NAMES",
-        help=f"scenarios, comma-separated ({','.join(SCENARIOS + liveness.SCENARIOS)})",
+        help=f"scenarios, comma-separated ({','.join(_ALL)})",
     )
     parser.add_argument("--tasks", type=int, default=defaults.tasks, help="tasks per scenario")
     parser.add_argument("--kills", type=int, default=defaults.kills, help="child kills")
+    parser.add_argument(
+        "--hosts", type=int, default=defaults.hosts, help="hosts of the partition scenario"
+    )
+    parser.add_argument(
+        "--partition-tasks",
+        type=int,
+        default=defaults.partition_tasks,
+        help="tasks of the partition scenario",
+    )
     parser.add_argument(
         "--seconds",
         type=float,
@@ -88,12 +101,16 @@ def main(argv: list[str]) -> int:
     """Run the suite; 0 when every scenario that ran kept the promise."""
     args = _parser().parse_args(argv)
     transports = _names(args.only, tuple(BACKENDS))
-    scenarios = (
-        () if args.bad_input_only else _names(args.scenarios, SCENARIOS + liveness.SCENARIOS)
-    )
+    scenarios = () if args.bad_input_only else _names(args.scenarios, _ALL)
     bad_input = args.bad_input_only or "poison" in scenarios
     given = dict(pair.split("=", 1) for pair in args.uri)
-    plan = Plan(tasks=args.tasks, kills=args.kills, feed_seconds=args.seconds)
+    plan = Plan(
+        tasks=args.tasks,
+        kills=args.kills,
+        feed_seconds=args.seconds,
+        hosts=args.hosts,
+        partition_tasks=args.partition_tasks,
+    )
     # only a full run replaces docs/reliability.md
     full = not (args.only or args.scenarios or args.uri or plan != Plan())
     docs = args.docs if args.docs is not None else (ROOT / "docs" if full else None)
@@ -115,7 +132,15 @@ def main(argv: list[str]) -> int:
     began = time.monotonic()
     for name in transports:
         backend = BACKENDS[name](scratch, given.get(name))
-        run.results += _run_transport(backend, scenarios, bad_input, plan, scratch, run, say)
+        shared = tuple(s for s in scenarios if s not in _HOSTED)
+        if shared or bad_input:
+            run.results += _run_transport(backend, shared, bad_input, plan, scratch, run, say)
+        for scenario in (s for s in scenarios if s in _HOSTED):
+            say(f"{name}:\n  {scenario}...")
+            result = _HOSTED[scenario](name, plan, scratch, say, run.servers)
+            state = result.skipped or ("ok" if result.ok else "FAILED")
+            say(f"  {scenario}: {state} in {result.seconds:.0f} s")
+            run.results.append(result)
     run.seconds = time.monotonic() - began
     run.machine["load_after"] = machine.load()
     if run.results:
@@ -137,6 +162,15 @@ def main(argv: list[str]) -> int:
         old = page.read_text(encoding="utf-8") if page.exists() else "# Reliability\n"
         page.write_text(report.replace_bad_input(old, section), encoding="utf-8")
         print(f"wrote the bad-input table of {page}")
+    elif scenarios and set(scenarios) <= set(_HOSTED) and args.docs is not None:
+        # a run of the many-hosts scenarios alone replaces their own section only
+        page = args.docs / "reliability.md"
+        old = page.read_text(encoding="utf-8") if page.exists() else "# Reliability\n"
+        section = report.many_hosts_markdown(run)
+        page.write_text(
+            report.replace_section(old, report.MANY_HOSTS_TITLE, section), encoding="utf-8"
+        )
+        print(f"wrote the many-hosts section of {page}")
     elif docs is not None:
         docs.mkdir(parents=True, exist_ok=True)
         (docs / "reliability.md").write_text(report.markdown(run), encoding="utf-8")

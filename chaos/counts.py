@@ -65,14 +65,14 @@ def tally(entries: list[Entry], expected: set[int], poison: set[int], faults: li
     """Count lost and repeated tasks, and time the recoveries."""
     done: dict[int, list[Entry]] = defaultdict(list)
     # a child runs one task at a time: its last start is the start of its next completion
-    began: dict[int, Entry] = {}
+    began: dict[tuple[str, int], Entry] = {}
     spans: list[tuple[float, float]] = []  # (start, completion) of every completion
     for entry in entries:
         if entry.event == "start":
-            began[entry.pid] = entry
+            began[entry.process] = entry
         elif entry.event == "done":
             done[entry.n].append(entry)
-            start = began.get(entry.pid)
+            start = began.get(entry.process)
             if start is not None and start.n == entry.n:
                 spans.append((start.time, entry.time))
     duplicates = 0

@@ -55,6 +55,10 @@ TITLES = {
     "flood": "NOTIFY flood, busy workers",
     "group": "SIGTERM to the process group",
     "deadly": "child-killing task, innocent ones",
+    # chaos.partition
+    "partition": "a host cut off (3 hosts)",
+    # chaos.limits
+    "limits": "global rate and cap (3 hosts)",
 }
 #: nesting accepted (the payload rule allows 500 levels) and nesting submit must refuse
 DEEP, TOO_DEEP = 400, 600
@@ -76,6 +80,10 @@ class Plan:
     batches: int = 40
     drain_timeout: float = 120.0
     seed: int = 1
+    #: hosts (Linux namespaces) of the partition scenario
+    hosts: int = 3
+    #: tasks of the partition scenario (its 3 hosts drain more than one host's scenarios)
+    partition_tasks: int = 3000
 
 
 @dataclass

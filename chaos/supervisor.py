@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from asynctask.testing import FAST_CHECKS, clean_environment, workers_command
+from chaos.hosts import Namespace, inner_pid
 from chaos.ledger import LEDGER_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +40,12 @@ class Workers:
         concurrency: int = CONCURRENCY,
         prefetch: int | None = None,
         own_group: bool = False,
+        host: Namespace | None = None,
+        options: dict[str, object] | None = None,
     ) -> None:
-        entry: dict[str, object] = {"worker": WORKER, "concurrency": concurrency}
+        """``host``: run it inside that host's namespaces (``chaos.hosts``); ``options``:
+        more keys of the queue's entry (``max_running``...)."""
+        entry: dict[str, object] = {"worker": WORKER, "concurrency": concurrency, **(options or {})}
         if prefetch is not None:
             entry["prefetch"] = prefetch
         command = workers_command(
@@ -55,14 +60,24 @@ class Workers:
         self._log: IO[bytes] = open(log, "ab")  # noqa: SIM115 -- closed in stop()
         self.concurrency = concurrency
         # own_group: the leader of a process group of its own, as systemd starts a service
-        self.process = subprocess.Popen(
-            command,
-            stdout=self._log,
-            stderr=self._log,
-            cwd=ledger.parent,
-            env=env,
-            start_new_session=own_group,
-        )
+        if host is None:
+            self.process = subprocess.Popen(
+                command,
+                stdout=self._log,
+                stderr=self._log,
+                cwd=ledger.parent,
+                env=env,
+                start_new_session=own_group,
+            )
+            #: the supervisor's pid (here)
+            self.pid = self.process.pid
+        else:
+            # nsenter forks the command and waits for it (its exit code is the
+            # command's), but passes no signal on: signals go to the command itself
+            self.process = host.popen(
+                command, stdout=self._log, stderr=self._log, cwd=ledger.parent, env=env
+            )
+            self.pid = inner_pid(self.process)
         self.started = time.time()
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -77,7 +92,7 @@ class Workers:
 
     def children(self) -> list[int]:
         """Pids of the live children."""
-        pid = self.process.pid
+        pid = self.pid
         try:
             text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
         except OSError:
@@ -102,20 +117,25 @@ class Workers:
 
     def terminate(self, timeout: float = GRACE + 10) -> int:
         """SIGTERM, as an operator would: children finish their task; return the exit code."""
-        self.process.send_signal(signal.SIGTERM)
+        self._signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout)
         finally:
             self.stop()
 
+    def _signal(self, number: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, number)
+
     def stop(self) -> None:
         """Stop it (gracefully if it listens), and make sure no child is left."""
         if self.process.poll() is None:
             children = self.children()
-            self.process.send_signal(signal.SIGTERM)
+            self._signal(signal.SIGTERM)
             try:
                 self.process.wait(GRACE + 5)
             except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
                 self.process.kill()
                 self.process.wait()
             for pid in children:

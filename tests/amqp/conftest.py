@@ -14,11 +14,14 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
+import amqp
 import kombu
 import pytest
 
 from asynctask.testing import require_service
+from asynctask_amqp.topology import RUNGS
 from chaos.private import PrivateRabbitMQ
 
 #: a vhost and a user of this test session's own: several sessions share one broker, and
@@ -102,3 +105,26 @@ def vhost_of(uri: str) -> str:
     """The vhost named by an amqp URI."""
     with kombu.Connection(uri.partition("?")[0]) as connection:
         return str(connection.virtual_host)
+
+
+def on_shared_ladder(connection: kombu.Connection, queue: str, kind: str = "classic") -> list[Any]:
+    """The messages of ``queue`` on the vhost's shared ladder, read with plain py-amqp as
+    the README says: a rung's messages taken unacked on a channel of their own and put
+    back, in place, when it closes; a message's task queue is its routing key."""
+    prefix = "asynctask.ladder" if kind == "classic" else f"asynctask.ladder_{kind}"
+    found = []
+    channel = connection.connection.channel()
+    try:
+        for rung in RUNGS:
+            name = f"{prefix}.{round(rung * 1000)}"
+            try:
+                if not channel.queue_declare(name, passive=True).message_count:
+                    continue
+            except amqp.exceptions.NotFound:
+                break  # the rungs are declared together: no ladder
+            while (message := channel.basic_get(name)) is not None:
+                if message.delivery_info["routing_key"] == queue:
+                    found.append(message)
+    finally:
+        channel.close()
+    return found

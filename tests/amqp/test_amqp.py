@@ -22,10 +22,11 @@ from asynctask.errors import InvalidTaskError, InvalidURIError, TransportError, 
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import hold_task_in_child, open_transport
 from asynctask.transport import Transport
-from asynctask_amqp.topology import DUE, MAX_DELAY, REGISTRY, rung_for, rung_name
+from asynctask_amqp.topology import DUE, MAX_DELAY, REGISTRY, rung_for
 from asynctask_amqp.transport import AmqpTransport
 from chaos.private import PrivateRabbitMQ
-from tests.amqp.conftest import PASSWORD, USER, VHOST, rabbitmqctl
+from support import free_port
+from tests.amqp.conftest import PASSWORD, USER, VHOST, on_shared_ladder, rabbitmqctl
 
 # -- fixtures and helpers ---------------------------------------------------------------
 
@@ -52,6 +53,14 @@ def channel(amqp_uri: str) -> Iterator[Any]:
     """A plain py-amqp channel on the test vhost, as another program would have."""
     with kombu.Connection(amqp_uri) as connection:
         yield connection.default_channel
+
+
+@pytest.fixture
+def connection(amqp_uri: str) -> Iterator[kombu.Connection]:
+    """A plain kombu connection to the test vhost."""
+    with kombu.Connection(amqp_uri) as connection:
+        connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
+        yield connection
 
 
 class Worker:
@@ -158,6 +167,42 @@ def test_uri_options_reach_kombu():
     assert kwargs["ssl"]["context"] == {"cafile": "/etc/ca.pem", "check_hostname": True}
     assert transport.features.recovery_seconds == 21.0
     transport.close()
+
+
+def test_a_uri_may_list_several_brokers():
+    # Given a URI naming a cluster's three nodes (IPv6 too), TLS and quorum queues
+    transport = AmqpTransport("amqps://u:pw@h1:5671,h2:5681,[::1]/v?queue_type=quorum")
+    params = transport.params
+    # Then each node is tried by its own name and port, all shown, none with the password
+    assert params.hosts == (("h1", 5671), ("h2", 5681), ("::1", 5671))
+    assert params.describe() == "h1:5671,h2:5681,[::1]:5671 (vhost 'v', user 'u')"
+    assert [params.kombu_kwargs(i)["hostname"] for i in range(3)] == ["h1", "h2", "::1"]
+    assert params.kombu_kwargs(1)["ssl"]["server_hostname"] == "h2"
+    assert params.queue_type == "quorum" and params.delivery_limit == 20
+    transport.close()
+
+
+def test_a_node_that_is_down_is_passed_over_for_the_next_one(amqp_uri, queue):
+    # Given a URI whose first broker is a port nobody listens on, the second the broker
+    dead = free_port()
+    uri = amqp_uri.replace("@127.0.0.1:5672/", f"@127.0.0.1:{dead},127.0.0.1:5672/")
+    with open_transport(uri + "?retry_timeout=5") as transport:
+        # When tasks are submitted and taken, they go through the second
+        started = time.monotonic()
+        transport.submit_task(queue, {"n": 1})
+        assert transport.get_task(queue) == {"n": 1}
+        with transport.consumer(queue) as consumer:
+            transport.submit_task(queue, {"n": 2})
+            delivery = consumer.reserve(timeout=10)
+            assert delivery is not None and delivery.payload == {"n": 2}
+            consumer.ack(delivery)
+        # at once, not after an outage's back-off
+        assert time.monotonic() - started < 5
+
+
+def test_an_unknown_queue_type_is_refused():
+    with pytest.raises(InvalidURIError, match="queue_type"):
+        AmqpTransport("amqp://h/v?queue_type=stream")
 
 
 @pytest.mark.parametrize(
@@ -367,22 +412,26 @@ def test_a_delay_past_a_year_is_refused(transport, queue):
     assert transport.poll_queue(queue) == 0
 
 
-def test_a_30_day_delay_waits_on_the_top_rung_carrying_its_due_time(transport, queue, channel):
+def test_a_30_day_delay_waits_on_the_top_rung_carrying_its_due_time(transport, queue, connection):
     # Given a task delayed 30 days (longer than the longest rung, a week)
     before = time.time()
     transport.submit_task(queue, {"n": 1}, delay=30 * 24 * 3600)
     # Then it is delayed, not ready, and waits on the week rung with its due time
     stats = transport.queue_stats(queue)
     assert (stats.ready, stats.delayed) == (0, 1)
-    message = channel.basic_get(rung_name(queue, "delay", MAX_DELAY), no_ack=False)
-    assert message is not None
+    [message] = on_shared_ladder(connection, queue)
+    assert message.delivery_info["exchange"] == "asynctask.ladder"
+    assert message.properties["application_headers"]["asynctask-rung"] == str(
+        round(MAX_DELAY * 1000)
+    )
     due = message.properties["application_headers"][DUE]
     assert before + 30 * 24 * 3600 - 1 < due < time.time() + 30 * 24 * 3600 + 1
-    channel.basic_reject(message.delivery_info["delivery_tag"], requeue=True)
 
 
 @pytest.mark.parametrize("take", ["reserve", "get_task"])
-def test_a_task_that_arrives_before_it_is_due_goes_round_again(transport, queue, channel, take):
+def test_a_task_that_arrives_before_it_is_due_goes_round_again(
+    transport, queue, channel, connection, take
+):
     # Given a task that reached its queue a week into a longer wait (as the week rung
     # dead-letters it), due in an hour, and a task that is due
     transport.submit_task(queue, {"n": 0})  # declares the queue
@@ -410,7 +459,8 @@ def test_a_task_that_arrives_before_it_is_due_goes_round_again(transport, queue,
     assert payload == {"n": 2}
     stats = transport.queue_stats(queue)
     assert (stats.ready, stats.delayed) == (0, 1)
-    assert channel.queue_declare(rung_name(queue, "delay", 3600), passive=True).message_count == 1
+    [message] = on_shared_ladder(connection, queue)
+    assert message.properties["application_headers"]["asynctask-rung"] == "3600000"
     transport.purge(queue)
 
 
@@ -468,3 +518,23 @@ def test_a_queue_declared_by_an_operator_is_used_as_it_is(transport, queue, chan
     transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
     assert transport.poll_queue(queue) == 2
     assert [taken_one(transport, queue).payload["n"] for _ in range(2)] == [1, 2]
+
+
+def test_a_quorum_queue_fails_a_task_past_the_broker_delivery_limit(amqp_uri, queue):
+    # Given a quorum queue whose broker delivery limit is 2
+    with open_transport(f"{amqp_uri}?queue_type=quorum&delivery_limit=2") as transport:
+        transport.submit_task(queue, {"n": 1})
+        # When its task is delivered and handed back three times (as dying relays would,
+        # and as the broker counts them: every return)
+        for _ in range(3):
+            with transport.consumer(queue) as consumer:
+                delivery = consumer.reserve(timeout=5)
+                assert delivery is not None
+                consumer.release(delivery)
+        # Then the broker itself moved it to the failed store, saying why
+        deadline = time.monotonic() + 10
+        while not (failed := transport.failed_tasks(queue)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [record] = failed
+        assert record.payload == {"n": 1} and "x-delivery-limit" in record.error
+        assert transport.poll_queue(queue) == 0

@@ -26,6 +26,35 @@ class BadSetup(AsyncTaskWorker):
         pass
 """
 
+DIES_ON_EVERY_TASK = """
+import os
+from asynctask import AsyncTaskWorker
+
+class DiesOnTask(AsyncTaskWorker):
+    name = "dies_on_task"
+    max_retries = 1000
+
+    def process(self, payload):
+        os._exit(9)
+"""
+
+DIES_TWICE_IN_THREE = """
+import os
+from pathlib import Path
+from asynctask import AsyncTaskWorker
+
+class DiesTwiceInThree(AsyncTaskWorker):
+    name = "dies_twice_in_three"
+    max_retries = 1000
+
+    def process(self, payload):
+        counter = Path(payload["counter"])
+        runs = int(counter.read_text() or 0) + 1 if counter.exists() else 1
+        counter.write_text(str(runs))
+        if runs % 3:
+            os._exit(9)
+"""
+
 
 def _workers(uri: str, queues: dict[str, object], *args: str) -> list[str]:
     return workers_command(uri, queues, *args, settings=FAST_CHECKS)[3:]
@@ -92,6 +121,47 @@ def test_a_child_that_cannot_start_gives_one_traceback_then_a_line_per_restart_t
     for count in range(1, 5):
         assert f"could not start ({count} in a row)" in result.err, result.err
     assert "5 times in a row" in result.err
+
+
+def test_a_child_that_dies_on_every_task_is_a_crash_loop_too(tmp_path):
+    # Given a worker that kills its own process on every task, with retries to spare
+    (tmp_path / "dies.py").write_text(DIES_ON_EVERY_TASK)
+    uri = f"filesys:{tmp_path / 'q'}"
+    queue = unique_queue()
+    with get_transport(uri) as transport:
+        transport.submit_task(queue, {"n": 1})
+    command = _workers(uri, {queue: "dies_on_task"}, "--import", "dies")
+    # When a batch run starts
+    result = run_asynctask(
+        *command, "--halt-when-empty", cwd=tmp_path, PYTHONPATH=str(tmp_path), timeout=90
+    )
+    # Then each death is one line with its count, and the fifth in a row ends the run
+    # with exit 5 instead of restarting forever
+    assert result.code == 5, result.err
+    for count in range(1, 5):
+        assert f"before finishing a task ({count} in a row)" in result.err, result.err
+    assert "5 times in a row" in result.err, result.err
+    assert result.err.count("died (exit code 9") == 5, result.err
+
+
+def test_a_child_that_finished_a_task_resets_the_count(tmp_path):
+    # Given a worker that dies on two runs out of three, and three tasks: six deaths in
+    # all, but never more than two in a row without a task finished
+    (tmp_path / "dies.py").write_text(DIES_TWICE_IN_THREE)
+    uri = f"filesys:{tmp_path / 'q'}"
+    queue = unique_queue()
+    counter = tmp_path / "runs"
+    with get_transport(uri) as transport:
+        transport.submit_tasks(queue, [{"counter": str(counter)}] * 3)
+    command = _workers(uri, {queue: "dies_twice_in_three"}, "--import", "dies")
+    # When a batch run starts
+    result = run_asynctask(
+        *command, "--halt-when-empty", cwd=tmp_path, PYTHONPATH=str(tmp_path), timeout=120
+    )
+    # Then it is no crash loop: every task ends done and the run exits 0
+    assert result.code == 0, result.err
+    assert counter.read_text() == "9"
+    assert "(3 in a row)" not in result.err, result.err
 
 
 def test_halt_when_empty_ends_with_a_summary_and_fail_on_failed_exits_1(tmp_path):

@@ -50,6 +50,17 @@ def test_child_concurrency_per_queue(tmp_path):
     assert settings.workers["foo"] == WorkerConfig("w", concurrency=2, child_concurrency=100)
 
 
+def test_global_limits_per_queue(tmp_path):
+    entry = (
+        '{"foo": {"worker": "w", "rate_max_calls": 50, "rate_period": 5, '
+        '"rate_scope": "global", "max_running": 3}}'
+    )
+    settings = load(tmp_path, [f"asynctask_workers={entry}"])
+    assert settings.workers["foo"] == WorkerConfig(
+        "w", rate_max_calls=50, rate_period=5.0, rate_scope="global", max_running=3
+    )
+
+
 def test_set_takes_a_plain_string_when_not_json(tmp_path):
     settings = load(tmp_path, ["asynctask_transport=redis://127.0.0.1:6379"])
     assert settings.transport == "redis://127.0.0.1:6379"
@@ -83,6 +94,18 @@ def test_disabled_queues_stay_disabled(tmp_path):
         (
             '{"foo": {"worker": "w", "child_concurrency": true}}',
             "child_concurrency must be a whole number from 1 to 10000, got True",
+        ),
+        (
+            '{"foo": {"worker": "w", "rate_max_calls": 5, "rate_period": 1, "rate_scope": "all"}}',
+            "rate_scope must be 'child' or 'global', got 'all'",
+        ),
+        (
+            '{"foo": {"worker": "w", "rate_scope": "global"}}',
+            "rate_scope 'global' needs rate_max_calls and rate_period",
+        ),
+        (
+            '{"foo": {"worker": "w", "max_running": 0}}',
+            "max_running must be a whole number >= 1 (tasks running at once on every host), got 0",
         ),
     ],
 )

@@ -24,6 +24,7 @@ from asynctask.errors import (
     TransportRefused,
     TransportUnavailable,
 )
+from asynctask.limits import LimitSpec
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
 
@@ -471,3 +472,25 @@ def test_a_task_acknowledged_just_before_the_connection_drops_is_not_run_again(t
         consumer.ack(second)
         assert consumer.reserve(timeout=0.3) is None
     assert PgsqlProbe().stored(queue) == 0
+
+
+def test_a_version_2_schema_without_the_limit_table_gets_it_in_place(fresh_database):
+    # Given a current schema made before global limits (no asynctask_limit), holding a task
+    uri = f"pgsql://{HOST}/{fresh_database}"
+    conninfo = f"host={HOST} dbname={fresh_database}"
+    with open_transport(uri) as transport:
+        transport.submit_task("older", {"n": 1})
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("DROP TABLE asynctask.asynctask_limit")
+    # When a process of this version starts on it
+    with open_transport(uri) as transport:
+        assert transport.limit_take("older", LimitSpec(max_running=1), "a:1") == 0.0
+        # Then the table was added in place, the schema's version and task unchanged
+        assert transport.schema_action == "upgraded"
+        assert transport.get_task("older") == {"n": 1}
+    with psycopg.connect(conninfo) as conn:
+        comment, table = conn.execute(
+            "SELECT obj_description('asynctask'::regnamespace, 'pg_namespace'),"
+            " to_regclass('asynctask.asynctask_limit')::text"
+        ).fetchone()
+    assert (comment, table) == ("version: 2", "asynctask.asynctask_limit")

@@ -72,7 +72,7 @@ def test_scheduled_queue_child_that_dies_is_restarted(filesys_uri, start_workers
     wait_for(lambda: events(ledger, "done"), 40, "a scheduled task done after the crash")
     workers.signal(signal.SIGTERM)
     assert workers.wait(30) == 0
-    assert "died (exit code 1); restarting" in workers.output()
+    assert "died (exit code 1) before finishing a task (1 in a row); restarting" in workers.output()
 
 
 def test_a_command_text_written_into_a_scheduled_queue_runs_nothing(

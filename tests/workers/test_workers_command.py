@@ -74,7 +74,7 @@ def test_a_child_that_dies_mid_task_is_restarted_and_its_task_runs_again(
     # Then the supervisor restarts the child, the task comes back and completes
     assert workers.wait(90) == 0
     output = workers.output()
-    assert "died (exit code 1); restarting" in output
+    assert "died (exit code 1) before finishing a task (1 in a row); restarting" in output
     assert len(events(ledger, "start")) == 2
     assert len(events(ledger, "done")) == 1
     bound = transport.features.recovery_seconds

@@ -41,9 +41,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import amqp
@@ -53,7 +54,6 @@ from asynctask.transport import Consumer, Delivery, Transport, check_delay
 from asynctask_amqp.link import DRIVER_ERRORS, Heartbeats, Link
 from asynctask_amqp.params import ConnectionParams, map_error
 from asynctask_amqp.topology import (
-    MAX_DELAY,
     RELEASE_MARKER_EXPIRY_MS,
     Received,
     read_message,
@@ -82,7 +82,9 @@ class Declarations(Protocol):
         self, link: Link, queue: str, received: Received, error: str, n: int
     ) -> None: ...
 
-    def _declare_rung(self, link: Link, queue: str, ladder: str, delay: float) -> str: ...
+    def to_ladder(
+        self, link: Link, queue: str, kind: str, delay: float, messages: Sequence[Any]
+    ) -> None: ...
 
     def send_round(self, link: Link, queue: str, received: Received) -> bool: ...
 
@@ -103,7 +105,9 @@ class AmqpConsumer(Consumer):
         super().__init__(transport, queue, prefetch)
         self._declarations = declarations
         owner = os.getpid() if owner is None else owner
-        self._link = Link(declarations.params, f"asynctask consumer {queue} (pid {owner})")
+        # the host too: hosts' PID spaces overlap (every container's first process is 1)
+        name = f"asynctask consumer {queue} (pid {owner} on {socket.gethostname()})"
+        self._link = Link(declarations.params, name)
         self._generation = 0  # the link generation we set up (0: none)
         self._buffer: deque[Any] = deque()  # delivered, not reserved yet
         self._held: dict[int, Received] = {}  # reserved, not settled, by delivery tag
@@ -333,10 +337,7 @@ class AmqpConsumer(Consumer):
         def publish(received: Received) -> None:
             copy = received.copy(attempts=delivery.attempt)
             if delay > 0:
-                name = self._declarations._declare_rung(
-                    self._link, self.queue, "retry", min(delay, MAX_DELAY)
-                )
-                self._link.publish("", name, [copy])
+                self._declarations.to_ladder(self._link, self.queue, "retry", delay, [copy])
             else:
                 self._link.publish(self.queue, self.queue, [copy])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 import weakref
@@ -69,7 +70,7 @@ class Link:
 
     def __init__(self, params: ConnectionParams, name: str = "") -> None:
         self.params = params
-        self.name = name or f"asynctask producer (pid {os.getpid()})"
+        self.name = name or f"asynctask producer (pid {os.getpid()} on {socket.gethostname()})"
         self.lock = threading.Lock()
         #: bumped on every (re)connection: a delivery tag is only good on its generation
         self.generation = 0
@@ -83,6 +84,8 @@ class Link:
         #: py-amqp wants heartbeat_tick() about once a second: not on every frame
         self.tick_every = tick_interval(params)
         self._next_tick = 0.0
+        #: the index in ``params.hosts`` of the broker that served last
+        self._host = 0
 
     @property
     def is_open(self) -> bool:
@@ -96,9 +99,26 @@ class Link:
         that the link holds py-amqp's connection itself: kombu's ``connection`` attribute
         reconnects behind our back when the connection is gone, which we must not let
         happen (the channel, its consumer and its delivery tags would be lost unseen).
+
+        With several brokers in the URI (a cluster's nodes), the one that served last is
+        tried first, then the others in turn; the last one's error propagates.
         """
         self.discard()
-        kwargs = self.params.kombu_kwargs()
+        count = len(self.params.hosts)
+        for step in range(count):
+            index = (self._host + step) % count
+            try:
+                self._open_at(index)
+            except DRIVER_ERRORS as exc:
+                if step == count - 1:
+                    raise
+                logger.debug("%s: %s; trying the next", self.params.describe(index), exc)
+                continue
+            self._host = index
+            return
+
+    def _open_at(self, index: int) -> None:
+        kwargs = self.params.kombu_kwargs(index)
         kwargs["transport_options"] = {
             **kwargs["transport_options"],
             "client_properties": {"connection_name": self.name},

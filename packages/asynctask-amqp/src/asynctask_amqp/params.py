@@ -24,6 +24,14 @@ from asynctask.errors import (
 from asynctask.uri import Option, boolean, positive_float, positive_int, redact
 
 DEFAULT_PORT = {"amqp": 5672, "amqps": 5671}
+#: the queue types asynctask declares (``?queue_type=``)
+QUEUE_TYPES = ("classic", "quorum")
+
+
+def _choice(text: str, allowed: tuple[str, ...]) -> str:
+    if text not in allowed:
+        raise ValueError(f"expected one of {', '.join(allowed)}")
+    return text
 
 
 def _max_priority(text: str) -> int:
@@ -59,6 +67,18 @@ OPTIONS: dict[str, Option] = {
         "declare new queues with x-max-priority (classic queues) so that submit_task's "
         "priority is honoured, e.g. max_priority=9; without it a priority above 0 is refused",
     ),
+    "queue_type": Option(
+        lambda text: _choice(text, QUEUE_TYPES),
+        "classic",
+        "classic or quorum: the type of the queues asynctask declares (its task queues, "
+        "their failed stores and the vhost's delay ladder)",
+    ),
+    "delivery_limit": Option(
+        positive_int,
+        20,
+        "quorum: deliveries after which the broker itself moves a task to its failed "
+        "store (x-delivery-limit), a guard beside asynctask's own attempt count",
+    ),
     "ssl_ca_certs": Option(str, None, "amqps: CA bundle to verify the broker with"),
     "ssl_certfile": Option(str, None, "amqps: client certificate (PEM)"),
     "ssl_keyfile": Option(str, None, "amqps: client certificate's key (PEM)"),
@@ -80,8 +100,8 @@ DRIVER_OPTIONS: dict[str, Any] = {
 class ConnectionParams:
     """Where and how to connect; ``describe()`` is what error messages show."""
 
-    host: str
-    port: int
+    #: the brokers to try, in order: ``host:port`` pairs (a cluster's nodes)
+    hosts: tuple[tuple[str, int], ...]
     user: str
     password: str = field(repr=False)
     vhost: str
@@ -92,23 +112,45 @@ class ConnectionParams:
     driver: dict[str, Any] = field(default_factory=dict)
     #: consumers connect from a relay process (see ``asynctask_amqp.relay``)
     relay: bool = True
+    #: ``classic`` or ``quorum``: the queues asynctask declares
+    queue_type: str = "classic"
+    #: quorum: the broker's x-delivery-limit on task queues
+    delivery_limit: int = 20
 
-    def describe(self) -> str:
-        """``host:port (vhost '/', user 'guest')``: safe for logs and errors."""
-        return f"{self.host}:{self.port} (vhost {self.vhost!r}, user {self.user!r})"
+    @property
+    def host(self) -> str:
+        """The first broker's host."""
+        return self.hosts[0][0]
 
-    def kombu_kwargs(self) -> dict[str, Any]:
-        """Arguments of ``kombu.Connection`` for these parameters."""
+    @property
+    def port(self) -> int:
+        """The first broker's port."""
+        return self.hosts[0][1]
+
+    def describe(self, index: int | None = None) -> str:
+        """``host:port (vhost '/', user 'guest')``: safe for logs and errors; every
+        ``host:port`` of the URI, or the one at ``index``."""
+        hosts = self.hosts if index is None else [self.hosts[index]]
+        where = ",".join(_host_port(host, port) for host, port in hosts)
+        return f"{where} (vhost {self.vhost!r}, user {self.user!r})"
+
+    def kombu_kwargs(self, index: int = 0) -> dict[str, Any]:
+        """Arguments of ``kombu.Connection`` for these parameters and the broker at
+        ``index`` in ``hosts``."""
         driver = dict(self.driver)
         login_method = driver.pop("login_method", None)
+        host, port = self.hosts[index]
+        ssl_options: Any = self.ssl or False
+        if ssl_options and "server_hostname" in ssl_options:
+            ssl_options = {**ssl_options, "server_hostname": host}  # each node by its name
         return {
-            "hostname": self.host,
-            "port": self.port,
+            "hostname": host,
+            "port": port,
             "userid": self.user,
             "password": self.password,
             "virtual_host": self.vhost,
             "transport": "pyamqp",
-            "ssl": self.ssl or False,
+            "ssl": ssl_options,
             "heartbeat": self.heartbeat,
             "connect_timeout": self.connect_timeout,
             "login_method": login_method,
@@ -131,7 +173,6 @@ def read_params(uri: str, options: dict[str, Any], driver: dict[str, str]) -> Co
     safe = redact(uri)
     try:
         parts = urlsplit(uri.partition("?")[0])
-        port = parts.port
     except ValueError as exc:
         raise InvalidURIError(f"{safe!r} is not a valid AMQP URI: {exc}") from exc
     scheme = parts.scheme.lower()
@@ -153,12 +194,14 @@ def read_params(uri: str, options: dict[str, Any], driver: dict[str, str]) -> Co
             extra[name] = DRIVER_OPTIONS[name](text)
         except ValueError as exc:
             raise InvalidURIError(f"{safe!r}: option {name}={text!r} is not valid") from exc
-    host = parts.hostname or "localhost"
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    hosts = tuple(_read_host(item, DEFAULT_PORT[scheme], safe) for item in hostlist.split(","))
+    host = hosts[0][0]
     return ConnectionParams(
-        host=host,
-        port=port or DEFAULT_PORT[scheme],
-        user=unquote(parts.username or "") or "guest",
-        password=unquote(parts.password or "") or "guest",
+        hosts=hosts,
+        user=unquote(user) or "guest",
+        password=unquote(password) or "guest",
         vhost=vhost,
         heartbeat=options["heartbeat"],
         connect_timeout=options["connect_timeout"],
@@ -166,7 +209,27 @@ def read_params(uri: str, options: dict[str, Any], driver: dict[str, str]) -> Co
         ssl=_ssl_options(host, options) if scheme == "amqps" else None,
         driver=extra,
         relay=options["relay"],
+        queue_type=options["queue_type"],
+        delivery_limit=options["delivery_limit"],
     )
+
+
+def _read_host(item: str, default_port: int, safe: str) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[::1]:port`` (one of a comma-separated list)."""
+    try:
+        parts = urlsplit(f"//{item}")
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidURIError(
+            f"{safe!r} is not a valid AMQP URI: {item!r} is not a valid host:port: {exc}"
+        ) from exc
+    if item and not parts.hostname:
+        raise InvalidURIError(f"{safe!r} is not a valid AMQP URI: {item!r} is not a host:port")
+    return parts.hostname or "localhost", port or default_port
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _ssl_options(host: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ RUNGS: tuple[float, ...] = (
 MAX_DELAY = RUNGS[-1]
 #: the longest delay asked for at all (a year): past it, a schedule is the tool
 LONGEST_DELAY = 366 * 24 * 3600.0
-#: the two ladders: tasks submitted with a delay, and tasks waiting to be retried
+#: the two per-queue ladders of earlier versions: delayed tasks, tasks waiting to be retried
 LADDERS = ("delay", "retry")
 #: A ladder's rungs are declared together, again at most every LADDER_RENEW seconds
 #: while in use, and all expire together (x-expires) this long after the last declare:
@@ -76,12 +76,15 @@ def failed_name(queue: str) -> str:
 
 
 def rung_name(queue: str, ladder: str, rung: float) -> str:
-    """``<queue>.delay.<ms>`` or ``<queue>.retry.<ms>``: one rung of a delay ladder."""
+    """``<queue>.delay.<ms>`` or ``<queue>.retry.<ms>``: a rung of the per-queue ladders
+    earlier versions declared. Nothing declares them now (the ladder is shared, see
+    ``asynctask_amqp.ladder``); the ones that exist dead-letter into their queue until
+    they drain and expire, and counts and purges still read them."""
     return fit(f"{queue}.{ladder}.{round(rung * 1000)}")
 
 
 def rung_names(queue: str, ladder: str) -> list[str]:
-    """Every rung queue name of one ladder of ``queue``, shortest first."""
+    """Every rung queue name of one old per-queue ladder of ``queue``, shortest first."""
     return [rung_name(queue, ladder, rung) for rung in RUNGS]
 
 
@@ -91,18 +94,6 @@ def rung_for(delay: float) -> float:
         if rung >= delay:
             return rung
     return MAX_DELAY
-
-
-def rung_arguments(queue: str, rung: float) -> dict[str, Any]:
-    """A rung queue's arguments: TTL, dead-lettering into ``queue``, expiry when idle."""
-    return {
-        "x-message-ttl": round(rung * 1000),
-        # the default exchange routes by queue name and cannot be deleted, so a task
-        # whose wait is over always reaches its queue while that queue exists
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": queue,
-        "x-expires": LADDER_EXPIRY_MS,
-    }
 
 
 def claim_name(key: str) -> str:
@@ -257,11 +248,31 @@ def read_failed(queue: str, message: Any) -> FailedTask:
         queue=queue,
         payload=None if raw else received.payload,
         raw=received.text if raw else None,
-        error=str(received.headers.get(ERROR) or received.error or "unknown error"),
+        error=str(
+            received.headers.get(ERROR)
+            or received.error
+            or _dead_lettered(received.headers)
+            or "unknown error"
+        ),
         attempts=received.attempts,
         submitted_at=received.submitted_at,
         failed_at=_number(received.headers.get(FAILED_AT), float) or 0.0,
     )
+
+
+def _dead_lettered(headers: dict[str, Any]) -> str | None:
+    """Why the broker itself moved a task to the failed store (a quorum queue's
+    ``x-delivery-limit``), from its ``x-death`` header; None if it did not."""
+    deaths = headers.get("x-death")
+    if not isinstance(deaths, list) or not deaths or not isinstance(deaths[0], dict):
+        return None
+    reason = deaths[0].get("reason")
+    if reason == "delivery_limit":
+        return (
+            "the broker moved it to the failed store: delivered more times than the "
+            "queue's x-delivery-limit (URI option delivery_limit)"
+        )
+    return f"dead-lettered by the broker ({reason})"
 
 
 def registry_entry(queue: str) -> Any:

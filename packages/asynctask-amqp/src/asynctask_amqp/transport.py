@@ -12,17 +12,20 @@ Features
     the heartbeats whatever the worker's process does (a task holding the GIL), so a
     task is never given to another consumer while its worker lives, and closes the
     connection as soon as the worker dies. RabbitMQ's ``consumer_timeout`` (30 min by
-    default) is the ceiling on one task's run time. Delays and retry back-off
-    use per-queue ladders of TTL queues (no broker plugin). Lost connections are
-    reopened with back-off; a broker restart costs time, not tasks.
+    default) is the ceiling on one task's run time. Delays and retry back-off use one
+    ladder of TTL queues per vhost (no broker plugin; ``asynctask_amqp.ladder``). Lost
+    connections are reopened with back-off; a broker restart costs time, not tasks.
 URI
     ``amqp://user:password@host:port/vhost`` (``amqps://`` for TLS, port 5671). Default
     host ``localhost``, port 5672, user and password ``guest`` (kombu's defaults). The
     vhost is the percent-decoded path; no path, ``/`` or ``//`` mean vhost ``/``.
+    A cluster's nodes: ``amqp://u:p@h1:5672,h2,h3:5673/vhost``, tried in turn.
 Options
     ``heartbeat`` (3 s, whole seconds), ``connect_timeout`` (5 s), ``confirm_timeout``
     (30 s), ``retry_timeout`` (15 s), ``relay`` (true: consumers connect from a relay
-    process; false: from the worker's own process); with ``amqps``: ``ssl_ca_certs``,
+    process; false: from the worker's own process), ``queue_type`` (``classic``, or
+    ``quorum``: the queues asynctask declares), ``delivery_limit`` (20: a quorum task
+    queue's ``x-delivery-limit``); with ``amqps``: ``ssl_ca_certs``,
     ``ssl_certfile``, ``ssl_keyfile``, ``ssl_verify`` (true). Passed on to kombu /
     py-amqp as transport options: ``read_timeout``, ``write_timeout``, ``frame_max``,
     ``channel_max``, ``locale``, ``login_method``.
@@ -33,9 +36,10 @@ Storage
     keeps its id in ``message_id`` and ``x-asynctask-attempts`` / ``-submitted-at`` in
     headers, all optional, so publishing ``{"foo": 1}`` to exchange ``Q`` (routing key
     ``Q``) from any AMQP client submits a task. Beside it: ``Q.failed`` (the failed store,
-    a plain durable queue), ``Q.delay.<ms>`` and ``Q.retry.<ms>`` (rungs of the two delay
-    ladders: ``x-message-ttl`` ms, dead-lettered into ``Q``; a ladder is declared, and
-    expires, as a whole, a week after its last use), ``asynctask.registry`` (one message
+    a plain durable queue), ``asynctask.ladder.<ms>`` (the rungs of the vhost's delay
+    ladder, shared by every queue: ``x-message-ttl`` ms, then dead-lettered by routing
+    key into the task's queue; declared, and expiring, as a whole, a week after its last
+    use), ``asynctask.registry`` (one message
     per queue asynctask created, read by ``queues()``), ``asynctask.claim.<key>``
     (scheduler claims) and ``asynctask.released.Q.<id>`` (markers of tasks handed back
     untouched). See README.md.
@@ -47,17 +51,19 @@ import dataclasses
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import amqp.exceptions
 
-from asynctask.errors import InvalidTaskError, TransportError
+from asynctask.errors import InvalidTaskError, InvalidURIError, TransportError
 from asynctask.status import StatusNotKept, SubmitOptions
 from asynctask.transport import Consumer, FailedTask, QueueStats, Transport, TransportFeatures
 from asynctask.validation import Payload, is_valid_queue_name
 from asynctask_amqp.consumer import AmqpConsumer
+from asynctask_amqp.ladder import KINDS, SharedLadder, browse, side_channel
 from asynctask_amqp.link import (
     DRIVER_ERRORS,
     ConfirmsLost,
@@ -70,6 +76,7 @@ from asynctask_amqp.link import (
 from asynctask_amqp.params import (
     DRIVER_OPTIONS,
     OPTIONS,
+    ConnectionParams,
     is_connection_error,
     map_error,
     read_params,
@@ -78,12 +85,10 @@ from asynctask_amqp.params import (
 from asynctask_amqp.remote import RemoteConsumer
 from asynctask_amqp.topology import (
     DUE,
-    LADDER_RENEW,
     LADDERS,
     LONGEST_DELAY,
     MAX_DELAY,
     REGISTRY,
-    RUNGS,
     Received,
     claim_name,
     claim_ttl_ms,
@@ -94,9 +99,6 @@ from asynctask_amqp.topology import (
     registry_entry,
     release_marker,
     remaining_wait,
-    rung_arguments,
-    rung_for,
-    rung_name,
     rung_names,
     settled_marker,
     task_message,
@@ -118,6 +120,11 @@ class AmqpTransport(Transport):
     def __init__(self, uri: str) -> None:
         super().__init__(uri)
         self.params = read_params(uri, self.options, self.driver_options)
+        if self.options["max_priority"] and self.params.queue_type == "quorum":
+            raise InvalidURIError(
+                f"{self.safe_uri}: max_priority needs classic queues (RabbitMQ's quorum "
+                "queues keep no priorities): drop max_priority or queue_type=quorum"
+            )
         self.features = dataclasses.replace(
             type(self).features, recovery_seconds=3.0 * self.params.heartbeat
         )
@@ -127,7 +134,7 @@ class AmqpTransport(Transport):
         self._declared: set[str] = set()  # queues this object declared (or knows exist)
         self._resume: dict[str, int] = {}  # batch (by first task id) -> tasks confirmed
         self._claim_tokens: dict[str, int] = {}
-        self._ladders: dict[tuple[str, str], float] = {}  # (queue, ladder) -> declared at
+        self._ladder = SharedLadder(self.params.queue_type)
         #: consumers not closed yet; held here, so that a consumer dropped unclosed keeps
         #: its tasks (and its relay) until the transport closes, as a worker that holds
         #: them would
@@ -172,39 +179,54 @@ class AmqpTransport(Transport):
         if not existed:
             # an existing queue is used as it is: an operator may have declared it with
             # arguments of their own (a quorum queue, a length limit...)
+            arguments = queue_arguments(queue, self.params)
+            if arguments:  # a quorum queue dead-letters past its delivery limit: there
+                self._declare_once(link, failed_name(queue))
             levels = self.options["max_priority"]
-            arguments = {"x-max-priority": levels} if levels else None
+            if levels:  # classic queues only (refused with quorum when the URI is read)
+                arguments = {**(arguments or {}), "x-max-priority": levels}
             channel.queue_declare(queue, durable=True, auto_delete=False, arguments=arguments)
         channel.queue_bind(queue, exchange=queue, routing_key=queue)
         if not existed:
             # one entry per creation; queues() folds duplicates from racing creators
-            if REGISTRY not in self._declared:
-                channel.queue_declare(REGISTRY, durable=True, auto_delete=False)
+            self._declare_once(link, REGISTRY)
             link.publish("", REGISTRY, [registry_entry(queue)])
         with self._lock:
-            self._declared.update((queue, REGISTRY))
+            self._declared.add(queue)
+
+    def _declare_once(self, link: Link, name: str) -> None:
+        """Declare a durable queue of ours (a failed store, the registry) unless this
+        object knows it exists; one that exists is used as it is, whatever its type (a
+        declare with other arguments would be refused, 406)."""
+        if name in self._declared:
+            return
+        # asked on a channel of its own: a 404 closes the channel it is asked on, and
+        # ``link``'s may be a consumer's, holding deliveries
+        with side_channel(link) as side:
+            try:
+                side.queue_declare(name, passive=True)
+                exists = True
+            except amqp.exceptions.ChannelError as exc:
+                if reply_code(exc) != 404:
+                    raise
+                exists = False
+        if not exists:
+            arguments = {"x-queue-type": "quorum"} if self.params.queue_type == "quorum" else None
+            link.channel.queue_declare(name, durable=True, auto_delete=False, arguments=arguments)
+        with self._lock:
+            self._declared.add(name)
 
     def _forget(self, queue: str) -> None:
         with self._lock:
             self._declared.discard(queue)
             self._declared.discard(failed_name(queue))
-            for ladder in LADDERS:
-                self._ladders.pop((queue, ladder), None)
 
-    def _declare_rung(self, link: Link, queue: str, ladder: str, delay: float) -> str:
-        """The rung a delay waits on; its ladder is declared (renewed) if due."""
-        now = time.monotonic()
-        if now - self._ladders.get((queue, ladder), -LADDER_RENEW) >= LADDER_RENEW:
-            for rung in RUNGS:
-                link.channel.queue_declare(
-                    rung_name(queue, ladder, rung),
-                    durable=True,
-                    auto_delete=False,
-                    arguments=rung_arguments(queue, rung),
-                )
-            with self._lock:
-                self._ladders[(queue, ladder)] = now
-        return rung_name(queue, ladder, rung_for(delay))
+    def to_ladder(
+        self, link: Link, queue: str, kind: str, delay: float, messages: Sequence[Any]
+    ) -> None:
+        """Put tasks of ``queue`` on the vhost's ladder for ``delay`` seconds (``kind``:
+        ``delay`` or ``retry``, what they are counted as meanwhile)."""
+        self._ladder.publish(link, queue, kind, min(delay, MAX_DELAY), messages)
 
     def send_round(self, link: Link, queue: str, received: Received) -> bool:
         """Send a task that reached its queue before it is due round the delay ladder
@@ -212,26 +234,37 @@ class AmqpTransport(Transport):
         wait = remaining_wait(received, time.time())
         if not wait:
             return False
-        rung = self._declare_rung(link, queue, "delay", min(wait, MAX_DELAY))
         keep = {DUE: received.headers[DUE]}
-        link.publish("", rung, [received.copy(attempts=received.attempts, extra=keep)])
+        self.to_ladder(
+            link, queue, "delay", wait, [received.copy(attempts=received.attempts, extra=keep)]
+        )
         return True
 
-    def _ladder_counts(self, link: Link, queue: str, ladder: str) -> list[tuple[str, int]]:
-        """Ready messages of each rung of a ladder; empty if the ladder does not exist."""
+    def _old_ladder_counts(self, link: Link, queue: str, ladder: str) -> list[tuple[str, int]]:
+        """Ready messages of each rung of an old per-queue ladder (empty if there is none:
+        its rungs were declared, and expire, together)."""
         names = rung_names(queue, ladder)
         first = self._passive(link, names[0])
-        if first is None:  # rungs are declared and expire together (see topology)
+        if first is None:
             return []
         return [(names[0], first)] + [(n, self._passive(link, n) or 0) for n in names[1:]]
+
+    def _waiting(
+        self, link: Link, queue: str, census: dict[str, Counter[str]] | None = None
+    ) -> list[int]:
+        """Tasks of ``queue`` waiting on a ladder: [delayed, retrying]."""
+        if census is None:
+            census = self._ladder.census(link, self._passive)
+        shared = census.get(queue, Counter())
+        return [
+            shared[kind] + sum(count for _, count in self._old_ladder_counts(link, queue, kind))
+            for kind in KINDS
+        ]
 
     def _store_failed(self, link: Link, queue: str, received: Received, error: str, n: int) -> None:
         """Put a copy of a task in the failed store (the caller then acks the original)."""
         name = failed_name(queue)
-        if name not in self._declared:
-            link.channel.queue_declare(name, durable=True, auto_delete=False)
-            with self._lock:
-                self._declared.add(name)
+        self._declare_once(link, name)
         link.publish("", name, [failed_message(received, error, n)])
 
     # -- primitives -----------------------------------------------------------------------
@@ -268,11 +301,11 @@ class AmqpTransport(Transport):
         with self._session() as link:
             for last_try in (False, True):
                 self._ensure_queue(link, queue)
-                exchange, key = queue, queue
-                if delay > 0:
-                    exchange, key = "", self._declare_rung(link, queue, "delay", delay)
                 try:
-                    link.publish(exchange, key, messages[done:])
+                    if delay > 0:
+                        self.to_ladder(link, queue, "delay", delay, messages[done:])
+                    else:
+                        link.publish(queue, queue, messages[done:])
                     return None
                 except Unroutable:
                     if last_try:
@@ -336,15 +369,26 @@ class AmqpTransport(Transport):
 
     def _stats(self, queue: str) -> QueueStats:
         with self._session() as link:
-            ready = self._passive(link, queue)
-            if ready is None:  # rungs and failed store are created with their queue
-                return QueueStats(queue, 0, 0, 0, None, 0)
-            waiting = [
-                sum(count for _, count in self._ladder_counts(link, queue, ladder))
-                for ladder in LADDERS
-            ]
-            failed = self._passive(link, failed_name(queue)) or 0
-            return QueueStats(queue, ready, waiting[0], waiting[1], None, failed)
+            return self._counts(link, queue, None)
+
+    def _counts(self, link: Link, queue: str, census: dict[str, Counter[str]] | None) -> QueueStats:
+        if census is None:
+            # the ladder before the queue: a task moving from one to the other meanwhile
+            # is counted twice rather than missed (a drain check must not see it gone)
+            census = self._ladder.census(link, self._passive)
+        ready = self._passive(link, queue)
+        if ready is None:  # a queue is declared before anything of it is stored
+            return QueueStats(queue, 0, 0, 0, None, 0)
+        delayed, retrying = self._waiting(link, queue, census)
+        failed = self._passive(link, failed_name(queue)) or 0
+        return QueueStats(queue, ready, delayed, retrying, None, failed)
+
+    def _all_stats(self) -> list[QueueStats]:
+        """One read of the shared ladder for every queue, not one per queue."""
+        names = sorted(set(self._queue_names()))
+        with self._session() as link:
+            census = self._ladder.census(link, self._passive)
+            return [self._counts(link, name, census) for name in names]
 
     def _queue_names(self) -> list[str]:
         with self._session() as link:
@@ -371,8 +415,9 @@ class AmqpTransport(Transport):
             if self._passive(link, queue) is None:
                 return 0
             total = int(link.channel.queue_purge(queue) or 0)
+            total += self._ladder.purge(link, self._passive, queue)
             for ladder in LADDERS:
-                for name, count in self._ladder_counts(link, queue, ladder):
+                for name, count in self._old_ladder_counts(link, queue, ladder):
                     if count:
                         total += int(link.channel.queue_purge(name) or 0)
             return total
@@ -466,6 +511,20 @@ class AmqpTransport(Transport):
 # -- helpers shared with the consumer -----------------------------------------------------
 
 
+def queue_arguments(queue: str, params: ConnectionParams) -> dict[str, Any] | None:
+    """The arguments asynctask declares a task queue with: none for a classic queue; a
+    quorum queue gets the broker's delivery limit as a second poison guard (a task
+    delivered that many times goes to the failed store, however its workers died)."""
+    if params.queue_type != "quorum":
+        return None
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": params.delivery_limit,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": failed_name(queue),
+    }
+
+
 def recover(link: Link, exc: BaseException) -> None:
     """After ``exc`` on ``link``: drop a dead connection, or reopen a closed channel."""
     cause = exc.cause if isinstance(exc, ConfirmsLost) else exc
@@ -476,28 +535,6 @@ def recover(link: Link, exc: BaseException) -> None:
             link.select_confirms()
         except Exception:
             link.broken = True
-
-
-@contextmanager
-def side_channel(link: Link) -> Iterator[Any]:
-    """A second channel for browsing: closing it gives back what it did not ack, in order."""
-    channel = link.connection.channel()
-    try:
-        yield channel
-    finally:
-        if link.is_open and channel.is_open:
-            channel.close()
-
-
-def browse(channel: Any, queue: str, limit: int | None = None) -> list[Any]:
-    """Take up to ``limit`` messages from the head of ``queue`` without acking them."""
-    messages: list[Any] = []
-    while limit is None or len(messages) < limit:
-        message = channel.basic_get(queue, no_ack=False)
-        if message is None:
-            break
-        messages.append(message)
-    return messages
 
 
 def chosen_from(messages: list[Any], ids: Sequence[str] | None) -> list[Any]:

@@ -30,6 +30,7 @@ from typing import Any
 
 from asynctask import exitcodes
 from asynctask.errors import ConfigurationError, TransportRefused, TransportUnavailable
+from asynctask.limits import GlobalLimit, LimitSpec
 from asynctask.logs import setup_logging
 from asynctask.ratelimit import RateLimit
 from asynctask.reports import ReportWriter
@@ -63,6 +64,10 @@ class ChildSpec:
     quiet: bool = False
     rate_max_calls: int | None = None
     rate_period: float | None = None
+    #: "global": the rate is one budget in the backend (``asynctask.limits``)
+    rate_scope: str = "child"
+    #: tasks of the queue running at once on every host (``asynctask.limits``)
+    max_running: int | None = None
     #: None: the worker class's own ``prefetch``
     prefetch: int | None = None
     #: how many times in a row this slot's child failed to start: after the first, a
@@ -138,13 +143,18 @@ def main() -> int:
     except Exception as exc:
         _start_failed(log, spec, "could not load", exc)
         return exitcodes.CHILD_START_FAILED
-    rate = None
-    if spec.rate_max_calls is not None and spec.rate_period is not None:
+    rate, limit = None, None
+    glob = spec.rate_scope == "global"
+    if spec.rate_max_calls is not None and spec.rate_period is not None and not glob:
         rate = RateLimit(spec.rate_max_calls, spec.rate_period, spec.queue)
+    if glob or spec.max_running is not None:
+        rates = (spec.rate_max_calls, spec.rate_period) if glob else (None, None)
+        limit = GlobalLimit(transport, spec.queue, LimitSpec(*rates, spec.max_running), spec.owner)
     options = LoopOptions(
         halt_when_empty=spec.halt_when_empty,
         wait=settings.poll_interval,
         rate=rate,
+        limit=limit,
         prefetch=spec.prefetch or worker.prefetch,
         max_tasks=worker.max_tasks_per_child,
         stop=stop,

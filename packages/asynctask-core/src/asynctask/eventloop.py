@@ -293,6 +293,9 @@ class _Engine:
             # Not settled: the task comes back by the transport's recovery and runs again.
             self.worker.logger.warning("Could not settle task %s: %s", delivery.id, exc)
             return
+        finally:
+            if self.options.limit is not None:
+                self.options.limit.finished(delivery)
         if succeeded:
             self.result.succeeded += 1
         else:
@@ -327,6 +330,8 @@ class _Engine:
             self.worker, self.consumer, delivery
         ):
             self.result.failed += 1
+            if self.options.limit is not None:
+                self.options.limit.finished(delivery)
             if self.options.on_settled is not None:
                 self.options.on_settled(delivery)
             return
@@ -360,6 +365,8 @@ class _Engine:
             del self.running[id(delivery)]
             self.result.processed -= 1
             self.consumer.release(delivery)
+            if self.options.limit is not None:
+                self.options.limit.finished(delivery)
         self._to_start = []
 
     def _stuck(self) -> list[_Running]:
@@ -444,19 +451,28 @@ class _Engine:
                     self.worker.logger.info("No tasks found in queue")
                     return self.result
                 continue
-            if options.stop.is_set() or not self._may_start():
+            if options.stop.is_set() or not self._may_start(delivery):
                 # The stop arrived meanwhile: hand it back unstarted, uncounted.
                 self.consumer.release(delivery)
                 continue
             self._start(delivery)
 
-    def _may_start(self) -> bool:
-        """Wait out the rate limit (settling meanwhile); False if the stop came first."""
-        rate = self.options.rate
-        if rate is None:
+    def _may_start(self, delivery: Delivery) -> bool:
+        """Wait out the rate limit and the global limits (settling meanwhile); False if
+        the stop came first."""
+        rate, limit = self.options.rate, self.options.limit
+        if rate is None and limit is None:
             return True
         while not self.options.stop.is_set():
-            pause = rate.try_start()
+            pause = 0.0 if rate is None else rate.try_start()
+            if pause == 0.0 and limit is not None:
+                try:
+                    pause = limit.try_start(delivery)
+                except TransportUnavailable as exc:
+                    self.outage.failed(exc)
+                    pause = 1.0
+                if pause != 0.0 and rate is not None:
+                    rate.give_back()
             if pause == 0.0:
                 return True
             self._take_ended(min(pause, self._next_check(pause)))

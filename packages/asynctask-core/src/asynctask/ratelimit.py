@@ -39,6 +39,11 @@ class RateLimit:
             return 0.0
         return max(self.period - (now - self._starts[0]), 0.001)
 
+    def give_back(self) -> None:
+        """Uncount the last start (``try_start`` counted it, then another limit said no)."""
+        if self._starts:
+            self._starts.pop()
+
     def wait(self, stop: threading.Event | None = None) -> None:
         """Block until one more task may start (or ``stop`` is set), then count it."""
         while True:

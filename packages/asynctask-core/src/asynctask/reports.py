@@ -58,6 +58,9 @@ class ReportReader:
         self.running: set[str] = set()
         #: ids of the last tasks it settled
         self.finished: deque[str] = deque(maxlen=FINISHED_KEPT)
+        #: how many tasks it settled in all: a child that dies having settled none is
+        #: one more turn of a crash loop (``asynctask.supervisor``)
+        self.settled = 0
 
     def close_write_end(self) -> None:
         """Close our copy of the write end, once the child has its own."""
@@ -86,6 +89,7 @@ class ReportReader:
             elif kind == "D":
                 self.running.discard(task_id)
                 self.finished.append(task_id)
+                self.settled += 1
         if ended:
             self.close()
 

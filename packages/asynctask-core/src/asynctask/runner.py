@@ -41,6 +41,7 @@ from asynctask.attempts import (
 )
 from asynctask.draining import DrainCheck, Outage, renew_consumer
 from asynctask.errors import ConfigurationError, TransportUnavailable
+from asynctask.limits import GlobalLimit
 from asynctask.plugins import load_plugins
 from asynctask.ratelimit import RateLimit
 from asynctask.settings import get_settings
@@ -80,6 +81,8 @@ class LoopOptions:
     #: seconds a reserve waits before the loop looks at its stop flag again
     wait: float = 0.5
     rate: RateLimit | None = None
+    #: the queue's global limits, kept in the backend (``asynctask.limits``)
+    limit: GlobalLimit | None = None
     prefetch: int = 1
     #: set from another thread (a signal handler) to stop after the current task
     stop: threading.Event = field(default_factory=threading.Event)
@@ -226,6 +229,17 @@ def run_loop(
                 if options.stop.is_set():
                     consumer.release(delivery)
                     break
+            if options.limit is not None:
+                try:
+                    allowed = options.limit.wait(delivery, options.stop)
+                except TransportUnavailable as exc:
+                    outage.failed(exc)  # the unstarted task comes back by recovery
+                    consumer = _renew(transport, consumer, queue, options)
+                    watchdog.consumer = consumer
+                    continue
+                if not allowed:
+                    consumer.release(delivery)
+                    break
             result.processed += 1
             try:
                 succeeded = _run_one(worker, consumer, delivery, watchdog, options)
@@ -234,6 +248,9 @@ def run_loop(
                 consumer = _renew(transport, consumer, queue, options)
                 watchdog.consumer = consumer
                 continue
+            finally:
+                if options.limit is not None:
+                    options.limit.finished(delivery)
             if succeeded:
                 result.succeeded += 1
             elif succeeded is not None:  # None: cancelled or expired, never run

@@ -40,6 +40,11 @@ class WorkerConfig:
     prefetch: int | None = None
     #: tasks a child runs at once; None means the worker's own ``child_concurrency``
     child_concurrency: int | None = None
+    #: "child": the rate is split between this supervisor's children, each counting its
+    #: own; "global": one budget for every child on every host (``asynctask.limits``)
+    rate_scope: str = "child"
+    #: tasks of the queue running at once across every host; None: no cap
+    max_running: int | None = None
     #: keep task statuses (``asynctask.status``); None means the worker's own ``track_status``
     track_status: bool | None = None
 
@@ -136,7 +141,8 @@ def _worker_config(queue: str, value: Any) -> WorkerConfig | None:
     if not isinstance(value, Mapping):
         raise _Invalid(
             f"{where}: expected a worker name, an object {{worker, concurrency, "
-            f"rate_max_calls, rate_period}}, or null/false to disable, got {value!r}"
+            f"rate_max_calls, rate_period, rate_scope, max_running}}, or null/false to "
+            f"disable, got {value!r}"
         )
     allowed = {
         "worker",
@@ -145,6 +151,8 @@ def _worker_config(queue: str, value: Any) -> WorkerConfig | None:
         "rate_period",
         "prefetch",
         "child_concurrency",
+        "rate_scope",
+        "max_running",
         "track_status",
     }
     unknown = set(value) - allowed
@@ -181,6 +189,19 @@ def _worker_config(queue: str, value: Any) -> WorkerConfig | None:
             f"{where}: child_concurrency must be a whole number from 1 to 10000, "
             f"got {child_concurrency!r}"
         )
+    scope = value.get("rate_scope", "child")
+    if scope not in ("child", "global"):
+        raise _Invalid(f"{where}: rate_scope must be 'child' or 'global', got {scope!r}")
+    if scope == "global" and calls is None:
+        raise _Invalid(f"{where}: rate_scope 'global' needs rate_max_calls and rate_period")
+    max_running = value.get("max_running")
+    if max_running is not None and (
+        isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1
+    ):
+        raise _Invalid(
+            f"{where}: max_running must be a whole number >= 1 (tasks running at once on "
+            f"every host), got {max_running!r}"
+        )
     track_status = value.get("track_status")
     if track_status is not None and not isinstance(track_status, bool):
         raise _Invalid(f"{where}: track_status must be true or false, got {track_status!r}")
@@ -191,6 +212,8 @@ def _worker_config(queue: str, value: Any) -> WorkerConfig | None:
         None if period is None else float(period),
         prefetch,
         child_concurrency,
+        scope,
+        max_running,
         track_status,
     )
 
@@ -241,7 +264,7 @@ SETTINGS: dict[str, Setting] = {
             dict,
             _workers,
             "queue -> worker name, or {worker, concurrency, rate_max_calls, rate_period, "
-            "prefetch, child_concurrency, track_status}, "
+            "prefetch, child_concurrency, rate_scope, max_running, track_status}, "
             "or null/false",
         ),
         Setting("asynctask_imports", list, _imports, "modules to import for their workers"),

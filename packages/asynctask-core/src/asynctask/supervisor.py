@@ -12,6 +12,13 @@ new owner id, a keeper thread (``asynctask.keepers``) beats for it while the chi
 pidfd says it lives, and when the child exits its tasks go back at once, counting an
 attempt only for the one it had started (the child reports starts and settles on a pipe).
 
+A crash loop is a child that dies, again and again, before it settles a single task:
+its worker cannot start (an import, ``setup()``), or every task kills it (``os._exit``, a
+segfault, the OOM killer). The pipe tells the supervisor how many tasks a dead child
+settled; each death with none settled adds one to the slot's count, a child that settled
+one resets it, and under ``--halt-when-empty`` the fifth in a row ends the command with
+exit 5 instead of restarting forever.
+
 And it stops cancelled tasks (DESIGN.md section 6): a thread (``asynctask.cancels``) looks
 at the statuses of the tasks its children run; when one was cancelled, its child is
 asked to stop (SIGTERM: it starts nothing new) and killed ``CANCEL_GRACE`` seconds later
@@ -69,8 +76,13 @@ class Slot:
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     failures: int = 0
-    #: deaths in a row before finishing a task (the child could not start its worker)
+    #: deaths in a row of a child that could not start its worker (after the first, the
+    #: child logs its error in one line: the traceback was logged the first time)
     start_failures: int = 0
+    #: deaths in a row of a child that settled no task (a crash loop, whatever its cause)
+    fruitless_deaths: int = 0
+    #: tasks the last child settled before it ended; None: it had no report to tell
+    settled: int | None = None
     restart_at: float | None = None
     done: bool = False
     pidfd: int | None = field(default=None, repr=False)
@@ -186,10 +198,12 @@ class Supervisor:
         report, slot.report = slot.report, None
         running: set[str] = set()
         finished: set[str] = set()
+        slot.settled = None
         if report is not None:
             report.read()  # what it wrote before it died is still in the pipe
             report.close()
             running, finished = report.running, set(report.finished)
+            slot.settled = report.settled
         if slot.liveness is not None and self._keepers is not None:
             self._keepers.end(slot.liveness, running, finished)
         slot.liveness = None
@@ -222,19 +236,23 @@ class Supervisor:
                 now,
             )
             return
-        if code == exitcodes.CHILD_START_FAILED:
-            slot.start_failures += 1
-            if self.halt_when_empty and slot.start_failures >= exitcodes.CRASH_LOOP_LIMIT:
-                slot.done = True
-                logger.error(
-                    "%s could not start %d times in a row; giving up (--halt-when-empty)",
-                    slot.label,
-                    slot.start_failures,
-                )
-                self._give_up(exitcodes.CRASH_LOOP, now)
-                return
+        slot.start_failures = slot.start_failures + 1 if code == exitcodes.CHILD_START_FAILED else 0
+        if _fruitless(code, slot.settled):
+            slot.fruitless_deaths += 1
         else:
-            slot.start_failures = 0
+            slot.fruitless_deaths = 0
+        if self.halt_when_empty and slot.fruitless_deaths >= exitcodes.CRASH_LOOP_LIMIT:
+            slot.done = True
+            logger.error(
+                "%s %s %d times in a row before finishing a task; giving up (--halt-when-empty)",
+                slot.label,
+                "could not start"
+                if code == exitcodes.CHILD_START_FAILED
+                else f"died ({_describe_exit(code)})",
+                slot.fruitless_deaths,
+            )
+            self._give_up(exitcodes.CRASH_LOOP, now)
+            return
         if code in (EXIT_RECYCLE, EXIT_TASK_TIMEOUT):
             why = (
                 "recycled after max_tasks_per_child"
@@ -260,14 +278,22 @@ class Supervisor:
                 slot.start_failures,
                 delay,
             )
-            return
-        logger.error(
-            "Worker for queue %s died (%s); restarting in %.1f s",
-            slot.spec.queue,
-            _describe_exit(code),
-            delay,
-        )
-        slot.restart_at = now + delay
+        elif slot.fruitless_deaths:
+            logger.error(
+                "Worker for queue %s died (%s) before finishing a task (%d in a row); "
+                "restarting in %.1f s",
+                slot.spec.queue,
+                _describe_exit(code),
+                slot.fruitless_deaths,
+                delay,
+            )
+        else:
+            logger.error(
+                "Worker for queue %s died (%s); restarting in %.1f s",
+                slot.spec.queue,
+                _describe_exit(code),
+                delay,
+            )
 
     # -- signals ----------------------------------------------------------------------
 
@@ -463,6 +489,19 @@ def _pidfd(pid: int) -> int | None:
         return fd
     except OSError:
         return None
+
+
+def _fruitless(code: int, settled: int | None) -> bool:
+    """Whether a child that ended with ``code`` died before finishing a task.
+
+    A recycled child and one replaced for a task's timeout did what was asked of them;
+    a child without a report (no liveness kept for it) is judged by its start only.
+    """
+    if code == exitcodes.CHILD_START_FAILED:
+        return True
+    if code in (0, EXIT_RECYCLE, EXIT_TASK_TIMEOUT) or settled is None:
+        return False
+    return settled == 0
 
 
 def _describe_exit(code: int) -> str:

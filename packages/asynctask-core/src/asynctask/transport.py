@@ -32,11 +32,13 @@ from typing import Any, ClassVar, TypeVar
 
 from asynctask import events, signing
 from asynctask.errors import (
+    ConfigurationError,
     InvalidTaskError,
     NotSupportedError,
     TransportClosed,
     TransportUnavailable,
 )
+from asynctask.limits import LimitSpec
 from asynctask.liveness import Liveness, NoLiveness, check_owner
 from asynctask.outage import OutageReport
 from asynctask.status import (
@@ -422,6 +424,22 @@ class Transport(ABC):
         """The keeper of ``owner``'s liveness on ``queue``; see ``asynctask.liveness``."""
         return NoLiveness(queue, owner, self.features.recovery_seconds / 4)
 
+    #: whether ``limit_take`` keeps global limits (``asynctask.limits``); without it,
+    #: ``asynctask workers`` refuses queues that have them
+    keeps_limits: ClassVar[bool] = False
+
+    def _limit_take(self, queue: str, limit: LimitSpec, holder: str, owner: str | None) -> float:
+        """See ``limit_take``; a transport that keeps no shared state raises."""
+        raise ConfigurationError(
+            f"{type(self).__name__} keeps no shared state for the global limits of queue "
+            f"{queue!r} (rate_scope 'global', max_running): use them with the redis, pgsql "
+            "or filesys transport (keeping them in asynctask_state is not done yet), or drop "
+            "them"
+        )
+
+    def _limit_free(self, queue: str, holder: str) -> None:  # noqa: B027 -- optional
+        """See ``limit_free``: nothing to free where nothing could be taken."""
+
     # -- the public API ---------------------------------------------------------------
 
     def submit_task(
@@ -707,6 +725,21 @@ class Transport(ABC):
         if owner is None:
             return self._consumer(queue, prefetch)
         return self._owned_consumer(queue, prefetch, check_owner(owner))
+
+    def limit_take(
+        self, queue_name: str, limit: LimitSpec, holder: str, owner: str | None = None
+    ) -> float:
+        """Count one start of ``holder`` under the queue's global limits if they allow it
+        now (0.0); else the seconds until asking again may succeed. See ``asynctask.limits``.
+        """
+        queue = check_queue_name(queue_name)
+        if owner is not None:
+            check_owner(owner)
+        return self._call(self._limit_take, queue, limit, holder, owner)
+
+    def limit_free(self, queue_name: str, holder: str) -> None:
+        """``holder``'s task ended: free its running slot (see ``asynctask.limits``)."""
+        self._call(self._limit_free, check_queue_name(queue_name), holder)
 
     def liveness(self, queue_name: str, owner: str) -> Liveness:
         """The liveness of ``owner``'s consumers of a queue, for the process that keeps it.

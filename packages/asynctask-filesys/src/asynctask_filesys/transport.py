@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 from urllib.parse import unquote
 
 from asynctask.errors import InvalidURIError
+from asynctask.limits import LimitSpec
 from asynctask.liveness import Liveness
 from asynctask.status import SubmitOptions
 from asynctask.transport import (
@@ -50,7 +51,7 @@ from asynctask.transport import (
 )
 from asynctask.uri import Option, boolean, positive_float
 from asynctask.validation import Payload, decode_message, is_valid_queue_name
-from asynctask_filesys import claims
+from asynctask_filesys import claims, limits
 from asynctask_filesys.consumer import FilesysConsumer, QueueView
 from asynctask_filesys.keeper import FilesysLiveness
 from asynctask_filesys.layout import (
@@ -129,6 +130,7 @@ class FilesysTransport(FilesysBase):
 
     schemes = ("filesys",)
     options_accepted: ClassVar[dict[str, Option]] = OPTIONS
+    keeps_limits = True
     features = TransportFeatures(counts=_COUNTS, multiprocess=True, recovery_seconds=9.0)
 
     def __init__(self, uri: str) -> None:
@@ -454,6 +456,16 @@ class FilesysTransport(FilesysBase):
             self._next_sweep = time.monotonic() + 60
             claims.sweep(self.root)
         return taken
+
+    @os_errors
+    def _limit_take(self, queue: str, limit: LimitSpec, holder: str, owner: str | None) -> float:
+        self.ensure_queue(queue)
+        return limits.take(self.paths(queue), limit, holder, owner, self.lease, self.mode)
+
+    @os_errors
+    def _limit_free(self, queue: str, holder: str) -> None:
+        self.ensure_queue(queue)
+        limits.free(self.paths(queue), holder, self.mode)
 
     def _consumer(self, queue: str, prefetch: int) -> Consumer:
         consumer = FilesysConsumer(self, queue, prefetch)

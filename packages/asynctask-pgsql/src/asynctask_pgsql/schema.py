@@ -74,6 +74,12 @@ def sweep_lock_class(schema: str) -> int:
     return _key(f"asynctask sweep {schema}", 32)
 
 
+def limit_lock_class(schema: str) -> int:
+    """The first key of the transaction lock ``(class, hashtext(queue))`` held while a
+    queue's global limits are read and counted (``asynctask.limits``)."""
+    return _key(f"asynctask limit {schema}", 32)
+
+
 def consumer_lock_class(schema: str) -> int:
     """The first key of each consumer's session advisory lock ``(class, consumer id)``."""
     return _key(f"asynctask consumer {schema}", 32)
@@ -136,6 +142,17 @@ CREATE TABLE IF NOT EXISTS {s}.asynctask_owner (
     date_beat TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 ALTER TABLE {s}.asynctask_queue ADD COLUMN IF NOT EXISTS keeper INTEGER;
+-- the global limits of queues (asynctask.limits): starts within a rate's window
+-- (kind 'start') and running slots (kind 'run', freed with their owner's liveness)
+CREATE TABLE IF NOT EXISTS {s}.asynctask_limit (
+    queue_name TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('start', 'run')),
+    holder TEXT NOT NULL,
+    owner TEXT,
+    date_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    date_expires TIMESTAMPTZ,
+    PRIMARY KEY (queue_name, kind, holder)
+);
 -- the task's string headers (its signature): added in place, older code ignores it
 ALTER TABLE {s}.asynctask_queue ADD COLUMN IF NOT EXISTS headers JSONB;
 CREATE OR REPLACE FUNCTION {s}.asynctask_channel(queue TEXT) RETURNS TEXT
@@ -190,9 +207,9 @@ COMMENT ON SCHEMA {s} IS 'version: 2';
 
 # Objects added to ``_ENSURE_V2`` after version 2 shipped: the owner table and the
 # ``keeper`` column (asynctask.liveness), the unique task-id index (idempotent submit),
-# the ``headers`` column (signed tasks), and the task status (``priority``,
-# ``date_expires``, the tables ``asynctask_status`` and ``asynctask_untracked``, whose
-# last index is ``_NEWEST``). All additive, so a
+# the ``headers`` column (signed tasks), the ``asynctask_limit`` table (global limits)
+# and the task status (``priority``, ``date_expires``, the tables ``asynctask_status``
+# and ``asynctask_untracked``, whose last index is ``_NEWEST``). All additive, so a
 # version-2 schema lacking any of them is completed in place rather than called a new
 # version (older processes keep working).
 #: the newest index ``_ENSURE_V2`` adds: its absence means the schema needs ``_ENSURE_V2``
@@ -203,6 +220,7 @@ SELECT obj_description(n.oid, 'pg_namespace'), to_regclass(%(table)s)::text,
        (SELECT count(*) FROM pg_attribute
         WHERE attrelid = to_regclass(%(table)s) AND attname = 'state' AND NOT attisdropped),
        to_regclass(%(owners)s) IS NOT NULL AND to_regclass(%(newest)s) IS NOT NULL
+       AND to_regclass(%(limits)s) IS NOT NULL
        AND EXISTS (SELECT 1 FROM pg_attribute
         WHERE attrelid = to_regclass(%(table)s) AND attname = 'keeper' AND NOT attisdropped)
        AND EXISTS (SELECT 1 FROM pg_attribute
@@ -222,6 +240,7 @@ def _read(conn: psycopg.Connection[Any], schema: str) -> tuple[int | None, bool,
     names = {
         "table": f"{schema}.asynctask_queue",
         "owners": f"{schema}.asynctask_owner",
+        "limits": f"{schema}.asynctask_limit",
         "newest": f"{schema}.{_NEWEST}",
         "status": f"{schema}.asynctask_status",
         "schema": schema,

@@ -576,6 +576,47 @@ ON CONFLICT (key) DO UPDATE SET date_expires = EXCLUDED.date_expires
 RETURNING 1
 """
 
+# The global limits of a queue (asynctask.limits), under the lock ``limit_lock_class``:
+# first the starts out of the window and the slots of dead owners (no row beaten within
+# the lease) or past their lease are deleted, then the rest is counted, then the start
+# is written if allowed. Times are ``clock_timestamp()``, not ``now()`` (the transaction's
+# start, before the lock was waited for: a start written with it would leave the window
+# early, and more than the rate would start in one).
+LIMIT_LOCK = "SELECT pg_advisory_xact_lock(%s::int, hashtext(%s))"
+
+LIMIT_PRUNE = """
+DELETE FROM {s}.asynctask_limit AS l
+WHERE l.queue_name = %(queue)s AND (
+    (l.kind = 'start' AND l.date_at <= clock_timestamp() - make_interval(secs => %(period)s))
+    OR (l.kind = 'run' AND l.owner IS NULL AND l.date_expires <= clock_timestamp())
+    OR (l.kind = 'run' AND l.owner IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM {s}.asynctask_owner AS o
+        WHERE o.owner = l.owner
+          AND greatest(o.date_beat, pg_postmaster_start_time())
+              > clock_timestamp() - make_interval(secs => %(lease)s))))
+"""
+
+LIMIT_COUNT = """
+SELECT count(*) FILTER (WHERE kind = 'run'),
+       count(*) FILTER (WHERE kind = 'start'),
+       extract(epoch FROM min(date_at) FILTER (WHERE kind = 'start')
+               + make_interval(secs => %(period)s) - clock_timestamp())::float8,
+       coalesce(bool_or(kind = 'run' AND holder = %(holder)s), false),
+       coalesce(bool_or(kind = 'start' AND holder = %(holder)s), false)
+FROM {s}.asynctask_limit WHERE queue_name = %(queue)s
+"""
+
+LIMIT_ADD = """
+INSERT INTO {s}.asynctask_limit (queue_name, kind, holder, owner, date_at, date_expires)
+VALUES (%(queue)s, %(kind)s, %(holder)s, %(owner)s, clock_timestamp(),
+        clock_timestamp() + make_interval(secs => %(lease)s))
+ON CONFLICT DO NOTHING
+"""
+
+LIMIT_FREE = """
+DELETE FROM {s}.asynctask_limit WHERE queue_name = %s AND kind = 'run' AND holder = %s
+"""
+
 # The head of the queue in the order workers take it (the ``asynctask_queue_ready`` index).
 OLDEST_READY = """
 SELECT extract(epoch FROM date_submitted)::float8 FROM {s}.asynctask_queue
@@ -634,6 +675,11 @@ class Statements:
     purge_failed: LiteralString
     claim: LiteralString
     oldest_ready: LiteralString
+    limit_lock: LiteralString
+    limit_prune: LiteralString
+    limit_count: LiteralString
+    limit_add: LiteralString
+    limit_free: LiteralString
     peek: LiteralString
 
     @classmethod

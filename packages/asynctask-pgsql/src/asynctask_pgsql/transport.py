@@ -46,6 +46,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from asynctask.errors import TransportError, TransportRefused, TransportUnavailable
+from asynctask.limits import POLL, SLOT_LEASE, LimitSpec
 from asynctask.liveness import Liveness
 from asynctask.status import SubmitOptions
 from asynctask.transport import (
@@ -63,7 +64,7 @@ from asynctask_pgsql.conninfo import LIBPQ_KEYWORDS, is_refusal, read_server
 from asynctask_pgsql.consumer import PgsqlConsumer
 from asynctask_pgsql.decoding import load_json_as_text
 from asynctask_pgsql.keeper import PgsqlLiveness
-from asynctask_pgsql.schema import check_schema_name, migrate
+from asynctask_pgsql.schema import check_schema_name, limit_lock_class, migrate
 from asynctask_pgsql.state import (
     UNIQUE_TRIES,
     PgsqlStateStore,
@@ -100,6 +101,7 @@ class PgsqlTransport(Transport):
             "seconds within which a dead consumer's reserved tasks are delivered again",
         ),
     }
+    keeps_limits = True
     features = TransportFeatures(
         counts=frozenset(COUNT_NAMES), multiprocess=True, recovery_seconds=_DEFAULT_RECOVERY
     )
@@ -434,6 +436,39 @@ class PgsqlTransport(Transport):
             return 0
         [(count,)] = self._query(self.sql.purge_failed, _id_params(queue, ids))
         return int(count)
+
+    def _limit_take(self, queue: str, limit: LimitSpec, holder: str, owner: str | None) -> float:
+        # four statements in one transaction under the queue's limit lock: taken after
+        # the lock, each statement sees every count committed before it
+        sql = self.sql
+        calls, period = limit.rate or (0, 0.0)
+        params = {"queue": queue, "holder": holder, "period": period, "lease": self.owner_lease}
+        pool = self._ready_pool()
+        with (
+            self._mapped_errors(),
+            pool.connection(timeout=self.retry_timeout) as conn,
+            conn.transaction(),
+        ):
+            conn.execute(sql.limit_lock, (limit_lock_class(self.schema), queue))
+            conn.execute(sql.limit_prune, params)
+            row = conn.execute(sql.limit_count, params).fetchone()
+            assert row is not None
+            running, started, first_leaves, mine_run, mine_start = row
+            if mine_run:
+                return 0.0  # taken already (a call retried after a lost reply)
+            if limit.max_running is not None and running >= limit.max_running:
+                return POLL
+            if calls and not mine_start:
+                if started >= calls:
+                    return max(float(first_leaves or 0.0), 0.001)
+                conn.execute(sql.limit_add, {**params, "kind": "start", "owner": owner})
+            if limit.max_running is not None:
+                lease = {"lease": SLOT_LEASE, "kind": "run", "owner": owner}
+                conn.execute(sql.limit_add, {**params, **lease})
+        return 0.0
+
+    def _limit_free(self, queue: str, holder: str) -> None:
+        self._query(self.sql.limit_free, (queue, holder))
 
     def _state_store(self) -> PgsqlStateStore:
         """The statuses in ``asynctask_status``; the same object every time (its

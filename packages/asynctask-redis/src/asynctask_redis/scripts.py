@@ -850,3 +850,59 @@ end
 return out
 """,
 )
+
+#: ARGV: prefix, queue, holder, owner ('' for none), calls (0: no rate), period_ms,
+#: max_running (0: no cap), lease_ms. The queue's global limits (asynctask.limits):
+#: ``P:Q:limit:starts`` (sorted set, holder -> start time in ms) and
+#: ``P:Q:limit:running`` (hash, holder -> ``<owner>|<lease expiry ms>``). A slot whose
+#: owner's key is gone (asynctask.liveness), or without owner past its lease, is freed.
+#: Returns 0 when the start is counted, else the ms to wait before asking again.
+LIMIT_TAKE = _script(
+    "limit_take",
+    r"""
+local holder, owner = ARGV[3], ARGV[4]
+local calls, period, cap = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local starts, running = base .. 'limit:starts', base .. 'limit:running'
+local now = now_ms()
+if redis.call('HEXISTS', running, holder) == 1 then return 0 end
+if cap > 0 then
+  local slots = redis.call('HGETALL', running)
+  local held = 0
+  for i = 1, #slots, 2 do
+    local o, expiry = string.match(slots[i + 1], '^(.*)|(%d+)$')
+    local live
+    if o and o ~= '' then
+      live = redis.call('EXISTS', owner_key(o)) == 1
+    else
+      live = tonumber(expiry or '0') > now
+    end
+    if live then held = held + 1 else redis.call('HDEL', running, slots[i]) end
+  end
+  if held >= cap then return 200 end
+end
+if calls > 0 then
+  redis.call('ZREMRANGEBYSCORE', starts, '-inf', now - period)
+  if redis.call('ZSCORE', starts, holder) == false then
+    if redis.call('ZCARD', starts) >= calls then
+      local first = redis.call('ZRANGE', starts, 0, 0, 'WITHSCORES')
+      return math.max(1, tonumber(first[2]) + period - now)
+    end
+    redis.call('ZADD', starts, now, holder)
+    redis.call('PEXPIRE', starts, period)
+  end
+end
+if cap > 0 then
+  redis.call('HSET', running, holder, owner .. '|' .. string.format('%d', now + tonumber(ARGV[8])))
+end
+return 0
+""",
+)
+
+#: ARGV: prefix, queue, holder. Frees the holder's running slot.
+LIMIT_FREE = _script(
+    "limit_free",
+    r"""
+redis.call('HDEL', base .. 'limit:running', ARGV[3])
+return 1
+""",
+)

@@ -52,6 +52,7 @@ import redis
 from redis.exceptions import RedisError
 
 from asynctask.errors import InvalidURIError, TransportError
+from asynctask.limits import SLOT_LEASE, LimitSpec
 from asynctask.liveness import Liveness
 from asynctask.status import StateStore, StatusNotTracked, SubmitOptions
 from asynctask.transport import (
@@ -94,6 +95,7 @@ class RedisTransport(Transport):
 
     schemes = ("redis", "rediss", "unix")
     options_accepted = OPTIONS
+    keeps_limits = True
     features = TransportFeatures(
         counts=frozenset({"ready", "delayed", "retrying", "in_flight", "failed"}),
         multiprocess=True,
@@ -379,6 +381,23 @@ class RedisTransport(Transport):
         claim = f"{self.prefix}:claim:{key}"
         reply = self.execute(call, "SET", claim, "1", "NX", "PX", int(ttl * 1000))
         return reply is not None
+
+    def _limit_take(self, queue: str, limit: LimitSpec, holder: str, owner: str | None) -> float:
+        calls, period = limit.rate or (0, 0.0)
+        waited = self._script(
+            scripts.LIMIT_TAKE,
+            queue,
+            holder,
+            owner or "",
+            calls,
+            int(period * 1000),
+            limit.max_running or 0,
+            int(SLOT_LEASE * 1000),
+        )
+        return int(waited) / 1000
+
+    def _limit_free(self, queue: str, holder: str) -> None:
+        self._script(scripts.LIMIT_FREE, queue, holder)
 
     def _consumer(self, queue: str, prefetch: int) -> Consumer:
         consumer = RedisConsumer(self, self, queue, prefetch)

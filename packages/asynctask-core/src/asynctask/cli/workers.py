@@ -101,6 +101,8 @@ def workers(
                 continue
             calls = worker_config.rate_max_calls
             per_child = None if calls is None else math.ceil(calls / worker_config.concurrency)
+            if worker_config.rate_scope == "global":
+                per_child = calls  # one budget in the backend, for every child everywhere
             for _ in range(worker_config.concurrency):
                 specs.append(
                     ChildSpec(
@@ -114,6 +116,8 @@ def workers(
                         quiet=quiet,
                         rate_max_calls=per_child,
                         rate_period=worker_config.rate_period,
+                        rate_scope=worker_config.rate_scope,
+                        max_running=worker_config.max_running,
                         prefetch=worker_config.prefetch,
                         child_concurrency=worker_config.child_concurrency,
                         track_status=(
@@ -147,6 +151,15 @@ def workers(
                 f"the transport {uri!r} lives in one process only, but asynctask workers runs "
                 "workers in child processes; set asynctask_transport to filesys:, pgsql:, "
                 "redis:// or amqp://",
+                2,
+            )
+        limited = sorted({s.queue for s in specs if s.rate_scope == "global" or s.max_running})
+        if limited and not cls.keeps_limits:
+            raise fail(
+                f"queue {limited[0]!r} has global limits (rate_scope 'global' or max_running), "
+                f"kept in the backend, but the {uri.split(':', 1)[0]} transport keeps no shared "
+                "state for them (keeping them in asynctask_state is not done yet): use redis, "
+                "pgsql or filesys as asynctask_transport for that queue, or drop those limits",
                 2,
             )
         # Made now, it refuses bad options before any child starts; the supervisor keeps

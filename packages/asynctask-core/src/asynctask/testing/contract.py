@@ -313,6 +313,23 @@ class TransportContract:
                         assert value is None, name
             consumer.ack(held)
 
+    def test_queues_lists_a_queue_whose_tasks_all_wait(self, transport, queue):
+        """A queue holding only a delayed task, and one holding only a task waiting for
+        its retry, are listed. Fails against a listing that sees only ready and failed
+        tasks (AMQP's shared delay ladder holds the waiting ones of every queue)."""
+        # Given a queue whose only task is delayed, and one whose only task awaits a retry
+        retrying = unique_queue()
+        transport.submit_task(queue, {"n": 1}, delay=60)
+        transport.submit_task(retrying, {"n": 2})
+        with transport.consumer(retrying) as consumer:
+            delivery = consumer.reserve(timeout=5)
+            assert delivery is not None
+            consumer.retry(delivery, delay=60, error="later")
+        # Then both are listed
+        names = [stats.name for stats in transport.queues()]
+        assert queue in names and retrying in names, names
+        assert transport.purge(queue) == 1 and transport.purge(retrying) == 1
+
     def test_purge_removes_ready_and_delayed_tasks(self, transport, queue, probe):
         """Purge leaves the task in flight and the failed one. Fails against a purge that
         also deletes what consumers hold or what failed."""

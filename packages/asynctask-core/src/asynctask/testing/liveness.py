@@ -158,6 +158,45 @@ class LivenessContract:
             assert other.reserve(timeout=0.5) is None
         owned.close()
 
+    def test_a_cut_off_owners_late_settles_leave_the_new_delivery(
+        self, transport: Transport, rival: Transport, queue: str
+    ) -> None:
+        """A host cut off past the bound comes back: its keeper beats again and its
+        consumer settles what it held; the rival's delivery of those tasks stays the
+        rival's. Fails against an acknowledgement that deletes by id alone (checked
+        against a pgsql whose ack ignored the row's owner: the rival's row was deleted)."""
+        # Given two tasks reserved by an owned consumer, its keeper beating
+        bound = transport.features.recovery_seconds
+        transport.submit_tasks(queue, [{"n": 0}, {"n": 1}])
+        owner = new_owner()
+        liveness = transport.liveness(queue, owner)
+        liveness.beat()
+        owned = transport.consumer(queue, prefetch=2, owner=owner)
+        first = owned.reserve(timeout=5)
+        second = owned.reserve(timeout=5)
+        assert first is not None and second is not None
+        # When its host is cut off (no beat) past the bound, and a rival takes both
+        with rival.consumer(queue, prefetch=2) as other:
+            again = [other.reserve(timeout=bound + 5), other.reserve(timeout=5)]
+            assert [(d.id, d.attempt) for d in again if d is not None] == [
+                (first.id, 2),
+                (second.id, 2),
+            ]
+            # And the host comes back: its keeper beats, its consumer acknowledges the
+            # first task and fails the second (both sent with its next calls)
+            liveness.beat()
+            owned.ack(first)
+            owned.fail(second, "RuntimeError: finished while cut off")
+            owned.close()
+            # Then both are still the rival's: in flight, none failed
+            stats = transport.queue_stats(queue)
+            assert (stats.in_flight, stats.failed, stats.ready) == (2, 0, 0), stats
+            for delivery in again:
+                assert delivery is not None
+                other.ack(delivery)
+        stats = transport.queue_stats(queue)
+        assert (stats.in_flight, stats.failed, stats.ready) == (0, 0, 0), stats
+
     def test_owner_ids_are_checked(self, transport: Transport, queue: str) -> None:
         """An owner id that could break a key or a file name is refused up front."""
         for bad in ["", "a/b", "a+b", "x" * 101, "../etc", " a"]:

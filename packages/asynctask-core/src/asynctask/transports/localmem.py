@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from asynctask.limits import LimitBook, LimitSpec
 from asynctask.status import MAX_PRIORITY, StartVerdict, SubmitOptions
 from asynctask.transport import (
     Consumer,
@@ -130,6 +131,7 @@ class LocalMemTransport(Transport):
     """Tasks held in this process's memory; see the module docstring."""
 
     schemes = ("localmem",)
+    keeps_limits = True
     features = TransportFeatures(
         counts=frozenset({"ready", "delayed", "retrying", "in_flight", "failed"}),
         multiprocess=False,
@@ -140,6 +142,7 @@ class LocalMemTransport(Transport):
         super().__init__(uri)
         self._queues: dict[str, _Queue] = {}
         self._claims: dict[str, float] = {}
+        self._limits: dict[str, LimitBook] = {}
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._sequence = itertools.count()
@@ -378,6 +381,17 @@ class LocalMemTransport(Transport):
                 return False
             self._claims[key] = now + ttl
             return True
+
+    def _limit_take(self, queue: str, limit: LimitSpec, holder: str, owner: str | None) -> float:
+        # one process: an owner is alive as long as the transport (no liveness here)
+        with self._cond:
+            book = self._limits.setdefault(queue, LimitBook.empty())
+            return book.take(limit, holder, owner, time.monotonic(), lambda _: True)
+
+    def _limit_free(self, queue: str, holder: str) -> None:
+        with self._cond:
+            if queue in self._limits:
+                self._limits[queue].free(holder)
 
     def _consumer(self, queue: str, prefetch: int) -> Consumer:
         return LocalMemConsumer(self, queue, prefetch)
