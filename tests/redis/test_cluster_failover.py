@@ -31,6 +31,26 @@ def cluster() -> Iterator[LocalCluster]:
         local.stop()
 
 
+def test_queues_and_counts_span_every_master(cluster: LocalCluster) -> None:
+    prefix = f"c{uuid.uuid4().hex[:8]}"
+    transport = open_transport(f"{cluster.uri}?key_prefix={prefix}")
+    admin = cluster.client()
+    names = [f"q_{i}_{uuid.uuid4().hex[:6]}" for i in range(8)]
+    for i, name in enumerate(names):
+        transport.submit_tasks(name, [{"i": i}] * (i + 1))
+    masters = {
+        admin.nodes_manager.get_node_from_slot(key_slot(f"{prefix}_{{{n}}}".encode())).name
+        for n in names
+    }
+    listed = {q.name: q.ready for q in transport.queues()}
+    assert listed == {name: i + 1 for i, name in enumerate(names)}
+    assert len(masters) > 1  # the queues really are on several masters
+    assert sum(transport.purge(name) for name in names) == sum(range(1, 9))
+    assert transport.queues() == []
+    transport.close()
+    admin.close()
+
+
 def test_killing_the_queues_master_mid_drain_loses_no_task(cluster: LocalCluster) -> None:
     total = 300
     queue = f"t_{uuid.uuid4().hex[:12]}"
@@ -75,23 +95,3 @@ def test_killing_the_queues_master_mid_drain_loses_no_task(cluster: LocalCluster
     print(f"killed after {killed_at} tasks: lost {lost}, duplicated {duplicated}")
     assert 0 < killed_at < total
     assert lost == 0
-
-
-def test_queues_and_counts_span_every_master(cluster: LocalCluster) -> None:
-    prefix = f"c{uuid.uuid4().hex[:8]}"
-    transport = open_transport(f"{cluster.uri}?key_prefix={prefix}")
-    admin = cluster.client()
-    names = [f"q_{i}_{uuid.uuid4().hex[:6]}" for i in range(8)]
-    for i, name in enumerate(names):
-        transport.submit_tasks(name, [{"i": i}] * (i + 1))
-    masters = {
-        admin.nodes_manager.get_node_from_slot(key_slot(f"{prefix}_{{{n}}}".encode())).name
-        for n in names
-    }
-    listed = {q.name: q.ready for q in transport.queues()}
-    assert listed == {name: i + 1 for i, name in enumerate(names)}
-    assert len(masters) > 1  # the queues really are on several masters
-    assert sum(transport.purge(name) for name in names) == sum(range(1, 9))
-    assert transport.queues() == []
-    transport.close()
-    admin.close()
