@@ -12,33 +12,18 @@ child that died with a slot does not leak it).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from asynctask.limits import LimitSpec
 from asynctask.liveness import new_owner
-from asynctask.testing.contract import open_transport
 from asynctask.testing.services import unique_queue
+from asynctask.testing.views import TwoViews
 from asynctask.transport import Transport
 
 
-class GlobalLimitContract:
+class GlobalLimitContract(TwoViews):
     """The shared global-limits suite; the fixture ``transport_uri`` comes from the subclass."""
-
-    @pytest.fixture
-    def transport(self, transport_uri: str) -> Iterator[Transport]:
-        """A fresh transport object, closed after the test."""
-        transport = open_transport(transport_uri)
-        yield transport
-        transport.close()
-
-    @pytest.fixture
-    def rival(self, transport_uri: str) -> Iterator[Transport]:
-        """Another transport object on the same backend: another host's view."""
-        transport = open_transport(transport_uri)
-        yield transport
-        transport.close()
 
     @pytest.fixture
     def queue(self) -> str:

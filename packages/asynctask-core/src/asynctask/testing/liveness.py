@@ -18,13 +18,12 @@ back at once, in order, counting only the started ones.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from asynctask.liveness import Liveness, new_owner
-from asynctask.testing.contract import open_transport
 from asynctask.testing.services import unique_queue
+from asynctask.testing.views import TwoViews
 from asynctask.transport import Consumer, Delivery, Transport
 
 
@@ -39,22 +38,8 @@ def _beat_for(liveness: Liveness, seconds: float, rival: Consumer) -> Delivery |
     return None
 
 
-class LivenessContract:
+class LivenessContract(TwoViews):
     """The shared liveness suite; the fixture ``transport_uri`` comes from the subclass."""
-
-    @pytest.fixture
-    def transport(self, transport_uri: str) -> Iterator[Transport]:
-        """A fresh transport object, closed after the test."""
-        transport = open_transport(transport_uri)
-        yield transport
-        transport.close()
-
-    @pytest.fixture
-    def rival(self, transport_uri: str) -> Iterator[Transport]:
-        """Another transport object on the same backend: another worker's view."""
-        transport = open_transport(transport_uri)
-        yield transport
-        transport.close()
 
     @pytest.fixture
     def queue(self) -> str:
