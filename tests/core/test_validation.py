@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from asynctask import InvalidURIError, get_transport
+from asynctask import InvalidTaskError, InvalidURIError, get_transport
 from asynctask.uri import redact
 from asynctask.validation import check_payload, check_queue_name, is_valid_queue_name
 
@@ -98,3 +98,22 @@ def test_deep_payloads_up_to_the_limit_travel_and_deeper_ones_are_refused():
     for depth in (600, 5000):
         with pytest.raises(ValueError, match="nested too deeply"):
             encode_payload(nested(depth))
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"unique_key": "k"}, "unique_key names one task, but 2 payloads"),
+        ({"priority": 10}, "priority must be 0-9"),
+        ({"priority": True}, "priority must be an integer"),
+        ({"expires": 0}, "expires must be a positive number"),
+        ({"expires": float("inf")}, "expires must be a positive number"),
+        ({"unique_key": ""}, "unique_key must be a non-empty string"),
+    ],
+)
+def test_bad_submit_options_are_refused_before_anything_is_written(options, words):
+    transport = get_transport("localmem:")
+    queue = "bad_options_q"
+    with pytest.raises(InvalidTaskError, match=words):
+        transport.submit_tasks(queue, [{"n": 1}, {"n": 2}], **options)
+    assert transport.queue_stats(queue).ready == 0

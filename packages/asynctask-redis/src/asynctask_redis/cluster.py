@@ -287,14 +287,9 @@ class RedisClusterTransport(RedisTransport):
     def _beat(self) -> None:
         """Refresh the heartbeat of every live consumer, each on its queue's node."""
         while not self._beat_stop.wait(self.heartbeat_seconds):
-            with self._beat_lock:
-                live = [c for c in self._consumers if c.registered and not c.closed]
-            if not live:
+            commands = self._beat_commands()
+            if not commands:
                 continue
-            commands: list[tuple[Any, ...]] = []
-            for consumer in live:
-                commands.append(("SET", consumer.heartbeat_key, "1", "PX", self.heartbeat_ttl_ms))
-                commands.append(("SADD", self.key(consumer.queue, "consumers"), consumer.id))
             try:
                 self.execute(pipeline, commands)
                 self.note_recovery()

@@ -458,19 +458,24 @@ class RedisTransport(Transport):
         with self._beat_lock:
             self._consumers.discard(consumer)
 
+    def _beat_commands(self) -> list[tuple[Any, ...]]:
+        """The commands that refresh every live consumer's heartbeat (none: no consumer)."""
+        with self._beat_lock:
+            live = [c for c in self._consumers if c.registered and not c.closed]
+        commands: list[tuple[Any, ...]] = []
+        for consumer in live:
+            commands.append(("SET", consumer.heartbeat_key, "1", "PX", self.heartbeat_ttl_ms))
+            commands.append(("SADD", self.key(consumer.queue, "consumers"), consumer.id))
+        return commands
+
     def _beat(self) -> None:
         """Refresh the heartbeat of every live consumer of this transport, until close."""
         conn: Any = None
         proven = False
         while not self._beat_stop.wait(self.heartbeat_seconds):
-            with self._beat_lock:
-                live = [c for c in self._consumers if c.registered and not c.closed]
-            if not live:
+            commands = self._beat_commands()
+            if not commands:
                 continue
-            commands: list[tuple[Any, ...]] = []
-            for consumer in live:
-                commands.append(("SET", consumer.heartbeat_key, "1", "PX", self.heartbeat_ttl_ms))
-                commands.append(("SADD", self.key(consumer.queue, "consumers"), consumer.id))
             for last in (False, True):
                 try:
                     if conn is None:
