@@ -83,6 +83,8 @@ def asynctask_task_finished(
     queue: str, task_id: str, outcome: str, error: BaseException | None
 ) -> None:
     """End the run's span with its outcome and exception."""
+    if not _running:
+        return  # no span open in this process (no SDK): no lock to take
     with _lock:
         found = _running.pop((queue, task_id), None)
     if found is None:
