@@ -185,6 +185,14 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "queue table with its indexes, RabbitMQ's resident memory, the filesys folder on "
         "disk; shared servers, so other work is in both figures) and a worker child's peak "
         f"RSS after {run.sizes.depth_small // 2} tasks.",
+        f"9. **a worker child's cost per task** (redis; issue 20): one child of the no-op "
+        f"worker drains {run.sizes.drain:,} tasks at prefetch 1, 4 and 32 (statuses "
+        "tracked, as by default; and 32 untracked) against the raw client taking 100 "
+        "tasks a round trip (`LPOP key 100`, each decoded, nothing acknowledged), target "
+        ">= 0.3x at 32, best of the drain's rounds. Below the table, the child's run loop "
+        "in a process of its own (`python -m bench.taskcost`): microseconds per task "
+        "inside redis round trips (the driver's send and read: the wire, the server, the "
+        "reply parser) against the rest, ours, split by part from a cProfile run.",
         "",
         "Ratios are ours / reference: higher is better for rates, lower for latencies.",
         "",
@@ -204,6 +212,7 @@ def markdown(run: Run, chart_name: str | None) -> str:
             out += [ABOUT[result.name], ""]
         out += _md_table(HEADER, [_cells(row) for row in result.rows.values()])
         out.append("")
+        out += _costs(result)
         out += [f"- {note}" for note in _notes(result)]
         out += [f"- error: {error}" for error in result.errors]
         steps = ", ".join(f"{name} {seconds:g} s" for name, seconds in result.steps.items())
@@ -295,6 +304,24 @@ def _peers_section(run: Run) -> list[str]:
             if one.key in result.rows:
                 out.append(f"- {result.name}, {one.name}: {one.settings}.")
     return [*out, ""]
+
+
+def _costs(result: TransportResult) -> list[str]:
+    """The per-task cost table of ``bench.taskcost``, when the step ran."""
+    from bench.taskcost import HEADER, Cost, cells
+
+    if not result.costs:
+        return []
+    fields = set(Cost.__dataclass_fields__)
+    rows = [cells(Cost(**{k: v for k, v in c.items() if k in fields})) for c in result.costs]
+    return [
+        "",
+        "Where one worker child's time per task goes (`python -m bench.taskcost`: the run "
+        "loop in one process, microseconds per task; ours split by part from cProfile):",
+        "",
+        *_md_table(HEADER, rows),
+        "",
+    ]
 
 
 def _notes(result: TransportResult) -> list[str]:

@@ -58,6 +58,11 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
     "queues_20": ("drain, 20 queues in one asynctask workers vs 1 queue", "tasks/s", None),
     "memory_server": ("server memory at depth 1,000,000 vs 100", "MB", None),
     "memory_worker": ("worker child memory at depth 1,000,000 vs 100", "MB", None),
+    # a worker child's cost per task (issue 20): redis
+    "cost_p1": ("drain, 1 child, prefetch 1", "tasks/s", None),
+    "cost_p4": ("drain, 1 child, prefetch 4", "tasks/s", None),
+    "cost_p32": ("drain, 1 child, prefetch 32", "tasks/s", Target(">=", 0.3)),
+    "cost_p32_untracked": ("drain, 1 child, prefetch 32, track_status off", "tasks/s", None),
 }
 
 #: measures only some transports have: a peer where one was measured, the relay on amqp,
@@ -84,6 +89,10 @@ OPTIONAL = (
     "queues_20",
     "memory_server",
     "memory_worker",
+    "cost_p1",
+    "cost_p4",
+    "cost_p32",
+    "cost_p32_untracked",
 )
 
 #: the measures every measured transport has
@@ -149,6 +158,8 @@ class TransportResult:
     errors: list[str] = field(default_factory=list)
     #: seconds each step took (submit, drain, latency, depth, depth_raw, prefetch)
     steps: dict[str, float] = field(default_factory=dict)
+    #: a worker child's cost per task at each prefetch (``bench.taskcost``, JSON values)
+    costs: list[dict[str, Any]] = field(default_factory=list)
 
     def add(
         self,
@@ -171,4 +182,5 @@ class TransportResult:
             "errors": self.errors,
             "steps": self.steps,
             "measures": {key: row.to_json() for key, row in self.rows.items()},
+            "costs": self.costs,
         }
