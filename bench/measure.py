@@ -685,7 +685,6 @@ class Session:
             f"{memory[count][1] / mb:,.1f} MB vs {memory[small][1] / mb:,.1f} MB"
         )
 
-
     def cost(self) -> None:
         """11. A worker child's cost per task (issue 20; redis): one child at prefetch 1, 4
         and 32 against the raw client taking 100 tasks a round trip (target at 32:
@@ -694,7 +693,8 @@ class Session:
         by part)."""
         if self.name != "redis":
             return
-        n, rates, untracked, raw_rate = self.sizes.drain, {}, 0.0, 0.0
+        n, untracked, raw_rate = self.sizes.drain, 0.0, 0.0
+        rates: dict[int, float] = {}
         for round_number in range(self.sizes.drain_rounds):
             if round_number % 2:
                 raw_rate = max(raw_rate, self._raw_batch_drain())

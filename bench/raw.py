@@ -266,7 +266,7 @@ class RedisRaw(RawClient):
         lpop, key, loads = self.client.lpop, self.target, json.loads
         done = 0
         while done < count:
-            items = lpop(key, min(batch, count - done))
+            items: list[bytes] | None = lpop(key, min(batch, count - done))  # type: ignore[assignment]
             if not items:
                 raise TimeoutError(f"LPOP found the list empty after {done} of {count}")
             for item in items:
