@@ -251,6 +251,10 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "- What the lifecycle hooks and the Prometheus and OpenTelemetry plugins cost per",
         "  task, and the drain with them off, installed and recording: `make bench-hooks`",
         "  (`python -m bench.hooks`), in [observability-cost.md](observability-cost.md).",
+        "- Where a redis worker child's time per task goes, at any prefetch:",
+        "  `python -m bench.taskcost --prefetch 1,4,32 --untracked` (the table under the",
+        "  redis results). Its round trips and Python calls per task do not move with the",
+        "  machine's load; its microseconds do.",
     ]
     return "\n".join(out) + "\n"
 
