@@ -734,9 +734,7 @@ class Transport(ABC):
         """Delete every task of a queue that is not in flight or failed; return how many."""
         return self._call(self._purge, check_queue_name(queue_name))
 
-    def failed_tasks(
-        self, queue_name: str, limit: int = 100, offset: int = 0
-    ) -> list[FailedTask]:
+    def failed_tasks(self, queue_name: str, limit: int = 100, offset: int = 0) -> list[FailedTask]:
         """The queue's failed store, oldest first: up to ``limit`` tasks after the first
         ``offset`` (``offset=100`` is the second page of 100)."""
         queue = check_queue_name(queue_name)

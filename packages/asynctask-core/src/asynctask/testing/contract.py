@@ -399,7 +399,7 @@ class TransportContract(ListingContract):
         with pytest.raises(ValueError, match="limit"):
             transport.peek(queue, limit=-1)
         with pytest.raises(ValueError, match="offset"):
-            transport.peek(queue, offset="1")  # type: ignore[arg-type]
+            transport.peek(queue, offset="1")
 
     def test_transport_is_safe_to_share_between_threads(self, transport, queue, probe):
         def submit() -> None:
