@@ -63,9 +63,21 @@ from typing import Any, ClassVar
 
 import amqp.exceptions
 
-from asynctask.errors import InvalidTaskError, InvalidURIError, TransportError
+from asynctask.errors import (
+    InvalidTaskError,
+    InvalidURIError,
+    NotSupportedError,
+    TransportError,
+)
 from asynctask.status import StatusNotKept, SubmitOptions
-from asynctask.transport import Consumer, FailedTask, QueueStats, Transport, TransportFeatures
+from asynctask.transport import (
+    Consumer,
+    FailedTask,
+    InFlightTask,
+    QueueStats,
+    Transport,
+    TransportFeatures,
+)
 from asynctask.validation import Payload, is_valid_queue_name
 from asynctask_amqp.consumer import AmqpConsumer
 from asynctask_amqp.ladder import KINDS, SharedLadder, browse, side_channel
@@ -438,6 +450,19 @@ class AmqpTransport(Transport):
             with side_channel(link) as side:
                 page = browse(side, name, offset + limit)[offset:]
                 return [read_failed(queue, message) for message in page]
+
+    def _in_flight(self, queue: str, limit: int, offset: int) -> list[InFlightTask]:
+        raise NotSupportedError(
+            f"{self!r} cannot list the tasks its consumers hold (in_flight): RabbitMQ keeps "
+            "an unacknowledged message with the channel that received it and lets no other "
+            "client read it; queue_stats() cannot count them either (the management UI "
+            "shows them per channel)"
+        )
+
+    @property
+    def can_list_in_flight(self) -> bool:
+        """False: see ``_in_flight``."""
+        return False
 
     def _requeue_failed(self, queue: str, ids: Sequence[str] | None) -> int:
         with self._session() as link:
