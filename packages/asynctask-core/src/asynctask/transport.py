@@ -714,7 +714,9 @@ class Transport(ABC):
         read without changing them.
 
         A task is listed while it is held; once settled (acknowledged, retried, failed,
-        released) or handed back from a dead worker, it is not. Raises
+        released) or handed back from a dead worker, it is not (an acknowledgement a
+        consumer sends with its next call, see ``Consumer.ack``, leaves it listed until
+        that call). Raises
         ``NotSupportedError`` on a backend that cannot read what its consumers hold
         (AMQP; see ``can_list_in_flight``).
         """
