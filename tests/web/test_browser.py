@@ -204,7 +204,7 @@ def test_failed_list_pages_through_150_tasks(web, uri, page, shots):
     assert rows.count() == 50
     assert "batch-100.csv" in rows.first.inner_text()
     assert "batch-149.csv" in rows.last.inner_text()
-    assert "Failed tasks 101–150 of 150" in page.inner_text("main")
+    assert "Failed tasks 101\u2013150 of 150" in page.inner_text("main")  # an en dash
     assert page.locator("nav.pager a.next").count() == 0
     page.screenshot(path=str(shots / "web-failed-page-2.png"))
     # And "previous" goes back to the first 100
