@@ -494,3 +494,51 @@ def test_a_version_2_schema_without_the_limit_table_gets_it_in_place(fresh_datab
             " to_regclass('asynctask.asynctask_limit')::text"
         ).fetchone()
     assert (comment, table) == ("version: 2", "asynctask.asynctask_limit")
+
+
+# -- commits -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("option", "expected"), [("", "off"), ("&durable_acks=true", "on")])
+def test_a_consumer_commits_asynchronously_unless_durable_acks(pg_server, option, expected):
+    # Given a transport, with or without durable_acks, and a task
+    with open_transport(URI + option) as transport:
+        queue = unique_queue()
+        transport.submit_task(queue, {"n": 1})
+        with transport.consumer(queue) as consumer:
+            # When its consumer has taken the task
+            assert consumer.reserve(timeout=5) is not None
+            # Then its session waits for the WAL flush only with durable_acks
+            [(setting,)] = consumer._conn.execute("SHOW synchronous_commit").fetchall()
+            assert setting == expected
+        # and the transport's own connections (submits) keep the server's setting
+        [(pooled,)] = transport._query("SHOW synchronous_commit", None)
+        assert pooled == "on"
+
+
+@pytest.mark.slow
+def test_a_server_crash_after_asynchronous_acks_loses_no_task(own_postgres):
+    """A crash (immediate stop: no checkpoint, no flush) right after a consumer's
+    acknowledgements: those not flushed come back (run again, at least once); none of the
+    tasks is lost."""
+    # Given 40 submitted tasks, 25 of them acknowledged by a consumer with async commits
+    uri = own_postgres.uri(retry_timeout="30", recovery_seconds="1")
+    done: list[int] = []
+    with open_transport(uri) as transport:
+        queue = unique_queue()
+        transport.submit_tasks(queue, [{"n": n} for n in range(40)])
+        with transport.consumer(queue, prefetch=4) as consumer:
+            while len(done) < 25:
+                delivery = consumer.reserve(timeout=5)
+                assert delivery is not None
+                consumer.ack(delivery)
+                done.append(delivery.payload["n"])
+            # When the server crashes at once, then comes back
+            own_postgres.stop("immediate")
+            own_postgres.start()
+        # Then a new consumer finds every task not acknowledged, and maybe some that were
+        with transport.consumer(queue) as consumer:
+            while (delivery := consumer.reserve(timeout=2)) is not None:
+                consumer.ack(delivery)
+                done.append(delivery.payload["n"])
+    assert set(done) == set(range(40))

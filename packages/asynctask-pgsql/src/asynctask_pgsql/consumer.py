@@ -70,6 +70,8 @@ class ConsumerHost(Protocol):
     consumer_connect_kwargs: dict[str, Any]
     #: (numbers, held row ids, pending acks) of owned consumers whose close failed
     leftovers: list[tuple[list[int], list[int], list[int]]]
+    #: whether a consumer's statements wait for the WAL flush (``durable_acks``)
+    durable_acks: bool
 
     def _ready_pool(self) -> object:
         """Migrate the schema if this is the transport's first call."""
@@ -565,6 +567,7 @@ class PgsqlConsumer(Consumer):
             "id": number,
             "idle": str(self._host.consumer_connect_kwargs.get("keepalives_idle", 1)),
             "user_timeout": str(int(recovery * 1000)),
+            "synchronous_commit": "on" if self._host.durable_acks else "off",
         }
         row = conn.execute(self._sql.enlist, params).fetchone()
         assert row is not None

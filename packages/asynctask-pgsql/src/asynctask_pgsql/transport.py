@@ -19,7 +19,8 @@ Options
     ``schema`` (default ``asynctask``): where the tables live. ``pool_size`` (default 4):
     connections shared by the transport's calls (each consumer holds one more of its
     own). ``recovery_seconds`` (default 5): bound on how soon a dead consumer's tasks come
-    back. ``retry_timeout`` as everywhere. Any libpq keyword (``sslmode``,
+    back. ``durable_acks`` (default false): consumers commit asynchronously unless set.
+    ``retry_timeout`` as everywhere. Any libpq keyword (``sslmode``,
     ``connect_timeout``, ``application_name``...) is passed to libpq.
 Storage
     One table, ``<schema>.asynctask_queue`` (the original's name), migrated in place from
@@ -58,7 +59,7 @@ from asynctask.transport import (
     TransportFeatures,
     WaitingTask,
 )
-from asynctask.uri import Option, positive_float, positive_int
+from asynctask.uri import Option, boolean, positive_float, positive_int
 from asynctask.validation import Payload, decode_message
 from asynctask_pgsql.conninfo import LIBPQ_KEYWORDS, is_refusal, read_server
 from asynctask_pgsql.consumer import PgsqlConsumer
@@ -100,6 +101,11 @@ class PgsqlTransport(Transport):
             _DEFAULT_RECOVERY,
             "seconds within which a dead consumer's reserved tasks are delivered again",
         ),
+        "durable_acks": Option(
+            boolean,
+            False,
+            "whether a consumer's reserves and acknowledgements wait for the WAL flush",
+        ),
     }
     keeps_limits = True
     features = TransportFeatures(
@@ -124,6 +130,9 @@ class PgsqlTransport(Transport):
         #: a sweep within ``sweep_interval`` after that keeps the bound
         self.owner_lease = max(0.1, recovery - self.sweep_interval)
         self.consumer_connect_kwargs = _keepalive_kwargs(recovery, self.driver_options)
+        #: a consumer's statements commit asynchronously unless this is set: see the
+        #: README's "Commits" (a lost commit only makes a task run again)
+        self.durable_acks: bool = self.options["durable_acks"]
         #: what the first call did to the schema ("created", "current", "adopted ...")
         self.schema_action: str | None = None
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
