@@ -542,3 +542,47 @@ def test_a_server_crash_after_asynchronous_acks_loses_no_task(own_postgres):
                 consumer.ack(delivery)
                 done.append(delivery.payload["n"])
     assert set(done) == set(range(40))
+
+
+# -- bloat -------------------------------------------------------------------------------
+
+
+def _last_vacuum(conninfo: str) -> tuple[Any, int]:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT last_vacuum, n_dead_tup FROM pg_stat_user_tables"
+            " WHERE relid = 'asynctask.asynctask_queue'::regclass"
+        ).fetchone()
+    return row[0], int(row[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("every", ["0.2", "0"])
+def test_with_autovacuum_off_the_transport_vacuums_its_queue_table(fresh_database, every):
+    """Shown failing with the sweep's ``vacuum.ask()`` removed: last_vacuum stays NULL."""
+    conninfo = f"host={HOST} dbname={fresh_database}"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        [(autovacuum,)] = conn.execute("SHOW autovacuum").fetchall()
+    if autovacuum == "on":
+        pytest.skip("this server runs autovacuum: the transport leaves the tables to it")
+    # Given a transport on a server without autovacuum, and a queue table left with
+    # 12,000 dead tuples (tasks submitted and purged)
+    uri = f"pgsql://{HOST}/{fresh_database}?recovery_seconds=0.3&vacuum_every={every}"
+    with open_transport(uri) as transport:
+        queue = unique_queue()
+        for _ in range(12):
+            transport.submit_tasks(queue, [{"n": n} for n in range(1000)])
+        assert transport.purge(queue) == 12_000
+        # When a worker's consumer waits on its queue for a while (its sweeps run)
+        with transport.consumer(queue) as consumer:
+            # (a backend's table statistics reach pg_stat_user_tables within 10 s of its
+            # going idle, PGSTAT_IDLE_INTERVAL; the transport reads them there)
+            deadline = time.monotonic() + (25 if every != "0" else 12)
+            while time.monotonic() < deadline and _last_vacuum(conninfo)[0] is None:
+                assert consumer.reserve(timeout=0.2) is None
+        # Then the transport vacuumed the table (its dead tuples gone), unless told not to
+        vacuumed, dead = _last_vacuum(conninfo)
+    if every == "0":
+        assert vacuumed is None and dead >= 12_000
+    else:
+        assert vacuumed is not None and dead < 12_000

@@ -20,6 +20,8 @@ Options
     connections shared by the transport's calls (each consumer holds one more of its
     own). ``recovery_seconds`` (default 5): bound on how soon a dead consumer's tasks come
     back. ``durable_acks`` (default false): consumers commit asynchronously unless set.
+    ``vacuum_every`` (default 60): on a server with autovacuum off, how often the
+    transport looks at its tables' dead tuples and VACUUMs them (0: never).
     ``retry_timeout`` as everywhere. Any libpq keyword (``sslmode``,
     ``connect_timeout``, ``application_name``...) is passed to libpq.
 Storage
@@ -59,7 +61,7 @@ from asynctask.transport import (
     TransportFeatures,
     WaitingTask,
 )
-from asynctask.uri import Option, boolean, positive_float, positive_int
+from asynctask.uri import Option, boolean, non_negative_float, positive_float, positive_int
 from asynctask.validation import Payload, decode_message
 from asynctask_pgsql.conninfo import LIBPQ_KEYWORDS, is_refusal, read_server
 from asynctask_pgsql.consumer import PgsqlConsumer
@@ -73,6 +75,7 @@ from asynctask_pgsql.state import (
     unique_key_busy,
 )
 from asynctask_pgsql.statements import Statements
+from asynctask_pgsql.vacuum import DEAD_TUPLES, Vacuumer
 
 logger = logging.getLogger("asynctask.pgsql")
 
@@ -106,6 +109,12 @@ class PgsqlTransport(Transport):
             False,
             "whether a consumer's reserves and acknowledgements wait for the WAL flush",
         ),
+        "vacuum_every": Option(
+            non_negative_float,
+            60.0,
+            "seconds between the transport's looks at its tables' dead tuples when the "
+            "server's autovacuum is off (0: never)",
+        ),
     }
     keeps_limits = True
     features = TransportFeatures(
@@ -133,6 +142,9 @@ class PgsqlTransport(Transport):
         #: a consumer's statements commit asynchronously unless this is set: see the
         #: README's "Commits" (a lost commit only makes a task run again)
         self.durable_acks: bool = self.options["durable_acks"]
+        #: VACUUMs the tables when the server does not (asked by the consumers' sweeps)
+        self.vacuum: Vacuumer | None = None
+        self._vacuum_every: float = self.options["vacuum_every"]
         #: what the first call did to the schema ("created", "current", "adopted ...")
         self.schema_action: str | None = None
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
@@ -164,10 +176,19 @@ class PgsqlTransport(Transport):
                     [(autovacuum,)] = conn.execute("SHOW autovacuum").fetchall()
                 if self.schema_action != "current":
                     logger.info("%r: schema %s: %s", self, self.schema, self.schema_action)
-                if autovacuum != "on":
+                if autovacuum != "on" and self._vacuum_every > 0:
                     logger.warning(
-                        "%r: autovacuum is off on this server: the queue table bloats and "
-                        "slows down; run VACUUM %s.asynctask_queue regularly",
+                        "%r: autovacuum is off on this server: the transport vacuums its "
+                        "tables itself once %d dead tuples are seen (looked at every %g s)",
+                        self,
+                        DEAD_TUPLES,
+                        self._vacuum_every,
+                    )
+                    self.vacuum = Vacuumer(self.schema, self._vacuum_every, self.server.connect)
+                elif autovacuum != "on":
+                    logger.warning(
+                        "%r: autovacuum is off on this server and vacuum_every=0: the queue "
+                        "table bloats and slows down; run VACUUM %s.asynctask_queue regularly",
                         self,
                         self.schema,
                     )
