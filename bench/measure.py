@@ -694,13 +694,19 @@ class Session:
         from bench.raw import PgRaw, pg_conninfo
 
         sizes = self.sizes
-        costs = pgtable.index_costs(pg_conninfo(), sizes.submit_one // ROUNDS, ROUNDS, 2.0)
+        costs, inside = pgtable.index_costs(pg_conninfo(), sizes.submit_one // ROUNDS, ROUNDS, 2.0)
         for label, rate in costs.items():
+            note = (
+                f"{inside[label]:.0f} µs a row inside one transaction (bare: {inside['bare']:.0f})"
+            )
             if f"insert_{label}" in MEASURES:  # an index added since is in the line below
-                self.add(f"insert_{label}", rate, costs["bare"], "bare table", target=False)
+                self.add(f"insert_{label}", rate, costs["bare"], "bare table", note, False)
         self.say(
             f"[{self.name}] committed INSERT: "
-            + ", ".join(f"{label} {rate:,.0f}/s" for label, rate in costs.items())
+            + ", ".join(
+                f"{label} {rate:,.0f}/s ({inside[label]:.0f} µs in a transaction)"
+                for label, rate in costs.items()
+            )
         )
         schema = "asynctask_bench_churn"
         uri = self.uri + ("&" if "?" in self.uri else "?") + f"schema={schema}&vacuum_every=0"
