@@ -734,6 +734,8 @@ class Session:
         finally:
             transport.close()
             raw.destroy()
+            # the bench's own schema: the next run starts from nothing again
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
             conn.close()
 
     def _table_round(self, transport: Transport, uri: str, raw: RawClient, state: str) -> None:
