@@ -704,7 +704,7 @@ class Session:
         self.say(
             f"[{self.name}] committed INSERT: "
             + ", ".join(
-                f"{label} {rate:,.0f}/s ({inside[label]:.0f} µs in a transaction)"
+                f"{label} {rate:,.0f}/s ({inside[label]:.1f} µs a row in a set)"
                 for label, rate in costs.items()
             )
         )
