@@ -98,7 +98,7 @@ _REDIS_COST = (
     "outage report skipped when idle; the bench's children no longer load the test-only "
     "plugins). What closes the tracked gap is a running mark that does not wait for its "
     "reply (the redis status work of issue 16); the rest of ours is the consumer's "
-    "decode and bookkeeping (about half of our share) and the hooks of the installed "
+    "decode and bookkeeping (about two thirds of our share) and the hooks of the installed "
     "OpenTelemetry and Prometheus plugins (about 3 us a task)."
 )
 
