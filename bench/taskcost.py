@@ -15,7 +15,12 @@ drains a filled redis queue in this process, twice:
 Round trips per task and Python calls per task do not depend on the machine's load; the
 microseconds do (2 shared cores: compare figures from one run only).
 
-Example: ``python -m bench.taskcost --tasks 20000 --prefetch 1,4,32``.
+With ``--instructions`` it counts instead, under ``valgrind --tool=callgrind``, the
+instructions per task of the run loop (all of the process's threads, the start-up left
+out): a figure the machine's load does not move, to compare two commits.
+
+Examples: ``python -m bench.taskcost --tasks 20000 --prefetch 1,4,32``;
+``python -m bench.taskcost --instructions --tasks 2000 --prefetch 4,32 --untracked``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import cProfile
 import json
 import os
 import pstats
+import re
+import subprocess
 import sys
 import threading
 import time
@@ -174,7 +181,12 @@ def shares(stats: pstats.Stats) -> tuple[dict[str, float], int]:
 
 
 def _drain(
-    transport: Transport, prefetch: int, tasks: int, tracked: bool, profile: bool
+    transport: Transport,
+    prefetch: int,
+    tasks: int,
+    tracked: bool,
+    profile: bool,
+    counted: bool = False,
 ) -> tuple[float, float, _Trips, cProfile.Profile | None]:
     queue = unique_name("bench_cost")
     ours.fill(transport, queue, tasks)
@@ -196,7 +208,11 @@ def _drain(
             cpu, began = time.process_time(), time.perf_counter()
             if profiler is not None:
                 profiler.enable()
+            if counted:
+                _callgrind(True)  # under ``--instructions``: count the run loop only
             done = run_loop(worker, transport, queue, options).processed
+            if counted:
+                _callgrind(False)
             if profiler is not None:
                 profiler.disable()
             wall, cpu = time.perf_counter() - began, time.process_time() - cpu
@@ -224,6 +240,26 @@ def measure(transport: Transport, prefetch: int, tasks: int, tracked: bool = Tru
     cost.parts = {part: cost.ours * seconds / total for part, seconds in found.items()}
     cost.calls = calls / tasks
     return cost
+
+
+def _callgrind(on: bool) -> None:
+    """Switch callgrind's instrumentation of this process on or off."""
+    command = ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())]
+    subprocess.run(command, capture_output=True, check=True)
+
+
+def instructions(uri: str, prefetch: int, tasks: int, tracked: bool) -> float:
+    """Instructions per task of the run loop (``valgrind --tool=callgrind``), all of this
+    process's threads: a count the machine's load does not move (compare two commits)."""
+    command = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+    command += ["--callgrind-out-file=/dev/null", sys.executable, "-m", "bench.taskcost"]
+    command += ["--uri", uri, "--prefetch", str(prefetch), "--tasks", str(tasks)]
+    command += ["--counted-loop", "1" if tracked else "0"]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=3600)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if found is None:
+        raise RuntimeError(f"callgrind counted nothing: {done.stderr[-500:]}")
+    return int(found[1]) / tasks
 
 
 HEADER = [
@@ -260,6 +296,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--untracked", action="store_true", help="track_status = False too")
     parser.add_argument("--uri", default=None, help="a redis URI (the bench's by default)")
     parser.add_argument("--json", action="store_true", help="print the costs as JSON")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instead: instructions per task of the run loop under callgrind (valgrind); "
+        "2,000 tasks are plenty",
+    )
+    parser.add_argument("--counted-loop", help=argparse.SUPPRESS)  # under callgrind
     args = parser.parse_args(argv)
     from asynctask.plugins import DISABLE_VARIABLE, load_plugins
     from bench.plan import REDIS, TEST_PLUGINS
@@ -268,6 +311,19 @@ def main(argv: list[str]) -> int:
 
     uri = args.uri or REDIS
     transport = load_plugins().transport_class(uri)(uri)
+    if args.counted_loop is not None:
+        with transport:
+            tracked, prefetch = args.counted_loop == "1", int(args.prefetch)
+            _drain(transport, prefetch, 200, tracked, False)  # warm: connection, scripts
+            _drain(transport, prefetch, args.tasks, tracked, False, counted=True)
+        return 0
+    if args.instructions:
+        transport.close()
+        for tracked in (True, False) if args.untracked else (True,):
+            for prefetch in (int(p) for p in args.prefetch.split(",")):
+                count = instructions(uri, prefetch, args.tasks, tracked)
+                print(f"prefetch {prefetch}, tracked {tracked}: {count:,.0f} instructions a task")
+        return 0
     costs = []
     with transport:
         for tracked in (True, False) if args.untracked else (True,):
