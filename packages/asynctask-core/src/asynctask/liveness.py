@@ -95,3 +95,25 @@ class NoLiveness(Liveness):
     def end(self, started: Collection[str] | None, finished: Collection[str] = ()) -> int:
         """Nothing to hand back: the transport recovers the consumer's tasks itself."""
         return 0
+
+
+class LimitOwnerLiveness(Liveness):
+    """The liveness of an owner whose tasks its transport recovers by itself (AMQP: the
+    broker watches the connection), kept in the store that holds the transport's global
+    limits (``asynctask_state``): a running slot names its owner there, and frees itself
+    once that owner is no longer alive (``asynctask.limits``), so a child that dies
+    holding one does not leak it. The store holds none of the owner's tasks: ``end``
+    only ends the owner there, and hands nothing back."""
+
+    def __init__(self, kept: Liveness) -> None:
+        super().__init__(kept.queue, kept.owner, kept.interval)
+        self.kept = kept
+
+    def beat(self) -> None:
+        """The owner lives: refresh it in the limits' store."""
+        self.kept.beat()
+
+    def end(self, started: Collection[str] | None, finished: Collection[str] = ()) -> int:
+        """The owner is gone: its slots are free at once; its tasks are the broker's."""
+        self.kept.end((), ())
+        return 0
