@@ -148,16 +148,6 @@ class TestAmqpTransport(TransportContract):
     def test_a_submit_retried_after_a_lost_reply_is_stored_once(self, transport, queue, probe):
         super().test_a_submit_retried_after_a_lost_reply_is_stored_once(transport, queue, probe)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="AMQP's bound (README, Connections): a settle after the broker dropped the "
-        "connection is done on a new one (each step passes), but the task the broker took "
-        "back stays in the queue, counted ready, until a consumer passes it and drops it "
-        "(its settled marker): stored() is 3, not 2, right after close",
-    )
-    def test_every_settle_call_survives_a_dropped_connection(self, transport, queue, probe):
-        super().test_every_settle_call_survives_a_dropped_connection(transport, queue, probe)
-
     @pytest.fixture
     def transport_uri(self, amqp_uri: str) -> str:
         # heartbeat=1: a silently dead consumer's tasks come back within 3 s
