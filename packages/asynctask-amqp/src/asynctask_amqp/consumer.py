@@ -25,6 +25,9 @@ task still does what it says, on a new connection (retrying up to ``retry_timeou
   store), then leave that marker. A consumer that receives a redelivered message with no
   release marker deletes the settled marker of its id and attempt count: found, the task
   was settled, and the message is acknowledged and dropped.
+* the settling consumer itself drops that redelivery at once (``_sweep``): the broker
+  put it back at the head of the queue, so it takes the head while it is one of its own
+  settled tasks, and hands back the first that is not.
 
 The markers name the attempt count, which only grows, so a marker left after another
 consumer had already taken the redelivery (and counted it: its copy has the next count)
