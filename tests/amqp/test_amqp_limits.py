@@ -163,6 +163,19 @@ def test_the_slots_live_in_the_state_store_not_in_the_amqp_object(amqp_uri, redi
         assert store.limit_take(queue, limit, "b:1") == 0.0
 
 
+def test_only_owners_that_may_hold_slots_are_kept_in_the_state_store(amqp_uri, redis_state):
+    """The supervisor asks for ``holds_slots`` only for queues with ``max_running``: the
+    children of other queues cost the store nothing (the broker keeps their liveness)."""
+    from asynctask.liveness import LimitOwnerLiveness, NoLiveness
+
+    queue, owner = unique_queue("lim"), new_owner()
+    with open_transport(amqp_uri) as amqp:
+        assert isinstance(amqp.liveness(queue, owner), NoLiveness)  # no asynctask_state
+        amqp.state_uri = redis_state
+        assert isinstance(amqp.liveness(queue, owner, holds_slots=False), NoLiveness)
+        assert isinstance(amqp.liveness(queue, owner), LimitOwnerLiveness)
+
+
 # -- real workers: the cap holds, and a killed child's slot comes back ------------------------
 
 CAP = 3

@@ -18,7 +18,8 @@ Features
     Task statuses and global limits (``rate_scope: global``, ``max_running``) live in
     the store named by ``asynctask_state`` (redis, pgsql or filesys): the broker keeps
     no shared counters. A running slot there names its child's owner id, which the
-    supervisor keeps alive in that store, so a killed child's slot comes back at once.
+    supervisor keeps alive in that store (queues with ``max_running`` only), so a killed
+    child's slot comes back at once.
 URI
     ``amqp://user:password@host:port/vhost`` (``amqps://`` for TLS, port 5671). Default
     host ``localhost``, port 5672, user and password ``guest`` (kombu's defaults). The

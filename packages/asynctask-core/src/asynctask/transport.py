@@ -421,15 +421,7 @@ class Transport(ABC):
         return self._consumer(queue, prefetch)
 
     def _liveness(self, queue: str, owner: str) -> Liveness:
-        """The keeper of ``owner``'s liveness on ``queue``; see ``asynctask.liveness``.
-
-        The default is for consumers that keep their own liveness: nothing to keep,
-        unless the global limits live in the store of ``asynctask_state``
-        (``limits_in_state``), where a running slot must know whether its owner lives.
-        """
-        keeper = self._state_limits()
-        if keeper is not None:
-            return LimitOwnerLiveness(keeper.liveness(queue, owner))
+        """The keeper of ``owner``'s liveness on ``queue``; see ``asynctask.liveness``."""
         return NoLiveness(queue, owner, self.features.recovery_seconds / 4)
 
     #: whether ``limit_take`` keeps global limits (``asynctask.limits``) in this backend
@@ -788,15 +780,25 @@ class Transport(ABC):
         """``holder``'s task ended: free its running slot (see ``asynctask.limits``)."""
         self._call(self._limit_free, check_queue_name(queue_name), holder)
 
-    def liveness(self, queue_name: str, owner: str) -> Liveness:
+    def liveness(self, queue_name: str, owner: str, *, holds_slots: bool = True) -> Liveness:
         """The liveness of ``owner``'s consumers of a queue, for the process that keeps it.
 
         Call ``beat()`` every ``interval`` seconds while the owner's worker lives and
         ``end(started)`` once it has exited. Transports whose consumers keep their own
-        liveness return a ``NoLiveness``. See ``asynctask.liveness``.
+        liveness return a ``NoLiveness``; but if their global limits live in the store
+        of ``asynctask_state`` (``limits_in_state``, AMQP) and the owner may hold running
+        slots (``holds_slots``: its queue has ``max_running``), the owner is kept alive
+        in that store, so that its slots come back when it dies. See
+        ``asynctask.liveness``.
         """
         self._check_open()
-        return self._liveness(check_queue_name(queue_name), check_owner(owner))
+        queue, owner = check_queue_name(queue_name), check_owner(owner)
+        kept = self._liveness(queue, owner)
+        if holds_slots and isinstance(kept, NoLiveness):
+            keeper = self._state_limits()
+            if keeper is not None:
+                return LimitOwnerLiveness(keeper.liveness(queue, owner))
+        return kept
 
     def close(self) -> None:
         """Free the transport's connections; later calls raise ``TransportClosed``."""
