@@ -183,9 +183,10 @@ CHILDREN = 4
 TASKS = 15
 SECONDS = 1.5
 #: seconds within which a killed child's slot is in use again (its owner, ended by the
-#: supervisor, frees it: 0.6-0.8 s measured; unended, the owner lapses only after
-#: seconds: 4 s measured with recovery_seconds=8, so the stores here use 20)
-REFILL = 3.0
+#: supervisor, frees it: 0.6-2.2 s measured on a loaded 2-core machine; unended, the
+#: owner lapses only after seconds: 4 s measured with recovery_seconds=8, so the stores
+#: here use 20, where it would take 10 s or more)
+REFILL = 5.0
 
 
 def _spans(entries: list[dict[str, Any]], killed: int, killed_at: float) -> list[list[float]]:
@@ -223,7 +224,7 @@ def test_max_running_holds_across_children_and_a_killed_childs_slot_comes_back(
 ):
     """Checked failing once each way: with ``LimitOwnerLiveness.end`` not ending the
     owner in the store, the killed child's slot came back only when the owner lapsed
-    (4.0 s after the kill with redis recovery_seconds=8; REFILL is 3); with ``NoLiveness`` (no owner kept), more than 3
+    (4.0 s after the kill with redis recovery_seconds=8, then REFILL was 3); with ``NoLiveness`` (no owner kept), more than 3
     ran at once."""
     # Given 4 children on one AMQP queue with max_running 3, its limits in asynctask_state
     uri = f"{amqp_uri}?heartbeat=1"
