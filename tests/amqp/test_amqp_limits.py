@@ -225,8 +225,7 @@ def test_max_running_holds_across_children_and_a_killed_childs_slot_comes_back(
     """Checked failing once each way: with ``LimitOwnerLiveness.end`` not ending the
     owner in the store, the killed child's slot came back only when the owner lapsed
     (8.7 s after the kill on redis with the stores' recovery_seconds=20; pgsql failed
-    too); with ``NoLiveness`` (no owner kept), more than 3
-    ran at once."""
+    too); with ``NoLiveness`` (no owner kept), 4 ran at once."""
     # Given 4 children on one AMQP queue with max_running 3, its limits in asynctask_state
     uri = f"{amqp_uri}?heartbeat=1"
     queue = unique_queue("cap")
