@@ -3,7 +3,7 @@ queue's global rate and cap live in the store named by ``asynctask_state`` (redi
 or filesys), and a running slot's owner is kept alive there by the supervisor.
 
 Without that setting, ``asynctask workers`` refuses such a queue, naming it. With it,
-the shared ``GlobalLimitContract`` passes on amqp + redis state and amqp + pgsql state,
+the shared ``GlobalLimitContract`` passes on amqp with its state in redis, pgsql and filesys,
 and real workers hold ``max_running`` and get a killed child's slot back at once.
 """
 
@@ -144,6 +144,14 @@ class TestAmqpLimitsInPgsql(_AmqpStateViews):
     @pytest.fixture
     def state(self, pgsql_state: str) -> str:
         return pgsql_state
+
+
+class TestAmqpLimitsInFilesys(_AmqpStateViews):
+    """On one host: a folder keeps them (no other server needed)."""
+
+    @pytest.fixture
+    def state(self, tmp_path: Path) -> str:
+        return f"filesys:{tmp_path / 'state'}"
 
 
 def test_the_slots_live_in_the_state_store_not_in_the_amqp_object(amqp_uri, redis_state):
