@@ -23,7 +23,10 @@ back within the transport's ``recovery_seconds``, every one counted, as for any 
 
 A transport whose consumers cannot lose liveness to a busy thread (AMQP: the broker
 watches a connection; ``localmem``: one process) keeps the default: ``NoLiveness``, whose
-calls do nothing, and ``consumer(owner=...)`` ignores the owner.
+calls do nothing, and ``consumer(owner=...)`` ignores the owner. If such a transport keeps
+its global limits in the store of ``asynctask_state`` (AMQP), an owner that may hold
+running slots is kept alive in that store instead (``LimitOwnerLiveness``), so that a
+dead child's slots come back.
 """
 
 from __future__ import annotations
