@@ -9,6 +9,7 @@ its way for ``delay`` seconds, which a loaded machine gives only sometimes.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -97,8 +98,6 @@ def _ends(*sockets: socket.socket) -> Iterator[None]:
 
 
 def _shut(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     sock.close()

@@ -140,7 +140,6 @@ def test_a_task_submitted_in_a_committed_transaction_exists(transport):
         consumer.ack(delivery)
 
 
-
 @pytest.mark.parametrize("batch", [False, True], ids=["one", "batch"])
 def test_a_delay_in_the_callers_transaction_counts_from_the_submit(transport, batch):
     """``delay`` counts from the submit statement, not from the start of the caller's
@@ -185,6 +184,7 @@ def test_an_expiry_in_the_callers_transaction_counts_from_the_submit(transport):
         delivery = consumer.reserve(timeout=0.5)
         assert delivery is not None and delivery.id == task_id
         consumer.ack(delivery)
+
 
 # -- first start and the original's table ----------------------------------------------
 
