@@ -185,6 +185,19 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "queue table with its indexes, RabbitMQ's resident memory, the filesys folder on "
         "disk; shared servers, so other work is in both figures) and a worker child's peak "
         f"RSS after {run.sizes.depth_small // 2} tasks.",
+        "9. **pgsql's table** (pgsql only, no targets on the INSERT rows): committed one-row "
+        f"INSERTs (3 alternating rounds of {run.sizes.submit_one // 3:,}) into copies of "
+        "`asynctask.asynctask_queue`: bare (columns and defaults), bare plus each one of its "
+        "indexes, all of them, all and the NOTIFY trigger; each also timed per row in one "
+        "`INSERT ... SELECT` of many rows (no round trip, no fsync: the indexes' and the "
+        "trigger's own work, in the row's note). The pgsql raw "
+        "client writes into such a copy (indexes and trigger), the row a submit writes, "
+        "without the status row a submit also writes. Then submit one by one, the 1-child "
+        "drain and the wake-up p50 against the raw client, in a schema of their own "
+        "(`asynctask_bench_churn`): on freshly vacuumed tables, and again after "
+        f"{run.sizes.churn:,} tasks have passed through them and the raw table (inserted, "
+        "reserved, deleted; their statuses kept) with no VACUUM since (`vacuum_every=0`, "
+        "so the transport does not clean it either).",
         "",
         "Ratios are ours / reference: higher is better for rates, lower for latencies.",
         "",

@@ -58,7 +58,30 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
     "queues_20": ("drain, 20 queues in one asynctask workers vs 1 queue", "tasks/s", None),
     "memory_server": ("server memory at depth 1,000,000 vs 100", "MB", None),
     "memory_worker": ("worker child memory at depth 1,000,000 vs 100", "MB", None),
+    # pgsql's table (issue 20): a committed one-row INSERT into a copy of the queue table
+    # with one of its indexes (or all, or all and the trigger) against the bare copy
+    "insert_bare": ("INSERT into the bare table (no index, no trigger)", "tasks/s", None),
+    "insert_pkey": ("INSERT, bare + primary key (id)", "tasks/s", None),
+    "insert_task_id": ("INSERT, bare + unique task_id", "tasks/s", None),
+    "insert_ready": ("INSERT, bare + ready (partial)", "tasks/s", None),
+    "insert_reserved": ("INSERT, bare + reserved (partial)", "tasks/s", None),
+    "insert_failed": ("INSERT, bare + failed (partial)", "tasks/s", None),
+    "insert_urgent": ("INSERT, bare + urgent (partial)", "tasks/s", None),
+    "insert_indexes": ("INSERT, all indexes", "tasks/s", None),
+    "insert_trigger": ("INSERT, all indexes + NOTIFY trigger", "tasks/s", None),
+    # the same targets on a freshly vacuumed table and on one a million tasks went through
+    "submit_one_fresh": ("submit, one by one, fresh table", "tasks/s", Target(">=", 0.8)),
+    "submit_one_churned": ("submit, one by one, churned table", "tasks/s", Target(">=", 0.8)),
+    "drain_1_fresh": ("drain, 1 child, fresh table", "tasks/s", None),
+    "drain_1_churned": ("drain, 1 child, churned table", "tasks/s", None),
+    "latency_p50_fresh": ("latency p50, fresh table", "ms", Target("<=", 1.5)),
+    "latency_p50_churned": ("latency p50, churned table", "ms", Target("<=", 1.5)),
 }
+
+#: the keys of the pgsql table's rows (``Session.pgtable``)
+PG_TABLE = tuple(
+    key for key in MEASURES if key.startswith("insert_") or key.endswith(("_fresh", "_churned"))
+)
 
 #: measures only some transports have: a peer where one was measured, the relay on amqp,
 #: the async table where ``asynctask workers`` runs (not localmem) and the bench-only arq
@@ -84,6 +107,7 @@ OPTIONAL = (
     "queues_20",
     "memory_server",
     "memory_worker",
+    *PG_TABLE,
 )
 
 #: the measures every measured transport has
