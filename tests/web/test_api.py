@@ -108,9 +108,12 @@ def test_lists_are_pages_of_100(web_transport, queue):
     detail = client.get(f"/api/queues/{queue}").json()
     assert detail["queue"]["ready"] == 150
     assert client.get(f"/api/queues/{queue}?limit=101").status_code == 400
-    for bad in ("-1", "x", "1000001"):
+    # (a superscript two is a digit to str.isdigit but not to int(): it was a 500)
+    for bad in ("-1", "x", "1000001", "%C2%B2"):
         refused = client.get(f"/api/queues/{queue}?offset={bad}")
         assert refused.status_code == 400 and "offset" in refused.json()["error"]
+    refused = client.get(f"/api/queues/{queue}?limit=%C2%B2")
+    assert refused.status_code == 400 and "limit" in refused.json()["error"]
     if web_transport.can_peek:
         assert [w["payload"]["n"] for w in detail["waiting"]] == list(range(100))
         assert detail["waiting_pages"] == {"offset": 0, "previous_offset": None, "next_offset": 100}

@@ -974,12 +974,24 @@ def check_delay(delay: object) -> float:
     return float(delay)
 
 
+#: the largest ``limit`` or ``offset`` of a listing: their sum must fit the backends'
+#: 64-bit integers (PostgreSQL's ``LIMIT limit + offset``, Redis's ``LRANGE``, ``islice``)
+PAGE_INDEX_MAX = 2**62 - 1
+
+
 def check_page(limit: object, offset: object) -> tuple[int, int]:
-    """``(limit, offset)`` of a listing if both are ints >= 0, else ``InvalidTaskError``
-    (a ``ValueError``) naming the one that is not, before the backend is asked."""
+    """``(limit, offset)`` of a listing if both are ints from 0 to ``PAGE_INDEX_MAX``, else
+    ``InvalidTaskError`` (a ``ValueError``) naming the one that is not, before the backend
+    is asked (a larger one was a backend's overflow error, or a bare ``ValueError``)."""
     for name, value in (("limit", limit), ("offset", offset)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidTaskError(f"{name} must be an int >= 0, got {value!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not 0 <= value <= PAGE_INDEX_MAX
+        ):
+            raise InvalidTaskError(
+                f"{name} must be an int from 0 to {PAGE_INDEX_MAX}, got {value!r}"
+            )
     assert isinstance(limit, int) and isinstance(offset, int)
     return limit, offset
 

@@ -243,7 +243,8 @@ def _number(request: Request, name: str, default: int, largest: int) -> int:
     text = request.query_params.get(name)
     if text is None:
         return default
-    if not text.isdigit() or int(text) > largest:
+    # isascii: str.isdigit() also takes digits int() refuses ("²"), a 500 before
+    if not (text.isascii() and text.isdigit()) or int(text) > largest:
         raise InvalidTaskError(f"{name} must be a whole number from 0 to {largest}, got {text!r}")
     return int(text)
 

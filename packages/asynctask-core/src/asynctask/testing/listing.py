@@ -71,6 +71,9 @@ class ListingContract:
         assert transport.poll_queue(queue) == PAGED
         with pytest.raises(ValueError, match="offset"):
             transport.peek(queue, offset=-1)
+        # (a page past what any backend counts in, 2**63: refused, not a backend error)
+        with pytest.raises(ValueError, match="offset"):
+            transport.peek(queue, offset=2**63)
         assert transport.purge(queue) == PAGED
 
     def test_failed_tasks_page_through_250_in_order(self, transport: Any, queue: str) -> None:
@@ -97,6 +100,8 @@ class ListingContract:
             transport.failed_tasks(queue, offset=-1)
         with pytest.raises(ValueError, match="limit"):
             transport.failed_tasks(queue, limit=-1)
+        with pytest.raises(ValueError, match="offset"):
+            transport.failed_tasks(queue, offset=2**63)
         assert transport.purge_failed(queue) == PAGED
 
     def test_in_flight_lists_held_tasks_with_holder_and_time(
