@@ -8,7 +8,10 @@ made eager on these tables by the migration, is the first answer. Where it is of
 look: a thread of the process, on a connection of its own (the consumer does not wait),
 takes a session advisory lock (one process at a time per schema; the others skip), reads
 the tables' dead tuples from ``pg_stat_user_tables``, and runs ``VACUUM`` on each table
-past ``DEAD_TUPLES``. A VACUUM takes no lock that blocks reserves or submits.
+past ``DEAD_TUPLES``. A VACUUM blocks no reserve or submit while it works; at its end,
+to give empty pages at the table's tail back, it holds the table's exclusive lock, and
+lets go within about 20 ms of a statement waiting for it (PostgreSQL's
+``VACUUM_TRUNCATE_LOCK_CHECK_INTERVAL``): a reserve may so wait that long, once a look.
 """
 
 from __future__ import annotations
