@@ -55,6 +55,15 @@ DRIVER_OPTIONS = frozenset(
     }
 )
 
+
+def non_negative_int(text: str) -> int:
+    """A whole number >= 0."""
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}")
 
 
@@ -91,6 +100,17 @@ OPTIONS: Mapping[str, Option] = {
         positive_float,
         None,
         "seconds between a live consumer's heartbeats; default recovery_seconds / 8",
+    ),
+    "wait_replicas": Option(
+        non_negative_int,
+        0,
+        "replicas that must hold a submit, ack, retry or fail before it returns (WAIT); "
+        "default 0: none (asynchronous replication)",
+    ),
+    "wait_timeout_ms": Option(
+        positive_int,
+        1000,
+        "ms a write waits for wait_replicas replicas; default 1000",
     ),
 }
 
