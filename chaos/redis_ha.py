@@ -227,7 +227,7 @@ class RedisCluster:
                     "--cluster-config-file", f"{self.folder}/nodes-{port}.conf",
                     "--cluster-node-timeout", "1000",
                     "--dir", str(self.folder), "--dbfilename", f"dump-{port}.rdb",
-                    *_COMMON,
+                    "--repl-diskless-sync-delay", "0", *_COMMON,
                 ],
                 None,
             )  # fmt: skip
@@ -239,6 +239,15 @@ class RedisCluster:
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
         )  # fmt: skip
         wait_until(lambda: all(self.ok(p) for p in self.ports), 30, "cluster_state:ok")
+        wait_until(self._replicas_linked, 30, "every replica in sync")
+
+    def _replicas_linked(self) -> bool:
+        try:
+            found = [info(p, "replication") for p in self.ports]
+        except OSError:
+            return False
+        linked = [i for i in found if i.get("master_link_status") == "up"]
+        return len(linked) == len(self.ports) // 2
 
     def _port(self) -> int:
         """A free port whose cluster bus port (port + 10000) is free and valid too."""

@@ -47,7 +47,7 @@ from asynctask.transport import Consumer, Delivery, Transport, check_delay, new_
 from asynctask_redis import scripts
 from asynctask_redis.connection import Server, call, pipeline, run
 from asynctask_redis.messages import Message, canonical_text, failed_record, read_message
-from asynctask_redis.replication import Replication
+from asynctask_redis.replication import Replication, Waited
 
 #: what the scripts push to an empty ready list to wake a blocked consumer for an
 #: urgent task (``scripts._KEYS``); a consumer that takes it drops it
@@ -391,11 +391,12 @@ class RedisConsumer(Consumer):
         replication = self._host.replication if op in _REPLICATED else None
 
         def step() -> tuple[Any, int | None]:  # SETTLE is idempotent: safe to run again
-            done = self._run(scripts.SETTLE, *args)
             if replication is None:
-                return done, None
-            acked = self._execute(call, "WAIT", replication.replicas, replication.timeout_ms)
-            return done, int(acked)
+                return self._run(scripts.SETTLE, *args), None
+            t = self._host
+            waited = Waited(run, replication)
+            queue = t.script_queue(self.queue)
+            return self._execute(waited, scripts.SETTLE, t.prefix, queue, self.id, *args)  # type: ignore[no-any-return]
 
         done, acked = self.transport._call(self._once_more, step)
         self._sent()

@@ -1,0 +1,197 @@
+"""``wait_replicas``: a submit or an ack returns once a replica holds it; a replica that
+cannot confirm in time makes a submit raise ``ReplicationTimeout`` and an ack log it.
+
+Every server here is the test's own (``chaos.redis_ha``): a replica is paused with
+SIGSTOP, never the shared Redis. Shown failing against broken transports: with the
+``WAIT`` left out of ``Waited.__call__`` (returning ``len(replicas)`` at once), the two
+"returns once" tests and the timeout tests fail (the submit returns before the replica is
+continued; no error is raised); with the cluster's routing of a ``Waited`` call dropped
+(``_routed_by`` not unwrapping it, so ``WAIT`` ran on the prefix's node), the cluster
+test fails (no error: that node's connection wrote nothing, so ``WAIT`` returned at once).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from asynctask.errors import InvalidURIError
+from asynctask.testing.contract import open_transport
+from asynctask_redis.replication import ReplicationTimeout
+from chaos.redis_ha import (
+    RedisCluster,
+    ReplicatedRedis,
+    info,
+    paused,
+    private_cluster,
+    private_replicated_redis,
+    private_sentinel,
+    server_pid,
+)
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis")
+
+#: how long the replica stays stopped in the "returns once" tests
+PAUSE = 0.3
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[ReplicatedRedis]:
+    with private_replicated_redis() as started:
+        yield started
+
+
+def _queue() -> str:
+    return f"w_{uuid.uuid4().hex[:12]}"
+
+
+class Resume:
+    """Stop the server on ``port`` now, continue it after ``seconds`` on a timer; ``at``
+    is when it was continued (monotonic)."""
+
+    def __init__(self, port: int, seconds: float) -> None:
+        self.pid = server_pid(port)
+        self.at = 0.0
+        os.kill(self.pid, signal.SIGSTOP)
+        self.timer = threading.Timer(seconds, self.resume)
+        self.timer.start()
+
+    def resume(self) -> None:
+        self.at = time.monotonic()
+        os.kill(self.pid, signal.SIGCONT)
+
+    def __enter__(self) -> Resume:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.join(10)
+        os.kill(self.pid, signal.SIGCONT)
+
+
+def test_the_options_are_checked() -> None:
+    for bad in ("wait_replicas=-1", "wait_replicas=x", "wait_timeout_ms=0"):
+        with pytest.raises(InvalidURIError, match=bad.split("=")[0]):
+            open_transport(f"redis://127.0.0.1:1/0?{bad}")
+
+
+def test_a_submit_returns_once_the_replica_holds_it(pair: ReplicatedRedis) -> None:
+    queue = _queue()
+    replica = redis.Redis(port=pair.replica_port)
+    with open_transport(pair.uri(wait_replicas="1", wait_timeout_ms="10000")) as transport:
+        transport.submit_task(queue, {"warm": 1})  # the script loaded, the connection open
+        # Given a replica that reads nothing for PAUSE seconds
+        with Resume(pair.replica_port, PAUSE) as stopped:
+            # When a task is submitted meanwhile
+            transport.submit_task(queue, {"n": 1})
+            returned = time.monotonic()
+        # Then the submit returned only after the replica was continued, and it holds it
+        assert stopped.at and returned >= stopped.at
+        assert replica.llen(f"asynctask_{queue}") == 2
+        transport.purge(queue)
+    replica.close()
+
+
+def test_an_ack_returns_once_the_replica_holds_it(pair: ReplicatedRedis) -> None:
+    queue = _queue()
+    replica = redis.Redis(port=pair.replica_port)
+    with open_transport(pair.uri(wait_replicas="1", wait_timeout_ms="10000")) as transport:
+        transport.submit_task(queue, {"n": 1})
+        consumer = transport.consumer(queue)
+        delivery = consumer.reserve(5)
+        assert delivery is not None
+        assert replica.llen(consumer.processing_key) == 1
+        # Given a replica that reads nothing for PAUSE seconds
+        with Resume(pair.replica_port, PAUSE) as stopped:
+            # When the task is acknowledged meanwhile
+            consumer.ack(delivery)
+            returned = time.monotonic()
+        # Then the ack returned only after the replica was continued, and it has the ack
+        assert stopped.at and returned >= stopped.at
+        assert replica.llen(consumer.processing_key) == 0
+        assert replica.llen(f"asynctask_{queue}") == 0
+        consumer.close()
+    replica.close()
+
+
+def test_a_submit_the_replica_cannot_confirm_raises_with_the_ids(pair: ReplicatedRedis) -> None:
+    queue = _queue()
+    with open_transport(pair.uri(wait_replicas="1", wait_timeout_ms="200")) as transport:
+        # Given a stopped replica
+        with paused(pair.replica_port):
+            began = time.monotonic()
+            # When a task is submitted, Then the submit raises after wait_timeout_ms
+            with pytest.raises(ReplicationTimeout, match="wait_timeout_ms=200") as caught:
+                transport.submit_task(queue, {"n": 1})
+            took = time.monotonic() - began
+        assert 0.18 <= took < 3, took
+        assert len(caught.value.ids) == 1
+        assert "0 of the wait_replicas=1" in str(caught.value)
+        # and the task is on the master all the same: it may run
+        assert transport.poll_queue(queue) == 1
+        transport.purge(queue)
+
+
+def test_an_ack_or_retry_the_replica_cannot_confirm_is_logged(
+    pair: ReplicatedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = _queue()
+    # (1 s: the submit before the pause must be confirmed on a loaded machine)
+    with open_transport(pair.uri(wait_replicas="1", wait_timeout_ms="1000")) as transport:
+        transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+        consumer = transport.consumer(queue, prefetch=2)
+        first, second = consumer.reserve(5), consumer.reserve(5)
+        assert first is not None and second is not None
+        with paused(pair.replica_port), caplog.at_level(logging.WARNING, "asynctask.redis"):
+            began = time.monotonic()
+            consumer.ack(first)  # returns: the shortfall costs a possible duplicate only
+            consumer.retry(second, 0, "again")
+            took = time.monotonic() - began
+        assert 1.9 <= took < 8, took
+        warned = [r.getMessage() for r in caplog.records if "wait_replicas=1" in r.getMessage()]
+        assert len(warned) == 2 and "ack" in warned[0] and "retry" in warned[1], warned
+        # the settles were made on the master
+        assert transport.queues()[0].retrying + transport.queues()[0].ready == 1
+        consumer.close()
+        transport.purge(queue)
+
+
+def test_on_a_cluster_the_wait_counts_the_replica_of_the_queues_master() -> None:
+    with private_cluster() as cluster:
+        queue, prefix = _queue(), f"c{uuid.uuid4().hex[:8]}"
+        master = cluster.master_of(f"{prefix}_{{{queue}}}")
+        own = cluster.replica_of(master)
+        other = cluster.replica_of(next(m for m in _masters(cluster) if m != master))
+        uri = f"{cluster.uri}?key_prefix={prefix}&wait_replicas=1&wait_timeout_ms=1000"
+        with open_transport(uri) as transport:
+            transport.submit_task(queue, {"n": 0})
+            # Given another master's replica stopped: the submit does not care
+            with paused(other):
+                transport.submit_task(queue, {"n": 1})
+            # Given the queue's master's replica stopped: the submit raises
+            with paused(own), pytest.raises(ReplicationTimeout):
+                transport.submit_task(queue, {"n": 2})
+            assert transport.poll_queue(queue) == 3
+
+
+def _masters(cluster: RedisCluster) -> set[int]:
+    return {p for p in cluster.ports if info(p, "replication").get("role") == "master"}
+
+
+def test_through_sentinel_the_wait_counts_the_masters_replica() -> None:
+    with private_sentinel() as group:
+        queue = _queue()
+        uri = group.uri(wait_replicas="1", wait_timeout_ms="1000")
+        with open_transport(uri) as transport:
+            transport.submit_task(queue, {"n": 0})
+            with paused(group.replica_port), pytest.raises(ReplicationTimeout):
+                transport.submit_task(queue, {"n": 1})
+            assert transport.poll_queue(queue) == 2
