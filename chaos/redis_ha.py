@@ -102,6 +102,7 @@ class ReplicatedRedis:
         self.folder = Path(tempfile.mkdtemp(prefix="asynctask-replicated-"))
         self.master_port, self.replica_port = free_port(), free_port()
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.args: dict[int, list[str]] = {}
 
     def start(self) -> None:
         """Start both; return once the replica is in sync."""
@@ -110,9 +111,15 @@ class ReplicatedRedis:
             (self.replica_port, ["--replicaof", LOOPBACK, str(self.master_port)]),
         ):
             args = [*_COMMON, "--dir", str(self.folder), "--dbfilename", f"dump-{port}.rdb"]
-            log = self.folder / f"redis-{port}.log"
-            self.processes[port] = launch_redis(port, [*args, *extra], None, log)
+            self.args[port] = [*args, *extra]
+            self.revive(port)
         wait_until(lambda: _linked(self.master_port, self.replica_port), 30, "the replica in sync")
+
+    def revive(self, port: int) -> None:
+        """Start the server of ``port`` (again) with its arguments; return once it answers
+        (a killed master comes back as it was: Sentinel makes it a replica)."""
+        log = self.folder / f"redis-{port}.log"
+        self.processes[port] = launch_redis(port, self.args[port], None, log)
 
     def uri(self, **options: str) -> str:
         """A ``redis://`` URI of the master's database 0, with ``options``."""
@@ -206,6 +213,7 @@ class RedisCluster:
         self.folder = Path(tempfile.mkdtemp(prefix="asynctask-cluster-"))
         self.ports: list[int] = []
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.args: dict[int, list[str]] = {}
 
     @property
     def uri(self) -> str:
@@ -220,17 +228,14 @@ class RedisCluster:
         while len(self.ports) < nodes:
             self.ports.append(self._port())
         for port in self.ports:
-            self.processes[port] = launch_redis(
-                port,
-                [
-                    "--cluster-enabled", "yes",
-                    "--cluster-config-file", f"{self.folder}/nodes-{port}.conf",
-                    "--cluster-node-timeout", "1000",
-                    "--dir", str(self.folder), "--dbfilename", f"dump-{port}.rdb",
-                    "--repl-diskless-sync-delay", "0", *_COMMON,
-                ],
-                None,
-            )  # fmt: skip
+            self.args[port] = [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", f"{self.folder}/nodes-{port}.conf",
+                "--cluster-node-timeout", "1000",
+                "--dir", str(self.folder), "--dbfilename", f"dump-{port}.rdb",
+                "--repl-diskless-sync-delay", "0", *_COMMON,
+            ]  # fmt: skip
+            self.revive(port)
         subprocess.run(
             [
                 "redis-cli", "--cluster", "create", *(f"{LOOPBACK}:{p}" for p in self.ports),
@@ -240,6 +245,11 @@ class RedisCluster:
         )  # fmt: skip
         wait_until(lambda: all(self.ok(p) for p in self.ports), 30, "cluster_state:ok")
         wait_until(self._replicas_linked, 30, "every replica in sync")
+
+    def revive(self, port: int) -> None:
+        """Start the node of ``port`` (again) on its files: a killed master rejoins as
+        the replica of the node promoted in its place."""
+        self.processes[port] = launch_redis(port, self.args[port], None)
 
     def _replicas_linked(self) -> bool:
         try:
