@@ -185,6 +185,11 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "queue table with its indexes, RabbitMQ's resident memory, the filesys folder on "
         "disk; shared servers, so other work is in both figures) and a worker child's peak "
         f"RSS after {run.sizes.depth_small // 2} tasks.",
+        "9. **wait_replicas** (redis only, no targets): on a master and one replica the "
+        "bench starts on loopback (`chaos/redis_ha.py`), submits one by one and the 1-child "
+        "drain with `?wait_replicas=1` against without (alternating rounds, the best of "
+        "each): what waiting for a replica (`WAIT`) costs. Alone: "
+        "`python -m bench --only redis --steps replicas`.",
         "",
         "Ratios are ours / reference: higher is better for rates, lower for latencies.",
         "",

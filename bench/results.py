@@ -58,6 +58,9 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
     "queues_20": ("drain, 20 queues in one asynctask workers vs 1 queue", "tasks/s", None),
     "memory_server": ("server memory at depth 1,000,000 vs 100", "MB", None),
     "memory_worker": ("worker child memory at depth 1,000,000 vs 100", "MB", None),
+    # wait_replicas (issue 19): redis, on a master + replica of the bench's own
+    "wait_submit": ("submit, one by one, wait_replicas=1 vs none", "tasks/s", None),
+    "wait_drain": ("drain, 1 child, wait_replicas=1 vs none", "tasks/s", None),
 }
 
 #: measures only some transports have: a peer where one was measured, the relay on amqp,
@@ -84,6 +87,9 @@ OPTIONAL = (
     "queues_20",
     "memory_server",
     "memory_worker",
+    # wait_replicas: redis only
+    "wait_submit",
+    "wait_drain",
 )
 
 #: the measures every measured transport has
