@@ -158,11 +158,16 @@ def run(
         try:
             workers.wait_ready()
             producer.start()
-            _wait(lambda: len(seen.poll()) >= tasks // 3, 300, f"{tasks // 3} tasks done")
+            # mid-feed and mid-drain: submits and acks are in flight when the master dies
+            half = tasks // 2
+            _wait(lambda: len(confirmed) >= half and bool(seen.poll()), 300, f"{half} submits")
             before = len(seen.poll())
             killed_at = time.monotonic()
             port = kill(f"asynctask_{tag}")
-            say(f"  {topology}, wait={wait}: master {port} killed after {before} tasks done")
+            say(
+                f"  {topology}, wait={wait}: master {port} killed after {len(confirmed)} "
+                f"submits, {before} tasks done"
+            )
             # more than the children can have held at the kill: tasks taken afterwards
             going = before + 2 * workers.concurrency + 1
             _wait(lambda: len(seen.poll()) >= going, 120, "the drain to go on")
@@ -223,7 +228,7 @@ Written by `{command}` on {time.strftime("%Y-%m-%d %H:%M %Z")}. {verdict}
 On servers of the run's own (`chaos/redis_ha.py`, loopback, no persistence): a Redis
 Cluster of 3 masters and 3 replicas (`redis+cluster://`), and a master, a replica and one
 Sentinel (`redis+sentinel://`). `asynctask workers` (4 children, 2 ms tasks) drains a
-queue that a producer feeds in batches of {BATCH} as it goes; a third of the way through,
+queue that a producer feeds in batches of {BATCH} as it goes; half way through the feed,
 the master holding the queue is SIGKILLed. Once its replica is promoted the killed server
 is started again and rejoins as the replica. The ledger, outside Redis, counts what ran.
 URI options: `{"&".join(f"{k}={v}" for k, v in BASE_OPTIONS.items())}`, and with WAIT

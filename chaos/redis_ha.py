@@ -168,6 +168,16 @@ class SentinelGroup(ReplicatedRedis):
             stderr=subprocess.DEVNULL,
         )
         wait_until(lambda: self.master() is not None, 30, "the Sentinel to name the master")
+        # it learns of the replica from the master's INFO (every 10 s at first): a master
+        # killed before that has no replica to promote
+        wait_until(self._knows_replica, 30, "the Sentinel to know the replica")
+
+    def _knows_replica(self) -> bool:
+        try:
+            reply = _redis_command(self.sentinel_port, None, "SENTINEL", "replicas", self.service)
+        except OSError:
+            return False
+        return str(self.replica_port).encode() in reply
 
     def master(self) -> int | None:
         """The port of the master the Sentinel names now (None: it cannot say yet)."""

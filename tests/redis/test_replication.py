@@ -195,3 +195,34 @@ def test_through_sentinel_the_wait_counts_the_masters_replica() -> None:
             with paused(group.replica_port), pytest.raises(ReplicationTimeout):
                 transport.submit_task(queue, {"n": 1})
             assert transport.poll_queue(queue) == 2
+
+
+def test_a_cluster_transport_follows_a_manual_failover() -> None:
+    """The old master, now a replica, answers a script (no keys: no MOVED) with READONLY:
+    that must send the transport to the new master, not retry the old one until
+    ``retry_timeout``. Failed before ``ReadOnlyError`` counted as a move in
+    ``asynctask_redis.cluster`` (the submit gave up after retry_timeout)."""
+    with private_cluster() as cluster:
+        queue, prefix = _queue(), f"c{uuid.uuid4().hex[:8]}"
+        key = f"{prefix}_{{{queue}}}"
+        with open_transport(f"{cluster.uri}?key_prefix={prefix}&retry_timeout=5") as transport:
+            transport.submit_task(queue, {"n": 0})
+            consumer = transport.consumer(queue)
+            first = consumer.reserve(5)  # its connection: to the master
+            assert first is not None
+            # Given an operator's failover: the replica takes over, the master steps down
+            master = cluster.master_of(key)
+            replica = cluster.replica_of(master)
+            redis.Redis(port=replica).execute_command("CLUSTER", "FAILOVER")
+            deadline = time.monotonic() + 30
+            while info(master, "replication").get("role") != "slave":
+                assert time.monotonic() < deadline, "the manual failover did not happen"
+                time.sleep(0.05)
+            # When both sides carry on, Then they reach the new master
+            transport.submit_task(queue, {"n": 1})
+            consumer.ack(first)
+            delivery = consumer.reserve(5)
+            assert delivery is not None and delivery.payload == {"n": 1}
+            consumer.ack(delivery)
+            consumer.close()
+            assert transport.poll_queue(queue) == 0

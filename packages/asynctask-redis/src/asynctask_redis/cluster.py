@@ -29,6 +29,7 @@ from redis.exceptions import (
     ClusterDownError,
     ClusterError,
     MovedError,
+    ReadOnlyError,
     RedisError,
     ResponseError,
     TryAgainError,
@@ -50,10 +51,17 @@ _MOVED = (MovedError, AskError, ClusterDownError, ClusterError, TryAgainError)
 
 
 def _is_move(exc: BaseException) -> bool:
-    if isinstance(exc, (*_MOVED, redis.ConnectionError, redis.TimeoutError, OSError)):
+    # A script names no keys (EVALSHA .. 0), so a node that no longer owns the slot does
+    # not answer MOVED: a demoted master (a failover, an operator's CLUSTER FAILOVER)
+    # answers READONLY, or refuses the keys as not local. Both mean: read the map again.
+    if isinstance(
+        exc, (*_MOVED, ReadOnlyError, redis.ConnectionError, redis.TimeoutError, OSError)
+    ):
         return True
     text = str(exc)
-    return isinstance(exc, ResponseError) and text.startswith(("MOVED", "ASK", "CLUSTERDOWN"))
+    return isinstance(exc, ResponseError) and (
+        text.startswith(("MOVED", "ASK", "CLUSTERDOWN")) or "non local key" in text
+    )
 
 
 class ClusterServer(Server):
