@@ -5,7 +5,7 @@ For each topology (``cluster``: 3 masters and 3 replicas, the queue's master kil
 ``sentinel``: a master, a replica and a Sentinel, the master killed) and each mode
 (``?wait_replicas=1`` or not), on servers of the run's own (``chaos.redis_ha``):
 ``asynctask workers`` (4 children, ``chaos.workers``) drains a queue that a producer
-thread keeps feeding in small batches; a third of the way through, the master holding the
+thread keeps feeding in small batches; half way through the feed, the master holding the
 queue is SIGKILLed. Once its replica is promoted, the killed server is started again (as
 an operator or systemd would), and comes back as the new master's replica. The producer
 goes on throughout: a submit that returned is *confirmed*; one that raised is counted
