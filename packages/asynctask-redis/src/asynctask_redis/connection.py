@@ -259,6 +259,13 @@ class SentinelServer(Server):
     transport's usual reconnect-and-retry follows the master.
     """
 
+    def moved(self, exc: BaseException) -> bool:
+        """A dropped connection may mean a failover: a consumer's own connection is then
+        given back and a new one taken from the pool, which asks the Sentinels. (redis-py
+        8 reconnects a dropped ``SentinelManagedConnection`` to its old address: a
+        consumer that reused it would knock on a dead master until ``retry_timeout``.)"""
+        return isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError | ReadOnlyError)
+
     def __init__(self, location: str, driver_options: Mapping[str, str], options: Any) -> None:
         from redis.sentinel import Sentinel, SentinelConnectionPool
 
