@@ -6,7 +6,9 @@ For each topology (``cluster``: 3 masters and 3 replicas, the queue's master kil
 (``?wait_replicas=1`` or not), on servers of the run's own (``chaos.redis_ha``):
 ``asynctask workers`` (4 children, ``chaos.workers``) drains a queue that a producer
 thread keeps feeding in small batches; half way through the feed, the master holding the
-queue is SIGKILLed. Once its replica is promoted, the killed server is started again (as
+queue is SIGKILLed, as it is and (``--lag``) with its replica stopped for 0.5 s before
+the kill, so that it lacks what the master confirmed meanwhile, as a replica lagging
+behind under load would. Once its replica is promoted, the killed server is started again (as
 an operator or systemd would), and comes back as the new master's replica. The producer
 goes on throughout: a submit that returned is *confirmed*; one that raised is counted
 apart (``ReplicationTimeout`` while the new master has no replica yet, or the outage
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import shutil
 import sys
 import tempfile
@@ -33,7 +36,14 @@ from asynctask.errors import TransportError
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
 from chaos import ledger
-from chaos.redis_ha import RedisCluster, SentinelGroup, info, private_cluster, private_sentinel
+from chaos.redis_ha import (
+    RedisCluster,
+    SentinelGroup,
+    info,
+    paused,
+    private_cluster,
+    private_sentinel,
+)
 from chaos.report import replace_section
 from chaos.supervisor import ROOT, Workers
 
@@ -44,10 +54,11 @@ BASE_OPTIONS = {"recovery_seconds": "3", "retry_timeout": "60"}
 WAIT_OPTIONS = {"wait_replicas": "1", "wait_timeout_ms": "1000"}
 BATCH = 10
 HEADER = (
-    "| topology | WAIT | tasks | submits confirmed | raised ReplicationTimeout "
-    "| raised otherwise | done | lost | run twice | drain resumed after (s) "
+    "| topology | replica lag at the kill (s) | WAIT | tasks | submits confirmed "
+    "| raised ReplicationTimeout | raised otherwise | done | lost | run twice "
+    "| drain resumed after (s) "
     "| killed server back as replica after (s) | seconds |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -58,6 +69,8 @@ class Outcome:
     topology: str
     wait: bool
     tasks: int
+    #: seconds the replica was stopped just before the kill (0: it kept up)
+    lag: float = 0.0
     confirmed: int = 0
     #: submits that raised ReplicationTimeout (on the master, not confirmed)
     unconfirmed: int = 0
@@ -80,27 +93,46 @@ class Outcome:
         return self.lost == 0 or not self.wait
 
 
+Kill = Callable[[str, float], int]
+
+
 @contextlib.contextmanager
-def _topology(name: str) -> Iterator[tuple[str, Callable[[str], int], Callable[[int], None]]]:
-    """(base URI, kill(key) -> killed port, revive(port) once the failover is done)."""
+def _topology(name: str) -> Iterator[tuple[str, Kill, Callable[[int], None]]]:
+    """(base URI, kill(key, lag) -> killed port, revive(port) once the failover is done)."""
     if name == "cluster":
         with private_cluster() as cluster:
-            yield cluster.uri, lambda key: _kill_cluster_master(cluster, key), cluster.revive
+            yield (
+                cluster.uri,
+                lambda key, lag: _kill_cluster_master(cluster, key, lag),
+                cluster.revive,
+            )
     else:
         with private_sentinel() as group:
-            yield group.uri(), lambda key: _kill_sentinel_master(group), group.revive
+            yield group.uri(), lambda key, lag: _kill_sentinel_master(group, lag), group.revive
 
 
-def _kill_cluster_master(cluster: RedisCluster, key: str) -> int:
+def _kill(master: int, replica: int, lag: float, kill: Callable[[int], object]) -> None:
+    """SIGKILL ``master``; with ``lag``, its replica stopped (SIGSTOP) for the ``lag``
+    seconds before and continued after: what the master confirmed meanwhile, it lacks."""
+    if lag <= 0:
+        kill(master)
+        return
+    with paused(replica):
+        time.sleep(lag)
+        kill(master)
+
+
+def _kill_cluster_master(cluster: RedisCluster, key: str, lag: float) -> int:
     master = cluster.master_of(key)
     replica = cluster.replica_of(master)
-    cluster.kill(master)
+    _kill(master, replica, lag, cluster.kill)
     _wait(lambda: _role(replica) == "master", 60, f"replica {replica} promoted")
     return master
 
 
-def _kill_sentinel_master(group: SentinelGroup) -> int:
-    master = group.kill_master()
+def _kill_sentinel_master(group: SentinelGroup, lag: float) -> int:
+    master = group.master_port
+    _kill(master, group.replica_port, lag, lambda port: group.kill_master())
     _wait(lambda: group.master() not in (None, master), 60, "Sentinel to promote the replica")
     return master
 
@@ -119,9 +151,10 @@ def run(
     scratch: Path,
     say: Callable[[str], None] = print,
     feed_seconds: float = 8.0,
+    lag: float = 0.0,
 ) -> Outcome:
     """One run; see the module docstring."""
-    outcome = Outcome(topology, wait, tasks)
+    outcome = Outcome(topology, wait, tasks, lag)
     began = time.monotonic()
     with _topology(topology) as (base, kill, revive):
         options = {**BASE_OPTIONS, **(WAIT_OPTIONS if wait else {})}
@@ -163,7 +196,7 @@ def run(
             _wait(lambda: len(confirmed) >= half and bool(seen.poll()), 300, f"{half} submits")
             before = len(seen.poll())
             killed_at = time.monotonic()
-            port = kill(f"asynctask_{tag}")
+            port = kill(f"asynctask_{tag}", lag)
             say(
                 f"  {topology}, wait={wait}: master {port} killed after {len(confirmed)} "
                 f"submits, {before} tasks done"
@@ -208,13 +241,14 @@ def section(outcomes: list[Outcome], command: str) -> str:
     rows = []
     for o in outcomes:
         rows.append(
-            f"| {o.topology} | {'wait_replicas=1' if o.wait else 'none'} | {o.tasks:,} "
+            f"| {o.topology} | {_s(o.lag) if o.lag else 0} "
+            f"| {'wait_replicas=1' if o.wait else 'none'} | {o.tasks:,} "
             f"| {o.confirmed:,} | {o.unconfirmed:,} | {o.failed:,} | {o.done:,} "
             f"| {'**' + str(o.lost) + '**' if o.lost else 0} | {o.duplicates} "
             f"| {_s(o.pause)} | {_s(o.back)} | {o.seconds:.0f} |"
         )
     lost = [
-        f"{o.lost} on {o.topology} ({'with' if o.wait else 'without'} WAIT)"
+        f"{o.lost} on {o.topology} ({'with' if o.wait else 'without'} WAIT, lag {o.lag:g} s)"
         for o in outcomes
         if o.lost
     ]
@@ -229,8 +263,11 @@ On servers of the run's own (`chaos/redis_ha.py`, loopback, no persistence): a R
 Cluster of 3 masters and 3 replicas (`redis+cluster://`), and a master, a replica and one
 Sentinel (`redis+sentinel://`). `asynctask workers` (4 children, 2 ms tasks) drains a
 queue that a producer feeds in batches of {BATCH} as it goes; half way through the feed,
-the master holding the queue is SIGKILLed. Once its replica is promoted the killed server
-is started again and rejoins as the replica. The ledger, outside Redis, counts what ran.
+the master holding the queue is SIGKILLed: as it is (the replica keeps up), and with its
+replica lagging (stopped with SIGSTOP for the "lag" before the kill, continued after: what
+the master confirmed meanwhile, the replica lacks). Once the replica is promoted the
+killed server is started again and rejoins as the replica. The ledger, outside Redis,
+counts what ran.
 URI options: `{"&".join(f"{k}={v}" for k, v in BASE_OPTIONS.items())}`, and with WAIT
 `{"&".join(f"{k}={v}" for k, v in WAIT_OPTIONS.items())}`.
 
@@ -257,6 +294,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos.failover", description=__doc__)
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds of feeding")
+    parser.add_argument(
+        "--lag", type=float, default=0.5, help="seconds the replica is stopped before the kill"
+    )
     parser.add_argument("--only", default=",".join(TOPOLOGIES), help="cluster,sentinel")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs", metavar="DIR")
     args = parser.parse_args(argv)
@@ -267,13 +307,13 @@ def main(argv: list[str]) -> int:
     print("failover:", file=sys.stderr)
     outcomes = []
     for topology in (t.strip() for t in args.only.split(",")):
-        for wait in (False, True):
+        for lag, wait in itertools.product((0.0, args.lag), (False, True)):
             outcome = run(
                 topology, wait, args.tasks, scratch,
-                lambda line: print(line, file=sys.stderr), args.seconds,
+                lambda line: print(line, file=sys.stderr), args.seconds, lag,
             )  # fmt: skip
             print(
-                f"  {topology}, wait={wait}: confirmed {outcome.confirmed}, lost "
+                f"  {topology}, lag {lag:g} s, wait={wait}: confirmed {outcome.confirmed}, lost "
                 f"{outcome.lost}, run twice {outcome.duplicates}, {outcome.seconds:.0f} s",
                 file=sys.stderr,
             )
