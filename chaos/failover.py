@@ -161,7 +161,8 @@ def run(
         uri = base + "?" + "&".join(f"{k}={v}" for k, v in options.items())
         queue = unique_queue("failover")
         tag = f"{{{queue}}}" if topology == "cluster" else queue
-        path = scratch / f"failover-{topology}-{'wait' if wait else 'async'}.jsonl"
+        mode = f"{'wait' if wait else 'async'}-lag{lag:g}"
+        path = scratch / f"failover-{topology}-{mode}.jsonl"
         seen = ledger.Follower(str(path))
         log = path.with_suffix(".log")
         workers = Workers(uri, queue, path, log)
