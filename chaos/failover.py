@@ -53,6 +53,9 @@ TOPOLOGIES = ("cluster", "sentinel")
 BASE_OPTIONS = {"recovery_seconds": "3", "retry_timeout": "60"}
 WAIT_OPTIONS = {"wait_replicas": "1", "wait_timeout_ms": "1000"}
 BATCH = 10
+#: each task's sleep: 4 children take at most 200/s, less than the feed, so a backlog
+#: waits in the queue at the kill (tasks a lagging replica lacks are still to run)
+TASK_MS = 20
 HEADER = (
     "| topology | replica lag at the kill (s) | WAIT | tasks | submits confirmed "
     "| raised ReplicationTimeout | raised otherwise | done | lost | run twice "
@@ -176,7 +179,7 @@ def run(
                     if stop.is_set():
                         return
                     numbers = range(start, min(tasks, start + BATCH))
-                    payloads = [{"n": n, "ms": 2} for n in numbers]
+                    payloads = [{"n": n, "ms": TASK_MS} for n in numbers]
                     try:
                         producer.submit_tasks(queue, payloads)
                         confirmed.update(numbers)
@@ -262,7 +265,7 @@ Written by `{command}` on {time.strftime("%Y-%m-%d %H:%M %Z")}. {verdict}
 
 On servers of the run's own (`chaos/redis_ha.py`, loopback, no persistence): a Redis
 Cluster of 3 masters and 3 replicas (`redis+cluster://`), and a master, a replica and one
-Sentinel (`redis+sentinel://`). `asynctask workers` (4 children, 2 ms tasks) drains a
+Sentinel (`redis+sentinel://`). `asynctask workers` (4 children, {TASK_MS} ms tasks) drains a
 queue that a producer feeds in batches of {BATCH} as it goes; half way through the feed,
 the master holding the queue is SIGKILLed: as it is (the replica keeps up), and with its
 replica lagging (stopped with SIGSTOP for the "lag" before the kill, continued after: what
