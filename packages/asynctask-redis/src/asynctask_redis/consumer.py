@@ -165,6 +165,7 @@ class RedisConsumer(Consumer):
             try:
                 self._conn = pool.get_connection()
             except (RedisError, OSError) as exc:
+                server.moved(exc)  # a dead node: the slot map is read again next time
                 raise server.error(exc) from exc
             self._release_conn = weakref.finalize(self, pool.release, self._conn)
         try:
