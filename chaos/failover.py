@@ -6,10 +6,11 @@ For each topology (``cluster``: 3 masters and 3 replicas, the queue's master kil
 (``?wait_replicas=1`` or not), on servers of the run's own (``chaos.redis_ha``):
 ``asynctask workers`` (4 children, ``chaos.workers``) drains a queue that a producer
 thread keeps feeding in small batches; half way through the feed, the master holding the
-queue is SIGKILLed, as it is and (``--lag``) with its replica stopped for 0.5 s before
-the kill, so that it lacks what the master confirmed meanwhile, as a replica lagging
-behind under load would. Once its replica is promoted, the killed server is started again (as
-an operator or systemd would), and comes back as the new master's replica. The producer
+queue is SIGKILLed, as it is and (``--lag``) with its replica cut off for 0.5 s before
+the kill (stopped, its link closed by the master), so that it lacks what the master
+confirmed meanwhile, as after a network cut between the two. Once its replica is
+promoted, the killed server is started again (as an operator or systemd would), and
+comes back as the new master's replica. The producer
 goes on throughout: a submit that returned is *confirmed*; one that raised is counted
 apart (``ReplicationTimeout`` while the new master has no replica yet, or the outage
 outlasting ``retry_timeout``). The ledger (``chaos.ledger``), outside Redis, tells what
@@ -36,6 +37,7 @@ from asynctask.errors import TransportError
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
 from chaos import ledger
+from chaos.private import _redis_command
 from chaos.redis_ha import (
     RedisCluster,
     SentinelGroup,
@@ -115,12 +117,16 @@ def _topology(name: str) -> Iterator[tuple[str, Kill, Callable[[int], None]]]:
 
 
 def _kill(master: int, replica: int, lag: float, kill: Callable[[int], object]) -> None:
-    """SIGKILL ``master``; with ``lag``, its replica stopped (SIGSTOP) for the ``lag``
-    seconds before and continued after: what the master confirmed meanwhile, it lacks."""
+    """SIGKILL ``master``; with ``lag``, its replica cut off for the ``lag`` seconds before:
+    stopped (SIGSTOP, so it cannot reconnect) and its link closed by the master (``CLIENT
+    KILL TYPE replica``: what was sent before is in the replica's socket and still read,
+    nothing after is sent), continued after the kill. What the master confirmed
+    meanwhile, the replica lacks, as after a network cut between the two."""
     if lag <= 0:
         kill(master)
         return
     with paused(replica):
+        _redis_command(master, None, "CLIENT", "KILL", "TYPE", "replica")
         time.sleep(lag)
         kill(master)
 
@@ -268,10 +274,11 @@ Cluster of 3 masters and 3 replicas (`redis+cluster://`), and a master, a replic
 Sentinel (`redis+sentinel://`). `asynctask workers` (4 children, {TASK_MS} ms tasks) drains a
 queue that a producer feeds in batches of {BATCH} as it goes; half way through the feed,
 the master holding the queue is SIGKILLed: as it is (the replica keeps up), and with its
-replica lagging (stopped with SIGSTOP for the "lag" before the kill, continued after: what
-the master confirmed meanwhile, the replica lacks). Once the replica is promoted the
-killed server is started again and rejoins as the replica. The ledger, outside Redis,
-counts what ran.
+replica cut off for the "lag" before the kill (stopped with SIGSTOP, its link closed by
+the master with `CLIENT KILL TYPE replica`, continued after the kill): what the master
+confirmed meanwhile, the replica lacks, as after a network cut between the two. Once the
+replica is promoted the killed server is started again and rejoins as the replica. The
+ledger, outside Redis, counts what ran.
 URI options: `{"&".join(f"{k}={v}" for k, v in BASE_OPTIONS.items())}`, and with WAIT
 `{"&".join(f"{k}={v}" for k, v in WAIT_OPTIONS.items())}`.
 

@@ -3,8 +3,8 @@ Cluster and under Sentinel of the test's own, with ``wait_replicas=1``: no confi
 submit is lost (``chaos.failover``; ``make chaos`` runs the long version, with and
 without WAIT, and writes the figures to docs/reliability.md).
 
-The replica lags at the kill (stopped for the 0.5 s before it, ``lag``), so the master
-has confirmed writes the promoted replica lacks: without ``WAIT`` they are lost. Shown
+The replica is cut off for the 0.5 s before the kill (``lag``: stopped, its link closed),
+so the master has confirmed writes the promoted replica lacks: without ``WAIT`` they are lost. Shown
 failing against a broken transport: with the ``WAIT`` left out of
 ``asynctask_redis.replication.Waited`` (it returns ``replicas`` at once), lost > 0.
 """
@@ -30,7 +30,7 @@ def test_a_master_killed_mid_drain_loses_no_confirmed_task_with_wait(
     topology: str, tmp_path: Path
 ) -> None:
     # Given asynctask workers draining a queue a producer feeds, with wait_replicas=1
-    # When the queue's master is SIGKILLed half way through the feed, its replica lagging
+    # When the queue's master is SIGKILLed half way through the feed, its replica cut off
     outcome = failover.run(topology, True, 300, tmp_path, feed_seconds=3, lag=0.5)
     # Then every submit that returned ran, and the drain went on after the failover
     assert not outcome.notes, outcome.notes
