@@ -31,7 +31,7 @@ def test_a_master_killed_mid_drain_loses_no_confirmed_task_with_wait(
 ) -> None:
     # Given asynctask workers draining a queue a producer feeds, with wait_replicas=1
     # When the queue's master is SIGKILLed half way through the feed, its replica cut off
-    outcome = failover.run(topology, True, 300, tmp_path, feed_seconds=3, lag=0.5)
+    outcome = failover.run(topology, True, 200, tmp_path, feed_seconds=2, lag=0.5)
     # Then every submit that returned ran, and the drain went on after the failover
     assert not outcome.notes, outcome.notes
     assert outcome.confirmed > 0
