@@ -33,7 +33,7 @@ from bench.plan import (
     unique_name,
 )
 from bench.raw import RAW, RawClient, delete_amqp_queues
-from bench.results import TransportResult
+from bench.results import MEASURES, TransportResult
 from bench.workers import SLEEP, BenchNoopWorker
 
 Say = Callable[[str], None]
@@ -106,6 +106,7 @@ class Session:
                 self.status,
                 self.shapes,
                 self.replicas,
+                self.pgtable,
             )
             for step in steps:
                 if self.steps is None or step.__name__ in self.steps:
@@ -681,7 +682,7 @@ class Session:
         )
 
     def replicas(self) -> None:
-        """11. ``wait_replicas`` (redis only): submit and drain with ``WAIT`` for one
+        """12. ``wait_replicas`` (redis only): submit and drain with ``WAIT`` for one
         replica against without, on a master and replica of the run's own
         (``bench.replicas``)."""
         if self.name != "redis":
@@ -690,6 +691,102 @@ class Session:
             self.sizes, self.folder, ROUNDS, self.say
         ):
             self.add(key, mine, theirs, label, note, target=False)
+
+    def pgtable(self) -> None:
+        """11. pgsql only (issue 20): what each index and the trigger cost a committed
+        INSERT; then submit, drain and wake-up against the raw client on a freshly
+        vacuumed table and on one ``Sizes.churn`` tasks have passed through with no VACUUM
+        since (a schema of its own, ``asynctask_bench_churn``; the transport's own
+        VACUUM is off there, ``vacuum_every=0``, so nothing cleans it)."""
+        if self.name != "pgsql":
+            return
+        import psycopg
+
+        from bench import pgtable
+        from bench.raw import PgRaw, pg_conninfo
+
+        sizes = self.sizes
+        costs, inside = pgtable.index_costs(pg_conninfo(), sizes.submit_one // ROUNDS, ROUNDS, 2.0)
+        for label, rate in costs.items():
+            note = f"{inside[label]:.1f} µs a row in one INSERT ... SELECT"
+            if f"insert_{label}" in MEASURES:  # an index added since is in the line below
+                self.add(f"insert_{label}", rate, costs["bare"], "bare table", note, False)
+        self.say(
+            f"[{self.name}] committed INSERT: "
+            + ", ".join(
+                f"{label} {rate:,.0f}/s ({inside[label]:.1f} µs a row in a set)"
+                for label, rate in costs.items()
+            )
+        )
+        schema = "asynctask_bench_churn"
+        uri = self.uri + ("&" if "?" in self.uri else "?") + f"schema={schema}&vacuum_every=0"
+        transport = type(self.transport)(uri)
+        raw = PgRaw(unique_name("bench_raw_churn"))
+        raw.create()
+        conn = psycopg.connect(pg_conninfo(), autocommit=True)
+        tables = [f"{schema}.asynctask_queue", f"{schema}.asynctask_status", raw.target]
+        try:
+            transport.purge(self.queue("churn"))  # the schema exists before the VACUUM
+            transport.submit_task("bench_churn_make", {})
+            transport.purge("bench_churn_make")
+            for table_state in ("fresh", "churned"):
+                if table_state == "fresh":
+                    pgtable.vacuum(conn, tables)
+                else:
+                    began = time.monotonic()
+                    pgtable.churn(conn, schema, raw.target, sizes.churn)
+                    dead = pgtable.dead_tuples(conn, tables)
+                    self.say(
+                        f"[{self.name}] {sizes.churn:,} tasks passed in "
+                        f"{time.monotonic() - began:.0f} s; dead tuples: {dead}"
+                    )
+                self._table_round(transport, uri, raw, table_state)
+        finally:
+            transport.close()
+            raw.destroy()
+            # the bench's own schema: the next run starts from nothing again
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            conn.close()
+
+    def _table_round(self, transport: Transport, uri: str, raw: RawClient, state: str) -> None:
+        """Submit one by one, a 1-child drain and the wake-up p50, ours against raw."""
+        sizes = self.sizes
+        n, budget = sizes.submit_one // ROUNDS, sizes.submit_budget / ROUNDS
+        queue = self.queue("table")
+        mine = theirs = 0.0
+        for round_number in range(ROUNDS):
+            sides = ("ours", "raw") if round_number % 2 == 0 else ("raw", "ours")
+            for side in sides:
+                if side == "ours":
+                    send = lambda items: ours.submit_one(transport, queue, items)  # noqa: E731
+                    mine = max(mine, ours.rate(send, n, 50, budget))
+                else:
+                    theirs = max(theirs, ours.rate(raw.submit_one, n, 50, budget))
+        transport.purge(queue)
+        raw.conn.execute(f"DELETE FROM {raw.target}")  # type: ignore[attr-defined]
+        label = f"({state} table)"
+        self.add(f"submit_one_{state}", mine, theirs, f"{self.label('submit_one')} {label}")
+        ours.fill(transport, queue, sizes.drain)
+        try:
+            drained = ours.drain(uri, queue, sizes.drain, 1, self.folder)
+        finally:
+            transport.purge(queue)
+        raw.fill(ours.payloads(sizes.drain), sizes.batch)
+        started = time.perf_counter()
+        raw.drain(sizes.drain)
+        raw_rate = sizes.drain / (time.perf_counter() - started)
+        self.add(f"drain_1_{state}", drained.rate, raw_rate, f"{self.label('drain')} {label}")
+        count, gap = sizes.latency, sizes.latency_gap
+        wakeups = ours.latency(uri, transport, queue, count, gap, self.folder)
+        transport.purge(queue)
+        raw_wakeups = self._raw_latency(raw, count, gap)
+        p50, raw_p50 = percentile(wakeups, 0.5), percentile(raw_wakeups, 0.5)
+        self.add(f"latency_p50_{state}", p50, raw_p50, f"{self.label('latency')} {label}")
+        self.say(
+            f"[{self.name}] {state} table: submit one {mine:,.0f}/s (raw {theirs:,.0f}/s), "
+            f"drain {drained.rate:,.0f}/s (raw {raw_rate:,.0f}/s), "
+            f"wake-up p50 {p50:.2f} ms (raw {raw_p50:.2f})"
+        )
 
 
 def measure(

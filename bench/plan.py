@@ -51,6 +51,8 @@ class Sizes:
     async_rounds: int = 40
     #: tasks each peer drains (``--peers``), in the drain's rounds (some peers do 100/s)
     peer_drain: int = 5000
+    #: tasks passed through pgsql's tables (no VACUUM since) for the churned-table rows
+    churn: int = 1_000_000
 
 
 FULL = Sizes(
@@ -88,6 +90,7 @@ QUICK = Sizes(
     deep=4000,
     async_rounds=4,
     peer_drain=300,
+    churn=20_000,
 )
 
 

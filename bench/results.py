@@ -61,7 +61,30 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
     # wait_replicas (issue 19): redis, on a master + replica of the bench's own
     "wait_submit": ("submit, one by one, wait_replicas=1 vs none", "tasks/s", None),
     "wait_drain": ("drain, 1 child, wait_replicas=1 vs none", "tasks/s", None),
+    # pgsql's table (issue 20): a committed one-row INSERT into a copy of the queue table
+    # with one of its indexes (or all, or all and the trigger) against the bare copy
+    "insert_bare": ("INSERT into the bare table (no index, no trigger)", "tasks/s", None),
+    "insert_pkey": ("INSERT, bare + primary key (id)", "tasks/s", None),
+    "insert_task_id": ("INSERT, bare + unique task_id", "tasks/s", None),
+    "insert_ready": ("INSERT, bare + ready (partial)", "tasks/s", None),
+    "insert_reserved": ("INSERT, bare + reserved (partial)", "tasks/s", None),
+    "insert_failed": ("INSERT, bare + failed (partial)", "tasks/s", None),
+    "insert_urgent": ("INSERT, bare + urgent (partial)", "tasks/s", None),
+    "insert_indexes": ("INSERT, all indexes", "tasks/s", None),
+    "insert_trigger": ("INSERT, all indexes + NOTIFY trigger", "tasks/s", None),
+    # the same targets on a freshly vacuumed table and on one a million tasks went through
+    "submit_one_fresh": ("submit, one by one, fresh table", "tasks/s", Target(">=", 0.8)),
+    "submit_one_churned": ("submit, one by one, churned table", "tasks/s", Target(">=", 0.8)),
+    "drain_1_fresh": ("drain, 1 child, fresh table", "tasks/s", None),
+    "drain_1_churned": ("drain, 1 child, churned table", "tasks/s", None),
+    "latency_p50_fresh": ("latency p50, fresh table", "ms", Target("<=", 1.5)),
+    "latency_p50_churned": ("latency p50, churned table", "ms", Target("<=", 1.5)),
 }
+
+#: the keys of the pgsql table's rows (``Session.pgtable``)
+PG_TABLE = tuple(
+    key for key in MEASURES if key.startswith("insert_") or key.endswith(("_fresh", "_churned"))
+)
 
 #: measures only some transports have: a peer where one was measured, the relay on amqp,
 #: the async table where ``asynctask workers`` runs (not localmem) and the bench-only arq
@@ -90,6 +113,7 @@ OPTIONAL = (
     # wait_replicas: redis only
     "wait_submit",
     "wait_drain",
+    *PG_TABLE,
 )
 
 #: the measures every measured transport has

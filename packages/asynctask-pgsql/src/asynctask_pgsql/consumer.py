@@ -53,6 +53,7 @@ from asynctask_pgsql.conninfo import Server, is_refusal
 from asynctask_pgsql.decoding import load_json_as_text, read_headers
 from asynctask_pgsql.schema import channel, consumer_lock_class, sweep_lock_class
 from asynctask_pgsql.statements import Statements
+from asynctask_pgsql.vacuum import Vacuumer
 
 
 class ConsumerHost(Protocol):
@@ -70,6 +71,10 @@ class ConsumerHost(Protocol):
     consumer_connect_kwargs: dict[str, Any]
     #: (numbers, held row ids, pending acks) of owned consumers whose close failed
     leftovers: list[tuple[list[int], list[int], list[int]]]
+    #: whether a consumer's statements wait for the WAL flush (``durable_acks``)
+    durable_acks: bool
+    #: the transport's VACUUM of its tables (autovacuum off), asked at each sweep
+    vacuum: Vacuumer | None
 
     def _ready_pool(self) -> object:
         """Migrate the schema if this is the transport's first call."""
@@ -156,6 +161,8 @@ class PgsqlConsumer(Consumer):
                     }
                     self._run(self._sql.sweep, {**sweep, "queue": self.queue})
                     self._next_sweep = time.monotonic() + self._host.sweep_interval
+                    if self._host.vacuum is not None:
+                        self._host.vacuum.ask()
                 self._cancelled.clear()  # of tasks we do not hold (we hold none now)
                 limit = self.prefetch - len(self._buffer)
                 rows = self._run(self._sql.reserve, {"queue": self.queue, "limit": limit})
@@ -565,6 +572,7 @@ class PgsqlConsumer(Consumer):
             "id": number,
             "idle": str(self._host.consumer_connect_kwargs.get("keepalives_idle", 1)),
             "user_timeout": str(int(recovery * 1000)),
+            "synchronous_commit": "on" if self._host.durable_acks else "off",
         }
         row = conn.execute(self._sql.enlist, params).fetchone()
         assert row is not None
