@@ -79,6 +79,11 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
     "drain_1_churned": ("drain, 1 child, churned table", "tasks/s", None),
     "latency_p50_fresh": ("latency p50, fresh table", "ms", Target("<=", 1.5)),
     "latency_p50_churned": ("latency p50, churned table", "ms", Target("<=", 1.5)),
+    # a worker child's cost per task (issue 20): redis
+    "cost_p1": ("drain, 1 child, prefetch 1", "tasks/s", None),
+    "cost_p4": ("drain, 1 child, prefetch 4", "tasks/s", None),
+    "cost_p32": ("drain, 1 child, prefetch 32", "tasks/s", Target(">=", 0.3)),
+    "cost_p32_untracked": ("drain, 1 child, prefetch 32, track_status off", "tasks/s", None),
 }
 
 #: the keys of the pgsql table's rows (``Session.pgtable``)
@@ -114,6 +119,10 @@ OPTIONAL = (
     "wait_submit",
     "wait_drain",
     *PG_TABLE,
+    "cost_p1",
+    "cost_p4",
+    "cost_p32",
+    "cost_p32_untracked",
 )
 
 #: the measures every measured transport has
@@ -179,6 +188,8 @@ class TransportResult:
     errors: list[str] = field(default_factory=list)
     #: seconds each step took (submit, drain, latency, depth, depth_raw, prefetch)
     steps: dict[str, float] = field(default_factory=dict)
+    #: a worker child's cost per task at each prefetch (``bench.taskcost``, JSON values)
+    costs: list[dict[str, Any]] = field(default_factory=list)
 
     def add(
         self,
@@ -201,4 +212,5 @@ class TransportResult:
             "errors": self.errors,
             "steps": self.steps,
             "measures": {key: row.to_json() for key, row in self.rows.items()},
+            "costs": self.costs,
         }

@@ -35,7 +35,7 @@ import dataclasses
 import logging
 import time
 import weakref
-from collections import Counter, deque
+from collections import deque
 from typing import Any, ClassVar, Protocol
 
 import redis
@@ -144,7 +144,9 @@ class RedisConsumer(Consumer):
         self._stale = False
         self._release_conn: weakref.finalize | None = None  # type: ignore[type-arg]
         self._buffer: deque[bytes] = deque()  # taken, not yet handed out
-        self._held: Counter[bytes] = Counter()  # handed out, not yet settled
+        #: handed out, not yet settled: message -> how many times (a plain dict: a
+        #: ``Counter``'s Python-level ``__delitem__`` cost about 1 us a task)
+        self._held: dict[bytes, int] = {}
         self._held_count = 0
         self._acks: list[bytes | str] = []  # acked, not yet sent: (message, result) pairs
         #: the message the last move checked and marked running, and when its reply came
@@ -250,7 +252,7 @@ class RedisConsumer(Consumer):
         if fast and self._execute(self._next, resync=True):
             return 0.0
         flags = 2 if self._resync else 0 if self.registered else 1
-        held = list(self._held.elements()) if self._resync else []
+        held = [raw for raw, n in self._held.items() for _ in range(n)] if self._resync else []
         acks = self._pending()
         reply = self._run(
             scripts.TAKE,
@@ -416,7 +418,8 @@ class RedisConsumer(Consumer):
         return done
 
     def _hold(self, raw: bytes) -> None:
-        self._held[raw] += 1
+        held = self._held
+        held[raw] = held.get(raw, 0) + 1
         self._held_count += 1
 
     def _unhold(self, delivery: Delivery) -> bytes | None:
@@ -425,8 +428,10 @@ class RedisConsumer(Consumer):
         if not isinstance(message, Message) or message.raw not in self._held:
             return None  # settled already, or not ours
         raw = message.raw
-        self._held[raw] -= 1
-        if not self._held[raw]:
+        left = self._held[raw] - 1
+        if left:
+            self._held[raw] = left
+        else:
             del self._held[raw]
         self._held_count -= 1
         return raw
