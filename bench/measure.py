@@ -22,7 +22,7 @@ from asynctask.plugins import load_plugins
 from asynctask.status import StatusNotKept
 from asynctask.transport import Transport
 from bench import memory as memory_of
-from bench import ours, peer
+from bench import ours, peer, replicas
 from bench.ledger import Follower
 from bench.plan import (
     ARQ_PYTHON,
@@ -110,6 +110,7 @@ class Session:
                 self.asyncio,
                 self.status,
                 self.shapes,
+                self.replicas,
                 self.pgtable,
                 self.cost,
             )
@@ -685,6 +686,17 @@ class Session:
             f"{(deep_held or 0) / mb:,.1f} MB vs {(small_held or 0) / mb:,.1f} MB, child "
             f"{memory[count][1] / mb:,.1f} MB vs {memory[small][1] / mb:,.1f} MB"
         )
+
+    def replicas(self) -> None:
+        """13. ``wait_replicas`` (redis only): submit and drain with ``WAIT`` for one
+        replica against without, on a master and replica of the run's own
+        (``bench.replicas``)."""
+        if self.name != "redis":
+            return
+        for key, mine, theirs, label, note in replicas.measure(
+            self.sizes, self.folder, ROUNDS, self.say
+        ):
+            self.add(key, mine, theirs, label, note, target=False)
 
     def pgtable(self) -> None:
         """11. pgsql only (issue 20): what each index and the trigger cost a committed

@@ -206,6 +206,11 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "in a process of its own (`python -m bench.taskcost`): microseconds per task "
         "inside redis round trips (the driver's send and read: the wire, the server, the "
         "reply parser) against the rest, ours, split by part from a cProfile run.",
+        "11. **wait_replicas** (redis only, no targets): on a master and one replica the "
+        "bench starts on loopback (`chaos/redis_ha.py`), submits one by one and the 1-child "
+        "drain with `?wait_replicas=1` against without (alternating rounds, the best of "
+        "each): what waiting for a replica (`WAIT`) costs. Alone: "
+        "`python -m bench --only redis --steps replicas`.",
         "",
         "Ratios are ours / reference: higher is better for rates, lower for latencies.",
         "",

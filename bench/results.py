@@ -58,6 +58,9 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
     "queues_20": ("drain, 20 queues in one asynctask workers vs 1 queue", "tasks/s", None),
     "memory_server": ("server memory at depth 1,000,000 vs 100", "MB", None),
     "memory_worker": ("worker child memory at depth 1,000,000 vs 100", "MB", None),
+    # wait_replicas (issue 19): redis, on a master + replica of the bench's own
+    "wait_submit": ("submit, one by one, wait_replicas=1 vs none", "tasks/s", None),
+    "wait_drain": ("drain, 1 child, wait_replicas=1 vs none", "tasks/s", None),
     # pgsql's table (issue 20): a committed one-row INSERT into a copy of the queue table
     # with one of its indexes (or all, or all and the trigger) against the bare copy
     "insert_bare": ("INSERT into the bare table (no index, no trigger)", "tasks/s", None),
@@ -112,6 +115,9 @@ OPTIONAL = (
     "queues_20",
     "memory_server",
     "memory_worker",
+    # wait_replicas: redis only
+    "wait_submit",
+    "wait_drain",
     *PG_TABLE,
     "cost_p1",
     "cost_p4",
