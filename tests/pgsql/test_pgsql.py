@@ -593,6 +593,55 @@ def test_a_server_crash_after_asynchronous_acks_loses_no_task(own_postgres):
     assert set(done) == set(range(40))
 
 
+@pytest.mark.slow
+def test_a_consumer_living_through_a_server_crash_gets_back_its_lost_acks(own_postgres):
+    """A consumer that outlives a crash which lost its last asynchronous acknowledgement
+    (its reserve on disk) runs that task again itself: the row came back reserved under
+    the consumer's own number, which it takes again on reconnecting, so no sweep frees
+    it while the consumer lives. Shown failing with the reconnect's hand-back of rows it
+    does not know (``orphans`` in ``PgsqlConsumer._connect``) skipped: task 4 stayed in flight,
+    never delivered again. The WAL writer is slowed to 10 s so that the crash surely loses the
+    acknowledgement; each reserve is flushed by a synchronous commit of an insert beside it."""
+    with psycopg.connect(own_postgres.conninfo, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+        conn.execute("SELECT pg_reload_conf()")
+        # (a commit that wrote nothing, txid_current() alone, does not wait for the disk)
+        conn.execute("CREATE TABLE flushed (n int)")
+    uri = own_postgres.uri(retry_timeout="30", recovery_seconds="1")
+    runs: list[int] = []
+    with (
+        open_transport(uri) as transport,
+        psycopg.connect(own_postgres.conninfo, autocommit=True) as flusher,
+    ):
+        # Given 8 tasks, 5 of them taken by one consumer (each reserve flushed: a commit
+        # that waits for the disk takes every earlier one with it) and acknowledged
+        queue = unique_queue()
+        transport.submit_tasks(queue, [{"n": n} for n in range(8)])
+        with transport.consumer(queue, prefetch=1) as consumer:
+            for _ in range(5):
+                delivery = consumer.reserve(timeout=5)
+                assert delivery is not None
+                flusher.execute("INSERT INTO flushed VALUES (1)")
+                consumer.ack(delivery)
+                runs.append(delivery.payload["n"])
+            # and the last acknowledgement sent with the next reserve, not flushed
+            delivery = consumer.reserve(timeout=5)
+            assert delivery is not None
+            # When the server crashes
+            own_postgres.stop("immediate")
+            own_postgres.start()
+            # Then the same consumer, still alive, runs every task not done, task 4 again
+            consumer.release(delivery)
+            while (delivery := consumer.reserve(timeout=3)) is not None:
+                consumer.ack(delivery)
+                runs.append(delivery.payload["n"])
+            # and nothing is left, in flight or waiting
+            stats = transport.queue_stats(queue)
+            assert (stats.ready, stats.in_flight) == (0, 0), f"left: {stats} (runs {runs})"
+    assert set(runs) == set(range(8)), f"never run: {set(range(8)) - set(runs)}"
+    assert runs.count(4) == 2, f"task 4's acknowledgement was not lost, or not run again: {runs}"
+
+
 # -- bloat -------------------------------------------------------------------------------
 
 
