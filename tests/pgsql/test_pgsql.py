@@ -684,3 +684,21 @@ def test_with_autovacuum_off_the_transport_vacuums_its_queue_table(fresh_databas
         assert vacuumed is None and dead >= 12_000
     else:
         assert vacuumed is not None and dead < 12_000
+
+
+def test_a_vacuum_that_cannot_connect_says_so_without_the_password(caplog):
+    """A look whose connection fails logs what failed, scrubbed, and not the advice about
+    table ownership (meant for a refused VACUUM). Failed before: the warning said to own
+    the tables, and carried the driver's text as it was."""
+    from asynctask_pgsql.vacuum import Vacuumer
+
+    def connect() -> psycopg.Connection[Any]:
+        raise psycopg.OperationalError('connection to "db" failed: password "s3cret" refused')
+
+    vacuumer = Vacuumer("asynctask", 60, connect, scrub=lambda text: text.replace("s3cret", "***"))
+    with caplog.at_level(logging.WARNING, logger="asynctask.pgsql"):
+        assert vacuumer.look() == []
+    [record] = caplog.records
+    assert "s3cret" not in record.getMessage() and "***" in record.getMessage()
+    assert "own the tables" not in record.getMessage()
+    assert "vacuum_every" in record.getMessage()

@@ -195,7 +195,12 @@ class PgsqlTransport(Transport):
                         DEAD_TUPLES,
                         self._vacuum_every,
                     )
-                    self.vacuum = Vacuumer(self.schema, self._vacuum_every, self.server.connect)
+                    self.vacuum = Vacuumer(
+                        self.schema,
+                        self._vacuum_every,
+                        self.server.connect,
+                        scrub=self.server.scrub,
+                    )
                 elif autovacuum != "on":
                     logger.warning(
                         "%r: autovacuum is off on this server and vacuum_every=0: the queue "

@@ -44,12 +44,19 @@ class Vacuumer:
     """Vacuums a schema's tables from a thread, when asked and due (see the module)."""
 
     def __init__(
-        self, schema: str, every: float, connect: Callable[[], psycopg.Connection[Any]]
+        self,
+        schema: str,
+        every: float,
+        connect: Callable[[], psycopg.Connection[Any]],
+        *,
+        scrub: Callable[[str], str],
     ) -> None:
         self.schema = schema
         #: seconds between looks; 0: never
         self.every = every
         self._connect = connect
+        #: the server's text with the password replaced (``Server.scrub``)
+        self._scrub = scrub
         self._lock = threading.Lock()
         self._next = 0.0
         self._thread: threading.Thread | None = None
@@ -72,7 +79,8 @@ class Vacuumer:
 
     def look(self) -> list[str]:
         """Vacuum the tables past ``DEAD_TUPLES`` unless another process is at it; the
-        tables vacuumed. Never raises: a failure (a missing privilege) is logged."""
+        tables vacuumed. Never raises: a failure (a missing privilege, a lost connection)
+        is logged, the password scrubbed."""
         done: list[str] = []
         try:
             with self._connect() as conn:
@@ -96,11 +104,18 @@ class Vacuumer:
                             )
                 finally:
                     conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-        except psycopg.Error as exc:
+        except psycopg.errors.InsufficientPrivilege as exc:
             logger.warning(
-                "VACUUM of schema %s failed (%s): autovacuum is off, so the queue table "
+                "VACUUM of schema %s refused (%s): autovacuum is off, so the queue table "
                 "bloats; let the transport's user own the tables, or VACUUM them yourself",
                 self.schema,
-                str(exc).strip(),
+                self._scrub(str(exc).strip()),
+            )
+        except psycopg.Error as exc:  # a lost or refused connection: the next look retries
+            logger.warning(
+                "VACUUM of schema %s not done (%s); tried again in vacuum_every=%g s",
+                self.schema,
+                self._scrub(str(exc).strip()),
+                self.every,
             )
         return done
