@@ -564,3 +564,30 @@ def test_a_sweep_that_meets_another_task_hands_it_back_in_place_uncounted(uri, q
         consumer.close()
         assert taken == [(0, 1), (1, 1)]
         assert transport.queue_stats(queue).ready == 0
+
+
+def test_a_sweep_that_misses_forgets_the_tasks_it_did_not_find(amqp_uri, queue):
+    """A sweep that meets a task not its own forgets the settled tasks it looked for
+    (their markers still have them dropped wherever they come): else one whose
+    redelivery another consumer took stayed remembered, every later settle after a lost
+    connection handed back one more task not its own, and a quorum queue counted each
+    return toward its x-delivery-limit. Failed before: after three such settles, with
+    delivery_limit=2, the broker moved the waiting task, never run, to the failed store."""
+    uri = f"{amqp_uri}?queue_type=quorum&delivery_limit=2&relay=false"
+    with open_transport(uri) as transport:
+        # Given a waiting task, and a consumer that remembers a settled task of its own
+        # whose redelivery another consumer took
+        transport.submit_task(queue, {"n": 0})
+        consumer = transport.consumer(queue)
+        consumer._settled_away.add(("taken-by-another-consumer", 0))
+        # When three settles after lost connections sweep
+        for _ in range(3):
+            with consumer._link.lock:
+                consumer._connect()
+                consumer._sweep()
+        # Then the waiting task is still there, and runs as its first attempt
+        delivery = consumer.reserve(timeout=5)
+        assert delivery is not None and (delivery.payload, delivery.attempt) == ({"n": 0}, 1)
+        consumer.ack(delivery)
+        consumer.close()
+        assert transport.failed_tasks(queue) == []

@@ -266,8 +266,9 @@ class AmqpConsumer(Consumer):
         first, so that its redelivery is not counted as an attempt) and the sweep stops:
         it costs nothing when the head is ours, and at most one message handed back when
         it is not (another consumer took ours first, or the broker has not put it back
-        yet; then its marker has it dropped by the consumer that receives it). Not while
-        subscribed: the subscription delivers the head to us, and ``_next`` drops it.
+        yet; then its marker has it dropped by the consumer that receives it, and the
+        sweep forgets it). Not while subscribed: the subscription delivers the head to
+        us, and ``_next`` drops it.
         """
         channel = self._link.channel
         while self._settled_away and not self._tag:
@@ -285,6 +286,11 @@ class AmqpConsumer(Consumer):
             if not redelivered:
                 self._mark_released(received)
             channel.basic_reject(tag, requeue=True)
+            # The others looked for were taken by another consumer, or are not back yet:
+            # their markers have them dropped wherever they come. Forgotten, so that they
+            # do not make every later sweep hand back one more task not ours (a return
+            # that a quorum queue counts toward its x-delivery-limit).
+            self._settled_away.clear()
             return
 
     def _leave_marker(self, marker: str, body: bytes) -> None:
