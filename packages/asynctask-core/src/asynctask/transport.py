@@ -39,7 +39,7 @@ from asynctask.errors import (
     TransportUnavailable,
 )
 from asynctask.limits import LimitSpec
-from asynctask.liveness import Liveness, NoLiveness, check_owner
+from asynctask.liveness import LimitOwnerLiveness, Liveness, NoLiveness, check_owner
 from asynctask.outage import OutageReport
 from asynctask.status import (
     DEFAULT_STATUS_TTL,
@@ -119,6 +119,26 @@ class WaitingTask:
     raw: str | None  # the undecodable text, else None
     #: earlier attempts that ended without success (0 for a task never delivered)
     attempts: int
+    submitted_at: float | None  # None where the backend does not know (a foreign task)
+
+
+@dataclass(frozen=True)
+class InFlightTask:
+    """A task a consumer holds (reserved, running or prefetched), as ``in_flight`` reads
+    it: still stored, untouched, to show a person what the workers are doing."""
+
+    id: str
+    queue: str
+    payload: Payload | None  # None when the message cannot be decoded
+    raw: str | None  # the undecodable text, else None
+    #: the attempt it is on (1 for the first delivery), as ``Delivery.attempt``
+    attempt: int
+    #: who holds it: an owner id (``<host>.<random>``, a child of ``asynctask workers``)
+    #: or the transport's name for the consumer (with its host or process where known)
+    holder: str
+    #: when its holder took it (Unix seconds): reserved, or, where the backend records
+    #: only that, started; None where the backend cannot tell (see each transport)
+    since: float | None
     submitted_at: float | None  # None where the backend does not know (a foreign task)
 
 
@@ -370,8 +390,10 @@ class Transport(ABC):
         """Remove every ready, delayed and retrying task; return how many."""
 
     @abstractmethod
-    def _failed(self, queue: str, limit: int) -> list[FailedTask]:
-        """The first ``limit`` tasks of the failed store, oldest first."""
+    def _failed(self, queue: str, limit: int, offset: int) -> list[FailedTask]:
+        """The failed store, oldest first: ``limit`` tasks after the first ``offset``.
+
+        Reads no more than ``offset + limit`` records (a page, never the whole store)."""
 
     @abstractmethod
     def _requeue_failed(self, queue: str, ids: Sequence[str] | None) -> int:
@@ -389,13 +411,23 @@ class Transport(ABC):
         """Submit time of the oldest ready task; override where the backend can tell."""
         return None
 
-    def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
-        """The first ``limit`` ready tasks in the order they would be taken, read without
-        taking, changing or moving any (an undecodable one is listed with its text).
-        Override where the backend can; ``can_peek`` tells whether a transport did."""
+    def _peek(self, queue: str, limit: int, offset: int) -> list[WaitingTask]:
+        """``limit`` ready tasks after the first ``offset``, in the order they would be
+        taken, read without taking, changing or moving any (an undecodable one is listed
+        with its text). Override where the backend can; ``can_peek`` tells whether a
+        transport did."""
         raise NotSupportedError(
             f"{self!r} cannot list waiting tasks without taking them (peek); "
             "queue_stats() gives their counts"
+        )
+
+    def _in_flight(self, queue: str, limit: int, offset: int) -> list[InFlightTask]:
+        """``limit`` tasks held by consumers after the first ``offset``, in an order that
+        stays the same while they are held, read without changing any. Override where
+        the backend can; ``can_list_in_flight`` tells whether a transport did."""
+        raise NotSupportedError(
+            f"{self!r} cannot list the tasks its consumers hold (in_flight); "
+            "queue_stats() gives their count where the backend can tell"
         )
 
     @abstractmethod
@@ -424,21 +456,60 @@ class Transport(ABC):
         """The keeper of ``owner``'s liveness on ``queue``; see ``asynctask.liveness``."""
         return NoLiveness(queue, owner, self.features.recovery_seconds / 4)
 
-    #: whether ``limit_take`` keeps global limits (``asynctask.limits``); without it,
-    #: ``asynctask workers`` refuses queues that have them
+    #: whether ``limit_take`` keeps global limits (``asynctask.limits``) in this backend
     keeps_limits: ClassVar[bool] = False
+    #: whether a transport that keeps no shared state itself (AMQP) keeps its global
+    #: limits in the store named by ``asynctask_state``; without either, ``asynctask
+    #: workers`` refuses queues that have them
+    limits_in_state: ClassVar[bool] = False
 
-    def _limit_take(self, queue: str, limit: LimitSpec, holder: str, owner: str | None) -> float:
-        """See ``limit_take``; a transport that keeps no shared state raises."""
+    def _state_limits(self) -> Transport | None:
+        """With ``limits_in_state``: the transport ``asynctask_state`` names, if it keeps
+        global limits; else ``None``."""
+        if not self.limits_in_state or self.external_state() is None:
+            return None
+        assert self._external is not None  # looked up with the store
+        other = self._external[1]
+        return other if other.keeps_limits else None
+
+    def limits_keeper(self, queue_name: str) -> Transport:
+        """The transport keeping the global limits of a queue: this one
+        (``keeps_limits``), or the one ``asynctask_state`` names (``limits_in_state``).
+        Raises ``ConfigurationError`` saying what to do when there is none."""
+        if self.keeps_limits:
+            return self
+        keeper = self._state_limits()
+        if keeper is not None:
+            return keeper
+        scheme = self.schemes[0] if self.schemes else type(self).__name__
+        if self.limits_in_state:
+            raise ConfigurationError(
+                f"queue {queue_name!r} has global limits (rate_scope 'global' or "
+                f"max_running), which the {scheme} transport keeps in the store named by "
+                "asynctask_state: set asynctask_state to a redis, pgsql or filesys URI "
+                "(e.g. ASYNCTASK_STATE=redis://127.0.0.1:6379/0), or drop those limits"
+            )
         raise ConfigurationError(
-            f"{type(self).__name__} keeps no shared state for the global limits of queue "
-            f"{queue!r} (rate_scope 'global', max_running): use them with the redis, pgsql "
-            "or filesys transport (keeping them in asynctask_state is not done yet), or drop "
-            "them"
+            f"queue {queue_name!r} has global limits (rate_scope 'global' or max_running), "
+            f"kept in the backend, but the {scheme} transport keeps no shared state for "
+            "them: use redis, pgsql or filesys as asynctask_transport for that queue, or "
+            "drop those limits"
         )
 
-    def _limit_free(self, queue: str, holder: str) -> None:  # noqa: B027 -- optional
-        """See ``limit_free``: nothing to free where nothing could be taken."""
+    def _limit_take(self, queue: str, limit: LimitSpec, holder: str, owner: str | None) -> float:
+        """See ``limit_take``. This default hands the call to the store of
+        ``asynctask_state`` (``limits_in_state``), or raises saying what to do."""
+        keeper = self.limits_keeper(queue)
+        if keeper is self:  # a subclass that keeps them must override this
+            raise NotImplementedError(f"{type(self).__name__} keeps_limits but no _limit_take")
+        return keeper._limit_take(queue, limit, holder, owner)
+
+    def _limit_free(self, queue: str, holder: str) -> None:
+        """See ``limit_free``. This default hands the call to the store of
+        ``asynctask_state`` (``limits_in_state``); elsewhere nothing could be taken."""
+        keeper = self._state_limits()
+        if keeper is not None:
+            keeper._limit_free(queue, holder)
 
     # -- the public API ---------------------------------------------------------------
 
@@ -657,32 +728,61 @@ class Transport(ABC):
         """
         return self._call(self._oldest_ready, check_queue_name(queue_name))
 
-    def peek(self, queue_name: str, limit: int = 100) -> list[WaitingTask]:
-        """The first ``limit`` ready tasks, head first, read without taking them.
+    def peek(self, queue_name: str, limit: int = 100, offset: int = 0) -> list[WaitingTask]:
+        """Up to ``limit`` ready tasks after the first ``offset``, head first, read without
+        taking them: ``offset=100`` is the second page of 100.
 
         Delayed, retrying, in-flight and failed tasks are not listed. Raises
         ``NotSupportedError`` on a backend that cannot read a queue without taking from
         it (AMQP; see ``can_peek``).
         """
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise InvalidTaskError(f"limit must be an int >= 0, got {limit!r}")
         queue = check_queue_name(queue_name)
+        limit, offset = check_page(limit, offset)
         if limit == 0 and self.can_peek:
             return []
-        return self._call(self._peek, queue, limit)
+        return self._call(self._peek, queue, limit, offset)
 
     @property
     def can_peek(self) -> bool:
         """Whether ``peek`` lists waiting tasks here (the transport implements ``_peek``)."""
         return type(self)._peek is not Transport._peek
 
+    def in_flight(self, queue_name: str, limit: int = 100, offset: int = 0) -> list[InFlightTask]:
+        """Up to ``limit`` tasks held by consumers (reserved: running, or prefetched and
+        not started yet) after the first ``offset``, with who holds each and since when,
+        read without changing them.
+
+        A task is listed while it is held; once settled (acknowledged, retried, failed,
+        released) or handed back from a dead worker, it is not (an acknowledgement a
+        consumer sends with its next call, see ``Consumer.ack``, leaves it listed until
+        that call). Raises
+        ``NotSupportedError`` on a backend that cannot read what its consumers hold
+        (AMQP; see ``can_list_in_flight``).
+        """
+        queue = check_queue_name(queue_name)
+        limit, offset = check_page(limit, offset)
+        if limit == 0 and self.can_list_in_flight:
+            return []
+        return self._call(self._in_flight, queue, limit, offset)
+
+    @property
+    def can_list_in_flight(self) -> bool:
+        """Whether ``in_flight`` lists held tasks here (the transport implements
+        ``_in_flight``)."""
+        return type(self)._in_flight is not Transport._in_flight
+
     def purge(self, queue_name: str) -> int:
         """Delete every task of a queue that is not in flight or failed; return how many."""
         return self._call(self._purge, check_queue_name(queue_name))
 
-    def failed_tasks(self, queue_name: str, limit: int = 100) -> list[FailedTask]:
-        """The queue's failed store, oldest first (at most ``limit``)."""
-        return self._call(self._failed, check_queue_name(queue_name), limit)
+    def failed_tasks(self, queue_name: str, limit: int = 100, offset: int = 0) -> list[FailedTask]:
+        """The queue's failed store, oldest first: up to ``limit`` tasks after the first
+        ``offset`` (``offset=100`` is the second page of 100)."""
+        queue = check_queue_name(queue_name)
+        limit, offset = check_page(limit, offset)
+        if limit == 0:
+            return []
+        return self._call(self._failed, queue, limit, offset)
 
     def requeue_failed(self, queue_name: str, ids: Sequence[str] | None = None) -> int:
         """Move failed tasks back to the queue (all, or the given ids); return how many."""
@@ -741,15 +841,25 @@ class Transport(ABC):
         """``holder``'s task ended: free its running slot (see ``asynctask.limits``)."""
         self._call(self._limit_free, check_queue_name(queue_name), holder)
 
-    def liveness(self, queue_name: str, owner: str) -> Liveness:
+    def liveness(self, queue_name: str, owner: str, *, holds_slots: bool = True) -> Liveness:
         """The liveness of ``owner``'s consumers of a queue, for the process that keeps it.
 
         Call ``beat()`` every ``interval`` seconds while the owner's worker lives and
         ``end(started)`` once it has exited. Transports whose consumers keep their own
-        liveness return a ``NoLiveness``. See ``asynctask.liveness``.
+        liveness return a ``NoLiveness``; but if their global limits live in the store
+        of ``asynctask_state`` (``limits_in_state``, AMQP) and the owner may hold running
+        slots (``holds_slots``: its queue has ``max_running``), the owner is kept alive
+        in that store, so that its slots come back when it dies. See
+        ``asynctask.liveness``.
         """
         self._check_open()
-        return self._liveness(check_queue_name(queue_name), check_owner(owner))
+        queue, owner = check_queue_name(queue_name), check_owner(owner)
+        kept = self._liveness(queue, owner)
+        if holds_slots and isinstance(kept, NoLiveness):
+            keeper = self._state_limits()
+            if keeper is not None:
+                return LimitOwnerLiveness(keeper.liveness(queue, owner))
+        return kept
 
     def close(self) -> None:
         """Free the transport's connections; later calls raise ``TransportClosed``."""
@@ -862,6 +972,16 @@ def check_delay(delay: object) -> float:
     ):
         raise InvalidTaskError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
     return float(delay)
+
+
+def check_page(limit: object, offset: object) -> tuple[int, int]:
+    """``(limit, offset)`` of a listing if both are ints >= 0, else ``InvalidTaskError``
+    (a ``ValueError``) naming the one that is not, before the backend is asked."""
+    for name, value in (("limit", limit), ("offset", offset)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidTaskError(f"{name} must be an int >= 0, got {value!r}")
+    assert isinstance(limit, int) and isinstance(offset, int)
+    return limit, offset
 
 
 def _ids(ids: Sequence[str] | None) -> Sequence[str] | None:

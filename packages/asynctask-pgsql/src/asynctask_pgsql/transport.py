@@ -11,6 +11,11 @@ Features
     Task status (``asynctask.status``): kept in ``<schema>.asynctask_status``, written by
     the same statements as the tasks; ``wait`` on LISTEN/NOTIFY; ``priority``,
     ``expires`` and ``unique_key`` (a unique index) honoured by every statement.
+    ``peek``, ``failed_tasks`` and ``in_flight`` read one page (``LIMIT``/``OFFSET`` on
+    their partial indexes); ``in_flight``'s holder is the owner id of a child of
+    ``asynctask workers``, else ``consumer N`` and the address its session came from;
+    its ``since`` is when the running attempt started (from its status: None for a
+    prefetched task not started yet, or one whose worker keeps no status).
 URI
     ``pgsql:dbname``, ``pgsql://host/dbname``, ``pgsql://user:password@host:port/dbname``,
     and libpq's own ``postgresql://...`` / ``postgres://...`` (multi-host lists too).
@@ -19,7 +24,10 @@ Options
     ``schema`` (default ``asynctask``): where the tables live. ``pool_size`` (default 4):
     connections shared by the transport's calls (each consumer holds one more of its
     own). ``recovery_seconds`` (default 5): bound on how soon a dead consumer's tasks come
-    back. ``retry_timeout`` as everywhere. Any libpq keyword (``sslmode``,
+    back. ``durable_acks`` (default false): consumers commit asynchronously unless set.
+    ``vacuum_every`` (default 60): on a server with autovacuum off, how often the
+    transport looks at its tables' dead tuples and VACUUMs them (0: never).
+    ``retry_timeout`` as everywhere. Any libpq keyword (``sslmode``,
     ``connect_timeout``, ``application_name``...) is passed to libpq.
 Storage
     One table, ``<schema>.asynctask_queue`` (the original's name), migrated in place from
@@ -53,18 +61,24 @@ from asynctask.transport import (
     COUNT_NAMES,
     Consumer,
     FailedTask,
+    InFlightTask,
     QueueStats,
     Transport,
     TransportFeatures,
     WaitingTask,
 )
-from asynctask.uri import Option, positive_float, positive_int
+from asynctask.uri import Option, boolean, non_negative_float, positive_float, positive_int
 from asynctask.validation import Payload, decode_message
 from asynctask_pgsql.conninfo import LIBPQ_KEYWORDS, is_refusal, read_server
 from asynctask_pgsql.consumer import PgsqlConsumer
 from asynctask_pgsql.decoding import load_json_as_text
 from asynctask_pgsql.keeper import PgsqlLiveness
-from asynctask_pgsql.schema import check_schema_name, limit_lock_class, migrate
+from asynctask_pgsql.schema import (
+    check_schema_name,
+    consumer_lock_class,
+    limit_lock_class,
+    migrate,
+)
 from asynctask_pgsql.state import (
     UNIQUE_TRIES,
     PgsqlStateStore,
@@ -72,6 +86,7 @@ from asynctask_pgsql.state import (
     unique_key_busy,
 )
 from asynctask_pgsql.statements import Statements
+from asynctask_pgsql.vacuum import DEAD_TUPLES, Vacuumer
 
 logger = logging.getLogger("asynctask.pgsql")
 
@@ -100,6 +115,17 @@ class PgsqlTransport(Transport):
             _DEFAULT_RECOVERY,
             "seconds within which a dead consumer's reserved tasks are delivered again",
         ),
+        "durable_acks": Option(
+            boolean,
+            False,
+            "whether a consumer's reserves and acknowledgements wait for the WAL flush",
+        ),
+        "vacuum_every": Option(
+            non_negative_float,
+            60.0,
+            "seconds between the transport's looks at its tables' dead tuples when the "
+            "server's autovacuum is off (0: never)",
+        ),
     }
     keeps_limits = True
     features = TransportFeatures(
@@ -124,6 +150,12 @@ class PgsqlTransport(Transport):
         #: a sweep within ``sweep_interval`` after that keeps the bound
         self.owner_lease = max(0.1, recovery - self.sweep_interval)
         self.consumer_connect_kwargs = _keepalive_kwargs(recovery, self.driver_options)
+        #: a consumer's statements commit asynchronously unless this is set: see the
+        #: README's "Commits" (a lost commit only makes a task run again)
+        self.durable_acks: bool = self.options["durable_acks"]
+        #: VACUUMs the tables when the server does not (asked by the consumers' sweeps)
+        self.vacuum: Vacuumer | None = None
+        self._vacuum_every: float = self.options["vacuum_every"]
         #: what the first call did to the schema ("created", "current", "adopted ...")
         self.schema_action: str | None = None
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
@@ -155,10 +187,19 @@ class PgsqlTransport(Transport):
                     [(autovacuum,)] = conn.execute("SHOW autovacuum").fetchall()
                 if self.schema_action != "current":
                     logger.info("%r: schema %s: %s", self, self.schema, self.schema_action)
-                if autovacuum != "on":
+                if autovacuum != "on" and self._vacuum_every > 0:
                     logger.warning(
-                        "%r: autovacuum is off on this server: the queue table bloats and "
-                        "slows down; run VACUUM %s.asynctask_queue regularly",
+                        "%r: autovacuum is off on this server: the transport vacuums its "
+                        "tables itself once %d dead tuples are seen (looked at every %g s)",
+                        self,
+                        DEAD_TUPLES,
+                        self._vacuum_every,
+                    )
+                    self.vacuum = Vacuumer(self.schema, self._vacuum_every, self.server.connect)
+                elif autovacuum != "on":
+                    logger.warning(
+                        "%r: autovacuum is off on this server and vacuum_every=0: the queue "
+                        "table bloats and slows down; run VACUUM %s.asynctask_queue regularly",
                         self,
                         self.schema,
                     )
@@ -379,11 +420,44 @@ class PgsqlTransport(Transport):
         rows = self._query(self.sql.oldest_ready, (queue,))
         return None if not rows else rows[0][0]
 
-    def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
+    def _peek(self, queue: str, limit: int, offset: int) -> list[WaitingTask]:
         if not self._stored():
             return []
-        rows = self._query(self.sql.peek, {"queue": queue, "limit": limit})
+        rows = self._query(self.sql.peek, {"queue": queue, "limit": limit, "offset": offset})
         return [self._waiting(queue, *row) for row in rows]
+
+    def _in_flight(self, queue: str, limit: int, offset: int) -> list[InFlightTask]:
+        if not self._stored():
+            return []
+        params = {
+            "queue": queue,
+            "limit": limit,
+            "offset": offset,
+            "lock_class": consumer_lock_class(self.schema),
+        }
+        found = []
+        for row in self._query(self.sql.in_flight, params):
+            task_id, payload_json, text, attempts, submitted, owner, number, address, since = row
+            waiting = self._waiting(queue, task_id, payload_json, text, attempts, submitted)
+            if owner is not None:
+                holder = str(owner)
+            elif address:
+                holder = f"consumer {number} (connected from {address})"
+            else:
+                holder = f"consumer {number}"
+            found.append(
+                InFlightTask(
+                    waiting.id,
+                    queue,
+                    waiting.payload,
+                    waiting.raw,
+                    waiting.attempts + 1,
+                    holder,
+                    since,
+                    submitted,
+                )
+            )
+        return found
 
     def _waiting(
         self,
@@ -419,10 +493,10 @@ class PgsqlTransport(Transport):
         [(count,)] = self._query(self.sql.purge, (queue,))
         return int(count)
 
-    def _failed(self, queue: str, limit: int) -> list[FailedTask]:
+    def _failed(self, queue: str, limit: int, offset: int) -> list[FailedTask]:
         if not self._stored():
             return []
-        rows = self._query(self.sql.failed, (queue, limit))
+        rows = self._query(self.sql.failed, (queue, limit, offset))
         return [_failed_task(queue, *row) for row in rows]
 
     def _requeue_failed(self, queue: str, ids: Sequence[str] | None) -> int:

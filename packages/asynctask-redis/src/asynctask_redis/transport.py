@@ -20,7 +20,8 @@ URI
 Options
     ``key_prefix`` (``asynctask``; no ``_``), ``pool_size`` (50), ``socket_timeout``
     (10 s), ``connect_timeout`` (5 s), ``recovery_seconds`` (8), ``heartbeat_seconds``
-    (``recovery_seconds / 8``), ``retry_timeout`` (15 s). Passed on to redis-py: ``db``,
+    (``recovery_seconds / 8``), ``retry_timeout`` (15 s), ``wait_replicas`` (0: off) and
+    ``wait_timeout_ms`` (1000; see ``asynctask_redis.replication``). Passed on to redis-py: ``db``,
     ``client_name``, ``health_check_interval``, ``socket_keepalive``, ``ssl_*``.
 Storage
     With prefix ``P`` and queue ``Q``: ``P_Q`` is the list of ready tasks (head first).
@@ -35,6 +36,10 @@ Storage
     ``P:Q:urgent`` (ready tasks of priority 1-9), ``P:Q:task:<id>`` (a status hash),
     ``P:@id:<id>`` (the id's queue), ``P:Q:unique:<key>``, ``P:Q:waiting:<id>`` and
     ``P:Q:done:<id>`` (``wait``), ``P:Q:untracked``. See README.md.
+    ``peek``, ``failed_tasks`` and ``in_flight`` read one page (a script walks to it);
+    ``in_flight``'s holder is the consumer's owner id under ``asynctask workers``, else
+    its id (``<host>.<random>``); ``since`` is when the running attempt started (its
+    status; None for a prefetched task not started yet, or an untracked queue's).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from asynctask.status import StateStore, StatusNotTracked, SubmitOptions
 from asynctask.transport import (
     Consumer,
     FailedTask,
+    InFlightTask,
     QueueStats,
     Transport,
     TransportFeatures,
@@ -74,7 +80,7 @@ from asynctask_redis.connection import (
     pipeline,
     run,
 )
-from asynctask_redis.consumer import NUDGE, RedisConsumer
+from asynctask_redis.consumer import RedisConsumer
 from asynctask_redis.keeper import RedisLiveness
 from asynctask_redis.messages import (
     envelope,
@@ -83,6 +89,7 @@ from asynctask_redis.messages import (
     read_message,
     requeue_text,
 )
+from asynctask_redis.replication import Replication, ReplicationTimeout, Waited
 from asynctask_redis.statestore import RedisStateStore
 
 logger = logging.getLogger("asynctask.redis")
@@ -128,6 +135,12 @@ class RedisTransport(Transport):
         self.heartbeat_ttl_ms = int(recovery * 500)
         self.recheck_ms = int(recovery * 250)
         self.server = self._make_server()
+        #: the replicas every submit, ack, retry and fail waits for (None: none)
+        self.replication: Replication | None = (
+            Replication(self.options["wait_replicas"], self.options["wait_timeout_ms"])
+            if self.options["wait_replicas"]
+            else None
+        )
         self.key_queues = f"{self.prefix}:queues"
         self._idle: list[Any] = []  # connections that served a call, last in first out
         self._pid = os.getpid()
@@ -235,18 +248,20 @@ class RedisTransport(Transport):
         own = self.own_state
         expires = "" if options.expires is None or not own else f"{options.expires * 1000:.0f}"
         unique = (options.unique_key or "") if own else ""
-        reply = self._script(
-            scripts.PUT,
-            queue,
-            tasks[0][0],
-            guard_ms,
-            delay_ms,
-            self.status_ttl_ms,
-            "1" if own else "0",
-            expires,
-            unique,
-            *texts,
-        )
+        args: tuple[str | int, ...] = (tasks[0][0], guard_ms, delay_ms, self.status_ttl_ms)
+        args += ("1" if own else "0", expires, unique, *texts)
+        if self.replication is None:
+            reply = self._script(scripts.PUT, queue, *args)
+        else:
+            reply, acked = self.execute(
+                Waited(run, self.replication),
+                scripts.PUT,
+                self.prefix,
+                self.script_queue(queue),
+                *args,
+            )
+            if reply[0] in (0, 1) and not self.replication.confirmed(acked):
+                self._not_replicated(queue, [task_id for task_id, _ in tasks], acked)
         if reply[0] == 2:
             return [reply[1].decode()]
         if reply[0] == 3:
@@ -256,6 +271,19 @@ class RedisTransport(Transport):
                 "that worker, or submit without them"
             )
         return None
+
+    def _not_replicated(self, queue: str, ids: list[str], acked: int) -> None:
+        r = self.replication
+        assert r is not None
+        raise ReplicationTimeout(
+            f"{len(ids)} task(s) submitted to {queue!r} are on the Redis master "
+            f"({self.server.where}), but only {acked} of the wait_replicas={r.replicas} "
+            f"replicas confirmed them within wait_timeout_ms={r.timeout_ms}: they run unless "
+            "the master fails before a replica copies them, and submitting again may run "
+            "them twice (transport.status(id) tells later). Check the replicas "
+            "(INFO replication: connected_slaves, lag) or raise wait_timeout_ms",
+            ids,
+        )
 
     def _headers(
         self, queue: str, task_id: str, text: str, options: SubmitOptions
@@ -305,21 +333,9 @@ class RedisTransport(Transport):
         except ValueError:
             return None
 
-    def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
-        if limit <= 0:
-            return []
-        # in the order reserve takes them: the urgent first (highest priority, FIFO
-        # within), then the ready list, less the nudges it may hold (not tasks)
-        urgent, ready = self.execute(
-            pipeline,
-            [
-                ("ZRANGE", self.key(queue, "urgent"), 0, limit - 1),
-                ("LRANGE", self.ready_key(queue), 0, limit),
-            ],
-        )
-        raws = [*urgent, *(raw for raw in ready if raw != NUDGE)][:limit]
+    def _peek(self, queue: str, limit: int, offset: int) -> list[WaitingTask]:
         found = []
-        for raw in raws:
+        for raw in self._script(scripts.PEEK, queue, offset, limit):
             try:
                 message = read_message(raw, self.max_payload_bytes)
             except ValueError:  # listed as its text; the next taker moves it to failed
@@ -329,6 +345,34 @@ class RedisTransport(Transport):
             found.append(
                 WaitingTask(
                     message.id, queue, message.payload, None, message.attempts, message.submitted_at
+                )
+            )
+        return found
+
+    def _in_flight(self, queue: str, limit: int, offset: int) -> list[InFlightTask]:
+        flat = self._script(scripts.IN_FLIGHT, queue, offset, limit)
+        found = []
+        for i in range(0, len(flat), 3):
+            cid, raw, started = flat[i].decode(), flat[i + 1], flat[i + 2].decode()
+            # ``<owner>/<random>``: a child of asynctask workers, named by its owner id
+            holder = cid.partition("/")[0] if "/" in cid else f"consumer {cid}"
+            since = float(started) if started else None
+            try:
+                message = read_message(raw, self.max_payload_bytes)
+            except ValueError:
+                text = raw.decode("utf-8", errors="replace")
+                found.append(InFlightTask("", queue, None, text, 1, holder, since, None))
+                continue
+            found.append(
+                InFlightTask(
+                    message.id,
+                    queue,
+                    message.payload,
+                    None,
+                    message.attempts + 1,
+                    holder,
+                    since,
+                    message.submitted_at,
                 )
             )
         return found
@@ -346,10 +390,11 @@ class RedisTransport(Transport):
     def _purge(self, queue: str) -> int:
         return int(self._script(scripts.PURGE, queue))
 
-    def _failed(self, queue: str, limit: int) -> list[FailedTask]:
+    def _failed(self, queue: str, limit: int, offset: int) -> list[FailedTask]:
         if limit <= 0:
             return []
-        raws = self.execute(call, "LRANGE", self.key(queue, "failed"), 0, limit - 1)
+        key = self.key(queue, "failed")
+        raws = self.execute(call, "LRANGE", key, offset, offset + limit - 1)
         return [read_failed(queue, raw) for raw in raws]
 
     def _chosen_failed(self, queue: str, ids: Sequence[str] | None) -> list[bytes]:
