@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from chaos.private import Place, ServerUnavailable, wait_until, with_query
+from chaos.private import LOOPBACK, Place, ServerUnavailable, wait_until, with_query
 
 
 def launch_redis(
@@ -68,7 +68,7 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
-def _redis_command(address: str, port: int, password: str | None, *words: str) -> bytes:
+def redis_command(port: int, password: str | None, *words: str, address: str = LOOPBACK) -> bytes:
     """One command over a plain socket (redis-py would retry once the server is gone)."""
     parts = ([("AUTH", password)] if password else []) + [words]
     data = b""
@@ -89,7 +89,7 @@ def _redis_command(address: str, port: int, password: str | None, *words: str) -
 
 def _redis_loaded(address: str, port: int, password: str | None) -> bool:
     try:
-        return b"loading:0" in _redis_command(address, port, password, "INFO", "persistence")
+        return b"loading:0" in redis_command(port, password, "INFO", "persistence", address=address)
     except OSError:
         return False
 
@@ -131,7 +131,7 @@ class PrivateRedis:
         if self.process is None:
             return
         with contextlib.suppress(OSError):
-            _redis_command(self.address, self.port, self.password, "SHUTDOWN")
+            redis_command(self.port, self.password, "SHUTDOWN", address=self.address)
         try:
             self.process.wait(30)
         except subprocess.TimeoutExpired:
