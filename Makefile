@@ -22,7 +22,7 @@ run: install ## the main job: submit demo tasks and run workers on the embedded 
 	.venv/bin/asynctask-demo
 
 # the tests marked long (pyproject.toml) are left out of `make test`, CI's 20-minute budget
-test: install ## the test suite CI runs, without the tests marked long (under 15 minutes on 2 quiet cores)
+test: install ## the test suite CI runs, without the tests marked long (CI's budget: 20 minutes)
 	.venv/bin/pytest -m "not long" $(PYTEST_ARGS)
 
 test-long: install ## only the tests marked long: whole-cluster contracts, many-round fault runs (minutes)
