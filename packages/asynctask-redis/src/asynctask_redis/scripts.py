@@ -183,20 +183,29 @@ local function holder_of(unique)
   return nil
 end
 
+-- Whether a task may start: 'run', or the final state it has ('cancelled', or
+-- 'expired', made final here when its time has passed); and whether a status is kept.
+local function start_verdict(id, now, ttl_ms)
+  local f = redis.call('HMGET', task_key(id), 'state', 'expires_at', 'started_at')
+  local state = f[1]
+  if not state then return 'run', false end  -- no status kept (another program's task)
+  if state == 'cancelled' or state == 'expired' then return state, true end
+  if f[2] and not f[3] and now >= tonumber(f[2]) then
+    finish(id, 'expired', now, ttl_ms)
+    return 'expired', true
+  end
+  return 'run', true
+end
+
 -- A worker is about to run the task: 'run' (now running), or the final state it was
 -- given instead ('cancelled', 'expired'), when it must never run.
 local function start_task(id, attempts, now, ttl_ms)
-  local key = task_key(id)
-  local f = redis.call('HMGET', key, 'state', 'expires_at', 'started_at')
-  local state = f[1]
-  if not state then return 'run' end  -- no status kept (another program's task)
-  if state == 'cancelled' or state == 'expired' then return state end
-  if f[2] and not f[3] and now >= tonumber(f[2]) then
-    finish(id, 'expired', now, ttl_ms)
-    return 'expired'
+  local verdict, kept = start_verdict(id, now, ttl_ms)
+  if verdict == 'run' and kept then
+    redis.call('HSET', task_key(id), 'state', 'running', 'attempts', attempts,
+      'started_at', stamp(now))
   end
-  redis.call('HSET', key, 'state', 'running', 'attempts', attempts, 'started_at', stamp(now))
-  return 'run'
+  return verdict
 end
 
 -- Done: succeeded with its result (JSON text, or '' for none), never over a cancel.
@@ -244,30 +253,24 @@ local function ack_all(proc, from, n, tracking, ttl_ms)
   end
 end
 
--- Move up to ``want`` tasks into ``proc``, the most urgent first. With tracking, the
--- first (the one the consumer hands out now; the others wait in its buffer for their
--- own start) is checked and marked ``running`` here, so that the worker's ``start``
--- right after costs no round trip; a cancelled or expired one is dropped on the way.
--- Returns the messages and whether the first was marked.
+-- Move up to ``want`` tasks into ``proc``, the most urgent first. With tracking, each
+-- is checked on the way: a cancelled or expired one is dropped, never handed out (one
+-- cancelled later reaches the consumer on its cancel channel, see cancelfeed.py).
 local function take(proc, want, tracking, ttl_ms)
-  local got, started = {}, 0
+  local got = {}
   while #got < want do
     local m = move_next(proc)
     if not m then break end
-    if #got == 0 and tracking then
-      local id, n = envelope_head(m)
-      if id then
-        if start_task(id, tonumber(n) + 1, now_ms(), ttl_ms) == 'run' then
-          started = 1
-        else
-          redis.call('RPOP', proc)
-          m = nil
-        end
+    if tracking then
+      local id = envelope_head(m)
+      if id and start_verdict(id, now_ms(), ttl_ms) ~= 'run' then
+        redis.call('RPOP', proc)
+        m = nil
       end
     end
     if m then got[#got + 1] = m end
   end
-  return got, started
+  return got
 end
 """
 
@@ -415,7 +418,7 @@ _script = with_prelude
 #: (1 register, 2 register and resync), tracking (1/0), status ttl_ms, n_acks, acks
 #: (pairs: message, result JSON or '')..., held... (with resync). Acknowledges,
 #: maintains, then moves up to ``want`` ready tasks to the consumer's processing list
-#: (see ``take``). Returns {wait_ms or -1, first marked running (1/0), message...}.
+#: (see ``take``). Returns {wait_ms or -1, message...}.
 TAKE = _script(
     "take",
     r"""
@@ -453,9 +456,8 @@ if flags >= 2 then
   for i = #back, 1, -1 do give_back(back[i]) end
 end
 local wait = maintain(cid, ARGV[5])
-local got, started = take(proc, want, tracking, ttl_ms)
-local out = {wait or -1, started}
-for _, m in ipairs(got) do out[#out + 1] = m end
+local out = take(proc, want, tracking, ttl_ms)
+table.insert(out, 1, wait or -1)
 return out
 """,
 )
@@ -464,7 +466,7 @@ return out
 #: (a message the consumer moved from the ready list while urgent tasks wait, or ''),
 #: n_acks, acks (pairs)... The hot path between TAKEs: acks and moves, no maintenance.
 #: The SADD keeps a consumer that was wrongly found dead (its heartbeat late) findable
-#: from its first new task on. Returns {first marked running (1/0), message...}.
+#: from its first new task on. Returns {message...}.
 NEXT = Script(
     "next",
     _KEYS
@@ -476,17 +478,17 @@ if ARGV[7] ~= '' and redis.call('LREM', proc, -1, ARGV[7]) == 1 then
   redis.call('LPUSH', ready, ARGV[7])  -- back where it was: the urgent go first
 end
 ack_all(proc, 9, tonumber(ARGV[8]), tracking, ttl_ms)
-local got, started = take(proc, tonumber(ARGV[4]), tracking, ttl_ms)
+local got = take(proc, tonumber(ARGV[4]), tracking, ttl_ms)
 if #got > 0 then redis.call('SADD', consumers, cid) end
-local out = {started}
-for _, m in ipairs(got) do out[#out + 1] = m end
-return out
+return got
 """,
 )
 
-#: ARGV: prefix, queue, consumer id, message, status ttl_ms, n_acks, acks (pairs)...
-#: The worker is about to run a task it holds: ``running``, or dropped from its list
-#: when it was cancelled or has expired. Carries the pending acks (and their results).
+#: ARGV: prefix, queue, consumer id, message, status ttl_ms, keep (1/0), n_acks, acks
+#: (pairs)... The worker is about to run a task it holds: ``running``, or, when it was
+#: cancelled or has expired, dropped from its list (with ``keep``: left there, the
+#: consumer sent this without waiting for the reply and the task runs already, as a
+#: cancelled running task does). Carries the pending acks (and their results).
 #: Returns 'run', 'cancelled' or 'expired'.
 #: (No maintenance prelude: this runs once a task, beside the move.)
 START = Script(
@@ -495,11 +497,11 @@ START = Script(
     + _STATUS
     + r"""
 local proc, m, ttl_ms = processing(ARGV[3]), ARGV[4], ARGV[5]
-ack_all(proc, 7, tonumber(ARGV[6]), true, ttl_ms)
+ack_all(proc, 8, tonumber(ARGV[7]), true, ttl_ms)
 local id, n = envelope_head(m)
 if not id then return 'run' end
 local verdict = start_task(id, tonumber(n) + 1, now_ms(), ttl_ms)
-if verdict ~= 'run' then redis.call('LREM', proc, 1, m) end
+if verdict ~= 'run' and ARGV[6] ~= '1' then redis.call('LREM', proc, 1, m) end
 return verdict
 """,
 )

@@ -92,7 +92,8 @@ return 1
 )
 
 #: ARGV: prefix, queue, ttl_ms, id. Returns 1 if the task was not final and now is
-#: cancelled (a waiting one is dropped by the next consumer to meet it).
+#: cancelled (a waiting one is dropped by the next consumer to meet it; the id is
+#: published on ``P:Q:cancels`` for the consumers holding tasks, see cancelfeed.py).
 CANCEL = with_prelude(
     "cancel",
     r"""
@@ -105,6 +106,7 @@ if f[2] and not f[3] and now >= tonumber(f[2]) then
   return 0
 end
 finish(id, 'cancelled', now, ttl_ms)
+redis.call('PUBLISH', base .. 'cancels', id)
 return 1
 """,
 )
@@ -266,7 +268,13 @@ class RedisStateStore(StateStore):
         queue = self._queues([task_id])[0]
         if queue is None:
             return False
-        return bool(self._run(CANCEL, queue, self.ttl_ms, task_id))
+        done = bool(self._run(CANCEL, queue, self.ttl_ms, task_id))
+        if done:
+            # One more round trip: Redis answers it only after it wrote the script's
+            # PUBLISH to every subscriber, so a consumer on this host that starts the
+            # task after this returns has it on its cancel feed (asynctask_redis.cancelfeed).
+            self.transport.execute(call, "PING")
+        return done
 
 
 def _status(task_id: str, queue: str, reply: Any, now: float) -> tuple[TaskStatus, float | None]:
