@@ -58,12 +58,10 @@ def test_a_task_goes_queued_running_succeeded_with_its_result(transport, queue, 
     st = transport.status(tid)
     assert st is not None and (st.state, st.attempts, st.queue) == ("queued", 0, queue)
     assert st.submitted_at is not None and abs(st.submitted_at - time.time()) < 5
-    # When a worker reserves it: taken, not started, so still queued
+    # When a worker reserves it to start it now: the move marks it running
     consumer = transport.consumer(queue)
     delivery = take(consumer)
-    assert client.hget(task_key(transport, queue, tid), "state") == b"queued"
-    # When it starts it: running (the mark is sent unanswered; Redis has it before
-    # any later command of this process)
+    assert client.hget(task_key(transport, queue, tid), "state") == b"running"
     assert consumer.start(delivery) == "run"
     st = transport.status(tid)
     assert (st.state, st.attempts) == ("running", 1) and st.started_at is not None

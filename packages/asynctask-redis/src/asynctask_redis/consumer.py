@@ -160,6 +160,8 @@ class RedisConsumer(Consumer):
         self._unsure: set[bytes] = set()
         #: START calls sent whose replies are unread: (packed command, task id)
         self._deferred: list[tuple[bytes, str]] = []
+        #: the task the last move marked running (it hands it out to start at once)
+        self._marked: bytes | None = None
 
     def __repr__(self) -> str:
         return f"RedisConsumer({self.transport!r}, {self.queue!r}, id={self.id})"
@@ -283,7 +285,7 @@ class RedisConsumer(Consumer):
         )
         self._sent()
         self.registered, self._resync = True, False
-        self._took(reply[1:])
+        self._took(reply[1], reply[2:])
         wait = None if reply[0] < 0 else reply[0] / 1000
         self._maintain_at = time.monotonic() + min(
             t.maintain_interval, t.maintain_interval if wait is None else wait
@@ -302,10 +304,12 @@ class RedisConsumer(Consumer):
     def _sent(self) -> None:
         self._acks = []
 
-    def _took(self, messages: list[bytes]) -> None:
-        """Buffer what a move took; unsure of cancels if the feed was not live before."""
+    def _took(self, marked: int, messages: list[bytes]) -> None:
+        """Buffer what a move took (the first marked running if ``marked``); unsure of
+        cancels if the feed was not live before the move."""
         if self.fused and not (self._feed is not None and self._feed.live):
             self._unsure.update(messages)
+        self._marked = messages[0] if messages and marked else None
         self._buffer.extend(messages)
 
     def _listen(self) -> None:
@@ -388,8 +392,8 @@ class RedisConsumer(Consumer):
             *acks,
         )
         self._sent()
-        self._took(reply)
-        return len(reply) > 0
+        self._took(reply[0], reply[1:])
+        return len(reply) > 1
 
     def _block(self, seconds: float) -> bytes | None:
         t = self._host
@@ -505,7 +509,9 @@ class RedisConsumer(Consumer):
         Sent without waiting for the reply when the cancel feed has been live since the
         move that took the task, says nothing of it, and the task has no ``expires``
         (see the module docstring): the drain then costs no round trip more a task than
-        without tracking (the feed is read without blocking: a few microseconds).
+        without tracking (the feed is read without blocking: a few microseconds). Not
+        sent at all for the task the move handed out first: the move marked it running
+        (the run loop starts it right after the reserve).
         """
         if not self.tracking:
             return "run"
@@ -517,6 +523,7 @@ class RedisConsumer(Consumer):
         raw = message.raw
         feed = self._feed
         t, acks = self._host, self._pending()
+        marked, self._marked = raw == self._marked, None
         if (
             feed is not None
             and raw not in self._unsure
@@ -525,6 +532,8 @@ class RedisConsumer(Consumer):
             and delivery.id not in feed.cancelled
             and self._conn is not None
         ):
+            if marked:  # the move checked it and marked it running: nothing to send
+                return "run"
             args = (t.prefix, t.script_queue(self.queue), self.id, raw, t.status_ttl_ms, "1")
             command = pack([("EVALSHA", scripts.START.sha, 0, *args, len(acks) // 2, *acks)])
             try:

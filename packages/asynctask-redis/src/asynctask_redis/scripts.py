@@ -92,6 +92,7 @@ end
 
 -- Store a ready task: priority 0 in the ready list (the common path, as before), a
 -- higher one in ``urgent``; ``at_head`` puts it first of its priority (a hand-back).
+local urgent_empty = false
 local function to_ready(m, at_head)
   local p = priority_of(m)
   if p == 0 then
@@ -100,6 +101,7 @@ local function to_ready(m, at_head)
   end
   local n = redis.call('INCR', seq)
   redis.call('ZADD', urgent, (10 - p) * LEVEL + (at_head and -n or n), m)
+  urgent_empty = false
   if redis.call('LLEN', ready) == 0 then
     redis.call('RPUSH', ready, NUDGE)
     redis.call('INCR', nudges)
@@ -107,10 +109,15 @@ local function to_ready(m, at_head)
 end
 
 -- Move the next ready task, the most urgent first, to the tail of ``proc``; nil if none.
+-- (Once ``urgent`` is found empty, this script does not look again until it adds to it
+-- itself: a move of several tasks saves a command a task.)
 local function move_next(proc)
   while true do
-    local top = redis.call('ZPOPMIN', urgent)
-    local m = top[1]
+    local m
+    if not urgent_empty then
+      m = redis.call('ZPOPMIN', urgent)[1]
+      urgent_empty = not m
+    end
     if m then
       redis.call('RPUSH', proc, m)
     else
@@ -255,22 +262,35 @@ end
 
 -- Move up to ``want`` tasks into ``proc``, the most urgent first. With tracking, each
 -- is checked on the way: a cancelled or expired one is dropped, never handed out (one
--- cancelled later reaches the consumer on its cancel channel, see cancelfeed.py).
+-- cancelled later reaches the consumer on its cancel channel, see cancelfeed.py). The
+-- first, which the consumer hands out now to be started at once, is also marked
+-- ``running`` here, so that its start costs no call; the others wait in the
+-- consumer's buffer for their own start. Returns the messages and whether the first
+-- was marked.
 local function take(proc, want, tracking, ttl_ms)
-  local got = {}
+  local got, started = {}, 0
   while #got < want do
     local m = move_next(proc)
     if not m then break end
     if tracking then
-      local id = envelope_head(m)
-      if id and start_verdict(id, now_ms(), ttl_ms) ~= 'run' then
-        redis.call('RPOP', proc)
-        m = nil
+      local id, n = envelope_head(m)
+      if id then
+        local verdict
+        if #got == 0 then
+          verdict = start_task(id, tonumber(n) + 1, now_ms(), ttl_ms)
+          if verdict == 'run' then started = 1 end
+        else
+          verdict = start_verdict(id, now_ms(), ttl_ms)
+        end
+        if verdict ~= 'run' then
+          redis.call('RPOP', proc)
+          m = nil
+        end
       end
     end
     if m then got[#got + 1] = m end
   end
-  return got
+  return got, started
 end
 """
 
@@ -418,7 +438,7 @@ _script = with_prelude
 #: (1 register, 2 register and resync), tracking (1/0), status ttl_ms, n_acks, acks
 #: (pairs: message, result JSON or '')..., held... (with resync). Acknowledges,
 #: maintains, then moves up to ``want`` ready tasks to the consumer's processing list
-#: (see ``take``). Returns {wait_ms or -1, message...}.
+#: (see ``take``). Returns {wait_ms or -1, first marked running (1/0), message...}.
 TAKE = _script(
     "take",
     r"""
@@ -456,8 +476,9 @@ if flags >= 2 then
   for i = #back, 1, -1 do give_back(back[i]) end
 end
 local wait = maintain(cid, ARGV[5])
-local out = take(proc, want, tracking, ttl_ms)
-table.insert(out, 1, wait or -1)
+local got, started = take(proc, want, tracking, ttl_ms)
+local out = {wait or -1, started}
+for _, m in ipairs(got) do out[#out + 1] = m end
 return out
 """,
 )
@@ -466,7 +487,7 @@ return out
 #: (a message the consumer moved from the ready list while urgent tasks wait, or ''),
 #: n_acks, acks (pairs)... The hot path between TAKEs: acks and moves, no maintenance.
 #: The SADD keeps a consumer that was wrongly found dead (its heartbeat late) findable
-#: from its first new task on. Returns {message...}.
+#: from its first new task on. Returns {first marked running (1/0), message...}.
 NEXT = Script(
     "next",
     _KEYS
@@ -478,9 +499,11 @@ if ARGV[7] ~= '' and redis.call('LREM', proc, -1, ARGV[7]) == 1 then
   redis.call('LPUSH', ready, ARGV[7])  -- back where it was: the urgent go first
 end
 ack_all(proc, 9, tonumber(ARGV[8]), tracking, ttl_ms)
-local got = take(proc, tonumber(ARGV[4]), tracking, ttl_ms)
+local got, started = take(proc, tonumber(ARGV[4]), tracking, ttl_ms)
 if #got > 0 then redis.call('SADD', consumers, cid) end
-return got
+local out = {started}
+for _, m in ipairs(got) do out[#out + 1] = m end
+return out
 """,
 )
 
