@@ -161,6 +161,7 @@ class WorkersCommand:
         child_concurrency: int | None = None,
         track_status: bool | None = None,
         more_queues: Sequence[str] = (),
+        state_uri: str | None = None,
     ) -> None:
         entry: dict[str, Any] = {"worker": worker, "concurrency": concurrency}
         if child_concurrency is not None:
@@ -169,7 +170,10 @@ class WorkersCommand:
             entry["track_status"] = track_status
         workers = {name: entry for name in (queue, *more_queues)}
         halting = ["--halt-when-empty"] if halt else []
-        self.command = workers_command(uri, workers, "--import", "bench.workers", "-q", *halting)
+        settings = {} if state_uri is None else {"asynctask_state": state_uri}
+        self.command = workers_command(
+            uri, workers, "--import", "bench.workers", "-q", *halting, settings=settings
+        )
         self.env = clean_environment(**{ledger.LEDGER_VARIABLE: ledger_path})
         self.env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
@@ -233,11 +237,20 @@ def drain(
     concurrency: int,
     folder: Path,
     track_status: bool | None = None,
+    state_uri: str | None = None,
 ) -> Drain:
-    """Run ``asynctask workers --halt-when-empty`` on a filled queue until it exits."""
+    """Run ``asynctask workers --halt-when-empty`` on a filled queue until it exits
+    (``state_uri``: its statuses kept there, the setting ``asynctask_state``)."""
     path = str(folder / f"drain-{queue}-{concurrency}.ledger")
     with WorkersCommand(
-        uri, queue, concurrency, path, folder, halt=True, track_status=track_status
+        uri,
+        queue,
+        concurrency,
+        path,
+        folder,
+        halt=True,
+        track_status=track_status,
+        state_uri=state_uri,
     ) as workers:
         try:
             workers.wait(timeout=max(120.0, count / 50))
@@ -418,6 +431,9 @@ def wait_wakeups(transport: Transport, waiter: Transport, queue: str, count: int
         began = time.perf_counter()
         consumer.ack(delivery)
         consumer.close()
+        store = transport.external_state()
+        if store is not None:  # as the run loop does: the outcome goes to that store
+            store.settled(queue, task_id, "succeeded", delivery.attempt)
         thread.join(30)
         if not woke:
             raise RuntimeError(f"wait({task_id}) did not return")

@@ -553,9 +553,7 @@ class RedisConsumer(Consumer):
             feed.cancelled.pop(delivery.id, None)
 
         def step() -> Any:  # safe to run again: a second start finds it running
-            return self._run(
-                scripts.START, raw, t.status_ttl_ms, "0", len(acks) // 2, *acks
-            )
+            return self._run(scripts.START, raw, t.status_ttl_ms, "0", len(acks) // 2, *acks)
 
         verdict = self.transport._call(self._once_more, step)
         self._sent()
