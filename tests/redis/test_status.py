@@ -513,4 +513,3 @@ def test_a_lost_cancel_feed_makes_start_ask_redis(transport, queue, client):
     # And the next move subscribes again
     assert consumer._feed is not None and consumer._feed.live
     consumer.close()
-
