@@ -49,12 +49,9 @@ if unique ~= '' then
   local holder = holder_of(unique)
   if holder then return {holder} end
 end
-local now = now_ms()
 local out = {}
-for i = 6, #ARGV do
-  record(ARGV[i], state, now, expires, unique)
-  out[#out + 1] = ARGV[i]
-end
+for i = 6, #ARGV do out[#out + 1] = ARGV[i] end
+record(out, state, now_ms(), expires, unique)
 return out
 """,
 )
