@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 
+import markupsafe
 import pytest
 from starlette.testclient import TestClient
 
@@ -107,15 +108,95 @@ def test_lists_are_pages_of_100(web_transport, queue):
     detail = client.get(f"/api/queues/{queue}").json()
     assert detail["queue"]["ready"] == 150
     assert client.get(f"/api/queues/{queue}?limit=101").status_code == 400
+    for bad in ("-1", "x", "1000001"):
+        refused = client.get(f"/api/queues/{queue}?offset={bad}")
+        assert refused.status_code == 400 and "offset" in refused.json()["error"]
     if web_transport.can_peek:
         assert [w["payload"]["n"] for w in detail["waiting"]] == list(range(100))
+        assert detail["waiting_pages"] == {"offset": 0, "previous_offset": None, "next_offset": 100}
         # the live refresh asks for counts only
         assert client.get(f"/api/queues/{queue}?limit=0").json()["waiting"] == []
         few = client.get(f"/api/queues/{queue}?limit=3").json()["waiting"]
         assert [w["payload"]["n"] for w in few] == [0, 1, 2]
-        assert (
-            "The first 100 ready task(s), head first, of 150" in client.get(f"/queues/{queue}").text
-        )
+        page = client.get(f"/queues/{queue}").text
+        assert "The first 100 ready task(s), head first, of 150" in page
+        assert f'href="/queues/{queue}?offset=100"' in page and 'rel="prev"' not in page
+        # When the next page is asked for, Then it holds the other 50, and no next page
+        second = client.get(f"/api/queues/{queue}?offset=100").json()
+        assert [w["payload"]["n"] for w in second["waiting"]] == list(range(100, 150))
+        assert second["waiting_pages"] == {
+            "offset": 100,
+            "previous_offset": 0,
+            "next_offset": None,
+        }
+        page = client.get(f"/queues/{queue}?offset=100").text
+        assert "Ready tasks 101&ndash;150 of 150, head first." in page
+        assert f'href="/queues/{queue}"' in page and 'rel="next"' not in page
+    else:
+        assert detail["waiting"] is None and "peek" in detail["waiting_unlisted"]
+    web_transport.purge(queue)
+
+
+def test_failed_tasks_are_pages_of_100(web_transport, queue):
+    """150 failed tasks: the failed page shows 100 and a link to the next, which shows
+    the other 50 and a link back. Fails against a dashboard or transport that ignores
+    ``offset`` (the second page would repeat the first)."""
+    # Given 150 failed tasks
+    web_transport.submit_tasks(queue, [{"n": n} for n in range(150)])
+    with web_transport.consumer(queue, prefetch=10) as consumer:
+        for _ in range(150):
+            delivery = consumer.reserve(timeout=10)
+            assert delivery is not None
+            consumer.fail(delivery, "boom")
+    client = TestClient(create_app(web_transport), base_url=LOCAL)
+    # Then the first page has 100, oldest first, and the next starts at 100
+    first = client.get(f"/api/queues/{queue}/failed").json()
+    assert [f["payload"]["n"] for f in first["failed"]] == list(range(100))
+    assert first["failed_pages"]["next_offset"] == 100
+    # And the second the other 50, with none after it
+    second = client.get(f"/api/queues/{queue}/failed?offset=100").json()
+    assert [f["payload"]["n"] for f in second["failed"]] == list(range(100, 150))
+    assert second["failed_pages"] == {"offset": 100, "previous_offset": 0, "next_offset": None}
+    page = client.get(f"/queues/{queue}/failed?offset=100").text
+    assert "Failed tasks 101&ndash;150 of 150, oldest first." in page
+    assert page.count("<tr data-task=") == 50
+    assert web_transport.purge_failed(queue) == 150
+
+
+def test_tasks_in_flight_are_listed_with_holder_and_time(web_transport, queue):
+    """A task a consumer holds shows in the queue's page and API with who holds it and
+    since when; AMQP, which cannot list them, says why. Fails against a dashboard that
+    only counts the tasks in flight."""
+    client = TestClient(create_app(web_transport), base_url=LOCAL)
+    # Given a task held by a consumer that started it, and one waiting
+    ids = web_transport.submit_tasks(queue, [{"n": 1, "note": XSS}, {"n": 2}])
+    with web_transport.consumer(queue) as consumer:
+        delivery = consumer.reserve(timeout=10)
+        assert delivery is not None and delivery.id == ids[0]
+        consumer.start(delivery)
+        detail = client.get(f"/api/queues/{queue}").json()
+        listed = client.get(f"/api/queues/{queue}/in-flight").json()
+        page = client.get(f"/queues/{queue}").text
+        held_page = client.get(f"/queues/{queue}/in-flight").text
+        consumer.ack(delivery)
+    if not web_transport.can_list_in_flight:
+        # Then a transport that cannot list them says why, on the page too
+        assert detail["in_flight"] is None and "in_flight" in detail["in_flight_unlisted"]
+        assert listed["in_flight"] is None
+        assert "not listed: " in page and "in_flight" in page
+        assert "not listed: " in held_page
+        return
+    # Then the held task is listed, with its holder, in the API and on both pages
+    [held] = detail["in_flight"]
+    assert held["id"] == ids[0] and held["attempt"] == 1 and held["payload"]["n"] == 1
+    assert held["holder"] and listed["in_flight"] == detail["in_flight"]
+    assert listed["in_flight_pages"] == {"offset": 0, "previous_offset": None, "next_offset": None}
+    for html in (page, held_page):
+        assert 'id="in-flight"' in html and f'data-task="{ids[0]}"' in html
+        assert str(markupsafe.escape(held["holder"])) in html
+        assert XSS not in html and "&lt;script&gt;" in html
+    if web_transport.can_peek:  # and the waiting one is waiting, not in flight
+        assert [w["id"] for w in detail["waiting"]] == [ids[1]]
     web_transport.purge(queue)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -176,3 +177,75 @@ def test_token_given_once_then_a_cookie(uri, tmp_path, page):
         assert token not in page.content()
     finally:
         server.stop()
+
+
+def test_failed_list_pages_through_150_tasks(web, uri, page, shots):
+    """150 failed tasks: the failed page shows 100, "next" shows the other 50, "previous"
+    goes back. Fails against a dashboard without paging (one page of 100, no link)."""
+    transport = open_transport(uri)
+    queue = "imports"
+    # Given 150 failed tasks
+    transport.submit_tasks(queue, [{"file": f"batch-{n:03d}.csv"} for n in range(150)])
+    with transport.consumer(queue, prefetch=10) as consumer:
+        for _ in range(150):
+            delivery = consumer.reserve(timeout=10)
+            assert delivery is not None
+            consumer.fail(delivery, f"ValueError: bad row in {delivery.payload['file']}")
+    # When the failed list is opened, Then it shows the oldest 100 and a link to the next
+    page.goto(f"{web.url}/queues/{queue}/failed")
+    rows = page.locator("table#failed tbody tr")
+    assert rows.count() == 100
+    assert "batch-000.csv" in rows.first.inner_text()
+    assert "batch-099.csv" in rows.last.inner_text()
+    assert page.locator("nav.pager a.previous").count() == 0
+    # When "next" is clicked, Then the other 50 show, the newest last
+    page.locator("nav.pager a.next").first.click()
+    page.wait_for_url(f"**/queues/{queue}/failed?offset=100")
+    assert rows.count() == 50
+    assert "batch-100.csv" in rows.first.inner_text()
+    assert "batch-149.csv" in rows.last.inner_text()
+    assert "Failed tasks 101\u2013150 of 150" in page.inner_text("main")  # an en dash
+    assert page.locator("nav.pager a.next").count() == 0
+    page.screenshot(path=str(shots / "web-failed-page-2.png"))
+    # And "previous" goes back to the first 100
+    page.locator("nav.pager a.previous").first.click()
+    page.wait_for_url(f"**/queues/{queue}/failed")
+    assert rows.count() == 100
+    transport.close()
+
+
+def test_a_task_held_by_a_running_worker_shows_in_flight(
+    web, uri, page, start_workers, tmp_path, shots
+):
+    """A worker runs a slow task: the queue's page lists it in flight, with the worker's
+    owner id (its host) and since when; the waiting ones stay in the waiting list. Fails
+    against a page that only counts the tasks in flight."""
+    transport = open_transport(uri)
+    queue = "videos"
+    ledger = tmp_path / "ledger.jsonl"
+    # Given a worker running a long task, and two tasks waiting behind it
+    running_id = transport.submit_task(
+        queue, {"ledger": str(ledger), "video": "intro.mp4", "seconds": 60}
+    )
+    transport.submit_tasks(queue, [{"video": "outro.mp4"}, {"video": "trailer.mp4"}])
+    start_workers(uri, {queue: "test_record"})
+    wait_for(lambda: events(ledger, "start"), 60, "the worker to start the long task")
+    # When the queue's page is opened
+    page.goto(f"{web.url}/queues/{queue}")
+    # Then the task shows in flight: its id, attempt 1, its holder and since when
+    row = page.locator(f'table#in-flight tr[data-task="{running_id}"]')
+    expect(row).to_have_count(1, timeout=10_000)
+    cells = row.locator("td")
+    assert cells.nth(1).inner_text() == "1"
+    holder = cells.nth(2).inner_text()
+    [held] = transport.in_flight(queue)
+    assert held.id == running_id and holder == held.holder
+    assert socket.gethostname().split(".")[0][:20] in holder  # the worker's host
+    expect(cells.nth(3)).not_to_have_text("not started", timeout=10_000)
+    assert "intro.mp4" in cells.nth(4).inner_text()
+    # And the live count says 1 in flight, the others wait in the waiting list
+    expect(page.locator('#queue td[data-count="in_flight"]')).to_have_text("1")
+    waiting = page.locator("table.tasks:not(#in-flight) tbody tr")
+    assert waiting.count() == 2 and "outro.mp4" in waiting.first.inner_text()
+    page.screenshot(path=str(shots / "web-in-flight.png"), full_page=True)
+    transport.close()

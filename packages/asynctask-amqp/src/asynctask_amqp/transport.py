@@ -2,19 +2,24 @@
 
 Features
     Counts: ready, delayed, retrying, failed (AMQP cannot count unacknowledged messages,
-    so ``in_flight`` is ``None``). The whole delivery contract across processes: a submit
-    returns once the broker confirms it holds the tasks (publisher confirms, persistent
-    messages); a consumer subscribes (``basic.consume``, prefetch = the consumer's
-    ``prefetch``) and wakes on the delivery; the broker gives a dead consumer's tasks back
-    when its connection closes or misses 3 heartbeats (``recovery_seconds`` = 3 x
-    ``heartbeat``), and such a delivery counts as an attempt. A consumer keeps its
-    connection in a relay process of its own (``asynctask_amqp.relay``), which answers
-    the heartbeats whatever the worker's process does (a task holding the GIL), so a
-    task is never given to another consumer while its worker lives, and closes the
-    connection as soon as the worker dies. RabbitMQ's ``consumer_timeout`` (30 min by
-    default) is the ceiling on one task's run time. Delays and retry back-off use one
-    ladder of TTL queues per vhost (no broker plugin; ``asynctask_amqp.ladder``). Lost
-    connections are reopened with back-off; a broker restart costs time, not tasks.
+    so ``in_flight`` is ``None``, and ``in_flight()`` raises ``NotSupportedError``: the
+    broker keeps unacknowledged messages with the channel that received them and lets no
+    other client read them; ``peek`` too, since a queue cannot be read without taking
+    from it). ``failed_tasks`` with an ``offset`` takes offset + limit messages of the
+    failed store unacknowledged and gives them back in place. The whole delivery
+    contract across processes: a submit returns once the broker confirms it holds the
+    tasks (publisher confirms, persistent messages); a consumer subscribes
+    (``basic.consume``, prefetch = the consumer's ``prefetch``) and wakes on the
+    delivery; the broker gives a dead consumer's tasks back when its connection closes
+    or misses 3 heartbeats (``recovery_seconds`` = 3 x ``heartbeat``), and such a
+    delivery counts as an attempt. A consumer keeps its connection in a relay process of
+    its own (``asynctask_amqp.relay``), which answers the heartbeats whatever the
+    worker's process does (a task holding the GIL), so a task is never given to another
+    consumer while its worker lives, and closes the connection as soon as the worker
+    dies. RabbitMQ's ``consumer_timeout`` (30 min by default) is the ceiling on one
+    task's run time. Delays and retry back-off use one ladder of TTL queues per vhost
+    (no broker plugin; ``asynctask_amqp.ladder``). Lost connections are reopened with
+    back-off; a broker restart costs time, not tasks.
 URI
     ``amqp://user:password@host:port/vhost`` (``amqps://`` for TLS, port 5671). Default
     host ``localhost``, port 5672, user and password ``guest`` (kombu's defaults). The
@@ -58,9 +63,21 @@ from typing import Any, ClassVar
 
 import amqp.exceptions
 
-from asynctask.errors import InvalidTaskError, InvalidURIError, TransportError
+from asynctask.errors import (
+    InvalidTaskError,
+    InvalidURIError,
+    NotSupportedError,
+    TransportError,
+)
 from asynctask.status import StatusNotKept, SubmitOptions
-from asynctask.transport import Consumer, FailedTask, QueueStats, Transport, TransportFeatures
+from asynctask.transport import (
+    Consumer,
+    FailedTask,
+    InFlightTask,
+    QueueStats,
+    Transport,
+    TransportFeatures,
+)
 from asynctask.validation import Payload, is_valid_queue_name
 from asynctask_amqp.consumer import AmqpConsumer
 from asynctask_amqp.ladder import KINDS, SharedLadder, browse, side_channel
@@ -422,13 +439,30 @@ class AmqpTransport(Transport):
                         total += int(link.channel.queue_purge(name) or 0)
             return total
 
-    def _failed(self, queue: str, limit: int) -> list[FailedTask]:
+    def _failed(self, queue: str, limit: int, offset: int) -> list[FailedTask]:
+        # A queue is read from its head only: a page after ``offset`` takes offset + limit
+        # messages unacknowledged (given back in place when the side channel closes) and
+        # decodes the page's alone.
         with self._session() as link:
             name = failed_name(queue)
             if self._passive(link, name) is None:
                 return []
             with side_channel(link) as side:
-                return [read_failed(queue, message) for message in browse(side, name, limit)]
+                page = browse(side, name, offset + limit)[offset:]
+                return [read_failed(queue, message) for message in page]
+
+    def _in_flight(self, queue: str, limit: int, offset: int) -> list[InFlightTask]:
+        raise NotSupportedError(
+            f"{self!r} cannot list the tasks its consumers hold (in_flight): RabbitMQ keeps "
+            "an unacknowledged message with the channel that received it and lets no other "
+            "client read it; queue_stats() cannot count them either (the management UI "
+            "shows them per channel)"
+        )
+
+    @property
+    def can_list_in_flight(self) -> bool:
+        """False: see ``_in_flight``."""
+        return False
 
     def _requeue_failed(self, queue: str, ids: Sequence[str] | None) -> int:
         with self._session() as link:

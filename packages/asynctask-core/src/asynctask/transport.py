@@ -122,6 +122,26 @@ class WaitingTask:
     submitted_at: float | None  # None where the backend does not know (a foreign task)
 
 
+@dataclass(frozen=True)
+class InFlightTask:
+    """A task a consumer holds (reserved, running or prefetched), as ``in_flight`` reads
+    it: still stored, untouched, to show a person what the workers are doing."""
+
+    id: str
+    queue: str
+    payload: Payload | None  # None when the message cannot be decoded
+    raw: str | None  # the undecodable text, else None
+    #: the attempt it is on (1 for the first delivery), as ``Delivery.attempt``
+    attempt: int
+    #: who holds it: an owner id (``<host>.<random>``, a child of ``asynctask workers``)
+    #: or the transport's name for the consumer (with its host or process where known)
+    holder: str
+    #: when its holder took it (Unix seconds): reserved, or, where the backend records
+    #: only that, started; None where the backend cannot tell (see each transport)
+    since: float | None
+    submitted_at: float | None  # None where the backend does not know (a foreign task)
+
+
 @dataclass
 class Delivery:
     """A reserved task: its payload and what the transport needs to settle it."""
@@ -370,8 +390,10 @@ class Transport(ABC):
         """Remove every ready, delayed and retrying task; return how many."""
 
     @abstractmethod
-    def _failed(self, queue: str, limit: int) -> list[FailedTask]:
-        """The first ``limit`` tasks of the failed store, oldest first."""
+    def _failed(self, queue: str, limit: int, offset: int) -> list[FailedTask]:
+        """The failed store, oldest first: ``limit`` tasks after the first ``offset``.
+
+        Reads no more than ``offset + limit`` records (a page, never the whole store)."""
 
     @abstractmethod
     def _requeue_failed(self, queue: str, ids: Sequence[str] | None) -> int:
@@ -389,13 +411,23 @@ class Transport(ABC):
         """Submit time of the oldest ready task; override where the backend can tell."""
         return None
 
-    def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
-        """The first ``limit`` ready tasks in the order they would be taken, read without
-        taking, changing or moving any (an undecodable one is listed with its text).
-        Override where the backend can; ``can_peek`` tells whether a transport did."""
+    def _peek(self, queue: str, limit: int, offset: int) -> list[WaitingTask]:
+        """``limit`` ready tasks after the first ``offset``, in the order they would be
+        taken, read without taking, changing or moving any (an undecodable one is listed
+        with its text). Override where the backend can; ``can_peek`` tells whether a
+        transport did."""
         raise NotSupportedError(
             f"{self!r} cannot list waiting tasks without taking them (peek); "
             "queue_stats() gives their counts"
+        )
+
+    def _in_flight(self, queue: str, limit: int, offset: int) -> list[InFlightTask]:
+        """``limit`` tasks held by consumers after the first ``offset``, in an order that
+        stays the same while they are held, read without changing any. Override where
+        the backend can; ``can_list_in_flight`` tells whether a transport did."""
+        raise NotSupportedError(
+            f"{self!r} cannot list the tasks its consumers hold (in_flight); "
+            "queue_stats() gives their count where the backend can tell"
         )
 
     @abstractmethod
@@ -657,32 +689,61 @@ class Transport(ABC):
         """
         return self._call(self._oldest_ready, check_queue_name(queue_name))
 
-    def peek(self, queue_name: str, limit: int = 100) -> list[WaitingTask]:
-        """The first ``limit`` ready tasks, head first, read without taking them.
+    def peek(self, queue_name: str, limit: int = 100, offset: int = 0) -> list[WaitingTask]:
+        """Up to ``limit`` ready tasks after the first ``offset``, head first, read without
+        taking them: ``offset=100`` is the second page of 100.
 
         Delayed, retrying, in-flight and failed tasks are not listed. Raises
         ``NotSupportedError`` on a backend that cannot read a queue without taking from
         it (AMQP; see ``can_peek``).
         """
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise InvalidTaskError(f"limit must be an int >= 0, got {limit!r}")
         queue = check_queue_name(queue_name)
+        limit, offset = check_page(limit, offset)
         if limit == 0 and self.can_peek:
             return []
-        return self._call(self._peek, queue, limit)
+        return self._call(self._peek, queue, limit, offset)
 
     @property
     def can_peek(self) -> bool:
         """Whether ``peek`` lists waiting tasks here (the transport implements ``_peek``)."""
         return type(self)._peek is not Transport._peek
 
+    def in_flight(self, queue_name: str, limit: int = 100, offset: int = 0) -> list[InFlightTask]:
+        """Up to ``limit`` tasks held by consumers (reserved: running, or prefetched and
+        not started yet) after the first ``offset``, with who holds each and since when,
+        read without changing them.
+
+        A task is listed while it is held; once settled (acknowledged, retried, failed,
+        released) or handed back from a dead worker, it is not (an acknowledgement a
+        consumer sends with its next call, see ``Consumer.ack``, leaves it listed until
+        that call). Raises
+        ``NotSupportedError`` on a backend that cannot read what its consumers hold
+        (AMQP; see ``can_list_in_flight``).
+        """
+        queue = check_queue_name(queue_name)
+        limit, offset = check_page(limit, offset)
+        if limit == 0 and self.can_list_in_flight:
+            return []
+        return self._call(self._in_flight, queue, limit, offset)
+
+    @property
+    def can_list_in_flight(self) -> bool:
+        """Whether ``in_flight`` lists held tasks here (the transport implements
+        ``_in_flight``)."""
+        return type(self)._in_flight is not Transport._in_flight
+
     def purge(self, queue_name: str) -> int:
         """Delete every task of a queue that is not in flight or failed; return how many."""
         return self._call(self._purge, check_queue_name(queue_name))
 
-    def failed_tasks(self, queue_name: str, limit: int = 100) -> list[FailedTask]:
-        """The queue's failed store, oldest first (at most ``limit``)."""
-        return self._call(self._failed, check_queue_name(queue_name), limit)
+    def failed_tasks(self, queue_name: str, limit: int = 100, offset: int = 0) -> list[FailedTask]:
+        """The queue's failed store, oldest first: up to ``limit`` tasks after the first
+        ``offset`` (``offset=100`` is the second page of 100)."""
+        queue = check_queue_name(queue_name)
+        limit, offset = check_page(limit, offset)
+        if limit == 0:
+            return []
+        return self._call(self._failed, queue, limit, offset)
 
     def requeue_failed(self, queue_name: str, ids: Sequence[str] | None = None) -> int:
         """Move failed tasks back to the queue (all, or the given ids); return how many."""
@@ -862,6 +923,16 @@ def check_delay(delay: object) -> float:
     ):
         raise InvalidTaskError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
     return float(delay)
+
+
+def check_page(limit: object, offset: object) -> tuple[int, int]:
+    """``(limit, offset)`` of a listing if both are ints >= 0, else ``InvalidTaskError``
+    (a ``ValueError``) naming the one that is not, before the backend is asked."""
+    for name, value in (("limit", limit), ("offset", offset)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidTaskError(f"{name} must be an int >= 0, got {value!r}")
+    assert isinstance(limit, int) and isinstance(offset, int)
+    return limit, offset
 
 
 def _ids(ids: Sequence[str] | None) -> Sequence[str] | None:

@@ -28,6 +28,7 @@ import re
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 _TASK_NAME = re.compile(r"^(?:\+([0-8]))?(\d{19})-([A-Za-z0-9_-]{1,128})(?:\.(\d{1,9}))?\.json$")
@@ -249,11 +250,19 @@ def read_file(path: str) -> tuple[bytes, float]:
 
 def task_names(folder: str) -> list[str]:
     """Names in a folder that may be tasks (not starting with ``.``); [] if it is missing."""
+    return list(iter_task_names(folder))
+
+
+def iter_task_names(folder: str) -> Iterator[str]:
+    """``task_names`` one at a time, so that a caller keeping a page of them (``heapq.
+    nsmallest``) never holds a whole folder's names."""
     try:
         with os.scandir(folder) as entries:
-            return [entry.name for entry in entries if not entry.name.startswith(".")]
+            for entry in entries:
+                if not entry.name.startswith("."):
+                    yield entry.name
     except FileNotFoundError:
-        return []
+        return
 
 
 def sweep_tmp(folder: str, age: float = 3600.0) -> None:

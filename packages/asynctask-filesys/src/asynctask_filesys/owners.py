@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -74,6 +75,16 @@ class OwnerFolder:
         with contextlib.suppress(OSError):
             os.rmdir(self.path)
         self._release()
+
+
+def holder_of(folder: str) -> str:
+    """Who holds the tasks of a consumer's folder, as ``in_flight`` shows it: the owner id
+    of a kept consumer (it names the host), else the folder with its process and host."""
+    owner, owned, _ = folder.partition(OWNED)
+    if owned:
+        return owner
+    pid = folder.partition("-")[0]
+    return f"consumer {folder} (pid {pid} on {socket.gethostname()})"
 
 
 def _close_fd(fd: int) -> None:

@@ -9,6 +9,10 @@ Features
     A killed consumer's tasks come back at the next look for dead consumers (every
     ``min(1, lease/2)`` s); a frozen one's once its heartbeat is ``lease`` s old:
     ``features.recovery_seconds`` = lease + that look (9 s by default).
+    ``peek`` and ``failed_tasks`` list a folder's names and read only the page's files;
+    ``in_flight`` lists ``claimed/`` (holder: the owner id of a child of ``asynctask
+    workers``, else the consumer's folder, pid and host; since: the claim's rename, the
+    file's ctime).
 URI
     ``filesys:/abs/path``, ``filesys:///abs/path``, ``filesys:relative/path`` (to the
     working folder when the transport is made), ``filesys:~/path``; ``%xx`` escapes
@@ -44,6 +48,7 @@ from asynctask.status import SubmitOptions
 from asynctask.transport import (
     Consumer,
     FailedTask,
+    InFlightTask,
     PutProgress,
     QueueStats,
     TransportFeatures,
@@ -61,6 +66,7 @@ from asynctask_filesys.layout import (
     StampClock,
     TaskName,
     due_order,
+    iter_task_names,
     original_name,
     read_file,
     read_task_file,
@@ -69,7 +75,7 @@ from asynctask_filesys.layout import (
     write_file,
 )
 from asynctask_filesys.oserrors import os_errors
-from asynctask_filesys.owners import Heartbeats
+from asynctask_filesys.owners import Heartbeats, holder_of
 from asynctask_filesys.queues import FilesysBase, TaskOptions, unwrap, wrap
 from asynctask_filesys.state import FilesysStateStore
 from asynctask_filesys.watch import Watcher
@@ -309,30 +315,64 @@ class FilesysTransport(FilesysBase):
             return None
 
     @os_errors
-    def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
+    def _peek(self, queue: str, limit: int, offset: int) -> list[WaitingTask]:
         # The smallest names first, as takers take them; read as hostile, moved nowhere.
+        # A folder has no index: its names are listed (not read), the page's files read.
         folder = self.paths(queue).ready
         found = []
-        for name in heapq.nsmallest(limit, task_names(folder)):
+        names = heapq.nsmallest(offset + limit, iter_task_names(folder))[offset:]
+        for name in names:
             with contextlib.suppress(FileNotFoundError):  # taken meanwhile
-                found.append(self._read_waiting(queue, os.path.join(folder, name), name))
+                payload, raw, mtime = self._read_listed(os.path.join(folder, name))
+                task = TaskName.parse(name)
+                submitted = mtime if task.stamp is None else task.stamp / 1e9
+                found.append(WaitingTask(task.id, queue, payload, raw, task.attempts, submitted))
         return found
 
-    def _read_waiting(self, queue: str, path: str, name: str) -> WaitingTask:
-        task = TaskName.parse(name)
-        payload: Payload | None = None
-        raw: str | None = None
+    def _read_listed(self, path: str) -> tuple[Payload | None, str | None, float]:
+        """``(payload, None, mtime)`` of a task file, or ``(None, text, mtime)`` for one
+        that cannot be decoded (a FIFO or a symlink is described, never opened)."""
         try:
             data, mtime = read_task_file(path, self.max_payload_bytes)
         except NotATaskFile as exc:
-            data, mtime, raw = b"", os.lstat(path).st_mtime, f"({exc})"
-        if raw is None:
-            try:
-                payload = unwrap(self.decode(data))[0]
-            except ValueError:  # UndecodableMessage: listed as its text
-                raw = data.decode("utf-8", errors="replace")
-        submitted = mtime if task.stamp is None else task.stamp / 1e9
-        return WaitingTask(task.id, queue, payload, raw, task.attempts, submitted)
+            return None, f"({exc})", os.lstat(path).st_mtime
+        try:
+            return unwrap(self.decode(data))[0], None, mtime
+        except ValueError:  # UndecodableMessage: listed as its text
+            return None, data.decode("utf-8", errors="replace"), mtime
+
+    @os_errors
+    def _in_flight(self, queue: str, limit: int, offset: int) -> list[InFlightTask]:
+        # Every consumer's folder in claimed/: what it holds is bounded by the consumers'
+        # prefetch, so all names are listed and sorted by when they were claimed (the
+        # rename into the folder sets the file's ctime), then the page's files read.
+        claimed = self.paths(queue).claimed
+        held: list[tuple[float, str, str]] = []
+        for folder in task_names(claimed):  # .live-*, .new-* start with a dot
+            path = os.path.join(claimed, folder)
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                for name in task_names(path):  # .lock starts with a dot
+                    with contextlib.suppress(FileNotFoundError):  # settled meanwhile
+                        since = os.lstat(os.path.join(path, name)).st_ctime
+                        held.append((since, folder, name))
+        found = []
+        for since, folder, name in heapq.nsmallest(offset + limit, held)[offset:]:
+            with contextlib.suppress(FileNotFoundError):
+                payload, raw, mtime = self._read_listed(os.path.join(claimed, folder, name))
+                task = TaskName.parse(name)
+                found.append(
+                    InFlightTask(
+                        task.id,
+                        queue,
+                        payload,
+                        raw,
+                        task.attempts + 1,
+                        holder_of(folder),
+                        since,
+                        mtime if task.stamp is None else task.stamp / 1e9,
+                    )
+                )
+        return found
 
     @os_errors
     def _queue_names(self) -> list[str]:
@@ -372,10 +412,13 @@ class FilesysTransport(FilesysBase):
         return sorted(n for n in task_names(p.failed) if not n.endswith(META_SUFFIX))
 
     @os_errors
-    def _failed(self, queue: str, limit: int) -> list[FailedTask]:
+    def _failed(self, queue: str, limit: int, offset: int) -> list[FailedTask]:
+        # Names start with their failure stamp: the smallest are the oldest. Only the
+        # names are listed; the page's files (and sidecars) are read.
         p = self.paths(queue)
         found = []
-        for stored in self._failed_names(p)[:limit]:
+        names = (n for n in iter_task_names(p.failed) if not n.endswith(META_SUFFIX))
+        for stored in heapq.nsmallest(offset + limit, names)[offset:]:
             with contextlib.suppress(FileNotFoundError):
                 found.append(self._read_failed(queue, p, stored))
         return found

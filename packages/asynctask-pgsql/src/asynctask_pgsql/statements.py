@@ -531,7 +531,7 @@ FAILED = """
 SELECT task_id, payload::text, payload_text, error, attempts,
        extract(epoch FROM date_submitted)::float8, extract(epoch FROM date_failed)::float8
 FROM {s}.asynctask_queue WHERE queue_name = %s AND state = 'failed'
-ORDER BY date_failed, id LIMIT %s
+ORDER BY date_failed, id LIMIT %s OFFSET %s
 """
 
 # ``%(all)s`` is true to act on every failed task of the queue, else only on ``ids``.
@@ -634,16 +634,44 @@ SELECT task_id, payload, payload_text, attempts, submitted FROM (
      FROM {s}.asynctask_queue
      WHERE queue_name = %(queue)s AND state = 'queued' AND priority > 0
        AND date_available <= now()
-     ORDER BY priority DESC, date_available, id LIMIT %(limit)s)
+     ORDER BY priority DESC, date_available, id LIMIT %(limit)s + %(offset)s)
     UNION ALL
     (SELECT task_id, payload::text, payload_text, attempts,
             extract(epoch FROM date_submitted)::float8, priority, date_available, id
      FROM {s}.asynctask_queue
      WHERE queue_name = %(queue)s AND state = 'queued' AND priority <= 0
        AND date_available <= now()
-     ORDER BY date_available, id LIMIT %(limit)s)
+     ORDER BY date_available, id LIMIT %(limit)s + %(offset)s)
 ) AS head
-ORDER BY priority DESC, date_available, id LIMIT %(limit)s
+ORDER BY priority DESC, date_available, id LIMIT %(limit)s OFFSET %(offset)s
+"""
+
+# A page of the rows consumers hold, in the order they were stored (the reserved rows'
+# partial index finds them; they are as many as the consumers' prefetch allows). Who holds
+# each: the owner of a kept consumer (``keeper``), else the consumer's number and, where
+# this role may see it, the address its session came from (the session holding that
+# number's advisory lock, read once from pg_locks). Since when: the start of its running
+# attempt, from its status; NULL for a task prefetched and not started, or untracked.
+IN_FLIGHT = """
+WITH page AS (
+    SELECT id, task_id, payload::text AS payload, payload_text, attempts, owner, keeper,
+           extract(epoch FROM date_submitted)::float8 AS submitted
+    FROM {s}.asynctask_queue
+    WHERE queue_name = %(queue)s AND state = 'reserved'
+    ORDER BY id LIMIT %(limit)s OFFSET %(offset)s
+), sessions AS (
+    SELECT l.objid::bigint AS number, host(a.client_addr) AS address
+    FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+      AND l.classid::bigint = %(lock_class)s
+)
+SELECT p.task_id, p.payload, p.payload_text, p.attempts, p.submitted, o.owner, p.owner,
+       (SELECT min(address) FROM sessions WHERE number = p.owner),
+       extract(epoch FROM s.date_started)::float8
+FROM page AS p
+LEFT JOIN {s}.asynctask_owner AS o ON o.id = p.keeper
+LEFT JOIN {s}.asynctask_status AS s ON s.task_id = p.task_id AND s.state = 'running'
+ORDER BY p.id
 """
 
 
@@ -681,6 +709,7 @@ class Statements:
     limit_add: LiteralString
     limit_free: LiteralString
     peek: LiteralString
+    in_flight: LiteralString
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:

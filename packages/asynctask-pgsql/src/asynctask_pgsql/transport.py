@@ -11,6 +11,11 @@ Features
     Task status (``asynctask.status``): kept in ``<schema>.asynctask_status``, written by
     the same statements as the tasks; ``wait`` on LISTEN/NOTIFY; ``priority``,
     ``expires`` and ``unique_key`` (a unique index) honoured by every statement.
+    ``peek``, ``failed_tasks`` and ``in_flight`` read one page (``LIMIT``/``OFFSET`` on
+    their partial indexes); ``in_flight``'s holder is the owner id of a child of
+    ``asynctask workers``, else ``consumer N`` and the address its session came from;
+    its ``since`` is when the running attempt started (from its status: None for a
+    prefetched task not started yet, or one whose worker keeps no status).
 URI
     ``pgsql:dbname``, ``pgsql://host/dbname``, ``pgsql://user:password@host:port/dbname``,
     and libpq's own ``postgresql://...`` / ``postgres://...`` (multi-host lists too).
@@ -53,6 +58,7 @@ from asynctask.transport import (
     COUNT_NAMES,
     Consumer,
     FailedTask,
+    InFlightTask,
     QueueStats,
     Transport,
     TransportFeatures,
@@ -64,7 +70,12 @@ from asynctask_pgsql.conninfo import LIBPQ_KEYWORDS, is_refusal, read_server
 from asynctask_pgsql.consumer import PgsqlConsumer
 from asynctask_pgsql.decoding import load_json_as_text
 from asynctask_pgsql.keeper import PgsqlLiveness
-from asynctask_pgsql.schema import check_schema_name, limit_lock_class, migrate
+from asynctask_pgsql.schema import (
+    check_schema_name,
+    consumer_lock_class,
+    limit_lock_class,
+    migrate,
+)
 from asynctask_pgsql.state import (
     UNIQUE_TRIES,
     PgsqlStateStore,
@@ -379,11 +390,44 @@ class PgsqlTransport(Transport):
         rows = self._query(self.sql.oldest_ready, (queue,))
         return None if not rows else rows[0][0]
 
-    def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
+    def _peek(self, queue: str, limit: int, offset: int) -> list[WaitingTask]:
         if not self._stored():
             return []
-        rows = self._query(self.sql.peek, {"queue": queue, "limit": limit})
+        rows = self._query(self.sql.peek, {"queue": queue, "limit": limit, "offset": offset})
         return [self._waiting(queue, *row) for row in rows]
+
+    def _in_flight(self, queue: str, limit: int, offset: int) -> list[InFlightTask]:
+        if not self._stored():
+            return []
+        params = {
+            "queue": queue,
+            "limit": limit,
+            "offset": offset,
+            "lock_class": consumer_lock_class(self.schema),
+        }
+        found = []
+        for row in self._query(self.sql.in_flight, params):
+            task_id, payload_json, text, attempts, submitted, owner, number, address, since = row
+            waiting = self._waiting(queue, task_id, payload_json, text, attempts, submitted)
+            if owner is not None:
+                holder = str(owner)
+            elif address:
+                holder = f"consumer {number} (connected from {address})"
+            else:
+                holder = f"consumer {number}"
+            found.append(
+                InFlightTask(
+                    waiting.id,
+                    queue,
+                    waiting.payload,
+                    waiting.raw,
+                    waiting.attempts + 1,
+                    holder,
+                    since,
+                    submitted,
+                )
+            )
+        return found
 
     def _waiting(
         self,
@@ -419,10 +463,10 @@ class PgsqlTransport(Transport):
         [(count,)] = self._query(self.sql.purge, (queue,))
         return int(count)
 
-    def _failed(self, queue: str, limit: int) -> list[FailedTask]:
+    def _failed(self, queue: str, limit: int, offset: int) -> list[FailedTask]:
         if not self._stored():
             return []
-        rows = self._query(self.sql.failed, (queue, limit))
+        rows = self._query(self.sql.failed, (queue, limit, offset))
         return [_failed_task(queue, *row) for row in rows]
 
     def _requeue_failed(self, queue: str, ids: Sequence[str] | None) -> int:

@@ -48,6 +48,7 @@ import redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
+from asynctask.liveness import new_owner
 from asynctask.status import StartVerdict
 from asynctask.transport import Consumer, Delivery, Transport, check_delay, new_task_id
 from asynctask_redis import scripts
@@ -138,7 +139,8 @@ class RedisConsumer(Consumer):
         self._host = host
         # ``<owner>/<random>``: the scripts read the owner off the id and take the owner's
         # key (kept by the supervisor, see asynctask_redis.keeper) as this one's heartbeat.
-        self.id = new_task_id() if owner is None else f"{owner}/{new_task_id()[:16]}"
+        # Else ``<host>.<random>`` (``new_owner``), so that ``in_flight`` names the host.
+        self.id = new_owner() if owner is None else f"{owner}/{new_task_id()[:16]}"
         #: whether a keeper elsewhere keeps this consumer's liveness (asynctask.liveness)
         self.owned = owner is not None
         self.heartbeat_key = host.key(queue, f"heartbeat:{self.id}")

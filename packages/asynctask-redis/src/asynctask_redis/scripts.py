@@ -678,6 +678,80 @@ return {ready_n, redis.call('ZCARD', delayed),
 """,
 )
 
+#: ARGV: prefix, queue, offset, limit. Returns up to ``limit`` ready messages after the
+#: first ``offset``, in the order takers take them: the urgent ones (highest priority
+#: first, FIFO within), then the ready list, less the nudges it may hold (not tasks).
+#: Reads no more than offset + limit entries (plus nudges), returns only the page.
+PEEK = _script(
+    "peek",
+    r"""
+local offset, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+local out = {}
+local n_urgent = redis.call('ZCARD', urgent)
+if offset < n_urgent then
+  out = redis.call('ZRANGE', urgent, offset, offset + limit - 1)
+  offset = 0
+else
+  offset = offset - n_urgent
+end
+local i = 0
+if tonumber(redis.call('GET', nudges) or '0') <= 0 then
+  i, offset = offset, 0  -- no nudge in the list: its positions are the tasks'
+end
+while #out < limit do
+  local chunk = redis.call('LRANGE', ready, i, i + 999)
+  if #chunk == 0 then break end
+  for _, m in ipairs(chunk) do
+    if m ~= NUDGE then
+      if offset > 0 then
+        offset = offset - 1
+      else
+        out[#out + 1] = m
+        if #out >= limit then break end
+      end
+    end
+  end
+  i = i + 1000
+end
+return out
+""",
+)
+
+#: ARGV: prefix, queue, offset, limit. Returns, flat, ``consumer id, message, started
+#: at`` (seconds as text, '' unless the task is ``running``) for up to ``limit`` held
+#: tasks after the first ``offset``: consumers by id, each one's processing list in
+#: order. Reads the lists' lengths and the page only.
+IN_FLIGHT = _script(
+    "in_flight",
+    r"""
+local offset, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+local cids = redis.call('SMEMBERS', consumers)
+table.sort(cids)
+local out, n = {}, 0
+for _, cid in ipairs(cids) do
+  if n >= limit then break end
+  local proc = processing(cid)
+  local len = redis.call('LLEN', proc)
+  if offset >= len then
+    offset = offset - len
+  else
+    for _, m in ipairs(redis.call('LRANGE', proc, offset, offset + limit - n - 1)) do
+      local started = ''
+      local id = envelope_head(m)
+      if id then
+        local f = redis.call('HMGET', task_key(id), 'state', 'started_at')
+        if f[1] == 'running' and f[2] then started = f[2] end
+      end
+      out[#out + 1], out[#out + 2], out[#out + 3] = cid, m, started
+      n = n + 1
+    end
+    offset = 0
+  end
+end
+return out
+""",
+)
+
 #: ARGV: prefix, queue, first task id, guard_ms, delay_ms, status ttl_ms, status (1:
 #: recorded here, 0: kept elsewhere), expires_ms (or ''), unique key (or ''),
 #: envelope... Stores tasks in order: ready (by priority, from the envelope's header

@@ -35,6 +35,10 @@ Storage
     ``P:Q:urgent`` (ready tasks of priority 1-9), ``P:Q:task:<id>`` (a status hash),
     ``P:@id:<id>`` (the id's queue), ``P:Q:unique:<key>``, ``P:Q:waiting:<id>`` and
     ``P:Q:done:<id>`` (``wait``), ``P:Q:untracked``. See README.md.
+    ``peek``, ``failed_tasks`` and ``in_flight`` read one page (a script walks to it);
+    ``in_flight``'s holder is the consumer's owner id under ``asynctask workers``, else
+    its id (``<host>.<random>``); ``since`` is when the running attempt started (its
+    status; None for a prefetched task not started yet, or an untracked queue's).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from asynctask.status import StateStore, StatusNotTracked, SubmitOptions
 from asynctask.transport import (
     Consumer,
     FailedTask,
+    InFlightTask,
     QueueStats,
     Transport,
     TransportFeatures,
@@ -74,7 +79,7 @@ from asynctask_redis.connection import (
     pipeline,
     run,
 )
-from asynctask_redis.consumer import EXPIRES_HEADER, NUDGE, RedisConsumer
+from asynctask_redis.consumer import EXPIRES_HEADER, RedisConsumer
 from asynctask_redis.keeper import RedisLiveness
 from asynctask_redis.messages import (
     envelope,
@@ -308,21 +313,9 @@ class RedisTransport(Transport):
         except ValueError:
             return None
 
-    def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
-        if limit <= 0:
-            return []
-        # in the order reserve takes them: the urgent first (highest priority, FIFO
-        # within), then the ready list, less the nudges it may hold (not tasks)
-        urgent, ready = self.execute(
-            pipeline,
-            [
-                ("ZRANGE", self.key(queue, "urgent"), 0, limit - 1),
-                ("LRANGE", self.ready_key(queue), 0, limit),
-            ],
-        )
-        raws = [*urgent, *(raw for raw in ready if raw != NUDGE)][:limit]
+    def _peek(self, queue: str, limit: int, offset: int) -> list[WaitingTask]:
         found = []
-        for raw in raws:
+        for raw in self._script(scripts.PEEK, queue, offset, limit):
             try:
                 message = read_message(raw, self.max_payload_bytes)
             except ValueError:  # listed as its text; the next taker moves it to failed
@@ -332,6 +325,34 @@ class RedisTransport(Transport):
             found.append(
                 WaitingTask(
                     message.id, queue, message.payload, None, message.attempts, message.submitted_at
+                )
+            )
+        return found
+
+    def _in_flight(self, queue: str, limit: int, offset: int) -> list[InFlightTask]:
+        flat = self._script(scripts.IN_FLIGHT, queue, offset, limit)
+        found = []
+        for i in range(0, len(flat), 3):
+            cid, raw, started = flat[i].decode(), flat[i + 1], flat[i + 2].decode()
+            # ``<owner>/<random>``: a child of asynctask workers, named by its owner id
+            holder = cid.partition("/")[0] if "/" in cid else f"consumer {cid}"
+            since = float(started) if started else None
+            try:
+                message = read_message(raw, self.max_payload_bytes)
+            except ValueError:
+                text = raw.decode("utf-8", errors="replace")
+                found.append(InFlightTask("", queue, None, text, 1, holder, since, None))
+                continue
+            found.append(
+                InFlightTask(
+                    message.id,
+                    queue,
+                    message.payload,
+                    None,
+                    message.attempts + 1,
+                    holder,
+                    since,
+                    message.submitted_at,
                 )
             )
         return found
@@ -349,10 +370,11 @@ class RedisTransport(Transport):
     def _purge(self, queue: str) -> int:
         return int(self._script(scripts.PURGE, queue))
 
-    def _failed(self, queue: str, limit: int) -> list[FailedTask]:
+    def _failed(self, queue: str, limit: int, offset: int) -> list[FailedTask]:
         if limit <= 0:
             return []
-        raws = self.execute(call, "LRANGE", self.key(queue, "failed"), 0, limit - 1)
+        key = self.key(queue, "failed")
+        raws = self.execute(call, "LRANGE", key, offset, offset + limit - 1)
         return [read_failed(queue, raw) for raw in raws]
 
     def _chosen_failed(self, queue: str, ids: Sequence[str] | None) -> list[bytes]:

@@ -3,11 +3,13 @@
 Routes (DESIGN.md section 8)::
 
     /                               queues with counts and rates (refreshed live)
-    /queues/<name>                  counts and the first waiting tasks
+    /queues/<name>                  counts, a page of waiting tasks, the first in flight
+    /queues/<name>/in-flight        tasks held by workers (who, since when)
     /queues/<name>/failed           failed tasks, with requeue and purge
     /tasks/<id>                     a task's status and result
     /schedules  /plugins  /settings
     /api/...                        the same data as JSON
+    ?offset=N                       the page of 100 from N (lists of tasks)
     POST /queues/<name>/failed/requeue, /queues/<name>/failed/purge   (ids=..., or all)
     POST /queues/<name>/purge       the waiting tasks
 
@@ -75,9 +77,11 @@ class Dashboard:
         self.templates.filters.update(
             json=_json_text, when=_when, age=_age, count=_count, rate=_rate, q=_quote
         )
+        self.templates.globals.update(page_link=_page_link)
         routes = [
             Route("/", self.page(self.queues_data, "queues.html")),
             Route("/queues/{name}", self.page(self.queue_data, "queue.html")),
+            Route("/queues/{name}/in-flight", self.page(self.in_flight_data, "in_flight.html")),
             Route("/queues/{name}/failed", self.page(self.failed_data, "failed.html")),
             Route("/queues/{name}/failed/requeue", self.failed_action("requeue"), methods=["POST"]),
             Route("/queues/{name}/failed/purge", self.failed_action("purge"), methods=["POST"]),
@@ -89,6 +93,7 @@ class Dashboard:
             Route("/settings", self.page(self.settings_data, "settings.html")),
             Route("/api/queues", self.api(self.queues_data)),
             Route("/api/queues/{name}", self.api(self.queue_data)),
+            Route("/api/queues/{name}/in-flight", self.api(self.in_flight_data)),
             Route("/api/queues/{name}/failed", self.api(self.failed_data)),
             Route("/api/tasks/{task_id}", self.api(self.task_data)),
             Route("/api/schedules", self.api(self.schedules_data)),
@@ -106,10 +111,13 @@ class Dashboard:
         return data.queues(self.transport, self.rates)
 
     def queue_data(self, request: Request) -> dict[str, Any]:
-        return data.queue(self.transport, _queue_name(request), _limit(request))
+        return data.queue(self.transport, _queue_name(request), *_page(request))
+
+    def in_flight_data(self, request: Request) -> dict[str, Any]:
+        return data.in_flight(self.transport, _queue_name(request), *_page(request))
 
     def failed_data(self, request: Request) -> dict[str, Any]:
-        return data.failed(self.transport, _queue_name(request), _limit(request))
+        return data.failed(self.transport, _queue_name(request), *_page(request))
 
     def task_data(self, request: Request) -> dict[str, Any]:
         task_id = request.path_params["task_id"]
@@ -219,13 +227,24 @@ def _queue_name(request: Request) -> str:
     return check_queue_name(request.path_params["name"])
 
 
-def _limit(request: Request) -> int:
-    """``?limit=N`` (0 to ``data.PAGE``; the live refresh asks for 0: counts only)."""
-    text = request.query_params.get("limit")
+#: the largest ``?offset=``: a page costs the backend up to offset + limit entries read
+#: (a folder's names, an AMQP queue's messages), so a link cannot ask for unbounded work
+MAX_OFFSET = 1_000_000
+
+
+def _page(request: Request) -> tuple[int, int]:
+    """``(limit, offset)`` from ``?limit=N`` (0 to ``data.PAGE``; the live refresh asks
+    for 0: counts only) and ``?offset=N`` (0 to ``MAX_OFFSET``)."""
+    limit = _number(request, "limit", data.PAGE, data.PAGE)
+    return limit, _number(request, "offset", 0, MAX_OFFSET)
+
+
+def _number(request: Request, name: str, default: int, largest: int) -> int:
+    text = request.query_params.get(name)
     if text is None:
-        return data.PAGE
-    if not text.isdigit() or int(text) > data.PAGE:
-        raise InvalidTaskError(f"limit must be a whole number from 0 to {data.PAGE}, got {text!r}")
+        return default
+    if not text.isdigit() or int(text) > largest:
+        raise InvalidTaskError(f"{name} must be a whole number from 0 to {largest}, got {text!r}")
     return int(text)
 
 
@@ -301,3 +320,13 @@ def _rate(value: float | None) -> str:
 
 def _quote(value: str) -> str:
     return quote(value, safe="")
+
+
+def _page_link(request: Request, offset: int) -> str:
+    """The current page's path with ``?offset=`` set (other parameters kept, a notice
+    dropped)."""
+    params = {k: v for k, v in request.query_params.items() if k not in ("offset", "notice")}
+    if offset:
+        params["offset"] = str(offset)
+    query = urlencode(params)
+    return request.url.path + (f"?{query}" if query else "")

@@ -3,12 +3,15 @@
 
 Every function here blocks on the backend; the app runs them in a worker thread (a
 transport is safe to share between threads). Nothing reads a whole store: waiting tasks
-come through ``peek`` and failed ones through ``failed_tasks``, a page of ``PAGE`` each.
+come through ``peek``, tasks in flight through ``in_flight`` and failed ones through
+``failed_tasks``, a page of ``PAGE`` each from an ``offset``, with where the previous and
+next pages start.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -45,31 +48,73 @@ def queues(transport: Transport, rates: Any) -> dict[str, Any]:
     return {"transport": transport.safe_uri, "rates": rates.describe(), "queues": rows}
 
 
-def queue(transport: Transport, name: str, limit: int = PAGE) -> dict[str, Any]:
-    """One queue: its counts and its first waiting tasks (when the backend can list
-    them without taking them)."""
-    stats = transport.queue_stats(name)
+def pages(offset: int, limit: int, shown: int, total: int | None) -> dict[str, int | None]:
+    """Where the previous and next pages of a listing start (None: there is none).
+
+    A next page exists when this one is full and the count (where the transport gives
+    one) says more follow; the previous one starts ``limit`` earlier, never below 0.
+    """
+    more = shown == limit and limit > 0 and (total is None or total > offset + shown)
+    return {
+        "offset": offset,
+        "previous_offset": max(0, offset - limit) if offset > 0 and limit > 0 else None,
+        "next_offset": offset + shown if more else None,
+    }
+
+
+def _listed(read: Callable[[], list[Any]]) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """A listing as dicts, or ``(None, why)`` where the transport cannot give it."""
     try:
-        waiting: list[dict[str, Any]] | None = [
-            asdict(task) for task in transport.peek(name, limit=limit)
-        ]
-        why = None
+        return [asdict(task) for task in read()], None
     except NotSupportedError as exc:
-        waiting, why = None, str(exc)
+        return None, str(exc)
+
+
+def queue(transport: Transport, name: str, limit: int = PAGE, offset: int = 0) -> dict[str, Any]:
+    """One queue: its counts, a page of its waiting tasks (``offset`` on) and the first
+    page of its tasks in flight, where the backend can list them without taking them."""
+    stats = transport.queue_stats(name)
+    waiting, why = _listed(lambda: transport.peek(name, limit=limit, offset=offset))
+    held, held_why = _listed(lambda: transport.in_flight(name, limit=limit))
     return {
         "queue": counts(stats),
         "waiting": waiting,
         "waiting_unlisted": why,
+        "waiting_pages": pages(offset, limit, len(waiting or []), stats.ready),
+        "in_flight": held,
+        "in_flight_unlisted": held_why,
+        "in_flight_pages": pages(0, limit, len(held or []), stats.in_flight),
         "limit": limit,
         "oldest_ready": transport.oldest_ready(name),
     }
 
 
-def failed(transport: Transport, name: str, limit: int = PAGE) -> dict[str, Any]:
-    """The first failed tasks of a queue, oldest first, and how many there are."""
+def in_flight(
+    transport: Transport, name: str, limit: int = PAGE, offset: int = 0
+) -> dict[str, Any]:
+    """A page of the tasks consumers hold (who, since when), or why they cannot be
+    listed."""
     stats = transport.queue_stats(name)
-    tasks = [asdict(task) for task in transport.failed_tasks(name, limit=limit)]
-    return {"queue": counts(stats), "failed": tasks, "limit": limit}
+    held, why = _listed(lambda: transport.in_flight(name, limit=limit, offset=offset))
+    return {
+        "queue": counts(stats),
+        "in_flight": held,
+        "in_flight_unlisted": why,
+        "in_flight_pages": pages(offset, limit, len(held or []), stats.in_flight),
+        "limit": limit,
+    }
+
+
+def failed(transport: Transport, name: str, limit: int = PAGE, offset: int = 0) -> dict[str, Any]:
+    """A page of the failed tasks of a queue, oldest first, and how many there are."""
+    stats = transport.queue_stats(name)
+    tasks = [asdict(task) for task in transport.failed_tasks(name, limit=limit, offset=offset)]
+    return {
+        "queue": counts(stats),
+        "failed": tasks,
+        "failed_pages": pages(offset, limit, len(tasks), stats.failed),
+        "limit": limit,
+    }
 
 
 def task(transport: Transport, task_id: str) -> dict[str, Any] | None:

@@ -45,6 +45,7 @@ from asynctask.errors import (
     TransportUnavailable,
 )
 from asynctask.plugins import load_plugins
+from asynctask.testing.listing import ListingContract
 from asynctask.testing.services import unique_queue
 from asynctask.transport import COUNT_NAMES, Transport
 
@@ -151,9 +152,9 @@ def hold_task_in_child(uri: str, queue: str, report: Any) -> None:
     _in_child(uri, _reserve_one, True, queue, report)
 
 
-class TransportContract:
+class TransportContract(ListingContract):
     """The shared suite; see the module docstring. Fixtures ``transport_uri`` and ``probe``
-    come from the subclass."""
+    come from the subclass. The paging and in-flight tests come from ``ListingContract``."""
 
     # -- fixtures ---------------------------------------------------------------------
 
@@ -397,6 +398,8 @@ class TransportContract:
         assert probe.stored(queue) == 2
         with pytest.raises(ValueError, match="limit"):
             transport.peek(queue, limit=-1)
+        with pytest.raises(ValueError, match="offset"):
+            transport.peek(queue, offset="1")
 
     def test_transport_is_safe_to_share_between_threads(self, transport, queue, probe):
         def submit() -> None:

@@ -1,7 +1,9 @@
 """``localmem:``: the in-process reference transport, and the test double.
 
 Features
-    Every count; the whole delivery contract, within one process only. A consumer
+    Every count; the whole delivery contract, within one process only. ``peek``,
+    ``in_flight`` (holder: the consumer's thread; since: when it reserved the task) and
+    ``failed_tasks`` page through memory. A consumer
     belongs to the thread that reserves with it; when that thread ends without settling
     its tasks, they come back (counted as an attempt) within ``recovery_seconds``.
     Task status (``asynctask.status``), kept in memory (``asynctask.transports.memstate``)
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
+import socket
 import threading
 import time
 from collections import deque
@@ -37,6 +41,7 @@ from asynctask.transport import (
     Consumer,
     Delivery,
     FailedTask,
+    InFlightTask,
     PutProgress,
     QueueStats,
     Transport,
@@ -59,6 +64,8 @@ class _Task:
     due: float = 0.0
     retrying: bool = False
     owner: threading.Thread | None = None
+    reserved_at: float | None = None  # when ``owner`` took it (Unix seconds)
+    holder: str = ""  # the consumer holding it, as ``in_flight`` names it
     headers: dict[str, str] = field(default_factory=dict)
     priority: int = 0
 
@@ -242,7 +249,9 @@ class LocalMemTransport(Transport):
                     rec.state = "queued"  # its worker died: waiting for another start
         return q.waiting[0][0] - now if q.waiting else None
 
-    def _pop_ready(self, queue: str, q: _Queue, owner: threading.Thread | None) -> Delivery | None:
+    def _pop_ready(
+        self, queue: str, q: _Queue, owner: threading.Thread | None, holder: str = ""
+    ) -> Delivery | None:
         """Take the head ready task; an undecodable one goes to the failed store."""
         while q.ready:
             task = q.ready.popleft()
@@ -253,6 +262,8 @@ class LocalMemTransport(Transport):
                 continue
             if owner is not None:
                 task.owner = owner
+                task.reserved_at = time.time()
+                task.holder = f"{holder} in thread {owner.name}"
                 q.in_flight[task.id] = task
             delivery = Delivery(task.id, queue, payload, task.attempts + 1, task.submitted_at, task)
             delivery.headers = dict(task.headers)
@@ -311,21 +322,48 @@ class LocalMemTransport(Transport):
             q = self._queues.get(queue)
             return None if q is None else q.ready.oldest()
 
-    def _peek(self, queue: str, limit: int) -> list[WaitingTask]:
+    def _peek(self, queue: str, limit: int, offset: int) -> list[WaitingTask]:
         with self._cond:
             q = self._queues.get(queue)
             if q is None:
                 return []
             self._maintain(q)
-            return [self._waiting(queue, task) for task in itertools.islice(q.ready, limit)]
+            page = itertools.islice(q.ready, offset, offset + limit)
+            return [self._waiting(queue, task) for task in page]
 
     def _waiting(self, queue: str, task: _Task) -> WaitingTask:
-        try:
-            payload: Payload | None = self.decode(task.text)
-            raw = None
-        except ValueError:  # UndecodableMessage: listed as its text
-            payload, raw = None, task.text
+        payload, raw = self._decoded(task)
         return WaitingTask(task.id, queue, payload, raw, task.attempts, task.submitted_at)
+
+    def _decoded(self, task: _Task) -> tuple[Payload | None, str | None]:
+        """``(payload, None)``, or ``(None, text)`` for a task that cannot be decoded."""
+        try:
+            return self.decode(task.text), None
+        except ValueError:  # UndecodableMessage: listed as its text
+            return None, task.text
+
+    def _in_flight(self, queue: str, limit: int, offset: int) -> list[InFlightTask]:
+        # in the order they were reserved (a dict keeps it)
+        with self._cond:
+            q = self._queues.get(queue)
+            if q is None:
+                return []
+            self._maintain(q)
+            page = itertools.islice(q.in_flight.values(), offset, offset + limit)
+            return [self._held(queue, task) for task in page]
+
+    def _held(self, queue: str, task: _Task) -> InFlightTask:
+        payload, raw = self._decoded(task)
+        return InFlightTask(
+            task.id,
+            queue,
+            payload,
+            raw,
+            task.attempts + 1,
+            f"{task.holder} (pid {os.getpid()} on {socket.gethostname()})",
+            task.reserved_at,
+            task.submitted_at,
+        )
 
     def _queue_names(self) -> list[str]:
         with self._cond:
@@ -341,10 +379,12 @@ class LocalMemTransport(Transport):
             self._statuses.forget(purged)
             return len(purged)
 
-    def _failed(self, queue: str, limit: int) -> list[FailedTask]:
+    def _failed(self, queue: str, limit: int, offset: int) -> list[FailedTask]:
         with self._cond:
             q = self._queues.get(queue)
-            return [] if q is None else list(q.failed.values())[:limit]
+            if q is None:
+                return []
+            return list(itertools.islice(q.failed.values(), offset, offset + limit))
 
     def _requeue_failed(self, queue: str, ids: Sequence[str] | None) -> int:
         with self._cond:
@@ -407,6 +447,10 @@ def _json(payload: Payload | None) -> str:
     return json.dumps(payload if payload is not None else {}, separators=(",", ":"))
 
 
+#: numbers of this process's consumers, for ``in_flight``
+_CONSUMER_NUMBERS = itertools.count(1)
+
+
 class LocalMemConsumer(Consumer):
     """A consumer owned by the thread that reserves with it."""
 
@@ -415,6 +459,8 @@ class LocalMemConsumer(Consumer):
     def __init__(self, transport: LocalMemTransport, queue: str, prefetch: int) -> None:
         super().__init__(transport, queue, prefetch)
         self._held: dict[str, _Task] = {}
+        #: how ``in_flight`` names this consumer
+        self.name = f"consumer {next(_CONSUMER_NUMBERS)}"
 
     def reserve(self, timeout: float) -> Delivery | None:
         t = self.transport
@@ -424,7 +470,7 @@ class LocalMemConsumer(Consumer):
             q = t._queue(self.queue)
             while True:
                 next_due = t._maintain(q)
-                delivery = t._pop_ready(self.queue, q, owner=threading.current_thread())
+                delivery = t._pop_ready(self.queue, q, threading.current_thread(), self.name)
                 if delivery is not None:
                     self._held[delivery.id] = delivery.receipt
                     return delivery
