@@ -320,11 +320,14 @@ class RedisConsumer(Consumer):
         """Have the cancel feed live before a move, if Redis lets it subscribe: what this
         consumer holds from before was taken unheard, so its starts ask Redis."""
         feed = self._feed
+        t = self._host
         if feed is None:
-            t = self._host
             pool = t.server.pool_for(t.key(self.queue, ""))
             feed = self._feed = CancelFeed(pool, t.key(self.queue, "cancels"))
-        if feed.live or not feed.open():
+        if feed.live:
+            return
+        feed.pool = t.server.pool_for(t.key(self.queue, ""))  # after a failover: the new one
+        if not feed.open():
             return
         self._unsure.update(self._buffer)
         self._unsure.update(self._held)
