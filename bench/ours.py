@@ -430,10 +430,10 @@ def wait_wakeups(transport: Transport, waiter: Transport, queue: str, count: int
             raise RuntimeError(f"task {task_id} did not come to be acknowledged")
         began = time.perf_counter()
         consumer.ack(delivery)
-        consumer.close()
         store = transport.external_state()
         if store is not None:  # as the run loop does: the outcome goes to that store
             store.settled(queue, task_id, "succeeded", delivery.attempt)
+        consumer.close()
         thread.join(30)
         if not woke:
             raise RuntimeError(f"wait({task_id}) did not return")
