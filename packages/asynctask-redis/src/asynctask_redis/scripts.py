@@ -452,7 +452,7 @@ def with_prelude(name: str, body: str) -> Script:
 _script = with_prelude
 
 
-def _without_maintenance(name: str, body: str) -> Script:
+def without_maintenance(name: str, body: str) -> Script:
     """A script that never maintains the queue: without the maintenance helpers, whose
     definitions every call would run (a hot script's calls cost less)."""
     return Script(name, _KEYS + _STATUS + body)
@@ -512,7 +512,7 @@ return out
 #: n_acks, acks (pairs)... The hot path between TAKEs: acks and moves, no maintenance.
 #: The SADD keeps a consumer that was wrongly found dead (its heartbeat late) findable
 #: from its first new task on. Returns {first marked running (1/0), message...}.
-NEXT = _without_maintenance(
+NEXT = without_maintenance(
     "next",
     r"""
 local cid, tracking, ttl_ms = ARGV[3], ARGV[5] == '1', ARGV[6]
@@ -536,7 +536,7 @@ return out
 #: cancelled running task does). Carries the pending acks (and their results).
 #: Returns 'run', 'cancelled' or 'expired'.
 #: (No maintenance prelude: this runs once a task, beside the move.)
-START = _without_maintenance(
+START = without_maintenance(
     "start",
     r"""
 local proc, m, ttl_ms = processing(ARGV[3]), ARGV[4], ARGV[5]
@@ -762,7 +762,7 @@ return out
 #: nothing the second time. Returns {1} stored, {0} such a retry, {2, id} the unique key is held by
 #: that task (nothing written), {3} the queue's worker keeps no status and expires or a
 #: unique key needs one (nothing written).
-PUT = _without_maintenance(
+PUT = without_maintenance(
     "put",
     r"""
 local ttl_ms, here = ARGV[6], ARGV[7] == '1'

@@ -34,14 +34,14 @@ from asynctask.status import (
     TaskStatus,
 )
 from asynctask_redis.connection import call, pipeline, run
-from asynctask_redis.scripts import Script, with_prelude
+from asynctask_redis.scripts import Script, without_maintenance
 
 if TYPE_CHECKING:
     from asynctask_redis.transport import RedisTransport
 
 #: ARGV: prefix, queue, delayed (1/0), expires_ms or '', unique key or '', id...
 #: Records new tasks; returns their ids, or {holder} when the unique key is held.
-SUBMITTED = with_prelude(
+SUBMITTED = without_maintenance(
     "submitted",
     r"""
 local state, expires, unique = ARGV[3] == '1' and 'delayed' or 'queued', ARGV[4], ARGV[5]
@@ -57,11 +57,11 @@ return out
 )
 
 #: ARGV: prefix, queue, ttl_ms, id, attempt. Returns 'run', 'cancelled' or 'expired'.
-STARTED = with_prelude("started", "return start_task(ARGV[4], ARGV[5], now_ms(), ARGV[3])")
+STARTED = without_maintenance("started", "return start_task(ARGV[4], ARGV[5], now_ms(), ARGV[3])")
 
 #: ARGV: prefix, queue, ttl_ms, id, state, attempts (0: unchanged), error or '',
 #: result JSON or ''. A cancelled or expired task keeps its state. Returns 1 if written.
-SETTLED = with_prelude(
+SETTLED = without_maintenance(
     "settled",
     r"""
 local ttl_ms, id, state, attempts, err = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
@@ -91,7 +91,7 @@ return 1
 #: ARGV: prefix, queue, ttl_ms, id. Returns 1 if the task was not final and now is
 #: cancelled (a waiting one is dropped by the next consumer to meet it; the id is
 #: published on ``P:Q:cancels`` for the consumers holding tasks, see cancelfeed.py).
-CANCEL = with_prelude(
+CANCEL = without_maintenance(
     "cancel",
     r"""
 local ttl_ms, id = ARGV[3], ARGV[4]
