@@ -85,4 +85,20 @@ FINDINGS: dict[tuple[str, str], str] = {
     ),
     ("amqp", "drain_1"): _AMQP_DRAIN,
     ("amqp", "peer"): _AMQP_DRAIN,
+    ("redis", "tracking"): (
+        "Not round trips any more: the three tasks of a prefetch-4 move that used to wait "
+        "for a `START` each (0.33x against 0.51-0.82x for the same run's tracked drain "
+        "after, 2026-12-07) send it unanswered. What is left is Redis's own work, measured "
+        "with `INFO commandstats` on a private redis-server: about 100-120 µs of server "
+        "time a task tracked against 30-45 µs untracked on this loaded host, in the `NEXT` "
+        "and `START` scripts (two `HMGET`, two `HSET`, two `PEXPIRE`, an `EXISTS`, the "
+        "calls' own cost inside Lua, several µs each); on 2 cores shared with the worker "
+        "that is time the worker waits for."
+    ),
+    ("amqp", "tracking"): (
+        "AMQP keeps its statuses in another store (here the bench's Redis, "
+        "`asynctask_state`): core's generic path makes two round trips to it a task, "
+        "`started` before `process()` and `settled` after, on top of the broker's own "
+        "work (measured 2026-12-07, not profiled further)."
+    ),
 }
