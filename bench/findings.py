@@ -86,9 +86,10 @@ FINDINGS: dict[tuple[str, str], str] = {
     ("amqp", "drain_1"): _AMQP_DRAIN,
     ("amqp", "peer"): _AMQP_DRAIN,
     ("redis", "tracking"): (
-        "Not round trips any more: the three tasks of a prefetch-4 move that used to wait "
-        "for a `START` each (0.33x against 0.51-0.82x for the same run's tracked drain "
-        "after, 2026-12-07) send it unanswered. What is left is Redis's own work, measured "
+        "Not round trips any more: until 2026-12-07 each of the three tasks a prefetch-4 "
+        "move takes ahead waited for a `START` reply (0.26-0.33x in same-run A/B runs); "
+        "now it is sent unanswered (0.51-0.82x in the same runs). What is left is Redis's "
+        "own work, measured "
         "with `INFO commandstats` on a private redis-server: about 100-120 µs of server "
         "time a task tracked against 30-45 µs untracked on this loaded host, in the `NEXT` "
         "and `START` scripts (two `HMGET`, two `HSET`, two `PEXPIRE`, an `EXISTS`, the "
