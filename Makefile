@@ -37,6 +37,7 @@ bench-hooks: install ## what the lifecycle hooks and the metrics plugin cost: do
 chaos: install ## reliability under faults: docs/reliability.md (minutes; not part of make test)
 	.venv/bin/python -m chaos $(if $(ONLY),--only $(ONLY),)
 	$(if $(ONLY),,.venv/bin/python -m chaos.quorum)  # quorum queues on a 3-node cluster of its own
+	$(if $(ONLY),,.venv/bin/python -m chaos.failover)  # a Redis master killed mid-drain: cluster and Sentinel, with and without WAIT
 
 lint: install ## ruff check and format check
 	.venv/bin/ruff check packages tests bench chaos

@@ -3,21 +3,64 @@
 Written by hand from ``python -m bench.profile`` (py-spy, ``--idle``, the main thread of
 the worker child or the submitting process) and side measurements on the same machine;
 the report prints the entry beside each missed target. Profiled at commit b426961
-(2026-11-29); the drains again after core's prefetch 4 default (99d829f). Update an entry
-when its transport changes.
+(2026-11-29); the drains again after core's prefetch 4 default (99d829f); pgsql again
+for issue 20 (2026-12-07: pg_stat_statements and EXPLAIN on a private server, the
+consumer's asynchronous commit). Update an entry when its transport changes.
 """
 
 from __future__ import annotations
 
 _PG_DRAIN = (
-    "py-spy on the worker child (prefetch 4): 63% of its main thread waits in psycopg "
-    "`Connection.wait` and 11% sends, for the one statement per 4 tasks (RESERVE: `UPDATE "
-    "... FOR UPDATE SKIP LOCKED` that also deletes the acked rows) and its commit; "
-    "asynctask's own Python is under 10%. Per row the statement writes two versions "
-    "(reserved, then deleted) where the raw `DELETE ... RETURNING` writes one, and it "
-    "stayed 1.5x the raw loop's cost per row with `synchronous_commit=off` on both in a "
-    "side run, so it is server work, not the WAL flush. Prefetch amortizes it: the prefetch "
-    "row shows the same consumer at prefetch 1 and 10."
+    "Where a pgsql drain's time goes (issue 20; a private PostgreSQL 15 with "
+    "pg_stat_statements, the machine shared with other work, 2 cores). The worker child "
+    "(py-spy, prefetch 4) spends 60-70% of its main thread in psycopg `Connection.wait` for "
+    "its one statement per 4 tasks (RESERVE, which also deletes the 4 acknowledged rows "
+    "and writes their `succeeded`); asynctask's run loop, hooks and decoding are under "
+    "15%. Until this change every RESERVE also waited for a WAL fsync (1.5-4 ms on this "
+    "disk under load, `pg_test_fsync`): a consumer's session now commits asynchronously "
+    "(a lost commit only makes a task run again; `?durable_acks=true` restores the wait), "
+    "which took the same drain from 647-964/s to 1,177-1,866/s (private server, 4 "
+    "alternating rounds of 5,000) and, on the shared server in alternating rounds with "
+    "PgQueuer (its tables vacuumed first, as ours are), from 1.0-1.1x PgQueuer with "
+    "`durable_acks=true` to 1.6-1.9x (PgQueuer's own dequeue takes 1.07 ms of server time "
+    "per ~9 jobs, our RESERVE 0.46-0.53 ms per 4). "
+    "On the server, `EXPLAIN (ANALYZE, BUFFERS)` of a RESERVE of 4 rows: 0.44 ms and 75 "
+    "buffers mark the 4 acknowledged statuses `succeeded` (not a HOT update: `date_forget` "
+    "is in the index `asynctask_status_forget`), 0.33 ms and 70 buffers mark the 4 new "
+    "rows `reserved` (not HOT either: `state` is in the partial indexes' predicates, so "
+    "each update adds an entry to the primary key, `task_id` and `reserved` indexes); the "
+    "head scan (0.06 ms) and the delete (0.03 ms) are small. At 3x PgQueuer (about "
+    "6,000/s against its 2,000/s unloaded) a task may cost 170 us in all, while our "
+    "server's part alone is 110-130 us a task at prefetch 4. What would close 3x: fewer "
+    "index entries per task (a reservation that is a HOT update: the claim kept in "
+    "non-indexed columns; a forget time fixed at submit so that `succeeded` is a HOT update "
+    "of the status row), or a larger prefetch (PgQueuer takes 10 at a time; ours takes the "
+    "worker's prefetch, 4 by default: one round trip per 10 instead of per 4 tasks; a side "
+    "run at load 16-23: prefetch 4 863-1,114/s, prefetch 10 1,181-1,450/s, PgQueuer "
+    "308-344/s). The ratio moves with the machine's load: 1.6-1.9x at load 8-12, above 3x "
+    "at load 16-23, where PgQueuer's more round trips per job suffer more."
+)
+
+_PG_SUBMIT = (
+    "pg_stat_statements (private server): a submit is one statement, 161 us of server time "
+    "and 751 WAL bytes (the task row and its status row, NOTIFY in the statement) against "
+    "141 us and 426 bytes for the raw INSERT into a copy of the queue table with the same "
+    "indexes and trigger (63 us without the trigger, whose transition table and NOTIFY are "
+    "most of it; 41 us with the primary key alone, 25 us bare: the `insert_*` rows give each "
+    "index's cost). Both commit with one WAL fsync, which is most of either side's time on "
+    "this disk. The rest is the client: 440 us of CPU per `submit_task` against 200 us for "
+    "the raw `execute` (same run, under load): payload checks, the task id, the submit "
+    "hooks, the pool checkout and psycopg adapting the 14 parameters. A submit that wrote "
+    "no status row (statuses kept elsewhere, `asynctask_state`) would save the second row "
+    "and its two index entries, about 20 us of the server's time."
+)
+
+_PG_LATENCY = (
+    "A timed trace of the consumer: the path is the submit's commit (its fsync), the "
+    "NOTIFY wake-up, then RESERVE (now committed asynchronously); the raw listener's path "
+    "is the same commit and NOTIFY (the copied trigger) and a plain DELETE. RESERVE writes "
+    "more (the row marked reserved, the previous task's status `succeeded`). When the "
+    "worker is still busy with its previous cycle, a task waits for that too."
 )
 
 _AMQP_DRAIN = (
@@ -40,6 +83,25 @@ _REDIS_DRAIN = (
     "triples the rate (the prefetch row)."
 )
 
+_REDIS_COST = (
+    "`python -m bench.taskcost` (the table above) and callgrind on the child's run loop "
+    "(2,000 tasks, instructions per task, which the machine's load does not move): with "
+    "statuses tracked, the default, every task started costs one round trip (1.01 per "
+    "task at prefetch 32, 1.07 at 4): the consumer's `start()` marks it `running` and "
+    "waits for the reply, so prefetch saves moves but not that mark, and the drain is "
+    "bound by the round trip whatever the prefetch. Untracked, the same child at prefetch "
+    "32 makes 0.03 round trips per task and ran 0.26x the raw loop in the same run (the "
+    "untracked row). Our own work per task (instructions, this tree against main "
+    "5bd54d9): 284.5k -> 249.1k tracked at prefetch 4, 151.2k -> 120.0k untracked at 32 "
+    "(hook calls through argument getters, the OpenTelemetry API asked once a second "
+    "while no SDK is set, a dict for the consumer's held messages, the watchdog and the "
+    "outage report skipped when idle; the bench's children no longer load the test-only "
+    "plugins). What closes the tracked gap is a running mark that does not wait for its "
+    "reply (the redis status work of issue 16); the rest of ours is the consumer's "
+    "decode and bookkeeping (about two thirds of our share) and the hooks of the installed "
+    "OpenTelemetry and Prometheus plugins (about 3 us a task)."
+)
+
 FINDINGS: dict[tuple[str, str], str] = {
     ("filesys", "submit_one"): (
         "py-spy (`--measure submit`): 68% of the time is the task file's write+fsync and "
@@ -52,19 +114,14 @@ FINDINGS: dict[tuple[str, str], str] = {
         "(`uuid4` id, payload check, the envelope), about 14%."
     ),
     ("redis", "drain_1"): _REDIS_DRAIN,
+    ("redis", "cost_p32"): _REDIS_COST,
     ("amqp", "submit_one"): (
         "py-spy (`--measure submit`): 67% of a `submit_task` waits for the publisher "
         "confirm and 7% writes, as the raw publish does; asynctask's Python is under 10%."
     ),
-    ("pgsql", "submit_one"): (
-        "py-spy on the submitting process (`--measure submit`): 81% of each `submit_task` "
-        "waits for PostgreSQL (`Connection.wait`), 14% sends; asynctask's Python (ids, "
-        "validation, pool) is about 5%. The server does more than the raw INSERT: the "
-        "statement trigger sends a NOTIFY at commit (the wake-up of idle workers) and the "
-        "row enters two indexes (primary key, ready). In a side run the raw INSERT with a "
-        "`pg_notify` in the same statement did 2,100-2,900/s against 3,400-3,500/s without: "
-        "ours is at the level of the raw client that also wakes a listener."
-    ),
+    ("pgsql", "submit_one"): _PG_SUBMIT,
+    ("pgsql", "submit_one_fresh"): _PG_SUBMIT,
+    ("pgsql", "submit_one_churned"): _PG_SUBMIT,
     ("pgsql", "submit_batch"): (
         "py-spy (`--measure batch`): 35-46% waits for the server; 22-31% is psycopg adapting "
         "the three text arrays of `INSERT ... SELECT FROM unnest(...)` in Python "
@@ -74,15 +131,9 @@ FINDINGS: dict[tuple[str, str], str] = {
     ),
     ("pgsql", "drain_1"): _PG_DRAIN,
     ("pgsql", "peer"): _PG_DRAIN,
-    ("pgsql", "latency_p50"): (
-        "A timed trace of the consumer (each statement and wait): the path is the submit's "
-        "commit (0.6 ms), the NOTIFY wake-up, then RESERVE with its commit (0.7 ms); the "
-        "raw listener's path is the same but ends with a plain DELETE (about 0.4 ms). "
-        "RESERVE writes more: an UPDATE marking the row reserved plus the delete of the "
-        "previous acks, two row versions per task against the raw DELETE's one. When the "
-        "worker is still busy with its previous cycle (the ack riding on an empty RESERVE, "
-        "then `next_due`), a task waits for that too."
-    ),
+    ("pgsql", "latency_p50"): _PG_LATENCY,
+    ("pgsql", "latency_p50_fresh"): _PG_LATENCY,
+    ("pgsql", "latency_p50_churned"): _PG_LATENCY,
     ("amqp", "drain_1"): _AMQP_DRAIN,
     ("amqp", "peer"): _AMQP_DRAIN,
     ("redis", "tracking"): (

@@ -7,6 +7,7 @@ measure uses its own queue (key, table, folder) and removes it afterwards.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from asynctask.plugins import load_plugins
 from asynctask.status import StatusNotKept
 from asynctask.transport import Transport
 from bench import memory as memory_of
-from bench import ours, peer
+from bench import ours, peer, replicas
 from bench.ledger import Follower
 from bench.plan import (
     ARQ_PYTHON,
@@ -33,8 +34,8 @@ from bench.plan import (
     unavailable,
     unique_name,
 )
-from bench.raw import RAW, RawClient, delete_amqp_queues
-from bench.results import TransportResult
+from bench.raw import RAW, RawClient, RedisRaw, delete_amqp_queues
+from bench.results import MEASURES, TransportResult
 from bench.workers import SLEEP, BenchNoopWorker
 
 Say = Callable[[str], None]
@@ -44,6 +45,10 @@ Payload = dict[str, Any]
 ROUNDS = 3
 #: the prefetch the informational ``prefetch`` measure tries
 PREFETCH = 10
+#: the prefetches of the ``cost`` step (issue 20): one at a time, the default, a large one
+COST_PREFETCH = (1, 4, 32)
+#: tasks the raw client takes per round trip in the ``cost`` step
+RAW_BATCH = 100
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -106,6 +111,9 @@ class Session:
                 self.asyncio,
                 self.status,
                 self.shapes,
+                self.replicas,
+                self.pgtable,
+                self.cost,
             )
             for step in steps:
                 if self.steps is None or step.__name__ in self.steps:
@@ -692,6 +700,169 @@ class Session:
             f"{(deep_held or 0) / mb:,.1f} MB vs {(small_held or 0) / mb:,.1f} MB, child "
             f"{memory[count][1] / mb:,.1f} MB vs {memory[small][1] / mb:,.1f} MB"
         )
+
+    def replicas(self) -> None:
+        """13. ``wait_replicas`` (redis only): submit and drain with ``WAIT`` for one
+        replica against without, on a master and replica of the run's own
+        (``bench.replicas``)."""
+        if self.name != "redis":
+            return
+        for key, mine, theirs, label, note in replicas.measure(
+            self.sizes, self.folder, ROUNDS, self.say
+        ):
+            self.add(key, mine, theirs, label, note, target=False)
+
+    def pgtable(self) -> None:
+        """11. pgsql only (issue 20): what each index and the trigger cost a committed
+        INSERT; then submit, drain and wake-up against the raw client on a freshly
+        vacuumed table and on one ``Sizes.churn`` tasks have passed through with no VACUUM
+        since (a schema of its own, ``asynctask_bench_churn``; the transport's own
+        VACUUM is off there, ``vacuum_every=0``, so nothing cleans it)."""
+        if self.name != "pgsql":
+            return
+        import psycopg
+
+        from bench import pgtable
+        from bench.raw import PgRaw, pg_conninfo
+
+        sizes = self.sizes
+        costs, inside = pgtable.index_costs(pg_conninfo(), sizes.submit_one // ROUNDS, ROUNDS, 2.0)
+        for label, rate in costs.items():
+            note = f"{inside[label]:.1f} µs a row in one INSERT ... SELECT"
+            if f"insert_{label}" in MEASURES:  # an index added since is in the line below
+                self.add(f"insert_{label}", rate, costs["bare"], "bare table", note, False)
+        self.say(
+            f"[{self.name}] committed INSERT: "
+            + ", ".join(
+                f"{label} {rate:,.0f}/s ({inside[label]:.1f} µs a row in a set)"
+                for label, rate in costs.items()
+            )
+        )
+        schema = "asynctask_bench_churn"
+        uri = self.uri + ("&" if "?" in self.uri else "?") + f"schema={schema}&vacuum_every=0"
+        transport = type(self.transport)(uri)
+        raw = PgRaw(unique_name("bench_raw_churn"))
+        raw.create()
+        conn = psycopg.connect(pg_conninfo(), autocommit=True)
+        tables = [f"{schema}.asynctask_queue", f"{schema}.asynctask_status", raw.target]
+        try:
+            transport.purge(self.queue("churn"))  # the schema exists before the VACUUM
+            transport.submit_task("bench_churn_make", {})
+            transport.purge("bench_churn_make")
+            for table_state in ("fresh", "churned"):
+                if table_state == "fresh":
+                    pgtable.vacuum(conn, tables)
+                else:
+                    began = time.monotonic()
+                    pgtable.churn(conn, schema, raw.target, sizes.churn)
+                    dead = pgtable.dead_tuples(conn, tables)
+                    self.say(
+                        f"[{self.name}] {sizes.churn:,} tasks passed in "
+                        f"{time.monotonic() - began:.0f} s; dead tuples: {dead}"
+                    )
+                self._table_round(transport, uri, raw, table_state)
+        finally:
+            transport.close()
+            raw.destroy()
+            # the bench's own schema: the next run starts from nothing again
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            conn.close()
+
+    def _table_round(self, transport: Transport, uri: str, raw: RawClient, state: str) -> None:
+        """Submit one by one, a 1-child drain and the wake-up p50, ours against raw."""
+        sizes = self.sizes
+        n, budget = sizes.submit_one // ROUNDS, sizes.submit_budget / ROUNDS
+        queue = self.queue("table")
+        mine = theirs = 0.0
+        for round_number in range(ROUNDS):
+            sides = ("ours", "raw") if round_number % 2 == 0 else ("raw", "ours")
+            for side in sides:
+                if side == "ours":
+                    send = lambda items: ours.submit_one(transport, queue, items)  # noqa: E731
+                    mine = max(mine, ours.rate(send, n, 50, budget))
+                else:
+                    theirs = max(theirs, ours.rate(raw.submit_one, n, 50, budget))
+        transport.purge(queue)
+        raw.conn.execute(f"DELETE FROM {raw.target}")  # type: ignore[attr-defined]
+        label = f"({state} table)"
+        self.add(f"submit_one_{state}", mine, theirs, f"{self.label('submit_one')} {label}")
+        ours.fill(transport, queue, sizes.drain)
+        try:
+            drained = ours.drain(uri, queue, sizes.drain, 1, self.folder)
+        finally:
+            transport.purge(queue)
+        raw.fill(ours.payloads(sizes.drain), sizes.batch)
+        started = time.perf_counter()
+        raw.drain(sizes.drain)
+        raw_rate = sizes.drain / (time.perf_counter() - started)
+        self.add(f"drain_1_{state}", drained.rate, raw_rate, f"{self.label('drain')} {label}")
+        count, gap = sizes.latency, sizes.latency_gap
+        wakeups = ours.latency(uri, transport, queue, count, gap, self.folder)
+        transport.purge(queue)
+        raw_wakeups = self._raw_latency(raw, count, gap)
+        p50, raw_p50 = percentile(wakeups, 0.5), percentile(raw_wakeups, 0.5)
+        self.add(f"latency_p50_{state}", p50, raw_p50, f"{self.label('latency')} {label}")
+        self.say(
+            f"[{self.name}] {state} table: submit one {mine:,.0f}/s (raw {theirs:,.0f}/s), "
+            f"drain {drained.rate:,.0f}/s (raw {raw_rate:,.0f}/s), "
+            f"wake-up p50 {p50:.2f} ms (raw {raw_p50:.2f})"
+        )
+
+    def cost(self) -> None:
+        """12. A worker child's cost per task (issue 20; redis): one child at prefetch 1, 4
+        and 32 against the raw client taking 100 tasks a round trip (target at 32:
+        >= 0.3x), in alternating rounds; then, in a process of its own, where each
+        prefetch's time per task goes (``bench.taskcost``: round trips against our code,
+        by part)."""
+        if self.name != "redis":
+            return
+        n, untracked, raw_rate = self.sizes.drain, 0.0, 0.0
+        rates: dict[int, float] = {}
+        for round_number in range(self.sizes.drain_rounds):
+            if round_number % 2:
+                raw_rate = max(raw_rate, self._raw_batch_drain())
+            for prefetch in COST_PREFETCH:
+                got = self._drain_prefetch(prefetch)
+                rates[prefetch] = max(rates.get(prefetch, 0.0), got)
+            untracked = max(untracked, self._drain_prefetch(COST_PREFETCH[-1], False))
+            if not round_number % 2:
+                raw_rate = max(raw_rate, self._raw_batch_drain())
+        label = f"LPOP {RAW_BATCH} at a time"
+        for prefetch in COST_PREFETCH:
+            key = f"cost_p{prefetch}"
+            self.add(key, rates[prefetch], raw_rate, label, target=key == "cost_p32")
+        self.add("cost_p32_untracked", untracked, raw_rate, label, target=False)
+        command = [sys.executable, "-m", "bench.taskcost", "--json", "--untracked"]
+        command += ["--tasks", str(n), "--uri", self.uri]
+        command += ["--prefetch", ",".join(str(p) for p in COST_PREFETCH)]
+        done = subprocess.run(
+            command, capture_output=True, text=True, cwd=ours.ROOT, check=True, timeout=1800
+        )
+        self.result.costs = json.loads(done.stdout.strip().splitlines()[-1])
+        line = ", ".join(f"prefetch {p} {r:,.0f}/s" for p, r in rates.items())
+        self.say(
+            f"[{self.name}] cost: 1 child {line}, prefetch {COST_PREFETCH[-1]} untracked "
+            f"{untracked:,.0f}/s; raw {label} {raw_rate:,.0f}/s"
+        )
+
+    def _drain_prefetch(self, prefetch: int, tracked: bool | None = None) -> float:
+        n = self.sizes.drain
+        queue = self.queue("cost")
+        ours.fill(self.filler, queue, n)
+        try:
+            got = ours.drain(self.uri, queue, n, 1, self.folder, tracked, prefetch=prefetch)
+        finally:
+            self.transport.purge(queue)
+        return got.rate
+
+    def _raw_batch_drain(self) -> float:
+        n = self.sizes.drain
+        with self.raw() as raw:
+            assert isinstance(raw, RedisRaw)
+            raw.fill(ours.payloads(n), self.sizes.batch)
+            start = time.perf_counter()
+            raw.drain_batches(n, RAW_BATCH)
+            return n / (time.perf_counter() - start)
 
 
 def measure(

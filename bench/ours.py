@@ -21,10 +21,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from asynctask.plugins import DISABLE_VARIABLE
 from asynctask.runner import LoopOptions, run_loop
 from asynctask.testing import clean_environment, workers_command
 from asynctask.transport import Transport
 from bench import ledger
+from bench.plan import TEST_PLUGINS
 from bench.workers import BenchNoopWorker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,8 +164,11 @@ class WorkersCommand:
         track_status: bool | None = None,
         more_queues: Sequence[str] = (),
         state_uri: str | None = None,
+        prefetch: int | None = None,
     ) -> None:
         entry: dict[str, Any] = {"worker": worker, "concurrency": concurrency}
+        if prefetch is not None:
+            entry["prefetch"] = prefetch
         if child_concurrency is not None:
             entry["child_concurrency"] = child_concurrency
         if track_status is not None:
@@ -174,7 +179,9 @@ class WorkersCommand:
         self.command = workers_command(
             uri, workers, "--import", "bench.workers", "-q", *halting, settings=settings
         )
-        self.env = clean_environment(**{ledger.LEDGER_VARIABLE: ledger_path})
+        self.env = clean_environment(
+            **{ledger.LEDGER_VARIABLE: ledger_path, DISABLE_VARIABLE: TEST_PLUGINS}
+        )
         self.env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
         )
@@ -238,9 +245,11 @@ def drain(
     folder: Path,
     track_status: bool | None = None,
     state_uri: str | None = None,
+    prefetch: int | None = None,
 ) -> Drain:
     """Run ``asynctask workers --halt-when-empty`` on a filled queue until it exits
-    (``state_uri``: its statuses kept there, the setting ``asynctask_state``)."""
+    (``state_uri``: its statuses kept there, the setting ``asynctask_state``;
+    ``prefetch``, None: the worker's, goes in the queue's entry)."""
     path = str(folder / f"drain-{queue}-{concurrency}.ledger")
     with WorkersCommand(
         uri,
@@ -251,6 +260,7 @@ def drain(
         halt=True,
         track_status=track_status,
         state_uri=state_uri,
+        prefetch=prefetch,
     ) as workers:
         try:
             workers.wait(timeout=max(120.0, count / 50))

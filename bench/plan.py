@@ -14,6 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+#: plugins of the workspace that only tests use (entry-point names): switched off in every
+#: process the bench measures, since users do not install them (their hooks cost about
+#: 10 us a task, reading the environment)
+TEST_PLUGINS = "testworkers_hooks,testworkers_lifecycle"
+
 #: the order of the table: the in-process reference first, then the embedded default
 TRANSPORTS = ("localmem", "filesys", "pgsql", "redis", "amqp")
 
@@ -55,6 +60,8 @@ class Sizes:
     async_rounds: int = 40
     #: tasks each peer drains (``--peers``), in the drain's rounds (some peers do 100/s)
     peer_drain: int = 5000
+    #: tasks passed through pgsql's tables (no VACUUM since) for the churned-table rows
+    churn: int = 1_000_000
 
 
 FULL = Sizes(
@@ -92,6 +99,7 @@ QUICK = Sizes(
     deep=4000,
     async_rounds=4,
     peer_drain=300,
+    churn=20_000,
 )
 
 

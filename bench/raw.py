@@ -7,7 +7,9 @@ backend    one by one             bulk                         drain / wake-up
 =========  =====================  ===========================  ================================
 redis      RPUSH                  pipelined RPUSH              BRPOP loop
 pgsql      committed INSERT       multi-row INSERT             DELETE ... SKIP LOCKED RETURNING;
-                                                               LISTEN for the wake-up
+           (a copy of the queue   (the same table)             LISTEN for the wake-up (the
+           table: its indexes                                  trigger's NOTIFY)
+           and NOTIFY trigger)
 amqp       publish, persistent,   publish, persistent, the     consume with ack, the prefetch
            publisher confirm      confirms pipelined           of our worker (4 by default)
 files      write+fsync+rename,    write+fsync each, rename     rename loop (rename, read,
@@ -28,6 +30,7 @@ import os
 import shutil
 import threading
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -260,6 +263,19 @@ class RedisRaw(RawClient):
                 raise TimeoutError("BRPOP timed out")
             json.loads(item[1])
 
+    def drain_batches(self, count: int, batch: int) -> None:
+        """Take ``count`` tasks ``batch`` at a time (``LPOP key batch``), each decoded: the
+        most a client can take with one round trip per batch, no acknowledgement at all."""
+        lpop, key, loads = self.client.lpop, self.target, json.loads
+        done = 0
+        while done < count:
+            items: list[bytes] | None = lpop(key, min(batch, count - done))  # type: ignore[assignment]
+            if not items:
+                raise TimeoutError(f"LPOP found the list empty after {done} of {count}")
+            for item in items:
+                loads(item)
+            done += len(items)
+
     def listen(self, ledger: str, count: int, ready: Callable[[], None]) -> None:
         fd = _open_ledger(ledger)
         self.client.ping()
@@ -281,13 +297,41 @@ class RedisRaw(RawClient):
 # -- pgsql -----------------------------------------------------------------------------
 
 
+#: the transport's queue table, whose columns, indexes and trigger the raw table copies
+PG_QUEUE_TABLE = "asynctask.asynctask_queue"
+
+#: the raw table's trigger: the transport's own (one NOTIFY per statement, on the queue's
+#: channel), which other programs' INSERTs fire and the transport's own connections skip
+PG_TRIGGER = (
+    "CREATE TRIGGER asynctask_notify AFTER INSERT ON {table} REFERENCING NEW TABLE AS inserted"
+    " FOR EACH STATEMENT WHEN (current_setting('asynctask.notify', true) IS DISTINCT FROM"
+    " 'off') EXECUTE FUNCTION asynctask.asynctask_notify()"
+)
+
+
+def pg_queue_copy(conn: Any, table: str, indexes: bool = True, trigger: bool = True) -> None:
+    """Create ``table`` as a copy of the transport's queue table (made first if missing):
+    its columns and defaults, with (``indexes``) every index and (``trigger``) the
+    NOTIFY trigger, so a raw INSERT does the same work per row as a submit's task row."""
+    from asynctask_pgsql.schema import migrate
+
+    migrate(conn, "asynctask")
+    like = "INCLUDING ALL" if indexes else "INCLUDING DEFAULTS INCLUDING CONSTRAINTS"
+    conn.execute(f"CREATE TABLE {table} (LIKE {PG_QUEUE_TABLE} {like})")
+    if trigger:
+        conn.execute(PG_TRIGGER.format(table=table))
+
+
 class PgRaw(RawClient):
-    """psycopg on one table ``(id BIGSERIAL, payload JSONB)``, autocommit: each call commits."""
+    """psycopg on a copy of the queue table (its columns, indexes and NOTIFY trigger),
+    autocommit: each call commits. A row is what a submit writes into the queue table
+    (a task id made by the client, the queue's name, the payload); the raw client writes
+    no status row (``asynctask_status``), which a submit also writes."""
 
     name = "pgsql"
     labels: ClassVar[dict[str, str]] = {
-        "submit_one": "INSERT, committed",
-        "submit_batch": "multi-row INSERT",
+        "submit_one": "INSERT, committed, same indexes+trigger",
+        "submit_batch": "multi-row INSERT, same indexes+trigger",
         "drain": "DELETE SKIP LOCKED loop",
         "latency": "LISTEN wake-up",
     }
@@ -297,38 +341,34 @@ class PgRaw(RawClient):
 
         super().__init__(target)
         self.conn = psycopg.connect(pg_conninfo(), autocommit=True)
-        self.insert = f"INSERT INTO {target} (payload) VALUES (%s)"
+        self.insert = f"INSERT INTO {target} (task_id, queue_name, payload) VALUES (%s, %s, %s)"
         self.take = (
             f"DELETE FROM {target} WHERE id = (SELECT id FROM {target} ORDER BY id "
             "FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING payload"
         )
 
     def create(self) -> None:
-        self.conn.execute(
-            f"CREATE TABLE {self.target} (id BIGSERIAL PRIMARY KEY, payload JSONB NOT NULL)"
-        )
+        pg_queue_copy(self.conn, self.target)
 
     def submit_one(self, payloads: Sequence[Payload]) -> None:
-        execute, insert = self.conn.execute, self.insert
+        execute, insert, queue = self.conn.execute, self.insert, self.target
         for payload in payloads:
-            execute(insert, (json.dumps(payload),), prepare=True)
+            execute(insert, (uuid.uuid4(), queue, json.dumps(payload)), prepare=True)
 
     def submit_bulk(self, payloads: Sequence[Payload], batch: int) -> None:
         for chunk in _chunks(payloads, batch):
-            values = ", ".join(["(%s)"] * len(chunk))
+            values = ", ".join(["(%s, %s, %s)"] * len(chunk))
+            params: list[Any] = []
+            for payload in chunk:
+                params += [uuid.uuid4(), self.target, json.dumps(payload)]
             self.conn.execute(
-                f"INSERT INTO {self.target} (payload) VALUES {values}",
-                [json.dumps(p) for p in chunk],
+                f"INSERT INTO {self.target} (task_id, queue_name, payload) VALUES {values}", params
             )
 
     def send(self, payload: Payload) -> None:
-        # The row and its notification commit together, as a transport's submit does.
-        self.conn.execute(
-            f"WITH row AS (INSERT INTO {self.target} (payload) VALUES (%s) RETURNING id) "
-            "SELECT pg_notify(%s, '') FROM row",
-            (json.dumps(payload), self.target),
-            prepare=True,
-        )
+        # The copied trigger sends the NOTIFY (on the transport's channel of a queue named
+        # after the table), committed with the row, as a transport's submit does.
+        self.submit_one([payload])
 
     def _take_one(self) -> Any:
         row = self.conn.execute(self.take, prepare=True).fetchone()
@@ -343,7 +383,7 @@ class PgRaw(RawClient):
         import psycopg
 
         listener = psycopg.connect(pg_conninfo(), autocommit=True)
-        listener.execute(f"LISTEN {self.target}")
+        listener.execute(f'LISTEN "asynctask.{self.target}"')
         fd = _open_ledger(ledger)
         ready()
         seen = 0

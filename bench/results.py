@@ -62,7 +62,38 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
     "queues_20": ("drain, 20 queues in one asynctask workers vs 1 queue", "tasks/s", None),
     "memory_server": ("server memory at depth 1,000,000 vs 100", "MB", None),
     "memory_worker": ("worker child memory at depth 1,000,000 vs 100", "MB", None),
+    # wait_replicas (issue 19): redis, on a master + replica of the bench's own
+    "wait_submit": ("submit, one by one, wait_replicas=1 vs none", "tasks/s", None),
+    "wait_drain": ("drain, 1 child, wait_replicas=1 vs none", "tasks/s", None),
+    # pgsql's table (issue 20): a committed one-row INSERT into a copy of the queue table
+    # with one of its indexes (or all, or all and the trigger) against the bare copy
+    "insert_bare": ("INSERT into the bare table (no index, no trigger)", "tasks/s", None),
+    "insert_pkey": ("INSERT, bare + primary key (id)", "tasks/s", None),
+    "insert_task_id": ("INSERT, bare + unique task_id", "tasks/s", None),
+    "insert_ready": ("INSERT, bare + ready (partial)", "tasks/s", None),
+    "insert_reserved": ("INSERT, bare + reserved (partial)", "tasks/s", None),
+    "insert_failed": ("INSERT, bare + failed (partial)", "tasks/s", None),
+    "insert_urgent": ("INSERT, bare + urgent (partial)", "tasks/s", None),
+    "insert_indexes": ("INSERT, all indexes", "tasks/s", None),
+    "insert_trigger": ("INSERT, all indexes + NOTIFY trigger", "tasks/s", None),
+    # the same targets on a freshly vacuumed table and on one a million tasks went through
+    "submit_one_fresh": ("submit, one by one, fresh table", "tasks/s", Target(">=", 0.8)),
+    "submit_one_churned": ("submit, one by one, churned table", "tasks/s", Target(">=", 0.8)),
+    "drain_1_fresh": ("drain, 1 child, fresh table", "tasks/s", None),
+    "drain_1_churned": ("drain, 1 child, churned table", "tasks/s", None),
+    "latency_p50_fresh": ("latency p50, fresh table", "ms", Target("<=", 1.5)),
+    "latency_p50_churned": ("latency p50, churned table", "ms", Target("<=", 1.5)),
+    # a worker child's cost per task (issue 20): redis
+    "cost_p1": ("drain, 1 child, prefetch 1", "tasks/s", None),
+    "cost_p4": ("drain, 1 child, prefetch 4", "tasks/s", None),
+    "cost_p32": ("drain, 1 child, prefetch 32", "tasks/s", Target(">=", 0.3)),
+    "cost_p32_untracked": ("drain, 1 child, prefetch 32, track_status off", "tasks/s", None),
 }
+
+#: the keys of the pgsql table's rows (``Session.pgtable``)
+PG_TABLE = tuple(
+    key for key in MEASURES if key.startswith("insert_") or key.endswith(("_fresh", "_churned"))
+)
 
 #: measures only some transports have: a peer where one was measured, the relay on amqp,
 #: the async table where ``asynctask workers`` runs (not localmem) and the bench-only arq
@@ -88,6 +119,14 @@ OPTIONAL = (
     "queues_20",
     "memory_server",
     "memory_worker",
+    # wait_replicas: redis only
+    "wait_submit",
+    "wait_drain",
+    *PG_TABLE,
+    "cost_p1",
+    "cost_p4",
+    "cost_p32",
+    "cost_p32_untracked",
 )
 
 #: the measures every measured transport has
@@ -153,6 +192,8 @@ class TransportResult:
     errors: list[str] = field(default_factory=list)
     #: seconds each step took (submit, drain, latency, depth, depth_raw, prefetch)
     steps: dict[str, float] = field(default_factory=dict)
+    #: a worker child's cost per task at each prefetch (``bench.taskcost``, JSON values)
+    costs: list[dict[str, Any]] = field(default_factory=list)
 
     def add(
         self,
@@ -175,4 +216,5 @@ class TransportResult:
             "errors": self.errors,
             "steps": self.steps,
             "measures": {key: row.to_json() for key, row in self.rows.items()},
+            "costs": self.costs,
         }

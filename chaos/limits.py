@@ -54,7 +54,7 @@ def run_limits(
     result = Result(name, SCENARIO)
     if name not in TRANSPORTS:
         result.skipped = (
-            "redis and pgsql (filesys is one host; amqp keeps no shared state)"
+            "redis and pgsql (filesys is one host; amqp keeps them in asynctask_state: tests/amqp)"
             if name in ("filesys", "amqp")
             else "redis and pgsql only"
         )

@@ -130,3 +130,58 @@ def test_quick_bench_with_peers_drains_huey_in_the_same_rounds(tmp_path):
     # and the docs' Peers section names its durability settings
     doc = (tmp_path / "benchmarks.md").read_text()
     assert "## Peers" in doc and "SqliteHuey(fsync=True)" in doc
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_quick_bench_measures_the_pgsql_table_fresh_and_churned(tmp_path):
+    # Given the shared PostgreSQL (the step is skipped with the transport when it is down)
+    out = tmp_path / "bench.json"
+
+    # When the quick pgsql table step runs (20,000 tasks churned through its own schema)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "pgsql", "--steps", "pgtable",
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=540,
+    )  # fmt: skip
+
+    # Then each index's and the trigger's cost is a row, and submit, drain and wake-up are
+    # measured against the raw client on the fresh and on the churned table
+    assert done.returncode == 0, done.stdout + done.stderr
+    transport = json.loads(out.read_text())["transports"]["pgsql"]
+    if transport["skipped"]:
+        pytest.skip(transport["skipped"])
+    assert transport["errors"] == []
+    measures = transport["measures"]
+    for key in ("insert_bare", "insert_pkey", "insert_task_id", "insert_ready",
+                "insert_indexes", "insert_trigger"):  # fmt: skip
+        assert measures[key]["ours"] > 0 and "INSERT ... SELECT" in measures[key]["note"], key
+    for state in ("fresh", "churned"):
+        for key in (f"submit_one_{state}", f"drain_1_{state}", f"latency_p50_{state}"):
+            assert measures[key]["ours"] > 0 and measures[key]["reference"] > 0, key
+    assert "20,000 tasks passed" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_quick_bench_measures_what_wait_replicas_costs(tmp_path):
+    # Given a master and a replica the step starts itself (the shared Redis has none)
+    out = tmp_path / "bench.json"
+
+    # When the quick replicas step runs alone
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "redis", "--steps", "replicas",
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+
+    # Then submit and drain are measured with wait_replicas=1 beside without
+    assert done.returncode == 0, done.stdout + done.stderr
+    transport = json.loads(out.read_text())["transports"]["redis"]
+    if transport["skipped"]:
+        pytest.skip(transport["skipped"])
+    assert transport["errors"] == []
+    for key in ("wait_submit", "wait_drain"):
+        row = transport["measures"][key]
+        assert row["ours"] > 0 and row["reference"] > 0, key
+        assert "replica" in row["note"], key

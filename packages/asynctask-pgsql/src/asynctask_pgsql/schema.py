@@ -68,6 +68,12 @@ def migration_lock_key(schema: str) -> int:
     return _key(f"asynctask migrate {schema}", 64)
 
 
+def vacuum_lock_key(schema: str) -> int:
+    """The session advisory lock (one bigint) of the process vacuuming the schema's tables
+    (``asynctask_pgsql.vacuum``, when the server's autovacuum is off)."""
+    return _key(f"asynctask vacuum {schema}", 64)
+
+
 def sweep_lock_class(schema: str) -> int:
     """The first key of the transaction lock ``(class, hashtext(queue))`` that lets one
     consumer at a time sweep a queue for dead consumers' rows."""

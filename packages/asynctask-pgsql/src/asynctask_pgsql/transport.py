@@ -24,7 +24,10 @@ Options
     ``schema`` (default ``asynctask``): where the tables live. ``pool_size`` (default 4):
     connections shared by the transport's calls (each consumer holds one more of its
     own). ``recovery_seconds`` (default 5): bound on how soon a dead consumer's tasks come
-    back. ``retry_timeout`` as everywhere. Any libpq keyword (``sslmode``,
+    back. ``durable_acks`` (default false): consumers commit asynchronously unless set.
+    ``vacuum_every`` (default 60): on a server with autovacuum off, how often the
+    transport looks at its tables' dead tuples and VACUUMs them (0: never).
+    ``retry_timeout`` as everywhere. Any libpq keyword (``sslmode``,
     ``connect_timeout``, ``application_name``...) is passed to libpq.
 Storage
     One table, ``<schema>.asynctask_queue`` (the original's name), migrated in place from
@@ -64,7 +67,7 @@ from asynctask.transport import (
     TransportFeatures,
     WaitingTask,
 )
-from asynctask.uri import Option, positive_float, positive_int
+from asynctask.uri import Option, boolean, non_negative_float, positive_float, positive_int
 from asynctask.validation import Payload, decode_message
 from asynctask_pgsql.conninfo import LIBPQ_KEYWORDS, is_refusal, read_server
 from asynctask_pgsql.consumer import PgsqlConsumer
@@ -83,6 +86,7 @@ from asynctask_pgsql.state import (
     unique_key_busy,
 )
 from asynctask_pgsql.statements import Statements
+from asynctask_pgsql.vacuum import DEAD_TUPLES, Vacuumer
 
 logger = logging.getLogger("asynctask.pgsql")
 
@@ -111,6 +115,17 @@ class PgsqlTransport(Transport):
             _DEFAULT_RECOVERY,
             "seconds within which a dead consumer's reserved tasks are delivered again",
         ),
+        "durable_acks": Option(
+            boolean,
+            False,
+            "whether a consumer's reserves and acknowledgements wait for the WAL flush",
+        ),
+        "vacuum_every": Option(
+            non_negative_float,
+            60.0,
+            "seconds between the transport's looks at its tables' dead tuples when the "
+            "server's autovacuum is off (0: never)",
+        ),
     }
     keeps_limits = True
     features = TransportFeatures(
@@ -135,6 +150,12 @@ class PgsqlTransport(Transport):
         #: a sweep within ``sweep_interval`` after that keeps the bound
         self.owner_lease = max(0.1, recovery - self.sweep_interval)
         self.consumer_connect_kwargs = _keepalive_kwargs(recovery, self.driver_options)
+        #: a consumer's statements commit asynchronously unless this is set: see the
+        #: README's "Commits" (a lost commit only makes a task run again)
+        self.durable_acks: bool = self.options["durable_acks"]
+        #: VACUUMs the tables when the server does not (asked by the consumers' sweeps)
+        self.vacuum: Vacuumer | None = None
+        self._vacuum_every: float = self.options["vacuum_every"]
         #: what the first call did to the schema ("created", "current", "adopted ...")
         self.schema_action: str | None = None
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
@@ -166,10 +187,19 @@ class PgsqlTransport(Transport):
                     [(autovacuum,)] = conn.execute("SHOW autovacuum").fetchall()
                 if self.schema_action != "current":
                     logger.info("%r: schema %s: %s", self, self.schema, self.schema_action)
-                if autovacuum != "on":
+                if autovacuum != "on" and self._vacuum_every > 0:
                     logger.warning(
-                        "%r: autovacuum is off on this server: the queue table bloats and "
-                        "slows down; run VACUUM %s.asynctask_queue regularly",
+                        "%r: autovacuum is off on this server: the transport vacuums its "
+                        "tables itself once %d dead tuples are seen (looked at every %g s)",
+                        self,
+                        DEAD_TUPLES,
+                        self._vacuum_every,
+                    )
+                    self.vacuum = Vacuumer(self.schema, self._vacuum_every, self.server.connect)
+                elif autovacuum != "on":
+                    logger.warning(
+                        "%r: autovacuum is off on this server and vacuum_every=0: the queue "
+                        "table bloats and slows down; run VACUUM %s.asynctask_queue regularly",
                         self,
                         self.schema,
                     )
