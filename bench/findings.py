@@ -136,4 +136,21 @@ FINDINGS: dict[tuple[str, str], str] = {
     ("pgsql", "latency_p50_churned"): _PG_LATENCY,
     ("amqp", "drain_1"): _AMQP_DRAIN,
     ("amqp", "peer"): _AMQP_DRAIN,
+    ("redis", "tracking"): (
+        "Not round trips any more: until 2026-12-07 each of the three tasks a prefetch-4 "
+        "move takes ahead waited for a `START` reply (0.26-0.33x in same-run A/B runs); "
+        "now it is sent unanswered (0.51-0.82x in the same runs). What is left is Redis's "
+        "own work, measured "
+        "with `INFO commandstats` on a private redis-server: about 100-120 µs of server "
+        "time a task tracked against 30-45 µs untracked on this loaded host, in the `NEXT` "
+        "and `START` scripts (two `HMGET`, two `HSET`, two `PEXPIRE`, an `EXISTS`, the "
+        "calls' own cost inside Lua, several µs each); on 2 cores shared with the worker "
+        "that is time the worker waits for."
+    ),
+    ("amqp", "tracking"): (
+        "AMQP keeps its statuses in another store (here the bench's Redis, "
+        "`asynctask_state`): core's generic path makes two round trips to it a task, "
+        "`started` before `process()` and `settled` after, on top of the broker's own "
+        "work (measured 2026-12-07, not profiled further)."
+    ),
 }

@@ -163,6 +163,7 @@ class WorkersCommand:
         child_concurrency: int | None = None,
         track_status: bool | None = None,
         more_queues: Sequence[str] = (),
+        state_uri: str | None = None,
         prefetch: int | None = None,
     ) -> None:
         entry: dict[str, Any] = {"worker": worker, "concurrency": concurrency}
@@ -174,7 +175,10 @@ class WorkersCommand:
             entry["track_status"] = track_status
         workers = {name: entry for name in (queue, *more_queues)}
         halting = ["--halt-when-empty"] if halt else []
-        self.command = workers_command(uri, workers, "--import", "bench.workers", "-q", *halting)
+        settings = {} if state_uri is None else {"asynctask_state": state_uri}
+        self.command = workers_command(
+            uri, workers, "--import", "bench.workers", "-q", *halting, settings=settings
+        )
         self.env = clean_environment(
             **{ledger.LEDGER_VARIABLE: ledger_path, DISABLE_VARIABLE: TEST_PLUGINS}
         )
@@ -240,15 +244,24 @@ def drain(
     concurrency: int,
     folder: Path,
     track_status: bool | None = None,
+    state_uri: str | None = None,
     prefetch: int | None = None,
 ) -> Drain:
-    """Run ``asynctask workers --halt-when-empty`` on a filled queue until it exits;
-    ``prefetch`` (None: the worker's) goes in the queue's entry."""
+    """Run ``asynctask workers --halt-when-empty`` on a filled queue until it exits
+    (``state_uri``: its statuses kept there, the setting ``asynctask_state``;
+    ``prefetch``, None: the worker's, goes in the queue's entry)."""
     path = str(folder / f"drain-{queue}-{concurrency}.ledger")
     with WorkersCommand(
-        uri, queue, concurrency, path, folder, halt=True, track_status=track_status,
+        uri,
+        queue,
+        concurrency,
+        path,
+        folder,
+        halt=True,
+        track_status=track_status,
+        state_uri=state_uri,
         prefetch=prefetch,
-    ) as workers:  # fmt: skip
+    ) as workers:
         try:
             workers.wait(timeout=max(120.0, count / 50))
         except TimeoutError:
@@ -427,6 +440,9 @@ def wait_wakeups(transport: Transport, waiter: Transport, queue: str, count: int
             raise RuntimeError(f"task {task_id} did not come to be acknowledged")
         began = time.perf_counter()
         consumer.ack(delivery)
+        store = transport.external_state()
+        if store is not None:  # as the run loop does: the outcome goes to that store
+            store.settled(queue, task_id, "succeeded", delivery.attempt)
         consumer.close()
         thread.join(30)
         if not woke:

@@ -22,6 +22,10 @@ TEST_PLUGINS = "testworkers_hooks,testworkers_lifecycle"
 #: the order of the table: the in-process reference first, then the embedded default
 TRANSPORTS = ("localmem", "filesys", "pgsql", "redis", "amqp")
 
+#: where a transport that keeps no task status (AMQP) keeps it for the status step
+#: (``asynctask_state``), as a user of it would
+STATE_STORE = "redis"
+
 #: the async table: ``child_concurrency`` values tried with one child
 ASYNC_CONCURRENCY = (1, 10, 100, 500)
 #: the bench-only venv with the peers, arq among them (``make bench PEERS=1`` makes it);

@@ -211,6 +211,13 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "drain with `?wait_replicas=1` against without (alternating rounds, the best of "
         "each): what waiting for a replica (`WAIT`) costs. Alone: "
         "`python -m bench --only redis --steps replicas`.",
+        f"12. **task status** (issue 16): the tracking cost, the 1-child drain of "
+        f"{run.sizes.drain:,} tasks with `track_status` on against off, the best of "
+        f"{run.sizes.drain_rounds} alternating rounds (target >= 0.7x); and `wait()` "
+        f"woken by the task's acknowledgement (p50 of {max(10, run.sizes.latency // 10)}, "
+        "from the ack to its return; the waiter in a thread, on a connection of its own) "
+        "beside the raw client's wake-up on a send. AMQP keeps no status: it keeps them "
+        "in the bench's Redis (`asynctask_state`), as its users would.",
         "",
         "Ratios are ours / reference: higher is better for rates, lower for latencies.",
         "",

@@ -37,7 +37,7 @@ from asynctask.errors import TransportError
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
 from chaos import ledger
-from chaos.private import _redis_command
+from chaos.private_redis import redis_command
 from chaos.redis_ha import (
     RedisCluster,
     SentinelGroup,
@@ -126,7 +126,7 @@ def _kill(master: int, replica: int, lag: float, kill: Callable[[int], object]) 
         kill(master)
         return
     with paused(replica):
-        _redis_command(master, None, "CLIENT", "KILL", "TYPE", "replica")
+        redis_command(master, None, "CLIENT", "KILL", "TYPE", "replica")
         time.sleep(lag)
         kill(master)
 

@@ -66,7 +66,7 @@ def run_limits(
     folder = scratch / name / SCENARIO
     folder.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
-    with hosts_with_server(name, plan.hosts, folder) as (network, server):
+    with hosts_with_server(name, plan.hosts) as (network, server):
         if servers is not None:
             servers[f"{name} (limits)"] = server.version()
         uri = hosted_uri(name, server)

@@ -15,7 +15,7 @@ ever done to these, on free loopback ports in temp folders, never to the shared 
         cluster.uri; cluster.master_of(key); cluster.kill(port)
 
 No persistence (``--save ""``, no AOF): a failover, not a restart, is what these test.
-Like ``chaos.private`` this imports no driver at module level, apart from what a cluster
+Like ``chaos.private_redis`` this imports no driver at module level, apart from what a cluster
 needs (redis-py), loaded when one starts.
 """
 
@@ -30,7 +30,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from chaos.private import LOOPBACK, _redis_command, free_port, launch_redis, wait_until
+from chaos.private import LOOPBACK, free_port, wait_until
+from chaos.private_redis import launch_redis, redis_command
 
 #: the shared server's port: never paused nor killed from here
 SHARED_PORT = 6379
@@ -174,7 +175,7 @@ class SentinelGroup(ReplicatedRedis):
 
     def _knows_replica(self) -> bool:
         try:
-            reply = _redis_command(self.sentinel_port, None, "SENTINEL", "replicas", self.service)
+            reply = redis_command(self.sentinel_port, None, "SENTINEL", "replicas", self.service)
         except OSError:
             return False
         return str(self.replica_port).encode() in reply
@@ -182,7 +183,7 @@ class SentinelGroup(ReplicatedRedis):
     def master(self) -> int | None:
         """The port of the master the Sentinel names now (None: it cannot say yet)."""
         try:
-            reply = _redis_command(
+            reply = redis_command(
                 self.sentinel_port, None, "SENTINEL", "get-master-addr-by-name", self.service
             )
         except OSError:
@@ -287,7 +288,7 @@ class RedisCluster:
     def ok(self, port: int) -> bool:
         """Whether the node on ``port`` says ``cluster_state:ok``."""
         try:
-            return b"cluster_state:ok" in _redis_command(port, None, "CLUSTER", "INFO")
+            return b"cluster_state:ok" in redis_command(port, None, "CLUSTER", "INFO")
         except OSError:  # not up yet
             return False
 

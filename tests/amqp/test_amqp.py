@@ -24,7 +24,7 @@ from asynctask.testing.contract import hold_task_in_child, open_transport
 from asynctask.transport import Transport
 from asynctask_amqp.topology import DUE, MAX_DELAY, REGISTRY, rung_for
 from asynctask_amqp.transport import AmqpTransport
-from chaos.private import PrivateRabbitMQ
+from chaos.private_rabbitmq import PrivateRabbitMQ
 from support import free_port
 from tests.amqp.conftest import PASSWORD, USER, VHOST, on_shared_ladder, rabbitmqctl
 

@@ -196,6 +196,9 @@ class TestAmqpStatus(StatusContract):
         return f"filesys:{tmp_path / 'other-state'}"
 
 
+# the whole contract again on quorum queues: `make test-long`; `make test` keeps the
+# quorum tests of test_amqp.py and the leader stopped on a cluster (test_cluster.py)
+@pytest.mark.long
 class TestAmqpQuorumTransport(TestAmqpTransport):
     """The same contract with ``?queue_type=quorum``: the task queues, their failed
     stores and the vhost's ladder are quorum queues (issue 19 part 3)."""

@@ -80,7 +80,10 @@ def test_quick_bench_measures_every_measure_on_the_embedded_transports(tmp_path)
     assert "submit, one by one" in done.stdout
 
 
+# `make test-long`: the harness's own smoke run is the test above; these launch workers
+# (the shapes) or install the peers' venv from the package index (the peers)
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_quick_bench_measures_the_realistic_shapes_on_filesys(tmp_path):
     # Given the embedded transport
@@ -105,6 +108,7 @@ def test_quick_bench_measures_the_realistic_shapes_on_filesys(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(600)
 def test_quick_bench_with_peers_drains_huey_in_the_same_rounds(tmp_path):
     # Given the peers' own venv, made as `make bench PEERS=1` makes it

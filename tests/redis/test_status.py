@@ -447,11 +447,69 @@ def test_a_cancel_between_reserve_and_start_is_seen_by_start(transport, queue):
     consumer.ack(take(consumer))  # times the connection's round trip
     delivery = take(consumer)
     assert delivery.id == other or delivery.id == tid
-    # When it is cancelled before the start (two round trips: always outside the
-    # window in which start trusts the move)
+    # When it is cancelled before the start (the consumer hears it on its cancel feed:
+    # cancel returns only once Redis has written it to the subscribers)
     assert transport.cancel(delivery.id) is True
     # Then start says so, and it is gone
     assert consumer.start(delivery) == "cancelled"
     assert consumer.reserve(timeout=0) is None
     assert transport.queue_stats(queue).in_flight == 0
+    consumer.close()
+
+
+def test_a_task_taken_ahead_starts_without_waiting_for_redis(transport, queue, monkeypatch):
+    """The running mark of a task taken ahead is sent, not waited for, while the cancel
+    feed is live; it is in Redis before the consumer's next command is answered.
+    (Fails against the consumer before this: each such start waited for START.)"""
+    from asynctask_redis import consumer as consumer_module
+
+    # Given a consumer holding two tasks (prefetch 2), the first started
+    first, second = transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+    consumer = transport.consumer(queue, prefetch=2)
+    one, two = take(consumer), take(consumer)
+    assert consumer.start(one) == "run"
+    consumer.ack(one)
+    waited: list[str] = []
+    real_run = consumer_module.run
+
+    def counting_run(conn: Any, script: Any, *args: Any) -> Any:
+        waited.append(script.name)
+        return real_run(conn, script, *args)
+
+    monkeypatch.setattr(consumer_module, "run", counting_run)
+    # When the second starts
+    assert consumer.start(two) == "run"
+    # Then no script was waited for, and Redis has it running (and the first succeeded)
+    assert waited == []
+    assert transport.status(second).state == "running"
+    assert transport.status(first).state == "succeeded"
+    consumer.ack(two)
+    assert consumer.reserve(timeout=0) is None
+    assert transport.status(second).state == "succeeded"
+    consumer.close()
+
+
+def test_a_lost_cancel_feed_makes_start_ask_redis(transport, queue, client):
+    """A consumer whose cancel feed was cut (a killed connection, a failover) cannot know
+    what was published meanwhile: the start of a task it took before asks Redis, so a
+    cancel made while the feed was down still keeps the task from running. (Fails with
+    a start that trusts a feed it never re-checks: the task runs.)"""
+    # Given a consumer holding two tasks, its cancel feed's connection killed
+    _first, second = transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+    consumer = transport.consumer(queue, prefetch=2)
+    one, two = take(consumer), take(consumer)
+    feed = consumer._feed
+    assert feed is not None and feed.live
+    host, port = feed._conn._sock.getsockname()[:2]
+    assert client.client_kill(f"{host}:{port}")
+    # When the second task is cancelled while the feed is down (nobody hears it)
+    assert transport.cancel(second) is True
+    # Then its start asks Redis and says so, and the first still runs
+    assert consumer.start(one) == "run"
+    assert consumer.start(two) == "cancelled"
+    consumer.ack(one)
+    assert consumer.reserve(timeout=0) is None
+    assert transport.status(second).state == "cancelled"
+    # And the next move subscribes again
+    assert consumer._feed is not None and consumer._feed.live
     consumer.close()

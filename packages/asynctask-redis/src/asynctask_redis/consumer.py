@@ -15,14 +15,20 @@ or ``retry``/``fail``/``release``/``close``): that is what makes a task cost one
 trip. A process killed between ``ack`` and that call leaves the acked task to run again,
 which at-least-once allows; at most ``prefetch`` tasks are in that state.
 
-Task statuses (``asynctask.status``): ``start`` is one ``SETTLE`` call that marks the
-task ``running``, or drops it (never run, not failed) when it was cancelled or has
-expired; it carries the pending acks. Nothing is started by the move itself: a task is
-``running`` only once the worker starts it, and a cancel between the reserve and the
-start still keeps it from running (so tracking costs one round trip a task). An ack
-carries the result and writes ``succeeded`` with the next move; ``retry``/``fail``
-write their state in their own script. With ``tracking`` off none of this is written,
-and the move is the plain pipeline it was before statuses.
+Task statuses (``asynctask.status``): the move checks every task it takes and drops
+(never hands out) one cancelled or expired; the one it hands out now, which the run
+loop starts right after, it also marks ``running``. The others wait in the buffer,
+``queued``, and ``start`` marks each with the ``START`` script, which carries the
+pending acks; so a task is ``running`` only once the worker starts it. That script is
+sent without waiting for its reply (read with the consumer's next call) when this
+consumer knows the task was not cancelled since the move: it is subscribed to the
+queue's cancel channel (``asynctask_redis.cancelfeed``) and the task has no
+``expires``. Otherwise (the feed not live, a cancel heard, an expiring task) ``start``
+waits for the verdict: one round trip. A cancel that races with a start sent unanswered
+acts as the cancel of a running task. An ack carries the result and writes
+``succeeded`` with the next call; ``retry``/``fail`` write their state in their own
+script. With ``tracking`` off none of this is written, and the move is the plain
+pipeline it was before statuses.
 
 Each consumer keeps one connection of the pool for itself. After any error on the way
 in (a lost reply may hide a move that happened), the next ``TAKE`` puts back everything
@@ -39,14 +45,15 @@ from collections import deque
 from typing import Any, ClassVar, Protocol
 
 import redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
 from asynctask.liveness import new_owner
 from asynctask.status import StartVerdict
 from asynctask.transport import Consumer, Delivery, Transport, check_delay, new_task_id
 from asynctask_redis import scripts
-from asynctask_redis.connection import Server, call, pipeline, run
+from asynctask_redis.cancelfeed import CancelFeed
+from asynctask_redis.connection import Server, call, pack, pipeline, run
 from asynctask_redis.messages import Message, canonical_text, failed_record, read_message
 from asynctask_redis.replication import Replication, Waited
 
@@ -110,8 +117,18 @@ logger = logging.getLogger("asynctask.redis")
 #: rewrite loses nothing when a failover undoes it)
 _REPLICATED = frozenset({"ack", "retry", "fail"})
 
-#: the widest window in which ``start`` trusts the check of the move (seconds)
-_LONGEST_WINDOW = 50e-6
+#: the header ``_put`` gives a task submitted with ``expires``: its start waits for
+#: Redis's verdict (the deadline is the server's clock)
+EXPIRES_HEADER = "asynctask-expires"
+
+
+def _give_back(pool: Any, conn: Any, deferred: list[Any]) -> None:
+    """Return a consumer's connection to the pool; one with replies still unread is
+    closed first, so that no other caller reads them."""
+    if deferred:
+        deferred.clear()
+        conn.disconnect()
+    pool.release(conn)
 
 
 class RedisConsumer(Consumer):
@@ -149,13 +166,15 @@ class RedisConsumer(Consumer):
         self._held: dict[bytes, int] = {}
         self._held_count = 0
         self._acks: list[bytes | str] = []  # acked, not yet sent: (message, result) pairs
-        #: the message the last move checked and marked running, and when its reply came
-        self._marked: bytes | None = None
-        self._marked_at = 0.0
-        #: the fastest round trip of a move on this consumer's connection (see ``start``;
-        #: 0: none timed yet, and no start is trusted to the move until one is)
-        self._fastest = 0.0
         self._maintain_at = 0.0  # when the TAKE script must run again
+        #: the queue's cancels (with tracking), and the tasks taken while it was not live
+        #: (their start asks Redis: a cancel published then may be missed)
+        self._feed: CancelFeed | None = None
+        self._unsure: set[bytes] = set()
+        #: START calls sent whose replies are unread: (packed command, task id)
+        self._deferred: list[tuple[bytes, str]] = []
+        #: the task the last move marked running (it hands it out to start at once)
+        self._marked: bytes | None = None
 
     def __repr__(self) -> str:
         return f"RedisConsumer({self.transport!r}, {self.queue!r}, id={self.id})"
@@ -171,11 +190,20 @@ class RedisConsumer(Consumer):
             except (RedisError, OSError) as exc:
                 server.moved(exc)  # a dead node: the slot map is read again next time
                 raise server.error(exc) from exc
-            self._release_conn = weakref.finalize(self, pool.release, self._conn)
+            self._release_conn = weakref.finalize(
+                self, _give_back, pool, self._conn, self._deferred
+            )
         try:
+            if self._deferred:
+                self._collect(self._conn)
             result = fn(self._conn, *args)
         except (RedisError, OSError) as exc:
             self._conn.disconnect()  # the next command reconnects
+            if self._deferred:  # their replies are lost, and maybe their acks: resync
+                self._deferred.clear()
+                self._resync = True
+            if self._feed is not None:
+                self._feed.close()  # a failover, a restart: what was published is lost
             if server.moved(exc) and self._release_conn is not None:
                 self._release_conn()  # a cluster failover: the slot is elsewhere now
                 self._conn = None
@@ -248,6 +276,8 @@ class RedisConsumer(Consumer):
         nothing, when it is due, and to register or resynchronise.
         """
         t = self._host
+        if self.fused:
+            self._listen()
         fast = self.registered and not self._resync and time.monotonic() < self._maintain_at
         if fast and self._execute(self._next, resync=True):
             return 0.0
@@ -289,10 +319,61 @@ class RedisConsumer(Consumer):
         self._acks = []
 
     def _took(self, marked: int, messages: list[bytes]) -> None:
-        """Buffer what a move took; the first was marked running if ``marked``."""
-        if messages and marked:
-            self._marked, self._marked_at = messages[0], time.perf_counter()
+        """Buffer what a move took (the first marked running if ``marked``); unsure of
+        cancels if the feed was not live before the move."""
+        if self.fused and not (self._feed is not None and self._feed.live):
+            self._unsure.update(messages)
+        self._marked = messages[0] if messages and marked else None
         self._buffer.extend(messages)
+
+    def _listen(self) -> None:
+        """Have the cancel feed live before a move, if Redis lets it subscribe: what this
+        consumer holds from before was taken unheard, so its starts ask Redis."""
+        feed = self._feed
+        t = self._host
+        if feed is None:
+            pool = t.server.pool_for(t.key(self.queue, ""))
+            feed = self._feed = CancelFeed(pool, t.key(self.queue, "cancels"))
+        if feed.live:
+            return
+        feed.pool = t.server.pool_for(t.key(self.queue, ""))  # after a failover: the new one
+        if not feed.open():
+            return
+        self._unsure.update(self._buffer)
+        self._unsure.update(self._held)
+
+    def _collect(self, conn: Any) -> None:
+        """Read the replies of the START calls sent without waiting; one the server did
+        not know the script for runs again now."""
+        again = []
+        for command, task_id in self._deferred:
+            try:
+                verdict = conn.read_response()
+            except NoScriptError:
+                again.append((command, task_id))
+                continue
+            except ResponseError as exc:  # the connection stays in step: read on
+                logger.warning("%r: marking task %s running failed: %s", self, task_id, exc)
+                continue
+            self._verdict_late(task_id, verdict)
+        self._deferred.clear()
+        if again:
+            call(conn, "SCRIPT", "LOAD", scripts.START.text)
+            for command, task_id in again:
+                conn.send_packed_command([command])
+                self._verdict_late(task_id, conn.read_response())
+
+    def _verdict_late(self, task_id: str, verdict: Any) -> None:
+        text = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
+        if text != "run":
+            logger.warning(
+                "%r: task %s was %s as it started; it runs as a %s running task (its "
+                "result is discarded)",
+                self,
+                task_id,
+                text,
+                text,
+            )
 
     def _next(self, conn: Any) -> bool:
         """Acks and non-blocking moves in one round trip; whether anything came."""
@@ -314,7 +395,6 @@ class RedisConsumer(Consumer):
                 self._buffer.extend([] if moved is None else [moved])
                 return moved is not None
             give_back = moved or ""
-        began = time.perf_counter()
         reply = run(
             conn,
             scripts.NEXT,
@@ -328,8 +408,6 @@ class RedisConsumer(Consumer):
             len(acks) // 2,
             *acks,
         )
-        took = time.perf_counter() - began
-        self._fastest = took if not self._fastest else min(self._fastest, took)
         self._sent()
         self._took(reply[0], reply[1:])
         return len(reply) > 1
@@ -344,6 +422,8 @@ class RedisConsumer(Consumer):
                 raise
             self._stale = False
             return None  # the next TAKE resynchronises, on a new connection
+        if raw is not None and self.fused and not (self._feed is not None and self._feed.live):
+            self._unsure.add(raw)
         return raw
 
     def _deliver(self, raw: bytes) -> Delivery | None:
@@ -433,6 +513,7 @@ class RedisConsumer(Consumer):
             self._held[raw] = left
         else:
             del self._held[raw]
+            self._unsure.discard(raw)
         self._held_count -= 1
         return raw
 
@@ -447,8 +528,6 @@ class RedisConsumer(Consumer):
         raw = self._unhold(delivery)
         if raw is None:
             return
-        if raw == self._marked:
-            self._marked = None
         try:
             done = self._send(op, raw, argument, delay_ms, error)
         except BaseException:
@@ -466,13 +545,12 @@ class RedisConsumer(Consumer):
         """Mark the task ``running`` unless it was cancelled or has expired (then it is
         gone, never run): one ``START`` call, with the pending acks.
 
-        No call at all for the task the last move checked and marked running when this
-        comes within half of one round trip of that move's reply (the run loop starts a
-        task a few microseconds after its reserve: 8 us p50, 14 us p90 on the 2 busy
-        cores of the bench host, against round trips of 100 us and more). A cancel that
-        returns before ``start`` is called takes two round trips (the id's pointer, then
-        the cancel), so it cannot fit in that window: it is always seen. One that races
-        with the start acts as the cancel of a running task.
+        Sent without waiting for the reply when the cancel feed has been live since the
+        move that took the task, says nothing of it, and the task has no ``expires``
+        (see the module docstring): the drain then costs no round trip more a task than
+        without tracking (the feed is read without blocking: a few microseconds). Not
+        sent at all for the task the move handed out first: the move marked it running
+        (the run loop starts it right after the reserve).
         """
         if not self.tracking:
             return "run"
@@ -481,15 +559,40 @@ class RedisConsumer(Consumer):
         message = delivery.receipt
         if not isinstance(message, Message) or message.raw not in self._held:
             return "run"
-        if message.raw == self._marked:
-            self._marked = None
-            window = min(_LONGEST_WINDOW, self._fastest / 2)
-            if time.perf_counter() - self._marked_at <= window:
-                return "run"
+        raw = message.raw
+        feed = self._feed
         t, acks = self._host, self._pending()
+        marked, self._marked = raw == self._marked, None
+        if (
+            feed is not None
+            and raw not in self._unsure
+            and EXPIRES_HEADER not in message.headers
+            and feed.poll()
+            and delivery.id not in feed.cancelled
+            and self._conn is not None
+        ):
+            if marked:  # the move checked it and marked it running: nothing to send
+                return "run"
+            args = (t.prefix, t.script_queue(self.queue), self.id, raw, t.status_ttl_ms, "1")
+            command = pack([("EVALSHA", scripts.START.sha, 0, *args, len(acks) // 2, *acks)])
+            try:
+                self._conn.send_packed_command([command])
+            except (RedisError, OSError):
+                # the call below reconnects, and asks; the acks sent unanswered before
+                # may be lost: the next move resynchronises
+                self._conn.disconnect()
+                self._deferred.clear()
+                self._resync = True
+            else:
+                self._deferred.append((command, delivery.id))
+                self._sent()
+                return "run"
+        self._unsure.discard(raw)
+        if feed is not None:
+            feed.cancelled.pop(delivery.id, None)
 
         def step() -> Any:  # safe to run again: a second start finds it running
-            return self._run(scripts.START, message.raw, t.status_ttl_ms, len(acks) // 2, *acks)
+            return self._run(scripts.START, raw, t.status_ttl_ms, "0", len(acks) // 2, *acks)
 
         verdict = self.transport._call(self._once_more, step)
         self._sent()
@@ -541,6 +644,9 @@ class RedisConsumer(Consumer):
             return
         self.closed = True
         self._host.forget(self)
+        if self._feed is not None:
+            self._feed.close()
+        self._unsure.clear()
         self._buffer.clear()
         self._held.clear()
         self._held_count = 0

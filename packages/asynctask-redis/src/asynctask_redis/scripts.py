@@ -92,6 +92,7 @@ end
 
 -- Store a ready task: priority 0 in the ready list (the common path, as before), a
 -- higher one in ``urgent``; ``at_head`` puts it first of its priority (a hand-back).
+local urgent_empty = false
 local function to_ready(m, at_head)
   local p = priority_of(m)
   if p == 0 then
@@ -100,6 +101,7 @@ local function to_ready(m, at_head)
   end
   local n = redis.call('INCR', seq)
   redis.call('ZADD', urgent, (10 - p) * LEVEL + (at_head and -n or n), m)
+  urgent_empty = false
   if redis.call('LLEN', ready) == 0 then
     redis.call('RPUSH', ready, NUDGE)
     redis.call('INCR', nudges)
@@ -107,10 +109,15 @@ local function to_ready(m, at_head)
 end
 
 -- Move the next ready task, the most urgent first, to the tail of ``proc``; nil if none.
+-- (Once ``urgent`` is found empty, this script does not look again until it adds to it
+-- itself: a move of several tasks saves a command a task.)
 local function move_next(proc)
   while true do
-    local top = redis.call('ZPOPMIN', urgent)
-    local m = top[1]
+    local m
+    if not urgent_empty then
+      m = redis.call('ZPOPMIN', urgent)[1]
+      urgent_empty = not m
+    end
     if m then
       redis.call('RPUSH', proc, m)
     else
@@ -155,15 +162,33 @@ local function finish(id, state, now, ttl_ms, ...)
   finish_held(id, redis.call('HGET', task_key(id), 'unique'), state, now, ttl_ms, ...)
 end
 
--- A new task's status (``queued`` or ``delayed``) and its id's pointer; ``expires``
--- (ms after now) and ``unique`` (its key) as the submit gave them, or ''.
-local function record(id, state, now, expires, unique)
-  redis.call('SET', pointer(id), queue)
-  local key = task_key(id)
-  redis.call('HSET', key, 'state', state, 'attempts', 0, 'submitted_at', stamp(now))
-  if expires ~= '' then redis.call('HSET', key, 'expires_at', now + tonumber(expires)) end
+-- New tasks' statuses (``queued`` or ``delayed``) and their ids' pointers: one HSET a
+-- task (every field at once) and one MSET for all the pointers (a call inside a script
+-- costs several times the work of a small write: for a batch of 1,000 this halves the
+-- calls). ``expires`` (ms after now) and ``unique`` (its key) as the submit gave them,
+-- or ''; ``ttl_ms`` (or nil) makes them expire (no worker will end them).
+local function record(ids, state, now, expires, unique, ttl_ms)
+  local fields = {'state', state, 'attempts', 0, 'submitted_at', stamp(now)}
+  if expires ~= '' then
+    fields[#fields + 1] = 'expires_at'; fields[#fields + 1] = now + tonumber(expires)
+  end
+  if unique ~= '' then fields[#fields + 1] = 'unique'; fields[#fields + 1] = unique end
+  local pointers = {}
+  for _, id in ipairs(ids) do
+    local key = task_key(id)
+    redis.call('HSET', key, unpack(fields))
+    if ttl_ms then
+      redis.call('PEXPIRE', key, ttl_ms)
+      redis.call('SET', pointer(id), queue, 'PX', ttl_ms)
+    else
+      pointers[#pointers + 1] = pointer(id); pointers[#pointers + 1] = queue
+    end
+  end
+  for i = 1, #pointers, 4000 do  -- unpack() takes a few thousand values at most
+    redis.call('MSET', unpack(pointers, i, math.min(i + 3999, #pointers)))
+  end
   if unique ~= '' then
-    redis.call('HSET', key, 'unique', unique)
+    local id = ids[1]
     -- held until the task is final, or until it expires unstarted
     if expires ~= '' then
       redis.call('SET', unique_key(unique), id, 'PX', math.ceil(tonumber(expires)))
@@ -183,20 +208,29 @@ local function holder_of(unique)
   return nil
 end
 
+-- Whether a task may start: 'run', or the final state it has ('cancelled', or
+-- 'expired', made final here when its time has passed); and whether a status is kept.
+local function start_verdict(id, now, ttl_ms)
+  local f = redis.call('HMGET', task_key(id), 'state', 'expires_at', 'started_at')
+  local state = f[1]
+  if not state then return 'run', false end  -- no status kept (another program's task)
+  if state == 'cancelled' or state == 'expired' then return state, true end
+  if f[2] and not f[3] and now >= tonumber(f[2]) then
+    finish(id, 'expired', now, ttl_ms)
+    return 'expired', true
+  end
+  return 'run', true
+end
+
 -- A worker is about to run the task: 'run' (now running), or the final state it was
 -- given instead ('cancelled', 'expired'), when it must never run.
 local function start_task(id, attempts, now, ttl_ms)
-  local key = task_key(id)
-  local f = redis.call('HMGET', key, 'state', 'expires_at', 'started_at')
-  local state = f[1]
-  if not state then return 'run' end  -- no status kept (another program's task)
-  if state == 'cancelled' or state == 'expired' then return state end
-  if f[2] and not f[3] and now >= tonumber(f[2]) then
-    finish(id, 'expired', now, ttl_ms)
-    return 'expired'
+  local verdict, kept = start_verdict(id, now, ttl_ms)
+  if verdict == 'run' and kept then
+    redis.call('HSET', task_key(id), 'state', 'running', 'attempts', attempts,
+      'started_at', stamp(now))
   end
-  redis.call('HSET', key, 'state', 'running', 'attempts', attempts, 'started_at', stamp(now))
-  return 'run'
+  return verdict
 end
 
 -- Done: succeeded with its result (JSON text, or '' for none), never over a cancel.
@@ -244,22 +278,29 @@ local function ack_all(proc, from, n, tracking, ttl_ms)
   end
 end
 
--- Move up to ``want`` tasks into ``proc``, the most urgent first. With tracking, the
--- first (the one the consumer hands out now; the others wait in its buffer for their
--- own start) is checked and marked ``running`` here, so that the worker's ``start``
--- right after costs no round trip; a cancelled or expired one is dropped on the way.
--- Returns the messages and whether the first was marked.
+-- Move up to ``want`` tasks into ``proc``, the most urgent first. With tracking, each
+-- is checked on the way: a cancelled or expired one is dropped, never handed out (one
+-- cancelled later reaches the consumer on its cancel channel, see cancelfeed.py). The
+-- first, which the consumer hands out now to be started at once, is also marked
+-- ``running`` here, so that its start costs no call; the others wait in the
+-- consumer's buffer for their own start. Returns the messages and whether the first
+-- was marked.
 local function take(proc, want, tracking, ttl_ms)
   local got, started = {}, 0
   while #got < want do
     local m = move_next(proc)
     if not m then break end
-    if #got == 0 and tracking then
+    if tracking then
       local id, n = envelope_head(m)
       if id then
-        if start_task(id, tonumber(n) + 1, now_ms(), ttl_ms) == 'run' then
-          started = 1
+        local verdict
+        if #got == 0 then
+          verdict = start_task(id, tonumber(n) + 1, now_ms(), ttl_ms)
+          if verdict == 'run' then started = 1 end
         else
+          verdict = start_verdict(id, now_ms(), ttl_ms)
+        end
+        if verdict ~= 'run' then
           redis.call('RPOP', proc)
           m = nil
         end
@@ -411,6 +452,12 @@ def with_prelude(name: str, body: str) -> Script:
 _script = with_prelude
 
 
+def without_maintenance(name: str, body: str) -> Script:
+    """A script that never maintains the queue: without the maintenance helpers, whose
+    definitions every call would run (a hot script's calls cost less)."""
+    return Script(name, _KEYS + _STATUS + body)
+
+
 #: ARGV: prefix, queue, consumer id, want, recheck_ms, heartbeat_ttl_ms, flags
 #: (1 register, 2 register and resync), tracking (1/0), status ttl_ms, n_acks, acks
 #: (pairs: message, result JSON or '')..., held... (with resync). Acknowledges,
@@ -465,11 +512,9 @@ return out
 #: n_acks, acks (pairs)... The hot path between TAKEs: acks and moves, no maintenance.
 #: The SADD keeps a consumer that was wrongly found dead (its heartbeat late) findable
 #: from its first new task on. Returns {first marked running (1/0), message...}.
-NEXT = Script(
+NEXT = without_maintenance(
     "next",
-    _KEYS
-    + _STATUS
-    + r"""
+    r"""
 local cid, tracking, ttl_ms = ARGV[3], ARGV[5] == '1', ARGV[6]
 local proc = processing(cid)
 if ARGV[7] ~= '' and redis.call('LREM', proc, -1, ARGV[7]) == 1 then
@@ -484,22 +529,22 @@ return out
 """,
 )
 
-#: ARGV: prefix, queue, consumer id, message, status ttl_ms, n_acks, acks (pairs)...
-#: The worker is about to run a task it holds: ``running``, or dropped from its list
-#: when it was cancelled or has expired. Carries the pending acks (and their results).
+#: ARGV: prefix, queue, consumer id, message, status ttl_ms, keep (1/0), n_acks, acks
+#: (pairs)... The worker is about to run a task it holds: ``running``, or, when it was
+#: cancelled or has expired, dropped from its list (with ``keep``: left there, the
+#: consumer sent this without waiting for the reply and the task runs already, as a
+#: cancelled running task does). Carries the pending acks (and their results).
 #: Returns 'run', 'cancelled' or 'expired'.
 #: (No maintenance prelude: this runs once a task, beside the move.)
-START = Script(
+START = without_maintenance(
     "start",
-    _KEYS
-    + _STATUS
-    + r"""
+    r"""
 local proc, m, ttl_ms = processing(ARGV[3]), ARGV[4], ARGV[5]
-ack_all(proc, 7, tonumber(ARGV[6]), true, ttl_ms)
+ack_all(proc, 8, tonumber(ARGV[7]), true, ttl_ms)
 local id, n = envelope_head(m)
 if not id then return 'run' end
 local verdict = start_task(id, tonumber(n) + 1, now_ms(), ttl_ms)
-if verdict ~= 'run' then redis.call('LREM', proc, 1, m) end
+if verdict ~= 'run' and ARGV[6] ~= '1' then redis.call('LREM', proc, 1, m) end
 return verdict
 """,
 )
@@ -717,7 +762,7 @@ return out
 #: nothing the second time. Returns {1} stored, {0} such a retry, {2, id} the unique key is held by
 #: that task (nothing written), {3} the queue's worker keeps no status and expires or a
 #: unique key needs one (nothing written).
-PUT = _script(
+PUT = without_maintenance(
     "put",
     r"""
 local ttl_ms, here = ARGV[6], ARGV[7] == '1'
@@ -737,16 +782,11 @@ end
 local delay = tonumber(ARGV[5])
 local now = now_ms()
 if here then
-  local state = delay > 0 and 'delayed' or 'queued'
-  for i = 10, #ARGV do
-    local id = envelope_head(ARGV[i])
-    record(id, state, now, expires, unique)
-    if not tracked then
-      -- its workers will write nothing more: Redis forgets it after the ttl
-      redis.call('PEXPIRE', task_key(id), ttl_ms)
-      redis.call('PEXPIRE', pointer(id), ttl_ms)
-    end
-  end
+  local ids = {}
+  for i = 10, #ARGV do ids[#ids + 1] = envelope_head(ARGV[i]) end
+  -- on an untracked queue its workers will write nothing more: Redis forgets it
+  record(ids, delay > 0 and 'delayed' or 'queued', now, expires, unique,
+    not tracked and ttl_ms or nil)
 end
 if delay > 0 then
   local due = now + delay

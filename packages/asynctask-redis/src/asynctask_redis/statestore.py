@@ -34,14 +34,14 @@ from asynctask.status import (
     TaskStatus,
 )
 from asynctask_redis.connection import call, pipeline, run
-from asynctask_redis.scripts import Script, with_prelude
+from asynctask_redis.scripts import Script, without_maintenance
 
 if TYPE_CHECKING:
     from asynctask_redis.transport import RedisTransport
 
 #: ARGV: prefix, queue, delayed (1/0), expires_ms or '', unique key or '', id...
 #: Records new tasks; returns their ids, or {holder} when the unique key is held.
-SUBMITTED = with_prelude(
+SUBMITTED = without_maintenance(
     "submitted",
     r"""
 local state, expires, unique = ARGV[3] == '1' and 'delayed' or 'queued', ARGV[4], ARGV[5]
@@ -49,22 +49,19 @@ if unique ~= '' then
   local holder = holder_of(unique)
   if holder then return {holder} end
 end
-local now = now_ms()
 local out = {}
-for i = 6, #ARGV do
-  record(ARGV[i], state, now, expires, unique)
-  out[#out + 1] = ARGV[i]
-end
+for i = 6, #ARGV do out[#out + 1] = ARGV[i] end
+record(out, state, now_ms(), expires, unique)
 return out
 """,
 )
 
 #: ARGV: prefix, queue, ttl_ms, id, attempt. Returns 'run', 'cancelled' or 'expired'.
-STARTED = with_prelude("started", "return start_task(ARGV[4], ARGV[5], now_ms(), ARGV[3])")
+STARTED = without_maintenance("started", "return start_task(ARGV[4], ARGV[5], now_ms(), ARGV[3])")
 
 #: ARGV: prefix, queue, ttl_ms, id, state, attempts (0: unchanged), error or '',
 #: result JSON or ''. A cancelled or expired task keeps its state. Returns 1 if written.
-SETTLED = with_prelude(
+SETTLED = without_maintenance(
     "settled",
     r"""
 local ttl_ms, id, state, attempts, err = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
@@ -92,8 +89,9 @@ return 1
 )
 
 #: ARGV: prefix, queue, ttl_ms, id. Returns 1 if the task was not final and now is
-#: cancelled (a waiting one is dropped by the next consumer to meet it).
-CANCEL = with_prelude(
+#: cancelled (a waiting one is dropped by the next consumer to meet it; the id is
+#: published on ``P:Q:cancels`` for the consumers holding tasks, see cancelfeed.py).
+CANCEL = without_maintenance(
     "cancel",
     r"""
 local ttl_ms, id = ARGV[3], ARGV[4]
@@ -105,6 +103,7 @@ if f[2] and not f[3] and now >= tonumber(f[2]) then
   return 0
 end
 finish(id, 'cancelled', now, ttl_ms)
+redis.call('PUBLISH', base .. 'cancels', id)
 return 1
 """,
 )
@@ -266,7 +265,13 @@ class RedisStateStore(StateStore):
         queue = self._queues([task_id])[0]
         if queue is None:
             return False
-        return bool(self._run(CANCEL, queue, self.ttl_ms, task_id))
+        done = bool(self._run(CANCEL, queue, self.ttl_ms, task_id))
+        if done:
+            # One more round trip: Redis answers it only after it wrote the script's
+            # PUBLISH to every subscriber, so a consumer on this host that starts the
+            # task after this returns has it on its cancel feed (asynctask_redis.cancelfeed).
+            self.transport.execute(call, "PING")
+        return done
 
 
 def _status(task_id: str, queue: str, reply: Any, now: float) -> tuple[TaskStatus, float | None]:

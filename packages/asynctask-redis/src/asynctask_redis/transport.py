@@ -80,7 +80,7 @@ from asynctask_redis.connection import (
     pipeline,
     run,
 )
-from asynctask_redis.consumer import RedisConsumer
+from asynctask_redis.consumer import EXPIRES_HEADER, RedisConsumer
 from asynctask_redis.keeper import RedisLiveness
 from asynctask_redis.messages import (
     envelope,
@@ -288,9 +288,12 @@ class RedisTransport(Transport):
     def _headers(
         self, queue: str, task_id: str, text: str, options: SubmitOptions
     ) -> dict[str, str]:
-        """The envelope's headers: plugins' and the signature, and the priority (which
-        the scripts read to order reserve, also after a delay, a retry or a recovery)."""
+        """The envelope's headers: plugins' and the signature, the priority (which the
+        scripts read to order reserve, also after a delay, a retry or a recovery), and
+        ``expires`` in seconds (a consumer's start then waits for Redis's verdict)."""
         found = self.task_headers(queue, task_id, text)
+        if options.expires is not None:
+            found = {**found, EXPIRES_HEADER: f"{options.expires:g}"}
         if options.priority:
             return {"asynctask-priority": str(options.priority), **found}
         return found

@@ -1,0 +1,102 @@
+"""The cancels of one queue, pushed to its consumers by Redis pub/sub.
+
+``cancel(id)`` (the ``CANCEL`` script) publishes the id on the channel ``P:Q:cancels``
+when it makes a task ``cancelled``. A consumer that keeps statuses subscribes before it
+moves tasks, so a task it holds that is cancelled after the move is known here, and its
+``start`` needs no round trip to tell ``run`` from ``cancelled`` (a task cancelled before
+the move is dropped by the move itself). ``cancel`` makes one more round trip after the
+script: by then Redis has written the message to every subscriber's socket, so a start
+that follows a returned cancel on the same host always sees it.
+
+A feed is *live* from its subscription's confirmation until any error on its
+connection; while it is not, the consumer asks Redis at every start (the ``START``
+script), and after it opens again, the tasks the consumer took before are asked about
+too: what was published in between is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from asynctask_redis.connection import pack
+
+logger = logging.getLogger("asynctask.redis")
+
+#: cancelled ids kept: a cancel matters only until the consumer starts that task (it
+#: holds at most its prefetch); the oldest are forgotten first
+KEPT = 10_000
+
+
+class CancelFeed:
+    """A subscription to one queue's cancel channel on a connection of ``pool``."""
+
+    def __init__(self, pool: Any, channel: str) -> None:
+        self.pool = pool
+        self.channel = channel
+        self._conn: Any = None
+        #: ids published as cancelled, oldest first
+        self.cancelled: OrderedDict[str, None] = OrderedDict()
+
+    @property
+    def live(self) -> bool:
+        """Whether every cancel published since the subscription was confirmed is here
+        (once ``poll`` has run)."""
+        return self._conn is not None
+
+    def open(self) -> bool:
+        """Subscribe and wait for the confirmation; whether the feed is live now."""
+        if self._conn is not None:
+            return True
+        try:
+            conn = self.pool.get_connection()
+        except (RedisError, OSError) as exc:
+            logger.debug("cancel feed %s: no connection (%s)", self.channel, exc)
+            return False
+        try:
+            # RESP3 (redis-py's default) sends these as push messages: ask for them
+            conn.send_packed_command([pack([("SUBSCRIBE", self.channel)])])
+            reply = conn.read_response(push_request=True)
+            if not isinstance(reply, list) or reply[0] != b"subscribe":
+                raise RedisError(f"unexpected reply to SUBSCRIBE: {reply!r}")
+        except (RedisError, OSError) as exc:
+            logger.debug("cancel feed %s: could not subscribe (%s)", self.channel, exc)
+            conn.disconnect()
+            self.pool.release(conn)
+            return False
+        self._conn = conn
+        return True
+
+    def poll(self) -> bool:
+        """Read every message already here (never waits); whether the feed is live."""
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            while conn.can_read(timeout=0):
+                message = conn.read_response(push_request=True)
+                if isinstance(message, list) and message[0] == b"message":
+                    self._note(message[2].decode())
+        except (RedisError, OSError, ValueError, IndexError) as exc:
+            logger.info("cancel feed %s lost (%s); starts ask Redis until it is back", self, exc)
+            self.close()
+            return False
+        return True
+
+    def _note(self, task_id: str) -> None:
+        self.cancelled[task_id] = None
+        if len(self.cancelled) > KEPT:
+            self.cancelled.popitem(last=False)
+
+    def close(self) -> None:
+        """Unsubscribe by dropping the connection (it goes back to the pool closed)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.disconnect()
+            self.pool.release(conn)
+
+    def __repr__(self) -> str:
+        return f"CancelFeed({self.channel!r})"
