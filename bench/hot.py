@@ -26,7 +26,7 @@ What it showed (2026-12-07, 2 cores at load 7-14; findings in ``bench/findings.p
 HOT halves the WAL of a RESERVE and drops its index entries, but neither its server
 time nor its buffers went down, and the drains did not get faster.
 
-Example: python -m bench.hot --private --count 3000 --rounds 6 --prefetch 4
+Example: python -m bench.hot --private --count 3000 --rounds 6 --prefetch 4,10
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class Layout:
 
     def __init__(self, name: str, ddl: str, prefetch: int, base: str = PGSQL) -> None:
         self.name = name
-        self.schema = f"asynctask_hot_{name}_{uuid.uuid4().hex[:6]}"
+        self.schema = f"asynctask_hot_{name.replace('@', '_p')}_{uuid.uuid4().hex[:6]}"
         self.prefetch = prefetch
         self.transport = PgsqlTransport(f"{base}?schema={self.schema}")
         # Migrate first (on this transport only: a new transport would put the dropped
@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--count", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--prefetch", type=int, default=4)
+    parser.add_argument(
+        "--prefetch", default="4", help="the consumer's prefetch; several (4,10) alternate too"
+    )
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
     parser.add_argument(
         "--private",
@@ -162,8 +164,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.private:
             server = _private_server()
             base = server.uri()
+        prefetches = [int(p) for p in args.prefetch.split(",")]
         for name in names:
-            layouts.append(Layout(name, LAYOUTS[name], args.prefetch, base))
+            for prefetch in prefetches:
+                label = name if len(prefetches) == 1 else f"{name}@{prefetch}"
+                layouts.append(Layout(label, LAYOUTS[name], prefetch, base))
         for n in range(args.rounds):
             order = layouts if n % 2 == 0 else list(reversed(layouts))
             for layout in order:
