@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         "--steps",
         metavar="NAMES",
         help="comma-separated steps to run (default: all of submit,drain,latency,depth,"
-        "depth_raw,prefetch,scale,asyncio,status)",
+        "depth_raw,prefetch,scale,asyncio,status,shapes,replicas,pgtable,cost)",
     )
     parser.add_argument(
         "--peers",

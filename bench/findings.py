@@ -99,6 +99,25 @@ _REDIS_DRAIN = (
     "triples the rate (the prefetch row)."
 )
 
+_REDIS_COST = (
+    "`python -m bench.taskcost` (the table above) and callgrind on the child's run loop "
+    "(2,000 tasks, instructions per task, which the machine's load does not move): with "
+    "statuses tracked, the default, every task started costs one round trip (1.01 per "
+    "task at prefetch 32, 1.07 at 4): the consumer's `start()` marks it `running` and "
+    "waits for the reply, so prefetch saves moves but not that mark, and the drain is "
+    "bound by the round trip whatever the prefetch. Untracked, the same child at prefetch "
+    "32 makes 0.03 round trips per task and ran 0.26x the raw loop in the same run (the "
+    "untracked row). Our own work per task (instructions, this tree against main "
+    "5bd54d9): 284.5k -> 249.1k tracked at prefetch 4, 151.2k -> 120.0k untracked at 32 "
+    "(hook calls through argument getters, the OpenTelemetry API asked once a second "
+    "while no SDK is set, a dict for the consumer's held messages, the watchdog and the "
+    "outage report skipped when idle; the bench's children no longer load the test-only "
+    "plugins). What closes the tracked gap is a running mark that does not wait for its "
+    "reply (the redis status work of issue 16); the rest of ours is the consumer's "
+    "decode and bookkeeping (about two thirds of our share) and the hooks of the installed "
+    "OpenTelemetry and Prometheus plugins (about 3 us a task)."
+)
+
 FINDINGS: dict[tuple[str, str], str] = {
     ("filesys", "submit_one"): (
         "py-spy (`--measure submit`): 68% of the time is the task file's write+fsync and "
@@ -111,6 +130,7 @@ FINDINGS: dict[tuple[str, str], str] = {
         "(`uuid4` id, payload check, the envelope), about 14%."
     ),
     ("redis", "drain_1"): _REDIS_DRAIN,
+    ("redis", "cost_p32"): _REDIS_COST,
     ("amqp", "submit_one"): (
         "py-spy (`--measure submit`): 67% of a `submit_task` waits for the publisher "
         "confirm and 7% writes, as the raw publish does; asynctask's Python is under 10%."

@@ -32,10 +32,8 @@ from asynctask.api import get_transport
 from asynctask.testing import clean_environment, workers_command
 from bench import ledger
 from bench.ours import ROOT, drain_rate, fill
-from bench.plan import BACKENDS, unavailable, unique_name
+from bench.plan import BACKENDS, TEST_PLUGINS, unavailable, unique_name
 
-#: plugins of the workspace that only tests use; never part of a measure
-TEST_PLUGINS = "testworkers_hooks,testworkers_lifecycle"
 ALL_PLUGINS = f"{TEST_PLUGINS},prometheus,otel"
 
 

@@ -7,6 +7,7 @@ measure uses its own queue (key, table, folder) and removes it afterwards.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from asynctask.plugins import load_plugins
 from asynctask.status import StatusNotKept
 from asynctask.transport import Transport
 from bench import memory as memory_of
-from bench import ours, peer
+from bench import ours, peer, replicas
 from bench.ledger import Follower
 from bench.plan import (
     ARQ_PYTHON,
@@ -32,7 +33,7 @@ from bench.plan import (
     unavailable,
     unique_name,
 )
-from bench.raw import RAW, RawClient, delete_amqp_queues
+from bench.raw import RAW, RawClient, RedisRaw, delete_amqp_queues
 from bench.results import MEASURES, TransportResult
 from bench.workers import SLEEP, BenchNoopWorker
 
@@ -43,6 +44,10 @@ Payload = dict[str, Any]
 ROUNDS = 3
 #: the prefetch the informational ``prefetch`` measure tries
 PREFETCH = 10
+#: the prefetches of the ``cost`` step (issue 20): one at a time, the default, a large one
+COST_PREFETCH = (1, 4, 32)
+#: tasks the raw client takes per round trip in the ``cost`` step
+RAW_BATCH = 100
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -105,7 +110,9 @@ class Session:
                 self.asyncio,
                 self.status,
                 self.shapes,
+                self.replicas,
                 self.pgtable,
+                self.cost,
             )
             for step in steps:
                 if self.steps is None or step.__name__ in self.steps:
@@ -680,6 +687,17 @@ class Session:
             f"{memory[count][1] / mb:,.1f} MB vs {memory[small][1] / mb:,.1f} MB"
         )
 
+    def replicas(self) -> None:
+        """13. ``wait_replicas`` (redis only): submit and drain with ``WAIT`` for one
+        replica against without, on a master and replica of the run's own
+        (``bench.replicas``)."""
+        if self.name != "redis":
+            return
+        for key, mine, theirs, label, note in replicas.measure(
+            self.sizes, self.folder, ROUNDS, self.say
+        ):
+            self.add(key, mine, theirs, label, note, target=False)
+
     def pgtable(self) -> None:
         """11. pgsql only (issue 20): what each index and the trigger cost a committed
         INSERT; then submit, drain and wake-up against the raw client on a freshly
@@ -775,6 +793,62 @@ class Session:
             f"drain {drained.rate:,.0f}/s (raw {raw_rate:,.0f}/s), "
             f"wake-up p50 {p50:.2f} ms (raw {raw_p50:.2f})"
         )
+
+    def cost(self) -> None:
+        """12. A worker child's cost per task (issue 20; redis): one child at prefetch 1, 4
+        and 32 against the raw client taking 100 tasks a round trip (target at 32:
+        >= 0.3x), in alternating rounds; then, in a process of its own, where each
+        prefetch's time per task goes (``bench.taskcost``: round trips against our code,
+        by part)."""
+        if self.name != "redis":
+            return
+        n, untracked, raw_rate = self.sizes.drain, 0.0, 0.0
+        rates: dict[int, float] = {}
+        for round_number in range(self.sizes.drain_rounds):
+            if round_number % 2:
+                raw_rate = max(raw_rate, self._raw_batch_drain())
+            for prefetch in COST_PREFETCH:
+                got = self._drain_prefetch(prefetch)
+                rates[prefetch] = max(rates.get(prefetch, 0.0), got)
+            untracked = max(untracked, self._drain_prefetch(COST_PREFETCH[-1], False))
+            if not round_number % 2:
+                raw_rate = max(raw_rate, self._raw_batch_drain())
+        label = f"LPOP {RAW_BATCH} at a time"
+        for prefetch in COST_PREFETCH:
+            key = f"cost_p{prefetch}"
+            self.add(key, rates[prefetch], raw_rate, label, target=key == "cost_p32")
+        self.add("cost_p32_untracked", untracked, raw_rate, label, target=False)
+        command = [sys.executable, "-m", "bench.taskcost", "--json", "--untracked"]
+        command += ["--tasks", str(n), "--uri", self.uri]
+        command += ["--prefetch", ",".join(str(p) for p in COST_PREFETCH)]
+        done = subprocess.run(
+            command, capture_output=True, text=True, cwd=ours.ROOT, check=True, timeout=1800
+        )
+        self.result.costs = json.loads(done.stdout.strip().splitlines()[-1])
+        line = ", ".join(f"prefetch {p} {r:,.0f}/s" for p, r in rates.items())
+        self.say(
+            f"[{self.name}] cost: 1 child {line}, prefetch {COST_PREFETCH[-1]} untracked "
+            f"{untracked:,.0f}/s; raw {label} {raw_rate:,.0f}/s"
+        )
+
+    def _drain_prefetch(self, prefetch: int, tracked: bool | None = None) -> float:
+        n = self.sizes.drain
+        queue = self.queue("cost")
+        ours.fill(self.filler, queue, n)
+        try:
+            got = ours.drain(self.uri, queue, n, 1, self.folder, tracked, prefetch=prefetch)
+        finally:
+            self.transport.purge(queue)
+        return got.rate
+
+    def _raw_batch_drain(self) -> float:
+        n = self.sizes.drain
+        with self.raw() as raw:
+            assert isinstance(raw, RedisRaw)
+            raw.fill(ours.payloads(n), self.sizes.batch)
+            start = time.perf_counter()
+            raw.drain_batches(n, RAW_BATCH)
+            return n / (time.perf_counter() - start)
 
 
 def measure(

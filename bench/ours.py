@@ -21,10 +21,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from asynctask.plugins import DISABLE_VARIABLE
 from asynctask.runner import LoopOptions, run_loop
 from asynctask.testing import clean_environment, workers_command
 from asynctask.transport import Transport
 from bench import ledger
+from bench.plan import TEST_PLUGINS
 from bench.workers import BenchNoopWorker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,8 +163,11 @@ class WorkersCommand:
         child_concurrency: int | None = None,
         track_status: bool | None = None,
         more_queues: Sequence[str] = (),
+        prefetch: int | None = None,
     ) -> None:
         entry: dict[str, Any] = {"worker": worker, "concurrency": concurrency}
+        if prefetch is not None:
+            entry["prefetch"] = prefetch
         if child_concurrency is not None:
             entry["child_concurrency"] = child_concurrency
         if track_status is not None:
@@ -170,7 +175,9 @@ class WorkersCommand:
         workers = {name: entry for name in (queue, *more_queues)}
         halting = ["--halt-when-empty"] if halt else []
         self.command = workers_command(uri, workers, "--import", "bench.workers", "-q", *halting)
-        self.env = clean_environment(**{ledger.LEDGER_VARIABLE: ledger_path})
+        self.env = clean_environment(
+            **{ledger.LEDGER_VARIABLE: ledger_path, DISABLE_VARIABLE: TEST_PLUGINS}
+        )
         self.env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
         )
@@ -233,12 +240,15 @@ def drain(
     concurrency: int,
     folder: Path,
     track_status: bool | None = None,
+    prefetch: int | None = None,
 ) -> Drain:
-    """Run ``asynctask workers --halt-when-empty`` on a filled queue until it exits."""
+    """Run ``asynctask workers --halt-when-empty`` on a filled queue until it exits;
+    ``prefetch`` (None: the worker's) goes in the queue's entry."""
     path = str(folder / f"drain-{queue}-{concurrency}.ledger")
     with WorkersCommand(
-        uri, queue, concurrency, path, folder, halt=True, track_status=track_status
-    ) as workers:
+        uri, queue, concurrency, path, folder, halt=True, track_status=track_status,
+        prefetch=prefetch,
+    ) as workers:  # fmt: skip
         try:
             workers.wait(timeout=max(120.0, count / 50))
         except TimeoutError:

@@ -14,6 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+#: plugins of the workspace that only tests use (entry-point names): switched off in every
+#: process the bench measures, since users do not install them (their hooks cost about
+#: 10 us a task, reading the environment)
+TEST_PLUGINS = "testworkers_hooks,testworkers_lifecycle"
+
 #: the order of the table: the in-process reference first, then the embedded default
 TRANSPORTS = ("localmem", "filesys", "pgsql", "redis", "amqp")
 

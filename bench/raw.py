@@ -263,6 +263,19 @@ class RedisRaw(RawClient):
                 raise TimeoutError("BRPOP timed out")
             json.loads(item[1])
 
+    def drain_batches(self, count: int, batch: int) -> None:
+        """Take ``count`` tasks ``batch`` at a time (``LPOP key batch``), each decoded: the
+        most a client can take with one round trip per batch, no acknowledgement at all."""
+        lpop, key, loads = self.client.lpop, self.target, json.loads
+        done = 0
+        while done < count:
+            items: list[bytes] | None = lpop(key, min(batch, count - done))  # type: ignore[assignment]
+            if not items:
+                raise TimeoutError(f"LPOP found the list empty after {done} of {count}")
+            for item in items:
+                loads(item)
+            done += len(items)
+
     def listen(self, ledger: str, count: int, ready: Callable[[], None]) -> None:
         fd = _open_ledger(ledger)
         self.client.ping()

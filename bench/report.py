@@ -198,6 +198,19 @@ def markdown(run: Run, chart_name: str | None) -> str:
         f"{run.sizes.churn:,} tasks have passed through them and the raw table (inserted, "
         "reserved, deleted; their statuses kept) with no VACUUM since (`vacuum_every=0`, "
         "so the transport does not clean it either).",
+        f"10. **a worker child's cost per task** (redis; issue 20): one child of the no-op "
+        f"worker drains {run.sizes.drain:,} tasks at prefetch 1, 4 and 32 (statuses "
+        "tracked, as by default; and 32 untracked) against the raw client taking 100 "
+        "tasks a round trip (`LPOP key 100`, each decoded, nothing acknowledged), target "
+        ">= 0.3x at 32, best of the drain's rounds. Below the table, the child's run loop "
+        "in a process of its own (`python -m bench.taskcost`): microseconds per task "
+        "inside redis round trips (the driver's send and read: the wire, the server, the "
+        "reply parser) against the rest, ours, split by part from a cProfile run.",
+        "11. **wait_replicas** (redis only, no targets): on a master and one replica the "
+        "bench starts on loopback (`chaos/redis_ha.py`), submits one by one and the 1-child "
+        "drain with `?wait_replicas=1` against without (alternating rounds, the best of "
+        "each): what waiting for a replica (`WAIT`) costs. Alone: "
+        "`python -m bench --only redis --steps replicas`.",
         "",
         "Ratios are ours / reference: higher is better for rates, lower for latencies.",
         "",
@@ -217,6 +230,7 @@ def markdown(run: Run, chart_name: str | None) -> str:
             out += [ABOUT[result.name], ""]
         out += _md_table(HEADER, [_cells(row) for row in result.rows.values()])
         out.append("")
+        out += _costs(result)
         out += [f"- {note}" for note in _notes(result)]
         out += [f"- error: {error}" for error in result.errors]
         steps = ", ".join(f"{name} {seconds:g} s" for name, seconds in result.steps.items())
@@ -260,6 +274,10 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "- What the lifecycle hooks and the Prometheus and OpenTelemetry plugins cost per",
         "  task, and the drain with them off, installed and recording: `make bench-hooks`",
         "  (`python -m bench.hooks`), in [observability-cost.md](observability-cost.md).",
+        "- Where a redis worker child's time per task goes, at any prefetch:",
+        "  `python -m bench.taskcost --prefetch 1,4,32 --untracked` (the table under the",
+        "  redis results). Its round trips and Python calls per task do not move with the",
+        "  machine's load; its microseconds do.",
     ]
     return "\n".join(out) + "\n"
 
@@ -313,6 +331,24 @@ def _peers_section(run: Run) -> list[str]:
             if one.key in result.rows:
                 out.append(f"- {result.name}, {one.name}: {one.settings}.")
     return [*out, ""]
+
+
+def _costs(result: TransportResult) -> list[str]:
+    """The per-task cost table of ``bench.taskcost``, when the step ran."""
+    from bench.taskcost import HEADER, Cost, cells
+
+    if not result.costs:
+        return []
+    fields = set(Cost.__dataclass_fields__)
+    rows = [cells(Cost(**{k: v for k, v in c.items() if k in fields})) for c in result.costs]
+    return [
+        "",
+        "Where one worker child's time per task goes (`python -m bench.taskcost`: the run "
+        "loop in one process, microseconds per task; ours split by part from cProfile):",
+        "",
+        *_md_table(HEADER, rows),
+        "",
+    ]
 
 
 def _notes(result: TransportResult) -> list[str]:

@@ -58,6 +58,9 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
     "queues_20": ("drain, 20 queues in one asynctask workers vs 1 queue", "tasks/s", None),
     "memory_server": ("server memory at depth 1,000,000 vs 100", "MB", None),
     "memory_worker": ("worker child memory at depth 1,000,000 vs 100", "MB", None),
+    # wait_replicas (issue 19): redis, on a master + replica of the bench's own
+    "wait_submit": ("submit, one by one, wait_replicas=1 vs none", "tasks/s", None),
+    "wait_drain": ("drain, 1 child, wait_replicas=1 vs none", "tasks/s", None),
     # pgsql's table (issue 20): a committed one-row INSERT into a copy of the queue table
     # with one of its indexes (or all, or all and the trigger) against the bare copy
     "insert_bare": ("INSERT into the bare table (no index, no trigger)", "tasks/s", None),
@@ -76,6 +79,11 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
     "drain_1_churned": ("drain, 1 child, churned table", "tasks/s", None),
     "latency_p50_fresh": ("latency p50, fresh table", "ms", Target("<=", 1.5)),
     "latency_p50_churned": ("latency p50, churned table", "ms", Target("<=", 1.5)),
+    # a worker child's cost per task (issue 20): redis
+    "cost_p1": ("drain, 1 child, prefetch 1", "tasks/s", None),
+    "cost_p4": ("drain, 1 child, prefetch 4", "tasks/s", None),
+    "cost_p32": ("drain, 1 child, prefetch 32", "tasks/s", Target(">=", 0.3)),
+    "cost_p32_untracked": ("drain, 1 child, prefetch 32, track_status off", "tasks/s", None),
 }
 
 #: the keys of the pgsql table's rows (``Session.pgtable``)
@@ -107,7 +115,14 @@ OPTIONAL = (
     "queues_20",
     "memory_server",
     "memory_worker",
+    # wait_replicas: redis only
+    "wait_submit",
+    "wait_drain",
     *PG_TABLE,
+    "cost_p1",
+    "cost_p4",
+    "cost_p32",
+    "cost_p32_untracked",
 )
 
 #: the measures every measured transport has
@@ -173,6 +188,8 @@ class TransportResult:
     errors: list[str] = field(default_factory=list)
     #: seconds each step took (submit, drain, latency, depth, depth_raw, prefetch)
     steps: dict[str, float] = field(default_factory=dict)
+    #: a worker child's cost per task at each prefetch (``bench.taskcost``, JSON values)
+    costs: list[dict[str, Any]] = field(default_factory=list)
 
     def add(
         self,
@@ -195,4 +212,5 @@ class TransportResult:
             "errors": self.errors,
             "steps": self.steps,
             "measures": {key: row.to_json() for key, row in self.rows.items()},
+            "costs": self.costs,
         }

@@ -17,11 +17,12 @@ import contextlib
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from chaos.private import free_port
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 CTL = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
@@ -36,20 +37,14 @@ def available() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Node:
     """One node of the cluster: its name, ports and process."""
 
     def __init__(self, name: str, root: Path) -> None:
         self.name = name
         self.root = root
-        self.port = _free_port()
-        self.dist_port = _free_port()
+        self.port = free_port()
+        self.dist_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
 

@@ -54,7 +54,7 @@ def run_limits(
     result = Result(name, SCENARIO)
     if name not in TRANSPORTS:
         result.skipped = (
-            "redis and pgsql (filesys is one host; amqp keeps no shared state)"
+            "redis and pgsql (filesys is one host; amqp keeps them in asynctask_state: tests/amqp)"
             if name in ("filesys", "amqp")
             else "redis and pgsql only"
         )
@@ -66,7 +66,7 @@ def run_limits(
     folder = scratch / name / SCENARIO
     folder.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
-    with hosts_with_server(name, plan.hosts, folder) as (network, server):
+    with hosts_with_server(name, plan.hosts) as (network, server):
         if servers is not None:
             servers[f"{name} (limits)"] = server.version()
         uri = hosted_uri(name, server)

@@ -31,7 +31,8 @@ from pathlib import Path
 
 from asynctask import Transport, get_transport
 from chaos import hosts, ledger
-from chaos.hosted import PrivateServer, hosted_uri, hosts_with_server
+from chaos.hosted import hosted_uri, hosts_with_server
+from chaos.private import PrivateServer
 from chaos.scenarios import Plan, Result, Say
 from chaos.supervisor import Workers
 
@@ -69,7 +70,7 @@ def run_partition(
     folder = scratch / name / SCENARIO
     folder.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
-    with hosts_with_server(name, plan.hosts, folder) as (network, server):
+    with hosts_with_server(name, plan.hosts) as (network, server):
         version = server.version()
         if servers is not None:
             servers[f"{name} (partition)"] = version

@@ -305,7 +305,7 @@ number, attempt, pid and time in a ledger file outside the transport) through
 `asynctask workers` with 4 children (prefetch 1), fed in {plan.batches} batches over
 {plan.feed_seconds:g} s, while a fault strikes:
 
-Every server is one of the suite's own (`chaos/private.py`), started in a temp folder on a
+Every server is one of the suite's own (`chaos/private_*.py`), started in a temp folder on a
 free loopback port and removed at the end: a PostgreSQL cluster (`initdb`, `pg_ctl`), a
 `redis-server` (`appendonly yes`, `appendfsync always`), a RabbitMQ node with its own
 name, ports, mnesia and cookie. The shared servers on the standard ports are never

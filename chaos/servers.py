@@ -38,7 +38,9 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from chaos.private import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
+from chaos.private_postgres import PrivatePostgres
+from chaos.private_rabbitmq import PrivateRabbitMQ
+from chaos.private_redis import PrivateRedis
 
 if TYPE_CHECKING:
     import redis

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from asynctask_testworkers.workers import read_ledger
-from chaos.private import free_port, launch_redis
+from chaos.private import free_port
+from chaos.private_redis import launch_redis
 
 __all__ = ["drain", "events", "free_port", "scrape", "start_redis_server", "total", "wait_for"]
 
@@ -34,7 +35,7 @@ def start_redis_server(
     port: int, args: Sequence[str], password: str | None
 ) -> subprocess.Popen[bytes]:
     """Start a redis-server of a test's own on 127.0.0.1:``port`` and wait until it answers
-    (``chaos.private``, the one starter of the tests and ``make chaos``)."""
+    (``chaos.private_redis``, the one starter of the tests and ``make chaos``)."""
     return launch_redis(port, args, password)
 
 

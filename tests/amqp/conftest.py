@@ -22,7 +22,7 @@ import pytest
 
 from asynctask.testing import require_service
 from asynctask_amqp.topology import RUNGS
-from chaos.private import PrivateRabbitMQ
+from chaos.private_rabbitmq import PrivateRabbitMQ
 
 #: a vhost and a user of this test session's own: several sessions share one broker, and
 #: a test that closes every connection of its vhost must close only its own

@@ -24,7 +24,7 @@ from asynctask.testing.contract import hold_task_in_child, open_transport
 from asynctask.transport import Transport
 from asynctask_amqp.topology import DUE, MAX_DELAY, REGISTRY, rung_for
 from asynctask_amqp.transport import AmqpTransport
-from chaos.private import PrivateRabbitMQ
+from chaos.private_rabbitmq import PrivateRabbitMQ
 from support import free_port
 from tests.amqp.conftest import PASSWORD, USER, VHOST, on_shared_ladder, rabbitmqctl
 
@@ -538,3 +538,29 @@ def test_a_quorum_queue_fails_a_task_past_the_broker_delivery_limit(amqp_uri, qu
         [record] = failed
         assert record.payload == {"n": 1} and "x-delivery-limit" in record.error
         assert transport.poll_queue(queue) == 0
+
+
+def test_a_sweep_that_meets_another_task_hands_it_back_in_place_uncounted(uri, queue):
+    """After a settle on a new connection, the consumer takes the head of the queue while
+    it is one of its own settled tasks (``AmqpConsumer._sweep``; the contract's
+    settle-after-drop test covers the head being its own). Here its task is not there
+    (another consumer took it first): the fresh task it meets instead goes back to its
+    place, marked released, so its next delivery is not counted as an attempt. Fails
+    with the release marker left out: [(1, 1), (0, 2)], counted and sent to the tail."""
+    with open_transport(f"{uri}&relay=false") as transport:
+        transport.submit_tasks(queue, [{"n": 0}, {"n": 1}])
+        consumer = transport.consumer(queue)
+        consumer._settled_away.add(("taken-by-another-consumer", 0))
+        with consumer._link.lock:
+            consumer._connect()
+            consumer._sweep()
+        assert transport.queue_stats(queue).ready == 2
+        taken = []
+        for _ in range(2):
+            delivery = consumer.reserve(timeout=5)
+            assert delivery is not None
+            taken.append((delivery.payload["n"], delivery.attempt))
+            consumer.ack(delivery)
+        consumer.close()
+        assert taken == [(0, 1), (1, 1)]
+        assert transport.queue_stats(queue).ready == 0

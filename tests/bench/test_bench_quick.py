@@ -80,7 +80,10 @@ def test_quick_bench_measures_every_measure_on_the_embedded_transports(tmp_path)
     assert "submit, one by one" in done.stdout
 
 
+# `make test-long`: the harness's own smoke run is the test above; these launch workers
+# (the shapes) or install the peers' venv from the package index (the peers)
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_quick_bench_measures_the_realistic_shapes_on_filesys(tmp_path):
     # Given the embedded transport
@@ -105,6 +108,7 @@ def test_quick_bench_measures_the_realistic_shapes_on_filesys(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(600)
 def test_quick_bench_with_peers_drains_huey_in_the_same_rounds(tmp_path):
     # Given the peers' own venv, made as `make bench PEERS=1` makes it
@@ -160,3 +164,28 @@ def test_quick_bench_measures_the_pgsql_table_fresh_and_churned(tmp_path):
         for key in (f"submit_one_{state}", f"drain_1_{state}", f"latency_p50_{state}"):
             assert measures[key]["ours"] > 0 and measures[key]["reference"] > 0, key
     assert "20,000 tasks passed" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_quick_bench_measures_what_wait_replicas_costs(tmp_path):
+    # Given a master and a replica the step starts itself (the shared Redis has none)
+    out = tmp_path / "bench.json"
+
+    # When the quick replicas step runs alone
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "redis", "--steps", "replicas",
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+
+    # Then submit and drain are measured with wait_replicas=1 beside without
+    assert done.returncode == 0, done.stdout + done.stderr
+    transport = json.loads(out.read_text())["transports"]["redis"]
+    if transport["skipped"]:
+        pytest.skip(transport["skipped"])
+    assert transport["errors"] == []
+    for key in ("wait_submit", "wait_drain"):
+        row = transport["measures"][key]
+        assert row["ours"] > 0 and row["reference"] > 0, key
+        assert "replica" in row["note"], key

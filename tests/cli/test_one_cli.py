@@ -180,3 +180,34 @@ def test_a_schedule_that_can_never_fire_is_refused_naming_the_entry(tmp_path):
             )
             assert result.code == 2, result.err
             assert "entry #2" in result.err and "can never fire" in result.err, result.err
+
+
+def test_failed_list_pages_with_limit_and_offset(tmp_path):
+    """``--offset`` reaches past the first page. Failed (exit 2, no such option) before
+    the command had it."""
+    uri = f"filesys:{tmp_path / 'q'}"
+    queue = unique_queue()
+    transport = get_transport(uri)
+    # Given five failed tasks, failed in order
+    ids = transport.submit_tasks(queue, [{"n": n} for n in range(5)])
+    with transport.consumer(queue) as consumer:
+        for _ in ids:
+            delivery = consumer.reserve(2.0)
+            assert delivery is not None
+            consumer.fail(delivery, f"boom {delivery.payload['n']}")
+    assert [t.id for t in transport.failed_tasks(queue)] == ids
+
+    def page(*options: str) -> list[str]:
+        result = run_asynctask("failed", "list", queue, *options, "--json", uri=uri)
+        assert result.code == 0, result.err
+        return [task["id"] for task in json.loads(result.out)]
+
+    # When they are listed two at a time, then Each page holds the next two, oldest first
+    assert page("--limit", "2") == ids[:2]
+    assert page("--limit", "2", "--offset", "2") == ids[2:4]
+    assert page("--limit", "2", "--offset", "4") == ids[4:]
+    # And past the end there is nothing, said so in the table form
+    result = run_asynctask("failed", "list", queue, "--offset", "5", uri=uri)
+    assert result.code == 0 and "No failed tasks" in result.out and "first 5" in result.out
+    # And a negative offset is bad usage
+    assert run_asynctask("failed", "list", queue, "--offset", "-1", uri=uri).code == 2

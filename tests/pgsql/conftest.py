@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from asynctask.testing import require_service
-from chaos.private import PrivatePostgres
+from chaos.private_postgres import PrivatePostgres
 
 HOST = "127.0.0.1"
 DATABASE = "test"

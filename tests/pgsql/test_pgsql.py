@@ -190,6 +190,52 @@ def test_a_task_submitted_in_a_committed_transaction_exists(transport):
         consumer.ack(delivery)
 
 
+@pytest.mark.parametrize("batch", [False, True], ids=["one", "batch"])
+def test_a_delay_in_the_callers_transaction_counts_from_the_submit(transport, batch):
+    """``delay`` counts from the submit statement, not from the start of the caller's
+    transaction (PostgreSQL's ``now()``): failed (the task was ready 0.3 s after a 1.5 s
+    delay) while the statements computed ``date_available`` with ``now()``."""
+    queue = unique_queue()
+    transport.poll_queue(queue)
+    with psycopg.connect(CONNINFO) as conn:
+        # Given a transaction that began 1.2 s before its submit of a 1.5 s delay
+        conn.execute("SELECT pg_sleep(1.2)")
+        submitted = time.monotonic()
+        if batch:
+            transport.submit_tasks(queue, [{"n": 1}, {"n": 2}], delay=1.5, connection=conn)
+        else:
+            transport.submit_task(queue, {"n": 1}, delay=1.5, connection=conn)
+        conn.commit()
+    # Then after the commit it is delayed, not ready
+    assert transport.poll_queue(queue) == 0
+    assert transport.queue_stats(queue).delayed == (2 if batch else 1)
+    # And it comes no sooner than 1.5 s after the submit
+    with transport.consumer(queue) as consumer:
+        delivery = consumer.reserve(timeout=5)
+        came = time.monotonic() - submitted
+        assert delivery is not None
+        consumer.ack(delivery)
+    assert came >= 1.5 - 0.02, f"came {came:.3f} s after the submit"
+
+
+def test_an_expiry_in_the_callers_transaction_counts_from_the_submit(transport):
+    """``expires`` counts from the submit statement too: failed (the task read
+    ``expired`` at its commit, and never ran) with ``now()``."""
+    queue = unique_queue()
+    transport.poll_queue(queue)
+    with psycopg.connect(CONNINFO) as conn:
+        # Given a transaction that began 1.2 s before its submit of a task expiring in 1 s
+        conn.execute("SELECT pg_sleep(1.2)")
+        task_id = transport.submit_task(queue, {"n": 1}, expires=1.0, connection=conn)
+        conn.commit()
+    # Then it is queued, and a consumer still gets it
+    assert transport.status(task_id).state == "queued"
+    with transport.consumer(queue) as consumer:
+        delivery = consumer.reserve(timeout=0.5)
+        assert delivery is not None and delivery.id == task_id
+        consumer.ack(delivery)
+
+
 # -- first start and the original's table ----------------------------------------------
 
 

@@ -17,7 +17,7 @@ import psycopg
 from asynctask import get_transport
 from asynctask.liveness import new_owner
 from asynctask_pgsql.schema import channel
-from chaos.private import PrivatePostgres
+from chaos.private_postgres import PrivatePostgres
 from support import events, wait_for
 
 from .conftest import CONNINFO, DATABASE, HOST

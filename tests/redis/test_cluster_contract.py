@@ -16,9 +16,14 @@ from asynctask.testing.contract import SECRET
 from asynctask.testing.status import StatusContract
 from tests.redis.cluster_support import LocalCluster
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("redis-server") is None, reason="needs redis-server and redis-cli"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("redis-server") is None, reason="needs redis-server and redis-cli"
+    ),
+    # the whole contract again on 3+3 nodes: `make test-long`; `make test` keeps the
+    # cluster's own tests (test_cluster_failover.py) and the contract on one server
+    pytest.mark.long,
+]
 
 
 @pytest.fixture(scope="module")

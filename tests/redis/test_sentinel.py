@@ -104,3 +104,39 @@ def test_sentinel_transport_follows_the_master_through_a_failover(
         promoted.close()
     finally:
         transport.close()
+
+
+def test_a_consumer_open_through_the_failover_follows_the_new_master() -> None:
+    """A consumer keeps its own connection; after the master dies it must ask the
+    Sentinels again, not reconnect to the dead address. Failed before
+    ``SentinelServer.moved`` counted a dropped connection (redis-py 8 reconnects a
+    dropped ``SentinelManagedConnection`` to its old host): the reserve gave up after
+    retry_timeout, connection refused by the killed master."""
+    from chaos.redis_ha import private_sentinel
+
+    with private_sentinel() as group:
+        queue = f"t_{uuid.uuid4().hex[:12]}"
+        transport = open_transport(group.uri(recovery_seconds="3", retry_timeout="15"))
+        try:
+            # Given a consumer that has served a task on the master
+            transport.submit_task(queue, {"n": 1})
+            consumer = transport.consumer(queue)
+            first = consumer.reserve(5)
+            assert first is not None
+            consumer.ack(first)
+            # When the master is killed and Sentinel promotes the replica
+            group.kill_master()
+            deadline = time.monotonic() + 30
+            while group.master() in (None, group.master_port):
+                assert time.monotonic() < deadline, "Sentinel did not promote the replica"
+                time.sleep(0.05)
+            transport.submit_task(queue, {"n": 2})
+            # Then the same consumer takes the next task from the new master
+            began = time.monotonic()
+            second = consumer.reserve(10)
+            assert second is not None and second.payload == {"n": 2}
+            assert time.monotonic() - began < 10
+            consumer.ack(second)
+            consumer.close()
+        finally:
+            transport.close()

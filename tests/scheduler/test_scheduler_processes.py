@@ -50,6 +50,9 @@ def test_a_command_entry_output_reaches_the_log(filesys_uri, start_workers):
     workers = start_workers(
         filesys_uri, {}, "--scheduler", settings={"asynctask_scheduled_workers": entries}
     )
+    # children first, then the firings: at load 20 the supervisor had not yet set its
+    # SIGTERM handler 2.5 s after launch and died of the signal (exit -15)
+    wait_for(workers.children, 60, "the supervisor's children")
     time.sleep(2.5)
     workers.signal(signal.SIGTERM)
     assert workers.wait(30) == 0

@@ -25,6 +25,9 @@ task still does what it says, on a new connection (retrying up to ``retry_timeou
   store), then leave that marker. A consumer that receives a redelivered message with no
   release marker deletes the settled marker of its id and attempt count: found, the task
   was settled, and the message is acknowledged and dropped.
+* the settling consumer itself drops that redelivery at once (``_sweep``): the broker
+  put it back at the head of the queue, so it takes the head while it is one of its own
+  settled tasks, and hands back the first that is not.
 
 The markers name the attempt count, which only grows, so a marker left after another
 consumer had already taken the redelivery (and counted it: its copy has the next count)
@@ -65,6 +68,10 @@ logger = logging.getLogger("asynctask.amqp")
 
 #: a delivery's receipt: (link generation, delivery tag, the message read)
 Receipt = tuple[int, int, Received]
+
+#: the most redeliveries a consumer remembers to sweep (``AmqpConsumer._sweep``); past
+#: it, their markers alone have them dropped
+SETTLED_AWAY_MOST = 1000
 
 
 class Declarations(Protocol):
@@ -112,6 +119,9 @@ class AmqpConsumer(Consumer):
         self._buffer: deque[Any] = deque()  # delivered, not reserved yet
         self._held: dict[int, Received] = {}  # reserved, not settled, by delivery tag
         self._tag = ""  # our consumer tag while subscribed
+        #: (key, attempts) of the tasks this consumer settled after losing the connection
+        #: that held them, whose redelivery it has not dropped yet (``_sweep``)
+        self._settled_away: set[tuple[str, int]] = set()
 
     # -- taking -----------------------------------------------------------------------------
 
@@ -206,6 +216,7 @@ class AmqpConsumer(Consumer):
             if message.delivery_info["redelivered"] and not self._was_released(received):
                 if self._was_settled(received):
                     # its worker settled it after losing the connection that held it
+                    self._settled_away.discard((received.key, received.attempts))
                     link.channel.basic_ack(tag)
                     continue
                 # its last consumer died: count the attempt, durably, and let it come round
@@ -240,6 +251,41 @@ class AmqpConsumer(Consumer):
     def _mark_settled(self, received: Received) -> None:
         marker = settled_marker(self.queue, received.key, received.attempts)
         self._leave_marker(marker, b"settled")
+        if len(self._settled_away) < SETTLED_AWAY_MOST:
+            self._settled_away.add((received.key, received.attempts))
+
+    def _sweep(self) -> None:
+        """Drop the redeliveries of the tasks this consumer settled after losing their
+        connection, now, rather than when a consumer passes them.
+
+        The broker put each back in its place when the connection closed: at the head of
+        the ready messages, behind only others that connection held (a returned message
+        keeps its position). So the head is taken (``basic.get``) while it is one of
+        ours, redelivered, and its settled marker is found: acked, marker deleted, gone.
+        The first that is not ours is handed back as it was (a fresh one marked released
+        first, so that its redelivery is not counted as an attempt) and the sweep stops:
+        it costs nothing when the head is ours, and at most one message handed back when
+        it is not (another consumer took ours first, or the broker has not put it back
+        yet; then its marker has it dropped by the consumer that receives it). Not while
+        subscribed: the subscription delivers the head to us, and ``_next`` drops it.
+        """
+        channel = self._link.channel
+        while self._settled_away and not self._tag:
+            message = channel.basic_get(self.queue, no_ack=False)
+            if message is None:
+                return
+            tag = message.delivery_info["delivery_tag"]
+            received = read_message(message, self.transport.max_payload_bytes)
+            key = (received.key, received.attempts)
+            redelivered = bool(message.delivery_info["redelivered"])
+            if redelivered and key in self._settled_away and self._was_settled(received):
+                self._settled_away.discard(key)
+                channel.basic_ack(tag)
+                continue
+            if not redelivered:
+                self._mark_released(received)
+            channel.basic_reject(tag, requeue=True)
+            return
 
     def _leave_marker(self, marker: str, body: bytes) -> None:
         arguments = {"x-expires": RELEASE_MARKER_EXPIRY_MS}
@@ -302,7 +348,6 @@ class AmqpConsumer(Consumer):
                     self._connect()
                     self.transport.note_recovery()
                 after_loss(received)
-                return
             except DRIVER_ERRORS as exc:
                 error = self._lost(exc)
                 if not isinstance(error, TransportUnavailable) or time.monotonic() > deadline:
@@ -316,8 +361,20 @@ class AmqpConsumer(Consumer):
                     )
                     return
                 self.transport.note_outage(error)
+            else:
+                self._sweep_quietly()
+                return
             time.sleep(pause)
             pause = min(pause * 2, 2.0)
+
+    def _sweep_quietly(self) -> None:
+        """``_sweep``, whose failure costs only its benefit: the settle is done, and the
+        markers left have the redeliveries dropped by the consumers that receive them."""
+        try:
+            self._sweep()
+        except DRIVER_ERRORS as exc:
+            error = self._lost(exc)
+            logger.debug("%r: sweeping %r after a settle: %s", self.transport, self.queue, error)
 
     def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
         """The task is done: the broker forgets it."""

@@ -20,6 +20,11 @@ Features
     task's run time. Delays and retry back-off use one ladder of TTL queues per vhost
     (no broker plugin; ``asynctask_amqp.ladder``). Lost connections are reopened with
     back-off; a broker restart costs time, not tasks.
+    Task statuses and global limits (``rate_scope: global``, ``max_running``) live in
+    the store named by ``asynctask_state`` (redis, pgsql or filesys): the broker keeps
+    no shared counters. A running slot there names its child's owner id, which the
+    supervisor keeps alive in that store (queues with ``max_running`` only), so a killed
+    child's slot comes back at once.
 URI
     ``amqp://user:password@host:port/vhost`` (``amqps://`` for TLS, port 5671). Default
     host ``localhost``, port 5672, user and password ``guest`` (kombu's defaults). The
@@ -127,6 +132,8 @@ class AmqpTransport(Transport):
 
     schemes: ClassVar[tuple[str, ...]] = ("amqp", "amqps")
     options_accepted = OPTIONS
+    #: a broker keeps no shared counters: global limits live in ``asynctask_state``'s store
+    limits_in_state = True
     #: with the default heartbeat; an instance derives recovery_seconds from its own
     features = TransportFeatures(
         counts=frozenset({"ready", "delayed", "retrying", "failed"}),

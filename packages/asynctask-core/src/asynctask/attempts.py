@@ -159,7 +159,8 @@ def settle(
                 "is discarded",
                 delivery.id,
             )
-        _record(consumer, delivery, "succeeded", result_json=result_json)
+        if consumer.tracking:
+            _record(consumer, delivery, "succeeded", result_json=result_json)
         events.task_finished(worker, delivery, "succeeded", None)
         log.debug("Processing complete")
         return True

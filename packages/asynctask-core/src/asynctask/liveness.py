@@ -23,7 +23,10 @@ back within the transport's ``recovery_seconds``, every one counted, as for any 
 
 A transport whose consumers cannot lose liveness to a busy thread (AMQP: the broker
 watches a connection; ``localmem``: one process) keeps the default: ``NoLiveness``, whose
-calls do nothing, and ``consumer(owner=...)`` ignores the owner.
+calls do nothing, and ``consumer(owner=...)`` ignores the owner. If such a transport keeps
+its global limits in the store of ``asynctask_state`` (AMQP), an owner that may hold
+running slots is kept alive in that store instead (``LimitOwnerLiveness``), so that a
+dead child's slots come back.
 """
 
 from __future__ import annotations
@@ -94,4 +97,26 @@ class NoLiveness(Liveness):
 
     def end(self, started: Collection[str] | None, finished: Collection[str] = ()) -> int:
         """Nothing to hand back: the transport recovers the consumer's tasks itself."""
+        return 0
+
+
+class LimitOwnerLiveness(Liveness):
+    """The liveness of an owner whose tasks its transport recovers by itself (AMQP: the
+    broker watches the connection), kept in the store that holds the transport's global
+    limits (``asynctask_state``): a running slot names its owner there, and frees itself
+    once that owner is no longer alive (``asynctask.limits``), so a child that dies
+    holding one does not leak it. The store holds none of the owner's tasks: ``end``
+    only ends the owner there, and hands nothing back."""
+
+    def __init__(self, kept: Liveness) -> None:
+        super().__init__(kept.queue, kept.owner, kept.interval)
+        self.kept = kept
+
+    def beat(self) -> None:
+        """The owner lives: refresh it in the limits' store."""
+        self.kept.beat()
+
+    def end(self, started: Collection[str] | None, finished: Collection[str] = ()) -> int:
+        """The owner is gone: its slots are free at once; its tasks are the broker's."""
+        self.kept.end((), ())
         return 0

@@ -119,6 +119,8 @@ class _Watchdog:
         self.consumer = consumer
         self.on_timeout = on_timeout
         self._timer: threading.Timer | None = None
+        #: whether tasks are watched at all (the run loop skips both calls when not)
+        self.armed = worker.timeout is not None and on_timeout is not None
 
     def start(self, delivery: Delivery) -> None:
         timeout = self.worker.timeout
@@ -211,7 +213,8 @@ def run_loop(
                 consumer = _renew(transport, consumer, queue, options)
                 watchdog.consumer = consumer
                 continue
-            outage.ok()
+            if outage.pause:
+                outage.ok()
             if delivery is None:
                 if options.stop_when_idle:
                     break
@@ -291,7 +294,8 @@ def _run_one(
     worker.logger.debug("Got payload: %r", delivery.payload)
     if options.on_start is not None:
         options.on_start(delivery)
-    watchdog.start(delivery)
+    if watchdog.armed:
+        watchdog.start(delivery)
     events.task_started(worker, delivery)
     worker._delivery = delivery  # one loop per worker object here: no context variable
     try:
@@ -308,7 +312,8 @@ def _run_one(
         watchdog.cancel()
         succeeded = settle(worker, consumer, delivery, exc)
     else:
-        watchdog.cancel()
+        if watchdog.armed:
+            watchdog.cancel()
         succeeded = settle(worker, consumer, delivery, None, outcome)
     finally:
         worker._delivery = None

@@ -171,7 +171,9 @@ class Supervisor:
         if self.transport is None:
             return slot.spec
         owner = new_owner()
-        slot.liveness = self.transport.liveness(slot.spec.queue, owner)
+        slot.liveness = self.transport.liveness(
+            slot.spec.queue, owner, holds_slots=slot.spec.max_running is not None
+        )
         if self._keepers is None:
             self._keepers = Keepers()
         self._keepers.keep(slot.liveness)

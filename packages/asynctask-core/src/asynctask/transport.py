@@ -39,7 +39,7 @@ from asynctask.errors import (
     TransportUnavailable,
 )
 from asynctask.limits import LimitSpec
-from asynctask.liveness import Liveness, NoLiveness, check_owner
+from asynctask.liveness import LimitOwnerLiveness, Liveness, NoLiveness, check_owner
 from asynctask.outage import OutageReport
 from asynctask.status import (
     DEFAULT_STATUS_TTL,
@@ -456,21 +456,60 @@ class Transport(ABC):
         """The keeper of ``owner``'s liveness on ``queue``; see ``asynctask.liveness``."""
         return NoLiveness(queue, owner, self.features.recovery_seconds / 4)
 
-    #: whether ``limit_take`` keeps global limits (``asynctask.limits``); without it,
-    #: ``asynctask workers`` refuses queues that have them
+    #: whether ``limit_take`` keeps global limits (``asynctask.limits``) in this backend
     keeps_limits: ClassVar[bool] = False
+    #: whether a transport that keeps no shared state itself (AMQP) keeps its global
+    #: limits in the store named by ``asynctask_state``; without either, ``asynctask
+    #: workers`` refuses queues that have them
+    limits_in_state: ClassVar[bool] = False
 
-    def _limit_take(self, queue: str, limit: LimitSpec, holder: str, owner: str | None) -> float:
-        """See ``limit_take``; a transport that keeps no shared state raises."""
+    def _state_limits(self) -> Transport | None:
+        """With ``limits_in_state``: the transport ``asynctask_state`` names, if it keeps
+        global limits; else ``None``."""
+        if not self.limits_in_state or self.external_state() is None:
+            return None
+        assert self._external is not None  # looked up with the store
+        other = self._external[1]
+        return other if other.keeps_limits else None
+
+    def limits_keeper(self, queue_name: str) -> Transport:
+        """The transport keeping the global limits of a queue: this one
+        (``keeps_limits``), or the one ``asynctask_state`` names (``limits_in_state``).
+        Raises ``ConfigurationError`` saying what to do when there is none."""
+        if self.keeps_limits:
+            return self
+        keeper = self._state_limits()
+        if keeper is not None:
+            return keeper
+        scheme = self.schemes[0] if self.schemes else type(self).__name__
+        if self.limits_in_state:
+            raise ConfigurationError(
+                f"queue {queue_name!r} has global limits (rate_scope 'global' or "
+                f"max_running), which the {scheme} transport keeps in the store named by "
+                "asynctask_state: set asynctask_state to a redis, pgsql or filesys URI "
+                "(e.g. ASYNCTASK_STATE=redis://127.0.0.1:6379/0), or drop those limits"
+            )
         raise ConfigurationError(
-            f"{type(self).__name__} keeps no shared state for the global limits of queue "
-            f"{queue!r} (rate_scope 'global', max_running): use them with the redis, pgsql "
-            "or filesys transport (keeping them in asynctask_state is not done yet), or drop "
-            "them"
+            f"queue {queue_name!r} has global limits (rate_scope 'global' or max_running), "
+            f"kept in the backend, but the {scheme} transport keeps no shared state for "
+            "them: use redis, pgsql or filesys as asynctask_transport for that queue, or "
+            "drop those limits"
         )
 
-    def _limit_free(self, queue: str, holder: str) -> None:  # noqa: B027 -- optional
-        """See ``limit_free``: nothing to free where nothing could be taken."""
+    def _limit_take(self, queue: str, limit: LimitSpec, holder: str, owner: str | None) -> float:
+        """See ``limit_take``. This default hands the call to the store of
+        ``asynctask_state`` (``limits_in_state``), or raises saying what to do."""
+        keeper = self.limits_keeper(queue)
+        if keeper is self:  # a subclass that keeps them must override this
+            raise NotImplementedError(f"{type(self).__name__} keeps_limits but no _limit_take")
+        return keeper._limit_take(queue, limit, holder, owner)
+
+    def _limit_free(self, queue: str, holder: str) -> None:
+        """See ``limit_free``. This default hands the call to the store of
+        ``asynctask_state`` (``limits_in_state``); elsewhere nothing could be taken."""
+        keeper = self._state_limits()
+        if keeper is not None:
+            keeper._limit_free(queue, holder)
 
     # -- the public API ---------------------------------------------------------------
 
@@ -802,15 +841,25 @@ class Transport(ABC):
         """``holder``'s task ended: free its running slot (see ``asynctask.limits``)."""
         self._call(self._limit_free, check_queue_name(queue_name), holder)
 
-    def liveness(self, queue_name: str, owner: str) -> Liveness:
+    def liveness(self, queue_name: str, owner: str, *, holds_slots: bool = True) -> Liveness:
         """The liveness of ``owner``'s consumers of a queue, for the process that keeps it.
 
         Call ``beat()`` every ``interval`` seconds while the owner's worker lives and
         ``end(started)`` once it has exited. Transports whose consumers keep their own
-        liveness return a ``NoLiveness``. See ``asynctask.liveness``.
+        liveness return a ``NoLiveness``; but if their global limits live in the store
+        of ``asynctask_state`` (``limits_in_state``, AMQP) and the owner may hold running
+        slots (``holds_slots``: its queue has ``max_running``), the owner is kept alive
+        in that store, so that its slots come back when it dies. See
+        ``asynctask.liveness``.
         """
         self._check_open()
-        return self._liveness(check_queue_name(queue_name), check_owner(owner))
+        queue, owner = check_queue_name(queue_name), check_owner(owner)
+        kept = self._liveness(queue, owner)
+        if holds_slots and isinstance(kept, NoLiveness):
+            keeper = self._state_limits()
+            if keeper is not None:
+                return LimitOwnerLiveness(keeper.liveness(queue, owner))
+        return kept
 
     def close(self) -> None:
         """Free the transport's connections; later calls raise ``TransportClosed``."""

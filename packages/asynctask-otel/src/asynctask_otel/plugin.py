@@ -15,7 +15,9 @@ spans are no-ops that cost next to nothing.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -35,6 +37,33 @@ _running: dict[tuple[str, str], tuple[Span, object]] = {}
 _lock = threading.Lock()
 
 
+#: whether an SDK tracer provider was found, and when the API was last asked (monotonic)
+_sdk = False
+_asked_at = -math.inf
+#: seconds between two questions while no SDK is configured
+RECHECK = 1.0
+
+
+def _sdk_configured() -> bool:
+    """Whether an SDK tracer provider is set in this process.
+
+    The API is asked at most once a second while the answer is no: its answer costs
+    about 3 us (it looks for ``OTEL_PYTHON_TRACER_PROVIDER`` in ``os.environ``, a
+    ``KeyError`` raised and caught when it is absent), a third of a no-op task's own run
+    loop. A provider set at start-up or in ``setup()`` is seen by the first task; one set
+    later, within a second. Once set it stays (the API allows one ``set_tracer_provider``).
+    """
+    global _sdk, _asked_at
+    if _sdk:
+        return True
+    now = time.monotonic()
+    if now - _asked_at < RECHECK:
+        return False
+    _asked_at = now
+    _sdk = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    return _sdk
+
+
 @hookimpl
 def asynctask_submit_headers(queue: str) -> dict[str, str] | None:
     """The caller's trace context, as W3C headers (None outside any span)."""
@@ -52,7 +81,7 @@ def asynctask_task_started(
     queue: str, worker: str, task_id: str, attempt: int, headers: Mapping[str, str]
 ) -> None:
     """Start the run's span, child of the submit's context, and make it current."""
-    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+    if not _sdk_configured():
         return  # no SDK configured in this process: a span would be a no-op (8 us a task)
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -83,6 +112,8 @@ def asynctask_task_finished(
     queue: str, task_id: str, outcome: str, error: BaseException | None
 ) -> None:
     """End the run's span with its outcome and exception."""
+    if not _running:
+        return  # no span open in this process (no SDK): no lock to take
     with _lock:
         found = _running.pop((queue, task_id), None)
     if found is None:

@@ -104,13 +104,20 @@ _NOTIFY_PUT = """
 SELECT pg_notify({s}.asynctask_channel(%(queue)s), '') FROM (SELECT 1 FROM put LIMIT 1) AS one
 """
 
+# A submit's ``delay`` and ``expires`` count from the statement (``clock_timestamp()``,
+# read once in ``submitted`` so that the status row and the queue row agree), not from the
+# start of its transaction (``now()``): in the caller's transaction (``connection=``) that
+# may be long before, and a task would then be due, or expired, early.
+_SUBMITTED = "submitted AS (SELECT clock_timestamp() AS at)"
+
 # The status row of new tasks. On a queue whose workers keep no status (a row in
 # asynctask_untracked) it is forgotten after the TTL like a final one: until then
 # ``status`` names the setting (StatusNotTracked), and the history does not grow.
 _STATUS_PUT = """INSERT INTO {s}.asynctask_status
     (task_id, queue_name, state, date_expires, unique_key, date_forget)
 SELECT t.id, %(queue)s, CASE WHEN %(delay)s::float8 > 0 THEN 'delayed' ELSE 'queued' END,
-       now() + make_interval(secs => %(expires)s::float8), %(unique_key)s::text,
+       (SELECT at FROM submitted) + make_interval(secs => %(expires)s::float8),
+       %(unique_key)s::text,
        (SELECT now() + make_interval(secs => %(ttl)s::float8)
         FROM {s}.asynctask_untracked WHERE queue_name = %(queue)s)
 FROM unnest(%(ids)s::uuid[]) AS t(id)
@@ -125,7 +132,9 @@ RETURNING task_id"""
 # A holder that committed after this statement's snapshot reads as none: the caller runs
 # the statement again.
 PUT_ONE = (
-    """WITH st AS (
+    "WITH "
+    + _SUBMITTED
+    + """, st AS (
 """
     + _STATUS_PUT
     + """
@@ -134,8 +143,8 @@ INSERT INTO {s}.asynctask_queue
     (task_id, queue_name, payload, payload_text, date_available, headers, priority,
      date_expires)
 SELECT %(id)s::uuid, %(queue)s, coalesce(%(payload)s::jsonb, '{}'), %(text)s,
-       now() + make_interval(secs => %(delay)s), %(headers)s::jsonb, %(priority)s,
-       now() + make_interval(secs => %(expires)s::float8)
+       (SELECT at FROM submitted) + make_interval(secs => %(delay)s), %(headers)s::jsonb,
+       %(priority)s, (SELECT at FROM submitted) + make_interval(secs => %(expires)s::float8)
 WHERE %(unique_key)s::text IS NULL OR EXISTS (SELECT 1 FROM st)
 ON CONFLICT (task_id) DO NOTHING
 RETURNING 1
@@ -155,7 +164,9 @@ SELECT (SELECT count(*) FROM st),
 # The arrays travel in binary (%b): text arrays would be escaped element by element in
 # Python, which cost more than the server's work (batch submit 1.5x faster).
 PUT = (
-    """WITH st AS (
+    "WITH "
+    + _SUBMITTED
+    + """, st AS (
 """
     + _STATUS_PUT.replace("%(ids)s", "%(ids)b")
     + """
@@ -164,8 +175,8 @@ INSERT INTO {s}.asynctask_queue
     (task_id, queue_name, payload, payload_text, date_available, headers, priority,
      date_expires)
 SELECT t.id, %(queue)s, coalesce(t.payload::jsonb, '{}'), t.text,
-       (SELECT now() + make_interval(secs => %(delay)s)), t.headers::jsonb, %(priority)s,
-       (SELECT now() + make_interval(secs => %(expires)s::float8))
+       (SELECT at FROM submitted) + make_interval(secs => %(delay)s), t.headers::jsonb,
+       %(priority)s, (SELECT at FROM submitted) + make_interval(secs => %(expires)s::float8)
 FROM unnest(%(ids)b::uuid[], %(payloads)b::text[], %(texts)b::text[], %(headers)b::text[])
     AS t(id, payload, text, headers)
 ON CONFLICT (task_id) DO NOTHING

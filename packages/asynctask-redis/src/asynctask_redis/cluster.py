@@ -29,6 +29,7 @@ from redis.exceptions import (
     ClusterDownError,
     ClusterError,
     MovedError,
+    ReadOnlyError,
     RedisError,
     ResponseError,
     TryAgainError,
@@ -41,6 +42,7 @@ from asynctask.transport import QueueStats
 from asynctask.uri import redact
 from asynctask_redis import scripts
 from asynctask_redis.connection import Server, call, pipeline, run
+from asynctask_redis.replication import Waited
 from asynctask_redis.transport import RedisTransport
 
 T = TypeVar("T")
@@ -49,10 +51,17 @@ _MOVED = (MovedError, AskError, ClusterDownError, ClusterError, TryAgainError)
 
 
 def _is_move(exc: BaseException) -> bool:
-    if isinstance(exc, (*_MOVED, redis.ConnectionError, redis.TimeoutError, OSError)):
+    # A script names no keys (EVALSHA .. 0), so a node that no longer owns the slot does
+    # not answer MOVED: a demoted master (a failover, an operator's CLUSTER FAILOVER)
+    # answers READONLY, or refuses the keys as not local. Both mean: read the map again.
+    if isinstance(
+        exc, (*_MOVED, ReadOnlyError, redis.ConnectionError, redis.TimeoutError, OSError)
+    ):
         return True
     text = str(exc)
-    return isinstance(exc, ResponseError) and text.startswith(("MOVED", "ASK", "CLUSTERDOWN"))
+    return isinstance(exc, ResponseError) and (
+        text.startswith(("MOVED", "ASK", "CLUSTERDOWN")) or "non local key" in text
+    )
 
 
 class ClusterServer(Server):
@@ -181,9 +190,9 @@ class RedisClusterTransport(RedisTransport):
     def execute(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(connection, *args)`` on the node owning the keys it touches.
 
-        ``run`` goes by its queue, ``call`` by its first key, ``pipeline`` is split by
-        slot and its replies put back in order. A call that met a failover or a moved
-        slot is made once more at once on the new map.
+        ``run`` goes by its queue, ``call`` by its first key (a ``Waited`` one as its
+        own), ``pipeline`` is split by slot and its replies put back in order. A call
+        that met a failover or a moved slot is made once more at once on the new map.
         """
         if fn is pipeline:
             commands: Sequence[Sequence[Any]] = args[0]
@@ -200,13 +209,17 @@ class RedisClusterTransport(RedisTransport):
                 for i, reply in zip(indexes, part, strict=True):
                     replies[i] = reply
             return replies  # type: ignore[return-value]
-        if fn is run:
-            key = self.key(str(args[2]).strip("{}"), "")
-        elif fn is call and len(args) > 1:
-            key = str(args[1])
-        else:
-            key = self.prefix
-        return self._on(key, fn, *args)
+        return self._on(self._routed_by(fn, args), fn, *args)
+
+    def _routed_by(self, fn: Callable[..., Any], args: Sequence[Any]) -> str:
+        """The key whose node runs ``fn(conn, *args)``: a ``Waited`` call goes where its
+        write goes, so that its ``WAIT`` counts the replicas of that write."""
+        inner = fn.fn if isinstance(fn, Waited) else fn
+        if inner is run:
+            return self.key(str(args[2]).strip("{}"), "")
+        if inner is call and len(args) > 1:
+            return str(args[1])
+        return self.prefix
 
     def _on(self, key: str, fn: Callable[..., T], *args: Any) -> T:
         for last in (False, True):

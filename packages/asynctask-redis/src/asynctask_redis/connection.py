@@ -55,6 +55,15 @@ DRIVER_OPTIONS = frozenset(
     }
 )
 
+
+def non_negative_int(text: str) -> int:
+    """A whole number >= 0."""
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}")
 
 
@@ -91,6 +100,17 @@ OPTIONS: Mapping[str, Option] = {
         positive_float,
         None,
         "seconds between a live consumer's heartbeats; default recovery_seconds / 8",
+    ),
+    "wait_replicas": Option(
+        non_negative_int,
+        0,
+        "replicas that must hold a submit, ack, retry or fail before it returns (WAIT); "
+        "default 0: none (asynchronous replication)",
+    ),
+    "wait_timeout_ms": Option(
+        positive_int,
+        1000,
+        "ms a write waits for wait_replicas replicas; default 1000",
     ),
 }
 
@@ -238,6 +258,13 @@ class SentinelServer(Server):
     connection and drops one that finds its server demoted (a failover), so the
     transport's usual reconnect-and-retry follows the master.
     """
+
+    def moved(self, exc: BaseException) -> bool:
+        """A dropped connection may mean a failover: a consumer's own connection is then
+        given back and a new one taken from the pool, which asks the Sentinels. (redis-py
+        8 reconnects a dropped ``SentinelManagedConnection`` to its old address: a
+        consumer that reused it would knock on a dead master until ``retry_timeout``.)"""
+        return isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError | ReadOnlyError)
 
     def __init__(self, location: str, driver_options: Mapping[str, str], options: Any) -> None:
         from redis.sentinel import Sentinel, SentinelConnectionPool

@@ -35,7 +35,7 @@ import dataclasses
 import logging
 import time
 import weakref
-from collections import Counter, deque
+from collections import deque
 from typing import Any, ClassVar, Protocol
 
 import redis
@@ -48,6 +48,7 @@ from asynctask.transport import Consumer, Delivery, Transport, check_delay, new_
 from asynctask_redis import scripts
 from asynctask_redis.connection import Server, call, pipeline, run
 from asynctask_redis.messages import Message, canonical_text, failed_record, read_message
+from asynctask_redis.replication import Replication, Waited
 
 #: what the scripts push to an empty ready list to wake a blocked consumer for an
 #: urgent task (``scripts._KEYS``); a consumer that takes it drops it
@@ -81,6 +82,8 @@ class ConsumerHost(Protocol):
 
     #: (queue, consumer id, pending acks) of owned consumers whose close failed
     leftovers: list[tuple[str, str, list[bytes | str]]]
+    #: the replicas an ack, retry or fail waits for (``wait_replicas``; None: none)
+    replication: Replication | None
 
     @property
     def own_state(self) -> bool:
@@ -102,6 +105,10 @@ class ConsumerHost(Protocol):
 
 
 logger = logging.getLogger("asynctask.redis")
+
+#: the settles that wait for replicas under ``wait_replicas`` (a close or a canonical
+#: rewrite loses nothing when a failover undoes it)
+_REPLICATED = frozenset({"ack", "retry", "fail"})
 
 #: the widest window in which ``start`` trusts the check of the move (seconds)
 _LONGEST_WINDOW = 50e-6
@@ -137,7 +144,9 @@ class RedisConsumer(Consumer):
         self._stale = False
         self._release_conn: weakref.finalize | None = None  # type: ignore[type-arg]
         self._buffer: deque[bytes] = deque()  # taken, not yet handed out
-        self._held: Counter[bytes] = Counter()  # handed out, not yet settled
+        #: handed out, not yet settled: message -> how many times (a plain dict: a
+        #: ``Counter``'s Python-level ``__delitem__`` cost about 1 us a task)
+        self._held: dict[bytes, int] = {}
         self._held_count = 0
         self._acks: list[bytes | str] = []  # acked, not yet sent: (message, result) pairs
         #: the message the last move checked and marked running, and when its reply came
@@ -160,6 +169,7 @@ class RedisConsumer(Consumer):
             try:
                 self._conn = pool.get_connection()
             except (RedisError, OSError) as exc:
+                server.moved(exc)  # a dead node: the slot map is read again next time
                 raise server.error(exc) from exc
             self._release_conn = weakref.finalize(self, pool.release, self._conn)
         try:
@@ -242,7 +252,7 @@ class RedisConsumer(Consumer):
         if fast and self._execute(self._next, resync=True):
             return 0.0
         flags = 2 if self._resync else 0 if self.registered else 1
-        held = list(self._held.elements()) if self._resync else []
+        held = [raw for raw, n in self._held.items() for _ in range(n)] if self._resync else []
         acks = self._pending()
         reply = self._run(
             scripts.TAKE,
@@ -378,18 +388,38 @@ class RedisConsumer(Consumer):
     def _send(
         self, op: str, raw: bytes, argument: str = "", delay_ms: str = "0", error: str = ""
     ) -> Any:
-        """Run one SETTLE (with the pending acks), retrying while Redis is away."""
+        """Run one SETTLE (with the pending acks), retrying while Redis is away; an ack,
+        retry or fail then waits for the replicas (``wait_replicas``), on the same
+        connection, and a shortfall is logged: a failover that undoes the settle runs the
+        task again, it loses nothing (``asynctask_redis.replication``)."""
         args = self._settle_args(op, raw, argument, delay_ms, error)
+        replication = self._host.replication if op in _REPLICATED else None
 
-        def step() -> Any:  # SETTLE is idempotent: safe to run again
-            return self._run(scripts.SETTLE, *args)
+        def step() -> tuple[Any, int | None]:  # SETTLE is idempotent: safe to run again
+            if replication is None:
+                return self._run(scripts.SETTLE, *args), None
+            t = self._host
+            waited = Waited(run, replication)
+            queue = t.script_queue(self.queue)
+            return self._execute(waited, scripts.SETTLE, t.prefix, queue, self.id, *args)  # type: ignore[no-any-return]
 
-        done = self.transport._call(self._once_more, step)
+        done, acked = self.transport._call(self._once_more, step)
         self._sent()
+        if replication is not None and acked is not None and not replication.confirmed(acked):
+            logger.warning(
+                "%r: %s confirmed by %d of wait_replicas=%d replicas within %d ms: a failover "
+                "now may undo it, and the task would run again",
+                self,
+                op,
+                acked,
+                replication.replicas,
+                replication.timeout_ms,
+            )
         return done
 
     def _hold(self, raw: bytes) -> None:
-        self._held[raw] += 1
+        held = self._held
+        held[raw] = held.get(raw, 0) + 1
         self._held_count += 1
 
     def _unhold(self, delivery: Delivery) -> bytes | None:
@@ -398,8 +428,10 @@ class RedisConsumer(Consumer):
         if not isinstance(message, Message) or message.raw not in self._held:
             return None  # settled already, or not ours
         raw = message.raw
-        self._held[raw] -= 1
-        if not self._held[raw]:
+        left = self._held[raw] - 1
+        if left:
+            self._held[raw] = left
+        else:
             del self._held[raw]
         self._held_count -= 1
         return raw
@@ -470,10 +502,18 @@ class RedisConsumer(Consumer):
     def ack(self, delivery: Delivery, result_json: str | None = None) -> bool | None:
         """Done: the task is removed (``succeeded``, with its result, unless it was
         cancelled meanwhile) with this consumer's next call to Redis: whether it was
-        cancelled is not known here (None)."""
+        cancelled is not known here (None). Under ``wait_replicas`` the ack is sent at
+        once and returns once the replicas hold it (or their time ran out: logged)."""
         raw = self._unhold(delivery)
-        if raw is not None:
-            self._acks += [raw, (result_json or "") if self.fused else ""]
+        if raw is None:
+            return None
+        self._acks += [raw, (result_json or "") if self.fused else ""]
+        if self._host.replication is not None:
+            # sent now, and waited for: the ack is on the replicas when this returns
+            try:
+                self._send("ack", b"")
+            except TransportError as exc:  # it stays pending: it goes with the next call
+                logger.warning("%r: ack of %s not sent yet (%s)", self, delivery.id, exc)
         return None
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:

@@ -730,6 +730,8 @@ if tracked and unique ~= '' then
   if holder then return {2, holder} end
 end
 if not redis.call('SET', base .. 'put:' .. ARGV[3], '1', 'NX', 'PX', ARGV[4]) then
+  -- a write all the same: a WAIT after this retry covers the first try's tasks
+  redis.call('PEXPIRE', base .. 'put:' .. ARGV[3], ARGV[4])
   return {0}
 end
 local delay = tonumber(ARGV[5])

@@ -20,7 +20,8 @@ URI
 Options
     ``key_prefix`` (``asynctask``; no ``_``), ``pool_size`` (50), ``socket_timeout``
     (10 s), ``connect_timeout`` (5 s), ``recovery_seconds`` (8), ``heartbeat_seconds``
-    (``recovery_seconds / 8``), ``retry_timeout`` (15 s). Passed on to redis-py: ``db``,
+    (``recovery_seconds / 8``), ``retry_timeout`` (15 s), ``wait_replicas`` (0: off) and
+    ``wait_timeout_ms`` (1000; see ``asynctask_redis.replication``). Passed on to redis-py: ``db``,
     ``client_name``, ``health_check_interval``, ``socket_keepalive``, ``ssl_*``.
 Storage
     With prefix ``P`` and queue ``Q``: ``P_Q`` is the list of ready tasks (head first).
@@ -88,6 +89,7 @@ from asynctask_redis.messages import (
     read_message,
     requeue_text,
 )
+from asynctask_redis.replication import Replication, ReplicationTimeout, Waited
 from asynctask_redis.statestore import RedisStateStore
 
 logger = logging.getLogger("asynctask.redis")
@@ -133,6 +135,12 @@ class RedisTransport(Transport):
         self.heartbeat_ttl_ms = int(recovery * 500)
         self.recheck_ms = int(recovery * 250)
         self.server = self._make_server()
+        #: the replicas every submit, ack, retry and fail waits for (None: none)
+        self.replication: Replication | None = (
+            Replication(self.options["wait_replicas"], self.options["wait_timeout_ms"])
+            if self.options["wait_replicas"]
+            else None
+        )
         self.key_queues = f"{self.prefix}:queues"
         self._idle: list[Any] = []  # connections that served a call, last in first out
         self._pid = os.getpid()
@@ -240,18 +248,20 @@ class RedisTransport(Transport):
         own = self.own_state
         expires = "" if options.expires is None or not own else f"{options.expires * 1000:.0f}"
         unique = (options.unique_key or "") if own else ""
-        reply = self._script(
-            scripts.PUT,
-            queue,
-            tasks[0][0],
-            guard_ms,
-            delay_ms,
-            self.status_ttl_ms,
-            "1" if own else "0",
-            expires,
-            unique,
-            *texts,
-        )
+        args: tuple[str | int, ...] = (tasks[0][0], guard_ms, delay_ms, self.status_ttl_ms)
+        args += ("1" if own else "0", expires, unique, *texts)
+        if self.replication is None:
+            reply = self._script(scripts.PUT, queue, *args)
+        else:
+            reply, acked = self.execute(
+                Waited(run, self.replication),
+                scripts.PUT,
+                self.prefix,
+                self.script_queue(queue),
+                *args,
+            )
+            if reply[0] in (0, 1) and not self.replication.confirmed(acked):
+                self._not_replicated(queue, [task_id for task_id, _ in tasks], acked)
         if reply[0] == 2:
             return [reply[1].decode()]
         if reply[0] == 3:
@@ -261,6 +271,19 @@ class RedisTransport(Transport):
                 "that worker, or submit without them"
             )
         return None
+
+    def _not_replicated(self, queue: str, ids: list[str], acked: int) -> None:
+        r = self.replication
+        assert r is not None
+        raise ReplicationTimeout(
+            f"{len(ids)} task(s) submitted to {queue!r} are on the Redis master "
+            f"({self.server.where}), but only {acked} of the wait_replicas={r.replicas} "
+            f"replicas confirmed them within wait_timeout_ms={r.timeout_ms}: they run unless "
+            "the master fails before a replica copies them, and submitting again may run "
+            "them twice (transport.status(id) tells later). Check the replicas "
+            "(INFO replication: connected_slaves, lag) or raise wait_timeout_ms",
+            ids,
+        )
 
     def _headers(
         self, queue: str, task_id: str, text: str, options: SubmitOptions

@@ -112,21 +112,26 @@ def queues(
 def failed_list(
     queue: Annotated[str, typer.Argument(help="Queue name.")],
     limit: Annotated[int, typer.Option(help="At most this many.", min=1)] = 100,
+    offset: Annotated[
+        int,
+        typer.Option(help="Skip this many first: --offset 100 is the second page of 100.", min=0),
+    ] = 0,
     sets: SetOption = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List a queue's failed tasks, oldest first.
+    """List a queue's failed tasks, oldest first, one page (--limit) at a time (--offset).
 
-    Example: asynctask failed list emails
+    Example: asynctask failed list emails --limit 100 --offset 100
     """
     with reported_errors():
-        tasks = open_transport(sets, config).failed_tasks(queue, limit)
+        tasks = open_transport(sets, config).failed_tasks(queue, limit, offset)
     if as_json:
         typer.echo(json.dumps([asdict(t) for t in tasks], indent=2))
         return
     if not tasks:
-        typer.echo(f"No failed tasks in {queue}.")
+        past = f" past the first {offset}" if offset else ""
+        typer.echo(f"No failed tasks in {queue}{past}.")
         return
     rows = [
         [

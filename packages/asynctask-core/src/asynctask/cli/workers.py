@@ -154,22 +154,24 @@ def workers(
                 2,
             )
         limited = sorted({s.queue for s in specs if s.rate_scope == "global" or s.max_running})
-        if limited and not cls.keeps_limits:
+        if limited and not (cls.keeps_limits or cls.limits_in_state):
             raise fail(
                 f"queue {limited[0]!r} has global limits (rate_scope 'global' or max_running), "
                 f"kept in the backend, but the {uri.split(':', 1)[0]} transport keeps no shared "
-                "state for them (keeping them in asynctask_state is not done yet): use redis, "
-                "pgsql or filesys as asynctask_transport for that queue, or drop those limits",
+                "state for them: use redis, pgsql or filesys as asynctask_transport for that "
+                "queue, or drop those limits",
                 2,
             )
         # Made now, it refuses bad options before any child starts; the supervisor keeps
         # its children's liveness through it (asynctask.liveness).
         transport = cls(uri)
         # its cancel watch reads the statuses where they are kept (asynctask_state:
-        # AMQP's always are elsewhere)
+        # AMQP's always are elsewhere), and so may its global limits be
         transport.state_uri = settings.state
         transport.status_ttl = settings.status_ttl
         try:
+            if limited:  # AMQP's are in asynctask_state: refused here without it
+                transport.limits_keeper(limited[0])
             report.start(transport, specs)  # a backend that refuses us ends the run here
             stop_metrics = _start_metrics(
                 registry, metrics_port or settings.metrics_port, uri, [s.queue for s in specs]
