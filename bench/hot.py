@@ -18,7 +18,7 @@ same schema, so every layout carries its own dead tuples from round to round:
 
 It reports tasks/s per layout (median and best of the rounds) and the share of
 updates that were HOT (``pg_stat_user_tables``); with ``--private``, on a PostgreSQL of
-its own (``chaos.private``, fsync off) that loads ``pg_stat_statements``, also each
+its own (``chaos.private_postgres``, fsync off) that loads ``pg_stat_statements``, also each
 layout's RESERVE: server time, buffers and WAL bytes a call, every CTE included
 (``EXPLAIN``'s top node leaves out the CTEs nothing reads, such as ``succeeded``).
 
@@ -42,7 +42,7 @@ import psycopg
 from asynctask_pgsql.transport import PgsqlTransport
 from bench.ours import consume
 from bench.plan import PGSQL
-from chaos.private import PrivatePostgres
+from chaos.private_postgres import PrivatePostgres
 
 _STATUS_HOT = "DROP INDEX {s}.asynctask_status_forget;"
 
