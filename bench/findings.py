@@ -54,7 +54,11 @@ _PG_DRAIN = (
     "1,615/s as is against 1,797/s all HOT; prefetch 10: 4,077/s against 4,132/s, one run; "
     "another run had them the other way round), while a reservation kept out of the indexes "
     "would need a schema version that older workers on the same queue cannot share. "
-    "Prefetch 10 against 4 in the same run: 4,077/s against 1,615/s."
+    "Prefetch 10 against 4 in the same run: 4,077/s against 1,615/s. The worker drain "
+    "did not confirm the plan fix yet: `python -m bench.compare main --only pgsql --steps "
+    "drain` (full sizes, 2 rounds, load 9-14) gave 2,011/s against main's 2,153/s with 1 "
+    "child and 2,373/s against 2,771/s with 2 (the shared table's statistics there may "
+    "already give main nested loops); the quick run before it had +55% and -39%."
 )
 
 _PG_SUBMIT = (
