@@ -82,6 +82,11 @@ class FilesysStateStore(StateStore):
         self.fallback_poll = 1.0
         self._made = False
         self._bucket_end = 0
+        #: ``live/`` with a trailing separator: the hot path's paths are one concatenation
+        self._live = self.paths.live + os.sep
+        #: the open ``done/<END>/`` with a trailing separator, and the TTL it was made for
+        self._bucket_folder = ""
+        self._bucket_ttl = -1.0
 
     # -- folders and buckets --------------------------------------------------------------
 
@@ -92,17 +97,21 @@ class FilesysStateStore(StateStore):
         return self.paths
 
     def _bucket(self) -> str:
-        """The ``done/<END>`` folder for a record finished now, made if missing; opening
-        a new one removes those past the TTL (whole folders: no scan of history)."""
+        """The ``done/<END>/`` folder (with its trailing separator) for a record finished
+        now, made if missing; opening a new one removes those past the TTL (whole
+        folders: no scan of history). Once open, one clock read and two compares: the
+        hot path calls it for every task."""
+        if time.time() < self._bucket_end and self._bucket_ttl == self.status_ttl:
+            return self._bucket_folder
         width = int(min(3600.0, max(1.0, self.status_ttl / 8)))
         end = (int(time.time()) // width + 1) * width
         folder = os.path.join(self.paths.done, str(end))
-        if end != self._bucket_end:
-            self._ensure()
-            make_dirs((folder,), self.mode)
-            self._bucket_end = end
-            self._forget_old()
-        return folder
+        self._ensure()
+        make_dirs((folder,), self.mode)
+        self._bucket_end, self._bucket_ttl = end, self.status_ttl
+        self._bucket_folder = folder + os.sep
+        self._forget_old()
+        return self._bucket_folder
 
     def _forget_old(self) -> None:
         limit = time.time() - self.status_ttl
@@ -114,7 +123,7 @@ class FilesysStateStore(StateStore):
         """Move a record into the current ``done/`` folder: its new path, or None if it
         was not at ``source``."""
         for again in (False, True):
-            target = os.path.join(self._bucket(), task_id)
+            target = self._bucket() + task_id
             try:
                 return target if records.move(source, target) else None
             except FileNotFoundError:  # the folder was removed under us (a tiny TTL)
@@ -329,7 +338,7 @@ class FilesysStateStore(StateStore):
         cancelled (its record is no longer in ``live/``). A later attempt writes its
         count. A task with no record at all (dropped in by another program) runs
         untracked."""
-        live = os.path.join(self.paths.live, task_id)
+        live = self._live + task_id
         if expires is UNKNOWN:
             read = records.read(live, self.limit)
             expires = None if read is None else _number(read.record.get("expires"))
@@ -380,11 +389,13 @@ class FilesysStateStore(StateStore):
         None."""
         if not valid_id(task_id):
             return None
+        if result_json == "null":
+            result_json = None  # stored or not, the status reads the same: result None
         hot = state == "succeeded" and result_json is None and attempts == 1
         if hot and unique_key is not UNKNOWN:
             # the mark's mtime is the start time, which the rename keeps (acked without
             # a start, by a consumer used directly: none, the submit time stands)
-            done = self._to_done(os.path.join(self.paths.live, task_id), task_id)
+            done = self._to_done(self._live + task_id, task_id)
             if done is not None:
                 if unique_key is not None:
                     self._release_unique({"unique_key": unique_key, "queue": queue}, task_id)
