@@ -65,6 +65,26 @@ def test_the_hot_path_success_keeps_its_times_without_writing(uri):
         assert before - 0.1 <= st.started_at <= st.finished_at <= time.time() + 0.1
 
 
+@pytest.mark.parametrize("result_json", [None, "null"])
+def test_a_success_without_a_result_is_one_rename_of_the_marked_record(uri, tmp_path, result_json):
+    """A result ``null`` reads as no result, so it takes the hot path too (the bench's
+    drain acks with it): the record reaches ``done/`` as submitted plus its mark, never
+    rewritten. Seen failing for ``"null"`` before the fix (the record was rewritten)."""
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as consumer:
+        # Given a submitted task, started by a worker
+        tid = t.submit_task(queue, {})
+        # When it succeeds with no result
+        _run_one(consumer, result_json)
+        # Then its record was moved, not rewritten: the submit's content and one mark
+        (record,) = (tmp_path / "q" / ".status" / "done").glob(f"*/{tid}")
+        body = record.read_bytes()
+        assert b'"state":"queued"' in body
+        assert body.endswith(b"} ")
+        st = t.status(tid)
+        assert (st.state, st.attempts, st.result) == ("succeeded", 1, None)
+
+
 def test_retry_then_fail_then_requeue(uri):
     queue = unique_queue()
     with open_transport(uri) as t, t.consumer(queue) as consumer:
