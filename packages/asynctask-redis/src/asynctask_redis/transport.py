@@ -96,6 +96,9 @@ logger = logging.getLogger("asynctask.redis")
 
 T = TypeVar("T")
 
+#: tasks a purge script deletes per call (scripts.PURGE): a few milliseconds of the server
+PURGE_CHUNK = 1000
+
 
 class RedisTransport(Transport):
     """Tasks in Redis; see the module docstring."""
@@ -391,7 +394,12 @@ class RedisTransport(Transport):
         ]
 
     def _purge(self, queue: str) -> int:
-        return int(self._script(scripts.PURGE, queue))
+        # a chunk per script, so that no call holds the server long (scripts.PURGE)
+        purged, left = 0, 1
+        while left:
+            count, left = self._script(scripts.PURGE, queue, PURGE_CHUNK)
+            purged += int(count)
+        return purged
 
     def _failed(self, queue: str, limit: int, offset: int) -> list[FailedTask]:
         if limit <= 0:
