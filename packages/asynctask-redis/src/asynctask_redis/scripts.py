@@ -915,22 +915,28 @@ return out
 """,
 )
 
-#: ARGV: prefix, queue. Empties the failed store and deletes the statuses of its tasks
-#: (read a thousand at a time); returns how many it held.
+#: ARGV: prefix, queue, chunk. Deletes up to ``chunk`` records of the failed store and the
+#: statuses of their tasks; returns {how many, how many are left}: called until none are
+#: left, as ``PURGE`` is, so that no call holds the server long.
 PURGE_ALL_FAILED = _script(
     "purge_all_failed",
     r"""
-local n = redis.call('LLEN', failed)
-if redis.call('EXISTS', untracked) == 0 then
-  for start = 0, n - 1, 1000 do
-    for _, rec in ipairs(redis.call('LRANGE', failed, start, start + 999)) do
-      local id = failed_id(rec)
-      redis.call('UNLINK', task_key(id), done_key(id), pointer(id))
-    end
-  end
+local chunk = tonumber(ARGV[3])
+if redis.call('EXISTS', untracked) == 1 then
+  local n = redis.call('LLEN', failed)
+  redis.call('UNLINK', failed, failed_ids)
+  return {n, 0}
 end
-redis.call('UNLINK', failed, failed_ids)
-return n
+local records = redis.call('LRANGE', failed, 0, chunk - 1)
+if #records > 0 then redis.call('LTRIM', failed, #records, -1) end
+for _, rec in ipairs(records) do
+  local id = failed_id(rec)
+  redis.call('HDEL', failed_ids, id)
+  redis.call('UNLINK', task_key(id), done_key(id), pointer(id))
+end
+local left = redis.call('LLEN', failed)
+if left == 0 then redis.call('UNLINK', failed_ids) end
+return {#records, left}
 """,
 )
 
