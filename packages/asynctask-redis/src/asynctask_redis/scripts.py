@@ -806,36 +806,58 @@ return {1}
 """,
 )
 
-#: ARGV: prefix, queue. Deletes ready, delayed and retrying tasks and their statuses
-#: (read a thousand at a time); returns how many tasks.
+#: ARGV: prefix, queue, chunk. Deletes up to ``chunk`` ready, delayed, retrying and urgent
+#: tasks and their statuses; returns {how many tasks, how many are left}. The caller
+#: calls it again until none are left: one script over a whole queue blocked the server
+#: for every client (1,000,000 tracked tasks: past Redis' 5 s busy-script limit, and the
+#: bench's other calls answered BUSY); a chunk of 1,000 takes a few milliseconds.
 PURGE = _script(
     "purge",
     r"""
-local n = redis.call('LLEN', ready) + redis.call('ZCARD', delayed)
-  + redis.call('ZCARD', retrying) + redis.call('ZCARD', urgent)
-  - tonumber(redis.call('GET', nudges) or '0')
-local function forget(items)
+local chunk = tonumber(ARGV[3])
+if redis.call('EXISTS', untracked) == 1 then
+  -- no status records to forget: the lists go in one step, freed in the background
+  local n = redis.call('LLEN', ready) + redis.call('ZCARD', delayed)
+    + redis.call('ZCARD', retrying) + redis.call('ZCARD', urgent)
+    - tonumber(redis.call('GET', nudges) or '0')
+  redis.call('UNLINK', ready, delayed, retrying, urgent, nudges)
+  return {n, 0}
+end
+local n, left = 0, chunk
+local function forget(items, from_ready)
   for _, m in ipairs(items) do
-    local id = envelope_head(m)
-    if id then
-      local u = redis.call('HGET', task_key(id), 'unique')
-      if u and redis.call('GET', unique_key(u)) == id then redis.call('DEL', unique_key(u)) end
-      redis.call('UNLINK', task_key(id), done_key(id), pointer(id))
+    if m == NUDGE and from_ready then
+      redis.call('DECR', nudges)
+    else
+      n = n + 1
+      local id = envelope_head(m)
+      if id then
+        local u = redis.call('HGET', task_key(id), 'unique')
+        if u and redis.call('GET', unique_key(u)) == id then redis.call('DEL', unique_key(u)) end
+        redis.call('UNLINK', task_key(id), done_key(id), pointer(id))
+      end
+    end
+  end
+  left = left - #items
+end
+local items = redis.call('LRANGE', ready, 0, left - 1)
+if #items > 0 then
+  redis.call('LTRIM', ready, #items, -1)
+  forget(items, true)
+end
+for _, z in ipairs({delayed, retrying, urgent}) do
+  if left > 0 then
+    items = redis.call('ZRANGE', z, 0, left - 1)
+    if #items > 0 then
+      redis.call('ZREMRANGEBYRANK', z, 0, #items - 1)
+      forget(items, false)
     end
   end
 end
-if redis.call('EXISTS', untracked) == 0 then
-  for start = 0, redis.call('LLEN', ready) - 1, 1000 do
-    forget(redis.call('LRANGE', ready, start, start + 999))
-  end
-  for _, z in ipairs({delayed, retrying, urgent}) do
-    for start = 0, redis.call('ZCARD', z) - 1, 1000 do
-      forget(redis.call('ZRANGE', z, start, start + 999))
-    end
-  end
-end
-redis.call('UNLINK', ready, delayed, retrying, urgent, nudges)  -- freed in the background
-return n
+local more = redis.call('LLEN', ready) + redis.call('ZCARD', delayed)
+  + redis.call('ZCARD', retrying) + redis.call('ZCARD', urgent)
+if more == 0 then redis.call('UNLINK', nudges) end
+return {n, more}
 """,
 )
 
@@ -893,22 +915,28 @@ return out
 """,
 )
 
-#: ARGV: prefix, queue. Empties the failed store and deletes the statuses of its tasks
-#: (read a thousand at a time); returns how many it held.
+#: ARGV: prefix, queue, chunk. Deletes up to ``chunk`` records of the failed store and the
+#: statuses of their tasks; returns {how many, how many are left}: called until none are
+#: left, as ``PURGE`` is, so that no call holds the server long.
 PURGE_ALL_FAILED = _script(
     "purge_all_failed",
     r"""
-local n = redis.call('LLEN', failed)
-if redis.call('EXISTS', untracked) == 0 then
-  for start = 0, n - 1, 1000 do
-    for _, rec in ipairs(redis.call('LRANGE', failed, start, start + 999)) do
-      local id = failed_id(rec)
-      redis.call('UNLINK', task_key(id), done_key(id), pointer(id))
-    end
-  end
+local chunk = tonumber(ARGV[3])
+if redis.call('EXISTS', untracked) == 1 then
+  local n = redis.call('LLEN', failed)
+  redis.call('UNLINK', failed, failed_ids)
+  return {n, 0}
 end
-redis.call('UNLINK', failed, failed_ids)
-return n
+local records = redis.call('LRANGE', failed, 0, chunk - 1)
+if #records > 0 then redis.call('LTRIM', failed, #records, -1) end
+for _, rec in ipairs(records) do
+  local id = failed_id(rec)
+  redis.call('HDEL', failed_ids, id)
+  redis.call('UNLINK', task_key(id), done_key(id), pointer(id))
+end
+local left = redis.call('LLEN', failed)
+if left == 0 then redis.call('UNLINK', failed_ids) end
+return {#records, left}
 """,
 )
 

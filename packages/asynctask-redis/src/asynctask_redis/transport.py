@@ -96,6 +96,9 @@ logger = logging.getLogger("asynctask.redis")
 
 T = TypeVar("T")
 
+#: tasks a purge script deletes per call (scripts.PURGE): a few milliseconds of the server
+PURGE_CHUNK = 1000
+
 
 class RedisTransport(Transport):
     """Tasks in Redis; see the module docstring."""
@@ -391,7 +394,16 @@ class RedisTransport(Transport):
         ]
 
     def _purge(self, queue: str) -> int:
-        return int(self._script(scripts.PURGE, queue))
+        return self._in_chunks(scripts.PURGE, queue)
+
+    def _in_chunks(self, script: scripts.Script, queue: str) -> int:
+        """Run a deleting ``script`` a chunk per call until nothing is left; the total it
+        deleted. One script over a whole store held the server for every client."""
+        deleted, left = 0, 1
+        while left:
+            count, left = self._script(script, queue, PURGE_CHUNK)
+            deleted += int(count)
+        return deleted
 
     def _failed(self, queue: str, limit: int, offset: int) -> list[FailedTask]:
         if limit <= 0:
@@ -419,7 +431,7 @@ class RedisTransport(Transport):
 
     def _purge_failed(self, queue: str, ids: Sequence[str] | None) -> int:
         if ids is None:
-            return int(self._script(scripts.PURGE_ALL_FAILED, queue))
+            return self._in_chunks(scripts.PURGE_ALL_FAILED, queue)
         args: list[Any] = []
         for raw in self._chosen_failed(queue, ids):
             args += [raw, ""]
