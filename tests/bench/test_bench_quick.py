@@ -6,10 +6,32 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_step(
+    tmp_path: Path, name: str, step: str, timeout: float
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """Run one quick bench step on one transport; its run and the transport's results.
+    Skips when the bench skipped the transport; fails on an exit code or a step error."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", name, "--steps", step,
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    transport: dict[str, Any] = json.loads(out.read_text())["transports"][name]
+    if transport["skipped"]:
+        pytest.skip(transport["skipped"])
+    assert transport["errors"] == []
+    return done, transport
+
+
 REQUIRED = (
     "submit_one",
     "submit_batch",
@@ -140,22 +162,11 @@ def test_quick_bench_with_peers_drains_huey_in_the_same_rounds(tmp_path):
 @pytest.mark.timeout(600)
 def test_quick_bench_measures_the_pgsql_table_fresh_and_churned(tmp_path):
     # Given the shared PostgreSQL (the step is skipped with the transport when it is down)
-    out = tmp_path / "bench.json"
-
     # When the quick pgsql table step runs (20,000 tasks churned through its own schema)
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "pgsql", "--steps", "pgtable",
-         "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=540,
-    )  # fmt: skip
+    done, transport = run_step(tmp_path, "pgsql", "pgtable", timeout=540)
 
     # Then each index's and the trigger's cost is a row, and submit, drain and wake-up are
     # measured against the raw client on the fresh and on the churned table
-    assert done.returncode == 0, done.stdout + done.stderr
-    transport = json.loads(out.read_text())["transports"]["pgsql"]
-    if transport["skipped"]:
-        pytest.skip(transport["skipped"])
-    assert transport["errors"] == []
     measures = transport["measures"]
     for key in ("insert_bare", "insert_pkey", "insert_task_id", "insert_ready",
                 "insert_indexes", "insert_trigger"):  # fmt: skip
@@ -170,21 +181,10 @@ def test_quick_bench_measures_the_pgsql_table_fresh_and_churned(tmp_path):
 @pytest.mark.timeout(300)
 def test_quick_bench_measures_what_wait_replicas_costs(tmp_path):
     # Given a master and a replica the step starts itself (the shared Redis has none)
-    out = tmp_path / "bench.json"
-
     # When the quick replicas step runs alone
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "redis", "--steps", "replicas",
-         "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=280,
-    )  # fmt: skip
+    _, transport = run_step(tmp_path, "redis", "replicas", timeout=280)
 
     # Then submit and drain are measured with wait_replicas=1 beside without
-    assert done.returncode == 0, done.stdout + done.stderr
-    transport = json.loads(out.read_text())["transports"]["redis"]
-    if transport["skipped"]:
-        pytest.skip(transport["skipped"])
-    assert transport["errors"] == []
     for key in ("wait_submit", "wait_drain"):
         row = transport["measures"][key]
         assert row["ours"] > 0 and row["reference"] > 0, key
