@@ -2,48 +2,72 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+
 import redis
 
 import asynctask_redis.transport
 from asynctask import get_transport
 from asynctask.testing import unique_queue
+from asynctask.transport import Transport
 from chaos.private_redis import private_redis
+
+
+@contextlib.contextmanager
+def private_transport() -> Iterator[tuple[Transport, Callable[[], list[int]]]]:
+    """A transport on a private Redis, and a call that starts recording every command's
+    time (SLOWLOG at threshold 0) and, called again, returns the scripts' times (µs) since."""
+    with private_redis(appendonly=False) as server:
+        transport = get_transport(server.uri())
+        client = redis.Redis(host=server.address, port=server.port)
+        client.config_set("slowlog-log-slower-than", 0)
+        client.config_set("slowlog-max-len", 100_000)
+
+        def script_times() -> list[int]:
+            times = [
+                entry["duration"]
+                for entry in client.slowlog_get(100_000)
+                if entry["command"].split(b" ", 1)[0].upper() in (b"EVALSHA", b"EVAL", b"FCALL")
+            ]
+            client.slowlog_reset()
+            return times
+
+        try:
+            yield transport, script_times
+        finally:
+            client.close()
+            transport.close()
+
+
+def short_scripts(times: list[int]) -> bool:
+    """30 scripts or more, none of them most of the time (SLOWLOG times are wall time: a
+    loaded machine can stretch one chunk)."""
+    return len(times) >= 30 and max(times) < 0.5 * sum(times)
 
 
 def test_a_purge_of_a_big_queue_runs_in_short_scripts():
     """One script over a whole queue held the server for every client: at 1,000,000
     tracked tasks past Redis' 5 s busy-script limit (``make bench`` saw BUSY answers).
     Fails with the one-script purge (its one call is all of the purge's server time)."""
-    with private_redis(appendonly=False) as server:
-        transport = get_transport(server.uri())
+    with private_transport() as (transport, script_times):
         queue = unique_queue("bigpurge")
         for _ in range(30):
             transport.submit_tasks(queue, [{"n": n} for n in range(1000)])
-        client = redis.Redis(host=server.address, port=server.port)
-        client.config_set("slowlog-log-slower-than", 0)
-        client.config_set("slowlog-max-len", 100_000)
-        client.slowlog_reset()
+        script_times()
         # When the queue is purged
         assert transport.purge(queue) == 30_000
         # Then it is empty, and the purge took 30 short scripts, none of them most of it
-        # (slowlog times are wall time: a loaded machine can stretch one chunk)
-        scripts = [
-            entry["duration"]
-            for entry in client.slowlog_get(100_000)
-            if entry["command"].split(b" ", 1)[0].upper() in (b"EVALSHA", b"EVAL", b"FCALL")
-        ]
+        times = script_times()
         assert transport.queue_stats(queue).ready == 0
-        assert len(scripts) >= 30 and max(scripts) < 0.5 * sum(scripts), scripts
-        client.close()
-        transport.close()
+        assert short_scripts(times), times
 
 
 def test_a_purge_of_a_big_failed_store_runs_in_short_scripts(monkeypatch):
     """As above for the failed store (``purge_failed`` of all), in chunks of 100 here
     (3,000 records are quick to make). Fails with one script."""
     monkeypatch.setattr(asynctask_redis.transport, "PURGE_CHUNK", 100)
-    with private_redis(appendonly=False) as server:
-        transport = get_transport(server.uri())
+    with private_transport() as (transport, script_times):
         queue = unique_queue("bigfailed")
         transport.submit_tasks(queue, [{"n": n} for n in range(3000)])
         with transport.consumer(queue, prefetch=100) as consumer:
@@ -51,18 +75,9 @@ def test_a_purge_of_a_big_failed_store_runs_in_short_scripts(monkeypatch):
                 delivery = consumer.reserve(timeout=5)
                 assert delivery is not None
                 consumer.fail(delivery, "test: to the failed store")
-        client = redis.Redis(host=server.address, port=server.port)
-        client.config_set("slowlog-log-slower-than", 0)
-        client.config_set("slowlog-max-len", 100_000)
-        client.slowlog_reset()
+        script_times()
         assert transport.purge_failed(queue) == 3000
-        scripts = [
-            entry["duration"]
-            for entry in client.slowlog_get(100_000)
-            if entry["command"].split(b" ", 1)[0].upper() in (b"EVALSHA", b"EVAL", b"FCALL")
-        ]
+        times = script_times()
         assert transport.queue_stats(queue).failed == 0
         assert transport.failed_tasks(queue) == []
-        assert len(scripts) >= 30 and max(scripts) < 0.5 * sum(scripts), scripts
-        client.close()
-        transport.close()
+        assert short_scripts(times), times
