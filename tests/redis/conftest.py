@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from asynctask.testing import require_service
+from tests.redis.cluster_support import LocalCluster
 
 SERVER = "redis://127.0.0.1:6379/9"
 
@@ -42,3 +43,14 @@ def client() -> Iterator[redis.Redis]:
 def redis_uri(client: redis.Redis, key_prefix: str) -> str:
     """A transport URI on the test database, with a short recovery time."""
     return f"{SERVER}?key_prefix={key_prefix}&recovery_seconds=3"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    """A 3-master, 3-replica Redis Cluster of the test module's own, removed after it."""
+    local = LocalCluster()
+    try:
+        local.start()
+        yield local
+    finally:
+        local.stop()

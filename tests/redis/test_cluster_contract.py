@@ -26,16 +26,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    local = LocalCluster()
-    try:
-        local.start()
-        yield local
-    finally:
-        local.stop()
-
-
 class ClusterProbe:
     """Counts what the cluster holds for a queue (its keys share the queue's hash tag)."""
 

@@ -9,7 +9,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 from redis.crc import key_slot
@@ -19,16 +18,6 @@ from asynctask.testing.contract import open_transport
 from tests.redis.cluster_support import LocalCluster
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis")
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    local = LocalCluster()
-    try:
-        local.start()
-        yield local
-    finally:
-        local.stop()
 
 
 def test_queues_and_counts_span_every_master(cluster: LocalCluster) -> None:
