@@ -82,7 +82,8 @@ def _linked(master: int, replica: int) -> bool:
         return False
 
 
-def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate (a paused one continued first), then kill what outlives 10 s."""
     for process in processes:
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -129,7 +130,7 @@ class ReplicatedRedis:
 
     def remove(self) -> None:
         """Stop both and remove the folder."""
-        _stop(list(self.processes.values()))
+        stop_processes(list(self.processes.values()))
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -325,7 +326,7 @@ class RedisCluster:
 
     def remove(self) -> None:
         """Stop every node and remove the folder."""
-        _stop(list(self.processes.values()))
+        stop_processes(list(self.processes.values()))
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

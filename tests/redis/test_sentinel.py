@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from asynctask.testing.contract import open_transport
+from chaos.redis_ha import stop_processes
 from tests.support import free_port, start_redis_server
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis")
@@ -59,14 +60,7 @@ def sentinel_setup() -> Iterator[tuple[str, subprocess.Popen[bytes], int]]:
         sentinel.close()
         yield f"redis+sentinel://127.0.0.1:{sentinel_port}/svc", processes[0], replica_port
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in processes:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
         shutil.rmtree(directory, ignore_errors=True)
 
 
