@@ -11,6 +11,7 @@ failing against a broken transport: with the ``WAIT`` left out of
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -36,4 +37,4 @@ def test_a_master_killed_mid_drain_loses_no_confirmed_task_with_wait(
     assert not outcome.notes, outcome.notes
     assert outcome.confirmed > 0
     assert outcome.lost == 0, outcome
-    assert outcome.pause == outcome.pause  # measured: the drain resumed
+    assert math.isfinite(outcome.pause), "the drain did not resume after the kill"

@@ -12,14 +12,11 @@ Skipped where namespaces cannot be made (not root), unless
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from .test_partition import ROOT, skip_without_namespaces
+from .test_partition import run_chaos, skip_without_namespaces
 
 
 @pytest.mark.slow
@@ -27,17 +24,9 @@ from .test_partition import ROOT, skip_without_namespaces
 @pytest.mark.parametrize("name", ["redis", "pgsql"])
 def test_a_global_rate_and_cap_hold_across_hosts(name: str, tmp_path: Path) -> None:
     skip_without_namespaces(name)
-    out = tmp_path / "chaos.json"
     # Given 3 hosts x 2 children on one queue with a global rate, then one with a cap
     # When they drain them (a child killed while it holds a slot)
-    done = subprocess.run(
-        [sys.executable, "-m", "chaos", "--only", name, "--scenarios", "limits",
-         "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=380,
-    )  # fmt: skip
-    assert out.exists(), done.stdout + done.stderr[-3000:]
-    [result] = json.loads(out.read_text())["results"]
-    summary = f"{result}\n{done.stdout}\n{done.stderr[-3000:]}"
+    result, summary = run_chaos(tmp_path, ["--only", name, "--scenarios", "limits"], timeout=380)
     # Then the rate held in every window and bound the run; the cap held at every
     # moment, was used in full, and the killed child's slot came back
     assert result["skipped"] is None, summary

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,27 +40,34 @@ def skip_without_namespaces(name: str) -> None:
         pytest.skip(reason)
 
 
+def run_chaos(tmp_path: Path, args: list[str], timeout: float) -> tuple[dict[str, Any], str]:
+    """Run ``python -m chaos`` with ``args`` for one scenario; its one result, and a summary
+    (the result and the run's output) for the assertions' messages."""
+    out = tmp_path / "chaos.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "chaos", *args, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.exists(), done.stdout + done.stderr[-3000:]
+    [result] = json.loads(out.read_text())["results"]
+    return result, f"{result}\n{done.stdout}\n{done.stderr[-3000:]}"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("name", ["redis", "pgsql", "amqp"])
 def test_a_host_cut_off_loses_nothing_and_repeats_only_what_it_held(name, tmp_path):
     skip_without_namespaces(name)
     # Given 3 hosts draining 200 tasks from a server of the test's own
-    out = tmp_path / "chaos.json"
     # When host1 is cut off mid-run for twice the recovery bound, then healed
-    done = subprocess.run(
-        [
-            sys.executable, "-m", "chaos", "--only", name, "--scenarios", "partition",
-            "--partition-tasks", "200", "--seconds", "6", "--json", str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    result, summary = run_chaos(
+        tmp_path,
+        ["--only", name, "--scenarios", "partition", "--partition-tasks", "200", "--seconds", "6"],
         timeout=280,
-    )  # fmt: skip
-    assert out.exists(), done.stdout + done.stderr[-3000:]
-    [result] = json.loads(out.read_text())["results"]
-    summary = f"{result}\n{done.stdout}\n{done.stderr[-3000:]}"
+    )
     assert result["skipped"] is None, summary
     # Then no task is lost; only what the cut host held ran twice; its tasks started
     # elsewhere within the bound; what it finished while cut off ran again elsewhere
