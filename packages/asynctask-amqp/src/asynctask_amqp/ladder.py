@@ -85,8 +85,13 @@ def side_channel(link: Link) -> Iterator[Any]:
             channel.close()
 
 
-def browse(channel: Any, queue: str, limit: int | None = None) -> list[Any]:
-    """Take up to ``limit`` messages from the head of ``queue`` without acking them."""
+def browse(channel: Any, queue: str, limit: int | None = None, skip: int = 0) -> list[Any]:
+    """Take up to ``limit`` messages from the head of ``queue`` without acking them, after
+    passing ``skip`` more: a queue is read from its head only, and a page deep in it keeps
+    none of the messages it passes (they stay the channel's, unacknowledged)."""
+    for _ in range(skip):
+        if channel.basic_get(queue, no_ack=False) is None:
+            return []
     messages: list[Any] = []
     while limit is None or len(messages) < limit:
         message = channel.basic_get(queue, no_ack=False)

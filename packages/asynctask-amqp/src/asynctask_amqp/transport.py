@@ -448,14 +448,14 @@ class AmqpTransport(Transport):
 
     def _failed(self, queue: str, limit: int, offset: int) -> list[FailedTask]:
         # A queue is read from its head only: a page after ``offset`` takes offset + limit
-        # messages unacknowledged (given back in place when the side channel closes) and
-        # decodes the page's alone.
+        # messages unacknowledged (given back in place when the side channel closes), and
+        # keeps and decodes the page's alone.
         with self._session() as link:
             name = failed_name(queue)
             if self._passive(link, name) is None:
                 return []
             with side_channel(link) as side:
-                page = browse(side, name, offset + limit)[offset:]
+                page = browse(side, name, limit, skip=offset)
                 return [read_failed(queue, message) for message in page]
 
     def _in_flight(self, queue: str, limit: int, offset: int) -> list[InFlightTask]:
