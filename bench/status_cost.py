@@ -9,6 +9,10 @@ best of each is kept, as in the main bench (2 shared cores). With ``--before DIR
 checkout of the transport's package source before issue 16, e.g. ``git archive``) a
 third column drains with that code, in a subprocess, beside the two.
 
+A transport that keeps no status (AMQP) keeps it in ``--state`` (the bench's Redis by
+default, as ``python -m bench --steps status`` does); its outcome is written as the run
+loop writes it (``Consumer.record_outcome``), so both writes of a task are measured.
+
 Example: ``python -m bench.status_cost --only redis --tasks 5000 --rounds 3``.
 """
 
@@ -22,13 +26,16 @@ import sys
 import time
 from pathlib import Path
 
+from asynctask.status import StatusNotKept
 from asynctask.testing.contract import open_transport
-from bench.plan import BACKENDS, unavailable, unique_name
+from bench.plan import BACKENDS, STATE_STORE, unavailable, unique_name
 
 
-def drain(uri: str, tasks: int, tracking: bool) -> float:
-    """Tasks per second of one consumer draining ``tasks`` no-op tasks."""
+def drain(uri: str, tasks: int, tracking: bool, state_uri: str | None = None) -> float:
+    """Tasks per second of one consumer draining ``tasks`` no-op tasks (``state_uri``:
+    the store of ``asynctask_state``, for a transport that keeps no status itself)."""
     transport = open_transport(uri)
+    transport.state_uri = state_uri
     queue = unique_name("status")
     try:
         for i in range(0, tasks, 1000):
@@ -45,6 +52,8 @@ def drain(uri: str, tasks: int, tracking: bool) -> float:
             if tracking:
                 consumer.start(delivery)
             consumer.ack(delivery, "null" if tracking else None)
+            if tracking:  # as the run loop does: the store of asynctask_state, if any
+                consumer.record_outcome(delivery, "succeeded", result_json="null")
             done += 1
         consumer.close()  # sends the last ack
         return tasks / (time.perf_counter() - started)
@@ -72,6 +81,11 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--before", type=Path, help="the transport's package source before")
+    parser.add_argument(
+        "--state",
+        default=STATE_STORE,
+        help=f"where a transport keeping no status (amqp) keeps it; default {STATE_STORE}",
+    )
     args = parser.parse_args()
     for name in args.only.split(","):
         why = unavailable(name)
@@ -79,13 +93,20 @@ def main() -> None:
             print(f"{name}: skipped ({why})")
             continue
         uri = BACKENDS[name].uri(Path("/tmp"))
+        state_uri = None
+        with open_transport(uri) as probe:
+            try:
+                probe.state()
+            except StatusNotKept:
+                state_uri = BACKENDS[args.state].uri(Path("/tmp"))
         on = off = before = 0.0
         for _ in range(args.rounds):
-            off = max(off, drain(uri, args.tasks, False))
-            on = max(on, drain(uri, args.tasks, True))
+            off = max(off, drain(uri, args.tasks, False, state_uri))
+            on = max(on, drain(uri, args.tasks, True, state_uri))
             if args.before is not None:
                 before = max(before, _before(args.before, uri, args.tasks))
-        line = f"{name}: tracking off {off:,.0f}/s, on {on:,.0f}/s, on/off {on / off:.2f}x"
+        where = "" if state_uri is None else f" (state in {args.state})"
+        line = f"{name}{where}: tracking off {off:,.0f}/s, on {on:,.0f}/s, on/off {on / off:.2f}x"
         if before:
             line += f"; before issue 16 {before:,.0f}/s (off/before {off / before:.2f}x)"
         print(line, flush=True)

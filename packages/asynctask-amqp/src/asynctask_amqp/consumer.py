@@ -489,6 +489,7 @@ class AmqpConsumer(Consumer):
 
     def _disconnect(self, handed_back: Callable[[], list[Received]]) -> None:
         self.closed = True
+        self.close_status_feed()
         self._declarations._heartbeats.discard(self._link)
         with self._link.lock:
             if self._connected():

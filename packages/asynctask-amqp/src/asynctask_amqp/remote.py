@@ -123,6 +123,7 @@ class RemoteConsumer(Consumer):
         if self.closed:
             return
         self.closed = True
+        self.close_status_feed()
         with self._lock:
             if not self._broken:
                 try:

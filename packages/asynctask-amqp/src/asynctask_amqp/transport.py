@@ -74,7 +74,7 @@ from asynctask.errors import (
     NotSupportedError,
     TransportError,
 )
-from asynctask.status import StatusNotKept, SubmitOptions
+from asynctask.status import EXPIRES_HEADER, StatusNotKept, SubmitOptions
 from asynctask.transport import (
     Consumer,
     FailedTask,
@@ -134,6 +134,10 @@ class AmqpTransport(Transport):
     options_accepted = OPTIONS
     #: a broker keeps no shared counters: global limits live in ``asynctask_state``'s store
     limits_in_state = True
+    #: a task with ``expires`` carries EXPIRES_HEADER, and the consumers close their
+    #: status feed: a store of ``asynctask_state`` that gives one (redis) lets a start
+    #: go out without waiting (``Consumer.start``)
+    starts_unwaited = True
     #: with the default heartbeat; an instance derives recovery_seconds from its own
     features = TransportFeatures(
         counts=frozenset({"ready", "delayed", "retrying", "failed"}),
@@ -311,7 +315,9 @@ class AmqpTransport(Transport):
             done = self._resume.pop(batch, 0)
         now = time.time()
         # past the longest rung, the task goes round the ladder until due (see DUE)
-        due = {DUE: now + delay} if delay > MAX_DELAY else {}
+        due: dict[str, Any] = {DUE: now + delay} if delay > MAX_DELAY else {}
+        if options.expires is not None:  # its start must ask the store (Consumer.start)
+            due[EXPIRES_HEADER] = f"{options.expires:g}"
         messages = [
             task_message(
                 task_id,

@@ -7,7 +7,6 @@ behave the same whatever runs the task.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 import traceback
@@ -128,12 +127,8 @@ def _record(
 ) -> None:
     """Write an outcome to the store of ``asynctask_state``, when another transport keeps
     this one's statuses (a transport keeping its own wrote it with the settle)."""
-    if not consumer.tracking:
-        return
-    store = consumer.transport.external_state()
-    if store is not None:
-        settled = functools.partial(store.settled, error=error, result_json=result_json)
-        consumer.transport._call(settled, delivery.queue, delivery.id, state, delivery.attempt)
+    if consumer.tracking:
+        consumer.record_outcome(delivery, state, error, result_json)
 
 
 def settle(

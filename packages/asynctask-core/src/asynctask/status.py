@@ -60,6 +60,10 @@ DEFAULT_STATUS_TTL = 86400.0
 MIN_PRIORITY, MAX_PRIORITY = 0, 9
 #: a unique key is stored beside the queue name: the same bound as queue names' spirit
 MAX_UNIQUE_KEY_LENGTH = 200
+#: the header a transport with ``Transport.starts_unwaited`` stores beside a task
+#: submitted with ``expires`` (its seconds): such a task's start always asks the store,
+#: whose clock decides whether it expired
+EXPIRES_HEADER = "asynctask-expires"
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,49 @@ class StatusNotTracked(ConfigurationError):
     """The queue's worker runs with ``track_status = False``: its tasks have no status."""
 
 
+class StatusFeed(ABC):
+    """One consumer's line to a ``StateStore`` for one queue, so that its starts need
+    not wait (``StateStore.feed``).
+
+    It hears the queue's cancels as they are made, and knows those made before it
+    opened (the store keeps them for ``status_ttl``): so ``may_start`` can say, without
+    a round trip, that a task was not cancelled, and the running mark and the outcome
+    are sent without waiting for their replies, in order, on a connection of its own.
+    Used from the consumer's thread (and the watchdog's one settle); see
+    ``Consumer.start``.
+    """
+
+    @abstractmethod
+    def may_start(self, task_id: str) -> bool:
+        """True only if every cancel of this queue's tasks made before this call is
+        known here and none names ``task_id``. Reads what has arrived without waiting;
+        a feed that was lost is opened again (a round trip) at most now and then, and
+        says False until then. Never raises for the feed's own failures."""
+
+    @abstractmethod
+    def started(self, task_id: str, attempt: int) -> None:
+        """``StateStore.started`` sent without waiting for the verdict: only for a task
+        ``may_start`` allowed, with no ``expires`` (``EXPIRES_HEADER``)."""
+
+    @abstractmethod
+    def settled(
+        self,
+        task_id: str,
+        state: State,
+        attempts: int,
+        *,
+        error: str | None = None,
+        result_json: str | None = None,
+    ) -> None:
+        """``StateStore.settled`` sent without waiting, after every earlier write of
+        this feed. A write whose connection is lost before its reply is sent again."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Wait for the replies of everything sent (then every write is done) and free
+        the feed's connections."""
+
+
 class StateStore(ABC):
     """Where task statuses live: the generic calls, used by a transport with no state of
     its own (``asynctask_state``) and by tests. A transport keeping its own state fuses
@@ -165,6 +212,13 @@ class StateStore(ABC):
         changed (a key, a row, a file per queue: a few bytes). The default keeps nothing:
         override it (the contract tests it).
         """
+
+    def feed(self, queue: str) -> StatusFeed | None:
+        """A new ``StatusFeed`` of ``queue`` for one consumer, or ``None`` (the default):
+        the optional capability that lets a transport keeping its statuses here start a
+        task without waiting for ``started`` (``Transport.starts_unwaited``). Without it
+        every start waits for the store's verdict, which is always correct."""
+        return None
 
     def untracked(self, queues: Collection[str]) -> set[str]:
         """Which of ``queues`` have workers with ``track_status = False``: their tasks'

@@ -17,6 +17,7 @@ Two ways to take a task:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ from typing import Any, ClassVar, TypeVar
 
 from asynctask import events, signing
 from asynctask.errors import (
+    AsynctaskError,
     ConfigurationError,
     InvalidTaskError,
     NotSupportedError,
@@ -43,8 +45,11 @@ from asynctask.liveness import LimitOwnerLiveness, Liveness, NoLiveness, check_o
 from asynctask.outage import OutageReport
 from asynctask.status import (
     DEFAULT_STATUS_TTL,
+    EXPIRES_HEADER,
     StartVerdict,
+    State,
     StateStore,
+    StatusFeed,
     StatusNotKept,
     StatusNotTracked,
     SubmitOptions,
@@ -227,6 +232,8 @@ class Consumer(ABC):
 
     #: whether this consumer writes task statuses (``asynctask.status``)
     tracking: bool = True
+    #: (the store, its feed of this queue or None) once asked: see ``start``
+    _status_feed: tuple[StateStore, StatusFeed | None] | None = None
 
     def __init__(self, transport: Transport, queue: str, prefetch: int) -> None:
         self.transport = transport
@@ -252,14 +259,74 @@ class Consumer(ABC):
         is already settled (removed from the queue, never run, not in the failed store).
         A transport keeping its own state does this in one round trip; the default uses
         the store named by ``asynctask_state``, if any, else runs every task.
+
+        That store's answer is waited for, unless the transport says its consumers may
+        start without waiting (``Transport.starts_unwaited``) and the store gives a
+        ``StatusFeed``: then a task without ``expires`` that the feed knows was not
+        cancelled is marked ``running`` without a round trip. A cancel that reaches the
+        store after that mark was sent acts as the cancel of a running task.
         """
         store = self.transport.external_state()
         if store is None:
+            return "run"
+        feed = self._feed_of(store)
+        if (
+            feed is not None
+            and EXPIRES_HEADER not in delivery.headers
+            and feed.may_start(delivery.id)
+        ):
+            feed.started(delivery.id, delivery.attempt)
             return "run"
         verdict = self.transport._call(store.started, self.queue, delivery.id, delivery.attempt)
         if verdict != "run":
             self.ack(delivery)
         return verdict
+
+    def _feed_of(self, store: StateStore) -> StatusFeed | None:
+        """This consumer's feed of ``store`` (asked once per store), or None."""
+        if not self.transport.starts_unwaited:
+            return None
+        known = self._status_feed
+        if known is not None and known[0] is store:
+            return known[1]
+        self.close_status_feed()  # asynctask_state changed: a feed of the old store
+        feed = store.feed(self.queue)
+        self._status_feed = (store, feed)
+        return feed
+
+    def record_outcome(
+        self,
+        delivery: Delivery,
+        state: State,
+        error: str | None = None,
+        result_json: str | None = None,
+    ) -> None:
+        """Write an outcome to the store named by ``asynctask_state`` (a transport
+        keeping its own statuses wrote it with the settle): through this consumer's
+        ``StatusFeed`` without waiting when it has one, else waiting for the store."""
+        store = self.transport.external_state()
+        if store is None:
+            return
+        known = self._status_feed
+        if known is not None and known[0] is store and known[1] is not None:
+            known[1].settled(
+                delivery.id, state, delivery.attempt, error=error, result_json=result_json
+            )
+            return
+        settled = functools.partial(store.settled, error=error, result_json=result_json)
+        self.transport._call(settled, delivery.queue, delivery.id, state, delivery.attempt)
+
+    def close_status_feed(self) -> None:
+        """Wait for the writes this consumer's ``StatusFeed`` sent, and close it. A
+        transport with ``starts_unwaited`` calls it from ``close``."""
+        known, self._status_feed = self._status_feed, None
+        if known is not None and known[1] is not None:
+            try:
+                known[1].close()
+            except AsynctaskError as exc:  # the consumer's own close must go on
+                logger.warning(
+                    "%r: the task statuses sent last may be lost (%s)", self.transport, exc
+                )
 
     @abstractmethod
     def ack(self, delivery: Delivery, result_json: str | None = None) -> bool | None:
@@ -327,6 +394,11 @@ class Transport(ABC):
     state_uri: str | None = None
     #: the setting ``asynctask_status_ttl``: seconds a final status is kept
     status_ttl: float = DEFAULT_STATUS_TTL
+    #: whether this transport's consumers may start a task without waiting for the store
+    #: of ``asynctask_state`` (``Consumer.start``): True only where ``_put`` stores
+    #: ``EXPIRES_HEADER`` with a task submitted with ``expires`` and the consumers'
+    #: ``close`` calls ``close_status_feed``
+    starts_unwaited: ClassVar[bool] = False
 
     def __init__(self, uri: str) -> None:
         self.uri = uri

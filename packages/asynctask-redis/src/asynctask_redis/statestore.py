@@ -35,6 +35,7 @@ from asynctask.status import (
 )
 from asynctask_redis.connection import call, pipeline, run
 from asynctask_redis.scripts import Script, without_maintenance
+from asynctask_redis.statusfeed import RedisStatusFeed, register_cancel
 
 if TYPE_CHECKING:
     from asynctask_redis.transport import RedisTransport
@@ -170,6 +171,11 @@ class RedisStateStore(StateStore):
             result_json or "",
         )
 
+    def feed(self, queue: str) -> RedisStatusFeed:
+        """A consumer's feed of ``queue``: its starts need not wait (``StatusFeed``;
+        how it hears every cancel: ``asynctask_redis.statusfeed``)."""
+        return RedisStatusFeed(self, queue, STARTED, SETTLED)
+
     def set_tracking(self, queue: str, tracked: bool) -> None:
         """``P:Q:untracked`` exists while the queue's workers keep no status; a submit
         then records ``queued`` expiring after the ttl (nothing else would end it) and
@@ -265,6 +271,10 @@ class RedisStateStore(StateStore):
         queue = self._queues([task_id])[0]
         if queue is None:
             return False
+        # First in the queue's set of cancels, which a status feed reads when it opens
+        # (asynctask_redis.statusfeed); a cancel that turns out a no-op costs nothing there.
+        t = self.transport
+        t.execute(pipeline, register_cancel(t, queue, task_id, self.ttl_ms))
         done = bool(self._run(CANCEL, queue, self.ttl_ms, task_id))
         if done:
             # One more round trip: Redis answers it only after it wrote the script's

@@ -189,9 +189,8 @@ class StatusContract:
             assert consumer.start(delivery) == "run"
             result_json = None if result is None else _json(result)
             consumer.ack(delivery, result_json)
-            store = transport.external_state()
-            if store is not None:  # as the run loop does: the outcome goes to that store
-                store.settled(queue, delivery.id, "succeeded", 1, result_json=result_json)
+            # as the run loop does: the outcome goes to the store of asynctask_state
+            consumer.record_outcome(delivery, "succeeded", result_json=result_json)
             return delivery.id
 
     # -- the states a task goes through ------------------------------------------------
