@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -128,3 +129,23 @@ def on_shared_ladder(connection: kombu.Connection, queue: str, kind: str = "clas
     finally:
         channel.close()
     return found
+
+
+#: the Redis a test keeps its statuses in (``asynctask_state``), as the redis tests use
+REDIS_STATE_SERVER = "redis://127.0.0.1:6379/9"
+
+
+@pytest.fixture
+def redis_state() -> Iterator[str]:
+    """An ``asynctask_state`` URI on Redis with a key prefix of the test's own (its keys
+    deleted after); skipped where asynctask-redis or the server is missing."""
+    redis = pytest.importorskip("redis")
+    pytest.importorskip("asynctask_redis")
+    client = redis.Redis.from_url(REDIS_STATE_SERVER)
+    require_service("Redis at 127.0.0.1:6379", client.ping)
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    yield f"{REDIS_STATE_SERVER}?key_prefix={prefix}"
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()

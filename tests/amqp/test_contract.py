@@ -196,6 +196,18 @@ class TestAmqpStatus(StatusContract):
         return f"filesys:{tmp_path / 'other-state'}"
 
 
+class TestAmqpStatusInRedis(TestAmqpStatus):
+    """The same contract with the statuses in Redis, whose store gives a status feed:
+    starts and outcomes sent without waiting (``asynctask_redis.statusfeed``)."""
+
+    @pytest.fixture
+    def transport(self, amqp_uri: str, redis_state: str) -> Iterator[Transport]:
+        transport = open_transport(f"{amqp_uri}?heartbeat=1&retry_timeout=5&max_priority=9")
+        transport.state_uri = redis_state
+        yield transport
+        transport.close()
+
+
 # the whole contract again on quorum queues: `make test-long`; `make test` keeps the
 # quorum tests of test_amqp.py and the leader stopped on a cluster (test_cluster.py)
 @pytest.mark.long

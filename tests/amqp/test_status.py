@@ -3,13 +3,16 @@ everything else through the store named by ``asynctask_state`` (here a filesys f
 
 The shared ``StatusContract`` (tests/amqp/test_contract.py) runs the full stories; these
 pin what is particular to AMQP: the errors without the settings, the queue argument,
-and the relay, whose ``start`` runs in the worker's process.
+the relay, whose ``start`` runs in the worker's process, and, with statuses in Redis,
+the start that waits for no reply (``asynctask_redis.statusfeed``) and the cancels it
+must still hear.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,3 +132,152 @@ def test_a_refused_publish_leaves_no_status_and_frees_the_unique_key(amqp_uri, t
         assert [p.name for p in (tmp_path / "state" / ".status" / "live").iterdir()] == [tid]
         assert t.queue_stats(queue).ready == 1  # a new task, not the refused one's id
         t.purge(queue)
+
+
+# -- statuses in Redis: starts that need not wait (asynctask_redis.statusfeed) ----------
+
+
+def _take(consumer) -> Any:
+    delivery = consumer.reserve(timeout=10)
+    assert delivery is not None
+    return delivery
+
+
+def _finish(consumer, delivery, result_json: str | None = None) -> None:
+    """As the run loop does after process() returned."""
+    consumer.ack(delivery, result_json)
+    consumer.record_outcome(delivery, "succeeded", result_json=result_json)
+
+
+@pytest.mark.parametrize("relay", ["true", "false"])
+def test_with_state_in_redis_a_start_and_its_outcome_wait_for_no_reply(
+    amqp_uri, redis_state, monkeypatch, relay
+):
+    """Once the consumer's status feed is open, a task's ``running`` mark and its
+    outcome are sent to Redis without waiting for a reply. (Fails when the start or the
+    outcome waits again: each was one waited script before, two round trips a task.)"""
+    queue = unique_queue()
+    with open_transport(_with(amqp_uri, f"relay={relay}")) as t:
+        t.state_uri = redis_state
+        first, second = t.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+        redis_transport = t.state().transport  # type: ignore[attr-defined]
+        with t.consumer(queue, prefetch=2) as consumer:
+            # Given a consumer whose first start opened its feed (a round trip)
+            one = _take(consumer)
+            assert consumer.start(one) == "run"
+            _finish(consumer, one)
+            two = _take(consumer)
+            waited: list[str] = []
+            real = redis_transport.execute
+
+            def counting(fn: Any, *args: Any) -> Any:
+                waited.append(getattr(fn, "__name__", repr(fn)))
+                return real(fn, *args)
+
+            monkeypatch.setattr(redis_transport, "execute", counting)
+            # When the second task starts
+            assert consumer.start(two) == "run"
+            # Then nothing was waited for, and Redis has it running
+            assert waited == []
+            monkeypatch.undo()
+            _eventually(lambda: t.status(second).state == "running")
+            # And its outcome is sent without waiting either
+            monkeypatch.setattr(redis_transport, "execute", counting)
+            _finish(consumer, two, '"ok"')
+            assert waited == []
+            monkeypatch.undo()
+        # Then (the consumer closed: every reply read) both succeeded, in order
+        assert t.wait(second, timeout=5).result == "ok"
+        assert t.status(first).state == "succeeded"
+        assert t.queue_stats(queue).ready == 0
+
+
+def test_with_state_in_redis_a_cancel_made_while_the_feed_was_lost_stops_the_task(
+    amqp_uri, redis_state
+):
+    """A cancel published while the consumer's cancel feed was down reaches nobody; the
+    feed opened again reads the queue's cancels kept in Redis, so the task still never
+    runs. (Fails with a feed that reopens without reading them: the task runs.)"""
+    import redis
+
+    queue = unique_queue()
+    with open_transport(_with(amqp_uri, "relay=false")) as t:
+        t.state_uri = redis_state
+        a, b, c = t.submit_tasks(queue, [{"n": 1}, {"n": 2}, {"n": 3}])
+        with t.consumer(queue, prefetch=3) as consumer:
+            # Given a consumer whose feed is open, then cut (a killed connection)
+            one = _take(consumer)
+            assert consumer.start(one) == "run"
+            _finish(consumer, one)
+            feed = consumer._status_feed[1]
+            assert feed is not None and feed._cancels.live
+            client = redis.Redis.from_url(redis_state.partition("?")[0])
+            host, port = feed._cancels._conn._sock.getsockname()[:2]
+            assert client.client_kill(f"{host}:{port}")
+            client.close()
+            # When a task is cancelled while the feed is down
+            assert t.cancel(c) is True
+            # Then the next start finds the feed lost, and asks Redis
+            two = _take(consumer)
+            assert consumer.start(two) == "run"
+            _finish(consumer, two)
+            # And the start after opens the feed again, knows of the cancel: not run
+            three = _take(consumer)
+            assert three.id == c
+            assert consumer.start(three) == "cancelled"
+            assert feed._cancels.live
+        assert t.wait(b, timeout=5).state == "succeeded"
+        assert t.status(c).state == "cancelled"
+        assert t.status(a).state == "succeeded"
+        assert t.queue_stats(queue).ready == 0
+
+
+def test_with_state_in_redis_a_task_cancelled_before_any_feed_never_runs(amqp_uri, redis_state):
+    """A task cancelled while it waited in the queue, before the consumer existed: its
+    consumer's feed knows it from the cancels kept in Redis, so it never runs, even
+    prefetched behind a task that opened the feed. (Fails when the feed only hears the
+    cancels published after it subscribed.)"""
+    queue = unique_queue()
+    with open_transport(_with(amqp_uri, "relay=false")) as t:
+        t.state_uri = redis_state
+        kept, doomed = t.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+        assert t.cancel(doomed) is True
+        with t.consumer(queue, prefetch=2) as consumer:
+            one = _take(consumer)
+            assert consumer.start(one) == "run"
+            _finish(consumer, one)
+            two = _take(consumer)
+            assert two.id == doomed
+            assert consumer.start(two) == "cancelled"
+        assert t.wait(kept, timeout=5).state == "succeeded"
+        assert t.status(doomed).state == "cancelled"
+        assert t.queue_stats(queue).ready == 0
+
+
+def test_with_state_in_redis_a_task_past_its_expires_is_not_run(amqp_uri, redis_state):
+    """A task submitted with ``expires`` carries it in a header, and its start asks
+    Redis, whose clock decides. (Fails with a start that trusts the feed for it: the
+    expired task runs.)"""
+    queue = unique_queue()
+    with open_transport(_with(amqp_uri, "relay=false")) as t:
+        t.state_uri = redis_state
+        first = t.submit_task(queue, {"n": 1})
+        late = t.submit_task(queue, {"n": 2}, expires=0.3)
+        with t.consumer(queue, prefetch=2) as consumer:
+            one = _take(consumer)
+            assert consumer.start(one) == "run"  # the feed is open
+            _finish(consumer, one)
+            time.sleep(0.4)  # its time passes (a clock, not an event, decides)
+            two = _take(consumer)
+            assert two.id == late
+            assert consumer.start(two) == "expired"
+        assert t.wait(first, timeout=5).state == "succeeded"
+        assert t.status(late).state == "expired"
+
+
+def _eventually(check: Any, timeout: float = 2.0) -> None:
+    """Wait for a write sent without waiting to be read back (another connection)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "never happened"
+        time.sleep(0.005)
