@@ -275,6 +275,35 @@ def test_with_state_in_redis_a_task_past_its_expires_is_not_run(amqp_uri, redis_
         assert t.status(late).state == "expired"
 
 
+def test_with_state_in_redis_writes_sent_on_a_lost_connection_are_made_again(amqp_uri, redis_state):
+    """The writes sent without waiting whose replies were not read when the feed's
+    connection was cut are made again, in order. (Fails with a feed that forgets what
+    it sent: the task stays running.)"""
+    import redis
+
+    queue = unique_queue()
+    with open_transport(_with(amqp_uri, "relay=false")) as t:
+        t.state_uri = redis_state
+        first, second = t.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+        with t.consumer(queue, prefetch=2) as consumer:
+            # Given a consumer whose feed wrote once, then lost its writing connection
+            one = _take(consumer)
+            assert consumer.start(one) == "run"
+            _finish(consumer, one)
+            feed = consumer._status_feed[1]
+            client = redis.Redis.from_url(redis_state.partition("?")[0])
+            host, port = feed._conn._sock.getsockname()[:2]
+            assert client.client_kill(f"{host}:{port}")
+            client.close()
+            # When the next task starts and succeeds (written into the cut connection)
+            two = _take(consumer)
+            assert consumer.start(two) == "run"
+            _finish(consumer, two, '"ok"')
+        # Then its outcome reached Redis all the same
+        assert t.wait(second, timeout=5).result == "ok"
+        assert t.status(first).state == "succeeded"
+
+
 def _eventually(check: Any, timeout: float = 2.0) -> None:
     """Wait for a write sent without waiting to be read back (another connection)."""
     deadline = time.monotonic() + timeout

@@ -14,10 +14,11 @@ consumer's start waits for the store, as without a feed.
 
 Writes. ``started`` and ``settled`` run the store's ``STARTED`` and ``SETTLED`` scripts
 on a connection of the feed's own without waiting for their replies: Redis runs them in
-the order sent. Replies are read once they have arrived, with later calls, and all of
-them at ``close``. When that connection fails, every write whose reply was not read is
-made again, waited for, in order (a ``started`` whose task's outcome is among them is
-dropped: running after the outcome would be a step back).
+the order sent. Replies are read once ``READ_EVERY`` are due and have arrived, with
+later calls, and all of them at ``close``. When that connection fails, every write
+whose reply was not read is made again, waited for, in order (a ``started`` whose
+task's outcome is among them is dropped: running after the outcome would be a step
+back).
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ LOAD_MOST = KEPT // 2
 REOPEN_PAUSE = 1.0
 #: seconds before a feed that found too many cancelled ids tries again
 CROWDED_PAUSE = 60.0
+#: writes sent before their replies are looked for (one ``select`` then serves many:
+#: each look is a system call, about a tenth of what a write costs the consumer)
+READ_EVERY = 32
+#: writes unanswered past which a write waits for every reply (Redis lags behind)
+MOST_UNREAD = 1000
 #: seconds a cancelled id is kept in ``P:Q:cancelled`` beyond the status ttl (clocks of
 #: the cancelling hosts may differ; a cancel forgotten late costs nothing)
 KEEP_SLACK_MS = 60_000
@@ -187,7 +193,8 @@ class RedisStatusFeed(StatusFeed):
             self._sent.append(entry)
             try:
                 conn = self._connection()
-                self._read(conn, block=False)
+                if len(self._sent) > READ_EVERY:
+                    self._read(conn, block=len(self._sent) > MOST_UNREAD)
                 conn.send_packed_command([pack([("EVALSHA", script.sha, 0, *entry.args)])])
             except (RedisError, OSError) as exc:
                 self._redo(exc)
