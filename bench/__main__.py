@@ -48,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
         help="also drain with Dramatiq, Huey, PgQueuer and arq (needs .venv-peers: "
         "make bench PEERS=1)",
     )
+    parser.add_argument(
+        "--untracked",
+        action="store_true",
+        help="ours with status tracking off: every queue marked untracked before its "
+        "submits, workers with track_status = False (to compare with a commit before "
+        "status tracking: python -m bench.compare)",
+    )
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the results as JSON")
     parser.add_argument(
         "--docs",
@@ -94,7 +101,9 @@ def main(argv: list[str]) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="asynctask-bench-"))
     steps = None if not args.steps else {s.strip() for s in args.steps.split(",")}
     for name in names:
-        run.results.append(measure(name, run.sizes, scratch, say, steps, args.peers))
+        run.results.append(
+            measure(name, run.sizes, scratch, say, steps, args.peers, args.untracked)
+        )
     run.seconds = time.monotonic() - began
     run.machine["load_after"] = machine.load()
     failed = any(r.errors for r in run.results)

@@ -34,12 +34,23 @@ def _uv() -> str:
     return found or str(ROOT / ".venv-uv" / "bin" / "uv")
 
 
-def _bench(tree: Path, name: str, quick: bool, out: Path, steps: str | None) -> dict[str, Any]:
-    """One transport's bench in ``tree`` (its own ``.venv``); its JSON (empty if it failed)."""
+def _bench(
+    tree: Path, name: str, quick: bool, out: Path, steps: str | None, untracked: bool = False
+) -> dict[str, Any]:
+    """One transport's bench in ``tree`` (its own ``.venv``); its JSON (empty if it failed).
+
+    ``untracked``: this tree's bench with ``--untracked`` (status tracking off); only
+    this tree is given it, a base commit's bench knows no such flag.
+    """
     command = [str(tree / ".venv" / "bin" / "python"), "-m", "bench", "--only", name]
     command += ["--json", str(out)] + (["--quick"] if quick else [])
-    if steps and "--steps" in (tree / "bench" / "__main__.py").read_text():
+    # a full run writes docs/benchmarks.md: not the tree's own, with one transport in it
+    command += ["--docs", str(out.with_suffix(".docs"))]
+    bench_main = (tree / "bench" / "__main__.py").read_text()
+    if steps and "--steps" in bench_main:
         command += ["--steps", steps]  # an older bench without --steps runs every step
+    if untracked:
+        command += ["--untracked"]
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=False)
     if not out.exists():
@@ -126,6 +137,11 @@ def main(argv: list[str]) -> int:
         "--probe", action="store_true", help="only the submit figures, by this tree's "
         "bench.probe on both commits' packages (minutes, not the whole bench)",
     )  # fmt: skip
+    parser.add_argument(
+        "--untracked", action="store_true", help="this tree's bench with status tracking "
+        "off (bench --untracked), the base's as it is: the fair comparison with a commit "
+        "before status tracking (issue 16), whose cost has its own budget",
+    )  # fmt: skip
     parser.add_argument("--out", metavar="PATH", type=Path, help="also write Markdown here")
     args = parser.parse_args(argv)
     names = TRANSPORTS if not args.only else tuple(n.strip() for n in args.only.split(","))
@@ -151,7 +167,8 @@ def main(argv: list[str]) -> int:
                     if args.probe:
                         got = _probe(where, name, args.quick)
                     else:
-                        got = _bench(where, name, args.quick, out, args.steps)
+                        untracked = args.untracked and where == ROOT
+                        got = _bench(where, name, args.quick, out, args.steps, untracked)
                     into[name] = best(into.get(name, {}), got)
             # each transport's figures as soon as they are in: a long run can be cut short
             one = compare({name: base.get(name, {})}, {name: head.get(name, {})})

@@ -94,11 +94,22 @@ class SubmitOptions:
     unique_key: str | None = None
     #: 0-9, higher taken first, FIFO within one priority
     priority: int = 0
+    #: whether the submit writes the tasks' status records (``queued``/``delayed``).
+    #: False only for a queue whose workers keep no status (``track_status = False``)
+    #: and a submit with no option that needs a record (``needs_record``): set by
+    #: ``Transport.submit_tasks``, honoured by ``_put`` (``asynctask.untracked``)
+    record: bool = True
 
     @property
     def plain(self) -> bool:
         """Whether no option is set (a transport may take its fastest path)."""
         return self.expires is None and self.unique_key is None and self.priority == 0
+
+    @property
+    def needs_record(self) -> bool:
+        """Whether an option lives in the status record: ``expires`` is checked against
+        it at the start, ``unique_key`` is taken with it (``priority`` lives with the task)."""
+        return self.expires is not None or self.unique_key is not None
 
 
 def check_submit_options(

@@ -17,6 +17,7 @@ Two ways to take a task:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ from typing import Any, ClassVar, TypeVar
 
 from asynctask import events, signing
 from asynctask.errors import (
+    AsynctaskError,
     ConfigurationError,
     InvalidTaskError,
     NotSupportedError,
@@ -51,6 +53,7 @@ from asynctask.status import (
     TaskStatus,
     check_submit_options,
 )
+from asynctask.untracked import UntrackedQueues
 from asynctask.uri import Option, read_options, redact, split_query
 from asynctask.validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -340,6 +343,8 @@ class Transport(ABC):
         self._external: tuple[str, Transport, StateStore] | None = None
         self._closed = False
         self._outage = OutageReport(repr(self))
+        #: which queues keep no status, to skip their records at submit
+        self._untracked = UntrackedQueues()
 
     # -- what a subclass may override -------------------------------------------------
 
@@ -569,7 +574,10 @@ class Transport(ABC):
         ids = [task_id for task_id, _ in tasks]
         if tasks:
             store = self.external_state()
-            if store is None:
+            if not options.needs_record and self._untracked_queue(queue_name, store):
+                options = dataclasses.replace(options, record=False)
+            if store is None or not options.record:
+                # a fused transport writes the records in _put (unless record=False)
                 stored = self._call(self._put, queue_name, tasks, delay, options)
             else:
                 # Another transport keeps the statuses: it records them (and takes the
@@ -577,7 +585,7 @@ class Transport(ABC):
                 known = self._call(store.submitted, queue_name, ids, delay, options)
                 if list(known) != ids:
                     return list(known)
-                plain = SubmitOptions(options.expires, None, options.priority)
+                plain = SubmitOptions(options.expires, None, options.priority, record=False)
                 try:
                     stored = self._call(self._put, queue_name, tasks, delay, plain)
                 except BaseException:
@@ -591,6 +599,29 @@ class Transport(ABC):
                 ids = list(stored)
         events.task_submitted(queue_name, ids)
         return ids
+
+    def _untracked_queue(self, queue: str, external: StateStore | None) -> bool:
+        """Whether ``queue``'s workers keep no status, as this object's cache knows it
+        (``asynctask.untracked``: one read of the store per queue every few seconds).
+        No store, or a store that cannot answer now: False (the records are written, as
+        they always were; the submit meets the outage itself)."""
+        store = external if external is not None else self._own_store()
+        if store is None:
+            return False
+        try:
+            return self._untracked.untracked(queue, store.untracked)
+        except AsynctaskError as exc:
+            logger.debug("Could not read whether queue %s is tracked: %s", queue, exc)
+            return False
+
+    def _own_store(self) -> StateStore | None:
+        """This transport's own status store when it keeps them (``own_state``)."""
+        return self._state_store() if self.own_state else None
+
+    def _note_tracking(self, queue: str, tracked: bool) -> None:
+        """A run loop of this process recorded ``queue``'s tracking: submits through
+        this object follow it at once, not after ``RECHECK_SECONDS``."""
+        self._untracked.note(queue, tracked)
 
     # -- what happened to a task (DESIGN.md section 6, ``asynctask.status``) ----------
 
