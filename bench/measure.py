@@ -368,9 +368,7 @@ class Session:
         if self.backend.multiprocess:
             mine = ours.latency(self.uri, self.transport, queue, n, gap, self.folder, self.track)
         else:
-            mine = ours.latency_in_process(
-                self.transport, queue, n, gap, self.folder, self.track
-            )
+            mine = ours.latency_in_process(self.transport, queue, n, gap, self.folder, self.track)
         self.transport.purge(queue)
         with self.raw() as raw:
             theirs = self._raw_latency(raw, n, gap)
