@@ -26,7 +26,7 @@ from asynctask.runner import LoopOptions, run_loop
 from asynctask.testing import clean_environment, workers_command
 from asynctask.transport import Transport
 from bench import ledger
-from bench.plan import TEST_PLUGINS
+from bench.plan import plugins_off
 from bench.workers import BenchNoopWorker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,7 +188,7 @@ class WorkersCommand:
             uri, workers, "--import", "bench.workers", "-q", *halting, settings=settings
         )
         self.env = clean_environment(
-            **{ledger.LEDGER_VARIABLE: ledger_path, DISABLE_VARIABLE: TEST_PLUGINS}
+            **{ledger.LEDGER_VARIABLE: ledger_path, DISABLE_VARIABLE: plugins_off()}
         )
         self.env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p

@@ -19,6 +19,11 @@ The life of a task::
     cancel(): queued / delayed / retrying / running ──> cancelled
     expired: not started before ``expires``
 
+A queue whose workers run with ``track_status = False`` (``StateStore.set_tracking``)
+gets no record at submit either, unless an option lives in it (``expires``,
+``unique_key``): ``SubmitOptions.record`` is False then, and such a task reads ``None``.
+Submitters learn it through a cache, a few seconds late (``asynctask.untracked``).
+
 ``succeeded``, ``failed``, ``cancelled`` and ``expired`` are final. A final status is
 forgotten ``asynctask_status_ttl`` seconds after it was reached, by the backend itself
 (a key expiry, a bounded delete), never by a scan that grows with history; a ``failed``

@@ -367,7 +367,8 @@ class Transport(ABC):
         ``options`` (``asynctask.status``): ``priority`` orders reserve (higher first,
         FIFO within one); ``expires`` is kept with the task; ``unique_key`` (one task)
         makes the put a no-op while a task holding that key on ``queue`` is not final.
-        A transport keeping its own state records ``queued``/``delayed`` here. Returns
+        A transport keeping its own state records ``queued``/``delayed`` here, unless
+        ``options.record`` is False (a queue whose workers keep no status). Returns
         the ids to give the caller when they differ from the given ones (the existing
         task's id for a unique key already held), else ``None``.
         """
@@ -555,7 +556,9 @@ class Transport(ABC):
     ) -> list[str]:
         """Add many tasks in order, in as few round trips as the backend allows.
 
-        Every payload is checked first: one bad payload and none is written.
+        Every payload is checked first: one bad payload and none is written. To a queue
+        whose workers keep no status, no status record is written unless an option
+        needs one (``asynctask.untracked``: known a few seconds late).
         """
         check_queue_name(queue_name)
         delay = check_delay(delay)

@@ -545,6 +545,8 @@ class StatusContract:
             ids = [one, *batch, later, urgent]
             assert store.statuses(ids) == [None] * 5
             assert transport.status(one) is None
+            # And nothing to cancel: its workers would never read a cancel
+            assert transport.cancel(one) is False
             # But a submit whose options live in the record still writes it (or refuses
             # it, naming the setting, where the store keeps none for such a queue)
             try:
