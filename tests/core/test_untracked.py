@@ -63,9 +63,12 @@ def test_a_note_from_this_process_is_followed_at_once() -> None:
 def test_the_cache_keeps_a_bounded_number_of_queues() -> None:
     clock, store = Clock(), Store(set())
     cache = UntrackedQueues(clock=clock, size=3)
-    for name in ("a", "b", "c", "a", "d"):  # "b" is the least recently used
+    for name in ("a", "b", "c"):
         cache.untracked(name, store.untracked)
-    assert len(cache._known) == 3 and "b" not in cache._known
+    clock.now += 10  # "a" is read again: "b" is now the one read longest ago
+    for name in ("a", "d"):
+        cache.untracked(name, store.untracked)
+    assert sorted(cache._known) == ["a", "c", "d"]
 
 
 def test_a_failed_read_is_not_remembered() -> None:

@@ -17,7 +17,6 @@ Two ways to take a task:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -25,7 +24,6 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -45,6 +43,7 @@ from asynctask.liveness import LimitOwnerLiveness, Liveness, NoLiveness, check_o
 from asynctask.outage import OutageReport
 from asynctask.status import (
     DEFAULT_STATUS_TTL,
+    NO_OPTIONS_UNRECORDED,
     StartVerdict,
     StateStore,
     StatusNotKept,
@@ -174,25 +173,28 @@ class PutProgress:
     def __init__(self, window: float) -> None:
         self.window = window
         self._lock = threading.Lock()
-        self._done: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        #: key -> (recorded at, count), oldest first (a plain dict keeps insertion order
+        #: and its lock-free read cost a localmem submit ~3.5k instructions less than an
+        #: OrderedDict and a locked read did, callgrind)
+        self._done: dict[str, tuple[float, int]] = {}
 
     def done(self, key: str) -> int:
         """How many tasks of the call keyed ``key`` are stored already (0 for a new one)."""
-        with self._lock:
-            entry = self._done.get(key)
+        entry = self._done.get(key)  # atomic: no lock needed to read one entry
         return 0 if entry is None else entry[1]
 
     def record(self, key: str, count: int) -> None:
         """``count`` tasks of the call keyed ``key`` are stored."""
         now = time.monotonic()
+        done = self._done
         with self._lock:
-            self._done[key] = (now, count)
-            self._done.move_to_end(key)
-            while self._done:
-                first = next(iter(self._done.values()))
-                if now - first[0] <= self.window:
+            done.pop(key, None)  # to the end: the newest
+            done[key] = (now, count)
+            while done:  # forget the calls no retry can come for, oldest first
+                first = next(iter(done))
+                if now - done[first][0] <= self.window:
                     break
-                self._done.popitem(last=False)
+                del done[first]
 
 
 def new_task_id() -> str:
@@ -578,7 +580,11 @@ class Transport(ABC):
         if tasks:
             store = self.external_state()
             if not options.needs_record and self._untracked_queue(queue_name, store):
-                options = dataclasses.replace(options, record=False)
+                options = (
+                    NO_OPTIONS_UNRECORDED
+                    if options.priority == 0
+                    else SubmitOptions(priority=options.priority, record=False)
+                )
             if store is None or not options.record:
                 # a fused transport writes the records in _put (unless record=False)
                 stored = self._call(self._put, queue_name, tasks, delay, options)
@@ -608,8 +614,12 @@ class Transport(ABC):
         (``asynctask.untracked``: one read of the store per queue every few seconds).
         No store, or a store that cannot answer now: False (the records are written, as
         they always were; the submit meets the outage itself)."""
+        found = self._untracked.known(queue)
+        if found is not None:
+            return found
         store = external if external is not None else self._own_store()
-        if store is None:
+        if store is None:  # nothing is recorded anyway
+            self._untracked.note(queue, tracked=True)
             return False
         try:
             return self._untracked.untracked(queue, store.untracked)

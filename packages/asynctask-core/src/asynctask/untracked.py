@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Collection
 
 #: seconds an answer is trusted. A flip of ``track_status`` comes with a deploy or a
@@ -31,13 +30,17 @@ from collections.abc import Callable, Collection
 #: process submitting to 1,000 queues reads the store 200 times a second at most (one
 #: read per queue per 5 s: about 0.02% of the round trips of 1,000 submits/s to one queue).
 RECHECK_SECONDS = 5.0
-#: queues remembered at most (the least recently used is dropped): a process submitting
+#: queues remembered at most (the one read longest ago is dropped): a process submitting
 #: to millions of queue names keeps a bounded map
 MAX_QUEUES = 10_000
 
 
 class UntrackedQueues:
-    """A per-transport cache of ``StateStore.untracked``; safe between threads."""
+    """A per-transport cache of ``StateStore.untracked``; safe between threads.
+
+    An answer still fresh costs a dict lookup and a clock read, no lock (a dict's ``get``
+    is atomic): about 0.5 us of a submit's 10-60 us on localmem.
+    """
 
     def __init__(
         self,
@@ -49,19 +52,24 @@ class UntrackedQueues:
         self._clock = clock
         self._size = size
         self._lock = threading.Lock()
-        #: queue -> (untracked, read at)
-        self._known: OrderedDict[str, tuple[bool, float]] = OrderedDict()
+        #: queue -> (untracked, read at), in the order they were read (oldest first)
+        self._known: dict[str, tuple[bool, float]] = {}
+
+    def known(self, queue: str) -> bool | None:
+        """The fresh answer for ``queue`` (whether it is untracked), else ``None``."""
+        entry = self._known.get(queue)
+        if entry is None or self._clock() - entry[1] >= self.recheck:
+            return None
+        return entry[0]
 
     def untracked(self, queue: str, read: Callable[[Collection[str]], Collection[str]]) -> bool:
         """Whether ``queue``'s workers keep no status; ``read`` (``StateStore.untracked``)
         is called only when the answer is missing or older than ``recheck`` seconds. An
         error of ``read`` propagates and nothing is remembered."""
+        found = self.known(queue)
+        if found is not None:
+            return found
         now = self._clock()
-        with self._lock:
-            known = self._known.get(queue)
-            if known is not None and now - known[1] < self.recheck:
-                self._known.move_to_end(queue)
-                return known[0]
         answer = queue in read({queue})  # outside the lock: a round trip
         self.note(queue, not answer, at=now)
         return answer
@@ -69,7 +77,7 @@ class UntrackedQueues:
     def note(self, queue: str, tracked: bool, at: float | None = None) -> None:
         """Remember ``queue``'s tracking (a run loop of this process just recorded it)."""
         with self._lock:
+            self._known.pop(queue, None)  # to the end: read last
             self._known[queue] = (not tracked, self._clock() if at is None else at)
-            self._known.move_to_end(queue)
             while len(self._known) > self._size:
-                self._known.popitem(last=False)
+                del self._known[next(iter(self._known))]
