@@ -7,7 +7,9 @@ the same statement or script as the task, the consumer's ``start`` marks it ``ru
 and says whether it may run, and ``ack``/``retry``/``fail`` write the outcome with the
 settle. A backend that cannot keep state (AMQP) names another transport's URI in the
 setting ``asynctask_state`` and uses that one's store through the generic calls below;
-any transport may do the same.
+any transport may do the same. There each start waits for ``started``'s verdict, unless
+the store gives the consumer a ``StatusFeed`` (an optional capability, ``feed``): one
+that hears every cancel lets a start, and the outcome after it, go out without waiting.
 
 The life of a task::
 

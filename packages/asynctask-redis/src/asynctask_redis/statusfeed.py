@@ -190,11 +190,15 @@ class RedisStatusFeed(StatusFeed):
         full = (t.prefix, t.script_queue(self.queue), *args)
         entry = _Sent(script, full, task_id, kind == "settled")
         with self._lock:
+            try:
+                conn = self._connection()
+                if len(self._sent) >= READ_EVERY:  # (a blocking read waits for all sent)
+                    self._read(conn, block=len(self._sent) >= MOST_UNREAD)
+            except (RedisError, OSError) as exc:
+                self._redo(exc)  # the earlier writes; this one is sent below
             self._sent.append(entry)
             try:
                 conn = self._connection()
-                if len(self._sent) > READ_EVERY:
-                    self._read(conn, block=len(self._sent) > MOST_UNREAD)
                 conn.send_packed_command([pack([("EVALSHA", script.sha, 0, *entry.args)])])
             except (RedisError, OSError) as exc:
                 self._redo(exc)
