@@ -17,6 +17,7 @@ too: what was published in between is lost.
 from __future__ import annotations
 
 import logging
+import select
 from collections import OrderedDict
 from typing import Any
 
@@ -85,6 +86,15 @@ class CancelFeed:
             self.close()
             return False
         return True
+
+    def quiet(self) -> bool:
+        """Whether nothing has arrived since ``poll`` last emptied the connection: one
+        ``select``, no read (``poll`` costs three system calls through redis-py's
+        ``can_read``). Trust it only after a ``poll``: the subscription's reply may have
+        brought more with it into the driver's buffer."""
+        conn = self._conn
+        sock = None if conn is None else getattr(conn, "_sock", None)
+        return sock is not None and not select.select([sock], [], [], 0)[0]
 
     def _note(self, task_id: str) -> None:
         self.cancelled[task_id] = None

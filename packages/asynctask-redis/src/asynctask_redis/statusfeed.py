@@ -114,6 +114,8 @@ class RedisStatusFeed(StatusFeed):
         self._pool: Any = None
         self._sent: deque[_Sent] = deque()
         self._open_after = 0.0  # monotonic time before which no open is tried
+        #: whether the feed was polled since it opened (then ``quiet`` is enough)
+        self._polled = False
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -125,10 +127,14 @@ class RedisStatusFeed(StatusFeed):
         """Whether every cancel of the queue is known here and none names the task."""
         with self._lock:
             feed = self._cancels
-            if not feed.live and not self._open():
-                return False
-            if not feed.poll():
-                return False  # lost: the next call opens it again
+            if not feed.live:
+                if not self._open():
+                    return False
+                self._polled = False
+            if not (self._polled and feed.quiet()):
+                if not feed.poll():
+                    return False  # lost: the next call opens it again
+                self._polled = True
             if len(feed.cancelled) >= KEPT:  # the oldest may be forgotten: start over
                 feed.close()
                 return False
