@@ -169,8 +169,24 @@ FINDINGS: dict[tuple[str, str], str] = {
     ),
     ("amqp", "tracking"): (
         "AMQP keeps its statuses in another store (here the bench's Redis, "
-        "`asynctask_state`): core's generic path makes two round trips to it a task, "
-        "`started` before `process()` and `settled` after, on top of the broker's own "
-        "work (measured 2026-12-07, not profiled further)."
+        "`asynctask_state`). Until 2026-12-07 core's generic path waited for two round "
+        "trips to it a task (`started` before `process()`, `settled` after); now the "
+        "Redis store gives each consumer a status feed (`StateStore.feed`: the queue's "
+        "cancels on pub/sub, and those made before, kept in `P:Q:cancelled`), so the "
+        "running mark and the outcome go out unanswered, in order, on the feed's own "
+        "connection: no waited round trip a task once the feed is open. CPU a task "
+        "(in-process drain of 3,000 at prefetch 4, state in a private Redis, median of 3 "
+        "alternating rounds, two runs): the worker process 55-57 us untracked, 202-223 us "
+        "with the waited path, 121-138 us with the feed; Redis 143-171 -> 59-90 us; the "
+        "relay 163-230 us either way. The wall-clock ratio then depends on the spare "
+        "CPU: `--steps status` runs alternating the old and new path on this host at "
+        "load 6-15 gave the feed "
+        "0.49-0.93x (median 0.60x; 3 of 7 runs >= 0.7x; an 8th, 0.15x, while the shared "
+        "Redis stalled) and the waited path 0.34-0.81x (median 0.56x, 6 runs), the "
+        "tracked drain itself 1,069-2,002/s against 898-1,433/s; "
+        "what is left is the CPU of the two status scripts in Redis and of the worker's "
+        "two writes a task, on 2 cores shared by the broker, Redis, the relay and the "
+        "worker. With pgsql as the store (no feed) every start and outcome still waits "
+        "(0.13x in `python -m bench.status_cost --state pgsql`, unchanged)."
     ),
 }
