@@ -119,6 +119,32 @@ def test_a_cancelled_waiting_task_never_runs(transport, queue):
     consumer.close()
 
 
+def test_a_task_cancelled_before_the_move_is_dropped_even_taken_ahead(transport, queue, client):
+    """A move checks the tasks it takes ahead only while some cancelled task has not been
+    met (``P:Q:cancelled``): one cancelled before the consumer's cancel feed existed is
+    dropped on the way, never handed out, and once met the set is empty again, so that
+    moves skip the checks. (Fails with a move that never checks the tasks taken ahead:
+    the cancelled one is handed out and its start, hearing nothing, runs it.)"""
+    cancelled = f"{transport.prefix}:{queue}:cancelled"
+    # Given three waiting tasks, the second cancelled before any consumer subscribed
+    first, doomed, third = transport.submit_tasks(queue, [{"n": n} for n in range(3)])
+    assert transport.cancel(doomed) is True
+    assert client.zscore(cancelled, doomed) is not None
+    # When a consumer takes them all at once (prefetch 3) and runs what it gets
+    consumer = transport.consumer(queue, prefetch=3)
+    got = []
+    while (delivery := consumer.reserve(timeout=0.5)) is not None:
+        got.append(delivery.id)
+        assert consumer.start(delivery) == "run"
+        consumer.ack(delivery)
+    consumer.close()
+    # Then the cancelled one never came, the others ran, and the set forgot it
+    assert got == [first, third]
+    assert transport.status(doomed).state == "cancelled"
+    assert transport.status(third).state == "succeeded"
+    assert client.exists(cancelled) == 0
+
+
 def test_a_task_taken_ahead_is_checked_when_it_starts(transport, queue):
     # Given a consumer holding two tasks (prefetch 2), the second cancelled meanwhile
     _first, second = transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])

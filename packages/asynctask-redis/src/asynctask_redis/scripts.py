@@ -38,6 +38,9 @@ local prefix, queue = ARGV[1], ARGV[2]
 -- queue in a hash tag here, so that one script's keys share a slot).
 local base = prefix .. ':' .. queue .. ':'
 local nudges = base .. 'nudges'
+-- Cancelled tasks no move has met yet (sorted set: id -> when it may be forgotten, ms):
+-- while it is empty, a move checks only the task it marks running (see ``take``).
+local cancelled_ids = base .. 'cancelled'
 -- On a Redis Cluster the queue comes as '{name}' (a hash tag: every key above shares
 -- one slot), and the two keys outside the queue are kept by the client instead: these
 -- stand-ins stay in the slot (a script may touch one slot only).
@@ -136,6 +139,7 @@ end
 local function succeed(id, now, ttl_ms, result, ...)
   local f = redis.call('HMGET', task_key(id), 'state', 'unique')
   local state = f[1]
+  if state == 'cancelled' then redis.call('ZREM', cancelled_ids, id) end  -- gone for good
   if not state or state == 'cancelled' or state == 'expired' then return end
   if result ~= '' then
     finish_held(id, f[2], 'succeeded', now, ttl_ms, 'result', result, ...)
@@ -316,22 +320,29 @@ end
 -- Whether a cancel has made this held task final: then it is dropped, not settled.
 local function cancelled(m)
   local id = envelope_head(m)
-  return id ~= nil and redis.call('HGET', task_key(id), 'state') == 'cancelled'
+  if id ~= nil and redis.call('HGET', task_key(id), 'state') == 'cancelled' then
+    redis.call('ZREM', cancelled_ids, id)
+    return true
+  end
+  return false
 end
 
--- Move up to ``want`` tasks into ``proc``, the most urgent first. With tracking, each
--- is checked on the way: a cancelled or expired one is dropped, never handed out (one
--- cancelled later reaches the consumer on its cancel channel, see cancelfeed.py). The
--- first, which the consumer hands out now to be started at once, is also marked
--- ``running`` here, so that its start costs no call; the others wait in the
--- consumer's buffer for their own start. Returns the messages and whether the first
--- was marked.
+-- Move up to ``want`` tasks into ``proc``, the most urgent first. With tracking, the
+-- first, which the consumer hands out now to be started at once, is checked and marked
+-- ``running`` here (its start then costs no call); a cancelled or expired one is
+-- dropped, never handed out. The others wait in the consumer's buffer for their own
+-- start, which knows of a cancel made from now on (the consumer's cancel feed, see
+-- cancelfeed.py) and asks Redis about an expiring task: they are checked here only
+-- while some cancelled task has not been met (``cancelled_ids``), one made before the
+-- feed could hear it. (A check is a parse and an HMGET: 18k instructions a task.)
+-- Returns the messages and whether the first was marked.
 local function take(proc, want, tracking, ttl_ms)
   local got, started = {}, 0
+  local careful = tracking and redis.call('EXISTS', cancelled_ids) == 1
   while #got < want do
     local m = move_next(proc)
     if not m then break end
-    if tracking then
+    if tracking and (#got == 0 or careful) then
       local id, n = envelope_head(m)
       if id then
         local verdict
@@ -343,6 +354,7 @@ local function take(proc, want, tracking, ttl_ms)
         end
         if verdict ~= 'run' then
           redis.call('RPOP', proc)
+          if verdict == 'cancelled' then redis.call('ZREM', cancelled_ids, id) end
           m = nil
         end
       end
@@ -593,7 +605,10 @@ local proc, ttl_ms = processing(ARGV[3]), ARGV[4]
 ack_all(proc, 10, tonumber(ARGV[9]), true, ttl_ms)
 if ARGV[6] == '' then return 'run' end
 local verdict = start_task(ARGV[6], ARGV[7], now_ms(), ttl_ms)
-if verdict ~= 'run' and ARGV[5] ~= '1' then redis.call('LREM', proc, 1, ARGV[8]) end
+if verdict ~= 'run' and ARGV[5] ~= '1' then
+  redis.call('LREM', proc, 1, ARGV[8])
+  if verdict == 'cancelled' then redis.call('ZREM', cancelled_ids, ARGV[6]) end
+end
 return verdict
 """,
 )
@@ -702,10 +717,12 @@ while true do
     local id, n = envelope_head(m)
     if not id then return m end
     local now = now_ms()
-    if start_task(id, tonumber(n) + 1, now, ARGV[4]) == 'run' then
+    local verdict = start_task(id, tonumber(n) + 1, now, ARGV[4])
+    if verdict == 'run' then
       succeed(id, now, ARGV[4], '')
       return m
     end
+    if verdict == 'cancelled' then redis.call('ZREM', cancelled_ids, id) end
   end
 end
 """,
@@ -884,6 +901,7 @@ local function forget(items, from_ready)
         local u = redis.call('HGET', task_key(id), 'unique')
         if u and redis.call('GET', unique_key(u)) == id then redis.call('DEL', unique_key(u)) end
         redis.call('UNLINK', task_key(id), done_key(id), pointer(id))
+        redis.call('ZREM', cancelled_ids, id)
       end
     end
   end
