@@ -15,20 +15,20 @@ or ``retry``/``fail``/``release``/``close``): that is what makes a task cost one
 trip. A process killed between ``ack`` and that call leaves the acked task to run again,
 which at-least-once allows; at most ``prefetch`` tasks are in that state.
 
-Task statuses (``asynctask.status``): the move checks every task it takes and drops
-(never hands out) one cancelled or expired; the one it hands out now, which the run
-loop starts right after, it also marks ``running``. The others wait in the buffer,
-``queued``, and ``start`` marks each with the ``START`` script, which carries the
-pending acks; so a task is ``running`` only once the worker starts it. That script is
-sent without waiting for its reply (read with the consumer's next call) when this
-consumer knows the task was not cancelled since the move: it is subscribed to the
-queue's cancel channel (``asynctask_redis.cancelfeed``) and the task has no
-``expires``. Otherwise (the feed not live, a cancel heard, an expiring task) ``start``
-waits for the verdict: one round trip. A cancel that races with a start sent unanswered
-acts as the cancel of a running task. An ack carries the result and writes
-``succeeded`` with the next call; ``retry``/``fail`` write their state in their own
-script. With ``tracking`` off none of this is written, and the move is the plain
-pipeline it was before statuses.
+Task statuses (``asynctask.status``): the move checks the task it hands out now, which
+the run loop starts right after, and marks it ``running``; the others wait in the
+buffer, ``queued``, checked by the move only while a cancelled task has not been met
+(``P:Q:cancelled``). A task's ``start`` knows whether it was cancelled since the move
+when this consumer is subscribed to the queue's cancel channel
+(``asynctask_redis.cancelfeed``) and the task has no ``expires``: then its running mark
+waits with the pending acks and goes with the next call, or within ``startmarks.DEFER``
+from a thread while the task runs on (``asynctask_redis.startmarks``); a drain sends
+nothing more a task than without statuses. Otherwise (the feed not live, a cancel
+heard, an expiring task) ``start`` runs the ``START`` script and waits for its verdict:
+one round trip. A cancel that races with a mark not written yet acts as the cancel of a
+running task. An ack carries the result and writes ``succeeded`` with the next call;
+``retry``/``fail`` write their state in their own script. With ``tracking`` off none of
+this is written, and the move is the plain pipeline it was before statuses.
 
 Each consumer keeps one connection of the pool for itself. After any error on the way
 in (a lost reply may hide a move that happened), the next ``TAKE`` puts back everything
