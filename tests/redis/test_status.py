@@ -591,3 +591,36 @@ def test_a_lost_cancel_feed_makes_start_ask_redis(transport, queue, client):
     # And the next move subscribes again
     assert consumer._feed is not None and consumer._feed.live
     consumer.close()
+
+
+def test_the_mark_thread_ends_with_its_consumer(transport, queue):
+    """The thread that sends late running marks ends when its consumer closes, and when
+    it is dropped unclosed (no thread a consumer left behind)."""
+
+    def marks_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("asynctask-redis-marks-")]
+
+    before = len(marks_threads())
+    transport.submit_tasks(queue, [{"n": n} for n in range(4)])
+    for close in (True, False):
+        # Given a consumer that started a task taken ahead (its thread now runs)
+        consumer = transport.consumer(queue, prefetch=2)
+        one, two = take(consumer), take(consumer)
+        assert consumer.start(one) == "run"
+        consumer.ack(one)
+        assert consumer.start(two) == "run"
+        assert len(marks_threads()) == before + 1
+        consumer.ack(two)
+        deadline = time.monotonic() + 5
+        while transport.status(two.id).state != "succeeded":  # the thread sent it: idle now
+            assert time.monotonic() < deadline, "the thread never sent the marks"
+            time.sleep(0.005)
+        # When it is closed, or dropped
+        if close:
+            consumer.close()
+        del consumer, one, two
+        # Then its thread ends
+        deadline = time.monotonic() + 5
+        while len(marks_threads()) > before:
+            assert time.monotonic() < deadline, "the mark thread outlived its consumer"
+            time.sleep(0.01)

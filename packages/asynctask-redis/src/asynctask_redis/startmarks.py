@@ -64,6 +64,8 @@ class MarkFlusher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+        # a consumer dropped without close(): the thread, idle on the event, ends too
+        weakref.finalize(consumer, self._end)
 
     def wake(self) -> None:
         """A mark is pending (cheap when the thread is already looking)."""
@@ -72,10 +74,13 @@ class MarkFlusher:
 
     def close(self) -> None:
         """Stop the thread (it sends nothing more)."""
-        self._stop.set()
-        self._wanted.set()
+        self._end()
         if self._thread is not threading.current_thread():
             self._thread.join(5)
+
+    def _end(self) -> None:
+        self._stop.set()
+        self._wanted.set()
 
     def _run(self) -> None:
         while True:
