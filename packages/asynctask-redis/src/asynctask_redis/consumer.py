@@ -133,10 +133,15 @@ R = TypeVar("R")
 def _locked(
     method: Callable[Concatenate[RedisConsumer, P], R],
 ) -> Callable[Concatenate[RedisConsumer, P], R]:
-    """Run a consumer's call holding its lock: the thread that sends late running marks
-    (``asynctask_redis.startmarks``) acts only between calls, never during one."""
+    """Run a consumer's call holding its lock once it has a thread that sends late running
+    marks (``asynctask_redis.startmarks``): the thread acts only between calls, never
+    during one. Before that (every untracked consumer) no lock is taken: only ``start``
+    makes the thread, and the thread touches nothing until ``DEFER / 2`` after its
+    ``wake``, the last thing that ``start`` does."""
 
     def locked(self: RedisConsumer, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self._flusher is None:
+            return method(self, *args, **kwargs)
         with self._lock:
             return method(self, *args, **kwargs)
 
@@ -263,9 +268,14 @@ class RedisConsumer(Consumer):
 
     # -- taking -------------------------------------------------------------------------
 
-    @_locked
     def reserve(self, timeout: float) -> Delivery | None:
         """Wait up to ``timeout`` seconds for a ready task; see ``Consumer.reserve``."""
+        if self._flusher is None:  # no mark thread (every untracked consumer)
+            return self._reserve(timeout)
+        with self._lock:
+            return self._reserve(timeout)
+
+    def _reserve(self, timeout: float) -> Delivery | None:
         if self.closed:
             raise TransportClosed(f"{self!r} is closed")
         t = self.transport
@@ -411,7 +421,8 @@ class RedisConsumer(Consumer):
 
     def _next(self, conn: Any) -> bool:
         """Acks and non-blocking moves in one round trip; whether anything came."""
-        t, acks, want = self._host, self._pending(), self._want()
+        acks = self._acks if self._marks_since is None else self._pending()
+        t, want = self._host, self._want()
         give_back: bytes | str = ""
         if not self.fused and want == 1 and len(acks) <= 3 and NUDGE not in acks:
             # Plain commands cost Redis a fifth of the script (9 us a task against 45,
@@ -423,8 +434,7 @@ class RedisConsumer(Consumer):
             commands.append(("SADD", self.consumers_key, self.id))  # see scripts.NEXT
             commands.append(("EXISTS", t.key(self.queue, "urgent")))
             replies = pipeline(conn, commands)
-            self._sent()
-            acks = []
+            self._acks = acks = []  # not fused: no late start among them
             moved, urgent = replies[-3], replies[-1]
             if not urgent:
                 self._buffer.extend([] if moved is None else [moved])
@@ -576,7 +586,6 @@ class RedisConsumer(Consumer):
                 delivery.id,
             )
 
-    @_locked
     def start(self, delivery: Delivery) -> StartVerdict:
         """Mark the task ``running`` unless it was cancelled or has expired (then it is
         gone, never run).
@@ -591,6 +600,12 @@ class RedisConsumer(Consumer):
         run loop starts it right after the reserve). Otherwise one ``START`` call, with
         the pending acks, waits for the verdict.
         """
+        if self._flusher is None:  # no mark thread (every untracked consumer)
+            return self._start(delivery)
+        with self._lock:
+            return self._start(delivery)
+
+    def _start(self, delivery: Delivery) -> StartVerdict:
         if not self.tracking:
             return "run"
         if not self._host.own_state:
@@ -677,12 +692,17 @@ class RedisConsumer(Consumer):
         finally:
             self._lock.release()
 
-    @_locked
     def ack(self, delivery: Delivery, result_json: str | None = None) -> bool | None:
         """Done: the task is removed (``succeeded``, with its result, unless it was
         cancelled meanwhile) with this consumer's next call to Redis: whether it was
         cancelled is not known here (None). Under ``wait_replicas`` the ack is sent at
         once and returns once the replicas hold it (or their time ran out: logged)."""
+        if self._flusher is None:  # no mark thread (every untracked consumer)
+            return self._ack(delivery, result_json)
+        with self._lock:
+            return self._ack(delivery, result_json)
+
+    def _ack(self, delivery: Delivery, result_json: str | None = None) -> bool | None:
         raw = self._unhold(delivery)
         if raw is None:
             return None
