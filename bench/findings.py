@@ -119,7 +119,10 @@ _REDIS_COST = (
     "plugins). What closes the tracked gap is a running mark that does not wait for its "
     "reply (the redis status work of issue 16); the rest of ours is the consumer's "
     "decode and bookkeeping (about two thirds of our share) and the hooks of the installed "
-    "OpenTelemetry and Prometheus plugins (about 3 us a task)."
+    "OpenTelemetry and Prometheus plugins (about 3 us a task). Since issue 16's late "
+    "running marks (2026-12-07) a tracked task taken ahead sends nothing at its start: "
+    "`python -m bench.taskcost` counts 0.25 round trips a task at prefetch 4 and 0.03 at "
+    "32, tracked, as untracked."
 )
 
 FINDINGS: dict[tuple[str, str], str] = {
@@ -157,15 +160,27 @@ FINDINGS: dict[tuple[str, str], str] = {
     ("amqp", "drain_1"): _AMQP_DRAIN,
     ("amqp", "peer"): _AMQP_DRAIN,
     ("redis", "tracking"): (
-        "Not round trips any more: until 2026-12-07 each of the three tasks a prefetch-4 "
-        "move takes ahead waited for a `START` reply (0.26-0.33x in same-run A/B runs); "
-        "now it is sent unanswered (0.51-0.82x in the same runs). What is left is Redis's "
-        "own work, measured "
-        "with `INFO commandstats` on a private redis-server: about 100-120 µs of server "
-        "time a task tracked against 30-45 µs untracked on this loaded host, in the `NEXT` "
-        "and `START` scripts (two `HMGET`, two `HSET`, two `PEXPIRE`, an `EXISTS`, the "
-        "calls' own cost inside Lua, several µs each); on 2 cores shared with the worker "
-        "that is time the worker waits for."
+        "Until issue 16's late running marks (2026-12-07), each of the three tasks a "
+        "prefetch-4 move takes ahead sent a `START` script at its start (first waited for, "
+        "then sent unanswered): a message a task, each costing the worker a send and "
+        "Redis a wake-up, a script and a reply on the 2 cores the worker shares (even a "
+        "`START` that did nothing left the in-process drain at 0.36-0.57x). Now a start "
+        "the consumer knows needs no verdict (cancel feed live, no `expires`) waits with "
+        "the pending acks and goes with the next move, or within 20 ms from a thread of "
+        "the consumer while the task runs on (`asynctask_redis.startmarks`); a start and "
+        "its ack are one `HMGET` and one `HSET`; acks carry the task id (no parse in "
+        "Lua); `START` is built with the finishing helpers only; a move checks the tasks "
+        "it takes ahead only while a cancelled task has not been met (`P:Q:cancelled`). "
+        "Redis's work a task at prefetch 4 (redis-server under callgrind, 2,000 tasks): "
+        "240k -> 135k instructions (untracked 55k), one script call a move as untracked. "
+        "Same-run alternating drains (1 child, 10,000 tasks, load 9-16 on 2 cores): "
+        "tracked/untracked per round 0.44-1.10, median 0.99 (main: 0.11-1.28, median "
+        "0.36); `python -m bench --only redis --steps status`, 8 runs: 0.41-1.90x, 6 of "
+        "8 at or above 0.8x (main's redis package in the same session: 0.14-0.47x). "
+        "`python -m bench.status_cost --only redis`: prefetch 1 0.51x (main 0.38x), "
+        "prefetch 4 0.57x (main 0.25x): at prefetch 1 each task is the first of its "
+        "move, marked running in the move's script (about 245k instructions a task "
+        "against 37k for the untracked plain pipeline)."
     ),
     ("amqp", "tracking"): (
         "AMQP keeps its statuses in another store (here the bench's Redis, "
