@@ -11,6 +11,25 @@ consumer's asynchronous commit). Update an entry when its transport changes.
 from __future__ import annotations
 
 _PG_DRAIN = (
+    "Latest (issue 20, branch wt/pgdrain, 2026-12-07; the machine shared, load 5-16): "
+    "py-spy on the worker child at prefetch 4: 64% of its main thread waited for RESERVE "
+    "(one statement per 4 tasks) and 11% for the bare Sync each prefetched start sent to "
+    "hear cancels. That Sync now goes only when the consumer's last statement or Sync left "
+    "5 ms ago or more (`CANCEL_HEARD`: a cancel of a reserved task returns 5 ms after its "
+    "commit, so a start never misses one that returned): the in-process prefetch-4 drain "
+    "went from 2,408/s to 4,926/s (medians of 4 alternating rounds of 5,000, load 4.7). "
+    "The rest is the RESERVE's server time, mostly fixed per statement, so pgsql's default "
+    "prefetch is now 16 (`default_prefetch`): worker child drains, medians of 3 "
+    "alternating rounds of 20,000 at load 8-10: 3,131/s at 4, 3,655/s at 8, 4,059/s at 16, "
+    "8,040/s at 32, PgQueuer 567/s; at 16 the child still waits 54% of its time for "
+    "RESERVE. Sending the next RESERVE ahead (libpq pipeline mode, its rows read when the "
+    "buffer runs dry) did not help here: 3,012/s without, 2,212/s sent at half the buffer, "
+    "2,666/s at its end (medians of 4 alternating rounds of 20,000, load 11-16): both "
+    "cores are busy, so the overlap buys nothing and smaller batches cost more; not "
+    "landed. PgQueuer's rate falls faster with the load than ours (2,332/s at load 6, "
+    "530-970/s at 8-11), so the ratio does too: 1.6x at load 6 with prefetch 4 before "
+    "this work. What would close more: the RESERVE's per-row writes (see below: the "
+    "`succeeded` and `reserved` updates are not HOT). Earlier: "
     "Where a pgsql drain's time goes (issue 20; a private PostgreSQL 15 with "
     "pg_stat_statements, the machine shared with other work, 2 cores). The worker child "
     "(py-spy, prefetch 4) spends 60-70% of its main thread in psycopg `Connection.wait` for "
@@ -76,6 +95,13 @@ _PG_SUBMIT = (
 )
 
 _PG_LATENCY = (
+    "Since wt/pgdrain (2026-12-07) a prefetched start right after a wake-up sends nothing "
+    "(the RESERVE just answered was the question for cancels): wake-up, RESERVE, "
+    "`process()`, one round trip as the raw listener's DELETE. Three runs of the latency "
+    "step, load 6-9: p50 6.28 ms against LISTEN 11.07 ms (before the change), 4.36 against "
+    "16.76, 5.77 against 6.63 ms (after): the raw listener's p50 moves more than ours. "
+    "The churned table's latency includes the submit (from before `submit_task` to the "
+    "start), which is slow there (submit one by one 8/s). Earlier: "
     "A timed trace of the consumer: the path is the submit's commit (its fsync), the "
     "NOTIFY wake-up, then RESERVE (now committed asynchronously); the raw listener's path "
     "is the same commit and NOTIFY (the copied trigger) and a plain DELETE. RESERVE writes "
