@@ -398,10 +398,12 @@ def test_a_worker_without_tracking_writes_no_status(transport, queue, client):
     transport.state().set_tracking(queue, False)
     consumer = transport.consumer(queue)
     consumer.tracking = False
-    # a submit learns it (asynctask.untracked) and writes no status record
+    # a submit learns it (asynctask.untracked) and writes no status record; status()
+    # still says why (the id carries the mark of an unrecorded task)
     tid = transport.submit_task(queue, {})
-    assert transport.status(tid) is None
     assert client.exists(task_key(transport, queue, tid)) == 0
+    with pytest.raises(StatusNotTracked, match="track_status"):
+        transport.status(tid)
     with pytest.raises(StatusNotTracked, match="track_status"):
         transport.submit_task(queue, {}, unique_key="k")
     delivery = take(consumer)
