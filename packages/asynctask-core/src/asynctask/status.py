@@ -101,10 +101,16 @@ class SubmitOptions:
         return self.expires is None and self.unique_key is None and self.priority == 0
 
 
+#: the options of a submit that sets none
+_PLAIN = SubmitOptions()
+
+
 def check_submit_options(
     expires: object, unique_key: object, priority: object, count: int
 ) -> SubmitOptions:
     """Validate the submit options before anything is written; ``count`` payloads."""
+    if expires is None and unique_key is None and type(priority) is int and priority == 0:
+        return _PLAIN  # the common submit: 10k instructions less (callgrind)
     if expires is not None:
         if isinstance(expires, bool) or not isinstance(expires, (int, float)):
             raise InvalidTaskError(f"expires must be a number of seconds, got {expires!r}")

@@ -345,9 +345,6 @@ class PgsqlTransport(Transport):
         delay: float,
         options: SubmitOptions,
     ) -> Sequence[str] | None:
-        # jsonb cannot hold a NUL character (\u0000): such a payload travels as text.
-        texts = [text if "\\u0000" in text else None for _, text in tasks]
-        payloads = [None if "\\u0000" in text else text for _, text in tasks]
         params: dict[str, Any] = {
             "queue": queue,
             "delay": delay,
@@ -359,23 +356,35 @@ class PgsqlTransport(Transport):
             "track": self.own_state,
             "ttl": self.status_ttl,
         }
-        headers = [
-            _json_or_none(self.task_headers(queue, task_id, text)) for task_id, text in tasks
-        ]
-        ids = [task_id for task_id, _ in tasks]
+        # jsonb cannot hold a NUL character (\u0000): such a payload travels as text.
         if len(tasks) > 1:
-            params.update(ids=ids, payloads=payloads, texts=texts, headers=headers)
+            params.update(
+                ids=[task_id for task_id, _ in tasks],
+                payloads=[None if _NUL in text else text for _, text in tasks],
+                texts=[text if _NUL in text else None for _, text in tasks],
+                headers=[
+                    _json_or_none(self.task_headers(queue, task_id, text))
+                    for task_id, text in tasks
+                ],
+            )
             self._put_statement(self.sql.put, params)
             return None
-        params.update(id=ids[0], payload=payloads[0], text=texts[0], headers=headers[0])
+        [(task_id, text)] = tasks
+        nul = _NUL in text
+        params.update(
+            id=task_id,
+            payload=None if nul else text,
+            text=text if nul else None,
+            headers=_json_or_none(self.task_headers(queue, task_id, text)),
+        )
         if options.unique_key is None:
             self._put_statement(self.sql.put_one, params)
             return None
         for _ in range(UNIQUE_TRIES):
             [(written, holder, known, _)] = self._put_statement(self.sql.put_unique, params)
-            answer = held_by(written, holder, known, ids)
+            answer = held_by(written, holder, known, [task_id])
             if answer is not None:
-                return None if answer == ids else answer
+                return None if answer == [task_id] else answer
         raise unique_key_busy(options.unique_key, queue)
 
     def _put_statement(self, query: LiteralString, params: Any) -> list[tuple[Any, ...]]:
@@ -580,6 +589,10 @@ class PgsqlTransport(Transport):
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close(timeout=1.0)
+
+
+#: the escape of a NUL character in JSON text, which jsonb cannot hold
+_NUL = "\\u0000"
 
 
 def _json_or_none(headers: dict[str, str]) -> str | None:
