@@ -75,6 +75,7 @@ from asynctask_pgsql.decoding import load_json_as_text
 from asynctask_pgsql.keeper import PgsqlLiveness
 from asynctask_pgsql.pooled import PooledConnection
 from asynctask_pgsql.schema import (
+    SchemaBusy,
     check_schema_name,
     consumer_lock_class,
     limit_lock_class,
@@ -184,7 +185,7 @@ class PgsqlTransport(Transport):
                 # A direct first connection reports the real reason a server is unreachable
                 # (refused, unknown database, password); the pool would only time out.
                 with self._mapped_errors(), self.server.connect() as conn:
-                    self.schema_action = migrate(conn, self.schema)
+                    self.schema_action = migrate(conn, self.schema, wait=self.retry_timeout)
                     [(autovacuum,)] = conn.execute("SHOW autovacuum").fetchall()
                 if self.schema_action != "current":
                     logger.info("%r: schema %s: %s", self, self.schema, self.schema_action)
@@ -229,6 +230,8 @@ class PgsqlTransport(Transport):
         """Map psycopg's errors to ours, naming the server and never the password."""
         try:
             yield
+        except SchemaBusy as exc:  # the server is there; its tables are busy for a while
+            raise TransportUnavailable(f"{self.server.describe()}: {exc}") from exc
         except (psycopg.OperationalError, PoolTimeout) as exc:
             text = str(exc).strip()
             if is_refusal(text):
@@ -586,6 +589,8 @@ class PgsqlTransport(Transport):
         return PgsqlLiveness(self, queue, owner)
 
     def _close(self) -> None:
+        if self.vacuum is not None:
+            self.vacuum.close()  # its own connection, not the pool's
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close(timeout=1.0)
