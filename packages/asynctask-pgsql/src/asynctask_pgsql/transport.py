@@ -73,7 +73,7 @@ from asynctask_pgsql.conninfo import LIBPQ_KEYWORDS, is_refusal, read_server
 from asynctask_pgsql.consumer import PgsqlConsumer
 from asynctask_pgsql.decoding import load_json_as_text
 from asynctask_pgsql.keeper import PgsqlLiveness
-from asynctask_pgsql.pooled import PooledConnection
+from asynctask_pgsql.pooled import PooledConnection, Prepared
 from asynctask_pgsql.schema import (
     SchemaBusy,
     check_schema_name,
@@ -139,6 +139,8 @@ class PgsqlTransport(Transport):
         self.schema: str = self.options["schema"]
         self.server = read_server(uri, self.location, self.driver_options, self.retry_timeout)
         self.sql = Statements.for_schema(self.schema)
+        #: the one-task submit, sent through libpq (see ``asynctask_pgsql.pooled``)
+        self._put_one = Prepared("asynctask_put_one", self.sql.put_one)
         recovery: float = self.options["recovery_seconds"]
         self.features = TransportFeatures(
             counts=frozenset(COUNT_NAMES), multiprocess=True, recovery_seconds=recovery
@@ -381,7 +383,16 @@ class PgsqlTransport(Transport):
             headers=_json_or_none(self.task_headers(queue, task_id, text)),
         )
         if options.unique_key is None:
-            self._put_statement(self.sql.put_one, params)
+            if _caller_connection.get() is not None:
+                self._put_statement(self.sql.put_one, params)
+                return None
+            pool = self._ready_pool()
+            with self._mapped_errors():
+                conn = pool.getconn(timeout=self.retry_timeout)
+                try:
+                    conn.run_prepared(self._put_one, params)
+                finally:
+                    pool.putconn(conn)
             return None
         for _ in range(UNIQUE_TRIES):
             [(written, holder, known, _)] = self._put_statement(self.sql.put_unique, params)
