@@ -25,7 +25,7 @@ from pathlib import Path
 
 from asynctask.plugins import DISABLE_VARIABLE, load_plugins
 from bench import ours
-from bench.plan import BACKENDS, TEST_PLUGINS, unique_name
+from bench.plan import BACKENDS, plugins_off, unique_name
 
 _FRAME = re.compile(r"^(?P<name>.+?) \((?P<where>[^()]*)\)$")
 
@@ -91,7 +91,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rate", type=int, default=250, help="samples per second (250)")
     parser.add_argument("--loop", metavar="URI", help=argparse.SUPPRESS)  # the profiled side
     args = parser.parse_args(argv)
-    os.environ.setdefault(DISABLE_VARIABLE, TEST_PLUGINS)  # as the bench's processes run
+    os.environ[DISABLE_VARIABLE] = plugins_off()  # as the bench's processes run
     if args.loop:
         submit_loop(args.loop, args.count, args.batch)
         return 0
