@@ -219,13 +219,14 @@ class Session:
         sizes, transport = self.sizes, self.transport
         n, batch, budget = sizes.submit_one, sizes.batch, sizes.submit_budget / ROUNDS
         queue = self.queue("submit")
-        ours_one, raw_one = self._best_of(
-            lambda items: ours.submit_one(transport, queue, items),
-            lambda raw: raw.submit_one,
-            n,
-            50,
-            budget,
-        )
+        with self.raw() as raw:
+            ours_one, raw_one = ours.interleaved(
+                lambda items: ours.submit_one(transport, queue, items),
+                raw.submit_one,
+                n,
+                50,
+                sizes.submit_budget * 2,
+            )
         transport.purge(queue)
         self.add("submit_one", ours_one, raw_one, self.label("submit_one"))
         ours_batch, raw_batch = self._best_of(
@@ -804,15 +805,13 @@ class Session:
         sizes = self.sizes
         n, budget = sizes.submit_one // ROUNDS, sizes.submit_budget / ROUNDS
         queue = self.queue("table")
-        mine = theirs = 0.0
-        for round_number in range(ROUNDS):
-            sides = ("ours", "raw") if round_number % 2 == 0 else ("raw", "ours")
-            for side in sides:
-                if side == "ours":
-                    send = lambda items: ours.submit_one(transport, queue, items)  # noqa: E731
-                    mine = max(mine, ours.rate(send, n, 50, budget))
-                else:
-                    theirs = max(theirs, ours.rate(raw.submit_one, n, 50, budget))
+        mine, theirs = ours.interleaved(
+            lambda items: ours.submit_one(transport, queue, items),
+            raw.submit_one,
+            n * ROUNDS,
+            50,
+            budget * ROUNDS * 2,
+        )
         transport.purge(queue)
         raw.conn.execute(f"DELETE FROM {raw.target}")  # type: ignore[attr-defined]
         label = f"({state} table)"
