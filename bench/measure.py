@@ -748,7 +748,7 @@ class Session:
         """11. pgsql only (issue 20): what each index and the trigger cost a committed
         INSERT; then submit, drain and wake-up against the raw client on a freshly
         vacuumed table and on one ``Sizes.churn`` tasks have passed through with no VACUUM
-        since (a schema of its own, ``asynctask_bench_churn``; the transport's own
+        since (a schema of its own, ``asynctask_bench_churn_<hex>``; the transport's own
         VACUUM is off there, ``vacuum_every=0``, so nothing cleans it)."""
         if self.name != "pgsql":
             return
@@ -770,7 +770,8 @@ class Session:
                 for label, rate in costs.items()
             )
         )
-        schema = "asynctask_bench_churn"
+        # a name of its own: two benches at once on one server must not drop each other's
+        schema = unique_name("asynctask_bench_churn")
         uri = self.uri + ("&" if "?" in self.uri else "?") + f"schema={schema}&vacuum_every=0"
         transport = type(self.transport)(uri)
         raw = PgRaw(unique_name("bench_raw_churn"))

@@ -198,7 +198,7 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "without the status row a submit also writes. Then submit one by one (turns of 50, "
         "as above), the 1-child "
         "drain and the wake-up p50 against the raw client, in a schema of their own "
-        "(`asynctask_bench_churn`): on freshly vacuumed tables, and again after "
+        "(`asynctask_bench_churn_<hex>`): on freshly vacuumed tables, and again after "
         f"{run.sizes.churn:,} tasks have passed through them and the raw table (inserted, "
         "reserved, deleted; their statuses kept) with no VACUUM since (`vacuum_every=0`, "
         "so the transport does not clean it either).",
