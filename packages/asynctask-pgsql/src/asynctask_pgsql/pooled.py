@@ -29,6 +29,8 @@ import psycopg
 from psycopg import errors, pq
 
 _NAMED = re.compile(r"%\((\w+)\)s")
+#: SQLSTATE invalid_sql_statement_name: "prepared statement ... does not exist"
+_UNKNOWN_STATEMENT = b"26000"
 
 
 class Prepared:
@@ -84,12 +86,18 @@ class PooledConnection(psycopg.Connection[Any]):
         ready = self._ready
         if ready is None:
             ready = self._ready = set()
-        if statement.name not in ready:
-            self._check(pgconn.prepare(statement.name, statement.query))
-            ready.add(statement.name)
         values = statement.encode(params)
-        # NULLs are None, as psycopg's own cursor sends them (its stub omits None)
-        self._check(pgconn.exec_prepared(statement.name, values))  # type: ignore[arg-type]
+        for _ in range(2):
+            if statement.name not in ready:
+                self._check(pgconn.prepare(statement.name, statement.query))
+                ready.add(statement.name)
+            # NULLs are None, as psycopg's own cursor sends them (its stub omits None)
+            result = pgconn.exec_prepared(statement.name, values)  # type: ignore[arg-type]
+            if result.error_field(pq.DiagnosticField.SQLSTATE) != _UNKNOWN_STATEMENT:
+                break
+            # forgotten by the server (DISCARD ALL, a pooler between us): prepared again
+            ready.discard(statement.name)
+        self._check(result)
 
     def _check(self, result: pq.abc.PGresult) -> None:
         if result.status in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
