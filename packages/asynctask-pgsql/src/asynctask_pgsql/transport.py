@@ -277,8 +277,8 @@ class PgsqlTransport(Transport):
         pool = self._ready_pool()
         with self._mapped_errors():
             # getconn/putconn, not pool.connection(): the context manager's commit of an
-            # autocommit connection does nothing but costs a submit 23k instructions of
-            # its 324k (callgrind); putconn rolls back whatever a failure left open.
+            # autocommit connection does nothing but costs 23k instructions a call
+            # (callgrind); putconn rolls back whatever a failure left open.
             conn = pool.getconn(timeout=self.retry_timeout)
             try:
                 cursor = conn.kept_cursor().execute(query, params)
@@ -383,16 +383,7 @@ class PgsqlTransport(Transport):
             headers=_json_or_none(self.task_headers(queue, task_id, text)),
         )
         if options.unique_key is None:
-            if _caller_connection.get() is not None:
-                self._put_statement(self.sql.put_one, params)
-                return None
-            pool = self._ready_pool()
-            with self._mapped_errors():
-                conn = pool.getconn(timeout=self.retry_timeout)
-                try:
-                    conn.run_prepared(self._put_one, params)
-                finally:
-                    pool.putconn(conn)
+            self._put_one_task(params)
             return None
         for _ in range(UNIQUE_TRIES):
             [(written, holder, known, _)] = self._put_statement(self.sql.put_unique, params)
@@ -400,6 +391,20 @@ class PgsqlTransport(Transport):
             if answer is not None:
                 return None if answer == [task_id] else answer
         raise unique_key_busy(options.unique_key, queue)
+
+    def _put_one_task(self, params: dict[str, Any]) -> None:
+        """The one-task submit: through libpq on the pool (``asynctask_pgsql.pooled``),
+        or through psycopg in the caller's transaction (``connection=``)."""
+        if _caller_connection.get() is not None:
+            self._put_statement(self.sql.put_one, params)
+            return
+        pool = self._ready_pool()
+        with self._mapped_errors():
+            conn = pool.getconn(timeout=self.retry_timeout)
+            try:
+                conn.run_prepared(self._put_one, params)
+            finally:
+                pool.putconn(conn)
 
     def _put_statement(self, query: LiteralString, params: Any) -> list[tuple[Any, ...]]:
         """Run a put on the pool, or in the caller's transaction (``connection=``)."""
