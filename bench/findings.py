@@ -5,7 +5,8 @@ the worker child or the submitting process) and side measurements on the same ma
 the report prints the entry beside each missed target. Profiled at commit b426961
 (2026-11-29); the drains again after core's prefetch 4 default (99d829f); pgsql again
 for issue 20 (2026-12-07: pg_stat_statements and EXPLAIN on a private server, the
-consumer's asynchronous commit). Update an entry when its transport changes.
+consumer's asynchronous commit; the submit path with callgrind, wt/pgsubmit). Update an
+entry when its transport changes.
 """
 
 from __future__ import annotations
@@ -81,17 +82,33 @@ _PG_DRAIN = (
 )
 
 _PG_SUBMIT = (
-    "pg_stat_statements (private server): a submit is one statement, 161 us of server time "
-    "and 751 WAL bytes (the task row and its status row, NOTIFY in the statement) against "
-    "141 us and 426 bytes for the raw INSERT into a copy of the queue table with the same "
-    "indexes and trigger (63 us without the trigger, whose transition table and NOTIFY are "
-    "most of it; 41 us with the primary key alone, 25 us bare: the `insert_*` rows give each "
-    "index's cost). Both commit with one WAL fsync, which is most of either side's time on "
-    "this disk. The rest is the client: 440 us of CPU per `submit_task` against 200 us for "
-    "the raw `execute` (same run, under load): payload checks, the task id, the submit "
-    "hooks, the pool checkout and psycopg adapting the 14 parameters. A submit that wrote "
-    "no status row (statuses kept elsewhere, `asynctask_state`) would save the second row "
-    "and its two index entries, about 20 us of the server's time."
+    "Issue 20, 2026-12-07 (wt/pgsubmit). A submit is one statement and one round trip "
+    "(pg_stat_statements on a private server: 1,000 statements for 1,000 submits), its "
+    "status row written by a CTE of the same statement. On the server it costs what the "
+    "raw INSERT costs: 80-96 us of execution (the task row, its status row, the NOTIFY) "
+    "against 92 us for the raw INSERT plus 6 us for the copied trigger's statement (the "
+    "trigger's transition table and DISTINCT sort cost more than our one pg_notify), "
+    "700 WAL bytes against 440 (the status row). The gap was the submitting process: "
+    "callgrind, instructions per submit, which the machine's load does not move: 458k "
+    "before, 131k for the raw client's `execute`. Where they went: psycopg's cursor "
+    "(about 45k a call, 3.5k a parameter, a new cursor each call 47k more), the pool's "
+    "`connection()` context (53k; getconn/putconn 30k), json.dumps with options (22k: it "
+    "builds an encoder each call), the queue-name regex (11k), a 14-parameter statement "
+    "with a uuid array. Now 124-134k: the one-task statement without a unique key is "
+    "prepared once per pooled connection and sent with libpq's `exec_prepared` "
+    "(`Connection.pgconn`, text parameters, no answer read: about 10k), core keeps a C "
+    "JSON encoder and checks a queue name once. Wall time, same run, turns of 50 "
+    "alternating: on the shared server at load 14-16, ours 179/s against raw 180/s "
+    "(1.00x; fsync-bound); `make bench`'s steps at load 10-16: 0.93x, 0.63x on the "
+    "fresh schema, 1.09x churned (turns of 50, fsync latency moving by several times "
+    "within seconds; the fresh row was 1.01-1.05x in private-server runs, 0.64-0.88x "
+    "when it ran second in the process: not explained); on a private server with fsync "
+    "off (the client's share "
+    "largest) at load 12, median 863 us against 789 us a submit (0.91x), best 425 "
+    "against 464 us. On 2 cores at load 8-20, every microsecond of CPU on either side "
+    "costs several of wall time, so the remaining server cost of the status row "
+    "(about 25 us of execution) shows too; a submit that wrote no status row "
+    "(untracked queues, main's asynctask.untracked) saves it."
 )
 
 _PG_LATENCY = (
