@@ -9,6 +9,9 @@ best of each is kept, as in the main bench (2 shared cores). With ``--before DIR
 checkout of the transport's package source before issue 16, e.g. ``git archive``) a
 third column drains with that code, in a subprocess, beside the two.
 
+``--prefetch N`` takes N tasks a move (1 by default, the harshest; a worker's default
+is 4, as in ``make bench``'s tracking row).
+
 A transport that keeps no status (AMQP) keeps it in ``--state`` (the bench's Redis by
 default, as ``python -m bench --steps status`` does); its outcome is written as the run
 loop writes it (``Consumer.record_outcome``), so both writes of a task are measured.
@@ -31,7 +34,9 @@ from asynctask.testing.contract import open_transport
 from bench.plan import BACKENDS, STATE_STORE, unavailable, unique_name
 
 
-def drain(uri: str, tasks: int, tracking: bool, state_uri: str | None = None) -> float:
+def drain(
+    uri: str, tasks: int, tracking: bool, prefetch: int = 1, state_uri: str | None = None
+) -> float:
     """Tasks per second of one consumer draining ``tasks`` no-op tasks (``state_uri``:
     the store of ``asynctask_state``, for a transport that keeps no status itself)."""
     transport = open_transport(uri)
@@ -40,7 +45,7 @@ def drain(uri: str, tasks: int, tracking: bool, state_uri: str | None = None) ->
     try:
         for i in range(0, tasks, 1000):
             transport.submit_tasks(queue, [{"n": n} for n in range(i, min(i + 1000, tasks))])
-        consumer = transport.consumer(queue)
+        consumer = transport.consumer(queue, prefetch=prefetch)
         if not tracking:
             consumer.tracking = False
         done = 0
@@ -80,6 +85,7 @@ def main() -> None:
     parser.add_argument("--only", default="redis", help="transports (comma-separated)")
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--prefetch", type=int, default=1, help="tasks a move (1)")
     parser.add_argument("--before", type=Path, help="the transport's package source before")
     parser.add_argument(
         "--state",
@@ -101,8 +107,8 @@ def main() -> None:
                 state_uri = BACKENDS[args.state].uri(Path("/tmp"))
         on = off = before = 0.0
         for _ in range(args.rounds):
-            off = max(off, drain(uri, args.tasks, False, state_uri))
-            on = max(on, drain(uri, args.tasks, True, state_uri))
+            off = max(off, drain(uri, args.tasks, False, args.prefetch, state_uri))
+            on = max(on, drain(uri, args.tasks, True, args.prefetch, state_uri))
             if args.before is not None:
                 before = max(before, _before(args.before, uri, args.tasks))
         where = "" if state_uri is None else f" (state in {args.state})"

@@ -1,16 +1,16 @@
 """A ``StatusFeed`` (``asynctask.status``) on Redis: starts that need not wait, for a
 transport whose ``asynctask_state`` names this Redis (AMQP).
 
-Cancels. ``RedisStateStore.cancel`` first adds the id to the queue's sorted set
-``P:Q:cancelled`` (score: the time in ms; entries older than the status ttl are trimmed
-by later cancels, and the set expires with its last one), then runs the ``CANCEL``
-script, which makes the task ``cancelled`` and publishes its id on ``P:Q:cancels``. A
-feed subscribes to that channel (``asynctask_redis.cancelfeed``) and, once subscribed,
-reads the set: a cancel published before the subscription added its id before it, so
-one of the two has it. A feed lost (any error on its connection) is opened again the
-same way, so it never misses a cancel; while it is not open, or knows more than
-``KEPT`` cancelled ids (it may have forgotten some), ``may_start`` says False and the
-consumer's start waits for the store, as without a feed.
+Cancels. The ``CANCEL`` script makes a task ``cancelled``, adds its id to the queue's
+sorted set ``P:Q:cancelled`` (the cancelled tasks no consumer has met yet; the ``STARTED``
+script that finds one cancelled removes it, and entries go with the status ttl) and
+publishes the id on ``P:Q:cancels``, all at once. A feed subscribes to that channel
+(``asynctask_redis.cancelfeed``) and, once subscribed, reads the set: a cancel published
+before the subscription had added its id before, so one of the two has it. A feed lost
+(any error on its connection) is opened again the same way, so it never misses a
+cancel; while it is not open, or knows more than ``KEPT`` cancelled ids (it may have
+forgotten some), ``may_start`` says False and the consumer's start waits for the store,
+as without a feed.
 
 Writes. ``started`` and ``settled`` run the store's ``STARTED`` and ``SETTLED`` scripts
 on a connection of the feed's own without waiting for their replies: Redis runs them in
@@ -56,27 +56,11 @@ CROWDED_PAUSE = 60.0
 READ_EVERY = 32
 #: writes unanswered past which a write waits for every reply (Redis lags behind)
 MOST_UNREAD = 1000
-#: seconds a cancelled id is kept in ``P:Q:cancelled`` beyond the status ttl (clocks of
-#: the cancelling hosts may differ; a cancel forgotten late costs nothing)
-KEEP_SLACK_MS = 60_000
 
 
 def registry_key(transport: RedisTransport, queue: str) -> str:
-    """The sorted set of the queue's cancelled ids (see the module docstring)."""
+    """The sorted set of the queue's cancelled tasks not met yet (see the docstring)."""
     return transport.key(queue, "cancelled")
-
-
-def register_cancel(
-    transport: RedisTransport, queue: str, task_id: str, ttl_ms: int
-) -> list[tuple[Any, ...]]:
-    """The commands that add a cancel to the queue's set, to send before ``CANCEL``."""
-    key, now = registry_key(transport, queue), int(time.time() * 1000)
-    keep = ttl_ms + KEEP_SLACK_MS
-    return [
-        ("ZADD", key, now, task_id),
-        ("ZREMRANGEBYSCORE", key, "-inf", f"({now - keep}"),
-        ("PEXPIRE", key, keep),
-    ]
 
 
 class FeedStore(Protocol):

@@ -543,7 +543,13 @@ class StatusContract:
             assert probe.stored(queue) == 5
             ids = [one, *batch, later, urgent]
             assert store.statuses(ids) == [None] * 5
-            assert transport.status(one) is None
+            # status/wait say why there is none (DESIGN.md section 6), not "never
+            # submitted": the id carries the mark of a task submitted unrecorded
+            for unrecorded in ids:
+                with pytest.raises(StatusNotTracked, match="track_status"):
+                    transport.status(unrecorded)
+            with pytest.raises(StatusNotTracked, match="track_status"):
+                transport.wait(one, timeout=1)
             # And nothing to cancel: its workers would never read a cancel
             assert transport.cancel(one) is False
             # But a submit whose options live in the record still writes it (or refuses
@@ -584,7 +590,9 @@ class StatusContract:
         assert [c or 0 for c in (stats.ready, stats.retrying, stats.in_flight)] == [0] * 3, stats
         assert [f.id for f in transport.failed_tasks(queue)] == [bad]
         # And their statuses, where the worker began to follow them, are the outcomes
-        done, failed = transport.statuses([ok, bad])
+        # (read from the store: where none was made, status() says the task is
+        # untracked, the mark of its id)
+        done, failed = store.statuses([ok, bad])
         assert done is None or (done.state, done.result) == ("succeeded", 7), done
         assert failed is None or (failed.state, failed.attempts) == ("failed", 2), failed
         transport.purge_failed(queue)
