@@ -12,6 +12,7 @@ import pytest
 from asynctask.status import SubmitOptions
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
+from asynctask.transport import new_task_id
 from asynctask_redis import statusfeed
 from asynctask_redis.transport import RedisTransport
 
@@ -27,7 +28,7 @@ def transport(redis_uri: str) -> Iterator[RedisTransport]:
 def test_a_feed_knows_the_cancels_made_before_it_opened(transport):
     """(Fails with a feed that only hears what is published after it subscribed.)"""
     store, queue = transport.state(), unique_queue()
-    kept, doomed = store.submitted(queue, ["a" * 32, "b" * 32], 0, SubmitOptions())
+    kept, doomed = store.submitted(queue, [new_task_id(), new_task_id()], 0, SubmitOptions())
     assert store.cancel(doomed) is True
     feed = store.feed(queue)
     try:
@@ -47,7 +48,7 @@ def test_a_feed_lagging_far_behind_waits_for_the_replies_it_is_owed(transport, m
     monkeypatch.setattr(statusfeed, "READ_EVERY", 1)
     monkeypatch.setattr(statusfeed, "MOST_UNREAD", 2)
     store, queue = transport.state(), unique_queue()
-    ids = [f"{n:032x}" for n in range(20)]
+    ids = [new_task_id() for _ in range(20)]
     store.submitted(queue, ids, 0, SubmitOptions())
     feed = store.feed(queue)
     redone: list[BaseException] = []
