@@ -21,6 +21,11 @@ ABOUT = {
 }
 
 #: the ratios the chart shows, in order
+#: the comparison with the parent commit of issue 12, written by hand from
+#: ``python -m bench.compare 00bd0fa --untracked --base-plugins`` and the instruction
+#: counts beside it: a section of docs/benchmarks.md that a new run keeps
+AGAINST = Path(__file__).resolve().parent / "against-00bd0fa.md"
+
 CHARTED = ("submit_one", "submit_batch", "drain_1", "peer", "latency_p50", "depth")
 
 
@@ -245,6 +250,8 @@ def markdown(run: Run, chart_name: str | None) -> str:
         out.append("")
     out += ["## Targets", ""]
     out += _targets(run.results)
+    if AGAINST.exists():  # written by hand from python -m bench.compare (issue 12's rule)
+        out += ["", AGAINST.read_text(encoding="utf-8").strip()]
     out += [
         "",
         "## Reading and reproducing these numbers",
