@@ -189,3 +189,16 @@ def test_quick_bench_measures_what_wait_replicas_costs(tmp_path):
         row = transport["measures"][key]
         assert row["ours"] > 0 and row["reference"] > 0, key
         assert "replica" in row["note"], key
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_quick_bench_untracked_measures_the_base_commits_steps(tmp_path):
+    """``--untracked`` (what ``bench.compare --untracked`` gives this tree): the steps of
+    00bd0fa's bench run with every queue untracked and workers with tracking off."""
+    # When the untracked bench of those steps runs on filesys
+    done, transport = run_step(tmp_path, "filesys", "submit,drain,depth,prefetch", 280)
+    # Then every figure of those steps is measured
+    assert {"submit_one", "submit_batch", "drain_1", "depth", "prefetch"} <= set(
+        transport["measures"]
+    )
