@@ -591,9 +591,13 @@ class StatusContract:
         assert [c or 0 for c in (stats.ready, stats.retrying, stats.in_flight)] == [0] * 3, stats
         assert [f.id for f in transport.failed_tasks(queue)] == [bad]
         # And their statuses, where the worker began to follow them, are the outcomes
-        done, failed = transport.statuses([ok, bad])
+        done, failed = store.statuses([ok, bad])
         assert done is None or (done.state, done.result) == ("succeeded", 7), done
         assert failed is None or (failed.state, failed.attempts) == ("failed", 2), failed
+        # (and status() says why where there is none: their ids carry the mark)
+        if done is None:
+            with pytest.raises(StatusNotTracked, match="track_status"):
+                transport.status(ok)
         transport.purge_failed(queue)
 
     def test_asynctask_state_keeps_the_statuses_in_another_store(
