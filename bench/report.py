@@ -212,8 +212,11 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "each): what waiting for a replica (`WAIT`) costs. Alone: "
         "`python -m bench --only redis --steps replicas`.",
         f"12. **task status** (issue 16): the tracking cost, the 1-child drain of "
-        f"{run.sizes.drain:,} tasks with `track_status` on against off, the best of "
-        f"{run.sizes.drain_rounds} alternating rounds (target >= 0.7x); and `wait()` "
+        f"{run.sizes.status_drain:,} tasks with `track_status` on against off in "
+        f"{run.sizes.status_pairs} pairs of drains back to back, who goes first "
+        "alternating (ABBA); the row shows the median of each side (target >= 0.7x, on "
+        "localmem too), its note the range of the per-pair ratios and the load average "
+        "(`bench.paired`; the same for every transport); and `wait()` "
         f"woken by the task's acknowledgement (p50 of {max(10, run.sizes.latency // 10)}, "
         "from the ack to its return; the waiter in a thread, on a connection of its own) "
         "beside the raw client's wake-up on a send. AMQP keeps no status: it keeps them "
