@@ -49,6 +49,10 @@ PREFETCH = 10
 COST_PREFETCH = (1, 4, 32)
 #: tasks the raw client takes per round trip in the ``cost`` step
 RAW_BATCH = 100
+#: the tracking row's drains last at least this many seconds (more tasks where the
+#: first drain shows a faster rate), up to STATUS_GROWTH times ``Sizes.status_drain``
+STATUS_SECONDS = 1.5
+STATUS_GROWTH = 5
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -595,6 +599,11 @@ class Session:
                 self.transport.purge(queue)
             return got.rate
 
+        # A first drain, not counted, warms up and sizes the others: a drain shorter
+        # than STATUS_SECONDS (localmem does 10,000 in a fifth of a second) is swung by
+        # one time slice of another process
+        warm = drain(True)
+        n = min(n * STATUS_GROWTH, max(n, int(warm * STATUS_SECONDS)))
         pairs = paired.alternate(drain, self.sizes.status_pairs)
         where = "" if state_uri is None else f" (state in {STATE_STORE})"
         self.add(

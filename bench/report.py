@@ -212,8 +212,9 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "each): what waiting for a replica (`WAIT`) costs. Alone: "
         "`python -m bench --only redis --steps replicas`.",
         f"12. **task status** (issue 16): the tracking cost, the 1-child drain of "
-        f"{run.sizes.status_drain:,} tasks with `track_status` on against off in "
-        f"{run.sizes.status_pairs} pairs of drains back to back, who goes first "
+        f"{run.sizes.status_drain:,} tasks (more, up to 5 times, where a first drain, "
+        "not counted, shows one would last under 1.5 s: localmem) with `track_status` on "
+        f"against off in {run.sizes.status_pairs} pairs of drains back to back, who goes first "
         "alternating (ABBA); the row shows the median of each side (target >= 0.7x, on "
         "localmem too), its note the range of the per-pair ratios and the load average "
         "(`bench.paired`; the same for every transport); and `wait()` "
