@@ -585,9 +585,8 @@ class Session:
                 return
             state_uri = BACKENDS[STATE_STORE].uri(self.folder)
             self.transport.state_uri = state_uri
-        n = self.sizes.status_drain
 
-        def drain(tracked: bool) -> float:
+        def drain(tracked: bool, n: int) -> float:
             queue = self.queue("track")
             ours.fill(self.filler, queue, n)
             try:
@@ -599,12 +598,13 @@ class Session:
                 self.transport.purge(queue)
             return got.rate
 
-        # A first drain, not counted, warms up and sizes the others: a drain shorter
-        # than STATUS_SECONDS (localmem does 10,000 in a fifth of a second) is swung by
-        # one time slice of another process
-        warm = drain(True)
+        # A first, smaller drain, not counted, warms up and sizes the others: a drain
+        # shorter than STATUS_SECONDS (localmem does 10,000 in a fifth of a second) is
+        # swung by one time slice of another process
+        n = self.sizes.status_drain
+        warm = drain(True, max(2, n // 4))
         n = min(n * STATUS_GROWTH, max(n, int(warm * STATUS_SECONDS)))
-        pairs = paired.alternate(drain, self.sizes.status_pairs)
+        pairs = paired.alternate(lambda tracked: drain(tracked, n), self.sizes.status_pairs)
         where = "" if state_uri is None else f" (state in {STATE_STORE})"
         self.add(
             "tracking",

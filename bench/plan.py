@@ -65,7 +65,7 @@ class Sizes:
     #: the tracking-cost row (issue 16): tasks per drain, and pairs of drains (tracked
     #: and untracked back to back, ABBA: ``bench.paired``), the medians kept
     status_drain: int = 10_000
-    status_pairs: int = 6
+    status_pairs: int = 4
 
 
 FULL = Sizes(
