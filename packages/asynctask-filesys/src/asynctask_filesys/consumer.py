@@ -230,6 +230,8 @@ class FilesysConsumer(Consumer):
         if outcome is None:
             return None
         own, started, options = outcome
+        if delivery.attempt == 1:  # (the id is a task file's: valid)
+            return own.succeed(delivery.id, started, result_json, options.unique_key, self.queue)
         return own.finish(
             delivery.id,
             "succeeded",

@@ -389,6 +389,63 @@ class FilesysStateStore(StateStore):
         None."""
         if not valid_id(task_id):
             return None
+        return self._finish(
+            task_id,
+            state,
+            attempts,
+            started_at=started_at,
+            error=error,
+            result_json=result_json,
+            unique_key=unique_key,
+            queue=queue,
+        )
+
+    def succeed(
+        self,
+        task_id: str,
+        started_at: float | None,
+        result_json: str | None,
+        unique_key: str | None,
+        queue: str,
+    ) -> bool | None:
+        """The consumer's success of a first attempt (every tracked task comes here):
+        ``finish``, without the checks its caller made. ``task_id`` comes from a task
+        file's name, which only a valid id can have; the file told the unique key. The
+        plain success is the one rename, tried first; anything else (a result, a
+        record moved away by a cancel, a bucket removed under us) takes ``finish``'s
+        way."""
+        if result_json is None or result_json == "null":
+            try:
+                os.rename(self._live + task_id, self._bucket() + task_id)
+            except FileNotFoundError:
+                pass  # not there (cancelled, untracked) or no bucket folder: see below
+            else:
+                if unique_key is not None:
+                    self._release_unique({"unique_key": unique_key, "queue": queue}, task_id)
+                return None
+        return self._finish(
+            task_id,
+            "succeeded",
+            1,
+            started_at=started_at,
+            result_json=result_json,
+            unique_key=unique_key,
+            queue=queue,
+        )
+
+    def _finish(
+        self,
+        task_id: str,
+        state: State,
+        attempts: int,
+        *,
+        started_at: float | None,
+        error: str | None = None,
+        result_json: str | None,
+        unique_key: Any,
+        queue: str | None,
+    ) -> bool | None:
+        """``finish`` for an id known to be valid."""
         if result_json == "null":
             result_json = None  # stored or not, the status reads the same: result None
         hot = state == "succeeded" and result_json is None and attempts == 1
