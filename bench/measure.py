@@ -619,6 +619,8 @@ class Session:
 
         def drain(tracked: bool, n: int) -> float:
             queue = self.queue("track")
+            if not tracked:  # as its workers mark it: its submits write no status
+                self._set_tracking(queue, False)
             ours.fill(self.filler, queue, n)
             try:
                 if self.backend.multiprocess:
@@ -627,6 +629,8 @@ class Session:
                     got = ours.drain_in_process(self.transport, queue, 1, self.folder, tracked)
             finally:
                 self.transport.purge(queue)
+                if not tracked and not self.untracked:
+                    self._set_tracking(queue, True)  # leave the store as we found it
             return got.rate
 
         # A first, smaller drain, not counted, warms up and sizes the others: a drain
