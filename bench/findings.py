@@ -167,6 +167,37 @@ FINDINGS: dict[tuple[str, str], str] = {
         "calls' own cost inside Lua, several µs each); on 2 cores shared with the worker "
         "that is time the worker waits for."
     ),
+    ("localmem", "tracking"): (
+        "Load-independent (2026-12-07, callgrind on the run loop in one process, "
+        "`python -m bench.taskcost --instructions --uri localmem:bench --prefetch 1 "
+        "--tasks 2000 --untracked`): tracking added 21.3k instructions a task (101.9k "
+        "against 80.6k untracked, 0.79x), now 11.4k (90.6k against 79.2k, 0.87x): the "
+        "consumer's start and success write the record with the transport's lock held "
+        "and no call they do not need (no re-entered lock, no TTL passed per call, "
+        "records with `__slots__`, the forget heap purged only when its head is due); "
+        "Python calls a task 109 -> 94 tracked, 84 -> 81 untracked. The wall-clock row "
+        "drains in threads of the bench's own process, so the machine's load moves it "
+        "more than any other: at load 7-14 its pairs ranged 0.36-1.16x with the same "
+        "code, hence the median of ABBA pairs and drains sized to last 1.5 s."
+    ),
+    ("filesys", "tracking"): (
+        "A tracked task costs four more system calls than an untracked one, and no "
+        "more (`tests/filesys/test_status.py` counts them): the start's mark (`open`, "
+        "`write` of one byte, `close`) and the success's `rename` of the record from "
+        "`live/` to `done/<END>/`; nothing is fsynced. On this ext4 disk alone "
+        "(2026-12-07) the mark takes 5.5 us of CPU and a cross-folder rename 16-17 us, "
+        "against about 100 us for the whole untracked task in the worker child. Our "
+        "Python adds 16.7k instructions a task (callgrind, run loop: 214.3k tracked "
+        "against 197.6k untracked; 22.6k before the success became one rename tried "
+        "first). In the worker child (the `bench_cpu` worker, 4 ABBA pairs of 5,000 "
+        "tasks, load 12-13) CPU per task was 136-161 us tracked against 97-118 us "
+        "untracked (medians 143 and 109: 0.76x), while the drain rates of the same "
+        "runs were 1,568-2,874/s against 2,835-5,629/s (0.48x of the medians): under "
+        "other processes' disk work a rename and a write wait for the journal, which "
+        "CPU time does not show. What would cut more is a record layout with no "
+        "per-task move (a success that appends to the record, forgetting by folders of "
+        "submission), not done here."
+    ),
     ("amqp", "tracking"): (
         "AMQP keeps its statuses in another store (here the bench's Redis, "
         "`asynctask_state`): core's generic path makes two round trips to it a task, "

@@ -367,18 +367,18 @@ def _notes(result: TransportResult) -> list[str]:
 
 
 def _targets(results: list[TransportResult]) -> list[str]:
-    rows, missed = [], []
+    rows, missed, noted = [], [], []
     for result in results:
         for row in result.rows.values():
             if row.met is None:
                 continue
             verdict = "met" if row.met else "**missed**"
             rows.append([result.name, row.label, str(row.target), _ratio(row), verdict])
+            line = f"- **{result.name}, {row.label}: {_ratio(row)}** (target {row.target}). "
             if not row.met:
-                why = FINDINGS.get((result.name, row.key), "not profiled yet")
-                missed.append(
-                    f"- **{result.name}, {row.label}: {_ratio(row)}** (target {row.target}). {why}"
-                )
+                missed.append(line + FINDINGS.get((result.name, row.key), "not profiled yet"))
+            elif (result.name, row.key) in FINDINGS:  # a noisy row: met this time
+                noted.append(line + FINDINGS[(result.name, row.key)])
     skipped = [f"{r.name} ({r.skipped})" for r in results if r.skipped]
     skipped += [f"{r.name} {e.split(':')[0]} (failed: {e})" for r in results for e in r.errors]
     met = sum(1 for r in rows if r[-1] == "met")
@@ -388,6 +388,8 @@ def _targets(results: list[TransportResult]) -> list[str]:
     out += ["", *_md_table(["transport", "measure", "target", "ratio", ""], rows), ""]
     if missed:
         out += ["### Missed targets: what the profile showed", "", *missed]
+    if noted:
+        out += ["", "### Met targets that were profiled", "", *noted]
     return out
 
 
