@@ -181,9 +181,9 @@ class FilesysConsumer(Consumer):
 
     @os_errors
     def start(self, delivery: Delivery) -> StartVerdict:
-        """Move the task's status record to ``run/`` (one rename, which fails for a task
-        cancelled meanwhile), or end it ``expired`` (its file says when); a task that
-        must not run is removed."""
+        """Mark the task's status record started (one appended byte; there is no
+        record in ``live/`` for a task cancelled meanwhile), or end it ``expired`` (its
+        file says when); a task that must not run is removed."""
         own = self.transport.own_store()
         if own is None:  # asynctask_state keeps the statuses: the base class asks it
             return super().start(delivery)
