@@ -50,7 +50,7 @@ class Paired:
 
     def summary(self, tasks: int, a: str = "a", b: str = "b") -> str:
         """One line: pairs, the per-pair ratios' median and range, each side's range."""
-        r = self.ratios
+        r = self.ratios or [0.0]  # (a side that measured 0/s: no ratio to give)
         return (
             f"medians of {len(self.a)} ABBA pairs of {tasks:,} tasks; pair ratios "
             f"{min(r):.2f}-{max(r):.2f}x (median {statistics.median(r):.2f}x); "
