@@ -178,7 +178,8 @@ FINDINGS: dict[tuple[str, str], str] = {
         "Python calls a task 109 -> 94 tracked, 84 -> 81 untracked. The wall-clock row "
         "drains in threads of the bench's own process, so the machine's load moves it "
         "more than any other: at load 7-14 its pairs ranged 0.36-1.16x with the same "
-        "code, hence the median of ABBA pairs and drains sized to last 1.5 s."
+        "code, hence the median of ABBA pairs and drains sized to last 1.5 s. The row "
+        "after these cuts, at load 14-15: 0.83x (pairs 0.61-1.16x, median 0.85x)."
     ),
     ("filesys", "tracking"): (
         "A tracked task costs four more system calls than an untracked one, and no "
@@ -194,7 +195,10 @@ FINDINGS: dict[tuple[str, str], str] = {
         "untracked (medians 143 and 109: 0.76x), while the drain rates of the same "
         "runs were 1,568-2,874/s against 2,835-5,629/s (0.48x of the medians): under "
         "other processes' disk work a rename and a write wait for the journal, which "
-        "CPU time does not show. What would cut more is a record layout with no "
+        "CPU time does not show. The row after these cuts, at load 14: 0.68x of the "
+        "medians, the pairs 0.33-3.41x (median 0.80x); the disk, shared with other "
+        "work, made one 10,000-task fill take up to 25 s. What would cut more is a "
+        "record layout with no "
         "per-task move (a success that appends to the record, forgetting by folders of "
         "submission), not done here."
     ),
