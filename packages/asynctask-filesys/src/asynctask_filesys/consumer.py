@@ -188,7 +188,9 @@ class FilesysConsumer(Consumer):
         if own is None:  # asynctask_state keeps the statuses: the base class asks it
             return super().start(delivery)
         options = self._options.get(delivery.id, NO_OPTIONS)
-        verdict = own.begin(delivery.id, delivery.attempt, options.expires, options.unique_key)
+        verdict = own.begin(
+            delivery.id, delivery.attempt, options.expires, options.unique_key, self.queue
+        )
         if verdict == "run":
             self._started[delivery.id] = time.time()
         else:  # settled by begin(): removed, never run, not in the failed store
