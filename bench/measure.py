@@ -607,6 +607,9 @@ class Session:
         wake-up on a send (its notification: BRPOP, LISTEN, inotify...). A transport
         that keeps no status (AMQP) keeps it in the bench's Redis (``asynctask_state``),
         as its users would: that is what its tracking costs."""
+        if self.untracked:  # every queue marked untracked: there is no "on" to measure
+            self.say(f"[{self.name}] status: not measured (--untracked)")
+            return
         state_uri = None
         try:
             self.transport.state()
@@ -629,7 +632,7 @@ class Session:
                     got = ours.drain_in_process(self.transport, queue, 1, self.folder, tracked)
             finally:
                 self.transport.purge(queue)
-                if not tracked and not self.untracked:
+                if not tracked:
                     self._set_tracking(queue, True)  # leave the store as we found it
             return got.rate
 
