@@ -97,6 +97,11 @@ class Session:
         self.transport: Transport
         self.filler: Transport
 
+    @property
+    def children_prefetch(self) -> int:
+        """The prefetch of the bench worker's children on this transport."""
+        return BenchNoopWorker.prefetch or self.transport.default_prefetch
+
     def run(self) -> TransportResult:
         """Measure everything; a step that fails is noted and the others go on."""
         reason = unavailable(self.name)
@@ -431,7 +436,7 @@ class Session:
             return small
 
         rate_small = ours.consume(
-            self.transport, queue, [fill_small] * rounds, BenchNoopWorker.prefetch, self.track
+            self.transport, queue, [fill_small] * rounds, self.children_prefetch, self.track
         )
         self.transport.purge(queue)
 
@@ -443,7 +448,7 @@ class Session:
 
         try:
             rate_big = ours.consume(
-                self.transport, deep, [fill_big], BenchNoopWorker.prefetch, self.track
+                self.transport, deep, [fill_big], self.children_prefetch, self.track
             )
         finally:
             self.transport.purge(deep)
@@ -525,10 +530,10 @@ class Session:
         try:
             first: list[Callable[[], int]] = [lambda: small]  # the 100 already there
             plan = first + [fill_small] * (rounds - 1)
-            rate_small = ours.consume(transport, deep, plan, BenchNoopWorker.prefetch)
+            rate_small = ours.consume(transport, deep, plan, self.children_prefetch)
             ours.fill(self.filler, deep, count, batch=5000)
             deep_time = queues_time()
-            rate_deep = ours.consume(transport, deep, [lambda: take], BenchNoopWorker.prefetch)
+            rate_deep = ours.consume(transport, deep, [lambda: take], self.children_prefetch)
         finally:
             transport.purge(deep)
         note = "" if count == sizes.deep else f"{count:,} waiting here, not {sizes.deep:,}"

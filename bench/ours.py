@@ -379,7 +379,7 @@ def _threads(
             options = LoopOptions(
                 halt_when_empty=halt,
                 stop=stop,
-                prefetch=worker.prefetch,
+                prefetch=worker.prefetch or transport.default_prefetch,
                 track_status=track_status,
             )
             run_loop(worker, transport, queue, options)

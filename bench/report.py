@@ -148,7 +148,8 @@ def markdown(run: Run, chart_name: str | None) -> str:
         f"2 children, on {run.sizes.drain:,} waiting tasks, the best of "
         f"{run.sizes.drain_rounds} alternating rounds. The rate counts from the first "
         "task's `process()` to the last's; start-up (launch to the first task) is apart. "
-        "Children reserve the worker's `prefetch` tasks ahead (4 by default); the raw loop "
+        "Children reserve the worker's `prefetch` tasks ahead (the transport's default: 4, "
+        "16 on pgsql); the raw loop "
         "is one process taking one task at a time (BRPOP, one-row DELETE, one rename), "
         "except on RabbitMQ, where the raw consumer gets the same prefetch as ours.",
         f"3. **latency**: submit to `process()` start on an idle worker (1 child), "

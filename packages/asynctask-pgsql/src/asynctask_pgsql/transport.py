@@ -107,6 +107,10 @@ class PgsqlTransport(Transport):
     """Tasks in PostgreSQL; see the module docstring."""
 
     schemes = ("pgsql", "postgresql", "postgres")
+    #: a child's RESERVE is one statement per batch, and its fixed cost (about half of
+    #: a RESERVE of 4 on the server) dominated a drain of short tasks: 16 drains 1.3-1.6x
+    #: faster than 4 (README, "Prefetch")
+    default_prefetch = 16
     options_accepted: ClassVar[dict[str, Option]] = {
         "schema": Option(check_schema_name, "asynctask", "the schema that holds the tables"),
         "pool_size": Option(positive_int, 4, "connections the transport's pool may open"),
