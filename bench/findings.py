@@ -5,7 +5,8 @@ the worker child or the submitting process) and side measurements on the same ma
 the report prints the entry beside each missed target. Profiled at commit b426961
 (2026-11-29); the drains again after core's prefetch 4 default (99d829f); pgsql again
 for issue 20 (2026-12-07: pg_stat_statements and EXPLAIN on a private server, the
-consumer's asynchronous commit). Update an entry when its transport changes.
+consumer's asynchronous commit; the submit path with callgrind, wt/pgsubmit). Update an
+entry when its transport changes.
 """
 
 from __future__ import annotations
@@ -81,17 +82,33 @@ _PG_DRAIN = (
 )
 
 _PG_SUBMIT = (
-    "pg_stat_statements (private server): a submit is one statement, 161 us of server time "
-    "and 751 WAL bytes (the task row and its status row, NOTIFY in the statement) against "
-    "141 us and 426 bytes for the raw INSERT into a copy of the queue table with the same "
-    "indexes and trigger (63 us without the trigger, whose transition table and NOTIFY are "
-    "most of it; 41 us with the primary key alone, 25 us bare: the `insert_*` rows give each "
-    "index's cost). Both commit with one WAL fsync, which is most of either side's time on "
-    "this disk. The rest is the client: 440 us of CPU per `submit_task` against 200 us for "
-    "the raw `execute` (same run, under load): payload checks, the task id, the submit "
-    "hooks, the pool checkout and psycopg adapting the 14 parameters. A submit that wrote "
-    "no status row (statuses kept elsewhere, `asynctask_state`) would save the second row "
-    "and its two index entries, about 20 us of the server's time."
+    "Issue 20, 2026-12-07 (wt/pgsubmit). A submit is one statement and one round trip "
+    "(pg_stat_statements on a private server: 1,000 statements for 1,000 submits), its "
+    "status row written by a CTE of the same statement. On the server it costs what the "
+    "raw INSERT costs: 80-96 us of execution (the task row, its status row, the NOTIFY) "
+    "against 92 us for the raw INSERT plus 6 us for the copied trigger's statement (the "
+    "trigger's transition table and DISTINCT sort cost more than our one pg_notify), "
+    "700 WAL bytes against 440 (the status row). The gap was the submitting process: "
+    "callgrind, instructions per submit, which the machine's load does not move: 458k "
+    "before, 131k for the raw client's `execute`. Where they went: psycopg's cursor "
+    "(about 45k a call, 3.5k a parameter, a new cursor each call 47k more), the pool's "
+    "`connection()` context (53k; getconn/putconn 30k), json.dumps with options (22k: it "
+    "builds an encoder each call), the queue-name regex (11k), a 14-parameter statement "
+    "with a uuid array. Now 124-134k: the one-task statement without a unique key is "
+    "prepared once per pooled connection and sent with libpq's `exec_prepared` "
+    "(`Connection.pgconn`, text parameters, no answer read: about 10k), core keeps a C "
+    "JSON encoder and checks a queue name once. Wall time, same run, turns of 50 "
+    "alternating: on the shared server at load 14-16, ours 179/s against raw 180/s "
+    "(1.00x; fsync-bound); `make bench`'s steps at load 10-16: 0.93x, 0.63x on the "
+    "fresh schema, 1.09x churned (turns of 50, fsync latency moving by several times "
+    "within seconds; the fresh row was 1.01-1.05x in private-server runs, 0.64-0.88x "
+    "when it ran second in the process: not explained); on a private server with fsync "
+    "off (the client's share "
+    "largest) at load 12, median 863 us against 789 us a submit (0.91x), best 425 "
+    "against 464 us. On 2 cores at load 8-20, every microsecond of CPU on either side "
+    "costs several of wall time, so the remaining server cost of the status row "
+    "(about 25 us of execution) shows too; a submit that wrote no status row "
+    "(untracked queues, main's asynctask.untracked) saves it."
 )
 
 _PG_LATENCY = (
@@ -152,7 +169,10 @@ _REDIS_COST = (
     "plugins). What closes the tracked gap is a running mark that does not wait for its "
     "reply (the redis status work of issue 16); the rest of ours is the consumer's "
     "decode and bookkeeping (about two thirds of our share) and the hooks of the installed "
-    "OpenTelemetry and Prometheus plugins (about 3 us a task)."
+    "OpenTelemetry and Prometheus plugins (about 3 us a task). Since issue 16's late "
+    "running marks (2026-12-07) a tracked task taken ahead sends nothing at its start: "
+    "`python -m bench.taskcost` counts 0.25 round trips a task at prefetch 4 and 0.03 at "
+    "32, tracked, as untracked."
 )
 
 FINDINGS: dict[tuple[str, str], str] = {
@@ -190,15 +210,34 @@ FINDINGS: dict[tuple[str, str], str] = {
     ("amqp", "drain_1"): _AMQP_DRAIN,
     ("amqp", "peer"): _AMQP_DRAIN,
     ("redis", "tracking"): (
-        "Not round trips any more: until 2026-12-07 each of the three tasks a prefetch-4 "
-        "move takes ahead waited for a `START` reply (0.26-0.33x in same-run A/B runs); "
-        "now it is sent unanswered (0.51-0.82x in the same runs). What is left is Redis's "
-        "own work, measured "
-        "with `INFO commandstats` on a private redis-server: about 100-120 µs of server "
-        "time a task tracked against 30-45 µs untracked on this loaded host, in the `NEXT` "
-        "and `START` scripts (two `HMGET`, two `HSET`, two `PEXPIRE`, an `EXISTS`, the "
-        "calls' own cost inside Lua, several µs each); on 2 cores shared with the worker "
-        "that is time the worker waits for."
+        "Until issue 16's late running marks (2026-12-07), each of the three tasks a "
+        "prefetch-4 move takes ahead sent a `START` script at its start (first waited for, "
+        "then sent unanswered): a message a task, each costing the worker a send and "
+        "Redis a wake-up, a script and a reply on the 2 cores the worker shares (even a "
+        "`START` that did nothing left the in-process drain at 0.36-0.57x). Now a start "
+        "the consumer knows needs no verdict (cancel feed live, no `expires`) waits with "
+        "the pending acks and goes with the next move, or within 20 ms from a thread of "
+        "the consumer while the task runs on (`asynctask_redis.startmarks`); a start and "
+        "its ack are one `HMGET` and one `HSET`; acks carry the task id (no parse in "
+        "Lua); `START` is built with the finishing helpers only; a move checks the tasks "
+        "it takes ahead only while a cancelled task has not been met (`P:Q:cancelled`). "
+        "Redis's work a task at prefetch 4 (redis-server under callgrind, 2,000 tasks): "
+        "240k -> 135k instructions (untracked 55k), one script call a move as untracked. "
+        "Same-run alternating drains (1 child, 10,000 tasks, load 9-16 on 2 cores): "
+        "tracked/untracked per round 0.44-1.10, median 0.99 (main: 0.11-1.28, median "
+        "0.36), but best against best 0.66x (5,131/s vs 7,817/s; main 0.36x); "
+        "`python -m bench --only redis --steps status`, 10 runs: 0.41-1.90x, 7 of 10 at "
+        "or above 0.7x (main's redis package in the same session: 0.14-0.47x). Not "
+        "reliably met: when the machine is quieter the untracked drain gains more, since "
+        "the move's script, which every fourth task waits for, does 2.4x Redis's work "
+        "(the acks' `HMGET`, `HSET`, `EXISTS` of a waiter and two `PEXPIRE`, status and "
+        "pointer, per task). What is left to try: one key per task (no pointer, so one "
+        "`PEXPIRE`), the waiter's mark in the status hash (no `EXISTS`), the next move "
+        "sent before the last task taken ends. "
+        "`python -m bench.status_cost --only redis`: prefetch 1 0.51x (main 0.38x), "
+        "prefetch 4 0.57x (main 0.25x): at prefetch 1 each task is the first of its "
+        "move, marked running in the move's script (about 245k instructions a task "
+        "against 37k for the untracked plain pipeline)."
     ),
     ("localmem", "tracking"): (
         "Load-independent (2026-12-07, callgrind on the run loop in one process, "

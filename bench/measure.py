@@ -230,13 +230,14 @@ class Session:
         sizes, transport = self.sizes, self.transport
         n, batch, budget = sizes.submit_one, sizes.batch, sizes.submit_budget / ROUNDS
         queue = self.queue("submit")
-        ours_one, raw_one = self._best_of(
-            lambda items: ours.submit_one(transport, queue, items),
-            lambda raw: raw.submit_one,
-            n,
-            50,
-            budget,
-        )
+        with self.raw() as raw:
+            ours_one, raw_one = ours.interleaved(
+                lambda items: ours.submit_one(transport, queue, items),
+                raw.submit_one,
+                n,
+                50,
+                sizes.submit_budget * 2,
+            )
         transport.purge(queue)
         self.add("submit_one", ours_one, raw_one, self.label("submit_one"))
         ours_batch, raw_batch = self._best_of(
@@ -779,7 +780,7 @@ class Session:
         """11. pgsql only (issue 20): what each index and the trigger cost a committed
         INSERT; then submit, drain and wake-up against the raw client on a freshly
         vacuumed table and on one ``Sizes.churn`` tasks have passed through with no VACUUM
-        since (a schema of its own, ``asynctask_bench_churn``; the transport's own
+        since (a schema of its own, ``asynctask_bench_churn_<hex>``; the transport's own
         VACUUM is off there, ``vacuum_every=0``, so nothing cleans it)."""
         if self.name != "pgsql":
             return
@@ -801,7 +802,8 @@ class Session:
                 for label, rate in costs.items()
             )
         )
-        schema = "asynctask_bench_churn"
+        # a name of its own: two benches at once on one server must not drop each other's
+        schema = unique_name("asynctask_bench_churn")
         uri = self.uri + ("&" if "?" in self.uri else "?") + f"schema={schema}&vacuum_every=0"
         transport = type(self.transport)(uri)
         raw = PgRaw(unique_name("bench_raw_churn"))
@@ -836,15 +838,13 @@ class Session:
         sizes = self.sizes
         n, budget = sizes.submit_one // ROUNDS, sizes.submit_budget / ROUNDS
         queue = self.queue("table")
-        mine = theirs = 0.0
-        for round_number in range(ROUNDS):
-            sides = ("ours", "raw") if round_number % 2 == 0 else ("raw", "ours")
-            for side in sides:
-                if side == "ours":
-                    send = lambda items: ours.submit_one(transport, queue, items)  # noqa: E731
-                    mine = max(mine, ours.rate(send, n, 50, budget))
-                else:
-                    theirs = max(theirs, ours.rate(raw.submit_one, n, 50, budget))
+        mine, theirs = ours.interleaved(
+            lambda items: ours.submit_one(transport, queue, items),
+            raw.submit_one,
+            n * ROUNDS,
+            50,
+            budget * ROUNDS * 2,
+        )
         transport.purge(queue)
         raw.conn.execute(f"DELETE FROM {raw.target}")  # type: ignore[attr-defined]
         label = f"({state} table)"

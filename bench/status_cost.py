@@ -10,6 +10,9 @@ bench's row (``bench.paired``; 2 shared cores). With ``--before DIR`` (a
 checkout of the transport's package source before issue 16, e.g. ``git archive``) a
 third column drains with that code, in a subprocess, beside the two.
 
+``--prefetch N`` takes N tasks a move (1 by default, the harshest; a worker's default
+is 4, as in ``make bench``'s tracking row).
+
 Example: ``python -m bench.status_cost --only redis --tasks 5000 --rounds 3``.
 """
 
@@ -30,14 +33,14 @@ from bench import paired
 from bench.plan import BACKENDS, unavailable, unique_name
 
 
-def drain(uri: str, tasks: int, tracking: bool) -> float:
+def drain(uri: str, tasks: int, tracking: bool, prefetch: int = 1) -> float:
     """Tasks per second of one consumer draining ``tasks`` no-op tasks."""
     transport = open_transport(uri)
     queue = unique_name("status")
     try:
         for i in range(0, tasks, 1000):
             transport.submit_tasks(queue, [{"n": n} for n in range(i, min(i + 1000, tasks))])
-        consumer = transport.consumer(queue)
+        consumer = transport.consumer(queue, prefetch=prefetch)
         if not tracking:
             consumer.tracking = False
         done = 0
@@ -75,6 +78,7 @@ def main() -> None:
     parser.add_argument("--only", default="redis", help="transports (comma-separated)")
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=4, help="pairs of drains (ABBA)")
+    parser.add_argument("--prefetch", type=int, default=1, help="tasks a move (1)")
     parser.add_argument("--before", type=Path, help="the transport's package source before")
     args = parser.parse_args()
     for name in args.only.split(","):
@@ -83,7 +87,8 @@ def main() -> None:
             print(f"{name}: skipped ({why})")
             continue
         uri = BACKENDS[name].uri(Path("/tmp"))
-        pairs = paired.alternate(functools.partial(drain, uri, args.tasks), args.rounds)
+        run = functools.partial(drain, uri, args.tasks, prefetch=args.prefetch)
+        pairs = paired.alternate(run, args.rounds)
         line = (
             f"{name}: tracking on {pairs.median_a:,.0f}/s, off {pairs.median_b:,.0f}/s, "
             f"on/off {pairs.ratio:.2f}x ({pairs.summary(args.tasks, 'on', 'off')})"
