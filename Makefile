@@ -37,8 +37,8 @@ bench: install $(if $(PEERS),.venv-peers/bin/python,) ## speed beside the raw cl
 	$(UV) venv -q --allow-existing .venv-peers
 	$(UV) pip install -q --python .venv-peers/bin/python -r bench/peers/requirements.txt
 
-bench-compare: install ## the bench of BASE (a commit) and of this tree in one run (quick unless FULL=1; PROBE=1: submit figures only)
-	.venv/bin/python -m bench.compare $(BASE) $(if $(FULL),,--quick) $(if $(ONLY),--only $(ONLY),) $(if $(PROBE),--probe,)
+bench-compare: install ## the bench of BASE (a commit) and of this tree in one run (quick unless FULL=1; PROBE=1: submit figures only; UNTRACKED=1: this tree untracked, with BASE's plugins only)
+	.venv/bin/python -m bench.compare $(BASE) $(if $(FULL),,--quick) $(if $(ONLY),--only $(ONLY),) $(if $(PROBE),--probe,) $(if $(UNTRACKED),--untracked --base-plugins,)
 
 bench-hooks: install ## what the lifecycle hooks and the metrics plugin cost: docs/observability-cost.md
 	.venv/bin/python -m bench.hooks --docs docs

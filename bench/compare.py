@@ -8,6 +8,11 @@ with its own venv (``uv sync``); for each transport the two benches run back to 
 prints every figure of both, the change, and the ones more than 5% worse (``--out PATH``
 also as Markdown). ``make bench-compare BASE=00bd0fa`` uses quick sizes, where a change of
 tens of percent on a busy machine is noise; ``FULL=1`` (full sizes) decides.
+
+Against a commit before status tracking (issue 16, whose cost has its own budget):
+``--untracked`` runs this tree's bench with tracking off (``bench --untracked``) and
+``--base-plugins`` switches off in this tree the plugins the base did not have
+(``make bench-compare UNTRACKED=1``); docs/benchmarks.md's "Against 00bd0fa" section.
 """
 
 from __future__ import annotations

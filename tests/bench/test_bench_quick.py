@@ -14,14 +14,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_step(
-    tmp_path: Path, name: str, step: str, timeout: float
+    tmp_path: Path, name: str, step: str, timeout: float, *more: str
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     """Run one quick bench step on one transport; its run and the transport's results.
     Skips when the bench skipped the transport; fails on an exit code or a step error."""
     out = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--only", name, "--steps", step,
-         "--json", str(out)],
+         "--json", str(out), *more],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -189,3 +189,16 @@ def test_quick_bench_measures_what_wait_replicas_costs(tmp_path):
         row = transport["measures"][key]
         assert row["ours"] > 0 and row["reference"] > 0, key
         assert "replica" in row["note"], key
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_quick_bench_untracked_measures_the_base_commits_steps(tmp_path):
+    """``--untracked`` (what ``bench.compare --untracked`` gives this tree): the steps of
+    00bd0fa's bench run with every queue untracked and workers with tracking off."""
+    # When the untracked bench of those steps runs on filesys
+    _, transport = run_step(tmp_path, "filesys", "submit,drain,depth,prefetch", 280, "--untracked")
+    # Then every figure of those steps is measured
+    assert {"submit_one", "submit_batch", "drain_1", "depth", "prefetch"} <= set(
+        transport["measures"]
+    )

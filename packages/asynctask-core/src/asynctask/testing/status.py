@@ -595,6 +595,10 @@ class StatusContract:
         done, failed = store.statuses([ok, bad])
         assert done is None or (done.state, done.result) == ("succeeded", 7), done
         assert failed is None or (failed.state, failed.attempts) == ("failed", 2), failed
+        # (and status() says why where there is none: their ids carry the mark)
+        if done is None:
+            with pytest.raises(StatusNotTracked, match="track_status"):
+                transport.status(ok)
         transport.purge_failed(queue)
 
     def test_asynctask_state_keeps_the_statuses_in_another_store(
