@@ -443,7 +443,9 @@ class RedisConsumer(Consumer):
             if not self._send("canon", raw, text):
                 return None
             message = dataclasses.replace(message, raw=text.encode(), rewrite=False)
-        self._hold(message.raw)
+        held = self._held  # (``_hold``, inline: once a task)
+        held[message.raw] = held.get(message.raw, 0) + 1
+        self._held_count += 1
         return Delivery(
             message.id,
             self.queue,
@@ -610,7 +612,7 @@ class RedisConsumer(Consumer):
         raw = self._unhold(delivery)
         if raw is None:
             return None
-        self._acks += [raw, (result_json or "") if self.fused else ""]
+        self._acks += [raw, result_json if result_json and self.fused else ""]
         if self._host.replication is not None:
             # sent now, and waited for: the ack is on the replicas when this returns
             try:
