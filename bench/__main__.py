@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import shlex
 import shutil
 import sys
@@ -17,10 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from asynctask.plugins import DISABLE_VARIABLE
 from bench import machine, peer, report
 from bench.measure import measure
 from bench.ours import ROOT
-from bench.plan import FULL, QUICK, TRANSPORTS
+from bench.plan import FULL, QUICK, TRANSPORTS, plugins_off
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
         help="also drain with Dramatiq, Huey, PgQueuer and arq (needs .venv-peers: "
         "make bench PEERS=1)",
     )
+    parser.add_argument(
+        "--untracked",
+        action="store_true",
+        help="ours with status tracking off: every queue marked untracked before its "
+        "submits, workers with track_status = False (to compare with a commit before "
+        "status tracking: python -m bench.compare)",
+    )
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the results as JSON")
     parser.add_argument(
         "--docs",
@@ -62,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Run the benchmark; 0 when every transport was measured or skipped cleanly."""
     args = _parser().parse_args(argv)
+    # This process submits and consumes too: the test-only plugins are off here as in
+    # the workers (their hooks cost ~7 us a submit; users do not install them)
+    os.environ[DISABLE_VARIABLE] = plugins_off()
     names = TRANSPORTS if not args.only else tuple(n.strip() for n in args.only.split(","))
     unknown = [n for n in names if n not in TRANSPORTS]
     if unknown:
@@ -94,7 +106,9 @@ def main(argv: list[str]) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="asynctask-bench-"))
     steps = None if not args.steps else {s.strip() for s in args.steps.split(",")}
     for name in names:
-        run.results.append(measure(name, run.sizes, scratch, say, steps, args.peers))
+        run.results.append(
+            measure(name, run.sizes, scratch, say, steps, args.peers, args.untracked)
+        )
     run.seconds = time.monotonic() - began
     run.machine["load_after"] = machine.load()
     failed = any(r.errors for r in run.results)

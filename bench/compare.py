@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.ours import ROOT
-from bench.plan import TRANSPORTS
+from bench.plan import EXTRA_PLUGINS_OFF, TRANSPORTS
 
 #: a figure this much worse than the base's is a regression (issue 12)
 TOLERANCE = 0.05
@@ -34,13 +34,46 @@ def _uv() -> str:
     return found or str(ROOT / ".venv-uv" / "bin" / "uv")
 
 
-def _bench(tree: Path, name: str, quick: bool, out: Path, steps: str | None) -> dict[str, Any]:
-    """One transport's bench in ``tree`` (its own ``.venv``); its JSON (empty if it failed)."""
+def _plugins(tree: Path) -> set[str]:
+    """The asynctask plugins (entry point names) installed in ``tree``'s venv."""
+    code = (
+        "from importlib.metadata import entry_points\n"
+        "print(','.join(e.name for e in entry_points(group='asynctask')))"
+    )
+    done = subprocess.run(
+        [str(tree / ".venv" / "bin" / "python"), "-c", code], capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    return {n for n in done.stdout.strip().split(",") if n}
+
+
+def _bench(
+    tree: Path,
+    name: str,
+    quick: bool,
+    out: Path,
+    steps: str | None,
+    untracked: bool = False,
+    plugins_off: str = "",
+) -> dict[str, Any]:
+    """One transport's bench in ``tree`` (its own ``.venv``); its JSON (empty if it failed).
+
+    ``untracked``: this tree's bench with ``--untracked`` (status tracking off); only
+    this tree is given it, a base commit's bench knows no such flag. ``plugins_off``:
+    more plugins switched off in its processes (``bench.plan.EXTRA_PLUGINS_OFF``).
+    """
     command = [str(tree / ".venv" / "bin" / "python"), "-m", "bench", "--only", name]
     command += ["--json", str(out)] + (["--quick"] if quick else [])
-    if steps and "--steps" in (tree / "bench" / "__main__.py").read_text():
+    # a full run writes docs/benchmarks.md: not the tree's own, with one transport in it
+    command += ["--docs", str(out.with_suffix(".docs"))]
+    bench_main = (tree / "bench" / "__main__.py").read_text()
+    if steps and "--steps" in bench_main:
         command += ["--steps", steps]  # an older bench without --steps runs every step
+    if untracked:
+        command += ["--untracked"]
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    if plugins_off:
+        env[EXTRA_PLUGINS_OFF] = plugins_off
     done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=False)
     if not out.exists():
         print(f"  {tree.name} {name}: no results ({done.stderr.strip()[-300:]})", file=sys.stderr)
@@ -126,6 +159,15 @@ def main(argv: list[str]) -> int:
         "--probe", action="store_true", help="only the submit figures, by this tree's "
         "bench.probe on both commits' packages (minutes, not the whole bench)",
     )  # fmt: skip
+    parser.add_argument(
+        "--untracked", action="store_true", help="this tree's bench with status tracking "
+        "off (bench --untracked), the base's as it is: the fair comparison with a commit "
+        "before status tracking (issue 16), whose cost has its own budget",
+    )  # fmt: skip
+    parser.add_argument(
+        "--base-plugins", action="store_true", help="switch off in this tree's bench the "
+        "plugins the base commit does not have (e.g. otel): both measure the same ones",
+    )  # fmt: skip
     parser.add_argument("--out", metavar="PATH", type=Path, help="also write Markdown here")
     args = parser.parse_args(argv)
     names = TRANSPORTS if not args.only else tuple(n.strip() for n in args.only.split(","))
@@ -142,6 +184,9 @@ def main(argv: list[str]) -> int:
         )
         base: dict[str, dict[str, Any]] = {}
         head: dict[str, dict[str, Any]] = {}
+        off = ",".join(sorted(_plugins(ROOT) - _plugins(tree))) if args.base_plugins else ""
+        if off:
+            print(f"this tree's bench runs with these plugins off: {off}", file=sys.stderr)
         for name in names:
             for turn in range(args.rounds):
                 print(f"[{name}] {args.base} and this tree, round {turn + 1}", file=sys.stderr)
@@ -151,7 +196,11 @@ def main(argv: list[str]) -> int:
                     if args.probe:
                         got = _probe(where, name, args.quick)
                     else:
-                        got = _bench(where, name, args.quick, out, args.steps)
+                        ours = where == ROOT
+                        got = _bench(
+                            where, name, args.quick, out, args.steps,
+                            untracked=args.untracked and ours, plugins_off=off if ours else "",
+                        )  # fmt: skip
                     into[name] = best(into.get(name, {}), got)
             # each transport's figures as soon as they are in: a long run can be cut short
             one = compare({name: base.get(name, {})}, {name: head.get(name, {})})

@@ -68,8 +68,15 @@ class Session:
         say: Say,
         steps: set[str] | None = None,
         peers: bool = False,
+        untracked: bool = False,
     ) -> None:
         self.name = name
+        #: ``--untracked``: every queue is marked untracked before its submits and its
+        #: workers and consumers keep no status (``track_status = False``), to compare
+        #: with a commit that had no status tracking (``python -m bench.compare``)
+        self.untracked = untracked
+        #: the ``track_status`` of the workers: False with ``--untracked``, else theirs
+        self.track: bool | None = False if untracked else None
         #: whether the peers run too (``--peers``: ``make bench PEERS=1``)
         self.peers = peers
         #: the steps to run (None: all)
@@ -119,6 +126,8 @@ class Session:
                 if self.steps is None or step.__name__ in self.steps:
                     self._attempt(step)
         finally:
+            if self.untracked:
+                self._forget_untracked()
             self.filler.close()
             self.transport.close()
             if self.name == "amqp":
@@ -180,7 +189,25 @@ class Session:
     def queue(self, what: str) -> str:
         name = unique_name(f"bench_{what}")
         self.queues.append(name)
+        if self.untracked:
+            self._set_tracking(name, False)
         return name
+
+    def _set_tracking(self, queue: str, tracked: bool) -> None:
+        """Record ``queue``'s tracking in the store, as its workers do at their start
+        (before the first submit, so that the submits see it too); nothing where the
+        transport keeps no status (AMQP without ``asynctask_state``)."""
+        try:
+            store = self.transport.state()
+        except StatusNotKept:
+            return
+        store.set_tracking(queue, tracked)
+
+    def _forget_untracked(self) -> None:
+        """Drop the untracked marks of ``--untracked`` (a key, a row per queue)."""
+        for queue in self.queues:
+            with contextlib.suppress(Exception):  # best effort, like the queues' removal
+                self._set_tracking(queue, True)
 
     def label(self, measure: str) -> str:
         return self.raw_class.labels[measure]
@@ -329,8 +356,8 @@ class Session:
         uri = self.uri if relay else self.uri + ("&" if "?" in self.uri else "?") + "relay=false"
         try:
             if self.backend.multiprocess:
-                return ours.drain(uri, queue, n, children, self.folder)
-            return ours.drain_in_process(self.transport, queue, children, self.folder)
+                return ours.drain(uri, queue, n, children, self.folder, self.track)
+            return ours.drain_in_process(self.transport, queue, children, self.folder, self.track)
         finally:
             self.transport.purge(queue)
 
@@ -339,9 +366,9 @@ class Session:
         n, gap = self.sizes.latency, self.sizes.latency_gap
         queue = self.queue("latency")
         if self.backend.multiprocess:
-            mine = ours.latency(self.uri, self.transport, queue, n, gap, self.folder)
+            mine = ours.latency(self.uri, self.transport, queue, n, gap, self.folder, self.track)
         else:
-            mine = ours.latency_in_process(self.transport, queue, n, gap, self.folder)
+            mine = ours.latency_in_process(self.transport, queue, n, gap, self.folder, self.track)
         self.transport.purge(queue)
         with self.raw() as raw:
             theirs = self._raw_latency(raw, n, gap)
@@ -398,7 +425,7 @@ class Session:
             return small
 
         rate_small = ours.consume(
-            self.transport, queue, [fill_small] * rounds, BenchNoopWorker.prefetch
+            self.transport, queue, [fill_small] * rounds, BenchNoopWorker.prefetch, self.track
         )
         self.transport.purge(queue)
 
@@ -409,7 +436,9 @@ class Session:
             return take
 
         try:
-            rate_big = ours.consume(self.transport, deep, [fill_big], BenchNoopWorker.prefetch)
+            rate_big = ours.consume(
+                self.transport, deep, [fill_big], BenchNoopWorker.prefetch, self.track
+            )
         finally:
             self.transport.purge(deep)
         self.add(
@@ -435,7 +464,9 @@ class Session:
                 return count
 
             try:
-                rates[prefetch] = ours.consume(self.transport, queue, [fill_all], prefetch)
+                rates[prefetch] = ours.consume(
+                    self.transport, queue, [fill_all], prefetch, self.track
+                )
             finally:
                 self.transport.purge(queue)
         self.add(
@@ -872,6 +903,8 @@ def measure(
     say: Say,
     steps: set[str] | None = None,
     peers: bool = False,
+    untracked: bool = False,
 ) -> TransportResult:
-    """Every measure of one transport (or why it was skipped); ``peers``: theirs too."""
-    return Session(name, sizes, scratch, say, steps, peers).run()
+    """Every measure of one transport (or why it was skipped); ``peers``: theirs too;
+    ``untracked``: ours with status tracking off (``Session.untracked``)."""
+    return Session(name, sizes, scratch, say, steps, peers, untracked).run()

@@ -26,7 +26,7 @@ from asynctask.runner import LoopOptions, run_loop
 from asynctask.testing import clean_environment, workers_command
 from asynctask.transport import Transport
 from bench import ledger
-from bench.plan import TEST_PLUGINS
+from bench.plan import plugins_off
 from bench.workers import BenchNoopWorker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,14 +124,22 @@ def drain_rate(path: str, launched: float) -> Drain:
 
 
 def consume(
-    transport: Transport, queue: str, rounds: list[Callable[[], int]], prefetch: int = 1
+    transport: Transport,
+    queue: str,
+    rounds: list[Callable[[], int]],
+    prefetch: int = 1,
+    track_status: bool | None = None,
 ) -> float:
     """Tasks per second of one consumer's reserve+ack, over rounds (each fills, untimed).
 
     Each round's callable fills the queue and returns how many to take.
+    ``track_status`` False: the consumer writes no status, as a run loop's with
+    ``track_status = False`` (None: it writes them, the default).
     """
     taken, elapsed = 0, 0.0
     with transport.consumer(queue, prefetch=prefetch) as consumer:
+        if track_status is not None:
+            consumer.tracking = track_status
         for fill_round in rounds:
             count = fill_round()
             start = time.perf_counter()
@@ -180,7 +188,7 @@ class WorkersCommand:
             uri, workers, "--import", "bench.workers", "-q", *halting, settings=settings
         )
         self.env = clean_environment(
-            **{ledger.LEDGER_VARIABLE: ledger_path, DISABLE_VARIABLE: TEST_PLUGINS}
+            **{ledger.LEDGER_VARIABLE: ledger_path, DISABLE_VARIABLE: plugins_off()}
         )
         self.env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
@@ -325,12 +333,20 @@ def arq_io(python: Path, redis_url: str, concurrency: int, count: int, sleep: fl
 
 
 def latency(
-    uri: str, transport: Transport, queue: str, count: int, gap: float, folder: Path
+    uri: str,
+    transport: Transport,
+    queue: str,
+    count: int,
+    gap: float,
+    folder: Path,
+    track_status: bool | None = None,
 ) -> list[float]:
     """Send-to-start milliseconds on an idle ``asynctask workers`` with one child."""
     path = str(folder / f"latency-{queue}.ledger")
     follower = ledger.Follower(path)
-    with WorkersCommand(uri, queue, 1, path, folder, halt=False) as workers:
+    with WorkersCommand(
+        uri, queue, 1, path, folder, halt=False, track_status=track_status
+    ) as workers:
         # Warm up: the first task waits for the child to start; it is not counted.
         transport.submit_task(queue, {"n": -1, "sent": time.time()})
         follower.wait(1, 60, workers.alive)
@@ -402,12 +418,17 @@ def drain_in_process(
 
 
 def latency_in_process(
-    transport: Transport, queue: str, count: int, gap: float, folder: Path
+    transport: Transport,
+    queue: str,
+    count: int,
+    gap: float,
+    folder: Path,
+    track_status: bool | None = None,
 ) -> list[float]:
     """Send-to-start milliseconds on an idle run loop in a thread (for ``localmem``)."""
     path = str(folder / f"latency-{queue}.ledger")
     follower = ledger.Follower(path)
-    with _threads(transport, queue, 1, path, halt=False):
+    with _threads(transport, queue, 1, path, halt=False, track_status=track_status):
         transport.submit_task(queue, {"n": -1, "sent": time.time()})
         follower.wait(1, 60)
         send_spaced(lambda payload: transport.submit_task(queue, payload), count, gap)

@@ -18,6 +18,17 @@ from pathlib import Path
 #: process the bench measures, since users do not install them (their hooks cost about
 #: 10 us a task, reading the environment)
 TEST_PLUGINS = "testworkers_hooks,testworkers_lifecycle"
+#: more plugins to switch off in every process the bench measures (comma-separated entry
+#: point names): ``python -m bench.compare --base-plugins`` names those that the base
+#: commit did not have, so that both measure the same installed plugins
+EXTRA_PLUGINS_OFF = "BENCH_DISABLE_PLUGINS"
+
+
+def plugins_off() -> str:
+    """The plugins switched off in the bench's processes (the setting's value)."""
+    extra = os.environ.get(EXTRA_PLUGINS_OFF, "").strip(",")
+    return f"{TEST_PLUGINS},{extra}" if extra else TEST_PLUGINS
+
 
 #: the order of the table: the in-process reference first, then the embedded default
 TRANSPORTS = ("localmem", "filesys", "pgsql", "redis", "amqp")

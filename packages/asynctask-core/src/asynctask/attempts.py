@@ -69,6 +69,7 @@ def announce_tracking(worker: AsyncTaskWorker, transport: Transport, queue: str,
     try:
         store = transport.state()
         transport._call(store.set_tracking, queue, on)
+        transport._note_tracking(queue, on)  # submits through it follow at once
     except StatusNotKept:
         return
     except AsynctaskError as exc:  # the run loop meets the outage itself, right after

@@ -19,6 +19,11 @@ The life of a task::
     cancel(): queued / delayed / retrying / running ──> cancelled
     expired: not started before ``expires``
 
+A queue whose workers run with ``track_status = False`` (``StateStore.set_tracking``)
+gets no record at submit either, unless an option lives in it (``expires``,
+``unique_key``): ``SubmitOptions.record`` is False then, and such a task reads ``None``.
+Submitters learn it through a cache, a few seconds late (``asynctask.untracked``).
+
 ``succeeded``, ``failed``, ``cancelled`` and ``expired`` are final. A final status is
 forgotten ``asynctask_status_ttl`` seconds after it was reached, by the backend itself
 (a key expiry, a bounded delete), never by a scan that grows with history; a ``failed``
@@ -94,17 +99,37 @@ class SubmitOptions:
     unique_key: str | None = None
     #: 0-9, higher taken first, FIFO within one priority
     priority: int = 0
+    #: whether the submit writes the tasks' status records (``queued``/``delayed``).
+    #: False only for a queue whose workers keep no status (``track_status = False``)
+    #: and a submit with no option that needs a record (``needs_record``): set by
+    #: ``Transport.submit_tasks``, honoured by ``_put`` (``asynctask.untracked``)
+    record: bool = True
 
     @property
     def plain(self) -> bool:
         """Whether no option is set (a transport may take its fastest path)."""
         return self.expires is None and self.unique_key is None and self.priority == 0
 
+    @property
+    def needs_record(self) -> bool:
+        """Whether an option lives in the status record: ``expires`` is checked against
+        it at the start, ``unique_key`` is taken with it (``priority`` lives with the task)."""
+        return self.expires is not None or self.unique_key is not None
+
+
+#: a submit that sets no option, and one to a queue that keeps no status: shared, not
+#: built per submit (a frozen dataclass costs ~5k instructions to build, about 5% of a
+#: localmem submit)
+NO_OPTIONS = SubmitOptions()
+NO_OPTIONS_UNRECORDED = SubmitOptions(record=False)
+
 
 def check_submit_options(
     expires: object, unique_key: object, priority: object, count: int
 ) -> SubmitOptions:
     """Validate the submit options before anything is written; ``count`` payloads."""
+    if expires is None and unique_key is None and priority == 0 and type(priority) is int:
+        return NO_OPTIONS
     if expires is not None:
         if isinstance(expires, bool) or not isinstance(expires, (int, float)):
             raise InvalidTaskError(f"expires must be a number of seconds, got {expires!r}")

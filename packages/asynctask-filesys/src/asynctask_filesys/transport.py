@@ -183,7 +183,9 @@ class FilesysTransport(FilesysBase):
         if not tasks:
             return None
         ids = [task_id for task_id, _ in tasks]
-        store = self.own_store()  # with asynctask_state, the base class records them
+        # with asynctask_state, the base class records them; record=False: an
+        # untracked queue (asynctask.untracked)
+        store = self.own_store() if options.record else None
         if store is not None:  # the records first: a consumer always finds one
             given = store.submitted(queue, ids, delay, options)
             if given != ids:

@@ -346,8 +346,8 @@ class PgsqlTransport(Transport):
             "expires": options.expires,
             "unique_key": options.unique_key,
             # Statuses are ours unless asynctask_state names another store (which the
-            # base class has written to already).
-            "track": self.own_state,
+            # base class has written to already) or the queue keeps none (record=False).
+            "track": self.own_state and options.record,
             "ttl": self.status_ttl,
         }
         headers = [

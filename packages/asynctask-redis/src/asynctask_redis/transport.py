@@ -248,7 +248,7 @@ class RedisTransport(Transport):
         # nothing. A unique key held by a task that is not final writes nothing at all.
         guard_ms = int((self.retry_timeout + 5) * 1000)
         delay_ms = f"{delay * 1000:.3f}" if delay > 0 else "0"
-        own = self.own_state
+        own = self.own_state and options.record  # record=False: an untracked queue
         expires = "" if options.expires is None or not own else f"{options.expires * 1000:.0f}"
         unique = (options.unique_key or "") if own else ""
         args: tuple[str | int, ...] = (tasks[0][0], guard_ms, delay_ms, self.status_ttl_ms)

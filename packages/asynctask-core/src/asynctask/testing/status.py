@@ -517,11 +517,78 @@ class StatusContract:
             transport.status(tid)
         with pytest.raises(StatusNotTracked, match="track_status"):
             transport.wait(tid, timeout=1)
-        # And once its workers track again, its new tasks have statuses again
+        # And once its workers track again (a run loop says so at its start), its new
+        # tasks have statuses again
+        run_loop(StatusWorker(), transport, queue, LoopOptions(wait=0.1, stop_when_idle=True))
         again = transport.submit_task(queue, {"result": 2})
         run_loop(StatusWorker(), transport, queue, LoopOptions(max_tasks=1))
         status = transport.status(again)
         assert status is not None and (status.state, status.result) == ("succeeded", 2)
+
+    def test_a_submit_to_an_untracked_queue_writes_no_status(self, transport, queue, probe):
+        """A queue whose workers run with ``track_status = False`` gets no status record
+        at submit (``asynctask.untracked``), one by one or in a batch, delayed or not;
+        options kept in the record still write it. Fails if the submit writes the
+        record anyway (checked with Transport._untracked_queue always False: every
+        transport failed at ``store.statuses(ids) == [None] * 5``)."""
+        # Given a queue recorded as untracked in the store (as its workers do at start)
+        store = transport.state()
+        store.set_tracking(queue, False)
+        try:
+            # When tasks are submitted to it without options
+            one = transport.submit_task(queue, {"n": 1})
+            batch = transport.submit_tasks(queue, [{"n": 2}, {"n": 3}])
+            later = transport.submit_task(queue, {"n": 4}, delay=60)
+            urgent = transport.submit_task(queue, {"n": 5}, priority=5)
+            # Then they are stored, and the store holds no status for any of them
+            assert probe.stored(queue) == 5
+            ids = [one, *batch, later, urgent]
+            assert store.statuses(ids) == [None] * 5
+            assert transport.status(one) is None
+            # And nothing to cancel: its workers would never read a cancel
+            assert transport.cancel(one) is False
+            # But a submit whose options live in the record still writes it (or refuses
+            # it, naming the setting, where the store keeps none for such a queue)
+            try:
+                kept = transport.submit_task(queue, {"n": 6}, expires=600)
+            except StatusNotTracked:
+                pass
+            else:
+                assert store.statuses([kept])[0] is not None
+        finally:
+            store.set_tracking(queue, True)
+            transport.purge(queue)
+
+    def test_a_worker_that_tracks_runs_a_task_submitted_without_a_record(
+        self, transport, queue, probe
+    ):
+        """Tasks submitted while the queue was untracked have no record; a worker that
+        tracks (the queue flipped meanwhile) runs them, retries and fails them as any
+        other: its start and settle writes cope with the missing record. Fails if a
+        start or settle write needs the record (checked against a localmem whose
+        start() raised on a missing record: the run loop logged the error and the
+        run loop raised its KeyError and the test failed)."""
+        # Given tasks submitted to an untracked queue: one succeeds, one always fails
+        store = transport.state()
+        store.set_tracking(queue, False)
+        try:
+            ok = transport.submit_task(queue, {"result": 7})
+            bad = transport.submit_task(queue, {"fail": True})
+            assert store.statuses([ok, bad]) == [None, None]
+        finally:
+            # When the queue's workers track again, and one runs (one retry, 2 s back-off)
+            store.set_tracking(queue, True)
+        run_loop(StatusWorker(), transport, queue, LoopOptions(max_tasks=3, wait=0.1))
+        # Then both ran to their end: nothing waits or is held, the bad one is failed
+        stats = transport.queue_stats(queue)
+        # (a count the transport does not give is None: nothing to check there)
+        assert [c or 0 for c in (stats.ready, stats.retrying, stats.in_flight)] == [0] * 3, stats
+        assert [f.id for f in transport.failed_tasks(queue)] == [bad]
+        # And their statuses, where the worker began to follow them, are the outcomes
+        done, failed = transport.statuses([ok, bad])
+        assert done is None or (done.state, done.result) == ("succeeded", 7), done
+        assert failed is None or (failed.state, failed.attempts) == ("failed", 2), failed
+        transport.purge_failed(queue)
 
     def test_asynctask_state_keeps_the_statuses_in_another_store(
         self, transport, queue, probe, state_store_uri

@@ -211,7 +211,7 @@ class LocalMemTransport(Transport):
         now = time.time()
         ids = [task_id for task_id, _ in tasks]
         with self._cond:
-            if self.own_state:
+            if self.own_state and options.record:
                 # in the same critical section as the store: the unique key is atomic
                 known = self._store().submitted(queue, ids, delay, options)
                 if known != ids:

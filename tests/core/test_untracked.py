@@ -1,0 +1,129 @@
+"""A submit learns which queues keep no status through a cache, not a read per submit
+(``asynctask.untracked``); the contract (``StatusContract``) checks what it writes."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+
+import pytest
+
+from asynctask.testing.contract import open_transport
+from asynctask.testing.services import unique_queue
+from asynctask.transport import Transport
+from asynctask.untracked import UntrackedQueues
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Store:
+    """Answers ``untracked`` from a set, counting the reads."""
+
+    def __init__(self, untracked: set[str]) -> None:
+        self.untracked_queues = untracked
+        self.reads: list[set[str]] = []
+
+    def untracked(self, queues: Collection[str]) -> set[str]:
+        self.reads.append(set(queues))
+        return {q for q in queues if q in self.untracked_queues}
+
+
+def test_one_read_per_queue_until_the_answer_is_old() -> None:
+    # Given a cache re-reading after 5 s, and a store where "a" is untracked
+    clock, store = Clock(), Store({"a"})
+    cache = UntrackedQueues(recheck=5.0, clock=clock)
+    # When it is asked many times within 5 s
+    answers = [cache.untracked(q, store.untracked) for q in ("a", "b") * 50]
+    # Then the store was read once per queue
+    assert answers == [True, False] * 50
+    assert store.reads == [{"a"}, {"b"}]
+    # When "a" flips and 5 s pass, the next question reads it again
+    store.untracked_queues = set()
+    clock.now += 4.9
+    assert cache.untracked("a", store.untracked) is True  # still the old answer
+    clock.now += 0.1
+    assert cache.untracked("a", store.untracked) is False
+    assert store.reads[-1] == {"a"}
+
+
+def test_a_note_from_this_process_is_followed_at_once() -> None:
+    clock, store = Clock(), Store({"a"})
+    cache = UntrackedQueues(clock=clock)
+    assert cache.untracked("a", store.untracked) is True
+    cache.note("a", tracked=True)
+    assert cache.untracked("a", store.untracked) is False
+    assert len(store.reads) == 1
+
+
+def test_the_cache_keeps_a_bounded_number_of_queues() -> None:
+    clock, store = Clock(), Store(set())
+    cache = UntrackedQueues(clock=clock, size=3)
+    for name in ("a", "b", "c"):
+        cache.untracked(name, store.untracked)
+    clock.now += 10  # "a" is read again: "b" is now the one read longest ago
+    for name in ("a", "d"):
+        cache.untracked(name, store.untracked)
+    assert sorted(cache._known) == ["a", "c", "d"]
+
+
+def test_a_failed_read_is_not_remembered() -> None:
+    cache = UntrackedQueues(clock=Clock())
+
+    def broken(queues: Collection[str]) -> set[str]:
+        raise RuntimeError("down")
+
+    with pytest.raises(RuntimeError):
+        cache.untracked("a", broken)
+    assert cache._known == {}
+
+
+@pytest.fixture
+def transport() -> Iterator[Transport]:
+    transport = open_transport("localmem:")
+    yield transport
+    transport.close()
+
+
+def test_submits_read_the_store_once_per_queue(transport: Transport) -> None:
+    """Fails if a submit reads the store each time (checked with recheck=0: 201 reads)."""
+    # Given an untracked queue and a tracked one, the store's reads counted
+    store = transport.state()
+    quiet, loud = unique_queue("quiet"), unique_queue("loud")
+    store.set_tracking(quiet, False)
+    reads: list[Collection[str]] = []
+    read = store.untracked
+
+    def counted(queues: Collection[str]) -> set[str]:
+        reads.append(set(queues))
+        return read(queues)
+
+    store.untracked = counted  # type: ignore[method-assign]
+    # When 100 tasks go to each, one by one, and a batch to the quiet one
+    quiet_ids = [transport.submit_task(quiet, {"n": n}) for n in range(100)]
+    loud_ids = [transport.submit_task(loud, {"n": n}) for n in range(100)]
+    quiet_ids += transport.submit_tasks(quiet, [{"n": 1}, {"n": 2}])
+    # Then the store was read once per queue, and only the tracked queue's tasks have records
+    assert reads == [{quiet}, {loud}]
+    assert store.statuses(quiet_ids) == [None] * 102
+    assert all(s is not None and s.state == "queued" for s in store.statuses(loud_ids))
+
+
+def test_a_store_that_cannot_answer_means_records_are_written(transport: Transport) -> None:
+    """An outage of the read is no reason to lose a record: the submit writes it."""
+    from asynctask.errors import TransportUnavailable
+
+    store = transport.state()
+    queue = unique_queue("q")
+    store.set_tracking(queue, False)
+
+    def down(queues: Collection[str]) -> set[str]:
+        raise TransportUnavailable("the store is down")
+
+    store.untracked = down  # type: ignore[method-assign]
+    tid = transport.submit_task(queue, {})
+    assert store.statuses([tid])[0] is not None
