@@ -127,3 +127,24 @@ def test_a_store_that_cannot_answer_means_records_are_written(transport: Transpo
     store.untracked = down  # type: ignore[method-assign]
     tid = transport.submit_task(queue, {})
     assert store.statuses([tid])[0] is not None
+
+
+def test_an_unrecorded_id_says_so_and_a_new_one_never_does():
+    """The id of a task submitted with no status record carries a mark that ``status``
+    reads (DESIGN.md section 6: an untracked queue's task raises ``StatusNotTracked``,
+    not "never submitted"); ids of tracked tasks never carry it, whatever the random
+    bytes (forced here: the 1-in-256 case)."""
+    from asynctask import transport as module
+
+    marked = [module.unrecorded_task_id() for _ in range(1000)]
+    assert all(len(i) == 32 and int(i, 16) >= 0 and module.is_unrecorded(i) for i in marked)
+    assert not any(module.is_unrecorded(module.new_task_id()) for _ in range(5000))
+    colliding = bytes([0x10] + [0] * 14 + [0x10 ^ module.UNRECORDED_MARK])
+    real_urandom = module.os.urandom
+    module.os.urandom = lambda n: colliding[:n]
+    try:
+        made = module.new_task_id()
+    finally:
+        module.os.urandom = real_urandom
+    assert len(made) == 32 and not module.is_unrecorded(made)
+    assert not module.is_unrecorded("x" * 32) and not module.is_unrecorded("ab")

@@ -422,7 +422,7 @@ def test_a_consumer_that_keeps_no_status_writes_none_but_frees_the_unique_key(tr
         assert store.untracked([queue, "other_queue"]) == {queue}
         plain = transport.submit_task(queue, {})
         keyed = transport.submit_task(queue, {}, unique_key="k")
-        assert status_row(plain)[5] is True  # forgotten after the TTL, never finished
+        assert status_row(plain) is None  # an untracked queue's plain submit: no record
         assert status_row(keyed)[0] == "queued"  # a key is held
         with transport.consumer(queue, prefetch=2) as consumer:
             consumer.tracking = False

@@ -197,9 +197,37 @@ class PutProgress:
                 del done[first]
 
 
+#: the last byte of the id of a task submitted with no status record (its queue's workers
+#: keep none, ``asynctask.untracked``) is its first byte XOR this: ``status`` can then say
+#: "not tracked" (DESIGN.md section 6) for an id the store has no record of, rather than
+#: "never submitted". ``new_task_id`` never makes such an id; a foreign id has the mark
+#: by chance once in 256 (its status then reads "not tracked" instead of ``None``).
+UNRECORDED_MARK = 0xA5
+
+
 def new_task_id() -> str:
     """Return a new task id: 32 random hex digits, unique without coordination."""
-    return os.urandom(16).hex()
+    raw = os.urandom(16)
+    if raw[15] == raw[0] ^ UNRECORDED_MARK:  # once in 256: not the unrecorded mark
+        raw = raw[:15] + bytes((raw[15] ^ 1,))
+    return raw.hex()
+
+
+def unrecorded_task_id() -> str:
+    """A new task id that says its task was submitted with no status record: 31 random
+    hex digits' worth (120 bits) and the mark (``UNRECORDED_MARK``)."""
+    raw = os.urandom(15)
+    return (raw + bytes((raw[0] ^ UNRECORDED_MARK,))).hex()
+
+
+def is_unrecorded(task_id: str) -> bool:
+    """Whether ``task_id`` was made by ``unrecorded_task_id``."""
+    if len(task_id) != 32:
+        return False
+    try:
+        return int(task_id[30:], 16) == int(task_id[:2], 16) ^ UNRECORDED_MARK
+    except ValueError:
+        return False
 
 
 def format_error(error: BaseException | str) -> str:
@@ -566,25 +594,28 @@ class Transport(ABC):
         delay = check_delay(delay)
         payloads = list(payloads)
         options = check_submit_options(expires, unique_key, priority, len(payloads))
-        tasks: list[tuple[str, str]] = []
+        texts: list[str] = []
         for index, payload in enumerate(payloads):
             try:
                 text = encode_payload(payload)
                 check_payload_size(text, self.max_payload_bytes)
-                tasks.append((new_task_id(), text))
+                texts.append(text)
             except InvalidTaskError as exc:
                 if index == 0:
                     raise
                 raise InvalidTaskError(f"payload #{index}: {exc}") from exc
+        make_id = new_task_id
+        store = self.external_state() if texts else None
+        if texts and not options.needs_record and self._untracked_queue(queue_name, store):
+            options = (
+                NO_OPTIONS_UNRECORDED
+                if options.priority == 0
+                else SubmitOptions(priority=options.priority, record=False)
+            )
+            make_id = unrecorded_task_id  # so that status() can say why it has none
+        tasks = [(make_id(), text) for text in texts]
         ids = [task_id for task_id, _ in tasks]
         if tasks:
-            store = self.external_state()
-            if not options.needs_record and self._untracked_queue(queue_name, store):
-                options = (
-                    NO_OPTIONS_UNRECORDED
-                    if options.priority == 0
-                    else SubmitOptions(priority=options.priority, record=False)
-                )
             if store is None or not options.record:
                 # a fused transport writes the records in _put (unless record=False)
                 stored = self._call(self._put, queue_name, tasks, delay, options)
@@ -645,7 +676,17 @@ class Transport(ABC):
     def statuses(self, task_ids: Sequence[str]) -> list[TaskStatus | None]:
         """The status of each id, in one round trip where the backend allows."""
         store = self.state()
-        found = self._call(store.statuses, list(task_ids))
+        task_ids = list(task_ids)
+        found = self._call(store.statuses, task_ids)
+        unrecorded = [
+            i for i, s in zip(task_ids, found, strict=True) if s is None and is_unrecorded(i)
+        ]
+        if unrecorded:
+            raise StatusNotTracked(
+                f"task {unrecorded[0]!r} was submitted while its queue's workers ran with "
+                "track_status = False: it has no status; set track_status to true in the "
+                "worker class or in its asynctask_workers entry to follow its tasks"
+            )
         self._refuse_untracked(store, found)
         return found
 

@@ -12,8 +12,10 @@ What that means for a user (README, "The life of a task"):
 * within ``RECHECK_SECONDS`` after a queue's workers flip ``track_status``, a submitter
   that read the old answer may still write records (tracked -> untracked: they read
   ``StatusNotTracked`` like the others) or skip them (untracked -> tracked);
-* a task submitted without a record reads ``None`` from ``status()`` until a worker that
-  tracks starts it; from there it is followed (``submitted_at`` unknown).
+* a task submitted without a record gets an id that says so
+  (``transport.unrecorded_task_id``): ``status()`` raises ``StatusNotTracked`` for it,
+  as DESIGN.md section 6 wants for an untracked queue's task, until a worker that tracks
+  starts it; from there it is followed where the store can (``submitted_at`` unknown).
 
 A run loop in this process that announces its tracking updates the answer at once
 (``note``), so a worker and a submitter sharing a transport object never disagree.

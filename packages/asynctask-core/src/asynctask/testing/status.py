@@ -544,7 +544,13 @@ class StatusContract:
             assert probe.stored(queue) == 5
             ids = [one, *batch, later, urgent]
             assert store.statuses(ids) == [None] * 5
-            assert transport.status(one) is None
+            # status/wait say why there is none (DESIGN.md section 6), not "never
+            # submitted": the id carries the mark of a task submitted unrecorded
+            for unrecorded in ids:
+                with pytest.raises(StatusNotTracked, match="track_status"):
+                    transport.status(unrecorded)
+            with pytest.raises(StatusNotTracked, match="track_status"):
+                transport.wait(one, timeout=1)
             # And nothing to cancel: its workers would never read a cancel
             assert transport.cancel(one) is False
             # But a submit whose options live in the record still writes it (or refuses
