@@ -93,6 +93,11 @@ class Session:
         self.transport: Transport
         self.filler: Transport
 
+    @property
+    def children_prefetch(self) -> int:
+        """The prefetch of the bench worker's children on this transport."""
+        return BenchNoopWorker.prefetch or self.transport.default_prefetch
+
     def run(self) -> TransportResult:
         """Measure everything; a step that fails is noted and the others go on."""
         reason = unavailable(self.name)
@@ -219,13 +224,14 @@ class Session:
         sizes, transport = self.sizes, self.transport
         n, batch, budget = sizes.submit_one, sizes.batch, sizes.submit_budget / ROUNDS
         queue = self.queue("submit")
-        ours_one, raw_one = self._best_of(
-            lambda items: ours.submit_one(transport, queue, items),
-            lambda raw: raw.submit_one,
-            n,
-            50,
-            budget,
-        )
+        with self.raw() as raw:
+            ours_one, raw_one = ours.interleaved(
+                lambda items: ours.submit_one(transport, queue, items),
+                raw.submit_one,
+                n,
+                50,
+                sizes.submit_budget * 2,
+            )
         transport.purge(queue)
         self.add("submit_one", ours_one, raw_one, self.label("submit_one"))
         ours_batch, raw_batch = self._best_of(
@@ -425,7 +431,7 @@ class Session:
             return small
 
         rate_small = ours.consume(
-            self.transport, queue, [fill_small] * rounds, BenchNoopWorker.prefetch, self.track
+            self.transport, queue, [fill_small] * rounds, self.children_prefetch, self.track
         )
         self.transport.purge(queue)
 
@@ -437,7 +443,7 @@ class Session:
 
         try:
             rate_big = ours.consume(
-                self.transport, deep, [fill_big], BenchNoopWorker.prefetch, self.track
+                self.transport, deep, [fill_big], self.children_prefetch, self.track
             )
         finally:
             self.transport.purge(deep)
@@ -519,10 +525,10 @@ class Session:
         try:
             first: list[Callable[[], int]] = [lambda: small]  # the 100 already there
             plan = first + [fill_small] * (rounds - 1)
-            rate_small = ours.consume(transport, deep, plan, BenchNoopWorker.prefetch)
+            rate_small = ours.consume(transport, deep, plan, self.children_prefetch)
             ours.fill(self.filler, deep, count, batch=5000)
             deep_time = queues_time()
-            rate_deep = ours.consume(transport, deep, [lambda: take], BenchNoopWorker.prefetch)
+            rate_deep = ours.consume(transport, deep, [lambda: take], self.children_prefetch)
         finally:
             transport.purge(deep)
         note = "" if count == sizes.deep else f"{count:,} waiting here, not {sizes.deep:,}"
@@ -747,7 +753,7 @@ class Session:
         """11. pgsql only (issue 20): what each index and the trigger cost a committed
         INSERT; then submit, drain and wake-up against the raw client on a freshly
         vacuumed table and on one ``Sizes.churn`` tasks have passed through with no VACUUM
-        since (a schema of its own, ``asynctask_bench_churn``; the transport's own
+        since (a schema of its own, ``asynctask_bench_churn_<hex>``; the transport's own
         VACUUM is off there, ``vacuum_every=0``, so nothing cleans it)."""
         if self.name != "pgsql":
             return
@@ -769,7 +775,8 @@ class Session:
                 for label, rate in costs.items()
             )
         )
-        schema = "asynctask_bench_churn"
+        # a name of its own: two benches at once on one server must not drop each other's
+        schema = unique_name("asynctask_bench_churn")
         uri = self.uri + ("&" if "?" in self.uri else "?") + f"schema={schema}&vacuum_every=0"
         transport = type(self.transport)(uri)
         raw = PgRaw(unique_name("bench_raw_churn"))
@@ -804,15 +811,13 @@ class Session:
         sizes = self.sizes
         n, budget = sizes.submit_one // ROUNDS, sizes.submit_budget / ROUNDS
         queue = self.queue("table")
-        mine = theirs = 0.0
-        for round_number in range(ROUNDS):
-            sides = ("ours", "raw") if round_number % 2 == 0 else ("raw", "ours")
-            for side in sides:
-                if side == "ours":
-                    send = lambda items: ours.submit_one(transport, queue, items)  # noqa: E731
-                    mine = max(mine, ours.rate(send, n, 50, budget))
-                else:
-                    theirs = max(theirs, ours.rate(raw.submit_one, n, 50, budget))
+        mine, theirs = ours.interleaved(
+            lambda items: ours.submit_one(transport, queue, items),
+            raw.submit_one,
+            n * ROUNDS,
+            50,
+            budget * ROUNDS * 2,
+        )
         transport.purge(queue)
         raw.conn.execute(f"DELETE FROM {raw.target}")  # type: ignore[attr-defined]
         label = f"({state} table)"

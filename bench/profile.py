@@ -13,6 +13,7 @@ Example: python -m bench.profile pgsql --count 5000 --py-spy /tmp/pyspy/bin/py-s
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -22,9 +23,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from asynctask.plugins import load_plugins
+from asynctask.plugins import DISABLE_VARIABLE, load_plugins
 from bench import ours
-from bench.plan import BACKENDS, unique_name
+from bench.plan import BACKENDS, plugins_off, unique_name
 
 _FRAME = re.compile(r"^(?P<name>.+?) \((?P<where>[^()]*)\)$")
 
@@ -90,6 +91,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rate", type=int, default=250, help="samples per second (250)")
     parser.add_argument("--loop", metavar="URI", help=argparse.SUPPRESS)  # the profiled side
     args = parser.parse_args(argv)
+    os.environ[DISABLE_VARIABLE] = plugins_off()  # as the bench's processes run
     if args.loop:
         submit_loop(args.loop, args.count, args.batch)
         return 0

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
+from asynctask.transport import Transport
 from bench.ledger import format_line
 from bench.workers import BenchNoopWorker
 
@@ -408,6 +409,10 @@ class PgRaw(RawClient):
 # -- amqp ------------------------------------------------------------------------------
 
 
+#: the window of unacknowledged messages of the raw consumer: our children's on AMQP
+AMQP_PREFETCH = BenchNoopWorker.prefetch or Transport.default_prefetch
+
+
 class AmqpRaw(RawClient):
     """kombu (py-amqp) on one durable queue: persistent messages, publisher confirms."""
 
@@ -415,7 +420,7 @@ class AmqpRaw(RawClient):
     labels: ClassVar[dict[str, str]] = {
         "submit_one": "publish, confirmed",
         "submit_batch": "publish, confirms pipelined",
-        "drain": f"consume+ack, prefetch {BenchNoopWorker.prefetch}",
+        "drain": f"consume+ack, prefetch {AMQP_PREFETCH}",
         "latency": "consume wake-up",
     }
 
@@ -484,7 +489,7 @@ class AmqpRaw(RawClient):
         channel = self.conn.channel()
         consumer = self.kombu.Consumer(channel, [self.queue], on_message=on_message)
         # the same window of unacknowledged messages as our workers' children
-        consumer.qos(prefetch_count=BenchNoopWorker.prefetch)
+        consumer.qos(prefetch_count=AMQP_PREFETCH)
         with consumer:
             while taken[0] < count:
                 self.conn.drain_events(timeout=wait)

@@ -141,14 +141,18 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "## What is measured",
         "",
         f"1. **submit**: tasks/s from one process, {run.sizes.submit_one:,} one by one "
-        f"(`submit_task`) and {run.sizes.submit_batch:,} in batches of {run.sizes.batch:,} "
+        "(`submit_task`), ours and raw taking turns 50 tasks at a time (who goes first "
+        "alternating; each rate from its summed time: a commit's fsync on the shared disk "
+        "moves by several times within seconds, and turns of 50 meet the same disk), and "
+        f"{run.sizes.submit_batch:,} in batches of {run.sizes.batch:,} "
         "(`submit_tasks`), ours and raw alternating in 3 rounds, the best round of each "
         f"kept (each side stops early after {run.sizes.submit_budget:g} s in all).",
         f"2. **drain**: `asynctask workers --halt-when-empty` with the no-op worker, 1 child and "
         f"2 children, on {run.sizes.drain:,} waiting tasks, the best of "
         f"{run.sizes.drain_rounds} alternating rounds. The rate counts from the first "
         "task's `process()` to the last's; start-up (launch to the first task) is apart. "
-        "Children reserve the worker's `prefetch` tasks ahead (4 by default); the raw loop "
+        "Children reserve the worker's `prefetch` tasks ahead (the transport's default: 4, "
+        "16 on pgsql); the raw loop "
         "is one process taking one task at a time (BRPOP, one-row DELETE, one rename), "
         "except on RabbitMQ, where the raw consumer gets the same prefetch as ours.",
         f"3. **latency**: submit to `process()` start on an idle worker (1 child), "
@@ -192,9 +196,10 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "`INSERT ... SELECT` of many rows (no round trip, no fsync: the indexes' and the "
         "trigger's own work, in the row's note). The pgsql raw "
         "client writes into such a copy (indexes and trigger), the row a submit writes, "
-        "without the status row a submit also writes. Then submit one by one, the 1-child "
+        "without the status row a submit also writes. Then submit one by one (turns of 50, "
+        "as above), the 1-child "
         "drain and the wake-up p50 against the raw client, in a schema of their own "
-        "(`asynctask_bench_churn`): on freshly vacuumed tables, and again after "
+        "(`asynctask_bench_churn_<hex>`): on freshly vacuumed tables, and again after "
         f"{run.sizes.churn:,} tasks have passed through them and the raw table (inserted, "
         "reserved, deleted; their statuses kept) with no VACUUM since (`vacuum_every=0`, "
         "so the transport does not clean it either).",

@@ -9,6 +9,9 @@ best of each is kept, as in the main bench (2 shared cores). With ``--before DIR
 checkout of the transport's package source before issue 16, e.g. ``git archive``) a
 third column drains with that code, in a subprocess, beside the two.
 
+``--prefetch N`` takes N tasks a move (1 by default, the harshest; a worker's default
+is 4, as in ``make bench``'s tracking row).
+
 Example: ``python -m bench.status_cost --only redis --tasks 5000 --rounds 3``.
 """
 
@@ -26,14 +29,14 @@ from asynctask.testing.contract import open_transport
 from bench.plan import BACKENDS, unavailable, unique_name
 
 
-def drain(uri: str, tasks: int, tracking: bool) -> float:
+def drain(uri: str, tasks: int, tracking: bool, prefetch: int = 1) -> float:
     """Tasks per second of one consumer draining ``tasks`` no-op tasks."""
     transport = open_transport(uri)
     queue = unique_name("status")
     try:
         for i in range(0, tasks, 1000):
             transport.submit_tasks(queue, [{"n": n} for n in range(i, min(i + 1000, tasks))])
-        consumer = transport.consumer(queue)
+        consumer = transport.consumer(queue, prefetch=prefetch)
         if not tracking:
             consumer.tracking = False
         done = 0
@@ -71,6 +74,7 @@ def main() -> None:
     parser.add_argument("--only", default="redis", help="transports (comma-separated)")
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--prefetch", type=int, default=1, help="tasks a move (1)")
     parser.add_argument("--before", type=Path, help="the transport's package source before")
     args = parser.parse_args()
     for name in args.only.split(","):
@@ -81,8 +85,8 @@ def main() -> None:
         uri = BACKENDS[name].uri(Path("/tmp"))
         on = off = before = 0.0
         for _ in range(args.rounds):
-            off = max(off, drain(uri, args.tasks, False))
-            on = max(on, drain(uri, args.tasks, True))
+            off = max(off, drain(uri, args.tasks, False, args.prefetch))
+            on = max(on, drain(uri, args.tasks, True, args.prefetch))
             if args.before is not None:
                 before = max(before, _before(args.before, uri, args.tasks))
         line = f"{name}: tracking off {off:,.0f}/s, on {on:,.0f}/s, on/off {on / off:.2f}x"

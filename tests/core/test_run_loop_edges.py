@@ -176,3 +176,37 @@ def test_a_coroutine_returned_by_a_plain_process_is_never_acknowledged(transport
     assert (result.succeeded, result.failed) == (0, 1)
     [failed] = transport.failed_tasks(queue)
     assert "returned an awaitable without running it" in failed.error
+
+
+class Unset(AsyncTaskWorker):
+    """A worker that leaves ``prefetch`` to the transport."""
+
+    name = "unset_prefetch_inline"
+
+    def process(self, payload):
+        return None
+
+
+def test_a_worker_without_a_prefetch_takes_its_transports_default(tmp_path, monkeypatch):
+    # Given a worker class that sets no prefetch, and a transport whose default is 7
+    _settings(tmp_path)
+    assert Unset.prefetch is None
+    transport = get_transport()
+    monkeypatch.setattr(type(transport), "default_prefetch", 7)
+    asked: list[int] = []
+    consumer = transport.consumer
+
+    def spy(queue, prefetch=1, **kwargs):
+        asked.append(prefetch)
+        return consumer(queue, prefetch, **kwargs)
+
+    monkeypatch.setattr(transport, "consumer", spy)
+    queue = unique_queue()
+    transport.submit_task(queue, {})
+    from asynctask.plugins import load_plugins
+
+    load_plugins([]).add_worker(Unset, "this test")
+    # When process_queue drains its queue
+    assert process_queue(queue, "unset_prefetch_inline", quiet=True) == 1
+    # Then its consumer reserved the transport's default at a time
+    assert asked == [7]

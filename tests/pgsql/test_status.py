@@ -19,6 +19,9 @@ import pytest
 from asynctask.status import StatusNotTracked
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
+from asynctask_pgsql import consumer as consumer_module
+from asynctask_pgsql import state as state_module
+from asynctask_pgsql.state_sql import CANCEL_HEARD
 from asynctask_pgsql.statements import Statements
 
 from .conftest import CONNINFO, DATABASE, HOST
@@ -167,6 +170,66 @@ def test_a_prefetched_task_cancelled_before_its_start_is_dropped_by_start(transp
     assert [s.state for s in transport.statuses([first, second])] == ["succeeded", "cancelled"]
     assert queue_rows(queue) == []
     assert transport.failed_tasks(queue) == []
+
+
+def test_a_prefetched_task_cancelled_right_after_the_reserve_is_dropped_by_start(
+    transport, monkeypatch
+):
+    """A consumer starts a prefetched task without asking the server when its last
+    question left less than ``CANCEL_HEARD`` ago; ``cancel`` waits that long when it told
+    a consumer, so a start right after it still asks and drops the task. Here the window
+    is 0.5 s (both sides patched), so that the cancel surely falls in it. Failed (the
+    second start said "run") with the wait taken out of ``PgsqlStateStore.cancel``."""
+    quiet = 0.5
+    monkeypatch.setattr(consumer_module, "CANCEL_HEARD", quiet)
+    monkeypatch.setattr(state_module, "CANCEL_HEARD", quiet)
+    queue = unique_queue()
+    first, second = transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+    with transport.consumer(queue, prefetch=2) as consumer:
+        # Given a consumer that took both tasks in one reserve and started the first at once
+        one = consumer.reserve(5)
+        assert one is not None and one.id == first
+        assert consumer.start(one) == "run"
+        two = consumer.reserve(5)
+        assert two is not None and two.id == second
+        # When the second is cancelled, and started as soon as the cancel returns
+        began = time.monotonic()
+        assert transport.cancel(second) is True
+        waited = time.monotonic() - began
+        # Then its start drops it: it never runs
+        assert consumer.start(two) == "cancelled"
+        assert waited >= quiet
+        consumer.ack(one)
+        assert consumer.reserve(0) is None
+    assert [s.state for s in transport.statuses([first, second])] == ["succeeded", "cancelled"]
+    assert queue_rows(queue) == []
+
+
+def test_a_drain_of_prefetched_tasks_asks_for_cancels_once_per_quiet_window(transport):
+    """Starting prefetched tasks within ``CANCEL_HEARD`` of the last question sends no
+    Sync: 40 tasks reserved 8 at a time and started at once cost the 5 reserves' round
+    trips and few Syncs, not one a task (40 before this change)."""
+    queue = unique_queue()
+    transport.submit_tasks(queue, [{"n": n} for n in range(40)])
+    with transport.consumer(queue, prefetch=8) as consumer:
+        syncs = []
+        ask = consumer._hear_cancels
+
+        def counted(conn: Any) -> None:
+            syncs.append(1)
+            ask(conn)
+
+        consumer._hear_cancels = counted
+        began = time.monotonic()
+        for _ in range(40):
+            delivery = consumer.reserve(5)
+            assert delivery is not None
+            assert consumer.start(delivery) == "run"
+            consumer.ack(delivery)
+        spent = time.monotonic() - began
+    # at most one Sync per reserve and per CANCEL_HEARD of the time spent
+    assert len(syncs) <= 5 + spent / CANCEL_HEARD
+    assert len(syncs) < 40
 
 
 def test_a_task_cancelled_while_it_runs_stays_cancelled_and_is_never_retried(transport):

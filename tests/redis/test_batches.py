@@ -40,9 +40,9 @@ def _next(
     t: RedisTransport, client: redis.Redis, queue: str, want: int, acks: list[bytes] = ()
 ) -> list[bytes]:
     """One untracked ``NEXT`` call; the messages it took."""
-    pairs = [part for raw in acks for part in (raw, "")]
+    triples = [part for raw in acks for part in (raw, "", "")]
     args = [t.prefix, t.script_queue(queue), CONSUMER, want, "0", t.status_ttl_ms, ""]
-    reply = client.eval(scripts.NEXT.text, 0, *args, len(acks), *pairs)
+    reply = client.eval(scripts.NEXT.text, 0, *args, len(acks), *triples)
     assert reply[0] == 0, "nothing is marked running without tracking"
     return list(reply[1:])
 

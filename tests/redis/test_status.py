@@ -119,6 +119,32 @@ def test_a_cancelled_waiting_task_never_runs(transport, queue):
     consumer.close()
 
 
+def test_a_task_cancelled_before_the_move_is_dropped_even_taken_ahead(transport, queue, client):
+    """A move checks the tasks it takes ahead only while some cancelled task has not been
+    met (``P:Q:cancelled``): one cancelled before the consumer's cancel feed existed is
+    dropped on the way, never handed out, and once met the set is empty again, so that
+    moves skip the checks. (Fails with a move that never checks the tasks taken ahead:
+    the cancelled one is handed out and its start, hearing nothing, runs it.)"""
+    cancelled = f"{transport.prefix}:{queue}:cancelled"
+    # Given three waiting tasks, the second cancelled before any consumer subscribed
+    first, doomed, third = transport.submit_tasks(queue, [{"n": n} for n in range(3)])
+    assert transport.cancel(doomed) is True
+    assert client.zscore(cancelled, doomed) is not None
+    # When a consumer takes them all at once (prefetch 3) and runs what it gets
+    consumer = transport.consumer(queue, prefetch=3)
+    got = []
+    while (delivery := consumer.reserve(timeout=0.5)) is not None:
+        got.append(delivery.id)
+        assert consumer.start(delivery) == "run"
+        consumer.ack(delivery)
+    consumer.close()
+    # Then the cancelled one never came, the others ran, and the set forgot it
+    assert got == [first, third]
+    assert transport.status(doomed).state == "cancelled"
+    assert transport.status(third).state == "succeeded"
+    assert client.exists(cancelled) == 0
+
+
 def test_a_task_taken_ahead_is_checked_when_it_starts(transport, queue):
     # Given a consumer holding two tasks (prefetch 2), the second cancelled meanwhile
     _first, second = transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
@@ -460,35 +486,86 @@ def test_a_cancel_between_reserve_and_start_is_seen_by_start(transport, queue):
     consumer.close()
 
 
-def test_a_task_taken_ahead_starts_without_waiting_for_redis(transport, queue, monkeypatch):
-    """The running mark of a task taken ahead is sent, not waited for, while the cancel
-    feed is live; it is in Redis before the consumer's next command is answered.
-    (Fails against the consumer before this: each such start waited for START.)"""
-    from asynctask_redis import consumer as consumer_module
+def _count_sends(consumer: Any, monkeypatch: Any) -> list[bytes]:
+    """Every command the consumer's own connection sends from now on."""
+    sent: list[bytes] = []
+    conn = consumer._conn
+    real_send = conn.send_packed_command
 
-    # Given a consumer holding two tasks (prefetch 2), the first started
+    def counting_send(command: Any, check_health: bool = True) -> None:
+        sent.extend(command)
+        real_send(command, check_health)
+
+    monkeypatch.setattr(conn, "send_packed_command", counting_send)
+    return sent
+
+
+def test_a_task_taken_ahead_starts_without_a_message_and_reads_running_soon(
+    transport, queue, monkeypatch
+):
+    """The running mark of a task taken ahead is neither sent nor waited for at its start
+    while the cancel feed is live: a task that runs on is marked within
+    ``startmarks.DEFER`` (by the consumer's thread, with the ack before it), with the time
+    it started. (Fails against the consumer before this: each such start sent a START, so
+    a drain cost a message a task more than without statuses.)"""
+    from asynctask_redis.startmarks import DEFER
+
+    # Given a consumer holding two tasks (prefetch 2), the first started and acked
     first, second = transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
     consumer = transport.consumer(queue, prefetch=2)
     one, two = take(consumer), take(consumer)
     assert consumer.start(one) == "run"
     consumer.ack(one)
-    waited: list[str] = []
-    real_run = consumer_module.run
-
-    def counting_run(conn: Any, script: Any, *args: Any) -> Any:
-        waited.append(script.name)
-        return real_run(conn, script, *args)
-
-    monkeypatch.setattr(consumer_module, "run", counting_run)
-    # When the second starts
+    sent = _count_sends(consumer, monkeypatch)
+    # When the second starts, and runs on
+    began = time.time()
     assert consumer.start(two) == "run"
-    # Then no script was waited for, and Redis has it running (and the first succeeded)
-    assert waited == []
-    assert transport.status(second).state == "running"
+    # Then nothing went to Redis at its start
+    assert sent == []
+    # And Redis has it running within DEFER (and the first succeeded), started when it did
+    deadline = time.monotonic() + DEFER + 1
+    while transport.status(second).state != "running":
+        assert time.monotonic() < deadline, "the running mark never came"
+        time.sleep(0.002)
+    marked_after = time.time() - began
+    assert marked_after < DEFER + 0.25, marked_after
+    running = transport.status(second)
+    assert running.attempts == 1 and abs(running.started_at - began) < 0.1, running
     assert transport.status(first).state == "succeeded"
+    assert len(sent) == 1  # one START, the thread's
+    # When it is acked: then it succeeded with the next call
     consumer.ack(two)
     assert consumer.reserve(timeout=0) is None
     assert transport.status(second).state == "succeeded"
+    consumer.close()
+
+
+def test_a_quick_task_taken_ahead_is_marked_with_its_ack_in_the_next_move(
+    transport, queue, monkeypatch
+):
+    """A task taken ahead that ends before ``DEFER`` has its running mark and its ack in
+    the consumer's next call, in that order: states in order, times in order, no message
+    of its own. (Fails if the marks are sent at each start: a START a task.)"""
+    # Given a consumer holding three tasks (prefetch 3), the first started and acked
+    ids = transport.submit_tasks(queue, [{"n": n} for n in range(3)])
+    consumer = transport.consumer(queue, prefetch=3)
+    held = [take(consumer) for _ in ids]
+    assert consumer.start(held[0]) == "run"
+    consumer.ack(held[0])
+    sent = _count_sends(consumer, monkeypatch)
+    # When the other two start and end at once, and the consumer asks for more
+    for delivery in held[1:]:
+        assert consumer.start(delivery) == "run"
+        consumer.ack(delivery)
+    assert consumer.reserve(timeout=0) is None
+    # Then no START went out: the next move carried all of it; each succeeded after it ran
+    from asynctask_redis.scripts import START
+
+    assert sent and all(START.sha.encode() not in command for command in sent), sent
+    for tid in ids:
+        st = transport.status(tid)
+        assert st.state == "succeeded" and st.attempts == 1, st
+        assert st.submitted_at <= st.started_at <= st.finished_at, st
     consumer.close()
 
 
@@ -516,3 +593,36 @@ def test_a_lost_cancel_feed_makes_start_ask_redis(transport, queue, client):
     # And the next move subscribes again
     assert consumer._feed is not None and consumer._feed.live
     consumer.close()
+
+
+def test_the_mark_thread_ends_with_its_consumer(transport, queue):
+    """The thread that sends late running marks ends when its consumer closes, and when
+    it is dropped unclosed (no thread a consumer left behind)."""
+
+    def marks_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("asynctask-redis-marks-")]
+
+    before = len(marks_threads())
+    transport.submit_tasks(queue, [{"n": n} for n in range(4)])
+    for close in (True, False):
+        # Given a consumer that started a task taken ahead (its thread now runs)
+        consumer = transport.consumer(queue, prefetch=2)
+        one, two = take(consumer), take(consumer)
+        assert consumer.start(one) == "run"
+        consumer.ack(one)
+        assert consumer.start(two) == "run"
+        assert len(marks_threads()) == before + 1
+        consumer.ack(two)
+        deadline = time.monotonic() + 5
+        while transport.status(two.id).state != "succeeded":  # the thread sent it: idle now
+            assert time.monotonic() < deadline, "the thread never sent the marks"
+            time.sleep(0.005)
+        # When it is closed, or dropped
+        if close:
+            consumer.close()
+        del consumer, one, two
+        # Then its thread ends
+        deadline = time.monotonic() + 5
+        while len(marks_threads()) > before:
+            assert time.monotonic() < deadline, "the mark thread outlived its consumer"
+            time.sleep(0.01)

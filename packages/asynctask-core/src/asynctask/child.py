@@ -155,7 +155,7 @@ def main() -> int:
         wait=settings.poll_interval,
         rate=rate,
         limit=limit,
-        prefetch=spec.prefetch or worker.prefetch,
+        prefetch=spec.prefetch or worker.prefetch or transport.default_prefetch,
         max_tasks=worker.max_tasks_per_child,
         stop=stop,
         on_timeout=lambda: os._exit(EXIT_TASK_TIMEOUT),

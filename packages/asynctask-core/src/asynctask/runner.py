@@ -395,7 +395,7 @@ def _drain(worker_name: str, queue_name: str, quiet: bool) -> int:
         options = LoopOptions(
             stop_when_idle=True,
             wait=0.05,
-            prefetch=worker.prefetch,
+            prefetch=worker.prefetch or transport.default_prefetch,
             track_status=None if config is None else config.track_status,
         )
         try:

@@ -360,6 +360,10 @@ class Transport(ABC):
     state_uri: str | None = None
     #: the setting ``asynctask_status_ttl``: seconds a final status is kept
     status_ttl: float = DEFAULT_STATUS_TTL
+    #: tasks a worker's child reserves ahead when neither its worker class nor its queue
+    #: entry sets ``prefetch``; a transport whose statement per reserve costs most of a
+    #: short task raises it (pgsql, see its README)
+    default_prefetch: ClassVar[int] = 4
 
     def __init__(self, uri: str) -> None:
         self.uri = uri

@@ -41,7 +41,7 @@ class AsyncTaskWorker:
         replacing its child process.
     ``max_tasks_per_child`` (``None``)
         recycle the child process after this many tasks.
-    ``prefetch`` (4)
+    ``prefetch`` (``None``: the transport's ``default_prefetch``, 4; 16 on pgsql)
         tasks a child reserves at a time. More makes short tasks faster (fewer round
         trips); a killed child's reserved tasks come back, so up to this many may run
         twice, and a long task holds the ones reserved behind it: set 1 for long tasks.
@@ -70,7 +70,7 @@ class AsyncTaskWorker:
     dont_retry: ClassVar[tuple[type[BaseException], ...]] = ()
     timeout: ClassVar[float | None] = None
     max_tasks_per_child: ClassVar[int | None] = None
-    prefetch: ClassVar[int] = 4
+    prefetch: ClassVar[int | None] = None
     child_concurrency: ClassVar[int | None] = None
     cancel_grace: ClassVar[float] = 2.0
     track_status: ClassVar[bool] = True

@@ -52,6 +52,7 @@ from asynctask.transport import Consumer, Delivery, Transport, check_delay
 from asynctask_pgsql.conninfo import Server, is_refusal
 from asynctask_pgsql.decoding import load_json_as_text, read_headers
 from asynctask_pgsql.schema import channel, consumer_lock_class, sweep_lock_class
+from asynctask_pgsql.state_sql import CANCEL_HEARD
 from asynctask_pgsql.statements import Statements
 from asynctask_pgsql.vacuum import Vacuumer
 
@@ -137,6 +138,9 @@ class PgsqlConsumer(Consumer):
         self._mark_wanted = threading.Condition(self._lock)
         self._cancelled: set[str] = set()  # task ids announced cancelled on our channel
         self._woken = False  # a notification other than a cancel came with a statement
+        # when (monotonic) we last sent a statement or Sync whose answer, and the
+        # notifications before it, we have read: see ``_start_later``
+        self._asked_at = -CANCEL_HEARD
         self._next_sweep = 0.0
         self._outage_since: float | None = None
         self._pause = 0.05
@@ -229,6 +233,13 @@ class PgsqlConsumer(Consumer):
         0.81x and 0.89x in two runs (768 against 948, 968 against 1,093 tasks/s, medians
         of 7 alternating rounds of 1,000, load 10 on 2 cores); a START per task instead
         gives 311 and 393/s (``scripts/bench_prefetched_start.py``).
+
+        It is skipped when our last question (that Sync, or any statement: the server
+        sends the announcements before each answer) left less than ``CANCEL_HEARD`` (5
+        ms) ago: a cancel committed after the server read that question waits that long
+        before it returns (``PgsqlStateStore.cancel``), so it has not returned yet, and
+        one committed before is in the answer we read. A drain of short tasks so asks
+        once per 5 ms, not once per task.
         A cancel that lands after this is seen as the cancel of a running task: the
         status says ``cancelled`` (never overwritten), the supervisor stops the task.
         """
@@ -236,7 +247,8 @@ class PgsqlConsumer(Consumer):
         if conn is None or conn.closed:
             return False
         try:
-            self._hear_cancels(conn)
+            if time.monotonic() - self._asked_at >= CANCEL_HEARD:
+                self._hear_cancels(conn)
         except psycopg.Error as exc:
             logger.debug("%r: reading notifications failed (%s)", self, exc)
             self._drop_connection()
@@ -262,12 +274,14 @@ class PgsqlConsumer(Consumer):
         is in ``_cancelled`` after it. The START_RUNNING sent before are answered first.
         """
         pgconn = conn.pgconn
+        asked = time.monotonic()
         if pgconn.pipeline_status == pq.PipelineStatus.OFF:
             pgconn.enter_pipeline_mode()
         pgconn.pipeline_sync()
         self._pending.append([])  # a Sync with no acknowledgements riding on it
         conn.wait(send(pgconn))
         self._absorb(conn, block=True)
+        self._asked_at = asked
 
     def _mark_running(self) -> None:
         """Write ``running`` for the tasks started ``SYNC_WITHIN`` ago and still running,
@@ -487,7 +501,10 @@ class PgsqlConsumer(Consumer):
                 # as the hand-made text literal it replaces (1,693 against 1,454
                 # reserves/s, python -m bench.drivers, same run).
                 bound = self._bound(params) if isinstance(params, dict) else params
+                asked = time.monotonic()
                 rows = conn.execute(query, bound, prepare=True).fetchall()
+                # psycopg read the notifications that came before its answer
+                self._asked_at = asked
             except (psycopg.OperationalError, TransportUnavailable) as exc:
                 self._lost(exc)
                 continue
@@ -631,6 +648,7 @@ class PgsqlConsumer(Consumer):
         self._pause = min(self._pause * 2, 1.0)
 
     def _drop_connection(self) -> None:
+        self._asked_at = -CANCEL_HEARD  # a new connection hears nothing sent before it
         self._restore(self._pending)  # unanswered: sent again
         self._pending.clear()
         self._start_failed = False

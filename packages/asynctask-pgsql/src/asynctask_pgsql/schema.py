@@ -9,15 +9,28 @@ same upgrade an adopted table gets, so both paths are one path.
 The migration runs in one transaction under an advisory lock, so many processes starting
 at once on an empty database create the schema exactly once; a process that finds the
 version current takes no lock at all.
+
+Its statements lock the queue table (``CREATE INDEX IF NOT EXISTS`` takes a SHARE lock
+even when the index is there, ``ALTER TABLE`` an ACCESS EXCLUSIVE one), and a lock
+request waits in line: every INSERT, UPDATE and DELETE that comes after it waits behind
+it. Behind a VACUUM (which holds SHARE UPDATE EXCLUSIVE for as long as it works) or a
+long transaction, a migration that simply waited would stop every submit and reserve on
+the table for that long. So each try waits at most ``LOCK_TRY`` seconds for a lock
+(``lock_timeout``), rolls back, and is tried again after a pause, during which the
+others go on, until ``wait`` seconds have passed (``SchemaBusy`` then).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+import time
 from typing import Any, LiteralString
 
 import psycopg
+
+logger = logging.getLogger("asynctask.pgsql")
 
 #: the version this package writes and understands (kept as the schema's comment)
 SCHEMA_VERSION = 2
@@ -26,8 +39,17 @@ _VERSION = re.compile(r"^version: (\d+)$")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
+#: seconds one try of a migration waits for a table lock before it lets the others by
+LOCK_TRY = 0.5
+
+
 class SchemaVersionError(psycopg.ProgrammingError):
     """The schema belongs to a newer asynctask-pgsql (mapped by the transport)."""
+
+
+class SchemaBusy(psycopg.OperationalError):
+    """The migration could not take its table locks in time (mapped by the transport to a
+    ``TransportUnavailable``: a later call tries again)."""
 
 
 def check_schema_name(text: str) -> str:
@@ -261,17 +283,46 @@ def _read(conn: psycopg.Connection[Any], schema: str) -> tuple[int | None, bool,
     return version, found is not None, bool(v2)
 
 
-def migrate(conn: psycopg.Connection[Any], schema: str) -> str:
+def migrate(conn: psycopg.Connection[Any], schema: str, wait: float = 60.0) -> str:
     """Bring ``schema`` to ``SCHEMA_VERSION``; return what was done, for logs and tests.
 
     ``conn`` is an autocommit connection. Raises ``SchemaVersionError`` for a schema
-    written by a newer version, and psycopg errors (a missing privilege) as they come.
+    written by a newer version, ``SchemaBusy`` when its tables' locks could not be had
+    within ``wait`` seconds (see the module docstring), and psycopg errors (a missing
+    privilege) as they come.
     """
     version, _, _ = _read(conn, schema)
     if version == SCHEMA_VERSION:
         return "current"
+    deadline = time.monotonic() + wait
+    pause = 0.05
+    while True:
+        try:
+            return _migrate_once(conn, schema)
+        except psycopg.errors.LockNotAvailable as exc:
+            if time.monotonic() + pause > deadline:
+                raise SchemaBusy(
+                    f"the migration of schema {schema!r} could not lock its tables within "
+                    f"{wait:g} s: another session holds them (a VACUUM or a long "
+                    "transaction: see pg_stat_activity); the next call tries again"
+                ) from exc
+            logger.info(
+                "migration of schema %s: a table is locked by another session (%s); "
+                "trying again in %.2f s",
+                schema,
+                str(exc).strip(),
+                pause,
+            )
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
+def _migrate_once(conn: psycopg.Connection[Any], schema: str) -> str:
+    """One try of ``migrate``: one transaction, each lock waited for ``LOCK_TRY`` s."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (migration_lock_key(schema),))
+        # after the advisory lock: a process waiting for another's migration waits whole
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{LOCK_TRY * 1000:.0f}ms",))
         version, found, v2 = _read(conn, schema)
         if version is not None and version > SCHEMA_VERSION:
             raise SchemaVersionError(

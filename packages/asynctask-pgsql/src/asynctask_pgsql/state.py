@@ -30,7 +30,7 @@ from asynctask.status import (
 )
 from asynctask_pgsql.conninfo import Server
 from asynctask_pgsql.schema import status_channel
-from asynctask_pgsql.state_sql import StateStatements
+from asynctask_pgsql.state_sql import CANCEL_HEARD, StateStatements
 
 #: tries of a unique-key submit whose holder committed after the statement's snapshot
 UNIQUE_TRIES = 20
@@ -85,7 +85,11 @@ class PgsqlStateStore(StateStore):
         found = _uuid(task_id)
         if found is None or not self._host._stored():
             return False
-        [(count, _)] = self._host._query(self.sql.cancel, {"id": found, "ttl": self.status_ttl})
+        [(count, told)] = self._host._query(self.sql.cancel, {"id": found, "ttl": self.status_ttl})
+        if told:
+            # A consumer holds it: by now it asks the server before any start (see
+            # CANCEL_HEARD), so no start after this return can miss the cancel.
+            time.sleep(CANCEL_HEARD)
         return bool(count)
 
     def wait(self, task_id: str, timeout: float | None) -> TaskStatus | None:

@@ -13,6 +13,13 @@ from typing import LiteralString
 
 from asynctask_pgsql.schema import sql
 
+#: seconds ``cancel`` waits, after it told a consumer of a reserved task, before it
+#: returns; a consumer starts a prefetched task without asking the server for
+#: announcements if it last asked less than this long before (see
+#: ``PgsqlConsumer._start_later``): a cancel committed after that question has then not
+#: returned yet, and one committed before it was in the answer.
+CANCEL_HEARD = 0.005
+
 _FINAL = """date_finished = now(), date_forget = now() + make_interval(secs => %(ttl)s::float8),
         unique_key = NULL"""
 
@@ -41,7 +48,9 @@ WHERE s.task_id = ANY(%(ids)s::uuid[]) AND (s.date_forget IS NULL OR s.date_forg
 # A waiting task's row goes at once (it never runs); a reserved one stays for its
 # consumer, whose ``start`` drops it, or whose supervisor stops it while it runs. Its
 # consumer hears of it on the queue's channel (``cancel <id>``): a consumer that starts
-# prefetched tasks without waiting (``statements.START_RUNNING``) asks first.
+# prefetched tasks without waiting (``statements.START_RUNNING``) asks first, unless it
+# asked less than ``CANCEL_HEARD`` seconds ago; so ``cancel`` returns that long after
+# this statement when it told a consumer (the second count).
 CANCEL = f"""
 WITH hit AS (
     UPDATE {{s}}.asynctask_status AS s

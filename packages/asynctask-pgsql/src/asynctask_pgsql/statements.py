@@ -110,9 +110,10 @@ SELECT pg_notify({s}.asynctask_channel(%(queue)s), '') FROM (SELECT 1 FROM put L
 # may be long before, and a task would then be due, or expired, early.
 _SUBMITTED = "submitted AS (SELECT clock_timestamp() AS at)"
 
-# The status row of new tasks. On a queue whose workers keep no status (a row in
-# asynctask_untracked) it is forgotten after the TTL like a final one: until then
-# ``status`` names the setting (StatusNotTracked), and the history does not grow.
+# The status row of new tasks, one per id of ``{ids}`` (a ``FROM`` item ``t`` with a
+# column ``id``). On a queue whose workers keep no status (a row in asynctask_untracked) it is
+# forgotten after the TTL like a final one: until then ``status`` names the setting
+# (StatusNotTracked), and the history does not grow.
 _STATUS_PUT = """INSERT INTO {s}.asynctask_status
     (task_id, queue_name, state, date_expires, unique_key, date_forget)
 SELECT t.id, %(queue)s, CASE WHEN %(delay)s::float8 > 0 THEN 'delayed' ELSE 'queued' END,
@@ -120,39 +121,55 @@ SELECT t.id, %(queue)s, CASE WHEN %(delay)s::float8 > 0 THEN 'delayed' ELSE 'que
        %(unique_key)s::text,
        (SELECT now() + make_interval(secs => %(ttl)s::float8)
         FROM {s}.asynctask_untracked WHERE queue_name = %(queue)s)
-FROM unnest(%(ids)s::uuid[]) AS t(id)
+FROM {ids}
 WHERE %(track)s
 ON CONFLICT DO NOTHING
 RETURNING task_id"""
 
-# One task. With a unique key, the task row is written only if its status row was: the
+# The queue row of one task (``%(id)s``, 32 hex digits); ``{when}``: a condition on it.
+_ROW_PUT = """INSERT INTO {s}.asynctask_queue
+    (task_id, queue_name, payload, payload_text, date_available, headers, priority,
+     date_expires)
+SELECT %(id)s::uuid, %(queue)s, coalesce(%(payload)s::jsonb, '{}'), %(text)s,
+       at + make_interval(secs => %(delay)s::float8), %(headers)s::jsonb, %(priority)s,
+       at + make_interval(secs => %(expires)s::float8)
+FROM submitted{when}
+ON CONFLICT (task_id) DO NOTHING
+RETURNING 1"""
+
+# One task without a unique key, the common submit: one statement, one round trip, its
+# answer read by nobody. Its status row has no key, so nothing can stop it but a retry
+# of the same submit (a lost reply), which finds both rows there and writes neither.
+PUT_ONE = (
+    "WITH "
+    + _SUBMITTED
+    + ", st AS (\n"
+    + _STATUS_PUT.replace("{ids}", "(SELECT %(id)s::uuid AS id) AS t").replace(
+        "%(unique_key)s::text", "NULL"
+    )
+    + "\n), put AS (\n"
+    + _ROW_PUT.replace("{when}", "")
+    + "\n)\nSELECT count(pg_notify({s}.asynctask_channel(%(queue)s), '')) FROM put\n"
+)
+
+# One task with a unique key: the task row is written only if its status row was: the
 # partial unique index asynctask_status_unique (queue_name, unique_key) takes the key
 # atomically (ON CONFLICT waits for a concurrent holder's commit). The answer: whether
 # ours was written, the holder's id, and whether this id is known (a retried submit).
 # A holder that committed after this statement's snapshot reads as none: the caller runs
 # the statement again.
-PUT_ONE = (
+PUT_UNIQUE = (
     "WITH "
     + _SUBMITTED
-    + """, st AS (
-"""
-    + _STATUS_PUT
+    + ", st AS (\n"
+    + _STATUS_PUT.replace("{ids}", "(SELECT %(id)s::uuid AS id) AS t")
+    + "\n), put AS (\n"
+    + _ROW_PUT.replace("{when}", " WHERE EXISTS (SELECT 1 FROM st)")
     + """
-), put AS (
-INSERT INTO {s}.asynctask_queue
-    (task_id, queue_name, payload, payload_text, date_available, headers, priority,
-     date_expires)
-SELECT %(id)s::uuid, %(queue)s, coalesce(%(payload)s::jsonb, '{}'), %(text)s,
-       (SELECT at FROM submitted) + make_interval(secs => %(delay)s), %(headers)s::jsonb,
-       %(priority)s, (SELECT at FROM submitted) + make_interval(secs => %(expires)s::float8)
-WHERE %(unique_key)s::text IS NULL OR EXISTS (SELECT 1 FROM st)
-ON CONFLICT (task_id) DO NOTHING
-RETURNING 1
 )
 SELECT (SELECT count(*) FROM st),
     (SELECT replace(h.task_id::text, '-', '') FROM {s}.asynctask_status AS h
-     WHERE %(unique_key)s::text IS NOT NULL AND h.queue_name = %(queue)s
-       AND h.unique_key = %(unique_key)s::text),
+     WHERE h.queue_name = %(queue)s AND h.unique_key = %(unique_key)s::text),
     EXISTS (SELECT 1 FROM {s}.asynctask_status WHERE task_id = %(id)s::uuid),
     (SELECT count(pg_notify({s}.asynctask_channel(%(queue)s), '')) FROM put)
 """
@@ -168,7 +185,7 @@ PUT = (
     + _SUBMITTED
     + """, st AS (
 """
-    + _STATUS_PUT.replace("%(ids)s", "%(ids)b")
+    + _STATUS_PUT.replace("{ids}", "unnest(%(ids)b::uuid[]) AS t(id)")
     + """
 ), put AS (
 INSERT INTO {s}.asynctask_queue
@@ -709,6 +726,7 @@ class Statements:
 
     put: LiteralString
     put_one: LiteralString
+    put_unique: LiteralString
     reserve: LiteralString
     start: LiteralString
     start_running: LiteralString

@@ -73,7 +73,9 @@ from asynctask_pgsql.conninfo import LIBPQ_KEYWORDS, is_refusal, read_server
 from asynctask_pgsql.consumer import PgsqlConsumer
 from asynctask_pgsql.decoding import load_json_as_text
 from asynctask_pgsql.keeper import PgsqlLiveness
+from asynctask_pgsql.pooled import PooledConnection, Prepared
 from asynctask_pgsql.schema import (
+    SchemaBusy,
     check_schema_name,
     consumer_lock_class,
     limit_lock_class,
@@ -100,13 +102,17 @@ _caller_connection: contextvars.ContextVar[psycopg.Connection[Any] | None] = con
 
 # Pools inherited through fork(): kept referenced so that collecting them never closes the
 # parent's connections from the child.
-_forked_away: list[ConnectionPool[psycopg.Connection[Any]]] = []
+_forked_away: list[ConnectionPool[PooledConnection]] = []
 
 
 class PgsqlTransport(Transport):
     """Tasks in PostgreSQL; see the module docstring."""
 
     schemes = ("pgsql", "postgresql", "postgres")
+    #: a child's RESERVE is one statement per batch, and its fixed cost (about half of
+    #: a RESERVE of 4 on the server) dominated a drain of short tasks: 16 drains 1.3-1.6x
+    #: faster than 4 (README, "Prefetch")
+    default_prefetch = 16
     options_accepted: ClassVar[dict[str, Option]] = {
         "schema": Option(check_schema_name, "asynctask", "the schema that holds the tables"),
         "pool_size": Option(positive_int, 4, "connections the transport's pool may open"),
@@ -137,6 +143,8 @@ class PgsqlTransport(Transport):
         self.schema: str = self.options["schema"]
         self.server = read_server(uri, self.location, self.driver_options, self.retry_timeout)
         self.sql = Statements.for_schema(self.schema)
+        #: the one-task submit, sent through libpq (see ``asynctask_pgsql.pooled``)
+        self._put_one = Prepared("asynctask_put_one", self.sql.put_one)
         recovery: float = self.options["recovery_seconds"]
         self.features = TransportFeatures(
             counts=frozenset(COUNT_NAMES), multiprocess=True, recovery_seconds=recovery
@@ -158,7 +166,7 @@ class PgsqlTransport(Transport):
         self._vacuum_every: float = self.options["vacuum_every"]
         #: what the first call did to the schema ("created", "current", "adopted ...")
         self.schema_action: str | None = None
-        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._pool: ConnectionPool[PooledConnection] | None = None
         self._pid = os.getpid()
         self._ready_lock = threading.Lock()
         self._store: PgsqlStateStore | None = None
@@ -169,7 +177,7 @@ class PgsqlTransport(Transport):
 
     # -- connections --------------------------------------------------------------------
 
-    def _ready_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+    def _ready_pool(self) -> ConnectionPool[PooledConnection]:
         """The pool, after the first call has migrated the schema on a direct connection."""
         if self._pool is not None and self._pid == os.getpid():
             return self._pool
@@ -183,7 +191,7 @@ class PgsqlTransport(Transport):
                 # A direct first connection reports the real reason a server is unreachable
                 # (refused, unknown database, password); the pool would only time out.
                 with self._mapped_errors(), self.server.connect() as conn:
-                    self.schema_action = migrate(conn, self.schema)
+                    self.schema_action = migrate(conn, self.schema, wait=self.retry_timeout)
                     [(autovacuum,)] = conn.execute("SHOW autovacuum").fetchall()
                 if self.schema_action != "current":
                     logger.info("%r: schema %s: %s", self, self.schema, self.schema_action)
@@ -210,6 +218,7 @@ class PgsqlTransport(Transport):
                     )
                 pool = ConnectionPool(
                     self.server.conninfo,
+                    connection_class=PooledConnection,
                     kwargs={"autocommit": True},
                     configure=_configure,
                     min_size=0,
@@ -227,6 +236,8 @@ class PgsqlTransport(Transport):
         """Map psycopg's errors to ours, naming the server and never the password."""
         try:
             yield
+        except SchemaBusy as exc:  # the server is there; its tables are busy for a while
+            raise TransportUnavailable(f"{self.server.describe()}: {exc}") from exc
         except (psycopg.OperationalError, PoolTimeout) as exc:
             text = str(exc).strip()
             if is_refusal(text):
@@ -268,9 +279,16 @@ class PgsqlTransport(Transport):
     def _query(self, query: LiteralString, params: Any) -> list[tuple[Any, ...]]:
         """Run one statement on a pooled autocommit connection; return its rows."""
         pool = self._ready_pool()
-        with self._mapped_errors(), pool.connection(timeout=self.retry_timeout) as conn:
-            cursor = conn.execute(query, params)
-            return cursor.fetchall() if cursor.description else [(cursor.rowcount,)]
+        with self._mapped_errors():
+            # getconn/putconn, not pool.connection(): the context manager's commit of an
+            # autocommit connection does nothing but costs 23k instructions a call
+            # (callgrind); putconn rolls back whatever a failure left open.
+            conn = pool.getconn(timeout=self.retry_timeout)
+            try:
+                cursor = conn.kept_cursor().execute(query, params)
+                return cursor.fetchall() if cursor.description else [(cursor.rowcount,)]
+            finally:
+                pool.putconn(conn)
 
     # -- transactional submit -----------------------------------------------------------
 
@@ -336,9 +354,6 @@ class PgsqlTransport(Transport):
         delay: float,
         options: SubmitOptions,
     ) -> Sequence[str] | None:
-        # jsonb cannot hold a NUL character (\u0000): such a payload travels as text.
-        texts = [text if "\\u0000" in text else None for _, text in tasks]
-        payloads = [None if "\\u0000" in text else text for _, text in tasks]
         params: dict[str, Any] = {
             "queue": queue,
             "delay": delay,
@@ -350,26 +365,50 @@ class PgsqlTransport(Transport):
             "track": self.own_state and options.record,
             "ttl": self.status_ttl,
         }
-        headers = [
-            _json_or_none(self.task_headers(queue, task_id, text)) for task_id, text in tasks
-        ]
-        ids = [task_id for task_id, _ in tasks]
+        # jsonb cannot hold a NUL character (\u0000): such a payload travels as text.
         if len(tasks) > 1:
-            params.update(ids=ids, payloads=payloads, texts=texts, headers=headers)
+            params.update(
+                ids=[task_id for task_id, _ in tasks],
+                payloads=[None if _NUL in text else text for _, text in tasks],
+                texts=[text if _NUL in text else None for _, text in tasks],
+                headers=[
+                    _json_or_none(self.task_headers(queue, task_id, text))
+                    for task_id, text in tasks
+                ],
+            )
             self._put_statement(self.sql.put, params)
             return None
+        [(task_id, text)] = tasks
+        nul = _NUL in text
         params.update(
-            id=ids[0], ids=[uuid.UUID(ids[0])], payload=payloads[0], text=texts[0],
-            headers=headers[0],
-        )  # fmt: skip
+            id=task_id,
+            payload=None if nul else text,
+            text=text if nul else None,
+            headers=_json_or_none(self.task_headers(queue, task_id, text)),
+        )
+        if options.unique_key is None:
+            self._put_one_task(params)
+            return None
         for _ in range(UNIQUE_TRIES):
-            [(written, holder, known, _)] = self._put_statement(self.sql.put_one, params)
-            if options.unique_key is None or not params["track"]:
-                return None
-            answer = held_by(written, holder, known, ids)
+            [(written, holder, known, _)] = self._put_statement(self.sql.put_unique, params)
+            answer = held_by(written, holder, known, [task_id])
             if answer is not None:
-                return None if answer == ids else answer
+                return None if answer == [task_id] else answer
         raise unique_key_busy(options.unique_key, queue)
+
+    def _put_one_task(self, params: dict[str, Any]) -> None:
+        """The one-task submit: through libpq on the pool (``asynctask_pgsql.pooled``),
+        or through psycopg in the caller's transaction (``connection=``)."""
+        if _caller_connection.get() is not None:
+            self._put_statement(self.sql.put_one, params)
+            return
+        pool = self._ready_pool()
+        with self._mapped_errors():
+            conn = pool.getconn(timeout=self.retry_timeout)
+            try:
+                conn.run_prepared(self._put_one, params)
+            finally:
+                pool.putconn(conn)
 
     def _put_statement(self, query: LiteralString, params: Any) -> list[tuple[Any, ...]]:
         """Run a put on the pool, or in the caller's transaction (``connection=``)."""
@@ -570,9 +609,15 @@ class PgsqlTransport(Transport):
         return PgsqlLiveness(self, queue, owner)
 
     def _close(self) -> None:
+        if self.vacuum is not None:
+            self.vacuum.close()  # its own connection, not the pool's
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close(timeout=1.0)
+
+
+#: the escape of a NUL character in JSON text, which jsonb cannot hold
+_NUL = "\\u0000"
 
 
 def _json_or_none(headers: dict[str, str]) -> str | None:

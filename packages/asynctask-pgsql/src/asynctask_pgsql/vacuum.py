@@ -12,6 +12,8 @@ past ``DEAD_TUPLES``. A VACUUM blocks no reserve or submit while it works; at it
 to give empty pages at the table's tail back, it holds the table's exclusive lock, and
 lets go within about 20 ms of a statement waiting for it (PostgreSQL's
 ``VACUUM_TRUNCATE_LOCK_CHECK_INTERVAL``): a reserve may so wait that long, once a look.
+The transport's ``close()`` stops it: a VACUUM under way is cancelled on the server, its
+connection closed and its thread joined, and no look starts after.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ class Vacuumer:
         self._lock = threading.Lock()
         self._next = 0.0
         self._thread: threading.Thread | None = None
+        #: the look's connection while it has one (``close`` cancels its statement)
+        self._conn: psycopg.Connection[Any] | None = None
+        self._closed = False
         #: how many VACUUMs this process ran (for tests and logs)
         self.runs = 0
 
@@ -69,7 +74,9 @@ class Vacuumer:
             return
         now = time.monotonic()
         with self._lock:
-            if now < self._next or (self._thread is not None and self._thread.is_alive()):
+            if self._closed or now < self._next:
+                return
+            if self._thread is not None and self._thread.is_alive():
                 return
             self._next = now + self.every
             self._thread = threading.Thread(
@@ -84,13 +91,17 @@ class Vacuumer:
         done: list[str] = []
         try:
             with self._connect() as conn:
+                with self._lock:
+                    if self._closed:
+                        return done
+                    self._conn = conn
                 key = vacuum_lock_key(self.schema)
                 [(locked,)] = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchall()
                 if not locked:
                     return done
                 try:
-                    for table, dead in conn.execute(_DEAD, (self.schema, list(_TABLES))):
-                        if dead >= DEAD_TUPLES:
+                    for table, dead in conn.execute(_DEAD, (self.schema, list(_TABLES))).fetchall():
+                        if dead >= DEAD_TUPLES and not self._closed:
                             began = time.monotonic()
                             name = sql.Identifier(self.schema, table)
                             conn.execute(sql.SQL("VACUUM {}").format(name))
@@ -103,19 +114,51 @@ class Vacuumer:
                                 time.monotonic() - began,
                             )
                 finally:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-        except psycopg.errors.InsufficientPrivilege as exc:
+                    if not self._closed:  # else the lock goes with the connection
+                        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        except psycopg.Error as exc:
+            self._failed(exc)
+        finally:
+            with self._lock:
+                self._conn = None
+        return done
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Start no look again; cancel a VACUUM under way and wait (up to ``timeout``
+        seconds) for its thread to end, its connection closed."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return
+        deadline = time.monotonic() + timeout
+        # Cancelled again until the thread ends: a cancel that lands between two of the
+        # look's statements cancels nothing, and the next sees ``_closed`` only after it.
+        while thread.is_alive() and time.monotonic() < deadline:
+            conn = self._conn
+            if conn is not None:
+                try:
+                    conn.cancel_safe(timeout=max(0.1, deadline - time.monotonic()))
+                except psycopg.Error as exc:  # the server went away: the look ends anyway
+                    logger.debug("cancelling the VACUUM of schema %s: %s", self.schema, exc)
+            thread.join(0.1)
+
+    def _failed(self, exc: psycopg.Error) -> None:
+        """Log why a look failed, the password scrubbed; quiet for a cancel by ``close``."""
+        if self._closed:
+            return
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege):
             logger.warning(
                 "VACUUM of schema %s refused (%s): autovacuum is off, so the queue table "
                 "bloats; let the transport's user own the tables, or VACUUM them yourself",
                 self.schema,
                 self._scrub(str(exc).strip()),
             )
-        except psycopg.Error as exc:  # a lost or refused connection: the next look retries
-            logger.warning(
-                "VACUUM of schema %s not done (%s); tried again in vacuum_every=%g s",
-                self.schema,
-                self._scrub(str(exc).strip()),
-                self.every,
-            )
-        return done
+            return
+        # a lost or refused connection: the next look retries
+        logger.warning(
+            "VACUUM of schema %s not done (%s); tried again in vacuum_every=%g s",
+            self.schema,
+            self._scrub(str(exc).strip()),
+            self.every,
+        )

@@ -15,20 +15,20 @@ or ``retry``/``fail``/``release``/``close``): that is what makes a task cost one
 trip. A process killed between ``ack`` and that call leaves the acked task to run again,
 which at-least-once allows; at most ``prefetch`` tasks are in that state.
 
-Task statuses (``asynctask.status``): the move checks every task it takes and drops
-(never hands out) one cancelled or expired; the one it hands out now, which the run
-loop starts right after, it also marks ``running``. The others wait in the buffer,
-``queued``, and ``start`` marks each with the ``START`` script, which carries the
-pending acks; so a task is ``running`` only once the worker starts it. That script is
-sent without waiting for its reply (read with the consumer's next call) when this
-consumer knows the task was not cancelled since the move: it is subscribed to the
-queue's cancel channel (``asynctask_redis.cancelfeed``) and the task has no
-``expires``. Otherwise (the feed not live, a cancel heard, an expiring task) ``start``
-waits for the verdict: one round trip. A cancel that races with a start sent unanswered
-acts as the cancel of a running task. An ack carries the result and writes
-``succeeded`` with the next call; ``retry``/``fail`` write their state in their own
-script. With ``tracking`` off none of this is written, and the move is the plain
-pipeline it was before statuses.
+Task statuses (``asynctask.status``): the move checks the task it hands out now, which
+the run loop starts right after, and marks it ``running``; the others wait in the
+buffer, ``queued``, checked by the move only while a cancelled task has not been met
+(``P:Q:cancelled``). A task's ``start`` knows whether it was cancelled since the move
+when this consumer is subscribed to the queue's cancel channel
+(``asynctask_redis.cancelfeed``) and the task has no ``expires``: then its running mark
+waits with the pending acks and goes with the next call, or within ``startmarks.DEFER``
+from a thread while the task runs on (``asynctask_redis.startmarks``); a drain sends
+nothing more a task than without statuses. Otherwise (the feed not live, a cancel
+heard, an expiring task) ``start`` runs the ``START`` script and waits for its verdict:
+one round trip. A cancel that races with a mark not written yet acts as the cancel of a
+running task. An ack carries the result and writes ``succeeded`` with the next call;
+``retry``/``fail`` write their state in their own script. With ``tracking`` off none of
+this is written, and the move is the plain pipeline it was before statuses.
 
 Each consumer keeps one connection of the pool for itself. After any error on the way
 in (a lost reply may hide a move that happened), the next ``TAKE`` puts back everything
@@ -38,11 +38,14 @@ in the processing list that was not handed out, so nothing is stranded there.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, ClassVar, Protocol
+from collections.abc import Callable
+from typing import Any, ClassVar, Concatenate, ParamSpec, Protocol, TypeVar
 
 import redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -56,9 +59,10 @@ from asynctask_redis.cancelfeed import CancelFeed
 from asynctask_redis.connection import Server, call, pack, pipeline, run
 from asynctask_redis.messages import Message, canonical_text, failed_record, read_message
 from asynctask_redis.replication import Replication, Waited
+from asynctask_redis.startmarks import DEFER, MarkFlusher, StartMark
 
 #: what the scripts push to an empty ready list to wake a blocked consumer for an
-#: urgent task (``scripts._KEYS``); a consumer that takes it drops it
+#: urgent task (``scripts._BASE``); a consumer that takes it drops it
 NUDGE = b'{"__asynctask__":0}'
 
 
@@ -122,6 +126,29 @@ _REPLICATED = frozenset({"ack", "retry", "fail"})
 EXPIRES_HEADER = "asynctask-expires"
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _locked(
+    method: Callable[Concatenate[RedisConsumer, P], R],
+) -> Callable[Concatenate[RedisConsumer, P], R]:
+    """Run a consumer's call holding its lock once it has a thread that sends late running
+    marks (``asynctask_redis.startmarks``): the thread acts only between calls, never
+    during one. Before that (every untracked consumer) no lock is taken: only ``start``
+    makes the thread, and the thread touches nothing until ``DEFER / 2`` after its
+    ``wake``, the last thing that ``start`` does."""
+
+    def locked(self: RedisConsumer, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self._flusher is None:
+            return method(self, *args, **kwargs)
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    functools.update_wrapper(locked, method)
+    return locked
+
+
 def _give_back(pool: Any, conn: Any, deferred: list[Any]) -> None:
     """Return a consumer's connection to the pool; one with replies still unread is
     closed first, so that no other caller reads them."""
@@ -165,7 +192,14 @@ class RedisConsumer(Consumer):
         #: ``Counter``'s Python-level ``__delitem__`` cost about 1 us a task)
         self._held: dict[bytes, int] = {}
         self._held_count = 0
-        self._acks: list[bytes | str] = []  # acked, not yet sent: (message, result) pairs
+        #: acked, not yet sent: (message, task id, result) triples (the id spares the
+        #: scripts a parse of the message), and starts not sent yet: ('', id, StartMark)
+        self._acks: list[bytes | str | StartMark] = []
+        #: when the oldest start in ``_acks`` happened (None: none is there)
+        self._marks_since: float | None = None
+        #: sends them once DEFER old, if no call did (made at the first one)
+        self._flusher: MarkFlusher | None = None
+        self._lock = threading.RLock()
         self._maintain_at = 0.0  # when the TAKE script must run again
         #: the queue's cancels (with tracking), and the tasks taken while it was not live
         #: (their start asks Redis: a cancel published then may be missed)
@@ -236,6 +270,12 @@ class RedisConsumer(Consumer):
 
     def reserve(self, timeout: float) -> Delivery | None:
         """Wait up to ``timeout`` seconds for a ready task; see ``Consumer.reserve``."""
+        if self._flusher is None:  # no mark thread (every untracked consumer)
+            return self._reserve(timeout)
+        with self._lock:
+            return self._reserve(timeout)
+
+    def _reserve(self, timeout: float) -> Delivery | None:
         if self.closed:
             raise TransportClosed(f"{self!r} is closed")
         t = self.transport
@@ -292,7 +332,7 @@ class RedisConsumer(Consumer):
             flags,
             "1" if self.fused else "0",
             t.status_ttl_ms,
-            len(acks) // 2,
+            len(acks) // 3,
             *acks,
             *held,
             resync=True,
@@ -311,12 +351,16 @@ class RedisConsumer(Consumer):
         return max(1, self.prefetch - self._held_count)
 
     def _pending(self) -> list[bytes | str]:
-        """The acks (message, result pairs) a script sends now; the caller clears them
-        once the script ran (``_sent``)."""
-        return self._acks
+        """The acks (message, task id, result triples) and late starts a script sends now;
+        the caller clears them once the script ran (``_sent``)."""
+        if self._marks_since is None:
+            return self._acks  # type: ignore[return-value]  # no StartMark in it
+        now = time.monotonic()
+        return [a.text(now) if isinstance(a, StartMark) else a for a in self._acks]
 
     def _sent(self) -> None:
         self._acks = []
+        self._marks_since = None
 
     def _took(self, marked: int, messages: list[bytes]) -> None:
         """Buffer what a move took (the first marked running if ``marked``); unsure of
@@ -377,19 +421,20 @@ class RedisConsumer(Consumer):
 
     def _next(self, conn: Any) -> bool:
         """Acks and non-blocking moves in one round trip; whether anything came."""
-        t, acks, want = self._host, self._acks, self._want()
+        acks = self._acks if self._marks_since is None else self._pending()
+        t, want = self._host, self._want()
         give_back: bytes | str = ""
-        if not self.fused and want == 1 and len(acks) <= 2 and NUDGE not in acks:
+        if not self.fused and want == 1 and len(acks) <= 3 and NUDGE not in acks:
             # Plain commands cost Redis a fifth of the script (9 us a task against 45,
             # server time, INFO commandstats): without tracking, take this way, and run
             # the script only when urgent tasks wait (it takes those first).
             proc = self.processing_key
-            commands: list[tuple[Any, ...]] = [("LREM", proc, 1, raw) for raw in acks[::2]]
+            commands: list[tuple[Any, ...]] = [("LREM", proc, 1, raw) for raw in acks[::3]]
             commands.append(("LMOVE", t.ready_key(self.queue), proc, "LEFT", "RIGHT"))
             commands.append(("SADD", self.consumers_key, self.id))  # see scripts.NEXT
             commands.append(("EXISTS", t.key(self.queue, "urgent")))
             replies = pipeline(conn, commands)
-            self._acks = acks = []
+            self._acks = acks = []  # not fused: no late start among them
             moved, urgent = replies[-3], replies[-1]
             if not urgent:
                 self._buffer.extend([] if moved is None else [moved])
@@ -405,7 +450,7 @@ class RedisConsumer(Consumer):
             "1" if self.fused else "0",
             t.status_ttl_ms,
             give_back,
-            len(acks) // 2,
+            len(acks) // 3,
             *acks,
         )
         self._sent()
@@ -429,7 +474,7 @@ class RedisConsumer(Consumer):
     def _deliver(self, raw: bytes) -> Delivery | None:
         """A Delivery for a taken message; an undecodable one goes to the failed store."""
         if raw == NUDGE:  # taken by BLMOVE: dropped with the next call
-            self._acks += [raw, ""]
+            self._acks += [raw, "", ""]
             return None
         try:
             message = read_message(raw, self.transport.max_payload_bytes)
@@ -465,7 +510,7 @@ class RedisConsumer(Consumer):
         fused = "1" if self.fused else "0"
         acks = self._pending()
         ttl = self._host.status_ttl_ms
-        return [op, raw, argument, delay_ms, fused, ttl, error, len(acks) // 2, *acks]
+        return [op, raw, argument, delay_ms, fused, ttl, error, len(acks) // 3, *acks]
 
     def _send(
         self, op: str, raw: bytes, argument: str = "", delay_ms: str = "0", error: str = ""
@@ -545,15 +590,24 @@ class RedisConsumer(Consumer):
 
     def start(self, delivery: Delivery) -> StartVerdict:
         """Mark the task ``running`` unless it was cancelled or has expired (then it is
-        gone, never run): one ``START`` call, with the pending acks.
+        gone, never run).
 
-        Sent without waiting for the reply when the cancel feed has been live since the
-        move that took the task, says nothing of it, and the task has no ``expires``
-        (see the module docstring): the drain then costs no round trip more a task than
-        without tracking (the feed is read without blocking: a few microseconds). Not
-        sent at all for the task the move handed out first: the move marked it running
-        (the run loop starts it right after the reserve).
+        When the cancel feed has been live since the move that took the task, says
+        nothing of it, and the task has no ``expires`` (see the module docstring), the
+        verdict is known here: the mark waits in the pending acks and goes with this
+        consumer's next call, or within ``startmarks.DEFER`` seconds if the task runs
+        longer (``asynctask_redis.startmarks``): a drain sends nothing more a task than
+        without tracking (the feed is read without blocking: a few microseconds). Nothing
+        at all for the task the move handed out first: the move marked it running (the
+        run loop starts it right after the reserve). Otherwise one ``START`` call, with
+        the pending acks, waits for the verdict.
         """
+        if self._flusher is None:  # no mark thread (every untracked consumer)
+            return self._start(delivery)
+        with self._lock:
+            return self._start(delivery)
+
+    def _start(self, delivery: Delivery) -> StartVerdict:
         if not self.tracking:
             return "run"
         if not self._host.own_state:
@@ -563,7 +617,6 @@ class RedisConsumer(Consumer):
             return "run"
         raw = message.raw
         feed = self._feed
-        t, acks = self._host, self._pending()
         marked, self._marked = raw == self._marked, None
         if (
             feed is not None
@@ -575,26 +628,30 @@ class RedisConsumer(Consumer):
         ):
             if marked:  # the move checked it and marked it running: nothing to send
                 return "run"
-            args = (t.prefix, t.script_queue(self.queue), self.id, raw, t.status_ttl_ms, "1")
-            command = pack([("EVALSHA", scripts.START.sha, 0, *args, len(acks) // 2, *acks)])
-            try:
-                self._conn.send_packed_command([command])
-            except (RedisError, OSError):
-                # the call below reconnects, and asks; the acks sent unanswered before
-                # may be lost: the next move resynchronises
-                self._conn.disconnect()
-                self._deferred.clear()
-                self._resync = True
-            else:
-                self._deferred.append((command, delivery.id))
-                self._sent()
-                return "run"
+            now = time.monotonic()
+            self._acks += ["", delivery.id, StartMark(delivery.attempt, now)]
+            if self._marks_since is None:
+                self._marks_since = now
+            if self._flusher is None:
+                self._flusher = MarkFlusher(self, f"asynctask-redis-marks-{self.id}")
+            self._flusher.wake()
+            return "run"
         self._unsure.discard(raw)
         if feed is not None:
             feed.cancelled.pop(delivery.id, None)
+        t, acks = self._host, self._pending()
 
         def step() -> Any:  # safe to run again: a second start finds it running
-            return self._run(scripts.START, raw, t.status_ttl_ms, "0", len(acks) // 2, *acks)
+            return self._run(
+                scripts.START,
+                t.status_ttl_ms,
+                "0",
+                delivery.id,
+                delivery.attempt,
+                raw,
+                len(acks) // 3,
+                *acks,
+            )
 
         verdict = self.transport._call(self._once_more, step)
         self._sent()
@@ -604,15 +661,57 @@ class RedisConsumer(Consumer):
             return "cancelled" if text == "cancelled" else "expired"
         return "run"
 
+    def flush_marks(self, now: float) -> bool:
+        """Send the late starts (and the acks before them) once the oldest is ``DEFER``
+        old, unanswered, in a ``START`` script with no task of its own (the reply is read
+        with the next call); whether some still wait. Called by the ``MarkFlusher``
+        thread, between the consumer's calls only (it never waits for the lock)."""
+        since = self._marks_since
+        if since is None:
+            return False
+        if now - since < DEFER or not self._lock.acquire(blocking=False):
+            return True
+        try:
+            conn = self._conn
+            if self._marks_since is None or self.closed or conn is None:
+                return False
+            t, acks = self._host, self._pending()
+            args = (t.prefix, t.script_queue(self.queue), self.id, t.status_ttl_ms, "1")
+            command = pack(
+                [("EVALSHA", scripts.START.sha, 0, *args, "", 0, "", len(acks) // 3, *acks)]
+            )
+            try:
+                conn.send_packed_command([command])
+            except (RedisError, OSError):
+                # they stay pending: the next call reconnects, resynchronises and sends them
+                conn.disconnect()
+                self._deferred.clear()
+                self._resync = True
+                return False
+            self._deferred.append((command, ""))
+            self._sent()
+            return False
+        finally:
+            self._lock.release()
+
     def ack(self, delivery: Delivery, result_json: str | None = None) -> bool | None:
         """Done: the task is removed (``succeeded``, with its result, unless it was
         cancelled meanwhile) with this consumer's next call to Redis: whether it was
         cancelled is not known here (None). Under ``wait_replicas`` the ack is sent at
         once and returns once the replicas hold it (or their time ran out: logged)."""
+        if self._flusher is None:  # no mark thread (every untracked consumer)
+            return self._ack(delivery, result_json)
+        with self._lock:
+            return self._ack(delivery, result_json)
+
+    def _ack(self, delivery: Delivery, result_json: str | None = None) -> bool | None:
         raw = self._unhold(delivery)
         if raw is None:
             return None
-        self._acks += [raw, result_json if result_json and self.fused else ""]
+        if self.fused:
+            self._acks += [raw, delivery.id, result_json or ""]
+        else:
+            self._acks += [raw, "", ""]
         if self._host.replication is not None:
             # sent now, and waited for: the ack is on the replicas when this returns
             try:
@@ -621,6 +720,7 @@ class RedisConsumer(Consumer):
                 logger.warning("%r: ack of %s not sent yet (%s)", self, delivery.id, exc)
         return None
 
+    @_locked
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Back to the queue after ``delay`` seconds, one more attempt counted."""
         delay = check_delay(delay)
@@ -629,6 +729,7 @@ class RedisConsumer(Consumer):
             again = canonical_text(message, attempts=message.attempts + 1)
             self._settle(delivery, "retry", again, f"{delay * 1000:.3f}", error)
 
+    @_locked
     def fail(self, delivery: Delivery, error: str) -> None:
         """To the queue's failed store, with ``error``."""
         message = delivery.receipt
@@ -636,16 +737,20 @@ class RedisConsumer(Consumer):
             record = failed_record(message, None, error, message.attempts + 1, time.time())
             self._settle(delivery, "fail", record, error=error)
 
+    @_locked
     def release(self, delivery: Delivery) -> None:
         """Back at the head of the queue, untouched."""
         self._settle(delivery, "release")
 
+    @_locked
     def close(self) -> None:
         """Hand back everything this consumer holds, in order, and free its connection."""
         if self.closed:
             return
         self.closed = True
         self._host.forget(self)
+        if self._flusher is not None:
+            self._flusher.close()
         if self._feed is not None:
             self._feed.close()
         self._unsure.clear()

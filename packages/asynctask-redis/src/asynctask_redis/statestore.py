@@ -56,8 +56,16 @@ return out
 """,
 )
 
-#: ARGV: prefix, queue, ttl_ms, id, attempt. Returns 'run', 'cancelled' or 'expired'.
-STARTED = without_maintenance("started", "return start_task(ARGV[4], ARGV[5], now_ms(), ARGV[3])")
+#: ARGV: prefix, queue, ttl_ms, id, attempt. Returns 'run', 'cancelled' or 'expired'
+#: (then the caller drops the task: a cancelled one is met, see ``CANCEL``).
+STARTED = without_maintenance(
+    "started",
+    r"""
+local verdict = start_task(ARGV[4], ARGV[5], now_ms(), ARGV[3])
+if verdict == 'cancelled' then redis.call('ZREM', cancelled_ids, ARGV[4]) end
+return verdict
+""",
+)
 
 #: ARGV: prefix, queue, ttl_ms, id, state, attempts (0: unchanged), error or '',
 #: result JSON or ''. A cancelled or expired task keeps its state. Returns 1 if written.
@@ -89,8 +97,10 @@ return 1
 )
 
 #: ARGV: prefix, queue, ttl_ms, id. Returns 1 if the task was not final and now is
-#: cancelled (a waiting one is dropped by the next consumer to meet it; the id is
-#: published on ``P:Q:cancels`` for the consumers holding tasks, see cancelfeed.py).
+#: cancelled (a waiting one is dropped by the next consumer to meet it: its id waits in
+#: ``P:Q:cancelled`` until then, or until its status is forgotten, so that moves check
+#: what they take; and it is published on ``P:Q:cancels`` for the consumers holding
+#: tasks, see cancelfeed.py).
 CANCEL = without_maintenance(
     "cancel",
     r"""
@@ -103,6 +113,8 @@ if f[2] and not f[3] and now >= tonumber(f[2]) then
   return 0
 end
 finish(id, 'cancelled', now, ttl_ms)
+redis.call('ZREMRANGEBYSCORE', cancelled_ids, '-inf', now)
+redis.call('ZADD', cancelled_ids, now + tonumber(ttl_ms), id)
 redis.call('PUBLISH', base .. 'cancels', id)
 return 1
 """,

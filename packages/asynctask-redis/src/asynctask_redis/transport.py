@@ -503,7 +503,7 @@ class RedisTransport(Transport):
                     "1",
                     self.status_ttl_ms,
                     "",
-                    len(acks) // 2,
+                    len(acks) // 3,
                     *acks,
                 )
             except TransportError as exc:
