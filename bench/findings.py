@@ -161,7 +161,7 @@ _REDIS_COST = (
     "4 and 0.03 at 32, tracked, as untracked. Untracked, one child at prefetch 32 ran "
     "0.34x the raw loop in one run of this step (loaded machine; 0.06x before issue 20's "
     "work on the worker's cost). That work (instructions a task, before -> after, "
-    "untracked): 121.0k -> 95.4k at prefetch 32, 145.8k -> 119.5k at 4 (a message "
+    "untracked): 121.0k -> 97.9k at prefetch 32, 145.8k -> 122.0k at 4 (a message "
     "decoded by json's C scanner into a plain slots dataclass: 46.7k -> 22.7k; the idle "
     "OpenTelemetry and Prometheus hooks a call shorter); one report write a task, not two "
     "(strace); the supervisor reads the report pipe every 20 ms instead of at every line "
