@@ -22,7 +22,7 @@ from asynctask.plugins import load_plugins
 from asynctask.status import StatusNotKept
 from asynctask.transport import Transport
 from bench import memory as memory_of
-from bench import ours, peer, replicas
+from bench import ours, paired, peer, replicas
 from bench.ledger import Follower
 from bench.plan import (
     ARQ_PYTHON,
@@ -49,6 +49,10 @@ PREFETCH = 10
 COST_PREFETCH = (1, 4, 32)
 #: tasks the raw client takes per round trip in the ``cost`` step
 RAW_BATCH = 100
+#: the tracking row's drains last at least this many seconds (more tasks where the
+#: first drain shows a faster rate), up to STATUS_GROWTH times ``Sizes.status_drain``
+STATUS_SECONDS = 1.5
+STATUS_GROWTH = 5
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -186,9 +190,11 @@ class Session:
         label: str,
         note: str = "",
         target: bool = True,
+        own_reference: bool = False,
     ) -> None:
-        """Record a row; localmem's rows carry no target (it has no raw client to match)."""
-        target = target and self.name != "localmem"
+        """Record a row; localmem's rows carry no target (it has no raw client to match)
+        unless the reference is ours too (``own_reference``: tracking off)."""
+        target = target and (self.name != "localmem" or own_reference)
         self.result.add(key, ours, reference, label, note, target)
 
     def queue(self, what: str) -> str:
@@ -602,10 +608,14 @@ class Session:
 
     def status(self) -> None:
         """9. Task status: the drain with ``track_status`` on vs off, in alternating
-        rounds (the issue asks >= 0.7x); ``wait`` woken by an ack vs the raw client's
+        pairs (ABBA, ``bench.paired``: the median of each side, the pairs' spread in the
+        note; the issue asks >= 0.7x); ``wait`` woken by an ack vs the raw client's
         wake-up on a send (its notification: BRPOP, LISTEN, inotify...). A transport
         that keeps no status (AMQP) keeps it in the bench's Redis (``asynctask_state``),
         as its users would: that is what its tracking costs."""
+        if self.untracked:  # every queue marked untracked: there is no "on" to measure
+            self.say(f"[{self.name}] status: not measured (--untracked)")
+            return
         state_uri = None
         try:
             self.transport.state()
@@ -615,23 +625,39 @@ class Session:
                 return
             state_uri = BACKENDS[STATE_STORE].uri(self.folder)
             self.transport.state_uri = state_uri
-        n = self.sizes.drain
-        rates: dict[bool, float] = {True: 0.0, False: 0.0}
-        for round_number in range(self.sizes.drain_rounds):
-            order = (True, False) if round_number % 2 == 0 else (False, True)
-            for tracked in order:
-                queue = self.queue("track")
-                ours.fill(self.filler, queue, n)
-                try:
-                    if self.backend.multiprocess:
-                        got = ours.drain(self.uri, queue, n, 1, self.folder, tracked, state_uri)
-                    else:
-                        got = ours.drain_in_process(self.transport, queue, 1, self.folder, tracked)
-                finally:
-                    self.transport.purge(queue)
-                rates[tracked] = max(rates[tracked], got.rate)
+
+        def drain(tracked: bool, n: int) -> float:
+            queue = self.queue("track")
+            if not tracked:  # as its workers mark it: its submits write no status
+                self._set_tracking(queue, False)
+            ours.fill(self.filler, queue, n)
+            try:
+                if self.backend.multiprocess:
+                    got = ours.drain(self.uri, queue, n, 1, self.folder, tracked, state_uri)
+                else:
+                    got = ours.drain_in_process(self.transport, queue, 1, self.folder, tracked)
+            finally:
+                self.transport.purge(queue)
+                if not tracked:
+                    self._set_tracking(queue, True)  # leave the store as we found it
+            return got.rate
+
+        # A first, smaller drain, not counted, warms up and sizes the others: a drain
+        # shorter than STATUS_SECONDS (localmem does 10,000 in a fifth of a second) is
+        # swung by one time slice of another process
+        n = self.sizes.status_drain
+        warm = drain(True, max(2, n // 4))
+        n = min(n * STATUS_GROWTH, max(n, int(warm * STATUS_SECONDS)))
+        pairs = paired.alternate(lambda tracked: drain(tracked, n), self.sizes.status_pairs)
         where = "" if state_uri is None else f" (state in {STATE_STORE})"
-        self.add("tracking", rates[True], rates[False], "track_status = False" + where)
+        self.add(
+            "tracking",
+            pairs.median_a,
+            pairs.median_b,
+            "track_status = False" + where,
+            note=pairs.summary(n, "on", "off"),
+            own_reference=True,
+        )
         count = max(10, self.sizes.latency // 10)
         queue = self.queue("wait")
         waiter = self.transport if not self.backend.multiprocess else type(self.transport)(self.uri)
@@ -650,8 +676,9 @@ class Session:
             self.label("latency") + where,
         )
         self.say(
-            f"[{self.name}] status: drain {rates[True]:,.0f}/s tracked, {rates[False]:,.0f}/s "
-            f"not ({rates[True] / max(rates[False], 1e-9):.2f}x); wait p50 "
+            f"[{self.name}] status: drain {pairs.median_a:,.0f}/s tracked, "
+            f"{pairs.median_b:,.0f}/s not ({pairs.ratio:.2f}x; {pairs.summary(n, 'on', 'off')}); "
+            "wait p50 "
             f"{percentile(mine, 0.5):.2f} ms (raw wake-up {percentile(theirs, 0.5):.2f} ms)"
         )
 

@@ -73,6 +73,10 @@ class Sizes:
     peer_drain: int = 5000
     #: tasks passed through pgsql's tables (no VACUUM since) for the churned-table rows
     churn: int = 1_000_000
+    #: the tracking-cost row (issue 16): tasks per drain, and pairs of drains (tracked
+    #: and untracked back to back, ABBA: ``bench.paired``), the medians kept
+    status_drain: int = 10_000
+    status_pairs: int = 4
 
 
 FULL = Sizes(
@@ -111,6 +115,8 @@ QUICK = Sizes(
     async_rounds=4,
     peer_drain=300,
     churn=20_000,
+    status_drain=300,
+    status_pairs=2,
 )
 
 

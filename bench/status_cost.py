@@ -4,8 +4,9 @@ The consumer's own loop, in this process, as a worker drives it (``reserve``, ``
 ``ack`` with a ``null`` result), on a filled queue: with tracking on (the states written
 with the consumer's calls) and off (``consumer.tracking = False``, as
 ``track_status = False`` sets it). This is the harshest ratio: no ``process()``, no
-child process, nothing but the transport's own work per task. Rounds alternate and the
-best of each is kept, as in the main bench (2 shared cores). With ``--before DIR`` (a
+child process, nothing but the transport's own work per task. The drains run in pairs,
+who goes first alternating (ABBA), and the median of each side is kept, as in the main
+bench's row (``bench.paired``; 2 shared cores). With ``--before DIR`` (a
 checkout of the transport's package source before issue 16, e.g. ``git archive``) a
 third column drains with that code, in a subprocess, beside the two.
 
@@ -18,14 +19,17 @@ Example: ``python -m bench.status_cost --only redis --tasks 5000 --rounds 3``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from asynctask.testing.contract import open_transport
+from bench import paired
 from bench.plan import BACKENDS, unavailable, unique_name
 
 
@@ -73,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="redis", help="transports (comma-separated)")
     parser.add_argument("--tasks", type=int, default=5000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4, help="pairs of drains (ABBA)")
     parser.add_argument("--prefetch", type=int, default=1, help="tasks a move (1)")
     parser.add_argument("--before", type=Path, help="the transport's package source before")
     args = parser.parse_args()
@@ -83,15 +87,17 @@ def main() -> None:
             print(f"{name}: skipped ({why})")
             continue
         uri = BACKENDS[name].uri(Path("/tmp"))
-        on = off = before = 0.0
-        for _ in range(args.rounds):
-            off = max(off, drain(uri, args.tasks, False, args.prefetch))
-            on = max(on, drain(uri, args.tasks, True, args.prefetch))
-            if args.before is not None:
-                before = max(before, _before(args.before, uri, args.tasks))
-        line = f"{name}: tracking off {off:,.0f}/s, on {on:,.0f}/s, on/off {on / off:.2f}x"
-        if before:
-            line += f"; before issue 16 {before:,.0f}/s (off/before {off / before:.2f}x)"
+        run = functools.partial(drain, uri, args.tasks, prefetch=args.prefetch)
+        pairs = paired.alternate(run, args.rounds)
+        line = (
+            f"{name}: tracking on {pairs.median_a:,.0f}/s, off {pairs.median_b:,.0f}/s, "
+            f"on/off {pairs.ratio:.2f}x ({pairs.summary(args.tasks, 'on', 'off')})"
+        )
+        if args.before is not None:
+            before = statistics.median(
+                _before(args.before, uri, args.tasks) for _ in range(args.rounds)
+            )
+            line += f"; before issue 16 {before:,.0f}/s (off/before {pairs.median_b / before:.2f}x)"
         print(line, flush=True)
 
 

@@ -181,14 +181,16 @@ class FilesysConsumer(Consumer):
 
     @os_errors
     def start(self, delivery: Delivery) -> StartVerdict:
-        """Move the task's status record to ``run/`` (one rename, which fails for a task
-        cancelled meanwhile), or end it ``expired`` (its file says when); a task that
-        must not run is removed."""
+        """Mark the task's status record started (one appended byte; there is no
+        record in ``live/`` for a task cancelled meanwhile), or end it ``expired`` (its
+        file says when); a task that must not run is removed."""
         own = self.transport.own_store()
         if own is None:  # asynctask_state keeps the statuses: the base class asks it
             return super().start(delivery)
         options = self._options.get(delivery.id, NO_OPTIONS)
-        verdict = own.begin(delivery.id, delivery.attempt, options.expires, options.unique_key)
+        verdict = own.begin(
+            delivery.id, delivery.attempt, options.expires, options.unique_key, self.queue
+        )
         if verdict == "run":
             self._started[delivery.id] = time.time()
         else:  # settled by begin(): removed, never run, not in the failed store
@@ -230,6 +232,8 @@ class FilesysConsumer(Consumer):
         if outcome is None:
             return None
         own, started, options = outcome
+        if delivery.attempt == 1:  # (the id is a task file's: valid)
+            return own.succeed(delivery.id, started, result_json, options.unique_key, self.queue)
         return own.finish(
             delivery.id,
             "succeeded",

@@ -242,7 +242,7 @@ class FilesysStateStore(StateStore):
     @os_errors
     def started(self, queue: str, task_id: str, attempt: int) -> StartVerdict:
         """``running`` unless cancelled or expired (see ``begin``)."""
-        return self.begin(task_id, attempt)
+        return self.begin(task_id, attempt, queue=queue)
 
     @os_errors
     def settled(
@@ -331,13 +331,19 @@ class FilesysStateStore(StateStore):
     # -- the consumer's side (fused: no content written on the hot path) -------------------
 
     def begin(
-        self, task_id: str, attempt: int, expires: Any = UNKNOWN, unique_key: Any = UNKNOWN
+        self,
+        task_id: str,
+        attempt: int,
+        expires: Any = UNKNOWN,
+        unique_key: Any = UNKNOWN,
+        queue: str | None = None,
     ) -> StartVerdict:
         """A worker is about to run the task: append a mark to its record (the hot path:
         one write, no move), unless it expired (then ``expired`` is written) or was
         cancelled (its record is no longer in ``live/``). A later attempt writes its
-        count. A task with no record at all (dropped in by another program) runs
-        untracked."""
+        count. A task with no record at all (submitted while its queue was untracked,
+        or dropped in by another program) is followed from here on: its record is made
+        now, without a submission time (given ``queue``; else it runs untracked)."""
         live = self._live + task_id
         if expires is UNKNOWN:
             read = records.read(live, self.limit)
@@ -361,12 +367,24 @@ class FilesysStateStore(StateStore):
             if outcome is not None and outcome[1]:
                 return "run"
         found = self._locate(task_id)
-        state = None if found is None else found.record.get("state")
+        if found is None:
+            if queue is not None and valid_id(task_id):
+                self._follow(live, queue, attempt)
+            return "run"
+        state = found.record.get("state")
         if state == "cancelled":
             return "cancelled"
-        if state == "expired" and found is not None and found.where == "done":
+        if state == "expired" and found.where == "done":
             return "expired"
         return "run"
+
+    def _follow(self, live: str, queue: str, attempt: int) -> None:
+        """Make the record of a task that started without one: ``running`` (its
+        earlier attempts in the content, this start as the mark), no submission time."""
+        self._ensure()
+        body = records.encode({"queue": queue, "state": "queued", "attempts": attempt - 1})
+        if records.create(live, body, self.mode):
+            records.mark(live)
 
     def finish(
         self,
@@ -389,6 +407,63 @@ class FilesysStateStore(StateStore):
         None."""
         if not valid_id(task_id):
             return None
+        return self._finish(
+            task_id,
+            state,
+            attempts,
+            started_at=started_at,
+            error=error,
+            result_json=result_json,
+            unique_key=unique_key,
+            queue=queue,
+        )
+
+    def succeed(
+        self,
+        task_id: str,
+        started_at: float | None,
+        result_json: str | None,
+        unique_key: str | None,
+        queue: str,
+    ) -> bool | None:
+        """The consumer's success of a first attempt (every tracked task comes here):
+        ``finish``, without the checks its caller made. ``task_id`` comes from a task
+        file's name, which only a valid id can have; the file told the unique key. The
+        plain success is the one rename, tried first; anything else (a result, a
+        record moved away by a cancel, a bucket removed under us) takes ``finish``'s
+        way."""
+        if result_json is None or result_json == "null":
+            try:
+                os.rename(self._live + task_id, self._bucket() + task_id)
+            except FileNotFoundError:
+                pass  # not there (cancelled, untracked) or no bucket folder: see below
+            else:
+                if unique_key is not None:
+                    self._release_unique({"unique_key": unique_key, "queue": queue}, task_id)
+                return None
+        return self._finish(
+            task_id,
+            "succeeded",
+            1,
+            started_at=started_at,
+            result_json=result_json,
+            unique_key=unique_key,
+            queue=queue,
+        )
+
+    def _finish(
+        self,
+        task_id: str,
+        state: State,
+        attempts: int,
+        *,
+        started_at: float | None,
+        error: str | None = None,
+        result_json: str | None,
+        unique_key: Any,
+        queue: str | None,
+    ) -> bool | None:
+        """``finish`` for an id known to be valid."""
         if result_json == "null":
             result_json = None  # stored or not, the status reads the same: result None
         hot = state == "succeeded" and result_json is None and attempts == 1

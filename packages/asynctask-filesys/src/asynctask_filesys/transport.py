@@ -233,9 +233,14 @@ class FilesysTransport(FilesysBase):
         return store
 
     def own_store(self) -> FilesysStateStore | None:
-        """Our own records when this transport keeps its statuses (not elsewhere)."""
+        """Our own records when this transport keeps its statuses (not elsewhere).
+        (The consumer asks twice a task: once made, the store is one attribute away.)"""
         if self.state_uri is None or self.state_uri == self.uri:
-            return self._state_store()
+            store = self._store
+            if store is None:
+                return self._state_store()
+            store.status_ttl = self.status_ttl
+            return store
         return None
 
     def _write_tmp(

@@ -180,13 +180,21 @@ class LocalMemTransport(Transport):
             q = self._queues[name] = _Queue()
         return q
 
+    @property  # (a plain attribute in the base class)
+    def status_ttl(self) -> float:
+        """The setting ``asynctask_status_ttl``, kept by the status store itself (it may
+        change after the transport was made): the consumer's hot path passes no TTL."""
+        return self._statuses.status_ttl
+
+    @status_ttl.setter
+    def status_ttl(self, value: float) -> None:
+        self._statuses.status_ttl = value
+
     def _state_store(self) -> MemoryStateStore:
-        return self._store()
+        return self._statuses
 
     def _store(self) -> MemoryStateStore:
-        """The status store, with this transport's ``status_ttl`` (a setting that may
-        change after the transport was made)."""
-        self._statuses.status_ttl = self.status_ttl
+        """The status store (with this transport's ``status_ttl``)."""
         return self._statuses
 
     def _drop(self, queue: str, task_id: str) -> None:
@@ -499,28 +507,26 @@ class LocalMemConsumer(Consumer):
         return q, task
 
     def _writes(self) -> bool:
-        return self.tracking and self.transport.own_state
+        # (``state_uri`` first: the hot path's usual answer without the property's call)
+        t = self.transport
+        return self.tracking and (t.state_uri is None or t.own_state)
 
     def start(self, delivery: Delivery) -> StartVerdict:
         t = self.transport
-        if not t.own_state:
+        if t.state_uri is not None and not t.own_state:
             return super().start(delivery)
-        with t._cond:
-            verdict = t._store().started(self.queue, delivery.id, delivery.attempt)
+        with t._lock:  # the condition's lock, taken without its Python-level wrapper
+            verdict = t._statuses.start_held(self.queue, delivery.id, delivery.attempt)
             if verdict != "run":
                 self._settle(delivery)  # removed, never run, not in the failed store
             return verdict
 
     def ack(self, delivery: Delivery, result_json: str | None = None) -> bool | None:
         t = self.transport
-        with t._cond:
+        with t._lock:  # the condition's lock, taken without its Python-level wrapper
             if self._settle(delivery) is None or not self._writes():
                 return None
-            rec = t._statuses.record(delivery.id)
-            if rec is None:
-                return None
-            state = t._store().finish(rec, "succeeded", delivery.attempt, None, result_json)
-            return state == "cancelled"
+            return t._statuses.succeed_held(delivery.id, delivery.attempt, result_json)
 
     def _cancelled(self, delivery: Delivery) -> bool:
         """Whether the task was cancelled while it ran: then it is neither retried nor

@@ -34,7 +34,7 @@ from asynctask.status import (
 _FORGET_PER_CALL = 8
 
 
-@dataclass
+@dataclass(slots=True)
 class _Record:
     id: str
     queue: str
@@ -170,20 +170,44 @@ class MemoryStateStore(StateStore):
             return list(ids)
 
     def started(self, queue: str, task_id: str, attempt: int) -> StartVerdict:
-        now = time.time()
         with self._lock:
-            rec = self.record(task_id)
-            if rec is None:  # written by a foreign producer: followed from here on
-                rec = self._records[task_id] = _Record(task_id, queue, "running", None)
-            if rec.state == "cancelled":
-                return "cancelled"
-            if rec.state == "expired":
-                return "expired"
-            rec.state = "running"
-            rec.attempts = attempt
-            rec.started_at = now
-            rec.finished_at = None
-            return "run"
+            return self.start_held(queue, task_id, attempt)
+
+    def start_held(self, queue: str, task_id: str, attempt: int) -> StartVerdict:
+        """``started`` with the lock held by the caller (the owner's consumer): every
+        tracked task comes here, so it makes no call it does not need."""
+        now = time.time()
+        rec = self._records.get(task_id)
+        if rec is None:  # written by a foreign producer: followed from here on
+            rec = self._records[task_id] = _Record(task_id, queue, "running", None)
+        elif rec.expires_at is not None:
+            self._expire_if_due(rec, now)
+        state = rec.state
+        if state == "cancelled" or state == "expired":
+            return state
+        rec.state = "running"
+        rec.attempts = attempt
+        rec.started_at = now
+        rec.finished_at = None
+        return "run"
+
+    def succeed_held(self, task_id: str, attempts: int, result_json: str | None) -> bool:
+        """A worker's success, with the lock held by the caller: ``finish`` without a
+        call it does not need, since every tracked task comes here. True when the task
+        had been cancelled while it ran (it stays so, its result discarded)."""
+        rec = self._records.get(task_id)
+        if rec is None:
+            return False
+        if rec.expires_at is not None and rec.started_at is None:
+            self._expire_if_due(rec, time.time())  # acked without a start
+        state = rec.state
+        if state == "cancelled" or state == "expired":
+            return state == "cancelled"
+        rec.state = "succeeded"
+        rec.attempts = attempts
+        rec.result_json = result_json
+        self._make_final(rec, time.time())
+        return False
 
     def settled(
         self,
@@ -277,11 +301,14 @@ class MemoryStateStore(StateStore):
 
     def _make_final(self, rec: _Record, now: float) -> None:
         rec.finished_at = now
-        self._free_key(rec)
+        if rec.unique_key is not None:
+            self._free_key(rec)
+        heap = self._forget
         if rec.state != "failed":  # a failed status lives as long as its failed record
-            rec.forget_at = now + self.status_ttl
-            heapq.heappush(self._forget, (rec.forget_at, rec.id))
-        self._purge(now)  # one pushed, up to a few popped: the heap stays bounded
+            rec.forget_at = at = now + self.status_ttl
+            heapq.heappush(heap, (at, rec.id))
+        if heap and heap[0][0] <= now:
+            self._purge(now)  # one pushed, up to a few popped: the heap stays bounded
         if self._waiters:
             self._final.notify_all()
 
