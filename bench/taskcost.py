@@ -193,13 +193,14 @@ def _drain(
     worker = BenchNoopWorker()
     worker.setup()
     null = os.open(os.devnull, os.O_WRONLY)
-    report = ReportWriter(null)  # the child's pipe to its supervisor, one line per event
+    report = ReportWriter(null)  # the child's pipe to its supervisor (asynctask.reports)
     options = LoopOptions(
         stop_when_idle=True,
         prefetch=prefetch,
         track_status=tracked,
         on_start=report.started,
         on_settled=report.settled,
+        on_idle=report.flush,
     )
     trips = _Trips()
     profiler = cProfile.Profile() if profile else None

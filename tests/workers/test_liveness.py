@@ -93,6 +93,36 @@ def test_a_poison_task_does_not_charge_its_innocent_neighbours(
     assert sorted(e["payload"]["n"] for e in events(ledger, "done")) == innocent
 
 
+def test_a_child_killed_mid_batch_charges_only_the_task_it_ran(
+    short_uri, queue, ledger, start_workers
+):
+    if not short_uri.startswith("redis:"):
+        pytest.skip("the batch of an untracked redis consumer (one script a prefetch)")
+    # Given ten tasks, the fourth a poison one (it SIGKILLs its child), on an untracked
+    # queue whose child reserves 32 at a time: one batch holds them all, and the three
+    # it finishes before it dies are acknowledged with its next call, which never comes
+    transport = get_transport(short_uri)
+    payloads = [{"ledger": str(ledger), "n": n, "poison": n == 3} for n in range(10)]
+    transport.submit_tasks(queue, payloads)
+    entry = {"worker": "test_poison", "prefetch": 32, "track_status": False}
+    # When one child works the queue (it dies on the poison task, is restarted...)
+    workers = start_workers(short_uri, {queue: entry})
+    failed = wait_for(lambda: transport.failed_tasks(queue), 90, "the poison task to fail")
+    wait_for(lambda: len(events(ledger, "done")) >= 9, 30, "the innocent tasks")
+    workers.signal(signal.SIGTERM)
+    assert workers.wait(30) == 0
+    # Then the poison task counted one attempt a death, and failed after four
+    starts = events(ledger, "start")
+    assert [e["attempt"] for e in starts if e["payload"]["n"] == 3] == [1, 2, 3, 4]
+    assert [f.payload["n"] for f in failed if f.payload] == [3]
+    # and every other task ran exactly once, on its first attempt: the three settled
+    # before the first death were not run again, the six never started were handed back
+    # uncounted, four times over
+    innocent = sorted((e["payload"]["n"], e["attempt"]) for e in starts if e["payload"]["n"] != 3)
+    assert innocent == [(n, 1) for n in range(10) if n != 3]
+    assert sorted(e["payload"]["n"] for e in events(ledger, "done")) == [0, 1, 2, *range(4, 10)]
+
+
 def test_a_dead_hosts_task_comes_back_within_the_bound(short_uri, queue, ledger, start_workers):
     # Given a supervisor whose child runs a 30 s task
     transport = get_transport(short_uri)

@@ -161,6 +161,7 @@ def main() -> int:
         on_timeout=lambda: os._exit(EXIT_TASK_TIMEOUT),
         on_start=report.started,
         on_settled=report.settled,
+        on_idle=report.flush,
         owner=spec.owner,
         child_concurrency=spec.child_concurrency,
         track_status=spec.track_status,

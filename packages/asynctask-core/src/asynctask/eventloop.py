@@ -307,6 +307,8 @@ class _Engine:
         """Settle what has ended, waiting up to ``timeout`` seconds for the first one."""
         if timeout > 0:
             self._flush()  # never wait with tasks reserved but not started
+            if self.options.on_idle is not None:
+                self.options.on_idle()
         try:
             first = self.ended.get(timeout=timeout) if timeout > 0 else self.ended.get_nowait()
         except queues.Empty:
@@ -419,6 +421,8 @@ class _Engine:
                 wait = self._next_check(_BUSY_WAIT)
             else:
                 wait = options.wait
+            if wait > 0 and options.on_idle is not None:
+                options.on_idle()
             try:
                 delivery = self.consumer.reserve(timeout=min(options.wait, wait))
             except TransportUnavailable as exc:
@@ -556,6 +560,8 @@ def run_concurrent(
             if with_setup and not engine.result.replaced:
                 engine.loop.call(worker.teardown)
     finally:
+        if options.on_idle is not None:
+            options.on_idle()
         engine.close()
         worker._transport = worker._queue_name = None
     if result.replaced and options.on_timeout is not None:

@@ -98,6 +98,9 @@ class LoopOptions:
     on_start: Callable[[Delivery], None] | None = None
     #: called once a started task is settled (acknowledged, retried or failed)
     on_settled: Callable[[Delivery], None] | None = None
+    #: called when the loop may wait (nothing was ready, a rate limit) and when it ends:
+    #: a child writes the settled lines it held back (``asynctask.reports``)
+    on_idle: Callable[[], None] | None = None
     #: the owner id whose liveness another process keeps (``asynctask.liveness``);
     #: None: the consumer keeps its own (a heartbeat thread, a held connection)
     owner: str | None = None
@@ -216,6 +219,8 @@ def run_loop(
             if outage.pause:
                 outage.ok()
             if delivery is None:
+                if options.on_idle is not None:
+                    options.on_idle()
                 if options.stop_when_idle:
                     break
                 if options.halt_when_empty and drain_check.drained():
@@ -227,6 +232,9 @@ def run_loop(
                 # Reserved while the stop arrived: hand it back unstarted, uncounted.
                 consumer.release(delivery)
                 break
+            limited = options.rate is not None or options.limit is not None
+            if limited and options.on_idle is not None:
+                options.on_idle()  # a limit may wait
             if options.rate is not None:
                 options.rate.wait(options.stop)
                 if options.stop.is_set():
@@ -262,6 +270,8 @@ def run_loop(
                 result.recycled = True
                 break
     finally:
+        if options.on_idle is not None:
+            options.on_idle()
         consumer.close()
         worker._transport = worker._queue_name = None
     return result

@@ -81,6 +81,8 @@ def asynctask_task_started(
     queue: str, worker: str, task_id: str, attempt: int, headers: Mapping[str, str]
 ) -> None:
     """Start the run's span, child of the submit's context, and make it current."""
+    if not _sdk and time.monotonic() - _asked_at < RECHECK:
+        return  # asked less than a second ago: no SDK (``_sdk_configured``, inline)
     if not _sdk_configured():
         return  # no SDK configured in this process: a span would be a no-op (8 us a task)
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator

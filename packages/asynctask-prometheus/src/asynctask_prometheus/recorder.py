@@ -79,6 +79,8 @@ def _get() -> _Metrics | None:
 
 def record_finished(queue: str, worker: str, outcome: str, duration: float) -> None:
     """Count one attempt of ``worker`` on ``queue``."""
+    if _enabled is False:
+        return  # no --metrics-port: nothing to count (no call more, once a task)
     metrics = _metrics or _get()
     if metrics is not None:
         metrics.finished(queue, worker, outcome, duration)

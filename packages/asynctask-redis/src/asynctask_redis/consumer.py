@@ -488,7 +488,9 @@ class RedisConsumer(Consumer):
             if not self._send("canon", raw, text):
                 return None
             message = dataclasses.replace(message, raw=text.encode(), rewrite=False)
-        self._hold(message.raw)
+        held = self._held  # (``_hold``, inline: once a task)
+        held[message.raw] = held.get(message.raw, 0) + 1
+        self._held_count += 1
         return Delivery(
             message.id,
             self.queue,

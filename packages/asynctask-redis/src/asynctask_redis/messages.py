@@ -39,9 +39,14 @@ _HEAD = re.compile(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Message:
-    """A task as read from a queue; ``raw`` is the exact stored text (the receipt)."""
+    """A task as read from a queue; ``raw`` is the exact stored text (the receipt).
+
+    Never changed once made (``dataclasses.replace`` makes another). Not ``frozen``: its
+    ``__init__`` would cost four times as much (14,500 instructions, callgrind), once a
+    task.
+    """
 
     raw: bytes
     id: str
@@ -93,17 +98,17 @@ def read_message(raw: bytes, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Message:
         )
     head = _HEAD.match(raw)
     if head is not None and raw.endswith(b"}"):
+        task_id, attempts, stamp, headers = head.groups()
         text = raw[head.end() : -1]
-        stamp = head.group(3)
         return Message(
-            raw=raw,
-            id=head.group(1).decode(),
-            attempts=int(head.group(2)),
-            submitted_at=None if stamp == b"null" else float(stamp),
-            payload=_decode(text),
-            payload_text=text,
-            rewrite=False,
-            headers=_headers(_loads(head.group(4))) if head.group(4) else {},
+            raw,
+            task_id.decode(),
+            int(attempts),
+            None if stamp == b"null" else float(stamp),
+            decode_message(text, len(text)),  # the size was checked on the whole message
+            text,
+            False,
+            _headers(_loads(headers)) if headers else {},
         )
     value = _loads(raw)
     if not isinstance(value, dict):
@@ -206,7 +211,3 @@ def _loads(raw: bytes) -> Any:
         raise UndecodableMessage("JSON nested too deeply to decode") from None
     except Exception as exc:
         raise UndecodableMessage(str(exc) or type(exc).__name__) from None
-
-
-def _decode(text: bytes) -> Payload:
-    return decode_message(text, len(text))  # the size was checked on the whole message

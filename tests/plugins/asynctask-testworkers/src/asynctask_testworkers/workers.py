@@ -175,7 +175,8 @@ class PoisonWorker(AsyncTaskWorker):
     prefetch = 4
 
     def process(self, payload: dict[str, Any]) -> None:
-        record(payload, "start")
+        delivery = self.delivery
+        record(payload, "start", attempt=delivery.attempt if delivery is not None else None)
         if payload.get("poison"):
             import signal
 

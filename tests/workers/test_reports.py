@@ -1,0 +1,164 @@
+"""The report pipe between a child and its supervisor (``asynctask.reports``).
+
+The supervisor must know which tasks a child started before it died, but it need not
+know it at once: it reads a busy child's lines in batches, at most every
+``READ_EVERY`` seconds, instead of waking for each line (which cost as much CPU as the
+child's own run loop). The child writes once a task: a task's settle line goes with the
+next task's start line, which is always on the pipe before that task runs.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+
+from asynctask import AsyncTaskWorker, get_transport
+from asynctask.child import ChildSpec
+from asynctask.reports import READ_EVERY, ReportReader, ReportWriter
+from asynctask.runner import LoopOptions, run_loop
+from asynctask.supervisor import Supervisor
+from asynctask.testing import unique_queue
+
+
+def _supervisor_reading(report: ReportReader) -> Supervisor:
+    spec = ChildSpec(
+        queue="q_reports", worker="w", settings={}, sources={}, imports=[], parent_pid=0
+    )
+    supervisor = Supervisor([spec], check_interval=5.0)
+    supervisor.slots[0].report = report
+    return supervisor
+
+
+def test_the_supervisor_reads_a_busy_childs_lines_in_batches():
+    # Given a supervisor holding a child's report pipe, which it has just read
+    report = ReportReader()
+    supervisor = _supervisor_reading(report)
+    try:
+        os.write(report.write_fd, b"S one\n")
+        supervisor._wait(time.monotonic())
+        assert report.running == {"one"}
+        # When the child writes more lines right after
+        os.write(report.write_fd, b"D one\nS two\n")
+        began = time.monotonic()
+        supervisor._wait(time.monotonic())
+        waited = time.monotonic() - began
+        # Then the supervisor does not wake for them at once: it waits out READ_EVERY
+        # (not its check interval) and reads them on its next turn, all together
+        assert report.running == {"one"}
+        assert READ_EVERY * 0.5 <= waited < 1.0
+        supervisor._wait(time.monotonic())
+        assert report.running == {"two"}
+        assert report.settled == 1
+    finally:
+        report.close()
+        os.close(report.write_fd)
+        os.close(supervisor._wake_r)
+        os.close(supervisor._wake_w)
+
+
+def test_a_child_may_write_a_whole_read_interval_without_waiting():
+    # Given a fresh report pipe
+    report = ReportReader()
+    try:
+        # When a child writes what 100,000 tasks a second write in READ_EVERY (a start
+        # and a settle line each), with nobody reading
+        line = b"S " + b"0" * 32 + b"\nD " + b"0" * 32 + b"\n"
+        os.set_blocking(report.write_fd, False)
+        for _ in range(int(100_000 * READ_EVERY)):
+            # Then the pipe takes every line (a full one would raise BlockingIOError)
+            os.write(report.write_fd, line)
+    finally:
+        report.close()
+        os.close(report.write_fd)
+
+
+class _CountedWriter(ReportWriter):
+    """A child's writer that also counts its writes."""
+
+    writes = 0
+
+    def _send(self, line: str) -> None:
+        self.writes += 1
+        super()._send(line)
+
+
+class _Peek(AsyncTaskWorker):
+    """Notes, as each task starts, what its child had written on the pipe until then."""
+
+    name = "peek_reports"
+
+    def __init__(self, read_fd: int) -> None:
+        super().__init__()
+        self.read_fd = read_fd
+        self.seen: list[bytes] = []
+
+    def process(self, payload: dict) -> None:
+        self.seen.append(os.read(self.read_fd, 65536))
+
+
+def test_a_task_is_reported_started_before_it_runs_with_one_write_a_task():
+    # Given a run loop reporting on a pipe, and three tasks whose process() reads the pipe
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    writer = _CountedWriter(write_fd)
+    worker = _Peek(read_fd)
+    transport = get_transport("localmem:")
+    queue = unique_queue()
+    ids = transport.submit_tasks(queue, [{}, {}, {}])
+    options = LoopOptions(
+        stop_when_idle=True,
+        prefetch=4,
+        on_start=writer.started,
+        on_settled=writer.settled,
+        on_idle=writer.flush,
+    )
+    try:
+        # When the loop drains the queue
+        assert run_loop(worker, transport, queue, options).processed == 3
+        left = os.read(read_fd, 65536)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    # Then each task's start line was on the pipe before its process() ran, after the
+    # settle line of the task before it, and the last settle line came when the loop
+    # found the queue empty: one write a task
+    a, b, c = ids
+    assert worker.seen == [
+        f"S {a}\n".encode(),
+        f"D {a}\nS {b}\n".encode(),
+        f"D {b}\nS {c}\n".encode(),
+    ]
+    assert left == f"D {c}\n".encode()
+    assert writer.writes == 3 + 1
+
+
+def test_a_settle_line_is_written_once_the_queue_is_found_empty():
+    # Given a run loop that waits for tasks (as a child does) and reports on a pipe
+    read_fd, write_fd = os.pipe()
+    writer = ReportWriter(write_fd)
+    transport = get_transport("localmem:")
+    queue = unique_queue()
+    (task_id,) = transport.submit_tasks(queue, [{}])
+    options = LoopOptions(
+        wait=0.05, on_start=writer.started, on_settled=writer.settled, on_idle=writer.flush
+    )
+    loop = threading.Thread(target=run_loop, args=(_Peek(read_fd), transport, queue, options))
+    loop.start()
+    try:
+        # When its one task has run and the queue stays empty
+        seen = b""
+        deadline = time.monotonic() + 10
+        while b"D " not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([read_fd], [], [], 0.1)
+            if ready:
+                seen += os.read(read_fd, 65536)
+        # Then the settle line is on the pipe while the loop still runs
+        assert loop.is_alive()
+        assert seen.endswith(f"D {task_id}\n".encode())
+    finally:
+        options.stop.set()
+        loop.join(10)
+        os.close(read_fd)
+        os.close(write_fd)
