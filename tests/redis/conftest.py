@@ -9,6 +9,9 @@ import pytest
 import redis
 
 from asynctask.testing import require_service
+from asynctask.testing.contract import open_transport
+from asynctask.testing.services import unique_queue
+from asynctask_redis.transport import RedisTransport
 from tests.redis.cluster_support import LocalCluster
 
 SERVER = "redis://127.0.0.1:6379/9"
@@ -54,3 +57,19 @@ def cluster() -> Iterator[LocalCluster]:
         yield local
     finally:
         local.stop()
+
+
+@pytest.fixture
+def queue() -> str:
+    """A queue name of this test's own."""
+    return unique_queue()
+
+
+@pytest.fixture
+def transport(redis_uri: str) -> Iterator[RedisTransport]:
+    """A redis transport on the shared server, under this session's key prefix (a test
+    module or contract class may define its own)."""
+    t = open_transport(redis_uri)
+    assert isinstance(t, RedisTransport)
+    yield t
+    t.close()

@@ -9,31 +9,14 @@ These call the script itself, as the consumer does between two maintenance calls
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
-import pytest
 import redis
 
-from asynctask.testing import unique_queue
-from asynctask.testing.contract import open_transport
 from asynctask_redis import scripts
 from asynctask_redis.consumer import NUDGE
 from asynctask_redis.transport import RedisTransport
 
 CONSUMER = "host.batchtest"
-
-
-@pytest.fixture
-def queue() -> str:
-    return unique_queue()
-
-
-@pytest.fixture
-def transport(redis_uri: str) -> Iterator[RedisTransport]:
-    t = open_transport(redis_uri)
-    assert isinstance(t, RedisTransport)
-    yield t
-    t.close()
 
 
 def _next(

@@ -14,7 +14,6 @@ import json
 import multiprocessing
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,19 +23,6 @@ from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
 from asynctask.transport import Consumer, Delivery
 from asynctask_redis.transport import RedisTransport
-
-
-@pytest.fixture
-def queue() -> str:
-    return unique_queue()
-
-
-@pytest.fixture
-def transport(redis_uri: str) -> Iterator[RedisTransport]:
-    t = open_transport(redis_uri)
-    assert isinstance(t, RedisTransport)
-    yield t
-    t.close()
 
 
 def task_key(t: RedisTransport, queue: str, task_id: str) -> str:

@@ -5,24 +5,10 @@ real AMQP consumer are in tests/amqp/test_status.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from asynctask.status import SubmitOptions
 from asynctask.testing import unique_queue
-from asynctask.testing.contract import open_transport
 from asynctask.transport import new_task_id
 from asynctask_redis import statusfeed
-from asynctask_redis.transport import RedisTransport
-
-
-@pytest.fixture
-def transport(redis_uri: str) -> Iterator[RedisTransport]:
-    t = open_transport(redis_uri)
-    assert isinstance(t, RedisTransport)
-    yield t
-    t.close()
 
 
 def test_a_feed_knows_the_cancels_made_before_it_opened(transport):
