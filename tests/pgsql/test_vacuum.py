@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -17,18 +16,9 @@ from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
 from asynctask_pgsql import vacuum
 from chaos.private_postgres import PrivatePostgres
+from tests.support import wait_for
 
 from .conftest import CONNINFO, DATABASE, HOST
-
-
-def _until(check: Callable[[], Any], seconds: float, what: str) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.01)
-    raise AssertionError(f"not within {seconds} s: {what}")
 
 
 def _vacuums(conn: psycopg.Connection[Any], schema: str) -> list[tuple[int, str | None]]:
@@ -56,7 +46,7 @@ def test_close_stops_a_running_vacuum_and_its_connection(
     with psycopg.connect(own_postgres.conninfo, autocommit=True) as admin:
         admin.execute("ALTER SYSTEM SET autovacuum = off")
         admin.execute("SELECT pg_reload_conf()")
-        _until(
+        wait_for(
             lambda: admin.execute("SHOW autovacuum").fetchone() == ("off",), 10, "autovacuum off"
         )
         schema = "vacuum_close"
@@ -68,7 +58,7 @@ def test_close_stops_a_running_vacuum_and_its_connection(
             monkeypatch.setattr(vacuum, "DEAD_TUPLES", 0)  # every table is due
             blocker.execute(f"LOCK TABLE {schema}.asynctask_queue IN SHARE UPDATE EXCLUSIVE MODE")
             transport.vacuum.ask()
-            _until(lambda: _vacuums(admin, schema), 10, "the transport's VACUUM started")
+            wait_for(lambda: _vacuums(admin, schema), 10, "the transport's VACUUM started")
 
             # When the transport is closed
             began = time.monotonic()
@@ -77,8 +67,8 @@ def test_close_stops_a_running_vacuum_and_its_connection(
 
             # Then its VACUUM is cancelled, its connection closed and its thread ended,
             # while the lock it waited for is still held
-            _until(lambda: not _vacuums(admin, schema), 5, "the VACUUM's session ended")
-            _until(lambda: not _vacuum_threads(schema), 5, "the VACUUM thread ended")
+            wait_for(lambda: not _vacuums(admin, schema), 5, "the VACUUM's session ended")
+            wait_for(lambda: not _vacuum_threads(schema), 5, "the VACUUM thread ended")
             assert closing < 5
             assert blocker.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
             # and a closed transport starts none again
@@ -115,7 +105,7 @@ def test_a_migration_waiting_behind_a_vacuum_lets_submits_and_reserves_through()
             table = f"{schema}.asynctask_queue"
             # When a new process's first call migrates the schema (it waits for that lock)
             thread.start()
-            _until(
+            wait_for(
                 lambda: admin.execute(
                     "SELECT 1 FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
                     (table,),
