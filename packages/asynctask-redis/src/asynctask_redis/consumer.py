@@ -59,7 +59,7 @@ from asynctask_redis.cancelfeed import CancelFeed
 from asynctask_redis.connection import Server, call, pack, pipeline, run
 from asynctask_redis.messages import Message, canonical_text, failed_record, read_message
 from asynctask_redis.replication import Replication, Waited
-from asynctask_redis.startmarks import DEFER, MarkFlusher, StartMark
+from asynctask_redis.startmarks import DEFER, MarkFlusher, StartMark, warn_late_verdict
 
 #: what the scripts push to an empty ready list to wake a blocked consumer for an
 #: urgent task (``scripts._BASE``); a consumer that takes it drops it
@@ -399,25 +399,13 @@ class RedisConsumer(Consumer):
             except ResponseError as exc:  # the connection stays in step: read on
                 logger.warning("%r: marking task %s running failed: %s", self, task_id, exc)
                 continue
-            self._verdict_late(task_id, verdict)
+            warn_late_verdict(self, task_id, verdict)
         self._deferred.clear()
         if again:
             call(conn, "SCRIPT", "LOAD", scripts.START.text)
             for command, task_id in again:
                 conn.send_packed_command([command])
-                self._verdict_late(task_id, conn.read_response())
-
-    def _verdict_late(self, task_id: str, verdict: Any) -> None:
-        text = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
-        if text != "run":
-            logger.warning(
-                "%r: task %s was %s as it started; it runs as a %s running task (its "
-                "result is discarded)",
-                self,
-                task_id,
-                text,
-                text,
-            )
+                warn_late_verdict(self, task_id, conn.read_response())
 
     def _next(self, conn: Any) -> bool:
         """Acks and non-blocking moves in one round trip; whether anything came."""

@@ -24,14 +24,33 @@ the GIL (a C extension) delays the thread as it delays any: the mark is then lat
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 #: the longest a started task reads ``queued`` before its mark is sent (seconds)
 DEFER = 0.02
+
+logger = logging.getLogger("asynctask.redis")
+
+
+def warn_late_verdict(sender: object, task_id: str, verdict: Any) -> None:
+    """The reply to a start sent unanswered (by a consumer's marks or a status feed):
+    anything but ``run`` means a cancel came meanwhile, and the task runs as a cancelled
+    running task (its supervisor stops it; its result is discarded)."""
+    text = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
+    if text != "run":
+        logger.warning(
+            "%r: task %s was %s as it started; it runs as a %s running task (its result "
+            "is discarded)",
+            sender,
+            task_id,
+            text,
+            text,
+        )
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from asynctask.errors import TransportError
 from asynctask.status import State, StatusFeed
 from asynctask_redis.cancelfeed import KEPT, CancelFeed
 from asynctask_redis.connection import call, pack, run
+from asynctask_redis.startmarks import warn_late_verdict
 
 if TYPE_CHECKING:
     from asynctask_redis.scripts import Script
@@ -224,7 +225,7 @@ class RedisStatusFeed(StatusFeed):
                 continue
             self._sent.popleft()
             if not entry.outcome:
-                _late_verdict(self, entry.task_id, reply)
+                warn_late_verdict(self, entry.task_id, reply)
 
     def _redo(self, exc: BaseException) -> None:
         """The feed's connection failed with writes unanswered: make them again, waited
@@ -239,7 +240,7 @@ class RedisStatusFeed(StatusFeed):
             if entry.outcome or entry.task_id not in outcomes:
                 reply = t._call(t.execute, run, entry.script, *entry.args)
                 if not entry.outcome:
-                    _late_verdict(self, entry.task_id, reply)
+                    warn_late_verdict(self, entry.task_id, reply)
             self._sent.popleft()
 
     def _drop(self) -> None:
@@ -263,18 +264,3 @@ class RedisStatusFeed(StatusFeed):
                     self._pool.release(conn)
             if self._sent:  # never sent: no connection could be made
                 self._redo(RedisError("not sent"))
-
-
-def _late_verdict(feed: RedisStatusFeed, task_id: str, verdict: Any) -> None:
-    """A start sent unanswered met a cancel made meanwhile: it runs as a cancelled
-    running task (its supervisor stops it; its result is discarded)."""
-    text = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
-    if text != "run":
-        logger.warning(
-            "%r: task %s was %s as it started; it runs as a %s running task (its result "
-            "is discarded)",
-            feed,
-            task_id,
-            text,
-            text,
-        )
