@@ -9,6 +9,7 @@ rabbitmqctl``). Without rabbitmqctl the tests that stop the broker skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -135,17 +136,27 @@ def on_shared_ladder(connection: kombu.Connection, queue: str, kind: str = "clas
 REDIS_STATE_SERVER = "redis://127.0.0.1:6379/9"
 
 
-@pytest.fixture
-def redis_state() -> Iterator[str]:
-    """An ``asynctask_state`` URI on Redis with a key prefix of the test's own (its keys
-    deleted after); skipped where asynctask-redis or the server is missing."""
+@contextlib.contextmanager
+def redis_state_uri(options: str = "") -> Iterator[str]:
+    """An ``asynctask_state`` URI on Redis with a key prefix of its own (its keys deleted
+    after), with ``options`` (``&name=value...``) appended; skipped where
+    asynctask-redis or the server is missing."""
     redis = pytest.importorskip("redis")
     pytest.importorskip("asynctask_redis")
     client = redis.Redis.from_url(REDIS_STATE_SERVER)
     require_service("Redis at 127.0.0.1:6379", client.ping)
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    yield f"{REDIS_STATE_SERVER}?key_prefix={prefix}"
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    try:
+        yield f"{REDIS_STATE_SERVER}?key_prefix={prefix}{options}"
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture
+def redis_state() -> Iterator[str]:
+    """``redis_state_uri`` for one test."""
+    with redis_state_uri() as uri:
+        yield uri

@@ -13,14 +13,12 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-import redis
 
 from asynctask.liveness import new_owner
 from asynctask.testing import clean_environment, require_service, unique_queue, workers_command
@@ -29,8 +27,8 @@ from asynctask.testing.limits import GlobalLimitContract
 from asynctask.transport import Transport
 from asynctask_testworkers.workers import read_ledger
 from support import events, wait_for
+from tests.amqp.conftest import redis_state_uri
 
-REDIS_SERVER = "redis://127.0.0.1:6379/9"
 PGSQL_STATE = "pgsql://127.0.0.1/test?recovery_seconds=20&retry_timeout=5&schema=asynctask_limits"
 
 
@@ -39,14 +37,8 @@ def redis_state() -> Iterator[str]:
     """A redis URI for ``asynctask_state``, under a key prefix of this module's own
     (deleted after). recovery_seconds=20: an owner that nobody ends stays alive for
     seconds (10 on redis), so a slot that came back sooner was freed by ``end``."""
-    client = redis.Redis.from_url(REDIS_SERVER)
-    require_service("Redis at 127.0.0.1:6379", client.ping)
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    yield f"{REDIS_SERVER}?key_prefix={prefix}&recovery_seconds=20"
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    with redis_state_uri("&recovery_seconds=20") as uri:
+        yield uri
 
 
 @pytest.fixture(scope="module")
