@@ -35,3 +35,22 @@ def test_a_submit_after_the_server_forgot_the_prepared_statement_is_stored() -> 
         transport.submit_task(queue, {"n": 3})
         assert PgsqlProbe().stored(queue) == 3
         transport.purge(queue)
+
+
+@pytest.mark.usefixtures("pg_server")
+def test_a_priority_given_as_an_int_enum_is_stored() -> None:
+    """Failed with the libpq parameters written by ``repr``: an ``IntEnum`` priority
+    (accepted by the submit's checks) was sent as ``<Urgency.HIGH: 5>`` and PostgreSQL
+    refused it (InvalidTextRepresentation), where psycopg had written ``5``."""
+    import enum
+
+    class Urgency(enum.IntEnum):
+        HIGH = 5
+
+    queue = unique_queue()
+    with open_transport(f"pgsql://{HOST}/{DATABASE}") as transport:
+        task_id = transport.submit_task(queue, {"n": 1}, priority=Urgency.HIGH)
+        with transport.consumer(queue) as consumer:
+            delivery = consumer.reserve(5)
+            assert delivery is not None and delivery.id == task_id
+            consumer.ack(delivery)

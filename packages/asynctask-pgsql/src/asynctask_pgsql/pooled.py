@@ -50,7 +50,9 @@ class Prepared:
 
     def encode(self, params: dict[str, Any]) -> list[bytes | None]:
         """The parameters as libpq's text format: str as UTF-8, bool as ``t``/``f``,
-        numbers by ``repr`` (a float's is exact), None as NULL."""
+        numbers as the built-in types write them (a float's ``repr`` is exact; an int or
+        float subclass such as an ``IntEnum`` priority writes itself otherwise), None as
+        NULL."""
         out: list[bytes | None] = []
         for name in self.names:
             value = params[name]
@@ -60,8 +62,12 @@ class Prepared:
                 out.append(value.encode())
             elif isinstance(value, bool):
                 out.append(b"t" if value else b"f")
+            elif isinstance(value, int):
+                out.append(int.__repr__(value).encode())
+            elif isinstance(value, float):
+                out.append(float.__repr__(value).encode())
             else:
-                out.append(repr(value).encode())
+                out.append(str(value).encode())
         return out
 
 
