@@ -133,13 +133,13 @@ def test_an_unrecorded_id_says_so_and_a_new_one_never_does():
     """The id of a task submitted with no status record carries a mark that ``status``
     reads (DESIGN.md section 6: an untracked queue's task raises ``StatusNotTracked``,
     not "never submitted"); ids of tracked tasks never carry it, whatever the random
-    bytes (forced here: the 1-in-256 case)."""
+    bytes (forced here: the 1-in-2**32 case)."""
     from asynctask import transport as module
 
     marked = [module.unrecorded_task_id() for _ in range(1000)]
     assert all(len(i) == 32 and int(i, 16) >= 0 and module.is_unrecorded(i) for i in marked)
     assert not any(module.is_unrecorded(module.new_task_id()) for _ in range(5000))
-    colliding = bytes([0x10] + [0] * 14 + [0x10 ^ module.UNRECORDED_MARK])
+    colliding = bytes(12) + module.UNRECORDED_MARK.to_bytes(4)  # first 4 bytes 0
     real_urandom = module.os.urandom
     module.os.urandom = lambda n: colliding[:n]
     try:

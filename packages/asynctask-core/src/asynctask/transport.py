@@ -201,27 +201,31 @@ class PutProgress:
                 del done[first]
 
 
-#: the last byte of the id of a task submitted with no status record (its queue's workers
-#: keep none, ``asynctask.untracked``) is its first byte XOR this: ``status`` can then say
-#: "not tracked" (DESIGN.md section 6) for an id the store has no record of, rather than
-#: "never submitted". ``new_task_id`` never makes such an id; a foreign id has the mark
-#: by chance once in 256 (its status then reads "not tracked" instead of ``None``).
-UNRECORDED_MARK = 0xA5
+#: the last 4 bytes of the id of a task submitted with no status record (its queue's
+#: workers keep none, ``asynctask.untracked``) are its first 4 XOR this: ``status`` can
+#: then say "not tracked" (DESIGN.md section 6) for an id the store has no record of,
+#: rather than "never submitted". ``new_task_id`` never makes such an id; any other id
+#: (older ones, a user's) has the mark by chance once in 2**32.
+UNRECORDED_MARK = 0xA5C3_5A3C
+
+
+def _marked(raw: bytes) -> bool:
+    return int.from_bytes(raw[12:16]) == int.from_bytes(raw[:4]) ^ UNRECORDED_MARK
 
 
 def new_task_id() -> str:
     """Return a new task id: 32 random hex digits, unique without coordination."""
     raw = os.urandom(16)
-    if raw[15] == raw[0] ^ UNRECORDED_MARK:  # once in 256: not the unrecorded mark
+    if _marked(raw):  # once in 2**32: not the unrecorded mark
         raw = raw[:15] + bytes((raw[15] ^ 1,))
     return raw.hex()
 
 
 def unrecorded_task_id() -> str:
-    """A new task id that says its task was submitted with no status record: 31 random
-    hex digits' worth (120 bits) and the mark (``UNRECORDED_MARK``)."""
-    raw = os.urandom(15)
-    return (raw + bytes((raw[0] ^ UNRECORDED_MARK,))).hex()
+    """A new task id that says its task was submitted with no status record: 96 random
+    bits and the mark (``UNRECORDED_MARK``)."""
+    raw = os.urandom(12)
+    return (raw + (int.from_bytes(raw[:4]) ^ UNRECORDED_MARK).to_bytes(4)).hex()
 
 
 def is_unrecorded(task_id: str) -> bool:
@@ -229,7 +233,7 @@ def is_unrecorded(task_id: str) -> bool:
     if len(task_id) != 32:
         return False
     try:
-        return int(task_id[30:], 16) == int(task_id[:2], 16) ^ UNRECORDED_MARK
+        return _marked(bytes.fromhex(task_id))
     except ValueError:
         return False
 
