@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import redis
 
+import asynctask_redis.scripts
 import asynctask_redis.transport
 from asynctask import get_transport
 from asynctask.testing import unique_queue
@@ -85,3 +86,27 @@ def test_a_purge_of_a_big_failed_store_runs_in_short_scripts(monkeypatch):
         assert transport.queue_stats(queue).failed == 0
         assert transport.failed_tasks(queue) == []
         assert short_scripts(times), times
+
+
+def test_a_purge_of_a_queue_fed_faster_than_it_deletes_ends(monkeypatch, transport, queue):
+    """A purge deletes what was there when it began, chunk by chunk, and returns, even
+    while producers add more than a chunk a call. (Looped for ever with the purge that
+    went on until the queue was empty: here stopped at 50 calls by the guard below.)"""
+    monkeypatch.setattr(asynctask_redis.transport, "PURGE_CHUNK", 10)
+    transport.submit_tasks(queue, [{"n": n} for n in range(30)])
+    real = transport._script
+    calls = []
+
+    def script_and_feed(script, name, *args):
+        # a producer adds 20 tasks while each chunk of 10 is deleted
+        calls.append(script)
+        assert len(calls) < 50, "the purge never ends"
+        found = real(script, name, *args)
+        if script is asynctask_redis.scripts.PURGE:
+            transport.submit_tasks(queue, [{"n": n} for n in range(20)])
+        return found
+
+    monkeypatch.setattr(transport, "_script", script_and_feed)
+    assert transport.purge(queue) >= 30
+    monkeypatch.setattr(transport, "_script", real)
+    transport.purge(queue)

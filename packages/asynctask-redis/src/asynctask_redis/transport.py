@@ -397,10 +397,13 @@ class RedisTransport(Transport):
         return self._in_chunks(scripts.PURGE, queue)
 
     def _in_chunks(self, script: scripts.Script, queue: str) -> int:
-        """Run a deleting ``script`` a chunk per call until nothing is left; the total it
-        deleted. One script over a whole store held the server for every client."""
-        deleted, left = 0, 1
-        while left:
+        """Run a deleting ``script`` a chunk per call until what was there at the first
+        call is gone (tasks submitted meanwhile may stay: a queue fed faster than a chunk
+        a call would otherwise never end); the total it deleted. One script over a whole
+        store held the server for every client."""
+        count, left = self._script(script, queue, PURGE_CHUNK)
+        deleted, present = int(count), int(count) + int(left)
+        while int(left) and deleted < present:
             count, left = self._script(script, queue, PURGE_CHUNK)
             deleted += int(count)
         return deleted
