@@ -158,7 +158,7 @@ def main() -> int:
         prefetch=spec.prefetch or worker.prefetch or transport.default_prefetch,
         max_tasks=worker.max_tasks_per_child,
         stop=stop,
-        on_timeout=lambda: os._exit(EXIT_TASK_TIMEOUT),
+        on_timeout=lambda: _exit_reported(report, EXIT_TASK_TIMEOUT),
         on_start=report.started,
         on_settled=report.settled,
         on_idle=report.flush,
@@ -187,6 +187,16 @@ def main() -> int:
     _write_summary(spec, result)
     worker.logger.info("Terminating")
     return EXIT_RECYCLE if result.recycled else 0
+
+
+def _exit_reported(report: ReportWriter, code: int) -> None:
+    """Exit at once (a task past its timeout), after the settle lines still held
+    (``ReportWriter``): without them the supervisor counts those finished tasks as
+    started, unsettled, and charges them an attempt."""
+    try:
+        report.flush()
+    finally:
+        os._exit(code)
 
 
 def _start_failed(log: logging.Logger, spec: ChildSpec, what: str, exc: BaseException) -> None:
