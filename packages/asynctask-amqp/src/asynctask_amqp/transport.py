@@ -317,7 +317,7 @@ class AmqpTransport(Transport):
         # past the longest rung, the task goes round the ladder until due (see DUE)
         due: dict[str, Any] = {DUE: now + delay} if delay > MAX_DELAY else {}
         if options.expires is not None:  # its start must ask the store (Consumer.start)
-            due[EXPIRES_HEADER] = f"{options.expires:g}"
+            due[EXPIRES_HEADER] = repr(float(options.expires))
         messages = [
             task_message(
                 task_id,

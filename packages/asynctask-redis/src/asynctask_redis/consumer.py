@@ -52,7 +52,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
 from asynctask.liveness import new_owner
-from asynctask.status import StartVerdict
+from asynctask.status import EXPIRES_HEADER, StartVerdict
 from asynctask.transport import Consumer, Delivery, Transport, check_delay, new_task_id
 from asynctask_redis import scripts
 from asynctask_redis.cancelfeed import CancelFeed
@@ -120,10 +120,6 @@ logger = logging.getLogger("asynctask.redis")
 #: the settles that wait for replicas under ``wait_replicas`` (a close or a canonical
 #: rewrite loses nothing when a failover undoes it)
 _REPLICATED = frozenset({"ack", "retry", "fail"})
-
-#: the header ``_put`` gives a task submitted with ``expires``: its start waits for
-#: Redis's verdict (the deadline is the server's clock)
-EXPIRES_HEADER = "asynctask-expires"
 
 
 P = ParamSpec("P")

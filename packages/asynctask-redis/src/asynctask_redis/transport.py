@@ -59,7 +59,7 @@ from redis.exceptions import RedisError
 from asynctask.errors import InvalidURIError, TransportError
 from asynctask.limits import SLOT_LEASE, LimitSpec
 from asynctask.liveness import Liveness
-from asynctask.status import StateStore, StatusNotTracked, SubmitOptions
+from asynctask.status import EXPIRES_HEADER, StateStore, StatusNotTracked, SubmitOptions
 from asynctask.transport import (
     Consumer,
     FailedTask,
@@ -80,7 +80,7 @@ from asynctask_redis.connection import (
     pipeline,
     run,
 )
-from asynctask_redis.consumer import EXPIRES_HEADER, RedisConsumer
+from asynctask_redis.consumer import RedisConsumer
 from asynctask_redis.keeper import RedisLiveness
 from asynctask_redis.messages import (
     envelope,
@@ -296,7 +296,7 @@ class RedisTransport(Transport):
         ``expires`` in seconds (a consumer's start then waits for Redis's verdict)."""
         found = self.task_headers(queue, task_id, text)
         if options.expires is not None:
-            found = {**found, EXPIRES_HEADER: f"{options.expires:g}"}
+            found = {**found, EXPIRES_HEADER: repr(float(options.expires))}
         if options.priority:
             return {"asynctask-priority": str(options.priority), **found}
         return found
