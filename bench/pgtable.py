@@ -113,8 +113,13 @@ def vacuum(conn: Any, tables: list[str]) -> None:
         conn.execute(f"VACUUM (ANALYZE) {table}")
 
 
-def churn(conn: Any, schema: str, raw_table: str, tasks: int) -> None:
-    """Pass ``tasks`` tasks through ``schema``'s tables and ``raw_table``, no VACUUM."""
+def churn(conn: Any, schema: str, raw_table: str, tasks: int, name: str) -> None:
+    """Pass ``tasks`` tasks through ``schema``'s tables and ``raw_table``, no VACUUM.
+
+    They pass through the queue ``name``, the one the churned round then measures (and
+    the raw table's queue name is the raw client's own, its table's name): every index
+    leads with the queue name, so dead entries of another queue sit outside the measured
+    queue's scans, and the round would measure a table only as churned as its size."""
     queue, status = f"{schema}.asynctask_queue", f"{schema}.asynctask_status"
     for first in range(0, tasks, CHUNK):
         n = min(CHUNK, tasks - first)
@@ -124,25 +129,31 @@ def churn(conn: Any, schema: str, raw_table: str, tasks: int) -> None:
                 f" FROM generate_series(1, {n})"
             )
             conn.execute(
-                f"INSERT INTO {status} (task_id, queue_name, state) SELECT id, 'churn', 'queued'"
-                " FROM churn"
+                f"INSERT INTO {status} (task_id, queue_name, state) SELECT id, %s, 'queued'"
+                " FROM churn",
+                (name,),
             )
             conn.execute(
-                f"INSERT INTO {queue} (task_id, queue_name, payload) SELECT id, 'churn',"
-                " '{\"n\": 1}' FROM churn"
+                f"INSERT INTO {queue} (task_id, queue_name, payload) SELECT id, %s,"
+                " '{\"n\": 1}' FROM churn",
+                (name,),
             )
-        conn.execute(f"UPDATE {queue} SET state = 'reserved', owner = 0 WHERE queue_name = 'churn'")
-        conn.execute(f"DELETE FROM {queue} WHERE queue_name = 'churn'")
+        conn.execute(
+            f"UPDATE {queue} SET state = 'reserved', owner = 0 WHERE queue_name = %s", (name,)
+        )
+        conn.execute(f"DELETE FROM {queue} WHERE queue_name = %s", (name,))
         conn.execute(
             f"UPDATE {status} SET state = 'succeeded', date_finished = now(),"
-            " date_forget = now() + interval '1 day' WHERE queue_name = 'churn'"
-            " AND date_finished IS NULL"
+            " date_forget = now() + interval '1 day' WHERE queue_name = %s"
+            " AND date_finished IS NULL",
+            (name,),
         )
         conn.execute(
             f"INSERT INTO {raw_table} (task_id, queue_name, payload) SELECT gen_random_uuid(),"
-            f" 'churn', '{{\"n\": 1}}' FROM generate_series(1, {n})"
+            f" %s, '{{\"n\": 1}}' FROM generate_series(1, {n})",
+            (raw_table,),
         )
-        conn.execute(f"DELETE FROM {raw_table} WHERE queue_name = 'churn'")
+        conn.execute(f"DELETE FROM {raw_table}")
 
 
 def dead_tuples(conn: Any, tables: list[str]) -> dict[str, int]:
