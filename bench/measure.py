@@ -21,8 +21,8 @@ from typing import Any
 from asynctask.plugins import load_plugins
 from asynctask.status import StatusNotKept
 from asynctask.transport import Transport
+from bench import ledger, ours, paired, peer, replicas
 from bench import memory as memory_of
-from bench import ours, paired, peer, replicas
 from bench.ledger import Follower
 from bench.plan import (
     ARQ_PYTHON,
@@ -398,7 +398,7 @@ class Session:
         )
 
     def _raw_latency(self, raw: RawClient, n: int, gap: float) -> list[float]:
-        path = str(self.folder / f"latency-{raw.name}-raw.ledger")
+        path = ledger.fresh(str(self.folder / f"latency-{raw.name}-raw.ledger"))
         follower = Follower(path)
         ready = threading.Event()
         if raw.in_process:
