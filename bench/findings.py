@@ -5,8 +5,12 @@ the worker child or the submitting process) and side measurements on the same ma
 the report prints the entry beside each missed target. Profiled at commit b426961
 (2026-11-29); the drains again after core's prefetch 4 default (99d829f); pgsql again
 for issue 20 (2026-12-07: pg_stat_statements and EXPLAIN on a private server, the
-consumer's asynchronous commit; the submit path with callgrind, wt/pgsubmit). Update an
-entry when its transport changes.
+consumer's asynchronous commit; the submit path with callgrind, wt/pgsubmit); redis's
+drain and prefetch-32 notes and pgsql's churned rows again at commit 30dc256 (2026-12-07
+09:40-09:50: callgrind and cProfile of the run loop on a private Redis; auto_explain and
+pg_stat_statements on a private PostgreSQL; wt/bench-ready). A note says what the code
+does and when and how it was measured, so that it stays true whatever the next run's
+ratio; update an entry when its transport changes.
 """
 
 from __future__ import annotations
@@ -60,7 +64,8 @@ _PG_SUBMIT = (
     "JSON encoder and checks a queue name once. Wall time, same run, turns of 50 "
     "alternating: on the shared server at load 14-16, ours 179/s against raw 180/s "
     "(1.00x; fsync-bound); `make bench`'s steps at load 10-16: 0.93x, 0.63x on the "
-    "fresh schema, 1.09x churned (turns of 50, fsync latency moving by several times "
+    "fresh schema, 1.09x churned (its churn then through another queue; turns of 50, "
+    "fsync latency moving by several times "
     "within seconds; the fresh row was 1.01-1.05x in private-server runs, 0.64-0.88x "
     "when it ran second in the process: not explained); on a private server with fsync "
     "off (the client's share "
