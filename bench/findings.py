@@ -253,6 +253,17 @@ FINDINGS: dict[tuple[str, str], str] = {
         "move, marked running in the move's script (about 245k instructions a task "
         "against 37k for the untracked plain pipeline)."
     ),
+    ("pgsql", "tracking"): (
+        "Not profiled on its own. What a tracked task costs here (2026-12-07): its status "
+        "row, written by the submit's statement (a second row and its index entries), and "
+        "its `succeeded`, written by the RESERVE that acknowledges it (not a HOT update: "
+        "`date_forget` is in the index `asynctask_status_forget`); `running` is written "
+        "only for a prefetched task still running 50 ms after its start (`SYNC_WITHIN`). "
+        "An untracked queue's submits write no status row and its RESERVE updates none. "
+        "The status step alone on a quiet machine (`python -m bench --only "
+        "localmem,filesys,pgsql,redis --steps status`, commit 8496c70, load 1.1-1.2, "
+        "prefetch 16): 12,882/s tracked against 16,739/s (0.77x)."
+    ),
     ("localmem", "tracking"): (
         "Load-independent (2026-12-07, callgrind on the run loop in one process, "
         "`python -m bench.taskcost --instructions --uri localmem:bench --prefetch 1 "
