@@ -591,3 +591,52 @@ def test_a_sweep_that_misses_forgets_the_tasks_it_did_not_find(amqp_uri, queue):
         consumer.ack(delivery)
         consumer.close()
         assert transport.failed_tasks(queue) == []
+
+
+def test_tasks_handed_back_go_as_nacks_never_as_rejects(uri, queue, monkeypatch):
+    """What a consumer hands back (a release, what it prefetched, what a sweep meets,
+    what it holds at close) it did not run: it goes back by ``basic.nack`` with requeue,
+    which RabbitMQ 4.3+ does not count toward a quorum queue's ``x-delivery-limit``, not
+    ``basic.reject``, which it counts as a failed delivery (poison). Failed before: every
+    hand-back was a ``basic.reject``. (RabbitMQ 3.10 here counts both: the test checks
+    the method sent and that the tasks come back in place, first attempts.)"""
+    sent: list[str] = []
+    real_send = amqp.Channel.send_method
+
+    def spy(self, sig, *args, **kwargs):
+        name = {amqp.spec.Basic.Nack: "nack", amqp.spec.Basic.Reject: "reject"}.get(sig)
+        if name is not None:
+            sent.append(name)
+        return real_send(self, sig, *args, **kwargs)
+
+    monkeypatch.setattr(amqp.Channel, "send_method", spy)
+    with open_transport(f"{uri}&relay=false") as transport:
+        transport.submit_tasks(queue, [{"n": n} for n in range(4)])
+        # When a consumer prefetching 3 releases its first task, then closes holding one
+        consumer = transport.consumer(queue, prefetch=3)
+        first = consumer.reserve(timeout=5)
+        assert first is not None and first.payload == {"n": 0}
+        consumer.release(first)
+        again = consumer.reserve(timeout=5)
+        assert again is not None and again.payload == {"n": 0}
+        consumer.close()
+        nacked_by_release_and_close = len(sent)
+        # And a sweep meets a task not its own
+        sweeper = transport.consumer(queue)
+        sweeper._settled_away.add(("taken-by-another-consumer", 0))
+        with sweeper._link.lock:
+            sweeper._connect()
+            sweeper._sweep()
+        sweeper.close()
+        # Then each went back as a nack, none as a reject
+        assert "reject" not in sent
+        assert nacked_by_release_and_close >= 2 and len(sent) > nacked_by_release_and_close
+        # And the tasks are in their places, each to run as its first attempt
+        taken = []
+        with transport.consumer(queue) as consumer:
+            for _ in range(4):
+                delivery = consumer.reserve(timeout=5)
+                assert delivery is not None
+                taken.append((delivery.payload["n"], delivery.attempt))
+                consumer.ack(delivery)
+        assert taken == [(0, 1), (1, 1), (2, 1), (3, 1)]

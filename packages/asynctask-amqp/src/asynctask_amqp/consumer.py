@@ -66,6 +66,20 @@ from asynctask_amqp.topology import (
 
 logger = logging.getLogger("asynctask.amqp")
 
+
+def hand_back(channel: amqp.Channel, tag: int) -> None:
+    """Give one delivery back to its place in the queue, as not failed: ``basic.nack``
+    with requeue, never ``basic.reject``.
+
+    A hand-back is a task this consumer did not run (prefetched, released, met by a
+    sweep). From RabbitMQ 4.3 a quorum queue counts a ``basic.reject`` with requeue as a
+    failed delivery toward its ``x-delivery-limit`` (the poison guard), and a
+    ``basic.nack`` not; up to 4.2 it counts every return, both of these and a closed
+    channel's, and the two are the same command (the bound in the README's Quorum
+    queues). py-amqp has no ``basic_nack``: the method is sent as it is."""
+    channel.send_method(amqp.spec.Basic.Nack, "Lbb", (tag, False, True))
+
+
 #: a delivery's receipt: (link generation, delivery tag, the message read)
 Receipt = tuple[int, int, Received]
 
@@ -285,7 +299,7 @@ class AmqpConsumer(Consumer):
                 continue
             if not redelivered:
                 self._mark_released(received)
-            channel.basic_reject(tag, requeue=True)
+            hand_back(channel, tag)
             # The others looked for were taken by another consumer, or are not back yet:
             # their markers have them dropped wherever they come. Forgotten, so that they
             # do not make every later sweep hand back one more task not ours (a return
@@ -456,9 +470,9 @@ class AmqpConsumer(Consumer):
             for message in [received, *prefetched]:
                 self._mark_released(message)
             for message in self._buffer:
-                channel.basic_reject(message.delivery_info["delivery_tag"], requeue=True)
+                hand_back(channel, message.delivery_info["delivery_tag"])
             self._buffer.clear()
-            channel.basic_reject(tag, requeue=True)
+            hand_back(channel, tag)
             # a round trip, so that the task is back in the queue when release returns
             channel.basic_qos(0, self.prefetch, False)
 
@@ -468,7 +482,7 @@ class AmqpConsumer(Consumer):
         """Hand back what is held and prefetched (marked released), and disconnect."""
         if self.closed:
             return
-        self._disconnect(lambda: [*self._held.values(), *self._unsubscribe()])
+        self._disconnect(lambda: [*self._held.values(), *self._unsubscribe()], give_back=True)
 
     def abandon(self) -> None:
         """The worker died: hand back what it never reserved (prefetched, marked
@@ -487,7 +501,14 @@ class AmqpConsumer(Consumer):
 
         self._disconnect(unseen)
 
-    def _disconnect(self, handed_back: Callable[[], list[Received]]) -> None:
+    def _disconnect(
+        self, handed_back: Callable[[], list[Received]], give_back: bool = False
+    ) -> None:
+        """Mark ``handed_back()`` released, then drop the connection. With ``give_back``
+        (unsubscribed first: nothing comes back to us), what is held and prefetched goes
+        back by ``hand_back`` first, in delivery order, not as a closed channel's returns,
+        which a quorum queue counts toward its delivery limit. (``abandon`` leaves it to
+        the closed channel: the held tasks ran, and must count.)"""
         self.closed = True
         self.close_status_feed()
         self._declarations._heartbeats.discard(self._link)
@@ -496,6 +517,10 @@ class AmqpConsumer(Consumer):
                 try:
                     for received in handed_back():
                         self._mark_released(received)
+                    if give_back:
+                        tags = [m.delivery_info["delivery_tag"] for m in self._buffer]
+                        for tag in sorted([*self._held, *tags]):
+                            hand_back(self._link.channel, tag)
                 except DRIVER_ERRORS as exc:
                     logger.debug("%r: closing consumer of %r: %s", self.transport, self.queue, exc)
             self._buffer.clear()
