@@ -71,12 +71,12 @@ def hand_back(channel: amqp.Channel, tag: int) -> None:
     """Give one delivery back to its place in the queue, as not failed: ``basic.nack``
     with requeue, never ``basic.reject``.
 
-    A hand-back is a task this consumer did not run (prefetched, released, met by a
-    sweep). From RabbitMQ 4.3 a quorum queue counts a ``basic.reject`` with requeue as a
-    failed delivery toward its ``x-delivery-limit`` (the poison guard), and a
-    ``basic.nack`` not; up to 4.2 it counts every return, both of these and a closed
-    channel's, and the two are the same command (the bound in the README's Quorum
-    queues). py-amqp has no ``basic_nack``: the method is sent as it is."""
+    A hand-back is a task this consumer did not run (released, prefetched behind it, met
+    by a sweep). From RabbitMQ 4.3 a quorum queue counts a ``basic.reject`` with requeue
+    as a failed delivery toward its ``x-delivery-limit`` (the poison guard), and a
+    ``basic.nack`` not; before, the two are the same command and both count (3.10.8,
+    measured: a closed channel's returns do not), the bound in the README's Quorum
+    queues. py-amqp has no ``basic_nack``: the method is sent as it is."""
     channel.send_method(amqp.spec.Basic.Nack, "Lbb", (tag, False, True))
 
 
@@ -482,7 +482,7 @@ class AmqpConsumer(Consumer):
         """Hand back what is held and prefetched (marked released), and disconnect."""
         if self.closed:
             return
-        self._disconnect(lambda: [*self._held.values(), *self._unsubscribe()], give_back=True)
+        self._disconnect(lambda: [*self._held.values(), *self._unsubscribe()])
 
     def abandon(self) -> None:
         """The worker died: hand back what it never reserved (prefetched, marked
@@ -501,14 +501,11 @@ class AmqpConsumer(Consumer):
 
         self._disconnect(unseen)
 
-    def _disconnect(
-        self, handed_back: Callable[[], list[Received]], give_back: bool = False
-    ) -> None:
-        """Mark ``handed_back()`` released, then drop the connection. With ``give_back``
-        (unsubscribed first: nothing comes back to us), what is held and prefetched goes
-        back by ``hand_back`` first, in delivery order, not as a closed channel's returns,
-        which a quorum queue counts toward its delivery limit. (``abandon`` leaves it to
-        the closed channel: the held tasks ran, and must count.)"""
+    def _disconnect(self, handed_back: Callable[[], list[Received]]) -> None:
+        """Mark ``handed_back()`` released, then drop the connection: the closed channel
+        returns what is held and prefetched, in order. (Not by ``hand_back``: RabbitMQ
+        3.10 does not count a closed channel's returns toward a quorum queue's delivery
+        limit, and does count a ``basic.nack``'s.)"""
         self.closed = True
         self.close_status_feed()
         self._declarations._heartbeats.discard(self._link)
@@ -517,10 +514,6 @@ class AmqpConsumer(Consumer):
                 try:
                     for received in handed_back():
                         self._mark_released(received)
-                    if give_back:
-                        tags = [m.delivery_info["delivery_tag"] for m in self._buffer]
-                        for tag in sorted([*self._held, *tags]):
-                            hand_back(self._link.channel, tag)
                 except DRIVER_ERRORS as exc:
                     logger.debug("%r: closing consumer of %r: %s", self.transport, self.queue, exc)
             self._buffer.clear()
