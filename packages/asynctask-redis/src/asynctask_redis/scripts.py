@@ -327,6 +327,15 @@ local function cancelled(m)
   return false
 end
 
+-- Whether a cancelled task may still be met: ``cancelled_ids`` holds one whose status is
+-- not forgotten yet. (Entries past that horizon stay until the next cancel trims them;
+-- they count for nothing here, or one cancel would make every move check every task it
+-- takes for the whole status ttl.)
+local function cancel_pending()
+  return redis.call('EXISTS', cancelled_ids) == 1
+    and redis.call('ZCOUNT', cancelled_ids, string.format('(%d', now_ms()), '+inf') > 0
+end
+
 -- Move up to ``want`` tasks into ``proc``, the most urgent first. With tracking, the
 -- first, which the consumer hands out now to be started at once, is checked and marked
 -- ``running`` here (its start then costs no call); a cancelled or expired one is
@@ -338,7 +347,7 @@ end
 -- Returns the messages and whether the first was marked.
 local function take(proc, want, tracking, ttl_ms)
   local got, started = {}, 0
-  local careful = tracking and redis.call('EXISTS', cancelled_ids) == 1
+  local careful = tracking and cancel_pending()
   while #got < want do
     local m = move_next(proc)
     if not m then break end
@@ -657,6 +666,17 @@ if verdict ~= 'run' and ARGV[5] ~= '1' then
   if verdict == 'cancelled' then redis.call('ZREM', cancelled_ids, ARGV[6]) end
 end
 return verdict
+""",
+)
+
+#: ARGV: prefix, queue, most. The ids of ``P:Q:cancelled`` not past their horizon (the
+#: status ttl; the set is trimmed only by the next cancel), oldest first, at most ``most``:
+#: what a status feed loads when it opens (``asynctask_redis.statusfeed``).
+LIVE_CANCELS = finishing(
+    "live_cancels",
+    r"""
+return redis.call('ZRANGEBYSCORE', cancelled_ids, string.format('(%d', now_ms()), '+inf',
+  'LIMIT', 0, tonumber(ARGV[3]))
 """,
 )
 
