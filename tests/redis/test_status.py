@@ -265,6 +265,32 @@ def test_wait_is_woken_by_the_final_write_not_a_poll(transport, queue):
     assert woke and woke[0] - acked < 0.5, f"woke {woke[0] - acked:.3f} s after the ack"
 
 
+def test_a_waiter_marks_the_status_itself_and_the_final_write_reads_it_there(
+    transport, queue, client
+):
+    """The final write learns that someone waits from the status hash it reads anyway
+    (its field ``waiting``), not from a key of its own (one ``EXISTS`` an ack less); the
+    key ``waiting:<id>`` is still set for workers of older versions. (Failed before: no
+    field, and without the key the waiter slept until its fallback poll.)"""
+    tid = transport.submit_task(queue, {})
+    transport.state().fallback_poll = 30.0
+    woke: list[float] = []
+    thread = threading.Thread(
+        target=lambda: (transport.wait(tid, 20), woke.append(time.monotonic()))
+    )
+    thread.start()
+    time.sleep(0.3)  # the waiter is blocked now
+    assert client.hget(task_key(transport, queue, tid), "waiting") == b"1"
+    assert client.delete(f"{transport.prefix}:{queue}:waiting:{tid}") == 1
+    consumer = transport.consumer(queue)
+    consumer.ack(take(consumer))
+    consumer.close()  # sends the ack
+    acked = time.monotonic()
+    thread.join(10)
+    assert woke and woke[0] - acked < 0.5, woke
+    assert transport.status(tid).state == "succeeded"
+
+
 def test_wait_times_out_and_knows_unknown_ids(transport, queue):
     tid = transport.submit_task(queue, {})
     started = time.monotonic()
