@@ -580,6 +580,34 @@ def test_a_task_taken_ahead_starts_without_a_message_and_reads_running_soon(
     consumer.close()
 
 
+def test_a_late_running_mark_goes_out_when_the_consumer_lost_its_connection(transport, queue):
+    """A failed call that lets the connection go (a cluster failover moved the queue's
+    slot) leaves the consumer none until its next call: the mark thread takes a new one
+    rather than leave the mark of a running task for after it ends. (Failed before: the
+    thread found no connection and went idle, the task read queued while it ran.)"""
+    from asynctask_redis.startmarks import DEFER
+
+    # Given a consumer holding two tasks, the second started (its mark deferred)
+    _first, second = transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+    consumer = transport.consumer(queue, prefetch=2)
+    one, two = take(consumer), take(consumer)
+    assert consumer.start(one) == "run"
+    consumer.ack(one)
+    with consumer._lock:  # as _execute does when a slot moved (between calls here)
+        assert consumer.start(two) == "run"
+        consumer._release_conn()
+        consumer._conn = None
+    # Then it reads running within DEFER all the same, while it runs on
+    deadline = time.monotonic() + DEFER + 1
+    while transport.status(second).state != "running":
+        assert time.monotonic() < deadline, "the running mark never came"
+        time.sleep(0.005)
+    consumer.ack(two)
+    assert consumer.reserve(timeout=0) is None
+    assert transport.status(second).state == "succeeded"
+    consumer.close()
+
+
 def test_a_quick_task_taken_ahead_is_marked_with_its_ack_in_the_next_move(
     transport, queue, monkeypatch
 ):

@@ -211,9 +211,11 @@ class RedisConsumer(Consumer):
 
     # -- the connection -----------------------------------------------------------------
 
-    def _execute(self, fn: Any, *args: Any, resync: bool = False) -> Any:
-        server = self._host.server
+    def _connection(self) -> Any:
+        """This consumer's connection, taken from the pool when it has none (at first, and
+        after a cluster failover moved the queue's slot)."""
         if self._conn is None:
+            server = self._host.server
             pool = server.pool_for(self._host.key(self.queue, ""))
             try:
                 self._conn = pool.get_connection()
@@ -223,6 +225,11 @@ class RedisConsumer(Consumer):
             self._release_conn = weakref.finalize(
                 self, _give_back, pool, self._conn, self._deferred
             )
+        return self._conn
+
+    def _execute(self, fn: Any, *args: Any, resync: bool = False) -> Any:
+        server = self._host.server
+        self._connection()
         try:
             if self._deferred:
                 self._collect(self._conn)
@@ -656,9 +663,14 @@ class RedisConsumer(Consumer):
         if now - since < DEFER or not self._lock.acquire(blocking=False):
             return True
         try:
-            conn = self._conn
-            if self._marks_since is None or self.closed or conn is None:
+            if self._marks_since is None or self.closed:
                 return False
+            try:
+                # none after a failed call that let a cluster's moved slot go: a new one
+                # (else the marks waited for the consumer's next call, after the task)
+                conn = self._connection()
+            except TransportError:
+                return True  # Redis is away: look again
             t, acks = self._host, self._pending()
             args = (t.prefix, t.script_queue(self.queue), self.id, t.status_ttl_ms, "1")
             command = pack(
