@@ -613,7 +613,7 @@ class RedisConsumer(Consumer):
             feed is not None
             and raw not in self._unsure
             and EXPIRES_HEADER not in message.headers
-            and feed.poll()
+            and feed.heard()
             and delivery.id not in feed.cancelled
             and self._conn is not None
         ):
