@@ -613,7 +613,9 @@ def test_a_quick_task_taken_ahead_is_marked_with_its_ack_in_the_next_move(
 ):
     """A task taken ahead that ends before ``DEFER`` has its running mark and its ack in
     the consumer's next call, in that order: states in order, times in order, no message
-    of its own. (Fails if the marks are sent at each start: a START a task.)"""
+    of its own (they go in the next move's write, in one START after the move, which
+    Redis runs once it has answered the move). (Fails if the marks are sent at each
+    start: a START a task.)"""
     # Given a consumer holding three tasks (prefetch 3), the first started and acked
     ids = transport.submit_tasks(queue, [{"n": n} for n in range(3)])
     consumer = transport.consumer(queue, prefetch=3)
@@ -625,11 +627,12 @@ def test_a_quick_task_taken_ahead_is_marked_with_its_ack_in_the_next_move(
     for delivery in held[1:]:
         assert consumer.start(delivery) == "run"
         consumer.ack(delivery)
+    assert sent == []  # nothing went at the starts and acks
     assert consumer.reserve(timeout=0) is None
-    # Then no START went out: the next move carried all of it; each succeeded after it ran
+    # Then one START at most went out, with the next move; each succeeded after it ran
     from asynctask_redis.scripts import START
 
-    assert sent and all(START.sha.encode() not in command for command in sent), sent
+    assert sent and sum(START.sha.encode() in command for command in sent) <= 1, sent
     for tid in ids:
         st = transport.status(tid)
         assert st.state == "succeeded" and st.attempts == 1, st
