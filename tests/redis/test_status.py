@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import socket
 import threading
 import time
 from typing import Any
@@ -697,3 +698,40 @@ def test_the_mark_thread_ends_with_its_consumer(transport, queue):
         while len(marks_threads()) > before:
             assert time.monotonic() < deadline, "the mark thread outlived its consumer"
             time.sleep(0.01)
+
+
+def test_acks_sent_after_a_move_whose_reply_is_lost_are_sent_again(transport, queue):
+    """A tracked move's write carries the acks after it, in a START whose reply is read
+    with the next call; when the connection fails before that, they are pending again
+    and go with the resynchronising call, so the acked tasks do not run twice. (Failed
+    before: the acks were dropped with the lost reply, and the resync handed the acked
+    tasks back to the queue.)"""
+    ids = transport.submit_tasks(queue, [{"n": n} for n in range(4)])
+    consumer = transport.consumer(queue, prefetch=2)
+    first, second = take(consumer), take(consumer)
+    for delivery in (first, second):
+        assert consumer.start(delivery) == "run"
+        consumer.ack(delivery)
+    # When the next move's write reaches Redis without the START behind it...
+    conn = consumer._conn
+    real_send = conn.send_packed_command
+
+    def move_only(commands, check_health=True):
+        real_send(commands[:1], check_health)
+
+    conn.send_packed_command = move_only
+    third = take(consumer)
+    conn.send_packed_command = real_send
+    # ...and the connection fails before its reply is read
+    conn._sock.shutdown(socket.SHUT_RDWR)
+    got = [third]
+    while (delivery := consumer.reserve(timeout=0.5)) is not None:
+        got.append(delivery)
+    for delivery in got:
+        consumer.start(delivery)
+        consumer.ack(delivery)
+    assert consumer.reserve(timeout=0) is None
+    consumer.close()
+    # Then the first two ran once, and every task succeeded
+    assert sorted(d.id for d in got) == sorted(ids[2:])
+    assert [transport.status(tid).state for tid in ids] == ["succeeded"] * 4

@@ -203,6 +203,9 @@ class RedisConsumer(Consumer):
         self._unsure: set[bytes] = set()
         #: START calls sent whose replies are unread: (packed command, task id)
         self._deferred: list[tuple[bytes, str]] = []
+        #: the acks and late starts those STARTs carry, pending again if a reply is lost
+        #: (sent twice, an ack rewrites what it wrote: better than the task run again)
+        self._unconfirmed: list[bytes | str] = []
         #: the task the last move marked running (it hands it out to start at once)
         self._marked: bytes | None = None
 
@@ -237,8 +240,7 @@ class RedisConsumer(Consumer):
         except (RedisError, OSError) as exc:
             self._conn.disconnect()  # the next command reconnects
             if self._deferred:  # their replies are lost, and maybe their acks: resync
-                self._deferred.clear()
-                self._resync = True
+                self._lost_deferred()
             if self._feed is not None:
                 self._feed.close()  # a failover, a restart: what was published is lost
             if server.moved(exc) and self._release_conn is not None:
@@ -389,6 +391,15 @@ class RedisConsumer(Consumer):
         self._unsure.update(self._buffer)
         self._unsure.update(self._held)
 
+    def _lost_deferred(self) -> None:
+        """The replies of the STARTs sent without waiting are lost (the connection
+        failed): the acks and starts they carried are pending again, ahead of the newer
+        ones, and the next ``TAKE`` resynchronises."""
+        self._deferred.clear()
+        self._acks = [*self._unconfirmed, *self._acks]
+        self._unconfirmed = []
+        self._resync = True
+
     def _collect(self, conn: Any) -> None:
         """Read the replies of the START calls sent without waiting; one the server did
         not know the script for runs again now."""
@@ -409,6 +420,7 @@ class RedisConsumer(Consumer):
             for command, task_id in again:
                 conn.send_packed_command([command])
                 warn_late_verdict(self, task_id, conn.read_response())
+        self._unconfirmed = []  # all of them ran
 
     def _next(self, conn: Any) -> bool:
         """Acks and non-blocking moves in one round trip; whether anything came."""
@@ -470,6 +482,7 @@ class RedisConsumer(Consumer):
         )
         conn.send_packed_command([pack([move]), settle])
         self._deferred.append((settle, ""))
+        self._unconfirmed += acks
         self._sent()
         try:
             return conn.read_response()
@@ -710,10 +723,10 @@ class RedisConsumer(Consumer):
             except (RedisError, OSError):
                 # they stay pending: the next call reconnects, resynchronises and sends them
                 conn.disconnect()
-                self._deferred.clear()
-                self._resync = True
+                self._lost_deferred()
                 return False
             self._deferred.append((command, ""))
+            self._unconfirmed += acks
             self._sent()
             return False
         finally:
