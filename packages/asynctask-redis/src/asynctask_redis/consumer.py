@@ -443,52 +443,22 @@ class RedisConsumer(Consumer):
                 self._buffer.extend([] if moved is None else [moved])
                 return moved is not None
             give_back = moved or ""
-        if acks and self.fused and self._host.replication is None:
-            reply = self._move_then_settle(conn, want, give_back, acks)
-        else:
-            reply = run(
-                conn,
-                scripts.NEXT,
-                t.prefix,
-                t.script_queue(self.queue),
-                self.id,
-                want,
-                "1" if self.fused else "0",
-                t.status_ttl_ms,
-                give_back,
-                len(acks) // 3,
-                *acks,
-            )
-            self._sent()
+        reply = run(
+            conn,
+            scripts.NEXT,
+            t.prefix,
+            t.script_queue(self.queue),
+            self.id,
+            want,
+            "1" if self.fused else "0",
+            t.status_ttl_ms,
+            give_back,
+            len(acks) // 3,
+            *acks,
+        )
+        self._sent()
         self._took(reply[0], reply[1:])
         return len(reply) > 1
-
-    def _move_then_settle(
-        self, conn: Any, want: int, give_back: bytes | str, acks: list[bytes | str]
-    ) -> Any:
-        """The move, and after it, in the same write, the acks and late starts in a
-        ``START`` with no task of its own, whose reply is read with the next call (as
-        the mark thread's, ``flush_marks``): Redis answers the move first, then writes
-        the statuses (most of a tracked move's work: an ``HMGET``, an ``HSET`` and two
-        ``PEXPIRE`` a task) while this worker runs what it took, on the other core. A
-        connection lost before that reply may lose those acks with it: their tasks, back
-        in the queue by the resynchronising ``TAKE``, run again (at-least-once)."""
-        t = self._host
-        head = (t.prefix, t.script_queue(self.queue), self.id)
-        ttl = t.status_ttl_ms
-        move = ("EVALSHA", scripts.NEXT.sha, 0, *head, want, "1", ttl, give_back, 0)
-        settle = pack(
-            [("EVALSHA", scripts.START.sha, 0, *head, ttl, "1", "", 0, "", len(acks) // 3, *acks)]
-        )
-        conn.send_packed_command([pack([move]), settle])
-        self._deferred.append((settle, ""))
-        self._unconfirmed += acks
-        self._sent()
-        try:
-            return conn.read_response()
-        except NoScriptError:  # (a restarted or flushed server) the settle's reply follows
-            self._collect(conn)
-            return run(conn, scripts.NEXT, *move[3:])
 
     def _block(self, seconds: float) -> bytes | None:
         t = self._host
