@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import select
+import ssl
 from collections import OrderedDict
 from typing import Any
 
@@ -101,10 +102,19 @@ class CancelFeed:
         """Whether nothing has arrived since ``poll`` last emptied the connection: one
         ``select``, no read (``poll`` costs three system calls through redis-py's
         ``can_read``). Trust it only after a ``poll``: the subscription's reply may have
-        brought more with it into the driver's buffer."""
+        brought more with it into the driver's buffer.
+
+        Under TLS (``rediss://``) a message may also be decrypted already and held by the
+        SSL object (``pending``), the socket having nothing more: ``select`` alone would
+        say quiet and a start would miss that cancel. ``pending`` is a C call, no system
+        call."""
         conn = self._conn
         sock = None if conn is None else getattr(conn, "_sock", None)
-        return sock is not None and not select.select([sock], [], [], 0)[0]
+        if sock is None:
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return False
+        return not select.select([sock], [], [], 0)[0]
 
     def _note(self, task_id: str) -> None:
         self.cancelled[task_id] = None

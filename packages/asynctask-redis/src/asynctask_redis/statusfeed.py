@@ -188,10 +188,14 @@ class RedisStatusFeed(StatusFeed):
                 if len(self._sent) >= READ_EVERY:  # (a blocking read waits for all sent)
                     self._read(conn, block=len(self._sent) >= MOST_UNREAD)
             except (RedisError, OSError) as exc:
-                self._redo(exc)  # the earlier writes; this one is sent below
+                # Made again, waited for, after the earlier writes. Queued first: a redo
+                # that gives up (``TransportUnavailable``) leaves it to the next call or
+                # ``close`` with them; queued after, it was lost.
+                self._sent.append(entry)
+                self._redo(exc)
+                return
             self._sent.append(entry)
             try:
-                conn = self._connection()
                 conn.send_packed_command([pack([("EVALSHA", script.sha, 0, *entry.args)])])
             except (RedisError, OSError) as exc:
                 self._redo(exc)
