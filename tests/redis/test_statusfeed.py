@@ -153,3 +153,25 @@ def test_a_quiet_feed_under_tls_looks_at_the_bytes_tls_holds(tmp_path):
     finally:
         client.close()
         server.close()
+
+
+def test_a_feed_ignores_cancels_past_their_horizon(transport, client):
+    """An entry of ``P:Q:cancelled`` stays there after its status ttl until the next cancel
+    trims the set: a feed opening meanwhile must not count it (a start of that id is
+    held back for nothing, and enough of them kept the feed closed, every start waiting
+    for Redis). (Failed before: the feed loaded the whole set, stale ids too.)"""
+    store, queue = transport.state(), unique_queue()
+    stale, live = new_task_id(), new_task_id()
+    (kept,) = store.submitted(queue, [new_task_id()], 0, SubmitOptions())
+    seconds, micros = client.time()
+    now_ms = seconds * 1000 + micros // 1000
+    client.zadd(statusfeed.registry_key(transport, queue), {stale: now_ms - 1000})
+    client.zadd(statusfeed.registry_key(transport, queue), {live: now_ms + 60_000})
+    feed = store.feed(queue)
+    try:
+        assert feed.may_start(stale) is True
+        assert feed.may_start(live) is False
+        assert feed.may_start(kept) is True
+    finally:
+        feed.close()
+        client.delete(statusfeed.registry_key(transport, queue))

@@ -42,6 +42,8 @@ class CancelFeed:
         self._conn: Any = None
         #: ids published as cancelled, oldest first
         self.cancelled: OrderedDict[str, None] = OrderedDict()
+        #: whether ``poll`` emptied the connection since it opened (see ``heard``)
+        self._polled = False
 
     @property
     def live(self) -> bool:
@@ -88,6 +90,14 @@ class CancelFeed:
             return False
         return True
 
+    def heard(self) -> bool:
+        """``poll``, for a caller that asks often (a consumer's every start): once a poll
+        has emptied the connection, one ``select`` that finds nothing new is enough."""
+        if self._polled and self.quiet():
+            return True
+        self._polled = self.poll()
+        return self._polled
+
     def quiet(self) -> bool:
         """Whether nothing has arrived since ``poll`` last emptied the connection: one
         ``select``, no read (``poll`` costs three system calls through redis-py's
@@ -114,6 +124,7 @@ class CancelFeed:
     def close(self) -> None:
         """Unsubscribe by dropping the connection (it goes back to the pool closed)."""
         conn, self._conn = self._conn, None
+        self._polled = False
         if conn is not None:
             conn.disconnect()
             self.pool.release(conn)
