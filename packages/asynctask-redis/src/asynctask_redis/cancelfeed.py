@@ -44,6 +44,12 @@ class CancelFeed:
         self.cancelled: OrderedDict[str, None] = OrderedDict()
         #: whether ``poll`` emptied the connection since it opened (see ``heard``)
         self._polled = False
+        #: the socket ``poll`` emptied, watched for input by ``_poller`` (one C call to
+        #: ask, where ``select.select`` builds its lists and asks the socket its fd);
+        #: and that socket again if it is TLS (see ``quiet``)
+        self._watched: Any = None
+        self._poller: Any = None
+        self._tls: ssl.SSLSocket | None = None
 
     @property
     def live(self) -> bool:
@@ -88,13 +94,29 @@ class CancelFeed:
             logger.info("cancel feed %s lost (%s); starts ask Redis until it is back", self, exc)
             self.close()
             return False
+        sock = getattr(conn, "_sock", None)
+        if sock is not self._watched:
+            self._watch(sock)
         return True
+
+    def _watch(self, sock: Any) -> None:
+        self._watched, self._poller, self._tls = sock, None, None
+        if sock is None:
+            return
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLPRI)
+        self._poller = poller
+        self._tls = sock if isinstance(sock, ssl.SSLSocket) else None
 
     def heard(self) -> bool:
         """``poll``, for a caller that asks often (a consumer's every start): once a poll
-        has emptied the connection, one ``select`` that finds nothing new is enough."""
-        if self._polled and self.quiet():
-            return True
+        has emptied the connection, one look that finds nothing new is enough (``quiet``,
+        through a ``select.poll`` object kept for the socket)."""
+        if self._polled:
+            poller, tls = self._poller, self._tls
+            # (``close`` unwatches: the socket watched is the live subscription's)
+            if poller is not None and not poller.poll(0) and (tls is None or not tls.pending()):
+                return True
         self._polled = self.poll()
         return self._polled
 
@@ -125,6 +147,7 @@ class CancelFeed:
         """Unsubscribe by dropping the connection (it goes back to the pool closed)."""
         conn, self._conn = self._conn, None
         self._polled = False
+        self._watch(None)
         if conn is not None:
             conn.disconnect()
             self.pool.release(conn)

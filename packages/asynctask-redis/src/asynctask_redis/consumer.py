@@ -59,7 +59,7 @@ from asynctask_redis.cancelfeed import CancelFeed
 from asynctask_redis.connection import Server, call, pack, pipeline, run
 from asynctask_redis.messages import Message, canonical_text, failed_record, read_message
 from asynctask_redis.replication import Replication, Waited
-from asynctask_redis.startmarks import DEFER, MarkFlusher, StartMark, warn_late_verdict
+from asynctask_redis.startmarks import DEFER, MarkFlusher, mark_text, warn_late_verdict
 
 #: what the scripts push to an empty ready list to wake a blocked consumer for an
 #: urgent task (``scripts._BASE``); a consumer that takes it drops it
@@ -189,8 +189,12 @@ class RedisConsumer(Consumer):
         self._held: dict[bytes, int] = {}
         self._held_count = 0
         #: acked, not yet sent: (message, task id, result) triples (the id spares the
-        #: scripts a parse of the message), and starts not sent yet: ('', id, StartMark)
-        self._acks: list[bytes | str | StartMark] = []
+        #: scripts a parse of the message), and starts not sent yet: ('', id, '') whose
+        #: third slot ``_pending`` fills from ``_marks``
+        self._acks: list[bytes | str] = []
+        #: the starts not sent yet: (their third slot in ``_acks``, attempt, when it
+        #: started, ``time.monotonic()``): plain tuples, no Python-level constructor
+        self._marks: list[tuple[int, int, float]] = []
         #: when the oldest start in ``_acks`` happened (None: none is there)
         self._marks_since: float | None = None
         #: sends them once DEFER old, if no call did (made at the first one)
@@ -208,6 +212,9 @@ class RedisConsumer(Consumer):
         self._unconfirmed: list[bytes | str] = []
         #: the task the last move marked running (it hands it out to start at once)
         self._marked: bytes | None = None
+        #: ``host.own_state``, read again by every ``TAKE``/``NEXT`` (start and ack, once a
+        #: task each, read it here: the property is a Python call)
+        self._own = host.own_state
 
     def __repr__(self) -> str:
         return f"RedisConsumer({self.transport!r}, {self.queue!r}, id={self.id})"
@@ -311,7 +318,8 @@ class RedisConsumer(Consumer):
     @property
     def fused(self) -> bool:
         """Whether this consumer writes task statuses itself, with its own calls."""
-        return self.tracking and self._host.own_state
+        self._own = own = self._host.own_state
+        return self.tracking and own
 
     def _take_once(self) -> float | None:
         """Send the acks and take up to ``prefetch`` tasks; return seconds worth waiting.
@@ -358,13 +366,18 @@ class RedisConsumer(Consumer):
     def _pending(self) -> list[bytes | str]:
         """The acks (message, task id, result triples) and late starts a script sends now;
         the caller clears them once the script ran (``_sent``)."""
-        if self._marks_since is None:
-            return self._acks  # type: ignore[return-value]  # no StartMark in it
+        marks = self._marks
+        if not marks:
+            return self._acks
         now = time.monotonic()
-        return [a.text(now) if isinstance(a, StartMark) else a for a in self._acks]
+        acks = self._acks.copy()  # kept as they are: a failed call sends them again
+        for slot, attempt, at in marks:
+            acks[slot] = mark_text(attempt, at, now)
+        return acks
 
     def _sent(self) -> None:
         self._acks = []
+        self._marks = []
         self._marks_since = None
 
     def _took(self, marked: int, messages: list[bytes]) -> None:
@@ -396,6 +409,8 @@ class RedisConsumer(Consumer):
         failed): the acks and starts they carried are pending again, ahead of the newer
         ones, and the next ``TAKE`` resynchronises."""
         self._deferred.clear()
+        shift = len(self._unconfirmed)  # the marks' slots move along
+        self._marks = [(slot + shift, attempt, at) for slot, attempt, at in self._marks]
         self._acks = [*self._unconfirmed, *self._acks]
         self._unconfirmed = []
         self._resync = True
@@ -424,7 +439,7 @@ class RedisConsumer(Consumer):
 
     def _next(self, conn: Any) -> bool:
         """Acks and non-blocking moves in one round trip; whether anything came."""
-        acks = self._acks if self._marks_since is None else self._pending()
+        acks = self._pending()
         t, want = self._host, self._want()
         give_back: bytes | str = ""
         if not self.fused and want == 1 and len(acks) <= 3 and NUDGE not in acks:
@@ -613,7 +628,7 @@ class RedisConsumer(Consumer):
     def _start(self, delivery: Delivery) -> StartVerdict:
         if not self.tracking:
             return "run"
-        if not self._host.own_state:
+        if not self._own:
             return super().start(delivery)  # the store asynctask_state names
         message = delivery.receipt
         if not isinstance(message, Message) or message.raw not in self._held:
@@ -631,13 +646,16 @@ class RedisConsumer(Consumer):
         ):
             if marked:  # the move checked it and marked it running: nothing to send
                 return "run"
-            now = time.monotonic()
-            self._acks += ["", delivery.id, StartMark(delivery.attempt, now)]
+            acks, now = self._acks, time.monotonic()
+            acks += ["", delivery.id, ""]
+            self._marks.append((len(acks) - 1, delivery.attempt, now))
             if self._marks_since is None:
+                # the thread looks while marks are pending (``flush_marks`` says so):
+                # woken by the first only, not once a task
                 self._marks_since = now
-            if self._flusher is None:
-                self._flusher = MarkFlusher(self, f"asynctask-redis-marks-{self.id}")
-            self._flusher.wake()
+                if self._flusher is None:
+                    self._flusher = MarkFlusher(self, f"asynctask-redis-marks-{self.id}")
+                self._flusher.wake()
             return "run"
         self._unsure.discard(raw)
         if feed is not None:
@@ -716,7 +734,7 @@ class RedisConsumer(Consumer):
         raw = self._unhold(delivery)
         if raw is None:
             return None
-        if self.fused:
+        if self.tracking and self._own:
             self._acks += [raw, delivery.id, result_json or ""]
         else:
             self._acks += [raw, "", ""]

@@ -8,7 +8,7 @@ untracked drain, same-run rounds; 0.36-0.57x with the mark's script doing nothin
 
 So a consumer keeps a start it knows needs no verdict (``RedisConsumer.start``: the
 cancel feed is live and says nothing of the task, which has no ``expires``) in its list of
-pending acknowledgements, as ``('', id, StartMark)``, and whichever comes first carries it:
+pending acknowledgements, as ``('', id, '<attempt>:<ms ago>')`` (``mark_text``), and whichever comes first carries it:
 the consumer's next call to Redis (the next move, a retry...: in a drain, a few tasks
 later, in the same script as their acks), or this module's thread, once the oldest pending
 mark is ``DEFER`` old (the task is still running: the mark goes out with the acks before
@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 #: the longest a started task reads ``queued`` before its mark is sent (seconds)
 DEFER = 0.02
@@ -52,16 +52,12 @@ def warn_late_verdict(sender: object, task_id: str, verdict: Any) -> None:
         )
 
 
-class StartMark(NamedTuple):
-    """A start not sent yet: the attempt and when it started (``time.monotonic()``). A
-    named tuple, made once a task: a third of a frozen dataclass's cost."""
-
-    attempt: int
-    at: float
-
-    def text(self, now: float) -> str:
-        """``<attempt>:<ms since the start>``, as the scripts' ``ack_all`` reads it."""
-        return f"{self.attempt}:{max(0, int((now - self.at) * 1000))}"
+def mark_text(attempt: int, at: float, now: float) -> str:
+    """A start not sent yet, as the scripts' ``ack_all`` reads it: ``<attempt>:<ms since
+    the start>`` (``at`` and ``now`` from ``time.monotonic()``). The consumer keeps the
+    attempt and time in a plain tuple until it sends the mark (a named tuple's
+    constructor is a Python call, once a task)."""
+    return f"{attempt}:{max(0, int((now - at) * 1000))}"
 
 
 class Flushable(Protocol):
