@@ -8,13 +8,14 @@ untracked drain, same-run rounds; 0.36-0.57x with the mark's script doing nothin
 
 So a consumer keeps a start it knows needs no verdict (``RedisConsumer.start``: the
 cancel feed is live and says nothing of the task, which has no ``expires``) in its list of
-pending acknowledgements, as ``('', id, '<attempt>:<ms ago>')`` (``mark_text``), and whichever comes first carries it:
-the consumer's next call to Redis (the next move, a retry...: in a drain, a few tasks
-later, in the same script as their acks), or this module's thread, once the oldest pending
-mark is ``DEFER`` old (the task is still running: the mark goes out with the acks before
-it, unanswered, in the ``START`` script, the reply read with the consumer's next call).
-The script writes ``started_at`` as the server's time less the age the consumer measured,
-so the times stay the server's clock, right to the network's delay.
+pending acknowledgements, as ``('', id, '<attempt>:<ms ago>')`` (``mark_text``), and
+whichever comes first carries it: the consumer's next call to Redis (the next move, a
+retry...: in a drain, a few tasks later, in the same script as their acks), or this
+module's thread, once the oldest pending mark is ``DEFER`` old (the task is still
+running: the mark goes out with the acks before it, unanswered, in the ``START`` script,
+the reply read with the consumer's next call). The script writes ``started_at`` as the
+server's time less the age the consumer measured, so the times stay the server's clock,
+right to the network's delay.
 
 The thread takes the consumer's lock without waiting: the consumer holds it through each
 of its calls (``reserve``, ``start``, ``ack``...), so a mark goes out either with a call
