@@ -20,10 +20,12 @@ from typing import Any
 import pytest
 import redis
 
+from asynctask.runner import LoopOptions, run_loop
 from asynctask.status import StatusNotTracked, SubmitOptions
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
 from asynctask.transport import Consumer, Delivery, new_task_id
+from asynctask.worker import AsyncTaskWorker
 from asynctask_redis.transport import RedisTransport
 from chaos.private_redis import private_redis
 
@@ -734,3 +736,41 @@ def test_acks_sent_by_the_mark_thread_whose_reply_is_lost_are_sent_again(transpo
     # Then only the third came (the first two were acked once, not handed back)
     assert got == [ids[2]]
     assert [transport.status(tid).state for tid in ids] == ["succeeded"] * 3
+
+
+class _Quiet(AsyncTaskWorker):
+    """Succeeds, or fails for good on ``{"fail": true}`` (no retries)."""
+
+    name = "asynctask_redis_untracked_leftover"
+    max_retries = 0
+
+    def process(self, payload: Any) -> None:
+        if payload.get("fail"):
+            raise RuntimeError("boom")
+
+
+def test_records_written_before_a_queue_went_untracked_are_forgotten(transport, queue, client):
+    """Issue 16: every status record is forgotten, the ones written at submit before the
+    queue's workers turned ``track_status`` off too (a worker keeping no status writes
+    nothing at its settle: they stayed ``queued``, with no TTL, for good)."""
+    # Given tasks submitted while the queue was tracked (their records written, no TTL)
+    transport.status_ttl = 0.5
+    keyed = transport.submit_task(queue, {}, unique_key="leftover")
+    ids = [transport.submit_task(queue, {}), transport.submit_task(queue, {"fail": True}), keyed]
+    keys = [task_key(transport, queue, i) for i in ids]
+    assert [client.pttl(k) for k in keys] == [-1, -1, -1]
+    # When its workers now keep no status and run them
+    options = LoopOptions(max_tasks=3, track_status=False, wait=0.2)
+    try:
+        run_loop(_Quiet(), transport, queue, options)
+        # Then status() still says the queue keeps none
+        with pytest.raises(StatusNotTracked, match="track_status"):
+            transport.status(ids[0])
+        # And Redis forgets the records, their id pointers and the unique key after the TTL
+        time.sleep(1.0)
+        unique = f"{transport.prefix}:{queue}:unique:leftover"
+        pointers = [f"{transport.prefix}:@id:{i}" for i in ids]
+        assert client.exists(*keys, *pointers, unique) == 0
+    finally:
+        transport.purge_failed(queue)
+        transport.state().set_tracking(queue, True)
