@@ -52,7 +52,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
 from asynctask.liveness import new_owner
-from asynctask.status import EXPIRES_HEADER, StartVerdict
+from asynctask.status import EXPIRES_HEADER, StartVerdict, State
 from asynctask.transport import Consumer, Delivery, Transport, check_delay, new_task_id
 from asynctask_redis import scripts
 from asynctask_redis.cancelfeed import CancelFeed
@@ -131,9 +131,10 @@ def _locked(
 ) -> Callable[Concatenate[RedisConsumer, P], R]:
     """Run a consumer's call holding its lock once it has a thread that sends late running
     marks (``asynctask_redis.startmarks``): the thread acts only between calls, never
-    during one. Before that (every untracked consumer) no lock is taken: only ``start``
-    makes the thread, and the thread touches nothing until ``DEFER / 2`` after its
-    ``wake``, the last thing that ``start`` does."""
+    during one. Before that (every untracked consumer) no lock is taken (``start`` of a
+    tracked task takes it always, uncontended until then): only ``start`` makes the
+    thread, and the thread touches nothing until ``DEFER / 2`` after its ``wake``, the
+    last thing that ``start`` does."""
 
     def locked(self: RedisConsumer, /, *args: P.args, **kwargs: P.kwargs) -> R:
         if self._flusher is None:
@@ -620,43 +621,44 @@ class RedisConsumer(Consumer):
         run loop starts it right after the reserve). Otherwise one ``START`` call, with
         the pending acks, waits for the verdict.
         """
-        if self._flusher is None:  # no mark thread (every untracked consumer)
-            return self._start(delivery)
-        with self._lock:
-            return self._start(delivery)
-
-    def _start(self, delivery: Delivery) -> StartVerdict:
         if not self.tracking:
             return "run"
         if not self._own:
             return super().start(delivery)  # the store asynctask_state names
-        message = delivery.receipt
-        if not isinstance(message, Message) or message.raw not in self._held:
-            return "run"
-        raw = message.raw
-        feed = self._feed
-        marked, self._marked = raw == self._marked, None
-        if (
-            feed is not None
-            and raw not in self._unsure
-            and EXPIRES_HEADER not in message.headers
-            and feed.heard()
-            and delivery.id not in feed.cancelled
-            and self._conn is not None
-        ):
-            if marked:  # the move checked it and marked it running: nothing to send
+        # the lock even before the mark thread exists (uncontended, a C call): the fast
+        # path below in one Python frame, where a wrapper taking it only then made two
+        with self._lock:
+            message = delivery.receipt
+            if not isinstance(message, Message) or message.raw not in self._held:
                 return "run"
-            acks, now = self._acks, time.monotonic()
-            acks += ["", delivery.id, ""]
-            self._marks.append((len(acks) - 1, delivery.attempt, now))
-            if self._marks_since is None:
-                # the thread looks while marks are pending (``flush_marks`` says so):
-                # woken by the first only, not once a task
-                self._marks_since = now
-                if self._flusher is None:
-                    self._flusher = MarkFlusher(self, f"asynctask-redis-marks-{self.id}")
-                self._flusher.wake()
-            return "run"
+            raw = message.raw
+            feed = self._feed
+            marked, self._marked = raw == self._marked, None
+            if (
+                feed is not None
+                and raw not in self._unsure
+                and EXPIRES_HEADER not in message.headers
+                and feed.heard()
+                and delivery.id not in feed.cancelled
+                and self._conn is not None
+            ):
+                if marked:  # the move checked it and marked it running: nothing to send
+                    return "run"
+                acks, now = self._acks, time.monotonic()
+                acks += ["", delivery.id, ""]
+                self._marks.append((len(acks) - 1, delivery.attempt, now))
+                if self._marks_since is None:
+                    # the thread looks while marks are pending (``flush_marks`` says
+                    # so): woken by the first only, not once a task
+                    self._marks_since = now
+                    if self._flusher is None:
+                        self._flusher = MarkFlusher(self, f"asynctask-redis-marks-{self.id}")
+                    self._flusher.wake()
+                return "run"
+            return self._ask_start(delivery, raw, feed)
+
+    def _ask_start(self, delivery: Delivery, raw: bytes, feed: CancelFeed | None) -> StartVerdict:
+        """The ``START`` script, waited for: the verdict Redis gives (the lock held)."""
         self._unsure.discard(raw)
         if feed is not None:
             feed.cancelled.pop(delivery.id, None)
@@ -681,6 +683,18 @@ class RedisConsumer(Consumer):
             self._unhold(delivery)
             return "cancelled" if text == "cancelled" else "expired"
         return "run"
+
+    def record_outcome(
+        self,
+        delivery: Delivery,
+        state: State,
+        error: str | None = None,
+        result_json: str | None = None,
+    ) -> None:
+        """Nothing when this Redis keeps the statuses (the settle wrote the outcome): the
+        base class would ask the transport for its other store at every task."""
+        if not self._own:
+            super().record_outcome(delivery, state, error, result_json)
 
     def flush_marks(self, now: float) -> bool:
         """Send the late starts (and the acks before them) once the oldest is ``DEFER``
