@@ -133,7 +133,7 @@ def _locked(
     marks (``asynctask_redis.startmarks``): the thread acts only between calls, never
     during one. Before that (every untracked consumer) no lock is taken (``start`` of a
     tracked task takes it always, uncontended until then): only ``start`` makes the
-    thread, and the thread touches nothing until ``DEFER / 2`` after its ``wake``, the
+    thread, and the thread touches nothing until ``DEFER`` after its ``wake``, the
     last thing that ``start`` does."""
 
     def locked(self: RedisConsumer, /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -696,25 +696,28 @@ class RedisConsumer(Consumer):
         if not self._own:
             super().record_outcome(delivery, state, error, result_json)
 
-    def flush_marks(self, now: float) -> bool:
+    def flush_marks(self, now: float) -> float | None:
         """Send the late starts (and the acks before them) once the oldest is ``DEFER``
         old, unanswered, in a ``START`` script with no task of its own (the reply is read
-        with the next call); whether some still wait. Called by the ``MarkFlusher``
-        thread, between the consumer's calls only (it never waits for the lock)."""
+        with the next call); None when none wait any more, else the seconds until the
+        thread looks again. Called by the ``MarkFlusher`` thread, between the consumer's
+        calls only (it never waits for the lock)."""
         since = self._marks_since
         if since is None:
-            return False
-        if now - since < DEFER or not self._lock.acquire(blocking=False):
-            return True
+            return None
+        if now - since < DEFER:
+            return DEFER - (now - since)  # when it is due
+        if not self._lock.acquire(blocking=False):
+            return DEFER / 2  # in a call, which usually sends them
         try:
             if self._marks_since is None or self.closed:
-                return False
+                return None
             try:
                 # none after a failed call that let a cluster's moved slot go: a new one
                 # (else the marks waited for the consumer's next call, after the task)
                 conn = self._connection()
             except TransportError:
-                return True  # Redis is away: look again
+                return DEFER / 2  # Redis is away: look again
             t, acks = self._host, self._pending()
             args = (t.prefix, t.script_queue(self.queue), self.id, t.status_ttl_ms, "1")
             command = pack(
@@ -726,11 +729,11 @@ class RedisConsumer(Consumer):
                 # they stay pending: the next call reconnects, resynchronises and sends them
                 conn.disconnect()
                 self._lost_deferred()
-                return False
+                return None
             self._deferred.append((command, ""))
             self._unconfirmed += acks
             self._sent()
-            return False
+            return None
         finally:
             self._lock.release()
 

@@ -25,6 +25,7 @@ the GIL (a C extension) delays the thread as it delays any: the mark is then lat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -64,28 +65,37 @@ def mark_text(attempt: int, at: float, now: float) -> str:
 class Flushable(Protocol):
     """What the thread needs of a consumer."""
 
-    def flush_marks(self, now: float) -> bool:
-        """Send the pending marks if the oldest is ``DEFER`` old; whether some still wait."""
+    def flush_marks(self, now: float) -> float | None:
+        """Send the pending marks if the oldest is ``DEFER`` old; None when none wait
+        any more, else the seconds to wait before looking again."""
         ...
 
 
 class MarkFlusher:
-    """One daemon thread per consumer that defers marks: idle (blocked on an event) while
-    nothing is pending, else looking every ``DEFER / 2`` seconds."""
+    """One daemon thread per consumer that defers marks: idle while nothing is pending,
+    else asleep until the oldest pending mark is ``DEFER`` old (the consumer's calls
+    usually send it first: then the thread looks at the next one's age, and sleeps on).
+
+    Both waits are on a ``threading.Lock`` held while nothing happens, released to wake
+    the thread (``wake``) or to stop it (``close``): a lock's timed ``acquire`` is one C
+    call, where an ``Event``'s runs ``threading.Condition``'s Python code (the thread's
+    looks, every ``DEFER / 2`` through an ``Event`` before, cost a tracked drain 6k
+    instructions a task under callgrind, whose slowness makes them many)."""
 
     def __init__(self, consumer: Flushable, name: str) -> None:
         self._consumer = weakref.ref(consumer)
-        self._wanted = threading.Event()
-        self._stop = threading.Event()
+        self._idle = threading.Lock()  # held: nothing pending (``wake`` releases it)
+        self._idle.acquire()
+        self._running = threading.Lock()  # held: not stopped (``_end`` releases it)
+        self._running.acquire()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
-        # a consumer dropped without close(): the thread, idle on the event, ends too
+        # a consumer dropped without close(): the thread, idle, ends too
         weakref.finalize(consumer, self._end)
 
     def wake(self) -> None:
-        """A mark is pending (cheap when the thread is already looking)."""
-        if not self._wanted.is_set():
-            self._wanted.set()
+        """A first mark is pending (the consumer calls it only when none was)."""
+        _release(self._idle)
 
     def close(self) -> None:
         """Stop the thread (it sends nothing more)."""
@@ -94,19 +104,28 @@ class MarkFlusher:
             self._thread.join(5)
 
     def _end(self) -> None:
-        self._stop.set()
-        self._wanted.set()
+        _release(self._running)
+        _release(self._idle)
 
     def _run(self) -> None:
         while True:
-            self._wanted.wait()
-            if self._stop.wait(DEFER / 2):
-                return
-            consumer = self._consumer()
-            if consumer is None:
-                return
-            # cleared before the look: a mark pended during it sets it again
-            self._wanted.clear()
-            if consumer.flush_marks(time.monotonic()):
-                self._wanted.set()
-            del consumer
+            self._idle.acquire()  # until a mark is pending, or the end
+            wait = DEFER  # the first mark came just now
+            while True:
+                if self._running.acquire(timeout=wait):
+                    return  # released by ``_end``
+                consumer = self._consumer()
+                if consumer is None:
+                    return
+                after = consumer.flush_marks(time.monotonic())
+                del consumer
+                if after is None:
+                    break  # none pending: idle (a mark pended since released ``_idle``)
+                wait = max(0.001, after)
+
+
+def _release(lock: threading.Lock) -> None:
+    """Release ``lock`` unless it is released already (by another thread meanwhile)."""
+    if lock.locked():
+        with contextlib.suppress(RuntimeError):
+            lock.release()
