@@ -59,7 +59,7 @@ from asynctask_redis.cancelfeed import CancelFeed
 from asynctask_redis.connection import Server, call, pack, pipeline, run
 from asynctask_redis.messages import Message, canonical_text, failed_record, read_message
 from asynctask_redis.replication import Replication, Waited
-from asynctask_redis.startmarks import DEFER, MarkFlusher, mark_text, warn_late_verdict
+from asynctask_redis.startmarks import DEFER, MarkFlusher, warn_late_verdict
 
 #: what the scripts push to an empty ready list to wake a blocked consumer for an
 #: urgent task (``scripts._BASE``); a consumer that takes it drops it
@@ -372,8 +372,8 @@ class RedisConsumer(Consumer):
             return self._acks
         now = time.monotonic()
         acks = self._acks.copy()  # kept as they are: a failed call sends them again
-        for slot, attempt, at in marks:
-            acks[slot] = mark_text(attempt, at, now)
+        for slot, attempt, at in marks:  # as the scripts' ``ack_all`` reads them
+            acks[slot] = f"{attempt}:{max(0, int((now - at) * 1000))}"
         return acks
 
     def _sent(self) -> None:

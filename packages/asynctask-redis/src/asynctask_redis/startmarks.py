@@ -8,7 +8,8 @@ untracked drain, same-run rounds; 0.36-0.57x with the mark's script doing nothin
 
 So a consumer keeps a start it knows needs no verdict (``RedisConsumer.start``: the
 cancel feed is live and says nothing of the task, which has no ``expires``) in its list of
-pending acknowledgements, as ``('', id, '<attempt>:<ms ago>')`` (``mark_text``), and
+pending acknowledgements, as ``('', id, '<attempt>:<ms since it started>')`` (the text
+made as it is sent, from the attempt and ``time.monotonic()`` kept beside), and
 whichever comes first carries it: the consumer's next call to Redis (the next move, a
 retry...: in a drain, a few tasks later, in the same script as their acks), or this
 module's thread, once the oldest pending mark is ``DEFER`` old (the task is still
@@ -52,14 +53,6 @@ def warn_late_verdict(sender: object, task_id: str, verdict: Any) -> None:
             text,
             text,
         )
-
-
-def mark_text(attempt: int, at: float, now: float) -> str:
-    """A start not sent yet, as the scripts' ``ack_all`` reads it: ``<attempt>:<ms since
-    the start>`` (``at`` and ``now`` from ``time.monotonic()``). The consumer keeps the
-    attempt and time in a plain tuple until it sends the mark (a named tuple's
-    constructor is a Python call, once a task)."""
-    return f"{attempt}:{max(0, int((now - at) * 1000))}"
 
 
 class Flushable(Protocol):
