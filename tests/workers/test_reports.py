@@ -130,16 +130,16 @@ def test_a_task_is_reported_started_before_it_runs_with_one_write_a_task():
     finally:
         os.close(read_fd)
         os.close(write_fd)
-    # Then each task's start line was on the pipe before its process() ran, after the
-    # settle line of the task before it, and the last settle line came when the loop
-    # found the queue empty: one write a task
+    # Then each task's start line (the start's number and the task id) was on the pipe
+    # before its process() ran, after the settle line of the task before it, and the
+    # last settle line came when the loop found the queue empty: one write a task
     a, b, c = ids
     assert worker.seen == [
-        f"S {a}\n".encode(),
-        f"D {a}\nS {b}\n".encode(),
-        f"D {b}\nS {c}\n".encode(),
+        f"S 1 {a}\n".encode(),
+        f"D 1 {a}\nS 2 {b}\n".encode(),
+        f"D 2 {b}\nS 3 {c}\n".encode(),
     ]
-    assert left == f"D {c}\n".encode()
+    assert left == f"D 3 {c}\n".encode()
     assert writer.writes == 3 + 1
 
 
@@ -167,9 +167,48 @@ def test_a_settle_line_is_written_once_the_queue_is_found_empty():
                 seen += os.read(read_fd, 65536)
         # Then the settle line is on the pipe while the loop still runs
         assert loop.is_alive()
-        assert seen.endswith(f"D {task_id}\n".encode())
+        assert seen.endswith(f"D 1 {task_id}\n".encode())
     finally:
         options.stop.set()
         loop.join(10)
         os.close(read_fd)
         os.close(write_fd)
+
+
+class _Delivery:
+    """What the writer reads of a delivery: its task id."""
+
+    def __init__(self, task_id: str) -> None:
+        self.id = task_id
+
+
+def test_a_task_started_again_after_its_settle_in_one_batch_counts_as_running():
+    # Given a child that starts a task, settles it (a retry with no delay), starts it
+    # again, and settles one task it never started (refused), before the supervisor reads
+    report = ReportReader()
+    writer = ReportWriter(report.write_fd)
+    again, other, refused = _Delivery("again"), _Delivery("other"), _Delivery("refused")
+    try:
+        writer.started(again)
+        writer.started(other)
+        writer.settled(again)
+        writer.settled(other)
+        writer.settled(refused)
+        writer.started(again)
+        # When the supervisor reads all those lines in one batch (a set difference of
+        # the batch's starts and settles, not a line at a time)
+        report.read()
+        # Then the second start of the task is running (each start has its own key),
+        # and the three settles count, oldest first
+        assert report.running == {"again"}
+        assert report.settled == 3
+        assert report.finished == ["again", "other", "refused"]
+        # and its settle, in a later batch, ends it
+        writer.settled(again)
+        writer.flush()
+        report.read()
+        assert report.running == set()
+        assert report.finished[-1] == "again"
+    finally:
+        report.close()
+        os.close(report.write_fd)
