@@ -130,16 +130,16 @@ def test_a_task_is_reported_started_before_it_runs_with_one_write_a_task():
     finally:
         os.close(read_fd)
         os.close(write_fd)
-    # Then each task's start line (the start's number and the task id) was on the pipe
-    # before its process() ran, after the settle line of the task before it, and the
-    # last settle line came when the loop found the queue empty: one write a task
+    # Then each task's start line was on the pipe before its process() ran, after the
+    # settle line of the task before it, and the last settle line came when the loop
+    # found the queue empty: one write a task
     a, b, c = ids
     assert worker.seen == [
-        f"S 1 {a}\n".encode(),
-        f"D 1 {a}\nS 2 {b}\n".encode(),
-        f"D 2 {b}\nS 3 {c}\n".encode(),
+        f"S {a}\n".encode(),
+        f"D {a}\nS {b}\n".encode(),
+        f"D {b}\nS {c}\n".encode(),
     ]
-    assert left == f"D 3 {c}\n".encode()
+    assert left == f"D {c}\n".encode()
     assert writer.writes == 3 + 1
 
 
@@ -167,7 +167,7 @@ def test_a_settle_line_is_written_once_the_queue_is_found_empty():
                 seen += os.read(read_fd, 65536)
         # Then the settle line is on the pipe while the loop still runs
         assert loop.is_alive()
-        assert seen.endswith(f"D 1 {task_id}\n".encode())
+        assert seen.endswith(f"D {task_id}\n".encode())
     finally:
         options.stop.set()
         loop.join(10)
@@ -175,40 +175,67 @@ def test_a_settle_line_is_written_once_the_queue_is_found_empty():
         os.close(write_fd)
 
 
-class _Delivery:
-    """What the writer reads of a delivery: its task id."""
-
-    def __init__(self, task_id: str) -> None:
-        self.id = task_id
-
-
-def test_a_task_started_again_after_its_settle_in_one_batch_counts_as_running():
-    # Given a child that starts a task, settles it (a retry with no delay), starts it
-    # again, and settles one task it never started (refused), before the supervisor reads
+def _read_batches(*batches: bytes) -> ReportReader:
+    """A reader that took in each batch of lines with one read."""
     report = ReportReader()
-    writer = ReportWriter(report.write_fd)
-    again, other, refused = _Delivery("again"), _Delivery("other"), _Delivery("refused")
     try:
-        writer.started(again)
-        writer.started(other)
-        writer.settled(again)
-        writer.settled(other)
-        writer.settled(refused)
-        writer.started(again)
-        # When the supervisor reads all those lines in one batch (a set difference of
-        # the batch's starts and settles, not a line at a time)
-        report.read()
-        # Then the second start of the task is running (each start has its own key),
-        # and the three settles count, oldest first
-        assert report.running == {"again"}
-        assert report.settled == 3
-        assert report.finished == ["again", "other", "refused"]
-        # and its settle, in a later batch, ends it
-        writer.settled(again)
-        writer.flush()
-        report.read()
-        assert report.running == set()
-        assert report.finished[-1] == "again"
+        for batch in batches:
+            os.write(report.write_fd, batch)
+            report.read()
     finally:
         report.close()
         os.close(report.write_fd)
+    return report
+
+
+def test_a_batch_of_lines_leaves_what_a_line_by_line_reading_would():
+    # Given a supervisor that takes a batch of lines in with set operations, not a line
+    # at a time: each case is a child's lines, read in one or two batches
+    # When a task settled in a batch starts again after its settle line (a retry run
+    # by the same child), whether its first start came in an earlier batch...
+    report = _read_batches(b"S a\nS b\n", b"D a\nD b\nS a\n")
+    # Then it is running, and every settle counted, oldest first
+    assert report.running == {"a"}
+    assert (report.settled, report.finished) == (2, ["a", "b"])
+    # ...or in the same batch, or after a settle with no start (a refused task)
+    assert _read_batches(b"S a\nD a\nS a\nS c\nD c\n").running == {"a"}
+    assert _read_batches(b"X a\nS a\n").running == {"a"}
+    # And a task whose last line is its settle is not running, whatever came before
+    report = _read_batches(b"S a\nD a\nS a\n", b"D a\nX b\nS c\nD c\n")
+    assert report.running == set()
+    assert report.settled == 4
+    # And a line cut by the end of a read waits for its end
+    report = _read_batches(b"S a\nS b", b"c\nD a\n")
+    assert report.running == {"bc"}
+
+
+def test_a_task_that_never_started_is_reported_settled_not_started():
+    # Given a run loop reporting on a pipe, and a task past its last attempt (its
+    # earlier deliveries' worker died): it goes to the failed store without running
+    read_fd, write_fd = os.pipe()
+    writer = ReportWriter(write_fd)
+    transport = get_transport("localmem:")
+    queue = unique_queue()
+    (task_id,) = transport.submit_tasks(queue, [{}])
+    with transport.consumer(queue) as consumer:
+        delivery = consumer.reserve(timeout=1)
+        assert delivery is not None
+        consumer.release(delivery)
+    options = LoopOptions(
+        stop_when_idle=True,
+        on_start=writer.started,
+        on_settled=writer.settled,
+        on_unstarted=writer.unstarted,
+        on_idle=writer.flush,
+    )
+    worker = _Quiet()
+    worker.max_retries = -1  # every delivery is past its last attempt
+    try:
+        # When the loop drains the queue
+        run_loop(worker, transport, queue, options)
+        written = os.read(read_fd, 65536)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    # Then the child said it settled the task, with no start line
+    assert written == f"X {task_id}\n".encode()

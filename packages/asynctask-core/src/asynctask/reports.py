@@ -1,10 +1,8 @@
 """What a child tells its supervisor about its tasks: one pipe, one line per event.
 
-``S <n> <id>`` right before a task's ``process()`` starts, ``D <n> <id>`` once it is
-settled (acknowledged, retried or failed); ``n`` numbers the child's starts, so that
-``<n> <id>`` names one start of one task (a task retried into the same child is
-started again under a new number), and ``D - <id>`` settles a task that never started
-(refused unsigned, spent, cancelled). The supervisor keeps the child's liveness
+``S <id>`` right before a task's ``process()`` starts, ``D <id>`` once it is settled
+(acknowledged, retried or failed), ``X <id>`` once a task that never started is
+settled (refused unsigned, spent, cancelled or expired before its start). The supervisor keeps the child's liveness
 (``asynctask.liveness``): when the child dies, the tasks it started and had not settled
 count an attempt, the ones it settled are gone (an acknowledgement may still have been
 waiting in its consumer), and every other task it held goes back uncounted. A write is
@@ -20,12 +18,13 @@ in that reserve (it carries the acknowledgements of the settled tasks to the bac
 has its last settled tasks counted as started: one may run again, with one more
 attempt counted, as at-least-once allows.
 
-The supervisor reads a child's lines in batches (``READ_EVERY``), and takes a batch in
-with a few calls that each handle all of its lines at once (two ``findall``, a set
-difference, a ``deque.extend``): no Python object or branch per line, since a
-supervisor of 2 children draining no-op tasks spent 2-3 us of CPU a task reading them
-line by line, on the cores its children need. Because a start's key is unique, the
-order of the lines within a batch does not matter: a set difference is exact.
+The supervisor reads a child's lines in batches (``READ_EVERY``) and takes a batch in
+with a few calls that each handle all of its lines at once (two ``findall``, set
+operations, a ``deque.extend``): no Python object or branch per line. Read line by
+line, a supervisor of 2 children draining no-op tasks spent 2-3 us of CPU a task on
+the cores its children need. Within a batch the order of a task's lines matters only
+for a task started again after its settle (a retry run by the same child), so only
+those few are looked at one by one.
 """
 
 from __future__ import annotations
@@ -55,16 +54,10 @@ PIPE_BYTES = 1 << 20
 #: settled lines held longer than this are written at once: a write stays whole
 _HELD_MAX = 2048
 
-#: the key (``<n> <id>``) of every start line, of every settle line, in a batch
-_STARTS = re.compile(rb"^S (.+)$", re.MULTILINE)
-_SETTLES = re.compile(rb"^D (.+)$", re.MULTILINE)
-
-
-def task_id(key: bytes) -> str:
-    """The task id of a line's key, ``<n> <id>`` (or a bare id, as older children
-    wrote)."""
-    head, space, tail = key.partition(b" ")
-    return (tail if space else head).decode("ascii", "replace")
+#: the task ids of a batch's start lines, of its settle lines, of its unstarted ones
+_STARTS = re.compile(rb"^S (.*)$", re.MULTILINE)
+_SETTLES = re.compile(rb"^D (.*)$", re.MULTILINE)
+_UNSTARTED = re.compile(rb"^X (.*)$", re.MULTILINE)
 
 
 class ReportWriter:
@@ -77,10 +70,6 @@ class ReportWriter:
             os.set_inheritable(fd, False)  # not for the processes a task may start
         #: the settled lines not written yet (see the module docstring)
         self._held = ""
-        #: the number of the next start
-        self._starts = 0
-        #: task id -> the key of its start, for its settle line
-        self._keys: dict[str, str] = {}
 
     def _send(self, line: str) -> None:
         if self.fd is None:
@@ -92,15 +81,18 @@ class ReportWriter:
 
     def started(self, delivery: Delivery) -> None:
         """A task is about to start: its line, after the settled lines held, in one write."""
-        self._starts += 1
-        key = self._keys[delivery.id] = f"{self._starts} {delivery.id}"
-        line, self._held = f"{self._held}S {key}\n", ""
+        line, self._held = f"{self._held}S {delivery.id}\n", ""
         self._send(line)
 
+    def unstarted(self, delivery: Delivery) -> None:
+        """A task that never started is settled: its line goes with the next write."""
+        self._held += f"X {delivery.id}\n"
+        if len(self._held) > _HELD_MAX:
+            self.flush()
+
     def settled(self, delivery: Delivery) -> None:
-        """A task is settled: its line goes with the next write."""
-        key = self._keys.pop(delivery.id, None)
-        self._held += f"D {key}\n" if key is not None else f"D - {delivery.id}\n"
+        """A started task is settled: its line goes with the next write."""
+        self._held += f"D {delivery.id}\n"
         if len(self._held) > _HELD_MAX:
             self.flush()
 
@@ -126,9 +118,9 @@ class ReportReader:
         #: when the lines are worth reading again (``time.monotonic()``)
         self.read_at = 0.0
         self._text = b""
-        #: keys (``<n> <id>``) of the starts the child has not settled
+        #: ids (ASCII bytes) of the tasks the child started and has not settled
         self._running: set[bytes] = set()
-        #: keys of the last tasks it settled
+        #: ids of the last tasks it settled
         self._finished: deque[bytes] = deque(maxlen=FINISHED_KEPT)
         #: how many tasks it settled in all: a child that dies having settled none is
         #: one more turn of a crash loop (``asynctask.supervisor``)
@@ -137,12 +129,12 @@ class ReportReader:
     @property
     def running(self) -> set[str]:
         """Ids of the tasks the child started and has not settled."""
-        return {task_id(key) for key in self._running}
+        return {task_id.decode("ascii", "replace") for task_id in self._running}
 
     @property
     def finished(self) -> list[str]:
         """Ids of the last tasks it settled (at most ``FINISHED_KEPT``), oldest first."""
-        return [task_id(key) for key in self._finished]
+        return [task_id.decode("ascii", "replace") for task_id in self._finished]
 
     def close_write_end(self) -> None:
         """Close our copy of the write end, once the child has its own."""
@@ -166,15 +158,43 @@ class ReportReader:
             pass
         text = b"".join(chunks)
         whole = text.rfind(b"\n") + 1
-        lines, self._text = text[:whole], text[whole:]
-        if lines:
-            self._running.update(_STARTS.findall(lines))
-            settles = _SETTLES.findall(lines)
-            self._running.difference_update(settles)
-            self._finished.extend(settles)
-            self.settled += len(settles)
+        if whole:
+            self._take(text[:whole])
+        self._text = text[whole:]
         if ended:
             self.close()
+
+    def _take(self, lines: bytes) -> None:
+        """Take in a batch of whole lines: the running set as a line-by-line reading
+        would leave it, by set operations on the whole batch."""
+        starts = _STARTS.findall(lines)
+        settles = _SETTLES.findall(lines)
+        if settles:
+            self.settled += len(settles)
+            self._finished.extend(settles)
+        if b"X " in lines:
+            unstarted = _UNSTARTED.findall(lines)
+            self.settled += len(unstarted)
+            self._finished.extend(unstarted)
+        if not starts:
+            self._running.difference_update(settles)
+            return
+        started = set(starts)
+        # A task's S and D lines alternate, S first; its last one decides. So the set
+        # difference is exact unless a task's D line in this batch is followed by an S
+        # line: that D settled a start before this batch (the task is in the running
+        # set) or one earlier in it (the task starts twice in the batch).
+        both = started.intersection(settles)
+        again = both & self._running
+        if len(started) != len(starts):
+            again |= both & {i for i in started if starts.count(i) > 1}
+        self._running |= started
+        self._running.difference_update(settles)
+        if again:
+            marked = b"\n" + lines
+            for task_id in again:
+                if marked.rfind(b"\nS " + task_id + b"\n") > marked.rfind(b"\nD " + task_id + b"\n"):
+                    self._running.add(task_id)
 
     def close(self) -> None:
         """Close the read end."""
