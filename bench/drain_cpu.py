@@ -95,9 +95,7 @@ class Sampler(threading.Thread):
                 break
             threads = seen.get(pid)
             if threads:
-                picked = [
-                    t for tid, t in threads.items() if main is None or (tid == pid) == main
-                ]
+                picked = [t for tid, t in threads.items() if main is None or (tid == pid) == main]
                 best = (sum(t[0] for t in picked), sum(t[1] for t in picked))
         return best
 

@@ -90,9 +90,11 @@ def loop(
         stats = pstats.Stats(profiler)
         rows = []
         total = 0
-        for (file, line, name), (_, calls, own, cum, _) in stats.stats.items():  # type: ignore[attr-defined]
+        found = stats.stats.items()  # type: ignore[attr-defined]
+        for (file, line, name), (_, calls, own, cum, _) in found:
             total += calls
-            rows.append((calls / tasks, own / tasks * 1e6, cum / tasks * 1e6, f"{file}:{line}:{name}"))
+            where = f"{file}:{line}:{name}"
+            rows.append((calls / tasks, own / tasks * 1e6, cum / tasks * 1e6, where))
         print(f"Python calls per task: {total / tasks:.1f}")
         for calls, own, cum, where in sorted(rows, reverse=True)[:top]:
             where = re.sub(r".*/site-packages/|.*/src/", "", where)
@@ -147,8 +149,10 @@ def threaded_rate(uri: str, tasks: int, threads: int, untracked: bool) -> None:
     after = resource.getrusage(resource.RUSAGE_SELF)
     switches = (after.ru_nvcsw - usage.ru_nvcsw) / tasks
     forced = (after.ru_nivcsw - usage.ru_nivcsw) / tasks
-    print(f"{tasks / wall:.0f}/s {cpu / tasks * 1e6:.2f} us cpu/task; switches/task "
-          f"{switches:.3f} voluntary {forced:.3f} forced")
+    print(
+        f"{tasks / wall:.0f}/s {cpu / tasks * 1e6:.2f} us cpu/task; switches/task "
+        f"{switches:.3f} voluntary {forced:.3f} forced"
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -2,12 +2,12 @@
 
 ``S <id>`` right before a task's ``process()`` starts, ``D <id>`` once it is settled
 (acknowledged, retried or failed), ``X <id>`` once a task that never started is
-settled (refused unsigned, spent, cancelled or expired before its start). The supervisor keeps the child's liveness
-(``asynctask.liveness``): when the child dies, the tasks it started and had not settled
-count an attempt, the ones it settled are gone (an acknowledgement may still have been
-waiting in its consumer), and every other task it held goes back uncounted. A write is
-shorter than ``PIPE_BUF``, so it is whole; lines written just before the child died are
-still read after it is reaped.
+settled (refused unsigned, spent, cancelled or expired before its start). The
+supervisor keeps the child's liveness (``asynctask.liveness``): when the child dies,
+the tasks it started and had not settled count an attempt, the ones it settled are
+gone (an acknowledgement may still have been waiting in its consumer), and every other
+task it held goes back uncounted. A write is shorter than ``PIPE_BUF``, so it is whole;
+lines written just before the child died are still read after it is reaped.
 
 A ``D`` line is not written on its own: it waits for the next write, the next task's
 ``S`` line (one write a task instead of two: a write is a system call, a tenth of a
@@ -19,11 +19,12 @@ has its last settled tasks counted as started: one may run again, with one more
 attempt counted, as at-least-once allows.
 
 The supervisor reads a child's lines in batches (``READ_EVERY``) and takes a batch in
-with a few calls that each handle all of its lines at once (two ``findall``, set
-operations, a ``deque.extend``): no Python object or branch per line. Read line by
-line, a supervisor of 2 children draining no-op tasks spent 2-3 us of CPU a task on
-the cores its children need. Within a batch the order of a task's lines matters only
-for a task started again after its settle (a retry run by the same child), so only
+with a few calls that each handle all of its lines at once (``findall``, set
+operations, ``deque.extend``): no Python object or branch per line. Read line by line,
+a supervisor of 2 children draining no-op tasks spent about 2 us of CPU a task (1-2% of
+a core at 7,000 tasks/s) on the cores its children need. Within a batch the order of a
+task's lines matters only for a task started again after its ``D`` line (a retry run by
+the same child), which then was running before the batch or starts twice in it: only
 those few are looked at one by one.
 """
 
@@ -193,7 +194,8 @@ class ReportReader:
         if again:
             marked = b"\n" + lines
             for task_id in again:
-                if marked.rfind(b"\nS " + task_id + b"\n") > marked.rfind(b"\nD " + task_id + b"\n"):
+                last_start = marked.rfind(b"\nS " + task_id + b"\n")
+                if last_start > marked.rfind(b"\nD " + task_id + b"\n"):
                     self._running.add(task_id)
 
     def close(self) -> None:
