@@ -21,14 +21,16 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from asynctask.plugins import DISABLE_VARIABLE
 from bench.ours import ROOT
-from bench.plan import EXTRA_PLUGINS_OFF, TRANSPORTS
+from bench.plan import EXTRA_PLUGINS_OFF, TEST_PLUGINS, TRANSPORTS
 
 #: a figure this much worse than the base's is a regression (issue 12)
 TOLERANCE = 0.05
@@ -113,6 +115,66 @@ def _probe(tree: Path, name: str, quick: bool) -> dict[str, Any]:
     return measures
 
 
+def _server(tree: Path, name: str, untracked: bool, plugins_off: str) -> subprocess.Popen[str]:
+    """``bench.probe NAME --serve`` (this tree's) run by ``tree``'s venv, once it is ready."""
+    command = [str(tree / ".venv" / "bin" / "python"), "-m", "bench.probe", name, "--serve"]
+    command += ["--untracked"] if untracked else []
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env[DISABLE_VARIABLE] = f"{TEST_PLUGINS},{plugins_off}" if plugins_off else TEST_PLUGINS
+    server = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )  # fmt: skip
+    assert server.stdin is not None and server.stdout is not None
+    if server.stdout.readline().strip() != "ready":
+        server.kill()
+        raise RuntimeError(f"{tree.name}: bench.probe {name} --serve did not start")
+    return server
+
+
+def interleaved(
+    tree: Path, name: str, count: int, chunk: int, untracked: bool, plugins_off: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``submit_one`` of the base (``tree``) and of this tree, measured by the same code
+    (``bench.probe --serve``) in two processes taking turns, ``chunk`` submits each (ABBA),
+    both pinned to one CPU: they meet the same disk, load and server within milliseconds.
+    (Each commit's own bench has its own harness: 00bd0fa's kept the best of 3 rounds,
+    this tree's sums turns taken with the raw client; unpinned, the scheduler kept one
+    of two identical processes 45% slower than the other against one redis-server.)
+    Each side's figure is the median of its turns' rates: an fsync stalled for tens of
+    milliseconds moves one turn, not the figure."""
+    servers = [_server(tree, name, False, ""), _server(ROOT, name, untracked, plugins_off)]
+    cpu = max(os.sched_getaffinity(0))
+    for server in servers:
+        os.sched_setaffinity(server.pid, {cpu})
+    rates: list[list[float]] = [[], []]
+    try:
+        for turn in range(max(1, count // chunk)):
+            for side in (0, 1) if turn % 2 == 0 else (1, 0):
+                stdin, stdout = servers[side].stdin, servers[side].stdout
+                assert stdin is not None and stdout is not None
+                stdin.write(f"{chunk}\n")
+                stdin.flush()
+                rates[side].append(chunk / float(stdout.readline()))
+    finally:
+        for server in servers:
+            if server.stdin is not None:
+                server.stdin.write("0\n")
+                server.stdin.close()
+            server.wait(60)
+    ratios = sorted(b / a for a, b in zip(*rates, strict=True))
+    print(
+        f"  [{name}] {len(ratios)} turns of {chunk} on CPU {cpu}: turn ratios this tree / "
+        f"base {ratios[len(ratios) // 10]:.2f}-{ratios[-1 - len(ratios) // 10]:.2f} "
+        f"(10th-90th percentile), median {statistics.median(ratios):.3f}",
+        file=sys.stderr,
+    )
+    label = {"unit": "tasks/s", "label": "submit, one by one (interleaved)"}
+    return (
+        {"submit_one": {**label, "ours": statistics.median(rates[0])}},
+        {"submit_one": {**label, "ours": statistics.median(rates[1])}},
+    )
+
+
 def change(base: float, head: float, unit: str) -> float:
     """How much better head is than base (+0.10: 10% better); times are better lower."""
     if unit == "tasks/s":
@@ -165,6 +227,12 @@ def main(argv: list[str]) -> int:
         "bench.probe on both commits' packages (minutes, not the whole bench)",
     )  # fmt: skip
     parser.add_argument(
+        "--interleaved", type=int, metavar="N", help="only submit one by one: N submits "
+        "each side, both measured by this tree's bench.probe in two processes taking "
+        "turns of 50 on one CPU, the median turn kept (the same harness for both "
+        "commits; see interleaved())",
+    )  # fmt: skip
+    parser.add_argument(
         "--untracked", action="store_true", help="this tree's bench with status tracking "
         "off (bench --untracked), the base's as it is: the fair comparison with a commit "
         "before status tracking (issue 16), whose cost has its own budget",
@@ -193,6 +261,13 @@ def main(argv: list[str]) -> int:
         if off:
             print(f"this tree's bench runs with these plugins off: {off}", file=sys.stderr)
         for name in names:
+            if args.interleaved:
+                base[name], head[name] = interleaved(
+                    tree, name, args.interleaved, 50, args.untracked, off
+                )
+                one = compare({name: base[name]}, {name: head[name]})
+                print(markdown(args.base, one), flush=True)
+                continue
             for turn in range(args.rounds):
                 print(f"[{name}] {args.base} and this tree, round {turn + 1}", file=sys.stderr)
                 order = [(tree, base, "base"), (ROOT, head, "head")]

@@ -5,80 +5,44 @@ the worker child or the submitting process) and side measurements on the same ma
 the report prints the entry beside each missed target. Profiled at commit b426961
 (2026-11-29); the drains again after core's prefetch 4 default (99d829f); pgsql again
 for issue 20 (2026-12-07: pg_stat_statements and EXPLAIN on a private server, the
-consumer's asynchronous commit; the submit path with callgrind, wt/pgsubmit). Update an
-entry when its transport changes.
+consumer's asynchronous commit; the submit path with callgrind, wt/pgsubmit); redis's
+drain and prefetch-32 notes and pgsql's churned rows again at commit 30dc256 (2026-12-07
+09:40-09:50: callgrind and cProfile of the run loop on a private Redis; auto_explain and
+pg_stat_statements on a private PostgreSQL; wt/bench-ready). A note says what the code
+does and when and how it was measured, so that it stays true whatever the next run's
+ratio; update an entry when its transport changes.
 """
 
 from __future__ import annotations
 
 _PG_DRAIN = (
-    "Latest (issue 20, branch wt/pgdrain, 2026-12-07; the machine shared, load 5-16): "
-    "py-spy on the worker child at prefetch 4: 64% of its main thread waited for RESERVE "
-    "(one statement per 4 tasks) and 11% for the bare Sync each prefetched start sent to "
-    "hear cancels. That Sync now goes only when the consumer's last statement or Sync left "
-    "5 ms ago or more (`CANCEL_HEARD`: a cancel of a reserved task returns 5 ms after its "
-    "commit, so a start never misses one that returned): the in-process prefetch-4 drain "
-    "went from 2,408/s to 4,926/s (medians of 4 alternating rounds of 5,000, load 4.7). "
-    "The rest is the RESERVE's server time, mostly fixed per statement, so pgsql's default "
-    "prefetch is now 16 (`default_prefetch`): worker child drains, medians of 3 "
-    "alternating rounds of 20,000 at load 8-10: 3,131/s at 4, 3,655/s at 8, 4,059/s at 16, "
-    "8,040/s at 32, PgQueuer 567/s; at 16 the child still waits 54% of its time for "
-    "RESERVE. Sending the next RESERVE ahead (libpq pipeline mode, its rows read when the "
-    "buffer runs dry) did not help here: 3,012/s without, 2,212/s sent at half the buffer, "
-    "2,666/s at its end (medians of 4 alternating rounds of 20,000, load 11-16): both "
-    "cores are busy, so the overlap buys nothing and smaller batches cost more; not "
-    "landed. PgQueuer's rate falls faster with the load than ours (2,332/s at load 6, "
-    "530-970/s at 8-11), so the ratio does too: 1.6x at load 6 with prefetch 4 before "
-    "this work. What would close more: the RESERVE's per-row writes (see below: the "
-    "`succeeded` and `reserved` updates are not HOT). Earlier: "
-    "Where a pgsql drain's time goes (issue 20; a private PostgreSQL 15 with "
-    "pg_stat_statements, the machine shared with other work, 2 cores). The worker child "
-    "(py-spy, prefetch 4) spends 60-70% of its main thread in psycopg `Connection.wait` for "
-    "its one statement per 4 tasks (RESERVE, which also deletes the 4 acknowledged rows "
-    "and writes their `succeeded`); asynctask's run loop, hooks and decoding are under "
-    "15%. Until this change every RESERVE also waited for a WAL fsync (1.5-4 ms on this "
-    "disk under load, `pg_test_fsync`): a consumer's session now commits asynchronously "
-    "(a lost commit only makes a task run again; `?durable_acks=true` restores the wait), "
-    "which took the same drain from 647-964/s to 1,177-1,866/s (private server, 4 "
-    "alternating rounds of 5,000) and, on the shared server in alternating rounds with "
-    "PgQueuer (its tables vacuumed first, as ours are), from 1.0-1.1x PgQueuer with "
-    "`durable_acks=true` to 1.6-1.9x (PgQueuer's own dequeue takes 1.07 ms of server time "
-    "per ~9 jobs, our RESERVE 0.46-0.53 ms per 4). "
-    "On the server, `EXPLAIN (ANALYZE, BUFFERS)` of a RESERVE of 4 rows: 0.44 ms and 75 "
-    "buffers mark the 4 acknowledged statuses `succeeded` (not a HOT update: `date_forget` "
-    "is in the index `asynctask_status_forget`), 0.33 ms and 70 buffers mark the 4 new "
-    "rows `reserved` (not HOT either: `state` is in the partial indexes' predicates, so "
-    "each update adds an entry to the primary key, `task_id` and `reserved` indexes); the "
-    "head scan (0.06 ms) and the delete (0.03 ms) are small. At 3x PgQueuer (about "
-    "6,000/s against its 2,000/s unloaded) a task may cost 170 us in all, while our "
-    "server's part alone is 110-130 us a task at prefetch 4. What would close 3x: fewer "
-    "index entries per task (a reservation that is a HOT update: the claim kept in "
-    "non-indexed columns; a forget time fixed at submit so that `succeeded` is a HOT update "
-    "of the status row), or a larger prefetch (PgQueuer takes 10 at a time; ours takes the "
-    "worker's prefetch, 4 by default: one round trip per 10 instead of per 4 tasks; a side "
-    "run at load 16-23: prefetch 4 863-1,114/s, prefetch 10 1,181-1,450/s, PgQueuer "
-    "308-344/s). The ratio moves with the machine's load: 1.6-1.9x at load 8-12, above 3x "
-    "at load 16-23, where PgQueuer's more round trips per job suffer more. "
-    "Later the same day (`python -m bench.hot --private`: private schemas on a private "
-    "PostgreSQL 15 with pg_stat_statements, one in-process consumer, 3,000-task drains in "
-    "alternating rounds, load 7-14): the consumer's RESERVE is planned once, generically, "
-    "and that plan, not knowing the head's size, joined the taken rows by a hash join over "
-    "a sequential scan of the whole queue table (and the expired statuses over one of the "
-    "status table): 1.86 ms and 372 buffers a RESERVE of 4 on 5,000 rows, against 0.48 ms "
-    "and 143 buffers with hash and merge joins off in the consumer's session, now the "
-    "default (median drain 1,203/s against 1,639/s in the same run; the scan grew with the "
-    "queue). HOT updates, measured in the same way on layouts that allow them (the status "
-    "forget index dropped; no index naming `state`, the queue at fillfactor 70): they halve "
-    "a RESERVE's WAL (2,980 to 1,490 bytes) but neither its server time (1.22 against "
-    "1.25 ms) nor its buffers went down, and the drains moved within the noise (prefetch 4: "
-    "1,615/s as is against 1,797/s all HOT; prefetch 10: 4,077/s against 4,132/s, one run; "
-    "another run had them the other way round), while a reservation kept out of the indexes "
-    "would need a schema version that older workers on the same queue cannot share. "
-    "Prefetch 10 against 4 in the same run: 4,077/s against 1,615/s. The worker drain "
-    "did not confirm the plan fix yet: `python -m bench.compare main --only pgsql --steps "
-    "drain` (full sizes, 2 rounds, load 9-14) gave 2,011/s against main's 2,153/s with 1 "
-    "child and 2,373/s against 2,771/s with 2 (the shared table's statistics there may "
-    "already give main nested loops); the quick run before it had +55% and -39%."
+    "How a pgsql drain works today (issue 20's work, 2026-12-07): a worker child takes "
+    "`prefetch` tasks a statement (16 by default on pgsql, `default_prefetch`; PgQueuer "
+    "takes 10): one RESERVE deletes the rows acknowledged since the last one, marks their "
+    "statuses `succeeded`, and marks the next rows `reserved`, committed asynchronously "
+    "(`durable_acks=false`: a lost commit only runs a task again). A prefetched start sends "
+    "nothing unless the consumer's last statement is 5 ms old (`CANCEL_HEARD`). The "
+    "consumer's generic plans join by nested loops (a hash join over a scan of the whole "
+    "queue table took 1.86 ms and 372 buffers a RESERVE of 4 on 5,000 rows, 0.48 ms and 143 "
+    "buffers now; `python -m bench.hot --private`). Profiles (2026-12-07, load 5-16, 2 "
+    "shared cores): py-spy on the worker child at prefetch 16: 54% of its main thread "
+    "waits for RESERVE (at prefetch 4, 60-70%; asynctask's run loop, hooks and decoding "
+    "under 15%). On a private "
+    "PostgreSQL 15 (pg_stat_statements, `EXPLAIN (ANALYZE, BUFFERS)`) a RESERVE's server "
+    "time is mostly the per-row updates, none of them HOT: `succeeded` changes "
+    "`date_forget`, which the index `asynctask_status_forget` holds, and `reserved` changes "
+    "`state`, which the partial indexes' predicates name, so each adds index entries "
+    "(0.44 ms and 75 buffers, 0.33 ms and 70 buffers of a RESERVE of 4); layouts that allow "
+    "HOT updates halved the WAL but not the server time or the drain rate, and would need a "
+    "schema version older workers cannot share. Worker child drains against PgQueuer, "
+    "medians of 3 alternating rounds of 20,000 at load 8-10: prefetch 4 3,131/s, 8 "
+    "3,655/s, 16 4,059/s, 32 8,040/s, PgQueuer 567/s; sending the next RESERVE ahead "
+    "(libpq pipeline mode) did not help on 2 busy cores (3,012/s without, 2,212-2,666/s "
+    "with; not landed). The ratio moves with the machine's load, PgQueuer's rate more "
+    "than ours (2,332/s at load 6, 530-970/s at 8-11): at 3x PgQueuer unloaded (about "
+    "6,000/s) a task may cost 170 us in all, our server's part alone about 110-130 us at "
+    "prefetch 4. What would close more: fewer index entries per task (a reservation and a "
+    "success that are HOT updates), or a larger default prefetch."
 )
 
 _PG_SUBMIT = (
@@ -100,7 +64,8 @@ _PG_SUBMIT = (
     "JSON encoder and checks a queue name once. Wall time, same run, turns of 50 "
     "alternating: on the shared server at load 14-16, ours 179/s against raw 180/s "
     "(1.00x; fsync-bound); `make bench`'s steps at load 10-16: 0.93x, 0.63x on the "
-    "fresh schema, 1.09x churned (turns of 50, fsync latency moving by several times "
+    "fresh schema, 1.09x churned (its churn then through another queue; turns of 50, "
+    "fsync latency moving by several times "
     "within seconds; the fresh row was 1.01-1.05x in private-server runs, 0.64-0.88x "
     "when it ran second in the process: not explained); on a private server with fsync "
     "off (the client's share "
@@ -112,25 +77,52 @@ _PG_SUBMIT = (
 )
 
 _PG_LATENCY = (
-    "Since wt/pgdrain (2026-12-07) a prefetched start right after a wake-up sends nothing "
-    "(the RESERVE just answered was the question for cancels): wake-up, RESERVE, "
-    "`process()`, one round trip as the raw listener's DELETE. Three runs of the latency "
-    "step, load 6-9: p50 6.28 ms against LISTEN 11.07 ms (before the change), 4.36 against "
-    "16.76, 5.77 against 6.63 ms (after): the raw listener's p50 moves more than ours. "
-    "The churned table's latency includes the submit (from before `submit_task` to the "
-    "start), which is slow there (submit one by one 8/s). On a private PostgreSQL (fsync "
-    "off, autovacuum off; load 13-14) the same steps missed: p50 5.62 against 2.44 ms "
-    "(2.30x), fresh table 26.76 against 4.50 ms (this branch's tests ran meanwhile), "
-    "churned 5.86 against 24.16 ms. A trace in one process on that server (load 14): "
-    "`submit_task` 1.4-1.9 ms, its NOTIFY to the consumer's `select` 0.07 ms, the wake to "
-    "RESERVE's answer 0.8-1.0 ms: with no fsync to hide them, the submit and the RESERVE, "
-    "each heavier than the raw INSERT and DELETE (the status row, the reserved mark), "
-    "are the gap. Earlier: "
-    "A timed trace of the consumer: the path is the submit's commit (its fsync), the "
-    "NOTIFY wake-up, then RESERVE (now committed asynchronously); the raw listener's path "
-    "is the same commit and NOTIFY (the copied trigger) and a plain DELETE. RESERVE writes "
-    "more (the row marked reserved, the previous task's status `succeeded`). When the "
-    "worker is still busy with its previous cycle, a task waits for that too."
+    "The path (2026-12-07): the submit's commit (its WAL fsync) and NOTIFY, the consumer's "
+    "wake-up, one RESERVE (committed asynchronously), `process()`; the raw listener's path "
+    "is the same commit and NOTIFY (the copied trigger) and one plain DELETE. A prefetched "
+    "start right after a wake-up sends nothing (the RESERVE just answered was the question "
+    "for cancels). RESERVE writes more than the raw DELETE (the row marked reserved, the "
+    "previous task's status `succeeded`), and a submit more than the raw INSERT (its status "
+    "row): on a private PostgreSQL with fsync off (load 14), a trace in one process gave "
+    "`submit_task` 1.4-1.9 ms, NOTIFY to the consumer's `select` 0.07 ms, wake to "
+    "RESERVE's answer 0.8-1.0 ms. With fsync on, the commit dominates both sides and the "
+    "raw listener's p50 moves more than ours from run to run (three runs of the step at "
+    "load 6-9: 6.28 against 11.07 ms, 4.36 against 16.76, 5.77 against 6.63)."
+)
+
+_PG_CHURN = (
+    "The churned rows (`bench/pgtable.py`, 2026-12-07): 1,000,000 tasks pass through the "
+    "measured queue (inserted with their status rows, marked reserved, deleted, statuses "
+    "`succeeded` and kept a day) and through the raw table, with no VACUUM since: the "
+    "queue table holds 2,000,000 dead tuples, the raw table 900,000, the status table "
+    "1,000,000 live rows more. Every take on either side then walks the dead index "
+    "entries at the head of the queue. Profile on a private PostgreSQL 15 (autovacuum off "
+    "as on the shared server, fsync off, load 8; pg_stat_statements and auto_explain with "
+    "`log_analyze` and `log_buffers`; the step itself, `bench.measure` with full churn): "
+    "our RESERVE of 16 took 20-35 ms (mean 32 ms) and about 7,800 buffers, of which its "
+    "head scan of `asynctask_queue_ready` (`queue_name = $1 AND date_available <= now()`) "
+    "read 7,299 pages for 16 rows in 19.8 ms, the rest of the statement 0.7 ms (0.31 ms a "
+    "RESERVE on the fresh table); the raw loop's DELETE read 2,797 pages of its narrower "
+    "primary key, 2.2 ms a take (its first one 200-340 ms, marking the entries dead). "
+    "Same run: drain 459/s against the raw loop's 261/s (2,000 tasks; 4,578/s and 1,169/s "
+    "fresh), submit one by one 1,211/s against 1,688/s (0.72x; 1.23x fresh), wake-up p50 "
+    "100.2 ms against 4.87 ms (1.57x fresh): an idle worker's RESERVE, woken for one "
+    "task, walks the same 7,300 pages while the next tasks arrive 5 ms apart, and the "
+    "raw DELETE walks a third as many. What closes it is the VACUUM this step switches "
+    "off: with the server's autovacuum off a consumer vacuums the queue and status tables "
+    "once 10,000 dead tuples are seen, looked at every `vacuum_every` seconds (60 by "
+    "default; this step sets 0 to measure the bloat itself), and the tables carry "
+    "autovacuum scale factors of 0.01 for servers that run it; without a VACUUM no form "
+    "of the statement skips dead entries at the head of its index. The run of 2026-12-07 "
+    "04:41 (commit 9737fca) read submit one by one 8/s (0.00x) and a wake-up p50 of "
+    "186 ms (31.79x) here; with that run's churn (through a queue of its own) today's code "
+    "gave 1,448/s against 870/s and 1.45 ms against 55.6 ms on the private server: that "
+    "run's churn schema had a fixed name, shared with any other bench on the server at "
+    "the time (a unique name since c286723). Two defects of the step fixed since: its "
+    "churn went through a queue of its own, which our indexes, all led by the queue name, "
+    "kept out of the measured scans while the raw loop's ORDER BY id met it; and the raw "
+    "wake-up ledger was shared by the latency step, the status step and both table "
+    "rounds, so the later raw p50s mixed in earlier wake-ups (`ledger.fresh`)."
 )
 
 _AMQP_DRAIN = (
@@ -145,35 +137,57 @@ _AMQP_DRAIN = (
 )
 
 _REDIS_DRAIN = (
-    "py-spy on the worker child: about 70% of its main thread is in the socket (50% "
-    "waiting for Redis's reply, 20% sending) for the one pipelined round trip per task "
-    "(`LREM` of the previous ack + `LMOVE` into the consumer's processing list); "
-    "asynctask's run loop is about 12%. The raw loop is one `BRPOP` with no ack to send, "
-    "and the two trade places from run to run on this machine (0.6x-1.6x). Prefetch 10 "
-    "triples the rate (the prefetch row)."
+    "The mechanism (2026-12-07): at the default prefetch 4 a worker child sends one "
+    "script call a move, which takes 4 tasks and carries the acknowledgements (and, "
+    "tracked, the running marks) of the tasks before: 0.25 round trips a task "
+    "(`python -m bench.taskcost`), against the raw loop's one `BRPOP` a task with no "
+    "acknowledgement and no status. On 2 cores shared by Redis, the worker child and its "
+    "supervisor, the round trip's time is mostly waiting for a core: `python -m "
+    "bench.taskcost --tasks 20000 --prefetch 4,32 --untracked` on a private Redis (load "
+    "8-10, 09:38 UTC) gave 312 us a task inside round trips against 48 us of ours at "
+    "prefetch 4, tracked. The two trade places from run to run on this machine; a "
+    "larger prefetch raises ours (the prefetch and cost rows)."
 )
 
 _REDIS_COST = (
-    "`python -m bench.taskcost` (the table above) and callgrind on the child's run loop "
-    "(2,000 tasks, instructions per task, which the machine's load does not move). Since "
-    "issue 16's late running marks (2026-12-07) a tracked task taken ahead sends nothing "
-    "at its start: `python -m bench.taskcost` counts 0.25 round trips a task at prefetch "
-    "4 and 0.03 at 32, tracked, as untracked. Untracked, one child at prefetch 32 ran "
-    "0.34x the raw loop in one run of this step (loaded machine; 0.06x before issue 20's "
-    "work on the worker's cost). That work (instructions a task, before -> after, "
-    "untracked): 121.0k -> 97.9k at prefetch 32, 145.8k -> 122.0k at 4 (a message "
-    "decoded by json's C scanner into a plain slots dataclass: 46.7k -> 22.7k; the idle "
-    "OpenTelemetry and Prometheus hooks a call shorter); one report write a task, not two "
-    "(strace); the supervisor reads the report pipe every 20 ms instead of at every line "
-    "(it used as much CPU as the child: the whole command's CPU 39 -> 23 us a task, "
-    "context switches 1.4 -> 0.1, perf stat); the untracked move takes a whole batch with "
-    "ZPOPMIN, LPOP and RPUSH and removes in-order acks with one LTRIM (Redis's time 12 -> "
-    "5 us a task, INFO commandstats, loaded). The raw loop's client costs 32.7k "
-    "instructions a task (LPOP 100 and a json.loads each): of ours, the idle plugins' "
-    "hooks are about 15k, the decode 23k, the report write, the hooks' core and logging "
-    "a few k each. What would close more of the gap is asking for the next batch before "
-    "the current one is done (the time inside round trips, the wire and Redis's work, is "
-    "still more than ours at 32 in the table above)."
+    "Since issue 16's late running marks (2026-12-07) a tracked task taken ahead sends "
+    "nothing at its start: at prefetch 32 one round trip per 30 tasks, tracked or not "
+    "(0.034 and 0.033 a task, cProfile of the run loop on a private Redis). What bounds "
+    "the ratio is the child's own work: callgrind, instructions a task of the run loop "
+    "(`python -m bench.taskcost --instructions --tasks 2000 --prefetch 4,32 --untracked`, "
+    "2026-12-07 09:40, commit 30dc256): 162k tracked and 97k untracked at 32, 191k and "
+    "123k at 4, against 32.7k for the raw loop's client (`LPOP key 100` and a json.loads "
+    "a task). Counting instructions alone, with Redis's work and the round trips free, "
+    "tracked at 32 could reach about 0.2x (untracked 0.34x): 0.3x tracked needs the "
+    "child's work under about 109k instructions a task. The step alone at full size (`python -m "
+    "bench --only redis --steps cost`, shared Redis, 2026-12-07 09:46, load 7.6-8.6): "
+    "prefetch 32 tracked 7,800/s, untracked 11,807/s, against the raw loop's 60,629/s "
+    "(0.13x and 0.19x); prefetch 4 3,094/s, prefetch 1 1,219/s. The tracked extra, 65-67k "
+    "instructions a task (cProfile, tracked against untracked at 32, 5,000 tasks): each "
+    "start reads the cancel feed without blocking (`CancelFeed.poll()`: redis-py's "
+    "`can_read`, three system calls, two `settimeout` and a `recv`, a task), takes the "
+    "consumer's lock (held around each start once the mark thread runs), queues its "
+    "running mark and sets the mark thread's Event, and the outcome goes through "
+    "`record_outcome`. What would close it: the feed looked at with one `select` "
+    "between reads (`CancelFeed.quiet`, which the status feed of AMQP's tracking already "
+    "uses; an experiment, wt/bench-ready, not landed: `quiet()` before each "
+    "poll took the tracked run loop at 32 from 160.8k to 142.6k instructions a task) or "
+    "read once a move rather than once a start (as pgsql's 5 ms `CANCEL_HEARD` window "
+    "does), the mark thread woken once a batch. Earlier work on the untracked "
+    "path (issue 20, instructions a task, before -> "
+    "after): 121.0k -> 97.9k at prefetch 32 (json's C scanner into a slots dataclass: the "
+    "decode 46.7k -> 22.7k; idle OpenTelemetry and Prometheus hooks shorter; one report "
+    "write a task; the supervisor reads the report pipe every 20 ms; the untracked move "
+    "takes a batch with ZPOPMIN, LPOP and RPUSH and acknowledges in-order acks with one "
+    "LTRIM)."
+)
+
+_PEER_DRAIN = (
+    "Not profiled on its own: the row is the 1-child drain (default prefetch) against "
+    "the fastest peer's worker, so the drain row's note says where the time goes. Huey "
+    "takes one task a `BRPOP` and acknowledges nothing (a task whose consumer dies is "
+    "lost); Dramatiq keeps a message in an ack set until the actor returns; ours "
+    "acknowledges every task and, tracked by default, keeps its status."
 )
 
 FINDINGS: dict[tuple[str, str], str] = {
@@ -188,6 +202,7 @@ FINDINGS: dict[tuple[str, str], str] = {
         "(`uuid4` id, payload check, the envelope), about 14%."
     ),
     ("redis", "drain_1"): _REDIS_DRAIN,
+    ("redis", "peer"): _PEER_DRAIN,
     ("redis", "cost_p32"): _REDIS_COST,
     ("amqp", "submit_one"): (
         "py-spy (`--measure submit`): 67% of a `submit_task` waits for the publisher "
@@ -195,7 +210,7 @@ FINDINGS: dict[tuple[str, str], str] = {
     ),
     ("pgsql", "submit_one"): _PG_SUBMIT,
     ("pgsql", "submit_one_fresh"): _PG_SUBMIT,
-    ("pgsql", "submit_one_churned"): _PG_SUBMIT,
+    ("pgsql", "submit_one_churned"): _PG_CHURN,
     ("pgsql", "submit_batch"): (
         "py-spy (`--measure batch`): 35-46% waits for the server; 22-31% is psycopg adapting "
         "the three text arrays of `INSERT ... SELECT FROM unnest(...)` in Python "
@@ -207,7 +222,7 @@ FINDINGS: dict[tuple[str, str], str] = {
     ("pgsql", "peer"): _PG_DRAIN,
     ("pgsql", "latency_p50"): _PG_LATENCY,
     ("pgsql", "latency_p50_fresh"): _PG_LATENCY,
-    ("pgsql", "latency_p50_churned"): _PG_LATENCY,
+    ("pgsql", "latency_p50_churned"): _PG_CHURN,
     ("amqp", "drain_1"): _AMQP_DRAIN,
     ("amqp", "peer"): _AMQP_DRAIN,
     ("redis", "tracking"): (
@@ -232,13 +247,30 @@ FINDINGS: dict[tuple[str, str], str] = {
         "reliably met: when the machine is quieter the untracked drain gains more, since "
         "the move's script, which every fourth task waits for, does 2.4x Redis's work "
         "(the acks' `HMGET`, `HSET`, `EXISTS` of a waiter and two `PEXPIRE`, status and "
-        "pointer, per task). What is left to try: one key per task (no pointer, so one "
-        "`PEXPIRE`), the waiter's mark in the status hash (no `EXISTS`), the next move "
-        "sent before the last task taken ends. "
+        "pointer, per task). Since (2026-12-07, later) the waiter's mark is a field of "
+        "the status hash, read by the ack's `HMGET` (no `EXISTS`: 7.5 commands a task "
+        "inside the script, not 8.5; Redis 123-126k instructions a task), and the "
+        "worker's deferred start reads the cancel feed with one `select` (the child's "
+        "run loop 187k -> 171k instructions a task, untracked 123k). The acks sent in "
+        "a `START` of their own after the move (Redis answers the move first: 104 -> "
+        "43 us server time) lost 6 of 6 same-run rounds on loaded cores, and were left "
+        "out. What is left: one key per task (no pointer, so one `PEXPIRE`; a change "
+        "of the key layout that old in-flight tasks would need migrating for). "
         "`python -m bench.status_cost --only redis`: prefetch 1 0.51x (main 0.38x), "
         "prefetch 4 0.57x (main 0.25x): at prefetch 1 each task is the first of its "
         "move, marked running in the move's script (about 245k instructions a task "
         "against 37k for the untracked plain pipeline)."
+    ),
+    ("pgsql", "tracking"): (
+        "Not profiled on its own. What a tracked task costs here (2026-12-07): its status "
+        "row, written by the submit's statement (a second row and its index entries), and "
+        "its `succeeded`, written by the RESERVE that acknowledges it (not a HOT update: "
+        "`date_forget` is in the index `asynctask_status_forget`); `running` is written "
+        "only for a prefetched task still running 50 ms after its start (`SYNC_WITHIN`). "
+        "An untracked queue's submits write no status row and its RESERVE updates none. "
+        "The status step alone on a quiet machine (`python -m bench --only "
+        "localmem,filesys,pgsql,redis --steps status`, commit 8496c70, load 1.1-1.2, "
+        "prefetch 16): 12,882/s tracked against 16,739/s (0.77x)."
     ),
     ("localmem", "tracking"): (
         "Load-independent (2026-12-07, callgrind on the run loop in one process, "

@@ -7,6 +7,7 @@ Times are ``time.time()`` on one machine, so they compare across processes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -32,6 +33,16 @@ def format_line(payload: Mapping[str, Any], started: float) -> bytes:
     return (
         f"{payload.get('n', -1)} {payload.get('sent', 0.0)!r} {started!r} {os.getpid()}\n".encode()
     )
+
+
+def fresh(path: str) -> str:
+    """``path``, with any ledger an earlier measure left there removed: writers append,
+    and the names repeat within a transport's folder (the raw client's wake-ups of the
+    latency step, the status step and pgsql's table rounds; a queue measured twice), so
+    a measure would otherwise count the earlier one's lines as its own."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return path
 
 
 def read(path: str) -> list[Entry]:

@@ -290,7 +290,7 @@ def drain(
     """Run ``asynctask workers --halt-when-empty`` on a filled queue until it exits
     (``state_uri``: its statuses kept there, the setting ``asynctask_state``;
     ``prefetch``, None: the worker's, goes in the queue's entry)."""
-    path = str(folder / f"drain-{queue}-{concurrency}.ledger")
+    path = ledger.fresh(str(folder / f"drain-{queue}-{concurrency}.ledger"))
     with WorkersCommand(
         uri,
         queue,
@@ -311,7 +311,7 @@ def drain(
 
 def drain_queues(uri: str, queues: Sequence[str], count: int, folder: Path) -> Drain:
     """One ``asynctask workers`` serving every queue (one child each) until all are empty."""
-    path = str(folder / f"queues-{queues[0]}.ledger")
+    path = ledger.fresh(str(folder / f"queues-{queues[0]}.ledger"))
     with WorkersCommand(
         uri, queues[0], 1, path, folder, halt=True, more_queues=queues[1:]
     ) as workers:
@@ -327,7 +327,7 @@ def worker_memory(uri: str, queue: str, count: int, folder: Path) -> float:
     tasks of a filled queue (it is stopped then: the rest stay)."""
     from bench.memory import rss
 
-    path = str(folder / f"memory-{queue}.ledger")
+    path = ledger.fresh(str(folder / f"memory-{queue}.ledger"))
     follower = ledger.Follower(path)
     with WorkersCommand(uri, queue, 1, path, folder, halt=False) as workers:
         follower.wait(count, max(120.0, count / 20), workers.alive)
@@ -338,7 +338,7 @@ def worker_memory(uri: str, queue: str, count: int, folder: Path) -> float:
 
 def drain_io(uri: str, queue: str, count: int, child_concurrency: int, folder: Path) -> Drain:
     """One child of ``bench_sleep`` (``await asyncio.sleep``) on a filled queue."""
-    path = str(folder / f"io-{queue}-{child_concurrency}.ledger")
+    path = ledger.fresh(str(folder / f"io-{queue}-{child_concurrency}.ledger"))
     with WorkersCommand(
         uri, queue, 1, path, folder, halt=True, worker="bench_sleep",
         child_concurrency=child_concurrency,
@@ -374,7 +374,7 @@ def latency(
     track_status: bool | None = None,
 ) -> list[float]:
     """Send-to-start milliseconds on an idle ``asynctask workers`` with one child."""
-    path = str(folder / f"latency-{queue}.ledger")
+    path = ledger.fresh(str(folder / f"latency-{queue}.ledger"))
     follower = ledger.Follower(path)
     with WorkersCommand(
         uri, queue, 1, path, folder, halt=False, track_status=track_status
@@ -442,7 +442,7 @@ def drain_in_process(
     track_status: bool | None = None,
 ) -> Drain:
     """Drain with ``threads`` run loops in this process (for ``localmem``)."""
-    path = str(folder / f"drain-{queue}-{threads}.ledger")
+    path = ledger.fresh(str(folder / f"drain-{queue}-{threads}.ledger"))
     launched = time.time()
     with _threads(transport, queue, threads, path, halt=True, track_status=track_status):
         pass  # the threads halt when the queue is drained; leaving joins them
@@ -458,7 +458,7 @@ def latency_in_process(
     track_status: bool | None = None,
 ) -> list[float]:
     """Send-to-start milliseconds on an idle run loop in a thread (for ``localmem``)."""
-    path = str(folder / f"latency-{queue}.ledger")
+    path = ledger.fresh(str(folder / f"latency-{queue}.ledger"))
     follower = ledger.Follower(path)
     with _threads(transport, queue, 1, path, halt=False, track_status=track_status):
         transport.submit_task(queue, {"n": -1, "sent": time.time()})

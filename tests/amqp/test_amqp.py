@@ -520,17 +520,18 @@ def test_a_queue_declared_by_an_operator_is_used_as_it_is(transport, queue, chan
     assert [taken_one(transport, queue).payload["n"] for _ in range(2)] == [1, 2]
 
 
-def test_a_quorum_queue_fails_a_task_past_the_broker_delivery_limit(amqp_uri, queue):
+def test_a_quorum_queue_fails_a_task_past_the_broker_delivery_limit(amqp_uri, queue, channel):
     # Given a quorum queue whose broker delivery limit is 2
-    with open_transport(f"{amqp_uri}?queue_type=quorum&delivery_limit=2") as transport:
+    with open_transport(f"{amqp_uri}?queue_type=quorum&delivery_limit=2&relay=false") as transport:
         transport.submit_task(queue, {"n": 1})
-        # When its task is delivered and handed back three times (as dying relays would,
-        # and as the broker counts them: every return)
+        # When its task is delivered and rejected three times (a basic.reject with
+        # requeue: a failed delivery, counted by every RabbitMQ)
         for _ in range(3):
-            with transport.consumer(queue) as consumer:
-                delivery = consumer.reserve(timeout=5)
-                assert delivery is not None
-                consumer.release(delivery)
+            deadline = time.monotonic() + 10
+            while (message := channel.basic_get(queue)) is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            channel.basic_reject(message.delivery_info["delivery_tag"], requeue=True)
         # Then the broker itself moved it to the failed store, saying why
         deadline = time.monotonic() + 10
         while not (failed := transport.failed_tasks(queue)) and time.monotonic() < deadline:
@@ -591,3 +592,53 @@ def test_a_sweep_that_misses_forgets_the_tasks_it_did_not_find(amqp_uri, queue):
         consumer.ack(delivery)
         consumer.close()
         assert transport.failed_tasks(queue) == []
+
+
+def test_tasks_handed_back_go_as_nacks_never_as_rejects(uri, queue, monkeypatch):
+    """What a consumer hands back (a release, what it prefetched behind it, what a sweep
+    meets) it did not run: it goes back by ``basic.nack`` with requeue,
+    which RabbitMQ 4.3+ does not count toward a quorum queue's ``x-delivery-limit``, not
+    ``basic.reject``, which it counts as a failed delivery (poison). Failed before: every
+    hand-back was a ``basic.reject``. (RabbitMQ 3.10 here counts both: the test checks
+    the method sent and that the tasks come back in place, first attempts.)"""
+    sent: list[str] = []
+    real_send = amqp.Channel.send_method
+
+    def spy(self, sig, *args, **kwargs):
+        name = {amqp.spec.Basic.Nack: "nack", amqp.spec.Basic.Reject: "reject"}.get(sig)
+        if name is not None:
+            sent.append(name)
+        return real_send(self, sig, *args, **kwargs)
+
+    monkeypatch.setattr(amqp.Channel, "send_method", spy)
+    with open_transport(f"{uri}&relay=false") as transport:
+        transport.submit_tasks(queue, [{"n": n} for n in range(4)])
+        # When a consumer prefetching 3 releases its first task (and closes holding one:
+        # returned by its closed channel, which 3.10 does not count)
+        consumer = transport.consumer(queue, prefetch=3)
+        first = consumer.reserve(timeout=5)
+        assert first is not None and first.payload == {"n": 0}
+        consumer.release(first)
+        again = consumer.reserve(timeout=5)
+        assert again is not None and again.payload == {"n": 0}
+        consumer.close()
+        nacked_by_release = len(sent)
+        # And a sweep meets a task not its own
+        sweeper = transport.consumer(queue)
+        sweeper._settled_away.add(("taken-by-another-consumer", 0))
+        with sweeper._link.lock:
+            sweeper._connect()
+            sweeper._sweep()
+        sweeper.close()
+        # Then each went back as a nack, none as a reject
+        assert "reject" not in sent
+        assert nacked_by_release >= 2 and len(sent) > nacked_by_release
+        # And the tasks are in their places, each to run as its first attempt
+        taken = []
+        with transport.consumer(queue) as consumer:
+            for _ in range(4):
+                delivery = consumer.reserve(timeout=5)
+                assert delivery is not None
+                taken.append((delivery.payload["n"], delivery.attempt))
+                consumer.ack(delivery)
+        assert taken == [(0, 1), (1, 1), (2, 1), (3, 1)]

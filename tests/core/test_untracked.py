@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Iterator
 
 import pytest
 
+from asynctask.runner import LoopOptions, run_loop
+from asynctask.status import StatusNotTracked
 from asynctask.testing.contract import open_transport
 from asynctask.testing.services import unique_queue
 from asynctask.transport import Transport
 from asynctask.untracked import UntrackedQueues
+from asynctask.validation import Payload
+from asynctask.worker import AsyncTaskWorker
 
 
 class Clock:
@@ -148,3 +153,42 @@ def test_an_unrecorded_id_says_so_and_a_new_one_never_does():
         module.os.urandom = real_urandom
     assert len(made) == 32 and not module.is_unrecorded(made)
     assert not module.is_unrecorded("x" * 32) and not module.is_unrecorded("ab")
+
+
+class _Quiet(AsyncTaskWorker):
+    """Succeeds, or fails for good on ``{"fail": true}`` (no retries)."""
+
+    name = "asynctask_untracked_leftover"
+    max_retries = 0
+
+    def process(self, payload: Payload) -> None:
+        if payload.get("fail"):
+            raise RuntimeError("boom")
+
+
+def test_records_written_before_a_queue_went_untracked_are_forgotten(
+    transport: Transport,
+) -> None:
+    """Issue 16: every status the store keeps is forgotten, the ones written at submit
+    before the queue's workers turned ``track_status`` off too. Fails if a worker that
+    keeps no status leaves them ``queued`` for ever (before the fix: both records still
+    there, ``queued``, long after the TTL)."""
+    # Given tasks submitted while the queue was tracked (their records written)
+    transport.status_ttl = 0.3
+    store = transport.state()
+    queue = unique_queue("flipped")
+    ok, bad = transport.submit_task(queue, {}), transport.submit_task(queue, {"fail": True})
+    keyed = transport.submit_task(queue, {}, unique_key="k")
+    ids = [ok, bad, keyed]
+    assert [s.state for s in store.statuses(ids) if s is not None] == ["queued"] * 3
+    # When its workers now keep no status and run them
+    run_loop(_Quiet(), transport, queue, LoopOptions(max_tasks=3, track_status=False))
+    assert transport.queue_stats(queue).ready == 0
+    # Then status() still says the queue keeps none, the unique key is free again
+    with pytest.raises(StatusNotTracked, match="track_status"):
+        transport.status(ok)
+    assert transport.submit_task(queue, {}, unique_key="k") != keyed
+    # And the store keeps nothing for them after the TTL (the raw store: status()
+    # refuses a non-final one of an untracked queue, which hid the leak)
+    time.sleep(0.5)
+    assert store.statuses(ids) == [None, None, None]

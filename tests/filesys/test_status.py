@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from asynctask.runner import LoopOptions, run_loop
+from asynctask.status import StatusNotTracked
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
+from asynctask.worker import AsyncTaskWorker
 
 
 @pytest.fixture
@@ -343,7 +346,9 @@ def test_tracking_costs_a_task_one_write_to_start_and_one_rename_to_succeed(uri,
         # is open: one task went through already) and by one that keeps no status
         t.submit_task(queue, {})
         tracked_id = t.submit_task(queue, {})
-        untracked_id = t.submit_task(queue, {})
+        t.state().set_tracking(queue, False)  # (as its workers' run loop would say)
+        t._note_tracking(queue, False)
+        untracked_id = t.submit_task(queue, {})  # no record: nothing to retire
         calls = _FileCalls(monkeypatch)
         with t.consumer(queue) as tracking, t.consumer(queue) as plain:
             plain.tracking = False
@@ -359,3 +364,46 @@ def test_tracking_costs_a_task_one_write_to_start_and_one_rename_to_succeed(uri,
         # Then tracking added one rename, the record's move to done/
         assert tracked == sorted([*untracked, "rename"])
         assert t.status(tracked_id).state == "succeeded"
+
+
+class _Quiet(AsyncTaskWorker):
+    """Succeeds, or fails for good on ``{"fail": true}`` (no retries)."""
+
+    name = "asynctask_filesys_untracked_leftover"
+    max_retries = 0
+
+    def process(self, payload):
+        if payload.get("fail"):
+            raise RuntimeError("boom")
+
+
+def test_records_written_before_a_queue_went_untracked_are_forgotten(uri, tmp_path):
+    """Issue 16: every record is forgotten, the ones written at submit before the
+    queue's workers turned ``track_status`` off too. Fails if a worker keeping no status
+    leaves them in ``live/`` for good (before the fix: two of the three records, all
+    ``queued``, still read long after the TTL; the keyed one was dropped)."""
+    queue = unique_queue()
+    with open_transport(uri) as t:
+        # Given tasks submitted while the queue was tracked (their records written)
+        t.status_ttl = 1.0
+        store = t.state()
+        ok, bad = t.submit_task(queue, {}), t.submit_task(queue, {"fail": True})
+        keyed = t.submit_task(queue, {}, unique_key="k")
+        ids = [ok, bad, keyed]
+        # When its workers now keep no status and run them
+        run_loop(_Quiet(), t, queue, LoopOptions(max_tasks=3, track_status=False))
+        assert t.queue_stats(queue).ready == 0
+        # Then status() still says the queue keeps none (not "never submitted"), and
+        # the unique key is free again
+        for task_id in ids:
+            with pytest.raises(StatusNotTracked, match="track_status"):
+                t.status(task_id)
+        again = t.submit_task(queue, {}, unique_key="k")
+        assert again != keyed
+        # And the store keeps nothing for them after the TTL (the raw store: status()
+        # refuses a non-final one of an untracked queue, which hid the leak)
+        deadline = time.monotonic() + 10
+        while store.statuses(ids) != [None] * 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert store.statuses(ids) == [None] * 3
+        assert os.listdir(tmp_path / "q" / ".status" / "live") == [again]

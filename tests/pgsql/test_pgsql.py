@@ -749,3 +749,36 @@ def test_a_vacuum_that_cannot_connect_says_so_without_the_password(caplog):
     assert "s3cret" not in record.getMessage() and "***" in record.getMessage()
     assert "own the tables" not in record.getMessage()
     assert "vacuum_every" in record.getMessage()
+
+
+def test_closing_a_vacuum_still_connecting_is_prompt():
+    """``Vacuumer.close`` does not wait for a look that is still connecting (a slow or
+    unreachable server): that look ends on its own once connected, its connection closed
+    unused. Failed before: close waited its whole 5 s timeout."""
+    import socket
+
+    from asynctask_pgsql.vacuum import Vacuumer
+
+    # Given a server that takes connections and never answers (a listening socket no
+    # one accepts from), and a vacuumer whose look is connecting to it
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        tried = threading.Event()
+
+        def connect() -> psycopg.Connection[Any]:
+            tried.set()
+            return psycopg.connect(host="127.0.0.1", port=port, connect_timeout=2)
+
+        vacuumer = Vacuumer("asynctask", 60, connect, scrub=lambda text: text)
+        vacuumer.ask()
+        assert tried.wait(5)
+        # When it is closed right after
+        began = time.monotonic()
+        vacuumer.close()
+        # Then close returns at once, and the look ends by itself without a VACUUM
+        assert time.monotonic() - began < 0.5
+        assert vacuumer._thread is not None
+        vacuumer._thread.join(10)
+        assert not vacuumer._thread.is_alive() and vacuumer.runs == 0

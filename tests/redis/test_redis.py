@@ -414,3 +414,38 @@ def test_the_set_of_queue_names_forgets_empty_queues(redis_uri, client, key_pref
     transport.submit_task(queue, {})
     assert queue in [q.name for q in transport.queues()]
     transport.close()
+
+
+@pytest.mark.parametrize(
+    ("tracked", "options"),
+    [(False, {}), (False, {"priority": 3}), (False, {"delay": 60}), (True, {})],
+    ids=["untracked-plain", "untracked-urgent", "untracked-delayed", "tracked"],
+)
+def test_a_submit_retried_after_a_lost_reply_is_stored_once_by_either_script(
+    transport, client, key_prefix, queue, tracked, options
+):
+    """An untracked queue's plain submit goes through ``PUSH``, the others through ``PUT``
+    (the contract's test covers a tracked queue only): each stores nothing on the retry.
+    Failed with ``PUSH`` without its guard key (the retry pushed the tasks twice)."""
+    transport.state().set_tracking(queue, tracked)
+    primitive = transport._put
+    lost: list[str] = []
+
+    def reply_lost(queue: str, tasks, delay: float, submit_options):
+        stored = primitive(queue, tasks, delay, submit_options)
+        if tasks[0][0] not in lost:  # the first try: stored, its reply lost
+            lost.append(tasks[0][0])
+            raise TransportUnavailable("the reply was lost (a test)")
+        return stored
+
+    transport._put = reply_lost
+    try:
+        transport.submit_tasks(queue, [{"n": 0}, {"n": 1}], **options)
+    finally:
+        del transport._put
+    stats = transport.queue_stats(queue)
+    assert len(lost) == 1 and stats.ready + stats.delayed == 2
+    # the queue is listed (the script added its name)
+    assert client.sismember(f"{key_prefix}:queues", queue)
+    transport.purge(queue)
+    transport.state().set_tracking(queue, True)

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import socket
 import threading
 import time
 from typing import Any
 
 import pytest
+import redis
 
 from asynctask.status import StatusNotTracked, SubmitOptions
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
-from asynctask.transport import Consumer, Delivery
+from asynctask.transport import Consumer, Delivery, new_task_id
 from asynctask_redis.transport import RedisTransport
+from chaos.private_redis import private_redis
 
 
 def task_key(t: RedisTransport, queue: str, task_id: str) -> str:
@@ -149,6 +152,32 @@ def test_a_task_taken_ahead_is_checked_when_it_starts(transport, queue):
     consumer.close()
 
 
+def test_a_cancel_past_its_horizon_does_not_make_moves_check_their_tasks():
+    """A move checks the tasks it takes ahead (an HMGET each) while ``P:Q:cancelled``
+    holds a cancel not met yet; an entry past its horizon (its status forgotten, the set
+    trimmed only by the next cancel) must not count, or one cancel made every move of the
+    next day check all it took. Counted on a private Redis (INFO commandstats). (Failed
+    before: 3 HMGETs for a move of 3, not 1, the first task's running mark.)"""
+    with private_redis(appendonly=False) as server:
+        transport = open_transport(server.uri())
+        client = redis.Redis(host=server.address, port=server.port)
+        try:
+            queue = unique_queue()
+            transport.submit_tasks(queue, [{"n": n} for n in range(3)])
+            seconds, micros = client.time()
+            stale_at = seconds * 1000 + micros // 1000 - 1000
+            client.zadd(f"{transport.prefix}:{queue}:cancelled", {new_task_id(): stale_at})
+            consumer = transport.consumer(queue, prefetch=3)
+            client.config_resetstat()
+            take(consumer)  # one move of all three
+            hmget = client.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0)
+            consumer.close()
+        finally:
+            client.close()
+            transport.close()
+    assert hmget == 1, hmget
+
+
 def test_a_cancelled_running_task_keeps_cancelled_and_is_not_retried(transport, queue):
     tid = transport.submit_task(queue, {})
     consumer = transport.consumer(queue)
@@ -235,6 +264,32 @@ def test_wait_is_woken_by_the_final_write_not_a_poll(transport, queue):
     acked = time.monotonic()
     thread.join(10)
     assert woke and woke[0] - acked < 0.5, f"woke {woke[0] - acked:.3f} s after the ack"
+
+
+def test_a_waiter_marks_the_status_itself_and_the_final_write_reads_it_there(
+    transport, queue, client
+):
+    """The final write learns that someone waits from the status hash it reads anyway
+    (its field ``waiting``), not from a key of its own (one ``EXISTS`` an ack less); the
+    key ``waiting:<id>`` is still set for workers of older versions. (Failed before: no
+    field, and without the key the waiter slept until its fallback poll.)"""
+    tid = transport.submit_task(queue, {})
+    transport.state().fallback_poll = 30.0
+    woke: list[float] = []
+    thread = threading.Thread(
+        target=lambda: (transport.wait(tid, 20), woke.append(time.monotonic()))
+    )
+    thread.start()
+    time.sleep(0.3)  # the waiter is blocked now
+    assert client.hget(task_key(transport, queue, tid), "waiting") == b"1"
+    assert client.delete(f"{transport.prefix}:{queue}:waiting:{tid}") == 1
+    consumer = transport.consumer(queue)
+    consumer.ack(take(consumer))
+    consumer.close()  # sends the ack
+    acked = time.monotonic()
+    thread.join(10)
+    assert woke and woke[0] - acked < 0.5, woke
+    assert transport.status(tid).state == "succeeded"
 
 
 def test_wait_times_out_and_knows_unknown_ids(transport, queue):
@@ -526,6 +581,34 @@ def test_a_task_taken_ahead_starts_without_a_message_and_reads_running_soon(
     consumer.close()
 
 
+def test_a_late_running_mark_goes_out_when_the_consumer_lost_its_connection(transport, queue):
+    """A failed call that lets the connection go (a cluster failover moved the queue's
+    slot) leaves the consumer none until its next call: the mark thread takes a new one
+    rather than leave the mark of a running task for after it ends. (Failed before: the
+    thread found no connection and went idle, the task read queued while it ran.)"""
+    from asynctask_redis.startmarks import DEFER
+
+    # Given a consumer holding two tasks, the second started (its mark deferred)
+    _first, second = transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+    consumer = transport.consumer(queue, prefetch=2)
+    one, two = take(consumer), take(consumer)
+    assert consumer.start(one) == "run"
+    consumer.ack(one)
+    with consumer._lock:  # as _execute does when a slot moved (between calls here)
+        assert consumer.start(two) == "run"
+        consumer._release_conn()
+        consumer._conn = None
+    # Then it reads running within DEFER all the same, while it runs on
+    deadline = time.monotonic() + DEFER + 1
+    while transport.status(second).state != "running":
+        assert time.monotonic() < deadline, "the running mark never came"
+        time.sleep(0.005)
+    consumer.ack(two)
+    assert consumer.reserve(timeout=0) is None
+    assert transport.status(second).state == "succeeded"
+    consumer.close()
+
+
 def test_a_quick_task_taken_ahead_is_marked_with_its_ack_in_the_next_move(
     transport, queue, monkeypatch
 ):
@@ -612,3 +695,42 @@ def test_the_mark_thread_ends_with_its_consumer(transport, queue):
         while len(marks_threads()) > before:
             assert time.monotonic() < deadline, "the mark thread outlived its consumer"
             time.sleep(0.01)
+
+
+def test_acks_sent_by_the_mark_thread_whose_reply_is_lost_are_sent_again(transport, queue):
+    """The mark thread sends a running task's mark, with the acks before it, in a START
+    whose reply is read with the consumer's next call; when the connection fails before
+    that, they are pending again and go with the resynchronising call, so an acked task
+    does not run twice. (Failed before: the acks were dropped with the lost reply, and
+    the resync handed the acked task back to the queue.)"""
+    from asynctask_redis.startmarks import DEFER
+
+    ids = transport.submit_tasks(queue, [{"n": n} for n in range(3)])
+    consumer = transport.consumer(queue, prefetch=3)
+    first, second = take(consumer), take(consumer)
+    assert consumer.start(first) == "run"
+    consumer.ack(first)
+    # When the second runs on, and the thread's START (the first's ack, the second's
+    # mark) never reaches Redis...
+    conn = consumer._conn
+    real_send = conn.send_packed_command
+    dropped: list[Any] = []
+    conn.send_packed_command = lambda commands, check_health=True: dropped.extend(commands)
+    assert consumer.start(second) == "run"
+    deadline = time.monotonic() + DEFER + 2
+    while not dropped:
+        assert time.monotonic() < deadline, "the thread sent nothing"
+        time.sleep(0.005)
+    conn.send_packed_command = real_send
+    # ...and the connection fails before its reply is read
+    conn._sock.shutdown(socket.SHUT_RDWR)
+    consumer.ack(second)
+    got = []
+    while (delivery := consumer.reserve(timeout=0.5)) is not None:
+        got.append(delivery.id)
+        assert consumer.start(delivery) == "run"
+        consumer.ack(delivery)
+    consumer.close()
+    # Then only the third came (the first two were acked once, not handed back)
+    assert got == [ids[2]]
+    assert [transport.status(tid).state for tid in ids] == ["succeeded"] * 3

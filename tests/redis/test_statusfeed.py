@@ -5,6 +5,8 @@ real AMQP consumer are in tests/amqp/test_status.py."""
 
 from __future__ import annotations
 
+import pytest
+
 from asynctask.status import SubmitOptions
 from asynctask.testing import unique_queue
 from asynctask.transport import new_task_id
@@ -46,3 +48,130 @@ def test_a_feed_lagging_far_behind_waits_for_the_replies_it_is_owed(transport, m
     feed.close()
     assert redone == []  # no timeout, no write made again
     assert {s.state for s in store.statuses(ids) if s is not None} == {"succeeded"}
+
+
+def test_a_write_made_while_redis_is_away_is_kept_with_those_before_it(transport, monkeypatch):
+    """A write sent while the feed cannot reconnect, with earlier writes still to make
+    again, is kept after them (made by the next call, or ``close``), not dropped: its
+    call raises ``TransportUnavailable`` like the earlier one. Failed before: the second
+    outcome was lost (the earlier writes' redo raised before it was queued), and its
+    task stayed ``queued`` for good."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from asynctask.errors import TransportUnavailable
+
+    store, queue = transport.state(), unique_queue()
+    first, second = store.submitted(queue, [new_task_id(), new_task_id()], 0, SubmitOptions())
+    feed = store.feed(queue)
+    server = transport.server
+
+    class _Away:
+        def get_connection(self, *args, **kwargs):
+            raise RedisConnectionError("Redis is away")
+
+    def gave_up(fn, *args):
+        raise TransportUnavailable("Redis is away (retry_timeout passed)")
+
+    # Given a Redis that cannot be reached, and a transport whose retries give up
+    with monkeypatch.context() as away:
+        away.setattr(server, "pool_for", lambda key: _Away())
+        away.setattr(transport, "_call", gave_up)
+        # When two outcomes are written through the feed meanwhile
+        # (each call is told: the write stays to be made again)
+        for task_id in (first, second):
+            with pytest.raises(TransportUnavailable):
+                feed.settled(task_id, "succeeded", 1, result_json="1")
+        # Then both wait to be made again, in order
+        assert [s.task_id for s in feed._sent] == [first, second]
+    # And once Redis is back, close makes them
+    feed.close()
+    assert [s.state if s else None for s in store.statuses([first, second])] == [
+        "succeeded",
+        "succeeded",
+    ]
+
+
+def _tls_pair(folder):
+    """A connected client and server ``SSLSocket`` on a socket pair (a self-signed
+    certificate made with the ``openssl`` command)."""
+    import socket
+    import ssl
+    import subprocess
+    import threading
+
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    made = ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"]
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *made],
+        check=True,
+        capture_output=True,
+    )
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    # (TLS 1.2: no session tickets on the socket after the handshake)
+    server_context.maximum_version = ssl.TLSVersion.TLSv1_2
+    client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_context.check_hostname = False
+    client_context.verify_mode = ssl.CERT_NONE
+    a, b = socket.socketpair()
+    served: list[ssl.SSLSocket] = []
+    handshake = threading.Thread(
+        target=lambda: served.append(server_context.wrap_socket(a, server_side=True))
+    )
+    handshake.start()
+    client = client_context.wrap_socket(b, server_hostname="localhost")
+    handshake.join(10)
+    return client, served[0]
+
+
+def test_a_quiet_feed_under_tls_looks_at_the_bytes_tls_holds(tmp_path):
+    """Under TLS a cancel may be decrypted already, held by the SSL object, while the
+    socket has nothing more to read: ``select`` alone says quiet, and a start would miss
+    the cancel. ``CancelFeed.quiet`` asks the SSL object too (``pending``). (Failed
+    before: quiet() was True with 62 bytes of a pushed message pending.)"""
+    import select
+
+    from asynctask_redis.cancelfeed import CancelFeed
+
+    client, server = _tls_pair(tmp_path)
+    try:
+        feed = CancelFeed(pool=None, channel="q:cancels")
+
+        class _Conn:
+            _sock = client
+
+        feed._conn = _Conn()
+        assert feed.quiet() is True  # nothing sent yet
+        # When a pushed message arrives, and part of its TLS record was read (the rest
+        # decrypted and held by the SSL object, nothing left on the socket)
+        server.sendall(b">3\r\n$7\r\nmessage\r\n$1\r\nq\r\n$32\r\n" + b"a" * 32 + b"\r\n")
+        assert select.select([client], [], [], 5)[0] == [client]
+        assert client.recv(1) == b">"
+        assert client.pending() > 0 and select.select([client], [], [], 0)[0] == []
+        # Then the feed is not quiet
+        assert feed.quiet() is False
+    finally:
+        client.close()
+        server.close()
+
+
+def test_a_feed_ignores_cancels_past_their_horizon(transport, client):
+    """An entry of ``P:Q:cancelled`` stays there after its status ttl until the next cancel
+    trims the set: a feed opening meanwhile must not count it (a start of that id is
+    held back for nothing, and enough of them kept the feed closed, every start waiting
+    for Redis). (Failed before: the feed loaded the whole set, stale ids too.)"""
+    store, queue = transport.state(), unique_queue()
+    stale, live = new_task_id(), new_task_id()
+    (kept,) = store.submitted(queue, [new_task_id()], 0, SubmitOptions())
+    seconds, micros = client.time()
+    now_ms = seconds * 1000 + micros // 1000
+    client.zadd(statusfeed.registry_key(transport, queue), {stale: now_ms - 1000})
+    client.zadd(statusfeed.registry_key(transport, queue), {live: now_ms + 60_000})
+    feed = store.feed(queue)
+    try:
+        assert feed.may_start(stale) is True
+        assert feed.may_start(live) is False
+        assert feed.may_start(kept) is True
+    finally:
+        feed.close()
+        client.delete(statusfeed.registry_key(transport, queue))

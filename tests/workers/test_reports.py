@@ -9,17 +9,22 @@ next task's start line, which is always on the pipe before that task runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
+import subprocess
+import sys
 import threading
 import time
 
 from asynctask import AsyncTaskWorker, get_transport
-from asynctask.child import ChildSpec
+from asynctask.child import EXIT_TASK_TIMEOUT, ChildSpec
 from asynctask.reports import READ_EVERY, ReportReader, ReportWriter
 from asynctask.runner import LoopOptions, run_loop
+from asynctask.settings import load_settings
 from asynctask.supervisor import Supervisor
 from asynctask.testing import unique_queue
+from asynctask.transport import Delivery
 
 
 def _supervisor_reading(report: ReportReader) -> Supervisor:
@@ -239,3 +244,92 @@ def test_a_task_that_never_started_is_reported_settled_not_started():
         os.close(write_fd)
     # Then the child said it settled the task, with no start line
     assert written == f"X {task_id}\n".encode()
+
+
+def test_a_child_ended_by_a_task_timeout_reports_the_tasks_it_settled(tmp_path):
+    """A child that ends itself at a task timeout (``os._exit``) has written every settle
+    line it held: else the supervisor counts the tasks it finished as started and
+    unsettled, and ``Liveness.end`` charges them an attempt. Two flushes give it: the
+    event loop's on its way out (``run_concurrent``) and ``child._exit_reported``; with
+    either one removed this passes, with both removed it failed (the stuck task's line,
+    held since its settle as a timeout, was lost: ``settled`` 1, not 2)."""
+    # Given an async child running two tasks at once on a report pipe: one that ends at
+    # once, one that ignores its cancellation at its 1 s timeout (the child must go)
+    uri = f"filesys:{tmp_path / 'q'}"
+    queue = unique_queue()
+    ledger = str(tmp_path / "ledger.jsonl")
+    quick, stuck = get_transport(uri).submit_tasks(
+        queue,
+        [
+            {"ledger": ledger, "kind": "ok", "seconds": 0},
+            {"ledger": ledger, "kind": "ignore"},
+        ],
+    )
+    settings = load_settings(overrides=[f"asynctask_transport={uri}"], environ={}, cwd=tmp_path)
+    report = ReportReader()
+    spec = ChildSpec(
+        queue=queue,
+        worker="test_async_mix",
+        settings=settings.raw,
+        sources=settings.sources,
+        imports=[],
+        parent_pid=os.getpid(),
+        quiet=True,
+        child_concurrency=2,
+        report_fd=report.write_fd,
+        grace=0.5,
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-P", "-m", "asynctask.child"],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=(report.write_fd,),
+    )
+    report.close_write_end()
+    try:
+        _, err = child.communicate(spec.to_json().encode(), timeout=60)
+        # When it ends itself at the timeout
+        assert child.returncode == EXIT_TASK_TIMEOUT, err.decode()
+        report.read()
+        # Then what the supervisor read (and gives to Liveness.end) has the quick task
+        # settled, not started and unsettled: it is not charged an attempt
+        assert quick in report.finished
+        assert quick not in report.running
+        assert report.settled == 2  # the stuck one too: settled as its timeout
+        assert stuck not in report.running
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        report.close()
+
+
+def test_the_exit_at_a_task_timeout_writes_the_held_settle_lines_first(monkeypatch):
+    """``child._exit_reported`` itself: the lines held go out before ``os._exit``, and
+    the exit happens even if that write fails. (Failed with its flush removed: nothing
+    on the pipe.)"""
+    from asynctask import child
+
+    exits: list[int] = []
+    monkeypatch.setattr(child.os, "_exit", exits.append)
+    read_fd, write_fd = os.pipe()
+    try:
+        # Given a child's writer holding the settle line of a finished task
+        writer = ReportWriter(write_fd)
+        writer.settled(Delivery("t1", "q", {}, 1, 0.0, None))
+        # When the child exits at a task timeout
+        child._exit_reported(writer, EXIT_TASK_TIMEOUT)
+        # Then the line is on the pipe, and the exit came
+        assert select.select([read_fd], [], [], 0)[0] == [read_fd], "nothing on the pipe"
+        assert os.read(read_fd, 100) == b"D t1\n"
+        assert exits == [EXIT_TASK_TIMEOUT]
+        # And a write that fails still exits
+        broken = ReportWriter(write_fd)
+        broken.settled(Delivery("t2", "q", {}, 1, 0.0, None))
+        monkeypatch.setattr(broken, "flush", lambda: (_ for _ in ()).throw(OSError("gone")))
+        with contextlib.suppress(OSError):
+            child._exit_reported(broken, EXIT_TASK_TIMEOUT)
+        assert exits == [EXIT_TASK_TIMEOUT] * 2
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)

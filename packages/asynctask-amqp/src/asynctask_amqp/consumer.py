@@ -66,6 +66,20 @@ from asynctask_amqp.topology import (
 
 logger = logging.getLogger("asynctask.amqp")
 
+
+def hand_back(channel: amqp.Channel, tag: int) -> None:
+    """Give one delivery back to its place in the queue, as not failed: ``basic.nack``
+    with requeue, never ``basic.reject``.
+
+    A hand-back is a task this consumer did not run (released, prefetched behind it, met
+    by a sweep). From RabbitMQ 4.3 a quorum queue counts a ``basic.reject`` with requeue
+    as a failed delivery toward its ``x-delivery-limit`` (the poison guard), and a
+    ``basic.nack`` not; before, the two are the same command and both count (3.10.8,
+    measured: a closed channel's returns do not), the bound in the README's Quorum
+    queues. py-amqp has no ``basic_nack``: the method is sent as it is."""
+    channel.send_method(amqp.spec.Basic.Nack, "Lbb", (tag, False, True))
+
+
 #: a delivery's receipt: (link generation, delivery tag, the message read)
 Receipt = tuple[int, int, Received]
 
@@ -285,7 +299,7 @@ class AmqpConsumer(Consumer):
                 continue
             if not redelivered:
                 self._mark_released(received)
-            channel.basic_reject(tag, requeue=True)
+            hand_back(channel, tag)
             # The others looked for were taken by another consumer, or are not back yet:
             # their markers have them dropped wherever they come. Forgotten, so that they
             # do not make every later sweep hand back one more task not ours (a return
@@ -456,9 +470,9 @@ class AmqpConsumer(Consumer):
             for message in [received, *prefetched]:
                 self._mark_released(message)
             for message in self._buffer:
-                channel.basic_reject(message.delivery_info["delivery_tag"], requeue=True)
+                hand_back(channel, message.delivery_info["delivery_tag"])
             self._buffer.clear()
-            channel.basic_reject(tag, requeue=True)
+            hand_back(channel, tag)
             # a round trip, so that the task is back in the queue when release returns
             channel.basic_qos(0, self.prefetch, False)
 
@@ -488,6 +502,10 @@ class AmqpConsumer(Consumer):
         self._disconnect(unseen)
 
     def _disconnect(self, handed_back: Callable[[], list[Received]]) -> None:
+        """Mark ``handed_back()`` released, then drop the connection: the closed channel
+        returns what is held and prefetched, in order. (Not by ``hand_back``: RabbitMQ
+        3.10 does not count a closed channel's returns toward a quorum queue's delivery
+        limit, and does count a ``basic.nack``'s.)"""
         self.closed = True
         self.close_status_feed()
         self._declarations._heartbeats.discard(self._link)

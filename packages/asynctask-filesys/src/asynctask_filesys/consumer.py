@@ -15,7 +15,7 @@ import time
 
 from asynctask.errors import TransportClosed
 from asynctask.status import StartVerdict
-from asynctask.transport import Consumer, Delivery, check_delay
+from asynctask.transport import Consumer, Delivery, check_delay, is_unrecorded
 from asynctask_filesys.layout import QueuePaths, TaskName, due_order, sweep_tmp
 from asynctask_filesys.oserrors import os_errors
 from asynctask_filesys.owners import OwnerFolder, recover_dead, touch_live
@@ -206,15 +206,15 @@ class FilesysConsumer(Consumer):
     ) -> tuple[FilesysStateStore, float | None, TaskOptions] | None:
         """Our store, when the settled task started and what its file said, if its
         status is ours to write; None otherwise (kept by ``asynctask_state``, or not
-        tracking: then a final settle only frees the unique key the task holds, which
-        would otherwise stay held for good)."""
+        tracking: then a final settle retires a record written at submit, which would
+        otherwise stay ``queued`` and hold its unique key for good)."""
         started = self._started.pop(delivery.id, None)
         options = self._options.pop(delivery.id, NO_OPTIONS)
         if not self.tracking:  # (an untracked drain's hot path: no store looked up)
-            if final and options.unique_key is not None:
+            if final and (options.unique_key is not None or not is_unrecorded(delivery.id)):
                 own = self.transport.own_store()
                 if own is not None:
-                    own.drop(delivery.id, self.queue, options.unique_key)
+                    own.retire(delivery.id, self.queue, options.unique_key)
             return None
         own = self.transport.own_store()
         if own is None:

@@ -169,7 +169,7 @@ class FilesysStateStore(StateStore):
         if found.where == "live" and state in _WAITING and found.marks:
             # started by the hot path: a mark appended, at the file's mtime
             state, attempts, started = "running", attempts + found.marks, info.st_mtime
-        elif found.where == "done" and state not in FINAL_STATES:
+        elif found.where == "done" and state not in FINAL_STATES and not record.get("untracked"):
             # the hot path's success: the start time kept as mtime, the move as ctime
             state, attempts = "succeeded", attempts + max(1, found.marks)
             started, finished = info.st_mtime, info.st_ctime
@@ -487,11 +487,26 @@ class FilesysStateStore(StateStore):
         final = found if found.where == "done" else self._locate(task_id)
         return True if final is not None and final.record.get("state") == "cancelled" else None
 
-    def drop(self, task_id: str, queue: str, unique_key: str) -> None:
-        """A task settled by a worker that keeps no status (``track_status = False``):
-        its record goes, and the unique key it holds is freed."""
-        if valid_id(task_id):
-            records.remove(os.path.join(self.paths.live, task_id))
+    def retire(self, task_id: str, queue: str, unique_key: str | None) -> None:
+        """A task settled for good by a worker that keeps no status (``track_status =
+        False``) whose record was written at submit (the queue was tracked then, or the
+        submit's options live in the record): the record moves to ``done/``, marked
+        ``untracked`` so that it keeps its state (``status`` still says the queue keeps
+        none), and is forgotten with its folder after the TTL; the unique key it holds
+        is freed. Left in ``live/`` it read ``queued`` for good (issue 16)."""
+        if not valid_id(task_id):
+            return
+        live = self._live + task_id
+
+        def untracked(old: Record, _: float | None) -> tuple[Record, str | None] | None:
+            if old.get("state") in FINAL_STATES or old.get("untracked"):
+                return None  # cancelled or expired meanwhile: final already
+            return {**old, "untracked": True}, None
+
+        changed = records.update(live, untracked, self.limit)
+        if changed is not None and changed[1]:
+            self._to_done(live, task_id)
+        if unique_key is not None:
             self._release_unique({"unique_key": unique_key, "queue": queue}, task_id)
 
     # -- queues whose workers keep no status ----------------------------------------------

@@ -26,7 +26,11 @@ from asynctask_pgsql.schema import sql
 # owner exactly while it is reserved; leaving ``state`` out keeps the plan on the primary key.
 # With tracking, each becomes ``succeeded`` with its result (``%(results)s``, beside
 # ``%(acks)s``), never over a final state (a task cancelled while it ran stays cancelled);
-# without, only a unique key it holds is freed (a write for keyed tasks alone).
+# without, a status row written at submit (the queue was tracked then, or the submit's
+# unique key or expiry lives there) has its key freed and is forgotten ``%(ttl)s`` later,
+# its state kept (``status`` still says the queue keeps none; left as it was it stayed
+# ``queued`` for ever, issue 16): found by the probe by task id the key needed already,
+# so an unrecorded task, with no row, costs no write. (``untracked_failed`` in SETTLE too.)
 # ``%(started)s``: when each started, for a prefetched task that ended before its
 # consumer wrote ``running`` (see ``START_RUNNING``), else NULL.
 _DONE = """done AS (
@@ -44,8 +48,12 @@ _DONE = """done AS (
     WHERE %(track)s AND s.task_id = done.task_id AND s.date_finished IS NULL
     RETURNING CASE WHEN s.watched THEN pg_notify('{c}', replace(s.task_id::text, '-', '')) END
 ), freed AS (
-    UPDATE {s}.asynctask_status AS s SET unique_key = NULL FROM done
-    WHERE NOT %(track)s AND s.task_id = done.task_id AND s.unique_key IS NOT NULL
+    UPDATE {s}.asynctask_status AS s
+    SET unique_key = NULL,
+        date_forget = coalesce(s.date_forget, now() + make_interval(secs => %(ttl)s::float8))
+    FROM done
+    WHERE NOT %(track)s AND s.task_id = done.task_id
+      AND (s.unique_key IS NOT NULL OR s.date_forget IS NULL)
 )"""
 
 _LAPSED = "coalesce(date_expires <= now(), false)"
@@ -347,9 +355,12 @@ WITH {_DONE}, cancelled AS (
         AND (%(attempt)s > 0 OR %(state)s = 'failed' OR s.state = 'running')
     RETURNING CASE WHEN %(state)s = 'failed' THEN {_TOLD} END
 ), untracked_failed AS (
-    UPDATE {{s}}.asynctask_status AS s SET unique_key = NULL FROM moved
+    UPDATE {{s}}.asynctask_status AS s
+    SET unique_key = NULL,
+        date_forget = coalesce(s.date_forget, now() + make_interval(secs => %(ttl)s::float8))
+    FROM moved
     WHERE NOT %(track)s AND %(state)s = 'failed' AND s.task_id = moved.task_id
-      AND s.unique_key IS NOT NULL
+      AND (s.unique_key IS NOT NULL OR s.date_forget IS NULL)
 )
 {_NOTIFY}
 """

@@ -12,8 +12,9 @@ past ``DEAD_TUPLES``. A VACUUM blocks no reserve or submit while it works; at it
 to give empty pages at the table's tail back, it holds the table's exclusive lock, and
 lets go within about 20 ms of a statement waiting for it (PostgreSQL's
 ``VACUUM_TRUNCATE_LOCK_CHECK_INTERVAL``): a reserve may so wait that long, once a look.
-The transport's ``close()`` stops it: a VACUUM under way is cancelled on the server, its
-connection closed and its thread joined, and no look starts after.
+The transport's ``close()`` stops it: a VACUUM under way is cancelled on the server and
+its connection closed, and no look starts after; a look still connecting is not waited
+for (it closes its connection unused once it has one).
 """
 
 from __future__ import annotations
@@ -125,22 +126,30 @@ class Vacuumer:
 
     def close(self, timeout: float = 5.0) -> None:
         """Start no look again; cancel a VACUUM under way and wait (up to ``timeout``
-        seconds) for its thread to end, its connection closed."""
+        seconds) for its connection to be closed.
+
+        A look still connecting is not waited for (a slow or unreachable server held
+        ``close`` for its whole timeout): it sees ``_closed`` once connected and closes
+        that connection unused, in its own (daemon) thread."""
         with self._lock:
             self._closed = True
             thread = self._thread
         if thread is None or thread is threading.current_thread():
             return
         deadline = time.monotonic() + timeout
-        # Cancelled again until the thread ends: a cancel that lands between two of the
-        # look's statements cancels nothing, and the next sees ``_closed`` only after it.
+        # Cancelled again until the connection is gone: a cancel that lands between two
+        # of the look's statements cancels nothing, and the next sees ``_closed`` only
+        # after it. (``_conn`` is set under the lock only while not ``_closed``, and
+        # cleared once the connection is closed: None here means there is none to wait
+        # for, now or later.)
         while thread.is_alive() and time.monotonic() < deadline:
             conn = self._conn
-            if conn is not None:
-                try:
-                    conn.cancel_safe(timeout=max(0.1, deadline - time.monotonic()))
-                except psycopg.Error as exc:  # the server went away: the look ends anyway
-                    logger.debug("cancelling the VACUUM of schema %s: %s", self.schema, exc)
+            if conn is None:
+                return
+            try:
+                conn.cancel_safe(timeout=max(0.1, deadline - time.monotonic()))
+            except psycopg.Error as exc:  # the server went away: the look ends anyway
+                logger.debug("cancelling the VACUUM of schema %s: %s", self.schema, exc)
             thread.join(0.1)
 
     def _failed(self, exc: psycopg.Error) -> None:

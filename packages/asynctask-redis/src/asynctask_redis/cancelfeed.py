@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import select
+import ssl
 from collections import OrderedDict
 from typing import Any
 
@@ -41,6 +42,8 @@ class CancelFeed:
         self._conn: Any = None
         #: ids published as cancelled, oldest first
         self.cancelled: OrderedDict[str, None] = OrderedDict()
+        #: whether ``poll`` emptied the connection since it opened (see ``heard``)
+        self._polled = False
 
     @property
     def live(self) -> bool:
@@ -87,14 +90,31 @@ class CancelFeed:
             return False
         return True
 
+    def heard(self) -> bool:
+        """``poll``, for a caller that asks often (a consumer's every start): once a poll
+        has emptied the connection, one ``select`` that finds nothing new is enough."""
+        if self._polled and self.quiet():
+            return True
+        self._polled = self.poll()
+        return self._polled
+
     def quiet(self) -> bool:
         """Whether nothing has arrived since ``poll`` last emptied the connection: one
         ``select``, no read (``poll`` costs three system calls through redis-py's
         ``can_read``). Trust it only after a ``poll``: the subscription's reply may have
-        brought more with it into the driver's buffer."""
+        brought more with it into the driver's buffer.
+
+        Under TLS (``rediss://``) a message may also be decrypted already and held by the
+        SSL object (``pending``), the socket having nothing more: ``select`` alone would
+        say quiet and a start would miss that cancel. ``pending`` is a C call, no system
+        call."""
         conn = self._conn
         sock = None if conn is None else getattr(conn, "_sock", None)
-        return sock is not None and not select.select([sock], [], [], 0)[0]
+        if sock is None:
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return False
+        return not select.select([sock], [], [], 0)[0]
 
     def _note(self, task_id: str) -> None:
         self.cancelled[task_id] = None
@@ -104,6 +124,7 @@ class CancelFeed:
     def close(self) -> None:
         """Unsubscribe by dropping the connection (it goes back to the pool closed)."""
         conn, self._conn = self._conn, None
+        self._polled = False
         if conn is not None:
             conn.disconnect()
             self.pool.release(conn)

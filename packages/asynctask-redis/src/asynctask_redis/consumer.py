@@ -203,6 +203,9 @@ class RedisConsumer(Consumer):
         self._unsure: set[bytes] = set()
         #: START calls sent whose replies are unread: (packed command, task id)
         self._deferred: list[tuple[bytes, str]] = []
+        #: the acks and late starts those STARTs carry, pending again if a reply is lost
+        #: (sent twice, an ack rewrites what it wrote: better than the task run again)
+        self._unconfirmed: list[bytes | str] = []
         #: the task the last move marked running (it hands it out to start at once)
         self._marked: bytes | None = None
 
@@ -211,9 +214,11 @@ class RedisConsumer(Consumer):
 
     # -- the connection -----------------------------------------------------------------
 
-    def _execute(self, fn: Any, *args: Any, resync: bool = False) -> Any:
-        server = self._host.server
+    def _connection(self) -> Any:
+        """This consumer's connection, taken from the pool when it has none (at first, and
+        after a cluster failover moved the queue's slot)."""
         if self._conn is None:
+            server = self._host.server
             pool = server.pool_for(self._host.key(self.queue, ""))
             try:
                 self._conn = pool.get_connection()
@@ -223,6 +228,11 @@ class RedisConsumer(Consumer):
             self._release_conn = weakref.finalize(
                 self, _give_back, pool, self._conn, self._deferred
             )
+        return self._conn
+
+    def _execute(self, fn: Any, *args: Any, resync: bool = False) -> Any:
+        server = self._host.server
+        self._connection()
         try:
             if self._deferred:
                 self._collect(self._conn)
@@ -230,8 +240,7 @@ class RedisConsumer(Consumer):
         except (RedisError, OSError) as exc:
             self._conn.disconnect()  # the next command reconnects
             if self._deferred:  # their replies are lost, and maybe their acks: resync
-                self._deferred.clear()
-                self._resync = True
+                self._lost_deferred()
             if self._feed is not None:
                 self._feed.close()  # a failover, a restart: what was published is lost
             if server.moved(exc) and self._release_conn is not None:
@@ -382,6 +391,15 @@ class RedisConsumer(Consumer):
         self._unsure.update(self._buffer)
         self._unsure.update(self._held)
 
+    def _lost_deferred(self) -> None:
+        """The replies of the STARTs sent without waiting are lost (the connection
+        failed): the acks and starts they carried are pending again, ahead of the newer
+        ones, and the next ``TAKE`` resynchronises."""
+        self._deferred.clear()
+        self._acks = [*self._unconfirmed, *self._acks]
+        self._unconfirmed = []
+        self._resync = True
+
     def _collect(self, conn: Any) -> None:
         """Read the replies of the START calls sent without waiting; one the server did
         not know the script for runs again now."""
@@ -402,6 +420,7 @@ class RedisConsumer(Consumer):
             for command, task_id in again:
                 conn.send_packed_command([command])
                 warn_late_verdict(self, task_id, conn.read_response())
+        self._unconfirmed = []  # all of them ran
 
     def _next(self, conn: Any) -> bool:
         """Acks and non-blocking moves in one round trip; whether anything came."""
@@ -606,7 +625,7 @@ class RedisConsumer(Consumer):
             feed is not None
             and raw not in self._unsure
             and EXPIRES_HEADER not in message.headers
-            and feed.poll()
+            and feed.heard()
             and delivery.id not in feed.cancelled
             and self._conn is not None
         ):
@@ -656,9 +675,14 @@ class RedisConsumer(Consumer):
         if now - since < DEFER or not self._lock.acquire(blocking=False):
             return True
         try:
-            conn = self._conn
-            if self._marks_since is None or self.closed or conn is None:
+            if self._marks_since is None or self.closed:
                 return False
+            try:
+                # none after a failed call that let a cluster's moved slot go: a new one
+                # (else the marks waited for the consumer's next call, after the task)
+                conn = self._connection()
+            except TransportError:
+                return True  # Redis is away: look again
             t, acks = self._host, self._pending()
             args = (t.prefix, t.script_queue(self.queue), self.id, t.status_ttl_ms, "1")
             command = pack(
@@ -669,10 +693,10 @@ class RedisConsumer(Consumer):
             except (RedisError, OSError):
                 # they stay pending: the next call reconnects, resynchronises and sends them
                 conn.disconnect()
-                self._deferred.clear()
-                self._resync = True
+                self._lost_deferred()
                 return False
             self._deferred.append((command, ""))
+            self._unconfirmed += acks
             self._sent()
             return False
         finally:

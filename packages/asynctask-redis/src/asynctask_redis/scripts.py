@@ -48,7 +48,6 @@ local clustered = string.sub(queue, 1, 1) == '{'
 local function processing(cid) return base .. 'processing:' .. cid end
 local function task_key(id) return base .. 'task:' .. id end
 local function done_key(id) return base .. 'done:' .. id end
-local function waiting_key(id) return base .. 'waiting:' .. id end
 local function unique_key(k) return base .. 'unique:' .. k end
 -- The id -> queue pointer lives outside the queue's keys: status(id) does not know the
 -- queue. (A cluster variant writes it with a command of its own, not in a script.)
@@ -85,14 +84,15 @@ local NUDGE = '{"__asynctask__":0}'
 _FINISH = r"""
 local FINAL = {succeeded = true, failed = true, cancelled = true, expired = true}
 
--- The task is final: its fields, the signal for waiters (only when one waits: they
--- mark ``waiting:<id>`` first), its unique key freed. It is forgotten ``ttl_ms`` later;
--- a failed one lives as long as its failed record.
-local function finish_held(id, u, state, now, ttl_ms, ...)
+-- The task is final: its fields, the signal for waiters (only when one waits, ``w``:
+-- they mark the status's field ``waiting`` first, read with the state, so a final write
+-- costs no command of its own to know it), its unique key ``u`` freed. It is forgotten
+-- ``ttl_ms`` later; a failed one lives as long as its failed record.
+local function finish_held(id, u, w, state, now, ttl_ms, ...)
   local key = task_key(id)
   redis.call('HSET', key, 'state', state, 'finished_at', stamp(now), ...)
   if u and redis.call('GET', unique_key(u)) == id then redis.call('DEL', unique_key(u)) end
-  if redis.call('EXISTS', waiting_key(id)) == 1 then
+  if w then
     local done = done_key(id)
     redis.call('RPUSH', done, state)
     redis.call('PEXPIRE', done, ttl_ms)
@@ -103,9 +103,10 @@ local function finish_held(id, u, state, now, ttl_ms, ...)
   end
 end
 
--- ``finish_held`` for a caller that has not read the task's unique key
+-- ``finish_held`` for a caller that has not read the task's unique key and waiter mark
 local function finish(id, state, now, ttl_ms, ...)
-  finish_held(id, redis.call('HGET', task_key(id), 'unique'), state, now, ttl_ms, ...)
+  local f = redis.call('HMGET', task_key(id), 'unique', 'waiting')
+  finish_held(id, f[1], f[2], state, now, ttl_ms, ...)
 end
 
 -- Whether a task may start: 'run', or the final state it has ('cancelled', or
@@ -137,14 +138,14 @@ end
 -- Done: succeeded with its result (JSON text, or '' for none), never over a cancel;
 -- ``...``: more fields to write (a start not written yet: its attempts and started_at).
 local function succeed(id, now, ttl_ms, result, ...)
-  local f = redis.call('HMGET', task_key(id), 'state', 'unique')
+  local f = redis.call('HMGET', task_key(id), 'state', 'unique', 'waiting')
   local state = f[1]
   if state == 'cancelled' then redis.call('ZREM', cancelled_ids, id) end  -- gone for good
   if not state or state == 'cancelled' or state == 'expired' then return end
   if result ~= '' then
-    finish_held(id, f[2], 'succeeded', now, ttl_ms, 'result', result, ...)
+    finish_held(id, f[2], f[3], 'succeeded', now, ttl_ms, 'result', result, ...)
   else
-    finish_held(id, f[2], 'succeeded', now, ttl_ms, ...)
+    finish_held(id, f[2], f[3], 'succeeded', now, ttl_ms, ...)
   end
 end
 
@@ -327,6 +328,15 @@ local function cancelled(m)
   return false
 end
 
+-- Whether a cancelled task may still be met: ``cancelled_ids`` holds one whose status is
+-- not forgotten yet. (Entries past that horizon stay until the next cancel trims them;
+-- they count for nothing here, or one cancel would make every move check every task it
+-- takes for the whole status ttl.)
+local function cancel_pending()
+  return redis.call('EXISTS', cancelled_ids) == 1
+    and redis.call('ZCOUNT', cancelled_ids, string.format('(%d', now_ms()), '+inf') > 0
+end
+
 -- Move up to ``want`` tasks into ``proc``, the most urgent first. With tracking, the
 -- first, which the consumer hands out now to be started at once, is checked and marked
 -- ``running`` here (its start then costs no call); a cancelled or expired one is
@@ -338,7 +348,7 @@ end
 -- Returns the messages and whether the first was marked.
 local function take(proc, want, tracking, ttl_ms)
   local got, started = {}, 0
-  local careful = tracking and redis.call('EXISTS', cancelled_ids) == 1
+  local careful = tracking and cancel_pending()
   while #got < want do
     local m = move_next(proc)
     if not m then break end
@@ -660,6 +670,17 @@ return verdict
 """,
 )
 
+#: ARGV: prefix, queue, most. The ids of ``P:Q:cancelled`` not past their horizon (the
+#: status ttl; the set is trimmed only by the next cancel), oldest first, at most ``most``:
+#: what a status feed loads when it opens (``asynctask_redis.statusfeed``).
+LIVE_CANCELS = finishing(
+    "live_cancels",
+    r"""
+return redis.call('ZRANGEBYSCORE', cancelled_ids, string.format('(%d', now_ms()), '+inf',
+  'LIMIT', 0, tonumber(ARGV[3]))
+""",
+)
+
 #: ARGV: prefix, queue, consumer id, op, message, argument, delay_ms, tracking (1/0),
 #: status ttl_ms, error, n_acks, acks (triples)... Acknowledges, then settles one message
 #: of the consumer's processing list: retry (argument = new envelope), fail (argument =
@@ -916,6 +937,35 @@ else
 end
 redis.call('SADD', known, queue)
 return {1}
+""",
+)
+
+#: ARGV: prefix, queue, first task id, guard_ms, envelope... ``PUT``'s plain case, which
+#: the client picks: ready now, priority 0, no status record written here (the queue's
+#: workers keep none, as the client's ``asynctask.untracked`` cache knows, or another
+#: store keeps them). The same guard key ``put:<first id>`` makes a retry after a lost
+#: reply write nothing. Returns 1 stored, 0 such a retry.
+#: Without the prelude the other scripts share: defining its helpers cost ``PUT`` 41k of
+#: its 117k instructions a call (redis-server under callgrind, one task, untracked),
+#: this one costs about 40k. The key names are those of ``_BASE`` and ``_QUEUE``.
+PUSH = Script(
+    "push",
+    r"""
+local prefix, queue = ARGV[1], ARGV[2]
+local base = prefix .. ':' .. queue .. ':'
+local guard = base .. 'put:' .. ARGV[3]
+if not redis.call('SET', guard, '1', 'NX', 'PX', ARGV[4]) then
+  redis.call('PEXPIRE', guard, ARGV[4])  -- a write: a WAIT after this retry counts
+  return 0
+end
+local ready = prefix .. '_' .. queue
+for i = 5, #ARGV, 4000 do  -- unpack() takes a few thousand values at most
+  redis.call('RPUSH', ready, unpack(ARGV, i, math.min(i + 3999, #ARGV)))
+end
+-- (on a Redis Cluster the queue comes as '{name}': its names set is in its slot)
+redis.call('SADD', string.sub(queue, 1, 1) == '{' and base .. 'known' or prefix .. ':queues',
+  queue)
+return 1
 """,
 )
 

@@ -8,11 +8,12 @@ names this Redis (AMQP keeps its state here that way).
 
 With prefix ``P`` and queue ``Q`` a status is the hash ``P:Q:task:<id>`` (state,
 attempts, submitted_at, started_at, finished_at, error, result, expires_at in ms,
-unique), found by id through the pointer ``P:@id:<id>`` (the queue's name). A waiter
-marks ``P:Q:waiting:<id>``; a final state reached while it is there is pushed on the
-list ``P:Q:done:<id>``, on which ``wait`` blocks (``BLMOVE`` from the list to itself,
-so every waiter wakes and the signal stays). The keys expire ``asynctask_status_ttl``
-after the final state (a failed task's when its failed record is requeued or purged).
+unique, waiting), found by id through the pointer ``P:@id:<id>`` (the queue's name). A
+waiter marks the field ``waiting`` (``MARK_WAITING``); a final state reached once it is
+there is pushed on the list ``P:Q:done:<id>``, on which ``wait`` blocks (``BLMOVE`` from
+the list to itself, so every waiter wakes and the signal stays). The keys expire
+``asynctask_status_ttl`` after the final state (a failed task's when its failed record is
+requeued or purged).
 A unique key is held by ``P:Q:unique:<key>`` (the task's id).
 """
 
@@ -34,7 +35,7 @@ from asynctask.status import (
     TaskStatus,
 )
 from asynctask_redis.connection import call, pipeline, run
-from asynctask_redis.scripts import Script, without_maintenance
+from asynctask_redis.scripts import Script, finishing, without_maintenance
 from asynctask_redis.statusfeed import RedisStatusFeed
 
 if TYPE_CHECKING:
@@ -117,6 +118,22 @@ finish(id, 'cancelled', now, ttl_ms)
 redis.call('ZREMRANGEBYSCORE', cancelled_ids, '-inf', now)
 redis.call('ZADD', cancelled_ids, now + tonumber(ttl_ms), id)
 redis.call('PUBLISH', base .. 'cancels', id)
+return 1
+""",
+)
+
+#: ARGV: prefix, queue, id, ms. A waiter is here: the status's field ``waiting`` (read by
+#: the script that makes the task final, which then pushes the signal on ``done:<id>``;
+#: never a status made again once forgotten), and, for a worker of an older version that
+#: looks for it instead, the key ``P:Q:waiting:<id>`` for ``ms``.
+MARK_WAITING = finishing(
+    "mark_waiting",
+    r"""
+local id, ms = ARGV[3], ARGV[4]
+if redis.call('EXISTS', task_key(id)) == 1 then redis.call('HSET', task_key(id), 'waiting', '1') end
+local older = base .. 'waiting:' .. id
+redis.call('SET', older, '1', 'NX', 'PX', ms)
+redis.call('PEXPIRE', older, ms, 'GT')
 return 1
 """,
 )
@@ -268,9 +285,7 @@ class RedisStateStore(StateStore):
                 # Say a waiter is here (the final write pushes the signal only then),
                 # then read again: a state reached before the mark was seen by no one.
                 ms = int((block + 5) * 1000)
-                mark = t.key(found.queue, f"waiting:{task_id}")
-                commands = [("SET", mark, "1", "NX", "PX", ms), ("PEXPIRE", mark, ms, "GT")]
-                t._call(t.execute, pipeline, commands)
+                t._call(self._run, MARK_WAITING, found.queue, task_id, ms)
                 marked_until = time.monotonic() + block + 4
                 continue
             done = t.key(found.queue, f"done:{task_id}")

@@ -5,8 +5,9 @@ Cancels. The ``CANCEL`` script makes a task ``cancelled``, adds its id to the qu
 sorted set ``P:Q:cancelled`` (the cancelled tasks no consumer has met yet; the ``STARTED``
 script that finds one cancelled removes it, and entries go with the status ttl) and
 publishes the id on ``P:Q:cancels``, all at once. A feed subscribes to that channel
-(``asynctask_redis.cancelfeed``) and, once subscribed, reads the set: a cancel published
-before the subscription had added its id before, so one of the two has it. A feed lost
+(``asynctask_redis.cancelfeed``) and, once subscribed, reads the set (the entries not past
+their horizon: the set is trimmed only by the next cancel): a cancel published before the
+subscription had added its id before, so one of the two has it. A feed lost
 (any error on its connection) is opened again the same way, so it never misses a
 cancel; while it is not open, or knows more than ``KEPT`` cancelled ids (it may have
 forgotten some), ``may_start`` says False and the consumer's start waits for the store,
@@ -36,10 +37,10 @@ from asynctask.errors import TransportError
 from asynctask.status import State, StatusFeed
 from asynctask_redis.cancelfeed import KEPT, CancelFeed
 from asynctask_redis.connection import call, pack, run
+from asynctask_redis.scripts import LIVE_CANCELS, Script
 from asynctask_redis.startmarks import warn_late_verdict
 
 if TYPE_CHECKING:
-    from asynctask_redis.scripts import Script
     from asynctask_redis.transport import RedisTransport
 
 logger = logging.getLogger("asynctask.redis")
@@ -135,7 +136,8 @@ class RedisStatusFeed(StatusFeed):
             self._open_after = time.monotonic() + REOPEN_PAUSE
             return False
         try:
-            ids = t.execute(call, "ZRANGE", registry_key(t, self.queue), 0, LOAD_MOST)
+            queue = t.script_queue(self.queue)
+            ids = t.execute(run, LIVE_CANCELS, t.prefix, queue, LOAD_MOST + 1)
         except TransportError as exc:  # a feed's failure only makes the starts wait
             logger.info("%r: could not read the cancelled tasks (%s); starts wait", self, exc)
             return self._closed_for(REOPEN_PAUSE)
@@ -186,10 +188,14 @@ class RedisStatusFeed(StatusFeed):
                 if len(self._sent) >= READ_EVERY:  # (a blocking read waits for all sent)
                     self._read(conn, block=len(self._sent) >= MOST_UNREAD)
             except (RedisError, OSError) as exc:
-                self._redo(exc)  # the earlier writes; this one is sent below
+                # Made again, waited for, after the earlier writes. Queued first: a redo
+                # that gives up (``TransportUnavailable``) leaves it to the next call or
+                # ``close`` with them; queued after, it was lost.
+                self._sent.append(entry)
+                self._redo(exc)
+                return
             self._sent.append(entry)
             try:
-                conn = self._connection()
                 conn.send_packed_command([pack([("EVALSHA", script.sha, 0, *entry.args)])])
             except (RedisError, OSError) as exc:
                 self._redo(exc)

@@ -34,8 +34,9 @@ Storage
     (expiring key), ``P:Q:recovery`` (throttles dead-consumer checks), ``P:queues`` (set
     of queue names), ``P:claim:<key>`` (scheduler claims). Task status:
     ``P:Q:urgent`` (ready tasks of priority 1-9), ``P:Q:task:<id>`` (a status hash),
-    ``P:@id:<id>`` (the id's queue), ``P:Q:unique:<key>``, ``P:Q:waiting:<id>`` and
-    ``P:Q:done:<id>`` (``wait``), ``P:Q:untracked``. See README.md.
+    ``P:@id:<id>`` (the id's queue), ``P:Q:unique:<key>``, ``P:Q:done:<id>`` (``wait``,
+    whose waiter marks the status's field ``waiting``, and ``P:Q:waiting:<id>`` for
+    older workers), ``P:Q:untracked``. See README.md.
     ``peek``, ``failed_tasks`` and ``in_flight`` read one page (a script walks to it);
     ``in_flight``'s holder is the consumer's owner id under ``asynctask workers``, else
     its id (``<host>.<random>``); ``since`` is when the running attempt started (its
@@ -246,25 +247,34 @@ class RedisTransport(Transport):
         # One script, atomic: the tasks, their statuses, the queue's name in P:queues (so
         # that pruning that set never hides a queue) and a guard that makes a retry write
         # nothing. A unique key held by a task that is not final writes nothing at all.
+        # The plain case (ready now, priority 0, no record written here) runs PUSH, a
+        # script of a few lines: PUT's shared helpers are most of its cost.
         guard_ms = int((self.retry_timeout + 5) * 1000)
-        delay_ms = f"{delay * 1000:.3f}" if delay > 0 else "0"
         own = self.own_state and options.record  # record=False: an untracked queue
-        expires = "" if options.expires is None or not own else f"{options.expires * 1000:.0f}"
-        unique = (options.unique_key or "") if own else ""
-        args: tuple[str | int, ...] = (tasks[0][0], guard_ms, delay_ms, self.status_ttl_ms)
-        args += ("1" if own else "0", expires, unique, *texts)
+        script = scripts.PUSH
+        args: tuple[str | int, ...] = (tasks[0][0], guard_ms)
+        if own or delay > 0 or options.priority:
+            script = scripts.PUT
+            delay_ms = f"{delay * 1000:.3f}" if delay > 0 else "0"
+            expires = "" if options.expires is None or not own else f"{options.expires * 1000:.0f}"
+            unique = (options.unique_key or "") if own else ""
+            args += (delay_ms, self.status_ttl_ms, "1" if own else "0", expires, unique)
+        args += tuple(texts)
         if self.replication is None:
-            reply = self._script(scripts.PUT, queue, *args)
+            reply = self._script(script, queue, *args)
         else:
             reply, acked = self.execute(
                 Waited(run, self.replication),
-                scripts.PUT,
+                script,
                 self.prefix,
                 self.script_queue(queue),
                 *args,
             )
-            if reply[0] in (0, 1) and not self.replication.confirmed(acked):
+            code = reply if script is scripts.PUSH else reply[0]
+            if code in (0, 1) and not self.replication.confirmed(acked):
                 self._not_replicated(queue, [task_id for task_id, _ in tasks], acked)
+        if script is scripts.PUSH:  # 1 stored, 0 a retry that wrote nothing
+            return None
         if reply[0] == 2:
             return [reply[1].decode()]
         if reply[0] == 3:

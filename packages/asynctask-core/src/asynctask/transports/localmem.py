@@ -523,10 +523,22 @@ class LocalMemConsumer(Consumer):
                 self._settle(delivery)  # removed, never run, not in the failed store
             return verdict
 
+    def _retire_record(self, delivery: Delivery) -> None:
+        """A final settle by a consumer that keeps no status: a record written at submit
+        before the queue's workers turned ``track_status`` off is forgotten after the
+        TTL (``MemoryStateStore.retire_held``: a dict lookup when there is none). Lock
+        held."""
+        t = self.transport
+        if not self.tracking and (t.state_uri is None or t.own_state):
+            t._statuses.retire_held(delivery.id)
+
     def ack(self, delivery: Delivery, result_json: str | None = None) -> bool | None:
         t = self.transport
         with t._lock:  # the condition's lock, taken without its Python-level wrapper
-            if self._settle(delivery) is None or not self._writes():
+            if self._settle(delivery) is None:
+                return None
+            if not self._writes():
+                self._retire_record(delivery)
                 return None
             return t._statuses.succeed_held(delivery.id, delivery.attempt, result_json)
 
@@ -563,7 +575,10 @@ class LocalMemConsumer(Consumer):
             if settled is not None and not self._cancelled(delivery):
                 q, task = settled
                 t._to_failed(self.queue, q, task, error)
-                rec = t._statuses.record(delivery.id) if self._writes() else None
+                if not self._writes():
+                    self._retire_record(delivery)
+                    return
+                rec = t._statuses.record(delivery.id)
                 if rec is not None:
                     t._store().finish(rec, "failed", delivery.attempt, error)
 

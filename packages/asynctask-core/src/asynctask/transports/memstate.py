@@ -112,6 +112,22 @@ class MemoryStateStore(StateStore):
                 if rec is not None:
                     self._free_key(rec)
 
+    def retire_held(self, task_id: str) -> None:
+        """A task settled for good by a worker that keeps no status (lock held by the
+        caller): a record written at its submit, before the queue's workers turned
+        ``track_status`` off, keeps its state (``status`` still says the queue keeps
+        none) but is forgotten ``status_ttl`` later like a final one, its unique key
+        freed now. Without it the record stayed ``queued`` for good (issue 16)."""
+        rec = self._records.get(task_id)
+        if rec is None or rec.forget_at is not None:
+            return
+        now = time.time()
+        self._free_key(rec)
+        rec.forget_at = at = now + self.status_ttl
+        heapq.heappush(self._forget, (at, rec.id))
+        if self._forget[0][0] <= now:
+            self._purge(now)
+
     def finish(
         self,
         rec: _Record,
