@@ -180,6 +180,72 @@ def test_a_settle_line_is_written_once_the_queue_is_found_empty():
         os.close(write_fd)
 
 
+def _read_batches(*batches: bytes) -> ReportReader:
+    """A reader that took in each batch of lines with one read."""
+    report = ReportReader()
+    try:
+        for batch in batches:
+            os.write(report.write_fd, batch)
+            report.read()
+    finally:
+        report.close()
+        os.close(report.write_fd)
+    return report
+
+
+def test_a_batch_of_lines_leaves_what_a_line_by_line_reading_would():
+    # Given a supervisor that takes a batch of lines in with set operations, not a line
+    # at a time: each case is a child's lines, read in one or two batches
+    # When a task settled in a batch starts again after its settle line (a retry run
+    # by the same child), whether its first start came in an earlier batch...
+    report = _read_batches(b"S a\nS b\n", b"D a\nD b\nS a\n")
+    # Then it is running, and every settle counted, oldest first
+    assert report.running == {"a"}
+    assert (report.settled, report.finished) == (2, ["a", "b"])
+    # ...or in the same batch, or after a settle with no start (a refused task)
+    assert _read_batches(b"S a\nD a\nS a\nS c\nD c\n").running == {"a"}
+    assert _read_batches(b"X a\nS a\n").running == {"a"}
+    # And a task whose last line is its settle is not running, whatever came before
+    report = _read_batches(b"S a\nD a\nS a\n", b"D a\nX b\nS c\nD c\n")
+    assert report.running == set()
+    assert report.settled == 4
+    # And a line cut by the end of a read waits for its end
+    report = _read_batches(b"S a\nS b", b"c\nD a\n")
+    assert report.running == {"bc"}
+
+
+def test_a_task_that_never_started_is_reported_settled_not_started():
+    # Given a run loop reporting on a pipe, and a task past its last attempt (its
+    # earlier deliveries' worker died): it goes to the failed store without running
+    read_fd, write_fd = os.pipe()
+    writer = ReportWriter(write_fd)
+    transport = get_transport("localmem:")
+    queue = unique_queue()
+    (task_id,) = transport.submit_tasks(queue, [{}])
+    with transport.consumer(queue) as consumer:
+        delivery = consumer.reserve(timeout=1)
+        assert delivery is not None
+        consumer.release(delivery)
+    options = LoopOptions(
+        stop_when_idle=True,
+        on_start=writer.started,
+        on_settled=writer.settled,
+        on_unstarted=writer.unstarted,
+        on_idle=writer.flush,
+    )
+    worker = _Quiet()
+    worker.max_retries = -1  # every delivery is past its last attempt
+    try:
+        # When the loop drains the queue
+        run_loop(worker, transport, queue, options)
+        written = os.read(read_fd, 65536)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    # Then the child said it settled the task, with no start line
+    assert written == f"X {task_id}\n".encode()
+
+
 def test_a_child_ended_by_a_task_timeout_reports_the_tasks_it_settled(tmp_path):
     """A child that ends itself at a task timeout (``os._exit``) has written every settle
     line it held: else the supervisor counts the tasks it finished as started and

@@ -161,6 +161,7 @@ def main() -> int:
         on_timeout=lambda: _exit_reported(report, EXIT_TASK_TIMEOUT),
         on_start=report.started,
         on_settled=report.settled,
+        on_unstarted=report.unstarted,
         on_idle=report.flush,
         owner=spec.owner,
         child_concurrency=spec.child_concurrency,

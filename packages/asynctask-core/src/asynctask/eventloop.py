@@ -334,12 +334,12 @@ class _Engine:
             self.result.failed += 1
             if self.options.limit is not None:
                 self.options.limit.finished(delivery)
-            if self.options.on_settled is not None:
-                self.options.on_settled(delivery)
+            if self.options.on_unstarted is not None:
+                self.options.on_unstarted(delivery)
             return
         if self.consumer.tracking and start(self.worker, self.consumer, delivery) != "run":
-            if self.options.on_settled is not None:
-                self.options.on_settled(delivery)  # cancelled or expired: never run
+            if self.options.on_unstarted is not None:
+                self.options.on_unstarted(delivery)  # cancelled or expired: never run
             return
         timeout = self.worker.timeout
         stuck_at = None if timeout is None else time.monotonic() + timeout + self._stuck_after

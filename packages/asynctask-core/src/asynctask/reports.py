@@ -1,12 +1,13 @@
 """What a child tells its supervisor about its tasks: one pipe, one line per event.
 
 ``S <id>`` right before a task's ``process()`` starts, ``D <id>`` once it is settled
-(acknowledged, retried or failed). The supervisor keeps the child's liveness
-(``asynctask.liveness``): when the child dies, the tasks it started and had not settled
-count an attempt, the ones it settled are gone (an acknowledgement may still have been
-waiting in its consumer), and every other task it held goes back uncounted. A write is
-shorter than ``PIPE_BUF``, so it is whole; lines written just before the child died are
-still read after it is reaped.
+(acknowledged, retried or failed), ``X <id>`` once a task that never started is
+settled (refused unsigned, spent, cancelled or expired before its start). The
+supervisor keeps the child's liveness (``asynctask.liveness``): when the child dies,
+the tasks it started and had not settled count an attempt, the ones it settled are
+gone (an acknowledgement may still have been waiting in its consumer), and every other
+task it held goes back uncounted. A write is shorter than ``PIPE_BUF``, so it is whole;
+lines written just before the child died are still read after it is reaped.
 
 A ``D`` line is not written on its own: it waits for the next write, the next task's
 ``S`` line (one write a task instead of two: a write is a system call, a tenth of a
@@ -16,6 +17,15 @@ goes out before ``process()``, and a ``D`` line at most one reserve late. A chil
 in that reserve (it carries the acknowledgements of the settled tasks to the backend)
 has its last settled tasks counted as started: one may run again, with one more
 attempt counted, as at-least-once allows.
+
+The supervisor reads a child's lines in batches (``READ_EVERY``) and takes a batch in
+with a few calls that each handle all of its lines at once (``findall``, set
+operations, ``deque.extend``): no Python object or branch per line. Read line by line,
+a supervisor of 2 children draining no-op tasks spent about 2 us of CPU a task (1-2% of
+a core at 7,000 tasks/s) on the cores its children need. Within a batch the order of a
+task's lines matters only for a task started again after its ``D`` line (a retry run by
+the same child), which then was running before the batch or starts twice in it: only
+those few are looked at one by one.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import time
 from collections import deque
 
@@ -43,6 +54,11 @@ PIPE_BYTES = 1 << 20
 
 #: settled lines held longer than this are written at once: a write stays whole
 _HELD_MAX = 2048
+
+#: the task ids of a batch's start lines, of its settle lines, of its unstarted ones
+_STARTS = re.compile(rb"^S (.*)$", re.MULTILINE)
+_SETTLES = re.compile(rb"^D (.*)$", re.MULTILINE)
+_UNSTARTED = re.compile(rb"^X (.*)$", re.MULTILINE)
 
 
 class ReportWriter:
@@ -68,6 +84,12 @@ class ReportWriter:
         """A task is about to start: its line, after the settled lines held, in one write."""
         line, self._held = f"{self._held}S {delivery.id}\n", ""
         self._send(line)
+
+    def unstarted(self, delivery: Delivery) -> None:
+        """A task that never started is settled: its line goes with the next write."""
+        self._held += f"X {delivery.id}\n"
+        if len(self._held) > _HELD_MAX:
+            self.flush()
 
     def settled(self, delivery: Delivery) -> None:
         """A started task is settled: its line goes with the next write."""
@@ -97,13 +119,23 @@ class ReportReader:
         #: when the lines are worth reading again (``time.monotonic()``)
         self.read_at = 0.0
         self._text = b""
-        #: ids of the tasks the child started and has not settled
-        self.running: set[str] = set()
+        #: ids (ASCII bytes) of the tasks the child started and has not settled
+        self._running: set[bytes] = set()
         #: ids of the last tasks it settled
-        self.finished: deque[str] = deque(maxlen=FINISHED_KEPT)
+        self._finished: deque[bytes] = deque(maxlen=FINISHED_KEPT)
         #: how many tasks it settled in all: a child that dies having settled none is
         #: one more turn of a crash loop (``asynctask.supervisor``)
         self.settled = 0
+
+    @property
+    def running(self) -> set[str]:
+        """Ids of the tasks the child started and has not settled."""
+        return {task_id.decode("ascii", "replace") for task_id in self._running}
+
+    @property
+    def finished(self) -> list[str]:
+        """Ids of the last tasks it settled (at most ``FINISHED_KEPT``), oldest first."""
+        return [task_id.decode("ascii", "replace") for task_id in self._finished]
 
     def close_write_end(self) -> None:
         """Close our copy of the write end, once the child has its own."""
@@ -125,17 +157,46 @@ class ReportReader:
                 chunks.append(chunk)
         except BlockingIOError:
             pass
-        *lines, self._text = b"".join(chunks).split(b"\n")
-        for line in lines:
-            kind, _, task_id = line.decode("ascii", "replace").partition(" ")
-            if kind == "S":
-                self.running.add(task_id)
-            elif kind == "D":
-                self.running.discard(task_id)
-                self.finished.append(task_id)
-                self.settled += 1
+        text = b"".join(chunks)
+        whole = text.rfind(b"\n") + 1
+        if whole:
+            self._take(text[:whole])
+        self._text = text[whole:]
         if ended:
             self.close()
+
+    def _take(self, lines: bytes) -> None:
+        """Take in a batch of whole lines: the running set as a line-by-line reading
+        would leave it, by set operations on the whole batch."""
+        starts = _STARTS.findall(lines)
+        settles = _SETTLES.findall(lines)
+        if settles:
+            self.settled += len(settles)
+            self._finished.extend(settles)
+        if b"X " in lines:
+            unstarted = _UNSTARTED.findall(lines)
+            self.settled += len(unstarted)
+            self._finished.extend(unstarted)
+        if not starts:
+            self._running.difference_update(settles)
+            return
+        started = set(starts)
+        # A task's S and D lines alternate, S first; its last one decides. So the set
+        # difference is exact unless a task's D line in this batch is followed by an S
+        # line: that D settled a start before this batch (the task is in the running
+        # set) or one earlier in it (the task starts twice in the batch).
+        both = started.intersection(settles)
+        again = both & self._running
+        if len(started) != len(starts):
+            again |= both & {i for i in started if starts.count(i) > 1}
+        self._running |= started
+        self._running.difference_update(settles)
+        if again:
+            marked = b"\n" + lines
+            for task_id in again:
+                last_start = marked.rfind(b"\nS " + task_id + b"\n")
+                if last_start > marked.rfind(b"\nD " + task_id + b"\n"):
+                    self._running.add(task_id)
 
     def close(self) -> None:
         """Close the read end."""

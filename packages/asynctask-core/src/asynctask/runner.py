@@ -98,6 +98,9 @@ class LoopOptions:
     on_start: Callable[[Delivery], None] | None = None
     #: called once a started task is settled (acknowledged, retried or failed)
     on_settled: Callable[[Delivery], None] | None = None
+    #: called once a task that never started is settled (refused unsigned, spent,
+    #: cancelled or expired before its start)
+    on_unstarted: Callable[[Delivery], None] | None = None
     #: called when the loop may wait (nothing was ready, a rate limit) and when it ends:
     #: a child writes the settled lines it held back (``asynctask.reports``)
     on_idle: Callable[[], None] | None = None
@@ -294,12 +297,12 @@ def _run_one(
     if (consumer.transport.signing_keys and refuse_unsigned(worker, consumer, delivery)) or (
         delivery.attempt > worker.max_retries + 1 and give_up_if_spent(worker, consumer, delivery)
     ):
-        if options.on_settled is not None:
-            options.on_settled(delivery)
+        if options.on_unstarted is not None:
+            options.on_unstarted(delivery)
         return False
     if consumer.tracking and start(worker, consumer, delivery) != "run":
-        if options.on_settled is not None:
-            options.on_settled(delivery)
+        if options.on_unstarted is not None:
+            options.on_unstarted(delivery)
         return None
     worker.logger.debug("Got payload: %r", delivery.payload)
     if options.on_start is not None:

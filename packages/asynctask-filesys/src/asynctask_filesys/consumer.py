@@ -159,11 +159,11 @@ class FilesysConsumer(Consumer):
 
     def _open(self, name: str, path: str) -> Delivery | None:
         """The delivery of a claimed file, or None after moving a bad one to failed."""
-        read = self.transport.read_task(self.queue, path, name)
+        task = TaskName.parse(name)
+        read = self.transport.read_task(self.queue, path, name, task)
         if read is None:
             return None
         payload, mtime, headers, options = read
-        task = TaskName.parse(name)
         self._held[task.id] = path
         if options is not NO_OPTIONS:
             self._options[task.id] = options
@@ -210,12 +210,14 @@ class FilesysConsumer(Consumer):
         otherwise stay ``queued`` and hold its unique key for good)."""
         started = self._started.pop(delivery.id, None)
         options = self._options.pop(delivery.id, NO_OPTIONS)
+        if not self.tracking:  # (an untracked drain's hot path: no store looked up)
+            if final and (options.unique_key is not None or not is_unrecorded(delivery.id)):
+                own = self.transport.own_store()
+                if own is not None:
+                    own.retire(delivery.id, self.queue, options.unique_key)
+            return None
         own = self.transport.own_store()
         if own is None:
-            return None
-        if not self.tracking:
-            if final and (options.unique_key is not None or not is_unrecorded(delivery.id)):
-                own.retire(delivery.id, self.queue, options.unique_key)
             return None
         return own, started, options
 
@@ -224,10 +226,10 @@ class FilesysConsumer(Consumer):
         """Delete the task's file; ``succeeded`` (the hot path: a rename of its record).
         True when it had been cancelled while it ran (seen for free: its record was
         moved away under us)."""
-        settled = self._settle(delivery)
-        if settled is not None:
+        path = self._held.pop(delivery.id, None)  # (``_settle`` less the name's parse)
+        if path is not None:
             with contextlib.suppress(FileNotFoundError):  # recovered meanwhile: nothing to do
-                os.unlink(settled[0])
+                os.unlink(path)
         outcome = self._outcome(delivery, final=True)
         if outcome is None:
             return None

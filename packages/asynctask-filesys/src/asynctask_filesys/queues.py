@@ -99,15 +99,17 @@ class FilesysBase(Transport):
                 os.unlink(os.path.join(paths.failed, stored + META_SUFFIX))
 
     def read_task(
-        self, queue: str, path: str, name: str
+        self, queue: str, path: str, name: str, task: TaskName | None = None
     ) -> tuple[Payload, float, dict[str, str], TaskOptions] | None:
         """The payload, submission time and headers of the task file at ``path``, or None
         after moving what is there to the failed store with the reason (or when it is gone).
+        ``task``: ``name`` parsed already (the consumer's hot path parses it once).
 
         Whatever the file holds or is, this returns or moves it: it never raises for the
         content, so one bad file cannot stop a worker.
         """
-        task = TaskName.parse(name)
+        if task is None:
+            task = TaskName.parse(name)
         if not task.is_json:
             self.to_failed(queue, path, name, "not a task file (task files end in .json)", 0)
             return None

@@ -65,7 +65,7 @@ class _Task:
     retrying: bool = False
     owner: threading.Thread | None = None
     reserved_at: float | None = None  # when ``owner`` took it (Unix seconds)
-    holder: str = ""  # the consumer holding it, as ``in_flight`` names it
+    holder: str = ""  # the consumer holding it (its thread is ``owner``), for ``in_flight``
     headers: dict[str, str] = field(default_factory=dict)
     priority: int = 0
 
@@ -271,10 +271,11 @@ class LocalMemTransport(Transport):
             if owner is not None:
                 task.owner = owner
                 task.reserved_at = time.time()
-                task.holder = f"{holder} in thread {owner.name}"
+                task.holder = holder  # (the thread's name is read by in_flight, not here)
                 q.in_flight[task.id] = task
             delivery = Delivery(task.id, queue, payload, task.attempts + 1, task.submitted_at, task)
-            delivery.headers = dict(task.headers)
+            if task.headers:  # (a copy: the task's own may not change under a worker)
+                delivery.headers = dict(task.headers)
             return delivery
         return None
 
@@ -368,7 +369,8 @@ class LocalMemTransport(Transport):
             payload,
             raw,
             task.attempts + 1,
-            f"{task.holder} (pid {os.getpid()} on {socket.gethostname()})",
+            f"{task.holder} in thread {'?' if task.owner is None else task.owner.name} "
+            f"(pid {os.getpid()} on {socket.gethostname()})",
             task.reserved_at,
             task.submitted_at,
         )
