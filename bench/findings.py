@@ -126,14 +126,25 @@ _PG_CHURN = (
 )
 
 _AMQP_DRAIN = (
-    "py-spy on the worker child (prefetch 4): 76% of its main thread is blocked in py-amqp "
-    "`TCPTransport._read` waiting for RabbitMQ's next delivery, 8% writes the `basic.ack`, "
-    "the run loop and decoding are about 12%. Side runs on 20,000 tasks split the gap to "
-    "the raw consumer (same prefetch): the raw consumer drains our messages at 11,500-"
-    "11,800/s against 14,200-15,400/s for its own, so the headers each task carries (id, "
-    "attempts, submission time) cost the broker and the decoder about 20%; our consumer "
-    "in-process does 10,200-10,600/s (about 10% for asynctask's consumer); the worker child "
-    "adds the run loop (settle, watchdog, the ledger write of this benchmark) on top."
+    "The relay (issue 12: the connection kept in a process of its own, so that a task "
+    "holding the GIL does not lose it) is most of the gap. The `relay` row of the same run "
+    "(2026-12-07 10:42, load 0.8-2.2) drained 2,929/s with it against 9,905/s with "
+    "`relay=false` (0.30x): the worker asks the relay for each task over a socketpair and "
+    "waits (one task handed over at a time, since a task handed over ahead could be "
+    "taken back by the broker with a lost connection and run twice), so every task costs "
+    "two context switches between three busy processes (worker, relay, broker) on 2 "
+    "cores. Without the relay the child's drain is the consumer's: py-spy on a child with "
+    "the connection in it (prefetch 4): 76% of its main thread blocked in py-amqp "
+    "`TCPTransport._read` waiting for RabbitMQ's next delivery, 8% writing the "
+    "`basic.ack`, the run loop and decoding about 12%; the headers each task carries (id, "
+    "attempts, submission time) cost the broker and the decoder about 20% (the raw "
+    "consumer drains our messages at 11,500-11,800/s against 14,200-15,400/s for its "
+    "own). What would close it: the relay handing over the prefetched tasks ahead, each "
+    "tagged with the relay's connection generation, and the worker's `start` comparing "
+    "that tag with a generation word the relay bumps in shared memory when its connection "
+    "drops (no system call a task): a task whose connection was lost before its start "
+    "is then skipped, as today, and one lost after it is a task in flight, which a "
+    "connection kill may duplicate today too. Not built."
 )
 
 _REDIS_DRAIN = (
@@ -206,9 +217,15 @@ FINDINGS: dict[tuple[str, str], str] = {
         "Both sides are the disk's fsync latency, which other work on the machine moves."
     ),
     ("redis", "submit_one"): (
-        "py-spy (`--measure submit`): 85% of a `submit_task` is the one `RPUSH` round "
-        "trip, the same command the raw client sends; the rest is asynctask's Python "
-        "(`uuid4` id, payload check, the envelope), about 14%."
+        "One round trip a submit, as the raw `RPUSH`, but the plain submit is one "
+        "`EVALSHA` of the `PUSH` script (2026-12-07): the push and, in the same atomic "
+        "step, the retry guard (`SET NX PX` of the call's id, so that a submit retried "
+        "after a lost reply stores nothing twice: issue 12). On a private redis-server "
+        "(`INFO commandstats`, callgrind) it costs 7.5-8.8 us and 50k instructions a call "
+        "(the Lua call itself 23k, the guard 14k) against 0.65-0.75 us and 6.5k for a bare "
+        "`RPUSH`; the client's Python is 131.8k instructions a submit against the raw "
+        "client's 126.2k (00bd0fa's). A `MULTI`/`EXEC` instead of the script halves the "
+        "server's part but reads 5 replies. The guard is the price of the promise."
     ),
     ("redis", "drain_1"): _REDIS_DRAIN,
     ("redis", "peer"): _PEER_DRAIN,
