@@ -29,6 +29,7 @@ import re  # noqa: E402
 import subprocess  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 
 def _callgrind(on: bool) -> None:
@@ -36,15 +37,11 @@ def _callgrind(on: bool) -> None:
     subprocess.run(command, capture_output=True, check=True)
 
 
-def loop(
-    uri: str, tasks: int, untracked: bool, counted: bool, top: int, report_pipe: bool = True
-) -> None:
-    """Fill a queue, drain it with the run loop; counted or profiled."""
-    os.environ["BENCH_LEDGER"] = os.devnull
+def _filled(uri: str, tasks: int, untracked: bool) -> tuple[Any, str]:
+    """The transport of ``uri`` and a new queue of ``tasks`` no-op tasks in it (marked
+    untracked first when asked, so that its submits write no status)."""
     from asynctask.api import get_transport
     from asynctask.plugins import load_plugins
-    from asynctask.runner import LoopOptions, run_loop
-    from bench.workers import BenchNoopWorker
 
     load_plugins([])
     transport = get_transport(uri)
@@ -54,6 +51,18 @@ def loop(
     items = [{"n": n, "sent": 0.0} for n in range(tasks)]
     for i in range(0, tasks, 1000):
         transport.submit_tasks(queue, items[i : i + 1000])
+    return transport, queue
+
+
+def loop(
+    uri: str, tasks: int, untracked: bool, counted: bool, top: int, report_pipe: bool = True
+) -> None:
+    """Fill a queue, drain it with the run loop; counted or profiled."""
+    os.environ["BENCH_LEDGER"] = os.devnull
+    from asynctask.runner import LoopOptions, run_loop
+    from bench.workers import BenchNoopWorker
+
+    transport, queue = _filled(uri, tasks, untracked)
     worker = BenchNoopWorker()
     worker.setup()
     fields = LoopOptions.__dataclass_fields__
@@ -108,19 +117,10 @@ def threaded_rate(uri: str, tasks: int, threads: int, untracked: bool) -> None:
     import time
 
     os.environ["BENCH_LEDGER"] = os.devnull
-    from asynctask.api import get_transport
-    from asynctask.plugins import load_plugins
     from asynctask.runner import LoopOptions, run_loop
     from bench.workers import BenchNoopWorker
 
-    load_plugins([])
-    transport = get_transport(uri)
-    queue = f"bench_loop_{uuid.uuid4().hex[:10]}"
-    if untracked:
-        transport.state().set_tracking(queue, False)
-    items = [{"n": n, "sent": 0.0} for n in range(tasks)]
-    for i in range(0, tasks, 1000):
-        transport.submit_tasks(queue, items[i : i + 1000])
+    transport, queue = _filled(uri, tasks, untracked)
     extra: dict[str, object] = {"track_status": False} if untracked else {}
 
     def run() -> None:
@@ -168,6 +168,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, help="instead: tasks/s of this many run loops")
     parser.add_argument("--counted", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    # the tree's bench workers are imported in this process by the modes run here (the
+    # counted child gets the tree on PYTHONPATH)
+    sys.path.insert(0, str(args.tree.resolve()))
     if args.threads:
         threaded_rate(args.uri, args.tasks, args.threads, args.untracked)
         return 0

@@ -43,6 +43,18 @@ def take(consumer: Consumer, timeout: float = 5) -> Delivery:
 # -- the lifecycle, fused into the queue's calls ------------------------------------------
 
 
+def _run_all(consumer: Any) -> list[str]:
+    """Take, start and acknowledge what the consumer gets until it gets nothing for
+    0.5 s, then close it: the ids it ran, in order."""
+    got = []
+    while (delivery := consumer.reserve(timeout=0.5)) is not None:
+        got.append(delivery.id)
+        assert consumer.start(delivery) == "run"
+        consumer.ack(delivery)
+    consumer.close()
+    return got
+
+
 def test_a_task_goes_queued_running_succeeded_with_its_result(transport, queue, client):
     # Given a submitted task
     tid = transport.submit_task(queue, {"n": 1})
@@ -123,12 +135,7 @@ def test_a_task_cancelled_before_the_move_is_dropped_even_taken_ahead(transport,
     assert client.zscore(cancelled, doomed) is not None
     # When a consumer takes them all at once (prefetch 3) and runs what it gets
     consumer = transport.consumer(queue, prefetch=3)
-    got = []
-    while (delivery := consumer.reserve(timeout=0.5)) is not None:
-        got.append(delivery.id)
-        assert consumer.start(delivery) == "run"
-        consumer.ack(delivery)
-    consumer.close()
+    got = _run_all(consumer)
     # Then the cancelled one never came, the others ran, and the set forgot it
     assert got == [first, third]
     assert transport.status(doomed).state == "cancelled"
@@ -727,12 +734,7 @@ def test_acks_sent_by_the_mark_thread_whose_reply_is_lost_are_sent_again(transpo
     # ...and the connection fails before its reply is read
     conn._sock.shutdown(socket.SHUT_RDWR)
     consumer.ack(second)
-    got = []
-    while (delivery := consumer.reserve(timeout=0.5)) is not None:
-        got.append(delivery.id)
-        assert consumer.start(delivery) == "run"
-        consumer.ack(delivery)
-    consumer.close()
+    got = _run_all(consumer)
     # Then only the third came (the first two were acked once, not handed back)
     assert got == [ids[2]]
     assert [transport.status(tid).state for tid in ids] == ["succeeded"] * 3
