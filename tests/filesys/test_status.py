@@ -201,6 +201,41 @@ def test_wait_is_woken_by_inotify_not_the_fallback_poll(uri):
         assert woke[0] - acked < 1.0
 
 
+def test_wait_returns_without_waiting_for_its_inotify_to_close(uri, monkeypatch):
+    """Fails if ``wait`` closes its inotify instance before returning: closing one takes
+    the kernel 0.05-16 ms (an RCU grace period), measured on this machine, and made the
+    bench's wait row read 15 ms where the record moved 0.3 ms after the ack. Checked
+    with a close slowed to 0.5 s: ``wait`` took that long before the pool."""
+    from inotify_simple import INotify
+
+    real_close = INotify.close
+
+    def slow_close(self: INotify) -> None:
+        time.sleep(0.5)
+        real_close(self)
+
+    monkeypatch.setattr(INotify, "close", slow_close)
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as consumer:
+        for n in range(3):  # the first wait makes the instance, the next ones reuse it
+            tid = t.submit_task(queue, {"n": n})
+            delivery = consumer.reserve(timeout=5)
+            consumer.start(delivery)
+            woke: list[float] = []
+
+            def waiter(task_id: str = tid, woke: list[float] = woke) -> None:
+                assert t.wait(task_id, timeout=5).state == "succeeded"
+                woke.append(time.monotonic())
+
+            thread = threading.Thread(target=waiter)
+            thread.start()
+            time.sleep(0.2)  # the waiter is blocked on its inotify by now
+            acked = time.monotonic()
+            consumer.ack(delivery)
+            thread.join(5)
+            assert woke and woke[0] - acked < 0.3, woke and woke[0] - acked
+
+
 def test_wait_times_out_with_the_builtin_error(uri):
     queue = unique_queue()
     with open_transport(uri) as t:

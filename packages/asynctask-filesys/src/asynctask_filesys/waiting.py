@@ -4,11 +4,18 @@ A record leaves ``live/`` exactly when its task becomes final (moved to ``done/`
 ``failed/``), so a watch on the record's name leaving that folder sees the change a
 waiter waits for. Without inotify (not Linux, or ``notify=poll``) the waiter sleeps for
 its pause instead.
+
+Closing an inotify instance makes the kernel wait for a grace period (0.05-16 ms
+measured here), which a ``wait`` paid before returning. So an instance done with is
+kept (its watch removed: an idle one sees nothing) for the next ``wait`` of the process,
+up to ``KEEP``; only those beyond are closed.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from types import TracebackType
 from typing import Any
@@ -17,6 +24,40 @@ from asynctask_filesys.records import RecordPaths
 
 logger = logging.getLogger("asynctask.filesys")
 
+#: idle inotify instances kept for the next ``wait`` (none watching anything)
+KEEP = 8
+_idle: list[Any] = []
+_idle_lock = threading.Lock()
+# A forked child must not share the parent's instances: two readers of one inotify
+# queue take each other's events (dropping them closes only the child's descriptors)
+os.register_at_fork(after_in_child=_idle.clear)
+
+
+def _instance() -> Any:
+    """An idle inotify instance, or a new one (``OSError`` when the user has too many)."""
+    with _idle_lock:
+        if _idle:
+            return _idle.pop()
+    from inotify_simple import INotify
+
+    return INotify()
+
+
+def _done_with(instance: Any, wd: int | None) -> None:
+    """Keep ``instance`` for a later ``wait``, its watch removed; close it beyond KEEP."""
+    try:
+        if wd is not None:
+            instance.rm_watch(wd)
+        instance.read(timeout=0)  # what came before the removal: not for the next waiter
+    except OSError:  # the folder went away (its watch with it), or the instance broke
+        instance.close()
+        return
+    with _idle_lock:
+        if len(_idle) < KEEP:
+            _idle.append(instance)
+            return
+    instance.close()
+
 
 class RecordWatch:
     """Watches one task's record leave ``live/``; a context manager."""
@@ -24,16 +65,17 @@ class RecordWatch:
     def __init__(self, paths: RecordPaths, task_id: str, use_inotify: bool) -> None:
         self.task_id = task_id
         self._inotify: Any = None
+        self._wd: int | None = None
         if not use_inotify:
             return
         try:
-            from inotify_simple import INotify, flags
+            from inotify_simple import flags
         except ImportError:
             return
         try:
-            self._inotify = INotify()
+            self._inotify = _instance()
             mask = flags.MOVED_FROM | flags.DELETE | flags.ONLYDIR
-            self._inotify.add_watch(paths.live, mask)
+            self._wd = self._inotify.add_watch(paths.live, mask)
         except OSError as exc:  # too many inotify instances or watches for this user
             logger.warning("inotify unavailable for wait (%s); polling", exc)
             self.close()
@@ -55,10 +97,11 @@ class RecordWatch:
                 return
 
     def close(self) -> None:
-        """Stop watching."""
+        """Stop watching (the instance kept for the next ``wait``: see the module)."""
         if self._inotify is not None:
-            self._inotify.close()
-            self._inotify = None
+            instance, self._inotify = self._inotify, None
+            _done_with(instance, self._wd)
+            self._wd = None
 
     def __enter__(self) -> RecordWatch:
         return self
