@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import traceback
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from asynctask import events
 from asynctask.errors import AsynctaskError
@@ -80,9 +81,16 @@ def start(worker: AsyncTaskWorker, consumer: Consumer, delivery: Delivery) -> St
     settled already (never run, not in the failed store) and its outcome is reported."""
     verdict = consumer.start(delivery)
     if verdict != "run":
-        worker.logger.info("Task %s was %s before it started; not run", delivery.id, verdict)
-        events.task_finished(worker, delivery, verdict, None)
+        not_started(worker, delivery, verdict)
     return verdict
+
+
+def not_started(
+    worker: AsyncTaskWorker, delivery: Delivery, verdict: Literal["cancelled", "expired"]
+) -> None:
+    """Report a task that ``Consumer.start`` found cancelled or expired (never run)."""
+    worker.logger.info("Task %s was %s before it started; not run", delivery.id, verdict)
+    events.task_finished(worker, delivery, verdict, None)
 
 
 def encode_result(
@@ -119,6 +127,14 @@ def encode_result(
     return text
 
 
+def cancelled_while_running(log: logging.Logger, delivery: Delivery) -> None:
+    """Say that an acknowledged task had been cancelled while it ran."""
+    log.warning(
+        "Task %s was cancelled while it ran; it stays cancelled and its result is discarded",
+        delivery.id,
+    )
+
+
 def _record(
     consumer: Consumer,
     delivery: Delivery,
@@ -150,11 +166,7 @@ def settle(
             limit = consumer.transport.max_payload_bytes
             result_json = encode_result(worker, delivery, result, limit)
         if consumer.ack(delivery, result_json):
-            log.warning(
-                "Task %s was cancelled while it ran; it stays cancelled and its result "
-                "is discarded",
-                delivery.id,
-            )
+            cancelled_while_running(log, delivery)
         if consumer.tracking:
             _record(consumer, delivery, "succeeded", result_json=result_json)
         events.task_finished(worker, delivery, "succeeded", None)

@@ -83,7 +83,11 @@ class ReportWriter:
     def started(self, delivery: Delivery) -> None:
         """A task is about to start: its line, after the settled lines held, in one write."""
         line, self._held = f"{self._held}S {delivery.id}\n", ""
-        self._send(line)
+        if self.fd is not None:  # (``_send`` inline: a call a task less)
+            try:
+                os.write(self.fd, line.encode())
+            except OSError:  # the supervisor is gone: the child dies with it anyway
+                self.fd = None
 
     def unstarted(self, delivery: Delivery) -> None:
         """A task that never started is settled: its line goes with the next write."""

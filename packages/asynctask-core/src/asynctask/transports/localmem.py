@@ -50,7 +50,7 @@ from asynctask.transport import (
     check_delay,
 )
 from asynctask.transports.memstate import MemoryStateStore
-from asynctask.validation import Payload, decode_payload
+from asynctask.validation import Payload, decode_message, decode_payload
 
 _RECOVERY_SECONDS = 1.0
 
@@ -94,6 +94,10 @@ class _Ready:
         self.count += 1
 
     def popleft(self) -> _Task:
+        first = self.lanes[0]
+        if len(first) == self.count:  # every ready task in the default lane (a drain)
+            self.count -= 1
+            return first.popleft()
         for lane in reversed(self.lanes):
             if lane:
                 self.count -= 1
@@ -264,7 +268,7 @@ class LocalMemTransport(Transport):
         while q.ready:
             task = q.ready.popleft()
             try:
-                payload = self.decode(task.text)
+                payload = decode_message(task.text, self.max_payload_bytes)
             except ValueError as exc:  # UndecodableMessage: whatever the parser raised
                 self._to_failed(queue, q, task, f"undecodable message: {exc}", raw=True)
                 continue
@@ -469,6 +473,9 @@ class LocalMemConsumer(Consumer):
     def __init__(self, transport: LocalMemTransport, queue: str, prefetch: int) -> None:
         super().__init__(transport, queue, prefetch)
         self._held: dict[str, _Task] = {}
+        #: the thread that reserves with it (looked up again if another one does)
+        self._thread: threading.Thread | None = None
+        self._ident: int | None = None
         #: how ``in_flight`` names this consumer
         self.name = f"consumer {next(_CONSUMER_NUMBERS)}"
 
@@ -476,11 +483,16 @@ class LocalMemConsumer(Consumer):
         t = self.transport
         t._check_open()
         deadline = time.monotonic() + max(0.0, timeout)
-        with t._cond:
+        thread = self._thread
+        if self._ident != threading.get_ident():  # (a C call; current_thread() is not)
+            thread = self._thread = threading.current_thread()
+            self._ident = threading.get_ident()
+        with t._lock:  # the condition's lock, taken without its Python-level wrapper
             q = t._queue(self.queue)
             while True:
-                next_due = t._maintain(q)
-                delivery = t._pop_ready(self.queue, q, threading.current_thread(), self.name)
+                # (nothing waiting or in flight: nothing to promote or recover, no call)
+                next_due = t._maintain(q) if q.waiting or q.in_flight else None
+                delivery = t._pop_ready(self.queue, q, thread, self.name)
                 if delivery is not None:
                     self._held[delivery.id] = delivery.receipt
                     return delivery
@@ -537,10 +549,12 @@ class LocalMemConsumer(Consumer):
         with t._lock:  # the condition's lock, taken without its Python-level wrapper
             if self._settle(delivery) is None:
                 return None
-            if not self._writes():
-                self._retire_record(delivery)
-                return None
-            return t._statuses.succeed_held(delivery.id, delivery.attempt, result_json)
+            # (_writes() and _retire_record() inline: two calls a task less)
+            if t.state_uri is None or t.own_state:
+                if self.tracking:
+                    return t._statuses.succeed_held(delivery.id, delivery.attempt, result_json)
+                t._statuses.retire_held(delivery.id)
+            return None
 
     def _cancelled(self, delivery: Delivery) -> bool:
         """Whether the task was cancelled while it ran: then it is neither retried nor
