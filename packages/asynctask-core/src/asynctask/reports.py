@@ -83,11 +83,7 @@ class ReportWriter:
     def started(self, delivery: Delivery) -> None:
         """A task is about to start: its line, after the settled lines held, in one write."""
         line, self._held = f"{self._held}S {delivery.id}\n", ""
-        if self.fd is not None:  # (``_send`` inline: a call a task less)
-            try:
-                os.write(self.fd, line.encode())
-            except OSError:  # the supervisor is gone: the child dies with it anyway
-                self.fd = None
+        self._send(line)
 
     def unstarted(self, delivery: Delivery) -> None:
         """A task that never started is settled: its line goes with the next write."""
