@@ -187,3 +187,45 @@ def test_with_no_implementation_an_event_is_skipped(plugin):
     registry.manager.unregister(recorder)
     events_module.bind(registry.manager)
     assert len(events_module._finished.impls) == len(impls)
+
+
+class Idle:
+    """A plugin with nothing to do in this process (metrics with no port, say)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl
+    def asynctask_task_finished(self, queue, outcome):
+        self.calls += 1
+        raise events_module.NotListening
+
+
+def test_a_hook_not_listening_is_called_once_and_not_logged(plugin, caplog):
+    # Given a plugin whose finished hook says it has nothing to do in this process
+    idle = plugin(Idle(), "idle")
+    recorder = plugin(Recorder(), "recorder")
+    queue = unique_queue()
+    get_transport("localmem:").submit_tasks(queue, [{"n": n} for n in range(3)])
+    # When three tasks run
+    with caplog.at_level(logging.DEBUG, logger="asynctask.events"):
+        result = drain(SyncOk(), queue)
+    # Then it was called once, never again, with nothing logged; the others saw every end
+    assert result.succeeded == 3
+    assert idle.calls == 1
+    assert [r for r in caplog.records if "idle" in r.getMessage()] == []
+    assert len([e for e in recorder.seen if e[0] == "finished"]) == 3
+
+
+def test_task_hooks_flag_follows_the_implementations(plugin):
+    # Given no plugin implementing the task hooks (the bench's plugins switched off)
+    registry = load_plugins()
+    names = ("asynctask_task_started", "asynctask_task_finished")
+    had = any(getattr(registry.manager.hook, n).get_hookimpls() for n in names)
+    assert events_module.task_hooks is had
+    # When one is registered, Then the run loop calls the events again
+    recorder = plugin(Recorder(), "recorder")
+    assert events_module.task_hooks is True
+    registry.manager.unregister(recorder)
+    events_module.bind(registry.manager)
+    assert events_module.task_hooks is had

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -174,3 +175,36 @@ def test_grafana_dashboard_reads_only_series_the_supervisor_serves(
     assert all(p["datasource"]["uid"] == "${DS_PROMETHEUS}" for p in dashboard["panels"])
     workers.signal(signal.SIGTERM)
     assert workers.wait(60) == 0
+
+
+def test_without_metrics_port_the_finished_hook_bows_out_after_one_task():
+    # Given a fresh process with the plugin installed but no --metrics-port (no
+    # PROMETHEUS_MULTIPROC_DIR): an idle plugin must not cost every task a hook call
+    code = (
+        "import sys\n"
+        "from asynctask import AsyncTaskWorker, get_transport, events\n"
+        "from asynctask.plugins import load_plugins\n"
+        "from asynctask.runner import LoopOptions, run_loop\n"
+        "load_plugins()\n"
+        "def ours():\n"
+        "    return [i for i in events._finished.impls\n"
+        "            if i.plugin_name.startswith('prometheus')]\n"
+        "assert ours(), [i.plugin_name for i in events._finished.impls]\n"
+        "class Ok(AsyncTaskWorker):\n"
+        "    name = 'ok_prometheus_idle'\n"
+        "    def process(self, payload):\n"
+        "        return None\n"
+        "t = get_transport('localmem:')\n"
+        "t.submit_tasks('q_idle', [{}, {}, {}])\n"
+        "run_loop(Ok(), t, 'q_idle', LoopOptions(stop_when_idle=True, wait=0.01))\n"
+        "print(len(ours()))\n"
+    )
+    env = clean_environment()
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    # When three tasks run in it
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
+    )
+    # Then its finished hook is no longer called in that process
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0", done.stdout

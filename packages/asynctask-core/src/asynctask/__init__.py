@@ -19,6 +19,7 @@ from asynctask.errors import (
     TransportUnavailable,
     UnknownWorkerError,
 )
+from asynctask.events import NotListening
 from asynctask.hookspecs import hookimpl
 from asynctask.runner import process_queue, run_worker
 from asynctask.transport import (
@@ -42,6 +43,7 @@ __all__ = [
     "InFlightTask",
     "InvalidTaskError",
     "InvalidURIError",
+    "NotListening",
     "NotSupportedError",
     "PluginError",
     "QueueStats",

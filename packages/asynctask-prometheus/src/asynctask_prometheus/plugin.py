@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from asynctask import hookimpl
+from asynctask import NotListening, hookimpl
 from asynctask_prometheus.recorder import record_finished
 
 if TYPE_CHECKING:
@@ -26,8 +26,10 @@ def asynctask_metrics_server(
 
 @hookimpl
 def asynctask_task_finished(queue: str, worker: str, outcome: str, duration: float) -> None:
-    """Count the attempt and its duration (in a worker child under ``--metrics-port``)."""
-    record_finished(queue, worker, outcome, duration)
+    """Count the attempt and its duration (in a worker child under ``--metrics-port``);
+    elsewhere, bow out of this process's task events at the first one."""
+    if not record_finished(queue, worker, outcome, duration):
+        raise NotListening
 
 
 @hookimpl

@@ -77,10 +77,13 @@ def _get() -> _Metrics | None:
     return _metrics
 
 
-def record_finished(queue: str, worker: str, outcome: str, duration: float) -> None:
-    """Count one attempt of ``worker`` on ``queue``."""
+def record_finished(queue: str, worker: str, outcome: str, duration: float) -> bool:
+    """Count one attempt of ``worker`` on ``queue``; False when this process counts
+    nothing (no ``--metrics-port``), for good."""
     if _enabled is False:
-        return  # no --metrics-port: nothing to count (no call more, once a task)
+        return False  # no --metrics-port: nothing to count
     metrics = _metrics or _get()
-    if metrics is not None:
-        metrics.finished(queue, worker, outcome, duration)
+    if metrics is None:
+        return False
+    metrics.finished(queue, worker, outcome, duration)
+    return True
