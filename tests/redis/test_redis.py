@@ -417,15 +417,22 @@ def test_the_set_of_queue_names_forgets_empty_queues(redis_uri, client, key_pref
 
 
 @pytest.mark.parametrize(
-    ("tracked", "options"),
-    [(False, {}), (False, {"priority": 3}), (False, {"delay": 60}), (True, {})],
-    ids=["untracked-plain", "untracked-urgent", "untracked-delayed", "tracked"],
+    ("tracked", "options", "count"),
+    [
+        (False, {}, 2),
+        (False, {}, 1),
+        (False, {"priority": 3}, 2),
+        (False, {"delay": 60}, 2),
+        (True, {}, 2),
+    ],
+    ids=["untracked-plain", "untracked-one", "untracked-urgent", "untracked-delayed", "tracked"],
 )
 def test_a_submit_retried_after_a_lost_reply_is_stored_once_by_either_script(
-    transport, client, key_prefix, queue, tracked, options
+    transport, client, key_prefix, queue, tracked, options, count
 ):
-    """An untracked queue's plain submit goes through ``PUSH``, the others through ``PUT``
-    (the contract's test covers a tracked queue only): each stores nothing on the retry.
+    """An untracked queue's plain submit goes through ``PUSH`` (one task: packed and read
+    by our own code, ``RedisTransport._push_one``), the others through ``PUT`` (the
+    contract's test covers a tracked queue only): each stores nothing on the retry.
     Failed with ``PUSH`` without its guard key (the retry pushed the tasks twice)."""
     transport.state().set_tracking(queue, tracked)
     primitive = transport._put
@@ -440,12 +447,45 @@ def test_a_submit_retried_after_a_lost_reply_is_stored_once_by_either_script(
 
     transport._put = reply_lost
     try:
-        transport.submit_tasks(queue, [{"n": 0}, {"n": 1}], **options)
+        transport.submit_tasks(queue, [{"n": n} for n in range(count)], **options)
     finally:
         del transport._put
     stats = transport.queue_stats(queue)
-    assert len(lost) == 1 and stats.ready + stats.delayed == 2
+    assert len(lost) == 1 and stats.ready + stats.delayed == count
     # the queue is listed (the script added its name)
     assert client.sismember(f"{key_prefix}:queues", queue)
     transport.purge(queue)
     transport.state().set_tracking(queue, True)
+
+
+def test_a_one_by_one_submit_reads_every_reply_redis_gives(queue):
+    """The plain one-task submit reads an integer reply itself (``connection.reply_to``);
+    any other reply goes to redis-py's parser: a server that lost the script (NOSCRIPT)
+    gets it again, an error is raised as redis-py raises it, and the connection stays in
+    step for the next call. A private server: its scripts are flushed."""
+    server = start_server("--save", "", "--appendonly", "no")
+    transport = open_transport(f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0")
+    client = redis.Redis(port=server.port, password=PASSWORD)
+    try:
+        assert isinstance(transport, RedisTransport)
+        # Given an untracked queue (its plain submits run PUSH) with one task in it
+        transport.state().set_tracking(queue, False)
+        transport.submit_task(queue, {"n": 0})
+        ready = transport.ready_key(queue)
+        # When the server forgets its scripts: the next submit loads PUSH again
+        client.script_flush()
+        transport.submit_task(queue, {"n": 1})
+        assert client.llen(ready) == 2
+        # When the ready list's key holds a string: Redis's error, named
+        client.delete(ready)
+        client.set(ready, "not a list")
+        with pytest.raises(TransportError, match="WRONGTYPE"):
+            transport.submit_task(queue, {"n": 2})
+        # Then the connection is in step: the next submits are stored, each once
+        client.delete(ready)
+        ids = [transport.submit_task(queue, {"n": n}) for n in range(3, 6)]
+        assert [t.id for t in transport.peek(queue, limit=10)] == ids
+    finally:
+        client.close()
+        transport.close()
+        server.stop()
