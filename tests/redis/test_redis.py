@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -18,6 +19,7 @@ import redis
 from asynctask.errors import InvalidURIError, TransportError, TransportUnavailable
 from asynctask.testing import require_service, unique_queue
 from asynctask.testing.contract import open_transport
+from asynctask_redis import scripts
 from asynctask_redis.transport import RedisTransport
 from support import free_port, start_redis_server
 
@@ -459,10 +461,11 @@ def test_a_submit_retried_after_a_lost_reply_is_stored_once_by_either_script(
 
 
 def test_a_one_by_one_submit_reads_every_reply_redis_gives(queue):
-    """The plain one-task submit reads an integer reply itself (``connection.reply_to``);
-    any other reply goes to redis-py's parser: a server that lost the script (NOSCRIPT)
-    gets it again, an error is raised as redis-py raises it, and the connection stays in
-    step for the next call. A private server: its scripts are flushed."""
+    """The plain one-task submit reads simple replies itself (``connection.exec_packed``
+    for its first try, ``reply_to`` for a retry's ``PUSH``); any other reply goes to
+    redis-py's parser: a server that lost the script (NOSCRIPT) gets it again, an error
+    is raised as redis-py raises it, and the connection stays in step for the next call.
+    A private server: its scripts are flushed."""
     server = start_server("--save", "", "--appendonly", "no")
     transport = open_transport(f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0")
     client = redis.Redis(port=server.port, password=PASSWORD)
@@ -472,10 +475,24 @@ def test_a_one_by_one_submit_reads_every_reply_redis_gives(queue):
         transport.state().set_tracking(queue, False)
         transport.submit_task(queue, {"n": 0})
         ready = transport.ready_key(queue)
-        # When the server forgets its scripts: the next submit loads PUSH again
+        # When the server forgets its scripts, and a submit's reply is lost: its retry
+        # runs PUSH (loaded again), which stores nothing twice
         client.script_flush()
-        transport.submit_task(queue, {"n": 1})
-        assert client.llen(ready) == 2
+        primitive, tries = transport._put, []
+
+        def reply_lost(*args: Any) -> Any:
+            tries.append(primitive(*args))
+            if len(tries) == 1:
+                raise TransportUnavailable("the reply was lost (a test)")
+            return tries[-1]
+
+        transport._put = reply_lost  # type: ignore[method-assign]
+        try:
+            transport.submit_task(queue, {"n": 1})
+        finally:
+            del transport._put
+        assert len(tries) == 2 and client.llen(ready) == 2
+        assert client.script_exists(scripts.PUSH.sha) == [True]  # the retry ran it
         # When the ready list's key holds a string: Redis's error, named
         client.delete(ready)
         client.set(ready, "not a list")
