@@ -442,3 +442,27 @@ def test_records_written_before_a_queue_went_untracked_are_forgotten(uri, tmp_pa
             time.sleep(0.2)
         assert store.statuses(ids) == [None] * 3
         assert os.listdir(tmp_path / "q" / ".status" / "live") == [again]
+
+
+def test_an_untracked_task_costs_its_claim_one_read_and_its_unlink(uri, monkeypatch):
+    """The untracked drain's file-system calls a task (issue 12): the claim's rename,
+    the file read with open, fstat, ONE read and close, the ack's unlink. Seen failing
+    before: an ``lstat`` before the open, and a second ``read`` to see the end."""
+    queue = unique_queue()
+    with open_transport(uri) as t:
+        # Given a queue of two tasks and a consumer keeping no status, past its first
+        t.state().set_tracking(queue, False)
+        t._note_tracking(queue, False)
+        t.submit_tasks(queue, [{"n": 1}, {"n": 2, "pad": "x" * 70000}])
+        calls = _FileCalls(monkeypatch)
+        with t.consumer(queue) as consumer:
+            consumer.tracking = False
+            consumer.ack(consumer.reserve(timeout=5))
+            # When it takes and acks the next task (bigger than one 64 KiB read)
+            took: list = []
+            taking = calls.during(lambda: took.append(consumer.reserve(timeout=5)))
+            acking = calls.during(lambda: consumer.ack(took[0]))
+        # Then that is all it did
+        assert took[0].payload["n"] == 2
+        assert taking == ["close", "fstat", "open", "read", "rename"]
+        assert acking == ["unlink"]
