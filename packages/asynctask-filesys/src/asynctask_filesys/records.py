@@ -110,14 +110,37 @@ def _parse(data: bytes) -> Record | None:
     return value if isinstance(value, dict) else None
 
 
+#: a journal a mark names: ``<END>/<name>`` under ``done/`` (never a path elsewhere)
+_POINTER = re.compile(rb"^[0-9]{1,20}/[0-9a-f]{1,32}\.[0-9]{1,12}$")
+
+
+def split(data: bytes) -> tuple[bytes, int, str | None]:
+    """A record's bytes as its JSON content, its marks and the journal the last mark
+    names (None: a plain mark, or none). A mark is one space (``mark()``'s default) or
+    a newline and a journal's name (``<END>/<name>``, see ``asynctask_filesys.state``);
+    the content is written without a newline, so the first one ends it."""
+    head, newline, tail = data.partition(b"\n")
+    content = head.rstrip(b" ")
+    marks = len(head) - len(content)
+    if not newline:
+        return content, marks, None
+    journal = None
+    for part in tail.split(b"\n"):
+        named = part.rstrip(b" ")
+        marks += 1 + len(part) - len(named)
+        journal = named.decode() if named == part and _POINTER.match(named) else None
+    return content, marks, journal
+
+
 @dataclass(frozen=True)
 class Read:
-    """A record as read: its content, its file's stat, and its marks (trailing spaces:
-    the starts the hot path appended since the content was written)."""
+    """A record as read: its content, its file's stat, its marks (the starts the hot
+    path appended since the content was written) and the journal the last one names."""
 
     record: Record
     info: os.stat_result
     marks: int
+    journal: str | None = None
 
 
 def read(path: str, limit: int) -> Read | None:
@@ -137,22 +160,24 @@ def read(path: str, limit: int) -> Read | None:
             return None
         finally:
             os.close(fd)
-        record = _parse(data)
+        content, marks, journal = split(data)
+        record = _parse(content)
         if record is not None:
-            return Read(record, info, len(data) - len(data.rstrip(b" ")))
+            return Read(record, info, marks, journal)
         if attempt < _READ_TRIES - 1:
             time.sleep(0.001)  # torn: being rewritten in place right now
     return None
 
 
-def mark(path: str) -> bool:
-    """Append a mark (one space) to a record: a start on the hot path, one ``write``
-    and no move. False when there is no record there (moved away: cancelled).
+def mark(path: str, text: bytes = b" ") -> bool:
+    """Append a mark to a record (one space, or a newline and the journal its success
+    will be written to): a start on the hot path, one ``write`` and no move. False
+    when there is no record there (moved away: cancelled).
 
     No ``fstat`` first (it was a quarter of the mark's cost): ``O_NOFOLLOW`` refuses a
     planted symlink, ``O_NONBLOCK`` makes a FIFO without a reader fail (``ENXIO``), a
     folder fails to open for writing, and a user cannot plant a device node (nor, with
-    ``protected_hardlinks``, a link to one). A FIFO somebody reads gets one space, and
+    ``protected_hardlinks``, a link to one). A FIFO somebody reads gets the mark, and
     the verdict is the one its missing record gives anyway: the task runs, untracked."""
     try:
         fd = os.open(path, _MARK)
@@ -163,7 +188,7 @@ def mark(path: str) -> bool:
             return False
         raise
     try:
-        os.write(fd, b" ")
+        os.write(fd, text)
     except BlockingIOError:  # a full FIFO (a regular file never says EAGAIN)
         pass
     finally:
@@ -226,8 +251,9 @@ def update(path: str, change: Change, limit: int) -> tuple[Record, bool] | None:
             data, info = _read_fd(fd, limit)
         except NotATaskFile:
             return None
-        old = _parse(data) or {}
-        new = change(old, info.st_mtime if data.endswith(b" ") else None)
+        content, marks, _ = split(data)
+        old = _parse(content) or {}
+        new = change(old, info.st_mtime if marks else None)
         if new is None:
             return old, False
         record, result_json = new
