@@ -12,12 +12,14 @@ one record (an ack and a ``cancel``) exactly one succeeds and the other learns i
 the move, so a record never sits in a final folder with content that says otherwise;
 a reader meeting a torn write (the file is rewritten while read) reads it again.
 
-The hot path writes no content: a worker's start appends one space to the record (a
-*mark*: JSON ignores trailing spaces; the append's time is the file's mtime, the start
-time), and the success of a first attempt without a result is the one rename
-``live`` -> ``done/<END>``, which keeps that mtime (the finish time is the ctime). So a
-record whose content still says ``queued`` reads ``running`` when marked, and
-``succeeded`` in ``done/``. An append needs only write permission, like every other
+The hot path writes no content: a worker's start appends a *mark* to the record (a
+newline and the name of the journal its success will be written to, see ``split``; the
+append's time is the file's mtime, the start time), and the success of a first attempt
+without a result is a line in that journal (``asynctask_filesys.state.Journal``); the
+record stays. A success after its journal closed is the rename ``live`` ->
+``done/<END>``, which keeps that mtime (the finish time is the ctime). So a record
+whose content still says ``queued`` reads ``running`` when marked, and ``succeeded``
+when its journal lists it or in ``done/``. An append needs only write permission, like every other
 step: several users may share the folder (``mode=0660``).
 
 Final records are forgotten by whole folders: ``done/<END>`` is removed once ``END``

@@ -2,8 +2,9 @@
 
 ``FilesysStateStore`` is both the generic ``StateStore`` (any transport may keep its
 state here through ``asynctask_state``, AMQP first) and what the filesys consumer calls
-on its hot path: ``begin`` (one appended byte) and ``finish`` (one rename, for a plain
-success). The record files and their moves are described in
+on its hot path: ``begin`` (a mark appended to the record, naming this process's
+``Journal``) and ``succeed`` (a plain success: one line appended to that journal; the
+record stays in ``live/``). The record files and their moves are described in
 ``asynctask_filesys.records``; unique keys are exclusive creates (``link(2)``, which
 fails when the name exists) in ``.status/unique/<queue>/``. ``wait`` blocks on inotify
 (a record leaving ``live/``), with a fallback poll only where inotify is missing, or
@@ -547,9 +548,12 @@ class FilesysStateStore(StateStore):
         """The consumer's success of a first attempt (every tracked task comes here):
         ``finish``, without the checks its caller made. ``task_id`` comes from a task
         file's name, which only a valid id can have; the file told the unique key. The
-        plain success is the one rename, tried first; anything else (a result, a
+        plain success is a line in the journal its start's mark named, while that is
+        open (the caller removed the task file first: it never reads ``succeeded``
+        before that); else the record's rename, tried next; anything else (a result, a
         record moved away by a cancel, a bucket removed under us) takes ``finish``'s
-        way."""
+        way. A journaled success does not see a cancel that came first (then the
+        record is in ``done/``, ``cancelled``, and stays so): it returns None."""
         journal = self._assigned.pop(task_id, None)
         if result_json is None or result_json == "null":
             if journal is not None and journal.fd >= 0 and time.time() < journal.deadline:
