@@ -531,3 +531,28 @@ def test_an_untracked_task_costs_its_claim_one_read_and_its_unlink(uri, monkeypa
         assert took[0].payload["n"] == 2
         assert taking == ["close", "fstat", "open", "read", "rename"]
         assert acking == ["unlink"]
+
+
+def test_a_success_is_journaled_only_after_its_task_file_is_gone(uri, monkeypatch):
+    """At-least-once: a crash before the task file's removal runs the task again, and
+    its status must not say succeeded meanwhile (the journal line comes after the
+    removal). Seen failing with the line written first."""
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as consumer:
+        # Given a started task whose file cannot be removed (the worker "crashes" there)
+        tid = t.submit_task(queue, {})
+        delivery = consumer.reserve(timeout=5)
+        assert consumer.start(delivery) == "run"
+        real_unlink = os.unlink
+
+        def crash(path, *args, **kwargs):
+            if path.endswith(".json"):
+                raise KeyboardInterrupt("crashed before the task file's removal")
+            return real_unlink(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "unlink", crash)
+        # When its success is acked, then it crashes, and the task still reads running
+        with pytest.raises(KeyboardInterrupt):
+            consumer.ack(delivery)
+        monkeypatch.setattr(os, "unlink", real_unlink)
+        assert t.status(tid).state == "running"
