@@ -556,3 +556,15 @@ def test_a_success_is_journaled_only_after_its_task_file_is_gone(uri, monkeypatc
             consumer.ack(delivery)
         monkeypatch.setattr(os, "unlink", real_unlink)
         assert t.status(tid).state == "running"
+
+
+def test_a_result_written_over_lines_is_kept_whole(uri):
+    """A record's content is one line (a start's mark begins with a newline), so a
+    result given as indented JSON is kept on one line. Seen failing without that (the
+    record read as not JSON, and the status was lost)."""
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as consumer:
+        tid = t.submit_task(queue, {})
+        _run_one(consumer, '{\n  "sum": [1,\n 2]\n}')
+        st = t.status(tid)
+        assert (st.state, st.result) == ("succeeded", {"sum": [1, 2]})

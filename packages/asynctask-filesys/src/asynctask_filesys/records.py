@@ -88,7 +88,9 @@ def encode(record: Record, result_json: str | None = None) -> bytes:
     """A record's bytes; ``result_json`` (already JSON text) is spliced in as is."""
     text = json.dumps(record, separators=(",", ":"))
     if result_json is not None:
-        text = f'{text[:-1]},"result":{result_json}}}'
+        # a record's content is one line (a mark starts with a newline): in JSON text a
+        # raw newline can only be whitespace between tokens, so a space does the same
+        text = f'{text[:-1]},"result":{result_json.replace(chr(10), " ")}}}'
     return text.encode()
 
 
