@@ -13,7 +13,7 @@ import json
 import redis
 
 from asynctask_redis import scripts
-from asynctask_redis.consumer import NUDGE
+from asynctask_redis.consumer import NUDGE, taken
 from asynctask_redis.transport import RedisTransport
 
 CONSUMER = "host.batchtest"
@@ -27,7 +27,7 @@ def _next(
     args = [t.prefix, t.script_queue(queue), CONSUMER, want, "0", t.status_ttl_ms, ""]
     reply = client.eval(scripts.NEXT.text, 0, *args, len(acks), *triples)
     assert reply[0] == 0, "nothing is marked running without tracking"
-    return list(reply[1:])
+    return taken(reply, 1)
 
 
 def _numbers(messages: list[bytes]) -> list[object]:
