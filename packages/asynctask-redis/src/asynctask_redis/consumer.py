@@ -56,7 +56,7 @@ from asynctask.status import EXPIRES_HEADER, StartVerdict, State
 from asynctask.transport import Consumer, Delivery, Transport, check_delay, new_task_id
 from asynctask_redis import scripts
 from asynctask_redis.cancelfeed import CancelFeed
-from asynctask_redis.connection import Server, call, pack, pipeline, run
+from asynctask_redis.connection import Args, Server, call, pack, pipeline, run
 from asynctask_redis.messages import Message, canonical_text, failed_record, read_message
 from asynctask_redis.replication import Replication, Waited
 from asynctask_redis.startmarks import DEFER, MarkFlusher, warn_late_verdict
@@ -92,7 +92,7 @@ class ConsumerHost(Protocol):
         ...
 
     #: (queue, consumer id, pending acks) of owned consumers whose close failed
-    leftovers: list[tuple[str, str, list[bytes | str]]]
+    leftovers: list[tuple[str, str, list[bytes]]]
     #: the replicas an ack, retry or fail waits for (``wait_replicas``; None: none)
     replication: Replication | None
 
@@ -205,7 +205,7 @@ class RedisConsumer(Consumer):
         #: acked, not yet sent: (message, task id, result) triples (the id spares the
         #: scripts a parse of the message), and starts not sent yet: ('', id, '') whose
         #: third slot ``_pending`` fills from ``_marks``
-        self._acks: list[bytes | str] = []
+        self._acks: list[bytes] = []
         #: the starts not sent yet: (their third slot in ``_acks``, attempt, when it
         #: started, ``time.monotonic()``): plain tuples, no Python-level constructor
         self._marks: list[tuple[int, int, float]] = []
@@ -223,7 +223,7 @@ class RedisConsumer(Consumer):
         self._deferred: list[tuple[bytes, str]] = []
         #: the acks and late starts those STARTs carry, pending again if a reply is lost
         #: (sent twice, an ack rewrites what it wrote: better than the task run again)
-        self._unconfirmed: list[bytes | str] = []
+        self._unconfirmed: list[bytes] = []
         #: the task the last move marked running (it hands it out to start at once)
         self._marked: bytes | None = None
         #: ``host.own_state``, read again by every ``TAKE``/``NEXT`` (start and ack, once a
@@ -360,8 +360,7 @@ class RedisConsumer(Consumer):
             "1" if self.fused else "0",
             t.status_ttl_ms,
             len(acks) // 3,
-            *acks,
-            *held,
+            Args(acks + held),
             resync=True,
         )
         self._sent()
@@ -377,7 +376,7 @@ class RedisConsumer(Consumer):
         # prefetch bounds what is taken at once; a caller holding more still gets one
         return max(1, self.prefetch - self._held_count)
 
-    def _pending(self) -> list[bytes | str]:
+    def _pending(self) -> list[bytes]:
         """The acks (message, task id, result triples) and late starts a script sends now;
         the caller clears them once the script ran (``_sent``)."""
         marks = self._marks
@@ -386,7 +385,7 @@ class RedisConsumer(Consumer):
         now = time.monotonic()
         acks = self._acks.copy()  # kept as they are: a failed call sends them again
         for slot, attempt, at in marks:  # as the scripts' ``ack_all`` reads them
-            acks[slot] = f"{attempt}:{max(0, int((now - at) * 1000))}"
+            acks[slot] = b"%d:%d" % (attempt, max(0, int((now - at) * 1000)))
         return acks
 
     def _sent(self) -> None:
@@ -483,7 +482,7 @@ class RedisConsumer(Consumer):
             t.status_ttl_ms,
             give_back,
             len(acks) // 3,
-            *acks,
+            Args(acks),
         )
         self._sent()
         self._took(reply[0], taken(reply, 1))
@@ -506,7 +505,7 @@ class RedisConsumer(Consumer):
     def _deliver(self, raw: bytes) -> Delivery | None:
         """A Delivery for a taken message; an undecodable one goes to the failed store."""
         if raw == NUDGE:  # taken by BLMOVE: dropped with the next call
-            self._acks += [raw, "", ""]
+            self._acks += [raw, b"", b""]
             return None
         try:
             message = read_message(raw, self.transport.max_payload_bytes)
@@ -542,7 +541,7 @@ class RedisConsumer(Consumer):
         fused = "1" if self.fused else "0"
         acks = self._pending()
         ttl = self._host.status_ttl_ms
-        return [op, raw, argument, delay_ms, fused, ttl, error, len(acks) // 3, *acks]
+        return [op, raw, argument, delay_ms, fused, ttl, error, len(acks) // 3, Args(acks)]
 
     def _send(
         self, op: str, raw: bytes, argument: str = "", delay_ms: str = "0", error: str = ""
@@ -658,7 +657,7 @@ class RedisConsumer(Consumer):
                 if marked:  # the move checked it and marked it running: nothing to send
                     return "run"
                 acks, now = self._acks, time.monotonic()
-                acks += ["", delivery.id, ""]
+                acks += [b"", delivery.id.encode(), b""]
                 self._marks.append((len(acks) - 1, delivery.attempt, now))
                 if self._marks_since is None:
                     # the thread looks while marks are pending (``flush_marks`` says
@@ -686,7 +685,7 @@ class RedisConsumer(Consumer):
                 delivery.attempt,
                 raw,
                 len(acks) // 3,
-                *acks,
+                Args(acks),
             )
 
         verdict = self.transport._call(self._once_more, step)
@@ -734,7 +733,7 @@ class RedisConsumer(Consumer):
             t, acks = self._host, self._pending()
             args = (t.prefix, t.script_queue(self.queue), self.id, t.status_ttl_ms, "1")
             command = pack(
-                [("EVALSHA", scripts.START.sha, 0, *args, "", 0, "", len(acks) // 3, *acks)]
+                [("EVALSHA", scripts.START.sha, 0, *args, "", 0, "", len(acks) // 3, Args(acks))]
             )
             try:
                 conn.send_packed_command([command])
@@ -765,9 +764,9 @@ class RedisConsumer(Consumer):
         if raw is None:
             return None
         if self.tracking and self._own:
-            self._acks += [raw, delivery.id, result_json or ""]
+            self._acks += [raw, delivery.id.encode(), result_json.encode() if result_json else b""]
         else:
-            self._acks += [raw, "", ""]
+            self._acks += [raw, b"", b""]
         if self._host.replication is not None:
             # sent now, and waited for: the ack is on the replicas when this returns
             try:
