@@ -61,10 +61,6 @@ from asynctask_redis.messages import Message, canonical_text, failed_record, rea
 from asynctask_redis.replication import Replication, Waited
 from asynctask_redis.startmarks import DEFER, MarkFlusher, warn_late_verdict
 
-#: the smallest prefetch whose consumer sends its next move ahead (``_ahead``), when
-#: half the buffer is left
-AHEAD_FROM = 16
-
 #: what the scripts push to an empty ready list to wake a blocked consumer for an
 #: urgent task (``scripts._BASE``); a consumer that takes it drops it
 NUDGE = b'{"__asynctask__":0}'
@@ -163,10 +159,6 @@ def taken(reply: list[Any], at: int) -> list[bytes]:
     return reply[at + 1 :]
 
 
-def _nothing(conn: Any) -> None:
-    """A call that sends nothing: ``_execute`` reads the deferred replies first."""
-
-
 def _give_back(pool: Any, conn: Any, deferred: list[Any]) -> None:
     """Return a consumer's connection to the pool; one with replies still unread is
     closed first, so that no other caller reads them."""
@@ -227,17 +219,13 @@ class RedisConsumer(Consumer):
         #: (their start asks Redis: a cancel published then may be missed)
         self._feed: CancelFeed | None = None
         self._unsure: set[bytes] = set()
-        #: START calls sent whose replies are unread: (packed command, task id), and a
-        #: NEXT sent ahead (``_ahead``): (packed command, None)
-        self._deferred: list[tuple[bytes, str | None]] = []
+        #: START calls sent whose replies are unread: (packed command, task id)
+        self._deferred: list[tuple[bytes, str]] = []
         #: the acks and late starts those STARTs carry, pending again if a reply is lost
         #: (sent twice, an ack rewrites what it wrote: better than the task run again)
         self._unconfirmed: list[bytes] = []
         #: the task the last move marked running (it hands it out to start at once)
         self._marked: bytes | None = None
-        #: the buffer's length at or under which the next move is sent ahead (``_ahead``;
-        #: -1: never, a small prefetch, whose moves would come twice as often)
-        self._ahead_at = prefetch // 2 if prefetch >= AHEAD_FROM else -1
         #: ``host.own_state``, read again by every ``TAKE``/``NEXT`` (start and ack, once a
         #: task each, read it here: the property is a Python call)
         self._own = host.own_state
@@ -322,13 +310,7 @@ class RedisConsumer(Consumer):
             while self._buffer:
                 delivery = self._deliver(self._buffer.popleft())
                 if delivery is not None:
-                    if len(self._buffer) <= self._ahead_at and not self._deferred:
-                        self._ahead()
                     return delivery
-            if self._deferred:  # a move sent ahead, maybe: its tasks first
-                t._call(self._execute, _nothing)
-                if self._buffer:
-                    continue
             wait = t._call(self._take)
             if self._buffer:
                 continue
@@ -411,14 +393,12 @@ class RedisConsumer(Consumer):
         self._marks = []
         self._marks_since = None
 
-    def _took(self, marked: int, messages: list[bytes], ahead: bool = False) -> None:
+    def _took(self, marked: int, messages: list[bytes]) -> None:
         """Buffer what a move took (the first marked running if ``marked``); unsure of
-        cancels if the feed was not live before the move. A move sent ahead marks none,
-        and leaves alone the mark of a task handed out before it came."""
+        cancels if the feed was not live before the move."""
         if self.fused and not (self._feed is not None and self._feed.live):
             self._unsure.update(messages)
-        if not ahead:
-            self._marked = messages[0] if messages and marked else None
+        self._marked = messages[0] if messages and marked else None
         self._buffer.extend(messages)
 
     def _listen(self) -> None:
@@ -454,84 +434,21 @@ class RedisConsumer(Consumer):
         again = []
         for command, task_id in self._deferred:
             try:
-                reply = conn.read_response()
+                verdict = conn.read_response()
             except NoScriptError:
                 again.append((command, task_id))
                 continue
             except ResponseError as exc:  # the connection stays in step: read on
-                if task_id is None:  # a move: the next TAKE puts the list right
-                    self._resync = True
-                    logger.warning("%r: a move sent ahead failed: %s", self, exc)
-                else:
-                    logger.warning("%r: marking task %s running failed: %s", self, task_id, exc)
+                logger.warning("%r: marking task %s running failed: %s", self, task_id, exc)
                 continue
-            self._answered(task_id, reply)
+            warn_late_verdict(self, task_id, verdict)
         self._deferred.clear()
         if again:
-            for script in {
-                scripts.NEXT if task_id is None else scripts.START for _, task_id in again
-            }:
-                call(conn, "SCRIPT", "LOAD", script.text)
+            call(conn, "SCRIPT", "LOAD", scripts.START.text)
             for command, task_id in again:
                 conn.send_packed_command([command])
-                self._answered(task_id, conn.read_response())
+                warn_late_verdict(self, task_id, conn.read_response())
         self._unconfirmed = []  # all of them ran
-
-    def _answered(self, task_id: str | None, reply: Any) -> None:
-        """A deferred call's reply: a move sent ahead's tasks go to the buffer."""
-        if task_id is None:
-            self._took(0, taken(reply, 1), ahead=True)
-        else:
-            warn_late_verdict(self, task_id, reply)
-
-    def _ahead(self) -> None:
-        """Send the next move now, unanswered, while the buffer still holds
-        ``_ahead_at`` tasks or fewer: Redis acks and moves while this process runs them
-        (on 2 cores, the script's time was most of a tracked task's wait: 18-32 us a
-        task at a prefetch of 32, INFO commandstats, load 6-9). Its reply is read when
-        the buffer runs out, or by any call before. Only between maintenance calls,
-        with the cancel feed live (a tracked consumer), never under ``wait_replicas``
-        (an ack waits for its replicas there)."""
-        t = self._host
-        conn, want = self._conn, self.prefetch - self._held_count - len(self._buffer)
-        if (
-            conn is None
-            or want < 1
-            or not self.registered
-            or self._resync
-            or t.replication is not None
-            or time.monotonic() >= self._maintain_at
-        ):
-            return
-        fused = self.fused
-        if fused and not (self._feed is not None and self._feed.live):
-            return
-        acks = self._pending()
-        args = (t.prefix, t.script_queue(self.queue), self.id, want, "2" if fused else "0")
-        command = pack(
-            [
-                (
-                    "EVALSHA",
-                    scripts.NEXT.sha,
-                    0,
-                    *args,
-                    t.status_ttl_ms,
-                    "",
-                    len(acks) // 3,
-                    Args(acks),
-                )
-            ]
-        )
-        try:
-            conn.send_packed_command([command])
-        except (RedisError, OSError):
-            # the acks stay pending: the next call reconnects, resynchronises, sends them
-            conn.disconnect()
-            self._lost_deferred()
-            return
-        self._deferred.append((command, None))
-        self._unconfirmed += acks
-        self._sent()
 
     def _next(self, conn: Any) -> bool:
         """Acks and non-blocking moves in one round trip; whether anything came."""

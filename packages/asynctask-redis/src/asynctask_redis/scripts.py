@@ -410,20 +410,11 @@ end
 -- cancelfeed.py) and asks Redis about an expiring task: they are checked here only
 -- while some cancelled task has not been met (``cancelled_ids``), one made before the
 -- feed could hear it. (A check is a parse and an HMGET: 18k instructions a task.)
--- ``ahead``: the consumer sent this move before its buffer ran out, so none of these
--- starts now and none is marked. Returns the messages and whether the first was marked.
-local function take(proc, want, tracking, ttl_ms, ahead)
+-- Returns the messages and whether the first was marked.
+local function take(proc, want, tracking, ttl_ms)
   local got, started = {}, 0
   local careful = tracking and cancel_pending()
-  if ahead then
-    -- a move sent ahead (``NEXT``'s tracking '2'): its tasks wait behind others in the
-    -- consumer's buffer, none starts now: checked for a cancel only, as the others are
-    if not careful then
-      got = pop_batch(want)
-      push_all(proc, got)
-      return got, 0
-    end
-  elseif not careful then
+  if not careful then
     -- in bulk; with tracking the first is checked (one cancelled or expired dropped, and
     -- the next checked in its place)
     got = pop_batch(want)
@@ -450,7 +441,7 @@ local function take(proc, want, tracking, ttl_ms, ahead)
       local id, n = envelope_head(m)
       if id then
         local verdict
-        if #got == 0 and not ahead then
+        if #got == 0 then
           verdict = start_task(id, tonumber(n) + 1, now_ms(), ttl_ms)
           if verdict == 'run' then started = 1 end
         else
@@ -669,8 +660,7 @@ return add_taken({wait or -1, started}, got)
 """,
 )
 
-#: ARGV: prefix, queue, consumer id, want, tracking (1, 0, or 2: tracked, a move sent
-#: ahead whose first task does not start now, see ``take``), status ttl_ms, give back
+#: ARGV: prefix, queue, consumer id, want, tracking (1/0), status ttl_ms, give back
 #: (a message the consumer moved from the ready list while urgent tasks wait, or ''),
 #: n_acks, acks (triples)... The hot path between TAKEs: acks and moves, no maintenance.
 #: The SADD keeps a consumer that was wrongly found dead (its heartbeat late) findable
@@ -683,13 +673,13 @@ return add_taken({wait or -1, started}, got)
 NEXT = without_maintenance(
     "next",
     r"""
-local cid, tracking, ttl_ms = ARGV[3], ARGV[5] ~= '0', ARGV[6]
+local cid, tracking, ttl_ms = ARGV[3], ARGV[5] == '1', ARGV[6]
 local proc = processing(cid)
 if ARGV[7] ~= '' and redis.call('LREM', proc, -1, ARGV[7]) == 1 then
   redis.call('LPUSH', ready, ARGV[7])  -- back where it was: the urgent go first
 end
 ack_all(proc, 9, tonumber(ARGV[8]), tracking, ttl_ms)
-local got, started = take(proc, tonumber(ARGV[4]), tracking, ttl_ms, ARGV[5] == '2')
+local got, started = take(proc, tonumber(ARGV[4]), tracking, ttl_ms)
 if #got > 0 then redis.call('SADD', consumers, cid) end
 return add_taken({started}, got)
 """,
