@@ -305,12 +305,14 @@ class RedisConsumer(Consumer):
         if self.closed:
             raise TransportClosed(f"{self!r} is closed")
         t = self.transport
-        deadline = time.monotonic() + max(0.0, timeout)
+        deadline: float | None = None  # read the clock only when the buffer runs out
         while True:
             while self._buffer:
                 delivery = self._deliver(self._buffer.popleft())
                 if delivery is not None:
                     return delivery
+            if deadline is None:
+                deadline = time.monotonic() + max(0.0, timeout)
             wait = t._call(self._take)
             if self._buffer:
                 continue
