@@ -204,11 +204,15 @@ class RedisConsumer(Consumer):
         self._held_count = 0
         #: acked, not yet sent: (message, task id, result) triples (the id spares the
         #: scripts a parse of the message), and starts not sent yet: ('', id, '') whose
-        #: third slot ``_pending`` fills from ``_marks``
+        #: third slot ``_pending`` fills from ``_marks``; a task acked right after its
+        #: start not sent yet is one triple, its id slot filled the same way
+        #: ('<id>:<attempt>:<ms>'): three arguments a task fewer to pack and for the
+        #: script to read
         self._acks: list[bytes] = []
-        #: the starts not sent yet: (their third slot in ``_acks``, attempt, when it
-        #: started, ``time.monotonic()``): plain tuples, no Python-level constructor
-        self._marks: list[tuple[int, int, float]] = []
+        #: the starts not sent yet: (their slot in ``_acks``, what goes before the
+        #: attempt there (b'' or b'<id>:'), attempt, when it started,
+        #: ``time.monotonic()``): plain tuples, no Python-level constructor
+        self._marks: list[tuple[int, bytes, int, float]] = []
         #: when the oldest start in ``_acks`` happened (None: none is there)
         self._marks_since: float | None = None
         #: sends them once DEFER old, if no call did (made at the first one)
@@ -386,8 +390,8 @@ class RedisConsumer(Consumer):
             return self._acks
         now = time.monotonic()
         acks = self._acks.copy()  # kept as they are: a failed call sends them again
-        for slot, attempt, at in marks:  # as the scripts' ``ack_all`` reads them
-            acks[slot] = b"%d:%d" % (attempt, max(0, int((now - at) * 1000)))
+        for slot, prefix, attempt, at in marks:  # as the scripts' ``ack_all`` reads them
+            acks[slot] = b"%b%d:%d" % (prefix, attempt, max(0, int((now - at) * 1000)))
         return acks
 
     def _sent(self) -> None:
@@ -425,7 +429,7 @@ class RedisConsumer(Consumer):
         ones, and the next ``TAKE`` resynchronises."""
         self._deferred.clear()
         shift = len(self._unconfirmed)  # the marks' slots move along
-        self._marks = [(slot + shift, attempt, at) for slot, attempt, at in self._marks]
+        self._marks = [(slot + shift, pre, attempt, at) for slot, pre, attempt, at in self._marks]
         self._acks = [*self._unconfirmed, *self._acks]
         self._unconfirmed = []
         self._resync = True
@@ -660,7 +664,7 @@ class RedisConsumer(Consumer):
                     return "run"
                 acks, now = self._acks, time.monotonic()
                 acks += [b"", delivery.id.encode(), b""]
-                self._marks.append((len(acks) - 1, delivery.attempt, now))
+                self._marks.append((len(acks) - 1, b"", delivery.attempt, now))
                 if self._marks_since is None:
                     # the thread looks while marks are pending (``flush_marks`` says
                     # so): woken by the first only, not once a task
@@ -766,7 +770,16 @@ class RedisConsumer(Consumer):
         if raw is None:
             return None
         if self.tracking and self._own:
-            self._acks += [raw, delivery.id.encode(), result_json.encode() if result_json else b""]
+            acks, marks = self._acks, self._marks
+            task_id, result = delivery.id.encode(), result_json.encode() if result_json else b""
+            if marks and marks[-1][0] == len(acks) - 1 and acks[-2] == task_id:
+                # its start is the last thing pending: one triple for both
+                _, _, attempt, at = marks[-1]
+                del acks[-3:]
+                marks[-1] = (len(acks) + 1, task_id + b":", attempt, at)
+                acks += [raw, b"", result]
+            else:
+                acks += [raw, task_id, result]
         else:
             self._acks += [raw, b"", b""]
         if self._host.replication is not None:

@@ -150,7 +150,8 @@ local function succeed(id, now, ttl_ms, result, ...)
 end
 
 -- The acknowledgements and late starts ARGV[from ...], in the order they happened: ``n``
--- triples, an ack (message, its task id or '', result JSON or '') or a start the
+-- triples, an ack (message, its task id or '' or '<id>:<attempt>:<ms since it
+-- started>' for a start not sent before, result JSON or '') or a start the
 -- consumer did not send at once ('', task id, '<attempt>:<ms since it started>', see
 -- ``asynctask_redis.startmarks``). The consumer sends the id it read, so that no script
 -- parses the message again (a ``string.match`` of the envelope's head: about 8k
@@ -202,7 +203,16 @@ local function ack_all(proc, from, n, tracking, ttl_ms)
       if m == NUDGE then
         if removed == 1 then redis.call('DECR', nudges) end
       elseif tracking and ARGV[i + 1] ~= '' then
-        succeed(ARGV[i + 1], now_ms(), ttl_ms, ARGV[i + 2])
+        -- '<id>:<attempt>:<ms since it started>': acked right after a start not sent
+        -- yet, both in one triple (the case below, in three arguments fewer)
+        local id, attempt, ago = string.match(ARGV[i + 1], '^([^:]+):(%d+):(%d+)$')
+        if id then
+          local now = now_ms()
+          succeed(id, now, ttl_ms, ARGV[i + 2], 'attempts', attempt,
+            'started_at', stamp(now - tonumber(ago)))
+        else
+          succeed(ARGV[i + 1], now_ms(), ttl_ms, ARGV[i + 2])
+        end
       end
     end
     i = i + 3
