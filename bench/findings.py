@@ -261,15 +261,15 @@ FINDINGS: dict[tuple[str, str], str] = {
         "Both sides are the disk's fsync latency, which other work on the machine moves."
     ),
     ("redis", "submit_one"): (
-        "One round trip a submit, as the raw `RPUSH`, but the plain submit is one "
-        "`EVALSHA` of the `PUSH` script (2026-12-07): the push and, in the same atomic "
-        "step, the retry guard (`SET NX PX` of the call's id, so that a submit retried "
-        "after a lost reply stores nothing twice: issue 12). On a private redis-server "
-        "(`INFO commandstats`, callgrind) it costs 7.5-8.8 us and 50k instructions a call "
-        "(the Lua call itself 23k, the guard 14k) against 0.65-0.75 us and 6.5k for a bare "
-        "`RPUSH`; the client's Python is 131.8k instructions a submit against the raw "
-        "client's 126.2k (00bd0fa's). A `MULTI`/`EXEC` instead of the script halves the "
-        "server's part but reads 5 replies. The guard is the price of the promise."
+        "One round trip a submit, as the raw `RPUSH`, with the retry guard of issue 12 "
+        "(`put:<id>`, so that a submit retried after a lost reply stores nothing twice). "
+        "A plain one-task submit's first try is `MULTI`, `SET` of the guard `PX`, `RPUSH`, "
+        "`SADD`, `EXEC`, packed once a queue and its replies read by our own code; a retry "
+        "of it runs the guarded `PUSH` script (2026-12-07, wt/redis-submit). callgrind, "
+        "instructions a submit: the client 84.4k (00bd0fa 127.9k, redis-py's path 129.3k), "
+        "redis-server 28.3k (`PUSH` 52.7k, a bare `RPUSH` 7.1k); the same system calls. "
+        "Where the server is short of CPU the server's part still shows: `INFO "
+        "commandstats` 8-9.5 us against 2-4 us for the `RPUSH` under load 7."
     ),
     ("redis", "drain_1"): _REDIS_DRAIN,
     ("redis", "peer"): _PEER_DRAIN,

@@ -53,7 +53,14 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
 from asynctask.liveness import new_owner
 from asynctask.status import EXPIRES_HEADER, StartVerdict, State
-from asynctask.transport import Consumer, Delivery, Transport, check_delay, new_task_id
+from asynctask.transport import (
+    UNRECORDED_MARK,
+    Consumer,
+    Delivery,
+    Transport,
+    check_delay,
+    new_task_id,
+)
 from asynctask_redis import scripts
 from asynctask_redis.cancelfeed import CancelFeed
 from asynctask_redis.connection import Args, Server, call, pack, pipeline, run
@@ -461,7 +468,8 @@ class RedisConsumer(Consumer):
         acks = self._pending()
         t, want = self._host, self._want()
         give_back: bytes | str = ""
-        if not self.fused and want == 1 and len(acks) <= 3 and NUDGE not in acks:
+        plain = not self.fused and want == 1 and len(acks) <= 3 and NUDGE not in acks
+        if plain and not (acks and acks[1]):  # an id: a record to retire (scripts.retire_acked)
             # Plain commands cost Redis a fifth of the script (9 us a task against 45,
             # server time, INFO commandstats): without tracking, take this way, and run
             # the script only when urgent tasks wait (it takes those first).
@@ -781,7 +789,8 @@ class RedisConsumer(Consumer):
             else:
                 acks += [raw, task_id, result]
         else:
-            self._acks += [raw, b"", b""]
+            retired = self._retired(delivery.id)
+            self._acks += [raw, retired.encode() if retired else b"", b""]
         if self._host.replication is not None:
             # sent now, and waited for: the ack is on the replicas when this returns
             try:
@@ -789,6 +798,25 @@ class RedisConsumer(Consumer):
             except TransportError as exc:  # it stays pending: it goes with the next call
                 logger.warning("%r: ack of %s not sent yet (%s)", self, delivery.id, exc)
         return None
+
+    def _retired(self, task_id: str) -> str:
+        """The id a settle for good by this consumer (keeping no status) sends, so that
+        the script gives a record written at submit, before the queue turned untracked,
+        the status TTL (``scripts`` ``retire``); '' when there is none to look for: the
+        task was submitted unrecorded, or the statuses are kept in another store.
+
+        ``is_unrecorded``'s test on one ``int`` of the text, not on its bytes: the
+        untracked drain's run loop cost 130.4k instructions a task with
+        ``is_unrecorded``, 127.3k this way, 122.8k with no test (callgrind,
+        bench/loopcost.py --untracked, private redis). (Looser for an id that is not
+        ours, which has no record anyway.)"""
+        if not self._own or len(task_id) != 32:
+            return "" if not self._own else task_id
+        try:
+            v = int(task_id, 16)
+        except ValueError:
+            return task_id
+        return "" if (v >> 96) ^ (v & 0xFFFFFFFF) == UNRECORDED_MARK else task_id
 
     @_locked
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
@@ -805,6 +833,11 @@ class RedisConsumer(Consumer):
         message = delivery.receipt
         if isinstance(message, Message):
             record = failed_record(message, None, error, message.attempts + 1, time.time())
+            retired = (
+                "" if self.fused or message.raw not in self._held else self._retired(delivery.id)
+            )
+            if retired:
+                self._acks += [b"", retired.encode(), b""]  # see scripts.retire_acked
             self._settle(delivery, "fail", record, error=error)
 
     @_locked
