@@ -210,7 +210,7 @@ class RedisTransport(Transport):
         self._beat_thread: threading.Thread | None = None
         #: (queue, consumer id, pending acks) of owned consumers whose close could not
         #: reach Redis: their tasks would stay theirs while their owner lives
-        self.leftovers: list[tuple[str, str, list[bytes | str]]] = []
+        self.leftovers: list[tuple[str, str, list[bytes]]] = []
         #: the generic side of the statuses its scripts write (one object, so that its
         #: ``fallback_poll`` can be set)
         self._statuses = RedisStateStore(self)
