@@ -224,3 +224,49 @@ def test_a_live_workers_task_is_not_run_by_a_rival_when_its_connection_is_closed
     finally:
         holder.close()
         transport.close()
+
+
+def test_tasks_handed_over_ahead_are_skipped_once_their_connection_is_lost(amqp_uri):
+    """The relay hands a worker's consumer the tasks it received ahead, tagged with their
+    connection's generation; one whose connection is lost before the worker takes it is
+    back in the queue, for any consumer, and must not run from the hand-over too. Failed
+    with the check of the shared generation word removed: tasks 1 and 2 ran from the
+    stale hand-over (attempt 1) and again at the rival (attempt 2)."""
+    # Given a consumer that took the first of 3 tasks, the other two handed over ahead,
+    # and a rival waiting on the queue
+    uri = f"{amqp_uri}?heartbeat=1"
+    queue = unique_queue("ahead")
+    transport = open_transport(uri)
+    consumer = transport.consumer(queue, prefetch=3)
+    assert consumer.reserve(timeout=0.3) is None  # subscribed
+    transport.submit_tasks(queue, [{"n": n} for n in range(3)])
+    time.sleep(0.5)  # all three reach the relay before it is asked
+    first = consumer.reserve(timeout=10)
+    assert first is not None and first.payload == {"n": 0}
+    assert [d.payload["n"] for _, d in consumer._ahead] == [1, 2]
+    generation = consumer._words.generation
+    [connection] = connections_named(f"asynctask consumer {queue} ", vhost_of(uri))
+    rival = transport.consumer(queue, prefetch=3)
+    assert rival.reserve(timeout=0.3) is None  # subscribed
+    try:
+        # When an operator closes the first one's connection, and its relay sees it
+        rabbitmqctl("close_connection", connection, "test: tasks handed over ahead")
+        wait_for(lambda: consumer._words.generation != generation, 10, "the relay to see it")
+        consumer.ack(first)
+        # Then tasks 1 and 2 run once each, wherever: their redelivery, counted
+        runs = []
+        idle = 0
+        while idle < 4 and len(runs) < 6:
+            for each in (consumer, rival):
+                delivery = each.reserve(timeout=1)
+                idle = 0 if delivery is not None else idle + 1
+                if delivery is not None:
+                    runs.append((delivery.payload["n"], delivery.attempt))
+                    each.ack(delivery)
+        assert sorted(runs) == [(1, 2), (2, 2)], runs
+    finally:
+        consumer.close()
+        rival.close()
+    stats = transport.queue_stats(queue)
+    assert (stats.ready, stats.retrying, stats.failed) == (0, 0, 0)
+    transport.close()
