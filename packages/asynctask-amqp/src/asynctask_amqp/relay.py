@@ -246,6 +246,7 @@ def main() -> int:
     try:
         Relay(reader, consumer, worker, words).serve()
     finally:
+        words.generation = 0  # whatever ends the relay ends its connection
         transport.close()
         sock.close()
     return 0

@@ -87,8 +87,9 @@ class RemoteConsumer(Consumer):
         #: taken), sent with the next request
         self._acks: list[int] = []
         self._skips: list[int] = []
-        #: acks that go alone, unanswered, rather than wait for the next request
-        self._ack_batch = max(1, prefetch // 2)
+        #: acks that go alone, unanswered, rather than wait for the next request (0:
+        #: never; with prefetch 1 the next request follows the ack at once anyway)
+        self._ack_batch = prefetch // 2
         spec = {
             "uri": transport.uri,
             "queue": queue,
@@ -189,7 +190,9 @@ class RemoteConsumer(Consumer):
             return answer
 
     def _fail(self, why: str) -> None:
-        """The relay is unusable: end it (the broker then gives its tasks to others)."""
+        """The relay is unusable: end it (the broker then gives its tasks to others,
+        those handed over ahead too, which are not run here)."""
+        self._ahead.clear()
         self._process.kill()
         code = self._process.wait()
         self._broken = (
@@ -228,7 +231,7 @@ class RemoteConsumer(Consumer):
         the broker sends the next tasks meanwhile; never waits for an answer."""
         with self._lock:
             self._acks.append(int(delivery.receipt))
-            if len(self._acks) < self._ack_batch or self._broken:
+            if not self._ack_batch or len(self._acks) < self._ack_batch or self._broken:
                 return
             try:
                 self._send({"op": "settled"})
