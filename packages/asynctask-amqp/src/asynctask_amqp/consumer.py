@@ -183,6 +183,13 @@ class AmqpConsumer(Consumer):
             time.sleep(min(pause, left))
             pause = min(pause * 2, 2.0)
 
+    def delivering_socket(self) -> Any | None:
+        """The connection's socket while the broker delivers to this consumer (connected
+        and subscribed), for a relay to wait on beside its worker's; else None."""
+        if not self._tag or not self._connected():
+            return None
+        return self._link.connection.transport.sock
+
     def _connected(self) -> bool:
         return self._link.is_open and self._generation == self._link.generation
 
@@ -400,16 +407,43 @@ class AmqpConsumer(Consumer):
             error = self._lost(exc)
             logger.debug("%r: sweeping %r after a settle: %s", self.transport, self.queue, error)
 
-    def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
-        """The task is done: the broker forgets it."""
+    def ack(self, delivery: Delivery, result_json: str | None = None, read: bool = True) -> None:
+        """The task is done: the broker forgets it. ``read=False``: the caller read the
+        connection just before (a relay's batch of acks reads it for the first only)."""
 
         def action(tag: int, received: Received) -> None:
             # basic.ack has no reply: read first what the broker sent (a connection it
             # closed says so here), so that an ack is not written into a dead connection
-            self._link.pump()
+            if read:
+                self._link.pump()
             self._link.channel.basic_ack(tag)
 
         self._settle(delivery, action, self._mark_settled)
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """``ack`` each of ``deliveries``; one ``basic.ack`` (``multiple``) when they are
+        every task held on the connection up to the last of them (a relay's batch of a
+        drain, acknowledged in order): one write, not one a task."""
+        with self._link.lock:
+            tags = sorted(
+                delivery.receipt[1]
+                for delivery in deliveries
+                if delivery.receipt[0] == self._generation and delivery.receipt[1] in self._held
+            )
+            if len(tags) == len(deliveries) > 1 and self._connected():
+                last = tags[-1]
+                if sum(1 for tag in self._held if tag <= last) == len(tags):
+                    try:
+                        self._link.pump()  # (see ack)
+                        self._link.channel.basic_ack(last, multiple=True)
+                    except DRIVER_ERRORS as exc:
+                        self._lost(exc)  # each is settled after the loss below
+                    else:
+                        for tag in tags:
+                            del self._held[tag]
+                        return
+        for i, delivery in enumerate(deliveries):
+            self.ack(delivery, read=i == 0)
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Publish a copy (attempts + 1) to the retry ladder, then ack the original."""

@@ -96,6 +96,8 @@ class Relay:
         self.words = words
         #: what the worker holds (handed over, not settled nor skipped), by number
         self.handed: dict[int, Delivery] = {}
+        #: taken from the consumer while the worker ran its tasks, for its next reserve
+        self.ready: list[Delivery] = []
         self._next = 1
 
     def serve(self) -> None:
@@ -108,8 +110,8 @@ class Relay:
                     raise WorkerGone("the worker closed the socket")
                 for n in request.get("skips", ()):
                     self.handed.pop(int(n), None)  # back in the queue with its connection
-                for n in request.get("acks", ()):
-                    self._handle({"op": "ack", "n": n})
+                if "acks" in request:
+                    self._ack(request["acks"])
                 if request.get("op") == "close":
                     self.consumer.close()
                     send(self.sock, {"closed": True})
@@ -120,12 +122,36 @@ class Relay:
         except (WorkerGone, PeerGone, OSError) as exc:
             logger.debug("relay of %r: worker %d gone (%s)", self.consumer.queue, self.worker, exc)
             taken = self.words.taken  # the worker is gone: it writes no more
-            self.consumer.abandon([d for n, d in self.handed.items() if n > taken])
+            unseen = [d for n, d in self.handed.items() if n > taken]
+            self.consumer.abandon([*unseen, *self.ready])
 
     def _wait_for_worker(self) -> None:
-        """Block until the worker writes (or closes); check it lives meanwhile."""
-        while not self.reader.ready() and not select.select([self.sock], [], [], SLICE)[0]:
-            self._check_parent()
+        """Block until the worker writes (or closes); check it lives meanwhile, and take
+        in what the broker delivers meanwhile (read and decoded here while the worker
+        runs its tasks, ready for its next ``reserve``)."""
+        while not self.reader.ready():
+            broker = None
+            if len(self.ready) < self.consumer.prefetch:
+                broker = self.consumer.delivering_socket()
+            waiting = [self.sock] if broker is None else [self.sock, broker]
+            readable = select.select(waiting, [], [], SLICE)[0]
+            if self.sock in readable:
+                return
+            if readable:
+                self._pull()
+            else:
+                self._check_parent()
+
+    def _pull(self) -> None:
+        """Take what the consumer has received, up to the prefetch, without waiting."""
+        while len(self.ready) < self.consumer.prefetch:
+            try:
+                delivery = self.consumer.reserve(0)
+            except AsynctaskError:  # the worker's next reserve meets it again
+                return
+            if delivery is None:
+                return
+            self.ready.append(delivery)
 
     def _check_parent(self) -> None:
         if os.getppid() != self.worker:
@@ -156,42 +182,51 @@ class Relay:
                     self.consumer.queue,
                     op,
                 )
-            elif op == "ack":
-                self.consumer.ack(delivery)
             elif op == "retry":
                 self.consumer.retry(delivery, float(request["delay"]), str(request["error"]))
             elif op == "fail":
                 self.consumer.fail(delivery, str(request["error"]))
             elif op == "release":
                 behind = [self.handed.pop(int(n), None) for n in request.get("behind", ())]
+                behind, self.ready = [*behind, *self.ready], []
                 self.consumer.release(delivery, [d for d in behind if d is not None])
             else:
                 raise PeerGone(f"unknown request {op!r}")
         except AsynctaskError as exc:  # the consumer logged what the broker will do
             logger.warning("relay of %r: %s failed: %s", self.consumer.queue, op, exc)
-        return None if op == "ack" else {"done": True}
+        return {"done": True}
+
+    def _ack(self, numbers: list[int]) -> None:
+        acked = [self.handed.pop(int(n), None) for n in numbers]
+        if None in acked:
+            logger.warning(
+                "relay of %r: ack of a task that is not held (settled twice?); ignored",
+                self.consumer.queue,
+            )
+        try:
+            self.consumer.ack_many([d for d in acked if d is not None])
+        except AsynctaskError as exc:  # the consumer logged what the broker will do
+            logger.warning("relay of %r: ack failed: %s", self.consumer.queue, exc)
 
     def _reserve(self, timeout: float) -> list[dict[str, Any]]:
-        """Wait for a delivery, checking between slices that the worker lives; then
-        take every one received meanwhile (see the module docstring)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            delivery = self.consumer.reserve(min(max(left, 0.0), SLICE))
-            if delivery is not None:
-                break
-            if left <= SLICE:
-                return []
-            self._check_socket()
-        batch = [delivery]
-        while len(batch) < self.consumer.prefetch:
-            try:
-                more = self.consumer.reserve(0)
-            except AsynctaskError:  # the next reserve meets it again
-                break
-            if more is None:
-                break
-            batch.append(more)
+        """Hand over what is ready (taken in while the worker was busy) and whatever
+        else has arrived, up to the prefetch; with nothing, wait for a delivery first,
+        checking between slices that the worker lives."""
+        generation = self.words.generation  # others came on a connection since lost
+        self.ready = [d for d in self.ready if d.receipt[0] == generation]
+        if not self.ready:
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                delivery = self.consumer.reserve(min(max(left, 0.0), SLICE))
+                if delivery is not None:
+                    break
+                if left <= SLICE:
+                    return []
+                self._check_socket()
+            self.ready.append(delivery)
+        self._pull()
+        batch, self.ready = self.ready, []
         return [self._hand(d) for d in batch]
 
     def _hand(self, delivery: Delivery) -> dict[str, Any]:
