@@ -503,22 +503,29 @@ class AmqpConsumer(Consumer):
         ``behind``: tasks reserved and not started (a relay's worker holds them ahead).
         """
 
-        def action(tag: int, received: Received) -> None:
+        def give_back(tag: int | None, received: Received | None) -> None:
             channel = self._link.channel
             prefetched = self._unsubscribe()
             reserved = self._unstarted(behind)
-            for message in [received, *(r for _, r in reserved), *prefetched]:
+            first = [] if received is None else [received]
+            for message in [*first, *(r for _, r in reserved), *prefetched]:
                 self._mark_released(message)
             for message in self._buffer:
                 hand_back(channel, message.delivery_info["delivery_tag"])
             self._buffer.clear()
             for held_tag, _ in reserved:
                 hand_back(channel, held_tag)
-            hand_back(channel, tag)
+            if tag is not None:
+                hand_back(channel, tag)
             # a round trip, so that the task is back in the queue when release returns
             channel.basic_qos(0, self.prefetch, False)
 
-        self._settle(delivery, action, self._mark_released)
+        def after_loss(received: Received) -> None:
+            self._mark_released(received)
+            # those behind it that came on the new connection (a relay reads ahead)
+            give_back(None, None)
+
+        self._settle(delivery, give_back, after_loss)
 
     def close(self) -> None:
         """Hand back what is held and prefetched (marked released), and disconnect."""

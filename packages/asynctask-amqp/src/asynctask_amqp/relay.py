@@ -21,9 +21,11 @@ The conversation, worker first::
     {"op": "fail", "n", "error"}      -> {"done": true} once settled (read-your-writes)
     {"op": "close"}                   -> {"closed": true}, then the relay exits
 
-Hand-over ahead. A ``reserve`` waits for one task, then hands over with it every task
-the relay has received meanwhile (up to the prefetch): the worker keeps them and takes
-them one by one without asking, so a drain costs a round trip per batch, not per task.
+Hand-over ahead. While the worker runs its tasks the relay waits on both sockets, and
+reads and decodes what the broker delivers (``ready``); a ``reserve`` hands over every
+task ready and received (up to the prefetch), waiting for the first only when there is
+none: the worker keeps them and takes them one by one without asking, so a drain costs
+a round trip per batch, not per task, and the decoding is done beside the worker's work.
 Each carries the *generation* of the connection that delivered it. The relay writes
 the generation of its connection into a word of memory it shares with the worker
 (``wire.SharedWords``) when the connection opens, and 0 as soon as it finds it lost (a
@@ -38,7 +40,8 @@ running when its connection is lost (the package README says so).
 Every request may carry ``"acks": [n, ...]`` and ``"skips": [n, ...]``, done first: the
 worker sends its acks with its next request, or alone (``settled``, no answer) once
 half its prefetch is waiting, so that the broker sends the next tasks while the worker
-still runs the ones it holds. A worker that dies between an ``ack`` and the next frame
+still runs the ones it holds. A batch of acks that is every task held up to its last is
+one ``basic.ack`` (``multiple``). A worker that dies between an ``ack`` and the next frame
 has that finished task run again, as if it had died a moment earlier. A ``release``
 hands back with its task the ones the worker holds behind it (``behind``), keeping the
 queue's order.
