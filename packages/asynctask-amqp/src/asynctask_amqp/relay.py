@@ -38,10 +38,11 @@ it was taken is in flight, and a connection kill may run it twice, as it may any
 running when its connection is lost (the package README says so).
 
 Every request may carry ``"acks": [n, ...]`` and ``"skips": [n, ...]``, done first: the
-worker sends its acks with its next request, or alone (``settled``, no answer) once
-half its prefetch is waiting, so that the broker sends the next tasks while the worker
-still runs the ones it holds. A batch of acks that is every task held up to its last is
-one ``basic.ack`` (``multiple``). A worker that dies between an ``ack`` and the next frame
+worker sends its acks with its next request, or alone (``settled``, no answer) before it
+takes the next task handed over ahead, so that a worker dying in that task does not
+have the ones it finished run again; frames of acks read together are settled together,
+and a batch of acks that is every task held up to its last is one ``basic.ack``
+(``multiple``). A worker that dies between an ``ack`` and the next frame
 has that finished task run again, as if it had died a moment earlier. A ``release``
 hands back with its task the ones the worker holds behind it (``behind``), keeping the
 queue's order.
@@ -111,6 +112,13 @@ class Relay:
                 request = self.reader.receive()
                 if request is None:
                     raise WorkerGone("the worker closed the socket")
+                while request.get("op") == "settled" and self.reader.ready():
+                    # acks sent one a task, read together: settled together
+                    following = self.reader.receive()
+                    assert following is not None  # (a whole frame is buffered)
+                    for key in ("acks", "skips"):
+                        following[key] = [*request.get(key, ()), *following.get(key, ())]
+                    request = following
                 for n in request.get("skips", ()):
                     self.handed.pop(int(n), None)  # back in the queue with its connection
                 if "acks" in request:

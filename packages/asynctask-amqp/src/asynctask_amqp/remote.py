@@ -87,9 +87,6 @@ class RemoteConsumer(Consumer):
         #: taken), sent with the next request
         self._acks: list[int] = []
         self._skips: list[int] = []
-        #: acks that go alone, unanswered, rather than wait for the next request (0:
-        #: never; with prefetch 1 the next request follows the ack at once anyway)
-        self._ack_batch = prefetch // 2
         spec = {
             "uri": transport.uri,
             "queue": queue,
@@ -122,6 +119,11 @@ class RemoteConsumer(Consumer):
             while self._ahead:
                 generation, delivery = self._ahead.popleft()
                 if generation == words.generation:
+                    if self._acks:
+                        # before the next task runs: a worker that dies in it must not
+                        # have the tasks it finished run again (and counted)
+                        with self._lock:
+                            self._settled()
                     words.taken = delivery.receipt
                     return delivery
                 # its connection was lost before it was taken: the broker has it back
@@ -226,18 +228,22 @@ class RemoteConsumer(Consumer):
             )
 
     def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
-        """The task is done: the broker forgets it. Sent with the consumer's next request
-        (as ``Consumer.ack`` allows), or alone once half the prefetch is waiting, so that
-        the broker sends the next tasks meanwhile; never waits for an answer."""
+        """The task is done: the broker forgets it. Sent with the consumer's next call
+        (as ``Consumer.ack`` allows), which the run loop makes at once: with the next
+        request, or alone (unanswered) before ``reserve`` returns a task handed over
+        ahead; never waits for an answer."""
         with self._lock:
             self._acks.append(int(delivery.receipt))
-            if not self._ack_batch or len(self._acks) < self._ack_batch or self._broken:
-                return
-            try:
-                self._send({"op": "settled"})
-            except OSError as exc:
-                self._fail(f"{type(exc).__name__}: {exc}")
-                raise TransportUnavailable(self._broken) from exc
+
+    def _settled(self) -> None:
+        """Send the acks and skips waiting, unanswered (the lock held)."""
+        if self._broken:
+            return
+        try:
+            self._send({"op": "settled"})
+        except OSError as exc:
+            self._fail(f"{type(exc).__name__}: {exc}")
+            raise TransportUnavailable(self._broken) from exc
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Back to the queue after ``delay`` s, as the next attempt (a bad ``delay`` is an
