@@ -92,8 +92,9 @@ FORGET_PER_SWEEP = 1000
 #: ``running`` (one that ends sooner goes straight to its outcome, see ``_start_later``)
 SYNC_WITHIN = 0.05
 
-#: acknowledgements riding on one statement: row ids, results, start times
-_Acks = tuple[list[int], list[str | None], list[float | None]]
+#: acknowledgements riding on one statement: row ids, results, start times (Unix
+#: microseconds)
+_Acks = tuple[list[int], list[str | None], list[int | None]]
 
 
 class PgsqlConsumer(Consumer):
@@ -119,6 +120,10 @@ class PgsqlConsumer(Consumer):
         # The runner's watchdog may settle from a timer thread while the owner waits.
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
+        # Our statements' cursor, kept with its connection: a new one per statement looked
+        # its dumpers and loaders up again (about 47k instructions a statement, callgrind,
+        # see ``asynctask_pgsql.pooled``).
+        self._cursor: psycopg.Cursor[Any] | None = None
         self._owner: int | None = None  # the number whose advisory lock we hold
         self._owners: list[int] = []  # every number this consumer has held
         self._buffer: deque[Delivery] = deque()  # prefetched, not yet handed out
@@ -126,7 +131,7 @@ class PgsqlConsumer(Consumer):
         self._acks: list[int] = []  # acknowledged rows, deleted by the next statement
         self._results: list[str | None] = []  # their results (JSON text), beside them
         self._expires: dict[int, float] = {}  # row id -> its date_expires (Unix seconds)
-        self._started: list[float | None] = []  # their start times, if not written yet
+        self._started: list[int | None] = []  # their start times (us), if not written yet
         # prefetched tasks started and not yet written running: row id -> (it, when)
         self._unmarked: dict[int, tuple[Delivery, float]] = {}
         # START_RUNNING sent in pipeline mode, one list per Sync not yet answered: the
@@ -299,11 +304,11 @@ class PgsqlConsumer(Consumer):
                 values = [
                     delivery.id.encode(),
                     str(delivery.attempt).encode(),
-                    _int_array(self._owners),
-                    _int_array(self._acks),
+                    _int_array(self._owners).encode(),
+                    _int_array(self._acks).encode(),
                     json.dumps(self._results).encode(),
                     repr(float(self.transport.status_ttl)).encode(),
-                    _float_array(self._started),
+                    _int_array(self._started).encode(),
                     repr(started).encode(),
                 ]
                 pgconn.send_query_prepared(b"asynctask_start", values)
@@ -399,7 +404,7 @@ class PgsqlConsumer(Consumer):
             if self._held.pop(delivery.receipt, None) is not None:
                 self._acks.append(delivery.receipt)
                 self._results.append(result_json)
-                self._started.append(None if unmarked is None else unmarked[1])
+                self._started.append(None if unmarked is None else int(unmarked[1] * 1e6))
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Back to the queue after ``delay`` seconds, one attempt more."""
@@ -483,7 +488,7 @@ class PgsqlConsumer(Consumer):
             self._held[row_id] = self._owner
             # A count another program stored may be negative: never more runs for that.
             attempt = max(attempts, 0) + 1
-            delivery = Delivery(task_id.hex, self.queue, payload, attempt, submitted, row_id)
+            delivery = Delivery(task_id, self.queue, payload, attempt, submitted, row_id)
             delivery.headers = read_headers(headers)
             if expires is not None:
                 self._expires[row_id] = expires
@@ -497,12 +502,14 @@ class PgsqlConsumer(Consumer):
                 conn = self._connect()
                 # Bound afresh on every try: the owner may change with a reconnect, and the
                 # caller's params stay as given (encoding them in place once sent a
-                # twice-encoded array after a reconnect). psycopg adapts the lists: as fast
-                # as the hand-made text literal it replaces (1,693 against 1,454
-                # reserves/s, python -m bench.drivers, same run).
+                # twice-encoded array after a reconnect). The arrays are text literals
+                # (see ``_bound``).
                 bound = self._bound(params) if isinstance(params, dict) else params
                 asked = time.monotonic()
-                rows = conn.execute(query, bound, prepare=True).fetchall()
+                cursor = self._cursor
+                if cursor is None or cursor.closed:
+                    cursor = self._cursor = conn.cursor()
+                rows = cursor.execute(query, bound, prepare=True).fetchall()
                 # psycopg read the notifications that came before its answer
                 self._asked_at = asked
             except (psycopg.OperationalError, TransportUnavailable) as exc:
@@ -518,15 +525,22 @@ class PgsqlConsumer(Consumer):
             return rows
 
     def _bound(self, params: dict[str, Any]) -> dict[str, Any]:
-        """``params`` with what every statement of ours may use."""
+        """``params`` with what every statement of ours may use.
+
+        The acknowledgements' arrays go as the text literals we write (``_int_array``,
+        the results as one JSON array), which psycopg sends as they are: its list dumper
+        ran a regular expression on every element and wrote each start time with a
+        float's shortest ``repr``, 20k of the run loop's 142k instructions a task
+        (callgrind, ``bench/loopcost.py``, prefetch 16).
+        """
         return {
             **params,
             "owner": self._owner,
             "keeper": self._keeper,
-            "owners": list(self._owners),
-            "acks": list(self._acks),
-            "results": list(self._results),
-            "started": list(self._started),
+            "owners": _int_array(self._owners),
+            "acks": _int_array(self._acks),
+            "results": json.dumps(self._results),
+            "started": _int_array(self._started),
             "track": self._tracked(),
             "ttl": self.transport.status_ttl,
         }
@@ -542,8 +556,9 @@ class PgsqlConsumer(Consumer):
             owners, held, acks = leftovers[0]
             params = _settle_params(held, "queued")
             # Their results were lost with that consumer: succeeded, without them.
-            params.update(owners=owners, acks=acks, results=[None] * len(acks))
-            params.update(started=[None] * len(acks))
+            params.update(owners=_int_array(owners), acks=_int_array(acks))
+            params.update(results=json.dumps([None] * len(acks)))
+            params.update(started=_int_array([None] * len(acks)))
             params.update(track=self._tracked(), ttl=self.transport.status_ttl)
             try:
                 conn.execute(self._sql.settle, params).fetchall()
@@ -653,6 +668,7 @@ class PgsqlConsumer(Consumer):
         self._pending.clear()
         self._start_failed = False
         conn, self._conn = self._conn, None
+        self._cursor = None
         if conn is not None:
             with contextlib.suppress(psycopg.Error):  # a broken one has nothing to report
                 conn.close()
@@ -666,7 +682,7 @@ def _settle_params(
     delay: float | None = None,
 ) -> dict[str, Any]:
     return {
-        "ids": ids,
+        "ids": _int_array(ids),
         "state": state,
         "attempt": attempt,
         "error": error,
@@ -675,11 +691,7 @@ def _settle_params(
     }
 
 
-def _int_array(numbers: list[int]) -> bytes:
-    """A PostgreSQL array literal of integers, as libpq's text parameters take it."""
-    return ("{" + ",".join(str(int(n)) for n in numbers) + "}").encode()
-
-
-def _float_array(numbers: list[float | None]) -> bytes:
-    """A PostgreSQL array literal of floats (NULL for None), for libpq's text parameters."""
-    return ("{" + ",".join("NULL" if n is None else repr(float(n)) for n in numbers) + "}").encode()
+def _int_array(numbers: list[int] | list[int | None]) -> str:
+    """A PostgreSQL array literal of integers (NULL for None), as text parameters take
+    it (psycopg sends a ``str`` untyped: the statement's cast reads it)."""
+    return "{" + ",".join(["NULL" if n is None else int.__repr__(n) for n in numbers]) + "}"
