@@ -35,6 +35,7 @@ import select
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, LiteralString, Protocol
 
 import psycopg
@@ -691,7 +692,7 @@ def _settle_params(
     }
 
 
-def _int_array(numbers: list[int] | list[int | None]) -> str:
+def _int_array(numbers: Sequence[int | None]) -> str:
     """A PostgreSQL array literal of integers (NULL for None), as text parameters take
     it (psycopg sends a ``str`` untyped: the statement's cast reads it)."""
     return "{" + ",".join(["NULL" if n is None else int.__repr__(n) for n in numbers]) + "}"
