@@ -39,7 +39,8 @@ from collections.abc import Sequence
 from typing import Any, LiteralString, Protocol
 
 import psycopg
-from psycopg import Notify, pq, sql
+from psycopg import Notify, abc, pq, sql
+from psycopg.adapt import Transformer
 from psycopg.generators import fetch, send
 
 from asynctask.errors import (
@@ -52,6 +53,7 @@ from asynctask.status import StartVerdict
 from asynctask.transport import Consumer, Delivery, Transport, check_delay
 from asynctask_pgsql.conninfo import Server, is_refusal
 from asynctask_pgsql.decoding import load_json_as_text, read_headers
+from asynctask_pgsql.pooled import Prepared, exec_prepared
 from asynctask_pgsql.schema import channel, consumer_lock_class, sweep_lock_class
 from asynctask_pgsql.state_sql import CANCEL_HEARD
 from asynctask_pgsql.statements import Statements
@@ -125,6 +127,12 @@ class PgsqlConsumer(Consumer):
         # its dumpers and loaders up again (about 47k instructions a statement, callgrind,
         # see ``asynctask_pgsql.pooled``).
         self._cursor: psycopg.Cursor[Any] | None = None
+        # RESERVE, the statement of every ``prefetch`` tasks, goes through libpq as the
+        # one-task submit does (``asynctask_pgsql.pooled``): prepared once per connection
+        # (the names in ``_prepared``), its rows loaded by psycopg's C loaders (``_rows``).
+        self._reserve = Prepared("asynctask_reserve", self._sql.reserve)
+        self._prepared: set[bytes] = set()
+        self._rows: abc.Transformer | None = None
         self._owner: int | None = None  # the number whose advisory lock we hold
         self._owners: list[int] = []  # every number this consumer has held
         self._buffer: deque[Delivery] = deque()  # prefetched, not yet handed out
@@ -175,7 +183,7 @@ class PgsqlConsumer(Consumer):
                         self._host.vacuum.ask()
                 self._cancelled.clear()  # of tasks we do not hold (we hold none now)
                 limit = self.prefetch - len(self._buffer)
-                rows = self._run(self._sql.reserve, {"queue": self.queue, "limit": limit})
+                rows = self._run(self._reserve, {"queue": self.queue, "limit": limit})
                 self._sent()
                 self._keep(rows)
                 if self._buffer:
@@ -495,7 +503,7 @@ class PgsqlConsumer(Consumer):
                 self._expires[row_id] = expires
             self._buffer.append(delivery)
 
-    def _run(self, query: LiteralString, params: Any) -> list[tuple[Any, ...]]:
+    def _run(self, query: LiteralString | Prepared, params: Any) -> list[tuple[Any, ...]]:
         """Run one statement on our connection, reconnecting through an outage."""
         while True:
             try:
@@ -507,10 +515,13 @@ class PgsqlConsumer(Consumer):
                 # (see ``_bound``).
                 bound = self._bound(params) if isinstance(params, dict) else params
                 asked = time.monotonic()
-                cursor = self._cursor
-                if cursor is None or cursor.closed:
-                    cursor = self._cursor = conn.cursor()
-                rows = cursor.execute(query, bound, prepare=True).fetchall()
+                if isinstance(query, Prepared):
+                    rows = self._run_prepared(conn, query, bound)
+                else:
+                    cursor = self._cursor
+                    if cursor is None or cursor.closed:
+                        cursor = self._cursor = conn.cursor()
+                    rows = cursor.execute(query, bound, prepare=True).fetchall()
                 # psycopg read the notifications that came before its answer
                 self._asked_at = asked
             except (psycopg.OperationalError, TransportUnavailable) as exc:
@@ -524,6 +535,22 @@ class PgsqlConsumer(Consumer):
             if self._host.leftovers:
                 self._hand_back_leftovers(conn)
             return rows
+
+    def _run_prepared(
+        self, conn: psycopg.Connection[Any], statement: Prepared, params: dict[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """``statement`` through libpq (see ``__init__``); the notifications that came
+        before its answer heard. A cursor's ``execute`` costs about 45k instructions a
+        call beside libpq's (``asynctask_pgsql.pooled``)."""
+        result = exec_prepared(conn, self._prepared, statement, params)
+        pgconn = conn.pgconn
+        while (note := pgconn.notifies()) is not None:
+            self._heard(Notify(note.relname.decode(), note.extra.decode(), note.be_pid))
+        loader = self._rows
+        if loader is None:
+            loader = self._rows = Transformer(conn)
+        loader.set_pgresult(result)
+        return loader.load_rows(0, result.ntuples, tuple)
 
     def _bound(self, params: dict[str, Any]) -> dict[str, Any]:
         """``params`` with what every statement of ours may use.
@@ -669,7 +696,8 @@ class PgsqlConsumer(Consumer):
         self._pending.clear()
         self._start_failed = False
         conn, self._conn = self._conn, None
-        self._cursor = None
+        self._cursor = self._rows = None
+        self._prepared.clear()
         if conn is not None:
             with contextlib.suppress(psycopg.Error):  # a broken one has nothing to report
                 conn.close()

@@ -228,7 +228,7 @@ RESERVE = f"""
 WITH {_DONE}, {_HEAD_ROWS}, taken AS (
     UPDATE {{s}}.asynctask_queue AS t
     SET state = CASE WHEN head.bad THEN 'failed' ELSE 'reserved' END,
-        owner = CASE WHEN head.bad THEN NULL ELSE %(owner)s END,
+        owner = CASE WHEN head.bad THEN NULL ELSE %(owner)s::int END,
         keeper = CASE WHEN head.bad THEN NULL ELSE %(keeper)s::int END,
         error = CASE WHEN head.bad THEN {_UNDECODABLE} ELSE t.error END,
         date_failed = CASE WHEN head.bad THEN now() END
