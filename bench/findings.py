@@ -70,7 +70,9 @@ _PG_DRAIN = (
     "primary key, task id and reserved index; a third of them bottom-up deletion of the "
     "versions they leave), index scans 18%, executor start-up of the generic plan 10%: "
     "what is left to cut is the layout (HOT updates), which the shared schema version "
-    "does not allow."
+    "does not allow. RESERVE's update of the taken rows now finds them by the `ctid` the "
+    "head locked (a TID scan, not a primary-key descent a row): 31.4 -> 29.4 buffers a "
+    "task; the acknowledgements' DELETE could do the same (not done)."
 )
 
 _PG_SUBMIT = (
