@@ -1,19 +1,22 @@
-"""The hot path of an untracked consumer: the ``NEXT`` script moves and acks in batches.
+"""The hot path of a consumer: the ``NEXT`` script moves and acks in batches.
 
-Without statuses to check, ``NEXT`` takes a whole prefetch with a few commands (the
-urgent tasks first, then the ready list's head) and removes the acks of a consumer that
-settled in order with one ``LTRIM``; any other order falls back to one ``LREM`` an ack.
-These call the script itself, as the consumer does between two maintenance calls.
+``NEXT`` takes a whole prefetch with a few commands (the urgent tasks first, then the
+ready list's head; tracked, the first it hands out checked and marked running) and
+removes the acks of a consumer that settled in order with one ``LTRIM``; any other order
+falls back to one ``LREM`` an ack. The batch comes back as one string joined by
+newlines, or as items when a message holds one. These call the script itself, as the
+consumer does between two maintenance calls.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import redis
 
 from asynctask_redis import scripts
-from asynctask_redis.consumer import NUDGE
+from asynctask_redis.consumer import NUDGE, taken
 from asynctask_redis.transport import RedisTransport
 
 CONSUMER = "host.batchtest"
@@ -27,7 +30,7 @@ def _next(
     args = [t.prefix, t.script_queue(queue), CONSUMER, want, "0", t.status_ttl_ms, ""]
     reply = client.eval(scripts.NEXT.text, 0, *args, len(acks), *triples)
     assert reply[0] == 0, "nothing is marked running without tracking"
-    return list(reply[1:])
+    return taken(reply, 1)
 
 
 def _numbers(messages: list[bytes]) -> list[object]:
@@ -80,3 +83,49 @@ def test_an_ack_of_a_message_no_longer_held_removes_nothing_else(transport, queu
     _next(t, client, queue, 1, acks=[got[0], stranger])
     # Then only the first is gone
     assert _processing(t, client, queue) == got[1:]
+
+
+def _tracked_next(t: RedisTransport, client: redis.Redis, queue: str, want: int) -> list[Any]:
+    """One tracked ``NEXT`` call (the first task marked running): its reply, the taken
+    messages read as the consumer reads them."""
+    args = [t.prefix, t.script_queue(queue), CONSUMER, want, "1", t.status_ttl_ms, ""]
+    reply = client.eval(scripts.NEXT.text, 0, *args, 0)
+    return [reply[0], taken(reply, 1)]
+
+
+def test_a_tracked_batch_drops_an_expired_first_task_and_marks_the_next(transport, queue, client):
+    # Given a task that expires at once, then two plain ones, no cancel pending (the
+    # move takes them in bulk and checks only the first it hands out)
+    t = transport
+    first = t.submit_task(queue, {"n": 0}, expires=0.001)
+    second, third = t.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+    expires_ms = int(client.hget(t.key(queue, f"task:{first}"), "expires_at"))
+    while (lambda s: int(s[0]) * 1000 + int(s[1]) // 1000)(client.time()) <= expires_ms:
+        pass  # the server's clock past the expiry (a millisecond or two)
+    # When a tracked consumer takes three in one call
+    started, got = _tracked_next(t, client, queue, 3)
+    # Then the expired one is gone, never handed out; the next is marked running in its
+    # place, the last waits queued; the consumer holds exactly those two
+    assert _numbers(got) == [1, 2]
+    assert started == 1
+    assert _processing(t, client, queue) == got
+    assert client.hget(t.key(queue, f"task:{first}"), "state") == b"expired"
+    assert client.hget(t.key(queue, f"task:{second}"), "state") == b"running"
+    assert client.hget(t.key(queue, f"task:{third}"), "state") == b"queued"
+
+
+def test_a_batch_with_a_message_holding_a_newline_comes_back_whole(transport, queue, client):
+    # Given a plain task and another program's pretty-printed JSON, newlines and all
+    t = transport
+    t.submit_task(queue, {"n": 0})
+    client.rpush(t.ready_key(queue), b'{\n  "n": 1\n}')
+    # When a consumer takes both in one move
+    with t.consumer(queue, prefetch=4) as consumer:
+        consumer.tracking = False
+        deliveries = [consumer.reserve(timeout=2.0) for _ in range(2)]
+        # Then each comes whole, in order (the batch came as items, not joined by
+        # newlines)
+        assert [d.payload for d in deliveries if d is not None] == [{"n": 0}, {"n": 1}]
+        for d in deliveries:
+            assert d is not None
+            consumer.ack(d)

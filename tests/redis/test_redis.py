@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -18,6 +19,7 @@ import redis
 from asynctask.errors import InvalidURIError, TransportError, TransportUnavailable
 from asynctask.testing import require_service, unique_queue
 from asynctask.testing.contract import open_transport
+from asynctask_redis import scripts
 from asynctask_redis.transport import RedisTransport
 from support import free_port, start_redis_server
 
@@ -417,15 +419,22 @@ def test_the_set_of_queue_names_forgets_empty_queues(redis_uri, client, key_pref
 
 
 @pytest.mark.parametrize(
-    ("tracked", "options"),
-    [(False, {}), (False, {"priority": 3}), (False, {"delay": 60}), (True, {})],
-    ids=["untracked-plain", "untracked-urgent", "untracked-delayed", "tracked"],
+    ("tracked", "options", "count"),
+    [
+        (False, {}, 2),
+        (False, {}, 1),
+        (False, {"priority": 3}, 2),
+        (False, {"delay": 60}, 2),
+        (True, {}, 2),
+    ],
+    ids=["untracked-plain", "untracked-one", "untracked-urgent", "untracked-delayed", "tracked"],
 )
 def test_a_submit_retried_after_a_lost_reply_is_stored_once_by_either_script(
-    transport, client, key_prefix, queue, tracked, options
+    transport, client, key_prefix, queue, tracked, options, count
 ):
-    """An untracked queue's plain submit goes through ``PUSH``, the others through ``PUT``
-    (the contract's test covers a tracked queue only): each stores nothing on the retry.
+    """An untracked queue's plain submit goes through ``PUSH`` (one task: packed and read
+    by our own code, ``RedisTransport._push_one``), the others through ``PUT`` (the
+    contract's test covers a tracked queue only): each stores nothing on the retry.
     Failed with ``PUSH`` without its guard key (the retry pushed the tasks twice)."""
     transport.state().set_tracking(queue, tracked)
     primitive = transport._put
@@ -440,12 +449,60 @@ def test_a_submit_retried_after_a_lost_reply_is_stored_once_by_either_script(
 
     transport._put = reply_lost
     try:
-        transport.submit_tasks(queue, [{"n": 0}, {"n": 1}], **options)
+        transport.submit_tasks(queue, [{"n": n} for n in range(count)], **options)
     finally:
         del transport._put
     stats = transport.queue_stats(queue)
-    assert len(lost) == 1 and stats.ready + stats.delayed == 2
+    assert len(lost) == 1 and stats.ready + stats.delayed == count
     # the queue is listed (the script added its name)
     assert client.sismember(f"{key_prefix}:queues", queue)
     transport.purge(queue)
     transport.state().set_tracking(queue, True)
+
+
+def test_a_one_by_one_submit_reads_every_reply_redis_gives(queue):
+    """The plain one-task submit reads simple replies itself (``connection.exec_packed``
+    for its first try, ``reply_to`` for a retry's ``PUSH``); any other reply goes to
+    redis-py's parser: a server that lost the script (NOSCRIPT) gets it again, an error
+    is raised as redis-py raises it, and the connection stays in step for the next call.
+    A private server: its scripts are flushed."""
+    server = start_server("--save", "", "--appendonly", "no")
+    transport = open_transport(f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0")
+    client = redis.Redis(port=server.port, password=PASSWORD)
+    try:
+        assert isinstance(transport, RedisTransport)
+        # Given an untracked queue (its plain submits run PUSH) with one task in it
+        transport.state().set_tracking(queue, False)
+        transport.submit_task(queue, {"n": 0})
+        ready = transport.ready_key(queue)
+        # When the server forgets its scripts, and a submit's reply is lost: its retry
+        # runs PUSH (loaded again), which stores nothing twice
+        client.script_flush()
+        primitive, tries = transport._put, []
+
+        def reply_lost(*args: Any) -> Any:
+            tries.append(primitive(*args))
+            if len(tries) == 1:
+                raise TransportUnavailable("the reply was lost (a test)")
+            return tries[-1]
+
+        transport._put = reply_lost  # type: ignore[method-assign]
+        try:
+            transport.submit_task(queue, {"n": 1})
+        finally:
+            del transport._put
+        assert len(tries) == 2 and client.llen(ready) == 2
+        assert client.script_exists(scripts.PUSH.sha) == [True]  # the retry ran it
+        # When the ready list's key holds a string: Redis's error, named
+        client.delete(ready)
+        client.set(ready, "not a list")
+        with pytest.raises(TransportError, match="WRONGTYPE"):
+            transport.submit_task(queue, {"n": 2})
+        # Then the connection is in step: the next submits are stored, each once
+        client.delete(ready)
+        ids = [transport.submit_task(queue, {"n": n}) for n in range(3, 6)]
+        assert [t.id for t in transport.peek(queue, limit=10)] == ids
+    finally:
+        client.close()
+        transport.close()
+        server.stop()

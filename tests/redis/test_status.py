@@ -776,3 +776,66 @@ def test_records_written_before_a_queue_went_untracked_are_forgotten(transport, 
     finally:
         transport.purge_failed(queue)
         transport.state().set_tracking(queue, True)
+
+
+class _Succeeds(AsyncTaskWorker):
+    """Succeeds whatever the payload."""
+
+    name = "asynctask_redis_untracked_succeeds"
+
+    def process(self, payload: Any) -> None:
+        pass
+
+
+def test_a_record_requeued_from_the_failed_store_and_run_untracked_is_forgotten(
+    transport, queue, client
+):
+    """Issue 16: a record is forgotten once a worker keeping no status settles its task
+    for good, whatever was in the queue when it turned untracked (a task in the failed
+    store, requeued after, was in no list the queue's walk read: its record stayed)."""
+    # Given a task that failed on a tracked queue (its record kept with its failed record)
+    transport.status_ttl = 0.5
+    tid = transport.submit_task(queue, {"fail": True})
+    run_loop(_Quiet(), transport, queue, LoopOptions(max_tasks=1, wait=0.2))
+    assert transport.status(tid).state == "failed"
+    key = task_key(transport, queue, tid)
+    try:
+        # When the queue turns untracked, then the task is requeued and run there
+        transport.state().set_tracking(queue, False)
+        assert transport.requeue_failed(queue) == 1
+        assert client.pttl(key) == -1
+        options = LoopOptions(max_tasks=1, track_status=False, wait=0.2)
+        run_loop(_Succeeds(), transport, queue, options)
+        # Then Redis forgets its record and its id pointer after the TTL
+        assert 0 < client.pttl(key) <= 500
+        time.sleep(0.7)
+        assert client.exists(key, f"{transport.prefix}:@id:{tid}") == 0
+    finally:
+        transport.purge_failed(queue)
+        transport.state().set_tracking(queue, True)
+
+
+@pytest.mark.slow
+def test_turning_a_big_backlog_untracked_does_not_block_redis():
+    """Issue 16: ``set_tracking(queue, False)`` on a queue of 200,000 tracked tasks
+    keeps no script running for more than 50 ms (one walk of the whole queue in one
+    script blocked every client of the server: BUSY past 5 s). A private server: its
+    slow log is ours to set."""
+    with private_redis(appendonly=False) as server:
+        transport = open_transport(server.uri())
+        client = redis.Redis(host=server.address, port=server.port)
+        try:
+            # Given a backlog of 200,000 tasks submitted tracked (records with no TTL)
+            queue = unique_queue()
+            for _ in range(20):
+                transport.submit_tasks(queue, [{}] * 10_000)
+            client.config_set("slowlog-log-slower-than", 50_000)  # us
+            client.slowlog_reset()
+            # When its workers turn track_status off
+            transport.state().set_tracking(queue, False)
+            # Then no command ran 50 ms or more, and the queue is untracked
+            assert [(e["command"][:40], e["duration"]) for e in client.slowlog_get(10)] == []
+            assert transport.state().untracked([queue]) == {queue}
+        finally:
+            client.close()
+            transport.close()

@@ -12,12 +12,14 @@ one record (an ack and a ``cancel``) exactly one succeeds and the other learns i
 the move, so a record never sits in a final folder with content that says otherwise;
 a reader meeting a torn write (the file is rewritten while read) reads it again.
 
-The hot path writes no content: a worker's start appends one space to the record (a
-*mark*: JSON ignores trailing spaces; the append's time is the file's mtime, the start
-time), and the success of a first attempt without a result is the one rename
-``live`` -> ``done/<END>``, which keeps that mtime (the finish time is the ctime). So a
-record whose content still says ``queued`` reads ``running`` when marked, and
-``succeeded`` in ``done/``. An append needs only write permission, like every other
+The hot path writes no content: a worker's start appends a *mark* to the record (a
+newline and the name of the journal its success will be written to, see ``split``; the
+append's time is the file's mtime, the start time), and the success of a first attempt
+without a result is a line in that journal (``asynctask_filesys.state.Journal``); the
+record stays. A success after its journal closed is the rename ``live`` ->
+``done/<END>``, which keeps that mtime (the finish time is the ctime). So a record
+whose content still says ``queued`` reads ``running`` when marked, and ``succeeded``
+when its journal lists it or in ``done/``. An append needs only write permission, like every other
 step: several users may share the folder (``mode=0660``).
 
 Final records are forgotten by whole folders: ``done/<END>`` is removed once ``END``
@@ -86,7 +88,9 @@ def encode(record: Record, result_json: str | None = None) -> bytes:
     """A record's bytes; ``result_json`` (already JSON text) is spliced in as is."""
     text = json.dumps(record, separators=(",", ":"))
     if result_json is not None:
-        text = f'{text[:-1]},"result":{result_json}}}'
+        # a record's content is one line (a mark starts with a newline): in JSON text a
+        # raw newline can only be whitespace between tokens, so a space does the same
+        text = f'{text[:-1]},"result":{result_json.replace(chr(10), " ")}}}'
     return text.encode()
 
 
@@ -110,14 +114,37 @@ def _parse(data: bytes) -> Record | None:
     return value if isinstance(value, dict) else None
 
 
+#: a journal a mark names: ``<END>/<name>`` under ``done/`` (never a path elsewhere)
+_POINTER = re.compile(rb"^[0-9]{1,20}/[0-9a-f]{1,32}\.[0-9]{1,12}$")
+
+
+def split(data: bytes) -> tuple[bytes, int, str | None]:
+    """A record's bytes as its JSON content, its marks and the journal the last mark
+    names (None: a plain mark, or none). A mark is one space (``mark()``'s default) or
+    a newline and a journal's name (``<END>/<name>``, see ``asynctask_filesys.state``);
+    the content is written without a newline, so the first one ends it."""
+    head, newline, tail = data.partition(b"\n")
+    content = head.rstrip(b" ")
+    marks = len(head) - len(content)
+    if not newline:
+        return content, marks, None
+    journal = None
+    for part in tail.split(b"\n"):
+        named = part.rstrip(b" ")
+        marks += 1 + len(part) - len(named)
+        journal = named.decode() if named == part and _POINTER.match(named) else None
+    return content, marks, journal
+
+
 @dataclass(frozen=True)
 class Read:
-    """A record as read: its content, its file's stat, and its marks (trailing spaces:
-    the starts the hot path appended since the content was written)."""
+    """A record as read: its content, its file's stat, its marks (the starts the hot
+    path appended since the content was written) and the journal the last one names."""
 
     record: Record
     info: os.stat_result
     marks: int
+    journal: str | None = None
 
 
 def read(path: str, limit: int) -> Read | None:
@@ -137,22 +164,24 @@ def read(path: str, limit: int) -> Read | None:
             return None
         finally:
             os.close(fd)
-        record = _parse(data)
+        content, marks, journal = split(data)
+        record = _parse(content)
         if record is not None:
-            return Read(record, info, len(data) - len(data.rstrip(b" ")))
+            return Read(record, info, marks, journal)
         if attempt < _READ_TRIES - 1:
             time.sleep(0.001)  # torn: being rewritten in place right now
     return None
 
 
-def mark(path: str) -> bool:
-    """Append a mark (one space) to a record: a start on the hot path, one ``write``
-    and no move. False when there is no record there (moved away: cancelled).
+def mark(path: str, text: bytes = b" ") -> bool:
+    """Append a mark to a record (one space, or a newline and the journal its success
+    will be written to): a start on the hot path, one ``write`` and no move. False
+    when there is no record there (moved away: cancelled).
 
     No ``fstat`` first (it was a quarter of the mark's cost): ``O_NOFOLLOW`` refuses a
     planted symlink, ``O_NONBLOCK`` makes a FIFO without a reader fail (``ENXIO``), a
     folder fails to open for writing, and a user cannot plant a device node (nor, with
-    ``protected_hardlinks``, a link to one). A FIFO somebody reads gets one space, and
+    ``protected_hardlinks``, a link to one). A FIFO somebody reads gets the mark, and
     the verdict is the one its missing record gives anyway: the task runs, untracked."""
     try:
         fd = os.open(path, _MARK)
@@ -163,7 +192,7 @@ def mark(path: str) -> bool:
             return False
         raise
     try:
-        os.write(fd, b" ")
+        os.write(fd, text)
     except BlockingIOError:  # a full FIFO (a regular file never says EAGAIN)
         pass
     finally:
@@ -226,8 +255,9 @@ def update(path: str, change: Change, limit: int) -> tuple[Record, bool] | None:
             data, info = _read_fd(fd, limit)
         except NotATaskFile:
             return None
-        old = _parse(data) or {}
-        new = change(old, info.st_mtime if data.endswith(b" ") else None)
+        content, marks, _ = split(data)
+        old = _parse(content) or {}
+        new = change(old, info.st_mtime if marks else None)
         if new is None:
             return old, False
         record, result_json = new

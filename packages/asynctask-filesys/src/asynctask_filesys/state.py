@@ -2,8 +2,9 @@
 
 ``FilesysStateStore`` is both the generic ``StateStore`` (any transport may keep its
 state here through ``asynctask_state``, AMQP first) and what the filesys consumer calls
-on its hot path: ``begin`` (one appended byte) and ``finish`` (one rename, for a plain
-success). The record files and their moves are described in
+on its hot path: ``begin`` (a mark appended to the record, naming this process's
+``Journal``) and ``succeed`` (a plain success: one line appended to that journal; the
+record stays in ``live/``). The record files and their moves are described in
 ``asynctask_filesys.records``; unique keys are exclusive creates (``link(2)``, which
 fails when the name exists) in ``.status/unique/<queue>/``. ``wait`` blocks on inotify
 (a record leaving ``live/``), with a fallback poll only where inotify is missing, or
@@ -16,6 +17,7 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Collection, Sequence
@@ -42,6 +44,43 @@ logger = logging.getLogger("asynctask.filesys")
 #: ``begin``'s ``expires`` when the caller does not know it (the record is read)
 UNKNOWN: Any = object()
 _WAITING = ("queued", "delayed")
+#: starts a journal takes before the next one is opened: bounds what a status reads
+JOURNAL_STARTS = 1024
+#: bytes of a journal a status reads at most (1,024 lines of at most 150 bytes)
+_JOURNAL_LIMIT = 1 << 20
+
+
+class Journal:
+    """One consumer process's journal of plain successes (issue 16): ``done/<END>/
+    <token>.<seq>``, one line ``<id> <finished, ns>`` a success, appended to a kept
+    descriptor. A start's mark names it; it takes starts for half a window (or
+    ``JOURNAL_STARTS`` of them) and successes for a whole window, and sits in the
+    ``done/`` folder of the window after: forgotten with that folder, after every line
+    in it is ``status_ttl`` old."""
+
+    def __init__(self, done: str, token: str, seq: int, width: int, ttl: float, mode: int) -> None:
+        now = time.time()
+        #: successes are written here until then (a later one takes the rename)
+        self.deadline = now + width
+        #: starts are given this journal until then
+        self.open_until = now + width / 2
+        self.ttl = ttl
+        self.starts = 0
+        end = (int(self.deadline) // width + 1) * width
+        self.name = f"{end}/{token}.{seq}"
+        #: what a start appends to its record: a newline, then this journal's name
+        self.mark = b"\n" + self.name.encode()
+        folder = os.path.join(done, str(end))
+        make_dirs((folder,), mode)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+        self.fd = os.open(os.path.join(done, self.name), flags, mode)
+        os.fchmod(self.fd, mode)  # the umask must not narrow a shared folder's mode
+
+    def close(self) -> None:
+        """No more successes here (a task it was given takes the rename)."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -53,6 +92,8 @@ class Found:
     record: Record
     info: os.stat_result
     marks: int
+    #: when a journal says it succeeded (its record still in ``live/``)
+    finished: float | None = None
 
 
 def _number(value: object) -> float | None:
@@ -87,6 +128,14 @@ class FilesysStateStore(StateStore):
         #: the open ``done/<END>/`` with a trailing separator, and the TTL it was made for
         self._bucket_folder = ""
         self._bucket_ttl = -1.0
+        #: this process's journals: the one starts are given, and the one before
+        self._journal: Journal | None = None
+        self._previous: Journal | None = None
+        self._journals = 0
+        self._token = uuid.uuid4().hex[:12]
+        self._rotating = threading.Lock()
+        #: task id -> the journal its start named (until it is settled)
+        self._assigned: dict[str, Journal] = {}
 
     # -- folders and buckets --------------------------------------------------------------
 
@@ -114,10 +163,66 @@ class FilesysStateStore(StateStore):
         return self._bucket_folder
 
     def _forget_old(self) -> None:
+        """Remove the ``done/`` folders past the TTL; first, the ``live/`` records of
+        the successes their journals list (work in proportion to the tasks of that
+        window, never to history)."""
         limit = time.time() - self.status_ttl
         for end in records.bucket_ends(self.paths.done):
             if end < limit:
-                shutil.rmtree(os.path.join(self.paths.done, str(end)), ignore_errors=True)
+                folder = os.path.join(self.paths.done, str(end))
+                for name in os.listdir(folder):
+                    if "." in name:  # a journal (a record's name, an id, has no dot)
+                        self._forget_journaled(os.path.join(folder, name))
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _forget_journaled(self, journal: str) -> None:
+        data = records.read_bytes(journal, _JOURNAL_LIMIT) or b""
+        for line in data.split(b"\n"):
+            task_id = line.partition(b" ")[0].decode("ascii", errors="replace")
+            if task_id and valid_id(task_id):
+                records.remove(self._live + task_id)
+
+    def _start_journal(self) -> Journal:
+        """The journal a start is given now: the open one, or a new one (then the
+        one before the previous is closed, and the folders past the TTL removed)."""
+        j = self._journal
+        if (
+            j is not None
+            and j.starts < JOURNAL_STARTS
+            and time.time() < j.open_until
+            and j.ttl == self.status_ttl
+        ):
+            j.starts += 1
+            return j
+        with self._rotating:
+            if self._journal is j:
+                self._ensure()
+                width = int(min(3600.0, max(1.0, self.status_ttl / 8)))
+                self._journals += 1
+                new = Journal(
+                    self.paths.done, self._token, self._journals, width, self.status_ttl, self.mode
+                )
+                if self._previous is not None:
+                    self._previous.close()
+                self._previous, self._journal = j, new
+                self._forget_old()
+            j = self._journal
+            assert j is not None
+            j.starts += 1
+            return j
+
+    def _journaled(self, name: str, task_id: str) -> float | None:
+        """When the journal ``name`` says ``task_id`` succeeded; None if it does not."""
+        data = records.read_bytes(os.path.join(self.paths.done, name), _JOURNAL_LIMIT)
+        if not data:
+            return None
+        key = b"\n" + task_id.encode() + b" "
+        data = b"\n" + data
+        at = data.find(key)
+        if at < 0:
+            return None
+        stamp = data[at + len(key) : data.find(b"\n", at + 1)]
+        return int(stamp) / 1e9 if stamp.isdigit() else None
 
     def _to_done(self, source: str, task_id: str) -> str | None:
         """Move a record into the current ``done/`` folder: its new path, or None if it
@@ -147,8 +252,13 @@ class FilesysStateStore(StateStore):
             for where, folder in (("live", p.live), ("failed", p.failed)):
                 path = os.path.join(folder, task_id)
                 read = records.read(path, self.limit)
-                if read is not None:
-                    return Found(where, path, read.record, read.info, read.marks)
+                if read is None:
+                    continue
+                if read.journal is not None:  # started on the hot path: succeeded yet?
+                    at = self._journaled(read.journal, task_id)
+                    if at is not None:
+                        return Found("done", path, read.record, read.info, read.marks, at)
+                return Found(where, path, read.record, read.info, read.marks)
             for end in records.bucket_ends(p.done):
                 if end + self.status_ttl < time.time():
                     break  # older ones are forgotten
@@ -170,9 +280,10 @@ class FilesysStateStore(StateStore):
             # started by the hot path: a mark appended, at the file's mtime
             state, attempts, started = "running", attempts + found.marks, info.st_mtime
         elif found.where == "done" and state not in FINAL_STATES and not record.get("untracked"):
-            # the hot path's success: the start time kept as mtime, the move as ctime
+            # the hot path's success: the start time kept as mtime, the end the journal's
+            # line (or the move to done/, the ctime)
             state, attempts = "succeeded", attempts + max(1, found.marks)
-            started, finished = info.st_mtime, info.st_ctime
+            started, finished = info.st_mtime, found.finished or info.st_ctime
         elif found.where == "live" and state in _WAITING:
             due, expires = _number(record.get("due_at")), _number(record.get("expires"))
             if expires is not None and now >= expires:
@@ -316,6 +427,11 @@ class FilesysStateStore(StateStore):
                 status = self.statuses([task_id])[0]
                 if status is None or status.final:
                     return status
+                if status.state == "running":  # its success may be a journal's line
+                    read = records.read(self._live + task_id, self.limit)
+                    journal = None if read is None else read.journal
+                    if journal is not None and watch.follow(os.path.join(self.paths.done, journal)):
+                        continue  # a line written before the watch: look again
                 pause = self.fallback_poll if watch.active else self.poll
                 if status.state in _WAITING:
                     expires = self.expires_at(task_id)
@@ -353,7 +469,9 @@ class FilesysStateStore(StateStore):
             self._finish_at(live, task_id, "expired", 0, None, None, None)
             return "expired"
         if attempt == 1:
-            if records.mark(live):
+            journal = self._start_journal()
+            if records.mark(live, journal.mark):
+                self._assigned[task_id] = journal
                 return "run"
         else:
             now = time.time()
@@ -407,6 +525,7 @@ class FilesysStateStore(StateStore):
         None."""
         if not valid_id(task_id):
             return None
+        self._assigned.pop(task_id, None)
         return self._finish(
             task_id,
             state,
@@ -429,10 +548,21 @@ class FilesysStateStore(StateStore):
         """The consumer's success of a first attempt (every tracked task comes here):
         ``finish``, without the checks its caller made. ``task_id`` comes from a task
         file's name, which only a valid id can have; the file told the unique key. The
-        plain success is the one rename, tried first; anything else (a result, a
+        plain success is a line in the journal its start's mark named, while that is
+        open (the caller removed the task file first: it never reads ``succeeded``
+        before that); else the record's rename, tried next; anything else (a result, a
         record moved away by a cancel, a bucket removed under us) takes ``finish``'s
-        way."""
+        way. A journaled success does not see a cancel that came first (then the
+        record is in ``done/``, ``cancelled``, and stays so): it returns None."""
+        journal = self._assigned.pop(task_id, None)
         if result_json is None or result_json == "null":
+            if journal is not None and journal.fd >= 0 and time.time() < journal.deadline:
+                # the hot path: one line appended; the record stays in live/, and the
+                # journal its mark names says succeeded (until forgotten with it)
+                os.write(journal.fd, f"{task_id} {time.time_ns()}\n".encode())
+                if unique_key is not None:
+                    self._release_unique({"unique_key": unique_key, "queue": queue}, task_id)
+                return None
             try:
                 os.rename(self._live + task_id, self._bucket() + task_id)
             except FileNotFoundError:

@@ -1,8 +1,10 @@
-"""Waking a ``wait`` when a task's status record leaves ``live/``: inotify on that folder.
+"""Waking a ``wait`` when a task's status changes: inotify on its record and journal.
 
-A record leaves ``live/`` exactly when its task becomes final (moved to ``done/`` or
-``failed/``), so a watch on the record's name leaving that folder sees the change a
-waiter waits for. Without inotify (not Linux, or ``notify=poll``) the waiter sleeps for
+A record leaves ``live/`` when its task becomes final (moved to ``done/`` or
+``failed/``), except for the hot path's success, a line in the journal the start's mark
+names (``asynctask_filesys.state``). So a waiter watches the record's name leaving
+``live/``, the record itself (a mark appended: the journal to follow), and that journal
+(a line appended). Without inotify (not Linux, or ``notify=poll``) the waiter sleeps for
 its pause instead.
 
 Closing an inotify instance makes the kernel wait for a grace period (0.05-16 ms
@@ -43,11 +45,15 @@ def _instance() -> Any:
     return INotify()
 
 
-def _done_with(instance: Any, wd: int | None) -> None:
-    """Keep ``instance`` for a later ``wait``, its watch removed; close it beyond KEEP."""
+def _done_with(instance: Any, wds: list[int]) -> None:
+    """Keep ``instance`` for a later ``wait``, its watches removed; close it beyond KEEP."""
     try:
-        if wd is not None:
-            instance.rm_watch(wd)
+        for wd in wds:
+            try:
+                instance.rm_watch(wd)
+            except OSError:  # its file was removed: the kernel dropped the watch
+                if wd == wds[0]:
+                    raise  # the folder's: the instance may be broken
         instance.read(timeout=0)  # what came before the removal: not for the next waiter
     except OSError:  # the folder went away (its watch with it), or the instance broke
         instance.close()
@@ -60,12 +66,15 @@ def _done_with(instance: Any, wd: int | None) -> None:
 
 
 class RecordWatch:
-    """Watches one task's record leave ``live/``; a context manager."""
+    """Watches one task's record (leaving ``live/``, or marked) and the journal its
+    mark names; a context manager."""
 
     def __init__(self, paths: RecordPaths, task_id: str, use_inotify: bool) -> None:
         self.task_id = task_id
         self._inotify: Any = None
-        self._wd: int | None = None
+        self._wds: list[int] = []  # the folder's first
+        self._files: set[int] = set()  # watches of files: any event of theirs wakes
+        self._followed: set[str] = set()
         if not use_inotify:
             return
         try:
@@ -75,10 +84,29 @@ class RecordWatch:
         try:
             self._inotify = _instance()
             mask = flags.MOVED_FROM | flags.DELETE | flags.ONLYDIR
-            self._wd = self._inotify.add_watch(paths.live, mask)
+            self._wds.append(self._inotify.add_watch(paths.live, mask))
         except OSError as exc:  # too many inotify instances or watches for this user
             logger.warning("inotify unavailable for wait (%s); polling", exc)
             self.close()
+            return
+        self.follow(os.path.join(paths.live, task_id))  # a start's mark names a journal
+
+    def follow(self, path: str) -> bool:
+        """Also wake when the file at ``path`` is written (the record, or the journal
+        its mark names); True if it was not watched yet (the caller looks again: a
+        write before the watch was not seen)."""
+        if self._inotify is None or path in self._followed:
+            return False
+        from inotify_simple import flags
+
+        self._followed.add(path)
+        try:
+            wd = self._inotify.add_watch(path, flags.MODIFY)
+        except OSError:  # not there (yet, or any more): a look tells which
+            return True
+        self._wds.append(wd)
+        self._files.add(wd)
+        return True
 
     @property
     def active(self) -> bool:
@@ -93,15 +121,15 @@ class RecordWatch:
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             events = self._inotify.read(timeout=max(1, int(left * 1000)))
-            if any(event.name == self.task_id for event in events):
+            if any(e.wd in self._files or e.name == self.task_id for e in events):
                 return
 
     def close(self) -> None:
         """Stop watching (the instance kept for the next ``wait``: see the module)."""
         if self._inotify is not None:
             instance, self._inotify = self._inotify, None
-            _done_with(instance, self._wd)
-            self._wd = None
+            _done_with(instance, self._wds)
+            self._wds = []
 
     def __enter__(self) -> RecordWatch:
         return self

@@ -162,6 +162,8 @@ class RedisClusterTransport(RedisTransport):
     schemes = ("redis+cluster",)  # type: ignore[assignment]
 
     server: ClusterServer
+    #: ``execute`` routes ``run``, whose arguments name the queue, not a packed command
+    packs_submits = False
 
     def _make_server(self) -> ClusterServer:
         return ClusterServer(self.location, self.driver_options, self.options)

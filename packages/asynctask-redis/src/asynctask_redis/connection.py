@@ -29,6 +29,11 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
+try:  # redis-py's pure-Python reader, whose buffer ``reply_to`` may fill
+    from redis._parsers.socket import SocketBuffer as _SocketBuffer
+except ImportError:  # another layout: ``reply_to`` always lets redis-py read
+    _SocketBuffer = None  # type: ignore[assignment,misc]
+
 from asynctask.errors import (
     InvalidURIError,
     TransportError,
@@ -197,26 +202,55 @@ class Server:
         return TransportError(f"Redis at {self.where} answered with an error ({text})")
 
 
-def pack(commands: Iterable[Sequence[bytes | str | int]]) -> bytes:
-    """Commands in the Redis protocol (RESP). Arguments are bytes, str or int only.
+class Args(list[bytes]):
+    """Arguments that are bytes already, last in a command: ``pack`` takes them as they
+    are, with no look at each (a consumer's acknowledgements, six a task)."""
+
+    __slots__ = ()
+
+
+def _encoded(arg: Any) -> bytes:
+    if isinstance(arg, str):
+        return arg.encode()
+    if isinstance(arg, int):
+        return b"%d" % arg
+    return bytes(arg)
+
+
+#: ``$<n>`` for the lengths most arguments have
+_HEADS = [b"$%d" % n for n in range(4096)]
+
+
+def pack(commands: Iterable[Sequence[bytes | str | int | Args]]) -> bytes:
+    """Commands in the Redis protocol (RESP). Arguments are bytes, str or int only; the
+    last may be ``Args``.
 
     Kept rather than redis-py's client, pipelines and ``Script`` because they cost more
     than the server's work: on one held connection, a command 17,724/s against
     8,397/s through ``redis.Redis``, a 3-command pipeline 20,640/s against 8,020/s, a
     script 18,389/s against 7,418/s (``python -m bench.drivers``, same run, 2 cores).
+    The bulk strings are made by C-level loops (``map``, a slice assignment, one
+    ``join``), not a Python loop an argument: a ``NEXT`` carrying 32 tracked tasks' acks
+    and marks (203 arguments) cost 539k instructions (callgrind) made one by one,
+    about 155k now, its acks passed as ``Args``.
     """
     parts: list[bytes] = []
     for command in commands:
-        parts.append(b"*%d\r\n" % len(command))
-        for arg in command:
-            data = (
-                arg.encode()
-                if isinstance(arg, str)
-                else b"%d" % arg
-                if isinstance(arg, int)
-                else arg
-            )
-            parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+        tail = command[-1] if command and type(command[-1]) is Args else None
+        head = command[:-1] if tail is not None else command
+        data = [a if type(a) is bytes else _encoded(a) for a in head]
+        if tail is not None:
+            data += tail
+        try:
+            heads = list(map(_HEADS.__getitem__, map(len, data)))
+        except IndexError:  # an argument of 4096 bytes or more
+            heads = [b"$%d" % len(a) for a in data]
+        # $<n>, data, ..., '' joined by CRLF: every bulk string ends with one
+        items = [b""] * (2 * len(data) + 1)
+        items[0:-1:2] = heads
+        items[1::2] = data
+        parts.append(b"*%d\r\n" % len(data))
+        parts.append(b"\r\n".join(items))
     return b"".join(parts)
 
 
@@ -233,6 +267,89 @@ def run(conn: Any, script: Script, *args: Any) -> Any:
     except NoScriptError:
         call(conn, "SCRIPT", "LOAD", script.text)
         return call(conn, "EVALSHA", script.sha, 0, *args)
+
+
+def run_packed(conn: Any, script: Script, packed: bytes) -> Any:
+    """``run`` for one ``EVALSHA`` of ``script`` packed by the caller (``reply_to``)."""
+    try:
+        return reply_to(conn, packed)
+    except NoScriptError:
+        call(conn, "SCRIPT", "LOAD", script.text)
+        return reply_to(conn, packed)
+
+
+def reply_to(conn: Any, packed: bytes) -> Any:
+    """Send one packed command on ``conn`` and return its reply, as ``call`` does.
+
+    An integer reply that comes whole (``:1``: a submit's) is read straight from the
+    socket; anything else (an error, another type, a reply in pieces, a closed socket)
+    goes to redis-py's parser with the bytes that came, which reads on and raises as
+    ``read_response`` does. Kept for the one-by-one submit: ``send_packed_command`` and
+    ``read_response`` cost the client 30.5k instructions a call, this 9.9k (``sendall``
+    and ``recv`` alone 5.5k; callgrind, 2,000 EVALSHA of PUSH; with the packing of
+    ``RedisTransport._push_one`` a submit went from 129.3k to 80.0k, 00bd0fa's 127.9k).
+    redis-py's own path is taken whenever this one could skip what it does
+    (``_own_reading``).
+    """
+    buffer = _own_reading(conn)
+    if buffer is None:
+        conn.send_packed_command([packed])
+        return conn.read_response()
+    conn._sock.sendall(packed)
+    data = conn._sock.recv(buffer.socket_read_size)
+    if data[:1] == b":" and data[-2:] == b"\r\n":  # one command sent: the whole reply
+        return int(data[1:-2])
+    kept = buffer._buffer
+    kept.write(data)
+    kept.seek(0)
+    return conn.read_response()
+
+
+def exec_packed(conn: Any, packed: bytes, n: int, whole: re.Pattern[bytes]) -> None:
+    """Send ``MULTI``, ``n`` commands and ``EXEC``, packed by the caller, and raise the
+    first error met (a command refused when queued, or one that failed inside EXEC).
+    Replies that came whole and as ``whole`` matches (all of them, the expected ones)
+    are read here, as ``reply_to`` reads; anything else by redis-py's parser."""
+    buffer = _own_reading(conn)
+    if buffer is None:
+        conn.send_packed_command([packed])
+        _exec_replies(conn, n)
+        return
+    conn._sock.sendall(packed)
+    data = conn._sock.recv(buffer.socket_read_size)
+    if whole.fullmatch(data):
+        return
+    kept = buffer._buffer
+    kept.write(data)
+    kept.seek(0)
+    _exec_replies(conn, n)
+
+
+def _exec_replies(conn: Any, n: int) -> list[Any]:
+    for _ in range(n + 1):  # MULTI's OK, then QUEUED: an error raises (EXEC's too)
+        conn.read_response()
+    found = conn.read_response()
+    if not isinstance(found, list):  # no WATCH here: never a null EXEC
+        raise ResponseError(f"EXEC answered {found!r}")
+    for item in found:
+        if isinstance(item, ResponseError):
+            raise item
+    return found
+
+
+def _own_reading(conn: Any) -> Any:
+    """redis-py's reader's buffer when ``reply_to`` may read the socket itself, or None:
+    no socket yet, a health check due (``health_check_interval``), another parser
+    (hiredis), bytes already buffered."""
+    buffer = getattr(conn._parser, "_buffer", None)
+    if (
+        conn._sock is None
+        or conn.health_check_interval
+        or type(buffer) is not _SocketBuffer
+        or buffer._buffer.seek(0, 2)  # its end: 0 when nothing is buffered
+    ):
+        return None
+    return buffer
 
 
 def pipeline(conn: Any, commands: Sequence[Sequence[bytes | str | int]]) -> list[Any]:

@@ -53,10 +53,17 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
 from asynctask.liveness import new_owner
 from asynctask.status import EXPIRES_HEADER, StartVerdict, State
-from asynctask.transport import Consumer, Delivery, Transport, check_delay, new_task_id
+from asynctask.transport import (
+    UNRECORDED_MARK,
+    Consumer,
+    Delivery,
+    Transport,
+    check_delay,
+    new_task_id,
+)
 from asynctask_redis import scripts
 from asynctask_redis.cancelfeed import CancelFeed
-from asynctask_redis.connection import Server, call, pack, pipeline, run
+from asynctask_redis.connection import Args, Server, call, pack, pipeline, run
 from asynctask_redis.messages import Message, canonical_text, failed_record, read_message
 from asynctask_redis.replication import Replication, Waited
 from asynctask_redis.startmarks import DEFER, MarkFlusher, warn_late_verdict
@@ -92,7 +99,7 @@ class ConsumerHost(Protocol):
         ...
 
     #: (queue, consumer id, pending acks) of owned consumers whose close failed
-    leftovers: list[tuple[str, str, list[bytes | str]]]
+    leftovers: list[tuple[str, str, list[bytes]]]
     #: the replicas an ack, retry or fail waits for (``wait_replicas``; None: none)
     replication: Replication | None
 
@@ -146,6 +153,19 @@ def _locked(
     return locked
 
 
+def taken(reply: list[Any], at: int) -> list[bytes]:
+    """The messages a ``TAKE`` or ``NEXT`` reply carries from ``reply[at]`` on (see
+    ``scripts.add_taken``): a batch comes as one bulk string, joined by newlines, so that
+    redis-py's parser reads one item, not one a task (its Python reader cost about 5 us a
+    task under cProfile at a prefetch of 32, tracked)."""
+    if len(reply) <= at:
+        return []
+    if reply[at] == 1:
+        parts: list[bytes] = reply[at + 1].split(b"\n")
+        return parts
+    return reply[at + 1 :]
+
+
 def _give_back(pool: Any, conn: Any, deferred: list[Any]) -> None:
     """Return a consumer's connection to the pool; one with replies still unread is
     closed first, so that no other caller reads them."""
@@ -191,11 +211,15 @@ class RedisConsumer(Consumer):
         self._held_count = 0
         #: acked, not yet sent: (message, task id, result) triples (the id spares the
         #: scripts a parse of the message), and starts not sent yet: ('', id, '') whose
-        #: third slot ``_pending`` fills from ``_marks``
-        self._acks: list[bytes | str] = []
-        #: the starts not sent yet: (their third slot in ``_acks``, attempt, when it
-        #: started, ``time.monotonic()``): plain tuples, no Python-level constructor
-        self._marks: list[tuple[int, int, float]] = []
+        #: third slot ``_pending`` fills from ``_marks``; a task acked right after its
+        #: start not sent yet is one triple, its id slot filled the same way
+        #: ('<id>:<attempt>:<ms>'): three arguments a task fewer to pack and for the
+        #: script to read
+        self._acks: list[bytes] = []
+        #: the starts not sent yet: (their slot in ``_acks``, what goes before the
+        #: attempt there (b'' or b'<id>:'), attempt, when it started,
+        #: ``time.monotonic()``): plain tuples, no Python-level constructor
+        self._marks: list[tuple[int, bytes, int, float]] = []
         #: when the oldest start in ``_acks`` happened (None: none is there)
         self._marks_since: float | None = None
         #: sends them once DEFER old, if no call did (made at the first one)
@@ -210,7 +234,7 @@ class RedisConsumer(Consumer):
         self._deferred: list[tuple[bytes, str]] = []
         #: the acks and late starts those STARTs carry, pending again if a reply is lost
         #: (sent twice, an ack rewrites what it wrote: better than the task run again)
-        self._unconfirmed: list[bytes | str] = []
+        self._unconfirmed: list[bytes] = []
         #: the task the last move marked running (it hands it out to start at once)
         self._marked: bytes | None = None
         #: ``host.own_state``, read again by every ``TAKE``/``NEXT`` (start and ack, once a
@@ -292,12 +316,14 @@ class RedisConsumer(Consumer):
         if self.closed:
             raise TransportClosed(f"{self!r} is closed")
         t = self.transport
-        deadline = time.monotonic() + max(0.0, timeout)
+        deadline: float | None = None  # read the clock only when the buffer runs out
         while True:
             while self._buffer:
                 delivery = self._deliver(self._buffer.popleft())
                 if delivery is not None:
                     return delivery
+            if deadline is None:
+                deadline = time.monotonic() + max(0.0, timeout)
             wait = t._call(self._take)
             if self._buffer:
                 continue
@@ -347,13 +373,12 @@ class RedisConsumer(Consumer):
             "1" if self.fused else "0",
             t.status_ttl_ms,
             len(acks) // 3,
-            *acks,
-            *held,
+            Args(acks + held),
             resync=True,
         )
         self._sent()
         self.registered, self._resync = True, False
-        self._took(reply[1], reply[2:])
+        self._took(reply[1], taken(reply, 2))
         wait = None if reply[0] < 0 else reply[0] / 1000
         self._maintain_at = time.monotonic() + min(
             t.maintain_interval, t.maintain_interval if wait is None else wait
@@ -364,7 +389,7 @@ class RedisConsumer(Consumer):
         # prefetch bounds what is taken at once; a caller holding more still gets one
         return max(1, self.prefetch - self._held_count)
 
-    def _pending(self) -> list[bytes | str]:
+    def _pending(self) -> list[bytes]:
         """The acks (message, task id, result triples) and late starts a script sends now;
         the caller clears them once the script ran (``_sent``)."""
         marks = self._marks
@@ -372,8 +397,8 @@ class RedisConsumer(Consumer):
             return self._acks
         now = time.monotonic()
         acks = self._acks.copy()  # kept as they are: a failed call sends them again
-        for slot, attempt, at in marks:  # as the scripts' ``ack_all`` reads them
-            acks[slot] = f"{attempt}:{max(0, int((now - at) * 1000))}"
+        for slot, prefix, attempt, at in marks:  # as the scripts' ``ack_all`` reads them
+            acks[slot] = b"%b%d:%d" % (prefix, attempt, max(0, int((now - at) * 1000)))
         return acks
 
     def _sent(self) -> None:
@@ -411,7 +436,7 @@ class RedisConsumer(Consumer):
         ones, and the next ``TAKE`` resynchronises."""
         self._deferred.clear()
         shift = len(self._unconfirmed)  # the marks' slots move along
-        self._marks = [(slot + shift, attempt, at) for slot, attempt, at in self._marks]
+        self._marks = [(slot + shift, pre, attempt, at) for slot, pre, attempt, at in self._marks]
         self._acks = [*self._unconfirmed, *self._acks]
         self._unconfirmed = []
         self._resync = True
@@ -443,7 +468,8 @@ class RedisConsumer(Consumer):
         acks = self._pending()
         t, want = self._host, self._want()
         give_back: bytes | str = ""
-        if not self.fused and want == 1 and len(acks) <= 3 and NUDGE not in acks:
+        plain = not self.fused and want == 1 and len(acks) <= 3 and NUDGE not in acks
+        if plain and not (acks and acks[1]):  # an id: a record to retire (scripts.retire_acked)
             # Plain commands cost Redis a fifth of the script (9 us a task against 45,
             # server time, INFO commandstats): without tracking, take this way, and run
             # the script only when urgent tasks wait (it takes those first).
@@ -470,10 +496,10 @@ class RedisConsumer(Consumer):
             t.status_ttl_ms,
             give_back,
             len(acks) // 3,
-            *acks,
+            Args(acks),
         )
         self._sent()
-        self._took(reply[0], reply[1:])
+        self._took(reply[0], taken(reply, 1))
         return len(reply) > 1
 
     def _block(self, seconds: float) -> bytes | None:
@@ -493,7 +519,7 @@ class RedisConsumer(Consumer):
     def _deliver(self, raw: bytes) -> Delivery | None:
         """A Delivery for a taken message; an undecodable one goes to the failed store."""
         if raw == NUDGE:  # taken by BLMOVE: dropped with the next call
-            self._acks += [raw, "", ""]
+            self._acks += [raw, b"", b""]
             return None
         try:
             message = read_message(raw, self.transport.max_payload_bytes)
@@ -529,7 +555,7 @@ class RedisConsumer(Consumer):
         fused = "1" if self.fused else "0"
         acks = self._pending()
         ttl = self._host.status_ttl_ms
-        return [op, raw, argument, delay_ms, fused, ttl, error, len(acks) // 3, *acks]
+        return [op, raw, argument, delay_ms, fused, ttl, error, len(acks) // 3, Args(acks)]
 
     def _send(
         self, op: str, raw: bytes, argument: str = "", delay_ms: str = "0", error: str = ""
@@ -645,8 +671,8 @@ class RedisConsumer(Consumer):
                 if marked:  # the move checked it and marked it running: nothing to send
                     return "run"
                 acks, now = self._acks, time.monotonic()
-                acks += ["", delivery.id, ""]
-                self._marks.append((len(acks) - 1, delivery.attempt, now))
+                acks += [b"", delivery.id.encode(), b""]
+                self._marks.append((len(acks) - 1, b"", delivery.attempt, now))
                 if self._marks_since is None:
                     # the thread looks while marks are pending (``flush_marks`` says
                     # so): woken by the first only, not once a task
@@ -673,7 +699,7 @@ class RedisConsumer(Consumer):
                 delivery.attempt,
                 raw,
                 len(acks) // 3,
-                *acks,
+                Args(acks),
             )
 
         verdict = self.transport._call(self._once_more, step)
@@ -721,7 +747,7 @@ class RedisConsumer(Consumer):
             t, acks = self._host, self._pending()
             args = (t.prefix, t.script_queue(self.queue), self.id, t.status_ttl_ms, "1")
             command = pack(
-                [("EVALSHA", scripts.START.sha, 0, *args, "", 0, "", len(acks) // 3, *acks)]
+                [("EVALSHA", scripts.START.sha, 0, *args, "", 0, "", len(acks) // 3, Args(acks))]
             )
             try:
                 conn.send_packed_command([command])
@@ -752,9 +778,19 @@ class RedisConsumer(Consumer):
         if raw is None:
             return None
         if self.tracking and self._own:
-            self._acks += [raw, delivery.id, result_json or ""]
+            acks, marks = self._acks, self._marks
+            task_id, result = delivery.id.encode(), result_json.encode() if result_json else b""
+            if marks and marks[-1][0] == len(acks) - 1 and acks[-2] == task_id:
+                # its start is the last thing pending: one triple for both
+                _, _, attempt, at = marks[-1]
+                del acks[-3:]
+                marks[-1] = (len(acks) + 1, task_id + b":", attempt, at)
+                acks += [raw, b"", result]
+            else:
+                acks += [raw, task_id, result]
         else:
-            self._acks += [raw, "", ""]
+            retired = self._retired(delivery.id)
+            self._acks += [raw, retired.encode() if retired else b"", b""]
         if self._host.replication is not None:
             # sent now, and waited for: the ack is on the replicas when this returns
             try:
@@ -762,6 +798,25 @@ class RedisConsumer(Consumer):
             except TransportError as exc:  # it stays pending: it goes with the next call
                 logger.warning("%r: ack of %s not sent yet (%s)", self, delivery.id, exc)
         return None
+
+    def _retired(self, task_id: str) -> str:
+        """The id a settle for good by this consumer (keeping no status) sends, so that
+        the script gives a record written at submit, before the queue turned untracked,
+        the status TTL (``scripts`` ``retire``); '' when there is none to look for: the
+        task was submitted unrecorded, or the statuses are kept in another store.
+
+        ``is_unrecorded``'s test on one ``int`` of the text, not on its bytes: the
+        untracked drain's run loop cost 130.4k instructions a task with
+        ``is_unrecorded``, 127.3k this way, 122.8k with no test (callgrind,
+        bench/loopcost.py --untracked, private redis). (Looser for an id that is not
+        ours, which has no record anyway.)"""
+        if not self._own or len(task_id) != 32:
+            return "" if not self._own else task_id
+        try:
+            v = int(task_id, 16)
+        except ValueError:
+            return task_id
+        return "" if (v >> 96) ^ (v & 0xFFFFFFFF) == UNRECORDED_MARK else task_id
 
     @_locked
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
@@ -778,6 +833,11 @@ class RedisConsumer(Consumer):
         message = delivery.receipt
         if isinstance(message, Message):
             record = failed_record(message, None, error, message.attempts + 1, time.time())
+            retired = (
+                "" if self.fused or message.raw not in self._held else self._retired(delivery.id)
+            )
+            if retired:
+                self._acks += [b"", retired.encode(), b""]  # see scripts.retire_acked
             self._settle(delivery, "fail", record, error=error)
 
     @_locked

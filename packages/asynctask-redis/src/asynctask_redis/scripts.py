@@ -150,13 +150,37 @@ local function succeed(id, now, ttl_ms, result, ...)
 end
 
 -- The acknowledgements and late starts ARGV[from ...], in the order they happened: ``n``
--- triples, an ack (message, its task id or '', result JSON or '') or a start the
+-- triples, an ack (message, its task id or '' or '<id>:<attempt>:<ms since it
+-- started>' for a start not sent before, result JSON or '') or a start the
 -- consumer did not send at once ('', task id, '<attempt>:<ms since it started>', see
--- ``asynctask_redis.startmarks``). The consumer sends the id it read, so that no script
+-- ``asynctask_redis.startmarks``). Without ``tracking`` nothing is written here (an id
+-- there is for ``retire_acked``). The consumer sends the id it read, so that no script
 -- parses the message again (a ``string.match`` of the envelope's head: about 8k
 -- instructions).
+--
+-- A consumer that settles in the order it took (one task at a time, a drain) acks the
+-- head of its list: one LRANGE and one LTRIM remove them all; any other order goes one
+-- LREM an ack (a call inside a script costs Redis about a microsecond: at a prefetch of
+-- 32 this spares 31 a move).
 local function ack_all(proc, from, n, tracking, ttl_ms)
   local last, i = from + 3 * n - 1, from
+  local acked = {}
+  for j = from, last, 3 do
+    if ARGV[j] ~= '' then acked[#acked + 1] = ARGV[j] end
+  end
+  local trimmed = false
+  if #acked > 0 then
+    local head = redis.call('LRANGE', proc, 0, #acked - 1)
+    trimmed = #head == #acked
+    for j = 1, #acked do
+      if head[j] ~= acked[j] then trimmed = false; break end
+    end
+    if trimmed then redis.call('LTRIM', proc, #acked, -1) end
+  end
+  local function remove(m)
+    if trimmed then return 1 end
+    return redis.call('LREM', proc, 1, m)
+  end
   while i <= last do
     local m = ARGV[i]
     if m == '' then
@@ -168,7 +192,7 @@ local function ack_all(proc, from, n, tracking, ttl_ms)
         -- started and acked since the last call (a drain's common case): succeeded
         -- with its start's fields, one read and one write for both (succeed checks
         -- what start_verdict would: never over a cancel; ``expires`` never comes here)
-        redis.call('LREM', proc, 1, ARGV[i + 3])
+        remove(ARGV[i + 3])
         succeed(id, now, ttl_ms, ARGV[i + 5], 'attempts', attempt,
           'started_at', stamp(now - tonumber(ago)))
         i = i + 3
@@ -176,11 +200,20 @@ local function ack_all(proc, from, n, tracking, ttl_ms)
         start_task(id, attempt, now - tonumber(ago), ttl_ms)
       end
     else
-      local removed = redis.call('LREM', proc, 1, m)
+      local removed = remove(m)
       if m == NUDGE then
         if removed == 1 then redis.call('DECR', nudges) end
       elseif tracking and ARGV[i + 1] ~= '' then
-        succeed(ARGV[i + 1], now_ms(), ttl_ms, ARGV[i + 2])
+        -- '<id>:<attempt>:<ms since it started>': acked right after a start not sent
+        -- yet, both in one triple (the case below, in three arguments fewer)
+        local id, attempt, ago = string.match(ARGV[i + 1], '^([^:]+):(%d+):(%d+)$')
+        if id then
+          local now = now_ms()
+          succeed(id, now, ttl_ms, ARGV[i + 2], 'attempts', attempt,
+            'started_at', stamp(now - tonumber(ago)))
+        else
+          succeed(ARGV[i + 1], now_ms(), ttl_ms, ARGV[i + 2])
+        end
       end
     end
     i = i + 3
@@ -255,6 +288,49 @@ local function move_next(proc)
     redis.call('DECR', nudges)
   end
 end
+
+-- Up to ``want`` ready tasks, the most urgent first, popped in bulk (a few commands, not
+-- one a task: a call inside a script costs Redis about a microsecond), the nudges
+-- dropped; ``push_all`` then puts them in a processing list.
+local function pop_batch(want)
+  local got = {}
+  local popped = redis.call('ZPOPMIN', urgent, want)
+  for i = 1, #popped, 2 do got[#got + 1] = popped[i] end
+  local need = want - #got
+  while need > 0 do
+    local items = redis.call('LPOP', ready, need)
+    if not items then break end
+    for _, m in ipairs(items) do
+      if m == NUDGE then redis.call('DECR', nudges) else got[#got + 1] = m end
+    end
+    if #items < need then break end
+    need = want - #got  -- nudges were dropped: take that many more
+  end
+  return got
+end
+
+local function push_all(proc, got)
+  for i = 1, #got, 4000 do  -- unpack() takes a few thousand values at most
+    redis.call('RPUSH', proc, unpack(got, i, math.min(i + 3999, #got)))
+  end
+end
+
+-- The messages a move took, at the end of its reply ``out``: a 1 and one bulk string of
+-- them joined by newlines (the client's parser reads one item, not one a task), or, when
+-- one of them holds a newline (another program's text), a 0 and one item each.
+local function add_taken(out, got)
+  if #got == 0 then return out end
+  for _, m in ipairs(got) do
+    if string.find(m, '\n', 1, true) then
+      out[#out + 1] = 0
+      for _, x in ipairs(got) do out[#out + 1] = x end
+      return out
+    end
+  end
+  out[#out + 1] = 1
+  out[#out + 1] = table.concat(got, '\n')
+  return out
+end
 """
 
 #: The rest of the task statuses (``asynctask.status``), fused into the queue's scripts. A
@@ -309,6 +385,31 @@ local function holder_of(unique)
   return nil
 end
 
+-- A task settled for good by a worker that keeps no status (issue 16): a record written
+-- at its submit, before its queue turned untracked, keeps its state but is forgotten
+-- ``ttl_ms`` from now with its id pointer, its unique key freed now (no worker of the
+-- queue will write its end). One expiring already (written untracked), or none, stays as
+-- it is. This replaces a walk of the whole queue when it turned untracked, which blocked
+-- the server (200,000 tasks: 7.3 s in one script).
+local function retire(id, ttl_ms)
+  local key = task_key(id)
+  if redis.call('PTTL', key) ~= -1 then return end
+  local u = redis.call('HGET', key, 'unique')
+  if u and redis.call('GET', unique_key(u)) == id then redis.call('DEL', unique_key(u)) end
+  redis.call('PEXPIRE', key, ttl_ms)
+  redis.call('PEXPIRE', pointer(id), ttl_ms)
+end
+
+-- ``retire`` for the acks ARGV[from ...] (``n`` triples, see ``ack_all``) of a consumer
+-- keeping no status: it sends a task's id only when the task may have a record (its id
+-- not made by ``unrecorded_task_id``), as an ack (message, id, '') or, for a fail, as
+-- ('', id, '').
+local function retire_acked(from, n, ttl_ms)
+  for i = from + 1, from + 3 * n - 2, 3 do
+    if ARGV[i] ~= '' then retire(ARGV[i], ttl_ms) end
+  end
+end
+
 -- Back in the queue without finishing (a release, a close, a dead consumer's task):
 -- a running task is queued again; any other state stays.
 local function handed_back(m)
@@ -349,6 +450,26 @@ end
 local function take(proc, want, tracking, ttl_ms)
   local got, started = {}, 0
   local careful = tracking and cancel_pending()
+  if not careful then
+    -- in bulk; with tracking the first is checked (one cancelled or expired dropped, and
+    -- the next checked in its place)
+    got = pop_batch(want)
+    local first = 1
+    while tracking and got[first] do
+      local id, n = envelope_head(got[first])
+      if not id then break end  -- another program's text: no status
+      local verdict = start_task(id, tonumber(n) + 1, now_ms(), ttl_ms)
+      if verdict == 'run' then
+        started = 1
+        break
+      end
+      if verdict == 'cancelled' then redis.call('ZREM', cancelled_ids, id) end
+      first = first + 1
+    end
+    if first > 1 then got = {unpack(got, first)} end
+    push_all(proc, got)
+    return got, started
+  end
   while #got < want do
     local m = move_next(proc)
     if not m then break end
@@ -531,7 +652,8 @@ def finishing(name: str, body: str) -> Script:
 #: (1 register, 2 register and resync), tracking (1/0), status ttl_ms, n_acks, acks
 #: (triples: message, task id or '', result JSON or '')..., held... (with resync). Acknowledges,
 #: maintains, then moves up to ``want`` ready tasks to the consumer's processing list
-#: (see ``take``). Returns {wait_ms or -1, first marked running (1/0), message...}.
+#: (see ``take``). Returns {wait_ms or -1, first marked running (1/0), taken...} (taken:
+#: see ``add_taken``).
 TAKE = _script(
     "take",
     r"""
@@ -539,6 +661,7 @@ local cid, want, flags = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[7])
 local tracking, ttl_ms, nacks = ARGV[8] == '1', ARGV[9], tonumber(ARGV[10])
 local proc = processing(cid)
 ack_all(proc, 11, nacks, tracking, ttl_ms)
+if not tracking then retire_acked(11, nacks, ttl_ms) end
 -- always a member: a consumer wrongly found dead (heartbeat late) stays findable
 redis.call('SADD', consumers, cid)
 if flags >= 1 then
@@ -570,9 +693,7 @@ if flags >= 2 then
 end
 local wait = maintain(cid, ARGV[5])
 local got, started = take(proc, want, tracking, ttl_ms)
-local out = {wait or -1, started}
-for _, m in ipairs(got) do out[#out + 1] = m end
-return out
+return add_taken({wait or -1, started}, got)
 """,
 )
 
@@ -580,68 +701,25 @@ return out
 #: (a message the consumer moved from the ready list while urgent tasks wait, or ''),
 #: n_acks, acks (triples)... The hot path between TAKEs: acks and moves, no maintenance.
 #: The SADD keeps a consumer that was wrongly found dead (its heartbeat late) findable
-#: from its first new task on. Returns {first marked running (1/0), message...}.
+#: from its first new task on. Returns {first marked running (1/0), taken...} (see
+#: ``add_taken``).
 #:
-#: Without tracking, a batch costs a few commands, not two a task (``ack_batch``,
-#: ``take_batch``): a call inside a script costs Redis about a microsecond, and a
-#: prefetch of 32 made this script 64 of them.
+#: A batch costs a few commands, not two a task (``ack_all``'s LTRIM, ``pop_batch``): a
+#: call inside a script costs Redis about a microsecond, and a prefetch of 32 made this
+#: script 64 of them (with tracking, until 2026-12-07: one LREM and one LMOVE a task).
 NEXT = without_maintenance(
     "next",
     r"""
 local cid, tracking, ttl_ms = ARGV[3], ARGV[5] == '1', ARGV[6]
 local proc = processing(cid)
-
--- The acks ARGV[from ...] (``n`` triples, see ``ack_all``) without statuses: a consumer
--- that settles in the order it took (one task at a time) acks the head of its list,
--- which one LTRIM removes; any other order goes one LREM an ack.
-local function ack_batch(from, n)
-  if n == 0 then return end
-  local head = redis.call('LRANGE', proc, 0, n - 1)
-  for i = 1, n do
-    if head[i] ~= ARGV[from + 3 * i - 3] then return ack_all(proc, from, n, false, ttl_ms) end
-  end
-  redis.call('LTRIM', proc, n, -1)
-  for i = 1, n do
-    if head[i] == NUDGE then redis.call('DECR', nudges) end
-  end
-end
-
--- ``take`` without statuses: up to ``want`` tasks, the urgent first, moved in bulk.
-local function take_batch(want)
-  local got = {}
-  local popped = redis.call('ZPOPMIN', urgent, want)
-  for i = 1, #popped, 2 do got[#got + 1] = popped[i] end
-  local need = want - #got
-  while need > 0 do
-    local items = redis.call('LPOP', ready, need)
-    if not items then break end
-    for _, m in ipairs(items) do
-      if m == NUDGE then redis.call('DECR', nudges) else got[#got + 1] = m end
-    end
-    if #items < need then break end
-    need = want - #got  -- nudges were dropped: take that many more
-  end
-  for i = 1, #got, 4000 do  -- unpack() takes a few thousand values at most
-    redis.call('RPUSH', proc, unpack(got, i, math.min(i + 3999, #got)))
-  end
-  return got, 0
-end
-
 if ARGV[7] ~= '' and redis.call('LREM', proc, -1, ARGV[7]) == 1 then
   redis.call('LPUSH', ready, ARGV[7])  -- back where it was: the urgent go first
 end
-local got, started
-if tracking then
-  ack_all(proc, 9, tonumber(ARGV[8]), tracking, ttl_ms)
-  got, started = take(proc, tonumber(ARGV[4]), tracking, ttl_ms)
-else
-  ack_batch(9, tonumber(ARGV[8]))
-  got, started = take_batch(tonumber(ARGV[4]))
-end
+ack_all(proc, 9, tonumber(ARGV[8]), tracking, ttl_ms)
+if not tracking then retire_acked(9, tonumber(ARGV[8]), ttl_ms) end
+local got, started = take(proc, tonumber(ARGV[4]), tracking, ttl_ms)
 if #got > 0 then redis.call('SADD', consumers, cid) end
-local out = {started}
-for _, m in ipairs(got) do out[#out + 1] = m end
-return out
+return add_taken({started}, got)
 """,
 )
 
@@ -694,6 +772,7 @@ SETTLE = _script(
 local cid, op, m, tracking, ttl_ms = ARGV[3], ARGV[4], ARGV[5], ARGV[8] == '1', ARGV[9]
 local proc = processing(cid)
 ack_all(proc, 12, tonumber(ARGV[11]), tracking, ttl_ms)
+if not tracking then retire_acked(12, tonumber(ARGV[11]), ttl_ms) end
 if op == 'close' then
   local items = redis.call('LRANGE', proc, 0, -1)
   for i = #items, 1, -1 do give_back(items[i]) end

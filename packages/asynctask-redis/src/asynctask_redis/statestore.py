@@ -58,45 +58,6 @@ return out
 """,
 )
 
-#: ARGV: prefix, queue, ttl_ms. The queue's workers keep no status from now on
-#: (``P:Q:untracked``): the records written while they did, of tasks still waiting or
-#: running (ready, delayed, retrying, urgent, in a consumer's list), would stay as they
-#: are for good (a worker keeping no status writes nothing at its settle), so they, their
-#: id pointers and their unique keys expire after ``ttl_ms`` now. Only when the queue
-#: turns untracked (the key was not there): a run loop's start costs no walk of the
-#: queue. Atomic with the submits (``PUT`` reads the key): a record written after has
-#: its TTL already. Returns how many records were given one.
-UNTRACKED = without_maintenance(
-    "untracked",
-    r"""
-local ttl_ms = ARGV[3]
-if redis.call('EXISTS', untracked) == 1 then return 0 end
-redis.call('SET', untracked, '1')
-local n = 0
-local function forget_later(m)
-  local id = envelope_head(m)
-  if not id then return end
-  local key = task_key(id)
-  if redis.call('PTTL', key) ~= -1 then return end  -- none, or expiring already
-  redis.call('PEXPIRE', key, ttl_ms)
-  redis.call('PEXPIRE', pointer(id), ttl_ms)
-  local u = redis.call('HGET', key, 'unique')
-  if u and redis.call('GET', unique_key(u)) == id then
-    redis.call('PEXPIRE', unique_key(u), ttl_ms)
-  end
-  n = n + 1
-end
-for _, m in ipairs(redis.call('LRANGE', ready, 0, -1)) do forget_later(m) end
-for _, z in ipairs({delayed, retrying, urgent}) do
-  for _, m in ipairs(redis.call('ZRANGE', z, 0, -1)) do forget_later(m) end
-end
-for _, cid in ipairs(redis.call('SMEMBERS', consumers)) do
-  for _, m in ipairs(redis.call('LRANGE', processing(cid), 0, -1)) do forget_later(m) end
-end
-return n
-""",
-)
-
 #: ARGV: prefix, queue, ttl_ms, id, attempt. Returns 'run', 'cancelled' or 'expired'
 #: (then the caller drops the task: a cancelled one is met, see ``CANCEL``).
 STARTED = without_maintenance(
@@ -247,14 +208,14 @@ class RedisStateStore(StateStore):
     def set_tracking(self, queue: str, tracked: bool) -> None:
         """``P:Q:untracked`` exists while the queue's workers keep no status; a submit
         then records ``queued`` expiring after the ttl (nothing else would end it) and
-        refuses ``expires`` and ``unique_key``, which need a worker that keeps one. When
-        the queue turns untracked, the records of its tasks written before get that TTL
-        too (``UNTRACKED``)."""
+        refuses ``expires`` and ``unique_key``, which need a worker that keeps one. The
+        records of its tasks written before get that TTL when such a worker settles
+        them for good (``retire`` in ``asynctask_redis.scripts``): one command here,
+        whatever the queue holds (a walk of it in one script blocked the server, 7.3 s
+        for 200,000 tasks, issue 16)."""
         t = self.transport
-        if tracked:
-            t.execute(call, "DEL", t.key(queue, "untracked"))
-        else:
-            self._run(UNTRACKED, queue, self.ttl_ms)
+        key = t.key(queue, "untracked")
+        t.execute(call, *(("DEL", key) if tracked else ("SET", key, "1")))
 
     def untracked(self, queues: Collection[str]) -> set[str]:
         """Which of ``queues`` have workers with ``track_status = False``."""
