@@ -43,7 +43,7 @@ _PG_DRAIN = (
     "6,000/s) a task may cost 170 us in all, our server's part alone about 110-130 us at "
     "prefetch 4. What would close more: fewer index entries per task (a reservation and a "
     "success that are HOT updates), or a larger default prefetch. "
-    "Cut on wt/pgsql (2026-12-07 12:35-13:30 UTC): the worker child's run loop "
+    "Cut on wt/pgsql (2026-12-07 12:35-13:42 UTC): the worker child's run loop "
     "(callgrind, `python bench/loopcost.py --tree . --instructions URI` with "
     "`?recovery_seconds=600`, 2,000 tasks, prefetch 16, tracked) cost 142k instructions a "
     "task, 20k of it psycopg's list dumper for the acknowledgements' arrays (a regular "
