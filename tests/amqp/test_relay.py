@@ -224,3 +224,83 @@ def test_a_live_workers_task_is_not_run_by_a_rival_when_its_connection_is_closed
     finally:
         holder.close()
         transport.close()
+
+
+def test_tasks_handed_over_ahead_are_skipped_once_their_connection_is_lost(amqp_uri):
+    """The relay hands a worker's consumer the tasks it received ahead, tagged with their
+    connection's generation; one whose connection is lost before the worker takes it is
+    back in the queue, for any consumer, and must not run from the hand-over too. Failed
+    with the check of the shared generation word removed: tasks 1 and 2 ran from the
+    stale hand-over (attempt 1) and again at the rival (attempt 2)."""
+    # Given a consumer that took the first of 3 tasks, the other two handed over ahead,
+    # and a rival waiting on the queue
+    uri = f"{amqp_uri}?heartbeat=1"
+    queue = unique_queue("ahead")
+    transport = open_transport(uri)
+    consumer = transport.consumer(queue, prefetch=3)
+    assert consumer.reserve(timeout=0.3) is None  # subscribed
+    transport.submit_tasks(queue, [{"n": n} for n in range(3)])
+    time.sleep(0.5)  # all three reach the relay before it is asked
+    first = consumer.reserve(timeout=10)
+    assert first is not None and first.payload == {"n": 0}
+    assert [d.payload["n"] for _, d in consumer._ahead] == [1, 2]
+    generation = consumer._words.generation
+    [connection] = connections_named(f"asynctask consumer {queue} ", vhost_of(uri))
+    rival = transport.consumer(queue, prefetch=3)
+    assert rival.reserve(timeout=0.3) is None  # subscribed
+    try:
+        # When an operator closes the first one's connection, and its relay sees it
+        rabbitmqctl("close_connection", connection, "test: tasks handed over ahead")
+        wait_for(lambda: consumer._words.generation != generation, 10, "the relay to see it")
+        consumer.ack(first)
+        # Then tasks 1 and 2 run once each, wherever: their redelivery, counted (task 0
+        # was in flight: the rival may run it again before the late ack's marker is left)
+        runs = []
+        idle = 0
+        while idle < 4 and len(runs) < 6:
+            for each in (consumer, rival):
+                delivery = each.reserve(timeout=1)
+                idle = 0 if delivery is not None else idle + 1
+                if delivery is not None:
+                    runs.append((delivery.payload["n"], delivery.attempt))
+                    each.ack(delivery)
+        assert sorted(run for run in runs if run[0] != 0) == [(1, 2), (2, 2)], runs
+    finally:
+        consumer.close()
+        rival.close()
+    stats = transport.queue_stats(queue)
+    assert (stats.ready, stats.retrying, stats.failed) == (0, 0, 0)
+    transport.close()
+
+
+def test_a_release_after_a_lost_connection_hands_back_the_tasks_behind_it(amqp_uri):
+    """``release(delivery, behind)`` of a task whose connection was lost, with tasks
+    behind it received on the new connection (a relay reads ahead while its worker
+    runs): those go back to the queue too. Failed before: the release went the lost
+    connection's way (a marker) and left them held, unseen by anyone, until the consumer
+    closed (a relay's worker then waited out its reserve with nothing)."""
+    # Given a consumer (in this process) holding task 0, whose connection is then closed
+    uri = f"{amqp_uri}?heartbeat=1&relay=false"
+    queue = unique_queue("behind")
+    transport = open_transport(uri)
+    transport.submit_task(queue, {"n": 0})
+    consumer = transport.consumer(queue, prefetch=2)
+    first = consumer.reserve(timeout=10)
+    assert first is not None and first.payload == {"n": 0}
+    [connection] = connections_named(f"asynctask consumer {queue} ", vhost_of(uri))
+    rabbitmqctl("close_connection", connection, "test: release behind")
+    time.sleep(1.5)  # (the heartbeat thread reads the close)
+    # and the tasks it took on its new connection, as a relay reads ahead (task 1, and
+    # task 0's redelivery, counted: a copy at the tail)
+    transport.submit_task(queue, {"n": 1})
+    behind = list(iter(lambda: consumer.reserve(timeout=3), None))
+    assert sorted((d.payload["n"], d.attempt) for d in behind) == [(0, 2), (1, 1)]
+    # When it releases task 0 with those behind it
+    consumer.release(first, behind)
+    # Then they are in the queue for anyone, none held
+    try:
+        wait_for(lambda: transport.poll_queue(queue) == 2, 5, "both back in the queue")
+    finally:
+        consumer.close()
+        transport.purge(queue)
+        transport.close()

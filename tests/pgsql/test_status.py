@@ -370,7 +370,7 @@ def test_reserve_walks_the_partial_indexes(transport):
     reserve = Statements.for_schema("asynctask").reserve
     params = {
         "queue": queue, "limit": 1, "owner": 0, "keeper": None, "owners": [0], "acks": [],
-        "results": [], "started": [], "track": True, "ttl": 60.0,
+        "results": "[]", "started": [], "track": True, "ttl": 60.0,
     }  # fmt: skip
     with psycopg.connect(CONNINFO, autocommit=True) as conn:
         conn.execute("ANALYZE asynctask.asynctask_queue")
@@ -536,6 +536,33 @@ def test_a_prefetched_task_reads_running_soon_and_a_short_one_keeps_its_start(tr
     assert (done.state, done.result, done.attempts) == ("succeeded", 2, 1)
     assert abs(done.started_at - began) < 0.5 and done.finished_at >= done.started_at
     assert transport.status(long).state == "succeeded"
+
+
+def test_acknowledgements_in_one_reserve_keep_each_result_and_start(transport):
+    # Given prefetched tasks whose results need quoting in any array literal (quotes,
+    # backslashes, braces, commas, a NULL look-alike, unicode) or are None
+    results = ['"a,b"', '"\\\\ {x}"', '"NULL"', '{"k": ["\u00e9", null]}', None, "7"]
+    queue = unique_queue()
+    ids = transport.submit_tasks(queue, [{"n": n} for n in range(len(results))])
+    starts: list[tuple[float, float]] = []
+    with transport.consumer(queue, prefetch=len(results)) as consumer:
+        # When each is started (10 ms apart) and acknowledged at once, before its
+        # running mark, and the acknowledgements all ride on the next statement
+        for result in results:
+            delivery = consumer.reserve(5)
+            time.sleep(0.01)
+            before = time.time()
+            assert consumer.start(delivery) == "run"
+            starts.append((before, time.time()))
+            consumer.ack(delivery, result)
+        assert consumer.reserve(0) is None
+    # Then each status holds its own result and its own start
+    for task_id, result, (before, after) in zip(ids, results, starts, strict=True):
+        done = transport.status(task_id)
+        assert done.state == "succeeded"
+        assert done.result == (None if result is None else json.loads(result))
+        assert done.started_at is not None
+        assert before - 0.001 <= done.started_at <= after + 0.001
 
 
 class _Quiet(AsyncTaskWorker):

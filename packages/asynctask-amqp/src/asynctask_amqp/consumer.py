@@ -120,15 +120,19 @@ class AmqpConsumer(Consumer):
         queue: str,
         prefetch: int,
         owner: int | None = None,
+        on_generation: Callable[[int], None] | None = None,
     ) -> None:
         """``declarations`` is the transport itself; ``owner`` the pid of the worker this
-        consumer serves (this process's by default), named in the connection's name."""
+        consumer serves (this process's by default), named in the connection's name;
+        ``on_generation`` is told each connection's generation when it opens, and 0 when
+        it is found lost (``Link.on_generation``: a relay publishes it to its worker)."""
         super().__init__(transport, queue, prefetch)
         self._declarations = declarations
         owner = os.getpid() if owner is None else owner
         # the host too: hosts' PID spaces overlap (every container's first process is 1)
         name = f"asynctask consumer {queue} (pid {owner} on {socket.gethostname()})"
         self._link = Link(declarations.params, name)
+        self._link.on_generation = on_generation
         self._generation = 0  # the link generation we set up (0: none)
         self._buffer: deque[Any] = deque()  # delivered, not reserved yet
         self._held: dict[int, Received] = {}  # reserved, not settled, by delivery tag
@@ -178,6 +182,13 @@ class AmqpConsumer(Consumer):
                 return None
             time.sleep(min(pause, left))
             pause = min(pause * 2, 2.0)
+
+    def delivering_socket(self) -> Any | None:
+        """The connection's socket while the broker delivers to this consumer (connected
+        and subscribed), for a relay to wait on beside its worker's; else None."""
+        if not self._tag or not self._connected():
+            return None
+        return self._link.connection.transport.sock
 
     def _connected(self) -> bool:
         return self._link.is_open and self._generation == self._link.generation
@@ -396,16 +407,43 @@ class AmqpConsumer(Consumer):
             error = self._lost(exc)
             logger.debug("%r: sweeping %r after a settle: %s", self.transport, self.queue, error)
 
-    def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
-        """The task is done: the broker forgets it."""
+    def ack(self, delivery: Delivery, result_json: str | None = None, read: bool = True) -> None:
+        """The task is done: the broker forgets it. ``read=False``: the caller read the
+        connection just before (a relay's batch of acks reads it for the first only)."""
 
         def action(tag: int, received: Received) -> None:
             # basic.ack has no reply: read first what the broker sent (a connection it
             # closed says so here), so that an ack is not written into a dead connection
-            self._link.pump()
+            if read:
+                self._link.pump()
             self._link.channel.basic_ack(tag)
 
         self._settle(delivery, action, self._mark_settled)
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """``ack`` each of ``deliveries``; one ``basic.ack`` (``multiple``) when they are
+        every task held on the connection up to the last of them (a relay's batch of a
+        drain, acknowledged in order): one write, not one a task."""
+        with self._link.lock:
+            tags = sorted(
+                delivery.receipt[1]
+                for delivery in deliveries
+                if delivery.receipt[0] == self._generation and delivery.receipt[1] in self._held
+            )
+            if len(tags) == len(deliveries) > 1 and self._connected():
+                last = tags[-1]
+                if sum(1 for tag in self._held if tag <= last) == len(tags):
+                    try:
+                        self._link.pump()  # (see ack)
+                        self._link.channel.basic_ack(last, multiple=True)
+                    except DRIVER_ERRORS as exc:
+                        self._lost(exc)  # each is settled after the loss below
+                    else:
+                        for tag in tags:
+                            del self._held[tag]
+                        return
+        for i, delivery in enumerate(deliveries):
+            self.ack(delivery, read=i == 0)
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Publish a copy (attempts + 1) to the retry ladder, then ack the original."""
@@ -456,27 +494,38 @@ class AmqpConsumer(Consumer):
 
         self._settle(delivery, action, after_loss)
 
-    def release(self, delivery: Delivery) -> None:
+    def release(self, delivery: Delivery, behind: Sequence[Delivery] = ()) -> None:
         """Back to the head of the queue, untouched (marked released, then requeued).
 
         Deliveries pause until the next ``reserve``, so that the task waits in the queue
         (for any consumer) rather than coming straight back to this one; what was
-        prefetched behind it goes back too, keeping the queue's order.
+        prefetched behind it goes back too, keeping the queue's order, and so do
+        ``behind``: tasks reserved and not started (a relay's worker holds them ahead).
         """
 
-        def action(tag: int, received: Received) -> None:
+        def give_back(tag: int | None, received: Received | None) -> None:
             channel = self._link.channel
             prefetched = self._unsubscribe()
-            for message in [received, *prefetched]:
+            reserved = self._unstarted(behind)
+            first = [] if received is None else [received]
+            for message in [*first, *(r for _, r in reserved), *prefetched]:
                 self._mark_released(message)
             for message in self._buffer:
                 hand_back(channel, message.delivery_info["delivery_tag"])
             self._buffer.clear()
-            hand_back(channel, tag)
+            for held_tag, _ in reserved:
+                hand_back(channel, held_tag)
+            if tag is not None:
+                hand_back(channel, tag)
             # a round trip, so that the task is back in the queue when release returns
             channel.basic_qos(0, self.prefetch, False)
 
-        self._settle(delivery, action, self._mark_released)
+        def after_loss(received: Received) -> None:
+            self._mark_released(received)
+            # those behind it that came on the new connection (a relay reads ahead)
+            give_back(None, None)
+
+        self._settle(delivery, give_back, after_loss)
 
     def close(self) -> None:
         """Hand back what is held and prefetched (marked released), and disconnect."""
@@ -484,10 +533,11 @@ class AmqpConsumer(Consumer):
             return
         self._disconnect(lambda: [*self._held.values(), *self._unsubscribe()])
 
-    def abandon(self) -> None:
-        """The worker died: hand back what it never reserved (prefetched, marked
-        released: no attempt), then drop the connection. The broker gives the tasks the
-        worker held to other consumers at once, and their redelivery counts an attempt."""
+    def abandon(self, unstarted: Sequence[Delivery] = ()) -> None:
+        """The worker died: hand back what it never started (prefetched, and
+        ``unstarted``: reserved, handed to it ahead, not taken; marked released: no
+        attempt), then drop the connection. The broker gives the tasks the worker held to
+        other consumers at once, and their redelivery counts an attempt."""
         if self.closed:
             return
 
@@ -497,9 +547,21 @@ class AmqpConsumer(Consumer):
             # must go on counting the held tasks as delivered to a consumer.
             self._link.channel.basic_qos(0, self.prefetch, False)
             fresh = [m for m in self._buffer if not m.delivery_info["redelivered"]]
-            return [read_message(m) for m in fresh]
+            reserved = [received for _, received in self._unstarted(unstarted)]
+            return [*reserved, *(read_message(m) for m in fresh)]
 
         self._disconnect(unseen)
+
+    def _unstarted(self, deliveries: Sequence[Delivery]) -> list[tuple[int, Received]]:
+        """(tag, message) of those of ``deliveries`` held on the current connection,
+        taken out of the held ones (the others went back with a lost connection)."""
+        found = []
+        for delivery in deliveries:
+            generation, tag, _ = delivery.receipt
+            received = self._held.pop(tag, None) if generation == self._generation else None
+            if received is not None:
+                found.append((tag, received))
+        return found
 
     def _disconnect(self, handed_back: Callable[[], list[Received]]) -> None:
         """Mark ``handed_back()`` released, then drop the connection: the closed channel

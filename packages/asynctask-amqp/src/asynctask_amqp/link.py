@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -74,6 +74,9 @@ class Link:
         self.lock = threading.Lock()
         #: bumped on every (re)connection: a delivery tag is only good on its generation
         self.generation = 0
+        #: told the generation when a connection opens, and 0 when it is found lost (the
+        #: link's lock held both times): a relay publishes it to its worker
+        self.on_generation: Callable[[int], None] | None = None
         self.broken = False
         self.channel: Any = None
         self._raw: Any = None  # py-amqp's Connection
@@ -137,6 +140,8 @@ class Link:
         self._raw, self.channel, self.broken = raw, channel, False
         self.generation += 1
         self.select_confirms()
+        if self.on_generation is not None:
+            self.on_generation(self.generation)
 
     def select_confirms(self) -> None:
         """Put the channel in confirm mode; also after py-amqp reopened it on a channel
@@ -164,7 +169,12 @@ class Link:
         """Drop the connection without a word to the broker (it is dead, or not ours)."""
         raw, self._raw, self.channel = self._raw, None, None
         if raw is not None:
+            self._note_lost()
             _collect(raw)
+
+    def _note_lost(self) -> None:
+        if self.on_generation is not None:
+            self.on_generation(0)
 
     @property
     def connection(self) -> Any:
@@ -205,6 +215,7 @@ class Link:
         except Exception as exc:
             logger.debug("%s: connection lost while idle: %s", self.params.describe(), exc)
             self.broken = True
+            self._note_lost()
         finally:
             self.lock.release()
 

@@ -5,36 +5,58 @@ connection closes, and closes a connection that misses two heartbeats. A task th
 the GIL (a catastrophic regex, a C call that does not release it) stops every thread of
 its process, the heartbeat thread too; so the connection must live in another process.
 ``RemoteConsumer`` (``asynctask_amqp.remote``) starts one relay per consumer, as
-``python -P -m asynctask_amqp.relay <fd>``: a fresh interpreter that holds the connection,
-consumes with the prefetch, answers heartbeats (the transport's heartbeat thread, which
-nothing here ever blocks), and serves the consumer's calls over a socketpair (frames of
-``asynctask_amqp.wire``).
+``python -P -m asynctask_amqp.relay <socket fd> <words fd>``: a fresh interpreter that
+holds the connection, consumes with the prefetch, answers heartbeats (the transport's
+heartbeat thread, which nothing here ever blocks), and serves the consumer's calls over
+a socketpair (frames of ``asynctask_amqp.wire``).
 
 The conversation, worker first::
 
     {"uri", "queue", "prefetch", "max_payload_bytes", "worker": pid, "log_level"}   once
-    {"op": "reserve", "timeout": s}   -> {"delivery": {"n", "id", "payload", "attempt",
-                                           "submitted_at", "headers"} | null} or {"error": {...}}
-    {"op": "release", "n"}, {"op": "retry", "n", "delay", "error"},
+    {"op": "reserve", "timeout": s}   -> {"deliveries": [{"n", "generation", "id",
+                                           "payload", "attempt", "submitted_at",
+                                           "headers"}, ...]} or {"error": {...}}
+    {"op": "settled"}                 -> nothing (it carries acks and skips, see below)
+    {"op": "release", "n", "behind": [n, ...]}, {"op": "retry", "n", "delay", "error"},
     {"op": "fail", "n", "error"}      -> {"done": true} once settled (read-your-writes)
     {"op": "close"}                   -> {"closed": true}, then the relay exits
 
-Every request may carry ``"acks": [n, ...]``, done first: the worker acknowledges with
-its next call, which its run loop makes at once (a worker that dies between its ``ack``
-and its next call has that finished task run again, as if it had died a moment
-earlier). A ``reserve`` hands over one task: the worker holds only what it reserved, so
-a connection lost meanwhile repeats at most that, and a dead worker's prefetched tasks
-(still here) go back uncounted.
+Hand-over ahead. While the worker runs its tasks the relay waits on both sockets, and
+reads and decodes what the broker delivers (``ready``); a ``reserve`` hands over every
+task ready and received (up to the prefetch), waiting for the first only when there is
+none: the worker keeps them and takes them one by one without asking, so a drain costs
+a round trip per batch, not per task, and the decoding is done beside the worker's work.
+Each carries the *generation* of the connection that delivered it. The relay writes
+the generation of its connection into a word of memory it shares with the worker
+(``wire.SharedWords``) when the connection opens, and 0 as soon as it finds it lost (a
+failed call, or the heartbeat thread's read), both under the connection's lock. The
+worker takes a task (``reserve`` returns it) only if its generation is that word, and
+then writes the task's number into the other shared word, ``taken``: no system call a
+task. A task whose connection was lost before it was taken is skipped (the broker has
+given it back, and delivers it again; the worker names it in ``"skips"``); one lost after
+it was taken is in flight, and a connection kill may run it twice, as it may any task
+running when its connection is lost (the package README says so).
+
+Every request may carry ``"acks": [n, ...]`` and ``"skips": [n, ...]``, done first: the
+worker sends its acks with its next request, or alone (``settled``, no answer) before it
+takes the next task handed over ahead, so that a worker dying in that task does not
+have the ones it finished run again; frames of acks read together are settled together,
+and a batch of acks that is every task held up to its last is one ``basic.ack``
+(``multiple``). A worker that dies between an ``ack`` and the next frame
+has that finished task run again, as if it had died a moment earlier. A ``release``
+hands back with its task the ones the worker holds behind it (``behind``), keeping the
+queue's order.
 
 A worker that dies closes its end of the socket (the kernel does it, however it died);
-the relay notices at once, even in the middle of a ``reserve`` (it waits in slices), hands
-back what the worker never saw (no attempt), closes the connection so the broker gives
-the worker's tasks to others at once (each counts an attempt), and exits. It also exits
-if its parent process is gone (the socket may have leaked into a grandchild), checked
-with each slice. It ignores SIGTERM and SIGINT: a process-group stop lets the worker
-finish its task, and the worker's ``close`` ends the relay. ``PR_SET_PDEATHSIG`` is not
-used: it fires when the *thread* that started the relay ends, and a worker may create
-its consumer in a thread that ends before the consumer does.
+the relay notices at once, even in the middle of a ``reserve`` (it waits in slices),
+hands back what the worker never took (prefetched, or handed over past ``taken``: no
+attempt), closes the connection so the broker gives the worker's tasks to others at once
+(each counts an attempt), and exits. It also exits if its parent process is gone (the
+socket may have leaked into a grandchild), checked with each slice. It ignores SIGTERM
+and SIGINT: a process-group stop lets the worker finish its task, and the worker's
+``close`` ends the relay. ``PR_SET_PDEATHSIG`` is not used: it fires when the *thread*
+that started the relay ends, and a worker may create its consumer in a thread that ends
+before the consumer does.
 """
 
 from __future__ import annotations
@@ -53,7 +75,7 @@ from asynctask.logs import setup_logging
 from asynctask.transport import Delivery
 from asynctask_amqp.consumer import AmqpConsumer
 from asynctask_amqp.transport import AmqpTransport
-from asynctask_amqp.wire import PeerGone, Reader, send
+from asynctask_amqp.wire import PeerGone, Reader, SharedWords, send
 
 logger = logging.getLogger("asynctask.amqp.relay")
 
@@ -68,13 +90,18 @@ class WorkerGone(Exception):
 class Relay:
     """Serves one consumer to one worker process; see the module docstring."""
 
-    def __init__(self, reader: Reader, consumer: AmqpConsumer, worker: int) -> None:
+    def __init__(
+        self, reader: Reader, consumer: AmqpConsumer, worker: int, words: SharedWords
+    ) -> None:
         self.sock = reader.sock
         self.reader = reader
         self.consumer = consumer
         self.worker = worker
-        #: what the worker holds (reserved, not settled), by number
+        self.words = words
+        #: what the worker holds (handed over, not settled nor skipped), by number
         self.handed: dict[int, Delivery] = {}
+        #: taken from the consumer while the worker ran its tasks, for its next reserve
+        self.ready: list[Delivery] = []
         self._next = 1
 
     def serve(self) -> None:
@@ -85,8 +112,17 @@ class Relay:
                 request = self.reader.receive()
                 if request is None:
                     raise WorkerGone("the worker closed the socket")
-                for n in request.get("acks", ()):
-                    self._handle({"op": "ack", "n": n})
+                while request.get("op") == "settled" and self.reader.ready():
+                    # acks sent one a task, read together: settled together
+                    following = self.reader.receive()
+                    assert following is not None  # (a whole frame is buffered)
+                    for key in ("acks", "skips"):
+                        following[key] = [*request.get(key, ()), *following.get(key, ())]
+                    request = following
+                for n in request.get("skips", ()):
+                    self.handed.pop(int(n), None)  # back in the queue with its connection
+                if "acks" in request:
+                    self._ack(request["acks"])
                 if request.get("op") == "close":
                     self.consumer.close()
                     send(self.sock, {"closed": True})
@@ -96,12 +132,37 @@ class Relay:
                     send(self.sock, answer)
         except (WorkerGone, PeerGone, OSError) as exc:
             logger.debug("relay of %r: worker %d gone (%s)", self.consumer.queue, self.worker, exc)
-            self.consumer.abandon()
+            taken = self.words.taken  # the worker is gone: it writes no more
+            unseen = [d for n, d in self.handed.items() if n > taken]
+            self.consumer.abandon([*unseen, *self.ready])
 
     def _wait_for_worker(self) -> None:
-        """Block until the worker writes (or closes); check it lives meanwhile."""
-        while not self.reader.ready() and not select.select([self.sock], [], [], SLICE)[0]:
-            self._check_parent()
+        """Block until the worker writes (or closes); check it lives meanwhile, and take
+        in what the broker delivers meanwhile (read and decoded here while the worker
+        runs its tasks, ready for its next ``reserve``)."""
+        while not self.reader.ready():
+            broker = None
+            if len(self.ready) < self.consumer.prefetch:
+                broker = self.consumer.delivering_socket()
+            waiting = [self.sock] if broker is None else [self.sock, broker]
+            readable = select.select(waiting, [], [], SLICE)[0]
+            if self.sock in readable:
+                return
+            if readable:
+                self._pull()
+            else:
+                self._check_parent()
+
+    def _pull(self) -> None:
+        """Take what the consumer has received, up to the prefetch, without waiting."""
+        while len(self.ready) < self.consumer.prefetch:
+            try:
+                delivery = self.consumer.reserve(0)
+            except AsynctaskError:  # the worker's next reserve meets it again
+                return
+            if delivery is None:
+                return
+            self.ready.append(delivery)
 
     def _check_parent(self) -> None:
         if os.getppid() != self.worker:
@@ -119,9 +180,11 @@ class Relay:
         op = request.get("op")
         if op == "reserve":
             try:
-                return {"delivery": self._reserve(float(request["timeout"]))}
+                return {"deliveries": self._reserve(float(request["timeout"]))}
             except AsynctaskError as exc:
                 return {"error": {"kind": error_kind(exc), "message": str(exc)}}
+        if op == "settled":
+            return None
         delivery = self.handed.pop(int(request["n"]), None)
         try:
             if delivery is None:
@@ -130,35 +193,59 @@ class Relay:
                     self.consumer.queue,
                     op,
                 )
-            elif op == "ack":
-                self.consumer.ack(delivery)
             elif op == "retry":
                 self.consumer.retry(delivery, float(request["delay"]), str(request["error"]))
             elif op == "fail":
                 self.consumer.fail(delivery, str(request["error"]))
             elif op == "release":
-                self.consumer.release(delivery)
+                behind = [self.handed.pop(int(n), None) for n in request.get("behind", ())]
+                behind, self.ready = [*behind, *self.ready], []
+                self.consumer.release(delivery, [d for d in behind if d is not None])
             else:
                 raise PeerGone(f"unknown request {op!r}")
         except AsynctaskError as exc:  # the consumer logged what the broker will do
             logger.warning("relay of %r: %s failed: %s", self.consumer.queue, op, exc)
-        return None if op == "ack" else {"done": True}
+        return {"done": True}
 
-    def _reserve(self, timeout: float) -> dict[str, Any] | None:
-        """Wait for a delivery, checking between slices that the worker lives."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            delivery = self.consumer.reserve(min(max(left, 0.0), SLICE))
-            if delivery is not None:
-                break
-            if left <= SLICE:
-                return None
-            self._check_socket()
+    def _ack(self, numbers: list[int]) -> None:
+        acked = [self.handed.pop(int(n), None) for n in numbers]
+        if None in acked:
+            logger.warning(
+                "relay of %r: ack of a task that is not held (settled twice?); ignored",
+                self.consumer.queue,
+            )
+        try:
+            self.consumer.ack_many([d for d in acked if d is not None])
+        except AsynctaskError as exc:  # the consumer logged what the broker will do
+            logger.warning("relay of %r: ack failed: %s", self.consumer.queue, exc)
+
+    def _reserve(self, timeout: float) -> list[dict[str, Any]]:
+        """Hand over what is ready (taken in while the worker was busy) and whatever
+        else has arrived, up to the prefetch; with nothing, wait for a delivery first,
+        checking between slices that the worker lives."""
+        generation = self.words.generation  # others came on a connection since lost
+        self.ready = [d for d in self.ready if d.receipt[0] == generation]
+        if not self.ready:
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                delivery = self.consumer.reserve(min(max(left, 0.0), SLICE))
+                if delivery is not None:
+                    break
+                if left <= SLICE:
+                    return []
+                self._check_socket()
+            self.ready.append(delivery)
+        self._pull()
+        batch, self.ready = self.ready, []
+        return [self._hand(d) for d in batch]
+
+    def _hand(self, delivery: Delivery) -> dict[str, Any]:
         n, self._next = self._next, self._next + 1
         self.handed[n] = delivery
         return {
             "n": n,
+            "generation": delivery.receipt[0],
             "id": delivery.id,
             "payload": delivery.payload,
             "attempt": delivery.attempt,
@@ -177,10 +264,12 @@ def error_kind(exc: AsynctaskError) -> str:
 
 
 def main() -> int:
-    """Run a relay on the socket whose descriptor is the one argument."""
+    """Run a relay on the socket and the shared words whose descriptors are the arguments."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(sys.argv[1]))
+    words = SharedWords(int(sys.argv[2]))
+    os.close(int(sys.argv[2]))  # the mapping stays
     reader = Reader(sock)
     spec = reader.receive()
     if spec is None:
@@ -192,10 +281,18 @@ def main() -> int:
     transport = AmqpTransport(str(spec["uri"]))
     if "max_payload_bytes" in spec:
         transport.max_payload_bytes = int(spec["max_payload_bytes"])
-    consumer = AmqpConsumer(transport, transport, str(spec["queue"]), int(spec["prefetch"]), worker)
+    consumer = AmqpConsumer(
+        transport,
+        transport,
+        str(spec["queue"]),
+        int(spec["prefetch"]),
+        worker,
+        on_generation=words.set_generation,
+    )
     try:
-        Relay(reader, consumer, worker).serve()
+        Relay(reader, consumer, worker, words).serve()
     finally:
+        words.generation = 0  # whatever ends the relay ends its connection
         transport.close()
         sock.close()
     return 0

@@ -2,9 +2,12 @@
 
 The same ``Consumer`` as ``AmqpConsumer``, but its connection lives in a relay process
 that it starts and talks to over a socketpair, so a task that holds the GIL in this
-process cannot stop the connection's heartbeats. ``ack`` is sent with the next call (as
-``Consumer.ack`` allows: the run loop reserves right after); the other calls wait for
-the relay's answer. See ``asynctask_amqp.relay`` for the conversation.
+process cannot stop the connection's heartbeats. A ``reserve`` takes the tasks the relay
+handed over ahead, one by one, checking each one's connection generation against the
+word the relay shares (a task whose connection was lost is skipped), and asks the relay
+only when it holds none. ``ack`` is sent with the next request, or alone once half the
+prefetch is waiting (no answer waited for); the other calls wait for the relay's answer.
+See ``asynctask_amqp.relay`` for the conversation.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from collections import deque
 from typing import Any
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
 from asynctask.transport import Consumer, Delivery, Transport, check_delay
-from asynctask_amqp.wire import PeerGone, Reader, send
+from asynctask_amqp.wire import PeerGone, Reader, SharedWords, send
 
 logger = logging.getLogger("asynctask.amqp")
 
@@ -34,13 +39,19 @@ _relays: set[subprocess.Popen[bytes]] = set()
 _relays_lock = threading.Lock()
 
 
-def start_relay() -> tuple[socket.socket, subprocess.Popen[bytes]]:
-    """Start ``python -P -m asynctask_amqp.relay`` on one end of a new socketpair."""
+def start_relay() -> tuple[socket.socket, SharedWords, subprocess.Popen[bytes]]:
+    """Start ``python -P -m asynctask_amqp.relay`` on one end of a new socketpair, with
+    the words it shares with this process."""
     ours, theirs = socket.socketpair()
+    words_fd = SharedWords.new_file()
     try:
+        words = SharedWords(words_fd)
         process = subprocess.Popen(
-            [sys.executable, "-P", "-m", "asynctask_amqp.relay", str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),),
+            [
+                *(sys.executable, "-P", "-m", "asynctask_amqp.relay"),
+                *(str(theirs.fileno()), str(words_fd)),
+            ],
+            pass_fds=(theirs.fileno(), words_fd),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
         )
@@ -53,11 +64,12 @@ def start_relay() -> tuple[socket.socket, subprocess.Popen[bytes]]:
         ) from exc
     finally:
         theirs.close()
+        os.close(words_fd)  # the mappings stay
     with _relays_lock:
         for done in [p for p in _relays if p.poll() is not None]:
             _relays.discard(done)
         _relays.add(process)
-    return ours, process
+    return ours, words, process
 
 
 class RemoteConsumer(Consumer):
@@ -66,11 +78,15 @@ class RemoteConsumer(Consumer):
     def __init__(self, transport: Transport, queue: str, prefetch: int) -> None:
         super().__init__(transport, queue, prefetch)
         self._lock = threading.Lock()
-        self._sock, self._process = start_relay()
+        self._sock, self._words, self._process = start_relay()
         self._reader = Reader(self._sock)
         self._broken = ""  # why the relay cannot be used any more
-        #: receipts acknowledged, sent with the next request
+        #: (connection generation, delivery) handed over ahead, not taken yet, in order
+        self._ahead: deque[tuple[int, Delivery]] = deque()
+        #: receipts acknowledged, and skipped (their connection lost before they were
+        #: taken), sent with the next request
         self._acks: list[int] = []
+        self._skips: list[int] = []
         spec = {
             "uri": transport.uri,
             "queue": queue,
@@ -93,19 +109,35 @@ class RemoteConsumer(Consumer):
     # -- the calls that wait for an answer --------------------------------------------------
 
     def reserve(self, timeout: float) -> Delivery | None:
-        """Wait up to ``timeout`` s for a task (the relay reconnects while the broker is away).
-
-        One task per call: a task handed over ahead could be taken back by the broker
-        with a lost connection, unseen here, and then run twice.
-        """
+        """Take the next task handed over ahead whose connection still holds it; when
+        none is left, wait up to ``timeout`` s for the relay to hand over more (it
+        reconnects while the broker is away)."""
         self._check_open()
-        answer = self._ask({"op": "reserve", "timeout": max(0.0, timeout)}, timeout)
-        error = answer.get("error")
-        if error is not None:
-            kind = {"unavailable": TransportUnavailable, "closed": TransportClosed}
-            raise kind.get(error.get("kind"), TransportError)(str(error.get("message")))
-        found = answer.get("delivery")
-        return None if found is None else self._delivery(found)
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            words = self._words
+            while self._ahead:
+                generation, delivery = self._ahead.popleft()
+                if generation == words.generation:
+                    if self._acks:
+                        # before the next task runs: a worker that dies in it must not
+                        # have the tasks it finished run again (and counted)
+                        with self._lock:
+                            self._settled()
+                    words.taken = delivery.receipt
+                    return delivery
+                # its connection was lost before it was taken: the broker has it back
+                self._skips.append(int(delivery.receipt))
+            left = max(0.0, deadline - time.monotonic())
+            answer = self._ask({"op": "reserve", "timeout": left}, left)
+            error = answer.get("error")
+            if error is not None:
+                kind = {"unavailable": TransportUnavailable, "closed": TransportClosed}
+                raise kind.get(error.get("kind"), TransportError)(str(error.get("message")))
+            found = answer.get("deliveries") or []
+            if not found:
+                return None
+            self._ahead.extend((int(f["generation"]), self._delivery(f)) for f in found)
 
     def _delivery(self, found: dict[str, Any]) -> Delivery:
         return Delivery(
@@ -125,6 +157,7 @@ class RemoteConsumer(Consumer):
         self.closed = True
         self.close_status_feed()
         with self._lock:
+            self._ahead.clear()  # the relay hands them back: it holds them
             if not self._broken:
                 try:
                     self._sock.settimeout(ANSWER_SLACK)
@@ -140,6 +173,7 @@ class RemoteConsumer(Consumer):
             self._process.wait()
         with _relays_lock:
             _relays.discard(self._process)
+        self._words.close()
 
     def _ask(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         with self._lock:
@@ -158,7 +192,9 @@ class RemoteConsumer(Consumer):
             return answer
 
     def _fail(self, why: str) -> None:
-        """The relay is unusable: end it (the broker then gives its tasks to others)."""
+        """The relay is unusable: end it (the broker then gives its tasks to others,
+        those handed over ahead too, which are not run here)."""
+        self._ahead.clear()
         self._process.kill()
         code = self._process.wait()
         self._broken = (
@@ -170,9 +206,11 @@ class RemoteConsumer(Consumer):
     # -- settling --------------------------------------------------------------------------
 
     def _send(self, request: dict[str, Any]) -> None:
-        """Write a request (the lock held), carrying the acks not sent yet."""
+        """Write a request (the lock held), carrying the acks and skips not sent yet."""
         if self._acks:
             request["acks"], self._acks = self._acks, []
+        if self._skips:
+            request["skips"], self._skips = self._skips, []
         send(self._sock, request)
 
     def _settle(self, op: str, delivery: Delivery, **fields: Any) -> None:
@@ -191,10 +229,21 @@ class RemoteConsumer(Consumer):
 
     def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
         """The task is done: the broker forgets it. Sent with the consumer's next call
-        (as ``Consumer.ack`` allows), which the run loop makes at once: no write of its
-        own, no waiting."""
+        (as ``Consumer.ack`` allows), which the run loop makes at once: with the next
+        request, or alone (unanswered) before ``reserve`` returns a task handed over
+        ahead; never waits for an answer."""
         with self._lock:
             self._acks.append(int(delivery.receipt))
+
+    def _settled(self) -> None:
+        """Send the acks and skips waiting, unanswered (the lock held)."""
+        if self._broken:
+            return
+        try:
+            self._send({"op": "settled"})
+        except OSError as exc:
+            self._fail(f"{type(exc).__name__}: {exc}")
+            raise TransportUnavailable(self._broken) from exc
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Back to the queue after ``delay`` s, as the next attempt (a bad ``delay`` is an
@@ -206,8 +255,12 @@ class RemoteConsumer(Consumer):
         self._settle("fail", delivery, error=error)
 
     def release(self, delivery: Delivery) -> None:
-        """Back to the head of the queue, untouched (not counted)."""
-        self._settle("release", delivery)
+        """Back to the head of the queue, untouched (not counted), with the tasks handed
+        over behind it (the relay holds them), keeping the queue's order."""
+        with self._lock:
+            behind = [int(d.receipt) for _, d in self._ahead]
+            self._ahead.clear()
+        self._settle("release", delivery, behind=behind)
 
     def _check_open(self) -> None:
         if self.closed:

@@ -1,16 +1,20 @@
-"""The relay's wire format: JSON objects over a stream socket, each framed by its length.
+"""The relay's wire format: JSON objects over a stream socket, each framed by its length,
+and two words of memory that the worker and its relay share.
 
 A frame is a 4-byte big-endian length, then that many bytes of UTF-8 JSON text (one
 object). JSON, not pickle: the relay runs code only from its own package, whatever the
 peer sends. Both ends of a worker's socketpair use these two functions; see
-``asynctask_amqp.relay`` for the messages.
+``asynctask_amqp.relay`` for the messages and for what the words say (``SharedWords``).
 """
 
 from __future__ import annotations
 
 import json
+import mmap
+import os
 import socket
 import struct
+import tempfile
 from typing import Any
 
 _LENGTH = struct.Struct(">I")
@@ -75,3 +79,57 @@ class Reader:
                 return False
             self._buffer += chunk
         return True
+
+
+class SharedWords:
+    """Two 64-bit words in a file mapping that the worker and its relay both hold:
+    ``generation``, written by the relay only, and ``taken``, written by the worker only.
+
+    Read and written without a system call (a word each, 8-byte aligned: one load or
+    store, never seen torn). The file is a ``memfd`` (a ``tempfile`` where there is
+    none): nothing on disk, gone with the last descriptor and mapping.
+    """
+
+    SIZE = 16
+
+    def __init__(self, fd: int) -> None:
+        self._map = mmap.mmap(fd, self.SIZE)
+        self._words = memoryview(self._map).cast("q")
+
+    @staticmethod
+    def new_file() -> int:
+        """A descriptor of a new zeroed file of ``SIZE`` bytes, to map on both sides."""
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("asynctask-relay", os.MFD_CLOEXEC)
+        else:  # pragma: no cover (not Linux)
+            with tempfile.TemporaryFile() as file:
+                fd = os.dup(file.fileno())
+        os.ftruncate(fd, SharedWords.SIZE)
+        return fd
+
+    @property
+    def generation(self) -> int:
+        """The relay's connection generation; 0 while it has none it trusts."""
+        return int(self._words[0])
+
+    @generation.setter
+    def generation(self, value: int) -> None:
+        self._words[0] = value
+
+    def set_generation(self, value: int) -> None:
+        """``generation = value`` (a callback for ``Link.on_generation``)."""
+        self._words[0] = value
+
+    @property
+    def taken(self) -> int:
+        """The number of the task the worker took last (they are taken in order)."""
+        return int(self._words[1])
+
+    @taken.setter
+    def taken(self, value: int) -> None:
+        self._words[1] = value
+
+    def close(self) -> None:
+        """Unmap (the file goes with the last holder)."""
+        self._words.release()
+        self._map.close()

@@ -35,10 +35,12 @@ import select
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, LiteralString, Protocol
 
 import psycopg
-from psycopg import Notify, pq, sql
+from psycopg import Notify, abc, pq, sql
+from psycopg.adapt import Transformer
 from psycopg.generators import fetch, send
 
 from asynctask.errors import (
@@ -51,6 +53,7 @@ from asynctask.status import StartVerdict
 from asynctask.transport import Consumer, Delivery, Transport, check_delay
 from asynctask_pgsql.conninfo import Server, is_refusal
 from asynctask_pgsql.decoding import load_json_as_text, read_headers
+from asynctask_pgsql.pooled import Prepared, exec_prepared
 from asynctask_pgsql.schema import channel, consumer_lock_class, sweep_lock_class
 from asynctask_pgsql.state_sql import CANCEL_HEARD
 from asynctask_pgsql.statements import Statements
@@ -92,8 +95,9 @@ FORGET_PER_SWEEP = 1000
 #: ``running`` (one that ends sooner goes straight to its outcome, see ``_start_later``)
 SYNC_WITHIN = 0.05
 
-#: acknowledgements riding on one statement: row ids, results, start times
-_Acks = tuple[list[int], list[str | None], list[float | None]]
+#: acknowledgements riding on one statement: row ids, results, start times (Unix
+#: microseconds)
+_Acks = tuple[list[int], list[str | None], list[int | None]]
 
 
 class PgsqlConsumer(Consumer):
@@ -119,6 +123,16 @@ class PgsqlConsumer(Consumer):
         # The runner's watchdog may settle from a timer thread while the owner waits.
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
+        # Our statements' cursor, kept with its connection: a new one per statement looked
+        # its dumpers and loaders up again (about 47k instructions a statement, callgrind,
+        # see ``asynctask_pgsql.pooled``).
+        self._cursor: psycopg.Cursor[Any] | None = None
+        # RESERVE, the statement of every ``prefetch`` tasks, goes through libpq as the
+        # one-task submit does (``asynctask_pgsql.pooled``): prepared once per connection
+        # (the names in ``_prepared``), its rows loaded by psycopg's C loaders (``_rows``).
+        self._reserve = Prepared("asynctask_reserve", self._sql.reserve)
+        self._prepared: set[bytes] = set()
+        self._rows: abc.Transformer | None = None
         self._owner: int | None = None  # the number whose advisory lock we hold
         self._owners: list[int] = []  # every number this consumer has held
         self._buffer: deque[Delivery] = deque()  # prefetched, not yet handed out
@@ -126,7 +140,7 @@ class PgsqlConsumer(Consumer):
         self._acks: list[int] = []  # acknowledged rows, deleted by the next statement
         self._results: list[str | None] = []  # their results (JSON text), beside them
         self._expires: dict[int, float] = {}  # row id -> its date_expires (Unix seconds)
-        self._started: list[float | None] = []  # their start times, if not written yet
+        self._started: list[int | None] = []  # their start times (us), if not written yet
         # prefetched tasks started and not yet written running: row id -> (it, when)
         self._unmarked: dict[int, tuple[Delivery, float]] = {}
         # START_RUNNING sent in pipeline mode, one list per Sync not yet answered: the
@@ -169,7 +183,7 @@ class PgsqlConsumer(Consumer):
                         self._host.vacuum.ask()
                 self._cancelled.clear()  # of tasks we do not hold (we hold none now)
                 limit = self.prefetch - len(self._buffer)
-                rows = self._run(self._sql.reserve, {"queue": self.queue, "limit": limit})
+                rows = self._run(self._reserve, {"queue": self.queue, "limit": limit})
                 self._sent()
                 self._keep(rows)
                 if self._buffer:
@@ -299,11 +313,11 @@ class PgsqlConsumer(Consumer):
                 values = [
                     delivery.id.encode(),
                     str(delivery.attempt).encode(),
-                    _int_array(self._owners),
-                    _int_array(self._acks),
+                    _int_array(self._owners).encode(),
+                    _int_array(self._acks).encode(),
                     json.dumps(self._results).encode(),
                     repr(float(self.transport.status_ttl)).encode(),
-                    _float_array(self._started),
+                    _int_array(self._started).encode(),
                     repr(started).encode(),
                 ]
                 pgconn.send_query_prepared(b"asynctask_start", values)
@@ -399,7 +413,7 @@ class PgsqlConsumer(Consumer):
             if self._held.pop(delivery.receipt, None) is not None:
                 self._acks.append(delivery.receipt)
                 self._results.append(result_json)
-                self._started.append(None if unmarked is None else unmarked[1])
+                self._started.append(None if unmarked is None else int(unmarked[1] * 1e6))
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Back to the queue after ``delay`` seconds, one attempt more."""
@@ -483,13 +497,13 @@ class PgsqlConsumer(Consumer):
             self._held[row_id] = self._owner
             # A count another program stored may be negative: never more runs for that.
             attempt = max(attempts, 0) + 1
-            delivery = Delivery(task_id.hex, self.queue, payload, attempt, submitted, row_id)
+            delivery = Delivery(task_id, self.queue, payload, attempt, submitted, row_id)
             delivery.headers = read_headers(headers)
             if expires is not None:
                 self._expires[row_id] = expires
             self._buffer.append(delivery)
 
-    def _run(self, query: LiteralString, params: Any) -> list[tuple[Any, ...]]:
+    def _run(self, query: LiteralString | Prepared, params: Any) -> list[tuple[Any, ...]]:
         """Run one statement on our connection, reconnecting through an outage."""
         while True:
             try:
@@ -497,12 +511,17 @@ class PgsqlConsumer(Consumer):
                 conn = self._connect()
                 # Bound afresh on every try: the owner may change with a reconnect, and the
                 # caller's params stay as given (encoding them in place once sent a
-                # twice-encoded array after a reconnect). psycopg adapts the lists: as fast
-                # as the hand-made text literal it replaces (1,693 against 1,454
-                # reserves/s, python -m bench.drivers, same run).
+                # twice-encoded array after a reconnect). The arrays are text literals
+                # (see ``_bound``).
                 bound = self._bound(params) if isinstance(params, dict) else params
                 asked = time.monotonic()
-                rows = conn.execute(query, bound, prepare=True).fetchall()
+                if isinstance(query, Prepared):
+                    rows = self._run_prepared(conn, query, bound)
+                else:
+                    cursor = self._cursor
+                    if cursor is None or cursor.closed:
+                        cursor = self._cursor = conn.cursor()
+                    rows = cursor.execute(query, bound, prepare=True).fetchall()
                 # psycopg read the notifications that came before its answer
                 self._asked_at = asked
             except (psycopg.OperationalError, TransportUnavailable) as exc:
@@ -517,16 +536,39 @@ class PgsqlConsumer(Consumer):
                 self._hand_back_leftovers(conn)
             return rows
 
+    def _run_prepared(
+        self, conn: psycopg.Connection[Any], statement: Prepared, params: dict[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """``statement`` through libpq (see ``__init__``); the notifications that came
+        before its answer heard. A cursor's ``execute`` costs about 45k instructions a
+        call beside libpq's (``asynctask_pgsql.pooled``)."""
+        result = exec_prepared(conn, self._prepared, statement, params)
+        pgconn = conn.pgconn
+        while (note := pgconn.notifies()) is not None:
+            self._heard(Notify(note.relname.decode(), note.extra.decode(), note.be_pid))
+        loader = self._rows
+        if loader is None:
+            loader = self._rows = Transformer(conn)
+        loader.set_pgresult(result)
+        return loader.load_rows(0, result.ntuples, tuple)
+
     def _bound(self, params: dict[str, Any]) -> dict[str, Any]:
-        """``params`` with what every statement of ours may use."""
+        """``params`` with what every statement of ours may use.
+
+        The acknowledgements' arrays go as the text literals we write (``_int_array``,
+        the results as one JSON array), which psycopg sends as they are: its list dumper
+        ran a regular expression on every element and wrote each start time with a
+        float's shortest ``repr``, 20k of the run loop's 142k instructions a task
+        (callgrind, ``bench/loopcost.py``, prefetch 16).
+        """
         return {
             **params,
             "owner": self._owner,
             "keeper": self._keeper,
-            "owners": list(self._owners),
-            "acks": list(self._acks),
-            "results": list(self._results),
-            "started": list(self._started),
+            "owners": _int_array(self._owners),
+            "acks": _int_array(self._acks),
+            "results": json.dumps(self._results),
+            "started": _int_array(self._started),
             "track": self._tracked(),
             "ttl": self.transport.status_ttl,
         }
@@ -542,8 +584,9 @@ class PgsqlConsumer(Consumer):
             owners, held, acks = leftovers[0]
             params = _settle_params(held, "queued")
             # Their results were lost with that consumer: succeeded, without them.
-            params.update(owners=owners, acks=acks, results=[None] * len(acks))
-            params.update(started=[None] * len(acks))
+            params.update(owners=_int_array(owners), acks=_int_array(acks))
+            params.update(results=json.dumps([None] * len(acks)))
+            params.update(started=_int_array([None] * len(acks)))
             params.update(track=self._tracked(), ttl=self.transport.status_ttl)
             try:
                 conn.execute(self._sql.settle, params).fetchall()
@@ -653,6 +696,8 @@ class PgsqlConsumer(Consumer):
         self._pending.clear()
         self._start_failed = False
         conn, self._conn = self._conn, None
+        self._cursor = self._rows = None
+        self._prepared.clear()
         if conn is not None:
             with contextlib.suppress(psycopg.Error):  # a broken one has nothing to report
                 conn.close()
@@ -666,7 +711,7 @@ def _settle_params(
     delay: float | None = None,
 ) -> dict[str, Any]:
     return {
-        "ids": ids,
+        "ids": _int_array(ids),
         "state": state,
         "attempt": attempt,
         "error": error,
@@ -675,11 +720,7 @@ def _settle_params(
     }
 
 
-def _int_array(numbers: list[int]) -> bytes:
-    """A PostgreSQL array literal of integers, as libpq's text parameters take it."""
-    return ("{" + ",".join(str(int(n)) for n in numbers) + "}").encode()
-
-
-def _float_array(numbers: list[float | None]) -> bytes:
-    """A PostgreSQL array literal of floats (NULL for None), for libpq's text parameters."""
-    return ("{" + ",".join("NULL" if n is None else repr(float(n)) for n in numbers) + "}").encode()
+def _int_array(numbers: Sequence[int | None]) -> str:
+    """A PostgreSQL array literal of integers (NULL for None), as text parameters take
+    it (psycopg sends a ``str`` untyped: the statement's cast reads it)."""
+    return "{" + ",".join(["NULL" if n is None else int.__repr__(n) for n in numbers]) + "}"

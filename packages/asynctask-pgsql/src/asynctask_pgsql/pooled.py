@@ -17,7 +17,8 @@ So ``run_prepared`` prepares the statement once per connection and sends it with
 ``PGconn.exec_prepared``: a blocking libpq call that releases the GIL, as a one-row
 INSERT is short. Errors come back as psycopg's own exceptions (``error_from_result``),
 and a broken connection leaves libpq's status bad, which the pool sees when it takes
-the connection back. Every other statement goes through the kept cursor.
+the connection back. Every other statement goes through the kept cursor. A consumer
+sends its RESERVE the same way (``exec_prepared``), on its own connection.
 """
 
 from __future__ import annotations
@@ -88,28 +89,39 @@ class PooledConnection(psycopg.Connection[Any]):
     def run_prepared(self, statement: Prepared, params: dict[str, Any]) -> None:
         """Run ``statement`` (prepared on this connection at its first use) with
         ``params``; its answer is not read. Raises psycopg's errors."""
-        pgconn = self.pgconn
         ready = self._ready
         if ready is None:
             ready = self._ready = set()
-        values = statement.encode(params)
-        for _ in range(2):
-            if statement.name not in ready:
-                self._check(pgconn.prepare(statement.name, statement.query))
-                ready.add(statement.name)
-            # NULLs are None, as psycopg's own cursor sends them (its stub omits None)
-            result = pgconn.exec_prepared(statement.name, values)  # type: ignore[arg-type]
-            if result.error_field(pq.DiagnosticField.SQLSTATE) != _UNKNOWN_STATEMENT:
-                break
-            # forgotten by the server (DISCARD ALL, a pooler between us): prepared again
-            ready.discard(statement.name)
-        self._check(result)
+        exec_prepared(self, ready, statement, params)
 
-    def _check(self, result: pq.abc.PGresult) -> None:
-        if result.status in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
-            return
-        if self.pgconn.status == pq.ConnStatus.BAD:
-            # a lost connection, as psycopg's own execute reports one (the pool drops it)
-            message = (result.error_message or self.pgconn.error_message).decode(errors="replace")
-            raise psycopg.OperationalError(message.strip())
-        raise errors.error_from_result(result, encoding=self.info.encoding)
+
+def exec_prepared(
+    conn: psycopg.Connection[Any], ready: set[bytes], statement: Prepared, params: dict[str, Any]
+) -> pq.abc.PGresult:
+    """Run ``statement`` on ``conn`` with ``params``, preparing it first unless its name is
+    in ``ready`` (the names prepared on this connection, kept by the caller); its result.
+    Raises psycopg's errors: ``OperationalError`` for a lost connection."""
+    pgconn = conn.pgconn
+    values = statement.encode(params)
+    for _ in range(2):
+        if statement.name not in ready:
+            _check(conn, pgconn.prepare(statement.name, statement.query))
+            ready.add(statement.name)
+        # NULLs are None, as psycopg's own cursor sends them (its stub omits None)
+        result = pgconn.exec_prepared(statement.name, values)  # type: ignore[arg-type]
+        if result.error_field(pq.DiagnosticField.SQLSTATE) != _UNKNOWN_STATEMENT:
+            break
+        # forgotten by the server (DISCARD ALL, a pooler between us): prepared again
+        ready.discard(statement.name)
+    _check(conn, result)
+    return result
+
+
+def _check(conn: psycopg.Connection[Any], result: pq.abc.PGresult) -> None:
+    if result.status in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
+        return
+    if conn.pgconn.status == pq.ConnStatus.BAD:
+        # a lost connection, as psycopg's own execute reports one (the pool drops it)
+        message = (result.error_message or conn.pgconn.error_message).decode(errors="replace")
+        raise psycopg.OperationalError(message.strip())
+    raise errors.error_from_result(result, encoding=conn.info.encoding)
