@@ -568,3 +568,50 @@ def test_a_result_written_over_lines_is_kept_whole(uri):
         _run_one(consumer, '{\n  "sum": [1,\n 2]\n}')
         st = t.status(tid)
         assert (st.state, st.result) == ("succeeded", {"sum": [1, 2]})
+
+
+def test_a_success_journaled_before_a_cancel_writes_wins(uri, monkeypatch):
+    """The first of a cancel and a success wins. Here the cancel finds the record live
+    (no journal line yet), the worker then journals its success, and only then does
+    the cancel write its record: the task succeeded first, so the cancel must answer
+    False and the status stay succeeded. Seen failing before the fix (the cancel
+    overwrote the journaled success: True, and the status read cancelled)."""
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as consumer:
+        # Given a task started on the hot path (its mark names the worker's journal)
+        tid = t.submit_task(queue, {})
+        delivery = consumer.reserve(timeout=5)
+        assert consumer.start(delivery) == "run"
+        store = t.state()
+        real_locate = store._locate
+        acked: list[bool] = []
+
+        def locate_then_succeed(task_id):
+            found = real_locate(task_id)
+            if not acked:  # the worker's success lands right after the cancel looked
+                acked.append(True)
+                consumer.ack(delivery)
+            return found
+
+        monkeypatch.setattr(store, "_locate", locate_then_succeed)
+        # When a cancel races it, reading the record before the success line
+        cancelled = t.cancel(tid)
+        monkeypatch.undo()
+        # Then the success, written first, stands
+        assert acked
+        assert cancelled is False
+        assert t.status(tid).state == "succeeded"
+
+
+def test_a_cancel_before_a_journaled_success_wins(uri):
+    """The other order: a cancel of a running task comes first, the worker's success
+    line after; the task stays cancelled (its record left live/ for done/). A guard
+    of the fix above (it passes before and after it)."""
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as consumer:
+        tid = t.submit_task(queue, {})
+        delivery = consumer.reserve(timeout=5)
+        assert consumer.start(delivery) == "run"
+        assert t.cancel(tid) is True
+        consumer.ack(delivery)
+        assert t.status(tid).state == "cancelled"

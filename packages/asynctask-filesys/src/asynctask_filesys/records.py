@@ -233,9 +233,9 @@ def create(path: str, data: bytes, mode: int) -> bool:
 
 
 #: what an update does with a record, given when the hot path marked it started (None:
-#: not marked since its content was written): the new record (and a result's JSON
-#: text), or None to leave it as it is
-Change = Callable[[Record, float | None], tuple[Record, str | None] | None]
+#: not marked since its content was written) and the journal its last mark names: the
+#: new record (and a result's JSON text), or None to leave it as it is
+Change = Callable[[Record, float | None, str | None], tuple[Record, str | None] | None]
 
 
 def update(path: str, change: Change, limit: int) -> tuple[Record, bool] | None:
@@ -255,9 +255,9 @@ def update(path: str, change: Change, limit: int) -> tuple[Record, bool] | None:
             data, info = _read_fd(fd, limit)
         except NotATaskFile:
             return None
-        content, marks, _ = split(data)
+        content, marks, journal = split(data)
         old = _parse(content) or {}
-        new = change(old, info.st_mtime if marks else None)
+        new = change(old, info.st_mtime if marks else None, journal)
         if new is None:
             return old, False
         record, result_json = new

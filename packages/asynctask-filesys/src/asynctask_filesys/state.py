@@ -53,10 +53,11 @@ _JOURNAL_LIMIT = 1 << 20
 class Journal:
     """One consumer process's journal of plain successes (issue 16): ``done/<END>/
     <token>.<seq>``, one line ``<id> <finished, ns>`` a success, appended to a kept
-    descriptor. A start's mark names it; it takes starts for half a window (or
-    ``JOURNAL_STARTS`` of them) and successes for a whole window, and sits in the
-    ``done/`` folder of the window after: forgotten with that folder, after every line
-    in it is ``status_ttl`` old."""
+    descriptor (and ``<id> cancelled <ns>`` a cancel that read the task's record
+    live: the first of the id's lines decides, see ``cancel``). A start's mark names
+    it; it takes starts for half a window (or ``JOURNAL_STARTS`` of them) and
+    successes for a whole window, and sits in the ``done/`` folder of the window
+    after: forgotten with that folder, after every line in it is ``status_ttl`` old."""
 
     def __init__(self, done: str, token: str, seq: int, width: int, ttl: float, mode: int) -> None:
         now = time.time()
@@ -211,8 +212,10 @@ class FilesysStateStore(StateStore):
             j.starts += 1
             return j
 
-    def _journaled(self, name: str, task_id: str) -> float | None:
-        """When the journal ``name`` says ``task_id`` succeeded; None if it does not."""
+    def _journaled(self, name: str, task_id: str) -> tuple[State, float] | None:
+        """What the journal ``name`` says of ``task_id``, by its first line for it:
+        ``succeeded`` or ``cancelled`` (a cancel's line came first), and when; None if
+        it has no line for it."""
         data = records.read_bytes(os.path.join(self.paths.done, name), _JOURNAL_LIMIT)
         if not data:
             return None
@@ -221,8 +224,13 @@ class FilesysStateStore(StateStore):
         at = data.find(key)
         if at < 0:
             return None
-        stamp = data[at + len(key) : data.find(b"\n", at + 1)]
-        return int(stamp) / 1e9 if stamp.isdigit() else None
+        line = data[at + len(key) : data.find(b"\n", at + 1)]
+        if line.isdigit():
+            return "succeeded", int(line) / 1e9
+        word, _, stamp = line.partition(b" ")
+        if word == b"cancelled" and stamp.isdigit():
+            return "cancelled", int(stamp) / 1e9
+        return None
 
     def _to_done(self, source: str, task_id: str) -> str | None:
         """Move a record into the current ``done/`` folder: its new path, or None if it
@@ -255,9 +263,12 @@ class FilesysStateStore(StateStore):
                 if read is None:
                     continue
                 if read.journal is not None:  # started on the hot path: succeeded yet?
-                    at = self._journaled(read.journal, task_id)
-                    if at is not None:
-                        return Found("done", path, read.record, read.info, read.marks, at)
+                    said = self._journaled(read.journal, task_id)
+                    if said is not None and said[0] == "succeeded":
+                        return Found("done", path, read.record, read.info, read.marks, said[1])
+                    if said is not None:  # a cancel came first (its record write next)
+                        record = {**read.record, "state": "cancelled", "finished_at": said[1]}
+                        return Found("done", path, record, read.info, read.marks)
                 return Found(where, path, read.record, read.info, read.marks)
             for end in records.bucket_ends(p.done):
                 if end + self.status_ttl < time.time():
@@ -382,12 +393,23 @@ class FilesysStateStore(StateStore):
     def cancel(self, task_id: str) -> bool:
         """Write ``cancelled`` into a record that is not final, then move it to ``done/``;
         True if it was not final. A consumer's start then finds no ``live/`` record and
-        drops the task; a running one is stopped by its supervisor."""
+        drops the task; a running one is stopped by its supervisor.
+
+        A task started on the hot path may succeed with a line in the journal its mark
+        names, which moves nothing, so the rename does not order the two: the journal
+        does. Under the record's lock, the cancel appends ``<id> cancelled <ns>`` to
+        that journal, then reads it: when the task's first line there is a success,
+        the success came first and the cancel answers False, writing nothing; else the
+        cancel came first, and a success line after it is ignored by every reader."""
         now = time.time()
 
-        def cancelled(old: Record, marked_at: float | None) -> tuple[Record, str | None] | None:
+        def cancelled(
+            old: Record, marked_at: float | None, journal: str | None
+        ) -> tuple[Record, str | None] | None:
             state = old.get("state")
             if state in FINAL_STATES and state != "cancelled":
+                return None
+            if journal is not None and self._journal_first(journal, task_id) == "succeeded":
                 return None
             new = {**old, "state": "cancelled", "finished_at": now}
             if marked_at is not None and state in _WAITING:
@@ -415,6 +437,15 @@ class FilesysStateStore(StateStore):
                 self._release_unique(record, task_id)
                 return True
         return False
+
+    def _journal_first(self, journal: str, task_id: str) -> State | None:
+        """Append a cancel's line for ``task_id`` to ``journal``; what the task's first
+        line there says (None: the journal is gone, forgotten with its folder)."""
+        line = f"{task_id} cancelled {time.time_ns()}\n".encode()
+        if not records.mark(os.path.join(self.paths.done, journal), line):
+            return None
+        said = self._journaled(journal, task_id)
+        return None if said is None else said[0]
 
     def wait(self, task_id: str, timeout: float | None) -> TaskStatus | None:
         """Block until the task is final. Woken by inotify when its record leaves
@@ -476,7 +507,9 @@ class FilesysStateStore(StateStore):
         else:
             now = time.time()
 
-            def running(old: Record, _: float | None) -> tuple[Record, str | None] | None:
+            def running(
+                old: Record, _: float | None, __: str | None
+            ) -> tuple[Record, str | None] | None:
                 if old.get("state") in FINAL_STATES:
                     return None
                 return {**old, "state": "running", "attempts": attempt, "started_at": now}, None
@@ -553,7 +586,8 @@ class FilesysStateStore(StateStore):
         before that); else the record's rename, tried next; anything else (a result, a
         record moved away by a cancel, a bucket removed under us) takes ``finish``'s
         way. A journaled success does not see a cancel that came first (then the
-        record is in ``done/``, ``cancelled``, and stays so): it returns None."""
+        record is in ``done/``, ``cancelled``, or the cancel's line comes before ours in
+        the journal: it stays so): it returns None."""
         journal = self._assigned.pop(task_id, None)
         if result_json is None or result_json == "null":
             if journal is not None and journal.fd >= 0 and time.time() < journal.deadline:
@@ -628,7 +662,9 @@ class FilesysStateStore(StateStore):
             return
         live = self._live + task_id
 
-        def untracked(old: Record, _: float | None) -> tuple[Record, str | None] | None:
+        def untracked(
+            old: Record, _: float | None, __: str | None
+        ) -> tuple[Record, str | None] | None:
             if old.get("state") in FINAL_STATES or old.get("untracked"):
                 return None  # cancelled or expired meanwhile: final already
             return {**old, "untracked": True}, None
@@ -674,7 +710,9 @@ class FilesysStateStore(StateStore):
         lives; False if it was final already or moved away meanwhile."""
         now = time.time()
 
-        def outcome(old: Record, marked_at: float | None) -> tuple[Record, str | None] | None:
+        def outcome(
+            old: Record, marked_at: float | None, _: str | None
+        ) -> tuple[Record, str | None] | None:
             if old.get("state") in FINAL_STATES and old.get("state") != "failed":
                 return None  # cancelled (or expired) stays so: its result is discarded
             new = {k: v for k, v in old.items() if k != "result"}
