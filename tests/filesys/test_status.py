@@ -20,6 +20,7 @@ from asynctask.status import StatusNotTracked
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
 from asynctask.worker import AsyncTaskWorker
+from asynctask_filesys.layout import bumped
 
 
 @pytest.fixture
@@ -615,3 +616,33 @@ def test_a_cancel_before_a_journaled_success_wins(uri):
         assert t.cancel(tid) is True
         consumer.ack(delivery)
         assert t.status(tid).state == "cancelled"
+
+
+def test_a_recovered_task_acked_meanwhile_stays_succeeded(uri, tmp_path):
+    """A worker taken for dead has its task file moved back to ready/ (one attempt
+    more, as ``recover_dead`` does) just before it acks: its ack journals the success,
+    and the recovered copy's start must not make the task read running again: a final
+    status stays final (as before the journal, when the record was in done/). Seen
+    failing before the fix (succeeded -> running -> succeeded)."""
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as first:
+        # Given a task started by a worker
+        tid = t.submit_task(queue, {})
+        delivery = first.reserve(timeout=5)
+        assert first.start(delivery) == "run"
+        # And taken back meanwhile (its worker was taken for dead)
+        claimed = first._held[tid]
+        name = os.path.basename(claimed)
+        os.rename(claimed, tmp_path / "q" / queue / "ready" / bumped(name))
+        # When that worker acks it after all, then it succeeded
+        first.ack(delivery)
+        assert t.status(tid).state == "succeeded"
+        # And when another worker takes the recovered copy, the status stays succeeded
+        with open_transport(uri) as other, other.consumer(queue) as second:
+            again = second.reserve(timeout=5)
+            assert again is not None and again.id == tid and again.attempt == 2
+            second.start(again)
+            assert t.status(tid).state == "succeeded"
+            second.ack(again)
+        st = t.status(tid)
+        assert (st.state, st.attempts) == ("succeeded", 1)

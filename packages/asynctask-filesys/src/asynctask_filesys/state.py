@@ -508,10 +508,17 @@ class FilesysStateStore(StateStore):
             now = time.time()
 
             def running(
-                old: Record, _: float | None, __: str | None
+                old: Record, marked_at: float | None, journal: str | None
             ) -> tuple[Record, str | None] | None:
                 if old.get("state") in FINAL_STATES:
                     return None
+                if marked_at is not None and journal is not None:
+                    # started before (a task taken back from a worker taken for dead):
+                    # when that worker's journal settled it (succeeded, or a cancel's
+                    # line first), the status is final: left as it is
+                    said = self._journaled(journal, task_id)
+                    if said is not None:
+                        return None
                 return {**old, "state": "running", "attempts": attempt, "started_at": now}, None
 
             outcome = records.update(live, running, self.limit)
