@@ -646,3 +646,50 @@ def test_a_recovered_task_acked_meanwhile_stays_succeeded(uri, tmp_path):
             second.ack(again)
         st = t.status(tid)
         assert (st.state, st.attempts) == ("succeeded", 1)
+
+
+def test_a_journal_closed_between_check_and_write_loses_no_line(uri, tmp_path, monkeypatch):
+    """A threaded worker: another thread's start may rotate the journals, closing the
+    one a success is about to be written to, between the success's check and its
+    write. The line must still reach that journal (not fail with EBADF, leaving the
+    task running, nor land in a file that reused the descriptor's number). The close
+    is made to happen right there, at the success's clock read. Seen failing before
+    the fix (EBADF raised by the ack, and the status stuck at running)."""
+    import asynctask_filesys.state as state_module
+
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as consumer:
+        # Given a task started, assigned to the open journal
+        tid = t.submit_task(queue, {})
+        delivery = consumer.reserve(timeout=5)
+        assert consumer.start(delivery) == "run"
+        journal = t.state()._journal
+        other = tmp_path / "unrelated"
+        opened: list[int] = []
+        real_time = time.time
+
+        class CloseAtTheCheck:
+            """``time`` for state.py: its first ``time()`` closes the journal, as a
+            rotation in another thread would, and opens an unrelated file."""
+
+            def __getattr__(self, attr):
+                return getattr(time, attr)
+
+            def time(self) -> float:
+                if not opened:
+                    journal.close()
+                    opened.append(os.open(other, os.O_WRONLY | os.O_CREAT, 0o600))
+                return real_time()
+
+        monkeypatch.setattr(state_module, "time", CloseAtTheCheck())
+        # When its success is acked while the journal closes
+        try:
+            consumer.ack(delivery)
+        finally:
+            monkeypatch.undo()
+            for fd in opened:
+                os.close(fd)
+        # Then nothing went elsewhere, and the task succeeded
+        assert opened
+        assert other.read_bytes() == b""
+        assert t.status(tid).state == "succeeded"

@@ -57,7 +57,14 @@ class Journal:
     live: the first of the id's lines decides, see ``cancel``). A start's mark names
     it; it takes starts for half a window (or ``JOURNAL_STARTS`` of them) and
     successes for a whole window, and sits in the ``done/`` folder of the window
-    after: forgotten with that folder, after every line in it is ``status_ttl`` old."""
+    after: forgotten with that folder, after every line in it is ``status_ttl`` old.
+
+    ``close`` only stops new successes (``fd`` reads -1); the descriptor is closed
+    when the last reference goes (CPython frees at once: ``_assigned`` and a writer's
+    local hold it). So a success that read ``fd`` before another thread's rotation
+    closed the journal still writes to this file, never to a closed descriptor
+    (``EBADF``) nor to another file that reused its number; and the hot path takes no
+    lock."""
 
     def __init__(self, done: str, token: str, seq: int, width: int, ttl: float, mode: int) -> None:
         now = time.time()
@@ -74,12 +81,17 @@ class Journal:
         folder = os.path.join(done, str(end))
         make_dirs((folder,), mode)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
-        self.fd = os.open(os.path.join(done, self.name), flags, mode)
-        os.fchmod(self.fd, mode)  # the umask must not narrow a shared folder's mode
+        self._fd = os.open(os.path.join(done, self.name), flags, mode)
+        #: where a success is written; -1 once closed
+        self.fd = self._fd
+        os.fchmod(self._fd, mode)  # the umask must not narrow a shared folder's mode
 
     def close(self) -> None:
         """No more successes here (a task it was given takes the rename)."""
-        fd, self.fd = self.fd, -1
+        self.fd = -1
+
+    def __del__(self) -> None:
+        fd, self._fd = getattr(self, "_fd", -1), -1
         if fd >= 0:
             os.close(fd)
 
@@ -597,10 +609,12 @@ class FilesysStateStore(StateStore):
         the journal: it stays so): it returns None."""
         journal = self._assigned.pop(task_id, None)
         if result_json is None or result_json == "null":
-            if journal is not None and journal.fd >= 0 and time.time() < journal.deadline:
+            # (the descriptor read once: a rotation in another thread may close the
+            # journal meanwhile, which leaves this number open while we hold it)
+            if journal is not None and (fd := journal.fd) >= 0 and time.time() < journal.deadline:
                 # the hot path: one line appended; the record stays in live/, and the
                 # journal its mark names says succeeded (until forgotten with it)
-                os.write(journal.fd, f"{task_id} {time.time_ns()}\n".encode())
+                os.write(fd, f"{task_id} {time.time_ns()}\n".encode())
                 if unique_key is not None:
                     self._release_unique({"unique_key": unique_key, "queue": queue}, task_id)
                 return None
