@@ -19,8 +19,9 @@ without a result is a line in that journal (``asynctask_filesys.state.Journal``)
 record stays. A success after its journal closed is the rename ``live`` ->
 ``done/<END>``, which keeps that mtime (the finish time is the ctime). So a record
 whose content still says ``queued`` reads ``running`` when marked, and ``succeeded``
-when its journal lists it or in ``done/``. An append needs only write permission, like every other
-step: several users may share the folder (``mode=0660``).
+when its journal lists it (by the task's first line there: a cancel's line before it
+means ``cancelled``) or in ``done/``. An append needs only write permission, like every
+other step: several users may share the folder (``mode=0660``).
 
 Final records are forgotten by whole folders: ``done/<END>`` is removed once ``END``
 plus the status TTL has passed (by whichever process opens a new one), so forgetting
