@@ -506,3 +506,38 @@ def test_a_one_by_one_submit_reads_every_reply_redis_gives(queue):
         client.close()
         transport.close()
         server.stop()
+
+
+def test_a_plain_submit_where_multi_is_refused_is_stored_once_and_succeeds(queue):
+    """The first try of a plain one-task submit is ``MULTI``, ``SET`` of the guard,
+    ``RPUSH``, ``SADD``, ``EXEC`` in one write (``_push_first``). Where ``MULTI`` is
+    refused (an ACL without ``@transaction``, a proxy, a renamed command) the commands
+    behind it run alone: the task is stored, so the submit must succeed, not fail (the
+    caller's own retry, with a new id, would store it twice), and the next submits take
+    ``PUSH``. Failed before the fix: every submit raised TransportError (NOPERM) with
+    its task stored. A private server, with a user that may not run MULTI."""
+    server = start_server("--save", "", "--appendonly", "no")
+    client = redis.Redis(port=server.port, password=PASSWORD)
+    client.acl_setuser(
+        "nomulti",
+        enabled=True,
+        passwords=["+nomulti-pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-multi"],
+    )
+    transport = open_transport(f"redis://nomulti:nomulti-pw@127.0.0.1:{server.port}/0")
+    try:
+        assert isinstance(transport, RedisTransport)
+        # Given an untracked queue: its plain submits take the packed fast path
+        transport.state().set_tracking(queue, False)
+        # When three tasks are submitted one by one
+        ids = [transport.submit_task(queue, {"n": n}) for n in range(3)]
+        # Then each is stored once, in order, and the transport no longer sends MULTI
+        assert [t.id for t in transport.peek(queue, limit=10)] == ids
+        assert client.llen(transport.ready_key(queue)) == 3
+        assert transport.multi_submits is False
+    finally:
+        client.close()
+        transport.close()
+        server.stop()

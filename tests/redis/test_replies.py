@@ -15,7 +15,7 @@ import pytest
 import redis
 from redis.exceptions import ResponseError
 
-from asynctask_redis.connection import exec_packed, reply_to
+from asynctask_redis.connection import _own_reading, exec_packed, reply_to
 
 PUSHED = re.compile(rb"\+OK\r\n(?:\+QUEUED\r\n){3}\*3\r\n\+OK\r\n:\d+\r\n:\d+\r\n")
 EXEC_OK = [b"+OK\r\n", b"+QUEUED\r\n" * 3, b"*3\r\n+OK\r\n:7\r\n:0\r\n"]
@@ -59,6 +59,30 @@ def test_reply_to_gives_what_redis_py_reads(pair, pieces, expected):
     thread = answer(peer, pieces)
     assert reply_to(conn, b"*1\r\n$4\r\nPING\r\n") == expected
     thread.join()
+
+
+def test_reply_to_leaves_what_follows_a_whole_integer_to_the_parser(pair):
+    """An integer reply followed, in the same read, by more (a RESP3 push) is not taken
+    for the whole reply. Failed before: ``int()`` of the lot raised ValueError, which
+    ``execute`` does not catch (the connection was neither dropped nor given back)."""
+    conn, peer = pair
+    push = b">2\r\n$7\r\nmessage\r\n$1\r\nx\r\n"
+    thread = answer(peer, [b":1\r\n" + push])
+    assert reply_to(conn, b"*1\r\n$4\r\nPING\r\n") == 1
+    thread.join()
+    assert conn._parser._buffer.unread_bytes() == len(push)  # kept for redis-py
+
+
+def test_own_reading_leaves_buffered_bytes_where_the_parser_was(pair):
+    """Bytes already buffered send ``reply_to`` to redis-py's own path, and its parser
+    reads on from where it was. Failed before: the check moved the read position to the
+    end of the buffer, so redis-py would have skipped the unread bytes."""
+    conn, _peer = pair
+    buffer = conn._parser._buffer
+    buffer._buffer.write(b":5\r\n")
+    buffer._buffer.seek(0)
+    assert _own_reading(conn) is None
+    assert buffer.get_pos() == 0 and buffer.unread_bytes() == 4
 
 
 def test_reply_to_raises_an_error_reply_as_redis_py_does(pair):

@@ -9,6 +9,7 @@ its processing list after any error (see ``asynctask_redis.consumer``).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -297,8 +298,9 @@ def reply_to(conn: Any, packed: bytes) -> Any:
         return conn.read_response()
     conn._sock.sendall(packed)
     data = conn._sock.recv(buffer.socket_read_size)
-    if data[:1] == b":" and data[-2:] == b"\r\n":  # one command sent: the whole reply
-        return int(data[1:-2])
+    end = data.find(b"\r\n")
+    if data[:1] == b":" and end == len(data) - 2:  # one command sent: the whole reply
+        return int(data[1:end])  # (anything after it, a RESP3 push, goes to the parser)
     kept = buffer._buffer
     kept.write(data)
     kept.seek(0)
@@ -325,8 +327,21 @@ def exec_packed(conn: Any, packed: bytes, n: int, whole: re.Pattern[bytes]) -> N
     _exec_replies(conn, n)
 
 
+class MultiRefused(ResponseError):
+    """``MULTI`` answered with an error (an ACL without ``@transaction``, a proxy, a
+    renamed command): the commands written behind it ran alone, outside a transaction.
+    Their replies have been read: the connection is in step."""
+
+
 def _exec_replies(conn: Any, n: int) -> list[Any]:
-    for _ in range(n + 1):  # MULTI's OK, then QUEUED: an error raises (EXEC's too)
+    try:
+        conn.read_response()  # MULTI's OK
+    except ResponseError as exc:
+        for _ in range(n + 1):  # the commands' own replies, then EXEC's error
+            with contextlib.suppress(ResponseError):
+                conn.read_response()
+        raise MultiRefused(str(exc)) from exc
+    for _ in range(n):  # QUEUED: an error raises (EXEC's too)
         conn.read_response()
     found = conn.read_response()
     if not isinstance(found, list):  # no WATCH here: never a null EXEC
@@ -342,12 +357,12 @@ def _own_reading(conn: Any) -> Any:
     no socket yet, a health check due (``health_check_interval``), another parser
     (hiredis), bytes already buffered."""
     buffer = getattr(conn._parser, "_buffer", None)
-    if (
-        conn._sock is None
-        or conn.health_check_interval
-        or type(buffer) is not _SocketBuffer
-        or buffer._buffer.seek(0, 2)  # its end: 0 when nothing is buffered
-    ):
+    if conn._sock is None or conn.health_check_interval or type(buffer) is not _SocketBuffer:
+        return None
+    kept = buffer._buffer
+    at = kept.tell()
+    if kept.seek(0, 2):  # its end: 0 when nothing is buffered
+        kept.seek(at)  # redis-py's parser reads on from where it was
         return None
     return buffer
 

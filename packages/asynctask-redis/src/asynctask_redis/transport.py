@@ -76,6 +76,7 @@ from asynctask_redis import scripts
 from asynctask_redis.connection import (
     DRIVER_OPTIONS,
     OPTIONS,
+    MultiRefused,
     SentinelServer,
     Server,
     call,
@@ -142,7 +143,14 @@ def _push_first(
         run_packed(conn, scripts.PUSH, t._push_one(queue, guard_ms, task_id, text))
         return
     tries.append(1)
-    exec_packed(conn, t._push_first_try(queue, guard_ms, task_id, text), 3, _PUSHED)
+    try:
+        exec_packed(conn, t._push_first_try(queue, guard_ms, task_id, text), 3, _PUSHED)
+    except MultiRefused:
+        # The SET, RPUSH and SADD behind a refused MULTI ran alone: the task may be
+        # stored. PUSH of the same id stores it unless the guard's SET ran; this
+        # transport sends PUSH from now on (a server that refuses MULTI once always does).
+        t.multi_submits = False
+        run_packed(conn, scripts.PUSH, t._push_one(queue, guard_ms, task_id, text))
 
 
 #: what the first try's transaction answers when it stored the task: MULTI's OK, three
@@ -203,6 +211,8 @@ class RedisTransport(Transport):
         self._push_heads: dict[str, _PushHeads] = {}
         #: the id of the last one-task submit sent by each thread (``_push_first``)
         self._last_push = threading.local()
+        #: False once the server refused a first try's MULTI (``_push_first``)
+        self.multi_submits = True
         self._pid = os.getpid()
         self._consumers: weakref.WeakSet[RedisConsumer] = weakref.WeakSet()
         self._beat_lock = threading.Lock()
@@ -312,7 +322,8 @@ class RedisTransport(Transport):
         own = self.own_state and options.record  # record=False: an untracked queue
         plain = not (own or delay > 0 or options.priority)
         one = len(texts) == 1 and len(tasks[0][0]) == 32
-        if plain and one and self.packs_submits and self.replication is None:
+        fast = self.packs_submits and self.multi_submits and self.replication is None
+        if plain and one and fast:
             task_id, local = tasks[0][0], self._last_push
             if getattr(local, "id", None) == task_id:  # ``_call`` tries this submit again
                 command = self._push_one(queue, guard_ms, task_id, texts[0])
