@@ -93,6 +93,17 @@ class _Hook:
                 self.drop(impl, exc)
         return results
 
+    def notify(self, values: tuple[Any, ...]) -> None:
+        """``call`` without the results (a task's events: no list built per task)."""
+        for impl, function, arguments, count in self.calls:
+            try:
+                if count == 1:
+                    function(arguments(values))
+                else:
+                    function(*arguments(values))
+            except Exception as exc:
+                self.drop(impl, exc)
+
     def drop(self, impl: HookImpl, exc: Exception) -> None:
         """Switch off ``impl``, which raised ``exc``: logged, unless it was
         ``NotListening``."""
@@ -180,7 +191,6 @@ def task_started(worker: AsyncTaskWorker, delivery: Delivery) -> None:
     if _timed:
         _started_at[(delivery.queue, delivery.id)] = time.monotonic()
     if _started.impls:
-        # (``_Hook.call``'s loop inline: a call a task less, no results list)
         values = (
             delivery.queue,
             worker.name or "",
@@ -188,14 +198,7 @@ def task_started(worker: AsyncTaskWorker, delivery: Delivery) -> None:
             delivery.attempt,
             delivery.headers,
         )
-        for impl, function, arguments, count in _started.calls:
-            try:
-                if count == 1:
-                    function(arguments(values))
-                else:
-                    function(*arguments(values))
-            except Exception as exc:
-                _started.drop(impl, exc)
+        _started.notify(values)
 
 
 def task_finished(
@@ -209,14 +212,7 @@ def task_finished(
             delivery.queue, worker.name or "", delivery.id, delivery.attempt, outcome, duration,
             error,
         )  # fmt: skip
-        for impl, function, arguments, count in _finished.calls:  # (as in task_started)
-            try:
-                if count == 1:
-                    function(arguments(values))
-                else:
-                    function(*arguments(values))
-            except Exception as exc:
-                _finished.drop(impl, exc)
+        _finished.notify(values)
 
 
 def child_event(queue: str, event: ChildEvent, pid: int, exit_status: int | None) -> None:
