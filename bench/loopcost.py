@@ -32,7 +32,8 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 
-def _callgrind(on: bool) -> None:
+def callgrind(on: bool) -> None:
+    """Switch callgrind's counting on or off for this process (run under it)."""
     command = ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())]
     subprocess.run(command, capture_output=True, check=True)
 
@@ -81,14 +82,14 @@ def loop(
     options = LoopOptions(halt_when_empty=True, prefetch=prefetch, **extra)  # type: ignore[arg-type]
     profiler = cProfile.Profile() if not counted else None
     if counted:
-        _callgrind(True)
+        callgrind(True)
     if profiler is not None:
         profiler.enable()
     done = run_loop(worker, transport, queue, options).processed
     if profiler is not None:
         profiler.disable()
     if counted:
-        _callgrind(False)
+        callgrind(False)
     worker.teardown()
     os.close(null)
     transport.purge(queue)
@@ -138,13 +139,13 @@ def threaded_rate(uri: str, tasks: int, threads: int, untracked: bool) -> None:
     counted = bool(os.environ.get("LOOPCOST_COUNTED"))
     cpu, began = time.process_time(), time.perf_counter()
     if counted:
-        _callgrind(True)
+        callgrind(True)
     for thread in pool:
         thread.start()
     for thread in pool:
         thread.join()
     if counted:
-        _callgrind(False)
+        callgrind(False)
     wall, cpu = time.perf_counter() - began, time.process_time() - cpu
     after = resource.getrusage(resource.RUSAGE_SELF)
     switches = (after.ru_nvcsw - usage.ru_nvcsw) / tasks
@@ -177,19 +178,31 @@ def main(argv: list[str]) -> int:
     if args.counted or not args.instructions:
         loop(args.uri, args.tasks, args.untracked, args.counted, args.top, not args.no_report)
         return 0
+    extra = ["--untracked"] if args.untracked else []
+    extra += ["--no-report"] if args.no_report else []
+    return count_instructions(
+        __file__, args.uri, args.tree, ["--tasks", str(args.tasks), *extra], args.tasks, "task"
+    )
+
+
+def count_instructions(
+    script: str, uri: str, tree: Path, flags: list[str], count: int, unit: str
+) -> int:
+    """Run ``script URI --tree TREE FLAGS --counted`` under callgrind (instrumentation
+    switched on by the script around what it counts: ``callgrind``) with ``tree`` on
+    ``PYTHONPATH`` and the plugins 00bd0fa lacks switched off; print the instructions
+    per ``unit`` (of ``count``); the exit status. Shared with ``bench/submitcost.py``."""
     command = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
-    command += ["--callgrind-out-file=/dev/null", sys.executable, __file__, args.uri]
-    command += ["--tree", str(args.tree), "--tasks", str(args.tasks), "--counted"]
-    command += ["--untracked"] if args.untracked else []
-    command += ["--no-report"] if args.no_report else []
-    env = dict(os.environ, PYTHONPATH=str(args.tree.resolve()))
+    command += ["--callgrind-out-file=/dev/null", sys.executable, script, uri]
+    command += ["--tree", str(tree), *flags, "--counted"]
+    env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
     env["ASYNCTASK_DISABLE_PLUGINS"] = "testworkers_hooks,testworkers_lifecycle,otel,prometheus,web"
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     found = re.search(r"Collected : (\d+)", done.stderr)
     if done.returncode != 0 or found is None:
         print(done.stderr[-3000:], file=sys.stderr)
         return 1
-    print(f"{args.uri} {args.tree}: {int(found[1]) / args.tasks:,.0f} instructions per task")
+    print(f"{uri} {tree}: {int(found[1]) / count:,.0f} instructions per {unit}")
     return 0
 
 

@@ -14,25 +14,22 @@ Without ``--instructions``: cProfile's Python calls per submit, by function.
 
 from __future__ import annotations
 
+import os
 import sys
 
 # run as a script: bench/ itself is not a place to import from (its profile.py would
 # shadow the standard library's, which cProfile imports)
 sys.path[:] = [p for p in sys.path if not p.rstrip("/").endswith("/bench")]
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import argparse  # noqa: E402
 import cProfile  # noqa: E402
-import os  # noqa: E402
 import pstats  # noqa: E402
-import re  # noqa: E402
-import subprocess  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-
-def _callgrind(on: bool) -> None:
-    command = ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())]
-    subprocess.run(command, capture_output=True, check=True)
+from bench.loopcost import callgrind, count_instructions  # noqa: E402
 
 
 def submits(uri: str, count: int, untracked: bool, counted: bool, top: int) -> None:
@@ -49,10 +46,10 @@ def submits(uri: str, count: int, untracked: bool, counted: bool, top: int) -> N
             transport.submit_task(queue, payload)
         items = [{"n": n, "sent": 0.0} for n in range(count)]
         if counted:
-            _callgrind(True)
+            callgrind(True)
             for payload in items:
                 transport.submit_task(queue, payload)
-            _callgrind(False)
+            callgrind(False)
         else:
             profile = cProfile.Profile()
             profile.enable()
@@ -79,19 +76,8 @@ def main(argv: list[str]) -> int:
     if args.counted or not args.instructions:
         submits(args.uri, args.submits, args.untracked, args.counted, args.top)
         return 0
-    command = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
-    command += ["--callgrind-out-file=/dev/null", sys.executable, __file__, args.uri]
-    command += ["--tree", str(args.tree), "--submits", str(args.submits), "--counted"]
-    command += ["--untracked"] if args.untracked else []
-    env = dict(os.environ, PYTHONPATH=str(args.tree.resolve()))
-    env["ASYNCTASK_DISABLE_PLUGINS"] = "testworkers_hooks,testworkers_lifecycle,otel,prometheus,web"
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    found = re.search(r"Collected : (\d+)", done.stderr)
-    if done.returncode != 0 or found is None:
-        print(done.stderr[-3000:], file=sys.stderr)
-        return 1
-    print(f"{args.uri} {args.tree}: {int(found[1]) / args.submits:,.0f} instructions per submit")
-    return 0
+    flags = ["--submits", str(args.submits)] + (["--untracked"] if args.untracked else [])
+    return count_instructions(__file__, args.uri, args.tree, flags, args.submits, "submit")
 
 
 if __name__ == "__main__":
