@@ -211,6 +211,23 @@ def test_priorities_come_out_highest_first_fifo_within(uri):
         assert taken == want
 
 
+def _blocked_waiter(uri: str, tid: str, woke: list[float]) -> threading.Thread:
+    """A thread waiting for ``tid`` to succeed on a transport of its own (fallback poll
+    10 s: only a wake-up is in time), blocked by the time this returns; it notes in
+    ``woke`` when its ``wait`` returned."""
+
+    def waiter() -> None:
+        with open_transport(uri) as other:
+            other.state().fallback_poll = 10.0
+            assert other.wait(tid, timeout=20).state == "succeeded"
+            woke.append(time.monotonic())
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.3)  # the waiter is blocked by now
+    return thread
+
+
 def test_wait_is_woken_by_inotify_not_the_fallback_poll(uri):
     queue = unique_queue()
     with open_transport(uri) as t, t.consumer(queue) as consumer:
@@ -219,16 +236,7 @@ def test_wait_is_woken_by_inotify_not_the_fallback_poll(uri):
         delivery = consumer.reserve(timeout=5)
         consumer.start(delivery)
         woke: list[float] = []
-
-        def waiter() -> None:
-            with open_transport(uri) as other:
-                other.state().fallback_poll = 10.0
-                assert other.wait(tid, timeout=20).state == "succeeded"
-                woke.append(time.monotonic())
-
-        thread = threading.Thread(target=waiter)
-        thread.start()
-        time.sleep(0.3)  # the waiter is blocked by now
+        thread = _blocked_waiter(uri, tid, woke)
         acked = time.monotonic()
         consumer.ack(delivery)
         thread.join(20)
@@ -338,16 +346,7 @@ def test_wait_follows_a_start_to_its_journal(uri):
         t.state().fallback_poll = 10.0  # only a wake-up can make it in time
         tid = t.submit_task(queue, {})
         woke: list[float] = []
-
-        def waiter() -> None:
-            with open_transport(uri) as other:
-                other.state().fallback_poll = 10.0
-                assert other.wait(tid, timeout=20).state == "succeeded"
-                woke.append(time.monotonic())
-
-        thread = threading.Thread(target=waiter)
-        thread.start()
-        time.sleep(0.3)  # the waiter is blocked by now
+        thread = _blocked_waiter(uri, tid, woke)
         delivery = consumer.reserve(timeout=5)
         consumer.start(delivery)
         time.sleep(0.3)  # it follows the journal by now
