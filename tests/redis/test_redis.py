@@ -537,6 +537,18 @@ def test_a_plain_submit_where_multi_is_refused_is_stored_once_and_succeeds(queue
         assert [t.id for t in transport.peek(queue, limit=10)] == ids
         assert client.llen(transport.ready_key(queue)) == 3
         assert transport.multi_submits is False
+        # And where RPUSH is refused too, the submit fails and stores nothing (failed
+        # before: the PUSH that followed found the guard's SET and said it was stored)
+        client.execute_command("ACL", "SETUSER", "nomulti", "-rpush")
+        refused = open_transport(f"redis://nomulti:nomulti-pw@127.0.0.1:{server.port}/0")
+        try:
+            other = unique_queue()
+            refused.state().set_tracking(other, False)
+            with pytest.raises(TransportError):
+                refused.submit_task(other, {"n": 9})
+            assert client.llen(refused.ready_key(other)) == 0
+        finally:
+            refused.close()
     finally:
         client.close()
         transport.close()

@@ -51,8 +51,14 @@ def answer(peer: socket.socket, pieces: Sequence[bytes]) -> threading.Thread:
 
 @pytest.mark.parametrize(
     ("pieces", "expected"),
-    [([b":1\r\n"], 1), ([b":4", b"2\r\n"], 42), ([b"$2\r\nok\r\n"], b"ok"), ([b"_\r\n"], None)],
-    ids=["whole", "in-pieces", "bulk", "null"],
+    [
+        ([b":1\r\n"], 1),
+        ([b":4", b"2\r\n"], 42),
+        ([b":", b"7\r\n"], 7),  # the colon alone: int(b"") raised ValueError
+        ([b"$2\r\nok\r\n"], b"ok"),
+        ([b"_\r\n"], None),
+    ],
+    ids=["whole", "in-pieces", "colon-alone", "bulk", "null"],
 )
 def test_reply_to_gives_what_redis_py_reads(pair, pieces, expected):
     conn, peer = pair

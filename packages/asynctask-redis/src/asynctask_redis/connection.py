@@ -299,7 +299,7 @@ def reply_to(conn: Any, packed: bytes) -> Any:
     conn._sock.sendall(packed)
     data = conn._sock.recv(buffer.socket_read_size)
     end = data.find(b"\r\n")
-    if data[:1] == b":" and end == len(data) - 2:  # one command sent: the whole reply
+    if data[:1] == b":" and 0 < end == len(data) - 2:  # one command sent: the whole reply
         return int(data[1:end])  # (anything after it, a RESP3 push, goes to the parser)
     kept = buffer._buffer
     kept.write(data)
@@ -330,17 +330,27 @@ def exec_packed(conn: Any, packed: bytes, n: int, whole: re.Pattern[bytes]) -> N
 class MultiRefused(ResponseError):
     """``MULTI`` answered with an error (an ACL without ``@transaction``, a proxy, a
     renamed command): the commands written behind it ran alone, outside a transaction.
-    Their replies have been read: the connection is in step."""
+    Their replies have been read (``replies``: each a value or the error it answered):
+    the connection is in step."""
+
+    def __init__(self, message: str, replies: list[Any]) -> None:
+        super().__init__(message)
+        self.replies = replies
 
 
 def _exec_replies(conn: Any, n: int) -> list[Any]:
     try:
         conn.read_response()  # MULTI's OK
     except ResponseError as exc:
-        for _ in range(n + 1):  # the commands' own replies, then EXEC's error
-            with contextlib.suppress(ResponseError):
-                conn.read_response()
-        raise MultiRefused(str(exc)) from exc
+        replies: list[Any] = []
+        for _ in range(n):  # the commands' own replies
+            try:
+                replies.append(conn.read_response())
+            except ResponseError as refused:
+                replies.append(refused)
+        with contextlib.suppress(ResponseError):  # EXEC's error (no MULTI)
+            conn.read_response()
+        raise MultiRefused(str(exc), replies) from exc
     for _ in range(n):  # QUEUED: an error raises (EXEC's too)
         conn.read_response()
     found = conn.read_response()

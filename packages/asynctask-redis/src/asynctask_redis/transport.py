@@ -56,7 +56,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from asynctask.errors import InvalidURIError, TransportError
 from asynctask.limits import SLOT_LEASE, LimitSpec
@@ -145,12 +145,14 @@ def _push_first(
     tries.append(1)
     try:
         exec_packed(conn, t._push_first_try(queue, guard_ms, task_id, text), 3, _PUSHED)
-    except MultiRefused:
-        # The SET, RPUSH and SADD behind a refused MULTI ran alone: the task may be
-        # stored. PUSH of the same id stores it unless the guard's SET ran; this
-        # transport sends PUSH from now on (a server that refuses MULTI once always does).
+    except MultiRefused as exc:
+        # The SET, RPUSH and SADD behind a refused MULTI ran alone: RPUSH's reply says
+        # whether the task is stored (its error is the submit's). This transport sends
+        # PUSH from now on (a server that refuses MULTI once always does).
         t.multi_submits = False
-        run_packed(conn, scripts.PUSH, t._push_one(queue, guard_ms, task_id, text))
+        pushed = exc.replies[1]
+        if isinstance(pushed, ResponseError):
+            raise pushed from None
 
 
 #: what the first try's transaction answers when it stored the task: MULTI's OK, three
