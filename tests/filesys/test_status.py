@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -662,7 +663,8 @@ def test_a_journal_closed_between_check_and_write_loses_no_line(uri, tmp_path, m
         tid = t.submit_task(queue, {})
         delivery = consumer.reserve(timeout=5)
         assert consumer.start(delivery) == "run"
-        journal = t.state()._journal
+        store = t.state()
+        journal = weakref.ref(store._journal)  # only the task's assignment may keep it
         other = tmp_path / "unrelated"
         opened: list[int] = []
         real_time = time.time
@@ -676,7 +678,10 @@ def test_a_journal_closed_between_check_and_write_loses_no_line(uri, tmp_path, m
 
             def time(self) -> float:
                 if not opened:
-                    journal.close()
+                    # a rotation: the store lets go of the journal and closes it
+                    store._journal = store._previous = None
+                    assert journal() is not None, "the started task must hold its journal"
+                    journal().close()
                     opened.append(os.open(other, os.O_WRONLY | os.O_CREAT, 0o600))
                 return real_time()
 
@@ -692,3 +697,19 @@ def test_a_journal_closed_between_check_and_write_loses_no_line(uri, tmp_path, m
         assert opened
         assert other.read_bytes() == b""
         assert t.status(tid).state == "succeeded"
+
+
+def test_a_task_started_tracked_and_settled_untracked_lets_go_of_its_journal(uri):
+    """A task started while its queue was tracked, settled after tracking was switched
+    off: its settle never reaches the store, which must still drop the journal the start
+    assigned (a journal's file stays open while a task holds it). Failed before: the
+    assignment stayed for the life of the process, one open descriptor each."""
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as consumer:
+        tid = t.submit_task(queue, {})
+        delivery = consumer.reserve(timeout=5)
+        assert consumer.start(delivery) == "run"
+        assert tid in t.state()._assigned
+        consumer.tracking = False
+        consumer.ack(delivery)
+        assert tid not in t.state()._assigned

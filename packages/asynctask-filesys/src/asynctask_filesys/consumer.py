@@ -211,6 +211,10 @@ class FilesysConsumer(Consumer):
         started = self._started.pop(delivery.id, None)
         options = self._options.pop(delivery.id, NO_OPTIONS)
         if not self.tracking:  # (an untracked drain's hot path: no store looked up)
+            if started is not None:  # started while tracked: its journal is not needed
+                own = self.transport.own_store()
+                if own is not None:
+                    own.unassign(delivery.id)
             if final and (options.unique_key is not None or not is_unrecorded(delivery.id)):
                 own = self.transport.own_store()
                 if own is not None:

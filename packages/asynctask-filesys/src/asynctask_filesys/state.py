@@ -589,6 +589,12 @@ class FilesysStateStore(StateStore):
             queue=queue,
         )
 
+    def unassign(self, task_id: str) -> None:
+        """Drop the journal a tracked start assigned to ``task_id``, whose settle will
+        not reach this store (tracking switched off while it ran): a journal's file stays
+        open while a task holds it."""
+        self._assigned.pop(task_id, None)
+
     def succeed(
         self,
         task_id: str,
