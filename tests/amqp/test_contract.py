@@ -14,6 +14,7 @@ import pytest
 from asynctask.testing import TransportContract, unique_queue
 from asynctask.testing.contract import SECRET, open_transport
 from asynctask.testing.status import StatusContract
+from asynctask.testing.supervised import SupervisedStatusContract
 from asynctask.transport import Transport
 from asynctask_amqp.topology import LADDERS, rung_names
 from tests.amqp.conftest import USER, VHOST, on_shared_ladder, rabbitmqctl, vhost_of
@@ -169,7 +170,7 @@ class TestAmqpTransport(TransportContract):
         probe.close()
 
 
-class TestAmqpStatus(StatusContract):
+class TestAmqpStatus(StatusContract, SupervisedStatusContract):
     """The status contract on RabbitMQ, whose statuses live in the store named by
     ``asynctask_state``: here a filesys folder (any transport keeping statuses will do;
     a folder needs no other server). Queues declared with ``max_priority=9``."""

@@ -9,9 +9,10 @@ import pytest
 from asynctask.testing import TransportContract
 from asynctask.testing.contract import SECRET
 from asynctask.testing.status import StatusContract
+from asynctask.testing.supervised import SupervisedStatusContract
 
 
-class TestFilesysTransport(TransportContract, StatusContract):
+class TestFilesysTransport(TransportContract, StatusContract, SupervisedStatusContract):
     @pytest.fixture
     def transport_uri(self, tmp_path: Path) -> str:
         # A 2 s lease keeps the recovery tests short (recovery_seconds = 2 + 1).

@@ -9,6 +9,7 @@ import pytest
 from asynctask.testing import TransportContract
 from asynctask.testing.contract import SECRET
 from asynctask.testing.status import StatusContract
+from asynctask.testing.supervised import SupervisedStatusContract
 
 from .conftest import DATABASE, HOST, PgsqlProbe
 
@@ -16,7 +17,7 @@ from .conftest import DATABASE, HOST, PgsqlProbe
 SCHEMA = "asynctask_contract"
 
 
-class TestPgsqlTransport(TransportContract, StatusContract):
+class TestPgsqlTransport(TransportContract, StatusContract, SupervisedStatusContract):
     @pytest.fixture
     def application_name(self) -> str:
         """A name for this test's connections only, so that it can drop them all."""

@@ -11,6 +11,7 @@ import redis
 from asynctask.testing import TransportContract
 from asynctask.testing.contract import SECRET
 from asynctask.testing.status import StatusContract
+from asynctask.testing.supervised import SupervisedStatusContract
 
 
 class RedisProbe:
@@ -48,7 +49,7 @@ class RedisProbe:
         self.client.rpush(f"{self.prefix}_{queue}", text)
 
 
-class TestRedisTransport(TransportContract, StatusContract):
+class TestRedisTransport(TransportContract, StatusContract, SupervisedStatusContract):
     @pytest.fixture
     def client_name(self) -> str:
         """A name for this test's connections only, so that it can drop them all."""

@@ -85,7 +85,7 @@ from asynctask.transport import (
 )
 from asynctask.validation import Payload, is_valid_queue_name
 from asynctask_amqp.consumer import AmqpConsumer
-from asynctask_amqp.ladder import KINDS, SharedLadder, browse, side_channel
+from asynctask_amqp.ladder import KINDS, SharedLadder, browse, side_channel, take_unacked
 from asynctask_amqp.link import (
     DRIVER_ERRORS,
     ConfirmsLost,
@@ -441,16 +441,33 @@ class AmqpTransport(Transport):
             return list(names)
 
     def _purge(self, queue: str) -> int:
+        store = self.external_state()
+        purged: list[str] = []
         with self._session() as link:
             if self._passive(link, queue) is None:
                 return 0
-            total = int(link.channel.queue_purge(queue) or 0)
-            total += self._ladder.purge(link, self._passive, queue)
+            if store is None:
+                total = int(link.channel.queue_purge(queue) or 0)
+                total += self._ladder.purge(link, self._passive, queue)
+            else:  # the ids, whose statuses the store must forget
+                purged = _take_ids(link, queue)
+                for owner, _, message in self._ladder.walk(link, self._passive, take=queue):
+                    if owner == queue:
+                        purged.append(_message_id(message))
+                total = len(purged)
             for ladder in LADDERS:
                 for name, count in self._old_ladder_counts(link, queue, ladder):
-                    if count:
+                    if count and store is None:
                         total += int(link.channel.queue_purge(name) or 0)
-            return total
+                    elif count:
+                        taken = _take_ids(link, name)
+                        purged += taken
+                        total += len(taken)
+        if store is not None and purged:
+            # after the messages are gone: a status forgotten first could be read by a
+            # worker taking one of them meanwhile (it would run untracked)
+            self._call(store.purged, queue, [i for i in purged if i])
+        return total
 
     def _failed(self, queue: str, limit: int, offset: int) -> list[FailedTask]:
         # A queue is read from its head only: a page after ``offset`` takes offset + limit
@@ -497,17 +514,24 @@ class AmqpTransport(Transport):
             return len(chosen)
 
     def _purge_failed(self, queue: str, ids: Sequence[str] | None) -> int:
+        store = self.external_state()
         with self._session() as link:
             name = failed_name(queue)
             if self._passive(link, name) is None:
                 return 0
-            if ids is None:
+            if ids is None and store is None:
                 return int(link.channel.queue_purge(name) or 0)
-            with side_channel(link) as side:
-                chosen = chosen_from(browse(side, name), ids)
-                for message in chosen:
-                    side.basic_ack(message.delivery_info["delivery_tag"])
-            return len(chosen)
+            if ids is None:  # the ids, whose failed statuses the store must forget
+                purged = _take_ids(link, name)
+            else:
+                with side_channel(link) as side:
+                    chosen = chosen_from(browse(side, name), ids)
+                    for message in chosen:
+                        side.basic_ack(message.delivery_info["delivery_tag"])
+                purged = [_message_id(message) for message in chosen]
+        if store is not None and purged:
+            self._call(store.purged, queue, [i for i in purged if i])
+        return len(purged)
 
     def _claim(self, key: str, ttl: float) -> bool:
         # A durable queue named after the key, expiring after ttl (x-expires), stands for
@@ -582,6 +606,22 @@ def recover(link: Link, exc: BaseException) -> None:
             link.select_confirms()
         except Exception:
             link.broken = True
+
+
+def _message_id(message: Any) -> str:
+    """A message's task id ('' for a foreign message without one: no status)."""
+    return str(message.properties.get("message_id") or "")
+
+
+def _take_ids(link: Link, name: str) -> list[str]:
+    """Remove every message ``name`` holds now and return their task ids: a purge whose
+    statuses live in ``asynctask_state`` (``queue_purge`` says how many it deleted, not
+    which). The broker streams them (``take_unacked``), acked as they are read."""
+    with side_channel(link) as side:
+        taken = take_unacked(link, side, name)
+        for message in taken:
+            side.basic_ack(message.delivery_info["delivery_tag"])
+    return [_message_id(message) for message in taken]
 
 
 def chosen_from(messages: list[Any], ids: Sequence[str] | None) -> list[Any]:

@@ -172,6 +172,17 @@ def settle(
         events.task_finished(worker, delivery, "succeeded", None)
         log.debug("Processing complete")
         return True
+    if consumer.tracking and cancelled_elsewhere(consumer, delivery):
+        # (a transport keeping its own statuses drops it in its retry/fail instead)
+        log.warning(
+            "Task %s was cancelled while it ran, then raised %s; it stays cancelled: "
+            "not retried, not in the failed store",
+            delivery.id,
+            type(exc).__name__,
+        )
+        consumer.ack(delivery)
+        events.task_finished(worker, delivery, "cancelled", exc)
+        return False
     error = error_text(exc)
     attempts_left = worker.max_retries + 1 - delivery.attempt
     if isinstance(exc, worker.dont_retry) or attempts_left <= 0:
@@ -202,6 +213,23 @@ def settle(
     _record(consumer, delivery, "retrying", error)
     events.task_finished(worker, delivery, "retried", exc)
     return False
+
+
+def cancelled_elsewhere(consumer: Consumer, delivery: Delivery) -> bool:
+    """Whether the store of ``asynctask_state`` says the task was cancelled while it ran
+    (False when the transport keeps its own statuses: its ``retry``/``fail`` drop a
+    cancelled task themselves). Asked only when an attempt raised: a task that failed
+    after its cancel is neither retried nor failed (DESIGN.md section 6). A consumer's
+    ``StatusFeed`` that knows of no cancel answers without a round trip."""
+    store = consumer.transport.external_state()
+    if store is None:
+        return False
+    known = consumer._status_feed
+    feed = known[1] if known is not None and known[0] is store else None
+    if feed is not None and feed.may_start(delivery.id):  # every cancel known, not this
+        return False
+    found = consumer.transport._call(store.statuses, [delivery.id])[0]
+    return found is not None and found.state == "cancelled"
 
 
 def refuse_unsigned(worker: AsyncTaskWorker, consumer: Consumer, delivery: Delivery) -> bool:

@@ -328,18 +328,23 @@ class _Engine:
 
     def _start(self, delivery: Delivery) -> None:
         self.result.processed += 1
-        if refuse_unsigned(self.worker, self.consumer, delivery) or give_up_if_spent(
-            self.worker, self.consumer, delivery
+        refused = refuse_unsigned(self.worker, self.consumer, delivery)
+        # start() before the spent check: a task cancelled while its child ran comes
+        # back past its last attempt; start() drops it (never the failed store)
+        if (
+            not refused
+            and self.consumer.tracking
+            and start(self.worker, self.consumer, delivery) != "run"
         ):
+            if self.options.on_unstarted is not None:
+                self.options.on_unstarted(delivery)  # cancelled or expired: never run
+            return
+        if refused or give_up_if_spent(self.worker, self.consumer, delivery):
             self.result.failed += 1
             if self.options.limit is not None:
                 self.options.limit.finished(delivery)
             if self.options.on_unstarted is not None:
                 self.options.on_unstarted(delivery)
-            return
-        if self.consumer.tracking and start(self.worker, self.consumer, delivery) != "run":
-            if self.options.on_unstarted is not None:
-                self.options.on_unstarted(delivery)  # cancelled or expired: never run
             return
         timeout = self.worker.timeout
         stuck_at = None if timeout is None else time.monotonic() + timeout + self._stuck_after

@@ -340,20 +340,25 @@ class _TaskRun:
         """Run one delivery; True if it succeeded, None if it was not run (cancelled or
         expired before it started)."""
         worker, consumer = self.worker, self.consumer
-        if (self.signed and refuse_unsigned(worker, consumer, delivery)) or (
-            delivery.attempt > self.attempts and give_up_if_spent(worker, consumer, delivery)
-        ):
+        if self.signed and refuse_unsigned(worker, consumer, delivery):
             if self.on_unstarted is not None:
                 self.on_unstarted(delivery)
             return False
         tracked = consumer.tracking
         if tracked:
+            # before the spent check: a task cancelled while its child ran comes back
+            # past its last attempt (the child was replaced); start() drops it, where
+            # giving up would put it in the failed store (DESIGN.md section 6)
             verdict = consumer.start(delivery)  # (attempts.start inline)
             if verdict != "run":
                 not_started(worker, delivery, verdict)
                 if self.on_unstarted is not None:
                     self.on_unstarted(delivery)
                 return None
+        if delivery.attempt > self.attempts and give_up_if_spent(worker, consumer, delivery):
+            if self.on_unstarted is not None:
+                self.on_unstarted(delivery)
+            return False
         log = self.log
         debug = log.isEnabledFor(logging.DEBUG)
         if debug:

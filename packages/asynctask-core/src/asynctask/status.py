@@ -311,6 +311,12 @@ class StateStore(ABC):
         ``TimeoutError`` when ``timeout`` seconds pass first."""
 
     @abstractmethod
+    def purged(self, queue: str, ids: Sequence[str]) -> None:
+        """Forget the statuses of tasks that a purge deleted (``purge``, ``purge_failed``
+        of a transport keeping its statuses here): ``status`` reads ``None``, as for an
+        id never known, a ``wait`` returns, and a unique key they held is free."""
+
+    @abstractmethod
     def cancel(self, task_id: str) -> bool:
         """Make a task that is not final ``cancelled``; True if it was not final.
 

@@ -252,32 +252,48 @@ class FilesysConsumer(Consumer):
 
     @os_errors
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
-        """Move the task to ``delayed/``, due in ``delay`` seconds, with one more attempt."""
+        """Move the task to ``delayed/``, due in ``delay`` seconds, with one more attempt;
+        a task cancelled while it ran is deleted instead (never retried).
+
+        The status is written first: a cancel that came before it is seen there (then
+        the task goes), one that comes after it finds ``retrying`` and the next start
+        drops the task."""
         delay = check_delay(delay)
+        outcome = self._outcome(delivery, final=False)
+        cancelled = outcome is not None and outcome[0].finish(
+            delivery.id, "retrying", delivery.attempt, error=error
+        )
         settled = self._settle(delivery)
         if settled is not None:
             path, task = settled
-            due = time.time_ns() + int(delay * 1e9)
-            name = task.format(stamp=due, attempts=task.attempts + 1)
             with contextlib.suppress(FileNotFoundError):
+                if cancelled:
+                    os.unlink(path)
+                    return
+                due = time.time_ns() + int(delay * 1e9)
+                name = task.format(stamp=due, attempts=task.attempts + 1)
                 os.rename(path, os.path.join(self._paths.delayed, name))
                 self._view.delayed.push(name)
-        outcome = self._outcome(delivery, final=False)
-        if outcome is not None:
-            outcome[0].finish(delivery.id, "retrying", delivery.attempt, error=error)
 
     @os_errors
     def fail(self, delivery: Delivery, error: str) -> None:
-        """Move the task to the failed store with ``error``."""
+        """Move the task to the failed store with ``error``; a task cancelled while it
+        ran is deleted instead (it stays ``cancelled``). The status is written first,
+        as in ``retry``: a cancel after it finds the task final (failed)."""
+        outcome = self._outcome(delivery, final=True)
+        cancelled = outcome is not None and outcome[0].finish(
+            delivery.id, "failed", delivery.attempt, error=error
+        )
         settled = self._settle(delivery)
         if settled is not None:
             path, task = settled
+            if cancelled:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                return
             self.transport.to_failed(
                 self.queue, path, os.path.basename(path), error, task.attempts + 1
             )
-        outcome = self._outcome(delivery, final=True)
-        if outcome is not None:
-            outcome[0].finish(delivery.id, "failed", delivery.attempt, error=error)
 
     @os_errors
     def release(self, delivery: Delivery) -> None:

@@ -772,6 +772,14 @@ class FilesysStateStore(StateStore):
             self._release_unique(record, task_id)
         return moved
 
+    @os_errors
+    def purged(self, queue: str, ids: Sequence[str]) -> None:
+        """Forget the statuses of tasks another transport purged: their records go (a
+        waiter's inotify sees the record leave ``live/``); a unique key they held is
+        free, its holder gone (``_take_unique`` removes it)."""
+        self.forget(ids, "live")
+        self.forget(ids, "failed")
+
     def forget(self, task_ids: Sequence[str], where: str) -> None:
         """Remove the records of purged tasks (``live`` or ``failed``)."""
         folder = self.paths.live if where == "live" else self.paths.failed

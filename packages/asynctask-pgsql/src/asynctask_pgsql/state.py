@@ -185,6 +185,11 @@ class PgsqlStateStore(StateStore):
         }
         self._host._query(self.sql.settled, params)
 
+    def purged(self, queue: str, ids: Sequence[str]) -> None:
+        wanted = [u for u in (_uuid(task_id) for task_id in ids) if u is not None]
+        if wanted and self._host._stored():
+            self._host._query(self.sql.purged, {"ids": wanted})
+
 
 def held_by(written: int, holder: str | None, known: bool, ids: Sequence[str]) -> list[str] | None:
     """The ids to give the caller after a status insert: ours when written, else the

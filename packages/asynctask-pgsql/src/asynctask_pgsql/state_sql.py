@@ -121,6 +121,13 @@ WHERE s.task_id = %(id)s::uuid
 RETURNING CASE WHEN %(final)s THEN {_TOLD} END
 """
 
+# Purged by another transport keeping its statuses here: the rows go (their unique keys
+# with them); a waiter is told, reads nothing and returns.
+PURGED = f"""
+DELETE FROM {{s}}.asynctask_status AS s WHERE s.task_id = ANY(%(ids)s::uuid[])
+RETURNING {_TOLD}
+"""
+
 # ``wait`` marks the task watched (then reads it): its final state is announced.
 WATCH = "UPDATE {s}.asynctask_status SET watched = true WHERE task_id = %s AND NOT watched"
 
@@ -141,6 +148,7 @@ class StateStatements:
     submitted: LiteralString
     started: LiteralString
     settled: LiteralString
+    purged: LiteralString
     watch: LiteralString
     track: LiteralString
     untrack: LiteralString

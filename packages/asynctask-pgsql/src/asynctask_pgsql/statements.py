@@ -584,16 +584,23 @@ QUEUE_NAMES = _NAMES + "SELECT q FROM names"
 # Every queue with its counts in one round trip.
 ALL_STATS = _NAMES + "SELECT n.q," + _COUNTS.replace("%(q)s", "n.q") + "FROM names AS n"
 
-# Purged tasks' statuses go with them (a purge is not an outcome: no NOTIFY).
-PURGE = """
+# Purged tasks' statuses go with them; a waiter (``watched``) is told, reads nothing and
+# returns. (``told`` is read so that its NOTIFYs are surely made: one row, no count.)
+_FORGOT = f"""forgot AS (
+    DELETE FROM {{s}}.asynctask_status AS s USING gone WHERE s.task_id = gone.task_id
+    RETURNING {_TOLD}
+)
+SELECT count(*) FROM gone, (SELECT count(*) FROM forgot) AS told
+"""
+
+PURGE = (
+    """
 WITH gone AS (
     DELETE FROM {s}.asynctask_queue WHERE queue_name = %s AND state = 'queued'
     RETURNING task_id
-), forgot AS (
-    DELETE FROM {s}.asynctask_status AS s USING gone WHERE s.task_id = gone.task_id
+), """
+    + _FORGOT
 )
-SELECT count(*) FROM gone
-"""
 
 FAILED = """
 SELECT task_id, payload::text, payload_text, error, attempts,
@@ -622,16 +629,15 @@ LEFT JOIN LATERAL (
 """
 
 # A ``failed`` status lives as long as its failed record.
-PURGE_FAILED = """
+PURGE_FAILED = (
+    """
 WITH gone AS (
     DELETE FROM {s}.asynctask_queue WHERE queue_name = %(queue)s AND state = 'failed'
       AND (%(all)s OR task_id = ANY(%(ids)s::uuid[]))
     RETURNING task_id
-), forgot AS (
-    DELETE FROM {s}.asynctask_status AS s USING gone WHERE s.task_id = gone.task_id
+), """
+    + _FORGOT
 )
-SELECT count(*) FROM gone
-"""
 
 CLAIM = """
 WITH expired AS (

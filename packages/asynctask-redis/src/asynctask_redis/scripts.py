@@ -1074,10 +1074,15 @@ local function forget(items, from_ready)
       n = n + 1
       local id = envelope_head(m)
       if id then
-        local u = redis.call('HGET', task_key(id), 'unique')
+        local f = redis.call('HMGET', task_key(id), 'unique', 'waiting')
+        local u = f[1]
         if u and redis.call('GET', unique_key(u)) == id then redis.call('DEL', unique_key(u)) end
         redis.call('UNLINK', task_key(id), done_key(id), pointer(id))
         redis.call('ZREM', cancelled_ids, id)
+        if f[2] then  -- a waiter: woken, it reads nothing and returns
+          redis.call('RPUSH', done_key(id), 'purged')
+          redis.call('PEXPIRE', done_key(id), 60000)
+        end
       end
     end
   end
@@ -1128,7 +1133,12 @@ for i = 3, #ARGV, 2 do
         redis.call('DEL', done_key(id))
       end
     else
+      local waiting = redis.call('HGET', task_key(id), 'waiting')
       redis.call('UNLINK', task_key(id), done_key(id), pointer(id))
+      if waiting then  -- a waiter: woken, it reads nothing and returns
+        redis.call('RPUSH', done_key(id), 'purged')
+        redis.call('PEXPIRE', done_key(id), 60000)
+      end
     end
   end
 end
@@ -1175,7 +1185,12 @@ if #records > 0 then redis.call('LTRIM', failed, #records, -1) end
 for _, rec in ipairs(records) do
   local id = failed_id(rec)
   redis.call('HDEL', failed_ids, id)
+  local waiting = redis.call('HGET', task_key(id), 'waiting')
   redis.call('UNLINK', task_key(id), done_key(id), pointer(id))
+  if waiting then
+    redis.call('RPUSH', done_key(id), 'purged')
+    redis.call('PEXPIRE', done_key(id), 60000)
+  end
 end
 local left = redis.call('LLEN', failed)
 if left == 0 then redis.call('UNLINK', failed_ids) end

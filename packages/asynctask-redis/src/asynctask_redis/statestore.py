@@ -138,6 +138,28 @@ return 1
 """,
 )
 
+#: ARGV: prefix, queue, id... Forgets the statuses of tasks another transport purged,
+#: as the transport's own ``PURGE`` does: a unique key they hold is freed; a waiter
+#: (field ``waiting``) is woken and reads nothing. Returns how many were known.
+PURGED = finishing(
+    "purged",
+    r"""
+local n = 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local f = redis.call('HMGET', task_key(id), 'unique', 'waiting')
+  if f[1] and redis.call('GET', unique_key(f[1])) == id then redis.call('DEL', unique_key(f[1])) end
+  n = n + redis.call('UNLINK', task_key(id), done_key(id), pointer(id))
+  redis.call('ZREM', cancelled_ids, id)
+  if f[2] then
+    redis.call('RPUSH', done_key(id), 'purged')
+    redis.call('PEXPIRE', done_key(id), 60000)
+  end
+end
+return n
+""",
+)
+
 _FLOATS = ("submitted_at", "started_at", "finished_at")
 
 
@@ -296,6 +318,11 @@ class RedisStateStore(StateStore):
             t._call(
                 t.execute, call, "BLMOVE", done, done, "RIGHT", "LEFT", f"{max(block, 0.001):.3f}"
             )
+
+    def purged(self, queue: str, ids: Sequence[str]) -> None:
+        """Forget purged tasks' statuses (``PURGED``), 1,000 ids a script."""
+        for at in range(0, len(ids), 1000):
+            self._run(PURGED, queue, *ids[at : at + 1000])
 
     def cancel(self, task_id: str) -> bool:
         """Cancel a task that is not final; see ``StateStore.cancel``."""

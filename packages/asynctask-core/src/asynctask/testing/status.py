@@ -21,8 +21,10 @@ What the transport must give for these tests, beyond the API:
 
 Workers run where a real worker would: in a child process (a thread for ``localmem``,
 whose store lives in one process), through the real run loop (``asynctask.runner``).
-The cancel of a *running* task needs a supervisor: it lives with the tests that run
-``asynctask workers`` (``tests/workers/test_status_cancel.py``).
+The cancel of a task running under a supervisor (its child replaced) needs
+``asynctask workers``: ``SupervisedStatusContract`` (``asynctask.testing.supervised``),
+which a transport whose store other processes share adds beside this one. The cancel
+of a task running in a run loop (``process_queue``) is here.
 """
 
 from __future__ import annotations
@@ -317,6 +319,50 @@ class StatusContract:
         assert status is not None and status.state == "cancelled"
         assert probe.stored(queue) == 0 and transport.failed_tasks(queue) == []
 
+    def test_a_task_cancelled_while_running_in_process_stays_cancelled(
+        self, transport, queue, probe
+    ):
+        """Under a run loop (``process_queue``) a task cancelled while it runs keeps no
+        result when it returns, and is neither retried nor failed when it raises, on
+        its first attempt or its last. Fails if a cancelled task that raised is retried
+        or put in the failed store (checked against filesys and AMQP retry/fail that did
+        not look for the cancel: the task started again at attempt 2)."""
+        # Given three tasks for a worker with one retry (2 s back-off), run in process
+        kept = transport.submit_task(queue, {"gate": True, "result": "discarded"})
+        raised = transport.submit_task(queue, {"gate": True, "fail": True})
+        last = transport.submit_task(queue, {"gate": True, "fail": True})
+        report: Any = queue_module.Queue()
+        gate: Any = queue_module.Queue()
+        loop = threading.Thread(target=_work, args=(transport, queue, report, gate, 4))
+        loop.start()
+        try:
+            # When the first is cancelled while it runs, then returns a result
+            assert report.get(timeout=60) == ("started", kept, 1)
+            assert transport.cancel(kept) is True
+            gate.put("go")
+            # And the second is cancelled while it runs, then raises (a retry left)
+            assert report.get(timeout=30) == ("started", raised, 1)
+            assert transport.cancel(raised) is True
+            gate.put("go")
+            # And the third raises once, then is cancelled on its last attempt and raises
+            assert report.get(timeout=30) == ("started", last, 1)
+            gate.put("go")
+            assert report.get(timeout=30) == ("started", last, 2), "a cancelled task ran"
+            assert transport.cancel(last) is True
+            gate.put("go")
+            assert report.get(timeout=30)[0] == "done"
+        finally:
+            for _ in range(4):
+                gate.put("go")  # a loop stuck on a gate ends
+            loop.join(30)
+        # Then all three stay cancelled, the result discarded; none waits or failed
+        states = [(s.state, s.attempts, s.result) for s in transport.statuses([kept, raised, last])]
+        assert states == [("cancelled", 1, None), ("cancelled", 1, None), ("cancelled", 2, None)]
+        failed = [f.id for f in transport.failed_tasks(queue)]
+        assert failed == [], f"in the failed store: {failed}; ids {[kept, raised, last]}"
+        time.sleep(2.5)  # a retry scheduled by mistake would be due by now
+        assert probe.stored(queue) == 0
+
     def test_a_task_that_expires_before_a_worker_is_free_never_runs(
         self, transport, queue, probe, apart
     ):
@@ -454,6 +500,70 @@ class StatusContract:
         elsewhere = unique_queue("k")
         assert transport.submit_task(elsewhere, {}, unique_key=key) != third
         transport.purge(elsewhere)
+
+    def test_a_purge_forgets_the_statuses_and_frees_the_unique_keys(self, transport, queue, probe):
+        """``purge`` and ``purge_failed`` delete tasks: their statuses are forgotten
+        (``status`` reads None, as DESIGN.md says of an id the store has forgotten), a
+        waiter returns at once, and a unique key they held is free. Fails if a purge
+        leaves the records (checked against AMQP, whose purges left them in the store of
+        ``asynctask_state``: the purged task read queued, and a submit with its key
+        returned the purged id and stored nothing)."""
+        # Given waiting tasks (one holding a unique key, one delayed) and a blocked waiter
+        transport.state().fallback_poll = FALLBACK_POLL
+        key = "purged:" + unique_queue("k")
+        keyed = transport.submit_task(queue, {"n": 1}, unique_key=key)
+        plain = transport.submit_task(queue, {"n": 2})
+        later = transport.submit_task(queue, {"n": 3}, delay=60)
+        got: list[Any] = []
+
+        def waiter() -> None:
+            try:
+                got.append(transport.wait(plain, timeout=30))
+            except LookupError as exc:
+                got.append(exc)
+            got.append(time.monotonic())
+
+        waiting = threading.Thread(target=waiter)
+        waiting.start()
+        time.sleep(0.5)  # the waiter is blocked by now
+        assert not got, "wait returned before the purge"
+        # When the queue is purged
+        purged = time.monotonic()
+        assert transport.purge(queue) == 3
+        # Then the store knows none of them, and the waiter returned soon after
+        assert transport.statuses([keyed, plain, later]) == [None, None, None]
+        waiting.join(30)
+        assert got and got[-1] - purged < WAIT_BOUND, "wait did not return after the purge"
+        assert isinstance(got[0], LookupError) or got[0] is None, got
+        # And the unique key is free: a new task is created and stored
+        fresh = transport.submit_task(queue, {"n": 4}, unique_key=key)
+        assert fresh != keyed and probe.stored(queue) == 1
+        # When it and another fail, and the failed store is purged by id, then whole
+        other = transport.submit_task(queue, {"n": 5})
+        assert sorted(self._fail(transport, queue, 2)) == sorted([fresh, other])
+        assert transport.status(fresh).state == "failed"
+        assert transport.purge_failed(queue, [fresh]) == 1
+        assert transport.status(fresh) is None
+        assert transport.status(other).state == "failed"
+        assert transport.purge_failed(queue) == 1
+        # Then their statuses are forgotten too, and the key is free again
+        assert transport.statuses([fresh, other]) == [None, None]
+        assert transport.submit_task(queue, {"n": 6}, unique_key=key) not in (keyed, fresh)
+        transport.purge(queue)
+
+    @staticmethod
+    def _fail(transport: Transport, queue: str, count: int) -> list[str]:
+        """Take the next ``count`` tasks through a consumer in this process and fail them."""
+        failed = []
+        with transport.consumer(queue) as consumer:
+            for _ in range(count):
+                delivery = consumer.reserve(timeout=10)
+                assert delivery is not None, "no task to fail"
+                assert consumer.start(delivery) == "run"
+                consumer.fail(delivery, "RuntimeError: failed for the purge")
+                consumer.record_outcome(delivery, "failed", "RuntimeError: failed for the purge")
+                failed.append(delivery.id)
+        return failed
 
     # -- priority -----------------------------------------------------------------------
 

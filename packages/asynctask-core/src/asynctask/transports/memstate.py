@@ -105,12 +105,19 @@ class MemoryStateStore(StateStore):
         return rec
 
     def forget(self, ids: Collection[str]) -> None:
-        """Drop these statuses now (their tasks were purged), freeing their unique keys."""
+        """Drop these statuses now (their tasks were purged), freeing their unique keys;
+        a waiter returns (it reads none)."""
         with self._lock:
             for task_id in ids:
                 rec = self._records.pop(task_id, None)
                 if rec is not None:
                     self._free_key(rec)
+            if self._waiters:
+                self._final.notify_all()
+
+    def purged(self, queue: str, ids: Sequence[str]) -> None:
+        """Forget the statuses of purged tasks (``forget``)."""
+        self.forget(ids)
 
     def retire_held(self, task_id: str) -> None:
         """A task settled for good by a worker that keeps no status (lock held by the
