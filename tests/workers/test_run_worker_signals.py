@@ -47,7 +47,12 @@ def _run_worker(
     [(signal.SIGINT, -signal.SIGINT), (signal.SIGTERM, 128 + signal.SIGTERM)],
     ids=["SIGINT", "SIGTERM"],
 )
-@pytest.mark.parametrize("worker", ["test_slow", "test_async_sleep"])
+@pytest.mark.parametrize(
+    "worker",
+    # a plain process; an async one awaiting; an async one blocking its loop with
+    # time.sleep (the loop is not waited for: before, the process stayed until it ended)
+    ["test_slow", "test_async_sleep", "test_async_block"],
+)
 def test_a_signal_stops_run_worker_and_hands_the_task_back_uncounted(
     backend_uri: str, tmp_path: Path, signum: int, returncode: int, worker: str
 ) -> None:
@@ -55,7 +60,7 @@ def test_a_signal_stops_run_worker_and_hands_the_task_back_uncounted(
     queue = unique_queue("sig")
     ledger = tmp_path / "ledger.jsonl"
     transport = get_transport(backend_uri)
-    transport.submit_task(queue, {"ledger": str(ledger), "seconds": 60})
+    transport.submit_task(queue, {"ledger": str(ledger), "seconds": 60, "block": 60})
     process = _run_worker(backend_uri, worker, queue)
     try:
         wait_for(lambda: events(ledger, "start"), 30, "the task to start")
@@ -97,3 +102,26 @@ def test_a_programs_own_sigterm_handler_is_left_alone(filesys_uri: str, tmp_path
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=30)
     assert process.returncode == -signal.SIGINT
+
+
+@pytest.mark.slow
+def test_sigterm_keeps_its_default_for_a_process_run_in_threads(
+    filesys_uri: str, tmp_path: Path
+) -> None:
+    # Given run_worker running a plain process in threads (child_concurrency 50): no
+    # exception can stop the thread, so the process could not end before its task does
+    queue = unique_queue("sig")
+    ledger = tmp_path / "ledger.jsonl"
+    get_transport(filesys_uri).submit_task(queue, {"ledger": str(ledger), "seconds": 60})
+    process = _run_worker(filesys_uri, "test_thread_sleep", queue)
+    try:
+        wait_for(lambda: events(ledger, "start"), 30, "the task to start")
+        # When it gets SIGTERM
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    # Then Python's default ended it at once (the task is left to the recovery)
+    assert process.returncode == -signal.SIGTERM

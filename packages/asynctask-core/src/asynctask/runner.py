@@ -476,7 +476,10 @@ def _drain(worker_name: str, queue_name: str, quiet: bool) -> int:
             track_status=None if config is None else config.track_status,
         )
         try:
-            with _sigterm_interrupts():
+            # (a plain process in threads cannot be interrupted: there SIGTERM keeps its
+            # default, which ends the process at once, its tasks left to recovery)
+            threads = uses_event_loop(worker, options) and not worker.is_async()
+            with _sigterm_interrupts(not threads):
                 return serve(worker, transport, queue_name, options).processed
         except SetupFailed as exc:
             raise exc.error from None  # a script sees its own setup's error
@@ -489,14 +492,15 @@ def _drain(worker_name: str, queue_name: str, quiet: bool) -> int:
         root.setLevel(level)
 
 
-class _Terminated(BaseException):
-    """SIGTERM during ``process_queue``/``run_worker``: a BaseException, as SIGINT's
-    KeyboardInterrupt is, so that no ``except Exception`` (nor the run loop's, which counts
-    a task's errors and ``SystemExit``) takes it for the task's failure."""
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during ``process_queue``/``run_worker``, raised as SIGINT's
+    ``KeyboardInterrupt`` is (and a kind of it): no ``except Exception`` (nor the run
+    loop's, which counts a task's errors and ``SystemExit``) takes it for the task's
+    failure, and asyncio re-raises it from a task's step as it does SIGINT's."""
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
+def _sigterm_interrupts(wanted: bool) -> Iterator[None]:
     """While the helpers run in the main thread, SIGTERM stops them as SIGINT does.
 
     Python's default for SIGTERM kills the process mid-task: the transport's recovery
@@ -504,9 +508,12 @@ def _sigterm_interrupts() -> Iterator[None]:
     run loop, whose consumer hands the task in hand back uncounted. Only the default is
     replaced (a program's own SIGTERM handler is left alone), and only in the main thread
     (the only one a handler can be set from). A second SIGTERM meanwhile kills at once.
+    Not ``wanted`` for a plain ``process`` run in threads (``child_concurrency`` > 1):
+    no exception stops a thread, and the process could not exit before its task ends
+    while the task, handed back, may run elsewhere.
     """
     main = threading.current_thread() is threading.main_thread()
-    if not main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    if not wanted or not main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield
         return
 
