@@ -4,8 +4,11 @@ and riding out dropped connections and a server restart without losing a task.""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import queue as queue_module
+import random
 import shutil
 import subprocess
 import sys
@@ -44,39 +47,56 @@ def transport(pg_server: None) -> Any:
 
 
 def test_a_psql_insert_is_a_task_and_wakes_a_waiting_consumer(transport):
-    # Given a consumer already waiting on an empty queue
+    """Another program's INSERT (every other column defaulted) is a task, and its commit
+    wakes a consumer blocked on the empty queue (the trigger's NOTIFY), as the contract's
+    idle wake-up test measures it: ten rounds, the consumer shown blocked in ``reserve``
+    (0.3-0.5 s, not returned) before each INSERT, at least seven wake-ups within 60 ms (a
+    fifth of this URI's fallback look, every ``recovery_seconds / 3``). Failed with the
+    NOTIFY wait replaced by a 200 ms sleep (the audit's ``-p breaknotify`` plugin), which
+    the former single round with a 1 s bound passed."""
+    rounds, bound, enough = 10, 0.06, 7
     queue = unique_queue()
     transport.poll_queue(queue)  # the first call creates the schema
-    got: list[Any] = []
+    insert = "INSERT INTO asynctask.asynctask_queue (queue_name, payload) VALUES (%s, %s)"
+    entered: queue_module.Queue[float] = queue_module.Queue()
+    got: queue_module.Queue[tuple[float, Any]] = queue_module.Queue()
 
     def wait() -> None:
         with transport.consumer(queue) as consumer:
-            delivery = consumer.reserve(timeout=10)
-            got.append((time.monotonic(), delivery))
-            if delivery is not None:
-                consumer.ack(delivery)
+            for _ in range(rounds):
+                entered.put(time.monotonic())
+                delivery = consumer.reserve(timeout=10)
+                got.put((time.monotonic(), delivery))
+                if delivery is not None:
+                    consumer.ack(delivery)
 
-    thread = threading.Thread(target=wait)
+    thread = threading.Thread(target=wait, daemon=True)
     thread.start()
-    time.sleep(0.3)
-    # When another program submits with the documented INSERT, every other column defaulted
-    insert = (
-        f"INSERT INTO asynctask.asynctask_queue (queue_name, payload) "
-        f"VALUES ('{queue}', '{{\"foo\": 1}}')"
-    )
-    sent = time.monotonic()
-    if shutil.which("psql"):
-        subprocess.run(["psql", "-h", HOST, "-d", DATABASE, "-qc", insert], check=True)
-    else:
-        with psycopg.connect(CONNINFO, autocommit=True) as conn:
-            conn.execute(insert)
-    thread.join(15)
-    # Then the waiting consumer had it at once, as a task like any other
-    [(woke, delivery)] = got
-    assert delivery is not None and delivery.payload == {"foo": 1} and delivery.attempt == 1
-    assert len(delivery.id) == 32
-    assert woke - sent < 1.0  # psql itself takes most of this
+    latencies: list[float] = []
+    with psycopg.connect(CONNINFO, autocommit=True) as other_program:
+        for n in range(rounds):
+            # Given the consumer blocked in reserve on the empty queue for a while
+            entered.get(timeout=10)
+            time.sleep(0.3 + 0.2 * random.random())
+            assert got.empty(), "reserve returned with nothing inserted"
+            # When another program inserts a task with the documented INSERT
+            sent = time.monotonic()
+            other_program.execute(insert, (queue, json.dumps({"foo": n})))
+            woke, delivery = got.get(timeout=10)
+            latencies.append(woke - sent)
+            # Then the consumer has it, as a task like any other
+            assert delivery is not None and delivery.payload == {"foo": n}
+            assert delivery.attempt == 1 and len(delivery.id) == 32
+    thread.join(10)
+    # And it woke well within a fallback look, nearly every time
+    shown = ", ".join(f"{t * 1000:.0f}" for t in latencies)
+    assert sum(t < bound for t in latencies) >= enough, f"woke after {shown} ms"
     assert PgsqlProbe().stored(queue) == 0
+    # (psql itself, where installed, writes the same task)
+    if shutil.which("psql"):
+        text = f"INSERT INTO asynctask.asynctask_queue (queue_name) VALUES ('{queue}')"
+        subprocess.run(["psql", "-h", HOST, "-d", DATABASE, "-qc", text], check=True)
+        assert transport.get_task(queue) == {}
 
 
 def test_a_payload_jsonb_cannot_hold_travels_as_text(transport):
