@@ -141,14 +141,18 @@ WATCH = "UPDATE {s}.asynctask_status SET watched = true WHERE task_id = %s AND N
 
 # Up to ``%s`` final statuses past their ``date_forget``, oldest first (index
 # asynctask_status_forget), rows another process is deleting skipped
-# (``asynctask_pgsql.forget`` says who sends it, and when).
+# (``asynctask_pgsql.forget`` says who sends it, and when). The rows are deleted by the
+# ``ctid`` of the versions locked (a TID scan: none can change before we commit): joined
+# by ``task_id``, the pool's sessions (hash joins allowed) planned a sequential scan of
+# the whole table, 8.5 ms a delete of 1,000 among 30,000 rows (EXPLAIN ANALYZE, private
+# server), a cost that grew with the history.
 FORGET = """
-WITH old AS (
-    SELECT task_id FROM {s}.asynctask_status WHERE date_forget < now()
-    ORDER BY date_forget LIMIT %s
-    FOR UPDATE SKIP LOCKED
-), gone AS (
-    DELETE FROM {s}.asynctask_status AS s USING old WHERE s.task_id = old.task_id
+WITH gone AS (
+    DELETE FROM {s}.asynctask_status
+    WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM {s}.asynctask_status WHERE date_forget < now()
+        ORDER BY date_forget LIMIT %s
+        FOR UPDATE SKIP LOCKED))
     RETURNING 1
 )
 SELECT count(*) FROM gone
