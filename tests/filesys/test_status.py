@@ -696,6 +696,7 @@ def test_a_journaled_success_stays_final_whatever_its_recovered_copy_does(
         # Then the task still reads succeeded, with nothing of what the copy did
         st = t.status(tid)
         assert (st.state, st.error, st.result) == ("succeeded", None, None)
+        assert st.attempts == (2 if copy_starts == "before the success" else 1)
         assert t.wait(tid, timeout=1).state == "succeeded"
 
 
