@@ -728,6 +728,34 @@ def test_a_recovered_copys_final_outcome_first_stays_final(uri, tmp_path, how):
             assert (st.state, st.result) == ("succeeded", {"by": "the copy"})
 
 
+def test_forgetting_a_journal_keeps_a_record_its_lines_did_not_settle(uri, tmp_path):
+    """Forgetting a journal removes the ``live/`` records of the successes it lists,
+    and no other: a recovered copy's failure writes its own line there first, and the
+    task, requeued from the failed store, is queued again in ``live/`` when that
+    journal is forgotten. Failed before (any id in the journal lost its record)."""
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as first:
+        # Given a task whose recovered copy failed first, its line in the journal
+        tid = t.submit_task(queue, {})
+        delivery = first.reserve(timeout=5)
+        assert first.start(delivery) == "run"
+        journal = (tmp_path / "q" / ".status" / "live" / tid).read_bytes().split(b"\n")[1]
+        claimed = first._held[tid]
+        os.rename(claimed, tmp_path / "q" / queue / "ready" / bumped(os.path.basename(claimed)))
+        with open_transport(uri) as other, other.consumer(queue) as second:
+            copy = second.reserve(timeout=5)
+            assert second.start(copy) == "run"
+            second.fail(copy, "ValueError: the copy")
+        first.ack(delivery)
+        # And requeued from the failed store
+        assert t.requeue_failed(queue, [tid]) == 1
+        assert t.status(tid).state == "queued"
+        # When that journal is forgotten (its folder past the TTL)
+        t.state()._forget_journaled(str(tmp_path / "q" / ".status" / "done" / journal.decode()))
+        # Then the requeued task keeps its record
+        assert t.status(tid).state == "queued"
+
+
 def test_a_journal_closed_between_check_and_write_loses_no_line(uri, tmp_path, monkeypatch):
     """A threaded worker: another thread's start may rotate the journals, closing the
     one a success is about to be written to, between the success's check and its

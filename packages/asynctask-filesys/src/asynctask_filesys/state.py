@@ -190,9 +190,16 @@ class FilesysStateStore(StateStore):
 
     def _forget_journaled(self, journal: str) -> None:
         data = records.read_bytes(journal, _JOURNAL_LIMIT) or b""
+        seen: set[bytes] = set()
         for line in data.split(b"\n"):
-            task_id = line.partition(b" ")[0].decode("ascii", errors="replace")
-            if task_id and valid_id(task_id):
+            name, _, stamp = line.partition(b" ")
+            if name in seen:
+                continue  # the first line of an id decides, as for every reader
+            seen.add(name)
+            task_id = name.decode("ascii", errors="replace")
+            # a success only: a record whose first line is a cancel's or a recovered
+            # copy's left live/ (and may be back there: requeued from the failed store)
+            if stamp.isdigit() and valid_id(task_id):
                 records.remove(self._live + task_id)
 
     def _start_journal(self) -> Journal:
