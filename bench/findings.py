@@ -390,6 +390,22 @@ FINDINGS: dict[tuple[str, str], str] = {
         "task ids. The raw multi-row INSERT passes 1,000 plain text parameters and makes no "
         "ids. A binary array dumper or COPY would remove most of the adaptation."
     ),
+    ("pgsql", "async_100"): (
+        "Profiled on wt/pg-speed (2026-12-07 16:27-16:33 UTC, load 4-5.4): `python -m bench "
+        "--only pgsql --steps asyncio` read 1,598, 1,627, 1,761, 1,722, 1,708/s at 100 "
+        "(0.80-0.88x) in five runs of this tree. With `child_concurrency` 100 the child's "
+        "consumer prefetches max(prefetch, concurrency) = 100 (core's event loop), so once "
+        "every 100 tasks its main thread sends one RESERVE of up to 100 rows (carrying the "
+        "previous 100 acknowledgements: about 100 x 33 us of execution, then 100 rows "
+        "decoded) and waits for it, while the tasks that ended meanwhile wait for their "
+        "settle and their slots for a new task: tasks of one 50 ms sleep run in waves, and "
+        "a 100/(50 ms + stall) rate reads 0.8x at a 12.5 ms stall a wave. A trial capping a "
+        "RESERVE at 16 rows (not landed): 1,796, 1,774, 1,724, 1,827/s against 1,627, "
+        "1,761, 1,722, 1,708/s uncapped, alternating (medians 1,785 and 1,715: +4%, inside "
+        "the machine's noise). What would close it: a main thread that does not wait for "
+        "the RESERVE while tasks end (sent ahead in pipeline mode, its answer read after "
+        "the settles), or smaller RESERVEs once the buffer runs low."
+    ),
     ("pgsql", "drain_1"): _PG_DRAIN,
     ("pgsql", "peer"): _PG_DRAIN,
     ("pgsql", "latency_p50"): _PG_LATENCY,
