@@ -8,7 +8,8 @@ for issue 20 (2026-12-07: pg_stat_statements and EXPLAIN on a private server, th
 consumer's asynchronous commit; the submit path with callgrind, wt/pgsubmit); redis's
 drain and prefetch-32 notes and pgsql's churned rows again at commit 30dc256 (2026-12-07
 09:40-09:50: callgrind and cProfile of the run loop on a private Redis; auto_explain and
-pg_stat_statements on a private PostgreSQL; wt/bench-ready). A note says what the code
+pg_stat_statements on a private PostgreSQL; wt/bench-ready); pgsql's submit, drain and
+async I/O again on wt/pg-speed (2026-12-07 16:00-16:40). A note says what the code
 does and when and how it was measured, so that it stays true whatever the next run's
 ratio; update an entry when its transport changes.
 """
@@ -94,7 +95,11 @@ _PG_DRAIN = (
     "3.74x): not a robust gain on this machine, so the default stays 16. In those runs "
     "prefetch 16 drained 3.7x and 4.6x PgQueuer; the run of 14:09 (2.86x, load 0.5-2.8) "
     "drained in the shared schema, whatever it held then (pgsql's steps now run in a "
-    "schema of their own, see the one-by-one submit). What would close the rest for "
+    "schema of their own, see the one-by-one submit). `python -m bench --only pgsql "
+    "--steps submit,drain --peers`, main's tree (7cbe147) and this one alternating "
+    "(16:34-16:38, load 5.5-8.8): 1 child 14,199 and 13,809/s (3.24x and 3.66x "
+    "PgQueuer) against 10,784 and 12,284/s (3.25x, 2.62x): the per-tracking RESERVE does "
+    "not show in wall time on this machine. What would close the rest for "
     "good: fewer index entries a task (a reservation and a success written as HOT "
     "updates: a schema version every worker on the server must share), or the "
     "acknowledgements' DELETE by ctid (a primary-key descent a task, about 3 of its 29 "
@@ -118,7 +123,8 @@ _PG_SUBMIT = (
     "sides. Since then pgsql's steps run in a schema of the run's own "
     "(`asynctask_bench_<hex>`, dropped at the end). The submit step alone, alternating "
     "at load 3-13: main's tree (the shared schema, nearly empty that hour) 0.89x, 0.84x, "
-    "0.94x; this tree 0.89x, 0.93x, 0.92x, 1.08x. Against 00bd0fa (issue 12): `python -m "
+    "0.94x; this tree 0.89x, 0.93x, 0.92x, 1.08x; with the drain step too (load 5.5-8.8) "
+    "main 0.84x, 0.91x, this tree 0.91x, 0.89x. Against 00bd0fa (issue 12): `python -m "
     "bench.compare 00bd0fa --untracked --base-plugins --steps submit` read -17% at 15:58 "
     "and -8% at 16:02 (load 2.4-3.7): that mode runs each commit's whole bench minutes "
     "apart, and the shared disk's fsync latency moves more than that between them; the "
