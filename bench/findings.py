@@ -138,7 +138,7 @@ _PG_SUBMIT = (
     "confirmation record, 5-7 us; kept: it makes a retried submit idempotent). A submit "
     "that writes no status row now sends the statement without the status CTE (39-41 "
     "us): `--interleaved 6000` +27% (median turn ratio 1.27, 10th-90th percentile "
-    "1.11-1.36). "
+    "1.11-1.36, load 2.8-4.3) and +23% (1.23, load 6.7-7.0). "
     "Issue 20, 2026-12-07 (wt/pgsubmit). A submit is one statement and one round trip "
     "(pg_stat_statements on a private server: 1,000 statements for 1,000 submits), its "
     "status row written by a CTE of the same statement. On the server it costs what the "
