@@ -277,23 +277,26 @@ class FilesysConsumer(Consumer):
 
     @os_errors
     def fail(self, delivery: Delivery, error: str) -> None:
-        """Move the task to the failed store with ``error``; a task cancelled while it
-        ran is deleted instead (it stays ``cancelled``). The status is written first,
-        as in ``retry``: a cancel after it finds the task final (failed)."""
+        """Move the task to the failed store with ``error``, then write ``failed`` (a
+        waiter woken by it finds the task there); a task cancelled while it ran is
+        deleted instead (it stays ``cancelled``). A cancel between the look and the
+        status write leaves the status ``cancelled``: the task leaves the failed store."""
         outcome = self._outcome(delivery, final=True)
-        cancelled = outcome is not None and outcome[0].finish(
-            delivery.id, "failed", delivery.attempt, error=error
-        )
         settled = self._settle(delivery)
         if settled is not None:
             path, task = settled
-            if cancelled:
+            found = None if outcome is None else outcome[0].statuses([delivery.id])[0]
+            if found is not None and found.state == "cancelled":
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                 return
             self.transport.to_failed(
                 self.queue, path, os.path.basename(path), error, task.attempts + 1
             )
+        if outcome is not None and outcome[0].finish(
+            delivery.id, "failed", delivery.attempt, error=error
+        ):
+            self.transport.purge_failed(self.queue, [delivery.id])  # cancelled meanwhile
 
     @os_errors
     def release(self, delivery: Delivery) -> None:
