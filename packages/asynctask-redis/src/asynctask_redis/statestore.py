@@ -58,43 +58,79 @@ return out
 """,
 )
 
+#: A consumer's status writes (``STARTED``, ``SETTLED``, a feed's ``WRITES``), ARGV[3] the
+#: status ttl in ms. Built with the finishing helpers only (``finishing``): a status write
+#: needs none of the queue's, and every local a script defines is work at each call (the
+#: queue's helpers cost these writes about 20k instructions a call, redis-server under
+#: callgrind).
+_WRITE = r"""
+local ttl_ms = ARGV[3]
+
+-- 'run' (now running), 'cancelled' or 'expired' (then the caller drops the task: a
+-- cancelled one is met, see ``CANCEL``).
+local function start_one(id, attempt)
+  local verdict = start_task(id, attempt, now_ms(), ttl_ms)
+  if verdict == 'cancelled' then redis.call('ZREM', cancelled_ids, id) end
+  return verdict
+end
+
+-- An outcome (``attempts`` 0: unchanged); a cancelled or expired task keeps its state.
+-- One read of the fields a final write needs (state, unique key, waiter mark).
+local function settle_one(id, state, attempts, err, result)
+  local key = task_key(id)
+  local f = redis.call('HMGET', key, 'state', 'unique', 'waiting')
+  local current = f[1]
+  if not current or current == 'cancelled' or current == 'expired' then return 0 end
+  local extra = {}
+  if attempts > 0 then extra[#extra + 1] = 'attempts'; extra[#extra + 1] = attempts end
+  if err ~= '' then extra[#extra + 1] = 'error'; extra[#extra + 1] = err end
+  if state == 'succeeded' and result ~= '' then
+    extra[#extra + 1] = 'result'; extra[#extra + 1] = result
+  end
+  if FINAL[state] then
+    finish_held(id, f[2], f[3], state, now_ms(), ttl_ms, unpack(extra))
+  elseif state == 'queued' then  -- handed back, or requeued from the failed store
+    redis.call('HSET', key, 'state', 'queued', unpack(extra))
+    redis.call('HDEL', key, 'finished_at')
+    redis.call('PERSIST', key)
+    redis.call('DEL', done_key(id))
+  else
+    redis.call('HSET', key, 'state', state, unpack(extra))
+  end
+  return 1
+end
+"""
+
 #: ARGV: prefix, queue, ttl_ms, id, attempt. Returns 'run', 'cancelled' or 'expired'
 #: (then the caller drops the task: a cancelled one is met, see ``CANCEL``).
-STARTED = without_maintenance(
-    "started",
-    r"""
-local verdict = start_task(ARGV[4], ARGV[5], now_ms(), ARGV[3])
-if verdict == 'cancelled' then redis.call('ZREM', cancelled_ids, ARGV[4]) end
-return verdict
-""",
-)
+STARTED = finishing("started", _WRITE + "return start_one(ARGV[4], ARGV[5])\n")
 
 #: ARGV: prefix, queue, ttl_ms, id, state, attempts (0: unchanged), error or '',
 #: result JSON or ''. A cancelled or expired task keeps its state. Returns 1 if written.
-SETTLED = without_maintenance(
+SETTLED = finishing(
     "settled",
-    r"""
-local ttl_ms, id, state, attempts, err = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
-local key = task_key(id)
-local current = redis.call('HGET', key, 'state')
-if not current or current == 'cancelled' or current == 'expired' then return 0 end
-local extra = {}
-if attempts > 0 then extra[#extra + 1] = 'attempts'; extra[#extra + 1] = attempts end
-if err ~= '' then extra[#extra + 1] = 'error'; extra[#extra + 1] = err end
-if state == 'succeeded' and ARGV[8] ~= '' then
-  extra[#extra + 1] = 'result'; extra[#extra + 1] = ARGV[8]
+    _WRITE + "return settle_one(ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8])\n",
+)
+
+#: ARGV: prefix, queue, ttl_ms, then writes in the order they happened, each a start
+#: ('s', id, attempt) or an outcome ('o', id, state, attempts, error or '', result JSON or
+#: ''), as ``STARTED`` and ``SETTLED`` make them: a status feed's writes in one call
+#: (``asynctask_redis.statusfeed``). Returns the starts' verdicts, in order.
+WRITES = finishing(
+    "writes",
+    _WRITE
+    + r"""
+local verdicts, i = {}, 4
+while i <= #ARGV do
+  if ARGV[i] == 's' then
+    verdicts[#verdicts + 1] = start_one(ARGV[i + 1], ARGV[i + 2])
+    i = i + 3
+  else
+    settle_one(ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5])
+    i = i + 6
+  end
 end
-if FINAL[state] then
-  finish(id, state, now_ms(), ttl_ms, unpack(extra))
-elseif state == 'queued' then  -- handed back, or requeued from the failed store
-  redis.call('HSET', key, 'state', 'queued', unpack(extra))
-  redis.call('HDEL', key, 'finished_at')
-  redis.call('PERSIST', key)
-  redis.call('DEL', done_key(id))
-else
-  redis.call('HSET', key, 'state', state, unpack(extra))
-end
-return 1
+return verdicts
 """,
 )
 
