@@ -163,6 +163,8 @@ class AmqpConsumer(Consumer):
                         if not self._tag:
                             self._subscribe()
                             continue
+                        # nothing here: the outcomes a status feed holds go now
+                        self.flush_status_feed()
                         left = deadline - time.monotonic()
                         if left <= 0:
                             if pumped:

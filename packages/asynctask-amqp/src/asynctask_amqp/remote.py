@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
@@ -129,7 +130,8 @@ class RemoteConsumer(Consumer):
                 # its connection was lost before it was taken: the broker has it back
                 self._skips.append(int(delivery.receipt))
             left = max(0.0, deadline - time.monotonic())
-            answer = self._ask({"op": "reserve", "timeout": left}, left)
+            # (the outcomes a status feed holds go while the relay answers)
+            answer = self._ask({"op": "reserve", "timeout": left}, left, self.flush_status_feed)
             error = answer.get("error")
             if error is not None:
                 kind = {"unavailable": TransportUnavailable, "closed": TransportClosed}
@@ -175,13 +177,21 @@ class RemoteConsumer(Consumer):
             _relays.discard(self._process)
         self._words.close()
 
-    def _ask(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def _ask(
+        self,
+        request: dict[str, Any],
+        timeout: float,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """Send ``request`` and wait for the answer (``meanwhile`` called in between)."""
         with self._lock:
             if self._broken:
                 raise TransportUnavailable(self._broken)
             try:
                 self._sock.settimeout(timeout + ANSWER_SLACK)
                 self._send(request)
+                if meanwhile is not None:
+                    meanwhile()
                 answer = self._reader.receive()
             except (OSError, PeerGone) as exc:
                 self._fail(f"{type(exc).__name__}: {exc}")

@@ -207,7 +207,13 @@ class StatusFeed(ABC):
         result_json: str | None = None,
     ) -> None:
         """``StateStore.settled`` sent without waiting, after every earlier write of
-        this feed. A write whose connection is lost before its reply is sent again."""
+        this feed. A write whose connection is lost before its reply is sent again.
+        A feed may hold it for its next write (a start's), ``flush`` or ``close``, a
+        few milliseconds at most."""
+
+    def flush(self) -> None:  # noqa: B027 (optional: a feed that holds nothing)
+        """Send the outcomes held, if any: the consumer is about to wait for a task
+        (``Consumer.flush_status_feed``), so no start would carry them soon."""
 
     @abstractmethod
     def close(self) -> None:

@@ -115,21 +115,25 @@ SETTLED = finishing(
 #: ARGV: prefix, queue, ttl_ms, then writes in the order they happened, each a start
 #: ('s', id, attempt) or an outcome ('o', id, state, attempts, error or '', result JSON or
 #: ''), as ``STARTED`` and ``SETTLED`` make them: a status feed's writes in one call
-#: (``asynctask_redis.statusfeed``). Returns the starts' verdicts, in order.
+#: (``asynctask_redis.statusfeed``). Returns 0 when every start may run (the common reply,
+#: which the feed reads without a parser), else the starts' verdicts, in order.
 WRITES = finishing(
     "writes",
     _WRITE
     + r"""
-local verdicts, i = {}, 4
+local verdicts, i, all_run = {}, 4, true
 while i <= #ARGV do
   if ARGV[i] == 's' then
-    verdicts[#verdicts + 1] = start_one(ARGV[i + 1], ARGV[i + 2])
+    local verdict = start_one(ARGV[i + 1], ARGV[i + 2])
+    verdicts[#verdicts + 1] = verdict
+    if verdict ~= 'run' then all_run = false end
     i = i + 3
   else
     settle_one(ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5])
     i = i + 6
   end
 end
+if all_run then return 0 end
 return verdicts
 """,
 )
@@ -239,7 +243,7 @@ class RedisStateStore(StateStore):
     def feed(self, queue: str) -> RedisStatusFeed:
         """A consumer's feed of ``queue``: its starts need not wait (``StatusFeed``;
         how it hears every cancel: ``asynctask_redis.statusfeed``)."""
-        return RedisStatusFeed(self, queue, STARTED, SETTLED)
+        return RedisStatusFeed(self, queue, WRITES)
 
     def set_tracking(self, queue: str, tracked: bool) -> None:
         """``P:Q:untracked`` exists while the queue's workers keep no status; a submit

@@ -13,32 +13,42 @@ cancel; while it is not open, or knows more than ``KEPT`` cancelled ids (it may 
 forgotten some), ``may_start`` says False and the consumer's start waits for the store,
 as without a feed.
 
-Writes. ``started`` and ``settled`` run the store's ``STARTED`` and ``SETTLED`` scripts
-on a connection of the feed's own without waiting for their replies: Redis runs them in
-the order sent. Replies are read once ``READ_EVERY`` are due and have arrived, with
-later calls, and all of them at ``close``. When that connection fails, every write
-whose reply was not read is made again, waited for, in order (a ``started`` whose
-task's outcome is among them is dropped: running after the outcome would be a step
-back).
+Writes. ``started`` and ``settled`` go to the store's ``WRITES`` script (the work of its
+``STARTED`` and ``SETTLED``, several writes a call) on a connection of the feed's own,
+without waiting for the reply: Redis runs them in the order sent. A success is held for
+the next write, so that in a drain the outcome of one task and the running mark of the
+next are one message and one script call, not two (a call costs the worker a send and
+Redis a wake-up, a script's set-up and a reply, on cores they share): it goes with the
+next start or other outcome, with ``flush`` (the consumer calls it before it waits for a
+task: ``Consumer.flush_status_feed``), with ``close``, or, at the latest, ``HOLD``
+seconds after it was held, from a thread of the feed (``startmarks.MarkFlusher``). The
+running mark itself is never held (a task reads ``running`` from its start on). Replies
+are read once ``READ_EVERY`` are due and have arrived, with later calls, and all of them
+at ``close``. When that connection fails, every write whose reply was not read is made
+again, waited for, in order (a start whose task's outcome is among them is dropped:
+running after the outcome would be a step back).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from asynctask.errors import TransportError
+from asynctask.errors import AsynctaskError, TransportError
 from asynctask.status import State, StatusFeed
 from asynctask_redis.cancelfeed import KEPT, CancelFeed
-from asynctask_redis.connection import call, pack, run
+from asynctask_redis.connection import call, own_reading, pack, run
 from asynctask_redis.scripts import LIVE_CANCELS, Script
-from asynctask_redis.startmarks import warn_late_verdict
+from asynctask_redis.startmarks import MarkFlusher, warn_late_verdict
 
 if TYPE_CHECKING:
     from asynctask_redis.transport import RedisTransport
@@ -58,6 +68,10 @@ CROWDED_PAUSE = 60.0
 READ_EVERY = 32
 #: writes unanswered past which a write waits for every reply (Redis lags behind)
 MOST_UNREAD = 1000
+#: the reply of a ``WRITES`` call whose starts may all run
+ALL_RUN = b":0\r\n"
+#: the longest a success is held for the next write before it is sent alone (seconds)
+HOLD = 0.02
 
 
 def registry_key(transport: RedisTransport, queue: str) -> str:
@@ -77,28 +91,59 @@ class FeedStore(Protocol):
 
 
 @dataclass(frozen=True)
-class _Sent:
-    """A write sent without waiting for its reply."""
+class _Write:
+    """One status write: a start (``'s', id, attempt``) or an outcome (``'o', id, state,
+    attempts, error, result``), the arguments of the ``WRITES`` script, and the same
+    packed as the bulk strings of the Redis protocol (``packed``, ``count`` of them)."""
 
-    script: Script
     args: tuple[Any, ...]
+    packed: bytes
+    count: int
     task_id: str
     outcome: bool  # a ``settled`` (else a ``started``)
+
+
+def _start(task_id: str, attempt: int) -> _Write:
+    tid, n = task_id.encode(), b"%d" % attempt
+    packed = b"$1\r\ns\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(tid), tid, len(n), n)
+    return _Write(("s", task_id, attempt), packed, 3, task_id, False)
+
+
+def _outcome(task_id: str, state: str, attempts: int, error: str, result: str) -> _Write:
+    fields = (b"o", task_id.encode(), state.encode(), b"%d" % attempts)
+    # (text as ``connection.pack`` sends it: UTF-8)
+    packed = b"".join(
+        [b"$%d\r\n%b\r\n" % (len(f), f) for f in (*fields, error.encode(), result.encode())]
+    )
+    return _Write(("o", task_id, state, attempts, error, result), packed, 6, task_id, True)
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """A ``WRITES`` call sent without waiting for its reply."""
+
+    writes: tuple[_Write, ...]
 
 
 class RedisStatusFeed(StatusFeed):
     """A consumer's feed of one queue's cancels and its unwaited writes; see the module
     docstring."""
 
-    def __init__(self, store: FeedStore, queue: str, started: Script, settled: Script) -> None:
+    def __init__(self, store: FeedStore, queue: str, writes: Script) -> None:
         self.store = store
         self.queue = queue
-        self._scripts = {"started": started, "settled": settled}
+        self._script = writes
         t = store.transport
         self._cancels = CancelFeed(t.server.pool_for(t.key(queue, "")), t.key(queue, "cancels"))
         self._conn: Any = None
         self._pool: Any = None
         self._sent: deque[_Sent] = deque()
+        #: successes held for the next write (see the module docstring), and since when
+        self._held: list[_Write] = []
+        self._held_since = 0.0
+        self._flusher: MarkFlusher | None = None
+        #: (ttl_ms, the packed head of a ``WRITES`` call for it), see ``_packed_head``
+        self._head_for: tuple[int, bytes] | None = None
         self._open_after = 0.0  # monotonic time before which no open is tried
         #: whether the feed was polled since it opened (then ``quiet`` is enough)
         self._polled = False
@@ -161,8 +206,12 @@ class RedisStatusFeed(StatusFeed):
     # -- writes -------------------------------------------------------------------------
 
     def started(self, task_id: str, attempt: int) -> None:
-        """``running``, sent without waiting for the verdict."""
-        self._send("started", (self.store.ttl_ms, task_id, attempt), task_id)
+        """``running``, sent without waiting for the verdict, with the successes held."""
+        write = _start(task_id, attempt)
+        with self._lock:
+            held, self._held = self._held, []
+            held.append(write)
+            self._send(tuple(held))
 
     def settled(
         self,
@@ -173,43 +222,100 @@ class RedisStatusFeed(StatusFeed):
         error: str | None = None,
         result_json: str | None = None,
     ) -> None:
-        """An outcome, sent without waiting."""
-        args = (self.store.ttl_ms, task_id, state, attempts, error or "", result_json or "")
-        self._send("settled", args, task_id)
-
-    def _send(self, kind: str, args: tuple[Any, ...], task_id: str) -> None:
-        t = self.store.transport
-        script = self._scripts[kind]
-        full = (t.prefix, t.script_queue(self.queue), *args)
-        entry = _Sent(script, full, task_id, kind == "settled")
+        """An outcome, sent without waiting: a success held for the next write (at most
+        ``HOLD`` seconds), any other at once with those held."""
+        write = _outcome(task_id, state, attempts, error or "", result_json or "")
         with self._lock:
-            try:
-                conn = self._connection()
-                if len(self._sent) >= READ_EVERY:  # (a blocking read waits for all sent)
-                    self._read(conn, block=len(self._sent) >= MOST_UNREAD)
-            except (RedisError, OSError) as exc:
-                # Made again, waited for, after the earlier writes. Queued first: a redo
-                # that gives up (``TransportUnavailable``) leaves it to the next call or
-                # ``close`` with them; queued after, it was lost.
-                self._sent.append(entry)
-                self._redo(exc)
+            if state == "succeeded":
+                self._held.append(write)
+                if len(self._held) == 1:
+                    self._held_since = time.monotonic()
+                    self._flusher_for().wake()
                 return
+            held, self._held = self._held, []
+            held.append(write)
+            self._send(tuple(held))
+
+    def flush(self) -> None:
+        """Send the successes held (the consumer is about to wait for a task)."""
+        with self._lock:
+            if self._held:
+                held, self._held = self._held, []
+                self._send(tuple(held))
+
+    def flush_marks(self, now: float) -> float | None:
+        """The flusher thread's look (``MarkFlusher``): send the successes held once the
+        oldest is ``HOLD`` old; None when none is held, else the seconds until then."""
+        if not self._lock.acquire(blocking=False):
+            return HOLD / 4  # a call of the consumer is under way: it may send them
+        try:
+            if not self._held:
+                return None
+            due = self._held_since + HOLD - now
+            if due > 0:
+                return due
+            held, self._held = self._held, []
+            self._send(tuple(held))
+            return None
+        except AsynctaskError as exc:  # kept to be made again by the next call or close
+            logger.info("%r: the successes held could not be written yet (%s)", self, exc)
+            return None
+        finally:
+            self._lock.release()
+
+    def _flusher_for(self) -> MarkFlusher:
+        if self._flusher is None:
+            self._flusher = MarkFlusher(self, f"asynctask-statusfeed-{self.queue}")
+        return self._flusher
+
+    def _send(self, writes: tuple[_Write, ...]) -> None:
+        """Send ``writes`` in one ``WRITES`` call, unanswered (the lock held)."""
+        entry = _Sent(writes)
+        try:
+            conn = self._connection()
+            if len(self._sent) >= READ_EVERY:  # (a blocking read waits for all sent)
+                self._read(conn, block=len(self._sent) >= MOST_UNREAD)
+        except (RedisError, OSError) as exc:
+            # Made again, waited for, after the earlier writes. Queued first: a redo
+            # that gives up (``TransportUnavailable``) leaves it to the next call or
+            # ``close`` with them; queued after, it was lost.
             self._sent.append(entry)
-            try:
-                conn.send_packed_command([pack([("EVALSHA", script.sha, 0, *entry.args)])])
-            except (RedisError, OSError) as exc:
-                self._redo(exc)
+            self._redo(exc)
+            return
+        self._sent.append(entry)
+        head = self._packed_head()
+        count = 6 + sum([w.count for w in writes])
+        data = b"".join([b"*%d\r\n" % count, head, *[w.packed for w in writes]])
+        try:
+            # straight to the socket: redis-py's send_packed_command and pack cost a
+            # worker more than the rest of the write (see ``_read``)
+            sock = conn._sock
+            if sock is None:
+                conn.connect()
+                sock = conn._sock
+            sock.sendall(data)
+        except (RedisError, OSError) as exc:
+            self._redo(exc)
+
+    def _packed_head(self) -> bytes:
+        """``EVALSHA <sha> 0 <prefix> <queue> <ttl_ms>`` packed, made once (per ttl)."""
+        ttl = self.store.ttl_ms
+        known = self._head_for
+        if known is None or known[0] != ttl:
+            command = ("EVALSHA", self._script.sha, 0, *self._head())
+            packed = pack([command])
+            known = self._head_for = (ttl, packed[packed.index(b"\r\n") + 2 :])
+        return known[1]
 
     def _connection(self) -> Any:
-        """The feed's own connection, with both scripts loaded (no NOSCRIPT reply to
-        sort out later: a server that lost them dropped the connection too)."""
+        """The feed's own connection, with its script loaded (no NOSCRIPT reply to sort
+        out later: a server that lost it dropped the connection too)."""
         if self._conn is None:
             t = self.store.transport
             pool = t.server.pool_for(t.key(self.queue, ""))
             conn = pool.get_connection()
             try:
-                for script in self._scripts.values():
-                    call(conn, "SCRIPT", "LOAD", script.text)
+                call(conn, "SCRIPT", "LOAD", self._script.text)
             except BaseException:
                 conn.disconnect()
                 pool.release(conn)
@@ -219,6 +325,8 @@ class RedisStatusFeed(StatusFeed):
 
     def _read(self, conn: Any, block: bool) -> None:
         """Read the replies that have arrived (all of them with ``block``)."""
+        if not block and self._read_all_run(conn):
+            return
         while self._sent and (block or conn.can_read(timeout=0)):
             entry = self._sent[0]
             try:
@@ -227,27 +335,67 @@ class RedisStatusFeed(StatusFeed):
                 raise  # the script cache was flushed: made again, in order, by _redo
             except ResponseError as exc:  # the connection stays in step: read on
                 self._sent.popleft()
-                logger.warning("%r: writing task %s's status failed: %s", self, entry.task_id, exc)
+                ids = ", ".join(w.task_id for w in entry.writes)
+                logger.warning("%r: writing the statuses of tasks %s failed: %s", self, ids, exc)
                 continue
             self._sent.popleft()
-            if not entry.outcome:
-                warn_late_verdict(self, entry.task_id, reply)
+            self._verdicts(entry.writes, reply)
+
+    def _read_all_run(self, conn: Any) -> bool:
+        """Take the replies that have arrived straight from the socket when they are all
+        ``0`` (every start may run: the common case), as ``connection.reply_to`` reads a
+        submit's; whether that was all (else what came is left to redis-py's parser).
+        Reading them one by one through redis-py (``can_read`` and ``read_response``, a
+        reply each) cost a worker as much as sending them."""
+        buffer = own_reading(conn)
+        sock = conn._sock
+        if buffer is None or type(sock) is not socket.socket:  # (TLS: redis-py reads)
+            return False
+        try:
+            data = sock.recv(buffer.socket_read_size, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True  # nothing has arrived
+        if not data:
+            raise RedisConnectionError("Connection closed by server.")
+        n, odd = divmod(len(data), len(ALL_RUN))
+        if not odd and n <= len(self._sent) and data == ALL_RUN * n:
+            for _ in range(n):
+                self._sent.popleft()
+            return True
+        kept = buffer._buffer  # empty (``own_reading``): the parser reads it first
+        kept.write(data)
+        kept.seek(0)
+        return False
+
+    def _verdicts(self, writes: Sequence[_Write], reply: Any) -> None:
+        """Warn of each start the reply says was not ``run`` (a cancel came meanwhile)."""
+        if reply == 0:
+            return
+        starts = [w for w in writes if not w.outcome]
+        for write, verdict in zip(starts, reply or (), strict=False):
+            warn_late_verdict(self, write.task_id, verdict)
 
     def _redo(self, exc: BaseException) -> None:
         """The feed's connection failed with writes unanswered: make them again, waited
         for, in order, with the transport's retries; what still fails stays to be made
-        again by the next call (and raises ``TransportUnavailable`` to this one)."""
+        again by the next call (and raises ``TransportUnavailable`` to this one). A
+        start whose task's outcome is among them is dropped: running after the outcome
+        would be a step back."""
         self._drop()
         logger.info("%r: its connection failed (%s); writing the statuses sent again", self, exc)
         t = self.store.transport
-        outcomes = {e.task_id for e in self._sent if e.outcome}
+        outcomes = {w.task_id for e in self._sent for w in e.writes if w.outcome}
         while self._sent:
-            entry = self._sent[0]
-            if entry.outcome or entry.task_id not in outcomes:
-                reply = t._call(t.execute, run, entry.script, *entry.args)
-                if not entry.outcome:
-                    warn_late_verdict(self, entry.task_id, reply)
+            writes = [w for w in self._sent[0].writes if w.outcome or w.task_id not in outcomes]
+            if writes:
+                args = (a for w in writes for a in w.args)
+                reply = t._call(t.execute, run, self._script, *self._head(), *args)
+                self._verdicts(writes, reply)
             self._sent.popleft()
+
+    def _head(self) -> tuple[Any, ...]:
+        t = self.store.transport
+        return (t.prefix, t.script_queue(self.queue), self.store.ttl_ms)
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -256,10 +404,17 @@ class RedisStatusFeed(StatusFeed):
             self._pool.release(conn)
 
     def close(self) -> None:
-        """Read every reply (the writes are then done), and free the connections."""
+        """Send the successes held, read every reply (the writes are then done), and
+        free the connections and the flusher thread."""
+        if self._flusher is not None:
+            self._flusher.close()
+            self._flusher = None
         with self._lock:
             self._cancels.close()
             try:
+                if self._held:
+                    held, self._held = self._held, []
+                    self._send(tuple(held))
                 if self._conn is not None:
                     self._read(self._conn, block=True)
             except (RedisError, OSError) as exc:
