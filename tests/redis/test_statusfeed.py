@@ -181,16 +181,17 @@ def test_a_feed_ignores_cancels_past_their_horizon(transport, client):
         client.delete(statusfeed.registry_key(transport, queue))
 
 
-def test_a_success_goes_with_the_next_start_in_one_message(transport, monkeypatch):
-    """A drain's outcome of one task and the running mark of the next are one message
-    and one script call, not two; the running mark is never held. (Fails when each
-    write is sent on its own: two messages.)"""
+def test_a_busy_consumers_writes_go_together_and_an_idle_ones_start_at_once(transport, monkeypatch):
+    """A consumer's first start after it waited goes at once (the task reads
+    ``running`` from its start on); while writes are held (a drain), the success of one
+    task, the next start and its success go in one message, sent by ``flush`` at the
+    latest; a start held with its success is one write. (Fails when each write is sent
+    on its own: four messages; or when the first start is held: none before flush.)"""
     store, queue = transport.state(), unique_queue()
     first, second = store.submitted(queue, [new_task_id(), new_task_id()], 0, SubmitOptions())
     feed = store.feed(queue)
     try:
-        # Given a feed that marked the first task running (its connection open)
-        feed.started(first, 1)
+        feed._connection()
         sent: list[bytes] = []
 
         class _Counting:  # the connection's socket, its sends counted
@@ -202,15 +203,32 @@ def test_a_success_goes_with_the_next_start_in_one_message(transport, monkeypatc
                 return self.sock.sendall(data)
 
         monkeypatch.setattr(feed._conn, "_sock", _Counting(feed._conn._sock))
-        # When it succeeds, and the next one starts
+        # Given a consumer that starts a task after it waited: sent at once
+        feed.started(first, 1)
+        assert len(sent) == 1
+        _eventually(lambda: store.statuses([first])[0].state == "running")
+        # When it succeeds, and the next one starts and succeeds
         feed.settled(first, "succeeded", 1, result_json='"one"')
         feed.started(second, 1)
-        # Then both writes went in one message
+        feed.settled(second, "succeeded", 1, result_json='"two"')
+        # Then they are held, and go in one message
         assert len(sent) == 1
+        feed.flush()
+        assert len(sent) == 2
         assert store.wait(first, timeout=5).result == "one"
-        assert store.statuses([second])[0].state == "running"
+        done = store.wait(second, timeout=5)
+        assert (done.state, done.result, done.attempts) == ("succeeded", "two", 1)
+        assert done.started_at is not None and done.started_at <= done.finished_at
     finally:
         feed.close()
+
+
+def _eventually(check, timeout: float = 2.0) -> None:
+    """Wait for a write sent without waiting to be read back (another connection)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "never happened"
+        time.sleep(0.005)
 
 
 def test_a_success_held_is_sent_within_hold_seconds_with_no_other_call(transport):

@@ -67,11 +67,28 @@ _WRITE = r"""
 local ttl_ms = ARGV[3]
 
 -- 'run' (now running), 'cancelled' or 'expired' (then the caller drops the task: a
--- cancelled one is met, see ``CANCEL``).
-local function start_one(id, attempt)
-  local verdict = start_task(id, attempt, now_ms(), ttl_ms)
+-- cancelled one is met, see ``CANCEL``); ``ago``: ms since it started (a mark sent late).
+local function start_one(id, attempt, ago)
+  local verdict = start_task(id, attempt, now_ms() - ago, ttl_ms)
   if verdict == 'cancelled' then redis.call('ZREM', cancelled_ids, id) end
   return verdict
+end
+
+-- A start not sent yet and its success (a consumer's short task among others): one read
+-- and one write for both, never over a cancel (a status feed's tasks have no
+-- ``expires``: their starts always wait for ``STARTED``). Returns what ``start_one``
+-- would have.
+local function start_and_succeed(id, attempt, ago, result)
+  local f = redis.call('HMGET', task_key(id), 'state', 'unique', 'waiting')
+  local state = f[1]
+  if state == 'cancelled' then redis.call('ZREM', cancelled_ids, id) end
+  if state == 'cancelled' or state == 'expired' then return state end
+  if not state then return 'run' end  -- no status kept
+  local now = now_ms()
+  local fields = {'attempts', attempt, 'started_at', stamp(now - ago)}
+  if result ~= '' then fields[5] = 'result'; fields[6] = result end
+  finish_held(id, f[2], f[3], 'succeeded', now, ttl_ms, unpack(fields))
+  return 'run'
 end
 
 -- An outcome (``attempts`` 0: unchanged); a cancelled or expired task keeps its state.
@@ -103,7 +120,7 @@ end
 
 #: ARGV: prefix, queue, ttl_ms, id, attempt. Returns 'run', 'cancelled' or 'expired'
 #: (then the caller drops the task: a cancelled one is met, see ``CANCEL``).
-STARTED = finishing("started", _WRITE + "return start_one(ARGV[4], ARGV[5])\n")
+STARTED = finishing("started", _WRITE + "return start_one(ARGV[4], ARGV[5], 0)\n")
 
 #: ARGV: prefix, queue, ttl_ms, id, state, attempts (0: unchanged), error or '',
 #: result JSON or ''. A cancelled or expired task keeps its state. Returns 1 if written.
@@ -113,24 +130,32 @@ SETTLED = finishing(
 )
 
 #: ARGV: prefix, queue, ttl_ms, then writes in the order they happened, each a start
-#: ('s', id, attempt) or an outcome ('o', id, state, attempts, error or '', result JSON or
-#: ''), as ``STARTED`` and ``SETTLED`` make them: a status feed's writes in one call
-#: (``asynctask_redis.statusfeed``). Returns 0 when every start may run (the common reply,
-#: which the feed reads without a parser), else the starts' verdicts, in order.
+#: ('s', id, attempt, ms since it started), an outcome ('o', id, state, attempts, error
+#: or '', result JSON or '') as ``STARTED`` and ``SETTLED`` make them, or a start and its
+#: success ('b', id, attempt, ms since it started, result JSON or ''): a status feed's
+#: writes in one call (``asynctask_redis.statusfeed``). Returns 0 when every start may
+#: run (the common reply, which the feed reads without a parser), else the verdicts of
+#: the starts ('s' and 'b'), in order.
 WRITES = finishing(
     "writes",
     _WRITE
     + r"""
 local verdicts, i, all_run = {}, 4, true
 while i <= #ARGV do
-  if ARGV[i] == 's' then
-    local verdict = start_one(ARGV[i + 1], ARGV[i + 2])
-    verdicts[#verdicts + 1] = verdict
-    if verdict ~= 'run' then all_run = false end
-    i = i + 3
+  local kind, verdict = ARGV[i], nil
+  if kind == 's' then
+    verdict = start_one(ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]))
+    i = i + 4
+  elseif kind == 'b' then
+    verdict = start_and_succeed(ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4])
+    i = i + 5
   else
     settle_one(ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5])
     i = i + 6
+  end
+  if verdict then
+    verdicts[#verdicts + 1] = verdict
+    if verdict ~= 'run' then all_run = false end
   end
 end
 if all_run then return 0 end

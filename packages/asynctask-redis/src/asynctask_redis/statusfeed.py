@@ -70,8 +70,10 @@ READ_EVERY = 32
 MOST_UNREAD = 1000
 #: the reply of a ``WRITES`` call whose starts may all run
 ALL_RUN = b":0\r\n"
-#: the longest a success is held for the next write before it is sent alone (seconds)
+#: the longest a write is held for the next ones before it is sent (seconds)
 HOLD = 0.02
+#: writes held past which they are sent at once (one message stays small)
+MOST_HELD = 64
 
 
 def registry_key(transport: RedisTransport, queue: str) -> str:
@@ -90,32 +92,40 @@ class FeedStore(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Write:
-    """One status write: a start (``'s', id, attempt``) or an outcome (``'o', id, state,
-    attempts, error, result``), the arguments of the ``WRITES`` script, and the same
-    packed as the bulk strings of the Redis protocol (``packed``, ``count`` of them)."""
+    """One status write, as the ``WRITES`` script takes it: a start (``kind`` 's'), an
+    outcome ('o'), or a start not sent yet with its success ('b')."""
 
-    args: tuple[Any, ...]
-    packed: bytes
-    count: int
+    kind: str
     task_id: str
-    outcome: bool  # a ``settled`` (else a ``started``)
+    attempt: int  # the start's; an outcome's ``attempts``
+    began: float = 0.0  # a start's ``time.monotonic()``
+    state: str = ""
+    error: str = ""
+    result: str = ""
+
+    @property
+    def outcome(self) -> bool:
+        """Whether it writes the task's outcome."""
+        return self.kind != "s"
+
+    def args(self, now: float) -> tuple[str | int, ...]:
+        """The script's arguments, sent at ``now`` (a start's age in ms is measured
+        then: the script writes ``started_at`` as its own time less that age)."""
+        if self.kind == "o":
+            return ("o", self.task_id, self.state, self.attempt, self.error, self.result)
+        ago = max(0, int((now - self.began) * 1000))
+        if self.kind == "s":
+            return ("s", self.task_id, self.attempt, ago)
+        return ("b", self.task_id, self.attempt, ago, self.result)
 
 
-def _start(task_id: str, attempt: int) -> _Write:
-    tid, n = task_id.encode(), b"%d" % attempt
-    packed = b"$1\r\ns\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(tid), tid, len(n), n)
-    return _Write(("s", task_id, attempt), packed, 3, task_id, False)
-
-
-def _outcome(task_id: str, state: str, attempts: int, error: str, result: str) -> _Write:
-    fields = (b"o", task_id.encode(), state.encode(), b"%d" % attempts)
-    # (text as ``connection.pack`` sends it: UTF-8)
-    packed = b"".join(
-        [b"$%d\r\n%b\r\n" % (len(f), f) for f in (*fields, error.encode(), result.encode())]
-    )
-    return _Write(("o", task_id, state, attempts, error, result), packed, 6, task_id, True)
+def _bulk(args: Sequence[str | int]) -> bytes:
+    """``args`` as bulk strings of the Redis protocol (text as ``connection.pack`` sends
+    it: UTF-8)."""
+    data = [a.encode() if isinstance(a, str) else b"%d" % a for a in args]
+    return b"".join([b"$%d\r\n%b\r\n" % (len(d), d) for d in data])
 
 
 @dataclass(frozen=True)
@@ -145,8 +155,6 @@ class RedisStatusFeed(StatusFeed):
         #: (ttl_ms, the packed head of a ``WRITES`` call for it), see ``_packed_head``
         self._head_for: tuple[int, bytes] | None = None
         self._open_after = 0.0  # monotonic time before which no open is tried
-        #: whether the feed was polled since it opened (then ``quiet`` is enough)
-        self._polled = False
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -158,14 +166,10 @@ class RedisStatusFeed(StatusFeed):
         """Whether every cancel of the queue is known here and none names the task."""
         with self._lock:
             feed = self._cancels
-            if not feed.live:
-                if not self._open():
-                    return False
-                self._polled = False
-            if not (self._polled and feed.quiet()):
-                if not feed.poll():
-                    return False  # lost: the next call opens it again
-                self._polled = True
+            if not feed.live and not self._open():
+                return False
+            if not feed.heard():  # (one ``poll`` of the socket once it was emptied)
+                return False  # lost: the next call opens it again
             if len(feed.cancelled) >= KEPT:  # the oldest may be forgotten: start over
                 feed.close()
                 return False
@@ -206,12 +210,14 @@ class RedisStatusFeed(StatusFeed):
     # -- writes -------------------------------------------------------------------------
 
     def started(self, task_id: str, attempt: int) -> None:
-        """``running``, sent without waiting for the verdict, with the successes held."""
-        write = _start(task_id, attempt)
+        """``running``, sent without waiting for the verdict: at once when nothing is
+        held (the consumer's first task since it waited), else held with the rest."""
+        write = _Write("s", task_id, attempt, time.monotonic())
         with self._lock:
-            held, self._held = self._held, []
-            held.append(write)
-            self._send(tuple(held))
+            if self._held:
+                self._hold(write)
+            else:
+                self._send((write,))
 
     def settled(
         self,
@@ -223,17 +229,30 @@ class RedisStatusFeed(StatusFeed):
         result_json: str | None = None,
     ) -> None:
         """An outcome, sent without waiting: a success held for the next write (at most
-        ``HOLD`` seconds), any other at once with those held."""
-        write = _outcome(task_id, state, attempts, error or "", result_json or "")
+        ``HOLD`` seconds; with its start, if that is held, as one write), any other
+        sent at once with those held."""
         with self._lock:
+            held = self._held
             if state == "succeeded":
-                self._held.append(write)
-                if len(self._held) == 1:
-                    self._held_since = time.monotonic()
-                    self._flusher_for().wake()
+                last = held[-1] if held else None
+                if last is not None and last.kind == "s" and last.task_id == task_id:
+                    held[-1] = _Write("b", task_id, attempts, last.began, result=result_json or "")
+                else:
+                    self._hold(_Write("o", task_id, attempts, 0.0, state, "", result_json or ""))
                 return
-            held, self._held = self._held, []
-            held.append(write)
+            write = _Write("o", task_id, attempts, 0.0, state, error or "", result_json or "")
+            self._held = []
+            self._send((*held, write))
+
+    def _hold(self, write: _Write) -> None:
+        """Keep ``write`` for the next send (the lock held)."""
+        held = self._held
+        held.append(write)
+        if len(held) == 1:
+            self._held_since = time.monotonic()
+            self._flusher_for().wake()
+        elif len(held) >= MOST_HELD:
+            self._held = []
             self._send(tuple(held))
 
     def flush(self) -> None:
@@ -283,9 +302,9 @@ class RedisStatusFeed(StatusFeed):
             self._redo(exc)
             return
         self._sent.append(entry)
-        head = self._packed_head()
-        count = 6 + sum([w.count for w in writes])
-        data = b"".join([b"*%d\r\n" % count, head, *[w.packed for w in writes]])
+        now = time.monotonic()
+        args = [a for w in writes for a in w.args(now)]
+        data = b"".join([b"*%d\r\n" % (6 + len(args)), self._packed_head(), _bulk(args)])
         try:
             # straight to the socket: redis-py's send_packed_command and pack cost a
             # worker more than the rest of the write (see ``_read``)
@@ -371,7 +390,7 @@ class RedisStatusFeed(StatusFeed):
         """Warn of each start the reply says was not ``run`` (a cancel came meanwhile)."""
         if reply == 0:
             return
-        starts = [w for w in writes if not w.outcome]
+        starts = [w for w in writes if w.kind != "o"]
         for write, verdict in zip(starts, reply or (), strict=False):
             warn_late_verdict(self, write.task_id, verdict)
 
@@ -388,7 +407,8 @@ class RedisStatusFeed(StatusFeed):
         while self._sent:
             writes = [w for w in self._sent[0].writes if w.outcome or w.task_id not in outcomes]
             if writes:
-                args = (a for w in writes for a in w.args)
+                now = time.monotonic()
+                args = [a for w in writes for a in w.args(now)]
                 reply = t._call(t.execute, run, self._script, *self._head(), *args)
                 self._verdicts(writes, reply)
             self._sent.popleft()
