@@ -163,16 +163,17 @@ class AmqpConsumer(Consumer):
                         if not self._tag:
                             self._subscribe()
                             continue
-                        # nothing here: the outcomes a status feed holds go now
-                        self.flush_status_feed()
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            if pumped:
-                                return None
-                            # read what has arrived: reserve(0) finds every prefetched task
+                        if not pumped:
+                            # read what has arrived: reserve(0) finds every prefetched
+                            # task, and a status feed's writes wait for a real wait
                             self._link.pump()
                             pumped = True
                             continue
+                        # nothing here: the statuses a status feed holds go now
+                        self.flush_status_feed()
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            return None
                         self._link.wait(min(left, self._declarations._heartbeats.interval))
                 except DRIVER_ERRORS as exc:
                     error = self._lost(exc)

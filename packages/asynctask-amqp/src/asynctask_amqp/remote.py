@@ -115,6 +115,10 @@ class RemoteConsumer(Consumer):
         reconnects while the broker is away)."""
         self._check_open()
         deadline = time.monotonic() + max(0.0, timeout)
+        # With a status feed, ask first for what the relay has ready, without waiting:
+        # while tasks keep coming the statuses it holds go with the next ones (a drain's
+        # writes together); only a reserve that would wait sends them first.
+        peek = self.has_status_feed
         while True:
             words = self._words
             while self._ahead:
@@ -130,14 +134,20 @@ class RemoteConsumer(Consumer):
                 # its connection was lost before it was taken: the broker has it back
                 self._skips.append(int(delivery.receipt))
             left = max(0.0, deadline - time.monotonic())
-            # (the outcomes a status feed holds go while the relay answers)
-            answer = self._ask({"op": "reserve", "timeout": left}, left, self.flush_status_feed)
+            if peek:
+                answer = self._ask({"op": "reserve", "timeout": 0.0}, 0.0)
+            else:
+                # (the statuses a feed holds go while the relay answers)
+                answer = self._ask({"op": "reserve", "timeout": left}, left, self.flush_status_feed)
             error = answer.get("error")
             if error is not None:
                 kind = {"unavailable": TransportUnavailable, "closed": TransportClosed}
                 raise kind.get(error.get("kind"), TransportError)(str(error.get("message")))
             found = answer.get("deliveries") or []
             if not found:
+                if peek:
+                    peek = False
+                    continue
                 return None
             self._ahead.extend((int(f["generation"]), self._delivery(f)) for f in found)
 

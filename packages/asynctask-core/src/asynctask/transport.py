@@ -352,6 +352,13 @@ class Consumer(ABC):
         settled = functools.partial(store.settled, error=error, result_json=result_json)
         self.transport._call(settled, delivery.queue, delivery.id, state, delivery.attempt)
 
+    @property
+    def has_status_feed(self) -> bool:
+        """Whether this consumer writes its statuses through a ``StatusFeed``, which may
+        hold them until ``flush_status_feed``."""
+        known = self._status_feed
+        return known is not None and known[1] is not None
+
     def flush_status_feed(self) -> None:
         """Send the outcomes this consumer's ``StatusFeed`` holds for its next start
         (``StatusFeed.flush``). A transport with ``starts_unwaited`` calls it before its

@@ -15,18 +15,23 @@ as without a feed.
 
 Writes. ``started`` and ``settled`` go to the store's ``WRITES`` script (the work of its
 ``STARTED`` and ``SETTLED``, several writes a call) on a connection of the feed's own,
-without waiting for the reply: Redis runs them in the order sent. A success is held for
-the next write, so that in a drain the outcome of one task and the running mark of the
-next are one message and one script call, not two (a call costs the worker a send and
-Redis a wake-up, a script's set-up and a reply, on cores they share): it goes with the
-next start or other outcome, with ``flush`` (the consumer calls it before it waits for a
-task: ``Consumer.flush_status_feed``), with ``close``, or, at the latest, ``HOLD``
-seconds after it was held, from a thread of the feed (``startmarks.MarkFlusher``). The
-running mark itself is never held (a task reads ``running`` from its start on). Replies
-are read once ``READ_EVERY`` are due and have arrived, with later calls, and all of them
-at ``close``. When that connection fails, every write whose reply was not read is made
-again, waited for, in order (a start whose task's outcome is among them is dropped:
-running after the outcome would be a step back).
+without waiting for the reply: Redis runs them in the order sent. A consumer busy with
+task after task has its writes held and sent together, one message and one script call
+(each call costs the worker a send and Redis a wake-up, a script's set-up and a reply, on
+cores they share; a start held with its task's success is one write, one read and one
+write in Redis): a success is always held; a start is held when something is, and sent
+at once when nothing is (the consumer's first task since it waited reads ``running``
+from its start on); any other outcome is sent at once with what is held. What is held
+goes with ``flush`` (the consumer calls it before it waits for a task:
+``Consumer.flush_status_feed``), with ``close``, once ``MOST_HELD`` are held, or, at the
+latest, ``HOLD`` seconds after the first was held, from a thread of the feed
+(``startmarks.MarkFlusher``); a held start carries its age, so ``started_at`` is when the
+task started, on the server's clock. Replies are read once ``READ_EVERY`` are due and
+have arrived, with later calls, and all of them at ``close`` (replies that are all ``0``,
+every start allowed, are taken from the socket without a parser). When that connection
+fails, every write whose reply was not read is made again, waited for, in order (a start
+whose task's outcome is among them is dropped: running after the outcome would be a step
+back).
 """
 
 from __future__ import annotations
