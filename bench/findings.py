@@ -514,6 +514,22 @@ FINDINGS: dict[tuple[str, str], str] = {
         "per-task move (a success that appends to the record, forgetting by folders of "
         "submission), not done here."
     ),
+    ("amqp", "latency_p50"): (
+        "Profiled 2026-12-07 (wt/amqp-track, load 2-5). No poll interval on the path: "
+        "the relay waits in `drain_events` on the broker's socket (its slices only bound "
+        "the check that the worker lives) and the worker blocks on the relay's socket. "
+        "What our path adds to the raw client's wake-up is the relay's hand-over (the "
+        "relay wakes, decodes, frames the delivery as JSON to the worker, which wakes in "
+        "turn) and our consumer's own work: submit to `reserve`'s return in one process, "
+        "3 alternating rounds of 150 tasks 10 ms apart, 0.83-0.96 ms with the relay "
+        "against 0.61-0.76 ms with `relay=false`, the raw client 0.49-0.59 ms in the "
+        "bench's step. Tracking is not it: the step gave 0.75 ms untracked (raw 0.53) "
+        "and 0.74 and 0.92 ms tracked (raw 0.59, 0.49): the first start after a wait is "
+        "sent unanswered. Not fixed: what would cut the hand-over is a delivery passed "
+        "through shared memory with a wake-up byte, not JSON frames (the bench cannot "
+        "run its steps with `relay=false`: its server check passes the URI's options "
+        "to kombu, which refuses `relay`)."
+    ),
     ("amqp", "tracking"): (
         "AMQP keeps its statuses in another store (here the bench's Redis, "
         "`asynctask_state`). Until 2026-12-07 core's generic path waited for two round "
@@ -538,11 +554,14 @@ FINDINGS: dict[tuple[str, str], str] = {
         "tasks); the worker child's run loop (callgrind, `bench/loopcost.py` with "
         "`ASYNCTASK_STATE`, marginal of 1,000 -> 4,000 tasks) 290k -> 177k a task, "
         "untracked 114k. CPU a task (`bench/drain_cpu.py amqp`, state in a private "
-        "Redis, 5,000 tasks, load 3-13): child 88-96 -> 59 us (untracked 40-52), Redis "
-        "50-70 -> 20 us, the relay 105-140 us either way. Wall clock "
-        "(`python -m bench --only amqp --steps status`, this branch and main "
-        "alternating): AMQP_ABBA. With pgsql as the store (no feed) every start and "
-        "outcome still waits (0.13x in `python -m bench.status_cost --state pgsql`, "
-        "unchanged)."
+        "Redis, 5,000 tasks, main and this tree alternating, load 2): the child 83-92 "
+        "-> 62-63 us (untracked 35-40), Redis 52-54 -> 27 us, the relay 107-118 us "
+        "either way (untracked 96-104): tracking adds about 60 us a task to the three, "
+        "115 before. Wall clock (`python -m bench --only amqp --steps status`, this "
+        "tree and main alternating, 16:41-16:52 UTC): 0.83x (load 2.1) and 0.93x (load "
+        "6.3-6.5) against main's 0.79x (load 1.6-3.3) and 0.62x (load 5.9-4.9); on a "
+        "quiet machine the old path passed too, under load it did not. With pgsql as "
+        "the store (no feed) every start and outcome still waits (0.13x in `python -m "
+        "bench.status_cost --state pgsql`, unchanged)."
     ),
 }
