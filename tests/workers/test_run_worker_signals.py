@@ -39,9 +39,16 @@ def _run_worker(
 ) -> subprocess.Popen[str]:
     env = clean_environment(ASYNCTASK_TRANSPORT=uri)
     argv = [sys.executable, "-c", SCRIPT, worker, queue, "own" if own_handler else "default"]
+    # a shell runs a background job with SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: the worker gets the default disposition, as from a terminal
     return subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_sigint,
+    )  # fmt: skip
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.slow
