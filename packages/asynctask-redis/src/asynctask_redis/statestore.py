@@ -35,7 +35,7 @@ from asynctask.status import (
     TaskStatus,
 )
 from asynctask_redis.connection import call, pipeline, run
-from asynctask_redis.scripts import Script, finishing, without_maintenance
+from asynctask_redis.scripts import Script, script
 from asynctask_redis.statusfeed import RedisStatusFeed
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 #: ARGV: prefix, queue, delayed (1/0), expires_ms or '', unique key or '', id...
 #: Records new tasks; returns their ids, or {holder} when the unique key is held.
-SUBMITTED = without_maintenance(
+SUBMITTED = script(
     "submitted",
     r"""
 local state, expires, unique = ARGV[3] == '1' and 'delayed' or 'queued', ARGV[4], ARGV[5]
@@ -60,7 +60,7 @@ return out
 
 #: ARGV: prefix, queue, ttl_ms, id, attempt. Returns 'run', 'cancelled' or 'expired'
 #: (then the caller drops the task: a cancelled one is met, see ``CANCEL``).
-STARTED = without_maintenance(
+STARTED = script(
     "started",
     r"""
 local verdict = start_task(ARGV[4], ARGV[5], now_ms(), ARGV[3])
@@ -71,7 +71,7 @@ return verdict
 
 #: ARGV: prefix, queue, ttl_ms, id, state, attempts (0: unchanged), error or '',
 #: result JSON or ''. A cancelled or expired task keeps its state. Returns 1 if written.
-SETTLED = without_maintenance(
+SETTLED = script(
     "settled",
     r"""
 local ttl_ms, id, state, attempts, err = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
@@ -103,7 +103,7 @@ return 1
 #: ``P:Q:cancelled`` until then, or until its status is forgotten, so that moves check
 #: what they take; and it is published on ``P:Q:cancels`` for the consumers holding
 #: tasks, see cancelfeed.py).
-CANCEL = without_maintenance(
+CANCEL = script(
     "cancel",
     r"""
 local ttl_ms, id = ARGV[3], ARGV[4]
@@ -126,7 +126,7 @@ return 1
 #: the script that makes the task final, which then pushes the signal on ``done:<id>``;
 #: never a status made again once forgotten), and, for a worker of an older version that
 #: looks for it instead, the key ``P:Q:waiting:<id>`` for ``ms``.
-MARK_WAITING = finishing(
+MARK_WAITING = script(
     "mark_waiting",
     r"""
 local id, ms = ARGV[3], ARGV[4]
