@@ -11,6 +11,10 @@ Timeouts: in a child, a watchdog thread settles a task past its ``timeout`` and 
 child (the supervisor starts a new one). ``process_queue``/``run_worker`` have no child to
 end: in the main thread a ``SIGALRM`` interrupts the task (as RQ's in-process worker
 does); in any other thread the task runs to its end and then counts as timed out.
+
+Signals in ``process_queue``/``run_worker``: SIGINT's ``KeyboardInterrupt`` and, from the
+main thread with Python's default SIGTERM, a SIGTERM alike stop the task in hand; the
+consumer's close hands it back uncounted (``_sigterm_interrupts``).
 """
 
 from __future__ import annotations
@@ -472,11 +476,56 @@ def _drain(worker_name: str, queue_name: str, quiet: bool) -> int:
             track_status=None if config is None else config.track_status,
         )
         try:
-            return serve(worker, transport, queue_name, options).processed
+            # (a plain process in threads cannot be interrupted: there SIGTERM keeps its
+            # default, which ends the process at once, its tasks left to recovery)
+            threads = uses_event_loop(worker, options) and not worker.is_async()
+            with _sigterm_interrupts(not threads):
+                return serve(worker, transport, queue_name, options).processed
         except SetupFailed as exc:
             raise exc.error from None  # a script sees its own setup's error
+        except _Terminated:
+            # The task in hand was interrupted and handed back uncounted (the consumer's
+            # close); the caller ends as a process stopped by SIGTERM does (128 + 15),
+            # its own finally blocks run.
+            raise SystemExit(128 + signal.SIGTERM) from None
     finally:
         root.setLevel(level)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during ``process_queue``/``run_worker``, raised as SIGINT's
+    ``KeyboardInterrupt`` is (and a kind of it): no ``except Exception`` (nor the run
+    loop's, which counts a task's errors and ``SystemExit``) takes it for the task's
+    failure, and asyncio re-raises it from a task's step as it does SIGINT's."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts(wanted: bool) -> Iterator[None]:
+    """While the helpers run in the main thread, SIGTERM stops them as SIGINT does.
+
+    Python's default for SIGTERM kills the process mid-task: the transport's recovery
+    brings the task back later, counted as an attempt. Raised here instead, it unwinds the
+    run loop, whose consumer hands the task in hand back uncounted. Only the default is
+    replaced (a program's own SIGTERM handler is left alone), and only in the main thread
+    (the only one a handler can be set from). A second SIGTERM meanwhile kills at once.
+    Not ``wanted`` for a plain ``process`` run in threads (``child_concurrency`` > 1):
+    no exception stops a thread, and the process could not exit before its task ends
+    while the task, handed back, may run elsewhere.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    if not wanted or not main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one is a forced stop
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def process_queue(queue_name: str, worker_name: str | None = None, quiet: bool = False) -> int:
