@@ -398,7 +398,12 @@ _REDIS_COST = (
     "plus its Lua: one key a task (the status hash at the id's key) would spare it, a "
     "key layout change not made. So 0.3x at 32 is not within Redis's reach: the child's "
     "91k plus Redis's 80k, one waiting for the other at each move, is 1.6x the "
-    "109k a task named above for 0.3x."
+    "109k a task named above for 0.3x. Wall clock, `python -m bench --only redis --steps "
+    "cost`, main's tree and this one alternating (16:51-16:55 UTC, load 5.5 falling to "
+    "2.2): main 36,534/s and 37,734/s at 32 tracked, this 23,635/s and 37,674/s "
+    "(untracked 50,857/s, 47,906/s against 32,623/s, 47,082/s; the raw loop "
+    "288,852-372,149/s, so 0.10-0.13x either): the quieter pair is even, as the "
+    "instruction counts say it should be at 32."
 )
 
 _PEER_DRAIN = (
