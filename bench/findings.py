@@ -284,8 +284,13 @@ _REDIS_DRAIN = (
     "nudge): 46.6k a task in that drain, 37.5k at prefetch 4 and 20.1k at 32 in "
     "`bench.servercost` (56.7k and 24.6k before); `drain_cpu` at 16:50 (load 6-10, "
     "ABBA x2): Redis 6.9-7.5 us a task against 00bd0fa's 5.7-6.9, all processes "
-    "30.7-33.0 us against 33.4-35.1 (the rates swing 2x at that load). Left: the "
-    "supervisor's 1 us a task."
+    "30.7-33.0 us against 33.4-35.1 (the rates swing 2x at that load). Yet `python -m "
+    "bench.compare 00bd0fa --untracked --base-plugins --only redis --steps drain` "
+    "after it, twice (16:55 and 17:00, load 2.0-2.7): 2 children -17% and -26% (1 "
+    "child +14%, -12%): not closed. With the CPU a task of all processes now even, "
+    "what is left is not how much work but when: not found yet (the supervisor's 1 us "
+    "a task and its wake-ups, the two children's batches of 4 from one list, are the "
+    "next to look at)."
 )
 
 _REDIS_COST = (
