@@ -35,7 +35,7 @@ from asynctask.status import (
     TaskStatus,
 )
 from asynctask_redis.connection import call, pipeline, run
-from asynctask_redis.scripts import Script, finishing, without_maintenance
+from asynctask_redis.scripts import Script, script
 from asynctask_redis.statusfeed import RedisStatusFeed
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 #: ARGV: prefix, queue, delayed (1/0), expires_ms or '', unique key or '', id...
 #: Records new tasks; returns their ids, or {holder} when the unique key is held.
-SUBMITTED = without_maintenance(
+SUBMITTED = script(
     "submitted",
     r"""
 local state, expires, unique = ARGV[3] == '1' and 'delayed' or 'queued', ARGV[4], ARGV[5]
@@ -59,7 +59,7 @@ return out
 )
 
 #: A consumer's status writes (``STARTED``, ``SETTLED``, a feed's ``WRITES``), ARGV[3] the
-#: status ttl in ms. Built with the finishing helpers only (``finishing``): a status write
+#: status ttl in ms. Built with only the prelude definitions it uses (``script``): a status write
 #: needs none of the queue's, and every local a script defines is work at each call (the
 #: queue's helpers cost these writes about 20k instructions a call, redis-server under
 #: callgrind).
@@ -120,11 +120,11 @@ end
 
 #: ARGV: prefix, queue, ttl_ms, id, attempt. Returns 'run', 'cancelled' or 'expired'
 #: (then the caller drops the task: a cancelled one is met, see ``CANCEL``).
-STARTED = finishing("started", _WRITE + "return start_one(ARGV[4], ARGV[5], 0)\n")
+STARTED = script("started", _WRITE + "return start_one(ARGV[4], ARGV[5], 0)\n")
 
 #: ARGV: prefix, queue, ttl_ms, id, state, attempts (0: unchanged), error or '',
 #: result JSON or ''. A cancelled or expired task keeps its state. Returns 1 if written.
-SETTLED = finishing(
+SETTLED = script(
     "settled",
     _WRITE + "return settle_one(ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8])\n",
 )
@@ -136,7 +136,7 @@ SETTLED = finishing(
 #: writes in one call (``asynctask_redis.statusfeed``). Returns 0 when every start may
 #: run (the common reply, which the feed reads without a parser), else the verdicts of
 #: the starts ('s' and 'b'), in order.
-WRITES = finishing(
+WRITES = script(
     "writes",
     _WRITE
     + r"""
@@ -168,7 +168,7 @@ return verdicts
 #: ``P:Q:cancelled`` until then, or until its status is forgotten, so that moves check
 #: what they take; and it is published on ``P:Q:cancels`` for the consumers holding
 #: tasks, see cancelfeed.py).
-CANCEL = without_maintenance(
+CANCEL = script(
     "cancel",
     r"""
 local ttl_ms, id = ARGV[3], ARGV[4]
@@ -191,7 +191,7 @@ return 1
 #: the script that makes the task final, which then pushes the signal on ``done:<id>``;
 #: never a status made again once forgotten), and, for a worker of an older version that
 #: looks for it instead, the key ``P:Q:waiting:<id>`` for ``ms``.
-MARK_WAITING = finishing(
+MARK_WAITING = script(
     "mark_waiting",
     r"""
 local id, ms = ARGV[3], ARGV[4]
