@@ -17,6 +17,13 @@ It runs under either tree's interpreter, so that two commits compare in one sess
 
 ``--strace`` runs the command under ``strace -f -c`` instead (system calls per task of
 every process: counts, not times; strace slows everything).
+
+``amqp`` keeps its statuses in ``--state`` (the bench's Redis by default; a private
+server's URI with ``--server-pid`` to count its CPU too), and each child's relay process
+(``asynctask_amqp.relay``) is reported beside its child::
+
+    .venv/bin/python bench/drain_cpu.py --tree . amqp --children 1 \
+        --state redis://127.0.0.1:16399/0 --server-pid 12345
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from pathlib import Path
 TEST_PLUGINS = "testworkers_hooks,testworkers_lifecycle"
 #: what this tree has and the base commit (00bd0fa) had not: off with ``--base-plugins``
 EXTRA_PLUGINS = "otel,prometheus,web"
-URIS = {"redis": "redis://127.0.0.1:6379/15"}
+URIS = {"redis": "redis://127.0.0.1:6379/15", "amqp": "amqp://guest:guest@127.0.0.1:5672//"}
 
 
 def _threads(pid: int) -> dict[int, tuple[int, int]]:
@@ -73,6 +80,8 @@ class Sampler(threading.Thread):
         self.pid, self.every = pid, every
         #: (time.time(), {pid: {tid: (ns, slices)}})
         self.samples: list[tuple[float, dict[int, dict[int, tuple[int, int]]]]] = []
+        #: children's children seen (an amqp child's relay): pid -> the child's pid
+        self.relays: dict[int, int] = {}
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -83,6 +92,9 @@ class Sampler(threading.Thread):
                 seen[extra] = _threads(extra)
             for child in _children(self.pid):
                 seen[child] = _threads(child)
+                for grandchild in _children(child):  # an amqp child's relay
+                    seen[grandchild] = _threads(grandchild)
+                    self.relays[grandchild] = child
             self.samples.append((now, seen))
             time.sleep(self.every)
 
@@ -100,10 +112,11 @@ class Sampler(threading.Thread):
         return best
 
 
-def _fill(uri: str, queue: str, count: int, untracked: bool) -> None:
+def _fill(uri: str, queue: str, count: int, untracked: bool, state: str | None) -> None:
     from asynctask.api import get_transport
 
     transport = get_transport(uri)
+    transport.state_uri = state
     if untracked:
         transport.state().set_tracking(queue, False)
     items = [{"n": n, "sent": 0.0} for n in range(count)]
@@ -115,7 +128,7 @@ def _fill(uri: str, queue: str, count: int, untracked: bool) -> None:
 def main(argv: list[str]) -> int:
     """Fill, drain, print CPU per task by process (JSON with ``--json``)."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("transport", choices=("filesys", "redis"))
+    parser.add_argument("transport", choices=("filesys", "redis", "amqp"))
     parser.add_argument("--tree", type=Path, required=True, help="the tree whose bench.workers")
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--children", type=int, default=2)
@@ -125,21 +138,31 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--uri", help="the transport URI (redis: a private server's)")
     parser.add_argument("--server-pid", type=int, help="also sample this process (a server)")
+    parser.add_argument(
+        "--state", default="redis://127.0.0.1:6379/15", help="amqp: asynctask_state's URI"
+    )
     args = parser.parse_args(argv)
+    state = args.state if args.transport == "amqp" else None
     scratch = Path(tempfile.mkdtemp(prefix="drain-cpu-"))
     queue = f"bench_cpu_{uuid.uuid4().hex[:10]}"
     if args.transport == "filesys":
         uri, fill_uri = f"filesys:{scratch / 'queues'}", f"filesys:{scratch / 'queues'}?fsync=false"
     else:
-        uri = fill_uri = args.uri or URIS["redis"]
-    _fill(fill_uri, queue, args.tasks, args.untracked)
+        uri = fill_uri = args.uri or URIS[args.transport]
+    _fill(fill_uri, queue, args.tasks, args.untracked, state)
     from asynctask.testing import clean_environment, workers_command
 
     entry: dict[str, object] = {"worker": "bench_noop", "concurrency": args.children}
     if args.untracked:
         entry["track_status"] = False
     command = workers_command(
-        uri, {queue: entry}, "--import", "bench.workers", "-q", "--halt-when-empty"
+        uri,
+        {queue: entry},
+        "--import",
+        "bench.workers",
+        "-q",
+        "--halt-when-empty",
+        settings={"asynctask_state": state} if state else None,
     )
     ledger = scratch / "ledger"
     off = TEST_PLUGINS + ("," + EXTRA_PLUGINS if args.base_plugins else "")
@@ -177,6 +200,9 @@ def main(argv: list[str]) -> int:
     else:
         supervisor = process.pid if not args.strace else None
         roles = {"supervisor": supervisor} | {f"child {pid}": pid for pid in pids}
+        for relay, child in sorted(sampler.relays.items()):
+            if child in pids:
+                roles[f"relay {relay} of {child}"] = relay
         if args.server_pid:
             roles["server"] = args.server_pid
         for role, pid in roles.items():

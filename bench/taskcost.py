@@ -187,8 +187,11 @@ def _drain(
     tracked: bool,
     profile: bool,
     counted: bool = False,
+    pid: int | None = None,
 ) -> tuple[float, float, _Trips, cProfile.Profile | None]:
     queue = unique_name("bench_cost")
+    if not tracked:  # as the bench's --untracked: marked before the submits (no records)
+        transport.state().set_tracking(queue, False)
     ours.fill(transport, queue, tasks)
     worker = BenchNoopWorker()
     worker.setup()
@@ -210,10 +213,10 @@ def _drain(
             if profiler is not None:
                 profiler.enable()
             if counted:
-                _callgrind(True)  # under ``--instructions``: count the run loop only
+                _callgrind(True, pid)  # under ``--instructions``: count the run loop only
             done = run_loop(worker, transport, queue, options).processed
             if counted:
-                _callgrind(False)
+                _callgrind(False, pid)
             if profiler is not None:
                 profiler.disable()
             wall, cpu = time.perf_counter() - began, time.process_time() - cpu
@@ -243,9 +246,9 @@ def measure(transport: Transport, prefetch: int, tasks: int, tracked: bool = Tru
     return cost
 
 
-def _callgrind(on: bool) -> None:
-    """Switch callgrind's instrumentation of this process on or off."""
-    command = ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())]
+def _callgrind(on: bool, pid: int | None = None) -> None:
+    """Switch callgrind's instrumentation of this process (or of ``pid``) on or off."""
+    command = ["callgrind_control", "-i", "on" if on else "off", str(pid or os.getpid())]
     subprocess.run(command, capture_output=True, check=True)
 
 

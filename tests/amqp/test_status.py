@@ -192,6 +192,34 @@ def test_with_state_in_redis_a_start_and_its_outcome_wait_for_no_reply(
         assert t.queue_stats(queue).ready == 0
 
 
+@pytest.mark.parametrize("relay", ["true", "false"])
+def test_with_state_in_redis_a_reserve_that_waits_sends_the_outcome_held_first(
+    amqp_uri, redis_state, monkeypatch, relay
+):
+    """The feed holds a success for the next start; a consumer about to wait for a task
+    sends it first, so ``wait`` on the last task of a queue returns at once. (Fails when
+    the reserve waits without ``flush_status_feed``: with ``HOLD`` set to a minute the
+    outcome stays held through the reserve.)"""
+    from asynctask_redis import statusfeed
+
+    monkeypatch.setattr(statusfeed, "HOLD", 60.0)
+    queue = unique_queue()
+    with open_transport(_with(amqp_uri, f"relay={relay}")) as t:
+        t.state_uri = redis_state
+        (only,) = t.submit_tasks(queue, [{"n": 1}])
+        with t.consumer(queue) as consumer:
+            # Given the queue's one task, started and succeeded (its outcome held)
+            one = _take(consumer)
+            assert consumer.start(one) == "run"
+            _finish(consumer, one, '"ok"')
+            assert t.status(only).state == "running"
+            # When the consumer waits for the next task (there is none)
+            assert consumer.reserve(timeout=0.5) is None
+            # Then the outcome was sent before it waited
+            assert t.status(only).state == "succeeded"
+            assert t.wait(only, timeout=0.1).result == "ok"
+
+
 def test_with_state_in_redis_a_cancel_made_while_the_feed_was_lost_stops_the_task(
     amqp_uri, redis_state
 ):

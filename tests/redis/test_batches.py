@@ -129,3 +129,30 @@ def test_a_batch_with_a_message_holding_a_newline_comes_back_whole(transport, qu
         for d in deliveries:
             assert d is not None
             consumer.ack(d)
+
+
+def test_an_untracked_move_takes_an_urgent_task_first(transport, queue, client):
+    # Given an untracked queue (no records: the acks carry no id to retire) and a
+    # consumer at prefetch 4 that has taken and acked its first batch (its next moves go
+    # through the MOVE script, which takes no urgent task)
+    t = transport
+    t.state().set_tracking(queue, False)
+    t.submit_tasks(queue, [{"n": n} for n in range(4)])
+    with t.consumer(queue, prefetch=4) as consumer:
+        consumer.tracking = False
+        first = [consumer.reserve(timeout=2.0) for _ in range(4)]
+        for d in first:
+            assert d is not None
+            consumer.ack(d)
+        # When plain tasks wait, then an urgent one is submitted behind them
+        t.submit_tasks(queue, [{"n": n} for n in range(4, 8)])
+        t.submit_task(queue, {"n": "p9"}, priority=9)
+        got = consumer.reserve(timeout=2.0)
+        # Then the urgent one comes first, and the acks went (nothing else held)
+        assert got is not None and got.payload == {"n": "p9"}
+        assert _numbers(_processing_of(consumer, client))[0] == "p9"
+        consumer.ack(got)
+
+
+def _processing_of(consumer: Any, client: redis.Redis) -> list[bytes]:
+    return list(client.lrange(consumer.processing_key, 0, -1))

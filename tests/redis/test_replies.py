@@ -15,7 +15,7 @@ import pytest
 import redis
 from redis.exceptions import ResponseError
 
-from asynctask_redis.connection import _own_reading, exec_packed, reply_to
+from asynctask_redis.connection import exec_packed, own_reading, reply_to
 
 PUSHED = re.compile(rb"\+OK\r\n(?:\+QUEUED\r\n){3}\*3\r\n\+OK\r\n:\d+\r\n:\d+\r\n")
 EXEC_OK = [b"+OK\r\n", b"+QUEUED\r\n" * 3, b"*3\r\n+OK\r\n:7\r\n:0\r\n"]
@@ -79,7 +79,7 @@ def test_reply_to_leaves_what_follows_a_whole_integer_to_the_parser(pair):
     assert conn._parser._buffer.unread_bytes() == len(push)  # kept for redis-py
 
 
-def test_own_reading_leaves_buffered_bytes_where_the_parser_was(pair):
+def testown_reading_leaves_buffered_bytes_where_the_parser_was(pair):
     """Bytes already buffered send ``reply_to`` to redis-py's own path, and its parser
     reads on from where it was. Failed before: the check moved the read position to the
     end of the buffer, so redis-py would have skipped the unread bytes."""
@@ -87,7 +87,7 @@ def test_own_reading_leaves_buffered_bytes_where_the_parser_was(pair):
     buffer = conn._parser._buffer
     buffer._buffer.write(b":5\r\n")
     buffer._buffer.seek(0)
-    assert _own_reading(conn) is None
+    assert own_reading(conn) is None
     assert buffer.get_pos() == 0 and buffer.unread_bytes() == 4
 
 

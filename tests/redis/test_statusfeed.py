@@ -5,6 +5,8 @@ real AMQP consumer are in tests/amqp/test_status.py."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from asynctask.status import SubmitOptions
@@ -76,13 +78,15 @@ def test_a_write_made_while_redis_is_away_is_kept_with_those_before_it(transport
     with monkeypatch.context() as away:
         away.setattr(server, "pool_for", lambda key: _Away())
         away.setattr(transport, "_call", gave_up)
-        # When two outcomes are written through the feed meanwhile
+        # When two outcomes are written through the feed meanwhile, each sent at once
+        # (a success is held for the next write: ``flush`` sends it)
         # (each call is told: the write stays to be made again)
         for task_id in (first, second):
+            feed.settled(task_id, "succeeded", 1, result_json="1")
             with pytest.raises(TransportUnavailable):
-                feed.settled(task_id, "succeeded", 1, result_json="1")
+                feed.flush()
         # Then both wait to be made again, in order
-        assert [s.task_id for s in feed._sent] == [first, second]
+        assert [w.task_id for s in feed._sent for w in s.writes] == [first, second]
     # And once Redis is back, close makes them
     feed.close()
     assert [s.state if s else None for s in store.statuses([first, second])] == [
@@ -175,3 +179,113 @@ def test_a_feed_ignores_cancels_past_their_horizon(transport, client):
     finally:
         feed.close()
         client.delete(statusfeed.registry_key(transport, queue))
+
+
+def test_a_busy_consumers_writes_go_together_and_an_idle_ones_start_at_once(transport, monkeypatch):
+    """A consumer's first start after it waited goes at once (the task reads
+    ``running`` from its start on); while writes are held (a drain), the success of one
+    task, the next start and its success go in one message, sent by ``flush`` at the
+    latest; a start held with its success is one write. (Fails when each write is sent
+    on its own: four messages; or when the first start is held: none before flush.)"""
+    store, queue = transport.state(), unique_queue()
+    first, second = store.submitted(queue, [new_task_id(), new_task_id()], 0, SubmitOptions())
+    feed = store.feed(queue)
+    try:
+        feed._connection()
+        sent: list[bytes] = []
+
+        class _Counting:  # the connection's socket, its sends counted
+            def __init__(self, sock):
+                self.sock = sock
+
+            def sendall(self, data):
+                sent.append(data)
+                return self.sock.sendall(data)
+
+        monkeypatch.setattr(feed._conn, "_sock", _Counting(feed._conn._sock))
+        # Given a consumer that starts a task after it waited: sent at once
+        feed.started(first, 1)
+        assert len(sent) == 1
+        _eventually(lambda: store.statuses([first])[0].state == "running")
+        # When it succeeds, and the next one starts and succeeds
+        feed.settled(first, "succeeded", 1, result_json='"one"')
+        feed.started(second, 1)
+        feed.settled(second, "succeeded", 1, result_json='"two"')
+        # Then they are held, and go in one message
+        assert len(sent) == 1
+        feed.flush()
+        assert len(sent) == 2
+        assert store.wait(first, timeout=5).result == "one"
+        done = store.wait(second, timeout=5)
+        assert (done.state, done.result, done.attempts) == ("succeeded", "two", 1)
+        assert done.started_at is not None and done.started_at <= done.finished_at
+    finally:
+        feed.close()
+
+
+def _eventually(check, timeout: float = 2.0) -> None:
+    """Wait for a write sent without waiting to be read back (another connection)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "never happened"
+        time.sleep(0.005)
+
+
+def test_a_success_held_is_sent_within_hold_seconds_with_no_other_call(transport):
+    """A success held for the next write goes alone once ``HOLD`` has passed, whatever
+    the consumer does meanwhile (a rate limit, a long task of another slot). (Fails
+    with no thread to send it: the outcome waits for the consumer's next call.)"""
+    store, queue = transport.state(), unique_queue()
+    (task,) = store.submitted(queue, [new_task_id()], 0, SubmitOptions())
+    feed = store.feed(queue)
+    try:
+        # Given a started task that succeeds, and no other call on its feed
+        feed.started(task, 1)
+        feed.settled(task, "succeeded", 1, result_json='"ok"')
+        # Then its outcome is written all the same, soon
+        began = time.monotonic()
+        done = store.wait(task, timeout=5)
+        assert done.state == "succeeded" and done.result == "ok"
+        assert time.monotonic() - began < 1.0
+    finally:
+        feed.close()
+
+
+def test_a_start_refused_meanwhile_is_told_and_the_replies_after_it_stay_in_step(
+    transport, monkeypatch, caplog
+):
+    """The replies of writes whose starts all ran (``0``) are taken straight from the
+    socket; one that says a start was refused (a cancel came before its mark) goes
+    through the parser, is logged, and the replies after it are still read in step.
+    (Fails when the reader miscounts: a reply left unread, or one taken for another.)"""
+    monkeypatch.setattr(statusfeed, "READ_EVERY", 1)  # read at every write
+    store, queue = transport.state(), unique_queue()
+    ids = [new_task_id() for _ in range(4)]
+    a, b, c, d = store.submitted(queue, ids, 0, SubmitOptions())
+    feed = store.feed(queue)
+    try:
+        # Given a task cancelled after its consumer's feed said it may start
+        assert store.cancel(b) is True
+        # When the feed marks it running (after a task that ran), and then others
+        feed.started(a, 1)
+        feed.settled(a, "succeeded", 1)
+        feed.started(b, 1)
+        assert store.wait(a, timeout=5).state == "succeeded"  # (its reply came)
+        for task_id in (c, d):
+            feed.started(task_id, 1)
+            feed.settled(task_id, "succeeded", 1, result_json=f'"{task_id}"')
+            assert store.wait(task_id, timeout=5).state == "succeeded"
+        assert len(feed._sent) <= 1  # every reply that came was read
+    finally:
+        feed.close()
+    # Then the refused start was told, and every write was made in order
+    refused = [r.getMessage() for r in caplog.records if b in r.getMessage()]
+    assert len(refused) == 1 and "was cancelled as it started" in refused[0], refused
+    found = {s.id: s for s in store.statuses([a, b, c, d]) if s is not None}
+    assert [found[x].state for x in (a, b, c, d)] == [
+        "succeeded",
+        "cancelled",
+        "succeeded",
+        "succeeded",
+    ]
+    assert (found[c].result, found[d].result) == (c, d)

@@ -148,7 +148,9 @@ class AmqpConsumer(Consumer):
         self._check_open()
         deadline = time.monotonic() + max(0.0, timeout)
         pause = 0.05
+        flushed = not self.has_status_feed
         while True:
+            flush = False
             with self._link.lock:
                 self._check_open()  # the transport may close us from another thread
                 try:
@@ -163,20 +165,29 @@ class AmqpConsumer(Consumer):
                         if not self._tag:
                             self._subscribe()
                             continue
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            if pumped:
-                                return None
-                            # read what has arrived: reserve(0) finds every prefetched task
+                        if not pumped:
+                            # read what has arrived: reserve(0) finds every prefetched
+                            # task, and a status feed's writes wait for a real wait
                             self._link.pump()
                             pumped = True
                             continue
+                        if not flushed:
+                            # nothing here: the statuses a status feed holds go now,
+                            # outside the lock (Redis may be slow: the heartbeats go on)
+                            flush = flushed = True
+                            break
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            return None
                         self._link.wait(min(left, self._declarations._heartbeats.interval))
                 except DRIVER_ERRORS as exc:
                     error = self._lost(exc)
                     if not isinstance(error, TransportUnavailable):
                         raise error from exc
                     self.transport.note_outage(error)
+            if flush:
+                self.flush_status_feed()
+                continue
             left = deadline - time.monotonic()
             if left <= 0 or self.closed:
                 return None

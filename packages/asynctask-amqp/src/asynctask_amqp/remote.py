@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
@@ -114,6 +115,10 @@ class RemoteConsumer(Consumer):
         reconnects while the broker is away)."""
         self._check_open()
         deadline = time.monotonic() + max(0.0, timeout)
+        # With a status feed, ask first for what the relay has ready, without waiting:
+        # while tasks keep coming the statuses it holds go with the next ones (a drain's
+        # writes together); only a reserve that would wait sends them first.
+        peek = self.has_status_feed
         while True:
             words = self._words
             while self._ahead:
@@ -129,13 +134,20 @@ class RemoteConsumer(Consumer):
                 # its connection was lost before it was taken: the broker has it back
                 self._skips.append(int(delivery.receipt))
             left = max(0.0, deadline - time.monotonic())
-            answer = self._ask({"op": "reserve", "timeout": left}, left)
+            if peek:
+                answer = self._ask({"op": "reserve", "timeout": 0.0}, 0.0)
+            else:
+                # (the statuses a feed holds go while the relay answers)
+                answer = self._ask({"op": "reserve", "timeout": left}, left, self.flush_status_feed)
             error = answer.get("error")
             if error is not None:
                 kind = {"unavailable": TransportUnavailable, "closed": TransportClosed}
                 raise kind.get(error.get("kind"), TransportError)(str(error.get("message")))
             found = answer.get("deliveries") or []
             if not found:
+                if peek:
+                    peek = False
+                    continue
                 return None
             self._ahead.extend((int(f["generation"]), self._delivery(f)) for f in found)
 
@@ -175,13 +187,21 @@ class RemoteConsumer(Consumer):
             _relays.discard(self._process)
         self._words.close()
 
-    def _ask(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def _ask(
+        self,
+        request: dict[str, Any],
+        timeout: float,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """Send ``request`` and wait for the answer (``meanwhile`` called in between)."""
         with self._lock:
             if self._broken:
                 raise TransportUnavailable(self._broken)
             try:
                 self._sock.settimeout(timeout + ANSWER_SLACK)
                 self._send(request)
+                if meanwhile is not None:
+                    meanwhile()
                 answer = self._reader.receive()
             except (OSError, PeerGone) as exc:
                 self._fail(f"{type(exc).__name__}: {exc}")

@@ -194,7 +194,10 @@ class StatusFeed(ABC):
     @abstractmethod
     def started(self, task_id: str, attempt: int) -> None:
         """``StateStore.started`` sent without waiting for the verdict: only for a task
-        ``may_start`` allowed, with no ``expires`` (``EXPIRES_HEADER``)."""
+        ``may_start`` allowed, with no ``expires`` (``EXPIRES_HEADER``). A feed may hold
+        it with other writes it holds (a few milliseconds at most, with the time the
+        task started), never while it holds none: the first start after the consumer
+        waited is sent at once."""
 
     @abstractmethod
     def settled(
@@ -207,7 +210,13 @@ class StatusFeed(ABC):
         result_json: str | None = None,
     ) -> None:
         """``StateStore.settled`` sent without waiting, after every earlier write of
-        this feed. A write whose connection is lost before its reply is sent again."""
+        this feed. A write whose connection is lost before its reply is sent again.
+        A feed may hold it for its next write, ``flush`` or ``close``, a few
+        milliseconds at most."""
+
+    def flush(self) -> None:  # noqa: B027 (optional: a feed that holds nothing)
+        """Send the outcomes held, if any: the consumer is about to wait for a task
+        (``Consumer.flush_status_feed``), so no start would carry them soon."""
 
     @abstractmethod
     def close(self) -> None:

@@ -352,6 +352,31 @@ class Consumer(ABC):
         settled = functools.partial(store.settled, error=error, result_json=result_json)
         self.transport._call(settled, delivery.queue, delivery.id, state, delivery.attempt)
 
+    @property
+    def has_status_feed(self) -> bool:
+        """Whether this consumer writes its statuses through a ``StatusFeed``, which may
+        hold them until ``flush_status_feed``."""
+        known = self._status_feed
+        return known is not None and known[1] is not None
+
+    def flush_status_feed(self) -> None:
+        """Send the outcomes this consumer's ``StatusFeed`` holds for its next start
+        (``StatusFeed.flush``). A transport with ``starts_unwaited`` calls it before its
+        ``reserve`` waits for a task. Never raises: a store that cannot be reached
+        keeps them to be sent again with the feed's next write (or its close), and the
+        wait for a task goes on."""
+        known = self._status_feed
+        if known is not None and known[1] is not None:
+            try:
+                known[1].flush()
+            except AsynctaskError as exc:
+                logger.warning(
+                    "%r: the task statuses held could not be written yet (%s); they are "
+                    "sent again with the next ones",
+                    self.transport,
+                    exc,
+                )
+
     def close_status_feed(self) -> None:
         """Wait for the writes this consumer's ``StatusFeed`` sent, and close it. A
         transport with ``starts_unwaited`` calls it from ``close``."""
@@ -436,8 +461,9 @@ class Transport(ABC):
     default_prefetch: ClassVar[int] = 4
     #: whether this transport's consumers may start a task without waiting for the store
     #: of ``asynctask_state`` (``Consumer.start``): True only where ``_put`` stores
-    #: ``EXPIRES_HEADER`` with a task submitted with ``expires`` and the consumers'
-    #: ``close`` calls ``close_status_feed``
+    #: ``EXPIRES_HEADER`` with a task submitted with ``expires``, the consumers'
+    #: ``reserve`` calls ``flush_status_feed`` before it waits, and their ``close``
+    #: calls ``close_status_feed``
     starts_unwaited: ClassVar[bool] = False
 
     def __init__(self, uri: str) -> None:

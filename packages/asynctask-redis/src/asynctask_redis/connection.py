@@ -290,9 +290,9 @@ def reply_to(conn: Any, packed: bytes) -> Any:
     and ``recv`` alone 5.5k; callgrind, 2,000 EVALSHA of PUSH; with the packing of
     ``RedisTransport._push_one`` a submit went from 129.3k to 80.0k, 00bd0fa's 127.9k).
     redis-py's own path is taken whenever this one could skip what it does
-    (``_own_reading``).
+    (``own_reading``).
     """
-    buffer = _own_reading(conn)
+    buffer = own_reading(conn)
     if buffer is None:
         conn.send_packed_command([packed])
         return conn.read_response()
@@ -312,7 +312,7 @@ def exec_packed(conn: Any, packed: bytes, n: int, whole: re.Pattern[bytes]) -> N
     first error met (a command refused when queued, or one that failed inside EXEC).
     Replies that came whole and as ``whole`` matches (all of them, the expected ones)
     are read here, as ``reply_to`` reads; anything else by redis-py's parser."""
-    buffer = _own_reading(conn)
+    buffer = own_reading(conn)
     if buffer is None:
         conn.send_packed_command([packed])
         _exec_replies(conn, n)
@@ -362,7 +362,7 @@ def _exec_replies(conn: Any, n: int) -> list[Any]:
     return found
 
 
-def _own_reading(conn: Any) -> Any:
+def own_reading(conn: Any) -> Any:
     """redis-py's reader's buffer when ``reply_to`` may read the socket itself, or None:
     no socket yet, a health check due (``health_check_interval``), another parser
     (hiredis), bytes already buffered."""

@@ -17,6 +17,7 @@ cjson (which would turn ``[]`` into ``{}`` and round large integers).
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 
@@ -56,6 +57,11 @@ local function pointer(id)
   return prefix .. ':@id:' .. id
 end
 
+-- A whole number as the text a command takes: a Lua number given to ``redis.call`` is
+-- formatted by Redis with '%.17g' (about 2.3k instructions of redis-server, callgrind;
+-- seven a task in a drain at prefetch 1); '%d' costs a fraction of that.
+local function int(n) return string.format('%d', n) end
+
 local clock, clock_text
 local function now_ms()  -- one TIME per script: time stands still inside one anyway
   if not clock then
@@ -76,11 +82,10 @@ end
 local NUDGE = '{"__asynctask__":0}'
 """
 
-#: What finishes and starts a task (``asynctask.status``): all that the ``START`` script,
-#: run once a task, needs. Kept apart from the queue's helpers (``_QUEUE``, ``_STATUS``):
-#: every local a script defines is work at each call (about 600 instructions a function
-#: or a key name; the whole prelude cost ``START`` 38k instructions a call, redis-server
-#: under callgrind, against 16k for the call itself).
+#: What finishes and starts a task (``asynctask.status``). Every local a script defines
+#: is work at each call (about 600 instructions a function or a key name; the whole
+#: prelude cost ``START`` 38k instructions a call, redis-server under callgrind, against
+#: 16k for the call itself): ``script`` gives each only the definitions it uses.
 _FINISH = r"""
 local FINAL = {succeeded = true, failed = true, cancelled = true, expired = true}
 
@@ -170,16 +175,16 @@ local function ack_all(proc, from, n, tracking, ttl_ms)
   end
   local trimmed = false
   if #acked > 0 then
-    local head = redis.call('LRANGE', proc, 0, #acked - 1)
+    local head = redis.call('LRANGE', proc, '0', int(#acked - 1))
     trimmed = #head == #acked
     for j = 1, #acked do
       if head[j] ~= acked[j] then trimmed = false; break end
     end
-    if trimmed then redis.call('LTRIM', proc, #acked, -1) end
+    if trimmed then redis.call('LTRIM', proc, int(#acked), '-1') end
   end
   local function remove(m)
     if trimmed then return 1 end
-    return redis.call('LREM', proc, 1, m)
+    return redis.call('LREM', proc, '1', m)
   end
   while i <= last do
     local m = ARGV[i]
@@ -294,11 +299,11 @@ end
 -- dropped; ``push_all`` then puts them in a processing list.
 local function pop_batch(want)
   local got = {}
-  local popped = redis.call('ZPOPMIN', urgent, want)
+  local popped = redis.call('ZPOPMIN', urgent, int(want))
   for i = 1, #popped, 2 do got[#got + 1] = popped[i] end
   local need = want - #got
   while need > 0 do
-    local items = redis.call('LPOP', ready, need)
+    local items = redis.call('LPOP', ready, int(need))
     if not items then break end
     for _, m in ipairs(items) do
       if m == NUDGE then redis.call('DECR', nudges) else got[#got + 1] = m end
@@ -458,7 +463,7 @@ local function take(proc, want, tracking, ttl_ms)
     while tracking and got[first] do
       local id, n = envelope_head(got[first])
       if not id then break end  -- another program's text: no status
-      local verdict = start_task(id, tonumber(n) + 1, now_ms(), ttl_ms)
+      local verdict = start_task(id, int(tonumber(n) + 1), now_ms(), ttl_ms)
       if verdict == 'run' then
         started = 1
         break
@@ -478,7 +483,7 @@ local function take(proc, want, tracking, ttl_ms)
       if id then
         local verdict
         if #got == 0 then
-          verdict = start_task(id, tonumber(n) + 1, now_ms(), ttl_ms)
+          verdict = start_task(id, int(tonumber(n) + 1), now_ms(), ttl_ms)
           if verdict == 'run' then started = 1 end
         else
           verdict = start_verdict(id, now_ms(), ttl_ms)
@@ -627,25 +632,68 @@ end
 
 _PRELUDE = _BASE + _FINISH + _QUEUE + _STATUS + _MAINTAIN
 
-
-def with_prelude(name: str, body: str) -> Script:
-    """A script of one queue (``ARGV[1]`` prefix, ``ARGV[2]`` queue) with every helper."""
-    return Script(name, _PRELUDE + body)
-
-
-_script = with_prelude
+#: A definition of the prelude: a line at column 0 opening with ``local``
+_DEFINES = re.compile(r"local\s+(?:function\s+(\w+)|([\w\s,]+?)\s*(?:=|$))")
+_NAME = re.compile(r"[A-Za-z_]\w*")
+_COMMENT = re.compile(r"--[^\n]*")
 
 
-def without_maintenance(name: str, body: str) -> Script:
-    """A script that never maintains the queue: without the maintenance helpers, whose
-    definitions every call would run (a hot script's calls cost less)."""
-    return Script(name, _BASE + _FINISH + _QUEUE + _STATUS + body)
+@dataclass(frozen=True)
+class _Definition:
+    """One top-level statement of the prelude: the locals it defines, the names its code
+    uses, its text (with the comment lines just above it)."""
+
+    defines: frozenset[str]
+    uses: frozenset[str]
+    text: str
 
 
-def finishing(name: str, body: str) -> Script:
-    """A script that only finishes and starts tasks (``_BASE`` and ``_FINISH``): the
-    ``START`` that runs once a task, whose call costs half without the queue's helpers."""
-    return Script(name, _BASE + _FINISH + body)
+def _definitions(prelude: str) -> list[_Definition]:
+    """The prelude cut into its top-level definitions, in order. A statement starts at a
+    line at column 0 opening with ``local``; the comment and blank lines above it are
+    its own; every other line belongs to the statement above it."""
+    groups: list[list[str]] = []
+    above: list[str] = []
+    for line in prelude.splitlines(keepends=True):
+        if line.startswith("local "):
+            groups.append([*above, line])
+            above = []
+        elif line.startswith("--") or not line.strip():
+            above.append(line)
+        else:
+            groups[-1] += [*above, line]
+            above = []
+    found = []
+    for lines in groups:
+        text = "".join(lines)
+        code = _COMMENT.sub("", text)
+        head = _DEFINES.search(code)
+        assert head is not None, f"not a definition: {text!r}"
+        names = head[1] or head[2]
+        defines = frozenset(n.strip() for n in names.split(","))
+        found.append(_Definition(defines, frozenset(_NAME.findall(code)) - defines, text))
+    return found
+
+
+_DEFINITIONS = _definitions(_PRELUDE)
+
+
+def script(name: str, body: str) -> Script:
+    """A script of one queue (``ARGV[1]`` prefix, ``ARGV[2]`` queue): the body after
+    the prelude's definitions it uses, directly or through another, and no others.
+
+    Every definition a script holds is work at each of its calls (about 600
+    instructions a function or key name: the whole prelude cost a call 63k
+    instructions of redis-server, callgrind, against 16k for an empty script), and a
+    local refers only to those above it, so one pass from the last up finds them all.
+    """
+    needed = set(_NAME.findall(_COMMENT.sub("", body)))
+    kept: list[str] = []
+    for definition in reversed(_DEFINITIONS):
+        if definition.defines & needed:
+            kept.append(definition.text)
+            needed |= definition.uses
+    return Script(name, "".join(reversed(kept)) + body)
 
 
 #: ARGV: prefix, queue, consumer id, want, recheck_ms, heartbeat_ttl_ms, flags
@@ -654,7 +702,7 @@ def finishing(name: str, body: str) -> Script:
 #: maintains, then moves up to ``want`` ready tasks to the consumer's processing list
 #: (see ``take``). Returns {wait_ms or -1, first marked running (1/0), taken...} (taken:
 #: see ``add_taken``).
-TAKE = _script(
+TAKE = script(
     "take",
     r"""
 local cid, want, flags = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[7])
@@ -707,12 +755,12 @@ return add_taken({wait or -1, started}, got)
 #: A batch costs a few commands, not two a task (``ack_all``'s LTRIM, ``pop_batch``): a
 #: call inside a script costs Redis about a microsecond, and a prefetch of 32 made this
 #: script 64 of them (with tracking, until 2026-12-07: one LREM and one LMOVE a task).
-NEXT = without_maintenance(
+NEXT = script(
     "next",
     r"""
 local cid, tracking, ttl_ms = ARGV[3], ARGV[5] == '1', ARGV[6]
 local proc = processing(cid)
-if ARGV[7] ~= '' and redis.call('LREM', proc, -1, ARGV[7]) == 1 then
+if ARGV[7] ~= '' and redis.call('LREM', proc, '-1', ARGV[7]) == 1 then
   redis.call('LPUSH', ready, ARGV[7])  -- back where it was: the urgent go first
 end
 ack_all(proc, 9, tonumber(ARGV[8]), tracking, ttl_ms)
@@ -723,6 +771,60 @@ return add_taken({started}, got)
 """,
 )
 
+#: ARGV: ready, processing, consumers, urgent and nudges keys, consumer id, want,
+#: acknowledged messages... ``NEXT`` without tracking, for the common case the consumer
+#: picks: no status to write or retire (no task id among its acks), no nudge among them,
+#: nothing to give back. Returns {-1} and writes nothing when urgent tasks wait (the
+#: consumer then sends ``NEXT``, which takes those first); else acks and moves up to
+#: ``want`` ready tasks as ``NEXT`` does, and returns {0, taken...} (see ``add_taken``).
+#: Written whole, its keys given: the prelude's definitions and key names cost ``NEXT``
+#: 31k instructions a call (redis-server under callgrind) and its helpers more; in a
+#: drain at prefetch 4 without tracking, 2 children, Redis's work a task went from
+#: 63.4k to 42.5k instructions (00bd0fa's, whose move was written the same way: 42.0k).
+MOVE = Script(
+    "move",
+    r"""
+local ready, proc, urgent = ARGV[1], ARGV[2], ARGV[4]
+if redis.call('EXISTS', urgent) == 1 then return {-1} end
+local n = #ARGV - 7
+if n > 0 then
+  -- acked in the order they were taken (a drain's case): the head of the list, one
+  -- LTRIM; any other order one LREM each
+  local head = redis.call('LRANGE', proc, '0', string.format('%d', n - 1))
+  local trimmed = #head == n
+  for j = 1, n do
+    if head[j] ~= ARGV[7 + j] then trimmed = false; break end
+  end
+  if trimmed then
+    redis.call('LTRIM', proc, string.format('%d', n), '-1')
+  else
+    for j = 8, #ARGV do redis.call('LREM', proc, '1', ARGV[j]) end
+  end
+end
+local got = {}
+local items = redis.call('LPOP', ready, ARGV[7])
+if items then
+  for _, m in ipairs(items) do
+    -- a nudge an urgent task left (taken since by another consumer): dropped
+    if m == '{"__asynctask__":0}' then redis.call('DECR', ARGV[5]) else got[#got + 1] = m end
+  end
+end
+if #got == 0 then return {0} end
+for i = 1, #got, 4000 do  -- unpack() takes a few thousand values at most
+  redis.call('RPUSH', proc, unpack(got, i, math.min(i + 3999, #got)))
+end
+redis.call('SADD', ARGV[3], ARGV[6])
+for _, m in ipairs(got) do
+  if string.find(m, '\n', 1, true) then
+    local out = {0, 0}
+    for _, x in ipairs(got) do out[#out + 1] = x end
+    return out
+  end
+end
+return {0, 1, table.concat(got, '\n')}
+""",
+)
+
 #: ARGV: prefix, queue, consumer id, status ttl_ms, keep (1/0), task id, attempt (its
 #: number), message ('' with keep), n_acks, acks (triples)... The worker is about to run
 #: a task it holds: ``running``, or, when it was cancelled or has expired, dropped from
@@ -730,10 +832,9 @@ return add_taken({started}, got)
 #: reply and the task runs already, as a cancelled running task does). Carries the
 #: pending acks (and their results) and late starts. Returns 'run', 'cancelled' or
 #: 'expired'; with no task id ('') it only sends those (``asynctask_redis.startmarks``).
-#: It runs once a task: built with the finishing helpers only, and given the id and
-#: attempt the consumer read, so that it parses no message (149k instructions of
-#: redis-server a call before, 70-80k now, callgrind).
-START = finishing(
+#: It runs once a task: given the id and attempt the consumer read, so that it parses no
+#: message (149k instructions of redis-server a call before, 70-80k now, callgrind).
+START = script(
     "start",
     r"""
 local proc, ttl_ms = processing(ARGV[3]), ARGV[4]
@@ -741,7 +842,7 @@ ack_all(proc, 10, tonumber(ARGV[9]), true, ttl_ms)
 if ARGV[6] == '' then return 'run' end
 local verdict = start_task(ARGV[6], ARGV[7], now_ms(), ttl_ms)
 if verdict ~= 'run' and ARGV[5] ~= '1' then
-  redis.call('LREM', proc, 1, ARGV[8])
+  redis.call('LREM', proc, '1', ARGV[8])
   if verdict == 'cancelled' then redis.call('ZREM', cancelled_ids, ARGV[6]) end
 end
 return verdict
@@ -751,7 +852,7 @@ return verdict
 #: ARGV: prefix, queue, most. The ids of ``P:Q:cancelled`` not past their horizon (the
 #: status ttl; the set is trimmed only by the next cancel), oldest first, at most ``most``:
 #: what a status feed loads when it opens (``asynctask_redis.statusfeed``).
-LIVE_CANCELS = finishing(
+LIVE_CANCELS = script(
     "live_cancels",
     r"""
 return redis.call('ZRANGEBYSCORE', cancelled_ids, string.format('(%d', now_ms()), '+inf',
@@ -766,7 +867,7 @@ return redis.call('ZRANGEBYSCORE', cancelled_ids, string.format('(%d', now_ms())
 #: or close (everything back). A task cancelled meanwhile is dropped by retry and fail
 #: (never retried, not failed). Returns 1, or 0 when the message was no longer held
 #: (recovered by another consumer).
-SETTLE = _script(
+SETTLE = script(
     "settle",
     r"""
 local cid, op, m, tracking, ttl_ms = ARGV[3], ARGV[4], ARGV[5], ARGV[8] == '1', ARGV[9]
@@ -812,7 +913,7 @@ return 1
 #: head of the queue in order, one attempt more for the started ones only, except the
 #: finished ones (an ack the dead consumer had not sent yet: succeeded, its result
 #: lost), which are dropped; its liveness key is deleted. Returns how many went back.
-END = _script(
+END = script(
     "end",
     r"""
 local owner, ttl_ms, nfinished = ARGV[3], ARGV[4], tonumber(ARGV[5])
@@ -850,7 +951,7 @@ return moved
 #: ARGV: prefix, queue, recheck_ms, status ttl_ms. Maintains, then takes the next ready
 #: task for good (``get_task``: the most urgent first; a cancelled or expired one is
 #: dropped; a kept status reads succeeded, the caller having taken it).
-GET = _script(
+GET = script(
     "get",
     r"""
 maintain('', ARGV[3])
@@ -864,7 +965,7 @@ while true do
     local id, n = envelope_head(m)
     if not id then return m end
     local now = now_ms()
-    local verdict = start_task(id, tonumber(n) + 1, now, ARGV[4])
+    local verdict = start_task(id, int(tonumber(n) + 1), now, ARGV[4])
     if verdict == 'run' then
       succeed(id, now, ARGV[4], '')
       return m
@@ -876,7 +977,7 @@ end
 )
 
 #: ARGV: prefix, queue, recheck_ms. Returns {ready, delayed, retrying, in_flight, failed}.
-STATS = _script(
+STATS = script(
     "stats",
     r"""
 maintain('', ARGV[3])
@@ -895,7 +996,7 @@ return {ready_n, redis.call('ZCARD', delayed),
 #: first ``offset``, in the order takers take them: the urgent ones (highest priority
 #: first, FIFO within), then the ready list, less the nudges it may hold (not tasks).
 #: Reads no more than offset + limit entries (plus nudges), returns only the page.
-PEEK = _script(
+PEEK = script(
     "peek",
     r"""
 local offset, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -934,7 +1035,7 @@ return out
 #: at`` (seconds as text, '' unless the task is ``running``) for up to ``limit`` held
 #: tasks after the first ``offset``: consumers by id, each one's processing list in
 #: order. Reads the lists' lengths and the page only.
-IN_FLIGHT = _script(
+IN_FLIGHT = script(
     "in_flight",
     r"""
 local offset, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -975,7 +1076,7 @@ return out
 #: nothing the second time. Returns {1} stored, {0} such a retry, {2, id} the unique key is held by
 #: that task (nothing written), {3} the queue's worker keeps no status and expires or a
 #: unique key needs one (nothing written).
-PUT = without_maintenance(
+PUT = script(
     "put",
     r"""
 local ttl_ms, here = ARGV[6], ARGV[7] == '1'
@@ -1024,9 +1125,9 @@ return {1}
 #: workers keep none, as the client's ``asynctask.untracked`` cache knows, or another
 #: store keeps them). The same guard key ``put:<first id>`` makes a retry after a lost
 #: reply write nothing. Returns 1 stored, 0 such a retry.
-#: Without the prelude the other scripts share: defining its helpers cost ``PUT`` 41k of
-#: its 117k instructions a call (redis-server under callgrind, one task, untracked),
-#: this one costs about 40k. The key names are those of ``_BASE`` and ``_QUEUE``.
+#: Without the prelude: defining its helpers cost ``PUT`` 41k of its 117k instructions a
+#: call (redis-server under callgrind, one task, untracked), this one costs about 40k.
+#: The key names are those of ``_BASE`` and ``_QUEUE``.
 PUSH = Script(
     "push",
     r"""
@@ -1053,7 +1154,7 @@ return 1
 #: calls it again until none are left: one script over a whole queue blocked the server
 #: for every client (1,000,000 tracked tasks: past Redis' 5 s busy-script limit, and the
 #: bench's other calls answered BUSY); a chunk of 1,000 takes a few milliseconds.
-PURGE = _script(
+PURGE = script(
     "purge",
     r"""
 local chunk = tonumber(ARGV[3])
@@ -1116,7 +1217,7 @@ return {n, more}
 #: 20,000 takes about 7 ms; the Python side fetched only the records it names. With 20,000
 #: failed, requeue by one id took 0.35 s reading the whole list, 0.8 ms now; 999 ids
 #: 0.29 s, 35 ms now.)
-TAKE_FAILED = _script(
+TAKE_FAILED = script(
     "take_failed",
     r"""
 local n = 0
@@ -1150,7 +1251,7 @@ return n
 #: ARGV: prefix, queue, id... The failed records of those ids ('' for none), from the
 #: index; when the index misses records of the list (written by an older version or
 #: another program), it is rebuilt first, once, by a scan of the list.
-FIND_FAILED = _script(
+FIND_FAILED = script(
     "find_failed",
     r"""
 if redis.call('HLEN', failed_ids) ~= redis.call('LLEN', failed) then
@@ -1171,7 +1272,7 @@ return out
 #: ARGV: prefix, queue, chunk. Deletes up to ``chunk`` records of the failed store and the
 #: statuses of their tasks; returns {how many, how many are left}: called until none are
 #: left, as ``PURGE`` is, so that no call holds the server long.
-PURGE_ALL_FAILED = _script(
+PURGE_ALL_FAILED = script(
     "purge_all_failed",
     r"""
 local chunk = tonumber(ARGV[3])
@@ -1201,7 +1302,7 @@ return {#records, left}
 #: ARGV: prefix, ''. Returns the known queues with anything stored, and prunes from the
 #: set those with nothing: every script that stores into a queue adds its name again in
 #: the same atomic step, so a pruned name never hides a task.
-QUEUES = _script(
+QUEUES = script(
     "queues",
     r"""
 local names = {}
@@ -1259,7 +1360,7 @@ return out
 #: ``P:Q:limit:running`` (hash, holder -> ``<owner>|<lease expiry ms>``). A slot whose
 #: owner's key is gone (asynctask.liveness), or without owner past its lease, is freed.
 #: Returns 0 when the start is counted, else the ms to wait before asking again.
-LIMIT_TAKE = _script(
+LIMIT_TAKE = script(
     "limit_take",
     r"""
 local holder, owner = ARGV[3], ARGV[4]
@@ -1301,7 +1402,7 @@ return 0
 )
 
 #: ARGV: prefix, queue, holder. Frees the holder's running slot.
-LIMIT_FREE = _script(
+LIMIT_FREE = script(
     "limit_free",
     r"""
 redis.call('HDEL', base .. 'limit:running', ARGV[3])

@@ -35,7 +35,7 @@ from asynctask.status import (
     TaskStatus,
 )
 from asynctask_redis.connection import call, pipeline, run
-from asynctask_redis.scripts import Script, finishing, without_maintenance
+from asynctask_redis.scripts import Script, script
 from asynctask_redis.statusfeed import RedisStatusFeed
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 #: ARGV: prefix, queue, delayed (1/0), expires_ms or '', unique key or '', id...
 #: Records new tasks; returns their ids, or {holder} when the unique key is held.
-SUBMITTED = without_maintenance(
+SUBMITTED = script(
     "submitted",
     r"""
 local state, expires, unique = ARGV[3] == '1' and 'delayed' or 'queued', ARGV[4], ARGV[5]
@@ -58,43 +58,108 @@ return out
 """,
 )
 
+#: A consumer's status writes (``STARTED``, ``SETTLED``, a feed's ``WRITES``), ARGV[3] the
+#: status ttl in ms. Built with only the prelude definitions it uses (``script``): a status write
+#: needs none of the queue's, and every local a script defines is work at each call (the
+#: queue's helpers cost these writes about 20k instructions a call, redis-server under
+#: callgrind).
+_WRITE = r"""
+local ttl_ms = ARGV[3]
+
+-- 'run' (now running), 'cancelled' or 'expired' (then the caller drops the task: a
+-- cancelled one is met, see ``CANCEL``); ``ago``: ms since it started (a mark sent late).
+local function start_one(id, attempt, ago)
+  local verdict = start_task(id, attempt, now_ms() - ago, ttl_ms)
+  if verdict == 'cancelled' then redis.call('ZREM', cancelled_ids, id) end
+  return verdict
+end
+
+-- A start not sent yet and its success (a consumer's short task among others): one read
+-- and one write for both, never over a cancel (a status feed's tasks have no
+-- ``expires``: their starts always wait for ``STARTED``). Returns what ``start_one``
+-- would have.
+local function start_and_succeed(id, attempt, ago, result)
+  local f = redis.call('HMGET', task_key(id), 'state', 'unique', 'waiting')
+  local state = f[1]
+  if state == 'cancelled' then redis.call('ZREM', cancelled_ids, id) end
+  if state == 'cancelled' or state == 'expired' then return state end
+  if not state then return 'run' end  -- no status kept
+  local now = now_ms()
+  local fields = {'attempts', attempt, 'started_at', stamp(now - ago)}
+  if result ~= '' then fields[5] = 'result'; fields[6] = result end
+  finish_held(id, f[2], f[3], 'succeeded', now, ttl_ms, unpack(fields))
+  return 'run'
+end
+
+-- An outcome (``attempts`` 0: unchanged); a cancelled or expired task keeps its state.
+-- One read of the fields a final write needs (state, unique key, waiter mark).
+local function settle_one(id, state, attempts, err, result)
+  local key = task_key(id)
+  local f = redis.call('HMGET', key, 'state', 'unique', 'waiting')
+  local current = f[1]
+  if not current or current == 'cancelled' or current == 'expired' then return 0 end
+  local extra = {}
+  if attempts > 0 then extra[#extra + 1] = 'attempts'; extra[#extra + 1] = attempts end
+  if err ~= '' then extra[#extra + 1] = 'error'; extra[#extra + 1] = err end
+  if state == 'succeeded' and result ~= '' then
+    extra[#extra + 1] = 'result'; extra[#extra + 1] = result
+  end
+  if FINAL[state] then
+    finish_held(id, f[2], f[3], state, now_ms(), ttl_ms, unpack(extra))
+  elseif state == 'queued' then  -- handed back, or requeued from the failed store
+    redis.call('HSET', key, 'state', 'queued', unpack(extra))
+    redis.call('HDEL', key, 'finished_at')
+    redis.call('PERSIST', key)
+    redis.call('DEL', done_key(id))
+  else
+    redis.call('HSET', key, 'state', state, unpack(extra))
+  end
+  return 1
+end
+"""
+
 #: ARGV: prefix, queue, ttl_ms, id, attempt. Returns 'run', 'cancelled' or 'expired'
 #: (then the caller drops the task: a cancelled one is met, see ``CANCEL``).
-STARTED = without_maintenance(
-    "started",
-    r"""
-local verdict = start_task(ARGV[4], ARGV[5], now_ms(), ARGV[3])
-if verdict == 'cancelled' then redis.call('ZREM', cancelled_ids, ARGV[4]) end
-return verdict
-""",
-)
+STARTED = script("started", _WRITE + "return start_one(ARGV[4], ARGV[5], 0)\n")
 
 #: ARGV: prefix, queue, ttl_ms, id, state, attempts (0: unchanged), error or '',
 #: result JSON or ''. A cancelled or expired task keeps its state. Returns 1 if written.
-SETTLED = without_maintenance(
+SETTLED = script(
     "settled",
-    r"""
-local ttl_ms, id, state, attempts, err = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
-local key = task_key(id)
-local current = redis.call('HGET', key, 'state')
-if not current or current == 'cancelled' or current == 'expired' then return 0 end
-local extra = {}
-if attempts > 0 then extra[#extra + 1] = 'attempts'; extra[#extra + 1] = attempts end
-if err ~= '' then extra[#extra + 1] = 'error'; extra[#extra + 1] = err end
-if state == 'succeeded' and ARGV[8] ~= '' then
-  extra[#extra + 1] = 'result'; extra[#extra + 1] = ARGV[8]
+    _WRITE + "return settle_one(ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8])\n",
+)
+
+#: ARGV: prefix, queue, ttl_ms, then writes in the order they happened, each a start
+#: ('s', id, attempt, ms since it started), an outcome ('o', id, state, attempts, error
+#: or '', result JSON or '') as ``STARTED`` and ``SETTLED`` make them, or a start and its
+#: success ('b', id, attempt, ms since it started, result JSON or ''): a status feed's
+#: writes in one call (``asynctask_redis.statusfeed``). Returns 0 when every start may
+#: run (the common reply, which the feed reads without a parser), else the verdicts of
+#: the starts ('s' and 'b'), in order.
+WRITES = script(
+    "writes",
+    _WRITE
+    + r"""
+local verdicts, i, all_run = {}, 4, true
+while i <= #ARGV do
+  local kind, verdict = ARGV[i], nil
+  if kind == 's' then
+    verdict = start_one(ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]))
+    i = i + 4
+  elseif kind == 'b' then
+    verdict = start_and_succeed(ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4])
+    i = i + 5
+  else
+    settle_one(ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5])
+    i = i + 6
+  end
+  if verdict then
+    verdicts[#verdicts + 1] = verdict
+    if verdict ~= 'run' then all_run = false end
+  end
 end
-if FINAL[state] then
-  finish(id, state, now_ms(), ttl_ms, unpack(extra))
-elseif state == 'queued' then  -- handed back, or requeued from the failed store
-  redis.call('HSET', key, 'state', 'queued', unpack(extra))
-  redis.call('HDEL', key, 'finished_at')
-  redis.call('PERSIST', key)
-  redis.call('DEL', done_key(id))
-else
-  redis.call('HSET', key, 'state', state, unpack(extra))
-end
-return 1
+if all_run then return 0 end
+return verdicts
 """,
 )
 
@@ -103,7 +168,7 @@ return 1
 #: ``P:Q:cancelled`` until then, or until its status is forgotten, so that moves check
 #: what they take; and it is published on ``P:Q:cancels`` for the consumers holding
 #: tasks, see cancelfeed.py).
-CANCEL = without_maintenance(
+CANCEL = script(
     "cancel",
     r"""
 local ttl_ms, id = ARGV[3], ARGV[4]
@@ -126,7 +191,7 @@ return 1
 #: the script that makes the task final, which then pushes the signal on ``done:<id>``;
 #: never a status made again once forgotten), and, for a worker of an older version that
 #: looks for it instead, the key ``P:Q:waiting:<id>`` for ``ms``.
-MARK_WAITING = finishing(
+MARK_WAITING = script(
     "mark_waiting",
     r"""
 local id, ms = ARGV[3], ARGV[4]
@@ -225,7 +290,7 @@ class RedisStateStore(StateStore):
     def feed(self, queue: str) -> RedisStatusFeed:
         """A consumer's feed of ``queue``: its starts need not wait (``StatusFeed``;
         how it hears every cancel: ``asynctask_redis.statusfeed``)."""
-        return RedisStatusFeed(self, queue, STARTED, SETTLED)
+        return RedisStatusFeed(self, queue, WRITES)
 
     def set_tracking(self, queue: str, tracked: bool) -> None:
         """``P:Q:untracked`` exists while the queue's workers keep no status; a submit

@@ -13,32 +13,47 @@ cancel; while it is not open, or knows more than ``KEPT`` cancelled ids (it may 
 forgotten some), ``may_start`` says False and the consumer's start waits for the store,
 as without a feed.
 
-Writes. ``started`` and ``settled`` run the store's ``STARTED`` and ``SETTLED`` scripts
-on a connection of the feed's own without waiting for their replies: Redis runs them in
-the order sent. Replies are read once ``READ_EVERY`` are due and have arrived, with
-later calls, and all of them at ``close``. When that connection fails, every write
-whose reply was not read is made again, waited for, in order (a ``started`` whose
-task's outcome is among them is dropped: running after the outcome would be a step
+Writes. ``started`` and ``settled`` go to the store's ``WRITES`` script (the work of its
+``STARTED`` and ``SETTLED``, several writes a call) on a connection of the feed's own,
+without waiting for the reply: Redis runs them in the order sent. A consumer busy with
+task after task has its writes held and sent together, one message and one script call
+(each call costs the worker a send and Redis a wake-up, a script's set-up and a reply, on
+cores they share; a start held with its task's success is one write, one read and one
+write in Redis): a success is always held; a start is held when something is, and sent
+at once when nothing is (the consumer's first task since it waited reads ``running``
+from its start on); any other outcome is sent at once with what is held. What is held
+goes with ``flush`` (the consumer calls it before it waits for a task:
+``Consumer.flush_status_feed``), with ``close``, once ``MOST_HELD`` are held, or, at the
+latest, ``HOLD`` seconds after the first was held, from a thread of the feed
+(``startmarks.MarkFlusher``); a held start carries its age, so ``started_at`` is when the
+task started, on the server's clock. Replies are read once ``READ_EVERY`` are due and
+have arrived, with later calls, and all of them at ``close`` (replies that are all ``0``,
+every start allowed, are taken from the socket without a parser). When that connection
+fails, every write whose reply was not read is made again, waited for, in order (a start
+whose task's outcome is among them is dropped: running after the outcome would be a step
 back).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from asynctask.errors import TransportError
+from asynctask.errors import AsynctaskError, TransportError
 from asynctask.status import State, StatusFeed
 from asynctask_redis.cancelfeed import KEPT, CancelFeed
-from asynctask_redis.connection import call, pack, run
+from asynctask_redis.connection import call, own_reading, pack, run
 from asynctask_redis.scripts import LIVE_CANCELS, Script
-from asynctask_redis.startmarks import warn_late_verdict
+from asynctask_redis.startmarks import MarkFlusher, warn_late_verdict
 
 if TYPE_CHECKING:
     from asynctask_redis.transport import RedisTransport
@@ -58,6 +73,12 @@ CROWDED_PAUSE = 60.0
 READ_EVERY = 32
 #: writes unanswered past which a write waits for every reply (Redis lags behind)
 MOST_UNREAD = 1000
+#: the reply of a ``WRITES`` call whose starts may all run
+ALL_RUN = b":0\r\n"
+#: the longest a write is held for the next ones before it is sent (seconds)
+HOLD = 0.02
+#: writes held past which they are sent at once (one message stays small)
+MOST_HELD = 64
 
 
 def registry_key(transport: RedisTransport, queue: str) -> str:
@@ -76,32 +97,69 @@ class FeedStore(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One status write, as the ``WRITES`` script takes it: a start (``kind`` 's'), an
+    outcome ('o'), or a start not sent yet with its success ('b')."""
+
+    kind: str
+    task_id: str
+    attempt: int  # the start's; an outcome's ``attempts``
+    began: float = 0.0  # a start's ``time.monotonic()``
+    state: str = ""
+    error: str = ""
+    result: str = ""
+
+    @property
+    def outcome(self) -> bool:
+        """Whether it writes the task's outcome."""
+        return self.kind != "s"
+
+    def args(self, now: float) -> tuple[str | int, ...]:
+        """The script's arguments, sent at ``now`` (a start's age in ms is measured
+        then: the script writes ``started_at`` as its own time less that age)."""
+        if self.kind == "o":
+            return ("o", self.task_id, self.state, self.attempt, self.error, self.result)
+        ago = max(0, int((now - self.began) * 1000))
+        if self.kind == "s":
+            return ("s", self.task_id, self.attempt, ago)
+        return ("b", self.task_id, self.attempt, ago, self.result)
+
+
+def _bulk(args: Sequence[str | int]) -> bytes:
+    """``args`` as bulk strings of the Redis protocol (text as ``connection.pack`` sends
+    it: UTF-8)."""
+    data = [a.encode() if isinstance(a, str) else b"%d" % a for a in args]
+    return b"".join([b"$%d\r\n%b\r\n" % (len(d), d) for d in data])
+
+
 @dataclass(frozen=True)
 class _Sent:
-    """A write sent without waiting for its reply."""
+    """A ``WRITES`` call sent without waiting for its reply."""
 
-    script: Script
-    args: tuple[Any, ...]
-    task_id: str
-    outcome: bool  # a ``settled`` (else a ``started``)
+    writes: tuple[_Write, ...]
 
 
 class RedisStatusFeed(StatusFeed):
     """A consumer's feed of one queue's cancels and its unwaited writes; see the module
     docstring."""
 
-    def __init__(self, store: FeedStore, queue: str, started: Script, settled: Script) -> None:
+    def __init__(self, store: FeedStore, queue: str, writes: Script) -> None:
         self.store = store
         self.queue = queue
-        self._scripts = {"started": started, "settled": settled}
+        self._script = writes
         t = store.transport
         self._cancels = CancelFeed(t.server.pool_for(t.key(queue, "")), t.key(queue, "cancels"))
         self._conn: Any = None
         self._pool: Any = None
         self._sent: deque[_Sent] = deque()
+        #: successes held for the next write (see the module docstring), and since when
+        self._held: list[_Write] = []
+        self._held_since = 0.0
+        self._flusher: MarkFlusher | None = None
+        #: (ttl_ms, the packed head of a ``WRITES`` call for it), see ``_packed_head``
+        self._head_for: tuple[int, bytes] | None = None
         self._open_after = 0.0  # monotonic time before which no open is tried
-        #: whether the feed was polled since it opened (then ``quiet`` is enough)
-        self._polled = False
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -113,14 +171,10 @@ class RedisStatusFeed(StatusFeed):
         """Whether every cancel of the queue is known here and none names the task."""
         with self._lock:
             feed = self._cancels
-            if not feed.live:
-                if not self._open():
-                    return False
-                self._polled = False
-            if not (self._polled and feed.quiet()):
-                if not feed.poll():
-                    return False  # lost: the next call opens it again
-                self._polled = True
+            if not feed.live and not self._open():
+                return False
+            if not feed.heard():  # (one ``poll`` of the socket once it was emptied)
+                return False  # lost: the next call opens it again
             if len(feed.cancelled) >= KEPT:  # the oldest may be forgotten: start over
                 feed.close()
                 return False
@@ -161,8 +215,14 @@ class RedisStatusFeed(StatusFeed):
     # -- writes -------------------------------------------------------------------------
 
     def started(self, task_id: str, attempt: int) -> None:
-        """``running``, sent without waiting for the verdict."""
-        self._send("started", (self.store.ttl_ms, task_id, attempt), task_id)
+        """``running``, sent without waiting for the verdict: at once when nothing is
+        held (the consumer's first task since it waited), else held with the rest."""
+        write = _Write("s", task_id, attempt, time.monotonic())
+        with self._lock:
+            if self._held:
+                self._hold(write)
+            else:
+                self._send((write,))
 
     def settled(
         self,
@@ -173,43 +233,113 @@ class RedisStatusFeed(StatusFeed):
         error: str | None = None,
         result_json: str | None = None,
     ) -> None:
-        """An outcome, sent without waiting."""
-        args = (self.store.ttl_ms, task_id, state, attempts, error or "", result_json or "")
-        self._send("settled", args, task_id)
-
-    def _send(self, kind: str, args: tuple[Any, ...], task_id: str) -> None:
-        t = self.store.transport
-        script = self._scripts[kind]
-        full = (t.prefix, t.script_queue(self.queue), *args)
-        entry = _Sent(script, full, task_id, kind == "settled")
+        """An outcome, sent without waiting: a success held for the next write (at most
+        ``HOLD`` seconds; with its start, if that is held, as one write), any other
+        sent at once with those held."""
         with self._lock:
-            try:
-                conn = self._connection()
-                if len(self._sent) >= READ_EVERY:  # (a blocking read waits for all sent)
-                    self._read(conn, block=len(self._sent) >= MOST_UNREAD)
-            except (RedisError, OSError) as exc:
-                # Made again, waited for, after the earlier writes. Queued first: a redo
-                # that gives up (``TransportUnavailable``) leaves it to the next call or
-                # ``close`` with them; queued after, it was lost.
-                self._sent.append(entry)
-                self._redo(exc)
+            held = self._held
+            if state == "succeeded":
+                last = held[-1] if held else None
+                if last is not None and last.kind == "s" and last.task_id == task_id:
+                    held[-1] = _Write("b", task_id, attempts, last.began, result=result_json or "")
+                else:
+                    self._hold(_Write("o", task_id, attempts, 0.0, state, "", result_json or ""))
                 return
+            write = _Write("o", task_id, attempts, 0.0, state, error or "", result_json or "")
+            self._held = []
+            self._send((*held, write))
+
+    def _hold(self, write: _Write) -> None:
+        """Keep ``write`` for the next send (the lock held)."""
+        held = self._held
+        held.append(write)
+        if len(held) == 1:
+            self._held_since = time.monotonic()
+            self._flusher_for().wake()
+        elif len(held) >= MOST_HELD:
+            self._held = []
+            self._send(tuple(held))
+
+    def flush(self) -> None:
+        """Send the successes held (the consumer is about to wait for a task)."""
+        with self._lock:
+            if self._held:
+                held, self._held = self._held, []
+                self._send(tuple(held))
+
+    def flush_marks(self, now: float) -> float | None:
+        """The flusher thread's look (``MarkFlusher``): send the successes held once the
+        oldest is ``HOLD`` old; None when none is held, else the seconds until then."""
+        if not self._lock.acquire(blocking=False):
+            return HOLD / 4  # a call of the consumer is under way: it may send them
+        try:
+            if not self._held:
+                return None
+            due = self._held_since + HOLD - now
+            if due > 0:
+                return due
+            held, self._held = self._held, []
+            self._send(tuple(held))
+            return None
+        except AsynctaskError as exc:  # kept to be made again by the next call or close
+            logger.info("%r: the successes held could not be written yet (%s)", self, exc)
+            return None
+        finally:
+            self._lock.release()
+
+    def _flusher_for(self) -> MarkFlusher:
+        if self._flusher is None:
+            self._flusher = MarkFlusher(self, f"asynctask-statusfeed-{self.queue}")
+        return self._flusher
+
+    def _send(self, writes: tuple[_Write, ...]) -> None:
+        """Send ``writes`` in one ``WRITES`` call, unanswered (the lock held)."""
+        entry = _Sent(writes)
+        try:
+            conn = self._connection()
+            if len(self._sent) >= READ_EVERY:  # (a blocking read waits for all sent)
+                self._read(conn, block=len(self._sent) >= MOST_UNREAD)
+        except (RedisError, OSError) as exc:
+            # Made again, waited for, after the earlier writes. Queued first: a redo
+            # that gives up (``TransportUnavailable``) leaves it to the next call or
+            # ``close`` with them; queued after, it was lost.
             self._sent.append(entry)
-            try:
-                conn.send_packed_command([pack([("EVALSHA", script.sha, 0, *entry.args)])])
-            except (RedisError, OSError) as exc:
-                self._redo(exc)
+            self._redo(exc)
+            return
+        self._sent.append(entry)
+        now = time.monotonic()
+        args = [a for w in writes for a in w.args(now)]
+        data = b"".join([b"*%d\r\n" % (6 + len(args)), self._packed_head(), _bulk(args)])
+        try:
+            # straight to the socket: redis-py's send_packed_command and pack cost a
+            # worker more than the rest of the write (see ``_read``)
+            sock = conn._sock
+            if sock is None:
+                conn.connect()
+                sock = conn._sock
+            sock.sendall(data)
+        except (RedisError, OSError) as exc:
+            self._redo(exc)
+
+    def _packed_head(self) -> bytes:
+        """``EVALSHA <sha> 0 <prefix> <queue> <ttl_ms>`` packed, made once (per ttl)."""
+        ttl = self.store.ttl_ms
+        known = self._head_for
+        if known is None or known[0] != ttl:
+            command = ("EVALSHA", self._script.sha, 0, *self._head())
+            packed = pack([command])
+            known = self._head_for = (ttl, packed[packed.index(b"\r\n") + 2 :])
+        return known[1]
 
     def _connection(self) -> Any:
-        """The feed's own connection, with both scripts loaded (no NOSCRIPT reply to
-        sort out later: a server that lost them dropped the connection too)."""
+        """The feed's own connection, with its script loaded (no NOSCRIPT reply to sort
+        out later: a server that lost it dropped the connection too)."""
         if self._conn is None:
             t = self.store.transport
             pool = t.server.pool_for(t.key(self.queue, ""))
             conn = pool.get_connection()
             try:
-                for script in self._scripts.values():
-                    call(conn, "SCRIPT", "LOAD", script.text)
+                call(conn, "SCRIPT", "LOAD", self._script.text)
             except BaseException:
                 conn.disconnect()
                 pool.release(conn)
@@ -219,6 +349,8 @@ class RedisStatusFeed(StatusFeed):
 
     def _read(self, conn: Any, block: bool) -> None:
         """Read the replies that have arrived (all of them with ``block``)."""
+        if not block and self._read_all_run(conn):
+            return
         while self._sent and (block or conn.can_read(timeout=0)):
             entry = self._sent[0]
             try:
@@ -227,27 +359,68 @@ class RedisStatusFeed(StatusFeed):
                 raise  # the script cache was flushed: made again, in order, by _redo
             except ResponseError as exc:  # the connection stays in step: read on
                 self._sent.popleft()
-                logger.warning("%r: writing task %s's status failed: %s", self, entry.task_id, exc)
+                ids = ", ".join(w.task_id for w in entry.writes)
+                logger.warning("%r: writing the statuses of tasks %s failed: %s", self, ids, exc)
                 continue
             self._sent.popleft()
-            if not entry.outcome:
-                warn_late_verdict(self, entry.task_id, reply)
+            self._verdicts(entry.writes, reply)
+
+    def _read_all_run(self, conn: Any) -> bool:
+        """Take the replies that have arrived straight from the socket when they are all
+        ``0`` (every start may run: the common case), as ``connection.reply_to`` reads a
+        submit's; whether that was all (else what came is left to redis-py's parser).
+        Reading them one by one through redis-py (``can_read`` and ``read_response``, a
+        reply each) cost a worker as much as sending them."""
+        buffer = own_reading(conn)
+        sock = conn._sock
+        if buffer is None or type(sock) is not socket.socket:  # (TLS: redis-py reads)
+            return False
+        try:
+            data = sock.recv(buffer.socket_read_size, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True  # nothing has arrived
+        if not data:
+            raise RedisConnectionError("Connection closed by server.")
+        n, odd = divmod(len(data), len(ALL_RUN))
+        if not odd and n <= len(self._sent) and data == ALL_RUN * n:
+            for _ in range(n):
+                self._sent.popleft()
+            return True
+        kept = buffer._buffer  # empty (``own_reading``): the parser reads it first
+        kept.write(data)
+        kept.seek(0)
+        return False
+
+    def _verdicts(self, writes: Sequence[_Write], reply: Any) -> None:
+        """Warn of each start the reply says was not ``run`` (a cancel came meanwhile)."""
+        if reply == 0:
+            return
+        starts = [w for w in writes if w.kind != "o"]
+        for write, verdict in zip(starts, reply or (), strict=False):
+            warn_late_verdict(self, write.task_id, verdict)
 
     def _redo(self, exc: BaseException) -> None:
         """The feed's connection failed with writes unanswered: make them again, waited
         for, in order, with the transport's retries; what still fails stays to be made
-        again by the next call (and raises ``TransportUnavailable`` to this one)."""
+        again by the next call (and raises ``TransportUnavailable`` to this one). A
+        start whose task's outcome is among them is dropped: running after the outcome
+        would be a step back."""
         self._drop()
         logger.info("%r: its connection failed (%s); writing the statuses sent again", self, exc)
         t = self.store.transport
-        outcomes = {e.task_id for e in self._sent if e.outcome}
+        outcomes = {w.task_id for e in self._sent for w in e.writes if w.outcome}
         while self._sent:
-            entry = self._sent[0]
-            if entry.outcome or entry.task_id not in outcomes:
-                reply = t._call(t.execute, run, entry.script, *entry.args)
-                if not entry.outcome:
-                    warn_late_verdict(self, entry.task_id, reply)
+            writes = [w for w in self._sent[0].writes if w.outcome or w.task_id not in outcomes]
+            if writes:
+                now = time.monotonic()
+                args = [a for w in writes for a in w.args(now)]
+                reply = t._call(t.execute, run, self._script, *self._head(), *args)
+                self._verdicts(writes, reply)
             self._sent.popleft()
+
+    def _head(self) -> tuple[Any, ...]:
+        t = self.store.transport
+        return (t.prefix, t.script_queue(self.queue), self.store.ttl_ms)
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -256,10 +429,17 @@ class RedisStatusFeed(StatusFeed):
             self._pool.release(conn)
 
     def close(self) -> None:
-        """Read every reply (the writes are then done), and free the connections."""
+        """Send the successes held, read every reply (the writes are then done), and
+        free the connections and the flusher thread."""
+        if self._flusher is not None:
+            self._flusher.close()
+            self._flusher = None
         with self._lock:
             self._cancels.close()
             try:
+                if self._held:
+                    held, self._held = self._held, []
+                    self._send(tuple(held))
                 if self._conn is not None:
                     self._read(self._conn, block=True)
             except (RedisError, OSError) as exc:
