@@ -206,7 +206,7 @@ return 1
 #: ARGV: prefix, queue, id... Forgets the statuses of tasks another transport purged,
 #: as the transport's own ``PURGE`` does: a unique key they hold is freed; a waiter
 #: (field ``waiting``) is woken and reads nothing. Returns how many were known.
-PURGED = finishing(
+PURGED = script(
     "purged",
     r"""
 local n = 0
