@@ -755,7 +755,8 @@ class Transport(ABC):
         stored = self._call(self._put, queue, [(task_id, text)], 0.0, options)
         if stored is not None:
             task_id = stored[0]
-        events.task_submitted(queue, [task_id])
+        if events.submit_hooks:
+            events.task_submitted(queue, [task_id])
         return task_id
 
     def _untracked_queue(self, queue: str, external: StateStore | None) -> bool:
