@@ -214,10 +214,16 @@ def _marked(raw: bytes) -> bool:
     return int.from_bytes(raw[12:16]) == int.from_bytes(raw[:4]) ^ UNRECORDED_MARK
 
 
+#: the mark's first byte (``_marked``'s test of one byte first)
+_MARK_HIGH = UNRECORDED_MARK >> 24
+
+
 def new_task_id() -> str:
     """Return a new task id: 32 random hex digits, unique without coordination."""
     raw = os.urandom(16)
-    if _marked(raw):  # once in 2**32: not the unrecorded mark
+    # once in 2**32 the unrecorded mark: one byte first, the whole test once in 256
+    # (3.1k instructions an id against 6.9k for the whole test every time, callgrind)
+    if raw[12] == raw[0] ^ _MARK_HIGH and _marked(raw):
         raw = raw[:15] + bytes((raw[15] ^ 1,))
     return raw.hex()
 
@@ -1129,7 +1135,8 @@ class Transport(ABC):
 
         Gives up after ``retry_timeout`` seconds with the last error. Logs once per outage.
         """
-        self._check_open()
+        if self._closed:
+            self._check_open()
         deadline = time.monotonic() + self.retry_timeout
         pause = 0.05
         while True:
@@ -1145,7 +1152,8 @@ class Transport(ABC):
                 time.sleep(pause)
                 pause = min(pause * 2, 2.0)
                 continue
-            self.note_recovery()
+            if self._outage.in_outage:  # (the common answer without two calls)
+                self.note_recovery()
             return result
 
     def note_outage(self, exc: BaseException) -> None:
