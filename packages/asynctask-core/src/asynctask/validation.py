@@ -115,7 +115,7 @@ def _refuse(value: object) -> object:
 
 #: the containers a payload nests: a tuple made once (``dict | list`` in the loop built
 #: a ``types.UnionType`` at each test, and ``isinstance`` of one is slower: 5.8k
-#: instructions for a flat two-key payload against TODO, callgrind)
+#: instructions for a flat two-key payload against 4.3k, callgrind)
 _NESTED = (dict, list)
 
 
