@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Iterator
 
 import amqp
 import kombu
 import pytest
 
-from asynctask.testing import TransportContract, unique_queue
+from asynctask.testing import TransportContract, require_service, unique_queue
 from asynctask.testing.contract import SECRET, open_transport
 from asynctask.testing.status import StatusContract
 from asynctask.transport import Transport
@@ -204,6 +205,35 @@ class TestAmqpStatusInRedis(TestAmqpStatus):
     def transport(self, amqp_uri: str, redis_state: str) -> Iterator[Transport]:
         transport = open_transport(f"{amqp_uri}?heartbeat=1&retry_timeout=5&max_priority=9")
         transport.state_uri = redis_state
+        yield transport
+        transport.close()
+
+
+@pytest.fixture
+def pgsql_state() -> Iterator[str]:
+    """An ``asynctask_state`` URI on the shared PostgreSQL, in a schema of this test's
+    own (dropped after); skipped where asynctask-pgsql or the server is missing."""
+    psycopg = pytest.importorskip("psycopg")
+    pytest.importorskip("asynctask_pgsql")
+    conninfo = "host=127.0.0.1 dbname=test"
+    require_service("PostgreSQL at 127.0.0.1", lambda: psycopg.connect(conninfo).close())
+    schema = f"asynctask_t_{uuid.uuid4().hex[:10]}"
+    try:
+        yield f"pgsql://127.0.0.1/test?schema={schema}"
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+class TestAmqpStatusInPgsql(TestAmqpStatus):
+    """The same contract with the statuses in PostgreSQL, whose store deletes final
+    statuses past their TTL itself (no pgsql consumer runs on that schema:
+    ``asynctask_pgsql.forget``; the rows are counted in ``tests/pgsql/test_status.py``)."""
+
+    @pytest.fixture
+    def transport(self, amqp_uri: str, pgsql_state: str) -> Iterator[Transport]:
+        transport = open_transport(f"{amqp_uri}?heartbeat=1&retry_timeout=5&max_priority=9")
+        transport.state_uri = pgsql_state
         yield transport
         transport.close()
 

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from asynctask.errors import InvalidURIError
+from asynctask.liveness import new_owner
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
+from asynctask_filesys.owners import recover_dead
 
 ONE_LINER = (
     "from asynctask import get_transport; t = get_transport('filesys:queues'); "
@@ -295,6 +297,78 @@ def test_a_live_consumer_holds_its_lock_and_leaves_no_folder_behind(tmp_path):
                 os.close(fd)
     # And a closed consumer leaves no folder behind
     assert _names(root / "locked" / "claimed") == []
+
+
+def _rival_sweeps_at(monkeypatch, call: str, root: Path, queue: str) -> list[str]:
+    """Make a rival's recovery sweep run inside the next ``OwnerFolder`` build, at its
+    ``os.<call>`` of the ``.new-`` folder (``open``: its lock file, before the lock is
+    taken; ``rename``: the move into place, the lock held), after a stall past the
+    lease (the folder's mtime set 3 s back). Returns the names swept at (one)."""
+    real = getattr(os, call)
+    claimed, ready = root / queue / "claimed", root / queue / "ready"
+    swept: list[str] = []
+
+    def stalled(path, *args, **kwargs):
+        building = os.path.dirname(os.fspath(path)) if call == "open" else os.fspath(path)
+        name = os.path.basename(building)
+        if not swept and name.startswith(".new-") and os.path.dirname(building) == str(claimed):
+            swept.append(name)
+            old = time.time() - 3  # the builder stalled past the lease of 2 s here
+            os.utime(building, (old, old))
+            recover_dead(str(claimed), str(ready), 2.0, None)  # a rival's sweep
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, call, stalled)
+    return swept
+
+
+@pytest.mark.parametrize("call", ["open", "rename"])
+def test_a_rivals_sweep_during_a_stalled_folder_build_never_ends_the_consumer(
+    tmp_path, monkeypatch, call
+):
+    """A consumer builds its folder under ``claimed/.new-<name>`` and renames it into
+    place; a rival's sweep removes a ``.new-`` folder older than the lease (a builder
+    killed half-way). A live builder stalled past the lease (a loaded machine) must not
+    die of it: seen once in the chaos kills scenario, a restarted worker child exited
+    on ``ENOENT`` at ``claimed/.new-<owner>+<random>`` and its supervisor with 2. Failed
+    before the fix at both points (TransportRefused: No such file or directory)."""
+    root = tmp_path / "queues"
+    queue = unique_queue()
+    with open_transport(f"filesys:{root}?lease=2") as transport:
+        # Given a task, and a rival that sweeps while a worker child builds its folder
+        transport.submit_task(queue, {"n": 1})
+        transport.ensure_queue(queue)
+        swept = _rival_sweeps_at(monkeypatch, call, root, queue)
+        # When that child's consumer reserves (its first reserve builds its folder)
+        with transport.consumer(queue, owner=new_owner()) as consumer:
+            delivery = consumer.reserve(timeout=5)
+            monkeypatch.undo()
+            # Then the sweep ran inside the build, and the consumer got its task all the same
+            assert swept
+            assert delivery is not None and delivery.payload == {"n": 1}
+            assert delivery.attempt == 1
+            consumer.ack(delivery)
+        # And no folder is left behind, half-built or not
+        left = os.listdir(root / queue / "claimed")
+        assert [name for name in left if not name.startswith(".live-")] == []
+
+
+def test_a_folder_its_builder_left_half_built_is_swept_after_the_lease(tmp_path):
+    """The guard of the fix above: a ``.new-`` folder whose builder died (its lock free)
+    still goes once it is older than the lease, with or without its lock file; a young
+    one stays."""
+    claimed, ready = tmp_path / "claimed", tmp_path / "ready"
+    for folder in (claimed, ready):
+        folder.mkdir()
+    old = time.time() - 3
+    for name, lock in ((".new-a", True), (".new-b", False), (".new-young", True)):
+        (claimed / name).mkdir()
+        if lock:
+            (claimed / name / ".lock").touch()
+        if name != ".new-young":
+            os.utime(claimed / name, (old, old))
+    recover_dead(str(claimed), str(ready), 2.0, None)
+    assert os.listdir(claimed) == [".new-young"]
 
 
 def test_an_expired_claim_has_exactly_one_new_winner(tmp_path):

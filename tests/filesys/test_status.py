@@ -648,6 +648,114 @@ def test_a_recovered_task_acked_meanwhile_stays_succeeded(uri, tmp_path):
         assert (st.state, st.attempts) == ("succeeded", 1)
 
 
+def _settle_copy(consumer, delivery, how: str) -> None:
+    """A recovered copy's outcome: a failure, a retry, a result or a plain success."""
+    if how == "fail":
+        consumer.fail(delivery, "ValueError: the copy")
+    elif how == "retry":
+        consumer.retry(delivery, 0, "ValueError: the copy")
+    elif how == "result":
+        consumer.ack(delivery, '{"by": "the copy"}')
+    else:
+        consumer.ack(delivery)
+
+
+@pytest.mark.parametrize("copy_starts", ["after the success", "before the success"])
+@pytest.mark.parametrize("how", ["fail", "retry", "result", "plain"])
+def test_a_journaled_success_stays_final_whatever_its_recovered_copy_does(
+    uri, tmp_path, copy_starts, how
+):
+    """Success is final (issue 16): a worker taken for dead journals its success, and
+    the recovered copy of its task, started before or after that success, then fails,
+    retries or returns a result: none of it may overwrite the success. Seen failing
+    before the fix when the copy started first: its start rewrote the record without
+    the mark naming the first worker's journal, so the success was never seen and the
+    status read what the copy did (failed, retrying, its result)."""
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as first:
+        # Given a task started by a worker, then taken back (its worker taken for dead)
+        tid = t.submit_task(queue, {})
+        delivery = first.reserve(timeout=5)
+        assert first.start(delivery) == "run"
+        claimed = first._held[tid]
+        os.rename(claimed, tmp_path / "q" / queue / "ready" / bumped(os.path.basename(claimed)))
+        with open_transport(uri) as other, other.consumer(queue) as second:
+            copy = second.reserve(timeout=5)
+            assert copy is not None and copy.id == tid and copy.attempt == 2
+            # When the first worker journals its success, before or after the copy starts
+            if copy_starts == "before the success":
+                assert second.start(copy) == "run"
+                assert t.status(tid).state == "running"
+                first.ack(delivery)
+            else:
+                first.ack(delivery)
+                assert second.start(copy) == "run"
+            assert t.status(tid).state == "succeeded"
+            # And the copy settles its way afterwards
+            _settle_copy(second, copy, how)
+        # Then the task still reads succeeded, with nothing of what the copy did
+        st = t.status(tid)
+        assert (st.state, st.error, st.result) == ("succeeded", None, None)
+        assert st.attempts == (2 if copy_starts == "before the success" else 1)
+        assert t.wait(tid, timeout=1).state == "succeeded"
+
+
+@pytest.mark.parametrize("how", ["fail", "result"])
+def test_a_recovered_copys_final_outcome_first_stays_final(uri, tmp_path, how):
+    """The other order: the recovered copy ends the task first (failed, or succeeded
+    with its result), and the first worker's success line comes after it: the first
+    final outcome stands, as it did when a success was the record's rename (a guard of
+    the fix above: the copy's final outcome writes its own line first in the journal
+    its record names, so the success line after it is ignored)."""
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as first:
+        tid = t.submit_task(queue, {})
+        delivery = first.reserve(timeout=5)
+        assert first.start(delivery) == "run"
+        claimed = first._held[tid]
+        os.rename(claimed, tmp_path / "q" / queue / "ready" / bumped(os.path.basename(claimed)))
+        with open_transport(uri) as other, other.consumer(queue) as second:
+            copy = second.reserve(timeout=5)
+            assert second.start(copy) == "run"
+            # When the copy ends it first, and the first worker's success comes after
+            _settle_copy(second, copy, how)
+            first.ack(delivery)
+        # Then the copy's outcome stands
+        st = t.status(tid)
+        if how == "fail":
+            assert (st.state, st.error) == ("failed", "ValueError: the copy")
+        else:
+            assert (st.state, st.result) == ("succeeded", {"by": "the copy"})
+
+
+def test_forgetting_a_journal_keeps_a_record_its_lines_did_not_settle(uri, tmp_path):
+    """Forgetting a journal removes the ``live/`` records of the successes it lists,
+    and no other: a recovered copy's failure writes its own line there first, and the
+    task, requeued from the failed store, is queued again in ``live/`` when that
+    journal is forgotten. Failed before (any id in the journal lost its record)."""
+    queue = unique_queue()
+    with open_transport(uri) as t, t.consumer(queue) as first:
+        # Given a task whose recovered copy failed first, its line in the journal
+        tid = t.submit_task(queue, {})
+        delivery = first.reserve(timeout=5)
+        assert first.start(delivery) == "run"
+        journal = (tmp_path / "q" / ".status" / "live" / tid).read_bytes().split(b"\n")[1]
+        claimed = first._held[tid]
+        os.rename(claimed, tmp_path / "q" / queue / "ready" / bumped(os.path.basename(claimed)))
+        with open_transport(uri) as other, other.consumer(queue) as second:
+            copy = second.reserve(timeout=5)
+            assert second.start(copy) == "run"
+            second.fail(copy, "ValueError: the copy")
+        first.ack(delivery)
+        # And requeued from the failed store
+        assert t.requeue_failed(queue, [tid]) == 1
+        assert t.status(tid).state == "queued"
+        # When that journal is forgotten (its folder past the TTL)
+        t.state()._forget_journaled(str(tmp_path / "q" / ".status" / "done" / journal.decode()))
+        # Then the requeued task keeps its record
+        assert t.status(tid).state == "queued"
+
+
 def test_a_journal_closed_between_check_and_write_loses_no_line(uri, tmp_path, monkeypatch):
     """A threaded worker: another thread's start may rotate the journals, closing the
     one a success is about to be written to, between the success's check and its

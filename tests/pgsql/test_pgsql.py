@@ -4,8 +4,12 @@ and riding out dropped connections and a server restart without losing a task.""
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
+import queue as queue_module
+import random
 import shutil
 import subprocess
 import sys
@@ -44,39 +48,56 @@ def transport(pg_server: None) -> Any:
 
 
 def test_a_psql_insert_is_a_task_and_wakes_a_waiting_consumer(transport):
-    # Given a consumer already waiting on an empty queue
+    """Another program's INSERT (every other column defaulted) is a task, and its commit
+    wakes a consumer blocked on the empty queue (the trigger's NOTIFY), as the contract's
+    idle wake-up test measures it: ten rounds, the consumer shown blocked in ``reserve``
+    (0.3-0.5 s, not returned) before each INSERT, at least seven wake-ups within 60 ms (a
+    fifth of this URI's fallback look, every ``recovery_seconds / 3``). Failed with the
+    NOTIFY wait replaced by a 200 ms sleep (the audit's ``-p breaknotify`` plugin), which
+    the former single round with a 1 s bound passed."""
+    rounds, bound, enough = 10, 0.06, 7
     queue = unique_queue()
     transport.poll_queue(queue)  # the first call creates the schema
-    got: list[Any] = []
+    insert = "INSERT INTO asynctask.asynctask_queue (queue_name, payload) VALUES (%s, %s)"
+    entered: queue_module.Queue[float] = queue_module.Queue()
+    got: queue_module.Queue[tuple[float, Any]] = queue_module.Queue()
 
     def wait() -> None:
         with transport.consumer(queue) as consumer:
-            delivery = consumer.reserve(timeout=10)
-            got.append((time.monotonic(), delivery))
-            if delivery is not None:
-                consumer.ack(delivery)
+            for _ in range(rounds):
+                entered.put(time.monotonic())
+                delivery = consumer.reserve(timeout=10)
+                got.put((time.monotonic(), delivery))
+                if delivery is not None:
+                    consumer.ack(delivery)
 
-    thread = threading.Thread(target=wait)
+    thread = threading.Thread(target=wait, daemon=True)
     thread.start()
-    time.sleep(0.3)
-    # When another program submits with the documented INSERT, every other column defaulted
-    insert = (
-        f"INSERT INTO asynctask.asynctask_queue (queue_name, payload) "
-        f"VALUES ('{queue}', '{{\"foo\": 1}}')"
-    )
-    sent = time.monotonic()
-    if shutil.which("psql"):
-        subprocess.run(["psql", "-h", HOST, "-d", DATABASE, "-qc", insert], check=True)
-    else:
-        with psycopg.connect(CONNINFO, autocommit=True) as conn:
-            conn.execute(insert)
-    thread.join(15)
-    # Then the waiting consumer had it at once, as a task like any other
-    [(woke, delivery)] = got
-    assert delivery is not None and delivery.payload == {"foo": 1} and delivery.attempt == 1
-    assert len(delivery.id) == 32
-    assert woke - sent < 1.0  # psql itself takes most of this
+    latencies: list[float] = []
+    with psycopg.connect(CONNINFO, autocommit=True) as other_program:
+        for n in range(rounds):
+            # Given the consumer blocked in reserve on the empty queue for a while
+            entered.get(timeout=10)
+            time.sleep(0.3 + 0.2 * random.random())
+            assert got.empty(), "reserve returned with nothing inserted"
+            # When another program inserts a task with the documented INSERT
+            sent = time.monotonic()
+            other_program.execute(insert, (queue, json.dumps({"foo": n})))
+            woke, delivery = got.get(timeout=10)
+            latencies.append(woke - sent)
+            # Then the consumer has it, as a task like any other
+            assert delivery is not None and delivery.payload == {"foo": n}
+            assert delivery.attempt == 1 and len(delivery.id) == 32
+    thread.join(10)
+    # And it woke well within a fallback look, nearly every time
+    shown = ", ".join(f"{t * 1000:.0f}" for t in latencies)
+    assert sum(t < bound for t in latencies) >= enough, f"woke after {shown} ms"
     assert PgsqlProbe().stored(queue) == 0
+    # (psql itself, where installed, writes the same task)
+    if shutil.which("psql"):
+        text = f"INSERT INTO asynctask.asynctask_queue (queue_name) VALUES ('{queue}')"
+        subprocess.run(["psql", "-h", HOST, "-d", DATABASE, "-qc", text], check=True)
+        assert transport.get_task(queue) == {}
 
 
 def test_a_payload_jsonb_cannot_hold_travels_as_text(transport):
@@ -339,10 +360,10 @@ def test_a_schema_from_a_newer_version_is_refused(fresh_database):
 # -- dropped connections and a restarting server cost time, not tasks ------------------
 
 
-def _run_through(disruption: Any, uri: str, count: int) -> Counter[int]:
+def _run_through(disruption: Any, uri: str, count: int, conninfo: str = CONNINFO) -> Counter[int]:
     """Submit ``count`` tasks one by one while 3 consumers drain; disrupt midway.
 
-    Returns how often each task was processed.
+    Returns how often each task was processed (the server at ``conninfo``).
     """
     queue = unique_queue()
     producer, workers = open_transport(uri), open_transport(uri)
@@ -389,7 +410,7 @@ def _run_through(disruption: Any, uri: str, count: int) -> Counter[int]:
         thread.start()
     for thread in threads:
         thread.join(90)
-    leftover = PgsqlProbe().stored(queue)
+    leftover = PgsqlProbe(conninfo).stored(queue)
     producer.close()
     workers.close()
     assert not errors, errors
@@ -413,37 +434,64 @@ def test_terminating_every_connection_mid_run_loses_no_task(pg_server):
     assert sorted(done) == list(range(300))
 
 
-def _restart_server() -> None:
-    [version] = [v for v in __import__("os").listdir("/etc/postgresql")]
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-
-
 @pytest.mark.slow
-def test_a_server_restart_mid_run_loses_no_task(pg_server):
-    if shutil.which("pg_ctlcluster") is None:
-        pytest.skip("pg_ctlcluster is not installed: cannot restart the server")
-    try:
-        done = _run_through(_restart_server, URI + "&retry_timeout=30", 200)
-    finally:
-        _wait_for_server()
+def test_a_server_restart_mid_run_loses_no_task(own_postgres):
+    """On a PostgreSQL of the test's own (issue 12: tests never restart the shared
+    server; this one ran ``pg_ctlcluster ... main restart`` on it)."""
+    # Given a producer and three consumers at work, when the server restarts (down
+    # 0.5 s), then they reconnect and every task is processed
+    uri = own_postgres.uri(retry_timeout="30", recovery_seconds="1")
+    restart = functools.partial(own_postgres.restart, down=0.5)
+    done = _run_through(restart, uri, 200, conninfo=own_postgres.conninfo)
     assert sorted(done) == list(range(200))
 
 
-def _wait_for_server() -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            psycopg.connect(CONNINFO, connect_timeout=2).close()
-            return
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+@pytest.mark.slow
+def test_every_settle_call_survives_a_server_restart(own_postgres):
+    """Each settle call (``retry``, ``fail``, ``release``, then ``ack`` riding on
+    ``close``) made while the server is down does its work once it is back, statuses
+    included, on a PostgreSQL of the test's own. Failed against a consumer that let go
+    of a task before its settle statement went (``_settle`` deleting it from ``_held``
+    first): the reconnect handed the task back untouched, and the retry and the failure
+    found nothing to settle: (4, 0, 0, 0) tasks ready, retrying, in flight, failed."""
+    uri = own_postgres.uri(retry_timeout="30", recovery_seconds="1")
+    with open_transport(uri) as transport:
+        # Given a consumer holding 4 of 5 tasks, each started
+        queue = unique_queue()
+        ids = transport.submit_tasks(queue, [{"n": n} for n in range(5)])
+        consumer = transport.consumer(queue, prefetch=4)
+        held = [consumer.reserve(timeout=5) for _ in range(4)]
+        assert [d.payload["n"] for d in held if d] == [0, 1, 2, 3]
+        for delivery in held:
+            assert consumer.start(delivery) == "run"
+        # When the server restarts under each settle call
+        for settle in (
+            lambda d: consumer.retry(d, delay=60, error="later"),
+            lambda d: consumer.fail(d, "never"),
+            consumer.release,
+        ):
+            own_postgres.stop()
+            back = threading.Timer(0.3, own_postgres.start)
+            back.start()
+            settle(held.pop(0))
+            back.join()  # started in full before the next stop
+        consumer.ack(held.pop(0), '"done"')  # sent with the close, after one more restart
+        own_postgres.stop()
+        back = threading.Timer(0.3, own_postgres.start)
+        back.start()
+        consumer.close()
+        back.join()
+        # Then each did its work: one retrying, one failed, 2 (released) and 4 ready
+        stats = transport.queue_stats(queue)
+        assert (stats.ready, stats.retrying, stats.in_flight, stats.failed) == (2, 1, 0, 1)
+        states = [(s.state, s.error, s.result) if s else None for s in transport.statuses(ids)]
+        assert states[:4] == [
+            ("retrying", "later", None),
+            ("failed", "never", None),
+            ("queued", None, None),
+            ("succeeded", None, "done"),
+        ], states
+        assert [transport.get_task(queue) for _ in range(2)] == [{"n": 2}, {"n": 4}]
 
 
 # -- URIs ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from asynctask.testing.contract import open_transport
 from asynctask.worker import AsyncTaskWorker
 from asynctask_pgsql import consumer as consumer_module
 from asynctask_pgsql import state as state_module
+from asynctask_pgsql.forget import FORGET_EVERY
 from asynctask_pgsql.state_sql import CANCEL_HEARD
 from asynctask_pgsql.statements import Statements
 
@@ -421,11 +422,73 @@ def test_a_final_status_is_forgotten_after_the_ttl_by_the_sweep(transport):
         run_one(consumer)
     assert transport.status(task_id).state == "succeeded"
     time.sleep(0.6)
-    assert transport.status(task_id) is None  # read as forgotten at once
+    # (past its time and still stored: no call of this transport since; a status read
+    # now would delete it, see test_statuses_kept_for_another_transport_...)
     assert status_row(task_id) is not None
     with transport.consumer(queue) as consumer:
         consumer.reserve(0.1)  # its first reserve sweeps
     assert status_row(task_id) is None  # deleted by the sweep
+    assert transport.status(task_id) is None
+
+
+@pytest.fixture
+def own_schema(pg_server: None) -> Any:
+    """A schema of this test's own (its status table holds this test's rows only)."""
+    name = f"asynctask_t_{uuid.uuid4().hex[:10]}"
+    yield name
+    with psycopg.connect(CONNINFO, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
+def test_statuses_kept_for_another_transport_are_deleted_after_the_ttl(own_schema):
+    """The status store deletes final statuses past their TTL itself, with no pgsql
+    consumer on the schema (AMQP's case: ``asynctask_state`` naming pgsql). Failed
+    before: only a pgsql consumer's sweep deleted them, so the rows stayed (reads hid
+    them)."""
+    # Given a transport whose statuses live in pgsql, a 1 s TTL, and final statuses
+    other = open_transport("localmem:" + unique_queue("q"))
+    other.state_uri = f"{URI}&schema={own_schema}"
+    other.status_ttl = 1.0
+    queue = unique_queue()
+    try:
+        done, *doomed = other.submit_tasks(queue, [{"n": n} for n in range(3)])
+        with other.consumer(queue) as consumer:
+            delivery = consumer.reserve(timeout=5)
+            assert delivery is not None and delivery.id == done
+            assert consumer.start(delivery) == "run"
+            consumer.ack(delivery)
+            consumer.record_outcome(delivery, "succeeded")
+        assert all(other.cancel(task_id) for task_id in doomed)
+        table = f"{own_schema}.asynctask_status"
+        assert rows(f"SELECT count(*) FROM {table}") == [(3,)]
+        # When their TTL has passed, and the store is used again (a read will do)
+        time.sleep(1.5)
+        assert other.statuses([done, *doomed]) == [None] * 3
+        # Then their rows are gone from the table, not only hidden
+        assert rows(f"SELECT count(*) FROM {table}") == [(0,)]
+    finally:
+        other.close()
+
+
+def test_a_drain_deletes_forgotten_statuses_as_fast_as_it_finishes_tasks(own_schema):
+    """A consumer deletes statuses past their time in step with the tasks it finishes
+    (``asynctask_pgsql.forget``), not only at its sweep (1,000 a sweep). Failed before:
+    with a sweep every 200 s, all 3,000 stayed."""
+    # Given 3,000 tasks whose statuses may be forgotten as soon as they are final
+    uri = f"pgsql://{HOST}/{DATABASE}?recovery_seconds=600&schema={own_schema}"
+    with open_transport(uri) as transport:
+        transport.status_ttl = 0.001
+        queue = unique_queue()
+        for _ in range(6):
+            transport.submit_tasks(queue, [{}] * 500)
+        # When one consumer drains them
+        with transport.consumer(queue, prefetch=16) as consumer:
+            while (delivery := consumer.reserve(timeout=0.5)) is not None:
+                assert consumer.start(delivery) == "run"
+                consumer.ack(delivery)
+        # Then at most the tasks since its last delete are left
+        [(left,)] = rows(f"SELECT count(*) FROM {own_schema}.asynctask_status")
+        assert left <= FORGET_EVERY, f"{left} of 3,000 statuses left"
 
 
 def test_the_status_tables_are_added_in_place_to_an_existing_schema(fresh_database):

@@ -16,11 +16,17 @@ of ``asynctask workers``) names its folder ``<owner>+<random>`` and runs no hear
 the keeper touches ``claimed/.live-<owner>`` instead, and the folder is dead only when
 that file is missing or older than ``lease``, whatever its lock says (the keeper hands
 a dead child's tasks back itself, counting only the started one, see ``end_owner``).
+
+A folder is built as ``.new-<name>`` and renamed into place with its lock held; a look
+for dead owners removes a ``.new-`` folder past the lease whose lock is free (its builder
+died), and a builder that lost its half-built folder anyway (stalled past the lease
+before its lock) builds another (``_build_folder``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -37,6 +43,8 @@ from asynctask_filesys.layout import TaskName, bumped, dir_mode, task_names
 LOCK = ".lock"
 _NEW = ".new-"
 LIVE = ".live-"
+#: times a consumer builds its folder again after a rival's sweep removed it half-built
+_BUILD_TRIES = 5
 #: between an owner id and the random part in the name of a kept consumer's folder
 OWNED = "+"
 
@@ -45,18 +53,13 @@ class OwnerFolder:
     """A consumer's folder in ``claimed/``, locked for as long as the consumer lives."""
 
     def __init__(self, claimed: str, file_mode: int, owner: str | None = None) -> None:
-        suffix = uuid.uuid4().hex[:12]
-        self.name = f"{os.getpid()}-{suffix}" if owner is None else f"{owner}{OWNED}{suffix}"
-        self.path = os.path.join(claimed, self.name)
         # Built under a dot-name and renamed into place already locked, so nobody ever
-        # sees it without a held lock and takes it for dead.
-        building = os.path.join(claimed, _NEW + self.name)
-        os.mkdir(building, dir_mode(file_mode))
-        lock = os.path.join(building, LOCK)
-        self._fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, file_mode)
-        with contextlib.suppress(OSError):  # no flock here: the lease alone tells
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.rename(building, self.path)
+        # sees it without a held lock and takes it for dead. A rival's sweep removes a
+        # ``.new-`` folder past the lease whose lock is free (its builder died); a live
+        # builder stalled that long before taking its lock (a loaded machine) finds its
+        # folder gone, and builds another: a rival's cleanup never ends a consumer.
+        self.name, self._fd = _build_folder(claimed, file_mode, owner)
+        self.path = os.path.join(claimed, self.name)
         # Dropped without close(), the lock goes with the object: its tasks come back.
         self._release = weakref.finalize(self, _close_fd, self._fd)
 
@@ -75,6 +78,48 @@ class OwnerFolder:
         with contextlib.suppress(OSError):
             os.rmdir(self.path)
         self._release()
+
+
+def _build_folder(claimed: str, file_mode: int, owner: str | None) -> tuple[str, int]:
+    """A new consumer folder's name and its lock's descriptor (see ``OwnerFolder``)."""
+    for _ in range(_BUILD_TRIES):
+        suffix = uuid.uuid4().hex[:12]
+        name = f"{os.getpid()}-{suffix}" if owner is None else f"{owner}{OWNED}{suffix}"
+        fd = _build(claimed, name, file_mode)
+        if fd is not None:
+            return name, fd
+    raise FileNotFoundError(
+        errno.ENOENT, f"swept by other consumers each of {_BUILD_TRIES} times it was built", claimed
+    )
+
+
+def _build(claimed: str, name: str, file_mode: int) -> int | None:
+    """Make ``claimed/<name>`` under ``.new-<name>`` and rename it into place with its
+    lock held; the lock's descriptor, or None when a rival's sweep took the half-built
+    folder (removed it, or holds its lock to remove it): then build another."""
+    building = os.path.join(claimed, _NEW + name)
+    os.mkdir(building, dir_mode(file_mode))  # ENOENT here: claimed/ is gone (the caller)
+    try:
+        fd = os.open(
+            os.path.join(building, LOCK),
+            os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+            file_mode,
+        )
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileNotFoundError(errno.ENOENT, "swept meanwhile", building) from None
+        except OSError:
+            pass  # no flock here: the lease alone tells
+        os.rename(building, os.path.join(claimed, name))
+    except FileNotFoundError:
+        os.close(fd)
+        shutil.rmtree(building, ignore_errors=True)
+        return None
+    return fd
 
 
 def holder_of(folder: str) -> str:
@@ -136,6 +181,27 @@ def _dead(folder: str, lease: float) -> tuple[bool, int | None]:
     return stale, None
 
 
+def _abandoned(building: str, lease: float) -> bool:
+    """Whether the ``.new-`` folder ``building`` was left by a builder that died: older
+    than the lease, its lock free (a live builder holds it from just after the folder is
+    made until the rename; ``OwnerFolder`` builds again if it loses one before that)."""
+    try:
+        if time.time() - os.stat(building).st_mtime <= lease:
+            return False
+        fd = os.open(os.path.join(building, LOCK), os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return os.path.isdir(building)  # no lock file yet (or gone: renamed meanwhile)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # its builder lives, and renames it shortly
+    except OSError:
+        pass  # no flock on this file system: the age alone tells
+    finally:
+        os.close(fd)
+    return True
+
+
 def recover_dead(claimed: str, ready: str, lease: float, skip: str | None) -> list[str]:
     """Move the tasks of every dead owner back to ``ready``; return their new names."""
     moved: list[str] = []
@@ -154,7 +220,7 @@ def recover_dead(claimed: str, ready: str, lease: float, skip: str | None) -> li
             continue
         if entry.name.startswith(_NEW):
             # a consumer that died while building its folder: it held no task
-            if time.time() - entry.stat().st_mtime > lease:
+            if _abandoned(entry.path, lease):
                 shutil.rmtree(entry.path, ignore_errors=True)
             continue
         if entry.name.startswith("."):

@@ -20,7 +20,9 @@ record stays. A success after its journal closed is the rename ``live`` ->
 ``done/<END>``, which keeps that mtime (the finish time is the ctime). So a record
 whose content still says ``queued`` reads ``running`` when marked, and ``succeeded``
 when its journal lists it (by the task's first line there: a cancel's line before it
-means ``cancelled``) or in ``done/``. An append needs only write permission, like every
+means ``cancelled``) or in ``done/``. A recovered copy's start rewrites the content,
+which then carries the journal's name (``CARRIED``), so that a success the first
+worker journals later still counts. An append needs only write permission, like every
 other step: several users may share the folder (``mode=0660``).
 
 Final records are forgotten by whole folders: ``done/<END>`` is removed once ``END``
@@ -137,10 +139,27 @@ def split(data: bytes) -> tuple[bytes, int, str | None]:
     return content, marks, journal
 
 
+#: the content field that carries, past a rewrite, the journal an earlier start's mark
+#: named (a recovered copy's start: that start's worker may still journal a success)
+CARRIED = "journal"
+
+
+def named_journal(record: Record, journal: str | None) -> str | None:
+    """The journal a record names: its last mark's, else the one its content carries
+    (``CARRIED``), checked like a mark's (never a path elsewhere)."""
+    if journal is not None:
+        return journal
+    carried = record.get(CARRIED)
+    if isinstance(carried, str) and _POINTER.match(carried.encode()):
+        return carried
+    return None
+
+
 @dataclass(frozen=True)
 class Read:
     """A record as read: its content, its file's stat, its marks (the starts the hot
-    path appended since the content was written) and the journal the last one names."""
+    path appended since the content was written) and the journal it names (the last
+    mark's, else the one its content carries: ``named_journal``)."""
 
     record: Record
     info: os.stat_result
@@ -168,7 +187,7 @@ def read(path: str, limit: int) -> Read | None:
         content, marks, journal = split(data)
         record = _parse(content)
         if record is not None:
-            return Read(record, info, marks, journal)
+            return Read(record, info, marks, named_journal(record, journal))
         if attempt < _READ_TRIES - 1:
             time.sleep(0.001)  # torn: being rewritten in place right now
     return None
@@ -234,8 +253,8 @@ def create(path: str, data: bytes, mode: int) -> bool:
 
 
 #: what an update does with a record, given when the hot path marked it started (None:
-#: not marked since its content was written) and the journal its last mark names: the
-#: new record (and a result's JSON text), or None to leave it as it is
+#: not marked since its content was written) and the journal it names (``named_journal``):
+#: the new record (and a result's JSON text), or None to leave it as it is
 Change = Callable[[Record, float | None, str | None], tuple[Record, str | None] | None]
 
 
@@ -258,7 +277,7 @@ def update(path: str, change: Change, limit: int) -> tuple[Record, bool] | None:
             return None
         content, marks, journal = split(data)
         old = _parse(content) or {}
-        new = change(old, info.st_mtime if marks else None, journal)
+        new = change(old, info.st_mtime if marks else None, named_journal(old, journal))
         if new is None:
             return old, False
         record, result_json = new

@@ -190,9 +190,16 @@ class FilesysStateStore(StateStore):
 
     def _forget_journaled(self, journal: str) -> None:
         data = records.read_bytes(journal, _JOURNAL_LIMIT) or b""
+        seen: set[bytes] = set()
         for line in data.split(b"\n"):
-            task_id = line.partition(b" ")[0].decode("ascii", errors="replace")
-            if task_id and valid_id(task_id):
+            name, _, stamp = line.partition(b" ")
+            if name in seen:
+                continue  # the first line of an id decides, as for every reader
+            seen.add(name)
+            task_id = name.decode("ascii", errors="replace")
+            # a success only: a record whose first line is a cancel's or a recovered
+            # copy's left live/ (and may be back there: requeued from the failed store)
+            if stamp.isdigit() and valid_id(task_id):
                 records.remove(self._live + task_id)
 
     def _start_journal(self) -> Journal:
@@ -227,7 +234,8 @@ class FilesysStateStore(StateStore):
     def _journaled(self, name: str, task_id: str) -> tuple[State, float] | None:
         """What the journal ``name`` says of ``task_id``, by its first line for it:
         ``succeeded`` or ``cancelled`` (a cancel's line came first), and when; None if
-        it has no line for it."""
+        it has no line for it, or its first says something else (a recovered copy's
+        final outcome came first: its record says which, and later lines are ignored)."""
         data = records.read_bytes(os.path.join(self.paths.done, name), _JOURNAL_LIMIT)
         if not data:
             return None
@@ -277,7 +285,10 @@ class FilesysStateStore(StateStore):
                 if read.journal is not None:  # started on the hot path: succeeded yet?
                     said = self._journaled(read.journal, task_id)
                     if said is not None and said[0] == "succeeded":
-                        return Found("done", path, read.record, read.info, read.marks, said[1])
+                        record = read.record
+                        if "error" in record:  # a recovered copy's retry, before the line
+                            record = {k: v for k, v in record.items() if k != "error"}
+                        return Found("done", path, record, read.info, read.marks, said[1])
                     if said is not None:  # a cancel came first (its record write next)
                         record = {**read.record, "state": "cancelled", "finished_at": said[1]}
                         return Found("done", path, record, read.info, read.marks)
@@ -304,8 +315,11 @@ class FilesysStateStore(StateStore):
             state, attempts, started = "running", attempts + found.marks, info.st_mtime
         elif found.where == "done" and state not in FINAL_STATES and not record.get("untracked"):
             # the hot path's success: the start time kept as mtime, the end the journal's
-            # line (or the move to done/, the ctime)
-            state, attempts = "succeeded", attempts + max(1, found.marks)
+            # line (or the move to done/, the ctime); a record a recovered copy's start
+            # rewrote (running, retrying) counts the starts in its content
+            if state in _WAITING:
+                attempts += max(1, found.marks)
+            state = "succeeded"
             started, finished = info.st_mtime, found.finished or info.st_ctime
         elif found.where == "live" and state in _WAITING:
             due, expires = _number(record.get("due_at")), _number(record.get("expires"))
@@ -421,7 +435,8 @@ class FilesysStateStore(StateStore):
             state = old.get("state")
             if state in FINAL_STATES and state != "cancelled":
                 return None
-            if journal is not None and self._journal_first(journal, task_id) == "succeeded":
+            first = None if journal is None else self._journal_first(journal, task_id, "cancelled")
+            if first == "succeeded":
                 return None
             new = {**old, "state": "cancelled", "finished_at": now}
             if marked_at is not None and state in _WAITING:
@@ -450,10 +465,12 @@ class FilesysStateStore(StateStore):
                 return True
         return False
 
-    def _journal_first(self, journal: str, task_id: str) -> State | None:
-        """Append a cancel's line for ``task_id`` to ``journal``; what the task's first
-        line there says (None: the journal is gone, forgotten with its folder)."""
-        line = f"{task_id} cancelled {time.time_ns()}\n".encode()
+    def _journal_first(self, journal: str, task_id: str, word: str) -> State | None:
+        """Append a final outcome's line for ``task_id`` to ``journal`` (``word``: a
+        cancel's ``cancelled``, a recovered copy's state); what the task's first line
+        there says (None: another word, or the journal is gone, forgotten with its
+        folder)."""
+        line = f"{task_id} {word} {time.time_ns()}\n".encode()
         if not records.mark(os.path.join(self.paths.done, journal), line):
             return None
         said = self._journaled(journal, task_id)
@@ -524,14 +541,16 @@ class FilesysStateStore(StateStore):
             ) -> tuple[Record, str | None] | None:
                 if old.get("state") in FINAL_STATES:
                     return None
-                if marked_at is not None and journal is not None:
+                new = {**old, "state": "running", "attempts": attempt, "started_at": now}
+                if journal is not None:
                     # started before (a task taken back from a worker taken for dead):
                     # when that worker's journal settled it (succeeded, or a cancel's
-                    # line first), the status is final: left as it is
-                    said = self._journaled(journal, task_id)
-                    if said is not None:
+                    # line first), the status is final: left as it is; else the content
+                    # carries the journal, so a success that worker still writes counts
+                    if self._journaled(journal, task_id) is not None:
                         return None
-                return {**old, "state": "running", "attempts": attempt, "started_at": now}, None
+                    new[records.CARRIED] = journal
+                return new, None
 
             outcome = records.update(live, running, self.limit)
             if outcome is not None and outcome[1]:
@@ -734,15 +753,32 @@ class FilesysStateStore(StateStore):
         result_json: str | None,
     ) -> bool:
         """Rewrite the record at ``path`` with ``state``, then move it where that state
-        lives; False if it was final already or moved away meanwhile."""
+        lives; False if it was final already or moved away meanwhile.
+
+        The outcome of a later attempt (a recovered copy: ``attempts`` 2 or more, or
+        1 handed back) on a record that names a journal is the copy's, while the
+        worker of the first attempt may journal a success there: when the journal
+        says the task succeeded (or a cancel came first), the outcome is dropped, as
+        one after a success in ``done/`` is. A non-final outcome keeps naming the
+        journal (a success written after it still counts); a final one writes its own
+        line first, as ``cancel`` does, and the first of the two lines decides. A first
+        attempt's own outcome (the usual failure, retry or result) reads no journal."""
         now = time.time()
+        copy = (attempts + 1 if state == "queued" else attempts) > 1
 
         def outcome(
-            old: Record, marked_at: float | None, _: str | None
+            old: Record, marked_at: float | None, journal: str | None
         ) -> tuple[Record, str | None] | None:
             if old.get("state") in FINAL_STATES and old.get("state") != "failed":
                 return None  # cancelled (or expired) stays so: its result is discarded
-            new = {k: v for k, v in old.items() if k != "result"}
+            new = {k: v for k, v in old.items() if k != "result" and k != records.CARRIED}
+            if copy and journal is not None:
+                final = state in FINAL_STATES
+                said = self._journal_first(journal, task_id, state) if final else None
+                if said is not None or (not final and self._journaled(journal, task_id)):
+                    return None  # succeeded (or cancelled) first, by that journal
+                if not final:
+                    new[records.CARRIED] = journal
             new.update(state=state, attempts=attempts)
             if state == "queued":  # requeued from the failed store, or handed back
                 new.pop("started_at", None)

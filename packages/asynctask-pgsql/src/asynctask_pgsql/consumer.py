@@ -53,9 +53,10 @@ from asynctask.status import StartVerdict
 from asynctask.transport import Consumer, Delivery, Transport, check_delay
 from asynctask_pgsql.conninfo import Server, is_refusal
 from asynctask_pgsql.decoding import load_json_as_text, read_headers
+from asynctask_pgsql.forget import FORGET_EVERY, forget_limit
 from asynctask_pgsql.pooled import Prepared, exec_prepared
 from asynctask_pgsql.schema import channel, consumer_lock_class, sweep_lock_class
-from asynctask_pgsql.state_sql import CANCEL_HEARD
+from asynctask_pgsql.state_sql import CANCEL_HEARD, StateStatements
 from asynctask_pgsql.statements import Statements
 from asynctask_pgsql.vacuum import Vacuumer
 
@@ -156,6 +157,11 @@ class PgsqlConsumer(Consumer):
         # notifications before it, we have read: see ``_start_later``
         self._asked_at = -CANCEL_HEARD
         self._next_sweep = 0.0
+        # tasks finished since our last delete of forgotten statuses (see forget.py): the
+        # sweep alone deleted at most 1,000 a sweep a queue (600/s at the default bound),
+        # below a drain's rate
+        self._finished = 0
+        self._forget = StateStatements.for_schema(host.schema).forget
         self._outage_since: float | None = None
         self._pause = 0.05
 
@@ -170,6 +176,9 @@ class PgsqlConsumer(Consumer):
             while True:
                 if self._buffer:
                     return self._buffer.popleft()
+                if self._finished >= FORGET_EVERY:
+                    self._run(self._forget, (forget_limit(self._finished),))
+                    self._finished = 0
                 if time.monotonic() >= self._next_sweep:
                     sweep = {
                         "lock_class": self._lock_class,
@@ -411,6 +420,7 @@ class PgsqlConsumer(Consumer):
             self._expires.pop(delivery.receipt, None)
             unmarked = self._unmarked.pop(delivery.receipt, None)
             if self._held.pop(delivery.receipt, None) is not None:
+                self._finished += 1
                 self._acks.append(delivery.receipt)
                 self._results.append(result_json)
                 self._started.append(None if unmarked is None else int(unmarked[1] * 1e6))
@@ -473,6 +483,7 @@ class PgsqlConsumer(Consumer):
             self._run(self._sql.settle, params)
             self._sent()
             del self._held[delivery.receipt]
+            self._finished += state == "failed"
 
     def _sent(self) -> None:
         """The pending acknowledgements went with the statement just run."""

@@ -29,6 +29,7 @@ from asynctask.status import (
     TaskStatus,
 )
 from asynctask_pgsql.conninfo import Server
+from asynctask_pgsql.forget import ForgetPace
 from asynctask_pgsql.schema import status_channel
 from asynctask_pgsql.state_sql import CANCEL_HEARD, StateStatements
 
@@ -67,6 +68,16 @@ class PgsqlStateStore(StateStore):
         self._host = host
         self.sql = StateStatements.for_schema(host.schema)
         self.channel = status_channel(host.schema)
+        self._pace = ForgetPace()
+
+    def _forget(self, final: int) -> None:
+        """Count ``final`` statuses about to be written; delete those past their time
+        when due (``asynctask_pgsql.forget``). Before the call's own statement, so that a
+        failure leaves nothing half done."""
+        self._pace.written += final
+        limit = self._pace.due(self.status_ttl)
+        if limit:
+            self._host._query(self.sql.forget, (limit,))
 
     # -- reads, cancel, wait -------------------------------------------------------------
 
@@ -76,6 +87,7 @@ class PgsqlStateStore(StateStore):
         found: dict[str, TaskStatus] = {}
         # Looking creates nothing: on a schema nobody made, no task is known.
         if known and self._host._stored():
+            self._forget(0)
             for row in self._host._query(self.sql.statuses, {"ids": known}):
                 status = _status(row)
                 found[status.id] = status
@@ -85,6 +97,7 @@ class PgsqlStateStore(StateStore):
         found = _uuid(task_id)
         if found is None or not self._host._stored():
             return False
+        self._forget(1)
         [(count, told)] = self._host._query(self.sql.cancel, {"id": found, "ttl": self.status_ttl})
         if told:
             # A consumer holds it: by now it asks the server before any start (see
@@ -100,6 +113,7 @@ class PgsqlStateStore(StateStore):
             return None  # looking creates nothing: no schema, no task
         deadline = None if timeout is None else time.monotonic() + timeout
         self._host._ready_pool()
+        self._forget(0)
         with self._host._mapped_errors(), self._listening() as conn:
             conn.execute(self.sql.watch, (found,))
             while True:
@@ -144,7 +158,9 @@ class PgsqlStateStore(StateStore):
             "delay": delay,
             "expires": options.expires,
             "unique_key": options.unique_key,
+            "ttl": self.status_ttl,
         }
+        self._forget(0)
         for _ in range(UNIQUE_TRIES):
             [(written, holder, known)] = self._host._query(self.sql.submitted, params)
             answer = held_by(written, holder, known, ids)
@@ -154,6 +170,7 @@ class PgsqlStateStore(StateStore):
 
     def started(self, queue: str, task_id: str, attempt: int) -> StartVerdict:
         params = {"id": uuid.UUID(task_id), "attempt": attempt, "ttl": self.status_ttl}
+        self._forget(0)
         rows = self._host._query(self.sql.started, params)
         if not rows:
             return "run"  # a task this store never had: it runs, untracked
@@ -183,6 +200,7 @@ class PgsqlStateStore(StateStore):
             "final": state in FINAL_STATES,
             "ttl": self.status_ttl,
         }
+        self._forget(1 if state in FINAL_STATES else 0)
         self._host._query(self.sql.settled, params)
 
 

@@ -167,24 +167,58 @@ PUT_ONE = (
     + "\n)\nSELECT count(pg_notify({s}.asynctask_channel(%(queue)s), '')) FROM put\n"
 )
 
+# A holder of the key that is waiting past its ``date_expires`` is final (it reads
+# ``expired`` and would never run): ``lapsed`` makes it so before the key is taken
+# (``expired``, key freed, its queue row deleted, its waiter told), as a reserve would.
+# Its queue row is locked first, in the order a reserve locks (queue row, then status),
+# and skipped when a reserve holds it (that reserve expires it and frees the key; the
+# insert below waits for its commit). A row a consumer already reserved keeps its key
+# until that consumer's start drops it (a sweep could still hand it back to run).
+_LAPSED_HOLDER = f"""lapsed AS (
+    SELECT q.id, q.task_id, q.date_expires FROM {{s}}.asynctask_queue AS q
+    JOIN {{s}}.asynctask_status AS h ON h.task_id = q.task_id
+    WHERE h.queue_name = %(queue)s AND h.unique_key = %(unique_key)s::text
+      AND h.date_finished IS NULL AND q.state = 'queued'
+      AND q.date_expires <= (SELECT at FROM submitted)
+    FOR UPDATE OF q SKIP LOCKED
+), freed AS (
+    UPDATE {{s}}.asynctask_status AS s
+    SET state = 'expired', date_finished = lapsed.date_expires, unique_key = NULL,
+        date_forget = now() + make_interval(secs => %(ttl)s::float8)
+    FROM lapsed WHERE s.task_id = lapsed.task_id AND s.date_finished IS NULL
+    RETURNING s.task_id, {_TOLD}
+), dropped AS (
+    DELETE FROM {{s}}.asynctask_queue AS q USING lapsed WHERE q.id = lapsed.id
+)"""
+
 # One task with a unique key: the task row is written only if its status row was: the
 # partial unique index asynctask_status_unique (queue_name, unique_key) takes the key
-# atomically (ON CONFLICT waits for a concurrent holder's commit). The answer: whether
-# ours was written, the holder's id, and whether this id is known (a retried submit).
-# A holder that committed after this statement's snapshot reads as none: the caller runs
-# the statement again.
+# atomically (ON CONFLICT waits for a concurrent holder's commit), once a lapsed holder
+# has let it go (``_LAPSED_HOLDER``, run first: the status insert reads its count). The
+# answer: whether ours was written, the holder's id (never a lapsed one, which this
+# statement's snapshot may still show holding it), and whether this id is known (a
+# retried submit). A holder that committed after this statement's snapshot reads as
+# none: the caller runs the statement again.
 PUT_UNIQUE = (
     "WITH "
     + _SUBMITTED
+    + ", "
+    + _LAPSED_HOLDER
     + ", st AS (\n"
-    + _STATUS_PUT.replace("{ids}", "(SELECT %(id)s::uuid AS id) AS t")
+    + _STATUS_PUT.replace(
+        "{ids}", "(SELECT %(id)s::uuid AS id FROM (SELECT count(*) FROM freed) AS f) AS t"
+    )
     + "\n), put AS (\n"
     + _ROW_PUT.replace("{when}", " WHERE EXISTS (SELECT 1 FROM st)")
     + """
 )
 SELECT (SELECT count(*) FROM st),
     (SELECT replace(h.task_id::text, '-', '') FROM {s}.asynctask_status AS h
-     WHERE h.queue_name = %(queue)s AND h.unique_key = %(unique_key)s::text),
+     WHERE h.queue_name = %(queue)s AND h.unique_key = %(unique_key)s::text
+       AND NOT EXISTS (
+           SELECT 1 FROM {s}.asynctask_queue AS q
+           WHERE q.task_id = h.task_id AND q.state = 'queued'
+             AND q.date_expires <= (SELECT at FROM submitted))),
     EXISTS (SELECT 1 FROM {s}.asynctask_status WHERE task_id = %(id)s::uuid),
     (SELECT count(pg_notify({s}.asynctask_channel(%(queue)s), '')) FROM put)
 """

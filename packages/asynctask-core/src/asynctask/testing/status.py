@@ -455,6 +455,60 @@ class StatusContract:
         assert transport.submit_task(elsewhere, {}, unique_key=key) != third
         transport.purge(elsewhere)
 
+    def test_a_unique_key_is_freed_when_its_task_expires_or_fails(self, transport, queue, probe):
+        """The key is released when its task is final: expired (no worker came in time)
+        or failed (in the failed store). Failed against pgsql, whose expired task kept
+        its key until a consumer reached it: the new submit returned the expired id and
+        stored nothing."""
+        key = "once:" + unique_queue("k")
+        # Given a task with a key that expires before any worker is free
+        stale = transport.submit_task(queue, {"n": 1}, unique_key=key, expires=0.5)
+        assert transport.submit_task(queue, {"n": 2}, unique_key=key) == stale
+        time.sleep(1.0)
+        expired = transport.status(stale)
+        assert expired is not None and expired.state == "expired", expired
+        # When the same key is submitted again
+        fresh = transport.submit_task(queue, {"n": 3}, unique_key=key)
+        # Then it is a new task, and the expired one is never delivered
+        assert fresh != stale, "a submit with an expired task's key returned that task"
+        assert transport.submit_task(queue, {"n": 4}, unique_key=key) == fresh
+        with transport.consumer(queue) as consumer:
+            delivery = _next_to_run(consumer, expired={stale})
+            assert delivery is not None and delivery.id == fresh, delivery
+            # When that one fails for good (to the failed store)
+            consumer.fail(delivery, "RuntimeError: boom")
+            consumer.record_outcome(delivery, "failed", error="RuntimeError: boom")
+            assert _next_to_run(consumer, expired={stale}, timeout=0.3) is None
+        failed = transport.status(fresh)
+        assert failed is not None and failed.state == "failed", failed
+        assert [f.id for f in transport.failed_tasks(queue)] == [fresh]
+        # Then the key is free again
+        again = transport.submit_task(queue, {"n": 5}, unique_key=key)
+        assert again not in (stale, fresh), "a submit with a failed task's key returned it"
+        assert probe.stored(queue) == 1
+        transport.purge_failed(queue)
+
+    def test_submit_tasks_takes_expires_for_the_whole_batch(self, transport, queue, probe):
+        """``submit_tasks(..., expires=...)`` gives every task of the batch its expiry:
+        past it, each reads ``expired`` and never runs; a batch without it is untouched.
+        Fails against a batch submit that drops the option (the tasks ran)."""
+        # Given a batch that expires in 0.5 s and one that does not
+        stale = transport.submit_tasks(queue, [{"n": 1}, {"n": 2}], expires=0.5)
+        kept = transport.submit_tasks(queue, [{"n": 3}], expires=600)
+        assert [s.state if s else None for s in transport.statuses(stale)] == ["queued"] * 2
+        # When no worker is free until after it
+        time.sleep(1.0)
+        # Then both read expired, and only the other batch is delivered
+        states = [s.state if s else None for s in transport.statuses(stale)]
+        assert states == ["expired", "expired"], states
+        with transport.consumer(queue) as consumer:
+            delivery = _next_to_run(consumer, expired=set(stale))
+            assert delivery is not None and delivery.id == kept[0], delivery
+            consumer.ack(delivery)
+            consumer.record_outcome(delivery, "succeeded")
+            assert _next_to_run(consumer, expired=set(stale), timeout=0.3) is None
+        assert probe.stored(queue) == 0 and transport.failed_tasks(queue) == []
+
     # -- priority -----------------------------------------------------------------------
 
     def test_priorities_come_out_highest_first_fifo_within(self, transport, queue):
@@ -636,6 +690,19 @@ class StatusContract:
             transport.purge(queue)
         finally:
             transport.state_uri = None
+
+
+def _next_to_run(consumer: Any, expired: set[str], timeout: float = 10) -> Any:
+    """The next delivery that ``start`` lets run, as the run loop takes it; a task of
+    ``expired`` may be delivered, but its start must say ``expired`` (then it is settled
+    and never runs). None when nothing else comes within ``timeout``."""
+    while (delivery := consumer.reserve(timeout=timeout)) is not None:
+        verdict = consumer.start(delivery)
+        if verdict == "run":
+            assert delivery.id not in expired, f"expired task {delivery.id} was started"
+            return delivery
+        assert (verdict, delivery.id in expired) == ("expired", True), (verdict, delivery)
+    return None
 
 
 def _json(value: Any) -> str:
