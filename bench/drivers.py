@@ -43,7 +43,7 @@ def pgsql_ways() -> dict[str, dict[str, Step]]:
     transport = PgsqlTransport(PGSQL)
     transport.queue_stats("bench_warm")  # migrate, open the pool
     conn = transport.server.connect()
-    sql = transport.sql.reserve
+    sql = transport.sql.reserve_tracked
     queue = unique_name("bench_drv")
 
     def listed() -> None:

@@ -151,7 +151,11 @@ def markdown(run: Run, chart_name: str | None) -> str:
         "moves by several times within seconds, and turns of 50 meet the same disk), and "
         f"{run.sizes.submit_batch:,} in batches of {run.sizes.batch:,} "
         "(`submit_tasks`), ours and raw alternating in 3 rounds, the best round of each "
-        f"kept (each side stops early after {run.sizes.submit_budget:g} s in all).",
+        f"kept (each side stops early after {run.sizes.submit_budget:g} s in all). "
+        "pgsql's steps run in a schema of the run's own (`asynctask_bench_<hex>`, empty "
+        "at the start, dropped at the end), as the raw client's table is made for its "
+        "step: the shared `asynctask` schema holds whatever other runs and tests left "
+        "there (with autovacuum off), and its indexes' size moved the one-by-one submit.",
         f"2. **drain**: `asynctask workers --halt-when-empty` with the no-op worker, 1 child and "
         f"2 children, on {run.sizes.drain:,} waiting tasks, the best of "
         f"{run.sizes.drain_rounds} alternating rounds. The rate counts from the first "

@@ -393,10 +393,35 @@ Servers: {servers}. Commit {run.commit}.
 LIVE_WORKERS = ("gil", "longconn", "flood")
 
 
+def broker_redelivers(result: Result) -> bool:
+    """AMQP's connection kills during long tasks: the one case issue 12 lets repeat.
+
+    RabbitMQ hands a closed connection's unacknowledged messages to other consumers at
+    once, whoever closed it, so there a drop counts as a fault: at most the tasks in flight
+    repeat per drop, the bound the scenario records (``Result.bound``).
+    """
+    return result.transport == "amqp" and result.scenario == "longconn"
+
+
+def live_excess(result: Result) -> str | None:
+    """What a scenario run while the workers live did beyond what it may, or None.
+
+    Every duplicate counts, except on AMQP under connection kills, where only those
+    beyond the tasks in flight per drop do.
+    """
+    title = f"{result.transport} {TITLES[result.scenario]}"
+    if broker_redelivers(result):
+        if result.duplicates <= result.bound:
+            return None
+        return f"{title}: {result.duplicates}, above its bound of {result.bound}"
+    return f"{title}: {result.duplicates}" if result.duplicates else None
+
+
 def figures(run: Run) -> str:
     """The figures issue 12 asks of the run, each checked: 0 lost anywhere; 0 duplicates
-    while the workers live; the group SIGTERM cuts no task short; beside a child-killing
-    task, every innocent one succeeds."""
+    while the workers live (on AMQP under connection kills, at most the tasks in flight per
+    drop); the group SIGTERM cuts no task short; beside a child-killing task, every
+    innocent one succeeds."""
     ran = [r for r in run.results if r.skipped is None]
     lines = ["## The figures asked for", ""]
 
@@ -407,13 +432,15 @@ def figures(run: Run) -> str:
 
     check("0 tasks lost, every scenario", ran, all(r.lost == 0 for r in ran))
     live = [r for r in ran if r.scenario in LIVE_WORKERS]
-    over = [f"{r.transport} {TITLES[r.scenario]}: {r.duplicates}" for r in live if r.duplicates]
+    over = [said for said in map(live_excess, live) if said]
+    within = [f"amqp: {r.duplicates} of at most {r.bound}" for r in live if broker_redelivers(r)]
     check(
         "0 duplicates while the workers live (GIL hog, long tasks under connection kills, "
-        "NOTIFY flood)",
+        "NOTIFY flood; on AMQP under connection kills at most the tasks in flight per drop, "
+        "as the broker hands a closed connection's tasks to others)",
         live,
         not over,
-        f" ({'; '.join(over)})" if over else "",
+        f" ({'; '.join(over or within)})" if over or within else "",
     )
     group = [r for r in ran if r.scenario == "group"]
     check(

@@ -13,10 +13,11 @@ import time
 
 import pytest
 
-from asynctask import get_transport
+from asynctask import AsyncTaskWorker, get_transport
 from asynctask.testing import require_service, unique_queue
 from backends import BACKENDS, REDIS_URI
 from clitools import Result, run_asynctask
+from support import drain
 
 
 @pytest.fixture(params=["filesys", "amqp"])
@@ -66,9 +67,12 @@ def test_task_shows_a_queued_task_and_cancel_makes_it_final(cli):
     assert isinstance(status["submitted_at"], float) and status["result"] is None
     # And cancel ends it (exit 0), a second cancel finds it final (exit 1)
     first = cli("cancel", task_id, "--json")
-    assert first.code == 0 and json.loads(first.out) == {"id": task_id, "cancelled": True}
+    assert json.loads(first.out) == {"id": task_id, "cancelled": True, "state": "cancelled"}
+    assert first.code == 0
     again = cli("cancel", task_id)
     assert again.code == 1 and "already final" in again.err
+    again_json = json.loads(cli("cancel", task_id, "--json").out)
+    assert again_json["cancelled"] is False and again_json["state"] == "cancelled"
     # And wait on a cancelled task returns at once with exit 1
     waited = cli("wait", task_id, "--json", "--timeout", "10")
     assert waited.code == 1 and json.loads(waited.out)["state"] == "cancelled"
@@ -133,3 +137,57 @@ def test_submit_refuses_bad_options_before_writing(cli):
     assert many.code == 0  # nothing to submit, nothing written
     looked = cli("queues", "--json")
     assert queue not in looked.out
+
+
+def test_json_says_so_for_an_unknown_id_and_a_wait_that_timed_out(cli):
+    # Given an id the store never saw, and a task no worker takes
+    unknown = "0" * 32
+    queue = unique_queue("clijson")
+    task_id = _submit(cli, queue)
+    try:
+        # When task, wait and cancel are asked for the unknown id with --json
+        for args in (("task",), ("wait", "--timeout", "1"), ("cancel",)):
+            shown = cli(*args[:1], unknown, *args[1:], "--json")
+            # Then each exits 1 and prints an object saying the id is unknown
+            assert shown.code == 1, (args, shown.err)
+            said = json.loads(shown.out)
+            assert said["id"] == unknown and said["state"] is None, args
+            assert "no task" in said["error"], args
+        # When wait --json gives up on the queued task
+        waited = cli("wait", task_id, "--timeout", "0.5", "--json")
+        # Then it exits 124 and prints the status as it stands, timed out
+        assert waited.code == 124, waited.err
+        said = json.loads(waited.out)
+        assert said["id"] == task_id and said["state"] == "queued"
+        assert said["timed_out"] is True and "not final after 0.5 s" in said["error"]
+    finally:
+        cli("cancel", task_id)
+
+
+class _Refuser(AsyncTaskWorker):
+    name = "cli_refuser"
+    max_retries = 0
+
+    def process(self, payload):
+        raise ValueError("refused on purpose")
+
+
+def test_wait_exits_1_for_a_task_that_failed_or_expired(cli, backend_uri):
+    # Given a task that failed (no retries) and one that expired before any worker
+    queue = unique_queue("clifinal")
+    failed_id = _submit(cli, queue)
+    transport = get_transport(backend_uri)
+    if backend_uri.startswith("amqp"):
+        transport.state_uri = REDIS_URI
+    drain(_Refuser(), transport, queue)
+    expired_id = _submit(cli, unique_queue("cliexpired"), "--expires", "0.2")
+    time.sleep(0.5)
+    # When wait and task read them, Then wait exits 1 and both show the final state
+    for task_id, state in ((failed_id, "failed"), (expired_id, "expired")):
+        waited = cli("wait", task_id, "--json", "--timeout", "10")
+        assert waited.code == 1, (state, waited.err)
+        assert json.loads(waited.out)["state"] == state
+        plain = cli("wait", task_id, "--timeout", "10")
+        assert plain.code == 1 and f"state         {state}" in plain.out
+        assert cli("task", task_id).code == 0
+    assert "refused on purpose" in json.loads(cli("task", failed_id, "--json").out)["error"]

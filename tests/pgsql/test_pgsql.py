@@ -599,6 +599,42 @@ def test_a_forked_child_opens_its_own_connections(transport, caplog):
     assert sorted(t["from"] for t in taken) == ["child", "parent", "parent again"]
 
 
+def test_a_head_row_locked_by_another_session_is_taken_as_soon_as_the_lock_goes(pg_server):
+    # RESERVE takes the head with FOR UPDATE SKIP LOCKED: a row another session holds
+    # (a statement that takes, cancels or moves it, until it commits) is passed over by
+    # that one statement only. Each RESERVE scans from the head again, and a consumer
+    # that finds nothing while a due row is locked looks again 50 ms later (NEXT_DUE
+    # counts locked rows): the row waits for the lock, never a round more.
+    # Given two tasks, the first one locked by another session (a recovery bound of 30 s:
+    # the consumer's sweeps, every 10 s, do not wake it meanwhile)
+    transport = open_transport(f"pgsql://{HOST}/{DATABASE}?recovery_seconds=30")
+    queue = unique_queue()
+    transport.submit_tasks(queue, [{"n": 1}, {"n": 2}])
+    with (
+        psycopg.connect(CONNINFO) as locker,
+        transport.consumer(queue, prefetch=1) as consumer,
+    ):
+        locker.execute(
+            "SELECT id FROM asynctask.asynctask_queue WHERE queue_name = %s"
+            " ORDER BY id LIMIT 1 FOR UPDATE",
+            (queue,),
+        )
+        # When the consumer reserves, it passes the locked head and takes the next one
+        first = consumer.reserve(timeout=2)
+        assert first is not None and first.payload == {"n": 2}
+        consumer.ack(first)
+        # And when the lock goes 0.2 s into its next reserve, with no change and no NOTIFY
+        threading.Timer(0.2, locker.rollback).start()
+        began = time.monotonic()
+        second = consumer.reserve(timeout=10)
+        took = time.monotonic() - began
+        # Then that reserve takes the head row, within a poll of the lock's end
+        assert second is not None and second.payload == {"n": 1}
+        assert took < 0.2 + 0.5, took
+        consumer.ack(second)
+    transport.close()
+
+
 def test_a_task_acknowledged_just_before_the_connection_drops_is_not_run_again(transport):
     # Given a consumer that has acknowledged a task (its delete rides on the next statement)
     queue = unique_queue()

@@ -368,23 +368,27 @@ def test_reserve_walks_the_partial_indexes(transport):
     queue = unique_queue()
     transport.submit_tasks(queue, [{"n": n} for n in range(10)])
     transport.submit_task(queue, {}, priority=3)
-    reserve = Statements.for_schema("asynctask").reserve
-    params = {
-        "queue": queue, "limit": 1, "owner": 0, "keeper": None, "owners": [0], "acks": [],
-        "results": "[]", "started": [], "track": True, "ttl": 60.0,
-    }  # fmt: skip
-    with psycopg.connect(CONNINFO, autocommit=True) as conn:
-        conn.execute("ANALYZE asynctask.asynctask_queue")
-        with conn.transaction(force_rollback=True):
-            # On a small table (a fresh CI database) a sequential scan is cheaper and
-            # the planner rightly takes it; with it priced out, the plan shows whether
-            # the partial indexes can serve the statement at all (if they could not,
-            # the planner would still fall back to the sequential scan).
-            conn.execute("SET LOCAL enable_seqscan = off")
-            plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + reserve, params))
-    assert "asynctask_queue_urgent" in plan, plan
-    assert "asynctask_queue_ready" in plan, plan
-    assert "Seq Scan on asynctask_queue" not in plan, plan
+    statements = Statements.for_schema("asynctask")
+    for reserve, track in (
+        (statements.reserve_tracked, True),
+        (statements.reserve_untracked, False),
+    ):
+        params = {
+            "queue": queue, "limit": 1, "owner": 0, "keeper": None, "owners": [0],
+            "acks": [], "results": "[]", "started": [], "track": track, "ttl": 60.0,
+        }  # fmt: skip
+        with psycopg.connect(CONNINFO, autocommit=True) as conn:
+            conn.execute("ANALYZE asynctask.asynctask_queue")
+            with conn.transaction(force_rollback=True):
+                # On a small table (a fresh CI database) a sequential scan is cheaper and
+                # the planner rightly takes it; with it priced out, the plan shows whether
+                # the partial indexes can serve the statement at all (if they could not,
+                # the planner would still fall back to the sequential scan).
+                conn.execute("SET LOCAL enable_seqscan = off")
+                plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + reserve, params))
+        assert "asynctask_queue_urgent" in plan, plan
+        assert "asynctask_queue_ready" in plan, plan
+        assert "Seq Scan on asynctask_queue" not in plan, plan
     assert transport.purge(queue) == 11
 
 

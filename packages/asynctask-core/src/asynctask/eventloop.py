@@ -204,15 +204,16 @@ class _Loop:
         for delivery in deliveries:
             self._spawn(delivery)
 
-    def call(self, fn: Callable[[], Any]) -> None:
-        """Run ``fn`` on the loop (awaited if it returns an awaitable) and wait for it."""
+    def call(self, fn: Callable[[], Any], timeout: float | None = None) -> None:
+        """Run ``fn`` on the loop (awaited if it returns an awaitable) and wait for it,
+        at most ``timeout`` seconds (then the built-in ``TimeoutError``)."""
 
         async def run() -> None:
             outcome = fn()
             if inspect.isawaitable(outcome):
                 await outcome
 
-        asyncio.run_coroutine_threadsafe(run(), self.loop).result()
+        asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
 
     def close(self, wait: bool) -> None:
         """Stop the loop and the pool; ``wait`` False leaves stuck tasks to the process."""
@@ -281,6 +282,9 @@ class _Engine:
         self._deadlines: list[tuple[float, int]] = []
         #: reserved and counted as running, to be started on the loop together
         self._to_start: list[Delivery] = []
+        #: stopped by KeyboardInterrupt (SIGINT; SIGTERM under run_worker): wait for
+        #: nothing on the loop, where blocking code may hold it for as long as it likes
+        self.interrupted = False
 
     # -- settling -----------------------------------------------------------------------
 
@@ -525,7 +529,7 @@ class _Engine:
         try:
             self.consumer.close()
         finally:
-            self.loop.close(wait=not stuck)
+            self.loop.close(wait=not stuck and not self.interrupted)
             if stuck and self.options.on_timeout is None:
                 logger.error(
                     "Left a task running past its timeout: Python cannot stop it in this "
@@ -556,9 +560,14 @@ def run_concurrent(
                 raise SetupFailed(exc) from exc
         try:
             result = engine.run()
+        except KeyboardInterrupt:
+            # SIGINT (or run_worker's SIGTERM) in process_queue/run_worker: the consumer's
+            # close hands the running tasks back; teardown gets cancel_grace on the loop
+            engine.interrupted = True
+            raise
         finally:
             if with_setup and not engine.result.replaced:
-                engine.loop.call(worker.teardown)
+                _teardown(engine, worker)
     finally:
         if options.on_idle is not None:
             options.on_idle()
@@ -567,3 +576,17 @@ def run_concurrent(
     if result.replaced and options.on_timeout is not None:
         options.on_timeout()
     return result
+
+
+def _teardown(engine: _Engine, worker: AsyncTaskWorker) -> None:
+    if not engine.interrupted:
+        engine.loop.call(worker.teardown)
+        return
+    try:
+        engine.loop.call(worker.teardown, timeout=worker.cancel_grace)
+    except TimeoutError:
+        logger.warning(
+            "Interrupted: the worker's teardown did not end within cancel_grace (%g s) on an "
+            "event loop a task still held; not waiting for it",
+            worker.cancel_grace,
+        )

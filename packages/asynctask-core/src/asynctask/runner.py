@@ -11,6 +11,12 @@ Timeouts: in a child, a watchdog thread settles a task past its ``timeout`` and 
 child (the supervisor starts a new one). ``process_queue``/``run_worker`` have no child to
 end: in the main thread a ``SIGALRM`` interrupts the task (as RQ's in-process worker
 does); in any other thread the task runs to its end and then counts as timed out.
+
+Signals in ``process_queue``/``run_worker``: SIGINT's ``KeyboardInterrupt`` and, from the
+main thread with Python's default SIGTERM, a SIGTERM alike stop the task in hand; the
+consumer's close hands it back uncounted (``_sigterm_interrupts``). A plain ``process``
+run in threads cannot be stopped: there either signal is a graceful stop, the running
+tasks finish and are settled, and a second signal ends the process (``_stop_gracefully``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 import signal
 import threading
 import time
@@ -472,11 +479,98 @@ def _drain(worker_name: str, queue_name: str, quiet: bool) -> int:
             track_status=None if config is None else config.track_status,
         )
         try:
-            return serve(worker, transport, queue_name, options).processed
+            if uses_event_loop(worker, options) and not worker.is_async():
+                # a plain process in threads: no exception stops a thread (see below)
+                with _stop_gracefully(options.stop) as received:
+                    processed = serve(worker, transport, queue_name, options).processed
+                if received and received[0] == signal.SIGINT:
+                    raise KeyboardInterrupt
+                if received:
+                    raise SystemExit(128 + signal.SIGTERM)
+                return processed
+            with _sigterm_interrupts(True):
+                return serve(worker, transport, queue_name, options).processed
         except SetupFailed as exc:
             raise exc.error from None  # a script sees its own setup's error
+        except _Terminated:
+            # The task in hand was interrupted and handed back uncounted (the consumer's
+            # close); the caller ends as a process stopped by SIGTERM does (128 + 15),
+            # its own finally blocks run.
+            raise SystemExit(128 + signal.SIGTERM) from None
     finally:
         root.setLevel(level)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during ``process_queue``/``run_worker``, raised as SIGINT's
+    ``KeyboardInterrupt`` is (and a kind of it): no ``except Exception`` (nor the run
+    loop's, which counts a task's errors and ``SystemExit``) takes it for the task's
+    failure, and asyncio re-raises it from a task's step as it does SIGINT's."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts(wanted: bool) -> Iterator[None]:
+    """While the helpers run in the main thread, SIGTERM stops them as SIGINT does.
+
+    Python's default for SIGTERM kills the process mid-task: the transport's recovery
+    brings the task back later, counted as an attempt. Raised here instead, it unwinds the
+    run loop, whose consumer hands the task in hand back uncounted. Only the default is
+    replaced (a program's own SIGTERM handler is left alone), and only in the main thread
+    (the only one a handler can be set from). A second SIGTERM meanwhile kills at once.
+    Not for a plain ``process`` run in threads (``child_concurrency`` > 1): no exception
+    stops a thread, so the task would be handed back while it still runs
+    (``_stop_gracefully`` instead).
+    """
+    main = threading.current_thread() is threading.main_thread()
+    if not wanted or not main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one is a forced stop
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _stop_gracefully(stop: threading.Event) -> Iterator[list[int]]:
+    """While a plain ``process`` runs in threads under the helpers, SIGINT and SIGTERM
+    ask for a graceful stop, as they do of a supervisor's child; yields the signals seen.
+
+    An exception cannot stop a thread: unwinding the run loop would hand back (to the
+    next worker, at attempt 1) a task whose thread runs on, to its end, its result never
+    recorded. So the first signal sets ``stop``: nothing new starts, the tasks reserved
+    but not started go back uncounted, the running ones finish and are settled as usual;
+    then the caller raises what that signal would have (``KeyboardInterrupt``,
+    ``SystemExit(143)``). A second signal is a forced stop: the process ends by it at
+    once (never exit 0, no ``finally``), and hands back nothing it had started, as its
+    threads may still run: the transport's recovery brings those back, counted. Only
+    Python's defaults are replaced, and only in the main thread.
+    """
+    received: list[int] = []
+    main = threading.current_thread() is threading.main_thread()
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    ours = [signum for signum, default in defaults.items() if signal.getsignal(signum) is default]
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if received:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        received.append(signum)
+        stop.set()  # (as a child's handler does)
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in ours if main}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def process_queue(queue_name: str, worker_name: str | None = None, quiet: bool = False) -> int:

@@ -131,7 +131,11 @@ class PgsqlConsumer(Consumer):
         # RESERVE, the statement of every ``prefetch`` tasks, goes through libpq as the
         # one-task submit does (``asynctask_pgsql.pooled``): prepared once per connection
         # (the names in ``_prepared``), its rows loaded by psycopg's C loaders (``_rows``).
-        self._reserve = Prepared("asynctask_reserve", self._sql.reserve)
+        # (one statement per tracking: each carries only the status CTE it can reach)
+        self._reserve = {
+            True: Prepared("asynctask_reserve", self._sql.reserve_tracked),
+            False: Prepared("asynctask_reserve_untracked", self._sql.reserve_untracked),
+        }
         self._prepared: set[bytes] = set()
         self._rows: abc.Transformer | None = None
         self._owner: int | None = None  # the number whose advisory lock we hold
@@ -192,7 +196,8 @@ class PgsqlConsumer(Consumer):
                         self._host.vacuum.ask()
                 self._cancelled.clear()  # of tasks we do not hold (we hold none now)
                 limit = self.prefetch - len(self._buffer)
-                rows = self._run(self._reserve, {"queue": self.queue, "limit": limit})
+                reserve = self._reserve[self._tracked()]
+                rows = self._run(reserve, {"queue": self.queue, "limit": limit})
                 self._sent()
                 self._keep(rows)
                 if self._buffer:

@@ -145,6 +145,9 @@ class PgsqlTransport(Transport):
         self.sql = Statements.for_schema(self.schema)
         #: the one-task submit, sent through libpq (see ``asynctask_pgsql.pooled``)
         self._put_one = Prepared("asynctask_put_one", self.sql.put_one)
+        self._put_one_untracked = Prepared(
+            "asynctask_put_one_untracked", self.sql.put_one_untracked
+        )
         recovery: float = self.options["recovery_seconds"]
         self.features = TransportFeatures(
             counts=frozenset(COUNT_NAMES), multiprocess=True, recovery_seconds=recovery
@@ -406,7 +409,9 @@ class PgsqlTransport(Transport):
         with self._mapped_errors():
             conn = pool.getconn(timeout=self.retry_timeout)
             try:
-                conn.run_prepared(self._put_one, params)
+                conn.run_prepared(
+                    self._put_one if params["track"] else self._put_one_untracked, params
+                )
             finally:
                 pool.putconn(conn)
 

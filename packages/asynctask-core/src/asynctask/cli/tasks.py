@@ -3,6 +3,13 @@
 Exit codes (``asynctask.exitcodes``): ``task`` 0, or 1 for an id the store does not know;
 ``wait`` 0 succeeded, 1 failed/cancelled/expired or unknown, 124 timed out; ``cancel`` 0
 cancelled, 1 already final or unknown. All three only read, except ``cancel``.
+
+With ``--json`` each prints one JSON object on stdout whatever the outcome, so a script
+never parses an empty output: the status as ``task`` shows it; for an id the store does
+not know ``{"id": ..., "state": null, "error": ...}``; for ``wait`` past its timeout the
+status as it stands with ``"timed_out": true`` and ``"error"``; for ``cancel``
+``{"id", "cancelled", "state"}`` (and ``"error"`` when not cancelled). The exit codes
+stay the same.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ def task(
     with reported_errors():
         found = open_transport(sets, config).status(task_id)
     if found is None:
-        raise fail(f"no task {task_id!r}: never submitted here, or forgotten", 1)
+        raise _failed(task_id, _unknown(task_id), exitcodes.NOT_OBTAINED, as_json)
     _show(found, as_json)
 
 
@@ -68,11 +75,14 @@ def wait(
         try:
             found = transport.wait(task_id, timeout=timeout)
         except TimeoutError as exc:
-            raise fail(
-                f"task {task_id!r} is not final after {timeout:g} s", exitcodes.WAIT_TIMEOUT
+            message = f"task {task_id!r} is not final after {timeout:g} s"
+            # the status as it stands (one more read, on this path only)
+            now = transport.status(task_id) if as_json else None
+            raise _failed(
+                task_id, message, exitcodes.WAIT_TIMEOUT, as_json, now, timed_out=True
             ) from exc
         except LookupError as exc:
-            raise fail(str(exc).strip("'\""), exitcodes.NOT_OBTAINED) from exc
+            raise _failed(task_id, str(exc).strip("'\""), exitcodes.NOT_OBTAINED, as_json) from exc
     _show(found, as_json)
     if found.state != "succeeded":
         raise typer.Exit(exitcodes.NOT_OBTAINED)
@@ -90,9 +100,19 @@ def cancel(
     Example: asynctask cancel 3f2a...
     """
     with reported_errors():
-        cancelled = open_transport(sets, config).cancel(task_id)
+        transport = open_transport(sets, config)
+        cancelled = transport.cancel(task_id)
+        # why not: final (its state) or unknown (none); one more read, on this path only
+        found = None if cancelled or not as_json else transport.status(task_id)
     if as_json:
-        typer.echo(json.dumps({"id": task_id, "cancelled": cancelled}, indent=2))
+        shown: dict[str, object] = {"id": task_id, "cancelled": cancelled}
+        if cancelled:
+            shown["state"] = "cancelled"
+        elif found is None:
+            shown |= {"state": None, "error": _unknown(task_id)}
+        else:
+            shown |= {"state": found.state, "error": f"task {task_id!r} is already final"}
+        typer.echo(json.dumps(shown, indent=2))
     elif cancelled:
         typer.echo(f"Cancelled task {task_id}.")
     if not cancelled:
@@ -102,6 +122,29 @@ def cancel(
                 err=True,
             )
         raise typer.Exit(exitcodes.NOT_OBTAINED)
+
+
+def _unknown(task_id: str) -> str:
+    return f"no task {task_id!r}: never submitted here, or forgotten"
+
+
+def _failed(
+    task_id: str,
+    message: str,
+    code: int,
+    as_json: bool,
+    found: TaskStatus | None = None,
+    timed_out: bool = False,
+) -> typer.Exit:
+    """The message on stderr, and with ``--json`` an object on stdout saying the same:
+    the status as far as it is known, ``"error"``, and ``"timed_out"`` for ``wait``."""
+    if as_json:
+        shown: dict[str, object] = asdict(found) if found else {"id": task_id, "state": None}
+        if timed_out:
+            shown["timed_out"] = True
+        shown["error"] = message
+        typer.echo(json.dumps(shown, indent=2))
+    return fail(message, code)
 
 
 def _show(found: TaskStatus, as_json: bool) -> None:
