@@ -110,7 +110,12 @@ def test_a_programs_own_sigterm_handler_is_left_alone(filesys_uri: str, tmp_path
         assert process.poll() is None
     finally:
         process.send_signal(signal.SIGINT)
-        process.communicate(timeout=30)
+        try:
+            process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:  # never left running (a later test would see it)
+                process.kill()
+                process.communicate()
     assert process.returncode == -signal.SIGINT
 
 

@@ -138,9 +138,16 @@ task_hooks = False
 _timed = False
 
 
+#: whether some plugin implements ``asynctask_submit_headers`` or
+#: ``asynctask_task_submitted`` in this process: a transport's submit reads it and, when
+#: False, calls neither ``submit_headers`` nor ``task_submitted``
+submit_hooks = False
+
+
 def _note_task_hooks() -> None:
-    global task_hooks, _timed
+    global task_hooks, submit_hooks, _timed
     task_hooks = bool(_started.impls or _finished.impls)
+    submit_hooks = bool(_headers.impls or _submitted.impls)
     _timed = any("duration" in impl.argnames for impl in _finished.impls)
 
 

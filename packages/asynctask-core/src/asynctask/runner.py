@@ -227,9 +227,7 @@ def run_loop(
                 # The backend is away: wait, then start over with a new consumer. What
                 # this consumer held comes back to the queue by the transport's recovery.
                 outage.failed(exc)
-                consumer = run.consumer = watchdog.consumer = _renew(
-                    transport, consumer, queue, options
-                )
+                consumer = _renew(transport, run, queue, options)
                 continue
             if outage.pause:
                 outage.ok()
@@ -260,9 +258,7 @@ def run_loop(
                         allowed = glimit.wait(delivery, options.stop)
                     except TransportUnavailable as exc:
                         outage.failed(exc)  # the unstarted task comes back by recovery
-                        consumer = run.consumer = watchdog.consumer = _renew(
-                            transport, consumer, queue, options
-                        )
+                        consumer = _renew(transport, run, queue, options)
                         continue
                     if not allowed:
                         consumer.release(delivery)
@@ -272,9 +268,7 @@ def run_loop(
                 succeeded = run.run(delivery)
             except TransportUnavailable as exc:
                 outage.failed(exc)  # not settled: the task comes back and runs again
-                consumer = run.consumer = watchdog.consumer = _renew(
-                    transport, consumer, queue, options
-                )
+                consumer = _renew(transport, run, queue, options)
                 continue
             finally:
                 if glimit is not None:
@@ -294,8 +288,14 @@ def run_loop(
     return result
 
 
-def _renew(transport: Transport, consumer: Consumer, queue: str, options: LoopOptions) -> Consumer:
-    return renew_consumer(transport, consumer, queue, options.prefetch, options.stop, options.owner)
+def _renew(transport: Transport, run: _TaskRun, queue: str, options: LoopOptions) -> Consumer:
+    """A new consumer in place of ``run``'s after an outage (``renew_consumer``), given to
+    ``run`` and its watchdog too (the one consumer of the loop, the run and the watchdog)."""
+    consumer = renew_consumer(
+        transport, run.consumer, queue, options.prefetch, options.stop, options.owner
+    )
+    run.consumer = run.watchdog.consumer = consumer
+    return consumer
 
 
 class _TaskRun:

@@ -113,6 +113,12 @@ def _refuse(value: object) -> object:
     raise TypeError(type(value).__name__)
 
 
+#: the containers a payload nests: a tuple made once (``dict | list`` in the loop built
+#: a ``types.UnionType`` at each test, and ``isinstance`` of one is slower: 5.8k
+#: instructions for a flat two-key payload against 4.3k, callgrind)
+_NESTED = (dict, list)
+
+
 def _str_keys_only(value: object) -> bool:
     """Whether every object key is a str, nesting at most ``MAX_DEPTH`` levels.
 
@@ -125,7 +131,7 @@ def _str_keys_only(value: object) -> bool:
         for key, item in value.items():
             if not isinstance(key, str):
                 return False
-            if isinstance(item, dict | list):
+            if isinstance(item, _NESTED):
                 nested = True
         if not nested:
             return True
@@ -137,9 +143,9 @@ def _str_keys_only(value: object) -> bool:
         if isinstance(item, dict):
             if not all(isinstance(k, str) for k in item):
                 return False
-            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, _NESTED))
         elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+            stack.extend((v, depth + 1) for v in item if isinstance(v, _NESTED))
     return True
 
 

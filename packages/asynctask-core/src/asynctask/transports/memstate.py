@@ -192,6 +192,15 @@ class MemoryStateStore(StateStore):
                 )
             return list(ids)
 
+    def queued_held(self, queue: str, task_id: str, now: float) -> None:
+        """``submitted`` of one task ready now with no option, the lock held by the
+        caller (the owner's one-task put, at ``now``): the same record, without the
+        lists and the option checks."""
+        forget = self._forget
+        if forget and forget[0][0] <= now:
+            self._purge(now)
+        self._records[task_id] = _Record(task_id, queue, "queued", now)
+
     def started(self, queue: str, task_id: str, attempt: int) -> StartVerdict:
         with self._lock:
             return self.start_held(queue, task_id, attempt)
