@@ -45,11 +45,11 @@ def rows(query: str, *params: Any, conninfo: str = CONNINFO) -> list[tuple[Any, 
         return conn.execute(query, params).fetchall()
 
 
-def status_row(task_id: str) -> tuple[Any, ...] | None:
+def status_row(task_id: str, schema: str = "asynctask") -> tuple[Any, ...] | None:
     """The stored status, read past the transport."""
     found = rows(
         "SELECT state, attempts, error, result, unique_key, date_forget IS NOT NULL"
-        " FROM asynctask.asynctask_status WHERE task_id = %s::uuid",
+        f" FROM {schema}.asynctask_status WHERE task_id = %s::uuid",
         task_id,
     )
     return found[0] if found else None
@@ -418,21 +418,27 @@ def test_wait_is_woken_by_the_notification_not_the_fallback_poll(transport):
     transport.purge(queue)
 
 
-def test_a_final_status_is_forgotten_after_the_ttl_by_the_sweep(transport):
-    queue = unique_queue()
-    transport.status_ttl = 0.5
-    task_id = transport.submit_task(queue, {})
-    with transport.consumer(queue) as consumer:
-        run_one(consumer)
-    assert transport.status(task_id).state == "succeeded"
-    time.sleep(0.6)
-    # (past its time and still stored: no call of this transport since; a status read
-    # now would delete it, see test_statuses_kept_for_another_transport_...)
-    assert status_row(task_id) is not None
-    with transport.consumer(queue) as consumer:
-        consumer.reserve(0.1)  # its first reserve sweeps
-    assert status_row(task_id) is None  # deleted by the sweep
-    assert transport.status(task_id) is None
+def test_a_final_status_is_forgotten_after_the_ttl_by_the_sweep(own_schema):
+    """In a schema of its own: in the shared one any other test's status write or read
+    deletes rows past their TTL (``forget``), this one's included, before the sweep."""
+    transport = open_transport(f"{URI}&schema={own_schema}")
+    try:
+        queue = unique_queue()
+        transport.status_ttl = 0.5
+        task_id = transport.submit_task(queue, {})
+        with transport.consumer(queue) as consumer:
+            run_one(consumer)
+        assert transport.status(task_id).state == "succeeded"
+        time.sleep(0.6)
+        # (past its time and still stored: no call of this transport since; a status read
+        # now would delete it, see test_statuses_kept_for_another_transport_...)
+        assert status_row(task_id, own_schema) is not None
+        with transport.consumer(queue) as consumer:
+            consumer.reserve(0.1)  # its first reserve sweeps
+        assert status_row(task_id, own_schema) is None  # deleted by the sweep
+        assert transport.status(task_id) is None
+    finally:
+        transport.close()
 
 
 @pytest.fixture
