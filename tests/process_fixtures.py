@@ -19,6 +19,7 @@ from asynctask.testing import (
     unique_queue,
     workers_command,
 )
+from asynctask.testing.supervised import Supervisor
 from backends import BACKENDS
 
 
@@ -47,11 +48,9 @@ def ledger(tmp_path) -> Path:
     return tmp_path / "ledger.jsonl"
 
 
-class Workers:
-    """A running ``asynctask workers`` command."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.process = process
+class Workers(Supervisor):
+    """A running ``asynctask workers`` command (``children``, ``stop`` and ``kill`` as
+    the contract's supervised tests have them)."""
 
     def wait(self, timeout: float = 60) -> int:
         try:
@@ -66,13 +65,6 @@ class Workers:
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
-
-    def children(self) -> list[int]:
-        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        try:
-            return [int(p) for p in path.read_text().split()]
-        except FileNotFoundError:
-            return []
 
 
 @pytest.fixture

@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from asynctask.testing.supervised import wait_for
 from asynctask_testworkers.workers import read_ledger
 from chaos.private import free_port
 from chaos.private_redis import launch_redis
 
 __all__ = ["drain", "events", "free_port", "scrape", "start_redis_server", "total", "wait_for"]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Wait until ``predicate()`` is true (checking every 50 ms); fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def events(ledger: Path, event: str) -> list[dict[str, Any]]:

@@ -71,8 +71,8 @@ class Supervisor:
             self.process.stderr.close()
 
 
-def _wait_for(read: Callable[[], Any], timeout: float, what: str) -> Any:
-    """``read()`` every 50 ms until it is true; fail naming ``what``."""
+def wait_for(read: Callable[[], Any], timeout: float, what: str) -> Any:
+    """``read()`` every 50 ms until it is true (its value returned); fail naming ``what``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = read()
@@ -128,15 +128,15 @@ class SupervisedStatusContract:
         long_id = transport.submit_task(queue, {"ledger": ledger, "n": 1, "seconds": 30})
         next_id = transport.submit_task(queue, {"ledger": ledger, "n": 2})
         workers = supervise(transport, queue)
-        _wait_for(lambda: ledger_lines(ledger, "start"), 60, "the long task to start")
-        status = _wait_for(lambda: transport.status(long_id), 10, "its status")
+        wait_for(lambda: ledger_lines(ledger, "start"), 60, "the long task to start")
+        status = wait_for(lambda: transport.status(long_id), 10, "its status")
         assert status.state == "running", status
-        (child,) = _wait_for(workers.children, 10, "its child")
+        (child,) = wait_for(workers.children, 10, "its child")
         # When it is cancelled while it runs
         cancelled = time.monotonic()
         assert transport.cancel(long_id) is True
         # Then its child is gone within the bound, and a new one runs the next task
-        _wait_for(lambda: child not in workers.children(), 10, "the child to be replaced")
+        wait_for(lambda: child not in workers.children(), 10, "the child to be replaced")
         took = time.monotonic() - cancelled
         assert took < REPLACED_WITHIN, f"the child was replaced {took:.2f} s after the cancel"
         done = transport.wait(next_id, timeout=60)
