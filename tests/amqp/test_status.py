@@ -10,6 +10,9 @@ must still hear.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -330,6 +333,66 @@ def test_with_state_in_redis_writes_sent_on_a_lost_connection_are_made_again(amq
         # Then its outcome reached Redis all the same
         assert t.wait(second, timeout=5).result == "ok"
         assert t.status(first).state == "succeeded"
+
+
+#: a worker process whose fourth task kills it (SIGKILL: the OOM killer, the
+#: supervisor's kill), the first three run by the run loop (succeeded, with or without
+#: a result); its status feed's thread never sends what is held (``HOLD`` a minute)
+_DIES_ON_THE_FOURTH = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from asynctask import AsyncTaskWorker
+    from asynctask.runner import LoopOptions, run_loop
+    from asynctask.testing.contract import open_transport
+    from asynctask_redis import statusfeed
+
+    uri, state, queue, result = sys.argv[1:5]
+    statusfeed.HOLD = 60.0
+
+    class DiesOnTheFourth(AsyncTaskWorker):
+        name = "asynctask_amqp_dies_on_the_fourth"
+
+        def process(self, payload):
+            if payload["n"] == 0:
+                time.sleep(0.5)  # the rest arrive (prefetch): no reserve waits after it
+            if payload["n"] == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return payload["n"] if result == "value" else None
+
+    with open_transport(uri) as t:
+        t.state_uri = state
+        run_loop(DiesOnTheFourth(), t, queue, LoopOptions(prefetch=8))
+    """
+)
+
+
+@pytest.mark.parametrize("result", ["value", "none"])
+@pytest.mark.parametrize("relay", ["true", "false"])
+def test_with_state_in_redis_a_worker_killed_after_its_successes_leaves_them_succeeded(
+    amqp_uri, redis_state, relay, result
+):
+    """The run loop sends an outcome its status feed holds before it acknowledges the
+    task: once the broker forgets a task, only the store knows it succeeded. (Fails
+    when the ack goes first, relay or not, result or none: the feed held the three
+    successes, the worker died with them, and they read ``running``/``queued`` for
+    good while the broker had forgotten them.)"""
+    queue = unique_queue()
+    uri = _with(amqp_uri, f"relay={relay}")
+    with open_transport(uri) as t:
+        t.state_uri = redis_state
+        ids = t.submit_tasks(queue, [{"n": n} for n in range(6)])
+        # Given a worker that runs three tasks back to back, then is killed in the fourth
+        subprocess.run(
+            [sys.executable, "-c", _DIES_ON_THE_FOURTH, uri, redis_state, queue, result],
+            timeout=60,
+        )
+        # Then the broker has the fourth back, with the two the worker held ahead
+        _eventually(lambda: t.queue_stats(queue).ready == 3, timeout=10)
+        # And the three acknowledged succeeded, with their results
+        done = [t.wait(tid, timeout=1) for tid in ids[:3]]
+        assert [s.state for s in done] == ["succeeded"] * 3
+        expected = [0, 1, 2] if result == "value" else [None] * 3
+        assert [s.result for s in done] == expected
 
 
 def _eventually(check: Any, timeout: float = 2.0) -> None:

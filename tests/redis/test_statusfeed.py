@@ -5,6 +5,7 @@ real AMQP consumer are in tests/amqp/test_status.py."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -58,18 +59,12 @@ def test_a_write_made_while_redis_is_away_is_kept_with_those_before_it(transport
     call raises ``TransportUnavailable`` like the earlier one. Failed before: the second
     outcome was lost (the earlier writes' redo raised before it was queued), and its
     task stayed ``queued`` for good."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
     from asynctask.errors import TransportUnavailable
 
     store, queue = transport.state(), unique_queue()
     first, second = store.submitted(queue, [new_task_id(), new_task_id()], 0, SubmitOptions())
     feed = store.feed(queue)
     server = transport.server
-
-    class _Away:
-        def get_connection(self, *args, **kwargs):
-            raise RedisConnectionError("Redis is away")
 
     def gave_up(fn, *args):
         raise TransportUnavailable("Redis is away (retry_timeout passed)")
@@ -93,6 +88,92 @@ def test_a_write_made_while_redis_is_away_is_kept_with_those_before_it(transport
         "succeeded",
         "succeeded",
     ]
+
+
+class _Away:
+    """A connection pool of a Redis that cannot be reached."""
+
+    def get_connection(self, *args, **kwargs):
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        raise RedisConnectionError("Redis is away")
+
+
+def test_a_write_after_redis_came_back_makes_those_kept_first(transport, monkeypatch):
+    """Writes kept while Redis was away longer than ``retry_timeout`` are made first, in
+    order, by the next write once it is back, not left behind on a new connection. A
+    consumer goes on after such an outage (``Consumer.flush_status_feed`` swallows it).
+    (Failed before: the next write opened a new connection while the kept ones waited
+    for replies; its reply was taken for the first kept one, which was never made
+    (``queued``), and ``close`` hung waiting for replies that never came.)"""
+    from asynctask.errors import TransportUnavailable
+
+    store, queue = transport.state(), unique_queue()
+    first, second, third = store.submitted(
+        queue, [new_task_id(), new_task_id(), new_task_id()], 0, SubmitOptions()
+    )
+    feed = store.feed(queue)
+
+    def gave_up(fn, *args):
+        raise TransportUnavailable("Redis is away (retry_timeout passed)")
+
+    # Given two successes kept while Redis was away past the transport's retries
+    with monkeypatch.context() as away:
+        away.setattr(transport.server, "pool_for", lambda key: _Away())
+        away.setattr(transport, "_call", gave_up)
+        for task_id in (first, second):
+            feed.settled(task_id, "succeeded", 1, result_json="1")
+            with pytest.raises(TransportUnavailable):
+                feed.flush()
+    # When Redis is back and the consumer's next task fails (an outcome sent at once)
+    feed.settled(third, "failed", 1, error="ValueError: x")
+    # Then close ends, and every outcome is written, the kept ones too
+    closing = threading.Thread(target=feed.close, daemon=True)
+    closing.start()
+    closing.join(15)
+    states = [s.state if s else None for s in store.statuses([first, second, third])]
+    assert not closing.is_alive(), f"close hangs; states {states}"
+    assert states == ["succeeded", "succeeded", "failed"]
+
+
+def test_the_flusher_tries_once_and_leaves_the_retries_to_the_consumer(transport, monkeypatch):
+    """The feed's thread, sending what is held while Redis is away, tries once and
+    keeps the writes: it holds the feed's lock meanwhile, so its retries (up to
+    ``retry_timeout``) held back the consumer's starts and outcomes. The consumer's
+    next call makes them. (Fails when the thread's send retries: its look took the
+    whole ``retry_timeout``, here 1 s.)"""
+    from asynctask.errors import TransportUnavailable
+
+    monkeypatch.setattr(statusfeed, "HOLD", 60.0)  # (only this test's looks send)
+    monkeypatch.setattr(transport, "retry_timeout", 1.0)
+    store, queue = transport.state(), unique_queue()
+    (task,) = store.submitted(queue, [new_task_id()], 0, SubmitOptions())
+    feed = store.feed(queue)
+    tries: list[object] = []
+
+    def away(*args):
+        tries.append(args)
+        raise TransportUnavailable("Redis is away")
+
+    try:
+        feed.settled(task, "succeeded", 1, result_json='"ok"')
+        # Given a Redis that cannot be reached
+        with monkeypatch.context() as cut:
+            cut.setattr(transport.server, "pool_for", lambda key: _Away())
+            cut.setattr(transport, "execute", away)
+            # When the thread's look finds the success due
+            began = time.monotonic()
+            while feed.flush_marks(time.monotonic() + 61) is not None:
+                pass  # (the thread itself was looking: the lock was taken)
+            took = time.monotonic() - began
+            # Then it tried once, soon, and the write is kept
+            assert took < 0.5 and len(tries) == 1, (took, len(tries))
+            assert [w.task_id for s in feed._sent for w in s.writes] == [task]
+        # And once Redis is back, the consumer's next call makes it
+        feed.flush()
+        assert store.wait(task, timeout=5).result == "ok"
+    finally:
+        feed.close()
 
 
 def _tls_pair(folder):
