@@ -42,6 +42,7 @@ from asynctask.attempts import (
     cancelled_while_running,
     give_up_if_spent,
     not_started,
+    record_before_settle,
     refuse_awaitable,
     refuse_unsigned,
     settle,
@@ -400,11 +401,16 @@ class _TaskRun:
             else:
                 # attempts.settle's success path with no result to store, inline (a call
                 # less and no event call: ~2.5k instructions a task, callgrind)
-                if consumer.ack(delivery, None):
-                    cancelled_while_running(log, delivery)
-                if tracked and consumer.transport.state_uri is not None:
-                    # (without asynctask_state, the ack wrote the outcome: no call)
-                    consumer.record_outcome(delivery, "succeeded")
+                if tracked and consumer.has_status_feed:
+                    record_before_settle(consumer, delivery, "succeeded")  # (see there)
+                    if consumer.ack(delivery, None):
+                        cancelled_while_running(log, delivery)
+                else:
+                    if consumer.ack(delivery, None):
+                        cancelled_while_running(log, delivery)
+                    if tracked and consumer.transport.state_uri is not None:
+                        # (without asynctask_state, the ack wrote the outcome: no call)
+                        consumer.record_outcome(delivery, "succeeded")
                 if hooks:
                     events.task_finished(worker, delivery, "succeeded", None)
                 if debug:

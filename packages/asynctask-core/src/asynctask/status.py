@@ -195,9 +195,9 @@ class StatusFeed(ABC):
     def started(self, task_id: str, attempt: int) -> None:
         """``StateStore.started`` sent without waiting for the verdict: only for a task
         ``may_start`` allowed, with no ``expires`` (``EXPIRES_HEADER``). A feed may hold
-        it with other writes it holds (a few milliseconds at most, with the time the
-        task started), never while it holds none: the first start after the consumer
-        waited is sent at once."""
+        it (a few milliseconds at most, with the time the task started), for the
+        task's outcome or with other writes, but not the first start after the
+        consumer waited (``flush`` with ``waiting``): that one is sent at once."""
 
     @abstractmethod
     def settled(
@@ -212,11 +212,16 @@ class StatusFeed(ABC):
         """``StateStore.settled`` sent without waiting, after every earlier write of
         this feed. A write whose connection is lost before its reply is sent again.
         A feed may hold it for its next write, ``flush`` or ``close``, a few
-        milliseconds at most."""
+        milliseconds at most: the run loop calls ``flush`` before it tells the broker
+        the task is done."""
 
-    def flush(self) -> None:  # noqa: B027 (optional: a feed that holds nothing)
-        """Send the outcomes held, if any: the consumer is about to wait for a task
-        (``Consumer.flush_status_feed``), so no start would carry them soon."""
+    def flush(self, *, waiting: bool = True) -> None:  # noqa: B027 (optional)
+        """Send the writes held, if any (``Consumer.flush_status_feed``): ``waiting``,
+        the consumer is about to wait for a task, so no start would carry them soon;
+        else it wrote an outcome and is about to tell the broker the task is done
+        (the outcome must not be lost with the process once the broker forgot the
+        task), and goes on to the next task at once. A feed that holds nothing has
+        nothing to do."""
 
     @abstractmethod
     def close(self) -> None:

@@ -367,16 +367,18 @@ class Consumer(ABC):
         known = self._status_feed
         return known is not None and known[1] is not None
 
-    def flush_status_feed(self) -> None:
-        """Send the outcomes this consumer's ``StatusFeed`` holds for its next start
-        (``StatusFeed.flush``). A transport with ``starts_unwaited`` calls it before its
-        ``reserve`` waits for a task. Never raises: a store that cannot be reached
-        keeps them to be sent again with the feed's next write (or its close), and the
-        wait for a task goes on."""
+    def flush_status_feed(self, *, waiting: bool = True) -> None:
+        """Send the writes this consumer's ``StatusFeed`` holds (``StatusFeed.flush``).
+        A transport with ``starts_unwaited`` calls it before its ``reserve`` waits for a
+        task (``waiting``); the run loop calls it with ``waiting=False`` between
+        writing an outcome and telling the broker the task is done
+        (``asynctask.attempts``). Never raises: a store that cannot be reached keeps
+        them to be sent again first with the feed's next write (or its close), and the
+        consumer goes on."""
         known = self._status_feed
         if known is not None and known[1] is not None:
             try:
-                known[1].flush()
+                known[1].flush(waiting=waiting)
             except AsynctaskError as exc:
                 logger.warning(
                     "%r: the task statuses held could not be written yet (%s); they are "

@@ -19,19 +19,23 @@ without waiting for the reply: Redis runs them in the order sent. A consumer bus
 task after task has its writes held and sent together, one message and one script call
 (each call costs the worker a send and Redis a wake-up, a script's set-up and a reply, on
 cores they share; a start held with its task's success is one write, one read and one
-write in Redis): a success is always held; a start is held when something is, and sent
-at once when nothing is (the consumer's first task since it waited reads ``running``
-from its start on); any other outcome is sent at once with what is held. What is held
-goes with ``flush`` (the consumer calls it before it waits for a task:
-``Consumer.flush_status_feed``), with ``close``, once ``MOST_HELD`` are held, or, at the
-latest, ``HOLD`` seconds after the first was held, from a thread of the feed
-(``startmarks.MarkFlusher``); a held start carries its age, so ``started_at`` is when the
-task started, on the server's clock. Replies are read once ``READ_EVERY`` are due and
-have arrived, with later calls, and all of them at ``close`` (replies that are all ``0``,
-every start allowed, are taken from the socket without a parser). When that connection
-fails, every write whose reply was not read is made again, waited for, in order (a start
-whose task's outcome is among them is dropped: running after the outcome would be a step
-back).
+write in Redis): a start is sent at once for the consumer's first task since it waited
+(it reads ``running`` from its start on), else held; a success is held; any other
+outcome is sent at once with what is held. What is held goes with ``flush``, which the
+consumer calls before it waits for a task (``Consumer.flush_status_feed``) and, the
+outcome written, before it tells the broker a task is done (``asynctask.attempts``: an
+outcome held must not die with the worker while the broker forgets the task), with
+``close``, once ``MOST_HELD`` are held, or, at the latest, ``HOLD`` seconds after the
+first was held, from a thread of the feed (``startmarks.MarkFlusher``); a held start
+carries its age, so ``started_at`` is when the task started, on the server's clock.
+Replies are read once ``READ_EVERY`` are due and have arrived, with later calls, and all
+of them at ``close`` (replies that are all ``0``, every start allowed, are taken from the
+socket without a parser). When that connection fails, every write whose reply was not
+read is made again, waited for, in order, with the transport's retries (a start whose
+task's outcome is among them is dropped: running after the outcome would be a step
+back); the thread tries once, not holding the consumer's calls for ``retry_timeout``.
+What still fails is kept, and made again first by the next write, ``flush`` or ``close``
+(Redis away longer than ``retry_timeout``), before a new connection carries anything.
 """
 
 from __future__ import annotations
@@ -156,6 +160,9 @@ class RedisStatusFeed(StatusFeed):
         #: successes held for the next write (see the module docstring), and since when
         self._held: list[_Write] = []
         self._held_since = 0.0
+        #: whether the consumer waited for a task since its last settle (``flush``): its
+        #: next start is then sent at once, else held for its success
+        self._waited = True
         self._flusher: MarkFlusher | None = None
         #: (ttl_ms, the packed head of a ``WRITES`` call for it), see ``_packed_head``
         self._head_for: tuple[int, bytes] | None = None
@@ -215,11 +222,12 @@ class RedisStatusFeed(StatusFeed):
     # -- writes -------------------------------------------------------------------------
 
     def started(self, task_id: str, attempt: int) -> None:
-        """``running``, sent without waiting for the verdict: at once when nothing is
-        held (the consumer's first task since it waited), else held with the rest."""
+        """``running``, sent without waiting for the verdict: at once for the
+        consumer's first task since it waited (nothing held), else held with the rest
+        (for its success: one write)."""
         write = _Write("s", task_id, attempt, time.monotonic())
         with self._lock:
-            if self._held:
+            if self._held or not self._waited:
                 self._hold(write)
             else:
                 self._send((write,))
@@ -260,12 +268,18 @@ class RedisStatusFeed(StatusFeed):
             self._held = []
             self._send(tuple(held))
 
-    def flush(self) -> None:
-        """Send the successes held (the consumer is about to wait for a task)."""
+    def flush(self, *, waiting: bool = True) -> None:
+        """Send the writes held, and those kept by an outage (``_kept``): the consumer
+        is about to wait for a task (``waiting``: its next start is sent at once), or
+        to acknowledge the task whose outcome it just wrote (then its next start is
+        held for that task's success: one write a short task)."""
         with self._lock:
+            self._waited = waiting
             if self._held:
                 held, self._held = self._held, []
                 self._send(tuple(held))
+            elif self._kept():
+                self._redo("writes kept since an outage")
 
     def flush_marks(self, now: float) -> float | None:
         """The flusher thread's look (``MarkFlusher``): send the successes held once the
@@ -279,10 +293,12 @@ class RedisStatusFeed(StatusFeed):
             if due > 0:
                 return due
             held, self._held = self._held, []
-            self._send(tuple(held))
+            # One try, no retries: the consumer's calls wait for this lock, and a retry
+            # runs up to retry_timeout (what fails is kept for the consumer's next call)
+            self._send(tuple(held), retry=False)
             return None
         except AsynctaskError as exc:  # kept to be made again by the next call or close
-            logger.info("%r: the successes held could not be written yet (%s)", self, exc)
+            logger.info("%r: the writes held could not be written yet (%s)", self, exc)
             return None
         finally:
             self._lock.release()
@@ -292,9 +308,18 @@ class RedisStatusFeed(StatusFeed):
             self._flusher = MarkFlusher(self, f"asynctask-statusfeed-{self.queue}")
         return self._flusher
 
-    def _send(self, writes: tuple[_Write, ...]) -> None:
-        """Send ``writes`` in one ``WRITES`` call, unanswered (the lock held)."""
+    def _send(self, writes: tuple[_Write, ...], retry: bool = True) -> None:
+        """Send ``writes`` in one ``WRITES`` call, unanswered (the lock held); on a
+        failure they are made again (``_redo``: with the transport's retries unless
+        ``retry`` is False)."""
         entry = _Sent(writes)
+        if self._kept():
+            # Writes a redo gave up on (Redis away past retry_timeout) come first, and
+            # waited for: on a new connection, the replies to come would be taken for
+            # theirs, and they would never be made
+            self._sent.append(entry)
+            self._redo("writes kept since an outage", retry)
+            return
         try:
             conn = self._connection()
             if len(self._sent) >= READ_EVERY:  # (a blocking read waits for all sent)
@@ -304,8 +329,12 @@ class RedisStatusFeed(StatusFeed):
             # that gives up (``TransportUnavailable``) leaves it to the next call or
             # ``close`` with them; queued after, it was lost.
             self._sent.append(entry)
-            self._redo(exc)
+            self._redo(f"its connection failed ({exc})", retry)
             return
+        except BaseException:
+            self._sent.append(entry)
+            self._drop()  # (see below: redis-py dropped the socket under a reply cut)
+            raise
         self._sent.append(entry)
         now = time.monotonic()
         args = [a for w in writes for a in w.args(now)]
@@ -319,7 +348,18 @@ class RedisStatusFeed(StatusFeed):
                 sock = conn._sock
             sock.sendall(data)
         except (RedisError, OSError) as exc:
-            self._redo(exc)
+            self._redo(f"its connection failed ({exc})", retry)
+        except BaseException:
+            # (an interrupt, a signal's exception) mid-send: part of the call may be on
+            # the wire, so the connection is out of step. Dropped, as redis-py does;
+            # the writes unanswered are kept, made again by the next call or close.
+            self._drop()
+            raise
+
+    def _kept(self) -> bool:
+        """Whether writes are kept to be made again: unanswered, with no connection (a
+        redo gave up, or a send was cut)."""
+        return self._conn is None and bool(self._sent)
 
     def _packed_head(self) -> bytes:
         """``EVALSHA <sha> 0 <prefix> <queue> <ttl_ms>`` packed, made once (per ttl)."""
@@ -399,14 +439,15 @@ class RedisStatusFeed(StatusFeed):
         for write, verdict in zip(starts, reply or (), strict=False):
             warn_late_verdict(self, write.task_id, verdict)
 
-    def _redo(self, exc: BaseException) -> None:
-        """The feed's connection failed with writes unanswered: make them again, waited
-        for, in order, with the transport's retries; what still fails stays to be made
-        again by the next call (and raises ``TransportUnavailable`` to this one). A
-        start whose task's outcome is among them is dropped: running after the outcome
-        would be a step back."""
+    def _redo(self, why: str, retry: bool = True) -> None:
+        """The feed's writes unanswered cannot be read back (``why``): make them again,
+        waited for, in order, with the transport's retries (one try each without
+        ``retry``); what still fails stays, kept, to be made again first by the next
+        call (and raises ``TransportUnavailable`` to this one). A start whose task's
+        outcome is among them is dropped: running after the outcome would be a step
+        back."""
         self._drop()
-        logger.info("%r: its connection failed (%s); writing the statuses sent again", self, exc)
+        logger.info("%r: %s; writing the statuses sent again", self, why)
         t = self.store.transport
         outcomes = {w.task_id for e in self._sent for w in e.writes if w.outcome}
         while self._sent:
@@ -414,7 +455,11 @@ class RedisStatusFeed(StatusFeed):
             if writes:
                 now = time.monotonic()
                 args = [a for w in writes for a in w.args(now)]
-                reply = t._call(t.execute, run, self._script, *self._head(), *args)
+                head = self._head()
+                if retry:
+                    reply = t._call(t.execute, run, self._script, *head, *args)
+                else:
+                    reply = t.execute(run, self._script, *head, *args)
                 self._verdicts(writes, reply)
             self._sent.popleft()
 
@@ -443,10 +488,10 @@ class RedisStatusFeed(StatusFeed):
                 if self._conn is not None:
                     self._read(self._conn, block=True)
             except (RedisError, OSError) as exc:
-                self._redo(exc)
+                self._redo(f"its connection failed ({exc})")
             finally:
                 conn, self._conn = self._conn, None
                 if conn is not None:
                     self._pool.release(conn)
             if self._sent:  # never sent: no connection could be made
-                self._redo(RedisError("not sent"))
+                self._redo("writes kept since an outage")
