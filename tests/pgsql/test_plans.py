@@ -72,11 +72,11 @@ def test_a_reserve_reads_the_head_not_the_queue_when_the_table_looks_empty(own_s
             "track": tracked, "ttl": 60.0, "queue": queue, "limit": 16,
             "owner": 0, "keeper": 0,
         }  # fmt: skip
-        with psycopg.connect(CONNINFO, autocommit=True) as conn:
-            with conn.transaction(force_rollback=True):
-                [(plan,)] = conn.execute(
-                    "EXPLAIN (ANALYZE, FORMAT JSON) " + text, params
-                ).fetchall()
+        with (
+            psycopg.connect(CONNINFO, autocommit=True) as conn,
+            conn.transaction(force_rollback=True),
+        ):
+            [(plan,)] = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + text, params).fetchall()
         # Then no node runs more than once per head row, nor reads more than the head
         nodes = _nodes(plan[0]["Plan"])
         loops = [

@@ -39,13 +39,13 @@ from asynctask_pgsql.schema import sql
 # (``array_position``): joining the arrays' rows to the deleted ones rescanned them once
 # per row (nested loops, the only join a consumer's session plans), 0.15 of a RESERVE's
 # 0.9 ms of 16 (auto_explain, private server).
-# Every join of a table to a CTE here also names the table's rows by an array of the
-# CTE's keys (``= ANY(ARRAY(SELECT ...))``, an InitPlan run once, then an index or TID
-# scan): a schema with autovacuum off is never ANALYZEd, and a VACUUM of a drained table
-# that kept its pages leaves ``reltuples = 0``: the planner, taking the table for empty,
-# ran the join as a nested loop over every row of its primary key, the CTE rescanned per
-# row (make bench's depth step: 261/s at 100,000 waiting against 20,000/s;
-# tests/pgsql/test_plans.py counts the loops).
+# RESERVE's joins of a table to a CTE (and PUT_UNIQUE's) also name the table's rows by
+# an array of the CTE's keys (``= ANY(ARRAY(SELECT ...))``, an InitPlan run once, then
+# an index or TID scan): a schema with autovacuum off is never ANALYZEd, and a VACUUM of
+# a drained table that kept its pages leaves ``reltuples = 0``: the planner, taking the
+# table for empty, ran the join as a nested loop over every row of its primary key, the
+# CTE rescanned per row (make bench's depth step: 261/s at 100,000 waiting against
+# 20,000/s; tests/pgsql/test_plans.py counts the loops).
 _DONE_ROWS = """done AS (
     DELETE FROM {s}.asynctask_queue
     WHERE id = ANY(%(acks)s::bigint[]) AND owner = ANY(%(owners)s::int[])
