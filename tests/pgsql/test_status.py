@@ -26,7 +26,6 @@ from asynctask_pgsql import state as state_module
 from asynctask_pgsql.forget import FORGET_EVERY
 from asynctask_pgsql.state_sql import CANCEL_HEARD
 from asynctask_pgsql.statements import Statements
-
 from clitools import run_asynctask
 
 from .conftest import CONNINFO, DATABASE, HOST
