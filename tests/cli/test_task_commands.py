@@ -193,6 +193,7 @@ def test_wait_json_past_its_timeout_keeps_the_task_s_own_error(cli, backend_uri)
         assert "not final after 0.2 s" in waited.err
     finally:
         cli("cancel", task_id)
+        transport.purge(queue)
         transport.close()
 
 
