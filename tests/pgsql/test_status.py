@@ -719,3 +719,38 @@ def test_records_written_before_a_queue_went_untracked_are_forgotten(pg_server):
         finally:
             t.purge_failed(queue)
             store.set_tracking(queue, True)
+
+
+def _loops(plan: dict[str, Any]) -> list[tuple[str, int]]:
+    """(node, actual loops) of every CTE scan in an ``EXPLAIN (ANALYZE, FORMAT JSON)`` plan."""
+    found = []
+    if plan.get("Node Type") == "CTE Scan":
+        found.append((plan.get("CTE Name", "?"), plan["Actual Loops"]))
+    for child in plan.get("Plans", []):
+        found += _loops(child)
+    return found
+
+
+def test_a_purge_reads_what_it_deleted_once(transport):
+    """A purge's statement scans the rows it deleted once, however many: failed before
+    with ``SELECT count(*) FROM gone, (SELECT count(*) FROM forgot)``, which the planner
+    (expecting one row from ``gone``) ran as a nested loop rescanning ``forgot`` per
+    deleted row: 1,000,000 waiting tasks took over ten minutes to purge (make bench's
+    scale step, 2026-12-07). Counted by the plan's loops, not timed."""
+    queue = unique_queue()
+    transport.submit_tasks(queue, [{"n": n} for n in range(50)])
+    statements = Statements.for_schema("asynctask")
+    with psycopg.connect(CONNINFO, autocommit=True) as conn:
+        with conn.transaction(force_rollback=True):
+            [(plan,)] = conn.execute(
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + statements.purge, (queue,)
+            ).fetchall()
+        with conn.transaction(force_rollback=True):
+            [(failed_plan,)] = conn.execute(
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + statements.purge_failed,
+                {"queue": queue, "all": True, "ids": []},
+            ).fetchall()
+    for found in (plan, failed_plan):
+        loops = _loops(found[0]["Plan"])
+        assert loops and all(n <= 1 for _, n in loops), loops
+    assert transport.purge(queue) == 50
