@@ -402,8 +402,8 @@ WHERE queue_name = %s AND state = 'queued'
 # Statuses: ``retrying`` with the error, ``failed`` (final, kept with its failed record),
 # or back to ``queued`` for a started task handed back. A retried or failed task whose
 # status is ``cancelled`` (cancelled while it ran) is deleted instead: never run again,
-# not in the failed store. ``date_expires`` applies until a task first starts: a retry
-# clears it.
+# not in the failed store; a row ``(NULL, true)`` says so (the run loop logs it).
+# ``date_expires`` applies until a task first starts: a retry clears it.
 SETTLE = f"""
 WITH {_DONE}, cancelled AS (
     DELETE FROM {{s}}.asynctask_queue AS t USING {{s}}.asynctask_status AS s
@@ -444,7 +444,9 @@ WITH {_DONE}, cancelled AS (
     WHERE NOT %(track)s AND %(state)s = 'failed' AND s.task_id = moved.task_id
       AND (s.unique_key IS NOT NULL OR s.date_forget IS NULL)
 )
-{_NOTIFY}
+SELECT pg_notify({{s}}.asynctask_channel(queue_name), ''), false
+FROM (SELECT DISTINCT queue_name FROM moved) AS m
+UNION ALL SELECT NULL, true FROM cancelled
 """
 
 # A consumer's sweep of its own queue, one sweeper at a time per queue (the others' gate
@@ -712,6 +714,19 @@ WITH gone AS (
     + _FORGOT
 )
 
+# The same deletes for a transport whose statuses another store keeps (``asynctask_state``):
+# nothing here to forget; the ids deleted, for that store to forget.
+PURGE_IDS = """
+DELETE FROM {s}.asynctask_queue WHERE queue_name = %s AND state = 'queued'
+RETURNING task_id
+"""
+
+PURGE_FAILED_IDS = """
+DELETE FROM {s}.asynctask_queue WHERE queue_name = %(queue)s AND state = 'failed'
+  AND (%(all)s OR task_id = ANY(%(ids)s::uuid[]))
+RETURNING task_id
+"""
+
 CLAIM = """
 WITH expired AS (
     DELETE FROM {s}.asynctask_claim WHERE date_expires < now() AND key <> %(key)s
@@ -848,9 +863,11 @@ class Statements:
     queue_names: LiteralString
     all_stats: LiteralString
     purge: LiteralString
+    purge_ids: LiteralString
     failed: LiteralString
     requeue_failed: LiteralString
     purge_failed: LiteralString
+    purge_failed_ids: LiteralString
     claim: LiteralString
     oldest_ready: LiteralString
     limit_lock: LiteralString
