@@ -159,9 +159,42 @@ def test_json_says_so_for_an_unknown_id_and_a_wait_that_timed_out(cli):
         assert waited.code == 124, waited.err
         said = json.loads(waited.out)
         assert said["id"] == task_id and said["state"] == "queued"
-        assert said["timed_out"] is True and "not final after 0.5 s" in said["error"]
+        assert said["timed_out"] is True and "not final after 0.5 s" in said["timeout_error"]
+        assert said["error"] is None  # the task's own: none yet
     finally:
         cli("cancel", task_id)
+
+
+def test_wait_json_past_its_timeout_keeps_the_task_s_own_error(cli, backend_uri):
+    """Failed before: ``"error"`` held the timeout's message, the task's last error lost."""
+    # Given a task whose first attempt failed and whose retry is 10 minutes away
+    queue = unique_queue("cliretry")
+    task_id = _submit(cli, queue)
+    transport = get_transport(backend_uri)
+    if backend_uri.startswith("amqp"):
+        transport.state_uri = REDIS_URI
+    try:
+        with transport.consumer(queue) as consumer:
+            delivery = consumer.reserve(10)
+            assert delivery is not None and consumer.start(delivery) == "run"
+            consumer.retry(delivery, 600, "ValueError: refused on purpose")
+            # (as the worker does: AMQP's status is in asynctask_state, written apart)
+            consumer.record_outcome(delivery, "retrying", "ValueError: refused on purpose")
+        # When wait --json gives up on it
+        waited = cli("wait", task_id, "--timeout", "0.2", "--json")
+        # Then it exits 124 and prints the status with the task's error, and the
+        # timeout's message under its own key
+        assert waited.code == 124, waited.err
+        said = json.loads(waited.out)
+        assert (said["id"], said["state"]) == (task_id, "retrying")
+        assert said["error"] == "ValueError: refused on purpose"
+        assert said["timed_out"] is True
+        assert said["timeout_error"] == f"task {task_id!r} is not final after 0.2 s"
+        assert "not final after 0.2 s" in waited.err
+    finally:
+        cli("cancel", task_id)
+        transport.purge(queue)
+        transport.close()
 
 
 class _Refuser(AsyncTaskWorker):

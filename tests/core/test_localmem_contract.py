@@ -37,3 +37,8 @@ class TestLocalMemTransport(TransportContract, StatusContract):
     def secret_uri(self) -> str:
         # localmem takes no password: the URI is refused, without showing it
         return f"localmem:?password={SECRET}"
+
+    @pytest.fixture
+    def state_store_uri(self, tmp_path) -> str:
+        # another kind of store than its own (the default is another localmem one)
+        return f"filesys:{tmp_path / 'state'}"

@@ -26,6 +26,7 @@ from asynctask_pgsql import state as state_module
 from asynctask_pgsql.forget import FORGET_EVERY
 from asynctask_pgsql.state_sql import CANCEL_HEARD
 from asynctask_pgsql.statements import Statements
+from clitools import run_asynctask
 
 from .conftest import CONNINFO, DATABASE, HOST
 from .slowlink import SlowLink
@@ -430,7 +431,7 @@ def test_a_final_status_is_forgotten_after_the_ttl_by_the_sweep(own_schema):
             run_one(consumer)
         assert transport.status(task_id).state == "succeeded"
         time.sleep(0.6)
-        # (past its time and still stored: no call of this transport since; a status read
+        # (past its time and still stored: no write of this transport's store since; one
         # now would delete it, see test_statuses_kept_for_another_transport_...)
         assert status_row(task_id, own_schema) is not None
         with transport.consumer(queue) as consumer:
@@ -471,13 +472,58 @@ def test_statuses_kept_for_another_transport_are_deleted_after_the_ttl(own_schem
         assert all(other.cancel(task_id) for task_id in doomed)
         table = f"{own_schema}.asynctask_status"
         assert rows(f"SELECT count(*) FROM {table}") == [(3,)]
-        # When their TTL has passed, and the store is used again (a read will do)
+        # When their TTL has passed: reads hide them and delete nothing (a read-only
+        # session may read, test_status_reads_write_nothing_...)
         time.sleep(1.5)
         assert other.statuses([done, *doomed]) == [None] * 3
-        # Then their rows are gone from the table, not only hidden
-        assert rows(f"SELECT count(*) FROM {table}") == [(0,)]
+        assert rows(f"SELECT count(*) FROM {table}") == [(3,)]
+        # When the store writes again (a submit will do)
+        fresh = other.submit_task(queue, {"n": 3})
+        # Then their rows are gone from the table, not only hidden: the new one is left
+        assert rows(f"SELECT replace(task_id::text, '-', '') FROM {table}") == [(fresh,)]
     finally:
         other.close()
+
+
+def test_status_reads_write_nothing_so_a_read_only_session_can_read(own_schema):
+    """``status``, ``wait`` of a final task and ``asynctask task`` only read: in a
+    session that cannot write (``default_transaction_read_only``, as on a hot standby or
+    for a role with SELECT only) they answer, still hiding a status past its TTL, whose
+    row stays for a writer to delete. Failed before: the store's first call deleted
+    rows past their TTL (``forget``), "cannot execute DELETE in a read-only
+    transaction"."""
+    # Given, in a schema of its own, a final status, one past its TTL, one queued
+    uri = f"{URI}&schema={own_schema}"
+    queue = unique_queue()
+    ran: list[str] = []
+    with open_transport(uri) as writer:
+        for ttl in (600.0, 0.5):
+            writer.status_ttl = ttl
+            writer.submit_task(queue, {})
+            with writer.consumer(queue) as consumer:
+                ran.append(run_one(consumer).id)
+        waiting = writer.submit_task(queue, {})
+    done, gone = ran
+    time.sleep(0.6)  # ``gone`` is past its TTL (after the consumers' sweeps)
+    table = f"{own_schema}.asynctask_status"
+    assert rows(f"SELECT count(*) FROM {table}") == [(3,)]
+    # When a transport whose every session is read-only reads them
+    read_only = f"{uri}&options=-c%20default_transaction_read_only%3Don"
+    with open_transport(read_only) as reader:
+        found = reader.statuses([gone, done, waiting])
+        waited = reader.wait(done, timeout=5)
+    shown = run_asynctask("task", done, "--json", uri=read_only)
+    # Then each read answers, the status past its TTL hidden, and nothing is deleted
+    assert found[0] is None
+    assert [s.state for s in found[1:]] == ["succeeded", "queued"]
+    assert waited.state == "succeeded"
+    assert shown.code == 0, shown.err
+    assert json.loads(shown.out)["state"] == "succeeded"
+    assert rows(f"SELECT count(*) FROM {table}") == [(3,)]
+    # And a wait that listens (a task not final; it marks the row watched) deletes nothing
+    with open_transport(uri) as reader, pytest.raises(TimeoutError):
+        reader.wait(waiting, timeout=0.2)
+    assert rows(f"SELECT count(*) FROM {table}") == [(3,)]
 
 
 def test_a_drain_deletes_forgotten_statuses_as_fast_as_it_finishes_tasks(own_schema):

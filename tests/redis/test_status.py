@@ -11,10 +11,13 @@ the generic ``StateStore`` another transport uses through ``asynctask_state``.
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import socket
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,12 +25,14 @@ import redis
 
 from asynctask.runner import LoopOptions, run_loop
 from asynctask.status import StatusNotTracked, SubmitOptions
-from asynctask.testing import unique_queue
+from asynctask.testing import require_service, unique_queue
 from asynctask.testing.contract import open_transport
+from asynctask.testing.status import StatusContract
 from asynctask.transport import Consumer, Delivery, new_task_id
 from asynctask.worker import AsyncTaskWorker
 from asynctask_redis.transport import RedisTransport
 from chaos.private_redis import private_redis
+from tests.redis.test_contract import RedisProbe
 
 
 def task_key(t: RedisTransport, queue: str, task_id: str) -> str:
@@ -193,7 +198,8 @@ def test_a_cancelled_running_task_keeps_cancelled_and_is_not_retried(transport, 
     delivery = take(consumer)
     assert consumer.start(delivery) == "run"
     assert transport.cancel(tid) is True
-    consumer.retry(delivery, 0, "it raised while being cancelled")
+    # (True: the run loop logs that it was dropped, not retried)
+    assert consumer.retry(delivery, 0, "it raised while being cancelled") is True
     assert consumer.reserve(timeout=0.2) is None  # not retried
     st = transport.status(tid)
     assert st.state == "cancelled" and st.result is None
@@ -206,6 +212,71 @@ def test_a_cancelled_running_task_keeps_cancelled_and_is_not_retried(transport, 
     consumer.ack(delivery, "42")
     consumer.close()
     assert transport.status(tid).state == "cancelled"
+
+
+class Gated(AsyncTaskWorker):
+    """Says it started, then returns a result once ``go`` is set."""
+
+    name = "test_redis_gated"
+    started = threading.Event()
+    go = threading.Event()
+
+    def process(self, payload: Any) -> Any:
+        self.started.set()
+        self.go.wait(30)
+        return {"would": "be the result"}
+
+
+def test_a_task_cancelled_while_it_runs_logs_its_result_discarded(transport, queue, caplog):
+    """The ack of a task whose cancel the consumer's cancel feed heard says so, and the
+    run loop logs it. Failed before: the ack returned None (not known), no line."""
+    # Given a task running in this process's run loop
+    caplog.set_level(logging.WARNING)
+    tid = transport.submit_task(queue, {})
+    Gated.started.clear()
+    Gated.go.clear()
+    options = LoopOptions(max_tasks=1)
+    loop = threading.Thread(target=run_loop, args=(Gated(), transport, queue, options))
+    loop.start()
+    assert Gated.started.wait(10)
+    # When it is cancelled, then returns
+    assert transport.cancel(tid) is True
+    Gated.go.set()
+    loop.join(10)
+    # Then it stays cancelled, its result discarded, and the log says so
+    status = transport.status(tid)
+    assert status is not None and (status.state, status.result) == ("cancelled", None)
+    assert (
+        f"Task {tid} was cancelled while it ran; it stays cancelled and its result is "
+        "discarded" in caplog.text
+    ), caplog.text
+
+
+@pytest.fixture
+def pgsql_state() -> Iterator[str]:
+    """An ``asynctask_state`` URI on the shared PostgreSQL, in a schema of this test's
+    own (dropped after); skipped where asynctask-pgsql or the server is missing."""
+    psycopg = pytest.importorskip("psycopg")
+    pytest.importorskip("asynctask_pgsql")
+    conninfo = "host=127.0.0.1 dbname=test"
+    require_service("PostgreSQL at 127.0.0.1", lambda: psycopg.connect(conninfo).close())
+    schema = f"asynctask_t_{uuid.uuid4().hex[:10]}"
+    try:
+        yield f"pgsql://127.0.0.1/test?schema={schema}"
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def test_a_purge_forgets_the_statuses_kept_in_pgsql(transport, queue, client, pgsql_state):
+    """The contract's purge story with this transport's statuses in PostgreSQL
+    (``asynctask_state``). Failed before: the purge cleared only Redis, so PostgreSQL
+    still read the purged tasks queued."""
+    transport.state_uri = pgsql_state
+    try:
+        StatusContract.purge_story(transport, queue, RedisProbe(client, transport.prefix, ""))
+    finally:
+        transport.state_uri = None
 
 
 def test_a_task_past_expires_reads_expired_and_never_runs(transport, queue, client):

@@ -463,10 +463,8 @@ class AmqpTransport(Transport):
                         taken = _take_ids(link, name)
                         purged += taken
                         total += len(taken)
-        if store is not None and purged:
-            # after the messages are gone: a status forgotten first could be read by a
-            # worker taking one of them meanwhile (it would run untracked)
-            self._call(store.purged, queue, [i for i in purged if i])
+        if store is not None:  # after the messages are gone (see _purged_elsewhere)
+            self._purged_elsewhere(queue, [i for i in purged if i])
         return total
 
     def _failed(self, queue: str, limit: int, offset: int) -> list[FailedTask]:
@@ -529,8 +527,8 @@ class AmqpTransport(Transport):
                     for message in chosen:
                         side.basic_ack(message.delivery_info["delivery_tag"])
                 purged = [_message_id(message) for message in chosen]
-        if store is not None and purged:
-            self._call(store.purged, queue, [i for i in purged if i])
+        if store is not None:
+            self._purged_elsewhere(queue, [i for i in purged if i])
         return len(purged)
 
     def _claim(self, key: str, ttl: float) -> bool:

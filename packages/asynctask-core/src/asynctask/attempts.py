@@ -199,18 +199,17 @@ def settle(
         return True
     if consumer.tracking and cancelled_elsewhere(consumer, delivery):
         # (a transport keeping its own statuses drops it in its retry/fail instead)
-        log.warning(
-            "Task %s was cancelled while it ran, then raised %s; it stays cancelled: "
-            "not retried, not in the failed store",
-            delivery.id,
-            type(exc).__name__,
-        )
         consumer.ack(delivery)
-        events.task_finished(worker, delivery, "cancelled", exc)
-        return False
+        return _dropped_cancelled(worker, delivery, exc)
     error = error_text(exc)
     attempts_left = worker.max_retries + 1 - delivery.attempt
+    # The log follows the settle: a transport keeping its own statuses finds a cancel
+    # there and drops the task instead (retry/fail return True), and says so.
     if isinstance(exc, worker.dont_retry) or attempts_left <= 0:
+        # The failed store first, then ``failed`` (sent at once, never held): a waiter
+        # woken by ``failed`` finds the task in the failed store (the status contract)
+        if consumer.fail(delivery, error):
+            return _dropped_cancelled(worker, delivery, exc)
         why = "not retried" if isinstance(exc, worker.dont_retry) else "no retries left"
         log.error(
             "Task %s failed on attempt %d (%s); moved to the failed store of %s",
@@ -220,13 +219,15 @@ def settle(
             delivery.queue,
             exc_info=exc,
         )
-        # The failed store first, then ``failed`` (sent at once, never held): a waiter
-        # woken by ``failed`` finds the task in the failed store (the status contract)
-        consumer.fail(delivery, error)
         _record(consumer, delivery, "failed", error)
         events.task_finished(worker, delivery, "failed", exc)
         return False
     delay = worker.backoff(delivery.attempt)
+    fed = consumer.has_status_feed
+    if fed:  # (a task cancelled meanwhile stays cancelled: the store's script keeps it)
+        record_before_settle(consumer, delivery, "retrying", error)
+    if consumer.retry(delivery, delay, error):
+        return _dropped_cancelled(worker, delivery, exc)
     log.error(
         "An unhandled exception occurred while processing the payload "
         "(task %s, attempt %d of %d); retrying in %g s",
@@ -236,13 +237,22 @@ def settle(
         delay,
         exc_info=exc,
     )
-    if consumer.has_status_feed:
-        record_before_settle(consumer, delivery, "retrying", error)
-        consumer.retry(delivery, delay, error)
-    else:
-        consumer.retry(delivery, delay, error)
+    if not fed:
         _record(consumer, delivery, "retrying", error)
     events.task_finished(worker, delivery, "retried", exc)
+    return False
+
+
+def _dropped_cancelled(worker: AsyncTaskWorker, delivery: Delivery, exc: BaseException) -> bool:
+    """Report a task that raised after it was cancelled while it ran: it was dropped,
+    neither retried nor failed (DESIGN.md section 6). False: it did not succeed."""
+    worker.logger.warning(
+        "Task %s was cancelled while it ran, then raised %s; it stays cancelled: "
+        "not retried, not in the failed store",
+        delivery.id,
+        type(exc).__name__,
+    )
+    events.task_finished(worker, delivery, "cancelled", exc)
     return False
 
 

@@ -416,16 +416,25 @@ class Consumer(ABC):
         """
 
     @abstractmethod
-    def retry(self, delivery: Delivery, delay: float, error: str) -> None:
+    def retry(self, delivery: Delivery, delay: float, error: str) -> bool | None:
         """The attempt failed: make the task ready again after ``delay`` seconds.
 
         ``delay`` is checked with ``check_delay`` first (a ``ValueError`` for infinity,
         NaN or a negative number), before anything is written.
+
+        A transport keeping its own statuses drops a task cancelled while it ran
+        instead (never retried) and returns True, so that the run loop logs what
+        happened; else ``None``.
         """
 
     @abstractmethod
-    def fail(self, delivery: Delivery, error: str) -> None:
-        """Give up: move the task to the queue's failed store with ``error``."""
+    def fail(self, delivery: Delivery, error: str) -> bool | None:
+        """Give up: move the task to the queue's failed store with ``error``.
+
+        A transport keeping its own statuses drops a task cancelled while it ran
+        instead (not in the failed store) and returns True, as ``retry`` does; else
+        ``None``.
+        """
 
     @abstractmethod
     def release(self, delivery: Delivery) -> None:
@@ -596,6 +605,19 @@ class Transport(ABC):
     @abstractmethod
     def _close(self) -> None:
         """Free connections, threads and files."""
+
+    def _purged_elsewhere(self, queue: str, ids: Sequence[str]) -> None:
+        """A purge deleted the tasks ``ids``: the store of ``asynctask_state``, when it is
+        not this transport's own, forgets their statuses and frees their unique keys
+        (``StateStore.purged``). Called after the tasks are gone: a status forgotten
+        first could be read by a worker taking one of them meanwhile (it would run
+        untracked). A transport learns the ids only when ``own_state`` is False: its
+        own purge forgets its statuses in the same step."""
+        if not ids:
+            return
+        store = self.external_state()
+        if store is not None:
+            self._call(store.purged, queue, list(ids))
 
     def _state_store(self) -> StateStore | None:
         """The store of this transport's own task statuses, or ``None`` if it keeps none

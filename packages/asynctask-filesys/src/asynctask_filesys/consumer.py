@@ -251,9 +251,9 @@ class FilesysConsumer(Consumer):
         )
 
     @os_errors
-    def retry(self, delivery: Delivery, delay: float, error: str) -> None:
+    def retry(self, delivery: Delivery, delay: float, error: str) -> bool | None:
         """Move the task to ``delayed/``, due in ``delay`` seconds, with one more attempt;
-        a task cancelled while it ran is deleted instead (never retried).
+        a task cancelled while it ran is deleted instead (never retried): True then.
 
         The status is written first: a cancel that came before it is seen there (then
         the task goes), one that comes after it finds ``retrying`` and the next start
@@ -269,18 +269,20 @@ class FilesysConsumer(Consumer):
             with contextlib.suppress(FileNotFoundError):
                 if cancelled:
                     os.unlink(path)
-                    return
+                    return True
                 due = time.time_ns() + int(delay * 1e9)
                 name = task.format(stamp=due, attempts=task.attempts + 1)
                 os.rename(path, os.path.join(self._paths.delayed, name))
                 self._view.delayed.push(name)
+        return True if cancelled else None
 
     @os_errors
-    def fail(self, delivery: Delivery, error: str) -> None:
+    def fail(self, delivery: Delivery, error: str) -> bool | None:
         """Move the task to the failed store with ``error``, then write ``failed`` (a
         waiter woken by it finds the task there); a task cancelled while it ran is
-        deleted instead (it stays ``cancelled``). A cancel between the look and the
-        status write leaves the status ``cancelled``: the task leaves the failed store."""
+        deleted instead (it stays ``cancelled``): True then. A cancel between the look
+        and the status write leaves the status ``cancelled``: the task leaves the failed
+        store (True too)."""
         outcome = self._outcome(delivery, final=True)
         settled = self._settle(delivery)
         if settled is not None:
@@ -289,7 +291,7 @@ class FilesysConsumer(Consumer):
             if found is not None and found.state == "cancelled":
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-                return
+                return True
             self.transport.to_failed(
                 self.queue, path, os.path.basename(path), error, task.attempts + 1
             )
@@ -297,6 +299,8 @@ class FilesysConsumer(Consumer):
             delivery.id, "failed", delivery.attempt, error=error
         ):
             self.transport.purge_failed(self.queue, [delivery.id])  # cancelled meanwhile
+            return True
+        return None
 
     @os_errors
     def release(self, delivery: Delivery) -> None:

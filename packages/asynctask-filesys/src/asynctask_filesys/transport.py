@@ -410,6 +410,8 @@ class FilesysTransport(FilesysBase):
         own = self.own_store()
         if own is not None:  # a purged task's status is removed with it
             own.forget(purged, "live")
+        else:  # or in the store of asynctask_state
+            self._purged_elsewhere(queue, purged)
         return len(purged)
 
     # -- the failed store ----------------------------------------------------------------
@@ -487,14 +489,18 @@ class FilesysTransport(FilesysBase):
         p = self.paths(queue)
         count = 0
         own = self.own_store()
+        elsewhere: list[str] = []  # ids whose statuses the store of asynctask_state keeps
         for stored, task_id in self._chosen_failed(p, ids):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(p.failed, stored))
                 count += 1
+                if own is None:
+                    elsewhere.append(task_id)
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(p.failed, stored + META_SUFFIX))
             if own is not None:  # its status lived as long as its failed record
                 own.forget([task_id], "failed")
+        self._purged_elsewhere(queue, elsewhere)
         return count
 
     # -- claims, consumers, closing ------------------------------------------------------

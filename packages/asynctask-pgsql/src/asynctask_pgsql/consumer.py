@@ -430,13 +430,15 @@ class PgsqlConsumer(Consumer):
                 self._results.append(result_json)
                 self._started.append(None if unmarked is None else int(unmarked[1] * 1e6))
 
-    def retry(self, delivery: Delivery, delay: float, error: str) -> None:
-        """Back to the queue after ``delay`` seconds, one attempt more."""
-        self._settle(delivery, "queued", 1, error, check_delay(delay))
+    def retry(self, delivery: Delivery, delay: float, error: str) -> bool | None:
+        """Back to the queue after ``delay`` seconds, one attempt more; True if it was
+        cancelled while it ran (then deleted instead: SETTLE)."""
+        return self._settle(delivery, "queued", 1, error, check_delay(delay))
 
-    def fail(self, delivery: Delivery, error: str) -> None:
-        """To the failed store with ``error``, one attempt more."""
-        self._settle(delivery, "failed", 1, error, None)
+    def fail(self, delivery: Delivery, error: str) -> bool | None:
+        """To the failed store with ``error``, one attempt more; True if it was
+        cancelled while it ran (then deleted instead)."""
+        return self._settle(delivery, "failed", 1, error, None)
 
     def release(self, delivery: Delivery) -> None:
         """Back at the head of the queue, untouched."""
@@ -475,20 +477,23 @@ class PgsqlConsumer(Consumer):
 
     def _settle(
         self, delivery: Delivery, state: str, attempt: int, error: str | None, delay: float | None
-    ) -> None:
+    ) -> bool | None:
+        """True when a retry or fail found the task cancelled (deleted instead)."""
         with self._lock:
             self._expires.pop(delivery.receipt, None)
             unmarked = self._unmarked.pop(delivery.receipt, None)
             if delivery.receipt not in self._held:
-                return  # settled already, or taken back after our connection was lost
+                return None  # settled already, or taken back after our connection was lost
             params = _settle_params([delivery.receipt], state, attempt, error, delay)
             params["started_at"] = None if unmarked is None else unmarked[1]
             # Still held while the statement runs: a reconnect on the way hands back
             # (``orphans``) only the rows we do not hold, so this one stays ours to settle.
-            self._run(self._sql.settle, params)
+            rows = self._run(self._sql.settle, params)
             self._sent()
             del self._held[delivery.receipt]
+            cancelled = any(row[-1] for row in rows)
             self._finished += state == "failed"
+            return True if cancelled else None
 
     def _sent(self) -> None:
         """The pending acknowledgements went with the statement just run."""

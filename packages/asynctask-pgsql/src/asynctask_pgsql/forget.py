@@ -8,8 +8,10 @@ holds what one TTL brings, never the history, and no separate job is needed:
   sweep, ``statements.SWEEP``, up to 1,000 a sweep);
 - the status store (``asynctask_pgsql.state``), which another transport uses through
   ``asynctask_state``: after each ``FORGET_EVERY`` final statuses it wrote, and at the
-  first call at least ``period`` seconds after its last delete (``FORGET_PERIOD``, or
-  half the TTL when shorter), reads included.
+  first write (``submitted``/``started``/``settled``/``cancel``) at least ``period``
+  seconds after its last delete (``FORGET_PERIOD``, or half the TTL when shorter).
+  Never a read (``statuses``, ``wait``): a role that may only SELECT, or a hot standby,
+  reads statuses too.
 
 Each delete (``state_sql.FORGET``) takes at most ``limit`` rows, oldest first, through
 the index ``asynctask_status_forget``, skipping rows another process is deleting; its
@@ -36,7 +38,7 @@ def forget_limit(written: int) -> int:
 
 class ForgetPace:
     """When the status store deletes: after ``FORGET_EVERY`` final statuses written, or
-    at its first call ``period`` seconds after the last delete (the first call too)."""
+    at its first write ``period`` seconds after the last delete (the first write too)."""
 
     def __init__(self) -> None:
         self.written = 0

@@ -73,7 +73,7 @@ class PgsqlStateStore(StateStore):
     def _forget(self, final: int) -> None:
         """Count ``final`` statuses about to be written; delete those past their time
         when due (``asynctask_pgsql.forget``). Before the call's own statement, so that a
-        failure leaves nothing half done."""
+        failure leaves nothing half done. Writes only: reads hide those rows (STATUSES)."""
         self._pace.written += final
         limit = self._pace.due(self.status_ttl)
         if limit:
@@ -85,9 +85,9 @@ class PgsqlStateStore(StateStore):
         wanted = [_uuid(task_id) for task_id in ids]
         known = [u for u in wanted if u is not None]
         found: dict[str, TaskStatus] = {}
-        # Looking creates nothing: on a schema nobody made, no task is known.
+        # Looking creates nothing: on a schema nobody made, no task is known. Nor does it
+        # delete (no _forget): a read-only role or a hot standby reads statuses too.
         if known and self._host._stored():
-            self._forget(0)
             for row in self._host._query(self.sql.statuses, {"ids": known}):
                 status = _status(row)
                 found[status.id] = status
@@ -113,7 +113,6 @@ class PgsqlStateStore(StateStore):
             return None  # looking creates nothing: no schema, no task
         deadline = None if timeout is None else time.monotonic() + timeout
         self._host._ready_pool()
-        self._forget(0)
         with self._host._mapped_errors(), self._listening() as conn:
             conn.execute(self.sql.watch, (found,))
             while True:

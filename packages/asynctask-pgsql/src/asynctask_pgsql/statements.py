@@ -39,6 +39,13 @@ from asynctask_pgsql.schema import sql
 # (``array_position``): joining the arrays' rows to the deleted ones rescanned them once
 # per row (nested loops, the only join a consumer's session plans), 0.15 of a RESERVE's
 # 0.9 ms of 16 (auto_explain, private server).
+# RESERVE's joins of a table to a CTE (and PUT_UNIQUE's) also name the table's rows by
+# an array of the CTE's keys (``= ANY(ARRAY(SELECT ...))``, an InitPlan run once, then
+# an index or TID scan): a schema with autovacuum off is never ANALYZEd, and a VACUUM of
+# a drained table that kept its pages leaves ``reltuples = 0``: the planner, taking the
+# table for empty, ran the join as a nested loop over every row of its primary key, the
+# CTE rescanned per row (make bench's depth step: 261/s at 100,000 waiting against
+# 20,000/s; tests/pgsql/test_plans.py counts the loops).
 _DONE_ROWS = """done AS (
     DELETE FROM {s}.asynctask_queue
     WHERE id = ANY(%(acks)s::bigint[]) AND owner = ANY(%(owners)s::int[])
@@ -54,6 +61,7 @@ _SUCCEEDED = """, succeeded AS (
         attempts = greatest(s.attempts, greatest(done.attempts, 0) + 1)
     FROM done
     WHERE %(track)s AND s.task_id = done.task_id AND s.date_finished IS NULL
+      AND s.task_id = ANY(ARRAY(SELECT task_id FROM done))
     RETURNING CASE WHEN s.watched THEN pg_notify('{c}', replace(s.task_id::text, '-', '')) END
 )"""
 _FREED = """, freed AS (
@@ -62,6 +70,7 @@ _FREED = """, freed AS (
         date_forget = coalesce(s.date_forget, now() + make_interval(secs => %(ttl)s::float8))
     FROM done
     WHERE NOT %(track)s AND s.task_id = done.task_id
+      AND s.task_id = ANY(ARRAY(SELECT task_id FROM done))
       AND (s.unique_key IS NOT NULL OR s.date_forget IS NULL)
 )"""
 _DONE = _DONE_ROWS + _SUCCEEDED + _FREED
@@ -103,13 +112,14 @@ _HEAD = """urgent AS (
 ), head AS (
     SELECT * FROM urgent UNION ALL SELECT * FROM plain
 ), lapsed AS (
-    DELETE FROM {{s}}.asynctask_queue AS t USING head
-    WHERE t.id = head.id AND head.lapsed AND NOT head.bad
+    DELETE FROM {{s}}.asynctask_queue AS t
+    WHERE t.ctid = ANY(ARRAY(SELECT tid FROM head WHERE lapsed AND NOT bad))
     RETURNING t.task_id
 ), expired AS (
     UPDATE {{s}}.asynctask_status AS s
     SET state = 'expired', {final}
     FROM lapsed WHERE s.task_id = lapsed.task_id AND s.date_finished IS NULL
+      AND s.task_id = ANY(ARRAY(SELECT task_id FROM lapsed))
     RETURNING {told}
 )"""
 
@@ -195,9 +205,10 @@ _LAPSED_HOLDER = f"""lapsed AS (
     SET state = 'expired', date_finished = lapsed.date_expires, unique_key = NULL,
         date_forget = now() + make_interval(secs => %(ttl)s::float8)
     FROM lapsed WHERE s.task_id = lapsed.task_id AND s.date_finished IS NULL
+      AND s.task_id = ANY(ARRAY(SELECT task_id FROM lapsed))
     RETURNING s.task_id, {_TOLD}
 ), dropped AS (
-    DELETE FROM {{s}}.asynctask_queue AS q USING lapsed WHERE q.id = lapsed.id
+    DELETE FROM {{s}}.asynctask_queue AS q WHERE q.id = ANY(ARRAY(SELECT id FROM lapsed))
 )"""
 
 # PUT_ONE without the status row, for a submit that writes none (``%(track)s`` false: an
@@ -391,8 +402,8 @@ WHERE queue_name = %s AND state = 'queued'
 # Statuses: ``retrying`` with the error, ``failed`` (final, kept with its failed record),
 # or back to ``queued`` for a started task handed back. A retried or failed task whose
 # status is ``cancelled`` (cancelled while it ran) is deleted instead: never run again,
-# not in the failed store. ``date_expires`` applies until a task first starts: a retry
-# clears it.
+# not in the failed store; a row ``(NULL, true)`` says so (the run loop logs it).
+# ``date_expires`` applies until a task first starts: a retry clears it.
 SETTLE = f"""
 WITH {_DONE}, cancelled AS (
     DELETE FROM {{s}}.asynctask_queue AS t USING {{s}}.asynctask_status AS s
@@ -433,7 +444,9 @@ WITH {_DONE}, cancelled AS (
     WHERE NOT %(track)s AND %(state)s = 'failed' AND s.task_id = moved.task_id
       AND (s.unique_key IS NOT NULL OR s.date_forget IS NULL)
 )
-{_NOTIFY}
+SELECT pg_notify({{s}}.asynctask_channel(queue_name), ''), false
+FROM (SELECT DISTINCT queue_name FROM moved) AS m
+UNION ALL SELECT NULL, true FROM cancelled
 """
 
 # A consumer's sweep of its own queue, one sweeper at a time per queue (the others' gate
@@ -701,6 +714,19 @@ WITH gone AS (
     + _FORGOT
 )
 
+# The same deletes for a transport whose statuses another store keeps (``asynctask_state``):
+# nothing here to forget; the ids deleted, for that store to forget.
+PURGE_IDS = """
+DELETE FROM {s}.asynctask_queue WHERE queue_name = %s AND state = 'queued'
+RETURNING task_id
+"""
+
+PURGE_FAILED_IDS = """
+DELETE FROM {s}.asynctask_queue WHERE queue_name = %(queue)s AND state = 'failed'
+  AND (%(all)s OR task_id = ANY(%(ids)s::uuid[]))
+RETURNING task_id
+"""
+
 CLAIM = """
 WITH expired AS (
     DELETE FROM {s}.asynctask_claim WHERE date_expires < now() AND key <> %(key)s
@@ -837,9 +863,11 @@ class Statements:
     queue_names: LiteralString
     all_stats: LiteralString
     purge: LiteralString
+    purge_ids: LiteralString
     failed: LiteralString
     requeue_failed: LiteralString
     purge_failed: LiteralString
+    purge_failed_ids: LiteralString
     claim: LiteralString
     oldest_ready: LiteralString
     limit_lock: LiteralString

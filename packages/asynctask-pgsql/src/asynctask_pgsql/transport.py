@@ -539,8 +539,17 @@ class PgsqlTransport(Transport):
     def _purge(self, queue: str) -> int:
         if not self._stored():
             return 0
-        [(count,)] = self._query(self.sql.purge, (queue,))
-        return int(count)
+        if self.own_state:
+            [(count,)] = self._query(self.sql.purge, (queue,))
+            return int(count)
+        return self._purged_ids(self.sql.purge_ids, (queue,), queue)
+
+    def _purged_ids(self, query: LiteralString, params: Any, queue: str) -> int:
+        """Delete with ``query`` (``RETURNING task_id``); the store of
+        ``asynctask_state`` forgets those tasks. How many."""
+        ids = [task_id.hex for (task_id,) in self._query(query, params)]
+        self._purged_elsewhere(queue, ids)
+        return len(ids)
 
     def _failed(self, queue: str, limit: int, offset: int) -> list[FailedTask]:
         if not self._stored():
@@ -557,6 +566,8 @@ class PgsqlTransport(Transport):
     def _purge_failed(self, queue: str, ids: Sequence[str] | None) -> int:
         if not self._stored():
             return 0
+        if not self.own_state:
+            return self._purged_ids(self.sql.purge_failed_ids, _id_params(queue, ids), queue)
         [(count,)] = self._query(self.sql.purge_failed, _id_params(queue, ids))
         return int(count)
 

@@ -865,8 +865,8 @@ return redis.call('ZRANGEBYSCORE', cancelled_ids, string.format('(%d', now_ms())
 #: of the consumer's processing list: retry (argument = new envelope), fail (argument =
 #: failed record), release, canon (argument = canonical envelope), ack (nothing more)
 #: or close (everything back). A task cancelled meanwhile is dropped by retry and fail
-#: (never retried, not failed). Returns 1, or 0 when the message was no longer held
-#: (recovered by another consumer).
+#: (never retried, not failed): then it returns 2. Else 1, or 0 when the message was no
+#: longer held (recovered by another consumer).
 SETTLE = script(
     "settle",
     r"""
@@ -884,7 +884,7 @@ if op == 'close' then
 end
 if op == 'ack' then return 1 end
 if redis.call('LREM', proc, 1, m) == 0 then return 0 end
-if (op == 'retry' or op == 'fail') and tracking and cancelled(m) then return 1 end
+if (op == 'retry' or op == 'fail') and tracking and cancelled(m) then return 2 end
 local id, n = envelope_head(m)
 if op == 'retry' then
   redis.call('ZADD', retrying, now_ms() + tonumber(ARGV[7]), ARGV[6])
@@ -1149,16 +1149,19 @@ return 1
 """,
 )
 
-#: ARGV: prefix, queue, chunk. Deletes up to ``chunk`` ready, delayed, retrying and urgent
-#: tasks and their statuses; returns {how many tasks, how many are left}. The caller
-#: calls it again until none are left: one script over a whole queue blocked the server
-#: for every client (1,000,000 tracked tasks: past Redis' 5 s busy-script limit, and the
-#: bench's other calls answered BUSY); a chunk of 1,000 takes a few milliseconds.
+#: ARGV: prefix, queue, chunk, and '1' to learn the ids. Deletes up to ``chunk`` ready,
+#: delayed, retrying and urgent tasks and their statuses; returns {how many tasks, how
+#: many are left} (and their ids, with '1': another store keeps their statuses,
+#: ``asynctask_state``). The caller calls it again until none are left: one script over
+#: a whole queue blocked the server for every client (1,000,000 tracked tasks: past
+#: Redis' 5 s busy-script limit, and the bench's other calls answered BUSY); a chunk of
+#: 1,000 takes a few milliseconds.
 PURGE = script(
     "purge",
     r"""
-local chunk = tonumber(ARGV[3])
-if redis.call('EXISTS', untracked) == 1 then
+local chunk, want = tonumber(ARGV[3]), ARGV[4] == '1'
+local ids = {}
+if not want and redis.call('EXISTS', untracked) == 1 then
   -- no status records to forget: the lists go in one step, freed in the background
   local n = redis.call('LLEN', ready) + redis.call('ZCARD', delayed)
     + redis.call('ZCARD', retrying) + redis.call('ZCARD', urgent)
@@ -1174,6 +1177,7 @@ local function forget(items, from_ready)
     else
       n = n + 1
       local id = envelope_head(m)
+      if id and want then ids[#ids + 1] = id end
       if id then
         local f = redis.call('HMGET', task_key(id), 'unique', 'waiting')
         local u = f[1]
@@ -1206,6 +1210,7 @@ end
 local more = redis.call('LLEN', ready) + redis.call('ZCARD', delayed)
   + redis.call('ZCARD', retrying) + redis.call('ZCARD', urgent)
 if more == 0 then redis.call('UNLINK', nudges) end
+if want then return {n, more, ids} end
 return {n, more}
 """,
 )
@@ -1269,14 +1274,16 @@ return out
 """,
 )
 
-#: ARGV: prefix, queue, chunk. Deletes up to ``chunk`` records of the failed store and the
-#: statuses of their tasks; returns {how many, how many are left}: called until none are
-#: left, as ``PURGE`` is, so that no call holds the server long.
+#: ARGV: prefix, queue, chunk, and '1' to learn the ids. Deletes up to ``chunk`` records
+#: of the failed store and the statuses of their tasks; returns {how many, how many are
+#: left} (and their ids, with '1'): called until none are left, as ``PURGE`` is, so that
+#: no call holds the server long.
 PURGE_ALL_FAILED = script(
     "purge_all_failed",
     r"""
-local chunk = tonumber(ARGV[3])
-if redis.call('EXISTS', untracked) == 1 then
+local chunk, want = tonumber(ARGV[3]), ARGV[4] == '1'
+local ids = {}
+if not want and redis.call('EXISTS', untracked) == 1 then
   local n = redis.call('LLEN', failed)
   redis.call('UNLINK', failed, failed_ids)
   return {n, 0}
@@ -1285,6 +1292,7 @@ local records = redis.call('LRANGE', failed, 0, chunk - 1)
 if #records > 0 then redis.call('LTRIM', failed, #records, -1) end
 for _, rec in ipairs(records) do
   local id = failed_id(rec)
+  if want then ids[#ids + 1] = id end
   redis.call('HDEL', failed_ids, id)
   local waiting = redis.call('HGET', task_key(id), 'waiting')
   redis.call('UNLINK', task_key(id), done_key(id), pointer(id))
@@ -1295,6 +1303,7 @@ for _, rec in ipairs(records) do
 end
 local left = redis.call('LLEN', failed)
 if left == 0 then redis.call('UNLINK', failed_ids) end
+if want then return {#records, left, ids} end
 return {#records, left}
 """,
 )

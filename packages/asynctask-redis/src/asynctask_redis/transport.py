@@ -535,13 +535,23 @@ class RedisTransport(Transport):
         """Run a deleting ``script`` a chunk per call until what was there at the first
         call is gone (tasks submitted meanwhile may stay: a queue fed faster than a chunk
         a call would otherwise never end); the total it deleted. One script over a whole
-        store held the server for every client."""
-        count, left = self._script(script, queue, PURGE_CHUNK)
-        deleted, present = int(count), int(count) + int(left)
-        while int(left) and deleted < present:
-            count, left = self._script(script, queue, PURGE_CHUNK)
-            deleted += int(count)
-        return deleted
+        store held the server for every client.
+
+        When another store keeps the statuses (``asynctask_state``), the script returns
+        each chunk's ids too, and that store forgets them after each chunk."""
+        elsewhere = not self.own_state
+        extra = ("1",) if elsewhere else ()
+        deleted, present = 0, None
+        while True:
+            reply = self._script(script, queue, PURGE_CHUNK, *extra)
+            count, left = int(reply[0]), int(reply[1])
+            if elsewhere:
+                self._purged_elsewhere(queue, [task_id.decode() for task_id in reply[2]])
+            if present is None:
+                present = count + left
+            deleted += count
+            if not left or deleted >= present:
+                return deleted
 
     def _failed(self, queue: str, limit: int, offset: int) -> list[FailedTask]:
         if limit <= 0:
@@ -571,9 +581,16 @@ class RedisTransport(Transport):
         if ids is None:
             return self._in_chunks(scripts.PURGE_ALL_FAILED, queue)
         args: list[Any] = []
-        for raw in self._chosen_failed(queue, ids):
+        chosen = self._chosen_failed(queue, ids)
+        for raw in chosen:
             args += [raw, ""]
-        return int(self._script(scripts.TAKE_FAILED, queue, *args)) if args else 0
+        count = int(self._script(scripts.TAKE_FAILED, queue, *args)) if args else 0
+        # Another store keeps their statuses: it forgets those chosen. (A record another
+        # process took between the read and the script is not counted, yet forgotten:
+        # a purge racing with a requeue of the same task.)
+        if count and not self.own_state:
+            self._purged_elsewhere(queue, [read_failed(queue, raw).id for raw in chosen])
+        return count
 
     def _claim(self, key: str, ttl: float) -> bool:
         claim = f"{self.prefix}:claim:{key}"

@@ -7,7 +7,8 @@ cancelled, 1 already final or unknown. All three only read, except ``cancel``.
 With ``--json`` each prints one JSON object on stdout whatever the outcome, so a script
 never parses an empty output: the status as ``task`` shows it; for an id the store does
 not know ``{"id": ..., "state": null, "error": ...}``; for ``wait`` past its timeout the
-status as it stands with ``"timed_out": true`` and ``"error"``; for ``cancel``
+status as it stands (its own ``"error"`` kept: a retrying task's last error) with
+``"timed_out": true`` and the timeout's message in ``"timeout_error"``; for ``cancel``
 ``{"id", "cancelled", "state"}`` (and ``"error"`` when not cancelled). The exit codes
 stay the same.
 """
@@ -137,12 +138,19 @@ def _failed(
     timed_out: bool = False,
 ) -> typer.Exit:
     """The message on stderr, and with ``--json`` an object on stdout saying the same:
-    the status as far as it is known, ``"error"``, and ``"timed_out"`` for ``wait``."""
+    the status as far as it is known, else ``"state": null`` and ``"error"`` (as
+    ``task`` prints an unknown id); for ``wait`` past its timeout also ``"timed_out"``
+    and the message in ``"timeout_error"``, so that the task's own ``"error"`` stays."""
     if as_json:
-        shown: dict[str, object] = asdict(found) if found else {"id": task_id, "state": None}
+        shown: dict[str, object]
+        if found is not None:
+            shown = asdict(found)
+        elif timed_out:  # known at the timeout, gone at the read after it
+            shown = {"id": task_id, "state": None, "error": _unknown(task_id)}
+        else:
+            shown = {"id": task_id, "state": None, "error": message}
         if timed_out:
-            shown["timed_out"] = True
-        shown["error"] = message
+            shown |= {"timed_out": True, "timeout_error": message}
         typer.echo(json.dumps(shown, indent=2))
     return fail(message, code)
 

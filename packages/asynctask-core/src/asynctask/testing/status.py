@@ -320,13 +320,17 @@ class StatusContract:
         assert probe.stored(queue) == 0 and transport.failed_tasks(queue) == []
 
     def test_a_task_cancelled_while_running_in_process_stays_cancelled(
-        self, transport, queue, probe
+        self, transport, queue, probe, caplog
     ):
         """Under a run loop (``process_queue``) a task cancelled while it runs keeps no
         result when it returns, and is neither retried nor failed when it raises, on
-        its first attempt or its last. Fails if a cancelled task that raised is retried
-        or put in the failed store (checked against filesys and AMQP retry/fail that did
-        not look for the cancel: the task started again at attempt 2)."""
+        its first attempt or its last, and the log says so. Fails if a cancelled task
+        that raised is retried or put in the failed store (checked against filesys and
+        AMQP retry/fail that did not look for the cancel: the task started again at
+        attempt 2), or if the log says it was (localmem, pgsql, redis: their retry/fail
+        dropped it, but the run loop logged "retrying in" and "moved to the failed
+        store")."""
+        caplog.set_level(logging.WARNING)
         # Given three tasks for a worker with one retry (2 s back-off), run in process
         kept = transport.submit_task(queue, {"gate": True, "result": "discarded"})
         raised = transport.submit_task(queue, {"gate": True, "fail": True})
@@ -360,6 +364,15 @@ class StatusContract:
         assert states == [("cancelled", 1, None), ("cancelled", 1, None), ("cancelled", 2, None)]
         failed = [f.id for f in transport.failed_tasks(queue)]
         assert failed == [], f"in the failed store: {failed}; ids {[kept, raised, last]}"
+        # And the log says what happened, not a retry or a failure
+        for dropped in (raised, last):
+            assert (
+                f"Task {dropped} was cancelled while it ran, then raised RuntimeError; it "
+                "stays cancelled" in caplog.text
+            ), caplog.text
+        assert f"(task {raised}, attempt 1 of 2); retrying in" not in caplog.text
+        assert f"(task {last}, attempt 1 of 2); retrying in" in caplog.text  # not cancelled
+        assert f"Task {last} failed on attempt 2" not in caplog.text
         time.sleep(2.5)  # a retry scheduled by mistake would be due by now
         assert probe.stored(queue) == 0
 
@@ -508,6 +521,25 @@ class StatusContract:
         leaves the records (checked against AMQP, whose purges left them in the store of
         ``asynctask_state``: the purged task read queued, and a submit with its key
         returned the purged id and stored nothing)."""
+        self.purge_story(transport, queue, probe)
+
+    def test_a_purge_forgets_the_statuses_kept_in_another_store(
+        self, transport, queue, probe, state_store_uri
+    ):
+        """The same story with the statuses in the store of ``asynctask_state``: the
+        purge tells that store which tasks it deleted. Failed on localmem, filesys,
+        pgsql and redis, whose purges cleared only their own records: the purged tasks
+        read queued there, and a submit with the key returned the purged id."""
+        transport.state_uri = state_store_uri
+        try:
+            self.purge_story(transport, queue, probe)
+        finally:
+            transport.state_uri = None
+
+    @classmethod
+    def purge_story(cls, transport: Transport, queue: str, probe: Any) -> None:
+        """The purge story on ``transport`` (wherever it keeps its statuses); ``probe``
+        counts what the queue stores (``probe.stored``)."""
         # Given waiting tasks (one holding a unique key, one delayed) and a blocked waiter
         transport.state().fallback_poll = FALLBACK_POLL
         key = "purged:" + unique_queue("k")
@@ -540,11 +572,11 @@ class StatusContract:
         assert fresh != keyed and probe.stored(queue) == 1
         # When it and another fail, and the failed store is purged by id, then whole
         other = transport.submit_task(queue, {"n": 5})
-        assert sorted(self._fail(transport, queue, 2)) == sorted([fresh, other])
-        assert transport.status(fresh).state == "failed"
+        assert sorted(cls._fail(transport, queue, 2)) == sorted([fresh, other])
+        assert [s.state if s else None for s in transport.statuses([fresh])] == ["failed"]
         assert transport.purge_failed(queue, [fresh]) == 1
         assert transport.status(fresh) is None
-        assert transport.status(other).state == "failed"
+        assert [s.state if s else None for s in transport.statuses([other])] == ["failed"]
         assert transport.purge_failed(queue) == 1
         # Then their statuses are forgotten too, and the key is free again
         assert transport.statuses([fresh, other]) == [None, None]

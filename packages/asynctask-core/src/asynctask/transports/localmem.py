@@ -20,7 +20,7 @@ Storage
     ``asynctask workers`` command refuses it, since its children are other processes.
     ``get_task`` (at most once) skips cancelled and expired tasks and leaves the task it
     hands over ``succeeded``, without a result; ``purge`` forgets the purged tasks'
-    statuses.
+    statuses (in the store of ``asynctask_state`` when that keeps them).
 """
 
 from __future__ import annotations
@@ -456,7 +456,9 @@ class LocalMemTransport(Transport):
             purged = q.ready.clear() + [task.id for _, _, task in q.waiting]
             q.waiting.clear()
             self._statuses.forget(purged)
-            return len(purged)
+        if self.state_uri is not None and not self.own_state:
+            self._purged_elsewhere(queue, purged)  # (outside the lock: another store)
+        return len(purged)
 
     def _failed(self, queue: str, limit: int, offset: int) -> list[FailedTask]:
         with self._cond:
@@ -490,7 +492,9 @@ class LocalMemTransport(Transport):
             for task_id in chosen:
                 del q.failed[task_id]
             self._statuses.forget(chosen)  # a failed status lives as long as its record
-            return len(chosen)
+        if self.state_uri is not None and not self.own_state:
+            self._purged_elsewhere(queue, chosen)
+        return len(chosen)
 
     def _claim(self, key: str, ttl: float) -> bool:
         now = time.monotonic()
@@ -633,13 +637,15 @@ class LocalMemConsumer(Consumer):
         rec = self.transport._statuses.record(delivery.id)
         return rec is not None and rec.state == "cancelled"
 
-    def retry(self, delivery: Delivery, delay: float, error: str) -> None:
+    def retry(self, delivery: Delivery, delay: float, error: str) -> bool | None:
         delay = check_delay(delay)
         t = self.transport
         with t._cond:
             settled = self._settle(delivery)
-            if settled is None or self._cancelled(delivery):
-                return
+            if settled is None:
+                return None
+            if self._cancelled(delivery):
+                return True  # dropped: never retried
             q, task = settled
             if self._writes():
                 rec = t._statuses.record(delivery.id)
@@ -650,20 +656,25 @@ class LocalMemConsumer(Consumer):
             task.due = time.monotonic() + delay
             heapq.heappush(q.waiting, (task.due, next(t._sequence), task))
             t._cond.notify_all()
+            return None
 
-    def fail(self, delivery: Delivery, error: str) -> None:
+    def fail(self, delivery: Delivery, error: str) -> bool | None:
         t = self.transport
         with t._cond:
             settled = self._settle(delivery)
-            if settled is not None and not self._cancelled(delivery):
-                q, task = settled
-                t._to_failed(self.queue, q, task, error)
-                if not self._writes():
-                    self._retire_record(delivery)
-                    return
-                rec = t._statuses.record(delivery.id)
-                if rec is not None:
-                    t._store().finish(rec, "failed", delivery.attempt, error)
+            if settled is None:
+                return None
+            if self._cancelled(delivery):
+                return True  # dropped: not in the failed store
+            q, task = settled
+            t._to_failed(self.queue, q, task, error)
+            if not self._writes():
+                self._retire_record(delivery)
+                return None
+            rec = t._statuses.record(delivery.id)
+            if rec is not None:
+                t._store().finish(rec, "failed", delivery.attempt, error)
+            return None
 
     def release(self, delivery: Delivery) -> None:
         t = self.transport
