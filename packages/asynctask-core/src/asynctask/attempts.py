@@ -155,15 +155,15 @@ def record_before_settle(
     error: str | None = None,
     result_json: str | None = None,
 ) -> None:
-    """Write an outcome through the consumer's ``StatusFeed`` and send it, before the
-    broker is told the task is done (``ack``, ``retry``). A feed holds writes (a
-    success until the next write, up to 20 ms on redis): with the ack sent first, a
-    worker dying meanwhile (OOM, SIGKILL) took the outcome with it while the broker had
-    forgotten the task, so it read ``running`` for good and ``wait`` never returned.
-    The task's start, if still held, goes with it as one write. A store that cannot be
-    reached leaves the writes kept in the feed (``flush_status_feed`` never raises),
-    sent first with its next write."""
-    consumer.record_outcome(delivery, state, error, result_json)
+    """``_record``, then send it: for a consumer whose ``StatusFeed`` holds writes (a
+    success until the next write, up to 20 ms on redis), called before the broker is
+    told the task is done (``ack``, ``retry``). With the ack sent first, a worker dying
+    meanwhile (OOM, SIGKILL) took the outcome with it while the broker had forgotten
+    the task, so it read ``running`` for good and ``wait`` never returned. The task's
+    start, if still held, goes with it as one write. A store that cannot be reached
+    leaves the writes kept in the feed (``flush_status_feed`` never raises), sent first
+    with its next write."""
+    _record(consumer, delivery, state, error, result_json)
     consumer.flush_status_feed(waiting=False)
 
 
@@ -184,16 +184,13 @@ def settle(
         if result is not None and consumer.tracking:
             limit = consumer.transport.max_payload_bytes
             result_json = encode_result(worker, delivery, result, limit)
-        if consumer.has_status_feed:
-            # (a task cancelled meanwhile stays cancelled: the store's script keeps it)
+        fed = consumer.has_status_feed
+        if fed:  # (a task cancelled meanwhile stays cancelled: the store's script keeps it)
             record_before_settle(consumer, delivery, "succeeded", result_json=result_json)
-            if consumer.ack(delivery, result_json):
-                cancelled_while_running(log, delivery)
-        else:
-            if consumer.ack(delivery, result_json):
-                cancelled_while_running(log, delivery)
-            if consumer.tracking:
-                _record(consumer, delivery, "succeeded", result_json=result_json)
+        if consumer.ack(delivery, result_json):
+            cancelled_while_running(log, delivery)
+        if not fed:
+            _record(consumer, delivery, "succeeded", result_json=result_json)
         events.task_finished(worker, delivery, "succeeded", None)
         log.debug("Processing complete")
         return True
