@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Iterator
 
 import amqp
 import kombu
 import pytest
 
-from asynctask.testing import TransportContract, require_service, unique_queue
+from asynctask.testing import TransportContract, unique_queue
 from asynctask.testing.contract import SECRET, open_transport
 from asynctask.testing.status import StatusContract
 from asynctask.testing.supervised import SupervisedStatusContract
@@ -208,22 +207,6 @@ class TestAmqpStatusInRedis(TestAmqpStatus):
         transport.state_uri = redis_state
         yield transport
         transport.close()
-
-
-@pytest.fixture
-def pgsql_state() -> Iterator[str]:
-    """An ``asynctask_state`` URI on the shared PostgreSQL, in a schema of this test's
-    own (dropped after); skipped where asynctask-pgsql or the server is missing."""
-    psycopg = pytest.importorskip("psycopg")
-    pytest.importorskip("asynctask_pgsql")
-    conninfo = "host=127.0.0.1 dbname=test"
-    require_service("PostgreSQL at 127.0.0.1", lambda: psycopg.connect(conninfo).close())
-    schema = f"asynctask_t_{uuid.uuid4().hex[:10]}"
-    try:
-        yield f"pgsql://127.0.0.1/test?schema={schema}"
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 class TestAmqpStatusInPgsql(TestAmqpStatus):

@@ -16,8 +16,6 @@ import multiprocessing
 import socket
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,7 +23,7 @@ import redis
 
 from asynctask.runner import LoopOptions, run_loop
 from asynctask.status import StatusNotTracked, SubmitOptions
-from asynctask.testing import require_service, unique_queue
+from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
 from asynctask.testing.status import StatusContract
 from asynctask.transport import Consumer, Delivery, new_task_id
@@ -250,22 +248,6 @@ def test_a_task_cancelled_while_it_runs_logs_its_result_discarded(transport, que
         f"Task {tid} was cancelled while it ran; it stays cancelled and its result is "
         "discarded" in caplog.text
     ), caplog.text
-
-
-@pytest.fixture
-def pgsql_state() -> Iterator[str]:
-    """An ``asynctask_state`` URI on the shared PostgreSQL, in a schema of this test's
-    own (dropped after); skipped where asynctask-pgsql or the server is missing."""
-    psycopg = pytest.importorskip("psycopg")
-    pytest.importorskip("asynctask_pgsql")
-    conninfo = "host=127.0.0.1 dbname=test"
-    require_service("PostgreSQL at 127.0.0.1", lambda: psycopg.connect(conninfo).close())
-    schema = f"asynctask_t_{uuid.uuid4().hex[:10]}"
-    try:
-        yield f"pgsql://127.0.0.1/test?schema={schema}"
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 def test_a_purge_forgets_the_statuses_kept_in_pgsql(transport, queue, client, pgsql_state):
