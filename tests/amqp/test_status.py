@@ -148,7 +148,7 @@ def _take(consumer) -> Any:
 
 def _finish(consumer, delivery, result_json: str | None = None) -> None:
     """The consumer's calls after process() returned, without the run loop's flush of
-    the status feed before the ack (``attempts.record_before_settle``): the feed holds
+    the status feed before the ack (``attempts.record(..., send_now=True)``): the feed holds
     the success, as these tests of its holding need."""
     consumer.ack(delivery, result_json)
     consumer.record_outcome(delivery, "succeeded", result_json=result_json)

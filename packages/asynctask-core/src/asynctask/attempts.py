@@ -135,36 +135,30 @@ def cancelled_while_running(log: logging.Logger, delivery: Delivery) -> None:
     )
 
 
-def _record(
+def record(
     consumer: Consumer,
     delivery: Delivery,
     state: State,
     error: str | None = None,
     result_json: str | None = None,
+    *,
+    send_now: bool = False,
 ) -> None:
     """Write an outcome to the store of ``asynctask_state``, when another transport keeps
-    this one's statuses (a transport keeping its own wrote it with the settle)."""
+    this one's statuses (a transport keeping its own wrote it with the settle).
+
+    ``send_now``: then send it, for a consumer whose ``StatusFeed`` holds writes (a
+    success until the next write, up to 20 ms on redis), before the broker is told the
+    task is done (``ack``, ``retry``). With the ack sent first, a worker dying meanwhile
+    (OOM, SIGKILL) took the outcome with it while the broker had forgotten the task, so
+    it read ``running`` for good and ``wait`` never returned. The task's start, if still
+    held, goes with it as one write. A store that cannot be reached leaves the writes
+    kept in the feed (``flush_status_feed`` never raises), sent first with its next write.
+    """
     if consumer.tracking:
         consumer.record_outcome(delivery, state, error, result_json)
-
-
-def record_before_settle(
-    consumer: Consumer,
-    delivery: Delivery,
-    state: State,
-    error: str | None = None,
-    result_json: str | None = None,
-) -> None:
-    """``_record``, then send it: for a consumer whose ``StatusFeed`` holds writes (a
-    success until the next write, up to 20 ms on redis), called before the broker is
-    told the task is done (``ack``, ``retry``). With the ack sent first, a worker dying
-    meanwhile (OOM, SIGKILL) took the outcome with it while the broker had forgotten
-    the task, so it read ``running`` for good and ``wait`` never returned. The task's
-    start, if still held, goes with it as one write. A store that cannot be reached
-    leaves the writes kept in the feed (``flush_status_feed`` never raises), sent first
-    with its next write."""
-    _record(consumer, delivery, state, error, result_json)
-    consumer.flush_status_feed(waiting=False)
+        if send_now:
+            consumer.flush_status_feed(waiting=False)
 
 
 def settle(
@@ -186,11 +180,11 @@ def settle(
             result_json = encode_result(worker, delivery, result, limit)
         fed = consumer.has_status_feed
         if fed:  # (a task cancelled meanwhile stays cancelled: the store's script keeps it)
-            record_before_settle(consumer, delivery, "succeeded", result_json=result_json)
+            record(consumer, delivery, "succeeded", result_json=result_json, send_now=True)
         if consumer.ack(delivery, result_json):
             cancelled_while_running(log, delivery)
         if not fed:
-            _record(consumer, delivery, "succeeded", result_json=result_json)
+            record(consumer, delivery, "succeeded", result_json=result_json)
         events.task_finished(worker, delivery, "succeeded", None)
         log.debug("Processing complete")
         return True
@@ -216,13 +210,13 @@ def settle(
             delivery.queue,
             exc_info=exc,
         )
-        _record(consumer, delivery, "failed", error)
+        record(consumer, delivery, "failed", error)
         events.task_finished(worker, delivery, "failed", exc)
         return False
     delay = worker.backoff(delivery.attempt)
     fed = consumer.has_status_feed
     if fed:  # (a task cancelled meanwhile stays cancelled: the store's script keeps it)
-        record_before_settle(consumer, delivery, "retrying", error)
+        record(consumer, delivery, "retrying", error, send_now=True)
     if consumer.retry(delivery, delay, error):
         return _dropped_cancelled(worker, delivery, exc)
     log.error(
@@ -235,7 +229,7 @@ def settle(
         exc_info=exc,
     )
     if not fed:
-        _record(consumer, delivery, "retrying", error)
+        record(consumer, delivery, "retrying", error)
     events.task_finished(worker, delivery, "retried", exc)
     return False
 
@@ -281,7 +275,7 @@ def refuse_unsigned(worker: AsyncTaskWorker, consumer: Consumer, delivery: Deliv
         return False
     worker.logger.error("Task %s: %s; moved to the failed store", delivery.id, unsafe)
     consumer.fail(delivery, unsafe)
-    _record(consumer, delivery, "failed", unsafe)
+    record(consumer, delivery, "failed", unsafe)
     events.task_finished(worker, delivery, "failed", None)
     return True
 
@@ -297,7 +291,7 @@ def give_up_if_spent(worker: AsyncTaskWorker, consumer: Consumer, delivery: Deli
     )
     worker.logger.error("Task %s: %s; moved to the failed store", delivery.id, error)
     consumer.fail(delivery, error)
-    _record(consumer, delivery, "failed", error)
+    record(consumer, delivery, "failed", error)
     events.task_finished(worker, delivery, "failed", None)
     return True
 

@@ -42,7 +42,7 @@ from asynctask.attempts import (
     cancelled_while_running,
     give_up_if_spent,
     not_started,
-    record_before_settle,
+    record,
     refuse_awaitable,
     refuse_unsigned,
     settle,
@@ -402,7 +402,7 @@ class _TaskRun:
                 # attempts.settle's success path with no result to store, inline (a call
                 # less and no event call: ~2.5k instructions a task, callgrind)
                 if tracked and consumer.has_status_feed:
-                    record_before_settle(consumer, delivery, "succeeded")  # (see there)
+                    record(consumer, delivery, "succeeded", send_now=True)  # (see there)
                     if consumer.ack(delivery, None):
                         cancelled_while_running(log, delivery)
                 else:
