@@ -339,19 +339,23 @@ WITH quick AS (
     SELECT id, task_id, attempts, {_LAPSED} AS lapsed FROM {{s}}.asynctask_queue
     WHERE id = %(id)s AND owner = ANY(%(owners)s::int[])
 ), was AS (
-    SELECT s.state FROM {{s}}.asynctask_status AS s, row WHERE s.task_id = row.task_id
+    SELECT s.state FROM {{s}}.asynctask_status AS s
+    WHERE s.task_id = ANY(ARRAY(SELECT task_id FROM row))
 ), started AS (
     UPDATE {{s}}.asynctask_status AS s
     SET state = 'running', attempts = greatest(row.attempts, 0) + 1, date_started = now()
     FROM row WHERE s.task_id = row.task_id AND NOT row.lapsed AND s.date_finished IS NULL
+      AND s.task_id = ANY(ARRAY(SELECT task_id FROM row))
 ), expired AS (
     UPDATE {{s}}.asynctask_status AS s
     SET state = 'expired', {_FINAL}
     FROM row WHERE s.task_id = row.task_id AND row.lapsed AND s.date_finished IS NULL
+      AND s.task_id = ANY(ARRAY(SELECT task_id FROM row))
     RETURNING {_TOLD}
 ), gone AS (
-    DELETE FROM {{s}}.asynctask_queue AS t USING row
-    WHERE t.id = row.id AND (row.lapsed OR (SELECT state FROM was) = 'cancelled')
+    DELETE FROM {{s}}.asynctask_queue AS t
+    WHERE t.id = ANY(ARRAY(SELECT id FROM row))
+      AND ((SELECT lapsed FROM row) OR (SELECT state FROM was) = 'cancelled')
 )
 SELECT (SELECT count(done) FROM quick), row.lapsed, (SELECT state FROM was) FROM row
 """
@@ -405,11 +409,15 @@ WHERE queue_name = %s AND state = 'queued'
 # not in the failed store; a row ``(NULL, true)`` says so (the run loop logs it).
 # ``date_expires`` applies until a task first starts: a retry clears it.
 SETTLE = f"""
-WITH {_DONE}, cancelled AS (
-    DELETE FROM {{s}}.asynctask_queue AS t USING {{s}}.asynctask_status AS s
-    WHERE %(track)s AND %(attempt)s > 0 AND t.id = ANY(%(ids)s::bigint[])
-      AND t.owner = ANY(%(owners)s::int[]) AND s.task_id = t.task_id
-      AND s.state = 'cancelled'
+WITH {_DONE}, held AS (
+    SELECT id, task_id FROM {{s}}.asynctask_queue
+    WHERE %(track)s AND %(attempt)s > 0 AND id = ANY(%(ids)s::bigint[])
+      AND owner = ANY(%(owners)s::int[])
+), cancelled AS (
+    DELETE FROM {{s}}.asynctask_queue AS t
+    WHERE t.id = ANY(ARRAY(SELECT id FROM held WHERE task_id = ANY(ARRAY(
+        SELECT s.task_id FROM {{s}}.asynctask_status AS s
+        WHERE s.task_id = ANY(ARRAY(SELECT task_id FROM held)) AND s.state = 'cancelled'))))
     RETURNING t.id
 ), moved AS (
     UPDATE {{s}}.asynctask_queue
@@ -434,6 +442,7 @@ WITH {_DONE}, cancelled AS (
         attempts = CASE WHEN %(attempt)s > 0 THEN greatest(s.attempts, moved.attempts)
                         ELSE s.attempts END
     FROM moved WHERE %(track)s AND s.task_id = moved.task_id AND s.date_finished IS NULL
+        AND s.task_id = ANY(ARRAY(SELECT task_id FROM moved))
         AND (%(attempt)s > 0 OR %(state)s = 'failed' OR s.state = 'running')
     RETURNING CASE WHEN %(state)s = 'failed' THEN {_TOLD} END
 ), untracked_failed AS (
@@ -442,6 +451,7 @@ WITH {_DONE}, cancelled AS (
         date_forget = coalesce(s.date_forget, now() + make_interval(secs => %(ttl)s::float8))
     FROM moved
     WHERE NOT %(track)s AND %(state)s = 'failed' AND s.task_id = moved.task_id
+      AND s.task_id = ANY(ARRAY(SELECT task_id FROM moved))
       AND (s.unique_key IS NOT NULL OR s.date_forget IS NULL)
 )
 SELECT pg_notify({{s}}.asynctask_channel(queue_name), ''), false
@@ -490,18 +500,18 @@ WITH gate AS (
     UPDATE {{s}}.asynctask_queue AS t
     SET state = 'queued', owner = NULL, keeper = NULL, attempts = greatest(t.attempts, 0) + 1,
         date_expires = NULL
-    FROM taken WHERE t.id = taken.id
+    WHERE t.id = ANY(ARRAY(SELECT id FROM taken))
     RETURNING t.queue_name, t.task_id
 ), requeued AS (
     UPDATE {{s}}.asynctask_status AS s SET state = 'queued'
-    FROM moved WHERE s.task_id = moved.task_id AND s.state = 'running'
+    WHERE s.task_id = ANY(ARRAY(SELECT task_id FROM moved)) AND s.state = 'running'
 ), old AS (
-    SELECT task_id FROM {{s}}.asynctask_status, gate
+    SELECT ctid AS tid FROM {{s}}.asynctask_status, gate
     WHERE gate.open AND date_forget < now()
     ORDER BY date_forget LIMIT %(forget_limit)s
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF asynctask_status SKIP LOCKED
 ), forgotten AS (
-    DELETE FROM {{s}}.asynctask_status AS s USING old WHERE s.task_id = old.task_id
+    DELETE FROM {{s}}.asynctask_status AS s WHERE s.ctid = ANY(ARRAY(SELECT tid FROM old))
 )
 {_NOTIFY}
 """
@@ -564,19 +574,20 @@ END_OWNER = """
 WITH gone AS (
     DELETE FROM {s}.asynctask_owner WHERE owner = %(owner_name)s RETURNING id
 ), acked AS (
-    DELETE FROM {s}.asynctask_queue AS t USING gone
-    WHERE t.keeper = gone.id AND t.state = 'reserved' AND t.task_id = ANY(%(finished)s::uuid[])
+    DELETE FROM {s}.asynctask_queue AS t
+    WHERE t.keeper = ANY(ARRAY(SELECT id FROM gone)) AND t.state = 'reserved'
+      AND t.task_id = ANY(%(finished)s::uuid[])
 ), moved AS (
     UPDATE {s}.asynctask_queue AS t
     SET state = 'queued', owner = NULL, keeper = NULL,
         attempts = greatest(t.attempts, 0)
             + CASE WHEN %(all)s OR t.task_id = ANY(%(started)s::uuid[]) THEN 1 ELSE 0 END
-    FROM gone WHERE t.keeper = gone.id AND t.state = 'reserved'
+    WHERE t.keeper = ANY(ARRAY(SELECT id FROM gone)) AND t.state = 'reserved'
         AND NOT (t.task_id = ANY(%(finished)s::uuid[]))
     RETURNING t.queue_name, t.task_id
 ), requeued AS (
     UPDATE {s}.asynctask_status AS s SET state = 'queued'
-    FROM moved WHERE s.task_id = moved.task_id AND s.state = 'running'
+    WHERE s.task_id = ANY(ARRAY(SELECT task_id FROM moved)) AND s.state = 'running'
 )
 SELECT (SELECT count(*) FROM moved),
        (SELECT count(pg_notify({s}.asynctask_channel(m.queue_name), ''))
@@ -586,16 +597,17 @@ SELECT (SELECT count(*) FROM moved),
 # ``get_task``: the head, deleted; the caller has it now, so its status is forgotten.
 TAKE = f"""
 WITH {_HEAD_ROWS}, gone AS (
-    DELETE FROM {{s}}.asynctask_queue AS t USING head
-    WHERE t.id = head.id AND NOT head.bad AND NOT head.lapsed
+    DELETE FROM {{s}}.asynctask_queue AS t
+    WHERE t.ctid = ANY(ARRAY(SELECT tid FROM head WHERE NOT bad AND NOT lapsed))
     RETURNING t.task_id, t.payload, t.payload_text, t.attempts, t.date_submitted
 ), forgot AS (
-    DELETE FROM {{s}}.asynctask_status AS s USING gone WHERE s.task_id = gone.task_id
+    DELETE FROM {{s}}.asynctask_status AS s
+    WHERE s.task_id = ANY(ARRAY(SELECT task_id FROM gone))
 ), bad AS (
     UPDATE {{s}}.asynctask_queue AS t
     SET state = 'failed', date_failed = now(),
         error = {_UNDECODABLE}
-    FROM head WHERE t.id = head.id AND head.bad
+    WHERE t.ctid = ANY(ARRAY(SELECT tid FROM head WHERE bad))
     RETURNING t.id
 )
 SELECT false, task_id, payload, payload_text, attempts, date_submitted FROM gone
@@ -662,7 +674,8 @@ ALL_STATS = _NAMES + "SELECT n.q," + _COUNTS.replace("%(q)s", "n.q") + "FROM nam
 # from ``gone``, joined it by a nested loop that read ``forgot`` again for every deleted
 # row: a purge of 1,000,000 took over ten minutes. test_a_purge_reads_what_it_deleted_once)
 _FORGOT = f"""forgot AS (
-    DELETE FROM {{s}}.asynctask_status AS s USING gone WHERE s.task_id = gone.task_id
+    DELETE FROM {{s}}.asynctask_status AS s
+    WHERE s.task_id = ANY(ARRAY(SELECT task_id FROM gone))
     RETURNING {_TOLD}
 )
 SELECT count(*) FROM gone WHERE (SELECT count(*) FROM forgot) >= 0
@@ -696,7 +709,7 @@ WITH moved AS (
 ), back AS (
     UPDATE {s}.asynctask_status AS s
     SET state = 'queued', date_finished = NULL, date_forget = NULL, error = NULL
-    FROM moved WHERE s.task_id = moved.task_id
+    WHERE s.task_id = ANY(ARRAY(SELECT task_id FROM moved))
 )
 SELECT c.n FROM (SELECT count(*) AS n FROM moved) AS c
 LEFT JOIN LATERAL (
