@@ -75,7 +75,7 @@ def test_a_reserve_reads_the_head_not_the_queue_when_the_table_looks_empty(own_s
         params = {
             "acks": "{}", "owners": "{}", "results": "[]", "started": "{}",
             "track": tracked, "ttl": 60.0, "queue": queue, "limit": 16,
-            "owner": 0, "keeper": 0,
+            "owner": 0, "keeper": 0, "floor": None,
         }  # fmt: skip
         with (
             psycopg.connect(CONNINFO, autocommit=True) as conn,
@@ -136,7 +136,9 @@ def _explain(conn: psycopg.Connection[Any], text: str, params: dict[str, Any], m
             query = pgsql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE {}({})").format(
                 pgsql.Identifier(name), arguments
             )
-            [(plan,)] = conn.execute(query if values else query.as_string(conn).replace("()", "")).fetchall()
+            [(plan,)] = conn.execute(
+                query if values else query.as_string(conn).replace("()", "")
+            ).fetchall()
         finally:
             conn.execute(f"DEALLOCATE {name}")
     return plan
@@ -273,16 +275,28 @@ def _cases(schema: str, queue: str, ids: dict[str, list[int]]) -> dict[str, tupl
         "ack_retry": (st.settle, _settle(ids, "queued", 1, 1.0)),
         "ack_fail": (st.settle, _settle(ids, "failed", 1, None)),
         "ack_release": (st.settle, _settle(ids, "queued", 0, None)),
-        "sweep": (st.sweep, {
-            **_consumer_params(ids, []), "queue": queue, "lease": 10.0, "forget_limit": 1000,
-            "lock_class": consumer_lock_class(schema), "sweep_class": sweep_lock_class(schema),
-        }),  # fmt: skip
+        "sweep": (
+            st.sweep,
+            {
+                **_consumer_params(ids, []),
+                "queue": queue,
+                "lease": 10.0,
+                "forget_limit": 1000,
+                "lock_class": consumer_lock_class(schema),
+                "sweep_class": sweep_lock_class(schema),
+            },
+        ),
         "orphans": (st.orphans, {"owner": OURS, "held": _array(ids["ours"][:1])}),
-        "end_owner": (st.end_owner, {
-            "owner_name": "live", "all": False, "started": "{" + uuids[0] + "}",
-            "finished": "{}",
-        }),  # fmt: skip
-        "take": (st.take, {"queue": queue, "limit": 1, "ttl": 60.0}),
+        "end_owner": (
+            st.end_owner,
+            {
+                "owner_name": "live",
+                "all": False,
+                "started": "{" + uuids[0] + "}",
+                "finished": "{}",
+            },
+        ),
+        "take": (st.take, {"queue": queue, "limit": 1, "ttl": 60.0, "floor": None}),
         "purge": (st.purge.replace("%s", "%(queue)s"), {"queue": queue, "ttl": 60.0}),
         "purge_failed": (st.purge_failed, {"queue": queue, "all": True, "ids": "{}"}),
         "requeue_failed": (st.requeue_failed, {"queue": queue, "all": True, "ids": "{}"}),
