@@ -330,3 +330,86 @@ def test_a_statement_reads_its_rows_not_the_table_when_the_table_looks_empty(
     # Then it reads the few rows it names, not the 100,000 others
     found = _big_reads(plan, 50)
     assert not found, found
+
+
+# -- the head of a queue whose table has not been vacuumed ------------------------------
+
+#: tasks passed through the queue before the wake-up (no VACUUM since)
+CHURNED = 20_000
+
+
+def _churn(conn: psycopg.Connection[Any], schema: str, queue: str, tasks: int) -> None:
+    """Pass ``tasks`` tasks through ``queue`` as workers would (``bench.pgtable.churn``):
+    inserted with a status row, reserved, deleted; then read once from the head, as the
+    first take after them does, which marks their index entries dead."""
+    q, s = f"{schema}.asynctask_queue", f"{schema}.asynctask_status"
+    conn.execute(
+        f"WITH st AS (INSERT INTO {s} (task_id, queue_name, state) SELECT gen_random_uuid(),"
+        f" %s, 'queued' FROM generate_series(1, {tasks}) RETURNING task_id)"
+        f" INSERT INTO {q} (task_id, queue_name, payload) SELECT task_id, %s, '{{}}' FROM st",
+        (queue, queue),
+    )
+    conn.execute(f"UPDATE {q} SET state = 'reserved', owner = 0 WHERE queue_name = %s", (queue,))
+    conn.execute(f"DELETE FROM {q} WHERE queue_name = %s", (queue,))
+    conn.execute(
+        f"SELECT id FROM {q} WHERE queue_name = %s AND state = 'queued'"
+        " ORDER BY date_available, id LIMIT 1",
+        (queue,),
+    )
+
+
+def _index_reads(plans: list[str], index: str) -> list[int]:
+    """The buffers each scan of ``index`` read, in the plans auto_explain logged."""
+    reads = []
+    for message in plans:
+        _, _, text = message.partition("plan:")
+        if not text.strip().startswith("{"):
+            continue
+        for node in _nodes(json.loads(text)["Plan"]):
+            if node.get("Index Name") == index:
+                reads.append(node["Shared Hit Blocks"] + node["Shared Read Blocks"])
+    return reads
+
+
+def test_a_woken_consumer_reads_the_head_past_the_tasks_taken_before(own_schema):
+    """An idle consumer woken for one task reads the head of its queue from where the
+    tasks taken before it ended, not over their dead index entries, on a table not
+    vacuumed since 20,000 tasks passed (the churned rows of ``make bench``: 1,000,000
+    tasks, 7,300 pages of ``asynctask_queue_ready`` a RESERVE and a NEXT_DUE, three scans
+    a woken task; the raw loop's narrower primary key 2,800 pages, two scans). Read by
+    auto_explain in the consumer's own session. Failed before (0f5c8d2^): every scan read
+    the whole of the dead head (145 pages each, 8 scans)."""
+    uri = f"pgsql://{HOST}/{DATABASE}?recovery_seconds=30&vacuum_every=0&schema={own_schema}"
+    with open_transport(uri) as transport:
+        queue = unique_queue("churned")
+        transport.submit_task(queue, {})
+        transport.purge(queue)
+        # Given CHURNED tasks passed through the queue, no VACUUM since
+        with psycopg.connect(CONNINFO, autocommit=True) as conn:
+            _churn(conn, own_schema, queue, CHURNED)
+        with transport.consumer(queue) as consumer:
+            # And an idle consumer that has looked (and found nothing)
+            assert consumer.reserve(0.1) is None
+            session = consumer._conn
+            assert session is not None
+            plans: list[str] = []
+            session.add_notice_handler(lambda notice: plans.append(notice.message_primary))
+            for setting in (
+                "LOAD 'auto_explain'",
+                "SET auto_explain.log_min_duration = 0",
+                "SET auto_explain.log_analyze = on",
+                "SET auto_explain.log_buffers = on",
+                "SET auto_explain.log_format = json",
+                "SET client_min_messages = log",
+            ):
+                session.execute(setting)
+            # When a task is submitted, and again after it is done
+            for n in range(2):
+                transport.submit_task(queue, {"n": n})
+                delivery = consumer.reserve(5)
+                assert delivery is not None and delivery.payload == {"n": n}
+                consumer.ack(delivery)
+            assert consumer.reserve(0.1) is None
+        # Then no scan of its head read more than a few pages of the index
+        reads = _index_reads(plans, "asynctask_queue_ready")
+        assert reads and max(reads) <= 10, reads

@@ -181,12 +181,12 @@ class PgsqlConsumer(Consumer):
         # taken rows, which every scan from the head walked again: 1,000,000 tasks passed
         # made each RESERVE and NEXT_DUE read 7,300 pages of ``asynctask_queue_ready``
         # (its entries, led by the queue name, are 2.6 times as wide as the raw loop's
-        # primary key), three of them a woken idle worker's task. Set by a RESERVE that
-        # took fewer rows than asked (all there were: the floor is the last one's) and by
-        # NEXT_DUE (the first waiting row's); lowered by each submit's NOTIFY (``at
+        # primary key), three of them a woken idle worker's task. Set by a RESERVE (the
+        # last row it took from the head, all before it taken) and by NEXT_DUE (the
+        # first waiting row's); lowered by each submit's NOTIFY (``at
         # <microseconds>``, where its row sorts); dropped by any other NOTIFY (another
         # program's insert, a task handed back by a settle, sweep or close), a new
-        # connection and a reserve that waited its whole timeout.
+        # connection and each sweep.
         self._floor: int | None = None
         self._since: int | None = _NO_FLOOR  # the same, announced since the last statement
         # when (monotonic) we last sent a statement or Sync whose answer, and the
@@ -223,6 +223,10 @@ class PgsqlConsumer(Consumer):
                         "forget_limit": FORGET_PER_SWEEP,
                     }
                     self._run(self._sql.sweep, {**sweep, "queue": self.queue})
+                    # and the next RESERVE reads the queue from its head: a row another
+                    # consumer locked and let go without a NOTIFY (its reserve rolled
+                    # back), or one made behind a clock set back, waits one sweep at most
+                    self._floor = None
                     self._next_sweep = time.monotonic() + self._host.sweep_interval
                     if self._host.vacuum is not None:
                         self._host.vacuum.ask()
@@ -233,12 +237,12 @@ class PgsqlConsumer(Consumer):
                 params = {"queue": self.queue, "limit": limit, "floor": _floor_param(floor)}
                 rows = self._run(reserve, params)
                 self._sent()
-                if len(rows) < limit:
-                    # Every waiting row past the floor up to now() was ours to take: the
-                    # floor moves to the last one taken (and back to whatever was
-                    # announced meanwhile)
-                    last = max((row[9] for row in rows if row[9] is not None), default=floor)
-                    self._floor = _lower(last, self._since)
+                # The head took, in order, every row past the floor up to the last one
+                # it took (but those another consumer had locked, whose reserve takes
+                # them): the floor moves there, and back to whatever was announced
+                # meanwhile. (``at`` is NULL for an urgent row: another index.)
+                last = max((row[9] for row in rows if row[9] is not None), default=floor)
+                self._floor = _lower(last, self._since)
                 self._keep(rows)
                 if self._buffer:
                     return self._buffer.popleft()
@@ -246,10 +250,6 @@ class PgsqlConsumer(Consumer):
                     continue  # only undecodable messages, now in the failed store
                 wait = deadline - time.monotonic()
                 if wait <= 0:
-                    # the next call reads the queue from its head: a row some consumer
-                    # locked and let go, or one made behind a clock set back, is seen
-                    # within a poll interval
-                    self._floor = None
                     return None
                 floor, self._since = self._floor, _NO_FLOOR
                 next_due = {"queue": self.queue, "floor": _floor_param(floor)}

@@ -331,7 +331,8 @@ WITH {done}, {head}, taken AS (
         CASE WHEN head.bad THEN NULL ELSE t.payload END AS p,
         t.payload_text, t.attempts, extract(epoch FROM t.date_submitted)::float8 AS submitted,
         t.date_available, t.headers, t.priority,
-        extract(epoch FROM t.date_expires)::float8 AS expires, {at} AS at
+        extract(epoch FROM t.date_expires)::float8 AS expires,
+        CASE WHEN t.priority <= 0 THEN {at} END AS at
 )
 SELECT bad, id, task_id, p, payload_text, attempts, submitted, headers, expires, at FROM (
     SELECT bad, id, task_id, p, payload_text, attempts, submitted, headers, expires,
