@@ -404,3 +404,68 @@ def _eventually(check: Any, timeout: float = 2.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "never happened"
         time.sleep(0.005)
+
+
+_PGSQL_DIES_ON_THE_FOURTH = _DIES_ON_THE_FOURTH.replace(
+    "from asynctask_redis import statusfeed", "from asynctask_pgsql import statefeed as statusfeed"
+)
+
+
+@pytest.mark.parametrize("result", ["value", "none"])
+def test_with_state_in_pgsql_a_worker_killed_after_its_successes_leaves_them_succeeded(
+    amqp_uri, pgsql_state, result
+):
+    """The pgsql status feed (``asynctask_pgsql.statefeed``) holds starts and
+    outcomes, but a flush before an ack waits for the commit: once the broker forgot a
+    task, the store says it succeeded, after a SIGKILL."""
+    queue = unique_queue()
+    with open_transport(amqp_uri) as t:
+        t.state_uri = pgsql_state
+        ids = t.submit_tasks(queue, [{"n": n} for n in range(6)])
+        subprocess.run(
+            [sys.executable, "-c", _PGSQL_DIES_ON_THE_FOURTH, amqp_uri, pgsql_state, queue, result],
+            timeout=60,
+        )
+        _eventually(lambda: t.queue_stats(queue).ready == 3, timeout=10)
+        found = [t.status(tid) for tid in ids]
+        states = [s.state if s is not None else None for s in found]
+        assert states[:3] == ["succeeded"] * 3, states
+        expected = [0, 1, 2] if result == "value" else [None] * 3
+        assert [s.result for s in found[:3] if s is not None] == expected
+
+
+def test_with_state_in_pgsql_the_feed_keeps_the_order_of_states(amqp_uri, pgsql_state):
+    """Writes held in one feed batch keep their order: a start, a retry, a second
+    start and a success of one task read ``succeeded`` at attempt 2; a task cancelled
+    before the feed opened, and one cancelled while it is open, never start; a start
+    alone is sent at once (the first after a wait)."""
+    queue = unique_queue()
+    with open_transport(amqp_uri) as t:
+        t.state_uri = pgsql_state
+        doomed_before, a, b, doomed_after = t.submit_tasks(queue, [{"n": n} for n in range(4)])
+        assert t.cancel(doomed_before)
+        store = t.state()
+        feed = store.feed(queue)
+        assert feed is not None
+        try:
+            assert not feed.may_start(doomed_before)
+            assert feed.may_start(a)
+            feed.started(a, 1)  # the first since a wait: sent at once
+            assert t.status(a).state == "running"
+            feed.settled(a, "retrying", 1, error="boom")
+            feed.started(a, 2)
+            feed.settled(a, "succeeded", 2, result_json='"ok"')
+            assert t.status(a).state == "running"  # held
+            feed.flush(waiting=False)
+            status = t.status(a)
+            assert (status.state, status.attempts, status.result) == ("succeeded", 2, "ok")
+            assert status.error == "boom"
+            assert t.cancel(doomed_after)
+            assert not feed.may_start(doomed_after)
+            assert feed.may_start(b)
+            feed.started(b, 1)
+            feed.settled(b, "failed", 1, error="no")
+        finally:
+            feed.close()
+        assert t.status(b).state == "failed"
+        assert t.status(doomed_after).state == "cancelled"

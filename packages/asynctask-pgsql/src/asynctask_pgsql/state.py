@@ -25,6 +25,7 @@ from asynctask.status import (
     StartVerdict,
     State,
     StateStore,
+    StatusFeed,
     SubmitOptions,
     TaskStatus,
 )
@@ -137,6 +138,12 @@ class PgsqlStateStore(StateStore):
     def _read(self, conn: psycopg.Connection[Any], task_id: uuid.UUID) -> TaskStatus | None:
         rows = conn.execute(self.sql.statuses, {"ids": [task_id]}).fetchall()
         return _status(rows[0]) if rows else None
+
+    def feed(self, queue: str) -> StatusFeed | None:
+        """A status feed of ``queue`` (``asynctask_pgsql.statefeed``)."""
+        from asynctask_pgsql.statefeed import PgsqlStatusFeed
+
+        return PgsqlStatusFeed(self, queue)
 
     # -- which queues keep no status ---------------------------------------------------
 

@@ -23,6 +23,8 @@ CANCEL_HEARD = 0.005
 _FINAL = """date_finished = now(), date_forget = now() + make_interval(secs => %(ttl)s::float8),
         unique_key = NULL"""
 
+_FINAL_STATES = "('succeeded', 'failed', 'cancelled', 'expired')"
+
 _TOLD = "CASE WHEN s.watched THEN pg_notify('{c}', replace(s.task_id::text, '-', '')) END"
 
 # A queued task past its expiry reads ``expired`` (the next reserve makes it so); a
@@ -59,7 +61,7 @@ WITH hit AS (
     SET state = 'cancelled', {_FINAL}
     WHERE s.task_id = %(id)s::uuid AND s.date_finished IS NULL
       AND NOT (s.state IN ('queued', 'delayed') AND coalesce(s.date_expires <= now(), false))
-    RETURNING s.task_id, {_TOLD}
+    RETURNING s.task_id, s.queue_name, {_TOLD}
 ), gone AS (
     DELETE FROM {{s}}.asynctask_queue AS q
     WHERE q.task_id = ANY(ARRAY(SELECT task_id FROM hit)) AND (q.state = 'queued') IS TRUE
@@ -68,8 +70,13 @@ WITH hit AS (
                      'cancel ' || replace(q.task_id::text, '-', ''))
     FROM {{s}}.asynctask_queue AS q
     WHERE q.task_id = ANY(ARRAY(SELECT task_id FROM hit)) AND (q.state = 'reserved') IS TRUE
+), fed AS (
+    SELECT pg_notify({{s}}.asynctask_channel(hit.queue_name),
+                     'cancel ' || replace(hit.task_id::text, '-', ''))
+    FROM hit
+    WHERE NOT EXISTS (SELECT 1 FROM {{s}}.asynctask_queue AS q WHERE q.task_id = hit.task_id)
 )
-SELECT (SELECT count(*) FROM hit), (SELECT count(*) FROM told)
+SELECT (SELECT count(*) FROM hit), (SELECT count(*) FROM told) + (SELECT count(*) FROM fed)
 """
 
 # A task not started past its ``date_expires`` (as ``STARTED`` reads it).
@@ -138,6 +145,51 @@ WHERE s.task_id = %(id)s::uuid
 RETURNING CASE WHEN %(final)s THEN {_TOLD} END
 """
 
+# A status feed's writes (``asynctask_pgsql.statefeed``), one row a task: its last state
+# in the batch, and the age in seconds of its start when one is among them (else NULL).
+# A row is written as ``SETTLED`` writes it (``running`` is not final); a final row is
+# never overwritten (a start after a cancel is late: its id is returned; a cancelled row
+# still gets the attempt that started, as a start written before the cancel gave it).
+FEED_WRITES = f"""
+WITH w AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(states)s::text[], %(attempts)s::int[],
+                         %(ago)s::float8[], %(errors)s::text[], %(results)s::text[])
+        AS w(id, state, attempts, ago, error, result)
+), up AS (
+    UPDATE {{s}}.asynctask_status AS s
+    SET state = w.state, attempts = w.attempts, error = coalesce(w.error, s.error),
+        date_started = CASE WHEN w.ago IS NULL THEN s.date_started
+                            ELSE now() - make_interval(secs => w.ago) END,
+        result = CASE WHEN w.state = 'succeeded' THEN w.result END,
+        date_finished = CASE WHEN w.state IN {_FINAL_STATES} THEN now() END,
+        date_forget = CASE WHEN w.state IN {_FINAL_STATES}
+                           THEN now() + make_interval(secs => %(ttl)s::float8) END,
+        unique_key = CASE WHEN w.state IN {_FINAL_STATES} THEN NULL ELSE s.unique_key END
+    FROM w
+    WHERE s.task_id = w.id
+      AND (s.date_finished IS NULL OR (s.state = 'failed' AND w.state = 'queued'))
+    RETURNING CASE WHEN w.state IN {_FINAL_STATES} THEN {_TOLD} END
+), late AS (
+    UPDATE {{s}}.asynctask_status AS s
+    SET attempts = greatest(s.attempts, w.attempts),
+        date_started = coalesce(s.date_started, now() - make_interval(secs => w.ago))
+    FROM w
+    WHERE s.task_id = w.id AND w.ago IS NOT NULL AND s.state = 'cancelled'
+)
+SELECT (SELECT count(*) FROM up), ARRAY(
+    SELECT replace(s.task_id::text, '-', '') FROM w JOIN {{s}}.asynctask_status AS s
+    ON s.task_id = w.id
+    WHERE w.ago IS NOT NULL AND s.date_finished IS NOT NULL AND s.state <> 'failed')
+"""
+
+# What a status feed opening loads: the queue's cancelled tasks not forgotten yet, at
+# most ``%(most)s`` (a cancel made before it listened: it never notified the feed).
+FEED_CANCELLED = """
+SELECT replace(task_id::text, '-', '') FROM {s}.asynctask_status
+WHERE queue_name = %(queue)s AND state = 'cancelled' AND date_forget > now()
+LIMIT %(most)s
+"""
+
 # Purged by another transport keeping its statuses here: the rows go (their unique keys
 # with them); a waiter is told, reads nothing and returns.
 PURGED = f"""
@@ -185,6 +237,8 @@ class StateStatements:
     started: LiteralString
     settled: LiteralString
     purged: LiteralString
+    feed_writes: LiteralString
+    feed_cancelled: LiteralString
     watch: LiteralString
     forget: LiteralString
     track: LiteralString

@@ -1,0 +1,269 @@
+"""A ``StatusFeed`` (``asynctask.status``) on PostgreSQL, for a transport whose
+``asynctask_state`` names a pgsql URI (AMQP): one statement a batch of status writes.
+
+Writes. ``started`` and ``settled`` are held, in order, and sent together as ONE
+statement (``state_sql.FEED_WRITES``: an UPDATE from unnest of arrays, one row a task,
+its last state in the batch with the age of its start) and ONE commit: without a feed,
+each start and each outcome was a statement and a commit of its own (a WAL flush each).
+A start is sent at once for the consumer's first task since it waited (it reads
+``running`` from then on); the rest are held until ``flush`` (the run loop's, before it
+tells the broker a task is done: the statement's commit is waited for, so an acked
+success is stored), ``MOST_HELD`` writes, or ``HOLD`` seconds (a thread of the feed).
+Every send waits for its commit; a send that fails keeps its writes, first, for the
+next one (``flush_status_feed`` logs it and the consumer goes on).
+
+Cancels. The feed LISTENs, on a connection of its own, on the queue's channel, where
+``CANCEL`` announces ``cancel <id>`` for a task that is not in this database's queue
+table (another transport's), counting it as told: ``cancel`` then returns
+``CANCEL_HEARD`` after its commit. On opening, the feed loads the queue's cancelled
+tasks not forgotten (``FEED_CANCELLED``, at most ``LOAD_MOST``; more, and it stays
+closed). ``may_start`` says True only when the feed's last round trip began less than
+``CANCEL_HEARD`` ago (else it makes one: the writes held, or a bare ``SELECT``): a cancel
+committed before the server read it was announced before its answer, and one committed
+after has not returned yet (as ``PgsqlConsumer._start_later``). A start that meets a
+cancel anyway is late: the row stays ``cancelled`` (never overwritten) and it is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+
+from asynctask.errors import TransportUnavailable
+from asynctask.status import FINAL_STATES, State, StatusFeed
+from asynctask_pgsql.schema import channel
+from asynctask_pgsql.state_sql import CANCEL_HEARD
+
+if TYPE_CHECKING:
+    from asynctask_pgsql.state import PgsqlStateStore
+
+logger = logging.getLogger("asynctask.pgsql")
+
+#: the longest a write is held for the next ones before it is sent (seconds)
+HOLD = 0.02
+#: writes held past which they are sent at once
+MOST_HELD = 64
+#: the most cancelled ids a feed loads when it opens; more, and its starts wait
+LOAD_MOST = 5000
+#: seconds before a feed that could not open (or found too many) tries again
+REOPEN_PAUSE = 1.0
+
+
+class PgsqlStatusFeed(StatusFeed):
+    """One consumer's feed of one queue; see the module docstring."""
+
+    def __init__(self, store: PgsqlStateStore, queue: str) -> None:
+        self.store = store
+        self.queue = queue
+        self._conn: psycopg.Connection[Any] | None = None
+        self._cancelled: set[str] = set()
+        #: (kind 's' or 'o', task id, attempt, monotonic time, state, error, result)
+        self._held: list[tuple[str, str, int, float, str, str | None, str | None]] = []
+        self._held_since = 0.0
+        self._waited = True
+        self._asked_at = -CANCEL_HEARD
+        self._open_after = 0.0
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"PgsqlStatusFeed({self.queue!r})"
+
+    # -- the connection and cancels ---------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection[Any] | None:
+        """The feed's connection, listening, with the cancelled ids loaded; None when
+        it cannot be opened now (starts then wait for the store)."""
+        if self._conn is not None:
+            return self._conn
+        if time.monotonic() < self._open_after:
+            return None
+        host = self.store._host
+        try:
+            host._ready_pool()
+            conn = host.server.connect(application_name="asynctask status feed")
+        except (psycopg.Error, TransportUnavailable) as exc:
+            logger.info("%r: could not open (%s); starts wait", self, exc)
+            self._open_after = time.monotonic() + REOPEN_PAUSE
+            return None
+        try:
+            conn.add_notify_handler(self._heard)
+            name = channel(host.schema, self.queue)
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
+            params = {"queue": self.queue, "most": LOAD_MOST + 1}
+            ids = [row[0] for row in conn.execute(self.store.sql.feed_cancelled, params)]
+        except psycopg.Error as exc:
+            conn.close()
+            logger.info("%r: could not open (%s); starts wait", self, exc)
+            self._open_after = time.monotonic() + REOPEN_PAUSE
+            return None
+        if len(ids) > LOAD_MOST:
+            conn.close()
+            self._open_after = time.monotonic() + REOPEN_PAUSE * 60
+            return None
+        self._cancelled = set(ids)
+        self._asked_at = time.monotonic()
+        self._conn = conn
+        return conn
+
+    def _heard(self, note: psycopg.Notify) -> None:
+        if note.payload.startswith("cancel "):
+            self._cancelled.add(note.payload[7:])
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        self._cancelled = set()
+
+    def may_start(self, task_id: str) -> bool:
+        """Whether every cancel returned before this call is known and none names it."""
+        with self._lock:
+            conn = self._connection()
+            if conn is None:
+                return False
+            if time.monotonic() - self._asked_at >= CANCEL_HEARD:
+                try:
+                    if self._held:
+                        self._send()
+                    else:
+                        asked = time.monotonic()
+                        conn.execute("SELECT 1")
+                        self._asked_at = asked
+                except TransportUnavailable:
+                    return False
+                except psycopg.Error as exc:
+                    logger.info("%r: connection lost (%s); starts wait", self, exc)
+                    self._drop()
+                    return False
+            if len(self._cancelled) > LOAD_MOST:
+                self._drop()
+                return False
+            return task_id not in self._cancelled
+
+    # -- writes -----------------------------------------------------------------------
+
+    def started(self, task_id: str, attempt: int) -> None:
+        with self._lock:
+            self._held.append(("s", task_id, attempt, time.monotonic(), "running", None, None))
+            if self._waited and len(self._held) == 1:
+                self._waited = False
+                self._send()
+            else:
+                self._after_hold()
+
+    def settled(
+        self,
+        task_id: str,
+        state: State,
+        attempts: int,
+        *,
+        error: str | None = None,
+        result_json: str | None = None,
+    ) -> None:
+        with self._lock:
+            self._held.append(("o", task_id, attempts, 0.0, state, error, result_json))
+            self._after_hold()
+
+    def _after_hold(self) -> None:
+        if len(self._held) >= MOST_HELD:
+            self._send()
+        elif len(self._held) == 1:
+            self._held_since = time.monotonic()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"asynctask-statefeed-{self.queue}", daemon=True
+                )
+                self._thread.start()
+            self._wake.notify()
+
+    def flush(self, *, waiting: bool = True) -> None:
+        with self._lock:
+            self._waited = waiting
+            if self._held:
+                self._send()
+
+    def _send(self) -> None:
+        """Send what is held as one statement and wait for its commit (lock held); on
+        a failure the writes stay held, first, and ``TransportUnavailable`` is raised."""
+        held = self._held
+        if not held:
+            return
+        conn = self._connection()
+        if conn is None:
+            raise TransportUnavailable(f"{self!r}: no connection to the state store")
+        now = time.monotonic()
+        rows: dict[str, list[Any]] = {}
+        for kind, task_id, attempt, began, state, error, result in held:
+            row = rows.get(task_id)
+            if row is None:
+                row = rows[task_id] = [state, attempt, None, error, result]
+            if kind == "s":
+                row[0], row[1], row[2] = "running", attempt, max(0.0, now - began)
+            else:
+                # the last error stays, as SETTLED's coalesce keeps it
+                row[0], row[1], row[4] = state, attempt, result
+                row[3] = row[3] if error is None else error
+        finals = sum(1 for row in rows.values() if row[0] in FINAL_STATES)
+        params = {
+            "ids": [uuid.UUID(task_id) for task_id in rows],
+            "states": [row[0] for row in rows.values()],
+            "attempts": [row[1] for row in rows.values()],
+            "ago": [row[2] for row in rows.values()],
+            "errors": [row[3] for row in rows.values()],
+            "results": [row[4] for row in rows.values()],
+            "ttl": self.store.status_ttl,
+        }
+        try:
+            self.store._forget(finals)
+            asked = time.monotonic()
+            [(_, late)] = conn.execute(self.store.sql.feed_writes, params).fetchall()
+        except psycopg.Error as exc:
+            self._drop()
+            raise TransportUnavailable(f"{self!r}: writing the statuses failed: {exc}") from exc
+        self._asked_at = asked
+        self._held = []
+        for task_id in late:
+            logger.warning(
+                "%r: task %s was started after it was cancelled or had expired (a late "
+                "cancel): its status stays final",
+                self,
+                task_id,
+            )
+
+    def _run(self) -> None:
+        """Send the writes held once the oldest is ``HOLD`` old."""
+        with self._lock:
+            while not self._closed:
+                if not self._held:
+                    self._wake.wait()
+                    continue
+                due = self._held_since + HOLD - time.monotonic()
+                if due > 0:
+                    self._wake.wait(due)
+                    continue
+                try:
+                    self._send()
+                except TransportUnavailable as exc:
+                    logger.info("%r: the writes held could not be written yet (%s)", self, exc)
+                    self._wake.wait(REOPEN_PAUSE)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._wake.notify_all()
+            try:
+                self._send()
+            finally:
+                self._drop()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
