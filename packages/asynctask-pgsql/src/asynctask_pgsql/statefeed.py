@@ -10,7 +10,12 @@ A start is sent at once for the consumer's first task since it waited (it reads
 tells the broker a task is done: the statement's commit is waited for, so an acked
 success is stored), ``MOST_HELD`` writes, or ``HOLD`` seconds (a thread of the feed).
 Every send waits for its commit; a send that fails keeps its writes, first, for the
-next one (``flush_status_feed`` logs it and the consumer goes on).
+next one (``flush_status_feed`` logs it and the consumer goes on). The feed's session
+commits asynchronously (``synchronous_commit = off``) unless the store's URI sets
+``durable_acks``, as a pgsql worker's own session: a committed write is visible and
+survives the worker (an acked success reads ``succeeded`` after a SIGKILL), but a
+server crash may forget the last fraction of a second of them (they go back to
+``running``/``queued``, as pgsql's own acks do).
 
 Cancels. The feed LISTENs, on a connection of its own, on the queue's channel, where
 ``CANCEL`` announces ``cancel <id>`` for a task that is not in this database's queue
@@ -96,6 +101,10 @@ class PgsqlStatusFeed(StatusFeed):
             return None
         try:
             conn.add_notify_handler(self._heard)
+            if not getattr(host, "durable_acks", False):
+                # as a pgsql worker's own session (README, Commits): a commit waits for
+                # no WAL flush (one fsync a send, most of a tracked drain's time)
+                conn.execute("SET synchronous_commit = off")
             name = channel(host.schema, self.queue)
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
             params = {"queue": self.queue, "most": LOAD_MOST + 1}
