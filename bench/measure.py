@@ -650,20 +650,7 @@ class Session:
             self.transport.state_uri = state_uri
 
         def drain(tracked: bool, n: int) -> float:
-            queue = self.queue("track")
-            if not tracked:  # as its workers mark it: its submits write no status
-                self._set_tracking(queue, False)
-            ours.fill(self.filler, queue, n)
-            try:
-                if self.backend.multiprocess:
-                    got = ours.drain(self.uri, queue, n, 1, self.folder, tracked, state_uri)
-                else:
-                    got = ours.drain_in_process(self.transport, queue, 1, self.folder, tracked)
-            finally:
-                self.transport.purge(queue)
-                if not tracked:
-                    self._set_tracking(queue, True)  # leave the store as we found it
-            return got.rate
+            return self._tracked_drain(tracked, n, state_uri)
 
         # A first, smaller drain, not counted, warms up and sizes the others: a drain
         # shorter than STATUS_SECONDS (localmem does 10,000 in a fifth of a second) is
@@ -681,6 +668,50 @@ class Session:
             note=pairs.summary(n, "on", "off"),
             own_reference=True,
         )
+        if state_uri is not None and STATE_STORE != "pgsql" and unavailable("pgsql") is None:
+            # the same with the statuses in pgsql (its status feed: one statement a
+            # batch of writes, asynctask_pgsql.statefeed)
+            pg_state = BACKENDS["pgsql"].uri(self.folder)
+            self.transport.state_uri = pg_state
+            try:
+                pg = paired.alternate(
+                    lambda tracked: self._tracked_drain(tracked, n, pg_state),
+                    self.sizes.status_pairs,
+                )
+            finally:
+                self.transport.state_uri = state_uri
+            self.add(
+                "tracking_pgsql",
+                pg.median_a,
+                pg.median_b,
+                "track_status = False (state in pgsql)",
+                note=pg.summary(n, "on", "off"),
+                own_reference=True,
+            )
+            note = pg.summary(n, "on", "off")
+            self.say(f"[{self.name}] status, state in pgsql: {pg.ratio:.2f}x ({note})")
+        self._status_wait(pairs, n, state_uri)
+
+    def _tracked_drain(self, tracked: bool, n: int, state_uri: str | None) -> float:
+        """One drain of the status step, with tracking on or off."""
+        queue = self.queue("track")
+        if not tracked:  # as its workers mark it: its submits write no status
+            self._set_tracking(queue, False)
+        ours.fill(self.filler, queue, n)
+        try:
+            if self.backend.multiprocess:
+                got = ours.drain(self.uri, queue, n, 1, self.folder, tracked, state_uri)
+            else:
+                got = ours.drain_in_process(self.transport, queue, 1, self.folder, tracked)
+        finally:
+            self.transport.purge(queue)
+            if not tracked:
+                self._set_tracking(queue, True)  # leave the store as we found it
+        return got.rate
+
+    def _status_wait(self, pairs: paired.Paired, n: int, state_uri: str | None) -> None:
+        """The status step's ``wait`` row (see ``status``)."""
+        where = "" if state_uri is None else f" (state in {STATE_STORE})"
         count = max(10, self.sizes.latency // 10)
         queue = self.queue("wait")
         waiter = self.transport if not self.backend.multiprocess else type(self.transport)(self.uri)

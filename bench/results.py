@@ -55,6 +55,11 @@ MEASURES: dict[str, tuple[str, str, Target | None]] = {
         "tasks/s",
         Target(">=", 0.7),
     ),
+    "tracking_pgsql": (
+        "tracking cost, statuses in pgsql (asynctask_state): drain, 1 child, on vs off",
+        "tasks/s",
+        Target(">=", 0.7),
+    ),
     "wait_p50": ("wait() wake-up p50 vs raw notification", "ms", None),
     # realistic shapes (issue 20)
     "submit_batch_1kb": ("submit, batches, 1 KB payloads", "tasks/s", None),
@@ -112,6 +117,7 @@ OPTIONAL = (
     "async_peer",
     # task status (issue 16): on the transports that keep it
     "tracking",
+    "tracking_pgsql",
     "wait_p50",
     # realistic shapes: where ``asynctask workers`` runs (not localmem)
     "submit_batch_1kb",
