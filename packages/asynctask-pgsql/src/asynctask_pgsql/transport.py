@@ -462,8 +462,8 @@ class PgsqlTransport(Transport):
     def _stats(self, queue: str) -> QueueStats:
         if not self._stored():
             return QueueStats(queue, 0, 0, 0, 0, 0)
-        [(ready, delayed, retrying, in_flight, failed)] = self._query(self.sql.stats, {"q": queue})
-        return QueueStats(queue, ready, delayed, retrying, in_flight, failed)
+        [row] = self._query(self.sql.stats, {"q": queue})
+        return _queue_stats(*row)
 
     def _oldest_ready(self, queue: str) -> float | None:
         rows = self._query(self.sql.oldest_ready, (queue,))
@@ -533,8 +533,7 @@ class PgsqlTransport(Transport):
     def _all_stats(self) -> list[QueueStats]:
         if not self._stored():
             return []
-        rows = self._query(self.sql.all_stats, ())
-        return [QueueStats(*row) for row in rows]
+        return [_queue_stats(*row) for row in self._query(self.sql.all_stats, ())]
 
     def _purge(self, queue: str) -> int:
         if not self._stored():
@@ -646,6 +645,20 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     inserts notify by themselves, so the insert trigger (for other programs) stays quiet."""
     conn.execute("SET plan_cache_mode = force_generic_plan; SET asynctask.notify = off")
     load_json_as_text(conn)
+
+
+def _queue_stats(
+    queue: str,
+    ready: int,
+    delayed: int,
+    retrying: int,
+    in_flight: int,
+    failed: int,
+    estimated: list[str],
+) -> QueueStats:
+    """One row of ``STATS`` or ``ALL_STATS``: the counts, then the names of those that
+    are estimates (a count above ``EXACT_UP_TO``)."""
+    return QueueStats(queue, ready, delayed, retrying, in_flight, failed, tuple(estimated))
 
 
 def _failed_task(
