@@ -7,6 +7,7 @@ not timed: the machine is shared.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -15,7 +16,8 @@ import pytest
 
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
-from asynctask_pgsql.statements import Statements
+from asynctask_pgsql.statements import EXACT_UP_TO, Statements
+from clitools import run_asynctask
 
 from .conftest import CONNINFO, DATABASE, HOST
 
@@ -96,3 +98,25 @@ def test_counts_read_a_bounded_number_of_buffers_at_any_depth(own_schema):
             assert (stats.delayed, stats.retrying, stats.in_flight, stats.failed) == (1, 1, 0, 1)
         # And the small queue's counts are exact, not said to be estimates
         assert (listed[small].ready, listed[small].estimated) == (5, ())
+
+
+def test_asynctask_queues_marks_an_estimated_count(own_schema):
+    """``asynctask queues`` shows an estimated count with a ``~`` and ``--json`` names it
+    (``estimated``); an exact one is shown as it is. Failed before: nothing told the
+    operator that a count above ``EXACT_UP_TO`` is an estimate."""
+    uri = f"{URI}&schema={own_schema}"
+    with open_transport(uri) as transport:
+        # Given a queue deeper than the exact counts' cap, and a small one
+        deep, small = unique_queue("deep"), unique_queue("small")
+        transport.submit_task(small, {"n": 1})
+        _fill(own_schema, deep, EXACT_UP_TO + 2_000)
+    # When `asynctask queues` lists them, as a table and as JSON
+    shown = run_asynctask("queues", uri=uri)
+    listed = run_asynctask("queues", "--json", uri=uri)
+    # Then the deep queue's ready count reads as an estimate, the small one's as exact
+    assert shown.code == 0 and listed.code == 0, (shown.err, listed.err)
+    rows = {line.split()[0]: line.split() for line in shown.out.splitlines()[1:] if line.strip()}
+    assert rows[deep][1].startswith("~") and rows[small][1] == "1", shown.out
+    names = {row["name"]: row for row in json.loads(listed.out)}
+    assert names[deep]["estimated"] == ["ready"] and names[deep]["ready"] > EXACT_UP_TO
+    assert names[small]["estimated"] == [] and names[small]["ready"] == 1
