@@ -616,23 +616,19 @@ EXACT_UP_TO = 10_000
 SAMPLE_BLOCKS = 200
 
 # The counts of queues, O(queues) whatever their depth: each count reads at most
-# ``EXACT_UP_TO`` + 1 entries of its partial index (``LIMIT``), so up to that it is exact;
-# a count that reaches it is an estimate, said so in the last column (the names of the
-# estimated counts). Counting every row cost in proportion to the queue: 223.5 ms for
-# ``queues()`` at 1,000,000 waiting against 0.8 ms at 100 (docs/benchmarks.md), and the
-# web page and every Prometheus scrape call it. (Peers count every row: pgqueuer's
-# ``queue_size`` and procrastinate's ``count_jobs_status`` are ``count(*) ... GROUP BY``
-# over the whole table.) A counter table kept by statement-level triggers (transition
-# tables) would be exact, but every submit, reserve and ack would pay for it: such a
-# trigger took 0.072 ms of a one-task submit's 0.229 ms of server execution (EXPLAIN
-# ANALYZE, median of 400, shared server at load 15), and a drain pays it on its reserves
-# and acks too; the rule for the hot path is 5% at most.
-# The estimate: the share of the queue's rows of that kind among the rows of about
-# ``SAMPLE_BLOCKS`` blocks of the table (``TABLESAMPLE SYSTEM``, run only when a count
-# reached the cap: the CTE is read by the CASE's subquery alone), times the table's live
-# rows from the server's statistics (``pg_stat_get_live_tuples``, kept at every commit,
-# autovacuum or not); without those statistics (``track_counts`` off), the sampled
-# rows scaled by the sampled fraction of the blocks. Never below the cap it reached.
+# ``EXACT_UP_TO`` + 1 entries of its partial index (``LIMIT``), so up to that it is
+# exact; a count that reaches it is replaced by an estimate (``SAMPLE``, a second
+# statement sent only then), said so (``QueueStats.estimated``). Counting every row cost
+# in proportion to the queue: 223.5 ms for ``queues()`` at 1,000,000 waiting against
+# 0.8 ms at 100 (docs/benchmarks.md), and the web page and every Prometheus scrape call
+# it. (Peers count every row: pgqueuer's ``queue_size`` and procrastinate's
+# ``count_jobs_status`` are ``count(*) ... GROUP BY`` over the whole table.) A counter
+# table kept by statement-level triggers (transition tables) would be exact, but every
+# submit, reserve and ack would pay for it: such a trigger took 0.072 ms of a one-task
+# submit's 0.229 ms of server execution (EXPLAIN ANALYZE, median of 400, shared server
+# at load 15), and a drain pays it on its reserves and acks too; the rule for the hot
+# path is 5% at most. ``in_flight`` is counted whole: its rows are as many as the
+# consumers' prefetch allows.
 _OVER = str(EXACT_UP_TO + 1)
 _KINDS = {
     "ready": "state = 'queued' AND date_available <= now()",
@@ -645,66 +641,45 @@ _KINDS = {
 def _capped(kind: str) -> str:
     return (
         "(SELECT count(*) FROM (SELECT 1 FROM {s}.asynctask_queue\n"
-        f"         WHERE queue_name = n.q AND {_KINDS[kind]} LIMIT {_OVER}) AS c) AS {kind}"
+        f"     WHERE queue_name = %(q)s AND {_KINDS[kind]} LIMIT {_OVER}) AS c)"
     )
 
 
-def _estimated(kind: str) -> str:
-    return f"""CASE WHEN c.{kind} < {_OVER} THEN c.{kind} ELSE (
-        SELECT greatest({_OVER}, round(s.{kind} * f.scale))::bigint
-        FROM factor AS f LEFT JOIN sample AS s ON s.q = c.q) END"""
-
-
-_SAMPLED = ",\n        ".join(
-    f"count(*) FILTER (WHERE {where}) AS {kind}" for kind, where in _KINDS.items()
+_COUNTS = (
+    "\n    "
+    + ",\n    ".join(_capped(kind) for kind in ("ready", "delayed", "retrying"))
+    + """,
+    (SELECT count(*) FROM {s}.asynctask_queue WHERE queue_name = %(q)s AND state = 'reserved'),
+    """
+    + _capped("failed")
+    + "\n"
 )
 
-_COUNTS = (
-    """counted AS MATERIALIZED (
-    SELECT n.q,
-        """
-    + ",\n        ".join(_capped(kind) for kind in ("ready", "delayed", "retrying"))
-    + """,
-        (SELECT count(*) FROM {s}.asynctask_queue
-         WHERE queue_name = n.q AND state = 'reserved') AS in_flight,
-        """
-    + _capped("failed")
-    + """
-    FROM names AS n
-), share AS (
+STATS = "SELECT" + _COUNTS
+
+# The estimate of a count above ``EXACT_UP_TO``: the queue's share of that kind among
+# the rows of about ``SAMPLE_BLOCKS`` blocks of the table (``TABLESAMPLE SYSTEM``), times
+# the table's live rows from the server's statistics (``pg_stat_get_live_tuples``, kept
+# at every commit, autovacuum or not); without those (``track_counts`` off), the sampled
+# rows over the sampled fraction. Rows: each queue seen with its sampled rows in all and
+# of each kind, then the percent sampled and the live rows.
+SAMPLE = (
+    """
+WITH share AS (
     SELECT least(100.0, 100.0 * """
     + str(SAMPLE_BLOCKS)
     + """ / greatest(1, pg_relation_size('{s}.asynctask_queue'::regclass)
-        / current_setting('block_size')::int)) AS percent
-), sample AS MATERIALIZED (
-    SELECT queue_name AS q, count(*) AS seen,
-        """
-    + _SAMPLED
-    + """
-    FROM {s}.asynctask_queue TABLESAMPLE SYSTEM ((SELECT percent FROM share))
-    GROUP BY queue_name
-), factor AS MATERIALIZED (
-    SELECT CASE WHEN live > 0 AND seen > 0 THEN live::float8 / seen
-                ELSE 100.0 / percent END AS scale
-    FROM (SELECT pg_stat_get_live_tuples('{s}.asynctask_queue'::regclass) AS live,
-                 (SELECT sum(seen) FROM sample) AS seen,
-                 (SELECT percent FROM share)::float8 AS percent) AS totals
+        / current_setting('block_size')::int))::float8 AS percent
 )
-SELECT c.q,
+SELECT queue_name, count(*),
     """
-    + ",\n    ".join(
-        [_estimated(k) for k in ("ready", "delayed", "retrying")]
-        + ["c.in_flight", _estimated("failed")]
-    )
+    + ",\n    ".join(f"count(*) FILTER (WHERE {where})" for where in _KINDS.values())
     + """,
-    array_remove(ARRAY["""
-    + ", ".join(f"CASE WHEN c.{k} > {EXACT_UP_TO} THEN '{k}' END" for k in _KINDS)
-    + """], NULL)
-FROM counted AS c
+    (SELECT percent FROM share), pg_stat_get_live_tuples('{s}.asynctask_queue'::regclass)
+FROM {s}.asynctask_queue TABLESAMPLE SYSTEM ((SELECT percent FROM share))
+GROUP BY queue_name
 """
 )
-
-STATS = "WITH names AS (SELECT %(q)s::text AS q), " + _COUNTS
 
 
 def _names_in(state: str) -> str:
@@ -734,7 +709,7 @@ _NAMES = (
 QUEUE_NAMES = _NAMES + "SELECT q FROM names"
 
 # Every queue with its counts in one round trip.
-ALL_STATS = _NAMES + ", " + _COUNTS
+ALL_STATS = _NAMES + "SELECT n.q," + _COUNTS.replace("%(q)s", "n.q") + "FROM names AS n"
 
 # Purged tasks' statuses go with them; a waiter (``watched``) is told, reads nothing and
 # returns. (``forgot`` is read so that its NOTIFYs are surely made, by an uncorrelated
@@ -940,6 +915,7 @@ class Statements:
     take: LiteralString
     keep_failed: LiteralString
     stats: LiteralString
+    sample: LiteralString
     queue_names: LiteralString
     all_stats: LiteralString
     purge: LiteralString

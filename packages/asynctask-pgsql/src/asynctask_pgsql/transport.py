@@ -48,6 +48,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, ClassVar, LiteralString
 
 import psycopg
@@ -87,7 +88,7 @@ from asynctask_pgsql.state import (
     held_by,
     unique_key_busy,
 )
-from asynctask_pgsql.statements import Statements
+from asynctask_pgsql.statements import EXACT_UP_TO, Statements
 from asynctask_pgsql.vacuum import DEAD_TUPLES, Vacuumer
 
 logger = logging.getLogger("asynctask.pgsql")
@@ -463,7 +464,7 @@ class PgsqlTransport(Transport):
         if not self._stored():
             return QueueStats(queue, 0, 0, 0, 0, 0)
         [row] = self._query(self.sql.stats, {"q": queue})
-        return _queue_stats(*row)
+        return self._estimated([QueueStats(queue, *row)])[0]
 
     def _oldest_ready(self, queue: str) -> float | None:
         rows = self._query(self.sql.oldest_ready, (queue,))
@@ -533,7 +534,28 @@ class PgsqlTransport(Transport):
     def _all_stats(self) -> list[QueueStats]:
         if not self._stored():
             return []
-        return [_queue_stats(*row) for row in self._query(self.sql.all_stats, ())]
+        return self._estimated([QueueStats(*row) for row in self._query(self.sql.all_stats, ())])
+
+    def _estimated(self, counted: list[QueueStats]) -> list[QueueStats]:
+        """``counted`` with each count that reached ``EXACT_UP_TO`` + 1 replaced by an
+        estimate from ``SAMPLE`` (sent only then), never below that, and named in
+        ``estimated``."""
+        kinds = ("ready", "delayed", "retrying", "failed")
+        if all((getattr(s, kind) or 0) <= EXACT_UP_TO for s in counted for kind in kinds):
+            return counted
+        rows = self._query(self.sql.sample, ())
+        seen = sum(row[1] for row in rows)
+        percent, live = (rows[0][6], rows[0][7]) if rows else (100.0, 0)
+        # rows of the table per sampled row
+        scale = live / seen if live > 0 and seen > 0 else 100.0 / percent
+        sampled = {row[0]: dict(zip(kinds, row[2:6], strict=True)) for row in rows}
+        found = []
+        for stats in counted:
+            over = tuple(k for k in kinds if (getattr(stats, k) or 0) > EXACT_UP_TO)
+            shares = sampled.get(stats.name, {})
+            guesses = {k: max(EXACT_UP_TO + 1, round(shares.get(k, 0) * scale)) for k in over}
+            found.append(replace(stats, **guesses, estimated=over) if over else stats)
+        return found
 
     def _purge(self, queue: str) -> int:
         if not self._stored():
@@ -645,20 +667,6 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     inserts notify by themselves, so the insert trigger (for other programs) stays quiet."""
     conn.execute("SET plan_cache_mode = force_generic_plan; SET asynctask.notify = off")
     load_json_as_text(conn)
-
-
-def _queue_stats(
-    queue: str,
-    ready: int,
-    delayed: int,
-    retrying: int,
-    in_flight: int,
-    failed: int,
-    estimated: list[str],
-) -> QueueStats:
-    """One row of ``STATS`` or ``ALL_STATS``: the counts, then the names of those that
-    are estimates (a count above ``EXACT_UP_TO``)."""
-    return QueueStats(queue, ready, delayed, retrying, in_flight, failed, tuple(estimated))
 
 
 def _failed_task(
