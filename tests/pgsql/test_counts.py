@@ -8,15 +8,18 @@ not timed: the machine is shared.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
 import psycopg
 import pytest
+from starlette.testclient import TestClient
 
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
 from asynctask_pgsql.statements import EXACT_UP_TO, Statements
+from asynctask_web.app import create_app
 from clitools import run_asynctask
 
 from .conftest import CONNINFO, DATABASE, HOST
@@ -122,3 +125,26 @@ def test_asynctask_queues_marks_an_estimated_count(own_schema):
     names = {row["name"]: row for row in json.loads(listed.out)}
     assert names[deep]["estimated"] == ["ready"] and names[deep]["ready"] > EXACT_UP_TO
     assert names[small]["estimated"] == [] and names[small]["ready"] == 1
+
+
+def test_the_web_dashboard_marks_an_estimated_count(own_schema):
+    """The dashboard's queue list and queue page show an estimated count as ``~N``, and
+    its JSON names it (``estimated``). Failed before: the page showed it plain."""
+    with open_transport(f"{URI}&schema={own_schema}") as transport:
+        # Given a queue deeper than the exact counts' cap, and a small one
+        deep, small = unique_queue("deep"), unique_queue("small")
+        transport.submit_task(small, {"n": 1})
+        _fill(own_schema, deep, EXACT_UP_TO + 2_000)
+        client = TestClient(create_app(transport), base_url="http://127.0.0.1:8080")
+        # When the list, the deep queue's page and the JSON are read
+        page = client.get("/").text
+        detail = client.get(f"/queues/{deep}").text
+        listed = {q["name"]: q for q in client.get("/api/queues").json()["queues"]}
+    # Then the deep queue's ready count reads ~N, the small one's as it is
+    ready = re.compile(
+        r'<tr data-queue="([a-z0-9_]+)">.*?<td data-count="ready">([^<]*)</td>', re.S
+    )
+    cells = dict(ready.findall(page))
+    assert cells[deep].startswith("~") and cells[small] == "1", cells
+    assert re.search(r'<td data-count="ready">~\d+</td>', detail), detail
+    assert listed[deep]["estimated"] == ["ready"] and listed[small]["estimated"] == []
