@@ -28,6 +28,8 @@ from asynctask.testing.contract import open_transport
 from asynctask.testing.status import StatusContract
 from asynctask.transport import Consumer, Delivery, new_task_id
 from asynctask.worker import AsyncTaskWorker
+from asynctask_redis import consumer as redis_consumer
+from asynctask_redis import startmarks
 from asynctask_redis.transport import RedisTransport
 from chaos.private_redis import private_redis
 from tests.redis.test_contract import RedisProbe
@@ -210,6 +212,46 @@ def test_a_cancelled_running_task_keeps_cancelled_and_is_not_retried(transport, 
     consumer.ack(delivery, "42")
     consumer.close()
     assert transport.status(tid).state == "cancelled"
+
+
+def test_a_cancel_before_a_held_start_mark_keeps_the_attempt_that_ran(
+    transport, queue, monkeypatch
+):
+    """A consumer holds the running mark of a task that is not the first of its move
+    (sent with its next call, or ``startmarks.DEFER`` later): a cancel can come between
+    the start and the mark. The task runs all the same, so it reads ``cancelled`` with
+    the attempt it ran and when it started. Both shapes: the mark alone (the task
+    raised and was dropped) and the mark with its ack. (Failed before: attempts 0 and
+    no started_at.)"""
+    # Given marks that wait for the consumer's next call (no thread sends them first)
+    monkeypatch.setattr(startmarks, "DEFER", 60.0)
+    monkeypatch.setattr(redis_consumer, "DEFER", 60.0)
+    ids = transport.submit_tasks(queue, [{}, {}, {}])
+    consumer = transport.consumer(queue, prefetch=3)
+    try:
+        first = take(consumer)
+        assert consumer.start(first) == "run"  # the move marked it running
+        consumer.ack(first)
+        # When the next task starts (its mark held), is cancelled, and returns
+        second = take(consumer)
+        assert consumer.start(second) == "run"
+        assert transport.cancel(second.id) is True
+        consumer.ack(second, "42")
+        # And the one after starts, is cancelled, and its mark goes alone (it raised)
+        third = take(consumer)
+        assert consumer.start(third) == "run"
+        assert transport.cancel(third.id) is True
+        assert consumer.retry(third, 0, "raised after its cancel") is True
+        assert consumer.reserve(timeout=0.2) is None  # not retried
+    finally:
+        consumer.close()
+    # Then both read cancelled, with the attempt that ran and when it started (Redis's
+    # time less the mark's age when sent: later than the cancel by the send's delay)
+    found = transport.statuses(ids[1:])
+    assert [(s.state, s.attempts, s.result) for s in found] == [("cancelled", 1, None)] * 2, [
+        (s.state, s.attempts, s.started_at, s.finished_at) for s in found
+    ]
+    assert all(s.started_at and s.started_at >= s.submitted_at for s in found), found
 
 
 class Gated(AsyncTaskWorker):
