@@ -11,7 +11,6 @@ the generic ``StateStore`` another transport uses through ``asynctask_state``.
 from __future__ import annotations
 
 import json
-import logging
 import multiprocessing
 import socket
 import threading
@@ -32,6 +31,7 @@ from asynctask_redis import consumer as redis_consumer
 from asynctask_redis import startmarks
 from asynctask_redis.transport import RedisTransport
 from chaos.private_redis import private_redis
+from support import cancel_while_running_in_process
 from tests.redis.test_contract import RedisProbe
 
 
@@ -254,42 +254,10 @@ def test_a_cancel_before_a_held_start_mark_keeps_the_attempt_that_ran(
     assert all(s.started_at and s.started_at >= s.submitted_at for s in found), found
 
 
-class Gated(AsyncTaskWorker):
-    """Says it started, then returns a result once ``go`` is set."""
-
-    name = "test_redis_gated"
-    started = threading.Event()
-    go = threading.Event()
-
-    def process(self, payload: Any) -> Any:
-        self.started.set()
-        self.go.wait(30)
-        return {"would": "be the result"}
-
-
 def test_a_task_cancelled_while_it_runs_logs_its_result_discarded(transport, queue, caplog):
     """The ack of a task whose cancel the consumer's cancel feed heard says so, and the
     run loop logs it. Failed before: the ack returned None (not known), no line."""
-    # Given a task running in this process's run loop
-    caplog.set_level(logging.WARNING)
-    tid = transport.submit_task(queue, {})
-    Gated.started.clear()
-    Gated.go.clear()
-    options = LoopOptions(max_tasks=1)
-    loop = threading.Thread(target=run_loop, args=(Gated(), transport, queue, options))
-    loop.start()
-    assert Gated.started.wait(10)
-    # When it is cancelled, then returns
-    assert transport.cancel(tid) is True
-    Gated.go.set()
-    loop.join(10)
-    # Then it stays cancelled, its result discarded, and the log says so
-    status = transport.status(tid)
-    assert status is not None and (status.state, status.result) == ("cancelled", None)
-    assert (
-        f"Task {tid} was cancelled while it ran; it stays cancelled and its result is "
-        "discarded" in caplog.text
-    ), caplog.text
+    cancel_while_running_in_process(transport, queue, caplog)
 
 
 def test_a_purge_forgets_the_statuses_kept_in_pgsql(transport, queue, client, pgsql_state):
