@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import threading
+import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,9 @@ __all__ = [
     "drain",
     "events",
     "free_port",
+    "reserve_within",
     "scrape",
+    "settle_through_restarts",
     "start_redis_server",
     "total",
     "wait_for",
@@ -60,6 +63,17 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
 def total(samples, name, **labels) -> float:
     want = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+def reserve_within(consumer: Any, seconds: float = 10) -> Any:
+    """The next task ``consumer`` gets within ``seconds`` (reserved a second at a time:
+    on AMQP a task just published may take a moment to reach a new consumer)."""
+    delivery = None
+    deadline = time.monotonic() + seconds
+    while delivery is None and time.monotonic() < deadline:
+        delivery = consumer.reserve(1.0)
+    assert delivery is not None, f"no task came within {seconds} s"
+    return delivery
 
 
 def drain(worker: Any, transport: Any, queue: str, **options: Any) -> Any:
@@ -113,3 +127,31 @@ def cancel_while_running_in_process(transport: Any, queue: str, caplog: Any) -> 
         "discarded" in caplog.text
     ), caplog.text
     return tid
+
+
+def settle_through_restarts(
+    consumer: Any, held: list[Any], server: Any, result_json: str | None = None
+) -> None:
+    """Retry (60 s), fail and release the first three of four started ``held``
+    deliveries, each call made while ``server`` (``stop()``/``start()``) restarts, then
+    ack the fourth with ``result_json``: sent with the consumer's close, during one more
+    restart. The stories of a transport whose settle calls must survive a restart."""
+    settles = (
+        lambda d: consumer.retry(d, delay=60, error="later"),
+        lambda d: consumer.fail(d, "never"),
+        consumer.release,
+    )
+    for settle in settles:
+        _restarting(server, settle, held.pop(0))
+    consumer.ack(held.pop(0), result_json)
+    _restarting(server, consumer.close)
+
+
+def _restarting(server: Any, call: Any, *args: Any) -> None:
+    """``call(*args)`` while ``server`` is stopped and started again 0.3 s later; returns once
+    it is started in full (else the next stop would miss it)."""
+    server.stop()
+    back = threading.Timer(0.3, server.start)
+    back.start()
+    call(*args)
+    back.join()
