@@ -409,6 +409,7 @@ def _eventually(check: Any, timeout: float = 2.0) -> None:
 _PGSQL_DIES_ON_THE_FOURTH = _DIES_ON_THE_FOURTH.replace(
     "from asynctask_redis import statusfeed", "from asynctask_pgsql import statefeed as statusfeed"
 )
+assert "asynctask_pgsql" in _PGSQL_DIES_ON_THE_FOURTH
 
 
 @pytest.mark.parametrize("result", ["value", "none"])
