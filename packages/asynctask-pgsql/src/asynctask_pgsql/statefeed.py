@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
-from asynctask.errors import TransportUnavailable
+from asynctask.errors import AsynctaskError, TransportUnavailable
 from asynctask.status import FINAL_STATES, State, StatusFeed
 from asynctask_pgsql.schema import channel
 from asynctask_pgsql.state_sql import CANCEL_HEARD
@@ -95,7 +95,7 @@ class PgsqlStatusFeed(StatusFeed):
         try:
             host._ready_pool()
             conn = host.server.connect(application_name="asynctask status feed")
-        except (psycopg.Error, TransportUnavailable) as exc:
+        except (psycopg.Error, AsynctaskError) as exc:
             logger.info("%r: could not open (%s); starts wait", self, exc)
             self._open_after = time.monotonic() + REOPEN_PAUSE
             return None
@@ -147,7 +147,7 @@ class PgsqlStatusFeed(StatusFeed):
                         asked = time.monotonic()
                         conn.execute("SELECT 1")
                         self._asked_at = asked
-                except TransportUnavailable:
+                except AsynctaskError:
                     return False
                 except psycopg.Error as exc:
                     logger.info("%r: connection lost (%s); starts wait", self, exc)
