@@ -634,4 +634,21 @@ FINDINGS: dict[tuple[str, str], str] = {
         "the store (no feed) every start and outcome still waits (0.13x in `python -m "
         "bench.status_cost --state pgsql`, unchanged)."
     ),
+    ("amqp", "tracking_pgsql"): (
+        "AMQP's statuses in pgsql (`asynctask_state`). Until wt/state-feed (2026-12-07) "
+        "the pgsql store gave no status feed: every start and outcome waited for a "
+        "statement and a synchronous commit of its own (`python -m bench.status_cost "
+        "--only amqp --state pgsql`, 2,000 tasks, 2 ABBA pairs, load 8.5-8.9: 0.23x at "
+        "prefetch 1; filesys as the store 0.32x, still no feed). Its store now gives one "
+        "(`asynctask_pgsql.statefeed`): writes held while the consumer is busy go as one "
+        "`UPDATE` from `unnest` of arrays a batch (64 writes, 20 ms, or the run loop's "
+        "flush before an ack, whose commit is waited for), on the feed's own session, "
+        "committed asynchronously unless `durable_acks` (as a pgsql worker's own); "
+        "cancels of other transports' tasks are announced on the queue's channel, and a "
+        "start waits for no verdict when the feed's last round trip is under 5 ms old. "
+        "Same tool, prefetch 4, main's pgsql package and the branch alternating "
+        "A B B A (load 6-7): 0.22x, 0.57x, 0.61x, 0.26x. At prefetch 1 the consumer "
+        "waits for each task, so each start is sent at once and the outcome is flushed "
+        "before the next wait: two round trips a task (0.31x, load 7-8)."
+    ),
 }
