@@ -229,7 +229,17 @@ def _blocked_waiter(uri: str, tid: str, woke: list[float]) -> threading.Thread:
     return thread
 
 
-def test_wait_is_woken_by_inotify_not_the_fallback_poll(uri):
+@pytest.fixture
+def slow_poll_uri(tmp_path: Path) -> str:
+    """The folder polled every 10 s where inotify is missing: a waiter that is not
+    woken by inotify (it sleeps ``poll``, not ``fallback_poll``) misses the 1 s bound."""
+    return f"filesys:{tmp_path / 'q'}?lease=2&poll=10"
+
+
+def test_wait_is_woken_by_inotify_not_the_fallback_poll(slow_poll_uri):
+    """Fails without inotify (checked with ``RecordWatch`` never using it: woke 10 s
+    after the ack)."""
+    uri = slow_poll_uri
     queue = unique_queue()
     with open_transport(uri) as t, t.consumer(queue) as consumer:
         t.state().fallback_poll = 10.0  # only a wake-up can make it in time
@@ -339,9 +349,10 @@ def test_a_final_status_is_forgotten_after_the_ttl_by_whole_folders(uri, tmp_pat
         assert not (tmp_path / "q" / ".status" / "live" / tid).exists()
 
 
-def test_wait_follows_a_start_to_its_journal(uri):
+def test_wait_follows_a_start_to_its_journal(slow_poll_uri):
     """A waiter blocked before the task starts: the start's mark wakes it to watch the
     journal the mark names, whose line then wakes it (the record never leaves live/)."""
+    uri = slow_poll_uri
     queue = unique_queue()
     with open_transport(uri) as t, t.consumer(queue) as consumer:
         t.state().fallback_poll = 10.0  # only a wake-up can make it in time

@@ -369,23 +369,22 @@ local function record(ids, state, now, expires, unique, ttl_ms)
   for i = 1, #pointers, 4000 do  -- unpack() takes a few thousand values at most
     redis.call('MSET', unpack(pointers, i, math.min(i + 3999, #pointers)))
   end
-  if unique ~= '' then
-    local id = ids[1]
-    -- held until the task is final, or until it expires unstarted
-    if expires ~= '' then
-      redis.call('SET', unique_key(unique), id, 'PX', math.ceil(tonumber(expires)))
-    else
-      redis.call('SET', unique_key(unique), id)
-    end
-  end
+  -- held until the task is final (``holder_of``: or past its expires unstarted); never
+  -- a key expiry, which let a task started in time lose it while it ran or backed off
+  if unique ~= '' then redis.call('SET', unique_key(unique), ids[1]) end
 end
 
--- The task holding ``unique`` on this queue while it is not final, or nil.
+-- The task holding ``unique`` on this queue while it is not final, or nil. One never
+-- started and past its ``expires`` holds it no more: it will never run (the worker that
+-- meets it makes it ``expired``, which frees the key only if it still holds it).
 local function holder_of(unique)
   local holder = redis.call('GET', unique_key(unique))
   if holder then
-    local state = redis.call('HGET', task_key(holder), 'state')
-    if state and not FINAL[state] then return holder end
+    local f = redis.call('HMGET', task_key(holder), 'state', 'expires_at', 'started_at')
+    if f[1] and not FINAL[f[1]] then
+      if f[2] and not f[3] and now_ms() >= tonumber(f[2]) then return nil end
+      return holder
+    end
   end
   return nil
 end
