@@ -79,7 +79,8 @@ end
 -- ``expires``: their starts always wait for ``STARTED``). Returns what ``start_one``
 -- would have.
 local function start_and_succeed(id, attempt, ago, result)
-  local f = redis.call('HMGET', task_key(id), 'state', 'unique', 'waiting')
+  local key = task_key(id)
+  local f = redis.call('HMGET', key, 'state', 'unique', 'waiting')
   local state = f[1]
   if state == 'cancelled' then redis.call('ZREM', cancelled_ids, id) end
   if state == 'cancelled' or state == 'expired' then return state end
@@ -87,7 +88,7 @@ local function start_and_succeed(id, attempt, ago, result)
   local now = now_ms()
   local fields = {'attempts', attempt, 'started_at', stamp(now - ago)}
   if result ~= '' then fields[5] = 'result'; fields[6] = result end
-  finish_held(id, f[2], f[3], 'succeeded', now, ttl_ms, unpack(fields))
+  finish_held(key, id, f[2], f[3], 'succeeded', now, ttl_ms, unpack(fields))
   return 'run'
 end
 
@@ -105,7 +106,7 @@ local function settle_one(id, state, attempts, err, result)
     extra[#extra + 1] = 'result'; extra[#extra + 1] = result
   end
   if FINAL[state] then
-    finish_held(id, f[2], f[3], state, now_ms(), ttl_ms, unpack(extra))
+    finish_held(key, id, f[2], f[3], state, now_ms(), ttl_ms, unpack(extra))
   elseif state == 'queued' then  -- handed back, or requeued from the failed store
     redis.call('HSET', key, 'state', 'queued', unpack(extra))
     redis.call('HDEL', key, 'finished_at')
