@@ -95,7 +95,7 @@ local function start_and_succeed(id, attempt, ago, result)
   local fields = {'attempts', attempt, 'started_at', stamp(now - ago)}
   if state == 'cancelled' then  -- it ran all the same: see ``start_one``
     redis.call('ZREM', cancelled_ids, id)
-    redis.call('HSET', task_key(id), unpack(fields))
+    redis.call('HSET', key, unpack(fields))
   end
   if state == 'cancelled' or state == 'expired' then return state end
   if not state then return 'run' end  -- no status kept
