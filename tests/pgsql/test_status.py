@@ -27,9 +27,9 @@ from asynctask_pgsql.forget import FORGET_EVERY
 from asynctask_pgsql.state_sql import CANCEL_HEARD
 from asynctask_pgsql.statements import Statements
 from clitools import run_asynctask
+from slowlink import SlowLink
 
 from .conftest import CONNINFO, DATABASE, HOST
-from .slowlink import SlowLink
 
 URI = f"pgsql://{HOST}/{DATABASE}?recovery_seconds=1"
 
@@ -136,7 +136,7 @@ def test_a_cancelled_waiting_task_never_runs_and_its_row_is_gone(transport):
 
 @pytest.fixture
 def slow_link(pg_server: None) -> Any:
-    """A way to the server whose answers arrive 0.3 s late (``tests/pgsql/slowlink.py``)."""
+    """A way to the server whose answers arrive 0.3 s late (``tests/slowlink.py``)."""
     link = SlowLink(HOST, 5432, delay=0.3)
     yield link
     link.close()
