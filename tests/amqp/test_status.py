@@ -25,6 +25,7 @@ from asynctask.status import StatusNotKept
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
 from slowlink import SlowLink
+from support import cancelled_while_running_story
 
 
 def _with(uri: str, option: str) -> str:
@@ -418,3 +419,15 @@ def _eventually(check: Any, timeout: float = 2.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "never happened"
         time.sleep(0.005)
+
+
+@pytest.mark.parametrize("relay", ["true", "false"])
+def test_with_state_in_redis_a_task_cancelled_while_it_runs_logs_its_result_discarded(
+    amqp_uri, redis_state, caplog, relay
+):
+    """The status write of a success whose cancel the consumer's status feed heard says
+    so (read without waiting, as a start reads it), and the run loop logs it. Failed
+    before: the broker's ack cannot tell, and the feed's write was not asked, no line."""
+    with open_transport(_with(amqp_uri, f"relay={relay}")) as t:
+        t.state_uri = redis_state
+        cancelled_while_running_story(t, unique_queue(), caplog)

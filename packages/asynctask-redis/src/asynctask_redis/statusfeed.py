@@ -242,10 +242,12 @@ class RedisStatusFeed(StatusFeed):
         *,
         error: str | None = None,
         result_json: str | None = None,
-    ) -> None:
+    ) -> bool | None:
         """An outcome, sent without waiting: a success held for the next write (at most
         ``HOLD`` seconds; with its start, if that is held, as one write), any other
-        sent at once with those held."""
+        sent at once with those held. True for a success whose cancel the feed has
+        heard (read without waiting, as ``may_start`` reads; the script keeps it
+        ``cancelled``, its result discarded), so that the run loop says so."""
         with self._lock:
             held = self._held
             if state == "succeeded":
@@ -254,10 +256,17 @@ class RedisStatusFeed(StatusFeed):
                     held[-1] = _Write("b", task_id, attempts, last.began, result=result_json or "")
                 else:
                     self._hold(_Write("o", task_id, attempts, 0.0, state, "", result_json or ""))
-                return
+                # (a cancel heard before the start stopped it there: one heard now came
+                # after; one poll(2), as the redis consumer's ack pays for the same line)
+                feed = self._cancels
+                if feed.live and feed.heard() and task_id in feed.cancelled:
+                    del feed.cancelled[task_id]
+                    return True
+                return None
             write = _Write("o", task_id, attempts, 0.0, state, error or "", result_json or "")
             self._held = []
             self._send((*held, write))
+            return None
 
     def _hold(self, write: _Write) -> None:
         """Keep ``write`` for the next send (the lock held)."""
