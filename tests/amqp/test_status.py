@@ -431,3 +431,43 @@ def test_with_state_in_redis_a_task_cancelled_while_it_runs_logs_its_result_disc
     with open_transport(_with(amqp_uri, f"relay={relay}")) as t:
         t.state_uri = redis_state
         cancelled_while_running_story(t, unique_queue(), caplog)
+
+
+def test_with_state_a_purge_streams_the_queue_in_bounded_chunks(amqp_uri, redis_state, monkeypatch):
+    """A purge whose statuses live in ``asynctask_state`` must learn the ids it deletes;
+    it takes them ``PURGE_CHUNK`` at a time (the broker sends no more unacknowledged),
+    acknowledges each chunk in one frame, and has the store forget that chunk's statuses
+    before it takes the next: memory bounded by the chunk, not the queue. (Failed
+    before: every message of the queue held at once, 175 ids forgotten in one call.)"""
+    import amqp
+
+    from asynctask_amqp import ladder
+
+    monkeypatch.setattr(ladder, "PURGE_CHUNK", 50, raising=False)
+    limits: list[int] = []  # the prefetch limits set: the most a channel is sent unacked
+    real_qos = amqp.Channel.basic_qos
+
+    def qos(channel: Any, prefetch_size: int, prefetch_count: int, a_global: bool) -> Any:
+        limits.append(prefetch_count)
+        return real_qos(channel, prefetch_size, prefetch_count, a_global)
+
+    monkeypatch.setattr(amqp.Channel, "basic_qos", qos)
+    queue = unique_queue()
+    with open_transport(_with(amqp_uri, "relay=false")) as t:
+        t.state_uri = redis_state
+        ids = t.submit_tasks(queue, [{"n": n} for n in range(175)])
+        forgotten: list[int] = []
+        real = t._purged_elsewhere
+
+        def counting(queue_name: str, chunk: Any) -> None:
+            forgotten.append(len(chunk))
+            real(queue_name, chunk)
+
+        monkeypatch.setattr(t, "_purged_elsewhere", counting)
+        # When the queue, larger than a chunk, is purged
+        assert t.purge(queue) == 175
+        # Then it went by chunks of at most 50, every status forgotten
+        assert sum(forgotten) == 175 and 0 < max(forgotten) <= 50, forgotten
+        assert limits and all(0 < n <= 50 for n in limits), limits  # (0: no limit)
+        assert t.queue_stats(queue).ready == 0
+        assert all(s is None for s in t.statuses(ids))
