@@ -863,17 +863,26 @@ with open_transport(uri) as t:
 """
 
 
-@pytest.mark.parametrize("point", ["moved", "before"])
+_WINDOW = (
+    "issue 16, the failed window: the move to the failed store, then 'failed', two writes "
+    "here (and with asynctask_state on any transport); killed between, the task reads "
+    "'running' in the failed store for good. Writing 'failed' first passes this, but a "
+    "waiter woken by 'failed' then finds the failed store empty (the contract's "
+    "retry-then-fail story failed on AMQP): open"
+)
+
+
+@pytest.mark.parametrize(
+    "point", [pytest.param("moved", marks=pytest.mark.xfail(strict=True, reason=_WINDOW)), "before"]
+)
 @pytest.mark.parametrize("state", ["own", "apart"])
 def test_a_worker_killed_as_its_task_fails_leaves_it_failed_or_to_run_again(
     uri, tmp_path, state, point
 ):
-    """A task's move to the failed store and its ``failed`` status are two writes here
-    (and with ``asynctask_state``, on any transport): ``failed`` is written first, so a
-    worker killed between leaves ``failed``, the task still held, given back at its
-    lease's end, then run again and failed again. (Failed while the move came first:
-    killed right after it, the task sat in the failed store reading ``running`` for
-    good, on its own state and apart.)"""
+    """A worker killed as its task fails (no retries left): right before the move to the
+    failed store, the task is still held, given back at its lease's end, run again and
+    failed; right after it, the task should read ``failed`` (see ``_WINDOW``: it reads
+    ``running``, on its own state and apart; passed with ``failed`` written first)."""
     import subprocess
     import sys
 

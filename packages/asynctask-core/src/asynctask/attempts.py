@@ -203,11 +203,11 @@ def settle(
     # The log follows the settle: a transport keeping its own statuses finds a cancel
     # there and drops the task instead (retry/fail return True), and says so.
     if isinstance(exc, worker.dont_retry) or attempts_left <= 0:
-        # ``failed`` first (stored: a feed's reply read), then the failed store: a
-        # worker killed between the two leaves the task ``failed`` and still held by the
-        # broker, which gives it back to run again, never in the failed store reading
-        # ``running`` for good (a transport keeping its own statuses orders them itself)
-        record(consumer, delivery, "failed", error, send_now=True)
+        # The failed store first, then ``failed`` (sent at once, never held): a waiter
+        # woken by ``failed`` finds the task in the failed store (the status contract).
+        # A worker killed between the two leaves the task there reading ``running``:
+        # ``failed`` written first closed that window but broke this promise (the
+        # contract's retry-then-fail story on AMQP found the failed store empty)
         if consumer.fail(delivery, error):
             return _dropped_cancelled(worker, delivery, exc)
         why = "not retried" if isinstance(exc, worker.dont_retry) else "no retries left"
@@ -219,6 +219,7 @@ def settle(
             delivery.queue,
             exc_info=exc,
         )
+        record(consumer, delivery, "failed", error)
         events.task_finished(worker, delivery, "failed", exc)
         return False
     delay = worker.backoff(delivery.attempt)
@@ -282,8 +283,8 @@ def refuse_unsigned(worker: AsyncTaskWorker, consumer: Consumer, delivery: Deliv
     if unsafe is None:
         return False
     worker.logger.error("Task %s: %s; moved to the failed store", delivery.id, unsafe)
-    record(consumer, delivery, "failed", unsafe, send_now=True)  # (before the move: see settle)
     consumer.fail(delivery, unsafe)
+    record(consumer, delivery, "failed", unsafe)
     events.task_finished(worker, delivery, "failed", None)
     return True
 
@@ -298,8 +299,8 @@ def give_up_if_spent(worker: AsyncTaskWorker, consumer: Consumer, delivery: Deli
         "result (the worker process died or was killed while running it)"
     )
     worker.logger.error("Task %s: %s; moved to the failed store", delivery.id, error)
-    record(consumer, delivery, "failed", error, send_now=True)  # (before the move: see settle)
     consumer.fail(delivery, error)
+    record(consumer, delivery, "failed", error)
     events.task_finished(worker, delivery, "failed", None)
     return True
 

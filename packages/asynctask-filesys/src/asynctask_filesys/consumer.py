@@ -278,30 +278,28 @@ class FilesysConsumer(Consumer):
 
     @os_errors
     def fail(self, delivery: Delivery, error: str) -> bool | None:
-        """Write ``failed``, then move the task to the failed store with ``error``; a
-        task cancelled while it ran (the status write finds it ``cancelled``, and keeps
-        it) is deleted instead: True then.
-
-        The status first: the two are separate writes, and a worker killed between them
-        (SIGKILL, OOM) must not leave the task in the failed store reading ``running``
-        for good. Killed after ``failed``, the task is still held: given back at its
-        lease's end, it runs again (``running`` again) and fails again, one attempt
-        more. A waiter woken by ``failed`` may look at the failed store before the
-        rename that follows it (a few system calls later)."""
+        """Move the task to the failed store with ``error``, then write ``failed`` (a
+        waiter woken by it finds the task there); a task cancelled while it ran is
+        deleted instead (it stays ``cancelled``): True then. A cancel between the look
+        and the status write leaves the status ``cancelled``: the task leaves the failed
+        store (True too)."""
         outcome = self._outcome(delivery, final=True)
         settled = self._settle(delivery)
-        if outcome is not None and outcome[0].finish(
-            delivery.id, "failed", delivery.attempt, error=error
-        ):
-            if settled is not None:  # cancelled meanwhile: it stays so, the task goes
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(settled[0])
-            return True
         if settled is not None:
             path, task = settled
+            found = None if outcome is None else outcome[0].statuses([delivery.id])[0]
+            if found is not None and found.state == "cancelled":
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                return True
             self.transport.to_failed(
                 self.queue, path, os.path.basename(path), error, task.attempts + 1
             )
+        if outcome is not None and outcome[0].finish(
+            delivery.id, "failed", delivery.attempt, error=error
+        ):
+            self.transport.purge_failed(self.queue, [delivery.id])  # cancelled meanwhile
+            return True
         return None
 
     @os_errors
