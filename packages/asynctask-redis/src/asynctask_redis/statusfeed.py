@@ -420,8 +420,8 @@ class RedisStatusFeed(StatusFeed):
 
     def _read(self, conn: Any, block: bool) -> None:
         """Read the replies that have arrived (all of them with ``block``)."""
-        if self._read_all_run(conn, wait=block):
-            return
+        if not self._sent or self._read_all_run(conn, wait=block):
+            return  # (nothing owed: a blocking read would wait for good)
         while self._sent and (block or conn.can_read(timeout=0)):
             entry = self._sent[0]
             try:
