@@ -25,7 +25,7 @@ from asynctask.status import StatusNotKept
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
 from slowlink import SlowLink
-from support import cancelled_while_running_story
+from support import cancel_while_running_in_process
 
 
 def _with(uri: str, option: str) -> str:
@@ -430,7 +430,7 @@ def test_with_state_in_redis_a_task_cancelled_while_it_runs_logs_its_result_disc
     before: the broker's ack cannot tell, and the feed's write was not asked, no line."""
     with open_transport(_with(amqp_uri, f"relay={relay}")) as t:
         t.state_uri = redis_state
-        cancelled_while_running_story(t, unique_queue(), caplog)
+        cancel_while_running_in_process(t, unique_queue(), caplog)
 
 
 def test_with_state_a_purge_streams_the_queue_in_bounded_chunks(amqp_uri, redis_state, monkeypatch):

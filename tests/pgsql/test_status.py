@@ -28,7 +28,7 @@ from asynctask_pgsql.state_sql import CANCEL_HEARD
 from asynctask_pgsql.statements import Statements
 from clitools import run_asynctask
 from slowlink import SlowLink
-from support import cancelled_while_running_story
+from support import cancel_while_running_in_process
 
 from .conftest import CONNINFO, DATABASE, HOST
 
@@ -378,6 +378,7 @@ def test_reserve_walks_the_partial_indexes(transport):
         params = {
             "queue": queue, "limit": 1, "owner": 0, "keeper": None, "owners": [0],
             "acks": [], "results": "[]", "started": [], "track": track, "ttl": 60.0,
+            "floor": None,
         }  # fmt: skip
         with psycopg.connect(CONNINFO, autocommit=True) as conn:
             conn.execute("ANALYZE asynctask.asynctask_queue")
@@ -762,4 +763,4 @@ def test_a_task_cancelled_while_it_runs_logs_its_result_discarded(transport, cap
     """The ack of a task whose cancel the consumer heard (its notification read without
     waiting) says so, and the run loop logs it. Failed before: the ack returned None (the
     row's deletion rides on the next statement), no line."""
-    cancelled_while_running_story(transport, unique_queue(), caplog, prefetch)
+    cancel_while_running_in_process(transport, unique_queue(), caplog, prefetch)
