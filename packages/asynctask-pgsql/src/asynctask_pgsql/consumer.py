@@ -497,9 +497,9 @@ class PgsqlConsumer(Consumer):
         short tasks asks nothing more (its START or reserve was that question); a task
         that ran longer pays one round trip, a small part of its own time. (Reading
         what had arrived alone missed the announcement in the first run of the test at
-        prefetch 1, load ~20: the listening backend had not been scheduled yet.) Its cost on a drain: 98,174
-        -> 102,607 instructions a task (``bench/loopcost.py --instructions``, 1,000
-        tasks, load 12)."""
+        prefetch 1, load ~20: the listening backend had not been scheduled yet.) Its
+        cost on a drain: 98,174 -> 102,607 instructions a task (``bench/loopcost.py
+        --instructions``, 1,000 tasks, load 12)."""
         conn = self._conn
         if task_id not in self._cancelled and conn is not None and not conn.closed:
             pgconn = conn.pgconn
