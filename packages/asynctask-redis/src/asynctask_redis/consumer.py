@@ -735,11 +735,12 @@ class RedisConsumer(Consumer):
         state: State,
         error: str | None = None,
         result_json: str | None = None,
-    ) -> None:
+    ) -> bool | None:
         """Nothing when this Redis keeps the statuses (the settle wrote the outcome): the
         base class would ask the transport for its other store at every task."""
         if not self._own:
-            super().record_outcome(delivery, state, error, result_json)
+            return super().record_outcome(delivery, state, error, result_json)
+        return None
 
     def flush_marks(self, now: float) -> float | None:
         """Send the late starts (and the acks before them) once the oldest is ``DEFER``
