@@ -442,16 +442,30 @@ def test_with_state_a_purge_streams_the_queue_in_bounded_chunks(amqp_uri, redis_
     import amqp
 
     from asynctask_amqp import ladder
+    from asynctask_amqp import transport as amqp_transport
 
     monkeypatch.setattr(ladder, "PURGE_CHUNK", 50, raising=False)
     limits: list[int] = []  # the prefetch limits set: the most a channel is sent unacked
     real_qos = amqp.Channel.basic_qos
 
+    in_queue_purge = [False]  # only the queue's own purge: the shared ladder's read of
+    # delayed tasks (other tests' too, in this vhost) sets no limit, and is not this case
+    real_take_ids = ladder.take_ids
+
     def qos(channel: Any, prefetch_size: int, prefetch_count: int, a_global: bool) -> Any:
-        limits.append(prefetch_count)
+        if in_queue_purge[0]:
+            limits.append(prefetch_count)
         return real_qos(channel, prefetch_size, prefetch_count, a_global)
 
+    def take_ids(*args: Any, **kwargs: Any) -> int:
+        in_queue_purge[0] = True
+        try:
+            return real_take_ids(*args, **kwargs)
+        finally:
+            in_queue_purge[0] = False
+
     monkeypatch.setattr(amqp.Channel, "basic_qos", qos)
+    monkeypatch.setattr(amqp_transport, "take_ids", take_ids)
     queue = unique_queue()
     with open_transport(_with(amqp_uri, "relay=false")) as t:
         t.state_uri = redis_state
