@@ -150,6 +150,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tasks", type=int, default=4000)
     parser.add_argument("--strace", action="store_true", help="system calls, not instructions")
     parser.add_argument("--untracked", action="store_true")
+    parser.add_argument("--relay-only", action="store_true", help="callgrind on the relay only")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     mode = "strace" if args.strace else "callgrind"
@@ -159,16 +160,17 @@ def main(argv: list[str]) -> int:
     inner = [sys.executable, __file__, args.uri, "--tree", str(args.tree), "--inner"]
     inner += ["--tasks", str(args.tasks)] + (["--strace"] if args.strace else [])
     inner += ["--untracked"] if args.untracked else []
-    env = dict(os.environ, PYTHONPATH=str(args.tree.resolve()))
+    env = dict(os.environ, PYTHONPATH=str(args.tree.resolve()), RELAYCOST_SCRATCH=str(SCRATCH))
     env["ASYNCTASK_DISABLE_PLUGINS"] = "testworkers_hooks,testworkers_lifecycle,otel,prometheus,web"
-    if mode == "callgrind":
+    if mode == "callgrind" and args.relay_only:
+        command = inner
+    elif mode == "callgrind":
         out = SCRATCH / "child.callgrind"
         command = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
         command += [f"--callgrind-out-file={out}", *inner]
         env["RELAYCOST_SELF"] = "1"
     else:
         command = inner
-        env["RELAYCOST_SCRATCH"] = str(SCRATCH)
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         print(done.stderr[-3000:], file=sys.stderr)

@@ -206,12 +206,21 @@ class Link:
         The socket is made non-blocking once for the whole pump: py-amqp's
         ``drain_events(timeout=0)`` sets the timeout and puts it back around every frame
         (two ``ioctl`` each, 9 a task in a relay's drain, strace)."""
-        with self._raw.transport.having_timeout(0):
+        sock = self._raw.transport.sock
+        before = sock.gettimeout()
+        sock.settimeout(0)
+        try:
             for _ in range(1000):
                 try:
                     self._raw.drain_events(timeout=0)
                 except TimeoutError:
                     break
+        finally:
+            # not on a socket py-amqp closed meanwhile (a connection.close read here):
+            # its error, not EBADF, is the one that tells what happened
+            transport = None if self._raw is None else self._raw.transport
+            if transport is not None and transport.sock is sock:
+                sock.settimeout(before)
         self._heartbeat()
 
     def has_frame(self) -> bool:
