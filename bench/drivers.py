@@ -54,6 +54,7 @@ def pgsql_ways() -> dict[str, dict[str, Step]]:
             "keeper": None,
             "owners": [7],
             "acks": [12345],
+            "floor": None,
         }
         conn.execute(sql, params, prepare=True).fetchall()
 
@@ -65,6 +66,7 @@ def pgsql_ways() -> dict[str, dict[str, Step]]:
             "keeper": None,
             "owners": "{7}",
             "acks": "{12345}",
+            "floor": None,
         }
         conn.execute(sql, params, prepare=True).fetchall()
 

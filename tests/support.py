@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
+import threading
+import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from asynctask.runner import LoopOptions, run_loop
 from asynctask.testing.supervised import wait_for
+from asynctask.worker import AsyncTaskWorker
 from asynctask_testworkers.workers import read_ledger
 from chaos.private import free_port
 from chaos.private_redis import launch_redis
 
-__all__ = ["drain", "events", "free_port", "scrape", "start_redis_server", "total", "wait_for"]
+__all__ = [
+    "cancel_while_running_in_process",
+    "drain",
+    "events",
+    "free_port",
+    "reserve_within",
+    "scrape",
+    "settle_through_restarts",
+    "start_redis_server",
+    "total",
+    "wait_for",
+]
 
 
 def events(ledger: Path, event: str) -> list[dict[str, Any]]:
@@ -49,6 +65,17 @@ def total(samples, name, **labels) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
 
 
+def reserve_within(consumer: Any, seconds: float = 10) -> Any:
+    """The next task ``consumer`` gets within ``seconds`` (reserved a second at a time:
+    on AMQP a task just published may take a moment to reach a new consumer)."""
+    delivery = None
+    deadline = time.monotonic() + seconds
+    while delivery is None and time.monotonic() < deadline:
+        delivery = consumer.reserve(1.0)
+    assert delivery is not None, f"no task came within {seconds} s"
+    return delivery
+
+
 def drain(worker: Any, transport: Any, queue: str, **options: Any) -> Any:
     """Run ``worker`` on ``queue`` in this process until the queue is drained."""
     from asynctask.runner import LoopOptions, run_loop
@@ -56,3 +83,75 @@ def drain(worker: Any, transport: Any, queue: str, **options: Any) -> Any:
     return run_loop(
         worker, transport, queue, LoopOptions(halt_when_empty=True, wait=0.05, **options)
     )
+
+
+class _Gated(AsyncTaskWorker):
+    """Says it started, then returns a result once ``go`` is set."""
+
+    name = "test_gated"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+        self.go = threading.Event()
+
+    def process(self, payload: Any) -> Any:
+        self.started.set()
+        self.go.wait(30)
+        return {"would": "be the result"}
+
+
+def cancel_while_running_in_process(transport: Any, queue: str, caplog: Any) -> str:
+    """The story of a task cancelled while it runs in this process's run loop
+    (``process_queue``), then returning a result: it stays cancelled, its result
+    discarded, and the log says so (DESIGN.md section 6). Returns the task's id."""
+    # Given a task running in this process's run loop
+    caplog.set_level(logging.WARNING)
+    tid = transport.submit_task(queue, {})
+    worker = _Gated()
+    options = LoopOptions(max_tasks=1)
+    loop = threading.Thread(target=run_loop, args=(worker, transport, queue, options))
+    loop.start()
+    try:
+        assert worker.started.wait(10)
+        # When it is cancelled, then returns
+        assert transport.cancel(tid) is True
+    finally:
+        worker.go.set()
+        loop.join(10)
+    # Then it stays cancelled, its result discarded, and the log says so
+    status = transport.status(tid)
+    assert status is not None and (status.state, status.result) == ("cancelled", None)
+    assert (
+        f"Task {tid} was cancelled while it ran; it stays cancelled and its result is "
+        "discarded" in caplog.text
+    ), caplog.text
+    return tid
+
+
+def settle_through_restarts(
+    consumer: Any, held: list[Any], server: Any, result_json: str | None = None
+) -> None:
+    """Retry (60 s), fail and release the first three of four started ``held``
+    deliveries, each call made while ``server`` (``stop()``/``start()``) restarts, then
+    ack the fourth with ``result_json``: sent with the consumer's close, during one more
+    restart. The stories of a transport whose settle calls must survive a restart."""
+    settles = (
+        lambda d: consumer.retry(d, delay=60, error="later"),
+        lambda d: consumer.fail(d, "never"),
+        consumer.release,
+    )
+    for settle in settles:
+        _restarting(server, settle, held.pop(0))
+    consumer.ack(held.pop(0), result_json)
+    _restarting(server, consumer.close)
+
+
+def _restarting(server: Any, call: Any, *args: Any) -> None:
+    """``call(*args)`` while ``server`` is stopped and started again 0.3 s later; returns once
+    it is started in full (else the next stop would miss it)."""
+    server.stop()
+    back = threading.Timer(0.3, server.start)
+    back.start()
+    call(*args)
+    back.join()

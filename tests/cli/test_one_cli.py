@@ -14,6 +14,7 @@ from importlib.metadata import version
 from asynctask import get_transport
 from asynctask.testing import clean_environment, unique_queue
 from clitools import run_asynctask
+from support import reserve_within
 
 
 def test_queues_lists_every_queue_holding_a_task_in_any_state_and_no_empty_one(backend_uri):
@@ -25,12 +26,7 @@ def test_queues_lists_every_queue_holding_a_task_in_any_state_and_no_empty_one(b
     transport.submit_task(delayed, {"n": 1}, delay=600)
     transport.submit_task(failed, {"n": 1})
     with transport.consumer(failed) as consumer:
-        delivery = None
-        deadline = time.monotonic() + 10
-        while delivery is None and time.monotonic() < deadline:
-            delivery = consumer.reserve(1.0)
-        assert delivery is not None
-        consumer.fail(delivery, "boom")
+        consumer.fail(reserve_within(consumer), "boom")
     transport.submit_task(empty, {"n": 1})
     transport.purge(empty)
     try:

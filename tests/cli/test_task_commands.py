@@ -15,9 +15,10 @@ import pytest
 
 from asynctask import AsyncTaskWorker, get_transport
 from asynctask.testing import require_service, unique_queue
+from asynctask.transport import Transport
 from backends import BACKENDS, REDIS_URI
 from clitools import Result, run_asynctask
-from support import drain
+from support import drain, reserve_within
 
 
 @pytest.fixture(params=["filesys", "amqp"])
@@ -44,6 +45,15 @@ def cli(backend_uri, request):
         return run_asynctask(*args, *state, uri=uri, timeout=timeout)
 
     return run
+
+
+def _transport(backend_uri: str) -> Transport:
+    """The backend's transport, its statuses where the commands read them (AMQP: the
+    shared Redis, ``asynctask_state``)."""
+    transport = get_transport(backend_uri)
+    if backend_uri.startswith("amqp"):
+        transport.state_uri = REDIS_URI
+    return transport
 
 
 def _submit(cli, queue: str, *options: str) -> str:
@@ -96,16 +106,10 @@ def test_wait_shows_the_result_of_a_task_that_succeeded(cli, backend_uri):
     # Given a task run to success by a consumer, with a result
     queue = unique_queue("cliresult")
     task_id = _submit(cli, queue)
-    transport = get_transport(backend_uri)
-    if backend_uri.startswith("amqp"):
-        transport.state_uri = REDIS_URI
+    transport = _transport(backend_uri)
     with transport.consumer(queue) as consumer:
-        delivery = None
-        deadline = time.monotonic() + 10
-        while delivery is None and time.monotonic() < deadline:
-            delivery = consumer.reserve(1.0)
-        assert delivery is not None and delivery.id == task_id
-        assert consumer.start(delivery) == "run"
+        delivery = reserve_within(consumer)
+        assert delivery.id == task_id and consumer.start(delivery) == "run"
         consumer.ack(delivery, '{"sent": 3}')
         store = transport.external_state()
         if store is not None:  # the runner writes the outcome where state is kept apart
@@ -170,13 +174,11 @@ def test_wait_json_past_its_timeout_keeps_the_task_s_own_error(cli, backend_uri)
     # Given a task whose first attempt failed and whose retry is 10 minutes away
     queue = unique_queue("cliretry")
     task_id = _submit(cli, queue)
-    transport = get_transport(backend_uri)
-    if backend_uri.startswith("amqp"):
-        transport.state_uri = REDIS_URI
+    transport = _transport(backend_uri)
     try:
         with transport.consumer(queue) as consumer:
-            delivery = consumer.reserve(10)
-            assert delivery is not None and consumer.start(delivery) == "run"
+            delivery = reserve_within(consumer)
+            assert delivery.id == task_id and consumer.start(delivery) == "run"
             consumer.retry(delivery, 600, "ValueError: refused on purpose")
             # (as the worker does: AMQP's status is in asynctask_state, written apart)
             consumer.record_outcome(delivery, "retrying", "ValueError: refused on purpose")
@@ -209,10 +211,7 @@ def test_wait_exits_1_for_a_task_that_failed_or_expired(cli, backend_uri):
     # Given a task that failed (no retries) and one that expired before any worker
     queue = unique_queue("clifinal")
     failed_id = _submit(cli, queue)
-    transport = get_transport(backend_uri)
-    if backend_uri.startswith("amqp"):
-        transport.state_uri = REDIS_URI
-    drain(_Refuser(), transport, queue)
+    drain(_Refuser(), _transport(backend_uri), queue)
     expired_id = _submit(cli, unique_queue("cliexpired"), "--expires", "0.2")
     time.sleep(0.5)
     # When wait and task read them, Then wait exits 1 and both show the final state

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import threading
-
 import pytest
 
 from asynctask import process_queue
@@ -13,39 +10,13 @@ from asynctask.settings import configure, load_settings
 from asynctask.status import StatusNotTracked
 from asynctask.testing import unique_queue
 from asynctask.worker import AsyncTaskWorker
-
-
-class Gated(AsyncTaskWorker):
-    name = "test_gated"
-    started = threading.Event()
-    go = threading.Event()
-
-    def process(self, payload):
-        self.started.set()
-        self.go.wait(30)
-        return {"would": "be the result"}
+from support import cancel_while_running_in_process
 
 
 def test_a_task_cancelled_while_running_in_process_keeps_no_result(transport, caplog):
-    # Given a task running in this process's run loop
     queue = unique_queue("inproc")
-    tid = transport.submit_task(queue, {})
-    Gated.started.clear()
-    Gated.go.clear()
-    loop = threading.Thread(
-        target=run_loop, args=(Gated(), transport, queue, LoopOptions(max_tasks=1))
-    )
-    with caplog.at_level(logging.WARNING):
-        loop.start()
-        assert Gated.started.wait(10)
-        # When it is cancelled, then returns
-        assert transport.cancel(tid) is True
-        Gated.go.set()
-        loop.join(10)
-    # Then it stays cancelled, its result discarded, and the log says so
-    status = transport.status(tid)
-    assert status is not None and (status.state, status.result) == ("cancelled", None)
-    assert f"Task {tid} was cancelled while it ran; it stays cancelled" in caplog.text
+    cancel_while_running_in_process(transport, queue, caplog)
+    # and it is neither in the failed store nor stored any more
     assert transport.failed_tasks(queue) == [] and transport.stored(queue) == 0
 
 

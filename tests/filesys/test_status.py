@@ -20,6 +20,7 @@ from asynctask.runner import LoopOptions, run_loop
 from asynctask.status import StatusNotTracked
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
+from asynctask.transport import Delivery
 from asynctask.worker import AsyncTaskWorker
 from asynctask_filesys.layout import bumped
 
@@ -114,9 +115,7 @@ def test_a_success_after_its_journal_closed_takes_the_rename(uri, tmp_path):
     queue = unique_queue()
     with open_transport(uri) as t, t.consumer(queue) as consumer:
         # Given a task started, whose journal then closed
-        tid = t.submit_task(queue, {})
-        delivery = consumer.reserve(timeout=5)
-        assert consumer.start(delivery) == "run"
+        tid, delivery = _started(t, consumer, queue)
         t.state()._journal.close()
         # When it succeeds, then its record moved to done/
         consumer.ack(delivery)
@@ -127,9 +126,7 @@ def test_a_success_after_its_journal_closed_takes_the_rename(uri, tmp_path):
 def test_retry_then_fail_then_requeue(uri):
     queue = unique_queue()
     with open_transport(uri) as t, t.consumer(queue) as consumer:
-        tid = t.submit_task(queue, {})
-        delivery = consumer.reserve(timeout=5)
-        consumer.start(delivery)
+        tid, delivery = _started(t, consumer, queue)
         consumer.retry(delivery, 0, "ValueError: first")
         st = t.status(tid)
         assert (st.state, st.attempts, st.error) == ("retrying", 1, "ValueError: first")
@@ -164,9 +161,7 @@ def test_a_cancelled_waiting_task_never_runs_nor_fails(uri):
 def test_a_cancelled_running_task_keeps_cancelled_when_it_returns(uri):
     queue = unique_queue()
     with open_transport(uri) as t, t.consumer(queue) as consumer:
-        tid = t.submit_task(queue, {})
-        delivery = consumer.reserve(timeout=5)
-        consumer.start(delivery)
+        tid, delivery = _started(t, consumer, queue)
         assert t.cancel(tid) is True
         consumer.ack(delivery, '"late"')
         st = t.status(tid)
@@ -229,15 +224,23 @@ def _blocked_waiter(uri: str, tid: str, woke: list[float]) -> threading.Thread:
     return thread
 
 
-def test_wait_is_woken_by_inotify_not_the_fallback_poll(uri):
+@pytest.mark.parametrize("waiter_blocks", ["after the start", "before the start"])
+def test_wait_is_woken_by_inotify_not_the_fallback_poll(uri, waiter_blocks):
+    """A waiter blocked before the task starts: the start's mark wakes it to watch the
+    journal the mark names, whose line then wakes it (the record never leaves live/)."""
     queue = unique_queue()
     with open_transport(uri) as t, t.consumer(queue) as consumer:
         t.state().fallback_poll = 10.0  # only a wake-up can make it in time
         tid = t.submit_task(queue, {})
+        woke: list[float] = []
+        if waiter_blocks == "before the start":
+            thread = _blocked_waiter(uri, tid, woke)
         delivery = consumer.reserve(timeout=5)
         consumer.start(delivery)
-        woke: list[float] = []
-        thread = _blocked_waiter(uri, tid, woke)
+        if waiter_blocks == "after the start":
+            thread = _blocked_waiter(uri, tid, woke)
+        else:
+            time.sleep(0.3)  # it follows the journal by now
         acked = time.monotonic()
         consumer.ack(delivery)
         thread.join(20)
@@ -337,25 +340,6 @@ def test_a_final_status_is_forgotten_after_the_ttl_by_whole_folders(uri, tmp_pat
         done = tmp_path / "q" / ".status" / "done"
         assert len(os.listdir(done)) == 1
         assert not (tmp_path / "q" / ".status" / "live" / tid).exists()
-
-
-def test_wait_follows_a_start_to_its_journal(uri):
-    """A waiter blocked before the task starts: the start's mark wakes it to watch the
-    journal the mark names, whose line then wakes it (the record never leaves live/)."""
-    queue = unique_queue()
-    with open_transport(uri) as t, t.consumer(queue) as consumer:
-        t.state().fallback_poll = 10.0  # only a wake-up can make it in time
-        tid = t.submit_task(queue, {})
-        woke: list[float] = []
-        thread = _blocked_waiter(uri, tid, woke)
-        delivery = consumer.reserve(timeout=5)
-        consumer.start(delivery)
-        time.sleep(0.3)  # it follows the journal by now
-        acked = time.monotonic()
-        consumer.ack(delivery)
-        thread.join(20)
-        assert woke
-        assert woke[0] - acked < 1.0
 
 
 def test_a_planted_symlink_record_is_not_followed(uri, tmp_path):
@@ -541,9 +525,7 @@ def test_a_success_is_journaled_only_after_its_task_file_is_gone(uri, monkeypatc
     queue = unique_queue()
     with open_transport(uri) as t, t.consumer(queue) as consumer:
         # Given a started task whose file cannot be removed (the worker "crashes" there)
-        tid = t.submit_task(queue, {})
-        delivery = consumer.reserve(timeout=5)
-        assert consumer.start(delivery) == "run"
+        tid, delivery = _started(t, consumer, queue)
         real_unlink = os.unlink
 
         def crash(path, *args, **kwargs):
@@ -580,9 +562,7 @@ def test_a_success_journaled_before_a_cancel_writes_wins(uri, monkeypatch):
     queue = unique_queue()
     with open_transport(uri) as t, t.consumer(queue) as consumer:
         # Given a task started on the hot path (its mark names the worker's journal)
-        tid = t.submit_task(queue, {})
-        delivery = consumer.reserve(timeout=5)
-        assert consumer.start(delivery) == "run"
+        tid, delivery = _started(t, consumer, queue)
         store = t.state()
         real_locate = store._locate
         acked: list[bool] = []
@@ -610,9 +590,7 @@ def test_a_cancel_before_a_journaled_success_wins(uri):
     of the fix above (it passes before and after it)."""
     queue = unique_queue()
     with open_transport(uri) as t, t.consumer(queue) as consumer:
-        tid = t.submit_task(queue, {})
-        delivery = consumer.reserve(timeout=5)
-        assert consumer.start(delivery) == "run"
+        tid, delivery = _started(t, consumer, queue)
         assert t.cancel(tid) is True
         consumer.ack(delivery)
         assert t.status(tid).state == "cancelled"
@@ -626,14 +604,9 @@ def test_a_recovered_task_acked_meanwhile_stays_succeeded(uri, tmp_path):
     failing before the fix (succeeded -> running -> succeeded)."""
     queue = unique_queue()
     with open_transport(uri) as t, t.consumer(queue) as first:
-        # Given a task started by a worker
-        tid = t.submit_task(queue, {})
-        delivery = first.reserve(timeout=5)
-        assert first.start(delivery) == "run"
-        # And taken back meanwhile (its worker was taken for dead)
-        claimed = first._held[tid]
-        name = os.path.basename(claimed)
-        os.rename(claimed, tmp_path / "q" / queue / "ready" / bumped(name))
+        # Given a task started by a worker, and taken back meanwhile (its worker was
+        # taken for dead)
+        tid, delivery = _started_then_taken_back(t, first, queue, tmp_path)
         # When that worker acks it after all, then it succeeded
         first.ack(delivery)
         assert t.status(tid).state == "succeeded"
@@ -646,6 +619,24 @@ def test_a_recovered_task_acked_meanwhile_stays_succeeded(uri, tmp_path):
             second.ack(again)
         st = t.status(tid)
         assert (st.state, st.attempts) == ("succeeded", 1)
+
+
+def _started(t, consumer, queue: str) -> tuple[str, Delivery]:
+    """Submit a task and start it with ``consumer``: its id and delivery."""
+    tid = t.submit_task(queue, {})
+    delivery = consumer.reserve(timeout=5)
+    assert consumer.start(delivery) == "run"
+    return tid, delivery
+
+
+def _started_then_taken_back(t, first, queue: str, tmp_path) -> tuple[str, Delivery]:
+    """Submit a task and start it with ``first``, then move its file back to ready/
+    with one attempt more, as ``recover_dead`` does for a worker taken for dead: the
+    task's id and ``first``'s delivery of it."""
+    tid, delivery = _started(t, first, queue)
+    claimed = first._held[tid]
+    os.rename(claimed, tmp_path / "q" / queue / "ready" / bumped(os.path.basename(claimed)))
+    return tid, delivery
 
 
 def _settle_copy(consumer, delivery, how: str) -> None:
@@ -674,11 +665,7 @@ def test_a_journaled_success_stays_final_whatever_its_recovered_copy_does(
     queue = unique_queue()
     with open_transport(uri) as t, t.consumer(queue) as first:
         # Given a task started by a worker, then taken back (its worker taken for dead)
-        tid = t.submit_task(queue, {})
-        delivery = first.reserve(timeout=5)
-        assert first.start(delivery) == "run"
-        claimed = first._held[tid]
-        os.rename(claimed, tmp_path / "q" / queue / "ready" / bumped(os.path.basename(claimed)))
+        tid, delivery = _started_then_taken_back(t, first, queue, tmp_path)
         with open_transport(uri) as other, other.consumer(queue) as second:
             copy = second.reserve(timeout=5)
             assert copy is not None and copy.id == tid and copy.attempt == 2
@@ -709,11 +696,7 @@ def test_a_recovered_copys_final_outcome_first_stays_final(uri, tmp_path, how):
     its record names, so the success line after it is ignored)."""
     queue = unique_queue()
     with open_transport(uri) as t, t.consumer(queue) as first:
-        tid = t.submit_task(queue, {})
-        delivery = first.reserve(timeout=5)
-        assert first.start(delivery) == "run"
-        claimed = first._held[tid]
-        os.rename(claimed, tmp_path / "q" / queue / "ready" / bumped(os.path.basename(claimed)))
+        tid, delivery = _started_then_taken_back(t, first, queue, tmp_path)
         with open_transport(uri) as other, other.consumer(queue) as second:
             copy = second.reserve(timeout=5)
             assert second.start(copy) == "run"
@@ -736,12 +719,8 @@ def test_forgetting_a_journal_keeps_a_record_its_lines_did_not_settle(uri, tmp_p
     queue = unique_queue()
     with open_transport(uri) as t, t.consumer(queue) as first:
         # Given a task whose recovered copy failed first, its line in the journal
-        tid = t.submit_task(queue, {})
-        delivery = first.reserve(timeout=5)
-        assert first.start(delivery) == "run"
+        tid, delivery = _started_then_taken_back(t, first, queue, tmp_path)
         journal = (tmp_path / "q" / ".status" / "live" / tid).read_bytes().split(b"\n")[1]
-        claimed = first._held[tid]
-        os.rename(claimed, tmp_path / "q" / queue / "ready" / bumped(os.path.basename(claimed)))
         with open_transport(uri) as other, other.consumer(queue) as second:
             copy = second.reserve(timeout=5)
             assert second.start(copy) == "run"
@@ -768,9 +747,7 @@ def test_a_journal_closed_between_check_and_write_loses_no_line(uri, tmp_path, m
     queue = unique_queue()
     with open_transport(uri) as t, t.consumer(queue) as consumer:
         # Given a task started, assigned to the open journal
-        tid = t.submit_task(queue, {})
-        delivery = consumer.reserve(timeout=5)
-        assert consumer.start(delivery) == "run"
+        tid, delivery = _started(t, consumer, queue)
         store = t.state()
         journal = weakref.ref(store._journal)  # only the task's assignment may keep it
         other = tmp_path / "unrelated"
@@ -814,9 +791,7 @@ def test_a_task_started_tracked_and_settled_untracked_lets_go_of_its_journal(uri
     assignment stayed for the life of the process, one open descriptor each."""
     queue = unique_queue()
     with open_transport(uri) as t, t.consumer(queue) as consumer:
-        tid = t.submit_task(queue, {})
-        delivery = consumer.reserve(timeout=5)
-        assert consumer.start(delivery) == "run"
+        tid, delivery = _started(t, consumer, queue)
         assert tid in t.state()._assigned
         consumer.tracking = False
         consumer.ack(delivery)

@@ -31,6 +31,7 @@ from asynctask.errors import (
 from asynctask.limits import LimitSpec
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
+from support import settle_through_restarts
 
 from .conftest import CONNINFO, DATABASE, HOST, PgsqlProbe
 
@@ -464,23 +465,8 @@ def test_every_settle_call_survives_a_server_restart(own_postgres):
         assert [d.payload["n"] for d in held if d] == [0, 1, 2, 3]
         for delivery in held:
             assert consumer.start(delivery) == "run"
-        # When the server restarts under each settle call
-        for settle in (
-            lambda d: consumer.retry(d, delay=60, error="later"),
-            lambda d: consumer.fail(d, "never"),
-            consumer.release,
-        ):
-            own_postgres.stop()
-            back = threading.Timer(0.3, own_postgres.start)
-            back.start()
-            settle(held.pop(0))
-            back.join()  # started in full before the next stop
-        consumer.ack(held.pop(0), '"done"')  # sent with the close, after one more restart
-        own_postgres.stop()
-        back = threading.Timer(0.3, own_postgres.start)
-        back.start()
-        consumer.close()
-        back.join()
+        # When the server restarts under each settle call (the ack rides on the close)
+        settle_through_restarts(consumer, held, own_postgres, '"done"')
         # Then each did its work: one retrying, one failed, 2 (released) and 4 ready
         stats = transport.queue_stats(queue)
         assert (stats.ready, stats.retrying, stats.in_flight, stats.failed) == (2, 1, 0, 1)

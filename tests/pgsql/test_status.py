@@ -377,6 +377,7 @@ def test_reserve_walks_the_partial_indexes(transport):
         params = {
             "queue": queue, "limit": 1, "owner": 0, "keeper": None, "owners": [0],
             "acks": [], "results": "[]", "started": [], "track": track, "ttl": 60.0,
+            "floor": None,
         }  # fmt: skip
         with psycopg.connect(CONNINFO, autocommit=True) as conn:
             conn.execute("ANALYZE asynctask.asynctask_queue")

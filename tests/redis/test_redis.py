@@ -21,7 +21,7 @@ from asynctask.testing import require_service, unique_queue
 from asynctask.testing.contract import open_transport
 from asynctask_redis import scripts
 from asynctask_redis.transport import RedisTransport
-from support import free_port, start_redis_server
+from support import free_port, settle_through_restarts, start_redis_server
 
 PASSWORD = "s3cr3t-pw"
 
@@ -237,23 +237,8 @@ def test_every_settle_call_survives_a_server_restart(tmp_path: Path, queue):
         consumer = transport.consumer(queue, prefetch=4)
         held = [consumer.reserve(timeout=5) for _ in range(4)]
         assert [d.payload["n"] for d in held if d] == [0, 1, 2, 3]
-        # When the server restarts before each settle call
-        for settle in (
-            lambda d: consumer.retry(d, delay=60, error="later"),
-            lambda d: consumer.fail(d, "never"),
-            consumer.release,
-        ):
-            server.stop()
-            back = threading.Timer(0.3, server.start)
-            back.start()
-            settle(held.pop(0))
-            back.join()  # started in full before the next stop (else that stop missed it)
-        consumer.ack(held.pop(0))  # sent with the close, after one more restart
-        server.stop()
-        back = threading.Timer(0.3, server.start)
-        back.start()
-        consumer.close()
-        back.join()
+        # When the server restarts before each settle call (the ack rides on the close)
+        settle_through_restarts(consumer, held, server)
         # Then each did its work: one retrying, one failed, 2 (released) and 4 ready
         stats = transport.queue_stats(queue)
         assert (stats.ready, stats.retrying, stats.in_flight, stats.failed) == (2, 1, 0, 1)

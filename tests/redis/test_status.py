@@ -11,7 +11,6 @@ the generic ``StateStore`` another transport uses through ``asynctask_state``.
 from __future__ import annotations
 
 import json
-import logging
 import multiprocessing
 import socket
 import threading
@@ -28,8 +27,11 @@ from asynctask.testing.contract import open_transport
 from asynctask.testing.status import StatusContract
 from asynctask.transport import Consumer, Delivery, new_task_id
 from asynctask.worker import AsyncTaskWorker
+from asynctask_redis import consumer as redis_consumer
+from asynctask_redis import startmarks
 from asynctask_redis.transport import RedisTransport
 from chaos.private_redis import private_redis
+from support import cancel_while_running_in_process
 from tests.redis.test_contract import RedisProbe
 
 
@@ -212,42 +214,50 @@ def test_a_cancelled_running_task_keeps_cancelled_and_is_not_retried(transport, 
     assert transport.status(tid).state == "cancelled"
 
 
-class Gated(AsyncTaskWorker):
-    """Says it started, then returns a result once ``go`` is set."""
-
-    name = "test_redis_gated"
-    started = threading.Event()
-    go = threading.Event()
-
-    def process(self, payload: Any) -> Any:
-        self.started.set()
-        self.go.wait(30)
-        return {"would": "be the result"}
+def test_a_cancel_before_a_held_start_mark_keeps_the_attempt_that_ran(
+    transport, queue, monkeypatch
+):
+    """A consumer holds the running mark of a task that is not the first of its move
+    (sent with its next call, or ``startmarks.DEFER`` later): a cancel can come between
+    the start and the mark. The task runs all the same, so it reads ``cancelled`` with
+    the attempt it ran and when it started. Both shapes: the mark alone (the task
+    raised and was dropped) and the mark with its ack. (Failed before: attempts 0 and
+    no started_at.)"""
+    # Given marks that wait for the consumer's next call (no thread sends them first)
+    monkeypatch.setattr(startmarks, "DEFER", 60.0)
+    monkeypatch.setattr(redis_consumer, "DEFER", 60.0)
+    ids = transport.submit_tasks(queue, [{}, {}, {}])
+    consumer = transport.consumer(queue, prefetch=3)
+    try:
+        first = take(consumer)
+        assert consumer.start(first) == "run"  # the move marked it running
+        consumer.ack(first)
+        # When the next task starts (its mark held), is cancelled, and returns
+        second = take(consumer)
+        assert consumer.start(second) == "run"
+        assert transport.cancel(second.id) is True
+        consumer.ack(second, "42")
+        # And the one after starts, is cancelled, and its mark goes alone (it raised)
+        third = take(consumer)
+        assert consumer.start(third) == "run"
+        assert transport.cancel(third.id) is True
+        assert consumer.retry(third, 0, "raised after its cancel") is True
+        assert consumer.reserve(timeout=0.2) is None  # not retried
+    finally:
+        consumer.close()
+    # Then both read cancelled, with the attempt that ran and when it started (Redis's
+    # time less the mark's age when sent: later than the cancel by the send's delay)
+    found = transport.statuses(ids[1:])
+    assert [(s.state, s.attempts, s.result) for s in found] == [("cancelled", 1, None)] * 2, [
+        (s.state, s.attempts, s.started_at, s.finished_at) for s in found
+    ]
+    assert all(s.started_at and s.started_at >= s.submitted_at for s in found), found
 
 
 def test_a_task_cancelled_while_it_runs_logs_its_result_discarded(transport, queue, caplog):
     """The ack of a task whose cancel the consumer's cancel feed heard says so, and the
     run loop logs it. Failed before: the ack returned None (not known), no line."""
-    # Given a task running in this process's run loop
-    caplog.set_level(logging.WARNING)
-    tid = transport.submit_task(queue, {})
-    Gated.started.clear()
-    Gated.go.clear()
-    options = LoopOptions(max_tasks=1)
-    loop = threading.Thread(target=run_loop, args=(Gated(), transport, queue, options))
-    loop.start()
-    assert Gated.started.wait(10)
-    # When it is cancelled, then returns
-    assert transport.cancel(tid) is True
-    Gated.go.set()
-    loop.join(10)
-    # Then it stays cancelled, its result discarded, and the log says so
-    status = transport.status(tid)
-    assert status is not None and (status.state, status.result) == ("cancelled", None)
-    assert (
-        f"Task {tid} was cancelled while it ran; it stays cancelled and its result is "
-        "discarded" in caplog.text
-    ), caplog.text
+    cancel_while_running_in_process(transport, queue, caplog)
 
 
 def test_a_purge_forgets_the_statuses_kept_in_pgsql(transport, queue, client, pgsql_state):

@@ -2,8 +2,8 @@
 
 The supervisor must know which tasks a child started before it died, but it need not
 know it at once: it reads a busy child's lines in batches, at most every
-``READ_EVERY`` seconds, instead of waking for each line (which cost as much CPU as the
-child's own run loop). The child writes once a task: a task's settle line goes with the
+``ReportReader.read_every`` seconds, instead of waking for each line (which cost as much
+CPU as the child's own run loop). The child writes once a task: a task's settle line goes with the
 next task's start line, which is always on the pipe before that task runs.
 """
 
@@ -19,7 +19,7 @@ import time
 
 from asynctask import AsyncTaskWorker, get_transport
 from asynctask.child import EXIT_TASK_TIMEOUT, ChildSpec
-from asynctask.reports import READ_EVERY, ReportReader, ReportWriter
+from asynctask.reports import ReportReader, ReportWriter
 from asynctask.runner import LoopOptions, run_loop
 from asynctask.settings import load_settings
 from asynctask.supervisor import Supervisor
@@ -49,10 +49,10 @@ def test_the_supervisor_reads_a_busy_childs_lines_in_batches():
         began = time.monotonic()
         supervisor._wait(time.monotonic())
         waited = time.monotonic() - began
-        # Then the supervisor does not wake for them at once: it waits out READ_EVERY
-        # (not its check interval) and reads them on its next turn, all together
+        # Then the supervisor does not wake for them at once: it waits out its read
+        # interval (not its check interval) and reads them on its next turn, all together
         assert report.running == {"one"}
-        assert READ_EVERY * 0.5 <= waited < 1.0
+        assert report.read_every * 0.5 <= waited < 1.0
         supervisor._wait(time.monotonic())
         assert report.running == {"two"}
         assert report.settled == 1
@@ -63,15 +63,57 @@ def test_the_supervisor_reads_a_busy_childs_lines_in_batches():
         os.close(supervisor._wake_w)
 
 
+def test_a_busy_child_wakes_its_supervisor_a_few_times_a_second():
+    """A child writing without pause (a no-op drain) wakes the supervisor at most about
+    15 times a second: each wake-up of the supervisor takes a core from the children and
+    Redis on a 2-core machine (issue 12's 2-children drain; 50 a second per child at a
+    20 ms read interval, failed so: 'woke 49 times in 1 s')."""
+    # Given a supervisor holding a child's report pipe
+    report = ReportReader()
+    supervisor = _supervisor_reading(report)
+    stop = threading.Event()
+
+    def child() -> None:
+        while not stop.is_set():
+            os.write(report.write_fd, b"S " + b"1" * 32 + b"\nD " + b"1" * 32 + b"\n")
+            time.sleep(0.0005)
+
+    writer = threading.Thread(target=child)
+    writer.start()
+    reads = 0
+    original = report.read
+
+    def counted() -> None:
+        nonlocal reads
+        reads += 1
+        original()
+
+    report.read = counted  # type: ignore[method-assign]
+    try:
+        # When the child writes for a second
+        began = time.monotonic()
+        while time.monotonic() - began < 1.0:
+            supervisor._wait(time.monotonic())
+        # Then the supervisor read its lines a few times, not at every line
+        assert 1 <= reads <= 15, f"woke {reads} times in 1 s"
+    finally:
+        stop.set()
+        writer.join()
+        report.close()
+        os.close(report.write_fd)
+        os.close(supervisor._wake_r)
+        os.close(supervisor._wake_w)
+
+
 def test_a_child_may_write_a_whole_read_interval_without_waiting():
     # Given a fresh report pipe
     report = ReportReader()
     try:
-        # When a child writes what 100,000 tasks a second write in READ_EVERY (a start
-        # and a settle line each), with nobody reading
+        # When a child writes what 100,000 tasks a second write in its read interval (a
+        # start and a settle line each), with nobody reading
         line = b"S " + b"0" * 32 + b"\nD " + b"0" * 32 + b"\n"
         os.set_blocking(report.write_fd, False)
-        for _ in range(int(100_000 * READ_EVERY)):
+        for _ in range(int(100_000 * report.read_every)):
             # Then the pipe takes every line (a full one would raise BlockingIOError)
             os.write(report.write_fd, line)
     finally:

@@ -18,8 +18,8 @@ in that reserve (it carries the acknowledgements of the settled tasks to the bac
 has its last settled tasks counted as started: one may run again, with one more
 attempt counted, as at-least-once allows.
 
-The supervisor reads a child's lines in batches (``READ_EVERY``) and takes a batch in
-with a few calls that each handle all of its lines at once (``findall``, set
+The supervisor reads a child's lines in batches (``ReportReader.read_every``) and takes
+a batch in with a few calls that each handle all of its lines at once (``findall``, set
 operations, ``deque.extend``): no Python object or branch per line. Read line by line,
 a supervisor of 2 children draining no-op tasks spent about 2 us of CPU a task (1-2% of
 a core at 7,000 tasks/s) on the cores its children need. Within a batch the order of a
@@ -43,13 +43,20 @@ from asynctask.transport import Delivery
 #: (at most its prefetch, times the tasks it runs at once) are among the last ones
 FINISHED_KEPT = 1024
 
-#: seconds the supervisor lets a child's lines gather before it reads them again: read
-#: at every line, the supervisor woke once or twice a task and used as much CPU as the
-#: child itself (a no-op drain on 2 cores: 28 us of supervisor CPU a task)
-READ_EVERY = 0.02
-#: the pipe's capacity: what a child at 100,000 tasks a second writes in ``READ_EVERY``
-#: fits, so it never waits for the supervisor (Linux's default is 64 KiB)
+#: the longest the supervisor lets a child's lines gather before it reads them again.
+#: Read at every line, the supervisor woke once or twice a task and used as much CPU as
+#: the child itself (a no-op drain on 2 cores: 28 us of supervisor CPU a task); read
+#: every 20 ms it still woke 50 times a second per busy child, each time taking a core
+#: from the children and Redis of a 2-core machine (issue 12's 2-children drain). The
+#: lines are only needed when the child dies (read then from the pipe, whole) and by the
+#: cancel watch, which polls every 0.25 s (``asynctask.cancels``).
+READ_EVERY = 0.1
+#: the pipe's capacity asked for (Linux's default is 64 KiB; 1 MiB is its default
+#: ``fs.pipe-max-size``)
 PIPE_BYTES = 1 << 20
+#: what the pipe must hold between two reads without the child waiting: a start and a
+#: settle line (32-character ids) a task, 100,000 tasks a second, twice over
+_BYTES_BETWEEN_READS = 2 * 70 * 100_000
 
 
 #: settled lines held longer than this are written at once: a write stays whole
@@ -112,10 +119,16 @@ class ReportReader:
         self.fd, self.write_fd = os.pipe()
         os.set_blocking(self.fd, False)
         setsize = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
+        capacity = 1 << 16
         if setsize is not None:
             # over /proc/sys/fs/pipe-max-size: the default size; a full pipe only waits
             with contextlib.suppress(OSError):
                 fcntl.fcntl(self.fd, setsize, PIPE_BYTES)
+            with contextlib.suppress(OSError):
+                capacity = fcntl.fcntl(self.fd, getattr(fcntl, "F_GETPIPE_SZ", 1032))
+        #: seconds between two reads: ``READ_EVERY``, shorter if the pipe is smaller than
+        #: asked (1 MiB: 75 ms; 64 KiB: 4.7 ms), so that a child never waits on it
+        self.read_every = min(READ_EVERY, capacity / _BYTES_BETWEEN_READS)
         #: when the lines are worth reading again (``time.monotonic()``)
         self.read_at = 0.0
         self._text = b""
@@ -145,7 +158,7 @@ class ReportReader:
         """Take in every complete line the child wrote so far."""
         if self.fd is None:
             return
-        self.read_at = time.monotonic() + READ_EVERY
+        self.read_at = time.monotonic() + self.read_every
         chunks = [self._text]
         ended = False
         try:

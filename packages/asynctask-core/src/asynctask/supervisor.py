@@ -465,7 +465,7 @@ class Supervisor:
             if slot.cancel_kill_at is not None:
                 timeout = min(timeout, max(0.0, slot.cancel_kill_at - now))
         fds = [self._wake_r] + [s.pidfd for s in self.slots if s.pidfd is not None]
-        # A report is read at most every READ_EVERY seconds (the child's pipe holds what
+        # A report is read at most every read_every seconds (the child's pipe holds what
         # it writes meanwhile); a child's exit still wakes the loop at once, by its pidfd.
         now = time.monotonic()
         for slot in self.slots:

@@ -90,6 +90,23 @@ logger = logging.getLogger("asynctask.pgsql")
 
 #: a wait never spins faster than this when a due row is locked by somebody else
 _MIN_WAIT = 0.05
+
+#: a floor past every row (Unix microseconds, year 2112): none waits, none taken since
+_NO_FLOOR = 1 << 52
+
+#: microseconds a floor is read from before its row (its text through float8 may round)
+_FLOOR_MARGIN = 1000
+
+
+def _lower(floor: int | None, place: int | None) -> int | None:
+    """The floor once a row at ``place`` (None: anywhere) may be waiting."""
+    return None if floor is None or place is None else min(floor, place)
+
+
+def _floor_param(floor: int | None) -> int | None:
+    return None if floor is None else floor - _FLOOR_MARGIN
+
+
 #: final statuses past their time a sweep deletes at most (asynctask_status_ttl)
 FORGET_PER_SWEEP = 1000
 #: a prefetched task still running this many seconds after its start is written
@@ -157,6 +174,21 @@ class PgsqlConsumer(Consumer):
         self._mark_wanted = threading.Condition(self._lock)
         self._cancelled: set[str] = set()  # task ids announced cancelled on our channel
         self._woken = False  # a notification other than a cancel came with a statement
+        # The floor (Unix microseconds): every waiting row of our queue that is not
+        # urgent and whose ``date_available`` is before it is known to be taken, so the
+        # head is read from there (``statements._FLOOR``). None: nothing known, from the
+        # head of the index. A table that is not vacuumed keeps the index entries of the
+        # taken rows, which every scan from the head walked again: 1,000,000 tasks passed
+        # made each RESERVE and NEXT_DUE read 7,300 pages of ``asynctask_queue_ready``
+        # (its entries, led by the queue name, are 2.6 times as wide as the raw loop's
+        # primary key), three of them a woken idle worker's task. Set by a RESERVE (the
+        # last row it took from the head, all before it taken) and by NEXT_DUE (the
+        # first waiting row's); lowered by each submit's NOTIFY (``at
+        # <microseconds>``, where its row sorts); dropped by any other NOTIFY (another
+        # program's insert, a task handed back by a settle, sweep or close), a new
+        # connection and each sweep.
+        self._floor: int | None = None
+        self._since: int | None = _NO_FLOOR  # the same, announced since the last statement
         # when (monotonic) we last sent a statement or Sync whose answer, and the
         # notifications before it, we have read: see ``_start_later``
         self._asked_at = -CANCEL_HEARD
@@ -191,14 +223,26 @@ class PgsqlConsumer(Consumer):
                         "forget_limit": FORGET_PER_SWEEP,
                     }
                     self._run(self._sql.sweep, {**sweep, "queue": self.queue})
+                    # and the next RESERVE reads the queue from its head: a row another
+                    # consumer locked and let go without a NOTIFY (its reserve rolled
+                    # back), or one made behind a clock set back, waits one sweep at most
+                    self._floor = None
                     self._next_sweep = time.monotonic() + self._host.sweep_interval
                     if self._host.vacuum is not None:
                         self._host.vacuum.ask()
                 self._cancelled.clear()  # of tasks we do not hold (we hold none now)
                 limit = self.prefetch - len(self._buffer)
                 reserve = self._reserve[self._tracked()]
-                rows = self._run(reserve, {"queue": self.queue, "limit": limit})
+                floor, self._since = self._floor, _NO_FLOOR
+                params = {"queue": self.queue, "limit": limit, "floor": _floor_param(floor)}
+                rows = self._run(reserve, params)
                 self._sent()
+                # The head took, in order, every row past the floor up to the last one
+                # it took (but those another consumer had locked, whose reserve takes
+                # them): the floor moves there, and back to whatever was announced
+                # meanwhile. (``at`` is NULL for an urgent row: another index.)
+                last = max((row[9] for row in rows if row[9] is not None), default=floor)
+                self._floor = _lower(last, self._since)
                 self._keep(rows)
                 if self._buffer:
                     return self._buffer.popleft()
@@ -207,7 +251,11 @@ class PgsqlConsumer(Consumer):
                 wait = deadline - time.monotonic()
                 if wait <= 0:
                     return None
-                [(due,)] = self._run(self._sql.next_due, (self.queue,))
+                floor, self._since = self._floor, _NO_FLOOR
+                next_due = {"queue": self.queue, "floor": _floor_param(floor)}
+                [(due, first)] = self._run(self._sql.next_due, next_due)
+                # no waiting row before ``first`` (none at all: none before a new one)
+                self._floor = _lower(_NO_FLOOR if first is None else first, self._since)
                 if due is not None:
                     wait = min(wait, max(due, _MIN_WAIT))
                 self._wait(min(wait, max(self._next_sweep - time.monotonic(), _MIN_WAIT)))
@@ -417,6 +465,12 @@ class PgsqlConsumer(Consumer):
             self._cancelled.add(note.payload[7:])
         else:
             self._woken = True
+            # a submit of ours says where its row sorts; anything else (another
+            # program's insert, a task handed back) may sort anywhere: no floor
+            at = note.payload[3:] if note.payload.startswith("at ") else ""
+            place = int(at) if at.isdigit() else None
+            self._floor = _lower(self._floor, place)
+            self._since = _lower(self._since, place)
 
     def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
         """Done: the row is deleted by this consumer's next statement (no round trip now),
@@ -504,7 +558,7 @@ class PgsqlConsumer(Consumer):
     def _keep(self, rows: list[tuple[Any, ...]]) -> None:
         """Turn reserved rows (in queue order) into deliveries; undecodable text fails."""
         for row in rows:
-            bad, row_id, task_id, payload, text, attempts, submitted, headers, expires = row
+            bad, row_id, task_id, payload, text, attempts, submitted, headers, expires, _ = row
             if bad:
                 continue
             try:  # jsonb comes as text (see asynctask_pgsql.decoding): one row at a time
@@ -713,6 +767,7 @@ class PgsqlConsumer(Consumer):
 
     def _drop_connection(self) -> None:
         self._asked_at = -CANCEL_HEARD  # a new connection hears nothing sent before it
+        self._floor = self._since = None  # nor the notifications sent meanwhile
         self._restore(self._pending)  # unanswered: sent again
         self._pending.clear()
         self._start_failed = False

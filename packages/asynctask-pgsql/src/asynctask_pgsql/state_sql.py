@@ -41,7 +41,9 @@ SELECT replace(s.task_id::text, '-', ''), s.queue_name,
                             ELSE s.date_finished END)::float8,
     s.error, s.result
 FROM {s}.asynctask_status AS s
-LEFT JOIN {s}.asynctask_queue AS q ON q.task_id = s.task_id AND q.state = 'queued'
+LEFT JOIN LATERAL (
+    SELECT q.date_available FROM {s}.asynctask_queue AS q
+    WHERE q.task_id = s.task_id AND (q.state = 'queued') IS TRUE LIMIT 1) AS q ON true
 WHERE s.task_id = ANY(%(ids)s::uuid[]) AND (s.date_forget IS NULL OR s.date_forget > now())
 """
 
@@ -59,13 +61,13 @@ WITH hit AS (
       AND NOT (s.state IN ('queued', 'delayed') AND coalesce(s.date_expires <= now(), false))
     RETURNING s.task_id, {_TOLD}
 ), gone AS (
-    DELETE FROM {{s}}.asynctask_queue AS q USING hit
-    WHERE q.task_id = hit.task_id AND q.state = 'queued'
+    DELETE FROM {{s}}.asynctask_queue AS q
+    WHERE q.task_id = ANY(ARRAY(SELECT task_id FROM hit)) AND (q.state = 'queued') IS TRUE
 ), told AS (
     SELECT pg_notify({{s}}.asynctask_channel(q.queue_name),
                      'cancel ' || replace(q.task_id::text, '-', ''))
-    FROM {{s}}.asynctask_queue AS q, hit
-    WHERE q.task_id = hit.task_id AND q.state = 'reserved'
+    FROM {{s}}.asynctask_queue AS q
+    WHERE q.task_id = ANY(ARRAY(SELECT task_id FROM hit)) AND (q.state = 'reserved') IS TRUE
 )
 SELECT (SELECT count(*) FROM hit), (SELECT count(*) FROM told)
 """

@@ -105,7 +105,7 @@ _HEAD = """urgent AS (
     SELECT id, ctid AS tid, priority, date_available, {bad} AS bad, {lapsed} AS lapsed
     FROM {{s}}.asynctask_queue
     WHERE queue_name = %(queue)s AND state = 'queued' AND date_available <= now()
-      AND priority <= 0
+      AND date_available >= {floor} AND priority <= 0
     ORDER BY date_available, id
     LIMIT greatest(%(limit)s - (SELECT count(*) FROM urgent), 0)
     FOR UPDATE SKIP LOCKED
@@ -128,6 +128,19 @@ FROM (SELECT DISTINCT queue_name FROM moved) AS m"""
 
 _BAD = "(payload_text IS NULL AND jsonb_typeof(payload) <> 'object')"
 
+# A consumer's floor (``%(floor)s``, Unix microseconds, NULL for none): every waiting row
+# of its queue that is not urgent and sorts before it is known to be taken, so the head
+# is read from there, past the dead index entries of the tasks taken before (a queue
+# table not vacuumed since 1,000,000 tasks passed: 7,300 pages of ``asynctask_queue_ready``
+# a RESERVE, see ``consumer.PgsqlConsumer._floor``).
+_FLOOR = (
+    "coalesce(timestamptz 'epoch' + make_interval(secs => %(floor)s::float8 / 1e6), '-infinity')"
+)
+
+# A row's ``date_available`` as Unix microseconds (the text of a submit's NOTIFY
+# ``at <microseconds>``, and a reserved row's ``at``), for the consumers' floor.
+_AT = "(extract(epoch FROM date_available) * 1000000)::int8"
+
 _UNDECODABLE = (
     "'undecodable message: expected a JSON object, got a JSON ' || jsonb_typeof(t.payload)"
 )
@@ -135,7 +148,8 @@ _UNDECODABLE = (
 # Our own connections set asynctask.notify = off, which silences the insert trigger: one
 # pg_notify per statement is cheaper than the trigger's transition table.
 _NOTIFY_PUT = """
-SELECT pg_notify({s}.asynctask_channel(%(queue)s), '') FROM (SELECT 1 FROM put LIMIT 1) AS one
+SELECT pg_notify({s}.asynctask_channel(%(queue)s), 'at ' || one.at)
+FROM (SELECT min(at) AS at FROM put) AS one WHERE one.at IS NOT NULL
 """
 
 # A submit's ``delay`` and ``expires`` count from the statement (``clock_timestamp()``,
@@ -161,7 +175,8 @@ ON CONFLICT DO NOTHING
 RETURNING task_id"""
 
 # The queue row of one task (``%(id)s``, 32 hex digits); ``{when}``: a condition on it.
-_ROW_PUT = """INSERT INTO {s}.asynctask_queue
+_ROW_PUT = (
+    """INSERT INTO {s}.asynctask_queue
     (task_id, queue_name, payload, payload_text, date_available, headers, priority,
      date_expires)
 SELECT %(id)s::uuid, %(queue)s, coalesce(%(payload)s::jsonb, '{}'), %(text)s,
@@ -169,7 +184,10 @@ SELECT %(id)s::uuid, %(queue)s, coalesce(%(payload)s::jsonb, '{}'), %(text)s,
        at + make_interval(secs => %(expires)s::float8)
 FROM submitted{when}
 ON CONFLICT (task_id) DO NOTHING
-RETURNING 1"""
+RETURNING """
+    + _AT
+    + " AS at"
+)
 
 # One task without a unique key, the common submit: one statement, one round trip, its
 # answer read by nobody. Its status row has no key, so nothing can stop it but a retry
@@ -183,7 +201,7 @@ PUT_ONE = (
     )
     + "\n), put AS (\n"
     + _ROW_PUT.replace("{when}", "")
-    + "\n)\nSELECT count(pg_notify({s}.asynctask_channel(%(queue)s), '')) FROM put\n"
+    + "\n)\nSELECT count(pg_notify({s}.asynctask_channel(%(queue)s), 'at ' || at)) FROM put\n"
 )
 
 # A holder of the key that is waiting past its ``date_expires`` is final (it reads
@@ -222,7 +240,7 @@ PUT_ONE_UNTRACKED = (
     + _SUBMITTED
     + ", put AS (\n"
     + _ROW_PUT.replace("{when}", "")
-    + "\n)\nSELECT count(pg_notify({s}.asynctask_channel(%(queue)s), '')) FROM put\n"
+    + "\n)\nSELECT count(pg_notify({s}.asynctask_channel(%(queue)s), 'at ' || at)) FROM put\n"
 )
 
 # One task with a unique key: the task row is written only if its status row was: the
@@ -254,7 +272,7 @@ SELECT (SELECT count(*) FROM st),
            WHERE q.task_id = h.task_id AND q.state = 'queued'
              AND q.date_expires <= (SELECT at FROM submitted))),
     EXISTS (SELECT 1 FROM {s}.asynctask_status WHERE task_id = %(id)s::uuid),
-    (SELECT count(pg_notify({s}.asynctask_channel(%(queue)s), '')) FROM put)
+    (SELECT count(pg_notify({s}.asynctask_channel(%(queue)s), 'at ' || at)) FROM put)
 """
 )
 
@@ -280,12 +298,14 @@ SELECT t.id, %(queue)s, coalesce(t.payload::jsonb, '{}'), t.text,
 FROM unnest(%(ids)b::uuid[], %(payloads)b::text[], %(texts)b::text[], %(headers)b::text[])
     AS t(id, payload, text, headers)
 ON CONFLICT (task_id) DO NOTHING
-RETURNING 1
+RETURNING """
+    + _AT
+    + """ AS at
 )"""
     + _NOTIFY_PUT
 )
 
-_HEAD_ROWS = _HEAD.format(bad=_BAD, lapsed=_LAPSED, final=_FINAL, told=_TOLD)
+_HEAD_ROWS = _HEAD.format(bad=_BAD, lapsed=_LAPSED, final=_FINAL, told=_TOLD, floor=_FLOOR)
 
 # Takes the head. Rows past their ``date_expires`` are deleted as ``expired`` and come
 # back as ``bad`` rows (the consumer looks again). A reserved task is not ``running``
@@ -311,19 +331,27 @@ WITH {done}, {head}, taken AS (
         CASE WHEN head.bad THEN NULL ELSE t.payload END AS p,
         t.payload_text, t.attempts, extract(epoch FROM t.date_submitted)::float8 AS submitted,
         t.date_available, t.headers, t.priority,
-        extract(epoch FROM t.date_expires)::float8 AS expires
+        extract(epoch FROM t.date_expires)::float8 AS expires,
+        CASE WHEN t.priority <= 0 THEN {at} END AS at
 )
-SELECT bad, id, task_id, p, payload_text, attempts, submitted, headers, expires FROM (
+SELECT bad, id, task_id, p, payload_text, attempts, submitted, headers, expires, at FROM (
     SELECT bad, id, task_id, p, payload_text, attempts, submitted, headers, expires,
-        priority, date_available
+        priority, date_available, at
     FROM taken
     UNION ALL
-    SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM lapsed
+    SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM lapsed
 ) AS rows
 ORDER BY priority DESC NULLS LAST, date_available, id
 """
-RESERVE_TRACKED = _RESERVE.format(done=_DONE_TRACKED, head=_HEAD_ROWS, undecodable=_UNDECODABLE)
-RESERVE_UNTRACKED = _RESERVE.format(done=_DONE_UNTRACKED, head=_HEAD_ROWS, undecodable=_UNDECODABLE)
+RESERVE_TRACKED = _RESERVE.format(
+    done=_DONE_TRACKED, head=_HEAD_ROWS, undecodable=_UNDECODABLE, at=_AT.replace("date", "t.date")
+)
+RESERVE_UNTRACKED = _RESERVE.format(
+    done=_DONE_UNTRACKED,
+    head=_HEAD_ROWS,
+    undecodable=_UNDECODABLE,
+    at=_AT.replace("date", "t.date"),
+)
 
 # A prefetched task is about to run: ``running``, unless its status is ``cancelled`` or
 # its ``date_expires`` has passed (then its row is deleted here, and it never runs).
@@ -339,19 +367,23 @@ WITH quick AS (
     SELECT id, task_id, attempts, {_LAPSED} AS lapsed FROM {{s}}.asynctask_queue
     WHERE id = %(id)s AND owner = ANY(%(owners)s::int[])
 ), was AS (
-    SELECT s.state FROM {{s}}.asynctask_status AS s, row WHERE s.task_id = row.task_id
+    SELECT s.state FROM {{s}}.asynctask_status AS s
+    WHERE s.task_id = ANY(ARRAY(SELECT task_id FROM row))
 ), started AS (
     UPDATE {{s}}.asynctask_status AS s
     SET state = 'running', attempts = greatest(row.attempts, 0) + 1, date_started = now()
     FROM row WHERE s.task_id = row.task_id AND NOT row.lapsed AND s.date_finished IS NULL
+      AND s.task_id = ANY(ARRAY(SELECT task_id FROM row))
 ), expired AS (
     UPDATE {{s}}.asynctask_status AS s
     SET state = 'expired', {_FINAL}
     FROM row WHERE s.task_id = row.task_id AND row.lapsed AND s.date_finished IS NULL
+      AND s.task_id = ANY(ARRAY(SELECT task_id FROM row))
     RETURNING {_TOLD}
 ), gone AS (
-    DELETE FROM {{s}}.asynctask_queue AS t USING row
-    WHERE t.id = row.id AND (row.lapsed OR (SELECT state FROM was) = 'cancelled')
+    DELETE FROM {{s}}.asynctask_queue AS t
+    WHERE t.id = ANY(ARRAY(SELECT id FROM row))
+      AND ((SELECT lapsed FROM row) OR (SELECT state FROM was) = 'cancelled')
 )
 SELECT (SELECT count(done) FROM quick), row.lapsed, (SELECT state FROM was) FROM row
 """
@@ -393,9 +425,13 @@ WHERE s.task_id = $1 AND s.date_finished IS NULL
   AND EXISTS (SELECT 1 FROM quick WHERE done IS NOT NULL)
 """
 
-NEXT_DUE = """
-SELECT extract(epoch FROM min(date_available) - now())::float8 FROM {s}.asynctask_queue
-WHERE queue_name = %s AND state = 'queued'
+# Seconds until the first waiting row is due (<= 0: one is due, locked by another
+# consumer) and its ``date_available`` (Unix microseconds): the consumer's floor after it.
+NEXT_DUE = f"""
+SELECT extract(epoch FROM min(date_available) - now())::float8,
+       (extract(epoch FROM min(date_available)) * 1000000)::int8
+FROM {{s}}.asynctask_queue
+WHERE queue_name = %(queue)s AND state = 'queued' AND date_available >= {_FLOOR}
 """
 
 # Retry (``queued`` with ``%(attempt)s`` 1), fail, or hand back (``queued``, attempt 0).
@@ -405,11 +441,15 @@ WHERE queue_name = %s AND state = 'queued'
 # not in the failed store; a row ``(NULL, true)`` says so (the run loop logs it).
 # ``date_expires`` applies until a task first starts: a retry clears it.
 SETTLE = f"""
-WITH {_DONE}, cancelled AS (
-    DELETE FROM {{s}}.asynctask_queue AS t USING {{s}}.asynctask_status AS s
-    WHERE %(track)s AND %(attempt)s > 0 AND t.id = ANY(%(ids)s::bigint[])
-      AND t.owner = ANY(%(owners)s::int[]) AND s.task_id = t.task_id
-      AND s.state = 'cancelled'
+WITH {_DONE}, held AS (
+    SELECT id, task_id FROM {{s}}.asynctask_queue
+    WHERE %(track)s AND %(attempt)s > 0 AND id = ANY(%(ids)s::bigint[])
+      AND owner = ANY(%(owners)s::int[])
+), cancelled AS (
+    DELETE FROM {{s}}.asynctask_queue AS t
+    WHERE t.id = ANY(ARRAY(SELECT id FROM held WHERE task_id = ANY(ARRAY(
+        SELECT s.task_id FROM {{s}}.asynctask_status AS s
+        WHERE s.task_id = ANY(ARRAY(SELECT task_id FROM held)) AND s.state = 'cancelled'))))
     RETURNING t.id
 ), moved AS (
     UPDATE {{s}}.asynctask_queue
@@ -434,6 +474,7 @@ WITH {_DONE}, cancelled AS (
         attempts = CASE WHEN %(attempt)s > 0 THEN greatest(s.attempts, moved.attempts)
                         ELSE s.attempts END
     FROM moved WHERE %(track)s AND s.task_id = moved.task_id AND s.date_finished IS NULL
+        AND s.task_id = ANY(ARRAY(SELECT task_id FROM moved))
         AND (%(attempt)s > 0 OR %(state)s = 'failed' OR s.state = 'running')
     RETURNING CASE WHEN %(state)s = 'failed' THEN {_TOLD} END
 ), untracked_failed AS (
@@ -442,6 +483,7 @@ WITH {_DONE}, cancelled AS (
         date_forget = coalesce(s.date_forget, now() + make_interval(secs => %(ttl)s::float8))
     FROM moved
     WHERE NOT %(track)s AND %(state)s = 'failed' AND s.task_id = moved.task_id
+      AND s.task_id = ANY(ARRAY(SELECT task_id FROM moved))
       AND (s.unique_key IS NOT NULL OR s.date_forget IS NULL)
 )
 SELECT pg_notify({{s}}.asynctask_channel(queue_name), ''), false
@@ -490,18 +532,18 @@ WITH gate AS (
     UPDATE {{s}}.asynctask_queue AS t
     SET state = 'queued', owner = NULL, keeper = NULL, attempts = greatest(t.attempts, 0) + 1,
         date_expires = NULL
-    FROM taken WHERE t.id = taken.id
+    WHERE t.id = ANY(ARRAY(SELECT id FROM taken))
     RETURNING t.queue_name, t.task_id
 ), requeued AS (
     UPDATE {{s}}.asynctask_status AS s SET state = 'queued'
-    FROM moved WHERE s.task_id = moved.task_id AND s.state = 'running'
+    WHERE s.task_id = ANY(ARRAY(SELECT task_id FROM moved)) AND s.state = 'running'
 ), old AS (
-    SELECT task_id FROM {{s}}.asynctask_status, gate
+    SELECT ctid AS tid FROM {{s}}.asynctask_status, gate
     WHERE gate.open AND date_forget < now()
     ORDER BY date_forget LIMIT %(forget_limit)s
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF asynctask_status SKIP LOCKED
 ), forgotten AS (
-    DELETE FROM {{s}}.asynctask_status AS s USING old WHERE s.task_id = old.task_id
+    DELETE FROM {{s}}.asynctask_status AS s WHERE s.ctid = ANY(ARRAY(SELECT tid FROM old))
 )
 {_NOTIFY}
 """
@@ -564,19 +606,20 @@ END_OWNER = """
 WITH gone AS (
     DELETE FROM {s}.asynctask_owner WHERE owner = %(owner_name)s RETURNING id
 ), acked AS (
-    DELETE FROM {s}.asynctask_queue AS t USING gone
-    WHERE t.keeper = gone.id AND t.state = 'reserved' AND t.task_id = ANY(%(finished)s::uuid[])
+    DELETE FROM {s}.asynctask_queue AS t
+    WHERE t.keeper = ANY(ARRAY(SELECT id FROM gone)) AND t.state = 'reserved'
+      AND t.task_id = ANY(%(finished)s::uuid[])
 ), moved AS (
     UPDATE {s}.asynctask_queue AS t
     SET state = 'queued', owner = NULL, keeper = NULL,
         attempts = greatest(t.attempts, 0)
             + CASE WHEN %(all)s OR t.task_id = ANY(%(started)s::uuid[]) THEN 1 ELSE 0 END
-    FROM gone WHERE t.keeper = gone.id AND t.state = 'reserved'
+    WHERE t.keeper = ANY(ARRAY(SELECT id FROM gone)) AND t.state = 'reserved'
         AND NOT (t.task_id = ANY(%(finished)s::uuid[]))
     RETURNING t.queue_name, t.task_id
 ), requeued AS (
     UPDATE {s}.asynctask_status AS s SET state = 'queued'
-    FROM moved WHERE s.task_id = moved.task_id AND s.state = 'running'
+    WHERE s.task_id = ANY(ARRAY(SELECT task_id FROM moved)) AND s.state = 'running'
 )
 SELECT (SELECT count(*) FROM moved),
        (SELECT count(pg_notify({s}.asynctask_channel(m.queue_name), ''))
@@ -586,16 +629,17 @@ SELECT (SELECT count(*) FROM moved),
 # ``get_task``: the head, deleted; the caller has it now, so its status is forgotten.
 TAKE = f"""
 WITH {_HEAD_ROWS}, gone AS (
-    DELETE FROM {{s}}.asynctask_queue AS t USING head
-    WHERE t.id = head.id AND NOT head.bad AND NOT head.lapsed
+    DELETE FROM {{s}}.asynctask_queue AS t
+    WHERE t.ctid = ANY(ARRAY(SELECT tid FROM head WHERE NOT bad AND NOT lapsed))
     RETURNING t.task_id, t.payload, t.payload_text, t.attempts, t.date_submitted
 ), forgot AS (
-    DELETE FROM {{s}}.asynctask_status AS s USING gone WHERE s.task_id = gone.task_id
+    DELETE FROM {{s}}.asynctask_status AS s
+    WHERE s.task_id = ANY(ARRAY(SELECT task_id FROM gone))
 ), bad AS (
     UPDATE {{s}}.asynctask_queue AS t
     SET state = 'failed', date_failed = now(),
         error = {_UNDECODABLE}
-    FROM head WHERE t.id = head.id AND head.bad
+    WHERE t.ctid = ANY(ARRAY(SELECT tid FROM head WHERE bad))
     RETURNING t.id
 )
 SELECT false, task_id, payload, payload_text, attempts, date_submitted FROM gone
@@ -662,7 +706,8 @@ ALL_STATS = _NAMES + "SELECT n.q," + _COUNTS.replace("%(q)s", "n.q") + "FROM nam
 # from ``gone``, joined it by a nested loop that read ``forgot`` again for every deleted
 # row: a purge of 1,000,000 took over ten minutes. test_a_purge_reads_what_it_deleted_once)
 _FORGOT = f"""forgot AS (
-    DELETE FROM {{s}}.asynctask_status AS s USING gone WHERE s.task_id = gone.task_id
+    DELETE FROM {{s}}.asynctask_status AS s
+    WHERE s.task_id = ANY(ARRAY(SELECT task_id FROM gone))
     RETURNING {_TOLD}
 )
 SELECT count(*) FROM gone WHERE (SELECT count(*) FROM forgot) >= 0
@@ -696,7 +741,7 @@ WITH moved AS (
 ), back AS (
     UPDATE {s}.asynctask_status AS s
     SET state = 'queued', date_finished = NULL, date_forget = NULL, error = NULL
-    FROM moved WHERE s.task_id = moved.task_id
+    WHERE s.task_id = ANY(ARRAY(SELECT task_id FROM moved))
 )
 SELECT c.n FROM (SELECT count(*) AS n FROM moved) AS c
 LEFT JOIN LATERAL (

@@ -444,7 +444,7 @@ class PgsqlTransport(Transport):
 
     def _take_in(self, conn: psycopg.Connection[Any], queue: str) -> Payload | None:
         while True:
-            params = {"queue": queue, "limit": 1, "ttl": self.status_ttl}
+            params = {"queue": queue, "limit": 1, "ttl": self.status_ttl, "floor": None}
             rows = conn.execute(self.sql.take, params).fetchall()
             if not rows:
                 return None

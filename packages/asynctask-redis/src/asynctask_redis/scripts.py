@@ -140,12 +140,27 @@ local function start_task(id, attempts, now, ttl_ms)
   return verdict
 end
 
+-- A start marked after the task began (a consumer's held mark): the task runs whatever
+-- the verdict, so one cancelled before its mark came still gets the attempt it ran and
+-- its start time, as a cancel after the mark leaves it. ``now``: when it started.
+local function late_start(id, attempts, now, ttl_ms)
+  local verdict = start_task(id, attempts, now, ttl_ms)
+  if verdict == 'cancelled' then
+    redis.call('HSET', task_key(id), 'attempts', attempts, 'started_at', stamp(now))
+  end
+  return verdict
+end
+
 -- Done: succeeded with its result (JSON text, or '' for none), never over a cancel;
--- ``...``: more fields to write (a start not written yet: its attempts and started_at).
+-- ``...``: more fields to write (a start not written yet: its attempts and started_at,
+-- written over a cancel too: the task ran, see ``late_start``).
 local function succeed(id, now, ttl_ms, result, ...)
   local f = redis.call('HMGET', task_key(id), 'state', 'unique', 'waiting')
   local state = f[1]
-  if state == 'cancelled' then redis.call('ZREM', cancelled_ids, id) end  -- gone for good
+  if state == 'cancelled' then
+    redis.call('ZREM', cancelled_ids, id)  -- gone for good
+    if select('#', ...) > 0 then redis.call('HSET', task_key(id), ...) end
+  end
   if not state or state == 'cancelled' or state == 'expired' then return end
   if result ~= '' then
     finish_held(id, f[2], f[3], 'succeeded', now, ttl_ms, 'result', result, ...)
@@ -202,7 +217,7 @@ local function ack_all(proc, from, n, tracking, ttl_ms)
           'started_at', stamp(now - tonumber(ago)))
         i = i + 3
       else
-        start_task(id, attempt, now - tonumber(ago), ttl_ms)
+        late_start(id, attempt, now - tonumber(ago), ttl_ms)
       end
     else
       local removed = remove(m)

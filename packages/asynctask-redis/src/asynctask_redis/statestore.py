@@ -68,9 +68,18 @@ local ttl_ms = ARGV[3]
 
 -- 'run' (now running), 'cancelled' or 'expired' (then the caller drops the task: a
 -- cancelled one is met, see ``CANCEL``); ``ago``: ms since it started (a mark sent late).
-local function start_one(id, attempt, ago)
-  local verdict = start_task(id, attempt, now_ms() - ago, ttl_ms)
-  if verdict == 'cancelled' then redis.call('ZREM', cancelled_ids, id) end
+-- ``late``: a status feed's start, not waited for: the task runs whatever the verdict,
+-- so one cancelled before its mark came still gets the attempt it ran and its start
+-- time, as a cancel after the mark leaves it.
+local function start_one(id, attempt, ago, late)
+  local started = now_ms() - ago
+  local verdict = start_task(id, attempt, started, ttl_ms)
+  if verdict == 'cancelled' then
+    redis.call('ZREM', cancelled_ids, id)
+    if late then
+      redis.call('HSET', task_key(id), 'attempts', attempt, 'started_at', stamp(started))
+    end
+  end
   return verdict
 end
 
@@ -81,11 +90,14 @@ end
 local function start_and_succeed(id, attempt, ago, result)
   local f = redis.call('HMGET', task_key(id), 'state', 'unique', 'waiting')
   local state = f[1]
-  if state == 'cancelled' then redis.call('ZREM', cancelled_ids, id) end
-  if state == 'cancelled' or state == 'expired' then return state end
-  if not state then return 'run' end  -- no status kept
   local now = now_ms()
   local fields = {'attempts', attempt, 'started_at', stamp(now - ago)}
+  if state == 'cancelled' then  -- it ran all the same: see ``start_one``
+    redis.call('ZREM', cancelled_ids, id)
+    redis.call('HSET', task_key(id), unpack(fields))
+  end
+  if state == 'cancelled' or state == 'expired' then return state end
+  if not state then return 'run' end  -- no status kept
   if result ~= '' then fields[5] = 'result'; fields[6] = result end
   finish_held(id, f[2], f[3], 'succeeded', now, ttl_ms, unpack(fields))
   return 'run'
@@ -144,7 +156,7 @@ local verdicts, i, all_run = {}, 4, true
 while i <= #ARGV do
   local kind, verdict = ARGV[i], nil
   if kind == 's' then
-    verdict = start_one(ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]))
+    verdict = start_one(ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), true)
     i = i + 4
   elseif kind == 'b' then
     verdict = start_and_succeed(ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4])

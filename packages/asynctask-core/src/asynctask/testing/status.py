@@ -361,7 +361,11 @@ class StatusContract:
             loop.join(30)
         # Then all three stay cancelled, the result discarded; none waits or failed
         states = [(s.state, s.attempts, s.result) for s in transport.statuses([kept, raised, last])]
-        assert states == [("cancelled", 1, None), ("cancelled", 1, None), ("cancelled", 2, None)]
+        assert states == [
+            ("cancelled", 1, None),
+            ("cancelled", 1, None),
+            ("cancelled", 2, None),
+        ], f"(state, attempts, result) of kept, raised, last: {states}"
         failed = [f.id for f in transport.failed_tasks(queue)]
         assert failed == [], f"in the failed store: {failed}; ids {[kept, raised, last]}"
         # And the log says what happened, not a retry or a failure
