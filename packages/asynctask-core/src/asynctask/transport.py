@@ -100,6 +100,9 @@ class QueueStats:
     retrying: int | None = 0
     in_flight: int | None = 0
     failed: int | None = 0
+    #: the counts above that are estimates, not exact (pgsql counts exactly up to a
+    #: bound per count and estimates above it; empty where every count is exact)
+    estimated: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

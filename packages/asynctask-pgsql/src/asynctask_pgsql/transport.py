@@ -48,6 +48,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, ClassVar, LiteralString
 
 import psycopg
@@ -87,7 +88,7 @@ from asynctask_pgsql.state import (
     held_by,
     unique_key_busy,
 )
-from asynctask_pgsql.statements import Statements
+from asynctask_pgsql.statements import EXACT_UP_TO, Statements
 from asynctask_pgsql.vacuum import DEAD_TUPLES, Vacuumer
 
 logger = logging.getLogger("asynctask.pgsql")
@@ -462,8 +463,8 @@ class PgsqlTransport(Transport):
     def _stats(self, queue: str) -> QueueStats:
         if not self._stored():
             return QueueStats(queue, 0, 0, 0, 0, 0)
-        [(ready, delayed, retrying, in_flight, failed)] = self._query(self.sql.stats, {"q": queue})
-        return QueueStats(queue, ready, delayed, retrying, in_flight, failed)
+        [row] = self._query(self.sql.stats, {"q": queue})
+        return self._estimated([QueueStats(queue, *row)])[0]
 
     def _oldest_ready(self, queue: str) -> float | None:
         rows = self._query(self.sql.oldest_ready, (queue,))
@@ -533,8 +534,28 @@ class PgsqlTransport(Transport):
     def _all_stats(self) -> list[QueueStats]:
         if not self._stored():
             return []
-        rows = self._query(self.sql.all_stats, ())
-        return [QueueStats(*row) for row in rows]
+        return self._estimated([QueueStats(*row) for row in self._query(self.sql.all_stats, ())])
+
+    def _estimated(self, counted: list[QueueStats]) -> list[QueueStats]:
+        """``counted`` with each count that reached ``EXACT_UP_TO`` + 1 replaced by an
+        estimate from ``SAMPLE`` (sent only then), never below that, and named in
+        ``estimated``."""
+        kinds = ("ready", "delayed", "retrying", "failed")
+        if all((getattr(s, kind) or 0) <= EXACT_UP_TO for s in counted for kind in kinds):
+            return counted
+        rows = self._query(self.sql.sample, ())
+        seen = sum(row[1] for row in rows)
+        percent, live = (rows[0][6], rows[0][7]) if rows else (100.0, 0)
+        # rows of the table per sampled row
+        scale = live / seen if live > 0 and seen > 0 else 100.0 / percent
+        sampled = {row[0]: dict(zip(kinds, row[2:6], strict=True)) for row in rows}
+        found = []
+        for stats in counted:
+            over = tuple(k for k in kinds if (getattr(stats, k) or 0) > EXACT_UP_TO)
+            shares = sampled.get(stats.name, {})
+            guesses = {k: max(EXACT_UP_TO + 1, round(shares.get(k, 0) * scale)) for k in over}
+            found.append(replace(stats, **guesses, estimated=over) if over else stats)
+        return found
 
     def _purge(self, queue: str) -> int:
         if not self._stored():

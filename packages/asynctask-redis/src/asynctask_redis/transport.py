@@ -523,10 +523,11 @@ class RedisTransport(Transport):
 
     def _all_stats(self) -> list[QueueStats]:
         flat = self.execute(run, scripts.ALL_STATS, self.prefix, "")
-        return [
-            QueueStats(flat[i].decode(), *(int(n) for n in flat[i + 1 : i + 6]))
-            for i in range(0, len(flat), 6)
-        ]
+        stats = []
+        for i in range(0, len(flat), 6):
+            ready, delayed, retrying, in_flight, failed = (int(n) for n in flat[i + 1 : i + 6])
+            stats.append(QueueStats(flat[i].decode(), ready, delayed, retrying, in_flight, failed))
+        return stats
 
     def _purge(self, queue: str) -> int:
         return self._in_chunks(scripts.PURGE, queue)

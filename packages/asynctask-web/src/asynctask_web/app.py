@@ -311,8 +311,11 @@ def _age(seconds: float | None) -> str:
     return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
-def _count(value: int | None) -> str:
-    return "-" if value is None else str(value)
+def _count(value: int | None, estimated: bool = False) -> str:
+    """A count: ``-`` where the transport cannot tell, ``~`` before an estimate."""
+    if value is None:
+        return "-"
+    return f"~{value}" if estimated else str(value)
 
 
 def _rate(value: float | None) -> str:

@@ -25,8 +25,13 @@ PAGE = 100
 
 
 def counts(stats: QueueStats) -> dict[str, Any]:
-    """A queue's counts (None where the transport cannot tell)."""
-    return {"name": stats.name, **{name: getattr(stats, name) for name in COUNT_NAMES}}
+    """A queue's counts (None where the transport cannot tell), and the names of those
+    that are estimates (``QueueStats.estimated``: pgsql above 10,000 per count)."""
+    return {
+        "name": stats.name,
+        **{name: getattr(stats, name) for name in COUNT_NAMES},
+        "estimated": list(stats.estimated),
+    }
 
 
 def queues(transport: Transport, rates: Any) -> dict[str, Any]:

@@ -128,8 +128,12 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def count_text(value: int | None) -> str:
-    return "-" if value is None else str(value)
+def count_text(value: int | None, estimated: bool = False) -> str:
+    """A count in a table: ``-`` where the transport cannot tell, ``~`` before an estimate
+    (``QueueStats.estimated``)."""
+    if value is None:
+        return "-"
+    return f"~{value}" if estimated else str(value)
 
 
 # -- workers ---------------------------------------------------------------------------

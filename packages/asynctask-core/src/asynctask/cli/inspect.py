@@ -95,7 +95,8 @@ def queues(
     """Show every queue holding a task, with its counts; empty queues are not listed.
 
     A task in any state counts: ready, delayed, retrying, in flight or failed. The same
-    on every transport.
+    on every transport. A count marked ``~`` is an estimate (pgsql counts exactly up to
+    10,000 per count; ``--json`` names them in ``estimated``).
 
     Example: asynctask queues --json
     """
@@ -105,7 +106,9 @@ def queues(
         typer.echo(json.dumps([asdict(s) for s in stats], indent=2))
         return
     header = ["queue", "ready", "delayed", "retrying", "in_flight", "failed"]
-    rows = [[s.name, *(count_text(getattr(s, h)) for h in header[1:])] for s in stats]
+    rows = [
+        [s.name, *(count_text(getattr(s, h), h in s.estimated) for h in header[1:])] for s in stats
+    ]
     typer.echo(table(rows, header) if rows else "No queues.")
 
 

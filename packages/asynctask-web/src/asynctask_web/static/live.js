@@ -7,7 +7,14 @@
 (function () {
   var INTERVAL_MS = 1000;
 
-  function count(value) { return value === null || value === undefined ? "-" : String(value); }
+  // a count the transport estimated (named in "estimated") reads "~N"
+  function count(value, estimated) {
+    if (value === null || value === undefined) { return "-"; }
+    return (estimated ? "~" : "") + String(value);
+  }
+  function counted(stats, name) {
+    return count(stats[name], (stats.estimated || []).indexOf(name) >= 0);
+  }
   function rate(value) { return value === null || value === undefined ? "-" : value.toFixed(1); }
   function age(seconds) {
     if (seconds === null || seconds === undefined) { return "-"; }
@@ -39,7 +46,7 @@
       tr.dataset.queue = q.name;
       tr.appendChild(cell(q.name, base));
       ["ready", "delayed", "retrying", "in_flight", "failed"].forEach(function (name) {
-        var td = cell(count(q[name]), name === "failed" ? base + "/failed" : null);
+        var td = cell(counted(q, name), name === "failed" ? base + "/failed" : null);
         td.dataset.count = name;
         tr.appendChild(td);
       });
@@ -63,7 +70,7 @@
 
   function queueCounts(table, body) {
     table.querySelectorAll("[data-count]").forEach(function (td) {
-      var value = count(body.queue[td.dataset.count]);
+      var value = counted(body.queue, td.dataset.count);
       var link = td.querySelector("a");
       (link || td).textContent = value;
     });
