@@ -56,14 +56,14 @@ def _wrap_relays(mode: str) -> list[int]:
         pids.append(process.pid)
         if "asynctask_amqp.relay" in args and mode == "strace":
             # from its start (its imports too: count a small drain to subtract them)
-            out = str(SCRATCH / "relay.strace")
+            trace = str(SCRATCH / "relay.strace")
             tracers.append(
-                subprocess.Popen(["strace", "-c", "-f", "-o", out, "-p", str(process.pid)])
+                subprocess.Popen(["strace", "-c", "-f", "-o", trace, "-p", str(process.pid)])
             )
             time.sleep(0.5)
         return process
 
-    remote.subprocess.Popen = popen  # type: ignore[attr-defined,assignment]
+    remote.subprocess.Popen = popen  # type: ignore[attr-defined]
     return pids
 
 
@@ -93,7 +93,7 @@ def drain(uri: str, tree: Path, tasks: int, mode: str, untracked: bool) -> None:
     null = os.open(os.devnull, os.O_WRONLY)
     report = ReportWriter(null)
     extra: dict[str, Any] = {"track_status": False} if untracked else {}
-    prefetch = worker.prefetch or getattr(transport, "default_prefetch", 4)
+    prefetch: int = worker.prefetch or int(getattr(transport, "default_prefetch", 4))
 
     def options(**more: Any) -> Any:
         return LoopOptions(
