@@ -4,7 +4,7 @@ AMQP has no call that lists queues or counts many: each count is a passive
 ``queue.declare`` (4 a queue: the queue, its failed store, its two old per-queue ladders).
 Asked one after another, 1,000 queues took seconds (issue 12 section 3: the web
 dashboard and Prometheus call ``queues()``). Counted here as round trips: every answer
-of the broker reaches the client ``DELAY`` seconds late (``tests/pgsql/slowlink.py``),
+of the broker reaches the client ``DELAY`` seconds late (``tests/slowlink.py``),
 so a call of ``n`` round trips takes at least ``n * DELAY`` longer than the same call
 on a straight connection, whatever the load.
 """
@@ -21,7 +21,7 @@ import pytest
 from asynctask.api import get_transport
 from asynctask.transport import QueueStats
 from tests.amqp.conftest import PASSWORD, USER, rabbitmqctl
-from tests.pgsql.slowlink import SlowLink
+from tests.slowlink import SlowLink
 
 #: seconds each of the broker's answers is held back
 DELAY = 0.05

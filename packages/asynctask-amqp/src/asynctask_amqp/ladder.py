@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -130,6 +130,63 @@ def take_unacked(link: Link, channel: Any, queue: str) -> list[Any]:
     finally:
         channel.basic_cancel(tag)
     return taken
+
+
+#: messages a purge that must learn their task ids holds at once (``take_ids``)
+PURGE_CHUNK = 500
+
+
+def take_ids(link: Link, channel: Any, queue: str, each: Callable[[list[str]], None]) -> int:
+    """Remove every message ``queue`` holds now, ``PURGE_CHUNK`` at a time, and hand each
+    chunk's task ids ('' for a foreign message without one) to ``each`` once the broker
+    has removed them; return how many were removed.
+
+    For a purge whose statuses live in ``asynctask_state`` (``queue_purge`` says how many
+    it deleted, not which). The broker streams them to a consumer on ``channel`` (a side
+    channel of ``link``, whose lock the caller holds), at most a chunk unacknowledged
+    (``basic.qos``): memory in proportion to the chunk, not the queue, and only the ids
+    are kept. A chunk is acknowledged in one frame (``multiple``); the ``basic.qos``
+    after it is answered once the broker has applied that ack, so ``each`` forgets
+    statuses only of tasks that are gone. Before, every message was held, then acked one
+    frame each. Stops as ``take_unacked`` does.
+    """
+    expected = int(channel.queue_declare(queue, passive=True).message_count)
+    if not expected:
+        return 0
+    chunk = PURGE_CHUNK
+    ids: list[str] = []
+    newest = [0]  # the delivery tag of the last message taken
+
+    def taken(message: Any) -> None:
+        ids.append(str(message.properties.get("message_id") or ""))
+        newest[0] = message.delivery_info["delivery_tag"]
+
+    done = 0
+
+    def settle() -> None:
+        nonlocal done
+        batch = ids[:]  # (those delivered while the qos below waits are the next chunk's)
+        ids.clear()
+        channel.basic_ack(newest[0], multiple=True)
+        channel.basic_qos(0, chunk, False)  # (a round trip: the ack is applied first)
+        done += len(batch)
+        each(batch)
+
+    channel.basic_qos(0, chunk, False)
+    tag = channel.basic_consume(queue, no_ack=False, callback=taken)
+    try:
+        last = (0, time.monotonic())
+        while done + len(ids) < expected and time.monotonic() - last[1] < TAKE_IDLE:
+            link.wait(TAKE_IDLE / 5)
+            if len(ids) >= chunk:
+                settle()
+            if done + len(ids) != last[0]:
+                last = (done + len(ids), time.monotonic())
+    finally:
+        channel.basic_cancel(tag)
+    if ids:  # (and those delivered before the cancel was answered)
+        settle()
+    return done
 
 
 class SharedLadder:

@@ -58,6 +58,7 @@ Storage
 from __future__ import annotations
 
 import dataclasses
+import functools
 import secrets
 import threading
 import time
@@ -86,7 +87,7 @@ from asynctask.transport import (
 from asynctask.validation import Payload, is_valid_queue_name
 from asynctask_amqp.census import ready_counts
 from asynctask_amqp.consumer import AmqpConsumer
-from asynctask_amqp.ladder import SharedLadder, browse, side_channel, take_unacked
+from asynctask_amqp.ladder import SharedLadder, browse, side_channel, take_ids, take_unacked
 from asynctask_amqp.link import (
     DRIVER_ERRORS,
     ConfirmsLost,
@@ -491,30 +492,32 @@ class AmqpTransport(Transport):
 
     def _purge(self, queue: str) -> int:
         store = self.external_state()
-        purged: list[str] = []
+        purged: list[str] = []  # (the ladder's, with asynctask_state)
+        # (after the messages are gone: see _purged_elsewhere)
+        forget = functools.partial(self._forget_purged, queue)
         with self._session() as link:
             if self._passive(link, queue) is None:
                 return 0
             if store is None:
                 total = int(link.channel.queue_purge(queue) or 0)
                 total += self._ladder.purge(link, queue)
-            else:  # the ids, whose statuses the store must forget
-                purged = _take_ids(link, queue)
+            else:  # the ids, whose statuses the store must forget, a chunk at a time
+                with side_channel(link) as side:
+                    total = take_ids(link, side, queue, forget)
                 for owner, _, message in self._ladder.walk(link, take=queue):
                     if owner == queue:
                         purged.append(_message_id(message))
-                total = len(purged)
+                total += len(purged)
             for ladder in LADDERS:
                 first = self._passive(link, rung_names(queue, ladder)[0])
                 for name, count in self._old_ladder_counts(link, queue, ladder, first):
                     if count and store is None:
                         total += int(link.channel.queue_purge(name) or 0)
                     elif count:
-                        taken = _take_ids(link, name)
-                        purged += taken
-                        total += len(taken)
-        if store is not None:  # after the messages are gone (see _purged_elsewhere)
-            self._purged_elsewhere(queue, [i for i in purged if i])
+                        with side_channel(link) as side:
+                            total += take_ids(link, side, name, forget)
+        if store is not None:
+            forget(purged)
         return total
 
     def _failed(self, queue: str, limit: int, offset: int) -> list[FailedTask]:
@@ -570,7 +573,8 @@ class AmqpTransport(Transport):
             if ids is None and store is None:
                 return int(link.channel.queue_purge(name) or 0)
             if ids is None:  # the ids, whose failed statuses the store must forget
-                purged = _take_ids(link, name)
+                with side_channel(link) as side:
+                    return take_ids(link, side, name, functools.partial(self._forget_purged, queue))
             else:
                 with side_channel(link) as side:
                     chosen = chosen_from(browse(side, name), ids)
@@ -578,8 +582,12 @@ class AmqpTransport(Transport):
                         side.basic_ack(message.delivery_info["delivery_tag"])
                 purged = [_message_id(message) for message in chosen]
         if store is not None:
-            self._purged_elsewhere(queue, [i for i in purged if i])
+            self._forget_purged(queue, purged)
         return len(purged)
+
+    def _forget_purged(self, queue: str, ids: list[str]) -> None:
+        """``_purged_elsewhere`` of the ids a purge read ('' for a foreign message)."""
+        self._purged_elsewhere(queue, [i for i in ids if i])
 
     def _claim(self, key: str, ttl: float) -> bool:
         # A durable queue named after the key, expiring after ttl (x-expires), stands for
@@ -659,17 +667,6 @@ def recover(link: Link, exc: BaseException) -> None:
 def _message_id(message: Any) -> str:
     """A message's task id ('' for a foreign message without one: no status)."""
     return str(message.properties.get("message_id") or "")
-
-
-def _take_ids(link: Link, name: str) -> list[str]:
-    """Remove every message ``name`` holds now and return their task ids: a purge whose
-    statuses live in ``asynctask_state`` (``queue_purge`` says how many it deleted, not
-    which). The broker streams them (``take_unacked``), acked as they are read."""
-    with side_channel(link) as side:
-        taken = take_unacked(link, side, name)
-        for message in taken:
-            side.basic_ack(message.delivery_info["delivery_tag"])
-    return [_message_id(message) for message in taken]
 
 
 def chosen_from(messages: list[Any], ids: Sequence[str] | None) -> list[Any]:

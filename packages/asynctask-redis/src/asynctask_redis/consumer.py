@@ -397,8 +397,15 @@ class RedisConsumer(Consumer):
             return self._acks
         now = time.monotonic()
         acks = self._acks.copy()  # kept as they are: a failed call sends them again
+        # '<attempt>:<ms since it started>' made once for each pair: a batch's starts
+        # share a few (a ``%`` format a mark cost about 40% more, timeit, 32 marks)
+        tails: dict[tuple[int, int], bytes] = {}
         for slot, prefix, attempt, at in marks:  # as the scripts' ``ack_all`` reads them
-            acks[slot] = b"%b%d:%d" % (prefix, attempt, max(0, int((now - at) * 1000)))
+            pair = (attempt, int((now - at) * 1000))  # monotonic: at <= now, so >= 0
+            tail = tails.get(pair)
+            if tail is None:
+                tail = tails[pair] = b"%d:%d" % pair
+            acks[slot] = prefix + tail
         return acks
 
     def _sent(self) -> None:
@@ -728,11 +735,12 @@ class RedisConsumer(Consumer):
         state: State,
         error: str | None = None,
         result_json: str | None = None,
-    ) -> None:
+    ) -> bool | None:
         """Nothing when this Redis keeps the statuses (the settle wrote the outcome): the
         base class would ask the transport for its other store at every task."""
         if not self._own:
-            super().record_outcome(delivery, state, error, result_json)
+            return super().record_outcome(delivery, state, error, result_json)
+        return None
 
     def flush_marks(self, now: float) -> float | None:
         """Send the late starts (and the acks before them) once the oldest is ``DEFER``
