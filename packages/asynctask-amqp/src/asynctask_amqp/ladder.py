@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from asynctask_amqp.census import ready_counts
 from asynctask_amqp.link import Link, Unroutable
 from asynctask_amqp.topology import LADDER_EXPIRY_MS, LADDER_RENEW, RUNGS, rung_for
 
@@ -35,9 +36,6 @@ RUNG_HEADER = "asynctask-rung"
 WAITING = "x-asynctask-waiting"
 #: the kinds of wait, as counted: ``QueueStats.delayed`` and ``.retrying``
 KINDS = ("delay", "retry")
-
-#: ready messages of a queue by name, or None when it does not exist
-Passive = Callable[[Link, str], int | None]
 
 
 def rung_queue(rung: float, queue_type: str) -> str:
@@ -254,30 +252,25 @@ class SharedLadder:
                 # a rung expired or was deleted since we declared the ladder
                 self.forget()
 
-    def census(self, link: Link, passive: Passive) -> dict[str, Counter[str]]:
+    def census(self, link: Link) -> dict[str, Counter[str]]:
         """Tasks waiting on the ladder, by task queue, then by kind (delay, retry)."""
         counts: dict[str, Counter[str]] = {}
-        for queue, kind, _ in self.walk(link, passive, take=None):
+        for queue, kind, _ in self.walk(link, take=None):
             counts.setdefault(queue, Counter())[kind] += 1
         return counts
 
-    def purge(self, link: Link, passive: Passive, queue: str) -> int:
+    def purge(self, link: Link, queue: str) -> int:
         """Remove every task of ``queue`` from the ladder; return how many."""
-        return sum(1 for owner, _, _ in self.walk(link, passive, take=queue) if owner == queue)
+        return sum(1 for owner, _, _ in self.walk(link, take=queue) if owner == queue)
 
-    def walk(
-        self, link: Link, passive: Passive, take: str | None
-    ) -> Iterator[tuple[str, str, Any]]:
+    def walk(self, link: Link, take: str | None) -> Iterator[tuple[str, str, Any]]:
         """Each message on the ladder as (task queue, kind, message), reading only the
         rungs that hold anything; those of queue ``take`` are acknowledged (removed), the
         others go back in their place when the side channel closes. The TTL a message
         had left is kept: a requeued message keeps its expiry time (RabbitMQ's TTL
         guide), so a read delays nothing beyond the moment it holds the message."""
-        counts = [passive(link, self.names[0])]
-        if counts[0] is None:  # the rungs are declared, and expire, together
-            return
-        counts += [passive(link, name) for name in self.names[1:]]
-        busy = [name for name, count in zip(self.names, counts, strict=True) if count]
+        counts = ready_counts(link, self.names)  # (none: no ladder, or it expired)
+        busy = [name for name in self.names if counts[name]]
         if not busy:
             return
         with side_channel(link) as side:
