@@ -253,14 +253,32 @@ class RedisConsumer(Consumer):
             server = self._host.server
             pool = server.pool_for(self._host.key(self.queue, ""))
             try:
-                self._conn = pool.get_connection()
+                conn = pool.get_connection()
             except (RedisError, OSError) as exc:
                 server.moved(exc)  # a dead node: the slot map is read again next time
                 raise server.error(exc) from exc
+            try:
+                # The mark thread's START goes unanswered (``flush_marks``): on a server
+                # without the script its NOSCRIPT would be read only with the next call,
+                # after the task. Loaded now and at each reconnect (a restarted server
+                # lost it), one round trip a connection.
+                conn.register_connect_callback(self._load_start)
+                self._load_start(conn)
+            except (RedisError, OSError) as exc:
+                conn.disconnect()
+                pool.release(conn)
+                server.moved(exc)
+                raise server.error(exc) from exc
+            self._conn = conn
             self._release_conn = weakref.finalize(
                 self, _give_back, pool, self._conn, self._deferred
             )
         return self._conn
+
+    def _load_start(self, conn: Any) -> None:
+        """Load the ``START`` script on a connection with no reply owed (fresh from the
+        pool, or just reconnected)."""
+        call(conn, "SCRIPT", "LOAD", scripts.START.text)
 
     def _execute(self, fn: Any, *args: Any, resync: bool = False) -> Any:
         server = self._host.server
