@@ -101,15 +101,18 @@ class _Gated(AsyncTaskWorker):
         return {"would": "be the result"}
 
 
-def cancel_while_running_in_process(transport: Any, queue: str, caplog: Any) -> str:
+def cancel_while_running_in_process(
+    transport: Any, queue: str, caplog: Any, prefetch: int = 1
+) -> str:
     """The story of a task cancelled while it runs in this process's run loop
-    (``process_queue``), then returning a result: it stays cancelled, its result
-    discarded, and the log says so (DESIGN.md section 6). Returns the task's id."""
+    (``process_queue``, reserving ``prefetch`` ahead), then returning a result: it stays
+    cancelled, its result discarded, and the log says so (DESIGN.md section 6). Returns
+    the task's id."""
     # Given a task running in this process's run loop
     caplog.set_level(logging.WARNING)
     tid = transport.submit_task(queue, {})
     worker = _Gated()
-    options = LoopOptions(max_tasks=1)
+    options = LoopOptions(max_tasks=1, prefetch=prefetch)
     loop = threading.Thread(target=run_loop, args=(worker, transport, queue, options))
     loop.start()
     try:

@@ -178,7 +178,8 @@ class TestAmqpStatus(StatusContract, SupervisedStatusContract):
     @pytest.fixture
     def transport(self, amqp_uri: str, tmp_path) -> Iterator[Transport]:
         transport = open_transport(f"{amqp_uri}?heartbeat=1&retry_timeout=5&max_priority=9")
-        transport.state_uri = f"filesys:{tmp_path / 'state'}"
+        # (poll=10: a wait on the folder not woken by inotify is late)
+        transport.state_uri = f"filesys:{tmp_path / 'state'}?poll=10"
         yield transport
         transport.close()
 

@@ -10,6 +10,7 @@ must still hear.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,8 @@ from asynctask.errors import InvalidTaskError
 from asynctask.status import StatusNotKept
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
+from slowlink import SlowLink
+from support import cancel_while_running_in_process
 
 
 def _with(uri: str, option: str) -> str:
@@ -368,24 +371,36 @@ _DIES_ON_THE_FOURTH = textwrap.dedent(
 )
 
 
+@pytest.mark.parametrize("way", ["direct", "late"])
 @pytest.mark.parametrize("result", ["value", "none"])
 @pytest.mark.parametrize("relay", ["true", "false"])
 def test_with_state_in_redis_a_worker_killed_after_its_successes_leaves_them_succeeded(
-    amqp_uri, redis_state, relay, result
+    amqp_uri, redis_state, relay, result, way
 ):
-    """The run loop sends an outcome its status feed holds before it acknowledges the
-    task: once the broker forgets a task, only the store knows it succeeded. (Fails
-    when the ack goes first, relay or not, result or none: the feed held the three
-    successes, the worker died with them, and they read ``running``/``queued`` for
-    good while the broker had forgotten them.)"""
+    """The run loop has an outcome its status feed holds written (its reply read)
+    before it acknowledges the task: once the broker forgets a task, only the store
+    knows it succeeded. (Fails when the ack goes first, relay or not, result or none:
+    the feed held the three successes, the worker died with them, and they read
+    ``running``/``queued`` for good while the broker had forgotten them. The ``late``
+    way sends the worker's Redis writes through ``tests/slowlink.py``, 0.2 s late,
+    dropped when the worker dies: what a connection reset does to a write Redis had not
+    read yet, 1 run in 13 on the direct way. Failed so, every run, while the outcome was
+    sent before the ack but its reply not read: ['succeeded', 'succeeded', 'running',
+    ...].)"""
     queue = unique_queue()
     uri = _with(amqp_uri, f"relay={relay}")
-    with open_transport(uri) as t:
+    with contextlib.ExitStack() as stack:
+        state = redis_state
+        if way == "late":
+            link = SlowLink("127.0.0.1", 6379, delay=0.2, upstream=True)
+            stack.callback(link.close)
+            state = redis_state.replace(":6379/", f":{link.port}/", 1)
+        t = stack.enter_context(open_transport(uri))
         t.state_uri = redis_state
         ids = t.submit_tasks(queue, [{"n": n} for n in range(6)])
         # Given a worker that runs three tasks back to back, then is killed in the fourth
         subprocess.run(
-            [sys.executable, "-c", _DIES_ON_THE_FOURTH, uri, redis_state, queue, result],
+            [sys.executable, "-c", _DIES_ON_THE_FOURTH, uri, state, queue, result],
             timeout=60,
         )
         # Then the broker has the fourth back, with the two the worker held ahead
@@ -470,3 +485,69 @@ def test_with_state_in_pgsql_the_feed_keeps_the_order_of_states(amqp_uri, pgsql_
             feed.close()
         assert t.status(b).state == "failed"
         assert t.status(doomed_after).state == "cancelled"
+
+
+@pytest.mark.parametrize("relay", ["true", "false"])
+def test_with_state_in_redis_a_task_cancelled_while_it_runs_logs_its_result_discarded(
+    amqp_uri, redis_state, caplog, relay
+):
+    """The status write of a success whose cancel the consumer's status feed heard says
+    so (read without waiting, as a start reads it), and the run loop logs it. Failed
+    before: the broker's ack cannot tell, and the feed's write was not asked, no line."""
+    with open_transport(_with(amqp_uri, f"relay={relay}")) as t:
+        t.state_uri = redis_state
+        cancel_while_running_in_process(t, unique_queue(), caplog)
+
+
+def test_with_state_a_purge_streams_the_queue_in_bounded_chunks(amqp_uri, redis_state, monkeypatch):
+    """A purge whose statuses live in ``asynctask_state`` must learn the ids it deletes;
+    it takes them ``PURGE_CHUNK`` at a time (the broker sends no more unacknowledged),
+    acknowledges each chunk in one frame, and has the store forget that chunk's statuses
+    before it takes the next: memory bounded by the chunk, not the queue. (Failed
+    before: every message of the queue held at once, 175 ids forgotten in one call.)"""
+    import amqp
+
+    from asynctask_amqp import ladder
+    from asynctask_amqp import transport as amqp_transport
+
+    monkeypatch.setattr(ladder, "PURGE_CHUNK", 50, raising=False)
+    limits: list[int] = []  # the prefetch limits set: the most a channel is sent unacked
+    real_qos = amqp.Channel.basic_qos
+
+    in_queue_purge = [False]  # only the queue's own purge: the shared ladder's read of
+    # delayed tasks (other tests' too, in this vhost) sets no limit, and is not this case
+    real_take_ids = ladder.take_ids
+
+    def qos(channel: Any, prefetch_size: int, prefetch_count: int, a_global: bool) -> Any:
+        if in_queue_purge[0]:
+            limits.append(prefetch_count)
+        return real_qos(channel, prefetch_size, prefetch_count, a_global)
+
+    def take_ids(*args: Any, **kwargs: Any) -> int:
+        in_queue_purge[0] = True
+        try:
+            return real_take_ids(*args, **kwargs)
+        finally:
+            in_queue_purge[0] = False
+
+    monkeypatch.setattr(amqp.Channel, "basic_qos", qos)
+    monkeypatch.setattr(amqp_transport, "take_ids", take_ids)
+    queue = unique_queue()
+    with open_transport(_with(amqp_uri, "relay=false")) as t:
+        t.state_uri = redis_state
+        ids = t.submit_tasks(queue, [{"n": n} for n in range(175)])
+        forgotten: list[int] = []
+        real = t._purged_elsewhere
+
+        def counting(queue_name: str, chunk: Any) -> None:
+            forgotten.append(len(chunk))
+            real(queue_name, chunk)
+
+        monkeypatch.setattr(t, "_purged_elsewhere", counting)
+        # When the queue, larger than a chunk, is purged
+        assert t.purge(queue) == 175
+        # Then it went by chunks of at most 50, every status forgotten
+        assert sum(forgotten) == 175 and 0 < max(forgotten) <= 50, forgotten
+        assert limits and all(0 < n <= 50 for n in limits), limits  # (0: no limit)
+        assert t.queue_stats(queue).ready == 0
+        assert all(s is None for s in t.statuses(ids))

@@ -29,17 +29,20 @@ def backend_uri(request, tmp_path) -> str:
     return make(tmp_path)
 
 
+def _with_priorities(backend_uri: str) -> str:
+    """The backend's URI as the commands use it: AMQP queues take priorities only when
+    declared with x-max-priority."""
+    if not backend_uri.startswith("amqp"):
+        return backend_uri
+    return backend_uri + ("&" if "?" in backend_uri else "?") + "max_priority=9"
+
+
 @pytest.fixture
 def cli(backend_uri, request):
     """Run ``asynctask ARGS`` on the backend (with a state store for AMQP)."""
     amqp = backend_uri.startswith("amqp")
     state = ["--set", f"asynctask_state={REDIS_URI}"] if amqp else []
-    # AMQP queues take priorities only when declared with x-max-priority
-    uri = (
-        backend_uri + ("&" if "?" in backend_uri else "?") + "max_priority=9"
-        if amqp
-        else backend_uri
-    )
+    uri = _with_priorities(backend_uri)
 
     def run(*args: str, timeout: float = 60) -> Result:
         return run_asynctask(*args, *state, uri=uri, timeout=timeout)
@@ -50,7 +53,7 @@ def cli(backend_uri, request):
 def _transport(backend_uri: str) -> Transport:
     """The backend's transport, its statuses where the commands read them (AMQP: the
     shared Redis, ``asynctask_state``)."""
-    transport = get_transport(backend_uri)
+    transport = get_transport(_with_priorities(backend_uri))
     if backend_uri.startswith("amqp"):
         transport.state_uri = REDIS_URI
     return transport
@@ -130,6 +133,28 @@ def test_submit_with_a_unique_key_twice_prints_the_same_id(cli):
         assert first == second
     finally:
         cli("cancel", first)
+
+
+def test_submit_priority_reaches_the_task(cli, backend_uri):
+    """Fails if ``submit --priority`` is dropped on its way (checked with the command
+    passing priority 0: the task came out behind the one submitted before it)."""
+    # Given a task of priority 0, then one submitted by the command with --priority 7
+    queue = unique_queue("cliprio")
+    transport = _transport(backend_uri)
+    try:
+        plain = transport.submit_task(queue, {"n": 0})
+        urgent = _submit(cli, queue, "--priority", "7")
+        # When a consumer takes them, Then the urgent one comes first
+        taken = []
+        with transport.consumer(queue) as consumer:
+            for _ in range(2):
+                delivery = reserve_within(consumer)
+                taken.append(delivery.id)
+                consumer.ack(delivery)
+        assert taken == [urgent, plain]
+    finally:
+        transport.purge(queue)
+        transport.close()
 
 
 def test_submit_refuses_bad_options_before_writing(cli):

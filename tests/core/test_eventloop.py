@@ -119,12 +119,15 @@ class Threaded(AsyncTaskWorker):
         super().__init__()
         self.threads: set[str] = set()
         self.lock = threading.Lock()
+        # all five at once, whatever the load (a sleep let a fast thread take a second
+        # task under load 20, and the set held 4 names)
+        self.together = threading.Barrier(self.child_concurrency, timeout=30)
 
     def process(self, payload):
         with self.lock:
             self.threads.add(threading.current_thread().name)
         assert self.delivery is not None and self.delivery.payload == payload
-        time.sleep(0.2)
+        self.together.wait()  # broken (and the task failed) unless 5 run at once
         if payload["n"] == 3:
             raise ValueError("three")
 

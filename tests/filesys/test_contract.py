@@ -15,8 +15,9 @@ from asynctask.testing.supervised import SupervisedStatusContract
 class TestFilesysTransport(TransportContract, StatusContract, SupervisedStatusContract):
     @pytest.fixture
     def transport_uri(self, tmp_path: Path) -> str:
-        # A 2 s lease keeps the recovery tests short (recovery_seconds = 2 + 1).
-        return f"filesys:{tmp_path / 'queues'}?lease=2"
+        # A 2 s lease keeps the recovery tests short (recovery_seconds = 2 + 1). A
+        # 10 s poll (used only without inotify): a wait not woken by inotify is late.
+        return f"filesys:{tmp_path / 'queues'}?lease=2&poll=10"
 
     @pytest.fixture
     def probe(self, tmp_path: Path, make_probe):

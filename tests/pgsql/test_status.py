@@ -27,9 +27,10 @@ from asynctask_pgsql.forget import FORGET_EVERY
 from asynctask_pgsql.state_sql import CANCEL_HEARD
 from asynctask_pgsql.statements import Statements
 from clitools import run_asynctask
+from slowlink import SlowLink
+from support import cancel_while_running_in_process
 
 from .conftest import CONNINFO, DATABASE, HOST
-from .slowlink import SlowLink
 
 URI = f"pgsql://{HOST}/{DATABASE}?recovery_seconds=1"
 
@@ -136,7 +137,7 @@ def test_a_cancelled_waiting_task_never_runs_and_its_row_is_gone(transport):
 
 @pytest.fixture
 def slow_link(pg_server: None) -> Any:
-    """A way to the server whose answers arrive 0.3 s late (``tests/pgsql/slowlink.py``)."""
+    """A way to the server whose answers arrive 0.3 s late (``tests/slowlink.py``)."""
     link = SlowLink(HOST, 5432, delay=0.3)
     yield link
     link.close()
@@ -755,3 +756,11 @@ def test_a_purge_reads_what_it_deleted_once(transport):
         loops = _loops(found[0]["Plan"])
         assert loops and all(n <= 1 for _, n in loops), loops
     assert transport.purge(queue) == 50
+
+
+@pytest.mark.parametrize("prefetch", [1, 4])
+def test_a_task_cancelled_while_it_runs_logs_its_result_discarded(transport, caplog, prefetch):
+    """The ack of a task whose cancel the consumer heard (its notification read without
+    waiting) says so, and the run loop logs it. Failed before: the ack returned None (the
+    row's deletion rides on the next statement), no line."""
+    cancel_while_running_in_process(transport, unique_queue(), caplog, prefetch)

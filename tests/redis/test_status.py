@@ -902,3 +902,34 @@ def test_turning_a_big_backlog_untracked_does_not_block_redis():
         finally:
             client.close()
             transport.close()
+
+
+def test_a_held_start_mark_reaches_a_server_that_never_ran_the_start_script():
+    """The mark thread sends a held running mark as an unanswered ``START`` call
+    (``flush_marks``); on a server that has not loaded that script (a fresh node, one
+    restarted) the reply is NOSCRIPT, read only with the consumer's next call: after the
+    task. So the consumer loads it on each connection it opens. (Failed before: on a
+    private Redis the second task of a move read ``queued`` through its run.)"""
+    with private_redis(appendonly=False) as server:
+        transport = open_transport(server.uri())
+        try:
+            queue = unique_queue()
+            ids = transport.submit_tasks(queue, [{"n": n} for n in range(3)])
+            consumer = transport.consumer(queue, prefetch=3)
+            try:
+                # Given the first task of a move run (its mark went with the move)
+                first = take(consumer)
+                assert consumer.start(first) == "run"
+                # When the second starts, its mark held for the thread to send
+                second = take(consumer)
+                assert consumer.start(second) == "run"
+                # Then it reads running while it runs, long before the consumer calls again
+                deadline = time.monotonic() + 2.0
+                while transport.status(second.id).state != "running":
+                    assert time.monotonic() < deadline, transport.status(second.id)
+                    time.sleep(0.02)
+            finally:
+                consumer.close()
+        finally:
+            transport.close()
+    assert ids[0] == first.id

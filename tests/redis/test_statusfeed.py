@@ -373,6 +373,32 @@ def test_a_start_refused_meanwhile_is_told_and_the_replies_after_it_stay_in_step
     assert (found[c].result, found[d].result) == (c, d)
 
 
+def test_a_flush_before_an_ack_waits_for_every_reply_and_close_then_owes_none(transport):
+    """``flush(waiting=False)``, before the broker is told a task is done, reads every
+    reply (the outcome is stored: a killed worker cannot take it along, see
+    tests/amqp/test_status.py's ``late`` way); a ``close`` after it, owed nothing,
+    returns at once (a blocking read of no reply would wait for good)."""
+    store, queue = transport.state(), unique_queue()
+    ids = [new_task_id() for _ in range(3)]
+    store.submitted(queue, ids, 0, SubmitOptions())
+    feed = store.feed(queue)
+    closed = threading.Event()
+    try:
+        for task_id in ids:
+            assert feed.may_start(task_id)
+            feed.started(task_id, 1)
+            feed.settled(task_id, "succeeded", 1, result_json="1")
+            # When the run loop flushes before its ack
+            feed.flush(waiting=False)
+            # Then nothing is owed, and Redis has the outcome
+            assert not feed._sent and not feed._held
+            assert store.statuses([task_id])[0].state == "succeeded"
+    finally:
+        closer = threading.Thread(target=lambda: (feed.close(), closed.set()), daemon=True)
+        closer.start()
+        assert closed.wait(5), "close waited for a reply it was never owed"
+
+
 def test_a_cancel_that_reaches_redis_before_a_start_mark_keeps_the_attempt_that_ran(
     transport, monkeypatch, caplog
 ):

@@ -201,6 +201,11 @@ class AmqpConsumer(Consumer):
             return None
         return self._link.connection.transport.sock
 
+    def has_frame(self) -> bool:
+        """Whether the connection holds a whole frame read ahead, not read yet (a relay
+        waiting on ``delivering_socket`` takes it first: the socket does not show it)."""
+        return self._connected() and self._link.has_frame()
+
     def _connected(self) -> bool:
         return self._link.is_open and self._generation == self._link.generation
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from asynctask_amqp.census import ready_counts
 from asynctask_amqp.link import Link, Unroutable
 from asynctask_amqp.topology import LADDER_EXPIRY_MS, LADDER_RENEW, RUNGS, rung_for
 
@@ -35,9 +36,6 @@ RUNG_HEADER = "asynctask-rung"
 WAITING = "x-asynctask-waiting"
 #: the kinds of wait, as counted: ``QueueStats.delayed`` and ``.retrying``
 KINDS = ("delay", "retry")
-
-#: ready messages of a queue by name, or None when it does not exist
-Passive = Callable[[Link, str], int | None]
 
 
 def rung_queue(rung: float, queue_type: str) -> str:
@@ -134,6 +132,63 @@ def take_unacked(link: Link, channel: Any, queue: str) -> list[Any]:
     return taken
 
 
+#: messages a purge that must learn their task ids holds at once (``take_ids``)
+PURGE_CHUNK = 500
+
+
+def take_ids(link: Link, channel: Any, queue: str, each: Callable[[list[str]], None]) -> int:
+    """Remove every message ``queue`` holds now, ``PURGE_CHUNK`` at a time, and hand each
+    chunk's task ids ('' for a foreign message without one) to ``each`` once the broker
+    has removed them; return how many were removed.
+
+    For a purge whose statuses live in ``asynctask_state`` (``queue_purge`` says how many
+    it deleted, not which). The broker streams them to a consumer on ``channel`` (a side
+    channel of ``link``, whose lock the caller holds), at most a chunk unacknowledged
+    (``basic.qos``): memory in proportion to the chunk, not the queue, and only the ids
+    are kept. A chunk is acknowledged in one frame (``multiple``); the ``basic.qos``
+    after it is answered once the broker has applied that ack, so ``each`` forgets
+    statuses only of tasks that are gone. Before, every message was held, then acked one
+    frame each. Stops as ``take_unacked`` does.
+    """
+    expected = int(channel.queue_declare(queue, passive=True).message_count)
+    if not expected:
+        return 0
+    chunk = PURGE_CHUNK
+    ids: list[str] = []
+    newest = [0]  # the delivery tag of the last message taken
+
+    def taken(message: Any) -> None:
+        ids.append(str(message.properties.get("message_id") or ""))
+        newest[0] = message.delivery_info["delivery_tag"]
+
+    done = 0
+
+    def settle() -> None:
+        nonlocal done
+        batch = ids[:]  # (those delivered while the qos below waits are the next chunk's)
+        ids.clear()
+        channel.basic_ack(newest[0], multiple=True)
+        channel.basic_qos(0, chunk, False)  # (a round trip: the ack is applied first)
+        done += len(batch)
+        each(batch)
+
+    channel.basic_qos(0, chunk, False)
+    tag = channel.basic_consume(queue, no_ack=False, callback=taken)
+    try:
+        last = (0, time.monotonic())
+        while done + len(ids) < expected and time.monotonic() - last[1] < TAKE_IDLE:
+            link.wait(TAKE_IDLE / 5)
+            if len(ids) >= chunk:
+                settle()
+            if done + len(ids) != last[0]:
+                last = (done + len(ids), time.monotonic())
+    finally:
+        channel.basic_cancel(tag)
+    if ids:  # (and those delivered before the cancel was answered)
+        settle()
+    return done
+
+
 class SharedLadder:
     """The vhost's ladder of one queue type, as one transport object declares and reads it.
 
@@ -197,30 +252,25 @@ class SharedLadder:
                 # a rung expired or was deleted since we declared the ladder
                 self.forget()
 
-    def census(self, link: Link, passive: Passive) -> dict[str, Counter[str]]:
+    def census(self, link: Link) -> dict[str, Counter[str]]:
         """Tasks waiting on the ladder, by task queue, then by kind (delay, retry)."""
         counts: dict[str, Counter[str]] = {}
-        for queue, kind, _ in self.walk(link, passive, take=None):
+        for queue, kind, _ in self.walk(link, take=None):
             counts.setdefault(queue, Counter())[kind] += 1
         return counts
 
-    def purge(self, link: Link, passive: Passive, queue: str) -> int:
+    def purge(self, link: Link, queue: str) -> int:
         """Remove every task of ``queue`` from the ladder; return how many."""
-        return sum(1 for owner, _, _ in self.walk(link, passive, take=queue) if owner == queue)
+        return sum(1 for owner, _, _ in self.walk(link, take=queue) if owner == queue)
 
-    def walk(
-        self, link: Link, passive: Passive, take: str | None
-    ) -> Iterator[tuple[str, str, Any]]:
+    def walk(self, link: Link, take: str | None) -> Iterator[tuple[str, str, Any]]:
         """Each message on the ladder as (task queue, kind, message), reading only the
         rungs that hold anything; those of queue ``take`` are acknowledged (removed), the
         others go back in their place when the side channel closes. The TTL a message
         had left is kept: a requeued message keeps its expiry time (RabbitMQ's TTL
         guide), so a read delays nothing beyond the moment it holds the message."""
-        counts = [passive(link, self.names[0])]
-        if counts[0] is None:  # the rungs are declared, and expire, together
-            return
-        counts += [passive(link, name) for name in self.names[1:]]
-        busy = [name for name, count in zip(self.names, counts, strict=True) if count]
+        counts = ready_counts(link, self.names)  # (none: no ladder, or it expired)
+        busy = [name for name in self.names if counts[name]]
         if not busy:
             return
         with side_channel(link) as side:

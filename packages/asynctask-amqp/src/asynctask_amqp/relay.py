@@ -145,10 +145,12 @@ class Relay:
             if len(self.ready) < self.consumer.prefetch:
                 broker = self.consumer.delivering_socket()
             waiting = [self.sock] if broker is None else [self.sock, broker]
-            readable = select.select(waiting, [], [], SLICE)[0]
+            # frames read ahead (``link.buffered_reads``) are not seen by select
+            ahead = broker is not None and self.consumer.has_frame()
+            readable = select.select(waiting, [], [], 0 if ahead else SLICE)[0]
             if self.sock in readable:
                 return
-            if readable:
+            if readable or ahead:
                 self._pull()
             else:
                 self._check_parent()

@@ -58,6 +58,7 @@ Storage
 from __future__ import annotations
 
 import dataclasses
+import functools
 import secrets
 import threading
 import time
@@ -84,8 +85,9 @@ from asynctask.transport import (
     TransportFeatures,
 )
 from asynctask.validation import Payload, is_valid_queue_name
+from asynctask_amqp.census import ready_counts
 from asynctask_amqp.consumer import AmqpConsumer
-from asynctask_amqp.ladder import KINDS, SharedLadder, browse, side_channel, take_unacked
+from asynctask_amqp.ladder import SharedLadder, browse, side_channel, take_ids, take_unacked
 from asynctask_amqp.link import (
     DRIVER_ERRORS,
     ConfirmsLost,
@@ -126,6 +128,14 @@ from asynctask_amqp.topology import (
     task_message,
 )
 
+#: seconds a count trusts that an old per-queue ladder it found missing is still missing.
+#: Nothing of this version declares one, so once gone it stays gone, unless a process of
+#: an earlier version (a fleet upgraded one host at a time) delays a task meanwhile: its
+#: tasks on that ladder are left out of this object's counts for at most this long.
+#: Without it every ``queues()`` asked 2 more names a queue, each a 404 that the broker
+#: answers by closing a channel (the costliest answer it gives).
+OLD_LADDER_RECHECK = 600.0
+
 
 class AmqpTransport(Transport):
     """Tasks in RabbitMQ; see the module docstring."""
@@ -162,6 +172,8 @@ class AmqpTransport(Transport):
         self._declared: set[str] = set()  # queues this object declared (or knows exist)
         self._resume: dict[str, int] = {}  # batch (by first task id) -> tasks confirmed
         self._claim_tokens: dict[str, int] = {}
+        #: first rungs of old per-queue ladders found missing, when (``_counted_names``)
+        self._no_old_ladder: dict[str, float] = {}
         self._ladder = SharedLadder(self.params.queue_type)
         #: consumers not closed yet; held here, so that a consumer dropped unclosed keeps
         #: its tasks (and its relay) until the transport closes, as a worker that holds
@@ -268,26 +280,16 @@ class AmqpTransport(Transport):
         )
         return True
 
-    def _old_ladder_counts(self, link: Link, queue: str, ladder: str) -> list[tuple[str, int]]:
-        """Ready messages of each rung of an old per-queue ladder (empty if there is none:
-        its rungs were declared, and expire, together)."""
-        names = rung_names(queue, ladder)
-        first = self._passive(link, names[0])
+    def _old_ladder_counts(
+        self, link: Link, queue: str, ladder: str, first: int | None
+    ) -> list[tuple[str, int]]:
+        """Ready messages of each rung of an old per-queue ladder, given its first rung's
+        (``None``: there is no such ladder; its rungs were declared, and expire, together)."""
         if first is None:
             return []
-        return [(names[0], first)] + [(n, self._passive(link, n) or 0) for n in names[1:]]
-
-    def _waiting(
-        self, link: Link, queue: str, census: dict[str, Counter[str]] | None = None
-    ) -> list[int]:
-        """Tasks of ``queue`` waiting on a ladder: [delayed, retrying]."""
-        if census is None:
-            census = self._ladder.census(link, self._passive)
-        shared = census.get(queue, Counter())
-        return [
-            shared[kind] + sum(count for _, count in self._old_ladder_counts(link, queue, kind))
-            for kind in KINDS
-        ]
+        names = rung_names(queue, ladder)
+        rest = ready_counts(link, names[1:])
+        return [(names[0], first)] + [(n, rest[n] or 0) for n in names[1:]]
 
     def _store_failed(self, link: Link, queue: str, received: Received, error: str, n: int) -> None:
         """Put a copy of a task in the failed store (the caller then acks the original)."""
@@ -398,73 +400,124 @@ class AmqpTransport(Transport):
                     return received.payload
 
     def _stats(self, queue: str) -> QueueStats:
-        with self._session() as link:
-            return self._counts(link, queue, None)
-
-    def _counts(self, link: Link, queue: str, census: dict[str, Counter[str]] | None) -> QueueStats:
-        if census is None:
-            # the ladder before the queue: a task moving from one to the other meanwhile
-            # is counted twice rather than missed (a drain check must not see it gone)
-            census = self._ladder.census(link, self._passive)
-        ready = self._passive(link, queue)
-        if ready is None:  # a queue is declared before anything of it is stored
-            return QueueStats(queue, 0, 0, 0, None, 0)
-        delayed, retrying = self._waiting(link, queue, census)
-        failed = self._passive(link, failed_name(queue)) or 0
-        return QueueStats(queue, ready, delayed, retrying, None, failed)
+        return self._stats_of(queue)[0]
 
     def _all_stats(self) -> list[QueueStats]:
-        """One read of the shared ladder for every queue, not one per queue."""
-        names = sorted(set(self._queue_names()))
+        """One read of the registry and of the shared ladder, and every queue's counts
+        asked at once (``census.ready_counts``): a few round trips, not 4 a queue."""
+        return self._stats_of(None)
+
+    def _stats_of(self, queue: str | None) -> list[QueueStats]:
+        """The counts of ``queue``, or of every queue of the registry (``None``)."""
         with self._session() as link:
-            census = self._ladder.census(link, self._passive)
-            return [self._counts(link, name, census) for name in names]
+            if queue is None and self._passive(link, REGISTRY) is None:
+                return []
+            with side_channel(link) as side:
+                entries = {queue: 0} if queue is not None else self._registered(link, side)
+                # the ladder before the queues: a task moving from one to the other
+                # meanwhile is counted twice rather than missed (a drain check must not
+                # see it gone)
+                census = self._ladder.census(link)
+                asked = {name: self._counted_names(name) for name in entries}
+                counts = ready_counts(link, [n for names in asked.values() for n in names if n])
+                self._note_old_ladders([n for names in asked.values() for n in names[2:]], counts)
+                if queue is None:
+                    for name, tag in entries.items():
+                        if counts[name] is None:
+                            side.basic_ack(tag)  # deleted since: forget it
+                # closing the side channel puts the registry entries kept back
+            found = []
+            for name, (_, failed, *firsts) in asked.items():
+                ready = counts[name]
+                if ready is None:  # a queue is declared before anything of it is stored
+                    found.append(QueueStats(name, 0, 0, 0, None, 0))
+                    continue
+                shared = census.get(name, Counter())
+                delayed, retrying = (
+                    shared[kind]
+                    + sum(
+                        c for _, c in self._old_ladder_counts(link, name, kind, counts.get(first))
+                    )
+                    for kind, first in zip(LADDERS, firsts, strict=True)
+                )
+                found.append(QueueStats(name, ready, delayed, retrying, None, counts[failed] or 0))
+            return found
+
+    def _counted_names(self, queue: str) -> list[str]:
+        """What a queue's counts read: the queue, its failed store, then the first rung
+        of each old per-queue ladder (``LADDERS`` order) not found missing lately."""
+        now = time.monotonic()
+        firsts = [rung_names(queue, ladder)[0] for ladder in LADDERS]
+        with self._lock:
+            for name in firsts:
+                if now - self._no_old_ladder.get(name, -OLD_LADDER_RECHECK) >= OLD_LADDER_RECHECK:
+                    self._no_old_ladder.pop(name, None)
+            firsts = [name if name not in self._no_old_ladder else "" for name in firsts]
+        return [queue, failed_name(queue), *firsts]
+
+    def _note_old_ladders(self, firsts: list[str], counts: dict[str, int | None]) -> None:
+        """Remember which of the old per-queue ladders whose ``firsts`` rungs were asked
+        ``counts`` found missing (see ``OLD_LADDER_RECHECK``)."""
+        now = time.monotonic()
+        with self._lock:
+            for name in firsts:
+                if name and counts.get(name, 0) is None:
+                    self._no_old_ladder[name] = now
+
+    def _registered(self, link: Link, side: Any) -> dict[str, int]:
+        """The registry's queue names, each with the delivery tag of its entry, taken
+        unacknowledged on ``side`` (duplicates, and names not ours, acked: removed)."""
+        names: dict[str, int] = {}
+        for message in take_unacked(link, side, REGISTRY):
+            name = read_message(message).text
+            tag = message.delivery_info["delivery_tag"]
+            if name in names or not is_valid_queue_name(name):
+                side.basic_ack(tag)  # a duplicate, or not ours
+            else:
+                names[name] = tag
+        return names
 
     def _queue_names(self) -> list[str]:
         with self._session() as link:
             if self._passive(link, REGISTRY) is None:
                 return []
-            names: dict[str, Any] = {}
             with side_channel(link) as side:
-                for message in browse(side, REGISTRY):
-                    name = read_message(message).text
-                    tag = message.delivery_info["delivery_tag"]
-                    if name in names or not is_valid_queue_name(name):
-                        side.basic_ack(tag)  # a duplicate, or not ours
-                    else:
-                        names[name] = tag
-                for name, tag in list(names.items()):
-                    if self._passive(link, name) is None:
+                entries = self._registered(link, side)
+                exists = ready_counts(link, entries)
+                for name, tag in entries.items():
+                    if exists[name] is None:
                         side.basic_ack(tag)  # deleted since: forget it
-                        del names[name]
-            # closing the side channel put the entries kept back into the registry
-            return list(names)
+                # closing the side channel puts the entries kept back into the registry
+            return [name for name in entries if exists[name] is not None]
 
     def _purge(self, queue: str) -> int:
         store = self.external_state()
-        purged: list[str] = []
+        purged: list[str] = []  # (the ladder's, with asynctask_state)
+        # (after the messages are gone: see _purged_elsewhere)
+        forget = functools.partial(self._forget_purged, queue)
         with self._session() as link:
             if self._passive(link, queue) is None:
                 return 0
             if store is None:
                 total = int(link.channel.queue_purge(queue) or 0)
-                total += self._ladder.purge(link, self._passive, queue)
-            else:  # the ids, whose statuses the store must forget
-                purged = _take_ids(link, queue)
-                for owner, _, message in self._ladder.walk(link, self._passive, take=queue):
+                total += self._ladder.purge(link, queue)
+            else:  # the ids, whose statuses the store must forget, a chunk at a time
+                with side_channel(link) as side:
+                    total = take_ids(link, side, queue, forget)
+                for owner, _, message in self._ladder.walk(link, take=queue):
                     if owner == queue:
                         purged.append(_message_id(message))
-                total = len(purged)
+                total += len(purged)
             for ladder in LADDERS:
-                for name, count in self._old_ladder_counts(link, queue, ladder):
+                first = self._passive(link, rung_names(queue, ladder)[0])
+                for name, count in self._old_ladder_counts(link, queue, ladder, first):
                     if count and store is None:
                         total += int(link.channel.queue_purge(name) or 0)
                     elif count:
-                        taken = _take_ids(link, name)
-                        purged += taken
-                        total += len(taken)
-        if store is not None:  # after the messages are gone (see _purged_elsewhere)
-            self._purged_elsewhere(queue, [i for i in purged if i])
+                        with side_channel(link) as side:
+                            total += take_ids(link, side, name, forget)
+        if store is not None:
+            forget(purged)
         return total
 
     def _failed(self, queue: str, limit: int, offset: int) -> list[FailedTask]:
@@ -520,7 +573,8 @@ class AmqpTransport(Transport):
             if ids is None and store is None:
                 return int(link.channel.queue_purge(name) or 0)
             if ids is None:  # the ids, whose failed statuses the store must forget
-                purged = _take_ids(link, name)
+                with side_channel(link) as side:
+                    return take_ids(link, side, name, functools.partial(self._forget_purged, queue))
             else:
                 with side_channel(link) as side:
                     chosen = chosen_from(browse(side, name), ids)
@@ -528,8 +582,12 @@ class AmqpTransport(Transport):
                         side.basic_ack(message.delivery_info["delivery_tag"])
                 purged = [_message_id(message) for message in chosen]
         if store is not None:
-            self._purged_elsewhere(queue, [i for i in purged if i])
+            self._forget_purged(queue, purged)
         return len(purged)
+
+    def _forget_purged(self, queue: str, ids: list[str]) -> None:
+        """``_purged_elsewhere`` of the ids a purge read ('' for a foreign message)."""
+        self._purged_elsewhere(queue, [i for i in ids if i])
 
     def _claim(self, key: str, ttl: float) -> bool:
         # A durable queue named after the key, expiring after ttl (x-expires), stands for
@@ -609,17 +667,6 @@ def recover(link: Link, exc: BaseException) -> None:
 def _message_id(message: Any) -> str:
     """A message's task id ('' for a foreign message without one: no status)."""
     return str(message.properties.get("message_id") or "")
-
-
-def _take_ids(link: Link, name: str) -> list[str]:
-    """Remove every message ``name`` holds now and return their task ids: a purge whose
-    statuses live in ``asynctask_state`` (``queue_purge`` says how many it deleted, not
-    which). The broker streams them (``take_unacked``), acked as they are read."""
-    with side_channel(link) as side:
-        taken = take_unacked(link, side, name)
-        for message in taken:
-            side.basic_ack(message.delivery_info["delivery_tag"])
-    return [_message_id(message) for message in taken]
 
 
 def chosen_from(messages: list[Any], ids: Sequence[str] | None) -> list[Any]:

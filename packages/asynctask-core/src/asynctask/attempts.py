@@ -143,7 +143,7 @@ def record(
     result_json: str | None = None,
     *,
     send_now: bool = False,
-) -> None:
+) -> bool | None:
     """Write an outcome to the store of ``asynctask_state``, when another transport keeps
     this one's statuses (a transport keeping its own wrote it with the settle).
 
@@ -154,11 +154,16 @@ def record(
     it read ``running`` for good and ``wait`` never returned. The task's start, if still
     held, goes with it as one write. A store that cannot be reached leaves the writes
     kept in the feed (``flush_status_feed`` never raises), sent first with its next write.
+
+    True when the feed knows the task was cancelled while it ran (a success: its result
+    is discarded, ``cancelled_while_running`` says so), else None.
     """
-    if consumer.tracking:
-        consumer.record_outcome(delivery, state, error, result_json)
-        if send_now:
-            consumer.flush_status_feed(waiting=False)
+    if not consumer.tracking:
+        return None
+    cancelled = consumer.record_outcome(delivery, state, error, result_json)
+    if send_now:
+        consumer.flush_status_feed(waiting=False)
+    return cancelled
 
 
 def settle(
@@ -179,9 +184,10 @@ def settle(
             limit = consumer.transport.max_payload_bytes
             result_json = encode_result(worker, delivery, result, limit)
         fed = consumer.has_status_feed
+        told = None
         if fed:  # (a task cancelled meanwhile stays cancelled: the store's script keeps it)
-            record(consumer, delivery, "succeeded", result_json=result_json, send_now=True)
-        if consumer.ack(delivery, result_json):
+            told = record(consumer, delivery, "succeeded", result_json=result_json, send_now=True)
+        if consumer.ack(delivery, result_json) or told:
             cancelled_while_running(log, delivery)
         if not fed:
             record(consumer, delivery, "succeeded", result_json=result_json)
@@ -198,7 +204,10 @@ def settle(
     # there and drops the task instead (retry/fail return True), and says so.
     if isinstance(exc, worker.dont_retry) or attempts_left <= 0:
         # The failed store first, then ``failed`` (sent at once, never held): a waiter
-        # woken by ``failed`` finds the task in the failed store (the status contract)
+        # woken by ``failed`` finds the task in the failed store (the status contract).
+        # A worker killed between the two leaves the task there reading ``running``:
+        # ``failed`` written first closed that window but broke this promise (the
+        # contract's retry-then-fail story on AMQP found the failed store empty)
         if consumer.fail(delivery, error):
             return _dropped_cancelled(worker, delivery, exc)
         why = "not retried" if isinstance(exc, worker.dont_retry) else "no retries left"

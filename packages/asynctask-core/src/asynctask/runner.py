@@ -402,8 +402,8 @@ class _TaskRun:
                 # attempts.settle's success path with no result to store, inline (a call
                 # less and no event call: ~2.5k instructions a task, callgrind)
                 if tracked and consumer.has_status_feed:
-                    record(consumer, delivery, "succeeded", send_now=True)  # (see there)
-                    if consumer.ack(delivery, None):
+                    told = record(consumer, delivery, "succeeded", send_now=True)  # (see there)
+                    if consumer.ack(delivery, None) or told:
                         cancelled_while_running(log, delivery)
                 else:
                     if consumer.ack(delivery, None):

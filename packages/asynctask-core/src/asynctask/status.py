@@ -208,12 +208,14 @@ class StatusFeed(ABC):
         *,
         error: str | None = None,
         result_json: str | None = None,
-    ) -> None:
+    ) -> bool | None:
         """``StateStore.settled`` sent without waiting, after every earlier write of
         this feed. A write whose connection is lost before its reply is sent again.
         A feed may hold it for its next write, ``flush`` or ``close``, a few
         milliseconds at most: the run loop calls ``flush`` before it tells the broker
-        the task is done."""
+        the task is done. Returns True for a success when the feed
+        knows, without waiting, that the task was cancelled while it ran (it stays
+        ``cancelled``, its result discarded: the run loop says so), else None."""
 
     def flush(self, *, waiting: bool = True) -> None:  # noqa: B027 (optional)
         """Send the writes held, if any (``Consumer.flush_status_feed``): ``waiting``,

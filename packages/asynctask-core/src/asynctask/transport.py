@@ -347,21 +347,23 @@ class Consumer(ABC):
         state: State,
         error: str | None = None,
         result_json: str | None = None,
-    ) -> None:
+    ) -> bool | None:
         """Write an outcome to the store named by ``asynctask_state`` (a transport
         keeping its own statuses wrote it with the settle): through this consumer's
-        ``StatusFeed`` without waiting when it has one, else waiting for the store."""
+        ``StatusFeed`` without waiting when it has one, else waiting for the store.
+        True when the feed knows the task was cancelled while it ran (``StatusFeed
+        .settled``), else None."""
         store = self.transport.external_state()
         if store is None:
-            return
+            return None
         known = self._status_feed
         if known is not None and known[0] is store and known[1] is not None:
-            known[1].settled(
+            return known[1].settled(
                 delivery.id, state, delivery.attempt, error=error, result_json=result_json
             )
-            return
         settled = functools.partial(store.settled, error=error, result_json=result_json)
         self.transport._call(settled, delivery.queue, delivery.id, state, delivery.attempt)
+        return None
 
     @property
     def has_status_feed(self) -> bool:

@@ -472,17 +472,53 @@ class PgsqlConsumer(Consumer):
             self._floor = _lower(self._floor, place)
             self._since = _lower(self._since, place)
 
-    def ack(self, delivery: Delivery, result_json: str | None = None) -> None:
+    def ack(self, delivery: Delivery, result_json: str | None = None) -> bool | None:
         """Done: the row is deleted by this consumer's next statement (no round trip now),
-        and its status is ``succeeded`` with ``result_json`` by the same statement."""
+        and its status is ``succeeded`` with ``result_json`` by the same statement (one
+        already ``cancelled`` stays so). True when a cancel of the task was announced
+        on our channel since it was taken (the notifications that have arrived are read
+        without waiting): its result is discarded, and the run loop says so."""
         with self._lock:
             self._expires.pop(delivery.receipt, None)
             unmarked = self._unmarked.pop(delivery.receipt, None)
-            if self._held.pop(delivery.receipt, None) is not None:
-                self._finished += 1
-                self._acks.append(delivery.receipt)
-                self._results.append(result_json)
-                self._started.append(None if unmarked is None else int(unmarked[1] * 1e6))
+            if self._held.pop(delivery.receipt, None) is None:
+                return None
+            self._finished += 1
+            self._acks.append(delivery.receipt)
+            self._results.append(result_json)
+            self._started.append(None if unmarked is None else int(unmarked[1] * 1e6))
+            return self._cancel_heard(delivery.id) if self._tracked() else None
+
+    def _cancel_heard(self, task_id: str) -> bool | None:
+        """Whether a cancel of ``task_id`` that returned before this call was announced
+        on our channel (the lock held), as ``_start_later`` knows it of a start: with
+        what has arrived, read without waiting, then, unless our last question left
+        less than ``CANCEL_HEARD`` ago, a bare Sync (``_hear_cancels``). A drain of
+        short tasks asks nothing more (its START or reserve was that question); a task
+        that ran longer pays one round trip, a small part of its own time. (Reading
+        what had arrived alone missed the announcement in the first run of the test at
+        prefetch 1, load ~20: the listening backend had not been scheduled yet.) Its
+        cost on a drain: 98,174 -> 102,607 instructions a task (``bench/loopcost.py
+        --instructions``, 1,000 tasks, load 12)."""
+        conn = self._conn
+        if task_id not in self._cancelled and conn is not None and not conn.closed:
+            pgconn = conn.pgconn
+            try:
+                pgconn.consume_input()
+                while (note := pgconn.notifies()) is not None:
+                    self._heard(Notify(note.relname.decode(), note.extra.decode(), note.be_pid))
+                if task_id not in self._cancelled and (
+                    time.monotonic() - self._asked_at >= CANCEL_HEARD
+                ):
+                    self._hear_cancels(conn)
+            except psycopg.Error as exc:  # as ``_start_later``: the next statement reconnects
+                logger.debug("%r: reading notifications failed (%s)", self, exc)
+                self._drop_connection()
+                return None
+        if task_id in self._cancelled:
+            self._cancelled.discard(task_id)
+            return True
+        return None
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> bool | None:
         """Back to the queue after ``delay`` seconds, one attempt more; True if it was

@@ -132,13 +132,15 @@ SELECT state, open, lapsed, (SELECT count(*) FROM lapse) FROM cur
 """
 
 # Requeued from the failed store (``queued``) is the one way out of a final state;
-# ``cancelled`` is never overwritten.
+# ``cancelled`` is never overwritten. ``failed`` gets no ``date_forget``: it lives as long
+# as its failed record (the purge of that record deletes it, ``PURGED``).
 SETTLED = f"""
 UPDATE {{s}}.asynctask_status AS s
 SET state = %(state)s, attempts = %(attempts)s, error = coalesce(%(error)s, s.error),
     result = CASE WHEN %(state)s = 'succeeded' THEN %(result)s END,
     date_finished = CASE WHEN %(final)s THEN now() END,
-    date_forget = CASE WHEN %(final)s THEN now() + make_interval(secs => %(ttl)s::float8) END,
+    date_forget = CASE WHEN %(final)s AND %(state)s <> 'failed'
+                       THEN now() + make_interval(secs => %(ttl)s::float8) END,
     unique_key = CASE WHEN %(final)s THEN NULL ELSE s.unique_key END
 WHERE s.task_id = %(id)s::uuid
   AND (s.date_finished IS NULL OR (s.state = 'failed' AND %(state)s = 'queued'))

@@ -62,7 +62,7 @@ end
 -- seven a task in a drain at prefetch 1); '%d' costs a fraction of that.
 local function int(n) return string.format('%d', n) end
 
-local clock, clock_text
+local clock
 local function now_ms()  -- one TIME per script: time stands still inside one anyway
   if not clock then
     local t = redis.call('TIME')
@@ -70,11 +70,17 @@ local function now_ms()  -- one TIME per script: time stands still inside one an
   end
   return clock
 end
--- Seconds as the status fields keep them; the script's own time formatted once.
+-- Seconds as the status fields keep them, each millisecond formatted once a script: a
+-- ``string.format`` costs redis-server about 4.7k instructions, a look-up 0.1k, and a
+-- move's acks share a few distinct ms (the script's own time, the starts of a batch).
+local stamps = {}
 local function stamp(ms)
-  if ms ~= clock then return string.format('%.3f', ms / 1000) end
-  if not clock_text then clock_text = string.format('%.3f', ms / 1000) end
-  return clock_text
+  local text = stamps[ms]
+  if not text then
+    text = string.format('%.3f', ms / 1000)
+    stamps[ms] = text
+  end
+  return text
 end
 
 -- Pushed to an empty ready list when an urgent task is stored, so that a consumer
@@ -86,6 +92,13 @@ local NUDGE = '{"__asynctask__":0}'
 #: is work at each call (about 600 instructions a function or a key name; the whole
 #: prelude cost ``START`` 38k instructions a call, redis-server under callgrind, against
 #: 16k for the call itself): ``script`` gives each only the definitions it uses.
+#:
+#: A drain's success costs four commands a task (HMGET of state, unique and waiting,
+#: HSET of four fields, PEXPIRE of the status and of its id pointer): 34-38k instructions
+#: of redis-server a task in a script of 32 of them (callgrind, 2026-12-07, loops of
+#: those calls alone: the pointer's PEXPIRE 5k, the HMGET 10-14k), about half of a
+#: tracked move's 84k a task at prefetch 32 (untracked 20k). Fewer a task needs another
+#: layout (one key a task: no pointer) or another way to know of a waiter or unique key.
 _FINISH = r"""
 local FINAL = {succeeded = true, failed = true, cancelled = true, expired = true}
 
@@ -93,8 +106,9 @@ local FINAL = {succeeded = true, failed = true, cancelled = true, expired = true
 -- they mark the status's field ``waiting`` first, read with the state, so a final write
 -- costs no command of its own to know it), its unique key ``u`` freed. It is forgotten
 -- ``ttl_ms`` later; a failed one lives as long as its failed record.
-local function finish_held(id, u, w, state, now, ttl_ms, ...)
-  local key = task_key(id)
+-- ``key`` is ``task_key(id)``, which the caller has made already (a concatenation: 1k
+-- instructions).
+local function finish_held(key, id, u, w, state, now, ttl_ms, ...)
   redis.call('HSET', key, 'state', state, 'finished_at', stamp(now), ...)
   if u and redis.call('GET', unique_key(u)) == id then redis.call('DEL', unique_key(u)) end
   if w then
@@ -110,8 +124,9 @@ end
 
 -- ``finish_held`` for a caller that has not read the task's unique key and waiter mark
 local function finish(id, state, now, ttl_ms, ...)
-  local f = redis.call('HMGET', task_key(id), 'unique', 'waiting')
-  finish_held(id, f[1], f[2], state, now, ttl_ms, ...)
+  local key = task_key(id)
+  local f = redis.call('HMGET', key, 'unique', 'waiting')
+  finish_held(key, id, f[1], f[2], state, now, ttl_ms, ...)
 end
 
 -- Whether a task may start: 'run', or the final state it has ('cancelled', or
@@ -155,7 +170,8 @@ end
 -- ``...``: more fields to write (a start not written yet: its attempts and started_at,
 -- written over a cancel too: the task ran, see ``late_start``).
 local function succeed(id, now, ttl_ms, result, ...)
-  local f = redis.call('HMGET', task_key(id), 'state', 'unique', 'waiting')
+  local key = task_key(id)
+  local f = redis.call('HMGET', key, 'state', 'unique', 'waiting')
   local state = f[1]
   if state == 'cancelled' then
     redis.call('ZREM', cancelled_ids, id)  -- gone for good
@@ -163,9 +179,9 @@ local function succeed(id, now, ttl_ms, result, ...)
   end
   if not state or state == 'cancelled' or state == 'expired' then return end
   if result ~= '' then
-    finish_held(id, f[2], f[3], 'succeeded', now, ttl_ms, 'result', result, ...)
+    finish_held(key, id, f[2], f[3], 'succeeded', now, ttl_ms, 'result', result, ...)
   else
-    finish_held(id, f[2], f[3], 'succeeded', now, ttl_ms, ...)
+    finish_held(key, id, f[2], f[3], 'succeeded', now, ttl_ms, ...)
   end
 end
 
@@ -384,23 +400,22 @@ local function record(ids, state, now, expires, unique, ttl_ms)
   for i = 1, #pointers, 4000 do  -- unpack() takes a few thousand values at most
     redis.call('MSET', unpack(pointers, i, math.min(i + 3999, #pointers)))
   end
-  if unique ~= '' then
-    local id = ids[1]
-    -- held until the task is final, or until it expires unstarted
-    if expires ~= '' then
-      redis.call('SET', unique_key(unique), id, 'PX', math.ceil(tonumber(expires)))
-    else
-      redis.call('SET', unique_key(unique), id)
-    end
-  end
+  -- held until the task is final (``holder_of``: or past its expires unstarted); never
+  -- a key expiry, which let a task started in time lose it while it ran or backed off
+  if unique ~= '' then redis.call('SET', unique_key(unique), ids[1]) end
 end
 
--- The task holding ``unique`` on this queue while it is not final, or nil.
+-- The task holding ``unique`` on this queue while it is not final, or nil. One never
+-- started and past its ``expires`` holds it no more: it will never run (the worker that
+-- meets it makes it ``expired``, which frees the key only if it still holds it).
 local function holder_of(unique)
   local holder = redis.call('GET', unique_key(unique))
   if holder then
-    local state = redis.call('HGET', task_key(holder), 'state')
-    if state and not FINAL[state] then return holder end
+    local f = redis.call('HMGET', task_key(holder), 'state', 'expires_at', 'started_at')
+    if f[1] and not FINAL[f[1]] then
+      if f[2] and not f[3] and now_ms() >= tonumber(f[2]) then return nil end
+      return holder
+    end
   end
   return nil
 end

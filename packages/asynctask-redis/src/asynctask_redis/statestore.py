@@ -88,18 +88,19 @@ end
 -- ``expires``: their starts always wait for ``STARTED``). Returns what ``start_one``
 -- would have.
 local function start_and_succeed(id, attempt, ago, result)
-  local f = redis.call('HMGET', task_key(id), 'state', 'unique', 'waiting')
+  local key = task_key(id)
+  local f = redis.call('HMGET', key, 'state', 'unique', 'waiting')
   local state = f[1]
   local now = now_ms()
   local fields = {'attempts', attempt, 'started_at', stamp(now - ago)}
   if state == 'cancelled' then  -- it ran all the same: see ``start_one``
     redis.call('ZREM', cancelled_ids, id)
-    redis.call('HSET', task_key(id), unpack(fields))
+    redis.call('HSET', key, unpack(fields))
   end
   if state == 'cancelled' or state == 'expired' then return state end
   if not state then return 'run' end  -- no status kept
   if result ~= '' then fields[5] = 'result'; fields[6] = result end
-  finish_held(id, f[2], f[3], 'succeeded', now, ttl_ms, unpack(fields))
+  finish_held(key, id, f[2], f[3], 'succeeded', now, ttl_ms, unpack(fields))
   return 'run'
 end
 
@@ -117,7 +118,7 @@ local function settle_one(id, state, attempts, err, result)
     extra[#extra + 1] = 'result'; extra[#extra + 1] = result
   end
   if FINAL[state] then
-    finish_held(id, f[2], f[3], state, now_ms(), ttl_ms, unpack(extra))
+    finish_held(key, id, f[2], f[3], state, now_ms(), ttl_ms, unpack(extra))
   elseif state == 'queued' then  -- handed back, or requeued from the failed store
     redis.call('HSET', key, 'state', 'queued', unpack(extra))
     redis.call('HDEL', key, 'finished_at')

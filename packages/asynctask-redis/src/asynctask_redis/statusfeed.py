@@ -29,8 +29,10 @@ outcome held must not die with the worker while the broker forgets the task), wi
 first was held, from a thread of the feed (``startmarks.MarkFlusher``); a held start
 carries its age, so ``started_at`` is when the task started, on the server's clock.
 Replies are read once ``READ_EVERY`` are due and have arrived, with later calls, and all
-of them at ``close`` (replies that are all ``0``, every start allowed, are taken from the
-socket without a parser). When that connection fails, every write whose reply was not
+of them, waited for, by a ``flush`` before an ack or a retry (``waiting`` False: an
+outcome sent but not read by Redis dies with a killed worker, see ``_settle_sent``) and
+at ``close`` (replies that are all ``0``, every start allowed, are taken from the socket
+without a parser). When that connection fails, every write whose reply was not
 read is made again, waited for, in order, with the transport's retries (a start whose
 task's outcome is among them is dropped: running after the outcome would be a step
 back); the thread tries once, not holding the consumer's calls for ``retry_timeout``.
@@ -240,10 +242,12 @@ class RedisStatusFeed(StatusFeed):
         *,
         error: str | None = None,
         result_json: str | None = None,
-    ) -> None:
+    ) -> bool | None:
         """An outcome, sent without waiting: a success held for the next write (at most
         ``HOLD`` seconds; with its start, if that is held, as one write), any other
-        sent at once with those held."""
+        sent at once with those held. True for a success whose cancel the feed has
+        heard (read without waiting, as ``may_start`` reads; the script keeps it
+        ``cancelled``, its result discarded), so that the run loop says so."""
         with self._lock:
             held = self._held
             if state == "succeeded":
@@ -252,10 +256,17 @@ class RedisStatusFeed(StatusFeed):
                     held[-1] = _Write("b", task_id, attempts, last.began, result=result_json or "")
                 else:
                     self._hold(_Write("o", task_id, attempts, 0.0, state, "", result_json or ""))
-                return
+                # (a cancel heard before the start stopped it there: one heard now came
+                # after; one poll(2), as the redis consumer's ack pays for the same line)
+                feed = self._cancels
+                if feed.live and feed.heard() and task_id in feed.cancelled:
+                    del feed.cancelled[task_id]
+                    return True
+                return None
             write = _Write("o", task_id, attempts, 0.0, state, error or "", result_json or "")
             self._held = []
             self._send((*held, write))
+            return None
 
     def _hold(self, write: _Write) -> None:
         """Keep ``write`` for the next send (the lock held)."""
@@ -280,6 +291,29 @@ class RedisStatusFeed(StatusFeed):
                 self._send(tuple(held))
             elif self._kept():
                 self._redo("writes kept since an outage")
+            if not waiting:
+                self._settle_sent()
+
+    def _settle_sent(self) -> None:
+        """Wait for the replies of every write sent (the lock held): the outcome just
+        sent is stored before the broker is told the task is done. Sent, not read, it
+        could die with the worker (SIGKILL, OOM) in the socket: closing a socket with a
+        reply unread resets the connection, and Redis drops what it had not read yet
+        (an acknowledged success read ``queued`` 1 run in 13). One round trip for all
+        the writes of the flush and those sent before it, not one a write: a worker's
+        run loop went from 536,912 to 564,156 instructions a task with it and the
+        cancel look of ``settled`` (``bench/loopcost.py --instructions``, amqp
+        relay=false, statuses in Redis, 1,000 tasks; load 23-25), plus the wait."""
+        conn = self._conn
+        if conn is None or not self._sent:
+            return  # nothing unanswered, or kept (``_redo`` waited, or raised)
+        try:
+            self._read(conn, block=True)
+        except (RedisError, OSError) as exc:
+            self._redo(f"its connection failed ({exc})")
+        except BaseException:
+            self._drop()  # out of step: the writes unanswered are made again later
+            raise
 
     def flush_marks(self, now: float) -> float | None:
         """The flusher thread's look (``MarkFlusher``): send the successes held once the
@@ -389,8 +423,8 @@ class RedisStatusFeed(StatusFeed):
 
     def _read(self, conn: Any, block: bool) -> None:
         """Read the replies that have arrived (all of them with ``block``)."""
-        if not block and self._read_all_run(conn):
-            return
+        if not self._sent or self._read_all_run(conn, wait=block):
+            return  # (nothing owed: a blocking read would wait for good)
         while self._sent and (block or conn.can_read(timeout=0)):
             entry = self._sent[0]
             try:
@@ -405,27 +439,36 @@ class RedisStatusFeed(StatusFeed):
             self._sent.popleft()
             self._verdicts(entry.writes, reply)
 
-    def _read_all_run(self, conn: Any) -> bool:
+    def _read_all_run(self, conn: Any, wait: bool = False) -> bool:
         """Take the replies that have arrived straight from the socket when they are all
         ``0`` (every start may run: the common case), as ``connection.reply_to`` reads a
         submit's; whether that was all (else what came is left to redis-py's parser).
-        Reading them one by one through redis-py (``can_read`` and ``read_response``, a
-        reply each) cost a worker as much as sending them."""
+        With ``wait``, wait for the reply of every write sent. Reading them one by one
+        through redis-py (``can_read`` and ``read_response``, a reply each) cost a
+        worker as much as sending them."""
         buffer = own_reading(conn)
         sock = conn._sock
         if buffer is None or type(sock) is not socket.socket:  # (TLS: redis-py reads)
             return False
-        try:
-            data = sock.recv(buffer.socket_read_size, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return True  # nothing has arrived
-        if not data:
-            raise RedisConnectionError("Connection closed by server.")
-        n, odd = divmod(len(data), len(ALL_RUN))
-        if not odd and n <= len(self._sent) and data == ALL_RUN * n:
-            for _ in range(n):
-                self._sent.popleft()
-            return True
+        size, flags = buffer.socket_read_size, 0 if wait else socket.MSG_DONTWAIT
+        data = b""
+        while True:
+            try:
+                more = sock.recv(size, flags)
+            except BlockingIOError:
+                return True  # nothing has arrived
+            if not more:
+                raise RedisConnectionError("Connection closed by server.")
+            data += more
+            n, odd = divmod(len(data), len(ALL_RUN))
+            if data != ALL_RUN * n + ALL_RUN[:odd] or n > len(self._sent):
+                break  # another reply: the parser reads it
+            if not odd and (not wait or n == len(self._sent)):
+                for _ in range(n):
+                    self._sent.popleft()
+                return True
+            if not wait:
+                break  # a reply in pieces: the parser reads on
         kept = buffer._buffer  # empty (``own_reading``): the parser reads it first
         kept.write(data)
         kept.seek(0)

@@ -240,6 +240,37 @@ class StatusContract:
         assert still is not None and still.state == "delayed"
         assert transport.status("0" * 32) is None
 
+    def test_a_prefetched_task_reads_queued_until_it_starts(self, transport, queue):
+        """``running`` means a worker started the task, not that a consumer holds it:
+        with a prefetch of 3, the task started reads running and the two reserved
+        behind it read queued. Fails against a localmem whose reserve marked every task
+        it handed out running (all three read running)."""
+        # Given three tasks, all reserved by one consumer, the first started
+        ids = transport.submit_tasks(queue, [{"n": n} for n in range(3)])
+
+        def read() -> list[str | None]:
+            return [s.state if s else None for s in transport.statuses(ids)]
+
+        with transport.consumer(queue, prefetch=3) as consumer:
+            first = consumer.reserve(timeout=10)
+            assert first is not None and first.id == ids[0]
+            assert consumer.start(first) == "run"
+            held = [consumer.reserve(timeout=10) for _ in range(2)]
+            assert [d.id if d else None for d in held] == ids[1:]
+            # Then the started one is running (a mark may be sent a moment later), the
+            # two held behind it queued
+            consumer.flush_status_feed()
+            states = _wait_until(read, lambda s: s[0] != "queued", 2)
+            assert states == ["running", "queued", "queued"], states
+            # (and each runs in its turn)
+            for delivery in (first, *held):
+                assert delivery is not None
+                if delivery is not first:
+                    assert consumer.start(delivery) == "run"
+                consumer.ack(delivery)
+                consumer.record_outcome(delivery, "succeeded")
+        assert [transport.wait(i, timeout=10).state for i in ids] == ["succeeded"] * 3
+
     def test_a_task_that_retries_then_fails_goes_through_retrying_to_failed(
         self, transport, queue, apart
     ):
@@ -634,6 +665,49 @@ class StatusContract:
         assert probe.stored(queue) == 1
         transport.purge_failed(queue)
 
+    def test_a_unique_key_is_held_while_its_task_runs_past_its_expires(
+        self, transport, queue, probe
+    ):
+        """``expires`` bounds only the wait for a start: a task started in time keeps its
+        unique key while it runs or backs off past it, until it is final. Failed against
+        redis (and AMQP with statuses in redis), whose key lapsed with ``expires``: a
+        second task was created while the first ran."""
+        key = "held:" + unique_queue("k")
+        # Given a task with a key and a 3 s expiry (a loaded machine takes a second to
+        # open a consumer), started in time
+        lapses = time.monotonic() + 3.0
+        tid = transport.submit_task(queue, {"n": 1}, unique_key=key, expires=3.0)
+        with transport.consumer(queue) as consumer:
+            delivery = consumer.reserve(timeout=10)
+            assert delivery is not None and delivery.id == tid
+            assert consumer.start(delivery) == "run"
+            # When it runs past its expiry
+            time.sleep(max(0.0, lapses - time.monotonic()) + 0.5)
+            # Then it is running and holds its key: a submit with it writes nothing
+            running = transport.status(tid)
+            assert running is not None and running.state == "running", running
+            again = transport.submit_task(queue, {"n": 2}, unique_key=key)
+            assert again == tid, "a second task was created while the key's holder ran"
+            # When it fails and backs off, still past its expiry
+            consumer.retry(delivery, 1.0, "RuntimeError: once more")
+            consumer.record_outcome(delivery, "retrying", "RuntimeError: once more")
+            consumer.flush_status_feed()
+            retrying = transport.status(tid)
+            assert retrying is not None and retrying.state == "retrying", retrying
+            again = transport.submit_task(queue, {"n": 3}, unique_key=key)
+            assert again == tid, "a second task was created while the key's holder backed off"
+            # And its next attempt runs (it started in time), then succeeds
+            delivery = consumer.reserve(timeout=10)
+            assert delivery is not None and delivery.id == tid
+            assert consumer.start(delivery) == "run"
+            consumer.ack(delivery)
+            consumer.record_outcome(delivery, "succeeded")
+        assert transport.wait(tid, timeout=10).state == "succeeded"
+        # Then the key is free: the next submit with it is a new task
+        fresh = transport.submit_task(queue, {"n": 4}, unique_key=key)
+        assert fresh != tid and probe.stored(queue) == 1
+        transport.purge(queue)
+
     def test_submit_tasks_takes_expires_for_the_whole_batch(self, transport, queue, probe):
         """``submit_tasks(..., expires=...)`` gives every task of the batch its expiry:
         past it, each reads ``expired`` and never runs; a batch without it is untouched.
@@ -704,6 +778,27 @@ class StatusContract:
             lambda: transport.statuses([done, cancelled]), lambda s: s == [None, None], 10
         )
         assert gone == [None, None], f"kept {time.monotonic() - ended:.1f} s; the TTL is 2 s"
+
+    def test_a_failed_status_lives_as_long_as_its_failed_record(self, transport, queue):
+        """TTL forgetting never drops a ``failed`` status while its task is in the
+        failed store; a purge of that store forgets it. Fails against a localmem whose
+        forgetting took failed statuses too (gone with the succeeded one)."""
+        # Given a short status TTL, a task that failed for good, then one that succeeded
+        transport.status_ttl = 1.0
+        failed = transport.submit_task(queue, {"n": 1})
+        assert self._fail(transport, queue, 1) == [failed]
+        done = transport.submit_task(queue, {"n": 2})
+        assert self._finish(transport, queue) == done
+        # When the TTL has passed and the succeeded one is forgotten
+        gone = _wait_until(lambda: transport.status(done), lambda s: s is None, 10)
+        assert gone is None, "the succeeded status was never forgotten"
+        # Then the failed one is still failed, as long as it is in the failed store
+        kept = transport.status(failed)
+        assert kept is not None and kept.state == "failed", kept
+        assert [f.id for f in transport.failed_tasks(queue)] == [failed]
+        # And a purge of the failed store forgets it
+        assert transport.purge_failed(queue) == 1
+        assert transport.status(failed) is None
 
     # -- switches and other stores ------------------------------------------------------
 

@@ -1,10 +1,17 @@
-"""A TCP proxy to PostgreSQL whose answers arrive late: what a loaded machine does to a
-notification, made certain.
+"""A TCP proxy to a server (PostgreSQL, Redis) whose bytes arrive late one way: what a
+loaded machine does now and then, made certain.
 
-Every byte the server sends reaches the client ``delay`` seconds later, in order; what the
-client sends goes through at once. A test points one transport at ``port`` and another
-straight at the server: whatever the server sends the slow one (a NOTIFY above all) is on
-its way for ``delay`` seconds, which a loaded machine gives only sometimes.
+By default every byte the server sends reaches the client ``delay`` seconds later, in
+order; what the client sends goes through at once. A test points one transport at
+``port`` and another straight at the server: whatever the server sends the slow one (a
+NOTIFY above all) is on its way for ``delay`` seconds, which a loaded machine gives only
+sometimes.
+
+With ``upstream=True`` it is the other way: what the client sends reaches the server
+``delay`` seconds later, and what is still on its way when the client's end closes (a
+killed process) never arrives, as a connection reset drops the bytes the server had
+not read yet. A write sent without waiting for its reply is then lost with its process
+for certain, where the machine loses it only sometimes.
 """
 
 from __future__ import annotations
@@ -21,9 +28,12 @@ from contextlib import contextmanager
 class SlowLink:
     """Accepts on ``127.0.0.1:port``; each connection is joined to ``host:server_port``."""
 
-    def __init__(self, host: str, server_port: int, delay: float) -> None:
+    def __init__(
+        self, host: str, server_port: int, delay: float, *, upstream: bool = False
+    ) -> None:
         self.target = (host, server_port)
         self.delay = delay
+        self.upstream = upstream
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._sockets: list[socket.socket] = [self._listener]
@@ -38,20 +48,19 @@ class SlowLink:
             except OSError:
                 return
             self._sockets += [client, server]
-            for target, args in (
-                (self._pipe, (client, server)),
-                (self._late, (server, client)),
-            ):
+            late, at_once = ((client, server), (server, client))[:: 1 if self.upstream else -1]
+            for target, args in ((self._pipe, at_once), (self._late, late)):
                 threading.Thread(target=target, args=args, daemon=True).start()
 
     def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
-        """Client to server, at once."""
+        """The quick way, at once."""
         with _ends(source, sink):
             while data := source.recv(65536):
                 sink.sendall(data)
 
     def _late(self, source: socket.socket, sink: socket.socket) -> None:
-        """Server to client, each chunk ``delay`` seconds after it came, in order."""
+        """The slow way, each chunk ``delay`` seconds after it came, in order; upstream,
+        what is on its way when the client's end closes is dropped."""
         chunks: deque[tuple[float, bytes]] = deque()
         arrived = threading.Condition()
 
@@ -75,6 +84,8 @@ class SlowLink:
             except OSError:
                 data = b""
             with arrived:
+                if not data and self.upstream:
+                    chunks.clear()  # the client is gone: what it sent last never arrives
                 chunks.append((time.monotonic() + self.delay, data))
                 arrived.notify()
 
