@@ -397,20 +397,24 @@ def test_with_state_in_redis_a_worker_killed_after_its_successes_leaves_them_suc
             state = redis_state.replace(":6379/", f":{link.port}/", 1)
         t = stack.enter_context(open_transport(uri))
         t.state_uri = redis_state
-        ids = t.submit_tasks(queue, [{"n": n} for n in range(6)])
         # Given a worker that runs three tasks back to back, then is killed in the fourth
-        subprocess.run(
-            [sys.executable, "-c", _DIES_ON_THE_FOURTH, uri, state, queue, result],
-            timeout=60,
-        )
-        # Then the broker has the fourth back, with the two the worker held ahead
-        _eventually(lambda: t.queue_stats(queue).ready == 3, timeout=10)
-        # And the three acknowledged succeeded, with their results
-        found = [t.status(tid) for tid in ids]
-        states = [s.state if s is not None else None for s in found]
-        assert states[:3] == ["succeeded"] * 3, states
-        expected = [0, 1, 2] if result == "value" else [None] * 3
-        assert [s.result for s in found[:3] if s is not None] == expected
+        _killed_in_the_fourth(t, _DIES_ON_THE_FOURTH, uri, state, queue, result)
+
+
+def _killed_in_the_fourth(
+    t: Any, script: str, uri: str, state: str, queue: str, result: str
+) -> None:
+    """Run ``script`` (a worker killed in its fourth task) on six tasks; then the broker
+    has the fourth back with the two held ahead, and the three acknowledged read
+    ``succeeded`` with their results."""
+    ids = t.submit_tasks(queue, [{"n": n} for n in range(6)])
+    subprocess.run([sys.executable, "-c", script, uri, state, queue, result], timeout=60)
+    _eventually(lambda: t.queue_stats(queue).ready == 3, timeout=10)
+    found = [t.status(tid) for tid in ids]
+    states = [s.state if s is not None else None for s in found]
+    assert states[:3] == ["succeeded"] * 3, states
+    expected = [0, 1, 2] if result == "value" else [None] * 3
+    assert [s.result for s in found[:3] if s is not None] == expected
 
 
 def _eventually(check: Any, timeout: float = 2.0) -> None:
@@ -437,17 +441,7 @@ def test_with_state_in_pgsql_a_worker_killed_after_its_successes_leaves_them_suc
     queue = unique_queue()
     with open_transport(amqp_uri) as t:
         t.state_uri = pgsql_state
-        ids = t.submit_tasks(queue, [{"n": n} for n in range(6)])
-        subprocess.run(
-            [sys.executable, "-c", _PGSQL_DIES_ON_THE_FOURTH, amqp_uri, pgsql_state, queue, result],
-            timeout=60,
-        )
-        _eventually(lambda: t.queue_stats(queue).ready == 3, timeout=10)
-        found = [t.status(tid) for tid in ids]
-        states = [s.state if s is not None else None for s in found]
-        assert states[:3] == ["succeeded"] * 3, states
-        expected = [0, 1, 2] if result == "value" else [None] * 3
-        assert [s.result for s in found[:3] if s is not None] == expected
+        _killed_in_the_fourth(t, _PGSQL_DIES_ON_THE_FOURTH, amqp_uri, pgsql_state, queue, result)
 
 
 def test_with_state_in_pgsql_the_feed_keeps_the_order_of_states(amqp_uri, pgsql_state):
