@@ -302,12 +302,19 @@ def _cases(schema: str, queue: str, ids: dict[str, list[int]]) -> dict[str, tupl
         "requeue_failed": (st.requeue_failed, {"queue": queue, "all": True, "ids": "{}"}),
         "cancel": (state.cancel, {"id": str(ids["queued_tasks"][0]), "ttl": 60.0}),
         "statuses": (state.statuses, {"ids": "{" + ",".join(uuids) + "}"}),
-    }
+        "feed_writes": (
+            state.feed_writes,
+            {
+                "ids": "{" + uuids[0] + "}", "states": "{running}", "attempts": "{1}",
+                "ago": "{0.5}", "errors": "{NULL}", "results": "{NULL}", "ttl": 60.0,
+            },
+        ),
+    }  # fmt: skip
 
 
 CASES = [
     "start", "ack_retry", "ack_fail", "ack_release", "sweep", "orphans", "end_owner", "take",
-    "purge", "purge_failed", "requeue_failed", "cancel", "statuses",
+    "purge", "purge_failed", "requeue_failed", "cancel", "statuses", "feed_writes",
 ]  # fmt: skip
 
 

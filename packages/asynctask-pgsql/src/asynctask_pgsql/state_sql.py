@@ -74,7 +74,9 @@ WITH hit AS (
     SELECT pg_notify({{s}}.asynctask_channel(hit.queue_name),
                      'cancel ' || replace(hit.task_id::text, '-', ''))
     FROM hit
-    WHERE NOT EXISTS (SELECT 1 FROM {{s}}.asynctask_queue AS q WHERE q.task_id = hit.task_id)
+    WHERE hit.task_id <> ALL(ARRAY(
+        SELECT q.task_id FROM {{s}}.asynctask_queue AS q
+        WHERE q.task_id = ANY(ARRAY(SELECT task_id FROM hit))))
 )
 SELECT (SELECT count(*) FROM hit), (SELECT count(*) FROM told) + (SELECT count(*) FROM fed)
 """
@@ -152,6 +154,8 @@ RETURNING CASE WHEN %(final)s THEN {_TOLD} END
 # A row is written as ``SETTLED`` writes it (``running`` is not final); a final row is
 # never overwritten (a start after a cancel is late: its id is returned; a cancelled row
 # still gets the attempt that started, as a start written before the cancel gave it).
+# Each part names its rows by an array of ids (``= ANY``): the planner that takes the
+# status table for empty would otherwise walk its whole primary key for the join.
 FEED_WRITES = f"""
 WITH w AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(states)s::text[], %(attempts)s::int[],
@@ -164,11 +168,11 @@ WITH w AS (
                             ELSE now() - make_interval(secs => w.ago) END,
         result = CASE WHEN w.state = 'succeeded' THEN w.result END,
         date_finished = CASE WHEN w.state IN {_FINAL_STATES} THEN now() END,
-        date_forget = CASE WHEN w.state IN {_FINAL_STATES}
+        date_forget = CASE WHEN w.state IN {_FINAL_STATES} AND w.state <> 'failed'
                            THEN now() + make_interval(secs => %(ttl)s::float8) END,
         unique_key = CASE WHEN w.state IN {_FINAL_STATES} THEN NULL ELSE s.unique_key END
     FROM w
-    WHERE s.task_id = w.id
+    WHERE s.task_id = w.id AND s.task_id = ANY(ARRAY(SELECT id FROM w))
       AND (s.date_finished IS NULL OR (s.state = 'failed' AND w.state = 'queued'))
     RETURNING CASE WHEN w.state IN {_FINAL_STATES} THEN {_TOLD} END
 ), late AS (
@@ -176,11 +180,12 @@ WITH w AS (
     SET attempts = greatest(s.attempts, w.attempts),
         date_started = coalesce(s.date_started, now() - make_interval(secs => w.ago))
     FROM w
-    WHERE s.task_id = w.id AND w.ago IS NOT NULL AND s.state = 'cancelled'
+    WHERE s.task_id = w.id AND s.task_id = ANY(ARRAY(SELECT id FROM w))
+      AND w.ago IS NOT NULL AND s.state = 'cancelled'
 )
 SELECT (SELECT count(*) FROM up), ARRAY(
     SELECT replace(s.task_id::text, '-', '') FROM w JOIN {{s}}.asynctask_status AS s
-    ON s.task_id = w.id
+    ON s.task_id = w.id AND s.task_id = ANY(ARRAY(SELECT id FROM w))
     WHERE w.ago IS NOT NULL AND s.date_finished IS NOT NULL AND s.state <> 'failed')
 """
 
