@@ -27,7 +27,7 @@ def _next(
 ) -> list[bytes]:
     """One untracked ``NEXT`` call; the messages it took."""
     triples = [part for raw in acks for part in (raw, "", "")]
-    args = [t.prefix, t.script_queue(queue), CONSUMER, want, "0", t.status_ttl_ms, ""]
+    args = [t.prefix, t.script_queue(queue), CONSUMER, want, "0", t.status_ttl_ms, "", ""]
     reply = client.eval(scripts.NEXT.text, 0, *args, len(acks), *triples)
     assert reply[0] == 0, "nothing is marked running without tracking"
     return taken(reply, 1)
@@ -88,7 +88,7 @@ def test_an_ack_of_a_message_no_longer_held_removes_nothing_else(transport, queu
 def _tracked_next(t: RedisTransport, client: redis.Redis, queue: str, want: int) -> list[Any]:
     """One tracked ``NEXT`` call (the first task marked running): its reply, the taken
     messages read as the consumer reads them."""
-    args = [t.prefix, t.script_queue(queue), CONSUMER, want, "1", t.status_ttl_ms, ""]
+    args = [t.prefix, t.script_queue(queue), CONSUMER, want, "1", t.status_ttl_ms, "", ""]
     reply = client.eval(scripts.NEXT.text, 0, *args, 0)
     return [reply[0], taken(reply, 1)]
 
@@ -240,9 +240,7 @@ def _mismatch(transport: RedisTransport, queue: str, client: redis.Redis, tracke
         consumer.ack(d)
 
 
-def test_an_untracked_count_ack_checks_the_list_is_what_the_consumer_held(
-    transport, queue, client
-):
+def test_an_untracked_count_ack_checks_the_list_is_what_the_consumer_held(transport, queue, client):
     _mismatch(transport, queue, client, tracked=False)
 
 
