@@ -541,9 +541,9 @@ class RedisConsumer(Consumer):
         messages = acks[::3]
         reply = None
         if not give_back and self._holds_only(messages) and all(messages):
-            named = acks.copy()
-            named[::3] = [b"="] * len(messages)  # see scripts.whole_acked
-            reply = run(conn, scripts.NEXT, *args, messages[-1], len(messages), Args(named))
+            elided = acks.copy()
+            elided[::3] = [b"="] * len(messages)  # see scripts.whole_acked
+            reply = run(conn, scripts.NEXT, *args, messages[-1], len(messages), Args(elided))
             if reply[0] == -2:  # not what it held: name them all
                 reply = None
         if reply is None:
