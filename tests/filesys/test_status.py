@@ -848,9 +848,7 @@ with open_transport(uri) as t:
 """
 
 
-@pytest.mark.parametrize(
-    "point", ["moved", "before"]
-)
+@pytest.mark.parametrize("point", ["moved", "before"])
 @pytest.mark.parametrize("state", ["own", "apart"])
 def test_a_worker_killed_as_its_task_fails_leaves_it_failed_or_to_run_again(
     uri, tmp_path, state, point

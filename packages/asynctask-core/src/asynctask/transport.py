@@ -882,7 +882,7 @@ class Transport(ABC):
         task_ids = list(task_ids)
         found = self._call(store.statuses, task_ids)
         for i, noted in enumerate(found):
-            if noted is not None and noted.failing is not None and not noted.final:
+            if noted is not None and noted.failing is not None and noted.state == "running":
                 found[i] = self._repaired(store, noted, noted.failing)
         unrecorded = [
             i for i, s in zip(task_ids, found, strict=True) if s is None and is_unrecorded(i)

@@ -606,6 +606,8 @@ class FilesysStateStore(StateStore):
         ) -> tuple[Record, str | None] | None:
             if old.get("state") in FINAL_STATES:
                 return None  # cancelled meanwhile (or final already)
+            if attempts > 1 and journal is not None and self._journaled(journal, task_id):
+                return None  # a recovered copy: the first worker's journal settled it
             new = {**old, "state": "running", "attempts": attempts, "error": error}
             if marked_at is not None:  # started by the hot path: the mark's time
                 new["started_at"] = marked_at
@@ -832,7 +834,7 @@ class FilesysStateStore(StateStore):
         ) -> tuple[Record, str | None] | None:
             if old.get("state") in FINAL_STATES and old.get("state") != "failed":
                 return None  # cancelled (or expired) stays so: its result is discarded
-            if noted is not None and old.get(FAILING) != noted:
+            if noted is not None and (old.get(FAILING) != noted or old.get("state") != "running"):
                 return None  # written since the note: that write stands
             new = {k: v for k, v in old.items() if k not in _DROPPED}
             if copy and journal is not None:
