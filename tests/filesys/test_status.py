@@ -848,10 +848,20 @@ with open_transport(uri) as t:
 """
 
 
+def _state_of(request, tmp_path: Path, state: str) -> str:
+    """The ``asynctask_state`` of a story: ``own`` (none), another filesys folder
+    (``apart``), or a key prefix in Redis or a schema in PostgreSQL of the test's own."""
+    if state == "own":
+        return "own"
+    if state == "apart":
+        return f"filesys:{tmp_path / 'state'}"
+    return request.getfixturevalue(f"{state}_state")
+
+
 @pytest.mark.parametrize("point", ["moved", "before"])
-@pytest.mark.parametrize("state", ["own", "apart"])
+@pytest.mark.parametrize("state", ["own", "apart", "redis", "pgsql"])
 def test_a_worker_killed_as_its_task_fails_leaves_it_failed_or_to_run_again(
-    uri, tmp_path, state, point
+    uri, tmp_path, request, state, point
 ):
     """A worker killed as its task fails (no retries left): right before the move to the
     failed store, the task is still held, given back at its lease's end, run again and
@@ -864,7 +874,7 @@ def test_a_worker_killed_as_its_task_fails_leaves_it_failed_or_to_run_again(
     import sys
 
     queue = unique_queue()
-    state_uri = "own" if state == "own" else f"filesys:{tmp_path / 'state'}"
+    state_uri = _state_of(request, tmp_path, state)
     with open_transport(uri) as t:
         if state != "own":
             t.state_uri = state_uri
@@ -889,18 +899,18 @@ def test_a_worker_killed_as_its_task_fails_leaves_it_failed_or_to_run_again(
         assert [f.id for f in t.failed_tasks(queue)] == [tid]
 
 
-@pytest.mark.parametrize("state", ["own", "apart"])
-def test_a_waiter_is_woken_when_the_worker_is_killed_after_the_move(uri, tmp_path, state):
+@pytest.mark.parametrize("state", ["own", "apart", "redis", "pgsql"])
+def test_a_waiter_is_woken_when_the_worker_is_killed_after_the_move(uri, tmp_path, request, state):
     """A ``wait`` blocked while the worker of its task is killed between the move to the
     failed store and ``failed`` (nobody writes what would wake it) returns ``failed``
-    within the store's fallback poll (1 s here): its own read at the end of a slice
+    within the store's fallback poll (1 s here), whatever the store: its own read at the end of a slice
     finds the note and the file, and writes ``failed``. Before, it waited out its
     timeout (the task read ``running`` for good)."""
     import subprocess
     import sys
 
     queue = unique_queue()
-    state_uri = "own" if state == "own" else f"filesys:{tmp_path / 'state'}"
+    state_uri = _state_of(request, tmp_path, state)
     with open_transport(uri) as t:
         if state != "own":
             t.state_uri = state_uri
@@ -912,6 +922,7 @@ def test_a_waiter_is_woken_when_the_worker_is_killed_after_the_move(uri, tmp_pat
             with open_transport(uri) as other:
                 if state != "own":
                     other.state_uri = state_uri
+                other.state().fallback_poll = 1.0  # (filesys's own; 5 s on redis, pgsql)
                 try:
                     seen.append(other.wait(tid, timeout=20))
                 except Exception as exc:  # reported by the assertion below
