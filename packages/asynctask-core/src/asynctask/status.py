@@ -36,7 +36,7 @@ transport's failed store, then its status becomes ``failed`` (in that order: a w
 woken by ``failed`` finds the task there). A worker killed between them would leave
 the task in the failed store reading ``running`` for good. So before the move the
 worker notes where it is moving it (``StateStore.failing``, kept in the status record,
-read with it, changing nothing else), and a read of a status that is not final and
+read with it, changing nothing else), and a read of a ``running`` status that
 carries such a note (``TaskStatus.failing``) asks the transport whether its failed
 store holds the task (``Transport._failed_holds``: one look-up by that note, never a
 scan); when it does, the read writes ``failed`` itself (``confirm_failed``, only while
