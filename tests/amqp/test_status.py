@@ -586,7 +586,7 @@ _KILLED_AFTER_THE_FAIL = textwrap.dedent(
 _AMQP_WINDOW = (
     "issue 16, the failed window on AMQP: Q.failed is a queue, which cannot be looked up "
     "by id, so no read can confirm the move (the read-repair that closed it on filesys, "
-    "own and apart); closing it needs the copy, then 'failed', then the ack of the "
+    "redis and pgsql); closing it needs the copy, then 'failed', then the ack of the "
     "original, with a start that drops a redelivery already failed: open"
 )
 
