@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from asynctask.errors import ConfigurationError, InvalidTaskError
@@ -109,6 +109,13 @@ class TaskStatus:
     def final(self) -> bool:
         """Whether nothing will happen to the task any more."""
         return self.state in FINAL_STATES
+
+    def to_dict(self) -> dict[str, object]:
+        """The public fields, as the CLI's and the web's JSON show them (not the
+        internal ``failing``)."""
+        shown = asdict(self)
+        del shown["failing"]
+        return shown
 
 
 @dataclass(frozen=True)
