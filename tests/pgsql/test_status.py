@@ -28,7 +28,7 @@ from asynctask_pgsql.state_sql import CANCEL_HEARD
 from asynctask_pgsql.statements import Statements
 from clitools import run_asynctask
 from slowlink import SlowLink
-from support import cancel_while_running_in_process
+from support import cancel_while_running_in_process, killed_after_the_fail
 
 from .conftest import CONNINFO, DATABASE, HOST
 
@@ -764,3 +764,18 @@ def test_a_task_cancelled_while_it_runs_logs_its_result_discarded(transport, cap
     waiting) says so, and the run loop logs it. Failed before: the ack returned None (the
     row's deletion rides on the next statement), no line."""
     cancel_while_running_in_process(transport, unique_queue(), caplog, prefetch)
+
+
+@pytest.mark.parametrize("store", ["filesys", "redis"])
+def test_with_state_elsewhere_a_worker_killed_right_after_a_fail_leaves_it_failed(
+    pg_server, tmp_path, request, store
+):
+    """Statuses in the store of ``asynctask_state`` (a filesys folder, Redis): a worker
+    killed between the move to the failed store and ``failed`` leaves a task that reads
+    ``failed`` (the consumer noted its id first; the read finds its row, state
+    ``failed``, by the task_id index). Failed before: ``running``."""
+    if store == "filesys":
+        state = f"filesys:{tmp_path / 'state'}"
+    else:
+        state = request.getfixturevalue(f"{store}_state")
+    killed_after_the_fail(URI, state, unique_queue(), "asynctask_pgsql.consumer:PgsqlConsumer")

@@ -527,7 +527,12 @@ class PgsqlConsumer(Consumer):
 
     def fail(self, delivery: Delivery, error: str) -> bool | None:
         """To the failed store with ``error``, one attempt more; True if it was
-        cancelled while it ran (then deleted instead)."""
+        cancelled while it ran (then deleted instead). With the statuses in the store
+        of ``asynctask_state``, its id is noted there first (the failed window,
+        ``asynctask.status``: ``PgsqlTransport._failed_holds`` looks it up)."""
+        if not self.transport.own_state and self.note_failing(delivery, delivery.id, error):
+            self.ack(delivery)  # cancelled meanwhile: deleted, never failed
+            return True
         return self._settle(delivery, "failed", 1, error, None)
 
     def release(self, delivery: Delivery) -> None:

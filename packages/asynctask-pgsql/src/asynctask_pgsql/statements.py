@@ -777,6 +777,13 @@ WITH gone AS (
     + _FORGOT
 )
 
+# Whether the failed store holds a task a consumer noted it was moving there (the failed
+# window, ``asynctask.status``): one probe of the unique index on task_id.
+FAILED_HOLDS = """
+SELECT 1 FROM {s}.asynctask_queue
+WHERE task_id = %s AND queue_name = %s AND state = 'failed'
+"""
+
 FAILED = """
 SELECT task_id, payload::text, payload_text, error, attempts,
        extract(epoch FROM date_submitted)::float8, extract(epoch FROM date_failed)::float8
@@ -966,6 +973,7 @@ class Statements:
     purge: LiteralString
     purge_ids: LiteralString
     failed: LiteralString
+    failed_holds: LiteralString
     requeue_failed: LiteralString
     purge_failed: LiteralString
     purge_failed_ids: LiteralString

@@ -905,9 +905,14 @@ class RedisConsumer(Consumer):
     @_locked
     def fail(self, delivery: Delivery, error: str) -> bool | None:
         """To the queue's failed store, with ``error``; True if it was cancelled while it
-        ran (dropped instead)."""
+        ran (dropped instead). With the statuses in the store of ``asynctask_state``,
+        its id is noted there first (the failed window, ``asynctask.status``:
+        ``RedisTransport._failed_holds`` looks it up)."""
         message = delivery.receipt
         if isinstance(message, Message):
+            if not self.fused and self.note_failing(delivery, delivery.id, error):
+                self.ack(delivery)  # cancelled meanwhile: dropped, never failed
+                return True
             record = failed_record(message, None, error, message.attempts + 1, time.time())
             retired = (
                 "" if self.fused or message.raw not in self._held else self._retired(delivery.id)
