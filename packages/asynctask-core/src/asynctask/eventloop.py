@@ -469,10 +469,10 @@ class _Engine:
                 wait = options.wait
             if wait > 0 and options.on_idle is not None:
                 options.on_idle()
+            delivery: Delivery | None = self._ahead
+            self._ahead = None
             try:
-                if self._ahead is not None:
-                    delivery, self._ahead = self._ahead, None
-                else:
+                if delivery is None:
                     delivery = self.consumer.reserve(timeout=min(options.wait, wait))
             except TransportUnavailable as exc:
                 self.outage.failed(exc)
