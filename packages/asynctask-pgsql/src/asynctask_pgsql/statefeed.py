@@ -61,9 +61,6 @@ REOPEN_PAUSE = 1.0
 #: the name ``FEED_WRITES`` is prepared under on the feed's own session
 _PREPARED = b"asynctask_feed_writes"
 
-#: a write held: (kind 's' or 'o', task id, attempt, monotonic time, state, error, result)
-_Held = tuple[str, str, int, float, str, str | None, str | None]
-
 
 class PgsqlStatusFeed(StatusFeed):
     """One consumer's feed of one queue; see the module docstring."""
@@ -73,7 +70,8 @@ class PgsqlStatusFeed(StatusFeed):
         self.queue = queue
         self._conn: psycopg.Connection[Any] | None = None
         self._cancelled: set[str] = set()
-        self._held: list[_Held] = []
+        #: (kind 's' or 'o', task id, attempt, monotonic time, state, error, result)
+        self._held: list[tuple[str, str, int, float, str, str | None, str | None]] = []
         self._held_since = 0.0
         self._waited = True
         self._asked_at = -CANCEL_HEARD
@@ -84,9 +82,6 @@ class PgsqlStatusFeed(StatusFeed):
         self._thread: threading.Thread | None = None
         #: the feed's thread waits with no timeout (nothing held): a new write wakes it
         self._idle = False
-        #: (the writes, when) of the statement sent without reading its reply yet: the
-        #: first start after a wait (``_answer`` reads it before anything else is sent)
-        self._sent: tuple[list[_Held], float] | None = None
 
     def __repr__(self) -> str:
         return f"PgsqlStatusFeed({self.queue!r})"
@@ -146,8 +141,6 @@ class PgsqlStatusFeed(StatusFeed):
                 self._cancelled.add(note.extra[7:].decode())
 
     def _drop(self) -> None:
-        if self._sent is not None:  # its writes are made again (a final row stays final)
-            self._held[:0], self._sent = self._sent[0], None
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
@@ -161,10 +154,7 @@ class PgsqlStatusFeed(StatusFeed):
                 return False
             if time.monotonic() - self._asked_at >= CANCEL_HEARD:
                 try:
-                    self._answer()
-                    if time.monotonic() - self._asked_at < CANCEL_HEARD:
-                        pass  # the reply just read is recent enough
-                    elif self._held:
+                    if self._held:
                         self._send()
                     else:
                         asked = time.monotonic()
@@ -188,10 +178,8 @@ class PgsqlStatusFeed(StatusFeed):
         with self._lock:
             self._held.append(("s", task_id, attempt, time.monotonic(), "running", None, None))
             if self._waited and len(self._held) == 1:
-                # at once, but its reply read later (before the next statement): the
-                # worker goes on with the task, and the round trip is not waited for
                 self._waited = False
-                self._send(wait=False)
+                self._send()
             else:
                 self._after_hold()
 
@@ -217,14 +205,8 @@ class PgsqlStatusFeed(StatusFeed):
                 return None
             try:
                 conn.pgconn.consume_input()
-                if self._sent is not None and not conn.pgconn.is_busy():
-                    # its reply has arrived: libpq parses no announcement behind a
-                    # reply not collected (a cancel heard after the start was missed)
-                    self._answer()
             except psycopg.Error as exc:  # the next send finds it lost, and says so
                 logger.debug("%r: reading the cancels heard: %s", self, exc)
-                return None
-            except TransportUnavailable:  # its writes are held again, sent next
                 return None
             self._take_notes(conn.pgconn)
             return True if task_id in self._cancelled else None
@@ -247,52 +229,16 @@ class PgsqlStatusFeed(StatusFeed):
     def flush(self, *, waiting: bool = True) -> None:
         with self._lock:
             self._waited = waiting
-            if self._held or self._sent is not None:
+            if self._held:
                 self._send()
 
-    def _answer(self) -> None:
-        """Read the reply of the statement sent without waiting, if any (lock held): on
-        a failure its writes are held again, first, and ``TransportUnavailable`` is
-        raised."""
-        sent = self._sent
-        conn = self._conn
-        if sent is None or conn is None:
-            return
-        pgconn = conn.pgconn
-        try:
-            replies = []
-            while (reply := pgconn.get_result()) is not None:
-                replies.append(_check(reply))
-        except psycopg.Error as exc:
-            self._drop()
-            raise TransportUnavailable(f"{self!r}: writing the statuses failed: {exc}") from exc
-        self._sent = None
-        self._asked_at = sent[1]
-        self._take_notes(pgconn)
-        for reply in replies:
-            self._late(reply)
-
-    def _late(self, reply: pq.abc.PGresult) -> None:
-        """Log the starts ``FEED_WRITES`` found late (their rows final already)."""
-        late = reply.get_value(0, 1) or b"{}"
-        for task_id in late[1:-1].decode().split(",") if late != b"{}" else ():
-            logger.warning(
-                "%r: task %s was started after it was cancelled or had expired (a late "
-                "cancel): its status stays final",
-                self,
-                task_id,
-            )
-
-    def _send(self, *, wait: bool = True) -> None:
+    def _send(self) -> None:
         """Send what is held as one statement and wait for its commit (lock held); on
         a failure the writes stay held, first, and ``TransportUnavailable`` is raised.
-        Without ``wait`` the reply is read later (``_answer``, before any other
-        statement of the feed); the reply of one sent so is read first in any case.
 
         The statement was prepared when the connection opened; its rows go as one JSON
         text and its reply is read from libpq directly (no psycopg cursor, adapters or
         row makers: a short task's round trip is most of what tracking costs it)."""
-        self._answer()
         held = self._held
         if not held:
             return
@@ -320,18 +266,21 @@ class PgsqlStatusFeed(StatusFeed):
         try:
             self.store._forget(finals)
             asked = time.monotonic()
-            if not wait:
-                pgconn.send_query_prepared(_PREPARED, params)
-                self._sent, self._held = (held, asked), []
-                return
             reply = _check(pgconn.exec_prepared(_PREPARED, params))
+            late = reply.get_value(0, 1) or b"{}"
         except psycopg.Error as exc:
             self._drop()
             raise TransportUnavailable(f"{self!r}: writing the statuses failed: {exc}") from exc
         self._take_notes(pgconn)
         self._asked_at = asked
         self._held = []
-        self._late(reply)
+        for task_id in late[1:-1].decode().split(",") if late != b"{}" else ():
+            logger.warning(
+                "%r: task %s was started after it was cancelled or had expired (a late "
+                "cancel): its status stays final",
+                self,
+                task_id,
+            )
 
     def _run(self) -> None:
         """Send the writes held once the oldest is ``HOLD`` old.
