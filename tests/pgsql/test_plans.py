@@ -322,8 +322,9 @@ def _cases(schema: str, queue: str, ids: dict[str, list[int]]) -> dict[str, tupl
         "feed_writes": (
             state.feed_writes,
             {
-                "ids": "{" + uuids[0] + "}", "states": "{running}", "attempts": "{1}",
-                "ago": "{0.5}", "errors": "{NULL}", "results": "{NULL}", "ttl": 60.0,
+                "rows": json.dumps([{"id": uuids[0], "state": "running", "attempts": 1,
+                                     "ago": 0.5, "error": None, "result": None}]),
+                "ttl": 60.0,
             },
         ),
     }  # fmt: skip
