@@ -507,6 +507,33 @@ def test_a_batch_submit_still_sets_a_mode_the_umask_narrows(tmp_path, monkeypatc
     assert {p.stat().st_mode & 0o777 for p in files} == {0o660}
 
 
+def test_a_reserve_at_depth_costs_what_it_costs_at_depth_three(tmp_path, monkeypatch):
+    """The bench's depth row in file-system calls (issue 20: 0.35x in one run, 0.86x
+    and 1.14x in others): once a consumer has listed its queue, a reserve+ack with
+    3,000 waiting makes the same calls as with 3 (no listing, no stat of the queue a
+    task). A guard, not a fix: it passed before; with ``Folder.sync`` listing at every
+    look it fails (a ``scandir`` a reserve)."""
+    uri = f"filesys:{tmp_path / 'q'}?lease=2&fsync=false"
+    shallow, deep = unique_queue(), unique_queue()
+    with open_transport(uri) as t:
+        t.submit_tasks(shallow, [{"n": n} for n in range(3)])
+        for start in range(0, 3000, 1000):
+            t.submit_tasks(deep, [{"n": n} for n in range(start, start + 1000)])
+        calls = _FileCalls(monkeypatch)
+        seen = {}
+        for queue in (shallow, deep):
+            with t.consumer(queue) as consumer:
+                consumer.ack(consumer.reserve(timeout=5))  # (its one listing)
+
+                def two(consumer=consumer) -> None:
+                    for _ in range(2):
+                        consumer.ack(consumer.reserve(timeout=5))
+
+                seen[queue] = calls.during(two)
+        assert "scandir" not in seen[deep] and "listdir" not in seen[deep]
+        assert seen[deep] == seen[shallow]
+
+
 class _Quiet(AsyncTaskWorker):
     """Succeeds, or fails for good on ``{"fail": true}`` (no retries)."""
 
