@@ -433,6 +433,39 @@ _PEER_DRAIN = (
 )
 
 FINDINGS: dict[tuple[str, str], str] = {
+    ("filesys", "submit_batch"): (
+        "Counted on wt/fsreg (2026-12-07 22:45-23:30 UTC; `strace -c -f` of 2 tracked "
+        "batches of 1,000; callgrind): a task cost the raw loop 5 system calls (create, "
+        "write, fsync, close, rename), 00bd0fa 7 (an `fchmod` and a `getrandom` more), "
+        "main 11: the status record written at submit since issue 16 (`live/<id>`: "
+        "create, `fchmod`, write, close, no fsync) is a second create a task, each create "
+        "followed by an `fchmod`. The fsyncs are the raw loop's (one a task, one of "
+        "`ready/` a batch); nothing lists or stats a folder a task; Python 83k "
+        "instructions a task (00bd0fa 80k). Now 9 calls: an `fchmod` only where the umask "
+        "or a default ACL would narrow `mode` (`tests/filesys/test_status.py` counts "
+        "them). On ext4 each create, rename and `fchmod` is a journaled update that waits "
+        "behind other processes' fsyncs (a bare create: 25 us at load 2, 890 us at load "
+        "10), so the ratio follows the shared disk, not the code: 0.27x, 0.31x, 0.77x, "
+        "0.35x in the last four full runs (nothing on this path changed between the "
+        "0.77x and the 0.35x), 0.59x in `--steps submit,depth` at load 4. What would "
+        "close it: no record file a task at submit (a queued status read from the task "
+        "file, or one record a batch), a change of the status layout."
+    ),
+    ("filesys", "depth"): (
+        "Counted on wt/fsreg (2026-12-07): a reserve+ack with 100,000 waiting makes the "
+        "system calls it makes with 100 (`strace -c` of 3,000 taken at each: 31,825 "
+        "against 32,092 calls, the difference one listing of `ready/`, 237 "
+        "`getdents64`; `tests/filesys/test_status.py` pins it): nothing lists or stats "
+        "the queue a task. In one process 11,784/s at 100,000 against 11,932/s at 100 "
+        "(load 4); the step read 1.14x at 22:46. What grows at depth is the untimed fill "
+        "before the take: 100,000 tracked tasks are 200,000 files (task and status "
+        "record, 8.2 KB a task on disk against the raw fill's 4.1 KB). In the 0.35x run "
+        "the depth step took 86.8 s (12.3 s the run before, 0.86x): a fill that outlasts "
+        "the kernel's 30 s dirty expiry is written back during the timed take, whose "
+        "claim, unlink and record rename are journaled updates too (a take at load 20 "
+        "began with 866 MB dirty and ran 495/s). Not proven on this machine; what would "
+        "settle it: the take after a `sync` of the fill, both sides."
+    ),
     ("filesys", "submit_one"): (
         "py-spy (`--measure submit`): 68% of the time is the task file's write+fsync and "
         "14% the folder's fsync, the same two fsyncs as the raw client; Python is under 5%. "
