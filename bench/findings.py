@@ -480,6 +480,44 @@ _PEER_DRAIN = (
 )
 
 FINDINGS: dict[tuple[str, str], str] = {
+    ("filesys", "submit_batch"): (
+        "Counted on wt/fsreg (2026-12-07 22:45-23:30 UTC; `strace -c -f` of 2 tracked "
+        "batches of 1,000; callgrind): a task cost the raw loop 5 system calls (create, "
+        "write, fsync, close, rename), 00bd0fa 7 (an `fchmod` and a `getrandom` more), "
+        "main 11: the status record written at submit since issue 16 (`live/<id>`: "
+        "create, `fchmod`, write, close, no fsync) is a second create a task, each create "
+        "followed by an `fchmod`. The fsyncs are the raw loop's (one a task, one of "
+        "`ready/` a batch); nothing lists or stats a folder a task; Python 83k "
+        "instructions a task (00bd0fa 80k). Now 9 calls: an `fchmod` only where the umask "
+        "or a default ACL would narrow `mode` (`tests/filesys/test_status.py` counts "
+        "them). On ext4 each create, rename and `fchmod` is a journaled update that waits "
+        "behind other processes' fsyncs (a bare create: 25 us at load 2, 890 us at load "
+        "10), so the ratio follows the shared disk, not the code: 0.27x, 0.31x, 0.77x, "
+        "0.35x in the last four full runs (nothing on this path changed between the "
+        "0.77x and the 0.35x), 0.59x in `--steps submit,depth` at load 4. What would "
+        "close it: no record file a task at submit (a queued status read from the task "
+        "file, or one record a batch), a change of the status layout."
+    ),
+    ("filesys", "depth"): (
+        "Counted on wt/fsreg (2026-12-07 22:45-23:35 UTC): a reserve+ack with 100,000 "
+        "waiting makes the system calls it makes with 100 (`strace -c` of 3,000 taken at "
+        "each: 31,825 against 32,092 calls, the difference one listing of `ready/`, 237 "
+        "`getdents64`; `tests/filesys/test_status.py` pins it): nothing lists or stats "
+        "the queue a task. What differs is the state of the files taken: a deep fill "
+        "has been written back by the time its tasks are taken, a fill of 100 has not, "
+        "and on this disk (ext4, mounted `discard`) the ack's unlink of a file with "
+        "blocks on disk cost 545 us (`strace -T`, 2,000 acks at 20,000 waiting after a "
+        "`sync`) against 74 us for one never written back (at 100). Same minutes, load "
+        "7-20: 1,428/s (991/s under strace) taking from 20,000 after a `sync`, 7,029/s and "
+        "12,216/s at 100; with the fill still in memory (load 4) 11,784/s at 100,000 "
+        "against 11,932/s at 100, and the step read 1.14x at 22:46. So the row follows "
+        "how long the untimed fill took: in the 0.35x run the depth step took 86.8 s "
+        "(12.3 s in the 0.86x run before), past the kernel's 30 s dirty expiry. Ours "
+        "writes 200,000 files a 100,000 tasks (task and status record: 8.2 KB a task on "
+        "disk against the raw fill's 4.1 KB), so more of its fill is on disk at the take. "
+        "What would make the row measure depth alone: both depths taken in the same "
+        "state (a `sync` after every fill, ours and raw), not done here."
+    ),
     ("filesys", "submit_one"): (
         "py-spy (`--measure submit`): 68% of the time is the task file's write+fsync and "
         "14% the folder's fsync, the same two fsyncs as the raw client; Python is under 5%. "
