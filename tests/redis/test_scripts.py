@@ -114,13 +114,13 @@ def test_a_plain_tracked_submit_runs_put_one(transport, queue, monkeypatch):
     helpers cost the server 175k instructions a submit against PUT_ONE's 96k), and PUT
     for a delay, a priority, an expiry, a unique key or a batch."""
     sent = []
-    real = transport._script
+    real = transport.execute
 
-    def spy(script, *args):
-        sent.append(script.name)
-        return real(script, *args)
+    def spy(fn, *args):
+        sent.extend(a.name for a in args[:1] if isinstance(a, Script))
+        return real(fn, *args)
 
-    monkeypatch.setattr(transport, "_script", spy)
+    monkeypatch.setattr(transport, "execute", spy)
     task_id = transport.submit_task(queue, {"n": 1})
     assert sent == ["put_one"]
     assert transport.status(task_id).state == "queued"
