@@ -524,7 +524,13 @@ FINDINGS: dict[tuple[str, str], str] = {
         "Both sides are the disk's fsync latency, which other work on the machine moves."
     ),
     ("redis", "submit_one"): (
-        "One round trip a submit, as the raw `RPUSH`, with the retry guard of issue 12 "
+        "This figure's submits are tracked: since wt/redisreg (2026-12-07) one tracked task "
+        "without options runs `PUT_ONE`, written whole, which writes what `PUT` writes: "
+        "redis-server 96.1k instructions and the client 79.4k a submit (packed once a "
+        "queue) against `PUT`'s 174.6k and 144.4k (callgrind, 2,000 submits; the prelude's "
+        "helpers were most of `PUT`'s); in turns of 50 against `PUT` in one process (load "
+        "7.6-17) median turn ratios 1.37-1.57. Untracked: "
+        "one round trip a submit, as the raw `RPUSH`, with the retry guard of issue 12 "
         "(`put:<id>`, so that a submit retried after a lost reply stores nothing twice). "
         "A plain one-task submit's first try is `MULTI`, `SET` of the guard `PX`, `RPUSH`, "
         "`SADD`, `EXEC`, packed once a queue and its replies read by our own code; a retry "
