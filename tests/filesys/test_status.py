@@ -848,31 +848,33 @@ with open_transport(uri) as t:
 """
 
 
-_WINDOW = (
-    "issue 16, the failed window: the move to the failed store, then 'failed', two writes "
-    "here (and with asynctask_state on any transport); killed between, the task reads "
-    "'running' in the failed store for good. Writing 'failed' first passes this, but a "
-    "waiter woken by 'failed' then finds the failed store empty (the contract's "
-    "retry-then-fail story failed on AMQP): open"
-)
+def _state_of(request, tmp_path: Path, state: str) -> str:
+    """The ``asynctask_state`` of a story: ``own`` (none), another filesys folder
+    (``apart``), or a key prefix in Redis or a schema in PostgreSQL of the test's own."""
+    if state == "own":
+        return "own"
+    if state == "apart":
+        return f"filesys:{tmp_path / 'state'}"
+    return request.getfixturevalue(f"{state}_state")
 
 
-@pytest.mark.parametrize(
-    "point", [pytest.param("moved", marks=pytest.mark.xfail(strict=True, reason=_WINDOW)), "before"]
-)
-@pytest.mark.parametrize("state", ["own", "apart"])
+@pytest.mark.parametrize("point", ["moved", "before"])
+@pytest.mark.parametrize("state", ["own", "apart", "redis", "pgsql"])
 def test_a_worker_killed_as_its_task_fails_leaves_it_failed_or_to_run_again(
-    uri, tmp_path, state, point
+    uri, tmp_path, request, state, point
 ):
     """A worker killed as its task fails (no retries left): right before the move to the
     failed store, the task is still held, given back at its lease's end, run again and
-    failed; right after it, the task should read ``failed`` (see ``_WINDOW``: it reads
-    ``running``, on its own state and apart; passed with ``failed`` written first)."""
+    failed; right after it, the task reads ``failed``: the worker noted where it was
+    moving it, and the read finds it there (issue 16, the failed window; ``asynctask
+    .status``). Failed before the note, on its own state and apart: the task read
+    ``running`` in the failed store for good (``failed`` written first passed this, but
+    a waiter woken by it found the failed store empty)."""
     import subprocess
     import sys
 
     queue = unique_queue()
-    state_uri = "own" if state == "own" else f"filesys:{tmp_path / 'state'}"
+    state_uri = _state_of(request, tmp_path, state)
     with open_transport(uri) as t:
         if state != "own":
             t.state_uri = state_uri
@@ -894,6 +896,54 @@ def test_a_worker_killed_as_its_task_fails_leaves_it_failed_or_to_run_again(
         time.sleep(2.2)
         run_loop(_Raises(), t, queue, LoopOptions(halt_when_empty=True))
         assert t.wait(tid, timeout=5).state == "failed"
+        assert [f.id for f in t.failed_tasks(queue)] == [tid]
+
+
+@pytest.mark.parametrize("state", ["own", "apart", "redis", "pgsql"])
+def test_a_waiter_is_woken_when_the_worker_is_killed_after_the_move(uri, tmp_path, request, state):
+    """A ``wait`` blocked while the worker of its task is killed between the move to the
+    failed store and ``failed`` (nobody writes what would wake it) returns ``failed``
+    within the store's fallback poll (1 s here), whatever the store: its own read at the end of a slice
+    finds the note and the file, and writes ``failed``. Before, it waited out its
+    timeout (the task read ``running`` for good)."""
+    import subprocess
+    import sys
+
+    queue = unique_queue()
+    state_uri = _state_of(request, tmp_path, state)
+    with open_transport(uri) as t:
+        if state != "own":
+            t.state_uri = state_uri
+        tid = t.submit_task(queue, {"n": 1})
+        # Given a waiter blocked on the task before its worker starts
+        seen: list[object] = []
+
+        def waiting() -> None:
+            with open_transport(uri) as other:
+                if state != "own":
+                    other.state_uri = state_uri
+                other.state().fallback_poll = 1.0  # (filesys's own; 5 s on redis, pgsql)
+                try:
+                    seen.append(other.wait(tid, timeout=20))
+                except Exception as exc:  # reported by the assertion below
+                    seen.append(exc)
+                seen.append(time.monotonic())
+
+        waiter = threading.Thread(target=waiting)
+        waiter.start()
+        time.sleep(0.3)
+        # When the worker is killed right after the move, before 'failed'
+        killed = subprocess.run(
+            [sys.executable, "-c", _KILLED_FAILING, uri, state_uri, queue, "moved"], timeout=60
+        )
+        died = time.monotonic()
+        assert killed.returncode == -9
+        waiter.join(timeout=25)
+        # Then the waiter returns failed, within a fallback poll of the death
+        assert len(seen) == 2, seen
+        found, woke = seen
+        assert getattr(found, "state", found) == "failed"
+        assert woke - died < 2.5, woke - died
         assert [f.id for f in t.failed_tasks(queue)] == [tid]
 
 

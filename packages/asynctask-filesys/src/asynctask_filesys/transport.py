@@ -460,6 +460,16 @@ class FilesysTransport(FilesysBase):
             failed_at=float(meta.get("failed_at", mtime)),
         )
 
+    def _failed_holds(self, queue: str, task_id: str, where: str) -> bool | None:
+        """Whether the failed store holds the file a consumer noted it was moving there
+        (``where``: its name in ``failed/``, the stamp it was given and its task name):
+        one ``lstat``, never a listing."""
+        if os.sep in where or where.startswith(".") or where.endswith(META_SUFFIX):
+            return False
+        if TaskName.parse(original_name(where)).id != task_id:
+            return False
+        return os.path.lexists(os.path.join(self.paths(queue).failed, where))
+
     def _chosen_failed(self, p: QueuePaths, ids: Sequence[str] | None) -> list[tuple[str, str]]:
         stored = self._failed_names(p)
         pairs = [(s, TaskName.parse(original_name(s)).id) for s in stored]

@@ -569,6 +569,11 @@ class RedisTransport(Transport):
         found = self._script(scripts.FIND_FAILED, queue, *dict.fromkeys(ids))
         return [record for record in found if record]
 
+    def _failed_holds(self, queue: str, task_id: str, where: str) -> bool | None:
+        # (a consumer whose statuses live elsewhere notes the task's id: the failed
+        # store's index by id answers, as for a requeue by id)
+        return any(self._script(scripts.FIND_FAILED, queue, task_id))
+
     def _requeue_failed(self, queue: str, ids: Sequence[str] | None) -> int:
         args: list[Any] = []
         for raw in self._chosen_failed(queue, ids):
