@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
-from asynctask.transport import Transport
+from asynctask_amqp.transport import AmqpTransport
 from bench.ledger import format_line
 from bench.workers import BenchNoopWorker
 
@@ -409,8 +409,9 @@ class PgRaw(RawClient):
 # -- amqp ------------------------------------------------------------------------------
 
 
-#: the window of unacknowledged messages of the raw consumer: our children's on AMQP
-AMQP_PREFETCH = BenchNoopWorker.prefetch or Transport.default_prefetch
+#: the window of unacknowledged messages of the raw consumer: our children's on AMQP (the
+#: adaptive window's start and largest, which a no-op drain keeps)
+AMQP_PREFETCH = int(BenchNoopWorker.prefetch or AmqpTransport.default_prefetch)
 
 
 class AmqpRaw(RawClient):

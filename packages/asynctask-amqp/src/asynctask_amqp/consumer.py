@@ -63,6 +63,7 @@ from asynctask_amqp.topology import (
     release_marker,
     settled_marker,
 )
+from asynctask_amqp.window import AdaptivePrefetch, Window
 
 logger = logging.getLogger("asynctask.amqp")
 
@@ -126,7 +127,13 @@ class AmqpConsumer(Consumer):
         consumer serves (this process's by default), named in the connection's name;
         ``on_generation`` is told each connection's generation when it opens, and 0 when
         it is found lost (``Link.on_generation``: a relay publishes it to its worker)."""
-        super().__init__(transport, queue, prefetch)
+        super().__init__(transport, queue, int(prefetch))
+        #: sizes the window from the tasks' run time when the prefetch is the transport's
+        #: default (``asynctask_amqp.window``); None: the prefetch is the user's, fixed
+        self.window: Window | None = None
+        if isinstance(prefetch, AdaptivePrefetch):
+            self.window = Window(int(prefetch), declarations.params.window_budget)
+        self._qos = 0  # the prefetch last asked of the broker on this connection
         self._declarations = declarations
         owner = os.getpid() if owner is None else owner
         # the host too: hosts' PID spaces overlap (every container's first process is 1)
@@ -157,6 +164,8 @@ class AmqpConsumer(Consumer):
                     if not self._connected():
                         self._connect()
                         self.transport.note_recovery()
+                    elif self.window is not None:
+                        self._adapt(())
                     pumped = False
                     while True:
                         delivery = self._next()
@@ -219,6 +228,68 @@ class AmqpConsumer(Consumer):
                 self.transport.note_outage(error)
         return taken
 
+    def adapt(self, unstarted: Sequence[Delivery] = ()) -> bool:
+        """Resize an adaptive window (``self.window``) if its estimate asks for it; True
+        if it handed back ``unstarted`` (a relay's ready tasks, never handed over).
+
+        RabbitMQ applies a consumer's prefetch (``basic.qos``, not global) when the
+        consumer subscribes, so a resize is ``basic.cancel``, ``basic.qos``,
+        ``basic.consume``. Smaller: first what was delivered and not started goes back
+        to the head of the queue (marked released: no attempt, as ``release`` does), so
+        that it does not wait behind long tasks past the budget; larger: what was
+        delivered stays, and is delivered as it is."""
+        if self.window is None or self.window.resize_to(self.prefetch) is None:
+            return False
+        with self._link.lock:
+            return self._adapt(unstarted)
+
+    def _adapt(self, unstarted: Sequence[Delivery]) -> bool:
+        """``adapt``, holding the connection's lock."""
+        if self.window is None:
+            return False
+        wanted = self.window.resize_to(self.prefetch)
+        if wanted is None:
+            return False
+        smaller = wanted < self.prefetch
+        self.prefetch = wanted
+        if not self._tag or not self._connected():
+            return False  # the next subscription asks for it
+        logger.debug(
+            "%r: window of %r now %d (tasks take %.3f s)",
+            self.transport,
+            self.queue,
+            wanted,
+            self.window.run_time or 0.0,
+        )
+        try:
+            channel = self._link.channel
+            prefetched = self._unsubscribe()
+            if smaller:
+                reserved = self._unstarted(unstarted)
+                for message in [*(r for _, r in reserved), *prefetched]:
+                    self._mark_released(message)
+                for message in self._buffer:
+                    hand_back(channel, message.delivery_info["delivery_tag"])
+                self._buffer.clear()
+                for held_tag, _ in reserved:
+                    hand_back(channel, held_tag)
+                if not self._held:
+                    self.window.idle()
+            self._subscribe()
+        except DRIVER_ERRORS as exc:
+            error = self._lost(exc)
+            if not isinstance(error, TransportUnavailable):
+                raise error from exc
+            self.transport.note_outage(error)
+        return smaller
+
+    def _timed(self, count: int) -> None:
+        """``count`` tasks were settled now: their run time feeds an adaptive window."""
+        if self.window is not None:
+            self.window.settled(count)
+            if not self._held:
+                self.window.idle()
+
     def delivering_socket(self) -> Any | None:
         """The connection's socket while the broker delivers to this consumer (connected
         and subscribed), for a relay to wait on beside its worker's; else None."""
@@ -243,9 +314,13 @@ class AmqpConsumer(Consumer):
         self._tag = ""
         self._declarations._ensure_queue(link, self.queue)
         link.channel.basic_qos(0, self.prefetch, False)
+        self._qos = self.prefetch
         self._generation = link.generation
 
     def _subscribe(self) -> None:
+        if self._qos != self.prefetch:  # a window resized since (``adapt``)
+            self._link.channel.basic_qos(0, self.prefetch, False)
+            self._qos = self.prefetch
         self._tag = self._link.channel.basic_consume(
             self.queue, no_ack=False, callback=self._buffer.append
         )
@@ -292,6 +367,8 @@ class AmqpConsumer(Consumer):
                 link.channel.basic_ack(tag)
                 continue
             self._held[tag] = received
+            if self.window is not None:
+                self.window.started()
             return Delivery(
                 id=received.id,
                 queue=self.queue,
@@ -448,9 +525,16 @@ class AmqpConsumer(Consumer):
             error = self._lost(exc)
             logger.debug("%r: sweeping %r after a settle: %s", self.transport, self.queue, error)
 
-    def ack(self, delivery: Delivery, result_json: str | None = None, read: bool = True) -> None:
+    def ack(
+        self,
+        delivery: Delivery,
+        result_json: str | None = None,
+        read: bool = True,
+        timed: bool = True,
+    ) -> None:
         """The task is done: the broker forgets it. ``read=False``: the caller read the
-        connection just before (a relay's batch of acks reads it for the first only)."""
+        connection just before (a relay's batch of acks reads it for the first only);
+        ``timed=False``: the caller counts its run time (``ack_many``)."""
 
         def action(tag: int, received: Received) -> None:
             # basic.ack has no reply: read first what the broker sent (a connection it
@@ -460,6 +544,8 @@ class AmqpConsumer(Consumer):
             self._link.channel.basic_ack(tag)
 
         self._settle(delivery, action, self._mark_settled)
+        if timed:
+            self._timed(1)
 
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """``ack`` each of ``deliveries``; one ``basic.ack`` (``multiple``) when they are
@@ -482,9 +568,11 @@ class AmqpConsumer(Consumer):
                     else:
                         for tag in tags:
                             del self._held[tag]
+                        self._timed(len(tags))
                         return
         for i, delivery in enumerate(deliveries):
-            self.ack(delivery, read=i == 0)
+            self.ack(delivery, read=i == 0, timed=False)
+        self._timed(len(deliveries))
 
     def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         """Publish a copy (attempts + 1) to the retry ladder, then ack the original."""
@@ -511,6 +599,7 @@ class AmqpConsumer(Consumer):
             self._mark_settled(received)
 
         self._settle(delivery, action, after_loss)
+        self._timed(1)
 
     def fail(self, delivery: Delivery, error: str) -> None:
         """Publish a copy to the failed store, then ack the original."""
@@ -534,6 +623,7 @@ class AmqpConsumer(Consumer):
             self._mark_settled(received)
 
         self._settle(delivery, action, after_loss)
+        self._timed(1)
 
     def release(self, delivery: Delivery, behind: Sequence[Delivery] = ()) -> None:
         """Back to the head of the queue, untouched (marked released, then requeued).

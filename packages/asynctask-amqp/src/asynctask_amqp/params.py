@@ -79,6 +79,13 @@ OPTIONS: dict[str, Option] = {
         "quorum: deliveries after which the broker itself moves a task to its failed "
         "store (x-delivery-limit), a guard beside asynctask's own attempt count",
     ),
+    "window_budget": Option(
+        positive_float,
+        60.0,
+        "seconds within which the last task of a consumer's window should start, when "
+        "no prefetch is set: the window shrinks from 32 as tasks get long (keep it well "
+        "under the broker's consumer_timeout)",
+    ),
     "ssl_ca_certs": Option(str, None, "amqps: CA bundle to verify the broker with"),
     "ssl_certfile": Option(str, None, "amqps: client certificate (PEM)"),
     "ssl_keyfile": Option(str, None, "amqps: client certificate's key (PEM)"),
@@ -116,6 +123,8 @@ class ConnectionParams:
     queue_type: str = "classic"
     #: quorum: the broker's x-delivery-limit on task queues
     delivery_limit: int = 20
+    #: seconds within which the last task of an adaptive window should start
+    window_budget: float = 60.0
 
     @property
     def host(self) -> str:
@@ -211,6 +220,7 @@ def read_params(uri: str, options: dict[str, Any], driver: dict[str, str]) -> Co
         relay=options["relay"],
         queue_type=options["queue_type"],
         delivery_limit=options["delivery_limit"],
+        window_budget=options["window_budget"],
     )
 
 

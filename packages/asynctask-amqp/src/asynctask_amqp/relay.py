@@ -75,6 +75,7 @@ from asynctask.logs import setup_logging
 from asynctask.transport import Delivery
 from asynctask_amqp.consumer import AmqpConsumer
 from asynctask_amqp.transport import AmqpTransport
+from asynctask_amqp.window import AdaptivePrefetch
 from asynctask_amqp.wire import PeerGone, Reader, SharedWords, send
 
 logger = logging.getLogger("asynctask.amqp.relay")
@@ -223,6 +224,8 @@ class Relay:
         checking between slices that the worker lives."""
         generation = self.words.generation  # others came on a connection since lost
         self.ready = [d for d in self.ready if d.receipt[0] == generation]
+        if self.consumer.adapt(self.ready):  # a smaller window: what is ready went back
+            self.ready = []
         if not self.ready:
             deadline = time.monotonic() + timeout
             while True:
@@ -235,7 +238,11 @@ class Relay:
                 self._check_socket()
             self.ready.append(delivery)
         self._pull()
-        batch, self.ready = self.ready, []
+        most = len(self.ready)
+        window = self.consumer.window
+        if window is not None and window.run_time is None:
+            most = 1  # no run time known yet: hand over one, not a window of long tasks
+        batch, self.ready = self.ready[:most], self.ready[most:]
         return [self._hand(d) for d in batch]
 
     def _hand(self, delivery: Delivery) -> dict[str, Any]:
@@ -283,7 +290,7 @@ def main() -> int:
         transport,
         transport,
         str(spec["queue"]),
-        int(spec["prefetch"]),
+        AdaptivePrefetch(spec["prefetch"]) if spec.get("adaptive") else int(spec["prefetch"]),
         worker,
         on_generation=words.set_generation,
     )

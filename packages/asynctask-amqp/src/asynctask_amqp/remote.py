@@ -25,6 +25,7 @@ from typing import Any
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
 from asynctask.transport import Consumer, Delivery, Transport, check_delay
+from asynctask_amqp.window import AdaptivePrefetch
 from asynctask_amqp.wire import PeerGone, Reader, SharedWords, send, send_settled
 
 logger = logging.getLogger("asynctask.amqp")
@@ -92,6 +93,8 @@ class RemoteConsumer(Consumer):
             "uri": transport.uri,
             "queue": queue,
             "prefetch": prefetch,
+            # the transport's default: the relay's consumer sizes its window itself
+            "adaptive": isinstance(prefetch, AdaptivePrefetch),
             # the relay decodes: it must refuse what this process would refuse
             "max_payload_bytes": transport.max_payload_bytes,
             "worker": os.getpid(),

@@ -127,6 +127,7 @@ from asynctask_amqp.topology import (
     settled_marker,
     task_message,
 )
+from asynctask_amqp.window import AdaptivePrefetch
 
 #: seconds a count trusts that an old per-queue ladder it found missing is still missing.
 #: Nothing of this version declares one, so once gone it stays gone, unless a process of
@@ -142,6 +143,10 @@ class AmqpTransport(Transport):
 
     schemes: ClassVar[tuple[str, ...]] = ("amqp", "amqps")
     options_accepted = OPTIONS
+    #: a window the consumers size themselves (``asynctask_amqp.window``): from 32, down
+    #: as tasks get long (``window_budget``); a ``prefetch`` set by the worker class or
+    #: the queue entry is a plain int, kept as it is
+    default_prefetch = AdaptivePrefetch(32)
     #: a broker keeps no shared counters: global limits live in ``asynctask_state``'s store
     limits_in_state = True
     #: a task with ``expires`` carries EXPIRES_HEADER, and the consumers close their
