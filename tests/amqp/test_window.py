@@ -12,7 +12,6 @@ import pytest
 
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
-from asynctask_amqp.window import Window
 from tests.amqp.conftest import rabbitmqctl, vhost_of
 
 
@@ -125,6 +124,8 @@ def test_a_prefetch_the_user_set_stays_as_it_is(amqp_uri, relay):
 
 
 def test_the_window_follows_the_run_time():
+    from asynctask_amqp.window import Window
+
     window = Window(32, budget=60.0)
     assert window.target() == 32  # nothing known: the largest
     window.started(now=0.0)
