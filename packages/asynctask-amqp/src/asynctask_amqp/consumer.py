@@ -650,6 +650,7 @@ class AmqpConsumer(Consumer):
                 hand_back(channel, tag)
             # a round trip, so that the task is back in the queue when release returns
             channel.basic_qos(0, self.prefetch, False)
+            self._qos = self.prefetch
 
         def after_loss(received: Received) -> None:
             self._mark_released(received)
@@ -657,6 +658,8 @@ class AmqpConsumer(Consumer):
             give_back(None, None)
 
         self._settle(delivery, give_back, after_loss)
+        if self.window is not None and not self._held:
+            self.window.idle()  # no task ran: the wait until the next is not a run time
 
     def close(self) -> None:
         """Hand back what is held and prefetched (marked released), and disconnect."""
