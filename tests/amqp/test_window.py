@@ -55,7 +55,9 @@ def unacked(uri: str, queue: str) -> int:
 
 
 @pytest.mark.parametrize("relay", ["true", "false"])
-def test_a_drain_of_short_tasks_runs_at_the_large_window(amqp_uri, relay, transports):
+def test_a_drain_of_short_tasks_runs_at_the_large_window(
+    amqp_uri: str, relay: str, transports: Callable[[str], Transport]
+) -> None:
     # Given 200 tasks and a consumer with the transport's default prefetch
     uri = f"{amqp_uri}?relay={relay}"
     queue = unique_queue("window_drain")
@@ -120,7 +122,9 @@ def test_long_tasks_shrink_the_window_to_start_the_last_within_the_budget(
 
 
 @pytest.mark.parametrize("relay", ["true", "false"])
-def test_a_prefetch_the_user_set_stays_as_it_is(amqp_uri, relay, transports):
+def test_a_prefetch_the_user_set_stays_as_it_is(
+    amqp_uri: str, relay: str, transports: Callable[[str], Transport]
+) -> None:
     # Given a consumer whose prefetch the user set (32, as the default's start), and a
     # budget that tasks of 0.5 s would shrink an adaptive window for (to 2)
     uri = f"{amqp_uri}?relay={relay}&window_budget=0.5"
@@ -142,7 +146,7 @@ def test_a_prefetch_the_user_set_stays_as_it_is(amqp_uri, relay, transports):
     transport.close()
 
 
-def test_the_window_follows_the_run_time():
+def test_the_window_follows_the_run_time() -> None:
     from asynctask_amqp.window import Window
 
     window = Window(32, budget=60.0)
