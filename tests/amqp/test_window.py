@@ -79,8 +79,8 @@ def test_a_drain_of_short_tasks_runs_at_the_large_window(
 
 @pytest.mark.parametrize("relay", ["true", "false"])
 def test_long_tasks_shrink_the_window_to_start_the_last_within_the_budget(
-    amqp_uri, relay, transports
-):
+    amqp_uri: str, relay: str, transports: Callable[[str], Transport]
+) -> None:
     # Given tasks of 1.5 s, and a budget of 3 s: the last of a window of 3 starts in 3 s
     uri = f"{amqp_uri}?relay={relay}&window_budget=3"
     queue = unique_queue("window_long")
