@@ -38,7 +38,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from asynctask.errors import ConfigurationError, InvalidTaskError
 
@@ -183,6 +183,13 @@ class StatusFeed(ABC):
     Used from the consumer's thread (and the watchdog's one settle); see
     ``Consumer.start``.
     """
+
+    #: whether another process of this host may make this feed's writes with a feed of
+    #: its own on the same store (``started`` then takes ``began``, the task's
+    #: ``time.monotonic()``, and ``cancel_heard(task_id)`` tells what ``settled`` would
+    #: of a success): an AMQP consumer's relay does, acknowledging each task once its
+    #: writes are answered (``asynctask_amqp.relayedfeed``)
+    relayable: ClassVar[bool] = False
 
     @abstractmethod
     def may_start(self, task_id: str) -> bool:
