@@ -70,8 +70,13 @@ local ttl_ms = ARGV[3]
 -- cancelled one is met, see ``CANCEL``); ``ago``: ms since it started (a mark sent late).
 -- ``late``: a status feed's start, not waited for: the task runs whatever the verdict,
 -- so one cancelled before its mark came still gets the attempt it ran and its start
--- time, as a cancel after the mark leaves it.
+-- time, as a cancel after the mark leaves it; and one that comes after the task's
+-- outcome (made by a relay, written after a direct ``settled``) leaves that outcome.
 local function start_one(id, attempt, ago, late)
+  if late then
+    local state = redis.call('HGET', task_key(id), 'state')
+    if state == 'succeeded' or state == 'failed' then return 'run' end
+  end
   local started = now_ms() - ago
   local verdict = start_task(id, attempt, started, ttl_ms)
   if verdict == 'cancelled' then
