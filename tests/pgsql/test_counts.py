@@ -21,6 +21,7 @@ from asynctask.testing.contract import open_transport
 from asynctask_pgsql.statements import EXACT_UP_TO, Statements
 from asynctask_web.app import create_app
 from clitools import run_asynctask
+from support import free_port, scrape, total, wait_for
 
 from .conftest import CONNINFO, DATABASE, HOST
 
@@ -148,3 +149,61 @@ def test_the_web_dashboard_marks_an_estimated_count(own_schema):
     assert cells[deep].startswith("~") and cells[small] == "1", cells
     assert re.search(r'<td data-count="ready">~\d+</td>', detail), detail
     assert listed[deep]["estimated"] == ["ready"] and listed[small]["estimated"] == []
+
+
+def test_prometheus_marks_an_estimated_count(own_schema):
+    """The workers' metrics say which queue count is an estimate:
+    ``asynctask_queue_tasks_estimated{queue,state}`` is 1 beside an estimated
+    ``asynctask_queue_tasks`` and 0 beside an exact one (a gauge of its own, not a label
+    on the count: a count crossing ``EXACT_UP_TO`` keeps its series). Failed before: the
+    scrape served the estimate as a plain count, and no series said so."""
+    from asynctask_prometheus import server
+
+    with open_transport(f"{URI}&schema={own_schema}") as transport:
+        # Given a queue deeper than the exact counts' cap, and a small one
+        deep, small = unique_queue("deep"), unique_queue("small")
+        transport.submit_task(small, {"n": 1})
+        _fill(own_schema, deep, EXACT_UP_TO + 2_000)
+        # When the supervisor's endpoint is scraped
+        port = free_port()
+        stop = server.start(port, transport, [deep, small], addr="127.0.0.1")
+        try:
+            samples = wait_for(lambda: scrape(port), 10, "the metrics endpoint")
+        finally:
+            stop()
+    # Then the deep queue's ready count is served, marked as an estimate; its other
+    # counts and the small queue's are marked exact
+    assert total(samples, "asynctask_queue_tasks", queue=deep, state="ready") > EXACT_UP_TO
+    marked = {
+        (dict(labels)["queue"], dict(labels)["state"]): value
+        for (name, labels), value in samples.items()
+        if name == "asynctask_queue_tasks_estimated"
+    }
+    assert marked[(deep, "ready")] == 1, marked
+    assert marked[(deep, "failed")] == 0 and marked[(small, "ready")] == 0, marked
+    counted = {
+        (dict(labels)["queue"], dict(labels)["state"])
+        for (name, labels) in samples
+        if name == "asynctask_queue_tasks"
+    }
+    assert set(marked) == counted  # one mark beside every count served
+
+
+def test_asynctask_top_marks_an_estimated_count(own_schema):
+    """``asynctask top`` shows an estimated count as ``~N``, as ``asynctask queues`` does.
+    Failed before: it showed the estimate plain."""
+    from tests.observe.test_top import row, top_once
+
+    uri = f"{URI}&schema={own_schema}"
+    with open_transport(uri) as transport:
+        # Given a queue deeper than the exact counts' cap, and a small one
+        deep, small = unique_queue("deep"), unique_queue("small")
+        transport.submit_task(small, {"n": 1})
+        _fill(own_schema, deep, EXACT_UP_TO + 2_000)
+    # When top prints one frame of the two
+    shown = top_once(uri, "--queue", deep, "--queue", small)
+    # Then the deep queue's ready count reads ~N, its other counts and the small one's plain
+    assert shown.returncode == 0, shown.stderr
+    assert re.fullmatch(r"~\d+", row(shown.stdout, deep)[1]), shown.stdout
+    assert row(shown.stdout, deep)[2:5] == ["0", "0", "0"], shown.stdout
+    assert row(shown.stdout, small)[1] == "1", shown.stdout

@@ -8,7 +8,13 @@ one registry that reads, at each scrape:
 * ``asynctask_children`` and ``asynctask_child_restarts_total``, kept here from the
   ``asynctask_child_event`` hook (it runs in this process);
 * ``asynctask_queue_tasks{queue,state}`` from ``transport.queue_stats`` (a count the
-  transport cannot give, such as AMQP's in-flight count, is left out).
+  transport cannot give, such as AMQP's in-flight count, is left out);
+* ``asynctask_queue_tasks_estimated{queue,state}``, 1 beside each count that is an
+  estimate (``QueueStats.estimated``: pgsql above 10,000), 0 beside an exact one. A gauge
+  of its own rather than a label on the count: a label would change the count's series
+  (its identity) each time the count crosses the bound, breaking its graph, its
+  ``delta()`` and the alerts matching its label set; this keeps the count's series whole
+  and joins on the same labels.
 """
 
 from __future__ import annotations
@@ -93,6 +99,12 @@ class SupervisorCollector:
             "Tasks of a queue by state, read from the backend at scrape time.",
             labels=["queue", "state"],
         )
+        estimated = GaugeMetricFamily(
+            "asynctask_queue_tasks_estimated",
+            "1 where asynctask_queue_tasks of the same queue and state is an estimate "
+            "(pgsql estimates a count above 10,000), 0 where it is exact.",
+            labels=["queue", "state"],
+        )
         for queue in self.queues:
             try:
                 stats = self.transport.queue_stats(queue)
@@ -103,7 +115,9 @@ class SupervisorCollector:
                 value = getattr(stats, state)
                 if value is not None:
                     tasks.add_metric([queue, state], value)
+                    estimated.add_metric([queue, state], int(state in stats.estimated))
         yield tasks
+        yield estimated
 
 
 def start(

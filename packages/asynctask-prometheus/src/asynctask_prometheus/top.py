@@ -1,10 +1,10 @@
 """``asynctask top``: a live terminal view of the queues, one line a queue.
 
-Counts (ready, in flight, retrying, failed) and the age of the oldest ready task come
-from the transport at each refresh; processed/s and failed/s over the last minute come
-from the workers' Prometheus endpoints (see ``rates``). rich draws the table: it redraws
-in place without flicker, sizes columns to the terminal and is already installed with
-typer.
+Counts (ready, in flight, retrying, failed; ``~N`` where the transport estimates one) and
+the age of the oldest ready task come from the transport at each refresh; processed/s and
+failed/s over the last minute come from the workers' Prometheus endpoints (see
+``rates``). rich draws the table: it redraws in place without flicker, sizes columns to
+the terminal and is already installed with typer.
 """
 
 from __future__ import annotations
@@ -15,13 +15,23 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from asynctask.cli.common import ConfigOption, SetOption, reported_errors, use_settings
+from asynctask.cli.common import (
+    ConfigOption,
+    SetOption,
+    count_text,
+    reported_errors,
+    use_settings,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
 
     from asynctask.transport import Transport
     from asynctask_prometheus.rates import Rates
+
+#: the counts shown, in their columns' order; an estimated one reads ``~N`` (pgsql above
+#: 10,000, ``QueueStats.estimated``), as in ``asynctask queues``
+COUNTS = ("ready", "in_flight", "retrying", "failed")
 
 MetricsOption = Annotated[
     list[str] | None,
@@ -138,10 +148,7 @@ def frame(
         oldest = transport.oldest_ready(stats.name)
         table.add_row(
             stats.name,
-            _count(stats.ready),
-            _count(stats.in_flight),
-            _count(stats.retrying),
-            _count(stats.failed),
+            *(count_text(getattr(stats, n), n in stats.estimated) for n in COUNTS),
             "-" if per_second is None else f"{per_second[0]:.1f}",
             "-" if per_second is None else f"{per_second[1]:.1f}",
             "-" if oldest is None else _age(max(0.0, now - oldest)),
@@ -156,10 +163,6 @@ def _caption(urls: list[str], errors: list[str]) -> str:
     if errors:
         text += "\nunreachable: " + "; ".join(errors)
     return text
-
-
-def _count(value: int | None) -> str:
-    return "-" if value is None else str(value)
 
 
 def _age(seconds: float) -> str:
