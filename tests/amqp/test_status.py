@@ -208,9 +208,11 @@ def test_with_state_in_redis_a_reserve_that_waits_sends_the_outcome_held_first(
     sends it first, so ``wait`` on the last task of a queue returns at once. (Fails when
     the reserve waits without ``flush_status_feed``: with ``HOLD`` set to a minute the
     outcome stays held through the reserve.)"""
+    from asynctask_amqp import relayedfeed
     from asynctask_redis import statusfeed
 
     monkeypatch.setattr(statusfeed, "HOLD", 60.0)
+    monkeypatch.setattr(relayedfeed, "HOLD", 60.0)  # (the relay makes the writes)
     queue = unique_queue()
     with open_transport(_with(amqp_uri, f"relay={relay}")) as t:
         t.state_uri = redis_state

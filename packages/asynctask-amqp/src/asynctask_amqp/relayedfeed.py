@@ -19,14 +19,17 @@ tasks). A worker killed after it sent a frame leaves the frame in the socket: th
 reads it before it sees the socket closed, writes, then acks. A relay that dies with it
 acks nothing: the broker delivers those tasks again.
 
-The worker's own feed still hears the cancels (``may_start``, ``cancel_heard``); this
-feed holds the writes as the store's feed would: the first start after the consumer
-waited is sent at once, the others held (a short task's start and success are one
-write), a success held; any other outcome goes at once with what is held; held writes
-go with the next frame to the relay (the ack before the next task, a reserve), or within
-``HOLD`` seconds from a thread (``asynctask.flusher.MarkFlusher``) while the task runs
-on. A held start carries its ``time.monotonic()`` (the host's clock, the relay's too),
-so ``started_at`` is when the task started.
+The worker's own feed still hears the cancels (``may_start``, ``cancel_heard``) and
+makes the writes no ack waits for, at once, as without a relay: the first start after
+the consumer waited (it reads ``running`` as soon), and an outcome that is not a success
+(``retrying``, ``failed``: what is held goes first, moved there in order; the run
+loop's flush before a retry waits for it, as before). The relay gets the rest: a busy
+consumer's starts, held (a short task's start and success are one write), and the
+successes, which go with the next frame (the ack before the next task, a reserve), or
+within ``HOLD`` seconds from a thread (``asynctask.flusher.MarkFlusher``) while the task
+runs on. A held start carries its ``time.monotonic()`` (the host's clock, the relay's
+too), so ``started_at`` is when the task started. A start made here that reaches Redis
+after the outcome the relay made leaves that outcome (the ``WRITES`` script).
 """
 
 from __future__ import annotations
@@ -50,13 +53,29 @@ Write = list[Any]
 
 
 class Relayable(Protocol):
-    """What the worker keeps of the store's own feed: the cancels it hears."""
+    """What the worker keeps of the store's own feed: the cancels it hears, and the
+    writes that need no ack after them (a first start, an outcome that is not a
+    success), made at once as without a relay."""
 
     relayable: ClassVar[bool]
 
     def may_start(self, task_id: str) -> bool: ...
 
     def cancel_heard(self, task_id: str) -> bool: ...
+
+    def started(self, task_id: str, attempt: int, began: float | None = None) -> None: ...
+
+    def settled(
+        self,
+        task_id: str,
+        state: State,
+        attempts: int,
+        *,
+        error: str | None = None,
+        result_json: str | None = None,
+    ) -> bool | None: ...
+
+    def flush(self, *, waiting: bool = True) -> None: ...
 
     def close(self) -> None: ...
 
@@ -69,6 +88,8 @@ class Relaying(Protocol):
     _lock: Any
     #: the writes not sent yet, carried by the consumer's next frame (before its acks)
     _writes: list[Write]
+    #: the acks not sent yet (by receipt)
+    _acks: list[int]
 
     def _settled(self) -> None:
         """Send the acks and writes waiting in one unanswered frame (the lock held)."""
@@ -95,16 +116,16 @@ class RelayedFeed(StatusFeed):
         return self.inner.may_start(task_id)
 
     def started(self, task_id: str, attempt: int) -> None:
-        """``running``: sent at once for the consumer's first task since it waited,
-        else held (for its success: one write in the relay)."""
+        """``running``: for the consumer's first task since it waited, sent at once by
+        the store's feed of this process (the mark reads ``running`` as soon as without
+        a relay); else held for the relay (with its success: one write there)."""
         consumer = self._consumer
         with consumer._lock:
-            held = bool(consumer._writes)
-            consumer._writes.append(["s", task_id, attempt, time.monotonic()])
-            if held or not self._waited:
+            if consumer._writes or not self._waited:
+                consumer._writes.append(["s", task_id, attempt, time.monotonic()])
                 self._hold()
-            else:
-                self._post()
+                return
+        self.inner.started(task_id, attempt)
 
     def settled(
         self,
@@ -115,17 +136,28 @@ class RelayedFeed(StatusFeed):
         error: str | None = None,
         result_json: str | None = None,
     ) -> bool | None:
-        """An outcome: a success held for the next frame, any other sent at once with
-        what is held. True for a success whose cancel the store's feed has heard."""
+        """An outcome: a success held for the relay (the frame of its ack); any other
+        made at once by the store's feed of this process, after what is held (moved
+        there, in order: a start made by the relay after a ``retrying`` would undo
+        it). True for a success whose cancel the store's feed has heard."""
         consumer = self._consumer
-        write = ["o", task_id, state, attempts, error or "", result_json or ""]
+        if state == "succeeded":
+            with consumer._lock:
+                consumer._writes.append(["o", task_id, state, attempts, "", result_json or ""])
+                self._hold()
+            return self.inner.cancel_heard(task_id) or None
         with consumer._lock:
-            consumer._writes.append(write)
-            if state != "succeeded":
-                self._post()
-                return None
-            self._hold()
-        return self.inner.cancel_heard(task_id) or None
+            held, consumer._writes = consumer._writes, []
+            inner = self.inner
+            for write in held:
+                if write[0] == "s":
+                    inner.started(write[1], write[2], began=write[3])
+                else:
+                    inner.settled(write[1], write[2], write[3], result_json=write[5] or None)
+            inner.settled(task_id, state, attempts, error=error, result_json=result_json)
+            if consumer._acks:  # (their outcomes were among those held: answered first)
+                inner.flush(waiting=False)
+        return None
 
     def _hold(self) -> None:
         """A write was added to the consumer's (the lock held): time the first."""
@@ -143,8 +175,10 @@ class RelayedFeed(StatusFeed):
         consumer = self._consumer
         with consumer._lock:
             self._waited = waiting
-            if waiting and consumer._writes:
-                self._post()
+            if waiting:
+                if consumer._writes:
+                    self._post()
+                self.inner.flush(waiting=True)  # (its next start goes at once)
 
     def flush_marks(self, now: float) -> float | None:
         """The thread's look: send what is held once the oldest is ``HOLD`` old; None
