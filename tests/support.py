@@ -23,6 +23,7 @@ __all__ = [
     "drain",
     "events",
     "free_port",
+    "killed_after_the_fail",
     "reserve_within",
     "scrape",
     "settle_through_restarts",
@@ -158,3 +159,57 @@ def _restarting(server: Any, call: Any, *args: Any) -> None:
     back.start()
     call(*args)
     back.join()
+
+
+#: a worker process whose one task raises (no retries): SIGKILLed right after its
+#: consumer's ``fail`` (argv: the module and class whose ``fail`` it patches) moved the
+#: task to the failed store, before the run loop writes ``failed`` to ``asynctask_state``
+_KILLED_AFTER_THE_FAIL = """
+import importlib, os, signal, sys
+from asynctask import AsyncTaskWorker
+from asynctask.runner import LoopOptions, run_loop
+from asynctask.testing.contract import open_transport
+
+uri, state, queue, where = sys.argv[1:5]
+module, name = where.split(":")
+cls = getattr(importlib.import_module(module), name)
+real = cls.fail
+
+def fail(*args, **kwargs):
+    real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+cls.fail = fail
+
+class Raises(AsyncTaskWorker):
+    name = "asynctask_tests_killed_after_the_fail"
+    max_retries = 0
+
+    def process(self, payload):
+        raise ValueError("boom")
+
+with open_transport(uri) as t:
+    t.state_uri = state
+    run_loop(Raises(), t, queue, LoopOptions(halt_when_empty=True))
+"""
+
+
+def killed_after_the_fail(uri: str, state: str, queue: str, consumer_class: str) -> None:
+    """The failed window (issue 16, ``asynctask.status``) on the transport of ``uri``
+    with its statuses in ``state``: a worker killed right after ``consumer_class``
+    (``module:Class``) moved its task to the failed store, before ``failed``; then the
+    task is in the failed store and reads ``failed``, and a ``wait`` returns it."""
+    import sys
+
+    from asynctask.testing.contract import open_transport
+
+    with open_transport(uri) as t:
+        t.state_uri = state
+        tid = t.submit_task(queue, {"n": 1})
+        script = [sys.executable, "-c", _KILLED_AFTER_THE_FAIL, uri, state, queue, consumer_class]
+        assert subprocess.run(script, timeout=60).returncode == -9
+        assert [f.id for f in t.failed_tasks(queue)] == [tid]
+        found = t.status(tid)
+        assert found is not None and found.state == "failed", found
+        assert found.error is not None and "boom" in found.error
+        assert t.wait(tid, timeout=5).state == "failed"

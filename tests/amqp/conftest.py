@@ -9,12 +9,10 @@ rabbitmqctl``). Without rabbitmqctl the tests that stop the broker skip.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import shutil
 import subprocess
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +23,7 @@ import pytest
 from asynctask.testing import require_service
 from asynctask_amqp.topology import RUNGS
 from chaos.private_rabbitmq import PrivateRabbitMQ
+from tests.conftest import redis_state_uri  # noqa: F401 (tests import it from here)
 
 #: a vhost and a user of this test session's own: several sessions share one broker, and
 #: a test that closes every connection of its vhost must close only its own
@@ -130,33 +129,3 @@ def on_shared_ladder(connection: kombu.Connection, queue: str, kind: str = "clas
     finally:
         channel.close()
     return found
-
-
-#: the Redis a test keeps its statuses in (``asynctask_state``), as the redis tests use
-REDIS_STATE_SERVER = "redis://127.0.0.1:6379/9"
-
-
-@contextlib.contextmanager
-def redis_state_uri(options: str = "") -> Iterator[str]:
-    """An ``asynctask_state`` URI on Redis with a key prefix of its own (its keys deleted
-    after), with ``options`` (``&name=value...``) appended; skipped where
-    asynctask-redis or the server is missing."""
-    redis = pytest.importorskip("redis")
-    pytest.importorskip("asynctask_redis")
-    client = redis.Redis.from_url(REDIS_STATE_SERVER)
-    require_service("Redis at 127.0.0.1:6379", client.ping)
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    try:
-        yield f"{REDIS_STATE_SERVER}?key_prefix={prefix}{options}"
-    finally:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
-
-
-@pytest.fixture
-def redis_state() -> Iterator[str]:
-    """``redis_state_uri`` for one test."""
-    with redis_state_uri() as uri:
-        yield uri

@@ -31,7 +31,7 @@ from asynctask_redis import consumer as redis_consumer
 from asynctask_redis import startmarks
 from asynctask_redis.transport import RedisTransport
 from chaos.private_redis import private_redis
-from support import cancel_while_running_in_process
+from support import cancel_while_running_in_process, killed_after_the_fail
 from tests.redis.test_contract import RedisProbe
 
 
@@ -933,3 +933,20 @@ def test_a_held_start_mark_reaches_a_server_that_never_ran_the_start_script():
         finally:
             transport.close()
     assert ids[0] == first.id
+
+
+@pytest.mark.parametrize("store", ["filesys", "redis", "pgsql"])
+def test_with_state_elsewhere_a_worker_killed_right_after_a_fail_leaves_it_failed(
+    redis_uri, tmp_path, request, store
+):
+    """Statuses in the store of ``asynctask_state`` (a filesys folder, another Redis
+    prefix, PostgreSQL): a worker killed between the move to the failed store and
+    ``failed`` leaves a task that reads ``failed`` (the consumer noted its id first; the
+    read finds it in the failed store's index by id). Failed before: ``running``."""
+    if store == "filesys":
+        state = f"filesys:{tmp_path / 'state'}"
+    else:
+        state = request.getfixturevalue(f"{store}_state")
+    killed_after_the_fail(
+        redis_uri, state, unique_queue(), "asynctask_redis.consumer:RedisConsumer"
+    )

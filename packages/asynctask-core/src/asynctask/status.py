@@ -30,6 +30,18 @@ Submitters learn it through a cache, a few seconds late (``asynctask.untracked``
 forgotten ``asynctask_status_ttl`` seconds after it was reached, by the backend itself
 (a key expiry, a bounded delete), never by a scan that grows with history; a ``failed``
 status lives as long as its failed record.
+
+The failed window. A failure is two writes in two places: the task moves into its
+transport's failed store, then its status becomes ``failed`` (in that order: a waiter
+woken by ``failed`` finds the task there). A worker killed between them would leave
+the task in the failed store reading ``running`` for good. So before the move the
+worker notes where it is moving it (``StateStore.failing``, kept in the status record,
+read with it, changing nothing else), and a read of a ``running`` status that
+carries such a note (``TaskStatus.failing``) asks the transport whether its failed
+store holds the task (``Transport._failed_holds``: one look-up by that note, never a
+scan); when it does, the read writes ``failed`` itself (``confirm_failed``, only while
+the note is still there), which wakes the waiters. ``Transport.wait`` reads again every
+``fallback_poll`` seconds, so a waiter sees it too when nobody else looks.
 """
 
 from __future__ import annotations
@@ -37,7 +49,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import ClassVar, Literal
 
 from asynctask.errors import ConfigurationError, InvalidTaskError
@@ -88,11 +100,22 @@ class TaskStatus:
     error: str | None = None
     #: the JSON value ``process()`` returned (``None`` when it returned ``None``)
     result: object = None
+    #: internal (the failed window, see ``StateStore.failing``): where a worker said it
+    #: was moving the task into its transport's failed store, while no ``failed`` has
+    #: confirmed it; ``Transport.statuses`` looks there by it. None for everything else.
+    failing: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def final(self) -> bool:
         """Whether nothing will happen to the task any more."""
         return self.state in FINAL_STATES
+
+    def to_dict(self) -> dict[str, object]:
+        """The public fields, as the CLI's and the web's JSON show them (not the
+        internal ``failing``)."""
+        shown = asdict(self)
+        del shown["failing"]
+        return shown
 
 
 @dataclass(frozen=True)
@@ -319,6 +342,26 @@ class StateStore(ABC):
         """Record an outcome: ``retrying``, ``succeeded`` (with ``result_json``),
         ``failed``, ``expired``, or ``queued`` (requeued from the failed store, or handed
         back). A task already ``cancelled`` stays cancelled (its result is discarded)."""
+
+    def failing(
+        self, queue: str, task_id: str, attempts: int, where: str, error: str
+    ) -> bool | None:
+        """A worker is about to move the task into its transport's failed store, at
+        ``where`` (what ``Transport._failed_holds`` looks up): note it in the task's
+        record, which keeps its state (a status read returns it as ``TaskStatus
+        .failing``), until the next write of the record (``failed`` after the move, a
+        start after the worker died before it, a requeue, a cancel) drops it.
+
+        True when the task was cancelled (then nothing is noted: the caller drops the
+        task instead), else None. The default notes nothing: with such a store a worker
+        killed between the move and ``failed`` leaves the task reading ``running``."""
+        return None
+
+    def confirm_failed(self, queue: str, task_id: str, where: str) -> None:  # noqa: B027
+        """The failed store holds the task noted ``failing`` at ``where``, whose worker
+        wrote no ``failed`` (killed between the two): write ``failed`` (with the
+        error noted, waking the waiters) if the record still carries that note, else
+        nothing (a later write won). Only a store that overrides ``failing`` needs it."""
 
     @abstractmethod
     def statuses(self, ids: Sequence[str]) -> list[TaskStatus | None]:

@@ -404,6 +404,21 @@ class Consumer(ABC):
                     "%r: the task statuses sent last may be lost (%s)", self.transport, exc
                 )
 
+    def note_failing(self, delivery: Delivery, where: str, error: str) -> bool | None:
+        """Before ``fail`` moves the task into the failed store at ``where`` (what
+        ``Transport._failed_holds`` looks up), note it in the store of
+        ``asynctask_state`` (``StateStore.failing``), so that a worker killed between
+        the move and ``failed`` leaves a task that reads ``failed`` (the failed window,
+        ``asynctask.status``). A transport keeping its own statuses does the same in
+        its own way. True when the task was cancelled meanwhile (the caller drops it
+        instead), else None."""
+        store = self.transport.external_state()
+        if store is None or not self.tracking:
+            return None
+        self.flush_status_feed(waiting=False)  # a start it holds goes first
+        noted = functools.partial(store.failing, error=error)
+        return self.transport._call(noted, delivery.queue, delivery.id, delivery.attempt, where)
+
     @abstractmethod
     def ack(self, delivery: Delivery, result_json: str | None = None) -> bool | None:
         """The task is done: remove it for good; ``succeeded`` with its result.
@@ -623,6 +638,13 @@ class Transport(ABC):
         store = self.external_state()
         if store is not None:
             self._call(store.purged, queue, list(ids))
+
+    def _failed_holds(self, queue: str, task_id: str, where: str) -> bool | None:
+        """Whether ``queue``'s failed store holds the task a worker noted it was moving
+        there, at ``where`` (what its consumer gave ``Consumer.note_failing``): one
+        look-up by that, never a scan (the failed window, ``asynctask.status``). None
+        (the default): this transport cannot tell by id, and its consumers note nothing."""
+        return None
 
     def _state_store(self) -> StateStore | None:
         """The store of this transport's own task statuses, or ``None`` if it keeps none
@@ -859,6 +881,9 @@ class Transport(ABC):
         store = self.state()
         task_ids = list(task_ids)
         found = self._call(store.statuses, task_ids)
+        for i, noted in enumerate(found):
+            if noted is not None and noted.failing is not None and noted.state == "running":
+                found[i] = self._repaired(store, noted, noted.failing)
         unrecorded = [
             i for i, s in zip(task_ids, found, strict=True) if s is None and is_unrecorded(i)
         ]
@@ -870,6 +895,17 @@ class Transport(ABC):
             )
         self._refuse_untracked(store, found)
         return found
+
+    def _repaired(self, store: StateStore, noted: TaskStatus, where: str) -> TaskStatus | None:
+        """The status of a task noted ``failing`` (the failed window, ``asynctask
+        .status``): ``failed`` when this transport's failed store holds it (written by
+        this read, since its worker did not: killed between the move and the write),
+        else as read (the move has not happened: its worker is on the way, or died
+        before it and the task comes back to be run again)."""
+        if not self._call(self._failed_holds, noted.queue, noted.id, where):
+            return noted
+        self._call(store.confirm_failed, noted.queue, noted.id, where)
+        return self._call(store.statuses, [noted.id])[0]
 
     def _refuse_untracked(self, store: StateStore, found: Sequence[TaskStatus | None]) -> None:
         """``StatusNotTracked`` when a status belongs to a queue whose workers keep none
@@ -895,13 +931,30 @@ class Transport(ABC):
         """
         if timeout is not None and (not math.isfinite(timeout) or timeout < 0):
             raise ValueError(f"timeout must be a finite number >= 0 or None, got {timeout!r}")
-        now = self.status(task_id)  # refuses an untracked queue's task at once
-        if now is None:
-            raise LookupError(f"no task {task_id!r}: never submitted here, or forgotten")
-        found = now if now.final else self.state().wait(task_id, timeout)
-        if found is None:
-            raise LookupError(f"no task {task_id!r}: never submitted here, or forgotten")
-        return found
+        deadline = None if timeout is None else time.monotonic() + timeout
+        store = self.state()
+        while True:
+            now = self.status(task_id)  # refuses an untracked queue's task at once
+            if now is None:
+                raise LookupError(f"no task {task_id!r}: never submitted here, or forgotten")
+            if now.final:
+                return now
+            # Waited in slices of the fallback poll, each ended by a read through this
+            # transport: a worker killed between the failed store and ``failed`` wrote
+            # nothing to wake us, and the read writes it (``_repaired``).
+            part = store.fallback_poll
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"task {task_id} is still {now.state}")
+                part = min(part, left)
+            try:
+                found = store.wait(task_id, part)
+            except TimeoutError:
+                continue
+            if found is None:
+                raise LookupError(f"no task {task_id!r}: never submitted here, or forgotten")
+            return found
 
     def cancel(self, task_id: str) -> bool:
         """Cancel a task that is not final: True if it was not final and now is

@@ -16,7 +16,7 @@ import time
 from asynctask.errors import TransportClosed
 from asynctask.status import StartVerdict
 from asynctask.transport import Consumer, Delivery, check_delay, is_unrecorded
-from asynctask_filesys.layout import QueuePaths, TaskName, due_order, sweep_tmp
+from asynctask_filesys.layout import QueuePaths, TaskName, due_order, failed_name, sweep_tmp
 from asynctask_filesys.oserrors import os_errors
 from asynctask_filesys.owners import OwnerFolder, recover_dead, touch_live
 from asynctask_filesys.queues import NO_OPTIONS, FilesysBase, TaskOptions
@@ -278,23 +278,30 @@ class FilesysConsumer(Consumer):
 
     @os_errors
     def fail(self, delivery: Delivery, error: str) -> bool | None:
-        """Move the task to the failed store with ``error``, then write ``failed`` (a
-        waiter woken by it finds the task there); a task cancelled while it ran is
-        deleted instead (it stays ``cancelled``): True then. A cancel between the look
-        and the status write leaves the status ``cancelled``: the task leaves the failed
-        store (True too)."""
+        """Note the name the task will have in the failed store in its status record
+        (``failing``: a worker killed after the move leaves a task that reads
+        ``failed``, see ``asynctask.status``), move it there with ``error``, then write
+        ``failed`` (a waiter woken by it finds the task there); a task cancelled while
+        it ran is deleted instead (it stays ``cancelled``): True then. A cancel between
+        the note and the status write leaves the status ``cancelled``: the task leaves
+        the failed store (True too)."""
         outcome = self._outcome(delivery, final=True)
         settled = self._settle(delivery)
         if settled is not None:
             path, task = settled
-            found = None if outcome is None else outcome[0].statuses([delivery.id])[0]
-            if found is not None and found.state == "cancelled":
+            name = os.path.basename(path)
+            stored = failed_name(name, time.time_ns())
+            if outcome is not None:  # our own records
+                cancelled = outcome[0].failing(
+                    self.queue, delivery.id, delivery.attempt, stored, error
+                )
+            else:  # the store of asynctask_state (or not tracking: nothing noted)
+                cancelled = self.note_failing(delivery, stored, error)
+            if cancelled:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                 return True
-            self.transport.to_failed(
-                self.queue, path, os.path.basename(path), error, task.attempts + 1
-            )
+            self.transport.to_failed(self.queue, path, name, error, task.attempts + 1, stored)
         if outcome is not None and outcome[0].finish(
             delivery.id, "failed", delivery.attempt, error=error
         ):

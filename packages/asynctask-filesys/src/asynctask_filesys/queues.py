@@ -82,12 +82,23 @@ class FilesysBase(Transport):
             self._made.add(queue)
         return paths
 
-    def to_failed(self, queue: str, path: str, name: str, error: str, attempts: int) -> None:
+    def to_failed(
+        self,
+        queue: str,
+        path: str,
+        name: str,
+        error: str,
+        attempts: int,
+        stored: str | None = None,
+    ) -> None:
         """Move the file at ``path`` to the failed store, with a ``.meta`` sidecar written
         first, so a crash between the two leaves the task where it was. The move itself is
-        one rename: of the link, the FIFO or the file, never of what it points to."""
+        one rename: of the link, the FIFO or the file, never of what it points to.
+        ``stored``: its name there (``failed_name``), when the caller noted it first
+        (the failed window, ``asynctask.status``); else made now."""
         paths = self.ensure_queue(queue)
-        stored = failed_name(name, time.time_ns())
+        if stored is None:
+            stored = failed_name(name, time.time_ns())
         meta = {"error": error, "attempts": attempts, "failed_at": time.time()}
         tmp = os.path.join(paths.tmp, stored + META_SUFFIX)
         write_file(tmp, json.dumps(meta).encode(), self.mode, sync=False)

@@ -35,7 +35,7 @@ from asynctask.status import (
     TaskStatus,
 )
 from asynctask_filesys import records
-from asynctask_filesys.layout import make_dirs, write_file
+from asynctask_filesys.layout import chmod_needed, make_dirs, write_file
 from asynctask_filesys.oserrors import os_errors
 from asynctask_filesys.records import Record, RecordPaths, valid_id
 
@@ -44,6 +44,11 @@ logger = logging.getLogger("asynctask.filesys")
 #: ``begin``'s ``expires`` when the caller does not know it (the record is read)
 UNKNOWN: Any = object()
 _WAITING = ("queued", "delayed")
+#: the content field of a record whose worker is moving its task into the failed store:
+#: the task's name there (``failing``); every later rewrite of the record drops it
+FAILING = "failing"
+#: what a rewrite of a record's outcome drops from its content
+_DROPPED = frozenset({"result", records.CARRIED, FAILING})
 #: starts a journal takes before the next one is opened: bounds what a status reads
 JOURNAL_STARTS = 1024
 #: bytes of a journal a status reads at most (1,024 lines of at most 150 bytes)
@@ -329,6 +334,9 @@ class FilesysStateStore(StateStore):
                 state = "queued"
         if found.where == "done" and (finished or info.st_ctime) + self.status_ttl < now:
             return None  # past its TTL, its folder not yet removed
+        failing = None
+        if found.where == "live" and state not in FINAL_STATES:
+            failing = _text(record.get(FAILING))  # the failed window: see ``failing``
         return TaskStatus(
             id=task_id,
             queue=queue,
@@ -339,6 +347,7 @@ class FilesysStateStore(StateStore):
             finished_at=finished,
             error=_text(record.get("error")),
             result=record.get("result"),
+            failing=failing,
         )
 
     # -- the generic calls ----------------------------------------------------------------
@@ -360,8 +369,9 @@ class FilesysStateStore(StateStore):
         if options.unique_key is not None:
             record["unique_key"] = options.unique_key
         body = records.encode(record)
+        chmod = chmod_needed(p.live, self.mode)
         for task_id in ids:
-            records.create(os.path.join(p.live, task_id), body, self.mode)
+            records.create(os.path.join(p.live, task_id), body, self.mode, chmod)
         if options.unique_key is None:
             return list(ids)
         holder = self._take_unique(queue, options.unique_key, ids[0])
@@ -542,6 +552,7 @@ class FilesysStateStore(StateStore):
                 if old.get("state") in FINAL_STATES:
                     return None
                 new = {**old, "state": "running", "attempts": attempt, "started_at": now}
+                new.pop(FAILING, None)  # its worker died before the move: run again
                 if journal is not None:
                     # started before (a task taken back from a worker taken for dead):
                     # when that worker's journal settled it (succeeded, or a cancel's
@@ -574,6 +585,57 @@ class FilesysStateStore(StateStore):
         body = records.encode({"queue": queue, "state": "queued", "attempts": attempt - 1})
         if records.create(live, body, self.mode):
             records.mark(live)
+
+    @os_errors
+    def failing(
+        self, queue: str, task_id: str, attempts: int, where: str, error: str
+    ) -> bool | None:
+        """The worker is about to move the task into the failed store as ``where``: the
+        record is rewritten ``running`` (this attempt, its start time; the journal its
+        mark names carried), with ``error`` and the note ``failing``, under its lock;
+        ``failed`` after the move drops the note. A status read that finds the note
+        and the file (``Transport._failed_holds``) writes ``failed`` itself
+        (``confirm_failed``): the worker was killed between the two. True when the task
+        was cancelled (nothing noted: the caller deletes it), else None. This is the
+        look for a cancel that the failure made before, at the same cost."""
+        if not valid_id(task_id):
+            return None
+        live = self._live + task_id
+
+        def noted(
+            old: Record, marked_at: float | None, journal: str | None
+        ) -> tuple[Record, str | None] | None:
+            if old.get("state") in FINAL_STATES:
+                return None  # cancelled meanwhile (or final already)
+            if attempts > 1 and journal is not None and self._journaled(journal, task_id):
+                return None  # a recovered copy: the first worker's journal settled it
+            new = {**old, "state": "running", "attempts": attempts, "error": error}
+            if marked_at is not None:  # started by the hot path: the mark's time
+                new["started_at"] = marked_at
+            if journal is not None:
+                new[records.CARRIED] = journal
+            new[FAILING] = where
+            return new, None
+
+        changed = records.update(live, noted, self.limit)
+        if changed is not None and changed[1]:
+            return None
+        found = self._locate(task_id)  # no live record: cancelled, or never one
+        return True if found is not None and found.record.get("state") == "cancelled" else None
+
+    @os_errors
+    def confirm_failed(self, queue: str, task_id: str, where: str) -> None:
+        """``failed`` for a record still noted ``failing`` as ``where`` (see
+        ``failing``): moved to ``failed/``, which wakes its waiters."""
+        if not valid_id(task_id):
+            return
+        live = self._live + task_id
+        read = records.read(live, self.limit)
+        if read is None or read.record.get(FAILING) != where:
+            return
+        attempts = int(_number(read.record.get("attempts")) or 0)
+        error = _text(read.record.get("error"))
+        self._finish_at(live, task_id, "failed", attempts, None, error, None, noted=where)
 
     def finish(
         self,
@@ -751,9 +813,11 @@ class FilesysStateStore(StateStore):
         started_at: float | None,
         error: str | None,
         result_json: str | None,
+        noted: str | None = None,
     ) -> bool:
         """Rewrite the record at ``path`` with ``state``, then move it where that state
-        lives; False if it was final already or moved away meanwhile.
+        lives; False if it was final already or moved away meanwhile. ``noted``: only
+        while the record carries that ``failing`` note (``confirm_failed``).
 
         The outcome of a later attempt (a recovered copy: ``attempts`` 2 or more, or
         1 handed back) on a record that names a journal is the copy's, while the
@@ -771,7 +835,9 @@ class FilesysStateStore(StateStore):
         ) -> tuple[Record, str | None] | None:
             if old.get("state") in FINAL_STATES and old.get("state") != "failed":
                 return None  # cancelled (or expired) stays so: its result is discarded
-            new = {k: v for k, v in old.items() if k != "result" and k != records.CARRIED}
+            if noted is not None and (old.get(FAILING) != noted or old.get("state") != "running"):
+                return None  # written since the note: that write stands
+            new = {k: v for k, v in old.items() if k not in _DROPPED}
             if copy and journal is not None:
                 final = state in FINAL_STATES
                 said = self._journal_first(journal, task_id, state) if final else None

@@ -65,6 +65,7 @@ from asynctask_filesys.layout import (
     QueuePaths,
     StampClock,
     TaskName,
+    chmod_needed,
     due_order,
     iter_task_names,
     original_name,
@@ -251,9 +252,10 @@ class FilesysTransport(FilesysBase):
         tasks: Sequence[tuple[str, str]],
         extra: TaskOptions,
     ) -> None:
+        chmod = chmod_needed(paths.tmp, self.mode)
         for name, (task_id, text) in zip(names, tasks, strict=True):
             body = wrap(text, self.task_headers(queue, task_id, text), extra)
-            write_file(os.path.join(paths.tmp, name), body.encode(), self.mode, self.fsync)
+            write_file(os.path.join(paths.tmp, name), body.encode(), self.mode, self.fsync, chmod)
 
     @os_errors
     def _take(self, queue: str) -> Payload | None:
@@ -459,6 +461,16 @@ class FilesysTransport(FilesysBase):
             submitted_at=mtime,
             failed_at=float(meta.get("failed_at", mtime)),
         )
+
+    def _failed_holds(self, queue: str, task_id: str, where: str) -> bool | None:
+        """Whether the failed store holds the file a consumer noted it was moving there
+        (``where``: its name in ``failed/``, the stamp it was given and its task name):
+        one ``lstat``, never a listing."""
+        if os.sep in where or where.startswith(".") or where.endswith(META_SUFFIX):
+            return False
+        if TaskName.parse(original_name(where)).id != task_id:
+            return False
+        return os.path.lexists(os.path.join(self.paths(queue).failed, where))
 
     def _chosen_failed(self, p: QueuePaths, ids: Sequence[str] | None) -> list[tuple[str, str]]:
         stored = self._failed_names(p)

@@ -225,6 +225,7 @@ CREATE TABLE IF NOT EXISTS {s}.asynctask_status (
 ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.01,
         autovacuum_analyze_scale_factor = 0.02);
 ALTER TABLE {s}.asynctask_status ADD COLUMN IF NOT EXISTS watched BOOLEAN NOT NULL DEFAULT false;
+ALTER TABLE {s}.asynctask_status ADD COLUMN IF NOT EXISTS failing TEXT;
 CREATE UNIQUE INDEX IF NOT EXISTS asynctask_status_unique
     ON {s}.asynctask_status (queue_name, unique_key) WHERE unique_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {s}.asynctask_untracked (queue_name TEXT PRIMARY KEY);
@@ -255,6 +256,8 @@ SELECT obj_description(n.oid, 'pg_namespace'), to_regclass(%(table)s)::text,
         WHERE attrelid = to_regclass(%(table)s) AND attname = 'headers' AND NOT attisdropped)
        AND EXISTS (SELECT 1 FROM pg_attribute
         WHERE attrelid = to_regclass(%(status)s) AND attname = 'watched' AND NOT attisdropped)
+       AND EXISTS (SELECT 1 FROM pg_attribute
+        WHERE attrelid = to_regclass(%(status)s) AND attname = 'failing' AND NOT attisdropped)
 FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %(schema)s
 """
 

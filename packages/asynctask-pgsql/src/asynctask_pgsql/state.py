@@ -209,6 +209,23 @@ class PgsqlStateStore(StateStore):
         self._forget(1 if state in FINAL_STATES else 0)
         self._host._query(self.sql.settled, params)
 
+    def failing(
+        self, queue: str, task_id: str, attempts: int, where: str, error: str
+    ) -> bool | None:
+        """Note ``where`` in the row of a running task about to be moved into its
+        transport's failed store (``FAILING``); True if it was cancelled."""
+        key = _uuid(task_id)
+        if key is None:
+            return None
+        rows = self._host._query(self.sql.failing, {"id": key, "where": where, "error": error})
+        return True if rows and rows[0][0] else None
+
+    def confirm_failed(self, queue: str, task_id: str, where: str) -> None:
+        """``failed`` for a task still running with that note (``CONFIRM_FAILED``)."""
+        key = _uuid(task_id)
+        if key is not None:
+            self._host._query(self.sql.confirm_failed, {"id": key, "where": where})
+
     def purged(self, queue: str, ids: Sequence[str]) -> None:
         wanted = [u for u in (_uuid(task_id) for task_id in ids) if u is not None]
         if wanted and self._host._stored():
@@ -245,7 +262,7 @@ def _uuid(task_id: str) -> uuid.UUID | None:
 
 
 def _status(row: tuple[Any, ...]) -> TaskStatus:
-    task_id, queue, state, attempts, submitted, started, finished, error, result = row
+    task_id, queue, state, attempts, submitted, started, finished, error, result, failing = row
     return TaskStatus(
         id=task_id,
         queue=queue,
@@ -256,4 +273,5 @@ def _status(row: tuple[Any, ...]) -> TaskStatus:
         finished_at=finished,
         error=error,
         result=None if result is None else json.loads(result),
+        failing=failing,
     )

@@ -41,7 +41,7 @@ SELECT replace(s.task_id::text, '-', ''), s.queue_name,
     extract(epoch FROM CASE WHEN s.state IN ('queued', 'delayed')
                              AND s.date_expires <= now() THEN s.date_expires
                             ELSE s.date_finished END)::float8,
-    s.error, s.result
+    s.error, s.result, CASE WHEN s.state = 'running' THEN s.failing END
 FROM {s}.asynctask_status AS s
 LEFT JOIN LATERAL (
     SELECT q.date_available FROM {s}.asynctask_queue AS q
@@ -149,18 +149,44 @@ WHERE s.task_id = %(id)s::uuid
 RETURNING CASE WHEN %(final)s THEN {_TOLD} END
 """
 
+# The failed window (``StateStore.failing``): the running task's worker is about to move
+# it into its transport's failed store at ``%(where)s``, noted with the error (a later
+# write leaves the column: only a ``running`` row with it is looked up). The row says
+# whether the task was cancelled (then nothing is noted); no row: no status kept.
+FAILING = """
+WITH cur AS (
+    SELECT task_id, state FROM {s}.asynctask_status WHERE task_id = %(id)s::uuid FOR UPDATE
+), noted AS (
+    UPDATE {s}.asynctask_status AS s SET failing = %(where)s, error = %(error)s
+    FROM cur WHERE s.task_id = cur.task_id AND cur.state = 'running'
+)
+SELECT state = 'cancelled' FROM cur
+"""
+
+# ``failed`` for a task still ``running`` with the note ``%(where)s`` (as ``SETTLED``
+# writes it, NOTIFY to its waiters); else nothing: a write since the note stands.
+CONFIRM_FAILED = f"""
+UPDATE {{s}}.asynctask_status AS s
+SET state = 'failed', date_finished = now(), date_forget = NULL, unique_key = NULL
+WHERE s.task_id = %(id)s::uuid AND s.state = 'running' AND s.failing = %(where)s
+RETURNING {_TOLD}
+"""
+
 # A status feed's writes (``asynctask_pgsql.statefeed``), one row a task: its last state
 # in the batch, and the age in seconds of its start when one is among them (else NULL).
 # A row is written as ``SETTLED`` writes it (``running`` is not final); a final row is
 # never overwritten (a start after a cancel is late: its id is returned; a cancelled row
 # still gets the attempt that started, as a start written before the cancel gave it).
 # Each part names its rows by an array of ids (``= ANY``): the planner that takes the
-# status table for empty would otherwise walk its whole primary key for the join.
+# status table for empty would otherwise walk its whole primary key for the join. The
+# rows come as ONE JSON text (an array of objects, ``json.dumps`` in the feed), not six
+# arrays: the feed sends it prepared, parameters as text, without psycopg's adaptation
+# (six array dumpers a call were most of a tracked task's 798k instructions in the
+# worker, callgrind: ``asynctask_pgsql.statefeed``).
 FEED_WRITES = f"""
 WITH w AS (
-    SELECT * FROM unnest(%(ids)s::uuid[], %(states)s::text[], %(attempts)s::int[],
-                         %(ago)s::float8[], %(errors)s::text[], %(results)s::text[])
-        AS w(id, state, attempts, ago, error, result)
+    SELECT * FROM json_to_recordset(%(rows)s::json)
+        AS w(id uuid, state text, attempts int, ago float8, error text, result text)
 ), up AS (
     UPDATE {{s}}.asynctask_status AS s
     SET state = w.state, attempts = w.attempts, error = coalesce(w.error, s.error),
@@ -243,6 +269,8 @@ class StateStatements:
     submitted: LiteralString
     started: LiteralString
     settled: LiteralString
+    failing: LiteralString
+    confirm_failed: LiteralString
     purged: LiteralString
     feed_writes: LiteralString
     feed_cancelled: LiteralString

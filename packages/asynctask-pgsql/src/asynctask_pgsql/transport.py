@@ -578,6 +578,14 @@ class PgsqlTransport(Transport):
         rows = self._query(self.sql.failed, (queue, limit, offset))
         return [_failed_task(queue, *row) for row in rows]
 
+    def _failed_holds(self, queue: str, task_id: str, where: str) -> bool | None:
+        # (a consumer whose statuses live elsewhere notes the task's id: its row)
+        try:
+            key = uuid.UUID(task_id)
+        except ValueError:
+            return False
+        return self._stored() and bool(self._query(self.sql.failed_holds, (key, queue)))
+
     def _requeue_failed(self, queue: str, ids: Sequence[str] | None) -> int:
         if not self._stored():
             return 0

@@ -147,6 +147,36 @@ SETTLED = script(
     _WRITE + "return settle_one(ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8])\n",
 )
 
+#: ARGV: prefix, queue, id, where, error. The failed window (``StateStore.failing``): the
+#: running task's worker is about to move it into its transport's failed store at
+#: ``where``, noted in the field ``failing`` with the error (a later ``failed`` leaves it:
+#: only a ``running`` status with it is looked up). Returns 2 when the task was cancelled
+#: (nothing noted), 1 when noted, 0 when no status is kept or it is not running.
+FAILING = script(
+    "failing",
+    r"""
+local key = task_key(ARGV[3])
+local state = redis.call('HGET', key, 'state')
+if state == 'cancelled' then return 2 end
+if state ~= 'running' then return 0 end
+redis.call('HSET', key, 'failing', ARGV[4], 'error', ARGV[5])
+return 1
+""",
+)
+
+#: ARGV: prefix, queue, ttl_ms, id, where. ``failed`` (as ``SETTLED`` writes it, waking
+#: the waiters) for a task still ``running`` with the note ``where``; else nothing (a
+#: write since the note stands). Returns 1 if written.
+CONFIRM_FAILED = script(
+    "confirm_failed",
+    _WRITE
+    + r"""
+local f = redis.call('HMGET', task_key(ARGV[4]), 'state', 'failing', 'error')
+if f[1] ~= 'running' or f[2] ~= ARGV[5] then return 0 end
+return settle_one(ARGV[4], 'failed', 0, f[3] or '', '')
+""",
+)
+
 #: ARGV: prefix, queue, ttl_ms, then writes in the order they happened, each a start
 #: ('s', id, attempt, ms since it started), an outcome ('o', id, state, attempts, error
 #: or '', result JSON or '') as ``STARTED`` and ``SETTLED`` make them, or a start and its
@@ -305,6 +335,17 @@ class RedisStateStore(StateStore):
             result_json or "",
         )
 
+    def failing(
+        self, queue: str, task_id: str, attempts: int, where: str, error: str
+    ) -> bool | None:
+        """Note ``where`` in the status of a running task about to be moved into the
+        failed store of its transport (``FAILING``); True if it was cancelled."""
+        return True if self._run(FAILING, queue, task_id, where, error) == 2 else None
+
+    def confirm_failed(self, queue: str, task_id: str, where: str) -> None:
+        """``failed`` for a task still running with that note (``CONFIRM_FAILED``)."""
+        self._run(CONFIRM_FAILED, queue, self.ttl_ms, task_id, where)
+
     def feed(self, queue: str) -> RedisStatusFeed:
         """A consumer's feed of ``queue``: its starts need not wait (``StatusFeed``;
         how it hears every cancel: ``asynctask_redis.statusfeed``)."""
@@ -453,5 +494,6 @@ def _status(task_id: str, queue: str, reply: Any, now: float) -> tuple[TaskStatu
         finished_at=times["finished_at"],
         error=fields.get("error"),
         result=result,
+        failing=fields.get("failing") if state == "running" else None,
     )
     return status, expires_in

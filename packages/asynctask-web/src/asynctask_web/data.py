@@ -126,7 +126,7 @@ def task(transport: Transport, task_id: str) -> dict[str, Any] | None:
     """A task's status by id (DESIGN.md section 6), or None when the store does not know
     it. Raises ``StatusNotKept`` (naming ``asynctask_state``) where no status is kept."""
     found = transport.status(task_id)
-    return None if found is None else asdict(found)
+    return None if found is None else found.to_dict()
 
 
 def schedules(settings: Settings) -> list[dict[str, Any]]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from typing import Annotated
 
 import typer
@@ -144,7 +143,7 @@ def _failed(
     if as_json:
         shown: dict[str, object]
         if found is not None:
-            shown = asdict(found)
+            shown = found.to_dict()
         elif timed_out:  # known at the timeout, gone at the read after it
             shown = {"id": task_id, "state": None, "error": _unknown(task_id)}
         else:
@@ -157,7 +156,7 @@ def _failed(
 
 def _show(found: TaskStatus, as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(asdict(found), indent=2))
+        typer.echo(json.dumps(found.to_dict(), indent=2))
         return
     lines = [
         ("id", found.id),
