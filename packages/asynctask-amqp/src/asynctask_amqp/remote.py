@@ -29,7 +29,7 @@ from asynctask.errors import TransportClosed, TransportError, TransportUnavailab
 from asynctask.status import StateStore, StatusFeed
 from asynctask.transport import Consumer, Delivery, Transport, check_delay
 from asynctask_amqp.relayedfeed import Relayable, RelayedFeed, Write
-from asynctask_amqp.wire import PeerGone, Reader, SharedWords, send
+from asynctask_amqp.wire import PeerGone, Reader, SharedWords, send, send_settled
 
 logger = logging.getLogger("asynctask.amqp")
 
@@ -308,7 +308,11 @@ class RemoteConsumer(Consumer):
         if self._broken:
             return
         try:
-            self._send({"op": "settled"})
+            if self._writes:  # (the frame carries them before the acks)
+                self._send({"op": "settled"})
+            else:
+                (acks, self._acks), (skips, self._skips) = (self._acks, []), (self._skips, [])
+                send_settled(self._sock, acks, skips)
         except OSError as exc:
             self._fail(f"{type(exc).__name__}: {exc}")
             raise TransportUnavailable(self._broken) from exc
