@@ -474,3 +474,24 @@ def test_a_late_start_never_undoes_an_outcome_written_before_it_arrived(transpor
     status = store.statuses([task_id])[0]
     assert status is not None
     assert (status.state, status.result) == ("succeeded", "ok")
+
+
+def test_a_late_start_never_undoes_the_retrying_of_its_own_attempt(transport):
+    """A start of attempt 1 that reaches Redis after that attempt's ``retrying`` (the
+    relay made the start, the worker the outcome, directly) leaves ``retrying``; the
+    start of the next attempt still reads ``running``. (Fails when only ``succeeded``
+    and ``failed`` are kept: the task read ``running`` through its back-off.)"""
+    store, queue = transport.state(), unique_queue()
+    (task_id,) = store.submitted(queue, [new_task_id()], 0, SubmitOptions())
+    store.settled(queue, task_id, "retrying", 1, error="boom")
+    feed = store.feed(queue)
+    try:
+        feed.started(task_id, 1)  # late: the retry of attempt 1 came first
+        feed.flush()
+        status = store.statuses([task_id])[0]
+        assert status is not None and (status.state, status.attempts) == ("retrying", 1)
+        feed.started(task_id, 2)  # the next attempt's start
+    finally:
+        feed.close()
+    status = store.statuses([task_id])[0]
+    assert status is not None and (status.state, status.attempts) == ("running", 2)
