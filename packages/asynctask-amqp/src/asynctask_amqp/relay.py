@@ -19,6 +19,9 @@ The conversation, worker first::
     {"op": "settled"}                 -> nothing (it carries acks and skips, see below)
     {"op": "release", "n", "behind": [n, ...]}, {"op": "retry", "n", "delay", "error"},
     {"op": "fail", "n", "error"}      -> {"done": true} once settled (read-your-writes)
+    {"op": "copy_failed", "n", "error"} -> {"done": true} once the failed store holds a
+                                           copy; the task stays held, for its ack
+                                           (``asynctask_amqp.failing``), or {"error"}
     {"op": "close"}                   -> {"closed": true}, then the relay exits
 
 Hand-over ahead. While the worker runs its tasks the relay waits on both sockets, and
@@ -74,6 +77,7 @@ from asynctask.errors import AsynctaskError, TransportClosed, TransportUnavailab
 from asynctask.logs import setup_logging
 from asynctask.transport import Delivery
 from asynctask_amqp.consumer import AmqpConsumer
+from asynctask_amqp.failing import REDELIVERED
 from asynctask_amqp.transport import AmqpTransport
 from asynctask_amqp.wire import PeerGone, Reader, SharedWords, send
 
@@ -187,6 +191,8 @@ class Relay:
                 return {"error": {"kind": error_kind(exc), "message": str(exc)}}
         if op == "settled":
             return None
+        if op == "copy_failed":
+            return self._copy_failed(int(request["n"]), str(request["error"]))
         delivery = self.handed.pop(int(request["n"]), None)
         try:
             if delivery is None:
@@ -207,6 +213,20 @@ class Relay:
                 raise PeerGone(f"unknown request {op!r}")
         except AsynctaskError as exc:  # the consumer logged what the broker will do
             logger.warning("relay of %r: %s failed: %s", self.consumer.queue, op, exc)
+        return {"done": True}
+
+    def _copy_failed(self, n: int, error: str) -> dict[str, Any]:
+        """Publish a copy of a task the worker holds to the failed store, keeping it
+        held: the worker writes ``failed``, then acks it (``asynctask_amqp.failing``).
+        An error is answered: the worker must not write ``failed`` without the copy."""
+        delivery = self.handed.get(n)
+        if delivery is None:
+            message = f"task {n} is not held by the relay of {self.consumer.queue!r}"
+            return {"error": {"kind": "error", "message": message}}
+        try:
+            self.consumer.copy_to_failed(delivery, error)
+        except AsynctaskError as exc:
+            return {"error": {"kind": error_kind(exc), "message": str(exc)}}
         return {"done": True}
 
     def _ack(self, numbers: list[int]) -> None:
@@ -253,6 +273,8 @@ class Relay:
             "attempt": delivery.attempt,
             "submitted_at": delivery.submitted_at,
             "headers": delivery.headers,
+            # its start reads its status first (``asynctask_amqp.failing``)
+            "redelivered": REDELIVERED in delivery.receipt[2].headers,
         }
 
 

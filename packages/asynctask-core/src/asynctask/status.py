@@ -71,7 +71,9 @@ STATES: tuple[State, ...] = (
 #: states after which nothing happens to the task any more
 FINAL_STATES: frozenset[State] = frozenset({"succeeded", "failed", "cancelled", "expired"})
 #: what ``Consumer.start`` may answer: run it, or it was settled as cancelled/expired
-StartVerdict = Literal["run", "cancelled", "expired"]
+#: (or failed: only an AMQP consumer's start of a task redelivered after its worker was
+#: killed in its failure, ``asynctask_amqp.failing``; a store's ``started`` never says it)
+StartVerdict = Literal["run", "cancelled", "expired", "failed"]
 
 #: default of the setting ``asynctask_status_ttl``: a final status is kept a day
 DEFAULT_STATUS_TTL = 86400.0
