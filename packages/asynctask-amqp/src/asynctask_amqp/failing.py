@@ -1,4 +1,4 @@
-"""The failed window on AMQP (issue 16, ``asynctask.status``): a failure in three steps.
+"""The failed window on AMQP (issue 16, ``asynctask.status``): a failure in four steps.
 
 With statuses in the store of ``asynctask_state``, a failure is writes in two places: a
 copy of the task in ``Q.failed``, then ``failed`` in that store. ``Q.failed`` is a queue,
