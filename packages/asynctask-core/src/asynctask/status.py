@@ -41,7 +41,10 @@ carries such a note (``TaskStatus.failing``) asks the transport whether its fail
 store holds the task (``Transport._failed_holds``: one look-up by that note, never a
 scan); when it does, the read writes ``failed`` itself (``confirm_failed``, only while
 the note is still there), which wakes the waiters. ``Transport.wait`` reads again every
-``fallback_poll`` seconds, so a waiter sees it too when nobody else looks.
+``fallback_poll`` seconds, so a waiter sees it too when nobody else looks. AMQP's failed
+store is a queue, which cannot be looked up by id: there the broker keeps the task until
+``failed`` is written instead, and a redelivered start reads the status
+(``asynctask_amqp.failing``; ``Consumer.fail_writes_failed``).
 """
 
 from __future__ import annotations
