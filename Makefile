@@ -21,9 +21,13 @@ install: $(UV) ## install every package of the workspace into .venv (uv installs
 run: install ## the main job: submit demo tasks and run workers on the embedded filesys transport
 	.venv/bin/asynctask-demo
 
-# the tests marked long (pyproject.toml) are left out of `make test`, CI's 20-minute budget
+# the tests marked long (pyproject.toml) are left out of `make test`, CI's 20-minute budget;
+# its files run in TEST_WORKERS processes at once (pytest-xdist, a file each: a file's
+# fixtures and order stay together): the suite mostly waits on servers and child processes,
+# and run one at a time it took 35 minutes in CI (2 cores)
+TEST_WORKERS ?= 3
 test: install ## the test suite CI runs, without the tests marked long (CI's budget: 20 minutes)
-	.venv/bin/pytest -m "not long" $(PYTEST_ARGS)
+	.venv/bin/pytest -m "not long" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-long: install ## only the tests marked long: whole-cluster contracts, many-round fault runs (minutes)
 	.venv/bin/pytest -m long $(PYTEST_ARGS)

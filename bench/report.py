@@ -170,7 +170,8 @@ def markdown(run: Run, chart_name: str | None) -> str:
         f"4. **depth**: one consumer's `reserve`+`ack` rate (the worker's prefetch) with "
         f"{run.sizes.depth_small:,} "
         f"waiting ({run.sizes.depth_rounds} rounds) against {run.sizes.depth_take:,} tasks taken "
-        f"from {run.sizes.depth_big:,} waiting; the raw client's drain loop the same way.",
+        f"from {run.sizes.depth_big:,} waiting; the raw client's drain loop the same way; every "
+        "fill followed by `sync()`, so both depths are taken from files written out.",
         f"5. **prefetch** (no target): one consumer's `reserve`+`ack` rate on "
         f"{run.sizes.depth_small * run.sizes.depth_rounds:,} waiting tasks with `prefetch=10` "
         "against `prefetch=1` (the workers' children use the worker's `prefetch`, 4 by "

@@ -361,3 +361,31 @@ def test_a_release_after_a_lost_connection_hands_back_the_tasks_behind_it(amqp_u
         consumer.close()
         transport.purge(queue)
         transport.close()
+
+
+def test_frames_split_across_reads_and_many_in_one_read_arrive_whole(amqp_uri):
+    # Given a queue holding small tasks around ones whose bodies span several frames of
+    # 128 KiB, each longer than one read of a pump (``link.PUMP_SIZE``, 64 KiB)
+    from asynctask_amqp.link import PUMP_SIZE
+
+    queue = unique_queue("frames")
+    transport = open_transport(amqp_uri)
+    big = "x" * (3 * 131072 + 17)
+    assert len(big) > 2 * PUMP_SIZE
+    sent = [{"n": n, "pad": big if n % 7 == 3 else "y" * n} for n in range(30)]
+    for payload in sent:
+        transport.submit_task(queue, payload)
+    # When a relay's consumer takes them all, many read ahead at once (prefetch 10)
+    got = []
+    with transport.consumer(queue, prefetch=10) as consumer:
+        for _ in sent:
+            delivery = consumer.reserve(10.0)
+            assert delivery is not None, f"only {len(got)} of {len(sent)} arrived"
+            got.append(delivery.payload)
+            consumer.ack(delivery)
+        assert consumer.reserve(0.5) is None
+    # Then every payload arrived whole, in order, once
+    assert [p["n"] for p in got] == [p["n"] for p in sent]
+    assert got == sent
+    transport.purge(queue)
+    transport.close()

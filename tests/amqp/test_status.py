@@ -493,6 +493,19 @@ def test_with_state_in_redis_a_task_cancelled_while_it_runs_logs_its_result_disc
         cancel_while_running_in_process(t, unique_queue(), caplog)
 
 
+@pytest.mark.parametrize("relay", ["true", "false"])
+def test_with_state_in_pgsql_a_task_cancelled_while_it_runs_logs_its_result_discarded(
+    amqp_uri, pgsql_state, caplog, relay
+):
+    """The same with the statuses in pgsql: the pgsql status feed's success answers from
+    the cancels it has heard on the queue's channel (``asynctask_pgsql.statefeed``).
+    Failed before: its ``settled`` always returned None, and the task read
+    ``cancelled`` with no "result discarded" line."""
+    with open_transport(_with(amqp_uri, f"relay={relay}")) as t:
+        t.state_uri = pgsql_state
+        cancel_while_running_in_process(t, unique_queue(), caplog)
+
+
 def test_with_state_a_purge_streams_the_queue_in_bounded_chunks(amqp_uri, redis_state, monkeypatch):
     """A purge whose statuses live in ``asynctask_state`` must learn the ids it deletes;
     it takes them ``PURGE_CHUNK`` at a time (the broker sends no more unacknowledged),
@@ -660,7 +673,7 @@ def test_a_worker_killed_right_after_it_failed_a_task_leaves_it_failed(
             )
             assert nexts.returncode == 0
             st = t.status(tid)
-            if st is not None and st.final or time.monotonic() > deadline:
+            if (st is not None and st.final) or time.monotonic() > deadline:
                 break
         assert st is not None and st.state == "failed", st
         assert not ran.exists(), ran.read_text()  # never run again

@@ -659,6 +659,49 @@ def test_a_prefetched_task_reads_running_soon_and_a_short_one_keeps_its_start(tr
     assert transport.status(long).state == "succeeded"
 
 
+def test_the_running_marks_of_prefetched_tasks_started_together_are_one_statement(transport):
+    """Prefetched tasks still running ``SYNC_WITHIN`` after their start read ``running``,
+    each with its own attempt and start, written by one statement (one command id in
+    their transaction). Failed before: one statement a task (8 command ids here): one
+    child of 100 slots of 50 ms sleeps sent about 90 of them a wave (one status UPDATE
+    each, the statement's own cost each), and the next start's bare Sync waited for all
+    their answers."""
+    # Given 8 prefetched tasks started together
+    queue = unique_queue()
+    ids = transport.submit_tasks(queue, [{"n": n} for n in range(8)])
+    with transport.consumer(queue, prefetch=8) as consumer:
+        deliveries = [consumer.reserve(5) for _ in range(8)]
+        began = time.time()
+        for delivery in deliveries:
+            assert delivery is not None and consumer.start(delivery) == "run"
+        ended = time.time()
+        # When they run past SYNC_WITHIN
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(
+            transport.status(task_id).state != "running" for task_id in ids
+        ):
+            time.sleep(0.02)
+        # Then each reads running, attempt 1, its start between the first and last start
+        for task_id in ids:
+            status = transport.status(task_id)
+            assert (status.state, status.attempts) == ("running", 1)
+            assert status.started_at is not None
+            assert began - 0.001 <= status.started_at <= ended + 0.001
+        # And one statement wrote them all
+        with psycopg.connect(CONNINFO) as conn:
+            commands = conn.execute(
+                "SELECT DISTINCT cmin::text FROM asynctask.asynctask_status"
+                " WHERE task_id = ANY(%s::uuid[])",
+                (ids,),
+            ).fetchall()
+        assert len(commands) == 1, commands
+        for delivery in deliveries:
+            assert delivery is not None
+            consumer.ack(delivery)
+        assert consumer.reserve(0) is None
+    assert {transport.status(task_id).state for task_id in ids} == {"succeeded"}
+
+
 def test_acknowledgements_in_one_reserve_keep_each_result_and_start(transport):
     # Given prefetched tasks whose results need quoting in any array literal (quotes,
     # backslashes, braces, commas, a NULL look-alike, unicode) or are None

@@ -27,7 +27,7 @@ def _next(
 ) -> list[bytes]:
     """One untracked ``NEXT`` call; the messages it took."""
     triples = [part for raw in acks for part in (raw, "", "")]
-    args = [t.prefix, t.script_queue(queue), CONSUMER, want, "0", t.status_ttl_ms, ""]
+    args = [t.prefix, t.script_queue(queue), CONSUMER, want, "0", t.status_ttl_ms, "", ""]
     reply = client.eval(scripts.NEXT.text, 0, *args, len(acks), *triples)
     assert reply[0] == 0, "nothing is marked running without tracking"
     return taken(reply, 1)
@@ -88,7 +88,7 @@ def test_an_ack_of_a_message_no_longer_held_removes_nothing_else(transport, queu
 def _tracked_next(t: RedisTransport, client: redis.Redis, queue: str, want: int) -> list[Any]:
     """One tracked ``NEXT`` call (the first task marked running): its reply, the taken
     messages read as the consumer reads them."""
-    args = [t.prefix, t.script_queue(queue), CONSUMER, want, "1", t.status_ttl_ms, ""]
+    args = [t.prefix, t.script_queue(queue), CONSUMER, want, "1", t.status_ttl_ms, "", ""]
     reply = client.eval(scripts.NEXT.text, 0, *args, 0)
     return [reply[0], taken(reply, 1)]
 
@@ -156,3 +156,93 @@ def test_an_untracked_move_takes_an_urgent_task_first(transport, queue, client):
 
 def _processing_of(consumer: Any, client: redis.Redis) -> list[bytes]:
     return list(client.lrange(consumer.processing_key, 0, -1))
+
+
+def _sent_by_next_move(consumer: Any, queue_holds: int) -> tuple[bytes, Any]:
+    """What the consumer's next move sends (its bytes), and the delivery it hands out."""
+    conn = consumer._connection()
+    sent: list[bytes] = []
+    real = conn.send_packed_command
+
+    def spy(command: Any, check_health: bool = True) -> None:
+        sent.extend(bytes(part) for part in command)
+        real(command, check_health)
+
+    conn.send_packed_command = spy
+    try:
+        delivery = consumer.reserve(timeout=2.0)
+    finally:
+        del conn.send_packed_command
+    assert delivery is not None, f"{queue_holds} tasks wait"
+    return b"".join(sent), delivery
+
+
+def _drain_sends_a_count(
+    transport: RedisTransport, queue: str, client: redis.Redis, tracked: bool
+) -> None:
+    # Given a consumer at prefetch 6 that took six tasks and acked them in order
+    t = transport
+    if not tracked:
+        t.state().set_tracking(queue, False)
+    t.submit_tasks(queue, [{"n": n} for n in range(12)])
+    with t.consumer(queue, prefetch=6) as consumer:
+        consumer.tracking = tracked
+        first = [consumer.reserve(timeout=2.0) for _ in range(6)]
+        for d in first:
+            assert d is not None
+            assert consumer.start(d) == "run"
+            consumer.ack(d)
+        # When it moves again, holding nothing but what it acked, in order
+        sent, d = _sent_by_next_move(consumer, 6)
+        # Then the move names the last ack only: the others go as their count
+        raws = [d0.receipt.raw for d0 in first if d0 is not None]
+        assert [raw in sent for raw in raws] == [False] * 5 + [True]
+        # And the acked are gone: the consumer holds the new batch only
+        held = list(client.lrange(consumer.processing_key, 0, -1))
+        assert len(held) == 6 and not set(raws) & set(held)
+        consumer.ack(d)
+
+
+def test_an_untracked_move_acks_all_it_held_by_their_count(transport, queue, client):
+    _drain_sends_a_count(transport, queue, client, tracked=False)
+
+
+def test_a_tracked_move_acks_all_it_held_by_their_count(transport, queue, client):
+    _drain_sends_a_count(transport, queue, client, tracked=True)
+
+
+def _mismatch(transport: RedisTransport, queue: str, client: redis.Redis, tracked: bool) -> None:
+    # Given a consumer at prefetch 2 that took and acked two tasks, in order
+    t = transport
+    if not tracked:
+        t.state().set_tracking(queue, False)
+    ids = t.submit_tasks(queue, [{"n": n} for n in range(4)])
+    with t.consumer(queue, prefetch=2) as consumer:
+        consumer.tracking = tracked
+        got = [consumer.reserve(timeout=2.0) for _ in range(2)]
+        for d in got:
+            assert d is not None
+            assert consumer.start(d) == "run"
+            consumer.ack(d)
+        # and whose processing list no longer is what it thinks, though of the same
+        # length (another program's text in the second's place)
+        client.lset(consumer.processing_key, 1, b"not-ours")
+        # When it moves again
+        d = consumer.reserve(timeout=2.0)
+        assert d is not None and d.payload == {"n": 2}
+        # Then the acks removed what they named, and nothing else: the other text stays
+        held = list(client.lrange(consumer.processing_key, 0, -1))
+        assert held[0] == b"not-ours" and len(held) == 3
+        if tracked:
+            for task_id in ids[:2]:
+                assert t.status(task_id).state == "succeeded"
+        client.lrem(consumer.processing_key, 1, b"not-ours")
+        consumer.ack(d)
+
+
+def test_an_untracked_count_ack_checks_the_list_is_what_the_consumer_held(transport, queue, client):
+    _mismatch(transport, queue, client, tracked=False)
+
+
+def test_a_tracked_count_ack_checks_the_list_is_what_the_consumer_held(transport, queue, client):
+    _mismatch(transport, queue, client, tracked=True)

@@ -196,6 +196,31 @@ class AmqpConsumer(Consumer):
             time.sleep(min(pause, left))
             pause = min(pause * 2, 2.0)
 
+    def take(self, most: int) -> list[Delivery]:
+        """What the broker has delivered, up to ``most``, without waiting: one read of
+        the connection (``Link.pump``), then the buffer. A relay's pull between its
+        worker's requests: ``reserve(0)`` a task read the connection again for each
+        and once more to find nothing. Nothing while not connected and subscribed (the
+        next ``reserve`` connects); a lost connection is an error, as ``reserve``'s."""
+        self._check_open()
+        taken: list[Delivery] = []
+        with self._link.lock:
+            if not self._tag or not self._connected():
+                return taken
+            try:
+                self._link.pump()
+                while len(taken) < most:
+                    delivery = self._next()
+                    if delivery is None:
+                        break
+                    taken.append(delivery)
+            except DRIVER_ERRORS as exc:
+                error = self._lost(exc)
+                if not isinstance(error, TransportUnavailable):
+                    raise error from exc
+                self.transport.note_outage(error)
+        return taken
+
     def delivering_socket(self) -> Any | None:
         """The connection's socket while the broker delivers to this consumer (connected
         and subscribed), for a relay to wait on beside its worker's; else None."""

@@ -161,14 +161,10 @@ class Relay:
 
     def _pull(self) -> None:
         """Take what the consumer has received, up to the prefetch, without waiting."""
-        while len(self.ready) < self.consumer.prefetch:
-            try:
-                delivery = self.consumer.reserve(0)
-            except AsynctaskError:  # the worker's next reserve meets it again
-                return
-            if delivery is None:
-                return
-            self.ready.append(delivery)
+        try:
+            self.ready += self.consumer.take(self.consumer.prefetch - len(self.ready))
+        except AsynctaskError:  # the worker's next reserve meets it again
+            return
 
     def _check_parent(self) -> None:
         if os.getppid() != self.worker:

@@ -27,7 +27,7 @@ from asynctask.errors import TransportClosed, TransportError, TransportUnavailab
 from asynctask.status import StartVerdict
 from asynctask.transport import Consumer, Delivery, Transport, check_delay
 from asynctask_amqp.failing import fail_in_order, in_order, start_redelivered
-from asynctask_amqp.wire import PeerGone, Reader, SharedWords, send
+from asynctask_amqp.wire import PeerGone, Reader, SharedWords, send, send_settled
 
 logger = logging.getLogger("asynctask.amqp")
 
@@ -267,8 +267,9 @@ class RemoteConsumer(Consumer):
         """Send the acks and skips waiting, unanswered (the lock held)."""
         if self._broken:
             return
+        (acks, self._acks), (skips, self._skips) = (self._acks, []), (self._skips, [])
         try:
-            self._send({"op": "settled"})
+            send_settled(self._sock, acks, skips)
         except OSError as exc:
             self._fail(f"{type(exc).__name__}: {exc}")
             raise TransportUnavailable(self._broken) from exc

@@ -282,6 +282,10 @@ class _Engine:
         self._deadlines: list[tuple[float, int]] = []
         #: reserved and counted as running, to be started on the loop together
         self._to_start: list[Delivery] = []
+        #: taken while every slot ran (``_look_ahead``), not counted yet: the next to start
+        self._ahead: Delivery | None = None
+        #: whether we looked ahead since the last start (once: an empty queue is not polled)
+        self._looked = False
         #: stopped by KeyboardInterrupt (SIGINT; SIGTERM under run_worker): wait for
         #: nothing on the loop, where blocking code may hold it for as long as it likes
         self.interrupted = False
@@ -370,8 +374,39 @@ class _Engine:
             self.loop.start(self._to_start)
             self._to_start = []
 
+    def _look_ahead(self) -> None:
+        """Every slot runs: take the next task now, once, so that the transport's round
+        trip for it (and for the tasks it prefetches with it) overlaps the running tasks.
+
+        Taken only when a slot frees, as before, the reserve came after the running
+        tasks' ends and held up the next starts: tasks of one ``await`` each start and
+        end together, so every wave of them waited for it. pgsql, 100 slots of 50 ms
+        sleeps: a RESERVE of 100 rows (with the acknowledgements of the wave before)
+        took 9 ms of each wave's 14 ms between the last start and the next (one child,
+        load 4: 0.72-0.78x of the ideal 2,000/s). The task waits here uncounted and goes
+        through the rate and global limits when a slot frees (``run``); the consumer
+        holds no more than it did (``prefetch`` ahead of the running tasks).
+        """
+        if self._ahead is not None or self._looked:
+            return
+        self._looked = True
+        self._flush()  # the tasks reserved meanwhile start first, not after the trip
+        try:
+            self._ahead = self.consumer.reserve(timeout=0)
+        except TransportUnavailable as exc:
+            self.outage.failed(exc)  # the next reserve, when a slot frees, tries again
+            return
+        self.outage.ok()
+
+    def _release_ahead(self) -> None:
+        """Hand back the task taken ahead (never counted, never started)."""
+        if self._ahead is not None:
+            delivery, self._ahead = self._ahead, None
+            self.consumer.release(delivery)
+
     def _hand_back_unstarted(self) -> None:
         """Release the tasks reserved but not started yet: uncounted, for anyone to take."""
+        self._release_ahead()
         for delivery in self._to_start:
             del self.running[id(delivery)]
             self.result.processed -= 1
@@ -416,12 +451,14 @@ class _Engine:
                 self._hand_back_unstarted()
             full = limit is not None and self.result.processed >= limit
             if options.stop.is_set() or full or idle:
+                self._release_ahead()
                 if not self.running:
                     self.result.recycled = full and not options.stop.is_set()
                     return self.result
                 self._take_ended(self._next_check(1.0))
                 continue
             if len(self.running) >= self.concurrency:
+                self._look_ahead()
                 self._take_ended(self._next_check(1.0))
                 continue
             if self._to_start:
@@ -432,8 +469,11 @@ class _Engine:
                 wait = options.wait
             if wait > 0 and options.on_idle is not None:
                 options.on_idle()
+            delivery: Delivery | None = self._ahead
+            self._ahead = None
             try:
-                delivery = self.consumer.reserve(timeout=min(options.wait, wait))
+                if delivery is None:
+                    delivery = self.consumer.reserve(timeout=min(options.wait, wait))
             except TransportUnavailable as exc:
                 self.outage.failed(exc)
                 if not self.running:  # a new consumer would not hold the running ones
@@ -468,6 +508,7 @@ class _Engine:
                 # The stop arrived meanwhile: hand it back unstarted, uncounted.
                 self.consumer.release(delivery)
                 continue
+            self._looked = False
             self._start(delivery)
 
     def _may_start(self, delivery: Delivery) -> bool:

@@ -154,11 +154,60 @@ def make_dirs(paths: tuple[str, ...], file_mode: int) -> None:
             os.chmod(path, mode | inherited)
 
 
-def write_file(path: str, data: bytes, mode: int, sync: bool) -> None:
-    """Write a new file completely (and to disk when ``sync``); it must not exist."""
+#: seconds a look at the umask and at a folder's default ACL is trusted (``chmod_needed``)
+MODE_LOOK_SECONDS = 1.0
+_mode_looks: dict[tuple[str, int], tuple[float, bool]] = {}
+
+
+def _umask() -> int | None:
+    """This process's umask, read without changing it (``os.umask`` sets it: not
+    thread-safe); None where ``/proc`` does not tell it."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _has_default_acl(folder: str) -> bool:
+    """Whether new files in ``folder`` take their permissions from a default ACL (then
+    the umask is not what narrows them); True when that cannot be told."""
+    try:
+        os.getxattr(folder, "system.posix_acl_default")
+    except OSError as exc:
+        return exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
+    return True
+
+
+def chmod_needed(folder: str, mode: int) -> bool:
+    """Whether a file created in ``folder`` with ``mode`` may come out with fewer
+    permissions, so that an ``fchmod`` must follow its create: when the umask takes
+    bits of ``mode`` away, or a default ACL decides. Else the ``fchmod`` would change
+    nothing but cost a journaled inode update a file (as much as the create on a busy
+    ext4 disk; two a task of a tracked submit: issue 20). Looked at once a
+    ``MODE_LOOK_SECONDS`` a folder and mode, so a caller asks once a batch."""
+    now = time.monotonic()
+    key = (folder, mode)
+    known = _mode_looks.get(key)
+    if known is not None and now < known[0]:
+        return known[1]
+    umask = _umask()
+    needed = umask is None or mode & umask != 0 or _has_default_acl(folder)
+    _mode_looks[key] = (now + MODE_LOOK_SECONDS, needed)
+    return needed
+
+
+def write_file(path: str, data: bytes, mode: int, sync: bool, chmod: bool = True) -> None:
+    """Write a new file completely (and to disk when ``sync``); it must not exist.
+    ``chmod`` False: the caller knows the create gives ``mode`` as it is
+    (``chmod_needed``)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        os.fchmod(fd, mode)  # the umask must not narrow a shared folder's mode
+        if chmod:
+            os.fchmod(fd, mode)  # the umask must not narrow a shared folder's mode
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]

@@ -238,14 +238,16 @@ def read_bytes(path: str, limit: int) -> bytes | None:
         os.close(fd)
 
 
-def create(path: str, data: bytes, mode: int) -> bool:
-    """Write a new record; False if one is there already (a retried submit)."""
+def create(path: str, data: bytes, mode: int, chmod: bool = True) -> bool:
+    """Write a new record; False if one is there already (a retried submit). ``chmod``
+    False: the caller knows the create gives ``mode`` as it is (``chmod_needed``)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     except FileExistsError:
         return False
     try:
-        os.fchmod(fd, mode)  # the umask must not narrow a shared folder's mode
+        if chmod:
+            os.fchmod(fd, mode)  # the umask must not narrow a shared folder's mode
         os.write(fd, data)
     finally:
         os.close(fd)

@@ -35,7 +35,7 @@ from asynctask.status import (
     TaskStatus,
 )
 from asynctask_filesys import records
-from asynctask_filesys.layout import make_dirs, write_file
+from asynctask_filesys.layout import chmod_needed, make_dirs, write_file
 from asynctask_filesys.oserrors import os_errors
 from asynctask_filesys.records import Record, RecordPaths, valid_id
 
@@ -369,8 +369,9 @@ class FilesysStateStore(StateStore):
         if options.unique_key is not None:
             record["unique_key"] = options.unique_key
         body = records.encode(record)
+        chmod = chmod_needed(p.live, self.mode)
         for task_id in ids:
-            records.create(os.path.join(p.live, task_id), body, self.mode)
+            records.create(os.path.join(p.live, task_id), body, self.mode, chmod)
         if options.unique_key is None:
             return list(ids)
         holder = self._take_unique(queue, options.unique_key, ids[0])

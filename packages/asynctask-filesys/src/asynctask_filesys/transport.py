@@ -65,6 +65,7 @@ from asynctask_filesys.layout import (
     QueuePaths,
     StampClock,
     TaskName,
+    chmod_needed,
     due_order,
     iter_task_names,
     original_name,
@@ -251,9 +252,10 @@ class FilesysTransport(FilesysBase):
         tasks: Sequence[tuple[str, str]],
         extra: TaskOptions,
     ) -> None:
+        chmod = chmod_needed(paths.tmp, self.mode)
         for name, (task_id, text) in zip(names, tasks, strict=True):
             body = wrap(text, self.task_headers(queue, task_id, text), extra)
-            write_file(os.path.join(paths.tmp, name), body.encode(), self.mode, self.fsync)
+            write_file(os.path.join(paths.tmp, name), body.encode(), self.mode, self.fsync, chmod)
 
     @os_errors
     def _take(self, queue: str) -> Payload | None:

@@ -361,7 +361,8 @@ class PgsqlConsumer(Consumer):
 
     def _mark_running(self) -> None:
         """Write ``running`` for the tasks started ``SYNC_WITHIN`` ago and still running,
-        with the pending acknowledgements, in pipeline mode, unanswered; lock held."""
+        with the pending acknowledgements, in pipeline mode, unanswered: one statement
+        for all of them (``statements.START_RUNNING``); lock held."""
         self._mark_due = None
         conn = self._conn
         if not self._unmarked or conn is None or conn.closed:
@@ -371,20 +372,20 @@ class PgsqlConsumer(Consumer):
         try:
             if pgconn.pipeline_status == pq.PipelineStatus.OFF:
                 pgconn.enter_pipeline_mode()
-            for delivery, started in self._unmarked.values():
-                values = [
-                    delivery.id.encode(),
-                    str(delivery.attempt).encode(),
-                    _int_array(self._owners).encode(),
-                    _int_array(self._acks).encode(),
-                    json.dumps(self._results).encode(),
-                    repr(float(self.transport.status_ttl)).encode(),
-                    _int_array(self._started).encode(),
-                    repr(started).encode(),
-                ]
-                pgconn.send_query_prepared(b"asynctask_start", values)
-                group.append((list(self._acks), list(self._results), list(self._started)))
-                self._sent()
+            marks = self._unmarked.values()
+            values = [
+                ("{" + ",".join([delivery.id for delivery, _ in marks]) + "}").encode(),
+                _int_array([delivery.attempt for delivery, _ in marks]).encode(),
+                _int_array(self._owners).encode(),
+                _int_array(self._acks).encode(),
+                json.dumps(self._results).encode(),
+                repr(float(self.transport.status_ttl)).encode(),
+                _int_array(self._started).encode(),
+                ("{" + ",".join([repr(started) for _, started in marks]) + "}").encode(),
+            ]
+            pgconn.send_query_prepared(b"asynctask_start", values)
+            group.append((list(self._acks), list(self._results), list(self._started)))
+            self._sent()
             pgconn.pipeline_sync()
             conn.wait(send(pgconn))
         except psycopg.Error as exc:

@@ -31,14 +31,14 @@ cancel anyway is late: the row stays ``cancelled`` (never overwritten) and it is
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import sql
+from psycopg import errors, pq, sql
 
 from asynctask.errors import AsynctaskError, TransportUnavailable
 from asynctask.status import FINAL_STATES, State, StatusFeed
@@ -58,6 +58,8 @@ MOST_HELD = 64
 LOAD_MOST = 5000
 #: seconds before a feed that could not open (or found too many) tries again
 REOPEN_PAUSE = 1.0
+#: the name ``FEED_WRITES`` is prepared under on the feed's own session
+_PREPARED = b"asynctask_feed_writes"
 
 
 class PgsqlStatusFeed(StatusFeed):
@@ -78,6 +80,8 @@ class PgsqlStatusFeed(StatusFeed):
         self._wake = threading.Condition(self._lock)
         self._closed = False
         self._thread: threading.Thread | None = None
+        #: the feed's thread waits with no timeout (nothing held): a new write wakes it
+        self._idle = False
 
     def __repr__(self) -> str:
         return f"PgsqlStatusFeed({self.queue!r})"
@@ -109,6 +113,8 @@ class PgsqlStatusFeed(StatusFeed):
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
             params = {"queue": self.queue, "most": LOAD_MOST + 1}
             ids = [row[0] for row in conn.execute(self.store.sql.feed_cancelled, params)]
+            text = self.store.sql.feed_writes.replace("%(rows)s", "$1")
+            _check(conn.pgconn.prepare(_PREPARED, text.replace("%(ttl)s", "$2").encode()))
         except psycopg.Error as exc:
             conn.close()
             logger.info("%r: could not open (%s); starts wait", self, exc)
@@ -126,6 +132,13 @@ class PgsqlStatusFeed(StatusFeed):
     def _heard(self, note: psycopg.Notify) -> None:
         if note.payload.startswith("cancel "):
             self._cancelled.add(note.payload[7:])
+
+    def _take_notes(self, pgconn: pq.abc.PGconn) -> None:
+        """Read the announcements libpq holds (a statement sent on ``pgconn`` itself,
+        not through psycopg, leaves them there)."""
+        while (note := pgconn.notifies()) is not None:
+            if note.extra.startswith(b"cancel "):
+                self._cancelled.add(note.extra[7:].decode())
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -145,7 +158,8 @@ class PgsqlStatusFeed(StatusFeed):
                         self._send()
                     else:
                         asked = time.monotonic()
-                        conn.execute("SELECT 1")
+                        _check(conn.pgconn.exec_(b"SELECT 1"))
+                        self._take_notes(conn.pgconn)
                         self._asked_at = asked
                 except AsynctaskError:
                     return False
@@ -177,10 +191,25 @@ class PgsqlStatusFeed(StatusFeed):
         *,
         error: str | None = None,
         result_json: str | None = None,
-    ) -> None:
+    ) -> bool | None:
+        """An outcome, held (``flush``). True for a success whose cancel the feed has
+        heard on the queue's channel, read without waiting (what has arrived; as
+        ``may_start`` reads it): ``FEED_WRITES`` keeps the task ``cancelled``, its
+        result discarded, and the run loop says so. A cancel that arrives later still
+        keeps the task ``cancelled``, unannounced."""
         with self._lock:
             self._held.append(("o", task_id, attempts, 0.0, state, error, result_json))
             self._after_hold()
+            conn = self._conn
+            if state != "succeeded" or conn is None:
+                return None
+            try:
+                conn.pgconn.consume_input()
+            except psycopg.Error as exc:  # the next send finds it lost, and says so
+                logger.debug("%r: reading the cancels heard: %s", self, exc)
+                return None
+            self._take_notes(conn.pgconn)
+            return True if task_id in self._cancelled else None
 
     def _after_hold(self) -> None:
         if len(self._held) >= MOST_HELD:
@@ -192,7 +221,10 @@ class PgsqlStatusFeed(StatusFeed):
                     target=self._run, name=f"asynctask-statefeed-{self.queue}", daemon=True
                 )
                 self._thread.start()
-            self._wake.notify()
+            elif self._idle:
+                # (only then: a thread already counting down its HOLD finds this write
+                # when it wakes; a wake-up a task cost a GIL hand-over a task)
+                self._wake.notify()
 
     def flush(self, *, waiting: bool = True) -> None:
         with self._lock:
@@ -202,7 +234,11 @@ class PgsqlStatusFeed(StatusFeed):
 
     def _send(self) -> None:
         """Send what is held as one statement and wait for its commit (lock held); on
-        a failure the writes stay held, first, and ``TransportUnavailable`` is raised."""
+        a failure the writes stay held, first, and ``TransportUnavailable`` is raised.
+
+        The statement was prepared when the connection opened; its rows go as one JSON
+        text and its reply is read from libpq directly (no psycopg cursor, adapters or
+        row makers: a short task's round trip is most of what tracking costs it)."""
         held = self._held
         if not held:
             return
@@ -210,37 +246,35 @@ class PgsqlStatusFeed(StatusFeed):
         if conn is None:
             raise TransportUnavailable(f"{self!r}: no connection to the state store")
         now = time.monotonic()
-        rows: dict[str, list[Any]] = {}
+        rows: dict[str, dict[str, Any]] = {}
+        finals = 0
         for kind, task_id, attempt, began, state, error, result in held:
             row = rows.get(task_id)
             if row is None:
-                row = rows[task_id] = [state, attempt, None, error, result]
+                row = rows[task_id] = {"id": task_id, "state": state, "attempts": attempt}
             if kind == "s":
-                row[0], row[1], row[2] = "running", attempt, max(0.0, now - began)
+                row["state"], row["attempts"] = "running", attempt
+                row["ago"] = max(0.0, now - began)
             else:
                 # the last error stays, as SETTLED's coalesce keeps it
-                row[0], row[1], row[4] = state, attempt, result
-                row[3] = row[3] if error is None else error
-        finals = sum(1 for row in rows.values() if row[0] in FINAL_STATES)
-        params = {
-            "ids": [uuid.UUID(task_id) for task_id in rows],
-            "states": [row[0] for row in rows.values()],
-            "attempts": [row[1] for row in rows.values()],
-            "ago": [row[2] for row in rows.values()],
-            "errors": [row[3] for row in rows.values()],
-            "results": [row[4] for row in rows.values()],
-            "ttl": self.store.status_ttl,
-        }
+                row["state"], row["attempts"], row["result"] = state, attempt, result
+                if error is not None:
+                    row["error"] = error
+        finals = sum(1 for row in rows.values() if row["state"] in FINAL_STATES)
+        params = [json.dumps(list(rows.values())).encode(), repr(self.store.status_ttl).encode()]
+        pgconn = conn.pgconn
         try:
             self.store._forget(finals)
             asked = time.monotonic()
-            [(_, late)] = conn.execute(self.store.sql.feed_writes, params).fetchall()
+            reply = _check(pgconn.exec_prepared(_PREPARED, params))
+            late = reply.get_value(0, 1) or b"{}"
         except psycopg.Error as exc:
             self._drop()
             raise TransportUnavailable(f"{self!r}: writing the statuses failed: {exc}") from exc
+        self._take_notes(pgconn)
         self._asked_at = asked
         self._held = []
-        for task_id in late:
+        for task_id in late[1:-1].decode().split(",") if late != b"{}" else ():
             logger.warning(
                 "%r: task %s was started after it was cancelled or had expired (a late "
                 "cancel): its status stays final",
@@ -249,11 +283,24 @@ class PgsqlStatusFeed(StatusFeed):
             )
 
     def _run(self) -> None:
-        """Send the writes held once the oldest is ``HOLD`` old."""
+        """Send the writes held once the oldest is ``HOLD`` old.
+
+        While the consumer is busy (it has not flushed to wait since its last start)
+        the thread looks every ``HOLD`` whatever it finds, rather than sleep until a
+        write wakes it: the run loop flushes after each task, so the feed held nothing
+        and then something many times a second, and a wake-up each time cost the worker
+        its GIL and a context switch (1.3 a task in ``bench/drain_cpu.py amqp``: child
+        3.1 times scheduled a task, 1.8 without the thread). A write held at ``t`` is
+        still sent by ``t + HOLD``: the thread wakes by then and waits for the rest."""
         with self._lock:
             while not self._closed:
                 if not self._held:
-                    self._wake.wait()
+                    if self._waited:  # the consumer waits: nothing comes until a write
+                        self._idle = True
+                        self._wake.wait()
+                        self._idle = False
+                    else:
+                        self._wake.wait(HOLD)
                     continue
                 due = self._held_since + HOLD - time.monotonic()
                 if due > 0:
@@ -276,3 +323,11 @@ class PgsqlStatusFeed(StatusFeed):
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+
+def _check(result: pq.abc.PGresult) -> pq.abc.PGresult:
+    """``result`` if its statement succeeded, else the psycopg error it carries (a lost
+    connection's too), for the caller to map as a statement's error."""
+    if result.status in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
+        return result
+    raise errors.error_from_result(result, encoding="utf-8")

@@ -515,14 +515,21 @@ class RedisConsumer(Consumer):
             # reply each; the MOVE script one, and Redis a third less than NEXT
             keys = (t.ready_key(self.queue), self.processing_key, self.consumers_key)
             queue_keys = (t.key(self.queue, "urgent"), t.key(self.queue, "nudges"))
-            reply = run(conn, scripts.MOVE, *keys, *queue_keys, self.id, want, Args(acks[::3]))
+            messages = acks[::3]
+            if self._holds_only(messages):  # see scripts.whole_acked
+                named = Args([b"%d" % len(messages), messages[-1]])
+                reply = run(conn, scripts.MOVE, *keys, *queue_keys, self.id, want, named)
+                if reply[0] == -2:  # not what it held: name them all
+                    named = Args([b"", *messages])
+                    reply = run(conn, scripts.MOVE, *keys, *queue_keys, self.id, want, named)
+            else:
+                named = Args([b"", *messages])
+                reply = run(conn, scripts.MOVE, *keys, *queue_keys, self.id, want, named)
             if reply[0] == 0:  # else urgent tasks wait, and nothing was written: NEXT
                 self._sent()
                 self._took(0, taken(reply, 1))
                 return len(reply) > 1
-        reply = run(
-            conn,
-            scripts.NEXT,
+        args = (
             t.prefix,
             t.script_queue(self.queue),
             self.id,
@@ -530,12 +537,29 @@ class RedisConsumer(Consumer):
             "1" if self.fused else "0",
             t.status_ttl_ms,
             give_back,
-            len(acks) // 3,
-            Args(acks),
         )
+        messages = acks[::3]
+        reply = None
+        if not give_back and self._holds_only(messages) and all(messages):
+            elided = acks.copy()
+            elided[::3] = [b"="] * len(messages)  # see scripts.whole_acked
+            reply = run(conn, scripts.NEXT, *args, messages[-1], len(messages), Args(elided))
+            if reply[0] == -2:  # not what it held: name them all
+                reply = None
+        if reply is None:
+            reply = run(conn, scripts.NEXT, *args, "", len(acks) // 3, Args(acks))
         self._sent()
         self._took(reply[0], taken(reply, 1))
         return len(reply) > 1
+
+    def _holds_only(self, messages: list[bytes]) -> bool:
+        """Whether ``messages`` (acks not sent yet) are all this consumer holds in its
+        processing list, as far as it knows: none handed out unsettled, none taken and
+        not handed out, a nudge not among them. Then a move names only the last and
+        their count (``scripts.whole_acked``), which Redis checks against the list."""
+        return (
+            bool(messages) and not self._held_count and not self._buffer and (NUDGE not in messages)
+        )
 
     def _block(self, seconds: float) -> bytes | None:
         t = self._host

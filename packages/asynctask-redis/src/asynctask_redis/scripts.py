@@ -185,6 +185,21 @@ local function succeed(id, now, ttl_ms, result, ...)
   end
 end
 
+-- A consumer that moves again holding nothing but what it acks (a drain's case: the
+-- tasks it took all settled) names the last ack only, ``last``, and ``count`` of them
+-- (``n`` acks, the other messages sent as '='): when the list holds that many and
+-- ``last`` among them, it is exactly those, and goes whole (one LLEN, one LPOS, one
+-- DEL). Redis no longer reads, and makes Lua strings of, every acked message twice (as
+-- an argument and in an LRANGE of the head), nor the consumer packs them. Anything
+-- else (the list recovered by another consumer meanwhile, another text in it): false,
+-- nothing written, and the consumer sends the messages.
+local function whole_acked(proc, count, last)
+  if redis.call('LLEN', proc) ~= tonumber(count) then return false end
+  if not redis.call('LPOS', proc, last) then return false end
+  redis.call('DEL', proc)
+  return true
+end
+
 -- The acknowledgements and late starts ARGV[from ...], in the order they happened: ``n``
 -- triples, an ack (message, its task id or '' or '<id>:<attempt>:<ms since it
 -- started>' for a start not sent before, result JSON or '') or a start the
@@ -198,13 +213,16 @@ end
 -- head of its list: one LRANGE and one LTRIM remove them all; any other order goes one
 -- LREM an ack (a call inside a script costs Redis about a microsecond: at a prefetch of
 -- 32 this spares 31 a move).
-local function ack_all(proc, from, n, tracking, ttl_ms)
+--
+-- ``trimmed``: ``whole_acked`` has emptied the list already (the acks' messages are '=').
+local function ack_all(proc, from, n, tracking, ttl_ms, trimmed)
   local last, i = from + 3 * n - 1, from
   local acked = {}
-  for j = from, last, 3 do
-    if ARGV[j] ~= '' then acked[#acked + 1] = ARGV[j] end
+  if not trimmed then
+    for j = from, last, 3 do
+      if ARGV[j] ~= '' then acked[#acked + 1] = ARGV[j] end
+    end
   end
-  local trimmed = false
   if #acked > 0 then
     local head = redis.call('LRANGE', proc, '0', int(#acked - 1))
     trimmed = #head == #acked
@@ -777,10 +795,12 @@ return add_taken({wait or -1, started}, got)
 
 #: ARGV: prefix, queue, consumer id, want, tracking (1/0), status ttl_ms, give back
 #: (a message the consumer moved from the ready list while urgent tasks wait, or ''),
-#: n_acks, acks (triples)... The hot path between TAKEs: acks and moves, no maintenance.
-#: The SADD keeps a consumer that was wrongly found dead (its heartbeat late) findable
-#: from its first new task on. Returns {first marked running (1/0), taken...} (see
-#: ``add_taken``).
+#: whole (the last ack's message when the acks are all the consumer holds, their
+#: messages then sent as '=', see ``whole_acked``; else ''), n_acks, acks (triples)...
+#: The hot path between TAKEs: acks and moves, no maintenance. The SADD keeps a
+#: consumer that was wrongly found dead (its heartbeat late) findable from its first new
+#: task on. Returns {first marked running (1/0), taken...} (see ``add_taken``), or {-2}
+#: with nothing written when ``whole`` did not hold: the consumer sends the messages.
 #:
 #: A batch costs a few commands, not two a task (``ack_all``'s LTRIM, ``pop_batch``): a
 #: call inside a script costs Redis about a microsecond, and a prefetch of 32 made this
@@ -788,13 +808,15 @@ return add_taken({wait or -1, started}, got)
 NEXT = script(
     "next",
     r"""
-local cid, tracking, ttl_ms = ARGV[3], ARGV[5] == '1', ARGV[6]
+local cid, tracking, ttl_ms, nacks = ARGV[3], ARGV[5] == '1', ARGV[6], tonumber(ARGV[9])
 local proc = processing(cid)
+local whole = ARGV[8] ~= ''
+if whole and not whole_acked(proc, nacks, ARGV[8]) then return {-2} end
 if ARGV[7] ~= '' and redis.call('LREM', proc, '-1', ARGV[7]) == 1 then
   redis.call('LPUSH', ready, ARGV[7])  -- back where it was: the urgent go first
 end
-ack_all(proc, 9, tonumber(ARGV[8]), tracking, ttl_ms)
-if not tracking then retire_acked(9, tonumber(ARGV[8]), ttl_ms) end
+ack_all(proc, 10, nacks, tracking, ttl_ms, whole)
+if not tracking then retire_acked(10, nacks, ttl_ms) end
 local got, started = take(proc, tonumber(ARGV[4]), tracking, ttl_ms)
 if #got > 0 then redis.call('SADD', consumers, cid) end
 return add_taken({started}, got)
@@ -802,11 +824,15 @@ return add_taken({started}, got)
 )
 
 #: ARGV: ready, processing, consumers, urgent and nudges keys, consumer id, want,
-#: acknowledged messages... ``NEXT`` without tracking, for the common case the consumer
+#: whole ('' or how many acks, when they are all the consumer holds: then the one
+#: argument after is the last of them, see ``whole_acked``), acknowledged messages...
+#: ``NEXT`` without tracking, for the common case the consumer
 #: picks: no status to write or retire (no task id among its acks), no nudge among them,
 #: nothing to give back. Returns {-1} and writes nothing when urgent tasks wait (the
 #: consumer then sends ``NEXT``, which takes those first); else acks and moves up to
-#: ``want`` ready tasks as ``NEXT`` does, and returns {0, taken...} (see ``add_taken``).
+#: ``want`` ready tasks as ``NEXT`` does, and returns {0, taken...} (see ``add_taken``),
+#: or {-2} with nothing written when ``whole`` did not hold (the consumer sends the
+#: messages).
 #: Written whole, its keys given: the prelude's definitions and key names cost ``NEXT``
 #: 31k instructions a call (redis-server under callgrind) and its helpers more; in a
 #: drain at prefetch 4 without tracking, 2 children, Redis's work a task went from
@@ -816,19 +842,24 @@ MOVE = Script(
     r"""
 local ready, proc, urgent = ARGV[1], ARGV[2], ARGV[4]
 if redis.call('EXISTS', urgent) == 1 then return {-1} end
-local n = #ARGV - 7
-if n > 0 then
+local n = #ARGV - 8
+if ARGV[8] ~= '' then
+  -- all the consumer held, ARGV[8] of them, the last ARGV[9] (``whole_acked``)
+  if redis.call('LLEN', proc) ~= tonumber(ARGV[8]) then return {-2} end
+  if not redis.call('LPOS', proc, ARGV[9]) then return {-2} end
+  redis.call('DEL', proc)
+elseif n > 0 then
   -- acked in the order they were taken (a drain's case): the head of the list, one
   -- LTRIM; any other order one LREM each
   local head = redis.call('LRANGE', proc, '0', string.format('%d', n - 1))
   local trimmed = #head == n
   for j = 1, n do
-    if head[j] ~= ARGV[7 + j] then trimmed = false; break end
+    if head[j] ~= ARGV[8 + j] then trimmed = false; break end
   end
   if trimmed then
     redis.call('LTRIM', proc, string.format('%d', n), '-1')
   else
-    for j = 8, #ARGV do redis.call('LREM', proc, '1', ARGV[j]) end
+    for j = 9, #ARGV do redis.call('LREM', proc, '1', ARGV[j]) end
   end
 end
 local got = {}
@@ -1147,6 +1178,43 @@ else
 end
 redis.call('SADD', known, queue)
 return {1}
+""",
+)
+
+#: ARGV: prefix, queue, task id, guard_ms, status ttl_ms, envelope. ``PUT``'s plain
+#: tracked case, which the client picks: one task, ready now, priority 0, no expires, no
+#: unique key, its status record kept in this Redis. It writes what ``PUT`` writes then:
+#: the guard (a retry after a lost reply writes nothing), the ``queued`` record and its
+#: pointer (expiring after ttl_ms when the queue's workers keep no status), the push and
+#: the queue's name. Written whole with the key names of ``_BASE`` and ``_QUEUE``: the
+#: prelude's helpers ``PUT`` defines cost it most of its 175k instructions of
+#: redis-server a call (callgrind, 2,000 submits); not on a Redis Cluster (its pointer
+#: goes in a command of its own there).
+PUT_ONE = Script(
+    "put_one",
+    r"""
+local prefix, queue, id, ttl_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
+local base = prefix .. ':' .. queue .. ':'
+local guard = base .. 'put:' .. id
+if not redis.call('SET', guard, '1', 'NX', 'PX', ARGV[4]) then
+  redis.call('PEXPIRE', guard, ARGV[4])  -- a write: a WAIT after this retry counts
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local key, at = base .. 'task:' .. id, prefix .. ':@id:' .. id
+redis.call('HSET', key, 'state', 'queued', 'attempts', '0', 'submitted_at',
+  string.format('%.3f', now / 1000))
+if redis.call('EXISTS', base .. 'untracked') == 1 then
+  -- on an untracked queue its workers will write nothing more: Redis forgets it
+  redis.call('PEXPIRE', key, ttl_ms)
+  redis.call('SET', at, queue, 'PX', ttl_ms)
+else
+  redis.call('SET', at, queue)
+end
+redis.call('RPUSH', prefix .. '_' .. queue, ARGV[6])
+redis.call('SADD', prefix .. ':queues', queue)
+return 1
 """,
 )
 
