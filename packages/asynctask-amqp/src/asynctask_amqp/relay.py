@@ -20,6 +20,9 @@ The conversation, worker first::
     {"op": "release", "n", "behind": [n, ...]}, {"op": "retry", "n", "delay", "error"},
     {"op": "fail", "n", "error"}      -> {"done": true} once settled (read-your-writes)
     {"op": "state", "uri", "ttl"}     -> {"done": true} or {"error": {...}}
+    {"op": "copy_failed", "n", "error"} -> {"done": true} once the failed store holds a
+                                           copy; the task stays held, for its ack
+                                           (``asynctask_amqp.failing``), or {"error"}
     {"op": "close"}                   -> {"closed": true}, then the relay exits
 
 Hand-over ahead. While the worker runs its tasks the relay waits on both sockets, and
@@ -82,6 +85,7 @@ from asynctask.logs import setup_logging
 from asynctask.plugins import load_plugins
 from asynctask.transport import Delivery, Transport
 from asynctask_amqp.consumer import AmqpConsumer
+from asynctask_amqp.failing import REDELIVERED
 from asynctask_amqp.transport import AmqpTransport
 from asynctask_amqp.wire import PeerGone, Reader, SharedWords, send
 
@@ -198,6 +202,8 @@ class Relay:
             return None
         if op == "state":
             return self._open_state(str(request["uri"]), float(request["ttl"]))
+        if op == "copy_failed":
+            return self._copy_failed(int(request["n"]), str(request["error"]))
         delivery = self.handed.pop(int(request["n"]), None)
         try:
             if delivery is None:
@@ -289,6 +295,20 @@ class Relay:
             finally:
                 state[0].close()
 
+    def _copy_failed(self, n: int, error: str) -> dict[str, Any]:
+        """Publish a copy of a task the worker holds to the failed store, keeping it
+        held: the worker writes ``failed``, then acks it (``asynctask_amqp.failing``).
+        An error is answered: the worker must not write ``failed`` without the copy."""
+        delivery = self.handed.get(n)
+        if delivery is None:
+            message = f"task {n} is not held by the relay of {self.consumer.queue!r}"
+            return {"error": {"kind": "error", "message": message}}
+        try:
+            self.consumer.copy_to_failed(delivery, error)
+        except AsynctaskError as exc:
+            return {"error": {"kind": error_kind(exc), "message": str(exc)}}
+        return {"done": True}
+
     def _ack(self, numbers: list[int]) -> None:
         acked = [self.handed.pop(int(n), None) for n in numbers]
         if None in acked:
@@ -333,6 +353,8 @@ class Relay:
             "attempt": delivery.attempt,
             "submitted_at": delivery.submitted_at,
             "headers": delivery.headers,
+            # its start reads its status first (``asynctask_amqp.failing``)
+            "redelivered": REDELIVERED in delivery.receipt[2].headers,
         }
 
 

@@ -155,8 +155,10 @@ class RelayedFeed(StatusFeed):
                 else:
                     inner.settled(write[1], write[2], write[3], result_json=write[5] or None)
             inner.settled(task_id, state, attempts, error=error, result_json=result_json)
-            if consumer._acks:  # (their outcomes were among those held: answered first)
-                inner.flush(waiting=False)
+            # answered before the ack or retry that follows (and the acks waiting, whose
+            # outcomes were among those held): a failure's ``failed`` must be in the
+            # store before its original is acknowledged (``asynctask_amqp.failing``)
+            inner.flush(waiting=False)
         return None
 
     def _hold(self) -> None:

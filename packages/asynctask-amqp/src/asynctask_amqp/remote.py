@@ -26,8 +26,9 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
-from asynctask.status import StateStore, StatusFeed
+from asynctask.status import StartVerdict, StateStore, StatusFeed
 from asynctask.transport import Consumer, Delivery, Transport, check_delay
+from asynctask_amqp.failing import fail_in_order, in_order, start_redelivered
 from asynctask_amqp.relayedfeed import Relayable, RelayedFeed, Write
 from asynctask_amqp.wire import PeerGone, Reader, SharedWords, send, send_settled
 
@@ -96,6 +97,9 @@ class RemoteConsumer(Consumer):
         self._skips: list[int] = []
         #: status writes the relay makes before the acks sent with them (``RelayedFeed``)
         self._writes: list[Write] = []
+        #: receipts of copies published for a redelivery, not started yet: their start
+        #: reads their status first (``asynctask_amqp.failing``)
+        self._redelivered: set[int] = set()
         spec = {
             "uri": transport.uri,
             "queue": queue,
@@ -141,6 +145,7 @@ class RemoteConsumer(Consumer):
                     return delivery
                 # its connection was lost before it was taken: the broker has it back
                 self._skips.append(int(delivery.receipt))
+                self._redelivered.discard(int(delivery.receipt))
             left = max(0.0, deadline - time.monotonic())
             if peek:
                 answer = self._ask({"op": "reserve", "timeout": 0.0}, 0.0)
@@ -160,6 +165,8 @@ class RemoteConsumer(Consumer):
             self._ahead.extend((int(f["generation"]), self._delivery(f)) for f in found)
 
     def _delivery(self, found: dict[str, Any]) -> Delivery:
+        if found.get("redelivered"):
+            self._redelivered.add(int(found["n"]))
         return Delivery(
             id=found["id"],
             queue=self.queue,
@@ -322,9 +329,38 @@ class RemoteConsumer(Consumer):
         ``InvalidTaskError`` here, before anything is sent)."""
         self._settle("retry", delivery, delay=check_delay(delay), error=error)
 
-    def fail(self, delivery: Delivery, error: str) -> None:
-        """To the failed store, with ``error``."""
+    @property
+    def fail_writes_failed(self) -> bool:
+        """``fail`` writes ``failed`` before its ack (``asynctask_amqp.failing``)."""
+        return in_order(self)
+
+    def start(self, delivery: Delivery) -> StartVerdict:
+        """``Consumer.start``; a copy published for a redelivery reads its status first
+        (it may have failed already: ``asynctask_amqp.failing``)."""
+        if self._redelivered and int(delivery.receipt) in self._redelivered:
+            self._redelivered.discard(int(delivery.receipt))
+            verdict = start_redelivered(self, delivery, self._copy_to_failed)
+            if verdict is not None:
+                return verdict
+        return super().start(delivery)
+
+    def fail(self, delivery: Delivery, error: str) -> bool | None:
+        """To the failed store, with ``error``; with statuses in the store of
+        ``asynctask_state``, ``failed`` written before the ack (``asynctask_amqp
+        .failing``)."""
+        if in_order(self):
+            return fail_in_order(self, delivery, error, self._copy_to_failed)
         self._settle("fail", delivery, error=error)
+        return None
+
+    def _copy_to_failed(self, delivery: Delivery, error: str) -> None:
+        """The relay publishes a copy to the failed store and keeps the task held, for
+        its ack. Raises when it could not: nothing may say ``failed`` then."""
+        answer = self._ask({"op": "copy_failed", "n": delivery.receipt, "error": error}, 0.0)
+        problem = answer.get("error")
+        if problem is not None:
+            kind = {"unavailable": TransportUnavailable, "closed": TransportClosed}
+            raise kind.get(problem.get("kind"), TransportError)(str(problem.get("message")))
 
     def release(self, delivery: Delivery) -> None:
         """Back to the head of the queue, untouched (not counted), with the tasks handed

@@ -41,7 +41,10 @@ carries such a note (``TaskStatus.failing``) asks the transport whether its fail
 store holds the task (``Transport._failed_holds``: one look-up by that note, never a
 scan); when it does, the read writes ``failed`` itself (``confirm_failed``, only while
 the note is still there), which wakes the waiters. ``Transport.wait`` reads again every
-``fallback_poll`` seconds, so a waiter sees it too when nobody else looks.
+``fallback_poll`` seconds, so a waiter sees it too when nobody else looks. AMQP's failed
+store is a queue, which cannot be looked up by id: there the broker keeps the task until
+``failed`` is written instead, and a redelivered start reads the status
+(``asynctask_amqp.failing``; ``Consumer.fail_writes_failed``).
 """
 
 from __future__ import annotations
@@ -71,7 +74,9 @@ STATES: tuple[State, ...] = (
 #: states after which nothing happens to the task any more
 FINAL_STATES: frozenset[State] = frozenset({"succeeded", "failed", "cancelled", "expired"})
 #: what ``Consumer.start`` may answer: run it, or it was settled as cancelled/expired
-StartVerdict = Literal["run", "cancelled", "expired"]
+#: (or failed: only an AMQP consumer's start of a task redelivered after its worker was
+#: killed in its failure, ``asynctask_amqp.failing``; a store's ``started`` never says it)
+StartVerdict = Literal["run", "cancelled", "expired", "failed"]
 
 #: default of the setting ``asynctask_status_ttl``: a final status is kept a day
 DEFAULT_STATUS_TTL = 86400.0
