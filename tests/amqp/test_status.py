@@ -208,9 +208,11 @@ def test_with_state_in_redis_a_reserve_that_waits_sends_the_outcome_held_first(
     sends it first, so ``wait`` on the last task of a queue returns at once. (Fails when
     the reserve waits without ``flush_status_feed``: with ``HOLD`` set to a minute the
     outcome stays held through the reserve.)"""
+    from asynctask_amqp import relayedfeed
     from asynctask_redis import statusfeed
 
     monkeypatch.setattr(statusfeed, "HOLD", 60.0)
+    monkeypatch.setattr(relayedfeed, "HOLD", 60.0)  # (the relay makes the writes)
     queue = unique_queue()
     with open_transport(_with(amqp_uri, f"relay={relay}")) as t:
         t.state_uri = redis_state
@@ -563,24 +565,40 @@ def test_with_state_a_purge_streams_the_queue_in_bounded_chunks(amqp_uri, redis_
 #: a worker process whose one task raises (no retries), SIGKILLed right after its
 #: consumer's ``fail`` returned (the copy in the failed store, the original acked), before
 #: the run loop writes ``failed`` to the store of ``asynctask_state``
-_KILLED_AFTER_THE_FAIL = textwrap.dedent(
+#: a worker that fails its task (max_retries = 0) and is SIGKILLed at ``argv[4]``: ``after``
+#: its consumer's whole ``fail``; ``before-copy`` (the ``failing`` note written, no copy
+#: in Q.failed), ``before-failed`` (the copy published, ``failed`` not written) or
+#: ``before-ack`` (``failed`` written, the original not acknowledged): the steps of
+#: ``asynctask_amqp.failing``
+_KILLED_IN_THE_FAIL = textwrap.dedent(
     """
     import os, signal, sys
     from asynctask import AsyncTaskWorker
     from asynctask.runner import LoopOptions, run_loop
     from asynctask.testing.contract import open_transport
-    from asynctask_amqp import consumer, remote
+    from asynctask_amqp import consumer, failing, remote
 
-    uri, state, queue = sys.argv[1:4]
+    uri, state, queue, where = sys.argv[1:5]
 
-    def killing(real):
+    def kill():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def killing(real, before):
         def wrapped(*args, **kwargs):
+            if before:
+                kill()
             real(*args, **kwargs)
-            os.kill(os.getpid(), signal.SIGKILL)
+            kill()
         return wrapped
 
-    consumer.AmqpConsumer.fail = killing(consumer.AmqpConsumer.fail)
-    remote.RemoteConsumer.fail = killing(remote.RemoteConsumer.fail)
+    if where == "after":
+        consumer.AmqpConsumer.fail = killing(consumer.AmqpConsumer.fail, False)
+        remote.RemoteConsumer.fail = killing(remote.RemoteConsumer.fail, False)
+    elif where == "before-copy":
+        consumer.AmqpConsumer.copy_to_failed = killing(consumer.AmqpConsumer.copy_to_failed, True)
+        remote.RemoteConsumer._copy_to_failed = killing(remote.RemoteConsumer._copy_to_failed, True)
+    else:
+        failing.write_failed = killing(failing.write_failed, where == "before-failed")
 
     class Raises(AsyncTaskWorker):
         name = "asynctask_amqp_killed_failing"
@@ -595,35 +613,75 @@ _KILLED_AFTER_THE_FAIL = textwrap.dedent(
     """
 )
 
-#: why the AMQP story stays open (issue 16, the failed window; ``asynctask.status``)
-_AMQP_WINDOW = (
-    "issue 16, the failed window on AMQP: Q.failed is a queue, which cannot be looked up "
-    "by id, so no read can confirm the move (the read-repair that closed it on filesys, "
-    "redis and pgsql); closing it needs the copy, then 'failed', then the ack of the "
-    "original, with a start that drops a redelivery already failed: open"
+#: the next worker of that queue (max_retries = 1: a redelivery would run), which notes
+#: in the file ``argv[4]`` every task it runs
+_THE_NEXT_WORKER = textwrap.dedent(
+    """
+    import sys
+    from asynctask import AsyncTaskWorker
+    from asynctask.runner import LoopOptions, run_loop
+    from asynctask.testing.contract import open_transport
+
+    uri, state, queue, ran = sys.argv[1:5]
+
+    class Notes(AsyncTaskWorker):
+        name = "asynctask_amqp_next_worker"
+        max_retries = 1
+
+        def process(self, payload):
+            with open(ran, "a") as f:
+                f.write(str(payload["n"]) + "\\n")
+
+    with open_transport(uri) as t:
+        t.state_uri = state
+        run_loop(Notes(), t, queue, LoopOptions(halt_when_empty=True))
+    """
 )
 
 
-@pytest.mark.xfail(strict=True, reason=_AMQP_WINDOW)
+@pytest.mark.parametrize("where", ["after", "before-copy", "before-failed", "before-ack"])
 @pytest.mark.parametrize("store", ["redis", "pgsql"])
 @pytest.mark.parametrize("relay", ["true", "false"])
 def test_a_worker_killed_right_after_it_failed_a_task_leaves_it_failed(
-    amqp_uri, request, store, relay
+    amqp_uri, request, tmp_path, store, relay, where
 ):
-    """A worker killed between the move of its task to the failed store and the
-    ``failed`` it writes to the store of ``asynctask_state`` (redis or pgsql), relay or
-    not: the task is in the failed store and should read ``failed``. Fails: it reads
-    ``running`` for good (see ``_AMQP_WINDOW``)."""
+    """A worker killed at each step of its failure (``asynctask_amqp.failing``), with
+    statuses in redis or pgsql, relay or not: once the next worker has met the task
+    redelivered, it reads ``failed``, it is in the failed store (twice at most: killed
+    between the copy and ``failed``, the bound the README gives) and it never ran again.
+    Failed before the order copy, ``failed``, ack (issue 16's AMQP failed window): killed
+    ``after`` the fail, the task stayed in Q.failed reading ``running`` for good."""
     state = request.getfixturevalue(f"{store}_state")
     queue = unique_queue()
     uri = _with(amqp_uri, f"relay={relay}")
+    ran = tmp_path / "ran"
     with open_transport(uri) as t:
         t.state_uri = state
         tid = t.submit_task(queue, {"n": 1})
         killed = subprocess.run(
-            [sys.executable, "-c", _KILLED_AFTER_THE_FAIL, uri, state, queue], timeout=60
+            [sys.executable, "-c", _KILLED_IN_THE_FAIL, uri, state, queue, where], timeout=60
         )
         assert killed.returncode == -9
-        assert [f.id for f in t.failed_tasks(queue)] == [tid]
-        st = t.status(tid)
+        # the broker has the original back (killed before the ack; with a relay also
+        # after the fail: a relay's ack goes with the worker's next call) once the
+        # connection closed
+        deadline = time.monotonic() + 10
+        while True:
+            st = t.status(tid)
+            assert st is not None
+            nexts = subprocess.run(
+                [sys.executable, "-c", _THE_NEXT_WORKER, uri, state, queue, str(ran)],
+                timeout=60,
+            )
+            assert nexts.returncode == 0
+            st = t.status(tid)
+            if (st is not None and st.final) or time.monotonic() > deadline:
+                break
         assert st is not None and st.state == "failed", st
+        assert not ran.exists(), ran.read_text()  # never run again
+        copies = [f.id for f in t.failed_tasks(queue)]
+        if where == "before-failed":
+            assert copies in ([tid], [tid, tid]), copies
+        else:
+            assert copies == [tid], copies
+        assert t.queue_stats(queue).ready == 0

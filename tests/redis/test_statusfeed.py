@@ -455,3 +455,43 @@ def test_a_cancel_that_reaches_redis_before_a_start_mark_keeps_the_attempt_that_
         r.getMessage() for r in caplog.records if "was cancelled as it started" in r.getMessage()
     ]
     assert len(told) == 2, told
+
+
+def test_a_late_start_never_undoes_an_outcome_written_before_it_arrived(transport):
+    """A start sent unanswered that reaches Redis after the task's outcome (a relay that
+    makes the writes later, beside a direct ``settled``) leaves the outcome. (Fails when
+    a feed's start writes ``running`` over any state but a cancel: it read ``running``
+    for good, and a ``wait`` on it never returned: the AMQP bench's wait step.)"""
+    store, queue = transport.state(), unique_queue()
+    (task_id,) = store.submitted(queue, [new_task_id()], 0, SubmitOptions())
+    store.settled(queue, task_id, "succeeded", 1, result_json='"ok"')
+    feed = store.feed(queue)
+    try:
+        assert feed.may_start(task_id) is True
+        feed.started(task_id, 1)  # (the first since a wait: sent at once)
+    finally:
+        feed.close()  # (every reply read)
+    status = store.statuses([task_id])[0]
+    assert status is not None
+    assert (status.state, status.result) == ("succeeded", "ok")
+
+
+def test_a_late_start_never_undoes_the_retrying_of_its_own_attempt(transport):
+    """A start of attempt 1 that reaches Redis after that attempt's ``retrying`` (the
+    relay made the start, the worker the outcome, directly) leaves ``retrying``; the
+    start of the next attempt still reads ``running``. (Fails when only ``succeeded``
+    and ``failed`` are kept: the task read ``running`` through its back-off.)"""
+    store, queue = transport.state(), unique_queue()
+    (task_id,) = store.submitted(queue, [new_task_id()], 0, SubmitOptions())
+    store.settled(queue, task_id, "retrying", 1, error="boom")
+    feed = store.feed(queue)
+    try:
+        feed.started(task_id, 1)  # late: the retry of attempt 1 came first
+        feed.flush()
+        status = store.statuses([task_id])[0]
+        assert status is not None and (status.state, status.attempts) == ("retrying", 1)
+        feed.started(task_id, 2)  # the next attempt's start
+    finally:
+        feed.close()
+    status = store.statuses([task_id])[0]
+    assert status is not None and (status.state, status.attempts) == ("running", 2)

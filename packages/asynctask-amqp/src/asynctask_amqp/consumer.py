@@ -53,7 +53,9 @@ from typing import Any, Protocol
 import amqp
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
+from asynctask.status import StartVerdict
 from asynctask.transport import Consumer, Delivery, Transport, check_delay
+from asynctask_amqp.failing import REDELIVERED, fail_in_order, in_order, start_redelivered
 from asynctask_amqp.link import DRIVER_ERRORS, Heartbeats, Link
 from asynctask_amqp.params import ConnectionParams, map_error
 from asynctask_amqp.topology import (
@@ -361,9 +363,10 @@ class AmqpConsumer(Consumer):
                     link.channel.basic_ack(tag)
                     continue
                 # its last consumer died: count the attempt, durably, and let it come round
-                link.publish(
-                    self.queue, self.queue, [received.copy(attempts=received.attempts + 1)]
-                )
+                # marked: its start reads its status (it may have failed already,
+                # ``asynctask_amqp.failing``)
+                copy = received.copy(attempts=received.attempts + 1, extra={REDELIVERED: 1})
+                link.publish(self.queue, self.queue, [copy])
                 link.channel.basic_ack(tag)
                 continue
             self._held[tag] = received
@@ -601,7 +604,59 @@ class AmqpConsumer(Consumer):
         self._settle(delivery, action, after_loss)
         self._timed(1)
 
-    def fail(self, delivery: Delivery, error: str) -> None:
+    @property
+    def fail_writes_failed(self) -> bool:
+        """``fail`` writes ``failed`` before its ack (``asynctask_amqp.failing``)."""
+        return in_order(self)
+
+    def start(self, delivery: Delivery) -> StartVerdict:
+        """``Consumer.start``; a copy published for a redelivery reads its status first
+        (it may have failed already: ``asynctask_amqp.failing``)."""
+        _, _, received = delivery.receipt
+        if REDELIVERED in received.headers:
+            verdict = start_redelivered(self, delivery, self.copy_to_failed)
+            if verdict is not None:
+                return verdict
+        return super().start(delivery)
+
+    def fail(self, delivery: Delivery, error: str) -> bool | None:
+        """Publish a copy to the failed store, then ack the original; with statuses in
+        the store of ``asynctask_state``, ``failed`` written in between
+        (``asynctask_amqp.failing``)."""
+        if in_order(self):
+            return fail_in_order(self, delivery, error, self.copy_to_failed)
+        self._fail_now(delivery, error)
+        return None
+
+    def copy_to_failed(self, delivery: Delivery, error: str) -> None:
+        """Publish a copy of ``delivery`` to the failed store (confirmed), keeping the
+        original held: its ``ack`` follows. Its connection lost, on a new one (the broker
+        took the original back; the ack then leaves the settled marker), retrying up to
+        ``retry_timeout``; then raises, and nothing says ``failed``: the broker delivers
+        the task again (a copy the store lacks must not be acknowledged away)."""
+        generation, tag, sent = delivery.receipt
+        deadline = time.monotonic() + self.transport.retry_timeout
+        pause = 0.05
+        with self._link.lock:
+            received = self._held.get(tag) if generation == self._generation else None
+            while True:
+                try:
+                    if not self._connected():
+                        self._connect()
+                        self.transport.note_recovery()
+                    self._declarations._store_failed(
+                        self._link, self.queue, received or sent, error, delivery.attempt
+                    )
+                    return
+                except DRIVER_ERRORS as exc:
+                    lost = self._lost(exc)
+                    if not isinstance(lost, TransportUnavailable) or time.monotonic() > deadline:
+                        raise lost from exc
+                    self.transport.note_outage(lost)
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    def _fail_now(self, delivery: Delivery, error: str) -> None:
         """Publish a copy to the failed store, then ack the original."""
 
         def store(received: Received) -> None:

@@ -19,6 +19,10 @@ The conversation, worker first::
     {"op": "settled"}                 -> nothing (it carries acks and skips, see below)
     {"op": "release", "n", "behind": [n, ...]}, {"op": "retry", "n", "delay", "error"},
     {"op": "fail", "n", "error"}      -> {"done": true} once settled (read-your-writes)
+    {"op": "state", "uri", "ttl"}     -> {"done": true} or {"error": {...}}
+    {"op": "copy_failed", "n", "error"} -> {"done": true} once the failed store holds a
+                                           copy; the task stays held, for its ack
+                                           (``asynctask_amqp.failing``), or {"error"}
     {"op": "close"}                   -> {"closed": true}, then the relay exits
 
 Hand-over ahead. While the worker runs its tasks the relay waits on both sockets, and
@@ -43,7 +47,13 @@ takes the next task handed over ahead, so that a worker dying in that task does 
 have the ones it finished run again; frames of acks read together are settled together,
 and a batch of acks that is every task held up to its last is one ``basic.ack``
 (``multiple``). A worker that dies between an ``ack`` and the next frame
-has that finished task run again, as if it had died a moment earlier. A ``release``
+has that finished task run again, as if it had died a moment earlier.
+
+Statuses. With ``asynctask_state`` naming a store whose feed allows it (``state``: the
+relay opens a feed of that store for the queue), a request may also carry
+``"writes"``: the worker's status writes (a start, an outcome), made first, in order,
+and their replies waited for, then the acks (``asynctask_amqp.relayedfeed``): an
+acknowledged task's outcome is in the store, and the worker waits for neither. A ``release``
 hands back with its task the ones the worker holds behind it (``behind``), keeping the
 queue's order.
 
@@ -72,8 +82,10 @@ from typing import Any
 
 from asynctask.errors import AsynctaskError, TransportClosed, TransportUnavailable
 from asynctask.logs import setup_logging
-from asynctask.transport import Delivery
+from asynctask.plugins import load_plugins
+from asynctask.transport import Delivery, Transport
 from asynctask_amqp.consumer import AmqpConsumer
+from asynctask_amqp.failing import REDELIVERED
 from asynctask_amqp.transport import AmqpTransport
 from asynctask_amqp.window import AdaptivePrefetch
 from asynctask_amqp.wire import PeerGone, Reader, SharedWords, send
@@ -104,6 +116,9 @@ class Relay:
         #: taken from the consumer while the worker ran its tasks, for its next reserve
         self.ready: list[Delivery] = []
         self._next = 1
+        #: the worker's status writes go here (``op: state``): (its store's transport,
+        #: the store's feed of the queue)
+        self._state: tuple[Transport, Any] | None = None
 
     def serve(self) -> None:
         """Answer the worker until it closes the consumer or goes away."""
@@ -117,11 +132,13 @@ class Relay:
                     # acks sent one a task, read together: settled together
                     following = self.reader.receive()
                     assert following is not None  # (a whole frame is buffered)
-                    for key in ("acks", "skips"):
+                    for key in ("writes", "acks", "skips"):
                         following[key] = [*request.get(key, ()), *following.get(key, ())]
                     request = following
                 for n in request.get("skips", ()):
                     self.handed.pop(int(n), None)  # back in the queue with its connection
+                if "writes" in request:  # made, answered, before the acks they came with
+                    self._write(request["writes"])
                 if "acks" in request:
                     self._ack(request["acks"])
                 if request.get("op") == "close":
@@ -184,6 +201,10 @@ class Relay:
                 return {"error": {"kind": error_kind(exc), "message": str(exc)}}
         if op == "settled":
             return None
+        if op == "state":
+            return self._open_state(str(request["uri"]), float(request["ttl"]))
+        if op == "copy_failed":
+            return self._copy_failed(int(request["n"]), str(request["error"]))
         delivery = self.handed.pop(int(request["n"]), None)
         try:
             if delivery is None:
@@ -204,6 +225,89 @@ class Relay:
                 raise PeerGone(f"unknown request {op!r}")
         except AsynctaskError as exc:  # the consumer logged what the broker will do
             logger.warning("relay of %r: %s failed: %s", self.consumer.queue, op, exc)
+        return {"done": True}
+
+    def _open_state(self, uri: str, ttl: float) -> dict[str, Any]:
+        """Open a feed of the store ``uri`` (the worker's ``asynctask_state``) for the
+        worker's status writes, in place of one opened before."""
+        self.close_state()
+        try:
+            # the store is another transport, made here as the worker made it (its
+            # plugin's class, not get_transport: the worker's settings are not read here)
+            other = load_plugins().transport_class(uri)(uri)
+            store = other._state_store()
+            feed = None
+            if store is not None:
+                store.status_ttl = ttl
+                feed = store.feed(self.consumer.queue)
+            if feed is None or not feed.relayable:
+                other.close()
+                return {"error": {"kind": "error", "message": f"{uri} gives no relayable feed"}}
+        except Exception as exc:  # (any: the worker writes its statuses itself then)
+            return {"error": {"kind": "error", "message": f"{type(exc).__name__}: {exc}"}}
+        self._state = (other, feed)
+        return {"done": True}
+
+    def _write(self, writes: list[list[Any]]) -> None:
+        """Make the worker's status writes, in order, and wait for their replies: the
+        acks that came with them go after (``asynctask_amqp.relayedfeed``). A store that
+        cannot be reached keeps them in the feed, made first by its next call or close
+        (as the worker's own feed does); the acks go on."""
+        if self._state is None:
+            logger.warning(
+                "relay of %r: status writes with no store opened; dropped", self.consumer.queue
+            )
+            return
+        feed = self._state[1]
+        try:
+            for write in writes:
+                if write[0] == "s":
+                    feed.started(str(write[1]), int(write[2]), began=float(write[3]))
+                else:
+                    _, task_id, state, attempts, error, result = write
+                    feed.settled(
+                        str(task_id),
+                        state,
+                        int(attempts),
+                        error=error or None,
+                        result_json=result or None,
+                    )
+            feed.flush(waiting=False)  # (every reply read)
+        except AsynctaskError as exc:
+            logger.warning(
+                "relay of %r: the task statuses could not be written yet (%s); they are "
+                "sent again with the next ones",
+                self.consumer.queue,
+                exc,
+            )
+
+    def close_state(self) -> None:
+        """Close the status feed (every reply read) and its store's transport."""
+        state, self._state = self._state, None
+        if state is not None:
+            try:
+                state[1].close()
+            except AsynctaskError as exc:
+                logger.warning(
+                    "relay of %r: the task statuses sent last may be lost (%s)",
+                    self.consumer.queue,
+                    exc,
+                )
+            finally:
+                state[0].close()
+
+    def _copy_failed(self, n: int, error: str) -> dict[str, Any]:
+        """Publish a copy of a task the worker holds to the failed store, keeping it
+        held: the worker writes ``failed``, then acks it (``asynctask_amqp.failing``).
+        An error is answered: the worker must not write ``failed`` without the copy."""
+        delivery = self.handed.get(n)
+        if delivery is None:
+            message = f"task {n} is not held by the relay of {self.consumer.queue!r}"
+            return {"error": {"kind": "error", "message": message}}
+        try:
+            self.consumer.copy_to_failed(delivery, error)
+        except AsynctaskError as exc:
+            return {"error": {"kind": error_kind(exc), "message": str(exc)}}
         return {"done": True}
 
     def _ack(self, numbers: list[int]) -> None:
@@ -256,6 +360,8 @@ class Relay:
             "attempt": delivery.attempt,
             "submitted_at": delivery.submitted_at,
             "headers": delivery.headers,
+            # its start reads its status first (``asynctask_amqp.failing``)
+            "redelivered": REDELIVERED in delivery.receipt[2].headers,
         }
 
 
@@ -294,10 +400,12 @@ def main() -> int:
         worker,
         on_generation=words.set_generation,
     )
+    relay = Relay(reader, consumer, worker, words)
     try:
-        Relay(reader, consumer, worker, words).serve()
+        relay.serve()
     finally:
         words.generation = 0  # whatever ends the relay ends its connection
+        relay.close_state()
         transport.close()
         sock.close()
     return 0

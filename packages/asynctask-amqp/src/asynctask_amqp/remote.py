@@ -5,8 +5,10 @@ that it starts and talks to over a socketpair, so a task that holds the GIL in t
 process cannot stop the connection's heartbeats. A ``reserve`` takes the tasks the relay
 handed over ahead, one by one, checking each one's connection generation against the
 word the relay shares (a task whose connection was lost is skipped), and asks the relay
-only when it holds none. ``ack`` is sent with the next request, or alone once half the
-prefetch is waiting (no answer waited for); the other calls wait for the relay's answer.
+only when it holds none. ``ack`` is sent with the next request, or alone before the next
+task handed over ahead is taken (no answer waited for); the other calls wait for the
+relay's answer. With statuses in a store whose feed allows it, the relay makes the
+status writes too, before the acks they come with (``asynctask_amqp.relayedfeed``).
 See ``asynctask_amqp.relay`` for the conversation.
 """
 
@@ -21,10 +23,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
+from asynctask.status import StartVerdict, StateStore, StatusFeed
 from asynctask.transport import Consumer, Delivery, Transport, check_delay
+from asynctask_amqp.failing import fail_in_order, in_order, start_redelivered
+from asynctask_amqp.relayedfeed import Relayable, RelayedFeed, Write
 from asynctask_amqp.window import AdaptivePrefetch
 from asynctask_amqp.wire import PeerGone, Reader, SharedWords, send, send_settled
 
@@ -79,7 +84,9 @@ class RemoteConsumer(Consumer):
 
     def __init__(self, transport: Transport, queue: str, prefetch: int) -> None:
         super().__init__(transport, queue, prefetch)
-        self._lock = threading.Lock()
+        # (reentrant: ``reserve`` calls ``flush_status_feed`` holding it, and a
+        # ``RelayedFeed`` takes it)
+        self._lock = threading.RLock()
         self._sock, self._words, self._process = start_relay()
         self._reader = Reader(self._sock)
         self._broken = ""  # why the relay cannot be used any more
@@ -89,6 +96,11 @@ class RemoteConsumer(Consumer):
         #: taken), sent with the next request
         self._acks: list[int] = []
         self._skips: list[int] = []
+        #: status writes the relay makes before the acks sent with them (``RelayedFeed``)
+        self._writes: list[Write] = []
+        #: receipts of copies published for a redelivery, not started yet: their start
+        #: reads their status first (``asynctask_amqp.failing``)
+        self._redelivered: set[int] = set()
         spec = {
             "uri": transport.uri,
             "queue": queue,
@@ -136,6 +148,7 @@ class RemoteConsumer(Consumer):
                     return delivery
                 # its connection was lost before it was taken: the broker has it back
                 self._skips.append(int(delivery.receipt))
+                self._redelivered.discard(int(delivery.receipt))
             left = max(0.0, deadline - time.monotonic())
             if peek:
                 answer = self._ask({"op": "reserve", "timeout": 0.0}, 0.0)
@@ -155,6 +168,8 @@ class RemoteConsumer(Consumer):
             self._ahead.extend((int(f["generation"]), self._delivery(f)) for f in found)
 
     def _delivery(self, found: dict[str, Any]) -> Delivery:
+        if found.get("redelivered"):
+            self._redelivered.add(int(found["n"]))
         return Delivery(
             id=found["id"],
             queue=self.queue,
@@ -226,10 +241,50 @@ class RemoteConsumer(Consumer):
             "the queue; a new consumer starts a new relay (see its error output above)"
         )
 
+    # -- statuses --------------------------------------------------------------------------
+
+    def _feed_of(self, store: StateStore) -> StatusFeed | None:
+        """The store's feed, its writes made by the relay when the feed allows it
+        (``StatusFeed.relayable``: ``asynctask_amqp.relayedfeed``)."""
+        known = self._status_feed
+        if known is not None and known[0] is store:
+            return known[1]
+        feed = super()._feed_of(store)
+        if feed is None or not feed.relayable or not self._relay_writes(store):
+            return feed
+        relayed = RelayedFeed(cast(Relayable, feed), self)
+        self._status_feed = (store, relayed)
+        return relayed
+
+    def _relay_writes(self, store: StateStore) -> bool:
+        """Have the relay open a feed of ``store`` (the transport's ``asynctask_state``)
+        for this queue: whether it could (else the writes are made here)."""
+        request = {"op": "state", "uri": self.transport.state_uri, "ttl": store.status_ttl}
+        try:
+            answer = self._ask(request, 0.0)
+        except TransportError as exc:
+            logger.info("%r: the relay cannot write the statuses (%s)", self.transport, exc)
+            return False
+        error = answer.get("error")
+        if error is not None:
+            logger.warning(
+                "%r: the relay of %r could not open %s (%s); the worker writes the task "
+                "statuses itself",
+                self.transport,
+                self.queue,
+                self.transport.state_uri,
+                error.get("message"),
+            )
+            return False
+        return True
+
     # -- settling --------------------------------------------------------------------------
 
     def _send(self, request: dict[str, Any]) -> None:
-        """Write a request (the lock held), carrying the acks and skips not sent yet."""
+        """Write a request (the lock held), carrying the status writes, acks and skips
+        not sent yet (the relay makes the writes first, answered, then the acks)."""
+        if self._writes:
+            request["writes"], self._writes = self._writes, []
         if self._acks:
             request["acks"], self._acks = self._acks, []
         if self._skips:
@@ -259,12 +314,15 @@ class RemoteConsumer(Consumer):
             self._acks.append(int(delivery.receipt))
 
     def _settled(self) -> None:
-        """Send the acks and skips waiting, unanswered (the lock held)."""
+        """Send the writes, acks and skips waiting, unanswered (the lock held)."""
         if self._broken:
             return
-        (acks, self._acks), (skips, self._skips) = (self._acks, []), (self._skips, [])
         try:
-            send_settled(self._sock, acks, skips)
+            if self._writes:  # (the frame carries them before the acks)
+                self._send({"op": "settled"})
+            else:
+                (acks, self._acks), (skips, self._skips) = (self._acks, []), (self._skips, [])
+                send_settled(self._sock, acks, skips)
         except OSError as exc:
             self._fail(f"{type(exc).__name__}: {exc}")
             raise TransportUnavailable(self._broken) from exc
@@ -274,9 +332,38 @@ class RemoteConsumer(Consumer):
         ``InvalidTaskError`` here, before anything is sent)."""
         self._settle("retry", delivery, delay=check_delay(delay), error=error)
 
-    def fail(self, delivery: Delivery, error: str) -> None:
-        """To the failed store, with ``error``."""
+    @property
+    def fail_writes_failed(self) -> bool:
+        """``fail`` writes ``failed`` before its ack (``asynctask_amqp.failing``)."""
+        return in_order(self)
+
+    def start(self, delivery: Delivery) -> StartVerdict:
+        """``Consumer.start``; a copy published for a redelivery reads its status first
+        (it may have failed already: ``asynctask_amqp.failing``)."""
+        if self._redelivered and int(delivery.receipt) in self._redelivered:
+            self._redelivered.discard(int(delivery.receipt))
+            verdict = start_redelivered(self, delivery, self._copy_to_failed)
+            if verdict is not None:
+                return verdict
+        return super().start(delivery)
+
+    def fail(self, delivery: Delivery, error: str) -> bool | None:
+        """To the failed store, with ``error``; with statuses in the store of
+        ``asynctask_state``, ``failed`` written before the ack (``asynctask_amqp
+        .failing``)."""
+        if in_order(self):
+            return fail_in_order(self, delivery, error, self._copy_to_failed)
         self._settle("fail", delivery, error=error)
+        return None
+
+    def _copy_to_failed(self, delivery: Delivery, error: str) -> None:
+        """The relay publishes a copy to the failed store and keeps the task held, for
+        its ack. Raises when it could not: nothing may say ``failed`` then."""
+        answer = self._ask({"op": "copy_failed", "n": delivery.receipt, "error": error}, 0.0)
+        problem = answer.get("error")
+        if problem is not None:
+            kind = {"unavailable": TransportUnavailable, "closed": TransportClosed}
+            raise kind.get(problem.get("kind"), TransportError)(str(problem.get("message")))
 
     def release(self, delivery: Delivery) -> None:
         """Back to the head of the queue, untouched (not counted), with the tasks handed

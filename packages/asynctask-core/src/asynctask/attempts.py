@@ -86,7 +86,9 @@ def start(worker: AsyncTaskWorker, consumer: Consumer, delivery: Delivery) -> St
 
 
 def not_started(
-    worker: AsyncTaskWorker, delivery: Delivery, verdict: Literal["cancelled", "expired"]
+    worker: AsyncTaskWorker,
+    delivery: Delivery,
+    verdict: Literal["cancelled", "expired", "failed"],
 ) -> None:
     """Report a task that ``Consumer.start`` found cancelled or expired (never run)."""
     worker.logger.info("Task %s was %s before it started; not run", delivery.id, verdict)
@@ -219,7 +221,8 @@ def settle(
             delivery.queue,
             exc_info=exc,
         )
-        record(consumer, delivery, "failed", error)
+        if not consumer.fail_writes_failed:
+            record(consumer, delivery, "failed", error)
         events.task_finished(worker, delivery, "failed", exc)
         return False
     delay = worker.backoff(delivery.attempt)
@@ -284,7 +287,8 @@ def refuse_unsigned(worker: AsyncTaskWorker, consumer: Consumer, delivery: Deliv
         return False
     worker.logger.error("Task %s: %s; moved to the failed store", delivery.id, unsafe)
     consumer.fail(delivery, unsafe)
-    record(consumer, delivery, "failed", unsafe)
+    if not consumer.fail_writes_failed:
+        record(consumer, delivery, "failed", unsafe)
     events.task_finished(worker, delivery, "failed", None)
     return True
 
@@ -300,7 +304,8 @@ def give_up_if_spent(worker: AsyncTaskWorker, consumer: Consumer, delivery: Deli
     )
     worker.logger.error("Task %s: %s; moved to the failed store", delivery.id, error)
     consumer.fail(delivery, error)
-    record(consumer, delivery, "failed", error)
+    if not consumer.fail_writes_failed:
+        record(consumer, delivery, "failed", error)
     events.task_finished(worker, delivery, "failed", None)
     return True
 

@@ -41,7 +41,10 @@ carries such a note (``TaskStatus.failing``) asks the transport whether its fail
 store holds the task (``Transport._failed_holds``: one look-up by that note, never a
 scan); when it does, the read writes ``failed`` itself (``confirm_failed``, only while
 the note is still there), which wakes the waiters. ``Transport.wait`` reads again every
-``fallback_poll`` seconds, so a waiter sees it too when nobody else looks.
+``fallback_poll`` seconds, so a waiter sees it too when nobody else looks. AMQP's failed
+store is a queue, which cannot be looked up by id: there the broker keeps the task until
+``failed`` is written instead, and a redelivered start reads the status
+(``asynctask_amqp.failing``; ``Consumer.fail_writes_failed``).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from asynctask.errors import ConfigurationError, InvalidTaskError
 
@@ -71,7 +74,9 @@ STATES: tuple[State, ...] = (
 #: states after which nothing happens to the task any more
 FINAL_STATES: frozenset[State] = frozenset({"succeeded", "failed", "cancelled", "expired"})
 #: what ``Consumer.start`` may answer: run it, or it was settled as cancelled/expired
-StartVerdict = Literal["run", "cancelled", "expired"]
+#: (or failed: only an AMQP consumer's start of a task redelivered after its worker was
+#: killed in its failure, ``asynctask_amqp.failing``; a store's ``started`` never says it)
+StartVerdict = Literal["run", "cancelled", "expired", "failed"]
 
 #: default of the setting ``asynctask_status_ttl``: a final status is kept a day
 DEFAULT_STATUS_TTL = 86400.0
@@ -206,6 +211,13 @@ class StatusFeed(ABC):
     Used from the consumer's thread (and the watchdog's one settle); see
     ``Consumer.start``.
     """
+
+    #: whether another process of this host may make this feed's writes with a feed of
+    #: its own on the same store (``started`` then takes ``began``, the task's
+    #: ``time.monotonic()``, and ``cancel_heard(task_id)`` tells what ``settled`` would
+    #: of a success): an AMQP consumer's relay does, acknowledging each task once its
+    #: writes are answered (``asynctask_amqp.relayedfeed``)
+    relayable: ClassVar[bool] = False
 
     @abstractmethod
     def may_start(self, task_id: str) -> bool:

@@ -366,6 +366,13 @@ class Consumer(ABC):
         return None
 
     @property
+    def fail_writes_failed(self) -> bool:
+        """Whether ``fail`` writes ``failed`` to the store of ``asynctask_state`` itself,
+        before it tells the broker (AMQP: ``asynctask_amqp.failing``); then the run loop
+        writes no second one. False: the run loop writes it after ``fail``."""
+        return False
+
+    @property
     def has_status_feed(self) -> bool:
         """Whether this consumer writes its statuses through a ``StatusFeed``, which may
         hold them until ``flush_status_feed``."""

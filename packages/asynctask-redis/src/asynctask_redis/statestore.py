@@ -70,8 +70,17 @@ local ttl_ms = ARGV[3]
 -- cancelled one is met, see ``CANCEL``); ``ago``: ms since it started (a mark sent late).
 -- ``late``: a status feed's start, not waited for: the task runs whatever the verdict,
 -- so one cancelled before its mark came still gets the attempt it ran and its start
--- time, as a cancel after the mark leaves it.
+-- time, as a cancel after the mark leaves it; and one that comes after the task's
+-- outcome (made by a relay, written after a direct ``settled``) leaves that outcome: a
+-- final one, or the ``retrying`` of that same attempt (a later attempt's start writes).
 local function start_one(id, attempt, ago, late)
+  if late then
+    local f = redis.call('HMGET', task_key(id), 'state', 'attempts')
+    if f[1] == 'succeeded' or f[1] == 'failed' then return 'run' end
+    if f[1] == 'retrying' and tonumber(f[2] or '0') >= tonumber(attempt) then
+      return 'run'
+    end
+  end
   local started = now_ms() - ago
   local verdict = start_task(id, attempt, started, ttl_ms)
   if verdict == 'cancelled' then

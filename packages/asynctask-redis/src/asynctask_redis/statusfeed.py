@@ -26,7 +26,7 @@ consumer calls before it waits for a task (``Consumer.flush_status_feed``) and, 
 outcome written, before it tells the broker a task is done (``asynctask.attempts``: an
 outcome held must not die with the worker while the broker forgets the task), with
 ``close``, once ``MOST_HELD`` are held, or, at the latest, ``HOLD`` seconds after the
-first was held, from a thread of the feed (``startmarks.MarkFlusher``); a held start
+first was held, from a thread of the feed (``asynctask.flusher.MarkFlusher``); a held start
 carries its age, so ``started_at`` is when the task started, on the server's clock.
 Replies are read once ``READ_EVERY`` are due and have arrived, with later calls, and all
 of them, waited for, by a ``flush`` before an ack or a retry (``waiting`` False: an
@@ -49,17 +49,18 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from asynctask.errors import AsynctaskError, TransportError
+from asynctask.flusher import MarkFlusher
 from asynctask.status import State, StatusFeed
 from asynctask_redis.cancelfeed import KEPT, CancelFeed
 from asynctask_redis.connection import call, own_reading, pack, run
 from asynctask_redis.scripts import LIVE_CANCELS, Script
-from asynctask_redis.startmarks import MarkFlusher, warn_late_verdict
+from asynctask_redis.startmarks import warn_late_verdict
 
 if TYPE_CHECKING:
     from asynctask_redis.transport import RedisTransport
@@ -150,6 +151,11 @@ class RedisStatusFeed(StatusFeed):
     """A consumer's feed of one queue's cancels and its unwaited writes; see the module
     docstring."""
 
+    #: its writes may be made by another feed of the same store in another process of
+    #: this host (``started`` takes ``began``; ``cancel_heard`` tells what ``settled``
+    #: would): an AMQP consumer's relay makes them (``asynctask_amqp.relayedfeed``)
+    relayable: ClassVar[bool] = True
+
     def __init__(self, store: FeedStore, queue: str, writes: Script) -> None:
         self.store = store
         self.queue = queue
@@ -223,11 +229,13 @@ class RedisStatusFeed(StatusFeed):
 
     # -- writes -------------------------------------------------------------------------
 
-    def started(self, task_id: str, attempt: int) -> None:
+    def started(self, task_id: str, attempt: int, began: float | None = None) -> None:
         """``running``, sent without waiting for the verdict: at once for the
         consumer's first task since it waited (nothing held), else held with the rest
-        (for its success: one write)."""
-        write = _Write("s", task_id, attempt, time.monotonic())
+        (for its success: one write). ``began``: the ``time.monotonic()`` the task
+        started at, when another process of this host relays the write (the clock is
+        the host's); now by default."""
+        write = _Write("s", task_id, attempt, time.monotonic() if began is None else began)
         with self._lock:
             if self._held or not self._waited:
                 self._hold(write)
@@ -256,17 +264,27 @@ class RedisStatusFeed(StatusFeed):
                     held[-1] = _Write("b", task_id, attempts, last.began, result=result_json or "")
                 else:
                     self._hold(_Write("o", task_id, attempts, 0.0, state, "", result_json or ""))
-                # (a cancel heard before the start stopped it there: one heard now came
-                # after; one poll(2), as the redis consumer's ack pays for the same line)
-                feed = self._cancels
-                if feed.live and feed.heard() and task_id in feed.cancelled:
-                    del feed.cancelled[task_id]
-                    return True
-                return None
+                return self._cancel_heard(task_id)
             write = _Write("o", task_id, attempts, 0.0, state, error or "", result_json or "")
             self._held = []
             self._send((*held, write))
             return None
+
+    def cancel_heard(self, task_id: str) -> bool:
+        """Whether the feed has heard, without waiting, that ``task_id`` was cancelled
+        (then forgotten here): what ``settled`` tells of a success, for a caller that
+        has the write made elsewhere (``relayable``)."""
+        with self._lock:
+            return self._cancel_heard(task_id)
+
+    def _cancel_heard(self, task_id: str) -> bool:
+        # (a cancel heard before the start stopped it there: one heard now came after;
+        # one poll(2), as the redis consumer's ack pays for the same line; the lock held)
+        feed = self._cancels
+        if feed.live and feed.heard() and task_id in feed.cancelled:
+            del feed.cancelled[task_id]
+            return True
+        return False
 
     def _hold(self, write: _Write) -> None:
         """Keep ``write`` for the next send (the lock held)."""
