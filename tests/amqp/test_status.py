@@ -562,9 +562,6 @@ def test_with_state_a_purge_streams_the_queue_in_bounded_chunks(amqp_uri, redis_
         assert all(s is None for s in t.statuses(ids))
 
 
-#: a worker process whose one task raises (no retries), SIGKILLed right after its
-#: consumer's ``fail`` returned (the copy in the failed store, the original acked), before
-#: the run loop writes ``failed`` to the store of ``asynctask_state``
 #: a worker that fails its task (max_retries = 0) and is SIGKILLed at ``argv[4]``: ``after``
 #: its consumer's whole ``fail``; ``before-copy`` (the ``failing`` note written, no copy
 #: in Q.failed), ``before-failed`` (the copy published, ``failed`` not written) or
