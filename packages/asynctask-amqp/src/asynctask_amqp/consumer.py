@@ -267,14 +267,7 @@ class AmqpConsumer(Consumer):
             channel = self._link.channel
             prefetched = self._unsubscribe()
             if smaller:
-                reserved = self._unstarted(unstarted)
-                for message in [*(r for _, r in reserved), *prefetched]:
-                    self._mark_released(message)
-                for message in self._buffer:
-                    hand_back(channel, message.delivery_info["delivery_tag"])
-                self._buffer.clear()
-                for held_tag, _ in reserved:
-                    hand_back(channel, held_tag)
+                self._hand_back_unstarted(channel, prefetched, self._unstarted(unstarted))
                 if not self._held:
                     self.window.idle()
             self._subscribe()
@@ -284,6 +277,24 @@ class AmqpConsumer(Consumer):
                 raise error from exc
             self.transport.note_outage(error)
         return smaller
+
+    def _hand_back_unstarted(
+        self,
+        channel: Any,
+        prefetched: Sequence[Any],
+        reserved: Sequence[tuple[int, Any]],
+        first: Sequence[Any] = (),
+    ) -> None:
+        """Mark released ``first``, ``reserved`` and ``prefetched`` (no attempt counted),
+        then hand back to the queue the buffer and ``reserved``, in the queue's order:
+        what ``release`` and a shrinking window both give back."""
+        for message in [*first, *(r for _, r in reserved), *prefetched]:
+            self._mark_released(message)
+        for message in self._buffer:
+            hand_back(channel, message.delivery_info["delivery_tag"])
+        self._buffer.clear()
+        for held_tag, _ in reserved:
+            hand_back(channel, held_tag)
 
     def _timed(self, count: int) -> None:
         """``count`` tasks were settled now: their run time feeds an adaptive window."""
@@ -694,13 +705,7 @@ class AmqpConsumer(Consumer):
             prefetched = self._unsubscribe()
             reserved = self._unstarted(behind)
             first = [] if received is None else [received]
-            for message in [*first, *(r for _, r in reserved), *prefetched]:
-                self._mark_released(message)
-            for message in self._buffer:
-                hand_back(channel, message.delivery_info["delivery_tag"])
-            self._buffer.clear()
-            for held_tag, _ in reserved:
-                hand_back(channel, held_tag)
+            self._hand_back_unstarted(channel, prefetched, reserved, first)
             if tag is not None:
                 hand_back(channel, tag)
             # a round trip, so that the task is back in the queue when release returns
