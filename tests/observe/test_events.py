@@ -217,6 +217,73 @@ def test_a_hook_not_listening_is_called_once_and_not_logged(plugin, caplog):
     assert len([e for e in recorder.seen if e[0] == "finished"]) == 3
 
 
+class Napping:
+    """A plugin idle for now (tracing before an SDK is configured): its started hook says
+    so with a recheck while ``awake`` is False."""
+
+    def __init__(self) -> None:
+        self.awake = False
+        self.started: list[str] = []
+        self.finished: list[str] = []
+
+    @hookimpl
+    def asynctask_task_started(self, task_id):
+        if not self.awake:
+            self.started.append(f"asleep {task_id}")
+            raise events_module.NotListening(recheck=0.2)
+        self.started.append(task_id)
+
+    @hookimpl
+    def asynctask_task_finished(self, task_id):
+        self.finished.append(task_id)
+
+
+def test_a_hook_not_listening_for_now_is_asked_again_after_its_recheck(plugin, caplog):
+    # Given a plugin idle for now (its started hook asks for a recheck) and a recorder
+    napping = plugin(Napping(), "napping")
+    recorder = plugin(Recorder(), "recorder")
+    queue = unique_queue()
+    transport = get_transport("localmem:")
+    first = transport.submit_tasks(queue, [{"n": n} for n in range(3)])
+    # When three tasks run within its recheck
+    with caplog.at_level(logging.DEBUG, logger="asynctask.events"):
+        assert drain(SyncOk(), queue).succeeded == 3
+    # Then it was asked once; its finished hook, paused with it, saw none of them (a
+    # started call that bowed out is never followed by a finished one); nothing logged
+    assert napping.started == [f"asleep {first[0]}"]
+    assert napping.finished == []
+    assert [r for r in caplog.records if "napping" in r.getMessage()] == []
+    # and when it wakes and tasks start after the recheck, both its hooks see each of them
+    time.sleep(0.3)
+    napping.awake = True
+    later = transport.submit_tasks(queue, [{"n": n} for n in range(2)])
+    assert drain(SyncOk(), queue).succeeded == 2
+    assert napping.started[1:] == later and napping.finished == later
+    # while the other plugin saw every start and end
+    assert len([e for e in recorder.seen if e[0] == "started"]) == 5
+    assert len([e for e in recorder.seen if e[0] == "finished"]) == 5
+
+
+def test_an_idle_plugin_paused_costs_the_run_loop_no_event_call(plugin):
+    # Given only a plugin idle for now: once it bowed out, the run loop calls no event
+    napping = plugin(Napping(), "napping")
+    queue = unique_queue()
+    get_transport("localmem:").submit_tasks(queue, [{"n": 1}, {"n": 2}])
+    assert drain(SyncOk(), queue).succeeded == 2
+    others = any(
+        impl.plugin_name != "napping"
+        for impl in events_module._started.impls + events_module._finished.impls
+    )
+    assert events_module.task_hooks is others
+    # and once the pause is over, the next start calls it again
+    time.sleep(0.3)
+    assert events_module.task_hooks is True
+    napping.awake = True
+    get_transport("localmem:").submit_tasks(queue, [{"n": 3}])
+    assert drain(SyncOk(), queue).succeeded == 1
+    assert len(napping.started) == 2 and len(napping.finished) == 1
+
+
 def test_task_hooks_flag_follows_the_implementations(plugin):
     # Given no plugin implementing the task hooks (the bench's plugins switched off)
     registry = load_plugins()

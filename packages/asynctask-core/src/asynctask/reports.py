@@ -90,7 +90,12 @@ class ReportWriter:
     def started(self, delivery: Delivery) -> None:
         """A task is about to start: its line, after the settled lines held, in one write."""
         line, self._held = f"{self._held}S {delivery.id}\n", ""
-        self._send(line)
+        fd = self.fd
+        if fd is not None:  # (``_send`` inline: once a task)
+            try:
+                os.write(fd, line.encode())
+            except OSError:
+                self.fd = None
 
     def unstarted(self, delivery: Delivery) -> None:
         """A task that never started is settled: its line goes with the next write."""

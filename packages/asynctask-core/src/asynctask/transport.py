@@ -152,9 +152,13 @@ class InFlightTask:
     submitted_at: float | None  # None where the backend does not know (a foreign task)
 
 
-@dataclass
+@dataclass(slots=True)
 class Delivery:
-    """A reserved task: its payload and what the transport needs to settle it."""
+    """A reserved task: its payload and what the transport needs to settle it.
+
+    Slotted: one is made for every task a consumer hands out, and without a ``__dict__``
+    its ``__init__`` and attribute reads are cheaper (issue 20, see docs/benchmarks.md).
+    """
 
     id: str
     queue: str

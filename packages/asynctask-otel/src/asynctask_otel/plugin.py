@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import context, trace
 
-from asynctask import hookimpl
+from asynctask import NotListening, hookimpl
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -80,11 +80,14 @@ def asynctask_submit_headers(queue: str) -> dict[str, str] | None:
 def asynctask_task_started(
     queue: str, worker: str, task_id: str, attempt: int, headers: Mapping[str, str]
 ) -> None:
-    """Start the run's span, child of the submit's context, and make it current."""
-    if not _sdk and time.monotonic() - _asked_at < RECHECK:
-        return  # asked less than a second ago: no SDK (``_sdk_configured``, inline)
+    """Start the run's span, child of the submit's context, and make it current.
+
+    With no SDK configured in this process a span would be a no-op (8 us a task): this
+    plugin's task hooks are then paused for ``RECHECK`` seconds (``NotListening``), so a
+    no-op drain does not call them at all meanwhile, and the first task after asks again.
+    """
     if not _sdk_configured():
-        return  # no SDK configured in this process: a span would be a no-op (8 us a task)
+        raise NotListening(recheck=RECHECK)
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     parent = TraceContextTextMapPropagator().extract(
