@@ -189,7 +189,12 @@ class FilesysConsumer(Consumer):
             return super().start(delivery)
         options = self._options.get(delivery.id, NO_OPTIONS)
         verdict = own.begin(
-            delivery.id, delivery.attempt, options.expires, options.unique_key, self.queue
+            delivery.id,
+            delivery.attempt,
+            options.expires,
+            options.unique_key,
+            self.queue,
+            delivery.submitted_at,
         )
         if verdict == "run":
             self._started[delivery.id] = time.time()

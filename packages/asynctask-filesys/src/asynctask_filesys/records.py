@@ -1,12 +1,15 @@
 """Task status records of ``filesys:``: one small JSON file per task, under the root::
 
-    .status/live/<id>          queued, delayed, running or retrying (made at submit)
+    .status/live/<id>          running or retrying (made at start; queued, delayed: see below)
     .status/failed/<id>        failed: kept as long as the task is in the failed store
     .status/done/<END>/<id>    succeeded, cancelled, expired, finished before second END
     .status/unique/<queue>/<sha256 of the key>   the id of the task holding the key
     .status/untracked/<queue>  present while the queue's workers keep no status
 
-A record moves between folders by ``rename``, which is atomic: of two processes moving
+A task submitted without a unique key has no record until it starts: its id names its
+task file, which is its status while it waits (``asynctask_filesys.queued``); queued
+and delayed records are those of a unique key's task, a requeued one, or an older
+version's. A record moves between folders by ``rename``, which is atomic: of two processes moving
 one record (an ack and a ``cancel``) exactly one succeeds and the other learns it from
 ``ENOENT``. Where the content changes, it is rewritten in place, under ``flock``, BEFORE
 the move, so a record never sits in a final folder with content that says otherwise;

@@ -34,7 +34,7 @@ from asynctask.status import (
     SubmitOptions,
     TaskStatus,
 )
-from asynctask_filesys import records
+from asynctask_filesys import queued, records
 from asynctask_filesys.layout import chmod_needed, make_dirs, write_file
 from asynctask_filesys.oserrors import os_errors
 from asynctask_filesys.records import Record, RecordPaths, valid_id
@@ -105,13 +105,15 @@ class Journal:
 class Found:
     """Where a record is: its folder's role, its path, its content, stat and marks."""
 
-    where: str  # "live" | "failed" | "done"
-    path: str
+    where: str  # "live" | "failed" | "done" | "file": not started, read from its file
+    path: str  # the record's (for "file": where its ``live/`` record would be)
     record: Record
     info: os.stat_result
     marks: int
     #: when a journal says it succeeded (its record still in ``live/``)
     finished: float | None = None
+    #: "file": the task file the status was read from
+    file: str | None = None
 
 
 def _number(value: object) -> float | None:
@@ -305,6 +307,11 @@ class FilesysStateStore(StateStore):
                 read = records.read(path, self.limit)
                 if read is not None:
                     return Found("done", path, read.record, read.info, read.marks)
+            # no record: a task submitted without one and not started is its file
+            waiting = queued.find(self.root, task_id, self.limit)
+            if waiting is not None:
+                record, file, info = waiting
+                return Found("file", self._live + task_id, record, info, 0, file=file)
         return None
 
     def _status(self, task_id: str, found: Found) -> TaskStatus | None:
@@ -326,7 +333,7 @@ class FilesysStateStore(StateStore):
                 attempts += max(1, found.marks)
             state = "succeeded"
             started, finished = info.st_mtime, found.finished or info.st_ctime
-        elif found.where == "live" and state in _WAITING:
+        elif found.where in ("live", "file") and state in _WAITING:
             due, expires = _number(record.get("due_at")), _number(record.get("expires"))
             if expires is not None and now >= expires:
                 state, finished = "expired", expires
@@ -395,7 +402,10 @@ class FilesysStateStore(StateStore):
         """The absolute expiry a ``live/`` record gives the task (``submitted`` makes it
         from the relative ``expires``); the task file carries the same number."""
         read = records.read(os.path.join(self.paths.live, task_id), self.limit)
-        return None if read is None else _number(read.record.get("expires"))
+        if read is None:  # not started: its file, if it has no record (``queued``)
+            found = self._locate(task_id) if "__" in task_id else None
+            return None if found is None else _number(found.record.get("expires"))
+        return _number(read.record.get("expires"))
 
     @os_errors
     def started(self, queue: str, task_id: str, attempt: int) -> StartVerdict:
@@ -463,6 +473,12 @@ class FilesysStateStore(StateStore):
                 return False
             if found.where in ("failed", "done"):
                 return wrote and found.record.get("state") == "cancelled"
+            if found.where == "file":
+                if self._cancel_waiting(task_id, found, now):
+                    return True
+                continue  # its start wrote the record first: cancel that
+            if found.record.get("state") == "cancelled" and "__" in task_id and not found.marks:
+                return False  # cancelled once taken and not started: its start moves it
             outcome = records.update(found.path, cancelled, self.limit)
             if outcome is None:
                 continue
@@ -474,6 +490,29 @@ class FilesysStateStore(StateStore):
                 self._release_unique(record, task_id)
                 return True
         return False
+
+    def _cancel_waiting(self, task_id: str, found: Found, now: float) -> bool:
+        """Cancel a task not started, read from its file (``queued``): its record is
+        created ``cancelled`` (an exclusive create: False when its start, or another
+        cancel, made it first), then its file removed, which a taker's claim (a rename)
+        cannot also do. Removed: the record moves to ``done/``. Already taken, its
+        start not yet written: the record stays in ``live/``, where that start's
+        exclusive create finds it, and drops the task (``begin``)."""
+        ref = queued.parse(task_id)
+        if ref is None:
+            return False
+        self._ensure()
+        record = {**found.record, "state": "cancelled", "finished_at": now}
+        if not records.create(found.path, records.encode(record), self.mode):
+            return False
+        for path in queued.waiting_paths(self.root, ref, task_id):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            self._to_done(found.path, task_id)
+            break
+        return True
 
     def _journal_first(self, journal: str, task_id: str, word: str) -> State | None:
         """Append a final outcome's line for ``task_id`` to ``journal`` (``word``: a
@@ -497,6 +536,8 @@ class FilesysStateStore(StateStore):
                 status = self.statuses([task_id])[0]
                 if status is None or status.final:
                     return status
+                if status.state not in _WAITING and watch.follow(self._live + task_id):
+                    continue  # a record made since (a task submitted without one)
                 if status.state == "running":  # its success may be a journal's line
                     read = records.read(self._live + task_id, self.limit)
                     journal = None if read is None else read.journal
@@ -523,23 +564,48 @@ class FilesysStateStore(StateStore):
         expires: Any = UNKNOWN,
         unique_key: Any = UNKNOWN,
         queue: str | None = None,
+        submitted: float | None = None,
     ) -> StartVerdict:
         """A worker is about to run the task: append a mark to its record (the hot path:
         one write, no move), unless it expired (then ``expired`` is written) or was
         cancelled (its record is no longer in ``live/``). A later attempt writes its
         count. A task with no record at all (submitted while its queue was untracked,
         or dropped in by another program) is followed from here on: its record is made
-        now, without a submission time (given ``queue``; else it runs untracked)."""
+        now, without a submission time (given ``queue``; else it runs untracked).
+
+        A task submitted without a record (``queued``: given ``queue`` and ``submitted``,
+        its file's mtime) gets it here, written whole with its mark by one exclusive
+        create (open, write, close: the mark's three calls); a record there already was
+        written first by a ``cancel`` (then the task is dropped) or a requeue."""
         live = self._live + task_id
         if expires is UNKNOWN:
             read = records.read(live, self.limit)
             expires = None if read is None else _number(read.record.get("expires"))
+        by_file = attempt == 1 and submitted is not None and queue is not None
+        by_file = by_file and "__" in task_id  # (a core or foreign id: its record or none)
+        if by_file and expires is not None and time.time() >= expires:
+            assert queue is not None and submitted is not None
+            self._ensure()
+            body = self._start_body(queue, submitted, expires, unique_key)
+            records.create(live, body, self.mode)  # for _finish_at (a cancel's stays)
         if attempt == 1 and expires is not None and time.time() >= expires:
             # never started: it is never run (a retried task was started: not expired)
             self._finish_at(live, task_id, "expired", 0, None, None, None)
             return "expired"
         if attempt == 1:
             journal = self._start_journal()
+            if by_file:
+                assert queue is not None and submitted is not None
+                body = self._start_body(queue, submitted, expires, unique_key) + journal.mark
+                if records.create(live, body, self.mode, chmod_needed(self.paths.live, self.mode)):
+                    self._assigned[task_id] = journal
+                    return "run"
+                # written first: by a cancel (the task is dropped), or a requeue
+                read = records.read(live, self.limit)
+                state = None if read is None else read.record.get("state")
+                if state == "cancelled" or state == "expired":
+                    self._to_done(live, task_id)
+                    return "cancelled" if state == "cancelled" else "expired"
             if records.mark(live, journal.mark):
                 self._assigned[task_id] = journal
                 return "run"
@@ -577,6 +643,21 @@ class FilesysStateStore(StateStore):
         if state == "expired" and found.where == "done":
             return "expired"
         return "run"
+
+    @staticmethod
+    def _start_body(queue: str, submitted: float, expires: Any, unique_key: Any) -> bytes:
+        """The content of the record a start writes for a task submitted without one."""
+        if expires is None and (unique_key is None or unique_key is UNKNOWN):
+            # (a queue name needs no escaping: letters, digits and underscores)
+            head = f'{{"queue":"{queue}","state":"queued","attempts":0'
+            return f'{head},"submitted_at":{submitted!r}}}'.encode()
+        record: Record = {"queue": queue, "state": "queued", "attempts": 0}
+        record["submitted_at"] = submitted
+        if expires is not None and expires is not UNKNOWN:
+            record["expires"] = expires
+        if unique_key is not None and unique_key is not UNKNOWN:
+            record["unique_key"] = unique_key
+        return records.encode(record)
 
     def _follow(self, live: str, queue: str, attempt: int) -> None:
         """Make the record of a task that started without one: ``running`` (its
@@ -708,7 +789,11 @@ class FilesysStateStore(StateStore):
             try:
                 os.rename(self._live + task_id, self._bucket() + task_id)
             except FileNotFoundError:
-                pass  # not there (cancelled, untracked) or no bucket folder: see below
+                # not there (cancelled, untracked, or submitted without a record and
+                # acked without a start: its record made final, no look around) or no
+                # bucket folder: see below
+                if started_at is None and self._succeeded_unstarted(task_id, queue):
+                    return None
             else:
                 if unique_key is not None:
                     self._release_unique({"unique_key": unique_key, "queue": queue}, task_id)
@@ -748,16 +833,51 @@ class FilesysStateStore(StateStore):
                     self._release_unique({"unique_key": unique_key, "queue": queue}, task_id)
                 return None
         found = self._locate(task_id)
+        if found is None and queue is not None and self._settled_unstarted(task_id, queue):
+            found = self._locate(task_id)
         if found is None:
             return None  # untracked (no record: dropped in by another program)
         if found.where == "failed" and state != "queued":
             return None
+        if found.where == "file":
+            return None  # never started: nothing to settle
         if found.where != "done" and self._finish_at(
             found.path, task_id, state, attempts, started_at, error, result_json
         ):
             return None
         final = found if found.where == "done" else self._locate(task_id)
         return True if final is not None and final.record.get("state") == "cancelled" else None
+
+    def _succeeded_unstarted(self, task_id: str, queue: str) -> bool:
+        """``succeeded`` for a task submitted without a record (``queued``), acked with
+        no start: its record created in ``done/`` whole (one create, no listing)."""
+        ref = queued.parse(task_id)
+        if ref is None or ref.queue != queue:
+            return False
+        now = time.time()
+        record: Record = {"queue": queue, "state": "succeeded", "attempts": 1}
+        if not ref.delayed:  # a ready task's stamp is its submission
+            record["submitted_at"] = ref.stamp / 1e9
+        record.update(started_at=now, finished_at=now)
+        try:
+            return records.create(self._bucket() + task_id, records.encode(record), self.mode)
+        except FileNotFoundError:  # the bucket folder removed under us: the long way
+            self._bucket_end = 0
+            return False
+
+    def _settled_unstarted(self, task_id: str, queue: str) -> bool:
+        """Make the record of a task submitted without one (``queued``) that is settled
+        without a start (a consumer used directly: reserve, then ack, retry or fail),
+        so that its outcome is written as a started task's is; False for any other id."""
+        ref = queued.parse(task_id)
+        if ref is None or ref.queue != queue:
+            return False
+        self._ensure()
+        record: Record = {"queue": queue, "state": "queued", "attempts": 0}
+        if not ref.delayed:  # a ready task's stamp is its submission
+            record["submitted_at"] = ref.stamp / 1e9
+        records.create(self._live + task_id, records.encode(record), self.mode)
+        return True
 
     def retire(self, task_id: str, queue: str, unique_key: str | None) -> None:
         """A task settled for good by a worker that keeps no status (``track_status =
@@ -778,6 +898,11 @@ class FilesysStateStore(StateStore):
             return {**old, "untracked": True}, None
 
         changed = records.update(live, untracked, self.limit)
+        if changed is None and "__" in task_id:  # submitted without a record (queued)
+            self._ensure()
+            body = {"queue": queue, "state": "queued", "attempts": 0, "untracked": True}
+            if records.create(live, records.encode(body), self.mode):
+                changed = body, True
         if changed is not None and changed[1]:
             self._to_done(live, task_id)
         if unique_key is not None:
@@ -887,7 +1012,15 @@ class FilesysStateStore(StateStore):
         folder = self.paths.live if where == "live" else self.paths.failed
         for task_id in task_ids:
             if valid_id(task_id):
-                records.remove(os.path.join(folder, task_id))
+                path = os.path.join(folder, task_id)
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    if where == "live" and "__" in task_id and os.path.isdir(folder):
+                        # submitted without a record (``queued``): its waiters watch
+                        # live/ for its name; a record made and removed wakes them
+                        if records.create(path, b"", self.mode):
+                            records.remove(path)
 
     # -- unique keys ----------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ from asynctask.transport import (
 )
 from asynctask.uri import Option, boolean, positive_float
 from asynctask.validation import Payload, decode_message, is_valid_queue_name
-from asynctask_filesys import claims, limits
+from asynctask_filesys import claims, limits, queued
 from asynctask_filesys.consumer import FilesysConsumer, QueueView
 from asynctask_filesys.keeper import FilesysLiveness
 from asynctask_filesys.layout import (
@@ -167,6 +167,9 @@ class FilesysTransport(FilesysBase):
         self._next_sweep = 0.0
         self._consumers: weakref.WeakSet[FilesysConsumer] = weakref.WeakSet()
         self._store: FilesysStateStore | None = None
+        #: a call's first core id -> the stamps and ids it was given (``queued``): a
+        #: retry after an error half-way gives the rest the same ones
+        self._planned: dict[str, tuple[list[int], list[str]]] = {}
 
     # -- primitives ----------------------------------------------------------------------
 
@@ -180,20 +183,37 @@ class FilesysTransport(FilesysBase):
     ) -> Sequence[str] | None:
         # A retried call (after an error half-way) stores only what it had not stored.
         key, stored = tasks[0][0], self._progress.done(tasks[0][0])
-        tasks = tasks[stored:]
-        if not tasks:
-            return None
-        ids = [task_id for task_id, _ in tasks]
         # with asynctask_state, the base class records them; record=False: an
         # untracked queue (asynctask.untracked)
         store = self.own_store() if options.record else None
-        if store is not None:  # the records first: a consumer always finds one
+        # Our own statuses: no record a task, the id names the file (``queued``), but
+        # for a unique key, whose holder must read as a task before its file is there
+        by_file = store is not None and options.unique_key is None
+        plan = self._planned.get(key) if by_file else None
+        if by_file and plan is None:
+            stamps = self._stamps(len(tasks), delay)
+            made = [
+                queued.task_id(queue, stamp, options.priority, delay > 0, task_id)
+                for stamp, (task_id, _) in zip(stamps, tasks, strict=True)
+            ]
+            plan = self._planned[key] = (stamps, made)
+        all_ids = None if plan is None else plan[1]
+        tasks = tasks[stored:]
+        if not tasks:
+            self._planned.pop(key, None)
+            return all_ids
+        ids = [task_id for task_id, _ in tasks]
+        if store is not None and not by_file:  # the records first: a consumer finds one
             given = store.submitted(queue, ids, delay, options)
             if given != ids:
                 return given  # the unique key is held by a task that is not final
         paths = self.ensure_queue(queue)
         target = paths.delayed if delay > 0 else paths.ready
-        stamps = self._clock.due(len(tasks), delay) if delay > 0 else self._clock.ready(len(tasks))
+        if plan is not None:
+            stamps, made = plan[0][stored:], plan[1][stored:]
+            tasks = [(new, text) for new, (_, text) in zip(made, tasks, strict=True)]
+        else:
+            stamps = self._stamps(len(tasks), delay)
         names = [
             TaskName(stamp, task_id, 0, True, options.priority).format()
             for stamp, (task_id, _) in zip(stamps, tasks, strict=True)
@@ -215,14 +235,18 @@ class FilesysTransport(FilesysBase):
             for name in names[moved:]:
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(paths.tmp, name))
-            if store is not None and moved < len(names):
+            if store is not None and not by_file and moved < len(names):
                 # never stored: no status, and the unique key is free again (a retry of
                 # the call takes both anew)
                 with contextlib.suppress(OSError):
                     store.unsubmitted(queue, ids[moved:], options)
         if self.fsync:
             sync_dir(target)
-        return None
+        self._planned.pop(key, None)
+        return all_ids
+
+    def _stamps(self, count: int, delay: float) -> list[int]:
+        return self._clock.due(count, delay) if delay > 0 else self._clock.ready(count)
 
     def _state_store(self) -> FilesysStateStore:
         store = self._store

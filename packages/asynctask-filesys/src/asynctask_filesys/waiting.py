@@ -83,7 +83,8 @@ class RecordWatch:
             return
         try:
             self._inotify = _instance()
-            mask = flags.MOVED_FROM | flags.DELETE | flags.ONLYDIR
+            # CREATE: a task submitted without a record gets it at its start or cancel
+            mask = flags.MOVED_FROM | flags.DELETE | flags.CREATE | flags.ONLYDIR
             self._wds.append(self._inotify.add_watch(paths.live, mask))
         except OSError as exc:  # too many inotify instances or watches for this user
             logger.warning("inotify unavailable for wait (%s); polling", exc)
@@ -99,11 +100,11 @@ class RecordWatch:
             return False
         from inotify_simple import flags
 
-        self._followed.add(path)
         try:
             wd = self._inotify.add_watch(path, flags.MODIFY)
         except OSError:  # not there (yet, or any more): a look tells which
-            return True
+            return True  # (not noted as followed: a record made later is, see ``wait``)
+        self._followed.add(path)
         self._wds.append(wd)
         self._files.add(wd)
         return True
