@@ -1016,11 +1016,11 @@ class FilesysStateStore(StateStore):
                 try:
                     os.unlink(path)
                 except FileNotFoundError:
-                    if where == "live" and "__" in task_id and os.path.isdir(folder):
-                        # submitted without a record (``queued``): its waiters watch
-                        # live/ for its name; a record made and removed wakes them
-                        if records.create(path, b"", self.mode):
-                            records.remove(path)
+                    # submitted without a record (``queued``): its waiters watch live/
+                    # for its name; a record made and removed wakes them
+                    queued_id = where == "live" and "__" in task_id and os.path.isdir(folder)
+                    if queued_id and records.create(path, b"", self.mode):
+                        records.remove(path)
 
     # -- unique keys ----------------------------------------------------------------------
 
