@@ -83,21 +83,13 @@ def command_costs(prefetch: int, tasks: int, tracked: bool) -> list[CommandCost]
     import redis
 
     from asynctask.plugins import load_plugins
-    from asynctask_redis import scripts
-    from asynctask_redis.statestore import (
-        CANCEL,
-        MARK_WAITING,
-        STARTED,
-        SETTLED,
-        SUBMITTED,
-        WRITES,
-    )
+    from asynctask_redis import scripts, statestore
     from bench.taskcost import _drain
     from chaos.private_redis import private_redis
 
     names = {
         s.sha: s.name
-        for s in (*vars(scripts).values(), CANCEL, MARK_WAITING, STARTED, SETTLED, SUBMITTED, WRITES)
+        for s in (*vars(scripts).values(), *vars(statestore).values())
         if isinstance(s, scripts.Script)
     }
     with private_redis(appendonly=False) as server:
@@ -180,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.stats:
                 costs = command_costs(prefetch, args.tasks, tracked)
                 total = sum(c.usec for c in costs if not c.name.startswith(" "))
-                print(f"redis-server, prefetch {prefetch}, tracked {tracked}: {total:.2f} us a task")
+                head = f"redis-server, prefetch {prefetch}, tracked {tracked}"
+                print(f"{head}: {total:.2f} us a task")
                 for c in costs:
                     print(
                         f"  {c.name:<24} {c.calls:8.4f} calls a task {c.usec:7.2f} us a task"

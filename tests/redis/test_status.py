@@ -213,8 +213,8 @@ def _drained_on_a_private_redis(tasks: int, unique: bool = False) -> tuple[dict[
                 consumer.ack(delivery, '"done"')
             client.config_resetstat()
             assert consumer.reserve(timeout=0) is None  # the acks go with this move
+            consumer.close()  # (after the reply to the acks' script, if sent apart)
             stats = client.info("commandstats")
-            consumer.close()
             calls = {name[8:]: int(v["calls"]) for name, v in stats.items()}
             found = []
             for tid in ids:
@@ -252,6 +252,46 @@ def test_a_drains_successes_free_the_unique_keys_they_hold():
     for st, record, pointer, held in found:
         assert st.state == "succeeded" and record > 0 and pointer > 0
         assert held == 0
+
+
+def test_a_tracked_move_is_answered_before_its_acks_statuses_are_written():
+    """Issue 20/16: a tracked move of many acks takes first (``NEXT`` with no acks) and
+    sends the acks' status writes after its reply, in a ``START`` of their own, so that
+    Redis writes them while the worker runs the new batch. Seen in a private Redis's
+    slow log. (Failed before: the move's one ``NEXT`` carried the 8 acks.)"""
+    from asynctask_redis import scripts
+
+    with private_redis(appendonly=False) as server:
+        transport = open_transport(server.uri())
+        client = redis.Redis(host=server.address, port=server.port)
+        try:
+            queue = unique_queue()
+            ids = transport.submit_tasks(queue, [{"n": n} for n in range(16)])
+            consumer = transport.consumer(queue, prefetch=8)
+            for _ in range(8):
+                delivery = take(consumer)
+                assert consumer.start(delivery) == "run"
+                consumer.ack(delivery)
+            client.config_set("slowlog-log-slower-than", 0)
+            client.slowlog_reset()
+            take(consumer)  # the second move: its acks go after it
+            client.config_set("slowlog-log-slower-than", 10000)
+            log = [e["command"].split() for e in reversed(client.slowlog_get(1000))]
+            scripted = [w for w in log if w[0].upper() == b"EVALSHA"]
+            # (a NOSCRIPT first on this fresh server: NEXT is loaded, then run again)
+            assert [w[1].decode() for w in scripted[-2:]] == [scripts.NEXT.sha, scripts.START.sha]
+            # (the log's words joined by spaces: the empty arguments are not among them)
+            assert scripted[-2][-1] == b"0", scripted[-2]  # the move carries no ack
+            assert scripted[-1][10] == b"8", scripted[-1]  # they come after it
+            # and the acked are gone from the list, succeeded; the new batch is held
+            consumer.reserve(timeout=0)  # (reads the acks' reply first)
+            held = client.lrange(f"{transport.prefix}:{queue}:processing:{consumer.id}", 0, -1)
+            assert len(held) == 8
+            assert [transport.status(i).state for i in ids[:8]] == ["succeeded"] * 8
+            consumer.close()
+        finally:
+            client.close()
+            transport.close()
 
 
 def test_a_success_in_a_batch_wakes_its_waiter_at_once(transport, queue, client):

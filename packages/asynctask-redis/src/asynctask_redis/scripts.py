@@ -939,7 +939,8 @@ return {0, 1, table.concat(got, '\n')}
 )
 
 #: ARGV: prefix, queue, consumer id, status ttl_ms, keep (1/0), task id, attempt (its
-#: number), message ('' with keep), n_acks, acks (triples)... The worker is about to run
+#: number), message ('' with keep; with no task id, the last ack's message when the acks
+#: are the head of the list, sent as '='), n_acks, acks (triples)... The worker is about to run
 #: a task it holds: ``running``, or, when it was cancelled or has expired, dropped from
 #: its list (with ``keep``: left there, the consumer sent this without waiting for the
 #: reply and the task runs already, as a cancelled running task does). Carries the
@@ -950,8 +951,19 @@ return {0, 1, table.concat(got, '\n')}
 START = script(
     "start",
     r"""
-local proc, ttl_ms = processing(ARGV[3]), ARGV[4]
-ack_all(proc, 10, tonumber(ARGV[9]), true, ttl_ms)
+local proc, ttl_ms, n = processing(ARGV[3]), ARGV[4], tonumber(ARGV[9])
+local trimmed = false
+if ARGV[6] == '' and ARGV[8] ~= '' then
+  -- the acks are the head of the list, their messages sent as '=' and the last one
+  -- here (a move's acks sent after it, ``RedisConsumer._next_then_acks``): gone with
+  -- one LTRIM if that one is where the consumer left it; if not (the list recovered by
+  -- another consumer meanwhile), nothing of theirs is left to remove
+  if redis.call('LINDEX', proc, int(n - 1)) == ARGV[8] then
+    redis.call('LTRIM', proc, int(n), '-1')
+  end
+  trimmed = true
+end
+ack_all(proc, 10, n, true, ttl_ms, trimmed)
 if ARGV[6] == '' then return 'run' end
 local verdict = start_task(ARGV[6], ARGV[7], now_ms(), ttl_ms)
 if verdict ~= 'run' and ARGV[5] ~= '1' then
