@@ -180,9 +180,14 @@ class RedisConsumer(Consumer):
     """At-least-once access to one queue; see the module docstring."""
 
     #: a tracked move with this many acks or more sends their status writes in a script
-    #: of their own, answered after the move (``_next_then_acks``); below it a script's
-    #: fixed cost outweighs the writes it would take off the child's wait
-    split_acks: ClassVar[int] = int(os.environ.get("ASYNCTASK_REDIS_SPLIT_ACKS", "8"))
+    #: of their own, answered after the move (``_next_then_acks``); 0: never. Off until
+    #: a quiet machine shows it faster: it takes Redis's status writes off the child's
+    #: wait (the move 404 -> 83 us at prefetch 32) only where Redis has a core of its
+    #: own, and on this shared 2-core machine at load 2-2.5 the tracked drain at 32 read
+    #: medians 32.5-33.2k/s with it against 34.6-38.4k/s without (``asynctask workers``,
+    #: 1 child, ABBA x3, 2026-12-08 02:35). ``ASYNCTASK_REDIS_SPLIT_ACKS=8`` turns it on
+    #: for such a comparison (the bench's children inherit it).
+    split_acks: ClassVar[int] = int(os.environ.get("ASYNCTASK_REDIS_SPLIT_ACKS", "0"))
 
     def __init__(
         self,
@@ -546,7 +551,7 @@ class RedisConsumer(Consumer):
         )
         messages = acks[::3]
         reply = None
-        if self.fused and not give_back and len(messages) >= self.split_acks:
+        if self.split_acks and self.fused and not give_back and len(messages) >= self.split_acks:
             return self._next_then_acks(conn, args, acks)
         if not give_back and self._holds_only(messages) and all(messages):
             elided = acks.copy()
