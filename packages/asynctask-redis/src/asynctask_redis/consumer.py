@@ -184,9 +184,10 @@ class RedisConsumer(Consumer):
     #: a quiet machine shows it faster: it takes Redis's status writes off the child's
     #: wait (the move 404 -> 83 us at prefetch 32) only where Redis has a core of its
     #: own, and on this shared 2-core machine at load 2-2.5 the tracked drain at 32 read
-    #: medians 32.5-33.2k/s with it against 34.6-38.4k/s without (``asynctask workers``,
-    #: 1 child, ABBA x3, 2026-12-08 02:35). ``ASYNCTASK_REDIS_SPLIT_ACKS=8`` turns it on
-    #: for such a comparison (the bench's children inherit it).
+    #: medians 32.5-33.2k/s with it against 34.6-38.4k/s without, at load 3-3.3 23.7k/s
+    #: against 20.8k/s (``asynctask workers``, 1 child, ABBA x3, 2026-12-08 02:35-02:44).
+    #: ``ASYNCTASK_REDIS_SPLIT_ACKS=8`` turns it on for a comparison on a quiet machine
+    #: (the bench's children inherit it).
     split_acks: ClassVar[int] = int(os.environ.get("ASYNCTASK_REDIS_SPLIT_ACKS", "0"))
 
     def __init__(
