@@ -192,3 +192,18 @@ def test_a_queue_written_by_the_previous_layout_is_still_served(uri, tmp_path):
             "cancelled",
             "succeeded",
         ]
+
+
+def test_record_at_submit_keeps_the_previous_layout(tmp_path):
+    """``record_at=submit``: a record a task at submit (a cheaper start: the tracked
+    drain's mark appends, where ``record_at=start`` creates the record)."""
+    queue = unique_queue()
+    with open_transport(f"filesys:{tmp_path / 'q'}?lease=2&record_at=submit") as t:
+        ids = t.submit_tasks(queue, [{}, {}])
+        assert _live(tmp_path) == sorted(ids)
+        assert all("__" not in i for i in ids)
+        with t.consumer(queue) as consumer:
+            delivery = consumer.reserve(timeout=5)
+            assert consumer.start(delivery) == "run"
+            consumer.ack(delivery)
+        assert [t.status(i).state for i in ids] == ["succeeded", "queued"]

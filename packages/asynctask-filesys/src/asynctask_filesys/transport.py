@@ -91,6 +91,12 @@ def _file_mode(text: str) -> int:
     return value
 
 
+def _record_at(text: str) -> str:
+    if text not in ("start", "submit"):
+        raise ValueError("expected 'start' or 'submit'")
+    return text
+
+
 def _notify(text: str) -> str:
     if text not in ("inotify", "poll"):
         raise ValueError("expected 'inotify' or 'poll'")
@@ -109,6 +115,13 @@ OPTIONS: dict[str, Option] = {
     "fsync": Option(boolean, True, "fsync each task file and its folder before it is visible"),
     "notify": Option(_notify, "inotify", "how idle takers learn of new files: inotify or poll"),
     "poll": Option(positive_float, 0.05, "seconds between folder checks without inotify"),
+    "record_at": Option(
+        _record_at,
+        "start",
+        "when a tracked task's status record is written: start (a submit writes only the "
+        "task file, read as its status until the start) or submit (a record a task at "
+        "submit, the layout before issue 20: a cheaper start)",
+    ),
 }
 
 
@@ -157,6 +170,8 @@ class FilesysTransport(FilesysBase):
         self.fsync: bool = options["fsync"]
         self.use_inotify = options["notify"] == "inotify"
         self.poll: float = options["poll"]
+        #: False: a record a task at submit (``record_at=submit``), as before issue 20
+        self.submit_by_file: bool = options["record_at"] == "start"
         self.features = TransportFeatures(_COUNTS, True, self.lease + self.scan)
         self.heartbeats = Heartbeats(self.heartbeat)
         self._clock = StampClock()
@@ -188,7 +203,7 @@ class FilesysTransport(FilesysBase):
         store = self.own_store() if options.record else None
         # Our own statuses: no record a task, the id names the file (``queued``), but
         # for a unique key, whose holder must read as a task before its file is there
-        by_file = store is not None and options.unique_key is None
+        by_file = store is not None and options.unique_key is None and self.submit_by_file
         plan = self._planned.get(key) if by_file else None
         if by_file and plan is None:
             stamps = self._stamps(len(tasks), delay)
