@@ -13,7 +13,8 @@ one clock for every process of the machine) at each stage of a task's way:
 * ``message``: py-amqp has the whole message (method, header, body frames)
 * ``decoded``: ``AmqpConsumer._next`` returns the delivery (our decoding)
 * ``framed``: the relay calls ``send`` with the hand-over frame; ``written``: it returned
-* ``received``: the consumer's ``recv`` of the relay's socket returned
+* ``received``: the consumer's ``recv`` of the relay's socket returned; ``parsed``: the
+  frame is decoded (``wire.Reader.receive`` returns)
 * ``returned``: ``reserve`` returned the task
 
 It prints the median (and 90th percentile) of each stage's share over the tasks. The
@@ -130,7 +131,7 @@ def relay_main(out: str) -> int:
     if os.environ.get("HANDOVER_PIN"):  # an experiment: relay and consumer apart
         os.sched_setaffinity(0, {1})
     wrap_connection_side()
-    send = relay_module.send
+    send = relay_module.send_data
 
     def timed_send(sock: Any, message: dict[str, Any]) -> None:
         ids = [d["id"] for d in message.get("deliveries") or ()]
@@ -140,7 +141,7 @@ def relay_main(out: str) -> int:
         if ids:
             note("written", ids[0])
 
-    relay_module.send = timed_send
+    relay_module.send_data = timed_send
     try:
         return int(relay_module.main())
     finally:
@@ -196,6 +197,14 @@ def consume(uri: str, relay: bool, count: int, gap: float, scratch: Path) -> lis
         return done
 
     reader._fill = _fill
+    receive = reader.receive
+
+    def _receive(self: Any) -> Any:
+        message = receive(self)
+        note("parsed")
+        return message
+
+    reader.receive = _receive
     full = uri + ("&" if "?" in uri else "?") + f"relay={'true' if relay else 'false'}"
     transport = get_transport(full)
     queue = f"bench_handover_{round_id}"
@@ -227,7 +236,7 @@ def consume(uri: str, relay: bool, count: int, gap: float, scratch: Path) -> lis
         consumer.close()
         transport.purge(queue)
         transport.close()
-        reader._fill = fill
+        reader._fill, reader.receive = fill, receive
     mine = list(events)
     theirs = _load(relay_out) if relay else []
     return _stages(_load(submit_out), [*mine, *theirs])
@@ -256,7 +265,10 @@ def _stages(
     return tasks
 
 
-ORDER = ("sent", "woke", "message", "decoded", "framed", "written", "received", "returned")
+ORDER = (
+    *("sent", "woke", "message", "decoded", "framed", "written", "received", "parsed"),
+    "returned",
+)
 
 
 def report(label: str, tasks: list[dict[str, int]]) -> None:
