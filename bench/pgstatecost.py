@@ -35,7 +35,6 @@ from chaos.private_postgres import PrivatePostgres
 #: what the server is set to before the runs (then restarted)
 SETTINGS = {
     "shared_preload_libraries": "pg_stat_statements",
-    "pg_stat_statements.track": "all",
     "log_statement": "all",
     "log_connections": "on",
     "log_line_prefix": "%a|%p|",
