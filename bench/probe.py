@@ -52,6 +52,16 @@ def probe(name: str, one: int, batch: int) -> dict[str, Any]:
     }
 
 
+def _keeps_none(transport: object) -> bool:
+    """True where the transport keeps no status at all (AMQP without ``asynctask_state``):
+    nothing to switch off, its submits write none."""
+    try:
+        transport.state()  # type: ignore[attr-defined]
+    except Exception as error:  # StatusNotKept; an older commit's bench may lack the class
+        return type(error).__name__ == "StatusNotKept"
+    return False
+
+
 def serve(name: str, untracked: bool) -> None:
     """Submit one by one, ``n`` tasks per line ``n`` read on stdin (0 ends); answer each
     line with the seconds the ``n`` submits took. Its queue purged at the end."""
@@ -60,8 +70,10 @@ def serve(name: str, untracked: bool) -> None:
     transport = load_plugins().transport_class(uri)(uri)
     queue = f"bench_probe_{uuid.uuid4().hex[:10]}"
     store = getattr(transport, "state", None)  # a commit before status tracking: none
-    if untracked and store is not None:
+    if untracked and store is not None and not _keeps_none(transport):
         store().set_tracking(queue, False)
+    else:
+        untracked = False
     sent = 0
     try:
         for payload in [{"n": n, "sent": 0.0} for n in range(20)]:  # connections, caches

@@ -70,7 +70,7 @@ def test_a_poison_task_does_not_charge_its_innocent_neighbours(
     short_uri, queue, ledger, start_workers
 ):
     # Given a poison task (it SIGKILLs its child) ahead of innocent ones, on a worker
-    # that reserves the transport's default prefetch at a time (4; pgsql 16: so they ride
+    # that reserves the transport's default prefetch at a time (4; pgsql 64: so they ride
     # in the same child), max_retries 3
     transport = get_transport(short_uri)
     prefetch = transport.default_prefetch

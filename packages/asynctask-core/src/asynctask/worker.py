@@ -41,8 +41,8 @@ class AsyncTaskWorker:
         replacing its child process.
     ``max_tasks_per_child`` (``None``)
         recycle the child process after this many tasks.
-    ``prefetch`` (``None``: the transport's ``default_prefetch``, 4; 16 on pgsql; on AMQP
-        a window sized from the tasks' run time, 1 to 32, see its README)
+    ``prefetch`` (``None``: the transport's ``default_prefetch``, 4; on pgsql and AMQP
+        a window sized from the tasks' run time, 1 to 64 and 1 to 32, see their READMEs)
         tasks a child reserves at a time. More makes short tasks faster (fewer round
         trips); a killed child's reserved tasks come back, so up to this many may run
         twice, and a long task holds the ones reserved behind it: set 1 for long tasks.

@@ -51,6 +51,7 @@ from asynctask.errors import (
 )
 from asynctask.status import StartVerdict
 from asynctask.transport import Consumer, Delivery, Transport, check_delay
+from asynctask.window import AdaptivePrefetch, Window
 from asynctask_pgsql.conninfo import Server, is_refusal
 from asynctask_pgsql.decoding import load_json_as_text, read_headers
 from asynctask_pgsql.forget import FORGET_EVERY, forget_limit
@@ -78,6 +79,8 @@ class ConsumerHost(Protocol):
     leftovers: list[tuple[list[int], list[int], list[int]]]
     #: whether a consumer's statements wait for the WAL flush (``durable_acks``)
     durable_acks: bool
+    #: seconds within which the last task an adaptive consumer holds should start
+    window_budget: float
     #: the transport's VACUUM of its tables (autovacuum off), asked at each sweep
     vacuum: Vacuumer | None
 
@@ -106,6 +109,10 @@ def _lower(floor: int | None, place: int | None) -> int | None:
 def _floor_param(floor: int | None) -> int | None:
     return None if floor is None else floor - _FLOOR_MARGIN
 
+
+#: rows the first RESERVE of a consumer at the transport's default prefetch takes, before
+#: any task's run time is known (a prefetch of long tasks must not start at the largest)
+FIRST_TAKE = 16
 
 #: final statuses past their time a sweep deletes at most (asynctask_status_ttl)
 FORGET_PER_SWEEP = 1000
@@ -158,6 +165,13 @@ class PgsqlConsumer(Consumer):
         self._owner: int | None = None  # the number whose advisory lock we hold
         self._owners: list[int] = []  # every number this consumer has held
         self._buffer: deque[Delivery] = deque()  # prefetched, not yet handed out
+        # With the transport's default prefetch, each RESERVE takes what the tasks' run
+        # time allows (``_take``); a prefetch the user set is taken as it is. A RESERVE's
+        # fixed cost (a statement of ten CTEs, its round trip and commit) was most of a
+        # short task's at 16 (README, "Prefetch").
+        self._window: Window | None = None
+        if isinstance(prefetch, AdaptivePrefetch):
+            self._window = Window(int(prefetch), host.window_budget)
         self._held: dict[int, int] = {}  # row id -> owner number, reserved and not settled
         self._acks: list[int] = []  # acknowledged rows, deleted by the next statement
         self._results: list[str | None] = []  # their results (JSON text), beside them
@@ -211,7 +225,7 @@ class PgsqlConsumer(Consumer):
             self._check_open()
             while True:
                 if self._buffer:
-                    return self._buffer.popleft()
+                    return self._hand_out()
                 if self._finished >= FORGET_EVERY:
                     self._run(self._forget, (forget_limit(self._finished),))
                     self._finished = 0
@@ -231,7 +245,7 @@ class PgsqlConsumer(Consumer):
                     if self._host.vacuum is not None:
                         self._host.vacuum.ask()
                 self._cancelled.clear()  # of tasks we do not hold (we hold none now)
-                limit = self.prefetch - len(self._buffer)
+                limit = self._take() - len(self._buffer)
                 reserve = self._reserve[self._tracked()]
                 floor, self._since = self._floor, _NO_FLOOR
                 params = {"queue": self.queue, "limit": limit, "floor": _floor_param(floor)}
@@ -245,7 +259,7 @@ class PgsqlConsumer(Consumer):
                 self._floor = _lower(last, self._since)
                 self._keep(rows)
                 if self._buffer:
-                    return self._buffer.popleft()
+                    return self._hand_out()
                 if rows:
                     continue  # only undecodable messages, now in the failed store
                 wait = deadline - time.monotonic()
@@ -484,6 +498,8 @@ class PgsqlConsumer(Consumer):
             unmarked = self._unmarked.pop(delivery.receipt, None)
             if self._held.pop(delivery.receipt, None) is None:
                 return None
+            if self._window is not None:
+                self._timed()
             self._finished += 1
             self._acks.append(delivery.receipt)
             self._results.append(result_json)
@@ -587,9 +603,34 @@ class PgsqlConsumer(Consumer):
             rows = self._run(self._sql.settle, params)
             self._sent()
             del self._held[delivery.receipt]
+            if self._window is not None:
+                self._timed()
             cancelled = any(row[-1] for row in rows)
             self._finished += state == "failed"
             return True if cancelled else None
+
+    def _hand_out(self) -> Delivery:
+        """The next buffered task; an adaptive take's clock starts if none ran."""
+        if self._window is not None:
+            self._window.started()
+        return self._buffer.popleft()
+
+    def _take(self) -> int:
+        """Rows the next RESERVE takes at most: the prefetch the user set, else what the
+        tasks' run time allows (``FIRST_TAKE`` until one is known)."""
+        window = self._window
+        if window is None:
+            return self.prefetch
+        if window.run_time is None:
+            return min(FIRST_TAKE, window.largest)
+        return window.target()
+
+    def _timed(self) -> None:
+        """A task was settled now: its run time feeds the adaptive take; lock held."""
+        assert self._window is not None
+        self._window.settled()
+        if not self._held:
+            self._window.idle()  # the wait for the next RESERVE is no task's run time
 
     def _sent(self) -> None:
         """The pending acknowledgements went with the statement just run."""

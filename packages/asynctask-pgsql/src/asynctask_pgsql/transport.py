@@ -27,6 +27,9 @@ Options
     back. ``durable_acks`` (default false): consumers commit asynchronously unless set.
     ``vacuum_every`` (default 60): on a server with autovacuum off, how often the
     transport looks at its tables' dead tuples and VACUUMs them (0: never).
+    ``window_budget`` (default 0.1): with no prefetch set, a consumer's RESERVE takes
+    up to 64 rows, fewer as tasks get long, so that the last it holds starts within this
+    many seconds of the one running.
     ``retry_timeout`` as everywhere. Any libpq keyword (``sslmode``,
     ``connect_timeout``, ``application_name``...) is passed to libpq.
 Storage
@@ -70,6 +73,7 @@ from asynctask.transport import (
 )
 from asynctask.uri import Option, boolean, non_negative_float, positive_float, positive_int
 from asynctask.validation import Payload, decode_message
+from asynctask.window import AdaptivePrefetch
 from asynctask_pgsql.conninfo import LIBPQ_KEYWORDS, is_refusal, read_server
 from asynctask_pgsql.consumer import PgsqlConsumer
 from asynctask_pgsql.decoding import load_json_as_text
@@ -112,8 +116,10 @@ class PgsqlTransport(Transport):
     schemes = ("pgsql", "postgresql", "postgres")
     #: a child's RESERVE is one statement per batch, and its fixed cost (about half of
     #: a RESERVE of 4 on the server) dominated a drain of short tasks: 16 drains 1.3-1.6x
-    #: faster than 4 (README, "Prefetch")
-    default_prefetch = 16
+    #: faster than 4 (README, "Prefetch"). With no prefetch set, each RESERVE takes up
+    #: to 64, sized from the tasks' run time so that the last one held starts within
+    #: ``window_budget`` (``asynctask.window``; the first takes 16: no run time known)
+    default_prefetch = AdaptivePrefetch(64)
     options_accepted: ClassVar[dict[str, Option]] = {
         "schema": Option(check_schema_name, "asynctask", "the schema that holds the tables"),
         "pool_size": Option(positive_int, 4, "connections the transport's pool may open"),
@@ -132,6 +138,12 @@ class PgsqlTransport(Transport):
             60.0,
             "seconds between the transport's looks at its tables' dead tuples when the "
             "server's autovacuum is off (0: never)",
+        ),
+        "window_budget": Option(
+            positive_float,
+            0.1,
+            "seconds within which the last task a consumer holds should start, when no "
+            "prefetch is set: each RESERVE takes up to 64, fewer as tasks get long",
         ),
     }
     keeps_limits = True
@@ -165,6 +177,8 @@ class PgsqlTransport(Transport):
         #: a consumer's statements commit asynchronously unless this is set: see the
         #: README's "Commits" (a lost commit only makes a task run again)
         self.durable_acks: bool = self.options["durable_acks"]
+        #: seconds within which the last task an adaptive consumer holds should start
+        self.window_budget: float = self.options["window_budget"]
         #: VACUUMs the tables when the server does not (asked by the consumers' sweeps)
         self.vacuum: Vacuumer | None = None
         self._vacuum_every: float = self.options["vacuum_every"]
