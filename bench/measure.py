@@ -389,7 +389,7 @@ class Session:
         n = self.sizes.drain
         queue = self.queue("drain")
         ours.fill(self.filler, queue, n)
-        uri = self.uri if relay else self.uri + ("&" if "?" in self.uri else "?") + "relay=false"
+        uri = self.uri if relay else _with_option(self.uri, "relay", "false")
         try:
             if self.backend.multiprocess:
                 return ours.drain(uri, queue, n, children, self.folder, self.track)
@@ -406,6 +406,21 @@ class Session:
         else:
             mine = ours.latency_in_process(self.transport, queue, n, gap, self.folder, self.track)
         self.transport.purge(queue)
+        # amqp: also with the child's connection in the child (relay=false), what the
+        # relay's hand-over costs; right after, so both meet the same machine load
+        no_relay: list[float] = []
+        if self.name == "amqp":
+            queue = self.queue("latency")
+            no_relay = ours.latency(
+                _with_option(self.uri, "relay", "false"),
+                self.transport,
+                queue,
+                n,
+                gap,
+                self.folder,
+                self.track,
+            )
+            self.transport.purge(queue)
         with self.raw() as raw:
             theirs = self._raw_latency(raw, n, gap)
         label = self.label("latency")
@@ -416,6 +431,10 @@ class Session:
             f"(raw {percentile(theirs, 0.5):.2f}), p99 {percentile(mine, 0.99):.2f} ms "
             f"(raw {percentile(theirs, 0.99):.2f})"
         )
+        if no_relay:
+            p50 = percentile(no_relay, 0.5)
+            self.add("latency_relay", percentile(mine, 0.5), p50, "(relay=false)", target=False)
+            self.say(f"[{self.name}] latency p50, connection in the child: {p50:.2f} ms")
 
     def _raw_latency(self, raw: RawClient, n: int, gap: float) -> list[float]:
         path = ledger.fresh(str(self.folder / f"latency-{raw.name}-raw.ledger"))

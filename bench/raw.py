@@ -36,8 +36,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
+from asynctask.uri import split_query
 from asynctask_amqp.transport import AmqpTransport
 from bench.ledger import format_line
 from bench.workers import BenchNoopWorker
@@ -78,7 +79,22 @@ def amqp_connection(confirm_publish: bool = False) -> Any:
     from bench.plan import AMQP
 
     options = {"confirm_publish": True} if confirm_publish else {}
-    return kombu_module().Connection(AMQP, connect_timeout=3, transport_options=options)
+    return kombu_module().Connection(kombu_uri(AMQP), connect_timeout=3, transport_options=options)
+
+
+def kombu_uri(uri: str) -> str:
+    """``uri`` for kombu, which takes each query option as a ``Connection`` keyword and
+    refuses the ones that are asynctask's (``relay``, ``asynctask_state``,
+    ``queue_type``...): only those kombu reads the same way stay (``KOMBU_QUERY``,
+    ``ssl_*``), so that ``BENCH_AMQP_URI=...?relay=false`` leaves the raw client as it
+    is."""
+    base, pairs = split_query(uri)
+    kept = [(k, v) for k, v in pairs if k in KOMBU_QUERY or k.startswith("ssl_")]
+    return f"{base}?{urlencode(kept)}" if kept else base
+
+
+#: query options of an AMQP URI that kombu's ``Connection`` reads as our transport does
+KOMBU_QUERY = frozenset({"heartbeat", "connect_timeout", "login_method"})
 
 
 def delete_amqp_queues(names: Sequence[str]) -> None:

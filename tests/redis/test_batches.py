@@ -246,3 +246,30 @@ def test_an_untracked_count_ack_checks_the_list_is_what_the_consumer_held(transp
 
 def test_a_tracked_count_ack_checks_the_list_is_what_the_consumer_held(transport, queue, client):
     _mismatch(transport, queue, client, tracked=True)
+
+
+def test_acks_sent_after_a_move_trim_the_head_only_where_the_consumer_left_it(
+    transport, queue, client
+):
+    """``START`` with no task of its own, its acks' messages sent as '=' and the last one
+    named (``RedisConsumer._next_then_acks``): the head goes with one LTRIM when that
+    last one is where the consumer left it; else (the list recovered by another consumer
+    meanwhile) nothing is removed, and the statuses are written all the same."""
+    t = transport
+    ids = t.submit_tasks(queue, [{"n": n} for n in range(6)])
+    got = _next(t, client, queue, 6)
+    proc = t.key(queue, f"processing:{CONSUMER}")
+    base = [t.prefix, t.script_queue(queue), CONSUMER, t.status_ttl_ms, "1", "", 0]
+
+    def acks_after(last: bytes, n: int) -> None:
+        triples = [p for i in range(n) for p in ("=", ids[i], "")]
+        client.eval(scripts.START.text, 0, *base, last, n, *triples)
+
+    # When the first three are acked that way, the third named: they go, the rest stay
+    acks_after(got[2], 3)
+    assert _processing(t, client, queue) == got[3:]
+    assert [t.status(i).state for i in ids[:3]] == ["succeeded"] * 3
+    # When a last one that is not where it was is named: nothing is removed
+    client.lpush(proc, b"another text")
+    acks_after(got[4], 2)
+    assert _processing(t, client, queue) == [b"another text", *got[3:]]

@@ -192,6 +192,140 @@ def test_a_cancel_past_its_horizon_does_not_make_moves_check_their_tasks():
     assert hmget == 1, hmget
 
 
+def _drained_on_a_private_redis(tasks: int, unique: bool = False) -> tuple[dict[str, int], Any]:
+    """A consumer at prefetch ``tasks`` takes, starts and acks ``tasks`` tasks on a
+    private Redis (their successes go with its next move); returns the commands Redis
+    ran for that move (INFO commandstats, calls by command) and, for each task, its
+    status, the TTLs of its record and pointer and whether its unique key is held."""
+    with private_redis(appendonly=False) as server:
+        transport = open_transport(server.uri())
+        client = redis.Redis(host=server.address, port=server.port)
+        try:
+            queue = unique_queue()
+            ids = [
+                transport.submit_task(queue, {"n": n}, unique_key=f"u{n}" if unique else None)
+                for n in range(tasks)
+            ]
+            consumer = transport.consumer(queue, prefetch=tasks)
+            for _ in range(tasks):
+                delivery = take(consumer)
+                assert consumer.start(delivery) == "run"
+                consumer.ack(delivery, '"done"')
+            client.config_resetstat()
+            assert consumer.reserve(timeout=0) is None  # the acks go with this move
+            consumer.close()  # (after the reply to the acks' script, if sent apart)
+            stats = client.info("commandstats")
+            calls = {name[8:]: int(v["calls"]) for name, v in stats.items()}
+            found = []
+            for tid in ids:
+                st = transport.status(tid)
+                record = client.pttl(task_key(transport, queue, tid))
+                pointer = client.pttl(f"{transport.prefix}:@id:{tid}")
+                held = client.exists(f"{transport.prefix}:{queue}:unique:u{ids.index(tid)}")
+                found.append((st, record, pointer, held))
+        finally:
+            client.close()
+            transport.close()
+    return calls, found
+
+
+def test_a_drains_successes_read_no_status_when_nothing_can_need_it():
+    """Issue 20: a success is written without a read of its status when the queue has
+    no cancel pending and no unique keys, and no waiter's mark is on the batch (one
+    EXISTS for the batch): the move's HMGET a task was a sixth of Redis's work a task
+    in a tracked drain at prefetch 32. Counted on a private Redis (INFO commandstats).
+    (Failed before: 8 HMGETs for the 8 successes.)"""
+    calls, found = _drained_on_a_private_redis(8)
+    assert calls.get("hmget", 0) == 0, calls
+    for st, record, pointer, _ in found:
+        assert (st.state, st.attempts, st.result) == ("succeeded", 1, "done")
+        assert st.started_at is not None and st.finished_at is not None
+        assert st.started_at <= st.finished_at
+        assert record > 0 and pointer > 0  # forgotten by Redis later, both
+
+
+def test_a_drains_successes_free_the_unique_keys_they_hold():
+    """The read is kept where a success has more to do: a queue whose tasks have held
+    unique keys frees each success's key (``P:Q:uniques``, set by such a submit)."""
+    calls, found = _drained_on_a_private_redis(4, unique=True)
+    assert calls.get("hmget", 0) == 4, calls
+    for st, record, pointer, held in found:
+        assert st.state == "succeeded" and record > 0 and pointer > 0
+        assert held == 0
+
+
+def test_a_tracked_move_is_answered_before_its_acks_statuses_are_written(monkeypatch):
+    """Issue 20/16: with ``split_acks`` on, a tracked move of many acks takes first
+    (``NEXT`` with no acks) and sends the acks' status writes after its reply, in a
+    ``START`` of their own, so that Redis writes them while the worker runs the new
+    batch. Seen in a private Redis's slow log. (Failed before: the move's one ``NEXT``
+    carried the 8 acks.)"""
+    from asynctask_redis import scripts
+
+    monkeypatch.setattr(redis_consumer.RedisConsumer, "split_acks", 8)
+    with private_redis(appendonly=False) as server:
+        transport = open_transport(server.uri())
+        client = redis.Redis(host=server.address, port=server.port)
+        try:
+            queue = unique_queue()
+            ids = transport.submit_tasks(queue, [{"n": n} for n in range(16)])
+            consumer = transport.consumer(queue, prefetch=8)
+            for _ in range(8):
+                delivery = take(consumer)
+                assert consumer.start(delivery) == "run"
+                consumer.ack(delivery)
+            client.config_set("slowlog-log-slower-than", 0)
+            client.slowlog_reset()
+            take(consumer)  # the second move: its acks go after it
+            client.config_set("slowlog-log-slower-than", 10000)
+            log = [e["command"].split() for e in reversed(client.slowlog_get(1000))]
+            scripted = [w for w in log if w[0].upper() == b"EVALSHA"]
+            # (a NOSCRIPT first on this fresh server: NEXT is loaded, then run again)
+            assert [w[1].decode() for w in scripted[-2:]] == [scripts.NEXT.sha, scripts.START.sha]
+            # (the log's words joined by spaces: the empty arguments are not among them)
+            assert scripted[-2][-1] == b"0", scripted[-2]  # the move carries no ack
+            assert scripted[-1][10] == b"8", scripted[-1]  # they come after it
+            # and the acked are gone from the list, succeeded; the new batch is held
+            consumer.reserve(timeout=0)  # (reads the acks' reply first)
+            held = client.lrange(f"{transport.prefix}:{queue}:processing:{consumer.id}", 0, -1)
+            assert len(held) == 8
+            assert [transport.status(i).state for i in ids[:8]] == ["succeeded"] * 8
+            consumer.close()
+        finally:
+            client.close()
+            transport.close()
+
+
+def test_a_success_in_a_batch_wakes_its_waiter_at_once(transport, queue, client):
+    """A waiter marked on one task of a batch (``waiting:<id>``, seen by the batch's one
+    EXISTS) is woken by the success, not by its fallback poll."""
+    # Given four tasks, a consumer holding all of them, and a waiter on the third
+    ids = transport.submit_tasks(queue, [{"n": n} for n in range(4)])
+    consumer = transport.consumer(queue, prefetch=4)
+    deliveries = [take(consumer) for _ in range(4)]
+    store = transport.state()
+    store.fallback_poll = 10.0
+    woken: list[Any] = []
+    waiter = threading.Thread(target=lambda: woken.append(store.wait(ids[2], timeout=8)))
+    waiter.start()
+    deadline = time.monotonic() + 5
+    key = f"{transport.prefix}:{queue}:waiting:{ids[2]}".encode()
+    while not client.exists(key):
+        assert time.monotonic() < deadline, "the waiter never marked"
+        time.sleep(0.01)
+    # When all four run and their successes go with the next move
+    for delivery in deliveries:
+        assert consumer.start(delivery) == "run"
+        consumer.ack(delivery)
+    began = time.monotonic()
+    assert consumer.reserve(timeout=0) is None
+    waiter.join(9)
+    # Then the waiter returns at once with the success
+    assert time.monotonic() - began < 1.0
+    assert woken and woken[0].state == "succeeded"
+    consumer.close()
+
+
 def test_a_cancelled_running_task_keeps_cancelled_and_is_not_retried(transport, queue):
     tid = transport.submit_task(queue, {})
     consumer = transport.consumer(queue)
@@ -341,10 +475,14 @@ def test_wait_is_woken_by_the_final_write_not_a_poll(transport, queue):
 def test_a_waiter_marks_the_status_itself_and_the_final_write_reads_it_there(
     transport, queue, client
 ):
-    """The final write learns that someone waits from the status hash it reads anyway
-    (its field ``waiting``), not from a key of its own (one ``EXISTS`` an ack less); the
-    key ``waiting:<id>`` is still set for workers of older versions. (Failed before: no
-    field, and without the key the waiter slept until its fallback poll.)"""
+    """A final write that reads the status hash anyway (here: the queue's tasks have held
+    a unique key, see ``test_a_drains_successes_free_the_unique_keys_they_hold``) learns
+    that someone waits from its field ``waiting``, not from a key of its own; the key
+    ``waiting:<id>`` is what a move's successes look for, one ``EXISTS`` a batch, when
+    they read no status (``test_a_success_in_a_batch_wakes_its_waiter_at_once``).
+    (Failed before: no field, and without the key the waiter slept until its fallback
+    poll.)"""
+    transport.submit_task(queue, {}, unique_key="u", delay=3600)
     tid = transport.submit_task(queue, {})
     transport.state().fallback_poll = 30.0
     woke: list[float] = []

@@ -88,7 +88,7 @@ class RemoteConsumer(Consumer):
         # ``RelayedFeed`` takes it)
         self._lock = threading.RLock()
         self._sock, self._words, self._process = start_relay()
-        self._reader = Reader(self._sock)
+        self._reader = Reader(self._sock, trusted=True)  # (its relay's answers: marshal)
         self._broken = ""  # why the relay cannot be used any more
         #: (connection generation, delivery) handed over ahead, not taken yet, in order
         self._ahead: deque[tuple[int, Delivery]] = deque()

@@ -177,6 +177,10 @@ RETURNING {_TOLD}
 # A row is written as ``SETTLED`` writes it (``running`` is not final); a final row is
 # never overwritten (a start after a cancel is late: its id is returned; a cancelled row
 # still gets the attempt that started, as a start written before the cancel gave it).
+# Nor does a start undo the ``retrying`` of its own attempt or a later one: with an AMQP
+# relay making a worker's held starts (``asynctask_amqp.relayedfeed``) while the worker
+# writes a retry itself, the start may arrive second; the next attempt's start is
+# written.
 # Each part names its rows by an array of ids (``= ANY``): the planner that takes the
 # status table for empty would otherwise walk its whole primary key for the join. The
 # rows come as ONE JSON text (an array of objects, ``json.dumps`` in the feed), not six
@@ -200,6 +204,7 @@ WITH w AS (
     FROM w
     WHERE s.task_id = w.id AND s.task_id = ANY(ARRAY(SELECT id FROM w))
       AND (s.date_finished IS NULL OR (s.state = 'failed' AND w.state = 'queued'))
+      AND NOT (w.state = 'running' AND s.state = 'retrying' AND s.attempts >= w.attempts)
     RETURNING CASE WHEN w.state IN {_FINAL_STATES} THEN {_TOLD} END
 ), late AS (
     UPDATE {{s}}.asynctask_status AS s
@@ -212,7 +217,7 @@ WITH w AS (
 SELECT (SELECT count(*) FROM up), ARRAY(
     SELECT replace(s.task_id::text, '-', '') FROM w JOIN {{s}}.asynctask_status AS s
     ON s.task_id = w.id AND s.task_id = ANY(ARRAY(SELECT id FROM w))
-    WHERE w.ago IS NOT NULL AND s.date_finished IS NOT NULL AND s.state <> 'failed')
+    WHERE w.ago IS NOT NULL AND s.state IN ('cancelled', 'expired'))
 """
 
 # What a status feed opening loads: the queue's cancelled tasks not forgotten yet, at

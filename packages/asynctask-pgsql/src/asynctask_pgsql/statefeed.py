@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import psycopg
 from psycopg import errors, pq, sql
@@ -65,6 +66,12 @@ _PREPARED = b"asynctask_feed_writes"
 class PgsqlStatusFeed(StatusFeed):
     """One consumer's feed of one queue; see the module docstring."""
 
+    #: its writes may be made by another feed of the same store in another process of
+    #: this host (``started`` takes ``began``; ``cancel_heard`` tells what ``settled``
+    #: would): an AMQP consumer's relay makes them and acks a batch of tasks after one
+    #: commit (``asynctask_amqp.relayedfeed``), so the worker waits for none
+    relayable: ClassVar[bool] = True
+
     def __init__(self, store: PgsqlStateStore, queue: str) -> None:
         self.store = store
         self.queue = queue
@@ -82,6 +89,9 @@ class PgsqlStatusFeed(StatusFeed):
         self._thread: threading.Thread | None = None
         #: the feed's thread waits with no timeout (nothing held): a new write wakes it
         self._idle = False
+        #: writes come relayed (``started`` was given ``began``): their caller flushes
+        #: after each group, so the thread has nothing to look for while none is held
+        self._relayed = False
 
     def __repr__(self) -> str:
         return f"PgsqlStatusFeed({self.queue!r})"
@@ -98,7 +108,10 @@ class PgsqlStatusFeed(StatusFeed):
         host = self.store._host
         try:
             host._ready_pool()
-            conn = host.server.connect(application_name="asynctask status feed")
+            # (the process in the name: an AMQP worker and its relay each hold one, and
+            # pg_stat_activity, the server's log, tell them apart by it)
+            app = f"asynctask status feed {os.getpid()}"
+            conn = host.server.connect(application_name=app)
         except (psycopg.Error, AsynctaskError) as exc:
             logger.info("%r: could not open (%s); starts wait", self, exc)
             self._open_after = time.monotonic() + REOPEN_PAUSE
@@ -174,9 +187,17 @@ class PgsqlStatusFeed(StatusFeed):
 
     # -- writes -----------------------------------------------------------------------
 
-    def started(self, task_id: str, attempt: int) -> None:
+    def started(self, task_id: str, attempt: int, began: float | None = None) -> None:
+        """``running``: at once for the consumer's first task since it waited, else
+        held. ``began``: the ``time.monotonic()`` the task started at, when another
+        process of this host relays the write (the clock is the host's); now by
+        default."""
         with self._lock:
-            self._held.append(("s", task_id, attempt, time.monotonic(), "running", None, None))
+            if began is None:
+                began = time.monotonic()
+            else:
+                self._relayed = True
+            self._held.append(("s", task_id, attempt, began, "running", None, None))
             if self._waited and len(self._held) == 1:
                 self._waited = False
                 self._send()
@@ -200,16 +221,29 @@ class PgsqlStatusFeed(StatusFeed):
         with self._lock:
             self._held.append(("o", task_id, attempts, 0.0, state, error, result_json))
             self._after_hold()
-            conn = self._conn
-            if state != "succeeded" or conn is None:
+            if state != "succeeded":
                 return None
-            try:
-                conn.pgconn.consume_input()
-            except psycopg.Error as exc:  # the next send finds it lost, and says so
-                logger.debug("%r: reading the cancels heard: %s", self, exc)
-                return None
-            self._take_notes(conn.pgconn)
-            return True if task_id in self._cancelled else None
+            return self._cancel_heard(task_id) or None
+
+    def cancel_heard(self, task_id: str) -> bool:
+        """Whether the feed has heard, without waiting, that ``task_id`` was cancelled:
+        what ``settled`` tells of a success, for a caller that has the write made
+        elsewhere (``relayable``)."""
+        with self._lock:
+            return self._cancel_heard(task_id)
+
+    def _cancel_heard(self, task_id: str) -> bool:
+        """What has arrived on the queue's channel names ``task_id`` (the lock held)."""
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            conn.pgconn.consume_input()
+        except psycopg.Error as exc:  # the next send finds it lost, and says so
+            logger.debug("%r: reading the cancels heard: %s", self, exc)
+            return False
+        self._take_notes(conn.pgconn)
+        return task_id in self._cancelled
 
     def _after_hold(self) -> None:
         if len(self._held) >= MOST_HELD:
@@ -295,7 +329,7 @@ class PgsqlStatusFeed(StatusFeed):
         with self._lock:
             while not self._closed:
                 if not self._held:
-                    if self._waited:  # the consumer waits: nothing comes until a write
+                    if self._waited or self._relayed:  # nothing comes until a write
                         self._idle = True
                         self._wake.wait()
                         self._idle = False

@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import threading
 import time
 import weakref
@@ -177,6 +178,17 @@ def _give_back(pool: Any, conn: Any, deferred: list[Any]) -> None:
 
 class RedisConsumer(Consumer):
     """At-least-once access to one queue; see the module docstring."""
+
+    #: a tracked move with this many acks or more sends their status writes in a script
+    #: of their own, answered after the move (``_next_then_acks``); 0: never. Off until
+    #: a quiet machine shows it faster: it takes Redis's status writes off the child's
+    #: wait (the move 404 -> 83 us at prefetch 32) only where Redis has a core of its
+    #: own, and on this shared 2-core machine at load 2-2.5 the tracked drain at 32 read
+    #: medians 32.5-33.2k/s with it against 34.6-38.4k/s without, at load 3-3.3 23.7k/s
+    #: against 20.8k/s (``asynctask workers``, 1 child, ABBA x3, 2026-12-08 02:35-02:44).
+    #: ``ASYNCTASK_REDIS_SPLIT_ACKS=8`` turns it on for a comparison on a quiet machine
+    #: (the bench's children inherit it).
+    split_acks: ClassVar[int] = int(os.environ.get("ASYNCTASK_REDIS_SPLIT_ACKS", "0"))
 
     def __init__(
         self,
@@ -540,6 +552,8 @@ class RedisConsumer(Consumer):
         )
         messages = acks[::3]
         reply = None
+        if self.split_acks and self.fused and not give_back and len(messages) >= self.split_acks:
+            return self._next_then_acks(conn, args, acks)
         if not give_back and self._holds_only(messages) and all(messages):
             elided = acks.copy()
             elided[::3] = [b"="] * len(messages)  # see scripts.whole_acked
@@ -548,6 +562,35 @@ class RedisConsumer(Consumer):
                 reply = None
         if reply is None:
             reply = run(conn, scripts.NEXT, *args, "", len(acks) // 3, Args(acks))
+        self._sent()
+        self._took(reply[0], taken(reply, 1))
+        return len(reply) > 1
+
+    def _next_then_acks(self, conn: Any, args: tuple[Any, ...], acks: list[bytes]) -> bool:
+        """A tracked move of many acks in two scripts: ``NEXT`` takes (and marks the
+        first running), and once it has answered, a ``START`` with no task of its own
+        removes the acked messages and writes their statuses (``succeeded``, the late
+        starts), its reply read with the next call, as the mark thread's are. Redis
+        writes the statuses while the child runs the new batch, on the other core: in a
+        tracked drain at prefetch 32 they were most of Redis's work a task (12.4 us of a
+        move's 12.8 us a task, ``bench.servercost --stats``), all of it waited for. (Sent
+        together, the two would run before either reply is written: Redis answers what
+        one read brought only after running all of it.) A lost reply puts the acks back
+        (``_deferred``, ``_lost_deferred``); until the second has run the acked messages
+        stay in the processing list, so a consumer that dies in between has them
+        recovered and run again, never gone without their statuses."""
+        t = self._host
+        messages = acks[::3]
+        sent, last = acks, b""
+        if self._holds_only(messages) and all(messages):  # the head of the list, after NEXT
+            sent, last = acks.copy(), messages[-1]
+            sent[::3] = [b"="] * len(messages)  # see scripts.START
+        reply = run(conn, scripts.NEXT, *args, "", 0)
+        write = (t.prefix, t.script_queue(self.queue), self.id, t.status_ttl_ms, "1", "", 0, last)
+        command = pack([("EVALSHA", scripts.START.sha, 0, *write, len(acks) // 3, Args(sent))])
+        conn.send_packed_command([command])
+        self._deferred.append((command, ""))
+        self._unconfirmed += acks
         self._sent()
         self._took(reply[0], taken(reply, 1))
         return len(reply) > 1

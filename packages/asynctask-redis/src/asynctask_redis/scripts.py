@@ -185,6 +185,60 @@ local function succeed(id, now, ttl_ms, result, ...)
   end
 end
 
+-- Whether a cancelled task may still be met: ``cancelled_ids`` holds one whose status is
+-- not forgotten yet. (Entries past that horizon stay until the next cancel trims them;
+-- they count for nothing here, or one cancel would make every move check every task it
+-- takes for the whole status ttl.) Asked once a script: no script of a move adds one.
+local cancels_seen
+local function cancel_pending()
+  if cancels_seen == nil then
+    cancels_seen = redis.call('EXISTS', cancelled_ids) == 1
+      and redis.call('ZCOUNT', cancelled_ids, string.format('(%d', now_ms()), '+inf') > 0
+  end
+  return cancels_seen
+end
+
+-- Whether the successes among the acks ARGV[from ... last] may be written without a read
+-- of each status first (``succeed_known``): no cancelled task is pending on the queue
+-- (so none of them is cancelled; none is expired either: a task with ``expires`` starts
+-- through a verdict, and one started never expires), no task of the queue has held a
+-- unique key since it was made (``uniques``, which the submit recording one sets), and
+-- no waiter is marked on any of them: each waiter keeps ``waiting:<id>`` alive while it
+-- waits (``MARK_WAITING``, which marks the status's field too), so one EXISTS for the
+-- batch says what a read of each status's field would. (One HMGET a task less: a call
+-- inside a script and its reply table.)
+local function known_plain(from, last)
+  if cancel_pending() or redis.call('EXISTS', base .. 'uniques') == 1 then return false end
+  local keys = {}
+  for j = from, last, 3 do
+    local field = ARGV[j + 1]
+    if ARGV[j] ~= '' and field ~= '' then
+      keys[#keys + 1] = base .. 'waiting:' .. string.match(field, '^[^:]*')
+    end
+  end
+  for k = 1, #keys, 4000 do  -- unpack() takes a few thousand values at most
+    if redis.call('EXISTS', unpack(keys, k, math.min(k + 3999, #keys))) > 0 then
+      return false
+    end
+  end
+  return true
+end
+
+-- ``succeed`` for a task ``known_plain`` vouches for: written without a read. The
+-- PEXPIRE goes first, and says whether a status is kept at all (another program's
+-- task, or one recorded nowhere, gets none made here); the fields are written after it
+-- (an HSET keeps the expiry).
+local function succeed_known(id, now, ttl_ms, result, ...)
+  local key = task_key(id)
+  if redis.call('PEXPIRE', key, ttl_ms) == 0 then return end
+  if result ~= '' then
+    redis.call('HSET', key, 'state', 'succeeded', 'finished_at', stamp(now), 'result', result, ...)
+  else
+    redis.call('HSET', key, 'state', 'succeeded', 'finished_at', stamp(now), ...)
+  end
+  redis.call('PEXPIRE', pointer(id), ttl_ms)
+end
+
 -- A consumer that moves again holding nothing but what it acks (a drain's case: the
 -- tasks it took all settled) names the last ack only, ``last``, and ``count`` of them
 -- (``n`` acks, the other messages sent as '='): when the list holds that many and
@@ -235,6 +289,8 @@ local function ack_all(proc, from, n, tracking, ttl_ms, trimmed)
     if trimmed then return 1 end
     return redis.call('LREM', proc, '1', m)
   end
+  local succeed = succeed
+  if tracking and n > 0 and known_plain(from, last) then succeed = succeed_known end
   while i <= last do
     local m = ARGV[i]
     if m == '' then
@@ -420,7 +476,12 @@ local function record(ids, state, now, expires, unique, ttl_ms)
   end
   -- held until the task is final (``holder_of``: or past its expires unstarted); never
   -- a key expiry, which let a task started in time lose it while it ran or backed off
-  if unique ~= '' then redis.call('SET', unique_key(unique), ids[1]) end
+  if unique ~= '' then
+    redis.call('SET', unique_key(unique), ids[1])
+    -- the queue's tasks may hold unique keys from now on: every success reads its
+    -- task's (``known_plain``)
+    redis.call('SET', base .. 'uniques', '1')
+  end
 end
 
 -- The task holding ``unique`` on this queue while it is not final, or nil. One never
@@ -480,15 +541,6 @@ local function cancelled(m)
     return true
   end
   return false
-end
-
--- Whether a cancelled task may still be met: ``cancelled_ids`` holds one whose status is
--- not forgotten yet. (Entries past that horizon stay until the next cancel trims them;
--- they count for nothing here, or one cancel would make every move check every task it
--- takes for the whole status ttl.)
-local function cancel_pending()
-  return redis.call('EXISTS', cancelled_ids) == 1
-    and redis.call('ZCOUNT', cancelled_ids, string.format('(%d', now_ms()), '+inf') > 0
 end
 
 -- Move up to ``want`` tasks into ``proc``, the most urgent first. With tracking, the
@@ -887,7 +939,8 @@ return {0, 1, table.concat(got, '\n')}
 )
 
 #: ARGV: prefix, queue, consumer id, status ttl_ms, keep (1/0), task id, attempt (its
-#: number), message ('' with keep), n_acks, acks (triples)... The worker is about to run
+#: number), message ('' with keep; with no task id, the last ack's message when the acks
+#: are the head of the list, sent as '='), n_acks, acks (triples)... The worker is about to run
 #: a task it holds: ``running``, or, when it was cancelled or has expired, dropped from
 #: its list (with ``keep``: left there, the consumer sent this without waiting for the
 #: reply and the task runs already, as a cancelled running task does). Carries the
@@ -898,8 +951,19 @@ return {0, 1, table.concat(got, '\n')}
 START = script(
     "start",
     r"""
-local proc, ttl_ms = processing(ARGV[3]), ARGV[4]
-ack_all(proc, 10, tonumber(ARGV[9]), true, ttl_ms)
+local proc, ttl_ms, n = processing(ARGV[3]), ARGV[4], tonumber(ARGV[9])
+local trimmed = false
+if ARGV[6] == '' and ARGV[8] ~= '' then
+  -- the acks are the head of the list, their messages sent as '=' and the last one
+  -- here (a move's acks sent after it, ``RedisConsumer._next_then_acks``): gone with
+  -- one LTRIM if that one is where the consumer left it; if not (the list recovered by
+  -- another consumer meanwhile), nothing of theirs is left to remove
+  if redis.call('LINDEX', proc, int(n - 1)) == ARGV[8] then
+    redis.call('LTRIM', proc, int(n), '-1')
+  end
+  trimmed = true
+end
+ack_all(proc, 10, n, true, ttl_ms, trimmed)
 if ARGV[6] == '' then return 'run' end
 local verdict = start_task(ARGV[6], ARGV[7], now_ms(), ttl_ms)
 if verdict ~= 'run' and ARGV[5] ~= '1' then

@@ -438,9 +438,12 @@ class RedisStateStore(StateStore):
             if time.monotonic() + block > marked_until:
                 # Say a waiter is here (the final write pushes the signal only then),
                 # then read again: a state reached before the mark was seen by no one.
+                # (``waiting:<id>`` outlives every wait below by a second at least,
+                # counted from before the call: a move's successes look for that key)
                 ms = int((block + 5) * 1000)
+                before = time.monotonic()
                 t._call(self._run, MARK_WAITING, found.queue, task_id, ms)
-                marked_until = time.monotonic() + block + 4
+                marked_until = before + block + 4
                 continue
             done = t.key(found.queue, f"done:{task_id}")
             t._call(

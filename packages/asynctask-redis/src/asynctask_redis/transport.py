@@ -35,8 +35,9 @@ Storage
     of queue names), ``P:claim:<key>`` (scheduler claims). Task status:
     ``P:Q:urgent`` (ready tasks of priority 1-9), ``P:Q:task:<id>`` (a status hash),
     ``P:@id:<id>`` (the id's queue), ``P:Q:unique:<key>``, ``P:Q:done:<id>`` (``wait``,
-    whose waiter marks the status's field ``waiting``, and ``P:Q:waiting:<id>`` for
-    older workers), ``P:Q:untracked``. See README.md.
+    whose waiter marks the status's field ``waiting``, and ``P:Q:waiting:<id>``, which
+    a move's successes look for), ``P:Q:uniques`` (once a unique key was held),
+    ``P:Q:untracked``. See README.md.
     ``peek``, ``failed_tasks`` and ``in_flight`` read one page (a script walks to it);
     ``in_flight``'s holder is the consumer's owner id under ``asynctask workers``, else
     its id (``<host>.<random>``); ``since`` is when the running attempt started (its
