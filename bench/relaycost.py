@@ -98,39 +98,47 @@ def drain(uri: str, tree: Path, tasks: int, mode: str, untracked: bool) -> None:
     def options(**more: Any) -> Any:
         return LoopOptions(
             prefetch=prefetch,
-            on_start=report.started,
             on_settled=report.settled,
             on_idle=report.flush,
             owner=new_owner(),
-            **extra,
-            **more,
+            **{"on_start": report.started, **extra, **more},
         )
 
     counted = mode == "callgrind"
-    if counted:  # one task first: the relay starts, connects, subscribes (not counted)
-        run_loop(worker, transport, queue, options(max_tasks=1))
-    else:
-        tasks += 1
-    time.sleep(2.0 if counted else 0.2)  # valgrind's start-up of the relay
     own = bool(os.environ.get("RELAYCOST_SELF"))
-    if counted:
-        for pid in pids:
-            _control(pid, True)
-        if own:
-            _control(os.getpid(), True)
-    else:  # strace attached to both for the drain only
+    started = options().on_start
+    switched: list[bool] = []
+
+    def on_start(delivery: Any) -> None:
+        # Counting starts at the first task's start, in the run loop whose relay drains:
+        # the relay is up, connected and subscribed by then (not counted). It was
+        # switched on after a first run of one task, whose relay had exited by then:
+        # ``callgrind_control`` waited for good on it, and the drain's new relay was
+        # never counted.
+        if counted and not switched:
+            switched.append(True)
+            for pid in pids:
+                _control(pid, True)
+            if own:
+                _control(os.getpid(), True)
+        assert started is not None
+        started(delivery)
+
+    if not counted:  # strace attached to both for the drain only
+        tasks += 1
+        time.sleep(0.2)
         out = str(SCRATCH / "child.strace")
         # its main thread only (-f would follow the relay)
         tracers.append(subprocess.Popen(["strace", "-c", "-o", out, "-p", str(os.getpid())]))
         time.sleep(1.0)  # attached
     began = time.perf_counter()
-    done = run_loop(worker, transport, queue, options(halt_when_empty=True)).processed
+    loop = options(halt_when_empty=True, on_start=on_start)
+    done = run_loop(worker, transport, queue, loop).processed - (1 if counted else 0)
     wall = time.perf_counter() - began
-    if counted:
-        if own:
-            _control(os.getpid(), False)
-        for pid in pids:
-            _control(pid, False)
+    if counted and own:
+        # (the relay's counting stays on to its exit, which the consumer's close waited
+        # for: its close, a few calls, is counted with the drain)
+        _control(os.getpid(), False)
     for tracer in tracers:
         tracer.send_signal(signal.SIGINT)
         tracer.wait()

@@ -54,7 +54,12 @@ Statuses. With ``asynctask_state`` naming a store whose feed allows it (``state`
 relay opens a feed of that store for the queue), a request may also carry
 ``"writes"``: the worker's status writes (a start, an outcome), made first, in order,
 and their replies waited for, then the acks (``asynctask_amqp.relayedfeed``): an
-acknowledged task's outcome is in the store, and the worker waits for neither. A ``release``
+acknowledged task's outcome is in the store, and the worker waits for neither. Writes
+and the acks after them are gathered (``Relay._gather``: up to ``GATHER_SECONDS``, or a
+``GATHER_SHARE`` of the prefetch's tasks), then made together: one store call and one
+``basic.ack`` for the tasks of a busy worker's frames, not one of each a frame; any
+other request makes them first, but a ``reserve`` is answered first (its tasks run
+while the store answers), and a worker that goes away has them made. A ``release``
 hands back with its task the ones the worker holds behind it (``behind``), keeping the
 queue's order.
 
@@ -87,6 +92,7 @@ from asynctask.plugins import load_plugins
 from asynctask.transport import Delivery, Transport
 from asynctask_amqp.consumer import AmqpConsumer
 from asynctask_amqp.failing import REDELIVERED
+from asynctask_amqp.relayedfeed import replay
 from asynctask_amqp.transport import AmqpTransport
 from asynctask_amqp.window import AdaptivePrefetch
 from asynctask_amqp.wire import PeerGone, Reader, SharedWords, send_data
@@ -95,6 +101,11 @@ logger = logging.getLogger("asynctask.amqp.relay")
 
 #: seconds between checks that the worker is still there while the relay waits
 SLICE = 0.25
+#: a busy worker's status writes and the acks after them are gathered for up to this
+#: many seconds (``Relay._gather``)...
+GATHER_SECONDS = 0.002
+#: ... or this part of the prefetch's tasks, whichever comes first
+GATHER_SHARE = 4
 
 
 class WorkerGone(Exception):
@@ -120,6 +131,11 @@ class Relay:
         #: the worker's status writes go here (``op: state``): (its store's transport,
         #: the store's feed of the queue)
         self._state: tuple[Transport, Any] | None = None
+        #: status writes and the acks after them, gathered, not made yet (``_gather``),
+        #: and the ``time.monotonic()`` the first was
+        self._writes: list[list[Any]] = []
+        self._acks: list[int] = []
+        self._gathered_at = 0.0
 
     def serve(self) -> None:
         """Answer the worker until it closes the consumer or goes away."""
@@ -138,11 +154,19 @@ class Relay:
                     request = following
                 for n in request.get("skips", ()):
                     self.handed.pop(int(n), None)  # back in the queue with its connection
-                if "writes" in request:  # made, answered, before the acks they came with
-                    self._write(request["writes"])
-                if "acks" in request:
-                    self._ack(request["acks"])
-                if request.get("op") == "close":
+                op = request.get("op")
+                self._gather(request)
+                if op == "settled":
+                    continue
+                if op == "reserve":
+                    # what is ready handed over first (``_reserve`` makes them before it
+                    # waits: the acks let the broker send more), the gathered writes
+                    # made while the worker runs it
+                    send_data(self.sock, self._handle(request) or {})
+                    self._commit()
+                    continue
+                self._commit()
+                if op == "close":
                     self.consumer.close()
                     send_data(self.sock, {"closed": True})
                     return
@@ -151,6 +175,7 @@ class Relay:
                     send_data(self.sock, answer)
         except (WorkerGone, PeerGone, OSError) as exc:
             logger.debug("relay of %r: worker %d gone (%s)", self.consumer.queue, self.worker, exc)
+            self._commit()  # what its last frames said it did
             taken = self.words.taken  # the worker is gone: it writes no more
             unseen = [d for n, d in self.handed.items() if n > taken]
             self.consumer.abandon([*unseen, *self.ready])
@@ -160,18 +185,24 @@ class Relay:
         in what the broker delivers meanwhile (read and decoded here while the worker
         runs its tasks, ready for its next ``reserve``)."""
         while not self.reader.ready():
+            timeout = SLICE
+            if self._acks or self._writes:
+                timeout = self._gathered_at + GATHER_SECONDS - time.monotonic()
+                if timeout <= 0:
+                    self._commit()
+                    timeout = SLICE
             broker = None
             if len(self.ready) < self.consumer.prefetch:
                 broker = self.consumer.delivering_socket()
             waiting = [self.sock] if broker is None else [self.sock, broker]
             # frames read ahead (``link.buffered_reads``) are not seen by select
             ahead = broker is not None and self.consumer.has_frame()
-            readable = select.select(waiting, [], [], 0 if ahead else SLICE)[0]
+            readable = select.select(waiting, [], [], 0 if ahead else timeout)[0]
             if self.sock in readable:
                 return
             if readable or ahead:
                 self._pull()
-            else:
+            elif timeout == SLICE:
                 self._check_parent()
 
     def _pull(self) -> None:
@@ -249,6 +280,38 @@ class Relay:
         self._state = (other, feed)
         return {"done": True}
 
+    def _gather(self, request: dict[str, Any]) -> None:
+        """Keep the request's status writes and acks for ``_commit``, after those kept.
+
+        Why. A busy worker sends a frame a task (its ack, before it takes the next
+        task: ``RemoteConsumer.reserve``), and each write the relay makes is a script
+        call Redis runs and a round trip the relay waits for, each ack a
+        ``basic.ack``: made a frame at a time, a tracked drain cost one of each a task.
+        So with writes among them they wait, up to ``GATHER_SECONDS`` or a
+        ``GATHER_SHARE`` of the prefetch's tasks, and go together: one script call,
+        one ``basic.ack`` (``multiple``). Any other request makes them first
+        (a reserve that finds tasks ready answers first, then makes them). Acks with
+        no writes waiting go at once, as without statuses."""
+        writes, acks = request.get("writes"), request.get("acks")
+        if writes:
+            if not self._writes and not self._acks:
+                self._gathered_at = time.monotonic()
+            self._writes += writes
+        if acks:
+            self._acks += acks
+            if not self._writes or len(self._acks) * GATHER_SHARE >= self.consumer.prefetch:
+                self._commit()
+
+    def _commit(self) -> None:
+        """Make the writes gathered, answered, then the acks gathered (``_gather``)."""
+        writes, acks = self._writes, self._acks
+        if writes:
+            self._writes = []
+            self._write(writes)
+        if acks:
+            self._acks = []
+            self._ack(acks)
+
     def _write(self, writes: list[list[Any]]) -> None:
         """Make the worker's status writes, in order, and wait for their replies: the
         acks that came with them go after (``asynctask_amqp.relayedfeed``). A store that
@@ -261,18 +324,7 @@ class Relay:
             return
         feed = self._state[1]
         try:
-            for write in writes:
-                if write[0] == "s":
-                    feed.started(str(write[1]), int(write[2]), began=float(write[3]))
-                else:
-                    _, task_id, state, attempts, error, result = write
-                    feed.settled(
-                        str(task_id),
-                        state,
-                        int(attempts),
-                        error=error or None,
-                        result_json=result or None,
-                    )
+            replay(feed, writes)
             feed.flush(waiting=False)  # (every reply read)
         except AsynctaskError as exc:
             logger.warning(
@@ -332,6 +384,7 @@ class Relay:
         if self.consumer.adapt(self.ready):  # a smaller window: what is ready went back
             self.ready = []
         if not self.ready:
+            self._commit()  # (the broker sends no more while the window is full)
             deadline = time.monotonic() + timeout
             while True:
                 left = deadline - time.monotonic()

@@ -48,8 +48,27 @@ logger = logging.getLogger("asynctask.amqp")
 HOLD = 0.02
 
 #: a write as it crosses the relay's socket: ``["s", id, attempt, began]`` (a start, its
-#: ``time.monotonic()``), ``["o", id, state, attempts, error, result_json]`` (an outcome)
+#: ``time.monotonic()``), ``["o", id, state, attempts, error, result_json]`` (an outcome),
+#: ``["b", id, attempt, began, result_json]`` (a start held and its success: one write)
 Write = list[Any]
+
+
+def replay(feed: Relayable, writes: list[Write]) -> None:
+    """Make ``writes`` (as they cross the socket) with ``feed``, in order: the relay's
+    feed (``Relay._write``), or the worker's own when a non-success must go after them."""
+    for write in writes:
+        kind = write[0]
+        if kind == "s":
+            feed.started(str(write[1]), int(write[2]), began=float(write[3]))
+        elif kind == "b":
+            task_id, attempt = str(write[1]), int(write[2])
+            feed.started(task_id, attempt, began=float(write[3]))
+            feed.settled(task_id, "succeeded", attempt, result_json=write[4] or None)
+        else:
+            _, task_id, state, attempts, error, result = write
+            feed.settled(
+                str(task_id), state, int(attempts), error=error or None, result_json=result or None
+            )
 
 
 class Relayable(Protocol):
@@ -143,17 +162,19 @@ class RelayedFeed(StatusFeed):
         consumer = self._consumer
         if state == "succeeded":
             with consumer._lock:
-                consumer._writes.append(["o", task_id, state, attempts, "", result_json or ""])
-                self._hold()
+                writes = consumer._writes
+                last = writes[-1] if writes else None
+                if last is not None and last[0] == "s" and last[1] == task_id:
+                    # its start is held: one write (less to frame, decode and make)
+                    writes[-1] = ["b", task_id, attempts, last[3], result_json or ""]
+                else:
+                    writes.append(["o", task_id, state, attempts, "", result_json or ""])
+                    self._hold()
             return self.inner.cancel_heard(task_id) or None
         with consumer._lock:
             held, consumer._writes = consumer._writes, []
             inner = self.inner
-            for write in held:
-                if write[0] == "s":
-                    inner.started(write[1], write[2], began=write[3])
-                else:
-                    inner.settled(write[1], write[2], write[3], result_json=write[5] or None)
+            replay(inner, held)
             inner.settled(task_id, state, attempts, error=error, result_json=result_json)
             # answered before the ack or retry that follows (and the acks waiting, whose
             # outcomes were among those held): a failure's ``failed`` must be in the
