@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     base = PGSQL
     try:
         if args.private:
-            server = _private_server()
+            server = private_server()
             base = server.uri()
         prefetches = [int(p) for p in args.prefetch.split(",")]
         for name in names:
@@ -196,8 +196,10 @@ class _StatementsPostgres(PrivatePostgres):
         return super()._options() + " -c shared_preload_libraries=pg_stat_statements"
 
 
-def _private_server() -> PrivatePostgres:
-    server = _StatementsPostgres()
+def private_server(kind: type[PrivatePostgres] = _StatementsPostgres) -> PrivatePostgres:
+    """A private server of ``kind`` (one that loads pg_stat_statements), started, with
+    the extension created."""
+    server = kind()
     server.create()
     with psycopg.connect(server.conninfo, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION pg_stat_statements")

@@ -27,6 +27,7 @@ from typing import Any
 
 import psycopg
 
+from bench.hot import private_server
 from chaos.private_postgres import PrivatePostgres
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -43,14 +44,6 @@ class _CountingPostgres(PrivatePostgres):
             " -c shared_preload_libraries=pg_stat_statements"
             " -c pg_stat_statements.track_planning=on -c autovacuum=off"
         )
-
-
-def _private_server() -> PrivatePostgres:
-    server = _CountingPostgres()
-    server.create()
-    with psycopg.connect(server.conninfo, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION pg_stat_statements")
-    return server
 
 
 def _server_cpu(server: PrivatePostgres) -> float:
@@ -173,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
 
     load_plugins([])
     prefetches = [int(p) for p in args.prefetch.split(",")]
-    server = _private_server()
+    server = private_server(_CountingPostgres)
     try:
         _run(server, args, prefetches)
     finally:

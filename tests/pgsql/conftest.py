@@ -7,16 +7,20 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
 
 from asynctask.testing import require_service
+from asynctask.testing.contract import open_transport
 from chaos.private_postgres import PrivatePostgres
 
 HOST = "127.0.0.1"
 DATABASE = "test"
 CONNINFO = f"host={HOST} dbname={DATABASE}"
+#: the shared server's transport as the tests of this folder open it
+URI = f"pgsql://{HOST}/{DATABASE}?recovery_seconds=1"
 
 
 def _check_server() -> None:
@@ -27,6 +31,14 @@ def _check_server() -> None:
 def pg_server() -> None:
     """Skip (or fail under ASYNCTASK_REQUIRE_SERVICES=1) when PostgreSQL is down."""
     require_service("PostgreSQL", _check_server)
+
+
+@pytest.fixture
+def transport(pg_server: None) -> Iterator[Any]:
+    """A transport on the shared server (``URI``), closed after the test."""
+    transport = open_transport(URI)
+    yield transport
+    transport.close()
 
 
 @pytest.fixture

@@ -33,17 +33,7 @@ from asynctask.testing import unique_queue
 from asynctask.testing.contract import open_transport
 from support import settle_through_restarts
 
-from .conftest import CONNINFO, DATABASE, HOST, PgsqlProbe
-
-URI = f"pgsql://{HOST}/{DATABASE}?recovery_seconds=1"
-
-
-@pytest.fixture
-def transport(pg_server: None) -> Any:
-    transport = open_transport(URI)
-    yield transport
-    transport.close()
-
+from .conftest import CONNINFO, DATABASE, HOST, URI, PgsqlProbe
 
 # -- the storage format is an interface ------------------------------------------------
 

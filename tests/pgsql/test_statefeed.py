@@ -8,25 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
-
-import pytest
 
 from asynctask.status import SubmitOptions
 from asynctask.testing import unique_queue
-from asynctask.testing.contract import open_transport
 from asynctask.transport import new_task_id
-
-from .conftest import DATABASE, HOST
-
-URI = f"pgsql://{HOST}/{DATABASE}?recovery_seconds=1"
-
-
-@pytest.fixture
-def transport(pg_server: None) -> Any:
-    transport = open_transport(URI)
-    yield transport
-    transport.close()
 
 
 def test_a_feed_whose_writes_another_process_makes_says_so(transport):

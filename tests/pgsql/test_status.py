@@ -30,16 +30,7 @@ from clitools import run_asynctask
 from slowlink import SlowLink
 from support import cancel_while_running_in_process, killed_after_the_fail
 
-from .conftest import CONNINFO, DATABASE, HOST
-
-URI = f"pgsql://{HOST}/{DATABASE}?recovery_seconds=1"
-
-
-@pytest.fixture
-def transport(pg_server: None) -> Any:
-    transport = open_transport(URI)
-    yield transport
-    transport.close()
+from .conftest import CONNINFO, DATABASE, HOST, URI
 
 
 def rows(query: str, *params: Any, conninfo: str = CONNINFO) -> list[tuple[Any, ...]]:
