@@ -1,4 +1,4 @@
-"""The adaptive window (``asynctask_amqp.window``): with no prefetch set, a consumer takes
+"""The adaptive window (``asynctask.window``): with no prefetch set, a consumer takes
 32 unacknowledged tasks for a drain of short ones, and fewer as tasks get long, so that
 the last of its window starts within ``window_budget`` (RabbitMQ's ``consumer_timeout``
 counts from delivery); a prefetch the user set stays as it is. Read from the broker:
@@ -147,7 +147,7 @@ def test_a_prefetch_the_user_set_stays_as_it_is(
 
 
 def test_the_window_follows_the_run_time() -> None:
-    from asynctask_amqp.window import Window
+    from asynctask.window import Window
 
     window = Window(32, budget=60.0)
     assert window.target() == 32  # nothing known: the largest

@@ -55,6 +55,7 @@ import amqp
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
 from asynctask.status import StartVerdict
 from asynctask.transport import Consumer, Delivery, Transport, check_delay
+from asynctask.window import AdaptivePrefetch, Window
 from asynctask_amqp.failing import REDELIVERED, fail_in_order, in_order, start_redelivered
 from asynctask_amqp.link import DRIVER_ERRORS, Heartbeats, Link
 from asynctask_amqp.params import ConnectionParams, map_error
@@ -65,7 +66,6 @@ from asynctask_amqp.topology import (
     release_marker,
     settled_marker,
 )
-from asynctask_amqp.window import AdaptivePrefetch, Window
 
 logger = logging.getLogger("asynctask.amqp")
 
@@ -131,7 +131,7 @@ class AmqpConsumer(Consumer):
         it is found lost (``Link.on_generation``: a relay publishes it to its worker)."""
         super().__init__(transport, queue, int(prefetch))
         #: sizes the window from the tasks' run time when the prefetch is the transport's
-        #: default (``asynctask_amqp.window``); None: the prefetch is the user's, fixed
+        #: default (``asynctask.window``); None: the prefetch is the user's, fixed
         self.window: Window | None = None
         if isinstance(prefetch, AdaptivePrefetch):
             self.window = Window(int(prefetch), declarations.params.window_budget)

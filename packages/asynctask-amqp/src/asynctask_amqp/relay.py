@@ -90,11 +90,11 @@ from asynctask.errors import AsynctaskError, TransportClosed, TransportUnavailab
 from asynctask.logs import setup_logging
 from asynctask.plugins import load_plugins
 from asynctask.transport import Delivery, Transport
+from asynctask.window import AdaptivePrefetch
 from asynctask_amqp.consumer import AmqpConsumer
 from asynctask_amqp.failing import REDELIVERED
 from asynctask_amqp.relayedfeed import replay
 from asynctask_amqp.transport import AmqpTransport
-from asynctask_amqp.window import AdaptivePrefetch
 from asynctask_amqp.wire import PeerGone, Reader, SharedWords, send_data
 
 logger = logging.getLogger("asynctask.amqp.relay")

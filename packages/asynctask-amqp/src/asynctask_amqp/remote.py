@@ -28,9 +28,9 @@ from typing import Any, cast
 from asynctask.errors import TransportClosed, TransportError, TransportUnavailable
 from asynctask.status import StartVerdict, StateStore, StatusFeed
 from asynctask.transport import Consumer, Delivery, Transport, check_delay
+from asynctask.window import AdaptivePrefetch
 from asynctask_amqp.failing import fail_in_order, in_order, start_redelivered
 from asynctask_amqp.relayedfeed import Relayable, RelayedFeed, Write
-from asynctask_amqp.window import AdaptivePrefetch
 from asynctask_amqp.wire import PeerGone, Reader, SharedWords, send, send_settled
 
 logger = logging.getLogger("asynctask.amqp")

@@ -85,6 +85,7 @@ from asynctask.transport import (
     TransportFeatures,
 )
 from asynctask.validation import Payload, is_valid_queue_name
+from asynctask.window import AdaptivePrefetch
 from asynctask_amqp.census import ready_counts
 from asynctask_amqp.consumer import AmqpConsumer
 from asynctask_amqp.ladder import SharedLadder, browse, side_channel, take_ids, take_unacked
@@ -127,7 +128,6 @@ from asynctask_amqp.topology import (
     settled_marker,
     task_message,
 )
-from asynctask_amqp.window import AdaptivePrefetch
 
 #: seconds a count trusts that an old per-queue ladder it found missing is still missing.
 #: Nothing of this version declares one, so once gone it stays gone, unless a process of
@@ -143,7 +143,7 @@ class AmqpTransport(Transport):
 
     schemes: ClassVar[tuple[str, ...]] = ("amqp", "amqps")
     options_accepted = OPTIONS
-    #: a window the consumers size themselves (``asynctask_amqp.window``): from 32, down
+    #: a window the consumers size themselves (``asynctask.window``): from 32, down
     #: as tasks get long (``window_budget``); a ``prefetch`` set by the worker class or
     #: the queue entry is a plain int, kept as it is
     default_prefetch = AdaptivePrefetch(32)
